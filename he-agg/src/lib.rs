@@ -1,0 +1,13 @@
+//! # he-agg
+//!
+//! HEAL's homomorphic-encryption engine: full-RNS CKKS on tfhe-ntt, in a strict chain of layers
+//! (each uses only those above it in this list):
+//!
+//! - [`ring`]: RNS polynomials, NTTs, automorphisms, basis extension, sampling;
+//! - [`rlwe`]: parameters and their 128-bit security check, keys, encryption, key switching;
+//! - [`ckks`]: encoding by the canonical embedding, the evaluator, presets, the wire format.
+
+pub mod ckks;
+pub mod ring;
+pub mod rlwe;
+mod simd;

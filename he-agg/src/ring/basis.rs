@@ -1,0 +1,198 @@
+//! Changes of RNS basis: fast basis extension (Bajard et al. / HPS, without correction) and
+//! rounded division by the last modulus of a chain (CKKS rescaling).
+
+use super::Ring;
+use super::modulus::{Modulus, ShoupConst};
+use super::par::{for_each_limb, for_each_limb_heavy};
+use super::poly::Poly;
+
+/// Extends residues modulo a source basis B = ∏ b_i to other moduli:
+/// x_t = Σ_i [x_i · (B/b_i)^{-1}]_{b_i} · (B/b_i) mod t, which equals x + u·B with 0 ≤ u < |B|.
+/// That small multiple of B is harmless where it is used (key-switching decomposition, division
+/// by P), as in every full-RNS CKKS.
+#[derive(Debug, Clone)]
+pub struct BasisExtender {
+    source: Vec<usize>,
+    /// [(B/b_i)^{-1}]_{b_i} per source modulus, and the same times N^{-1} (for input that comes
+    /// straight from an unnormalised inverse NTT).
+    inv_punctured: [Vec<ShoupConst>; 2],
+    /// [B/b_i]_t for every ring modulus t (row t, column i).
+    punctured_mod: Vec<Vec<u64>>,
+}
+
+impl BasisExtender {
+    pub fn new(ring: &Ring, source: &[usize]) -> Self {
+        let moduli = ring.moduli();
+        let inv: Vec<u64> = source
+            .iter()
+            .map(|&i| {
+                let m = &moduli[i];
+                let prod = source
+                    .iter()
+                    .filter(|&&j| j != i)
+                    .fold(1u64, |acc, &j| m.mul(acc, moduli[j].value() % m.value()));
+                m.inv(prod).expect("distinct primes are coprime")
+            })
+            .collect();
+        let inv_punctured = [
+            source
+                .iter()
+                .zip(&inv)
+                .map(|(&i, &v)| moduli[i].shoup(v))
+                .collect(),
+            source
+                .iter()
+                .zip(&inv)
+                .map(|(&i, &v)| moduli[i].shoup(moduli[i].mul(v, ring.n_inv(i).w)))
+                .collect(),
+        ];
+        let punctured_mod = moduli
+            .iter()
+            .map(|t| {
+                source
+                    .iter()
+                    .map(|&i| {
+                        source
+                            .iter()
+                            .filter(|&&j| j != i)
+                            .fold(1u64, |acc, &j| t.mul(acc, t.reduce(moduli[j].value())))
+                    })
+                    .collect()
+            })
+            .collect();
+        Self {
+            source: source.to_vec(),
+            inv_punctured,
+            punctured_mod,
+        }
+    }
+
+    pub fn source(&self) -> &[usize] {
+        &self.source
+    }
+
+    /// Extends `input` (coefficient domain, one limb per source modulus) to the moduli `targets`.
+    pub fn extend(&self, ring: &Ring, input: &Poly, targets: &[usize]) -> Poly {
+        let limbs: Vec<&[u64]> = (0..input.limbs()).map(|i| input.limb(i)).collect();
+        let y = self.prepare(ring, &limbs, false);
+        let mut out = ring.zero(targets.len());
+        for_each_limb_heavy(out.data_mut(), ring.n(), |ti, ol| {
+            self.extend_limb(ring, &y, targets[ti], ol)
+        });
+        out
+    }
+
+    /// The first step, shared by all targets: y_i = [x_i · (B/b_i)^{-1}]_{b_i}. With
+    /// `unnormalized`, the input is N times the value (an inverse NTT without its division by N)
+    /// and the division happens here, in the same pass.
+    pub fn prepare(&self, ring: &Ring, input: &[&[u64]], unnormalized: bool) -> Poly {
+        let n = ring.n();
+        debug_assert_eq!(input.len(), self.source.len());
+        if self.source.len() == 1 && !unnormalized {
+            // B/b_0 = 1: y is x itself
+            return Poly::from_data(n, input[0].to_vec());
+        }
+        let consts = &self.inv_punctured[usize::from(unnormalized)];
+        let mut y = Poly::zero(n, self.source.len());
+        for_each_limb(y.data_mut(), n, |i, yl| {
+            let b = ring.modulus(self.source[i]);
+            let c = consts[i];
+            for (o, &x) in yl.iter_mut().zip(input[i]) {
+                *o = b.mul_shoup(x, c);
+            }
+        });
+        y
+    }
+
+    /// The second step for one target modulus: out = Σ_i y_i·[B/b_i]_t mod t.
+    pub fn extend_limb(&self, ring: &Ring, y: &Poly, target: usize, out: &mut [u64]) {
+        let t: &Modulus = ring.modulus(target);
+        let m = self.source.len();
+        if m == 1 {
+            for (o, &x) in out.iter_mut().zip(y.limb(0)) {
+                *o = t.reduce(x);
+            }
+            return;
+        }
+        let row = &self.punctured_mod[target];
+        let rows: Vec<&[u64]> = (0..m).map(|i| y.limb(i)).collect();
+        // products are < 2^124, so 15 of them fit in a u128 before a reduction
+        for (k, o) in out.iter_mut().enumerate() {
+            let mut acc: u128 = 0;
+            for (i, (&w, r)) in row.iter().zip(&rows).enumerate() {
+                acc += r[k] as u128 * w as u128;
+                if i % 15 == 14 {
+                    acc = t.reduce_u128(acc) as u128;
+                }
+            }
+            *o = t.reduce_u128(acc);
+        }
+    }
+}
+
+/// Constants to divide by the last modulus of a level with rounding.
+#[derive(Debug, Clone)]
+pub struct RescaleConsts {
+    /// [q_last^{-1}]_{q_i} for the remaining moduli.
+    inv_last: Vec<ShoupConst>,
+    /// [⌊q_last/2⌋]_{q_i} for the remaining moduli.
+    half_last: Vec<u64>,
+}
+
+impl RescaleConsts {
+    /// Constants for dividing a polynomial over `basis` by the modulus `basis.last()`.
+    pub fn new(ring: &Ring, basis: &[usize]) -> Self {
+        let (&last, rest) = basis
+            .split_last()
+            .expect("a basis to rescale has two moduli or more");
+        let ql = ring.modulus(last).value();
+        let inv_last = rest
+            .iter()
+            .map(|&i| {
+                let m = ring.modulus(i);
+                m.shoup(m.inv(m.reduce(ql)).expect("distinct primes"))
+            })
+            .collect();
+        let half_last = rest
+            .iter()
+            .map(|&i| ring.modulus(i).reduce(ql / 2))
+            .collect();
+        Self {
+            inv_last,
+            half_last,
+        }
+    }
+}
+
+impl Ring {
+    /// p ← round(p / q_last) over `basis` minus its last modulus; `p` is in the NTT domain and
+    /// stays there. The last limb is dropped.
+    pub fn div_round_by_last(&self, p: &mut Poly, basis: &[usize], consts: &RescaleConsts) {
+        let l = basis.len();
+        debug_assert_eq!(p.limbs(), l);
+        let last_idx = basis[l - 1];
+        let qlast = *self.modulus(last_idx);
+        let mut last = p.limb(l - 1).to_vec();
+        self.intt_limb(&mut last, last_idx);
+        // adding ⌊q/2⌋ before the floor-division turns it into rounding
+        let half = qlast.value() / 2;
+        for x in last.iter_mut() {
+            *x = qlast.add(*x, half);
+        }
+        p.truncate(l - 1);
+        let n = self.n();
+        for_each_limb_heavy(p.data_mut(), n, |i, limb| {
+            let m = self.modulus(basis[i]);
+            let mut tmp: Vec<u64> = last.iter().map(|&x| m.reduce(x)).collect();
+            let h = consts.half_last[i];
+            for x in tmp.iter_mut() {
+                *x = m.sub(*x, h);
+            }
+            self.ntt_limb(&mut tmp, basis[i]);
+            let c = consts.inv_last[i];
+            for (x, &t) in limb.iter_mut().zip(&tmp) {
+                *x = m.mul_shoup(m.sub(*x, t), c);
+            }
+        });
+    }
+}

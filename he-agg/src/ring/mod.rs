@@ -1,0 +1,358 @@
+//! The ring layer: R_q = Z_q[X]/(X^N + 1) in residue-number-system form over a chain of
+//! word-sized primes, with NTTs from tfhe-ntt, automorphisms, basis extension and sampling.
+//!
+//! A polynomial is a [`Poly`]: `limbs × N` words, limb `i` reduced modulo the ring modulus named by
+//! the caller's basis (a list of indices into [`Ring::moduli`]). Which domain (coefficients or NTT
+//! evaluations) a polynomial is in is a convention of the caller: ciphertexts, plaintexts and keys
+//! live in the NTT domain; only transient values are in coefficient form.
+
+mod automorphism;
+mod basis;
+mod modulus;
+mod par;
+mod poly;
+pub mod primes;
+mod sampling;
+
+pub use automorphism::GaloisPermutation;
+pub use basis::{BasisExtender, RescaleConsts};
+pub use modulus::{MAX_MODULUS_BITS, Modulus, ShoupConst};
+pub use par::{for_each_limb, for_each_limb_heavy};
+pub use poly::Poly;
+pub use sampling::{GAUSSIAN_BOUND, GAUSSIAN_SIGMA, Prng, RngError, Seed};
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tfhe_ntt::prime64::Plan;
+
+/// Why a ring cannot be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RingError {
+    #[error("ring degree {0} is not a power of two in 16..=65536")]
+    Degree(usize),
+    #[error("modulus {q} is not an NTT-friendly prime below 2^62 for degree {n}")]
+    Modulus { q: u64, n: usize },
+    #[error("modulus {0} appears twice in the chain")]
+    Duplicate(u64),
+}
+
+/// The ring of degree N over an ordered list of prime moduli, with NTT plans and cached
+/// automorphism tables.
+pub struct Ring {
+    n: usize,
+    log_n: u32,
+    moduli: Vec<Modulus>,
+    plans: Vec<Plan>,
+    n_inv: Vec<ShoupConst>,
+    galois: Mutex<HashMap<u64, Arc<GaloisPermutation>>>,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring")
+            .field("n", &self.n)
+            .field(
+                "moduli",
+                &self.moduli.iter().map(Modulus::value).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Ring {
+    pub fn new(n: usize, moduli: &[u64]) -> Result<Self, RingError> {
+        if !n.is_power_of_two() || !(16..=65536).contains(&n) {
+            return Err(RingError::Degree(n));
+        }
+        let mut plans = Vec::with_capacity(moduli.len());
+        for (i, &q) in moduli.iter().enumerate() {
+            if moduli[..i].contains(&q) {
+                return Err(RingError::Duplicate(q));
+            }
+            if !primes::is_ntt_prime(q, n) {
+                return Err(RingError::Modulus { q, n });
+            }
+            plans.push(Plan::try_new(n, q).ok_or(RingError::Modulus { q, n })?);
+        }
+        let moduli: Vec<Modulus> = moduli.iter().map(|&q| Modulus::new(q)).collect();
+        let n_inv = moduli
+            .iter()
+            .map(|m| {
+                m.shoup(
+                    m.inv(n as u64 % m.value())
+                        .expect("n is invertible mod an odd prime"),
+                )
+            })
+            .collect();
+        Ok(Self {
+            n,
+            log_n: n.trailing_zeros(),
+            moduli,
+            plans,
+            n_inv,
+            galois: Mutex::new(HashMap::new()),
+        })
+    }
+
+    #[inline]
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    #[inline]
+    pub fn log_n(&self) -> u32 {
+        self.log_n
+    }
+
+    #[inline]
+    pub fn moduli(&self) -> &[Modulus] {
+        &self.moduli
+    }
+
+    #[inline]
+    pub fn modulus(&self, i: usize) -> &Modulus {
+        &self.moduli[i]
+    }
+
+    /// A zero polynomial over `limbs` moduli.
+    pub fn zero(&self, limbs: usize) -> Poly {
+        Poly::zero(self.n, limbs)
+    }
+
+    /// Forward NTT of every limb (limb `i` modulo `moduli[basis[i]]`).
+    pub fn ntt(&self, p: &mut Poly, basis: &[usize]) {
+        debug_assert_eq!(p.limbs(), basis.len());
+        for_each_limb_heavy(p.data_mut(), self.n, |i, limb| {
+            self.plans[basis[i]].fwd(limb)
+        });
+    }
+
+    /// Inverse NTT of every limb, including the division by N.
+    pub fn intt(&self, p: &mut Poly, basis: &[usize]) {
+        debug_assert_eq!(p.limbs(), basis.len());
+        for_each_limb_heavy(p.data_mut(), self.n, |i, limb| {
+            self.intt_limb(limb, basis[i])
+        });
+    }
+
+    /// Inverse NTT of every limb without the division by N (the caller folds N^{-1} into a
+    /// constant it multiplies by anyway).
+    pub fn intt_unnormalized(&self, p: &mut Poly, basis: &[usize]) {
+        debug_assert_eq!(p.limbs(), basis.len());
+        for_each_limb_heavy(p.data_mut(), self.n, |i, limb| {
+            self.plans[basis[i]].inv(limb)
+        });
+    }
+
+    /// [N^{-1}] modulo `moduli[idx]`.
+    pub fn n_inv(&self, idx: usize) -> ShoupConst {
+        self.n_inv[idx]
+    }
+
+    /// Inverse NTT of one limb modulo `moduli[idx]`, including the division by N.
+    pub fn intt_limb(&self, limb: &mut [u64], idx: usize) {
+        self.plans[idx].inv(limb);
+        let (m, c) = (&self.moduli[idx], self.n_inv[idx]);
+        for x in limb.iter_mut() {
+            *x = m.mul_shoup(*x, c);
+        }
+    }
+
+    /// Forward NTT of one limb modulo `moduli[idx]`.
+    #[inline]
+    pub fn ntt_limb(&self, limb: &mut [u64], idx: usize) {
+        self.plans[idx].fwd(limb);
+    }
+
+    /// a += b limb-wise.
+    pub fn add_assign(&self, a: &mut Poly, b: &Poly, basis: &[usize]) {
+        for_each_limb(a.data_mut(), self.n, |i, la| {
+            let m = self.moduli[basis[i]];
+            for (x, &y) in la.iter_mut().zip(b.limb(i)) {
+                *x = m.add(*x, y);
+            }
+        });
+    }
+
+    /// a -= b limb-wise.
+    pub fn sub_assign(&self, a: &mut Poly, b: &Poly, basis: &[usize]) {
+        for_each_limb(a.data_mut(), self.n, |i, la| {
+            let m = self.moduli[basis[i]];
+            for (x, &y) in la.iter_mut().zip(b.limb(i)) {
+                *x = m.sub(*x, y);
+            }
+        });
+    }
+
+    /// a = -a limb-wise.
+    pub fn neg_assign(&self, a: &mut Poly, basis: &[usize]) {
+        for_each_limb(a.data_mut(), self.n, |i, la| {
+            let m = self.moduli[basis[i]];
+            for x in la.iter_mut() {
+                *x = m.neg(*x);
+            }
+        });
+    }
+
+    /// out = a + b limb-wise, into a fresh polynomial (one pass, no copy first).
+    pub fn add(&self, a: &Poly, b: &Poly, basis: &[usize]) -> Poly {
+        let mut out = Poly::zero(self.n, basis.len());
+        for_each_limb(out.data_mut(), self.n, |i, lo| {
+            let m = self.moduli[basis[i]];
+            for ((o, &x), &y) in lo.iter_mut().zip(a.limb(i)).zip(b.limb(i)) {
+                *o = m.add(x, y);
+            }
+        });
+        out
+    }
+
+    /// out = a - b limb-wise, into a fresh polynomial.
+    pub fn sub(&self, a: &Poly, b: &Poly, basis: &[usize]) -> Poly {
+        let mut out = Poly::zero(self.n, basis.len());
+        for_each_limb(out.data_mut(), self.n, |i, lo| {
+            let m = self.moduli[basis[i]];
+            for ((o, &x), &y) in lo.iter_mut().zip(a.limb(i)).zip(b.limb(i)) {
+                *o = m.sub(x, y);
+            }
+        });
+        out
+    }
+
+    /// a ⊙= b (NTT domain) limb-wise.
+    pub fn mul_assign(&self, a: &mut Poly, b: &Poly, basis: &[usize]) {
+        for_each_limb(a.data_mut(), self.n, |i, la| {
+            let m = self.moduli[basis[i]];
+            for (x, &y) in la.iter_mut().zip(b.limb(i)) {
+                *x = m.mul(*x, y);
+            }
+        });
+    }
+
+    /// out = a ⊙ b (NTT domain) into a fresh polynomial.
+    pub fn mul(&self, a: &Poly, b: &Poly, basis: &[usize]) -> Poly {
+        let mut out = Poly::zero(self.n, basis.len());
+        for_each_limb(out.data_mut(), self.n, |i, lo| {
+            let m = self.moduli[basis[i]];
+            for ((o, &x), &y) in lo.iter_mut().zip(a.limb(i)).zip(b.limb(i)) {
+                *o = m.mul(x, y);
+            }
+        });
+        out
+    }
+
+    /// out = c + a ⊙ b (NTT domain) into a fresh polynomial, in one pass.
+    pub fn mul_add(&self, c: &Poly, a: &Poly, b: &Poly, basis: &[usize]) -> Poly {
+        let mut out = Poly::zero(self.n, basis.len());
+        for_each_limb(out.data_mut(), self.n, |i, lo| {
+            let m = self.moduli[basis[i]];
+            for (((o, &z), &x), &y) in lo.iter_mut().zip(c.limb(i)).zip(a.limb(i)).zip(b.limb(i)) {
+                *o = m.add(z, m.mul(x, y));
+            }
+        });
+        out
+    }
+
+    /// acc += a ⊙ b (NTT domain) limb-wise.
+    pub fn mul_add_assign(&self, acc: &mut Poly, a: &Poly, b: &Poly, basis: &[usize]) {
+        for_each_limb(acc.data_mut(), self.n, |i, lc| {
+            let m = self.moduli[basis[i]];
+            for ((c, &x), &y) in lc.iter_mut().zip(a.limb(i)).zip(b.limb(i)) {
+                *c = m.add(*c, m.mul(x, y));
+            }
+        });
+    }
+
+    /// a ·= c for one constant per limb (already reduced for that limb).
+    pub fn mul_scalar_assign(&self, a: &mut Poly, consts: &[u64], basis: &[usize]) {
+        for_each_limb(a.data_mut(), self.n, |i, la| {
+            let m = self.moduli[basis[i]];
+            let c = m.shoup(consts[i]);
+            for x in la.iter_mut() {
+                *x = m.mul_shoup(*x, c);
+            }
+        });
+    }
+
+    /// a += c for one constant per limb; in the NTT domain this adds c to every evaluation,
+    /// i.e. the constant polynomial c.
+    pub fn add_scalar_assign(&self, a: &mut Poly, consts: &[u64], basis: &[usize]) {
+        for_each_limb(a.data_mut(), self.n, |i, la| {
+            let m = self.moduli[basis[i]];
+            for x in la.iter_mut() {
+                *x = m.add(*x, consts[i]);
+            }
+        });
+    }
+
+    /// Writes small signed coefficients (|c| below every modulus: noise, secrets) into every limb
+    /// of a fresh polynomial (coefficient domain).
+    pub fn from_small_signed(&self, coeffs: &[i64], basis: &[usize]) -> Poly {
+        debug_assert_eq!(coeffs.len(), self.n);
+        let mut out = Poly::zero(self.n, basis.len());
+        for_each_limb(out.data_mut(), self.n, |i, lo| {
+            let m = self.moduli[basis[i]];
+            for (o, &c) in lo.iter_mut().zip(coeffs) {
+                *o = m.reduce_small(c);
+            }
+        });
+        out
+    }
+
+    /// Writes signed coefficients of any size into every limb of a fresh polynomial
+    /// (coefficient domain).
+    pub fn from_signed(&self, coeffs: &[i64], basis: &[usize]) -> Poly {
+        debug_assert_eq!(coeffs.len(), self.n);
+        let mut out = Poly::zero(self.n, basis.len());
+        for_each_limb(out.data_mut(), self.n, |i, lo| {
+            let m = self.moduli[basis[i]];
+            for (o, &c) in lo.iter_mut().zip(coeffs) {
+                *o = m.reduce_i64(c);
+            }
+        });
+        out
+    }
+
+    /// The permutation of NTT-domain evaluations that applies X ↦ X^g (g odd, mod 2N).
+    pub fn galois_permutation(&self, g: u64) -> Arc<GaloisPermutation> {
+        let g = g % (2 * self.n as u64);
+        let mut cache = self.galois.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(g)
+            .or_insert_with(|| Arc::new(GaloisPermutation::new(self.n, g)))
+            .clone()
+    }
+
+    /// out = σ_g(a) for `a` in the NTT domain.
+    pub fn automorphism_ntt(&self, a: &Poly, g: u64, basis: &[usize]) -> Poly {
+        let perm = self.galois_permutation(g);
+        let mut out = Poly::zero(self.n, basis.len());
+        for_each_limb(out.data_mut(), self.n, |i, lo| perm.apply(a.limb(i), lo));
+        out
+    }
+
+    /// Samples a polynomial uniform modulo every limb (directly in either domain: the uniform
+    /// distribution is the same in both).
+    pub fn sample_uniform(&self, prng: &mut Prng, basis: &[usize]) -> Poly {
+        let mut out = Poly::zero(self.n, basis.len());
+        for (i, limb) in out.data_mut().chunks_mut(self.n).enumerate() {
+            prng.fill_uniform(&self.moduli[basis[i]], limb);
+        }
+        out
+    }
+
+    /// Expands a uniform polynomial from a public seed. Limb `i` is drawn from its own ChaCha20
+    /// stream (numbered by the ring modulus index), so any sub-basis of the expansion equals the
+    /// expansion over that sub-basis: a seeded ciphertext at a lower level re-expands the same.
+    pub fn expand_uniform(&self, seed: &Seed, basis: &[usize]) -> Poly {
+        let mut out = Poly::zero(self.n, basis.len());
+        for_each_limb_heavy(out.data_mut(), self.n, |i, limb| {
+            let mut prng = Prng::from_seed_stream(seed, basis[i] as u64);
+            prng.fill_uniform(&self.moduli[basis[i]], limb);
+        });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,162 @@
+//! Encryption under a public key or a secret key (optionally seeded), and decryption.
+
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use super::ciphertext::{Ciphertext, Plaintext, SeededCiphertext};
+use super::context::RlweContext;
+use super::keygen::select_limbs;
+use super::keys::{PublicKey, SecretKey};
+use crate::ring::{Poly, Prng, RngError};
+
+/// Encrypts plaintexts under a public key: (u·b + e_0 + m, u·a + e_1) with u ternary.
+#[derive(Debug)]
+pub struct PkEncryptor {
+    ctx: Arc<RlweContext>,
+    pk: PublicKey,
+    prng: Prng,
+}
+
+impl PkEncryptor {
+    pub fn new(ctx: &Arc<RlweContext>, pk: &PublicKey) -> Result<Self, RngError> {
+        Ok(Self {
+            ctx: ctx.clone(),
+            pk: pk.clone(),
+            prng: Prng::from_os()?,
+        })
+    }
+
+    /// Encrypts `pt` at its own level. A coefficient-form plaintext is fused with e_0 before a
+    /// single NTT, which saves one transform per limb.
+    pub fn encrypt(&mut self, pt: &Plaintext) -> Ciphertext {
+        let ctx = &self.ctx;
+        let ring = ctx.ring();
+        let level = pt.level();
+        let basis = ctx.q_basis(level);
+        let n = ring.n();
+        // u, e_0, e_1 with the ciphertext reveal the message: wiped after use
+        let u = Zeroizing::new(self.prng.ternary(n));
+        let e0 = Zeroizing::new(self.prng.gaussian(n));
+        let e1 = Zeroizing::new(self.prng.gaussian(n));
+        let mut u = Zeroizing::new(ring.from_small_signed(&u, basis));
+        ring.ntt(&mut u, basis);
+        let mut c0 = ring.from_small_signed(&e0, basis);
+        if !pt.is_ntt {
+            ring.add_assign(&mut c0, &pt.poly, basis);
+        }
+        ring.ntt(&mut c0, basis);
+        if pt.is_ntt {
+            ring.add_assign(&mut c0, &pt.poly, basis);
+        }
+        let mut c1 = ring.from_small_signed(&e1, basis);
+        ring.ntt(&mut c1, basis);
+        // the key's limbs beyond `level` are simply not read
+        ring.mul_add_assign(&mut c0, &u, &self.pk.b, basis);
+        ring.mul_add_assign(&mut c1, &u, &self.pk.a, basis);
+        Ciphertext {
+            parts: vec![c0, c1],
+            scale: pt.scale,
+        }
+    }
+}
+
+/// Encrypts under the secret key: (-a·s + e + m, a), with a expanded from a fresh seed so the
+/// ciphertext can travel as (c_0, seed).
+#[derive(Debug)]
+pub struct SkEncryptor {
+    ctx: Arc<RlweContext>,
+    sk: SecretKey,
+    prng: Prng,
+}
+
+impl SkEncryptor {
+    pub fn new(ctx: &Arc<RlweContext>, sk: &SecretKey) -> Result<Self, RngError> {
+        Ok(Self {
+            ctx: ctx.clone(),
+            sk: sk.clone(),
+            prng: Prng::from_os()?,
+        })
+    }
+
+    pub fn encrypt_seeded(&mut self, pt: &Plaintext) -> SeededCiphertext {
+        let ctx = &self.ctx;
+        let ring = ctx.ring();
+        let basis = ctx.q_basis(pt.level());
+        let seed = self.prng.seed();
+        let a = ring.expand_uniform(&seed, basis);
+        let e = Zeroizing::new(self.prng.gaussian(ring.n()));
+        let mut c0 = ring.from_small_signed(&e, basis);
+        if !pt.is_ntt {
+            ring.add_assign(&mut c0, &pt.poly, basis);
+        }
+        ring.ntt(&mut c0, basis);
+        if pt.is_ntt {
+            ring.add_assign(&mut c0, &pt.poly, basis);
+        }
+        let s = Zeroizing::new(select_limbs(&self.sk.poly, ctx, basis));
+        let as_ = ring.mul(&a, &s, basis);
+        ring.sub_assign(&mut c0, &as_, basis);
+        SeededCiphertext {
+            c0,
+            seed,
+            scale: pt.scale,
+        }
+    }
+
+    pub fn encrypt(&mut self, pt: &Plaintext) -> Ciphertext {
+        let seeded = self.encrypt_seeded(pt);
+        expand_seeded(&self.ctx, &seeded)
+    }
+}
+
+/// The full ciphertext of a seeded one.
+pub fn expand_seeded(ctx: &RlweContext, ct: &SeededCiphertext) -> Ciphertext {
+    let basis = ctx.q_basis(ct.level());
+    let a = ctx.ring().expand_uniform(&ct.seed, basis);
+    Ciphertext {
+        parts: vec![ct.c0.clone(), a],
+        scale: ct.scale,
+    }
+}
+
+/// Decrypts with the secret key.
+#[derive(Debug, Clone)]
+pub struct Decryptor {
+    ctx: Arc<RlweContext>,
+    sk: SecretKey,
+}
+
+impl Decryptor {
+    pub fn new(ctx: &Arc<RlweContext>, sk: &SecretKey) -> Self {
+        Self {
+            ctx: ctx.clone(),
+            sk: sk.clone(),
+        }
+    }
+
+    /// Σ c_i·s^i, in the NTT domain (decoding takes it from there).
+    pub fn decrypt(&self, ct: &Ciphertext) -> Plaintext {
+        let ctx = &self.ctx;
+        let ring = ctx.ring();
+        let basis = ctx.q_basis(ct.level());
+        let s = Zeroizing::new(select_limbs(&self.sk.poly, ctx, basis));
+        // Horner: ((c_d·s + c_{d-1})·s + …) + c_0, the last step fused into one pass
+        let d = ct.degree();
+        let poly = if d == 1 {
+            ring.mul_add(&ct.parts[0], &ct.parts[1], &s, basis)
+        } else {
+            let mut acc: Poly = ct.parts[d].clone();
+            for part in ct.parts[1..d].iter().rev() {
+                ring.mul_assign(&mut acc, &s, basis);
+                ring.add_assign(&mut acc, part, basis);
+            }
+            ring.mul_add(&ct.parts[0], &acc, &s, basis)
+        };
+        Plaintext {
+            poly,
+            scale: ct.scale,
+            is_ntt: true,
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Hybrid key switching (Han–Ki): decompose into digits, raise each digit to Q_l ∪ P, take the
+//! inner product with the switching key, and divide by P. The decomposition can be reused for
+//! many automorphisms of the same polynomial (hoisting).
+
+use super::context::RlweContext;
+use super::keys::SwitchingKey;
+use crate::ring::{Poly, for_each_limb_heavy};
+
+/// A polynomial at level `level` decomposed into digits, each raised to Q_l ∪ P (NTT domain).
+#[derive(Debug, Clone)]
+pub struct Decomposition {
+    level: usize,
+    digits: Vec<Poly>,
+}
+
+impl Decomposition {
+    pub fn level(&self) -> usize {
+        self.level
+    }
+
+    /// The same decomposition after X ↦ X^g: every digit permuted in the NTT domain.
+    pub fn automorphism(&self, ctx: &RlweContext, g: u64) -> Decomposition {
+        let basis = ctx.qp_basis(self.level);
+        let digits = self
+            .digits
+            .iter()
+            .map(|d| ctx.ring().automorphism_ntt(d, g, basis))
+            .collect();
+        Decomposition {
+            level: self.level,
+            digits,
+        }
+    }
+}
+
+/// Why a key switch cannot run.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeySwitchError {
+    #[error("these parameters have no special primes P, so key switching is unavailable")]
+    NoSpecialPrimes,
+    #[error("the switching key was made for other parameters")]
+    ForeignKey,
+}
+
+impl RlweContext {
+    /// Decomposes `d` (NTT domain over Q_level) into raised digits.
+    pub fn decompose(&self, d: &Poly, level: usize) -> Result<Decomposition, KeySwitchError> {
+        if self.num_p() == 0 {
+            return Err(KeySwitchError::NoSpecialPrimes);
+        }
+        let ring = self.ring();
+        let n = ring.n();
+        let qb = self.q_basis(level);
+        let qpb = self.qp_basis(level);
+        let mut dc = d.clone();
+        // the division by N happens in `prepare`, in the pass it makes anyway
+        ring.intt_unnormalized(&mut dc, qb);
+        let mut digits = Vec::with_capacity(self.digits().len());
+        for range in self.digits() {
+            let range = range.start..range.end.min(level);
+            if range.is_empty() {
+                break;
+            }
+            let ext = self.extender_from_digit(range.clone());
+            let src: Vec<&[u64]> = range.clone().map(|i| dc.limb(i)).collect();
+            let y = ext.prepare(ring, &src, true);
+            let mut out = Poly::zero(n, qpb.len());
+            for_each_limb_heavy(out.data_mut(), n, |pos, limb| {
+                let idx = qpb[pos];
+                if range.contains(&idx) {
+                    // the digit's own limbs are d itself, already in the NTT domain
+                    limb.copy_from_slice(d.limb(idx));
+                } else {
+                    ext.extend_limb(ring, &y, idx, limb);
+                    ring.ntt_limb(limb, idx);
+                }
+            });
+            digits.push(out);
+        }
+        Ok(Decomposition { level, digits })
+    }
+
+    /// Σ_j digit_j ⊙ (b_j, a_j) over Q_l ∪ P, with one modular reduction per coefficient
+    /// (products are summed lazily in 128 bits).
+    pub fn inner_product(
+        &self,
+        dec: &Decomposition,
+        key: &SwitchingKey,
+    ) -> Result<(Poly, Poly), KeySwitchError> {
+        if &key.fingerprint != self.fingerprint() {
+            return Err(KeySwitchError::ForeignKey);
+        }
+        let ring = self.ring();
+        let n = ring.n();
+        let qpb = self.qp_basis(dec.level);
+        let width = qpb.len();
+        let mut out = Poly::zero(n, 2 * width);
+        for_each_limb_heavy(out.data_mut(), n, |p, limb| {
+            let (comp, pos) = (p / width, p % width);
+            let idx = qpb[pos];
+            let m = ring.modulus(idx);
+            let xs: Vec<&[u64]> = dec.digits.iter().map(|d| d.limb(pos)).collect();
+            let ks: Vec<&[u64]> = key.parts[..xs.len()]
+                .iter()
+                .map(|(b, a)| if comp == 0 { b.limb(idx) } else { a.limb(idx) })
+                .collect();
+            dot_lazy(m, &xs, &ks, limb);
+        });
+        let c1 = out.slice_limbs(width..2 * width);
+        out.truncate(width);
+        Ok((out, c1))
+    }
+
+    /// Divides a polynomial over Q_l ∪ P (NTT domain) by P, rounding, onto Q_l.
+    pub fn mod_down(&self, mut x: Poly, level: usize) -> Poly {
+        let ring = self.ring();
+        let n = ring.n();
+        let k = self.num_p();
+        let l = self.max_level();
+        let mut p_part = x.slice_limbs(level..level + k);
+        ring.intt_unnormalized(&mut p_part, &self.key_basis()[l..l + k]);
+        let from_p = self
+            .extender_from_p()
+            .expect("mod_down needs special primes");
+        let p_limbs: Vec<&[u64]> = (0..k).map(|i| p_part.limb(i)).collect();
+        let y = from_p.prepare(ring, &p_limbs, true);
+        x.truncate(level);
+        let p_inv = self.p_inv_mod_q();
+        for_each_limb_heavy(x.data_mut(), n, |i, limb| {
+            let m = ring.modulus(i);
+            let mut e = vec![0u64; n];
+            from_p.extend_limb(ring, &y, i, &mut e);
+            ring.ntt_limb(&mut e, i);
+            for (o, &e) in limb.iter_mut().zip(&e) {
+                *o = m.mul_shoup(m.sub(*o, e), p_inv[i]);
+            }
+        });
+        x
+    }
+
+    /// (ks_0, ks_1) over Q_level with ks_0 + ks_1·s ≈ d·s' for the key from s' to s.
+    pub fn key_switch(
+        &self,
+        d: &Poly,
+        level: usize,
+        key: &SwitchingKey,
+    ) -> Result<(Poly, Poly), KeySwitchError> {
+        let dec = self.decompose(d, level)?;
+        self.key_switch_decomposed(&dec, key)
+    }
+
+    /// Key switching from an existing decomposition (hoisting).
+    pub fn key_switch_decomposed(
+        &self,
+        dec: &Decomposition,
+        key: &SwitchingKey,
+    ) -> Result<(Poly, Poly), KeySwitchError> {
+        let (p0, p1) = self.inner_product(dec, key)?;
+        Ok((self.mod_down(p0, dec.level), self.mod_down(p1, dec.level)))
+    }
+}
+
+/// out[k] = Σ_j xs[j][k]·ks[j][k] mod m, summing 128-bit products and reducing once (every 15
+/// products at most). Small digit counts get straight-line loops without bounds checks.
+fn dot_lazy(m: &crate::ring::Modulus, xs: &[&[u64]], ks: &[&[u64]], out: &mut [u64]) {
+    let p = |a: u64, b: u64| a as u128 * b as u128;
+    match (xs, ks) {
+        ([x0], [k0]) => {
+            for ((o, &a), &b) in out.iter_mut().zip(*x0).zip(*k0) {
+                *o = m.mul(a, b);
+            }
+        }
+        ([x0, x1], [k0, k1]) => {
+            for (k, o) in out.iter_mut().enumerate() {
+                *o = m.reduce_u128(p(x0[k], k0[k]) + p(x1[k], k1[k]));
+            }
+        }
+        ([x0, x1, x2], [k0, k1, k2]) => {
+            for (k, o) in out.iter_mut().enumerate() {
+                *o = m.reduce_u128(p(x0[k], k0[k]) + p(x1[k], k1[k]) + p(x2[k], k2[k]));
+            }
+        }
+        _ => {
+            for (k, o) in out.iter_mut().enumerate() {
+                let mut acc = 0u128;
+                for (j, (x, y)) in xs.iter().zip(ks).enumerate() {
+                    acc += p(x[k], y[k]);
+                    if j % 15 == 14 {
+                        acc = m.reduce_u128(acc) as u128;
+                    }
+                }
+                *o = m.reduce_u128(acc);
+            }
+        }
+    }
+}
