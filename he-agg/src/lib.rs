@@ -5,9 +5,13 @@
 //!
 //! - [`ring`]: RNS polynomials, NTTs, automorphisms, basis extension, sampling;
 //! - [`rlwe`]: parameters and their 128-bit security check, keys, encryption, key switching;
-//! - [`ckks`]: encoding by the canonical embedding, the evaluator, presets, the wire format.
+//! - [`ckks`]: encoding by the canonical embedding, the evaluator, presets, the wire format;
+//! - [`multiparty`]: collective keys, t-of-N threshold, (public-)key switching with flooding;
+//! - [`aggregate`]: streaming weighted sums of ciphertexts on a pluggable backend.
 
+pub mod aggregate;
 pub mod ckks;
+pub mod multiparty;
 pub mod ring;
 pub mod rlwe;
 mod simd;

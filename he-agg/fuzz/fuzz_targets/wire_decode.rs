@@ -1,4 +1,4 @@
-//! Every decoder of the wire format on arbitrary bytes: it must return a value or an error,
+//! Every decoder of the wire format (ciphertexts, keys, protocol shares) on arbitrary bytes: it must return a value or an error,
 //! never panic, hang or allocate without bound.
 //!
 //!     cd he-agg/fuzz && cargo +nightly fuzz run wire_decode -- -max_total_time=300
@@ -7,6 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use he_agg::ckks::{CkksContext, Parameters, wire};
+use he_agg::multiparty::wire as shares;
 use libfuzzer_sys::fuzz_target;
 
 fn ctx() -> &'static Arc<CkksContext> {
@@ -26,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
         if kind & 0x80 != 0 && bytes.len() >= wire::HEADER_LEN {
             bytes[..4].copy_from_slice(&wire::MAGIC);
             bytes[4..6].copy_from_slice(&wire::VERSION.to_le_bytes());
-            bytes[6] = 1 + kind % 7;
+            bytes[6] = 1 + kind % 14;
             bytes[7] = 0;
             bytes[8..40].copy_from_slice(c.fingerprint());
         }
@@ -41,4 +42,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = wire::decode_galois_key(c, &bytes);
     let _ = wire::decode_galois_keys(c, &bytes);
     let _ = wire::decode_secret_key(c, &bytes);
+    let _ = shares::decode_public_key_share(c, &bytes);
+    let _ = shares::decode_relin_share1(c, &bytes);
+    let _ = shares::decode_relin_share2(c, &bytes);
+    let _ = shares::decode_galois_share(c, &bytes);
+    let _ = shares::decode_key_switch_share(c, &bytes);
+    let _ = shares::decode_public_key_switch_share(c, &bytes);
+    let _ = shares::decode_shamir_share(c, &bytes);
 });

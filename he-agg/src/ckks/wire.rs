@@ -37,6 +37,14 @@ pub enum Kind {
     GaloisKey = 5,
     GaloisKeys = 6,
     SecretKey = 7,
+    // messages of the multiparty protocols (he_agg::multiparty::wire)
+    PublicKeyShare = 8,
+    RelinKeyShareRound1 = 9,
+    RelinKeyShareRound2 = 10,
+    GaloisKeyShare = 11,
+    KeySwitchShare = 12,
+    PublicKeySwitchShare = 13,
+    ShamirShare = 14,
 }
 
 impl Kind {
@@ -49,6 +57,13 @@ impl Kind {
             5 => Kind::GaloisKey,
             6 => Kind::GaloisKeys,
             7 => Kind::SecretKey,
+            8 => Kind::PublicKeyShare,
+            9 => Kind::RelinKeyShareRound1,
+            10 => Kind::RelinKeyShareRound2,
+            11 => Kind::GaloisKeyShare,
+            12 => Kind::KeySwitchShare,
+            13 => Kind::PublicKeySwitchShare,
+            14 => Kind::ShamirShare,
             _ => return None,
         })
     }
@@ -93,15 +108,17 @@ pub enum WireError {
     TooManyKeys(usize),
     #[error("Galois element {0} appears twice")]
     DuplicateGaloisElement(u64),
+    #[error("party index {0} is outside 1..=65535")]
+    PartyIndex(u32),
 }
 
 // ----- sizes -----
 
-fn limb_bytes(ctx: &CkksContext, ring_index: usize) -> usize {
+pub(crate) fn limb_bytes(ctx: &CkksContext, ring_index: usize) -> usize {
     ctx.n() * ctx.rlwe().ring().modulus(ring_index).bits() as usize / 8
 }
 
-fn poly_bytes(ctx: &CkksContext, basis: &[usize]) -> usize {
+pub(crate) fn poly_bytes(ctx: &CkksContext, basis: &[usize]) -> usize {
     basis.iter().map(|&i| limb_bytes(ctx, i)).sum()
 }
 
@@ -121,7 +138,7 @@ fn switching_key_body_len(ctx: &CkksContext) -> usize {
 
 // ----- writing -----
 
-fn header(ctx: &CkksContext, kind: Kind, body: usize) -> Vec<u8> {
+pub(crate) fn header(ctx: &CkksContext, kind: Kind, body: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + body);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -132,7 +149,7 @@ fn header(ctx: &CkksContext, kind: Kind, body: usize) -> Vec<u8> {
 }
 
 /// Appends the residues of `p` over `basis`, each packed to the bit width of its modulus.
-fn put_poly(ctx: &CkksContext, out: &mut Vec<u8>, p: &Poly, basis: &[usize]) {
+pub(crate) fn put_poly(ctx: &CkksContext, out: &mut Vec<u8>, p: &Poly, basis: &[usize]) {
     for (pos, &idx) in basis.iter().enumerate() {
         let bits = ctx.rlwe().ring().modulus(idx).bits();
         let (mut acc, mut filled) = (0u128, 0u32);
@@ -234,14 +251,18 @@ pub fn encode_secret_key(ctx: &CkksContext, sk: &SecretKey) -> Zeroizing<Vec<u8>
 
 // ----- reading -----
 
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
     /// Checks the header and returns a reader over the body.
-    fn open(ctx: &CkksContext, bytes: &'a [u8], expected: Kind) -> Result<Self, WireError> {
+    pub(crate) fn open(
+        ctx: &CkksContext,
+        bytes: &'a [u8],
+        expected: Kind,
+    ) -> Result<Self, WireError> {
         if bytes.len() < HEADER_LEN {
             return Err(WireError::Truncated {
                 need: HEADER_LEN,
@@ -271,12 +292,12 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn remaining(&self) -> usize {
+    pub(crate) fn remaining(&self) -> usize {
         self.bytes.len() - self.pos
     }
 
     /// Fails unless exactly `n` bytes remain (called once the header fixes the size).
-    fn expect_remaining(&self, n: usize) -> Result<(), WireError> {
+    pub(crate) fn expect_remaining(&self, n: usize) -> Result<(), WireError> {
         if self.remaining() != n {
             return Err(WireError::Length {
                 expected: self.pos + n,
@@ -286,7 +307,7 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         if self.remaining() < n {
             return Err(WireError::Length {
                 expected: self.pos + n,
@@ -298,21 +319,21 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    fn u8(&mut self) -> Result<u8, WireError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, WireError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u16(&mut self) -> Result<u16, WireError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, WireError> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
 
-    fn u64(&mut self) -> Result<u64, WireError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, WireError> {
         let b = self.take(8)?;
         Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
 
-    fn scale(&mut self) -> Result<f64, WireError> {
+    pub(crate) fn scale(&mut self) -> Result<f64, WireError> {
         let s = f64::from_bits(self.u64()?);
         if !(s.is_finite() && s >= 1.0) {
             return Err(WireError::Scale(s));
@@ -320,7 +341,7 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    fn level(&mut self, ctx: &CkksContext) -> Result<usize, WireError> {
+    pub(crate) fn level(&mut self, ctx: &CkksContext) -> Result<usize, WireError> {
         let level = self.u8()? as usize;
         if level == 0 || level > ctx.max_level() {
             return Err(WireError::Level {
@@ -332,7 +353,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a polynomial over `basis`; the caller has already checked the length.
-    fn poly(
+    pub(crate) fn poly(
         &mut self,
         ctx: &CkksContext,
         basis: &[usize],
@@ -392,7 +413,7 @@ impl<'a> Reader<'a> {
         Ok(SwitchingKey::new(parts, *ctx.fingerprint()))
     }
 
-    fn galois_element(&mut self, ctx: &CkksContext) -> Result<u64, WireError> {
+    pub(crate) fn galois_element(&mut self, ctx: &CkksContext) -> Result<u64, WireError> {
         let g = self.u64()?;
         if g % 2 == 0 || g == 1 || g >= 2 * ctx.n() as u64 {
             return Err(WireError::GaloisElement(g));

@@ -134,9 +134,13 @@ impl Prng {
         (0..n).map(|_| cdt.sample(self.next_u64())).collect()
     }
 
-    /// Coefficients from a rounded continuous Gaussian of standard deviation `sigma`, for noise
-    /// flooding where σ is far too large for a table. Unbounded tails are cut at `bound`.
-    pub fn gaussian_wide(&mut self, n: usize, sigma: f64, bound: f64) -> Vec<i128> {
+    /// Coefficients from a Gaussian of standard deviation `sigma` (any size up to 2^100), for
+    /// noise flooding, cut at `tail`·σ. A float sample of σ ≈ 2^70 only has its top 53 bits
+    /// random, which would leave the low bits of whatever it floods readable; a uniform integer
+    /// below the float's resolution is added so every bit of the result is smoothed.
+    pub fn gaussian_flooding(&mut self, n: usize, sigma: f64, tail: f64) -> Vec<i128> {
+        let bound = tail * sigma;
+        let fine_bits = (sigma.log2() - 50.0).max(0.0).ceil() as u32;
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             // Box–Muller on two 53-bit uniforms in (0, 1]
@@ -146,7 +150,15 @@ impl Prng {
             let (s, c) = (2.0 * std::f64::consts::PI * u2).sin_cos();
             for z in [r * c, r * s] {
                 if z.abs() <= bound && out.len() < n {
-                    out.push(z.round() as i128);
+                    let coarse = z.round() as i128;
+                    let fine = if fine_bits == 0 {
+                        0
+                    } else {
+                        let w = (((self.next_u64() as u128) << 64) | self.next_u64() as u128)
+                            >> (128 - fine_bits);
+                        w as i128 - (1i128 << (fine_bits - 1))
+                    };
+                    out.push(coarse + fine);
                 }
             }
         }
@@ -279,15 +291,29 @@ mod tests {
     }
 
     #[test]
-    fn wide_gaussian_variance() {
+    fn flooding_gaussian_variance_and_low_bits() {
         let mut prng = Prng::from_seed(&[4; 32]);
-        let sigma = 2f64.powi(20);
-        let v = prng.gaussian_wide(100_000, sigma, 12.0 * sigma);
-        let var = v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64;
-        assert!(
-            (var.sqrt() / sigma - 1.0).abs() < 0.02,
-            "σ ratio {}",
-            var.sqrt() / sigma
-        );
+        for log_sigma in [20, 70] {
+            let sigma = 2f64.powi(log_sigma);
+            let v = prng.gaussian_flooding(100_000, sigma, 12.0);
+            let var = v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64;
+            assert!(
+                (var.sqrt() / sigma - 1.0).abs() < 0.02,
+                "σ ratio {}",
+                var.sqrt() / sigma
+            );
+            assert!(
+                v.iter()
+                    .all(|x| (x.abs() as f64) <= 12.0 * sigma * (1.0 + 1e-9))
+            );
+            // every low bit is used: each of the 8 lowest bits is set in about half the samples
+            for bit in 0..8 {
+                let ones = v.iter().filter(|&&x| (x >> bit) & 1 == 1).count();
+                assert!(
+                    (ones as i64 - 50_000).abs() < 1_500,
+                    "σ 2^{log_sigma} bit {bit}: {ones}"
+                );
+            }
+        }
     }
 }

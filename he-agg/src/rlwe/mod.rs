@@ -13,6 +13,7 @@ pub use ciphertext::{Ciphertext, Plaintext, SeededCiphertext};
 pub use context::RlweContext;
 pub use encrypt::{Decryptor, PkEncryptor, SkEncryptor, expand_seeded};
 pub use keygen::KeyGenerator;
+pub(crate) use keygen::{add_gadget, rlwe_sample, select_limbs};
 pub use keys::{GaloisKey, GaloisKeys, PublicKey, RelinearizationKey, SecretKey, SwitchingKey};
 pub use keyswitch::{Decomposition, KeySwitchError};
 pub use params::{HE_STANDARD_128, ParamsError, RlweParams, max_log_qp_128};

@@ -1,0 +1,46 @@
+//! Errors of the multiparty protocols.
+
+use crate::ckks::CkksError;
+use crate::ckks::wire::WireError;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MultipartyError {
+    #[error("a {what} made for other parameters")]
+    Foreign { what: &'static str },
+    #[error("shares of different shapes cannot be combined ({0})")]
+    Shape(&'static str),
+    #[error("threshold {threshold} is not in 1..={parties}")]
+    Threshold { threshold: usize, parties: usize },
+    #[error("party index {0} is not usable (indices are distinct and in 1..=65535)")]
+    PartyIndex(u32),
+    #[error("{got} parties are active where at least {threshold} are needed")]
+    TooFewParties { got: usize, threshold: usize },
+    #[error("party {0} is not in the active set")]
+    NotActive(u32),
+    #[error("expected exactly one share from each of {expected} parties, got {got}")]
+    MissingShares { expected: usize, got: usize },
+    #[error("share addressed to party {to} from party {from} given to party {me}")]
+    Misaddressed { from: u32, to: u32, me: u32 },
+    #[error(
+        "flooding noise 2^{flood_bits:.1} with a message of 2^{message_bits:.1} does not fit below \
+         Q/2 = 2^{room_bits:.1} at level {level}: use a lower scale, fewer parties, or a bigger modulus"
+    )]
+    Headroom {
+        level: usize,
+        flood_bits: f64,
+        message_bits: f64,
+        room_bits: f64,
+    },
+    #[error("statistical security of {0} bits is below the 30-bit minimum")]
+    WeakFlooding(u32),
+    #[error("noise bound {0} is not a finite positive number")]
+    NoiseBound(f64),
+    #[error("ciphertext of degree {0}: key switching takes degree 1")]
+    Degree(usize),
+    #[error("the sealed share failed authentication (wrong key, sender, receiver or tampering)")]
+    Unseal,
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error(transparent)]
+    Ckks(#[from] CkksError),
+}

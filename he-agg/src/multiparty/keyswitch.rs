@@ -1,0 +1,254 @@
+//! Collective key switching (CKS) between two shared secrets, and public-key switching (PCKS)
+//! of a ciphertext under the collective key to any public key: the aggregate reaches a hospital,
+//! or an inference result its requester, without anyone decrypting it. Every share carries
+//! flooding noise.
+
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use crate::ckks::{Ciphertext, CkksContext};
+use crate::ring::{Poly, Prng};
+use crate::rlwe::{PublicKey, SecretKey, select_limbs};
+
+use super::error::MultipartyError;
+use super::flooding::Flooding;
+
+/// A polynomial of flooding noise over Q_level, NTT domain.
+fn flood_poly(ctx: &CkksContext, flooding: &Flooding, prng: &mut Prng, level: usize) -> Poly {
+    let rl = ctx.rlwe();
+    let ring = rl.ring();
+    let basis = rl.q_basis(level);
+    let e = Zeroizing::new(flooding.sample(prng, ring.n()));
+    let mut p = Poly::zero(ring.n(), level);
+    for (i, &idx) in basis.iter().enumerate() {
+        let m = ring.modulus(idx);
+        for (o, &x) in p.limb_mut(i).iter_mut().zip(e.iter()) {
+            *o = m.reduce_i128(x);
+        }
+    }
+    ring.ntt(&mut p, basis);
+    p
+}
+
+fn check_ct(ctx: &CkksContext, ct: &Ciphertext) -> Result<(), MultipartyError> {
+    let level = ct.level();
+    if level == 0 || level > ctx.max_level() {
+        return Err(MultipartyError::Shape("ciphertext level"));
+    }
+    if ct.degree() != 1 {
+        return Err(MultipartyError::Degree(ct.degree()));
+    }
+    if ct
+        .parts
+        .iter()
+        .any(|p| p.n() != ctx.n() || p.limbs() != level)
+    {
+        return Err(MultipartyError::Shape("ciphertext"));
+    }
+    Ok(())
+}
+
+fn check_key(ctx: &CkksContext, fp: &[u8; 32], what: &'static str) -> Result<(), MultipartyError> {
+    if fp != ctx.fingerprint() {
+        return Err(MultipartyError::Foreign { what });
+    }
+    Ok(())
+}
+
+/// Public-key switching: party i sends h0_i = s_i·c1 + u_i·b' + e0_i (e0_i flooding) and
+/// h1_i = u_i·a' + e1_i; the result (c0 + Σ h0_i, Σ h1_i) decrypts under the target key.
+#[derive(Debug, Clone)]
+pub struct PublicKeySwitch {
+    ctx: Arc<CkksContext>,
+    flooding: Flooding,
+    parties: usize,
+}
+
+/// One party's PCKS share, over Q_level (NTT domain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKeySwitchShare {
+    pub(crate) h0: Poly,
+    pub(crate) h1: Poly,
+}
+
+impl PublicKeySwitchShare {
+    pub fn level(&self) -> usize {
+        self.h0.limbs()
+    }
+}
+
+impl PublicKeySwitch {
+    /// `parties`: how many shares will be summed (the active set), for the headroom check.
+    pub fn new(ctx: &Arc<CkksContext>, flooding: Flooding, parties: usize) -> Self {
+        Self {
+            ctx: ctx.clone(),
+            flooding,
+            parties,
+        }
+    }
+
+    pub fn flooding(&self) -> &Flooding {
+        &self.flooding
+    }
+
+    /// This party's share for switching `ct` to `target`. `sk` is the party's additive share of
+    /// the collective secret (its own s_i, or λ·P(α_i) in a threshold set). Refuses a
+    /// ciphertext whose level cannot hold the flooding of all parties' shares at its scale.
+    pub fn share(
+        &self,
+        sk: &SecretKey,
+        target: &PublicKey,
+        ct: &Ciphertext,
+        prng: &mut Prng,
+    ) -> Result<PublicKeySwitchShare, MultipartyError> {
+        check_key(&self.ctx, sk.fingerprint(), "secret key")?;
+        check_key(&self.ctx, target.fingerprint(), "target public key")?;
+        check_ct(&self.ctx, ct)?;
+        let level = ct.level();
+        // values of magnitude one at least must survive the flooding
+        self.flooding
+            .check_headroom(&self.ctx, level, ct.scale, 1.0, self.parties)?;
+        let rl = self.ctx.rlwe();
+        let ring = rl.ring();
+        let basis = rl.q_basis(level);
+        let s = Zeroizing::new(select_limbs(sk.poly(), rl, basis));
+        let u_coeffs = Zeroizing::new(prng.ternary(ring.n()));
+        let mut u = Zeroizing::new(ring.from_small_signed(&u_coeffs, basis));
+        ring.ntt(&mut u, basis);
+        let mut h0 = flood_poly(&self.ctx, &self.flooding, prng, level);
+        ring.mul_add_assign(&mut h0, &ct.parts[1], &s, basis);
+        ring.mul_add_assign(&mut h0, &u, target.b(), basis);
+        let e1 = Zeroizing::new(prng.gaussian(ring.n()));
+        let mut h1 = ring.from_small_signed(&e1, basis);
+        ring.ntt(&mut h1, basis);
+        ring.mul_add_assign(&mut h1, &u, target.a(), basis);
+        Ok(PublicKeySwitchShare { h0, h1 })
+    }
+
+    pub fn aggregate(
+        &self,
+        acc: &mut PublicKeySwitchShare,
+        share: &PublicKeySwitchShare,
+    ) -> Result<(), MultipartyError> {
+        let level = acc.level();
+        if share.level() != level || acc.h1.limbs() != level || share.h1.limbs() != level {
+            return Err(MultipartyError::Shape("public-key-switch share"));
+        }
+        let rl = self.ctx.rlwe();
+        rl.ring()
+            .add_assign(&mut acc.h0, &share.h0, rl.q_basis(level));
+        rl.ring()
+            .add_assign(&mut acc.h1, &share.h1, rl.q_basis(level));
+        Ok(())
+    }
+
+    /// The ciphertext under the target key, from the sum of the shares.
+    pub fn finalize(
+        &self,
+        ct: &Ciphertext,
+        aggregate: PublicKeySwitchShare,
+    ) -> Result<Ciphertext, MultipartyError> {
+        check_ct(&self.ctx, ct)?;
+        if aggregate.level() != ct.level() {
+            return Err(MultipartyError::Shape("public-key-switch share"));
+        }
+        let rl = self.ctx.rlwe();
+        let c0 = rl
+            .ring()
+            .add(&ct.parts[0], &aggregate.h0, rl.q_basis(ct.level()));
+        Ok(Ciphertext {
+            parts: vec![c0, aggregate.h1],
+            scale: ct.scale,
+        })
+    }
+}
+
+/// Collective key switching from s = Σ s_i to s' = Σ s'_i: party i sends
+/// h_i = (s_i − s'_i)·c1 + e_i (e_i flooding); the result (c0 + Σ h_i, c1) decrypts under s'.
+#[derive(Debug, Clone)]
+pub struct KeySwitch {
+    ctx: Arc<CkksContext>,
+    flooding: Flooding,
+    parties: usize,
+}
+
+/// One party's CKS share, over Q_level (NTT domain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySwitchShare {
+    pub(crate) h: Poly,
+}
+
+impl KeySwitchShare {
+    pub fn level(&self) -> usize {
+        self.h.limbs()
+    }
+}
+
+impl KeySwitch {
+    pub fn new(ctx: &Arc<CkksContext>, flooding: Flooding, parties: usize) -> Self {
+        Self {
+            ctx: ctx.clone(),
+            flooding,
+            parties,
+        }
+    }
+
+    pub fn share(
+        &self,
+        sk_from: &SecretKey,
+        sk_to: &SecretKey,
+        ct: &Ciphertext,
+        prng: &mut Prng,
+    ) -> Result<KeySwitchShare, MultipartyError> {
+        check_key(&self.ctx, sk_from.fingerprint(), "secret key")?;
+        check_key(&self.ctx, sk_to.fingerprint(), "target secret key")?;
+        check_ct(&self.ctx, ct)?;
+        let level = ct.level();
+        self.flooding
+            .check_headroom(&self.ctx, level, ct.scale, 1.0, self.parties)?;
+        let rl = self.ctx.rlwe();
+        let ring = rl.ring();
+        let basis = rl.q_basis(level);
+        let from = Zeroizing::new(select_limbs(sk_from.poly(), rl, basis));
+        let to = Zeroizing::new(select_limbs(sk_to.poly(), rl, basis));
+        let diff = Zeroizing::new(ring.sub(&from, &to, basis));
+        let mut h = flood_poly(&self.ctx, &self.flooding, prng, level);
+        ring.mul_add_assign(&mut h, &ct.parts[1], &diff, basis);
+        Ok(KeySwitchShare { h })
+    }
+
+    pub fn aggregate(
+        &self,
+        acc: &mut KeySwitchShare,
+        share: &KeySwitchShare,
+    ) -> Result<(), MultipartyError> {
+        if share.level() != acc.level() {
+            return Err(MultipartyError::Shape("key-switch share"));
+        }
+        let rl = self.ctx.rlwe();
+        let level = acc.level();
+        rl.ring()
+            .add_assign(&mut acc.h, &share.h, rl.q_basis(level));
+        Ok(())
+    }
+
+    pub fn finalize(
+        &self,
+        ct: &Ciphertext,
+        aggregate: KeySwitchShare,
+    ) -> Result<Ciphertext, MultipartyError> {
+        check_ct(&self.ctx, ct)?;
+        if aggregate.level() != ct.level() {
+            return Err(MultipartyError::Shape("key-switch share"));
+        }
+        let rl = self.ctx.rlwe();
+        let c0 = rl
+            .ring()
+            .add(&ct.parts[0], &aggregate.h, rl.q_basis(ct.level()));
+        Ok(Ciphertext {
+            parts: vec![c0, ct.parts[1].clone()],
+            scale: ct.scale,
+        })
+    }
+}

@@ -1,0 +1,37 @@
+//! Multiparty CKKS (Mouchet et al. 2021, 2022; Lattigo's `multiparty`): every party holds its own
+//! secret share s_i, generated on its own machine; the consortium's secret s = Σ s_i exists nowhere.
+//!
+//! - [`crs`]: common reference polynomials expanded from a public seed;
+//! - [`keygen`]: the collective public key (one round), relinearization key (two rounds) and
+//!   Galois keys (one round per element);
+//! - [`threshold`]: t-of-N Shamir sharing of the s_i, so any t parties can act for all N, with
+//!   [`sealed`] end-to-end encryption of the pairwise share messages (X25519 + ChaCha20-Poly1305);
+//! - [`keyswitch`]: collective key switching and public-key switching (PCKS) to a target public
+//!   key, every share carrying flooding noise ([`flooding`]) so that nothing a party sends reveals
+//!   its secret (IND-CPA-D);
+//! - [`wire`]: the share messages, serialized and validated like ciphertexts.
+//!
+//! These are protocols with explicit messages and no networking: the coordinator relays and sums
+//! shares, parties compute them.
+
+pub mod crs;
+mod error;
+pub mod flooding;
+pub mod keygen;
+pub mod keyswitch;
+pub mod sealed;
+pub mod threshold;
+pub mod wire;
+
+pub use crs::Crs;
+pub use error::MultipartyError;
+pub use flooding::Flooding;
+pub use keygen::{
+    GaloisKeyGen, GaloisKeyShare, PublicKeyGen, PublicKeyShare, RelinKeyEphemeral, RelinKeyGen,
+    RelinKeyShare1, RelinKeyShare2,
+};
+pub use keyswitch::{KeySwitch, KeySwitchShare, PublicKeySwitch, PublicKeySwitchShare};
+pub use threshold::{ShamirShare, ThresholdSecret, lagrange_share};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,207 @@
+//! Share messages on the wire, in the format of [`crate::ckks::wire`] (40-byte header with kind
+//! and parameter fingerprint, residues bit-packed to their modulus width) and validated the same
+//! way: exact sizes before allocating, every residue below its modulus, typed errors.
+
+use zeroize::Zeroizing;
+
+use crate::ckks::CkksContext;
+use crate::ckks::wire::{Kind, Reader, WireError, header, poly_bytes, put_poly};
+
+use super::keygen::{GaloisKeyShare, PublicKeyShare, RelinKeyShare1, RelinKeyShare2};
+use super::keyswitch::{KeySwitchShare, PublicKeySwitchShare};
+use super::threshold::{MAX_PARTY_INDEX, ShamirShare};
+
+fn digits(ctx: &CkksContext) -> usize {
+    ctx.rlwe().digits().len()
+}
+
+fn key_poly_bytes(ctx: &CkksContext) -> usize {
+    poly_bytes(ctx, ctx.rlwe().key_basis())
+}
+
+pub fn encode_public_key_share(ctx: &CkksContext, s: &PublicKeyShare) -> Vec<u8> {
+    let basis = ctx.rlwe().q_basis(ctx.max_level());
+    let mut out = header(ctx, Kind::PublicKeyShare, poly_bytes(ctx, basis));
+    put_poly(ctx, &mut out, &s.p, basis);
+    out
+}
+
+pub fn decode_public_key_share(
+    ctx: &CkksContext,
+    bytes: &[u8],
+) -> Result<PublicKeyShare, WireError> {
+    let mut r = Reader::open(ctx, bytes, Kind::PublicKeyShare)?;
+    let basis = ctx.rlwe().q_basis(ctx.max_level());
+    r.expect_remaining(poly_bytes(ctx, basis))?;
+    Ok(PublicKeyShare {
+        p: r.poly(ctx, basis, 0)?,
+    })
+}
+
+fn encode_digit_pairs(
+    ctx: &CkksContext,
+    kind: Kind,
+    h0: &[crate::ring::Poly],
+    h1: &[crate::ring::Poly],
+) -> Vec<u8> {
+    let basis = ctx.rlwe().key_basis();
+    let mut out = header(ctx, kind, 1 + 2 * h0.len() * key_poly_bytes(ctx));
+    out.push(h0.len() as u8);
+    for (a, b) in h0.iter().zip(h1) {
+        put_poly(ctx, &mut out, a, basis);
+        put_poly(ctx, &mut out, b, basis);
+    }
+    out
+}
+
+type DigitPairs = (Vec<crate::ring::Poly>, Vec<crate::ring::Poly>);
+
+fn decode_digit_pairs(
+    ctx: &CkksContext,
+    bytes: &[u8],
+    kind: Kind,
+) -> Result<DigitPairs, WireError> {
+    let mut r = Reader::open(ctx, bytes, kind)?;
+    let want = digits(ctx);
+    let got = r.u8()? as usize;
+    if got != want {
+        return Err(WireError::Digits { got, want });
+    }
+    r.expect_remaining(2 * want * key_poly_bytes(ctx))?;
+    let basis = ctx.rlwe().key_basis();
+    let (mut h0, mut h1) = (Vec::with_capacity(want), Vec::with_capacity(want));
+    for j in 0..want {
+        h0.push(r.poly(ctx, basis, 2 * j)?);
+        h1.push(r.poly(ctx, basis, 2 * j + 1)?);
+    }
+    Ok((h0, h1))
+}
+
+pub fn encode_relin_share1(ctx: &CkksContext, s: &RelinKeyShare1) -> Vec<u8> {
+    encode_digit_pairs(ctx, Kind::RelinKeyShareRound1, &s.h0, &s.h1)
+}
+
+pub fn decode_relin_share1(ctx: &CkksContext, bytes: &[u8]) -> Result<RelinKeyShare1, WireError> {
+    let (h0, h1) = decode_digit_pairs(ctx, bytes, Kind::RelinKeyShareRound1)?;
+    Ok(RelinKeyShare1 { h0, h1 })
+}
+
+pub fn encode_relin_share2(ctx: &CkksContext, s: &RelinKeyShare2) -> Vec<u8> {
+    encode_digit_pairs(ctx, Kind::RelinKeyShareRound2, &s.h0, &s.h1)
+}
+
+pub fn decode_relin_share2(ctx: &CkksContext, bytes: &[u8]) -> Result<RelinKeyShare2, WireError> {
+    let (h0, h1) = decode_digit_pairs(ctx, bytes, Kind::RelinKeyShareRound2)?;
+    Ok(RelinKeyShare2 { h0, h1 })
+}
+
+pub fn encode_galois_share(ctx: &CkksContext, s: &GaloisKeyShare) -> Vec<u8> {
+    let basis = ctx.rlwe().key_basis();
+    let mut out = header(
+        ctx,
+        Kind::GaloisKeyShare,
+        9 + s.h.len() * key_poly_bytes(ctx),
+    );
+    out.extend_from_slice(&s.galois_element.to_le_bytes());
+    out.push(s.h.len() as u8);
+    for p in &s.h {
+        put_poly(ctx, &mut out, p, basis);
+    }
+    out
+}
+
+pub fn decode_galois_share(ctx: &CkksContext, bytes: &[u8]) -> Result<GaloisKeyShare, WireError> {
+    let mut r = Reader::open(ctx, bytes, Kind::GaloisKeyShare)?;
+    let galois_element = r.galois_element(ctx)?;
+    let want = digits(ctx);
+    let got = r.u8()? as usize;
+    if got != want {
+        return Err(WireError::Digits { got, want });
+    }
+    r.expect_remaining(want * key_poly_bytes(ctx))?;
+    let basis = ctx.rlwe().key_basis();
+    let h = (0..want)
+        .map(|j| r.poly(ctx, basis, j))
+        .collect::<Result<_, _>>()?;
+    Ok(GaloisKeyShare { galois_element, h })
+}
+
+pub fn encode_key_switch_share(ctx: &CkksContext, s: &KeySwitchShare) -> Vec<u8> {
+    let basis = ctx.rlwe().q_basis(s.level());
+    let mut out = header(ctx, Kind::KeySwitchShare, 1 + poly_bytes(ctx, basis));
+    out.push(s.level() as u8);
+    put_poly(ctx, &mut out, &s.h, basis);
+    out
+}
+
+pub fn decode_key_switch_share(
+    ctx: &CkksContext,
+    bytes: &[u8],
+) -> Result<KeySwitchShare, WireError> {
+    let mut r = Reader::open(ctx, bytes, Kind::KeySwitchShare)?;
+    let level = r.level(ctx)?;
+    let basis = ctx.rlwe().q_basis(level);
+    r.expect_remaining(poly_bytes(ctx, basis))?;
+    Ok(KeySwitchShare {
+        h: r.poly(ctx, basis, 0)?,
+    })
+}
+
+/// The encoded size of a public-key-switch share at `level`.
+pub fn public_key_switch_share_len(ctx: &CkksContext, level: usize) -> usize {
+    crate::ckks::wire::HEADER_LEN + 1 + 2 * poly_bytes(ctx, ctx.rlwe().q_basis(level))
+}
+
+pub fn encode_public_key_switch_share(ctx: &CkksContext, s: &PublicKeySwitchShare) -> Vec<u8> {
+    let basis = ctx.rlwe().q_basis(s.level());
+    let mut out = header(
+        ctx,
+        Kind::PublicKeySwitchShare,
+        1 + 2 * poly_bytes(ctx, basis),
+    );
+    out.push(s.level() as u8);
+    put_poly(ctx, &mut out, &s.h0, basis);
+    put_poly(ctx, &mut out, &s.h1, basis);
+    out
+}
+
+pub fn decode_public_key_switch_share(
+    ctx: &CkksContext,
+    bytes: &[u8],
+) -> Result<PublicKeySwitchShare, WireError> {
+    let mut r = Reader::open(ctx, bytes, Kind::PublicKeySwitchShare)?;
+    let level = r.level(ctx)?;
+    let basis = ctx.rlwe().q_basis(level);
+    r.expect_remaining(2 * poly_bytes(ctx, basis))?;
+    let h0 = r.poly(ctx, basis, 0)?;
+    let h1 = r.poly(ctx, basis, 1)?;
+    Ok(PublicKeySwitchShare { h0, h1 })
+}
+
+/// A Shamir share in the clear — only ever to be sealed for its receiver (see
+/// [`super::sealed`]). The buffer is wiped on drop.
+pub fn encode_shamir_share(ctx: &CkksContext, s: &ShamirShare) -> Zeroizing<Vec<u8>> {
+    let basis = ctx.rlwe().key_basis();
+    let mut out = Zeroizing::new(header(ctx, Kind::ShamirShare, 8 + key_poly_bytes(ctx)));
+    out.extend_from_slice(&s.from.to_le_bytes());
+    out.extend_from_slice(&s.to.to_le_bytes());
+    put_poly(ctx, &mut out, &s.poly, basis);
+    out
+}
+
+pub fn decode_shamir_share(ctx: &CkksContext, bytes: &[u8]) -> Result<ShamirShare, WireError> {
+    let mut r = Reader::open(ctx, bytes, Kind::ShamirShare)?;
+    let take_index = |r: &mut Reader| -> Result<u32, WireError> {
+        let b = r.take(4)?;
+        let v = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        if v == 0 || v > MAX_PARTY_INDEX {
+            return Err(WireError::PartyIndex(v));
+        }
+        Ok(v)
+    };
+    let from = take_index(&mut r)?;
+    let to = take_index(&mut r)?;
+    r.expect_remaining(key_poly_bytes(ctx))?;
+    let poly = r.poly(ctx, ctx.rlwe().key_basis(), 0)?;
+    Ok(ShamirShare { from, to, poly })
+}
