@@ -1,0 +1,254 @@
+//! The federation TOML: what the coordinator reads itself (`[federation]`, `[he]`) and the
+//! sections it passes on to every hospital's site TOML unread (`[dataset]`, `[partition]`,
+//! `[model]`, `[train]`, `[server]`): the hospital node validates those, strictly, at start.
+//! Unknown keys and unknown sections are errors. Every key is documented in
+//! `configs/federation-example.toml`.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// `[federation]`: the consortium's shape and the rounds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationSection {
+    /// A name for logs and output directories.
+    pub name: String,
+    /// Number of hospitals N.
+    pub hospitals: u32,
+    /// Hospitals needed to re-encrypt an aggregate (t of N). Default: ⌊N/2⌋ + 1.
+    #[serde(default)]
+    pub threshold: Option<u32>,
+    /// Training rounds.
+    pub rounds: u64,
+    /// Least number of updates a round aggregates (quorum). Default: N.
+    #[serde(default)]
+    pub min_hospitals: Option<u32>,
+    /// Seconds a round waits for updates beyond the quorum before aggregating what it has.
+    #[serde(default = "default_round_timeout")]
+    pub round_timeout_s: u64,
+    /// Address hospitals connect to (written into their site TOML).
+    #[serde(default = "default_address")]
+    pub coordinator_address: String,
+    /// Address the coordinator listens on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+fn default_round_timeout() -> u64 {
+    600
+}
+fn default_address() -> String {
+    "127.0.0.1:7443".into()
+}
+fn default_listen() -> String {
+    "0.0.0.0:7443".into()
+}
+
+/// `[he]`: encryption of updates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeSection {
+    /// Run the same pipeline without encryption (for comparison).
+    #[serde(default)]
+    pub plaintext: bool,
+    /// Statistical security of the flooding noise, in bits (≥ 30).
+    #[serde(default = "default_lambda")]
+    pub lambda: u32,
+    /// Absolute precision asked of the weighted average of updates.
+    #[serde(default = "default_precision")]
+    pub precision: f64,
+    /// Updates (weight changes) are clipped to ±this before encryption.
+    #[serde(default = "default_max_update")]
+    pub max_update: f64,
+    /// Largest total sample count of a round.
+    #[serde(default = "default_max_total_weight")]
+    pub max_total_weight: f64,
+}
+
+fn default_lambda() -> u32 {
+    40
+}
+fn default_precision() -> f64 {
+    1e-6
+}
+fn default_max_update() -> f64 {
+    4.0
+}
+fn default_max_total_weight() -> f64 {
+    1e7
+}
+
+impl Default for HeSection {
+    fn default() -> Self {
+        Self {
+            plaintext: false,
+            lambda: default_lambda(),
+            precision: default_precision(),
+            max_update: default_max_update(),
+            max_total_weight: default_max_total_weight(),
+        }
+    }
+}
+
+/// The sections passed to hospitals as they are.
+pub const SITE_SECTIONS: [&str; 5] = ["dataset", "partition", "model", "train", "server"];
+
+/// A parsed federation TOML.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FederationConfig {
+    pub federation: FederationSection,
+    pub he: HeSection,
+    /// The hospital sections, as written.
+    pub site_sections: toml::Table,
+    /// `[simulate]`, read by `coordinator simulate` only.
+    pub simulate: SimulateSection,
+}
+
+/// `[simulate]`: how `coordinator simulate` runs the consortium on one machine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulateSection {
+    /// Compute threads per hospital process (the machine's cores are shared by all of them).
+    #[serde(default = "one")]
+    pub threads_per_hospital: usize,
+    /// Give up after this many seconds in all.
+    #[serde(default = "default_simulate_timeout")]
+    pub timeout_s: u64,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_simulate_timeout() -> u64 {
+    6 * 3600
+}
+
+impl Default for SimulateSection {
+    fn default() -> Self {
+        Self { threads_per_hospital: 1, timeout_s: default_simulate_timeout() }
+    }
+}
+
+impl FederationConfig {
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let mut table: toml::Table = toml::from_str(text).context("not valid TOML")?;
+        let federation: FederationSection = table
+            .remove("federation")
+            .context("missing [federation] section")?
+            .try_into()
+            .context("in [federation]")?;
+        let he: HeSection = match table.remove("he") {
+            Some(v) => v.try_into().context("in [he]")?,
+            None => HeSection::default(),
+        };
+        let simulate: SimulateSection = match table.remove("simulate") {
+            Some(v) => v.try_into().context("in [simulate]")?,
+            None => SimulateSection::default(),
+        };
+        let mut site_sections = toml::Table::new();
+        for (key, value) in table {
+            if !SITE_SECTIONS.contains(&key.as_str()) {
+                bail!(
+                    "unknown section [{key}]: a federation config has [federation], [he], [simulate] and {}",
+                    SITE_SECTIONS.map(|s| format!("[{s}]")).join(", ")
+                );
+            }
+            if !value.is_table() {
+                bail!("[{key}] must be a table");
+            }
+            site_sections.insert(key, value);
+        }
+        if !site_sections.contains_key("dataset") {
+            bail!("missing [dataset] section");
+        }
+        let cfg = Self { federation, he, site_sections, simulate };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let f = &self.federation;
+        if f.hospitals == 0 || f.hospitals > 1000 {
+            bail!("[federation] hospitals = {} must be in 1..=1000", f.hospitals);
+        }
+        let t = self.threshold();
+        if t == 0 || t > f.hospitals {
+            bail!("[federation] threshold = {t} must be in 1..={}", f.hospitals);
+        }
+        let q = self.min_hospitals();
+        if q == 0 || q > f.hospitals {
+            bail!("[federation] min_hospitals = {q} must be in 1..={}", f.hospitals);
+        }
+        if q < t && !self.he.plaintext {
+            bail!("[federation] min_hospitals = {q} is below the threshold {t}: a round could not be re-encrypted");
+        }
+        if f.rounds == 0 {
+            bail!("[federation] rounds must be at least 1");
+        }
+        if !(self.he.precision > 0.0 && self.he.max_update > 0.0 && self.he.max_total_weight >= 1.0) {
+            bail!("[he] precision and max_update must be positive, max_total_weight at least 1");
+        }
+        if self.he.lambda < he_agg::multiparty::flooding::MIN_STATISTICAL_SECURITY {
+            bail!("[he] lambda = {} is below the 30-bit minimum", self.he.lambda);
+        }
+        if self.simulate.threads_per_hospital == 0 {
+            bail!("[simulate] threads_per_hospital must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn threshold(&self) -> u32 {
+        self.federation.threshold.unwrap_or(self.federation.hospitals / 2 + 1)
+    }
+
+    pub fn min_hospitals(&self) -> u32 {
+        self.federation.min_hospitals.unwrap_or(self.federation.hospitals)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"
+[federation]
+name = "t"
+hospitals = 5
+rounds = 3
+[dataset]
+kind = "medmnist"
+name = "breastmnist"
+[model]
+activation = "square"
+"#;
+
+    #[test]
+    fn parses_and_defaults() {
+        let c = FederationConfig::from_toml(OK).unwrap();
+        assert_eq!(c.threshold(), 3);
+        assert_eq!(c.min_hospitals(), 5);
+        assert!(!c.he.plaintext);
+        assert!(c.site_sections.contains_key("model"));
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_are_errors() {
+        let e = FederationConfig::from_toml(&OK.replace("rounds = 3", "rounds = 3\nround = 4")).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field `round`"), "{e:#}");
+        let e = FederationConfig::from_toml(&format!("{OK}\n[extra]\na = 1")).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown section [extra]"), "{e:#}");
+        let e = FederationConfig::from_toml(&OK.replace("hospitals = 5", "hospitals = 5\nthreshold = 6")).unwrap_err();
+        assert!(format!("{e:#}").contains("threshold"), "{e:#}");
+        let e = FederationConfig::from_toml(&OK.replace("[dataset]", "[datasets]")).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown section [datasets]"), "{e:#}");
+        let e = FederationConfig::from_toml(&format!("{OK}\n[he]\nlambda = 20")).unwrap_err();
+        assert!(format!("{e:#}").contains("30-bit"), "{e:#}");
+    }
+}

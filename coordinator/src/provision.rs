@@ -1,0 +1,189 @@
+//! `coordinator provision`: a consortium CA, a certificate and key for the coordinator and for
+//! each hospital, the federation id, and a kit per hospital (its certificate, key, the CA, its
+//! site TOML). Private keys are written with mode 0600. Hospitals make their CKKS key shares
+//! themselves on first start; no kit holds anything of another party's.
+//!
+//! ```text
+//! OUT/ca/{ca.pem, ca-key.pem}                      the CA (keep the key offline)
+//! OUT/coordinator/{ca.pem, cert.pem, key.pem, federation.toml, roster.toml}
+//! OUT/hospital-<i>/{ca.pem, cert.pem, key.pem, site.toml}
+//! ```
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use protocol::identity::{COORDINATOR_SERVER_NAME, hospital_dns_name};
+use protocol::pki::Ca;
+use protocol::{FederationId, Party};
+use serde::{Deserialize, Serialize};
+
+use crate::config::FederationConfig;
+
+/// The coordinator's record of the consortium's certificates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Roster {
+    /// Hex federation id.
+    pub federation: String,
+    pub hospital: Vec<RosterEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RosterEntry {
+    pub index: u32,
+    pub name: String,
+    /// BLAKE3 of the hospital certificate's DER.
+    pub fingerprint: String,
+}
+
+impl Roster {
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn federation_id(&self) -> anyhow::Result<FederationId> {
+        FederationId::from_hex(&self.federation).context("roster: federation is not 32 hex digits")
+    }
+
+    /// Certificate fingerprint → party.
+    pub fn parties(&self) -> HashMap<String, Party> {
+        self.hospital.iter().map(|h| (h.fingerprint.clone(), Party::Hospital(h.index))).collect()
+    }
+}
+
+/// Writes a file readable by its owner only.
+pub fn write_secret(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(contents).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
+    std::fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// What provisioning made.
+#[derive(Debug, Clone)]
+pub struct Provisioned {
+    pub federation: FederationId,
+    pub coordinator_dir: PathBuf,
+    pub hospital_dirs: Vec<PathBuf>,
+}
+
+/// Provisions `cfg` (whose text is `config_text`) into `out`, which must not exist or be empty.
+pub fn provision(cfg: &FederationConfig, config_text: &str, out: &Path) -> anyhow::Result<Provisioned> {
+    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{} exists and is not empty: provisioning never overwrites keys", out.display());
+    }
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("operating system random generator: {e}"))?;
+    let federation = FederationId(id);
+    let name = &cfg.federation.name;
+
+    let ca = Ca::new(&format!("HEAL consortium CA ({name})"))?;
+    let ca_dir = out.join("ca");
+    std::fs::create_dir_all(&ca_dir).with_context(|| format!("cannot create {}", ca_dir.display()))?;
+    write(&ca_dir.join("ca.pem"), ca.cert_pem())?;
+    write_secret(&ca_dir.join("ca-key.pem"), ca.key_pem().as_bytes())?;
+
+    let coordinator_dir = out.join("coordinator");
+    std::fs::create_dir_all(&coordinator_dir)?;
+    let coord = ca.issue(COORDINATOR_SERVER_NAME)?;
+    write(&coordinator_dir.join("ca.pem"), ca.cert_pem())?;
+    write(&coordinator_dir.join("cert.pem"), &coord.cert_pem)?;
+    write_secret(&coordinator_dir.join("key.pem"), coord.key_pem.as_bytes())?;
+    write(&coordinator_dir.join("federation.toml"), config_text)?;
+
+    let mut roster = Roster { federation: federation.to_hex(), hospital: Vec::new() };
+    let mut hospital_dirs = Vec::new();
+    for index in 1..=cfg.federation.hospitals {
+        let hname = format!("hospital-{index}");
+        let dir = out.join(&hname);
+        std::fs::create_dir_all(&dir)?;
+        let cert = ca.issue(&hospital_dns_name(index))?;
+        write(&dir.join("ca.pem"), ca.cert_pem())?;
+        write(&dir.join("cert.pem"), &cert.cert_pem)?;
+        write_secret(&dir.join("key.pem"), cert.key_pem.as_bytes())?;
+        write(&dir.join("site.toml"), &site_toml(cfg, federation, index)?)?;
+        roster.hospital.push(RosterEntry { index, name: hname, fingerprint: cert.fingerprint });
+        hospital_dirs.push(dir);
+    }
+    write(&coordinator_dir.join("roster.toml"), &toml::to_string(&roster)?)?;
+    Ok(Provisioned { federation, coordinator_dir, hospital_dirs })
+}
+
+/// A hospital's site TOML: its identity, where the coordinator is, and the shared sections.
+fn site_toml(cfg: &FederationConfig, federation: FederationId, index: u32) -> anyhow::Result<String> {
+    let mut site = toml::Table::new();
+    site.insert("index".into(), (index as i64).into());
+    site.insert("federation".into(), federation.to_hex().into());
+    site.insert("name".into(), cfg.federation.name.clone().into());
+    site.insert("coordinator".into(), cfg.federation.coordinator_address.clone().into());
+    site.insert("hospitals".into(), (cfg.federation.hospitals as i64).into());
+    site.insert("threshold".into(), (cfg.threshold() as i64).into());
+    let mut doc = toml::Table::new();
+    doc.insert("site".into(), site.into());
+    doc.insert("he".into(), toml::Value::try_from(&cfg.he)?);
+    for (k, v) in &cfg.site_sections {
+        doc.insert(k.clone(), v.clone());
+    }
+    Ok(format!(
+        "# Hospital {index} of federation \"{}\" ({}), written by `coordinator provision`.\n\
+         # Run the node with: client run --site site.toml\n\n{}",
+        cfg.federation.name,
+        federation,
+        toml::to_string(&doc)?
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: &str = r#"
+[federation]
+name = "unit"
+hospitals = 3
+rounds = 1
+[dataset]
+kind = "medmnist"
+name = "breastmnist"
+"#;
+
+    #[test]
+    fn kits_hold_only_their_own_secrets_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("fed");
+        let cfg = FederationConfig::from_toml(CFG).unwrap();
+        let p = provision(&cfg, CFG, &out).unwrap();
+        assert_eq!(p.hospital_dirs.len(), 3);
+        let roster = Roster::read(&p.coordinator_dir.join("roster.toml")).unwrap();
+        assert_eq!(roster.federation_id().unwrap(), p.federation);
+        assert_eq!(roster.parties().len(), 3);
+        for (i, d) in p.hospital_dirs.iter().enumerate() {
+            let site = std::fs::read_to_string(d.join("site.toml")).unwrap();
+            assert!(site.contains(&format!("index = {}", i + 1)));
+            assert!(site.contains("[dataset]"));
+            assert!(!d.join("ca-key.pem").exists());
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(d.join("key.pem")).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600);
+            }
+        }
+        // never over an existing consortium
+        assert!(provision(&cfg, CFG, &out).is_err());
+    }
+}

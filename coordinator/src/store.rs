@@ -1,0 +1,356 @@
+//! The coordinator's crash-safe state, in redb (ACID, copy-on-write): the federation, the
+//! hospitals' public key material, the collective public key, the relayed (sealed) Shamir shares,
+//! the committed rounds with each hospital's switched result of the latest one, the metrics, and
+//! an append-only audit log. A round is committed in one transaction with its results, so a
+//! restart resumes after the last committed round: nothing lost, nothing twice.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use protocol::FederationId;
+use protocol::message::{Phase, RoundMetrics};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const PARTIES: TableDefinition<u32, &[u8]> = TableDefinition::new("parties");
+const SHAMIR: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("shamir");
+const ROUNDS: TableDefinition<u64, &[u8]> = TableDefinition::new("rounds");
+const RESULTS: TableDefinition<u32, &[u8]> = TableDefinition::new("results");
+const METRICS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("metrics");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store: {0}")]
+    Db(String),
+    #[error("state store holds federation {stored}, not {given}")]
+    OtherFederation { stored: String, given: String },
+    #[error("state store record {0} is corrupt")]
+    Corrupt(&'static str),
+}
+
+fn db_err<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).expect("state records always serialize")
+}
+
+fn dec<T: DeserializeOwned>(b: &[u8], what: &'static str) -> Result<T, StoreError> {
+    postcard::from_bytes(b).map_err(|_| StoreError::Corrupt(what))
+}
+
+/// What the coordinator knows of one hospital.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartyRecord {
+    pub public_key_share: Option<Vec<u8>>,
+    pub exchange_key: Option<[u8; 32]>,
+    pub receive_key: Option<Vec<u8>>,
+    /// Sent its sealed Shamir shares.
+    pub dealt: bool,
+    pub setup_done: bool,
+}
+
+/// A committed round.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub round: u64,
+    /// (hospital, weight) of every update aggregated.
+    pub participants: Vec<(u32, u64)>,
+    pub total_weight: u64,
+    /// Hospitals whose switching shares re-encrypted the aggregate.
+    pub switchers: Vec<u32>,
+    /// Hospitals that received the new model.
+    pub receivers: Vec<u32>,
+    pub started_unix_ms: u64,
+    pub committed_unix_ms: u64,
+    pub aggregate_s: f64,
+    pub switch_s: f64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// A hospital's result of the latest committed round (its switched aggregate, or the plaintext
+/// sum), kept until the next commit so a reconnecting hospital can still fetch it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoredResult {
+    pub round: u64,
+    pub total_weight: u64,
+    pub participants: Vec<u32>,
+    pub items: Vec<Vec<u8>>,
+}
+
+/// One line of the audit log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub unix_ms: u64,
+    pub hospital: Option<u32>,
+    pub round: u64,
+    pub event: String,
+    pub detail: String,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub struct Store {
+    db: Database,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store for `federation`; a store of another federation is refused.
+    pub fn open(path: &Path, federation: FederationId) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(db_err)?;
+        let store = Self { db };
+        let txn = store.db.begin_write().map_err(db_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let stored = meta.get("federation").map_err(db_err)?.map(|v| v.value().to_vec());
+            match stored {
+                Some(b) if b != federation.0 => {
+                    return Err(StoreError::OtherFederation {
+                        stored: b.iter().map(|x| format!("{x:02x}")).collect(),
+                        given: federation.to_hex(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("federation", federation.0.as_slice()).map_err(db_err)?;
+                    meta.insert("phase", enc(&Phase::Setup).as_slice()).map_err(db_err)?;
+                }
+            }
+            // create every table, so readers never meet a missing one
+            txn.open_table(PARTIES).map_err(db_err)?;
+            txn.open_table(SHAMIR).map_err(db_err)?;
+            txn.open_table(ROUNDS).map_err(db_err)?;
+            txn.open_table(RESULTS).map_err(db_err)?;
+            txn.open_table(METRICS).map_err(db_err)?;
+            txn.open_table(AUDIT).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(store)
+    }
+
+    /// Opens an existing store read-only for `coordinator status` (any federation).
+    pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self { db: Database::open(path).map_err(db_err)? })
+    }
+
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(META).map_err(db_err)?;
+        Ok(t.get(key).map_err(db_err)?.map(|v| v.value().to_vec()))
+    }
+
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.open_table(META).map_err(db_err)?.insert(key, value).map_err(db_err)?;
+        txn.commit().map_err(db_err)
+    }
+
+    pub fn federation(&self) -> Result<Option<FederationId>, StoreError> {
+        Ok(self.get_meta("federation")?.and_then(|b| b.try_into().ok()).map(FederationId))
+    }
+
+    pub fn phase(&self) -> Result<Phase, StoreError> {
+        match self.get_meta("phase")? {
+            Some(b) => dec(&b, "phase"),
+            None => Ok(Phase::Setup),
+        }
+    }
+
+    pub fn set_phase(&self, phase: Phase) -> Result<(), StoreError> {
+        self.put_meta("phase", &enc(&phase))
+    }
+
+    pub fn collective_public_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_meta("collective_public_key")
+    }
+
+    pub fn set_collective_public_key(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.put_meta("collective_public_key", bytes)
+    }
+
+    pub fn party(&self, index: u32) -> Result<PartyRecord, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(PARTIES).map_err(db_err)?;
+        match t.get(index).map_err(db_err)? {
+            Some(v) => dec(v.value(), "party"),
+            None => Ok(PartyRecord::default()),
+        }
+    }
+
+    pub fn parties(&self) -> Result<Vec<(u32, PartyRecord)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(PARTIES).map_err(db_err)?;
+        t.iter()
+            .map_err(db_err)?
+            .map(|r| {
+                let (k, v) = r.map_err(db_err)?;
+                Ok((k.value(), dec(v.value(), "party")?))
+            })
+            .collect()
+    }
+
+    pub fn put_party(&self, index: u32, rec: &PartyRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.open_table(PARTIES).map_err(db_err)?.insert(index, enc(rec).as_slice()).map_err(db_err)?;
+        txn.commit().map_err(db_err)
+    }
+
+    /// Stores the sealed shares `from` dealt, and marks it as having dealt, in one transaction.
+    pub fn put_shamir(&self, from: u32, sealed: &[(u32, Vec<u8>)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = txn.open_table(SHAMIR).map_err(db_err)?;
+            for (to, bytes) in sealed {
+                t.insert((from, *to), bytes.as_slice()).map_err(db_err)?;
+            }
+            let mut p = txn.open_table(PARTIES).map_err(db_err)?;
+            let mut rec: PartyRecord = match p.get(from).map_err(db_err)? {
+                Some(v) => dec(v.value(), "party")?,
+                None => PartyRecord::default(),
+            };
+            rec.dealt = true;
+            p.insert(from, enc(&rec).as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// The sealed shares addressed to `to`, by dealer.
+    pub fn shamir_for(&self, to: u32) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(SHAMIR).map_err(db_err)?;
+        let mut out = Vec::new();
+        for r in t.iter().map_err(db_err)? {
+            let (k, v) = r.map_err(db_err)?;
+            let (from, dest) = k.value();
+            if dest == to {
+                out.push((from, v.value().to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits a round: its record, every receiver's result (replacing the previous round's),
+    /// the phase, and an audit entry, atomically.
+    pub fn commit_round(&self, rec: &RoundRecord, results: &[(u32, StoredResult)], phase: Phase) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            txn.open_table(ROUNDS).map_err(db_err)?.insert(rec.round, enc(rec).as_slice()).map_err(db_err)?;
+            let mut res = txn.open_table(RESULTS).map_err(db_err)?;
+            for (h, r) in results {
+                res.insert(*h, enc(r).as_slice()).map_err(db_err)?;
+            }
+            txn.open_table(META).map_err(db_err)?.insert("phase", enc(&phase).as_slice()).map_err(db_err)?;
+            let mut audit = txn.open_table(AUDIT).map_err(db_err)?;
+            let seq = audit.last().map_err(db_err)?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+            let entry = AuditEntry {
+                unix_ms: now_ms(),
+                hospital: None,
+                round: rec.round,
+                event: "round-committed".into(),
+                detail: format!(
+                    "updates from {:?}, re-encrypted by {:?} for {:?}",
+                    rec.participants.iter().map(|p| p.0).collect::<Vec<_>>(),
+                    rec.switchers,
+                    rec.receivers
+                ),
+            };
+            audit.insert(seq, enc(&entry).as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    pub fn rounds(&self) -> Result<Vec<RoundRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(ROUNDS).map_err(db_err)?;
+        t.iter().map_err(db_err)?.map(|r| dec(r.map_err(db_err)?.1.value(), "round")).collect()
+    }
+
+    pub fn result_for(&self, hospital: u32) -> Result<Option<StoredResult>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(RESULTS).map_err(db_err)?;
+        t.get(hospital).map_err(db_err)?.map(|v| dec(v.value(), "result")).transpose()
+    }
+
+    pub fn put_metrics(&self, hospital: u32, m: &RoundMetrics) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.open_table(METRICS).map_err(db_err)?.insert((m.round, hospital), enc(m).as_slice()).map_err(db_err)?;
+        txn.commit().map_err(db_err)
+    }
+
+    pub fn metrics(&self) -> Result<Vec<(u32, RoundMetrics)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(METRICS).map_err(db_err)?;
+        t.iter()
+            .map_err(db_err)?
+            .map(|r| {
+                let (k, v) = r.map_err(db_err)?;
+                Ok((k.value().1, dec(v.value(), "metrics")?))
+            })
+            .collect()
+    }
+
+    /// Appends to the audit log.
+    pub fn audit(&self, hospital: Option<u32>, round: u64, event: &str, detail: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = txn.open_table(AUDIT).map_err(db_err)?;
+            let seq = t.last().map_err(db_err)?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+            let e = AuditEntry { unix_ms: now_ms(), hospital, round, event: event.into(), detail: detail.into() };
+            t.insert(seq, enc(&e).as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    pub fn audit_log(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(AUDIT).map_err(db_err)?;
+        t.iter().map_err(db_err)?.map(|r| dec(r.map_err(db_err)?.1.value(), "audit")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_survives_reopening_and_refuses_another_federation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let fed = FederationId([1; 16]);
+        {
+            let s = Store::open(&path, fed).unwrap();
+            assert_eq!(s.phase().unwrap(), Phase::Setup);
+            s.put_party(2, &PartyRecord { exchange_key: Some([9; 32]), ..Default::default() }).unwrap();
+            s.put_shamir(2, &[(1, vec![1, 2]), (3, vec![3])]).unwrap();
+            let rec = RoundRecord { round: 1, participants: vec![(1, 10), (2, 20)], total_weight: 30, ..Default::default() };
+            let res = StoredResult { round: 1, total_weight: 30, participants: vec![1, 2], items: vec![vec![7; 5]] };
+            s.commit_round(&rec, &[(1, res.clone())], Phase::Training { committed: 1 }).unwrap();
+            s.audit(Some(3), 2, "refused", "update for a past round").unwrap();
+        }
+        let s = Store::open(&path, fed).unwrap();
+        assert_eq!(s.phase().unwrap(), Phase::Training { committed: 1 });
+        assert_eq!(s.party(2).unwrap().exchange_key, Some([9; 32]));
+        assert!(s.party(2).unwrap().dealt);
+        assert_eq!(s.shamir_for(3).unwrap(), vec![(2, vec![3])]);
+        assert_eq!(s.rounds().unwrap().len(), 1);
+        assert_eq!(s.result_for(1).unwrap().unwrap().items, vec![vec![7; 5]]);
+        assert!(s.result_for(2).unwrap().is_none());
+        let log = s.audit_log().unwrap();
+        assert_eq!(log.len(), 2);
+        assert_eq!(log[1].event, "refused");
+        drop(s);
+        assert!(matches!(Store::open(&path, FederationId([2; 16])), Err(StoreError::OtherFederation { .. })));
+    }
+}

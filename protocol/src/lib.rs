@@ -1,0 +1,25 @@
+//! HEAL's federation protocol, shared by the hospital node (`client`) and the `coordinator`,
+//! which never depend on each other:
+//!
+//! - [`message`]: the envelopes every message travels in (version, federation, round, sender)
+//!   and their bodies;
+//! - [`frame`]: length-prefixed frames, sizes checked before anything is allocated;
+//! - [`tls`]: TLS 1.3 with mutual authentication against the consortium CA (rustls, ring);
+//! - [`link`]: QUIC endpoints (quinn) and a connection that sends and receives framed messages,
+//!   each on its own stream, large payloads item by item.
+//!
+//! Nothing here knows what a ciphertext is: payloads are opaque bytes the receiver validates
+//! with `he_agg`'s decoders.
+
+pub mod error;
+pub mod frame;
+pub mod identity;
+pub mod link;
+pub mod message;
+pub mod pki;
+pub mod tls;
+
+pub use error::ProtocolError;
+pub use identity::{FederationId, Party};
+pub use link::{Incoming, Link};
+pub use message::{Body, Envelope, PROTOCOL_VERSION};

@@ -1,0 +1,175 @@
+//! Messages. Each travels in an [`Envelope`] that binds it to the protocol version, the
+//! federation, the round and the sender; the receiver checks all four against the connection
+//! before acting. Bodies that announce a stream of items (ciphertexts, shares, vectors) are the
+//! first frame of their stream; the items follow as frames of opaque bytes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ProtocolError;
+use crate::identity::{FederationId, Party};
+
+pub const PROTOCOL_VERSION: u16 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u16,
+    pub federation: FederationId,
+    pub round: u64,
+    pub sender: Party,
+    pub body: Body,
+}
+
+/// Per-round figures a hospital reports after evaluating the new global model.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundMetrics {
+    pub round: u64,
+    pub train_loss: f32,
+    pub val_loss: f32,
+    pub val_acc: f32,
+    pub val_auc: f32,
+    pub test_acc: f32,
+    pub test_auc: f32,
+    pub samples: u64,
+    pub train_s: f32,
+    pub encrypt_s: f32,
+    pub upload_s: f32,
+    pub switch_s: f32,
+    pub decrypt_s: f32,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// Where the consortium is, as the coordinator tells a (re)connecting hospital.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Collecting key shares.
+    Setup,
+    /// Rounds under way; the last committed round.
+    Training { committed: u64 },
+    /// All rounds done.
+    Finished { rounds: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Body {
+    // ----- hospital → coordinator -----
+    /// First message of a connection; `last_round` is the newest global model the hospital holds.
+    Hello { software: String, last_round: u64 },
+    /// Setup: its share of the collective public key, its key-exchange key (for sealed Shamir
+    /// shares) and its own receiving public key (what aggregates are switched to).
+    KeyShares { public_key_share: Vec<u8>, exchange_key: [u8; 32], receive_key: Vec<u8> },
+    /// Setup: Shamir shares of its secret, each sealed for the hospital it names.
+    ShamirShares { sealed: Vec<(u32, Vec<u8>)> },
+    /// Setup is complete on this side (threshold secret formed).
+    SetupDone,
+    /// Header of an update stream: `count` items (ciphertexts, or f32 chunks in plaintext mode)
+    /// of its model weighted by `weight` samples.
+    Update { weight: u64, count: u32 },
+    /// Header of a stream of `count` public-key-switch shares towards hospital `target`, made
+    /// for switching attempt `attempt` of the round (an attempt fixes the active set).
+    SwitchShares { attempt: u32, target: u32, count: u32 },
+    /// Evaluation of the round's global model.
+    Metrics(RoundMetrics),
+
+    // ----- coordinator → hospital -----
+    /// Answer to Hello: the hospital's index, the consortium's shape and where it is.
+    Welcome { index: u32, hospitals: u32, threshold: u32, plaintext: bool, phase: Phase },
+    /// Setup result: the collective public key and every hospital's public keys.
+    SetupKeys {
+        collective_public_key: Vec<u8>,
+        exchange_keys: Vec<(u32, [u8; 32])>,
+        receive_keys: Vec<(u32, Vec<u8>)>,
+    },
+    /// Sealed Shamir shares addressed to this hospital, by sender.
+    RelayedShares { sealed: Vec<(u32, Vec<u8>)> },
+    /// Round `round` starts: train from the global model of round − 1, upload before the deadline.
+    RoundStart { deadline_ms: u64 },
+    /// Header of a stream of the `count` aggregate ciphertexts of the round: switch them to each
+    /// of `targets` as one of `active` (the weights let each party size its flooding).
+    SwitchRequest { attempt: u32, targets: Vec<u32>, active: Vec<u32>, weights: Vec<u64>, count: u32 },
+    /// Header of a stream of this hospital's `count` result items for the round (the switched
+    /// aggregate, or the plaintext sum), with the total weight to divide by.
+    RoundResult { total_weight: u64, participants: Vec<u32>, count: u32 },
+    /// No more rounds.
+    Finished,
+    /// The coordinator refused a message (logged on both sides).
+    Refused { reason: String },
+}
+
+impl Body {
+    /// A short name for logs and audit entries.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Hello { .. } => "hello",
+            Body::KeyShares { .. } => "key-shares",
+            Body::ShamirShares { .. } => "shamir-shares",
+            Body::SetupDone => "setup-done",
+            Body::Update { .. } => "update",
+            Body::SwitchShares { .. } => "switch-shares",
+            Body::Metrics(_) => "metrics",
+            Body::Welcome { .. } => "welcome",
+            Body::SetupKeys { .. } => "setup-keys",
+            Body::RelayedShares { .. } => "relayed-shares",
+            Body::RoundStart { .. } => "round-start",
+            Body::SwitchRequest { .. } => "switch-request",
+            Body::RoundResult { .. } => "round-result",
+            Body::Finished => "finished",
+            Body::Refused { .. } => "refused",
+        }
+    }
+}
+
+impl Envelope {
+    pub fn new(federation: FederationId, round: u64, sender: Party, body: Body) -> Self {
+        Self { version: PROTOCOL_VERSION, federation, round, sender, body }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("envelopes always serialize")
+    }
+
+    /// Decodes and checks version, federation and sender (against the connection's identity).
+    pub fn decode(bytes: &[u8], federation: FederationId, peer: Party) -> Result<Self, ProtocolError> {
+        let env: Envelope = postcard::from_bytes(bytes).map_err(|e| ProtocolError::Decode(e.to_string()))?;
+        if env.version != PROTOCOL_VERSION {
+            return Err(ProtocolError::Version { got: env.version, want: PROTOCOL_VERSION });
+        }
+        if env.federation != federation {
+            return Err(ProtocolError::Federation { got: env.federation.to_hex(), want: federation.to_hex() });
+        }
+        if env.sender != peer {
+            return Err(ProtocolError::Impersonation { claimed: env.sender, actual: peer });
+        }
+        Ok(env)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const FED: FederationId = FederationId([7; 16]);
+
+    #[test]
+    fn envelopes_round_trip_and_bind_their_context() {
+        let env = Envelope::new(FED, 3, Party::Hospital(2), Body::Update { weight: 120, count: 37 });
+        let bytes = env.encode();
+        assert_eq!(Envelope::decode(&bytes, FED, Party::Hospital(2)).unwrap(), env);
+        assert!(matches!(
+            Envelope::decode(&bytes, FED, Party::Hospital(3)),
+            Err(ProtocolError::Impersonation { claimed: Party::Hospital(2), actual: Party::Hospital(3) })
+        ));
+        assert!(matches!(Envelope::decode(&bytes, FederationId([8; 16]), Party::Hospital(2)), Err(ProtocolError::Federation { .. })));
+        let mut old = env.clone();
+        old.version = 0;
+        assert!(matches!(Envelope::decode(&old.encode(), FED, Party::Hospital(2)), Err(ProtocolError::Version { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Envelope::decode(&bytes, FED, Party::Coordinator);
+        }
+    }
+}

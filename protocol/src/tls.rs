@@ -1,0 +1,122 @@
+//! TLS 1.3 with mutual authentication against the consortium's CA, for QUIC. The `ring` provider
+//! is passed explicitly, so no process-wide provider is needed and none can conflict.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+use crate::error::ProtocolError;
+use crate::identity::COORDINATOR_SERVER_NAME;
+
+/// ALPN of the HEAL federation protocol.
+pub const ALPN: &[u8] = b"heal/1";
+
+/// A party's TLS material: the consortium CA and its own certificate and key (PEM files).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn file_err(path: &Path, e: impl std::fmt::Display) -> ProtocolError {
+    ProtocolError::File { path: path.display().to_string(), reason: e.to_string() }
+}
+
+fn tls_err(e: impl std::fmt::Display) -> ProtocolError {
+    ProtocolError::Tls(e.to_string())
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ProtocolError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(path, e))?;
+    if certs.is_empty() {
+        return Err(file_err(path, "no certificate in the file"));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, ProtocolError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(path, e))
+}
+
+fn roots(ca: &Path) -> Result<Arc<RootCertStore>, ProtocolError> {
+    let mut store = RootCertStore::empty();
+    for c in load_certs(ca)? {
+        store.add(c).map_err(|e| file_err(ca, e))?;
+    }
+    Ok(Arc::new(store))
+}
+
+impl TlsFiles {
+    /// In a kit directory: `ca.pem`, `cert.pem`, `key.pem`.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self { ca: dir.join("ca.pem"), cert: dir.join("cert.pem"), key: dir.join("key.pem") }
+    }
+
+    /// The DER of this party's own certificate (its identity).
+    pub fn own_cert_der(&self) -> Result<Vec<u8>, ProtocolError> {
+        Ok(load_certs(&self.cert)?[0].as_ref().to_vec())
+    }
+
+    /// The coordinator's side: TLS 1.3 only, client certificates required and chained to the CA.
+    pub fn server_config(&self) -> Result<quinn::ServerConfig, ProtocolError> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots(&self.ca)?, provider())
+            .build()
+            .map_err(tls_err)?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(load_certs(&self.cert)?, load_key(&self.key)?)
+            .map_err(tls_err)?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(tls_err)?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        config.transport_config(transport());
+        Ok(config)
+    }
+
+    /// A hospital's side: the coordinator must present a certificate of the CA for
+    /// `coordinator.heal`; the hospital presents its own.
+    pub fn client_config(&self) -> Result<quinn::ClientConfig, ProtocolError> {
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err)?
+            .with_root_certificates(roots(&self.ca)?)
+            .with_client_auth_cert(load_certs(&self.cert)?, load_key(&self.key)?)
+            .map_err(tls_err)?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(tls_err)?;
+        let mut config = quinn::ClientConfig::new(Arc::new(quic));
+        config.transport_config(transport());
+        Ok(config)
+    }
+}
+
+/// The server name a hospital checks (also in the coordinator's certificate).
+pub fn coordinator_server_name() -> &'static str {
+    COORDINATOR_SERVER_NAME
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_uni_streams(1024u32.into());
+    t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(std::time::Duration::from_secs(20)).expect("20 s fits")));
+    // large updates: let a stream carry several megabytes in flight
+    t.stream_receive_window((16u32 << 20).into());
+    t.receive_window((64u32 << 20).into());
+    t.send_window(64 << 20);
+    Arc::new(t)
+}

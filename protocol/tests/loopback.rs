@@ -1,0 +1,132 @@
+//! Real QUIC + mutual TLS on 127.0.0.1: messages, item streams, and the refusals.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use protocol::identity::{COORDINATOR_SERVER_NAME, hospital_dns_name};
+use protocol::link::{accept_connection, connect, listen};
+use protocol::pki::{Ca, Issued};
+use protocol::tls::TlsFiles;
+use protocol::{Body, FederationId, Party, ProtocolError};
+
+const FED: FederationId = FederationId([3; 16]);
+
+fn write_kit(dir: &Path, ca: &Ca, issued: &Issued) -> TlsFiles {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), &issued.cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &issued.key_pem).unwrap();
+    TlsFiles::in_dir(dir)
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    coordinator: TlsFiles,
+    hospital: TlsFiles,
+    stranger: TlsFiles,
+    outsider: TlsFiles,
+    roster: HashMap<String, Party>,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("HEAL test CA").unwrap();
+    let coord = ca.issue(COORDINATOR_SERVER_NAME).unwrap();
+    let h1 = ca.issue(&hospital_dns_name(1)).unwrap();
+    // same CA, not in the roster
+    let h9 = ca.issue(&hospital_dns_name(9)).unwrap();
+    // another CA altogether
+    let other = Ca::new("Another CA").unwrap();
+    let foreign = other.issue(&hospital_dns_name(1)).unwrap();
+    let roster = HashMap::from([(h1.fingerprint.clone(), Party::Hospital(1))]);
+    Setup {
+        coordinator: write_kit(&dir.path().join("coordinator"), &ca, &coord),
+        hospital: write_kit(&dir.path().join("h1"), &ca, &h1),
+        stranger: write_kit(&dir.path().join("h9"), &ca, &h9),
+        outsider: {
+            let d = dir.path().join("foreign");
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("ca.pem"), other.cert_pem()).unwrap();
+            std::fs::write(d.join("cert.pem"), &foreign.cert_pem).unwrap();
+            std::fs::write(d.join("key.pem"), &foreign.key_pem).unwrap();
+            // it trusts our CA for the server, but its own certificate is foreign
+            std::fs::write(d.join("ca.pem"), ca.cert_pem()).unwrap();
+            TlsFiles::in_dir(&d)
+        },
+        roster,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn messages_and_item_streams_cross_a_real_connection() {
+    let s = setup();
+    let endpoint = listen("127.0.0.1:0".parse().unwrap(), &s.coordinator).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let roster = s.roster.clone();
+    let server = tokio::spawn(async move {
+        let incoming = endpoint.accept().await.unwrap();
+        let link = accept_connection(incoming, FED, &roster).await.unwrap();
+        assert_eq!(link.peer(), Party::Hospital(1));
+        let hello = link.accept().await.unwrap();
+        assert!(matches!(hello.envelope.body, Body::Hello { last_round: 0, .. }));
+        link.send(0, Body::RoundStart { deadline_ms: 1000 }).await.unwrap();
+        let mut update = link.accept().await.unwrap();
+        assert_eq!(update.envelope.round, 4);
+        assert_eq!(update.envelope.body, Body::Update { weight: 17, count: 3 });
+        let mut items = Vec::new();
+        while let Some(item) = update.next_item().await.unwrap() {
+            items.push(item);
+        }
+        assert_eq!(items, vec![vec![1u8; 10], vec![2u8; 1 << 20], vec![]]);
+        // a message claiming another hospital's identity is refused
+        let forged = link.accept().await;
+        assert!(matches!(forged, Err(ProtocolError::Impersonation { .. })), "{forged:?}");
+        link.send(0, Body::Finished).await.unwrap();
+    });
+    let client = async {
+        let link = connect(addr, &s.hospital, FED, 1).await.unwrap();
+        link.send(0, Body::Hello { software: "test".into(), last_round: 0 }).await.unwrap();
+        let start = link.accept().await.unwrap();
+        assert_eq!(start.envelope.body, Body::RoundStart { deadline_ms: 1000 });
+        let mut up = link.open(4, Body::Update { weight: 17, count: 3 }).await.unwrap();
+        up.item(&[1u8; 10]).await.unwrap();
+        up.item(&vec![2u8; 1 << 20]).await.unwrap();
+        up.item(&[]).await.unwrap();
+        up.finish().await.unwrap();
+        // forge: an envelope with another sender, written raw on a stream
+        let forged = protocol::Envelope::new(FED, 4, Party::Hospital(2), Body::SetupDone);
+        let mut raw = link.open_raw().await.unwrap();
+        raw.item(&forged.encode()).await.unwrap();
+        raw.finish().await.unwrap();
+        let fin = link.accept().await.unwrap();
+        assert_eq!(fin.envelope.body, Body::Finished);
+    };
+    tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(server, client).0.unwrap() }).await.unwrap();
+}
+
+#[tokio::test]
+async fn certificates_outside_the_consortium_are_refused() {
+    let s = setup();
+    let endpoint = listen("127.0.0.1:0".parse().unwrap(), &s.coordinator).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let roster = s.roster.clone();
+    let server = tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        for _ in 0..2 {
+            let Some(incoming) = endpoint.accept().await else { break };
+            outcomes.push(accept_connection(incoming, FED, &roster).await.map(|l| l.peer()));
+        }
+        outcomes
+    });
+    // a certificate of another CA fails the handshake
+    let foreign = connect(addr, &s.outsider, FED, 1).await;
+    // the right CA but a certificate the roster does not list is refused after the handshake
+    let stranger = connect(addr, &s.stranger, FED, 9).await;
+    let outcomes = tokio::time::timeout(Duration::from_secs(20), server).await.unwrap().unwrap();
+    assert!(foreign.is_err() || outcomes.iter().any(|o| o.is_err()));
+    assert!(outcomes.iter().all(|o| o.is_err()), "{outcomes:?}");
+    assert!(outcomes.iter().any(|o| matches!(o, Err(ProtocolError::UnknownPeer))));
+    drop(stranger);
+}
