@@ -1,6 +1,7 @@
 //! The federation TOML: what the coordinator reads itself (`[federation]`, `[he]`) and the
 //! sections it passes on to every hospital's site TOML unread (`[dataset]`, `[partition]`,
-//! `[model]`, `[train]`, `[server]`): the hospital node validates those, strictly, at start.
+//! `[model]`, `[train]`, `[server]`, `[node]`): the hospital node validates those, strictly, at
+//! start.
 //! Unknown keys and unknown sections are errors. Every key is documented in
 //! `configs/federation-example.toml`.
 
@@ -74,7 +75,7 @@ fn default_precision() -> f64 {
     1e-6
 }
 fn default_max_update() -> f64 {
-    4.0
+    64.0
 }
 fn default_max_total_weight() -> f64 {
     1e7
@@ -93,7 +94,7 @@ impl Default for HeSection {
 }
 
 /// The sections passed to hospitals as they are.
-pub const SITE_SECTIONS: [&str; 5] = ["dataset", "partition", "model", "train", "server"];
+pub const SITE_SECTIONS: [&str; 6] = ["dataset", "partition", "model", "train", "server", "node"];
 
 /// A parsed federation TOML.
 #[derive(Clone, Debug, PartialEq)]
@@ -127,13 +128,17 @@ fn default_simulate_timeout() -> u64 {
 
 impl Default for SimulateSection {
     fn default() -> Self {
-        Self { threads_per_hospital: 1, timeout_s: default_simulate_timeout() }
+        Self {
+            threads_per_hospital: 1,
+            timeout_s: default_simulate_timeout(),
+        }
     }
 }
 
 impl FederationConfig {
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         Self::from_toml(&text).with_context(|| format!("in {}", path.display()))
     }
 
@@ -168,7 +173,12 @@ impl FederationConfig {
         if !site_sections.contains_key("dataset") {
             bail!("missing [dataset] section");
         }
-        let cfg = Self { federation, he, site_sections, simulate };
+        let cfg = Self {
+            federation,
+            he,
+            site_sections,
+            simulate,
+        };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -176,27 +186,42 @@ impl FederationConfig {
     fn validate(&self) -> anyhow::Result<()> {
         let f = &self.federation;
         if f.hospitals == 0 || f.hospitals > 1000 {
-            bail!("[federation] hospitals = {} must be in 1..=1000", f.hospitals);
+            bail!(
+                "[federation] hospitals = {} must be in 1..=1000",
+                f.hospitals
+            );
         }
         let t = self.threshold();
         if t == 0 || t > f.hospitals {
-            bail!("[federation] threshold = {t} must be in 1..={}", f.hospitals);
+            bail!(
+                "[federation] threshold = {t} must be in 1..={}",
+                f.hospitals
+            );
         }
         let q = self.min_hospitals();
         if q == 0 || q > f.hospitals {
-            bail!("[federation] min_hospitals = {q} must be in 1..={}", f.hospitals);
+            bail!(
+                "[federation] min_hospitals = {q} must be in 1..={}",
+                f.hospitals
+            );
         }
         if q < t && !self.he.plaintext {
-            bail!("[federation] min_hospitals = {q} is below the threshold {t}: a round could not be re-encrypted");
+            bail!(
+                "[federation] min_hospitals = {q} is below the threshold {t}: a round could not be re-encrypted"
+            );
         }
         if f.rounds == 0 {
             bail!("[federation] rounds must be at least 1");
         }
-        if !(self.he.precision > 0.0 && self.he.max_update > 0.0 && self.he.max_total_weight >= 1.0) {
+        if !(self.he.precision > 0.0 && self.he.max_update > 0.0 && self.he.max_total_weight >= 1.0)
+        {
             bail!("[he] precision and max_update must be positive, max_total_weight at least 1");
         }
         if self.he.lambda < he_agg::multiparty::flooding::MIN_STATISTICAL_SECURITY {
-            bail!("[he] lambda = {} is below the 30-bit minimum", self.he.lambda);
+            bail!(
+                "[he] lambda = {} is below the 30-bit minimum",
+                self.he.lambda
+            );
         }
         if self.simulate.threads_per_hospital == 0 {
             bail!("[simulate] threads_per_hospital must be at least 1");
@@ -205,11 +230,15 @@ impl FederationConfig {
     }
 
     pub fn threshold(&self) -> u32 {
-        self.federation.threshold.unwrap_or(self.federation.hospitals / 2 + 1)
+        self.federation
+            .threshold
+            .unwrap_or(self.federation.hospitals / 2 + 1)
     }
 
     pub fn min_hospitals(&self) -> u32 {
-        self.federation.min_hospitals.unwrap_or(self.federation.hospitals)
+        self.federation
+            .min_hospitals
+            .unwrap_or(self.federation.hospitals)
     }
 }
 
@@ -240,14 +269,24 @@ activation = "square"
 
     #[test]
     fn unknown_keys_and_sections_are_errors() {
-        let e = FederationConfig::from_toml(&OK.replace("rounds = 3", "rounds = 3\nround = 4")).unwrap_err();
+        let e = FederationConfig::from_toml(&OK.replace("rounds = 3", "rounds = 3\nround = 4"))
+            .unwrap_err();
         assert!(format!("{e:#}").contains("unknown field `round`"), "{e:#}");
         let e = FederationConfig::from_toml(&format!("{OK}\n[extra]\na = 1")).unwrap_err();
-        assert!(format!("{e:#}").contains("unknown section [extra]"), "{e:#}");
-        let e = FederationConfig::from_toml(&OK.replace("hospitals = 5", "hospitals = 5\nthreshold = 6")).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("unknown section [extra]"),
+            "{e:#}"
+        );
+        let e = FederationConfig::from_toml(
+            &OK.replace("hospitals = 5", "hospitals = 5\nthreshold = 6"),
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("threshold"), "{e:#}");
         let e = FederationConfig::from_toml(&OK.replace("[dataset]", "[datasets]")).unwrap_err();
-        assert!(format!("{e:#}").contains("unknown section [datasets]"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("unknown section [datasets]"),
+            "{e:#}"
+        );
         let e = FederationConfig::from_toml(&format!("{OK}\n[he]\nlambda = 20")).unwrap_err();
         assert!(format!("{e:#}").contains("30-bit"), "{e:#}");
     }

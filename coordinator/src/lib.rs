@@ -3,5 +3,9 @@
 
 pub mod config;
 pub mod engine;
+pub mod he;
 pub mod provision;
+pub mod server;
+pub mod simulate;
+pub mod status;
 pub mod store;

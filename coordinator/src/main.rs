@@ -1,6 +1,134 @@
-//! `coordinator`: the consortium server. Provisioning, rounds and `simulate` arrive with the
-//! federation issue; until then this binary only says so.
+//! `coordinator`: the consortium server of HEAL.
+//!
+//!     coordinator provision configs/organamnist-5-hospitals.toml --out fed
+//!     coordinator run --dir fed/coordinator
+//!     coordinator status --dir fed/coordinator
+//!     coordinator simulate configs/organamnist-5-hospitals.toml --out out/organamnist
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use coordinator::config::FederationConfig;
+use coordinator::server::{CoordinatorDir, Server};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "coordinator",
+    version,
+    about = "HEAL consortium server: provisioning, encrypted rounds, simulation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make the consortium CA, certificates and a kit per hospital from a federation TOML.
+    Provision {
+        config: PathBuf,
+        /// Directory to create (must not exist, or be empty).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Serve the rounds of a provisioned federation (resumes after a restart).
+    Run {
+        /// The coordinator directory made by `provision`.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Listen address (default: `listen` of the federation TOML).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Where to add ciphertexts: auto (CUDA when a device is present), cpu, or cuda.
+        #[arg(long, default_value = "auto")]
+        backend: String,
+    },
+    /// Print the federation, its hospitals, rounds and the audit log.
+    Status {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Audit entries to show (newest last).
+        #[arg(long, default_value_t = 30)]
+        audit: usize,
+    },
+    /// Run a whole consortium on this machine: provision, start the coordinator and every
+    /// hospital node over 127.0.0.1 (real QUIC and TLS), run all rounds, write metrics and plots.
+    Simulate {
+        config: PathBuf,
+        /// Output directory (metrics, plots, logs, summary.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The same pipeline without homomorphic encryption, for comparison.
+        #[arg(long)]
+        plaintext: bool,
+    },
+}
 
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("the coordinator has no commands yet: see the open issues in the README")
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Provision { config, out } => {
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("cannot read {}", config.display()))?;
+            let cfg = FederationConfig::from_toml(&text)
+                .with_context(|| format!("in {}", config.display()))?;
+            let p = coordinator::provision::provision(&cfg, &text, &out)?;
+            println!(
+                "federation {} provisioned in {}",
+                p.federation,
+                out.display()
+            );
+            println!(
+                "  coordinator: coordinator run --dir {}",
+                p.coordinator_dir.display()
+            );
+            for d in &p.hospital_dirs {
+                println!(
+                    "  hospital kit: {} (client run --site {}/site.toml)",
+                    d.display(),
+                    d.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Run {
+            dir,
+            listen,
+            backend,
+        } => {
+            let dir = CoordinatorDir { dir };
+            if !matches!(backend.as_str(), "auto" | "cpu" | "cuda") {
+                anyhow::bail!("--backend must be auto, cpu or cuda");
+            }
+            if backend == "cuda" {
+                tracing::warn!("no CUDA backend in this build: aggregating on the CPU");
+            }
+            let server = Server::open(&dir)?;
+            let cfg = FederationConfig::from_file(&dir.config())?;
+            let addr = listen.unwrap_or(cfg.federation.listen);
+            let addr: std::net::SocketAddr = addr
+                .parse()
+                .with_context(|| format!("listen address {addr}"))?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(server.serve(&dir, addr))
+        }
+        Command::Status { dir, audit } => {
+            coordinator::status::print(&CoordinatorDir { dir }, audit)
+        }
+        Command::Simulate {
+            config,
+            out,
+            plaintext,
+        } => coordinator::simulate::run(&config, out, plaintext),
+    }
 }

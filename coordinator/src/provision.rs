@@ -41,7 +41,8 @@ pub struct RosterEntry {
 
 impl Roster {
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("in {}", path.display()))
     }
 
@@ -51,7 +52,10 @@ impl Roster {
 
     /// Certificate fingerprint → party.
     pub fn parties(&self) -> HashMap<String, Party> {
-        self.hospital.iter().map(|h| (h.fingerprint.clone(), Party::Hospital(h.index))).collect()
+        self.hospital
+            .iter()
+            .map(|h| (h.fingerprint.clone(), Party::Hospital(h.index)))
+            .collect()
     }
 }
 
@@ -64,8 +68,11 @@ pub fn write_secret(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(contents).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(contents)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
@@ -82,18 +89,31 @@ pub struct Provisioned {
 }
 
 /// Provisions `cfg` (whose text is `config_text`) into `out`, which must not exist or be empty.
-pub fn provision(cfg: &FederationConfig, config_text: &str, out: &Path) -> anyhow::Result<Provisioned> {
-    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!("{} exists and is not empty: provisioning never overwrites keys", out.display());
+pub fn provision(
+    cfg: &FederationConfig,
+    config_text: &str,
+    out: &Path,
+) -> anyhow::Result<Provisioned> {
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!(
+            "{} exists and is not empty: provisioning never overwrites keys",
+            out.display()
+        );
     }
     let mut id = [0u8; 16];
-    getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("operating system random generator: {e}"))?;
+    getrandom::fill(&mut id)
+        .map_err(|e| anyhow::anyhow!("operating system random generator: {e}"))?;
     let federation = FederationId(id);
     let name = &cfg.federation.name;
 
     let ca = Ca::new(&format!("HEAL consortium CA ({name})"))?;
     let ca_dir = out.join("ca");
-    std::fs::create_dir_all(&ca_dir).with_context(|| format!("cannot create {}", ca_dir.display()))?;
+    std::fs::create_dir_all(&ca_dir)
+        .with_context(|| format!("cannot create {}", ca_dir.display()))?;
     write(&ca_dir.join("ca.pem"), ca.cert_pem())?;
     write_secret(&ca_dir.join("ca-key.pem"), ca.key_pem().as_bytes())?;
 
@@ -105,7 +125,10 @@ pub fn provision(cfg: &FederationConfig, config_text: &str, out: &Path) -> anyho
     write_secret(&coordinator_dir.join("key.pem"), coord.key_pem.as_bytes())?;
     write(&coordinator_dir.join("federation.toml"), config_text)?;
 
-    let mut roster = Roster { federation: federation.to_hex(), hospital: Vec::new() };
+    let mut roster = Roster {
+        federation: federation.to_hex(),
+        hospital: Vec::new(),
+    };
     let mut hospital_dirs = Vec::new();
     for index in 1..=cfg.federation.hospitals {
         let hname = format!("hospital-{index}");
@@ -116,20 +139,38 @@ pub fn provision(cfg: &FederationConfig, config_text: &str, out: &Path) -> anyho
         write(&dir.join("cert.pem"), &cert.cert_pem)?;
         write_secret(&dir.join("key.pem"), cert.key_pem.as_bytes())?;
         write(&dir.join("site.toml"), &site_toml(cfg, federation, index)?)?;
-        roster.hospital.push(RosterEntry { index, name: hname, fingerprint: cert.fingerprint });
+        roster.hospital.push(RosterEntry {
+            index,
+            name: hname,
+            fingerprint: cert.fingerprint,
+        });
         hospital_dirs.push(dir);
     }
-    write(&coordinator_dir.join("roster.toml"), &toml::to_string(&roster)?)?;
-    Ok(Provisioned { federation, coordinator_dir, hospital_dirs })
+    write(
+        &coordinator_dir.join("roster.toml"),
+        &toml::to_string(&roster)?,
+    )?;
+    Ok(Provisioned {
+        federation,
+        coordinator_dir,
+        hospital_dirs,
+    })
 }
 
 /// A hospital's site TOML: its identity, where the coordinator is, and the shared sections.
-fn site_toml(cfg: &FederationConfig, federation: FederationId, index: u32) -> anyhow::Result<String> {
+fn site_toml(
+    cfg: &FederationConfig,
+    federation: FederationId,
+    index: u32,
+) -> anyhow::Result<String> {
     let mut site = toml::Table::new();
     site.insert("index".into(), (index as i64).into());
     site.insert("federation".into(), federation.to_hex().into());
     site.insert("name".into(), cfg.federation.name.clone().into());
-    site.insert("coordinator".into(), cfg.federation.coordinator_address.clone().into());
+    site.insert(
+        "coordinator".into(),
+        cfg.federation.coordinator_address.clone().into(),
+    );
     site.insert("hospitals".into(), (cfg.federation.hospitals as i64).into());
     site.insert("threshold".into(), (cfg.threshold() as i64).into());
     let mut doc = toml::Table::new();
@@ -179,7 +220,11 @@ name = "breastmnist"
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::metadata(d.join("key.pem")).unwrap().permissions().mode() & 0o777;
+                let mode = std::fs::metadata(d.join("key.pem"))
+                    .unwrap()
+                    .permissions()
+                    .mode()
+                    & 0o777;
                 assert_eq!(mode, 0o600);
             }
         }

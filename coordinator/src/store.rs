@@ -93,7 +93,10 @@ pub struct AuditEntry {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 pub struct Store {
@@ -114,7 +117,10 @@ impl Store {
         let txn = store.db.begin_write().map_err(db_err)?;
         {
             let mut meta = txn.open_table(META).map_err(db_err)?;
-            let stored = meta.get("federation").map_err(db_err)?.map(|v| v.value().to_vec());
+            let stored = meta
+                .get("federation")
+                .map_err(db_err)?
+                .map(|v| v.value().to_vec());
             match stored {
                 Some(b) if b != federation.0 => {
                     return Err(StoreError::OtherFederation {
@@ -124,8 +130,10 @@ impl Store {
                 }
                 Some(_) => {}
                 None => {
-                    meta.insert("federation", federation.0.as_slice()).map_err(db_err)?;
-                    meta.insert("phase", enc(&Phase::Setup).as_slice()).map_err(db_err)?;
+                    meta.insert("federation", federation.0.as_slice())
+                        .map_err(db_err)?;
+                    meta.insert("phase", enc(&Phase::Setup).as_slice())
+                        .map_err(db_err)?;
                 }
             }
             // create every table, so readers never meet a missing one
@@ -142,7 +150,9 @@ impl Store {
 
     /// Opens an existing store read-only for `coordinator status` (any federation).
     pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
-        Ok(Self { db: Database::open(path).map_err(db_err)? })
+        Ok(Self {
+            db: Database::open(path).map_err(db_err)?,
+        })
     }
 
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -153,12 +163,18 @@ impl Store {
 
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
-        txn.open_table(META).map_err(db_err)?.insert(key, value).map_err(db_err)?;
+        txn.open_table(META)
+            .map_err(db_err)?
+            .insert(key, value)
+            .map_err(db_err)?;
         txn.commit().map_err(db_err)
     }
 
     pub fn federation(&self) -> Result<Option<FederationId>, StoreError> {
-        Ok(self.get_meta("federation")?.and_then(|b| b.try_into().ok()).map(FederationId))
+        Ok(self
+            .get_meta("federation")?
+            .and_then(|b| b.try_into().ok())
+            .map(FederationId))
     }
 
     pub fn phase(&self) -> Result<Phase, StoreError> {
@@ -203,7 +219,10 @@ impl Store {
 
     pub fn put_party(&self, index: u32, rec: &PartyRecord) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
-        txn.open_table(PARTIES).map_err(db_err)?.insert(index, enc(rec).as_slice()).map_err(db_err)?;
+        txn.open_table(PARTIES)
+            .map_err(db_err)?
+            .insert(index, enc(rec).as_slice())
+            .map_err(db_err)?;
         txn.commit().map_err(db_err)
     }
 
@@ -243,17 +262,32 @@ impl Store {
 
     /// Commits a round: its record, every receiver's result (replacing the previous round's),
     /// the phase, and an audit entry, atomically.
-    pub fn commit_round(&self, rec: &RoundRecord, results: &[(u32, StoredResult)], phase: Phase) -> Result<(), StoreError> {
+    pub fn commit_round(
+        &self,
+        rec: &RoundRecord,
+        results: &[(u32, StoredResult)],
+        phase: Phase,
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
-            txn.open_table(ROUNDS).map_err(db_err)?.insert(rec.round, enc(rec).as_slice()).map_err(db_err)?;
+            txn.open_table(ROUNDS)
+                .map_err(db_err)?
+                .insert(rec.round, enc(rec).as_slice())
+                .map_err(db_err)?;
             let mut res = txn.open_table(RESULTS).map_err(db_err)?;
             for (h, r) in results {
                 res.insert(*h, enc(r).as_slice()).map_err(db_err)?;
             }
-            txn.open_table(META).map_err(db_err)?.insert("phase", enc(&phase).as_slice()).map_err(db_err)?;
+            txn.open_table(META)
+                .map_err(db_err)?
+                .insert("phase", enc(&phase).as_slice())
+                .map_err(db_err)?;
             let mut audit = txn.open_table(AUDIT).map_err(db_err)?;
-            let seq = audit.last().map_err(db_err)?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+            let seq = audit
+                .last()
+                .map_err(db_err)?
+                .map(|(k, _)| k.value() + 1)
+                .unwrap_or(0);
             let entry = AuditEntry {
                 unix_ms: now_ms(),
                 hospital: None,
@@ -274,18 +308,27 @@ impl Store {
     pub fn rounds(&self) -> Result<Vec<RoundRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(ROUNDS).map_err(db_err)?;
-        t.iter().map_err(db_err)?.map(|r| dec(r.map_err(db_err)?.1.value(), "round")).collect()
+        t.iter()
+            .map_err(db_err)?
+            .map(|r| dec(r.map_err(db_err)?.1.value(), "round"))
+            .collect()
     }
 
     pub fn result_for(&self, hospital: u32) -> Result<Option<StoredResult>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(RESULTS).map_err(db_err)?;
-        t.get(hospital).map_err(db_err)?.map(|v| dec(v.value(), "result")).transpose()
+        t.get(hospital)
+            .map_err(db_err)?
+            .map(|v| dec(v.value(), "result"))
+            .transpose()
     }
 
     pub fn put_metrics(&self, hospital: u32, m: &RoundMetrics) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
-        txn.open_table(METRICS).map_err(db_err)?.insert((m.round, hospital), enc(m).as_slice()).map_err(db_err)?;
+        txn.open_table(METRICS)
+            .map_err(db_err)?
+            .insert((m.round, hospital), enc(m).as_slice())
+            .map_err(db_err)?;
         txn.commit().map_err(db_err)
     }
 
@@ -302,12 +345,28 @@ impl Store {
     }
 
     /// Appends to the audit log.
-    pub fn audit(&self, hospital: Option<u32>, round: u64, event: &str, detail: &str) -> Result<(), StoreError> {
+    pub fn audit(
+        &self,
+        hospital: Option<u32>,
+        round: u64,
+        event: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = txn.open_table(AUDIT).map_err(db_err)?;
-            let seq = t.last().map_err(db_err)?.map(|(k, _)| k.value() + 1).unwrap_or(0);
-            let e = AuditEntry { unix_ms: now_ms(), hospital, round, event: event.into(), detail: detail.into() };
+            let seq = t
+                .last()
+                .map_err(db_err)?
+                .map(|(k, _)| k.value() + 1)
+                .unwrap_or(0);
+            let e = AuditEntry {
+                unix_ms: now_ms(),
+                hospital,
+                round,
+                event: event.into(),
+                detail: detail.into(),
+            };
             t.insert(seq, enc(&e).as_slice()).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
@@ -316,7 +375,10 @@ impl Store {
     pub fn audit_log(&self) -> Result<Vec<AuditEntry>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(AUDIT).map_err(db_err)?;
-        t.iter().map_err(db_err)?.map(|r| dec(r.map_err(db_err)?.1.value(), "audit")).collect()
+        t.iter()
+            .map_err(db_err)?
+            .map(|r| dec(r.map_err(db_err)?.1.value(), "audit"))
+            .collect()
     }
 }
 
@@ -332,12 +394,31 @@ mod tests {
         {
             let s = Store::open(&path, fed).unwrap();
             assert_eq!(s.phase().unwrap(), Phase::Setup);
-            s.put_party(2, &PartyRecord { exchange_key: Some([9; 32]), ..Default::default() }).unwrap();
+            s.put_party(
+                2,
+                &PartyRecord {
+                    exchange_key: Some([9; 32]),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             s.put_shamir(2, &[(1, vec![1, 2]), (3, vec![3])]).unwrap();
-            let rec = RoundRecord { round: 1, participants: vec![(1, 10), (2, 20)], total_weight: 30, ..Default::default() };
-            let res = StoredResult { round: 1, total_weight: 30, participants: vec![1, 2], items: vec![vec![7; 5]] };
-            s.commit_round(&rec, &[(1, res.clone())], Phase::Training { committed: 1 }).unwrap();
-            s.audit(Some(3), 2, "refused", "update for a past round").unwrap();
+            let rec = RoundRecord {
+                round: 1,
+                participants: vec![(1, 10), (2, 20)],
+                total_weight: 30,
+                ..Default::default()
+            };
+            let res = StoredResult {
+                round: 1,
+                total_weight: 30,
+                participants: vec![1, 2],
+                items: vec![vec![7; 5]],
+            };
+            s.commit_round(&rec, &[(1, res.clone())], Phase::Training { committed: 1 })
+                .unwrap();
+            s.audit(Some(3), 2, "refused", "update for a past round")
+                .unwrap();
         }
         let s = Store::open(&path, fed).unwrap();
         assert_eq!(s.phase().unwrap(), Phase::Training { committed: 1 });
@@ -351,6 +432,9 @@ mod tests {
         assert_eq!(log.len(), 2);
         assert_eq!(log[1].event, "refused");
         drop(s);
-        assert!(matches!(Store::open(&path, FederationId([2; 16])), Err(StoreError::OtherFederation { .. })));
+        assert!(matches!(
+            Store::open(&path, FederationId([2; 16])),
+            Err(StoreError::OtherFederation { .. })
+        ));
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod aggregate;
 pub mod ckks;
+pub mod infer;
 pub mod multiparty;
 pub mod ring;
 pub mod rlwe;

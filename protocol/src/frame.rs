@@ -9,13 +9,23 @@ use crate::error::ProtocolError;
 pub const MAX_FRAME: usize = 32 << 20;
 
 /// Reads one frame; `None` when the stream ends cleanly before a frame starts.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result<Option<Vec<u8>>, ProtocolError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, ProtocolError> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
-        let n = r.read(&mut len[got..]).await.map_err(|e| ProtocolError::Connection(e.to_string()))?;
+        let n = r
+            .read(&mut len[got..])
+            .await
+            .map_err(|e| ProtocolError::Connection(e.to_string()))?;
         if n == 0 {
-            return if got == 0 { Ok(None) } else { Err(ProtocolError::Truncated) };
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(ProtocolError::Truncated)
+            };
         }
         got += n;
     }
@@ -31,13 +41,23 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result
     Ok(Some(buf))
 }
 
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> Result<(), ProtocolError> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    payload: &[u8],
+) -> Result<(), ProtocolError> {
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|&l| (l as usize) <= MAX_FRAME)
-        .ok_or(ProtocolError::FrameTooLarge { size: payload.len(), limit: MAX_FRAME })?;
-    w.write_all(&len.to_le_bytes()).await.map_err(|e| ProtocolError::Connection(e.to_string()))?;
-    w.write_all(payload).await.map_err(|e| ProtocolError::Connection(e.to_string()))?;
+        .ok_or(ProtocolError::FrameTooLarge {
+            size: payload.len(),
+            limit: MAX_FRAME,
+        })?;
+    w.write_all(&len.to_le_bytes())
+        .await
+        .map_err(|e| ProtocolError::Connection(e.to_string()))?;
+    w.write_all(payload)
+        .await
+        .map_err(|e| ProtocolError::Connection(e.to_string()))?;
     Ok(())
 }
 
@@ -57,9 +77,18 @@ mod tests {
         // a declared size above the limit is refused before allocating
         let mut big = (u32::MAX).to_le_bytes().to_vec();
         big.extend_from_slice(b"xx");
-        assert!(matches!(read_frame(&mut big.as_slice(), MAX_FRAME).await, Err(ProtocolError::FrameTooLarge { .. })));
+        assert!(matches!(
+            read_frame(&mut big.as_slice(), MAX_FRAME).await,
+            Err(ProtocolError::FrameTooLarge { .. })
+        ));
         // truncated length and truncated body
-        assert!(matches!(read_frame(&mut [1u8, 0].as_slice(), 16).await, Err(ProtocolError::Truncated)));
-        assert!(matches!(read_frame(&mut [5u8, 0, 0, 0, 1].as_slice(), 16).await, Err(ProtocolError::Truncated)));
+        assert!(matches!(
+            read_frame(&mut [1u8, 0].as_slice(), 16).await,
+            Err(ProtocolError::Truncated)
+        ));
+        assert!(matches!(
+            read_frame(&mut [5u8, 0, 0, 0, 1].as_slice(), 16).await,
+            Err(ProtocolError::Truncated)
+        ));
     }
 }

@@ -23,3 +23,5 @@ pub use error::ProtocolError;
 pub use identity::{FederationId, Party};
 pub use link::{Incoming, Link};
 pub use message::{Body, Envelope, PROTOCOL_VERSION};
+/// The QUIC implementation, for the types that cross this crate's API.
+pub use quinn;

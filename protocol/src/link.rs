@@ -112,7 +112,11 @@ impl Link {
             .map_err(|_| ProtocolError::Timeout(self.timeout))??
             .ok_or(ProtocolError::Truncated)?;
         let envelope = Envelope::decode(&header, self.federation, self.peer)?;
-        Ok(Incoming { envelope, recv, timeout: self.timeout })
+        Ok(Incoming {
+            envelope,
+            recv,
+            timeout: self.timeout,
+        })
     }
 
     /// Closes the connection.
@@ -131,7 +135,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The coordinator's listening endpoint.
 pub fn listen(addr: SocketAddr, tls: &TlsFiles) -> Result<quinn::Endpoint, ProtocolError> {
-    quinn::Endpoint::server(tls.server_config()?, addr).map_err(|e| ProtocolError::Connection(e.to_string()))
+    quinn::Endpoint::server(tls.server_config()?, addr)
+        .map_err(|e| ProtocolError::Connection(e.to_string()))
 }
 
 /// Completes an incoming connection and identifies the peer by its certificate, which must be
@@ -145,16 +150,31 @@ pub async fn accept_connection(
         .await
         .map_err(|_| ProtocolError::Timeout(DEFAULT_TIMEOUT))??;
     let peer = peer_party(&conn, roster)?;
-    Ok(Link { conn, federation, me: Party::Coordinator, peer, timeout: DEFAULT_TIMEOUT })
+    Ok(Link {
+        conn,
+        federation,
+        me: Party::Coordinator,
+        peer,
+        timeout: DEFAULT_TIMEOUT,
+    })
 }
 
-fn peer_party(conn: &quinn::Connection, roster: &HashMap<String, Party>) -> Result<Party, ProtocolError> {
+fn peer_party(
+    conn: &quinn::Connection,
+    roster: &HashMap<String, Party>,
+) -> Result<Party, ProtocolError> {
     let certs = conn
         .peer_identity()
-        .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
         .ok_or(ProtocolError::UnknownPeer)?;
     let leaf = certs.first().ok_or(ProtocolError::UnknownPeer)?;
-    roster.get(&cert_fingerprint(leaf.as_ref())).copied().ok_or(ProtocolError::UnknownPeer)
+    roster
+        .get(&cert_fingerprint(leaf.as_ref()))
+        .copied()
+        .ok_or(ProtocolError::UnknownPeer)
 }
 
 /// A hospital's connection to the coordinator at `addr`.
@@ -164,8 +184,15 @@ pub async fn connect(
     federation: FederationId,
     me: u32,
 ) -> Result<Link, ProtocolError> {
-    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal address");
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ProtocolError::Connection(e.to_string()))?;
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .expect("literal address");
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|e| ProtocolError::Connection(e.to_string()))?;
     endpoint.set_default_client_config(tls.client_config()?);
     let connecting = endpoint
         .connect(addr, coordinator_server_name())
@@ -173,5 +200,11 @@ pub async fn connect(
     let conn = tokio::time::timeout(DEFAULT_TIMEOUT, connecting)
         .await
         .map_err(|_| ProtocolError::Timeout(DEFAULT_TIMEOUT))??;
-    Ok(Link { conn, federation, me: Party::Hospital(me), peer: Party::Coordinator, timeout: DEFAULT_TIMEOUT })
+    Ok(Link {
+        conn,
+        federation,
+        me: Party::Hospital(me),
+        peer: Party::Coordinator,
+        timeout: DEFAULT_TIMEOUT,
+    })
 }

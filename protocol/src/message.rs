@@ -57,7 +57,11 @@ pub enum Body {
     Hello { software: String, last_round: u64 },
     /// Setup: its share of the collective public key, its key-exchange key (for sealed Shamir
     /// shares) and its own receiving public key (what aggregates are switched to).
-    KeyShares { public_key_share: Vec<u8>, exchange_key: [u8; 32], receive_key: Vec<u8> },
+    KeyShares {
+        public_key_share: Vec<u8>,
+        exchange_key: [u8; 32],
+        receive_key: Vec<u8>,
+    },
     /// Setup: Shamir shares of its secret, each sealed for the hospital it names.
     ShamirShares { sealed: Vec<(u32, Vec<u8>)> },
     /// Setup is complete on this side (threshold secret formed).
@@ -67,13 +71,23 @@ pub enum Body {
     Update { weight: u64, count: u32 },
     /// Header of a stream of `count` public-key-switch shares towards hospital `target`, made
     /// for switching attempt `attempt` of the round (an attempt fixes the active set).
-    SwitchShares { attempt: u32, target: u32, count: u32 },
+    SwitchShares {
+        attempt: u32,
+        target: u32,
+        count: u32,
+    },
     /// Evaluation of the round's global model.
     Metrics(RoundMetrics),
 
     // ----- coordinator → hospital -----
     /// Answer to Hello: the hospital's index, the consortium's shape and where it is.
-    Welcome { index: u32, hospitals: u32, threshold: u32, plaintext: bool, phase: Phase },
+    Welcome {
+        index: u32,
+        hospitals: u32,
+        threshold: u32,
+        plaintext: bool,
+        phase: Phase,
+    },
     /// Setup result: the collective public key and every hospital's public keys.
     SetupKeys {
         collective_public_key: Vec<u8>,
@@ -86,10 +100,20 @@ pub enum Body {
     RoundStart { deadline_ms: u64 },
     /// Header of a stream of the `count` aggregate ciphertexts of the round: switch them to each
     /// of `targets` as one of `active` (the weights let each party size its flooding).
-    SwitchRequest { attempt: u32, targets: Vec<u32>, active: Vec<u32>, weights: Vec<u64>, count: u32 },
+    SwitchRequest {
+        attempt: u32,
+        targets: Vec<u32>,
+        active: Vec<u32>,
+        weights: Vec<u64>,
+        count: u32,
+    },
     /// Header of a stream of this hospital's `count` result items for the round (the switched
     /// aggregate, or the plaintext sum), with the total weight to divide by.
-    RoundResult { total_weight: u64, participants: Vec<u32>, count: u32 },
+    RoundResult {
+        total_weight: u64,
+        participants: Vec<u32>,
+        count: u32,
+    },
     /// No more rounds.
     Finished,
     /// The coordinator refused a message (logged on both sides).
@@ -121,7 +145,13 @@ impl Body {
 
 impl Envelope {
     pub fn new(federation: FederationId, round: u64, sender: Party, body: Body) -> Self {
-        Self { version: PROTOCOL_VERSION, federation, round, sender, body }
+        Self {
+            version: PROTOCOL_VERSION,
+            federation,
+            round,
+            sender,
+            body,
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -129,16 +159,30 @@ impl Envelope {
     }
 
     /// Decodes and checks version, federation and sender (against the connection's identity).
-    pub fn decode(bytes: &[u8], federation: FederationId, peer: Party) -> Result<Self, ProtocolError> {
-        let env: Envelope = postcard::from_bytes(bytes).map_err(|e| ProtocolError::Decode(e.to_string()))?;
+    pub fn decode(
+        bytes: &[u8],
+        federation: FederationId,
+        peer: Party,
+    ) -> Result<Self, ProtocolError> {
+        let env: Envelope =
+            postcard::from_bytes(bytes).map_err(|e| ProtocolError::Decode(e.to_string()))?;
         if env.version != PROTOCOL_VERSION {
-            return Err(ProtocolError::Version { got: env.version, want: PROTOCOL_VERSION });
+            return Err(ProtocolError::Version {
+                got: env.version,
+                want: PROTOCOL_VERSION,
+            });
         }
         if env.federation != federation {
-            return Err(ProtocolError::Federation { got: env.federation.to_hex(), want: federation.to_hex() });
+            return Err(ProtocolError::Federation {
+                got: env.federation.to_hex(),
+                want: federation.to_hex(),
+            });
         }
         if env.sender != peer {
-            return Err(ProtocolError::Impersonation { claimed: env.sender, actual: peer });
+            return Err(ProtocolError::Impersonation {
+                claimed: env.sender,
+                actual: peer,
+            });
         }
         Ok(env)
     }
@@ -153,17 +197,37 @@ mod tests {
 
     #[test]
     fn envelopes_round_trip_and_bind_their_context() {
-        let env = Envelope::new(FED, 3, Party::Hospital(2), Body::Update { weight: 120, count: 37 });
+        let env = Envelope::new(
+            FED,
+            3,
+            Party::Hospital(2),
+            Body::Update {
+                weight: 120,
+                count: 37,
+            },
+        );
         let bytes = env.encode();
-        assert_eq!(Envelope::decode(&bytes, FED, Party::Hospital(2)).unwrap(), env);
+        assert_eq!(
+            Envelope::decode(&bytes, FED, Party::Hospital(2)).unwrap(),
+            env
+        );
         assert!(matches!(
             Envelope::decode(&bytes, FED, Party::Hospital(3)),
-            Err(ProtocolError::Impersonation { claimed: Party::Hospital(2), actual: Party::Hospital(3) })
+            Err(ProtocolError::Impersonation {
+                claimed: Party::Hospital(2),
+                actual: Party::Hospital(3)
+            })
         ));
-        assert!(matches!(Envelope::decode(&bytes, FederationId([8; 16]), Party::Hospital(2)), Err(ProtocolError::Federation { .. })));
+        assert!(matches!(
+            Envelope::decode(&bytes, FederationId([8; 16]), Party::Hospital(2)),
+            Err(ProtocolError::Federation { .. })
+        ));
         let mut old = env.clone();
         old.version = 0;
-        assert!(matches!(Envelope::decode(&old.encode(), FED, Party::Hospital(2)), Err(ProtocolError::Version { .. })));
+        assert!(matches!(
+            Envelope::decode(&old.encode(), FED, Party::Hospital(2)),
+            Err(ProtocolError::Version { .. })
+        ));
     }
 
     proptest! {

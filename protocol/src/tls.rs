@@ -28,7 +28,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn file_err(path: &Path, e: impl std::fmt::Display) -> ProtocolError {
-    ProtocolError::File { path: path.display().to_string(), reason: e.to_string() }
+    ProtocolError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
 }
 
 fn tls_err(e: impl std::fmt::Display) -> ProtocolError {
@@ -61,7 +64,11 @@ fn roots(ca: &Path) -> Result<Arc<RootCertStore>, ProtocolError> {
 impl TlsFiles {
     /// In a kit directory: `ca.pem`, `cert.pem`, `key.pem`.
     pub fn in_dir(dir: &Path) -> Self {
-        Self { ca: dir.join("ca.pem"), cert: dir.join("cert.pem"), key: dir.join("key.pem") }
+        Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        }
     }
 
     /// The DER of this party's own certificate (its identity).
@@ -113,7 +120,9 @@ fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_uni_streams(1024u32.into());
     t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
-    t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(std::time::Duration::from_secs(20)).expect("20 s fits")));
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(std::time::Duration::from_secs(20)).expect("20 s fits"),
+    ));
     // large updates: let a stream carry several megabytes in flight
     t.stream_receive_window((16u32 << 20).into());
     t.receive_window((64u32 << 20).into());

@@ -70,11 +70,22 @@ async fn messages_and_item_streams_cross_a_real_connection() {
         let link = accept_connection(incoming, FED, &roster).await.unwrap();
         assert_eq!(link.peer(), Party::Hospital(1));
         let hello = link.accept().await.unwrap();
-        assert!(matches!(hello.envelope.body, Body::Hello { last_round: 0, .. }));
-        link.send(0, Body::RoundStart { deadline_ms: 1000 }).await.unwrap();
+        assert!(matches!(
+            hello.envelope.body,
+            Body::Hello { last_round: 0, .. }
+        ));
+        link.send(0, Body::RoundStart { deadline_ms: 1000 })
+            .await
+            .unwrap();
         let mut update = link.accept().await.unwrap();
         assert_eq!(update.envelope.round, 4);
-        assert_eq!(update.envelope.body, Body::Update { weight: 17, count: 3 });
+        assert_eq!(
+            update.envelope.body,
+            Body::Update {
+                weight: 17,
+                count: 3
+            }
+        );
         let mut items = Vec::new();
         while let Some(item) = update.next_item().await.unwrap() {
             items.push(item);
@@ -82,15 +93,35 @@ async fn messages_and_item_streams_cross_a_real_connection() {
         assert_eq!(items, vec![vec![1u8; 10], vec![2u8; 1 << 20], vec![]]);
         // a message claiming another hospital's identity is refused
         let forged = link.accept().await;
-        assert!(matches!(forged, Err(ProtocolError::Impersonation { .. })), "{forged:?}");
+        assert!(
+            matches!(forged, Err(ProtocolError::Impersonation { .. })),
+            "{forged:?}"
+        );
         link.send(0, Body::Finished).await.unwrap();
     });
     let client = async {
         let link = connect(addr, &s.hospital, FED, 1).await.unwrap();
-        link.send(0, Body::Hello { software: "test".into(), last_round: 0 }).await.unwrap();
+        link.send(
+            0,
+            Body::Hello {
+                software: "test".into(),
+                last_round: 0,
+            },
+        )
+        .await
+        .unwrap();
         let start = link.accept().await.unwrap();
         assert_eq!(start.envelope.body, Body::RoundStart { deadline_ms: 1000 });
-        let mut up = link.open(4, Body::Update { weight: 17, count: 3 }).await.unwrap();
+        let mut up = link
+            .open(
+                4,
+                Body::Update {
+                    weight: 17,
+                    count: 3,
+                },
+            )
+            .await
+            .unwrap();
         up.item(&[1u8; 10]).await.unwrap();
         up.item(&vec![2u8; 1 << 20]).await.unwrap();
         up.item(&[]).await.unwrap();
@@ -103,7 +134,11 @@ async fn messages_and_item_streams_cross_a_real_connection() {
         let fin = link.accept().await.unwrap();
         assert_eq!(fin.envelope.body, Body::Finished);
     };
-    tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(server, client).0.unwrap() }).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(server, client).0.unwrap()
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -115,8 +150,14 @@ async fn certificates_outside_the_consortium_are_refused() {
     let server = tokio::spawn(async move {
         let mut outcomes = Vec::new();
         for _ in 0..2 {
-            let Some(incoming) = endpoint.accept().await else { break };
-            outcomes.push(accept_connection(incoming, FED, &roster).await.map(|l| l.peer()));
+            let Some(incoming) = endpoint.accept().await else {
+                break;
+            };
+            outcomes.push(
+                accept_connection(incoming, FED, &roster)
+                    .await
+                    .map(|l| l.peer()),
+            );
         }
         outcomes
     });
@@ -124,9 +165,16 @@ async fn certificates_outside_the_consortium_are_refused() {
     let foreign = connect(addr, &s.outsider, FED, 1).await;
     // the right CA but a certificate the roster does not list is refused after the handshake
     let stranger = connect(addr, &s.stranger, FED, 9).await;
-    let outcomes = tokio::time::timeout(Duration::from_secs(20), server).await.unwrap().unwrap();
+    let outcomes = tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(foreign.is_err() || outcomes.iter().any(|o| o.is_err()));
     assert!(outcomes.iter().all(|o| o.is_err()), "{outcomes:?}");
-    assert!(outcomes.iter().any(|o| matches!(o, Err(ProtocolError::UnknownPeer))));
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| matches!(o, Err(ProtocolError::UnknownPeer)))
+    );
     drop(stranger);
 }

@@ -35,7 +35,11 @@ pub struct EngineConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// A hospital connected and said hello; it holds the global model of `last_round`.
-    Joined { hospital: u32, last_round: u64, now: Instant },
+    Joined {
+        hospital: u32,
+        last_round: u64,
+        now: Instant,
+    },
     /// Its connection ended.
     Left { hospital: u32, now: Instant },
     /// Its key shares were validated and stored.
@@ -45,9 +49,20 @@ pub enum Event {
     /// It formed its threshold secret.
     SetupDone { hospital: u32, now: Instant },
     /// Its whole update for `round` was validated and folded into the aggregate.
-    UpdateFolded { hospital: u32, round: u64, weight: u64, now: Instant },
+    UpdateFolded {
+        hospital: u32,
+        round: u64,
+        weight: u64,
+        now: Instant,
+    },
     /// Its switching shares towards `target` for `round`, attempt `attempt`, were folded.
-    SwitchSharesFolded { hospital: u32, round: u64, attempt: u32, target: u32, now: Instant },
+    SwitchSharesFolded {
+        hospital: u32,
+        round: u64,
+        attempt: u32,
+        target: u32,
+        now: Instant,
+    },
     /// The layer below committed `round` and sent the results.
     Committed { round: u64, now: Instant },
     /// Time passes (deadlines).
@@ -57,32 +72,71 @@ pub enum Event {
 /// Something the layer below must do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    Welcome { to: u32, phase: Phase },
+    Welcome {
+        to: u32,
+        phase: Phase,
+    },
     /// Make (once) and send the collective public key and everyone's public keys.
-    SendSetupKeys { to: Vec<u32> },
+    SendSetupKeys {
+        to: Vec<u32>,
+    },
     /// Send the sealed Shamir shares addressed to `to`.
-    RelayShares { to: u32 },
+    RelayShares {
+        to: u32,
+    },
     /// Start collecting `round` (fresh aggregate) and announce it.
-    StartRound { round: u64, to: Vec<u32>, deadline: Duration },
+    StartRound {
+        round: u64,
+        to: Vec<u32>,
+        deadline: Duration,
+    },
     /// Announce the running round to a hospital that joined late.
-    AnnounceRound { round: u64, to: u32, deadline: Duration },
+    AnnounceRound {
+        round: u64,
+        to: u32,
+        deadline: Duration,
+    },
     /// Close the aggregate of `round` (once) and ask `active` for switching shares towards
     /// `targets`; a new attempt discards the shares of earlier ones.
-    RequestSwitch { round: u64, attempt: u32, active: Vec<u32>, targets: Vec<u32>, weights: Vec<(u32, u64)> },
+    RequestSwitch {
+        round: u64,
+        attempt: u32,
+        active: Vec<u32>,
+        targets: Vec<u32>,
+        weights: Vec<(u32, u64)>,
+    },
     /// Make each target's result (switched aggregate, or plaintext sum), commit the round with
     /// them, send them, then report [`Event::Committed`].
-    Deliver { round: u64, targets: Vec<u32>, weights: Vec<(u32, u64)>, switchers: Vec<u32> },
+    Deliver {
+        round: u64,
+        targets: Vec<u32>,
+        weights: Vec<(u32, u64)>,
+        switchers: Vec<u32>,
+    },
     /// Send the result of the latest committed round (to a hospital that missed it).
-    SendStoredResult { to: u32 },
-    Finish { to: Vec<u32> },
+    SendStoredResult {
+        to: u32,
+    },
+    Finish {
+        to: Vec<u32>,
+    },
     /// An audit log entry.
-    Audit { hospital: Option<u32>, round: u64, event: &'static str, detail: String },
+    Audit {
+        hospital: Option<u32>,
+        round: u64,
+        event: &'static str,
+        detail: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
 enum Stage {
     Setup,
-    Collecting { round: u64, started: Instant, uploads: BTreeMap<u32, u64> },
+    Collecting {
+        round: u64,
+        started: Instant,
+        uploads: BTreeMap<u32, u64>,
+    },
     Switching {
         round: u64,
         attempt: u32,
@@ -93,7 +147,9 @@ enum Stage {
         /// a re-plan waits here for enough connected hospitals
         waiting: bool,
     },
-    Delivering { round: u64 },
+    Delivering {
+        round: u64,
+    },
     Finished,
 }
 
@@ -127,11 +183,19 @@ impl Engine {
             Stage::Finished
         } else if setup_complete {
             // the interrupted round starts again from scratch when hospitals return
-            Stage::Collecting { round: restored.committed + 1, started: now, uploads: BTreeMap::new() }
+            Stage::Collecting {
+                round: restored.committed + 1,
+                started: now,
+                uploads: BTreeMap::new(),
+            }
         } else {
             Stage::Setup
         };
-        let setup_done = if cfg.plaintext { all } else { restored.setup_done };
+        let setup_done = if cfg.plaintext {
+            all
+        } else {
+            restored.setup_done
+        };
         Self {
             cfg,
             stage,
@@ -155,15 +219,21 @@ impl Engine {
     pub fn phase(&self) -> Phase {
         match self.stage {
             Stage::Setup => Phase::Setup,
-            Stage::Finished => Phase::Finished { rounds: self.committed },
-            _ => Phase::Training { committed: self.committed },
+            Stage::Finished => Phase::Finished {
+                rounds: self.committed,
+            },
+            _ => Phase::Training {
+                committed: self.committed,
+            },
         }
     }
 
     /// The round under way, if any.
     pub fn current_round(&self) -> Option<u64> {
         match &self.stage {
-            Stage::Collecting { round, .. } | Stage::Switching { round, .. } | Stage::Delivering { round } => Some(*round),
+            Stage::Collecting { round, .. }
+            | Stage::Switching { round, .. }
+            | Stage::Delivering { round } => Some(*round),
             _ => None,
         }
     }
@@ -175,7 +245,9 @@ impl Engine {
     /// Whether an update of `hospital` for `round` may be read now (and why not).
     pub fn accepts_update(&self, hospital: u32, round: u64) -> Result<(), String> {
         match &self.stage {
-            Stage::Collecting { round: r, uploads, .. } => {
+            Stage::Collecting {
+                round: r, uploads, ..
+            } => {
                 if round != *r {
                     Err(format!("update for round {round} while round {r} collects"))
                 } else if uploads.contains_key(&hospital) {
@@ -193,22 +265,41 @@ impl Engine {
     }
 
     /// Whether switching shares of `hospital` for (`round`, `attempt`, `target`) may be read.
-    pub fn accepts_switch_shares(&self, hospital: u32, round: u64, attempt: u32, target: u32) -> Result<(), String> {
+    pub fn accepts_switch_shares(
+        &self,
+        hospital: u32,
+        round: u64,
+        attempt: u32,
+        target: u32,
+    ) -> Result<(), String> {
         match &self.stage {
-            Stage::Switching { round: r, attempt: a, active, targets, done, .. } => {
+            Stage::Switching {
+                round: r,
+                attempt: a,
+                active,
+                targets,
+                done,
+                ..
+            } => {
                 if round != *r || attempt != *a {
-                    Err(format!("switching shares for round {round} attempt {attempt}, expected round {r} attempt {a}"))
+                    Err(format!(
+                        "switching shares for round {round} attempt {attempt}, expected round {r} attempt {a}"
+                    ))
                 } else if !active.contains(&hospital) {
                     Err("switching shares from a hospital not asked for them".into())
                 } else if !targets.contains(&target) {
-                    Err(format!("switching shares towards hospital {target}, not a target"))
+                    Err(format!(
+                        "switching shares towards hospital {target}, not a target"
+                    ))
                 } else if done.contains(&(hospital, target)) {
                     Err("switching shares sent twice".into())
                 } else {
                     Ok(())
                 }
             }
-            _ => Err(format!("switching shares for round {round} while not switching")),
+            _ => Err(format!(
+                "switching shares for round {round} while not switching"
+            )),
         }
     }
 
@@ -216,12 +307,18 @@ impl Engine {
     pub fn handle(&mut self, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
         match event {
-            Event::Joined { hospital, last_round, now } => self.joined(hospital, last_round, now, &mut out),
+            Event::Joined {
+                hospital,
+                last_round,
+                now,
+            } => self.joined(hospital, last_round, now, &mut out),
             Event::Left { hospital, now } => self.left(hospital, now, &mut out),
             Event::KeySharesStored { hospital } => {
                 self.key_shares.insert(hospital);
                 if self.key_shares == self.all() && self.stage == Stage::Setup {
-                    out.push(Action::SendSetupKeys { to: self.connected.iter().copied().collect() });
+                    out.push(Action::SendSetupKeys {
+                        to: self.connected.iter().copied().collect(),
+                    });
                 }
             }
             Event::SharesDealt { hospital } => {
@@ -234,29 +331,65 @@ impl Engine {
             }
             Event::SetupDone { hospital, now } => {
                 self.setup_done.insert(hospital);
-                out.push(Action::Audit { hospital: Some(hospital), round: 0, event: "setup-done", detail: String::new() });
+                out.push(Action::Audit {
+                    hospital: Some(hospital),
+                    round: 0,
+                    event: "setup-done",
+                    detail: String::new(),
+                });
                 if self.setup_done == self.all() && self.stage == Stage::Setup {
                     out.push(Action::Audit {
                         hospital: None,
                         round: 0,
                         event: "setup-complete",
-                        detail: format!("{} hospitals hold threshold shares (t = {})", self.cfg.hospitals, self.cfg.threshold),
+                        detail: format!(
+                            "{} hospitals hold threshold shares (t = {})",
+                            self.cfg.hospitals, self.cfg.threshold
+                        ),
                     });
                     self.start_round(self.committed + 1, now, &mut out);
                 }
             }
-            Event::UpdateFolded { hospital, round, weight, now } => {
-                if let Stage::Collecting { round: r, uploads, .. } = &mut self.stage {
+            Event::UpdateFolded {
+                hospital,
+                round,
+                weight,
+                now,
+            } => {
+                if let Stage::Collecting {
+                    round: r, uploads, ..
+                } = &mut self.stage
+                {
                     if *r == round {
                         uploads.insert(hospital, weight);
-                        out.push(Action::Audit { hospital: Some(hospital), round, event: "update", detail: format!("weight {weight}") });
+                        out.push(Action::Audit {
+                            hospital: Some(hospital),
+                            round,
+                            event: "update",
+                            detail: format!("weight {weight}"),
+                        });
                         self.maybe_close(now, false, &mut out);
                     }
                 }
             }
-            Event::SwitchSharesFolded { hospital, round, attempt, target, now: _ } => {
+            Event::SwitchSharesFolded {
+                hospital,
+                round,
+                attempt,
+                target,
+                now: _,
+            } => {
                 let mut complete = None;
-                if let Stage::Switching { round: r, attempt: a, active, targets, done, uploads, .. } = &mut self.stage {
+                if let Stage::Switching {
+                    round: r,
+                    attempt: a,
+                    active,
+                    targets,
+                    done,
+                    uploads,
+                    ..
+                } = &mut self.stage
+                {
                     if *r == round && *a == attempt {
                         done.insert((hospital, target));
                         if done.len() == active.len() * targets.len() {
@@ -266,7 +399,12 @@ impl Engine {
                 }
                 if let Some((targets, uploads, active)) = complete {
                     self.stage = Stage::Delivering { round };
-                    out.push(Action::Deliver { round, targets, weights: uploads.into_iter().collect(), switchers: active });
+                    out.push(Action::Deliver {
+                        round,
+                        targets,
+                        weights: uploads.into_iter().collect(),
+                        switchers: active,
+                    });
                 }
             }
             Event::Committed { round, now } => {
@@ -274,7 +412,9 @@ impl Engine {
                     self.committed = round;
                     if round >= self.cfg.rounds {
                         self.stage = Stage::Finished;
-                        out.push(Action::Finish { to: self.connected.iter().copied().collect() });
+                        out.push(Action::Finish {
+                            to: self.connected.iter().copied().collect(),
+                        });
                     } else {
                         self.start_round(round + 1, now, &mut out);
                     }
@@ -287,8 +427,16 @@ impl Engine {
 
     fn joined(&mut self, h: u32, last_round: u64, now: Instant, out: &mut Vec<Action>) {
         self.connected.insert(h);
-        out.push(Action::Welcome { to: h, phase: self.phase() });
-        out.push(Action::Audit { hospital: Some(h), round: self.committed, event: "joined", detail: format!("holds round {last_round}") });
+        out.push(Action::Welcome {
+            to: h,
+            phase: self.phase(),
+        });
+        out.push(Action::Audit {
+            hospital: Some(h),
+            round: self.committed,
+            event: "joined",
+            detail: format!("holds round {last_round}"),
+        });
         if self.committed > 0 && last_round < self.committed {
             out.push(Action::SendStoredResult { to: h });
         }
@@ -301,10 +449,21 @@ impl Engine {
                     out.push(Action::RelayShares { to: h });
                 }
             }
-            Stage::Collecting { round, started, uploads } => {
+            Stage::Collecting {
+                round,
+                started,
+                uploads,
+            } => {
                 if !uploads.contains_key(&h) && self.setup_done.contains(&h) {
-                    let deadline = self.cfg.round_timeout.saturating_sub(now.saturating_duration_since(*started));
-                    out.push(Action::AnnounceRound { round: *round, to: h, deadline });
+                    let deadline = self
+                        .cfg
+                        .round_timeout
+                        .saturating_sub(now.saturating_duration_since(*started));
+                    out.push(Action::AnnounceRound {
+                        round: *round,
+                        to: h,
+                        deadline,
+                    });
                 }
             }
             Stage::Finished => out.push(Action::Finish { to: vec![h] }),
@@ -317,7 +476,12 @@ impl Engine {
 
     fn left(&mut self, h: u32, now: Instant, out: &mut Vec<Action>) {
         self.connected.remove(&h);
-        out.push(Action::Audit { hospital: Some(h), round: self.current_round().unwrap_or(self.committed), event: "left", detail: String::new() });
+        out.push(Action::Audit {
+            hospital: Some(h),
+            round: self.current_round().unwrap_or(self.committed),
+            event: "left",
+            detail: String::new(),
+        });
         if matches!(self.stage, Stage::Collecting { .. }) {
             self.maybe_close(now, false, out);
             return;
@@ -327,7 +491,15 @@ impl Engine {
             return;
         }
         let mut deliver = None;
-        if let Stage::Switching { round, active, targets, done, uploads, .. } = &mut self.stage {
+        if let Stage::Switching {
+            round,
+            active,
+            targets,
+            done,
+            uploads,
+            ..
+        } = &mut self.stage
+        {
             if targets.contains(&h) {
                 targets.retain(|&t| t != h);
                 done.retain(|&(_, t)| t != h);
@@ -351,18 +523,46 @@ impl Engine {
     }
 
     fn start_round(&mut self, round: u64, now: Instant, out: &mut Vec<Action>) {
-        self.stage = Stage::Collecting { round, started: now, uploads: BTreeMap::new() };
-        let to: Vec<u32> = self.connected.intersection(&self.setup_done).copied().collect();
-        out.push(Action::Audit { hospital: None, round, event: "round-start", detail: format!("announced to {to:?}") });
-        out.push(Action::StartRound { round, to, deadline: self.cfg.round_timeout });
+        self.stage = Stage::Collecting {
+            round,
+            started: now,
+            uploads: BTreeMap::new(),
+        };
+        let to: Vec<u32> = self
+            .connected
+            .intersection(&self.setup_done)
+            .copied()
+            .collect();
+        out.push(Action::Audit {
+            hospital: None,
+            round,
+            event: "round-start",
+            detail: format!("announced to {to:?}"),
+        });
+        out.push(Action::StartRound {
+            round,
+            to,
+            deadline: self.cfg.round_timeout,
+        });
     }
 
     /// Closes collection when every connected hospital has sent its update (and the quorum is
     /// met), or at the deadline with the quorum.
     fn maybe_close(&mut self, now: Instant, tick: bool, out: &mut Vec<Action>) {
-        let Stage::Collecting { round, started, uploads } = &self.stage else { return };
+        let Stage::Collecting {
+            round,
+            started,
+            uploads,
+        } = &self.stage
+        else {
+            return;
+        };
         let quorum = uploads.len() as u32 >= self.cfg.min_hospitals;
-        let eligible: BTreeSet<u32> = self.connected.intersection(&self.setup_done).copied().collect();
+        let eligible: BTreeSet<u32> = self
+            .connected
+            .intersection(&self.setup_done)
+            .copied()
+            .collect();
         let everyone_in = !eligible.is_empty() && eligible.iter().all(|h| uploads.contains_key(h));
         let late = now.saturating_duration_since(*started) >= self.cfg.round_timeout;
         if !(quorum && (everyone_in || late)) {
@@ -371,7 +571,11 @@ impl Engine {
                     hospital: None,
                     round: *round,
                     event: "quorum-missing",
-                    detail: format!("{} of {} updates at the deadline; waiting", uploads.len(), self.cfg.min_hospitals),
+                    detail: format!(
+                        "{} of {} updates at the deadline; waiting",
+                        uploads.len(),
+                        self.cfg.min_hospitals
+                    ),
                 });
             }
             return;
@@ -385,7 +589,12 @@ impl Engine {
         });
         if self.cfg.plaintext {
             self.stage = Stage::Delivering { round };
-            out.push(Action::Deliver { round, targets: self.connected.iter().copied().collect(), weights: uploads.into_iter().collect(), switchers: vec![] });
+            out.push(Action::Deliver {
+                round,
+                targets: self.connected.iter().copied().collect(),
+                weights: uploads.into_iter().collect(),
+                switchers: vec![],
+            });
             return;
         }
         self.stage = Stage::Switching {
@@ -403,10 +612,34 @@ impl Engine {
     /// Picks t connected hospitals (uploaders first) to switch towards every connected one.
     fn replan(&mut self, _now: Instant, out: &mut Vec<Action>) {
         let t = self.cfg.threshold as usize;
-        let Stage::Switching { round, attempt, uploads, active, targets, done, waiting } = &mut self.stage else { return };
-        let eligible: Vec<u32> = self.connected.intersection(&self.setup_done).copied().collect();
-        let mut chosen: Vec<u32> = eligible.iter().copied().filter(|h| uploads.contains_key(h)).collect();
-        chosen.extend(eligible.iter().copied().filter(|h| !uploads.contains_key(h)));
+        let Stage::Switching {
+            round,
+            attempt,
+            uploads,
+            active,
+            targets,
+            done,
+            waiting,
+        } = &mut self.stage
+        else {
+            return;
+        };
+        let eligible: Vec<u32> = self
+            .connected
+            .intersection(&self.setup_done)
+            .copied()
+            .collect();
+        let mut chosen: Vec<u32> = eligible
+            .iter()
+            .copied()
+            .filter(|h| uploads.contains_key(h))
+            .collect();
+        chosen.extend(
+            eligible
+                .iter()
+                .copied()
+                .filter(|h| !uploads.contains_key(h)),
+        );
         chosen.truncate(t);
         if chosen.len() < t {
             if !*waiting || active.is_empty() {
@@ -414,7 +647,10 @@ impl Engine {
                     hospital: None,
                     round: *round,
                     event: "switch-waiting",
-                    detail: format!("{} connected hospitals, {t} needed to re-encrypt", chosen.len()),
+                    detail: format!(
+                        "{} connected hospitals, {t} needed to re-encrypt",
+                        chosen.len()
+                    ),
                 });
             }
             *waiting = true;

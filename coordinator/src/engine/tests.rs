@@ -1,7 +1,14 @@
 use super::*;
 
 fn cfg(hospitals: u32, threshold: u32, min: u32, rounds: u64) -> EngineConfig {
-    EngineConfig { hospitals, threshold, rounds, min_hospitals: min, plaintext: false, round_timeout: Duration::from_secs(60) }
+    EngineConfig {
+        hospitals,
+        threshold,
+        rounds,
+        min_hospitals: min,
+        plaintext: false,
+        round_timeout: Duration::from_secs(60),
+    }
 }
 
 fn kinds(actions: &[Action]) -> Vec<&'static str> {
@@ -25,7 +32,11 @@ fn kinds(actions: &[Action]) -> Vec<&'static str> {
 /// Runs setup for hospitals 1..=n (all connected).
 fn set_up(e: &mut Engine, n: u32, now: Instant) -> Vec<Action> {
     for h in 1..=n {
-        e.handle(Event::Joined { hospital: h, last_round: 0, now });
+        e.handle(Event::Joined {
+            hospital: h,
+            last_round: 0,
+            now,
+        });
     }
     let mut last = Vec::new();
     for h in 1..=n {
@@ -46,7 +57,12 @@ fn request(actions: &[Action]) -> (u32, Vec<u32>, Vec<u32>) {
     actions
         .iter()
         .find_map(|a| match a {
-            Action::RequestSwitch { attempt, active, targets, .. } => Some((*attempt, active.clone(), targets.clone())),
+            Action::RequestSwitch {
+                attempt,
+                active,
+                targets,
+                ..
+            } => Some((*attempt, active.clone(), targets.clone())),
             _ => None,
         })
         .expect("a switch request")
@@ -64,25 +80,49 @@ fn setup_then_rounds_to_the_end() {
         let mut last = Vec::new();
         for h in 1..=3 {
             assert!(e.accepts_update(h, round).is_ok());
-            last = e.handle(Event::UpdateFolded { hospital: h, round, weight: 10 * h as u64, now });
+            last = e.handle(Event::UpdateFolded {
+                hospital: h,
+                round,
+                weight: 10 * h as u64,
+                now,
+            });
         }
         let (attempt, active, targets) = request(&last);
-        assert_eq!((attempt, active.clone(), targets.clone()), (0, vec![1, 2], vec![1, 2, 3]));
+        assert_eq!(
+            (attempt, active.clone(), targets.clone()),
+            (0, vec![1, 2], vec![1, 2, 3])
+        );
         assert!(e.accepts_update(3, round).is_err(), "collection is closed");
         let mut out = Vec::new();
         for &h in &active {
             for &t in &targets {
                 assert!(e.accepts_switch_shares(h, round, 0, t).is_ok());
-                out = e.handle(Event::SwitchSharesFolded { hospital: h, round, attempt: 0, target: t, now });
+                out = e.handle(Event::SwitchSharesFolded {
+                    hospital: h,
+                    round,
+                    attempt: 0,
+                    target: t,
+                    now,
+                });
             }
         }
         assert_eq!(kinds(&out), vec!["deliver"]);
-        if let Some(Action::Deliver { weights, switchers, .. }) = out.iter().find(|a| matches!(a, Action::Deliver { .. })) {
+        if let Some(Action::Deliver {
+            weights, switchers, ..
+        }) = out.iter().find(|a| matches!(a, Action::Deliver { .. }))
+        {
             assert_eq!(weights, &vec![(1, 10), (2, 20), (3, 30)]);
             assert_eq!(switchers, &vec![1, 2]);
         }
         let next = e.handle(Event::Committed { round, now });
-        assert_eq!(kinds(&next), if round == 2 { vec!["finish"] } else { vec!["start-round"] });
+        assert_eq!(
+            kinds(&next),
+            if round == 2 {
+                vec!["finish"]
+            } else {
+                vec!["start-round"]
+            }
+        );
     }
     assert!(e.is_finished());
     assert_eq!(e.committed(), 2);
@@ -92,23 +132,69 @@ fn setup_then_rounds_to_the_end() {
 fn bad_updates_and_shares_are_refused() {
     let now = Instant::now();
     let mut e = Engine::new(cfg(3, 2, 2, 5), Restored::default(), now);
-    e.handle(Event::Joined { hospital: 1, last_round: 0, now });
+    e.handle(Event::Joined {
+        hospital: 1,
+        last_round: 0,
+        now,
+    });
     assert!(e.accepts_update(1, 1).unwrap_err().contains("setup"));
     set_up(&mut e, 3, now);
     assert!(e.accepts_update(1, 0).unwrap_err().contains("round 0"));
     assert!(e.accepts_update(1, 2).is_err());
-    e.handle(Event::UpdateFolded { hospital: 1, round: 1, weight: 5, now });
+    e.handle(Event::UpdateFolded {
+        hospital: 1,
+        round: 1,
+        weight: 5,
+        now,
+    });
     assert!(e.accepts_update(1, 1).unwrap_err().contains("second"));
-    assert!(e.accepts_switch_shares(1, 1, 0, 2).is_err(), "not switching yet");
-    let a = e.handle(Event::UpdateFolded { hospital: 2, round: 1, weight: 5, now });
-    assert!(kinds(&a).is_empty(), "hospital 3 is connected and has not sent its update");
-    let a = e.handle(Event::UpdateFolded { hospital: 3, round: 1, weight: 5, now });
+    assert!(
+        e.accepts_switch_shares(1, 1, 0, 2).is_err(),
+        "not switching yet"
+    );
+    let a = e.handle(Event::UpdateFolded {
+        hospital: 2,
+        round: 1,
+        weight: 5,
+        now,
+    });
+    assert!(
+        kinds(&a).is_empty(),
+        "hospital 3 is connected and has not sent its update"
+    );
+    let a = e.handle(Event::UpdateFolded {
+        hospital: 3,
+        round: 1,
+        weight: 5,
+        now,
+    });
     let (_, active, _) = request(&a);
-    assert!(e.accepts_switch_shares(3, 1, 0, 1).unwrap_err().contains("not asked"));
-    assert!(e.accepts_switch_shares(active[0], 1, 1, 1).is_err(), "wrong attempt");
-    assert!(e.accepts_switch_shares(active[0], 1, 0, 9).unwrap_err().contains("not a target"));
-    e.handle(Event::SwitchSharesFolded { hospital: active[0], round: 1, attempt: 0, target: 1, now });
-    assert!(e.accepts_switch_shares(active[0], 1, 0, 1).unwrap_err().contains("twice"));
+    assert!(
+        e.accepts_switch_shares(3, 1, 0, 1)
+            .unwrap_err()
+            .contains("not asked")
+    );
+    assert!(
+        e.accepts_switch_shares(active[0], 1, 1, 1).is_err(),
+        "wrong attempt"
+    );
+    assert!(
+        e.accepts_switch_shares(active[0], 1, 0, 9)
+            .unwrap_err()
+            .contains("not a target")
+    );
+    e.handle(Event::SwitchSharesFolded {
+        hospital: active[0],
+        round: 1,
+        attempt: 0,
+        target: 1,
+        now,
+    });
+    assert!(
+        e.accepts_switch_shares(active[0], 1, 0, 1)
+            .unwrap_err()
+            .contains("twice")
+    );
 }
 
 #[test]
@@ -117,32 +203,73 @@ fn a_hospital_lost_mid_round_leaves_the_quorum_and_the_threshold_to_the_others()
     let mut e = Engine::new(cfg(5, 3, 4, 3), Restored::default(), now);
     set_up(&mut e, 5, now);
     for h in 1..=3 {
-        e.handle(Event::UpdateFolded { hospital: h, round: 1, weight: 1, now });
+        e.handle(Event::UpdateFolded {
+            hospital: h,
+            round: 1,
+            weight: 1,
+            now,
+        });
     }
     // hospital 5 dies while training: 4 is the last one awaited
     let a = e.handle(Event::Left { hospital: 5, now });
     assert!(kinds(&a).is_empty());
-    let a = e.handle(Event::UpdateFolded { hospital: 4, round: 1, weight: 1, now });
+    let a = e.handle(Event::UpdateFolded {
+        hospital: 4,
+        round: 1,
+        weight: 1,
+        now,
+    });
     let (attempt, active, targets) = request(&a);
-    assert_eq!((attempt, active.clone(), targets), (0, vec![1, 2, 3], vec![1, 2, 3, 4]));
+    assert_eq!(
+        (attempt, active.clone(), targets),
+        (0, vec![1, 2, 3], vec![1, 2, 3, 4])
+    );
     // hospital 2 dies while switching: a new attempt with 1, 3, 4
-    e.handle(Event::SwitchSharesFolded { hospital: 1, round: 1, attempt: 0, target: 1, now });
+    e.handle(Event::SwitchSharesFolded {
+        hospital: 1,
+        round: 1,
+        attempt: 0,
+        target: 1,
+        now,
+    });
     let a = e.handle(Event::Left { hospital: 2, now });
     let (attempt, active, targets) = request(&a);
-    assert_eq!((attempt, active.clone(), targets.clone()), (1, vec![1, 3, 4], vec![1, 3, 4]));
-    assert!(e.accepts_switch_shares(1, 1, 0, 1).is_err(), "shares of the old attempt are stale");
+    assert_eq!(
+        (attempt, active.clone(), targets.clone()),
+        (1, vec![1, 3, 4], vec![1, 3, 4])
+    );
+    assert!(
+        e.accepts_switch_shares(1, 1, 0, 1).is_err(),
+        "shares of the old attempt are stale"
+    );
     let mut out = Vec::new();
     for &h in &active {
         for &t in &targets {
-            out = e.handle(Event::SwitchSharesFolded { hospital: h, round: 1, attempt: 1, target: t, now });
+            out = e.handle(Event::SwitchSharesFolded {
+                hospital: h,
+                round: 1,
+                attempt: 1,
+                target: t,
+                now,
+            });
         }
     }
     assert_eq!(kinds(&out), vec!["deliver"]);
     // hospital 3 dies too: two left, below t = 3 — the next round's switching waits for a third
     e.handle(Event::Committed { round: 1, now });
     e.handle(Event::Left { hospital: 3, now });
-    e.handle(Event::UpdateFolded { hospital: 1, round: 2, weight: 1, now });
-    let a = e.handle(Event::UpdateFolded { hospital: 4, round: 2, weight: 1, now });
+    e.handle(Event::UpdateFolded {
+        hospital: 1,
+        round: 2,
+        weight: 1,
+        now,
+    });
+    let a = e.handle(Event::UpdateFolded {
+        hospital: 4,
+        round: 2,
+        weight: 1,
+        now,
+    });
     assert!(kinds(&a).is_empty(), "quorum of 4 not met by 2 updates");
     let later = now + Duration::from_secs(61);
     let a = e.handle(Event::Tick { now: later });
@@ -154,11 +281,28 @@ fn the_deadline_closes_a_round_with_the_quorum() {
     let now = Instant::now();
     let mut e = Engine::new(cfg(3, 2, 2, 3), Restored::default(), now);
     set_up(&mut e, 3, now);
-    e.handle(Event::UpdateFolded { hospital: 1, round: 1, weight: 1, now });
-    let a = e.handle(Event::UpdateFolded { hospital: 2, round: 1, weight: 1, now });
+    e.handle(Event::UpdateFolded {
+        hospital: 1,
+        round: 1,
+        weight: 1,
+        now,
+    });
+    let a = e.handle(Event::UpdateFolded {
+        hospital: 2,
+        round: 1,
+        weight: 1,
+        now,
+    });
     assert!(kinds(&a).is_empty(), "hospital 3 may still send");
-    assert!(kinds(&e.handle(Event::Tick { now: now + Duration::from_secs(30) })).is_empty());
-    let a = e.handle(Event::Tick { now: now + Duration::from_secs(60) });
+    assert!(
+        kinds(&e.handle(Event::Tick {
+            now: now + Duration::from_secs(30)
+        }))
+        .is_empty()
+    );
+    let a = e.handle(Event::Tick {
+        now: now + Duration::from_secs(60),
+    });
     assert_eq!(kinds(&a), vec!["request-switch"]);
 }
 
@@ -166,18 +310,35 @@ fn the_deadline_closes_a_round_with_the_quorum() {
 fn a_restarted_coordinator_resumes_after_the_last_committed_round() {
     let now = Instant::now();
     let all: BTreeSet<u32> = (1..=3).collect();
-    let restored = Restored { committed: 4, finished: false, key_shares: all.clone(), dealt: all.clone(), setup_done: all };
+    let restored = Restored {
+        committed: 4,
+        finished: false,
+        key_shares: all.clone(),
+        dealt: all.clone(),
+        setup_done: all,
+    };
     let mut e = Engine::new(cfg(3, 2, 3, 10), restored, now);
     assert_eq!(e.phase(), Phase::Training { committed: 4 });
     assert_eq!(e.current_round(), Some(5));
     // a hospital that holds round 3 gets round 4's stored result, then round 5
-    let a = e.handle(Event::Joined { hospital: 2, last_round: 3, now });
+    let a = e.handle(Event::Joined {
+        hospital: 2,
+        last_round: 3,
+        now,
+    });
     assert_eq!(kinds(&a), vec!["welcome", "stored-result", "announce"]);
     // one that holds round 4 just gets round 5
-    let a = e.handle(Event::Joined { hospital: 1, last_round: 4, now });
+    let a = e.handle(Event::Joined {
+        hospital: 1,
+        last_round: 4,
+        now,
+    });
     assert_eq!(kinds(&a), vec!["welcome", "announce"]);
     assert!(e.accepts_update(1, 5).is_ok());
-    assert!(e.accepts_update(1, 4).is_err(), "the committed round never runs twice");
+    assert!(
+        e.accepts_update(1, 4).is_err(),
+        "the committed round never runs twice"
+    );
 }
 
 #[test]
@@ -187,10 +348,31 @@ fn plaintext_rounds_skip_setup_and_switching() {
     c.plaintext = true;
     let mut e = Engine::new(c, Restored::default(), now);
     assert_eq!(e.current_round(), Some(1));
-    e.handle(Event::Joined { hospital: 1, last_round: 0, now });
-    e.handle(Event::Joined { hospital: 2, last_round: 0, now });
-    e.handle(Event::UpdateFolded { hospital: 1, round: 1, weight: 3, now });
-    let a = e.handle(Event::UpdateFolded { hospital: 2, round: 1, weight: 4, now });
+    e.handle(Event::Joined {
+        hospital: 1,
+        last_round: 0,
+        now,
+    });
+    e.handle(Event::Joined {
+        hospital: 2,
+        last_round: 0,
+        now,
+    });
+    e.handle(Event::UpdateFolded {
+        hospital: 1,
+        round: 1,
+        weight: 3,
+        now,
+    });
+    let a = e.handle(Event::UpdateFolded {
+        hospital: 2,
+        round: 1,
+        weight: 4,
+        now,
+    });
     assert_eq!(kinds(&a), vec!["deliver"]);
-    assert_eq!(kinds(&e.handle(Event::Committed { round: 1, now })), vec!["finish"]);
+    assert_eq!(
+        kinds(&e.handle(Event::Committed { round: 1, now })),
+        vec!["finish"]
+    );
 }

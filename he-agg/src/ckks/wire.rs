@@ -45,6 +45,7 @@ pub enum Kind {
     KeySwitchShare = 12,
     PublicKeySwitchShare = 13,
     ShamirShare = 14,
+    ThresholdSecret = 15,
 }
 
 impl Kind {
@@ -64,6 +65,7 @@ impl Kind {
             12 => Kind::KeySwitchShare,
             13 => Kind::PublicKeySwitchShare,
             14 => Kind::ShamirShare,
+            15 => Kind::ThresholdSecret,
             _ => return None,
         })
     }

@@ -565,7 +565,7 @@ proptest::proptest! {
 
     /// Random bytes, half of them behind a valid header, never make a share decoder panic.
     #[test]
-    fn share_decoders_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096), kind in 8u8..=14) {
+    fn share_decoders_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096), kind in 8u8..=15) {
         use std::sync::OnceLock;
         static CTX: OnceLock<Arc<CkksContext>> = OnceLock::new();
         let ctx = CTX.get_or_init(|| CkksContext::new(Parameters::insecure_for_tests(5, &[50, 40], &[55], 2, 30.0).unwrap()).unwrap());
@@ -584,5 +584,6 @@ proptest::proptest! {
         let _ = decode_key_switch_share(ctx, &b);
         let _ = decode_public_key_switch_share(ctx, &b);
         let _ = decode_shamir_share(ctx, &b);
+        let _ = decode_threshold_secret(ctx, &b);
     }
 }

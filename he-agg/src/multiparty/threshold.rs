@@ -112,10 +112,10 @@ pub fn deal(
 /// A party's threshold secret P(α_index) = Σ_i P_i(α_index). Wiped on drop, never printed.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct ThresholdSecret {
-    index: u32,
-    threshold: usize,
-    poly: Poly,
-    fingerprint: [u8; 32],
+    pub(crate) index: u32,
+    pub(crate) threshold: usize,
+    pub(crate) poly: Poly,
+    pub(crate) fingerprint: [u8; 32],
 }
 
 impl std::fmt::Debug for ThresholdSecret {

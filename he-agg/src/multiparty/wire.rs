@@ -9,7 +9,7 @@ use crate::ckks::wire::{Kind, Reader, WireError, header, poly_bytes, put_poly};
 
 use super::keygen::{GaloisKeyShare, PublicKeyShare, RelinKeyShare1, RelinKeyShare2};
 use super::keyswitch::{KeySwitchShare, PublicKeySwitchShare};
-use super::threshold::{MAX_PARTY_INDEX, ShamirShare};
+use super::threshold::{MAX_PARTY_INDEX, ShamirShare, ThresholdSecret};
 
 fn digits(ctx: &CkksContext) -> usize {
     ctx.rlwe().digits().len()
@@ -178,6 +178,11 @@ pub fn decode_public_key_switch_share(
     Ok(PublicKeySwitchShare { h0, h1 })
 }
 
+/// The encoded size of a Shamir share (before sealing).
+pub fn shamir_share_len(ctx: &CkksContext) -> usize {
+    crate::ckks::wire::HEADER_LEN + 8 + key_poly_bytes(ctx)
+}
+
 /// A Shamir share in the clear — only ever to be sealed for its receiver (see
 /// [`super::sealed`]). The buffer is wiped on drop.
 pub fn encode_shamir_share(ctx: &CkksContext, s: &ShamirShare) -> Zeroizing<Vec<u8>> {
@@ -204,4 +209,38 @@ pub fn decode_shamir_share(ctx: &CkksContext, bytes: &[u8]) -> Result<ShamirShar
     r.expect_remaining(key_poly_bytes(ctx))?;
     let poly = r.poly(ctx, ctx.rlwe().key_basis(), 0)?;
     Ok(ShamirShare { from, to, poly })
+}
+
+/// A party's threshold secret, for its own disk (mode 0600). The buffer is wiped on drop.
+pub fn encode_threshold_secret(ctx: &CkksContext, s: &ThresholdSecret) -> Zeroizing<Vec<u8>> {
+    let basis = ctx.rlwe().key_basis();
+    let mut out = Zeroizing::new(header(ctx, Kind::ThresholdSecret, 8 + key_poly_bytes(ctx)));
+    out.extend_from_slice(&s.index.to_le_bytes());
+    out.extend_from_slice(&(s.threshold as u32).to_le_bytes());
+    put_poly(ctx, &mut out, &s.poly, basis);
+    out
+}
+
+pub fn decode_threshold_secret(
+    ctx: &CkksContext,
+    bytes: &[u8],
+) -> Result<ThresholdSecret, WireError> {
+    let mut r = Reader::open(ctx, bytes, Kind::ThresholdSecret)?;
+    let b = r.take(8)?;
+    let index = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let threshold = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+    if index == 0 || index > MAX_PARTY_INDEX {
+        return Err(WireError::PartyIndex(index));
+    }
+    if threshold == 0 || threshold > MAX_PARTY_INDEX {
+        return Err(WireError::PartyIndex(threshold));
+    }
+    r.expect_remaining(key_poly_bytes(ctx))?;
+    let poly = r.poly(ctx, ctx.rlwe().key_basis(), 0)?;
+    Ok(ThresholdSecret {
+        index,
+        threshold: threshold as usize,
+        poly,
+        fingerprint: *ctx.fingerprint(),
+    })
 }

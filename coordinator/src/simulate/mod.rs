@@ -1,0 +1,233 @@
+//! `coordinator simulate CONFIG`: a whole consortium on this machine. Provisions into a
+//! temporary directory, starts the coordinator and one hospital node per hospital as child
+//! processes talking real QUIC with mutual TLS over 127.0.0.1, follows the rounds with a
+//! progress bar, then writes the per-round, per-hospital metrics (CSV and Parquet), the plots
+//! and `summary.json` into the output directory.
+
+mod report;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::FederationConfig;
+use crate::provision::provision;
+use crate::server::CoordinatorDir;
+
+/// Runs the simulation described by `config_path`.
+pub fn run(config_path: &Path, out: Option<PathBuf>, plaintext: bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config_path)
+        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    let mut doc: toml::Table = toml::from_str(&text)
+        .with_context(|| format!("{} is not valid TOML", config_path.display()))?;
+    // the simulation's own address, and the plaintext switch, go into the config it provisions
+    let port = free_udp_port()?;
+    let fed = doc
+        .get_mut("federation")
+        .and_then(|v| v.as_table_mut())
+        .context("missing [federation]")?;
+    fed.insert(
+        "coordinator_address".into(),
+        format!("127.0.0.1:{port}").into(),
+    );
+    fed.insert("listen".into(), format!("127.0.0.1:{port}").into());
+    if plaintext {
+        let he = doc.entry("he").or_insert_with(|| toml::Table::new().into());
+        he.as_table_mut()
+            .context("[he] must be a table")?
+            .insert("plaintext".into(), true.into());
+    }
+    let text = toml::to_string(&doc)?;
+    let cfg = FederationConfig::from_toml(&text)
+        .with_context(|| format!("in {}", config_path.display()))?;
+    let name = format!(
+        "{}{}",
+        cfg.federation.name,
+        if cfg.he.plaintext { "-plaintext" } else { "" }
+    );
+    let out = out.unwrap_or_else(|| PathBuf::from("out").join(&name));
+    std::fs::create_dir_all(out.join("logs"))
+        .with_context(|| format!("cannot create {}", out.display()))?;
+
+    let kits = tempfile::Builder::new()
+        .prefix("heal-simulate-")
+        .tempdir()
+        .context("temporary directory")?;
+    let fed_dir = kits.path().join("federation");
+    let p = provision(&cfg, &text, &fed_dir)?;
+    println!(
+        "simulating \"{}\": {} hospitals, threshold {}, {} rounds, {} — federation {}",
+        cfg.federation.name,
+        cfg.federation.hospitals,
+        cfg.threshold(),
+        cfg.federation.rounds,
+        if cfg.he.plaintext {
+            "plaintext".to_string()
+        } else {
+            "CKKS, collective keys, t-of-N public-key switching".to_string()
+        },
+        p.federation
+    );
+
+    let coordinator_bin = std::env::current_exe().context("cannot locate this executable")?;
+    let client_bin = client_binary(&coordinator_bin)?;
+    let started = Instant::now();
+    let mut coordinator = Command::new(&coordinator_bin)
+        .arg("run")
+        .arg("--dir")
+        .arg(&p.coordinator_dir)
+        .stdout(Stdio::piped())
+        .stderr(log_file(&out, "coordinator.log")?)
+        .spawn()
+        .context("cannot start the coordinator")?;
+    let mut hospitals: Vec<Child> = Vec::new();
+    for (i, dir) in p.hospital_dirs.iter().enumerate() {
+        let index = i + 1;
+        let node_out = out.join("hospitals").join(format!("hospital-{index}"));
+        std::fs::create_dir_all(&node_out)?;
+        let child = Command::new(&client_bin)
+            .arg("run")
+            .arg("--site")
+            .arg(dir.join("site.toml"))
+            .arg("--out")
+            .arg(&node_out)
+            .env(
+                "RAYON_NUM_THREADS",
+                cfg.simulate.threads_per_hospital.to_string(),
+            )
+            .stdout(log_file(&out, &format!("hospital-{index}.out.log"))?)
+            .stderr(log_file(&out, &format!("hospital-{index}.log"))?)
+            .spawn()
+            .with_context(|| format!("cannot start hospital {index} ({})", client_bin.display()))?;
+        hospitals.push(child);
+    }
+
+    let bar = ProgressBar::new(cfg.federation.rounds);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] round {pos}/{len} {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_message("setting up keys");
+    let stdout = coordinator.stdout.take().context("coordinator stdout")?;
+    let progress = {
+        let bar = bar.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(r) = line
+                    .strip_prefix("HEAL-ROUND-COMMITTED ")
+                    .and_then(|r| r.trim().parse::<u64>().ok())
+                {
+                    bar.set_position(r);
+                    bar.set_message("training");
+                }
+            }
+        })
+    };
+    let deadline = started + Duration::from_secs(cfg.simulate.timeout_s);
+    let outcome = wait_all(&mut coordinator, &mut hospitals, deadline);
+    let _ = progress.join();
+    bar.finish_and_clear();
+    if let Err(e) = outcome {
+        for c in hospitals
+            .iter_mut()
+            .chain(std::iter::once(&mut coordinator))
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        bail!("{e:#}\nlogs: {}", out.join("logs").display());
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+    let coord = CoordinatorDir {
+        dir: p.coordinator_dir.clone(),
+    };
+    report::write(&cfg, &coord, &out, wall_s)?;
+    println!("done in {wall_s:.1} s — results in {}", out.display());
+    Ok(())
+}
+
+/// Waits for the coordinator and every hospital to exit successfully, or the deadline.
+fn wait_all(
+    coordinator: &mut Child,
+    hospitals: &mut [Child],
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    let mut coordinator_done = false;
+    let mut hospital_done = vec![false; hospitals.len()];
+    while !(coordinator_done && hospital_done.iter().all(|&d| d)) {
+        if Instant::now() > deadline {
+            bail!("the simulation did not finish within [simulate] timeout_s");
+        }
+        if !coordinator_done {
+            if let Some(status) = coordinator.try_wait()? {
+                if !status.success() {
+                    bail!("the coordinator failed ({status})");
+                }
+                coordinator_done = true;
+            }
+        }
+        for (i, h) in hospitals.iter_mut().enumerate() {
+            if !hospital_done[i] {
+                if let Some(status) = h.try_wait()? {
+                    if !status.success() {
+                        bail!("hospital {} failed ({status})", i + 1);
+                    }
+                    hospital_done[i] = true;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+fn log_file(out: &Path, name: &str) -> anyhow::Result<std::fs::File> {
+    let path = out.join("logs").join(name);
+    std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// A free UDP port on 127.0.0.1 (asked of the OS, then released for the coordinator).
+fn free_udp_port() -> anyhow::Result<u16> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(s.local_addr()?.port())
+}
+
+/// The hospital node binary: `HEAL_CLIENT_BIN`, or `client` beside this executable, built
+/// with cargo when it is not there yet (the first `cargo run -p coordinator` builds only this).
+fn client_binary(coordinator_bin: &Path) -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("HEAL_CLIENT_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let dir = coordinator_bin
+        .parent()
+        .context("executable without a directory")?;
+    let candidate = dir.join(format!("client{}", std::env::consts::EXE_SUFFIX));
+    if candidate.exists() {
+        return Ok(candidate);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace")?;
+    let release = dir.ends_with("release");
+    println!("building the hospital node (client) first…");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace)
+        .args(["build", "-p", "client", "--bin", "client"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .status()
+        .context("cannot run cargo to build the hospital node")?;
+    if !status.success() || !candidate.exists() {
+        bail!(
+            "could not build the hospital node; build it with `cargo build --release -p client` or set HEAL_CLIENT_BIN"
+        );
+    }
+    Ok(candidate)
+}

@@ -1,0 +1,438 @@
+//! Faults and bad input, with the real binaries on 127.0.0.1: a hospital killed mid-round, the
+//! coordinator killed with SIGKILL and restarted, and a peer sending garbage, ciphertexts of other
+//! parameters, updates for a past round, messages in another hospital's name, or a certificate
+//! of another CA. Every loop and wait is bounded.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use coordinator::config::FederationConfig;
+use coordinator::provision::provision;
+use coordinator::store::Store;
+use he_agg::ckks::{CkksContext, Parameters, wire};
+use protocol::link::connect;
+use protocol::message::Body;
+use protocol::tls::TlsFiles;
+use protocol::{Envelope, FederationId, Party};
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("HEAL_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/medmnist")
+        })
+}
+
+fn coordinator_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_coordinator"))
+}
+
+/// The hospital node binary, beside the coordinator's (built with it by `cargo test`), or built now.
+fn client_bin() -> PathBuf {
+    let c = coordinator_bin().with_file_name(format!("client{}", std::env::consts::EXE_SUFFIX));
+    if !c.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap())
+            .args(["build", "-p", "client", "--bin", "client"])
+            .status()
+            .expect("cargo");
+        assert!(
+            status.success() && c.exists(),
+            "cannot build the client binary"
+        );
+    }
+    c
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn config(hospitals: u32, threshold: u32, quorum: u32, rounds: u64, port: u16) -> String {
+    format!(
+        r#"
+[federation]
+name = "faults"
+hospitals = {hospitals}
+threshold = {threshold}
+rounds = {rounds}
+min_hospitals = {quorum}
+round_timeout_s = 120
+coordinator_address = "127.0.0.1:{port}"
+listen = "127.0.0.1:{port}"
+
+[dataset]
+kind = "medmnist"
+name = "breastmnist"
+offline = true
+
+[partition]
+scheme = "iid"
+seed = 3
+
+[train]
+epochs = 1
+batch_size = 32
+lr = 2e-3
+schedule = "constant"
+
+[node]
+test_every = 0
+reconnect_s = 120
+"#
+    )
+}
+
+struct Fed {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    coordinator_dir: PathBuf,
+    hospital_dirs: Vec<PathBuf>,
+    federation: FederationId,
+}
+
+fn provisioned(cfg_text: &str) -> Fed {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = FederationConfig::from_toml(cfg_text).unwrap();
+    let p = provision(&cfg, cfg_text, &dir.path().join("fed")).unwrap();
+    Fed {
+        root: dir.path().to_path_buf(),
+        coordinator_dir: p.coordinator_dir,
+        hospital_dirs: p.hospital_dirs,
+        federation: p.federation,
+        _dir: dir,
+    }
+}
+
+/// A running coordinator and the commit markers it prints.
+struct Coordinator {
+    child: Child,
+    commits: mpsc::Receiver<u64>,
+}
+
+impl Coordinator {
+    fn start(fed: &Fed, log: &str) -> Self {
+        let mut child = Command::new(coordinator_bin())
+            .args(["run", "--dir"])
+            .arg(&fed.coordinator_dir)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(fed.root.join(log)).unwrap())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, commits) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(r) = line
+                    .strip_prefix("HEAL-ROUND-COMMITTED ")
+                    .and_then(|r| r.trim().parse().ok())
+                {
+                    let _ = tx.send(r);
+                }
+            }
+        });
+        Self { child, commits }
+    }
+
+    fn wait_commit(&self, round: u64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.commits.recv_timeout(left) {
+                Ok(r) if r >= round => return,
+                Ok(_) => continue,
+                Err(e) => panic!("round {round} was not committed in {limit:?}: {e}"),
+            }
+        }
+    }
+
+    fn wait_exit(&mut self, limit: Duration) {
+        wait_exit(&mut self.child, limit, "coordinator");
+    }
+}
+
+fn wait_exit(child: &mut Child, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{what} exited with {status}");
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not finish in {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn start_hospital(fed: &Fed, index: usize) -> Child {
+    Command::new(client_bin())
+        .args(["run", "--site"])
+        .arg(fed.hospital_dirs[index - 1].join("site.toml"))
+        .arg("--out")
+        .arg(fed.root.join(format!("node-{index}")))
+        .env("HEAL_DATA_DIR", data_dir())
+        .env("HEAL_OFFLINE", "1")
+        .env("RAYON_NUM_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(fed.root.join(format!("hospital-{index}.log"))).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn kill_all(children: &mut [Child]) {
+    for c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+const LIMIT: Duration = Duration::from_secs(600);
+
+#[test]
+fn a_hospital_killed_mid_round_leaves_the_round_to_the_quorum_and_the_threshold() {
+    let fed = provisioned(&config(5, 3, 4, 3, free_port()));
+    let mut coord = Coordinator::start(&fed, "coordinator.log");
+    let mut nodes: Vec<Child> = (1..=5).map(|i| start_hospital(&fed, i)).collect();
+    coord.wait_commit(1, LIMIT);
+    // hospital 5 dies during round 2
+    nodes[4].kill().unwrap();
+    let _ = nodes[4].wait();
+    coord.wait_exit(LIMIT);
+    for (i, n) in nodes.iter_mut().enumerate().take(4) {
+        wait_exit(n, Duration::from_secs(60), &format!("hospital {}", i + 1));
+    }
+    let store = Store::open_existing(&fed.coordinator_dir.join("state.redb")).unwrap();
+    let rounds = store.rounds().unwrap();
+    assert_eq!(
+        rounds.iter().map(|r| r.round).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(rounds[0].participants.len(), 5);
+    for r in &rounds[1..] {
+        let who: Vec<u32> = r.participants.iter().map(|p| p.0).collect();
+        assert_eq!(who, vec![1, 2, 3, 4], "round {}", r.round);
+        assert_eq!(
+            r.switchers.len(),
+            3,
+            "t of N re-encrypted round {}",
+            r.round
+        );
+        assert_eq!(r.receivers, vec![1, 2, 3, 4]);
+    }
+    kill_all(&mut nodes);
+}
+
+#[test]
+fn a_coordinator_killed_mid_round_resumes_without_losing_or_repeating_a_round() {
+    let fed = provisioned(&config(3, 2, 3, 4, free_port()));
+    let mut coord = Coordinator::start(&fed, "coordinator-1.log");
+    let mut nodes: Vec<Child> = (1..=3).map(|i| start_hospital(&fed, i)).collect();
+    coord.wait_commit(2, LIMIT);
+    // SIGKILL while round 3 runs
+    coord.child.kill().unwrap();
+    let _ = coord.child.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut coord = Coordinator::start(&fed, "coordinator-2.log");
+    coord.wait_exit(LIMIT);
+    for (i, n) in nodes.iter_mut().enumerate() {
+        wait_exit(n, Duration::from_secs(60), &format!("hospital {}", i + 1));
+    }
+    let store = Store::open_existing(&fed.coordinator_dir.join("state.redb")).unwrap();
+    let rounds: Vec<u64> = store.rounds().unwrap().iter().map(|r| r.round).collect();
+    assert_eq!(
+        rounds,
+        vec![1, 2, 3, 4],
+        "every round committed exactly once"
+    );
+    let log = store.audit_log().unwrap();
+    assert!(
+        log.iter().filter(|e| e.event == "joined").count() >= 6,
+        "hospitals reconnected by themselves"
+    );
+    kill_all(&mut nodes);
+}
+
+#[test]
+fn bad_updates_and_strangers_are_refused_and_logged_while_the_rounds_go_on() {
+    let port = free_port();
+    // a round waits for every connected hospital (above the quorum of 2) until the deadline:
+    // the round the impostor is told of stays open while it talks
+    let fed = provisioned(&config(3, 2, 2, 4, port));
+    let mut coord = Coordinator::start(&fed, "coordinator.log");
+    let mut nodes: Vec<Child> = (1..=3).map(|i| start_hospital(&fed, i)).collect();
+    coord.wait_commit(1, LIMIT);
+    // hospital 3's node goes away; someone holding its kit misbehaves during round 2
+    nodes[2].kill().unwrap();
+    let _ = nodes[2].wait();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let replies = rt.block_on(misbehave(&fed, port));
+    assert!(
+        replies.iter().any(|r| r.contains("magic")),
+        "random bytes refused: {replies:?}"
+    );
+    assert!(
+        replies.iter().any(|r| r.contains("other parameters")),
+        "foreign parameters refused: {replies:?}"
+    );
+    assert!(
+        replies.iter().any(|r| r.contains("while round")),
+        "a past round refused: {replies:?}"
+    );
+    // the node comes back; the federation finishes
+    nodes[2] = start_hospital(&fed, 3);
+    coord.wait_exit(LIMIT);
+    for (i, n) in nodes.iter_mut().enumerate() {
+        wait_exit(n, Duration::from_secs(60), &format!("hospital {}", i + 1));
+    }
+    let store = Store::open_existing(&fed.coordinator_dir.join("state.redb")).unwrap();
+    assert_eq!(store.rounds().unwrap().len(), 4);
+    let log = store.audit_log().unwrap();
+    let refused: Vec<String> = log
+        .iter()
+        .filter(|e| e.event == "refused")
+        .map(|e| e.detail.clone())
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .any(|d| d.contains("hospital 1") && d.contains("hospital 3")),
+        "impersonation logged: {refused:?}"
+    );
+    assert!(refused.len() >= 4, "{refused:?}");
+    assert!(
+        log.iter().any(|e| e.event == "connection-refused"),
+        "the foreign certificate was logged"
+    );
+    kill_all(&mut nodes);
+}
+
+/// Sends every kind of bad message as hospital 3; returns the coordinator's refusals.
+async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    // a certificate from another CA never gets a connection (the coordinator logs it)
+    let foreign = foreign_kit(&fed.root);
+    if let Ok(l) = connect(addr, &foreign, fed.federation, 3).await {
+        // the handshake may complete on this side before the server refuses it
+        let _ = l
+            .send(
+                0,
+                Body::Hello {
+                    software: "mallory".into(),
+                    last_round: 0,
+                },
+            )
+            .await;
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), l.accept())
+                .await
+                .map(|r| r.is_err())
+                .unwrap_or(true)
+        );
+    }
+    let kit = TlsFiles::in_dir(&fed.hospital_dirs[2]);
+    let link = connect(addr, &kit, fed.federation, 3).await.unwrap();
+    link.send(
+        1,
+        Body::Hello {
+            software: "mallory".into(),
+            last_round: 1,
+        },
+    )
+    .await
+    .unwrap();
+    // wait to be told of a round that collects
+    let round = loop {
+        let m = tokio::time::timeout(Duration::from_secs(120), link.accept())
+            .await
+            .expect("a round start")
+            .unwrap();
+        if let Body::RoundStart { .. } = m.envelope.body {
+            break m.envelope.round;
+        }
+    };
+    // garbage, other parameters, a past round
+    let mut s = link
+        .open(
+            round,
+            Body::Update {
+                weight: 10,
+                count: 1,
+            },
+        )
+        .await
+        .unwrap();
+    s.item(&[0xAB; 1000]).await.unwrap();
+    s.finish().await.unwrap();
+    let other =
+        CkksContext::new(Parameters::insecure_for_tests(13, &[60, 60], &[], 1, 40.0).unwrap())
+            .unwrap();
+    let sk = other.key_generator().unwrap().secret_key();
+    let ct = other.sk_encryptor(&sk).unwrap().encrypt(
+        &other
+            .encode_real_pairs(&[0.5; 16], 2, 2f64.powi(50))
+            .unwrap(),
+    );
+    let mut s = link
+        .open(
+            round,
+            Body::Update {
+                weight: 10,
+                count: 1,
+            },
+        )
+        .await
+        .unwrap();
+    s.item(&wire::encode_ciphertext(&other, &ct)).await.unwrap();
+    s.finish().await.unwrap();
+    link.send(
+        round - 1,
+        Body::Update {
+            weight: 10,
+            count: 1,
+        },
+    )
+    .await
+    .unwrap();
+    // a message in hospital 1's name on hospital 3's connection
+    let forged = Envelope::new(fed.federation, round, Party::Hospital(1), Body::SetupDone);
+    let mut raw = link.open_raw().await.unwrap();
+    raw.item(&forged.encode()).await.unwrap();
+    raw.finish().await.unwrap();
+    let mut replies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while replies.len() < 3 && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(10), link.accept()).await {
+            Ok(Ok(m)) => {
+                if let Body::Refused { reason } = m.envelope.body {
+                    replies.push(reason);
+                }
+            }
+            _ => break,
+        }
+    }
+    link.close("done");
+    replies
+}
+
+/// A kit whose certificate comes from another CA (trusting ours for the server).
+fn foreign_kit(root: &Path) -> TlsFiles {
+    let other = protocol::pki::Ca::new("Mallory CA").unwrap();
+    let cert = other
+        .issue(&protocol::identity::hospital_dns_name(3))
+        .unwrap();
+    let dir = root.join("foreign");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(root.join("fed/coordinator/ca.pem"), dir.join("ca.pem")).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), cert.key_pem).unwrap();
+    TlsFiles::in_dir(&dir)
+}

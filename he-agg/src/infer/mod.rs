@@ -1,0 +1,60 @@
+//! Encrypted inference: HE-friendly networks (convolution, average pooling, dense, square and
+//! quadratic activations, bias) evaluated on CKKS ciphertexts.
+//!
+//! - [`Network`]: the validated description (f32 weights and shapes, `client`'s
+//!   `heal-network/1` semantics), with a plain `f32` reference forward pass.
+//! - [`InferencePlan`]: one image per ciphertext, for latency. The requester sends the image in
+//!   im2col layout, so the first convolution is a product with taps + channels − 1 diagonals;
+//!   every later map is a hybrid diagonal product; all run baby-step/giant-step with hoisted
+//!   baby rotations. Consecutive linear layers compose into one map and a quadratic's a folds
+//!   into the next map, so the default network has depth 5. Parameters come from the depth
+//!   ([`choose_parameters`], 128-bit checked); [`InferenceSpec`] is the requester's share
+//!   (input layout, levels, the exact Galois steps to make keys for, output slots).
+//! - [`Model`]: a plan ready to evaluate, with its weights in the clear (mode b: image under the
+//!   requester's key) or encrypted under the image's key (mode a: ciphertext × ciphertext); an
+//!   encrypted model exports to ciphertexts and is rebuilt at a server that holds no weights.
+//! - [`BatchedModel`]: one image per slot (N/2 images per ciphertext), for throughput: maps are
+//!   modular matrix products over whole ciphertexts (AVX-512 IFMA where the CPU has it), no
+//!   rotation, relinearization deferred past the next map.
+//!
+//! Mode (b), requester and server:
+//!
+//! ```no_run
+//! # use he_agg::infer::*;
+//! # use he_agg::ckks::CkksContext;
+//! # fn demo(net: &Network, image: &[f32]) -> Result<(), Box<dyn std::error::Error>> {
+//! let plan = InferencePlan::new(net, &ParamPolicy::default())?;
+//! let ctx = CkksContext::new(plan.spec().parameters().clone())?;
+//! // requester: keys for exactly the planned rotations, the image encrypted
+//! let mut kg = ctx.key_generator()?;
+//! let sk = kg.secret_key();
+//! let keys = plan.spec().generate_keys(&mut kg, &sk);
+//! let request = ctx.sk_encryptor(&sk)?.encrypt(&plan.spec().encode_input(&ctx, image)?);
+//! // server
+//! let eval = ctx.evaluator(keys.relinearization.as_ref(), Some(&keys.galois))?;
+//! let response = Model::plain(&plan, &ctx)?.evaluate(&eval, &request)?;
+//! // requester
+//! let logits = plan.spec().decode_output(&ctx, &ctx.decryptor(&sk)?.decrypt(&response))?;
+//! # Ok(()) }
+//! ```
+
+mod batched;
+mod diagonals;
+mod error;
+mod ifma;
+mod kernels;
+mod lower;
+mod model;
+mod network;
+mod params;
+mod plan;
+mod reference;
+#[cfg(test)]
+mod tests;
+
+pub use batched::{BatchedModel, BatchedSpec};
+pub use error::{InferError, NetworkError};
+pub use model::Model;
+pub use network::{Conv2d, Dense, Layer, MAX_TENSOR, Network, Normalization, Shape};
+pub use params::{ParamPolicy, choose_parameters, max_depth};
+pub use plan::{EvaluationKeys, InferencePlan, InferenceSpec, StageInfo};

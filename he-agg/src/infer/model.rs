@@ -1,0 +1,459 @@
+//! A plan made ready for a context: its diagonals encoded as plaintexts (mode b, the model in
+//! the clear at the server) or encrypted (mode a, the model encrypted under the same key as the
+//! image), and the evaluation of one encrypted image.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::ckks::{Ciphertext, CkksContext, Complex, Evaluator, Plaintext};
+
+use super::error::InferError;
+use super::kernels;
+use super::plan::{InferencePlan, InferenceSpec, Stage};
+
+/// A weight or constant, in the clear or encrypted.
+#[derive(Clone, Debug)]
+enum Operand {
+    Plain(Plaintext),
+    Cipher(Ciphertext),
+}
+
+/// A scalar applied to every slot.
+#[derive(Clone, Debug)]
+enum Scalar {
+    Plain(f64),
+    Cipher(Ciphertext),
+}
+
+#[derive(Clone, Debug)]
+struct GiantOps {
+    step: i64,
+    terms: Vec<(usize, Operand)>,
+}
+
+#[derive(Clone, Debug)]
+enum ModelStage {
+    Linear {
+        baby_steps: Vec<i64>,
+        giants: Vec<GiantOps>,
+        fold_steps: Vec<i64>,
+        bias: Option<Operand>,
+    },
+    Activation {
+        c: Option<Scalar>,
+        post: Option<Scalar>,
+    },
+}
+
+/// A network ready to evaluate on encrypted images of one parameter set.
+#[derive(Clone, Debug)]
+pub struct Model {
+    spec: Arc<InferenceSpec>,
+    ctx: Arc<CkksContext>,
+    stages: Vec<ModelStage>,
+    encrypted: bool,
+}
+
+/// How a model's values become operands.
+trait Encoder {
+    /// Whether every bias and constant is materialised, zero or not: encrypted models have one
+    /// structure per architecture, whatever the weights' values.
+    fn complete(&self) -> bool {
+        true
+    }
+    fn operand(
+        &mut self,
+        ctx: &CkksContext,
+        v: &[f64],
+        level: usize,
+        scale: f64,
+    ) -> Result<Operand, InferError>;
+    fn scalar(
+        &mut self,
+        ctx: &CkksContext,
+        v: f64,
+        level: usize,
+        scale: f64,
+    ) -> Result<Scalar, InferError>;
+}
+
+struct PlainEncoder;
+
+impl Encoder for PlainEncoder {
+    fn complete(&self) -> bool {
+        false
+    }
+    fn operand(
+        &mut self,
+        ctx: &CkksContext,
+        v: &[f64],
+        level: usize,
+        scale: f64,
+    ) -> Result<Operand, InferError> {
+        Ok(Operand::Plain(ctx.encode_reals(v, level, scale)?))
+    }
+    fn scalar(&mut self, _: &CkksContext, v: f64, _: usize, _: f64) -> Result<Scalar, InferError> {
+        Ok(Scalar::Plain(v))
+    }
+}
+
+struct CipherEncoder<'a>(&'a mut dyn FnMut(&Plaintext) -> Ciphertext);
+
+impl Encoder for CipherEncoder<'_> {
+    fn operand(
+        &mut self,
+        ctx: &CkksContext,
+        v: &[f64],
+        level: usize,
+        scale: f64,
+    ) -> Result<Operand, InferError> {
+        let c: Vec<Complex> = v.iter().map(|&x| Complex::new(x, 0.0)).collect();
+        Ok(Operand::Cipher((self.0)(
+            &ctx.encode_coeffs(&c, level, scale)?,
+        )))
+    }
+    fn scalar(
+        &mut self,
+        ctx: &CkksContext,
+        v: f64,
+        level: usize,
+        scale: f64,
+    ) -> Result<Scalar, InferError> {
+        let c = vec![Complex::new(v, 0.0); ctx.slots()];
+        Ok(Scalar::Cipher((self.0)(
+            &ctx.encode_coeffs(&c, level, scale)?,
+        )))
+    }
+}
+
+/// Takes the ciphertexts of an exported encrypted model in order, checking each one's shape.
+struct ImportEncoder(std::vec::IntoIter<Ciphertext>, Arc<CkksContext>);
+
+impl ImportEncoder {
+    fn next(&mut self, level: usize, scale: f64) -> Result<Ciphertext, InferError> {
+        let ct = self
+            .0
+            .next()
+            .ok_or(InferError::ModelMismatch("too few ciphertexts"))?;
+        if kernels::check_input(&self.1, &ct, level, scale).is_err() {
+            return Err(InferError::ModelMismatch(
+                "a ciphertext has the wrong level, degree, size or scale",
+            ));
+        }
+        Ok(ct)
+    }
+}
+
+impl Encoder for ImportEncoder {
+    fn operand(
+        &mut self,
+        _: &CkksContext,
+        _: &[f64],
+        level: usize,
+        scale: f64,
+    ) -> Result<Operand, InferError> {
+        Ok(Operand::Cipher(self.next(level, scale)?))
+    }
+    fn scalar(
+        &mut self,
+        _: &CkksContext,
+        _: f64,
+        level: usize,
+        scale: f64,
+    ) -> Result<Scalar, InferError> {
+        Ok(Scalar::Cipher(self.next(level, scale)?))
+    }
+}
+
+/// The last modulus of `level` as a float: the scale that a rescale at that level divides by.
+fn last_prime(ctx: &CkksContext, level: usize) -> f64 {
+    ctx.params().rlwe().q()[level - 1] as f64
+}
+
+impl Model {
+    /// Mode (b): the weights in the clear, encoded as plaintexts. Each map's weights are encoded
+    /// at the scale of the prime its rescale removes, so the activations' scale comes back
+    /// exactly.
+    pub fn plain(plan: &InferencePlan, ctx: &Arc<CkksContext>) -> Result<Self, InferError> {
+        Self::build(plan, ctx, &mut PlainEncoder, false)
+    }
+
+    /// Mode (a): every weight, bias and activation constant encrypted by `encrypt` (under the
+    /// key the images are encrypted under: the collective public key, in a deployment). The
+    /// scales follow the same schedule as [`Model::plain`].
+    pub fn encrypted(
+        plan: &InferencePlan,
+        ctx: &Arc<CkksContext>,
+        encrypt: &mut dyn FnMut(&Plaintext) -> Ciphertext,
+    ) -> Result<Self, InferError> {
+        Self::build(plan, ctx, &mut CipherEncoder(encrypt), true)
+    }
+
+    /// The ciphertexts of an encrypted model in a fixed order (for storage or transfer with
+    /// [`crate::ckks::wire`]); empty for a plaintext model.
+    pub fn ciphertexts(&self) -> Vec<&Ciphertext> {
+        let mut out = Vec::new();
+        for stage in &self.stages {
+            match stage {
+                ModelStage::Linear { giants, bias, .. } => {
+                    for (_, w) in giants.iter().flat_map(|g| &g.terms) {
+                        if let Operand::Cipher(c) = w {
+                            out.push(c);
+                        }
+                    }
+                    if let Some(Operand::Cipher(c)) = bias {
+                        out.push(c);
+                    }
+                }
+                ModelStage::Activation { c, post } => {
+                    for s in [c, post].into_iter().flatten() {
+                        if let Scalar::Cipher(ct) = s {
+                            out.push(ct);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Rebuilds an encrypted model from [`Model::ciphertexts`], at a server that holds no
+    /// weights: `plan` may be compiled from the same architecture with any weights (the layout
+    /// depends on the layer shapes and kinds only; a quadratic with a = 0 is a linear layer).
+    /// Every ciphertext's level, degree and scale is checked against the plan.
+    pub fn from_ciphertexts(
+        plan: &InferencePlan,
+        ctx: &Arc<CkksContext>,
+        ciphertexts: Vec<Ciphertext>,
+    ) -> Result<Self, InferError> {
+        let mut import = ImportEncoder(ciphertexts.into_iter(), ctx.clone());
+        let model = Self::build(plan, ctx, &mut import, true)?;
+        if import.0.next().is_some() {
+            return Err(InferError::ModelMismatch("too many ciphertexts"));
+        }
+        Ok(model)
+    }
+
+    fn build(
+        plan: &InferencePlan,
+        ctx: &Arc<CkksContext>,
+        enc: &mut dyn Encoder,
+        encrypted: bool,
+    ) -> Result<Self, InferError> {
+        let spec = plan.spec();
+        if ctx.params() != spec.parameters() {
+            return Err(InferError::ContextMismatch);
+        }
+        let mut scale = spec.input_scale();
+        let mut stages = Vec::with_capacity(plan.stages.len());
+        for stage in &plan.stages {
+            stages.push(match stage {
+                Stage::Linear(l) => {
+                    let q = last_prime(ctx, l.level);
+                    let giants = l
+                        .bsgs
+                        .giants
+                        .iter()
+                        .map(|g| {
+                            let terms = g
+                                .terms
+                                .iter()
+                                .map(|(b, d)| Ok((*b, enc.operand(ctx, d, l.level, q)?)))
+                                .collect::<Result<Vec<_>, InferError>>()?;
+                            Ok(GiantOps {
+                                step: g.step,
+                                terms,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, InferError>>()?;
+                    scale = scale * q / q;
+                    let bias = match &l.bias {
+                        Some(b) => Some(enc.operand(ctx, b, l.level - 1, scale)?),
+                        None if enc.complete() => {
+                            Some(enc.operand(ctx, &vec![0.0; ctx.slots()], l.level - 1, scale)?)
+                        }
+                        None => None,
+                    };
+                    ModelStage::Linear {
+                        baby_steps: l.bsgs.baby_steps.clone(),
+                        giants,
+                        fold_steps: l.fold_steps.clone(),
+                        bias,
+                    }
+                }
+                Stage::Activation { level, c, post } => {
+                    let c = if *c == 0.0 && !enc.complete() {
+                        None
+                    } else {
+                        Some(enc.scalar(ctx, *c, *level, scale)?)
+                    };
+                    scale = scale * scale / last_prime(ctx, *level);
+                    let post = match post {
+                        Some(a) => {
+                            let q = last_prime(ctx, level - 1);
+                            let s = enc.scalar(ctx, *a, level - 1, q)?;
+                            scale = scale * q / q;
+                            Some(s)
+                        }
+                        None => None,
+                    };
+                    ModelStage::Activation { c, post }
+                }
+            });
+        }
+        Ok(Self {
+            spec: plan.shared_spec(),
+            ctx: ctx.clone(),
+            stages,
+            encrypted,
+        })
+    }
+
+    pub fn spec(&self) -> &InferenceSpec {
+        &self.spec
+    }
+
+    /// Whether the weights are encrypted (mode a).
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted
+    }
+
+    /// Evaluates the network on one encrypted image (encoded by [`InferenceSpec::encode_input`]
+    /// and encrypted at [`InferenceSpec::input_level`]); the result decrypts to the logits in
+    /// its first slots ([`InferenceSpec::decode_output`]). The evaluator must hold the
+    /// relinearization key and the Galois keys of [`InferenceSpec::galois_steps`].
+    pub fn evaluate(&self, eval: &Evaluator, input: &Ciphertext) -> Result<Ciphertext, InferError> {
+        if eval.context().params() != self.spec.parameters() {
+            return Err(InferError::ContextMismatch);
+        }
+        kernels::check_input(
+            &self.ctx,
+            input,
+            self.spec.input_level(),
+            self.spec.input_scale(),
+        )?;
+        let mut x = input.clone();
+        for stage in &self.stages {
+            x = match stage {
+                ModelStage::Linear {
+                    baby_steps,
+                    giants,
+                    fold_steps,
+                    bias,
+                } => self.linear(eval, &x, baby_steps, giants, fold_steps, bias.as_ref())?,
+                ModelStage::Activation { c, post } => {
+                    self.activation(eval, &x, c.as_ref(), post.as_ref())?
+                }
+            };
+        }
+        Ok(x)
+    }
+
+    fn linear(
+        &self,
+        eval: &Evaluator,
+        x: &Ciphertext,
+        baby_steps: &[i64],
+        giants: &[GiantOps],
+        fold_steps: &[i64],
+        bias: Option<&Operand>,
+    ) -> Result<Ciphertext, InferError> {
+        let level = x.level();
+        let babies = eval.rotate_hoisted(x, baby_steps)?;
+        let ctx = &self.ctx;
+        let partial: Vec<Ciphertext> = giants
+            .par_iter()
+            .map(|g| -> Result<Ciphertext, InferError> {
+                let xs: Vec<&Ciphertext> = g.terms.iter().map(|(b, _)| &babies[*b]).collect();
+                let (parts, w_scale) = match &g.terms[0].1 {
+                    Operand::Plain(p) => {
+                        let ws = g
+                            .terms
+                            .iter()
+                            .map(|(_, w)| match w {
+                                Operand::Plain(p) => Ok(&p.poly),
+                                Operand::Cipher(_) => Err(InferError::ModelMismatch("mixed")),
+                            })
+                            .collect::<Result<Vec<_>, _>>()?;
+                        (kernels::dot_plain(ctx, level, &xs, &ws), p.scale)
+                    }
+                    Operand::Cipher(c) => {
+                        let ws = g
+                            .terms
+                            .iter()
+                            .map(|(_, w)| match w {
+                                Operand::Cipher(c) => Ok(c),
+                                Operand::Plain(_) => Err(InferError::ModelMismatch("mixed")),
+                            })
+                            .collect::<Result<Vec<_>, _>>()?;
+                        (kernels::dot_cipher(ctx, level, &xs, &ws), c.scale)
+                    }
+                };
+                let mut acc = Ciphertext {
+                    parts,
+                    scale: x.scale * w_scale,
+                };
+                // rescale first: the relinearization and rotation then run one level lower
+                eval.rescale_assign(&mut acc)?;
+                if acc.degree() == 2 {
+                    acc = eval.relinearize(&acc)?;
+                }
+                if g.step != 0 {
+                    acc = eval.rotate(&acc, g.step)?;
+                }
+                Ok(acc)
+            })
+            .collect::<Result<_, _>>()?;
+        let mut iter = partial.into_iter();
+        let mut y = iter.next().ok_or(InferError::ModelMismatch("empty map"))?;
+        for p in iter {
+            eval.add_assign(&mut y, &p)?;
+        }
+        for &f in fold_steps {
+            let r = eval.rotate(&y, f)?;
+            eval.add_assign(&mut y, &r)?;
+        }
+        match bias {
+            Some(Operand::Plain(b)) => y = eval.add_plain(&y, b)?,
+            Some(Operand::Cipher(b)) => eval.add_assign(&mut y, b)?,
+            None => {}
+        }
+        Ok(y)
+    }
+
+    fn activation(
+        &self,
+        eval: &Evaluator,
+        x: &Ciphertext,
+        c: Option<&Scalar>,
+        post: Option<&Scalar>,
+    ) -> Result<Ciphertext, InferError> {
+        let shifted = match c {
+            None => None,
+            Some(Scalar::Plain(c)) => {
+                let mut s = x.clone();
+                kernels::add_real_const(eval, &mut s, *c)?;
+                Some(s)
+            }
+            Some(Scalar::Cipher(c)) => Some(eval.add(x, c)?),
+        };
+        let mut y = eval.mul(x, shifted.as_ref().unwrap_or(x))?;
+        eval.rescale_assign(&mut y)?;
+        y = eval.relinearize(&y)?;
+        match post {
+            None => {}
+            Some(Scalar::Plain(a)) => {
+                let q = last_prime(&self.ctx, y.level());
+                y = eval.mul_const(&y, *a, q)?;
+                eval.rescale_assign(&mut y)?;
+            }
+            Some(Scalar::Cipher(a)) => {
+                y = eval.mul(&y, a)?;
+                eval.rescale_assign(&mut y)?;
+                y = eval.relinearize(&y)?;
+            }
+        }
+        Ok(y)
+    }
+}

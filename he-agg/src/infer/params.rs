@@ -1,0 +1,230 @@
+//! CKKS parameters from a network's multiplicative depth: the smallest ring (hence the fastest
+//! operations) whose 128-bit-secure modulus budget holds the chain, then the largest scale up to
+//! the policy's cap, then the fewest key-switching digits.
+//!
+//! Chain: q_0 of `scale + output_bits + 1` bits (the last level holds outputs below
+//! 2^output_bits), then `depth` primes of `scale` bits (each rescale divides by about the
+//! scale, so the scale stays put), then special primes P at least as large as the biggest
+//! key-switching digit. Every candidate goes through [`Parameters::new`], which enforces the
+//! HomomorphicEncryption.org table.
+
+use crate::ckks::{CkksError, Parameters};
+use crate::rlwe::{ParamsError, max_log_qp_128};
+
+use super::error::InferError;
+
+/// Largest prime size used (the ring accepts below 2^62; 60 leaves lazy-reduction room).
+const MAX_PRIME_BITS: u32 = 60;
+
+/// What the parameter choice aims at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParamPolicy {
+    /// The smallest scale accepted (precision of every fixed-point value, in bits).
+    pub min_scale_bits: u32,
+    /// The scale is not raised beyond this even where the modulus budget allows.
+    pub max_scale_bits: u32,
+    /// Outputs (and the values of the last level) stay below 2^output_bits in magnitude.
+    pub output_bits: u32,
+    /// Smallest ring degree tried (log2).
+    pub min_log_n: u32,
+    /// Largest ring degree tried (log2); the HE standard's table stops at 2^15.
+    pub max_log_n: u32,
+}
+
+impl Default for ParamPolicy {
+    fn default() -> Self {
+        Self {
+            // 2^30 and above keeps the logits' error near 1e-5 (N = 2^14 for the default
+            // network); 2^25..2^28 fits depth 5 in N = 2^13 at about 1e-3, TenSEAL's class
+            min_scale_bits: 30,
+            max_scale_bits: 40,
+            output_bits: 10,
+            min_log_n: 12,
+            max_log_n: 15,
+        }
+    }
+}
+
+impl ParamPolicy {
+    fn check(&self) -> Result<(), InferError> {
+        if !(20..=MAX_PRIME_BITS).contains(&self.min_scale_bits)
+            || self.max_scale_bits < self.min_scale_bits
+            || self.max_scale_bits > MAX_PRIME_BITS
+        {
+            return Err(InferError::Policy(
+                "scale bits must satisfy 20 ≤ min ≤ max ≤ 60",
+            ));
+        }
+        if self.output_bits > 30 {
+            return Err(InferError::Policy("output_bits must be at most 30"));
+        }
+        if !(10..=15).contains(&self.min_log_n) || !(self.min_log_n..=15).contains(&self.max_log_n)
+        {
+            return Err(InferError::Policy("log N must satisfy 10 ≤ min ≤ max ≤ 15"));
+        }
+        Ok(())
+    }
+
+    /// Prime sizes of the ciphertext chain for `depth` levels at scale 2^s.
+    fn q_bits(&self, depth: usize, s: u32) -> Vec<u32> {
+        let q0 = (s + self.output_bits + 1).min(MAX_PRIME_BITS);
+        std::iter::once(q0)
+            .chain(std::iter::repeat_n(s, depth))
+            .collect()
+    }
+}
+
+/// Special-prime sizes covering the largest digit when the chain is cut into `dnum` digits.
+fn p_bits(q_bits: &[u32], dnum: usize) -> Vec<u32> {
+    let l = q_bits.len();
+    let mut start = 0;
+    let largest = (0..dnum)
+        .map(|j| {
+            let len = l / dnum + usize::from(j < l % dnum);
+            start += len;
+            q_bits[start - len..start].iter().sum::<u32>()
+        })
+        .max()
+        .unwrap_or(0);
+    let count = largest.div_ceil(MAX_PRIME_BITS).max(1);
+    let each = largest.div_ceil(count);
+    vec![each; count as usize]
+}
+
+/// Nominal log2(QP) of a candidate (primes of b bits lie just below 2^b).
+fn nominal_bits(q: &[u32], p: &[u32]) -> u32 {
+    q.iter().chain(p).sum()
+}
+
+/// The smallest secure parameters for `depth` rescalings and at least `min_slots` slots.
+pub fn choose_parameters(
+    depth: usize,
+    min_slots: usize,
+    policy: &ParamPolicy,
+) -> Result<Parameters, InferError> {
+    policy.check()?;
+    let max_slots = 1usize << (policy.max_log_n - 1);
+    if min_slots > max_slots {
+        return Err(InferError::TooWide {
+            needed: min_slots,
+            max: max_slots,
+        });
+    }
+    let min_log_n = policy
+        .min_log_n
+        .max(min_slots.max(1).next_power_of_two().trailing_zeros() + 1);
+    for log_n in min_log_n..=policy.max_log_n {
+        if let Some(params) = try_ring(log_n, depth, policy)? {
+            return Ok(params);
+        }
+    }
+    Err(InferError::TooDeep {
+        depth,
+        max_depth: max_depth(policy),
+        min_scale_bits: policy.min_scale_bits,
+    })
+}
+
+/// The best parameters with ring degree 2^log_n, if any hold `depth`.
+fn try_ring(
+    log_n: u32,
+    depth: usize,
+    policy: &ParamPolicy,
+) -> Result<Option<Parameters>, InferError> {
+    let bound = max_log_qp_128(log_n).expect("10 ≤ log N ≤ 15 is in the table") as u32;
+    for s in (policy.min_scale_bits..=policy.max_scale_bits).rev() {
+        let q = policy.q_bits(depth, s);
+        // fewest digits first: fewer basis extensions per key switch
+        for dnum in 1..=q.len() {
+            let p = p_bits(&q, dnum);
+            if nominal_bits(&q, &p) > bound {
+                continue;
+            }
+            match Parameters::new(log_n, &q, &p, dnum, s as f64) {
+                Ok(params) => return Ok(Some(params)),
+                // not enough primes of that size for this ring, or the real sizes came out
+                // over the bound: try the next candidate
+                Err(CkksError::Params(
+                    ParamsError::PrimeGeneration { .. }
+                    | ParamsError::Insecure { .. }
+                    | ParamsError::SpecialModulusTooSmall { .. },
+                )) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The deepest network the policy's largest ring holds: the budget bound (one digit per prime,
+/// the least special-modulus overhead, smallest scale), lowered while primes run short.
+pub fn max_depth(policy: &ParamPolicy) -> usize {
+    let Some(bound) = max_log_qp_128(policy.max_log_n) else {
+        return 0;
+    };
+    let s = policy.min_scale_bits;
+    let q0 = (s + policy.output_bits + 1).min(MAX_PRIME_BITS);
+    let mut depth = (bound as u32).saturating_sub(2 * q0.max(s)) as usize / s as usize;
+    while depth > 0 && !matches!(try_ring(policy.max_log_n, depth, policy), Ok(Some(_))) {
+        depth -= 1;
+    }
+    depth
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_network_depth_fits_the_smallest_ring_that_holds_its_slots() {
+        let fast = ParamPolicy {
+            min_scale_bits: 25,
+            ..ParamPolicy::default()
+        };
+        let p = choose_parameters(5, 4096, &fast).unwrap();
+        assert_eq!(p.n(), 8192);
+        assert_eq!(p.max_level(), 6);
+        assert!(!p.rlwe().is_insecure());
+        assert!(p.rlwe().log_qp() <= 218.0);
+        assert!(p.log_scale() >= 25.0);
+        // the default policy's precision needs the next ring for the same network
+        let p = choose_parameters(5, 4096, &ParamPolicy::default()).unwrap();
+        assert_eq!((p.n(), p.log_scale(), p.max_level()), (16384, 40.0, 6));
+        // more slots or more depth move to a larger ring, with the scale capped at 40 bits
+        let p = choose_parameters(5, 8192, &ParamPolicy::default()).unwrap();
+        assert_eq!((p.n(), p.log_scale()), (16384, 40.0));
+        let p = choose_parameters(12, 16, &ParamPolicy::default()).unwrap();
+        assert!(p.n() >= 16384 && p.max_level() == 13);
+        // a shallow network gets a small ring
+        let p = choose_parameters(1, 16, &fast).unwrap();
+        assert_eq!(p.n(), 4096);
+    }
+
+    #[test]
+    fn too_deep_or_too_wide_is_refused() {
+        let policy = ParamPolicy::default();
+        let max = max_depth(&policy);
+        assert!(max >= 20, "{max}");
+        assert!(matches!(
+            choose_parameters(max + 1, 16, &policy),
+            Err(InferError::TooDeep { .. })
+        ));
+        assert!(matches!(
+            choose_parameters(100, 16, &policy),
+            Err(InferError::TooDeep { depth: 100, .. })
+        ));
+        assert!(matches!(
+            choose_parameters(1, 1 << 15, &policy),
+            Err(InferError::TooWide { .. })
+        ));
+        let bad = ParamPolicy {
+            min_scale_bits: 50,
+            max_scale_bits: 30,
+            ..policy
+        };
+        assert!(matches!(
+            choose_parameters(1, 16, &bad),
+            Err(InferError::Policy(_))
+        ));
+    }
+}

@@ -1,0 +1,517 @@
+//! The latency plan: one image per ciphertext, LoLa-style dense packing.
+//!
+//! - Input: when the first map ends in a convolution (or pooling) with P output positions, the
+//!   requester sends the image in im2col layout — slot tap·P + p holds the tap-th input value of
+//!   position p's receptive field, repeated with the smallest power-of-two period that holds it
+//!   — so the first map is a *direct* diagonal product with only taps + channels − 1 diagonals,
+//!   and its output comes out repeated with the same period. Otherwise the input is sent
+//!   replicated with period next_pow2(len).
+//! - Every later map is a *hybrid* diagonal product on the previous (replicated) output,
+//!   evaluated baby-step/giant-step with hoisted baby rotations, each giant step rescaled first
+//!   so its rotation runs a level lower.
+//! - Activations are slot-wise; their a is folded into a map (see `lower`).
+//!
+//! The plan is the server's (it holds the weights, as diagonals); [`InferenceSpec`] is what a
+//! requester needs: parameters, input layout, levels, output slots and the exact Galois steps
+//! to generate keys for.
+
+use std::sync::Arc;
+
+use crate::ckks::{
+    CkksContext, GaloisKeys, KeyGenerator, Parameters, Plaintext, RelinearizationKey, SecretKey,
+};
+
+use super::diagonals::{self, Bsgs, StepCosts};
+use super::error::InferError;
+use super::lower::{Affine, Op, lower};
+use super::network::{Network, Shape};
+use super::params::{ParamPolicy, choose_parameters};
+
+/// What a requester needs to encrypt an image and read the result (no weights).
+#[derive(Clone, Debug, PartialEq)]
+pub struct InferenceSpec {
+    params: Parameters,
+    input_len: usize,
+    /// per slot: the input index it holds (`u32::MAX`: zero)
+    input_map: Vec<u32>,
+    input_level: usize,
+    output_len: usize,
+    galois_steps: Vec<i64>,
+    relinearize: bool,
+    depth: usize,
+}
+
+/// The evaluation keys a plan needs, made by the requester (mode b) or collectively (mode a).
+#[derive(Debug)]
+pub struct EvaluationKeys {
+    pub relinearization: Option<RelinearizationKey>,
+    pub galois: GaloisKeys,
+}
+
+impl InferenceSpec {
+    pub fn parameters(&self) -> &Parameters {
+        &self.params
+    }
+    /// Values per image (c·h·w).
+    pub fn input_len(&self) -> usize {
+        self.input_len
+    }
+    /// Logits per image.
+    pub fn output_len(&self) -> usize {
+        self.output_len
+    }
+    /// The level the image is encrypted at (depth + 1: no modulus is sent that is never used).
+    pub fn input_level(&self) -> usize {
+        self.input_level
+    }
+    /// The scale the image is encoded at.
+    pub fn input_scale(&self) -> f64 {
+        self.params.default_scale()
+    }
+    /// Multiplicative depth of the plan.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+    /// Left-rotation steps (in 1..slots) the evaluation uses: generate Galois keys for exactly
+    /// these.
+    pub fn galois_steps(&self) -> &[i64] {
+        &self.galois_steps
+    }
+    /// Whether the evaluation multiplies ciphertexts (needs a relinearization key).
+    pub fn needs_relinearization(&self) -> bool {
+        self.relinearize
+    }
+
+    /// A hash of everything a requester and the server must agree on (parameters, input layout,
+    /// levels, Galois steps, output size): a requester that compiled the spec from the public
+    /// architecture compares it with the server's.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(b"HEAL inference spec v1");
+        h.update(&self.params.rlwe().fingerprint());
+        h.update(&self.params.log_scale().to_le_bytes());
+        for v in [
+            self.input_len,
+            self.input_level,
+            self.output_len,
+            self.depth,
+            usize::from(self.relinearize),
+            self.input_map.len(),
+        ] {
+            h.update(&(v as u64).to_le_bytes());
+        }
+        for &j in &self.input_map {
+            h.update(&j.to_le_bytes());
+        }
+        h.update(&(self.galois_steps.len() as u64).to_le_bytes());
+        for &g in &self.galois_steps {
+            h.update(&g.to_le_bytes());
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// The slot values of one normalised CHW input in the plan's layout.
+    pub fn input_slots(&self, input: &[f32]) -> Result<Vec<f64>, InferError> {
+        if input.len() != self.input_len {
+            return Err(InferError::Network(super::error::NetworkError::InputLen {
+                expected: self.input_len,
+                found: input.len(),
+            }));
+        }
+        Ok(self
+            .input_map
+            .iter()
+            .map(|&j| {
+                if j == u32::MAX {
+                    0.0
+                } else {
+                    input[j as usize] as f64
+                }
+            })
+            .collect())
+    }
+
+    fn check_ctx(&self, ctx: &CkksContext) -> Result<(), InferError> {
+        if ctx.params() != &self.params {
+            return Err(InferError::ContextMismatch);
+        }
+        Ok(())
+    }
+
+    /// The image encoded for encryption (coefficient form: encryptors fuse it with the noise).
+    pub fn encode_input(&self, ctx: &CkksContext, input: &[f32]) -> Result<Plaintext, InferError> {
+        self.check_ctx(ctx)?;
+        let slots = self.input_slots(input)?;
+        let v: Vec<crate::ckks::Complex> = slots
+            .iter()
+            .map(|&x| crate::ckks::Complex::new(x, 0.0))
+            .collect();
+        Ok(ctx.encode_coeffs(&v, self.input_level, self.input_scale())?)
+    }
+
+    /// The logits of a decrypted result.
+    pub fn decode_output(&self, ctx: &CkksContext, pt: &Plaintext) -> Result<Vec<f64>, InferError> {
+        self.check_ctx(ctx)?;
+        let mut v = ctx.decode_reals(pt)?;
+        v.truncate(self.output_len);
+        Ok(v)
+    }
+
+    /// The relinearization key (if needed) and exactly the Galois keys of the plan, under `sk`.
+    pub fn generate_keys(&self, kg: &mut KeyGenerator, sk: &SecretKey) -> EvaluationKeys {
+        EvaluationKeys {
+            relinearization: self.relinearize.then(|| kg.relinearization_key(sk)),
+            galois: kg.galois_keys(sk, &self.galois_steps, false),
+        }
+    }
+}
+
+/// A linear stage: y = Σ_g rot_g(Σ_b diag ⊙ rot_b(x)), folded, plus the bias.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct LinearStage {
+    pub level: usize,
+    pub bsgs: Bsgs,
+    pub fold_steps: Vec<i64>,
+    pub bias: Option<Vec<f64>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Stage {
+    Linear(LinearStage),
+    /// x·(x + c) [· post], at input level `level`.
+    Activation {
+        level: usize,
+        c: f64,
+        post: Option<f64>,
+    },
+}
+
+/// What one stage of a plan costs, for reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StageInfo {
+    /// `true` for a linear map, `false` for an activation.
+    pub linear: bool,
+    /// Level of the stage's input.
+    pub level: usize,
+    /// Diagonal products (plaintext × ciphertext, or ciphertext × ciphertext in mode a).
+    pub diagonals: usize,
+    /// Hoisted baby-step rotations (non-zero steps).
+    pub baby_steps: usize,
+    /// Giant-step rotations (non-zero steps).
+    pub giant_steps: usize,
+    /// Rotate-and-add steps folding the partial sums.
+    pub fold_steps: usize,
+}
+
+/// A network compiled for one-image-per-ciphertext evaluation (the server's side).
+#[derive(Clone, Debug)]
+pub struct InferencePlan {
+    spec: Arc<InferenceSpec>,
+    pub(crate) stages: Vec<Stage>,
+}
+
+/// How the first map reads its input.
+enum FirstLayout {
+    /// receptive fields per output position (P = positions)
+    Im2col { fields: Vec<Vec<u32>>, taps: usize },
+    /// replicated with this power-of-two period
+    Replicated(usize),
+}
+
+/// Receptive fields of the spatial output positions of a map ending in CHW.
+fn receptive_fields(map: &Affine) -> Option<(Vec<Vec<u32>>, usize)> {
+    let Shape::Chw([_, h, w]) = map.out_shape else {
+        return None;
+    };
+    let positions = h * w;
+    if positions < 2 {
+        return None;
+    }
+    let mut fields: Vec<Vec<u32>> = vec![Vec::new(); positions];
+    for (o, row) in map.rows.iter().enumerate() {
+        fields[o % positions].extend(row.iter().map(|&(j, _)| j));
+    }
+    for f in &mut fields {
+        f.sort_unstable();
+        f.dedup();
+    }
+    let taps = fields.iter().map(Vec::len).max().unwrap_or(0);
+    Some((fields, taps))
+}
+
+fn choose_first_layout(ops: &[Op], input_len: usize, max_slots: usize) -> FirstLayout {
+    let replicated = FirstLayout::Replicated(input_len.next_power_of_two());
+    let Some(Op::Linear(map)) = ops.first() else {
+        return replicated;
+    };
+    let Some((fields, taps)) = receptive_fields(map) else {
+        return replicated;
+    };
+    let width = taps * fields.len();
+    if width > max_slots {
+        return replicated;
+    }
+    // compare diagonal counts: im2col gives taps + channels − 1, the hybrid product on the raw
+    // input at most min(p_in, p_out)
+    let channels = map.n_out() / fields.len();
+    let hybrid = diagonals::hybrid_count(map, input_len.next_power_of_two());
+    if taps + channels - 1 <= hybrid {
+        FirstLayout::Im2col { fields, taps }
+    } else {
+        replicated
+    }
+}
+
+/// Relative costs (in NTT-sized passes) of a hoisted rotation and of a giant step at `level`.
+fn step_costs(params: &Parameters, level: usize) -> StepCosts {
+    let rl = params.rlwe();
+    let k = rl.p().len() as f64;
+    let alpha = rl.q().len().div_ceil(rl.dnum()) as f64;
+    let digits = |l: f64| (l / alpha).ceil();
+    let l = level as f64;
+    let moddown = |l: f64| 2.0 * (k + l);
+    let inner = |l: f64| 0.3 * digits(l) * (l + k);
+    let decompose = |l: f64| l + digits(l) * (l + k - alpha).max(0.0);
+    let lg = (l - 1.0).max(1.0);
+    StepCosts {
+        baby: moddown(l) + inner(l),
+        giant: 2.0 * l + decompose(lg) + moddown(lg) + inner(lg),
+    }
+}
+
+fn bias_slots(bias: &[f64], period: usize, slots: usize) -> Option<Vec<f64>> {
+    if bias.iter().all(|&b| b == 0.0) {
+        return None;
+    }
+    Some(
+        (0..slots)
+            .map(|t| bias.get(t % period).copied().unwrap_or(0.0))
+            .collect(),
+    )
+}
+
+impl InferencePlan {
+    /// Compiles `net` with parameters chosen from its depth and width by `policy`.
+    pub fn new(net: &Network, policy: &ParamPolicy) -> Result<Self, InferError> {
+        let low = lower(net);
+        let max_slots = 1usize << (policy.max_log_n.clamp(10, 15) - 1);
+        let first = choose_first_layout(&low.ops, low.input_len, max_slots);
+        let needed = needed_slots(&low.ops, low.input_len, &first);
+        let params = choose_parameters(low.depth(), needed, policy)?;
+        Self::build(low, first, params)
+    }
+
+    /// Compiles `net` for given parameters (refused when they lack slots or levels).
+    pub fn with_parameters(net: &Network, params: Parameters) -> Result<Self, InferError> {
+        let low = lower(net);
+        let first = choose_first_layout(&low.ops, low.input_len, params.slots());
+        let needed = needed_slots(&low.ops, low.input_len, &first);
+        if needed > params.slots() {
+            return Err(InferError::TooFewSlots {
+                slots: params.slots(),
+                needed,
+            });
+        }
+        if low.depth() + 1 > params.max_level() {
+            return Err(InferError::TooFewLevels {
+                levels: params.max_level() - 1,
+                depth: low.depth(),
+            });
+        }
+        Self::build(low, first, params)
+    }
+
+    fn build(
+        low: super::lower::Lowered,
+        first: FirstLayout,
+        params: Parameters,
+    ) -> Result<Self, InferError> {
+        let slots = params.slots();
+        let depth = low.depth();
+        let mut level = depth + 1;
+        let (input_map, mut period) = match &first {
+            FirstLayout::Im2col { fields, taps } => {
+                // replicated with the smallest power-of-two period holding the im2col rows and
+                // the first map's outputs: the output comes out replicated too, and the next
+                // map folds fewer partial sums
+                let positions = fields.len();
+                let n_out = match low.ops.first() {
+                    Some(Op::Linear(m)) => m.n_out(),
+                    _ => 0,
+                };
+                let period = (taps * positions).max(n_out).next_power_of_two();
+                let mut map = vec![u32::MAX; slots];
+                for (p, f) in fields.iter().enumerate() {
+                    for (tap, &j) in f.iter().enumerate() {
+                        let mut s = tap * positions + p;
+                        while s < slots {
+                            map[s] = j;
+                            s += period;
+                        }
+                    }
+                }
+                (map, period)
+            }
+            FirstLayout::Replicated(p) => (
+                (0..slots)
+                    .map(|t| {
+                        let j = t % p;
+                        if j < low.input_len {
+                            j as u32
+                        } else {
+                            u32::MAX
+                        }
+                    })
+                    .collect(),
+                *p,
+            ),
+        };
+        let mut stages = Vec::with_capacity(low.ops.len());
+        let mut steps: Vec<i64> = Vec::new();
+        let mut relinearize = false;
+        for (k, op) in low.ops.iter().enumerate() {
+            match op {
+                Op::Linear(map) => {
+                    let (diags, out_period, fold) = match (&first, k) {
+                        (FirstLayout::Im2col { fields, .. }, 0) => {
+                            let positions = fields.len();
+                            let d = diagonals::direct(map, slots, period, |o, j| {
+                                let p = o % positions;
+                                let tap = fields[p].binary_search(&j).expect("j is in p's field");
+                                tap * positions + p
+                            });
+                            (d, period, Vec::new())
+                        }
+                        _ => diagonals::hybrid(map, period, slots),
+                    };
+                    let mut diags = diags;
+                    if diags.is_empty() {
+                        // every weight reads padding only: the output is the bias, still a
+                        // ciphertext at the right level and scale
+                        diags.insert(0, vec![0.0; slots]);
+                    }
+                    let bsgs = diagonals::bsgs(diags, step_costs(&params, level));
+                    steps.extend(bsgs.baby_steps.iter().copied());
+                    steps.extend(bsgs.giants.iter().map(|g| g.step));
+                    steps.extend(fold.iter().copied());
+                    stages.push(Stage::Linear(LinearStage {
+                        level,
+                        bsgs,
+                        fold_steps: fold,
+                        bias: bias_slots(&map.bias, out_period, slots),
+                    }));
+                    period = out_period;
+                    level -= 1;
+                }
+                Op::Activation { c, post } => {
+                    relinearize = true;
+                    stages.push(Stage::Activation {
+                        level,
+                        c: *c,
+                        post: *post,
+                    });
+                    level -= op.depth();
+                }
+            }
+        }
+        debug_assert_eq!(level, 1);
+        let mut galois_steps: Vec<i64> = steps
+            .into_iter()
+            .map(|s| s.rem_euclid(slots as i64))
+            .filter(|&s| s != 0)
+            .collect();
+        galois_steps.sort_unstable();
+        galois_steps.dedup();
+        Ok(Self {
+            spec: Arc::new(InferenceSpec {
+                params,
+                input_len: low.input_len,
+                input_map,
+                input_level: depth + 1,
+                output_len: low.output_len,
+                galois_steps,
+                relinearize,
+                depth,
+            }),
+            stages,
+        })
+    }
+
+    /// The requester's part of the plan.
+    pub fn spec(&self) -> &InferenceSpec {
+        &self.spec
+    }
+
+    pub(crate) fn shared_spec(&self) -> Arc<InferenceSpec> {
+        self.spec.clone()
+    }
+
+    /// Per-stage costs.
+    pub fn stage_info(&self) -> Vec<StageInfo> {
+        self.stages
+            .iter()
+            .map(|s| match s {
+                Stage::Linear(l) => StageInfo {
+                    linear: true,
+                    level: l.level,
+                    diagonals: l.bsgs.giants.iter().map(|g| g.terms.len()).sum(),
+                    baby_steps: l.bsgs.baby_steps.iter().filter(|&&b| b != 0).count(),
+                    giant_steps: l.bsgs.giants.iter().filter(|g| g.step != 0).count(),
+                    fold_steps: l.fold_steps.len(),
+                },
+                Stage::Activation { level, .. } => StageInfo {
+                    linear: false,
+                    level: *level,
+                    diagonals: 0,
+                    baby_steps: 0,
+                    giant_steps: 0,
+                    fold_steps: 0,
+                },
+            })
+            .collect()
+    }
+
+    /// Key switches per inference: (hoisted baby rotations, other rotations,
+    /// relinearizations), for reports.
+    pub fn key_switches(&self) -> (usize, usize, usize) {
+        let (mut baby, mut other, mut relin) = (0, 0, 0);
+        for s in &self.stages {
+            match s {
+                Stage::Linear(l) => {
+                    baby += l.bsgs.baby_steps.iter().filter(|&&b| b != 0).count();
+                    other +=
+                        l.bsgs.giants.iter().filter(|g| g.step != 0).count() + l.fold_steps.len();
+                }
+                Stage::Activation { post, .. } => relin += 1 + usize::from(post.is_some()),
+            }
+        }
+        (baby, other, relin)
+    }
+
+    /// Diagonal products per inference (plaintext or ciphertext multiplications).
+    pub fn diagonal_count(&self) -> usize {
+        self.stages
+            .iter()
+            .map(|s| match s {
+                Stage::Linear(l) => l.bsgs.giants.iter().map(|g| g.terms.len()).sum(),
+                Stage::Activation { .. } => 0,
+            })
+            .sum()
+    }
+}
+
+/// Slots the layouts need: the input layout and every map's padded output.
+fn needed_slots(ops: &[Op], input_len: usize, first: &FirstLayout) -> usize {
+    let mut needed = match first {
+        FirstLayout::Im2col { fields, taps } => (taps * fields.len()).next_power_of_two(),
+        FirstLayout::Replicated(p) => *p,
+    };
+    for op in ops {
+        if let Op::Linear(m) = op {
+            needed = needed
+                .max(m.n_out().next_power_of_two())
+                .max(m.n_in.next_power_of_two());
+        }
+    }
+    needed.max(input_len.next_power_of_two())
+}
