@@ -291,3 +291,29 @@ activation = "square"
         assert!(format!("{e:#}").contains("30-bit"), "{e:#}");
     }
 }
+
+#[cfg(test)]
+mod shipped_configs {
+    use super::*;
+
+    /// Every federation config in `configs/` parses (the built-in default included).
+    #[test]
+    fn shipped_federation_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir)
+            .unwrap()
+            .chain(std::fs::read_dir(dir.join("deployment")).unwrap())
+        {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if path.extension().is_some_and(|e| e == "toml") && text.contains("[federation]") {
+                FederationConfig::from_file(&path)
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 4, "found {n} federation configs");
+        FederationConfig::from_toml(crate::simulate::DEFAULT_CONFIG).unwrap();
+    }
+}

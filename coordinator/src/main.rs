@@ -58,7 +58,8 @@ enum Command {
     /// Run a whole consortium on this machine: provision, start the coordinator and every
     /// hospital node over 127.0.0.1 (real QUIC and TLS), run all rounds, write metrics and plots.
     Simulate {
-        config: PathBuf,
+        /// Federation TOML (default: the embedded configs/organamnist-5-hospitals.toml).
+        config: Option<PathBuf>,
         /// Output directory (metrics, plots, logs, summary.json).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -129,6 +130,6 @@ fn main() -> anyhow::Result<()> {
             config,
             out,
             plaintext,
-        } => coordinator::simulate::run(&config, out, plaintext),
+        } => coordinator::simulate::run(config.as_deref(), out, plaintext),
     }
 }

@@ -188,10 +188,22 @@ fn start_hospital(fed: &Fed, index: usize) -> Child {
         .unwrap()
 }
 
-fn kill_all(children: &mut [Child]) {
-    for c in children {
-        let _ = c.kill();
-        let _ = c.wait();
+/// Child processes that die with the test, whatever way it ends.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -201,13 +213,13 @@ const LIMIT: Duration = Duration::from_secs(600);
 fn a_hospital_killed_mid_round_leaves_the_round_to_the_quorum_and_the_threshold() {
     let fed = provisioned(&config(5, 3, 4, 3, free_port()));
     let mut coord = Coordinator::start(&fed, "coordinator.log");
-    let mut nodes: Vec<Child> = (1..=5).map(|i| start_hospital(&fed, i)).collect();
+    let mut nodes = Procs((1..=5).map(|i| start_hospital(&fed, i)).collect());
     coord.wait_commit(1, LIMIT);
     // hospital 5 dies during round 2
-    nodes[4].kill().unwrap();
-    let _ = nodes[4].wait();
+    nodes.0[4].kill().unwrap();
+    let _ = nodes.0[4].wait();
     coord.wait_exit(LIMIT);
-    for (i, n) in nodes.iter_mut().enumerate().take(4) {
+    for (i, n) in nodes.0.iter_mut().enumerate().take(4) {
         wait_exit(n, Duration::from_secs(60), &format!("hospital {}", i + 1));
     }
     let store = Store::open_existing(&fed.coordinator_dir.join("state.redb")).unwrap();
@@ -228,22 +240,22 @@ fn a_hospital_killed_mid_round_leaves_the_round_to_the_quorum_and_the_threshold(
         );
         assert_eq!(r.receivers, vec![1, 2, 3, 4]);
     }
-    kill_all(&mut nodes);
 }
 
 #[test]
 fn a_coordinator_killed_mid_round_resumes_without_losing_or_repeating_a_round() {
     let fed = provisioned(&config(3, 2, 3, 4, free_port()));
     let mut coord = Coordinator::start(&fed, "coordinator-1.log");
-    let mut nodes: Vec<Child> = (1..=3).map(|i| start_hospital(&fed, i)).collect();
+    let mut nodes = Procs((1..=3).map(|i| start_hospital(&fed, i)).collect());
     coord.wait_commit(2, LIMIT);
     // SIGKILL while round 3 runs
     coord.child.kill().unwrap();
     let _ = coord.child.wait();
+    drop(coord);
     std::thread::sleep(Duration::from_millis(500));
     let mut coord = Coordinator::start(&fed, "coordinator-2.log");
     coord.wait_exit(LIMIT);
-    for (i, n) in nodes.iter_mut().enumerate() {
+    for (i, n) in nodes.0.iter_mut().enumerate() {
         wait_exit(n, Duration::from_secs(60), &format!("hospital {}", i + 1));
     }
     let store = Store::open_existing(&fed.coordinator_dir.join("state.redb")).unwrap();
@@ -258,7 +270,6 @@ fn a_coordinator_killed_mid_round_resumes_without_losing_or_repeating_a_round() 
         log.iter().filter(|e| e.event == "joined").count() >= 6,
         "hospitals reconnected by themselves"
     );
-    kill_all(&mut nodes);
 }
 
 #[test]
@@ -268,11 +279,11 @@ fn bad_updates_and_strangers_are_refused_and_logged_while_the_rounds_go_on() {
     // the round the impostor is told of stays open while it talks
     let fed = provisioned(&config(3, 2, 2, 4, port));
     let mut coord = Coordinator::start(&fed, "coordinator.log");
-    let mut nodes: Vec<Child> = (1..=3).map(|i| start_hospital(&fed, i)).collect();
+    let mut nodes = Procs((1..=3).map(|i| start_hospital(&fed, i)).collect());
     coord.wait_commit(1, LIMIT);
     // hospital 3's node goes away; someone holding its kit misbehaves during round 2
-    nodes[2].kill().unwrap();
-    let _ = nodes[2].wait();
+    nodes.0[2].kill().unwrap();
+    let _ = nodes.0[2].wait();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let replies = rt.block_on(misbehave(&fed, port));
     assert!(
@@ -288,9 +299,9 @@ fn bad_updates_and_strangers_are_refused_and_logged_while_the_rounds_go_on() {
         "a past round refused: {replies:?}"
     );
     // the node comes back; the federation finishes
-    nodes[2] = start_hospital(&fed, 3);
+    nodes.0[2] = start_hospital(&fed, 3);
     coord.wait_exit(LIMIT);
-    for (i, n) in nodes.iter_mut().enumerate() {
+    for (i, n) in nodes.0.iter_mut().enumerate() {
         wait_exit(n, Duration::from_secs(60), &format!("hospital {}", i + 1));
     }
     let store = Store::open_existing(&fed.coordinator_dir.join("state.redb")).unwrap();
@@ -312,7 +323,6 @@ fn bad_updates_and_strangers_are_refused_and_logged_while_the_rounds_go_on() {
         log.iter().any(|e| e.event == "connection-refused"),
         "the foreign certificate was logged"
     );
-    kill_all(&mut nodes);
 }
 
 /// Sends every kind of bad message as hospital 3; returns the coordinator's refusals.

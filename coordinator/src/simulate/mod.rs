@@ -12,16 +12,32 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::config::FederationConfig;
 use crate::provision::provision;
 use crate::server::CoordinatorDir;
 
-/// Runs the simulation described by `config_path`.
-pub fn run(config_path: &Path, out: Option<PathBuf>, plaintext: bool) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(config_path)
-        .with_context(|| format!("cannot read {}", config_path.display()))?;
+/// The README's default experiment, built in.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/organamnist-5-hospitals.toml");
+
+/// Runs the simulation described by `config_path` (default: [`DEFAULT_CONFIG`]).
+pub fn run(
+    config_path: Option<&Path>,
+    out: Option<PathBuf>,
+    plaintext: bool,
+) -> anyhow::Result<()> {
+    let (text, config_path) = match config_path {
+        Some(p) => (
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+            p.to_path_buf(),
+        ),
+        None => (
+            DEFAULT_CONFIG.to_string(),
+            PathBuf::from("configs/organamnist-5-hospitals.toml (built in)"),
+        ),
+    };
+    let config_path = config_path.as_path();
     let mut doc: toml::Table = toml::from_str(&text)
         .with_context(|| format!("{} is not valid TOML", config_path.display()))?;
     // the simulation's own address, and the plaintext switch, go into the config it provisions
@@ -106,16 +122,34 @@ pub fn run(config_path: &Path, out: Option<PathBuf>, plaintext: bool) -> anyhow:
         hospitals.push(child);
     }
 
-    let bar = ProgressBar::new(cfg.federation.rounds);
+    let bars = MultiProgress::new();
+    let bar = bars.add(ProgressBar::new(cfg.federation.rounds));
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] round {pos}/{len} {msg}")
             .expect("static template")
             .progress_chars("=> "),
     );
-    bar.set_message("setting up keys");
+    bar.set_message(if cfg.he.plaintext {
+        "starting"
+    } else {
+        "setting up collective keys"
+    });
+    let hospital_bars: Vec<ProgressBar> = (1..=cfg.federation.hospitals)
+        .map(|i| {
+            let b = bars.add(ProgressBar::new(cfg.federation.rounds));
+            b.set_style(
+                ProgressStyle::with_template("  hospital {prefix:>3} [{bar:20}] {msg}")
+                    .expect("static template")
+                    .progress_chars("=> "),
+            );
+            b.set_prefix(i.to_string());
+            b.set_message("connecting");
+            b
+        })
+        .collect();
     let stdout = coordinator.stdout.take().context("coordinator stdout")?;
     let progress = {
-        let bar = bar.clone();
+        let (bar, hospital_bars) = (bar.clone(), hospital_bars.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(r) = line
@@ -124,6 +158,16 @@ pub fn run(config_path: &Path, out: Option<PathBuf>, plaintext: bool) -> anyhow:
                 {
                     bar.set_position(r);
                     bar.set_message("training");
+                } else if let Some(rest) = line.strip_prefix("HEAL-UPDATE ") {
+                    let mut it = rest
+                        .split_whitespace()
+                        .filter_map(|x| x.parse::<u64>().ok());
+                    if let (Some(r), Some(h)) = (it.next(), it.next()) {
+                        if let Some(b) = hospital_bars.get((h as usize).saturating_sub(1)) {
+                            b.set_position(r);
+                            b.set_message(format!("round {r}: update in"));
+                        }
+                    }
                 }
             }
         })
@@ -131,7 +175,9 @@ pub fn run(config_path: &Path, out: Option<PathBuf>, plaintext: bool) -> anyhow:
     let deadline = started + Duration::from_secs(cfg.simulate.timeout_s);
     let outcome = wait_all(&mut coordinator, &mut hospitals, deadline);
     let _ = progress.join();
-    bar.finish_and_clear();
+    for b in hospital_bars.iter().chain(std::iter::once(&bar)) {
+        b.finish_and_clear();
+    }
     if let Err(e) = outcome {
         for c in hospitals
             .iter_mut()

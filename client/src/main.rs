@@ -1,0 +1,230 @@
+//! `client`: the hospital node's command line: centralised baselines and partitions for
+//! researchers, and `run`, the node that takes part in a federation.
+
+mod node;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use client::baseline::{
+    BaselineConfig, Overrides, PartitionRun, load_partition_tables, run_baseline, run_partition,
+};
+use client::model::Activation;
+use datasets::{PartitionConfig, Scheme};
+
+#[derive(Parser)]
+#[command(name = "client", version, about = "HEAL hospital node")]
+struct Cli {
+    /// Hide progress bars.
+    #[arg(long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Take part in a federation: connect to the coordinator with this site's kit, set up keys,
+    /// and train, encrypt, re-encrypt and evaluate round after round.
+    Run {
+        /// The site TOML from this hospital's provisioning kit.
+        #[arg(long)]
+        site: PathBuf,
+        /// Directory for this node's state (keys, global model) and outputs.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Train centrally on a data set's training split and evaluate on its official test split.
+    Baseline {
+        /// Baseline config (TOML: [dataset], [model], [train], [baseline]).
+        config: PathBuf,
+        /// Output directory (summary.json, metric tables, model).
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace every activation: square, quadratic or relu (plaintext comparison).
+        #[arg(long)]
+        activation: Option<Activation>,
+        /// Replace [train] epochs.
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// MedMNIST data directory (default: config, then $HEAL_DATA_DIR, then the cache dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Never download data.
+        #[arg(long)]
+        offline: bool,
+        /// Compute device: cpu, or cuda[:N] in builds with the `cuda` feature.
+        #[arg(long)]
+        device: Option<String>,
+        /// Train on a random subset of this many images.
+        #[arg(long)]
+        max_train: Option<usize>,
+    },
+    /// Split a data set's training split across simulated hospitals; print and save the
+    /// per-hospital, per-class table.
+    Partition {
+        /// Config with a [dataset] table (and optionally [partition]).
+        config: PathBuf,
+        /// Output directory (partition_summary.csv, partition_assignment.csv).
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of hospitals.
+        #[arg(long)]
+        hospitals: Option<usize>,
+        /// iid, dirichlet, quantity or column.
+        #[arg(long, value_parser = parse_scheme)]
+        scheme: Option<Scheme>,
+        /// Dirichlet concentration for dirichlet/quantity.
+        #[arg(long)]
+        alpha: Option<f64>,
+        /// Seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Keep each patient's images at one hospital.
+        #[arg(long)]
+        group_by_patient: bool,
+        /// MedMNIST data directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn parse_scheme(s: &str) -> Result<Scheme, String> {
+    match s {
+        "iid" => Ok(Scheme::Iid),
+        "dirichlet" => Ok(Scheme::Dirichlet),
+        "quantity" => Ok(Scheme::Quantity),
+        "column" => Ok(Scheme::Column),
+        other => Err(format!(
+            "unknown scheme {other:?} (iid, dirichlet, quantity, column)"
+        )),
+    }
+}
+
+fn base_dir(config: &Path) -> PathBuf {
+    config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let progress = !cli.quiet;
+    match cli.command {
+        Command::Run { site, out } => node::run(&site, &out)?,
+        Command::Baseline {
+            config,
+            out,
+            activation,
+            epochs,
+            data_dir,
+            offline,
+            device,
+            max_train,
+        } => {
+            let cfg = BaselineConfig::load(&config)
+                .with_context(|| format!("reading baseline config {}", config.display()))?;
+            let cfg = Overrides {
+                activation,
+                epochs,
+                data_dir,
+                offline,
+                device,
+                max_train,
+            }
+            .apply(cfg);
+            let outcome = run_baseline(&cfg, &base_dir(&config), &out, progress)
+                .with_context(|| format!("baseline {}", config.display()))?;
+            let s = &outcome.summary;
+            println!("epoch  train_loss  train_acc  val_acc  val_auc  seconds  images/s");
+            for e in &outcome.train.epochs {
+                println!(
+                    "{:>5}  {:>10.4}  {:>9.4}  {:>7}  {:>7}  {:>7.1}  {:>8.0}",
+                    e.epoch,
+                    e.train_loss,
+                    e.train_acc,
+                    e.val_acc
+                        .map(|v| format!("{v:.4}"))
+                        .unwrap_or_else(|| "-".into()),
+                    e.val_auc
+                        .map(|v| format!("{v:.4}"))
+                        .unwrap_or_else(|| "-".into()),
+                    e.train_seconds,
+                    e.images_per_s
+                );
+            }
+            println!(
+                "{} ({}, depth {}): test acc {:.4}, test AUC {:.4} on {} images",
+                s.dataset,
+                s.activation,
+                s.multiplicative_depth,
+                s.test_acc,
+                s.test_auc,
+                s.test_images
+            );
+            println!(
+                "training: {:.0} images/s, {:.1} s per epoch, {} epochs, {} threads; results in {}",
+                s.train_images_per_s,
+                s.seconds_per_epoch,
+                s.epochs,
+                s.threads,
+                out.display()
+            );
+        }
+        Command::Partition {
+            config,
+            out,
+            hospitals,
+            scheme,
+            alpha,
+            seed,
+            group_by_patient,
+            data_dir,
+        } => {
+            let (mut dataset, from_file) = load_partition_tables(&config)
+                .with_context(|| format!("reading {}", config.display()))?;
+            let mut p = from_file.unwrap_or_else(|| PartitionConfig::iid(hospitals.unwrap_or(5)));
+            if let Some(h) = hospitals {
+                p.hospitals = h;
+            }
+            if let Some(s) = scheme {
+                p.scheme = s;
+            }
+            if alpha.is_some() {
+                p.alpha = alpha;
+            }
+            if let Some(s) = seed {
+                p.seed = s;
+            }
+            p.group_by_patient |= group_by_patient;
+            if let (Some(d), datasets::DatasetConfig::Medmnist { data_dir, .. }) =
+                (data_dir, &mut dataset)
+            {
+                *data_dir = Some(d);
+            }
+            let run = PartitionRun {
+                dataset,
+                partition: p,
+            };
+            let table = run_partition(&run, &base_dir(&config), &out, progress)
+                .with_context(|| format!("partition {}", config.display()))?;
+            println!("{table}");
+            println!(
+                "written {} and {}",
+                out.join("partition_summary.csv").display(),
+                out.join("partition_assignment.csv").display()
+            );
+        }
+    }
+    Ok(())
+}

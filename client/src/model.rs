@@ -1,0 +1,905 @@
+//! The HE-friendly CNN family, described in TOML and built on burn.
+//!
+//! A network is a list of layers applied in order to an image `(channels, height, width)`:
+//!
+//! | `type`       | keys                                   | what it does                         | CKKS levels |
+//! |--------------|----------------------------------------|--------------------------------------|-------------|
+//! | `conv`       | `channels`, `kernel`, `stride`, `padding` | 2D convolution with bias            | 1 |
+//! | `avg-pool`   | `kernel`, `stride`                     | average pooling                      | 0 when a conv/dense follows (folded into it), else 1 |
+//! | `dense`      | `units` (omit on the last layer: classes) | fully connected, flattens CHW first | 1 |
+//! | `batch-norm` | `momentum`, `epsilon`                  | batch normalisation; must directly follow a `conv` or `dense`, into which it is folded for inference | 0 |
+//! | `act`        | `kind` (default: `[model] activation`) | `square` x², `quadratic` a·x²+b·x (a, b trainable), `relu` (plaintext baselines only) | 1 (0 for relu, which CKKS cannot evaluate) |
+//! | `dropout`    | `rate`                                 | zeroes a share of values while training; nothing at inference | 0 |
+//!
+//! There is no max-pooling: CKKS cannot evaluate it. The default network
+//! ([`ModelConfig::default`]) is
+//! `conv(16, k=5, s=2) → batch-norm → square → dense(128) → batch-norm → square → dense(classes)`:
+//! multiplicative depth 5 (conv 1 + square 1 + dense 1 + square 1 + dense 1; batch-norm folded).
+//! `--activation relu` swaps every activation for ReLU to give the plaintext comparison.
+
+use burn::module::{Module, Param};
+use burn::nn::{BatchNorm, BatchNormConfig};
+use burn::tensor::activation::relu;
+use burn::tensor::module::{avg_pool2d, conv2d};
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+
+use crate::error::ClientError;
+
+/// An activation function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    /// x² (one CKKS multiplication).
+    Square,
+    /// a·x² + b·x with trainable scalars a, b (one CKKS multiplication: x·(a·x + b)).
+    Quadratic,
+    /// max(0, x): plaintext baselines only.
+    Relu,
+}
+
+impl Activation {
+    /// Lower-case name as in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Square => "square",
+            Activation::Quadratic => "quadratic",
+            Activation::Relu => "relu",
+        }
+    }
+
+    /// Whether CKKS can evaluate it (a polynomial).
+    pub fn is_polynomial(self) -> bool {
+        self != Activation::Relu
+    }
+}
+
+impl std::str::FromStr for Activation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "square" => Ok(Self::Square),
+            "quadratic" => Ok(Self::Quadratic),
+            "relu" => Ok(Self::Relu),
+            other => Err(format!(
+                "unknown activation {other:?} (square, quadratic, relu)"
+            )),
+        }
+    }
+}
+
+fn one() -> usize {
+    1
+}
+fn bn_momentum() -> f64 {
+    0.1
+}
+fn bn_epsilon() -> f64 {
+    1e-5
+}
+
+/// One layer of `[[model.layers]]`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum LayerConfig {
+    /// 2D convolution (square kernel) with bias.
+    Conv {
+        /// Output channels.
+        channels: usize,
+        /// Kernel side.
+        kernel: usize,
+        /// Stride (default 1).
+        #[serde(default = "one")]
+        stride: usize,
+        /// Zero padding on every side (default 0).
+        #[serde(default)]
+        padding: usize,
+    },
+    /// Average pooling (square window).
+    AvgPool {
+        /// Window side.
+        kernel: usize,
+        /// Stride (default: the kernel).
+        #[serde(default)]
+        stride: Option<usize>,
+    },
+    /// Fully connected layer with bias; a 3D input is flattened in CHW order first.
+    Dense {
+        /// Output units; omit on the last layer to get one per class.
+        #[serde(default)]
+        units: Option<usize>,
+    },
+    /// Batch normalisation of the preceding conv/dense output (folded into it for inference).
+    BatchNorm {
+        /// Running-statistics momentum (default 0.1).
+        #[serde(default = "bn_momentum")]
+        momentum: f64,
+        /// Variance epsilon (default 1e-5).
+        #[serde(default = "bn_epsilon")]
+        epsilon: f64,
+    },
+    /// Activation; `kind` defaults to `[model] activation`.
+    Act {
+        /// `square`, `quadratic` or `relu`.
+        #[serde(default)]
+        kind: Option<Activation>,
+    },
+    /// Dropout while training (identity at inference, so it costs nothing encrypted).
+    Dropout {
+        /// Share of values zeroed, in `[0, 1)`.
+        rate: f64,
+    },
+}
+
+fn default_activation() -> Activation {
+    Activation::Square
+}
+fn default_quadratic() -> [f32; 2] {
+    [0.125, 0.5]
+}
+
+/// The `[model]` table.
+///
+/// ```toml
+/// [model]
+/// activation = "square"          # default for `act` layers: square, quadratic, relu
+/// quadratic_init = [0.125, 0.5]  # initial a, b of quadratic activations
+/// init_seed = 0                  # weight initialisation seed
+/// [[model.layers]]
+/// type = "conv"
+/// channels = 16
+/// kernel = 5
+/// stride = 2
+/// [[model.layers]]
+/// type = "batch-norm"
+/// [[model.layers]]
+/// type = "act"
+/// [[model.layers]]
+/// type = "dense"
+/// units = 128
+/// [[model.layers]]
+/// type = "batch-norm"
+/// [[model.layers]]
+/// type = "act"
+/// [[model.layers]]
+/// type = "dense"                 # no units: one output per class
+/// ```
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Activation of `act` layers that do not name one (default `square`).
+    #[serde(default = "default_activation")]
+    pub activation: Activation,
+    /// Initial `[a, b]` of quadratic activations a·x² + b·x (default `[0.125, 0.5]`).
+    #[serde(default = "default_quadratic")]
+    pub quadratic_init: [f32; 2],
+    /// Seed of the weight initialisation (default 0).
+    #[serde(default)]
+    pub init_seed: u64,
+    /// The layers, in order (default: see [`ModelConfig::default`]).
+    #[serde(default = "default_layers")]
+    pub layers: Vec<LayerConfig>,
+}
+
+/// `conv(16, k5, s2) → bn → act → dense(128) → bn → act → dense(classes)`.
+pub fn default_layers() -> Vec<LayerConfig> {
+    vec![
+        LayerConfig::Conv {
+            channels: 16,
+            kernel: 5,
+            stride: 2,
+            padding: 0,
+        },
+        LayerConfig::BatchNorm {
+            momentum: 0.1,
+            epsilon: 1e-5,
+        },
+        LayerConfig::Act { kind: None },
+        LayerConfig::Dense { units: Some(128) },
+        LayerConfig::BatchNorm {
+            momentum: 0.1,
+            epsilon: 1e-5,
+        },
+        LayerConfig::Act { kind: None },
+        LayerConfig::Dense { units: None },
+    ]
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            activation: default_activation(),
+            quadratic_init: default_quadratic(),
+            init_seed: 0,
+            layers: default_layers(),
+        }
+    }
+}
+
+/// A layer with its shapes resolved.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LayerSpec {
+    /// What it is.
+    pub kind: LayerKind,
+    /// Input shape: `[c, h, w]` or `[features]`.
+    pub input: Vec<usize>,
+    /// Output shape.
+    pub output: Vec<usize>,
+}
+
+/// A resolved layer.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum LayerKind {
+    /// Convolution.
+    Conv {
+        /// Input channels.
+        in_channels: usize,
+        /// Output channels.
+        out_channels: usize,
+        /// Kernel side.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+        /// Padding.
+        padding: usize,
+    },
+    /// Average pooling.
+    AvgPool {
+        /// Window side.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+    },
+    /// Dense.
+    Dense {
+        /// Inputs (CHW-flattened).
+        in_features: usize,
+        /// Outputs.
+        out_features: usize,
+    },
+    /// Batch norm over `features` channels.
+    BatchNorm {
+        /// Channels (conv) or features (dense).
+        features: usize,
+        /// Momentum.
+        momentum: f64,
+        /// Epsilon.
+        epsilon: f64,
+    },
+    /// Activation.
+    Act {
+        /// Which.
+        activation: Activation,
+    },
+    /// Dropout (training only).
+    Dropout {
+        /// Share zeroed.
+        rate: f64,
+    },
+}
+
+/// A fully resolved network: input shape, classes and every layer's shapes.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NetworkSpec {
+    /// `[channels, height, width]`.
+    pub input: [usize; 3],
+    /// Number of classes (outputs).
+    pub classes: usize,
+    /// Initial `[a, b]` of quadratic activations.
+    pub quadratic_init: [f32; 2],
+    /// Initialisation seed.
+    pub init_seed: u64,
+    /// The layers.
+    pub layers: Vec<LayerSpec>,
+}
+
+impl ModelConfig {
+    /// Every `act` layer becomes `activation` (the `--activation` override).
+    pub fn with_activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        for l in &mut self.layers {
+            if let LayerConfig::Act { kind } = l {
+                *kind = None;
+            }
+        }
+        self
+    }
+
+    /// Resolves shapes for an input `[c, h, w]` and `classes` outputs, checking that the layers
+    /// fit together.
+    pub fn resolve(&self, input: [usize; 3], classes: usize) -> Result<NetworkSpec, ClientError> {
+        let bad = |i: usize, m: String| ClientError::Model(format!("layer {i}: {m}"));
+        if input.contains(&0) || classes < 2 {
+            return Err(ClientError::Model(format!(
+                "input {input:?} and {classes} classes: sides must be positive, classes ≥ 2"
+            )));
+        }
+        if self.layers.is_empty() {
+            return Err(ClientError::Model("the network has no layers".into()));
+        }
+        let mut shape: Vec<usize> = input.to_vec();
+        let mut out = Vec::with_capacity(self.layers.len());
+        let n = self.layers.len();
+        for (i, l) in self.layers.iter().enumerate() {
+            let last = i + 1 == n;
+            let kind = match l {
+                LayerConfig::Conv {
+                    channels,
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    if shape.len() != 3 {
+                        return Err(bad(i, "conv after dense: input is not an image".into()));
+                    }
+                    if *channels == 0 || *kernel == 0 || *stride == 0 {
+                        return Err(bad(
+                            i,
+                            "channels, kernel and stride must be positive".into(),
+                        ));
+                    }
+                    let (h, w) = (shape[1] + 2 * padding, shape[2] + 2 * padding);
+                    if *kernel > h || *kernel > w {
+                        return Err(bad(
+                            i,
+                            format!("kernel {kernel} larger than the padded input {h}×{w}"),
+                        ));
+                    }
+                    let k = LayerKind::Conv {
+                        in_channels: shape[0],
+                        out_channels: *channels,
+                        kernel: *kernel,
+                        stride: *stride,
+                        padding: *padding,
+                    };
+                    shape = vec![
+                        *channels,
+                        (h - kernel) / stride + 1,
+                        (w - kernel) / stride + 1,
+                    ];
+                    k
+                }
+                LayerConfig::AvgPool { kernel, stride } => {
+                    if shape.len() != 3 {
+                        return Err(bad(i, "avg-pool after dense: input is not an image".into()));
+                    }
+                    let s = stride.unwrap_or(*kernel);
+                    if *kernel == 0 || s == 0 || *kernel > shape[1] || *kernel > shape[2] {
+                        return Err(bad(
+                            i,
+                            format!("pool kernel {kernel}/stride {s} does not fit {shape:?}"),
+                        ));
+                    }
+                    shape = vec![
+                        shape[0],
+                        (shape[1] - kernel) / s + 1,
+                        (shape[2] - kernel) / s + 1,
+                    ];
+                    LayerKind::AvgPool {
+                        kernel: *kernel,
+                        stride: s,
+                    }
+                }
+                LayerConfig::Dense { units } => {
+                    let in_features: usize = shape.iter().product();
+                    let out_features = match (units, last) {
+                        (Some(u), false) => *u,
+                        (Some(u), true) if *u == classes => *u,
+                        (Some(u), true) => {
+                            return Err(bad(
+                                i,
+                                format!(
+                                    "the last dense layer has {u} units but there are {classes} classes (omit `units`)"
+                                ),
+                            ));
+                        }
+                        (None, true) => classes,
+                        (None, false) => {
+                            return Err(bad(
+                                i,
+                                "only the last dense layer may omit `units`".into(),
+                            ));
+                        }
+                    };
+                    if out_features == 0 {
+                        return Err(bad(i, "units must be positive".into()));
+                    }
+                    shape = vec![out_features];
+                    LayerKind::Dense {
+                        in_features,
+                        out_features,
+                    }
+                }
+                LayerConfig::BatchNorm { momentum, epsilon } => {
+                    match out.last() {
+                        Some(LayerSpec {
+                            kind: LayerKind::Conv { .. } | LayerKind::Dense { .. },
+                            ..
+                        }) => {}
+                        _ => {
+                            return Err(bad(
+                                i,
+                                "batch-norm must directly follow a conv or dense layer (it is folded into it for inference)".into(),
+                            ));
+                        }
+                    }
+                    if !(0.0..=1.0).contains(momentum) || *epsilon <= 0.0 {
+                        return Err(bad(i, "momentum in [0, 1] and epsilon > 0 required".into()));
+                    }
+                    LayerKind::BatchNorm {
+                        features: shape[0],
+                        momentum: *momentum,
+                        epsilon: *epsilon,
+                    }
+                }
+                LayerConfig::Act { kind } => LayerKind::Act {
+                    activation: kind.unwrap_or(self.activation),
+                },
+                LayerConfig::Dropout { rate } => {
+                    if !(0.0..1.0).contains(rate) {
+                        return Err(bad(i, format!("dropout rate {rate} is not in [0, 1)")));
+                    }
+                    LayerKind::Dropout { rate: *rate }
+                }
+            };
+            let input_shape = match out.last() {
+                Some(LayerSpec { output, .. }) => output.clone(),
+                None => input.to_vec(),
+            };
+            out.push(LayerSpec {
+                kind,
+                input: input_shape,
+                output: shape.clone(),
+            });
+        }
+        match out.last() {
+            Some(LayerSpec {
+                kind: LayerKind::Dense { .. },
+                ..
+            }) => {}
+            _ => {
+                return Err(ClientError::Model(
+                    "the last layer must be `dense` (one output per class)".into(),
+                ));
+            }
+        }
+        Ok(NetworkSpec {
+            input,
+            classes,
+            quadratic_init: self.quadratic_init,
+            init_seed: self.init_seed,
+            layers: out,
+        })
+    }
+}
+
+impl NetworkSpec {
+    /// Multiplicative depth of encrypted inference with plaintext weights: one level per conv,
+    /// dense and polynomial activation; batch-norm folds into the layer before it; an average
+    /// pool costs nothing when the next conv/dense absorbs its 1/k² (it always can), else one.
+    /// ReLU counts 0 (it cannot be evaluated under CKKS at all; see [`NetworkSpec::is_he_friendly`]).
+    pub fn multiplicative_depth(&self) -> usize {
+        let mut depth = 0;
+        for (i, l) in self.layers.iter().enumerate() {
+            depth += match &l.kind {
+                LayerKind::Conv { .. } | LayerKind::Dense { .. } => 1,
+                LayerKind::BatchNorm { .. } | LayerKind::Dropout { .. } => 0,
+                LayerKind::Act { activation } => usize::from(activation.is_polynomial()),
+                LayerKind::AvgPool { .. } => {
+                    let next_linear = self.layers[i + 1..].iter().find_map(|n| match n.kind {
+                        LayerKind::Conv { .. } | LayerKind::Dense { .. } => Some(true),
+                        LayerKind::AvgPool { .. } | LayerKind::Dropout { .. } => None,
+                        _ => Some(false),
+                    });
+                    usize::from(next_linear != Some(true))
+                }
+            };
+        }
+        depth
+    }
+
+    /// Whether every activation is a polynomial (the network can be evaluated under CKKS).
+    pub fn is_he_friendly(&self) -> bool {
+        self.layers.iter().all(|l| match l.kind {
+            LayerKind::Act { activation } => activation.is_polynomial(),
+            _ => true,
+        })
+    }
+
+    /// The activation used by the network's activation layers (the first one; `None` without
+    /// activations), for reports.
+    pub fn activation(&self) -> Option<Activation> {
+        self.layers.iter().find_map(|l| match l.kind {
+            LayerKind::Act { activation } => Some(activation),
+            _ => None,
+        })
+    }
+
+    /// One line per layer, e.g. `conv 1→16 k5 s2 p0 [1, 28, 28] → [16, 12, 12]`.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let what = match &l.kind {
+                LayerKind::Conv {
+                    in_channels,
+                    out_channels,
+                    kernel,
+                    stride,
+                    padding,
+                } => format!("conv {in_channels}→{out_channels} k{kernel} s{stride} p{padding}"),
+                LayerKind::AvgPool { kernel, stride } => format!("avg-pool k{kernel} s{stride}"),
+                LayerKind::Dense {
+                    in_features,
+                    out_features,
+                } => format!("dense {in_features}→{out_features}"),
+                LayerKind::BatchNorm { features, .. } => format!("batch-norm {features}"),
+                LayerKind::Act { activation } => activation.name().to_string(),
+                LayerKind::Dropout { rate } => format!("dropout {rate}"),
+            };
+            s.push_str(&format!(
+                "{i:>2}: {what:<28} {:?} → {:?}\n",
+                l.input, l.output
+            ));
+        }
+        s
+    }
+}
+
+/// Convolution parameters: weight `[out, in, k, k]`, bias `[out]`.
+#[derive(Module, Debug)]
+pub struct ConvParams {
+    /// `[out, in, k, k]`.
+    pub weight: Param<Tensor<4>>,
+    /// `[out]`.
+    pub bias: Param<Tensor<1>>,
+}
+
+/// Dense parameters: weight stored `[in, out]` (burn's layout; exported as `[out, in]`), bias
+/// `[out]`.
+#[derive(Module, Debug)]
+pub struct DenseParams {
+    /// `[in, out]`.
+    pub weight: Param<Tensor<2>>,
+    /// `[out]`.
+    pub bias: Param<Tensor<1>>,
+}
+
+/// Quadratic activation parameters a, b (each shape `[1]`).
+#[derive(Module, Debug)]
+pub struct QuadParams {
+    /// Coefficient of x².
+    pub a: Param<Tensor<1>>,
+    /// Coefficient of x.
+    pub b: Param<Tensor<1>>,
+}
+
+/// The trainable state of one layer.
+#[derive(Module, Debug)]
+pub enum LayerParams {
+    /// Convolution.
+    Conv(ConvParams),
+    /// Dense.
+    Dense(DenseParams),
+    /// Batch norm (gamma, beta, running mean and variance).
+    Norm(BatchNorm),
+    /// Quadratic activation.
+    Quad(QuadParams),
+}
+
+/// A network of the family: the layer plan plus one [`LayerParams`] per layer that has state
+/// (in layer order).
+#[derive(Module, Debug)]
+pub struct Network {
+    /// State of the layers that have some, in layer order.
+    pub params: Vec<LayerParams>,
+    /// The plan.
+    #[module(skip)]
+    pub spec: NetworkSpec,
+}
+
+fn uniform(rng: &mut ChaCha8Rng, n: usize, bound: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-bound..=bound)).collect()
+}
+
+pub(crate) fn param<const D: usize>(
+    data: Vec<f32>,
+    shape: [usize; D],
+    device: &Device,
+) -> Param<Tensor<D>> {
+    Param::from_data(TensorData::new(data, shape), device)
+}
+
+impl Network {
+    /// A freshly initialised network on `device` (Kaiming-uniform weights, as PyTorch's
+    /// defaults: U(±1/√fan_in) for weights and biases), deterministic from `spec.init_seed`.
+    pub fn init(spec: &NetworkSpec, device: &Device) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(spec.init_seed);
+        let mut params = Vec::new();
+        for l in &spec.layers {
+            match &l.kind {
+                LayerKind::Conv {
+                    in_channels,
+                    out_channels,
+                    kernel,
+                    ..
+                } => {
+                    let fan_in = in_channels * kernel * kernel;
+                    let bound = 1.0 / (fan_in as f32).sqrt();
+                    let w = uniform(&mut rng, out_channels * fan_in, bound);
+                    let b = uniform(&mut rng, *out_channels, bound);
+                    params.push(LayerParams::Conv(ConvParams {
+                        weight: param(w, [*out_channels, *in_channels, *kernel, *kernel], device),
+                        bias: param(b, [*out_channels], device),
+                    }));
+                }
+                LayerKind::Dense {
+                    in_features,
+                    out_features,
+                } => {
+                    let bound = 1.0 / (*in_features as f32).sqrt();
+                    let w = uniform(&mut rng, in_features * out_features, bound);
+                    let b = uniform(&mut rng, *out_features, bound);
+                    params.push(LayerParams::Dense(DenseParams {
+                        weight: param(w, [*in_features, *out_features], device),
+                        bias: param(b, [*out_features], device),
+                    }));
+                }
+                LayerKind::BatchNorm {
+                    features,
+                    momentum,
+                    epsilon,
+                } => {
+                    let bn = BatchNormConfig::new(*features)
+                        .with_momentum(*momentum)
+                        .with_epsilon(*epsilon)
+                        .init(device);
+                    params.push(LayerParams::Norm(bn));
+                }
+                LayerKind::Act {
+                    activation: Activation::Quadratic,
+                } => {
+                    let [a, b] = spec.quadratic_init;
+                    params.push(LayerParams::Quad(QuadParams {
+                        a: param(vec![a], [1], device),
+                        b: param(vec![b], [1], device),
+                    }));
+                }
+                LayerKind::Act { .. } | LayerKind::AvgPool { .. } | LayerKind::Dropout { .. } => {}
+            }
+        }
+        Self {
+            params,
+            spec: spec.clone(),
+        }
+    }
+
+    /// Logits `[batch, classes]` for images `[batch, c, h, w]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        enum Cur {
+            Img(Tensor<4>),
+            Vec(Tensor<2>),
+        }
+        let mut cur = Cur::Img(x);
+        let mut slots = self.params.iter();
+        for l in &self.spec.layers {
+            cur = match (&l.kind, cur) {
+                (
+                    LayerKind::Conv {
+                        stride, padding, ..
+                    },
+                    Cur::Img(x),
+                ) => {
+                    let Some(LayerParams::Conv(p)) = slots.next() else {
+                        unreachable!("params follow the spec")
+                    };
+                    Cur::Img(conv2d(
+                        x,
+                        p.weight.val(),
+                        Some(p.bias.val()),
+                        ConvOptions::new([*stride; 2], [*padding; 2], [1, 1], 1),
+                    ))
+                }
+                (LayerKind::AvgPool { kernel, stride }, Cur::Img(x)) => Cur::Img(avg_pool2d(
+                    x,
+                    AvgPoolOptions::new([*kernel; 2]).with_stride([*stride; 2]),
+                )),
+                (LayerKind::Dense { .. }, cur) => {
+                    let x = match cur {
+                        Cur::Img(x) => x.flatten::<2>(1, 3),
+                        Cur::Vec(x) => x,
+                    };
+                    let Some(LayerParams::Dense(p)) = slots.next() else {
+                        unreachable!("params follow the spec")
+                    };
+                    Cur::Vec(x.matmul(p.weight.val()) + p.bias.val().unsqueeze_dim(0))
+                }
+                (LayerKind::BatchNorm { .. }, cur) => {
+                    let Some(LayerParams::Norm(bn)) = slots.next() else {
+                        unreachable!("params follow the spec")
+                    };
+                    match cur {
+                        Cur::Img(x) => Cur::Img(bn.forward(x)),
+                        Cur::Vec(x) => Cur::Vec(bn.forward(x)),
+                    }
+                }
+                (LayerKind::Act { activation }, cur) => {
+                    let quad = if *activation == Activation::Quadratic {
+                        let Some(LayerParams::Quad(q)) = slots.next() else {
+                            unreachable!("params follow the spec")
+                        };
+                        Some((q.a.val(), q.b.val()))
+                    } else {
+                        None
+                    };
+                    match cur {
+                        Cur::Img(x) => Cur::Img(act(x, *activation, quad)),
+                        Cur::Vec(x) => Cur::Vec(act(x, *activation, quad)),
+                    }
+                }
+                (LayerKind::Dropout { rate }, cur) => match cur {
+                    Cur::Img(x) => Cur::Img(dropout(x, *rate)),
+                    Cur::Vec(x) => Cur::Vec(dropout(x, *rate)),
+                },
+                (_, Cur::Vec(_)) => unreachable!("resolve() rejects image layers after dense"),
+            };
+        }
+        match cur {
+            Cur::Vec(x) => x,
+            Cur::Img(x) => x.flatten::<2>(1, 3),
+        }
+    }
+
+    /// Number of values in the flat parameter vector.
+    pub fn num_values(&self) -> usize {
+        crate::params::manifest(&self.spec).total
+    }
+}
+
+/// Inverted dropout on autodiff devices (training); identity otherwise.
+fn dropout<const D: usize>(x: Tensor<D>, rate: f64) -> Tensor<D> {
+    if rate == 0.0 || !x.device().is_autodiff() {
+        return x;
+    }
+    let keep = 1.0 - rate;
+    let mask = x.random_like(Distribution::Bernoulli(keep));
+    (x * mask).div_scalar(keep as f32)
+}
+
+fn act<const D: usize>(
+    x: Tensor<D>,
+    a: Activation,
+    quad: Option<(Tensor<1>, Tensor<1>)>,
+) -> Tensor<D> {
+    match (a, quad) {
+        (Activation::Relu, _) => relu(x),
+        (Activation::Square, _) => x.clone() * x,
+        (Activation::Quadratic, Some((qa, qb))) => {
+            let qa: Tensor<D> = qa.reshape([1; D]);
+            let qb: Tensor<D> = qb.reshape([1; D]);
+            // x·(a·x + b): the form CKKS evaluates with one ciphertext multiplication.
+            x.clone() * (x * qa + qb)
+        }
+        (Activation::Quadratic, None) => unreachable!("quadratic layers carry a and b"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_network_shapes_and_depth() {
+        let spec = ModelConfig::default().resolve([1, 28, 28], 11).unwrap();
+        assert_eq!(spec.layers[0].output, vec![16, 12, 12]);
+        assert_eq!(
+            spec.layers[3].kind,
+            LayerKind::Dense {
+                in_features: 2304,
+                out_features: 128
+            }
+        );
+        assert_eq!(spec.layers.last().unwrap().output, vec![11]);
+        assert_eq!(spec.multiplicative_depth(), 5);
+        assert!(spec.is_he_friendly());
+        let relu = ModelConfig::default()
+            .with_activation(Activation::Relu)
+            .resolve([1, 28, 28], 11)
+            .unwrap();
+        assert!(!relu.is_he_friendly());
+        assert_eq!(relu.activation(), Some(Activation::Relu));
+    }
+
+    #[test]
+    fn pool_depth_and_bad_layouts() {
+        let mut cfg = ModelConfig {
+            layers: vec![
+                LayerConfig::Conv {
+                    channels: 4,
+                    kernel: 3,
+                    stride: 1,
+                    padding: 1,
+                },
+                LayerConfig::Act { kind: None },
+                LayerConfig::AvgPool {
+                    kernel: 2,
+                    stride: None,
+                },
+                LayerConfig::Dense { units: None },
+            ],
+            ..ModelConfig::default()
+        };
+        let spec = cfg.resolve([3, 8, 8], 2).unwrap();
+        assert_eq!(spec.layers[2].output, vec![4, 4, 4]);
+        assert_eq!(spec.multiplicative_depth(), 3); // conv + square + dense, pool folded
+        // Pool as the last image op before the end (nothing to fold into) costs a level.
+        cfg.layers.insert(
+            0,
+            LayerConfig::AvgPool {
+                kernel: 2,
+                stride: None,
+            },
+        );
+        cfg.layers.insert(1, LayerConfig::Act { kind: None });
+        assert_eq!(cfg.resolve([3, 8, 8], 2).unwrap().multiplicative_depth(), 5);
+
+        let bn_first = ModelConfig {
+            layers: vec![
+                LayerConfig::BatchNorm {
+                    momentum: 0.1,
+                    epsilon: 1e-5,
+                },
+                LayerConfig::Dense { units: None },
+            ],
+            ..ModelConfig::default()
+        };
+        assert!(matches!(
+            bn_first.resolve([1, 4, 4], 2),
+            Err(ClientError::Model(_))
+        ));
+        let no_dense = ModelConfig {
+            layers: vec![LayerConfig::Conv {
+                channels: 2,
+                kernel: 3,
+                stride: 1,
+                padding: 0,
+            }],
+            ..ModelConfig::default()
+        };
+        assert!(no_dense.resolve([1, 4, 4], 2).is_err());
+        let too_big = ModelConfig {
+            layers: vec![
+                LayerConfig::Conv {
+                    channels: 2,
+                    kernel: 9,
+                    stride: 1,
+                    padding: 0,
+                },
+                LayerConfig::Dense { units: None },
+            ],
+            ..ModelConfig::default()
+        };
+        assert!(too_big.resolve([1, 4, 4], 2).is_err());
+        let wrong_units = ModelConfig {
+            layers: vec![LayerConfig::Dense { units: Some(3) }],
+            ..ModelConfig::default()
+        };
+        assert!(wrong_units.resolve([1, 4, 4], 2).is_err());
+    }
+
+    #[test]
+    fn forward_shapes_for_every_activation() {
+        let device = Device::flex();
+        for a in [Activation::Square, Activation::Quadratic, Activation::Relu] {
+            let spec = ModelConfig::default()
+                .with_activation(a)
+                .resolve([3, 28, 28], 8)
+                .unwrap();
+            let net = Network::init(&spec, &device);
+            let y = net.forward(Tensor::zeros([2, 3, 28, 28], &device));
+            assert_eq!(y.dims(), [2, 8]);
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The hospital's own data: its part of the data set (the federation's partition, by its index),
+//! normalised with its own training statistics, and the network every hospital builds alike.
+
+use std::path::Path;
+
+use anyhow::Context;
+use client::data::Tensors;
+use client::model::NetworkSpec;
+use client::params::{ParamManifest, manifest};
+use datasets::{Normalizer, Task};
+
+use super::site::SiteConfig;
+
+pub struct LocalData {
+    pub train: Tensors,
+    pub val: Option<Tensors>,
+    pub test: Tensors,
+    pub class_names: Vec<String>,
+    pub spec: NetworkSpec,
+    pub manifest: ParamManifest,
+    /// Per value of the flat vector: trained by gradient (false for batch-norm statistics).
+    pub trainable: Vec<bool>,
+    pub normalizer: Normalizer,
+}
+
+pub fn load(cfg: &SiteConfig, base_dir: &Path) -> anyhow::Result<LocalData> {
+    let data =
+        datasets::load_dataset(&cfg.dataset, base_dir, false).context("loading the data set")?;
+    if data.info.task == Task::MultiLabel {
+        anyhow::bail!(
+            "{} is multi-label; the federation trains single-label classifiers",
+            data.info.name
+        );
+    }
+    let me = cfg.site.index as usize - 1;
+    let (train_set, val_set) = if !cfg.simulated_share() {
+        // a real site: all of its own data
+        (
+            data.train.clone(),
+            (!data.val.is_empty()).then(|| data.val.clone()),
+        )
+    } else {
+        let pcfg = cfg.partition_config()?;
+        let part = datasets::partition::partition(&data.train, &pcfg)
+            .context("partitioning the training split")?;
+        let mine = part
+            .indices
+            .get(me)
+            .context("no partition for this hospital")?;
+        (data.train.subset(mine), split_val(&data.val, &pcfg, me)?)
+    };
+    let normalizer = Normalizer::fit(&train_set).context("normalisation statistics")?;
+
+    let train = Tensors::new(&train_set, &normalizer)?;
+    let val = val_set.map(|v| Tensors::new(&v, &normalizer)).transpose()?;
+    let test = Tensors::new(&data.test, &normalizer)?;
+    let spec = cfg.model.resolve(train.shape, data.info.num_classes)?;
+    let manifest = manifest(&spec);
+    let mut trainable = vec![true; manifest.total];
+    for e in &manifest.entries {
+        trainable[e.offset..e.offset + e.len].fill(e.trainable);
+    }
+    tracing::info!(
+        dataset = %data.info.name,
+        train = train.len(),
+        val = val.as_ref().map(|v| v.len()).unwrap_or(0),
+        test = test.len(),
+        parameters = manifest.total,
+        "hospital {} data ready",
+        cfg.site.index
+    );
+    Ok(LocalData {
+        train,
+        val,
+        test,
+        class_names: data.info.class_names.clone(),
+        spec,
+        manifest,
+        trainable,
+        normalizer,
+    })
+}
+
+/// This hospital's share of the validation split, partitioned like the training split so each
+/// hospital validates on its own kind of images.
+fn split_val(
+    val: &datasets::ImageSet,
+    pcfg: &datasets::PartitionConfig,
+    me: usize,
+) -> anyhow::Result<Option<datasets::ImageSet>> {
+    if val.is_empty() {
+        return Ok(None);
+    }
+    let vcfg = datasets::PartitionConfig {
+        min_samples: 0,
+        ..pcfg.clone()
+    };
+    let vpart =
+        datasets::partition::partition(val, &vcfg).context("partitioning the validation split")?;
+    Ok(vpart
+        .indices
+        .get(me)
+        .filter(|v| !v.is_empty())
+        .map(|v| val.subset(v)))
+}

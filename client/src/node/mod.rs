@@ -1,0 +1,85 @@
+//! `client run`: the hospital node. It connects to the coordinator with its kit (mutual TLS over
+//! QUIC), takes part in setup (its key share, sealed Shamir shares of it, its threshold secret),
+//! then in every round: trains from the global model it holds, encrypts its update under the
+//! collective key and streams it up, contributes public-key-switching shares when asked, and
+//! decrypts the re-encrypted aggregate it receives, applies the server step, evaluates, and
+//! reports. It reconnects by itself when the connection drops.
+
+mod data;
+mod keys;
+mod server_opt;
+mod session;
+mod site;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tracing::{info, warn};
+
+pub use site::SiteConfig;
+
+use session::{Node, SessionEnd};
+
+/// Runs the node of `site` (a site TOML) with its outputs and state under `out`.
+pub fn run(site: &Path, out: &Path) -> anyhow::Result<()> {
+    let cfg = SiteConfig::load(site)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut node = Node::open(cfg, site, out).await?;
+        let patience = Duration::from_secs(node.cfg.node.reconnect_s);
+        let mut last_contact = Instant::now();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match node.connect().await {
+                Ok(link) => {
+                    backoff = Duration::from_millis(200);
+                    match node.session(&link).await {
+                        Ok(SessionEnd::Finished) => {
+                            link.close("finished");
+                            node.finish()?;
+                            return Ok(());
+                        }
+                        Ok(SessionEnd::Disconnected(reason)) => {
+                            warn!("disconnected: {reason}; reconnecting")
+                        }
+                        Err(e) => {
+                            link.close("error");
+                            warn!("session failed: {e:#}; reconnecting")
+                        }
+                    }
+                    last_contact = Instant::now();
+                }
+                Err(e) => {
+                    if last_contact.elapsed() > patience {
+                        bail!("no coordinator for {} s: {e}", patience.as_secs());
+                    }
+                    info!("coordinator not reachable yet: {e}");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    })
+}
+
+/// Where the node writes.
+#[derive(Clone, Debug)]
+pub struct NodeDirs {
+    pub out: PathBuf,
+    pub state: PathBuf,
+}
+
+impl NodeDirs {
+    pub fn new(out: &Path) -> Self {
+        Self {
+            out: out.to_path_buf(),
+            state: out.join("state"),
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The site TOML a hospital node runs from (written by `coordinator provision`): who it is,
+//! where the coordinator is, and the federation's shared sections, all validated strictly.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use client::model::ModelConfig;
+use client::train::TrainConfig;
+use datasets::{DatasetConfig, PartitionConfig};
+use protocol::FederationId;
+use serde::{Deserialize, Serialize};
+
+/// `[site]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSection {
+    /// This hospital's index (1-based; its certificate says the same).
+    pub index: u32,
+    /// Federation id (hex).
+    pub federation: String,
+    /// Federation name.
+    pub name: String,
+    /// Coordinator address (host:port).
+    pub coordinator: String,
+    /// Hospitals in the consortium.
+    pub hospitals: u32,
+    /// Hospitals needed to re-encrypt (t).
+    pub threshold: u32,
+    /// Directory of the kit (ca.pem, cert.pem, key.pem); default: the site TOML's folder.
+    #[serde(default)]
+    pub kit: Option<PathBuf>,
+}
+
+/// `[he]` (as the coordinator wrote it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeSettings {
+    pub plaintext: bool,
+    pub lambda: u32,
+    pub precision: f64,
+    pub max_update: f64,
+    pub max_total_weight: f64,
+}
+
+/// `[server]`: the server optimiser every hospital applies, identically, to the decrypted average.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerOptConfig {
+    /// `fedavg`, `fedavgm` or `fedadam`.
+    #[serde(default = "fedavg")]
+    pub optimizer: String,
+    /// Server learning rate (1 with fedavg is plain averaging).
+    #[serde(default = "one")]
+    pub lr: f64,
+    /// fedavgm momentum.
+    #[serde(default = "momentum")]
+    pub momentum: f64,
+    /// fedadam β1, β2, τ.
+    #[serde(default = "beta1")]
+    pub beta1: f64,
+    #[serde(default = "beta2")]
+    pub beta2: f64,
+    #[serde(default = "tau")]
+    pub epsilon: f64,
+}
+
+fn fedavg() -> String {
+    "fedavg".into()
+}
+fn one() -> f64 {
+    1.0
+}
+fn momentum() -> f64 {
+    0.9
+}
+fn beta1() -> f64 {
+    0.9
+}
+fn beta2() -> f64 {
+    0.99
+}
+fn tau() -> f64 {
+    1e-3
+}
+
+impl Default for ServerOptConfig {
+    fn default() -> Self {
+        Self {
+            optimizer: fedavg(),
+            lr: 1.0,
+            momentum: momentum(),
+            beta1: beta1(),
+            beta2: beta2(),
+            epsilon: tau(),
+        }
+    }
+}
+
+/// `[node]`: local settings of this hospital's node (optional).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    /// Evaluate the global model on the official test split every this many rounds (0: never).
+    #[serde(default = "one_u")]
+    pub test_every: u64,
+    /// Keep trying to reach the coordinator for this many seconds.
+    #[serde(default = "reconnect")]
+    pub reconnect_s: u64,
+}
+
+fn one_u() -> u64 {
+    1
+}
+fn reconnect() -> u64 {
+    600
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        Self {
+            test_every: 1,
+            reconnect_s: reconnect(),
+        }
+    }
+}
+
+/// A parsed site TOML.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    pub site: SiteSection,
+    pub he: HeSettings,
+    pub dataset: DatasetConfig,
+    #[serde(default)]
+    pub partition: Option<toml::Table>,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub server: ServerOptConfig,
+    #[serde(default)]
+    pub node: NodeSettings,
+}
+
+impl SiteConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let cfg: SiteConfig =
+            toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("in {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let s = &self.site;
+        if s.index == 0 || s.index > s.hospitals {
+            bail!("[site] index {} is not in 1..={}", s.index, s.hospitals);
+        }
+        if s.threshold == 0 || s.threshold > s.hospitals {
+            bail!(
+                "[site] threshold {} is not in 1..={}",
+                s.threshold,
+                s.hospitals
+            );
+        }
+        self.federation_id()?;
+        if !matches!(
+            self.server.optimizer.as_str(),
+            "fedavg" | "fedavgm" | "fedadam"
+        ) {
+            bail!(
+                "[server] optimizer = {:?}: use fedavg, fedavgm or fedadam",
+                self.server.optimizer
+            );
+        }
+        if !(self.server.lr > 0.0 && self.server.epsilon > 0.0) {
+            bail!("[server] lr and epsilon must be positive");
+        }
+        self.partition_config()?;
+        Ok(())
+    }
+
+    /// Whether this site simulates a share of a common data set (`[partition]` present) or
+    /// trains on all of its own data (a real deployment).
+    pub fn simulated_share(&self) -> bool {
+        self.partition.is_some()
+    }
+
+    pub fn federation_id(&self) -> anyhow::Result<FederationId> {
+        FederationId::from_hex(&self.site.federation)
+            .context("[site] federation is not 32 hex digits")
+    }
+
+    /// The partition of a common data set among the hospitals, when simulating.
+    pub fn partition_config(&self) -> anyhow::Result<PartitionConfig> {
+        let mut table = self.partition.clone().unwrap_or_default();
+        table
+            .entry("hospitals")
+            .or_insert((self.site.hospitals as i64).into());
+        let cfg: PartitionConfig = toml::Value::Table(table)
+            .try_into()
+            .context("in [partition]")?;
+        if cfg.hospitals != self.site.hospitals as usize {
+            bail!(
+                "[partition] hospitals = {} but the federation has {}",
+                cfg.hospitals,
+                self.site.hospitals
+            );
+        }
+        Ok(cfg)
+    }
+
+    /// The kit directory: `[site] kit`, else the site TOML's folder.
+    pub fn kit_dir(&self, site_path: &Path) -> PathBuf {
+        let base = site_path.parent().unwrap_or(Path::new("."));
+        match &self.site.kit {
+            Some(k) if k.is_absolute() => k.clone(),
+            Some(k) => base.join(k),
+            None => base.to_path_buf(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SITE: &str = r#"
+[site]
+index = 2
+federation = "0123456789abcdef0123456789abcdef"
+name = "t"
+coordinator = "127.0.0.1:7443"
+hospitals = 3
+threshold = 2
+
+[he]
+plaintext = false
+lambda = 40
+precision = 1e-6
+max_update = 64.0
+max_total_weight = 1e7
+
+[dataset]
+kind = "medmnist"
+name = "breastmnist"
+
+[partition]
+scheme = "dirichlet"
+alpha = 0.5
+seed = 7
+"#;
+
+    fn parse(text: &str) -> anyhow::Result<SiteConfig> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("site.toml");
+        std::fs::write(&p, text)?;
+        SiteConfig::load(&p)
+    }
+
+    #[test]
+    fn a_provisioned_site_parses_with_its_partition() {
+        let c = parse(SITE).unwrap();
+        assert_eq!(c.site.index, 2);
+        assert!(c.simulated_share());
+        assert_eq!(c.partition_config().unwrap().hospitals, 3);
+        assert_eq!(c.server.optimizer, "fedavg");
+        assert_eq!(
+            c.kit_dir(Path::new("/kits/h2/site.toml")),
+            PathBuf::from("/kits/h2")
+        );
+    }
+
+    #[test]
+    fn bad_sites_are_refused_with_the_reason() {
+        let err = |t: &str| format!("{:#}", parse(t).unwrap_err());
+        assert!(err(&SITE.replace("index = 2", "index = 4")).contains("index 4"));
+        assert!(
+            err(&SITE.replace("threshold = 2", "threshold = 2\ncolour = 1"))
+                .contains("unknown field")
+        );
+        assert!(err(&format!("{SITE}\n[server]\noptimizer = \"sgd\"")).contains("optimizer"));
+        assert!(
+            err(&SITE.replace("0123456789abcdef0123456789abcdef", "xyz")).contains("federation")
+        );
+        assert!(
+            err(&SITE.replace("alpha = 0.5", "alpha = 0.5\nhospitals = 5"))
+                .contains("hospitals = 5")
+        );
+    }
+}

@@ -1,0 +1,740 @@
+//! Local training and evaluation.
+//!
+//! [`train`] runs mini-batch training of a [`Network`] on [`Tensors`] with SGD, Adam or AdamW,
+//! a learning-rate schedule (constant, step, cosine; optional linear warm-up), weight decay,
+//! gradient-norm clipping, an optional FedProx proximal term, shift/flip/rotation/zoom
+//! augmentation and a
+//! progress bar. Everything random (shuffles, augmentation, initialisation) is seeded.
+//!
+//! Squares are kept from blowing up by normalising inputs with training statistics, batch-norm
+//! before each activation (folded away for inference), Kaiming-uniform initialisation and
+//! gradient clipping; a NaN/infinite loss stops training with [`ClientError::Diverged`].
+
+use std::time::Instant;
+
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::Module;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+use rand::seq::SliceRandom;
+
+use crate::data::{Augment, Tensors};
+use crate::error::ClientError;
+use crate::metrics::{EvalReport, evaluate_probs};
+use crate::model::{LayerParams, Network};
+use crate::params;
+
+/// Optimiser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// SGD with momentum (`momentum`, `nesterov`); `weight_decay` is L2 added to the gradient.
+    Sgd,
+    /// Adam (`beta1`, `beta2`, `eps`); `weight_decay` is L2 added to the gradient.
+    #[default]
+    Adam,
+    /// AdamW: Adam with decoupled `weight_decay`.
+    Adamw,
+}
+
+/// Learning-rate schedule over epochs (after warm-up).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// `lr` throughout.
+    Constant,
+    /// `lr · gamma^⌊epoch / step_epochs⌋`.
+    Step,
+    /// Cosine from `lr` to `min_lr` over the epochs (per batch).
+    #[default]
+    Cosine,
+}
+
+fn d_epochs() -> usize {
+    10
+}
+fn d_batch() -> usize {
+    128
+}
+fn d_lr() -> f64 {
+    1e-3
+}
+fn d_momentum() -> f64 {
+    0.9
+}
+fn d_beta1() -> f64 {
+    0.9
+}
+fn d_beta2() -> f64 {
+    0.999
+}
+fn d_eps() -> f64 {
+    1e-8
+}
+fn d_step() -> usize {
+    10
+}
+fn d_gamma() -> f64 {
+    0.1
+}
+
+/// The `[train]` table. Every key is optional.
+///
+/// ```toml
+/// [train]
+/// epochs = 10            # passes over the training data
+/// batch_size = 128
+/// optimizer = "adam"     # "sgd", "adam", "adamw"
+/// lr = 1e-3              # peak learning rate
+/// momentum = 0.9         # sgd only
+/// nesterov = false       # sgd only
+/// beta1 = 0.9            # adam/adamw
+/// beta2 = 0.999          # adam/adamw
+/// eps = 1e-8             # adam/adamw
+/// weight_decay = 0.0     # L2 (sgd, adam) or decoupled (adamw)
+/// schedule = "cosine"    # "constant", "step", "cosine"
+/// warmup_epochs = 0      # linear warm-up from lr/10 over these epochs
+/// step_epochs = 10       # step schedule: decay every this many epochs
+/// gamma = 0.1            # step schedule: decay factor
+/// min_lr = 0.0           # cosine schedule: final learning rate
+/// grad_clip = 5.0        # clip the global gradient L2 norm (omit: no clipping)
+/// fedprox_mu = 0.0       # FedProx: mu/2·‖w − w_global‖² (needs a global model)
+/// shift = 0              # augmentation: random shift of up to this many pixels
+/// hflip = false          # augmentation: random left-right mirror
+/// rotate = 0.0           # augmentation: random rotation of up to ± this many degrees
+/// scale = 0.0            # augmentation: random zoom by a factor in [1 − scale, 1 + scale]
+/// brightness = 0.0       # augmentation: random offset of up to ± this (normalised units)
+/// contrast = 0.0         # augmentation: random gain in [1 − contrast, 1 + contrast]
+/// label_smoothing = 0.0  # cross-entropy against (1 − ε)·one-hot + ε/classes
+/// seed = 0               # shuffling and augmentation
+/// ```
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Passes over the training data (default 10).
+    #[serde(default = "d_epochs")]
+    pub epochs: usize,
+    /// Images per batch (default 128).
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    /// `sgd`, `adam` (default) or `adamw`.
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+    /// Peak learning rate (default 1e-3).
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    /// SGD momentum (default 0.9).
+    #[serde(default = "d_momentum")]
+    pub momentum: f64,
+    /// SGD Nesterov momentum (default false).
+    #[serde(default)]
+    pub nesterov: bool,
+    /// Adam β₁ (default 0.9).
+    #[serde(default = "d_beta1")]
+    pub beta1: f64,
+    /// Adam β₂ (default 0.999).
+    #[serde(default = "d_beta2")]
+    pub beta2: f64,
+    /// Adam ε (default 1e-8).
+    #[serde(default = "d_eps")]
+    pub eps: f64,
+    /// Weight decay (default 0).
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// `constant`, `step` or `cosine` (default).
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Linear warm-up epochs (default 0).
+    #[serde(default)]
+    pub warmup_epochs: usize,
+    /// Step schedule period in epochs (default 10).
+    #[serde(default = "d_step")]
+    pub step_epochs: usize,
+    /// Step schedule factor (default 0.1).
+    #[serde(default = "d_gamma")]
+    pub gamma: f64,
+    /// Cosine floor (default 0).
+    #[serde(default)]
+    pub min_lr: f64,
+    /// Maximum global gradient L2 norm (default: none).
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
+    /// FedProx proximal coefficient μ (default 0: off).
+    #[serde(default)]
+    pub fedprox_mu: f64,
+    /// Random shift augmentation in pixels (default 0).
+    #[serde(default)]
+    pub shift: usize,
+    /// Random horizontal flip (default false).
+    #[serde(default)]
+    pub hflip: bool,
+    /// Random rotation of up to ± this many degrees (default 0).
+    #[serde(default)]
+    pub rotate: f64,
+    /// Random zoom by a factor in `[1 − scale, 1 + scale]` (default 0).
+    #[serde(default)]
+    pub scale: f64,
+    /// Random brightness offset of up to ± this, in normalised units (default 0).
+    #[serde(default)]
+    pub brightness: f64,
+    /// Random contrast gain in `[1 − contrast, 1 + contrast]` (default 0).
+    #[serde(default)]
+    pub contrast: f64,
+    /// Label smoothing ε (default 0).
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Seed of shuffling and augmentation (default 0).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        // An empty table takes every default; this cannot fail.
+        toml::from_str("").unwrap_or_else(|_| unreachable!("all keys have defaults"))
+    }
+}
+
+impl TrainConfig {
+    fn validate(&self) -> Result<(), ClientError> {
+        let bad = |m: String| Err(ClientError::invalid("[train]", m));
+        if self.batch_size == 0 {
+            return bad("batch_size must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad(format!("lr must be positive, got {}", self.lr));
+        }
+        if self.weight_decay < 0.0 || self.fedprox_mu < 0.0 || self.min_lr < 0.0 {
+            return bad("weight_decay, fedprox_mu and min_lr must be ≥ 0".into());
+        }
+        if !(0.0..=180.0).contains(&self.rotate) || !(0.0..1.0).contains(&self.scale) {
+            return bad("rotate must be in [0, 180] degrees and scale in [0, 1)".into());
+        }
+        if self.brightness < 0.0 || !(0.0..1.0).contains(&self.contrast) {
+            return bad("brightness must be ≥ 0 and contrast in [0, 1)".into());
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return bad("label_smoothing must be in [0, 1)".into());
+        }
+        if self.schedule == Schedule::Step && self.step_epochs == 0 {
+            return bad("step_epochs must be at least 1".into());
+        }
+        if let Some(c) = self.grad_clip
+            && c <= 0.0
+        {
+            return bad("grad_clip must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Learning rate at fractional epoch `t` (0 ≤ t < epochs).
+    pub fn lr_at(&self, t: f64) -> f64 {
+        let w = self.warmup_epochs as f64;
+        if t < w {
+            return self.lr * (0.1 + 0.9 * t / w);
+        }
+        let total = (self.epochs as f64 - w).max(1e-9);
+        let u = ((t - w) / total).clamp(0.0, 1.0);
+        match self.schedule {
+            Schedule::Constant => self.lr,
+            Schedule::Step => {
+                self.lr
+                    * self
+                        .gamma
+                        .powi(((t - w) / self.step_epochs as f64).floor() as i32)
+            }
+            Schedule::Cosine => {
+                self.min_lr
+                    + 0.5 * (self.lr - self.min_lr) * (1.0 + (std::f64::consts::PI * u).cos())
+            }
+        }
+    }
+
+    fn optimizer(&self) -> ModuleOptimizer {
+        let clip = self
+            .grad_clip
+            .map(|c| GradientClippingConfig::Norm(c as f32));
+        let wd =
+            (self.weight_decay > 0.0).then(|| WeightDecayConfig::new(self.weight_decay as f32));
+        match self.optimizer {
+            OptimizerKind::Sgd => SgdConfig::new()
+                .with_momentum((self.momentum > 0.0).then(|| {
+                    MomentumConfig::new()
+                        .with_momentum(self.momentum)
+                        .with_dampening(0.0)
+                        .with_nesterov(self.nesterov)
+                }))
+                .with_weight_decay(wd)
+                .with_gradient_clipping(clip)
+                .init(),
+            OptimizerKind::Adam => AdamConfig::new()
+                .with_beta_1(self.beta1 as f32)
+                .with_beta_2(self.beta2 as f32)
+                .with_epsilon(self.eps as f32)
+                .with_weight_decay(wd)
+                .with_grad_clipping(clip)
+                .init(),
+            OptimizerKind::Adamw => AdamWConfig::new()
+                .with_beta_1(self.beta1 as f32)
+                .with_beta_2(self.beta2 as f32)
+                .with_epsilon(self.eps as f32)
+                .with_weight_decay(self.weight_decay as f32)
+                .with_grad_clipping(clip)
+                .init(),
+        }
+    }
+}
+
+/// One epoch's numbers.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochStats {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss (cross-entropy, plus the proximal term when FedProx is on).
+    pub train_loss: f64,
+    /// Training accuracy on the (augmented) batches.
+    pub train_acc: f64,
+    /// Learning rate at the end of the epoch.
+    pub lr: f64,
+    /// Seconds spent training (excluding validation).
+    pub train_seconds: f64,
+    /// Training throughput.
+    pub images_per_s: f64,
+    /// Validation accuracy, if a validation set was given.
+    pub val_acc: Option<f64>,
+    /// Validation macro AUC.
+    pub val_auc: Option<f64>,
+    /// Validation loss.
+    pub val_loss: Option<f64>,
+}
+
+/// What [`train`] did.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainReport {
+    /// Per epoch.
+    pub epochs: Vec<EpochStats>,
+    /// Seconds spent training (excluding validation), all epochs.
+    pub train_seconds: f64,
+    /// Images processed per second of training.
+    pub images_per_s: f64,
+    /// The epoch whose weights were returned (the last, or the best on validation).
+    pub returned_epoch: usize,
+}
+
+/// Options of one training run besides the hyper-parameters.
+#[derive(Clone, Debug, Default)]
+pub struct TrainOptions<'a> {
+    /// Evaluated after every epoch when given.
+    pub val: Option<&'a Tensors>,
+    /// Class names for the validation report (defaults to indices).
+    pub class_names: Option<&'a [String]>,
+    /// Return the weights of the epoch with the best validation accuracy (needs `val`).
+    pub keep_best_on_val: bool,
+    /// FedProx anchor: the global model's flat vector (with `fedprox_mu > 0`).
+    pub global: Option<&'a [f32]>,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+fn scalar(t: Tensor<1>) -> f32 {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .ok()
+        .and_then(|v| v.first().copied())
+        .unwrap_or(f32::NAN)
+}
+
+/// Targets: one-hot rows, smoothed to `(1 − ε)·one-hot + ε/k`.
+fn one_hot(y: &[u32], k: usize, smoothing: f64) -> Vec<f32> {
+    let off = (smoothing / k as f64) as f32;
+    let on = (1.0 - smoothing) as f32 + off;
+    let mut v = vec![off; y.len() * k];
+    for (i, &l) in y.iter().enumerate() {
+        v[i * k + l as usize] = on;
+    }
+    v
+}
+
+/// Mean cross-entropy of `logits` against `one_hot` targets over a batch of `b`.
+fn cross_entropy(logits: Tensor<2>, one_hot: Tensor<2>, b: usize) -> Tensor<1> {
+    (log_softmax(logits, 1) * one_hot)
+        .sum()
+        .neg()
+        .div_scalar(b as f32)
+}
+
+fn proximal(net: &Network, anchor: &Network) -> Option<Tensor<1>> {
+    let mut acc: Option<Tensor<1>> = None;
+    let mut add = |t: Tensor<1>| {
+        acc = Some(match acc.take() {
+            Some(a) => a + t,
+            None => t,
+        })
+    };
+    for (p, g) in net.params.iter().zip(&anchor.params) {
+        match (p, g) {
+            (LayerParams::Conv(p), LayerParams::Conv(g)) => {
+                add((p.weight.val() - g.weight.val().detach())
+                    .powi_scalar(2)
+                    .sum());
+                add((p.bias.val() - g.bias.val().detach()).powi_scalar(2).sum());
+            }
+            (LayerParams::Dense(p), LayerParams::Dense(g)) => {
+                add((p.weight.val() - g.weight.val().detach())
+                    .powi_scalar(2)
+                    .sum());
+                add((p.bias.val() - g.bias.val().detach()).powi_scalar(2).sum());
+            }
+            (LayerParams::Norm(p), LayerParams::Norm(g)) => {
+                add((p.gamma.val() - g.gamma.val().detach())
+                    .powi_scalar(2)
+                    .sum());
+                add((p.beta.val() - g.beta.val().detach()).powi_scalar(2).sum());
+            }
+            (LayerParams::Quad(p), LayerParams::Quad(g)) => {
+                add((p.a.val() - g.a.val().detach()).powi_scalar(2).sum());
+                add((p.b.val() - g.b.val().detach()).powi_scalar(2).sum());
+            }
+            _ => {}
+        }
+    }
+    acc
+}
+
+fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {pos}/{len} batches {elapsed_precise} eta {eta} {msg}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(format!("epoch {epoch}/{epochs}"));
+    bar
+}
+
+/// Trains `net` (which must live on an autodiff device, e.g. `Device::flex().autodiff()`) on
+/// `data` and returns the trained network and a report.
+pub fn train(
+    mut net: Network,
+    data: &Tensors,
+    cfg: &TrainConfig,
+    opts: &TrainOptions<'_>,
+) -> Result<(Network, TrainReport), ClientError> {
+    cfg.validate()?;
+    if data.is_empty() {
+        return Err(ClientError::invalid("training data", "no images"));
+    }
+    if data.shape != net.spec.input {
+        return Err(ClientError::invalid(
+            "training data",
+            format!(
+                "images are {:?}, the network takes {:?}",
+                data.shape, net.spec.input
+            ),
+        ));
+    }
+    let k = net.spec.classes;
+    if let Some(&l) = data.y.iter().find(|&&l| l as usize >= k) {
+        return Err(ClientError::invalid(
+            "training data",
+            format!("label {l} but the network has {k} classes"),
+        ));
+    }
+    let device = net
+        .devices()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Device::flex().autodiff());
+    if !device.is_autodiff() {
+        return Err(ClientError::invalid(
+            "device",
+            "training needs the network on an autodiff device (Device::flex().autodiff())",
+        ));
+    }
+    let anchor = match (cfg.fedprox_mu > 0.0, opts.global) {
+        (true, Some(g)) => Some(params::network_from_flat(&net.spec, g, &device)?),
+        (true, None) => {
+            return Err(ClientError::invalid(
+                "[train] fedprox_mu",
+                "FedProx needs the global model (TrainOptions::global)",
+            ));
+        }
+        (false, _) => None,
+    };
+    let default_names: Vec<String>;
+    let names = match opts.class_names {
+        Some(n) => n,
+        None => {
+            default_names = (0..k).map(|i| i.to_string()).collect();
+            &default_names
+        }
+    };
+
+    let mut optim = cfg.optimizer();
+    let augment = Augment {
+        shift: cfg.shift,
+        hflip: cfg.hflip,
+        rotate: cfg.rotate,
+        scale: cfg.scale,
+        brightness: cfg.brightness,
+        contrast: cfg.contrast,
+    };
+    // Dropout draws from the backend's generator.
+    device.seed(cfg.seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let n = data.len();
+    let [c, h, w] = data.shape;
+    let mut order: Vec<usize> = (0..n).collect();
+    let batches: Vec<(usize, usize)> = {
+        let mut v = Vec::new();
+        let mut s = 0;
+        while s < n {
+            let e = (s + cfg.batch_size).min(n);
+            // A batch of one gives batch-norm no variance; fold it into the previous batch.
+            if e - s < 2 && !v.is_empty() {
+                if let Some(last) = v.last_mut() {
+                    let (a, _): (usize, usize) = *last;
+                    *last = (a, e);
+                }
+            } else {
+                v.push((s, e));
+            }
+            s = e;
+        }
+        v
+    };
+    let mut stats = Vec::with_capacity(cfg.epochs);
+    let mut total_train = 0.0;
+    let mut total_images = 0usize;
+    let mut best: Option<(f64, usize, Vec<f32>)> = None;
+    for epoch in 1..=cfg.epochs {
+        order.shuffle(&mut rng);
+        let bar = progress_bar(opts.progress, batches.len() as u64, epoch, cfg.epochs);
+        let start = Instant::now();
+        let mut loss_sum = 0.0f64;
+        let mut correct = 0usize;
+        let mut seen = 0usize;
+        let mut lr = cfg.lr;
+        for (bi, &(s, e)) in batches.iter().enumerate() {
+            let idx = &order[s..e];
+            let b = idx.len();
+            let aug = augment.is_active().then_some((&mut rng, &augment));
+            let (xb, yb) = data.batch(idx, aug);
+            let x = Tensor::<4>::from_data(TensorData::new(xb, [b, c, h, w]), &device);
+            let target = Tensor::<2>::from_data(
+                TensorData::new(one_hot(&yb, k, cfg.label_smoothing), [b, k]),
+                &device,
+            );
+            let logits = net.forward(x);
+            let ce = cross_entropy(logits.clone(), target, b);
+            let loss = match anchor.as_ref().and_then(|a| proximal(&net, a)) {
+                Some(p) => ce + p.mul_scalar((cfg.fedprox_mu / 2.0) as f32),
+                None => ce,
+            };
+            let loss_value = scalar(loss.clone());
+            if !loss_value.is_finite() {
+                bar.abandon();
+                return Err(ClientError::Diverged {
+                    epoch,
+                    batch: bi,
+                    loss: loss_value,
+                });
+            }
+            loss_sum += loss_value as f64 * b as f64;
+            // Accuracy of the batch from the logits already computed.
+            let pred = logits.detach().argmax(1).into_data();
+            if let Ok(p) = pred.convert::<i64>().try_to_vec::<i64>() {
+                correct += p.iter().zip(&yb).filter(|(p, y)| **p == **y as i64).count();
+            }
+            seen += b;
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            lr = cfg.lr_at((epoch - 1) as f64 + bi as f64 / batches.len() as f64);
+            net = optim.step(lr, net, grads);
+            bar.inc(1);
+            if bi % 10 == 0 {
+                let secs = start.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!(
+                    "loss {:.4} {:.0} img/s",
+                    loss_sum / seen as f64,
+                    seen as f64 / secs
+                ));
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        total_train += secs;
+        total_images += seen;
+        let mut st = EpochStats {
+            epoch,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_acc: correct as f64 / seen.max(1) as f64,
+            lr,
+            train_seconds: secs,
+            images_per_s: seen as f64 / secs.max(1e-9),
+            val_acc: None,
+            val_auc: None,
+            val_loss: None,
+        };
+        if let Some(val) = opts.val
+            && !val.is_empty()
+        {
+            let r = evaluate(&net, val, names)?;
+            st.val_acc = Some(r.accuracy);
+            st.val_auc = Some(r.macro_auc);
+            st.val_loss = Some(r.loss);
+            if opts.keep_best_on_val && best.as_ref().is_none_or(|(a, _, _)| r.accuracy > *a) {
+                best = Some((r.accuracy, epoch, params::to_flat(&net)));
+            }
+        }
+        tracing::info!(
+            epoch,
+            loss = format!("{:.4}", st.train_loss),
+            train_acc = format!("{:.4}", st.train_acc),
+            val_acc = st.val_acc.map(|v| format!("{v:.4}")).unwrap_or_default(),
+            val_auc = st.val_auc.map(|v| format!("{v:.4}")).unwrap_or_default(),
+            seconds = format!("{secs:.1}"),
+            images_per_s = format!("{:.0}", st.images_per_s),
+            "epoch done"
+        );
+        stats.push(st);
+    }
+    let mut returned_epoch = cfg.epochs;
+    if let Some((_, epoch, flat)) = best {
+        net = params::from_flat(net, &flat)?;
+        returned_epoch = epoch;
+    }
+    Ok((
+        net,
+        TrainReport {
+            epochs: stats,
+            train_seconds: total_train,
+            images_per_s: total_images as f64 / total_train.max(1e-9),
+            returned_epoch,
+        },
+    ))
+}
+
+/// Class probabilities (`n × classes`, row-major) of `data` under `net` (evaluated without
+/// autodiff, batch-norm with its running statistics).
+pub fn predict(net: &Network, data: &Tensors) -> Result<Vec<f32>, ClientError> {
+    if data.shape != net.spec.input {
+        return Err(ClientError::invalid(
+            "evaluation data",
+            format!(
+                "images are {:?}, the network takes {:?}",
+                data.shape, net.spec.input
+            ),
+        ));
+    }
+    let net = net.valid();
+    let device = net
+        .devices()
+        .into_iter()
+        .next()
+        .unwrap_or_else(Device::flex)
+        .without_autodiff();
+    let [c, h, w] = data.shape;
+    let k = net.spec.classes;
+    let mut out = Vec::with_capacity(data.len() * k);
+    let all: Vec<usize> = (0..data.len()).collect();
+    for chunk in all.chunks(512) {
+        let (xb, _) = data.batch(chunk, None);
+        let x = Tensor::<4>::from_data(TensorData::new(xb, [chunk.len(), c, h, w]), &device);
+        let p = softmax(net.forward(x), 1);
+        out.extend(
+            p.into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .map_err(|e| ClientError::invalid("evaluation", format!("{e:?}")))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Accuracy, AUC, per-class metrics and confusion matrix of `net` on `data`.
+pub fn evaluate(
+    net: &Network,
+    data: &Tensors,
+    class_names: &[String],
+) -> Result<EvalReport, ClientError> {
+    let probs = predict(net, data)?;
+    evaluate_probs(&probs, &data.y, class_names)
+}
+
+/// The compute device for training: `"cpu"` (burn's flex backend, all cores) or, in builds
+/// with the `cuda` feature, `"cuda"`/`"cuda:N"`. The returned device has autodiff enabled.
+pub fn select_device(name: &str) -> Result<Device, ClientError> {
+    match name.to_ascii_lowercase().as_str() {
+        "cpu" | "flex" => Ok(Device::flex().autodiff()),
+        #[cfg(feature = "cuda")]
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let index = s
+                .strip_prefix("cuda:")
+                .map(|i| i.parse::<usize>())
+                .transpose()
+                .map_err(|e| ClientError::Device(name.into(), e.to_string()))?
+                .unwrap_or(0);
+            Ok(Device::cuda(index).autodiff())
+        }
+        #[cfg(not(feature = "cuda"))]
+        s if s.starts_with("cuda") => Err(ClientError::Device(
+            name.into(),
+            "this build has no CUDA backend (rebuild with `--features cuda`)".into(),
+        )),
+        _ => Err(ClientError::Device(
+            name.into(),
+            "known devices: cpu, cuda[:N]".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules() {
+        let mut c = TrainConfig {
+            epochs: 10,
+            lr: 1.0,
+            ..TrainConfig::default()
+        };
+        assert!((c.lr_at(0.0) - 1.0).abs() < 1e-12);
+        assert!((c.lr_at(5.0) - 0.5).abs() < 1e-12);
+        assert!(c.lr_at(9.99) < 0.01);
+        c.schedule = Schedule::Step;
+        c.step_epochs = 3;
+        c.gamma = 0.5;
+        assert_eq!(c.lr_at(2.9), 1.0);
+        assert_eq!(c.lr_at(3.0), 0.5);
+        assert_eq!(c.lr_at(6.5), 0.25);
+        c.warmup_epochs = 2;
+        assert!((c.lr_at(0.0) - 0.1).abs() < 1e-12);
+        assert!((c.lr_at(1.0) - 0.55).abs() < 1e-12);
+        assert_eq!(c.lr_at(2.0), 1.0);
+    }
+
+    #[test]
+    fn config_rejects_unknown_and_bad_values() {
+        assert!(toml::from_str::<TrainConfig>("epocs = 3").is_err());
+        let c: TrainConfig = toml::from_str("batch_size = 0").unwrap();
+        assert!(c.validate().is_err());
+        let c: TrainConfig = toml::from_str("grad_clip = -1.0").unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn device_names() {
+        assert!(select_device("cpu").unwrap().is_autodiff());
+        assert!(matches!(select_device("tpu"), Err(ClientError::Device(..))));
+    }
+}

@@ -1,0 +1,198 @@
+//! The baseline command end to end (library and binary), and config errors.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use client::ClientError;
+use client::baseline::{BaselineConfig, run_baseline};
+
+fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let text = format!(
+        "[dataset]\nkind = \"medmnist\"\nname = \"breastmnist\"\noffline = true\ndata_dir = {:?}\n\
+         [train]\nepochs = 2\nbatch_size = 32\n{extra}\n[baseline]\nmax_train = 200\n",
+        common::data_dir().display().to_string()
+    );
+    let p = dir.join("cfg.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn baseline_writes_summary_and_tables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write_config(tmp.path(), "");
+    let cfg = BaselineConfig::load(&path).unwrap();
+    let out = tmp.path().join("out");
+    let o = run_baseline(&cfg, tmp.path(), &out, false).unwrap();
+    assert_eq!(o.summary.dataset, "breastmnist");
+    assert_eq!(o.summary.activation, "square");
+    assert_eq!(o.summary.epochs, 2);
+    assert_eq!(o.summary.train_images, 200);
+    assert_eq!(o.summary.test_images, 156);
+    assert!(o.summary.train_images_per_s > 0.0);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    for key in [
+        "dataset",
+        "activation",
+        "test_acc",
+        "test_auc",
+        "epochs",
+        "train_images_per_s",
+    ] {
+        assert!(json.get(key).is_some(), "summary.json lacks {key}");
+    }
+    assert_eq!(json["test_acc"].as_f64().unwrap(), o.test.accuracy);
+    for f in [
+        "test_per_class.csv",
+        "test_per_class.parquet",
+        "test_confusion.csv",
+        "test_confusion.parquet",
+        "val_per_class.csv",
+        "history.csv",
+        "history.parquet",
+        "model.f32",
+        "params.json",
+        "network.json",
+        "config.toml",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let history = std::fs::read_to_string(out.join("history.csv")).unwrap();
+    assert_eq!(history.lines().count(), 3);
+    // The exported network (batch-norm folded) reproduces the trained network's predictions.
+    let exp = client::export::ExportedNetwork::read_json(&out.join("network.json")).unwrap();
+    let data = common::load("breastmnist");
+    let norm = datasets::Normalizer {
+        mean: exp.network.normalization.mean.clone(),
+        std: exp.network.normalization.std.clone(),
+    };
+    let test = data.test.head(20);
+    let t = client::data::Tensors::new(&test, &norm).unwrap();
+    let probs = client::train::predict(&o.network, &t).unwrap();
+    for i in 0..test.len() {
+        let logits = exp.forward(&exp.normalise(test.image_bytes(i)));
+        let p1 = 1.0 / (1.0 + (logits[0] - logits[1]).exp());
+        assert!(
+            (p1 - probs[2 * i + 1]).abs() < 1e-3,
+            "{p1} vs {}",
+            probs[2 * i + 1]
+        );
+    }
+}
+
+#[test]
+fn unknown_config_keys_are_errors_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write_config(tmp.path(), "learning_rate = 0.1");
+    let err = BaselineConfig::load(&path).unwrap_err();
+    assert!(matches!(err, ClientError::Config { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("cfg.toml") && msg.contains("learning_rate"),
+        "{msg}"
+    );
+    let bad_layer = tmp.path().join("layer.toml");
+    std::fs::write(
+        &bad_layer,
+        "[dataset]\nkind = \"medmnist\"\nname = \"breastmnist\"\n[[model.layers]]\ntype = \"conv\"\nchannels = 4\nkernel = 3\ndilation = 2\n",
+    )
+    .unwrap();
+    let msg = BaselineConfig::load(&bad_layer).unwrap_err().to_string();
+    assert!(msg.contains("dilation"), "{msg}");
+}
+
+#[test]
+fn shipped_configs_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    for name in [
+        "baseline-organamnist.toml",
+        "baseline-bloodmnist.toml",
+        "baseline-breastmnist.toml",
+        "baseline-example.toml",
+    ] {
+        let cfg = BaselineConfig::load(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let spec = cfg.model.resolve([1, 28, 28], 11).unwrap();
+        assert!(spec.is_he_friendly(), "{name}");
+        assert!(spec.multiplicative_depth() <= 6, "{name}");
+    }
+}
+
+#[test]
+fn cli_baseline_and_bad_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write_config(tmp.path(), "");
+    let out = tmp.path().join("cli-out");
+    let status = Command::new(env!("CARGO_BIN_EXE_client"))
+        .args(["--quiet", "baseline"])
+        .arg(&path)
+        .arg("--out")
+        .arg(&out)
+        .args(["--activation", "relu", "--epochs", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        stdout.contains("images/s") && stdout.contains("per epoch"),
+        "{stdout}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(json["activation"], "relu");
+    assert_eq!(json["epochs"], 1);
+    assert_eq!(json["he_friendly"], false);
+
+    let bad = write_config(tmp.path(), "epocs = 3");
+    let o = Command::new(env!("CARGO_BIN_EXE_client"))
+        .args(["baseline"])
+        .arg(&bad)
+        .args(["--out"])
+        .arg(tmp.path().join("x"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cfg.toml") && err.contains("epocs"), "{err}");
+}
+
+#[test]
+fn cli_partition_prints_and_saves_the_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write_config(tmp.path(), "");
+    let out = tmp.path().join("part");
+    let o = Command::new(env!("CARGO_BIN_EXE_client"))
+        .args(["--quiet", "partition"])
+        .arg(&path)
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--hospitals",
+            "4",
+            "--scheme",
+            "dirichlet",
+            "--alpha",
+            "0.5",
+            "--seed",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("malignant") && stdout.contains("total"),
+        "{stdout}"
+    );
+    let csv = std::fs::read_to_string(out.join("partition_summary.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 6); // header, 4 hospitals, total
+    assert!(csv.contains("total,546,"));
+    let assign = std::fs::read_to_string(out.join("partition_assignment.csv")).unwrap();
+    assert_eq!(assign.lines().count(), 547);
+}

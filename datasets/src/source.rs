@@ -1,0 +1,304 @@
+//! Where a data set comes from (`[dataset]` in a TOML config) and loading it into three splits.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{DatasetError, Result};
+use crate::folder::{self, ImageShape, ManifestColumns, Split};
+use crate::image_set::{Dataset, DatasetInfo, ImageSet, Task};
+use crate::medmnist::{self, MedMnistOptions};
+use crate::partition::split_by_group;
+
+/// The `[dataset]` table. `kind` selects the source; unknown keys are rejected.
+///
+/// ```toml
+/// [dataset]
+/// kind = "medmnist"        # "medmnist", "folder" or "manifest"
+/// name = "organamnist"     # any 2D MedMNIST set
+/// size = 28                # 28, 64, 128 or 224
+/// # data_dir = "/data/medmnist"  # default: $HEAL_DATA_DIR, else ~/.cache/heal/medmnist
+/// offline = false          # true: never download (also HEAL_OFFLINE=1)
+/// verify_md5 = true        # check the file against the official md5 table
+/// ```
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DatasetConfig {
+    /// An official MedMNIST `.npz` file (official train/val/test splits).
+    Medmnist {
+        /// Data set name, e.g. `organamnist`, `bloodmnist`, `breastmnist`.
+        name: String,
+        /// Image size: 28 (default), 64, 128 or 224.
+        #[serde(default = "default_size")]
+        size: u32,
+        /// Data directory. Relative paths are relative to the config file's folder. Default:
+        /// `$HEAL_DATA_DIR`, else the per-user cache directory.
+        #[serde(default)]
+        data_dir: Option<PathBuf>,
+        /// Never download a missing file (also `HEAL_OFFLINE=1`).
+        #[serde(default)]
+        offline: bool,
+        /// Check the md5 against the official table (default true).
+        #[serde(default = "yes")]
+        verify_md5: bool,
+    },
+    /// A folder with one subfolder of PNG/JPEG images per class.
+    Folder {
+        /// The folder (relative to the config file's folder unless absolute).
+        root: PathBuf,
+        /// Target channels (1 or 3), height and width; images are converted and resized.
+        channels: usize,
+        /// Target height.
+        height: usize,
+        /// Target width.
+        width: usize,
+        /// Share of images held out for validation (default 0.1).
+        #[serde(default = "default_val")]
+        val_fraction: f64,
+        /// Share of images held out for testing (default 0.2).
+        #[serde(default = "default_test")]
+        test_fraction: f64,
+        /// Seed of the split.
+        #[serde(default)]
+        seed: u64,
+    },
+    /// A CSV manifest (path, label, optional patient/site/split columns).
+    Manifest {
+        /// The CSV file (relative to the config file's folder unless absolute).
+        path: PathBuf,
+        /// Column names (`[dataset.columns]`).
+        #[serde(default)]
+        columns: ManifestColumns,
+        /// Class names in label order (default: from the labels).
+        #[serde(default)]
+        class_names: Option<Vec<String>>,
+        /// Target channels (1 or 3).
+        channels: usize,
+        /// Target height.
+        height: usize,
+        /// Target width.
+        width: usize,
+        /// Without a split column: share held out for validation (default 0.1), by patient
+        /// when there is a patient column.
+        #[serde(default = "default_val")]
+        val_fraction: f64,
+        /// Without a split column: share held out for testing (default 0.2).
+        #[serde(default = "default_test")]
+        test_fraction: f64,
+        /// Seed of the split.
+        #[serde(default)]
+        seed: u64,
+    },
+}
+
+fn default_size() -> u32 {
+    28
+}
+fn yes() -> bool {
+    true
+}
+fn default_val() -> f64 {
+    0.1
+}
+fn default_test() -> f64 {
+    0.2
+}
+
+impl DatasetConfig {
+    /// A MedMNIST source with defaults (28 px, md5 checked, downloads allowed).
+    pub fn medmnist(name: &str) -> Self {
+        Self::Medmnist {
+            name: name.into(),
+            size: 28,
+            data_dir: None,
+            offline: false,
+            verify_md5: true,
+        }
+    }
+
+    /// Short name of the data set.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Medmnist { name, .. } => name.to_ascii_lowercase(),
+            Self::Folder { root, .. } => stem(root),
+            Self::Manifest { path, .. } => stem(path),
+        }
+    }
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dataset".into())
+}
+
+fn rel(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Loads the data set `cfg` describes; relative paths are resolved against `base_dir` (the
+/// config file's folder).
+pub fn load_dataset(cfg: &DatasetConfig, base_dir: &Path, progress: bool) -> Result<Dataset> {
+    match cfg {
+        DatasetConfig::Medmnist {
+            name,
+            size,
+            data_dir,
+            offline,
+            verify_md5,
+        } => medmnist::load(
+            name,
+            *size,
+            &MedMnistOptions {
+                data_dir: data_dir.as_ref().map(|d| rel(base_dir, d)),
+                offline: *offline || medmnist::offline_from_env(),
+                verify_md5: *verify_md5,
+                progress,
+                ..MedMnistOptions::default()
+            },
+        ),
+        DatasetConfig::Folder {
+            root,
+            channels,
+            height,
+            width,
+            val_fraction,
+            test_fraction,
+            seed,
+        } => {
+            let shape = ImageShape {
+                channels: *channels,
+                height: *height,
+                width: *width,
+            };
+            let (all, classes) = folder::read_class_folder(&rel(base_dir, root), shape)?;
+            let [tr, va, te] =
+                split_by_group(all.len(), None, *val_fraction, *test_fraction, *seed)?;
+            Ok(assemble(cfg.name(), classes, shape, &all, [tr, va, te]))
+        }
+        DatasetConfig::Manifest {
+            path,
+            columns,
+            class_names,
+            channels,
+            height,
+            width,
+            val_fraction,
+            test_fraction,
+            seed,
+        } => {
+            let shape = ImageShape {
+                channels: *channels,
+                height: *height,
+                width: *width,
+            };
+            let m = folder::read_manifest(
+                &rel(base_dir, path),
+                columns,
+                shape,
+                class_names.as_deref(),
+            )?;
+            let parts = match &m.splits {
+                Some(s) => {
+                    let pick = |want: Split| {
+                        s.iter()
+                            .enumerate()
+                            .filter(|(_, x)| **x == want)
+                            .map(|(i, _)| i)
+                            .collect::<Vec<_>>()
+                    };
+                    [pick(Split::Train), pick(Split::Val), pick(Split::Test)]
+                }
+                None => split_by_group(
+                    m.images.len(),
+                    m.images.patients(),
+                    *val_fraction,
+                    *test_fraction,
+                    *seed,
+                )?,
+            };
+            if parts[0].is_empty() {
+                return Err(DatasetError::BadManifest {
+                    path: rel(base_dir, path),
+                    message: "no training images".into(),
+                });
+            }
+            Ok(assemble(cfg.name(), m.class_names, shape, &m.images, parts))
+        }
+    }
+}
+
+fn assemble(
+    name: String,
+    classes: Vec<String>,
+    shape: ImageShape,
+    all: &ImageSet,
+    [tr, va, te]: [Vec<usize>; 3],
+) -> Dataset {
+    let task = if classes.len() == 2 {
+        Task::BinaryClass
+    } else {
+        Task::MultiClass
+    };
+    Dataset {
+        info: DatasetInfo {
+            name,
+            task,
+            num_classes: classes.len(),
+            class_names: classes,
+            channels: shape.channels,
+            height: shape.height,
+            width: shape.width,
+        },
+        train: all.subset(&tr),
+        val: all.subset(&va),
+        test: all.subset(&te),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Wrap {
+        dataset: DatasetConfig,
+    }
+
+    #[test]
+    fn parses_and_rejects_unknown_keys() {
+        let ok: Wrap = toml::from_str(
+            "[dataset]\nkind = \"medmnist\"\nname = \"breastmnist\"\noffline = true\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.dataset,
+            DatasetConfig::Medmnist {
+                name: "breastmnist".into(),
+                size: 28,
+                data_dir: None,
+                offline: true,
+                verify_md5: true
+            }
+        );
+        let bad = toml::from_str::<Wrap>(
+            "[dataset]\nkind = \"medmnist\"\nname = \"breastmnist\"\nofline = true\n",
+        );
+        let msg = bad.unwrap_err().to_string();
+        assert!(msg.contains("ofline"), "{msg}");
+        let m: Wrap = toml::from_str(
+            "[dataset]\nkind = \"manifest\"\npath = \"m.csv\"\nchannels = 1\nheight = 28\nwidth = 28\n[dataset.columns]\npatient = \"pid\"\n",
+        )
+        .unwrap();
+        match m.dataset {
+            DatasetConfig::Manifest { columns, .. } => {
+                assert_eq!(columns.patient.as_deref(), Some("pid"));
+                assert_eq!(columns.path, "path");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
