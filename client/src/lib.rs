@@ -1,7 +1,7 @@
 //! The hospital node of HEAL — the training half: an HE-friendly CNN family on burn, local
 //! training, the model as one flat `f32` vector (what gets encrypted and aggregated),
-//! evaluation metrics, export of a trained network for encrypted inference, and the
-//! centralised baseline.
+//! evaluation metrics, export of a trained network for encrypted inference, the requester's
+//! side of encrypted inference (`infer`), and the centralised baseline.
 //!
 //! Typical use by the federation layer:
 //!
@@ -23,6 +23,8 @@ pub mod baseline;
 pub mod data;
 pub mod error;
 pub mod export;
+pub mod infer;
+pub mod infer_model;
 pub mod metrics;
 pub mod model;
 pub mod params;

@@ -1,6 +1,7 @@
 //! `client`: the hospital node's command line: centralised baselines and partitions for
 //! researchers, and `run`, the node that takes part in a federation.
 
+mod infer_cmd;
 mod node;
 
 use std::path::{Path, PathBuf};
@@ -60,6 +61,63 @@ enum Command {
         /// Train on a random subset of this many images.
         #[arg(long)]
         max_train: Option<usize>,
+    },
+    /// Evaluate a trained network on encrypted images over a whole split (batched packing:
+    /// one image per slot) and compare with the plaintext network: agreement, accuracy, AUC,
+    /// throughput.
+    EvaluateEncrypted {
+        /// The exported network (`heal-network/1`, network.json of a training run).
+        #[arg(long)]
+        network: PathBuf,
+        /// MedMNIST data set.
+        #[arg(long, default_value = "organamnist")]
+        dataset: String,
+        /// Split: train, val or test.
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Only the first N images.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Images per batch (default: one per slot of a ciphertext).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Write the report as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// MedMNIST data directory (default: $HEAL_DATA_DIR, then the cache dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Smallest CKKS scale in bits (precision; default 30).
+        #[arg(long)]
+        min_scale_bits: Option<u32>,
+    },
+    /// Classify images encrypted under this hospital's own key: sent to the inference server
+    /// over the federation's mutual-TLS QUIC (or evaluated here with --local), decrypted here.
+    Infer {
+        /// PNG/JPEG files, or `dataset:split:index` (e.g. organamnist:test:123).
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Evaluate in this process with the weights of --network (no server).
+        #[arg(long)]
+        local: bool,
+        /// The exported network, for --local.
+        #[arg(long)]
+        network: Option<PathBuf>,
+        /// This hospital's site TOML (kit: certificate, CA, federation).
+        #[arg(long)]
+        site: Option<PathBuf>,
+        /// Inference server host:port (default: the coordinator's host, port 7446).
+        #[arg(long)]
+        server: Option<String>,
+        /// Write the outcome as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// MedMNIST data directory for dataset:split:index images.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Seconds the server gets for each step.
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
     },
     /// Split a data set's training split across simulated hospitals; print and save the
     /// per-hospital, per-class table.
@@ -122,6 +180,38 @@ fn main() -> Result<()> {
     let progress = !cli.quiet;
     match cli.command {
         Command::Run { site, out } => node::run(&site, &out)?,
+        Command::EvaluateEncrypted {
+            network,
+            dataset,
+            split,
+            limit,
+            batch,
+            json,
+            data_dir,
+            min_scale_bits,
+        } => infer_cmd::evaluate(
+            network,
+            dataset,
+            split,
+            limit,
+            batch,
+            json,
+            data_dir,
+            min_scale_bits,
+            progress,
+        )?,
+        Command::Infer {
+            images,
+            local,
+            network,
+            site,
+            server,
+            json,
+            data_dir,
+            timeout_s,
+        } => infer_cmd::infer(
+            images, local, network, site, server, json, data_dir, timeout_s,
+        )?,
         Command::Baseline {
             config,
             out,

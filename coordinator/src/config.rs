@@ -1,4 +1,5 @@
-//! The federation TOML: what the coordinator reads itself (`[federation]`, `[he]`) and the
+//! The federation TOML: what the coordinator reads itself (`[federation]`, `[he]`,
+//! `[coordinator]`) and the
 //! sections it passes on to every hospital's site TOML unread (`[dataset]`, `[partition]`,
 //! `[model]`, `[train]`, `[server]`, `[node]`): the hospital node validates those, strictly, at
 //! start.
@@ -93,6 +94,16 @@ impl Default for HeSection {
     }
 }
 
+/// `[coordinator]`: how the coordinator itself runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorSection {
+    /// Where ciphertexts are added: "auto" (a CUDA GPU when one loads, else the CPU), "cpu" or
+    /// "cuda" (a GPU or an error). `coordinator run --backend` overrides it.
+    #[serde(default)]
+    pub backend: he_agg::aggregate::BackendChoice,
+}
+
 /// The sections passed to hospitals as they are.
 pub const SITE_SECTIONS: [&str; 6] = ["dataset", "partition", "model", "train", "server", "node"];
 
@@ -101,6 +112,8 @@ pub const SITE_SECTIONS: [&str; 6] = ["dataset", "partition", "model", "train", 
 pub struct FederationConfig {
     pub federation: FederationSection,
     pub he: HeSection,
+    /// `[coordinator]`.
+    pub coordinator: CoordinatorSection,
     /// The hospital sections, as written.
     pub site_sections: toml::Table,
     /// `[simulate]`, read by `coordinator simulate` only.
@@ -153,6 +166,10 @@ impl FederationConfig {
             Some(v) => v.try_into().context("in [he]")?,
             None => HeSection::default(),
         };
+        let coordinator: CoordinatorSection = match table.remove("coordinator") {
+            Some(v) => v.try_into().context("in [coordinator]")?,
+            None => CoordinatorSection::default(),
+        };
         let simulate: SimulateSection = match table.remove("simulate") {
             Some(v) => v.try_into().context("in [simulate]")?,
             None => SimulateSection::default(),
@@ -161,7 +178,7 @@ impl FederationConfig {
         for (key, value) in table {
             if !SITE_SECTIONS.contains(&key.as_str()) {
                 bail!(
-                    "unknown section [{key}]: a federation config has [federation], [he], [simulate] and {}",
+                    "unknown section [{key}]: a federation config has [federation], [he], [coordinator], [simulate] and {}",
                     SITE_SECTIONS.map(|s| format!("[{s}]")).join(", ")
                 );
             }
@@ -176,6 +193,7 @@ impl FederationConfig {
         let cfg = Self {
             federation,
             he,
+            coordinator,
             site_sections,
             simulate,
         };
@@ -265,6 +283,24 @@ activation = "square"
         assert_eq!(c.min_hospitals(), 5);
         assert!(!c.he.plaintext);
         assert!(c.site_sections.contains_key("model"));
+        assert_eq!(
+            c.coordinator.backend,
+            he_agg::aggregate::BackendChoice::Auto
+        );
+    }
+
+    #[test]
+    fn the_backend_key_is_read_and_checked() {
+        let c = FederationConfig::from_toml(&format!("{OK}\n[coordinator]\nbackend = \"cpu\""))
+            .unwrap();
+        assert_eq!(c.coordinator.backend, he_agg::aggregate::BackendChoice::Cpu);
+        assert!(!c.site_sections.contains_key("coordinator"));
+        let e = FederationConfig::from_toml(&format!("{OK}\n[coordinator]\nbackend = \"gpu\""))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("in [coordinator]"), "{e:#}");
+        let e =
+            FederationConfig::from_toml(&format!("{OK}\n[coordinator]\ngpu = true")).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field `gpu`"), "{e:#}");
     }
 
     #[test]

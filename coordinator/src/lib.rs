@@ -4,6 +4,7 @@
 pub mod config;
 pub mod engine;
 pub mod he;
+pub mod inference;
 pub mod provision;
 pub mod server;
 pub mod simulate;

@@ -4,6 +4,7 @@
 //!     coordinator run --dir fed/coordinator
 //!     coordinator status --dir fed/coordinator
 //!     coordinator simulate configs/organamnist-5-hospitals.toml --out out/organamnist
+//!     coordinator serve-inference --dir fed/coordinator --model network.json
 
 use std::path::PathBuf;
 
@@ -11,6 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use coordinator::config::FederationConfig;
 use coordinator::server::{CoordinatorDir, Server};
+use he_agg::aggregate::BackendChoice;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -43,9 +45,10 @@ enum Command {
         /// Listen address (default: `listen` of the federation TOML).
         #[arg(long)]
         listen: Option<String>,
-        /// Where to add ciphertexts: auto (CUDA when a device is present), cpu, or cuda.
-        #[arg(long, default_value = "auto")]
-        backend: String,
+        /// Where to add ciphertexts: auto (CUDA when a device is present), cpu, or cuda
+        /// (default: `[coordinator] backend` of the federation TOML, itself "auto").
+        #[arg(long)]
+        backend: Option<BackendChoice>,
     },
     /// Print the federation, its hospitals, rounds and the audit log.
     Status {
@@ -66,6 +69,25 @@ enum Command {
         /// The same pipeline without homomorphic encryption, for comparison.
         #[arg(long)]
         plaintext: bool,
+        /// Where the coordinator adds ciphertexts: auto, cpu or cuda.
+        #[arg(long)]
+        backend: Option<BackendChoice>,
+    },
+    /// Serve a released model for encrypted inference (mode b): the federation's hospitals send
+    /// images encrypted under their own keys over mutual-TLS QUIC and get encrypted results.
+    ServeInference {
+        /// The coordinator directory made by `provision` (certificate, CA, roster).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The model: a `heal-network/1` export (client's network.json) or a network JSON.
+        #[arg(long)]
+        model: PathBuf,
+        /// Listen address.
+        #[arg(long, default_value = "0.0.0.0:7446")]
+        listen: String,
+        /// Most images in one request.
+        #[arg(long, default_value_t = 64)]
+        max_images: u32,
     },
 }
 
@@ -108,13 +130,7 @@ fn main() -> anyhow::Result<()> {
             backend,
         } => {
             let dir = CoordinatorDir { dir };
-            if !matches!(backend.as_str(), "auto" | "cpu" | "cuda") {
-                anyhow::bail!("--backend must be auto, cpu or cuda");
-            }
-            if backend == "cuda" {
-                tracing::warn!("no CUDA backend in this build: aggregating on the CPU");
-            }
-            let server = Server::open(&dir)?;
+            let server = Server::open_with_backend(&dir, backend)?;
             let cfg = FederationConfig::from_file(&dir.config())?;
             let addr = listen.unwrap_or(cfg.federation.listen);
             let addr: std::net::SocketAddr = addr
@@ -130,6 +146,15 @@ fn main() -> anyhow::Result<()> {
             config,
             out,
             plaintext,
-        } => coordinator::simulate::run(config.as_deref(), out, plaintext),
+            backend,
+        } => coordinator::simulate::run(config.as_deref(), out, plaintext, backend),
+        Command::ServeInference {
+            dir,
+            model,
+            listen,
+            max_images,
+        } => {
+            coordinator::inference::serve::run(&CoordinatorDir { dir }, &model, &listen, max_images)
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use he_agg::aggregate::{Aggregator, Backend, CpuBackend, Shape};
+use he_agg::aggregate::{Aggregator, Backend, BackendChoice, CpuBackend, Shape, select_backend};
 use he_agg::ckks::{Ciphertext, wire};
 use he_agg::multiparty::{PublicKeyGen, PublicKeySwitch, PublicKeySwitchShare, wire as shares};
 use protocol::link::{Incoming, accept_connection, listen};
@@ -25,6 +25,8 @@ use crate::he::HeSetup;
 use crate::provision::Roster;
 use crate::store::{PartyRecord, RoundRecord, Store, StoredResult, now_ms};
 
+/// Longest wait, once finished, for the hospitals to read `Finished` and hang up.
+const FINISH_DRAIN: Duration = Duration::from_secs(60);
 /// Most items a single update or share stream may announce (a 100M-parameter model).
 const MAX_ITEMS: u32 = 20_000;
 /// Largest plaintext item (values of one ciphertext's worth, f32).
@@ -92,7 +94,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Server {
     /// Loads a provisioned coordinator directory and its state (resuming after a restart).
     pub fn open(dir: &CoordinatorDir) -> anyhow::Result<Arc<Self>> {
+        Self::open_with_backend(dir, None)
+    }
+
+    /// [`Server::open`], aggregating on `backend` (default: `[coordinator] backend`).
+    pub fn open_with_backend(
+        dir: &CoordinatorDir,
+        backend: Option<BackendChoice>,
+    ) -> anyhow::Result<Arc<Self>> {
         let cfg = FederationConfig::from_file(&dir.config())?;
+        // plaintext rounds add floats: there is nothing for a GPU to do
+        let backend: Box<dyn Backend> = if cfg.he.plaintext {
+            Box::new(CpuBackend)
+        } else {
+            let choice = backend.unwrap_or(cfg.coordinator.backend);
+            select_backend(choice).with_context(|| format!("aggregation backend {choice}"))?
+        };
         let roster = Roster::read(&dir.roster())?;
         let federation = roster.federation_id()?;
         let store = Store::open(&dir.state(), federation).context("opening the state store")?;
@@ -141,7 +158,7 @@ impl Server {
             federation,
             store,
             he,
-            backend: Box::new(CpuBackend),
+            backend,
             engine: Mutex::new(engine),
             links: Mutex::new(HashMap::new()),
             round: Mutex::new(RoundData::default()),
@@ -185,9 +202,18 @@ impl Server {
             }
         }
         ticker.abort();
-        // let the last messages reach the hospitals before closing
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        endpoint.close(0u32.into(), b"finished");
+        // Let the last messages reach the hospitals: each closes its link once it has read
+        // `Finished` (a busy one may still be evaluating); bounded so a silent peer cannot hold
+        // the coordinator, which then closes with a reason that also says "finished".
+        let drained = async {
+            while !lock(&self.links).is_empty() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        if tokio::time::timeout(FINISH_DRAIN, drained).await.is_err() {
+            warn!("hospitals still connected after {FINISH_DRAIN:?}: closing anyway");
+        }
+        endpoint.close(0u32.into(), protocol::error::FINISHED_REASON);
         endpoint.wait_idle().await;
         info!("finished");
         Ok(())
@@ -406,6 +432,10 @@ impl Server {
                 }
                 Err(ProtocolError::Connection(reason)) => {
                     info!(hospital = h, "connection ended: {reason}");
+                    break;
+                }
+                Err(ProtocolError::PeerFinished) => {
+                    info!(hospital = h, "the hospital hung up after the end");
                     break;
                 }
                 Err(e) => {

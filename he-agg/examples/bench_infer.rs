@@ -8,7 +8,9 @@
 //!     ANCHOR_ONLY=mnist ../shared/bench/anchors/run.sh anchors
 //!     cargo run --release -p he-agg --example bench_infer -- --anchors anchors --json infer.json
 //!
-//! Options: `--model FILE` (a `heal-network/1` JSON from `client`; default: random weights),
+//! Options: `--network FILE` (a trained network: `client`'s `heal-network/1` export, e.g.
+//! `network.json` of a training run, or a bare `he_agg::infer::Network` JSON; default: random
+//! weights; `--model` is the same),
 //! `--reps N` (timed repetitions per latency figure, default 10), `--batch N` (images in the
 //! batched run, default one full batch), `--log-n L` (force the ring degree 2^L for the default
 //! network; TenSEAL's architecture always gets the policy's choice), `--min-scale-bits B`,
@@ -61,7 +63,7 @@ fn parse_args() -> Result<Args, String> {
         match a.as_str() {
             "--anchors" => args.anchors = Some(value("--anchors")?.into()),
             "--json" => args.json = Some(value("--json")?.into()),
-            "--model" => args.model = Some(value("--model")?.into()),
+            "--network" | "--model" => args.model = Some(value("--network")?.into()),
             "--reps" => {
                 args.reps = value("--reps")?
                     .parse()
@@ -90,7 +92,7 @@ fn parse_args() -> Result<Args, String> {
             "--skip-mode-a" => args.skip_mode_a = true,
             "-h" | "--help" => {
                 println!(
-                    "bench_infer [--anchors DIR] [--json FILE] [--model FILE] [--reps N] \
+                    "bench_infer [--anchors DIR] [--json FILE] [--network FILE] [--reps N] \
                      [--batch N] [--log-n L] [--min-scale-bits B] [--skip-batched] [--skip-mode-a]"
                 );
                 std::process::exit(0);
@@ -186,13 +188,22 @@ fn tenseal_network() -> Network {
     .expect("TenSEAL's architecture is valid")
 }
 
-/// A `heal-network/1` JSON written by `client` (same layer semantics as [`Network`]).
+/// A network file: client's `heal-network/1` export (`{"format", "class_names", "network"}`) or
+/// a bare `he_agg::infer::Network` JSON (`{"input", "normalization", "layers"}`), read with the
+/// same field names as the serde form of [`Network`] and validated by [`Network::new`].
 fn load_model(path: &PathBuf) -> Result<Network, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    if v["format"] != "heal-network/1" {
-        return Err(format!("{}: not a heal-network/1 file", path.display()));
-    }
+    let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v = match doc.get("format") {
+        Some(f) if f == "heal-network/1" => &doc["network"],
+        Some(f) => {
+            return Err(format!(
+                "{}: format {f}, not heal-network/1",
+                path.display()
+            ));
+        }
+        None => &doc,
+    };
     let usize_of = |x: &Value, what: &str| -> Result<usize, String> {
         x.as_u64()
             .map(|n| n as usize)
@@ -209,18 +220,17 @@ fn load_model(path: &PathBuf) -> Result<Network, String> {
             })
             .collect()
     };
-    let shape = |x: &Value, what: &str| -> Result<[usize; 3], String> {
-        let a = x.as_array().ok_or(format!("{what} is not an array"))?;
+    let input = {
+        let a = v["input"].as_array().ok_or("input is not an array")?;
         if a.len() != 3 {
-            return Err(format!("{what} is not [c, h, w]"));
+            return Err("input is not [c, h, w]".into());
         }
-        Ok([
-            usize_of(&a[0], what)?,
-            usize_of(&a[1], what)?,
-            usize_of(&a[2], what)?,
-        ])
+        [
+            usize_of(&a[0], "input")?,
+            usize_of(&a[1], "input")?,
+            usize_of(&a[2], "input")?,
+        ]
     };
-    let input = shape(&v["input"], "input")?;
     let mut layers = Vec::new();
     for (i, l) in v["layers"]
         .as_array()
@@ -229,28 +239,25 @@ fn load_model(path: &PathBuf) -> Result<Network, String> {
         .enumerate()
     {
         let what = format!("layer {i}");
+        let field = |name: &str| usize_of(&l[name], &format!("{what}: {name}"));
         layers.push(match l["type"].as_str().unwrap_or("") {
-            "conv2d" => {
-                let inp = shape(&l["input"], &what)?;
-                let out = shape(&l["output"], &what)?;
-                Layer::Conv2d(Conv2d {
-                    in_channels: inp[0],
-                    out_channels: out[0],
-                    kernel: usize_of(&l["kernel"], &what)?,
-                    stride: usize_of(&l["stride"], &what)?,
-                    padding: usize_of(&l["padding"], &what)?,
-                    weight: floats(&l["weight"], &what)?,
-                    bias: floats(&l["bias"], &what)?,
-                })
-            }
+            "conv2d" => Layer::Conv2d(Conv2d {
+                in_channels: field("in_channels")?,
+                out_channels: field("out_channels")?,
+                kernel: field("kernel")?,
+                stride: field("stride")?,
+                padding: field("padding")?,
+                weight: floats(&l["weight"], &what)?,
+                bias: floats(&l["bias"], &what)?,
+            }),
             "avg-pool2d" => Layer::AvgPool2d {
-                kernel: usize_of(&l["kernel"], &what)?,
-                stride: usize_of(&l["stride"], &what)?,
+                kernel: field("kernel")?,
+                stride: field("stride")?,
             },
             "flatten" => Layer::Flatten,
             "dense" => Layer::Dense(Dense {
-                in_features: usize_of(&l["in_features"], &what)?,
-                out_features: usize_of(&l["out_features"], &what)?,
+                in_features: field("in_features")?,
+                out_features: field("out_features")?,
                 weight: floats(&l["weight"], &what)?,
                 bias: floats(&l["bias"], &what)?,
             }),
@@ -267,11 +274,15 @@ fn load_model(path: &PathBuf) -> Result<Network, String> {
         });
     }
     let net = Network::new(input, layers).map_err(|e| e.to_string())?;
-    net.with_normalization(
-        floats(&v["input_mean"], "input_mean")?,
-        floats(&v["input_std"], "input_std")?,
-    )
-    .map_err(|e| e.to_string())
+    match v.get("normalization") {
+        Some(n) if !n.is_null() => net
+            .with_normalization(
+                floats(&n["mean"], "normalization mean")?,
+                floats(&n["std"], "normalization std")?,
+            )
+            .map_err(|e| e.to_string()),
+        _ => Ok(net),
+    }
 }
 
 /// Normalised random images (uniform pixels).

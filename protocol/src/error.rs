@@ -26,17 +26,32 @@ pub enum ProtocolError {
     Connection(String),
     #[error("the peer presented a certificate this consortium does not know")]
     UnknownPeer,
+    /// The coordinator closed the connection because the federation is finished.
+    #[error("the peer closed the connection: the federation is finished")]
+    PeerFinished,
 }
+
+/// Close reason the coordinator gives when the federation is finished: a node that misses the
+/// final `Finished` message still learns from the close that there is nothing to reconnect to.
+pub const FINISHED_REASON: &[u8] = b"finished";
 
 impl From<quinn::ConnectionError> for ProtocolError {
     fn from(e: quinn::ConnectionError) -> Self {
-        ProtocolError::Connection(e.to_string())
+        match &e {
+            quinn::ConnectionError::ApplicationClosed(c) if &c.reason[..] == FINISHED_REASON => {
+                ProtocolError::PeerFinished
+            }
+            _ => ProtocolError::Connection(e.to_string()),
+        }
     }
 }
 
 impl From<quinn::WriteError> for ProtocolError {
     fn from(e: quinn::WriteError) -> Self {
-        ProtocolError::Connection(e.to_string())
+        match e {
+            quinn::WriteError::ConnectionLost(c) => c.into(),
+            other => ProtocolError::Connection(other.to_string()),
+        }
     }
 }
 

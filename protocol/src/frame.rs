@@ -16,10 +16,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
-        let n = r
-            .read(&mut len[got..])
-            .await
-            .map_err(|e| ProtocolError::Connection(e.to_string()))?;
+        let n = r.read(&mut len[got..]).await.map_err(io_error)?;
         if n == 0 {
             return if got == 0 {
                 Ok(None)
@@ -36,7 +33,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     let mut buf = vec![0u8; size];
     r.read_exact(&mut buf).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => ProtocolError::Truncated,
-        _ => ProtocolError::Connection(e.to_string()),
+        _ => io_error(e),
     })?;
     Ok(Some(buf))
 }
@@ -52,12 +49,8 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
             size: payload.len(),
             limit: MAX_FRAME,
         })?;
-    w.write_all(&len.to_le_bytes())
-        .await
-        .map_err(|e| ProtocolError::Connection(e.to_string()))?;
-    w.write_all(payload)
-        .await
-        .map_err(|e| ProtocolError::Connection(e.to_string()))?;
+    w.write_all(&len.to_le_bytes()).await.map_err(io_error)?;
+    w.write_all(payload).await.map_err(io_error)?;
     Ok(())
 }
 
@@ -90,5 +83,25 @@ mod tests {
             read_frame(&mut [5u8, 0, 0, 0, 1].as_slice(), 16).await,
             Err(ProtocolError::Truncated)
         ));
+    }
+}
+
+/// An I/O error of a QUIC stream, keeping why the connection ended (quinn wraps its stream
+/// errors in `io::Error`), so a peer's "finished" close is told apart from a failure.
+fn io_error(e: std::io::Error) -> ProtocolError {
+    let text = e.to_string();
+    match e
+        .into_inner()
+        .map(|inner| inner.downcast::<quinn::ReadError>())
+    {
+        Some(Ok(r)) => match *r {
+            quinn::ReadError::ConnectionLost(c) => c.into(),
+            other => ProtocolError::Connection(other.to_string()),
+        },
+        Some(Err(inner)) => match inner.downcast::<quinn::WriteError>() {
+            Ok(w) => (*w).into(),
+            Err(_) => ProtocolError::Connection(text),
+        },
+        None => ProtocolError::Connection(text),
     }
 }

@@ -6,7 +6,8 @@
 //! - [`frame`]: length-prefixed frames, sizes checked before anything is allocated;
 //! - [`tls`]: TLS 1.3 with mutual authentication against the consortium CA (rustls, ring);
 //! - [`link`]: QUIC endpoints (quinn) and a connection that sends and receives framed messages,
-//!   each on its own stream, large payloads item by item.
+//!   each on its own stream, large payloads item by item;
+//! - [`inference`]: the headers of encrypted inference requests and results.
 //!
 //! Nothing here knows what a ciphertext is: payloads are opaque bytes the receiver validates
 //! with `he_agg`'s decoders.
@@ -14,6 +15,7 @@
 pub mod error;
 pub mod frame;
 pub mod identity;
+pub mod inference;
 pub mod link;
 pub mod message;
 pub mod pki;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ProtocolError;
 use crate::identity::{FederationId, Party};
+use crate::inference::{InferRequest, InferResult, ModelInfo};
 
 pub const PROTOCOL_VERSION: u16 = 1;
 
@@ -118,6 +119,16 @@ pub enum Body {
     Finished,
     /// The coordinator refused a message (logged on both sides).
     Refused { reason: String },
+
+    // ----- encrypted inference (requester ↔ inference server, see `inference`) -----
+    /// What model is served?
+    InferInfoRequest,
+    /// The served model's architecture, classes and plan fingerprint.
+    InferInfo(ModelInfo),
+    /// Header of a request stream: keys, then the encrypted images.
+    Infer(InferRequest),
+    /// Header of a result stream: one ciphertext per image.
+    InferResult(InferResult),
 }
 
 impl Body {
@@ -139,6 +150,10 @@ impl Body {
             Body::RoundResult { .. } => "round-result",
             Body::Finished => "finished",
             Body::Refused { .. } => "refused",
+            Body::InferInfoRequest => "infer-info-request",
+            Body::InferInfo(_) => "infer-info",
+            Body::Infer(_) => "infer",
+            Body::InferResult(_) => "infer-result",
         }
     }
 }

@@ -178,3 +178,48 @@ async fn certificates_outside_the_consortium_are_refused() {
     );
     drop(stranger);
 }
+
+/// A node that was busy when the coordinator said `Finished` and hung up learns from the close
+/// reason that the federation is over (and does not reconnect forever); any other close is a
+/// plain connection error.
+#[tokio::test]
+async fn a_finished_close_is_told_apart_from_a_failure() {
+    let s = setup();
+    let endpoint = listen("127.0.0.1:0".parse().unwrap(), &s.coordinator).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let roster = s.roster.clone();
+    let server = tokio::spawn(async move {
+        for reason in ["finished", "error"] {
+            let incoming = endpoint.accept().await.unwrap();
+            let link = accept_connection(incoming, FED, &roster).await.unwrap();
+            link.accept().await.unwrap();
+            link.close(reason);
+        }
+    });
+    let client = async {
+        let mut ends = Vec::new();
+        for _ in 0..2 {
+            let link = connect(addr, &s.hospital, FED, 1).await.unwrap();
+            link.send(0, Body::SetupDone).await.unwrap();
+            ends.push(link.accept().await.map(|_| ()));
+        }
+        ends
+    };
+    let ends = tokio::time::timeout(Duration::from_secs(20), async {
+        let (srv, ends) = tokio::join!(server, client);
+        srv.unwrap();
+        ends
+    })
+    .await
+    .expect("bounded");
+    assert!(
+        matches!(ends[0], Err(ProtocolError::PeerFinished)),
+        "{:?}",
+        ends[0]
+    );
+    assert!(
+        matches!(ends[1], Err(ProtocolError::Connection(_))),
+        "{:?}",
+        ends[1]
+    );
+}

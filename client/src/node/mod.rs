@@ -48,6 +48,11 @@ pub fn run(site: &Path, out: &Path) -> anyhow::Result<()> {
                         Ok(SessionEnd::Disconnected(reason)) => {
                             warn!("disconnected: {reason}; reconnecting")
                         }
+                        Err(e) if peer_finished(&e) => {
+                            info!("the coordinator closed: the federation is finished");
+                            node.finish()?;
+                            return Ok(());
+                        }
                         Err(e) => {
                             link.close("error");
                             warn!("session failed: {e:#}; reconnecting")
@@ -65,6 +70,17 @@ pub fn run(site: &Path, out: &Path) -> anyhow::Result<()> {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+    })
+}
+
+/// Whether `e` says the coordinator hung up because the federation is finished (the node may
+/// have been busy when the final `Finished` message came).
+fn peer_finished(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<protocol::error::ProtocolError>(),
+            Some(protocol::error::ProtocolError::PeerFinished)
+        )
     })
 }
 

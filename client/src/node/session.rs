@@ -190,6 +190,10 @@ impl Node {
                 Err(ProtocolError::Connection(reason)) => {
                     return Ok(SessionEnd::Disconnected(reason));
                 }
+                Err(ProtocolError::PeerFinished) => {
+                    info!(round = self.state.round, "the coordinator closed: finished");
+                    return Ok(SessionEnd::Finished);
+                }
                 Err(e) => {
                     warn!("ignored a message: {e}");
                     continue;
@@ -219,8 +223,11 @@ impl Node {
                         );
                     }
                     info!(?phase, "welcomed");
-                    if phase == Phase::Setup {
-                        self.start_setup(link).await?;
+                    match phase {
+                        Phase::Setup => self.start_setup(link).await?,
+                        // a node that reconnects after the end (it missed `Finished`)
+                        Phase::Finished { .. } => return Ok(SessionEnd::Finished),
+                        Phase::Training { .. } => {}
                     }
                 }
                 Body::SetupKeys {

@@ -22,10 +22,12 @@ use crate::server::CoordinatorDir;
 pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/organamnist-5-hospitals.toml");
 
 /// Runs the simulation described by `config_path` (default: [`DEFAULT_CONFIG`]).
+/// `backend`, when given, replaces the config's `[coordinator] backend`.
 pub fn run(
     config_path: Option<&Path>,
     out: Option<PathBuf>,
     plaintext: bool,
+    backend: Option<he_agg::aggregate::BackendChoice>,
 ) -> anyhow::Result<()> {
     let (text, config_path) = match config_path {
         Some(p) => (
@@ -56,6 +58,14 @@ pub fn run(
         he.as_table_mut()
             .context("[he] must be a table")?
             .insert("plaintext".into(), true.into());
+    }
+    if let Some(backend) = backend {
+        let c = doc
+            .entry("coordinator")
+            .or_insert_with(|| toml::Table::new().into());
+        c.as_table_mut()
+            .context("[coordinator] must be a table")?
+            .insert("backend".into(), backend.to_string().into());
     }
     let text = toml::to_string(&doc)?;
     let cfg = FederationConfig::from_toml(&text)

@@ -79,16 +79,28 @@ impl Backend for CpuBackend {
         ctx: &Arc<CkksContext>,
         shape: Shape,
     ) -> Result<Box<dyn Accumulator>, AggregateError> {
-        let n = ctx.n();
-        let moduli = (0..shape.level).map(|i| *ctx.rlwe().q_modulus(i)).collect();
-        Ok(Box::new(CpuAccumulator {
-            n,
-            level: shape.level,
-            parts: shape.degree + 1,
-            moduli,
-            data: vec![0; (shape.degree + 1) * shape.level * n],
-        }))
+        let words = (shape.degree + 1) * shape.level * ctx.n();
+        Ok(cpu_accumulator_from(ctx, shape, vec![0; words]))
     }
+}
+
+/// A CPU accumulator that starts from a partial sum (reduced words in the accumulator's
+/// layout): where a GPU accumulator continues after its device failed.
+pub(crate) fn cpu_accumulator_from(
+    ctx: &Arc<CkksContext>,
+    shape: Shape,
+    data: Vec<u64>,
+) -> Box<dyn Accumulator> {
+    let n = ctx.n();
+    debug_assert_eq!(data.len(), (shape.degree + 1) * shape.level * n);
+    let moduli = (0..shape.level).map(|i| *ctx.rlwe().q_modulus(i)).collect();
+    Box::new(CpuAccumulator {
+        n,
+        level: shape.level,
+        parts: shape.degree + 1,
+        moduli,
+        data,
+    })
 }
 
 struct CpuAccumulator {

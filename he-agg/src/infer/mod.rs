@@ -38,6 +38,7 @@
 //! # Ok(()) }
 //! ```
 
+mod architecture;
 mod batched;
 mod diagonals;
 mod error;
@@ -52,6 +53,7 @@ mod reference;
 #[cfg(test)]
 mod tests;
 
+pub use architecture::{ArchLayer, Architecture, MAX_LAYERS, MAX_SKELETON_WEIGHTS};
 pub use batched::{BatchedModel, BatchedSpec};
 pub use error::{InferError, NetworkError};
 pub use model::Model;

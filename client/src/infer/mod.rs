@@ -1,0 +1,28 @@
+//! Encrypted inference, the requester's side and the evaluation command.
+//!
+//! - [`requester`]: keys under the requester's own secret (exactly the plan's Galois steps),
+//!   images encoded and encrypted in the plan's layout, results decrypted and decoded; the plan
+//!   is compiled from the server's architecture and checked by fingerprint;
+//! - [`images`]: what `client infer` takes: PNG/JPEG files or `dataset:split:index`;
+//! - [`local`]: the same request evaluated in this process (`client infer --local`);
+//! - [`remote`]: the request over the federation's QUIC/mTLS link to a mode (b) server;
+//! - [`outcome`]: per-image results, timings and sizes, printed and written as JSON;
+//! - [`evaluate`]: `client evaluate-encrypted`, batched encrypted inference over a whole test
+//!   split compared with the plaintext network (agreement, accuracy, AUC, throughput).
+
+pub mod error;
+pub mod evaluate;
+pub mod images;
+pub mod local;
+pub mod outcome;
+pub mod remote;
+pub mod requester;
+
+pub use error::InferenceError;
+pub use evaluate::{EvaluateOptions, EvaluationReport, evaluate_encrypted};
+pub use images::{ImageArg, LoadedImage, load_images};
+pub use outcome::{ImageResult, InferOutcome};
+pub use requester::Requester;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,160 @@
+//! The requester of mode (b): compiles the server's plan from its architecture (no weights),
+//! makes keys under its own secret — a relinearization key if the plan multiplies ciphertexts
+//! and Galois keys for exactly the plan's rotations — encrypts images in the plan's layout and
+//! decrypts the results. The secret key never leaves this struct.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use he_agg::ckks::{CkksContext, SecretKey, wire};
+use he_agg::infer::{
+    Architecture, EvaluationKeys, InferencePlan, InferenceSpec, Network, ParamPolicy,
+};
+use protocol::inference::InferRequest;
+
+use super::error::InferenceError;
+
+/// Keys and plan of one requester.
+pub struct Requester {
+    spec: InferenceSpec,
+    ctx: Arc<CkksContext>,
+    sk: SecretKey,
+    keys: EvaluationKeys,
+    /// What the skeleton (or the real network) normalises with and its shapes.
+    network: Network,
+    /// Time spent compiling the plan and generating the keys.
+    pub setup: Duration,
+}
+
+impl std::fmt::Debug for Requester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Requester")
+            .field("fingerprint", &super::error::short_hex(&self.fingerprint()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Requester {
+    /// From the server's architecture: the plan of a skeleton network (placeholder weights),
+    /// which a server with the real weights compiles identically (compare fingerprints).
+    pub fn for_architecture(arch: &Architecture) -> Result<Self, InferenceError> {
+        let t = Instant::now();
+        let skeleton = arch.skeleton()?;
+        let plan = InferencePlan::new(&skeleton, &ParamPolicy::default())?;
+        Self::from_plan(&plan, skeleton, t)
+    }
+
+    fn from_plan(
+        plan: &InferencePlan,
+        network: Network,
+        started: Instant,
+    ) -> Result<Self, InferenceError> {
+        let spec = plan.spec().clone();
+        let ctx = CkksContext::new(spec.parameters().clone())?;
+        let mut kg = ctx
+            .key_generator()
+            .map_err(|e| InferenceError::Rng(e.to_string()))?;
+        let sk = kg.secret_key();
+        let keys = spec.generate_keys(&mut kg, &sk);
+        Ok(Self {
+            spec,
+            ctx,
+            sk,
+            keys,
+            network,
+            setup: started.elapsed(),
+        })
+    }
+
+    pub fn spec(&self) -> &InferenceSpec {
+        &self.spec
+    }
+    pub fn context(&self) -> &Arc<CkksContext> {
+        &self.ctx
+    }
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.spec.fingerprint()
+    }
+    /// The evaluation keys (for an in-process evaluation).
+    pub fn evaluation_keys(&self) -> &EvaluationKeys {
+        &self.keys
+    }
+
+    /// Checks the server's fingerprint against the plan compiled here.
+    pub fn check_fingerprint(&self, server: &[u8; 32]) -> Result<(), InferenceError> {
+        let local = self.fingerprint();
+        if &local != server {
+            return Err(InferenceError::FingerprintMismatch {
+                local: super::error::short_hex(&local),
+                server: super::error::short_hex(server),
+            });
+        }
+        Ok(())
+    }
+
+    /// Normalised CHW input of an image given as HWC bytes in the network's input shape.
+    pub fn normalize(&self, hwc: &[u8]) -> Result<Vec<f32>, InferenceError> {
+        Ok(self.network.normalize_hwc(hwc)?)
+    }
+
+    /// The network's input shape `[c, h, w]`.
+    pub fn input(&self) -> [usize; 3] {
+        self.network.input()
+    }
+
+    /// The key items of a request, in protocol order: the relinearization key (if the plan
+    /// needs one), then one Galois key per planned rotation.
+    pub fn key_items(&self) -> Vec<Vec<u8>> {
+        let mut items = Vec::with_capacity(1 + self.spec.galois_steps().len());
+        if let Some(rlk) = &self.keys.relinearization {
+            items.push(wire::encode_relinearization_key(&self.ctx, rlk));
+        }
+        let rl = self.ctx.rlwe();
+        for &step in self.spec.galois_steps() {
+            let g = rl.galois_element_for_rotation(step);
+            if let Some(key) = self.keys.galois.get(g) {
+                items.push(wire::encode_galois_key(&self.ctx, key));
+            }
+        }
+        items
+    }
+
+    /// The header of a request for `images` images.
+    pub fn header(&self, request_id: u64, images: u32) -> InferRequest {
+        InferRequest {
+            request_id,
+            fingerprint: self.fingerprint(),
+            relinearization: self.keys.relinearization.is_some(),
+            galois_keys: self.spec.galois_steps().len() as u32,
+            images,
+        }
+    }
+
+    /// One normalised image encoded in the plan's layout and encrypted under the secret key
+    /// (a seeded ciphertext: half the bytes of a full one).
+    pub fn encrypt(&self, input: &[f32]) -> Result<Vec<u8>, InferenceError> {
+        let pt = self.spec.encode_input(&self.ctx, input)?;
+        let mut enc = self.ctx.sk_encryptor(&self.sk)?;
+        Ok(wire::encode_seeded_ciphertext(
+            &self.ctx,
+            &enc.encrypt_seeded(&pt),
+        ))
+    }
+
+    /// The logits in an encrypted result (validated: parameters, sizes, residues).
+    pub fn decrypt(&self, bytes: &[u8]) -> Result<Vec<f64>, InferenceError> {
+        let ct =
+            wire::decode_ciphertext(&self.ctx, bytes).map_err(|source| InferenceError::Wire {
+                what: "the encrypted result",
+                source,
+            })?;
+        let pt = self.ctx.decryptor(&self.sk)?.decrypt(&ct);
+        let logits = self.spec.decode_output(&self.ctx, &pt)?;
+        if logits.iter().any(|v| !v.is_finite()) {
+            return Err(InferenceError::BadAnswer(
+                "the decrypted logits are not finite".into(),
+            ));
+        }
+        Ok(logits)
+    }
+}

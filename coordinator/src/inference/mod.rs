@@ -1,0 +1,21 @@
+//! Mode (b) encrypted inference: a named server holds the consortium's released model in the
+//! clear and evaluates it on images encrypted under each requester's own key.
+//!
+//! - [`model`]: the served model (a `heal-network/1` export or a bare `he_agg::infer::Network`
+//!   JSON), compiled once into its plan, with what requesters are told about it;
+//! - [`handler`]: sans-IO request handling: a request header is checked against the plan before
+//!   anything is allocated, every item is decoded and checked as it arrives, and only a complete,
+//!   valid request is evaluated;
+//! - [`serve`]: the thin tokio shell over the federation's QUIC/mTLS links
+//!   (`coordinator serve-inference`).
+
+pub mod handler;
+pub mod model;
+pub mod serve;
+
+pub use handler::{PendingRequest, ReadyRequest, Refusal, Response};
+pub use model::{ModelError, ServedModel};
+pub use serve::{InferenceServer, ServeOptions};
+
+#[cfg(test)]
+mod tests;

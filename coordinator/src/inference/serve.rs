@@ -1,0 +1,239 @@
+//! The tokio shell of the inference server: accepts the federation's mTLS QUIC connections
+//! (hospitals known to the roster), answers model-information requests, feeds request streams
+//! item by item to the sans-IO [`handler`](super::handler), evaluates complete requests on a
+//! blocking thread and streams the results back. Every request and every refusal is logged with
+//! the requester's identity.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use protocol::link::{Link, accept_connection, listen};
+use protocol::tls::TlsFiles;
+use protocol::{Body, FederationId, Incoming, Party};
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use super::handler::Refusal;
+use super::model::ServedModel;
+
+/// How the server runs.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Requests received and evaluated at once (each holds its requester's keys in memory).
+    pub concurrent_requests: usize,
+    /// Time a requester gets to deliver each item.
+    pub item_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            concurrent_requests: 2,
+            item_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A mode (b) inference server.
+pub struct InferenceServer {
+    model: Arc<ServedModel>,
+    federation: FederationId,
+    roster: HashMap<String, Party>,
+    tls: TlsFiles,
+    options: ServeOptions,
+    slots: Semaphore,
+}
+
+impl InferenceServer {
+    pub fn new(
+        model: ServedModel,
+        federation: FederationId,
+        roster: HashMap<String, Party>,
+        tls: TlsFiles,
+        options: ServeOptions,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            model: Arc::new(model),
+            federation,
+            roster,
+            tls,
+            slots: Semaphore::new(options.concurrent_requests.max(1)),
+            options,
+        })
+    }
+
+    pub fn model(&self) -> &Arc<ServedModel> {
+        &self.model
+    }
+
+    /// Binds the QUIC endpoint (port 0: any free port; see `local_addr`).
+    pub fn bind(&self, addr: SocketAddr) -> anyhow::Result<protocol::quinn::Endpoint> {
+        listen(addr, &self.tls).with_context(|| format!("listening on {addr}"))
+    }
+
+    /// Serves connections until the endpoint is closed.
+    pub async fn serve(self: Arc<Self>, endpoint: protocol::quinn::Endpoint) -> anyhow::Result<()> {
+        let spec = self.model.plan().spec();
+        info!(
+            addr = %endpoint.local_addr()?,
+            model = %self.model.info().name,
+            n = spec.parameters().n(),
+            depth = spec.depth(),
+            galois_keys = spec.galois_steps().len(),
+            "serving encrypted inference (mode b)"
+        );
+        while let Some(incoming) = endpoint.accept().await {
+            let server = self.clone();
+            tokio::spawn(async move {
+                match accept_connection(incoming, server.federation, &server.roster).await {
+                    Ok(link) => {
+                        let link = link.with_timeout(server.options.item_timeout);
+                        info!(peer = %link.peer(), addr = %link.remote_address(), "requester connected");
+                        server.connection(link).await;
+                    }
+                    Err(e) => warn!("connection refused: {e}"),
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn connection(self: Arc<Self>, link: Link) {
+        loop {
+            let incoming = match link.accept().await {
+                Ok(i) => i,
+                Err(e) => {
+                    info!(peer = %link.peer(), "requester gone: {e}");
+                    return;
+                }
+            };
+            let kind = incoming.envelope.body.kind();
+            let outcome = match &incoming.envelope.body {
+                Body::InferInfoRequest => link
+                    .send(0, Body::InferInfo(self.model.info().clone()))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Body::Infer(_) => self.request(&link, incoming).await,
+                _ => Err(Refusal::Unexpected(kind).to_string()),
+            };
+            if let Err(reason) = outcome {
+                warn!(peer = %link.peer(), message = kind, "refused: {reason}");
+                if let Err(e) = link.send(0, Body::Refused { reason }).await {
+                    info!(peer = %link.peer(), "cannot tell the requester: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One request: header, items, evaluation, result stream. `Err` carries the refusal.
+    async fn request(&self, link: &Link, mut incoming: Incoming) -> Result<(), String> {
+        let Body::Infer(header) = &incoming.envelope.body else {
+            return Err("not an inference request".into());
+        };
+        let header = header.clone();
+        let peer = link.peer();
+        info!(
+            %peer,
+            request = header.request_id,
+            images = header.images,
+            galois_keys = header.galois_keys,
+            "inference request"
+        );
+        let mut pending = self.model.begin(&header).map_err(|e| e.to_string())?;
+        let _permit = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| "the server is shutting down".to_string())?;
+        while pending.remaining() > 0 {
+            match incoming.next_item().await {
+                Ok(Some(item)) => pending.push(&item).map_err(|e| e.to_string())?,
+                Ok(None) => break,
+                Err(e) => return Err(format!("reading the request: {e}")),
+            }
+        }
+        // anything after the announced items is refused too
+        if pending.remaining() == 0 {
+            match incoming.next_item().await {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    return Err(Refusal::TooManyItems {
+                        announced: header.items(),
+                    }
+                    .to_string());
+                }
+                Err(e) => return Err(format!("reading the request: {e}")),
+            }
+        }
+        let ready = pending.finish().map_err(|e| e.to_string())?;
+        let response = tokio::task::spawn_blocking(move || ready.evaluate())
+            .await
+            .map_err(|e| format!("evaluation task failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let mut out = link
+            .open(
+                0,
+                Body::InferResult(protocol::inference::InferResult {
+                    request_id: response.request_id,
+                    evaluate_us: response.evaluate.as_micros() as u64,
+                    validate_us: response.validate.as_micros() as u64,
+                    count: response.ciphertexts.len() as u32,
+                }),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        for ct in &response.ciphertexts {
+            out.item(ct).await.map_err(|e| e.to_string())?;
+        }
+        let bytes = out.finish().await.map_err(|e| e.to_string())?;
+        info!(
+            %peer,
+            request = header.request_id,
+            images = response.ciphertexts.len(),
+            evaluate_ms = response.evaluate.as_millis() as u64,
+            bytes,
+            "inference answered"
+        );
+        Ok(())
+    }
+}
+
+/// `coordinator serve-inference`: the coordinator directory's certificate and roster, the model
+/// at `model`, until interrupted.
+pub fn run(
+    dir: &crate::server::CoordinatorDir,
+    model: &std::path::Path,
+    listen_addr: &str,
+    max_images: u32,
+) -> anyhow::Result<()> {
+    let roster = crate::provision::Roster::read(&dir.roster())
+        .with_context(|| format!("reading the roster in {}", dir.dir.display()))?;
+    let federation = roster.federation_id()?;
+    let t = std::time::Instant::now();
+    let served = ServedModel::load(model, max_images)?;
+    info!(
+        model = %model.display(),
+        seconds = t.elapsed().as_secs_f64(),
+        "model compiled"
+    );
+    let addr: SocketAddr = listen_addr
+        .parse()
+        .with_context(|| format!("listen address {listen_addr}"))?;
+    let server = InferenceServer::new(
+        served,
+        federation,
+        roster.parties(),
+        dir.tls(),
+        ServeOptions::default(),
+    );
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let endpoint = server.bind(addr)?;
+        server.serve(endpoint).await
+    })
+}

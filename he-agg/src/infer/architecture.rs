@@ -1,0 +1,310 @@
+//! A network's architecture without its weights: what a requester needs to compile the server's
+//! plan and so its [`InferenceSpec`](super::InferenceSpec) (input layout, levels, Galois steps):
+//! the layer kinds and shapes, the input normalisation and, for a quadratic activation, only
+//! whether it is linear (a = 0 changes the plan; the values of a and b do not).
+//!
+//! A server describes its model with [`Network::architecture`]; the requester rebuilds a
+//! [`Architecture::skeleton`] network (deterministic positive weights) and compiles it. The
+//! skeleton's plan equals the real one unless some real weights cancel exactly (a diagonal that
+//! vanishes): both sides compare [`InferenceSpec::fingerprint`](super::InferenceSpec::fingerprint)s,
+//! so a mismatch is refused, never evaluated.
+
+use super::error::NetworkError;
+use super::network::{Conv2d, Dense, Layer, Network, Normalization};
+
+/// Most layers an architecture read from outside may have.
+pub const MAX_LAYERS: usize = 64;
+/// Most weights (all layers together) a skeleton may hold: bounds what a description read from
+/// outside can make a requester allocate (64 MB of `f32`).
+pub const MAX_SKELETON_WEIGHTS: usize = 1 << 24;
+
+/// One layer, without weights.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)
+)]
+pub enum ArchLayer {
+    Conv2d {
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    },
+    AvgPool2d {
+        kernel: usize,
+        stride: usize,
+    },
+    Flatten,
+    Dense {
+        in_features: usize,
+        out_features: usize,
+    },
+    Square,
+    /// a·x² + b·x; `linear` when a = 0.
+    Quadratic {
+        linear: bool,
+    },
+}
+
+/// A network's shape: input, normalisation, layers.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(deny_unknown_fields)
+)]
+pub struct Architecture {
+    pub input: [usize; 3],
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub normalization: Option<Normalization>,
+    pub layers: Vec<ArchLayer>,
+}
+
+/// Deterministic weights in [0.5, 1.5): positive, so composed maps never cancel.
+fn filler(len: usize, salt: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| {
+            let h = (i as u64 ^ ((salt as u64) << 40)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            0.5 + (h >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect()
+}
+
+impl Network {
+    /// The architecture of this network (no weights).
+    pub fn architecture(&self) -> Architecture {
+        Architecture {
+            input: self.input(),
+            normalization: self.normalization().cloned(),
+            layers: self
+                .layers()
+                .iter()
+                .map(|l| match l {
+                    Layer::Conv2d(c) => ArchLayer::Conv2d {
+                        in_channels: c.in_channels,
+                        out_channels: c.out_channels,
+                        kernel: c.kernel,
+                        stride: c.stride,
+                        padding: c.padding,
+                    },
+                    Layer::AvgPool2d { kernel, stride } => ArchLayer::AvgPool2d {
+                        kernel: *kernel,
+                        stride: *stride,
+                    },
+                    Layer::Flatten => ArchLayer::Flatten,
+                    Layer::Dense(d) => ArchLayer::Dense {
+                        in_features: d.in_features,
+                        out_features: d.out_features,
+                    },
+                    Layer::Square => ArchLayer::Square,
+                    Layer::Quadratic { a, .. } => ArchLayer::Quadratic { linear: *a == 0.0 },
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Architecture {
+    /// A network of this architecture with placeholder weights, validated like any other (and
+    /// refused when larger than [`MAX_LAYERS`] / [`MAX_SKELETON_WEIGHTS`]).
+    pub fn skeleton(&self) -> Result<Network, NetworkError> {
+        if self.layers.len() > MAX_LAYERS {
+            return Err(NetworkError::TooLarge {
+                layer: MAX_LAYERS,
+                what: "number of layers",
+                value: self.layers.len(),
+            });
+        }
+        // sizes first, with overflow checks, before anything is allocated
+        let mut total = 0usize;
+        for (i, l) in self.layers.iter().enumerate() {
+            let n = match l {
+                ArchLayer::Conv2d {
+                    in_channels,
+                    out_channels,
+                    kernel,
+                    ..
+                } => [*in_channels, *out_channels, *kernel, *kernel]
+                    .iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))
+                    .and_then(|w| w.checked_add(*out_channels)),
+                ArchLayer::Dense {
+                    in_features,
+                    out_features,
+                } => in_features
+                    .checked_mul(*out_features)
+                    .and_then(|w| w.checked_add(*out_features)),
+                _ => Some(0),
+            };
+            total = n
+                .and_then(|n| total.checked_add(n))
+                .filter(|&t| t <= MAX_SKELETON_WEIGHTS)
+                .ok_or(NetworkError::TooLarge {
+                    layer: i,
+                    what: "weights of the architecture",
+                    value: usize::MAX,
+                })?;
+        }
+        let layers = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| match *l {
+                ArchLayer::Conv2d {
+                    in_channels,
+                    out_channels,
+                    kernel,
+                    stride,
+                    padding,
+                } => Layer::Conv2d(Conv2d {
+                    in_channels,
+                    out_channels,
+                    kernel,
+                    stride,
+                    padding,
+                    weight: filler(out_channels * in_channels * kernel * kernel, 2 * i),
+                    bias: filler(out_channels, 2 * i + 1),
+                }),
+                ArchLayer::AvgPool2d { kernel, stride } => Layer::AvgPool2d { kernel, stride },
+                ArchLayer::Flatten => Layer::Flatten,
+                ArchLayer::Dense {
+                    in_features,
+                    out_features,
+                } => Layer::Dense(Dense {
+                    in_features,
+                    out_features,
+                    weight: filler(in_features * out_features, 2 * i),
+                    bias: filler(out_features, 2 * i + 1),
+                }),
+                ArchLayer::Square => Layer::Square,
+                ArchLayer::Quadratic { linear } => Layer::Quadratic {
+                    a: if linear { 0.0 } else { 1.0 },
+                    b: 1.0,
+                },
+            })
+            .collect();
+        let net = Network::new(self.input, layers)?;
+        match &self.normalization {
+            Some(n) => net.with_normalization(n.mean.clone(), n.std.clone()),
+            None => Ok(net),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{InferencePlan, ParamPolicy};
+    use super::*;
+
+    /// conv → quadratic → pool → dense → square → dense, weights of either sign.
+    fn small_network_for(seed: u64) -> Network {
+        let mut s = seed;
+        let mut next = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+                })
+                .collect()
+        };
+        Network::new(
+            [2, 6, 6],
+            vec![
+                Layer::Conv2d(Conv2d {
+                    in_channels: 2,
+                    out_channels: 3,
+                    kernel: 3,
+                    stride: 1,
+                    padding: 1,
+                    weight: next(54),
+                    bias: next(3),
+                }),
+                Layer::Quadratic { a: 0.3, b: 0.8 },
+                Layer::AvgPool2d {
+                    kernel: 2,
+                    stride: 2,
+                },
+                Layer::Flatten,
+                Layer::Dense(Dense {
+                    in_features: 27,
+                    out_features: 12,
+                    weight: next(27 * 12),
+                    bias: next(12),
+                }),
+                Layer::Square,
+                Layer::Dense(Dense {
+                    in_features: 12,
+                    out_features: 5,
+                    weight: next(60),
+                    bias: next(5),
+                }),
+            ],
+        )
+        .unwrap()
+        .with_normalization(vec![0.5, 0.4], vec![0.2, 0.3])
+        .unwrap()
+    }
+
+    #[test]
+    fn a_skeleton_compiles_to_the_real_networks_spec() {
+        for seed in [1, 2, 3] {
+            let net = small_network_for(seed);
+            let arch = net.architecture();
+            let skel = arch.skeleton().unwrap();
+            assert_eq!(skel.architecture(), arch);
+            assert_ne!(skel, net, "the weights are placeholders");
+            let policy = ParamPolicy::default();
+            let real = InferencePlan::new(&net, &policy).unwrap();
+            let fake = InferencePlan::new(&skel, &policy).unwrap();
+            assert_eq!(real.spec().fingerprint(), fake.spec().fingerprint());
+        }
+    }
+
+    #[test]
+    fn oversized_or_malformed_architectures_are_refused() {
+        let huge = Architecture {
+            input: [1, 8, 8],
+            normalization: None,
+            layers: vec![
+                ArchLayer::Flatten,
+                ArchLayer::Dense {
+                    in_features: 64,
+                    out_features: usize::MAX / 2,
+                },
+            ],
+        };
+        assert!(matches!(
+            huge.skeleton(),
+            Err(NetworkError::TooLarge { .. })
+        ));
+        let many = Architecture {
+            input: [1, 2, 2],
+            normalization: None,
+            layers: vec![ArchLayer::Square; MAX_LAYERS + 1],
+        };
+        assert!(matches!(
+            many.skeleton(),
+            Err(NetworkError::TooLarge { .. })
+        ));
+        let mismatched = Architecture {
+            input: [1, 8, 8],
+            normalization: None,
+            layers: vec![
+                ArchLayer::Flatten,
+                ArchLayer::Dense {
+                    in_features: 63,
+                    out_features: 2,
+                },
+            ],
+        };
+        assert!(matches!(
+            mismatched.skeleton(),
+            Err(NetworkError::ShapeMismatch { .. })
+        ));
+    }
+}
