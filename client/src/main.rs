@@ -119,6 +119,42 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         timeout_s: u64,
     },
+    /// Serve the web portal: sign-in, diagnosis of uploaded images under encryption, history,
+    /// training progress (http://127.0.0.1:8080/ by default).
+    Portal {
+        /// Portal directory: users.json (see `client user add`), per-user history and uploads.
+        #[arg(long)]
+        portal_dir: PathBuf,
+        /// Address to listen on (keep it on 127.0.0.1 unless a TLS proxy fronts the portal).
+        #[arg(long, default_value = client::portal::config::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+        /// Evaluate on this node with these released weights (mode (b) evaluated on this node).
+        #[arg(long)]
+        network: Option<PathBuf>,
+        /// This hospital's site TOML, with --server: diagnose at the inference server.
+        #[arg(long, requires = "server")]
+        site: Option<PathBuf>,
+        /// Inference server host:port, with --site.
+        #[arg(long, requires = "site")]
+        server: Option<String>,
+        /// The node's outputs (`client run --out DIR`) or a simulation output directory.
+        #[arg(long)]
+        node_out: Option<PathBuf>,
+        /// This hospital's index (default: from --site).
+        #[arg(long)]
+        hospital: Option<u32>,
+        /// Largest upload in bytes.
+        #[arg(long, default_value_t = client::portal::config::DEFAULT_UPLOAD_LIMIT)]
+        upload_limit: usize,
+        /// Mark the session cookie Secure (when served behind HTTPS).
+        #[arg(long)]
+        secure_cookies: bool,
+    },
+    /// Manage the portal's local users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Split a data set's training split across simulated hospitals; print and save the
     /// per-hospital, per-class table.
     Partition {
@@ -145,6 +181,23 @@ enum Command {
         /// MedMNIST data directory.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user (or, with --replace, set a new password); the password is read from stdin.
+    Add {
+        #[arg(long)]
+        portal_dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// Read the password from stdin without a prompt (the default reads it from stdin too).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Replace an existing user's password.
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -212,6 +265,74 @@ fn main() -> Result<()> {
         } => infer_cmd::infer(
             images, local, network, site, server, json, data_dir, timeout_s,
         )?,
+        Command::Portal {
+            portal_dir,
+            listen,
+            network,
+            site,
+            server,
+            node_out,
+            hospital,
+            upload_limit,
+            secure_cookies,
+        } => {
+            let mut cfg = client::portal::PortalConfig::new(portal_dir);
+            cfg.listen = listen;
+            cfg.network = network;
+            cfg.node_out = node_out;
+            cfg.hospital = hospital;
+            cfg.upload_limit = upload_limit;
+            cfg.secure_cookies = secure_cookies;
+            if let (Some(site_path), Some(server)) = (site, server) {
+                let site = node::SiteConfig::load(&site_path)?;
+                cfg.hospital = cfg.hospital.or(Some(site.site.index));
+                cfg.remote = Some(client::infer::remote::Target {
+                    server,
+                    tls: protocol::tls::TlsFiles::in_dir(&site.kit_dir(&site_path)),
+                    federation: site.federation_id()?,
+                    me: site.site.index,
+                    timeout: std::time::Duration::from_secs(120),
+                });
+            }
+            let portal = std::sync::Arc::new(client::portal::Portal::new(cfg.clone())?);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind(cfg.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+                println!("portal: http://{}/", listener.local_addr()?);
+                let stop = async {
+                    let _ = tokio::signal::ctrl_c().await;
+                };
+                client::portal::serve(portal, listener, stop).await?;
+                anyhow::Ok(())
+            })?;
+        }
+        Command::User {
+            command:
+                UserCommand::Add {
+                    portal_dir,
+                    name,
+                    password_stdin: _,
+                    replace,
+                },
+        } => {
+            // stdin only: a password on the command line would sit in the shell history and
+            // in the process list
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("reading the password from stdin")?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            client::portal::users::Users::add(&portal_dir, &name, password, replace)?;
+            println!(
+                "user {name} {} in {}",
+                if replace { "set" } else { "added" },
+                client::portal::users::users_path(&portal_dir).display()
+            );
+        }
         Command::Baseline {
             config,
             out,

@@ -1,0 +1,246 @@
+//! Signing in and out, and the `SignedIn` extractor every protected page takes: without a live
+//! signed-in session it answers with a redirect to `/signin`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Form, FromRequestParts, State};
+use axum::http::header::{COOKIE, SET_COOKIE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use super::Portal;
+use super::pages;
+use super::session::{Session, clear_cookie, session_id_from_cookies, set_cookie};
+use super::users::{MAX_PASSWORD, Users};
+
+/// A signed-in user's session.
+#[derive(Clone, Debug)]
+pub struct SignedIn {
+    pub name: String,
+    pub csrf: String,
+}
+
+impl SignedIn {
+    pub fn viewer(&self) -> pages::Viewer<'_> {
+        pages::Viewer {
+            name: &self.name,
+            csrf: &self.csrf,
+        }
+    }
+
+    /// Refuses a POST whose CSRF token is not this session's.
+    pub fn check_csrf(&self, token: &str) -> Result<(), Response> {
+        if super::session::constant_time_eq(self.csrf.as_bytes(), token.as_bytes()) {
+            Ok(())
+        } else {
+            warn!(user = %self.name, "POST refused: CSRF token does not match the session");
+            Err(csrf_refused(Some(&self.viewer())))
+        }
+    }
+}
+
+/// The page for a form that did not carry the session's token.
+pub fn csrf_refused(viewer: Option<&pages::Viewer<'_>>) -> Response {
+    pages::error(
+        StatusCode::FORBIDDEN,
+        "Form expired",
+        "This form was not issued in your current session (it may be from an older tab or \
+         another site). Nothing was done. Open the page again and resubmit.",
+        viewer,
+    )
+}
+
+fn session_of(headers: &HeaderMap, portal: &Portal) -> Option<(String, Session)> {
+    let id = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(session_id_from_cookies)?
+        .to_string();
+    let s = portal.sessions().get(&id, Instant::now())?;
+    Some((id, s))
+}
+
+/// The signed-in user of a request, if any.
+pub fn signed_in(headers: &HeaderMap, portal: &Portal) -> Option<SignedIn> {
+    match session_of(headers, portal)? {
+        (
+            _,
+            Session {
+                user: Some(name),
+                csrf,
+                ..
+            },
+        ) => Some(SignedIn { name, csrf }),
+        _ => None,
+    }
+}
+
+impl FromRequestParts<Arc<Portal>> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        portal: &Arc<Portal>,
+    ) -> Result<Self, Self::Rejection> {
+        signed_in(&parts.headers, portal).ok_or_else(|| Redirect::to("/signin").into_response())
+    }
+}
+
+/// GET /signin: the form, in an anonymous session that carries its CSRF token.
+pub async fn signin_page(State(portal): State<Arc<Portal>>, headers: HeaderMap) -> Response {
+    match session_of(&headers, &portal) {
+        Some((_, s)) if s.user.is_some() => Redirect::to("/diagnose").into_response(),
+        Some((_, s)) => pages::signin(&s.csrf, None, "").into_response(),
+        None => fresh_signin(&portal, None, ""),
+    }
+}
+
+fn fresh_signin(portal: &Portal, message: Option<&str>, name: &str) -> Response {
+    match portal.sessions().create(None, Instant::now()) {
+        Ok((id, s)) => (
+            [(
+                SET_COOKIE,
+                set_cookie(
+                    &id,
+                    portal.config().session_idle,
+                    portal.config().secure_cookies,
+                ),
+            )],
+            pages::signin(&s.csrf, message, name),
+        )
+            .into_response(),
+        Err(e) => pages::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Server error",
+            &e.to_string(),
+            None,
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct SigninForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    password: String,
+}
+
+/// POST /signin.
+pub async fn signin(
+    State(portal): State<Arc<Portal>>,
+    headers: HeaderMap,
+    Form(form): Form<SigninForm>,
+) -> Response {
+    let Some((anon_id, anon)) = session_of(&headers, &portal) else {
+        return fresh_signin(
+            &portal,
+            Some("The sign-in form had expired. Please enter your name and password again."),
+            &form.name,
+        );
+    };
+    if !anon.csrf_matches(&form.csrf) {
+        warn!("sign-in refused: CSRF token does not match the session");
+        portal.sessions().remove(&anon_id);
+        return fresh_signin(
+            &portal,
+            Some("The sign-in form had expired. Please enter your name and password again."),
+            &form.name,
+        );
+    }
+    let name = form.name.trim().to_ascii_lowercase();
+    let dir = portal.config().dir.clone();
+    let password = form.password;
+    let user = name.clone();
+    // argon2 takes tens of milliseconds of CPU on purpose; keep it off the async workers
+    let ok = tokio::task::spawn_blocking(move || {
+        if password.len() > MAX_PASSWORD {
+            return Ok(false);
+        }
+        Users::load(&dir).map(|u| u.verify(&user, &password))
+    })
+    .await;
+    let ok = match ok {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(e)) => {
+            warn!(error = %e, "users file unreadable");
+            return pages::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Sign-in unavailable",
+                "The node's users file cannot be read; the node's administrator has the details in the log.",
+                None,
+            );
+        }
+        Err(_) => false,
+    };
+    if !ok {
+        warn!(user = %name, "sign-in failed");
+        return (
+            StatusCode::UNAUTHORIZED,
+            pages::signin(
+                &anon.csrf,
+                Some("The user name or password is not right."),
+                &name,
+            ),
+        )
+            .into_response();
+    }
+    portal.sessions().remove(&anon_id);
+    match portal.sessions().create(Some(name.clone()), Instant::now()) {
+        Ok((id, _)) => {
+            info!(user = %name, "signed in");
+            (
+                [(
+                    SET_COOKIE,
+                    set_cookie(
+                        &id,
+                        portal.config().session_lifetime,
+                        portal.config().secure_cookies,
+                    ),
+                )],
+                Redirect::to("/diagnose"),
+            )
+                .into_response()
+        }
+        Err(e) => pages::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Server error",
+            &e.to_string(),
+            None,
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// POST /signout.
+pub async fn signout(
+    State(portal): State<Arc<Portal>>,
+    headers: HeaderMap,
+    user: SignedIn,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Err(r) = user.check_csrf(&form.csrf) {
+        return r;
+    }
+    if let Some((id, _)) = session_of(&headers, &portal) {
+        portal.sessions().remove(&id);
+    }
+    info!(user = %user.name, "signed out");
+    (
+        [(SET_COOKIE, clear_cookie(portal.config().secure_cookies))],
+        Redirect::to("/signin"),
+    )
+        .into_response()
+}
