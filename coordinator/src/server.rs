@@ -63,8 +63,8 @@ struct RoundData {
     aggregate: Option<Arc<Vec<Ciphertext>>>,
     aggregate_bytes: Option<Arc<Vec<Vec<u8>>>>,
     attempt: u32,
-    /// target → accumulated switching share per ciphertext
-    switch_acc: HashMap<u32, Vec<Option<PublicKeySwitchShare>>>,
+    /// accumulated switching share per ciphertext (towards the consortium receiving key)
+    switch_acc: Vec<Option<PublicKeySwitchShare>>,
     started_unix_ms: u64,
     aggregate_s: f64,
     switch_started: Option<Instant>,
@@ -317,14 +317,12 @@ impl Server {
                 round,
                 attempt,
                 active,
-                targets,
                 weights,
             } => {
                 let me = self.clone();
-                tokio::spawn(async move {
-                    me.request_switch(round, attempt, active, targets, weights)
-                        .await
-                });
+                tokio::spawn(
+                    async move { me.request_switch(round, attempt, active, weights).await },
+                );
             }
             Action::Deliver {
                 round,
@@ -478,18 +476,12 @@ impl Server {
             Body::KeyShares {
                 public_key_share,
                 exchange_key,
-                receive_key,
-            } => self.key_shares(h, public_key_share, exchange_key, receive_key),
+            } => self.key_shares(h, public_key_share, exchange_key),
             Body::ShamirShares { sealed } => self.shamir_shares(h, sealed),
-            Body::SetupDone => self.setup_done(h),
+            Body::SetupDone { receive_key } => self.setup_done(h, &receive_key),
             Body::Update { weight, count } => self.update(h, round, weight, count, msg).await,
-            Body::SwitchShares {
-                attempt,
-                target,
-                count,
-            } => {
-                self.switch_shares(h, round, attempt, target, count, msg)
-                    .await
+            Body::SwitchShares { attempt, count } => {
+                self.switch_shares(h, round, attempt, count, msg).await
             }
             Body::Metrics(m) => {
                 // a hospital may report before the engine has heard of the commit it follows
@@ -523,7 +515,6 @@ impl Server {
         h: u32,
         pk_share: Vec<u8>,
         exchange: [u8; 32],
-        receive: Vec<u8>,
     ) -> Result<(), String> {
         let he = self
             .he
@@ -531,7 +522,6 @@ impl Server {
             .ok_or("key shares in a plaintext federation")?;
         shares::decode_public_key_share(&he.ctx, &pk_share)
             .map_err(|e| format!("public key share: {e}"))?;
-        wire::decode_public_key(&he.ctx, &receive).map_err(|e| format!("receiving key: {e}"))?;
         if exchange == [0u8; 32] {
             return Err("all-zero exchange key".into());
         }
@@ -544,14 +534,13 @@ impl Server {
         }
         rec.public_key_share = Some(pk_share);
         rec.exchange_key = Some(exchange);
-        rec.receive_key = Some(receive);
         self.store.put_party(h, &rec).map_err(|e| e.to_string())?;
         self.feed(Event::KeySharesStored { hospital: h });
         Ok(())
     }
 
     /// The collective public key (made once from all N shares and stored) and every hospital's
-    /// public keys.
+    /// key-exchange key.
     fn setup_keys(&self) -> anyhow::Result<Body> {
         let he = self.he.as_ref().context("plaintext federation")?;
         let parties = self.store.parties()?;
@@ -589,10 +578,6 @@ impl Server {
                 .iter()
                 .filter_map(|(h, r)| r.exchange_key.map(|k| (*h, k)))
                 .collect(),
-            receive_keys: parties
-                .iter()
-                .filter_map(|(h, r)| r.receive_key.clone().map(|k| (*h, k)))
-                .collect(),
         })
     }
 
@@ -609,8 +594,11 @@ impl Server {
                 "sealed shares for {got:?}, expected exactly one for each of {expected:?}"
             ));
         }
-        // the coordinator cannot open them, but can check their size
-        let size = shares::shamir_share_len(&he.ctx) + he_agg::multiparty::sealed::SEAL_OVERHEAD;
+        // the coordinator cannot open them, but can check their size: a Shamir share and a
+        // contribution to the consortium receiving key
+        let size = shares::shamir_share_len(&he.ctx)
+            + he_agg::multiparty::group_key::CONTRIBUTION_LEN
+            + he_agg::multiparty::sealed::SEAL_OVERHEAD;
         if let Some((to, s)) = sealed.iter().find(|(_, s)| s.len() != size) {
             return Err(format!(
                 "sealed share for {to} has {} bytes, expected {size}",
@@ -627,10 +615,33 @@ impl Server {
         Ok(())
     }
 
-    fn setup_done(self: &Arc<Self>, h: u32) -> Result<(), String> {
+    /// A hospital formed its threshold secret and derived the consortium receiving key: the
+    /// first report fixes the key, every later one must match it (a hospital that dealt
+    /// different contributions to different peers shows up here).
+    fn setup_done(self: &Arc<Self>, h: u32, receive_key: &[u8]) -> Result<(), String> {
         let mut rec: PartyRecord = self.store.party(h).map_err(|e| e.to_string())?;
         if rec.public_key_share.is_none() {
             return Err("setup done before sending key shares".into());
+        }
+        if let Some(he) = self.he.as_ref() {
+            wire::decode_public_key(&he.ctx, receive_key)
+                .map_err(|e| format!("consortium receiving key: {e}"))?;
+            match self.store.receive_key().map_err(|e| e.to_string())? {
+                Some(k) if k != receive_key => {
+                    self.audit(
+                        Some(h),
+                        0,
+                        "receive-key-mismatch",
+                        "derived another consortium receiving key than the others",
+                    );
+                    return Err("your consortium receiving key differs from the other hospitals': a hospital dealt inconsistent contributions; setup cannot complete".into());
+                }
+                Some(_) => {}
+                None => self
+                    .store
+                    .set_receive_key(receive_key)
+                    .map_err(|e| e.to_string())?,
+            }
         }
         rec.setup_done = true;
         self.store.put_party(h, &rec).map_err(|e| e.to_string())?;
@@ -768,7 +779,6 @@ impl Server {
         round: u64,
         attempt: u32,
         active: Vec<u32>,
-        targets: Vec<u32>,
         weights: Vec<(u32, u64)>,
     ) {
         let Some(he) = self.he.as_ref() else { return };
@@ -805,7 +815,6 @@ impl Server {
         };
         let body = Body::SwitchRequest {
             attempt,
-            targets,
             active: active.clone(),
             weights: weights.iter().map(|w| w.1).collect(),
             count: bytes.len() as u32,
@@ -836,7 +845,6 @@ impl Server {
         h: u32,
         round: u64,
         attempt: u32,
-        target: u32,
         count: u32,
         mut msg: Incoming,
     ) -> Result<(), String> {
@@ -844,7 +852,7 @@ impl Server {
             .he
             .as_ref()
             .ok_or("switching shares in a plaintext federation")?;
-        lock(&self.engine).accepts_switch_shares(h, round, attempt, target)?;
+        lock(&self.engine).accepts_switch_shares(h, round, attempt)?;
         let expected = lock(&self.round)
             .aggregate
             .as_ref()
@@ -869,7 +877,7 @@ impl Server {
                     .map_err(|e| format!("share {i}: {e}"))?,
             );
         }
-        lock(&self.engine).accepts_switch_shares(h, round, attempt, target)?;
+        lock(&self.engine).accepts_switch_shares(h, round, attempt)?;
         {
             let mut r = lock(&self.round);
             if r.round != round || r.attempt != attempt {
@@ -881,11 +889,10 @@ impl Server {
                 he.plan.flooding(&[1.0]).map_err(|e| e.to_string())?,
                 1,
             );
-            let acc = r
-                .switch_acc
-                .entry(target)
-                .or_insert_with(|| vec![None; expected]);
-            for (slot, share) in acc.iter_mut().zip(got) {
+            if r.switch_acc.is_empty() {
+                r.switch_acc = vec![None; expected];
+            }
+            for (slot, share) in r.switch_acc.iter_mut().zip(got) {
                 match slot {
                     None => *slot = Some(share),
                     Some(a) => pcks.aggregate(a, &share).map_err(|e| e.to_string())?,
@@ -896,13 +903,12 @@ impl Server {
             hospital: h,
             round,
             attempt,
-            target,
             now: Instant::now(),
         });
         Ok(())
     }
 
-    /// Makes each target's result, commits the round with them, then sends them.
+    /// Makes the round's result, commits the round with it, then sends it to every target.
     async fn deliver(
         self: &Arc<Self>,
         round: u64,
@@ -912,55 +918,39 @@ impl Server {
     ) -> anyhow::Result<()> {
         let total_weight: u64 = weights.iter().map(|w| w.1).sum();
         let participants: Vec<u32> = weights.iter().map(|w| w.0).collect();
-        let (results, record) = {
+        let (result, record) = {
             let mut r = lock(&self.round);
             anyhow::ensure!(
                 r.round == round,
                 "round data of {} while delivering {round}",
                 r.round
             );
-            let mut results = Vec::new();
-            match &self.he {
+            let items = match &self.he {
                 Some(he) => {
                     let aggregate = r.aggregate.clone().context("no aggregate")?;
                     let pcks = PublicKeySwitch::new(&he.ctx, he.plan.flooding(&[1.0])?, 1);
-                    for &t in targets {
-                        let acc = r
-                            .switch_acc
-                            .remove(&t)
-                            .with_context(|| format!("no switching shares for hospital {t}"))?;
-                        let mut items = Vec::with_capacity(acc.len());
-                        for (ct, share) in aggregate.iter().zip(acc) {
-                            let share = share.context("a ciphertext without switching shares")?;
-                            items
-                                .push(wire::encode_ciphertext(&he.ctx, &pcks.finalize(ct, share)?));
-                        }
-                        results.push((
-                            t,
-                            StoredResult {
-                                round,
-                                total_weight,
-                                participants: participants.clone(),
-                                items,
-                            },
-                        ));
+                    let acc = std::mem::take(&mut r.switch_acc);
+                    anyhow::ensure!(
+                        acc.len() == aggregate.len(),
+                        "switching shares for {} of {} ciphertexts",
+                        acc.len(),
+                        aggregate.len()
+                    );
+                    let mut items = Vec::with_capacity(acc.len());
+                    for (ct, share) in aggregate.iter().zip(acc) {
+                        let share = share.context("a ciphertext without switching shares")?;
+                        items.push(wire::encode_ciphertext(&he.ctx, &pcks.finalize(ct, share)?));
                     }
+                    items
                 }
-                None => {
-                    let bytes = encode_f64s(&r.plain);
-                    for &t in targets {
-                        results.push((
-                            t,
-                            StoredResult {
-                                round,
-                                total_weight,
-                                participants: participants.clone(),
-                                items: bytes.clone(),
-                            },
-                        ));
-                    }
-                }
-            }
+                None => encode_f64s(&r.plain),
+            };
+            let result = StoredResult {
+                round,
+                total_weight,
+                participants: participants.clone(),
+                items,
+            };
             let record = RoundRecord {
                 round,
                 participants: weights.to_vec(),
@@ -977,21 +967,28 @@ impl Server {
                 bytes_up: r.bytes_up,
                 bytes_down: r.bytes_down,
             };
-            (results, record)
+            (result, record)
         };
         let phase = if round >= self.cfg.federation.rounds {
             Phase::Finished { rounds: round }
         } else {
             Phase::Training { committed: round }
         };
-        self.store.commit_round(&record, &results, phase)?;
+        self.store.commit_round(&record, &result, phase)?;
         info!(round, participants = ?participants, "committed round {round}");
         println!("HEAL-ROUND-COMMITTED {round}");
-        for (t, res) in results {
-            if let Err(e) = self.send_result(t, &res).await {
-                warn!(hospital = t, round, "sending the result: {e:#}");
-            }
+        // the same bytes go to every hospital, concurrently
+        let result = Arc::new(result);
+        let mut sends = tokio::task::JoinSet::new();
+        for &t in targets {
+            let (me, result) = (self.clone(), result.clone());
+            sends.spawn(async move {
+                if let Err(e) = me.send_result(t, &result).await {
+                    warn!(hospital = t, round, "sending the result: {e:#}");
+                }
+            });
         }
+        while sends.join_next().await.is_some() {}
         Ok(())
     }
 
@@ -1015,7 +1012,7 @@ impl Server {
     }
 
     async fn send_stored_result(&self, to: u32) -> anyhow::Result<()> {
-        match self.store.result_for(to)? {
+        match self.store.latest_result()? {
             Some(res) => self.send_result(to, &res).await,
             None => {
                 self.audit(

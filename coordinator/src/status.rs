@@ -68,7 +68,7 @@ pub fn print(dir: &CoordinatorDir, audit_lines: usize) -> anyhow::Result<()> {
     println!("rounds committed: {}", rounds.len());
     for r in &rounds {
         println!(
-            "  round {:>3}: updates from {:?} (weight {}), re-encrypted by {:?} for {:?}, {:.1} MB up, {:.1} MB down",
+            "  round {:>3}: updates from {:?} (weight {}), re-encrypted by {:?}, sent to {:?}, {:.1} MB up, {:.1} MB down",
             r.round,
             r.participants.iter().map(|p| p.0).collect::<Vec<_>>(),
             r.total_weight,

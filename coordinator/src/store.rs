@@ -1,6 +1,7 @@
 //! The coordinator's crash-safe state, in redb (ACID, copy-on-write): the federation, the
 //! hospitals' public key material, the collective public key, the relayed (sealed) Shamir shares,
-//! the committed rounds with each hospital's switched result of the latest one, the metrics, and
+//! the consortium receiving key's public half, the committed rounds with the switched result of
+//! the latest one, the metrics, and
 //! an append-only audit log. A round is committed in one transaction with its results, so a
 //! restart resumes after the last committed round: nothing lost, nothing twice.
 
@@ -16,7 +17,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const PARTIES: TableDefinition<u32, &[u8]> = TableDefinition::new("parties");
 const SHAMIR: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("shamir");
 const ROUNDS: TableDefinition<u64, &[u8]> = TableDefinition::new("rounds");
+/// The latest round's result, under [`LATEST`] (one result serves every hospital).
 const RESULTS: TableDefinition<u32, &[u8]> = TableDefinition::new("results");
+const LATEST: u32 = 0;
 const METRICS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("metrics");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
@@ -47,7 +50,6 @@ fn dec<T: DeserializeOwned>(b: &[u8], what: &'static str) -> Result<T, StoreErro
 pub struct PartyRecord {
     pub public_key_share: Option<Vec<u8>>,
     pub exchange_key: Option<[u8; 32]>,
-    pub receive_key: Option<Vec<u8>>,
     /// Sent its sealed Shamir shares.
     pub dealt: bool,
     pub setup_done: bool,
@@ -72,8 +74,9 @@ pub struct RoundRecord {
     pub bytes_down: u64,
 }
 
-/// A hospital's result of the latest committed round (its switched aggregate, or the plaintext
-/// sum), kept until the next commit so a reconnecting hospital can still fetch it.
+/// The result of the latest committed round (the aggregate switched to the consortium receiving
+/// key, or the plaintext sum), kept until the next commit so a reconnecting hospital can still
+/// fetch it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StoredResult {
     pub round: u64,
@@ -196,6 +199,15 @@ impl Store {
         self.put_meta("collective_public_key", bytes)
     }
 
+    /// The public half of the consortium receiving key, as the hospitals reported it.
+    pub fn receive_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_meta("receive_key")
+    }
+
+    pub fn set_receive_key(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.put_meta("receive_key", bytes)
+    }
+
     pub fn party(&self, index: u32) -> Result<PartyRecord, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(PARTIES).map_err(db_err)?;
@@ -260,12 +272,12 @@ impl Store {
         Ok(out)
     }
 
-    /// Commits a round: its record, every receiver's result (replacing the previous round's),
-    /// the phase, and an audit entry, atomically.
+    /// Commits a round: its record, its result (replacing the previous round's), the phase, and
+    /// an audit entry, atomically.
     pub fn commit_round(
         &self,
         rec: &RoundRecord,
-        results: &[(u32, StoredResult)],
+        result: &StoredResult,
         phase: Phase,
     ) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
@@ -274,10 +286,10 @@ impl Store {
                 .map_err(db_err)?
                 .insert(rec.round, enc(rec).as_slice())
                 .map_err(db_err)?;
-            let mut res = txn.open_table(RESULTS).map_err(db_err)?;
-            for (h, r) in results {
-                res.insert(*h, enc(r).as_slice()).map_err(db_err)?;
-            }
+            txn.open_table(RESULTS)
+                .map_err(db_err)?
+                .insert(LATEST, enc(result).as_slice())
+                .map_err(db_err)?;
             txn.open_table(META)
                 .map_err(db_err)?
                 .insert("phase", enc(&phase).as_slice())
@@ -294,7 +306,7 @@ impl Store {
                 round: rec.round,
                 event: "round-committed".into(),
                 detail: format!(
-                    "updates from {:?}, re-encrypted by {:?} for {:?}",
+                    "updates from {:?}, re-encrypted by {:?}, sent to {:?}",
                     rec.participants.iter().map(|p| p.0).collect::<Vec<_>>(),
                     rec.switchers,
                     rec.receivers
@@ -314,10 +326,10 @@ impl Store {
             .collect()
     }
 
-    pub fn result_for(&self, hospital: u32) -> Result<Option<StoredResult>, StoreError> {
+    pub fn latest_result(&self) -> Result<Option<StoredResult>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(RESULTS).map_err(db_err)?;
-        t.get(hospital)
+        t.get(LATEST)
             .map_err(db_err)?
             .map(|v| dec(v.value(), "result"))
             .transpose()
@@ -415,7 +427,9 @@ mod tests {
                 participants: vec![1, 2],
                 items: vec![vec![7; 5]],
             };
-            s.commit_round(&rec, &[(1, res.clone())], Phase::Training { committed: 1 })
+            assert!(s.latest_result().unwrap().is_none());
+            s.set_receive_key(&[5; 9]).unwrap();
+            s.commit_round(&rec, &res, Phase::Training { committed: 1 })
                 .unwrap();
             s.audit(Some(3), 2, "refused", "update for a past round")
                 .unwrap();
@@ -426,8 +440,8 @@ mod tests {
         assert!(s.party(2).unwrap().dealt);
         assert_eq!(s.shamir_for(3).unwrap(), vec![(2, vec![3])]);
         assert_eq!(s.rounds().unwrap().len(), 1);
-        assert_eq!(s.result_for(1).unwrap().unwrap().items, vec![vec![7; 5]]);
-        assert!(s.result_for(2).unwrap().is_none());
+        assert_eq!(s.latest_result().unwrap().unwrap().items, vec![vec![7; 5]]);
+        assert_eq!(s.receive_key().unwrap(), Some(vec![5; 9]));
         let log = s.audit_log().unwrap();
         assert_eq!(log.len(), 2);
         assert_eq!(log[1].event, "refused");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use coordinator::config::FederationConfig;
 use coordinator::provision::provision;
 use coordinator::store::Store;
-use he_agg::ckks::{CkksContext, Parameters, wire};
+use he_agg::ckks::{CkksContext, Parameters, Preset, wire};
 use protocol::link::connect;
 use protocol::message::Body;
 use protocol::tls::TlsFiles;
@@ -298,6 +298,10 @@ fn bad_updates_and_strangers_are_refused_and_logged_while_the_rounds_go_on() {
         replies.iter().any(|r| r.contains("while round")),
         "a past round refused: {replies:?}"
     );
+    assert!(
+        replies.iter().any(|r| r.contains("receiving key differs")),
+        "another consortium receiving key refused: {replies:?}"
+    );
     // the node comes back; the federation finishes
     nodes.0[2] = start_hospital(&fed, 3);
     coord.wait_exit(LIMIT);
@@ -413,13 +417,32 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
     .await
     .unwrap();
     // a message in hospital 1's name on hospital 3's connection
-    let forged = Envelope::new(fed.federation, round, Party::Hospital(1), Body::SetupDone);
+    let forged = Envelope::new(
+        fed.federation,
+        round,
+        Party::Hospital(1),
+        Body::SetupDone {
+            receive_key: vec![],
+        },
+    );
     let mut raw = link.open_raw().await.unwrap();
     raw.item(&forged.encode()).await.unwrap();
     raw.finish().await.unwrap();
+    // a consortium receiving key of its own (as if it had dealt inconsistent contributions)
+    let agg = CkksContext::new(Parameters::preset(Preset::Aggregation)).unwrap();
+    let mut kg = agg.key_generator().unwrap();
+    let own = kg.secret_key();
+    link.send(
+        0,
+        Body::SetupDone {
+            receive_key: wire::encode_public_key(&agg, &kg.public_key(&own)),
+        },
+    )
+    .await
+    .unwrap();
     let mut replies = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while replies.len() < 3 && Instant::now() < deadline {
+    while replies.len() < 4 && Instant::now() < deadline {
         match tokio::time::timeout(Duration::from_secs(10), link.accept()).await {
             Ok(Ok(m)) => {
                 if let Body::Refused { reason } = m.envelope.body {

@@ -241,7 +241,14 @@ async fn wrong_fingerprints_garbage_and_strangers_are_refused() {
         "{reason}"
     );
     // an unexpected message
-    link.send(0, Body::SetupDone).await.unwrap();
+    link.send(
+        0,
+        Body::SetupDone {
+            receive_key: vec![],
+        },
+    )
+    .await
+    .unwrap();
     let reason = refusal(&link).await;
     assert!(reason.contains("unexpected"), "{reason}");
     // the connection still serves after refusals

@@ -9,7 +9,7 @@ use crate::error::ProtocolError;
 use crate::identity::{FederationId, Party};
 use crate::inference::{InferRequest, InferResult, ModelInfo};
 
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -56,27 +56,24 @@ pub enum Body {
     // ----- hospital → coordinator -----
     /// First message of a connection; `last_round` is the newest global model the hospital holds.
     Hello { software: String, last_round: u64 },
-    /// Setup: its share of the collective public key, its key-exchange key (for sealed Shamir
-    /// shares) and its own receiving public key (what aggregates are switched to).
+    /// Setup: its share of the collective public key and its key-exchange key (for sealed
+    /// Shamir shares).
     KeyShares {
         public_key_share: Vec<u8>,
         exchange_key: [u8; 32],
-        receive_key: Vec<u8>,
     },
-    /// Setup: Shamir shares of its secret, each sealed for the hospital it names.
+    /// Setup: for each other hospital, sealed for it, a Shamir share of this hospital's secret and
+    /// its contribution to the consortium receiving key.
     ShamirShares { sealed: Vec<(u32, Vec<u8>)> },
-    /// Setup is complete on this side (threshold secret formed).
-    SetupDone,
+    /// Setup is complete on this side (threshold secret formed): the public half of the
+    /// consortium receiving key it derived, which every hospital must report identically.
+    SetupDone { receive_key: Vec<u8> },
     /// Header of an update stream: `count` items (ciphertexts, or f32 chunks in plaintext mode)
     /// of its model weighted by `weight` samples.
     Update { weight: u64, count: u32 },
-    /// Header of a stream of `count` public-key-switch shares towards hospital `target`, made
-    /// for switching attempt `attempt` of the round (an attempt fixes the active set).
-    SwitchShares {
-        attempt: u32,
-        target: u32,
-        count: u32,
-    },
+    /// Header of a stream of `count` public-key-switch shares towards the consortium receiving
+    /// key, made for switching attempt `attempt` of the round (an attempt fixes the active set).
+    SwitchShares { attempt: u32, count: u32 },
     /// Evaluation of the round's global model.
     Metrics(RoundMetrics),
 
@@ -89,27 +86,25 @@ pub enum Body {
         plaintext: bool,
         phase: Phase,
     },
-    /// Setup result: the collective public key and every hospital's public keys.
+    /// Setup result: the collective public key and every hospital's key-exchange key.
     SetupKeys {
         collective_public_key: Vec<u8>,
         exchange_keys: Vec<(u32, [u8; 32])>,
-        receive_keys: Vec<(u32, Vec<u8>)>,
     },
     /// Sealed Shamir shares addressed to this hospital, by sender.
     RelayedShares { sealed: Vec<(u32, Vec<u8>)> },
     /// Round `round` starts: train from the global model of round − 1, upload before the deadline.
     RoundStart { deadline_ms: u64 },
-    /// Header of a stream of the `count` aggregate ciphertexts of the round: switch them to each
-    /// of `targets` as one of `active` (the weights let each party size its flooding).
+    /// Header of a stream of the `count` aggregate ciphertexts of the round: switch them to the
+    /// consortium receiving key as one of `active` (the weights let each party size its flooding).
     SwitchRequest {
         attempt: u32,
-        targets: Vec<u32>,
         active: Vec<u32>,
         weights: Vec<u64>,
         count: u32,
     },
-    /// Header of a stream of this hospital's `count` result items for the round (the switched
-    /// aggregate, or the plaintext sum), with the total weight to divide by.
+    /// Header of a stream of the round's `count` result items (the aggregate switched to the
+    /// consortium receiving key, or the plaintext sum), with the total weight to divide by.
     RoundResult {
         total_weight: u64,
         participants: Vec<u32>,
@@ -138,7 +133,7 @@ impl Body {
             Body::Hello { .. } => "hello",
             Body::KeyShares { .. } => "key-shares",
             Body::ShamirShares { .. } => "shamir-shares",
-            Body::SetupDone => "setup-done",
+            Body::SetupDone { .. } => "setup-done",
             Body::Update { .. } => "update",
             Body::SwitchShares { .. } => "switch-shares",
             Body::Metrics(_) => "metrics",

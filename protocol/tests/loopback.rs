@@ -127,7 +127,14 @@ async fn messages_and_item_streams_cross_a_real_connection() {
         up.item(&[]).await.unwrap();
         up.finish().await.unwrap();
         // forge: an envelope with another sender, written raw on a stream
-        let forged = protocol::Envelope::new(FED, 4, Party::Hospital(2), Body::SetupDone);
+        let forged = protocol::Envelope::new(
+            FED,
+            4,
+            Party::Hospital(2),
+            Body::SetupDone {
+                receive_key: vec![],
+            },
+        );
         let mut raw = link.open_raw().await.unwrap();
         raw.item(&forged.encode()).await.unwrap();
         raw.finish().await.unwrap();
@@ -200,7 +207,14 @@ async fn a_finished_close_is_told_apart_from_a_failure() {
         let mut ends = Vec::new();
         for _ in 0..2 {
             let link = connect(addr, &s.hospital, FED, 1).await.unwrap();
-            link.send(0, Body::SetupDone).await.unwrap();
+            link.send(
+                0,
+                Body::SetupDone {
+                    receive_key: vec![],
+                },
+            )
+            .await
+            .unwrap();
             ends.push(link.accept().await.map(|_| ()));
         }
         ends

@@ -1,7 +1,8 @@
 //! A hospital's key material, made on its own machine at first start and kept in its state
-//! directory with mode 0600: its share s_i of the collective secret, its receiving key pair
-//! (what aggregates are re-encrypted to), its X25519 exchange key, and after setup its
-//! threshold secret; plus the public keys the coordinator relayed.
+//! directory with mode 0600: its share s_i of the collective secret and its X25519 exchange key;
+//! after setup its threshold secret and the consortium receiving key pair (what aggregates are
+//! re-encrypted to, derived from every hospital's contribution); plus the public keys the
+//! coordinator relayed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,9 @@ use he_agg::ckks::{CkksContext, PublicKey, SecretKey, wire};
 use he_agg::multiparty::sealed::ExchangeKeys;
 use he_agg::multiparty::{ThresholdSecret, wire as mpw};
 use serde::{Deserialize, Serialize};
+
+const RECEIVE_SK: &str = "consortium-receive.key";
+const RECEIVE_PK: &str = "consortium-receive.pub";
 
 /// Writes a file only its owner can read.
 pub fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -46,22 +50,30 @@ fn read(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
     }
 }
 
-/// The other hospitals' public keys, as the coordinator relayed them.
+/// The collective public key and the other hospitals' exchange keys, as the coordinator
+/// relayed them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PeerKeys {
     pub collective_public_key: Vec<u8>,
     pub exchange: Vec<(u32, [u8; 32])>,
-    pub receive: Vec<(u32, Vec<u8>)>,
+}
+
+/// The consortium receiving key pair (every hospital holds the same; the coordinator only the
+/// public half).
+pub struct ReceiveKeys {
+    pub sk: SecretKey,
+    pub pk: PublicKey,
+    /// the public half as sent to the coordinator
+    pub pk_bytes: Vec<u8>,
 }
 
 /// The key material of this hospital.
 pub struct Keys {
     dir: PathBuf,
     pub share: SecretKey,
-    pub receive_sk: SecretKey,
-    pub receive_pk: PublicKey,
     pub exchange: ExchangeKeys,
     pub threshold: Option<ThresholdSecret>,
+    pub receive: Option<ReceiveKeys>,
     pub peers: Option<PeerKeys>,
 }
 
@@ -70,6 +82,7 @@ impl std::fmt::Debug for Keys {
         f.debug_struct("Keys")
             .field("dir", &self.dir)
             .field("threshold", &self.threshold.is_some())
+            .field("receive", &self.receive.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -78,16 +91,9 @@ impl Keys {
     /// Loads the keys of `dir`, making them on first start.
     pub fn load_or_create(ctx: &Arc<CkksContext>, dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let (share_p, recv_p, exch_p) = (
-            dir.join("share.key"),
-            dir.join("receive.key"),
-            dir.join("exchange.key"),
-        );
-        let existing = [&share_p, &recv_p, &exch_p]
-            .iter()
-            .filter(|p| p.exists())
-            .count();
-        if existing != 0 && existing != 3 {
+        let (share_p, exch_p) = (dir.join("share.key"), dir.join("exchange.key"));
+        let existing = [&share_p, &exch_p].iter().filter(|p| p.exists()).count();
+        if existing != 0 && existing != 2 {
             bail!(
                 "{} holds only part of this hospital's keys: refusing to make new ones over them",
                 dir.display()
@@ -96,38 +102,36 @@ impl Keys {
         if existing == 0 {
             let mut kg = ctx.key_generator()?;
             let share = kg.secret_key();
-            let receive = kg.secret_key();
             let mut prng = he_agg::ring::Prng::from_os()?;
             let exchange = ExchangeKeys::generate(&mut prng);
             write_secret(&share_p, &wire::encode_secret_key(ctx, &share))?;
-            write_secret(&recv_p, &wire::encode_secret_key(ctx, &receive))?;
             write_secret(&exch_p, exchange.secret_bytes().as_ref())?;
             tracing::info!(
-                "made this hospital's key share, receiving key and exchange key in {}",
+                "made this hospital's key share and exchange key in {}",
                 dir.display()
             );
         }
         let share = wire::decode_secret_key(ctx, &read(&share_p)?.context("share.key")?)
             .context("share.key")?;
-        let receive_sk = wire::decode_secret_key(ctx, &read(&recv_p)?.context("receive.key")?)
-            .context("receive.key")?;
         let exch: [u8; 32] = read(&exch_p)?
             .context("exchange.key")?
             .try_into()
             .map_err(|_| anyhow::anyhow!("exchange.key is not 32 bytes"))?;
-        // the receiving public key is made once and kept: the coordinator holds the same
-        let pk_path = dir.join("receive.pub");
-        let receive_pk = match read(&pk_path)? {
-            Some(b) => wire::decode_public_key(ctx, &b).context("receive.pub")?,
-            None => {
-                let pk = ctx.key_generator()?.public_key(&receive_sk);
-                write_public(&pk_path, &wire::encode_public_key(ctx, &pk))?;
-                pk
-            }
-        };
         let threshold = match read(&dir.join("threshold.key"))? {
             Some(b) => Some(mpw::decode_threshold_secret(ctx, &b).context("threshold.key")?),
             None => None,
+        };
+        let receive = match (read(&dir.join(RECEIVE_SK))?, read(&dir.join(RECEIVE_PK))?) {
+            (Some(sk), Some(pk)) => Some(ReceiveKeys {
+                sk: wire::decode_secret_key(ctx, &sk).context(RECEIVE_SK)?,
+                pk: wire::decode_public_key(ctx, &pk).context(RECEIVE_PK)?,
+                pk_bytes: pk,
+            }),
+            (None, None) => None,
+            _ => bail!(
+                "{} holds half of the consortium receiving key",
+                dir.display()
+            ),
         };
         let peers = match read(&dir.join("peers.bin"))? {
             Some(b) => Some(postcard::from_bytes(&b).context("peers.bin is corrupt")?),
@@ -136,20 +140,34 @@ impl Keys {
         Ok(Self {
             dir: dir.to_path_buf(),
             share,
-            receive_sk,
-            receive_pk,
             exchange: ExchangeKeys::from_secret_bytes(exch),
             threshold,
+            receive,
             peers,
         })
     }
 
-    pub fn save_threshold(&mut self, ctx: &CkksContext, t: ThresholdSecret) -> anyhow::Result<()> {
+    /// Stores the outcome of setup: the threshold secret and the consortium receiving key (the
+    /// threshold secret last, as it marks setup done).
+    pub fn save_setup(
+        &mut self,
+        ctx: &CkksContext,
+        t: ThresholdSecret,
+        sk: SecretKey,
+        pk: PublicKey,
+    ) -> anyhow::Result<()> {
+        let pk_bytes = wire::encode_public_key(ctx, &pk);
+        write_secret(
+            &self.dir.join(RECEIVE_SK),
+            &wire::encode_secret_key(ctx, &sk),
+        )?;
+        write_public(&self.dir.join(RECEIVE_PK), &pk_bytes)?;
         write_secret(
             &self.dir.join("threshold.key"),
             &mpw::encode_threshold_secret(ctx, &t),
         )?;
         self.threshold = Some(t);
+        self.receive = Some(ReceiveKeys { sk, pk, pk_bytes });
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use client::params::{network_from_flat, to_flat};
 use client::train::{TrainOptions, evaluate, select_device, train};
 use he_agg::aggregate::AggregationPlan;
 use he_agg::ckks::{Ciphertext, CkksContext, Parameters, Preset, PublicKey, wire};
+use he_agg::multiparty::group_key::{self, CONTRIBUTION_LEN, Contribution};
 use he_agg::multiparty::threshold::deal;
 use he_agg::multiparty::{Crs, PublicKeyGen, PublicKeySwitch, ThresholdSecret, wire as mpw};
 use he_agg::ring::Prng;
@@ -20,6 +21,7 @@ use protocol::tls::TlsFiles;
 use protocol::{FederationId, Link, ProtocolError};
 use rayon::prelude::*;
 use tracing::{info, warn};
+use zeroize::Zeroizing;
 
 use super::NodeDirs;
 use super::data::{LocalData, load};
@@ -43,7 +45,9 @@ struct NodeHe {
     crs: Crs,
     keys: Keys,
     collective: Option<PublicKey>,
-    receivers: HashMap<u32, PublicKey>,
+    /// Encryption, switching and decryption run on every core of the machine: they come in
+    /// bursts while training (which may be held to fewer threads) is idle.
+    pool: Arc<rayon::ThreadPool>,
 }
 
 /// What one round cost this hospital (reported with the round's metrics).
@@ -83,7 +87,27 @@ fn lookup(addr: &str) -> anyhow::Result<SocketAddr> {
 }
 
 fn sealing_context(federation: FederationId, from: u32, to: u32) -> Vec<u8> {
-    format!("HEAL shamir share v1|{federation}|{from}->{to}").into_bytes()
+    format!("HEAL setup shares v2|{federation}|{from}->{to}").into_bytes()
+}
+
+/// What one hospital deals to another in setup, sealed: a Shamir share of its secret followed by
+/// its contribution to the consortium receiving key.
+fn dealt_payload(share: &[u8], contribution: &Contribution) -> Zeroizing<Vec<u8>> {
+    let mut p = Zeroizing::new(Vec::with_capacity(share.len() + CONTRIBUTION_LEN));
+    p.extend_from_slice(share);
+    p.extend_from_slice(contribution.as_ref());
+    p
+}
+
+/// Splits a dealt payload into the Shamir share bytes and the contribution.
+fn split_payload(p: &[u8]) -> anyhow::Result<(&[u8], Contribution)> {
+    let cut = p
+        .len()
+        .checked_sub(CONTRIBUTION_LEN)
+        .context("a dealt payload shorter than a contribution")?;
+    let mut c = Zeroizing::new([0u8; CONTRIBUTION_LEN]);
+    c.copy_from_slice(&p[cut..]);
+    Ok((&p[..cut], c))
 }
 
 impl Node {
@@ -121,7 +145,17 @@ impl Node {
                 plan,
                 keys,
                 collective: None,
-                receivers: HashMap::new(),
+                pool: Arc::new(
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(
+                            std::thread::available_parallelism()
+                                .map(|n| n.get())
+                                .unwrap_or(1),
+                        )
+                        .thread_name(|i| format!("heal-he-{i}"))
+                        .build()
+                        .context("starting the encryption threads")?,
+                ),
             };
             if let Some(peers) = he.keys.peers.clone() {
                 apply_peers(&mut he, &peers)?;
@@ -233,14 +267,12 @@ impl Node {
                 Body::SetupKeys {
                     collective_public_key,
                     exchange_keys,
-                    receive_keys,
                 } => {
                     self.setup_keys(
                         link,
                         PeerKeys {
                             collective_public_key,
                             exchange: exchange_keys,
-                            receive: receive_keys,
                         },
                     )
                     .await?
@@ -266,15 +298,12 @@ impl Node {
                 }
                 Body::SwitchRequest {
                     attempt,
-                    targets,
                     active,
                     weights,
                     count,
                 } => {
-                    self.switch(
-                        link, round, attempt, &targets, &active, &weights, count, msg,
-                    )
-                    .await?
+                    self.switch(link, round, attempt, &active, &weights, count, msg)
+                        .await?
                 }
                 Body::RoundResult {
                     total_weight,
@@ -306,30 +335,23 @@ impl Node {
         let Some(he) = self.he.as_mut() else {
             return Ok(());
         };
-        if he.keys.threshold.is_some() {
-            link.send(0, Body::SetupDone).await?;
+        if let Some(body) = setup_done_body(&he.keys) {
+            link.send(0, body).await?;
             return Ok(());
         }
         let (ctx, crs) = (he.ctx.clone(), he.crs.clone());
         let share = &he.keys.share;
-        let receive_pk = he.keys.receive_pk.clone();
         let exchange = he.keys.exchange.public();
-        let msg = he.keys.key_shares_message(|| {
+        let public_key_share = he.keys.key_shares_message(|| {
             let mut prng = Prng::from_os()?;
             let pk_share = PublicKeyGen::new(&ctx, &crs).share(share, &mut prng)?;
-            Ok(postcard::to_allocvec(&(
-                mpw::encode_public_key_share(&ctx, &pk_share),
-                wire::encode_public_key(&ctx, &receive_pk),
-            ))?)
+            Ok(mpw::encode_public_key_share(&ctx, &pk_share))
         })?;
-        let (public_key_share, receive_key): (Vec<u8>, Vec<u8>) =
-            postcard::from_bytes(&msg).context("stored key shares are corrupt")?;
         link.send(
             0,
             Body::KeyShares {
                 public_key_share,
                 exchange_key: exchange,
-                receive_key,
             },
         )
         .await?;
@@ -363,13 +385,13 @@ impl Node {
             self.cfg.site.threshold as usize,
             &mut prng,
         )?;
+        // the same contribution to the receiving key goes to every hospital
+        let contribution = group_key::contribution(&mut prng);
         let mut sealed = Vec::new();
         for s in &shares {
+            let payload = dealt_payload(&mpw::encode_shamir_share(&he.ctx, s), &contribution);
             if s.to() == self.index {
-                write_secret(
-                    &self.dirs.state.join("own-share.bin"),
-                    &mpw::encode_shamir_share(&he.ctx, s),
-                )?;
+                write_secret(&self.dirs.state.join("own-share.bin"), &payload)?;
                 continue;
             }
             let receiver = peers
@@ -381,7 +403,7 @@ impl Node {
             let bytes = he.keys.exchange.seal(
                 &receiver,
                 &sealing_context(self.federation, self.index, s.to()),
-                &mpw::encode_shamir_share(&he.ctx, s),
+                &payload,
                 &mut prng,
             )?;
             sealed.push((s.to(), bytes));
@@ -403,8 +425,8 @@ impl Node {
         let Some(he) = self.he.as_mut() else {
             bail!("shares in a plaintext federation")
         };
-        if he.keys.threshold.is_some() {
-            link.send(0, Body::SetupDone).await?;
+        if let Some(body) = setup_done_body(&he.keys) {
+            link.send(0, body).await?;
             return Ok(());
         }
         let peers = he
@@ -412,9 +434,14 @@ impl Node {
             .peers
             .clone()
             .context("relayed shares before the setup keys")?;
-        let own = read_opt(&self.dirs.state.join("own-share.bin"))?
-            .context("relayed shares before dealing")?;
-        let mut shares = vec![mpw::decode_shamir_share(&he.ctx, &own).context("own-share.bin")?];
+        let own = Zeroizing::new(
+            read_opt(&self.dirs.state.join("own-share.bin"))?
+                .context("relayed shares before dealing")?,
+        );
+        let (own_share, own_contribution) = split_payload(&own).context("own-share.bin")?;
+        let mut shares =
+            vec![mpw::decode_shamir_share(&he.ctx, own_share).context("own-share.bin")?];
+        let mut contributions = vec![(self.index, own_contribution)];
         for (from, bytes) in &sealed {
             let sender = peers
                 .exchange
@@ -422,16 +449,19 @@ impl Node {
                 .find(|(h, _)| h == from)
                 .map(|(_, k)| *k)
                 .with_context(|| format!("no exchange key for hospital {from}"))?;
-            let opened = he
-                .keys
-                .exchange
-                .open(
-                    &sender,
-                    &sealing_context(self.federation, *from, self.index),
-                    bytes,
-                )
-                .with_context(|| format!("the share from hospital {from} does not open"))?;
-            let share = mpw::decode_shamir_share(&he.ctx, &opened)
+            let opened = Zeroizing::new(
+                he.keys
+                    .exchange
+                    .open(
+                        &sender,
+                        &sealing_context(self.federation, *from, self.index),
+                        bytes,
+                    )
+                    .with_context(|| format!("the share from hospital {from} does not open"))?,
+            );
+            let (share_bytes, contribution) = split_payload(&opened)
+                .with_context(|| format!("the share from hospital {from}"))?;
+            let share = mpw::decode_shamir_share(&he.ctx, share_bytes)
                 .with_context(|| format!("the share from hospital {from}"))?;
             if share.from() != *from || share.to() != self.index {
                 bail!(
@@ -441,6 +471,7 @@ impl Node {
                 );
             }
             shares.push(share);
+            contributions.push((*from, contribution));
         }
         let ids: Vec<u32> = (1..=self.cfg.site.hospitals).collect();
         let ts = ThresholdSecret::combine(
@@ -450,8 +481,14 @@ impl Node {
             &ids,
             &shares,
         )?;
-        he.keys.save_threshold(&he.ctx, ts)?;
-        link.send(0, Body::SetupDone).await?;
+        let (rsk, rpk) = group_key::derive(&he.ctx, &self.federation.0, &ids, &contributions)
+            .context("deriving the consortium receiving key")?;
+        he.keys.save_setup(&he.ctx, ts, rsk, rpk)?;
+        link.send(
+            0,
+            setup_done_body(&he.keys).context("setup was just stored")?,
+        )
+        .await?;
         info!(
             "threshold secret formed ({} of {})",
             self.cfg.site.threshold, self.cfg.site.hospitals
@@ -510,21 +547,24 @@ impl Node {
                     .collective
                     .clone()
                     .context("a round before the collective public key")?;
-                let (ctx, plan) = (he.ctx.clone(), he.plan.clone());
+                let (ctx, plan, pool) = (he.ctx.clone(), he.plan.clone(), he.pool.clone());
                 tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Vec<u8>>> {
-                    delta
-                        .par_chunks(ctx.n())
-                        .map_init(
-                            || ctx.pk_encryptor(&pk),
-                            |enc, chunk| -> anyhow::Result<Vec<u8>> {
-                                let enc = enc.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
-                                let values: Vec<f64> =
-                                    chunk.iter().map(|&v| f64::from(v)).collect();
-                                let pt = ctx.encode_real_pairs(&values, plan.level, plan.scale)?;
-                                Ok(wire::encode_ciphertext(&ctx, &enc.encrypt(&pt)))
-                            },
-                        )
-                        .collect()
+                    pool.install(|| {
+                        delta
+                            .par_chunks(ctx.n())
+                            .map_init(
+                                || ctx.pk_encryptor(&pk),
+                                |enc, chunk| -> anyhow::Result<Vec<u8>> {
+                                    let enc = enc.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
+                                    let values: Vec<f64> =
+                                        chunk.iter().map(|&v| f64::from(v)).collect();
+                                    let pt =
+                                        ctx.encode_real_pairs(&values, plan.level, plan.scale)?;
+                                    Ok(wire::encode_ciphertext(&ctx, &enc.encrypt(&pt)))
+                                },
+                            )
+                            .collect()
+                    })
                 })
                 .await??
             }
@@ -579,7 +619,6 @@ impl Node {
         link: &Link,
         round: u64,
         attempt: u32,
-        targets: &[u32],
         active: &[u32],
         weights: &[u64],
         count: u32,
@@ -618,19 +657,18 @@ impl Node {
         let flooding = he
             .plan
             .flooding(&weights.iter().map(|&w| w as f64).collect::<Vec<_>>())?;
-        let pcks = Arc::new(PublicKeySwitch::new(&he.ctx, flooding, active.len()));
-        let sk = Arc::new(sk);
-        let cts = Arc::new(cts);
-        let mut bytes_up = 0;
-        for &target in targets {
-            let pk = he
-                .receivers
-                .get(&target)
-                .cloned()
-                .with_context(|| format!("no receiving key for hospital {target}"))?;
-            let (pcks, sk, cts, ctx) = (pcks.clone(), sk.clone(), cts.clone(), he.ctx.clone());
-            let shares: Vec<Vec<u8>> =
-                tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Vec<u8>>> {
+        let pcks = PublicKeySwitch::new(&he.ctx, flooding, active.len());
+        let pk = he
+            .keys
+            .receive
+            .as_ref()
+            .context("switch request before the consortium receiving key")?
+            .pk
+            .clone();
+        let (ctx, pool) = (he.ctx.clone(), he.pool.clone());
+        let shares: Vec<Vec<u8>> =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Vec<u8>>> {
+                pool.install(|| {
                     cts.par_iter()
                         .map_init(Prng::from_os, |prng, ct| -> anyhow::Result<Vec<u8>> {
                             let prng = prng.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -641,27 +679,26 @@ impl Node {
                         })
                         .collect()
                 })
-                .await??;
-            let mut s = link
-                .open(
-                    round,
-                    Body::SwitchShares {
-                        attempt,
-                        target,
-                        count: shares.len() as u32,
-                    },
-                )
-                .await?;
-            for b in &shares {
-                s.item(b).await?;
-            }
-            bytes_up += s.finish().await?;
+            })
+            .await??;
+        let mut s = link
+            .open(
+                round,
+                Body::SwitchShares {
+                    attempt,
+                    count: shares.len() as u32,
+                },
+            )
+            .await?;
+        for b in &shares {
+            s.item(b).await?;
         }
+        let bytes_up = s.finish().await?;
         let switch_s = t0.elapsed().as_secs_f32();
         let c = self.costs.entry(round).or_default();
         c.switch_s += switch_s;
         c.bytes_up += bytes_up;
-        info!(round, attempt, targets = ?targets, switch_s, "switching shares sent");
+        info!(round, attempt, switch_s, "switching shares sent");
         Ok(())
     }
 
@@ -689,22 +726,55 @@ impl Node {
         }
         let t0 = Instant::now();
         let n = self.data.manifest.total;
+        // never more items than the model needs (a peer cannot make this allocate without bound)
+        let max_items = n.div_ceil(PLAIN_ITEM) + 1;
+        if count as usize > max_items {
+            bail!("a result of {count} items for a model of {n} values");
+        }
         let mut bytes_down = 0u64;
-        let mut sum: Vec<f64> = Vec::with_capacity(n + PLAIN_ITEM);
+        let mut items = Vec::with_capacity(count as usize);
         for i in 0..count {
             let item = msg
                 .next_item()
                 .await?
                 .with_context(|| format!("result ended after {i} of {count} items"))?;
             bytes_down += item.len() as u64;
-            match &self.he {
-                Some(he) => {
-                    let ct = wire::decode_ciphertext(&he.ctx, &item)
-                        .with_context(|| format!("result ciphertext {i}"))?;
-                    let dec = he.ctx.decryptor(&he.keys.receive_sk)?;
-                    sum.extend(he.ctx.decode_real_pairs(&dec.decrypt(&ct))?);
-                }
-                None => {
+            items.push(item);
+        }
+        let sum: Vec<f64> = match &self.he {
+            Some(he) => {
+                let (ctx, pool) = (he.ctx.clone(), he.pool.clone());
+                let sk = he
+                    .keys
+                    .receive
+                    .as_ref()
+                    .context("a result before the consortium receiving key")?
+                    .sk
+                    .clone();
+                // decode, decrypt and unpack the ciphertexts on all this node's threads
+                tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<f64>> {
+                    let parts: Vec<Vec<f64>> = pool.install(|| {
+                        items
+                            .par_iter()
+                            .enumerate()
+                            .map_init(
+                                || ctx.decryptor(&sk),
+                                |dec, (i, item)| -> anyhow::Result<Vec<f64>> {
+                                    let dec = dec.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+                                    let ct = wire::decode_ciphertext(&ctx, item)
+                                        .with_context(|| format!("result ciphertext {i}"))?;
+                                    Ok(ctx.decode_real_pairs(&dec.decrypt(&ct))?)
+                                },
+                            )
+                            .collect::<anyhow::Result<_>>()
+                    })?;
+                    Ok(parts.concat())
+                })
+                .await??
+            }
+            None => {
+                let mut sum = Vec::with_capacity(n + PLAIN_ITEM);
+                for (i, item) in items.iter().enumerate() {
                     if item.len() % 8 != 0 {
                         bail!("result item {i} is not f64 values");
                     }
@@ -713,8 +783,9 @@ impl Node {
                             .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))),
                     );
                 }
+                sum
             }
-        }
+        };
         if sum.len() < n {
             bail!("the result holds {} values for a model of {n}", sum.len());
         }
@@ -807,15 +878,17 @@ fn apply_peers(he: &mut NodeHe, peers: &PeerKeys) -> anyhow::Result<()> {
         wire::decode_public_key(&he.ctx, &peers.collective_public_key)
             .context("collective public key")?,
     );
-    he.receivers.clear();
-    for (h, bytes) in &peers.receive {
-        he.receivers.insert(
-            *h,
-            wire::decode_public_key(&he.ctx, bytes)
-                .with_context(|| format!("receiving key of hospital {h}"))?,
-        );
-    }
     Ok(())
+}
+
+/// "Setup done" with the consortium receiving key, once this node has finished setup.
+fn setup_done_body(keys: &Keys) -> Option<Body> {
+    match (&keys.threshold, &keys.receive) {
+        (Some(_), Some(r)) => Some(Body::SetupDone {
+            receive_key: r.pk_bytes.clone(),
+        }),
+        _ => None,
+    }
 }
 
 fn read_opt(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {

@@ -9,8 +9,8 @@
 //! each receives those addressed to it and reports setup done. Each round: announce, collect
 //! updates until every connected hospital has sent one (at least the quorum) or the deadline
 //! passes with the quorum in, then ask t connected hospitals for public-key-switch shares
-//! towards every connected hospital (re-planning if one of them leaves), then deliver, commit
-//! and start the next round.
+//! towards the consortium receiving key (re-planning if one of them leaves), then deliver the one
+//! switched aggregate to every connected hospital, commit and start the next round.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -55,12 +55,11 @@ pub enum Event {
         weight: u64,
         now: Instant,
     },
-    /// Its switching shares towards `target` for `round`, attempt `attempt`, were folded.
+    /// Its switching shares for `round`, attempt `attempt`, were folded.
     SwitchSharesFolded {
         hospital: u32,
         round: u64,
         attempt: u32,
-        target: u32,
         now: Instant,
     },
     /// The layer below committed `round` and sent the results.
@@ -96,17 +95,16 @@ pub enum Action {
         to: u32,
         deadline: Duration,
     },
-    /// Close the aggregate of `round` (once) and ask `active` for switching shares towards
-    /// `targets`; a new attempt discards the shares of earlier ones.
+    /// Close the aggregate of `round` (once) and ask `active` for switching shares towards the
+    /// consortium receiving key; a new attempt discards the shares of earlier ones.
     RequestSwitch {
         round: u64,
         attempt: u32,
         active: Vec<u32>,
-        targets: Vec<u32>,
         weights: Vec<(u32, u64)>,
     },
-    /// Make each target's result (switched aggregate, or plaintext sum), commit the round with
-    /// them, send them, then report [`Event::Committed`].
+    /// Make the round's result (switched aggregate, or plaintext sum), commit the round with it,
+    /// send it to `targets`, then report [`Event::Committed`].
     Deliver {
         round: u64,
         targets: Vec<u32>,
@@ -142,8 +140,7 @@ enum Stage {
         attempt: u32,
         uploads: BTreeMap<u32, u64>,
         active: Vec<u32>,
-        targets: Vec<u32>,
-        done: BTreeSet<(u32, u32)>,
+        done: BTreeSet<u32>,
         /// a re-plan waits here for enough connected hospitals
         waiting: bool,
     },
@@ -264,20 +261,18 @@ impl Engine {
         }
     }
 
-    /// Whether switching shares of `hospital` for (`round`, `attempt`, `target`) may be read.
+    /// Whether switching shares of `hospital` for (`round`, `attempt`) may be read.
     pub fn accepts_switch_shares(
         &self,
         hospital: u32,
         round: u64,
         attempt: u32,
-        target: u32,
     ) -> Result<(), String> {
         match &self.stage {
             Stage::Switching {
                 round: r,
                 attempt: a,
                 active,
-                targets,
                 done,
                 ..
             } => {
@@ -287,11 +282,7 @@ impl Engine {
                     ))
                 } else if !active.contains(&hospital) {
                     Err("switching shares from a hospital not asked for them".into())
-                } else if !targets.contains(&target) {
-                    Err(format!(
-                        "switching shares towards hospital {target}, not a target"
-                    ))
-                } else if done.contains(&(hospital, target)) {
+                } else if done.contains(&hospital) {
                     Err("switching shares sent twice".into())
                 } else {
                     Ok(())
@@ -376,7 +367,6 @@ impl Engine {
                 hospital,
                 round,
                 attempt,
-                target,
                 now: _,
             } => {
                 let mut complete = None;
@@ -384,24 +374,23 @@ impl Engine {
                     round: r,
                     attempt: a,
                     active,
-                    targets,
                     done,
                     uploads,
                     ..
                 } = &mut self.stage
                 {
-                    if *r == round && *a == attempt {
-                        done.insert((hospital, target));
-                        if done.len() == active.len() * targets.len() {
-                            complete = Some((targets.clone(), uploads.clone(), active.clone()));
+                    if *r == round && *a == attempt && active.contains(&hospital) {
+                        done.insert(hospital);
+                        if done.len() == active.len() {
+                            complete = Some((uploads.clone(), active.clone()));
                         }
                     }
                 }
-                if let Some((targets, uploads, active)) = complete {
+                if let Some((uploads, active)) = complete {
                     self.stage = Stage::Delivering { round };
                     out.push(Action::Deliver {
                         round,
-                        targets,
+                        targets: self.eligible(),
                         weights: uploads.into_iter().collect(),
                         switchers: active,
                     });
@@ -486,40 +475,20 @@ impl Engine {
             self.maybe_close(now, false, out);
             return;
         }
-        if matches!(&self.stage, Stage::Switching { active, .. } if active.contains(&h)) {
-            self.replan(now, out);
-            return;
-        }
-        let mut deliver = None;
-        if let Stage::Switching {
-            round,
-            active,
-            targets,
-            done,
-            uploads,
-            ..
-        } = &mut self.stage
+        // a hospital that leaves after sending its shares is not needed any more
+        if matches!(&self.stage, Stage::Switching { active, done, .. }
+            if active.contains(&h) && !done.contains(&h))
         {
-            if targets.contains(&h) {
-                targets.retain(|&t| t != h);
-                done.retain(|&(_, t)| t != h);
-                if !active.is_empty() && done.len() == active.len() * targets.len() {
-                    deliver = Some((
-                        *round,
-                        Action::Deliver {
-                            round: *round,
-                            targets: targets.clone(),
-                            weights: uploads.clone().into_iter().collect(),
-                            switchers: active.clone(),
-                        },
-                    ));
-                }
-            }
+            self.replan(now, out);
         }
-        if let Some((round, action)) = deliver {
-            self.stage = Stage::Delivering { round };
-            out.push(action);
-        }
+    }
+
+    /// Connected hospitals that finished setup: who rounds are announced and delivered to.
+    fn eligible(&self) -> Vec<u32> {
+        self.connected
+            .intersection(&self.setup_done)
+            .copied()
+            .collect()
     }
 
     fn start_round(&mut self, round: u64, now: Instant, out: &mut Vec<Action>) {
@@ -528,11 +497,7 @@ impl Engine {
             started: now,
             uploads: BTreeMap::new(),
         };
-        let to: Vec<u32> = self
-            .connected
-            .intersection(&self.setup_done)
-            .copied()
-            .collect();
+        let to = self.eligible();
         out.push(Action::Audit {
             hospital: None,
             round,
@@ -602,33 +567,27 @@ impl Engine {
             attempt: 0,
             uploads,
             active: Vec::new(),
-            targets: Vec::new(),
             done: BTreeSet::new(),
             waiting: true,
         };
         self.replan(now, out);
     }
 
-    /// Picks t connected hospitals (uploaders first) to switch towards every connected one.
+    /// Picks t connected hospitals (uploaders first) to make switching shares.
     fn replan(&mut self, _now: Instant, out: &mut Vec<Action>) {
         let t = self.cfg.threshold as usize;
+        let eligible = self.eligible();
         let Stage::Switching {
             round,
             attempt,
             uploads,
             active,
-            targets,
             done,
             waiting,
         } = &mut self.stage
         else {
             return;
         };
-        let eligible: Vec<u32> = self
-            .connected
-            .intersection(&self.setup_done)
-            .copied()
-            .collect();
         let mut chosen: Vec<u32> = eligible
             .iter()
             .copied()
@@ -661,20 +620,20 @@ impl Engine {
             *attempt += 1;
         }
         *active = chosen;
-        *targets = eligible;
         done.clear();
         *waiting = false;
         out.push(Action::Audit {
             hospital: None,
             round: *round,
             event: "switch-request",
-            detail: format!("attempt {attempt}: {active:?} re-encrypt for {targets:?}"),
+            detail: format!(
+                "attempt {attempt}: {active:?} re-encrypt to the consortium receiving key"
+            ),
         });
         out.push(Action::RequestSwitch {
             round: *round,
             attempt: *attempt,
             active: active.clone(),
-            targets: targets.clone(),
             weights: uploads.clone().into_iter().collect(),
         });
     }

@@ -53,19 +53,26 @@ fn set_up(e: &mut Engine, n: u32, now: Instant) -> Vec<Action> {
     last
 }
 
-fn request(actions: &[Action]) -> (u32, Vec<u32>, Vec<u32>) {
+fn request(actions: &[Action]) -> (u32, Vec<u32>) {
     actions
         .iter()
         .find_map(|a| match a {
             Action::RequestSwitch {
-                attempt,
-                active,
-                targets,
-                ..
-            } => Some((*attempt, active.clone(), targets.clone())),
+                attempt, active, ..
+            } => Some((*attempt, active.clone())),
             _ => None,
         })
         .expect("a switch request")
+}
+
+fn delivered_to(actions: &[Action]) -> Vec<u32> {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Deliver { targets, .. } => Some(targets.clone()),
+            _ => None,
+        })
+        .expect("a delivery")
 }
 
 #[test]
@@ -87,26 +94,25 @@ fn setup_then_rounds_to_the_end() {
                 now,
             });
         }
-        let (attempt, active, targets) = request(&last);
-        assert_eq!(
-            (attempt, active.clone(), targets.clone()),
-            (0, vec![1, 2], vec![1, 2, 3])
-        );
+        let (attempt, active) = request(&last);
+        assert_eq!((attempt, active.clone()), (0, vec![1, 2]));
         assert!(e.accepts_update(3, round).is_err(), "collection is closed");
         let mut out = Vec::new();
         for &h in &active {
-            for &t in &targets {
-                assert!(e.accepts_switch_shares(h, round, 0, t).is_ok());
-                out = e.handle(Event::SwitchSharesFolded {
-                    hospital: h,
-                    round,
-                    attempt: 0,
-                    target: t,
-                    now,
-                });
-            }
+            assert!(e.accepts_switch_shares(h, round, 0).is_ok());
+            out = e.handle(Event::SwitchSharesFolded {
+                hospital: h,
+                round,
+                attempt: 0,
+                now,
+            });
         }
         assert_eq!(kinds(&out), vec!["deliver"]);
+        assert_eq!(
+            delivered_to(&out),
+            vec![1, 2, 3],
+            "one result, for everyone"
+        );
         if let Some(Action::Deliver {
             weights, switchers, ..
         }) = out.iter().find(|a| matches!(a, Action::Deliver { .. }))
@@ -149,7 +155,7 @@ fn bad_updates_and_shares_are_refused() {
     });
     assert!(e.accepts_update(1, 1).unwrap_err().contains("second"));
     assert!(
-        e.accepts_switch_shares(1, 1, 0, 2).is_err(),
+        e.accepts_switch_shares(1, 1, 0).is_err(),
         "not switching yet"
     );
     let a = e.handle(Event::UpdateFolded {
@@ -168,33 +174,35 @@ fn bad_updates_and_shares_are_refused() {
         weight: 5,
         now,
     });
-    let (_, active, _) = request(&a);
+    let (_, active) = request(&a);
     assert!(
-        e.accepts_switch_shares(3, 1, 0, 1)
+        e.accepts_switch_shares(3, 1, 0)
             .unwrap_err()
             .contains("not asked")
     );
     assert!(
-        e.accepts_switch_shares(active[0], 1, 1, 1).is_err(),
+        e.accepts_switch_shares(active[0], 1, 1).is_err(),
         "wrong attempt"
-    );
-    assert!(
-        e.accepts_switch_shares(active[0], 1, 0, 9)
-            .unwrap_err()
-            .contains("not a target")
     );
     e.handle(Event::SwitchSharesFolded {
         hospital: active[0],
         round: 1,
         attempt: 0,
-        target: 1,
         now,
     });
     assert!(
-        e.accepts_switch_shares(active[0], 1, 0, 1)
+        e.accepts_switch_shares(active[0], 1, 0)
             .unwrap_err()
             .contains("twice")
     );
+    // shares folded by a hospital not asked change nothing
+    let a = e.handle(Event::SwitchSharesFolded {
+        hospital: 3,
+        round: 1,
+        attempt: 0,
+        now,
+    });
+    assert!(kinds(&a).is_empty());
 }
 
 #[test]
@@ -219,42 +227,33 @@ fn a_hospital_lost_mid_round_leaves_the_quorum_and_the_threshold_to_the_others()
         weight: 1,
         now,
     });
-    let (attempt, active, targets) = request(&a);
-    assert_eq!(
-        (attempt, active.clone(), targets),
-        (0, vec![1, 2, 3], vec![1, 2, 3, 4])
-    );
+    let (attempt, active) = request(&a);
+    assert_eq!((attempt, active.clone()), (0, vec![1, 2, 3]));
     // hospital 2 dies while switching: a new attempt with 1, 3, 4
     e.handle(Event::SwitchSharesFolded {
         hospital: 1,
         round: 1,
         attempt: 0,
-        target: 1,
         now,
     });
     let a = e.handle(Event::Left { hospital: 2, now });
-    let (attempt, active, targets) = request(&a);
-    assert_eq!(
-        (attempt, active.clone(), targets.clone()),
-        (1, vec![1, 3, 4], vec![1, 3, 4])
-    );
+    let (attempt, active) = request(&a);
+    assert_eq!((attempt, active.clone()), (1, vec![1, 3, 4]));
     assert!(
-        e.accepts_switch_shares(1, 1, 0, 1).is_err(),
+        e.accepts_switch_shares(1, 1, 0).is_err(),
         "shares of the old attempt are stale"
     );
     let mut out = Vec::new();
     for &h in &active {
-        for &t in &targets {
-            out = e.handle(Event::SwitchSharesFolded {
-                hospital: h,
-                round: 1,
-                attempt: 1,
-                target: t,
-                now,
-            });
-        }
+        out = e.handle(Event::SwitchSharesFolded {
+            hospital: h,
+            round: 1,
+            attempt: 1,
+            now,
+        });
     }
     assert_eq!(kinds(&out), vec!["deliver"]);
+    assert_eq!(delivered_to(&out), vec![1, 3, 4]);
     // hospital 3 dies too: two left, below t = 3 — the next round's switching waits for a third
     e.handle(Event::Committed { round: 1, now });
     e.handle(Event::Left { hospital: 3, now });
@@ -375,4 +374,38 @@ fn plaintext_rounds_skip_setup_and_switching() {
         kinds(&e.handle(Event::Committed { round: 1, now })),
         vec!["finish"]
     );
+}
+
+#[test]
+fn a_switcher_that_leaves_after_sending_its_shares_is_not_replaced() {
+    let now = Instant::now();
+    let mut e = Engine::new(cfg(4, 2, 3, 3), Restored::default(), now);
+    set_up(&mut e, 4, now);
+    let mut a = Vec::new();
+    for h in 1..=4 {
+        a = e.handle(Event::UpdateFolded {
+            hospital: h,
+            round: 1,
+            weight: 1,
+            now,
+        });
+    }
+    let (attempt, active) = request(&a);
+    assert_eq!((attempt, active.clone()), (0, vec![1, 2]));
+    e.handle(Event::SwitchSharesFolded {
+        hospital: 1,
+        round: 1,
+        attempt: 0,
+        now,
+    });
+    let a = e.handle(Event::Left { hospital: 1, now });
+    assert!(kinds(&a).is_empty(), "hospital 1's shares still count");
+    let out = e.handle(Event::SwitchSharesFolded {
+        hospital: 2,
+        round: 1,
+        attempt: 0,
+        now,
+    });
+    assert_eq!(kinds(&out), vec!["deliver"]);
+    assert_eq!(delivered_to(&out), vec![2, 3, 4]);
 }

@@ -9,6 +9,8 @@
 //! - [`keyswitch`]: collective key switching and public-key switching (PCKS) to a target public
 //!   key, every share carrying flooding noise ([`flooding`]) so that nothing a party sends reveals
 //!   its secret (IND-CPA-D);
+//! - [`group_key`]: the consortium receiving key every hospital derives from all hospitals'
+//!   sealed contributions (aggregates are switched to it once per round);
 //! - [`wire`]: the share messages, serialized and validated like ciphertexts.
 //!
 //! These are protocols with explicit messages and no networking: the coordinator relays and sums
@@ -17,6 +19,7 @@
 pub mod crs;
 mod error;
 pub mod flooding;
+pub mod group_key;
 pub mod keygen;
 pub mod keyswitch;
 pub mod sealed;

@@ -24,6 +24,15 @@ impl KeyGenerator {
         })
     }
 
+    /// A generator driven by `prng` instead of the OS: for keys that several parties must derive
+    /// identically from a secret seed they share (the consortium receiving key).
+    pub fn from_prng(ctx: &Arc<RlweContext>, prng: Prng) -> Self {
+        Self {
+            ctx: ctx.clone(),
+            prng,
+        }
+    }
+
     /// A uniform ternary secret (no sparse secrets), NTT domain over Q_L ∪ P.
     pub fn secret_key(&mut self) -> SecretKey {
         let ring = self.ctx.ring();
