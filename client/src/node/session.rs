@@ -13,7 +13,9 @@ use he_agg::aggregate::AggregationPlan;
 use he_agg::ckks::{Ciphertext, CkksContext, Parameters, Preset, PublicKey, wire};
 use he_agg::multiparty::group_key::{self, CONTRIBUTION_LEN, Contribution};
 use he_agg::multiparty::threshold::deal;
-use he_agg::multiparty::{Crs, PublicKeyGen, PublicKeySwitch, ThresholdSecret, wire as mpw};
+use he_agg::multiparty::{
+    Crs, PublicKeyGen, PublicKeySwitch, PublicKeySwitchMask, ThresholdSecret, wire as mpw,
+};
 use he_agg::ring::Prng;
 use protocol::link::{Incoming, connect};
 use protocol::message::{Body, Phase, RoundMetrics};
@@ -50,6 +52,16 @@ struct NodeHe {
     pool: Arc<rayon::ThreadPool>,
 }
 
+/// Switching masks made ahead for a round (while the other hospitals still train), for the
+/// weights and active-set size the previous round's switch request had: in a steady federation
+/// the next request is the same, and then only s_i·c1 is left to compute on the critical path.
+struct PreparedMasks {
+    round: u64,
+    weights: Vec<u64>,
+    parties: usize,
+    masks: tokio::task::JoinHandle<anyhow::Result<Vec<PublicKeySwitchMask>>>,
+}
+
 /// What one round cost this hospital (reported with the round's metrics).
 #[derive(Default, Clone)]
 struct RoundCost {
@@ -75,6 +87,9 @@ pub struct Node {
     state_file: StateFile,
     /// a round announced before the previous round's result arrived
     pending_start: Option<u64>,
+    /// round, weights and active-set size of the last switch request this node served
+    last_switch: Option<(u64, Vec<u64>, usize)>,
+    prepared: Option<PreparedMasks>,
     costs: HashMap<u64, RoundCost>,
 }
 
@@ -200,6 +215,8 @@ impl Node {
             state,
             state_file,
             pending_start: None,
+            last_switch: None,
+            prepared: None,
             costs: HashMap::new(),
         })
     }
@@ -590,6 +607,7 @@ impl Node {
         }
         let bytes_up = up.finish().await?;
         let upload_s = t2.elapsed().as_secs_f32();
+        self.prepare_masks(round, items.len());
         info!(
             round,
             train_s,
@@ -658,6 +676,20 @@ impl Node {
             .plan
             .flooding(&weights.iter().map(|&w| w as f64).collect::<Vec<_>>())?;
         let pcks = PublicKeySwitch::new(&he.ctx, flooding, active.len());
+        self.last_switch = Some((round, weights.to_vec(), active.len()));
+        // masks made ahead serve only the request they were made for, and only once
+        let mut masks: Option<Vec<PublicKeySwitchMask>> = None;
+        if let Some(p) = self.prepared.take() {
+            if p.round == round && p.weights == weights && p.parties == active.len() {
+                match p.masks.await {
+                    Ok(Ok(m)) if m.len() == cts.len() => masks = Some(m),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => warn!(round, "making switching masks ahead failed: {e:#}"),
+                    Err(e) => warn!(round, "making switching masks ahead failed: {e}"),
+                }
+            }
+        }
+        let prepared = masks.is_some();
         let pk = he
             .keys
             .receive
@@ -668,8 +700,19 @@ impl Node {
         let (ctx, pool) = (he.ctx.clone(), he.pool.clone());
         let shares: Vec<Vec<u8>> =
             tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Vec<u8>>> {
-                pool.install(|| {
-                    cts.par_iter()
+                pool.install(|| match masks {
+                    Some(masks) => cts
+                        .par_iter()
+                        .zip(masks.into_par_iter())
+                        .map(|(ct, mask)| -> anyhow::Result<Vec<u8>> {
+                            Ok(mpw::encode_public_key_switch_share(
+                                &ctx,
+                                &pcks.share_with_mask(&sk, ct, mask)?,
+                            ))
+                        })
+                        .collect(),
+                    None => cts
+                        .par_iter()
                         .map_init(Prng::from_os, |prng, ct| -> anyhow::Result<Vec<u8>> {
                             let prng = prng.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
                             Ok(mpw::encode_public_key_switch_share(
@@ -677,7 +720,7 @@ impl Node {
                                 &pcks.share(&sk, &pk, ct, prng)?,
                             ))
                         })
-                        .collect()
+                        .collect(),
                 })
             })
             .await??;
@@ -698,8 +741,52 @@ impl Node {
         let c = self.costs.entry(round).or_default();
         c.switch_s += switch_s;
         c.bytes_up += bytes_up;
-        info!(round, attempt, switch_s, "switching shares sent");
+        info!(round, attempt, switch_s, prepared, "switching shares sent");
         Ok(())
+    }
+
+    /// After uploading `round`'s update of `count` ciphertexts: if this node switched last
+    /// round, start making the masks of this round's switch on the encryption threads.
+    fn prepare_masks(&mut self, round: u64, count: usize) {
+        self.prepared = None;
+        let (Some(he), Some((last, weights, parties))) =
+            (self.he.as_ref(), self.last_switch.clone())
+        else {
+            return;
+        };
+        if last + 1 != round {
+            return;
+        }
+        let Some(receive) = he.keys.receive.as_ref() else {
+            return;
+        };
+        let (ctx, pool, pk, level) = (
+            he.ctx.clone(),
+            he.pool.clone(),
+            receive.pk.clone(),
+            he.plan.level,
+        );
+        let flooding = he
+            .plan
+            .flooding(&weights.iter().map(|&w| w as f64).collect::<Vec<_>>());
+        let masks = tokio::task::spawn_blocking(move || {
+            let pcks = PublicKeySwitch::new(&ctx, flooding?, parties);
+            pool.install(|| {
+                (0..count)
+                    .into_par_iter()
+                    .map_init(Prng::from_os, |prng, _| {
+                        let prng = prng.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
+                        Ok(pcks.mask(&pk, level, prng)?)
+                    })
+                    .collect()
+            })
+        });
+        self.prepared = Some(PreparedMasks {
+            round,
+            weights,
+            parties,
+            masks,
+        });
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -78,6 +78,22 @@ impl PublicKeySwitchShare {
     }
 }
 
+/// The ciphertext-independent part of one PCKS share (see [`PublicKeySwitch::mask`]). Secret
+/// while held (with the share it completes it would reveal s_i·c1), so wiped on drop.
+#[derive(Debug)]
+pub struct PublicKeySwitchMask {
+    h0: Zeroizing<Poly>,
+    h1: Zeroizing<Poly>,
+    /// σ of the flooding it carries
+    sigma: f64,
+}
+
+impl PublicKeySwitchMask {
+    pub fn level(&self) -> usize {
+        self.h0.limbs()
+    }
+}
+
 impl PublicKeySwitch {
     /// `parties`: how many shares will be summed (the active set), for the headroom check.
     pub fn new(ctx: &Arc<CkksContext>, flooding: Flooding, parties: usize) -> Self {
@@ -102,10 +118,64 @@ impl PublicKeySwitch {
         ct: &Ciphertext,
         prng: &mut Prng,
     ) -> Result<PublicKeySwitchShare, MultipartyError> {
-        check_key(&self.ctx, sk.fingerprint(), "secret key")?;
+        check_ct(&self.ctx, ct)?;
+        let mask = self.mask(target, ct.level(), prng)?;
+        self.share_with_mask(sk, ct, mask)
+    }
+
+    /// The part of a share that does not depend on the ciphertext: (u·b' + e0, u·a' + e1) with
+    /// e0 the flooding noise. It can be made ahead of time (while the ciphertext is not known
+    /// yet); each mask must serve exactly one share, which [`Self::share_with_mask`] ensures by
+    /// taking it by value.
+    pub fn mask(
+        &self,
+        target: &PublicKey,
+        level: usize,
+        prng: &mut Prng,
+    ) -> Result<PublicKeySwitchMask, MultipartyError> {
         check_key(&self.ctx, target.fingerprint(), "target public key")?;
+        if level == 0 || level > self.ctx.max_level() {
+            return Err(MultipartyError::Shape("ciphertext level"));
+        }
+        let rl = self.ctx.rlwe();
+        let ring = rl.ring();
+        let basis = rl.q_basis(level);
+        let u_coeffs = Zeroizing::new(prng.ternary(ring.n()));
+        let mut u = Zeroizing::new(ring.from_small_signed(&u_coeffs, basis));
+        ring.ntt(&mut u, basis);
+        let mut h0 = flood_poly(&self.ctx, &self.flooding, prng, level);
+        ring.mul_add_assign(&mut h0, &u, target.b(), basis);
+        let e1 = Zeroizing::new(prng.gaussian(ring.n()));
+        let mut h1 = ring.from_small_signed(&e1, basis);
+        ring.ntt(&mut h1, basis);
+        ring.mul_add_assign(&mut h1, &u, target.a(), basis);
+        Ok(PublicKeySwitchMask {
+            h0: Zeroizing::new(h0),
+            h1: Zeroizing::new(h1),
+            sigma: self.flooding.sigma(),
+        })
+    }
+
+    /// Completes `mask` (made by this switch's flooding, at `ct`'s level) into the share of
+    /// `ct`: adds s_i·c1.
+    pub fn share_with_mask(
+        &self,
+        sk: &SecretKey,
+        ct: &Ciphertext,
+        mask: PublicKeySwitchMask,
+    ) -> Result<PublicKeySwitchShare, MultipartyError> {
+        check_key(&self.ctx, sk.fingerprint(), "secret key")?;
         check_ct(&self.ctx, ct)?;
         let level = ct.level();
+        if mask.h0.limbs() != level || mask.h1.limbs() != level {
+            return Err(MultipartyError::Shape("public-key-switch mask"));
+        }
+        // a mask made with less flooding than this switch asks for would under-protect s_i
+        if mask.sigma.to_bits() != self.flooding.sigma().to_bits() {
+            return Err(MultipartyError::Shape(
+                "public-key-switch mask of another flooding",
+            ));
+        }
         // values of magnitude one at least must survive the flooding
         self.flooding
             .check_headroom(&self.ctx, level, ct.scale, 1.0, self.parties)?;
@@ -113,17 +183,12 @@ impl PublicKeySwitch {
         let ring = rl.ring();
         let basis = rl.q_basis(level);
         let s = Zeroizing::new(select_limbs(sk.poly(), rl, basis));
-        let u_coeffs = Zeroizing::new(prng.ternary(ring.n()));
-        let mut u = Zeroizing::new(ring.from_small_signed(&u_coeffs, basis));
-        ring.ntt(&mut u, basis);
-        let mut h0 = flood_poly(&self.ctx, &self.flooding, prng, level);
-        ring.mul_add_assign(&mut h0, &ct.parts[1], &s, basis);
-        ring.mul_add_assign(&mut h0, &u, target.b(), basis);
-        let e1 = Zeroizing::new(prng.gaussian(ring.n()));
-        let mut h1 = ring.from_small_signed(&e1, basis);
-        ring.ntt(&mut h1, basis);
-        ring.mul_add_assign(&mut h1, &u, target.a(), basis);
-        Ok(PublicKeySwitchShare { h0, h1 })
+        let mut share = PublicKeySwitchShare {
+            h0: (*mask.h0).clone(),
+            h1: (*mask.h1).clone(),
+        };
+        ring.mul_add_assign(&mut share.h0, &ct.parts[1], &s, basis);
+        Ok(share)
     }
 
     pub fn aggregate(

@@ -33,7 +33,9 @@ pub use keygen::{
     GaloisKeyGen, GaloisKeyShare, PublicKeyGen, PublicKeyShare, RelinKeyEphemeral, RelinKeyGen,
     RelinKeyShare1, RelinKeyShare2,
 };
-pub use keyswitch::{KeySwitch, KeySwitchShare, PublicKeySwitch, PublicKeySwitchShare};
+pub use keyswitch::{
+    KeySwitch, KeySwitchShare, PublicKeySwitch, PublicKeySwitchMask, PublicKeySwitchShare,
+};
 pub use threshold::{ShamirShare, ThresholdSecret, lagrange_share};
 
 #[cfg(test)]

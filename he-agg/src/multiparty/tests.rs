@@ -587,3 +587,47 @@ proptest::proptest! {
         let _ = decode_threshold_secret(ctx, &b);
     }
 }
+
+#[test]
+fn a_mask_made_ahead_gives_the_same_share_and_serves_only_its_flooding_and_level() {
+    let ctx =
+        CkksContext::new(Parameters::insecure_for_tests(10, &[60, 60], &[], 1, 40.0).unwrap())
+            .unwrap();
+    let mut kg = ctx.key_generator().unwrap();
+    let (sk, target_sk) = (kg.secret_key(), kg.secret_key());
+    let (pk, target) = (kg.public_key(&sk), kg.public_key(&target_sk));
+    let ct = ctx.pk_encryptor(&pk).unwrap().encrypt(
+        &ctx.encode(&values(3, ctx.slots()), 2, 2f64.powi(75))
+            .unwrap(),
+    );
+    let f = Flooding::new(30, fresh_noise_bound(&ctx, 1)).unwrap();
+    let proto = PublicKeySwitch::new(&ctx, f.clone(), 1);
+    // the same randomness, drawn before the ciphertext is known, gives the same share
+    let direct = proto
+        .share(&sk, &target, &ct, &mut Prng::from_seed(&[4; 32]))
+        .unwrap();
+    let mask = proto
+        .mask(&target, ct.level(), &mut Prng::from_seed(&[4; 32]))
+        .unwrap();
+    assert_eq!(mask.level(), 2);
+    assert_eq!(proto.share_with_mask(&sk, &ct, mask).unwrap(), direct);
+    // and it switches: the target key decrypts the values
+    let out = proto.finalize(&ct, direct).unwrap();
+    let got = ctx
+        .decode(&ctx.decryptor(&target_sk).unwrap().decrypt(&out))
+        .unwrap();
+    let want = values(3, ctx.slots());
+    assert!(max_err(&got, &want) < 1e-3);
+    // a mask of a weaker flooding, or of another level, is refused
+    let weaker = PublicKeySwitch::new(
+        &ctx,
+        Flooding::new(30, fresh_noise_bound(&ctx, 1) / 2.0).unwrap(),
+        1,
+    );
+    let mut prng = Prng::from_os().unwrap();
+    let m = weaker.mask(&target, 2, &mut prng).unwrap();
+    assert!(proto.share_with_mask(&sk, &ct, m).is_err());
+    let m = proto.mask(&target, 1, &mut prng).unwrap();
+    assert!(proto.share_with_mask(&sk, &ct, m).is_err());
+    assert!(proto.mask(&target, 3, &mut prng).is_err());
+}
