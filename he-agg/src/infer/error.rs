@@ -91,4 +91,6 @@ pub enum InferError {
     EmptyBatch,
     #[error("invalid parameter policy: {0}")]
     Policy(&'static str),
+    #[error(transparent)]
+    Multiparty(#[from] crate::multiparty::MultipartyError),
 }

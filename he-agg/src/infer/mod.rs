@@ -13,6 +13,9 @@
 //! - [`Model`]: a plan ready to evaluate, with its weights in the clear (mode b: image under the
 //!   requester's key) or encrypted under the image's key (mode a: ciphertext × ciphertext); an
 //!   encrypted model exports to ciphertexts and is rebuilt at a server that holds no weights.
+//! - [`threshold`]: mode (a) with a consortium: the evaluation keys of a plan made collectively
+//!   by every hospital (its own secret share never leaves it), and the flooding of the
+//!   threshold switch of each result to the requester's key.
 //! - [`BatchedModel`]: one image per slot (N/2 images per ciphertext), for throughput: maps are
 //!   modular matrix products over whole ciphertexts (AVX-512 IFMA where the CPU has it), no
 //!   rotation, relinearization deferred past the next map.
@@ -52,6 +55,7 @@ mod plan;
 mod reference;
 #[cfg(test)]
 mod tests;
+pub mod threshold;
 
 pub use architecture::{ArchLayer, Architecture, MAX_LAYERS, MAX_SKELETON_WEIGHTS};
 pub use batched::{BatchedModel, BatchedSpec};

@@ -29,6 +29,10 @@ pub struct ParamPolicy {
     pub min_log_n: u32,
     /// Largest ring degree tried (log2); the HE standard's table stops at 2^15.
     pub max_log_n: u32,
+    /// Bits kept below the outputs for the flooding noise of a threshold key switch (mode a):
+    /// the result stays at a level whose modulus holds outputs, flooding and this much more.
+    /// 0 for a result the requester decrypts itself (mode b).
+    pub switch_room_bits: u32,
 }
 
 impl Default for ParamPolicy {
@@ -41,6 +45,7 @@ impl Default for ParamPolicy {
             output_bits: 10,
             min_log_n: 12,
             max_log_n: 15,
+            switch_room_bits: 0,
         }
     }
 }
@@ -58,6 +63,9 @@ impl ParamPolicy {
         if self.output_bits > 30 {
             return Err(InferError::Policy("output_bits must be at most 30"));
         }
+        if self.switch_room_bits > 240 {
+            return Err(InferError::Policy("switch_room_bits must be at most 240"));
+        }
         if !(10..=15).contains(&self.min_log_n) || !(self.min_log_n..=15).contains(&self.max_log_n)
         {
             return Err(InferError::Policy("log N must satisfy 10 ≤ min ≤ max ≤ 15"));
@@ -65,10 +73,32 @@ impl ParamPolicy {
         Ok(())
     }
 
+    /// The policy for a model served encrypted (mode a): a threshold key switch floods the
+    /// result with noise 2^λ times its evaluation noise, so the scale is as large as the primes
+    /// allow (that noise relative to the scale is what the flooding multiplies) and the result
+    /// keeps `room_bits` below it for the flooding (see [`super::threshold`]).
+    pub fn threshold_switched(room_bits: u32) -> Self {
+        Self {
+            min_scale_bits: 50,
+            max_scale_bits: MAX_PRIME_BITS,
+            switch_room_bits: room_bits,
+            ..Self::default()
+        }
+    }
+
+    /// Prime sizes of the base (the levels left under the outputs): outputs, sign and switching
+    /// room, in as few primes of at most 60 bits as hold them.
+    fn base_bits(&self, s: u32) -> Vec<u32> {
+        let total = s + self.output_bits + 1 + self.switch_room_bits;
+        let count = total.div_ceil(MAX_PRIME_BITS);
+        let each = total.div_ceil(count).max(20);
+        vec![each; count as usize]
+    }
+
     /// Prime sizes of the ciphertext chain for `depth` levels at scale 2^s.
     fn q_bits(&self, depth: usize, s: u32) -> Vec<u32> {
-        let q0 = (s + self.output_bits + 1).min(MAX_PRIME_BITS);
-        std::iter::once(q0)
+        self.base_bits(s)
+            .into_iter()
             .chain(std::iter::repeat_n(s, depth))
             .collect()
     }
@@ -163,8 +193,8 @@ pub fn max_depth(policy: &ParamPolicy) -> usize {
         return 0;
     };
     let s = policy.min_scale_bits;
-    let q0 = (s + policy.output_bits + 1).min(MAX_PRIME_BITS);
-    let mut depth = (bound as u32).saturating_sub(2 * q0.max(s)) as usize / s as usize;
+    let base: u32 = policy.base_bits(s).iter().sum();
+    let mut depth = (bound as u32).saturating_sub(2 * base.max(s)) as usize / s as usize;
     while depth > 0 && !matches!(try_ring(policy.max_log_n, depth, policy), Ok(Some(_))) {
         depth -= 1;
     }
@@ -198,6 +228,24 @@ mod tests {
         // a shallow network gets a small ring
         let p = choose_parameters(1, 16, &fast).unwrap();
         assert_eq!(p.n(), 4096);
+    }
+
+    #[test]
+    fn a_threshold_switched_result_keeps_room_under_its_logits() {
+        // mode (a): 60-bit scale primes, and a base that holds the logits, sign and flooding
+        let policy = ParamPolicy::threshold_switched(4);
+        let p = choose_parameters(5, 4096, &policy).unwrap();
+        assert_eq!(p.log_scale(), 60.0);
+        assert!(!p.rlwe().is_insecure());
+        let q = p.rlwe().q();
+        let base = q.len() - 5;
+        assert!(base >= 2, "one prime cannot hold 60 + 10 + 1 + 4 bits");
+        let base_bits: f64 = q[..base].iter().map(|&x| (x as f64).log2()).sum();
+        assert!(base_bits >= 74.0, "{base_bits}");
+        assert!(q[base..].iter().all(|&x| (x as f64).log2() > 59.0));
+        // without room, a 40-bit scale keeps a single base prime, as before
+        let p = choose_parameters(5, 4096, &ParamPolicy::default()).unwrap();
+        assert_eq!(p.max_level(), 6);
     }
 
     #[test]

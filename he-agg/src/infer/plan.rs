@@ -60,9 +60,15 @@ impl InferenceSpec {
     pub fn output_len(&self) -> usize {
         self.output_len
     }
-    /// The level the image is encrypted at (depth + 1: no modulus is sent that is never used).
+    /// The level the image is encrypted at: depth + the base levels (one for a result the
+    /// requester decrypts itself; more when the result keeps room for a threshold switch). No
+    /// modulus is sent that is never used.
     pub fn input_level(&self) -> usize {
         self.input_level
+    }
+    /// The level of the result: what is left under the scale primes.
+    pub fn output_level(&self) -> usize {
+        self.input_level - self.depth
     }
     /// The scale the image is encoded at.
     pub fn input_scale(&self) -> f64 {
@@ -298,7 +304,9 @@ impl InferencePlan {
         let first = choose_first_layout(&low.ops, low.input_len, max_slots);
         let needed = needed_slots(&low.ops, low.input_len, &first);
         let params = choose_parameters(low.depth(), needed, policy)?;
-        Self::build(low, first, params)
+        // the chosen chain is the base (outputs and switching room) under `depth` scale primes
+        let input_level = params.max_level();
+        Self::build(low, first, params, input_level)
     }
 
     /// Compiles `net` for given parameters (refused when they lack slots or levels).
@@ -318,17 +326,19 @@ impl InferencePlan {
                 depth: low.depth(),
             });
         }
-        Self::build(low, first, params)
+        let input_level = low.depth() + 1;
+        Self::build(low, first, params, input_level)
     }
 
     fn build(
         low: super::lower::Lowered,
         first: FirstLayout,
         params: Parameters,
+        input_level: usize,
     ) -> Result<Self, InferError> {
         let slots = params.slots();
         let depth = low.depth();
-        let mut level = depth + 1;
+        let mut level = input_level;
         let (input_map, mut period) = match &first {
             FirstLayout::Im2col { fields, taps } => {
                 // replicated with the smallest power-of-two period holding the im2col rows and
@@ -414,7 +424,7 @@ impl InferencePlan {
                 }
             }
         }
-        debug_assert_eq!(level, 1);
+        debug_assert_eq!(level, input_level - depth);
         let mut galois_steps: Vec<i64> = steps
             .into_iter()
             .map(|s| s.rem_euclid(slots as i64))
@@ -427,7 +437,7 @@ impl InferencePlan {
                 params,
                 input_len: low.input_len,
                 input_map,
-                input_level: depth + 1,
+                input_level,
                 output_len: low.output_len,
                 galois_steps,
                 relinearize,

@@ -1,0 +1,249 @@
+//! Mode (a) as a consortium serves it: five hospitals make the plan's keys collectively and hold
+//! 3-of-5 threshold shares; the model and the image are encrypted under the collective key; the
+//! result is switched to the requester's key by three hospitals with flooded shares (λ = 30).
+//! Latency = encrypt + evaluate + one hospital's switching share (the t shares are made in
+//! parallel at t machines) + combining them + the requester's decrypt.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use he_agg::ckks::{CkksContext, wire};
+use he_agg::infer::threshold::{CollectiveKeys, RESULT_LAMBDA, result_flooding};
+use he_agg::infer::{InferencePlan, Model, Network, ParamPolicy};
+use he_agg::multiparty::threshold::deal;
+use he_agg::multiparty::{Crs, PublicKeySwitch, ThresholdSecret, wire as mpw};
+use he_agg::ring::Prng;
+use serde_json::{Value, json};
+
+const HOSPITALS: u32 = 5;
+const THRESHOLD: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn argmax(v: &[f64]) -> usize {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .unwrap_or(0)
+}
+
+/// Runs the measurement with rayon's current pool; prints and returns the figures.
+pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool) -> Value {
+    let t = Instant::now();
+    let plan = InferencePlan::new(net, &ParamPolicy::threshold_switched(4)).expect("mode (a) plan");
+    let spec = plan.spec();
+    let ctx: Arc<CkksContext> = CkksContext::new(spec.parameters().clone()).expect("context");
+    let keys = CollectiveKeys::new(spec, &ctx, &Crs::from_seed([5; 32])).expect("keys");
+    let mut prng = Prng::from_os().expect("os rng");
+    let ids: Vec<u32> = (1..=HOSPITALS).collect();
+    let mut secrets = Vec::new();
+    let mut round1 = Vec::new();
+    let mut share_s = Vec::new();
+    for _ in &ids {
+        let sk = ctx.key_generator().expect("rng").secret_key();
+        let t = Instant::now();
+        round1.push(keys.round1(&sk, &mut prng).expect("round 1"));
+        share_s.push(t.elapsed().as_secs_f64());
+        secrets.push(sk);
+    }
+    let first = &round1[0].1;
+    let share_bytes = mpw::encode_public_key_share(&ctx, &first.public_key).len()
+        + mpw::encode_relin_share1(&ctx, &first.relinearization).len()
+        + first
+            .galois
+            .iter()
+            .map(|g| mpw::encode_galois_share(&ctx, g).len())
+            .sum::<usize>();
+    let mut agg1 = round1[0].1.clone();
+    for (_, s) in &round1[1..] {
+        keys.aggregate1(&mut agg1, s).expect("aggregate 1");
+    }
+    let mut agg2 = None;
+    for (sk, (eph, _)) in secrets.iter().zip(&round1) {
+        let s = keys
+            .round2(eph, sk, &agg1.relinearization, &mut prng)
+            .expect("round 2");
+        match agg2.as_mut() {
+            None => agg2 = Some(s),
+            Some(a) => keys.aggregate2(a, &s).expect("aggregate 2"),
+        }
+    }
+    let pk = keys.public_key(&agg1);
+    let eval_keys = keys
+        .finalize(agg1, agg2.expect("round 2 shares"))
+        .expect("keys");
+    let eval = ctx
+        .evaluator(eval_keys.relinearization.as_ref(), Some(&eval_keys.galois))
+        .expect("evaluator");
+    let dealt: Vec<_> = ids
+        .iter()
+        .zip(&secrets)
+        .map(|(&i, sk)| deal(&ctx, sk, i, &ids, THRESHOLD, &mut prng).expect("deal"))
+        .collect();
+    let threshold: Vec<ThresholdSecret> = ids
+        .iter()
+        .map(|&me| {
+            let mine: Vec<_> = dealt
+                .iter()
+                .flatten()
+                .filter(|s| s.to() == me)
+                .cloned()
+                .collect();
+            ThresholdSecret::combine(&ctx, me, THRESHOLD, &ids, &mine).expect("combine")
+        })
+        .collect();
+    let key_setup_s = t.elapsed().as_secs_f64();
+
+    let mut enc = ctx.pk_encryptor(&pk).expect("encryptor");
+    let t = Instant::now();
+    let model = Model::encrypted(&plan, &ctx, &mut |p| enc.encrypt(p)).expect("encrypted model");
+    let model_encrypt_s = t.elapsed().as_secs_f64();
+    let model_bytes: usize = model
+        .ciphertexts()
+        .iter()
+        .map(|c| wire::ciphertext_len(&ctx, c.level(), 1))
+        .sum();
+    let mut rkg = ctx.key_generator().expect("rng");
+    let req_sk = rkg.secret_key();
+    let req_pk = rkg.public_key(&req_sk);
+    let (flooding, slot_error) = result_flooding(
+        &ctx,
+        spec,
+        HOSPITALS as usize,
+        THRESHOLD,
+        RESULT_LAMBDA,
+        1024.0,
+    )
+    .expect("flooding fits");
+    let pcks = PublicKeySwitch::new(&ctx, flooding, THRESHOLD);
+    let active: Vec<u32> = ids[..THRESHOLD].to_vec();
+    let additive: Vec<_> = active
+        .iter()
+        .map(|&i| {
+            threshold[(i - 1) as usize]
+                .additive_share(&ctx, &active)
+                .expect("share")
+        })
+        .collect();
+    let dec = ctx.decryptor(&req_sk).expect("decryptor");
+    let request_bytes = wire::ciphertext_len(&ctx, spec.input_level(), 1);
+    let response_bytes = wire::ciphertext_len(&ctx, spec.output_level(), 1);
+    let switch_share_bytes = mpw::public_key_switch_share_len(&ctx, spec.output_level());
+
+    let mut figures = serde_json::Map::new();
+    for (name, pool) in [("t1", Some(one)), ("all", None)] {
+        let mut measure = || {
+            let (mut te, mut tv, mut ts, mut tc, mut td, mut tt) =
+                (vec![], vec![], vec![], vec![], vec![], vec![]);
+            let (mut max_err, mut agree) = (0f64, true);
+            for r in 0..=reps {
+                let x = &xs[r % xs.len()];
+                let t0 = Instant::now();
+                let ct = enc.encrypt(&spec.encode_input(&ctx, x).expect("encode"));
+                let t1 = Instant::now();
+                let out = model.evaluate(&eval, &ct).expect("evaluate");
+                let t2 = Instant::now();
+                let mut slowest = 0f64;
+                let mut shares = Vec::new();
+                for sk in &additive {
+                    let t = Instant::now();
+                    shares.push(pcks.share(sk, &req_pk, &out, &mut prng).expect("share"));
+                    slowest = slowest.max(t.elapsed().as_secs_f64());
+                }
+                let t3 = Instant::now();
+                let mut acc = shares.pop().expect("t shares");
+                for s in &shares {
+                    pcks.aggregate(&mut acc, s).expect("aggregate");
+                }
+                let switched = pcks.finalize(&out, acc).expect("finalize");
+                let t4 = Instant::now();
+                let logits = spec
+                    .decode_output(&ctx, &dec.decrypt(&switched))
+                    .expect("decode");
+                let t5 = Instant::now();
+                let want: Vec<f64> = net
+                    .forward(x)
+                    .expect("reference")
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .collect();
+                let e = logits
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
+                max_err = max_err.max(e);
+                agree &= argmax(&logits) == argmax(&want);
+                if r > 0 {
+                    te.push((t1 - t0).as_secs_f64());
+                    tv.push((t2 - t1).as_secs_f64());
+                    ts.push(slowest);
+                    tc.push((t4 - t3).as_secs_f64());
+                    td.push((t5 - t4).as_secs_f64());
+                    tt.push(((t2 - t0) + (t5 - t3)).as_secs_f64() + slowest);
+                }
+            }
+            json!({
+                "encrypt_s": median(te), "evaluate_s": median(tv), "switch_share_s": median(ts),
+                "combine_s": median(tc), "decrypt_s": median(td), "total_s": median(tt),
+                "max_abs_error": max_err, "argmax_agrees": agree,
+            })
+        };
+        let l = match pool {
+            Some(p) => p.install(&mut measure),
+            None => measure(),
+        };
+        println!(
+            "mode (a) {name:>3}: encrypt {:.1} ms, evaluate {:.1} ms, switching share {:.1} ms \
+             (each of {THRESHOLD} hospitals), combine {:.1} ms, decrypt {:.1} ms, total {:.1} ms; \
+             max |err| {:.2e}, argmax agrees: {}",
+            l["encrypt_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
+            l["evaluate_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
+            l["switch_share_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
+            l["combine_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
+            l["decrypt_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
+            l["total_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
+            l["max_abs_error"].as_f64().unwrap_or(f64::NAN),
+            l["argmax_agrees"]
+        );
+        figures.insert(name.into(), l);
+    }
+    let params = spec.parameters();
+    println!(
+        "mode (a) parameters: N = {}, log QP {:.0}, scale 2^{}, result at level {}; collective \
+         keys of {HOSPITALS} hospitals in {:.1} s ({:.1} s per hospital's shares, {:.1} MB each); \
+         model encrypted in {:.1} s ({:.1} MB); request {} KB, switching share {} KB, response \
+         {} KB; expected switching error per logit {:.1e}",
+        params.n(),
+        params.rlwe().log_qp(),
+        params.log_scale(),
+        spec.output_level(),
+        key_setup_s,
+        median(share_s.clone()),
+        share_bytes as f64 / 1e6,
+        model_encrypt_s,
+        model_bytes as f64 / 1e6,
+        request_bytes / 1000,
+        switch_share_bytes / 1000,
+        response_bytes / 1000,
+        slot_error
+    );
+    json!({
+        "latency": figures,
+        "hospitals": HOSPITALS, "threshold": THRESHOLD, "lambda": RESULT_LAMBDA,
+        "N": params.n(), "log_qp": params.rlwe().log_qp(), "log_scale": params.log_scale(),
+        "output_level": spec.output_level(), "expected_switch_error": slot_error,
+        "key_setup_s": key_setup_s, "key_shares_bytes_per_hospital": share_bytes,
+        "model_encrypt_s": model_encrypt_s, "model_bytes": model_bytes,
+        "request_bytes": request_bytes, "switch_share_bytes": switch_share_bytes,
+        "response_bytes": response_bytes,
+    })
+}

@@ -1,0 +1,212 @@
+//! Mode (a) with a consortium: the model is encrypted under a collective key that no party
+//! holds, the coordinator evaluates it on images encrypted under the same key, and t hospitals
+//! switch each result to the requester's public key (PCKS) with flooded shares.
+//!
+//! [`CollectiveKeys`] runs the key generation of a plan among the hospitals: in round 1 every
+//! hospital sends its share of the public key, of the relinearization key's first round and of
+//! exactly the plan's Galois keys; in round 2, on the sum of the relinearization shares, its
+//! second relinearization share. The sums are the keys the evaluator needs.
+//!
+//! [`result_flooding`] sizes the switch. Every share carries Gaussian flooding 2^λ times the
+//! noise bound of a fresh encryption under the collective key (as the training rounds' switch
+//! does), λ ≥ 30. Its error in the result's slots is σ·√(N·t)/Δ, so the plan's scale must be
+//! large: [`super::ParamPolicy::threshold_switched`] takes 60-bit scale primes and keeps base
+//! primes under the result that hold the logits and the flooding (for the default OrganAMNIST
+//! network: N = 2^15, logits' switching error ≈ 10^-3). Refused when the output level cannot
+//! hold the flooding of `switchers` shares.
+
+use std::sync::Arc;
+
+use crate::ckks::{CkksContext, GaloisKeys, PublicKey};
+use crate::multiparty::flooding::fresh_noise_bound;
+use crate::multiparty::{
+    Crs, Flooding, GaloisKeyGen, GaloisKeyShare, PublicKeyGen, PublicKeyShare, RelinKeyEphemeral,
+    RelinKeyGen, RelinKeyShare1, RelinKeyShare2,
+};
+use crate::ring::Prng;
+use crate::rlwe::SecretKey;
+
+use super::error::InferError;
+use super::plan::{EvaluationKeys, InferenceSpec};
+
+/// Default statistical security of the flooding of a served result's switch (bits).
+pub const RESULT_LAMBDA: u32 = 30;
+
+/// One hospital's round-1 shares of a plan's collective keys (or, summed, the round-1 aggregate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyShares {
+    pub public_key: PublicKeyShare,
+    pub relinearization: RelinKeyShare1,
+    /// One per element of [`CollectiveKeys::galois_elements`], in that order.
+    pub galois: Vec<GaloisKeyShare>,
+}
+
+/// The collective key generation of a plan's evaluation keys.
+#[derive(Debug, Clone)]
+pub struct CollectiveKeys {
+    ctx: Arc<CkksContext>,
+    pk: PublicKeyGen,
+    rlk: RelinKeyGen,
+    gk: GaloisKeyGen,
+    elements: Vec<u64>,
+}
+
+impl CollectiveKeys {
+    /// For `spec` (whose parameters `ctx` must have), with the common reference string `crs`.
+    pub fn new(
+        spec: &InferenceSpec,
+        ctx: &Arc<CkksContext>,
+        crs: &Crs,
+    ) -> Result<Self, InferError> {
+        if ctx.params() != spec.parameters() {
+            return Err(InferError::ContextMismatch);
+        }
+        let rl = ctx.rlwe();
+        let mut elements: Vec<u64> = spec
+            .galois_steps()
+            .iter()
+            .map(|&s| rl.galois_element_for_rotation(s))
+            .filter(|&g| g != 1)
+            .collect();
+        elements.sort_unstable();
+        elements.dedup();
+        Ok(Self {
+            ctx: ctx.clone(),
+            pk: PublicKeyGen::new(ctx, crs),
+            rlk: RelinKeyGen::new(ctx, crs)?,
+            gk: GaloisKeyGen::new(ctx, crs)?,
+            elements,
+        })
+    }
+
+    /// The Galois elements keys are made for (the plan's rotations), ascending.
+    pub fn galois_elements(&self) -> &[u64] {
+        &self.elements
+    }
+
+    pub fn context(&self) -> &Arc<CkksContext> {
+        &self.ctx
+    }
+
+    /// Round 1 of a hospital with secret share `sk`: its shares, and the ephemeral secret it
+    /// keeps (wiped on drop) for round 2.
+    pub fn round1(
+        &self,
+        sk: &SecretKey,
+        prng: &mut Prng,
+    ) -> Result<(RelinKeyEphemeral, KeyShares), InferError> {
+        let public_key = self.pk.share(sk, prng)?;
+        let (eph, relinearization) = self.rlk.round1(sk, prng)?;
+        let galois = self
+            .elements
+            .iter()
+            .map(|&g| self.gk.share(sk, g, prng))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((
+            eph,
+            KeyShares {
+                public_key,
+                relinearization,
+                galois,
+            },
+        ))
+    }
+
+    /// acc += shares (round 1), refusing shares for other Galois elements.
+    pub fn aggregate1(&self, acc: &mut KeyShares, shares: &KeyShares) -> Result<(), InferError> {
+        self.check_galois(shares)?;
+        self.pk.aggregate(&mut acc.public_key, &shares.public_key)?;
+        self.rlk
+            .aggregate1(&mut acc.relinearization, &shares.relinearization)?;
+        for (a, s) in acc.galois.iter_mut().zip(&shares.galois) {
+            self.gk.aggregate(a, s)?;
+        }
+        Ok(())
+    }
+
+    /// Checks that `shares` hold exactly the plan's Galois elements, in order.
+    pub fn check_galois(&self, shares: &KeyShares) -> Result<(), InferError> {
+        if shares.galois.len() != self.elements.len()
+            || shares
+                .galois
+                .iter()
+                .zip(&self.elements)
+                .any(|(s, &g)| s.galois_element() != g)
+        {
+            return Err(InferError::ModelMismatch(
+                "Galois key shares are not the plan's rotations",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Round 2 of a hospital, on the round-1 aggregate's relinearization part.
+    pub fn round2(
+        &self,
+        eph: &RelinKeyEphemeral,
+        sk: &SecretKey,
+        round1: &RelinKeyShare1,
+        prng: &mut Prng,
+    ) -> Result<RelinKeyShare2, InferError> {
+        Ok(self.rlk.round2(eph, sk, round1, prng)?)
+    }
+
+    /// acc += share (round 2).
+    pub fn aggregate2(
+        &self,
+        acc: &mut RelinKeyShare2,
+        share: &RelinKeyShare2,
+    ) -> Result<(), InferError> {
+        Ok(self.rlk.aggregate2(acc, share)?)
+    }
+
+    /// The collective public key (round 1 alone gives it: the model and the images are
+    /// encrypted under it).
+    pub fn public_key(&self, round1: &KeyShares) -> PublicKey {
+        self.pk.finalize(round1.public_key.clone())
+    }
+
+    /// The evaluation keys from both rounds' aggregates.
+    pub fn finalize(
+        &self,
+        round1: KeyShares,
+        round2: RelinKeyShare2,
+    ) -> Result<EvaluationKeys, InferError> {
+        self.check_galois(&round1)?;
+        let relinearization = self.rlk.finalize(&round1.relinearization, round2)?;
+        let mut galois = GaloisKeys::new();
+        for share in round1.galois {
+            galois.insert(self.gk.finalize(share)?);
+        }
+        Ok(EvaluationKeys {
+            relinearization: Some(relinearization),
+            galois,
+        })
+    }
+}
+
+/// The flooding of the switch of a served result to a requester's key: 2^λ times the noise
+/// bound of a fresh encryption under the key of `hospitals` parties, checked to fit under the
+/// result (logits up to `max_logit` in magnitude, `switchers` shares) at the plan's output
+/// level. Also returns the expected switching error per logit.
+pub fn result_flooding(
+    ctx: &CkksContext,
+    spec: &InferenceSpec,
+    hospitals: usize,
+    switchers: usize,
+    lambda: u32,
+    max_logit: f64,
+) -> Result<(Flooding, f64), InferError> {
+    if ctx.params() != spec.parameters() {
+        return Err(InferError::ContextMismatch);
+    }
+    let flooding = Flooding::new(lambda, fresh_noise_bound(ctx, hospitals))?;
+    let room = flooding.check_headroom(
+        ctx,
+        spec.output_level(),
+        spec.input_scale(),
+        max_logit,
+        switchers,
+    )?;
+    Ok((flooding, room.slot_error))
+}

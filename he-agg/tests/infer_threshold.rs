@@ -1,0 +1,199 @@
+//! Mode (a) end to end with a consortium, on 128-bit parameters: three hospitals make a plan's
+//! keys collectively (none holds the secret) and Shamir-share their secrets 2-of-3; the model
+//! and an image are encrypted under the collective key; the network is evaluated ciphertext ×
+//! ciphertext; two hospitals switch the result to a requester's key with flooded shares; only the
+//! requester reads the logits, which match the plain network.
+
+use std::sync::Arc;
+
+use he_agg::ckks::CkksContext;
+use he_agg::infer::threshold::{CollectiveKeys, RESULT_LAMBDA, result_flooding};
+use he_agg::infer::{Conv2d, Dense, InferError, InferencePlan, Layer, Model, Network, ParamPolicy};
+use he_agg::multiparty::threshold::deal;
+use he_agg::multiparty::{Crs, PublicKeySwitch, ThresholdSecret};
+use he_agg::ring::Prng;
+
+fn lcg(seed: &mut u64) -> f32 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
+/// conv 1→2 k3 s2 → square → dense 18→4: depth 3 (the default network's shape, smaller).
+fn network() -> Network {
+    let s = &mut 7u64;
+    Network::new(
+        [1, 6, 6],
+        vec![
+            Layer::Conv2d(Conv2d {
+                in_channels: 1,
+                out_channels: 2,
+                kernel: 3,
+                stride: 2,
+                padding: 1,
+                weight: (0..18).map(|_| lcg(s) / 3.0).collect(),
+                bias: vec![0.05, -0.1],
+            }),
+            Layer::Square,
+            Layer::Flatten,
+            Layer::Dense(Dense {
+                in_features: 18,
+                out_features: 4,
+                weight: (0..72).map(|_| lcg(s) / 4.0).collect(),
+                bias: vec![0.1, -0.2, 0.0, 0.3],
+            }),
+        ],
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_consortium_serves_an_encrypted_model_to_a_requester_only() {
+    let net = network();
+    let plan = InferencePlan::new(&net, &ParamPolicy::threshold_switched(4)).unwrap();
+    let spec = plan.spec();
+    let ctx: Arc<CkksContext> = CkksContext::new(spec.parameters().clone()).unwrap();
+    assert!(!ctx.params().rlwe().is_insecure());
+    assert!(spec.output_level() >= 2, "room under the result");
+    let crs = Crs::from_seed([9; 32]);
+    let keys = CollectiveKeys::new(spec, &ctx, &crs).unwrap();
+    let mut prng = Prng::from_os().unwrap();
+
+    // every hospital: its own secret share, its round-1 shares
+    let ids = [1u32, 2, 3];
+    let mut secrets = Vec::new();
+    let mut round1 = Vec::new();
+    for _ in ids {
+        let sk = ctx.key_generator().unwrap().secret_key();
+        let (eph, shares) = keys.round1(&sk, &mut prng).unwrap();
+        secrets.push(sk);
+        round1.push((eph, shares));
+    }
+    let mut agg1 = round1[0].1.clone();
+    for (_, s) in &round1[1..] {
+        keys.aggregate1(&mut agg1, s).unwrap();
+    }
+    // round 2 on the sum of round 1
+    let mut agg2 = None;
+    for (sk, (eph, _)) in secrets.iter().zip(&round1) {
+        let s = keys
+            .round2(eph, sk, &agg1.relinearization, &mut prng)
+            .unwrap();
+        match agg2.as_mut() {
+            None => agg2 = Some(s),
+            Some(a) => keys.aggregate2(a, &s).unwrap(),
+        }
+    }
+    let pk = keys.public_key(&agg1);
+    let eval_keys = keys.finalize(agg1, agg2.unwrap()).unwrap();
+    let eval = ctx
+        .evaluator(eval_keys.relinearization.as_ref(), Some(&eval_keys.galois))
+        .unwrap();
+
+    // 2-of-3 threshold shares of the collective secret
+    let dealt: Vec<_> = ids
+        .iter()
+        .zip(&secrets)
+        .map(|(&i, sk)| deal(&ctx, sk, i, &ids, 2, &mut prng).unwrap())
+        .collect();
+    let threshold: Vec<ThresholdSecret> = ids
+        .iter()
+        .map(|&me| {
+            let mine: Vec<_> = dealt
+                .iter()
+                .flatten()
+                .filter(|s| s.to() == me)
+                .cloned()
+                .collect();
+            ThresholdSecret::combine(&ctx, me, 2, &ids, &mine).unwrap()
+        })
+        .collect();
+
+    // the model (encrypted by a hospital) and the image (by the requester), collective key
+    let mut enc = ctx.pk_encryptor(&pk).unwrap();
+    let model = Model::encrypted(&plan, &ctx, &mut |pt| enc.encrypt(pt)).unwrap();
+    let x: Vec<f32> = {
+        let s = &mut 3u64;
+        (0..net.input_len()).map(|_| lcg(s)).collect()
+    };
+    let want = net.forward(&x).unwrap();
+    let image = enc.encrypt(&spec.encode_input(&ctx, &x).unwrap());
+    let out = model.evaluate(&eval, &image).unwrap();
+    assert_eq!(out.level(), spec.output_level());
+
+    // hospitals 1 and 3 switch the result to the requester's key
+    let mut rkg = ctx.key_generator().unwrap();
+    let requester_sk = rkg.secret_key();
+    let requester_pk = rkg.public_key(&requester_sk);
+    let (flooding, slot_error) =
+        result_flooding(&ctx, spec, ids.len(), 2, RESULT_LAMBDA, 1024.0).unwrap();
+    assert!(slot_error < 1e-2, "switching error {slot_error}");
+    let pcks = PublicKeySwitch::new(&ctx, flooding, 2);
+    let active = [1u32, 3];
+    let mut acc = None;
+    for &i in &active {
+        let sk_i = threshold[(i - 1) as usize]
+            .additive_share(&ctx, &active)
+            .unwrap();
+        let share = pcks.share(&sk_i, &requester_pk, &out, &mut prng).unwrap();
+        match acc.as_mut() {
+            None => acc = Some(share),
+            Some(a) => pcks.aggregate(a, &share).unwrap(),
+        }
+    }
+    let switched = pcks.finalize(&out, acc.unwrap()).unwrap();
+    let got = spec
+        .decode_output(
+            &ctx,
+            &ctx.decryptor(&requester_sk).unwrap().decrypt(&switched),
+        )
+        .unwrap();
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - f64::from(*w)).abs())
+        .fold(0.0, f64::max);
+    assert!(err < 0.05, "logits {got:?} vs {want:?}: error {err}");
+
+    // nobody else reads it: not a hospital's own share, not another key
+    let other = ctx.key_generator().unwrap().secret_key();
+    for sk in [&other, &secrets[0]] {
+        let wrong = spec
+            .decode_output(&ctx, &ctx.decryptor(sk).unwrap().decrypt(&switched))
+            .unwrap();
+        let far = wrong
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - f64::from(*w)).abs())
+            .fold(0.0, f64::max);
+        assert!(far > 1e3, "a wrong key read the result (error {far})");
+    }
+}
+
+#[test]
+fn weak_flooding_or_foreign_galois_shares_are_refused() {
+    let net = network();
+    let plan = InferencePlan::new(&net, &ParamPolicy::threshold_switched(4)).unwrap();
+    let spec = plan.spec();
+    let ctx = CkksContext::new(spec.parameters().clone()).unwrap();
+    assert!(matches!(
+        result_flooding(&ctx, spec, 3, 2, 29, 1024.0),
+        Err(InferError::Multiparty(_))
+    ));
+    // mode (b)'s plan leaves no room under the result for the flooding
+    let tight = InferencePlan::new(&net, &ParamPolicy::default()).unwrap();
+    let tight_ctx = CkksContext::new(tight.spec().parameters().clone()).unwrap();
+    assert!(result_flooding(&tight_ctx, tight.spec(), 3, 2, RESULT_LAMBDA, 1024.0).is_err());
+    // a hospital whose shares miss a rotation is refused
+    let keys = CollectiveKeys::new(spec, &ctx, &Crs::from_seed([1; 32])).unwrap();
+    let mut prng = Prng::from_os().unwrap();
+    let sk = ctx.key_generator().unwrap().secret_key();
+    let (_, mut shares) = keys.round1(&sk, &mut prng).unwrap();
+    let good = shares.clone();
+    assert!(!shares.galois.is_empty());
+    shares.galois.pop();
+    let mut acc = good.clone();
+    assert!(keys.aggregate1(&mut acc, &shares).is_err());
+    assert!(keys.aggregate1(&mut acc, &good).is_ok());
+}
