@@ -7,6 +7,7 @@ pub mod he;
 pub mod inference;
 pub mod provision;
 pub mod server;
+pub mod serving;
 pub mod simulate;
 pub mod status;
 pub mod store;

@@ -1,0 +1,414 @@
+//! The serving state machine: fed [`ServingEvent`]s, returns [`ServingAction`]s.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// What the engine needs to know.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServingConfig {
+    pub hospitals: u32,
+    pub threshold: u32,
+    /// How long a request may wait for its t switching shares before it is refused.
+    pub request_timeout: Duration,
+    /// Requests being evaluated or switched at once (more are refused: memory is bounded).
+    pub max_in_flight: usize,
+}
+
+/// Where setup is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetupStep {
+    /// Collecting round-1 key shares and sealed Shamir shares.
+    Round1,
+    /// Collecting relinearization round-2 shares.
+    Round2,
+    /// Waiting for the encrypted model and every hospital's threshold secret.
+    Model,
+    /// Serving requests.
+    Serving,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServingEvent {
+    Joined {
+        hospital: u32,
+        now: Instant,
+    },
+    Left {
+        hospital: u32,
+        now: Instant,
+    },
+    /// A hospital's round-1 shares and sealed shares were validated and stored; `plan` is the
+    /// fingerprint of the plan it made them for.
+    Round1Stored {
+        hospital: u32,
+        plan: [u8; 32],
+    },
+    Round2Stored {
+        hospital: u32,
+    },
+    /// A hospital formed its threshold secret of the inference key.
+    ThresholdFormed {
+        hospital: u32,
+    },
+    /// The encrypted model was validated against the plan and stored.
+    ModelStored {
+        from: u32,
+    },
+    /// A request's images were validated and evaluated; the results wait for switching.
+    Evaluated {
+        request: u64,
+        requester: u32,
+        now: Instant,
+    },
+    /// A hospital's switching shares for (request, attempt) were folded.
+    SharesFolded {
+        request: u64,
+        attempt: u32,
+        hospital: u32,
+    },
+    Tick {
+        now: Instant,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServingAction {
+    /// Ask `to` for its round-1 shares (it compiles the plan of its final model).
+    StartSetup { to: Vec<u32> },
+    /// Make (once) and send the round-1 aggregate and the sealed shares addressed to each.
+    SendRound1 { to: Vec<u32> },
+    /// Make (once) the evaluation keys from both rounds and store them.
+    MakeKeys,
+    /// Ask hospital `from` to encrypt the final model under the collective key and upload it.
+    AskModel { from: u32 },
+    /// Ask `active` for switching shares of a request's results towards its requester's key.
+    RequestSwitch {
+        request: u64,
+        attempt: u32,
+        requester: u32,
+        active: Vec<u32>,
+    },
+    /// Finish the switch and send the results to the requester.
+    Deliver { request: u64, requester: u32 },
+    /// Refuse a request with a reason the requester reads.
+    Refuse { request: u64, reason: String },
+    Audit {
+        hospital: Option<u32>,
+        event: &'static str,
+        detail: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Pending {
+    requester: u32,
+    since: Instant,
+    attempt: u32,
+    /// whether a switch was asked for already (a new one is a new attempt, so late shares of
+    /// an abandoned attempt are never folded into the next)
+    asked: bool,
+    active: Vec<u32>,
+    done: BTreeSet<u32>,
+}
+
+/// The serving protocol's state.
+#[derive(Debug)]
+pub struct ServingEngine {
+    cfg: ServingConfig,
+    step: SetupStep,
+    connected: BTreeSet<u32>,
+    plan: Option<[u8; 32]>,
+    round1: BTreeSet<u32>,
+    round2: BTreeSet<u32>,
+    formed: BTreeSet<u32>,
+    model: bool,
+    requests: BTreeMap<u64, Pending>,
+}
+
+impl ServingEngine {
+    pub fn new(cfg: ServingConfig) -> Self {
+        Self {
+            cfg,
+            step: SetupStep::Round1,
+            connected: BTreeSet::new(),
+            plan: None,
+            round1: BTreeSet::new(),
+            round2: BTreeSet::new(),
+            formed: BTreeSet::new(),
+            model: false,
+            requests: BTreeMap::new(),
+        }
+    }
+
+    pub fn step(&self) -> SetupStep {
+        self.step
+    }
+
+    fn all(&self) -> BTreeSet<u32> {
+        (1..=self.cfg.hospitals).collect()
+    }
+
+    /// Whether round-1 shares of `hospital` for `plan` may be read (and why not).
+    pub fn accepts_round1(&self, hospital: u32, plan: &[u8; 32]) -> Result<(), String> {
+        if self.step != SetupStep::Round1 {
+            return Err("round-1 key shares after round 1".into());
+        }
+        if self.round1.contains(&hospital) {
+            return Err("round-1 key shares sent twice".into());
+        }
+        match &self.plan {
+            Some(p) if p != plan => Err(
+                "key shares for another plan than the other hospitals': is this the final model?"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a request may be taken now (and why not).
+    pub fn accepts_request(&self) -> Result<(), String> {
+        if self.step != SetupStep::Serving {
+            return Err("the encrypted model is not served yet (setup is under way)".into());
+        }
+        if self.requests.len() >= self.cfg.max_in_flight {
+            return Err(format!(
+                "{} requests are in progress; try again shortly",
+                self.requests.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether switching shares of `hospital` for (request, attempt) may be read.
+    pub fn accepts_shares(&self, hospital: u32, request: u64, attempt: u32) -> Result<(), String> {
+        let p = self
+            .requests
+            .get(&request)
+            .ok_or(format!("switching shares for unknown request {request}"))?;
+        if p.attempt != attempt {
+            return Err(format!(
+                "switching shares for attempt {attempt}, expected {}",
+                p.attempt
+            ));
+        }
+        if !p.active.contains(&hospital) {
+            return Err("switching shares from a hospital not asked for them".into());
+        }
+        if p.done.contains(&hospital) {
+            return Err("switching shares sent twice".into());
+        }
+        Ok(())
+    }
+
+    pub fn handle(&mut self, event: ServingEvent) -> Vec<ServingAction> {
+        let mut out = Vec::new();
+        match event {
+            ServingEvent::Joined { hospital, now } => {
+                self.connected.insert(hospital);
+                match self.step {
+                    SetupStep::Round1 if !self.round1.contains(&hospital) => {
+                        out.push(ServingAction::StartSetup { to: vec![hospital] })
+                    }
+                    SetupStep::Round2 if !self.round2.contains(&hospital) => {
+                        out.push(ServingAction::SendRound1 { to: vec![hospital] })
+                    }
+                    SetupStep::Model if !self.formed.contains(&hospital) => {
+                        out.push(ServingAction::SendRound1 { to: vec![hospital] })
+                    }
+                    _ => {}
+                }
+                if self.step == SetupStep::Model && !self.model {
+                    self.ask_model(&mut out);
+                }
+                self.replan_all(now, &mut out);
+            }
+            ServingEvent::Left { hospital, now } => {
+                self.connected.remove(&hospital);
+                let stalled: Vec<u64> = self
+                    .requests
+                    .iter()
+                    .filter(|(_, p)| p.active.contains(&hospital) && !p.done.contains(&hospital))
+                    .map(|(r, _)| *r)
+                    .collect();
+                for r in stalled {
+                    self.replan(r, now, &mut out);
+                }
+            }
+            ServingEvent::Round1Stored { hospital, plan } => {
+                if self.accepts_round1(hospital, &plan).is_err() {
+                    return out;
+                }
+                self.plan.get_or_insert(plan);
+                self.round1.insert(hospital);
+                if self.round1 == self.all() {
+                    self.step = SetupStep::Round2;
+                    out.push(ServingAction::SendRound1 {
+                        to: self.connected.iter().copied().collect(),
+                    });
+                }
+            }
+            ServingEvent::Round2Stored { hospital } => {
+                if self.step != SetupStep::Round2 {
+                    return out;
+                }
+                self.round2.insert(hospital);
+                if self.round2 == self.all() {
+                    self.step = SetupStep::Model;
+                    out.push(ServingAction::MakeKeys);
+                    out.push(ServingAction::Audit {
+                        hospital: None,
+                        event: "inference-keys",
+                        detail: format!(
+                            "evaluation keys made from the shares of {} hospitals",
+                            self.cfg.hospitals
+                        ),
+                    });
+                    self.ask_model(&mut out);
+                }
+            }
+            ServingEvent::ThresholdFormed { hospital } => {
+                self.formed.insert(hospital);
+                self.maybe_serve(&mut out);
+                self.replan_all(Instant::now(), &mut out);
+            }
+            ServingEvent::ModelStored { from } => {
+                if self.step == SetupStep::Model {
+                    self.model = true;
+                    out.push(ServingAction::Audit {
+                        hospital: Some(from),
+                        event: "encrypted-model",
+                        detail: "stored under the collective inference key".into(),
+                    });
+                    self.maybe_serve(&mut out);
+                }
+            }
+            ServingEvent::Evaluated {
+                request,
+                requester,
+                now,
+            } => {
+                if self.step == SetupStep::Serving && !self.requests.contains_key(&request) {
+                    self.requests.insert(
+                        request,
+                        Pending {
+                            requester,
+                            since: now,
+                            attempt: 0,
+                            asked: false,
+                            active: Vec::new(),
+                            done: BTreeSet::new(),
+                        },
+                    );
+                    self.replan(request, now, &mut out);
+                }
+            }
+            ServingEvent::SharesFolded {
+                request,
+                attempt,
+                hospital,
+            } => {
+                if self.accepts_shares(hospital, request, attempt).is_ok() {
+                    let p = self.requests.get_mut(&request).expect("checked above");
+                    p.done.insert(hospital);
+                    if p.done.len() == p.active.len() {
+                        let requester = p.requester;
+                        self.requests.remove(&request);
+                        out.push(ServingAction::Deliver { request, requester });
+                    }
+                }
+            }
+            ServingEvent::Tick { now } => {
+                let late: Vec<u64> = self
+                    .requests
+                    .iter()
+                    .filter(|(_, p)| {
+                        now.saturating_duration_since(p.since) >= self.cfg.request_timeout
+                    })
+                    .map(|(r, _)| *r)
+                    .collect();
+                for request in late {
+                    self.requests.remove(&request);
+                    out.push(ServingAction::Refuse {
+                        request,
+                        reason: format!(
+                            "{} hospitals did not re-encrypt the result within {} s",
+                            self.cfg.threshold,
+                            self.cfg.request_timeout.as_secs()
+                        ),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The lowest-numbered connected hospital is asked for the encrypted model.
+    fn ask_model(&self, out: &mut Vec<ServingAction>) {
+        if let Some(&from) = self.connected.first() {
+            out.push(ServingAction::AskModel { from });
+        }
+    }
+
+    fn maybe_serve(&mut self, out: &mut Vec<ServingAction>) {
+        if self.step == SetupStep::Model && self.model && self.formed == self.all() {
+            self.step = SetupStep::Serving;
+            out.push(ServingAction::Audit {
+                hospital: None,
+                event: "serving",
+                detail: format!(
+                    "the encrypted model is served; results need {} of {} hospitals",
+                    self.cfg.threshold, self.cfg.hospitals
+                ),
+            });
+        }
+    }
+
+    fn replan_all(&mut self, now: Instant, out: &mut Vec<ServingAction>) {
+        let waiting: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, p)| p.active.is_empty())
+            .map(|(r, _)| *r)
+            .collect();
+        for r in waiting {
+            self.replan(r, now, out);
+        }
+    }
+
+    /// Picks t connected hospitals holding a threshold secret (those that already answered the
+    /// current attempt first) for a request; waits when there are fewer.
+    fn replan(&mut self, request: u64, _now: Instant, out: &mut Vec<ServingAction>) {
+        let t = self.cfg.threshold as usize;
+        let ready: Vec<u32> = self.connected.intersection(&self.formed).copied().collect();
+        let Some(p) = self.requests.get_mut(&request) else {
+            return;
+        };
+        if ready.len() < t {
+            if !p.active.is_empty() {
+                out.push(ServingAction::Audit {
+                    hospital: None,
+                    event: "inference-switch-waiting",
+                    detail: format!(
+                        "request {request}: {} connected hospitals, {t} needed",
+                        ready.len()
+                    ),
+                });
+            }
+            p.active.clear();
+            p.done.clear();
+            return;
+        }
+        if p.asked {
+            p.attempt += 1;
+        }
+        p.asked = true;
+        p.active = ready.into_iter().take(t).collect();
+        p.done.clear();
+        out.push(ServingAction::RequestSwitch {
+            request,
+            attempt: p.attempt,
+            requester: p.requester,
+            active: p.active.clone(),
+        });
+    }
+}

@@ -1,0 +1,30 @@
+//! Mode (a) serving after training, sans-IO: the model stays encrypted at the coordinator under a
+//! key the hospitals make collectively, and every result is switched to its requester's key by t
+//! hospitals, each of which logs the request.
+//!
+//! [`ServingEngine`] holds the protocol's decisions (as [`crate::engine::Engine`] does for the
+//! rounds); the cryptography is `he_agg::infer::threshold`. The network shell and the hospital
+//! side are not built yet (issue 6): this is the state machine they will drive.
+//!
+//! Setup, with every hospital connected (the keys need all N secret shares):
+//! 1. each hospital compiles the plan of its final model and sends its round-1 key shares (public
+//!    key, relinearization round 1, the plan's Galois keys) with the plan's fingerprint, and
+//!    sealed Shamir shares of its inference secret for every other hospital; all fingerprints
+//!    must agree;
+//! 2. once all N have, each receives the round-1 aggregate and the sealed shares addressed to it,
+//!    and sends its relinearization round-2 share;
+//! 3. once all N have, the keys are complete; the lowest-numbered hospital encrypts the final
+//!    model under the collective public key and uploads it; every hospital reports its
+//!    threshold secret formed.
+//!
+//! Serving: a request (images encrypted under the collective key, the requester's public key) is
+//! evaluated, then t connected hospitals are asked for switching shares; one that leaves before
+//! answering is replaced (a new attempt); with fewer than t connected the request waits until
+//! its deadline and is then refused.
+
+mod engine;
+
+pub use engine::{ServingAction, ServingConfig, ServingEngine, ServingEvent, SetupStep};
+
+#[cfg(test)]
+mod tests;

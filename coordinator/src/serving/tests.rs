@@ -1,0 +1,214 @@
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const PLAN: [u8; 32] = [7; 32];
+
+fn engine(n: u32, t: u32) -> ServingEngine {
+    ServingEngine::new(ServingConfig {
+        hospitals: n,
+        threshold: t,
+        request_timeout: Duration::from_secs(30),
+        max_in_flight: 2,
+    })
+}
+
+fn no_audit(actions: Vec<ServingAction>) -> Vec<ServingAction> {
+    actions
+        .into_iter()
+        .filter(|a| !matches!(a, ServingAction::Audit { .. }))
+        .collect()
+}
+
+/// Connects 1..=n and runs setup to serving.
+fn serving(n: u32, t: u32, now: Instant) -> ServingEngine {
+    let mut e = engine(n, t);
+    for h in 1..=n {
+        let a = e.handle(ServingEvent::Joined { hospital: h, now });
+        assert_eq!(a, vec![ServingAction::StartSetup { to: vec![h] }]);
+    }
+    for h in 1..=n {
+        let a = e.handle(ServingEvent::Round1Stored {
+            hospital: h,
+            plan: PLAN,
+        });
+        if h < n {
+            assert!(a.is_empty());
+        } else {
+            assert_eq!(
+                a,
+                vec![ServingAction::SendRound1 {
+                    to: (1..=n).collect()
+                }]
+            );
+        }
+    }
+    assert_eq!(e.step(), SetupStep::Round2);
+    for h in 1..=n {
+        let a = no_audit(e.handle(ServingEvent::Round2Stored { hospital: h }));
+        if h == n {
+            assert_eq!(
+                a,
+                vec![ServingAction::MakeKeys, ServingAction::AskModel { from: 1 }]
+            );
+        }
+    }
+    for h in 1..=n {
+        e.handle(ServingEvent::ThresholdFormed { hospital: h });
+    }
+    assert_eq!(e.step(), SetupStep::Model);
+    assert!(
+        e.accepts_request().is_err(),
+        "not before the model is stored"
+    );
+    e.handle(ServingEvent::ModelStored { from: 1 });
+    assert_eq!(e.step(), SetupStep::Serving);
+    e
+}
+
+fn switch_of(actions: &[ServingAction]) -> (u32, Vec<u32>) {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            ServingAction::RequestSwitch {
+                attempt, active, ..
+            } => Some((*attempt, active.clone())),
+            _ => None,
+        })
+        .expect("a switch request")
+}
+
+#[test]
+fn setup_then_a_request_is_switched_by_t_hospitals_and_delivered() {
+    let now = Instant::now();
+    let mut e = serving(5, 3, now);
+    assert!(e.accepts_request().is_ok());
+    let a = e.handle(ServingEvent::Evaluated {
+        request: 9,
+        requester: 4,
+        now,
+    });
+    let (attempt, active) = switch_of(&a);
+    assert_eq!((attempt, active.len()), (0, 3));
+    for (i, &h) in active.iter().enumerate() {
+        assert!(e.accepts_shares(h, 9, 0).is_ok());
+        let a = e.handle(ServingEvent::SharesFolded {
+            request: 9,
+            attempt: 0,
+            hospital: h,
+        });
+        assert!(e.accepts_shares(h, 9, 0).is_err(), "twice");
+        if i + 1 < active.len() {
+            assert!(a.is_empty());
+        } else {
+            assert_eq!(
+                a,
+                vec![ServingAction::Deliver {
+                    request: 9,
+                    requester: 4
+                }]
+            );
+        }
+    }
+    assert!(
+        e.accepts_shares(active[0], 9, 0).is_err(),
+        "request is over"
+    );
+}
+
+#[test]
+fn a_different_plan_or_late_round1_is_refused() {
+    let now = Instant::now();
+    let mut e = engine(3, 2);
+    for h in 1..=3 {
+        e.handle(ServingEvent::Joined { hospital: h, now });
+    }
+    e.handle(ServingEvent::Round1Stored {
+        hospital: 1,
+        plan: PLAN,
+    });
+    assert!(e.accepts_round1(2, &[8; 32]).is_err());
+    assert!(e.accepts_round1(1, &PLAN).is_err(), "twice");
+    assert!(e.accepts_round1(2, &PLAN).is_ok());
+    // an event that should have been refused changes nothing
+    e.handle(ServingEvent::Round1Stored {
+        hospital: 2,
+        plan: [8; 32],
+    });
+    e.handle(ServingEvent::Round1Stored {
+        hospital: 3,
+        plan: PLAN,
+    });
+    assert_eq!(e.step(), SetupStep::Round1, "hospital 2 is still missing");
+}
+
+#[test]
+fn a_switcher_that_leaves_is_replaced_and_too_few_hospitals_time_out() {
+    let now = Instant::now();
+    let mut e = serving(4, 3, now);
+    let a = e.handle(ServingEvent::Evaluated {
+        request: 1,
+        requester: 2,
+        now,
+    });
+    let (_, active) = switch_of(&a);
+    e.handle(ServingEvent::SharesFolded {
+        request: 1,
+        attempt: 0,
+        hospital: active[0],
+    });
+    // one of the others leaves: a new attempt with the three still connected
+    let a = e.handle(ServingEvent::Left {
+        hospital: active[1],
+        now,
+    });
+    let (attempt, again) = switch_of(&a);
+    assert_eq!(attempt, 1);
+    assert!(!again.contains(&active[1]) && again.len() == 3);
+    assert!(e.accepts_shares(active[0], 1, 0).is_err(), "old attempt");
+    // another leaves: two connected, fewer than t; the request waits, then is refused
+    let a = e.handle(ServingEvent::Left {
+        hospital: again[0],
+        now,
+    });
+    assert!(no_audit(a).is_empty());
+    // a hospital returning re-plans with a fresh attempt number
+    let a = e.handle(ServingEvent::Joined {
+        hospital: again[0],
+        now,
+    });
+    assert_eq!(switch_of(&a).0, 2);
+    e.handle(ServingEvent::Left {
+        hospital: again[0],
+        now,
+    });
+    let a = e.handle(ServingEvent::Tick {
+        now: now + Duration::from_secs(31),
+    });
+    assert!(matches!(
+        a.as_slice(),
+        [ServingAction::Refuse { request: 1, .. }]
+    ));
+}
+
+#[test]
+fn a_waiting_request_resumes_when_a_hospital_returns_and_load_is_bounded() {
+    let now = Instant::now();
+    let mut e = serving(3, 3, now);
+    e.handle(ServingEvent::Left { hospital: 3, now });
+    let a = e.handle(ServingEvent::Evaluated {
+        request: 5,
+        requester: 1,
+        now,
+    });
+    assert!(no_audit(a).is_empty(), "waits for a third hospital");
+    let a = e.handle(ServingEvent::Joined { hospital: 3, now });
+    let (attempt, active) = switch_of(&a);
+    assert_eq!((attempt, active), (0, vec![1, 2, 3]));
+    e.handle(ServingEvent::Evaluated {
+        request: 6,
+        requester: 1,
+        now,
+    });
+    assert!(e.accepts_request().is_err(), "two in flight is the limit");
+}
