@@ -73,10 +73,10 @@ impl ParamPolicy {
         Ok(())
     }
 
-    /// The policy for a model served encrypted (mode a): a threshold key switch floods the
-    /// result with noise 2^λ times its evaluation noise, so the scale is as large as the primes
-    /// allow (that noise relative to the scale is what the flooding multiplies) and the result
-    /// keeps `room_bits` below it for the flooding (see [`super::threshold`]).
+    /// The policy for a model served encrypted (mode a): the threshold key switch of the result
+    /// adds flooding noise of 2^λ times the fresh-encryption bound, which reaches the logits
+    /// divided by the scale, so the scale is as large as one prime allows; the result keeps
+    /// `room_bits` below the logits for the flooding (see [`super::threshold`]).
     pub fn threshold_switched(room_bits: u32) -> Self {
         Self {
             min_scale_bits: 50,
