@@ -31,11 +31,9 @@ pub enum SetupStep {
 pub enum ServingEvent {
     Joined {
         hospital: u32,
-        now: Instant,
     },
     Left {
         hospital: u32,
-        now: Instant,
     },
     /// A hospital's round-1 shares and sealed shares were validated and stored; `plan` is the
     /// fingerprint of the plan it made them for.
@@ -203,7 +201,7 @@ impl ServingEngine {
     pub fn handle(&mut self, event: ServingEvent) -> Vec<ServingAction> {
         let mut out = Vec::new();
         match event {
-            ServingEvent::Joined { hospital, now } => {
+            ServingEvent::Joined { hospital } => {
                 self.connected.insert(hospital);
                 match self.step {
                     SetupStep::Round1 if !self.round1.contains(&hospital) => {
@@ -220,9 +218,9 @@ impl ServingEngine {
                 if self.step == SetupStep::Model && !self.model {
                     self.ask_model(&mut out);
                 }
-                self.replan_all(now, &mut out);
+                self.replan_all(&mut out);
             }
-            ServingEvent::Left { hospital, now } => {
+            ServingEvent::Left { hospital } => {
                 self.connected.remove(&hospital);
                 let stalled: Vec<u64> = self
                     .requests
@@ -231,7 +229,7 @@ impl ServingEngine {
                     .map(|(r, _)| *r)
                     .collect();
                 for r in stalled {
-                    self.replan(r, now, &mut out);
+                    self.replan(r, &mut out);
                 }
             }
             ServingEvent::Round1Stored { hospital, plan } => {
@@ -269,7 +267,7 @@ impl ServingEngine {
             ServingEvent::ThresholdFormed { hospital } => {
                 self.formed.insert(hospital);
                 self.maybe_serve(&mut out);
-                self.replan_all(Instant::now(), &mut out);
+                self.replan_all(&mut out);
             }
             ServingEvent::ModelStored { from } => {
                 if self.step == SetupStep::Model {
@@ -299,7 +297,7 @@ impl ServingEngine {
                             done: BTreeSet::new(),
                         },
                     );
-                    self.replan(request, now, &mut out);
+                    self.replan(request, &mut out);
                 }
             }
             ServingEvent::SharesFolded {
@@ -363,7 +361,7 @@ impl ServingEngine {
         }
     }
 
-    fn replan_all(&mut self, now: Instant, out: &mut Vec<ServingAction>) {
+    fn replan_all(&mut self, out: &mut Vec<ServingAction>) {
         let waiting: Vec<u64> = self
             .requests
             .iter()
@@ -371,13 +369,13 @@ impl ServingEngine {
             .map(|(r, _)| *r)
             .collect();
         for r in waiting {
-            self.replan(r, now, out);
+            self.replan(r, out);
         }
     }
 
     /// Picks t connected hospitals holding a threshold secret (those that already answered the
     /// current attempt first) for a request; waits when there are fewer.
-    fn replan(&mut self, request: u64, _now: Instant, out: &mut Vec<ServingAction>) {
+    fn replan(&mut self, request: u64, out: &mut Vec<ServingAction>) {
         let t = self.cfg.threshold as usize;
         let ready: Vec<u32> = self.connected.intersection(&self.formed).copied().collect();
         let Some(p) = self.requests.get_mut(&request) else {

@@ -21,10 +21,10 @@ fn no_audit(actions: Vec<ServingAction>) -> Vec<ServingAction> {
 }
 
 /// Connects 1..=n and runs setup to serving.
-fn serving(n: u32, t: u32, now: Instant) -> ServingEngine {
+fn serving(n: u32, t: u32) -> ServingEngine {
     let mut e = engine(n, t);
     for h in 1..=n {
-        let a = e.handle(ServingEvent::Joined { hospital: h, now });
+        let a = e.handle(ServingEvent::Joined { hospital: h });
         assert_eq!(a, vec![ServingAction::StartSetup { to: vec![h] }]);
     }
     for h in 1..=n {
@@ -81,7 +81,7 @@ fn switch_of(actions: &[ServingAction]) -> (u32, Vec<u32>) {
 #[test]
 fn setup_then_a_request_is_switched_by_t_hospitals_and_delivered() {
     let now = Instant::now();
-    let mut e = serving(5, 3, now);
+    let mut e = serving(5, 3);
     assert!(e.accepts_request().is_ok());
     let a = e.handle(ServingEvent::Evaluated {
         request: 9,
@@ -118,10 +118,9 @@ fn setup_then_a_request_is_switched_by_t_hospitals_and_delivered() {
 
 #[test]
 fn a_different_plan_or_late_round1_is_refused() {
-    let now = Instant::now();
     let mut e = engine(3, 2);
     for h in 1..=3 {
-        e.handle(ServingEvent::Joined { hospital: h, now });
+        e.handle(ServingEvent::Joined { hospital: h });
     }
     e.handle(ServingEvent::Round1Stored {
         hospital: 1,
@@ -145,7 +144,7 @@ fn a_different_plan_or_late_round1_is_refused() {
 #[test]
 fn a_switcher_that_leaves_is_replaced_and_too_few_hospitals_time_out() {
     let now = Instant::now();
-    let mut e = serving(4, 3, now);
+    let mut e = serving(4, 3);
     let a = e.handle(ServingEvent::Evaluated {
         request: 1,
         requester: 2,
@@ -160,28 +159,18 @@ fn a_switcher_that_leaves_is_replaced_and_too_few_hospitals_time_out() {
     // one of the others leaves: a new attempt with the three still connected
     let a = e.handle(ServingEvent::Left {
         hospital: active[1],
-        now,
     });
     let (attempt, again) = switch_of(&a);
     assert_eq!(attempt, 1);
     assert!(!again.contains(&active[1]) && again.len() == 3);
     assert!(e.accepts_shares(active[0], 1, 0).is_err(), "old attempt");
     // another leaves: two connected, fewer than t; the request waits, then is refused
-    let a = e.handle(ServingEvent::Left {
-        hospital: again[0],
-        now,
-    });
+    let a = e.handle(ServingEvent::Left { hospital: again[0] });
     assert!(no_audit(a).is_empty());
     // a hospital returning re-plans with a fresh attempt number
-    let a = e.handle(ServingEvent::Joined {
-        hospital: again[0],
-        now,
-    });
+    let a = e.handle(ServingEvent::Joined { hospital: again[0] });
     assert_eq!(switch_of(&a).0, 2);
-    e.handle(ServingEvent::Left {
-        hospital: again[0],
-        now,
-    });
+    e.handle(ServingEvent::Left { hospital: again[0] });
     let a = e.handle(ServingEvent::Tick {
         now: now + Duration::from_secs(31),
     });
@@ -194,15 +183,15 @@ fn a_switcher_that_leaves_is_replaced_and_too_few_hospitals_time_out() {
 #[test]
 fn a_waiting_request_resumes_when_a_hospital_returns_and_load_is_bounded() {
     let now = Instant::now();
-    let mut e = serving(3, 3, now);
-    e.handle(ServingEvent::Left { hospital: 3, now });
+    let mut e = serving(3, 3);
+    e.handle(ServingEvent::Left { hospital: 3 });
     let a = e.handle(ServingEvent::Evaluated {
         request: 5,
         requester: 1,
         now,
     });
     assert!(no_audit(a).is_empty(), "waits for a third hospital");
-    let a = e.handle(ServingEvent::Joined { hospital: 3, now });
+    let a = e.handle(ServingEvent::Joined { hospital: 3 });
     let (attempt, active) = switch_of(&a);
     assert_eq!((attempt, active), (0, vec![1, 2, 3]));
     e.handle(ServingEvent::Evaluated {
