@@ -65,7 +65,7 @@ fn write_outcome(outcome: &InferOutcome, json: Option<&Path>) -> Result<()> {
 }
 
 /// The server address: `--server`, else the coordinator's host at the default port.
-fn server_address(server: Option<String>, site: &SiteConfig) -> String {
+pub fn server_address(server: Option<String>, site: &SiteConfig) -> String {
     server.unwrap_or_else(|| {
         let host = site
             .site

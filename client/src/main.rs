@@ -36,6 +36,23 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// After training: hold this hospital's share of the key the final model is served under
+    /// (mode a). Takes part in the key setup, uploads the encrypted model when asked, and
+    /// switches each served result to its requester's key, logging every request.
+    HoldKeys {
+        /// The site TOML from this hospital's provisioning kit.
+        #[arg(long)]
+        site: PathBuf,
+        /// The node's directory of `client run --out` (final model, exchange keys).
+        #[arg(long)]
+        out: PathBuf,
+        /// The serving coordinator host:port (default: the coordinator's host, port 7446).
+        #[arg(long)]
+        server: Option<String>,
+        /// Give up after this many seconds without reaching the server.
+        #[arg(long, default_value_t = 600)]
+        patience_s: u64,
+    },
     /// Train centrally on a data set's training split and evaluate on its official test split.
     Baseline {
         /// Baseline config (TOML: [dataset], [model], [train], [baseline]).
@@ -233,6 +250,21 @@ fn main() -> Result<()> {
     let progress = !cli.quiet;
     match cli.command {
         Command::Run { site, out } => node::run(&site, &out)?,
+        Command::HoldKeys {
+            site,
+            out,
+            server,
+            patience_s,
+        } => {
+            let cfg = node::SiteConfig::load(&site)?;
+            let server = infer_cmd::server_address(server, &cfg);
+            node::keyholder::run(
+                &site,
+                &out,
+                &server,
+                std::time::Duration::from_secs(patience_s),
+            )?
+        }
         Command::EvaluateEncrypted {
             network,
             dataset,

@@ -5,6 +5,7 @@
 //!     coordinator status --dir fed/coordinator
 //!     coordinator simulate configs/organamnist-5-hospitals.toml --out out/organamnist
 //!     coordinator serve-inference --dir fed/coordinator --model network.json
+//!     coordinator serve-inference --dir fed/coordinator --collective
 
 use std::path::PathBuf;
 
@@ -72,16 +73,30 @@ enum Command {
         /// Where the coordinator adds ciphertexts: auto, cpu or cuda.
         #[arg(long)]
         backend: Option<BackendChoice>,
+        /// Then serve the final model under a collective key (mode a) and have hospital 1 ask
+        /// for this many test images encrypted (compared with the plaintext network).
+        #[arg(long, default_value_t = 0)]
+        serve_inference: usize,
     },
-    /// Serve a released model for encrypted inference (mode b): the federation's hospitals send
-    /// images encrypted under their own keys over mutual-TLS QUIC and get encrypted results.
+    /// Serve the federated model for encrypted inference over mutual-TLS QUIC. Mode (b), with
+    /// --model: a released model in the clear, images encrypted under each requester's own key.
+    /// Mode (a), with --collective: the hospitals (`client hold-keys`) make a collective key,
+    /// one of them uploads the model encrypted under it, images are encrypted under it too, and
+    /// t hospitals switch each result to its requester's key.
     ServeInference {
-        /// The coordinator directory made by `provision` (certificate, CA, roster).
+        /// The coordinator directory made by `provision` (certificate, CA, roster, audit log).
         #[arg(long)]
         dir: PathBuf,
-        /// The model: a `heal-network/1` export (client's network.json) or a network JSON.
+        /// Mode (b): a `heal-network/1` export (client's network.json) or a network JSON.
+        #[arg(
+            long,
+            required_unless_present = "collective",
+            conflicts_with = "collective"
+        )]
+        model: Option<PathBuf>,
+        /// Mode (a): serve the model the keyholders encrypt under their collective key.
         #[arg(long)]
-        model: PathBuf,
+        collective: bool,
         /// Listen address.
         #[arg(long, default_value = "0.0.0.0:7446")]
         listen: String,
@@ -147,14 +162,24 @@ fn main() -> anyhow::Result<()> {
             out,
             plaintext,
             backend,
-        } => coordinator::simulate::run(config.as_deref(), out, plaintext, backend),
+            serve_inference,
+        } => {
+            coordinator::simulate::run(config.as_deref(), out, plaintext, backend, serve_inference)
+        }
         Command::ServeInference {
             dir,
             model,
+            collective,
             listen,
             max_images,
         } => {
-            coordinator::inference::serve::run(&CoordinatorDir { dir }, &model, &listen, max_images)
+            let dir = CoordinatorDir { dir };
+            match model {
+                Some(model) if !collective => {
+                    coordinator::inference::serve::run(&dir, &model, &listen, max_images)
+                }
+                _ => coordinator::serving::shell::run(&dir, &listen, max_images),
+            }
         }
     }
 }

@@ -7,11 +7,13 @@
 //! - [`tls`]: TLS 1.3 with mutual authentication against the consortium CA (rustls, ring);
 //! - [`link`]: QUIC endpoints (quinn) and a connection that sends and receives framed messages,
 //!   each on its own stream, large payloads item by item;
-//! - [`inference`]: the headers of encrypted inference requests and results.
+//! - [`inference`]: the headers of encrypted inference requests and results (mode b);
+//! - [`collective`]: the headers of mode (a), the model served under a collective key.
 //!
 //! Nothing here knows what a ciphertext is: payloads are opaque bytes the receiver validates
 //! with `he_agg`'s decoders.
 
+pub mod collective;
 pub mod error;
 pub mod frame;
 pub mod identity;

@@ -5,11 +5,14 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::collective::{
+    CollectiveRequest, KeyholderRound1, ResultSwitchRequest, ResultSwitchShares,
+};
 use crate::error::ProtocolError;
 use crate::identity::{FederationId, Party};
 use crate::inference::{InferRequest, InferResult, ModelInfo};
 
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -124,6 +127,37 @@ pub enum Body {
     Infer(InferRequest),
     /// Header of a result stream: one ciphertext per image.
     InferResult(InferResult),
+
+    // ----- mode (a): the encrypted model served under a collective key (see `collective`) -----
+    /// Keyholder → server: first message; this hospital holds a share of the inference key.
+    KeyholderHello { software: String },
+    /// Server → keyholder: make round-1 shares for the plan of your final model.
+    CollectiveStart { hospitals: u32, threshold: u32 },
+    /// Keyholder → server: header of its round-1 stream.
+    CollectiveRound1(KeyholderRound1),
+    /// Server → keyholder: header of a 1-item stream (the round-1 relinearization aggregate),
+    /// with the sealed Shamir shares addressed to this hospital, by sender.
+    CollectiveRound1Result { sealed: Vec<(u32, Vec<u8>)> },
+    /// Keyholder → server: header of a 1-item stream (its relinearization round-2 share).
+    CollectiveRound2,
+    /// Keyholder → server: its threshold secret of the inference key is formed.
+    ThresholdFormed,
+    /// Server → keyholder: header of a 1-item stream (the collective public key): encrypt the
+    /// final model under it and upload it.
+    ModelWanted,
+    /// Keyholder → server: header of a stream of `count` ciphertexts, the encrypted model in
+    /// plan order, with its architecture (the served one: its input normalization is this
+    /// hospital's).
+    EncryptedModel { count: u32, architecture: String },
+    /// Server → keyholder: header of a stream (the requester's public key, then the results).
+    ResultSwitch(ResultSwitchRequest),
+    /// Keyholder → server: header of a stream of its switching shares, one per result.
+    ResultShares(ResultSwitchShares),
+    /// Server → requester: what is served (as [`Body::InferInfo`]), header of a 1-item stream:
+    /// the collective public key the images are encrypted under.
+    CollectiveInfo(ModelInfo),
+    /// Requester → server: header of a request stream (its public key, then the images).
+    InferCollective(CollectiveRequest),
 }
 
 impl Body {
@@ -149,6 +183,18 @@ impl Body {
             Body::InferInfo(_) => "infer-info",
             Body::Infer(_) => "infer",
             Body::InferResult(_) => "infer-result",
+            Body::KeyholderHello { .. } => "keyholder-hello",
+            Body::CollectiveStart { .. } => "collective-start",
+            Body::CollectiveRound1(_) => "collective-round1",
+            Body::CollectiveRound1Result { .. } => "collective-round1-result",
+            Body::CollectiveRound2 => "collective-round2",
+            Body::ThresholdFormed => "threshold-formed",
+            Body::ModelWanted => "model-wanted",
+            Body::EncryptedModel { .. } => "encrypted-model",
+            Body::ResultSwitch(_) => "result-switch",
+            Body::ResultShares(_) => "result-shares",
+            Body::CollectiveInfo(_) => "collective-info",
+            Body::InferCollective(_) => "infer-collective",
         }
     }
 }

@@ -61,21 +61,51 @@ async fn next_message(
         .map_err(|_| protocol::ProtocolError::Timeout(timeout))??)
 }
 
+/// What a server serves: the model's description, and for mode (a) the collective public key
+/// images are encrypted under.
+#[derive(Clone, Debug)]
+pub struct Served {
+    pub info: ModelInfo,
+    pub collective_key: Option<Vec<u8>>,
+}
+
 /// Asks the server what it serves (validated).
-pub async fn fetch_info(link: &Link, timeout: Duration) -> Result<ModelInfo, InferenceError> {
+pub async fn fetch_info(link: &Link, timeout: Duration) -> Result<Served, InferenceError> {
     link.send(0, Body::InferInfoRequest).await?;
-    let msg = next_message(link, timeout).await?;
-    match msg.envelope.body {
+    let mut msg = next_message(link, timeout).await?;
+    let check = |info: &ModelInfo| {
+        if info.architecture.len() > MAX_ARCHITECTURE_BYTES
+            || info.class_names.len() > MAX_CLASSES
+            || info.class_names.iter().any(|c| c.len() > 256)
+        {
+            return Err(InferenceError::BadAnswer(
+                "the model description exceeds the limits".into(),
+            ));
+        }
+        Ok(())
+    };
+    match msg.envelope.body.clone() {
         Body::InferInfo(info) => {
-            if info.architecture.len() > MAX_ARCHITECTURE_BYTES
-                || info.class_names.len() > MAX_CLASSES
-                || info.class_names.iter().any(|c| c.len() > 256)
-            {
+            check(&info)?;
+            Ok(Served {
+                info,
+                collective_key: None,
+            })
+        }
+        Body::CollectiveInfo(info) => {
+            check(&info)?;
+            let key = msg.next_item().await?.ok_or_else(|| {
+                InferenceError::BadAnswer("the collective public key is missing".into())
+            })?;
+            if msg.next_item().await?.is_some() {
                 return Err(InferenceError::BadAnswer(
-                    "the model description exceeds the limits".into(),
+                    "more than the collective public key".into(),
                 ));
             }
-            Ok(info)
+            Ok(Served {
+                info,
+                collective_key: Some(key),
+            })
         }
         Body::Refused { reason } => Err(InferenceError::Refused(reason)),
         other => Err(InferenceError::BadAnswer(format!(
@@ -93,10 +123,14 @@ pub async fn infer_remote(
 ) -> Result<InferOutcome, InferenceError> {
     let start = Instant::now();
     let link = open(target).await?;
-    let info = fetch_info(&link, target.timeout).await?;
+    let served = fetch_info(&link, target.timeout).await?;
+    let info = served.info;
     let arch: Architecture = serde_json::from_str(&info.architecture)
         .map_err(|e| InferenceError::BadAnswer(format!("architecture: {e}")))?;
-    let req = tokio::task::block_in_place(|| Requester::for_architecture(&arch))?;
+    let req = tokio::task::block_in_place(|| match &served.collective_key {
+        Some(key) => Requester::for_collective(&arch, key),
+        None => Requester::for_architecture(&arch),
+    })?;
     req.check_fingerprint(&info.fingerprint)?;
     let spec = req.spec();
     if info.class_names.len() != spec.output_len() {
@@ -137,11 +171,15 @@ pub async fn infer_remote(
 
     let request_id = u64::from_le_bytes(req.fingerprint()[..8].try_into().unwrap_or([0; 8]))
         ^ start.elapsed().as_nanos() as u64;
-    let header = req.header(request_id, images.len() as u32);
+    let header = if req.is_collective() {
+        Body::InferCollective(req.collective_header(request_id, images.len() as u32))
+    } else {
+        Body::Infer(req.header(request_id, images.len() as u32))
+    };
     let t = Instant::now();
     let mut sizes = Sizes::default();
     let upload = async {
-        let mut out = link.open(0, Body::Infer(header)).await?;
+        let mut out = link.open(0, header).await?;
         for k in &keys {
             out.item(k).await?;
         }

@@ -1,15 +1,23 @@
-//! The requester of mode (b): compiles the server's plan from its architecture (no weights),
-//! makes keys under its own secret — a relinearization key if the plan multiplies ciphertexts
-//! and Galois keys for exactly the plan's rotations — encrypts images in the plan's layout and
-//! decrypts the results. The secret key never leaves this struct.
+//! The requester: compiles the server's plan from its architecture (no weights), encrypts
+//! images in the plan's layout and decrypts the results. The secret key never leaves this
+//! struct.
+//!
+//! - Mode (b): keys under its own secret — a relinearization key if the plan multiplies
+//!   ciphertexts and Galois keys for exactly the plan's rotations — travel with the images,
+//!   which are encrypted under that secret.
+//! - Mode (a) ([`Requester::for_collective`]): the images are encrypted under the consortium's
+//!   collective public key; only this requester's public key travels, and the keyholders
+//!   switch the results to it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use he_agg::ckks::{CkksContext, SecretKey, wire};
+use he_agg::ckks::{CkksContext, GaloisKeys, PublicKey, SecretKey, wire};
+use he_agg::infer::threshold::served_policy;
 use he_agg::infer::{
     Architecture, EvaluationKeys, InferencePlan, InferenceSpec, Network, ParamPolicy,
 };
+use protocol::collective::CollectiveRequest;
 use protocol::inference::InferRequest;
 
 use super::error::InferenceError;
@@ -20,6 +28,9 @@ pub struct Requester {
     ctx: Arc<CkksContext>,
     sk: SecretKey,
     keys: EvaluationKeys,
+    /// Mode (a): the collective key images are encrypted under, and this requester's public key
+    /// (what the results are switched to).
+    collective: Option<(PublicKey, PublicKey)>,
     /// What the skeleton (or the real network) normalises with and its shapes.
     network: Network,
     /// Time spent compiling the plan and generating the keys.
@@ -44,6 +55,44 @@ impl Requester {
         Self::from_plan(&plan, skeleton, t)
     }
 
+    /// Mode (a): the plan every party of a served deployment compiles, images encrypted under
+    /// the collective public key `collective` (encoded, as the server sent it), and a key pair
+    /// of this requester's own for the results.
+    pub fn for_collective(arch: &Architecture, collective: &[u8]) -> Result<Self, InferenceError> {
+        let t = Instant::now();
+        let skeleton = arch.skeleton()?;
+        let plan = InferencePlan::new(&skeleton, &served_policy())?;
+        let spec = plan.spec().clone();
+        let ctx = CkksContext::new(spec.parameters().clone())?;
+        let pk =
+            wire::decode_public_key(&ctx, collective).map_err(|source| InferenceError::Wire {
+                what: "the collective public key",
+                source,
+            })?;
+        let mut kg = ctx
+            .key_generator()
+            .map_err(|e| InferenceError::Rng(e.to_string()))?;
+        let sk = kg.secret_key();
+        let own = kg.public_key(&sk);
+        Ok(Self {
+            spec,
+            ctx,
+            sk,
+            keys: EvaluationKeys {
+                relinearization: None,
+                galois: GaloisKeys::new(),
+            },
+            collective: Some((pk, own)),
+            network: skeleton,
+            setup: t.elapsed(),
+        })
+    }
+
+    /// Whether this requester encrypts under a collective key (mode a).
+    pub fn is_collective(&self) -> bool {
+        self.collective.is_some()
+    }
+
     fn from_plan(
         plan: &InferencePlan,
         network: Network,
@@ -61,6 +110,7 @@ impl Requester {
             ctx,
             sk,
             keys,
+            collective: None,
             network,
             setup: started.elapsed(),
         })
@@ -102,9 +152,13 @@ impl Requester {
         self.network.input()
     }
 
-    /// The key items of a request, in protocol order: the relinearization key (if the plan
-    /// needs one), then one Galois key per planned rotation.
+    /// The key items of a request, in protocol order. Mode (b): the relinearization key (if the
+    /// plan needs one), then one Galois key per planned rotation. Mode (a): this requester's
+    /// public key.
     pub fn key_items(&self) -> Vec<Vec<u8>> {
+        if let Some((_, own)) = &self.collective {
+            return vec![wire::encode_public_key(&self.ctx, own)];
+        }
         let mut items = Vec::with_capacity(1 + self.spec.galois_steps().len());
         if let Some(rlk) = &self.keys.relinearization {
             items.push(wire::encode_relinearization_key(&self.ctx, rlk));
@@ -130,10 +184,24 @@ impl Requester {
         }
     }
 
-    /// One normalised image encoded in the plan's layout and encrypted under the secret key
-    /// (a seeded ciphertext: half the bytes of a full one).
+    /// The header of a mode (a) request for `images` images.
+    pub fn collective_header(&self, request_id: u64, images: u32) -> CollectiveRequest {
+        CollectiveRequest {
+            request_id,
+            fingerprint: self.fingerprint(),
+            images,
+        }
+    }
+
+    /// One normalised image encoded in the plan's layout and encrypted: mode (b) under the
+    /// secret key (a seeded ciphertext: half the bytes of a full one), mode (a) under the
+    /// collective public key.
     pub fn encrypt(&self, input: &[f32]) -> Result<Vec<u8>, InferenceError> {
         let pt = self.spec.encode_input(&self.ctx, input)?;
+        if let Some((pk, _)) = &self.collective {
+            let mut enc = self.ctx.pk_encryptor(pk)?;
+            return Ok(wire::encode_ciphertext(&self.ctx, &enc.encrypt(&pt)));
+        }
         let mut enc = self.ctx.sk_encryptor(&self.sk)?;
         Ok(wire::encode_seeded_ciphertext(
             &self.ctx,

@@ -6,6 +6,7 @@
 //! reports. It reconnects by itself when the connection drops.
 
 mod data;
+pub mod keyholder;
 mod keys;
 mod server_opt;
 mod session;

@@ -163,6 +163,25 @@ impl ServingEngine {
         }
     }
 
+    /// Whether the round-2 share of `hospital` may be read (and why not).
+    pub fn accepts_round2(&self, hospital: u32) -> Result<(), String> {
+        if self.step != SetupStep::Round2 {
+            return Err("a round-2 share outside round 2".into());
+        }
+        if self.round2.contains(&hospital) {
+            return Err("round-2 share sent twice".into());
+        }
+        Ok(())
+    }
+
+    /// Whether an encrypted model may be read now (and why not).
+    pub fn accepts_model(&self) -> Result<(), String> {
+        if self.step != SetupStep::Model || self.model {
+            return Err("an encrypted model nobody asked for".into());
+        }
+        Ok(())
+    }
+
     /// Whether a request may be taken now (and why not).
     pub fn accepts_request(&self) -> Result<(), String> {
         if self.step != SetupStep::Serving {

@@ -3,8 +3,9 @@
 //! hospitals, each of which logs the request.
 //!
 //! [`ServingEngine`] holds the protocol's decisions (as [`crate::engine::Engine`] does for the
-//! rounds); the cryptography is `he_agg::infer::threshold`. The network shell and the hospital
-//! side are not built yet (issue 6): this is the state machine they will drive.
+//! rounds); the cryptography is `he_agg::infer::threshold`, summed and checked in [`keys`] and
+//! [`requests`]; [`shell`] is the tokio server (`coordinator serve-inference --collective`) and
+//! `client hold-keys` the hospital's side.
 //!
 //! Setup, with every hospital connected (the keys need all N secret shares):
 //! 1. each hospital compiles the plan of its final model and sends its round-1 key shares (public
@@ -23,8 +24,12 @@
 //! its deadline and is then refused.
 
 mod engine;
+pub mod keys;
+pub mod requests;
+pub mod shell;
 
 pub use engine::{ServingAction, ServingConfig, ServingEngine, ServingEvent, SetupStep};
+pub use shell::{CollectiveOptions, CollectiveServer};
 
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,7 @@
 //! and `summary.json` into the output directory.
 
 mod report;
+mod serving;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -22,12 +23,14 @@ use crate::server::CoordinatorDir;
 pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/organamnist-5-hospitals.toml");
 
 /// Runs the simulation described by `config_path` (default: [`DEFAULT_CONFIG`]).
-/// `backend`, when given, replaces the config's `[coordinator] backend`.
+/// `backend`, when given, replaces the config's `[coordinator] backend`; `serve_inference`
+/// images are then asked of the final model served in mode (a) (0: not served).
 pub fn run(
     config_path: Option<&Path>,
     out: Option<PathBuf>,
     plaintext: bool,
     backend: Option<he_agg::aggregate::BackendChoice>,
+    serve_inference: usize,
 ) -> anyhow::Result<()> {
     let (text, config_path) = match config_path {
         Some(p) => (
@@ -70,6 +73,15 @@ pub fn run(
     let text = toml::to_string(&doc)?;
     let cfg = FederationConfig::from_toml(&text)
         .with_context(|| format!("in {}", config_path.display()))?;
+    if serve_inference > 0 && cfg.he.plaintext {
+        bail!("--serve-inference serves the model under a collective key: not with --plaintext");
+    }
+    if serve_inference > protocol::collective::MAX_COLLECTIVE_IMAGES as usize {
+        bail!(
+            "--serve-inference takes at most {} images (one request)",
+            protocol::collective::MAX_COLLECTIVE_IMAGES
+        );
+    }
     let name = format!(
         "{}{}",
         cfg.federation.name,
@@ -204,6 +216,30 @@ pub fn run(
     };
     report::write(&cfg, &coord, &out, wall_s)?;
     println!("done in {wall_s:.1} s — results in {}", out.display());
+    if serve_inference > 0 {
+        let dataset = cfg
+            .site_sections
+            .get("dataset")
+            .and_then(|d| d.get("name"))
+            .and_then(|n| n.as_str())
+            .context("[dataset] name")?
+            .to_string();
+        println!(
+            "serving the final model under a collective key (mode a): key setup, encrypted \
+             model, {serve_inference} encrypted test images…"
+        );
+        serving::run(&serving::Serving {
+            provisioned: &p,
+            out: &out,
+            coordinator_bin: &coordinator_bin,
+            client_bin: &client_bin,
+            dataset,
+            images: serve_inference,
+            threshold: cfg.threshold(),
+            deadline: Instant::now() + Duration::from_secs(cfg.simulate.timeout_s),
+        })
+        .with_context(|| format!("mode (a) serving; logs: {}", out.join("logs").display()))?;
+    }
     Ok(())
 }
 

@@ -127,6 +127,32 @@ impl Encoder for CipherEncoder<'_> {
     }
 }
 
+/// Counts what an encrypted model would encrypt (plaintexts stand in for the ciphertexts).
+struct CountEncoder(usize);
+
+impl Encoder for CountEncoder {
+    fn operand(
+        &mut self,
+        ctx: &CkksContext,
+        v: &[f64],
+        level: usize,
+        scale: f64,
+    ) -> Result<Operand, InferError> {
+        self.0 += 1;
+        PlainEncoder.operand(ctx, v, level, scale)
+    }
+    fn scalar(
+        &mut self,
+        ctx: &CkksContext,
+        v: f64,
+        level: usize,
+        scale: f64,
+    ) -> Result<Scalar, InferError> {
+        self.0 += 1;
+        PlainEncoder.scalar(ctx, v, level, scale)
+    }
+}
+
 /// Takes the ciphertexts of an exported encrypted model in order, checking each one's shape.
 struct ImportEncoder(std::vec::IntoIter<Ciphertext>, Arc<CkksContext>);
 
@@ -216,6 +242,17 @@ impl Model {
             }
         }
         out
+    }
+
+    /// How many ciphertexts an encrypted model of `plan` has (a receiver bounds an upload by
+    /// it before reading).
+    pub fn encrypted_len(
+        plan: &InferencePlan,
+        ctx: &Arc<CkksContext>,
+    ) -> Result<usize, InferError> {
+        let mut count = CountEncoder(0);
+        Self::build(plan, ctx, &mut count, true)?;
+        Ok(count.0)
     }
 
     /// Rebuilds an encrypted model from [`Model::ciphertexts`], at a server that holds no

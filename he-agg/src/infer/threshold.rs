@@ -32,6 +32,43 @@ use super::plan::{EvaluationKeys, InferenceSpec};
 /// Default statistical security of the flooding of a served result's switch (bits).
 pub const RESULT_LAMBDA: u32 = 30;
 
+/// Bits kept under a served result for the flooding of its switch (see
+/// [`super::ParamPolicy::threshold_switched`]).
+pub const SERVED_ROOM_BITS: u32 = 4;
+
+/// Largest logit magnitude a served result's parameters must hold.
+pub const SERVED_MAX_LOGIT: f64 = 1024.0;
+
+/// The parameter policy every party of a served deployment compiles its plan with (the server,
+/// the keyholders and the requesters must agree: their fingerprints are compared).
+pub fn served_policy() -> super::ParamPolicy {
+    super::ParamPolicy::threshold_switched(SERVED_ROOM_BITS)
+}
+
+/// The flooding keyholders of a served deployment add to their switching shares.
+pub fn served_flooding(
+    ctx: &CkksContext,
+    spec: &InferenceSpec,
+    hospitals: usize,
+    switchers: usize,
+) -> Result<(Flooding, f64), InferError> {
+    result_flooding(
+        ctx,
+        spec,
+        hospitals,
+        switchers,
+        RESULT_LAMBDA,
+        SERVED_MAX_LOGIT,
+    )
+}
+
+/// The common reference string of a federation's inference keys (apart from its training keys').
+pub fn served_crs(federation: &[u8]) -> Crs {
+    let mut label = b"HEAL served inference keys v1 ".to_vec();
+    label.extend_from_slice(federation);
+    Crs::from_federation(&label)
+}
+
 /// One hospital's round-1 shares of a plan's collective keys (or, summed, the round-1 aggregate).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyShares {

@@ -1,0 +1,500 @@
+//! `client hold-keys`: after training, the hospital holds a share of the key the final model is
+//! served under (mode a). It connects to the serving coordinator and:
+//!
+//! - makes a fresh inference secret at the served plan's parameters (0600 on disk), sends its
+//!   round-1 shares of the collective public, relinearization and Galois keys, and Shamir shares
+//!   of the secret sealed for each other hospital with the exchange keys of training setup;
+//! - sends its relinearization round-2 share and combines its threshold secret (0600);
+//! - encrypts its final model under the collective public key when asked, and uploads it;
+//! - for every request, logs who asked and contributes flooded switching shares (λ = 30) of the
+//!   results towards the requester's key.
+//!
+//! [`Keyholder`] holds the cryptography (sans-IO: each message in, the answer out); [`run`] is
+//! the tokio shell, reconnecting when the link drops.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use client::infer_model::read_infer_network;
+use he_agg::ckks::{CkksContext, SecretKey, wire};
+use he_agg::infer::InferencePlan;
+use he_agg::infer::threshold::{
+    CollectiveKeys, KeyShares, served_crs, served_flooding, served_policy,
+};
+use he_agg::multiparty::sealed::ExchangeKeys;
+use he_agg::multiparty::threshold::deal;
+use he_agg::multiparty::{PublicKeySwitch, RelinKeyEphemeral, ThresholdSecret, wire as mpw};
+use he_agg::ring::Prng;
+use protocol::collective::{KeyholderRound1, ResultSwitchRequest, ResultSwitchShares};
+use protocol::link::{Incoming, connect};
+use protocol::tls::TlsFiles;
+use protocol::{Body, FederationId, Link, ProtocolError};
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
+use super::keys::{PeerKeys, write_secret};
+use super::site::SiteConfig;
+
+/// A message to send: a header and its items.
+pub struct Reply {
+    pub body: Body,
+    pub items: Vec<Vec<u8>>,
+}
+
+fn sealing_context(federation: FederationId, from: u32, to: u32) -> Vec<u8> {
+    format!("HEAL served inference shares v1|{federation}|{from}->{to}").into_bytes()
+}
+
+/// The keyholder's cryptography and state.
+pub struct Keyholder {
+    federation: FederationId,
+    me: u32,
+    hospitals: u32,
+    threshold: u32,
+    dir: PathBuf,
+    exchange: ExchangeKeys,
+    peers: Vec<(u32, [u8; 32])>,
+    architecture: String,
+    class_names: Vec<String>,
+    plan: InferencePlan,
+    ctx: Arc<CkksContext>,
+    keys: CollectiveKeys,
+    prng: Prng,
+    secret: Option<SecretKey>,
+    ephemeral: Option<RelinKeyEphemeral>,
+    own_share: Option<he_agg::multiparty::ShamirShare>,
+    threshold_secret: Option<ThresholdSecret>,
+}
+
+impl Keyholder {
+    /// From the node's output directory of training (`client run --out OUT`): its final model
+    /// (OUT/network.json), exchange key and the peers' exchange keys (OUT/state).
+    pub fn open(cfg: &SiteConfig, out: &Path) -> anyhow::Result<Self> {
+        let state = out.join("state");
+        let network = out.join("network.json");
+        let (exp, net) = read_infer_network(&network).with_context(|| {
+            format!(
+                "the final model {} (finish training with `client run` first)",
+                network.display()
+            )
+        })?;
+        let exch: [u8; 32] = std::fs::read(state.join("exchange.key"))
+            .with_context(|| format!("{}/exchange.key", state.display()))?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("exchange.key is not 32 bytes"))?;
+        let peers: PeerKeys = postcard::from_bytes(
+            &std::fs::read(state.join("peers.bin"))
+                .with_context(|| format!("{}/peers.bin", state.display()))?,
+        )
+        .context("peers.bin is corrupt")?;
+        let plan = InferencePlan::new(&net, &served_policy())
+            .context("compiling the final model for serving")?;
+        let ctx = CkksContext::new(plan.spec().parameters().clone())?;
+        let federation = cfg.federation_id()?;
+        let keys = CollectiveKeys::new(plan.spec(), &ctx, &served_crs(&federation.0))?;
+        let dir = state.join("inference");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut me = Self {
+            federation,
+            me: cfg.site.index,
+            hospitals: cfg.site.hospitals,
+            threshold: cfg.site.threshold,
+            dir,
+            exchange: ExchangeKeys::from_secret_bytes(exch),
+            peers: peers.exchange,
+            architecture: serde_json::to_string(&net.architecture())?,
+            class_names: exp.class_names.clone(),
+            plan,
+            ctx,
+            keys,
+            prng: Prng::from_os()?,
+            secret: None,
+            ephemeral: None,
+            own_share: None,
+            threshold_secret: None,
+        };
+        // after a restart while serving: the threshold secret of the current setup
+        if let Ok(b) = std::fs::read(me.dir.join("threshold.key")) {
+            me.threshold_secret =
+                Some(mpw::decode_threshold_secret(&me.ctx, &b).context("inference threshold.key")?);
+        }
+        Ok(me)
+    }
+
+    /// Fingerprint of the plan this keyholder serves.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.plan.spec().fingerprint()
+    }
+
+    /// Setup round 1: a fresh inference secret, its key shares and its sealed Shamir shares.
+    pub fn start(&mut self, hospitals: u32, threshold: u32) -> anyhow::Result<Reply> {
+        if hospitals != self.hospitals || threshold != self.threshold {
+            bail!(
+                "the server serves {hospitals} hospitals with threshold {threshold}; this kit says \
+                 {} and {}",
+                self.hospitals,
+                self.threshold
+            );
+        }
+        // a new setup: whatever an earlier one left is void
+        let _ = std::fs::remove_file(self.dir.join("threshold.key"));
+        self.threshold_secret = None;
+        let sk = self.ctx.key_generator()?.secret_key();
+        write_secret(
+            &self.dir.join("share.key"),
+            &wire::encode_secret_key(&self.ctx, &sk),
+        )?;
+        let (eph, shares) = self.keys.round1(&sk, &mut self.prng)?;
+        let ids: Vec<u32> = (1..=self.hospitals).collect();
+        let dealt = deal(
+            &self.ctx,
+            &sk,
+            self.me,
+            &ids,
+            self.threshold as usize,
+            &mut self.prng,
+        )?;
+        let mut sealed = Vec::new();
+        for s in dealt {
+            if s.to() == self.me {
+                self.own_share = Some(s);
+                continue;
+            }
+            let receiver = self.peer(s.to())?;
+            let bytes = self.exchange.seal(
+                &receiver,
+                &sealing_context(self.federation, self.me, s.to()),
+                &mpw::encode_shamir_share(&self.ctx, &s),
+                &mut self.prng,
+            )?;
+            sealed.push((s.to(), bytes));
+        }
+        self.secret = Some(sk);
+        self.ephemeral = Some(eph);
+        Ok(Reply {
+            body: Body::CollectiveRound1(KeyholderRound1 {
+                architecture: self.architecture.clone(),
+                class_names: self.class_names.clone(),
+                plan: self.fingerprint(),
+                galois: shares.galois.len() as u32,
+                sealed,
+            }),
+            items: self.round1_items(&shares),
+        })
+    }
+
+    fn round1_items(&self, shares: &KeyShares) -> Vec<Vec<u8>> {
+        let mut items = vec![
+            mpw::encode_public_key_share(&self.ctx, &shares.public_key),
+            mpw::encode_relin_share1(&self.ctx, &shares.relinearization),
+        ];
+        items.extend(
+            shares
+                .galois
+                .iter()
+                .map(|g| mpw::encode_galois_share(&self.ctx, g)),
+        );
+        items
+    }
+
+    fn peer(&self, h: u32) -> anyhow::Result<[u8; 32]> {
+        self.peers
+            .iter()
+            .find(|(i, _)| *i == h)
+            .map(|(_, k)| *k)
+            .with_context(|| format!("no exchange key for hospital {h} (peers.bin)"))
+    }
+
+    /// Setup round 2: the relinearization share on the round-1 sum, and the threshold secret
+    /// from the sealed shares addressed here.
+    pub fn round2(
+        &mut self,
+        sealed: &[(u32, Vec<u8>)],
+        relin_sum: &[u8],
+    ) -> anyhow::Result<Vec<Reply>> {
+        let (Some(sk), Some(eph), Some(own)) = (
+            self.secret.as_ref(),
+            self.ephemeral.take(),
+            self.own_share.take(),
+        ) else {
+            bail!(
+                "round 2 of a setup this keyholder did not start (it restarted): restart the \
+                 serving coordinator to begin a new setup"
+            );
+        };
+        let sum = mpw::decode_relin_share1(&self.ctx, relin_sum)
+            .context("the round-1 relinearization sum")?;
+        let share2 = self.keys.round2(&eph, sk, &sum, &mut self.prng)?;
+        let mut shares = vec![own];
+        for (from, bytes) in sealed {
+            let sender = self.peer(*from)?;
+            let opened = Zeroizing::new(
+                self.exchange
+                    .open(
+                        &sender,
+                        &sealing_context(self.federation, *from, self.me),
+                        bytes,
+                    )
+                    .with_context(|| format!("the share from hospital {from} does not open"))?,
+            );
+            let share = mpw::decode_shamir_share(&self.ctx, &opened)
+                .with_context(|| format!("the share from hospital {from}"))?;
+            if share.from() != *from || share.to() != self.me {
+                bail!(
+                    "hospital {from} sent a share labelled {} -> {}",
+                    share.from(),
+                    share.to()
+                );
+            }
+            shares.push(share);
+        }
+        let ids: Vec<u32> = (1..=self.hospitals).collect();
+        let ts =
+            ThresholdSecret::combine(&self.ctx, self.me, self.threshold as usize, &ids, &shares)?;
+        write_secret(
+            &self.dir.join("threshold.key"),
+            &mpw::encode_threshold_secret(&self.ctx, &ts),
+        )?;
+        self.threshold_secret = Some(ts);
+        info!(
+            "threshold secret of the inference key formed ({} of {})",
+            self.threshold, self.hospitals
+        );
+        Ok(vec![
+            Reply {
+                body: Body::CollectiveRound2,
+                items: vec![mpw::encode_relin_share2(&self.ctx, &share2)],
+            },
+            Reply {
+                body: Body::ThresholdFormed,
+                items: vec![],
+            },
+        ])
+    }
+
+    /// The final model encrypted under the collective public key.
+    pub fn encrypted_model(&mut self, public_key: &[u8]) -> anyhow::Result<Reply> {
+        let pk =
+            wire::decode_public_key(&self.ctx, public_key).context("the collective public key")?;
+        let mut enc = self.ctx.pk_encryptor(&pk)?;
+        let t = Instant::now();
+        let model =
+            he_agg::infer::Model::encrypted(&self.plan, &self.ctx, &mut |p| enc.encrypt(p))?;
+        let items: Vec<Vec<u8>> = model
+            .ciphertexts()
+            .into_iter()
+            .map(|c| wire::encode_ciphertext(&self.ctx, c))
+            .collect();
+        info!(
+            ciphertexts = items.len(),
+            seconds = t.elapsed().as_secs_f64(),
+            "final model encrypted under the collective key"
+        );
+        Ok(Reply {
+            body: Body::EncryptedModel {
+                count: items.len() as u32,
+                architecture: self.architecture.clone(),
+            },
+            items,
+        })
+    }
+
+    /// Switching shares of a request's results towards its requester's key (flooded, λ = 30).
+    /// `items`: the requester's public key, then the results.
+    pub fn switch(
+        &mut self,
+        req: &ResultSwitchRequest,
+        items: &[Vec<u8>],
+    ) -> anyhow::Result<Reply> {
+        let ts = self
+            .threshold_secret
+            .as_ref()
+            .context("switch request before the threshold secret is formed")?;
+        let t = self.threshold as usize;
+        if req.active.len() != t || !req.active.contains(&self.me) {
+            bail!(
+                "asked to switch as one of {:?}, which is not {t} hospitals including this one",
+                req.active
+            );
+        }
+        if items.len() != 1 + req.count as usize {
+            bail!("{} items for {} results", items.len(), req.count);
+        }
+        let target =
+            wire::decode_public_key(&self.ctx, &items[0]).context("the requester's public key")?;
+        let sk = ts.additive_share(&self.ctx, &req.active)?;
+        let (flooding, _) =
+            served_flooding(&self.ctx, self.plan.spec(), self.hospitals as usize, t)?;
+        let pcks = PublicKeySwitch::new(&self.ctx, flooding, t);
+        let out_level = self.plan.spec().output_level();
+        let mut shares = Vec::with_capacity(req.count as usize);
+        for (i, bytes) in items[1..].iter().enumerate() {
+            let ct =
+                wire::decode_ciphertext(&self.ctx, bytes).with_context(|| format!("result {i}"))?;
+            if ct.level() != out_level {
+                bail!(
+                    "result {i} at level {}, the plan's results are at {out_level}",
+                    ct.level()
+                );
+            }
+            let share = pcks.share(&sk, &target, &ct, &mut self.prng)?;
+            shares.push(mpw::encode_public_key_switch_share(&self.ctx, &share));
+        }
+        Ok(Reply {
+            body: Body::ResultShares(ResultSwitchShares {
+                request: req.request,
+                attempt: req.attempt,
+                count: shares.len() as u32,
+            }),
+            items: shares,
+        })
+    }
+}
+
+/// Reads all items of a stream (at most `max`).
+async fn items(incoming: &mut Incoming, max: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    while let Some(item) = incoming.next_item().await? {
+        if out.len() == max {
+            bail!("more than {max} items");
+        }
+        out.push(item);
+    }
+    Ok(out)
+}
+
+async fn send(link: &Link, replies: Vec<Reply>) -> anyhow::Result<()> {
+    for r in replies {
+        let mut s = link.open(0, r.body).await?;
+        for item in &r.items {
+            s.item(item).await?;
+        }
+        s.finish().await?;
+    }
+    Ok(())
+}
+
+/// One connection: hello, then answer until the link drops.
+async fn session(link: &Link, kh: &mut Keyholder) -> anyhow::Result<()> {
+    link.send(
+        0,
+        Body::KeyholderHello {
+            software: format!("heal-client {}", env!("CARGO_PKG_VERSION")),
+        },
+    )
+    .await?;
+    loop {
+        let mut msg = match link.accept().await {
+            Ok(m) => m,
+            Err(e @ (ProtocolError::Connection(_) | ProtocolError::PeerFinished)) => {
+                return Err(e.into());
+            }
+            Err(ProtocolError::Timeout(_)) => continue,
+            Err(e) => {
+                warn!("ignored a message: {e}");
+                continue;
+            }
+        };
+        let body = msg.envelope.body.clone();
+        let replies = match body {
+            Body::CollectiveStart {
+                hospitals,
+                threshold,
+            } => {
+                info!("setup of the inference key: making round-1 shares");
+                let t = Instant::now();
+                let r = tokio::task::block_in_place(|| kh.start(hospitals, threshold))?;
+                info!(
+                    seconds = t.elapsed().as_secs_f64(),
+                    items = r.items.len(),
+                    "round-1 shares made"
+                );
+                vec![r]
+            }
+            Body::CollectiveRound1Result { sealed } => {
+                let it = items(&mut msg, 1).await?;
+                let sum = it.first().context("no round-1 sum")?;
+                tokio::task::block_in_place(|| kh.round2(&sealed, sum))?
+            }
+            Body::ModelWanted => {
+                let it = items(&mut msg, 1).await?;
+                let pk = it.first().context("no collective public key")?;
+                vec![tokio::task::block_in_place(|| kh.encrypted_model(pk))?]
+            }
+            Body::ResultSwitch(req) => {
+                let max = 1 + protocol::collective::MAX_COLLECTIVE_IMAGES as usize;
+                let it = items(&mut msg, max).await?;
+                // the consortium's record of who decrypted what: one line per request
+                info!(
+                    request = req.request,
+                    attempt = req.attempt,
+                    requester = format!("hospital-{}", req.requester),
+                    results = req.count,
+                    with = ?req.active,
+                    "switching a served result to its requester's key"
+                );
+                match tokio::task::block_in_place(|| kh.switch(&req, &it)) {
+                    Ok(r) => vec![r],
+                    Err(e) => {
+                        warn!(request = req.request, "refused to switch: {e:#}");
+                        continue;
+                    }
+                }
+            }
+            Body::Refused { reason } => {
+                warn!("the server refused: {reason}");
+                continue;
+            }
+            other => {
+                warn!("unexpected message {}", other.kind());
+                continue;
+            }
+        };
+        send(link, replies).await?;
+    }
+}
+
+/// `client hold-keys`: serves as a keyholder until interrupted (or `patience` without a server).
+pub fn run(site: &Path, out: &Path, server: &str, patience: Duration) -> anyhow::Result<()> {
+    let cfg = SiteConfig::load(site)?;
+    let mut kh = Keyholder::open(&cfg, out)?;
+    let tls = TlsFiles::in_dir(&cfg.kit_dir(site));
+    let federation = cfg.federation_id()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let addr = tokio::net::lookup_host(server)
+            .await
+            .with_context(|| format!("server address {server}"))?
+            .next()
+            .with_context(|| format!("no address for {server}"))?;
+        let mut last_contact = Instant::now();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match connect(addr, &tls, federation, cfg.site.index).await {
+                Ok(link) => {
+                    let link = link.with_timeout(Duration::from_secs(300));
+                    info!(%server, "connected as keyholder");
+                    backoff = Duration::from_millis(200);
+                    if let Err(e) = session(&link, &mut kh).await {
+                        warn!("keyholder session ended: {e:#}; reconnecting");
+                    }
+                    last_contact = Instant::now();
+                }
+                Err(e) => {
+                    if last_contact.elapsed() > patience {
+                        bail!("no serving coordinator for {} s: {e}", patience.as_secs());
+                    }
+                    info!("serving coordinator not reachable yet: {e}");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    })
+}

@@ -1,0 +1,385 @@
+//! What the coordinator computes while serving mode (a), sans-IO: the plan compiled from the
+//! keyholders' architecture (no weights), the sums of their key shares, the evaluation keys, the
+//! collective public key, the sealed Shamir shares to relay and the encrypted model. Every item
+//! is decoded and checked (parameters, sizes, levels, Galois elements) before it is summed, and a
+//! hospital's round-1 stream is summed only once it is complete, so a bad or cut stream changes
+//! nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use he_agg::ckks::{Ciphertext, CkksContext, Evaluator, PublicKey, wire};
+use he_agg::infer::threshold::{CollectiveKeys, KeyShares, served_crs, served_policy};
+use he_agg::infer::{Architecture, InferencePlan, Model};
+use he_agg::multiparty::sealed::SEAL_OVERHEAD;
+use he_agg::multiparty::{RelinKeyShare2, wire as mpw};
+use protocol::FederationId;
+use protocol::collective::KeyholderRound1;
+use protocol::inference::{MAX_ARCHITECTURE_BYTES, MAX_CLASSES, ModelInfo};
+
+/// Why a keyholder's message is refused (it changes nothing).
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("item {index} ({what}) is invalid: {reason}")]
+    Item {
+        index: u64,
+        what: &'static str,
+        reason: String,
+    },
+    #[error("the keys are not made yet")]
+    NotReady,
+}
+
+fn invalid(s: impl Into<String>) -> KeysError {
+    KeysError::Invalid(s.into())
+}
+
+/// The plan being served and its keys' generation.
+pub struct Compiled {
+    pub plan: InferencePlan,
+    pub ctx: Arc<CkksContext>,
+    pub keys: CollectiveKeys,
+    pub info: ModelInfo,
+    /// the architecture without its input normalization (each hospital's final model
+    /// normalises with its own data's statistics)
+    layers: Architecture,
+}
+
+/// An architecture without its input normalization.
+fn layers_of(json: &str) -> Result<Architecture, KeysError> {
+    let mut arch: Architecture =
+        serde_json::from_str(json).map_err(|e| invalid(format!("architecture: {e}")))?;
+    arch.normalization = None;
+    Ok(arch)
+}
+
+/// A keyholder's round-1 stream being read.
+pub struct Round1Stream {
+    hospital: u32,
+    header: KeyholderRound1,
+    received: u64,
+    public_key: Option<he_agg::multiparty::PublicKeyShare>,
+    relin: Option<he_agg::multiparty::RelinKeyShare1>,
+    galois: Vec<he_agg::multiparty::GaloisKeyShare>,
+}
+
+/// The serving state of the keys and the model.
+pub struct ServedKeys {
+    federation: FederationId,
+    hospitals: u32,
+    max_images: u32,
+    compiled: Option<Compiled>,
+    round1: Option<KeyShares>,
+    /// sealed Shamir shares by recipient, then sender
+    sealed: BTreeMap<u32, BTreeMap<u32, Vec<u8>>>,
+    round2: Option<RelinKeyShare2>,
+    public_key: Option<(PublicKey, Vec<u8>)>,
+    evaluator: Option<Arc<Evaluator>>,
+    model: Option<Arc<Model>>,
+}
+
+impl ServedKeys {
+    pub fn new(federation: FederationId, hospitals: u32, max_images: u32) -> Self {
+        Self {
+            federation,
+            hospitals,
+            max_images,
+            compiled: None,
+            round1: None,
+            sealed: BTreeMap::new(),
+            round2: None,
+            public_key: None,
+            evaluator: None,
+            model: None,
+        }
+    }
+
+    pub fn compiled(&self) -> Option<&Compiled> {
+        self.compiled.as_ref()
+    }
+
+    /// Checks a round-1 header (compiling the plan from the first one); nothing is kept yet.
+    pub fn begin_round1(
+        &mut self,
+        hospital: u32,
+        header: KeyholderRound1,
+    ) -> Result<Round1Stream, KeysError> {
+        if header.architecture.len() > MAX_ARCHITECTURE_BYTES
+            || header.class_names.len() > MAX_CLASSES
+            || header.class_names.iter().any(|c| c.len() > 256)
+        {
+            return Err(invalid("the model description exceeds the limits"));
+        }
+        if self.compiled.is_none() {
+            self.compiled = Some(self.compile(&header)?);
+        }
+        let c = self.compiled.as_ref().expect("compiled above");
+        if layers_of(&header.architecture)? != c.layers || header.class_names != c.info.class_names
+        {
+            return Err(invalid(
+                "another architecture or other classes than the first keyholder's: is this the \
+                 final model?",
+            ));
+        }
+        if header.plan != c.info.fingerprint {
+            return Err(invalid(
+                "round-1 shares for another plan than the architecture compiles to (another \
+                 parameter policy or version?)",
+            ));
+        }
+        let want = c.keys.galois_elements().len();
+        if header.galois as usize != want {
+            return Err(invalid(format!(
+                "{} Galois shares announced; the plan needs {want}",
+                header.galois
+            )));
+        }
+        let others: Vec<u32> = (1..=self.hospitals).filter(|&h| h != hospital).collect();
+        let mut to: Vec<u32> = header.sealed.iter().map(|(t, _)| *t).collect();
+        to.sort_unstable();
+        if to != others {
+            return Err(invalid(format!(
+                "sealed shares addressed to {to:?}; expected one for each of {others:?}"
+            )));
+        }
+        let sealed_len = mpw::shamir_share_len(&c.ctx) + SEAL_OVERHEAD;
+        if header.sealed.iter().any(|(_, b)| b.len() != sealed_len) {
+            return Err(invalid(format!("a sealed share is not {sealed_len} bytes")));
+        }
+        Ok(Round1Stream {
+            hospital,
+            galois: Vec::with_capacity(want),
+            header,
+            received: 0,
+            public_key: None,
+            relin: None,
+        })
+    }
+
+    fn compile(&self, header: &KeyholderRound1) -> Result<Compiled, KeysError> {
+        let arch: Architecture = serde_json::from_str(&header.architecture)
+            .map_err(|e| invalid(format!("architecture: {e}")))?;
+        let skeleton = arch
+            .skeleton()
+            .map_err(|e| invalid(format!("architecture: {e}")))?;
+        let plan = InferencePlan::new(&skeleton, &served_policy())
+            .map_err(|e| invalid(format!("cannot compile the architecture: {e}")))?;
+        if header.class_names.len() != plan.spec().output_len() {
+            return Err(invalid(format!(
+                "{} class names for {} outputs",
+                header.class_names.len(),
+                plan.spec().output_len()
+            )));
+        }
+        let ctx = CkksContext::new(plan.spec().parameters().clone())
+            .map_err(|e| invalid(format!("parameters: {e}")))?;
+        let keys = CollectiveKeys::new(plan.spec(), &ctx, &served_crs(&self.federation.0))
+            .map_err(|e| invalid(e.to_string()))?;
+        let info = ModelInfo {
+            name: "federated model (encrypted, mode a)".into(),
+            architecture: header.architecture.clone(),
+            class_names: header.class_names.clone(),
+            fingerprint: plan.spec().fingerprint(),
+            max_images: self.max_images,
+        };
+        Ok(Compiled {
+            plan,
+            ctx,
+            keys,
+            info,
+            layers: layers_of(&header.architecture)?,
+        })
+    }
+
+    /// Sums a complete round-1 stream and keeps its sealed shares for their recipients.
+    pub fn store_round1(&mut self, stream: Round1Stream) -> Result<(), KeysError> {
+        let c = self.compiled.as_ref().ok_or(KeysError::NotReady)?;
+        let hospital = stream.hospital;
+        let sealed = stream.header.sealed.clone();
+        let shares = stream.finish()?;
+        c.keys
+            .check_galois(&shares)
+            .map_err(|e| invalid(e.to_string()))?;
+        match self.round1.as_mut() {
+            None => self.round1 = Some(shares),
+            Some(acc) => c
+                .keys
+                .aggregate1(acc, &shares)
+                .map_err(|e| invalid(e.to_string()))?,
+        }
+        for (to, bytes) in sealed {
+            self.sealed.entry(to).or_default().insert(hospital, bytes);
+        }
+        Ok(())
+    }
+
+    /// The round-1 relinearization aggregate (encoded) and the sealed shares addressed to `to`.
+    pub fn round1_result(&self, to: u32) -> Result<(Vec<u8>, Vec<(u32, Vec<u8>)>), KeysError> {
+        let (c, agg) = self
+            .compiled
+            .as_ref()
+            .zip(self.round1.as_ref())
+            .ok_or(KeysError::NotReady)?;
+        let sealed = self
+            .sealed
+            .get(&to)
+            .map(|m| m.iter().map(|(f, b)| (*f, b.clone())).collect())
+            .unwrap_or_default();
+        Ok((
+            mpw::encode_relin_share1(&c.ctx, &agg.relinearization),
+            sealed,
+        ))
+    }
+
+    /// Decodes and sums a round-2 share.
+    pub fn store_round2(&mut self, item: &[u8]) -> Result<(), KeysError> {
+        let c = self.compiled.as_ref().ok_or(KeysError::NotReady)?;
+        let share = mpw::decode_relin_share2(&c.ctx, item).map_err(|e| KeysError::Item {
+            index: 0,
+            what: "relinearization round-2 share",
+            reason: e.to_string(),
+        })?;
+        match self.round2.as_mut() {
+            None => self.round2 = Some(share),
+            Some(acc) => c
+                .keys
+                .aggregate2(acc, &share)
+                .map_err(|e| invalid(e.to_string()))?,
+        }
+        Ok(())
+    }
+
+    /// Makes the evaluation keys and the collective public key from both rounds' sums.
+    pub fn make_keys(&mut self) -> Result<(), KeysError> {
+        let c = self.compiled.as_ref().ok_or(KeysError::NotReady)?;
+        let (Some(r1), Some(r2)) = (self.round1.take(), self.round2.take()) else {
+            return Err(KeysError::NotReady);
+        };
+        let pk = c.keys.public_key(&r1);
+        let keys = c
+            .keys
+            .finalize(r1, r2)
+            .map_err(|e| invalid(e.to_string()))?;
+        let eval = c
+            .ctx
+            .evaluator(keys.relinearization.as_ref(), Some(&keys.galois))
+            .map_err(|e| invalid(e.to_string()))?;
+        let bytes = wire::encode_public_key(&c.ctx, &pk);
+        self.public_key = Some((pk, bytes));
+        self.evaluator = Some(Arc::new(eval));
+        Ok(())
+    }
+
+    /// The collective public key, encoded (what the model and the images are encrypted under).
+    pub fn public_key_bytes(&self) -> Option<&[u8]> {
+        self.public_key.as_ref().map(|(_, b)| b.as_slice())
+    }
+
+    /// Ciphertexts the encrypted model has (the layout depends on the shapes only).
+    pub fn model_len(&self) -> Result<usize, KeysError> {
+        let c = self.compiled.as_ref().ok_or(KeysError::NotReady)?;
+        Model::encrypted_len(&c.plan, &c.ctx).map_err(|e| invalid(e.to_string()))
+    }
+
+    /// Decodes and checks the uploaded model (every ciphertext against the plan); requesters
+    /// are then told its `architecture` (its input normalization is the uploader's).
+    pub fn store_model(&mut self, items: &[Vec<u8>], architecture: &str) -> Result<(), KeysError> {
+        let c = self.compiled.as_mut().ok_or(KeysError::NotReady)?;
+        if architecture.len() > MAX_ARCHITECTURE_BYTES || layers_of(architecture)? != c.layers {
+            return Err(invalid(
+                "the encrypted model's architecture is not the plan's",
+            ));
+        }
+        let cts = items
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                wire::decode_ciphertext(&c.ctx, b).map_err(|e| KeysError::Item {
+                    index: i as u64,
+                    what: "model ciphertext",
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<Ciphertext>, _>>()?;
+        let model = Model::from_ciphertexts(&c.plan, &c.ctx, cts)
+            .map_err(|e| invalid(format!("the encrypted model does not fit the plan: {e}")))?;
+        c.info.architecture = architecture.to_string();
+        self.model = Some(Arc::new(model));
+        Ok(())
+    }
+
+    /// What a request needs to be evaluated: the context, plan, evaluator and model.
+    pub fn serving(&self) -> Option<(Arc<CkksContext>, InferencePlan, Arc<Evaluator>, Arc<Model>)> {
+        let c = self.compiled.as_ref()?;
+        Some((
+            c.ctx.clone(),
+            c.plan.clone(),
+            self.evaluator.clone()?,
+            self.model.clone()?,
+        ))
+    }
+}
+
+impl Round1Stream {
+    /// Items still expected.
+    pub fn remaining(&self) -> u64 {
+        self.header.items() - self.received
+    }
+
+    pub fn plan(&self) -> [u8; 32] {
+        self.header.plan
+    }
+
+    /// Decodes and checks the next item.
+    pub fn push(&mut self, ctx: &CkksContext, item: &[u8]) -> Result<(), KeysError> {
+        if self.remaining() == 0 {
+            return Err(invalid(format!(
+                "more items than the {} announced",
+                self.header.items()
+            )));
+        }
+        let index = self.received;
+        let err = |what, e: he_agg::ckks::wire::WireError| KeysError::Item {
+            index,
+            what,
+            reason: e.to_string(),
+        };
+        match index {
+            0 => {
+                self.public_key = Some(
+                    mpw::decode_public_key_share(ctx, item)
+                        .map_err(|e| err("public-key share", e))?,
+                )
+            }
+            1 => {
+                self.relin = Some(
+                    mpw::decode_relin_share1(ctx, item)
+                        .map_err(|e| err("relinearization round-1 share", e))?,
+                )
+            }
+            _ => self
+                .galois
+                .push(mpw::decode_galois_share(ctx, item).map_err(|e| err("Galois share", e))?),
+        }
+        self.received += 1;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<KeyShares, KeysError> {
+        let remaining = self.remaining();
+        match (self.public_key, self.relin) {
+            (Some(public_key), Some(relinearization)) if remaining == 0 => Ok(KeyShares {
+                public_key,
+                relinearization,
+                galois: self.galois,
+            }),
+            _ => Err(invalid(format!(
+                "the stream ended after {} of the {} items announced",
+                self.received,
+                self.header.items()
+            ))),
+        }
+    }
+}

@@ -1,0 +1,660 @@
+//! The tokio shell of mode (a) serving: accepts the federation's mTLS QUIC connections, feeds
+//! keyholders' and requesters' messages to [`ServingEngine`] and [`ServedKeys`], and carries out
+//! the engine's actions (sending, making the keys, evaluating, delivering). The state sits behind
+//! one mutex that is never held across an `await`; evaluations run on blocking threads.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use he_agg::infer::threshold::served_flooding;
+use he_agg::multiparty::PublicKeySwitch;
+use protocol::collective::{CollectiveRequest, MAX_COLLECTIVE_IMAGES, ResultSwitchRequest};
+use protocol::inference::InferResult;
+use protocol::link::{Link, accept_connection, listen};
+use protocol::tls::TlsFiles;
+use protocol::{Body, FederationId, Incoming, Party};
+use tracing::{info, warn};
+
+use super::keys::ServedKeys;
+use super::requests::{SwitchState, decode_images, evaluate};
+use super::{ServingAction, ServingConfig, ServingEngine, ServingEvent};
+use crate::store::Store;
+
+/// How the server runs.
+#[derive(Clone, Debug)]
+pub struct CollectiveOptions {
+    pub serving: ServingConfig,
+    /// Most images in one request.
+    pub max_images: u32,
+    /// Time a peer gets to deliver each item.
+    pub item_timeout: Duration,
+}
+
+/// A request being served: who asked, on which connection, and its switch.
+struct Served {
+    link: Link,
+    request_id: u64,
+    requester: u32,
+    evaluate_us: u64,
+    validate_us: u64,
+    switch: SwitchState,
+}
+
+struct State {
+    engine: ServingEngine,
+    keys: ServedKeys,
+    keyholders: HashMap<u32, Link>,
+    requests: HashMap<u64, Served>,
+    next_request: u64,
+}
+
+/// A message ready to go: a header and its items.
+struct Outgoing {
+    link: Link,
+    body: Body,
+    items: Vec<Vec<u8>>,
+}
+
+/// The mode (a) server.
+pub struct CollectiveServer {
+    federation: FederationId,
+    roster: HashMap<String, Party>,
+    tls: TlsFiles,
+    options: CollectiveOptions,
+    store: Option<Store>,
+    state: Mutex<State>,
+}
+
+impl CollectiveServer {
+    pub fn new(
+        federation: FederationId,
+        roster: HashMap<String, Party>,
+        tls: TlsFiles,
+        options: CollectiveOptions,
+        store: Option<Store>,
+    ) -> Arc<Self> {
+        let state = State {
+            engine: ServingEngine::new(options.serving.clone()),
+            keys: ServedKeys::new(federation, options.serving.hospitals, options.max_images),
+            keyholders: HashMap::new(),
+            requests: HashMap::new(),
+            next_request: 1,
+        };
+        Arc::new(Self {
+            federation,
+            roster,
+            tls,
+            options,
+            store,
+            state: Mutex::new(state),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // a panic elsewhere must not take serving down with a poisoned lock
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Binds the QUIC endpoint (port 0: any free port).
+    pub fn bind(&self, addr: SocketAddr) -> anyhow::Result<protocol::quinn::Endpoint> {
+        listen(addr, &self.tls).with_context(|| format!("listening on {addr}"))
+    }
+
+    /// Serves connections until the endpoint is closed.
+    pub async fn serve(self: Arc<Self>, endpoint: protocol::quinn::Endpoint) -> anyhow::Result<()> {
+        info!(
+            addr = %endpoint.local_addr()?,
+            hospitals = self.options.serving.hospitals,
+            threshold = self.options.serving.threshold,
+            "serving the encrypted model (mode a): waiting for every keyholder"
+        );
+        let ticker = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                ticker
+                    .event(ServingEvent::Tick {
+                        now: Instant::now(),
+                    })
+                    .await;
+            }
+        });
+        while let Some(incoming) = endpoint.accept().await {
+            let server = self.clone();
+            tokio::spawn(async move {
+                match accept_connection(incoming, server.federation, &server.roster).await {
+                    Ok(link) => {
+                        let link = link.with_timeout(server.options.item_timeout);
+                        server.connection(link).await;
+                    }
+                    Err(e) => warn!("connection refused: {e}"),
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Feeds an event and carries out what the engine decides.
+    async fn event(&self, event: ServingEvent) {
+        let out = {
+            let mut st = self.lock();
+            let actions = st.engine.handle(event);
+            tokio::task::block_in_place(|| self.act(&mut st, actions))
+        };
+        send_all(out).await;
+    }
+
+    /// Turns actions into messages (making keys and finishing switches on the way).
+    fn act(&self, st: &mut State, actions: Vec<ServingAction>) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        for action in actions {
+            match action {
+                ServingAction::StartSetup { to } => {
+                    for h in to {
+                        if let Some(link) = st.keyholders.get(&h) {
+                            out.push(Outgoing {
+                                link: link.clone(),
+                                body: Body::CollectiveStart {
+                                    hospitals: self.options.serving.hospitals,
+                                    threshold: self.options.serving.threshold,
+                                },
+                                items: vec![],
+                            });
+                        }
+                    }
+                }
+                ServingAction::SendRound1 { to } => {
+                    for h in to {
+                        let (Some(link), Ok((agg, sealed))) =
+                            (st.keyholders.get(&h), st.keys.round1_result(h))
+                        else {
+                            continue;
+                        };
+                        out.push(Outgoing {
+                            link: link.clone(),
+                            body: Body::CollectiveRound1Result { sealed },
+                            items: vec![agg],
+                        });
+                    }
+                }
+                ServingAction::MakeKeys => {
+                    let t = Instant::now();
+                    match st.keys.make_keys() {
+                        Ok(()) => info!(
+                            seconds = t.elapsed().as_secs_f64(),
+                            "evaluation keys made from every keyholder's shares"
+                        ),
+                        Err(e) => warn!("cannot make the evaluation keys: {e}"),
+                    }
+                }
+                ServingAction::AskModel { from } => {
+                    if let (Some(link), Some(pk)) =
+                        (st.keyholders.get(&from), st.keys.public_key_bytes())
+                    {
+                        info!(hospital = from, "asking for the encrypted model");
+                        out.push(Outgoing {
+                            link: link.clone(),
+                            body: Body::ModelWanted,
+                            items: vec![pk.to_vec()],
+                        });
+                    }
+                }
+                ServingAction::RequestSwitch {
+                    request,
+                    attempt,
+                    requester,
+                    active,
+                } => {
+                    let Some(served) = st.requests.get(&request) else {
+                        continue;
+                    };
+                    let mut items = vec![served.switch.requester_key.clone()];
+                    items.extend(served.switch.encoded.iter().cloned());
+                    for h in &active {
+                        if let Some(link) = st.keyholders.get(h) {
+                            out.push(Outgoing {
+                                link: link.clone(),
+                                body: Body::ResultSwitch(ResultSwitchRequest {
+                                    request,
+                                    attempt,
+                                    requester,
+                                    active: active.clone(),
+                                    count: served.switch.results.len() as u32,
+                                }),
+                                items: items.clone(),
+                            });
+                        }
+                    }
+                }
+                ServingAction::Deliver { request, requester } => {
+                    let Some(served) = st.requests.remove(&request) else {
+                        continue;
+                    };
+                    let (link, request_id) = (served.link.clone(), served.request_id);
+                    match served.switch.finish() {
+                        Ok(results) => {
+                            info!(
+                                request,
+                                requester, "results switched to the requester's key"
+                            );
+                            out.push(Outgoing {
+                                link,
+                                body: Body::InferResult(InferResult {
+                                    request_id,
+                                    evaluate_us: served.evaluate_us,
+                                    validate_us: served.validate_us,
+                                    count: results.len() as u32,
+                                }),
+                                items: results,
+                            });
+                        }
+                        Err(e) => out.push(Outgoing {
+                            link,
+                            body: Body::Refused {
+                                reason: format!("the switch failed: {e}"),
+                            },
+                            items: vec![],
+                        }),
+                    }
+                }
+                ServingAction::Refuse { request, reason } => {
+                    if let Some(served) = st.requests.remove(&request) {
+                        warn!(request, requester = served.requester, "refused: {reason}");
+                        out.push(Outgoing {
+                            link: served.link,
+                            body: Body::Refused { reason },
+                            items: vec![],
+                        });
+                    }
+                }
+                ServingAction::Audit {
+                    hospital,
+                    event,
+                    detail,
+                } => self.audit(hospital, event, &detail),
+            }
+        }
+        out
+    }
+
+    fn audit(&self, hospital: Option<u32>, event: &str, detail: &str) {
+        info!(?hospital, event, "{detail}");
+        if let Some(store) = &self.store
+            && let Err(e) = store.audit(hospital, 0, event, detail)
+        {
+            warn!("cannot write the audit log: {e}");
+        }
+    }
+
+    async fn connection(self: Arc<Self>, link: Link) {
+        let peer = link.peer();
+        let Party::Hospital(hospital) = peer else {
+            link.close("hospitals only");
+            return;
+        };
+        let mut keyholder = false;
+        loop {
+            let incoming = match link.accept().await {
+                Ok(i) => i,
+                Err(e) => {
+                    info!(%peer, "connection closed: {e}");
+                    break;
+                }
+            };
+            let kind = incoming.envelope.body.kind();
+            let outcome = match &incoming.envelope.body {
+                Body::KeyholderHello { software } => {
+                    info!(%peer, %software, "keyholder connected");
+                    keyholder = true;
+                    let old = self.lock().keyholders.insert(hospital, link.clone());
+                    if let Some(old) = old {
+                        old.close("replaced by a new connection");
+                    }
+                    self.event(ServingEvent::Joined { hospital }).await;
+                    Ok(())
+                }
+                Body::InferInfoRequest => self.info(&link).await,
+                Body::InferCollective(_) => self.request(&link, hospital, incoming).await,
+                _ if keyholder => self.keyholder_message(hospital, incoming).await,
+                _ => Err(format!("unexpected message {kind}")),
+            };
+            if let Err(reason) = outcome {
+                warn!(%peer, message = kind, "refused: {reason}");
+                if let Err(e) = link.send(0, Body::Refused { reason }).await {
+                    info!(%peer, "cannot tell the peer: {e}");
+                    break;
+                }
+            }
+        }
+        if keyholder {
+            let current = {
+                let mut st = self.lock();
+                let same = st
+                    .keyholders
+                    .get(&hospital)
+                    .is_some_and(|l| l.remote_address() == link.remote_address());
+                if same {
+                    st.keyholders.remove(&hospital);
+                }
+                same
+            };
+            if current {
+                info!(%peer, "keyholder left");
+                self.event(ServingEvent::Left { hospital }).await;
+            }
+        }
+    }
+
+    async fn info(&self, link: &Link) -> Result<(), String> {
+        let (info, pk) = {
+            let st = self.lock();
+            st.engine.accepts_request()?;
+            let info = st.keys.compiled().map(|c| c.info.clone());
+            let pk = st.keys.public_key_bytes().map(<[u8]>::to_vec);
+            info.zip(pk).ok_or("the keys are not made yet")?
+        };
+        send_all(vec![Outgoing {
+            link: link.clone(),
+            body: Body::CollectiveInfo(info),
+            items: vec![pk],
+        }])
+        .await;
+        Ok(())
+    }
+
+    async fn keyholder_message(&self, hospital: u32, mut incoming: Incoming) -> Result<(), String> {
+        match incoming.envelope.body.clone() {
+            Body::CollectiveRound1(header) => {
+                let (mut stream, ctx) = {
+                    let mut st = self.lock();
+                    st.engine.accepts_round1(hospital, &header.plan)?;
+                    let stream =
+                        tokio::task::block_in_place(|| st.keys.begin_round1(hospital, header))
+                            .map_err(|e| e.to_string())?;
+                    let ctx = st.keys.compiled().map(|c| c.ctx.clone()).ok_or("no plan")?;
+                    (stream, ctx)
+                };
+                while stream.remaining() > 0 {
+                    let item = next(&mut incoming).await?;
+                    tokio::task::block_in_place(|| stream.push(&ctx, &item))
+                        .map_err(|e| e.to_string())?;
+                }
+                end(&mut incoming).await?;
+                let plan = stream.plan();
+                {
+                    let mut st = self.lock();
+                    st.engine.accepts_round1(hospital, &plan)?;
+                    tokio::task::block_in_place(|| st.keys.store_round1(stream))
+                        .map_err(|e| e.to_string())?;
+                }
+                info!(hospital, "round-1 key shares stored");
+                self.event(ServingEvent::Round1Stored { hospital, plan })
+                    .await;
+            }
+            Body::CollectiveRound2 => {
+                let item = next(&mut incoming).await?;
+                end(&mut incoming).await?;
+                {
+                    let mut st = self.lock();
+                    st.engine.accepts_round2(hospital)?;
+                    tokio::task::block_in_place(|| st.keys.store_round2(&item))
+                        .map_err(|e| e.to_string())?;
+                }
+                self.event(ServingEvent::Round2Stored { hospital }).await;
+            }
+            Body::ThresholdFormed => {
+                self.event(ServingEvent::ThresholdFormed { hospital }).await;
+            }
+            Body::EncryptedModel {
+                count,
+                architecture,
+            } => {
+                let want = {
+                    let st = self.lock();
+                    st.engine.accepts_model()?;
+                    st.keys.model_len().map_err(|e| e.to_string())?
+                };
+                if count as usize != want {
+                    return Err(format!(
+                        "an encrypted model of {count} ciphertexts; the plan has {want}"
+                    ));
+                }
+                let mut items = Vec::with_capacity(want);
+                for _ in 0..want {
+                    items.push(next(&mut incoming).await?);
+                }
+                end(&mut incoming).await?;
+                {
+                    let mut st = self.lock();
+                    st.engine.accepts_model()?;
+                    tokio::task::block_in_place(|| st.keys.store_model(&items, &architecture))
+                        .map_err(|e| e.to_string())?;
+                }
+                self.event(ServingEvent::ModelStored { from: hospital })
+                    .await;
+            }
+            Body::ResultShares(h) => {
+                let want = {
+                    let st = self.lock();
+                    st.engine.accepts_shares(hospital, h.request, h.attempt)?;
+                    st.requests
+                        .get(&h.request)
+                        .map(|s| s.switch.results.len())
+                        .ok_or("unknown request")?
+                };
+                if h.count as usize != want {
+                    return Err(format!("{} switching shares for {want} results", h.count));
+                }
+                let mut items = Vec::with_capacity(want);
+                for _ in 0..want {
+                    items.push(next(&mut incoming).await?);
+                }
+                end(&mut incoming).await?;
+                {
+                    let mut st = self.lock();
+                    // the attempt may have changed while the shares travelled
+                    st.engine.accepts_shares(hospital, h.request, h.attempt)?;
+                    let served = st.requests.get_mut(&h.request).ok_or("unknown request")?;
+                    let shares = served
+                        .switch
+                        .decode_shares(&items)
+                        .map_err(|e| e.to_string())?;
+                    served
+                        .switch
+                        .fold(h.attempt, shares)
+                        .map_err(|e| e.to_string())?;
+                }
+                self.event(ServingEvent::SharesFolded {
+                    request: h.request,
+                    attempt: h.attempt,
+                    hospital,
+                })
+                .await;
+            }
+            other => return Err(format!("unexpected message {}", other.kind())),
+        }
+        Ok(())
+    }
+
+    /// A requester's images: checked, evaluated, then switched by the keyholders.
+    async fn request(
+        &self,
+        link: &Link,
+        requester: u32,
+        mut incoming: Incoming,
+    ) -> Result<(), String> {
+        let Body::InferCollective(header) = incoming.envelope.body.clone() else {
+            return Err("not a request".into());
+        };
+        let (ctx, plan, eval, model, n, t) = {
+            let st = self.lock();
+            st.engine.accepts_request()?;
+            let (ctx, plan, eval, model) =
+                st.keys.serving().ok_or("the model is not served yet")?;
+            (
+                ctx,
+                plan,
+                eval,
+                model,
+                self.options.serving.hospitals as usize,
+                self.options.serving.threshold as usize,
+            )
+        };
+        check_header(&header, &plan.spec().fingerprint(), self.options.max_images)?;
+        info!(
+            requester,
+            request = header.request_id,
+            images = header.images,
+            "mode (a) request"
+        );
+        self.audit(
+            Some(requester),
+            "inference-request",
+            &format!("request {} of {} images", header.request_id, header.images),
+        );
+        let mut items = Vec::with_capacity(1 + header.images as usize);
+        for _ in 0..=header.images {
+            items.push(next(&mut incoming).await?);
+        }
+        end(&mut incoming).await?;
+        let t0 = Instant::now();
+        let request_id = header.request_id;
+        let (switch, validate, evaluated) = tokio::task::spawn_blocking(move || {
+            let (_pk, images) =
+                decode_images(&ctx, &plan, &header, &items).map_err(|e| e.to_string())?;
+            let validate = t0.elapsed();
+            let results = evaluate(&eval, &model, &images).map_err(|e| e.to_string())?;
+            let (flooding, _) =
+                served_flooding(&ctx, plan.spec(), n, t).map_err(|e| e.to_string())?;
+            let pcks = PublicKeySwitch::new(&ctx, flooding, t);
+            let switch = SwitchState::new(ctx, pcks, items.swap_remove(0), results);
+            Ok::<_, String>((switch, validate, t0.elapsed() - validate))
+        })
+        .await
+        .map_err(|e| format!("evaluation task failed: {e}"))??;
+        info!(
+            requester,
+            request = request_id,
+            evaluate_ms = evaluated.as_millis() as u64,
+            "evaluated; asking the keyholders to switch the results"
+        );
+        let id = {
+            let mut st = self.lock();
+            let id = st.next_request;
+            st.next_request += 1;
+            st.requests.insert(
+                id,
+                Served {
+                    link: link.clone(),
+                    request_id,
+                    requester,
+                    evaluate_us: evaluated.as_micros() as u64,
+                    validate_us: validate.as_micros() as u64,
+                    switch,
+                },
+            );
+            id
+        };
+        self.event(ServingEvent::Evaluated {
+            request: id,
+            requester,
+            now: Instant::now(),
+        })
+        .await;
+        Ok(())
+    }
+}
+
+fn check_header(h: &CollectiveRequest, plan: &[u8; 32], max: u32) -> Result<(), String> {
+    if &h.fingerprint != plan {
+        return Err(
+            "the request was encrypted for another plan: fetch the model information again".into(),
+        );
+    }
+    let max = max.min(MAX_COLLECTIVE_IMAGES);
+    if h.images == 0 || h.images > max {
+        return Err(format!(
+            "{} images in one request; this server takes 1 to {max}",
+            h.images
+        ));
+    }
+    Ok(())
+}
+
+async fn next(incoming: &mut Incoming) -> Result<Vec<u8>, String> {
+    match incoming.next_item().await {
+        Ok(Some(item)) => Ok(item),
+        Ok(None) => Err("the stream ended before its announced items".into()),
+        Err(e) => Err(format!("reading the stream: {e}")),
+    }
+}
+
+async fn end(incoming: &mut Incoming) -> Result<(), String> {
+    match incoming.next_item().await {
+        Ok(None) => Ok(()),
+        Ok(Some(_)) => Err("more items than announced".into()),
+        Err(e) => Err(format!("reading the stream: {e}")),
+    }
+}
+
+async fn send_all(out: Vec<Outgoing>) {
+    for o in out {
+        tokio::spawn(async move {
+            let kind = o.body.kind();
+            let peer = o.link.peer();
+            let sent = async {
+                let mut s = o.link.open(0, o.body).await?;
+                for item in &o.items {
+                    s.item(item).await?;
+                }
+                s.finish().await
+            };
+            if let Err(e) = sent.await {
+                warn!(%peer, message = kind, "cannot send: {e}");
+            }
+        });
+    }
+}
+
+/// `coordinator serve-inference --collective`: the coordinator directory's certificate, roster
+/// and audit log, until interrupted.
+pub fn run(
+    dir: &crate::server::CoordinatorDir,
+    listen_addr: &str,
+    max_images: u32,
+) -> anyhow::Result<()> {
+    let roster = crate::provision::Roster::read(&dir.roster())
+        .with_context(|| format!("reading the roster in {}", dir.dir.display()))?;
+    let federation = roster.federation_id()?;
+    let cfg = crate::config::FederationConfig::from_file(&dir.config())?;
+    let store = Store::open(&dir.state(), federation)
+        .with_context(|| format!("opening {}", dir.state().display()))?;
+    let addr: SocketAddr = listen_addr
+        .parse()
+        .with_context(|| format!("listen address {listen_addr}"))?;
+    let options = CollectiveOptions {
+        serving: ServingConfig {
+            hospitals: cfg.federation.hospitals,
+            threshold: cfg.threshold(),
+            request_timeout: Duration::from_secs(120),
+            max_in_flight: 8,
+        },
+        max_images,
+        item_timeout: Duration::from_secs(120),
+    };
+    let server = CollectiveServer::new(
+        federation,
+        roster.parties(),
+        dir.tls(),
+        options,
+        Some(store),
+    );
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let endpoint = server.bind(addr)?;
+        server.serve(endpoint).await
+    })
+}

@@ -1,0 +1,207 @@
+//! `coordinator simulate --serve-inference N`: after the rounds, mode (a) on the same machine.
+//! Starts `coordinator serve-inference --collective` and one `client hold-keys` per hospital,
+//! has hospital 1 ask for N test images encrypted under the collective key (`client infer`),
+//! compares the labels with the plaintext network's (`client infer --local`), and writes
+//! `inference_mode_a.json`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use super::{free_udp_port, log_file};
+use crate::provision::Provisioned;
+
+/// Child processes that die with this step, whatever way it ends.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What the run needs to know.
+pub struct Serving<'a> {
+    pub provisioned: &'a Provisioned,
+    pub out: &'a Path,
+    pub coordinator_bin: &'a Path,
+    pub client_bin: &'a Path,
+    pub dataset: String,
+    pub images: usize,
+    pub threshold: u32,
+    pub deadline: Instant,
+}
+
+fn read_json(path: &Path) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+fn labels(v: &Value) -> Vec<Option<u64>> {
+    v["images"]
+        .as_array()
+        .map(|a| a.iter().map(|i| i["label"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+fn logits(v: &Value) -> Vec<Vec<f64>> {
+    v["images"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| {
+                    i["logits"]
+                        .as_array()
+                        .map(|l| l.iter().filter_map(Value::as_f64).collect())
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs mode (a) and writes `inference_mode_a.json`; returns its content.
+pub fn run(s: &Serving) -> anyhow::Result<Value> {
+    let port = free_udp_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let mut procs = Procs(Vec::new());
+    procs.0.push(
+        Command::new(s.coordinator_bin)
+            .args([
+                "serve-inference",
+                "--collective",
+                "--listen",
+                &addr,
+                "--dir",
+            ])
+            .arg(&s.provisioned.coordinator_dir)
+            .stdout(Stdio::null())
+            .stderr(log_file(s.out, "serving-coordinator.log")?)
+            .spawn()
+            .context("cannot start the serving coordinator")?,
+    );
+    let node_out =
+        |index: usize| -> PathBuf { s.out.join("hospitals").join(format!("hospital-{index}")) };
+    for (i, dir) in s.provisioned.hospital_dirs.iter().enumerate() {
+        let index = i + 1;
+        procs.0.push(
+            Command::new(s.client_bin)
+                .args(["hold-keys", "--server", &addr, "--site"])
+                .arg(dir.join("site.toml"))
+                .arg("--out")
+                .arg(node_out(index))
+                .stdout(Stdio::null())
+                .stderr(log_file(s.out, &format!("keyholder-{index}.log"))?)
+                .spawn()
+                .with_context(|| format!("cannot start keyholder {index}"))?,
+        );
+    }
+    let images: Vec<String> = (0..s.images)
+        .map(|i| format!("{}:test:{i}", s.dataset))
+        .collect();
+    let remote_json = s.out.join("logs").join("infer-mode-a.json");
+    let local_json = s.out.join("logs").join("infer-local.json");
+    let site = s.provisioned.hospital_dirs[0].join("site.toml");
+    // setup (keys of every hospital, the encrypted model) takes a while: ask until served
+    let mut attempts = 0;
+    let remote = loop {
+        if let Some(c) = procs.0.iter_mut().find_map(|c| c.try_wait().ok().flatten()) {
+            bail!("a serving process exited early ({c}); see the logs");
+        }
+        attempts += 1;
+        let status = Command::new(s.client_bin)
+            .args(["infer", "--server", &addr, "--timeout-s", "300", "--site"])
+            .arg(&site)
+            .arg("--json")
+            .arg(&remote_json)
+            .args(&images)
+            .stdout(Stdio::null())
+            .stderr(log_file(s.out, "requester.log")?)
+            .status()
+            .context("cannot run the requester")?;
+        if status.success() {
+            break read_json(&remote_json)?;
+        }
+        if Instant::now() > s.deadline {
+            bail!("mode (a) was not served before the deadline ({attempts} attempts)");
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let served_s = started.elapsed().as_secs_f64();
+    let status = Command::new(s.client_bin)
+        .args(["infer", "--local", "--network"])
+        .arg(node_out(1).join("network.json"))
+        .arg("--json")
+        .arg(&local_json)
+        .args(&images)
+        .stdout(Stdio::null())
+        .stderr(log_file(s.out, "requester-local.log")?)
+        .status()
+        .context("cannot run the plaintext comparison")?;
+    if !status.success() {
+        bail!("the plaintext comparison failed; see logs/requester-local.log");
+    }
+    let local = read_json(&local_json)?;
+    drop(procs);
+
+    let (lr, ll) = (labels(&remote), labels(&local));
+    let plain_labels: Vec<Option<u64>> = local["images"]
+        .as_array()
+        .map(|a| a.iter().map(|i| i["plaintext_label"].as_u64()).collect())
+        .unwrap_or_default();
+    if lr.len() != s.images || ll.len() != s.images {
+        bail!(
+            "{} encrypted and {} local results for {} images",
+            lr.len(),
+            ll.len(),
+            s.images
+        );
+    }
+    let agree = lr.iter().zip(&plain_labels).filter(|(a, b)| a == b).count();
+    let max_diff = logits(&remote)
+        .iter()
+        .zip(&logits(&local))
+        .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+        .fold(0.0f64, f64::max);
+    // each switch is logged by the keyholders that made it
+    let switched: Vec<usize> = (1..=s.provisioned.hospital_dirs.len())
+        .map(|i| {
+            std::fs::read_to_string(s.out.join("logs").join(format!("keyholder-{i}.log")))
+                .map(|t| t.matches("switching a served result").count())
+                .unwrap_or(0)
+        })
+        .collect();
+    let summary = json!({
+        "images": s.images,
+        "agreement": agree as f64 / s.images as f64,
+        "max_logit_difference": max_diff,
+        "threshold": s.threshold,
+        "requests_logged_per_keyholder": switched,
+        "setup_and_first_answer_s": served_s,
+        "request": remote["timings"].clone(),
+        "bytes": remote["bytes"].clone(),
+    });
+    std::fs::write(
+        s.out.join("inference_mode_a.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    println!(
+        "mode (a): {} test images encrypted under the collective key, evaluated on the encrypted \
+         model, switched by {} keyholders: labels agree with the plaintext network on {agree}/{}, \
+         max logit difference {max_diff:.2e}; request {:.2} s (evaluate {:.2} s)",
+        s.images,
+        s.threshold,
+        s.images,
+        remote["timings"]["total_s"].as_f64().unwrap_or(f64::NAN),
+        remote["timings"]["evaluate_s"].as_f64().unwrap_or(f64::NAN),
+    );
+    Ok(summary)
+}
