@@ -18,4 +18,4 @@ pub use model::{ModelError, ServedModel};
 pub use serve::{InferenceServer, ServeOptions};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

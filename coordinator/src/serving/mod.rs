@@ -32,4 +32,6 @@ pub use engine::{ServingAction, ServingConfig, ServingEngine, ServingEvent, Setu
 pub use shell::{CollectiveOptions, CollectiveServer};
 
 #[cfg(test)]
+mod refusals;
+#[cfg(test)]
 mod tests;
