@@ -36,6 +36,17 @@ fn invalid(s: impl Into<String>) -> KeysError {
     KeysError::Invalid(s.into())
 }
 
+/// Sealed Shamir shares, by sender.
+pub type Sealed = Vec<(u32, Vec<u8>)>;
+
+/// What evaluating a request needs (cheap to clone: shared).
+pub struct Evaluation {
+    pub ctx: Arc<CkksContext>,
+    pub plan: InferencePlan,
+    pub evaluator: Arc<Evaluator>,
+    pub model: Arc<Model>,
+}
+
 /// The plan being served and its keys' generation.
 pub struct Compiled {
     pub plan: InferencePlan,
@@ -216,7 +227,7 @@ impl ServedKeys {
     }
 
     /// The round-1 relinearization aggregate (encoded) and the sealed shares addressed to `to`.
-    pub fn round1_result(&self, to: u32) -> Result<(Vec<u8>, Vec<(u32, Vec<u8>)>), KeysError> {
+    pub fn round1_result(&self, to: u32) -> Result<(Vec<u8>, Sealed), KeysError> {
         let (c, agg) = self
             .compiled
             .as_ref()
@@ -310,15 +321,15 @@ impl ServedKeys {
         Ok(())
     }
 
-    /// What a request needs to be evaluated: the context, plan, evaluator and model.
-    pub fn serving(&self) -> Option<(Arc<CkksContext>, InferencePlan, Arc<Evaluator>, Arc<Model>)> {
+    /// What a request needs to be evaluated.
+    pub fn serving(&self) -> Option<Evaluation> {
         let c = self.compiled.as_ref()?;
-        Some((
-            c.ctx.clone(),
-            c.plan.clone(),
-            self.evaluator.clone()?,
-            self.model.clone()?,
-        ))
+        Some(Evaluation {
+            ctx: c.ctx.clone(),
+            plan: c.plan.clone(),
+            evaluator: self.evaluator.clone()?,
+            model: self.model.clone()?,
+        })
     }
 }
 

@@ -492,13 +492,12 @@ impl CollectiveServer {
         let (ctx, plan, eval, model, n, t) = {
             let st = self.lock();
             st.engine.accepts_request()?;
-            let (ctx, plan, eval, model) =
-                st.keys.serving().ok_or("the model is not served yet")?;
+            let e = st.keys.serving().ok_or("the model is not served yet")?;
             (
-                ctx,
-                plan,
-                eval,
-                model,
+                e.ctx,
+                e.plan,
+                e.evaluator,
+                e.model,
                 self.options.serving.hospitals as usize,
                 self.options.serving.threshold as usize,
             )
