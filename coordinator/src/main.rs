@@ -94,9 +94,13 @@ enum Command {
             conflicts_with = "collective"
         )]
         model: Option<PathBuf>,
-        /// Mode (a): serve the model the keyholders encrypt under their collective key.
+        /// Mode (a): serve the model the keyholders encrypt under their collective key (the
+        /// saved setup after a restart).
         #[arg(long)]
         collective: bool,
+        /// Mode (a): ignore the saved setup and have the keyholders make a new key.
+        #[arg(long, requires = "collective")]
+        new_setup: bool,
         /// Listen address.
         #[arg(long, default_value = "0.0.0.0:7446")]
         listen: String,
@@ -170,6 +174,7 @@ fn main() -> anyhow::Result<()> {
             dir,
             model,
             collective,
+            new_setup,
             listen,
             max_images,
         } => {
@@ -178,7 +183,7 @@ fn main() -> anyhow::Result<()> {
                 Some(model) if !collective => {
                     coordinator::inference::serve::run(&dir, &model, &listen, max_images)
                 }
-                _ => coordinator::serving::shell::run(&dir, &listen, max_images),
+                _ => coordinator::serving::shell::run(&dir, &listen, max_images, new_setup),
             }
         }
     }

@@ -158,6 +158,18 @@ impl Store {
         })
     }
 
+    /// Mode (a): the hash of the served state file that is current (set once it is written
+    /// and synced, so a crash mid-write leaves the previous one, or none, current).
+    pub fn served_state(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(self
+            .get_meta("served-state")?
+            .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok()))
+    }
+
+    pub fn set_served_state(&self, hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.put_meta("served-state", hash)
+    }
+
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(META).map_err(db_err)?;

@@ -18,42 +18,8 @@ use protocol::message::Body;
 use protocol::tls::TlsFiles;
 use protocol::{Envelope, FederationId, Party};
 
-fn data_dir() -> PathBuf {
-    std::env::var_os("HEAL_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/medmnist")
-        })
-}
-
-fn coordinator_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_coordinator"))
-}
-
-/// The hospital node binary, beside the coordinator's (built with it by `cargo test`), or built now.
-fn client_bin() -> PathBuf {
-    let c = coordinator_bin().with_file_name(format!("client{}", std::env::consts::EXE_SUFFIX));
-    if !c.exists() {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap())
-            .args(["build", "-p", "client", "--bin", "client"])
-            .status()
-            .expect("cargo");
-        assert!(
-            status.success() && c.exists(),
-            "cannot build the client binary"
-        );
-    }
-    c
-}
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::{Procs, client_bin, coordinator_bin, data_dir, free_port};
 
 fn config(hospitals: u32, threshold: u32, quorum: u32, rounds: u64, port: u16) -> String {
     format!(
@@ -186,18 +152,6 @@ fn start_hospital(fed: &Fed, index: usize) -> Child {
         .stderr(std::fs::File::create(fed.root.join(format!("hospital-{index}.log"))).unwrap())
         .spawn()
         .unwrap()
-}
-
-/// Child processes that die with the test, whatever way it ends.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 impl Drop for Coordinator {

@@ -3,18 +3,19 @@
 //! final model under a key the three hospitals make collectively (`coordinator serve-inference
 //! --collective`, `client hold-keys`); hospital 1 asks for two test images encrypted under that
 //! key. The labels must be the plaintext network's, exactly t = 2 keyholders must have switched
-//! (and logged) the request, and the coordinator must have audited it. Every wait is bounded.
+//! (and logged) the request, and the coordinator must have audited it. A serving coordinator
+//! killed with SIGKILL and restarted serves the saved setup again, with no new key. Every wait
+//! is bounded.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-fn data_dir() -> PathBuf {
-    std::env::var_os("HEAL_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/medmnist")
-        })
-}
+use coordinator::config::FederationConfig;
+use coordinator::provision::provision;
+
+mod common;
+use common::{Procs, client_bin, coordinator_bin, data_dir, free_port};
 
 const CONFIG: &str = r#"
 [federation]
@@ -53,7 +54,7 @@ fn the_federated_model_is_served_encrypted_and_each_result_is_switched_by_t_keyh
     let cfg = dir.path().join("served.toml");
     std::fs::write(&cfg, CONFIG).unwrap();
     let out = dir.path().join("out");
-    let output = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+    let output = Command::new(coordinator_bin())
         .arg("simulate")
         .arg(&cfg)
         .arg("--out")
@@ -100,5 +101,171 @@ fn the_federated_model_is_served_encrypted_and_each_result_is_switched_by_t_keyh
         let key = out.join("hospitals/hospital-2/state/inference/threshold.key");
         let mode = std::fs::metadata(&key).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "{} is readable by others", key.display());
+    }
+}
+
+fn log(root: &Path, name: &str) -> std::fs::File {
+    std::fs::File::create(root.join(name)).unwrap()
+}
+
+fn wait_success(child: &mut Child, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{what} exited with {status}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not finish in {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn serve(root: &Path, coordinator_dir: &Path, addr: &str, log_name: &str) -> Child {
+    Command::new(coordinator_bin())
+        .args(["serve-inference", "--collective", "--listen", addr, "--dir"])
+        .arg(coordinator_dir)
+        .stdout(Stdio::null())
+        .stderr(log(root, log_name))
+        .spawn()
+        .unwrap()
+}
+
+/// Asks for one encrypted test image until served (setup takes a while); its label.
+fn ask(root: &Path, site: &Path, addr: &str, name: &str) -> u64 {
+    let json = root.join(format!("{name}.json"));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let status = Command::new(client_bin())
+            .args(["infer", "--timeout-s", "120", "--server", addr, "--site"])
+            .arg(site)
+            .arg("--json")
+            .arg(&json)
+            .arg("breastmnist:test:3")
+            .env("HEAL_DATA_DIR", data_dir())
+            .stdout(Stdio::null())
+            .stderr(log(root, &format!("{name}.log")))
+            .status()
+            .unwrap();
+        if status.success() {
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+            return v["images"][0]["label"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "{name}: never served");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn a_restarted_serving_coordinator_serves_the_saved_setup_without_a_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let port = free_port();
+    let text = CONFIG.replace(
+        "round_timeout_s = 300",
+        &format!(
+            "round_timeout_s = 300\ncoordinator_address = \"127.0.0.1:{port}\"\nlisten = \"127.0.0.1:{port}\""
+        ),
+    );
+    let cfg = FederationConfig::from_toml(&text).unwrap();
+    let p = provision(&cfg, &text, &root.join("fed")).unwrap();
+    let node_out = |i: usize| root.join(format!("node-{i}"));
+
+    // training: one round, every node writes its final model
+    let mut training = Procs(vec![
+        Command::new(coordinator_bin())
+            .args(["run", "--dir"])
+            .arg(&p.coordinator_dir)
+            .stdout(Stdio::null())
+            .stderr(log(root, "coordinator.log"))
+            .spawn()
+            .unwrap(),
+    ]);
+    for (i, site) in p.hospital_dirs.iter().enumerate() {
+        training.0.push(
+            Command::new(client_bin())
+                .args(["run", "--site"])
+                .arg(site.join("site.toml"))
+                .arg("--out")
+                .arg(node_out(i + 1))
+                .env("HEAL_DATA_DIR", data_dir())
+                .env("HEAL_OFFLINE", "1")
+                .env("RAYON_NUM_THREADS", "1")
+                .stdout(Stdio::null())
+                .stderr(log(root, &format!("hospital-{}.log", i + 1)))
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for (i, c) in training.0.iter_mut().enumerate() {
+        wait_success(
+            c,
+            Duration::from_secs(600),
+            &format!("training process {i}"),
+        );
+    }
+
+    // serving: setup, one answer
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut server = Procs(vec![serve(root, &p.coordinator_dir, &addr, "serve-1.log")]);
+    let mut keyholders = Procs(Vec::new());
+    for (i, site) in p.hospital_dirs.iter().enumerate() {
+        keyholders.0.push(
+            Command::new(client_bin())
+                .args([
+                    "hold-keys",
+                    "--patience-s",
+                    "300",
+                    "--server",
+                    &addr,
+                    "--site",
+                ])
+                .arg(site.join("site.toml"))
+                .arg("--out")
+                .arg(node_out(i + 1))
+                .stdout(Stdio::null())
+                .stderr(log(root, &format!("keyholder-{}.log", i + 1)))
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let site = p.hospital_dirs[0].join("site.toml");
+    let before = ask(root, &site, &addr, "before");
+    assert!(
+        p.coordinator_dir.join("served.bin").exists(),
+        "nothing saved"
+    );
+
+    // SIGKILL, restart: the saved keys and model are served to the same keyholders
+    let _ = server.0[0].kill();
+    let _ = server.0[0].wait();
+    server.0[0] = serve(root, &p.coordinator_dir, &addr, "serve-2.log");
+    let after = ask(root, &site, &addr, "after");
+    assert_eq!(
+        before, after,
+        "the same image, another label after the restart"
+    );
+    drop(server);
+    drop(keyholders);
+
+    let restarted = std::fs::read_to_string(root.join("serve-2.log")).unwrap();
+    assert!(
+        restarted.contains("serving the saved setup again"),
+        "{restarted}"
+    );
+    assert!(
+        !restarted.contains("round-1 key shares stored"),
+        "a new setup ran"
+    );
+    for i in 1..=3 {
+        let kh = std::fs::read_to_string(root.join(format!("keyholder-{i}.log"))).unwrap();
+        assert_eq!(
+            kh.matches("round-1 shares made").count(),
+            1,
+            "keyholder {i} made a second key"
+        );
     }
 }

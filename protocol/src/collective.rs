@@ -11,6 +11,10 @@
 //! 3. server → `ModelWanted` with the collective public key to one keyholder, which answers
 //!    `EncryptedModel` with the model's ciphertexts in plan order.
 //!
+//! A setup is named by the hash of the round-1 relinearization sum every keyholder received; a
+//! keyholder holding a threshold secret says which setup it is of when it connects, so a
+//! restarted server (which saves its keys and model) asks only those of its own setup.
+//!
 //! Serving: a requester asks `InferInfoRequest` and gets `CollectiveInfo` (the model's
 //! description and the collective public key); it sends [`CollectiveRequest`] with its own
 //! public key and images encrypted under the collective key; the server evaluates and sends t
@@ -48,6 +52,8 @@ impl KeyholderRound1 {
 /// Header of a switch request: the requester's public key, then `count` results follow.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResultSwitchRequest {
+    /// The setup whose key the results are under (a keyholder refuses another).
+    pub setup: [u8; 32],
     pub request: u64,
     pub attempt: u32,
     /// The hospital that asked (each keyholder logs it).

@@ -129,8 +129,12 @@ pub enum Body {
     InferResult(InferResult),
 
     // ----- mode (a): the encrypted model served under a collective key (see `collective`) -----
-    /// Keyholder → server: first message; this hospital holds a share of the inference key.
-    KeyholderHello { software: String },
+    /// Keyholder → server: first message; `setup` names the setup whose threshold secret it
+    /// holds (none before its first).
+    KeyholderHello {
+        software: String,
+        setup: Option<[u8; 32]>,
+    },
     /// Server → keyholder: make round-1 shares for the plan of your final model.
     CollectiveStart { hospitals: u32, threshold: u32 },
     /// Keyholder → server: header of its round-1 stream.

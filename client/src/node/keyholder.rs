@@ -66,6 +66,8 @@ pub struct Keyholder {
     ephemeral: Option<RelinKeyEphemeral>,
     own_share: Option<he_agg::multiparty::ShamirShare>,
     threshold_secret: Option<ThresholdSecret>,
+    /// the setup the threshold secret is of (the hash of the round-1 relinearization sum)
+    setup: Option<[u8; 32]>,
 }
 
 impl Keyholder {
@@ -115,13 +117,26 @@ impl Keyholder {
             ephemeral: None,
             own_share: None,
             threshold_secret: None,
+            setup: None,
         };
-        // after a restart while serving: the threshold secret of the current setup
-        if let Ok(b) = std::fs::read(me.dir.join("threshold.key")) {
+        // after a restart: the threshold secret and the setup it is of
+        if let (Ok(b), Ok(id)) = (
+            std::fs::read(me.dir.join("threshold.key")),
+            std::fs::read(me.dir.join("setup.id")),
+        ) {
             me.threshold_secret =
                 Some(mpw::decode_threshold_secret(&me.ctx, &b).context("inference threshold.key")?);
+            me.setup = Some(
+                id.try_into()
+                    .map_err(|_| anyhow::anyhow!("inference setup.id is not 32 bytes"))?,
+            );
         }
         Ok(me)
+    }
+
+    /// The setup whose threshold secret this keyholder holds.
+    pub fn setup(&self) -> Option<[u8; 32]> {
+        self.setup
     }
 
     /// Fingerprint of the plan this keyholder serves.
@@ -140,8 +155,10 @@ impl Keyholder {
             );
         }
         // a new setup: whatever an earlier one left is void
+        let _ = std::fs::remove_file(self.dir.join("setup.id"));
         let _ = std::fs::remove_file(self.dir.join("threshold.key"));
         self.threshold_secret = None;
+        self.setup = None;
         let sk = self.ctx.key_generator()?.secret_key();
         write_secret(
             &self.dir.join("share.key"),
@@ -254,11 +271,14 @@ impl Keyholder {
         let ids: Vec<u32> = (1..=self.hospitals).collect();
         let ts =
             ThresholdSecret::combine(&self.ctx, self.me, self.threshold as usize, &ids, &shares)?;
+        let setup = *blake3::hash(relin_sum).as_bytes();
         write_secret(
             &self.dir.join("threshold.key"),
             &mpw::encode_threshold_secret(&self.ctx, &ts),
         )?;
+        write_secret(&self.dir.join("setup.id"), &setup)?;
         self.threshold_secret = Some(ts);
+        self.setup = Some(setup);
         info!(
             "threshold secret of the inference key formed ({} of {})",
             self.threshold, self.hospitals
@@ -313,6 +333,9 @@ impl Keyholder {
             .threshold_secret
             .as_ref()
             .context("switch request before the threshold secret is formed")?;
+        if Some(req.setup) != self.setup {
+            bail!("asked to switch under another setup's key than the one this keyholder holds");
+        }
         let t = self.threshold as usize;
         if req.active.len() != t || !req.active.contains(&self.me) {
             bail!(
@@ -383,6 +406,7 @@ async fn session(link: &Link, kh: &mut Keyholder) -> anyhow::Result<()> {
         0,
         Body::KeyholderHello {
             software: format!("heal-client {}", env!("CARGO_PKG_VERSION")),
+            setup: kh.setup(),
         },
     )
     .await?;

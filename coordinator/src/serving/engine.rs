@@ -138,6 +138,19 @@ impl ServingEngine {
         }
     }
 
+    /// Serving a saved setup after a restart: every keyholder must say it holds a share of it
+    /// (`ThresholdFormed`) before it is asked to switch.
+    pub fn restored(cfg: ServingConfig) -> Self {
+        let all: BTreeSet<u32> = (1..=cfg.hospitals).collect();
+        Self {
+            step: SetupStep::Serving,
+            round1: all.clone(),
+            round2: all,
+            model: true,
+            ..Self::new(cfg)
+        }
+    }
+
     pub fn step(&self) -> SetupStep {
         self.step
     }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use he_agg::ckks::{Ciphertext, CkksContext, Evaluator, PublicKey, wire};
+use he_agg::ckks::{Ciphertext, CkksContext, Evaluator, GaloisKeys, PublicKey, wire};
 use he_agg::infer::threshold::{CollectiveKeys, KeyShares, served_crs, served_policy};
 use he_agg::infer::{Architecture, InferencePlan, Model};
 use he_agg::multiparty::sealed::SEAL_OVERHEAD;
@@ -16,6 +16,8 @@ use he_agg::multiparty::{RelinKeyShare2, wire as mpw};
 use protocol::FederationId;
 use protocol::collective::KeyholderRound1;
 use protocol::inference::{MAX_ARCHITECTURE_BYTES, MAX_CLASSES, ModelInfo};
+
+use super::saved::SavedServing;
 
 /// Why a keyholder's message is refused (it changes nothing).
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,16 @@ pub struct ServedKeys {
     public_key: Option<(PublicKey, Vec<u8>)>,
     evaluator: Option<Arc<Evaluator>>,
     model: Option<Arc<Model>>,
+    /// identifies the setup: the hash of the round-1 relinearization sum every keyholder got
+    setup: Option<[u8; 32]>,
+    /// the encoded keys and model, kept until they are saved
+    unsaved_keys: Option<(Vec<u8>, Vec<Vec<u8>>)>,
+    unsaved_model: Option<Vec<Vec<u8>>>,
+}
+
+/// The identifier of a setup from the round-1 relinearization sum (as encoded on the wire).
+pub fn setup_id(relin_sum: &[u8]) -> [u8; 32] {
+    *blake3::hash(relin_sum).as_bytes()
 }
 
 impl ServedKeys {
@@ -104,7 +116,88 @@ impl ServedKeys {
             public_key: None,
             evaluator: None,
             model: None,
+            setup: None,
+            unsaved_keys: None,
+            unsaved_model: None,
         }
+    }
+
+    /// The setup being served (or made), once the round-1 sums are complete.
+    pub fn setup(&self) -> Option<[u8; 32]> {
+        self.setup
+    }
+
+    /// Serves a saved state again: every key and ciphertext is decoded and checked against the
+    /// plan its architecture compiles to.
+    pub fn restore(
+        federation: FederationId,
+        max_images: u32,
+        saved: &SavedServing,
+    ) -> Result<Self, KeysError> {
+        let mut me = Self::new(federation, saved.hospitals, max_images);
+        let header = KeyholderRound1 {
+            architecture: saved.architecture.clone(),
+            class_names: saved.class_names.clone(),
+            plan: saved.fingerprint,
+            galois: 0,
+            sealed: vec![],
+        };
+        let c = me.compile(&header)?;
+        if c.info.fingerprint != saved.fingerprint {
+            return Err(invalid("the saved state is for another plan"));
+        }
+        let item = |what: &'static str, e: wire::WireError| KeysError::Item {
+            index: 0,
+            what,
+            reason: e.to_string(),
+        };
+        let pk = wire::decode_public_key(&c.ctx, &saved.public_key)
+            .map_err(|e| item("saved public key", e))?;
+        let rlk = wire::decode_relinearization_key(&c.ctx, &saved.relinearization)
+            .map_err(|e| item("saved relinearization key", e))?;
+        let mut galois = GaloisKeys::new();
+        for g in &saved.galois {
+            galois.insert(
+                wire::decode_galois_key(&c.ctx, g).map_err(|e| item("saved Galois key", e))?,
+            );
+        }
+        let mut have: Vec<u64> = galois.elements().collect();
+        have.sort_unstable();
+        if have != c.keys.galois_elements() {
+            return Err(invalid(
+                "the saved Galois keys are not the plan's rotations",
+            ));
+        }
+        let eval = c
+            .ctx
+            .evaluator(Some(&rlk), Some(&galois))
+            .map_err(|e| invalid(e.to_string()))?;
+        me.compiled = Some(c);
+        me.public_key = Some((pk, saved.public_key.clone()));
+        me.evaluator = Some(Arc::new(eval));
+        me.store_model(&saved.model, &saved.architecture)?;
+        me.unsaved_model = None;
+        me.setup = Some(saved.setup);
+        Ok(me)
+    }
+
+    /// What to save once serving starts (taken: the encoded keys and model are then dropped).
+    pub fn take_unsaved(&mut self, threshold: u32) -> Option<SavedServing> {
+        let c = self.compiled.as_ref()?;
+        let (relinearization, galois) = self.unsaved_keys.take()?;
+        let model = self.unsaved_model.take()?;
+        Some(SavedServing {
+            hospitals: self.hospitals,
+            threshold,
+            architecture: c.info.architecture.clone(),
+            class_names: c.info.class_names.clone(),
+            fingerprint: c.info.fingerprint,
+            setup: self.setup?,
+            public_key: self.public_key.as_ref()?.1.clone(),
+            relinearization,
+            galois,
+            model,
+        })
     }
 
     pub fn compiled(&self) -> Option<&Compiled> {
@@ -269,10 +362,26 @@ impl ServedKeys {
             return Err(KeysError::NotReady);
         };
         let pk = c.keys.public_key(&r1);
+        self.setup = Some(setup_id(&mpw::encode_relin_share1(
+            &c.ctx,
+            &r1.relinearization,
+        )));
         let keys = c
             .keys
             .finalize(r1, r2)
             .map_err(|e| invalid(e.to_string()))?;
+        let galois_bytes = keys
+            .galois
+            .elements()
+            .filter_map(|g| keys.galois.get(g))
+            .map(|k| wire::encode_galois_key(&c.ctx, k))
+            .collect();
+        let relin_bytes = keys
+            .relinearization
+            .as_ref()
+            .map(|k| wire::encode_relinearization_key(&c.ctx, k))
+            .ok_or_else(|| invalid("no relinearization key"))?;
+        self.unsaved_keys = Some((relin_bytes, galois_bytes));
         let eval = c
             .ctx
             .evaluator(keys.relinearization.as_ref(), Some(&keys.galois))
@@ -318,6 +427,7 @@ impl ServedKeys {
             .map_err(|e| invalid(format!("the encrypted model does not fit the plan: {e}")))?;
         c.info.architecture = architecture.to_string();
         self.model = Some(Arc::new(model));
+        self.unsaved_model = Some(items.to_vec());
         Ok(())
     }
 

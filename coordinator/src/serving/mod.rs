@@ -26,6 +26,7 @@
 mod engine;
 pub mod keys;
 pub mod requests;
+pub mod saved;
 pub mod shell;
 
 pub use engine::{ServingAction, ServingConfig, ServingEngine, ServingEvent, SetupStep};

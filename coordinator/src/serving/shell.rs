@@ -65,20 +65,33 @@ pub struct CollectiveServer {
     tls: TlsFiles,
     options: CollectiveOptions,
     store: Option<Store>,
+    /// where the served state is saved (with `store`)
+    dir: Option<std::path::PathBuf>,
     state: Mutex<State>,
 }
 
 impl CollectiveServer {
+    /// A server; `persist` (a store and a directory) saves the served state and `restored`
+    /// serves a saved one.
     pub fn new(
         federation: FederationId,
         roster: HashMap<String, Party>,
         tls: TlsFiles,
         options: CollectiveOptions,
-        store: Option<Store>,
+        persist: Option<(Store, std::path::PathBuf)>,
+        restored: Option<ServedKeys>,
     ) -> Arc<Self> {
+        let (engine, keys) = match restored {
+            Some(keys) => (ServingEngine::restored(options.serving.clone()), keys),
+            None => (
+                ServingEngine::new(options.serving.clone()),
+                ServedKeys::new(federation, options.serving.hospitals, options.max_images),
+            ),
+        };
+        let (store, dir) = persist.unzip();
         let state = State {
-            engine: ServingEngine::new(options.serving.clone()),
-            keys: ServedKeys::new(federation, options.serving.hospitals, options.max_images),
+            engine,
+            keys,
             keyholders: HashMap::new(),
             requests: HashMap::new(),
             next_request: 1,
@@ -89,6 +102,7 @@ impl CollectiveServer {
             tls,
             options,
             store,
+            dir,
             state: Mutex::new(state),
         })
     }
@@ -208,7 +222,8 @@ impl CollectiveServer {
                     requester,
                     active,
                 } => {
-                    let Some(served) = st.requests.get(&request) else {
+                    let (Some(served), Some(setup)) = (st.requests.get(&request), st.keys.setup())
+                    else {
                         continue;
                     };
                     let mut items = vec![served.switch.requester_key.clone()];
@@ -218,6 +233,7 @@ impl CollectiveServer {
                             out.push(Outgoing {
                                 link: link.clone(),
                                 body: Body::ResultSwitch(ResultSwitchRequest {
+                                    setup,
                                     request,
                                     attempt,
                                     requester,
@@ -274,10 +290,34 @@ impl CollectiveServer {
                     hospital,
                     event,
                     detail,
-                } => self.audit(hospital, event, &detail),
+                } => {
+                    self.audit(hospital, event, &detail);
+                    if event == "serving" {
+                        self.save(st);
+                    }
+                }
             }
         }
         out
+    }
+
+    /// Saves the keys and the model once serving starts, so a restart serves the same setup.
+    fn save(&self, st: &mut State) {
+        let (Some(store), Some(dir)) = (&self.store, &self.dir) else {
+            return;
+        };
+        let Some(state) = st.keys.take_unsaved(self.options.serving.threshold) else {
+            return;
+        };
+        let t = Instant::now();
+        match super::saved::save(dir, store, &state) {
+            Ok(()) => info!(
+                seconds = t.elapsed().as_secs_f64(),
+                path = %super::saved::path(dir).display(),
+                "served keys and encrypted model saved"
+            ),
+            Err(e) => warn!("cannot save the served state (a restart will need a new setup): {e}"),
+        }
     }
 
     fn audit(&self, hospital: Option<u32>, event: &str, detail: &str) {
@@ -306,14 +346,25 @@ impl CollectiveServer {
             };
             let kind = incoming.envelope.body.kind();
             let outcome = match &incoming.envelope.body {
-                Body::KeyholderHello { software } => {
+                Body::KeyholderHello { software, setup } => {
                     info!(%peer, %software, "keyholder connected");
                     keyholder = true;
-                    let old = self.lock().keyholders.insert(hospital, link.clone());
+                    let (old, holds_current) = {
+                        let mut st = self.lock();
+                        let current = st
+                            .keys
+                            .setup()
+                            .filter(|_| st.engine.step() == super::SetupStep::Serving);
+                        let old = st.keyholders.insert(hospital, link.clone());
+                        (old, current.is_some() && *setup == current)
+                    };
                     if let Some(old) = old {
                         old.close("replaced by a new connection");
                     }
                     self.event(ServingEvent::Joined { hospital }).await;
+                    if holds_current {
+                        self.event(ServingEvent::ThresholdFormed { hospital }).await;
+                    }
                     Ok(())
                 }
                 Body::InferInfoRequest => self.info(&link).await,
@@ -619,11 +670,13 @@ async fn send_all(out: Vec<Outgoing>) {
 }
 
 /// `coordinator serve-inference --collective`: the coordinator directory's certificate, roster
-/// and audit log, until interrupted.
+/// and audit log, until interrupted. Serves the saved setup when there is one (unless
+/// `new_setup`).
 pub fn run(
     dir: &crate::server::CoordinatorDir,
     listen_addr: &str,
     max_images: u32,
+    new_setup: bool,
 ) -> anyhow::Result<()> {
     let roster = crate::provision::Roster::read(&dir.roster())
         .with_context(|| format!("reading the roster in {}", dir.dir.display()))?;
@@ -644,12 +697,45 @@ pub fn run(
         max_images,
         item_timeout: Duration::from_secs(120),
     };
+    let saved = if new_setup {
+        None
+    } else {
+        super::saved::load(&dir.dir, &store).with_context(
+            || "reading the saved served state (start with --new-setup to make a new key instead)",
+        )?
+    };
+    let restored = match saved {
+        Some(saved) => {
+            if saved.hospitals != options.serving.hospitals
+                || saved.threshold != options.serving.threshold
+            {
+                anyhow::bail!(
+                    "the saved served state is for {} hospitals, threshold {}; the federation \
+                     has {} and {} (start with --new-setup)",
+                    saved.hospitals,
+                    saved.threshold,
+                    options.serving.hospitals,
+                    options.serving.threshold
+                );
+            }
+            let t = Instant::now();
+            let keys = ServedKeys::restore(federation, max_images, &saved)
+                .context("the saved served state does not check out (start with --new-setup)")?;
+            info!(
+                seconds = t.elapsed().as_secs_f64(),
+                "serving the saved setup again: waiting for its keyholders"
+            );
+            Some(keys)
+        }
+        None => None,
+    };
     let server = CollectiveServer::new(
         federation,
         roster.parties(),
         dir.tls(),
         options,
-        Some(store),
+        Some((store, dir.dir.clone())),
+        restored,
     );
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {

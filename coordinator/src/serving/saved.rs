@@ -1,0 +1,104 @@
+//! The served state on disk, so a restarted coordinator serves again without a new setup: the
+//! evaluation keys, the collective public key, the encrypted model and what identifies the
+//! setup, in one file (`served.bin` in the coordinator directory) whose BLAKE3 hash the redb
+//! store names as current once the file is synced. Loading checks the hash, then decodes and
+//! validates every key and ciphertext against the plan as if it came from the network.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::Store;
+
+/// Largest served state read back (keys and model of the default model are ~0.5 GB).
+const MAX_SAVED_BYTES: u64 = 8 << 30;
+
+/// What a restarted coordinator needs to serve.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SavedServing {
+    pub hospitals: u32,
+    pub threshold: u32,
+    /// The served architecture (with the uploader's normalization) and classes.
+    pub architecture: String,
+    pub class_names: Vec<String>,
+    pub fingerprint: [u8; 32],
+    /// Identifies the setup (the hash of the round-1 relinearization sum every keyholder got).
+    pub setup: [u8; 32],
+    pub public_key: Vec<u8>,
+    pub relinearization: Vec<u8>,
+    pub galois: Vec<Vec<u8>>,
+    pub model: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SavedError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{path} does not match the hash the store names as current (damaged or replaced)")]
+    Hash { path: PathBuf },
+    #[error("{path} is not a served state: {message}")]
+    Decode { path: PathBuf, message: String },
+}
+
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join("served.bin")
+}
+
+/// Writes the state (synced, then renamed into place) and names it current in `store`.
+pub fn save(dir: &Path, store: &Store, state: &SavedServing) -> Result<(), SavedError> {
+    let bytes = postcard::to_allocvec(state).map_err(|e| SavedError::Decode {
+        path: path(dir),
+        message: e.to_string(),
+    })?;
+    let target = path(dir);
+    let tmp = target.with_extension("tmp");
+    let io = |source| SavedError::Io {
+        path: tmp.clone(),
+        source,
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(&bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, &target).map_err(|source| SavedError::Io {
+        path: target.clone(),
+        source,
+    })?;
+    store.set_served_state(blake3::hash(&bytes).as_bytes())?;
+    Ok(())
+}
+
+/// The current state, if the store names one.
+pub fn load(dir: &Path, store: &Store) -> Result<Option<SavedServing>, SavedError> {
+    let Some(hash) = store.served_state()? else {
+        return Ok(None);
+    };
+    let p = path(dir);
+    let io = |source| SavedError::Io {
+        path: p.clone(),
+        source,
+    };
+    let len = std::fs::metadata(&p).map_err(io)?.len();
+    if len > MAX_SAVED_BYTES {
+        return Err(SavedError::Decode {
+            path: p,
+            message: format!("{len} bytes, more than any served state"),
+        });
+    }
+    let bytes = std::fs::read(&p).map_err(io)?;
+    if blake3::hash(&bytes).as_bytes() != &hash {
+        return Err(SavedError::Hash { path: p });
+    }
+    postcard::from_bytes(&bytes)
+        .map(Some)
+        .map_err(|e| SavedError::Decode {
+            path: p,
+            message: e.to_string(),
+        })
+}

@@ -1,0 +1,56 @@
+//! What the integration tests with the real binaries share: the data directory, the binaries,
+//! a free port, and child processes that die with the test.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("HEAL_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/medmnist")
+        })
+}
+
+pub fn coordinator_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_coordinator"))
+}
+
+/// The hospital node binary, beside the coordinator's (built with it by `cargo test`), or built now.
+pub fn client_bin() -> PathBuf {
+    let c = coordinator_bin().with_file_name(format!("client{}", std::env::consts::EXE_SUFFIX));
+    if !c.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap())
+            .args(["build", "-p", "client", "--bin", "client"])
+            .status()
+            .expect("cargo");
+        assert!(
+            status.success() && c.exists(),
+            "cannot build the client binary"
+        );
+    }
+    c
+}
+
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Child processes that die with the test, whatever way it ends.
+pub struct Procs(pub Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
