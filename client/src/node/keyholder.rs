@@ -34,7 +34,7 @@ use protocol::{Body, FederationId, Link, ProtocolError};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
-use super::keys::{PeerKeys, write_secret};
+use super::keys::{read_exchange, read_peers, write_secret};
 use super::site::SiteConfig;
 
 /// A message to send: a header and its items.
@@ -82,15 +82,13 @@ impl Keyholder {
                 network.display()
             )
         })?;
-        let exch: [u8; 32] = std::fs::read(state.join("exchange.key"))
-            .with_context(|| format!("{}/exchange.key", state.display()))?
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("exchange.key is not 32 bytes"))?;
-        let peers: PeerKeys = postcard::from_bytes(
-            &std::fs::read(state.join("peers.bin"))
-                .with_context(|| format!("{}/peers.bin", state.display()))?,
-        )
-        .context("peers.bin is corrupt")?;
+        let exchange = read_exchange(&state)?;
+        let peers = read_peers(&state)?.with_context(|| {
+            format!(
+                "no peers.bin in {}: this node never finished training setup",
+                state.display()
+            )
+        })?;
         let plan = InferencePlan::new(&net, &served_policy())
             .context("compiling the final model for serving")?;
         let ctx = CkksContext::new(plan.spec().parameters().clone())?;
@@ -105,7 +103,7 @@ impl Keyholder {
             hospitals: cfg.site.hospitals,
             threshold: cfg.site.threshold,
             dir,
-            exchange: ExchangeKeys::from_secret_bytes(exch),
+            exchange,
             peers: peers.exchange,
             architecture: serde_json::to_string(&net.architecture())?,
             class_names: exp.class_names.clone(),

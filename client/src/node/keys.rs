@@ -50,6 +50,25 @@ fn read(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
     }
 }
 
+/// This hospital's exchange key in state directory `dir`.
+pub fn read_exchange(dir: &Path) -> anyhow::Result<ExchangeKeys> {
+    let bytes: [u8; 32] = read(&dir.join("exchange.key"))?
+        .with_context(|| format!("no exchange.key in {}", dir.display()))?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("exchange.key is not 32 bytes"))?;
+    Ok(ExchangeKeys::from_secret_bytes(bytes))
+}
+
+/// The keys the coordinator relayed at setup, once there are some (state directory `dir`).
+pub fn read_peers(dir: &Path) -> anyhow::Result<Option<PeerKeys>> {
+    match read(&dir.join("peers.bin"))? {
+        Some(b) => Ok(Some(
+            postcard::from_bytes(&b).context("peers.bin is corrupt")?,
+        )),
+        None => Ok(None),
+    }
+}
+
 /// The collective public key and the other hospitals' exchange keys, as the coordinator
 /// relayed them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -113,10 +132,7 @@ impl Keys {
         }
         let share = wire::decode_secret_key(ctx, &read(&share_p)?.context("share.key")?)
             .context("share.key")?;
-        let exch: [u8; 32] = read(&exch_p)?
-            .context("exchange.key")?
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("exchange.key is not 32 bytes"))?;
+        let exchange = read_exchange(dir)?;
         let threshold = match read(&dir.join("threshold.key"))? {
             Some(b) => Some(mpw::decode_threshold_secret(ctx, &b).context("threshold.key")?),
             None => None,
@@ -133,14 +149,11 @@ impl Keys {
                 dir.display()
             ),
         };
-        let peers = match read(&dir.join("peers.bin"))? {
-            Some(b) => Some(postcard::from_bytes(&b).context("peers.bin is corrupt")?),
-            None => None,
-        };
+        let peers = read_peers(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             share,
-            exchange: ExchangeKeys::from_secret_bytes(exch),
+            exchange,
             threshold,
             receive,
             peers,

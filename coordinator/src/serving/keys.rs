@@ -135,14 +135,7 @@ impl ServedKeys {
         saved: &SavedServing,
     ) -> Result<Self, KeysError> {
         let mut me = Self::new(federation, saved.hospitals, max_images);
-        let header = KeyholderRound1 {
-            architecture: saved.architecture.clone(),
-            class_names: saved.class_names.clone(),
-            plan: saved.fingerprint,
-            galois: 0,
-            sealed: vec![],
-        };
-        let c = me.compile(&header)?;
+        let c = me.compile(&saved.architecture, &saved.class_names)?;
         if c.info.fingerprint != saved.fingerprint {
             return Err(invalid("the saved state is for another plan"));
         }
@@ -217,7 +210,7 @@ impl ServedKeys {
             return Err(invalid("the model description exceeds the limits"));
         }
         if self.compiled.is_none() {
-            self.compiled = Some(self.compile(&header)?);
+            self.compiled = Some(self.compile(&header.architecture, &header.class_names)?);
         }
         let c = self.compiled.as_ref().expect("compiled above");
         if layers_of(&header.architecture)? != c.layers || header.class_names != c.info.class_names
@@ -262,18 +255,19 @@ impl ServedKeys {
         })
     }
 
-    fn compile(&self, header: &KeyholderRound1) -> Result<Compiled, KeysError> {
-        let arch: Architecture = serde_json::from_str(&header.architecture)
+    /// The served plan of `architecture` (no weights), with its keys' generation.
+    fn compile(&self, architecture: &str, class_names: &[String]) -> Result<Compiled, KeysError> {
+        let arch: Architecture = serde_json::from_str(architecture)
             .map_err(|e| invalid(format!("architecture: {e}")))?;
         let skeleton = arch
             .skeleton()
             .map_err(|e| invalid(format!("architecture: {e}")))?;
         let plan = InferencePlan::new(&skeleton, &served_policy())
             .map_err(|e| invalid(format!("cannot compile the architecture: {e}")))?;
-        if header.class_names.len() != plan.spec().output_len() {
+        if class_names.len() != plan.spec().output_len() {
             return Err(invalid(format!(
                 "{} class names for {} outputs",
-                header.class_names.len(),
+                class_names.len(),
                 plan.spec().output_len()
             )));
         }
@@ -283,8 +277,8 @@ impl ServedKeys {
             .map_err(|e| invalid(e.to_string()))?;
         let info = ModelInfo {
             name: "federated model (encrypted, mode a)".into(),
-            architecture: header.architecture.clone(),
-            class_names: header.class_names.clone(),
+            architecture: architecture.to_string(),
+            class_names: class_names.to_vec(),
             fingerprint: plan.spec().fingerprint(),
             max_images: self.max_images,
         };
@@ -293,7 +287,7 @@ impl ServedKeys {
             ctx,
             keys,
             info,
-            layers: layers_of(&header.architecture)?,
+            layers: layers_of(architecture)?,
         })
     }
 
