@@ -341,7 +341,8 @@ pub fn run_baseline(
     write_table(&history_table(&report)?, out_dir, "history")?;
     write_flat(&out_dir.join("model.f32"), &to_flat(&net))?;
     write_json(&out_dir.join("params.json"), &manifest(&spec))?;
-    export(&net, &norm, names)?.write_json(&out_dir.join("network.json"))?;
+    export(&net, &norm, names, &cfg.dataset.preparation())?
+        .write_json(&out_dir.join("network.json"))?;
     let effective =
         toml::to_string_pretty(cfg).map_err(|e| ClientError::invalid("config", e.to_string()))?;
     let cfg_path = out_dir.join("config.toml");

@@ -6,11 +6,25 @@ use rand::rngs::ChaCha8Rng;
 
 use crate::error::ClientError;
 
-/// A split as network input.
+/// How the pixels of a split are held.
+#[derive(Clone, Debug, PartialEq)]
+enum Pixels {
+    /// Normalised `f32`, image after image, each in CHW order.
+    Floats(Vec<f32>),
+    /// The images' HWC bytes and the per-channel `x·scale − shift` that normalises them when a
+    /// batch is made: a quarter of the memory (a 256×256 split of 35,000 images is 2.3 GB
+    /// instead of 9.2 GB).
+    Bytes {
+        hwc: Vec<u8>,
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+    },
+}
+
+/// A split as network input: images normalised when a batch is gathered, with their labels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensors {
-    /// `n × c × h × w` values, image after image, each in CHW order.
-    pub x: Vec<f32>,
+    pixels: Pixels,
     /// One class label per image.
     pub y: Vec<u32>,
     /// `[c, h, w]`.
@@ -18,18 +32,36 @@ pub struct Tensors {
 }
 
 impl Tensors {
-    /// Normalises `set` with `norm` (statistics of the training split).
+    /// `set` normalised with `norm` (statistics of the training split), as bytes until batched.
     pub fn new(set: &ImageSet, norm: &Normalizer) -> Result<Self, ClientError> {
         let y = set.class_labels()?.to_vec();
-        let x = norm.to_nchw(set, None)?;
+        let c = set.channels();
+        if norm.mean.len() != c || norm.std.len() != c {
+            return Err(ClientError::invalid(
+                "normalisation",
+                format!(
+                    "statistics for {} channels, images have {c}",
+                    norm.mean.len()
+                ),
+            ));
+        }
+        // the same arithmetic as `Normalizer::to_nchw`
+        let scale = norm.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
+        let shift = norm
+            .mean
+            .iter()
+            .zip(&norm.std)
+            .map(|(m, s)| m / s)
+            .collect();
+        let hwc = set.images().as_slice().unwrap_or(&[]).to_vec();
         Ok(Self {
-            x,
+            pixels: Pixels::Bytes { hwc, scale, shift },
             y,
-            shape: [set.channels(), set.height(), set.width()],
+            shape: [c, set.height(), set.width()],
         })
     }
 
-    /// Builds from raw parts, checking sizes.
+    /// Builds from normalised CHW values, checking sizes.
     pub fn from_parts(x: Vec<f32>, y: Vec<u32>, shape: [usize; 3]) -> Result<Self, ClientError> {
         let per: usize = shape.iter().product();
         if per == 0 || x.len() != y.len() * per {
@@ -38,7 +70,11 @@ impl Tensors {
                 format!("{} values for {} images of {shape:?}", x.len(), y.len()),
             ));
         }
-        Ok(Self { x, y, shape })
+        Ok(Self {
+            pixels: Pixels::Floats(x),
+            y,
+            shape,
+        })
     }
 
     /// Number of images.
@@ -56,15 +92,58 @@ impl Tensors {
         self.shape.iter().product()
     }
 
+    /// Appends image `i`, normalised, in CHW order.
+    fn push_image(&self, i: usize, out: &mut Vec<f32>) {
+        let per = self.per_image();
+        match &self.pixels {
+            Pixels::Floats(x) => out.extend_from_slice(&x[i * per..(i + 1) * per]),
+            Pixels::Bytes { hwc, scale, shift } => {
+                let [c, h, w] = self.shape;
+                let src = &hwc[i * per..(i + 1) * per];
+                let start = out.len();
+                out.resize(start + per, 0.0);
+                let dst = &mut out[start..];
+                for p in 0..h * w {
+                    for ch in 0..c {
+                        dst[ch * h * w + p] = src[p * c + ch] as f32 * scale[ch] - shift[ch];
+                    }
+                }
+            }
+        }
+    }
+
+    /// Image `i`, normalised, in CHW order.
+    pub fn image(&self, i: usize) -> Vec<f32> {
+        let mut v = Vec::with_capacity(self.per_image());
+        self.push_image(i, &mut v);
+        v
+    }
+
     /// The images at `idx`.
     pub fn subset(&self, idx: &[usize]) -> Tensors {
         let per = self.per_image();
-        let mut x = Vec::with_capacity(idx.len() * per);
-        for &i in idx {
-            x.extend_from_slice(&self.x[i * per..(i + 1) * per]);
-        }
+        let pixels = match &self.pixels {
+            Pixels::Floats(x) => {
+                let mut out = Vec::with_capacity(idx.len() * per);
+                for &i in idx {
+                    out.extend_from_slice(&x[i * per..(i + 1) * per]);
+                }
+                Pixels::Floats(out)
+            }
+            Pixels::Bytes { hwc, scale, shift } => {
+                let mut out = Vec::with_capacity(idx.len() * per);
+                for &i in idx {
+                    out.extend_from_slice(&hwc[i * per..(i + 1) * per]);
+                }
+                Pixels::Bytes {
+                    hwc: out,
+                    scale: scale.clone(),
+                    shift: shift.clone(),
+                }
+            }
+        };
         Tensors {
-            x,
+            pixels,
             y: idx.iter().map(|&i| self.y[i]).collect(),
             shape: self.shape,
         }
@@ -81,13 +160,16 @@ impl Tensors {
         let y = idx.iter().map(|&i| self.y[i]).collect();
         match aug {
             Some((rng, a)) if a.is_active() => {
+                let mut one = Vec::with_capacity(per);
                 for &i in idx {
-                    a.apply(rng, &self.x[i * per..(i + 1) * per], self.shape, &mut x);
+                    one.clear();
+                    self.push_image(i, &mut one);
+                    a.apply(rng, &one, self.shape, &mut x);
                 }
             }
             _ => {
                 for &i in idx {
-                    x.extend_from_slice(&self.x[i * per..(i + 1) * per]);
+                    self.push_image(i, &mut x);
                 }
             }
         }
@@ -265,6 +347,26 @@ mod tests {
             assert!(b[0].abs() <= 0.5 + 1e-5);
         }
         assert!(Tensors::from_parts(vec![0.0; 5], vec![0], [1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn byte_storage_normalises_like_the_normalizer() {
+        let images = ndarray::Array4::from_shape_fn((3, 2, 3, 3), |(n, y, x, c)| {
+            (n * 50 + y * 20 + x * 7 + c * 3) as u8
+        });
+        let set =
+            datasets::ImageSet::new(images, datasets::Labels::Class(vec![0, 1, 2]), None, None)
+                .unwrap();
+        let norm = Normalizer::fit(&set).unwrap();
+        let t = Tensors::new(&set, &norm).unwrap();
+        let want = norm.to_nchw(&set, None).unwrap();
+        let (got, y) = t.batch(&[0, 1, 2], None);
+        assert_eq!(got, want);
+        assert_eq!(y, vec![0, 1, 2]);
+        assert_eq!(t.image(2), want[2 * 18..]);
+        let sub = t.subset(&[2, 0]);
+        assert_eq!(sub.batch(&[0], None).0, want[2 * 18..]);
+        assert_eq!(sub.y, vec![2, 0]);
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub enum ClientError {
         #[source]
         source: polars::error::PolarsError,
     },
+    /// A network file (`heal-network/1`) that cannot be read or does not fit together.
+    #[error(transparent)]
+    NetworkFile(#[from] he_agg::infer::NetworkFileError),
     /// JSON encoding.
     #[error("{path}: {source}")]
     Json {

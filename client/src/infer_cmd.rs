@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use client::export::{input_shape, read_network};
 use client::infer::evaluate::write_json;
 use client::infer::local::infer_local;
 use client::infer::remote::{Target, infer_remote};
 use client::infer::{EvaluateOptions, ImageArg, InferOutcome, evaluate_encrypted, load_images};
-use client::infer_model::{input_shape, read_infer_network};
 use he_agg::infer::ParamPolicy;
 use protocol::tls::TlsFiles;
 
@@ -92,10 +92,12 @@ pub fn infer(
         let Some(network) = network else {
             bail!("--local needs --network NET.json (the weights are evaluated in this process)");
         };
-        let (exp, net) = read_infer_network(&network)?;
-        let loaded = load_images(&args, input_shape(&net), data_dir.as_deref())?;
+        let (file, prep) = read_network(&network)?;
+        let net = &file.network;
+        let decoder = prep.decoder(input_shape(net));
+        let loaded = load_images(&args, &decoder, &prep, data_dir.as_deref())?;
         let name = network.display().to_string();
-        let outcome = infer_local(&net, &exp.class_names, &name, &loaded)?;
+        let outcome = infer_local(net, &file.class_names, &name, &loaded)?;
         return write_outcome(&outcome, json.as_deref());
     }
     let Some(site_path) = site else {
@@ -116,7 +118,12 @@ pub fn infer(
         .enable_all()
         .build()?;
     let outcome = rt
-        .block_on(infer_remote(&target, &args, data_dir.as_deref()))
+        .block_on(infer_remote(
+            &target,
+            &args,
+            &datasets::InputPreparation::default(),
+            data_dir.as_deref(),
+        ))
         .with_context(|| format!("encrypted inference at {}", target.server))?;
     write_outcome(&outcome, json.as_deref())
 }

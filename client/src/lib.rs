@@ -24,7 +24,6 @@ pub mod data;
 pub mod error;
 pub mod export;
 pub mod infer;
-pub mod infer_model;
 pub mod metrics;
 pub mod model;
 pub mod params;

@@ -260,6 +260,24 @@ pub fn write_table(df: &DataFrame, dir: &Path, name: &str) -> Result<(), ClientE
     Ok(())
 }
 
+/// Softmax of logits (stable: shifted by the maximum).
+pub fn softmax(logits: &[f64]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = logits.iter().map(|&l| (l - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|v| v / sum).collect()
+}
+
+/// Index of the largest value (the first on ties).
+pub fn argmax(v: &[f64]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &x)| {
+            if x > bv { (i, x) } else { (bi, bv) }
+        })
+        .0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,5 +353,14 @@ mod tests {
         let names = vec!["a".to_string(), "b".to_string()];
         assert!(evaluate_probs(&[0.5, 0.5], &[0, 1], &names).is_err());
         assert!(evaluate_probs(&[0.5, 0.5], &[2], &names).is_err());
+    }
+
+    #[test]
+    fn softmax_and_argmax() {
+        let p = softmax(&[1.0, 3.0, 2.0]);
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert_eq!(argmax(&p), 1);
+        let big = softmax(&[1000.0, 999.0]);
+        assert!(big[0].is_finite() && big[0] > big[1]);
     }
 }

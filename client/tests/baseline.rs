@@ -63,17 +63,19 @@ fn baseline_writes_summary_and_tables() {
     let history = std::fs::read_to_string(out.join("history.csv")).unwrap();
     assert_eq!(history.lines().count(), 3);
     // The exported network (batch-norm folded) reproduces the trained network's predictions.
-    let exp = client::export::ExportedNetwork::read_json(&out.join("network.json")).unwrap();
+    let exp = he_agg::infer::NetworkFile::read_json(&out.join("network.json")).unwrap();
     let data = common::load("breastmnist");
+    let n = exp.network.normalization().unwrap();
     let norm = datasets::Normalizer {
-        mean: exp.network.normalization.mean.clone(),
-        std: exp.network.normalization.std.clone(),
+        mean: n.mean.clone(),
+        std: n.std.clone(),
     };
     let test = data.test.head(20);
     let t = client::data::Tensors::new(&test, &norm).unwrap();
     let probs = client::train::predict(&o.network, &t).unwrap();
     for i in 0..test.len() {
-        let logits = exp.forward(&exp.normalise(test.image_bytes(i)));
+        let x = exp.network.normalize_hwc(test.image_bytes(i)).unwrap();
+        let logits = exp.network.forward(&x).unwrap();
         let p1 = 1.0 / (1.0 + (logits[0] - logits[1]).exp());
         assert!(
             (p1 - probs[2 * i + 1]).abs() < 1e-3,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use client::baseline::{BaselineConfig, run_baseline};
-use client::infer_model::{decode_image, input_shape, read_infer_network};
+use client::export::{input_shape, read_network};
 use client::portal::{Portal, PortalConfig};
 use serde_json::{Value, json};
 
@@ -345,17 +345,23 @@ fn portal_in_headless_chromium() {
 
     // a trained network, and a real test image written as PNG
     let network = train_network(tmp.path());
-    let (_, net) = read_infer_network(&network).unwrap();
+    let (file, prep) = read_network(&network).unwrap();
+    let net = file.network;
     let data = common::load("breastmnist");
     let image = tmp.path().join("breast-test-7.png");
     image::GrayImage::from_raw(28, 28, data.test.image_bytes(7).to_vec())
         .unwrap()
         .save(&image)
         .unwrap();
-    let hwc = decode_image(&std::fs::read(&image).unwrap(), input_shape(&net)).unwrap();
+    let hwc = prep
+        .decoder(input_shape(&net))
+        .load(&image)
+        .unwrap()
+        .images
+        .remove(0);
     let logits = net.forward(&net.normalize_hwc(&hwc).unwrap()).unwrap();
     let logits: Vec<f64> = logits.iter().map(|&v| v as f64).collect();
-    let plaintext_label = client::infer_model::argmax(&logits);
+    let plaintext_label = client::metrics::argmax(&logits);
 
     // the portal, in this process
     let portal_dir = tmp.path().join("portal");

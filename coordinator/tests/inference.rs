@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use coordinator::inference::{InferenceServer, ServeOptions, ServedModel};
 use he_agg::ckks::{CkksContext, wire};
-use he_agg::infer::{Architecture, Conv2d, Dense, InferencePlan, Layer, Network, ParamPolicy};
+use he_agg::infer::{Architecture, InferencePlan, Network, ParamPolicy};
 use protocol::inference::InferRequest;
 use protocol::link::{Link, connect};
 use protocol::pki::Ca;
@@ -19,36 +19,7 @@ const FED: FederationId = FederationId([3; 16]);
 const WAIT: Duration = Duration::from_secs(60);
 
 fn network() -> Network {
-    let w = |n: usize, s: f32| -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 37 + 11) % 23) as f32 / 23.0 - 0.5) * s)
-            .collect()
-    };
-    Network::new(
-        [1, 6, 6],
-        vec![
-            Layer::Conv2d(Conv2d {
-                in_channels: 1,
-                out_channels: 2,
-                kernel: 3,
-                stride: 1,
-                padding: 0,
-                weight: w(18, 1.0),
-                bias: vec![0.1, -0.2],
-            }),
-            Layer::Square,
-            Layer::Flatten,
-            Layer::Dense(Dense {
-                in_features: 32,
-                out_features: 3,
-                weight: w(96, 0.5),
-                bias: vec![0.0, 0.1, -0.1],
-            }),
-        ],
-    )
-    .unwrap()
-    .with_normalization(vec![0.5], vec![0.25])
-    .unwrap()
+    he_agg::infer::testing::tiny_network()
 }
 
 fn write_kit(dir: &Path, ca: &Ca, name: &str) -> (TlsFiles, String) {

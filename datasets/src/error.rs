@@ -154,6 +154,16 @@ pub enum DatasetError {
         message: String,
     },
 
+    /// A DICOM file that cannot be used (not DICOM, truncated, no pixel data, an unsupported
+    /// transfer syntax or photometric interpretation, frames over the size limit …).
+    #[error("{path}: DICOM: {message}")]
+    BadDicom {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+
     /// A CSV manifest that cannot be parsed.
     #[error("{path}: bad manifest: {message}")]
     BadManifest {

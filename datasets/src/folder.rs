@@ -1,20 +1,24 @@
-//! Image folders and CSV manifests: a hospital's own PNG/JPEG files, grey or RGB, any size,
-//! converted to the model's channels and resized to its input.
+//! Image folders and CSV manifests: a hospital's own PNG, JPEG and DICOM files, grey or RGB, any
+//! size, made into the model's input by an [`ImageDecoder`] (channels, resize policy, DICOM
+//! window). A multi-frame DICOM file gives one image per frame, all with its label.
 //!
 //! Two layouts:
-//! * a class folder: `root/<class name>/*.png|jpg|jpeg`, classes in sorted order of the
-//!   subfolder names;
-//! * a CSV manifest (read with polars): one row per image, with a path column (relative to the
+//! * a class folder: `root/<class name>/*.png|jpg|jpeg|dcm|dicom`, classes in sorted order of
+//!   the subfolder names;
+//! * a CSV manifest (read with polars): one row per file, with a path column (relative to the
 //!   manifest's folder, or absolute), a label column (class index or class name) and optional
 //!   patient, site and split (`train`/`val`/`test`) columns.
+//!
+//! Patients: the manifest's patient column, else a DICOM file's Patient ID; an image with
+//! neither is its own group. They keep a patient's images on one side of a split.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use image::imageops::FilterType;
 use ndarray::Array4;
 use polars::prelude::*;
 
+use crate::decode::{DecodedFile, ImageDecoder, has_image_extension};
 use crate::error::{DatasetError, Result};
 use crate::image_set::{ImageSet, Labels};
 
@@ -29,65 +33,6 @@ pub struct ImageShape {
     pub width: usize,
 }
 
-impl ImageShape {
-    fn check(&self) -> Result<()> {
-        if !(self.channels == 1 || self.channels == 3) || self.height == 0 || self.width == 0 {
-            return Err(DatasetError::invalid(
-                "image shape",
-                format!(
-                    "{}×{}×{}: channels must be 1 or 3 and sides positive",
-                    self.channels, self.height, self.width
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
-const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];
-
-/// Decodes one PNG/JPEG file into `shape` (HWC bytes): grey↔RGB conversion (luma for RGB→grey)
-/// and a triangle-filter resize when the size differs.
-pub fn load_image(path: &Path, shape: ImageShape) -> Result<Vec<u8>> {
-    shape.check()?;
-    let bytes = std::fs::read(path).map_err(|e| DatasetError::io(path, "read image", e))?;
-    if bytes.is_empty() {
-        return Err(DatasetError::BadImage {
-            path: path.into(),
-            message: "the file is empty (0 bytes)".into(),
-        });
-    }
-    let img = image::load_from_memory(&bytes).map_err(|e| DatasetError::BadImage {
-        path: path.into(),
-        message: e.to_string(),
-    })?;
-    let (w, h) = (shape.width as u32, shape.height as u32);
-    Ok(if shape.channels == 1 {
-        let g = img.to_luma8();
-        let g = if g.dimensions() == (w, h) {
-            g
-        } else {
-            image::imageops::resize(&g, w, h, FilterType::Triangle)
-        };
-        g.into_raw()
-    } else {
-        let c = img.to_rgb8();
-        let c = if c.dimensions() == (w, h) {
-            c
-        } else {
-            image::imageops::resize(&c, w, h, FilterType::Triangle)
-        };
-        c.into_raw()
-    })
-}
-
-fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .map(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        .unwrap_or(false)
-}
-
 fn stack(path: &Path, pixels: Vec<Vec<u8>>, shape: ImageShape) -> Result<Array4<u8>> {
     let n = pixels.len();
     let flat: Vec<u8> = pixels.into_iter().flatten().collect();
@@ -99,10 +44,34 @@ fn stack(path: &Path, pixels: Vec<Vec<u8>>, shape: ImageShape) -> Result<Array4<
     })
 }
 
-/// Reads `root/<class>/*.{png,jpg,jpeg}`. Returns the images and the class names (sorted
-/// subfolder names; the label of an image is its folder's index).
-pub fn read_class_folder(root: &Path, shape: ImageShape) -> Result<(ImageSet, Vec<String>)> {
-    shape.check()?;
+/// Patients of the images: `given` (a manifest column), else each file's DICOM Patient ID, else
+/// a group of its own (named by its file); `None` when no image has a patient.
+fn patients_of(
+    given: Option<Vec<String>>,
+    dicom: &[Option<String>],
+    files: &[String],
+) -> Option<Vec<String>> {
+    if given.is_some() {
+        return given;
+    }
+    if dicom.iter().all(Option::is_none) {
+        return None;
+    }
+    Some(
+        dicom
+            .iter()
+            .zip(files)
+            .map(|(p, f)| p.clone().unwrap_or_else(|| format!("file:{f}")))
+            .collect(),
+    )
+}
+
+/// Reads `root/<class>/*.{png,jpg,jpeg,dcm,dicom}`. Returns the images and the class names
+/// (sorted subfolder names; the label of an image is its folder's index); DICOM files carry
+/// their patients.
+pub fn read_class_folder(root: &Path, decoder: &ImageDecoder) -> Result<(ImageSet, Vec<String>)> {
+    decoder.check()?;
+    let shape = decoder.shape;
     let mut classes = Vec::new();
     for entry in std::fs::read_dir(root).map_err(|e| DatasetError::io(root, "list folder", e))? {
         let entry = entry.map_err(|e| DatasetError::io(root, "list folder", e))?;
@@ -122,28 +91,35 @@ pub fn read_class_folder(root: &Path, shape: ImageShape) -> Result<(ImageSet, Ve
     }
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
+    let (mut dicom_patients, mut names) = (Vec::new(), Vec::new());
     for (k, class) in classes.iter().enumerate() {
         let dir = root.join(class);
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(|e| DatasetError::io(&dir, "list folder", e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_image(p))
+            .filter(|p| p.is_file() && has_image_extension(p))
             .collect();
         files.sort();
         for f in files {
-            pixels.push(load_image(&f, shape)?);
-            labels.push(k as u32);
+            let DecodedFile { images, patient } = decoder.load(&f)?;
+            for im in images {
+                pixels.push(im);
+                labels.push(k as u32);
+                dicom_patients.push(patient.clone());
+                names.push(f.display().to_string());
+            }
         }
     }
     if pixels.is_empty() {
         return Err(DatasetError::BadFolder {
             path: root.into(),
-            message: "no .png/.jpg/.jpeg images in the class subfolders".into(),
+            message: "no .png/.jpg/.jpeg/.dcm images in the class subfolders".into(),
         });
     }
     let images = stack(root, pixels, shape)?;
+    let patients = patients_of(None, &dicom_patients, &names);
     Ok((
-        ImageSet::new(images, Labels::Class(labels), None, None)?,
+        ImageSet::new(images, Labels::Class(labels), patients, None)?,
         classes,
     ))
 }
@@ -256,10 +232,11 @@ fn required(values: Vec<Option<String>>, manifest: &Path, column: &str) -> Resul
 pub fn read_manifest(
     manifest: &Path,
     columns: &ManifestColumns,
-    shape: ImageShape,
+    decoder: &ImageDecoder,
     class_names: Option<&[String]>,
 ) -> Result<Manifest> {
-    shape.check()?;
+    decoder.check()?;
+    let shape = decoder.shape;
     if !manifest.is_file() {
         return Err(DatasetError::io(
             manifest,
@@ -419,59 +396,31 @@ pub fn read_manifest(
             });
         }
     }
+    // every frame of a file takes its row's label, patient, site and split
     let mut pixels = Vec::with_capacity(files.len());
-    for f in &files {
-        pixels.push(load_image(f, shape)?);
+    let mut rows = Vec::with_capacity(files.len());
+    let mut dicom_patients = Vec::with_capacity(files.len());
+    for (row, f) in files.iter().enumerate() {
+        let DecodedFile { images, patient } = decoder.load(f)?;
+        for im in images {
+            pixels.push(im);
+            rows.push(row);
+            dicom_patients.push(patient.clone());
+        }
     }
+    let per_row = |v: Vec<String>| -> Vec<String> { rows.iter().map(|&r| v[r].clone()).collect() };
+    let file_names: Vec<String> = rows
+        .iter()
+        .map(|&r| files[r].display().to_string())
+        .collect();
+    let patients = patients_of(patients.map(per_row), &dicom_patients, &file_names);
+    let sites = sites.map(per_row);
+    let labels: Vec<u32> = rows.iter().map(|&r| labels[r]).collect();
+    let splits = splits.map(|s| rows.iter().map(|&r| s[r]).collect());
     let images = stack(manifest, pixels, shape)?;
     Ok(Manifest {
         images: ImageSet::new(images, Labels::Class(labels), patients, sites)?,
         class_names: names,
         splits,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write_png(path: &Path, w: u32, h: u32, rgb: bool, v: u8) {
-        if rgb {
-            image::RgbImage::from_pixel(w, h, image::Rgb([v, v / 2, 255 - v]))
-                .save(path)
-                .unwrap();
-        } else {
-            image::GrayImage::from_pixel(w, h, image::Luma([v]))
-                .save(path)
-                .unwrap();
-        }
-    }
-
-    #[test]
-    fn converts_channels_and_resizes() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("a.png");
-        write_png(&p, 40, 30, true, 100);
-        let grey = load_image(
-            &p,
-            ImageShape {
-                channels: 1,
-                height: 28,
-                width: 28,
-            },
-        )
-        .unwrap();
-        assert_eq!(grey.len(), 28 * 28);
-        let rgb = load_image(
-            &p,
-            ImageShape {
-                channels: 3,
-                height: 10,
-                width: 12,
-            },
-        )
-        .unwrap();
-        assert_eq!(rgb.len(), 10 * 12 * 3);
-        assert_eq!(&rgb[..3], &[100, 50, 155]);
-    }
 }

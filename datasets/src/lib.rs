@@ -1,5 +1,6 @@
 //! Medical image data for HEAL: MedMNIST `.npz` files (verified against the official md5 table
-//! and downloaded from the official record when missing), image folders and CSV manifests,
+//! and downloaded from the official record when missing), image folders and CSV manifests of
+//! PNG, JPEG and DICOM files (CT in Hounsfield units with windowing), resizing by policy,
 //! preprocessing with training-split statistics, and partitioning across simulated hospitals.
 //!
 //! This crate knows nothing of networks or encryption: it hands out `u8` images, labels and
@@ -13,17 +14,23 @@
 //! # Ok::<(), datasets::DatasetError>(())
 //! ```
 
+pub mod decode;
+pub mod dicom;
 pub mod error;
 pub mod folder;
 pub mod image_set;
 pub mod medmnist;
 pub mod partition;
 pub mod preprocess;
+pub mod resize;
 pub mod source;
 
+pub use decode::{DecodedFile, ImageDecoder, InputPreparation};
+pub use dicom::{DecodeLimits, Window, WindowPreset};
 pub use error::{DatasetError, Result};
 pub use folder::{ImageShape, ManifestColumns};
 pub use image_set::{Dataset, DatasetInfo, ImageSet, Labels, Task};
 pub use partition::{Partition, PartitionConfig, Scheme};
 pub use preprocess::Normalizer;
+pub use resize::ResizePolicy;
 pub use source::{DatasetConfig, load_dataset};

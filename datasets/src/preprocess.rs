@@ -69,6 +69,29 @@ pub fn resize(set: &ImageSet, height: usize, width: usize) -> Result<ImageSet> {
     Ok(set.with_images(arr))
 }
 
+/// Every image of `set` brought to `height × width` by `policy` (in parallel).
+pub fn resize_set(
+    set: &ImageSet,
+    height: usize,
+    width: usize,
+    policy: crate::resize::ResizePolicy,
+) -> Result<ImageSet> {
+    use rayon::prelude::*;
+    if set.height() == height && set.width() == width {
+        return Ok(set.clone());
+    }
+    let (h0, w0, c) = (set.height(), set.width(), set.channels());
+    let images: Vec<Vec<u8>> = (0..set.len())
+        .into_par_iter()
+        .map(|i| {
+            crate::resize::resize_hwc(set.image_bytes(i), c, (h0, w0), (height, width), policy)
+        })
+        .collect::<Result<_>>()?;
+    let arr = Array4::from_shape_vec((set.len(), height, width, c), images.concat())
+        .map_err(|e| DatasetError::invalid("resize", e.to_string()))?;
+    Ok(set.with_images(arr))
+}
+
 /// Channel conversion then resize to `shape`.
 pub fn conform(set: &ImageSet, shape: ImageShape) -> Result<ImageSet> {
     let s = convert_channels(set, shape.channels)?;

@@ -2,11 +2,15 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::decode::{ImageDecoder, InputPreparation};
+use crate::dicom::{DecodeLimits, Window};
 use crate::error::{DatasetError, Result};
 use crate::folder::{self, ImageShape, ManifestColumns, Split};
 use crate::image_set::{Dataset, DatasetInfo, ImageSet, Task};
 use crate::medmnist::{self, MedMnistOptions};
 use crate::partition::split_by_group;
+use crate::preprocess::resize_set;
+use crate::resize::{MAX_INPUT_SIDE, ResizePolicy};
 
 /// The `[dataset]` table. `kind` selects the source; unknown keys are rejected.
 ///
@@ -14,11 +18,18 @@ use crate::partition::split_by_group;
 /// [dataset]
 /// kind = "medmnist"        # "medmnist", "folder" or "manifest"
 /// name = "organamnist"     # any 2D MedMNIST set
-/// size = 28                # 28, 64, 128 or 224
+/// size = 28                # 28, 64, 128 or 224: the file read
+/// # height = 256           # the network's input (default: size); images are resized to it
+/// # width = 256
+/// # resize = "stretch"     # "stretch", "crop" or "pad" (see `resize`)
 /// # data_dir = "/data/medmnist"  # default: $HEAL_DATA_DIR, else ~/.cache/heal/medmnist
 /// offline = false          # true: never download (also HEAL_OFFLINE=1)
 /// verify_md5 = true        # check the file against the official md5 table
 /// ```
+///
+/// Folders and manifests read PNG, JPEG and DICOM; they take `resize`, a DICOM `window`
+/// (`"auto"`, `"abdomen"`, `"kidney"`, `"lung"`, `"bone"` or `{ center = 40, width = 400 }`) and
+/// `max_pixels` (per file, all frames: larger files are refused before decoding).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum DatasetConfig {
@@ -26,9 +37,18 @@ pub enum DatasetConfig {
     Medmnist {
         /// Data set name, e.g. `organamnist`, `bloodmnist`, `breastmnist`.
         name: String,
-        /// Image size: 28 (default), 64, 128 or 224.
+        /// Image size of the file read: 28 (default), 64, 128 or 224.
         #[serde(default = "default_size")]
         size: u32,
+        /// Network input height (default: `size`); images are resized to it.
+        #[serde(default)]
+        height: Option<usize>,
+        /// Network input width (default: `size`).
+        #[serde(default)]
+        width: Option<usize>,
+        /// How images are brought to `height × width` (default `stretch`).
+        #[serde(default)]
+        resize: ResizePolicy,
         /// Data directory. Relative paths are relative to the config file's folder. Default:
         /// `$HEAL_DATA_DIR`, else the per-user cache directory.
         #[serde(default)]
@@ -40,16 +60,26 @@ pub enum DatasetConfig {
         #[serde(default = "yes")]
         verify_md5: bool,
     },
-    /// A folder with one subfolder of PNG/JPEG images per class.
+    /// A folder with one subfolder of PNG/JPEG/DICOM images per class.
     Folder {
         /// The folder (relative to the config file's folder unless absolute).
         root: PathBuf,
-        /// Target channels (1 or 3), height and width; images are converted and resized.
+        /// Target channels (1 or 3), height and width (up to 512); images are converted and
+        /// resized.
         channels: usize,
         /// Target height.
         height: usize,
         /// Target width.
         width: usize,
+        /// How images are brought to `height × width` (default `stretch`).
+        #[serde(default)]
+        resize: ResizePolicy,
+        /// DICOM window (default `auto`: the file's own, else min–max).
+        #[serde(default)]
+        window: Window,
+        /// Most pixels one file may hold, all frames together (default 2^26).
+        #[serde(default = "default_max_pixels")]
+        max_pixels: usize,
         /// Share of images held out for validation (default 0.1).
         #[serde(default = "default_val")]
         val_fraction: f64,
@@ -72,12 +102,21 @@ pub enum DatasetConfig {
         class_names: Option<Vec<String>>,
         /// Target channels (1 or 3).
         channels: usize,
-        /// Target height.
+        /// Target height (up to 512).
         height: usize,
-        /// Target width.
+        /// Target width (up to 512).
         width: usize,
+        /// How images are brought to `height × width` (default `stretch`).
+        #[serde(default)]
+        resize: ResizePolicy,
+        /// DICOM window (default `auto`: the file's own, else min–max).
+        #[serde(default)]
+        window: Window,
+        /// Most pixels one file may hold, all frames together (default 2^26).
+        #[serde(default = "default_max_pixels")]
+        max_pixels: usize,
         /// Without a split column: share held out for validation (default 0.1), by patient
-        /// when there is a patient column.
+        /// (the patient column, else DICOM Patient IDs) when known.
         #[serde(default = "default_val")]
         val_fraction: f64,
         /// Without a split column: share held out for testing (default 0.2).
@@ -91,6 +130,9 @@ pub enum DatasetConfig {
 
 fn default_size() -> u32 {
     28
+}
+fn default_max_pixels() -> usize {
+    DecodeLimits::default().max_pixels
 }
 fn yes() -> bool {
     true
@@ -108,6 +150,9 @@ impl DatasetConfig {
         Self::Medmnist {
             name: name.into(),
             size: 28,
+            height: None,
+            width: None,
+            resize: ResizePolicy::Stretch,
             data_dir: None,
             offline: false,
             verify_md5: true,
@@ -145,38 +190,66 @@ pub fn load_dataset(cfg: &DatasetConfig, base_dir: &Path, progress: bool) -> Res
         DatasetConfig::Medmnist {
             name,
             size,
+            height,
+            width,
+            resize,
             data_dir,
             offline,
             verify_md5,
-        } => medmnist::load(
-            name,
-            *size,
-            &MedMnistOptions {
-                data_dir: data_dir.as_ref().map(|d| rel(base_dir, d)),
-                offline: *offline || medmnist::offline_from_env(),
-                verify_md5: *verify_md5,
-                progress,
-                ..MedMnistOptions::default()
-            },
-        ),
+        } => {
+            let mut data = medmnist::load(
+                name,
+                *size,
+                &MedMnistOptions {
+                    data_dir: data_dir.as_ref().map(|d| rel(base_dir, d)),
+                    offline: *offline || medmnist::offline_from_env(),
+                    verify_md5: *verify_md5,
+                    progress,
+                    ..MedMnistOptions::default()
+                },
+            )?;
+            let (h, w) = (
+                height.unwrap_or(*size as usize),
+                width.unwrap_or(*size as usize),
+            );
+            if (h, w) != (data.info.height, data.info.width) {
+                check_side(h, w)?;
+                for set in [&mut data.train, &mut data.val, &mut data.test] {
+                    *set = resize_set(set, h, w, *resize)?;
+                }
+                data.info.height = h;
+                data.info.width = w;
+            }
+            Ok(data)
+        }
         DatasetConfig::Folder {
             root,
             channels,
             height,
             width,
+            resize,
+            window,
+            max_pixels,
             val_fraction,
             test_fraction,
             seed,
         } => {
-            let shape = ImageShape {
-                channels: *channels,
-                height: *height,
-                width: *width,
-            };
-            let (all, classes) = folder::read_class_folder(&rel(base_dir, root), shape)?;
-            let [tr, va, te] =
-                split_by_group(all.len(), None, *val_fraction, *test_fraction, *seed)?;
-            Ok(assemble(cfg.name(), classes, shape, &all, [tr, va, te]))
+            let decoder = decoder(*channels, *height, *width, *resize, *window, *max_pixels)?;
+            let (all, classes) = folder::read_class_folder(&rel(base_dir, root), &decoder)?;
+            let [tr, va, te] = split_by_group(
+                all.len(),
+                all.patients(),
+                *val_fraction,
+                *test_fraction,
+                *seed,
+            )?;
+            Ok(assemble(
+                cfg.name(),
+                classes,
+                decoder.shape,
+                &all,
+                [tr, va, te],
+            ))
         }
         DatasetConfig::Manifest {
             path,
@@ -185,19 +258,19 @@ pub fn load_dataset(cfg: &DatasetConfig, base_dir: &Path, progress: bool) -> Res
             channels,
             height,
             width,
+            resize,
+            window,
+            max_pixels,
             val_fraction,
             test_fraction,
             seed,
         } => {
-            let shape = ImageShape {
-                channels: *channels,
-                height: *height,
-                width: *width,
-            };
+            let decoder = decoder(*channels, *height, *width, *resize, *window, *max_pixels)?;
+            let shape = decoder.shape;
             let m = folder::read_manifest(
                 &rel(base_dir, path),
                 columns,
-                shape,
+                &decoder,
                 class_names.as_deref(),
             )?;
             let parts = match &m.splits {
@@ -226,6 +299,100 @@ pub fn load_dataset(cfg: &DatasetConfig, base_dir: &Path, progress: bool) -> Res
                 });
             }
             Ok(assemble(cfg.name(), m.class_names, shape, &m.images, parts))
+        }
+    }
+}
+
+fn check_side(height: usize, width: usize) -> Result<()> {
+    if !(1..=MAX_INPUT_SIDE).contains(&height) || !(1..=MAX_INPUT_SIDE).contains(&width) {
+        return Err(DatasetError::invalid(
+            "[dataset] height/width",
+            format!("{height}×{width}: each side must be 1..={MAX_INPUT_SIDE}"),
+        ));
+    }
+    Ok(())
+}
+
+fn decoder(
+    channels: usize,
+    height: usize,
+    width: usize,
+    resize: ResizePolicy,
+    window: Window,
+    max_pixels: usize,
+) -> Result<ImageDecoder> {
+    check_side(height, width)?;
+    let mut d = ImageDecoder::new(ImageShape {
+        channels,
+        height,
+        width,
+    });
+    d.resize = resize;
+    d.window = window;
+    d.limits.max_pixels = max_pixels;
+    d.check()?;
+    Ok(d)
+}
+
+impl DatasetConfig {
+    /// How this data set makes files into inputs, for the trained network's file.
+    pub fn preparation(&self) -> InputPreparation {
+        match self {
+            DatasetConfig::Medmnist { size, resize, .. } => InputPreparation {
+                resize: *resize,
+                window: Window::default(),
+                medmnist_size: Some(*size),
+            },
+            DatasetConfig::Folder { resize, window, .. }
+            | DatasetConfig::Manifest { resize, window, .. } => InputPreparation {
+                resize: *resize,
+                window: *window,
+                medmnist_size: None,
+            },
+        }
+    }
+
+    /// The decoder that makes a file into this data set's input (what `client infer` and the
+    /// portal use for files given by hand): the configured channels, size, resize policy and
+    /// window; MedMNIST sets take their stored channels.
+    pub fn decoder(&self, channels: usize) -> Result<ImageDecoder> {
+        match self {
+            DatasetConfig::Medmnist {
+                size,
+                height,
+                width,
+                resize,
+                ..
+            } => {
+                let h = height.unwrap_or(*size as usize);
+                let w = width.unwrap_or(*size as usize);
+                decoder(
+                    channels,
+                    h,
+                    w,
+                    *resize,
+                    Window::default(),
+                    default_max_pixels(),
+                )
+            }
+            DatasetConfig::Folder {
+                channels,
+                height,
+                width,
+                resize,
+                window,
+                max_pixels,
+                ..
+            }
+            | DatasetConfig::Manifest {
+                channels,
+                height,
+                width,
+                resize,
+                window,
+                max_pixels,
+                ..
+            } => decoder(*channels, *height, *width, *resize, *window, *max_pixels),
         }
     }
 }
@@ -279,6 +446,9 @@ mod tests {
             DatasetConfig::Medmnist {
                 name: "breastmnist".into(),
                 size: 28,
+                height: None,
+                width: None,
+                resize: ResizePolicy::Stretch,
                 data_dir: None,
                 offline: true,
                 verify_md5: true

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use datasets::ImageDecoder;
 use datasets::folder::{ImageShape, ManifestColumns, read_class_folder, read_manifest};
 use datasets::partition::straddling_patients;
 use datasets::{DatasetConfig, DatasetError, load_dataset};
@@ -11,6 +12,10 @@ const GREY28: ImageShape = ImageShape {
     height: 28,
     width: 28,
 };
+
+fn grey28() -> ImageDecoder {
+    ImageDecoder::new(GREY28)
+}
 
 fn png(path: &Path, w: u32, h: u32, v: u8) {
     image::GrayImage::from_fn(w, h, |x, y| image::Luma([v.wrapping_add((x + y) as u8)]))
@@ -34,7 +39,7 @@ fn class_folder_converts_and_labels_by_folder() {
     jpeg_rgb(&tmp.path().join("benign/b.jpg"), 30, 30);
     png(&tmp.path().join("malignant/c.PNG"), 28, 28, 200);
     std::fs::write(tmp.path().join("malignant/notes.txt"), "ignored").unwrap();
-    let (set, classes) = read_class_folder(tmp.path(), GREY28).unwrap();
+    let (set, classes) = read_class_folder(tmp.path(), &grey28()).unwrap();
     assert_eq!(classes, vec!["benign", "malignant"]);
     assert_eq!(set.len(), 3);
     assert_eq!((set.channels(), set.height(), set.width()), (1, 28, 28));
@@ -52,20 +57,20 @@ fn bad_images_are_named() {
     png(&tmp.path().join("x/ok.png"), 28, 28, 1);
     let empty = tmp.path().join("y/empty.png");
     std::fs::write(&empty, b"").unwrap();
-    let err = read_class_folder(tmp.path(), GREY28).unwrap_err();
+    let err = read_class_folder(tmp.path(), &grey28()).unwrap_err();
     assert!(matches!(err, DatasetError::BadImage { .. }), "{err:?}");
     assert!(err.to_string().contains("empty.png") && err.to_string().contains("0 bytes"));
     std::fs::remove_file(&empty).unwrap();
     let junk = tmp.path().join("y/junk.jpg");
     std::fs::write(&junk, b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
-    let err = read_class_folder(tmp.path(), GREY28).unwrap_err();
+    let err = read_class_folder(tmp.path(), &grey28()).unwrap_err();
     assert!(matches!(err, DatasetError::BadImage { .. }), "{err:?}");
     assert!(err.to_string().contains("junk.jpg"));
     // One class folder is not a classification set.
     let one = tempfile::tempdir().unwrap();
     std::fs::create_dir(one.path().join("only")).unwrap();
     assert!(matches!(
-        read_class_folder(one.path(), GREY28),
+        read_class_folder(one.path(), &grey28()),
         Err(DatasetError::BadFolder { .. })
     ));
 }
@@ -101,7 +106,7 @@ fn columns() -> ManifestColumns {
 fn manifest_with_patients_and_sites() {
     let tmp = tempfile::tempdir().unwrap();
     let path = manifest(tmp.path());
-    let m = read_manifest(&path, &columns(), GREY28, None).unwrap();
+    let m = read_manifest(&path, &columns(), &grey28(), None).unwrap();
     assert_eq!(m.class_names, vec!["benign", "malignant"]);
     assert_eq!(m.images.len(), 24);
     assert_eq!(m.images.class_labels().unwrap()[..3], [1, 0, 0]);
@@ -137,7 +142,7 @@ fn manifest_errors_name_the_problem() {
         patient: Some("patient_id".into()),
         ..columns()
     };
-    let err = read_manifest(&path, &cols, GREY28, None).unwrap_err();
+    let err = read_manifest(&path, &cols, &grey28(), None).unwrap_err();
     match &err {
         DatasetError::MissingColumn {
             column, present, ..
@@ -151,7 +156,7 @@ fn manifest_errors_name_the_problem() {
 
     // A row pointing at a missing file.
     std::fs::remove_file(tmp.path().join("img/7.png")).unwrap();
-    let err = read_manifest(&path, &columns(), GREY28, None).unwrap_err();
+    let err = read_manifest(&path, &columns(), &grey28(), None).unwrap_err();
     match &err {
         DatasetError::MissingImage { row, file, .. } => {
             assert_eq!(*row, 7);
@@ -164,7 +169,8 @@ fn manifest_errors_name_the_problem() {
     let bad = tmp.path().join("ints.csv");
     std::fs::write(&bad, "path,label\nimg/0.png,0\nimg/1.png,5\n").unwrap();
     let names = vec!["a".to_string(), "b".to_string()];
-    let err = read_manifest(&bad, &ManifestColumns::default(), GREY28, Some(&names)).unwrap_err();
+    let err =
+        read_manifest(&bad, &ManifestColumns::default(), &grey28(), Some(&names)).unwrap_err();
     assert!(
         matches!(
             err,
@@ -181,7 +187,8 @@ fn manifest_errors_name_the_problem() {
     // A text label that is not one of the given classes.
     let bad = tmp.path().join("names.csv");
     std::fs::write(&bad, "path,label\nimg/0.png,a\nimg/1.png,zebra\n").unwrap();
-    let err = read_manifest(&bad, &ManifestColumns::default(), GREY28, Some(&names)).unwrap_err();
+    let err =
+        read_manifest(&bad, &ManifestColumns::default(), &grey28(), Some(&names)).unwrap_err();
     assert!(err.to_string().contains("zebra"), "{err}");
 
     // A bad split value and an empty manifest.
@@ -196,14 +203,14 @@ fn manifest_errors_name_the_problem() {
         ..ManifestColumns::default()
     };
     assert!(
-        read_manifest(&bad, &cols, GREY28, None)
+        read_manifest(&bad, &cols, &grey28(), None)
             .unwrap_err()
             .to_string()
             .contains("holdout")
     );
     let empty = tmp.path().join("empty.csv");
     std::fs::write(&empty, "path,label\n").unwrap();
-    let err = read_manifest(&empty, &ManifestColumns::default(), GREY28, None).unwrap_err();
+    let err = read_manifest(&empty, &ManifestColumns::default(), &grey28(), None).unwrap_err();
     assert!(matches!(err, DatasetError::BadManifest { .. }), "{err:?}");
     assert!(err.to_string().contains("empty.csv"));
 }

@@ -15,8 +15,9 @@ use serde::Serialize;
 use tracing::info;
 
 use super::error::InferenceError;
-use crate::infer_model::{argmax, read_infer_network, softmax};
+use crate::export::read_network;
 use crate::metrics::evaluate_probs;
+use crate::metrics::{argmax, softmax};
 
 /// What to evaluate.
 #[derive(Clone, Debug)]
@@ -199,7 +200,8 @@ fn bar(len: usize, show: bool, what: &str) -> ProgressBar {
 /// Runs the comparison.
 pub fn evaluate_encrypted(opts: &EvaluateOptions) -> Result<EvaluationReport, InferenceError> {
     let start = Instant::now();
-    let (exp, net) = read_infer_network(&opts.network)?;
+    let (exp, _) = read_network(&opts.network)?;
+    let net = exp.network.clone();
     let (pixels, labels) = load_split(opts, &net)?;
     let n = pixels.len();
     if n == 0 {

@@ -1,14 +1,15 @@
-//! The images `client infer` takes: PNG/JPEG files, or `dataset:split:index` for an image of a
-//! MedMNIST split (e.g. `organamnist:test:123`), decoded into the network's input shape.
+//! The images `client infer` takes: PNG, JPEG or DICOM files (a multi-frame DICOM gives one
+//! image per frame), or `dataset:split:index` for an image of a MedMNIST split (e.g.
+//! `organamnist:test:123`), made into the network's input the way training made them
+//! ([`datasets::InputPreparation`], recorded in the network file).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use datasets::ImageShape;
 use datasets::medmnist::{self, MedMnistOptions};
+use datasets::{ImageDecoder, InputPreparation};
 
 use super::error::InferenceError;
-use crate::infer_model::load_image_file;
 
 /// One image argument.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,7 +52,7 @@ impl ImageArg {
     }
 }
 
-/// An image decoded into the network's input shape (HWC bytes), with its label when known.
+/// An image made into the network's input (HWC bytes), with its label when known.
 #[derive(Clone, Debug)]
 pub struct LoadedImage {
     pub name: String,
@@ -59,11 +60,22 @@ pub struct LoadedImage {
     pub label: Option<usize>,
 }
 
-/// Loads every argument into `shape`; data sets are read once each (`data_dir`: else
-/// `$HEAL_DATA_DIR`, else the cache; downloads only when allowed).
+/// The MedMNIST size an image of a split is read at: the one training read, else the network's
+/// side when MedMNIST has it, else 28 (then resized like any image).
+fn medmnist_size(prep: &InputPreparation, side: usize) -> u32 {
+    prep.medmnist_size.unwrap_or(match side {
+        64 | 128 | 224 => side as u32,
+        _ => 28,
+    })
+}
+
+/// Loads every argument through `decoder` (files) or from its MedMNIST split (read once per
+/// data set, at the size training read, then resized like a file); `data_dir`: else
+/// `$HEAL_DATA_DIR`, else the cache; downloads only when allowed.
 pub fn load_images(
     args: &[ImageArg],
-    shape: ImageShape,
+    decoder: &ImageDecoder,
+    prep: &InputPreparation,
     data_dir: Option<&Path>,
 ) -> Result<Vec<LoadedImage>, InferenceError> {
     let mut sets: HashMap<String, datasets::Dataset> = HashMap::new();
@@ -71,11 +83,21 @@ pub fn load_images(
     for a in args {
         let name = a.name();
         match a {
-            ImageArg::File(p) => out.push(LoadedImage {
-                hwc: load_image_file(p, shape)?,
-                name,
-                label: None,
-            }),
+            ImageArg::File(p) => {
+                let file = decoder.load(p)?;
+                let frames = file.images.len();
+                for (k, hwc) in file.images.into_iter().enumerate() {
+                    out.push(LoadedImage {
+                        name: if frames > 1 {
+                            format!("{name} [frame {}/{frames}]", k + 1)
+                        } else {
+                            name.clone()
+                        },
+                        hwc,
+                        label: None,
+                    });
+                }
+            }
             ImageArg::Split {
                 dataset,
                 split,
@@ -87,7 +109,7 @@ pub fn load_images(
                         progress: false,
                         ..Default::default()
                     };
-                    let size = shape.height as u32;
+                    let size = medmnist_size(prep, decoder.shape.height);
                     sets.insert(dataset.clone(), medmnist::load(dataset, size, &opts)?);
                 }
                 let ds = &sets[dataset];
@@ -102,32 +124,17 @@ pub fn load_images(
                         message: format!("the {split} split has {} images", set.len()),
                     });
                 }
-                if (set.channels(), set.height(), set.width())
-                    != (shape.channels, shape.height, shape.width)
-                {
-                    return Err(InferenceError::Image {
-                        source_name: name,
-                        message: format!(
-                            "{}×{}×{} images, the network takes {}×{}×{}",
-                            set.channels(),
-                            set.height(),
-                            set.width(),
-                            shape.channels,
-                            shape.height,
-                            shape.width
-                        ),
-                    });
-                }
+                let hwc = decoder.conform(
+                    set.image_bytes(*index),
+                    set.channels(),
+                    (set.height(), set.width()),
+                )?;
                 let label = set
                     .class_labels()
                     .ok()
                     .and_then(|l| l.get(*index))
                     .map(|&l| l as usize);
-                out.push(LoadedImage {
-                    hwc: set.image_bytes(*index).to_vec(),
-                    name,
-                    label,
-                });
+                out.push(LoadedImage { hwc, name, label });
             }
         }
     }
@@ -160,5 +167,18 @@ mod tests {
             ImageArg::parse("a:test:x"),
             ImageArg::File(PathBuf::from("a:test:x"))
         );
+    }
+
+    #[test]
+    fn split_images_are_read_at_the_trained_size() {
+        let prep = InputPreparation::default();
+        assert_eq!(medmnist_size(&prep, 28), 28);
+        assert_eq!(medmnist_size(&prep, 128), 128);
+        assert_eq!(medmnist_size(&prep, 256), 28);
+        let trained = InputPreparation {
+            medmnist_size: Some(64),
+            ..prep
+        };
+        assert_eq!(medmnist_size(&trained, 256), 64);
     }
 }

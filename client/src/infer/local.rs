@@ -65,7 +65,7 @@ pub fn infer_local(
             logits,
             classes,
             im.label,
-            Some(crate::infer_model::argmax(&plain)),
+            Some(crate::metrics::argmax(&plain)),
         ));
     }
     timings.wait_s = timings.evaluate_s;

@@ -129,8 +129,8 @@ impl ImageResult {
         true_label: Option<usize>,
         plaintext_label: Option<usize>,
     ) -> Self {
-        let probabilities = crate::infer_model::softmax(&logits);
-        let label = crate::infer_model::argmax(&logits);
+        let probabilities = crate::metrics::softmax(&logits);
+        let label = crate::metrics::argmax(&logits);
         Self {
             image,
             label,

@@ -119,6 +119,7 @@ pub async fn fetch_info(link: &Link, timeout: Duration) -> Result<Served, Infere
 pub async fn infer_remote(
     target: &Target,
     args: &[ImageArg],
+    prep: &datasets::InputPreparation,
     data_dir: Option<&std::path::Path>,
 ) -> Result<InferOutcome, InferenceError> {
     let start = Instant::now();
@@ -153,7 +154,8 @@ pub async fn infer_remote(
         height,
         width,
     };
-    let images = tokio::task::block_in_place(|| load_images(args, shape, data_dir))?;
+    let decoder = prep.decoder(shape);
+    let images = tokio::task::block_in_place(|| load_images(args, &decoder, prep, data_dir))?;
     info!(server = %target.server, model = %info.name, images = images.len(), "encrypting");
     let mut timings = Timings {
         setup_s: req.setup.as_secs_f64(),

@@ -1,43 +1,14 @@
 //! The requester's side without a network: `--local` gives the plaintext network's labels,
 //! keys are exactly the plan's, and malformed results are refused.
 
-use he_agg::infer::{Conv2d, Dense, Layer, Network};
+use he_agg::infer::Network;
 
 use super::images::LoadedImage;
 use super::local::infer_local;
 use super::requester::Requester;
 
 fn network() -> Network {
-    let w = |n: usize, s: f32| -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 37 + 11) % 23) as f32 / 23.0 - 0.5) * s)
-            .collect()
-    };
-    Network::new(
-        [1, 6, 6],
-        vec![
-            Layer::Conv2d(Conv2d {
-                in_channels: 1,
-                out_channels: 2,
-                kernel: 3,
-                stride: 1,
-                padding: 0,
-                weight: w(18, 1.0),
-                bias: vec![0.1, -0.2],
-            }),
-            Layer::Square,
-            Layer::Flatten,
-            Layer::Dense(Dense {
-                in_features: 32,
-                out_features: 3,
-                weight: w(96, 0.5),
-                bias: vec![0.0, 0.1, -0.1],
-            }),
-        ],
-    )
-    .unwrap()
-    .with_normalization(vec![0.5], vec![0.25])
-    .unwrap()
+    he_agg::infer::testing::tiny_network()
 }
 
 #[test]

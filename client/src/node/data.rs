@@ -21,6 +21,8 @@ pub struct LocalData {
     /// Per value of the flat vector: trained by gradient (false for batch-norm statistics).
     pub trainable: Vec<bool>,
     pub normalizer: Normalizer,
+    /// How the data set made files into inputs (recorded in the exported network).
+    pub preparation: datasets::InputPreparation,
 }
 
 pub fn load(cfg: &SiteConfig, base_dir: &Path) -> anyhow::Result<LocalData> {
@@ -78,6 +80,7 @@ pub fn load(cfg: &SiteConfig, base_dir: &Path) -> anyhow::Result<LocalData> {
         manifest,
         trainable,
         normalizer,
+        preparation: cfg.dataset.preparation(),
     })
 }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use client::infer_model::read_infer_network;
+use client::export::read_network;
 use he_agg::ckks::{CkksContext, SecretKey, wire};
 use he_agg::infer::InferencePlan;
 use he_agg::infer::threshold::{
@@ -76,7 +76,7 @@ impl Keyholder {
     pub fn open(cfg: &SiteConfig, out: &Path) -> anyhow::Result<Self> {
         let state = out.join("state");
         let network = out.join("network.json");
-        let (exp, net) = read_infer_network(&network).with_context(|| {
+        let (exp, _) = read_network(&network).with_context(|| {
             format!(
                 "the final model {} (finish training with `client run` first)",
                 network.display()
@@ -89,7 +89,8 @@ impl Keyholder {
                 state.display()
             )
         })?;
-        let plan = InferencePlan::new(&net, &served_policy())
+        let net = &exp.network;
+        let plan = InferencePlan::new(net, &served_policy())
             .context("compiling the final model for serving")?;
         let ctx = CkksContext::new(plan.spec().parameters().clone())?;
         let federation = cfg.federation_id()?;

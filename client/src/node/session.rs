@@ -949,8 +949,13 @@ impl Node {
         let device = select_device("cpu")?;
         let net = network_from_flat(&self.data.spec, &self.state.global, &device)?;
         client::params::write_flat(&self.dirs.out.join("model.f32"), &self.state.global)?;
-        client::export::export(&net, &self.data.normalizer, &self.data.class_names)?
-            .write_json(&self.dirs.out.join("network.json"))?;
+        client::export::export(
+            &net,
+            &self.data.normalizer,
+            &self.data.class_names,
+            &self.data.preparation,
+        )?
+        .write_json(&self.dirs.out.join("network.json"))?;
         info!(
             round = self.state.round,
             "final model written to {}",

@@ -204,7 +204,7 @@ pub async fn submit(State(portal): State<Arc<Portal>>, user: SignedIn, req: Requ
     let (kind, hwc) = match upload::validate(
         &up.bytes,
         portal.config().upload_limit,
-        portal.upload_shape(),
+        &portal.upload_decoder(),
     ) {
         Ok(v) => v,
         Err(e) => {
@@ -245,11 +245,25 @@ pub async fn submit(State(portal): State<Arc<Portal>>, user: SignedIn, req: Requ
             );
         }
     };
+    if kind == ImageKind::Dicom {
+        // the browser shows the network's input: windowed and resized
+        let shown = upload::preview_png(&hwc, portal.upload_decoder().shape).and_then(|png| {
+            files
+                .save_upload(&id, ImageKind::Png, &png)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = shown {
+            warn!(error = %e, "cannot store the preview of a DICOM upload");
+        }
+    }
     let outcome = run(&portal, mode, file_name.clone(), hwc, path.clone()).await;
     let outcome = match outcome {
         Ok(o) => o,
         Err(message) => {
             let _ = std::fs::remove_file(&path);
+            if kind == ImageKind::Dicom {
+                let _ = std::fs::remove_file(files.upload_path(&id, ImageKind::Png));
+            }
             warn!(user = %user.name, mode = mode.as_str(), error = %message, "diagnosis failed");
             return refuse(
                 &portal,
@@ -301,7 +315,7 @@ async fn run(
                     hwc,
                     label: None,
                 };
-                infer_local(&m.network, &m.exported.class_names, &m.name, &[image])
+                infer_local(&m.network, &m.class_names, &m.name, &[image])
                     .map_err(|e| e.to_string())
             })
             .await
@@ -314,7 +328,8 @@ async fn run(
                 .remote
                 .as_ref()
                 .ok_or_else(|| "no inference server configured".to_string())?;
-            infer_remote(target, &[ImageArg::File(path)], None)
+            let prep = portal.local().map(|m| m.preparation).unwrap_or_default();
+            infer_remote(target, &[ImageArg::File(path)], &prep, None)
                 .await
                 .map_err(|e| e.to_string())
         }

@@ -175,7 +175,8 @@ pub fn result(user: &SignedIn, d: &Diagnosis) -> Html<String> {
         t.decrypt_s,
         t.total_s,
         id = esc(&d.id),
-        ext = esc(&d.image_ext),
+        ext = esc(super::upload::ImageKind::from_extension(&d.image_ext)
+            .map_or(d.image_ext.as_str(), |k| k.preview_extension())),
         file = esc(&d.file_name),
         label = d.label,
         class = esc(&d.class),

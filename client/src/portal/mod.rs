@@ -43,14 +43,15 @@ use tracing::info;
 pub use config::PortalConfig;
 pub use error::PortalError;
 
-use crate::export::ExportedNetwork;
-use crate::infer_model::{input_shape, read_infer_network};
+use crate::export::{input_shape, read_network};
 
 /// The network evaluated on this node.
 pub struct LocalModel {
     pub name: String,
-    pub exported: ExportedNetwork,
+    pub class_names: Vec<String>,
     pub network: Network,
+    /// How uploads become its input (as its training data did).
+    pub preparation: datasets::InputPreparation,
 }
 
 /// The portal's shared state.
@@ -75,14 +76,15 @@ impl Portal {
         error::create_private_dir(&config.dir)?;
         let local = match &config.network {
             Some(p) => {
-                let (exported, network) = read_infer_network(p)?;
+                let (file, preparation) = read_network(p)?;
                 Some(LocalModel {
                     name: p
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_else(|| "network.json".into()),
-                    exported,
-                    network,
+                    class_names: file.class_names,
+                    network: file.network,
+                    preparation,
                 })
             }
             None => None,
@@ -120,17 +122,17 @@ impl Portal {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The shape uploads are checked against: the local network's input, else MedMNIST's
-    /// 28×28 grey (the server's own shape is applied when the request is made).
-    pub fn upload_shape(&self) -> ImageShape {
-        self.local
-            .as_ref()
-            .map(|m| input_shape(&m.network))
-            .unwrap_or(ImageShape {
+    /// How uploads are checked and prepared: the local network's input and preparation, else
+    /// MedMNIST's 28×28 grey (the server's own shape is applied when the request is made).
+    pub fn upload_decoder(&self) -> datasets::ImageDecoder {
+        match &self.local {
+            Some(m) => m.preparation.decoder(input_shape(&m.network)),
+            None => datasets::ImageDecoder::new(ImageShape {
                 channels: 1,
                 height: 28,
                 width: 28,
-            })
+            }),
+        }
     }
 }
 

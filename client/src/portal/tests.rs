@@ -134,11 +134,12 @@ fn png(w: u32, h: u32) -> Vec<u8> {
 
 #[test]
 fn uploads_are_checked_by_size_and_content() {
-    let shape = ImageShape {
+    let shape = datasets::ImageDecoder::new(ImageShape {
         channels: 1,
         height: 28,
         width: 28,
-    };
+    });
+    let shape = &shape;
     let ok = png(40, 30);
     let (kind, hwc) = validate(&ok, 1 << 20, shape).unwrap();
     assert_eq!(kind, ImageKind::Png);
@@ -153,7 +154,10 @@ fn uploads_are_checked_by_size_and_content() {
     ));
     let e = validate(b"just some text", 1 << 20, shape).unwrap_err();
     assert!(matches!(e, UploadError::NotAnImage(_)));
-    assert!(e.to_string().contains("not a PNG or JPEG image"), "{e}");
+    assert!(
+        e.to_string().contains("not a PNG, JPEG or DICOM image"),
+        "{e}"
+    );
     assert!(e.to_string().contains("text"), "{e}");
     assert!(
         validate(b"%PDF-1.7 ...", 1 << 20, shape)

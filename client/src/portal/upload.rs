@@ -1,16 +1,17 @@
-//! Validation of an uploaded image before anything is encrypted: size limit, PNG/JPEG by
-//! content (not by name or the browser's content type), and a full decode with bounded
-//! dimensions into the network's input shape.
+//! Validation of an uploaded image before anything is encrypted: size limit, PNG, JPEG or
+//! DICOM by content (not by name or the browser's content type), and a full decode with bounded
+//! dimensions into the network's input, prepared as in training ([`datasets::ImageDecoder`]).
 
-use datasets::ImageShape;
+use std::path::Path;
 
-use crate::infer_model::decode_image;
+use datasets::ImageDecoder;
 
 /// What kind of file was accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImageKind {
     Png,
     Jpeg,
+    Dicom,
 }
 
 impl ImageKind {
@@ -18,6 +19,7 @@ impl ImageKind {
         match self {
             ImageKind::Png => "png",
             ImageKind::Jpeg => "jpg",
+            ImageKind::Dicom => "dcm",
         }
     }
 
@@ -25,6 +27,16 @@ impl ImageKind {
         match self {
             ImageKind::Png => "image/png",
             ImageKind::Jpeg => "image/jpeg",
+            ImageKind::Dicom => "application/dicom",
+        }
+    }
+
+    /// The extension of the picture a browser shows: a DICOM upload is shown as the PNG of the
+    /// network's input (windowed and resized) stored beside it.
+    pub fn preview_extension(self) -> &'static str {
+        match self {
+            ImageKind::Dicom => "png",
+            k => k.extension(),
         }
     }
 
@@ -32,6 +44,7 @@ impl ImageKind {
         match ext {
             "png" => Some(ImageKind::Png),
             "jpg" => Some(ImageKind::Jpeg),
+            "dcm" => Some(ImageKind::Dicom),
             _ => None,
         }
     }
@@ -40,7 +53,7 @@ impl ImageKind {
 /// Why an upload was refused; the message is shown on the page as is.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum UploadError {
-    #[error("No file was chosen. Choose a PNG or JPEG image, then press Diagnose.")]
+    #[error("No file was chosen. Choose a PNG, JPEG or DICOM image, then press Diagnose.")]
     Missing,
     #[error("The file is empty.")]
     Empty,
@@ -50,11 +63,17 @@ pub enum UploadError {
     )]
     TooLarge { got: usize, limit: usize },
     #[error(
-        "This file is not a PNG or JPEG image ({0}). Only PNG and JPEG images can be diagnosed."
+        "This file is not a PNG, JPEG or DICOM image ({0}). Only PNG, JPEG and DICOM images can \
+         be diagnosed."
     )]
     NotAnImage(String),
     #[error("The image could not be read: {0}")]
     Undecodable(String),
+    #[error(
+        "This DICOM file holds {0} frames; the portal diagnoses one image at a time. Upload a \
+         single frame (or use `client infer`, which diagnoses every frame)."
+    )]
+    MultiFrame(usize),
 }
 
 /// The format from the first bytes (magic numbers).
@@ -63,6 +82,8 @@ pub fn sniff(bytes: &[u8]) -> Option<ImageKind> {
         Some(ImageKind::Png)
     } else if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
         Some(ImageKind::Jpeg)
+    } else if datasets::dicom::is_dicom(bytes) {
+        Some(ImageKind::Dicom)
     } else {
         None
     }
@@ -73,8 +94,8 @@ fn describe(bytes: &[u8]) -> String {
         "it looks like a PDF document".into()
     } else if bytes.starts_with(b"GIF8") {
         "it looks like a GIF image".into()
-    } else if bytes.starts_with(b"DICM") || bytes.get(128..132) == Some(b"DICM") {
-        "it looks like a DICOM file; export the image as PNG first".into()
+    } else if bytes.starts_with(b"DICM") {
+        "it looks like a DICOM data set without its 128-byte preamble".into()
     } else if std::str::from_utf8(&bytes[..bytes.len().min(512)]).is_ok() {
         "it looks like text".into()
     } else {
@@ -82,11 +103,11 @@ fn describe(bytes: &[u8]) -> String {
     }
 }
 
-/// Checks an upload and decodes it into `shape` (HWC bytes).
+/// Checks an upload and makes it into the network's input (HWC bytes).
 pub fn validate(
     bytes: &[u8],
     limit: usize,
-    shape: ImageShape,
+    decoder: &ImageDecoder,
 ) -> Result<(ImageKind, Vec<u8>), UploadError> {
     if bytes.is_empty() {
         return Err(UploadError::Empty);
@@ -98,11 +119,38 @@ pub fn validate(
         });
     }
     let kind = sniff(bytes).ok_or_else(|| UploadError::NotAnImage(describe(bytes)))?;
-    let hwc = decode_image(bytes, shape).map_err(|e| match e {
-        crate::ClientError::Invalid { message, .. } => UploadError::Undecodable(message),
-        other => UploadError::Undecodable(other.to_string()),
+    let name = Path::new("upload").with_extension(kind.extension());
+    let mut file = decoder.decode(bytes, &name).map_err(|e| {
+        // the message names the stored file name, not the user's: keep only the reason
+        let text = e.to_string();
+        let reason = text
+            .split_once(": ")
+            .map_or(text.as_str(), |(_, r)| r)
+            .to_string();
+        UploadError::Undecodable(reason)
     })?;
-    Ok((kind, hwc))
+    if file.images.len() != 1 {
+        return Err(UploadError::MultiFrame(file.images.len()));
+    }
+    Ok((kind, file.images.remove(0)))
+}
+
+/// A PNG of an input image (HWC bytes of `shape`), the preview a DICOM upload is shown as.
+pub fn preview_png(hwc: &[u8], shape: datasets::ImageShape) -> Result<Vec<u8>, String> {
+    let (w, h) = (shape.width as u32, shape.height as u32);
+    let img: image::DynamicImage = if shape.channels == 1 {
+        image::GrayImage::from_raw(w, h, hwc.to_vec())
+            .ok_or("preview size mismatch")?
+            .into()
+    } else {
+        image::RgbImage::from_raw(w, h, hwc.to_vec())
+            .ok_or("preview size mismatch")?
+            .into()
+    };
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|e| e.to_string())?;
+    Ok(out.into_inner())
 }
 
 /// A file name fit to show and store: the last path component, printable, at most 100 chars.

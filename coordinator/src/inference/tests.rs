@@ -5,44 +5,12 @@ use std::sync::Arc;
 
 use he_agg::ckks::wire::WireError;
 use he_agg::ckks::{CkksContext, Parameters, SecretKey, wire};
-use he_agg::infer::{Conv2d, Dense, EvaluationKeys, InferencePlan, Layer, Network, ParamPolicy};
+use he_agg::infer::{EvaluationKeys, InferencePlan, ParamPolicy};
 use protocol::inference::InferRequest;
 
 use super::{Refusal, ServedModel};
 
-/// conv 1→2 k3 on 6×6 → square → dense 32→3, weights of both signs.
-pub(crate) fn tiny_network() -> Network {
-    let w = |n: usize, s: f32| -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 37 + 11) % 23) as f32 / 23.0 - 0.5) * s)
-            .collect()
-    };
-    Network::new(
-        [1, 6, 6],
-        vec![
-            Layer::Conv2d(Conv2d {
-                in_channels: 1,
-                out_channels: 2,
-                kernel: 3,
-                stride: 1,
-                padding: 0,
-                weight: w(18, 1.0),
-                bias: vec![0.1, -0.2],
-            }),
-            Layer::Square,
-            Layer::Flatten,
-            Layer::Dense(Dense {
-                in_features: 32,
-                out_features: 3,
-                weight: w(96, 0.5),
-                bias: vec![0.0, 0.1, -0.1],
-            }),
-        ],
-    )
-    .expect("valid")
-    .with_normalization(vec![0.5], vec![0.25])
-    .expect("one channel")
-}
+pub(crate) use he_agg::infer::testing::tiny_network;
 
 pub(crate) fn served() -> Arc<ServedModel> {
     let names = vec!["a".into(), "b".into(), "c".into()];

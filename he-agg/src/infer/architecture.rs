@@ -47,6 +47,8 @@ pub enum ArchLayer {
     Quadratic {
         linear: bool,
     },
+    /// max(0, x): plaintext only (plans refuse it).
+    Relu,
 }
 
 /// A network's shape: input, normalisation, layers.
@@ -101,6 +103,7 @@ impl Network {
                     },
                     Layer::Square => ArchLayer::Square,
                     Layer::Quadratic { a, .. } => ArchLayer::Quadratic { linear: *a == 0.0 },
+                    Layer::Relu => ArchLayer::Relu,
                 })
                 .collect(),
         }
@@ -184,6 +187,7 @@ impl Architecture {
                     a: if linear { 0.0 } else { 1.0 },
                     b: 1.0,
                 },
+                ArchLayer::Relu => Layer::Relu,
             })
             .collect();
         let net = Network::new(self.input, layers)?;

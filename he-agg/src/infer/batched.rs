@@ -35,14 +35,14 @@ pub struct BatchedSpec {
 impl BatchedSpec {
     /// Parameters chosen from the network's depth (any ring size holds a batch).
     pub fn new(net: &Network, policy: &ParamPolicy) -> Result<Self, InferError> {
-        let low = lower(net);
+        let low = lower(net)?;
         let params = choose_parameters(low.depth(), 1, policy)?;
         Self::with_parameters(net, params)
     }
 
     /// For given parameters (refused when they lack levels).
     pub fn with_parameters(net: &Network, params: Parameters) -> Result<Self, InferError> {
-        let low = lower(net);
+        let low = lower(net)?;
         if low.depth() + 1 > params.max_level() {
             return Err(InferError::TooFewLevels {
                 levels: params.max_level() - 1,
@@ -326,7 +326,7 @@ fn fused_chunks(
 impl BatchedModel {
     pub fn new(net: &Network, ctx: &Arc<CkksContext>) -> Result<Self, InferError> {
         let spec = BatchedSpec::with_parameters(net, ctx.params().clone())?;
-        let low = lower(net);
+        let low = lower(net)?;
         let q = ctx.params().rlwe().q();
         let mut level = spec.input_level();
         let mut ops = Vec::with_capacity(low.ops.len());

@@ -89,6 +89,11 @@ pub enum InferError {
     BatchInputs { expected: usize, found: usize },
     #[error("a batch needs at least one image")]
     EmptyBatch,
+    #[error(
+        "layer {layer} is a ReLU, which CKKS cannot evaluate: train with `activation = \"square\"` \
+         or `\"quadratic\"` for encrypted inference"
+    )]
+    NotPolynomial { layer: usize },
     #[error("invalid parameter policy: {0}")]
     Policy(&'static str),
     #[error(transparent)]

@@ -6,6 +6,7 @@
 //! a·x² + b·x = a·x·(x + b/a) is folded into the next map's weights, so the activation costs one
 //! level; a quadratic with no map after it keeps a separate multiplication by a.
 
+use super::error::InferError;
 use super::network::{Layer, Network, Shape};
 
 /// `y = M·x + b`; M is kept sparse with its structural entries (zero weights included, so the
@@ -235,12 +236,15 @@ fn layer_affine(layer: &Layer, input: Shape, output: Shape) -> Option<Affine> {
             bias: d.bias.iter().map(|&b| b as f64).collect(),
             out_shape: output,
         },
-        Layer::Flatten | Layer::Square | Layer::Quadratic { .. } => return None,
+        Layer::Flatten | Layer::Square | Layer::Quadratic { .. } | Layer::Relu => return None,
     })
 }
 
-/// Lowers a validated network.
-pub(crate) fn lower(net: &Network) -> Lowered {
+/// Lowers a validated network; a ReLU is refused (CKKS evaluates polynomials only).
+pub(crate) fn lower(net: &Network) -> Result<Lowered, InferError> {
+    if let Some(layer) = net.layers().iter().position(|l| matches!(l, Layer::Relu)) {
+        return Err(InferError::NotPolynomial { layer });
+    }
     // 1. layers to maps and (a, b) activations; flatten changes no index, so it vanishes
     enum Item {
         Lin(Affine),
@@ -251,7 +255,7 @@ pub(crate) fn lower(net: &Network) -> Lowered {
     for (i, layer) in net.layers().iter().enumerate() {
         let (input, output) = (net.input_shape(i), net.shapes()[i]);
         let item = match layer {
-            Layer::Flatten => continue,
+            Layer::Flatten | Layer::Relu => continue,
             Layer::Square => Item::Act(1.0, 0.0, true),
             Layer::Quadratic { a, b } if *a == 0.0 => {
                 // linear: b·x
@@ -297,11 +301,11 @@ pub(crate) fn lower(net: &Network) -> Lowered {
             }
         }
     }
-    Lowered {
+    Ok(Lowered {
         input_len: net.input_len(),
         ops,
         output_len: net.output_len(),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -321,7 +325,7 @@ mod tests {
     }
 
     fn check_against_reference(n: &Network, expect_depth: usize, expect_ops: usize) {
-        let low = lower(n);
+        let low = lower(n).unwrap();
         assert_eq!(low.depth(), expect_depth);
         assert_eq!(low.ops.len(), expect_ops);
         let mut s = 7u64;
@@ -421,7 +425,7 @@ mod tests {
         if let Layer::Conv2d(c) = &mut layer {
             c.weight.iter_mut().for_each(|w| *w = 0.0);
         }
-        let low = lower(&net(vec![layer], [1, 4, 4]));
+        let low = lower(&net(vec![layer], [1, 4, 4])).unwrap();
         let Op::Linear(a) = &low.ops[0] else { panic!() };
         assert!(a.rows.iter().all(|r| r.len() == 9));
     }

@@ -1,8 +1,9 @@
 //! Encrypted inference: HE-friendly networks (convolution, average pooling, dense, square and
 //! quadratic activations, bias) evaluated on CKKS ciphertexts.
 //!
-//! - [`Network`]: the validated description (f32 weights and shapes, `client`'s
-//!   `heal-network/1` semantics), with a plain `f32` reference forward pass.
+//! - [`Network`]: the validated description (f32 weights and shapes), with a plain `f32`
+//!   reference forward pass; [`NetworkFile`] is the one file format of a trained network
+//!   (`heal-network/1`), and [`testing`] holds small fixed networks for tests.
 //! - [`InferencePlan`]: one image per ciphertext, for latency. The requester sends the image in
 //!   im2col layout, so the first convolution is a product with taps + channels − 1 diagonals;
 //!   every later map is a hybrid diagonal product; all run baby-step/giant-step with hoisted
@@ -45,6 +46,8 @@ mod architecture;
 mod batched;
 mod diagonals;
 mod error;
+#[cfg(feature = "serde")]
+mod file;
 mod ifma;
 mod kernels;
 mod lower;
@@ -53,6 +56,7 @@ mod network;
 mod params;
 mod plan;
 mod reference;
+pub mod testing;
 #[cfg(test)]
 mod tests;
 pub mod threshold;
@@ -60,6 +64,8 @@ pub mod threshold;
 pub use architecture::{ArchLayer, Architecture, MAX_LAYERS, MAX_SKELETON_WEIGHTS};
 pub use batched::{BatchedModel, BatchedSpec};
 pub use error::{InferError, NetworkError};
+#[cfg(feature = "serde")]
+pub use file::{MAX_NETWORK_FILE_BYTES, NETWORK_FORMAT, NetworkFile, NetworkFileError};
 pub use model::Model;
 pub use network::{Conv2d, Dense, Layer, MAX_TENSOR, Network, Normalization, Shape};
 pub use params::{ParamPolicy, choose_parameters, max_depth};

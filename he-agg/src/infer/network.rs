@@ -1,7 +1,7 @@
-//! The network description `infer` evaluates: layers with `f32` weights and shapes, checked
-//! when built. It mirrors the `heal-network/1` export of `client` (CHW input normalised by
-//! `(pixel/255 − mean)/std`, conv weights `[out, in, k, k]`, dense weights `[out, in]`, flatten in
-//! CHW order, batch-norm already folded) without depending on it.
+//! The network description `infer` evaluates, and the one format a trained network is exported
+//! in (`heal-network/1`, [`super::NetworkFile`]): layers with `f32` weights and shapes, checked
+//! when built. CHW input normalised by `(pixel/255 − mean)/std`, conv weights `[out, in, k, k]`,
+//! dense weights `[out, in]`, flatten in CHW order, batch-norm already folded.
 
 use super::error::NetworkError;
 
@@ -67,7 +67,8 @@ pub struct Dense {
     pub bias: Vec<f32>,
 }
 
-/// One layer. Activations are polynomials (CKKS evaluates nothing else).
+/// One layer. CKKS evaluates polynomials only: [`Layer::Relu`] is kept for plaintext baselines
+/// and refused by every encrypted plan.
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(
     feature = "serde",
@@ -91,6 +92,9 @@ pub enum Layer {
         a: f32,
         b: f32,
     },
+    /// max(0, x): plaintext only (the reference forward pass evaluates it; encrypted plans
+    /// refuse it).
+    Relu,
 }
 
 /// Per-channel input normalisation `(pixel/255 − mean[c]) / std[c]`, applied by the requester
@@ -276,7 +280,7 @@ fn output_shape(i: usize, layer: &Layer, input: Shape) -> Result<Shape, NetworkE
             check_len(i, "bias", &d.bias, d.out_features)?;
             Shape::Flat(d.out_features)
         }
-        Layer::Square => input,
+        Layer::Square | Layer::Relu => input,
         Layer::Quadratic { a, b } => {
             check_finite(i, "quadratic coefficient", &[*a, *b])?;
             input

@@ -299,7 +299,7 @@ fn bias_slots(bias: &[f64], period: usize, slots: usize) -> Option<Vec<f64>> {
 impl InferencePlan {
     /// Compiles `net` with parameters chosen from its depth and width by `policy`.
     pub fn new(net: &Network, policy: &ParamPolicy) -> Result<Self, InferError> {
-        let low = lower(net);
+        let low = lower(net)?;
         let max_slots = 1usize << (policy.max_log_n.clamp(10, 15) - 1);
         let first = choose_first_layout(&low.ops, low.input_len, max_slots);
         let needed = needed_slots(&low.ops, low.input_len, &first);
@@ -311,7 +311,7 @@ impl InferencePlan {
 
     /// Compiles `net` for given parameters (refused when they lack slots or levels).
     pub fn with_parameters(net: &Network, params: Parameters) -> Result<Self, InferError> {
-        let low = lower(net);
+        let low = lower(net)?;
         let first = choose_first_layout(&low.ops, low.input_len, params.slots());
         let needed = needed_slots(&low.ops, low.input_len, &first);
         if needed > params.slots() {

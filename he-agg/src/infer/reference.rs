@@ -1,5 +1,5 @@
-//! The plain `f32` forward pass: the reference an encrypted evaluation must reproduce (the same
-//! arithmetic as `client`'s `ExportedNetwork::forward`).
+//! The plain `f32` forward pass: the reference an encrypted evaluation must reproduce, and the
+//! plaintext answer of `client infer --local` and the portal.
 
 use super::error::NetworkError;
 use super::network::{Layer, Network, Shape};
@@ -87,6 +87,7 @@ impl Network {
                     .collect(),
                 Layer::Square => cur.iter().map(|x| x * x).collect(),
                 Layer::Quadratic { a, b } => cur.iter().map(|x| x * (a * x + b)).collect(),
+                Layer::Relu => cur.iter().map(|x| x.max(0.0)).collect(),
             };
         }
         Ok(cur)

@@ -1,0 +1,88 @@
+//! Small networks with fixed weights, for tests, examples and demos across the workspace (one
+//! definition instead of a copy per crate). Their weights have both signs, so composed maps and
+//! encrypted evaluations are exercised for real; they are not trained.
+
+use super::network::{Conv2d, Dense, Layer, Network};
+
+/// Deterministic weights in [−s/2, s/2).
+fn weights(n: usize, s: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i * 37 + 11) % 23) as f32 / 23.0 - 0.5) * s)
+        .collect()
+}
+
+/// conv 1→2 k3 on a 1×6×6 image → square → dense 32→3, normalised `(x − 0.5)/0.25`:
+/// depth 3, three classes.
+pub fn tiny_network() -> Network {
+    Network::new(
+        [1, 6, 6],
+        vec![
+            Layer::Conv2d(Conv2d {
+                in_channels: 1,
+                out_channels: 2,
+                kernel: 3,
+                stride: 1,
+                padding: 0,
+                weight: weights(18, 1.0),
+                bias: vec![0.1, -0.2],
+            }),
+            Layer::Square,
+            Layer::Flatten,
+            Layer::Dense(Dense {
+                in_features: 32,
+                out_features: 3,
+                weight: weights(96, 0.5),
+                bias: vec![0.0, 0.1, -0.1],
+            }),
+        ],
+    )
+    .and_then(|n| n.with_normalization(vec![0.5], vec![0.25]))
+    .unwrap_or_else(|e| unreachable!("a fixed valid network: {e}"))
+}
+
+/// The class names of [`tiny_network`].
+pub fn tiny_class_names() -> Vec<String> {
+    ["a", "b", "c"].iter().map(|s| s.to_string()).collect()
+}
+
+/// A clinical-family network in miniature: a patch embedding (kernel = stride = `patch`) on a
+/// 1×`side`×`side` image to `channels`, square, a 2×2 patch merge to `channels`, square, dense to
+/// `classes`. Its input spans several ciphertexts when `side`² exceeds the slots.
+pub fn patch_network(side: usize, patch: usize, channels: usize, classes: usize) -> Network {
+    let grid = side / patch;
+    let merged = grid / 2;
+    Network::new(
+        [1, side, side],
+        vec![
+            Layer::Conv2d(Conv2d {
+                in_channels: 1,
+                out_channels: channels,
+                kernel: patch,
+                stride: patch,
+                padding: 0,
+                weight: weights(channels * patch * patch, 4.0 / patch as f32),
+                bias: weights(channels, 0.2),
+            }),
+            Layer::Square,
+            Layer::Conv2d(Conv2d {
+                in_channels: channels,
+                out_channels: channels,
+                kernel: 2,
+                stride: 2,
+                padding: 0,
+                weight: weights(channels * channels * 4, 1.0 / channels as f32),
+                bias: weights(channels, 0.1),
+            }),
+            Layer::Square,
+            Layer::Flatten,
+            Layer::Dense(Dense {
+                in_features: channels * merged * merged,
+                out_features: classes,
+                weight: weights(classes * channels * merged * merged, 0.5),
+                bias: weights(classes, 0.2),
+            }),
+        ],
+    )
+    .and_then(|n| n.with_normalization(vec![0.4], vec![0.3]))
+    .unwrap_or_else(|e| panic!("patch_network({side}, {patch}, {channels}, {classes}): {e}"))
+}
