@@ -5,6 +5,7 @@
 //! | `type`       | keys                                   | what it does                         | CKKS levels |
 //! |--------------|----------------------------------------|--------------------------------------|-------------|
 //! | `conv`       | `channels`, `kernel`, `stride`, `padding` | 2D convolution with bias            | 1 |
+//! | `patch`      | `channels`, `size`                     | patch embedding: a convolution with kernel = stride = `size`, no padding (non-overlapping patches, as vision transformers embed them) | 1 |
 //! | `avg-pool`   | `kernel`, `stride`                     | average pooling                      | 0 when a conv/dense follows (folded into it), else 1 |
 //! | `dense`      | `units` (omit on the last layer: classes) | fully connected, flattens CHW first | 1 |
 //! | `batch-norm` | `momentum`, `epsilon`                  | batch normalisation; must directly follow a `conv` or `dense`, into which it is folded for inference | 0 |
@@ -96,6 +97,15 @@ pub enum LayerConfig {
         /// Zero padding on every side (default 0).
         #[serde(default)]
         padding: usize,
+    },
+    /// Patch embedding: a convolution with kernel = stride = `size` and no padding, each output
+    /// position reading its own `size × size` patch. On a large image it is the cheap first
+    /// layer under encryption: the image's pixels are a permutation of the first map's rows.
+    Patch {
+        /// Output channels.
+        channels: usize,
+        /// Patch side (kernel and stride).
+        size: usize,
     },
     /// Average pooling (square window).
     AvgPool {
@@ -325,6 +335,19 @@ impl ModelConfig {
         let n = self.layers.len();
         for (i, l) in self.layers.iter().enumerate() {
             let last = i + 1 == n;
+            let patch;
+            let l = match l {
+                LayerConfig::Patch { channels, size } => {
+                    patch = LayerConfig::Conv {
+                        channels: *channels,
+                        kernel: *size,
+                        stride: *size,
+                        padding: 0,
+                    };
+                    &patch
+                }
+                other => other,
+            };
             let kind = match l {
                 LayerConfig::Conv {
                     channels,
@@ -438,6 +461,7 @@ impl ModelConfig {
                 LayerConfig::Act { kind } => LayerKind::Act {
                     activation: kind.unwrap_or(self.activation),
                 },
+                LayerConfig::Patch { .. } => unreachable!("patch layers are resolved as convs"),
                 LayerConfig::Dropout { rate } => {
                     if !(0.0..1.0).contains(rate) {
                         return Err(bad(i, format!("dropout rate {rate} is not in [0, 1)")));
@@ -901,5 +925,30 @@ mod tests {
             let y = net.forward(Tensor::zeros([2, 3, 28, 28], &device));
             assert_eq!(y.dims(), [2, 8]);
         }
+    }
+
+    #[test]
+    fn patch_layers_are_non_overlapping_convolutions() {
+        let cfg: ModelConfig = toml::from_str(
+            "[[layers]]\ntype = \"patch\"\nchannels = 8\nsize = 8\n\
+             [[layers]]\ntype = \"act\"\n[[layers]]\ntype = \"dense\"\n",
+        )
+        .unwrap();
+        let spec = cfg.resolve([1, 256, 256], 3).unwrap();
+        assert_eq!(
+            spec.layers[0].kind,
+            LayerKind::Conv {
+                in_channels: 1,
+                out_channels: 8,
+                kernel: 8,
+                stride: 8,
+                padding: 0
+            }
+        );
+        assert_eq!(spec.layers[0].output, vec![8, 32, 32]);
+        assert_eq!(spec.multiplicative_depth(), 3);
+        assert!(
+            toml::from_str::<ModelConfig>("[[layers]]\ntype = \"patch\"\nchannels = 8\n").is_err()
+        );
     }
 }

@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
+use he_agg::aggregate::HeSettings;
 use serde::{Deserialize, Serialize};
 
 /// `[federation]`: the consortium's shape and the rounds.
@@ -48,52 +49,6 @@ fn default_listen() -> String {
     "0.0.0.0:7443".into()
 }
 
-/// `[he]`: encryption of updates.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeSection {
-    /// Run the same pipeline without encryption (for comparison).
-    #[serde(default)]
-    pub plaintext: bool,
-    /// Statistical security of the flooding noise, in bits (≥ 30).
-    #[serde(default = "default_lambda")]
-    pub lambda: u32,
-    /// Absolute precision asked of the weighted average of updates.
-    #[serde(default = "default_precision")]
-    pub precision: f64,
-    /// Updates (weight changes) are clipped to ±this before encryption.
-    #[serde(default = "default_max_update")]
-    pub max_update: f64,
-    /// Largest total sample count of a round.
-    #[serde(default = "default_max_total_weight")]
-    pub max_total_weight: f64,
-}
-
-fn default_lambda() -> u32 {
-    40
-}
-fn default_precision() -> f64 {
-    1e-6
-}
-fn default_max_update() -> f64 {
-    64.0
-}
-fn default_max_total_weight() -> f64 {
-    1e7
-}
-
-impl Default for HeSection {
-    fn default() -> Self {
-        Self {
-            plaintext: false,
-            lambda: default_lambda(),
-            precision: default_precision(),
-            max_update: default_max_update(),
-            max_total_weight: default_max_total_weight(),
-        }
-    }
-}
-
 /// `[coordinator]`: how the coordinator itself runs.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,7 +66,7 @@ pub const SITE_SECTIONS: [&str; 6] = ["dataset", "partition", "model", "train", 
 #[derive(Clone, Debug, PartialEq)]
 pub struct FederationConfig {
     pub federation: FederationSection,
-    pub he: HeSection,
+    pub he: HeSettings,
     /// `[coordinator]`.
     pub coordinator: CoordinatorSection,
     /// The hospital sections, as written.
@@ -162,9 +117,9 @@ impl FederationConfig {
             .context("missing [federation] section")?
             .try_into()
             .context("in [federation]")?;
-        let he: HeSection = match table.remove("he") {
+        let he: HeSettings = match table.remove("he") {
             Some(v) => v.try_into().context("in [he]")?,
-            None => HeSection::default(),
+            None => HeSettings::default(),
         };
         let coordinator: CoordinatorSection = match table.remove("coordinator") {
             Some(v) => v.try_into().context("in [coordinator]")?,

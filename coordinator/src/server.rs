@@ -30,7 +30,6 @@ const FINISH_DRAIN: Duration = Duration::from_secs(60);
 /// Most items a single update or share stream may announce (a 100M-parameter model).
 const MAX_ITEMS: u32 = 20_000;
 /// Largest plaintext item (values of one ciphertext's worth, f32).
-const PLAIN_ITEM_VALUES: usize = 8192;
 
 /// Where a coordinator's files are.
 #[derive(Clone, Debug)]
@@ -711,7 +710,9 @@ impl Server {
                     he.decode_update(&item)
                         .map_err(|e| format!("item {i}: {e}"))?,
                 ),
-                None => plain.push(decode_f32s(&item).map_err(|e| format!("item {i}: {e}"))?),
+                None => plain.push(
+                    protocol::plain::decode_f32s(&item).map_err(|e| format!("item {i}: {e}"))?,
+                ),
             }
         }
         if msg.next_item().await.map_err(|e| e.to_string())?.is_some() {
@@ -943,7 +944,7 @@ impl Server {
                     }
                     items
                 }
-                None => encode_f64s(&r.plain),
+                None => protocol::plain::encode_f64s(&r.plain),
             };
             let result = StoredResult {
                 round,
@@ -1025,29 +1026,4 @@ impl Server {
             }
         }
     }
-}
-
-/// Little-endian f32 values of a plaintext item.
-fn decode_f32s(b: &[u8]) -> Result<Vec<f32>, String> {
-    if b.len() % 4 != 0 || b.len() / 4 > PLAIN_ITEM_VALUES || b.is_empty() {
-        return Err(format!(
-            "{} bytes is not 1..={PLAIN_ITEM_VALUES} f32 values",
-            b.len()
-        ));
-    }
-    let v: Vec<f32> = b
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    if v.iter().any(|x| !x.is_finite()) {
-        return Err("a value is not finite".into());
-    }
-    Ok(v)
-}
-
-/// Sums as little-endian f64 items of up to 8192 values.
-fn encode_f64s(v: &[f64]) -> Vec<Vec<u8>> {
-    v.chunks(PLAIN_ITEM_VALUES)
-        .map(|c| c.iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect()
 }

@@ -1,15 +1,19 @@
 //! The mode (b) inference server over real QUIC with mutual TLS on 127.0.0.1: a hospital of the
-//! roster gets the plaintext network's label for its encrypted image; a wrong fingerprint,
-//! garbage and a stranger's certificate are refused. Every wait is bounded.
+//! roster sends its evaluation keys once, then gets the plaintext network's labels for its
+//! encrypted images request after request without sending keys again (also on a new
+//! connection); unknown keys, a wrong fingerprint, garbage and a stranger's certificate are
+//! refused. Every wait is bounded.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use coordinator::inference::{InferenceServer, ServeOptions, ServedModel};
-use he_agg::ckks::{CkksContext, wire};
-use he_agg::infer::{Architecture, InferencePlan, Network, ParamPolicy};
-use protocol::inference::InferRequest;
+use he_agg::ckks::{CkksContext, SecretKey, wire};
+use he_agg::infer::{
+    Architecture, EvaluationKeys, InferencePlan, InferenceSpec, Network, ParamPolicy,
+};
+use protocol::inference::{InferKeys, InferRequest, KEYS_UNKNOWN, KeysId, keys_id};
 use protocol::link::{Link, connect};
 use protocol::pki::Ca;
 use protocol::tls::TlsFiles;
@@ -88,77 +92,158 @@ fn argmax(v: &[f64]) -> usize {
     (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b })
 }
 
+/// A requester's key items in protocol order, and their header.
+fn key_stream(
+    ctx: &CkksContext,
+    spec: &InferenceSpec,
+    keys: &EvaluationKeys,
+) -> (InferKeys, Vec<Vec<u8>>) {
+    let mut items = Vec::new();
+    if let Some(r) = &keys.relinearization {
+        items.push(wire::encode_relinearization_key(ctx, r));
+    }
+    for &step in spec.galois_steps() {
+        let g = ctx.rlwe().galois_element_for_rotation(step);
+        items.push(wire::encode_galois_key(ctx, keys.galois.get(g).unwrap()));
+    }
+    let header = InferKeys {
+        keys: keys_id(items.iter().map(Vec::as_slice)),
+        fingerprint: spec.fingerprint(),
+        relinearization: keys.relinearization.is_some(),
+        galois_keys: spec.galois_steps().len() as u32,
+    };
+    (header, items)
+}
+
+/// Sends the keys and waits for the server to keep them; the bytes sent.
+async fn send_keys(link: &Link, header: &InferKeys, items: &[Vec<u8>]) -> u64 {
+    let mut out = link.open(0, Body::InferKeys(header.clone())).await.unwrap();
+    for k in items {
+        out.item(k).await.unwrap();
+    }
+    let bytes = out.finish().await.unwrap();
+    match next(link).await.envelope.body {
+        Body::InferKeysStored { keys } => assert_eq!(keys, header.keys),
+        other => panic!("keys stored expected, got {other:?}"),
+    }
+    bytes
+}
+
+/// One request of `images` under `keys`; the bytes sent and the logits.
+#[allow(clippy::too_many_arguments)]
+async fn ask(
+    link: &Link,
+    ctx: &CkksContext,
+    spec: &InferenceSpec,
+    sk: &SecretKey,
+    keys: KeysId,
+    request_id: u64,
+    images: &[Vec<u8>],
+) -> (u64, Vec<Vec<f64>>) {
+    let net = network();
+    let header = InferRequest {
+        request_id,
+        fingerprint: spec.fingerprint(),
+        keys,
+        images: images.len() as u32,
+        ciphertexts_per_image: spec.input_ciphertexts() as u32,
+    };
+    let mut out = link.open(0, Body::Infer(header)).await.unwrap();
+    let mut enc = ctx.sk_encryptor(sk).unwrap();
+    for im in images {
+        for pt in spec
+            .encode_input(ctx, &net.normalize_hwc(im).unwrap())
+            .unwrap()
+        {
+            out.item(&wire::encode_seeded_ciphertext(
+                ctx,
+                &enc.encrypt_seeded(&pt),
+            ))
+            .await
+            .unwrap();
+        }
+    }
+    let bytes = out.finish().await.unwrap();
+    let mut msg = next(link).await;
+    let Body::InferResult(r) = &msg.envelope.body else {
+        panic!("result expected, got {:?}", msg.envelope.body)
+    };
+    assert_eq!((r.request_id, r.count as usize), (request_id, images.len()));
+    let dec = ctx.decryptor(sk).unwrap();
+    let mut logits = Vec::new();
+    while let Some(item) = msg.next_item().await.unwrap() {
+        let ct = wire::decode_ciphertext(ctx, &item).unwrap();
+        logits.push(spec.decode_output(ctx, &dec.decrypt(&ct)).unwrap());
+    }
+    assert_eq!(logits.len(), images.len());
+    (bytes, logits)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_encrypted_image_gets_the_plaintext_label_over_mtls_quic() {
+async fn keys_travel_once_and_encrypted_images_get_the_plaintext_labels() {
     let s = start_server().await;
-    let (link, plan, fingerprint) = requester(&s).await;
+    let (link, plan, _) = requester(&s).await;
     let spec = plan.spec();
     let ctx = CkksContext::new(spec.parameters().clone()).unwrap();
     let mut kg = ctx.key_generator().unwrap();
     let sk = kg.secret_key();
     let keys = spec.generate_keys(&mut kg, &sk);
     let net = network();
-    let images: Vec<Vec<u8>> = (0..2)
+    let images: Vec<Vec<u8>> = (0..3)
         .map(|k| (0..36).map(|i| ((i * 29 + k * 71) % 256) as u8).collect())
         .collect();
-    let header = InferRequest {
-        request_id: 42,
-        fingerprint,
-        relinearization: keys.relinearization.is_some(),
-        galois_keys: spec.galois_steps().len() as u32,
-        images: images.len() as u32,
+    let (header, items) = key_stream(&ctx, spec, &keys);
+    // a request before the keys is refused, naming the reason
+    let request = InferRequest {
+        request_id: 1,
+        fingerprint: spec.fingerprint(),
+        keys: header.keys,
+        images: 1,
+        ciphertexts_per_image: spec.input_ciphertexts() as u32,
     };
-    let mut out = link.open(0, Body::Infer(header)).await.unwrap();
-    if let Some(r) = &keys.relinearization {
-        out.item(&wire::encode_relinearization_key(&ctx, r))
-            .await
-            .unwrap();
-    }
-    for &step in spec.galois_steps() {
-        let g = ctx.rlwe().galois_element_for_rotation(step);
-        out.item(&wire::encode_galois_key(&ctx, keys.galois.get(g).unwrap()))
-            .await
-            .unwrap();
-    }
-    let mut enc = ctx.sk_encryptor(&sk).unwrap();
-    for im in &images {
-        let pt = spec
-            .encode_input(&ctx, &net.normalize_hwc(im).unwrap())
-            .unwrap();
-        out.item(&wire::encode_seeded_ciphertext(
-            &ctx,
-            &enc.encrypt_seeded(&pt),
-        ))
+    link.open(0, Body::Infer(request))
+        .await
+        .unwrap()
+        .finish()
         .await
         .unwrap();
-    }
-    out.finish().await.unwrap();
-    let mut msg = next(&link).await;
-    let Body::InferResult(r) = &msg.envelope.body else {
-        panic!("result expected, got {:?}", msg.envelope.body)
-    };
-    assert_eq!((r.request_id, r.count), (42, 2));
-    let dec = ctx.decryptor(&sk).unwrap();
-    for im in &images {
-        let item = msg
-            .next_item()
-            .await
-            .unwrap()
-            .expect("one result per image");
-        let ct = wire::decode_ciphertext(&ctx, &item).unwrap();
-        let got = spec.decode_output(&ctx, &dec.decrypt(&ct)).unwrap();
+    let reason = refusal(&link).await;
+    assert!(reason.starts_with(KEYS_UNKNOWN), "{reason}");
+    // keys once, then two requests: the second carries images only
+    let key_bytes = send_keys(&link, &header, &items).await;
+    let (first, a) = ask(&link, &ctx, spec, &sk, header.keys, 42, &images[..2]).await;
+    let (second, b) = ask(&link, &ctx, spec, &sk, header.keys, 43, &images[2..]).await;
+    assert!(
+        first < key_bytes && second < key_bytes / 2,
+        "{first} {second} {key_bytes}"
+    );
+    for (im, got) in images.iter().zip(a.iter().chain(&b)) {
         let want: Vec<f64> = net
             .forward(&net.normalize_hwc(im).unwrap())
             .unwrap()
             .iter()
             .map(|&v| v as f64)
             .collect();
-        assert_eq!(argmax(&got), argmax(&want), "{got:?} vs {want:?}");
+        assert_eq!(argmax(got), argmax(&want), "{got:?} vs {want:?}");
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 1e-3);
         }
     }
-    assert!(msg.next_item().await.unwrap().is_none());
+    // the server keeps the keys for this hospital across connections
+    link.close("done");
+    let (again, _, _) = requester(&s).await;
+    let (_, c) = ask(&again, &ctx, spec, &sk, header.keys, 44, &images[..1]).await;
+    assert_eq!(argmax(&c[0]), argmax(&a[0]));
+    // keys that do not hash to the announced id are refused
+    let mut lying = header.clone();
+    lying.keys[0] ^= 1;
+    let mut out = again.open(0, Body::InferKeys(lying)).await.unwrap();
+    for k in &items {
+        out.item(k).await.unwrap();
+    }
+    out.finish().await.unwrap();
+    let reason = refusal(&again).await;
+    assert!(reason.contains("hash to"), "{reason}");
 }
 
 async fn refusal(link: &Link) -> String {
@@ -173,12 +258,17 @@ async fn wrong_fingerprints_garbage_and_strangers_are_refused() {
     let s = start_server().await;
     let (link, plan, fingerprint) = requester(&s).await;
     let spec = plan.spec();
+    let ctx = CkksContext::new(spec.parameters().clone()).unwrap();
+    let mut kg = ctx.key_generator().unwrap();
+    let sk = kg.secret_key();
+    let (keys, items) = key_stream(&ctx, spec, &spec.generate_keys(&mut kg, &sk));
+    send_keys(&link, &keys, &items).await;
     let header = InferRequest {
         request_id: 1,
         fingerprint,
-        relinearization: spec.needs_relinearization(),
-        galois_keys: spec.galois_steps().len() as u32,
+        keys: keys.keys,
         images: 1,
+        ciphertexts_per_image: spec.input_ciphertexts() as u32,
     };
     // a wrong fingerprint
     let mut h = header.clone();
@@ -202,6 +292,28 @@ async fn wrong_fingerprints_garbage_and_strangers_are_refused() {
         .unwrap();
     let reason = refusal(&link).await;
     assert!(reason.contains("1000 images"), "{reason}");
+    // a wrong number of ciphertexts per image
+    let mut h = header.clone();
+    h.ciphertexts_per_image += 1;
+    link.open(0, Body::Infer(h))
+        .await
+        .unwrap()
+        .finish()
+        .await
+        .unwrap();
+    let reason = refusal(&link).await;
+    assert!(reason.contains("ciphertexts per image"), "{reason}");
+    // a key stream whose Galois key count is not the plan's
+    let mut k = keys.clone();
+    k.galois_keys += 1;
+    link.open(0, Body::InferKeys(k))
+        .await
+        .unwrap()
+        .finish()
+        .await
+        .unwrap();
+    let reason = refusal(&link).await;
+    assert!(reason.contains("Galois keys announced"), "{reason}");
     // garbage as the first item
     let mut out = link.open(0, Body::Infer(header.clone())).await.unwrap();
     out.item(b"\x00\x01garbage").await.unwrap();

@@ -377,7 +377,12 @@ fn latency(
         }
         let x = &xs[r % xs.len()];
         let t0 = Instant::now();
-        let ct = encrypt(&spec.encode_input(ctx, x).expect("encode"));
+        let ct: Vec<_> = spec
+            .encode_input(ctx, x)
+            .expect("encode")
+            .iter()
+            .map(|p| encrypt(p))
+            .collect();
         let t1 = Instant::now();
         let out = model.evaluate(eval, &ct).expect("evaluate");
         let t2 = Instant::now();
@@ -514,11 +519,12 @@ fn main() {
     );
     println!("parameters: {}", describe(spec.parameters()));
     let mut sk_enc = s.ctx.sk_encryptor(&s.sk).expect("encryptor");
-    let request = wire::encode_seeded_ciphertext(
-        &s.ctx,
-        &sk_enc.encrypt_seeded(&spec.encode_input(&s.ctx, &xs[0]).expect("encode")),
-    )
-    .len();
+    let request: usize = spec
+        .encode_input(&s.ctx, &xs[0])
+        .expect("encode")
+        .iter()
+        .map(|p| wire::encode_seeded_ciphertext(&s.ctx, &sk_enc.encrypt_seeded(p)).len())
+        .sum();
     let model_b = Model::plain(&s.plan, &s.ctx).expect("plain model");
     let response = wire::ciphertext_len(&s.ctx, 1, 1);
     let mut mode_b = serde_json::Map::new();

@@ -98,7 +98,13 @@ fn main() {
     } else {
         Model::plain(&plan, &ctx).expect("model")
     };
-    let ct = enc.encrypt(&plan.spec().encode_input(&ctx, &x).expect("encode"));
+    let ct: Vec<_> = plan
+        .spec()
+        .encode_input(&ctx, &x)
+        .expect("encode")
+        .iter()
+        .map(|p| enc.encrypt(p))
+        .collect();
     let mut times = Vec::new();
     for _ in 0..reps {
         let t = Instant::now();

@@ -101,11 +101,12 @@ fn default_network_in_both_modes_matches_the_plain_forward_pass() {
     // mode (b): the image under the requester's secret key travels seeded, half size
     let model = Model::plain(&plan, &ctx).unwrap();
     let mut sk_enc = ctx.sk_encryptor(&sk).unwrap();
-    let seeded = sk_enc.encrypt_seeded(&spec.encode_input(&ctx, &x).unwrap());
+    assert_eq!(spec.input_ciphertexts(), 1);
+    let seeded = sk_enc.encrypt_seeded(&spec.encode_input(&ctx, &x).unwrap()[0]);
     let bytes = wire::encode_seeded_ciphertext(&ctx, &seeded);
     let request = wire::decode_seeded_ciphertext(&ctx, &bytes).unwrap();
     let ct = he_agg::rlwe::expand_seeded(ctx.rlwe(), &request);
-    let out = model.evaluate(&eval, &ct).unwrap();
+    let out = model.evaluate(&eval, &[ct]).unwrap();
     let response = wire::encode_ciphertext(&ctx, &out);
     assert_eq!(response.len(), wire::ciphertext_len(&ctx, 1, 1));
     let out = wire::decode_ciphertext(&ctx, &response).unwrap();
@@ -118,8 +119,8 @@ fn default_network_in_both_modes_matches_the_plain_forward_pass() {
     // mode (a): weights and image under the same public key
     let mut pk_enc = ctx.pk_encryptor(&pk).unwrap();
     let model = Model::encrypted(&plan, &ctx, &mut |pt| pk_enc.encrypt(pt)).unwrap();
-    let ct = pk_enc.encrypt(&spec.encode_input(&ctx, &x).unwrap());
-    let out = model.evaluate(&eval, &ct).unwrap();
+    let ct = pk_enc.encrypt(&spec.encode_input(&ctx, &x).unwrap()[0]);
+    let out = model.evaluate(&eval, &[ct]).unwrap();
     check(
         &spec.decode_output(&ctx, &dec.decrypt(&out)).unwrap(),
         &want,
@@ -267,7 +268,7 @@ fn malformed_descriptions_and_requests_are_refused() {
     let wrong_level = ctx.sk_encryptor(&sk).unwrap().encrypt(&pt);
     if wrong_level.level() != plan.spec().input_level() {
         assert!(matches!(
-            model.evaluate(&eval, &wrong_level),
+            model.evaluate(&eval, std::slice::from_ref(&wrong_level)),
             Err(InferError::InputLevel { .. })
         ));
     }

@@ -118,7 +118,12 @@ fn a_consortium_serves_an_encrypted_model_to_a_requester_only() {
         (0..net.input_len()).map(|_| lcg(s)).collect()
     };
     let want = net.forward(&x).unwrap();
-    let image = enc.encrypt(&spec.encode_input(&ctx, &x).unwrap());
+    let image: Vec<_> = spec
+        .encode_input(&ctx, &x)
+        .unwrap()
+        .iter()
+        .map(|pt| enc.encrypt(pt))
+        .collect();
     let out = model.evaluate(&eval, &image).unwrap();
     assert_eq!(out.level(), spec.output_level());
 

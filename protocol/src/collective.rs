@@ -71,12 +71,24 @@ pub struct ResultSwitchShares {
     pub count: u32,
 }
 
-/// Header of a mode (a) request: the requester's public key, then `images` ciphertexts under
-/// the collective key.
+/// Most ciphertexts of images one mode (a) request may carry (an image may span several).
+pub const MAX_COLLECTIVE_CIPHERTEXTS: u32 = 64;
+
+/// Header of a mode (a) request: the requester's public key, then `images` ×
+/// `ciphertexts_per_image` ciphertexts under the collective key, image after image.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CollectiveRequest {
     pub request_id: u64,
     /// Fingerprint of the plan the images were encrypted for.
     pub fingerprint: [u8; 32],
     pub images: u32,
+    /// Ciphertexts each image spans (the plan's; the server checks it).
+    pub ciphertexts_per_image: u32,
+}
+
+impl CollectiveRequest {
+    /// Items that follow the header: the public key and the images' ciphertexts.
+    pub fn items(&self) -> u64 {
+        1 + u64::from(self.images) * u64::from(self.ciphertexts_per_image)
+    }
 }

@@ -4,11 +4,17 @@
 //! A requester (a hospital, authenticated by its certificate) first asks what is served
 //! ([`Body::InferInfoRequest`](crate::Body::InferInfoRequest) → [`ModelInfo`]): the
 //! architecture without weights, from which it compiles the server's plan and so the encryption
-//! layout, levels and the exact Galois steps, and the plan's fingerprint to compare with its
-//! own. Then it sends an [`InferRequest`] header followed on the same stream by its items, in
-//! this order: the relinearization key (when [`InferRequest::relinearization`]), one Galois key
-//! per planned rotation, one seeded ciphertext per image. The server answers with an
-//! [`InferResult`] header followed by one ciphertext per image, or with
+//! layout (how many ciphertexts an image spans), levels and the exact Galois steps, the plan's
+//! fingerprint to compare with its own, and how images are prepared.
+//!
+//! Evaluation keys travel once, not with every request: an [`InferKeys`] header followed by the
+//! relinearization key (when [`InferKeys::relinearization`]) and one Galois key per planned
+//! rotation; the server checks them, keeps them (bounded, per requester, by [`KeysId`]) and
+//! answers [`Body::InferKeysStored`](crate::Body::InferKeysStored). Each [`InferRequest`] then
+//! names the keys by id and is followed by the images' seeded ciphertexts, the plan's count per
+//! image. A request naming keys the server does not hold (never sent, or evicted) is refused
+//! with [`KEYS_UNKNOWN`]; the requester sends its keys again and repeats the request. The server
+//! answers with an [`InferResult`] header followed by one ciphertext per image, or with
 //! [`Body::Refused`](crate::Body::Refused) and the reason.
 //!
 //! Items are opaque bytes here; the server validates them with `he_agg`'s wire decoders.
@@ -24,6 +30,23 @@ pub const MAX_ARCHITECTURE_BYTES: usize = 1 << 20;
 /// Most class names (and bytes per name) a requester accepts.
 pub const MAX_CLASSES: usize = 4096;
 
+/// Start of the refusal of a request whose keys the server does not hold.
+pub const KEYS_UNKNOWN: &str = "evaluation keys unknown";
+
+/// Names a set of evaluation keys: BLAKE3 of its items, each prefixed by its length.
+pub type KeysId = [u8; 32];
+
+/// The id of the key items `items` (in protocol order).
+pub fn keys_id<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> KeysId {
+    let mut h = blake3::Hasher::new();
+    h.update(b"HEAL evaluation keys v1");
+    for item in items {
+        h.update(&(item.len() as u64).to_le_bytes());
+        h.update(item);
+    }
+    *h.finalize().as_bytes()
+}
+
 /// What a server serves (answer to [`Body::InferInfoRequest`](crate::Body::InferInfoRequest)).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
@@ -37,27 +60,51 @@ pub struct ModelInfo {
     pub fingerprint: [u8; 32],
     /// Most images the server takes in one request.
     pub max_images: u32,
+    /// How image files are made into inputs (JSON of `datasets::InputPreparation`; empty when
+    /// the model does not say).
+    pub input_preparation: String,
 }
 
-/// Header of an inference request; the items follow on the same stream.
+/// Header of a key stream: the evaluation keys a requester's images are evaluated with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InferKeys {
+    /// [`keys_id`] of the items (the server recomputes it).
+    pub keys: KeysId,
+    /// The fingerprint of the plan the keys are made for.
+    pub fingerprint: [u8; 32],
+    /// Whether a relinearization key is the first item.
+    pub relinearization: bool,
+    /// Galois keys that follow (exactly the plan's steps).
+    pub galois_keys: u32,
+}
+
+impl InferKeys {
+    /// Items announced by the header.
+    pub fn items(&self) -> u64 {
+        u64::from(self.relinearization) + u64::from(self.galois_keys)
+    }
+}
+
+/// Header of an inference request; the images' seeded ciphertexts follow on the same stream,
+/// `ciphertexts_per_image` per image, image after image.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InferRequest {
     /// Chosen by the requester, echoed in the result and in the server's log.
     pub request_id: u64,
     /// The fingerprint of the plan the requester encrypted for.
     pub fingerprint: [u8; 32],
-    /// Whether a relinearization key is the first item.
-    pub relinearization: bool,
-    /// Galois keys that follow (exactly the plan's steps).
-    pub galois_keys: u32,
-    /// Seeded ciphertexts that follow, one per image.
+    /// The evaluation keys (sent before with [`InferKeys`]).
+    pub keys: KeysId,
+    /// Images in the request.
     pub images: u32,
+    /// Ciphertexts each image spans (the plan's; the server checks it).
+    pub ciphertexts_per_image: u32,
 }
 
 impl InferRequest {
     /// Items announced by the header.
     pub fn items(&self) -> u64 {
-        u64::from(self.relinearization) + u64::from(self.galois_keys) + u64::from(self.images)
+        u64::from(self.images) * u64::from(self.ciphertexts_per_image)
     }
 }
 

@@ -8,7 +8,8 @@
 //! - [`link`]: QUIC endpoints (quinn) and a connection that sends and receives framed messages,
 //!   each on its own stream, large payloads item by item;
 //! - [`inference`]: the headers of encrypted inference requests and results (mode b);
-//! - [`collective`]: the headers of mode (a), the model served under a collective key.
+//! - [`collective`]: the headers of mode (a), the model served under a collective key;
+//! - [`plain`]: the item format of a plaintext (comparison) federation.
 //!
 //! Nothing here knows what a ciphertext is: payloads are opaque bytes the receiver validates
 //! with `he_agg`'s decoders.
@@ -21,6 +22,7 @@ pub mod inference;
 pub mod link;
 pub mod message;
 pub mod pki;
+pub mod plain;
 pub mod tls;
 
 pub use error::ProtocolError;

@@ -10,9 +10,9 @@ use crate::collective::{
 };
 use crate::error::ProtocolError;
 use crate::identity::{FederationId, Party};
-use crate::inference::{InferRequest, InferResult, ModelInfo};
+use crate::inference::{InferKeys, InferRequest, InferResult, KeysId, ModelInfo};
 
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -123,7 +123,11 @@ pub enum Body {
     InferInfoRequest,
     /// The served model's architecture, classes and plan fingerprint.
     InferInfo(ModelInfo),
-    /// Header of a request stream: keys, then the encrypted images.
+    /// Header of a key stream: the relinearization key, then the Galois keys.
+    InferKeys(InferKeys),
+    /// The server checked and keeps these keys for this requester.
+    InferKeysStored { keys: KeysId },
+    /// Header of a request stream: the encrypted images (keys named by id).
     Infer(InferRequest),
     /// Header of a result stream: one ciphertext per image.
     InferResult(InferResult),
@@ -152,7 +156,12 @@ pub enum Body {
     /// Keyholder → server: header of a stream of `count` ciphertexts, the encrypted model in
     /// plan order, with its architecture (the served one: its input normalization is this
     /// hospital's).
-    EncryptedModel { count: u32, architecture: String },
+    EncryptedModel {
+        count: u32,
+        architecture: String,
+        /// How image files are made into the model's inputs (JSON; empty: unknown).
+        input_preparation: String,
+    },
     /// Server → keyholder: header of a stream (the requester's public key, then the results).
     ResultSwitch(ResultSwitchRequest),
     /// Keyholder → server: header of a stream of its switching shares, one per result.
@@ -185,6 +194,8 @@ impl Body {
             Body::Refused { .. } => "refused",
             Body::InferInfoRequest => "infer-info-request",
             Body::InferInfo(_) => "infer-info",
+            Body::InferKeys(_) => "infer-keys",
+            Body::InferKeysStored { .. } => "infer-keys-stored",
             Body::Infer(_) => "infer",
             Body::InferResult(_) => "infer-result",
             Body::KeyholderHello { .. } => "keyholder-hello",

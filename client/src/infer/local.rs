@@ -43,13 +43,18 @@ pub fn infer_local(
         let t0 = Instant::now();
         let request = req.encrypt(&x)?;
         let t1 = Instant::now();
-        let seeded = wire::decode_seeded_ciphertext(&ctx, &request).map_err(|source| {
-            InferenceError::Wire {
-                what: "the encrypted image",
-                source,
-            }
-        })?;
-        let out = model.evaluate(&eval, &expand_seeded(ctx.rlwe(), &seeded))?;
+        let cts = request
+            .iter()
+            .map(|item| {
+                wire::decode_seeded_ciphertext(&ctx, item)
+                    .map(|s| expand_seeded(ctx.rlwe(), &s))
+                    .map_err(|source| InferenceError::Wire {
+                        what: "the encrypted image",
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = model.evaluate(&eval, &cts)?;
         let response = wire::encode_ciphertext(&ctx, &out);
         let t2 = Instant::now();
         let logits = req.decrypt(&response)?;
@@ -57,7 +62,7 @@ pub fn infer_local(
         timings.encrypt_s += (t1 - t0).as_secs_f64();
         timings.evaluate_s += (t2 - t1).as_secs_f64();
         timings.decrypt_s += (t3 - t2).as_secs_f64();
-        sizes.images_sent += request.len() as u64 + 4;
+        sizes.images_sent += request.iter().map(|r| r.len() as u64 + 4).sum::<u64>();
         sizes.results_received += response.len() as u64 + 4;
         let plain: Vec<f64> = net.forward(&x)?.iter().map(|&v| v as f64).collect();
         results.push(ImageResult::from_logits(

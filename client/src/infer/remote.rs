@@ -1,13 +1,14 @@
-//! `client infer` against a mode (b) inference server over the federation's QUIC/mTLS link:
-//! ask what is served, compile its plan from the architecture and check the fingerprint, make
-//! keys, send keys and encrypted images on one stream, read and decrypt the results. Async shell
-//! over [`Requester`]; everything the server sends is validated.
+//! `client infer` against an inference server over the federation's QUIC/mTLS link: ask what is
+//! served, compile its plan from the architecture and check the fingerprint, make keys and send
+//! them once (mode b: the server keeps them for this requester), then the encrypted images in
+//! requests of at most the server's limit, read and decrypt the results. Async shell over
+//! [`Requester`]; everything the server sends is validated.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use he_agg::infer::Architecture;
-use protocol::inference::{MAX_ARCHITECTURE_BYTES, MAX_CLASSES, ModelInfo};
+use protocol::inference::{KEYS_UNKNOWN, MAX_ARCHITECTURE_BYTES, MAX_CLASSES, ModelInfo};
 use protocol::link::{Link, connect};
 use protocol::tls::TlsFiles;
 use protocol::{Body, FederationId};
@@ -141,13 +142,18 @@ pub async fn infer_remote(
             spec.output_len()
         )));
     }
-    if args.is_empty() || args.len() > info.max_images as usize {
-        return Err(InferenceError::Usage(format!(
-            "{} images; the server takes 1 to {} per request",
-            args.len(),
-            info.max_images
-        )));
+    if args.is_empty() {
+        return Err(InferenceError::Usage("no images to diagnose".into()));
     }
+    // the server says how its model's inputs are prepared; else the caller's preparation
+    let served_prep;
+    let prep = if info.input_preparation.is_empty() {
+        prep
+    } else {
+        served_prep = serde_json::from_str::<datasets::InputPreparation>(&info.input_preparation)
+            .map_err(|e| InferenceError::BadAnswer(format!("input preparation: {e}")))?;
+        &served_prep
+    };
     let [channels, height, width] = req.input();
     let shape = datasets::ImageShape {
         channels,
@@ -168,84 +174,40 @@ pub async fn infer_remote(
             .map(|im| req.encrypt(&req.normalize(&im.hwc)?))
             .collect::<Result<Vec<_>, InferenceError>>()
     })?;
-    let keys = req.key_items();
     timings.encrypt_s = t.elapsed().as_secs_f64();
 
-    let request_id = u64::from_le_bytes(req.fingerprint()[..8].try_into().unwrap_or([0; 8]))
-        ^ start.elapsed().as_nanos() as u64;
-    let header = if req.is_collective() {
-        Body::InferCollective(req.collective_header(request_id, images.len() as u32))
-    } else {
-        Body::Infer(req.header(request_id, images.len() as u32))
-    };
-    let t = Instant::now();
     let mut sizes = Sizes::default();
-    let upload = async {
-        let mut out = link.open(0, header).await?;
-        for k in &keys {
-            out.item(k).await?;
-        }
-        let key_bytes = out.bytes;
-        for ct in &encrypted {
-            out.item(ct).await?;
-        }
-        let total = out.finish().await?;
-        Ok::<_, protocol::ProtocolError>((key_bytes, total - key_bytes))
-    };
-    match upload.await {
-        Ok((k, i)) => {
-            sizes.keys_sent = k;
-            sizes.images_sent = i;
-        }
-        Err(e) => {
-            // a refusal stops the stream: report the server's reason when it sent one
-            return match next_message(&link, Duration::from_secs(5)).await {
-                Ok(msg) => match msg.envelope.body {
-                    Body::Refused { reason } => Err(InferenceError::Refused(reason)),
-                    _ => Err(e.into()),
-                },
-                Err(_) => Err(e.into()),
-            };
-        }
+    let t = Instant::now();
+    if !req.is_collective() {
+        sizes.keys_sent += send_keys(&link, &req, target.timeout).await?;
     }
     timings.send_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let mut msg = next_message(&link, target.timeout).await?;
-    let result = match &msg.envelope.body {
-        Body::InferResult(r) => r.clone(),
-        Body::Refused { reason } => return Err(InferenceError::Refused(reason.clone())),
-        other => {
-            return Err(InferenceError::BadAnswer(format!(
-                "{} where the result was expected",
-                other.kind()
-            )));
-        }
-    };
-    if result.request_id != request_id || result.count as usize != images.len() {
-        return Err(InferenceError::BadAnswer(format!(
-            "result {} with {} ciphertexts for request {request_id} of {} images",
-            result.request_id,
-            result.count,
-            images.len()
-        )));
-    }
+    // requests of at most max_images images; the keys are not sent again
+    let per_request = (info.max_images as usize).max(1);
     let mut answers = Vec::with_capacity(images.len());
-    while let Some(item) = msg.next_item().await? {
-        if answers.len() == images.len() {
-            return Err(InferenceError::BadAnswer("more results than images".into()));
+    let base_id = u64::from_le_bytes(req.fingerprint()[..8].try_into().unwrap_or([0; 8]))
+        ^ start.elapsed().as_nanos() as u64;
+    for (k, chunk) in encrypted.chunks(per_request).enumerate() {
+        let request_id = base_id.wrapping_add(k as u64);
+        let t = Instant::now();
+        let (sent, result) = match request(&link, &req, request_id, chunk, target.timeout).await {
+            Err(InferenceError::Refused(reason)) if reason.starts_with(KEYS_UNKNOWN) => {
+                // the server evicted the keys: send them again, once
+                sizes.keys_sent += send_keys(&link, &req, target.timeout).await?;
+                request(&link, &req, request_id, chunk, target.timeout).await?
+            }
+            other => other?,
+        };
+        sizes.images_sent += sent.0;
+        sizes.keys_sent += sent.1;
+        timings.send_s += sent.2;
+        timings.wait_s += t.elapsed().as_secs_f64() - sent.2;
+        timings.evaluate_s += result.evaluate_us as f64 / 1e6;
+        for item in result.items {
+            sizes.results_received += 4 + item.len() as u64;
+            answers.push(item);
         }
-        sizes.results_received += 4 + item.len() as u64;
-        answers.push(item);
     }
-    if answers.len() != images.len() {
-        return Err(InferenceError::BadAnswer(format!(
-            "{} results for {} images",
-            answers.len(),
-            images.len()
-        )));
-    }
-    timings.wait_s = t.elapsed().as_secs_f64();
-    timings.evaluate_s = result.evaluate_us as f64 / 1e6;
     let t = Instant::now();
     let mut results = Vec::with_capacity(images.len());
     for (im, a) in images.iter().zip(&answers) {
@@ -272,4 +234,125 @@ pub async fn infer_remote(
         timings,
         bytes: sizes,
     })
+}
+
+/// The answer to a refused stream: the server's reason when it sent one.
+async fn refusal(link: &Link, e: protocol::ProtocolError) -> InferenceError {
+    match next_message(link, Duration::from_secs(5)).await {
+        Ok(msg) => match msg.envelope.body {
+            Body::Refused { reason } => InferenceError::Refused(reason),
+            _ => e.into(),
+        },
+        Err(_) => e.into(),
+    }
+}
+
+/// Sends this requester's evaluation keys and waits until the server keeps them; the bytes sent.
+async fn send_keys(link: &Link, req: &Requester, timeout: Duration) -> Result<u64, InferenceError> {
+    let header = req.keys_header();
+    let items = req.key_items();
+    let upload = async {
+        let mut out = link.open(0, Body::InferKeys(header.clone())).await?;
+        for k in &items {
+            out.item(k).await?;
+        }
+        out.finish().await
+    };
+    let bytes = match upload.await {
+        Ok(b) => b,
+        Err(e) => return Err(refusal(link, e).await),
+    };
+    let msg = next_message(link, timeout).await?;
+    match msg.envelope.body {
+        Body::InferKeysStored { keys } if keys == header.keys => Ok(bytes),
+        Body::Refused { reason } => Err(InferenceError::Refused(reason)),
+        other => Err(InferenceError::BadAnswer(format!(
+            "{} where the keys' acknowledgement was expected",
+            other.kind()
+        ))),
+    }
+}
+
+/// A result stream's header and items.
+struct Answer {
+    evaluate_us: u64,
+    items: Vec<Vec<u8>>,
+}
+
+/// One request of `images` (each its ciphertexts): (bytes of images, bytes of keys — mode a's
+/// public key —, seconds sending) and the results.
+async fn request(
+    link: &Link,
+    req: &Requester,
+    request_id: u64,
+    images: &[Vec<Vec<u8>>],
+    timeout: Duration,
+) -> Result<((u64, u64, f64), Answer), InferenceError> {
+    let header = if req.is_collective() {
+        Body::InferCollective(req.collective_header(request_id, images.len() as u32))
+    } else {
+        Body::Infer(req.header(request_id, images.len() as u32))
+    };
+    // mode (a): the requester's public key first (what the results are switched to)
+    let keys = req.key_items();
+    let t = Instant::now();
+    let upload = async {
+        let mut out = link.open(0, header).await?;
+        if req.is_collective() {
+            for k in &keys {
+                out.item(k).await?;
+            }
+        }
+        let key_bytes = out.bytes;
+        for ct in images.iter().flatten() {
+            out.item(ct).await?;
+        }
+        let total = out.finish().await?;
+        Ok::<_, protocol::ProtocolError>((total - key_bytes, key_bytes))
+    };
+    let (image_bytes, key_bytes) = match upload.await {
+        Ok(v) => v,
+        Err(e) => return Err(refusal(link, e).await),
+    };
+    let sent = (image_bytes, key_bytes, t.elapsed().as_secs_f64());
+    let mut msg = next_message(link, timeout).await?;
+    let result = match &msg.envelope.body {
+        Body::InferResult(r) => r.clone(),
+        Body::Refused { reason } => return Err(InferenceError::Refused(reason.clone())),
+        other => {
+            return Err(InferenceError::BadAnswer(format!(
+                "{} where the result was expected",
+                other.kind()
+            )));
+        }
+    };
+    if result.request_id != request_id || result.count as usize != images.len() {
+        return Err(InferenceError::BadAnswer(format!(
+            "result {} with {} ciphertexts for request {request_id} of {} images",
+            result.request_id,
+            result.count,
+            images.len()
+        )));
+    }
+    let mut items = Vec::with_capacity(images.len());
+    while let Some(item) = msg.next_item().await? {
+        if items.len() == images.len() {
+            return Err(InferenceError::BadAnswer("more results than images".into()));
+        }
+        items.push(item);
+    }
+    if items.len() != images.len() {
+        return Err(InferenceError::BadAnswer(format!(
+            "{} results for {} images",
+            items.len(),
+            images.len()
+        )));
+    }
+    Ok((
+        sent,
+        Answer {
+            evaluate_us: result.evaluate_us,
+            items,
+        },
+    ))
 }

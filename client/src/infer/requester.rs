@@ -18,7 +18,7 @@ use he_agg::infer::{
     Architecture, EvaluationKeys, InferencePlan, InferenceSpec, Network, ParamPolicy,
 };
 use protocol::collective::CollectiveRequest;
-use protocol::inference::InferRequest;
+use protocol::inference::{InferKeys, InferRequest, KeysId, keys_id};
 
 use super::error::InferenceError;
 
@@ -173,14 +173,30 @@ impl Requester {
         items
     }
 
-    /// The header of a request for `images` images.
+    /// The id of this requester's evaluation keys (mode b).
+    pub fn keys_id(&self) -> KeysId {
+        let items = self.key_items();
+        keys_id(items.iter().map(Vec::as_slice))
+    }
+
+    /// The header of the stream of this requester's evaluation keys (mode b).
+    pub fn keys_header(&self) -> InferKeys {
+        InferKeys {
+            keys: self.keys_id(),
+            fingerprint: self.fingerprint(),
+            relinearization: self.keys.relinearization.is_some(),
+            galois_keys: self.spec.galois_steps().len() as u32,
+        }
+    }
+
+    /// The header of a request for `images` images (mode b; the keys were sent before).
     pub fn header(&self, request_id: u64, images: u32) -> InferRequest {
         InferRequest {
             request_id,
             fingerprint: self.fingerprint(),
-            relinearization: self.keys.relinearization.is_some(),
-            galois_keys: self.spec.galois_steps().len() as u32,
+            keys: self.keys_id(),
             images,
+            ciphertexts_per_image: self.spec.input_ciphertexts() as u32,
         }
     }
 
@@ -190,23 +206,27 @@ impl Requester {
             request_id,
             fingerprint: self.fingerprint(),
             images,
+            ciphertexts_per_image: self.spec.input_ciphertexts() as u32,
         }
     }
 
-    /// One normalised image encoded in the plan's layout and encrypted: mode (b) under the
-    /// secret key (a seeded ciphertext: half the bytes of a full one), mode (a) under the
-    /// collective public key.
-    pub fn encrypt(&self, input: &[f32]) -> Result<Vec<u8>, InferenceError> {
-        let pt = self.spec.encode_input(&self.ctx, input)?;
+    /// One normalised image encoded in the plan's layout and encrypted, one item per input
+    /// ciphertext ([`InferenceSpec::input_ciphertexts`]): mode (b) under the secret key (seeded
+    /// ciphertexts: half the bytes of full ones), mode (a) under the collective public key.
+    pub fn encrypt(&self, input: &[f32]) -> Result<Vec<Vec<u8>>, InferenceError> {
+        let pts = self.spec.encode_input(&self.ctx, input)?;
         if let Some((pk, _)) = &self.collective {
             let mut enc = self.ctx.pk_encryptor(pk)?;
-            return Ok(wire::encode_ciphertext(&self.ctx, &enc.encrypt(&pt)));
+            return Ok(pts
+                .iter()
+                .map(|pt| wire::encode_ciphertext(&self.ctx, &enc.encrypt(pt)))
+                .collect());
         }
         let mut enc = self.ctx.sk_encryptor(&self.sk)?;
-        Ok(wire::encode_seeded_ciphertext(
-            &self.ctx,
-            &enc.encrypt_seeded(&pt),
-        ))
+        Ok(pts
+            .iter()
+            .map(|pt| wire::encode_seeded_ciphertext(&self.ctx, &enc.encrypt_seeded(pt)))
+            .collect())
     }
 
     /// The logits in an encrypted result (validated: parameters, sizes, residues).

@@ -45,12 +45,22 @@ fn requests_carry_exactly_the_plans_keys_and_bad_results_are_refused() {
     let net = network();
     let req = Requester::for_architecture(&net.architecture()).unwrap();
     let spec = req.spec();
-    let h = req.header(9, 2);
-    assert_eq!(h.galois_keys as usize, spec.galois_steps().len());
+    let k = req.keys_header();
+    assert_eq!(k.galois_keys as usize, spec.galois_steps().len());
     assert_eq!(
         req.key_items().len(),
-        spec.galois_steps().len() + usize::from(h.relinearization)
+        spec.galois_steps().len() + usize::from(k.relinearization)
     );
+    // requests name the keys by the id of exactly these items, and carry the plan's
+    // ciphertexts per image
+    let h = req.header(9, 2);
+    assert_eq!(h.keys, k.keys);
+    assert_eq!(
+        h.keys,
+        protocol::inference::keys_id(req.key_items().iter().map(Vec::as_slice))
+    );
+    assert_eq!(h.ciphertexts_per_image as usize, spec.input_ciphertexts());
+    assert_eq!(h.items(), 2 * spec.input_ciphertexts() as u64);
     // the real network's plan has the skeleton's fingerprint
     let plan = he_agg::infer::InferencePlan::new(&net, &Default::default()).unwrap();
     req.check_fingerprint(&plan.spec().fingerprint()).unwrap();
@@ -59,7 +69,7 @@ fn requests_carry_exactly_the_plans_keys_and_bad_results_are_refused() {
     assert!(req.check_fingerprint(&other).is_err());
     // garbage, a request-shaped ciphertext and a truncated one are not results
     assert!(req.decrypt(b"garbage").is_err());
-    let ct = req.encrypt(&vec![0.0; 36]).unwrap();
+    let ct = req.encrypt(&vec![0.0; 36]).unwrap().remove(0);
     let e = req.decrypt(&ct).unwrap_err().to_string();
     assert!(e.contains("invalid"), "{e}");
     assert!(req.decrypt(&ct[..ct.len() / 2]).is_err());

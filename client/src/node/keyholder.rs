@@ -57,6 +57,8 @@ pub struct Keyholder {
     exchange: ExchangeKeys,
     peers: Vec<(u32, [u8; 32])>,
     architecture: String,
+    /// How image files become the model's inputs (JSON), told to requesters.
+    input_preparation: String,
     class_names: Vec<String>,
     plan: InferencePlan,
     ctx: Arc<CkksContext>,
@@ -76,7 +78,7 @@ impl Keyholder {
     pub fn open(cfg: &SiteConfig, out: &Path) -> anyhow::Result<Self> {
         let state = out.join("state");
         let network = out.join("network.json");
-        let (exp, _) = read_network(&network).with_context(|| {
+        let (exp, prep) = read_network(&network).with_context(|| {
             format!(
                 "the final model {} (finish training with `client run` first)",
                 network.display()
@@ -107,6 +109,7 @@ impl Keyholder {
             exchange,
             peers: peers.exchange,
             architecture: serde_json::to_string(&net.architecture())?,
+            input_preparation: serde_json::to_string(&prep)?,
             class_names: exp.class_names.clone(),
             plan,
             ctx,
@@ -316,6 +319,7 @@ impl Keyholder {
             body: Body::EncryptedModel {
                 count: items.len() as u32,
                 architecture: self.architecture.clone(),
+                input_preparation: self.input_preparation.clone(),
             },
             items,
         })

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use client::params::{network_from_flat, to_flat};
 use client::train::{TrainOptions, evaluate, select_device, train};
-use he_agg::aggregate::AggregationPlan;
+use he_agg::aggregate::{AggregationPlan, UpdateCodec};
 use he_agg::ckks::{Ciphertext, CkksContext, Parameters, Preset, PublicKey, wire};
 use he_agg::multiparty::group_key::{self, CONTRIBUTION_LEN, Contribution};
 use he_agg::multiparty::threshold::deal;
@@ -33,7 +33,6 @@ use super::site::SiteConfig;
 use super::state::{ModelState, StateFile};
 
 /// Reals per ciphertext with the aggregation preset (pair packing).
-const PLAIN_ITEM: usize = 8192;
 
 pub enum SessionEnd {
     Finished,
@@ -43,7 +42,8 @@ pub enum SessionEnd {
 /// Encryption material of a node.
 struct NodeHe {
     ctx: Arc<CkksContext>,
-    plan: AggregationPlan,
+    /// How updates are encrypted and sums decrypted (the plan every party derives alike).
+    codec: UpdateCodec,
     crs: Crs,
     keys: Keys,
     collective: Option<PublicKey>,
@@ -143,21 +143,18 @@ impl Node {
             None
         } else {
             let ctx = CkksContext::new(Parameters::preset(Preset::Aggregation))?;
-            let plan = AggregationPlan::new(
+            let plan = AggregationPlan::from_settings(
                 &ctx,
+                &cfg.he,
                 cfg.site.hospitals as usize,
                 cfg.site.threshold as usize,
-                cfg.he.max_total_weight,
-                cfg.he.max_update,
-                cfg.he.lambda,
-                cfg.he.precision,
             )
             .context("the [he] settings do not fit the aggregation preset")?;
             let keys = Keys::load_or_create(&ctx, &dirs.state)?;
             let mut he = NodeHe {
                 crs: Crs::from_federation(&federation.0),
+                codec: UpdateCodec::new(ctx.clone(), plan),
                 ctx,
-                plan,
                 keys,
                 collective: None,
                 pool: Arc::new(
@@ -564,31 +561,11 @@ impl Node {
                     .collective
                     .clone()
                     .context("a round before the collective public key")?;
-                let (ctx, plan, pool) = (he.ctx.clone(), he.plan.clone(), he.pool.clone());
-                tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Vec<u8>>> {
-                    pool.install(|| {
-                        delta
-                            .par_chunks(ctx.n())
-                            .map_init(
-                                || ctx.pk_encryptor(&pk),
-                                |enc, chunk| -> anyhow::Result<Vec<u8>> {
-                                    let enc = enc.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
-                                    let values: Vec<f64> =
-                                        chunk.iter().map(|&v| f64::from(v)).collect();
-                                    let pt =
-                                        ctx.encode_real_pairs(&values, plan.level, plan.scale)?;
-                                    Ok(wire::encode_ciphertext(&ctx, &enc.encrypt(&pt)))
-                                },
-                            )
-                            .collect()
-                    })
-                })
-                .await??
+                let (codec, pool) = (he.codec.clone(), he.pool.clone());
+                tokio::task::spawn_blocking(move || pool.install(|| codec.encrypt(&pk, &delta)))
+                    .await??
             }
-            None => delta
-                .chunks(PLAIN_ITEM)
-                .map(|c| c.iter().flat_map(|v| v.to_le_bytes()).collect())
-                .collect(),
+            None => protocol::plain::encode_f32s(&delta),
         };
         let encrypt_s = t1.elapsed().as_secs_f32();
         let t2 = Instant::now();
@@ -661,19 +638,16 @@ impl Node {
                 .next_item()
                 .await?
                 .with_context(|| format!("switch request ended after {i} of {count}"))?;
-            let ct = wire::decode_ciphertext(&he.ctx, &item)
-                .with_context(|| format!("aggregate ciphertext {i}"))?;
-            if ct.level() != he.plan.level
-                || ct.degree() != 1
-                || ct.scale.to_bits() != he.plan.scale.to_bits()
-            {
-                bail!("aggregate ciphertext {i} is not at the round's level and scale");
-            }
+            let ct = he
+                .codec
+                .decode(i as usize, &item)
+                .context("an aggregate to switch")?;
             cts.push(ct);
         }
         let sk = ts.additive_share(&he.ctx, active)?;
         let flooding = he
-            .plan
+            .codec
+            .plan()
             .flooding(&weights.iter().map(|&w| w as f64).collect::<Vec<_>>())?;
         let pcks = PublicKeySwitch::new(&he.ctx, flooding, active.len());
         self.last_switch = Some((round, weights.to_vec(), active.len()));
@@ -764,10 +738,11 @@ impl Node {
             he.ctx.clone(),
             he.pool.clone(),
             receive.pk.clone(),
-            he.plan.level,
+            he.codec.plan().level,
         );
         let flooding = he
-            .plan
+            .codec
+            .plan()
             .flooding(&weights.iter().map(|&w| w as f64).collect::<Vec<_>>());
         let masks = tokio::task::spawn_blocking(move || {
             let pcks = PublicKeySwitch::new(&ctx, flooding?, parties);
@@ -814,7 +789,10 @@ impl Node {
         let t0 = Instant::now();
         let n = self.data.manifest.total;
         // never more items than the model needs (a peer cannot make this allocate without bound)
-        let max_items = n.div_ceil(PLAIN_ITEM) + 1;
+        let max_items = match &self.he {
+            Some(he) => he.codec.ciphertexts_for(n),
+            None => protocol::plain::max_items(n),
+        };
         if count as usize > max_items {
             bail!("a result of {count} items for a model of {n} values");
         }
@@ -830,7 +808,7 @@ impl Node {
         }
         let sum: Vec<f64> = match &self.he {
             Some(he) => {
-                let (ctx, pool) = (he.ctx.clone(), he.pool.clone());
+                let (codec, pool) = (he.codec.clone(), he.pool.clone());
                 let sk = he
                     .keys
                     .receive
@@ -839,35 +817,18 @@ impl Node {
                     .sk
                     .clone();
                 // decode, decrypt and unpack the ciphertexts on all this node's threads
-                tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<f64>> {
-                    let parts: Vec<Vec<f64>> = pool.install(|| {
-                        items
-                            .par_iter()
-                            .enumerate()
-                            .map_init(
-                                || ctx.decryptor(&sk),
-                                |dec, (i, item)| -> anyhow::Result<Vec<f64>> {
-                                    let dec = dec.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-                                    let ct = wire::decode_ciphertext(&ctx, item)
-                                        .with_context(|| format!("result ciphertext {i}"))?;
-                                    Ok(ctx.decode_real_pairs(&dec.decrypt(&ct))?)
-                                },
-                            )
-                            .collect::<anyhow::Result<_>>()
-                    })?;
-                    Ok(parts.concat())
+                tokio::task::spawn_blocking(move || {
+                    pool.install(|| codec.decrypt_sum(&sk, &items, n))
                 })
-                .await??
+                .await?
+                .context("the round's result")?
             }
             None => {
-                let mut sum = Vec::with_capacity(n + PLAIN_ITEM);
+                let mut sum = Vec::with_capacity(n);
                 for (i, item) in items.iter().enumerate() {
-                    if item.len() % 8 != 0 {
-                        bail!("result item {i} is not f64 values");
-                    }
                     sum.extend(
-                        item.chunks_exact(8)
-                            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))),
+                        protocol::plain::decode_f64s(item)
+                            .with_context(|| format!("result item {i}"))?,
                     );
                 }
                 sum

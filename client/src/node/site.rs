@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use client::model::ModelConfig;
 use client::train::TrainConfig;
 use datasets::{DatasetConfig, PartitionConfig};
+use he_agg::aggregate::HeSettings;
 use protocol::FederationId;
 use serde::{Deserialize, Serialize};
 
@@ -29,17 +30,6 @@ pub struct SiteSection {
     /// Directory of the kit (ca.pem, cert.pem, key.pem); default: the site TOML's folder.
     #[serde(default)]
     pub kit: Option<PathBuf>,
-}
-
-/// `[he]` (as the coordinator wrote it).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeSettings {
-    pub plaintext: bool,
-    pub lambda: u32,
-    pub precision: f64,
-    pub max_update: f64,
-    pub max_total_weight: f64,
 }
 
 /// `[server]`: the server optimiser every hospital applies, identically, to the decrypted average.

@@ -1,20 +1,20 @@
 //! Sans-IO handling of one inference request: [`ServedModel::begin`] checks the header against
-//! the plan (fingerprint, key and image counts) before anything is allocated;
-//! [`PendingRequest::push`] decodes and checks each item as it arrives (the wire decoders check
-//! parameters, exact sizes, levels and residues; here the item's kind, Galois element, level and
-//! scale); [`PendingRequest::finish`] refuses a short stream; [`ReadyRequest::evaluate`] runs
-//! the network and encodes the results. A refusal says what was wrong, for the log and for the
-//! requester.
+//! the plan (fingerprint, image and ciphertext counts) before anything is allocated, with the
+//! requester's keys already checked and kept ([`super::keys`]); [`PendingRequest::push`]
+//! decodes and checks each ciphertext as it arrives (the wire decoders check parameters, exact
+//! sizes, levels and residues; here the level and scale); [`PendingRequest::finish`] refuses a
+//! short stream; [`ReadyRequest::evaluate`] runs the network and encodes the results. A refusal
+//! says what was wrong, for the log and for the requester.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use he_agg::ckks::{Ciphertext, GaloisKeys, RelinearizationKey, wire};
+use he_agg::ckks::{Ciphertext, wire};
 use he_agg::infer::InferError;
 use he_agg::rlwe::expand_seeded;
-use protocol::inference::{InferRequest, MAX_GALOIS_KEYS};
+use protocol::inference::{InferRequest, KEYS_UNKNOWN};
 
+use super::keys::KeySet;
 use super::model::ServedModel;
 
 /// Why a request is refused.
@@ -27,6 +27,14 @@ pub enum Refusal {
     Fingerprint { got: String, want: String },
     #[error("{got} images in one request; this server takes 1 to {max}")]
     ImageCount { got: u32, max: u32 },
+    #[error("{got} ciphertexts per image announced; the plan's image spans {want}")]
+    CiphertextsPerImage { got: u32, want: usize },
+    #[error(
+        "{KEYS_UNKNOWN} (id {id}): send them with an infer-keys stream, then repeat the request"
+    )]
+    UnknownKeys { id: String },
+    #[error("the keys hash to {got}, the header announced {announced}")]
+    KeysId { got: String, announced: String },
     #[error("{got} Galois keys announced; the plan needs exactly {want}")]
     GaloisCount { got: u32, want: usize },
     #[error("relinearization key {}; the plan {}", if *.sent { "sent" } else { "missing" }, if *.needed { "needs one" } else { "needs none" })]
@@ -64,14 +72,13 @@ pub enum Refusal {
     Unexpected(&'static str),
 }
 
-/// A request whose header was accepted, collecting its items.
+/// A request whose header was accepted, collecting its ciphertexts.
 pub struct PendingRequest {
     model: Arc<ServedModel>,
     header: InferRequest,
-    planned: BTreeSet<u64>,
-    rlk: Option<RelinearizationKey>,
-    galois: GaloisKeys,
-    images: Vec<Ciphertext>,
+    keys: Arc<KeySet>,
+    /// every image's ciphertexts, image after image
+    cts: Vec<Ciphertext>,
     received: u64,
     validate: Duration,
 }
@@ -80,9 +87,8 @@ pub struct PendingRequest {
 pub struct ReadyRequest {
     model: Arc<ServedModel>,
     header: InferRequest,
-    rlk: Option<RelinearizationKey>,
-    galois: GaloisKeys,
-    images: Vec<Ciphertext>,
+    keys: Arc<KeySet>,
+    cts: Vec<Ciphertext>,
     validate: Duration,
 }
 
@@ -95,7 +101,7 @@ pub struct Response {
     pub validate: Duration,
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter()
         .take(8)
         .map(|x| format!("{x:02x}"))
@@ -105,7 +111,12 @@ fn hex(b: &[u8]) -> String {
 
 impl ServedModel {
     /// Checks a request header against the plan; nothing is allocated for a refused one.
-    pub fn begin(self: &Arc<Self>, header: &InferRequest) -> Result<PendingRequest, Refusal> {
+    /// `keys` are the requester's checked keys the header names (looked up by the caller).
+    pub fn begin(
+        self: &Arc<Self>,
+        header: &InferRequest,
+        keys: Arc<KeySet>,
+    ) -> Result<PendingRequest, Refusal> {
         let spec = self.plan().spec();
         let want = spec.fingerprint();
         if header.fingerprint != want {
@@ -121,31 +132,22 @@ impl ServedModel {
                 max,
             });
         }
-        if header.relinearization != spec.needs_relinearization() {
-            return Err(Refusal::Relinearization {
-                sent: header.relinearization,
-                needed: spec.needs_relinearization(),
+        if header.ciphertexts_per_image as usize != spec.input_ciphertexts() {
+            return Err(Refusal::CiphertextsPerImage {
+                got: header.ciphertexts_per_image,
+                want: spec.input_ciphertexts(),
             });
         }
-        let steps = spec.galois_steps();
-        if header.galois_keys > MAX_GALOIS_KEYS || header.galois_keys as usize != steps.len() {
-            return Err(Refusal::GaloisCount {
-                got: header.galois_keys,
-                want: steps.len(),
+        if keys.id != header.keys {
+            return Err(Refusal::UnknownKeys {
+                id: hex(&header.keys),
             });
         }
-        let rl = self.context().rlwe();
-        let planned = steps
-            .iter()
-            .map(|&s| rl.galois_element_for_rotation(s))
-            .collect();
         Ok(PendingRequest {
             model: self.clone(),
             header: header.clone(),
-            planned,
-            rlk: None,
-            galois: GaloisKeys::new(),
-            images: Vec::with_capacity(header.images as usize),
+            keys,
+            cts: Vec::with_capacity(header.items() as usize),
             received: 0,
             validate: Duration::ZERO,
         })
@@ -162,7 +164,7 @@ impl PendingRequest {
         self.header.items() - self.received
     }
 
-    /// Decodes and checks the next item.
+    /// Decodes and checks the next ciphertext.
     pub fn push(&mut self, item: &[u8]) -> Result<(), Refusal> {
         let announced = self.header.items();
         if self.received >= announced {
@@ -170,49 +172,30 @@ impl PendingRequest {
         }
         let t = Instant::now();
         let index = self.received;
+        let image = (index / u64::from(self.header.ciphertexts_per_image)) as usize;
         let ctx = self.model.context().clone();
-        let relin = u64::from(self.header.relinearization);
-        let galois_end = relin + u64::from(self.header.galois_keys);
-        let item_err = |what, source| Refusal::Item {
-            index,
-            what,
-            source,
-        };
-        if index < relin {
-            let rlk = wire::decode_relinearization_key(&ctx, item)
-                .map_err(|e| item_err("relinearization key", e))?;
-            self.rlk = Some(rlk);
-        } else if index < galois_end {
-            let key = wire::decode_galois_key(&ctx, item).map_err(|e| item_err("Galois key", e))?;
-            let element = key.galois_element;
-            if !self.planned.contains(&element) {
-                return Err(Refusal::UnplannedGaloisKey { index, element });
-            }
-            if self.galois.get(element).is_some() {
-                return Err(Refusal::DuplicateGaloisKey { index, element });
-            }
-            self.galois.insert(key);
-        } else {
-            let image = self.images.len();
-            let seeded = wire::decode_seeded_ciphertext(&ctx, item)
-                .map_err(|e| item_err("encrypted image", e))?;
-            let spec = self.model.plan().spec();
-            if seeded.level() != spec.input_level() {
-                return Err(Refusal::InputLevel {
-                    image,
-                    expected: spec.input_level(),
-                    found: seeded.level(),
-                });
-            }
-            if (seeded.scale / spec.input_scale() - 1.0).abs() > 1e-9 {
-                return Err(Refusal::InputScale {
-                    image,
-                    expected: spec.input_scale().log2(),
-                    found: seeded.scale.log2(),
-                });
-            }
-            self.images.push(expand_seeded(ctx.rlwe(), &seeded));
+        let seeded =
+            wire::decode_seeded_ciphertext(&ctx, item).map_err(|source| Refusal::Item {
+                index,
+                what: "encrypted image",
+                source,
+            })?;
+        let spec = self.model.plan().spec();
+        if seeded.level() != spec.input_level() {
+            return Err(Refusal::InputLevel {
+                image,
+                expected: spec.input_level(),
+                found: seeded.level(),
+            });
         }
+        if (seeded.scale / spec.input_scale() - 1.0).abs() > 1e-9 {
+            return Err(Refusal::InputScale {
+                image,
+                expected: spec.input_scale().log2(),
+                found: seeded.scale.log2(),
+            });
+        }
+        self.cts.push(expand_seeded(ctx.rlwe(), &seeded));
         self.received += 1;
         self.validate += t.elapsed();
         Ok(())
@@ -230,9 +213,8 @@ impl PendingRequest {
         Ok(ReadyRequest {
             model: self.model,
             header: self.header,
-            rlk: self.rlk,
-            galois: self.galois,
-            images: self.images,
+            keys: self.keys,
+            cts: self.cts,
             validate: self.validate,
         })
     }
@@ -240,7 +222,7 @@ impl PendingRequest {
 
 impl ReadyRequest {
     pub fn images(&self) -> usize {
-        self.images.len()
+        self.header.images as usize
     }
 
     /// Evaluates every image (CPU-bound: run it off the async runtime).
@@ -248,16 +230,17 @@ impl ReadyRequest {
         let t = Instant::now();
         let ctx = self.model.context();
         let eval = ctx
-            .evaluator(self.rlk.as_ref(), Some(&self.galois))
+            .evaluator(self.keys.rlk.as_ref(), Some(&self.keys.galois))
             .map_err(|e| Refusal::Evaluation(InferError::Ckks(e)))?;
+        let per = self.header.ciphertexts_per_image as usize;
         let ciphertexts = self
-            .images
-            .iter()
-            .map(|ct| {
+            .cts
+            .chunks(per)
+            .map(|image| {
                 let out = self
                     .model
                     .model()
-                    .evaluate(&eval, ct)
+                    .evaluate(&eval, image)
                     .map_err(Refusal::Evaluation)?;
                 Ok(wire::encode_ciphertext(ctx, &out))
             })

@@ -3,6 +3,8 @@
 //!
 //! - [`model`]: the served model (a `heal-network/1` export or a bare `he_agg::infer::Network`
 //!   JSON), compiled once into its plan, with what requesters are told about it;
+//! - [`keys`]: a requester's evaluation keys, checked once and kept (bounded, per requester and
+//!   key id), so requests carry images only;
 //! - [`handler`]: sans-IO request handling: a request header is checked against the plan before
 //!   anything is allocated, every item is decoded and checked as it arrives, and only a complete,
 //!   valid request is evaluated;
@@ -10,10 +12,12 @@
 //!   (`coordinator serve-inference`).
 
 pub mod handler;
+pub mod keys;
 pub mod model;
 pub mod serve;
 
 pub use handler::{PendingRequest, ReadyRequest, Refusal, Response};
+pub use keys::{KeyCache, KeySet, PendingKeys};
 pub use model::{ModelError, ServedModel};
 pub use serve::{InferenceServer, ServeOptions};
 

@@ -1,11 +1,12 @@
-//! The served model: read from disk, validated, compiled into its latency plan (one image per
-//! ciphertext) with the default parameter policy, ready for plaintext-weight evaluation.
+//! The served model: read from disk (`heal-network/1`, or a bare network description), validated,
+//! compiled into its latency plan with the default parameter policy, ready for plaintext-weight
+//! evaluation.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use he_agg::ckks::CkksContext;
-use he_agg::infer::{InferError, InferencePlan, Model, Network, ParamPolicy};
+use he_agg::infer::{InferError, InferencePlan, Model, Network, NetworkFile, ParamPolicy};
 use protocol::inference::{MAX_IMAGES, ModelInfo};
 
 /// Why a model cannot be served.
@@ -27,15 +28,6 @@ pub enum ModelError {
         #[source]
         source: InferError,
     },
-}
-
-/// `heal-network/1` as `client` exports it; only what serving needs (other keys are ignored).
-#[derive(serde::Deserialize)]
-struct Export {
-    format: String,
-    #[serde(default)]
-    class_names: Vec<String>,
-    network: Network,
 }
 
 /// A compiled model and what requesters are told about it.
@@ -99,23 +91,25 @@ impl ServedModel {
         };
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| parse(e.to_string()))?;
-        let (network, class_names) = if value.get("format").is_some() {
-            let exp: Export = serde_json::from_value(value).map_err(|e| parse(e.to_string()))?;
-            if exp.format != "heal-network/1" {
-                return Err(parse(format!(
-                    "format {:?}, this server reads heal-network/1",
-                    exp.format
-                )));
-            }
-            (exp.network, exp.class_names)
+        let (network, class_names, preparation) = if value.get("format").is_some() {
+            let file = NetworkFile::from_json(text, std::path::Path::new(name))
+                .map_err(|e| parse(e.to_string()))?;
+            let prep = file
+                .input_preparation
+                .as_ref()
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            (file.network, file.class_names, prep)
         } else {
             let net: Network = serde_json::from_value(value).map_err(|e| parse(e.to_string()))?;
             let names = (0..net.output_len())
                 .map(|c| format!("class-{c}"))
                 .collect();
-            (net, names)
+            (net, names, String::new())
         };
-        Self::new(network, class_names, name, max_images)
+        let mut served = Self::new(network, class_names, name, max_images)?;
+        served.info.input_preparation = preparation;
+        Ok(served)
     }
 
     /// Compiles `network` (default parameter policy: what requesters compile too).
@@ -157,6 +151,7 @@ impl ServedModel {
             class_names,
             fingerprint: plan.spec().fingerprint(),
             max_images,
+            input_preparation: String::new(),
         };
         Ok(Self {
             network,

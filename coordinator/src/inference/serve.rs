@@ -1,12 +1,12 @@
 //! The tokio shell of the inference server: accepts the federation's mTLS QUIC connections
-//! (hospitals known to the roster), answers model-information requests, feeds request streams
-//! item by item to the sans-IO [`handler`](super::handler), evaluates complete requests on a
-//! blocking thread and streams the results back. Every request and every refusal is logged with
-//! the requester's identity.
+//! (hospitals known to the roster), answers model-information requests, feeds key streams to
+//! [`keys`](super::keys) (kept per requester) and request streams item by item to the sans-IO
+//! [`handler`](super::handler), evaluates complete requests on a blocking thread and streams the
+//! results back. Every request and every refusal is logged with the requester's identity.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,7 +16,8 @@ use protocol::{Body, FederationId, Incoming, Party};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use super::handler::Refusal;
+use super::handler::{Refusal, hex};
+use super::keys::KeyCache;
 use super::model::ServedModel;
 
 /// How the server runs.
@@ -26,6 +27,10 @@ pub struct ServeOptions {
     pub concurrent_requests: usize,
     /// Time a requester gets to deliver each item.
     pub item_timeout: Duration,
+    /// Bytes of evaluation keys kept for requesters (least recently used out first).
+    pub key_cache_bytes: u64,
+    /// Key sets kept at most.
+    pub key_cache_sets: usize,
 }
 
 impl Default for ServeOptions {
@@ -33,6 +38,8 @@ impl Default for ServeOptions {
         Self {
             concurrent_requests: 2,
             item_timeout: Duration::from_secs(60),
+            key_cache_bytes: 2 << 30,
+            key_cache_sets: 16,
         }
     }
 }
@@ -45,6 +52,7 @@ pub struct InferenceServer {
     tls: TlsFiles,
     options: ServeOptions,
     slots: Semaphore,
+    keys: Mutex<KeyCache>,
 }
 
 impl InferenceServer {
@@ -61,6 +69,10 @@ impl InferenceServer {
             roster,
             tls,
             slots: Semaphore::new(options.concurrent_requests.max(1)),
+            keys: Mutex::new(KeyCache::new(
+                options.key_cache_bytes,
+                options.key_cache_sets,
+            )),
             options,
         })
     }
@@ -117,6 +129,7 @@ impl InferenceServer {
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string()),
+                Body::InferKeys(_) => self.keys(&link, incoming).await,
                 Body::Infer(_) => self.request(&link, incoming).await,
                 _ => Err(Refusal::Unexpected(kind).to_string()),
             };
@@ -130,6 +143,67 @@ impl InferenceServer {
         }
     }
 
+    fn cache(&self) -> std::sync::MutexGuard<'_, KeyCache> {
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A key stream: checked key by key, kept, acknowledged. `Err` carries the refusal.
+    async fn keys(&self, link: &Link, mut incoming: Incoming) -> Result<(), String> {
+        let Body::InferKeys(header) = &incoming.envelope.body else {
+            return Err("not a key stream".into());
+        };
+        let header = header.clone();
+        let peer = link.peer();
+        let mut pending = self.model.begin_keys(&header).map_err(|e| e.to_string())?;
+        // keys are large: one stream at a time per request slot
+        let _permit = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| "the server is shutting down".to_string())?;
+        while pending.remaining() > 0 {
+            match incoming.next_item().await {
+                Ok(Some(item)) => pending.push(&item).map_err(|e| e.to_string())?,
+                Ok(None) => break,
+                Err(e) => return Err(format!("reading the keys: {e}")),
+            }
+        }
+        if pending.remaining() == 0 {
+            match incoming.next_item().await {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    return Err(Refusal::TooManyItems {
+                        announced: header.items(),
+                    }
+                    .to_string());
+                }
+                Err(e) => return Err(format!("reading the keys: {e}")),
+            }
+        }
+        let set = pending.finish().map_err(|e| e.to_string())?;
+        let (bytes, validate) = (set.bytes, set.validate);
+        let (kept, kept_bytes) = {
+            let mut cache = self.cache();
+            cache.insert(peer, set);
+            (cache.len(), cache.bytes())
+        };
+        info!(
+            %peer,
+            keys = %hex(&header.keys),
+            mb = bytes as f64 / 1e6,
+            validate_ms = validate.as_millis() as u64,
+            kept,
+            kept_mb = kept_bytes as f64 / 1e6,
+            "evaluation keys stored"
+        );
+        link.send(0, Body::InferKeysStored { keys: header.keys })
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     /// One request: header, items, evaluation, result stream. `Err` carries the refusal.
     async fn request(&self, link: &Link, mut incoming: Incoming) -> Result<(), String> {
         let Body::Infer(header) = &incoming.envelope.body else {
@@ -141,10 +215,16 @@ impl InferenceServer {
             %peer,
             request = header.request_id,
             images = header.images,
-            galois_keys = header.galois_keys,
+            keys = %hex(&header.keys),
             "inference request"
         );
-        let mut pending = self.model.begin(&header).map_err(|e| e.to_string())?;
+        let keys = self.cache().get(peer, &header.keys).ok_or_else(|| {
+            Refusal::UnknownKeys {
+                id: hex(&header.keys),
+            }
+            .to_string()
+        })?;
+        let mut pending = self.model.begin(&header, keys).map_err(|e| e.to_string())?;
         let _permit = self
             .slots
             .acquire()

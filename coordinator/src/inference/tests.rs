@@ -1,14 +1,16 @@
-//! Sans-IO tests of request handling: a valid request gives the plaintext label; wrong
-//! parameters, sizes, counts, fingerprints, keys and garbage are refused with their reason.
+//! Sans-IO tests of key and request handling: keys checked once then kept, a valid request gives
+//! the plaintext label; wrong parameters, sizes, counts, fingerprints, key ids, keys and garbage
+//! are refused with their reason; the key cache stays in its bounds.
 
 use std::sync::Arc;
 
 use he_agg::ckks::wire::WireError;
 use he_agg::ckks::{CkksContext, Parameters, SecretKey, wire};
 use he_agg::infer::{EvaluationKeys, InferencePlan, ParamPolicy};
-use protocol::inference::InferRequest;
+use protocol::Party;
+use protocol::inference::{InferKeys, InferRequest, keys_id};
 
-use super::{Refusal, ServedModel};
+use super::{KeyCache, KeySet, Refusal, ServedModel};
 
 pub(crate) use he_agg::infer::testing::tiny_network;
 
@@ -47,15 +49,6 @@ fn image(seed: usize) -> Vec<u8> {
 }
 
 impl Requester {
-    fn header(&self, images: u32) -> InferRequest {
-        InferRequest {
-            request_id: 7,
-            fingerprint: self.plan.spec().fingerprint(),
-            relinearization: self.keys.relinearization.is_some(),
-            galois_keys: self.plan.spec().galois_steps().len() as u32,
-            images,
-        }
-    }
     fn key_items(&self) -> Vec<Vec<u8>> {
         let mut v = vec![];
         if let Some(r) = &self.keys.relinearization {
@@ -70,11 +63,43 @@ impl Requester {
         }
         v
     }
-    fn encrypt(&self, px: &[u8]) -> Vec<u8> {
+    fn keys_header(&self) -> InferKeys {
+        let items = self.key_items();
+        InferKeys {
+            keys: keys_id(items.iter().map(Vec::as_slice)),
+            fingerprint: self.plan.spec().fingerprint(),
+            relinearization: self.keys.relinearization.is_some(),
+            galois_keys: self.plan.spec().galois_steps().len() as u32,
+        }
+    }
+    /// The keys, sent and checked.
+    fn key_set(&self, model: &Arc<ServedModel>) -> Arc<KeySet> {
+        let mut p = model.begin_keys(&self.keys_header()).unwrap();
+        for k in self.key_items() {
+            p.push(&k).unwrap();
+        }
+        assert_eq!(p.remaining(), 0);
+        Arc::new(p.finish().unwrap())
+    }
+    fn header(&self, images: u32) -> InferRequest {
+        InferRequest {
+            request_id: 7,
+            fingerprint: self.plan.spec().fingerprint(),
+            keys: self.keys_header().keys,
+            images,
+            ciphertexts_per_image: self.plan.spec().input_ciphertexts() as u32,
+        }
+    }
+    fn encrypt(&self, px: &[u8]) -> Vec<Vec<u8>> {
         let x = tiny_network().normalize_hwc(px).unwrap();
-        let pt = self.plan.spec().encode_input(&self.ctx, &x).unwrap();
         let mut enc = self.ctx.sk_encryptor(&self.sk).unwrap();
-        wire::encode_seeded_ciphertext(&self.ctx, &enc.encrypt_seeded(&pt))
+        self.plan
+            .spec()
+            .encode_input(&self.ctx, &x)
+            .unwrap()
+            .iter()
+            .map(|pt| wire::encode_seeded_ciphertext(&self.ctx, &enc.encrypt_seeded(pt)))
+            .collect()
     }
     fn decrypt(&self, bytes: &[u8]) -> Vec<f64> {
         let ct = wire::decode_ciphertext(&self.ctx, bytes).unwrap();
@@ -91,31 +116,34 @@ fn argmax(v: &[f64]) -> usize {
 fn a_valid_request_gives_the_plaintext_labels() {
     let model = served();
     let r = requester();
-    let mut p = model.begin(&r.header(2)).unwrap();
-    for k in r.key_items() {
-        p.push(&k).unwrap();
-    }
+    let keys = r.key_set(&model);
     let images = [image(1), image(2)];
-    for im in &images {
-        p.push(&r.encrypt(im)).unwrap();
-    }
-    assert_eq!(p.remaining(), 0);
-    let resp = p.finish().unwrap().evaluate().unwrap();
-    assert_eq!(resp.request_id, 7);
-    assert_eq!(resp.ciphertexts.len(), 2);
-    let net = tiny_network();
-    for (im, ct) in images.iter().zip(&resp.ciphertexts) {
-        let got = r.decrypt(ct);
-        let want: Vec<f64> = net
-            .forward(&net.normalize_hwc(im).unwrap())
-            .unwrap()
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
-        for (g, w) in got.iter().zip(&want) {
-            assert!((g - w).abs() < 1e-3, "{got:?} vs {want:?}");
+    // two requests with the same checked keys
+    for round in 0..2 {
+        let mut p = model.begin(&r.header(2), keys.clone()).unwrap();
+        for im in &images {
+            for ct in r.encrypt(im) {
+                p.push(&ct).unwrap();
+            }
         }
-        assert_eq!(argmax(&got), argmax(&want));
+        assert_eq!(p.remaining(), 0);
+        let resp = p.finish().unwrap().evaluate().unwrap();
+        assert_eq!(resp.request_id, 7);
+        assert_eq!(resp.ciphertexts.len(), 2, "round {round}");
+        let net = tiny_network();
+        for (im, ct) in images.iter().zip(&resp.ciphertexts) {
+            let got = r.decrypt(ct);
+            let want: Vec<f64> = net
+                .forward(&net.normalize_hwc(im).unwrap())
+                .unwrap()
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-3, "{got:?} vs {want:?}");
+            }
+            assert_eq!(argmax(&got), argmax(&want));
+        }
     }
 }
 
@@ -123,33 +151,52 @@ fn a_valid_request_gives_the_plaintext_labels() {
 fn headers_that_do_not_fit_the_plan_are_refused_before_allocating() {
     let model = served();
     let r = requester();
+    let keys = r.key_set(&model);
     let mut h = r.header(1);
     h.fingerprint[0] ^= 1;
-    let e = model.begin(&h).err().unwrap();
+    let e = model.begin(&h, keys.clone()).err().unwrap();
     assert!(matches!(e, Refusal::Fingerprint { .. }));
     assert!(e.to_string().contains("another plan"), "{e}");
     for n in [0, 5, u32::MAX] {
-        let e = model.begin(&r.header(n)).err().unwrap();
+        let e = model.begin(&r.header(n), keys.clone()).err().unwrap();
         assert!(
             matches!(e, Refusal::ImageCount { got, max: 4 } if got == n),
             "{e}"
         );
     }
     let mut h = r.header(1);
-    h.galois_keys += 1;
+    h.ciphertexts_per_image = 2;
     assert!(matches!(
-        model.begin(&h).err().unwrap(),
-        Refusal::GaloisCount { .. }
-    ));
-    h.galois_keys = u32::MAX;
-    assert!(matches!(
-        model.begin(&h).err().unwrap(),
-        Refusal::GaloisCount { .. }
+        model.begin(&h, keys.clone()).err().unwrap(),
+        Refusal::CiphertextsPerImage { got: 2, want: 1 }
     ));
     let mut h = r.header(1);
-    h.relinearization = !h.relinearization;
-    let e = model.begin(&h).err().unwrap();
+    h.keys[3] ^= 1;
+    let e = model.begin(&h, keys.clone()).err().unwrap();
+    assert!(matches!(e, Refusal::UnknownKeys { .. }), "{e}");
+    assert!(e.to_string().starts_with(protocol::inference::KEYS_UNKNOWN));
+    // key headers
+    let mut k = r.keys_header();
+    k.galois_keys += 1;
+    assert!(matches!(
+        model.begin_keys(&k).err().unwrap(),
+        Refusal::GaloisCount { .. }
+    ));
+    k.galois_keys = u32::MAX;
+    assert!(matches!(
+        model.begin_keys(&k).err().unwrap(),
+        Refusal::GaloisCount { .. }
+    ));
+    let mut k = r.keys_header();
+    k.relinearization = !k.relinearization;
+    let e = model.begin_keys(&k).err().unwrap();
     assert!(matches!(e, Refusal::Relinearization { .. }), "{e}");
+    let mut k = r.keys_header();
+    k.fingerprint[1] ^= 1;
+    assert!(matches!(
+        model.begin_keys(&k).err().unwrap(),
+        Refusal::Fingerprint { .. }
+    ));
 }
 
 #[test]
@@ -157,9 +204,9 @@ fn garbage_wrong_sizes_and_wrong_parameters_are_refused() {
     let model = served();
     let r = requester();
     let keys = r.key_items();
-    let start = || model.begin(&r.header(1)).unwrap();
+    let start_keys = || model.begin_keys(&r.keys_header()).unwrap();
     // garbage where the relinearization key belongs
-    let e = start().push(b"certainly not a key").err().unwrap();
+    let e = start_keys().push(b"certainly not a key").err().unwrap();
     assert!(
         matches!(
             e,
@@ -174,14 +221,17 @@ fn garbage_wrong_sizes_and_wrong_parameters_are_refused() {
     let mut junk = keys[0].clone();
     junk[..4].copy_from_slice(b"JUNK");
     assert!(matches!(
-        start().push(&junk).err().unwrap(),
+        start_keys().push(&junk).err().unwrap(),
         Refusal::Item {
             source: WireError::Magic,
             ..
         }
     ));
     // a truncated key: the exact size is checked before decoding
-    let e = start().push(&keys[0][..keys[0].len() - 1]).err().unwrap();
+    let e = start_keys()
+        .push(&keys[0][..keys[0].len() - 1])
+        .err()
+        .unwrap();
     assert!(
         matches!(
             e,
@@ -193,7 +243,21 @@ fn garbage_wrong_sizes_and_wrong_parameters_are_refused() {
         "{e}"
     );
     // an image where a key belongs
-    let e = start().push(&r.encrypt(&image(0))).err().unwrap();
+    let e = start_keys().push(&r.encrypt(&image(0))[0]).err().unwrap();
+    assert!(
+        matches!(
+            e,
+            Refusal::Item {
+                source: WireError::WrongKind { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // a key where an image belongs
+    let set = r.key_set(&model);
+    let start = || model.begin(&r.header(1), set.clone()).unwrap();
+    let e = start().push(&keys[0]).err().unwrap();
     assert!(
         matches!(
             e,
@@ -205,10 +269,6 @@ fn garbage_wrong_sizes_and_wrong_parameters_are_refused() {
         "{e}"
     );
     // an image made with other parameters (another ring degree)
-    let mut p = start();
-    for k in &keys {
-        p.push(k).unwrap();
-    }
     let other = Parameters::new(13, &[50, 40, 40, 40], &[50], 1, 40.0);
     if let Ok(params) = other {
         let ctx = CkksContext::new(params).unwrap();
@@ -222,7 +282,7 @@ fn garbage_wrong_sizes_and_wrong_parameters_are_refused() {
             )
             .unwrap();
         let ct = ctx.sk_encryptor(&sk).unwrap().encrypt_seeded(&pt);
-        let e = p
+        let e = start()
             .push(&wire::encode_seeded_ciphertext(&ctx, &ct))
             .err()
             .unwrap();
@@ -239,10 +299,6 @@ fn garbage_wrong_sizes_and_wrong_parameters_are_refused() {
         assert!(e.to_string().contains("other parameters"), "{e}");
     }
     // an image at the wrong level
-    let mut p = start();
-    for k in &keys {
-        p.push(k).unwrap();
-    }
     let pt = r
         .ctx
         .encode_coeffs(
@@ -252,7 +308,7 @@ fn garbage_wrong_sizes_and_wrong_parameters_are_refused() {
         )
         .unwrap();
     let ct = r.ctx.sk_encryptor(&r.sk).unwrap().encrypt_seeded(&pt);
-    let e = p
+    let e = start()
         .push(&wire::encode_seeded_ciphertext(&r.ctx, &ct))
         .err()
         .unwrap();
@@ -274,7 +330,7 @@ fn keys_outside_the_plan_and_miscounted_streams_are_refused() {
         .unwrap();
     let g = r.ctx.rlwe().galois_element_for_rotation(step);
     let stray = wire::encode_galois_key(&r.ctx, &kg.galois_key(&r.sk, g));
-    let mut p = model.begin(&r.header(1)).unwrap();
+    let mut p = model.begin_keys(&r.keys_header()).unwrap();
     for k in &keys[..relin] {
         p.push(k).unwrap();
     }
@@ -285,30 +341,85 @@ fn keys_outside_the_plan_and_miscounted_streams_are_refused() {
     );
     // the same Galois key twice
     if keys.len() > relin + 1 {
-        let mut p = model.begin(&r.header(1)).unwrap();
+        let mut p = model.begin_keys(&r.keys_header()).unwrap();
         for k in &keys[..=relin] {
             p.push(k).unwrap();
         }
         let e = p.push(&keys[relin]).err().unwrap();
         assert!(matches!(e, Refusal::DuplicateGaloisKey { .. }), "{e}");
     }
-    // a short stream, then one item too many
-    let mut p = model.begin(&r.header(1)).unwrap();
-    for k in &keys {
-        p.push(k).unwrap();
-    }
-    let e = p.finish().err().unwrap();
-    assert!(matches!(e, Refusal::MissingItems { .. }), "{e}");
-    let mut p = model.begin(&r.header(1)).unwrap();
-    for k in &keys {
-        p.push(k).unwrap();
-    }
-    let ct = r.encrypt(&image(3));
-    p.push(&ct).unwrap();
+    // a short key stream, one key too many, keys that are not the announced ones
+    let mut p = model.begin_keys(&r.keys_header()).unwrap();
+    p.push(&keys[0]).unwrap();
     assert!(matches!(
-        p.push(&ct).err().unwrap(),
+        p.finish().err().unwrap(),
+        Refusal::MissingItems { .. }
+    ));
+    let mut p = model.begin_keys(&r.keys_header()).unwrap();
+    for k in &keys {
+        p.push(k).unwrap();
+    }
+    assert!(matches!(
+        p.push(&keys[0]).err().unwrap(),
         Refusal::TooManyItems { .. }
     ));
+    let mut lying = r.keys_header();
+    lying.keys = requester().keys_header().keys;
+    let mut p = model.begin_keys(&lying).unwrap();
+    for k in &keys {
+        p.push(k).unwrap();
+    }
+    assert!(matches!(p.finish().err().unwrap(), Refusal::KeysId { .. }));
+    // a short request, then one ciphertext too many
+    let set = r.key_set(&model);
+    let p = model.begin(&r.header(1), set.clone()).unwrap();
+    assert!(matches!(
+        p.finish().err().unwrap(),
+        Refusal::MissingItems { .. }
+    ));
+    let mut p = model.begin(&r.header(1), set).unwrap();
+    let ct = r.encrypt(&image(3));
+    p.push(&ct[0]).unwrap();
+    assert!(matches!(
+        p.push(&ct[0]).err().unwrap(),
+        Refusal::TooManyItems { .. }
+    ));
+}
+
+#[test]
+fn the_key_cache_keeps_recent_sets_within_its_bounds() {
+    let model = served();
+    let set = |r: &Requester| -> KeySet {
+        let mut p = model.begin_keys(&r.keys_header()).unwrap();
+        for k in r.key_items() {
+            p.push(&k).unwrap();
+        }
+        p.finish().unwrap()
+    };
+    let (a, b, c) = (requester(), requester(), requester());
+    let bytes = set(&a).bytes;
+    // room for two sets
+    let mut cache = KeyCache::new(2 * bytes + bytes / 2, 8);
+    let (h1, h2) = (Party::Hospital(1), Party::Hospital(2));
+    let ida = cache.insert(h1, set(&a)).id;
+    let idb = cache.insert(h2, set(&b)).id;
+    // keys are the requester's: another hospital cannot name them
+    assert!(cache.get(h2, &ida).is_none());
+    assert!(cache.get(h1, &ida).is_some());
+    // a third set evicts the least recently used (b's)
+    let idc = cache.insert(h1, set(&c)).id;
+    assert_eq!(cache.len(), 2);
+    assert!(cache.get(h2, &idb).is_none());
+    assert!(cache.get(h1, &ida).is_some() && cache.get(h1, &idc).is_some());
+    assert!(cache.bytes() <= 2 * bytes + bytes / 2);
+    // the set bound holds too; the same set again replaces itself
+    let mut one = KeyCache::new(u64::MAX, 1);
+    one.insert(h1, set(&a));
+    one.insert(h1, set(&a));
+    assert_eq!((one.len(), one.bytes()), (1, bytes));
+    one.insert(h2, set(&b));
+    assert_eq!(one.len(), 1);
+    assert!(one.get(h2, &idb).is_some());
 }
 
 #[test]

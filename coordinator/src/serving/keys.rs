@@ -168,7 +168,7 @@ impl ServedKeys {
         me.compiled = Some(c);
         me.public_key = Some((pk, saved.public_key.clone()));
         me.evaluator = Some(Arc::new(eval));
-        me.store_model(&saved.model, &saved.architecture)?;
+        me.store_model(&saved.model, &saved.architecture, &saved.input_preparation)?;
         me.unsaved_model = None;
         me.setup = Some(saved.setup);
         Ok(me)
@@ -183,6 +183,7 @@ impl ServedKeys {
             hospitals: self.hospitals,
             threshold,
             architecture: c.info.architecture.clone(),
+            input_preparation: c.info.input_preparation.clone(),
             class_names: c.info.class_names.clone(),
             fingerprint: c.info.fingerprint,
             setup: self.setup?,
@@ -281,6 +282,7 @@ impl ServedKeys {
             class_names: class_names.to_vec(),
             fingerprint: plan.spec().fingerprint(),
             max_images: self.max_images,
+            input_preparation: String::new(),
         };
         Ok(Compiled {
             plan,
@@ -399,12 +401,23 @@ impl ServedKeys {
 
     /// Decodes and checks the uploaded model (every ciphertext against the plan); requesters
     /// are then told its `architecture` (its input normalization is the uploader's).
-    pub fn store_model(&mut self, items: &[Vec<u8>], architecture: &str) -> Result<(), KeysError> {
+    pub fn store_model(
+        &mut self,
+        items: &[Vec<u8>],
+        architecture: &str,
+        input_preparation: &str,
+    ) -> Result<(), KeysError> {
         let c = self.compiled.as_mut().ok_or(KeysError::NotReady)?;
         if architecture.len() > MAX_ARCHITECTURE_BYTES || layers_of(architecture)? != c.layers {
             return Err(invalid(
                 "the encrypted model's architecture is not the plan's",
             ));
+        }
+        if input_preparation.len() > MAX_ARCHITECTURE_BYTES
+            || (!input_preparation.is_empty()
+                && serde_json::from_str::<serde_json::Value>(input_preparation).is_err())
+        {
+            return Err(invalid("the model's input preparation is not JSON"));
         }
         let cts = items
             .iter()
@@ -420,6 +433,7 @@ impl ServedKeys {
         let model = Model::from_ciphertexts(&c.plan, &c.ctx, cts)
             .map_err(|e| invalid(format!("the encrypted model does not fit the plan: {e}")))?;
         c.info.architecture = architecture.to_string();
+        c.info.input_preparation = input_preparation.to_string();
         self.model = Some(Arc::new(model));
         self.unsaved_model = Some(items.to_vec());
         Ok(())

@@ -159,12 +159,14 @@ fn bad_images_and_bad_switching_shares_are_refused() {
     let pk_bytes = wire::encode_public_key(&f.ctx, &pk);
     let x = vec![0.3f32; 36];
     let mut enc = f.ctx.pk_encryptor(&pk).unwrap();
-    let good = enc.encrypt(&spec.encode_input(&f.ctx, &x).unwrap());
+    assert_eq!(spec.input_ciphertexts(), 1);
+    let good = enc.encrypt(&spec.encode_input(&f.ctx, &x).unwrap()[0]);
     let good_bytes = wire::encode_ciphertext(&f.ctx, &good);
     let header = CollectiveRequest {
         request_id: 1,
         fingerprint: spec.fingerprint(),
         images: 1,
+        ciphertexts_per_image: 1,
     };
     let (_, images) = decode_images(
         &f.ctx,
@@ -178,6 +180,17 @@ fn bad_images_and_bad_switching_shares_are_refused() {
     refused(
         decode_images(&f.ctx, &f.plan, &header, std::slice::from_ref(&pk_bytes)),
         "items for a request of 1",
+    );
+    let mut two = header.clone();
+    two.ciphertexts_per_image = 2;
+    refused(
+        decode_images(
+            &f.ctx,
+            &f.plan,
+            &two,
+            &[pk_bytes.clone(), good_bytes.clone(), good_bytes.clone()],
+        ),
+        "the plan's image spans 1",
     );
     refused(
         decode_images(&f.ctx, &f.plan, &header, &[vec![1; 64], good_bytes.clone()]),

@@ -17,7 +17,7 @@ fn invalid(s: impl Into<String>) -> KeysError {
 }
 
 /// Checks a request's images: decoded (parameters, sizes, residues), at the plan's input level
-/// and scale, degree 1.
+/// and scale, degree 1; every image's ciphertexts one after the other.
 pub fn decode_images(
     ctx: &CkksContext,
     plan: &InferencePlan,
@@ -29,16 +29,21 @@ pub fn decode_images(
         what,
         reason: e.to_string(),
     };
-    if items.len() != 1 + header.images as usize {
+    let spec = plan.spec();
+    if header.ciphertexts_per_image as usize != spec.input_ciphertexts()
+        || items.len() as u64 != header.items()
+    {
         return Err(invalid(format!(
-            "{} items for a request of {} images (its public key and the images)",
+            "{} items for a request of {} images of {} ciphertexts (its public key and the \
+             images; the plan's image spans {})",
             items.len(),
-            header.images
+            header.images,
+            header.ciphertexts_per_image,
+            spec.input_ciphertexts()
         )));
     }
     let pk = wire::decode_public_key(ctx, &items[0])
         .map_err(|e| item(0, "the requester's public key", e))?;
-    let spec = plan.spec();
     let mut images = Vec::with_capacity(items.len() - 1);
     for (i, bytes) in items[1..].iter().enumerate() {
         let ct = wire::decode_ciphertext(ctx, bytes).map_err(|e| item(i + 1, "image", e))?;
@@ -62,17 +67,19 @@ pub fn decode_images(
     Ok((pk, images))
 }
 
-/// Evaluates the encrypted model on every image (CPU-bound: run it off the async runtime).
+/// Evaluates the encrypted model on every image (`images`: each image's ciphertexts one after
+/// the other; CPU-bound: run it off the async runtime).
 pub fn evaluate(
     eval: &Evaluator,
     model: &Model,
     images: &[Ciphertext],
 ) -> Result<Vec<Ciphertext>, KeysError> {
+    let per = model.spec().input_ciphertexts().max(1);
     images
-        .iter()
-        .map(|ct| {
+        .chunks(per)
+        .map(|image| {
             model
-                .evaluate(eval, ct)
+                .evaluate(eval, image)
                 .map_err(|e| invalid(format!("evaluation failed: {e}")))
         })
         .collect()

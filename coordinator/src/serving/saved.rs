@@ -21,6 +21,8 @@ pub struct SavedServing {
     pub threshold: u32,
     /// The served architecture (with the uploader's normalization) and classes.
     pub architecture: String,
+    /// How image files become its inputs (the uploader's; JSON, empty when unknown).
+    pub input_preparation: String,
     pub class_names: Vec<String>,
     pub fingerprint: [u8; 32],
     /// Identifies the setup (the hash of the round-1 relinearization sum every keyholder got).

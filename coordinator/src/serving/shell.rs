@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use he_agg::infer::threshold::served_flooding;
 use he_agg::multiparty::PublicKeySwitch;
-use protocol::collective::{CollectiveRequest, MAX_COLLECTIVE_IMAGES, ResultSwitchRequest};
+use protocol::collective::{
+    CollectiveRequest, MAX_COLLECTIVE_CIPHERTEXTS, MAX_COLLECTIVE_IMAGES, ResultSwitchRequest,
+};
 use protocol::inference::InferResult;
 use protocol::link::{Link, accept_connection, listen};
 use protocol::tls::TlsFiles;
@@ -462,6 +464,7 @@ impl CollectiveServer {
             Body::EncryptedModel {
                 count,
                 architecture,
+                input_preparation,
             } => {
                 let want = {
                     let st = self.lock();
@@ -481,8 +484,11 @@ impl CollectiveServer {
                 {
                     let mut st = self.lock();
                     st.engine.accepts_model()?;
-                    tokio::task::block_in_place(|| st.keys.store_model(&items, &architecture))
-                        .map_err(|e| e.to_string())?;
+                    tokio::task::block_in_place(|| {
+                        st.keys
+                            .store_model(&items, &architecture, &input_preparation)
+                    })
+                    .map_err(|e| e.to_string())?;
                 }
                 self.event(ServingEvent::ModelStored { from: hospital })
                     .await;
@@ -553,7 +559,12 @@ impl CollectiveServer {
                 self.options.serving.threshold as usize,
             )
         };
-        check_header(&header, &plan.spec().fingerprint(), self.options.max_images)?;
+        check_header(
+            &header,
+            &plan.spec().fingerprint(),
+            plan.spec().input_ciphertexts(),
+            self.options.max_images,
+        )?;
         info!(
             requester,
             request = header.request_id,
@@ -565,8 +576,8 @@ impl CollectiveServer {
             "inference-request",
             &format!("request {} of {} images", header.request_id, header.images),
         );
-        let mut items = Vec::with_capacity(1 + header.images as usize);
-        for _ in 0..=header.images {
+        let mut items = Vec::with_capacity(header.items() as usize);
+        for _ in 0..header.items() {
             items.push(next(&mut incoming).await?);
         }
         end(&mut incoming).await?;
@@ -618,13 +629,28 @@ impl CollectiveServer {
     }
 }
 
-fn check_header(h: &CollectiveRequest, plan: &[u8; 32], max: u32) -> Result<(), String> {
+fn check_header(
+    h: &CollectiveRequest,
+    plan: &[u8; 32],
+    per_image: usize,
+    max: u32,
+) -> Result<(), String> {
     if &h.fingerprint != plan {
         return Err(
             "the request was encrypted for another plan: fetch the model information again".into(),
         );
     }
-    let max = max.min(MAX_COLLECTIVE_IMAGES);
+    if h.ciphertexts_per_image as usize != per_image {
+        return Err(format!(
+            "{} ciphertexts per image; the plan's image spans {per_image}",
+            h.ciphertexts_per_image
+        ));
+    }
+    // requests are held in memory until evaluated: bounded in images and in ciphertexts
+    let max = max
+        .min(MAX_COLLECTIVE_IMAGES)
+        .min(MAX_COLLECTIVE_CIPHERTEXTS / per_image.max(1) as u32)
+        .max(1);
     if h.images == 0 || h.images > max {
         return Err(format!(
             "{} images in one request; this server takes 1 to {max}",

@@ -147,7 +147,12 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
             for r in 0..=reps {
                 let x = &xs[r % xs.len()];
                 let t0 = Instant::now();
-                let ct = enc.encrypt(&spec.encode_input(&ctx, x).expect("encode"));
+                let ct: Vec<_> = spec
+                    .encode_input(&ctx, x)
+                    .expect("encode")
+                    .iter()
+                    .map(|p| enc.encrypt(p))
+                    .collect();
                 let t1 = Instant::now();
                 let out = model.evaluate(&eval, &ct).expect("evaluate");
                 let t2 = Instant::now();

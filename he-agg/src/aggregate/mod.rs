@@ -3,23 +3,29 @@
 //! pluggable [`Backend`] (the CPU backend here is the reference; the CUDA backend, feature
 //! `cuda`, plugs in the same way and [`select_backend`] picks one). [`AggregationPlan`] picks the
 //! encoding scale and the flooding noise for a round so that the weighted average survives
-//! public-key switching with the asked precision.
+//! public-key switching with the asked precision; [`HeSettings`] are the `[he]` settings every
+//! party derives it from, and [`UpdateCodec`] encrypts updates and decrypts sums the same way at
+//! both ends.
 
 mod aggregator;
 mod backend;
+mod codec;
 mod cpu;
 pub mod cuda;
 mod plan;
 mod select;
+mod settings;
 
 pub use aggregator::{AggregateError, Aggregator, DEFAULT_BATCH, MAX_WEIGHT, Shape};
 pub use backend::{Accumulator, Backend};
+pub use codec::{CodecError, UpdateCodec};
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
 pub use cuda::CudaBackend;
 pub use cuda::CudaError;
 pub use plan::AggregationPlan;
 pub use select::{BackendChoice, select_backend};
+pub use settings::HeSettings;
 
 #[cfg(test)]
 mod tests;

@@ -3,19 +3,23 @@
 //! A map y = M·x acts on slot vectors as y = Σ_d diag_d ⊙ rot_d(x) (rot_d(x)[t] = x[t + d]).
 //! Two layouts produce the diagonals:
 //!
-//! - **direct**: each input value sits at one known slot (e.g. the im2col layout the requester
-//!   encodes), output o goes to slot o; entry (o, j) lands on diagonal slot(j) − o. A
-//!   convolution in im2col layout (tap·P + p) with outputs in CHW order (c·P + p) has only
-//!   taps + channels − 1 diagonals, multiples of P.
+//! - **direct**: each input value sits at a known slot of a known input ciphertext (the im2col
+//!   layout the requester encodes, possibly over several ciphertexts, or the layout a previous
+//!   map chose), each output at a chosen slot; entry (o, j) lands on diagonal slot(j) − slot(o)
+//!   of j's ciphertext. A convolution in im2col layout (tap·P + π(p)) with outputs at
+//!   c·P + π(p) has only taps + channels − 1 diagonals, multiples of P, whatever the position
+//!   order π; a strided map whose input positions are ordered by its stride (space-to-depth) is
+//!   a product of channels with few diagonals too.
 //! - **hybrid** (Juvekar et al., GAZELLE): the input is replicated with a power-of-two period
 //!   p_in; outputs are padded to a power of two p_out. With p_out ≤ p_in the p_out diagonals
 //!   diag_d[t] = M[t mod p_out][(t + d) mod p_in] cover every entry once, and log2(p_in/p_out)
 //!   rotate-and-add steps fold the partial sums: the output comes out replicated with period
 //!   p_out, ready for the next map. With p_out > p_in, p_in diagonals and no fold.
 //!
-//! All-zero diagonals are dropped. The sum is evaluated as Σ_g rot_{g}(Σ_b diag'_{g,b} ⊙
-//! rot_b(x)) with diag'_{g,b} = rot_{−g}(diag_{g+b}): the baby rotations rot_b(x) share one
-//! decomposition (hoisting), and each giant rotation acts on a sum.
+//! All-zero diagonals are dropped. The sum is evaluated as Σ_g rot_{g}(Σ_k Σ_b diag'_{k,g,b} ⊙
+//! rot_b(x_k)) with diag'_{k,g,b} = rot_{−g}(diag_{k,g+b}) over the input ciphertexts x_k: the
+//! baby rotations of each input share one decomposition (hoisting), and each giant rotation acts
+//! on a sum over every input, so a map of K input ciphertexts pays its giant steps once.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -38,27 +42,84 @@ fn add_entry(diags: &mut Diagonals, slots: usize, d: i64, t: usize, w: f64) {
     diags.entry(d).or_insert_with(|| vec![0.0; slots])[t] += w;
 }
 
-/// Diagonals when input j for output o sits at `slot(o, j)`, output o at slot o; with an input
-/// replicated with period `period` (a power of two dividing the slots, above every slot used),
-/// the diagonals repeat with it and so does the output.
+/// `d` modulo `m`, in (−m/2, m/2].
+fn signed_mod(d: i64, m: i64) -> i64 {
+    let r = d.rem_euclid(m);
+    if r > m / 2 { r - m } else { r }
+}
+
+/// Diagonals of each of `inputs` input ciphertexts when the input value j read by output o sits
+/// at `input(o, j)` = (ciphertext, slot) and output o goes to slot `output(o)`. Slots are below
+/// `period`, a power of two dividing the slots: with `period` < slots the inputs are replicated
+/// with it and so is the output. Offsets are reduced modulo the period when that merges
+/// diagonals.
 pub(crate) fn direct(
     map: &Affine,
+    inputs: usize,
     slots: usize,
     period: usize,
-    slot: impl Fn(usize, u32) -> usize,
-) -> Diagonals {
-    let mut diags = Diagonals::new();
+    input: impl Fn(usize, u32) -> (usize, usize),
+    output: impl Fn(usize) -> usize,
+) -> Vec<Diagonals> {
+    let p = period as i64;
+    let raw = |o: usize, j: u32| -> (usize, i64, usize) {
+        let (k, s) = input(o, j);
+        let t = output(o);
+        (k, s as i64 - t as i64, t)
+    };
+    // raw offsets keep arithmetic progressions (cheap giant steps); reduced ones merge
+    // diagonals that wrap around the period
+    let mut raw_set = BTreeSet::new();
+    let mut reduced_set = BTreeSet::new();
+    for (o, row) in map.rows.iter().enumerate() {
+        for &(j, _) in row {
+            let (k, d, _) = raw(o, j);
+            raw_set.insert((k, d));
+            reduced_set.insert((k, signed_mod(d, p)));
+        }
+    }
+    let reduce = reduced_set.len() < raw_set.len();
+    let mut diags = vec![Diagonals::new(); inputs];
     for (o, row) in map.rows.iter().enumerate() {
         for &(j, w) in row {
-            let d = slot(o, j) as i64 - o as i64;
-            let mut t = o;
-            while t < slots {
-                add_entry(&mut diags, slots, d, t, w);
-                t += period;
+            let (k, d, t) = raw(o, j);
+            let d = if reduce { signed_mod(d, p) } else { d };
+            let mut u = t;
+            while u < slots {
+                add_entry(&mut diags[k], slots, d, u, w);
+                u += period;
             }
         }
     }
     diags
+}
+
+/// The number of distinct diagonals [`direct`] makes (without building them).
+pub(crate) fn direct_count(
+    map: &Affine,
+    period: usize,
+    input: impl Fn(usize, u32) -> (usize, usize),
+    output: impl Fn(usize) -> usize,
+) -> Vec<(usize, i64)> {
+    let p = period as i64;
+    let mut raw_set = HashSet::new();
+    let mut reduced_set = HashSet::new();
+    for (o, row) in map.rows.iter().enumerate() {
+        let t = output(o) as i64;
+        for &(j, _) in row {
+            let (k, s) = input(o, j);
+            let d = s as i64 - t;
+            raw_set.insert((k, d));
+            reduced_set.insert((k, signed_mod(d, p)));
+        }
+    }
+    let mut v: Vec<(usize, i64)> = if reduced_set.len() < raw_set.len() {
+        reduced_set.into_iter().collect()
+    } else {
+        raw_set.into_iter().collect()
+    };
+    v.sort_unstable();
+    v
 }
 
 /// Hybrid diagonals for an input replicated with period `p_in`: returns them, the output
@@ -123,48 +184,95 @@ pub(crate) struct StepCosts {
     pub giant: f64,
 }
 
-/// One giant step: the rotation after summing, and its (baby index, pre-rotated diagonal)
-/// terms.
+/// One product of a giant step: input ciphertext, baby rotation (index into
+/// [`Bsgs::baby_steps`]) and the pre-rotated diagonal it is multiplied by.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Term {
+    pub input: usize,
+    pub baby: usize,
+    pub diag: Vec<f64>,
+}
+
+/// One giant step: the rotation after summing its terms over every input.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Giant {
     pub step: i64,
-    pub terms: Vec<(usize, Vec<f64>)>,
+    pub terms: Vec<Term>,
 }
 
 /// The baby-step/giant-step evaluation order of a set of diagonals.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Bsgs {
+    /// Input ciphertexts of the map.
+    pub inputs: usize,
     pub baby_steps: Vec<i64>,
     pub giants: Vec<Giant>,
+}
+
+impl Bsgs {
+    /// The baby indices input `k` is rotated by (ascending).
+    pub fn babies_of(&self, k: usize) -> Vec<usize> {
+        let set: BTreeSet<usize> = self
+            .giants
+            .iter()
+            .flat_map(|g| &g.terms)
+            .filter(|t| t.input == k)
+            .map(|t| t.baby)
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// Hoisted baby rotations over all inputs (non-zero steps).
+    pub fn baby_rotations(&self) -> usize {
+        (0..self.inputs)
+            .map(|k| {
+                self.babies_of(k)
+                    .iter()
+                    .filter(|&&b| self.baby_steps[b] != 0)
+                    .count()
+            })
+            .sum()
+    }
+
+    /// Diagonal products.
+    pub fn products(&self) -> usize {
+        self.giants.iter().map(|g| g.terms.len()).sum()
+    }
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
-/// Splits the offsets as d = g + b (g a multiple of the giant size G, 0 ≤ b < G), choosing
-/// G to minimise the rotations' cost.
-pub(crate) fn bsgs(diags: Diagonals, costs: StepCosts) -> Bsgs {
-    let offsets: Vec<i64> = diags.keys().copied().collect();
+/// Splits the offsets of every input as d = g + b (g a multiple of the giant size G,
+/// 0 ≤ b < G), choosing G to minimise the rotations' cost: baby rotations are paid per input,
+/// giant rotations once.
+pub(crate) fn bsgs(diags: Vec<Diagonals>, costs: StepCosts) -> Bsgs {
+    let offsets: Vec<Vec<i64>> = diags.iter().map(|d| d.keys().copied().collect()).collect();
     let size = choose_giant_size(&offsets, costs);
     let mut baby_set = BTreeSet::new();
-    for &d in &offsets {
+    for &d in offsets.iter().flatten() {
         baby_set.insert(d.rem_euclid(size));
     }
     let baby_steps: Vec<i64> = baby_set.into_iter().collect();
-    let mut giants: BTreeMap<i64, Vec<(usize, Vec<f64>)>> = BTreeMap::new();
-    for (d, v) in diags {
-        let b = d.rem_euclid(size);
-        let g = d - b;
-        let bi = baby_steps
-            .binary_search(&b)
-            .expect("every baby was collected");
-        giants
-            .entry(g)
-            .or_default()
-            .push((bi, if g == 0 { v } else { rotate_vec(&v, -g) }));
+    let mut giants: BTreeMap<i64, Vec<Term>> = BTreeMap::new();
+    let inputs = diags.len();
+    for (k, d) in diags.into_iter().enumerate() {
+        for (off, v) in d {
+            let b = off.rem_euclid(size);
+            let g = off - b;
+            let baby = baby_steps
+                .binary_search(&b)
+                .expect("every baby was collected");
+            giants.entry(g).or_default().push(Term {
+                input: k,
+                baby,
+                diag: if g == 0 { v } else { rotate_vec(&v, -g) },
+            });
+        }
     }
     Bsgs {
+        inputs,
         baby_steps,
         giants: giants
             .into_iter()
@@ -173,31 +281,47 @@ pub(crate) fn bsgs(diags: Diagonals, costs: StepCosts) -> Bsgs {
     }
 }
 
-fn choose_giant_size(offsets: &[i64], costs: StepCosts) -> i64 {
-    if offsets.len() <= 1 {
+/// The rotations' cost of the best split of these offsets (per input), for comparing layouts.
+pub(crate) fn bsgs_cost(offsets: &[Vec<i64>], costs: StepCosts) -> f64 {
+    split_cost(offsets, choose_giant_size(offsets, costs), costs)
+}
+
+fn split_cost(offsets: &[Vec<i64>], size: i64, costs: StepCosts) -> f64 {
+    let mut giants = HashSet::new();
+    let mut babies = 0usize;
+    let mut seen = HashSet::new();
+    for per_input in offsets {
+        seen.clear();
+        for &d in per_input {
+            let b = d.rem_euclid(size);
+            if b != 0 && seen.insert(b) {
+                babies += 1;
+            }
+            if d - b != 0 {
+                giants.insert(d - b);
+            }
+        }
+    }
+    babies as f64 * costs.baby + giants.len() as f64 * costs.giant
+}
+
+fn choose_giant_size(offsets: &[Vec<i64>], costs: StepCosts) -> i64 {
+    let all: Vec<i64> = offsets.iter().flatten().copied().collect();
+    if all.len() <= 1 {
         return 1;
     }
-    let s = offsets
+    let s = all
         .iter()
         .fold(0u64, |g, &d| gcd(g, d.unsigned_abs()))
         .max(1) as i64;
-    let (lo, hi) = (offsets[0], offsets[offsets.len() - 1]);
+    let (lo, hi) = all
+        .iter()
+        .fold((i64::MAX, i64::MIN), |(a, b), &d| (a.min(d), b.max(d)));
     let span = (hi - lo) / s + 1;
     let mut best = (f64::INFINITY, 1i64);
-    let mut babies = HashSet::new();
-    let mut giants = HashSet::new();
     for k in 1..=span.min(2048) {
         let size = k * s;
-        babies.clear();
-        giants.clear();
-        for &d in offsets {
-            let b = d.rem_euclid(size);
-            babies.insert(b);
-            giants.insert(d - b);
-        }
-        let nb = babies.len() - usize::from(babies.contains(&0));
-        let ng = giants.len() - usize::from(giants.contains(&0));
-        let cost = nb as f64 * costs.baby + ng as f64 * costs.giant;
+        let cost = split_cost(offsets, size, costs);
         if cost < best.0 {
             best = (cost, size);
         }
@@ -231,13 +355,22 @@ mod tests {
 
     /// Evaluates the BSGS form on plain slot vectors, exactly as the encrypted evaluation does.
     fn eval_bsgs(b: &Bsgs, x: &[f64], fold: &[i64]) -> Vec<f64> {
-        let babies: Vec<Vec<f64>> = b.baby_steps.iter().map(|&k| rotate_vec(x, k)).collect();
-        let mut y = vec![0.0; x.len()];
+        eval_bsgs_multi(b, &[x.to_vec()], fold)
+    }
+
+    fn eval_bsgs_multi(b: &Bsgs, xs: &[Vec<f64>], fold: &[i64]) -> Vec<f64> {
+        let n = xs[0].len();
+        let babies: Vec<Vec<Vec<f64>>> = xs
+            .iter()
+            .map(|x| b.baby_steps.iter().map(|&k| rotate_vec(x, k)).collect())
+            .collect();
+        let mut y = vec![0.0; n];
         for g in &b.giants {
-            let mut acc = vec![0.0; x.len()];
-            for (bi, d) in &g.terms {
-                for t in 0..x.len() {
-                    acc[t] += d[t] * babies[*bi][t];
+            let mut acc = vec![0.0; n];
+            for term in &g.terms {
+                let bx = &babies[term.input][term.baby];
+                for t in 0..n {
+                    acc[t] += term.diag[t] * bx[t];
                 }
             }
             for (yt, a) in y.iter_mut().zip(rotate_vec(&acc, g.step)) {
@@ -272,7 +405,7 @@ mod tests {
                 .collect();
             let (diags, p_out, fold) = hybrid(&map, p_in, slots);
             prop_assert!(diags.len() <= p_out.min(p_in));
-            let y = eval_bsgs(&bsgs(diags, COSTS), &slots_x, &fold);
+            let y = eval_bsgs(&bsgs(vec![diags], COSTS), &slots_x, &fold);
             let want = map.apply(&x);
             // output replicated with period p_out, zero beyond n_out
             for (t, yt) in y.iter().enumerate() {
@@ -299,7 +432,9 @@ mod tests {
             out_shape: Shape::Chw([c, 3, 3]),
         };
         let slots = 64;
-        let diags = direct(&map, slots, slots, |_, j| j as usize);
+        let diags = direct(&map, 1, slots, slots, |_, j| (0, j as usize), |o| o);
+        assert_eq!(diags.len(), 1);
+        let diags = diags.into_iter().next().unwrap();
         assert_eq!(diags.len(), taps + c - 1);
         assert!(diags.keys().all(|d| d % p as i64 == 0));
         let x: Vec<f64> = (0..slots)
@@ -311,7 +446,7 @@ mod tests {
                 }
             })
             .collect();
-        let plan = bsgs(diags, COSTS);
+        let plan = bsgs(vec![diags], COSTS);
         // structured offsets give a structured split: steps are multiples of P
         assert!(plan.baby_steps.iter().all(|b| b % p as i64 == 0));
         let y = eval_bsgs(&plan, &x, &[]);
@@ -326,7 +461,7 @@ mod tests {
     fn giant_size_balances_rotations() {
         let diags: Diagonals = (0..64).map(|d| (d, vec![1.0; 128])).collect();
         let plan = bsgs(
-            diags,
+            vec![diags],
             StepCosts {
                 baby: 1.0,
                 giant: 1.0,
@@ -334,5 +469,70 @@ mod tests {
         );
         // 64 contiguous offsets: 8 babies × 8 giants is optimal for equal costs
         assert_eq!(plan.baby_steps.len() + plan.giants.len(), 16);
+    }
+
+    #[test]
+    fn a_map_over_several_input_ciphertexts_pays_its_giant_steps_once() {
+        // 8 input ciphertexts of 4 taps × P positions each (im2col over 32 taps), 4 output
+        // channels: output c·P + p = Σ_tap w[c, tap]·x[tap][p]
+        let (p, taps_per_ct, cts, c) = (8usize, 4usize, 8usize, 4usize);
+        let slots = taps_per_ct * p;
+        let taps = taps_per_ct * cts;
+        let map = Affine {
+            n_in: taps * p,
+            rows: (0..c * p)
+                .map(|o| {
+                    (0..taps)
+                        .map(|tap| {
+                            (
+                                (tap * p + o % p) as u32,
+                                ((o / p) * 31 + tap) as f64 * 0.01 - 0.3,
+                            )
+                        })
+                        .collect()
+                })
+                .collect(),
+            bias: vec![0.0; c * p],
+            out_shape: Shape::Chw([c, 2, 4]),
+        };
+        let diags = direct(
+            &map,
+            cts,
+            slots,
+            slots,
+            |_, j| (j as usize / slots, j as usize % slots),
+            |o| o,
+        );
+        // offsets (tap − c)·P reduced modulo the slots: at most slots / P per input
+        assert!(diags.iter().all(|d| d.len() <= taps_per_ct));
+        let counts = direct_count(
+            &map,
+            slots,
+            |_, j| (j as usize / slots, j as usize % slots),
+            |o| o,
+        );
+        assert_eq!(counts.len(), diags.iter().map(|d| d.len()).sum::<usize>());
+        let plan = bsgs(
+            diags,
+            StepCosts {
+                baby: 1.0,
+                giant: 3.0,
+            },
+        );
+        // babies are per input, giants shared: all giants is the cheaper split here
+        assert!(plan.baby_rotations() <= plan.giants.len() * cts);
+        let xs: Vec<Vec<f64>> = (0..cts)
+            .map(|k| {
+                (0..slots)
+                    .map(|t| ((k * slots + t) as f64 * 0.13).cos())
+                    .collect()
+            })
+            .collect();
+        let y = eval_bsgs_multi(&plan, &xs, &[]);
+        let flat: Vec<f64> = xs.concat();
+        let want = map.apply(&flat);
+        for (t, w) in want.iter().enumerate() {
+            assert!((y[t] - w).abs() < 1e-9, "slot {t}: {} vs {w}", y[t]);
+        }
     }
 }

@@ -83,6 +83,8 @@ pub enum InferError {
     InputLevel { expected: usize, found: usize },
     #[error("the input ciphertext has scale 2^{found:.3}, the plan expects 2^{expected:.3}")]
     InputScale { expected: f64, found: f64 },
+    #[error("{found} input ciphertexts for a plan whose image spans {expected}")]
+    InputCiphertexts { expected: usize, found: usize },
     #[error("{images} images do not fit one batch of {slots}")]
     BatchTooLarge { images: usize, slots: usize },
     #[error("{found} input ciphertexts for a network that takes {expected} values per image")]

@@ -33,7 +33,8 @@
 //! let mut kg = ctx.key_generator()?;
 //! let sk = kg.secret_key();
 //! let keys = plan.spec().generate_keys(&mut kg, &sk);
-//! let request = ctx.sk_encryptor(&sk)?.encrypt(&plan.spec().encode_input(&ctx, image)?);
+//! let mut enc = ctx.sk_encryptor(&sk)?;
+//! let request: Vec<_> = plan.spec().encode_input(&ctx, image)?.iter().map(|pt| enc.encrypt(pt)).collect();
 //! // server
 //! let eval = ctx.evaluator(keys.relinearization.as_ref(), Some(&keys.galois))?;
 //! let response = Model::plain(&plan, &ctx)?.evaluate(&eval, &request)?;
@@ -50,6 +51,7 @@ mod error;
 mod file;
 mod ifma;
 mod kernels;
+mod layout;
 mod lower;
 mod model;
 mod network;
@@ -69,4 +71,4 @@ pub use file::{MAX_NETWORK_FILE_BYTES, NETWORK_FORMAT, NetworkFile, NetworkFileE
 pub use model::Model;
 pub use network::{Conv2d, Dense, Layer, MAX_TENSOR, Network, Normalization, Shape};
 pub use params::{ParamPolicy, choose_parameters, max_depth};
-pub use plan::{EvaluationKeys, InferencePlan, InferenceSpec, StageInfo};
+pub use plan::{EvaluationKeys, InferencePlan, InferenceSpec, MAX_INPUT_CIPHERTEXTS, StageInfo};

@@ -26,16 +26,26 @@ enum Scalar {
     Cipher(Ciphertext),
 }
 
+/// One product of a giant step: (input ciphertext, its baby rotation, the diagonal).
+#[derive(Clone, Debug)]
+struct TermOp {
+    input: usize,
+    baby: usize,
+    weight: Operand,
+}
+
 #[derive(Clone, Debug)]
 struct GiantOps {
     step: i64,
-    terms: Vec<(usize, Operand)>,
+    terms: Vec<TermOp>,
 }
 
 #[derive(Clone, Debug)]
 enum ModelStage {
     Linear {
         baby_steps: Vec<i64>,
+        /// per input ciphertext: the baby indices it is rotated by
+        babies: Vec<Vec<usize>>,
         giants: Vec<GiantOps>,
         fold_steps: Vec<i64>,
         bias: Option<Operand>,
@@ -223,8 +233,8 @@ impl Model {
         for stage in &self.stages {
             match stage {
                 ModelStage::Linear { giants, bias, .. } => {
-                    for (_, w) in giants.iter().flat_map(|g| &g.terms) {
-                        if let Operand::Cipher(c) = w {
+                    for t in giants.iter().flat_map(|g| &g.terms) {
+                        if let Operand::Cipher(c) = &t.weight {
                             out.push(c);
                         }
                     }
@@ -296,7 +306,13 @@ impl Model {
                             let terms = g
                                 .terms
                                 .iter()
-                                .map(|(b, d)| Ok((*b, enc.operand(ctx, d, l.level, q)?)))
+                                .map(|t| {
+                                    Ok(TermOp {
+                                        input: t.input,
+                                        baby: t.baby,
+                                        weight: enc.operand(ctx, &t.diag, l.level, q)?,
+                                    })
+                                })
                                 .collect::<Result<Vec<_>, InferError>>()?;
                             Ok(GiantOps {
                                 step: g.step,
@@ -314,6 +330,7 @@ impl Model {
                     };
                     ModelStage::Linear {
                         baby_steps: l.bsgs.baby_steps.clone(),
+                        babies: (0..l.bsgs.inputs).map(|k| l.bsgs.babies_of(k)).collect(),
                         giants,
                         fold_steps: l.fold_steps.clone(),
                         bias,
@@ -357,58 +374,107 @@ impl Model {
     }
 
     /// Evaluates the network on one encrypted image (encoded by [`InferenceSpec::encode_input`]
-    /// and encrypted at [`InferenceSpec::input_level`]); the result decrypts to the logits in
-    /// its first slots ([`InferenceSpec::decode_output`]). The evaluator must hold the
-    /// relinearization key and the Galois keys of [`InferenceSpec::galois_steps`].
-    pub fn evaluate(&self, eval: &Evaluator, input: &Ciphertext) -> Result<Ciphertext, InferError> {
+    /// and encrypted at [`InferenceSpec::input_level`]: [`InferenceSpec::input_ciphertexts`]
+    /// ciphertexts); the result decrypts to the logits in its first slots
+    /// ([`InferenceSpec::decode_output`]). The evaluator must hold the relinearization key and
+    /// the Galois keys of [`InferenceSpec::galois_steps`].
+    pub fn evaluate(
+        &self,
+        eval: &Evaluator,
+        inputs: &[Ciphertext],
+    ) -> Result<Ciphertext, InferError> {
         if eval.context().params() != self.spec.parameters() {
             return Err(InferError::ContextMismatch);
         }
-        kernels::check_input(
-            &self.ctx,
-            input,
-            self.spec.input_level(),
-            self.spec.input_scale(),
-        )?;
-        let mut x = input.clone();
+        if inputs.len() != self.spec.input_ciphertexts() {
+            return Err(InferError::InputCiphertexts {
+                expected: self.spec.input_ciphertexts(),
+                found: inputs.len(),
+            });
+        }
+        for x in inputs {
+            kernels::check_input(
+                &self.ctx,
+                x,
+                self.spec.input_level(),
+                self.spec.input_scale(),
+            )?;
+        }
+        let mut xs: Vec<Ciphertext> = inputs.to_vec();
         for stage in &self.stages {
-            x = match stage {
+            let y = match stage {
                 ModelStage::Linear {
                     baby_steps,
+                    babies,
                     giants,
                     fold_steps,
                     bias,
-                } => self.linear(eval, &x, baby_steps, giants, fold_steps, bias.as_ref())?,
+                } => self.linear(
+                    eval,
+                    &xs,
+                    baby_steps,
+                    babies,
+                    giants,
+                    fold_steps,
+                    bias.as_ref(),
+                )?,
                 ModelStage::Activation { c, post } => {
-                    self.activation(eval, &x, c.as_ref(), post.as_ref())?
+                    self.activation(eval, &xs[0], c.as_ref(), post.as_ref())?
                 }
             };
+            xs = vec![y];
         }
-        Ok(x)
+        Ok(xs.remove(0))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
         eval: &Evaluator,
-        x: &Ciphertext,
+        xs: &[Ciphertext],
         baby_steps: &[i64],
+        babies: &[Vec<usize>],
         giants: &[GiantOps],
         fold_steps: &[i64],
         bias: Option<&Operand>,
     ) -> Result<Ciphertext, InferError> {
-        let level = x.level();
-        let babies = eval.rotate_hoisted(x, baby_steps)?;
+        if xs.len() != babies.len() {
+            return Err(InferError::ModelMismatch("input ciphertexts of a map"));
+        }
+        let level = xs[0].level();
+        let scale = xs[0].scale;
+        // each input's baby rotations share one decomposition; inputs in parallel
+        let rotated: Vec<Vec<Option<Ciphertext>>> = xs
+            .par_iter()
+            .zip(babies)
+            .map(|(x, used)| -> Result<Vec<Option<Ciphertext>>, InferError> {
+                let steps: Vec<i64> = used.iter().map(|&b| baby_steps[b]).collect();
+                let mut out = vec![None; baby_steps.len()];
+                for (&b, ct) in used.iter().zip(eval.rotate_hoisted(x, &steps)?) {
+                    out[b] = Some(ct);
+                }
+                Ok(out)
+            })
+            .collect::<Result<_, _>>()?;
         let ctx = &self.ctx;
         let partial: Vec<Ciphertext> = giants
             .par_iter()
             .map(|g| -> Result<Ciphertext, InferError> {
-                let xs: Vec<&Ciphertext> = g.terms.iter().map(|(b, _)| &babies[*b]).collect();
-                let (parts, w_scale) = match &g.terms[0].1 {
+                let xs: Vec<&Ciphertext> = g
+                    .terms
+                    .iter()
+                    .map(|t| {
+                        rotated[t.input][t.baby]
+                            .as_ref()
+                            .ok_or(InferError::ModelMismatch("a baby rotation was not made"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                let (parts, w_scale) = match &g.terms[0].weight {
                     Operand::Plain(p) => {
                         let ws = g
                             .terms
                             .iter()
-                            .map(|(_, w)| match w {
+                            .map(|t| match &t.weight {
                                 Operand::Plain(p) => Ok(&p.poly),
                                 Operand::Cipher(_) => Err(InferError::ModelMismatch("mixed")),
                             })
@@ -419,7 +485,7 @@ impl Model {
                         let ws = g
                             .terms
                             .iter()
-                            .map(|(_, w)| match w {
+                            .map(|t| match &t.weight {
                                 Operand::Cipher(c) => Ok(c),
                                 Operand::Plain(_) => Err(InferError::ModelMismatch("mixed")),
                             })
@@ -429,7 +495,7 @@ impl Model {
                 };
                 let mut acc = Ciphertext {
                     parts,
-                    scale: x.scale * w_scale,
+                    scale: scale * w_scale,
                 };
                 // rescale first: the relinearization and rotation then run one level lower
                 eval.rescale_assign(&mut acc)?;

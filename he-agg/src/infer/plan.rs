@@ -1,14 +1,19 @@
-//! The latency plan: one image per ciphertext, LoLa-style dense packing.
+//! The latency plan: one image per ciphertext — or per few ciphertexts for a large image —
+//! LoLa-style dense packing.
 //!
 //! - Input: when the first map ends in a convolution (or pooling) with P output positions, the
-//!   requester sends the image in im2col layout — slot tap·P + p holds the tap-th input value of
-//!   position p's receptive field, repeated with the smallest power-of-two period that holds it
-//!   — so the first map is a *direct* diagonal product with only taps + channels − 1 diagonals,
-//!   and its output comes out repeated with the same period. Otherwise the input is sent
-//!   replicated with period next_pow2(len).
-//! - Every later map is a *hybrid* diagonal product on the previous (replicated) output,
-//!   evaluated baby-step/giant-step with hoisted baby rotations, each giant step rescaled first
-//!   so its rotation runs a level lower.
+//!   requester sends the image in im2col layout — slot tap·P + π(p) holds the tap-th input value
+//!   of position p's receptive field — so the first map is a *direct* diagonal product with only
+//!   taps + channels − 1 diagonals. When the rows fit one ciphertext they are repeated with the
+//!   smallest power-of-two period that holds them (and the output comes out repeated with it);
+//!   otherwise they continue over several ciphertexts (a patch embedding of a 256×256 image:
+//!   8 ciphertexts of 8192 slots, a permutation of the pixels, no repetition) and the first map
+//!   sums over all of them before its giant rotations. Otherwise the input is sent replicated
+//!   with period next_pow2(len).
+//! - Every later map with a spatial output is a *direct* product between the position orders
+//!   [`super::layout`] chooses (space-to-depth where the next map strides), or — where cheaper —
+//!   a *hybrid* product, as every dense layer is; all run baby-step/giant-step with hoisted baby
+//!   rotations, each giant step rescaled first so its rotation runs a level lower.
 //! - Activations are slot-wise; their a is folded into a map (see `lower`).
 //!
 //! The plan is the server's (it holds the weights, as diagonals); [`InferenceSpec`] is what a
@@ -23,16 +28,22 @@ use crate::ckks::{
 
 use super::diagonals::{self, Bsgs, StepCosts};
 use super::error::InferError;
-use super::lower::{Affine, Op, lower};
-use super::network::{Network, Shape};
+use super::layout::{self, MapKind};
+use super::lower::{Lowered, Op, lower};
+use super::network::Network;
 use super::params::{ParamPolicy, choose_parameters};
+
+/// Most ciphertexts one image may span (a 512×512 image under a 16×16 patch embedding takes 32
+/// of 8192 slots).
+pub const MAX_INPUT_CIPHERTEXTS: usize = 64;
 
 /// What a requester needs to encrypt an image and read the result (no weights).
 #[derive(Clone, Debug, PartialEq)]
 pub struct InferenceSpec {
     params: Parameters,
     input_len: usize,
-    /// per slot: the input index it holds (`u32::MAX`: zero)
+    /// per slot of every input ciphertext, one after the other: the input index it holds
+    /// (`u32::MAX`: zero)
     input_map: Vec<u32>,
     input_level: usize,
     output_len: usize,
@@ -55,6 +66,10 @@ impl InferenceSpec {
     /// Values per image (c·h·w).
     pub fn input_len(&self) -> usize {
         self.input_len
+    }
+    /// Ciphertexts one image is encrypted in.
+    pub fn input_ciphertexts(&self) -> usize {
+        self.input_map.len() / self.params.slots()
     }
     /// Logits per image.
     pub fn output_len(&self) -> usize {
@@ -93,7 +108,7 @@ impl InferenceSpec {
     /// architecture compares it with the server's.
     pub fn fingerprint(&self) -> [u8; 32] {
         let mut h = blake3::Hasher::new();
-        h.update(b"HEAL inference spec v1");
+        h.update(b"HEAL inference spec v2");
         h.update(&self.params.rlwe().fingerprint());
         h.update(&self.params.log_scale().to_le_bytes());
         for v in [
@@ -116,7 +131,8 @@ impl InferenceSpec {
         *h.finalize().as_bytes()
     }
 
-    /// The slot values of one normalised CHW input in the plan's layout.
+    /// The slot values of one normalised CHW input in the plan's layout, every input ciphertext
+    /// one after the other.
     pub fn input_slots(&self, input: &[f32]) -> Result<Vec<f64>, InferError> {
         if input.len() != self.input_len {
             return Err(InferError::Network(super::error::NetworkError::InputLen {
@@ -144,15 +160,25 @@ impl InferenceSpec {
         Ok(())
     }
 
-    /// The image encoded for encryption (coefficient form: encryptors fuse it with the noise).
-    pub fn encode_input(&self, ctx: &CkksContext, input: &[f32]) -> Result<Plaintext, InferError> {
+    /// The image encoded for encryption, one plaintext per input ciphertext (coefficient form:
+    /// encryptors fuse it with the noise).
+    pub fn encode_input(
+        &self,
+        ctx: &CkksContext,
+        input: &[f32],
+    ) -> Result<Vec<Plaintext>, InferError> {
         self.check_ctx(ctx)?;
         let slots = self.input_slots(input)?;
-        let v: Vec<crate::ckks::Complex> = slots
-            .iter()
-            .map(|&x| crate::ckks::Complex::new(x, 0.0))
-            .collect();
-        Ok(ctx.encode_coeffs(&v, self.input_level, self.input_scale())?)
+        slots
+            .chunks(self.params.slots())
+            .map(|chunk| {
+                let v: Vec<crate::ckks::Complex> = chunk
+                    .iter()
+                    .map(|&x| crate::ckks::Complex::new(x, 0.0))
+                    .collect();
+                Ok(ctx.encode_coeffs(&v, self.input_level, self.input_scale())?)
+            })
+            .collect()
     }
 
     /// The logits of a decrypted result.
@@ -172,7 +198,8 @@ impl InferenceSpec {
     }
 }
 
-/// A linear stage: y = Σ_g rot_g(Σ_b diag ⊙ rot_b(x)), folded, plus the bias.
+/// A linear stage: y = Σ_g rot_g(Σ_k Σ_b diag ⊙ rot_b(x_k)) over its input ciphertexts x_k,
+/// folded, plus the bias.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct LinearStage {
     pub level: usize,
@@ -199,6 +226,8 @@ pub struct StageInfo {
     pub linear: bool,
     /// Level of the stage's input.
     pub level: usize,
+    /// Input ciphertexts of the stage (more than one only for the first map of a large image).
+    pub inputs: usize,
     /// Diagonal products (plaintext × ciphertext, or ciphertext × ciphertext in mode a).
     pub diagonals: usize,
     /// Hoisted baby-step rotations (non-zero steps).
@@ -216,55 +245,47 @@ pub struct InferencePlan {
     pub(crate) stages: Vec<Stage>,
 }
 
-/// How the first map reads its input.
+/// How the first map reads the image.
 enum FirstLayout {
-    /// receptive fields per output position (P = positions)
+    /// Receptive fields per output position (P = positions), `taps` the largest.
     Im2col { fields: Vec<Vec<u32>>, taps: usize },
-    /// replicated with this power-of-two period
+    /// Replicated with this power-of-two period, natural order.
     Replicated(usize),
 }
 
-/// Receptive fields of the spatial output positions of a map ending in CHW.
-fn receptive_fields(map: &Affine) -> Option<(Vec<Vec<u32>>, usize)> {
-    let Shape::Chw([_, h, w]) = map.out_shape else {
-        return None;
+fn choose_first_layout(low: &Lowered, max_slots: usize) -> Result<FirstLayout, InferError> {
+    let replicated = || -> Result<FirstLayout, InferError> {
+        let p = low.input_len.next_power_of_two();
+        if p > max_slots {
+            return Err(InferError::TooWide {
+                needed: p,
+                max: max_slots,
+            });
+        }
+        Ok(FirstLayout::Replicated(p))
     };
-    let positions = h * w;
-    if positions < 2 {
-        return None;
-    }
-    let mut fields: Vec<Vec<u32>> = vec![Vec::new(); positions];
-    for (o, row) in map.rows.iter().enumerate() {
-        fields[o % positions].extend(row.iter().map(|&(j, _)| j));
-    }
-    for f in &mut fields {
-        f.sort_unstable();
-        f.dedup();
-    }
-    let taps = fields.iter().map(Vec::len).max().unwrap_or(0);
-    Some((fields, taps))
-}
-
-fn choose_first_layout(ops: &[Op], input_len: usize, max_slots: usize) -> FirstLayout {
-    let replicated = FirstLayout::Replicated(input_len.next_power_of_two());
-    let Some(Op::Linear(map)) = ops.first() else {
-        return replicated;
+    let Some(Op::Linear(map)) = low.ops.first() else {
+        return replicated();
     };
-    let Some((fields, taps)) = receptive_fields(map) else {
-        return replicated;
+    let Some((fields, taps)) = layout::receptive_fields(map) else {
+        return replicated();
     };
     let width = taps * fields.len();
-    if width > max_slots {
-        return replicated;
+    if width > max_slots * MAX_INPUT_CIPHERTEXTS {
+        return replicated();
+    }
+    if low.input_len.next_power_of_two() > max_slots {
+        // too large for one ciphertext: im2col over several
+        return Ok(FirstLayout::Im2col { fields, taps });
     }
     // compare diagonal counts: im2col gives taps + channels − 1, the hybrid product on the raw
     // input at most min(p_in, p_out)
     let channels = map.n_out() / fields.len();
-    let hybrid = diagonals::hybrid_count(map, input_len.next_power_of_two());
+    let hybrid = diagonals::hybrid_count(map, low.input_len.next_power_of_two());
     if taps + channels - 1 <= hybrid {
-        FirstLayout::Im2col { fields, taps }
+        Ok(FirstLayout::Im2col { fields, taps })
     } else {
-        replicated
+        replicated()
     }
 }
 
@@ -285,15 +306,25 @@ fn step_costs(params: &Parameters, level: usize) -> StepCosts {
     }
 }
 
-fn bias_slots(bias: &[f64], period: usize, slots: usize) -> Option<Vec<f64>> {
+/// The bias of every output at its slot, repeated with the period; `None` when all zero.
+fn bias_slots(
+    bias: &[f64],
+    slots: usize,
+    period: usize,
+    out_slot: impl Fn(usize) -> usize,
+) -> Option<Vec<f64>> {
     if bias.iter().all(|&b| b == 0.0) {
         return None;
     }
-    Some(
-        (0..slots)
-            .map(|t| bias.get(t % period).copied().unwrap_or(0.0))
-            .collect(),
-    )
+    let mut v = vec![0.0; slots];
+    for (o, &b) in bias.iter().enumerate() {
+        let mut t = out_slot(o);
+        while t < slots {
+            v[t] = b;
+            t += period;
+        }
+    }
+    Some(v)
 }
 
 impl InferencePlan {
@@ -301,19 +332,19 @@ impl InferencePlan {
     pub fn new(net: &Network, policy: &ParamPolicy) -> Result<Self, InferError> {
         let low = lower(net)?;
         let max_slots = 1usize << (policy.max_log_n.clamp(10, 15) - 1);
-        let first = choose_first_layout(&low.ops, low.input_len, max_slots);
-        let needed = needed_slots(&low.ops, low.input_len, &first);
+        let first = choose_first_layout(&low, max_slots)?;
+        let needed = needed_slots(&low, &first);
         let params = choose_parameters(low.depth(), needed, policy)?;
         // the chosen chain is the base (outputs and switching room) under `depth` scale primes
         let input_level = params.max_level();
-        Self::build(low, first, params, input_level)
+        Self::build(net, low, first, params, input_level)
     }
 
     /// Compiles `net` for given parameters (refused when they lack slots or levels).
     pub fn with_parameters(net: &Network, params: Parameters) -> Result<Self, InferError> {
         let low = lower(net)?;
-        let first = choose_first_layout(&low.ops, low.input_len, params.slots());
-        let needed = needed_slots(&low.ops, low.input_len, &first);
+        let first = choose_first_layout(&low, params.slots())?;
+        let needed = needed_slots(&low, &first);
         if needed > params.slots() {
             return Err(InferError::TooFewSlots {
                 slots: params.slots(),
@@ -327,40 +358,42 @@ impl InferencePlan {
             });
         }
         let input_level = low.depth() + 1;
-        Self::build(low, first, params, input_level)
+        Self::build(net, low, first, params, input_level)
     }
 
     fn build(
-        low: super::lower::Lowered,
+        net: &Network,
+        low: Lowered,
         first: FirstLayout,
         params: Parameters,
         input_level: usize,
     ) -> Result<Self, InferError> {
         let slots = params.slots();
         let depth = low.depth();
+        let inputs = layout::op_inputs(&low, net.input());
         let mut level = input_level;
-        let (input_map, mut period) = match &first {
+        // the im2col rows: repeated in one ciphertext when they fit, else over several
+        let (input_map, mut period, input_cts, im2col) = match &first {
             FirstLayout::Im2col { fields, taps } => {
-                // replicated with the smallest power-of-two period holding the im2col rows and
-                // the first map's outputs: the output comes out replicated too, and the next
-                // map folds fewer partial sums
                 let positions = fields.len();
                 let n_out = match low.ops.first() {
                     Some(Op::Linear(m)) => m.n_out(),
                     _ => 0,
                 };
-                let period = (taps * positions).max(n_out).next_power_of_two();
-                let mut map = vec![u32::MAX; slots];
-                for (p, f) in fields.iter().enumerate() {
-                    for (tap, &j) in f.iter().enumerate() {
-                        let mut s = tap * positions + p;
-                        while s < slots {
-                            map[s] = j;
-                            s += period;
-                        }
+                let width = taps * positions;
+                if width <= slots {
+                    let period = width.max(n_out).next_power_of_two().min(slots);
+                    (Vec::new(), period, 1, true)
+                } else {
+                    let cts = width.div_ceil(slots);
+                    if cts > MAX_INPUT_CIPHERTEXTS {
+                        return Err(InferError::TooWide {
+                            needed: width,
+                            max: slots * MAX_INPUT_CIPHERTEXTS,
+                        });
                     }
+                    (Vec::new(), slots, cts, true)
                 }
-                (map, period)
             }
             FirstLayout::Replicated(p) => (
                 (0..slots)
@@ -374,43 +407,109 @@ impl InferencePlan {
                     })
                     .collect(),
                 *p,
+                1,
+                false,
             ),
         };
+        let (orders, kinds) = layout::choose_orders(&low, &inputs, period, im2col);
+        let mut input_map = input_map;
+        if let FirstLayout::Im2col { fields, .. } = &first {
+            // slot tap·P + π(p) holds the tap-th value of position p's field, repeated with the
+            // period in one ciphertext or continued over several
+            let positions = fields.len();
+            let order = orders[0].as_deref();
+            let pi = |p: usize| order.map_or(p, |o| o[p] as usize);
+            input_map = vec![u32::MAX; input_cts * slots];
+            for (p, f) in fields.iter().enumerate() {
+                for (tap, &j) in f.iter().enumerate() {
+                    let g = tap * positions + pi(p);
+                    if input_cts == 1 {
+                        let mut s = g;
+                        while s < slots {
+                            input_map[s] = j;
+                            s += period;
+                        }
+                    } else {
+                        input_map[g] = j;
+                    }
+                }
+            }
+        }
         let mut stages = Vec::with_capacity(low.ops.len());
         let mut steps: Vec<i64> = Vec::new();
         let mut relinearize = false;
+        // the order of the values the next map reads (None: natural)
+        let mut in_order: Option<Vec<u32>> = None;
         for (k, op) in low.ops.iter().enumerate() {
             match op {
                 Op::Linear(map) => {
-                    let (diags, out_period, fold) = match (&first, k) {
-                        (FirstLayout::Im2col { fields, .. }, 0) => {
-                            let positions = fields.len();
-                            let d = diagonals::direct(map, slots, period, |o, j| {
+                    let out_order = orders[k].as_deref();
+                    let out_slot = |o: usize| layout::slot_of(map.out_shape, out_order, o);
+                    let (diags, fold, next_period) = if k == 0 && im2col {
+                        let FirstLayout::Im2col { fields, .. } = &first else {
+                            unreachable!("im2col is the first layout")
+                        };
+                        let positions = fields.len();
+                        let d = diagonals::direct(
+                            map,
+                            input_cts,
+                            slots,
+                            period,
+                            |o, j| {
                                 let p = o % positions;
                                 let tap = fields[p].binary_search(&j).expect("j is in p's field");
-                                tap * positions + p
-                            });
-                            (d, period, Vec::new())
-                        }
-                        _ => diagonals::hybrid(map, period, slots),
+                                let g =
+                                    tap * positions + out_order.map_or(p, |ord| ord[p] as usize);
+                                (g / slots, g % slots)
+                            },
+                            out_slot,
+                        );
+                        (d, Vec::new(), period)
+                    } else if kinds[k] == MapKind::Direct {
+                        let extent = map.n_out().max(1).next_power_of_two();
+                        let period = period.max(extent).min(slots);
+                        let in_shape = inputs[k];
+                        let ord = in_order.as_deref();
+                        let d = diagonals::direct(
+                            map,
+                            1,
+                            slots,
+                            period,
+                            |_, j| (0, layout::slot_of(in_shape, ord, j as usize)),
+                            out_slot,
+                        );
+                        (d, Vec::new(), period)
+                    } else {
+                        let remapped =
+                            layout::remap_inputs(map, inputs[k], in_order.as_deref(), period);
+                        let (d, p_out, fold) = diagonals::hybrid(&remapped, period, slots);
+                        (vec![d], fold, p_out)
                     };
                     let mut diags = diags;
-                    if diags.is_empty() {
+                    if diags.iter().all(|d| d.is_empty()) {
                         // every weight reads padding only: the output is the bias, still a
                         // ciphertext at the right level and scale
-                        diags.insert(0, vec![0.0; slots]);
+                        diags[0].insert(0, vec![0.0; slots]);
                     }
                     let bsgs = diagonals::bsgs(diags, step_costs(&params, level));
                     steps.extend(bsgs.baby_steps.iter().copied());
                     steps.extend(bsgs.giants.iter().map(|g| g.step));
                     steps.extend(fold.iter().copied());
+                    let bias = match kinds[k] {
+                        MapKind::Direct => bias_slots(&map.bias, slots, next_period, out_slot),
+                        MapKind::Hybrid => bias_slots(&map.bias, slots, next_period, |o| o),
+                    };
                     stages.push(Stage::Linear(LinearStage {
                         level,
                         bsgs,
                         fold_steps: fold,
-                        bias: bias_slots(&map.bias, out_period, slots),
+                        bias,
                     }));
-                    period = out_period;
+                    period = next_period;
+                    in_order = match kinds[k] {
+                        MapKind::Direct => out_order.map(<[u32]>::to_vec),
+                        MapKind::Hybrid => None,
+                    };
                     level -= 1;
                 }
                 Op::Activation { c, post } => {
@@ -425,6 +524,16 @@ impl InferencePlan {
             }
         }
         debug_assert_eq!(level, input_level - depth);
+        // the logits must come out in their natural order: the last map is flat (dense), or
+        // its spatial output is read in its order
+        if let Some(Stage::Linear(_)) = stages.last()
+            && let Some(ord) = in_order.as_deref()
+            && ord.iter().enumerate().any(|(p, &q)| p as u32 != q)
+        {
+            return Err(InferError::ModelMismatch(
+                "the last map's output is not in natural order",
+            ));
+        }
         let mut galois_steps: Vec<i64> = steps
             .into_iter()
             .map(|s| s.rem_euclid(slots as i64))
@@ -464,14 +573,16 @@ impl InferencePlan {
                 Stage::Linear(l) => StageInfo {
                     linear: true,
                     level: l.level,
-                    diagonals: l.bsgs.giants.iter().map(|g| g.terms.len()).sum(),
-                    baby_steps: l.bsgs.baby_steps.iter().filter(|&&b| b != 0).count(),
+                    inputs: l.bsgs.inputs,
+                    diagonals: l.bsgs.products(),
+                    baby_steps: l.bsgs.baby_rotations(),
                     giant_steps: l.bsgs.giants.iter().filter(|g| g.step != 0).count(),
                     fold_steps: l.fold_steps.len(),
                 },
                 Stage::Activation { level, .. } => StageInfo {
                     linear: false,
                     level: *level,
+                    inputs: 1,
                     diagonals: 0,
                     baby_steps: 0,
                     giant_steps: 0,
@@ -488,7 +599,7 @@ impl InferencePlan {
         for s in &self.stages {
             match s {
                 Stage::Linear(l) => {
-                    baby += l.bsgs.baby_steps.iter().filter(|&&b| b != 0).count();
+                    baby += l.bsgs.baby_rotations();
                     other +=
                         l.bsgs.giants.iter().filter(|g| g.step != 0).count() + l.fold_steps.len();
                 }
@@ -503,25 +614,28 @@ impl InferencePlan {
         self.stages
             .iter()
             .map(|s| match s {
-                Stage::Linear(l) => l.bsgs.giants.iter().map(|g| g.terms.len()).sum(),
+                Stage::Linear(l) => l.bsgs.products(),
                 Stage::Activation { .. } => 0,
             })
             .sum()
     }
 }
 
-/// Slots the layouts need: the input layout and every map's padded output.
-fn needed_slots(ops: &[Op], input_len: usize, first: &FirstLayout) -> usize {
+/// Slots the layouts need: every map's output and input. The im2col rows of the image do not
+/// count: where they do not fit one ciphertext of the ring the maps need, they continue over
+/// several (the same bytes, and every later operation on the smaller ring).
+fn needed_slots(low: &Lowered, first: &FirstLayout) -> usize {
     let mut needed = match first {
-        FirstLayout::Im2col { fields, taps } => (taps * fields.len()).next_power_of_two(),
+        FirstLayout::Im2col { .. } => 1,
         FirstLayout::Replicated(p) => *p,
     };
-    for op in ops {
+    for (k, op) in low.ops.iter().enumerate() {
         if let Op::Linear(m) = op {
-            needed = needed
-                .max(m.n_out().next_power_of_two())
-                .max(m.n_in.next_power_of_two());
+            needed = needed.max(m.n_out().next_power_of_two());
+            if k > 0 || matches!(first, FirstLayout::Replicated(_)) {
+                needed = needed.max(m.n_in.next_power_of_two());
+            }
         }
     }
-    needed.max(input_len.next_power_of_two())
+    needed
 }

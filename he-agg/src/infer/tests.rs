@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::ckks::{Ciphertext, CkksContext, Parameters};
+use crate::infer::testing;
 
 pub(crate) fn lcg(seed: &mut u64) -> f32 {
     *seed = seed
@@ -96,8 +97,13 @@ fn keys_for(spec: &InferenceSpec) -> Keys {
 fn run(model: &Model, k: &Keys, x: &[f32]) -> Vec<f64> {
     let spec = model.spec();
     let mut enc = k.ctx.sk_encryptor(&k.sk).unwrap();
-    let ct = enc.encrypt(&spec.encode_input(&k.ctx, x).unwrap());
-    let out = model.evaluate(&k.eval, &ct).unwrap();
+    let cts: Vec<Ciphertext> = spec
+        .encode_input(&k.ctx, x)
+        .unwrap()
+        .iter()
+        .map(|pt| enc.encrypt(pt))
+        .collect();
+    let out = model.evaluate(&k.eval, &cts).unwrap();
     assert_eq!(out.level(), 1);
     let pt = k.ctx.decryptor(&k.sk).unwrap().decrypt(&out);
     spec.decode_output(&k.ctx, &pt).unwrap()
@@ -184,6 +190,43 @@ fn encrypted_weights_match_the_reference() {
         Model::from_ciphertexts(&skeleton, &k.ctx, swapped),
         Err(InferError::ModelMismatch(_))
     ));
+}
+
+#[test]
+fn a_large_image_spans_several_ciphertexts_and_patch_maps_stay_cheap() {
+    // 32×32 image, 4×4 patch embedding to 4 channels (8×8 grid), 2×2 patch merge, dense: the
+    // 1024 input values take two ciphertexts of 512 slots
+    let net = testing::patch_network(32, 4, 4, 3);
+    let plan = InferencePlan::with_parameters(&net, small_params()).unwrap();
+    let spec = plan.spec();
+    assert_eq!(spec.input_ciphertexts(), 2);
+    let info = plan.stage_info();
+    assert_eq!(info[0].inputs, 2);
+    // the first map: im2col offsets (tap − channel)·64 reduced modulo the 512 slots, per input
+    assert!(info[0].diagonals <= 2 * 8, "{info:?}");
+    // the patch merge reads space-to-depth blocks: one diagonal per block offset (4 channels ×
+    // 4 taps + 4 channels − 1 at most), not one per position
+    assert!(info[2].diagonals <= 19, "{info:?}");
+    let k = keys_for(spec);
+    for model in [
+        Model::plain(&plan, &k.ctx).unwrap(),
+        Model::encrypted(&plan, &k.ctx, &mut |pt| {
+            k.ctx.sk_encryptor(&k.sk).unwrap().encrypt(pt)
+        })
+        .unwrap(),
+    ] {
+        for seed in 0..2 {
+            let x = image(net.input_len(), seed);
+            let want = net.forward(&x).unwrap();
+            let got = run(&model, &k, &x);
+            assert!(max_err(&got, &want) < 2e-3, "{got:?} vs {want:?}");
+        }
+    }
+    // a requester compiles the same plan from the architecture alone
+    let skel =
+        InferencePlan::with_parameters(&net.architecture().skeleton().unwrap(), small_params())
+            .unwrap();
+    assert_eq!(skel.spec().fingerprint(), spec.fingerprint());
 }
 
 #[test]
@@ -304,11 +347,30 @@ fn requests_that_do_not_fit_are_refused() {
     ));
     let mut enc = k.ctx.sk_encryptor(&k.sk).unwrap();
     let x = image(net.input_len(), 1);
-    let ct = enc.encrypt(&spec.encode_input(&k.ctx, &x).unwrap());
+    let cts: Vec<Ciphertext> = spec
+        .encode_input(&k.ctx, &x)
+        .unwrap()
+        .iter()
+        .map(|p| enc.encrypt(p))
+        .collect();
+    let ct = cts[0].clone();
+    // wrong number of input ciphertexts
+    let n = spec.input_ciphertexts();
+    let mut extra = cts.clone();
+    extra.push(ct.clone());
+    assert!(matches!(
+        model.evaluate(&k.eval, &extra),
+        Err(InferError::InputCiphertexts { expected, found }) if expected == n && found == n + 1
+    ));
+    let with = |bad: &Ciphertext| -> Vec<Ciphertext> {
+        let mut v = cts.clone();
+        v[0] = bad.clone();
+        v
+    };
     // wrong level
     let low = k.eval.drop_levels(&ct, 1).unwrap();
     assert!(matches!(
-        model.evaluate(&k.eval, &low),
+        model.evaluate(&k.eval, &with(&low)),
         Err(InferError::InputLevel { .. })
     ));
     // malformed shapes: no parts, a part short of limbs
@@ -317,26 +379,26 @@ fn requests_that_do_not_fit_are_refused() {
         scale: ct.scale,
     };
     assert!(matches!(
-        model.evaluate(&k.eval, &empty),
+        model.evaluate(&k.eval, &with(&empty)),
         Err(InferError::Ckks(_))
     ));
     let mut ragged = ct.clone();
     ragged.parts[1].truncate(2);
     assert!(matches!(
-        model.evaluate(&k.eval, &ragged),
+        model.evaluate(&k.eval, &with(&ragged)),
         Err(InferError::InputLevel { .. })
     ));
     // wrong scale
     let mut scaled = ct.clone();
     scaled.scale *= 2.0;
     assert!(matches!(
-        model.evaluate(&k.eval, &scaled),
+        model.evaluate(&k.eval, &with(&scaled)),
         Err(InferError::InputScale { .. })
     ));
     // an evaluator missing a planned Galois key is refused by the evaluator, not a panic
     let bare = k.ctx.evaluator(None, None).unwrap();
     assert!(matches!(
-        model.evaluate(&bare, &ct),
+        model.evaluate(&bare, &cts),
         Err(InferError::Ckks(_))
     ));
     // a context of other parameters
