@@ -21,7 +21,8 @@ pub const DEFAULT_INFERENCE_PORT: u16 = 7446;
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     network: PathBuf,
-    dataset: String,
+    data: client::infer::EvalData,
+    packing: &str,
     split: String,
     limit: Option<usize>,
     batch: Option<usize>,
@@ -34,9 +35,13 @@ pub fn evaluate(
     if let Some(b) = min_scale_bits {
         policy.min_scale_bits = b;
     }
+    let Some(packing) = client::infer::Packing::parse(packing) else {
+        bail!("--packing {packing}: auto, batched or per-image");
+    };
     let opts = EvaluateOptions {
         network: network.clone(),
-        dataset,
+        data,
+        packing,
         split,
         limit,
         batch,

@@ -79,16 +79,24 @@ enum Command {
         #[arg(long)]
         max_train: Option<usize>,
     },
-    /// Evaluate a trained network on encrypted images over a whole split (batched packing:
-    /// one image per slot) and compare with the plaintext network: agreement, accuracy, AUC,
-    /// throughput.
+    /// Evaluate a trained network on encrypted images over a whole split (small images batched
+    /// one per slot, large ones image by image) and compare with the plaintext network:
+    /// agreement, accuracy, AUC, latency, throughput.
     EvaluateEncrypted {
         /// The exported network (`heal-network/1`, network.json of a training run).
         #[arg(long)]
         network: PathBuf,
-        /// MedMNIST data set.
+        /// MedMNIST data set (when no --config is given).
         #[arg(long, default_value = "organamnist")]
         dataset: String,
+        /// A config whose [dataset] section gives the images (a `client baseline` or
+        /// federation config: folders, manifests, DICOM, MedMNIST of any size).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// `auto` (batched for small images, per image for large ones), `batched` or
+        /// `per-image`.
+        #[arg(long, default_value = "auto")]
+        packing: String,
         /// Split: train, val or test.
         #[arg(long, default_value = "test")]
         split: String,
@@ -111,7 +119,7 @@ enum Command {
     /// Classify images encrypted under this hospital's own key: sent to the inference server
     /// over the federation's mutual-TLS QUIC (or evaluated here with --local), decrypted here.
     Infer {
-        /// PNG/JPEG files, or `dataset:split:index` (e.g. organamnist:test:123).
+        /// PNG, JPEG or DICOM files, or `dataset:split:index` (e.g. organamnist:test:123).
         #[arg(required = true)]
         images: Vec<String>,
         /// Evaluate in this process with the weights of --network (no server).
@@ -268,6 +276,8 @@ fn main() -> Result<()> {
         Command::EvaluateEncrypted {
             network,
             dataset,
+            config,
+            packing,
             split,
             limit,
             batch,
@@ -276,7 +286,11 @@ fn main() -> Result<()> {
             min_scale_bits,
         } => infer_cmd::evaluate(
             network,
-            dataset,
+            match config {
+                Some(c) => client::infer::EvalData::Config(c),
+                None => client::infer::EvalData::MedMnist(dataset),
+            },
+            &packing,
             split,
             limit,
             batch,

@@ -109,14 +109,21 @@ fn unknown_config_keys_are_errors_naming_the_file() {
 #[test]
 fn shipped_configs_parse() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
-    for name in [
-        "baseline-organamnist.toml",
-        "baseline-bloodmnist.toml",
-        "baseline-breastmnist.toml",
-        "baseline-example.toml",
+    for (name, input) in [
+        ("baseline-organamnist.toml", [1, 28, 28]),
+        ("baseline-bloodmnist.toml", [3, 28, 28]),
+        ("baseline-breastmnist.toml", [1, 28, 28]),
+        ("baseline-example.toml", [1, 28, 28]),
+        ("baseline-ct256.toml", [1, 256, 256]),
+        ("clinical/organamnist-256.toml", [1, 256, 256]),
+        ("clinical/bloodmnist-256.toml", [3, 256, 256]),
+        ("clinical/breastmnist-256.toml", [1, 256, 256]),
     ] {
         let cfg = BaselineConfig::load(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let spec = cfg.model.resolve([1, 28, 28], 11).unwrap();
+        let spec = cfg
+            .model
+            .resolve(input, 11)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(spec.is_he_friendly(), "{name}");
         assert!(spec.multiplicative_depth() <= 6, "{name}");
     }

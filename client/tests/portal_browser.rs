@@ -449,7 +449,7 @@ fn portal_in_headless_chromium() {
     d.click("#diagnose");
     d.wait_element("#upload-error");
     let err = d.text("#upload-error");
-    assert!(err.contains("not a PNG or JPEG image"), "{err}");
+    assert!(err.contains("not a PNG, JPEG or DICOM image"), "{err}");
     d.screenshot(&shots, "05-not-an-image.png");
 
     // an oversized upload gives a clear error on the page

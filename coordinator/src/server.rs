@@ -29,8 +29,6 @@ use crate::store::{PartyRecord, RoundRecord, Store, StoredResult, now_ms};
 const FINISH_DRAIN: Duration = Duration::from_secs(60);
 /// Most items a single update or share stream may announce (a 100M-parameter model).
 const MAX_ITEMS: u32 = 20_000;
-/// Largest plaintext item (values of one ciphertext's worth, f32).
-
 /// Where a coordinator's files are.
 #[derive(Clone, Debug)]
 pub struct CoordinatorDir {
@@ -686,12 +684,12 @@ impl Server {
         self.ensure_round(round);
         {
             let r = lock(&self.round);
-            if let Some(items) = r.items {
-                if items != count {
-                    return Err(format!(
-                        "{count} items where this round's updates have {items}"
-                    ));
-                }
+            if let Some(items) = r.items
+                && items != count
+            {
+                return Err(format!(
+                    "{count} items where this round's updates have {items}"
+                ));
             }
         }
         // read and validate everything first: a broken upload leaves the aggregate untouched

@@ -16,6 +16,7 @@
 
 pub mod decode;
 pub mod dicom;
+pub mod dicom_writer;
 pub mod error;
 pub mod folder;
 pub mod image_set;

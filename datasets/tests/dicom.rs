@@ -9,168 +9,16 @@ use std::path::{Path, PathBuf};
 use datasets::dicom::{
     DecodeLimits, ExplicitWindow, Window, WindowPreset, decode_dicom, window_to_u8,
 };
+use datasets::dicom_writer::{DicomSpec, Samples};
 use datasets::folder::{ImageShape, ManifestColumns, read_manifest};
 use datasets::{DatasetConfig, ImageDecoder, ResizePolicy, load_dataset};
-use dicom_core::value::PrimitiveValue;
-use dicom_core::{DataElement, VR};
-use dicom_dictionary_std::{tags, uids};
-use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use dicom_dictionary_std::tags;
 
-/// How the test file stores its samples.
-#[derive(Clone, Copy)]
-enum Samples {
-    U8,
-    U16 { stored: u16 },
-    I16,
-}
+type Spec<'a> = DicomSpec<'a>;
 
-struct Spec<'a> {
-    rows: u16,
-    cols: u16,
-    frames: u32,
-    samples: Samples,
-    photometric: &'a str,
-    rescale: Option<(f64, f64)>,
-    window: Option<(f64, f64)>,
-    patient: Option<&'a str>,
-}
-
-impl Default for Spec<'_> {
-    fn default() -> Self {
-        Spec {
-            rows: 4,
-            cols: 4,
-            frames: 1,
-            samples: Samples::I16,
-            photometric: "MONOCHROME2",
-            rescale: None,
-            window: None,
-            patient: Some("PAT-001"),
-        }
-    }
-}
-
-fn put(obj: &mut InMemDicomObject, tag: dicom_core::Tag, vr: VR, v: PrimitiveValue) {
-    obj.put(DataElement::new(tag, vr, v));
-}
-
-/// A DICOM Part 10 file written by dicom-rs, pixel values `values` (all frames, row-major).
+/// The file's bytes; the writer's own errors fail the test.
 fn dicom_bytes(spec: &Spec, values: &[i32]) -> Vec<u8> {
-    let mut obj = InMemDicomObject::new_empty();
-    put(
-        &mut obj,
-        tags::SOP_CLASS_UID,
-        VR::UI,
-        uids::CT_IMAGE_STORAGE.into(),
-    );
-    put(
-        &mut obj,
-        tags::SOP_INSTANCE_UID,
-        VR::UI,
-        "1.2.826.0.1.3680043.2.1125.1".into(),
-    );
-    put(&mut obj, tags::MODALITY, VR::CS, "CT".into());
-    put(&mut obj, tags::PATIENT_NAME, VR::PN, "Test^Patient".into());
-    if let Some(p) = spec.patient {
-        put(&mut obj, tags::PATIENT_ID, VR::LO, p.into());
-    }
-    put(
-        &mut obj,
-        tags::SAMPLES_PER_PIXEL,
-        VR::US,
-        PrimitiveValue::from(1u16),
-    );
-    put(
-        &mut obj,
-        tags::PHOTOMETRIC_INTERPRETATION,
-        VR::CS,
-        spec.photometric.into(),
-    );
-    put(
-        &mut obj,
-        tags::ROWS,
-        VR::US,
-        PrimitiveValue::from(spec.rows),
-    );
-    put(
-        &mut obj,
-        tags::COLUMNS,
-        VR::US,
-        PrimitiveValue::from(spec.cols),
-    );
-    if spec.frames > 1 {
-        put(
-            &mut obj,
-            tags::NUMBER_OF_FRAMES,
-            VR::IS,
-            spec.frames.to_string().into(),
-        );
-    }
-    let (allocated, stored, signed) = match spec.samples {
-        Samples::U8 => (8u16, 8u16, 0u16),
-        Samples::U16 { stored } => (16, stored, 0),
-        Samples::I16 => (16, 16, 1),
-    };
-    put(
-        &mut obj,
-        tags::BITS_ALLOCATED,
-        VR::US,
-        PrimitiveValue::from(allocated),
-    );
-    put(
-        &mut obj,
-        tags::BITS_STORED,
-        VR::US,
-        PrimitiveValue::from(stored),
-    );
-    put(
-        &mut obj,
-        tags::HIGH_BIT,
-        VR::US,
-        PrimitiveValue::from(stored - 1),
-    );
-    put(
-        &mut obj,
-        tags::PIXEL_REPRESENTATION,
-        VR::US,
-        PrimitiveValue::from(signed),
-    );
-    if let Some((slope, intercept)) = spec.rescale {
-        put(
-            &mut obj,
-            tags::RESCALE_SLOPE,
-            VR::DS,
-            slope.to_string().into(),
-        );
-        put(
-            &mut obj,
-            tags::RESCALE_INTERCEPT,
-            VR::DS,
-            intercept.to_string().into(),
-        );
-    }
-    if let Some((c, w)) = spec.window {
-        put(&mut obj, tags::WINDOW_CENTER, VR::DS, c.to_string().into());
-        put(&mut obj, tags::WINDOW_WIDTH, VR::DS, w.to_string().into());
-    }
-    let pixels = match spec.samples {
-        Samples::U8 => PrimitiveValue::U8(values.iter().map(|&v| v as u8).collect()),
-        Samples::U16 { .. } => PrimitiveValue::U16(values.iter().map(|&v| v as u16).collect()),
-        Samples::I16 => PrimitiveValue::I16(values.iter().map(|&v| v as i16).collect()),
-    };
-    let vr = if allocated == 8 { VR::OB } else { VR::OW };
-    put(&mut obj, tags::PIXEL_DATA, vr, pixels);
-    let file = obj
-        .with_meta(
-            FileMetaTableBuilder::new()
-                .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-                .media_storage_sop_class_uid(uids::CT_IMAGE_STORAGE)
-                .media_storage_sop_instance_uid("1.2.826.0.1.3680043.2.1125.1"),
-        )
-        .unwrap();
-    let mut out = Vec::new();
-    file.write_all(&mut out).unwrap();
-    out
+    datasets::dicom_writer::dicom_bytes(spec, values).unwrap()
 }
 
 fn decode(bytes: &[u8], window: Window) -> datasets::Result<datasets::dicom::DicomImage> {
@@ -509,7 +357,7 @@ fn pydicom_samples_decode_or_are_refused_by_name() {
 #[test]
 fn jpeg_baseline_written_by_dicom_rs_decodes() {
     use dicom_pixeldata::Transcode;
-    let values: Vec<i32> = (0..64 * 64).map(|i| ((i % 64) * 4) as i32).collect();
+    let values: Vec<i32> = (0..64 * 64).map(|i| (i % 64) * 4).collect();
     let spec = Spec {
         samples: Samples::U8,
         rows: 64,

@@ -1,20 +1,24 @@
 //! Encrypted inference benchmark: the default OrganAMNIST network (28×28×1 → conv 16 k5 s2 →
-//! square → dense 2304→128 → square → dense 128→11) in mode (b) (weights in the clear, image
-//! under the requester's key) and mode (a) (weights encrypted under the image's key), one image
-//! per ciphertext, on 1 thread and on all threads; batched throughput (one image per slot); the
-//! request and response sizes; and TenSEAL's encrypted MNIST CNN architecture side by side with
-//! `tenseal_mnist_t1.json` from the anchors.
+//! square → dense 2304→128 → square → dense 128→11) — or, with `--input 128|256|512`, the
+//! clinical network at that resolution (`configs/baseline-ct256.toml`'s architecture) — in mode
+//! (b) (weights in the clear, image under the requester's key) and mode (a) (weights encrypted
+//! under the image's key), one image per ciphertext (or per few, for a large image), on 1 thread
+//! and on all threads; the evaluation keys, request and response sizes; batched throughput (one
+//! image per slot, small images only); and TenSEAL's encrypted MNIST CNN architecture side by
+//! side with `tenseal_mnist_t1.json` from the anchors. Clinical figures print beside the seed's
+//! (encrypted 256×256 kidney CT: 90 s per image on a GPU, 50 min on a CPU, 32 MB per image).
 //!
 //!     ANCHOR_ONLY=mnist ../shared/bench/anchors/run.sh anchors
 //!     cargo run --release -p he-agg --example bench_infer -- --anchors anchors --json infer.json
+//!     cargo run --release -p he-agg --example bench_infer -- --input 256 --json ct256.json
 //!
-//! Options: `--network FILE` (a trained network: `client`'s `heal-network/1` export, e.g.
-//! `network.json` of a training run, or a bare `he_agg::infer::Network` JSON; default: random
-//! weights; `--model` is the same),
+//! Options: `--network FILE` (a trained network: a `heal-network/1` file, e.g. `network.json`
+//! of a training run, or a bare `he_agg::infer::Network` JSON; default: random weights;
+//! `--model` is the same), `--input S` (the clinical network on S×S images, random weights),
 //! `--reps N` (timed repetitions per latency figure, default 10), `--batch N` (images in the
 //! batched run, default one full batch), `--log-n L` (force the ring degree 2^L for the default
 //! network; TenSEAL's architecture always gets the policy's choice), `--min-scale-bits B`,
-//! `--skip-batched`, `--skip-mode-a`.
+//! `--skip-batched`, `--skip-mode-a`, `--skip-tenseal`.
 //!
 //! Latency is the requester's encode+encrypt, the evaluation and the decrypt+decode, without
 //! network; mode (a) adds the threshold key switch of the result to the requester's key (one
@@ -36,7 +40,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use he_agg::ckks::{Ciphertext, CkksContext, Evaluator, SecretKey, wire};
 use he_agg::infer::{
-    BatchedModel, Conv2d, Dense, InferencePlan, Layer, Model, Network, ParamPolicy,
+    BatchedModel, Conv2d, Dense, InferencePlan, Layer, Model, Network, NetworkFile, ParamPolicy,
+    testing,
 };
 use rayon::prelude::*;
 use serde_json::{Value, json};
@@ -45,10 +50,12 @@ struct Args {
     anchors: Option<PathBuf>,
     json: Option<PathBuf>,
     model: Option<PathBuf>,
+    input: Option<usize>,
     reps: usize,
     batch: Option<usize>,
     skip_batched: bool,
     skip_mode_a: bool,
+    skip_tenseal: bool,
     policy: ParamPolicy,
 }
 
@@ -57,10 +64,12 @@ fn parse_args() -> Result<Args, String> {
         anchors: None,
         json: None,
         model: None,
+        input: None,
         reps: 10,
         batch: None,
         skip_batched: false,
         skip_mode_a: false,
+        skip_tenseal: false,
         policy: ParamPolicy::default(),
     };
     let mut it = std::env::args().skip(1);
@@ -94,12 +103,23 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--min-scale-bits: {e}"))?
             }
+            "--input" => {
+                let side: usize = value("--input")?
+                    .parse()
+                    .map_err(|e| format!("--input: {e}"))?;
+                if !(32..=512).contains(&side) || !side.is_multiple_of(32) {
+                    return Err("--input must be a multiple of 32 from 32 to 512".into());
+                }
+                args.input = Some(side);
+            }
             "--skip-batched" => args.skip_batched = true,
             "--skip-mode-a" => args.skip_mode_a = true,
+            "--skip-tenseal" => args.skip_tenseal = true,
             "-h" | "--help" => {
                 println!(
-                    "bench_infer [--anchors DIR] [--json FILE] [--network FILE] [--reps N] \
-                     [--batch N] [--log-n L] [--min-scale-bits B] [--skip-batched] [--skip-mode-a]"
+                    "bench_infer [--anchors DIR] [--json FILE] [--network FILE | --input S] \
+                     [--reps N] [--batch N] [--log-n L] [--min-scale-bits B] [--skip-batched] \
+                     [--skip-mode-a] [--skip-tenseal]"
                 );
                 std::process::exit(0);
             }
@@ -194,101 +214,16 @@ fn tenseal_network() -> Network {
     .expect("TenSEAL's architecture is valid")
 }
 
-/// A network file: client's `heal-network/1` export (`{"format", "class_names", "network"}`) or
-/// a bare `he_agg::infer::Network` JSON (`{"input", "normalization", "layers"}`), read with the
-/// same field names as the serde form of [`Network`] and validated by [`Network::new`].
+/// A network file: `heal-network/1` ([`NetworkFile`]) or a bare [`Network`] JSON, validated.
 fn load_model(path: &PathBuf) -> Result<Network, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let v = match doc.get("format") {
-        Some(f) if f == "heal-network/1" => &doc["network"],
-        Some(f) => {
-            return Err(format!(
-                "{}: format {f}, not heal-network/1",
-                path.display()
-            ));
-        }
-        None => &doc,
-    };
-    let usize_of = |x: &Value, what: &str| -> Result<usize, String> {
-        x.as_u64()
-            .map(|n| n as usize)
-            .ok_or(format!("{what} is not an unsigned integer"))
-    };
-    let floats = |x: &Value, what: &str| -> Result<Vec<f32>, String> {
-        x.as_array()
-            .ok_or(format!("{what} is not an array"))?
-            .iter()
-            .map(|f| {
-                f.as_f64()
-                    .map(|f| f as f32)
-                    .ok_or(format!("{what}: not a number"))
-            })
-            .collect()
-    };
-    let input = {
-        let a = v["input"].as_array().ok_or("input is not an array")?;
-        if a.len() != 3 {
-            return Err("input is not [c, h, w]".into());
-        }
-        [
-            usize_of(&a[0], "input")?,
-            usize_of(&a[1], "input")?,
-            usize_of(&a[2], "input")?,
-        ]
-    };
-    let mut layers = Vec::new();
-    for (i, l) in v["layers"]
-        .as_array()
-        .ok_or("layers is not an array")?
-        .iter()
-        .enumerate()
-    {
-        let what = format!("layer {i}");
-        let field = |name: &str| usize_of(&l[name], &format!("{what}: {name}"));
-        layers.push(match l["type"].as_str().unwrap_or("") {
-            "conv2d" => Layer::Conv2d(Conv2d {
-                in_channels: field("in_channels")?,
-                out_channels: field("out_channels")?,
-                kernel: field("kernel")?,
-                stride: field("stride")?,
-                padding: field("padding")?,
-                weight: floats(&l["weight"], &what)?,
-                bias: floats(&l["bias"], &what)?,
-            }),
-            "avg-pool2d" => Layer::AvgPool2d {
-                kernel: field("kernel")?,
-                stride: field("stride")?,
-            },
-            "flatten" => Layer::Flatten,
-            "dense" => Layer::Dense(Dense {
-                in_features: field("in_features")?,
-                out_features: field("out_features")?,
-                weight: floats(&l["weight"], &what)?,
-                bias: floats(&l["bias"], &what)?,
-            }),
-            "square" => Layer::Square,
-            "quadratic" => Layer::Quadratic {
-                a: l["a"].as_f64().ok_or(format!("{what}: a"))? as f32,
-                b: l["b"].as_f64().ok_or(format!("{what}: b"))? as f32,
-            },
-            other => {
-                return Err(format!(
-                    "{what}: layer type {other:?} cannot run under CKKS"
-                ));
-            }
-        });
+    if doc.get("format").is_some() {
+        return NetworkFile::from_json(&text, path)
+            .map(|f| f.network)
+            .map_err(|e| e.to_string());
     }
-    let net = Network::new(input, layers).map_err(|e| e.to_string())?;
-    match v.get("normalization") {
-        Some(n) if !n.is_null() => net
-            .with_normalization(
-                floats(&n["mean"], "normalization mean")?,
-                floats(&n["std"], "normalization std")?,
-            )
-            .map_err(|e| e.to_string()),
-        _ => Ok(net),
-    }
+    serde_json::from_value(doc).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Normalised random images (uniform pixels).
@@ -381,7 +316,7 @@ fn latency(
             .encode_input(ctx, x)
             .expect("encode")
             .iter()
-            .map(|p| encrypt(p))
+            .map(&mut *encrypt)
             .collect();
         let t1 = Instant::now();
         let out = model.evaluate(eval, &ct).expect("evaluate");
@@ -435,6 +370,8 @@ struct Setup {
     eval: Evaluator,
     keygen_s: f64,
     galois_key_bytes: usize,
+    /// what a requester sends once per connection: the relinearization and Galois keys
+    eval_key_bytes: usize,
 }
 
 fn setup(net: &Network, policy: &ParamPolicy) -> Setup {
@@ -448,6 +385,7 @@ fn setup(net: &Network, policy: &ParamPolicy) -> Setup {
         .evaluator(keys.relinearization.as_ref(), Some(&keys.galois))
         .expect("evaluator");
     let galois_key_bytes = wire::encode_galois_keys(&ctx, &keys.galois).len();
+    let eval_key_bytes = keys.wire_bytes(&ctx);
     Setup {
         plan,
         ctx,
@@ -455,6 +393,7 @@ fn setup(net: &Network, policy: &ParamPolicy) -> Setup {
         eval,
         keygen_s: t.elapsed().as_secs_f64(),
         galois_key_bytes,
+        eval_key_bytes,
     }
 }
 
@@ -480,11 +419,19 @@ fn main() {
                 std::process::exit(2);
             }
         },
-        None => (
-            default_network(),
-            "random weights, default architecture".to_string(),
-        ),
+        None => match args.input {
+            Some(side) => (
+                testing::clinical_network(side, 1, 3),
+                format!("random weights, clinical architecture at {side}×{side}"),
+            ),
+            None => (
+                default_network(),
+                "random weights, default architecture".to_string(),
+            ),
+        },
     };
+    let side = net.input()[1];
+    let large = side > 64;
     let xs = images(&net, 8, 99);
     {
         // how close the plain logits are: what the encrypted error must stay below
@@ -559,18 +506,35 @@ fn main() {
         mode_b.insert(name.into(), l.json());
     }
     println!(
-        "mode (b) request {} KB (seeded ciphertext, level {}), response {} KB, Galois keys {:.1} MB",
-        request / 1000,
+        "mode (b) request {:.2} MB ({} seeded ciphertexts, level {}), response {} KB, evaluation \
+         keys {:.1} MB once per connection ({} Galois keys {:.1} MB)",
+        request as f64 / 1e6,
+        spec.input_ciphertexts(),
         spec.input_level(),
         response / 1000,
+        s.eval_key_bytes as f64 / 1e6,
+        spec.galois_steps().len(),
         s.galois_key_bytes as f64 / 1e6
     );
+    for (i, st) in s.plan.stage_info().iter().enumerate() {
+        println!("  stage {i}: {st:?}");
+    }
+    out.insert("input".into(), json!(side));
     out.insert("mode_b_latency_s".into(), mode_b["all"]["total_s"].clone());
+    out.insert(
+        "mode_b_latency_t1_s".into(),
+        mode_b["t1"]["total_s"].clone(),
+    );
+    out.insert("eval_key_bytes".into(), json!(s.eval_key_bytes));
+    out.insert("request_bytes".into(), json!(request));
+    out.insert("response_bytes".into(), json!(response));
     out.insert(
         "mode_b".into(),
         json!({
             "latency": mode_b, "request_bytes": request, "response_bytes": response,
-            "galois_key_bytes": s.galois_key_bytes, "key_setup_s": s.keygen_s,
+            "galois_key_bytes": s.galois_key_bytes, "eval_key_bytes": s.eval_key_bytes,
+            "key_setup_s": s.keygen_s, "input_ciphertexts": spec.input_ciphertexts(),
+            "stages": s.plan.stage_info().iter().map(|st| format!("{st:?}")).collect::<Vec<_>>(),
             "parameters": describe(spec.parameters()), "depth": spec.depth(),
             "galois_keys": spec.galois_steps().len(), "diagonals": s.plan.diagonal_count(),
             "hoisted_rotations": baby, "rotations": other, "relinearizations": relin,
@@ -586,11 +550,41 @@ fn main() {
             "mode_a_latency_s".into(),
             a["latency"]["all"]["total_s"].clone(),
         );
+        out.insert(
+            "mode_a_latency_t1_s".into(),
+            a["latency"]["t1"]["total_s"].clone(),
+        );
         out.insert("mode_a".into(), a);
     }
 
-    // ---- batched: one image per slot ----
-    if !args.skip_batched {
+    if large {
+        // the seed: encrypted 256×256 kidney CT (Radiology: AI 2025)
+        let per = |k: &str| out.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+        println!(
+            "clinical {side}×{side}: mode (b) {:.2} s per image ({:.2} s on 1 thread), mode (a) \
+             {:.2} s; request {:.1} MB, evaluation keys {:.1} MB once; the seed: 90 s per image \
+             on a GPU, 3000 s on a CPU, 32 MB per encrypted image",
+            per("mode_b_latency_s"),
+            per("mode_b_latency_t1_s"),
+            per("mode_a_latency_s"),
+            request as f64 / 1e6,
+            per("eval_key_bytes") / 1e6,
+        );
+        out.insert(
+            "seed".into(),
+            json!({"gpu_s_per_image": 90.0, "cpu_s_per_image": 3000.0, "bytes_per_image": 32e6}),
+        );
+    }
+
+    // ---- batched: one image per slot (a ciphertext per input value: small images only) ----
+    if large && !args.skip_batched {
+        println!(
+            "batched: skipped at {side}×{side} (one ciphertext per input value would be {} \
+             ciphertexts per batch)",
+            net.input_len()
+        );
+    }
+    if !args.skip_batched && !large {
         let spec_b = he_agg::infer::BatchedSpec::new(&net, &args.policy).expect("spec");
         let ctx = CkksContext::new(spec_b.parameters().clone()).expect("context");
         let model = BatchedModel::new(&net, &ctx).expect("batched model");
@@ -666,6 +660,9 @@ fn main() {
         );
     }
 
+    if args.skip_tenseal || large {
+        return finish(out, threads, load_before, source, &args);
+    }
     // ---- TenSEAL's architecture, one thread, side by side ----
     // like for like: TenSEAL's ring (N = 2^13) at a precision at least TenSEAL's (scale 2^26);
     // and with the default policy (N = 2^14, scale 2^40)
@@ -758,6 +755,17 @@ fn main() {
             "tenseal_max_abs_error": tenseal_err,
         }),
     );
+    finish(out, threads, load_before, source, &args)
+}
+
+/// Adds the run's context and writes the JSON.
+fn finish(
+    mut out: serde_json::Map<String, Value>,
+    threads: usize,
+    load_before: String,
+    source: String,
+    args: &Args,
+) {
     out.insert("threads".into(), json!(threads));
     out.insert(
         "machine".into(),

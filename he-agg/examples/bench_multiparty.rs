@@ -268,7 +268,7 @@ fn aggregation_throughput(ctx: &Arc<CkksContext>, pk: &he_agg::ckks::PublicKey) 
             || ctx.pk_encryptor(pk).unwrap(),
             |enc, i| {
                 enc.encrypt(
-                    &ctx.encode_real_pairs(&vec![(i % 7) as f64 / 7.0; 16], 2, plan_scale)
+                    &ctx.encode_real_pairs(&[(i % 7) as f64 / 7.0; 16], 2, plan_scale)
                         .unwrap(),
                 )
             },

@@ -275,3 +275,42 @@ fn malformed_descriptions_and_requests_are_refused() {
     // garbage bytes never reach the model: the wire decoder refuses them
     assert!(wire::decode_ciphertext(&ctx, &[0u8; 100]).is_err());
 }
+
+#[test]
+fn the_clinical_network_at_128_spans_two_ciphertexts_and_matches_the_plain_pass() {
+    // the clinical family (`configs/baseline-ct256.toml`) at 128×128: an 8×8 patch embedding to
+    // 32 channels on a 16×16 grid, 3×3 convolution, pooling, dense; N = 2^14, the image in two
+    // ciphertexts; secure parameters, mode (b), seeded requests through the wire format
+    let net = he_agg::infer::testing::clinical_network(128, 1, 3);
+    let plan = InferencePlan::new(&net, &ParamPolicy::default()).unwrap();
+    let spec = plan.spec();
+    assert_eq!(spec.parameters().n(), 1 << 14);
+    assert_eq!(spec.input_ciphertexts(), 2);
+    assert_eq!(spec.depth(), 5);
+    assert!(!spec.parameters().rlwe().is_insecure());
+    let he_agg::infer::testing::TestKeys { ctx, sk, eval } = he_agg::infer::testing::keys_for(spec);
+    let model = Model::plain(&plan, &ctx).unwrap();
+    let dec = ctx.decryptor(&sk).unwrap();
+    let mut enc = ctx.sk_encryptor(&sk).unwrap();
+    let s = &mut 11u64;
+    for _ in 0..2 {
+        let px: Vec<u8> = (0..128 * 128)
+            .map(|_| ((rng(s) + 1.0) * 127.0) as u8)
+            .collect();
+        let x = net.normalize_hwc(&px).unwrap();
+        let cts: Vec<Ciphertext> = spec
+            .encode_input(&ctx, &x)
+            .unwrap()
+            .iter()
+            .map(|pt| {
+                let bytes = wire::encode_seeded_ciphertext(&ctx, &enc.encrypt_seeded(pt));
+                let seeded = wire::decode_seeded_ciphertext(&ctx, &bytes).unwrap();
+                he_agg::rlwe::expand_seeded(ctx.rlwe(), &seeded)
+            })
+            .collect();
+        let out = model.evaluate(&eval, &cts).unwrap();
+        let got = spec.decode_output(&ctx, &dec.decrypt(&out)).unwrap();
+        let want = net.forward(&x).unwrap();
+        check(&got, &want, 1e-3);
+    }
+}

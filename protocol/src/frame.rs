@@ -54,6 +54,26 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// An I/O error of a QUIC stream, keeping why the connection ended (quinn wraps its stream
+/// errors in `io::Error`), so a peer's "finished" close is told apart from a failure.
+fn io_error(e: std::io::Error) -> ProtocolError {
+    let text = e.to_string();
+    match e
+        .into_inner()
+        .map(|inner| inner.downcast::<quinn::ReadError>())
+    {
+        Some(Ok(r)) => match *r {
+            quinn::ReadError::ConnectionLost(c) => c.into(),
+            other => ProtocolError::Connection(other.to_string()),
+        },
+        Some(Err(inner)) => match inner.downcast::<quinn::WriteError>() {
+            Ok(w) => (*w).into(),
+            Err(_) => ProtocolError::Connection(text),
+        },
+        None => ProtocolError::Connection(text),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,25 +103,5 @@ mod tests {
             read_frame(&mut [5u8, 0, 0, 0, 1].as_slice(), 16).await,
             Err(ProtocolError::Truncated)
         ));
-    }
-}
-
-/// An I/O error of a QUIC stream, keeping why the connection ended (quinn wraps its stream
-/// errors in `io::Error`), so a peer's "finished" close is told apart from a failure.
-fn io_error(e: std::io::Error) -> ProtocolError {
-    let text = e.to_string();
-    match e
-        .into_inner()
-        .map(|inner| inner.downcast::<quinn::ReadError>())
-    {
-        Some(Ok(r)) => match *r {
-            quinn::ReadError::ConnectionLost(c) => c.into(),
-            other => ProtocolError::Connection(other.to_string()),
-        },
-        Some(Err(inner)) => match inner.downcast::<quinn::WriteError>() {
-            Ok(w) => (*w).into(),
-            Err(_) => ProtocolError::Connection(text),
-        },
-        None => ProtocolError::Connection(text),
     }
 }

@@ -34,7 +34,7 @@ pub fn encode_f64s(v: &[f64]) -> Vec<Vec<u8>> {
 }
 
 fn check(b: &[u8], width: usize) -> Result<(), PlainItemError> {
-    if b.is_empty() || b.len() % width != 0 || b.len() / width > PLAIN_ITEM_VALUES {
+    if b.is_empty() || !b.len().is_multiple_of(width) || b.len() / width > PLAIN_ITEM_VALUES {
         return Err(PlainItemError::Size {
             bytes: b.len(),
             width,

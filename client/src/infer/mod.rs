@@ -7,10 +7,13 @@
 //! - [`local`]: the same request evaluated in this process (`client infer --local`);
 //! - [`remote`]: the request over the federation's QUIC/mTLS link to a mode (b) server;
 //! - [`outcome`]: per-image results, timings and sizes, printed and written as JSON;
-//! - [`evaluate`]: `client evaluate-encrypted`, batched encrypted inference over a whole test
-//!   split compared with the plaintext network (agreement, accuracy, AUC, throughput).
+//! - [`evaluate`]: `client evaluate-encrypted`, encrypted inference over a whole split of any
+//!   data set ([`eval_split`]), batched or per image ([`eval_runs`]), compared with the
+//!   plaintext network (agreement, accuracy, AUC, latency, throughput).
 
 pub mod error;
+pub mod eval_runs;
+pub mod eval_split;
 pub mod evaluate;
 pub mod images;
 pub mod local;
@@ -19,6 +22,8 @@ pub mod remote;
 pub mod requester;
 
 pub use error::InferenceError;
+pub use eval_runs::Packing;
+pub use eval_split::EvalData;
 pub use evaluate::{EvaluateOptions, EvaluationReport, evaluate_encrypted};
 pub use images::{ImageArg, LoadedImage, load_images};
 pub use outcome::{ImageResult, InferOutcome};

@@ -69,7 +69,7 @@ fn requests_carry_exactly_the_plans_keys_and_bad_results_are_refused() {
     assert!(req.check_fingerprint(&other).is_err());
     // garbage, a request-shaped ciphertext and a truncated one are not results
     assert!(req.decrypt(b"garbage").is_err());
-    let ct = req.encrypt(&vec![0.0; 36]).unwrap().remove(0);
+    let ct = req.encrypt(&[0.0; 36]).unwrap().remove(0);
     let e = req.decrypt(&ct).unwrap_err().to_string();
     assert!(e.contains("invalid"), "{e}");
     assert!(req.decrypt(&ct[..ct.len() / 2]).is_err());

@@ -32,8 +32,6 @@ use super::server_opt;
 use super::site::SiteConfig;
 use super::state::{ModelState, StateFile};
 
-/// Reals per ciphertext with the aggregation preset (pair packing).
-
 pub enum SessionEnd {
     Finished,
     Disconnected(String),
@@ -653,14 +651,16 @@ impl Node {
         self.last_switch = Some((round, weights.to_vec(), active.len()));
         // masks made ahead serve only the request they were made for, and only once
         let mut masks: Option<Vec<PublicKeySwitchMask>> = None;
-        if let Some(p) = self.prepared.take() {
-            if p.round == round && p.weights == weights && p.parties == active.len() {
-                match p.masks.await {
-                    Ok(Ok(m)) if m.len() == cts.len() => masks = Some(m),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => warn!(round, "making switching masks ahead failed: {e:#}"),
-                    Err(e) => warn!(round, "making switching masks ahead failed: {e}"),
-                }
+        if let Some(p) = self.prepared.take()
+            && p.round == round
+            && p.weights == weights
+            && p.parties == active.len()
+        {
+            match p.masks.await {
+                Ok(Ok(m)) if m.len() == cts.len() => masks = Some(m),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(round, "making switching masks ahead failed: {e:#}"),
+                Err(e) => warn!(round, "making switching masks ahead failed: {e}"),
             }
         }
         let prepared = masks.is_some();
@@ -867,7 +867,7 @@ impl Node {
                 .as_ref()
                 .map(|v| evaluate(&net, v, &names))
                 .transpose()?;
-            let t = if test_every > 0 && round % test_every == 0 {
+            let t = if test_every > 0 && round.is_multiple_of(test_every) {
                 Some(evaluate(&net, &test, &names)?)
             } else {
                 None

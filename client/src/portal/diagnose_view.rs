@@ -47,8 +47,8 @@ pub fn diagnose(
     b.push_str(&format!(
         r#"<form class="panel" method="post" action="/diagnose" enctype="multipart/form-data">
 <input type="hidden" name="csrf" value="{}">
-<label for="image">Image (PNG or JPEG, at most {limit_mb:.0} MB)</label>
-<input type="file" id="image" name="image" accept="image/png,image/jpeg" required aria-describedby="image-hint">
+<label for="image">Image (PNG, JPEG or DICOM, at most {limit_mb:.0} MB)</label>
+<input type="file" id="image" name="image" accept="image/png,image/jpeg,application/dicom,.dcm" required aria-describedby="image-hint">
 <p class="hint" id="image-hint">The image is stored on this node for your history and is encrypted before anything is computed on it.</p>"#,
         esc(&user.csrf)
     ));

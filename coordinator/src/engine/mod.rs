@@ -350,17 +350,16 @@ impl Engine {
                 if let Stage::Collecting {
                     round: r, uploads, ..
                 } = &mut self.stage
+                    && *r == round
                 {
-                    if *r == round {
-                        uploads.insert(hospital, weight);
-                        out.push(Action::Audit {
-                            hospital: Some(hospital),
-                            round,
-                            event: "update",
-                            detail: format!("weight {weight}"),
-                        });
-                        self.maybe_close(now, false, &mut out);
-                    }
+                    uploads.insert(hospital, weight);
+                    out.push(Action::Audit {
+                        hospital: Some(hospital),
+                        round,
+                        event: "update",
+                        detail: format!("weight {weight}"),
+                    });
+                    self.maybe_close(now, false, &mut out);
                 }
             }
             Event::SwitchSharesFolded {
@@ -378,12 +377,13 @@ impl Engine {
                     uploads,
                     ..
                 } = &mut self.stage
+                    && *r == round
+                    && *a == attempt
+                    && active.contains(&hospital)
                 {
-                    if *r == round && *a == attempt && active.contains(&hospital) {
-                        done.insert(hospital);
-                        if done.len() == active.len() {
-                            complete = Some((uploads.clone(), active.clone()));
-                        }
+                    done.insert(hospital);
+                    if done.len() == active.len() {
+                        complete = Some((uploads.clone(), active.clone()));
                     }
                 }
                 if let Some((uploads, active)) = complete {
@@ -442,18 +442,16 @@ impl Engine {
                 round,
                 started,
                 uploads,
-            } => {
-                if !uploads.contains_key(&h) && self.setup_done.contains(&h) {
-                    let deadline = self
-                        .cfg
-                        .round_timeout
-                        .saturating_sub(now.saturating_duration_since(*started));
-                    out.push(Action::AnnounceRound {
-                        round: *round,
-                        to: h,
-                        deadline,
-                    });
-                }
+            } if !uploads.contains_key(&h) && self.setup_done.contains(&h) => {
+                let deadline = self
+                    .cfg
+                    .round_timeout
+                    .saturating_sub(now.saturating_duration_since(*started));
+                out.push(Action::AnnounceRound {
+                    round: *round,
+                    to: h,
+                    deadline,
+                });
             }
             Stage::Finished => out.push(Action::Finish { to: vec![h] }),
             _ => {}

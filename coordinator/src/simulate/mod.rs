@@ -184,11 +184,11 @@ pub fn run(
                     let mut it = rest
                         .split_whitespace()
                         .filter_map(|x| x.parse::<u64>().ok());
-                    if let (Some(r), Some(h)) = (it.next(), it.next()) {
-                        if let Some(b) = hospital_bars.get((h as usize).saturating_sub(1)) {
-                            b.set_position(r);
-                            b.set_message(format!("round {r}: update in"));
-                        }
+                    if let (Some(r), Some(h)) = (it.next(), it.next())
+                        && let Some(b) = hospital_bars.get((h as usize).saturating_sub(1))
+                    {
+                        b.set_position(r);
+                        b.set_message(format!("round {r}: update in"));
                     }
                 }
             }
@@ -255,22 +255,20 @@ fn wait_all(
         if Instant::now() > deadline {
             bail!("the simulation did not finish within [simulate] timeout_s");
         }
-        if !coordinator_done {
-            if let Some(status) = coordinator.try_wait()? {
-                if !status.success() {
-                    bail!("the coordinator failed ({status})");
-                }
-                coordinator_done = true;
+        if !coordinator_done && let Some(status) = coordinator.try_wait()? {
+            if !status.success() {
+                bail!("the coordinator failed ({status})");
             }
+            coordinator_done = true;
         }
         for (i, h) in hospitals.iter_mut().enumerate() {
-            if !hospital_done[i] {
-                if let Some(status) = h.try_wait()? {
-                    if !status.success() {
-                        bail!("hospital {} failed ({status})", i + 1);
-                    }
-                    hospital_done[i] = true;
+            if !hospital_done[i]
+                && let Some(status) = h.try_wait()?
+            {
+                if !status.success() {
+                    bail!("hospital {} failed ({status})", i + 1);
                 }
+                hospital_done[i] = true;
             }
         }
         std::thread::sleep(Duration::from_millis(200));

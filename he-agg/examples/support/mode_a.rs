@@ -134,7 +134,10 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
         })
         .collect();
     let dec = ctx.decryptor(&req_sk).expect("decryptor");
-    let request_bytes = wire::ciphertext_len(&ctx, spec.input_level(), 1);
+    // the requester's public key and the image's ciphertexts (under the collective key: full,
+    // not seeded)
+    let request_bytes = wire::encode_public_key(&ctx, &req_pk).len()
+        + spec.input_ciphertexts() * wire::ciphertext_len(&ctx, spec.input_level(), 1);
     let response_bytes = wire::ciphertext_len(&ctx, spec.output_level(), 1);
     let switch_share_bytes = mpw::public_key_switch_share_len(&ctx, spec.output_level());
 
@@ -249,6 +252,7 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
         "key_setup_s": key_setup_s, "key_shares_bytes_per_hospital": share_bytes,
         "model_encrypt_s": model_encrypt_s, "model_bytes": model_bytes,
         "request_bytes": request_bytes, "switch_share_bytes": switch_share_bytes,
+        "input_ciphertexts": spec.input_ciphertexts(),
         "response_bytes": response_bytes,
     })
 }

@@ -70,7 +70,8 @@ fn stride_of(h: usize, w: usize, next: &Affine) -> Option<(usize, usize, usize, 
     let Shape::Chw([_, h2, w2]) = next.out_shape else {
         return None;
     };
-    if h2 == 0 || w2 == 0 || h % h2 != 0 || w % w2 != 0 || (h == h2 && w == w2) {
+    if h2 == 0 || w2 == 0 || !h.is_multiple_of(h2) || !w.is_multiple_of(w2) || (h == h2 && w == w2)
+    {
         return None;
     }
     Some((h / h2, w / w2, h2, w2))

@@ -59,6 +59,23 @@ pub struct EvaluationKeys {
     pub galois: GaloisKeys,
 }
 
+impl EvaluationKeys {
+    /// Bytes on the wire when sent as the inference protocol sends them: the relinearization
+    /// key, then one item per Galois key.
+    pub fn wire_bytes(&self, ctx: &CkksContext) -> usize {
+        let relin = self.relinearization.as_ref().map_or(0, |r| {
+            crate::ckks::wire::encode_relinearization_key(ctx, r).len()
+        });
+        let galois: usize = self
+            .galois
+            .elements()
+            .filter_map(|g| self.galois.get(g))
+            .map(|k| crate::ckks::wire::encode_galois_key(ctx, k).len())
+            .sum();
+        relin + galois
+    }
+}
+
 impl InferenceSpec {
     pub fn parameters(&self) -> &Parameters {
         &self.params

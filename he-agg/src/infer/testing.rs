@@ -1,5 +1,5 @@
-//! Small networks with fixed weights, for tests, examples and demos across the workspace (one
-//! definition instead of a copy per crate). Their weights have both signs, so composed maps and
+//! Small networks with fixed weights, and keys for them, for tests, examples and demos across
+//! the workspace (one definition instead of a copy per crate). Their weights have both signs, so composed maps and
 //! encrypted evaluations are exercised for real; they are not trained.
 
 use super::network::{Conv2d, Dense, Layer, Network};
@@ -85,4 +85,79 @@ pub fn patch_network(side: usize, patch: usize, channels: usize, classes: usize)
     )
     .and_then(|n| n.with_normalization(vec![0.4], vec![0.3]))
     .unwrap_or_else(|e| panic!("patch_network({side}, {patch}, {channels}, {classes}): {e}"))
+}
+
+/// The clinical network family (`configs/baseline-ct256.toml`) on `side`×`side` images of
+/// `channels` channels, with deterministic He-scaled weights of both signs: a patch embedding
+/// (kernel = stride = side/16) to 32 channels on a 16×16 grid, square, a 3×3 convolution
+/// (32 → 32, zero padding), square, 2×2 average pooling, dense to `classes`. Depth 5 whatever
+/// the side; only the first map grows with the image.
+pub fn clinical_network(side: usize, channels: usize, classes: usize) -> Network {
+    let patch = side / 16;
+    let (c1, grid) = (32, 16);
+    let signed = |n: usize, fan_in: usize, salt: usize| -> Vec<f32> {
+        let s = (3.0 / fan_in as f32).sqrt();
+        (0..n)
+            .map(|i| (((i * 7919 + salt * 104_729 + 13) % 2003) as f32 / 1001.0 - 1.0) * s)
+            .collect()
+    };
+    Network::new(
+        [channels, side, side],
+        vec![
+            Layer::Conv2d(Conv2d {
+                in_channels: channels,
+                out_channels: c1,
+                kernel: patch,
+                stride: patch,
+                padding: 0,
+                weight: signed(c1 * channels * patch * patch, channels * patch * patch, 1),
+                bias: weights(c1, 0.2),
+            }),
+            Layer::Square,
+            Layer::Conv2d(Conv2d {
+                in_channels: c1,
+                out_channels: c1,
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+                weight: signed(c1 * c1 * 9, c1 * 9, 2),
+                bias: weights(c1, 0.2),
+            }),
+            Layer::Square,
+            Layer::AvgPool2d {
+                kernel: 2,
+                stride: 2,
+            },
+            Layer::Flatten,
+            Layer::Dense(Dense {
+                in_features: c1 * (grid / 2) * (grid / 2),
+                out_features: classes,
+                weight: signed(classes * c1 * 64, c1 * 64, 3),
+                bias: weights(classes, 0.2),
+            }),
+        ],
+    )
+    .and_then(|n| n.with_normalization(vec![0.45; channels], vec![0.25; channels]))
+    .unwrap_or_else(|e| panic!("clinical_network({side}, {channels}, {classes}): {e}"))
+}
+
+/// A secret key and an evaluator holding exactly a plan's evaluation keys (mode b, one party).
+pub struct TestKeys {
+    pub ctx: std::sync::Arc<crate::ckks::CkksContext>,
+    pub sk: crate::ckks::SecretKey,
+    pub eval: crate::ckks::Evaluator,
+}
+
+/// Fresh keys for `spec` from the OS's randomness; panics only if the OS has none or the
+/// spec's parameters are inconsistent (a bug in the plan).
+pub fn keys_for(spec: &super::InferenceSpec) -> TestKeys {
+    let ctx =
+        crate::ckks::CkksContext::new(spec.parameters().clone()).expect("the plan's parameters");
+    let mut kg = ctx.key_generator().expect("OS randomness");
+    let sk = kg.secret_key();
+    let keys = spec.generate_keys(&mut kg, &sk);
+    let eval = ctx
+        .evaluator(keys.relinearization.as_ref(), Some(&keys.galois))
+        .expect("the plan's keys");
+    TestKeys { ctx, sk, eval }
 }

@@ -1,8 +1,6 @@
 //! End-to-end encrypted evaluation against the plain reference, on small insecure parameters
 //! (the logic, not the security, is under test here).
 
-use std::sync::Arc;
-
 use super::*;
 use crate::ckks::{Ciphertext, CkksContext, Parameters};
 use crate::infer::testing;
@@ -77,22 +75,7 @@ fn max_err(got: &[f64], want: &[f32]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-struct Keys {
-    ctx: Arc<CkksContext>,
-    sk: crate::ckks::SecretKey,
-    eval: crate::ckks::Evaluator,
-}
-
-fn keys_for(spec: &InferenceSpec) -> Keys {
-    let ctx = CkksContext::new(spec.parameters().clone()).unwrap();
-    let mut kg = ctx.key_generator().unwrap();
-    let sk = kg.secret_key();
-    let keys = spec.generate_keys(&mut kg, &sk);
-    let eval = ctx
-        .evaluator(keys.relinearization.as_ref(), Some(&keys.galois))
-        .unwrap();
-    Keys { ctx, sk, eval }
-}
+use super::testing::{TestKeys as Keys, keys_for};
 
 fn run(model: &Model, k: &Keys, x: &[f32]) -> Vec<f64> {
     let spec = model.spec();

@@ -319,7 +319,7 @@ impl GaloisKeyGen {
     ) -> Result<GaloisKeyShare, MultipartyError> {
         check_secret(&self.ctx, sk)?;
         let two_n = 2 * self.ctx.n() as u64;
-        if galois_element % 2 == 0 || galois_element <= 1 || galois_element >= two_n {
+        if galois_element.is_multiple_of(2) || galois_element <= 1 || galois_element >= two_n {
             return Err(MultipartyError::Ckks(
                 crate::ckks::CkksError::MissingGaloisKey(galois_element),
             ));

@@ -1,0 +1,239 @@
+//! The encrypted half of `client evaluate-encrypted`, in one of two packings:
+//!
+//! - **batched**: one image per slot, N/2 images per ciphertext and one ciphertext per input
+//!   value — throughput for small images (a 28×28 image is 784 ciphertexts per batch);
+//! - **per image**: the latency plan (one image per ciphertext, or per few for a large image),
+//!   image after image, each evaluation on every core — what a requester gets, and the only
+//!   practical packing at clinical resolution (a 256×256 batch would be 65,536 ciphertexts).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use he_agg::ckks::{Ciphertext, CkksContext, wire};
+use he_agg::infer::{BatchedModel, BatchedSpec, InferencePlan, Model, Network, ParamPolicy};
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::error::InferenceError;
+
+/// Which packing an evaluation uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Packing {
+    /// Batched when an image has at most [`BATCHED_MAX_INPUT`] values, else per image.
+    #[default]
+    Auto,
+    Batched,
+    PerImage,
+}
+
+/// Largest image (values) the automatic choice evaluates batched.
+pub const BATCHED_MAX_INPUT: usize = 4096;
+
+impl Packing {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "batched" => Some(Self::Batched),
+            "per-image" => Some(Self::PerImage),
+            _ => None,
+        }
+    }
+
+    /// The packing used for `net`.
+    pub fn resolve(self, net: &Network) -> Self {
+        match self {
+            Self::Auto if net.input_len() <= BATCHED_MAX_INPUT => Self::Batched,
+            Self::Auto => Self::PerImage,
+            p => p,
+        }
+    }
+}
+
+/// The parameters used, for the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct ParamSummary {
+    pub n: usize,
+    pub log_scale: f64,
+    pub q_bits: Vec<u32>,
+    pub p_bits: Vec<u32>,
+    pub log_qp: f64,
+}
+
+pub fn summary(ctx: &CkksContext) -> ParamSummary {
+    let bits = |v: &[u64]| -> Vec<u32> { v.iter().map(|&q| 64 - q.leading_zeros()).collect() };
+    let p = ctx.params();
+    ParamSummary {
+        n: p.n(),
+        log_scale: p.log_scale(),
+        q_bits: bits(p.rlwe().q()),
+        p_bits: bits(p.rlwe().p()),
+        log_qp: p.rlwe().log_qp(),
+    }
+}
+
+/// What an encrypted run gave and cost.
+pub struct EncryptedRun {
+    pub logits: Vec<Vec<f64>>,
+    pub packing: Packing,
+    pub depth: usize,
+    pub parameters: ParamSummary,
+    pub batch_size: usize,
+    pub batches: usize,
+    pub keygen_s: f64,
+    pub encrypt_s: f64,
+    pub evaluate_s: f64,
+    pub decrypt_s: f64,
+    /// Median seconds per image, end to end (per image packing; the batch's for batched).
+    pub latency_s: f64,
+    pub request_bytes_per_image: f64,
+    pub response_bytes_per_batch: usize,
+    /// Evaluation keys a requester sends once (per image packing: relinearization and Galois).
+    pub eval_key_bytes: usize,
+}
+
+fn rng_err(e: impl std::fmt::Display) -> InferenceError {
+    InferenceError::Rng(e.to_string())
+}
+
+/// One image per slot.
+pub fn batched(
+    net: &Network,
+    inputs: &[Vec<f32>],
+    batch: Option<usize>,
+    policy: &ParamPolicy,
+    pb: &ProgressBar,
+) -> Result<EncryptedRun, InferenceError> {
+    let n = inputs.len();
+    let t = Instant::now();
+    let spec = BatchedSpec::new(net, policy)?;
+    let ctx = CkksContext::new(spec.parameters().clone())?;
+    let model = BatchedModel::new(net, &ctx)?;
+    let mut kg = ctx.key_generator().map_err(rng_err)?;
+    let sk = kg.secret_key();
+    let rlk = spec
+        .needs_relinearization()
+        .then(|| kg.relinearization_key(&sk));
+    let eval = ctx.evaluator(rlk.as_ref(), None)?;
+    let keygen_s = t.elapsed().as_secs_f64();
+    let batch = batch
+        .unwrap_or(spec.batch_size())
+        .clamp(1, spec.batch_size());
+    let (mut encrypt_s, mut evaluate_s, mut decrypt_s) = (0.0, 0.0, 0.0);
+    let mut logits: Vec<Vec<f64>> = Vec::with_capacity(n);
+    let dec = ctx.decryptor(&sk)?;
+    ctx.sk_encryptor(&sk)?;
+    for chunk in inputs.chunks(batch) {
+        let refs: Vec<&[f32]> = chunk.iter().map(Vec::as_slice).collect();
+        let t0 = Instant::now();
+        let cts: Vec<Ciphertext> = spec
+            .encode_inputs(&ctx, &refs)?
+            .par_iter()
+            .map_init(
+                || ctx.sk_encryptor(&sk).ok(),
+                |enc, pt| enc.as_mut().map(|e| e.encrypt(pt)),
+            )
+            .collect::<Option<_>>()
+            .ok_or_else(|| rng_err("cannot make an encryptor"))?;
+        let t1 = Instant::now();
+        let outs = model.evaluate(&eval, &cts)?;
+        drop(cts);
+        let t2 = Instant::now();
+        let pts: Vec<_> = outs.par_iter().map(|c| dec.decrypt(c)).collect();
+        logits.extend(spec.decode_outputs(&ctx, &pts, chunk.len())?);
+        let t3 = Instant::now();
+        encrypt_s += (t1 - t0).as_secs_f64();
+        evaluate_s += (t2 - t1).as_secs_f64();
+        decrypt_s += (t3 - t2).as_secs_f64();
+        pb.inc(chunk.len() as u64);
+    }
+    let batches = n.div_ceil(batch);
+    Ok(EncryptedRun {
+        logits,
+        packing: Packing::Batched,
+        depth: spec.depth(),
+        parameters: summary(&ctx),
+        batch_size: batch,
+        batches,
+        keygen_s,
+        encrypt_s,
+        evaluate_s,
+        decrypt_s,
+        latency_s: (encrypt_s + evaluate_s + decrypt_s) / batches as f64,
+        request_bytes_per_image: (spec.input_len()
+            * wire::seeded_ciphertext_len(&ctx, spec.input_level()))
+            as f64
+            / batch as f64,
+        response_bytes_per_batch: spec.output_len() * wire::ciphertext_len(&ctx, 1, 1),
+        eval_key_bytes: rlk
+            .as_ref()
+            .map_or(0, |r| wire::encode_relinearization_key(&ctx, r).len()),
+    })
+}
+
+/// The latency plan, image after image.
+pub fn per_image(
+    net: &Network,
+    inputs: &[Vec<f32>],
+    policy: &ParamPolicy,
+    pb: &ProgressBar,
+) -> Result<EncryptedRun, InferenceError> {
+    let t = Instant::now();
+    let plan = InferencePlan::new(net, policy)?;
+    let spec = plan.spec();
+    let ctx: Arc<CkksContext> = CkksContext::new(spec.parameters().clone())?;
+    let mut kg = ctx.key_generator().map_err(rng_err)?;
+    let sk = kg.secret_key();
+    let keys = spec.generate_keys(&mut kg, &sk);
+    let eval = ctx.evaluator(keys.relinearization.as_ref(), Some(&keys.galois))?;
+    let model = Model::plain(&plan, &ctx)?;
+    let keygen_s = t.elapsed().as_secs_f64();
+    let eval_key_bytes = keys.wire_bytes(&ctx);
+    let mut enc = ctx.sk_encryptor(&sk)?;
+    let dec = ctx.decryptor(&sk)?;
+    let (mut encrypt_s, mut evaluate_s, mut decrypt_s) = (0.0, 0.0, 0.0);
+    let mut latencies = Vec::with_capacity(inputs.len());
+    let mut logits = Vec::with_capacity(inputs.len());
+    let mut request_bytes = 0usize;
+    for x in inputs {
+        let t0 = Instant::now();
+        let cts: Vec<Ciphertext> = spec
+            .encode_input(&ctx, x)?
+            .iter()
+            .map(|pt| {
+                let seeded = enc.encrypt_seeded(pt);
+                request_bytes =
+                    wire::encode_seeded_ciphertext(&ctx, &seeded).len() * spec.input_ciphertexts();
+                he_agg::rlwe::expand_seeded(ctx.rlwe(), &seeded)
+            })
+            .collect();
+        let t1 = Instant::now();
+        let out = model.evaluate(&eval, &cts)?;
+        let t2 = Instant::now();
+        logits.push(spec.decode_output(&ctx, &dec.decrypt(&out))?);
+        let t3 = Instant::now();
+        encrypt_s += (t1 - t0).as_secs_f64();
+        evaluate_s += (t2 - t1).as_secs_f64();
+        decrypt_s += (t3 - t2).as_secs_f64();
+        latencies.push((t3 - t0).as_secs_f64());
+        pb.inc(1);
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(EncryptedRun {
+        logits,
+        packing: Packing::PerImage,
+        depth: spec.depth(),
+        parameters: summary(&ctx),
+        batch_size: 1,
+        batches: inputs.len(),
+        keygen_s,
+        encrypt_s,
+        evaluate_s,
+        decrypt_s,
+        latency_s: latencies.get(latencies.len() / 2).copied().unwrap_or(0.0),
+        request_bytes_per_image: request_bytes as f64,
+        response_bytes_per_batch: wire::ciphertext_len(&ctx, spec.output_level(), 1),
+        eval_key_bytes,
+    })
+}
