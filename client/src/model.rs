@@ -775,11 +775,6 @@ impl Network {
             Cur::Img(x) => x.flatten::<2>(1, 3),
         }
     }
-
-    /// Number of values in the flat parameter vector.
-    pub fn num_values(&self) -> usize {
-        crate::params::manifest(&self.spec).total
-    }
 }
 
 /// Inverted dropout on autodiff devices (training); identity otherwise.

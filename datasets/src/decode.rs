@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::dicom::{self, DecodeLimits, Window};
 use crate::error::{DatasetError, Result};
-use crate::folder::ImageShape;
+use crate::image_set::ImageShape;
 use crate::resize::{MAX_INPUT_SIDE, ResizePolicy, resize_hwc};
 
 /// File name extensions read as images (case-insensitive).

@@ -20,18 +20,7 @@ use polars::prelude::*;
 
 use crate::decode::{DecodedFile, ImageDecoder, has_image_extension};
 use crate::error::{DatasetError, Result};
-use crate::image_set::{ImageSet, Labels};
-
-/// The shape every image is converted to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ImageShape {
-    /// 1 (grey) or 3 (RGB).
-    pub channels: usize,
-    /// Height in pixels.
-    pub height: usize,
-    /// Width in pixels.
-    pub width: usize,
-}
+use crate::image_set::{ImageSet, ImageShape, Labels};
 
 fn stack(path: &Path, pixels: Vec<Vec<u8>>, shape: ImageShape) -> Result<Array4<u8>> {
     let n = pixels.len();

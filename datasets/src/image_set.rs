@@ -252,6 +252,17 @@ pub struct Dataset {
     pub test: ImageSet,
 }
 
+/// The shape every image is converted to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageShape {
+    /// 1 (grey) or 3 (RGB).
+    pub channels: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Width in pixels.
+    pub width: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

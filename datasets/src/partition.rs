@@ -52,7 +52,8 @@ pub struct PartitionConfig {
     /// nearly IID). Required by those schemes.
     #[serde(default)]
     pub alpha: Option<f64>,
-    /// Assign whole patients (needs a patient column) so no patient straddles hospitals.
+    /// Assign whole patients (needs patient ids: a patient column or DICOM Patient IDs) so no
+    /// patient straddles hospitals.
     #[serde(default)]
     pub group_by_patient: bool,
     /// Seed of the shuffle and the Dirichlet draws.
@@ -127,7 +128,7 @@ fn units(set: &ImageSet, labels: &[u32], by_patient: bool) -> Result<Vec<Unit>> 
     let patients = set.patients().ok_or_else(|| {
         DatasetError::invalid(
             "partition",
-            "group_by_patient needs patient ids (a manifest with a patient column)",
+            "group_by_patient needs patient ids (a manifest patient column or DICOM Patient IDs)",
         )
     })?;
     let mut order: Vec<&str> = Vec::new();
@@ -387,7 +388,7 @@ fn by_column(set: &ImageSet, cfg: &PartitionConfig) -> Result<Partition> {
     }
     if cfg.group_by_patient {
         let patients = set.patients().ok_or_else(|| {
-            DatasetError::invalid("partition", "group_by_patient needs a patient column")
+            DatasetError::invalid("partition", "group_by_patient needs patient ids (a manifest patient column or DICOM Patient IDs)")
         })?;
         let mut site_of: HashMap<&str, &str> = HashMap::new();
         for (p, s) in patients.iter().zip(sites) {

@@ -5,8 +5,8 @@ use image::imageops::FilterType;
 use ndarray::Array4;
 
 use crate::error::{DatasetError, Result};
-use crate::folder::ImageShape;
 use crate::image_set::ImageSet;
+use crate::image_set::ImageShape;
 
 /// Converts every image to `channels` (1: ITU-R 601 luma of RGB; 3: grey replicated).
 pub fn convert_channels(set: &ImageSet, channels: usize) -> Result<ImageSet> {

@@ -10,8 +10,8 @@ use datasets::dicom::{
     DecodeLimits, ExplicitWindow, Window, WindowPreset, decode_dicom, window_to_u8,
 };
 use datasets::dicom_writer::{DicomSpec, Samples};
-use datasets::folder::{ImageShape, ManifestColumns, read_manifest};
-use datasets::{DatasetConfig, ImageDecoder, ResizePolicy, load_dataset};
+use datasets::folder::{ManifestColumns, read_manifest};
+use datasets::{DatasetConfig, ImageDecoder, ImageShape, ResizePolicy, load_dataset};
 use dicom_dictionary_std::tags;
 
 type Spec<'a> = DicomSpec<'a>;

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use datasets::ImageDecoder;
-use datasets::folder::{ImageShape, ManifestColumns, read_class_folder, read_manifest};
+use datasets::ImageShape;
+use datasets::folder::{ManifestColumns, read_class_folder, read_manifest};
 use datasets::partition::straddling_patients;
 use datasets::{DatasetConfig, DatasetError, load_dataset};
 

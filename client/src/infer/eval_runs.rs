@@ -30,6 +30,9 @@ pub enum Packing {
 
 /// Largest image (values) the automatic choice evaluates batched.
 pub const BATCHED_MAX_INPUT: usize = 4096;
+/// Largest image (values) batched packing accepts when asked for (64² RGB; ~20 GB of input
+/// ciphertexts at N = 2^14).
+pub const BATCHED_FORCED_MAX_INPUT: usize = 3 * 64 * 64;
 
 impl Packing {
     pub fn parse(s: &str) -> Option<Self> {
@@ -41,12 +44,21 @@ impl Packing {
         }
     }
 
-    /// The packing used for `net`.
-    pub fn resolve(self, net: &Network) -> Self {
+    /// The packing used for `net`; batched packing is refused on an image too large for it
+    /// (it holds one ciphertext per input value, whatever the batch size).
+    pub fn resolve(self, net: &Network) -> Result<Self, InferenceError> {
+        let values = net.input_len();
         match self {
-            Self::Auto if net.input_len() <= BATCHED_MAX_INPUT => Self::Batched,
-            Self::Auto => Self::PerImage,
-            p => p,
+            Self::Auto if values <= BATCHED_MAX_INPUT => Ok(Self::Batched),
+            Self::Auto => Ok(Self::PerImage),
+            Self::Batched if values > BATCHED_FORCED_MAX_INPUT => {
+                Err(InferenceError::Usage(format!(
+                    "batched packing holds one ciphertext per input value: this network's \
+                     {values} values per image would need {values} ciphertexts at once (at \
+                     most {BATCHED_FORCED_MAX_INPUT}); use --packing per-image"
+                )))
+            }
+            p => Ok(p),
         }
     }
 }
@@ -236,4 +248,27 @@ pub fn per_image(
         response_bytes_per_batch: wire::ciphertext_len(&ctx, spec.output_level(), 1),
         eval_key_bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use he_agg::infer::testing;
+
+    #[test]
+    fn packing_follows_the_image_size_and_refuses_batched_on_large_images() {
+        let small = testing::tiny_network();
+        let large = testing::clinical_network(128, 1, 3);
+        assert_eq!(Packing::Auto.resolve(&small).unwrap(), Packing::Batched);
+        assert_eq!(Packing::Auto.resolve(&large).unwrap(), Packing::PerImage);
+        assert_eq!(
+            Packing::PerImage.resolve(&small).unwrap(),
+            Packing::PerImage
+        );
+        let msg = Packing::Batched.resolve(&large).unwrap_err().to_string();
+        assert!(
+            msg.contains("16384 values") && msg.contains("per-image"),
+            "{msg}"
+        );
+    }
 }

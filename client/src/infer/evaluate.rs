@@ -155,6 +155,8 @@ pub fn evaluate_encrypted(opts: &EvaluateOptions) -> Result<EvaluationReport, In
     let start = Instant::now();
     let (file, prep) = read_network(&opts.network)?;
     let net = file.network;
+    // before reading any image: a packing that cannot hold this network is refused at once
+    let packing = opts.packing.resolve(&net)?;
     let SplitImages {
         pixels,
         labels,
@@ -188,7 +190,6 @@ pub fn evaluate_encrypted(opts: &EvaluateOptions) -> Result<EvaluationReport, In
     let plaintext_s = t.elapsed().as_secs_f64();
 
     // ---- encrypted ----
-    let packing = opts.packing.resolve(&net);
     info!(images = n, ?packing, "encrypted evaluation");
     let pb = bar(n, opts.progress, "encrypted");
     let run = match packing {

@@ -18,6 +18,7 @@ use super::auth::SignedIn;
 use super::diagnose_view as view;
 use super::error::random_hex;
 use super::history::{Diagnosis, UserFiles, valid_id};
+use super::mode::{Mode, modes};
 use super::pages;
 use super::upload::{self, ImageKind, UploadError};
 use crate::infer::InferOutcome;
@@ -32,44 +33,6 @@ pub fn hard_body_limit(upload_limit: usize) -> usize {
     upload_limit
         .saturating_mul(4)
         .max(upload_limit.saturating_add(1 << 20))
-}
-
-/// Where a diagnosis is evaluated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// On this node, with the released weights (`--network`).
-    Local,
-    /// At the consortium's inference server.
-    Remote,
-}
-
-impl Mode {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "local" => Some(Mode::Local),
-            "remote" => Some(Mode::Remote),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Local => "local",
-            Mode::Remote => "remote",
-        }
-    }
-}
-
-/// The modes this portal offers, the default first.
-pub fn modes(portal: &Portal) -> Vec<Mode> {
-    let mut m = Vec::new();
-    if portal.local().is_some() {
-        m.push(Mode::Local);
-    }
-    if portal.config().remote.is_some() {
-        m.push(Mode::Remote);
-    }
-    m
 }
 
 fn files_of(portal: &Portal, user: &SignedIn) -> UserFiles {

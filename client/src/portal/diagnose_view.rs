@@ -4,8 +4,8 @@ use axum::response::Html;
 
 use super::Portal;
 use super::auth::SignedIn;
-use super::diagnose::{Mode, modes};
 use super::history::Diagnosis;
+use super::mode::{Mode, modes};
 use super::pages::{Nav, esc, human_bytes, layout, utc};
 
 fn mode_text(portal: &Portal, mode: Mode) -> String {

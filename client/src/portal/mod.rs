@@ -21,6 +21,7 @@ pub mod diagnose;
 pub mod diagnose_view;
 pub mod error;
 pub mod history;
+pub mod mode;
 pub mod pages;
 pub mod session;
 pub mod training;

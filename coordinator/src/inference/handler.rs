@@ -12,65 +12,11 @@ use std::time::{Duration, Instant};
 use he_agg::ckks::{Ciphertext, wire};
 use he_agg::infer::InferError;
 use he_agg::rlwe::expand_seeded;
-use protocol::inference::{InferRequest, KEYS_UNKNOWN};
+use protocol::inference::InferRequest;
 
 use super::keys::KeySet;
 use super::model::ServedModel;
-
-/// Why a request is refused.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum Refusal {
-    #[error(
-        "the request was encrypted for another plan or parameter set (fingerprint {got}, this \
-         server's plan is {want}): fetch the model information again"
-    )]
-    Fingerprint { got: String, want: String },
-    #[error("{got} images in one request; this server takes 1 to {max}")]
-    ImageCount { got: u32, max: u32 },
-    #[error("{got} ciphertexts per image announced; the plan's image spans {want}")]
-    CiphertextsPerImage { got: u32, want: usize },
-    #[error(
-        "{KEYS_UNKNOWN} (id {id}): send them with an infer-keys stream, then repeat the request"
-    )]
-    UnknownKeys { id: String },
-    #[error("the keys hash to {got}, the header announced {announced}")]
-    KeysId { got: String, announced: String },
-    #[error("{got} Galois keys announced; the plan needs exactly {want}")]
-    GaloisCount { got: u32, want: usize },
-    #[error("relinearization key {}; the plan {}", if *.sent { "sent" } else { "missing" }, if *.needed { "needs one" } else { "needs none" })]
-    Relinearization { sent: bool, needed: bool },
-    #[error("item {index} ({what}) is invalid: {source}")]
-    Item {
-        index: u64,
-        what: &'static str,
-        #[source]
-        source: wire::WireError,
-    },
-    #[error("item {index}: a Galois key for element {element}, which the plan does not use")]
-    UnplannedGaloisKey { index: u64, element: u64 },
-    #[error("item {index}: a second Galois key for element {element}")]
-    DuplicateGaloisKey { index: u64, element: u64 },
-    #[error("image {image}: encrypted at level {found}, the plan starts at level {expected}")]
-    InputLevel {
-        image: usize,
-        expected: usize,
-        found: usize,
-    },
-    #[error("image {image}: encoded at scale 2^{found:.3}, the plan expects 2^{expected:.3}")]
-    InputScale {
-        image: usize,
-        expected: f64,
-        found: f64,
-    },
-    #[error("more items than the {announced} the header announced")]
-    TooManyItems { announced: u64 },
-    #[error("the stream ended after {got} of the {announced} items the header announced")]
-    MissingItems { got: u64, announced: u64 },
-    #[error("evaluation failed: {0}")]
-    Evaluation(InferError),
-    #[error("unexpected message {0:?} (this server answers inference requests only)")]
-    Unexpected(&'static str),
-}
+use super::refusal::{Refusal, hex};
 
 /// A request whose header was accepted, collecting its ciphertexts.
 pub struct PendingRequest {
@@ -99,14 +45,6 @@ pub struct Response {
     pub ciphertexts: Vec<Vec<u8>>,
     pub evaluate: Duration,
     pub validate: Duration,
-}
-
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter()
-        .take(8)
-        .map(|x| format!("{x:02x}"))
-        .collect::<String>()
-        + "…"
 }
 
 impl ServedModel {

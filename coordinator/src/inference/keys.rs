@@ -12,8 +12,8 @@ use he_agg::ckks::{GaloisKeys, RelinearizationKey, wire};
 use protocol::Party;
 use protocol::inference::{InferKeys, KeysId, MAX_GALOIS_KEYS};
 
-use super::handler::{Refusal, hex};
 use super::model::ServedModel;
+use super::refusal::{Refusal, hex};
 
 /// A checked set of evaluation keys.
 pub struct KeySet {

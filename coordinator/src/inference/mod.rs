@@ -14,11 +14,13 @@
 pub mod handler;
 pub mod keys;
 pub mod model;
+pub mod refusal;
 pub mod serve;
 
-pub use handler::{PendingRequest, ReadyRequest, Refusal, Response};
+pub use handler::{PendingRequest, ReadyRequest, Response};
 pub use keys::{KeyCache, KeySet, PendingKeys};
 pub use model::{ModelError, ServedModel};
+pub use refusal::Refusal;
 pub use serve::{InferenceServer, ServeOptions};
 
 #[cfg(test)]

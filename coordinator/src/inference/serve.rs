@@ -16,9 +16,9 @@ use protocol::{Body, FederationId, Incoming, Party};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use super::handler::{Refusal, hex};
 use super::keys::KeyCache;
 use super::model::ServedModel;
+use super::refusal::{Refusal, hex};
 
 /// How the server runs.
 #[derive(Clone, Debug)]

@@ -7,47 +7,13 @@ use std::sync::Arc;
 use crate::ckks::{Ciphertext, CkksContext};
 
 use super::backend::{Accumulator, Backend};
+use super::error::AggregateError;
+use super::shape::Shape;
 
 /// Largest weight: sample counts and fixed-point factors stay far below it.
 pub const MAX_WEIGHT: u64 = 1 << 40;
 /// A good batch: the accumulator is read and written once per 32 inputs.
 pub const DEFAULT_BATCH: usize = 32;
-
-/// What every ciphertext of a round must look like.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Shape {
-    pub level: usize,
-    /// 1 for ordinary ciphertexts.
-    pub degree: usize,
-    pub scale: f64,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum AggregateError {
-    #[error(
-        "ciphertext at level {got}, degree {got_degree}, scale 2^{got_scale:.3} where the round expects level {want}, degree {want_degree}, scale 2^{want_scale:.3}"
-    )]
-    Shape {
-        got: usize,
-        got_degree: usize,
-        got_scale: f64,
-        want: usize,
-        want_degree: usize,
-        want_scale: f64,
-    },
-    #[error("level {level} is outside 1..={max} or degree {degree} is not 1 or 2")]
-    BadShape {
-        level: usize,
-        degree: usize,
-        max: usize,
-    },
-    #[error("weight {0} is outside 1..=2^40")]
-    Weight(u64),
-    #[error("nothing was aggregated")]
-    Empty,
-    #[error("the {backend} backend failed: {reason}")]
-    Backend { backend: String, reason: String },
-}
 
 /// A running weighted sum over one round. Memory: one accumulator plus at most `batch`
 /// ciphertexts, however many are folded.

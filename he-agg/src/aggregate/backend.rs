@@ -6,7 +6,8 @@ use std::sync::Arc;
 use crate::ckks::{Ciphertext, CkksContext};
 use crate::ring::Poly;
 
-use super::aggregator::{AggregateError, Shape};
+use super::error::AggregateError;
+use super::shape::Shape;
 
 /// A place where weighted sums of ciphertexts are computed (CPU cores, a GPU).
 pub trait Backend: Send + Sync + std::fmt::Debug {

@@ -9,8 +9,9 @@ use rayon::prelude::*;
 use crate::ckks::{Ciphertext, CkksContext};
 use crate::ring::{Modulus, Poly};
 
-use super::aggregator::{AggregateError, Shape};
 use super::backend::{Accumulator, Backend};
+use super::error::AggregateError;
+use super::shape::Shape;
 
 /// Words per parallel work item: big enough to amortise scheduling, small enough to balance.
 const CHUNK: usize = 2048;

@@ -12,20 +12,24 @@ mod backend;
 mod codec;
 mod cpu;
 pub mod cuda;
+mod error;
 mod plan;
 mod select;
 mod settings;
+mod shape;
 
-pub use aggregator::{AggregateError, Aggregator, DEFAULT_BATCH, MAX_WEIGHT, Shape};
+pub use aggregator::{Aggregator, DEFAULT_BATCH, MAX_WEIGHT};
 pub use backend::{Accumulator, Backend};
 pub use codec::{CodecError, UpdateCodec};
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
 pub use cuda::CudaBackend;
 pub use cuda::CudaError;
+pub use error::AggregateError;
 pub use plan::AggregationPlan;
 pub use select::{BackendChoice, select_backend};
 pub use settings::HeSettings;
+pub use shape::Shape;
 
 #[cfg(test)]
 mod tests;

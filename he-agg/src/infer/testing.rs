@@ -1,6 +1,6 @@
 //! Small networks with fixed weights, and keys for them, for tests, examples and demos across
-//! the workspace (one definition instead of a copy per crate). Their weights have both signs, so composed maps and
-//! encrypted evaluations are exercised for real; they are not trained.
+//! the workspace (one definition instead of a copy per crate). Their weights have both signs,
+//! so composed maps and encrypted evaluations are exercised for real; they are not trained.
 
 use super::network::{Conv2d, Dense, Layer, Network};
 

@@ -8,9 +8,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::aggregate::aggregator::{AggregateError, Shape};
 use crate::aggregate::backend::Accumulator;
 use crate::aggregate::cpu::cpu_accumulator_from;
+use crate::aggregate::{AggregateError, Shape};
 use crate::ckks::{Ciphertext, CkksContext};
 use crate::ring::Poly;
 

@@ -24,9 +24,9 @@ mod backend {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use crate::aggregate::aggregator::{AggregateError, Shape};
     use crate::aggregate::backend::{Accumulator, Backend};
     use crate::aggregate::cpu::CpuBackend;
+    use crate::aggregate::{AggregateError, Shape};
     use crate::ckks::CkksContext;
 
     use super::device::Device;
