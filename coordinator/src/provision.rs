@@ -163,18 +163,17 @@ fn site_toml(
     federation: FederationId,
     index: u32,
 ) -> anyhow::Result<String> {
-    let mut site = toml::Table::new();
-    site.insert("index".into(), (index as i64).into());
-    site.insert("federation".into(), federation.to_hex().into());
-    site.insert("name".into(), cfg.federation.name.clone().into());
-    site.insert(
-        "coordinator".into(),
-        cfg.federation.coordinator_address.clone().into(),
-    );
-    site.insert("hospitals".into(), (cfg.federation.hospitals as i64).into());
-    site.insert("threshold".into(), (cfg.threshold() as i64).into());
+    let site = protocol::site::SiteSection {
+        index,
+        federation: federation.to_hex(),
+        name: cfg.federation.name.clone(),
+        coordinator: cfg.federation.coordinator_address.clone(),
+        hospitals: cfg.federation.hospitals,
+        threshold: cfg.threshold(),
+        kit: None,
+    };
     let mut doc = toml::Table::new();
-    doc.insert("site".into(), site.into());
+    doc.insert("site".into(), toml::Value::try_from(&site)?);
     doc.insert("he".into(), toml::Value::try_from(&cfg.he)?);
     for (k, v) in &cfg.site_sections {
         doc.insert(k.clone(), v.clone());
@@ -214,8 +213,13 @@ name = "breastmnist"
         assert_eq!(roster.parties().len(), 3);
         for (i, d) in p.hospital_dirs.iter().enumerate() {
             let site = std::fs::read_to_string(d.join("site.toml")).unwrap();
-            assert!(site.contains(&format!("index = {}", i + 1)));
-            assert!(site.contains("[dataset]"));
+            // the node reads [site] with the same type the kit was written from
+            let doc: toml::Table = toml::from_str(&site).unwrap();
+            let s: protocol::site::SiteSection = doc["site"].clone().try_into().unwrap();
+            assert_eq!((s.index, s.hospitals), (i as u32 + 1, 3));
+            assert_eq!(s.federation, p.federation.to_hex());
+            assert_eq!(s.threshold, cfg.threshold());
+            assert!(doc.contains_key("dataset") && doc.contains_key("he"));
             assert!(!d.join("ca-key.pem").exists());
             #[cfg(unix)]
             {

@@ -23,6 +23,7 @@ pub mod link;
 pub mod message;
 pub mod pki;
 pub mod plain;
+pub mod site;
 pub mod tls;
 
 pub use error::ProtocolError;

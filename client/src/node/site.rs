@@ -11,26 +11,7 @@ use he_agg::aggregate::HeSettings;
 use protocol::FederationId;
 use serde::{Deserialize, Serialize};
 
-/// `[site]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SiteSection {
-    /// This hospital's index (1-based; its certificate says the same).
-    pub index: u32,
-    /// Federation id (hex).
-    pub federation: String,
-    /// Federation name.
-    pub name: String,
-    /// Coordinator address (host:port).
-    pub coordinator: String,
-    /// Hospitals in the consortium.
-    pub hospitals: u32,
-    /// Hospitals needed to re-encrypt (t).
-    pub threshold: u32,
-    /// Directory of the kit (ca.pem, cert.pem, key.pem); default: the site TOML's folder.
-    #[serde(default)]
-    pub kit: Option<PathBuf>,
-}
+pub use protocol::site::SiteSection;
 
 /// `[server]`: the server optimiser every hospital applies, identically, to the decrypted average.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
