@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod model;
 pub mod params;
 pub mod portal;
+pub mod strategy;
 pub mod train;
 
 pub use error::ClientError;

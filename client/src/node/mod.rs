@@ -8,7 +8,6 @@
 mod data;
 pub mod keyholder;
 mod keys;
-mod server_opt;
 mod session;
 mod site;
 mod state;

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use client::params::{network_from_flat, to_flat};
+use client::strategy::{self, Moments};
 use client::train::{TrainOptions, evaluate, select_device, train};
 use he_agg::aggregate::{AggregationPlan, UpdateCodec};
 use he_agg::ckks::{Ciphertext, CkksContext, Parameters, Preset, PublicKey, wire};
@@ -28,7 +29,6 @@ use zeroize::Zeroizing;
 use super::NodeDirs;
 use super::data::{LocalData, load};
 use super::keys::{Keys, PeerKeys, write_public, write_secret};
-use super::server_opt;
 use super::site::SiteConfig;
 use super::state::{ModelState, StateFile};
 
@@ -844,9 +844,14 @@ impl Node {
         if delta.iter().any(|d| !d.is_finite()) {
             bail!("the decrypted average is not finite");
         }
-        server_opt::step(
+        let moments = Moments {
+            m: &mut self.state.m,
+            v: &mut self.state.v,
+        };
+        strategy::apply(
             &self.cfg.server,
-            &mut self.state,
+            &mut self.state.global,
+            moments,
             &delta,
             &self.data.trainable,
         );

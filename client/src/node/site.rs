@@ -13,59 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub use protocol::site::SiteSection;
 
-/// `[server]`: the server optimiser every hospital applies, identically, to the decrypted average.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerOptConfig {
-    /// `fedavg`, `fedavgm` or `fedadam`.
-    #[serde(default = "fedavg")]
-    pub optimizer: String,
-    /// Server learning rate (1 with fedavg is plain averaging).
-    #[serde(default = "one")]
-    pub lr: f64,
-    /// fedavgm momentum.
-    #[serde(default = "momentum")]
-    pub momentum: f64,
-    /// fedadam β1, β2, τ.
-    #[serde(default = "beta1")]
-    pub beta1: f64,
-    #[serde(default = "beta2")]
-    pub beta2: f64,
-    #[serde(default = "tau")]
-    pub epsilon: f64,
-}
-
-fn fedavg() -> String {
-    "fedavg".into()
-}
-fn one() -> f64 {
-    1.0
-}
-fn momentum() -> f64 {
-    0.9
-}
-fn beta1() -> f64 {
-    0.9
-}
-fn beta2() -> f64 {
-    0.99
-}
-fn tau() -> f64 {
-    1e-3
-}
-
-impl Default for ServerOptConfig {
-    fn default() -> Self {
-        Self {
-            optimizer: fedavg(),
-            lr: 1.0,
-            momentum: momentum(),
-            beta1: beta1(),
-            beta2: beta2(),
-            epsilon: tau(),
-        }
-    }
-}
+pub use client::strategy::ServerOptConfig;
 
 /// `[node]`: local settings of this hospital's node (optional).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -138,18 +86,7 @@ impl SiteConfig {
             );
         }
         self.federation_id()?;
-        if !matches!(
-            self.server.optimizer.as_str(),
-            "fedavg" | "fedavgm" | "fedadam"
-        ) {
-            bail!(
-                "[server] optimizer = {:?}: use fedavg, fedavgm or fedadam",
-                self.server.optimizer
-            );
-        }
-        if !(self.server.lr > 0.0 && self.server.epsilon > 0.0) {
-            bail!("[server] lr and epsilon must be positive");
-        }
+        self.server.validate().map_err(anyhow::Error::msg)?;
         self.partition_config()?;
         Ok(())
     }
@@ -238,7 +175,10 @@ seed = 7
         assert_eq!(c.site.index, 2);
         assert!(c.simulated_share());
         assert_eq!(c.partition_config().unwrap().hospitals, 3);
-        assert_eq!(c.server.optimizer, "fedavg");
+        assert_eq!(
+            c.server.optimizer,
+            client::strategy::ServerOptimizer::FedAvg
+        );
         assert_eq!(
             c.kit_dir(Path::new("/kits/h2/site.toml")),
             PathBuf::from("/kits/h2")
