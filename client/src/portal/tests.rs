@@ -172,6 +172,18 @@ fn uploads_are_checked_by_size_and_content() {
         validate(&broken, 1 << 20, shape).unwrap_err(),
         UploadError::Undecodable(_)
     ));
+    // a DICOM CT slice is read in Hounsfield units and windowed; a truncated one is refused
+    let hu: Vec<i16> = (0..64 * 64).map(|i| (i % 64) as i16 * 20 - 600).collect();
+    let dcm = datasets::dicom_writer::ct_slice(64, 64, &hu, Some("P1")).unwrap();
+    let (kind, hwc) = validate(&dcm, 1 << 20, shape).unwrap();
+    assert_eq!((kind, hwc.len()), (ImageKind::Dicom, 28 * 28));
+    assert!(hwc.iter().any(|&g| g > 0) && hwc.iter().any(|&g| g < 255));
+    let mut cut = dcm.clone();
+    cut.truncate(dcm.len() / 2);
+    assert!(matches!(
+        validate(&cut, 1 << 20, shape).unwrap_err(),
+        UploadError::Undecodable(_)
+    ));
     assert_eq!(clean_file_name(Some("C:\\scans\\a.png")), "a.png");
     assert_eq!(clean_file_name(Some("../../x\u{7}.png")), "x.png");
     assert_eq!(clean_file_name(None), "upload");
