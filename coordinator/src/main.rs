@@ -77,6 +77,9 @@ enum Command {
         /// for this many test images encrypted (compared with the plaintext network).
         #[arg(long, default_value_t = 0)]
         serve_inference: usize,
+        /// Replace an earlier simulation's results in the output directory (refused without).
+        #[arg(long)]
+        force: bool,
     },
     /// Serve the federated model for encrypted inference over mutual-TLS QUIC. Mode (b), with
     /// --model: a released model in the clear, images encrypted under each requester's own key.
@@ -167,9 +170,15 @@ fn main() -> anyhow::Result<()> {
             plaintext,
             backend,
             serve_inference,
-        } => {
-            coordinator::simulate::run(config.as_deref(), out, plaintext, backend, serve_inference)
-        }
+            force,
+        } => coordinator::simulate::run(
+            config.as_deref(),
+            out,
+            plaintext,
+            backend,
+            serve_inference,
+            force,
+        ),
         Command::ServeInference {
             dir,
             model,

@@ -4,12 +4,14 @@
 //! progress bar, then writes the per-round, per-hospital metrics (CSV and Parquet), the plots
 //! and `summary.json` into the output directory.
 
+mod children;
+mod out_dir;
 mod report;
 mod serving;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -18,6 +20,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use crate::config::FederationConfig;
 use crate::provision::provision;
 use crate::server::CoordinatorDir;
+use children::{Children, Interrupted};
 
 /// The README's default experiment, built in.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/organamnist-5-hospitals.toml");
@@ -31,7 +34,9 @@ pub fn run(
     plaintext: bool,
     backend: Option<he_agg::aggregate::BackendChoice>,
     serve_inference: usize,
+    force: bool,
 ) -> anyhow::Result<()> {
+    let stop = Interrupted::install()?;
     let (text, config_path) = match config_path {
         Some(p) => (
             std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
@@ -88,6 +93,7 @@ pub fn run(
         if cfg.he.plaintext { "-plaintext" } else { "" }
     );
     let out = out.unwrap_or_else(|| PathBuf::from("out").join(&name));
+    out_dir::prepare(&out, force)?;
     std::fs::create_dir_all(out.join("logs"))
         .with_context(|| format!("cannot create {}", out.display()))?;
 
@@ -114,32 +120,37 @@ pub fn run(
     let coordinator_bin = std::env::current_exe().context("cannot locate this executable")?;
     let client_bin = client_binary(&coordinator_bin)?;
     let started = Instant::now();
-    let mut coordinator = Command::new(&coordinator_bin)
-        .arg("run")
-        .arg("--dir")
-        .arg(&p.coordinator_dir)
-        .stdout(Stdio::piped())
-        .stderr(log_file(&out, "coordinator.log")?)
-        .spawn()
+    let mut children = Children::new();
+    let coordinator = children
+        .spawn(
+            Command::new(&coordinator_bin)
+                .arg("run")
+                .arg("--dir")
+                .arg(&p.coordinator_dir)
+                .stdout(Stdio::piped())
+                .stderr(log_file(&out, "coordinator.log")?),
+        )
         .context("cannot start the coordinator")?;
-    let mut hospitals: Vec<Child> = Vec::new();
+    let mut hospitals = Vec::new();
     for (i, dir) in p.hospital_dirs.iter().enumerate() {
         let index = i + 1;
         let node_out = out.join("hospitals").join(format!("hospital-{index}"));
         std::fs::create_dir_all(&node_out)?;
-        let child = Command::new(&client_bin)
-            .arg("run")
-            .arg("--site")
-            .arg(dir.join("site.toml"))
-            .arg("--out")
-            .arg(&node_out)
-            .env(
-                "RAYON_NUM_THREADS",
-                cfg.simulate.threads_per_hospital.to_string(),
+        let child = children
+            .spawn(
+                Command::new(&client_bin)
+                    .arg("run")
+                    .arg("--site")
+                    .arg(dir.join("site.toml"))
+                    .arg("--out")
+                    .arg(&node_out)
+                    .env(
+                        "RAYON_NUM_THREADS",
+                        cfg.simulate.threads_per_hospital.to_string(),
+                    )
+                    .stdout(log_file(&out, &format!("hospital-{index}.out.log"))?)
+                    .stderr(log_file(&out, &format!("hospital-{index}.log"))?),
             )
-            .stdout(log_file(&out, &format!("hospital-{index}.out.log"))?)
-            .stderr(log_file(&out, &format!("hospital-{index}.log"))?)
-            .spawn()
             .with_context(|| format!("cannot start hospital {index} ({})", client_bin.display()))?;
         hospitals.push(child);
     }
@@ -169,7 +180,11 @@ pub fn run(
             b
         })
         .collect();
-    let stdout = coordinator.stdout.take().context("coordinator stdout")?;
+    let stdout = children
+        .get_mut(coordinator)
+        .stdout
+        .take()
+        .context("coordinator stdout")?;
     let progress = {
         let (bar, hospital_bars) = (bar.clone(), hospital_bars.clone());
         std::thread::spawn(move || {
@@ -195,21 +210,19 @@ pub fn run(
         })
     };
     let deadline = started + Duration::from_secs(cfg.simulate.timeout_s);
-    let outcome = wait_all(&mut coordinator, &mut hospitals, deadline);
+    let outcome = wait_all(&mut children, coordinator, &hospitals, deadline, &stop);
+    if outcome.is_err() {
+        // ends the coordinator too, which closes the pipe the progress thread reads
+        children.end_all();
+    }
     let _ = progress.join();
     for b in hospital_bars.iter().chain(std::iter::once(&bar)) {
         b.finish_and_clear();
     }
     if let Err(e) = outcome {
-        for c in hospitals
-            .iter_mut()
-            .chain(std::iter::once(&mut coordinator))
-        {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
         bail!("{e:#}\nlogs: {}", out.join("logs").display());
     }
+    stop.check()?;
     let wall_s = started.elapsed().as_secs_f64();
     let coord = CoordinatorDir {
         dir: p.coordinator_dir.clone(),
@@ -229,6 +242,7 @@ pub fn run(
              model, {serve_inference} encrypted test images…"
         );
         serving::run(&serving::Serving {
+            stop: &stop,
             provisioned: &p,
             out: &out,
             coordinator_bin: &coordinator_bin,
@@ -243,27 +257,31 @@ pub fn run(
     Ok(())
 }
 
-/// Waits for the coordinator and every hospital to exit successfully, or the deadline.
+/// Waits for the coordinator and every hospital to exit successfully; an error at the deadline,
+/// on a signal, or when one of them fails.
 fn wait_all(
-    coordinator: &mut Child,
-    hospitals: &mut [Child],
+    children: &mut Children,
+    coordinator: usize,
+    hospitals: &[usize],
     deadline: Instant,
+    stop: &Interrupted,
 ) -> anyhow::Result<()> {
     let mut coordinator_done = false;
     let mut hospital_done = vec![false; hospitals.len()];
     while !(coordinator_done && hospital_done.iter().all(|&d| d)) {
+        stop.check()?;
         if Instant::now() > deadline {
             bail!("the simulation did not finish within [simulate] timeout_s");
         }
-        if !coordinator_done && let Some(status) = coordinator.try_wait()? {
+        if !coordinator_done && let Some(status) = children.get_mut(coordinator).try_wait()? {
             if !status.success() {
                 bail!("the coordinator failed ({status})");
             }
             coordinator_done = true;
         }
-        for (i, h) in hospitals.iter_mut().enumerate() {
+        for (i, &h) in hospitals.iter().enumerate() {
             if !hospital_done[i]
-                && let Some(status) = h.try_wait()?
+                && let Some(status) = children.get_mut(h).try_wait()?
             {
                 if !status.success() {
                     bail!("hospital {} failed ({status})", i + 1);

@@ -5,29 +5,19 @@
 //! `inference_mode_a.json`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+use super::children::{Children, Interrupted};
 use super::{free_udp_port, log_file};
 use crate::provision::Provisioned;
 
-/// Child processes that die with this step, whatever way it ends.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// What the run needs to know.
 pub struct Serving<'a> {
+    pub stop: &'a Interrupted,
     pub provisioned: &'a Provisioned,
     pub out: &'a Path,
     pub coordinator_bin: &'a Path,
@@ -72,35 +62,39 @@ pub fn run(s: &Serving) -> anyhow::Result<Value> {
     let port = free_udp_port()?;
     let addr = format!("127.0.0.1:{port}");
     let started = Instant::now();
-    let mut procs = Procs(Vec::new());
-    procs.0.push(
-        Command::new(s.coordinator_bin)
-            .args([
-                "serve-inference",
-                "--collective",
-                "--listen",
-                &addr,
-                "--dir",
-            ])
-            .arg(&s.provisioned.coordinator_dir)
-            .stdout(Stdio::null())
-            .stderr(log_file(s.out, "serving-coordinator.log")?)
-            .spawn()
+    let mut procs = Children::new();
+    let mut serving = vec![
+        procs
+            .spawn(
+                Command::new(s.coordinator_bin)
+                    .args([
+                        "serve-inference",
+                        "--collective",
+                        "--listen",
+                        &addr,
+                        "--dir",
+                    ])
+                    .arg(&s.provisioned.coordinator_dir)
+                    .stdout(Stdio::null())
+                    .stderr(log_file(s.out, "serving-coordinator.log")?),
+            )
             .context("cannot start the serving coordinator")?,
-    );
+    ];
     let node_out =
         |index: usize| -> PathBuf { s.out.join("hospitals").join(format!("hospital-{index}")) };
     for (i, dir) in s.provisioned.hospital_dirs.iter().enumerate() {
         let index = i + 1;
-        procs.0.push(
-            Command::new(s.client_bin)
-                .args(["hold-keys", "--server", &addr, "--site"])
-                .arg(dir.join("site.toml"))
-                .arg("--out")
-                .arg(node_out(index))
-                .stdout(Stdio::null())
-                .stderr(log_file(s.out, &format!("keyholder-{index}.log"))?)
-                .spawn()
+        serving.push(
+            procs
+                .spawn(
+                    Command::new(s.client_bin)
+                        .args(["hold-keys", "--server", &addr, "--site"])
+                        .arg(dir.join("site.toml"))
+                        .arg("--out")
+                        .arg(node_out(index))
+                        .stdout(Stdio::null())
+                        .stderr(log_file(s.out, &format!("keyholder-{index}.log"))?),
+                )
                 .with_context(|| format!("cannot start keyholder {index}"))?,
         );
     }
@@ -113,20 +107,26 @@ pub fn run(s: &Serving) -> anyhow::Result<Value> {
     // setup (keys of every hospital, the encrypted model) takes a while: ask until served
     let mut attempts = 0;
     let remote = loop {
-        if let Some(c) = procs.0.iter_mut().find_map(|c| c.try_wait().ok().flatten()) {
-            bail!("a serving process exited early ({c}); see the logs");
+        for &i in &serving {
+            if let Some(c) = procs.get_mut(i).try_wait()? {
+                bail!("a serving process exited early ({c}); see the logs");
+            }
         }
         attempts += 1;
-        let status = Command::new(s.client_bin)
-            .args(["infer", "--server", &addr, "--timeout-s", "300", "--site"])
-            .arg(&site)
-            .arg("--json")
-            .arg(&remote_json)
-            .args(&images)
-            .stdout(Stdio::null())
-            .stderr(log_file(s.out, "requester.log")?)
-            .status()
-            .context("cannot run the requester")?;
+        let status = procs
+            .run(
+                Command::new(s.client_bin)
+                    .args(["infer", "--server", &addr, "--timeout-s", "300", "--site"])
+                    .arg(&site)
+                    .arg("--json")
+                    .arg(&remote_json)
+                    .args(&images)
+                    .stdout(Stdio::null())
+                    .stderr(log_file(s.out, "requester.log")?),
+                s.stop,
+                s.deadline,
+            )
+            .context("the requester")?;
         if status.success() {
             break read_json(&remote_json)?;
         }
@@ -136,16 +136,20 @@ pub fn run(s: &Serving) -> anyhow::Result<Value> {
         std::thread::sleep(Duration::from_secs(2));
     };
     let served_s = started.elapsed().as_secs_f64();
-    let status = Command::new(s.client_bin)
-        .args(["infer", "--local", "--network"])
-        .arg(node_out(1).join("network.json"))
-        .arg("--json")
-        .arg(&local_json)
-        .args(&images)
-        .stdout(Stdio::null())
-        .stderr(log_file(s.out, "requester-local.log")?)
-        .status()
-        .context("cannot run the plaintext comparison")?;
+    let status = procs
+        .run(
+            Command::new(s.client_bin)
+                .args(["infer", "--local", "--network"])
+                .arg(node_out(1).join("network.json"))
+                .arg("--json")
+                .arg(&local_json)
+                .args(&images)
+                .stdout(Stdio::null())
+                .stderr(log_file(s.out, "requester-local.log")?),
+            s.stop,
+            s.deadline,
+        )
+        .context("the plaintext comparison")?;
     if !status.success() {
         bail!("the plaintext comparison failed; see logs/requester-local.log");
     }

@@ -1,0 +1,208 @@
+//! `coordinator simulate` as a good citizen, with the real binaries: SIGTERM in the middle of a
+//! run ends every child process and removes the temporary kits (CA, TLS and exchange keys); a
+//! second run into the same output directory is refused at once with a clear message instead
+//! of hanging on the first run's hospital state, and `--force` replaces it. Every wait is
+//! bounded.
+
+#![cfg(unix)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{client_bin, coordinator_bin, data_dir};
+
+const CONFIG: &str = r#"
+[federation]
+name = "citizen"
+hospitals = 3
+threshold = 2
+rounds = 200
+min_hospitals = 3
+round_timeout_s = 300
+
+[dataset]
+kind = "medmnist"
+name = "breastmnist"
+offline = true
+
+[partition]
+scheme = "iid"
+seed = 1
+
+[train]
+epochs = 1
+batch_size = 32
+
+[node]
+test_every = 0
+
+[he]
+plaintext = true
+
+[simulate]
+timeout_s = 600
+"#;
+
+/// Processes whose command line mentions `marker` (this test's temporary directory).
+fn processes_mentioning(marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmd).contains(marker)
+            && pid != std::process::id()
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn simulate(cfg: &Path, out: &Path, tmp: &Path, extra: &[&str]) -> Child {
+    Command::new(coordinator_bin())
+        .arg("simulate")
+        .arg(cfg)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .env("TMPDIR", tmp)
+        .env("HEAL_DATA_DIR", data_dir())
+        .env("HEAL_OFFLINE", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits at most `limit` for `child` to exit; kills it (and fails) otherwise.
+fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{what} did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    use std::io::Read;
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut s);
+    }
+    s
+}
+
+#[test]
+fn sigterm_ends_every_child_and_removes_the_kits_and_a_used_out_dir_is_refused() {
+    client_bin(); // built beside the coordinator before simulate looks for it
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let cfg = dir.path().join("citizen.toml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let out = dir.path().join("out");
+    let marker = dir.path().to_str().unwrap().to_string();
+
+    let mut sim = simulate(&cfg, &out, &tmp, &[]);
+    // the coordinator and the three hospitals are running, and the kits exist
+    let t = Instant::now();
+    while processes_mentioning(&marker).len() < 5 {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the simulation's children did not start: {:?}",
+            processes_mentioning(&marker)
+        );
+        assert!(sim.try_wait().unwrap().is_none(), "simulate ended early");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let kits = || {
+        std::fs::read_dir(&tmp)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("heal-simulate-")
+            })
+            .count()
+    };
+    assert_eq!(kits(), 1, "the kits are in TMPDIR while it runs");
+
+    // SAFETY: signals the simulate process this test started.
+    unsafe {
+        libc::kill(sim.id() as i32, libc::SIGTERM);
+    }
+    let status = wait_bounded(&mut sim, Duration::from_secs(60), "simulate after SIGTERM");
+    let err = stderr_of(&mut sim);
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let t = Instant::now();
+    while !processes_mentioning(&marker).is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        processes_mentioning(&marker),
+        Vec::<u32>::new(),
+        "children left running"
+    );
+    assert_eq!(
+        kits(),
+        0,
+        "the temporary kits (CA and TLS keys) were left behind"
+    );
+
+    // the interrupted run's hospital state belongs to another federation: refused at once
+    let mut again = simulate(&cfg, &out, &tmp, &[]);
+    let status = wait_bounded(&mut again, Duration::from_secs(60), "a second simulate");
+    let err = stderr_of(&mut again);
+    assert!(!status.success());
+    assert!(
+        err.contains("earlier simulation") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(kits(), 0);
+
+    // --force replaces it (then this run is interrupted too)
+    let mut forced = simulate(&cfg, &out, &tmp, &["--force"]);
+    let t = Instant::now();
+    while processes_mentioning(&marker).len() < 5 {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "--force did not start the run"
+        );
+        assert!(
+            forced.try_wait().unwrap().is_none(),
+            "simulate --force ended early: {}",
+            stderr_of(&mut forced)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    unsafe {
+        libc::kill(forced.id() as i32, libc::SIGINT);
+    }
+    wait_bounded(
+        &mut forced,
+        Duration::from_secs(60),
+        "simulate after SIGINT",
+    );
+    let t = Instant::now();
+    while !processes_mentioning(&marker).is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(processes_mentioning(&marker), Vec::<u32>::new());
+    assert_eq!(kits(), 0);
+}
