@@ -33,26 +33,9 @@ min_hospitals = {quorum}
 round_timeout_s = 120
 coordinator_address = "127.0.0.1:{port}"
 listen = "127.0.0.1:{port}"
-
-[dataset]
-kind = "medmnist"
-name = "breastmnist"
-offline = true
-
-[partition]
-scheme = "iid"
-seed = 3
-
-[train]
-epochs = 1
-batch_size = 32
-lr = 2e-3
-schedule = "constant"
-
-[node]
-test_every = 0
-reconnect_s = 120
-"#
+{}reconnect_s = 120
+"#,
+        common::breastmnist_sections(3)
     )
 }
 

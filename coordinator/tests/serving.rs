@@ -17,42 +17,21 @@ use coordinator::provision::provision;
 mod common;
 use common::{Procs, client_bin, coordinator_bin, data_dir, free_port};
 
-const CONFIG: &str = r#"
-[federation]
-name = "served"
-hospitals = 3
-threshold = 2
-rounds = 1
-min_hospitals = 3
-round_timeout_s = 300
-
-[dataset]
-kind = "medmnist"
-name = "breastmnist"
-offline = true
-
-[partition]
-scheme = "iid"
-seed = 1
-
-[train]
-epochs = 1
-batch_size = 32
-lr = 2e-3
-schedule = "constant"
-
-[node]
-test_every = 0
-
-[simulate]
-timeout_s = 600
-"#;
+/// A 3-hospital BreastMNIST federation, one round.
+fn config() -> String {
+    let head = "[federation]\nname = \"served\"\nhospitals = 3\nthreshold = 2\nrounds = 1\n\
+                min_hospitals = 3\nround_timeout_s = 300\n";
+    format!(
+        "{head}{}\n[simulate]\ntimeout_s = 600\n",
+        common::breastmnist_sections(1)
+    )
+}
 
 #[test]
 fn the_federated_model_is_served_encrypted_and_each_result_is_switched_by_t_keyholders() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("served.toml");
-    std::fs::write(&cfg, CONFIG).unwrap();
+    std::fs::write(&cfg, config()).unwrap();
     let out = dir.path().join("out");
     let output = Command::new(coordinator_bin())
         .arg("simulate")
@@ -164,7 +143,7 @@ fn a_restarted_serving_coordinator_serves_the_saved_setup_without_a_new_key() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let port = free_port();
-    let text = CONFIG.replace(
+    let text = config().replace(
         "round_timeout_s = 300",
         &format!(
             "round_timeout_s = 300\ncoordinator_address = \"127.0.0.1:{port}\"\nlisten = \"127.0.0.1:{port}\""

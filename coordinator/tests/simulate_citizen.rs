@@ -13,37 +13,12 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{client_bin, coordinator_bin, data_dir};
 
-const CONFIG: &str = r#"
-[federation]
-name = "citizen"
-hospitals = 3
-threshold = 2
-rounds = 200
-min_hospitals = 3
-round_timeout_s = 300
-
-[dataset]
-kind = "medmnist"
-name = "breastmnist"
-offline = true
-
-[partition]
-scheme = "iid"
-seed = 1
-
-[train]
-epochs = 1
-batch_size = 32
-
-[node]
-test_every = 0
-
-[he]
-plaintext = true
-
-[simulate]
-timeout_s = 600
-"#;
+fn config() -> String {
+    let head = "[federation]\nname = \"citizen\"\nhospitals = 3\nthreshold = 2\nrounds = 200\n\
+                min_hospitals = 3\nround_timeout_s = 300\n";
+    let tail = "\n[he]\nplaintext = true\n\n[simulate]\ntimeout_s = 600\n";
+    format!("{head}{}{tail}", common::breastmnist_sections(1))
+}
 
 /// Processes whose command line mentions `marker` (this test's temporary directory).
 fn processes_mentioning(marker: &str) -> Vec<u32> {
@@ -113,7 +88,7 @@ fn sigterm_ends_every_child_and_removes_the_kits_and_a_used_out_dir_is_refused()
     let tmp = dir.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
     let cfg = dir.path().join("citizen.toml");
-    std::fs::write(&cfg, CONFIG).unwrap();
+    std::fs::write(&cfg, config()).unwrap();
     let out = dir.path().join("out");
     let marker = dir.path().to_str().unwrap().to_string();
 

@@ -35,6 +35,33 @@ pub fn client_bin() -> PathBuf {
     c
 }
 
+/// The data and training sections of the small BreastMNIST federations the tests run: an IID
+/// partition, one local epoch per round, no test-split evaluation; `[node]` comes last so a
+/// caller may add keys to it.
+pub fn breastmnist_sections(seed: u32) -> String {
+    format!(
+        r#"
+[dataset]
+kind = "medmnist"
+name = "breastmnist"
+offline = true
+
+[partition]
+scheme = "iid"
+seed = {seed}
+
+[train]
+epochs = 1
+batch_size = 32
+lr = 2e-3
+schedule = "constant"
+
+[node]
+test_every = 0
+"#
+    )
+}
+
 pub fn free_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
