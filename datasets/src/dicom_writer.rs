@@ -7,6 +7,8 @@ use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 
+use crate::error::{DatasetError, Result};
+
 /// How the file stores its samples.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Samples {
@@ -55,7 +57,7 @@ fn put(obj: &mut InMemDicomObject, tag: Tag, vr: VR, v: PrimitiveValue) {
 /// A CT image storage file, explicit VR little endian, pixel values `values` (all frames,
 /// row-major, stored values before the rescale). Values are written as given, so a test can
 /// write a file whose pixel data disagrees with its header.
-pub fn dicom_bytes(spec: &DicomSpec, values: &[i32]) -> Result<Vec<u8>, String> {
+pub fn dicom_bytes(spec: &DicomSpec, values: &[i32]) -> Result<Vec<u8>> {
     let mut obj = InMemDicomObject::new_empty();
     let instance = "1.2.826.0.1.3680043.2.1125.1";
     put(
@@ -128,19 +130,15 @@ pub fn dicom_bytes(spec: &DicomSpec, values: &[i32]) -> Result<Vec<u8>, String> 
                 .media_storage_sop_class_uid(uids::CT_IMAGE_STORAGE)
                 .media_storage_sop_instance_uid(instance),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| DatasetError::invalid("DICOM writer", e.to_string()))?;
     let mut out = Vec::new();
-    file.write_all(&mut out).map_err(|e| e.to_string())?;
+    file.write_all(&mut out)
+        .map_err(|e| DatasetError::invalid("DICOM writer", e.to_string()))?;
     Ok(out)
 }
 
 /// A 16-bit signed CT slice in Hounsfield units (rescale slope 1, intercept −1024).
-pub fn ct_slice(
-    rows: u16,
-    cols: u16,
-    hu: &[i16],
-    patient: Option<&str>,
-) -> Result<Vec<u8>, String> {
+pub fn ct_slice(rows: u16, cols: u16, hu: &[i16], patient: Option<&str>) -> Result<Vec<u8>> {
     let stored: Vec<i32> = hu.iter().map(|&h| h as i32 + 1024).collect();
     dicom_bytes(
         &DicomSpec {

@@ -7,8 +7,6 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 
-/// What a simulation writes that marks a directory as holding an earlier run.
-const EARLIER_RUN: [&str; 3] = ["hospitals", "summary.json", "metrics_per_round.csv"];
 /// The files a simulation writes at the top of its output directory (`report`, `serving`).
 const OUR_FILES: [&str; 10] = [
     "summary.json",
@@ -26,9 +24,9 @@ const OUR_FILES: [&str; 10] = [
 /// Refuses `out` when it holds an earlier run, unless `force`, which removes that run's files
 /// (only the ones a simulation writes; anything else in `out` is left alone).
 pub fn prepare(out: &Path, force: bool) -> anyhow::Result<()> {
-    let found: Vec<&str> = EARLIER_RUN
-        .iter()
-        .copied()
+    // the hospitals' state, or any result file, marks an earlier run
+    let found: Vec<&str> = std::iter::once("hospitals")
+        .chain(OUR_FILES)
         .filter(|name| out.join(name).exists())
         .collect();
     if found.is_empty() {
