@@ -7,10 +7,13 @@
 //! - [`rlwe`]: parameters and their 128-bit security check, keys, encryption, key switching;
 //! - [`ckks`]: encoding by the canonical embedding, the evaluator, presets, the wire format;
 //! - [`multiparty`]: collective keys, t-of-N threshold, (public-)key switching with flooding;
-//! - [`aggregate`]: streaming weighted sums of ciphertexts on a pluggable backend.
+//! - [`aggregate`]: streaming weighted sums of ciphertexts on a pluggable backend;
+//! - [`gpu`]: CKKS resident on a GPU (key switching, hoisted rotations, rescaling), equal to
+//!   the CPU path word for word.
 
 pub mod aggregate;
 pub mod ckks;
+pub mod gpu;
 pub mod infer;
 pub mod multiparty;
 pub mod ring;

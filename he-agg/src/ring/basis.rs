@@ -71,6 +71,17 @@ impl BasisExtender {
         &self.source
     }
 
+    /// [(B/b_i)^{-1}]_{b_i} per source modulus (times N^{-1} with `unnormalized`): the
+    /// constants of [`BasisExtender::prepare`], for kernels that repeat it on a device.
+    pub(crate) fn prepare_consts(&self, unnormalized: bool) -> &[ShoupConst] {
+        &self.inv_punctured[usize::from(unnormalized)]
+    }
+
+    /// [B/b_i]_t for ring modulus `target`: the row of [`BasisExtender::extend_limb`].
+    pub(crate) fn extend_row(&self, target: usize) -> &[u64] {
+        &self.punctured_mod[target]
+    }
+
     /// Extends `input` (coefficient domain, one limb per source modulus) to the moduli `targets`.
     pub fn extend(&self, ring: &Ring, input: &Poly, targets: &[usize]) -> Poly {
         let limbs: Vec<&[u64]> = (0..input.limbs()).map(|i| input.limb(i)).collect();
@@ -140,6 +151,12 @@ pub struct RescaleConsts {
 }
 
 impl RescaleConsts {
+    /// [q_last^{-1}]_{q_i} and [⌊q_last/2⌋]_{q_i} for the remaining moduli (for kernels that
+    /// repeat [`Ring::div_round_by_last`] on a device).
+    pub(crate) fn parts(&self) -> (&[ShoupConst], &[u64]) {
+        (&self.inv_last, &self.half_last)
+    }
+
     /// Constants for dividing a polynomial over `basis` by the modulus `basis.last()`.
     pub fn new(ring: &Ring, basis: &[usize]) -> Self {
         let (&last, rest) = basis

@@ -50,6 +50,13 @@ impl Modulus {
         self.bits
     }
 
+    /// ⌊2^128 / q⌋ as (low, high) words: the constant of [`Modulus::reduce_u128`], for kernels
+    /// that repeat its arithmetic elsewhere (the GPU).
+    #[inline]
+    pub fn ratio(&self) -> (u64, u64) {
+        self.ratio
+    }
+
     // Branch-free conditional subtraction: for r < 2q (< 2^63), r − q wraps to a value above r
     // exactly when r < q, so the minimum is the reduced value. Random residues would make a
     // branch mispredict half the time.

@@ -9,8 +9,8 @@
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
-    PinnedHostSlice, PushKernelArg, result, sys,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    LaunchConfig, PinnedHostSlice, PushKernelArg, result, sys,
 };
 use cudarc::nvrtc::{self, CompileOptions};
 use rayon::prelude::*;
@@ -40,6 +40,58 @@ pub fn guarded<T>(f: impl FnOnce() -> Result<T, CudaError>) -> Result<T, CudaErr
             .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "unknown panic".into());
         Err(CudaError::Panicked(msg))
+    })
+}
+
+/// A context on one device with a CUDA C source compiled for it.
+pub struct Opened {
+    pub ctx: Arc<CudaContext>,
+    pub module: Arc<CudaModule>,
+    pub name: String,
+    pub capability: (i32, i32),
+}
+
+/// Opens device `ordinal` (driver and NVRTC loaded with dlopen; a missing one is a typed error)
+/// and compiles `source` for its own architecture. Event tracking is off: every user of these
+/// contexts orders its work itself (one stream, or explicit events).
+pub fn open_compiled(ordinal: usize, source: &str, file: &str) -> Result<Opened, CudaError> {
+    // SAFETY: only tries to dlopen the libraries, loading no symbol.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(CudaError::NoDriver);
+    }
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(CudaError::NoNvrtc);
+    }
+    let count = CudaContext::device_count()?;
+    if count <= 0 || ordinal >= count as usize {
+        return Err(CudaError::NoDevice);
+    }
+    let ctx = CudaContext::new(ordinal)?;
+    // SAFETY: no allocation exists yet in this context object.
+    unsafe { ctx.disable_event_tracking() };
+    let name = ctx.name()?;
+    let capability = ctx.compute_capability()?;
+    // virtual architecture of this device: NVRTC emits PTX that the driver finalises for
+    // exactly this GPU (sm_90 on an H100 or H200)
+    let arch = format!("compute_{}{}", capability.0, capability.1);
+    let ptx = nvrtc::compile_ptx_with_opts(
+        source,
+        CompileOptions {
+            options: vec![format!("--gpu-architecture={arch}")],
+            name: Some(file.into()),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| CudaError::Compile {
+        arch: arch.clone(),
+        log: e.to_string(),
+    })?;
+    let module = ctx.load_module(ptx)?;
+    Ok(Opened {
+        ctx,
+        module,
+        name,
+        capability,
     })
 }
 
@@ -90,41 +142,11 @@ impl Device {
     }
 
     fn open_unguarded(ordinal: usize, slot_words: usize) -> Result<Arc<Self>, CudaError> {
-        // SAFETY: only tries to dlopen the libraries, loading no symbol.
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err(CudaError::NoDriver);
-        }
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            return Err(CudaError::NoNvrtc);
-        }
-        let count = CudaContext::device_count()?;
-        if count <= 0 || ordinal >= count as usize {
-            return Err(CudaError::NoDevice);
-        }
-        let ctx = CudaContext::new(ordinal)?;
-        // SAFETY: no allocation exists yet; from here on this module orders every access
-        // with its own events.
-        unsafe { ctx.disable_event_tracking() };
-        let name = ctx.name()?;
-        let capability = ctx.compute_capability()?;
+        let opened = open_compiled(ordinal, FOLD_SOURCE, "heal_fold.cu")?;
+        let (ctx, module) = (opened.ctx, opened.module);
+        let (name, capability) = (opened.name, opened.capability);
         let sms =
             ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
-        // virtual architecture of this device: NVRTC emits PTX that the driver finalises for
-        // exactly this GPU (sm_90 on an H100 or H200)
-        let arch = format!("compute_{}{}", capability.0, capability.1);
-        let ptx = nvrtc::compile_ptx_with_opts(
-            FOLD_SOURCE,
-            CompileOptions {
-                options: vec![format!("--gpu-architecture={arch}")],
-                name: Some("heal_fold.cu".into()),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| CudaError::Compile {
-            arch: arch.clone(),
-            log: e.to_string(),
-        })?;
-        let module = ctx.load_module(ptx)?;
         let fold = module.load_function(FOLD_KERNEL)?;
         let compute = ctx.new_stream()?;
         let mut slots = Vec::with_capacity(SLOTS);

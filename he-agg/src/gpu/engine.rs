@@ -1,0 +1,332 @@
+//! CKKS operations as short sequences of [`Exec`] launches: decomposition, key switching,
+//! rotations (hoisted), rescaling. Written once; [`super::HostExec`] and the CUDA executor run
+//! the same sequence, and both equal the CPU evaluator word for word.
+
+use std::sync::Arc;
+
+use super::exec::{DotShape, Exec, LimbOp, MapJob};
+use super::plans::LevelPlan;
+use crate::aggregate::CudaError;
+use crate::ckks::Ciphertext;
+use crate::ring::Poly;
+use crate::rlwe::{RlweContext, SwitchingKey};
+
+/// Why an operation on the device cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GpuError {
+    #[error(transparent)]
+    Cuda(#[from] CudaError),
+    #[error("these parameters have no special primes P, so key switching is unavailable")]
+    NoSpecialPrimes,
+    #[error("the switching key was made for other parameters")]
+    ForeignKey,
+    #[error("the switching key has {have} parts, level {level} needs {need}")]
+    ShortKey {
+        have: usize,
+        need: usize,
+        level: usize,
+    },
+    #[error("a ciphertext at level {0} cannot be {1}")]
+    Level(usize, &'static str),
+    #[error("the device holds ciphertexts of degree 1 only; this one has degree {0}")]
+    Degree(usize),
+}
+
+/// A degree-1 ciphertext on the device: `[c0 limbs][c1 limbs]`, NTT domain.
+pub struct DevCiphertext<B> {
+    pub buf: B,
+    pub level: usize,
+    pub scale: f64,
+}
+
+/// c_1 of a ciphertext decomposed into raised digits, `[digit][Q_l ∪ P]`.
+pub struct DevDecomposition<B> {
+    buf: B,
+    level: usize,
+    digits: usize,
+}
+
+/// A switching key on the device, `[digit][b, a][Q_L ∪ P]`.
+pub struct DevSwitchingKey<B> {
+    buf: B,
+    parts: usize,
+    fingerprint: [u8; 32],
+}
+
+/// Limb `level + i` of a ciphertext (its c1) to limb `i` of a buffer of its own.
+fn c1_jobs(lp: &LevelPlan) -> Vec<MapJob> {
+    lp.ct_limbs[lp.level..]
+        .iter()
+        .map(|j| MapJob {
+            dst: j.dst - lp.level as u32,
+            ..*j
+        })
+        .collect()
+}
+
+/// CKKS on an executor, for one parameter set.
+pub struct Engine<E: Exec> {
+    exec: E,
+    rlwe: Arc<RlweContext>,
+    /// Indexed by level (0 unused).
+    plans: Vec<LevelPlan>,
+}
+
+impl<E: Exec> Engine<E> {
+    pub fn new(exec: E, rlwe: Arc<RlweContext>) -> Self {
+        let plans = (0..=rlwe.max_level())
+            .map(|l| LevelPlan::new(&rlwe, l))
+            .collect();
+        Self { exec, rlwe, plans }
+    }
+
+    pub fn exec(&self) -> &E {
+        &self.exec
+    }
+
+    pub fn rlwe(&self) -> &Arc<RlweContext> {
+        &self.rlwe
+    }
+
+    fn plan(&self, level: usize, what: &'static str) -> Result<&LevelPlan, GpuError> {
+        self.plans
+            .get(level)
+            .filter(|_| level >= 1)
+            .ok_or(GpuError::Level(level, what))
+    }
+
+    pub fn upload_ct(&self, ct: &Ciphertext) -> Result<DevCiphertext<E::Buf>, GpuError> {
+        if ct.parts.len() != 2 {
+            return Err(GpuError::Degree(ct.parts.len() - 1));
+        }
+        let level = ct.parts[0].limbs();
+        self.plan(level, "held")?;
+        let words: Vec<u64> = ct
+            .parts
+            .iter()
+            .flat_map(|p| p.data().iter().copied())
+            .collect();
+        Ok(DevCiphertext {
+            buf: self.exec.upload(&words)?,
+            level,
+            scale: ct.scale,
+        })
+    }
+
+    pub fn download_ct(&self, ct: &DevCiphertext<E::Buf>) -> Result<Ciphertext, GpuError> {
+        let words = self.exec.download(&ct.buf)?;
+        let n = self.rlwe.n();
+        let half = ct.level * n;
+        Ok(Ciphertext {
+            parts: vec![
+                Poly::from_data(n, words[..half].to_vec()),
+                Poly::from_data(n, words[half..2 * half].to_vec()),
+            ],
+            scale: ct.scale,
+        })
+    }
+
+    pub fn upload_key(&self, key: &SwitchingKey) -> Result<DevSwitchingKey<E::Buf>, GpuError> {
+        if key.fingerprint() != self.rlwe.fingerprint() {
+            return Err(GpuError::ForeignKey);
+        }
+        let words: Vec<u64> = key
+            .parts()
+            .iter()
+            .flat_map(|(b, a)| b.data().iter().chain(a.data()).copied())
+            .collect();
+        Ok(DevSwitchingKey {
+            buf: self.exec.upload(&words)?,
+            parts: key.parts().len(),
+            fingerprint: *key.fingerprint(),
+        })
+    }
+
+    /// Decomposes `c1` (level limbs, NTT domain) into raised digits.
+    pub fn decompose(
+        &self,
+        c1: &E::Buf,
+        level: usize,
+    ) -> Result<DevDecomposition<E::Buf>, GpuError> {
+        let lp = self.plan(level, "key-switched")?;
+        let p = lp.decompose.as_ref().ok_or(GpuError::NoSpecialPrimes)?;
+        let e = &self.exec;
+        let mut dc = e.scratch(level)?;
+        let copy: Vec<MapJob> = lp.ct_limbs[..level].to_vec();
+        e.map(LimbOp::Copy, &mut dc, c1, &copy, &[])?;
+        e.intt(&mut dc, &p.intt, false)?;
+        let mut y = e.scratch(level)?;
+        e.map(LimbOp::MulConst, &mut y, &dc, &p.prepare, &p.prepare_consts)?;
+        let mut digits = e.scratch(p.digits * lp.width)?;
+        e.extend(&mut digits, &y, &p.extend, &p.rows)?;
+        e.ntt(&mut digits, &p.ntt)?;
+        e.map(LimbOp::Copy, &mut digits, c1, &p.own, &[])?;
+        Ok(DevDecomposition {
+            buf: digits,
+            level,
+            digits: p.digits,
+        })
+    }
+
+    /// The decomposition after X ↦ X^g (every digit permuted), for hoisted rotations.
+    pub fn permute_decomposition(
+        &self,
+        dec: &DevDecomposition<E::Buf>,
+        g: u64,
+    ) -> Result<DevDecomposition<E::Buf>, GpuError> {
+        let width = self.plan(dec.level, "rotated")?.width;
+        let perm = self.rlwe.ring().galois_permutation(g);
+        let limbs = dec.digits * width;
+        let jobs: Vec<MapJob> = (0..limbs)
+            .map(|i| MapJob {
+                dst: i as u32,
+                src: i as u32,
+                modulus: 0,
+                konst: 0,
+            })
+            .collect();
+        let mut out = self.exec.scratch(limbs)?;
+        self.exec.permute(&mut out, &dec.buf, &jobs, perm.map())?;
+        Ok(DevDecomposition {
+            buf: out,
+            level: dec.level,
+            digits: dec.digits,
+        })
+    }
+
+    /// (ks_0, ks_1) as one buffer `[2][level]` from a decomposition and a key.
+    pub fn key_switch_decomposed(
+        &self,
+        dec: &DevDecomposition<E::Buf>,
+        key: &DevSwitchingKey<E::Buf>,
+    ) -> Result<E::Buf, GpuError> {
+        if &key.fingerprint != self.rlwe.fingerprint() {
+            return Err(GpuError::ForeignKey);
+        }
+        if key.parts < dec.digits {
+            return Err(GpuError::ShortKey {
+                have: key.parts,
+                need: dec.digits,
+                level: dec.level,
+            });
+        }
+        let (level, k) = (dec.level, self.rlwe.num_p());
+        let lp = self.plan(level, "key-switched")?;
+        let p = lp.mod_down.as_ref().ok_or(GpuError::NoSpecialPrimes)?;
+        let e = &self.exec;
+        let mut x = e.scratch(2 * lp.width)?;
+        let shape = DotShape {
+            digits: dec.digits,
+            width: lp.width,
+            key_limbs: self.rlwe.max_level() + k,
+        };
+        e.dot(&mut x, &dec.buf, &key.buf, &lp.qp, shape)?;
+        e.intt(&mut x, &p.intt, false)?;
+        let mut y = e.scratch(2 * k)?;
+        e.map(LimbOp::MulConst, &mut y, &x, &p.prepare, &p.prepare_consts)?;
+        let mut out = e.scratch(2 * level)?;
+        e.extend(&mut out, &y, &p.extend, &p.rows)?;
+        e.ntt(&mut out, &p.ntt)?;
+        e.map(
+            LimbOp::RevSubMulConst,
+            &mut out,
+            &x,
+            &p.combine,
+            &p.combine_consts,
+        )?;
+        Ok(out)
+    }
+
+    /// σ_g(c0) + ks_0 into the first half of `ks` (which becomes the rotated ciphertext).
+    fn finish_galois(
+        &self,
+        ct: &DevCiphertext<E::Buf>,
+        g: u64,
+        mut ks: E::Buf,
+    ) -> Result<DevCiphertext<E::Buf>, GpuError> {
+        let lp = self.plan(ct.level, "rotated")?;
+        let perm = self.rlwe.ring().galois_permutation(g);
+        let first = &lp.ct_limbs[..ct.level];
+        let mut c0 = self.exec.scratch(ct.level)?;
+        self.exec.permute(&mut c0, &ct.buf, first, perm.map())?;
+        self.exec.map(LimbOp::Add, &mut ks, &c0, first, &[])?;
+        Ok(DevCiphertext {
+            buf: ks,
+            level: ct.level,
+            scale: ct.scale,
+        })
+    }
+
+    /// X ↦ X^g and a switch back to the secret key (as [`crate::ckks::Evaluator::apply_galois`]).
+    pub fn apply_galois(
+        &self,
+        ct: &DevCiphertext<E::Buf>,
+        g: u64,
+        key: &DevSwitchingKey<E::Buf>,
+    ) -> Result<DevCiphertext<E::Buf>, GpuError> {
+        let level = ct.level;
+        let lp = self.plan(level, "rotated")?;
+        let perm = self.rlwe.ring().galois_permutation(g);
+        // c1 is limbs level..2·level of the ciphertext
+        let jobs = c1_jobs(lp);
+        let mut c1 = self.exec.scratch(level)?;
+        self.exec.permute(&mut c1, &ct.buf, &jobs, perm.map())?;
+        let dec = self.decompose(&c1, level)?;
+        let ks = self.key_switch_decomposed(&dec, key)?;
+        self.finish_galois(ct, g, ks)
+    }
+
+    /// Many Galois elements of one ciphertext sharing one decomposition of c_1 (as
+    /// [`crate::ckks::Evaluator::rotate_hoisted`]).
+    pub fn apply_galois_hoisted(
+        &self,
+        ct: &DevCiphertext<E::Buf>,
+        keys: &[(u64, &DevSwitchingKey<E::Buf>)],
+    ) -> Result<Vec<DevCiphertext<E::Buf>>, GpuError> {
+        let level = ct.level;
+        let lp = self.plan(level, "rotated")?;
+        let jobs = c1_jobs(lp);
+        let mut c1 = self.exec.scratch(level)?;
+        self.exec.map(LimbOp::Copy, &mut c1, &ct.buf, &jobs, &[])?;
+        let dec = self.decompose(&c1, level)?;
+        keys.iter()
+            .map(|&(g, key)| {
+                let rotated = self.permute_decomposition(&dec, g)?;
+                let ks = self.key_switch_decomposed(&rotated, key)?;
+                self.finish_galois(ct, g, ks)
+            })
+            .collect()
+    }
+
+    /// Divides by the last modulus of the level (as [`crate::ckks::Evaluator::rescale`]).
+    pub fn rescale(
+        &self,
+        mut ct: DevCiphertext<E::Buf>,
+    ) -> Result<DevCiphertext<E::Buf>, GpuError> {
+        let level = ct.level;
+        let p = self
+            .plan(level, "rescaled")?
+            .rescale
+            .as_ref()
+            .ok_or(GpuError::Level(level, "rescaled"))?;
+        let e = &self.exec;
+        e.intt(&mut ct.buf, &p.intt_last, true)?;
+        e.map_within(LimbOp::AddConst, &mut ct.buf, &p.add_half, &p.half)?;
+        let mut out = e.scratch(2 * (level - 1))?;
+        e.map(LimbOp::LiftSub, &mut out, &ct.buf, &p.lift, &p.lift_consts)?;
+        e.ntt(&mut out, &p.ntt)?;
+        e.map(
+            LimbOp::RevSubMulConst,
+            &mut out,
+            &ct.buf,
+            &p.combine,
+            &p.combine_consts,
+        )?;
+        let q_last = self.rlwe.q_modulus(level - 1).value() as f64;
+        Ok(DevCiphertext {
+            buf: out,
+            level: level - 1,
+            scale: ct.scale / q_last,
+        })
+    }
+}

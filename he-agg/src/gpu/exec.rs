@@ -1,0 +1,139 @@
+//! What a device must do for CKKS: a handful of batched primitives over buffers of limbs. Each
+//! call is one kernel launch covering every limb it names (the job lists), so an operation
+//! such as a key switch is a short, fixed sequence of launches.
+//!
+//! [`super::host::HostExec`] carries the primitives out on the CPU with the kernels' arithmetic
+//! (tests compare it with the CPU evaluator anywhere); `super::cuda::CudaExec` runs them on a
+//! GPU (tests compare it with the host executor where a GPU is present).
+
+use crate::aggregate::CudaError;
+use crate::ring::ShoupConst;
+
+/// One limb of a buffer and the ring modulus it is reduced by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct LimbJob {
+    pub limb: u32,
+    pub modulus: u32,
+}
+
+/// One limb-to-limb step of a [`LimbOp`]: limb `src` of the source to limb `dst` of the
+/// destination, modulo ring modulus `modulus`, with constant number `konst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct MapJob {
+    pub dst: u32,
+    pub src: u32,
+    pub modulus: u32,
+    pub konst: u32,
+}
+
+/// The formula a [`MapJob`] applies to every word (a: the source word, d: the destination
+/// word, c: the job's constant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum LimbOp {
+    /// d ← a
+    Copy = 0,
+    /// d ← a·c
+    MulConst = 1,
+    /// d ← (a − d)·c
+    RevSubMulConst = 2,
+    /// d ← d + a
+    Add = 3,
+    /// d ← a + c (a already reduced by the job's modulus)
+    AddConst = 4,
+    /// d ← (a mod q) − c (a reduced by another modulus: lifting a limb to other primes)
+    LiftSub = 5,
+}
+
+/// One target limb of a fast basis extension: `dst` ← Σ_{i<count} src[first + i]·row[i]
+/// modulo ring modulus `modulus`, `row` = `rows[row..row + count]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct ExtendJob {
+    pub dst: u32,
+    pub modulus: u32,
+    pub first: u32,
+    pub count: u32,
+    pub row: u32,
+}
+
+/// The shape of an inner product of decomposed digits with a switching key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DotShape {
+    /// Digits in the decomposition (and key parts used).
+    pub digits: usize,
+    /// Limbs per digit (Q_l ∪ P).
+    pub width: usize,
+    /// Limbs per key polynomial (Q_L ∪ P).
+    pub key_limbs: usize,
+}
+
+/// The primitives. Buffers hold `limbs × N` words, limb-major.
+pub trait Exec {
+    type Buf;
+
+    /// A zero buffer of `limbs` limbs.
+    fn zeros(&self, limbs: usize) -> Result<Self::Buf, CudaError>;
+    /// A buffer of `limbs` limbs whose every word the caller writes before reading (on a device:
+    /// no clearing pass).
+    fn scratch(&self, limbs: usize) -> Result<Self::Buf, CudaError> {
+        self.zeros(limbs)
+    }
+    /// A buffer holding `words` (a whole number of limbs).
+    fn upload(&self, words: &[u64]) -> Result<Self::Buf, CudaError>;
+    /// The buffer's words.
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<u64>, CudaError>;
+
+    /// Forward NTT of every limb in `jobs`.
+    fn ntt(&self, buf: &mut Self::Buf, jobs: &[LimbJob]) -> Result<(), CudaError>;
+    /// Inverse NTT of every limb in `jobs` (times N unless `normalize`).
+    fn intt(&self, buf: &mut Self::Buf, jobs: &[LimbJob], normalize: bool)
+    -> Result<(), CudaError>;
+    /// `op` over every job, from `src` into `dst`.
+    fn map(
+        &self,
+        op: LimbOp,
+        dst: &mut Self::Buf,
+        src: &Self::Buf,
+        jobs: &[MapJob],
+        consts: &[ShoupConst],
+    ) -> Result<(), CudaError>;
+    /// `op` over every job, within one buffer (source and destination limbs differ or are the
+    /// same word for word).
+    fn map_within(
+        &self,
+        op: LimbOp,
+        buf: &mut Self::Buf,
+        jobs: &[MapJob],
+        consts: &[ShoupConst],
+    ) -> Result<(), CudaError>;
+    /// Fast basis extension of every job.
+    fn extend(
+        &self,
+        dst: &mut Self::Buf,
+        src: &Self::Buf,
+        jobs: &[ExtendJob],
+        rows: &[u64],
+    ) -> Result<(), CudaError>;
+    /// out[c][pos] = Σ_j digits[j][pos] ⊙ key[j][c][qp[pos]] for c ∈ {0, 1}, modulo ring
+    /// modulus qp[pos], summed in 128 bits and reduced every 15 products (as the CPU does).
+    fn dot(
+        &self,
+        out: &mut Self::Buf,
+        digits: &Self::Buf,
+        key: &Self::Buf,
+        qp: &[u32],
+        shape: DotShape,
+    ) -> Result<(), CudaError>;
+    /// dst[job.dst][i] = src[job.src][map[i]] for every job (a Galois automorphism in the NTT
+    /// domain).
+    fn permute(
+        &self,
+        dst: &mut Self::Buf,
+        src: &Self::Buf,
+        jobs: &[MapJob],
+        map: &[u32],
+    ) -> Result<(), CudaError>;
+}

@@ -1,0 +1,193 @@
+//! The primitives of [`Exec`] on the CPU, one job after another, with exactly the arithmetic the
+//! kernels use: the reference that the GPU is checked against, and that is itself checked
+//! against the CPU evaluator in every test run.
+
+use std::sync::Arc;
+
+use super::exec::{DotShape, Exec, ExtendJob, LimbJob, LimbOp, MapJob};
+use super::tables::NttTables;
+use crate::aggregate::CudaError;
+use crate::ring::{Modulus, ShoupConst};
+
+/// The reference executor.
+#[derive(Debug, Clone)]
+pub struct HostExec {
+    tables: Arc<NttTables>,
+}
+
+impl HostExec {
+    pub fn new(tables: Arc<NttTables>) -> Self {
+        Self { tables }
+    }
+
+    fn n(&self) -> usize {
+        self.tables.n()
+    }
+
+    fn m(&self, idx: u32) -> &Modulus {
+        self.tables.modulus(idx as usize)
+    }
+}
+
+/// One word of a [`LimbOp`].
+pub(crate) fn apply(op: LimbOp, m: &Modulus, d: u64, a: u64, c: ShoupConst) -> u64 {
+    match op {
+        LimbOp::Copy => a,
+        LimbOp::MulConst => m.mul_shoup(a, c),
+        LimbOp::RevSubMulConst => m.mul_shoup(m.sub(a, d), c),
+        LimbOp::Add => m.add(d, a),
+        LimbOp::AddConst => m.add(a, c.w),
+        LimbOp::LiftSub => m.sub(m.reduce(a), c.w),
+    }
+}
+
+/// Σ a_i·b_i mod m in 128 bits, reduced every 15 products.
+fn lazy_dot(m: &Modulus, terms: impl Iterator<Item = (u64, u64)>) -> u64 {
+    let mut acc = 0u128;
+    for (i, (a, b)) in terms.enumerate() {
+        acc += a as u128 * b as u128;
+        if i % 15 == 14 {
+            acc = m.reduce_u128(acc) as u128;
+        }
+    }
+    m.reduce_u128(acc)
+}
+
+impl Exec for HostExec {
+    type Buf = Vec<u64>;
+
+    fn zeros(&self, limbs: usize) -> Result<Vec<u64>, CudaError> {
+        Ok(vec![0; limbs * self.n()])
+    }
+
+    fn upload(&self, words: &[u64]) -> Result<Vec<u64>, CudaError> {
+        Ok(words.to_vec())
+    }
+
+    fn download(&self, buf: &Vec<u64>) -> Result<Vec<u64>, CudaError> {
+        Ok(buf.clone())
+    }
+
+    fn ntt(&self, buf: &mut Vec<u64>, jobs: &[LimbJob]) -> Result<(), CudaError> {
+        let n = self.n();
+        for j in jobs {
+            let limb = &mut buf[j.limb as usize * n..][..n];
+            self.tables.forward(j.modulus as usize, limb);
+        }
+        Ok(())
+    }
+
+    fn intt(&self, buf: &mut Vec<u64>, jobs: &[LimbJob], normalize: bool) -> Result<(), CudaError> {
+        let n = self.n();
+        for j in jobs {
+            let limb = &mut buf[j.limb as usize * n..][..n];
+            self.tables.inverse(j.modulus as usize, limb, normalize);
+        }
+        Ok(())
+    }
+
+    fn map(
+        &self,
+        op: LimbOp,
+        dst: &mut Vec<u64>,
+        src: &Vec<u64>,
+        jobs: &[MapJob],
+        consts: &[ShoupConst],
+    ) -> Result<(), CudaError> {
+        let n = self.n();
+        for j in jobs {
+            let (m, c) = (self.m(j.modulus), consts.get(j.konst as usize).copied());
+            let c = c.unwrap_or_default();
+            let s = &src[j.src as usize * n..][..n];
+            for (d, &a) in dst[j.dst as usize * n..][..n].iter_mut().zip(s) {
+                *d = apply(op, m, *d, a, c);
+            }
+        }
+        Ok(())
+    }
+
+    fn map_within(
+        &self,
+        op: LimbOp,
+        buf: &mut Vec<u64>,
+        jobs: &[MapJob],
+        consts: &[ShoupConst],
+    ) -> Result<(), CudaError> {
+        let n = self.n();
+        for j in jobs {
+            let (m, c) = (self.m(j.modulus), consts.get(j.konst as usize).copied());
+            let c = c.unwrap_or_default();
+            for k in 0..n {
+                let a = buf[j.src as usize * n + k];
+                let d = &mut buf[j.dst as usize * n + k];
+                *d = apply(op, m, *d, a, c);
+            }
+        }
+        Ok(())
+    }
+
+    fn extend(
+        &self,
+        dst: &mut Vec<u64>,
+        src: &Vec<u64>,
+        jobs: &[ExtendJob],
+        rows: &[u64],
+    ) -> Result<(), CudaError> {
+        let n = self.n();
+        for j in jobs {
+            let m = self.m(j.modulus);
+            let row = &rows[j.row as usize..][..j.count as usize];
+            for k in 0..n {
+                let terms = row
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &w)| (src[(j.first as usize + i) * n + k], w));
+                dst[j.dst as usize * n + k] = lazy_dot(m, terms);
+            }
+        }
+        Ok(())
+    }
+
+    fn dot(
+        &self,
+        out: &mut Vec<u64>,
+        digits: &Vec<u64>,
+        key: &Vec<u64>,
+        qp: &[u32],
+        s: DotShape,
+    ) -> Result<(), CudaError> {
+        let n = self.n();
+        for c in 0..2 {
+            for (pos, &idx) in qp.iter().enumerate() {
+                let m = self.m(idx);
+                for k in 0..n {
+                    let terms = (0..s.digits).map(|j| {
+                        (
+                            digits[(j * s.width + pos) * n + k],
+                            key[((j * 2 + c) * s.key_limbs + idx as usize) * n + k],
+                        )
+                    });
+                    out[(c * s.width + pos) * n + k] = lazy_dot(m, terms);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn permute(
+        &self,
+        dst: &mut Vec<u64>,
+        src: &Vec<u64>,
+        jobs: &[MapJob],
+        map: &[u32],
+    ) -> Result<(), CudaError> {
+        let n = self.n();
+        for j in jobs {
+            let s = &src[j.src as usize * n..][..n];
+            for (d, &i) in dst[j.dst as usize * n..][..n].iter_mut().zip(map) {
+                *d = s[i as usize];
+            }
+        }
+        Ok(())
+    }
+}

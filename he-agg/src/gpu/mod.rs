@@ -1,0 +1,36 @@
+//! CKKS resident on a GPU: ciphertexts, keys and every intermediate stay in device memory while
+//! they are decomposed, key-switched, rotated (hoisted) and rescaled.
+//!
+//! - [`tables`]: twiddles and modulus constants from a [`crate::ring::Ring`], and the kernels'
+//!   NTT in Rust, equal to tfhe-ntt word for word;
+//! - [`exec`]: the primitives a device provides (batched NTT/INTT, limb maps, basis extension,
+//!   the key inner product, Galois permutations), one launch each over every limb named;
+//! - [`plans`]: the job lists of each operation at each level, from the CPU path's constants;
+//! - [`engine`]: the operations, written once over an executor;
+//! - [`host`]: the reference executor on the CPU, with the kernels' arithmetic;
+//! - [`kernels`]: the CUDA C source, compiled by NVRTC at run time;
+//! - `cuda` (feature `cuda`): the executor on a device.
+//!
+//! Every operation equals the CPU evaluator word for word: on any machine through
+//! [`HostExec`], and on a GPU through `CudaExec` (tests of both in `tests.rs`).
+
+pub mod engine;
+pub mod exec;
+pub mod host;
+pub mod kernels;
+pub mod plans;
+pub mod tables;
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+pub use engine::{DevCiphertext, DevDecomposition, DevSwitchingKey, Engine, GpuError};
+pub use exec::{DotShape, Exec, ExtendJob, LimbJob, LimbOp, MapJob};
+pub use host::HostExec;
+pub use tables::NttTables;
+
+#[cfg(feature = "cuda")]
+pub use cuda::CudaExec;
+
+#[cfg(test)]
+mod tests;

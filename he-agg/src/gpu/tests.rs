@@ -1,0 +1,248 @@
+//! The device path against the CPU path, word for word: the NTT tables against tfhe-ntt, and
+//! every engine operation on the host reference against the evaluator (on any machine); where a
+//! GPU is present, the CUDA executor against both (else those tests print why they skip).
+
+use std::sync::{Arc, OnceLock};
+
+use super::*;
+use crate::ckks::{Ciphertext, CkksContext, Complex, Evaluator, GaloisKeys, Parameters};
+use crate::ring::{Poly, Prng};
+
+pub(super) struct Fixture {
+    pub ctx: Arc<CkksContext>,
+    pub eval: Evaluator,
+    pub gk: GaloisKeys,
+    pub steps: Vec<i64>,
+}
+
+/// N = 2^10 (insecure, for speed), five levels, three digits of two moduli (so a level can cut
+/// a digit short), two special primes.
+pub(super) fn small() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let params =
+            Parameters::insecure_for_tests(10, &[60, 40, 40, 40, 40], &[60, 60], 3, 40.0).unwrap();
+        fixture(CkksContext::new(params).unwrap(), vec![1, -3, 7])
+    })
+}
+
+pub(super) fn fixture(ctx: Arc<CkksContext>, steps: Vec<i64>) -> Fixture {
+    let mut kg = ctx.key_generator().unwrap();
+    let sk = kg.secret_key();
+    let gk = kg.galois_keys(&sk, &steps, true);
+    let eval = ctx.evaluator(None, Some(&gk)).unwrap();
+    Fixture {
+        ctx,
+        eval,
+        gk,
+        steps,
+    }
+}
+
+pub(super) fn ciphertext(f: &Fixture, level: usize, seed: u8) -> Ciphertext {
+    let mut prng = Prng::from_seed(&[seed; 32]);
+    let slots = f.ctx.n() / 2;
+    let v: Vec<Complex> = (0..slots)
+        .map(|_| Complex::new((prng.next_u64() % 1000) as f64 / 1000.0, 0.0))
+        .collect();
+    let pt = f.ctx.encode(&v, level, f.ctx.default_scale()).unwrap();
+    let mut kg = f.ctx.key_generator().unwrap();
+    let sk = kg.secret_key();
+    f.ctx.sk_encryptor(&sk).unwrap().encrypt(&pt)
+}
+
+fn engine_host(f: &Fixture) -> Engine<HostExec> {
+    let rlwe = f.ctx.rlwe();
+    let tables = Arc::new(NttTables::new(rlwe.ring()));
+    Engine::new(HostExec::new(tables), rlwe.clone())
+}
+
+/// Every operation of `engine` against the evaluator at `level`.
+pub(super) fn check_against_cpu<E: Exec>(engine: &Engine<E>, f: &Fixture, level: usize) {
+    let rlwe = f.ctx.rlwe();
+    let ct = ciphertext(f, level, level as u8);
+    let dev = engine.upload_ct(&ct).unwrap();
+    let mut elements: Vec<u64> = f
+        .steps
+        .iter()
+        .map(|&k| rlwe.galois_element_for_rotation(k))
+        .collect();
+    elements.push(rlwe.galois_element_conjugate());
+    let keys: Vec<_> = elements
+        .iter()
+        .map(|&g| engine.upload_key(&f.gk.get(g).unwrap().key).unwrap())
+        .collect();
+    for (&g, key) in elements.iter().zip(&keys) {
+        let want = f.eval.apply_galois(&ct, g).unwrap();
+        let got = engine
+            .download_ct(&engine.apply_galois(&dev, g, key).unwrap())
+            .unwrap();
+        assert_eq!(got, want, "X -> X^{g} at level {level}");
+    }
+    let want = f.eval.rotate_hoisted(&ct, &f.steps).unwrap();
+    let pairs: Vec<(u64, &DevSwitchingKey<E::Buf>)> = elements[..f.steps.len()]
+        .iter()
+        .copied()
+        .zip(&keys)
+        .collect();
+    let got = engine.apply_galois_hoisted(&dev, &pairs).unwrap();
+    for ((w, g), k) in want.iter().zip(&got).zip(&f.steps) {
+        assert_eq!(&engine.download_ct(g).unwrap(), w, "hoisted {k} at {level}");
+    }
+    if level >= 2 {
+        let want = f.eval.rescale(&ct).unwrap();
+        let got = engine
+            .download_ct(&engine.rescale(engine.upload_ct(&ct).unwrap()).unwrap())
+            .unwrap();
+        assert_eq!(got.parts, want.parts, "rescale at {level}");
+        assert_eq!(got.scale, want.scale);
+    }
+}
+
+fn random_limbs(tables: &NttTables, limbs: &[usize], seed: u8) -> Vec<u64> {
+    let mut prng = Prng::from_seed(&[seed; 32]);
+    limbs
+        .iter()
+        .flat_map(|&idx| {
+            let mut v = vec![0; tables.n()];
+            prng.fill_uniform(tables.modulus(idx), &mut v);
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn the_kernels_ntt_equals_tfhe_ntt_word_for_word() {
+    let contexts = [
+        small().ctx.clone(),
+        CkksContext::new(Parameters::preset(crate::ckks::Preset::Inference)).unwrap(),
+    ];
+    for ctx in contexts {
+        let ring = ctx.rlwe().ring();
+        let tables = NttTables::new(ring);
+        let n = ring.n();
+        for idx in 0..ring.moduli().len() {
+            let x = random_limbs(&tables, &[idx], idx as u8);
+            let (mut ours, mut theirs) = (x.clone(), x.clone());
+            tables.forward(idx, &mut ours);
+            ring.ntt_limb(&mut theirs, idx);
+            assert_eq!(ours, theirs, "forward, N = {n}, modulus {idx}");
+            let mut back = ours.clone();
+            tables.inverse(idx, &mut back, true);
+            assert_eq!(back, x, "inverse, N = {n}, modulus {idx}");
+            let mut p = Poly::from_data(n, ours.clone());
+            ring.intt_unnormalized(&mut p, &[idx]);
+            tables.inverse(idx, &mut ours, false);
+            assert_eq!(ours, p.data(), "unnormalised inverse, modulus {idx}");
+        }
+    }
+}
+
+#[test]
+fn the_host_engine_equals_the_cpu_evaluator_at_every_level() {
+    let f = small();
+    let engine = engine_host(f);
+    for level in 1..=f.ctx.max_level() {
+        check_against_cpu(&engine, f, level);
+    }
+}
+
+#[test]
+fn keys_of_other_parameters_and_degree_two_are_refused() {
+    let f = small();
+    let engine = engine_host(f);
+    let other = Parameters::insecure_for_tests(10, &[60, 40, 40, 40, 40], &[60, 60], 5, 40.0)
+        .map(|p| CkksContext::new(p).unwrap())
+        .unwrap();
+    let g = other.rlwe().galois_element_for_rotation(1);
+    let theirs = fixture(other, vec![1]);
+    let key = &theirs.gk.get(g).unwrap().key;
+    assert!(matches!(engine.upload_key(key), Err(GpuError::ForeignKey)));
+    let mut ct = ciphertext(f, 3, 1);
+    ct.parts.push(ct.parts[0].clone());
+    assert!(matches!(engine.upload_ct(&ct), Err(GpuError::Degree(2))));
+    let one = engine.upload_ct(&ciphertext(f, 1, 2)).unwrap();
+    assert!(matches!(engine.rescale(one), Err(GpuError::Level(1, _))));
+}
+
+#[cfg(feature = "cuda")]
+mod device {
+    use super::*;
+
+    fn open(ctx: &CkksContext, split: bool) -> Option<Engine<CudaExec>> {
+        let tables = NttTables::new(ctx.rlwe().ring());
+        match CudaExec::open(0, &tables, split) {
+            Ok(e) => Some(Engine::new(e, ctx.rlwe().clone())),
+            Err(e) => {
+                println!("skipped: no CUDA device ({e})");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn batched_ntts_on_the_device_equal_the_reference() {
+        for split in [false, true] {
+            let ctx = CkksContext::new(Parameters::preset(crate::ckks::Preset::Inference)).unwrap();
+            let Some(engine) = open(&ctx, split) else {
+                return;
+            };
+            let tables = NttTables::new(ctx.rlwe().ring());
+            let host = HostExec::new(Arc::new(tables.clone()));
+            let moduli: Vec<usize> = (0..tables_len(&ctx)).chain([0, 3, 8]).collect();
+            let words = random_limbs(&tables, &moduli, 9);
+            let jobs: Vec<LimbJob> = moduli
+                .iter()
+                .enumerate()
+                .map(|(i, &m)| LimbJob {
+                    limb: i as u32,
+                    modulus: m as u32,
+                })
+                .collect();
+            let e = engine.exec();
+            let mut d = e.upload(&words).unwrap();
+            let mut h = words.clone();
+            e.ntt(&mut d, &jobs).unwrap();
+            host.ntt(&mut h, &jobs).unwrap();
+            assert_eq!(e.download(&d).unwrap(), h, "forward, split = {split}");
+            for normalize in [false, true] {
+                e.intt(&mut d, &jobs, normalize).unwrap();
+                host.intt(&mut h, &jobs, normalize).unwrap();
+                assert_eq!(
+                    e.download(&d).unwrap(),
+                    h,
+                    "inverse {normalize}, split {split}"
+                );
+            }
+        }
+    }
+
+    fn tables_len(ctx: &CkksContext) -> usize {
+        ctx.rlwe().ring().moduli().len()
+    }
+
+    #[test]
+    fn the_device_engine_equals_the_cpu_evaluator() {
+        let f = small();
+        let Some(engine) = open(&f.ctx, false) else {
+            return;
+        };
+        println!("device: {}", engine.exec().name());
+        for level in 1..=f.ctx.max_level() {
+            check_against_cpu(&engine, f, level);
+        }
+        // N = 2^14: both NTT paths (one block per limb, and split over many blocks)
+        let inference = fixture(
+            CkksContext::new(Parameters::preset(crate::ckks::Preset::Inference)).unwrap(),
+            vec![1, 64],
+        );
+        for split in [false, true] {
+            let Some(engine) = open(&inference.ctx, split) else {
+                return;
+            };
+            for level in [7, 4, 2] {
+                check_against_cpu(&engine, &inference, level);
+            }
+        }
+    }
+}
