@@ -139,7 +139,10 @@ fn run(report: &mut Value) -> Result<bool, String> {
     let sk = kg.secret_key();
     let steps: Vec<i64> = (1..=16).collect();
     let gk = kg.galois_keys(&sk, &steps, false);
-    let eval = ctx.evaluator(None, Some(&gk)).map_err(|x| x.to_string())?;
+    let rlk = kg.relinearization_key(&sk);
+    let eval = ctx
+        .evaluator(Some(&rlk), Some(&gk))
+        .map_err(|x| x.to_string())?;
     let level = ctx.max_level();
     let ct = random_ct(&ctx, level, 1);
     let elements: Vec<u64> = steps
@@ -249,7 +252,37 @@ fn run(report: &mut Value) -> Result<bool, String> {
     );
     all_equal &= eq_rs;
 
-    // 5. a stream of rotations of 64 different ciphertexts, enqueued back to back
+    // 5. multiply and relinearize
+    let other = random_ct(&ctx, level, 2);
+    let dev_other = engine.upload_ct(&other).map_err(e)?;
+    let dev_rlk = engine.upload_key(&rlk.0).map_err(e)?;
+    let want = eval.mul_relin(&ct, &other).map_err(|x| x.to_string())?;
+    let got = engine
+        .download_ct(&engine.mul_relin(&dev, &dev_other, &dev_rlk).map_err(e)?)
+        .map_err(e)?;
+    let eq_mul = got == want;
+    let mul_dev = median(
+        (0..21)
+            .map(|_| {
+                ex.time(|| {
+                    engine
+                        .mul_relin(&dev, &dev_other, &dev_rlk)
+                        .map(drop)
+                        .map_err(|x| he_agg::aggregate::CudaError::Driver(x.to_string()))
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|x| x.to_string())?,
+    );
+    let mul_cpu = wall_ms(5, || drop(eval.mul_relin(&ct, &other)));
+    println!(
+        "multiply + relinearize at level {level}: device {mul_dev:.3} ms; CPU {mul_cpu:.2} ms = {:.0}×; equal: {eq_mul}",
+        mul_cpu / mul_dev
+    );
+    all_equal &= eq_mul;
+    report["mul_relin"] = json!({"device_ms": mul_dev, "cpu_ms": mul_cpu, "equal": eq_mul});
+
+    // 6. a stream of rotations of 64 different ciphertexts, enqueued back to back
     let many: Vec<_> = (0..64)
         .map(|i| engine.upload_ct(&random_ct(&ctx, level, 10 + i as u8)))
         .collect::<Result<_, _>>()

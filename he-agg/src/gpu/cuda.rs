@@ -469,6 +469,23 @@ impl Exec for CudaExec {
         Ok(())
     }
 
+    fn tensor(
+        &self,
+        out: &mut CudaSlice<u64>,
+        a: &CudaSlice<u64>,
+        b: &CudaSlice<u64>,
+        level: usize,
+    ) -> Result<(), CudaError> {
+        let s = &self.stream;
+        let (o, x, y, mods) = (ptr(out, s), ptr(a, s), ptr(b, s), ptr(&self.mods, s));
+        let (log_n, lv) = (self.log_n, level as u32);
+        let mut l = s.launch_builder(&self.funcs[kernels::TENSOR]);
+        l.arg(&o).arg(&x).arg(&y).arg(&mods).arg(&log_n).arg(&lv);
+        // SAFETY: arguments match the kernel; the engine sizes the buffers by `level`.
+        unsafe { l.launch(self.grid(3 * level)) }?;
+        Ok(())
+    }
+
     fn permute(
         &self,
         dst: &mut CudaSlice<u64>,

@@ -298,6 +298,44 @@ impl<E: Exec> Engine<E> {
             .collect()
     }
 
+    /// a ⊗ b relinearized with `rlk` (as [`crate::ckks::Evaluator::mul_relin`] on two
+    /// ciphertexts at the same level).
+    pub fn mul_relin(
+        &self,
+        a: &DevCiphertext<E::Buf>,
+        b: &DevCiphertext<E::Buf>,
+        rlk: &DevSwitchingKey<E::Buf>,
+    ) -> Result<DevCiphertext<E::Buf>, GpuError> {
+        let level = a.level;
+        if b.level != level {
+            return Err(GpuError::Level(
+                b.level,
+                "multiplied by one at another level",
+            ));
+        }
+        let lp = self.plan(level, "multiplied")?;
+        let e = &self.exec;
+        let mut t = e.scratch(3 * level)?;
+        e.tensor(&mut t, &a.buf, &b.buf, level)?;
+        let c2_jobs: Vec<MapJob> = lp.ct_limbs[..level]
+            .iter()
+            .map(|j| MapJob {
+                src: j.src + 2 * level as u32,
+                ..*j
+            })
+            .collect();
+        let mut c2 = e.scratch(level)?;
+        e.map(LimbOp::Copy, &mut c2, &t, &c2_jobs, &[])?;
+        let dec = self.decompose(&c2, level)?;
+        let mut ks = self.key_switch_decomposed(&dec, rlk)?;
+        e.map(LimbOp::Add, &mut ks, &t, &lp.ct_limbs, &[])?;
+        Ok(DevCiphertext {
+            buf: ks,
+            level,
+            scale: a.scale * b.scale,
+        })
+    }
+
     /// Divides by the last modulus of the level (as [`crate::ckks::Evaluator::rescale`]).
     pub fn rescale(
         &self,

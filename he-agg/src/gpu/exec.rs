@@ -127,6 +127,15 @@ pub trait Exec {
         qp: &[u32],
         shape: DotShape,
     ) -> Result<(), CudaError>;
+    /// The tensor product of two degree-1 ciphertexts `[2][level]` (limb i modulo ring modulus
+    /// i) into `[3][level]`: a0·b0, a0·b1 + a1·b0 (one reduction), a1·b1.
+    fn tensor(
+        &self,
+        out: &mut Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        level: usize,
+    ) -> Result<(), CudaError>;
     /// dst[job.dst][i] = src[job.src][map[i]] for every job (a Galois automorphism in the NTT
     /// domain).
     fn permute(

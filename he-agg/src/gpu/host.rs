@@ -174,6 +174,28 @@ impl Exec for HostExec {
         Ok(())
     }
 
+    fn tensor(
+        &self,
+        out: &mut Vec<u64>,
+        a: &Vec<u64>,
+        b: &Vec<u64>,
+        level: usize,
+    ) -> Result<(), CudaError> {
+        let n = self.n();
+        for i in 0..level {
+            let m = self.m(i as u32);
+            let (a0, a1) = (&a[i * n..][..n], &a[(level + i) * n..][..n]);
+            let (b0, b1) = (&b[i * n..][..n], &b[(level + i) * n..][..n]);
+            for k in 0..n {
+                out[i * n + k] = lazy_dot(m, [(a0[k], b0[k])].into_iter());
+                out[(level + i) * n + k] =
+                    lazy_dot(m, [(a0[k], b1[k]), (a1[k], b0[k])].into_iter());
+                out[(2 * level + i) * n + k] = lazy_dot(m, [(a1[k], b1[k])].into_iter());
+            }
+        }
+        Ok(())
+    }
+
     fn permute(
         &self,
         dst: &mut Vec<u64>,

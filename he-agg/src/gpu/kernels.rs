@@ -22,8 +22,9 @@ pub const MAP: &str = "heal_map";
 pub const EXTEND: &str = "heal_extend";
 pub const DOT: &str = "heal_dot";
 pub const PERMUTE: &str = "heal_permute";
+pub const TENSOR: &str = "heal_tensor";
 
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     NTT_FWD,
     NTT_INV,
     NTT_FWD_SPLIT,
@@ -32,6 +33,7 @@ pub const ALL: [&str; 8] = [
     EXTEND,
     DOT,
     PERMUTE,
+    TENSOR,
 ];
 
 pub const SOURCE: &str = r#"
@@ -289,6 +291,22 @@ extern "C" __global__ void heal_dot(u64* out, const u64* digits, const u64* key,
         if (j % 15 == 14) { lo = reduce128(lo, hi, m); hi = 0; }
     }
     out[((u64)p << log_n) + k] = reduce128(lo, hi, m);
+}
+
+// grid (N / BLOCK, 3·level): out = (a0·b0, a0·b1 + a1·b0, a1·b1), limb i modulo ring modulus i
+extern "C" __global__ void heal_tensor(u64* out, const u64* a, const u64* b, const u64* mods,
+                                       u32 log_n, u32 level) {
+    const u32 k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= (1u << log_n)) return;
+    const u32 which = blockIdx.y / level, i = blockIdx.y % level;
+    const u64* m = mods + 3 * i;
+    const u64 a0 = a[((u64)i << log_n) + k], a1 = a[((u64)(level + i) << log_n) + k];
+    const u64 b0 = b[((u64)i << log_n) + k], b1 = b[((u64)(level + i) << log_n) + k];
+    u64 lo = 0, hi = 0;
+    if (which == 0) mac(lo, hi, a0, b0);
+    else if (which == 1) { mac(lo, hi, a0, b1); mac(lo, hi, a1, b0); }
+    else mac(lo, hi, a1, b1);
+    out[((u64)blockIdx.y << log_n) + k] = reduce128(lo, hi, m);
 }
 
 // grid (N / BLOCK, jobs): dst[job.dst][i] = src[job.src][map[i]]

@@ -1,10 +1,10 @@
 //! CKKS resident on a GPU: ciphertexts, keys and every intermediate stay in device memory while
-//! they are decomposed, key-switched, rotated (hoisted) and rescaled.
+//! they are multiplied and relinearized, decomposed, key-switched, rotated (hoisted) and rescaled.
 //!
 //! - [`tables`]: twiddles and modulus constants from a [`crate::ring::Ring`], and the kernels'
 //!   NTT in Rust, equal to tfhe-ntt word for word;
 //! - [`exec`]: the primitives a device provides (batched NTT/INTT, limb maps, basis extension,
-//!   the key inner product, Galois permutations), one launch each over every limb named;
+//!   the key inner product, Galois permutations, the tensor product), one launch each;
 //! - [`plans`]: the job lists of each operation at each level, from the CPU path's constants;
 //! - [`engine`]: the operations, written once over an executor;
 //! - [`host`]: the reference executor on the CPU, with the kernels' arithmetic;

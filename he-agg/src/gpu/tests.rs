@@ -12,6 +12,7 @@ pub(super) struct Fixture {
     pub ctx: Arc<CkksContext>,
     pub eval: Evaluator,
     pub gk: GaloisKeys,
+    pub rlk: crate::ckks::RelinearizationKey,
     pub steps: Vec<i64>,
 }
 
@@ -30,11 +31,13 @@ pub(super) fn fixture(ctx: Arc<CkksContext>, steps: Vec<i64>) -> Fixture {
     let mut kg = ctx.key_generator().unwrap();
     let sk = kg.secret_key();
     let gk = kg.galois_keys(&sk, &steps, true);
-    let eval = ctx.evaluator(None, Some(&gk)).unwrap();
+    let rlk = kg.relinearization_key(&sk);
+    let eval = ctx.evaluator(Some(&rlk), Some(&gk)).unwrap();
     Fixture {
         ctx,
         eval,
         gk,
+        rlk,
         steps,
     }
 }
@@ -89,6 +92,17 @@ pub(super) fn check_against_cpu<E: Exec>(engine: &Engine<E>, f: &Fixture, level:
     for ((w, g), k) in want.iter().zip(&got).zip(&f.steps) {
         assert_eq!(&engine.download_ct(g).unwrap(), w, "hoisted {k} at {level}");
     }
+    let other = ciphertext(f, level, 100 + level as u8);
+    let rlk = engine.upload_key(&f.rlk.0).unwrap();
+    let want = f.eval.mul_relin(&ct, &other).unwrap();
+    let got = engine
+        .mul_relin(&dev, &engine.upload_ct(&other).unwrap(), &rlk)
+        .unwrap();
+    assert_eq!(
+        engine.download_ct(&got).unwrap(),
+        want,
+        "mul_relin at {level}"
+    );
     if level >= 2 {
         let want = f.eval.rescale(&ct).unwrap();
         let got = engine
