@@ -27,10 +27,27 @@ impl HostExec {
     fn m(&self, idx: u32) -> &Modulus {
         self.tables.modulus(idx as usize)
     }
+
+    /// One job of a [`LimbOp`]: limb `job.dst` of `dst` from the source limb `src`.
+    fn map_limb(
+        &self,
+        op: LimbOp,
+        dst: &mut [u64],
+        src: &[u64],
+        job: &MapJob,
+        consts: &[ShoupConst],
+    ) {
+        let n = self.n();
+        let m = self.m(job.modulus);
+        let c = consts.get(job.konst as usize).copied().unwrap_or_default();
+        for (d, &a) in dst[job.dst as usize * n..][..n].iter_mut().zip(src) {
+            *d = apply(op, m, *d, a, c);
+        }
+    }
 }
 
 /// One word of a [`LimbOp`].
-pub(crate) fn apply(op: LimbOp, m: &Modulus, d: u64, a: u64, c: ShoupConst) -> u64 {
+fn apply(op: LimbOp, m: &Modulus, d: u64, a: u64, c: ShoupConst) -> u64 {
     match op {
         LimbOp::Copy => a,
         LimbOp::MulConst => m.mul_shoup(a, c),
@@ -96,12 +113,7 @@ impl Exec for HostExec {
     ) -> Result<(), CudaError> {
         let n = self.n();
         for j in jobs {
-            let (m, c) = (self.m(j.modulus), consts.get(j.konst as usize).copied());
-            let c = c.unwrap_or_default();
-            let s = &src[j.src as usize * n..][..n];
-            for (d, &a) in dst[j.dst as usize * n..][..n].iter_mut().zip(s) {
-                *d = apply(op, m, *d, a, c);
-            }
+            self.map_limb(op, dst, &src[j.src as usize * n..][..n], j, consts);
         }
         Ok(())
     }
@@ -115,13 +127,8 @@ impl Exec for HostExec {
     ) -> Result<(), CudaError> {
         let n = self.n();
         for j in jobs {
-            let (m, c) = (self.m(j.modulus), consts.get(j.konst as usize).copied());
-            let c = c.unwrap_or_default();
-            for k in 0..n {
-                let a = buf[j.src as usize * n + k];
-                let d = &mut buf[j.dst as usize * n + k];
-                *d = apply(op, m, *d, a, c);
-            }
+            let src = buf[j.src as usize * n..][..n].to_vec();
+            self.map_limb(op, buf, &src, j, consts);
         }
         Ok(())
     }
