@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::exec::{DotShape, Exec, LimbOp, MapJob};
-use super::plans::LevelPlan;
+use super::plans::{ExtendPlan, LevelPlan};
 use crate::aggregate::CudaError;
 use crate::ckks::Ciphertext;
 use crate::ring::Poly;
@@ -142,6 +142,22 @@ impl<E: Exec> Engine<E> {
         })
     }
 
+    /// Runs `p` from the limbs of `src` (left in the coefficient domain) into `out`.
+    fn extend_ntt(
+        &self,
+        src: &mut E::Buf,
+        p: &ExtendPlan,
+        out: &mut E::Buf,
+    ) -> Result<(), GpuError> {
+        let e = &self.exec;
+        e.intt(src, &p.intt, false)?;
+        let mut y = e.scratch(p.y_limbs)?;
+        e.map(LimbOp::MulConst, &mut y, src, &p.prepare, &p.prepare_consts)?;
+        e.extend(out, &y, &p.extend, &p.rows)?;
+        e.ntt(out, &p.ntt)?;
+        Ok(())
+    }
+
     /// Decomposes `c1` (level limbs, NTT domain) into raised digits.
     pub fn decompose(
         &self,
@@ -152,14 +168,9 @@ impl<E: Exec> Engine<E> {
         let p = lp.decompose.as_ref().ok_or(GpuError::NoSpecialPrimes)?;
         let e = &self.exec;
         let mut dc = e.scratch(level)?;
-        let copy: Vec<MapJob> = lp.ct_limbs[..level].to_vec();
-        e.map(LimbOp::Copy, &mut dc, c1, &copy, &[])?;
-        e.intt(&mut dc, &p.intt, false)?;
-        let mut y = e.scratch(level)?;
-        e.map(LimbOp::MulConst, &mut y, &dc, &p.prepare, &p.prepare_consts)?;
+        e.map(LimbOp::Copy, &mut dc, c1, &lp.ct_limbs[..level], &[])?;
         let mut digits = e.scratch(p.digits * lp.width)?;
-        e.extend(&mut digits, &y, &p.extend, &p.rows)?;
-        e.ntt(&mut digits, &p.ntt)?;
+        self.extend_ntt(&mut dc, &p.raise, &mut digits)?;
         e.map(LimbOp::Copy, &mut digits, c1, &p.own, &[])?;
         Ok(DevDecomposition {
             buf: digits,
@@ -221,12 +232,8 @@ impl<E: Exec> Engine<E> {
             key_limbs: self.rlwe.max_level() + k,
         };
         e.dot(&mut x, &dec.buf, &key.buf, &lp.qp, shape)?;
-        e.intt(&mut x, &p.intt, false)?;
-        let mut y = e.scratch(2 * k)?;
-        e.map(LimbOp::MulConst, &mut y, &x, &p.prepare, &p.prepare_consts)?;
         let mut out = e.scratch(2 * level)?;
-        e.extend(&mut out, &y, &p.extend, &p.rows)?;
-        e.ntt(&mut out, &p.ntt)?;
+        self.extend_ntt(&mut x, &p.from_p, &mut out)?;
         e.map(
             LimbOp::RevSubMulConst,
             &mut out,

@@ -51,19 +51,27 @@ fn extend_jobs(
         .collect()
 }
 
+/// Fast basis extension of limbs held in the NTT domain: an unnormalised inverse NTT of the
+/// source limbs, y_i = x_i·[(B/b_i)^{-1}·N^{-1}], the extension to the new limbs, and their
+/// forward NTT. Decomposition and ModDown both are one of these.
+#[derive(Debug, Clone)]
+pub struct ExtendPlan {
+    pub intt: Vec<LimbJob>,
+    pub prepare: Vec<MapJob>,
+    pub prepare_consts: Vec<ShoupConst>,
+    /// Limbs of the buffer that holds y.
+    pub y_limbs: usize,
+    pub extend: Vec<ExtendJob>,
+    pub rows: Vec<u64>,
+    pub ntt: Vec<LimbJob>,
+}
+
 /// Decomposing c_1 at one level into raised digits.
 #[derive(Debug, Clone)]
 pub struct DecomposePlan {
     pub digits: usize,
-    /// Inverse NTT (unnormalised) of a copy of c_1.
-    pub intt: Vec<LimbJob>,
-    /// y_i = c_i·[(B/b_i)^{-1}·N^{-1}] per limb, each with its digit's constant.
-    pub prepare: Vec<MapJob>,
-    pub prepare_consts: Vec<ShoupConst>,
-    /// Every digit extended to the moduli outside it, then put back in the NTT domain.
-    pub extend: Vec<ExtendJob>,
-    pub rows: Vec<u64>,
-    pub ntt: Vec<LimbJob>,
+    /// Every digit (of a copy of c_1) extended to the moduli outside it.
+    pub raise: ExtendPlan,
     /// A digit's own limbs are c_1's, copied as they are (NTT domain).
     pub own: Vec<MapJob>,
 }
@@ -71,12 +79,8 @@ pub struct DecomposePlan {
 /// Dividing the inner product `[2][Q_l ∪ P]` by P onto `[2][Q_l]`.
 #[derive(Debug, Clone)]
 pub struct ModDownPlan {
-    pub intt: Vec<LimbJob>,
-    pub prepare: Vec<MapJob>,
-    pub prepare_consts: Vec<ShoupConst>,
-    pub extend: Vec<ExtendJob>,
-    pub rows: Vec<u64>,
-    pub ntt: Vec<LimbJob>,
+    /// The P limbs of both components extended to Q_l.
+    pub from_p: ExtendPlan,
     /// out ← (x − e)·P^{-1}
     pub combine: Vec<MapJob>,
     pub combine_consts: Vec<ShoupConst>,
@@ -167,12 +171,15 @@ fn decompose(rlwe: &RlweContext, level: usize) -> DecomposePlan {
     }
     DecomposePlan {
         digits: ranges.len(),
-        intt: (0..level).map(|i| limb(i, i)).collect(),
-        prepare,
-        prepare_consts,
-        extend,
-        rows,
-        ntt,
+        raise: ExtendPlan {
+            intt: (0..level).map(|i| limb(i, i)).collect(),
+            prepare,
+            prepare_consts,
+            y_limbs: level,
+            extend,
+            rows,
+            ntt,
+        },
         own,
     }
 }
@@ -200,12 +207,15 @@ fn mod_down(rlwe: &RlweContext, level: usize) -> ModDownPlan {
         }
     }
     ModDownPlan {
-        intt,
-        prepare,
-        prepare_consts: consts.to_vec(),
-        extend,
-        rows,
-        ntt,
+        from_p: ExtendPlan {
+            intt,
+            prepare,
+            prepare_consts: consts.to_vec(),
+            y_limbs: 2 * k,
+            extend,
+            rows,
+            ntt,
+        },
         combine,
         combine_consts: rlwe.p_inv_mod_q()[..level].to_vec(),
     }
