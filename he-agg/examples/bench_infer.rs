@@ -33,6 +33,10 @@ use std::time::Instant;
 
 #[path = "support/mode_a.rs"]
 mod mode_a;
+#[path = "support/networks.rs"]
+mod networks;
+
+use networks::{Rng, conv, default_network, dense, images};
 
 // A pooling allocator: big temporaries stop costing page faults.
 #[global_allocator]
@@ -40,8 +44,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use he_agg::ckks::{Ciphertext, CkksContext, Evaluator, SecretKey, wire};
 use he_agg::infer::{
-    BatchedModel, Conv2d, Dense, InferencePlan, Layer, Model, Network, NetworkFile, ParamPolicy,
-    testing,
+    BatchedModel, InferencePlan, Layer, Model, Network, NetworkFile, ParamPolicy, testing,
 };
 use rayon::prelude::*;
 use serde_json::{Value, json};
@@ -142,61 +145,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// splitmix64 uniform values in [-1, 1).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-        z ^= z >> 31;
-        ((z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
-    }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.next() * scale).collect()
-    }
-}
-
-fn conv(rng: &mut Rng, ci: usize, co: usize, k: usize, s: usize, w: f32, b: f32) -> Layer {
-    Layer::Conv2d(Conv2d {
-        in_channels: ci,
-        out_channels: co,
-        kernel: k,
-        stride: s,
-        padding: 0,
-        weight: rng.vec(co * ci * k * k, w),
-        bias: rng.vec(co, b),
-    })
-}
-
-fn dense(rng: &mut Rng, i: usize, o: usize, w: f32, b: f32) -> Layer {
-    Layer::Dense(Dense {
-        in_features: i,
-        out_features: o,
-        weight: rng.vec(i * o, w),
-        bias: rng.vec(o, b),
-    })
-}
-
-/// The default architecture with He-like random weights (no trained model given).
-fn default_network() -> Network {
-    let rng = &mut Rng(2024);
-    Network::new(
-        [1, 28, 28],
-        vec![
-            conv(rng, 1, 16, 5, 2, 1.0 / 5.0, 0.1),
-            Layer::Square,
-            dense(rng, 2304, 128, 1.0 / 48.0, 0.1),
-            Layer::Square,
-            dense(rng, 128, 11, 1.0 / 11.3, 0.1),
-        ],
-    )
-    .expect("the default architecture is valid")
-    .with_normalization(vec![0.5], vec![0.5])
-    .expect("one channel")
-}
-
 /// TenSEAL's MNIST CNN (conv 7×7 stride 3 ×4, square, fc 256→64, square, fc 64→10) with random
 /// weights drawn as the anchor script draws them.
 fn tenseal_network() -> Network {
@@ -224,20 +172,6 @@ fn load_model(path: &PathBuf) -> Result<Network, String> {
             .map_err(|e| e.to_string());
     }
     serde_json::from_value(doc).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Normalised random images (uniform pixels).
-fn images(net: &Network, count: usize, seed: u64) -> Vec<Vec<f32>> {
-    let mut rng = Rng(seed);
-    (0..count)
-        .map(|_| {
-            let px: Vec<u8> = (0..net.input_len())
-                .map(|_| ((rng.next() + 1.0) * 127.5) as u8)
-                .collect();
-            // normalize_hwc reads HWC; with random pixels the order does not matter
-            net.normalize_hwc(&px).expect("sized for the network")
-        })
-        .collect()
 }
 
 fn argmax(v: &[f64]) -> usize {

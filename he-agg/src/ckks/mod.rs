@@ -10,6 +10,7 @@ mod params;
 pub mod wire;
 
 pub use context::CkksContext;
+pub(crate) use encoder::reduce_f64;
 pub use error::CkksError;
 pub use evaluator::Evaluator;
 pub use fft::Complex;

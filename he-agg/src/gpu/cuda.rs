@@ -10,7 +10,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg, sys,
 };
 
-use super::exec::{DotShape, Exec, ExtendJob, LimbJob, LimbOp, MapJob};
+use super::exec::{DotShape, Exec, ExtendJob, GroupShape, LimbJob, LimbOp, MacJob, MapJob};
 use super::kernels::{self, BLOCK, NTT_BLOCK};
 use super::tables::NttTables;
 use crate::aggregate::CudaError;
@@ -45,6 +45,17 @@ impl Hasher for SampleHasher {
         self.0 = h;
     }
 }
+
+/// The kernel's `MacPairs`: device pointers of up to `MAC_PAIRS` pairs, by value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MacPairs {
+    a: [sys::CUdeviceptr; kernels::MAC_PAIRS],
+    b: [sys::CUdeviceptr; kernels::MAC_PAIRS],
+}
+
+// SAFETY: plain old data of the layout the kernel declares.
+unsafe impl cudarc::driver::DeviceRepr for MacPairs {}
 
 type TableCache<T> = Mutex<HashMap<Vec<T>, Arc<CudaSlice<T>>, BuildHasherDefault<SampleHasher>>>;
 
@@ -483,6 +494,106 @@ impl Exec for CudaExec {
         l.arg(&o).arg(&x).arg(&y).arg(&mods).arg(&log_n).arg(&lv);
         // SAFETY: arguments match the kernel; the engine sizes the buffers by `level`.
         unsafe { l.launch(self.grid(3 * level)) }?;
+        Ok(())
+    }
+
+    fn mac(
+        &self,
+        out: &mut CudaSlice<u64>,
+        pairs: &[(&CudaSlice<u64>, &CudaSlice<u64>)],
+        jobs: &[MacJob],
+    ) -> Result<(), CudaError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let s = &self.stream;
+        let table = self.table32(
+            &jobs
+                .iter()
+                .flat_map(|j| [j.dst, j.modulus, j.products, j.a[0], j.a[1], j.b[0], j.b[1]])
+                .collect::<Vec<_>>(),
+        )?;
+        let (o, t, mods) = (ptr(out, s), ptr(&table, s), ptr(&self.mods, s));
+        let log_n = self.log_n;
+        // an empty list still writes zeros (one launch with no pairs)
+        let chunks: Vec<_> = if pairs.is_empty() {
+            vec![&pairs[..0]]
+        } else {
+            pairs.chunks(kernels::MAC_PAIRS).collect()
+        };
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let mut pp = MacPairs {
+                a: [0; kernels::MAC_PAIRS],
+                b: [0; kernels::MAC_PAIRS],
+            };
+            for (k, (a, b)) in chunk.iter().enumerate() {
+                pp.a[k] = ptr(a, s);
+                pp.b[k] = ptr(b, s);
+            }
+            let (count, acc) = (chunk.len() as u32, u32::from(i > 0));
+            let mut l = s.launch_builder(&self.funcs[kernels::MAC]);
+            l.arg(&o)
+                .arg(&pp)
+                .arg(&count)
+                .arg(&acc)
+                .arg(&t)
+                .arg(&mods)
+                .arg(&log_n);
+            // SAFETY: arguments match the kernel (MacPairs is laid out as the source's
+            // struct); every pair's buffers hold the limbs the jobs name (the engine checks
+            // levels) and outlive the launch (freed stream-ordered).
+            unsafe { l.launch(self.grid(jobs.len())) }?;
+        }
+        Ok(())
+    }
+
+    fn group_product(
+        &self,
+        outs: &mut [&mut CudaSlice<u64>],
+        xs: &[&CudaSlice<u64>],
+        cols: &[u32],
+        weights: &CudaSlice<u64>,
+        shape: GroupShape,
+    ) -> Result<(), CudaError> {
+        if shape.rows == 0 || outs.len() < shape.rows {
+            return Ok(());
+        }
+        let s = &self.stream;
+        let cols_t = self.table32(cols)?;
+        // the ciphertexts change with every call: their pointers are uploaded, not cached
+        let op = s.clone_htod(&outs.iter().map(|o| ptr(o, s)).collect::<Vec<u64>>())?;
+        let xp = s.clone_htod(&xs.iter().map(|x| ptr(x, s)).collect::<Vec<u64>>())?;
+        let (o, x, c, w, mods) = (
+            ptr(&op, s),
+            ptr(&xp, s),
+            ptr(&cols_t, s),
+            ptr(weights, s),
+            ptr(&self.mods, s),
+        );
+        let log_n = self.log_n;
+        let (rows, ncols, parts, level, acc) = (
+            shape.rows as u32,
+            cols.len() as u32,
+            shape.parts as u32,
+            shape.level as u32,
+            u32::from(shape.accumulate),
+        );
+        let mut l = s.launch_builder(&self.funcs[kernels::GROUP]);
+        l.arg(&o)
+            .arg(&x)
+            .arg(&c)
+            .arg(&w)
+            .arg(&mods)
+            .arg(&log_n)
+            .arg(&rows)
+            .arg(&ncols)
+            .arg(&parts)
+            .arg(&level)
+            .arg(&acc);
+        // SAFETY: arguments match the kernel; the engine checks every output and input holds
+        // `parts × level` limbs, every column indexes `xs` and the weights hold
+        // `level × rows × cols` words; the buffers outlive the launch (freed stream-ordered).
+        unsafe { l.launch(self.grid(shape.rows * shape.parts * shape.level)) }?;
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use crate::ring::Poly;
 use crate::rlwe::{RlweContext, SwitchingKey};
 
 /// Why an operation on the device cannot run.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GpuError {
     #[error(transparent)]
     Cuda(#[from] CudaError),
@@ -28,15 +28,37 @@ pub enum GpuError {
     },
     #[error("a ciphertext at level {0} cannot be {1}")]
     Level(usize, &'static str),
-    #[error("the device holds ciphertexts of degree 1 only; this one has degree {0}")]
+    #[error("this operation takes ciphertexts of degree 1; this one has degree {0}")]
     Degree(usize),
+    #[error("a ciphertext at level {0} meets one at level {1}")]
+    LevelMismatch(usize, usize),
+    #[error("no switching key for Galois element {0} was uploaded")]
+    MissingKey(u64),
+    #[error("the constant {0} does not fit the ciphertext's scale (not finite or ≥ 2^63)")]
+    Constant(f64),
 }
 
-/// A degree-1 ciphertext on the device: `[c0 limbs][c1 limbs]`, NTT domain.
+/// A ciphertext on the device: `[part][limb]` (2 parts, or 3 before relinearization), NTT
+/// domain.
 pub struct DevCiphertext<B> {
     pub buf: B,
     pub level: usize,
     pub scale: f64,
+    pub parts: usize,
+}
+
+impl<B> DevCiphertext<B> {
+    pub fn degree(&self) -> usize {
+        self.parts - 1
+    }
+
+    /// Refuses anything but degree 1 (rotations and products take those only).
+    pub(crate) fn check_linear(&self) -> Result<(), GpuError> {
+        if self.parts != 2 {
+            return Err(GpuError::Degree(self.degree()));
+        }
+        Ok(())
+    }
 }
 
 /// c_1 of a ciphertext decomposed into raised digits, `[digit][Q_l ∪ P]`.
@@ -55,7 +77,7 @@ pub struct DevSwitchingKey<B> {
 
 /// Limb `level + i` of a ciphertext (its c1) to limb `i` of a buffer of its own.
 fn c1_jobs(lp: &LevelPlan) -> Vec<MapJob> {
-    lp.ct_limbs[lp.level..]
+    lp.ct_limbs[lp.level..2 * lp.level]
         .iter()
         .map(|j| MapJob {
             dst: j.dst - lp.level as u32,
@@ -95,12 +117,18 @@ impl<E: Exec> Engine<E> {
             .ok_or(GpuError::Level(level, what))
     }
 
+    /// A ciphertext of degree 1 or 2 to the device.
     pub fn upload_ct(&self, ct: &Ciphertext) -> Result<DevCiphertext<E::Buf>, GpuError> {
-        if ct.parts.len() != 2 {
-            return Err(GpuError::Degree(ct.parts.len() - 1));
+        let parts = ct.parts.len();
+        if !(2..=3).contains(&parts) {
+            return Err(GpuError::Degree(parts.saturating_sub(1)));
         }
         let level = ct.parts[0].limbs();
         self.plan(level, "held")?;
+        let n = self.rlwe.n();
+        if ct.parts.iter().any(|p| p.limbs() != level || p.n() != n) {
+            return Err(GpuError::Level(level, "held with parts of other sizes"));
+        }
         let words: Vec<u64> = ct
             .parts
             .iter()
@@ -110,18 +138,20 @@ impl<E: Exec> Engine<E> {
             buf: self.exec.upload(&words)?,
             level,
             scale: ct.scale,
+            parts,
         })
     }
 
     pub fn download_ct(&self, ct: &DevCiphertext<E::Buf>) -> Result<Ciphertext, GpuError> {
         let words = self.exec.download(&ct.buf)?;
         let n = self.rlwe.n();
-        let half = ct.level * n;
+        let part = ct.level * n;
         Ok(Ciphertext {
-            parts: vec![
-                Poly::from_data(n, words[..half].to_vec()),
-                Poly::from_data(n, words[half..2 * half].to_vec()),
-            ],
+            parts: words
+                .chunks(part)
+                .take(ct.parts)
+                .map(|w| Poly::from_data(n, w.to_vec()))
+                .collect(),
             scale: ct.scale,
         })
     }
@@ -261,6 +291,7 @@ impl<E: Exec> Engine<E> {
             buf: ks,
             level: ct.level,
             scale: ct.scale,
+            parts: 2,
         })
     }
 
@@ -271,6 +302,7 @@ impl<E: Exec> Engine<E> {
         g: u64,
         key: &DevSwitchingKey<E::Buf>,
     ) -> Result<DevCiphertext<E::Buf>, GpuError> {
+        ct.check_linear()?;
         let level = ct.level;
         let lp = self.plan(level, "rotated")?;
         let perm = self.rlwe.ring().galois_permutation(g);
@@ -290,6 +322,7 @@ impl<E: Exec> Engine<E> {
         ct: &DevCiphertext<E::Buf>,
         keys: &[(u64, &DevSwitchingKey<E::Buf>)],
     ) -> Result<Vec<DevCiphertext<E::Buf>>, GpuError> {
+        ct.check_linear()?;
         let level = ct.level;
         let lp = self.plan(level, "rotated")?;
         let jobs = c1_jobs(lp);
@@ -305,25 +338,43 @@ impl<E: Exec> Engine<E> {
             .collect()
     }
 
-    /// a ⊗ b relinearized with `rlk` (as [`crate::ckks::Evaluator::mul_relin`] on two
-    /// ciphertexts at the same level).
-    pub fn mul_relin(
+    /// a ⊗ b without relinearization (as [`crate::ckks::Evaluator::mul`] on two ciphertexts
+    /// at the same level): degree 2, the scales multiplied.
+    pub fn mul(
         &self,
         a: &DevCiphertext<E::Buf>,
         b: &DevCiphertext<E::Buf>,
-        rlk: &DevSwitchingKey<E::Buf>,
     ) -> Result<DevCiphertext<E::Buf>, GpuError> {
+        a.check_linear()?;
+        b.check_linear()?;
         let level = a.level;
         if b.level != level {
-            return Err(GpuError::Level(
-                b.level,
-                "multiplied by one at another level",
-            ));
+            return Err(GpuError::LevelMismatch(level, b.level));
         }
-        let lp = self.plan(level, "multiplied")?;
+        self.plan(level, "multiplied")?;
+        let mut t = self.exec.scratch(3 * level)?;
+        self.exec.tensor(&mut t, &a.buf, &b.buf, level)?;
+        Ok(DevCiphertext {
+            buf: t,
+            level,
+            scale: a.scale * b.scale,
+            parts: 3,
+        })
+    }
+
+    /// Degree 2 back to degree 1 with `rlk` (as [`crate::ckks::Evaluator::relinearize`]); a
+    /// degree-1 ciphertext is returned as it is.
+    pub fn relinearize(
+        &self,
+        t: DevCiphertext<E::Buf>,
+        rlk: &DevSwitchingKey<E::Buf>,
+    ) -> Result<DevCiphertext<E::Buf>, GpuError> {
+        if t.parts == 2 {
+            return Ok(t);
+        }
+        let level = t.level;
+        let lp = self.plan(level, "relinearized")?;
         let e = &self.exec;
-        let mut t = e.scratch(3 * level)?;
-        e.tensor(&mut t, &a.buf, &b.buf, level)?;
         let c2_jobs: Vec<MapJob> = lp.ct_limbs[..level]
             .iter()
             .map(|j| MapJob {
@@ -332,46 +383,67 @@ impl<E: Exec> Engine<E> {
             })
             .collect();
         let mut c2 = e.scratch(level)?;
-        e.map(LimbOp::Copy, &mut c2, &t, &c2_jobs, &[])?;
+        e.map(LimbOp::Copy, &mut c2, &t.buf, &c2_jobs, &[])?;
         let dec = self.decompose(&c2, level)?;
         let mut ks = self.key_switch_decomposed(&dec, rlk)?;
-        e.map(LimbOp::Add, &mut ks, &t, &lp.ct_limbs, &[])?;
+        e.map(LimbOp::Add, &mut ks, &t.buf, &lp.ct_limbs[..2 * level], &[])?;
         Ok(DevCiphertext {
             buf: ks,
             level,
-            scale: a.scale * b.scale,
+            scale: t.scale,
+            parts: 2,
         })
     }
 
-    /// Divides by the last modulus of the level (as [`crate::ckks::Evaluator::rescale`]).
+    /// a ⊗ b relinearized with `rlk` (as [`crate::ckks::Evaluator::mul_relin`] on two
+    /// ciphertexts at the same level).
+    pub fn mul_relin(
+        &self,
+        a: &DevCiphertext<E::Buf>,
+        b: &DevCiphertext<E::Buf>,
+        rlk: &DevSwitchingKey<E::Buf>,
+    ) -> Result<DevCiphertext<E::Buf>, GpuError> {
+        self.relinearize(self.mul(a, b)?, rlk)
+    }
+
+    /// Divides by the last modulus of the level (as [`crate::ckks::Evaluator::rescale`]), any
+    /// degree.
     pub fn rescale(
         &self,
         mut ct: DevCiphertext<E::Buf>,
     ) -> Result<DevCiphertext<E::Buf>, GpuError> {
         let level = ct.level;
-        let p = self
+        let plan = self
             .plan(level, "rescaled")?
             .rescale
             .as_ref()
             .ok_or(GpuError::Level(level, "rescaled"))?;
+        let p = plan.for_parts(ct.parts);
         let e = &self.exec;
-        e.intt(&mut ct.buf, &p.intt_last, true)?;
-        e.map_within(LimbOp::AddConst, &mut ct.buf, &p.add_half, &p.half)?;
-        let mut out = e.scratch(2 * (level - 1))?;
-        e.map(LimbOp::LiftSub, &mut out, &ct.buf, &p.lift, &p.lift_consts)?;
-        e.ntt(&mut out, &p.ntt)?;
+        e.intt(&mut ct.buf, p.intt_last, true)?;
+        e.map_within(LimbOp::AddConst, &mut ct.buf, p.add_half, &plan.half)?;
+        let mut out = e.scratch(ct.parts * (level - 1))?;
+        e.map(
+            LimbOp::LiftSub,
+            &mut out,
+            &ct.buf,
+            p.lift,
+            &plan.lift_consts,
+        )?;
+        e.ntt(&mut out, p.ntt)?;
         e.map(
             LimbOp::RevSubMulConst,
             &mut out,
             &ct.buf,
-            &p.combine,
-            &p.combine_consts,
+            p.combine,
+            &plan.combine_consts,
         )?;
         let q_last = self.rlwe.q_modulus(level - 1).value() as f64;
         Ok(DevCiphertext {
             buf: out,
             level: level - 1,
             scale: ct.scale / q_last,
+            parts: ct.parts,
         })
     }
 }

@@ -59,6 +59,32 @@ pub struct ExtendJob {
     pub row: u32,
 }
 
+/// One output limb of a multiply-accumulate over pairs of buffers (a_t, b_t):
+/// `dst` ← Σ_t Σ_{k<products} a_t[a[k]] ⊙ b_t[b[k]] modulo ring modulus `modulus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct MacJob {
+    pub dst: u32,
+    pub modulus: u32,
+    /// 1 or 2 products per pair (2: the middle part of a tensor product)
+    pub products: u32,
+    pub a: [u32; 2],
+    pub b: [u32; 2],
+}
+
+/// One group of a batched map (rows sharing their input columns), over ciphertexts of `parts`
+/// parts at `level`: for every row r, part p and limb i,
+/// outs[r][p·level + i] (+)= Σ_e weights[(i·rows + r)·cols + e] · xs[col_e][p·level + i]
+/// modulo ring modulus i.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupShape {
+    pub rows: usize,
+    pub parts: usize,
+    pub level: usize,
+    /// Add onto the outputs' (reduced) words instead of overwriting them.
+    pub accumulate: bool,
+}
+
 /// The shape of an inner product of decomposed digits with a switching key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DotShape {
@@ -135,6 +161,25 @@ pub trait Exec {
         a: &Self::Buf,
         b: &Self::Buf,
         level: usize,
+    ) -> Result<(), CudaError>;
+    /// Multiply-accumulate of every job over the `pairs` of buffers (slot-wise products of
+    /// ciphertexts with plaintexts or ciphertexts, summed in 128 bits and reduced every 15
+    /// products).
+    fn mac(
+        &self,
+        out: &mut Self::Buf,
+        pairs: &[(&Self::Buf, &Self::Buf)],
+        jobs: &[MacJob],
+    ) -> Result<(), CudaError>;
+    /// One group of a batched map ([`GroupShape`]); `cols` index `xs`, `weights` holds the
+    /// group's integer weights limb by limb.
+    fn group_product(
+        &self,
+        outs: &mut [&mut Self::Buf],
+        xs: &[&Self::Buf],
+        cols: &[u32],
+        weights: &Self::Buf,
+        shape: GroupShape,
     ) -> Result<(), CudaError>;
     /// dst[job.dst][i] = src[job.src][map[i]] for every job (a Galois automorphism in the NTT
     /// domain).

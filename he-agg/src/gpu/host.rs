@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::exec::{DotShape, Exec, ExtendJob, LimbJob, LimbOp, MapJob};
+use super::exec::{DotShape, Exec, ExtendJob, GroupShape, LimbJob, LimbOp, MacJob, MapJob};
 use super::tables::NttTables;
 use crate::aggregate::CudaError;
 use crate::ring::{Modulus, ShoupConst};
@@ -198,6 +198,57 @@ impl Exec for HostExec {
                 out[(level + i) * n + k] =
                     lazy_dot(m, [(a0[k], b1[k]), (a1[k], b0[k])].into_iter());
                 out[(2 * level + i) * n + k] = lazy_dot(m, [(a1[k], b1[k])].into_iter());
+            }
+        }
+        Ok(())
+    }
+
+    fn mac(
+        &self,
+        out: &mut Vec<u64>,
+        pairs: &[(&Vec<u64>, &Vec<u64>)],
+        jobs: &[MacJob],
+    ) -> Result<(), CudaError> {
+        let n = self.n();
+        for j in jobs {
+            let m = self.m(j.modulus);
+            let prods = j.products as usize;
+            for k in 0..n {
+                let terms = pairs.iter().flat_map(|(a, b)| {
+                    (0..prods)
+                        .map(move |p| (a[j.a[p] as usize * n + k], b[j.b[p] as usize * n + k]))
+                });
+                out[j.dst as usize * n + k] = lazy_dot(m, terms);
+            }
+        }
+        Ok(())
+    }
+
+    fn group_product(
+        &self,
+        outs: &mut [&mut Vec<u64>],
+        xs: &[&Vec<u64>],
+        cols: &[u32],
+        weights: &Vec<u64>,
+        s: GroupShape,
+    ) -> Result<(), CudaError> {
+        let (n, c) = (self.n(), cols.len());
+        for (r, out) in outs.iter_mut().enumerate().take(s.rows) {
+            for p in 0..s.parts {
+                for i in 0..s.level {
+                    let m = self.m(i as u32);
+                    let w = &weights[(i * s.rows + r) * c..][..c];
+                    let limb = (p * s.level + i) * n;
+                    for k in 0..n {
+                        let prior = if s.accumulate { out[limb + k] } else { 0 };
+                        let terms = w
+                            .iter()
+                            .zip(cols)
+                            .map(|(&w, &col)| (w, xs[col as usize][limb + k]))
+                            .chain([(prior, 1)]);
+                        out[limb + k] = lazy_dot(m, terms);
+                    }
+                }
             }
         }
         Ok(())

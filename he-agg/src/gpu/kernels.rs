@@ -23,8 +23,12 @@ pub const EXTEND: &str = "heal_extend";
 pub const DOT: &str = "heal_dot";
 pub const PERMUTE: &str = "heal_permute";
 pub const TENSOR: &str = "heal_tensor";
+pub const MAC: &str = "heal_mac";
+pub const GROUP: &str = "heal_group";
+/// Pairs one multiply-accumulate launch takes by value (`MAC_PAIRS` in the source).
+pub const MAC_PAIRS: usize = 32;
 
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 11] = [
     NTT_FWD,
     NTT_INV,
     NTT_FWD_SPLIT,
@@ -34,6 +38,8 @@ pub const ALL: [&str; 9] = [
     DOT,
     PERMUTE,
     TENSOR,
+    MAC,
+    GROUP,
 ];
 
 pub const SOURCE: &str = r#"
@@ -307,6 +313,59 @@ extern "C" __global__ void heal_tensor(u64* out, const u64* a, const u64* b, con
     else if (which == 1) { mac(lo, hi, a0, b1); mac(lo, hi, a1, b0); }
     else mac(lo, hi, a1, b1);
     out[((u64)blockIdx.y << log_n) + k] = reduce128(lo, hi, m);
+}
+
+// The pairs of one multiply-accumulate launch, passed by value (no upload per launch).
+#define MAC_PAIRS 32
+struct MacPairs { const u64* a[MAC_PAIRS]; const u64* b[MAC_PAIRS]; };
+
+// grid (N / BLOCK, jobs): job = (dst limb, modulus, products, a limbs ×2, b limbs ×2);
+// out[dst] (+)= Σ over the pairs (a[t], b[t]) of Σ_{p<products} a[t][a_p]·b[t][b_p]
+// (acc: onto the reduced value already there — longer lists run in several launches)
+extern "C" __global__ void heal_mac(u64* out, const MacPairs pp, u32 pairs, u32 acc,
+                                    const u32* jobs, const u64* mods, u32 log_n) {
+    const u32 k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= (1u << log_n)) return;
+    const u32* jb = jobs + 7 * blockIdx.y;
+    const u64* m = mods + 3 * jb[1];
+    const u32 prods = jb[2];
+    const u64 oa0 = ((u64)jb[3] << log_n) + k, oa1 = ((u64)jb[4] << log_n) + k;
+    const u64 ob0 = ((u64)jb[5] << log_n) + k, ob1 = ((u64)jb[6] << log_n) + k;
+    u64* o = out + ((u64)jb[0] << log_n) + k;
+    u64 lo = acc ? *o : 0, hi = 0;
+    u32 count = acc ? 1 : 0;
+    for (u32 t = 0; t < pairs; ++t) {
+        const u64* a = pp.a[t];
+        const u64* b = pp.b[t];
+        mac(lo, hi, a[oa0], b[ob0]);
+        if (++count == 15) { lo = reduce128(lo, hi, m); hi = 0; count = 1; }
+        if (prods == 2) {
+            mac(lo, hi, a[oa1], b[ob1]);
+            if (++count == 15) { lo = reduce128(lo, hi, m); hi = 0; count = 1; }
+        }
+    }
+    *o = reduce128(lo, hi, m);
+}
+
+// grid (N / BLOCK, rows·parts·level): one group of a batched map; outs and xs are arrays of
+// ciphertext pointers, weights [level][rows][ncols]
+extern "C" __global__ void heal_group(u64* const* outs, const u64* const* xs, const u32* cols,
+                                      const u64* weights, const u64* mods, u32 log_n,
+                                      u32 rows, u32 ncols, u32 parts, u32 level, u32 acc) {
+    const u32 k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= (1u << log_n)) return;
+    const u32 y = blockIdx.y, i = y % level, p = (y / level) % parts, r = y / (level * parts);
+    const u64* m = mods + 3 * i;
+    const u64* w = weights + ((u64)i * rows + r) * ncols;
+    const u64 off = ((u64)(p * level + i) << log_n) + k;
+    u64* o = outs[r] + off;
+    u64 lo = acc ? *o : 0, hi = 0;
+    u32 count = acc ? 1 : 0;
+    for (u32 e = 0; e < ncols; ++e) {
+        mac(lo, hi, w[e], xs[cols[e]][off]);
+        if (++count == 15) { lo = reduce128(lo, hi, m); hi = 0; count = 1; }
+    }
+    *o = reduce128(lo, hi, m);
 }
 
 // grid (N / BLOCK, jobs): dst[job.dst][i] = src[job.src][map[i]]

@@ -6,7 +6,8 @@
 //! - [`exec`]: the primitives a device provides (batched NTT/INTT, limb maps, basis extension,
 //!   the key inner product, Galois permutations, the tensor product), one launch each;
 //! - [`plans`]: the job lists of each operation at each level, from the CPU path's constants;
-//! - [`engine`]: the operations, written once over an executor;
+//! - [`engine`]: the operations, written once over an executor; [`arith`]: the slot-wise ones
+//!   (sums, constants, multiply-accumulates of many products);
 //! - [`host`]: the reference executor on the CPU, with the kernels' arithmetic;
 //! - [`kernels`]: the CUDA C source, compiled by NVRTC at run time;
 //! - `cuda` (feature `cuda`): the executor on a device.
@@ -14,6 +15,7 @@
 //! Every operation equals the CPU evaluator word for word: on any machine through
 //! [`HostExec`], and on a GPU through `CudaExec` (tests of both in `tests.rs`).
 
+pub mod arith;
 pub mod engine;
 pub mod exec;
 pub mod host;
@@ -24,8 +26,9 @@ pub mod tables;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
+pub use arith::{DevGroupWeights, DevPlaintext};
 pub use engine::{DevCiphertext, DevDecomposition, DevSwitchingKey, Engine, GpuError};
-pub use exec::{DotShape, Exec, ExtendJob, LimbJob, LimbOp, MapJob};
+pub use exec::{DotShape, Exec, ExtendJob, GroupShape, LimbJob, LimbOp, MacJob, MapJob};
 pub use host::HostExec;
 pub use tables::NttTables;
 

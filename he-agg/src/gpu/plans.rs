@@ -86,7 +86,8 @@ pub struct ModDownPlan {
     pub combine_consts: Vec<ShoupConst>,
 }
 
-/// Rescaling a ciphertext `[2][level]` onto `[2][level − 1]`.
+/// Rescaling a ciphertext `[parts][level]` onto `[parts][level − 1]`: every list is ordered by
+/// part (3 parts), so a degree-1 ciphertext takes the first two thirds of each.
 #[derive(Debug, Clone)]
 pub struct RescalePlan {
     pub intt_last: Vec<LimbJob>,
@@ -110,8 +111,32 @@ pub struct LevelPlan {
     pub decompose: Option<DecomposePlan>,
     pub mod_down: Option<ModDownPlan>,
     pub rescale: Option<RescalePlan>,
-    /// Every limb of a ciphertext `[2][level]` with its modulus (NTTs, copies, additions).
+    /// Every limb of a ciphertext `[3][level]` with its modulus (NTTs, copies, additions); a
+    /// degree-1 ciphertext takes the first `2 × level`.
     pub ct_limbs: Vec<MapJob>,
+}
+
+impl RescalePlan {
+    /// The plan's lists for a ciphertext of `parts` parts (2 or 3).
+    pub fn for_parts(&self, parts: usize) -> RescaleJobs<'_> {
+        let per = self.lift.len() / 3;
+        RescaleJobs {
+            intt_last: &self.intt_last[..parts],
+            add_half: &self.add_half[..parts],
+            lift: &self.lift[..parts * per],
+            ntt: &self.ntt[..parts * per],
+            combine: &self.combine[..parts * per],
+        }
+    }
+}
+
+/// A [`RescalePlan`]'s lists for one number of parts.
+pub struct RescaleJobs<'a> {
+    pub intt_last: &'a [LimbJob],
+    pub add_half: &'a [MapJob],
+    pub lift: &'a [MapJob],
+    pub ntt: &'a [LimbJob],
+    pub combine: &'a [MapJob],
 }
 
 impl LevelPlan {
@@ -119,7 +144,7 @@ impl LevelPlan {
         let k = rlwe.num_p();
         let qpb = rlwe.qp_basis(level);
         let width = qpb.len();
-        let ct_limbs = (0..2 * level).map(|i| map(i, i, i % level, 0)).collect();
+        let ct_limbs = (0..3 * level).map(|i| map(i, i, i % level, 0)).collect();
         Self {
             level,
             width,
@@ -227,7 +252,7 @@ fn rescale(rlwe: &RlweContext, level: usize) -> RescalePlan {
     let q_last = rlwe.q_modulus(last).value();
     let (mut intt_last, mut add_half, mut lift, mut ntt, mut combine) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for c in 0..2 {
+    for c in 0..3 {
         intt_last.push(limb(c * level + last, last));
         add_half.push(map(c * level + last, c * level + last, last, 0));
         for i in 0..last {

@@ -14,7 +14,8 @@ pub struct NttTables {
     n: usize,
     log_n: u32,
     moduli: Vec<Modulus>,
-    /// `[q, ⌊2^128/q⌋ low, ⌊2^128/q⌋ high]` per modulus.
+    /// `[q, ⌊2^128/q⌋ low, ⌊2^128/q⌋ high]` per modulus (read by the CUDA executor only).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) mods: Vec<u64>,
     /// ψ^rev(k) and its Shoup companion, N pairs per modulus.
     pub(crate) fwd: Vec<u64>,

@@ -103,6 +103,7 @@ pub(super) fn check_against_cpu<E: Exec>(engine: &Engine<E>, f: &Fixture, level:
         want,
         "mul_relin at {level}"
     );
+    check_slotwise(engine, f, &ct, &other, &rlk);
     if level >= 2 {
         let want = f.eval.rescale(&ct).unwrap();
         let got = engine
@@ -111,6 +112,90 @@ pub(super) fn check_against_cpu<E: Exec>(engine: &Engine<E>, f: &Fixture, level:
         assert_eq!(got.parts, want.parts, "rescale at {level}");
         assert_eq!(got.scale, want.scale);
     }
+}
+
+/// The slot-wise operations of [`super::arith`] and the degree-2 path (tensor, rescale of three
+/// parts, relinearization) against the evaluator: every word is fully reduced, so a sum of
+/// products equals the evaluator's products added one by one.
+fn check_slotwise<E: Exec>(
+    engine: &Engine<E>,
+    f: &Fixture,
+    ct: &Ciphertext,
+    other: &Ciphertext,
+    rlk: &DevSwitchingKey<E::Buf>,
+) {
+    let e = &f.eval;
+    let level = ct.level();
+    let (a, b) = (
+        engine.upload_ct(ct).unwrap(),
+        engine.upload_ct(other).unwrap(),
+    );
+    let down = |x: &DevCiphertext<E::Buf>| engine.download_ct(x).unwrap();
+
+    let mut want = e.mul(ct, other).unwrap();
+    let mut got = engine.mul(&a, &b).unwrap();
+    assert_eq!(down(&got), want, "tensor at {level}");
+    if level >= 2 {
+        e.rescale_assign(&mut want).unwrap();
+        got = engine.rescale(got).unwrap();
+        assert_eq!(down(&got), want, "rescale of degree 2 at {level}");
+    }
+    let want = e.relinearize(&want).unwrap();
+    assert_eq!(
+        down(&engine.relinearize(got, rlk).unwrap()),
+        want,
+        "relinearize"
+    );
+
+    let q = f.ctx.rlwe().q_modulus(level - 1).value() as f64;
+    let want = e.mul_const(ct, -0.37, q).unwrap();
+    let got = engine
+        .mul_const(engine.copy(&a).unwrap(), -0.37, q)
+        .unwrap();
+    assert_eq!(down(&got), want, "mul_const at {level}");
+    let want = e.add_const(ct, Complex::new(-1.25, 0.0)).unwrap();
+    let mut got = engine.copy(&a).unwrap();
+    engine.add_real_const(&mut got, -1.25).unwrap();
+    assert_eq!(down(&got), want, "add_real_const at {level}");
+
+    let slots = f.ctx.n() / 2;
+    let pts: Vec<_> = (0..3)
+        .map(|j| {
+            let v: Vec<f64> = (0..slots)
+                .map(|i| ((i * 7 + j) % 11) as f64 / 11.0 - 0.5)
+                .collect();
+            f.ctx
+                .encode_reals(&v, level, f.ctx.default_scale())
+                .unwrap()
+        })
+        .collect();
+    // 40 products: more than one launch takes on a device
+    let (xs, devs): (Vec<&Ciphertext>, Vec<_>) = (0..40)
+        .map(|i| if i % 3 == 1 { (other, &b) } else { (ct, &a) })
+        .unzip();
+    let mut want = e.mul_plain(xs[0], &pts[0]).unwrap();
+    for (i, x) in xs.iter().enumerate().skip(1) {
+        want = e.add(&want, &e.mul_plain(x, &pts[i % 3]).unwrap()).unwrap();
+    }
+    let dev_pts: Vec<_> = pts
+        .iter()
+        .map(|p| engine.upload_plain(p).unwrap())
+        .collect();
+    let ws: Vec<_> = (0..40).map(|i| &dev_pts[i % 3]).collect();
+    let got = engine.dot_plain(&devs, &ws).unwrap();
+    assert_eq!(down(&got), want, "dot_plain at {level}");
+    let mut got = engine.copy(&a).unwrap();
+    engine.add_plain_assign(&mut got, &dev_pts[1]).unwrap();
+    assert_eq!(down(&got), e.add_plain(ct, &pts[1]).unwrap(), "add_plain");
+    let mut sum = engine.copy(&a).unwrap();
+    engine.add_assign(&mut sum, &b).unwrap();
+    assert_eq!(down(&sum), e.add(ct, other).unwrap(), "add at {level}");
+
+    let want = e
+        .add(&e.mul(ct, other).unwrap(), &e.mul(other, other).unwrap())
+        .unwrap();
+    let got = engine.dot_cipher(&[&a, &b], &[&b, &b]).unwrap();
+    assert_eq!(down(&got), want, "dot_cipher at {level}");
 }
 
 fn random_limbs(tables: &NttTables, limbs: &[usize], seed: u8) -> Vec<u64> {
@@ -174,7 +259,21 @@ fn keys_of_other_parameters_and_degree_two_are_refused() {
     assert!(matches!(engine.upload_key(key), Err(GpuError::ForeignKey)));
     let mut ct = ciphertext(f, 3, 1);
     ct.parts.push(ct.parts[0].clone());
-    assert!(matches!(engine.upload_ct(&ct), Err(GpuError::Degree(2))));
+    let two = engine.upload_ct(&ct).unwrap();
+    let key = engine.upload_key(
+        &f.gk
+            .get(f.ctx.rlwe().galois_element_for_rotation(1))
+            .unwrap()
+            .key,
+    );
+    let g = f.ctx.rlwe().galois_element_for_rotation(1);
+    assert!(matches!(
+        engine.apply_galois(&two, g, &key.unwrap()),
+        Err(GpuError::Degree(2))
+    ));
+    assert!(matches!(engine.mul(&two, &two), Err(GpuError::Degree(2))));
+    ct.parts.push(ct.parts[0].clone());
+    assert!(matches!(engine.upload_ct(&ct), Err(GpuError::Degree(3))));
     let one = engine.upload_ct(&ciphertext(f, 1, 2)).unwrap();
     assert!(matches!(engine.rescale(one), Err(GpuError::Level(1, _))));
 }

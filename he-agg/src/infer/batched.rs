@@ -16,6 +16,8 @@ use rayon::prelude::*;
 use crate::ckks::{Ciphertext, CkksContext, CkksError, Complex, Evaluator, Parameters, Plaintext};
 use crate::ring::Poly;
 
+use super::backend::{BatchedBackend, CpuBackend};
+use super::batched_eval;
 use super::error::InferError;
 use super::kernels;
 use super::lower::{Affine, Op, lower};
@@ -161,13 +163,17 @@ impl BatchedSpec {
 }
 
 /// Rows of a map that read the same inputs (all rows of a dense layer; the channels of one
-/// position of a convolution), with their weights modulo each prime, rows × columns.
+/// position of a convolution), with their weights modulo each prime, rows × columns (W: on
+/// the host, one vector per limb; on a device, uploaded).
 #[derive(Clone, Debug)]
-struct Group {
-    rows: Vec<u32>,
-    cols: Vec<u32>,
-    weights: Vec<Vec<u64>>,
+pub(crate) struct Group<W = HostWeights> {
+    pub rows: Vec<u32>,
+    pub cols: Vec<u32>,
+    pub weights: W,
 }
+
+/// A group's weights on the host: per limb, rows × columns words.
+pub(crate) type HostWeights = Vec<Vec<u64>>;
 
 /// Groups rows (output index, integer-weighted entries) by their column lists.
 fn make_groups(ctx: &CkksContext, level: usize, rows: Vec<(u32, Vec<(u32, i64)>)>) -> Vec<Group> {
@@ -219,22 +225,22 @@ fn integer_rows(map: &Affine, q: f64, level: usize) -> Result<Vec<Vec<(u32, i64)
 }
 
 #[derive(Clone, Debug)]
-struct BatchedLinear {
-    groups: Vec<Group>,
-    bias: Vec<f64>,
+pub(crate) struct BatchedLinear<W = HostWeights> {
+    pub groups: Vec<Group<W>>,
+    pub bias: Vec<f64>,
 }
 
 /// One chunk of a fused map → activation → map: some of the first map's rows (numbered
 /// locally), and the second map's columns that read them.
 #[derive(Clone, Debug)]
-struct FusedChunk {
-    first: BatchedLinear,
-    second: Vec<Group>,
+pub(crate) struct FusedChunk<W = HostWeights> {
+    pub first: BatchedLinear<W>,
+    pub second: Vec<Group<W>>,
 }
 
 #[derive(Clone, Debug)]
-enum BatchedOp {
-    Linear(BatchedLinear),
+pub(crate) enum BatchedOp<W = HostWeights> {
+    Linear(BatchedLinear<W>),
     Activation {
         c: f64,
         post: Option<f64>,
@@ -244,10 +250,73 @@ enum BatchedOp {
     /// map, activation x·(x + c), map — streamed over chunks of the first map's rows, so
     /// the activations between the maps never exist all at once
     Fused {
-        chunks: Vec<FusedChunk>,
+        chunks: Vec<FusedChunk<W>>,
         c: f64,
         bias: Vec<f64>,
     },
+}
+
+impl<W> Group<W> {
+    fn try_map<W2, X>(
+        &self,
+        f: &mut impl FnMut(&Group<W>) -> Result<W2, X>,
+    ) -> Result<Group<W2>, X> {
+        Ok(Group {
+            rows: self.rows.clone(),
+            cols: self.cols.clone(),
+            weights: f(self)?,
+        })
+    }
+}
+
+impl<W> BatchedLinear<W> {
+    fn try_map<W2, X>(
+        &self,
+        f: &mut impl FnMut(&Group<W>) -> Result<W2, X>,
+    ) -> Result<BatchedLinear<W2>, X> {
+        Ok(BatchedLinear {
+            groups: self
+                .groups
+                .iter()
+                .map(|g| g.try_map(f))
+                .collect::<Result<_, X>>()?,
+            bias: self.bias.clone(),
+        })
+    }
+}
+
+impl<W> BatchedOp<W> {
+    /// The same operation with every group's weights converted (uploaded to a device).
+    pub(crate) fn try_map<W2, X>(
+        &self,
+        f: &mut impl FnMut(&Group<W>) -> Result<W2, X>,
+    ) -> Result<BatchedOp<W2>, X> {
+        Ok(match self {
+            BatchedOp::Linear(l) => BatchedOp::Linear(l.try_map(f)?),
+            BatchedOp::Activation { c, post, lazy } => BatchedOp::Activation {
+                c: *c,
+                post: *post,
+                lazy: *lazy,
+            },
+            BatchedOp::Fused { chunks, c, bias } => BatchedOp::Fused {
+                chunks: chunks
+                    .iter()
+                    .map(|ch| {
+                        Ok(FusedChunk {
+                            first: ch.first.try_map(f)?,
+                            second: ch
+                                .second
+                                .iter()
+                                .map(|g| g.try_map(f))
+                                .collect::<Result<_, X>>()?,
+                        })
+                    })
+                    .collect::<Result<_, X>>()?,
+                c: *c,
+                bias: bias.clone(),
+            },
+        })
+    }
 }
 
 /// Rows of the first map per fused chunk (whole groups): bounds the chunk's memory.
@@ -391,6 +460,16 @@ impl BatchedModel {
         if eval.context().params() != self.spec.parameters() {
             return Err(InferError::ContextMismatch);
         }
+        self.check_inputs(inputs)?;
+        let backend = CpuBackend {
+            eval,
+            ctx: &self.ctx,
+        };
+        batched_eval::run(&backend, &self.ops, inputs)
+    }
+
+    /// Refuses inputs of the wrong number, level, degree or scale.
+    pub(crate) fn check_inputs(&self, inputs: &[Ciphertext]) -> Result<(), InferError> {
         if inputs.len() != self.spec.input_len {
             return Err(InferError::BatchInputs {
                 expected: self.spec.input_len,
@@ -405,36 +484,33 @@ impl BatchedModel {
                 self.spec.input_scale(),
             )?;
         }
-        let mut owned: Vec<Ciphertext>;
-        let mut cur: &[Ciphertext] = inputs;
-        for op in &self.ops {
-            owned = match op {
-                BatchedOp::Linear(l) => {
-                    let out = self.products(&l.groups, cur, l.bias.len(), None)?;
-                    self.finish_map(eval, out, cur[0].scale, &l.bias)?
-                }
-                BatchedOp::Activation { c, post, lazy } => cur
-                    .par_iter()
-                    .map(|x| self.activation(eval, x, *c, *post, *lazy))
-                    .collect::<Result<_, _>>()?,
-                BatchedOp::Fused { chunks, c, bias } => self.fused(eval, cur, chunks, *c, bias)?,
-            };
-            cur = &owned;
-        }
-        Ok(cur.to_vec())
+        Ok(())
     }
 
-    /// The unreduced products of a map: one ciphertext's parts per output, at the inputs'
-    /// level and degree; added onto `acc` when given.
+    pub(crate) fn ops(&self) -> &[BatchedOp] {
+        &self.ops
+    }
+
+    pub(crate) fn context(&self) -> &Arc<CkksContext> {
+        &self.ctx
+    }
+}
+
+impl BatchedBackend for CpuBackend<'_> {
+    type Weights = HostWeights;
+
     fn products(
         &self,
         groups: &[Group],
         xs: &[Ciphertext],
         n_out: usize,
-        acc: Option<Vec<Vec<Poly>>>,
-    ) -> Result<Vec<Vec<Poly>>, InferError> {
-        let level = xs[0].level();
-        let parts = xs[0].parts.len();
+        acc: Option<Vec<Ciphertext>>,
+        scale: f64,
+    ) -> Result<Vec<Ciphertext>, InferError> {
+        let x0 = xs
+            .first()
+            .ok_or(InferError::ModelMismatch("a map over no inputs"))?;
+        let (level, parts) = (x0.level(), x0.parts.len());
         if xs
             .iter()
             .any(|x| x.level() != level || x.parts.len() != parts)
@@ -445,11 +521,19 @@ impl BatchedModel {
         }
         let n = self.ctx.n();
         let accumulate = acc.is_some();
-        let mut out = acc.unwrap_or_else(|| {
-            (0..n_out)
+        let mut out: Vec<Vec<Poly>> = match acc {
+            Some(cts) => cts.into_iter().map(|c| c.parts).collect(),
+            None => (0..n_out)
                 .map(|_| (0..parts).map(|_| Poly::zero(n, level)).collect())
-                .collect()
-        });
+                .collect(),
+        };
+        if out.len() != n_out
+            || out
+                .iter()
+                .any(|o| o.len() != parts || o[0].limbs() != level)
+        {
+            return Err(InferError::ModelMismatch("accumulators of another shape"));
+        }
         // one task per (part, limb), each owning that limb of every output
         let mut tasks: Vec<Vec<Option<&mut [u64]>>> = (0..parts * level)
             .map(|_| Vec::with_capacity(n_out))
@@ -461,10 +545,9 @@ impl BatchedModel {
                 }
             }
         }
-        tasks
-            .into_par_iter()
-            .enumerate()
-            .for_each(|(t, mut limbs)| {
+        let ring = self.ctx.rlwe();
+        tasks.into_par_iter().enumerate().try_for_each(
+            |(t, mut limbs)| -> Result<(), InferError> {
                 let (p, i) = (t / level, t % level);
                 let inputs: Vec<&[u64]> = xs.iter().map(|x| x.parts[p].limb(i)).collect();
                 for g in groups {
@@ -472,13 +555,14 @@ impl BatchedModel {
                         .rows
                         .iter()
                         .map(|&r| {
-                            limbs[r as usize]
-                                .take()
-                                .expect("a row belongs to one group")
+                            limbs
+                                .get_mut(r as usize)
+                                .and_then(Option::take)
+                                .ok_or(InferError::ModelMismatch("a row in two groups"))
                         })
-                        .collect();
+                        .collect::<Result<_, _>>()?;
                     kernels::group_product(
-                        self.ctx.rlwe().q_modulus(i),
+                        ring.q_modulus(i),
                         &g.cols,
                         &g.weights[i],
                         &inputs,
@@ -486,89 +570,16 @@ impl BatchedModel {
                         accumulate,
                     );
                 }
-            });
-        Ok(out)
+                Ok(())
+            },
+        )?;
+        Ok(out
+            .into_iter()
+            .map(|parts| Ciphertext { parts, scale })
+            .collect())
     }
 
-    /// Rescales, relinearizes and adds the bias to a map's products.
-    fn finish_map(
-        &self,
-        eval: &Evaluator,
-        out: Vec<Vec<Poly>>,
-        in_scale: f64,
-        bias: &[f64],
-    ) -> Result<Vec<Ciphertext>, InferError> {
-        let level = out.first().map_or(0, |p| p[0].limbs());
-        let scale = in_scale * self.ctx.params().rlwe().q()[level - 1] as f64;
-        out.into_par_iter()
-            .zip(bias)
-            .map(|(parts, &b)| {
-                let mut ct = Ciphertext { parts, scale };
-                eval.rescale_assign(&mut ct)?;
-                if ct.degree() == 2 {
-                    ct = eval.relinearize(&ct)?;
-                }
-                if b != 0.0 {
-                    kernels::add_real_const(eval, &mut ct, b)?;
-                }
-                Ok(ct)
-            })
-            .collect()
-    }
-
-    fn fused(
-        &self,
-        eval: &Evaluator,
-        xs: &[Ciphertext],
-        chunks: &[FusedChunk],
-        c: f64,
-        bias: &[f64],
-    ) -> Result<Vec<Ciphertext>, InferError> {
-        let n = self.ctx.n();
-        let level = xs[0].level();
-        // the second map reads degree-2 activations two levels down
-        let mut acc: Vec<Vec<Poly>> = (0..bias.len())
-            .map(|_| (0..3).map(|_| Poly::zero(n, level - 2)).collect())
-            .collect();
-        let mut act_scale = None;
-        for chunk in chunks {
-            let out = self.products(&chunk.first.groups, xs, chunk.first.bias.len(), None)?;
-            let mapped = self.finish_map(eval, out, xs[0].scale, &chunk.first.bias)?;
-            let acts: Vec<Ciphertext> = mapped
-                .into_par_iter()
-                .map(|x| self.activation(eval, &x, c, None, true))
-                .collect::<Result<_, _>>()?;
-            act_scale = Some(acts[0].scale);
-            acc = self.products(&chunk.second, &acts, bias.len(), Some(acc))?;
-        }
-        let scale = act_scale.ok_or(InferError::ModelMismatch("empty fused map"))?;
-        self.finish_map(eval, acc, scale, bias)
-    }
-
-    fn activation(
-        &self,
-        eval: &Evaluator,
-        x: &Ciphertext,
-        c: f64,
-        post: Option<f64>,
-        lazy: bool,
-    ) -> Result<Ciphertext, InferError> {
-        let mut y = if c == 0.0 {
-            eval.mul(x, x)?
-        } else {
-            let mut shifted = x.clone();
-            kernels::add_real_const(eval, &mut shifted, c)?;
-            eval.mul(x, &shifted)?
-        };
-        eval.rescale_assign(&mut y)?;
-        if !lazy {
-            y = eval.relinearize(&y)?;
-        }
-        if let Some(a) = post {
-            let q = self.ctx.params().rlwe().q()[y.level() - 1] as f64;
-            y = eval.mul_const(&y, a, q)?;
-            eval.rescale_assign(&mut y)?;
-        }
-        Ok(y)
+    fn scale(&self, x: &Ciphertext) -> f64 {
+        x.scale
     }
 }

@@ -100,4 +100,6 @@ pub enum InferError {
     Policy(&'static str),
     #[error(transparent)]
     Multiparty(#[from] crate::multiparty::MultipartyError),
+    #[error("on the GPU: {0}")]
+    Device(#[from] crate::gpu::GpuError),
 }

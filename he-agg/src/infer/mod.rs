@@ -44,9 +44,15 @@
 //! ```
 
 mod architecture;
+mod backend;
 mod batched;
+mod batched_eval;
+mod device;
+#[cfg(test)]
+mod device_tests;
 mod diagonals;
 mod error;
+mod evaluate;
 #[cfg(feature = "serde")]
 mod file;
 mod ifma;
@@ -65,6 +71,7 @@ pub mod threshold;
 
 pub use architecture::{ArchLayer, Architecture, MAX_LAYERS, MAX_SKELETON_WEIGHTS};
 pub use batched::{BatchedModel, BatchedSpec};
+pub use device::{DeviceBatchedModel, DeviceModel};
 pub use error::{InferError, NetworkError};
 #[cfg(feature = "serde")]
 pub use file::{MAX_NETWORK_FILE_BYTES, NETWORK_FORMAT, NetworkFile, NetworkFileError};

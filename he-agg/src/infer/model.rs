@@ -4,64 +4,137 @@
 
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
 use crate::ckks::{Ciphertext, CkksContext, Complex, Evaluator, Plaintext};
 
+use super::backend::CpuBackend;
 use super::error::InferError;
+use super::evaluate;
 use super::kernels;
 use super::plan::{InferencePlan, InferenceSpec, Stage};
 
-/// A weight or constant, in the clear or encrypted.
+/// A weight or constant, in the clear or encrypted (P and C: a backend's plaintext and
+/// ciphertext, host-side here).
 #[derive(Clone, Debug)]
-enum Operand {
-    Plain(Plaintext),
-    Cipher(Ciphertext),
+pub(crate) enum Operand<P, C> {
+    Plain(P),
+    Cipher(C),
 }
 
 /// A scalar applied to every slot.
 #[derive(Clone, Debug)]
-enum Scalar {
+pub(crate) enum Scalar<C> {
     Plain(f64),
-    Cipher(Ciphertext),
+    Cipher(C),
 }
 
 /// One product of a giant step: (input ciphertext, its baby rotation, the diagonal).
 #[derive(Clone, Debug)]
-struct TermOp {
-    input: usize,
-    baby: usize,
-    weight: Operand,
+pub(crate) struct TermOp<P, C> {
+    pub input: usize,
+    pub baby: usize,
+    pub weight: Operand<P, C>,
 }
 
 #[derive(Clone, Debug)]
-struct GiantOps {
-    step: i64,
-    terms: Vec<TermOp>,
+pub(crate) struct GiantOps<P, C> {
+    pub step: i64,
+    pub terms: Vec<TermOp<P, C>>,
 }
 
 #[derive(Clone, Debug)]
-enum ModelStage {
+pub(crate) enum ModelStage<P, C> {
     Linear {
         baby_steps: Vec<i64>,
         /// per input ciphertext: the baby indices it is rotated by
         babies: Vec<Vec<usize>>,
-        giants: Vec<GiantOps>,
+        giants: Vec<GiantOps<P, C>>,
         fold_steps: Vec<i64>,
-        bias: Option<Operand>,
+        bias: Option<Operand<P, C>>,
     },
     Activation {
-        c: Option<Scalar>,
-        post: Option<Scalar>,
+        c: Option<Scalar<C>>,
+        post: Option<Scalar<C>>,
     },
 }
+
+impl<C> Scalar<C> {
+    fn try_map<C2, X>(&self, fc: &mut impl FnMut(&C) -> Result<C2, X>) -> Result<Scalar<C2>, X> {
+        Ok(match self {
+            Scalar::Plain(v) => Scalar::Plain(*v),
+            Scalar::Cipher(c) => Scalar::Cipher(fc(c)?),
+        })
+    }
+}
+
+impl<P, C> Operand<P, C> {
+    fn try_map<P2, C2, X>(
+        &self,
+        fp: &mut impl FnMut(&P) -> Result<P2, X>,
+        fc: &mut impl FnMut(&C) -> Result<C2, X>,
+    ) -> Result<Operand<P2, C2>, X> {
+        Ok(match self {
+            Operand::Plain(p) => Operand::Plain(fp(p)?),
+            Operand::Cipher(c) => Operand::Cipher(fc(c)?),
+        })
+    }
+}
+
+impl<P, C> ModelStage<P, C> {
+    /// The same stage with every operand converted (uploaded to a device).
+    pub(crate) fn try_map<P2, C2, X>(
+        &self,
+        fp: &mut impl FnMut(&P) -> Result<P2, X>,
+        fc: &mut impl FnMut(&C) -> Result<C2, X>,
+    ) -> Result<ModelStage<P2, C2>, X> {
+        Ok(match self {
+            ModelStage::Linear {
+                baby_steps,
+                babies,
+                giants,
+                fold_steps,
+                bias,
+            } => ModelStage::Linear {
+                baby_steps: baby_steps.clone(),
+                babies: babies.clone(),
+                giants: giants
+                    .iter()
+                    .map(|g| {
+                        Ok(GiantOps {
+                            step: g.step,
+                            terms: g
+                                .terms
+                                .iter()
+                                .map(|t| {
+                                    Ok(TermOp {
+                                        input: t.input,
+                                        baby: t.baby,
+                                        weight: t.weight.try_map(fp, fc)?,
+                                    })
+                                })
+                                .collect::<Result<_, X>>()?,
+                        })
+                    })
+                    .collect::<Result<_, X>>()?,
+                fold_steps: fold_steps.clone(),
+                bias: bias.as_ref().map(|b| b.try_map(fp, fc)).transpose()?,
+            },
+            ModelStage::Activation { c, post } => ModelStage::Activation {
+                c: c.as_ref().map(|s| s.try_map(fc)).transpose()?,
+                post: post.as_ref().map(|s| s.try_map(fc)).transpose()?,
+            },
+        })
+    }
+}
+
+type HostOperand = Operand<Plaintext, Ciphertext>;
+type HostScalar = Scalar<Ciphertext>;
 
 /// A network ready to evaluate on encrypted images of one parameter set.
 #[derive(Clone, Debug)]
 pub struct Model {
     spec: Arc<InferenceSpec>,
     ctx: Arc<CkksContext>,
-    stages: Vec<ModelStage>,
+    stages: Vec<ModelStage<Plaintext, Ciphertext>>,
     encrypted: bool,
 }
 
@@ -78,14 +151,14 @@ trait Encoder {
         v: &[f64],
         level: usize,
         scale: f64,
-    ) -> Result<Operand, InferError>;
+    ) -> Result<HostOperand, InferError>;
     fn scalar(
         &mut self,
         ctx: &CkksContext,
         v: f64,
         level: usize,
         scale: f64,
-    ) -> Result<Scalar, InferError>;
+    ) -> Result<HostScalar, InferError>;
 }
 
 struct PlainEncoder;
@@ -100,10 +173,16 @@ impl Encoder for PlainEncoder {
         v: &[f64],
         level: usize,
         scale: f64,
-    ) -> Result<Operand, InferError> {
+    ) -> Result<HostOperand, InferError> {
         Ok(Operand::Plain(ctx.encode_reals(v, level, scale)?))
     }
-    fn scalar(&mut self, _: &CkksContext, v: f64, _: usize, _: f64) -> Result<Scalar, InferError> {
+    fn scalar(
+        &mut self,
+        _: &CkksContext,
+        v: f64,
+        _: usize,
+        _: f64,
+    ) -> Result<HostScalar, InferError> {
         Ok(Scalar::Plain(v))
     }
 }
@@ -117,7 +196,7 @@ impl Encoder for CipherEncoder<'_> {
         v: &[f64],
         level: usize,
         scale: f64,
-    ) -> Result<Operand, InferError> {
+    ) -> Result<HostOperand, InferError> {
         let c: Vec<Complex> = v.iter().map(|&x| Complex::new(x, 0.0)).collect();
         Ok(Operand::Cipher((self.0)(
             &ctx.encode_coeffs(&c, level, scale)?,
@@ -129,7 +208,7 @@ impl Encoder for CipherEncoder<'_> {
         v: f64,
         level: usize,
         scale: f64,
-    ) -> Result<Scalar, InferError> {
+    ) -> Result<HostScalar, InferError> {
         let c = vec![Complex::new(v, 0.0); ctx.slots()];
         Ok(Scalar::Cipher((self.0)(
             &ctx.encode_coeffs(&c, level, scale)?,
@@ -147,7 +226,7 @@ impl Encoder for CountEncoder {
         v: &[f64],
         level: usize,
         scale: f64,
-    ) -> Result<Operand, InferError> {
+    ) -> Result<HostOperand, InferError> {
         self.0 += 1;
         PlainEncoder.operand(ctx, v, level, scale)
     }
@@ -157,7 +236,7 @@ impl Encoder for CountEncoder {
         v: f64,
         level: usize,
         scale: f64,
-    ) -> Result<Scalar, InferError> {
+    ) -> Result<HostScalar, InferError> {
         self.0 += 1;
         PlainEncoder.scalar(ctx, v, level, scale)
     }
@@ -188,7 +267,7 @@ impl Encoder for ImportEncoder {
         _: &[f64],
         level: usize,
         scale: f64,
-    ) -> Result<Operand, InferError> {
+    ) -> Result<HostOperand, InferError> {
         Ok(Operand::Cipher(self.next(level, scale)?))
     }
     fn scalar(
@@ -197,7 +276,7 @@ impl Encoder for ImportEncoder {
         _: f64,
         level: usize,
         scale: f64,
-    ) -> Result<Scalar, InferError> {
+    ) -> Result<HostScalar, InferError> {
         Ok(Scalar::Cipher(self.next(level, scale)?))
     }
 }
@@ -386,6 +465,16 @@ impl Model {
         if eval.context().params() != self.spec.parameters() {
             return Err(InferError::ContextMismatch);
         }
+        self.check_inputs(inputs)?;
+        let backend = CpuBackend {
+            eval,
+            ctx: &self.ctx,
+        };
+        evaluate::run(&backend, &self.stages, inputs.to_vec())
+    }
+
+    /// Refuses inputs of the wrong number, level, degree or scale.
+    pub(crate) fn check_inputs(&self, inputs: &[Ciphertext]) -> Result<(), InferError> {
         if inputs.len() != self.spec.input_ciphertexts() {
             return Err(InferError::InputCiphertexts {
                 expected: self.spec.input_ciphertexts(),
@@ -400,163 +489,14 @@ impl Model {
                 self.spec.input_scale(),
             )?;
         }
-        let mut xs: Vec<Ciphertext> = inputs.to_vec();
-        for stage in &self.stages {
-            let y = match stage {
-                ModelStage::Linear {
-                    baby_steps,
-                    babies,
-                    giants,
-                    fold_steps,
-                    bias,
-                } => self.linear(
-                    eval,
-                    &xs,
-                    baby_steps,
-                    babies,
-                    giants,
-                    fold_steps,
-                    bias.as_ref(),
-                )?,
-                ModelStage::Activation { c, post } => {
-                    self.activation(eval, &xs[0], c.as_ref(), post.as_ref())?
-                }
-            };
-            xs = vec![y];
-        }
-        Ok(xs.remove(0))
+        Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn linear(
-        &self,
-        eval: &Evaluator,
-        xs: &[Ciphertext],
-        baby_steps: &[i64],
-        babies: &[Vec<usize>],
-        giants: &[GiantOps],
-        fold_steps: &[i64],
-        bias: Option<&Operand>,
-    ) -> Result<Ciphertext, InferError> {
-        if xs.len() != babies.len() {
-            return Err(InferError::ModelMismatch("input ciphertexts of a map"));
-        }
-        let level = xs[0].level();
-        let scale = xs[0].scale;
-        // each input's baby rotations share one decomposition; inputs in parallel
-        let rotated: Vec<Vec<Option<Ciphertext>>> = xs
-            .par_iter()
-            .zip(babies)
-            .map(|(x, used)| -> Result<Vec<Option<Ciphertext>>, InferError> {
-                let steps: Vec<i64> = used.iter().map(|&b| baby_steps[b]).collect();
-                let mut out = vec![None; baby_steps.len()];
-                for (&b, ct) in used.iter().zip(eval.rotate_hoisted(x, &steps)?) {
-                    out[b] = Some(ct);
-                }
-                Ok(out)
-            })
-            .collect::<Result<_, _>>()?;
-        let ctx = &self.ctx;
-        let partial: Vec<Ciphertext> = giants
-            .par_iter()
-            .map(|g| -> Result<Ciphertext, InferError> {
-                let xs: Vec<&Ciphertext> = g
-                    .terms
-                    .iter()
-                    .map(|t| {
-                        rotated[t.input][t.baby]
-                            .as_ref()
-                            .ok_or(InferError::ModelMismatch("a baby rotation was not made"))
-                    })
-                    .collect::<Result<_, _>>()?;
-                let (parts, w_scale) = match &g.terms[0].weight {
-                    Operand::Plain(p) => {
-                        let ws = g
-                            .terms
-                            .iter()
-                            .map(|t| match &t.weight {
-                                Operand::Plain(p) => Ok(&p.poly),
-                                Operand::Cipher(_) => Err(InferError::ModelMismatch("mixed")),
-                            })
-                            .collect::<Result<Vec<_>, _>>()?;
-                        (kernels::dot_plain(ctx, level, &xs, &ws), p.scale)
-                    }
-                    Operand::Cipher(c) => {
-                        let ws = g
-                            .terms
-                            .iter()
-                            .map(|t| match &t.weight {
-                                Operand::Cipher(c) => Ok(c),
-                                Operand::Plain(_) => Err(InferError::ModelMismatch("mixed")),
-                            })
-                            .collect::<Result<Vec<_>, _>>()?;
-                        (kernels::dot_cipher(ctx, level, &xs, &ws), c.scale)
-                    }
-                };
-                let mut acc = Ciphertext {
-                    parts,
-                    scale: scale * w_scale,
-                };
-                // rescale first: the relinearization and rotation then run one level lower
-                eval.rescale_assign(&mut acc)?;
-                if acc.degree() == 2 {
-                    acc = eval.relinearize(&acc)?;
-                }
-                if g.step != 0 {
-                    acc = eval.rotate(&acc, g.step)?;
-                }
-                Ok(acc)
-            })
-            .collect::<Result<_, _>>()?;
-        let mut iter = partial.into_iter();
-        let mut y = iter.next().ok_or(InferError::ModelMismatch("empty map"))?;
-        for p in iter {
-            eval.add_assign(&mut y, &p)?;
-        }
-        for &f in fold_steps {
-            let r = eval.rotate(&y, f)?;
-            eval.add_assign(&mut y, &r)?;
-        }
-        match bias {
-            Some(Operand::Plain(b)) => y = eval.add_plain(&y, b)?,
-            Some(Operand::Cipher(b)) => eval.add_assign(&mut y, b)?,
-            None => {}
-        }
-        Ok(y)
+    pub(crate) fn stages(&self) -> &[ModelStage<Plaintext, Ciphertext>] {
+        &self.stages
     }
 
-    fn activation(
-        &self,
-        eval: &Evaluator,
-        x: &Ciphertext,
-        c: Option<&Scalar>,
-        post: Option<&Scalar>,
-    ) -> Result<Ciphertext, InferError> {
-        let shifted = match c {
-            None => None,
-            Some(Scalar::Plain(c)) => {
-                let mut s = x.clone();
-                kernels::add_real_const(eval, &mut s, *c)?;
-                Some(s)
-            }
-            Some(Scalar::Cipher(c)) => Some(eval.add(x, c)?),
-        };
-        let mut y = eval.mul(x, shifted.as_ref().unwrap_or(x))?;
-        eval.rescale_assign(&mut y)?;
-        y = eval.relinearize(&y)?;
-        match post {
-            None => {}
-            Some(Scalar::Plain(a)) => {
-                let q = last_prime(&self.ctx, y.level());
-                y = eval.mul_const(&y, *a, q)?;
-                eval.rescale_assign(&mut y)?;
-            }
-            Some(Scalar::Cipher(a)) => {
-                y = eval.mul(&y, a)?;
-                eval.rescale_assign(&mut y)?;
-                y = eval.relinearize(&y)?;
-            }
-        }
-        Ok(y)
+    pub(crate) fn context(&self) -> &Arc<CkksContext> {
+        &self.ctx
     }
 }

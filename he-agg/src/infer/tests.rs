@@ -38,7 +38,7 @@ fn dense(i: usize, o: usize, seed: &mut u64) -> Layer {
 
 /// conv 2×3×3 s1 p1 → quadratic → avg-pool 2 → dense → square → dense: depth 5 with the pool
 /// composed into the dense map.
-fn small_network(seed: u64) -> Network {
+pub(super) fn small_network(seed: u64) -> Network {
     let s = &mut seed.clone();
     Network::new(
         [2, 6, 6],
@@ -58,11 +58,11 @@ fn small_network(seed: u64) -> Network {
     .unwrap()
 }
 
-fn small_params() -> Parameters {
+pub(super) fn small_params() -> Parameters {
     Parameters::insecure_for_tests(10, &[50, 33, 33, 33, 33, 33], &[50, 50], 3, 33.0).unwrap()
 }
 
-fn image(len: usize, seed: u64) -> Vec<f32> {
+pub(super) fn image(len: usize, seed: u64) -> Vec<f32> {
     let s = &mut seed.clone();
     (0..len).map(|_| lcg(s)).collect()
 }
