@@ -603,6 +603,7 @@ impl Exec for CudaExec {
         src: &CudaSlice<u64>,
         jobs: &[MapJob],
         map: &[u32],
+        add: bool,
     ) -> Result<(), CudaError> {
         if jobs.is_empty() {
             return Ok(());
@@ -610,9 +611,15 @@ impl Exec for CudaExec {
         let s = &self.stream;
         let (table, map) = (self.map_table(jobs)?, self.table32(map)?);
         let (d, x, t, m) = (ptr(dst, s), ptr(src, s), ptr(&table, s), ptr(&map, s));
-        let log_n = self.log_n;
+        let (mods, log_n, add) = (ptr(&self.mods, s), self.log_n, u32::from(add));
         let mut l = s.launch_builder(&self.funcs[kernels::PERMUTE]);
-        l.arg(&d).arg(&x).arg(&t).arg(&m).arg(&log_n);
+        l.arg(&d)
+            .arg(&x)
+            .arg(&t)
+            .arg(&m)
+            .arg(&mods)
+            .arg(&log_n)
+            .arg(&add);
         // SAFETY: arguments match the kernel; job limbs lie inside the buffers.
         unsafe { l.launch(self.grid(jobs.len())) }?;
         Ok(())

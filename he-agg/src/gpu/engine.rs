@@ -227,7 +227,8 @@ impl<E: Exec> Engine<E> {
             })
             .collect();
         let mut out = self.exec.scratch(limbs)?;
-        self.exec.permute(&mut out, &dec.buf, &jobs, perm.map())?;
+        self.exec
+            .permute(&mut out, &dec.buf, &jobs, perm.map(), false)?;
         Ok(DevDecomposition {
             buf: out,
             level: dec.level,
@@ -284,9 +285,9 @@ impl<E: Exec> Engine<E> {
         let lp = self.plan(ct.level, "rotated")?;
         let perm = self.rlwe.ring().galois_permutation(g);
         let first = &lp.ct_limbs[..ct.level];
-        let mut c0 = self.exec.scratch(ct.level)?;
-        self.exec.permute(&mut c0, &ct.buf, first, perm.map())?;
-        self.exec.map(LimbOp::Add, &mut ks, &c0, first, &[])?;
+        // σ_g(c0) added in the permutation's own pass (one launch, no temporary)
+        self.exec
+            .permute(&mut ks, &ct.buf, first, perm.map(), true)?;
         Ok(DevCiphertext {
             buf: ks,
             level: ct.level,
@@ -309,7 +310,8 @@ impl<E: Exec> Engine<E> {
         // c1 is limbs level..2·level of the ciphertext
         let jobs = c1_jobs(lp);
         let mut c1 = self.exec.scratch(level)?;
-        self.exec.permute(&mut c1, &ct.buf, &jobs, perm.map())?;
+        self.exec
+            .permute(&mut c1, &ct.buf, &jobs, perm.map(), false)?;
         let dec = self.decompose(&c1, level)?;
         let ks = self.key_switch_decomposed(&dec, key)?;
         self.finish_galois(ct, g, ks)

@@ -182,12 +182,14 @@ pub trait Exec {
         shape: GroupShape,
     ) -> Result<(), CudaError>;
     /// dst[job.dst][i] = src[job.src][map[i]] for every job (a Galois automorphism in the NTT
-    /// domain).
+    /// domain); with `add`, dst[job.dst][i] += … modulo ring modulus `job.modulus` (the
+    /// automorphism of c0 added onto a key switch's output in the same pass).
     fn permute(
         &self,
         dst: &mut Self::Buf,
         src: &Self::Buf,
         jobs: &[MapJob],
         map: &[u32],
+        add: bool,
     ) -> Result<(), CudaError>;
 }

@@ -260,12 +260,18 @@ impl Exec for HostExec {
         src: &Vec<u64>,
         jobs: &[MapJob],
         map: &[u32],
+        add: bool,
     ) -> Result<(), CudaError> {
         let n = self.n();
         for j in jobs {
+            let m = self.m(j.modulus);
             let s = &src[j.src as usize * n..][..n];
             for (d, &i) in dst[j.dst as usize * n..][..n].iter_mut().zip(map) {
-                *d = s[i as usize];
+                *d = if add {
+                    m.add(*d, s[i as usize])
+                } else {
+                    s[i as usize]
+                };
             }
         }
         Ok(())

@@ -368,12 +368,14 @@ extern "C" __global__ void heal_group(u64* const* outs, const u64* const* xs, co
     *o = reduce128(lo, hi, m);
 }
 
-// grid (N / BLOCK, jobs): dst[job.dst][i] = src[job.src][map[i]]
+// grid (N / BLOCK, jobs): dst[job.dst][i] (+)= src[job.src][map[i]] (add: modulo job.modulus)
 extern "C" __global__ void heal_permute(u64* dst, const u64* src, const u32* jobs, const u32* map,
-                                        u32 log_n) {
+                                        const u64* mods, u32 log_n, u32 add) {
     const u32 k = blockIdx.x * blockDim.x + threadIdx.x;
     if (k >= (1u << log_n)) return;
     const u32* jb = jobs + 4 * blockIdx.y;
-    dst[((u64)jb[0] << log_n) + k] = src[((u64)jb[1] << log_n) + map[k]];
+    const u64 v = src[((u64)jb[1] << log_n) + map[k]];
+    u64* d = dst + ((u64)jb[0] << log_n) + k;
+    *d = add ? addm(*d, v, mods[3 * jb[2]]) : v;
 }
 "#;
