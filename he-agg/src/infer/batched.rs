@@ -90,6 +90,24 @@ impl BatchedSpec {
         self.relinearize
     }
 
+    /// Refuses a batch's ciphertexts of the wrong number, level, degree or scale.
+    pub(crate) fn check_inputs(
+        &self,
+        ctx: &CkksContext,
+        inputs: &[Ciphertext],
+    ) -> Result<(), InferError> {
+        if inputs.len() != self.input_len {
+            return Err(InferError::BatchInputs {
+                expected: self.input_len,
+                found: inputs.len(),
+            });
+        }
+        for ct in inputs {
+            kernels::check_input(ctx, ct, self.input_level(), self.input_scale())?;
+        }
+        Ok(())
+    }
+
     fn check_ctx(&self, ctx: &CkksContext) -> Result<(), InferError> {
         if ctx.params() != &self.params {
             return Err(InferError::ContextMismatch);
@@ -470,21 +488,7 @@ impl BatchedModel {
 
     /// Refuses inputs of the wrong number, level, degree or scale.
     pub(crate) fn check_inputs(&self, inputs: &[Ciphertext]) -> Result<(), InferError> {
-        if inputs.len() != self.spec.input_len {
-            return Err(InferError::BatchInputs {
-                expected: self.spec.input_len,
-                found: inputs.len(),
-            });
-        }
-        for ct in inputs {
-            kernels::check_input(
-                &self.ctx,
-                ct,
-                self.spec.input_level(),
-                self.spec.input_scale(),
-            )?;
-        }
-        Ok(())
+        self.spec.check_inputs(&self.ctx, inputs)
     }
 
     pub(crate) fn ops(&self) -> &[BatchedOp] {

@@ -28,10 +28,10 @@ pub(crate) fn run<B: BatchedBackend>(
     ops: &[BatchedOp<B::Weights>],
     inputs: &[B::Ct],
 ) -> Result<Vec<B::Ct>, InferError> {
-    let mut owned: Vec<B::Ct>;
-    let mut cur: &[B::Ct] = inputs;
+    let mut owned: Option<Vec<B::Ct>> = None;
     for op in ops {
-        owned = match op {
+        let cur: &[B::Ct] = owned.as_deref().unwrap_or(inputs);
+        let next = match op {
             BatchedOp::Linear(l) => {
                 let out = map(b, &l.groups, cur, l.bias.len(), None)?;
                 finish_map(b, out, &l.bias)?
@@ -42,9 +42,12 @@ pub(crate) fn run<B: BatchedBackend>(
             }
             BatchedOp::Fused { chunks, c, bias } => fused(b, cur, chunks, *c, bias)?,
         };
-        cur = &owned;
+        owned = Some(next);
     }
-    (0..cur.len()).map(|i| b.copy(&cur[i])).collect()
+    match owned {
+        Some(out) => Ok(out),
+        None => inputs.iter().map(|x| b.copy(x)).collect(),
+    }
 }
 
 /// A map's products at the scale its rescale divides back.

@@ -17,7 +17,7 @@ use super::batched::{BatchedModel, BatchedOp, BatchedSpec, Group};
 use super::batched_eval;
 use super::error::InferError;
 use super::evaluate;
-use super::model::{Model, ModelStage};
+use super::model::{Model, ModelStage, check_request};
 use super::plan::{EvaluationKeys, InferenceSpec};
 
 type DevStage<B> = ModelStage<DevPlaintext<B>, DevCiphertext<B>>;
@@ -93,8 +93,6 @@ pub struct DeviceModel<E: Exec> {
     dev: Device<E>,
     spec: Arc<InferenceSpec>,
     stages: Vec<DevStage<E::Buf>>,
-    /// The host model, kept for its input checks.
-    host: Model,
 }
 
 impl<E> DeviceModel<E>
@@ -120,12 +118,7 @@ where
             .iter()
             .map(|s| s.try_map(&mut up_plain, &mut up_cipher))
             .collect::<Result<Vec<_>, GpuError>>()?;
-        Ok(Self {
-            dev,
-            spec,
-            stages,
-            host: model.clone(),
-        })
+        Ok(Self { dev, spec, stages })
     }
 
     pub fn engine(&self) -> &Engine<E> {
@@ -141,7 +134,7 @@ where
         &self,
         inputs: &[Ciphertext],
     ) -> Result<Vec<DevCiphertext<E::Buf>>, InferError> {
-        self.host.check_inputs(inputs)?;
+        check_request(&self.dev.ctx, &self.spec, inputs)?;
         self.dev.upload_all(inputs)
     }
 
@@ -173,7 +166,7 @@ where
 pub struct DeviceBatchedModel<E: Exec> {
     dev: Device<E>,
     ops: Vec<BatchedOp<DevGroupWeights<E::Buf>>>,
-    host: BatchedModel,
+    spec: BatchedSpec,
 }
 
 impl<E> DeviceBatchedModel<E>
@@ -204,7 +197,7 @@ where
         Ok(Self {
             dev,
             ops,
-            host: model.clone(),
+            spec: model.spec().clone(),
         })
     }
 
@@ -213,7 +206,7 @@ where
     }
 
     pub fn spec(&self) -> &BatchedSpec {
-        self.host.spec()
+        &self.spec
     }
 
     /// A batch's ciphertexts to the device, checked as [`BatchedModel::evaluate`] checks them.
@@ -221,7 +214,7 @@ where
         &self,
         inputs: &[Ciphertext],
     ) -> Result<Vec<DevCiphertext<E::Buf>>, InferError> {
-        self.host.check_inputs(inputs)?;
+        self.spec.check_inputs(&self.dev.ctx, inputs)?;
         self.dev.upload_all(inputs)
     }
 
@@ -230,7 +223,7 @@ where
         &self,
         inputs: &[DevCiphertext<E::Buf>],
     ) -> Result<Vec<DevCiphertext<E::Buf>>, InferError> {
-        let spec = self.host.spec();
+        let spec = &self.spec;
         if inputs.len() != spec.input_len()
             || inputs
                 .iter()

@@ -286,6 +286,24 @@ fn last_prime(ctx: &CkksContext, level: usize) -> f64 {
     ctx.params().rlwe().q()[level - 1] as f64
 }
 
+/// Refuses an image's ciphertexts of the wrong number, level, degree or scale for `spec`.
+pub(crate) fn check_request(
+    ctx: &CkksContext,
+    spec: &InferenceSpec,
+    inputs: &[Ciphertext],
+) -> Result<(), InferError> {
+    if inputs.len() != spec.input_ciphertexts() {
+        return Err(InferError::InputCiphertexts {
+            expected: spec.input_ciphertexts(),
+            found: inputs.len(),
+        });
+    }
+    for x in inputs {
+        kernels::check_input(ctx, x, spec.input_level(), spec.input_scale())?;
+    }
+    Ok(())
+}
+
 impl Model {
     /// Mode (b): the weights in the clear, encoded as plaintexts. Each map's weights are encoded
     /// at the scale of the prime its rescale removes, so the activations' scale comes back
@@ -475,21 +493,7 @@ impl Model {
 
     /// Refuses inputs of the wrong number, level, degree or scale.
     pub(crate) fn check_inputs(&self, inputs: &[Ciphertext]) -> Result<(), InferError> {
-        if inputs.len() != self.spec.input_ciphertexts() {
-            return Err(InferError::InputCiphertexts {
-                expected: self.spec.input_ciphertexts(),
-                found: inputs.len(),
-            });
-        }
-        for x in inputs {
-            kernels::check_input(
-                &self.ctx,
-                x,
-                self.spec.input_level(),
-                self.spec.input_scale(),
-            )?;
-        }
-        Ok(())
+        check_request(&self.ctx, &self.spec, inputs)
     }
 
     pub(crate) fn stages(&self) -> &[ModelStage<Plaintext, Ciphertext>] {
