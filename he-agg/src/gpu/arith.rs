@@ -157,7 +157,7 @@ impl<E: Exec> Engine<E> {
         scale: f64,
     ) -> Result<DevCiphertext<E::Buf>, GpuError> {
         let mut out = self.exec().scratch(parts * level)?;
-        self.exec().mac(&mut out, &pairs, jobs)?;
+        self.exec().mac(&mut out, &pairs, jobs, false)?;
         Ok(DevCiphertext {
             buf: out,
             level,

@@ -10,12 +10,16 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg, sys,
 };
 
-use super::exec::{DotShape, Exec, ExtendJob, GroupShape, LimbJob, LimbOp, MacJob, MapJob};
+use super::exec::{
+    DotShape, Exec, ExtendJob, GroupShape, LimbJob, LimbOp, MacJob, MapJob, SampleDist,
+};
 use super::kernels::{self, BLOCK, NTT_BLOCK};
+use super::sample_kernel;
 use super::tables::NttTables;
 use crate::aggregate::CudaError;
 use crate::aggregate::cuda::device::{guarded, open_compiled};
-use crate::ring::ShoupConst;
+use crate::ring::expand::{constants, fine_bits};
+use crate::ring::{Seed, ShoupConst};
 
 /// Hashes a table by its length and a few dozen sampled words: a lookup then costs a memcmp
 /// (the map compares whole keys on a hash match), not a pass of SipHash over a 64 KiB Galois
@@ -70,6 +74,10 @@ pub struct CudaExec {
     fwd: CudaSlice<u64>,
     inv: CudaSlice<u64>,
     n_inv: CudaSlice<u64>,
+    /// the Gaussian sampler's cumulative thresholds
+    cdt: CudaSlice<u64>,
+    /// the flooding sampler's polynomial constants
+    box_muller: CudaSlice<f64>,
     /// Whether one limb fits a block's shared memory.
     shared_ntt: bool,
     /// Whether the split NTT may run (N a multiple of its block's words).
@@ -120,10 +128,11 @@ impl CudaExec {
         tables: &NttTables,
         force_split: bool,
     ) -> Result<Self, CudaError> {
-        let opened = open_compiled(ordinal, kernels::SOURCE, "heal_ckks.cu")?;
+        let source = [kernels::SOURCE, sample_kernel::SOURCE].concat();
+        let opened = open_compiled(ordinal, &source, "heal_ckks.cu")?;
         let (ctx, module, name) = (opened.ctx, opened.module, opened.name);
         let mut funcs = HashMap::new();
-        for k in kernels::ALL {
+        for k in kernels::ALL.into_iter().chain([sample_kernel::SAMPLE]) {
             funcs.insert(k, module.load_function(k)?);
         }
         let limb_bytes = 8 * tables.n();
@@ -148,6 +157,8 @@ impl CudaExec {
             fwd: stream.clone_htod(&tables.fwd)?,
             inv: stream.clone_htod(&tables.inv)?,
             n_inv: stream.clone_htod(&tables.n_inv)?,
+            cdt: stream.clone_htod(crate::ring::cdt_thresholds())?,
+            box_muller: stream.clone_htod(&constants().to_words())?,
             ctx,
             stream,
             name,
@@ -502,6 +513,7 @@ impl Exec for CudaExec {
         out: &mut CudaSlice<u64>,
         pairs: &[(&CudaSlice<u64>, &CudaSlice<u64>)],
         jobs: &[MacJob],
+        accumulate: bool,
     ) -> Result<(), CudaError> {
         if jobs.is_empty() {
             return Ok(());
@@ -530,7 +542,7 @@ impl Exec for CudaExec {
                 pp.a[k] = ptr(a, s);
                 pp.b[k] = ptr(b, s);
             }
-            let (count, acc) = (chunk.len() as u32, u32::from(i > 0));
+            let (count, acc) = (chunk.len() as u32, u32::from(accumulate || i > 0));
             let mut l = s.launch_builder(&self.funcs[kernels::MAC]);
             l.arg(&o)
                 .arg(&pp)
@@ -623,5 +635,80 @@ impl Exec for CudaExec {
         // SAFETY: arguments match the kernel; job limbs lie inside the buffers.
         unsafe { l.launch(self.grid(jobs.len())) }?;
         Ok(())
+    }
+
+    fn sample(
+        &self,
+        dst: &mut CudaSlice<u64>,
+        first: usize,
+        seeds: &[Seed],
+        dist: SampleDist,
+        moduli: &[u32],
+    ) -> Result<(), CudaError> {
+        if seeds.is_empty() || moduli.is_empty() {
+            return Ok(());
+        }
+        let s = &self.stream;
+        let key_words: zeroize::Zeroizing<Vec<u32>> = zeroize::Zeroizing::new(
+            seeds
+                .iter()
+                .flat_map(|seed| {
+                    seed.chunks_exact(4)
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                })
+                .collect(),
+        );
+        let mut keys = s.clone_htod(key_words.as_slice())?;
+        let moduli = self.table32(moduli)?;
+        let (code, sigma, fine) = match dist {
+            SampleDist::Ternary => (sample_kernel::TERNARY, 0.0, 0),
+            SampleDist::Gaussian => (sample_kernel::GAUSSIAN, 0.0, 0),
+            SampleDist::Flooding { sigma } => (sample_kernel::FLOODING, sigma, fine_bits(sigma)),
+        };
+        let per = if code == sample_kernel::FLOODING {
+            4
+        } else {
+            8
+        };
+        let threads = seeds.len() as u64 * u64::from(self.n() / per);
+        let (d, k, m) = (ptr(dst, s), ptr(&keys, s), ptr(&moduli, s));
+        let (mods, cdt, bm) = (
+            ptr(&self.mods, s),
+            ptr(&self.cdt, s),
+            ptr(&self.box_muller, s),
+        );
+        let (first, nseeds, level) = (first as u32, seeds.len() as u32, moduli.len() as u32);
+        let cdt_len = self.cdt.len() as u32;
+        let log_n = self.log_n;
+        let mut l = s.launch_builder(&self.funcs[sample_kernel::SAMPLE]);
+        l.arg(&d)
+            .arg(&first)
+            .arg(&k)
+            .arg(&nseeds)
+            .arg(&code)
+            .arg(&m)
+            .arg(&level)
+            .arg(&mods)
+            .arg(&cdt)
+            .arg(&cdt_len)
+            .arg(&bm)
+            .arg(&sigma)
+            .arg(&fine)
+            .arg(&log_n);
+        let cfg = LaunchConfig {
+            grid_dim: (threads.div_ceil(u64::from(BLOCK)) as u32, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match the kernel; the engine sizes `dst` to hold
+        // `first + seeds × moduli` limbs and every modulus index names a ring modulus.
+        unsafe { l.launch(cfg) }?;
+        // the seeds are secret: cleared in stream order, after the kernel has read them
+        s.memset_zeros(&mut keys)?;
+        Ok(())
+    }
+
+    fn wipe(&self, buf: &mut CudaSlice<u64>) -> Result<(), CudaError> {
+        Ok(self.stream.memset_zeros(buf)?)
     }
 }

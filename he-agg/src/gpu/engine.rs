@@ -12,7 +12,7 @@ use crate::ring::Poly;
 use crate::rlwe::{RlweContext, SwitchingKey};
 
 /// Why an operation on the device cannot run.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, PartialEq, thiserror::Error)]
 pub enum GpuError {
     #[error(transparent)]
     Cuda(#[from] CudaError),
@@ -36,6 +36,12 @@ pub enum GpuError {
     MissingKey(u64),
     #[error("the constant {0} does not fit the ciphertext's scale (not finite or ≥ 2^63)")]
     Constant(f64),
+    #[error("no ciphertexts or shares were given")]
+    Empty,
+    #[error("ciphertexts of one batch share their scale: 2^{:.2} meets 2^{:.2}", .0.log2(), .1.log2())]
+    Scale(f64, f64),
+    #[error(transparent)]
+    Switch(#[from] crate::multiparty::MultipartyError),
 }
 
 /// A ciphertext on the device: `[part][limb]` (2 parts, or 3 before relinearization), NTT

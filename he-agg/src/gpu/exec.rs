@@ -7,7 +7,7 @@
 //! GPU (tests compare it with the host executor where a GPU is present).
 
 use crate::aggregate::CudaError;
-use crate::ring::ShoupConst;
+use crate::ring::{Seed, ShoupConst};
 
 /// One limb of a buffer and the ring modulus it is reduced by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,6 +96,18 @@ pub struct DotShape {
     pub key_limbs: usize,
 }
 
+/// The distribution of an [`Exec::sample`] launch, each expanded from a seed with the layout
+/// of [`crate::ring::expand`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SampleDist {
+    /// uniform in {-1, 0, 1}
+    Ternary,
+    /// the discrete Gaussian of σ = 3.2
+    Gaussian,
+    /// flooding noise of standard deviation `sigma` (≤ 2^100)
+    Flooding { sigma: f64 },
+}
+
 /// The primitives. Buffers hold `limbs × N` words, limb-major.
 pub trait Exec {
     type Buf;
@@ -164,12 +176,13 @@ pub trait Exec {
     ) -> Result<(), CudaError>;
     /// Multiply-accumulate of every job over the `pairs` of buffers (slot-wise products of
     /// ciphertexts with plaintexts or ciphertexts, summed in 128 bits and reduced every 15
-    /// products).
+    /// products); with `accumulate`, onto the (reduced) words already in `out`.
     fn mac(
         &self,
         out: &mut Self::Buf,
         pairs: &[(&Self::Buf, &Self::Buf)],
         jobs: &[MacJob],
+        accumulate: bool,
     ) -> Result<(), CudaError>;
     /// One group of a batched map ([`GroupShape`]); `cols` index `xs`, `weights` holds the
     /// group's integer weights limb by limb.
@@ -192,4 +205,17 @@ pub trait Exec {
         map: &[u32],
         add: bool,
     ) -> Result<(), CudaError>;
+    /// Samples expanded from `seeds` (coefficient domain): seed s writes its N signed
+    /// coefficients, reduced modulo ring modulus `moduli[i]`, to limb
+    /// `first + s·moduli.len() + i`.
+    fn sample(
+        &self,
+        dst: &mut Self::Buf,
+        first: usize,
+        seeds: &[Seed],
+        dist: SampleDist,
+        moduli: &[u32],
+    ) -> Result<(), CudaError>;
+    /// Zero in every word: a buffer that held a secret leaves no trace in freed memory.
+    fn wipe(&self, buf: &mut Self::Buf) -> Result<(), CudaError>;
 }

@@ -4,10 +4,14 @@
 
 use std::sync::Arc;
 
-use super::exec::{DotShape, Exec, ExtendJob, GroupShape, LimbJob, LimbOp, MacJob, MapJob};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::exec::{
+    DotShape, Exec, ExtendJob, GroupShape, LimbJob, LimbOp, MacJob, MapJob, SampleDist,
+};
 use super::tables::NttTables;
 use crate::aggregate::CudaError;
-use crate::ring::{Modulus, ShoupConst};
+use crate::ring::{Modulus, Seed, ShoupConst, expand};
 
 /// The reference executor.
 #[derive(Debug, Clone)]
@@ -208,17 +212,22 @@ impl Exec for HostExec {
         out: &mut Vec<u64>,
         pairs: &[(&Vec<u64>, &Vec<u64>)],
         jobs: &[MacJob],
+        accumulate: bool,
     ) -> Result<(), CudaError> {
         let n = self.n();
         for j in jobs {
             let m = self.m(j.modulus);
             let prods = j.products as usize;
             for k in 0..n {
-                let terms = pairs.iter().flat_map(|(a, b)| {
-                    (0..prods)
-                        .map(move |p| (a[j.a[p] as usize * n + k], b[j.b[p] as usize * n + k]))
-                });
-                out[j.dst as usize * n + k] = lazy_dot(m, terms);
+                let o = j.dst as usize * n + k;
+                let prior = if accumulate { out[o] } else { 0 };
+                let terms = [(prior, 1)]
+                    .into_iter()
+                    .chain(pairs.iter().flat_map(|(a, b)| {
+                        (0..prods)
+                            .map(move |p| (a[j.a[p] as usize * n + k], b[j.b[p] as usize * n + k]))
+                    }));
+                out[o] = lazy_dot(m, terms);
             }
         }
         Ok(())
@@ -276,4 +285,42 @@ impl Exec for HostExec {
         }
         Ok(())
     }
+
+    fn sample(
+        &self,
+        dst: &mut Vec<u64>,
+        first: usize,
+        seeds: &[Seed],
+        dist: SampleDist,
+        moduli: &[u32],
+    ) -> Result<(), CudaError> {
+        let n = self.n();
+        for (s, seed) in seeds.iter().enumerate() {
+            let coeffs: Zeroizing<Vec<i128>> = Zeroizing::new(match dist {
+                SampleDist::Ternary => widen(expand::ternary(seed, n)),
+                SampleDist::Gaussian => widen(expand::gaussian(seed, n)),
+                SampleDist::Flooding { sigma } => expand::flooding(seed, n, sigma),
+            });
+            for (i, &mi) in moduli.iter().enumerate() {
+                let m = self.m(mi);
+                let limb = first + s * moduli.len() + i;
+                for (d, &c) in dst[limb * n..][..n].iter_mut().zip(coeffs.iter()) {
+                    *d = m.reduce_i128(c);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn wipe(&self, buf: &mut Vec<u64>) -> Result<(), CudaError> {
+        buf.as_mut_slice().zeroize();
+        Ok(())
+    }
+}
+
+/// Small samples as the 128-bit integers flooding uses (the i64 vector wiped).
+fn widen(mut v: Vec<i64>) -> Vec<i128> {
+    let w = v.iter().map(|&x| x as i128).collect();
+    v.zeroize();
+    w
 }

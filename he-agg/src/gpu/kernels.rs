@@ -15,7 +15,7 @@ pub const NTT_INV: &str = "heal_ntt_inv";
 pub const NTT_FWD_SPLIT: &str = "heal_ntt_fwd_split";
 pub const NTT_INV_SPLIT: &str = "heal_ntt_inv_split";
 /// Words one block of the split NTT holds (`SPLIT_WORDS` in the source); N must be a multiple.
-pub const SPLIT_WORDS: usize = 2048;
+pub const SPLIT_WORDS: usize = 512;
 /// Threads per block of the split NTT.
 pub const SPLIT_BLOCK: u32 = 256;
 pub const MAP: &str = "heal_map";
@@ -129,7 +129,7 @@ extern "C" __global__ void heal_ntt_inv(u64* buf, const u32* jobs, const u64* tw
 // (t ≥ T) only pair words of equal index mod T: T independent columns of M words (stride T). The
 // remaining stages (t < T) stay inside aligned rows of T words. The inverse runs rows first.
 // Each block holds SPLIT_WORDS words in shared memory: SPLIT_WORDS/M columns or SPLIT_WORDS/T rows.
-#define SPLIT_WORDS 2048u
+#define SPLIT_WORDS 512u
 
 // phase 0: columns (forward stages 0..log M); phase 1: rows (the rest)
 extern "C" __global__ void heal_ntt_fwd_split(u64* buf, const u32* jobs, const u64* tw,

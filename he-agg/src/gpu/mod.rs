@@ -8,8 +8,10 @@
 //! - [`plans`]: the job lists of each operation at each level, from the CPU path's constants;
 //! - [`engine`]: the operations, written once over an executor; [`arith`]: the slot-wise ones
 //!   (sums, constants, multiply-accumulates of many products);
+//! - [`public_switch`]: public-key switching of many ciphertexts at once, its randomness made
+//!   on the device;
 //! - [`host`]: the reference executor on the CPU, with the kernels' arithmetic;
-//! - [`kernels`]: the CUDA C source, compiled by NVRTC at run time;
+//! - [`kernels`], [`sample_kernel`]: the CUDA C source, compiled by NVRTC at run time;
 //! - `cuda` (feature `cuda`): the executor on a device.
 //!
 //! Every operation equals the CPU evaluator word for word: on any machine through
@@ -21,6 +23,8 @@ pub mod exec;
 pub mod host;
 pub mod kernels;
 pub mod plans;
+pub mod public_switch;
+pub mod sample_kernel;
 pub mod tables;
 
 #[cfg(feature = "cuda")]
@@ -28,12 +32,17 @@ pub mod cuda;
 
 pub use arith::{DevGroupWeights, DevPlaintext};
 pub use engine::{DevCiphertext, DevDecomposition, DevSwitchingKey, Engine, GpuError};
-pub use exec::{DotShape, Exec, ExtendJob, GroupShape, LimbJob, LimbOp, MacJob, MapJob};
+pub use exec::{
+    DotShape, Exec, ExtendJob, GroupShape, LimbJob, LimbOp, MacJob, MapJob, SampleDist,
+};
 pub use host::HostExec;
+pub use public_switch::{DevCiphertexts, DevPublicKeySwitch, DevSwitchShare};
 pub use tables::NttTables;
 
 #[cfg(feature = "cuda")]
 pub use cuda::CudaExec;
 
+#[cfg(test)]
+mod public_switch_tests;
 #[cfg(test)]
 mod tests;

@@ -35,6 +35,11 @@ pub enum MultipartyError {
     WeakFlooding(u32),
     #[error("noise bound {0} is not a finite positive number")]
     NoiseBound(f64),
+    #[error(
+        "flooding of σ = 2^{0:.1} exceeds the sampler's 2^100: lower the statistical security or \
+         the noise bound"
+    )]
+    FloodingTooWide(f64),
     #[error("ciphertext of degree {0}: key switching takes degree 1")]
     Degree(usize),
     #[error("the sealed share failed authentication (wrong key, sender, receiver or tampering)")]

@@ -4,6 +4,7 @@
 //! smudging, OpenFHE's NOISE_FLOODING_DECRYPT). λ is the statistical security parameter.
 
 use crate::ckks::CkksContext;
+use crate::ring::expand::MAX_FLOODING_SIGMA;
 use crate::ring::{GAUSSIAN_SIGMA, Prng};
 
 use super::error::MultipartyError;
@@ -12,7 +13,8 @@ use super::error::MultipartyError;
 pub const DEFAULT_STATISTICAL_SECURITY: u32 = 40;
 /// The least statistical security HEAL accepts.
 pub const MIN_STATISTICAL_SECURITY: u32 = 30;
-/// Flooding samples are cut at this many standard deviations.
+/// A bound on flooding samples in standard deviations, for the headroom check (the sampler's
+/// never exceed 8.6σ, see [`crate::ring::expand::flooding`]).
 pub const FLOOD_TAIL: f64 = 12.0;
 
 /// Flooding noise of standard deviation 2^λ · B, B bounding the noise being flooded.
@@ -44,10 +46,14 @@ impl Flooding {
         if !(noise_bound.is_finite() && noise_bound >= 1.0) {
             return Err(MultipartyError::NoiseBound(noise_bound));
         }
+        let sigma = 2f64.powi(lambda as i32) * noise_bound;
+        if sigma > MAX_FLOODING_SIGMA {
+            return Err(MultipartyError::FloodingTooWide(sigma.log2()));
+        }
         Ok(Self {
             lambda,
             noise_bound,
-            sigma: 2f64.powi(lambda as i32) * noise_bound,
+            sigma,
         })
     }
 
@@ -63,7 +69,7 @@ impl Flooding {
 
     /// N coefficients of flooding noise.
     pub fn sample(&self, prng: &mut Prng, n: usize) -> Vec<i128> {
-        prng.gaussian_flooding(n, self.sigma, FLOOD_TAIL)
+        prng.gaussian_flooding(n, self.sigma)
     }
 
     /// Checks that `parties` flooded shares on a message of slot magnitude ≤ `max_abs_value` at

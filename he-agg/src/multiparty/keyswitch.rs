@@ -8,7 +8,7 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use crate::ckks::{Ciphertext, CkksContext};
-use crate::ring::{Poly, Prng};
+use crate::ring::{Poly, Prng, Seed, expand};
 use crate::rlwe::{PublicKey, SecretKey, select_limbs};
 
 use super::error::MultipartyError;
@@ -16,10 +16,15 @@ use super::flooding::Flooding;
 
 /// A polynomial of flooding noise over Q_level, NTT domain.
 fn flood_poly(ctx: &CkksContext, flooding: &Flooding, prng: &mut Prng, level: usize) -> Poly {
+    let e = Zeroizing::new(flooding.sample(prng, ctx.n()));
+    small_poly_ntt(ctx, &e, level)
+}
+
+/// Signed coefficients (any size) over Q_level, NTT domain.
+fn small_poly_ntt(ctx: &CkksContext, e: &[i128], level: usize) -> Poly {
     let rl = ctx.rlwe();
     let ring = rl.ring();
     let basis = rl.q_basis(level);
-    let e = Zeroizing::new(flooding.sample(prng, ring.n()));
     let mut p = Poly::zero(ring.n(), level);
     for (i, &idx) in basis.iter().enumerate() {
         let m = ring.modulus(idx);
@@ -29,6 +34,13 @@ fn flood_poly(ctx: &CkksContext, flooding: &Flooding, prng: &mut Prng, level: us
     }
     ring.ntt(&mut p, basis);
     p
+}
+
+/// The seeds of one public-key-switch mask, drawn from `prng` in this order: u (ternary), e0
+/// (flooding), e1 (Gaussian). Each is expanded as [`crate::ring::expand`] lays out, so a GPU
+/// given the same seeds makes the same mask.
+pub(crate) fn mask_seeds(prng: &mut Prng) -> [Zeroizing<Seed>; 3] {
+    [(); 3].map(|_| Zeroizing::new(prng.seed()))
 }
 
 fn check_ct(ctx: &CkksContext, ct: &Ciphertext) -> Result<(), MultipartyError> {
@@ -108,6 +120,30 @@ impl PublicKeySwitch {
         &self.flooding
     }
 
+    pub(crate) fn ctx(&self) -> &Arc<CkksContext> {
+        &self.ctx
+    }
+
+    /// What a share of a ciphertext at `level` and `scale` needs (the device's shares are
+    /// checked by the same code): keys of these parameters, a level that exists, and room for
+    /// every party's flooding.
+    pub(crate) fn check_share(
+        &self,
+        sk: &SecretKey,
+        target: &[u8; 32],
+        level: usize,
+        scale: f64,
+    ) -> Result<(), MultipartyError> {
+        check_key(&self.ctx, sk.fingerprint(), "secret key")?;
+        check_key(&self.ctx, target, "target public key")?;
+        if level == 0 || level > self.ctx.max_level() {
+            return Err(MultipartyError::Shape("ciphertext level"));
+        }
+        self.flooding
+            .check_headroom(&self.ctx, level, scale, 1.0, self.parties)?;
+        Ok(())
+    }
+
     /// This party's share for switching `ct` to `target`. `sk` is the party's additive share of
     /// the collective secret (its own s_i, or λ·P(α_i) in a threshold set). Refuses a
     /// ciphertext whose level cannot hold the flooding of all parties' shares at its scale.
@@ -140,12 +176,15 @@ impl PublicKeySwitch {
         let rl = self.ctx.rlwe();
         let ring = rl.ring();
         let basis = rl.q_basis(level);
-        let u_coeffs = Zeroizing::new(prng.ternary(ring.n()));
+        let n = ring.n();
+        let [seed_u, seed_e0, seed_e1] = mask_seeds(prng);
+        let u_coeffs = Zeroizing::new(expand::ternary(&seed_u, n));
         let mut u = Zeroizing::new(ring.from_small_signed(&u_coeffs, basis));
         ring.ntt(&mut u, basis);
-        let mut h0 = flood_poly(&self.ctx, &self.flooding, prng, level);
+        let e0 = Zeroizing::new(expand::flooding(&seed_e0, n, self.flooding.sigma()));
+        let mut h0 = small_poly_ntt(&self.ctx, &e0, level);
         ring.mul_add_assign(&mut h0, &u, target.b(), basis);
-        let e1 = Zeroizing::new(prng.gaussian(ring.n()));
+        let e1 = Zeroizing::new(expand::gaussian(&seed_e1, n));
         let mut h1 = ring.from_small_signed(&e1, basis);
         ring.ntt(&mut h1, basis);
         ring.mul_add_assign(&mut h1, &u, target.a(), basis);

@@ -414,6 +414,11 @@ fn headroom_and_flooding_parameters_are_checked_up_front() {
         Flooding::new(40, f64::NAN),
         Err(MultipartyError::NoiseBound(_))
     ));
+    // σ = 2^101 would leave the sampler's fine part short of the float's resolution
+    assert_eq!(
+        Flooding::new(41, 2f64.powi(60)).unwrap_err(),
+        MultipartyError::FloodingTooWide(101.0)
+    );
     let f = Flooding::new(40, 2f64.powi(40)).unwrap();
     // 2^80 of flooding with a scale of 2^60 leaves no room under 2^119 for values near 2^0…
     assert!(f.check_headroom(&ctx, 2, 2f64.powi(60), 1.0, 3).is_ok());

@@ -8,6 +8,7 @@
 
 mod automorphism;
 mod basis;
+pub mod expand;
 mod modulus;
 mod par;
 mod poly;
@@ -19,6 +20,8 @@ pub use basis::{BasisExtender, RescaleConsts};
 pub use modulus::{MAX_MODULUS_BITS, Modulus, ShoupConst};
 pub use par::{for_each_limb, for_each_limb_heavy};
 pub use poly::Poly;
+#[cfg(feature = "cuda")]
+pub(crate) use sampling::cdt_thresholds;
 pub use sampling::{GAUSSIAN_BOUND, GAUSSIAN_SIGMA, Prng, RngError, Seed};
 
 use std::collections::HashMap;

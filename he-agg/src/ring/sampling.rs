@@ -134,42 +134,19 @@ impl Prng {
         (0..n).map(|_| cdt.sample(self.next_u64())).collect()
     }
 
-    /// Coefficients from a Gaussian of standard deviation `sigma` (any size up to 2^100), for
-    /// noise flooding, cut at `tail`·σ. A float sample of σ ≈ 2^70 only has its top 53 bits
-    /// random, which would leave the low bits of whatever it floods readable; a uniform integer
-    /// below the float's resolution is added so every bit of the result is smoothed.
-    pub fn gaussian_flooding(&mut self, n: usize, sigma: f64, tail: f64) -> Vec<i128> {
-        let bound = tail * sigma;
-        let fine_bits = (sigma.log2() - 50.0).max(0.0).ceil() as u32;
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            // Box–Muller on two 53-bit uniforms in (0, 1]
-            let u1 = ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64;
-            let u2 = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            let r = (-2.0 * u1.ln()).sqrt() * sigma;
-            let (s, c) = (2.0 * std::f64::consts::PI * u2).sin_cos();
-            for z in [r * c, r * s] {
-                if z.abs() <= bound && out.len() < n {
-                    let coarse = z.round() as i128;
-                    let fine = if fine_bits == 0 {
-                        0
-                    } else {
-                        let w = (((self.next_u64() as u128) << 64) | self.next_u64() as u128)
-                            >> (128 - fine_bits);
-                        w as i128 - (1i128 << (fine_bits - 1))
-                    };
-                    out.push(coarse + fine);
-                }
-            }
-        }
-        out
+    /// Coefficients from a Gaussian of standard deviation `sigma` (1 ≤ σ ≤ 2^100), for noise
+    /// flooding: a fresh seed from this generator, expanded as [`super::expand::flooding`] does
+    /// (the layout a GPU reproduces word for word).
+    pub fn gaussian_flooding(&mut self, n: usize, sigma: f64) -> Vec<i128> {
+        let seed = zeroize::Zeroizing::new(self.seed());
+        super::expand::flooding(&seed, n, sigma)
     }
 }
 
 /// Inversion sampling of the bounded discrete Gaussian from a 64-bit uniform r: the sample is
 /// the number of cumulative thresholds at or below r (minus B). A table on the top byte of r
 /// gives that count directly for most r; only bytes that a threshold falls in need comparisons.
-struct Cdt {
+pub(crate) struct Cdt {
     /// cumulative probabilities of -B..B-1, scaled to 2^64 (the last value, B, takes the rest)
     thresholds: Vec<u64>,
     /// per top byte: (thresholds certainly ≤ r, thresholds possibly ≤ r)
@@ -177,8 +154,14 @@ struct Cdt {
 }
 
 impl Cdt {
+    /// The cumulative thresholds (a sample is their count at or below r, minus B).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn thresholds(&self) -> &[u64] {
+        &self.thresholds
+    }
+
     #[inline]
-    fn sample(&self, r: u64) -> i64 {
+    pub(crate) fn sample(&self, r: u64) -> i64 {
         let (lo, hi) = self.buckets[(r >> 56) as usize];
         let extra: u8 = self.thresholds[lo as usize..hi as usize]
             .iter()
@@ -188,7 +171,13 @@ impl Cdt {
     }
 }
 
-fn cdt() -> &'static Cdt {
+/// The Gaussian sampler's cumulative thresholds (a device samples with them).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn cdt_thresholds() -> &'static [u64] {
+    cdt().thresholds()
+}
+
+pub(crate) fn cdt() -> &'static Cdt {
     static TABLE: std::sync::OnceLock<Cdt> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
         let weights: Vec<f64> = (-GAUSSIAN_BOUND..=GAUSSIAN_BOUND)
@@ -288,32 +277,5 @@ mod tests {
         }
         assert_eq!(c.sample(0), -GAUSSIAN_BOUND);
         assert_eq!(c.sample(u64::MAX), GAUSSIAN_BOUND);
-    }
-
-    #[test]
-    fn flooding_gaussian_variance_and_low_bits() {
-        let mut prng = Prng::from_seed(&[4; 32]);
-        for log_sigma in [20, 70] {
-            let sigma = 2f64.powi(log_sigma);
-            let v = prng.gaussian_flooding(100_000, sigma, 12.0);
-            let var = v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64;
-            assert!(
-                (var.sqrt() / sigma - 1.0).abs() < 0.02,
-                "σ ratio {}",
-                var.sqrt() / sigma
-            );
-            assert!(
-                v.iter()
-                    .all(|x| (x.abs() as f64) <= 12.0 * sigma * (1.0 + 1e-9))
-            );
-            // every low bit is used: each of the 8 lowest bits is set in about half the samples
-            for bit in 0..8 {
-                let ones = v.iter().filter(|&&x| (x >> bit) & 1 == 1).count();
-                assert!(
-                    (ones as i64 - 50_000).abs() < 1_500,
-                    "σ 2^{log_sigma} bit {bit}: {ones}"
-                );
-            }
-        }
     }
 }
