@@ -6,6 +6,7 @@ pub mod engine;
 pub mod he;
 pub mod inference;
 pub mod provision;
+pub mod round;
 pub mod server;
 pub mod serving;
 pub mod simulate;

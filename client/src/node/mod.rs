@@ -8,9 +8,13 @@
 mod data;
 pub mod keyholder;
 mod keys;
+mod metrics_file;
+mod participant;
 mod session;
+mod setup;
 mod site;
 mod state;
+mod switching;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

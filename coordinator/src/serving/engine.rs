@@ -90,6 +90,8 @@ pub enum ServingAction {
     Deliver { request: u64, requester: u32 },
     /// Refuse a request with a reason the requester reads.
     Refuse { request: u64, reason: String },
+    /// Save the served setup (keys and encrypted model), so a restart serves the same one.
+    Persist,
     Audit {
         hospital: Option<u32>,
         event: &'static str,
@@ -382,6 +384,7 @@ impl ServingEngine {
     fn maybe_serve(&mut self, out: &mut Vec<ServingAction>) {
         if self.step == SetupStep::Model && self.model && self.formed == self.all() {
             self.step = SetupStep::Serving;
+            out.push(ServingAction::Persist);
             out.push(ServingAction::Audit {
                 hospital: None,
                 event: "serving",

@@ -292,12 +292,8 @@ impl CollectiveServer {
                     hospital,
                     event,
                     detail,
-                } => {
-                    self.audit(hospital, event, &detail);
-                    if event == "serving" {
-                        self.save(st);
-                    }
-                }
+                } => self.audit(hospital, event, &detail),
+                ServingAction::Persist => self.save(st),
             }
         }
         out

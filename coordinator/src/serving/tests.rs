@@ -61,8 +61,14 @@ fn serving(n: u32, t: u32) -> ServingEngine {
         e.accepts_request().is_err(),
         "not before the model is stored"
     );
-    e.handle(ServingEvent::ModelStored { from: 1 });
+    // serving starts once: the setup is saved then, and only then
+    let a = no_audit(e.handle(ServingEvent::ModelStored { from: 1 }));
+    assert_eq!(a, vec![ServingAction::Persist]);
     assert_eq!(e.step(), SetupStep::Serving);
+    assert!(
+        !e.handle(ServingEvent::ModelStored { from: 1 })
+            .contains(&ServingAction::Persist)
+    );
     e
 }
 

@@ -13,11 +13,10 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::ckks::{Ciphertext, CkksContext, CkksError, Complex, Evaluator, Parameters, Plaintext};
+use crate::ckks::{Ciphertext, CkksContext, CkksError, Complex, Parameters, Plaintext};
 use crate::ring::Poly;
 
 use super::backend::{BatchedBackend, CpuBackend};
-use super::batched_eval;
 use super::error::InferError;
 use super::kernels;
 use super::lower::{Affine, Op, lower};
@@ -469,26 +468,13 @@ impl BatchedModel {
         &self.spec
     }
 
-    /// Evaluates a batch: one ciphertext per input value in, one per logit out.
-    pub fn evaluate(
-        &self,
-        eval: &Evaluator,
-        inputs: &[Ciphertext],
-    ) -> Result<Vec<Ciphertext>, InferError> {
-        if eval.context().params() != self.spec.parameters() {
-            return Err(InferError::ContextMismatch);
-        }
-        self.check_inputs(inputs)?;
-        let backend = CpuBackend {
-            eval,
-            ctx: &self.ctx,
-        };
-        batched_eval::run(&backend, &self.ops, inputs)
-    }
-
     /// Refuses inputs of the wrong number, level, degree or scale.
     pub(crate) fn check_inputs(&self, inputs: &[Ciphertext]) -> Result<(), InferError> {
         self.spec.check_inputs(&self.ctx, inputs)
+    }
+
+    pub(crate) fn ctx(&self) -> &Arc<CkksContext> {
+        &self.ctx
     }
 
     pub(crate) fn ops(&self) -> &[BatchedOp] {

@@ -5,9 +5,10 @@
 
 use rayon::prelude::*;
 
-use super::backend::BatchedBackend;
-use super::batched::{BatchedOp, FusedChunk, Group};
+use super::backend::{BatchedBackend, CpuBackend};
+use super::batched::{BatchedModel, BatchedOp, FusedChunk, Group};
 use super::error::InferError;
+use crate::ckks::{Ciphertext, Evaluator};
 
 /// f over the items, on many threads when the backend allows.
 fn each<B: BatchedBackend, T: Send, R: Send>(
@@ -19,6 +20,25 @@ fn each<B: BatchedBackend, T: Send, R: Send>(
         items.into_par_iter().map(f).collect()
     } else {
         items.into_iter().map(f).collect()
+    }
+}
+
+impl BatchedModel {
+    /// Evaluates a batch: one ciphertext per input value in, one per logit out.
+    pub fn evaluate(
+        &self,
+        eval: &Evaluator,
+        inputs: &[Ciphertext],
+    ) -> Result<Vec<Ciphertext>, InferError> {
+        if eval.context().params() != self.spec().parameters() {
+            return Err(InferError::ContextMismatch);
+        }
+        self.check_inputs(inputs)?;
+        let backend = CpuBackend {
+            eval,
+            ctx: self.ctx(),
+        };
+        run(&backend, self.ops(), inputs)
     }
 }
 

@@ -4,9 +4,10 @@
 
 use rayon::prelude::*;
 
-use super::backend::Backend;
+use super::backend::{Backend, CpuBackend};
 use super::error::InferError;
-use super::model::{GiantOps, ModelStage, Operand, Scalar};
+use super::model::{GiantOps, Model, ModelStage, Operand, Scalar};
+use crate::ckks::{Ciphertext, Evaluator};
 
 /// f(0..n), on many threads when the backend allows.
 fn each<B: Backend, R: Send>(
@@ -18,6 +19,29 @@ fn each<B: Backend, R: Send>(
         (0..n).into_par_iter().map(f).collect()
     } else {
         (0..n).map(f).collect()
+    }
+}
+
+impl Model {
+    /// Evaluates the network on one encrypted image (encoded by [`InferenceSpec::encode_input`]
+    /// and encrypted at [`InferenceSpec::input_level`]: [`InferenceSpec::input_ciphertexts`]
+    /// ciphertexts); the result decrypts to the logits in its first slots
+    /// ([`InferenceSpec::decode_output`]). The evaluator must hold the relinearization key and
+    /// the Galois keys of [`InferenceSpec::galois_steps`].
+    pub fn evaluate(
+        &self,
+        eval: &Evaluator,
+        inputs: &[Ciphertext],
+    ) -> Result<Ciphertext, InferError> {
+        if eval.context().params() != self.spec().parameters() {
+            return Err(InferError::ContextMismatch);
+        }
+        self.check_inputs(inputs)?;
+        let backend = CpuBackend {
+            eval,
+            ctx: self.ctx(),
+        };
+        run(&backend, self.stages(), inputs.to_vec())
     }
 }
 

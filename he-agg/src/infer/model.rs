@@ -4,11 +4,9 @@
 
 use std::sync::Arc;
 
-use crate::ckks::{Ciphertext, CkksContext, Complex, Evaluator, Plaintext};
+use crate::ckks::{Ciphertext, CkksContext, Complex, Plaintext};
 
-use super::backend::CpuBackend;
 use super::error::InferError;
-use super::evaluate;
 use super::kernels;
 use super::plan::{InferencePlan, InferenceSpec, Stage};
 
@@ -470,30 +468,13 @@ impl Model {
         self.encrypted
     }
 
-    /// Evaluates the network on one encrypted image (encoded by [`InferenceSpec::encode_input`]
-    /// and encrypted at [`InferenceSpec::input_level`]: [`InferenceSpec::input_ciphertexts`]
-    /// ciphertexts); the result decrypts to the logits in its first slots
-    /// ([`InferenceSpec::decode_output`]). The evaluator must hold the relinearization key and
-    /// the Galois keys of [`InferenceSpec::galois_steps`].
-    pub fn evaluate(
-        &self,
-        eval: &Evaluator,
-        inputs: &[Ciphertext],
-    ) -> Result<Ciphertext, InferError> {
-        if eval.context().params() != self.spec.parameters() {
-            return Err(InferError::ContextMismatch);
-        }
-        self.check_inputs(inputs)?;
-        let backend = CpuBackend {
-            eval,
-            ctx: &self.ctx,
-        };
-        evaluate::run(&backend, &self.stages, inputs.to_vec())
-    }
-
     /// Refuses inputs of the wrong number, level, degree or scale.
     pub(crate) fn check_inputs(&self, inputs: &[Ciphertext]) -> Result<(), InferError> {
         check_request(&self.ctx, &self.spec, inputs)
+    }
+
+    pub(crate) fn ctx(&self) -> &Arc<CkksContext> {
+        &self.ctx
     }
 
     pub(crate) fn stages(&self) -> &[ModelStage<Plaintext, Ciphertext>] {

@@ -1,0 +1,141 @@
+//! The model family's specs, parameters and forward pass.
+
+use burn::tensor::{Device, Tensor};
+
+use super::*;
+
+#[test]
+fn default_network_shapes_and_depth() {
+    let spec = ModelConfig::default().resolve([1, 28, 28], 11).unwrap();
+    assert_eq!(spec.layers[0].output, vec![16, 12, 12]);
+    assert_eq!(
+        spec.layers[3].kind,
+        LayerKind::Dense {
+            in_features: 2304,
+            out_features: 128
+        }
+    );
+    assert_eq!(spec.layers.last().unwrap().output, vec![11]);
+    assert_eq!(spec.multiplicative_depth(), 5);
+    assert!(spec.is_he_friendly());
+    let relu = ModelConfig::default()
+        .with_activation(Activation::Relu)
+        .resolve([1, 28, 28], 11)
+        .unwrap();
+    assert!(!relu.is_he_friendly());
+    assert_eq!(relu.activation(), Some(Activation::Relu));
+}
+
+#[test]
+fn pool_depth_and_bad_layouts() {
+    let mut cfg = ModelConfig {
+        layers: vec![
+            LayerConfig::Conv {
+                channels: 4,
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+            },
+            LayerConfig::Act { kind: None },
+            LayerConfig::AvgPool {
+                kernel: 2,
+                stride: None,
+            },
+            LayerConfig::Dense { units: None },
+        ],
+        ..ModelConfig::default()
+    };
+    let spec = cfg.resolve([3, 8, 8], 2).unwrap();
+    assert_eq!(spec.layers[2].output, vec![4, 4, 4]);
+    assert_eq!(spec.multiplicative_depth(), 3); // conv + square + dense, pool folded
+    // Pool as the last image op before the end (nothing to fold into) costs a level.
+    cfg.layers.insert(
+        0,
+        LayerConfig::AvgPool {
+            kernel: 2,
+            stride: None,
+        },
+    );
+    cfg.layers.insert(1, LayerConfig::Act { kind: None });
+    assert_eq!(cfg.resolve([3, 8, 8], 2).unwrap().multiplicative_depth(), 5);
+
+    let bn_first = ModelConfig {
+        layers: vec![
+            LayerConfig::BatchNorm {
+                momentum: 0.1,
+                epsilon: 1e-5,
+            },
+            LayerConfig::Dense { units: None },
+        ],
+        ..ModelConfig::default()
+    };
+    assert!(matches!(
+        bn_first.resolve([1, 4, 4], 2),
+        Err(ClientError::Model(_))
+    ));
+    let no_dense = ModelConfig {
+        layers: vec![LayerConfig::Conv {
+            channels: 2,
+            kernel: 3,
+            stride: 1,
+            padding: 0,
+        }],
+        ..ModelConfig::default()
+    };
+    assert!(no_dense.resolve([1, 4, 4], 2).is_err());
+    let too_big = ModelConfig {
+        layers: vec![
+            LayerConfig::Conv {
+                channels: 2,
+                kernel: 9,
+                stride: 1,
+                padding: 0,
+            },
+            LayerConfig::Dense { units: None },
+        ],
+        ..ModelConfig::default()
+    };
+    assert!(too_big.resolve([1, 4, 4], 2).is_err());
+    let wrong_units = ModelConfig {
+        layers: vec![LayerConfig::Dense { units: Some(3) }],
+        ..ModelConfig::default()
+    };
+    assert!(wrong_units.resolve([1, 4, 4], 2).is_err());
+}
+
+#[test]
+fn forward_shapes_for_every_activation() {
+    let device = Device::flex();
+    for a in [Activation::Square, Activation::Quadratic, Activation::Relu] {
+        let spec = ModelConfig::default()
+            .with_activation(a)
+            .resolve([3, 28, 28], 8)
+            .unwrap();
+        let net = Network::init(&spec, &device);
+        let y = net.forward(Tensor::zeros([2, 3, 28, 28], &device));
+        assert_eq!(y.dims(), [2, 8]);
+    }
+}
+
+#[test]
+fn patch_layers_are_non_overlapping_convolutions() {
+    let cfg: ModelConfig = toml::from_str(
+        "[[layers]]\ntype = \"patch\"\nchannels = 8\nsize = 8\n\
+         [[layers]]\ntype = \"act\"\n[[layers]]\ntype = \"dense\"\n",
+    )
+    .unwrap();
+    let spec = cfg.resolve([1, 256, 256], 3).unwrap();
+    assert_eq!(
+        spec.layers[0].kind,
+        LayerKind::Conv {
+            in_channels: 1,
+            out_channels: 8,
+            kernel: 8,
+            stride: 8,
+            padding: 0
+        }
+    );
+    assert_eq!(spec.layers[0].output, vec![8, 32, 32]);
+    assert_eq!(spec.multiplicative_depth(), 3);
+    assert!(toml::from_str::<ModelConfig>("[[layers]]\ntype = \"patch\"\nchannels = 8\n").is_err());
+}

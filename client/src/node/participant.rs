@@ -1,0 +1,338 @@
+//! The hospital's side of the federation protocol as a state machine without I/O (as
+//! quinn-proto and rustls are): fed the coordinator's messages and the outcomes of its own work
+//! (an update sent, a result applied), it decides what happens next and returns it as actions.
+//! [`super::session`] carries the actions out — training, encryption, key material, the link —
+//! and never decides on its own which round it is in or whom to trust.
+
+use protocol::message::{Body, Phase};
+use tracing::{info, warn};
+
+/// What the site is configured to be part of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Membership {
+    pub index: u32,
+    pub hospitals: u32,
+    pub threshold: u32,
+    pub plaintext: bool,
+}
+
+/// The shape of a switch request: masks made ahead for one serve only a request of the same
+/// shape, once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchShape {
+    pub round: u64,
+    pub weights: Vec<u64>,
+    pub parties: usize,
+}
+
+/// A switch request as the participant passes it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchOrder {
+    pub round: u64,
+    pub attempt: u32,
+    /// the switching parties (their Lagrange coefficients make the additive shares)
+    pub active: Vec<u32>,
+    /// the contributors' weights (the flooding is sized for their sum)
+    pub weights: Vec<u64>,
+    /// ciphertexts in the aggregate
+    pub count: u32,
+    /// the masks made ahead fit this request
+    pub prepared: bool,
+}
+
+/// What the shell is to do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Setup: send the key shares (or "setup done" when it is).
+    StartSetup,
+    /// Setup: store the collective public key and the exchange keys, then deal sealed shares.
+    StoreSetupKeys {
+        collective_public_key: Vec<u8>,
+        exchange_keys: Vec<(u32, [u8; 32])>,
+    },
+    /// Setup: open the relayed sealed shares and form the threshold secret.
+    OpenRelayedShares { sealed: Vec<(u32, Vec<u8>)> },
+    /// Train from the global model held, encrypt the update and send it.
+    Train { round: u64 },
+    /// Read the ciphertexts from the message and send switching shares.
+    Switch(SwitchOrder),
+    /// Start making the masks of `shape`'s switch of `count` ciphertexts ahead.
+    PrepareMasks { shape: SwitchShape, count: usize },
+    /// Read the `count` items of the message, decrypt the sum, apply the server step, store,
+    /// evaluate and report.
+    ApplyResult {
+        round: u64,
+        total_weight: u64,
+        participants: Vec<u32>,
+        count: u32,
+    },
+    /// Read the message's items and drop them.
+    Drain,
+    /// The federation is finished.
+    Finished,
+}
+
+/// Why the session with the coordinator cannot go on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParticipantError {
+    #[error(
+        "the coordinator describes another federation (index {index}, {hospitals} hospitals, t = {threshold})"
+    )]
+    Foreign {
+        index: u32,
+        hospitals: u32,
+        threshold: u32,
+    },
+    #[error("the coordinator runs with plaintext = {coordinator}, this site with {site}")]
+    Plaintext { coordinator: bool, site: bool },
+    #[error("{0} in a plaintext federation")]
+    NotEncrypted(&'static str),
+    #[error("a {what} of {count} items where a model of this size takes at most {max}")]
+    TooManyItems {
+        what: &'static str,
+        count: u32,
+        max: usize,
+    },
+    #[error("a round result with no weight")]
+    NoWeight,
+    #[error("a switch request for {parties} parties with {weights} weights")]
+    BadSwitchRequest { parties: usize, weights: usize },
+}
+
+/// The participant: which round's global model it holds and what it has been asked.
+#[derive(Debug)]
+pub struct Participant {
+    me: Membership,
+    /// the round of the global model held
+    held: u64,
+    /// items a result or a switch request may carry (the model's ciphertexts or plain chunks)
+    max_items: usize,
+    /// a round announced before the previous round's result arrived
+    pending_start: Option<u64>,
+    /// the last switch request this node served
+    last_switch: Option<SwitchShape>,
+    /// the request masks are being made ahead for
+    prepared: Option<SwitchShape>,
+}
+
+impl Participant {
+    pub fn new(me: Membership, held: u64, max_items: usize) -> Self {
+        Self {
+            me,
+            held,
+            max_items,
+            pending_start: None,
+            last_switch: None,
+            prepared: None,
+        }
+    }
+
+    /// The round of the global model held.
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+
+    /// The first message of a connection.
+    pub fn hello(&self) -> Body {
+        Body::Hello {
+            software: format!("heal-client {}", env!("CARGO_PKG_VERSION")),
+            last_round: self.held,
+        }
+    }
+
+    /// A message from the coordinator, sent for `round`.
+    pub fn handle(&mut self, round: u64, body: &Body) -> Result<Vec<Action>, ParticipantError> {
+        Ok(match body {
+            Body::Welcome {
+                index,
+                hospitals,
+                threshold,
+                plaintext,
+                phase,
+            } => {
+                if (*index, *hospitals, *threshold)
+                    != (self.me.index, self.me.hospitals, self.me.threshold)
+                {
+                    return Err(ParticipantError::Foreign {
+                        index: *index,
+                        hospitals: *hospitals,
+                        threshold: *threshold,
+                    });
+                }
+                if *plaintext != self.me.plaintext {
+                    return Err(ParticipantError::Plaintext {
+                        coordinator: *plaintext,
+                        site: self.me.plaintext,
+                    });
+                }
+                info!(?phase, "welcomed");
+                match phase {
+                    Phase::Setup if !self.me.plaintext => vec![Action::StartSetup],
+                    // a node that reconnects after the end (it missed `Finished`)
+                    Phase::Finished { .. } => vec![Action::Finished],
+                    Phase::Setup | Phase::Training { .. } => vec![],
+                }
+            }
+            Body::SetupKeys {
+                collective_public_key,
+                exchange_keys,
+            } => {
+                self.encrypted("setup keys")?;
+                vec![Action::StoreSetupKeys {
+                    collective_public_key: collective_public_key.clone(),
+                    exchange_keys: exchange_keys.clone(),
+                }]
+            }
+            Body::RelayedShares { sealed } => {
+                self.encrypted("relayed shares")?;
+                vec![Action::OpenRelayedShares {
+                    sealed: sealed.clone(),
+                }]
+            }
+            Body::RoundStart { .. } => self.round_start(round),
+            Body::SwitchRequest {
+                attempt,
+                active,
+                weights,
+                count,
+            } => {
+                self.encrypted("a switch request")?;
+                self.check_items("switch request", *count)?;
+                if active.is_empty() || weights.is_empty() {
+                    return Err(ParticipantError::BadSwitchRequest {
+                        parties: active.len(),
+                        weights: weights.len(),
+                    });
+                }
+                let shape = SwitchShape {
+                    round,
+                    weights: weights.clone(),
+                    parties: active.len(),
+                };
+                // masks made ahead serve only the request they were made for, and only once
+                let prepared = self.prepared.take().as_ref() == Some(&shape);
+                self.last_switch = Some(shape);
+                vec![Action::Switch(SwitchOrder {
+                    round,
+                    attempt: *attempt,
+                    active: active.clone(),
+                    weights: weights.clone(),
+                    count: *count,
+                    prepared,
+                })]
+            }
+            Body::RoundResult {
+                total_weight,
+                participants,
+                count,
+            } => {
+                if round != self.held + 1 {
+                    warn!(
+                        round,
+                        held = self.held,
+                        "result for a round this node does not follow: ignored"
+                    );
+                    return Ok(vec![Action::Drain]);
+                }
+                if *total_weight == 0 {
+                    return Err(ParticipantError::NoWeight);
+                }
+                self.check_items("round result", *count)?;
+                vec![Action::ApplyResult {
+                    round,
+                    total_weight: *total_weight,
+                    participants: participants.clone(),
+                    count: *count,
+                }]
+            }
+            Body::Finished => {
+                info!(round = self.held, "the federation is finished");
+                vec![Action::Finished]
+            }
+            Body::Refused { reason } => {
+                warn!(round, "the coordinator refused a message: {reason}");
+                vec![]
+            }
+            other => {
+                warn!("unexpected {} from the coordinator", other.kind());
+                vec![]
+            }
+        })
+    }
+
+    /// This node's update for `round` (of `items` items) is sent: if it switched the previous
+    /// round, the masks of this round's switch can be made while the others train.
+    pub fn update_sent(&mut self, round: u64, items: usize) -> Vec<Action> {
+        self.prepared = None;
+        match &self.last_switch {
+            Some(last) if !self.me.plaintext && last.round + 1 == round => {
+                let shape = SwitchShape {
+                    round,
+                    ..last.clone()
+                };
+                self.prepared = Some(shape.clone());
+                vec![Action::PrepareMasks {
+                    shape,
+                    count: items,
+                }]
+            }
+            _ => vec![],
+        }
+    }
+
+    /// The result of `round` is applied and stored: the node holds that round's model. A round
+    /// announced meanwhile starts now.
+    pub fn result_applied(&mut self, round: u64) -> Vec<Action> {
+        self.held = self.held.max(round);
+        match self.pending_start {
+            Some(next) if next == self.held + 1 => {
+                self.pending_start = None;
+                vec![Action::Train { round: next }]
+            }
+            _ => vec![],
+        }
+    }
+
+    fn round_start(&mut self, round: u64) -> Vec<Action> {
+        if self.held + 1 == round {
+            vec![Action::Train { round }]
+        } else if self.held + 1 < round {
+            info!(
+                round,
+                held = self.held,
+                "round announced before the previous result: waiting for it"
+            );
+            self.pending_start = Some(round);
+            vec![]
+        } else {
+            warn!(
+                round,
+                held = self.held,
+                "announcement of a round already done: ignored"
+            );
+            vec![]
+        }
+    }
+
+    fn encrypted(&self, what: &'static str) -> Result<(), ParticipantError> {
+        if self.me.plaintext {
+            return Err(ParticipantError::NotEncrypted(what));
+        }
+        Ok(())
+    }
+
+    fn check_items(&self, what: &'static str, count: u32) -> Result<(), ParticipantError> {
+        if count as usize > self.max_items {
+            return Err(ParticipantError::TooManyItems {
+                what,
+                count,
+                max: self.max_items,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "participant_tests.rs"]
+mod tests;

@@ -1,0 +1,227 @@
+//! Setup at the hospital: its key share and exchange key to the coordinator, Shamir shares of
+//! its secret (with its contribution to the consortium receiving key) sealed for each other
+//! hospital, and the threshold secret formed from the shares relayed back. Carried out when the
+//! participant asks; stored so a restart at any step resumes it.
+
+use anyhow::{Context, bail};
+use he_agg::multiparty::group_key::{self, CONTRIBUTION_LEN, Contribution};
+use he_agg::multiparty::threshold::deal;
+use he_agg::multiparty::{PublicKeyGen, ThresholdSecret, wire as mpw};
+use he_agg::ring::Prng;
+use protocol::message::Body;
+use protocol::{FederationId, Link};
+use std::path::Path;
+use tracing::info;
+use zeroize::Zeroizing;
+
+use super::keys::{Keys, PeerKeys, write_public, write_secret};
+use super::session::{Node, apply_peers};
+
+fn sealing_context(federation: FederationId, from: u32, to: u32) -> Vec<u8> {
+    format!("HEAL setup shares v2|{federation}|{from}->{to}").into_bytes()
+}
+
+/// What one hospital deals to another in setup, sealed: a Shamir share of its secret followed by
+/// its contribution to the consortium receiving key.
+fn dealt_payload(share: &[u8], contribution: &Contribution) -> Zeroizing<Vec<u8>> {
+    let mut p = Zeroizing::new(Vec::with_capacity(share.len() + CONTRIBUTION_LEN));
+    p.extend_from_slice(share);
+    p.extend_from_slice(contribution.as_ref());
+    p
+}
+
+/// Splits a dealt payload into the Shamir share bytes and the contribution.
+fn split_payload(p: &[u8]) -> anyhow::Result<(&[u8], Contribution)> {
+    let cut = p
+        .len()
+        .checked_sub(CONTRIBUTION_LEN)
+        .context("a dealt payload shorter than a contribution")?;
+    let mut c = Zeroizing::new([0u8; CONTRIBUTION_LEN]);
+    c.copy_from_slice(&p[cut..]);
+    Ok((&p[..cut], c))
+}
+
+/// "Setup done" with the consortium receiving key, once this node has finished setup.
+fn setup_done_body(keys: &Keys) -> Option<Body> {
+    match (&keys.threshold, &keys.receive) {
+        (Some(_), Some(r)) => Some(Body::SetupDone {
+            receive_key: r.pk_bytes.clone(),
+        }),
+        _ => None,
+    }
+}
+
+fn read_opt(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+impl Node {
+    pub(super) async fn start_setup(&mut self, link: &Link) -> anyhow::Result<()> {
+        let Some(he) = self.he.as_mut() else {
+            return Ok(());
+        };
+        if let Some(body) = setup_done_body(&he.keys) {
+            link.send(0, body).await?;
+            return Ok(());
+        }
+        let (ctx, crs) = (he.ctx.clone(), he.crs.clone());
+        let share = &he.keys.share;
+        let exchange = he.keys.exchange.public();
+        let public_key_share = he.keys.key_shares_message(|| {
+            let mut prng = Prng::from_os()?;
+            let pk_share = PublicKeyGen::new(&ctx, &crs).share(share, &mut prng)?;
+            Ok(mpw::encode_public_key_share(&ctx, &pk_share))
+        })?;
+        link.send(
+            0,
+            Body::KeyShares {
+                public_key_share,
+                exchange_key: exchange,
+            },
+        )
+        .await?;
+        info!("sent key shares");
+        // after a restart between dealing and the relay, send the same sealed shares again
+        if let Some(sealed) = read_opt(&self.dirs.state.join("dealt.bin"))? {
+            let sealed: Vec<(u32, Vec<u8>)> =
+                postcard::from_bytes(&sealed).context("dealt.bin is corrupt")?;
+            link.send(0, Body::ShamirShares { sealed }).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn setup_keys(&mut self, link: &Link, peers: PeerKeys) -> anyhow::Result<()> {
+        let Some(he) = self.he.as_mut() else {
+            bail!("setup keys in a plaintext federation")
+        };
+        apply_peers(he, &peers)?;
+        he.keys.save_peers(peers.clone())?;
+        if he.keys.threshold.is_some() || self.dirs.state.join("dealt.bin").exists() {
+            return Ok(());
+        }
+        let n = self.cfg.site.hospitals;
+        let ids: Vec<u32> = (1..=n).collect();
+        let mut prng = Prng::from_os()?;
+        let shares = deal(
+            &he.ctx,
+            &he.keys.share,
+            self.index,
+            &ids,
+            self.cfg.site.threshold as usize,
+            &mut prng,
+        )?;
+        // the same contribution to the receiving key goes to every hospital
+        let contribution = group_key::contribution(&mut prng);
+        let mut sealed = Vec::new();
+        for s in &shares {
+            let payload = dealt_payload(&mpw::encode_shamir_share(&he.ctx, s), &contribution);
+            if s.to() == self.index {
+                write_secret(&self.dirs.state.join("own-share.bin"), &payload)?;
+                continue;
+            }
+            let receiver = peers
+                .exchange
+                .iter()
+                .find(|(h, _)| *h == s.to())
+                .map(|(_, k)| *k)
+                .with_context(|| format!("no exchange key for hospital {}", s.to()))?;
+            let bytes = he.keys.exchange.seal(
+                &receiver,
+                &sealing_context(self.federation, self.index, s.to()),
+                &payload,
+                &mut prng,
+            )?;
+            sealed.push((s.to(), bytes));
+        }
+        write_public(
+            &self.dirs.state.join("dealt.bin"),
+            &postcard::to_allocvec(&sealed)?,
+        )?;
+        link.send(0, Body::ShamirShares { sealed }).await?;
+        info!("dealt sealed Shamir shares to {} hospitals", n - 1);
+        Ok(())
+    }
+
+    pub(super) async fn relayed_shares(
+        &mut self,
+        link: &Link,
+        sealed: Vec<(u32, Vec<u8>)>,
+    ) -> anyhow::Result<()> {
+        let Some(he) = self.he.as_mut() else {
+            bail!("shares in a plaintext federation")
+        };
+        if let Some(body) = setup_done_body(&he.keys) {
+            link.send(0, body).await?;
+            return Ok(());
+        }
+        let peers = he
+            .keys
+            .peers
+            .clone()
+            .context("relayed shares before the setup keys")?;
+        let own = Zeroizing::new(
+            read_opt(&self.dirs.state.join("own-share.bin"))?
+                .context("relayed shares before dealing")?,
+        );
+        let (own_share, own_contribution) = split_payload(&own).context("own-share.bin")?;
+        let mut shares =
+            vec![mpw::decode_shamir_share(&he.ctx, own_share).context("own-share.bin")?];
+        let mut contributions = vec![(self.index, own_contribution)];
+        for (from, bytes) in &sealed {
+            let sender = peers
+                .exchange
+                .iter()
+                .find(|(h, _)| h == from)
+                .map(|(_, k)| *k)
+                .with_context(|| format!("no exchange key for hospital {from}"))?;
+            let opened = Zeroizing::new(
+                he.keys
+                    .exchange
+                    .open(
+                        &sender,
+                        &sealing_context(self.federation, *from, self.index),
+                        bytes,
+                    )
+                    .with_context(|| format!("the share from hospital {from} does not open"))?,
+            );
+            let (share_bytes, contribution) = split_payload(&opened)
+                .with_context(|| format!("the share from hospital {from}"))?;
+            let share = mpw::decode_shamir_share(&he.ctx, share_bytes)
+                .with_context(|| format!("the share from hospital {from}"))?;
+            if share.from() != *from || share.to() != self.index {
+                bail!(
+                    "hospital {from} sent a share labelled {} -> {}",
+                    share.from(),
+                    share.to()
+                );
+            }
+            shares.push(share);
+            contributions.push((*from, contribution));
+        }
+        let ids: Vec<u32> = (1..=self.cfg.site.hospitals).collect();
+        let ts = ThresholdSecret::combine(
+            &he.ctx,
+            self.index,
+            self.cfg.site.threshold as usize,
+            &ids,
+            &shares,
+        )?;
+        let (rsk, rpk) = group_key::derive(&he.ctx, &self.federation.0, &ids, &contributions)
+            .context("deriving the consortium receiving key")?;
+        he.keys.save_setup(&he.ctx, ts, rsk, rpk)?;
+        link.send(
+            0,
+            setup_done_body(&he.keys).context("setup was just stored")?,
+        )
+        .await?;
+        info!(
+            "threshold secret formed ({} of {})",
+            self.cfg.site.threshold, self.cfg.site.hospitals
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,163 @@
+//! Public-key-switching shares of a round's aggregate, towards the consortium receiving key:
+//! carried out when the participant asks, with the masks made ahead when it says they fit.
+
+use anyhow::Context;
+use he_agg::ckks::Ciphertext;
+use he_agg::multiparty::{PublicKeySwitch, PublicKeySwitchMask, wire as mpw};
+use he_agg::ring::Prng;
+use protocol::Link;
+use protocol::link::Incoming;
+use protocol::message::Body;
+use rayon::prelude::*;
+use std::time::Instant;
+use tracing::{info, warn};
+
+use super::participant::{SwitchOrder, SwitchShape};
+use super::session::Node;
+
+impl Node {
+    pub(super) async fn switch(
+        &mut self,
+        link: &Link,
+        order: &SwitchOrder,
+        msg: &mut Incoming,
+    ) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        let SwitchOrder {
+            round,
+            attempt,
+            ref active,
+            ref weights,
+            count,
+            prepared,
+        } = *order;
+        let he = self
+            .he
+            .as_ref()
+            .context("switch request in a plaintext federation")?;
+        let ts = he
+            .keys
+            .threshold
+            .as_ref()
+            .context("switch request before the threshold secret")?;
+        let mut cts: Vec<Ciphertext> = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let item = msg
+                .next_item()
+                .await?
+                .with_context(|| format!("switch request ended after {i} of {count}"))?;
+            let ct = he
+                .codec
+                .decode(i as usize, &item)
+                .context("an aggregate to switch")?;
+            cts.push(ct);
+        }
+        let sk = ts.additive_share(&he.ctx, active)?;
+        let flooding = he
+            .codec
+            .plan()
+            .flooding(&weights.iter().map(|&w| w as f64).collect::<Vec<_>>())?;
+        let pcks = PublicKeySwitch::new(&he.ctx, flooding, active.len());
+        // masks made ahead are used only where the participant says they fit this request
+        let mut masks: Option<Vec<PublicKeySwitchMask>> = None;
+        if let Some(handle) = self.prepared.take()
+            && prepared
+        {
+            match handle.await {
+                Ok(Ok(m)) if m.len() == cts.len() => masks = Some(m),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(round, "making switching masks ahead failed: {e:#}"),
+                Err(e) => warn!(round, "making switching masks ahead failed: {e}"),
+            }
+        }
+        let prepared = masks.is_some();
+        let pk = he
+            .keys
+            .receive
+            .as_ref()
+            .context("switch request before the consortium receiving key")?
+            .pk
+            .clone();
+        let (ctx, pool) = (he.ctx.clone(), he.pool.clone());
+        let shares: Vec<Vec<u8>> =
+            tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Vec<u8>>> {
+                pool.install(|| match masks {
+                    Some(masks) => cts
+                        .par_iter()
+                        .zip(masks.into_par_iter())
+                        .map(|(ct, mask)| -> anyhow::Result<Vec<u8>> {
+                            Ok(mpw::encode_public_key_switch_share(
+                                &ctx,
+                                &pcks.share_with_mask(&sk, ct, mask)?,
+                            ))
+                        })
+                        .collect(),
+                    None => cts
+                        .par_iter()
+                        .map_init(Prng::from_os, |prng, ct| -> anyhow::Result<Vec<u8>> {
+                            let prng = prng.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
+                            Ok(mpw::encode_public_key_switch_share(
+                                &ctx,
+                                &pcks.share(&sk, &pk, ct, prng)?,
+                            ))
+                        })
+                        .collect(),
+                })
+            })
+            .await??;
+        let mut s = link
+            .open(
+                round,
+                Body::SwitchShares {
+                    attempt,
+                    count: shares.len() as u32,
+                },
+            )
+            .await?;
+        for b in &shares {
+            s.item(b).await?;
+        }
+        let bytes_up = s.finish().await?;
+        let switch_s = t0.elapsed().as_secs_f32();
+        let c = self.costs.entry(round).or_default();
+        c.switch_s += switch_s;
+        c.bytes_up += bytes_up;
+        info!(round, attempt, switch_s, prepared, "switching shares sent");
+        Ok(())
+    }
+
+    /// Starts making the masks of a switch of `shape` of `count` ciphertexts on the encryption
+    /// threads.
+    pub(super) fn prepare_masks(&mut self, shape: &SwitchShape, count: usize) {
+        self.prepared = None;
+        let Some(he) = self.he.as_ref() else {
+            return;
+        };
+        let Some(receive) = he.keys.receive.as_ref() else {
+            return;
+        };
+        let (ctx, pool, pk, level) = (
+            he.ctx.clone(),
+            he.pool.clone(),
+            receive.pk.clone(),
+            he.codec.plan().level,
+        );
+        let flooding = he
+            .codec
+            .plan()
+            .flooding(&shape.weights.iter().map(|&w| w as f64).collect::<Vec<_>>());
+        let parties = shape.parties;
+        self.prepared = Some(tokio::task::spawn_blocking(move || {
+            let pcks = PublicKeySwitch::new(&ctx, flooding?, parties);
+            pool.install(|| {
+                (0..count)
+                    .into_par_iter()
+                    .map_init(Prng::from_os, |prng, _| {
+                        let prng = prng.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
+                        Ok(pcks.mask(&pk, level, prng)?)
+                    })
+                    .collect()
+            })
+        }));
+    }
+}

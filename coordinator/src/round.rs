@@ -1,0 +1,324 @@
+//! The data of the round in progress, without I/O: updates folded as they are accepted, the
+//! aggregate closed once for switching, switching shares folded per attempt, and the round's
+//! result and record made for commit. Every consistency check of what hospitals send lives
+//! here; [`crate::server`] reads and decodes the streams, asks the [`crate::engine::Engine`]
+//! whether they are wanted, and hands the decoded values over.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use he_agg::aggregate::{Aggregator, Backend, MAX_WEIGHT, Shape};
+use he_agg::ckks::{Ciphertext, wire};
+use he_agg::multiparty::{PublicKeySwitch, PublicKeySwitchShare};
+
+use crate::he::HeSetup;
+use crate::store::{RoundRecord, StoredResult};
+
+/// Most items a single update or share stream may announce (a 100M-parameter model).
+pub const MAX_ITEMS: u32 = 20_000;
+
+/// One hospital's update, read and decoded item by item.
+pub enum Update {
+    Encrypted(Vec<Ciphertext>),
+    Plain(Vec<Vec<f32>>),
+}
+
+/// Why something a hospital sent cannot join the round (the text is what its audit row says).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RoundError {
+    #[error("weight {0} is outside 1..=2^40")]
+    Weight(u64),
+    #[error("{0} items announced (1..={MAX_ITEMS})")]
+    ItemCount(u32),
+    #[error("{got} items where this round's updates have {want}")]
+    ItemsDiffer { got: u32, want: u32 },
+    #[error("{got} values where this round's updates have {want}")]
+    ValuesDiffer { got: usize, want: usize },
+    #[error("round {got} ended while its data arrived (now {now})")]
+    RoundEnded { got: u64, now: u64 },
+    #[error("the switching attempt changed while the shares arrived")]
+    AttemptChanged,
+    #[error("no aggregate to switch")]
+    NoAggregate,
+    #[error("{got} switching shares for an aggregate of {want} ciphertexts")]
+    ShareCount { got: usize, want: usize },
+    #[error("switching shares for {got} of {want} ciphertexts")]
+    MissingShares { got: usize, want: usize },
+    #[error("an encrypted update in a plaintext round, or the reverse")]
+    Mode,
+    #[error("aggregation: {0}")]
+    Aggregation(String),
+}
+
+/// The round in progress.
+#[derive(Default)]
+pub struct Round {
+    round: u64,
+    /// items per update, fixed by the first update the round accepts
+    items: Option<u32>,
+    aggs: Vec<Aggregator>,
+    plain: Vec<f64>,
+    aggregate: Option<Arc<Vec<Ciphertext>>>,
+    aggregate_bytes: Option<Arc<Vec<Vec<u8>>>>,
+    attempt: u32,
+    /// accumulated switching share per ciphertext (towards the consortium receiving key)
+    switch_acc: Vec<Option<PublicKeySwitchShare>>,
+    started_unix_ms: u64,
+    aggregate_s: f64,
+    switch_started: Option<Instant>,
+    bytes_up: u64,
+    bytes_down: u64,
+}
+
+impl Round {
+    pub fn new(round: u64, started_unix_ms: u64) -> Self {
+        Self {
+            round,
+            started_unix_ms,
+            ..Default::default()
+        }
+    }
+
+    pub fn number(&self) -> u64 {
+        self.round
+    }
+
+    fn check_round(&self, round: u64) -> Result<(), RoundError> {
+        if self.round != round {
+            return Err(RoundError::RoundEnded {
+                got: round,
+                now: self.round,
+            });
+        }
+        Ok(())
+    }
+
+    /// An update's header, before its items are read.
+    pub fn check_announced(&self, weight: u64, count: u32) -> Result<(), RoundError> {
+        if weight == 0 || weight > MAX_WEIGHT {
+            return Err(RoundError::Weight(weight));
+        }
+        if count == 0 || count > MAX_ITEMS {
+            return Err(RoundError::ItemCount(count));
+        }
+        match self.items {
+            Some(want) if want != count => Err(RoundError::ItemsDiffer { got: count, want }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Folds an update of `round` read whole (`bytes` on the wire); a refused update leaves the
+    /// sums untouched.
+    pub fn fold(
+        &mut self,
+        round: u64,
+        he: Option<(&HeSetup, &dyn Backend, usize)>,
+        weight: u64,
+        bytes: u64,
+        update: Update,
+    ) -> Result<(), RoundError> {
+        self.check_round(round)?;
+        let count = match &update {
+            Update::Encrypted(c) => c.len(),
+            Update::Plain(p) => p.len(),
+        } as u32;
+        self.check_announced(weight, count)?;
+        match (update, he) {
+            (Update::Encrypted(cts), Some((he, backend, batch))) => {
+                if self.aggs.is_empty() {
+                    let shape = Shape {
+                        level: he.plan.level,
+                        degree: 1,
+                        scale: he.plan.scale,
+                    };
+                    self.aggs = (0..count)
+                        .map(|_| Aggregator::new(&he.ctx, backend, shape, batch))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| RoundError::Aggregation(e.to_string()))?;
+                }
+                for (agg, ct) in self.aggs.iter_mut().zip(cts) {
+                    agg.push(ct, weight)
+                        .map_err(|e| RoundError::Aggregation(e.to_string()))?;
+                }
+            }
+            (Update::Plain(chunks), None) => {
+                let values: Vec<f32> = chunks.concat();
+                if self.plain.is_empty() {
+                    self.plain = vec![0.0; values.len()];
+                }
+                if self.plain.len() != values.len() {
+                    return Err(RoundError::ValuesDiffer {
+                        got: values.len(),
+                        want: self.plain.len(),
+                    });
+                }
+                for (s, v) in self.plain.iter_mut().zip(&values) {
+                    *s += weight as f64 * f64::from(*v);
+                }
+            }
+            _ => return Err(RoundError::Mode),
+        }
+        self.items = Some(count);
+        self.bytes_up += bytes;
+        Ok(())
+    }
+
+    /// The aggregate of `round`, closed on the first attempt, as the bytes every switcher gets;
+    /// a new `attempt` starts its shares afresh.
+    pub fn close(
+        &mut self,
+        round: u64,
+        he: &HeSetup,
+        attempt: u32,
+    ) -> Result<Arc<Vec<Vec<u8>>>, RoundError> {
+        self.check_round(round)?;
+        if self.aggregate.is_none() {
+            let t = Instant::now();
+            let cts = std::mem::take(&mut self.aggs)
+                .into_iter()
+                .map(|a| a.finish())
+                .collect::<Result<Vec<Ciphertext>, _>>()
+                .map_err(|e| RoundError::Aggregation(e.to_string()))?;
+            self.aggregate_bytes = Some(Arc::new(
+                cts.iter()
+                    .map(|c| wire::encode_ciphertext(&he.ctx, c))
+                    .collect(),
+            ));
+            self.aggregate = Some(Arc::new(cts));
+            self.aggregate_s = t.elapsed().as_secs_f64();
+        }
+        self.attempt = attempt;
+        self.switch_acc.clear();
+        self.switch_started = Some(Instant::now());
+        self.aggregate_bytes.clone().ok_or(RoundError::NoAggregate)
+    }
+
+    /// How many switching shares one hospital sends for the closed aggregate.
+    pub fn shares_expected(&self) -> Result<usize, RoundError> {
+        self.aggregate
+            .as_ref()
+            .map(|a| a.len())
+            .ok_or(RoundError::NoAggregate)
+    }
+
+    /// Folds one hospital's switching shares for `attempt` of `round` (`bytes` on the wire).
+    pub fn fold_shares(
+        &mut self,
+        round: u64,
+        he: &HeSetup,
+        attempt: u32,
+        bytes: u64,
+        shares: Vec<PublicKeySwitchShare>,
+    ) -> Result<(), RoundError> {
+        self.check_round(round)?;
+        if self.attempt != attempt {
+            return Err(RoundError::AttemptChanged);
+        }
+        let want = self.shares_expected()?;
+        if shares.len() != want {
+            return Err(RoundError::ShareCount {
+                got: shares.len(),
+                want,
+            });
+        }
+        let pcks = switch(he)?;
+        if self.switch_acc.is_empty() {
+            self.switch_acc = vec![None; want];
+        }
+        // check every share before adding any: a refused stream leaves the sums untouched
+        for (slot, share) in self.switch_acc.iter().zip(&shares) {
+            if let Some(a) = slot
+                && a.level() != share.level()
+            {
+                return Err(RoundError::Aggregation("switching share level".into()));
+            }
+        }
+        for (slot, share) in self.switch_acc.iter_mut().zip(shares) {
+            match slot {
+                None => *slot = Some(share),
+                Some(a) => pcks
+                    .aggregate(a, &share)
+                    .map_err(|e| RoundError::Aggregation(e.to_string()))?,
+            }
+        }
+        self.bytes_up += bytes;
+        Ok(())
+    }
+
+    pub fn add_bytes_down(&mut self, bytes: u64) {
+        self.bytes_down += bytes;
+    }
+
+    /// The round's result (the switched aggregate, or the plain sum) and its record, to commit.
+    pub fn result(
+        &mut self,
+        round: u64,
+        he: Option<&HeSetup>,
+        weights: &[(u32, u64)],
+        switchers: &[u32],
+        receivers: &[u32],
+        committed_unix_ms: u64,
+    ) -> Result<(StoredResult, RoundRecord), RoundError> {
+        self.check_round(round)?;
+        let total_weight: u64 = weights.iter().map(|w| w.1).sum();
+        let items = match he {
+            Some(he) => {
+                let aggregate = self.aggregate.clone().ok_or(RoundError::NoAggregate)?;
+                let pcks = switch(he)?;
+                let acc = std::mem::take(&mut self.switch_acc);
+                let complete = acc.iter().filter(|s| s.is_some()).count();
+                if acc.len() != aggregate.len() || complete != acc.len() {
+                    return Err(RoundError::MissingShares {
+                        got: complete,
+                        want: aggregate.len(),
+                    });
+                }
+                let mut items = Vec::with_capacity(acc.len());
+                for (ct, share) in aggregate.iter().zip(acc.into_iter().flatten()) {
+                    let switched = pcks
+                        .finalize(ct, share)
+                        .map_err(|e| RoundError::Aggregation(e.to_string()))?;
+                    items.push(wire::encode_ciphertext(&he.ctx, &switched));
+                }
+                items
+            }
+            None => protocol::plain::encode_f64s(&self.plain),
+        };
+        let result = StoredResult {
+            round,
+            total_weight,
+            participants: weights.iter().map(|w| w.0).collect(),
+            items,
+        };
+        let record = RoundRecord {
+            round,
+            participants: weights.to_vec(),
+            total_weight,
+            switchers: switchers.to_vec(),
+            receivers: receivers.to_vec(),
+            started_unix_ms: self.started_unix_ms,
+            committed_unix_ms,
+            aggregate_s: self.aggregate_s,
+            switch_s: self
+                .switch_started
+                .map(|t| t.elapsed().as_secs_f64())
+                .unwrap_or(0.0),
+            bytes_up: self.bytes_up,
+            bytes_down: self.bytes_down,
+        };
+        Ok((result, record))
+    }
+}
+
+/// Sums and finishes switching shares (the flooding's size plays no part in either).
+fn switch(he: &HeSetup) -> Result<PublicKeySwitch, RoundError> {
+    let flooding = he
+        .plan
+        .flooding(&[1.0])
+        .map_err(|e| RoundError::Aggregation(e.to_string()))?;
+    Ok(PublicKeySwitch::new(&he.ctx, flooding, 1))
+}
+
+#[cfg(test)]
+#[path = "round_tests.rs"]
+mod tests;

@@ -1,0 +1,180 @@
+//! The round's data without sockets: updates folded and refused, the aggregate closed and
+//! switched, the result and record made.
+
+use he_agg::aggregate::CpuBackend;
+use he_agg::multiparty::PublicKeySwitch;
+use he_agg::ring::Prng;
+use protocol::FederationId;
+
+use super::*;
+use crate::config::FederationConfig;
+
+const CFG: &str = r#"
+[federation]
+name = "unit"
+hospitals = 3
+rounds = 1
+[dataset]
+kind = "medmnist"
+name = "breastmnist"
+"#;
+
+fn plain(values: &[f32]) -> Update {
+    Update::Plain(vec![values.to_vec()])
+}
+
+#[test]
+fn plain_updates_are_summed_with_their_weights() {
+    let mut r = Round::new(4, 1_000);
+    r.fold(4, None, 2, 10, plain(&[1.0, -1.0, 0.5])).unwrap();
+    r.fold(4, None, 3, 12, plain(&[2.0, 1.0, 0.0])).unwrap();
+    r.add_bytes_down(7);
+    let (result, record) = r
+        .result(4, None, &[(1, 2), (3, 3)], &[], &[1, 3], 2_000)
+        .unwrap();
+    let sum = protocol::plain::decode_f64s(&result.items[0]).unwrap();
+    assert_eq!(sum, vec![8.0, 1.0, 1.0]);
+    assert_eq!((result.total_weight, result.participants), (5, vec![1, 3]));
+    assert_eq!((record.bytes_up, record.bytes_down), (22, 7));
+    assert_eq!(
+        (record.started_unix_ms, record.committed_unix_ms),
+        (1_000, 2_000)
+    );
+    assert_eq!(record.receivers, vec![1, 3]);
+}
+
+#[test]
+fn updates_that_do_not_fit_are_refused_and_leave_the_sums_untouched() {
+    let mut r = Round::new(2, 0);
+    assert_eq!(r.check_announced(0, 1), Err(RoundError::Weight(0)));
+    assert_eq!(
+        r.check_announced(MAX_WEIGHT + 1, 1),
+        Err(RoundError::Weight(MAX_WEIGHT + 1))
+    );
+    assert_eq!(r.check_announced(1, 0), Err(RoundError::ItemCount(0)));
+    assert_eq!(
+        r.check_announced(1, MAX_ITEMS + 1),
+        Err(RoundError::ItemCount(MAX_ITEMS + 1))
+    );
+    r.fold(2, None, 1, 0, plain(&[1.0, 2.0])).unwrap();
+    // the first update fixed one item per update
+    assert_eq!(
+        r.check_announced(1, 2),
+        Err(RoundError::ItemsDiffer { got: 2, want: 1 })
+    );
+    assert_eq!(
+        r.fold(2, None, 1, 0, Update::Plain(vec![vec![1.0], vec![1.0]])),
+        Err(RoundError::ItemsDiffer { got: 2, want: 1 })
+    );
+    assert_eq!(
+        r.fold(2, None, 1, 0, plain(&[1.0, 2.0, 3.0])),
+        Err(RoundError::ValuesDiffer { got: 3, want: 2 })
+    );
+    assert_eq!(
+        r.fold(3, None, 1, 0, plain(&[1.0, 2.0])),
+        Err(RoundError::RoundEnded { got: 3, now: 2 })
+    );
+    assert_eq!(
+        r.fold(2, None, 1, 0, Update::Encrypted(vec![])),
+        Err(RoundError::ItemCount(0))
+    );
+    let (result, _) = r.result(2, None, &[(1, 1)], &[], &[1], 0).unwrap();
+    assert_eq!(
+        protocol::plain::decode_f64s(&result.items[0]).unwrap(),
+        vec![1.0, 2.0]
+    );
+}
+
+#[test]
+fn an_encrypted_round_is_aggregated_switched_and_decrypts_to_the_weighted_sum() {
+    let cfg = FederationConfig::from_toml(CFG).unwrap();
+    let he = HeSetup::new(&cfg, FederationId([7; 16])).unwrap();
+    let mut kg = he.ctx.key_generator().unwrap();
+    let (sk, target_sk) = (kg.secret_key(), kg.secret_key());
+    let (pk, target) = (kg.public_key(&sk), kg.public_key(&target_sk));
+    let n = 3 * he.ctx.n() / 2;
+    let a: Vec<f32> = (0..n).map(|i| (i % 7) as f32 / 10.0).collect();
+    let b: Vec<f32> = (0..n).map(|i| -((i % 5) as f32) / 10.0).collect();
+    let decode = |v: &[f32]| -> Vec<Ciphertext> {
+        he.codec
+            .encrypt(&pk, v)
+            .unwrap()
+            .iter()
+            .map(|bytes| he.decode_update(bytes).unwrap())
+            .collect()
+    };
+    let mut r = Round::new(1, 0);
+    let backend = CpuBackend;
+    let ctx = Some((&he, &backend as &dyn Backend, 3));
+    r.fold(1, ctx, 3, 0, Update::Encrypted(decode(&a))).unwrap();
+    r.fold(1, ctx, 5, 0, Update::Encrypted(decode(&b))).unwrap();
+    assert_eq!(
+        r.fold(1, ctx, 1, 0, Update::Plain(vec![vec![0.0]; 2])),
+        Err(RoundError::Mode),
+        "a plain update in an encrypted round"
+    );
+    assert_eq!(r.shares_expected(), Err(RoundError::NoAggregate));
+    let bytes = r.close(1, &he, 0).unwrap();
+    let count = bytes.len();
+    assert_eq!(r.shares_expected(), Ok(count));
+    // one party holding the whole secret switches the aggregate to the target key
+    let aggregate: Vec<Ciphertext> = bytes.iter().map(|b| he.decode_update(b).unwrap()).collect();
+    let pcks = PublicKeySwitch::new(&he.ctx, he.plan.flooding(&[3.0, 5.0]).unwrap(), 1);
+    let mut prng = Prng::from_seed(&[1; 32]);
+    let shares: Vec<_> = aggregate
+        .iter()
+        .map(|ct| pcks.share(&sk, &target, ct, &mut prng).unwrap())
+        .collect();
+    assert_eq!(
+        r.fold_shares(1, &he, 1, 0, shares.clone()),
+        Err(RoundError::AttemptChanged)
+    );
+    assert_eq!(
+        r.fold_shares(1, &he, 0, 0, shares[1..].to_vec()),
+        Err(RoundError::ShareCount {
+            got: count - 1,
+            want: count
+        })
+    );
+    r.fold_shares(1, &he, 0, 0, shares).unwrap();
+    let (result, record) = r
+        .result(1, Some(&he), &[(1, 3), (2, 5)], &[2], &[1, 2], 9)
+        .unwrap();
+    assert_eq!(record.switchers, vec![2]);
+    let sum = he.codec.decrypt_sum(&target_sk, &result.items, n).unwrap();
+    let worst = sum
+        .iter()
+        .zip(a.iter().zip(&b))
+        .map(|(s, (x, y))| (s - (3.0 * f64::from(*x) + 5.0 * f64::from(*y))).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-3, "weighted sum off by {worst}");
+}
+
+#[test]
+fn a_switch_without_every_share_gives_no_result() {
+    let cfg = FederationConfig::from_toml(CFG).unwrap();
+    let he = HeSetup::new(&cfg, FederationId([8; 16])).unwrap();
+    let mut kg = he.ctx.key_generator().unwrap();
+    let sk = kg.secret_key();
+    let pk = kg.public_key(&sk);
+    let cts: Vec<Ciphertext> = he
+        .codec
+        .encrypt(&pk, &[0.5; 10])
+        .unwrap()
+        .iter()
+        .map(|b| he.decode_update(b).unwrap())
+        .collect();
+    let mut r = Round::new(1, 0);
+    let backend = CpuBackend;
+    r.fold(1, Some((&he, &backend, 3)), 1, 0, Update::Encrypted(cts))
+        .unwrap();
+    r.close(1, &he, 0).unwrap();
+    assert!(matches!(
+        r.result(1, Some(&he), &[(1, 1)], &[], &[1], 0),
+        Err(RoundError::MissingShares { got: 0, .. })
+    ));
+    assert_eq!(
+        r.close(2, &he, 1),
+        Err(RoundError::RoundEnded { got: 2, now: 1 })
+    );
+}

@@ -1,0 +1,241 @@
+//! A round's streams: updates read, validated and folded into the [`Round`], the closed
+//! aggregate sent for switching, switching shares folded, and the result committed and sent.
+
+use super::*;
+
+impl Server {
+    pub(super) fn reset_round(&self, round: u64) {
+        *lock(&self.round) = Round::new(round, now_ms());
+    }
+
+    pub(super) fn ensure_round(&self, round: u64) {
+        if lock(&self.round).number() != round {
+            self.reset_round(round);
+        }
+    }
+
+    pub(super) async fn update(
+        self: &Arc<Self>,
+        h: u32,
+        round: u64,
+        weight: u64,
+        count: u32,
+        mut msg: Incoming,
+    ) -> Result<(), String> {
+        lock(&self.engine).accepts_update(h, round)?;
+        self.ensure_round(round);
+        lock(&self.round)
+            .check_announced(weight, count)
+            .map_err(|e| e.to_string())?;
+        // read and validate everything first: a broken upload leaves the aggregate untouched
+        let mut cts = Vec::new();
+        let mut plain: Vec<Vec<f32>> = Vec::new();
+        let mut bytes = 0u64;
+        for i in 0..count {
+            let item = msg
+                .next_item()
+                .await
+                .map_err(|e| format!("item {i}: {e}"))?
+                .ok_or(format!("stream ended after {i} of {count} items"))?;
+            bytes += item.len() as u64;
+            match &self.he {
+                Some(he) => cts.push(
+                    he.decode_update(&item)
+                        .map_err(|e| format!("item {i}: {e}"))?,
+                ),
+                None => plain.push(
+                    protocol::plain::decode_f32s(&item).map_err(|e| format!("item {i}: {e}"))?,
+                ),
+            }
+        }
+        if msg.next_item().await.map_err(|e| e.to_string())?.is_some() {
+            return Err(format!("more than the {count} items announced"));
+        }
+        // the engine again: the round may have closed while the update streamed in
+        lock(&self.engine).accepts_update(h, round)?;
+        let update = match &self.he {
+            Some(_) => Update::Encrypted(cts),
+            None => Update::Plain(plain),
+        };
+        let batch = self.cfg.federation.hospitals as usize;
+        let he = self
+            .he
+            .as_ref()
+            .map(|he| (he, self.backend.as_ref(), batch));
+        lock(&self.round)
+            .fold(round, he, weight, bytes, update)
+            .map_err(|e| e.to_string())?;
+        self.feed(Event::UpdateFolded {
+            hospital: h,
+            round,
+            weight,
+            now: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Closes the aggregate (once) and streams it to every active hospital.
+    pub(super) async fn request_switch(
+        self: Arc<Self>,
+        round: u64,
+        attempt: u32,
+        active: Vec<u32>,
+        weights: Vec<(u32, u64)>,
+    ) {
+        let Some(he) = self.he.as_ref() else { return };
+        let bytes = match lock(&self.round).close(round, he, attempt) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(round, "cannot ask for switching shares: {e}");
+                return;
+            }
+        };
+        let body = Body::SwitchRequest {
+            attempt,
+            active: active.clone(),
+            weights: weights.iter().map(|w| w.1).collect(),
+            count: bytes.len() as u32,
+        };
+        for h in active {
+            let Some(link) = self.link(h) else { continue };
+            let body = body.clone();
+            let bytes = bytes.clone();
+            let me = self.clone();
+            tokio::spawn(async move {
+                let sent = async {
+                    let mut s = link.open(round, body).await?;
+                    for b in bytes.iter() {
+                        s.item(b).await?;
+                    }
+                    s.finish().await
+                };
+                match sent.await {
+                    Ok(n) => lock(&me.round).add_bytes_down(n),
+                    Err(e) => warn!(hospital = h, round, "switch request: {e}"),
+                }
+            });
+        }
+    }
+
+    pub(super) async fn switch_shares(
+        self: &Arc<Self>,
+        h: u32,
+        round: u64,
+        attempt: u32,
+        count: u32,
+        mut msg: Incoming,
+    ) -> Result<(), String> {
+        let he = self
+            .he
+            .as_ref()
+            .ok_or("switching shares in a plaintext federation")?;
+        lock(&self.engine).accepts_switch_shares(h, round, attempt)?;
+        let expected = lock(&self.round)
+            .shares_expected()
+            .map_err(|e| e.to_string())?;
+        if count as usize != expected {
+            return Err(format!(
+                "{count} switching shares for an aggregate of {expected} ciphertexts"
+            ));
+        }
+        let mut got = Vec::with_capacity(expected);
+        let mut bytes = 0u64;
+        for i in 0..count {
+            let item = msg
+                .next_item()
+                .await
+                .map_err(|e| format!("share {i}: {e}"))?
+                .ok_or(format!("stream ended after {i} of {count} shares"))?;
+            bytes += item.len() as u64;
+            got.push(
+                he.decode_switch_share(&item)
+                    .map_err(|e| format!("share {i}: {e}"))?,
+            );
+        }
+        lock(&self.engine).accepts_switch_shares(h, round, attempt)?;
+        lock(&self.round)
+            .fold_shares(round, he, attempt, bytes, got)
+            .map_err(|e| e.to_string())?;
+        self.feed(Event::SwitchSharesFolded {
+            hospital: h,
+            round,
+            attempt,
+            now: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Makes the round's result, commits the round with it, then sends it to every target.
+    pub(super) async fn deliver(
+        self: &Arc<Self>,
+        round: u64,
+        targets: &[u32],
+        weights: &[(u32, u64)],
+        switchers: &[u32],
+    ) -> anyhow::Result<()> {
+        let (result, record) = lock(&self.round).result(
+            round,
+            self.he.as_ref(),
+            weights,
+            switchers,
+            targets,
+            now_ms(),
+        )?;
+        let participants = result.participants.clone();
+        let phase = if round >= self.cfg.federation.rounds {
+            Phase::Finished { rounds: round }
+        } else {
+            Phase::Training { committed: round }
+        };
+        self.store.commit_round(&record, &result, phase)?;
+        info!(round, participants = ?participants, "committed round {round}");
+        println!("HEAL-ROUND-COMMITTED {round}");
+        // the same bytes go to every hospital, concurrently
+        let result = Arc::new(result);
+        let mut sends = tokio::task::JoinSet::new();
+        for &t in targets {
+            let (me, result) = (self.clone(), result.clone());
+            sends.spawn(async move {
+                if let Err(e) = me.send_result(t, &result).await {
+                    warn!(hospital = t, round, "sending the result: {e:#}");
+                }
+            });
+        }
+        while sends.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    pub(super) async fn send_result(&self, to: u32, res: &StoredResult) -> anyhow::Result<()> {
+        let link = self.link(to).context("not connected")?;
+        let mut s = link
+            .open(
+                res.round,
+                Body::RoundResult {
+                    total_weight: res.total_weight,
+                    participants: res.participants.clone(),
+                    count: res.items.len() as u32,
+                },
+            )
+            .await?;
+        for item in &res.items {
+            s.item(item).await?;
+        }
+        s.finish().await?;
+        Ok(())
+    }
+
+    pub(super) async fn send_stored_result(&self, to: u32) -> anyhow::Result<()> {
+        match self.store.latest_result()? {
+            Some(res) => self.send_result(to, &res).await,
+            None => {
+                self.audit(
+                    Some(to),
+                    lock(&self.engine).committed(),
+                    "no-result",
+                    "missed the last round's re-encryption",
+                );
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Setup as the coordinator relays it: key shares stored and, when all are in, the collective
+//! public key and the exchange keys sent to every hospital; sealed Shamir shares relayed to
+//! their receivers; "setup done" with each hospital's receiving key recorded.
+
+use super::*;
+
+impl Server {
+    pub(super) fn key_shares(
+        self: &Arc<Self>,
+        h: u32,
+        pk_share: Vec<u8>,
+        exchange: [u8; 32],
+    ) -> Result<(), String> {
+        let he = self
+            .he
+            .as_ref()
+            .ok_or("key shares in a plaintext federation")?;
+        shares::decode_public_key_share(&he.ctx, &pk_share)
+            .map_err(|e| format!("public key share: {e}"))?;
+        if exchange == [0u8; 32] {
+            return Err("all-zero exchange key".into());
+        }
+        let mut rec = self.store.party(h).map_err(|e| e.to_string())?;
+        if rec.public_key_share.is_some() && rec.public_key_share.as_deref() != Some(&pk_share[..])
+        {
+            return Err(
+                "key shares sent again with other keys; a hospital's keys never change".into(),
+            );
+        }
+        rec.public_key_share = Some(pk_share);
+        rec.exchange_key = Some(exchange);
+        self.store.put_party(h, &rec).map_err(|e| e.to_string())?;
+        self.feed(Event::KeySharesStored { hospital: h });
+        Ok(())
+    }
+
+    /// The collective public key (made once from all N shares and stored) and every hospital's
+    /// key-exchange key.
+    pub(super) fn setup_keys(&self) -> anyhow::Result<Body> {
+        let he = self.he.as_ref().context("plaintext federation")?;
+        let parties = self.store.parties()?;
+        let pk = match self.store.collective_public_key()? {
+            Some(b) => b,
+            None => {
+                let ckg = PublicKeyGen::new(&he.ctx, &he.crs);
+                let mut acc = None;
+                for (_, rec) in &parties {
+                    let bytes = rec
+                        .public_key_share
+                        .as_ref()
+                        .context("a key share is missing")?;
+                    let share = shares::decode_public_key_share(&he.ctx, bytes)?;
+                    match acc.as_mut() {
+                        None => acc = Some(share),
+                        Some(a) => ckg.aggregate(a, &share)?,
+                    }
+                }
+                let pk = ckg.finalize(acc.context("no key shares")?);
+                let bytes = wire::encode_public_key(&he.ctx, &pk);
+                self.store.set_collective_public_key(&bytes)?;
+                self.audit(
+                    None,
+                    0,
+                    "collective-key",
+                    &format!("from the shares of {} hospitals", parties.len()),
+                );
+                bytes
+            }
+        };
+        Ok(Body::SetupKeys {
+            collective_public_key: pk,
+            exchange_keys: parties
+                .iter()
+                .filter_map(|(h, r)| r.exchange_key.map(|k| (*h, k)))
+                .collect(),
+        })
+    }
+
+    pub(super) fn shamir_shares(
+        self: &Arc<Self>,
+        h: u32,
+        sealed: Vec<(u32, Vec<u8>)>,
+    ) -> Result<(), String> {
+        let he = self
+            .he
+            .as_ref()
+            .ok_or("Shamir shares in a plaintext federation")?;
+        let n = self.cfg.federation.hospitals;
+        let expected: BTreeSet<u32> = (1..=n).filter(|&j| j != h).collect();
+        let got: BTreeSet<u32> = sealed.iter().map(|(to, _)| *to).collect();
+        if got != expected || sealed.len() != expected.len() {
+            return Err(format!(
+                "sealed shares for {got:?}, expected exactly one for each of {expected:?}"
+            ));
+        }
+        // the coordinator cannot open them, but can check their size: a Shamir share and a
+        // contribution to the consortium receiving key
+        let size = shares::shamir_share_len(&he.ctx)
+            + he_agg::multiparty::group_key::CONTRIBUTION_LEN
+            + he_agg::multiparty::sealed::SEAL_OVERHEAD;
+        if let Some((to, s)) = sealed.iter().find(|(_, s)| s.len() != size) {
+            return Err(format!(
+                "sealed share for {to} has {} bytes, expected {size}",
+                s.len()
+            ));
+        }
+        if self.store.party(h).map_err(|e| e.to_string())?.dealt {
+            return Err("shares dealt twice".into());
+        }
+        self.store
+            .put_shamir(h, &sealed)
+            .map_err(|e| e.to_string())?;
+        self.feed(Event::SharesDealt { hospital: h });
+        Ok(())
+    }
+
+    /// A hospital formed its threshold secret and derived the consortium receiving key: the
+    /// first report fixes the key, every later one must match it (a hospital that dealt
+    /// different contributions to different peers shows up here).
+    pub(super) fn setup_done(self: &Arc<Self>, h: u32, receive_key: &[u8]) -> Result<(), String> {
+        let mut rec: PartyRecord = self.store.party(h).map_err(|e| e.to_string())?;
+        if rec.public_key_share.is_none() {
+            return Err("setup done before sending key shares".into());
+        }
+        if let Some(he) = self.he.as_ref() {
+            wire::decode_public_key(&he.ctx, receive_key)
+                .map_err(|e| format!("consortium receiving key: {e}"))?;
+            match self.store.receive_key().map_err(|e| e.to_string())? {
+                Some(k) if k != receive_key => {
+                    self.audit(
+                        Some(h),
+                        0,
+                        "receive-key-mismatch",
+                        "derived another consortium receiving key than the others",
+                    );
+                    return Err("your consortium receiving key differs from the other hospitals': a hospital dealt inconsistent contributions; setup cannot complete".into());
+                }
+                Some(_) => {}
+                None => self
+                    .store
+                    .set_receive_key(receive_key)
+                    .map_err(|e| e.to_string())?,
+            }
+        }
+        rec.setup_done = true;
+        self.store.put_party(h, &rec).map_err(|e| e.to_string())?;
+        self.feed(Event::SetupDone {
+            hospital: h,
+            now: Instant::now(),
+        });
+        Ok(())
+    }
+}
