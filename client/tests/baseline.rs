@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use client::ClientError;
+use client::TrainError;
 use client::baseline::{BaselineConfig, run_baseline};
 
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
@@ -90,7 +90,7 @@ fn unknown_config_keys_are_errors_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let path = write_config(tmp.path(), "learning_rate = 0.1");
     let err = BaselineConfig::load(&path).unwrap_err();
-    assert!(matches!(err, ClientError::Config { .. }), "{err:?}");
+    assert!(matches!(err, TrainError::Config { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
         msg.contains("cfg.toml") && msg.contains("learning_rate"),

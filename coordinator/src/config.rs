@@ -215,6 +215,18 @@ impl FederationConfig {
     }
 }
 
+/// The smallest federation config (3 hospitals, 1 round, BreastMNIST), for unit tests.
+#[cfg(test)]
+pub(crate) const UNIT_CONFIG: &str = r#"
+[federation]
+name = "unit"
+hospitals = 3
+rounds = 1
+[dataset]
+kind = "medmnist"
+name = "breastmnist"
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -191,15 +191,7 @@ fn site_toml(
 mod tests {
     use super::*;
 
-    const CFG: &str = r#"
-[federation]
-name = "unit"
-hospitals = 3
-rounds = 1
-[dataset]
-kind = "medmnist"
-name = "breastmnist"
-"#;
+    use crate::config::UNIT_CONFIG as CFG;
 
     #[test]
     fn kits_hold_only_their_own_secrets_with_mode_0600() {

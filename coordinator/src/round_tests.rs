@@ -9,15 +9,7 @@ use protocol::FederationId;
 use super::*;
 use crate::config::FederationConfig;
 
-const CFG: &str = r#"
-[federation]
-name = "unit"
-hospitals = 3
-rounds = 1
-[dataset]
-kind = "medmnist"
-name = "breastmnist"
-"#;
+use crate::config::UNIT_CONFIG as CFG;
 
 fn plain(values: &[f32]) -> Update {
     Update::Plain(vec![values.to_vec()])

@@ -17,6 +17,9 @@ use he_agg::gpu::{CudaExec, Engine, Exec, LimbJob, NttTables};
 use he_agg::ring::{Poly, Prng};
 use serde_json::{Value, json};
 
+#[path = "support/gpu_exit.rs"]
+mod gpu_exit;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -321,28 +324,6 @@ fn main() {
         }
     };
     let mut report = json!({ "bench": "bench_gpu_ckks", "issue": 16 });
-    let code = match run(&mut report) {
-        Ok(true) => 0,
-        Ok(false) => {
-            println!("MISMATCH: a GPU result differs from the CPU evaluator");
-            1
-        }
-        Err(e) if e.contains("CUDA") || e.contains("NVRTC") || e.contains("device") => {
-            println!("no CUDA device: {e}");
-            report["reason"] = json!(e);
-            0
-        }
-        Err(e) => {
-            println!("failed: {e}");
-            report["error"] = json!(e);
-            1
-        }
-    };
-    if let Some(path) = json_path {
-        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
-        if let Err(e) = std::fs::write(&path, text) {
-            eprintln!("cannot write {path}: {e}");
-        }
-    }
-    std::process::exit(code);
+    let outcome = run(&mut report);
+    gpu_exit::finish("bench_gpu_ckks", report, outcome, json_path);
 }

@@ -23,6 +23,9 @@ use he_agg::ring::Prng;
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
+#[path = "support/gpu_exit.rs"]
+mod gpu_exit;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -272,28 +275,6 @@ fn main() {
         }
     }
     let mut report = json!({ "bench": "bench_gpu_pcks", "issue": 16 });
-    let code = match run(&mut report, reps) {
-        Ok(true) => 0,
-        Ok(false) => {
-            println!("MISMATCH: the device's switch differs from the CPU's, or decrypts wrong");
-            1
-        }
-        Err(e) if e.contains("CUDA") || e.contains("NVRTC") || e.contains("device") => {
-            println!("no CUDA device: {e}");
-            report["reason"] = json!(e);
-            0
-        }
-        Err(e) => {
-            println!("failed: {e}");
-            report["error"] = json!(e);
-            1
-        }
-    };
-    if let Some(path) = json_path {
-        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
-        if let Err(e) = std::fs::write(&path, text) {
-            eprintln!("cannot write {path}: {e}");
-        }
-    }
-    std::process::exit(code);
+    let outcome = run(&mut report, reps);
+    gpu_exit::finish("bench_gpu_pcks", report, outcome, json_path);
 }

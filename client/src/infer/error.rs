@@ -5,12 +5,12 @@ use he_agg::ckks::wire::WireError;
 use he_agg::infer::{InferError, NetworkError};
 use protocol::ProtocolError;
 
-use crate::error::ClientError;
+use crate::error::TrainError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InferenceError {
     #[error(transparent)]
-    Client(#[from] ClientError),
+    Client(#[from] TrainError),
     #[error(transparent)]
     Dataset(#[from] datasets::DatasetError),
     #[error("encrypted inference: {0}")]

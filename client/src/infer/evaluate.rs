@@ -258,12 +258,12 @@ pub fn evaluate_encrypted(opts: &EvaluateOptions) -> Result<EvaluationReport, In
 /// Writes the report as pretty JSON.
 pub fn write_json(report: &EvaluationReport, path: &Path) -> Result<(), InferenceError> {
     let text =
-        serde_json::to_string_pretty(report).map_err(|source| crate::error::ClientError::Json {
+        serde_json::to_string_pretty(report).map_err(|source| crate::error::TrainError::Json {
             path: path.to_path_buf(),
             source,
         })?;
     std::fs::write(path, text)
-        .map_err(|e| crate::error::ClientError::Io {
+        .map_err(|e| crate::error::TrainError::Io {
             path: path.to_path_buf(),
             source: e,
         })

@@ -27,7 +27,7 @@ pub enum PortalError {
     #[error("{0}")]
     Config(String),
     #[error(transparent)]
-    Client(#[from] crate::ClientError),
+    Client(#[from] crate::TrainError),
 }
 
 impl PortalError {

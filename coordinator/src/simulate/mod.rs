@@ -305,37 +305,84 @@ fn free_udp_port() -> anyhow::Result<u16> {
     Ok(s.local_addr()?.port())
 }
 
-/// The hospital node binary: `HEAL_CLIENT_BIN`, or `client` beside this executable, built
-/// with cargo when it is not there yet (the first `cargo run -p coordinator` builds only this).
+/// The hospital node binary: `HEAL_CLIENT_BIN`, else `client` beside this executable (a cargo
+/// build puts both in `target/<profile>/`), else `heal-client` or `client` on the `PATH` (an
+/// installed package). Never built from here: a simulation runs the binaries it is given.
 fn client_binary(coordinator_bin: &Path) -> anyhow::Result<PathBuf> {
-    if let Ok(p) = std::env::var("HEAL_CLIENT_BIN") {
-        return Ok(PathBuf::from(p));
+    locate_client(
+        std::env::var_os("HEAL_CLIENT_BIN").map(PathBuf::from),
+        coordinator_bin,
+        std::env::var_os("PATH").as_deref(),
+    )
+}
+
+fn locate_client(
+    explicit: Option<PathBuf>,
+    coordinator_bin: &Path,
+    path_var: Option<&std::ffi::OsStr>,
+) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        if !p.is_file() {
+            bail!("HEAL_CLIENT_BIN = {} is not a file", p.display());
+        }
+        return Ok(p);
     }
-    let dir = coordinator_bin
+    let exe = |name: &str| format!("{name}{}", std::env::consts::EXE_SUFFIX);
+    let beside = coordinator_bin
         .parent()
-        .context("executable without a directory")?;
-    let candidate = dir.join(format!("client{}", std::env::consts::EXE_SUFFIX));
-    if candidate.exists() {
-        return Ok(candidate);
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("workspace")?;
-    let release = dir.ends_with("release");
-    println!("building the hospital node (client) first…");
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(workspace)
-        .args(["build", "-p", "client", "--bin", "client"]);
-    if release {
-        cmd.arg("--release");
-    }
-    let status = cmd
-        .status()
-        .context("cannot run cargo to build the hospital node")?;
-    if !status.success() || !candidate.exists() {
-        bail!(
-            "could not build the hospital node; build it with `cargo build --release -p client` or set HEAL_CLIENT_BIN"
+        .map(|dir| dir.join(exe("client")))
+        .filter(|p| p.is_file());
+    let on_path = || {
+        std::env::split_paths(path_var?)
+            .flat_map(|dir| [dir.join(exe("heal-client")), dir.join(exe("client"))])
+            .find(|p| p.is_file())
+    };
+    beside.or_else(on_path).with_context(|| {
+        format!(
+            "no hospital node binary beside {} or on the PATH: build it with `cargo build --release -p client -p coordinator` (or set HEAL_CLIENT_BIN)",
+            coordinator_bin.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_binary_is_found_beside_on_the_path_or_named_never_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bin, other) = (dir.path().join("bin"), dir.path().join("other"));
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        let coordinator = bin.join("coordinator");
+        // nothing anywhere: a clear error naming the build command, and nothing built
+        let err = locate_client(None, &coordinator, Some(other.as_os_str())).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("cargo build --release -p client"),
+            "{err:#}"
+        );
+        assert!(!bin.join("client").exists());
+        // an installed package's binary on the PATH
+        let installed = other.join(format!("heal-client{}", std::env::consts::EXE_SUFFIX));
+        std::fs::write(&installed, b"").unwrap();
+        let path = std::env::join_paths([&bin, &other]).unwrap();
+        assert_eq!(
+            locate_client(None, &coordinator, Some(&path)).unwrap(),
+            installed
+        );
+        // beside the coordinator wins over the PATH
+        let beside = bin.join(format!("client{}", std::env::consts::EXE_SUFFIX));
+        std::fs::write(&beside, b"").unwrap();
+        assert_eq!(
+            locate_client(None, &coordinator, Some(&path)).unwrap(),
+            beside
+        );
+        // an explicit path must exist
+        assert!(locate_client(Some(other.join("nope")), &coordinator, None).is_err());
+        assert_eq!(
+            locate_client(Some(installed.clone()), &coordinator, None).unwrap(),
+            installed
         );
     }
-    Ok(candidate)
 }

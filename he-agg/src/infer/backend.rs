@@ -44,6 +44,20 @@ pub(crate) struct CpuBackend<'a> {
     pub ctx: &'a CkksContext,
 }
 
+impl<'a> CpuBackend<'a> {
+    /// The evaluator for a model made at `params` (refused when its context is another).
+    pub(crate) fn for_model(
+        eval: &'a Evaluator,
+        params: &crate::ckks::Parameters,
+        ctx: &'a CkksContext,
+    ) -> Result<Self, InferError> {
+        if eval.context().params() != params {
+            return Err(InferError::ContextMismatch);
+        }
+        Ok(Self { eval, ctx })
+    }
+}
+
 impl Backend for CpuBackend<'_> {
     type Ct = Ciphertext;
     type Pt = Plaintext;

@@ -30,14 +30,8 @@ impl BatchedModel {
         eval: &Evaluator,
         inputs: &[Ciphertext],
     ) -> Result<Vec<Ciphertext>, InferError> {
-        if eval.context().params() != self.spec().parameters() {
-            return Err(InferError::ContextMismatch);
-        }
+        let backend = CpuBackend::for_model(eval, self.spec().parameters(), self.ctx())?;
         self.check_inputs(inputs)?;
-        let backend = CpuBackend {
-            eval,
-            ctx: self.ctx(),
-        };
         run(&backend, self.ops(), inputs)
     }
 }

@@ -33,14 +33,8 @@ impl Model {
         eval: &Evaluator,
         inputs: &[Ciphertext],
     ) -> Result<Ciphertext, InferError> {
-        if eval.context().params() != self.spec().parameters() {
-            return Err(InferError::ContextMismatch);
-        }
+        let backend = CpuBackend::for_model(eval, self.spec().parameters(), self.ctx())?;
         self.check_inputs(inputs)?;
-        let backend = CpuBackend {
-            eval,
-            ctx: self.ctx(),
-        };
         run(&backend, self.stages(), inputs.to_vec())
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 /// Everything the training half of the client can fail with.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ClientError {
+pub enum TrainError {
     /// A config file that cannot be read or parsed (unknown keys included).
     #[error("{path}: {message}")]
     Config {
@@ -90,7 +90,7 @@ pub enum ClientError {
     },
 }
 
-impl ClientError {
+impl TrainError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),

@@ -71,7 +71,7 @@ fn pool_depth_and_bad_layouts() {
     };
     assert!(matches!(
         bn_first.resolve([1, 4, 4], 2),
-        Err(ClientError::Model(_))
+        Err(TrainError::Model(_))
     ));
     let no_dense = ModelConfig {
         layers: vec![LayerConfig::Conv {

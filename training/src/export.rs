@@ -11,7 +11,7 @@ use std::path::Path;
 use datasets::{InputPreparation, Normalizer};
 use he_agg::infer::{Conv2d, Dense, Layer, NetworkFile};
 
-use crate::error::ClientError;
+use crate::error::TrainError;
 use crate::model::{Activation, LayerKind, Network};
 use crate::params::{manifest, to_flat};
 
@@ -22,10 +22,10 @@ pub fn export(
     normalizer: &Normalizer,
     class_names: &[String],
     preparation: &InputPreparation,
-) -> Result<NetworkFile, ClientError> {
+) -> Result<NetworkFile, TrainError> {
     let spec = &net.spec;
     if normalizer.mean.len() != spec.input[0] || class_names.len() != spec.classes {
-        return Err(ClientError::invalid(
+        return Err(TrainError::invalid(
             "export",
             format!(
                 "{} normaliser channels / {} class names for a network of {:?} → {}",
@@ -121,33 +121,32 @@ pub fn export(
             }),
         }
     }
-    let invalid = |e: he_agg::infer::NetworkError| ClientError::Model(format!("export: {e}"));
+    let invalid = |e: he_agg::infer::NetworkError| TrainError::Model(format!("export: {e}"));
     let network = he_agg::infer::Network::new(spec.input, layers)
         .and_then(|n| n.with_normalization(normalizer.mean.clone(), normalizer.std.clone()))
         .map_err(invalid)?;
     let mut file = NetworkFile::new(network, class_names.to_vec(), spec.multiplicative_depth())
         .map_err(invalid)?;
     file.input_preparation = Some(
-        serde_json::to_value(preparation)
-            .map_err(|e| ClientError::Model(format!("export: {e}")))?,
+        serde_json::to_value(preparation).map_err(|e| TrainError::Model(format!("export: {e}")))?,
     );
     Ok(file)
 }
 
 /// How a network file's inputs are prepared (the defaults for a file that does not say).
-pub fn preparation(file: &NetworkFile) -> Result<InputPreparation, ClientError> {
+pub fn preparation(file: &NetworkFile) -> Result<InputPreparation, TrainError> {
     match &file.input_preparation {
         None => Ok(InputPreparation::default()),
         Some(v) => serde_json::from_value(v.clone())
-            .map_err(|e| ClientError::invalid("network file", format!("input_preparation: {e}"))),
+            .map_err(|e| TrainError::invalid("network file", format!("input_preparation: {e}"))),
     }
 }
 
 /// Reads a network file with its input preparation.
-pub fn read_network(path: &Path) -> Result<(NetworkFile, InputPreparation), ClientError> {
+pub fn read_network(path: &Path) -> Result<(NetworkFile, InputPreparation), TrainError> {
     let file = NetworkFile::read_json(path)?;
     let prep = preparation(&file).map_err(|e| match e {
-        ClientError::Invalid { what, message } => ClientError::Invalid {
+        TrainError::Invalid { what, message } => TrainError::Invalid {
             what,
             message: format!("{}: {message}", path.display()),
         },

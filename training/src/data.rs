@@ -4,7 +4,7 @@ use datasets::{ImageSet, Normalizer};
 use rand::RngExt;
 use rand::rngs::ChaCha8Rng;
 
-use crate::error::ClientError;
+use crate::error::TrainError;
 
 /// How the pixels of a split are held.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,11 +33,11 @@ pub struct Tensors {
 
 impl Tensors {
     /// `set` normalised with `norm` (statistics of the training split), as bytes until batched.
-    pub fn new(set: &ImageSet, norm: &Normalizer) -> Result<Self, ClientError> {
+    pub fn new(set: &ImageSet, norm: &Normalizer) -> Result<Self, TrainError> {
         let y = set.class_labels()?.to_vec();
         let c = set.channels();
         if norm.mean.len() != c || norm.std.len() != c {
-            return Err(ClientError::invalid(
+            return Err(TrainError::invalid(
                 "normalisation",
                 format!(
                     "statistics for {} channels, images have {c}",
@@ -62,10 +62,10 @@ impl Tensors {
     }
 
     /// Builds from normalised CHW values, checking sizes.
-    pub fn from_parts(x: Vec<f32>, y: Vec<u32>, shape: [usize; 3]) -> Result<Self, ClientError> {
+    pub fn from_parts(x: Vec<f32>, y: Vec<u32>, shape: [usize; 3]) -> Result<Self, TrainError> {
         let per: usize = shape.iter().product();
         if per == 0 || x.len() != y.len() * per {
-            return Err(ClientError::invalid(
+            return Err(TrainError::invalid(
                 "tensors",
                 format!("{} values for {} images of {shape:?}", x.len(), y.len()),
             ));

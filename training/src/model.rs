@@ -18,7 +18,7 @@
 //! multiplicative depth 5 (conv 1 + square 1 + dense 1 + square 1 + dense 1; batch-norm folded).
 //! `--activation relu` swaps every activation for ReLU to give the plaintext comparison.
 
-use crate::error::ClientError;
+use crate::error::TrainError;
 
 /// An activation function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -311,15 +311,15 @@ impl ModelConfig {
 
     /// Resolves shapes for an input `[c, h, w]` and `classes` outputs, checking that the layers
     /// fit together.
-    pub fn resolve(&self, input: [usize; 3], classes: usize) -> Result<NetworkSpec, ClientError> {
-        let bad = |i: usize, m: String| ClientError::Model(format!("layer {i}: {m}"));
+    pub fn resolve(&self, input: [usize; 3], classes: usize) -> Result<NetworkSpec, TrainError> {
+        let bad = |i: usize, m: String| TrainError::Model(format!("layer {i}: {m}"));
         if input.contains(&0) || classes < 2 {
-            return Err(ClientError::Model(format!(
+            return Err(TrainError::Model(format!(
                 "input {input:?} and {classes} classes: sides must be positive, classes ≥ 2"
             )));
         }
         if self.layers.is_empty() {
-            return Err(ClientError::Model("the network has no layers".into()));
+            return Err(TrainError::Model("the network has no layers".into()));
         }
         let mut shape: Vec<usize> = input.to_vec();
         let mut out = Vec::with_capacity(self.layers.len());
@@ -476,7 +476,7 @@ impl ModelConfig {
                 ..
             }) => {}
             _ => {
-                return Err(ClientError::Model(
+                return Err(TrainError::Model(
                     "the last layer must be `dense` (one output per class)".into(),
                 ));
             }

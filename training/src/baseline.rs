@@ -22,7 +22,7 @@ use rand::rngs::ChaCha8Rng;
 use rand::seq::SliceRandom;
 
 use crate::data::Tensors;
-use crate::error::ClientError;
+use crate::error::TrainError;
 use crate::export::export;
 use crate::metrics::{EvalReport, write_table};
 use crate::model::{Activation, ModelConfig, Network};
@@ -96,22 +96,22 @@ pub struct BaselineConfig {
     pub baseline: BaselineSettings,
 }
 
-fn config_error(path: &Path, message: impl Into<String>) -> ClientError {
-    ClientError::Config {
+fn config_error(path: &Path, message: impl Into<String>) -> TrainError {
+    TrainError::Config {
         path: path.into(),
         message: message.into(),
     }
 }
 
 /// Reads and parses a TOML file into `T` (errors name the file, line and column).
-pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ClientError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ClientError::io(path, e))?;
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     toml::from_str(&text).map_err(|e| config_error(path, e.to_string()))
 }
 
 impl BaselineConfig {
     /// Reads a config file.
-    pub fn load(path: &Path) -> Result<Self, ClientError> {
+    pub fn load(path: &Path) -> Result<Self, TrainError> {
         read_toml(path)
     }
 }
@@ -230,7 +230,7 @@ fn random_subset(set: &ImageSet, max: Option<usize>, seed: u64) -> ImageSet {
     }
 }
 
-fn history_table(r: &TrainReport) -> Result<DataFrame, ClientError> {
+fn history_table(r: &TrainReport) -> Result<DataFrame, TrainError> {
     let e = &r.epochs;
     DataFrame::new_infer_height(vec![
         Column::new(
@@ -267,7 +267,7 @@ fn history_table(r: &TrainReport) -> Result<DataFrame, ClientError> {
             e.iter().map(|s| s.images_per_s).collect::<Vec<_>>(),
         ),
     ])
-    .map_err(|source| ClientError::Table {
+    .map_err(|source| TrainError::Table {
         context: "history table".into(),
         source,
     })
@@ -280,8 +280,8 @@ pub fn run_baseline(
     base_dir: &Path,
     out_dir: &Path,
     progress: bool,
-) -> Result<BaselineOutcome, ClientError> {
-    std::fs::create_dir_all(out_dir).map_err(|e| ClientError::io(out_dir, e))?;
+) -> Result<BaselineOutcome, TrainError> {
+    std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
     let data = datasets::load_dataset(&cfg.dataset, base_dir, progress)?;
     if data.info.task == Task::MultiLabel {
         return Err(datasets::DatasetError::MultiLabel {
@@ -344,9 +344,9 @@ pub fn run_baseline(
     export(&net, &norm, names, &cfg.dataset.preparation())?
         .write_json(&out_dir.join("network.json"))?;
     let effective =
-        toml::to_string_pretty(cfg).map_err(|e| ClientError::invalid("config", e.to_string()))?;
+        toml::to_string_pretty(cfg).map_err(|e| TrainError::invalid("config", e.to_string()))?;
     let cfg_path = out_dir.join("config.toml");
-    std::fs::write(&cfg_path, effective).map_err(|e| ClientError::io(&cfg_path, e))?;
+    std::fs::write(&cfg_path, effective).map_err(|e| TrainError::io(&cfg_path, e))?;
 
     let epochs = report.epochs.len();
     let summary = BaselineSummary {
@@ -384,12 +384,12 @@ pub fn run_baseline(
     })
 }
 
-fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), ClientError> {
-    let text = serde_json::to_string_pretty(value).map_err(|source| ClientError::Json {
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
+    let text = serde_json::to_string_pretty(value).map_err(|source| TrainError::Json {
         path: path.into(),
         source,
     })?;
-    std::fs::write(path, text + "\n").map_err(|e| ClientError::io(path, e))
+    std::fs::write(path, text + "\n").map_err(|e| TrainError::io(path, e))
 }
 
 /// A `partition` run: `[dataset]` from a config file plus `[partition]` (from the same file or
@@ -407,8 +407,8 @@ pub struct PartitionRun {
 /// train …) are left to their own commands.
 pub fn load_partition_tables(
     path: &Path,
-) -> Result<(DatasetConfig, Option<PartitionConfig>), ClientError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ClientError::io(path, e))?;
+) -> Result<(DatasetConfig, Option<PartitionConfig>), TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     let mut table: toml::Table =
         toml::from_str(&text).map_err(|e| config_error(path, e.to_string()))?;
     let dataset = table
@@ -431,8 +431,8 @@ pub fn run_partition(
     base_dir: &Path,
     out_dir: &Path,
     progress: bool,
-) -> Result<DataFrame, ClientError> {
-    std::fs::create_dir_all(out_dir).map_err(|e| ClientError::io(out_dir, e))?;
+) -> Result<DataFrame, TrainError> {
+    std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
     let data = datasets::load_dataset(&run.dataset, base_dir, progress)?;
     let part = datasets::partition::partition(&data.train, &run.partition)?;
     let labels = data.train.class_labels()?;
@@ -450,7 +450,7 @@ pub fn run_partition(
         Column::new("index".into(), index),
         Column::new("hospital".into(), hospital),
     ])
-    .map_err(|source| ClientError::Table {
+    .map_err(|source| TrainError::Table {
         context: "assignment table".into(),
         source,
     })?;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use polars::prelude::*;
 
-use crate::error::ClientError;
+use crate::error::TrainError;
 
 /// Metrics of one class.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -80,17 +80,17 @@ pub fn evaluate_probs(
     probs: &[f32],
     labels: &[u32],
     class_names: &[String],
-) -> Result<EvalReport, ClientError> {
+) -> Result<EvalReport, TrainError> {
     let k = class_names.len();
     let n = labels.len();
     if k < 2 || probs.len() != n * k {
-        return Err(ClientError::invalid(
+        return Err(TrainError::invalid(
             "evaluation",
             format!("{} probabilities for {n} labels × {k} classes", probs.len()),
         ));
     }
     if let Some((i, &l)) = labels.iter().enumerate().find(|(_, l)| **l as usize >= k) {
-        return Err(ClientError::invalid(
+        return Err(TrainError::invalid(
             "evaluation",
             format!("label {l} at row {i} is out of range for {k} classes"),
         ));
@@ -166,7 +166,7 @@ pub fn evaluate_probs(
 
 impl EvalReport {
     /// `class, name, support, precision, recall, f1, auc` — one row per class.
-    pub fn per_class_table(&self) -> Result<DataFrame, ClientError> {
+    pub fn per_class_table(&self) -> Result<DataFrame, TrainError> {
         let pc = &self.per_class;
         DataFrame::new_infer_height(vec![
             Column::new(
@@ -192,7 +192,7 @@ impl EvalReport {
             Column::new("f1".into(), pc.iter().map(|c| c.f1).collect::<Vec<_>>()),
             Column::new("auc".into(), pc.iter().map(|c| c.auc).collect::<Vec<_>>()),
         ])
-        .map_err(|source| ClientError::Table {
+        .map_err(|source| TrainError::Table {
             context: "per-class table".into(),
             source,
         })
@@ -200,7 +200,7 @@ impl EvalReport {
 
     /// Confusion matrix: a `true_class` column (names), then one count column per predicted
     /// class (`pred_<index>`).
-    pub fn confusion_table(&self) -> Result<DataFrame, ClientError> {
+    pub fn confusion_table(&self) -> Result<DataFrame, TrainError> {
         let k = self.confusion.len();
         let mut cols = vec![Column::new(
             "true_class".into(),
@@ -215,14 +215,14 @@ impl EvalReport {
                 self.confusion.iter().map(|r| r[p]).collect::<Vec<_>>(),
             ));
         }
-        DataFrame::new_infer_height(cols).map_err(|source| ClientError::Table {
+        DataFrame::new_infer_height(cols).map_err(|source| TrainError::Table {
             context: "confusion table".into(),
             source,
         })
     }
 
     /// Writes `{prefix}_per_class.{csv,parquet}` and `{prefix}_confusion.{csv,parquet}` in `dir`.
-    pub fn write_tables(&self, dir: &Path, prefix: &str) -> Result<(), ClientError> {
+    pub fn write_tables(&self, dir: &Path, prefix: &str) -> Result<(), TrainError> {
         write_table(
             &self.per_class_table()?,
             dir,
@@ -237,23 +237,23 @@ impl EvalReport {
 }
 
 /// Writes `df` as `dir/name.csv` and `dir/name.parquet`.
-pub fn write_table(df: &DataFrame, dir: &Path, name: &str) -> Result<(), ClientError> {
+pub fn write_table(df: &DataFrame, dir: &Path, name: &str) -> Result<(), TrainError> {
     let csv = dir.join(format!("{name}.csv"));
-    let mut f = std::fs::File::create(&csv).map_err(|e| ClientError::io(&csv, e))?;
+    let mut f = std::fs::File::create(&csv).map_err(|e| TrainError::io(&csv, e))?;
     let mut d = df.clone();
     CsvWriter::new(&mut f)
         .include_header(true)
         .finish(&mut d)
-        .map_err(|source| ClientError::Table {
+        .map_err(|source| TrainError::Table {
             context: format!("write {}", csv.display()),
             source,
         })?;
     let pq = dir.join(format!("{name}.parquet"));
-    let f = std::fs::File::create(&pq).map_err(|e| ClientError::io(&pq, e))?;
+    let f = std::fs::File::create(&pq).map_err(|e| TrainError::io(&pq, e))?;
     ParquetWriter::new(f)
         .with_compression(ParquetCompression::Uncompressed)
         .finish(&mut d)
-        .map_err(|source| ClientError::Table {
+        .map_err(|source| TrainError::Table {
             context: format!("write {}", pq.display()),
             source,
         })?;

@@ -8,7 +8,7 @@
 //!
 //! Squares are kept from blowing up by normalising inputs with training statistics, batch-norm
 //! before each activation (folded away for inference), Kaiming-uniform initialisation and
-//! gradient clipping; a NaN/infinite loss stops training with [`ClientError::Diverged`].
+//! gradient clipping; a NaN/infinite loss stops training with [`TrainError::Diverged`].
 
 use std::time::Instant;
 
@@ -24,7 +24,7 @@ use rand::rngs::ChaCha8Rng;
 use rand::seq::SliceRandom;
 
 use crate::data::{Augment, Tensors};
-use crate::error::ClientError;
+use crate::error::TrainError;
 use crate::metrics::{EvalReport, evaluate_probs};
 use crate::model::{LayerParams, Network};
 use crate::params;
@@ -201,8 +201,8 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    fn validate(&self) -> Result<(), ClientError> {
-        let bad = |m: String| Err(ClientError::invalid("[train]", m));
+    fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::invalid("[train]", m));
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1".into());
         }
@@ -428,13 +428,13 @@ pub fn train(
     data: &Tensors,
     cfg: &TrainConfig,
     opts: &TrainOptions<'_>,
-) -> Result<(Network, TrainReport), ClientError> {
+) -> Result<(Network, TrainReport), TrainError> {
     cfg.validate()?;
     if data.is_empty() {
-        return Err(ClientError::invalid("training data", "no images"));
+        return Err(TrainError::invalid("training data", "no images"));
     }
     if data.shape != net.spec.input {
-        return Err(ClientError::invalid(
+        return Err(TrainError::invalid(
             "training data",
             format!(
                 "images are {:?}, the network takes {:?}",
@@ -444,7 +444,7 @@ pub fn train(
     }
     let k = net.spec.classes;
     if let Some(&l) = data.y.iter().find(|&&l| l as usize >= k) {
-        return Err(ClientError::invalid(
+        return Err(TrainError::invalid(
             "training data",
             format!("label {l} but the network has {k} classes"),
         ));
@@ -455,7 +455,7 @@ pub fn train(
         .next()
         .unwrap_or_else(|| Device::flex().autodiff());
     if !device.is_autodiff() {
-        return Err(ClientError::invalid(
+        return Err(TrainError::invalid(
             "device",
             "training needs the network on an autodiff device (Device::flex().autodiff())",
         ));
@@ -463,7 +463,7 @@ pub fn train(
     let anchor = match (cfg.fedprox_mu > 0.0, opts.global) {
         (true, Some(g)) => Some(params::network_from_flat(&net.spec, g, &device)?),
         (true, None) => {
-            return Err(ClientError::invalid(
+            return Err(TrainError::invalid(
                 "[train] fedprox_mu",
                 "FedProx needs the global model (TrainOptions::global)",
             ));
@@ -543,7 +543,7 @@ pub fn train(
             let loss_value = scalar(loss.clone());
             if !loss_value.is_finite() {
                 bar.abandon();
-                return Err(ClientError::Diverged {
+                return Err(TrainError::Diverged {
                     epoch,
                     batch: bi,
                     loss: loss_value,
@@ -625,9 +625,9 @@ pub fn train(
 
 /// Class probabilities (`n × classes`, row-major) of `data` under `net` (evaluated without
 /// autodiff, batch-norm with its running statistics).
-pub fn predict(net: &Network, data: &Tensors) -> Result<Vec<f32>, ClientError> {
+pub fn predict(net: &Network, data: &Tensors) -> Result<Vec<f32>, TrainError> {
     if data.shape != net.spec.input {
-        return Err(ClientError::invalid(
+        return Err(TrainError::invalid(
             "evaluation data",
             format!(
                 "images are {:?}, the network takes {:?}",
@@ -654,7 +654,7 @@ pub fn predict(net: &Network, data: &Tensors) -> Result<Vec<f32>, ClientError> {
             p.into_data()
                 .convert::<f32>()
                 .try_to_vec::<f32>()
-                .map_err(|e| ClientError::invalid("evaluation", format!("{e:?}")))?,
+                .map_err(|e| TrainError::invalid("evaluation", format!("{e:?}")))?,
         );
     }
     Ok(out)
@@ -665,14 +665,14 @@ pub fn evaluate(
     net: &Network,
     data: &Tensors,
     class_names: &[String],
-) -> Result<EvalReport, ClientError> {
+) -> Result<EvalReport, TrainError> {
     let probs = predict(net, data)?;
     evaluate_probs(&probs, &data.y, class_names)
 }
 
 /// The compute device for training: `"cpu"` (burn's flex backend, all cores) or, in builds
 /// with the `cuda` feature, `"cuda"`/`"cuda:N"`. The returned device has autodiff enabled.
-pub fn select_device(name: &str) -> Result<Device, ClientError> {
+pub fn select_device(name: &str) -> Result<Device, TrainError> {
     match name.to_ascii_lowercase().as_str() {
         "cpu" | "flex" => Ok(Device::flex().autodiff()),
         #[cfg(feature = "cuda")]
@@ -681,16 +681,16 @@ pub fn select_device(name: &str) -> Result<Device, ClientError> {
                 .strip_prefix("cuda:")
                 .map(|i| i.parse::<usize>())
                 .transpose()
-                .map_err(|e| ClientError::Device(name.into(), e.to_string()))?
+                .map_err(|e| TrainError::Device(name.into(), e.to_string()))?
                 .unwrap_or(0);
             Ok(Device::cuda(index).autodiff())
         }
         #[cfg(not(feature = "cuda"))]
-        s if s.starts_with("cuda") => Err(ClientError::Device(
+        s if s.starts_with("cuda") => Err(TrainError::Device(
             name.into(),
             "this build has no CUDA backend (rebuild with `--features cuda`)".into(),
         )),
-        _ => Err(ClientError::Device(
+        _ => Err(TrainError::Device(
             name.into(),
             "known devices: cpu, cuda[:N]".into(),
         )),
@@ -735,6 +735,6 @@ mod tests {
     #[test]
     fn device_names() {
         assert!(select_device("cpu").unwrap().is_autodiff());
-        assert!(matches!(select_device("tpu"), Err(ClientError::Device(..))));
+        assert!(matches!(select_device("tpu"), Err(TrainError::Device(..))));
     }
 }

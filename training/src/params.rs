@@ -20,7 +20,7 @@
 use burn::module::{Param, RunningState};
 use burn::tensor::{Tensor, TensorData};
 
-use crate::error::ClientError;
+use crate::error::TrainError;
 use crate::model::{LayerKind, LayerParams, Network, NetworkSpec};
 
 /// One tensor in the flat vector.
@@ -189,10 +189,10 @@ fn running(old: &RunningState<Tensor<1>>, data: Vec<f32>) -> RunningState<Tensor
 
 /// Loads a flat vector into `net` (parameter ids, devices and gradient settings are kept).
 /// Rejects a vector of the wrong length or with a non-finite value.
-pub fn from_flat(net: Network, flat: &[f32]) -> Result<Network, ClientError> {
+pub fn from_flat(net: Network, flat: &[f32]) -> Result<Network, TrainError> {
     let m = manifest(&net.spec);
     if flat.len() != m.total {
-        return Err(ClientError::ParamLength {
+        return Err(TrainError::ParamLength {
             expected: m.total,
             found: flat.len(),
         });
@@ -204,7 +204,7 @@ pub fn from_flat(net: Network, flat: &[f32]) -> Result<Network, ClientError> {
             .find(|e| i >= e.offset && i < e.offset + e.len)
             .map(|e| e.name.clone())
             .unwrap_or_default();
-        return Err(ClientError::NonFinite { index: i, name });
+        return Err(TrainError::NonFinite { index: i, name });
     }
     let mut entries = m.entries.iter();
     let mut take = || -> (Vec<f32>, Vec<usize>) {
@@ -259,24 +259,21 @@ pub fn network_from_flat(
     spec: &NetworkSpec,
     flat: &[f32],
     device: &burn::tensor::Device,
-) -> Result<Network, ClientError> {
+) -> Result<Network, TrainError> {
     from_flat(Network::init(spec, device), flat)
 }
 
 /// Writes a flat vector as little-endian `f32` bytes.
-pub fn write_flat(path: &std::path::Path, flat: &[f32]) -> Result<(), ClientError> {
+pub fn write_flat(path: &std::path::Path, flat: &[f32]) -> Result<(), TrainError> {
     let bytes: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(path, bytes).map_err(|e| ClientError::io(path, e))
+    std::fs::write(path, bytes).map_err(|e| TrainError::io(path, e))
 }
 
 /// Reads a flat vector written by [`write_flat`], checking its length against `manifest`.
-pub fn read_flat(
-    path: &std::path::Path,
-    manifest: &ParamManifest,
-) -> Result<Vec<f32>, ClientError> {
-    let bytes = std::fs::read(path).map_err(|e| ClientError::io(path, e))?;
+pub fn read_flat(path: &std::path::Path, manifest: &ParamManifest) -> Result<Vec<f32>, TrainError> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
     if bytes.len() != manifest.total * 4 {
-        return Err(ClientError::ParamLength {
+        return Err(TrainError::ParamLength {
             expected: manifest.total,
             found: bytes.len() / 4,
         });
@@ -356,11 +353,11 @@ mod tests {
         let mut flat = to_flat(&net);
         assert!(matches!(
             from_flat(net.clone(), &flat[1..]),
-            Err(ClientError::ParamLength { .. })
+            Err(TrainError::ParamLength { .. })
         ));
         flat[20] = f32::NAN;
         match from_flat(net, &flat) {
-            Err(ClientError::NonFinite { index, name }) => {
+            Err(TrainError::NonFinite { index, name }) => {
                 assert_eq!(index, 20);
                 assert_eq!(name, "0.conv.weight");
             }
