@@ -4,11 +4,10 @@
 pub mod config;
 pub mod engine;
 pub mod he;
-pub mod inference;
 pub mod provision;
 pub mod round;
+pub mod serve;
 pub mod server;
-pub mod serving;
 pub mod simulate;
 pub mod status;
 pub mod store;

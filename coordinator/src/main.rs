@@ -190,9 +190,11 @@ fn main() -> anyhow::Result<()> {
             let dir = CoordinatorDir { dir };
             match model {
                 Some(model) if !collective => {
-                    coordinator::inference::serve::run(&dir, &model, &listen, max_images)
+                    coordinator::serve::released::shell::run(&dir, &model, &listen, max_images)
                 }
-                _ => coordinator::serving::shell::run(&dir, &listen, max_images, new_setup),
+                _ => {
+                    coordinator::serve::collective::shell::run(&dir, &listen, max_images, new_setup)
+                }
             }
         }
     }

@@ -8,14 +8,14 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use coordinator::inference::{InferenceServer, ServeOptions, ServedModel};
+use coordinator::serve::released::{InferenceServer, ServeOptions, ServedModel};
 use he_agg::ckks::{CkksContext, SecretKey, wire};
 use he_agg::infer::{
     Architecture, EvaluationKeys, InferencePlan, InferenceSpec, Network, ParamPolicy,
 };
-use protocol::inference::{InferKeys, InferRequest, KEYS_UNKNOWN, KeysId, keys_id};
 use protocol::link::{Link, connect};
 use protocol::pki::Ca;
+use protocol::serve::released::{InferKeys, InferRequest, KEYS_UNKNOWN, KeysId, keys_id};
 use protocol::tls::TlsFiles;
 use protocol::{Body, FederationId, Party};
 

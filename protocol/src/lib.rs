@@ -14,15 +14,15 @@
 //! Nothing here knows what a ciphertext is: payloads are opaque bytes the receiver validates
 //! with `he_agg`'s decoders.
 
-pub mod collective;
 pub mod error;
 pub mod frame;
 pub mod identity;
-pub mod inference;
 pub mod link;
 pub mod message;
+pub mod metrics_file;
 pub mod pki;
 pub mod plain;
+pub mod serve;
 pub mod site;
 pub mod tls;
 

@@ -5,12 +5,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::collective::{
-    CollectiveRequest, KeyholderRound1, ResultSwitchRequest, ResultSwitchShares,
-};
 use crate::error::ProtocolError;
 use crate::identity::{FederationId, Party};
-use crate::inference::{InferKeys, InferRequest, InferResult, KeysId, ModelInfo};
+use crate::serve::collective::{
+    CollectiveRequest, KeyholderRound1, ResultSwitchRequest, ResultSwitchShares,
+};
+use crate::serve::released::{InferKeys, InferRequest, InferResult, KeysId, ModelInfo};
 
 pub const PROTOCOL_VERSION: u16 = 4;
 

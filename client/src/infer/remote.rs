@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use he_agg::infer::Architecture;
-use protocol::inference::{KEYS_UNKNOWN, MAX_ARCHITECTURE_BYTES, MAX_CLASSES, ModelInfo};
 use protocol::link::{Link, connect};
+use protocol::serve::released::{KEYS_UNKNOWN, MAX_ARCHITECTURE_BYTES, MAX_CLASSES, ModelInfo};
 use protocol::tls::TlsFiles;
 use protocol::{Body, FederationId};
 use tracing::info;

@@ -17,8 +17,8 @@ use he_agg::infer::threshold::served_policy;
 use he_agg::infer::{
     Architecture, EvaluationKeys, InferencePlan, InferenceSpec, Network, ParamPolicy,
 };
-use protocol::collective::CollectiveRequest;
-use protocol::inference::{InferKeys, InferRequest, KeysId, keys_id};
+use protocol::serve::collective::CollectiveRequest;
+use protocol::serve::released::{InferKeys, InferRequest, KeysId, keys_id};
 
 use super::error::InferenceError;
 

@@ -57,7 +57,7 @@ fn requests_carry_exactly_the_plans_keys_and_bad_results_are_refused() {
     assert_eq!(h.keys, k.keys);
     assert_eq!(
         h.keys,
-        protocol::inference::keys_id(req.key_items().iter().map(Vec::as_slice))
+        protocol::serve::released::keys_id(req.key_items().iter().map(Vec::as_slice))
     );
     assert_eq!(h.ciphertexts_per_image as usize, spec.input_ciphertexts());
     assert_eq!(h.items(), 2 * spec.input_ciphertexts() as u64);

@@ -27,8 +27,8 @@ use he_agg::multiparty::sealed::ExchangeKeys;
 use he_agg::multiparty::threshold::deal;
 use he_agg::multiparty::{PublicKeySwitch, RelinKeyEphemeral, ThresholdSecret, wire as mpw};
 use he_agg::ring::Prng;
-use protocol::collective::{KeyholderRound1, ResultSwitchRequest, ResultSwitchShares};
 use protocol::link::{Incoming, connect};
+use protocol::serve::collective::{KeyholderRound1, ResultSwitchRequest, ResultSwitchShares};
 use protocol::tls::TlsFiles;
 use protocol::{Body, FederationId, Link, ProtocolError};
 use tracing::{info, warn};
@@ -452,7 +452,7 @@ async fn session(link: &Link, kh: &mut Keyholder) -> anyhow::Result<()> {
                 vec![tokio::task::block_in_place(|| kh.encrypted_model(pk))?]
             }
             Body::ResultSwitch(req) => {
-                let max = 1 + protocol::collective::MAX_COLLECTIVE_IMAGES as usize;
+                let max = 1 + protocol::serve::collective::MAX_COLLECTIVE_IMAGES as usize;
                 let it = items(&mut msg, max).await?;
                 // the consortium's record of who decrypted what: one line per request
                 info!(

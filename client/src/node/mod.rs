@@ -8,7 +8,6 @@
 mod data;
 pub mod keyholder;
 mod keys;
-mod metrics_file;
 mod participant;
 mod session;
 mod setup;

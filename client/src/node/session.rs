@@ -22,7 +22,6 @@ use tracing::{info, warn};
 use super::NodeDirs;
 use super::data::{LocalData, load};
 use super::keys::{Keys, PeerKeys};
-use super::metrics_file::append_metrics;
 use super::participant::{Action, Membership, Participant};
 use super::site::SiteConfig;
 use super::state::{ModelState, StateFile};
@@ -481,7 +480,9 @@ impl Node {
             val_acc = m.val_acc,
             "evaluated"
         );
-        append_metrics(&self.dirs.out.join("metrics.csv"), &m)?;
+        let file = self.dirs.out.join("metrics.csv");
+        protocol::metrics_file::append(&file, &m)
+            .with_context(|| format!("cannot write {}", file.display()))?;
         link.send(round, Body::Metrics(m)).await?;
         Ok(())
     }

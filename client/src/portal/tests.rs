@@ -265,12 +265,33 @@ fn training_outputs_are_read_for_this_hospital() {
     .unwrap();
     assert!(super::training::load(dir.path(), Some(2)).is_err());
     let node = tempfile::tempdir().unwrap();
+    let m = protocol::message::RoundMetrics {
+        round: 1,
+        train_loss: 0.5,
+        val_loss: 0.4,
+        val_acc: 0.75,
+        val_auc: 0.875,
+        test_acc: f32::NAN,
+        test_auc: f32::NAN,
+        samples: 10,
+        train_s: 1.0,
+        encrypt_s: 0.0,
+        upload_s: 0.0,
+        switch_s: 0.0,
+        decrypt_s: 0.0,
+        bytes_up: 0,
+        bytes_down: 0,
+    };
+    protocol::metrics_file::append(&node.path().join("metrics.csv"), &m).unwrap();
+    let d = super::training::load(node.path(), Some(1)).unwrap();
+    assert_eq!((d.layout, d.rows.len()), ("node", 1));
+    assert_eq!((d.rows[0].val_acc, d.rows[0].val_auc), (0.75, 0.875));
+    // a file of other columns is refused, not guessed at
     std::fs::write(
         node.path().join("metrics.csv"),
         "round,train_loss,val_loss,val_acc,val_auc,test_acc,test_auc\n1,0.5,0.4,0.8,0.9,NaN,NaN\n",
     )
     .unwrap();
-    let d = super::training::load(node.path(), Some(1)).unwrap();
-    assert_eq!((d.layout, d.rows.len()), ("node", 1));
+    assert!(super::training::load(node.path(), Some(1)).is_err());
     assert!(super::training::load(tempfile::tempdir().unwrap().path(), None).is_err());
 }

@@ -1,4 +1,5 @@
-//! The Training page, read from the node's own outputs: `client run --out DIR` (`metrics.csv`),
+//! The Training page, read from the node's own outputs: `client run --out DIR` (`metrics.csv`,
+//! through `protocol::metrics_file`, the module the node writes it with),
 //! or a `coordinator simulate` output directory (`metrics_per_round.csv`,
 //! `metrics_per_hospital.csv`, `summary.json`). Audit entries are shown from `audit.jsonl` in
 //! that directory when the operator exported the coordinator's log there. Every file is
@@ -222,22 +223,18 @@ pub fn load(dir: &Path, me: Option<u32>) -> Result<TrainingData, PortalError> {
             ));
         };
         data.layout = "node";
-        let csv = Csv::parse(
-            &node,
-            &text,
-            &["round", "val_acc", "val_auc", "test_acc", "test_auc"],
-        )?;
-        for r in &csv.rows {
-            let round = whole(csv.get(r, "round"))
-                .ok_or_else(|| PortalError::invalid(&node, "a round is not a whole number"))?;
+        // the node's own file, read through the module it is written with
+        let rows = protocol::metrics_file::parse(&text)
+            .map_err(|e| PortalError::invalid(&node, e.to_string()))?;
+        for m in rows {
             data.rows.push(RoundRow {
-                round,
+                round: m.round,
                 participants: me.into_iter().collect(),
                 hospitals: None,
-                val_acc: csv.get(r, "val_acc"),
-                val_auc: csv.get(r, "val_auc"),
-                test_acc: csv.get(r, "test_acc"),
-                test_auc: csv.get(r, "test_auc"),
+                val_acc: f64::from(m.val_acc),
+                val_auc: f64::from(m.val_auc),
+                test_acc: f64::from(m.test_acc),
+                test_auc: f64::from(m.test_auc),
             });
         }
     }

@@ -81,10 +81,10 @@ pub fn run(
     if serve_inference > 0 && cfg.he.plaintext {
         bail!("--serve-inference serves the model under a collective key: not with --plaintext");
     }
-    if serve_inference > protocol::collective::MAX_COLLECTIVE_IMAGES as usize {
+    if serve_inference > protocol::serve::collective::MAX_COLLECTIVE_IMAGES as usize {
         bail!(
             "--serve-inference takes at most {} images (one request)",
-            protocol::collective::MAX_COLLECTIVE_IMAGES
+            protocol::serve::collective::MAX_COLLECTIVE_IMAGES
         );
     }
     let name = format!(

@@ -8,20 +8,20 @@
 //! - [`handler`]: sans-IO request handling: a request header is checked against the plan before
 //!   anything is allocated, every item is decoded and checked as it arrives, and only a complete,
 //!   valid request is evaluated;
-//! - [`serve`]: the thin tokio shell over the federation's QUIC/mTLS links
+//! - [`shell`]: the thin tokio shell over the federation's QUIC/mTLS links
 //!   (`coordinator serve-inference`).
 
 pub mod handler;
 pub mod keys;
 pub mod model;
 pub mod refusal;
-pub mod serve;
+pub mod shell;
 
 pub use handler::{PendingRequest, ReadyRequest, Response};
 pub use keys::{KeyCache, KeySet, PendingKeys};
 pub use model::{ModelError, ServedModel};
 pub use refusal::Refusal;
-pub use serve::{InferenceServer, ServeOptions};
+pub use shell::{InferenceServer, ServeOptions};
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -12,11 +12,11 @@ use he_agg::multiparty::sealed::SEAL_OVERHEAD;
 use he_agg::multiparty::{PublicKeySwitch, wire as mpw};
 use he_agg::ring::Prng;
 use protocol::FederationId;
-use protocol::collective::{CollectiveRequest, KeyholderRound1};
+use protocol::serve::collective::{CollectiveRequest, KeyholderRound1};
 
 use super::keys::{KeysError, ServedKeys};
 use super::requests::{SwitchState, decode_images};
-use crate::inference::tests::tiny_network;
+use crate::serve::released::tests::tiny_network;
 
 const FED: FederationId = FederationId([9; 16]);
 

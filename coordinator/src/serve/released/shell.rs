@@ -258,7 +258,7 @@ impl InferenceServer {
         let mut out = link
             .open(
                 0,
-                Body::InferResult(protocol::inference::InferResult {
+                Body::InferResult(protocol::serve::released::InferResult {
                     request_id: response.request_id,
                     evaluate_us: response.evaluate.as_micros() as u64,
                     validate_us: response.validate.as_micros() as u64,

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use he_agg::infer::threshold::served_flooding;
 use he_agg::multiparty::PublicKeySwitch;
-use protocol::collective::{
+use protocol::link::{Link, accept_connection, listen};
+use protocol::serve::collective::{
     CollectiveRequest, MAX_COLLECTIVE_CIPHERTEXTS, MAX_COLLECTIVE_IMAGES, ResultSwitchRequest,
 };
-use protocol::inference::InferResult;
-use protocol::link::{Link, accept_connection, listen};
+use protocol::serve::released::InferResult;
 use protocol::tls::TlsFiles;
 use protocol::{Body, FederationId, Incoming, Party};
 use tracing::{info, warn};

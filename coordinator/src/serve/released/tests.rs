@@ -8,7 +8,7 @@ use he_agg::ckks::wire::WireError;
 use he_agg::ckks::{CkksContext, Parameters, SecretKey, wire};
 use he_agg::infer::{EvaluationKeys, InferencePlan, ParamPolicy};
 use protocol::Party;
-use protocol::inference::{InferKeys, InferRequest, keys_id};
+use protocol::serve::released::{InferKeys, InferRequest, keys_id};
 
 use super::{KeyCache, KeySet, Refusal, ServedModel};
 
@@ -174,7 +174,10 @@ fn headers_that_do_not_fit_the_plan_are_refused_before_allocating() {
     h.keys[3] ^= 1;
     let e = model.begin(&h, keys.clone()).err().unwrap();
     assert!(matches!(e, Refusal::UnknownKeys { .. }), "{e}");
-    assert!(e.to_string().starts_with(protocol::inference::KEYS_UNKNOWN));
+    assert!(
+        e.to_string()
+            .starts_with(protocol::serve::released::KEYS_UNKNOWN)
+    );
     // key headers
     let mut k = r.keys_header();
     k.galois_keys += 1;

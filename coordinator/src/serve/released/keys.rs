@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use he_agg::ckks::{GaloisKeys, RelinearizationKey, wire};
 use protocol::Party;
-use protocol::inference::{InferKeys, KeysId, MAX_GALOIS_KEYS};
+use protocol::serve::released::{InferKeys, KeysId, MAX_GALOIS_KEYS};
 
 use super::model::ServedModel;
 use super::refusal::{Refusal, hex};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use he_agg::ckks::{Ciphertext, wire};
 use he_agg::infer::InferError;
 use he_agg::rlwe::expand_seeded;
-use protocol::inference::InferRequest;
+use protocol::serve::released::InferRequest;
 
 use super::keys::KeySet;
 use super::model::ServedModel;

@@ -14,8 +14,8 @@ use he_agg::infer::{Architecture, InferencePlan, Model};
 use he_agg::multiparty::sealed::SEAL_OVERHEAD;
 use he_agg::multiparty::{RelinKeyShare2, wire as mpw};
 use protocol::FederationId;
-use protocol::collective::KeyholderRound1;
-use protocol::inference::{MAX_ARCHITECTURE_BYTES, MAX_CLASSES, ModelInfo};
+use protocol::serve::collective::KeyholderRound1;
+use protocol::serve::released::{MAX_ARCHITECTURE_BYTES, MAX_CLASSES, ModelInfo};
 
 use super::saved::SavedServing;
 

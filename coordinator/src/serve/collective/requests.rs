@@ -8,7 +8,7 @@ use std::sync::Arc;
 use he_agg::ckks::{Ciphertext, CkksContext, Evaluator, PublicKey, wire};
 use he_agg::infer::{InferencePlan, Model};
 use he_agg::multiparty::{PublicKeySwitch, PublicKeySwitchShare, wire as mpw};
-use protocol::collective::CollectiveRequest;
+use protocol::serve::collective::CollectiveRequest;
 
 use super::keys::KeysError;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use he_agg::ckks::CkksContext;
 use he_agg::infer::{InferError, InferencePlan, Model, Network, NetworkFile, ParamPolicy};
-use protocol::inference::{MAX_IMAGES, ModelInfo};
+use protocol::serve::released::{MAX_IMAGES, ModelInfo};
 
 /// Why a model cannot be served.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,7 @@
 
 use he_agg::ckks::wire;
 use he_agg::infer::InferError;
-use protocol::inference::KEYS_UNKNOWN;
+use protocol::serve::released::KEYS_UNKNOWN;
 
 /// Why a request is refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
