@@ -288,35 +288,76 @@ fn train_network(dir: &Path) -> PathBuf {
 
 /// Training outputs shaped like `coordinator simulate`'s, for hospital 2.
 fn write_training_outputs(dir: &Path) {
+    use protocol::message::RoundMetrics;
+    use protocol::run_report::{self, RoundRow, RunSummary};
     std::fs::create_dir_all(dir).unwrap();
-    let mut round = String::from("round,hospitals,test_acc,test_auc,train_loss,val_loss\n");
-    let mut hosp = String::from("round,hospital,samples,train_loss,val_loss,val_acc,val_auc\n");
+    let (mut rounds, mut reports) = (Vec::new(), Vec::new());
     for r in 1..=6u32 {
         let f = f64::from(r);
-        let test = if r == 6 {
-            format!("{:.3},{:.3}", 0.80, 0.88)
+        let (test_acc, test_auc) = if r == 6 {
+            (0.80, 0.88)
         } else {
-            "NaN,NaN".into()
+            (f64::NAN, f64::NAN)
         };
-        round.push_str(&format!("{r},3,{test},{:.3},{:.3}\n", 1.0 / f, 1.1 / f));
+        rounds.push(RoundRow {
+            round: r.into(),
+            hospitals: 3,
+            test_acc,
+            test_auc,
+            train_loss: 1.0 / f,
+            val_loss: 1.1 / f,
+            ..Default::default()
+        });
         for h in 1..=3u32 {
             if r == 4 && h == 3 {
                 continue; // hospital 3 missed round 4
             }
-            hosp.push_str(&format!(
-                "{r},{h},100,{:.3},{:.3},{:.3},{:.3}\n",
-                1.0 / f,
-                1.1 / f,
-                0.55 + 0.05 * f - 0.01 * f64::from(h),
-                0.60 + 0.05 * f
+            reports.push((
+                h,
+                RoundMetrics {
+                    round: r.into(),
+                    train_loss: (1.0 / f) as f32,
+                    val_loss: (1.1 / f) as f32,
+                    val_acc: (0.55 + 0.05 * f - 0.01 * f64::from(h)) as f32,
+                    val_auc: (0.60 + 0.05 * f) as f32,
+                    test_acc: f32::NAN,
+                    test_auc: f32::NAN,
+                    samples: 100,
+                    train_s: 1.0,
+                    encrypt_s: 0.1,
+                    upload_s: 0.1,
+                    switch_s: 0.1,
+                    decrypt_s: 0.1,
+                    bytes_up: 1_000_000,
+                    bytes_down: 1_000_000,
+                },
             ));
         }
     }
-    std::fs::write(dir.join("metrics_per_round.csv"), round).unwrap();
-    std::fs::write(dir.join("metrics_per_hospital.csv"), hosp).unwrap();
     std::fs::write(
-        dir.join("summary.json"),
-        r#"{"name":"breastmnist-3-hospitals","hospitals":3,"threshold":2,"rounds":6,"final_test_acc":0.8,"final_test_auc":0.88,"plaintext":false,"wall_s":12.0}"#,
+        dir.join("metrics_per_round.csv"),
+        run_report::round_csv(&rounds),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("metrics_per_hospital.csv"),
+        run_report::hospital_csv(&reports),
+    )
+    .unwrap();
+    let summary = RunSummary {
+        name: "breastmnist-3-hospitals".into(),
+        hospitals: 3,
+        threshold: 2,
+        rounds: 6,
+        final_test_acc: Some(0.8),
+        final_test_auc: Some(0.88),
+        plaintext: false,
+        wall_s: 12.0,
+        ..Default::default()
+    };
+    std::fs::write(
+        dir.join(run_report::SUMMARY),
+        serde_json::to_string(&summary).unwrap(),
     )
     .unwrap();
     std::fs::write(

@@ -51,6 +51,29 @@ pub fn resolve_data_dir(configured: Option<&Path>) -> Result<PathBuf> {
         })
 }
 
+/// The MedMNIST files of this workspace's tests and examples: `$HEAL_DATA_DIR`, else
+/// `../shared/datasets/medmnist` beside the workspace (where a developer's checkout has them).
+pub fn workspace_data_dir() -> PathBuf {
+    match std::env::var_os(DATA_DIR_ENV) {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/medmnist"),
+    }
+}
+
+/// `name` at 28×28 from [`workspace_data_dir`], offline and without a progress bar.
+pub fn load_workspace(name: &str) -> Result<Dataset> {
+    load(
+        name,
+        28,
+        &MedMnistOptions {
+            data_dir: Some(workspace_data_dir()),
+            offline: true,
+            progress: false,
+            ..MedMnistOptions::default()
+        },
+    )
+}
+
 /// Whether `HEAL_OFFLINE` asks for offline mode.
 pub fn offline_from_env() -> bool {
     std::env::var(OFFLINE_ENV)

@@ -7,9 +7,11 @@
 //! - [`tls`]: TLS 1.3 with mutual authentication against the consortium CA (rustls, ring);
 //! - [`link`]: QUIC endpoints (quinn) and a connection that sends and receives framed messages,
 //!   each on its own stream, large payloads item by item;
-//! - [`inference`]: the headers of encrypted inference requests and results (mode b);
-//! - [`collective`]: the headers of mode (a), the model served under a collective key;
-//! - [`plain`]: the item format of a plaintext (comparison) federation.
+//! - [`serve`]: the headers of encrypted serving, `serve::released` (mode b: the model released
+//!   to the server) and `serve::collective` (mode a: the model served under a collective key);
+//! - [`plain`]: the item format of a plaintext (comparison) federation;
+//! - [`metrics_file`] and [`run_report`]: the files a node and `coordinator simulate` write and
+//!   the portal reads.
 //!
 //! Nothing here knows what a ciphertext is: payloads are opaque bytes the receiver validates
 //! with `he_agg`'s decoders.
@@ -22,6 +24,7 @@ pub mod message;
 pub mod metrics_file;
 pub mod pki;
 pub mod plain;
+pub mod run_report;
 pub mod serve;
 pub mod site;
 pub mod tls;

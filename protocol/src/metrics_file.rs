@@ -70,7 +70,8 @@ pub fn parse(text: &str) -> Result<Vec<RoundMetrics>, MetricsFileError> {
         .collect()
 }
 
-fn parse_row(line: &str) -> Result<RoundMetrics, String> {
+/// One row's fields (no newline), as [`row`] writes them.
+pub(crate) fn parse_row(line: &str) -> Result<RoundMetrics, String> {
     let f: Vec<&str> = line.split(',').map(str::trim).collect();
     if f.len() != 15 {
         return Err(format!("{} fields for 15 columns", f.len()));
@@ -102,11 +103,12 @@ fn parse_row(line: &str) -> Result<RoundMetrics, String> {
     })
 }
 
+/// A node's report of a round, for the tests of the files that hold it.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
+    use crate::message::RoundMetrics;
 
-    fn metrics(round: u64) -> RoundMetrics {
+    pub(crate) fn metrics(round: u64) -> RoundMetrics {
         RoundMetrics {
             round,
             train_loss: 0.5,
@@ -125,6 +127,12 @@ mod tests {
             bytes_down: 2_000_000,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics_file::testing::metrics;
 
     #[test]
     fn what_the_node_appends_reads_back() {

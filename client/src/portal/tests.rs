@@ -238,39 +238,13 @@ fn history_is_per_user_and_validated_on_read() {
     assert!(b.find(id1).unwrap().is_none());
 }
 
-#[test]
-fn training_outputs_are_read_for_this_hospital() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("metrics_per_round.csv"),
-        "round,hospitals,test_acc,test_auc\n1,2,NaN,NaN\n2,2,0.8,0.9\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("metrics_per_hospital.csv"),
-        "round,hospital,val_acc,val_auc\n1,1,0.5,0.6\n1,2,0.7,0.8\n2,1,0.6,0.7\n2,2,0.9,0.95\n",
-    )
-    .unwrap();
-    let d = super::training::load(dir.path(), Some(2)).unwrap();
-    assert_eq!(d.layout, "simulation");
-    assert_eq!(d.rows.len(), 2);
-    assert_eq!(d.rows[1].participants, vec![1, 2]);
-    assert_eq!(d.rows[1].val_acc, 0.9);
-    let html = super::training::render(&d, Some(2));
-    assert!(html.contains("<svg") && html.contains("<strong>2</strong> rounds completed"));
-    std::fs::write(
-        dir.path().join("metrics_per_hospital.csv"),
-        "round,hospital,val_acc,val_auc\n1,x,0.5,0.6\n",
-    )
-    .unwrap();
-    assert!(super::training::load(dir.path(), Some(2)).is_err());
-    let node = tempfile::tempdir().unwrap();
-    let m = protocol::message::RoundMetrics {
-        round: 1,
+fn reported(round: u64, val_acc: f32, val_auc: f32) -> protocol::message::RoundMetrics {
+    protocol::message::RoundMetrics {
+        round,
         train_loss: 0.5,
         val_loss: 0.4,
-        val_acc: 0.75,
-        val_auc: 0.875,
+        val_acc,
+        val_auc,
         test_acc: f32::NAN,
         test_auc: f32::NAN,
         samples: 10,
@@ -281,7 +255,51 @@ fn training_outputs_are_read_for_this_hospital() {
         decrypt_s: 0.0,
         bytes_up: 0,
         bytes_down: 0,
+    }
+}
+
+#[test]
+fn training_outputs_are_read_for_this_hospital() {
+    use protocol::run_report::{RoundRow, hospital_csv, round_csv};
+    let dir = tempfile::tempdir().unwrap();
+    let round = |round, test_acc, test_auc| RoundRow {
+        round,
+        hospitals: 2,
+        test_acc,
+        test_auc,
+        ..Default::default()
     };
+    std::fs::write(
+        dir.path().join("metrics_per_round.csv"),
+        round_csv(&[round(1, f64::NAN, f64::NAN), round(2, 0.8, 0.9)]),
+    )
+    .unwrap();
+    let hospitals = hospital_csv(&[
+        (1, reported(1, 0.5, 0.6)),
+        (2, reported(1, 0.75, 0.8)),
+        (1, reported(2, 0.625, 0.7)),
+        (2, reported(2, 0.875, 0.95)),
+    ]);
+    std::fs::write(dir.path().join("metrics_per_hospital.csv"), &hospitals).unwrap();
+    let d = super::training::load(dir.path(), Some(2)).unwrap();
+    assert_eq!(d.layout, "simulation");
+    assert_eq!(d.rows.len(), 2);
+    assert_eq!(d.rows[1].participants, vec![1, 2]);
+    assert_eq!(d.rows[1].val_acc, 0.875);
+    assert_eq!(d.rows[1].test_auc, 0.9);
+    let html = super::training::render(&d, Some(2));
+    assert!(html.contains("<svg") && html.contains("<strong>2</strong> rounds completed"));
+    // the whole federation's view averages the hospitals
+    let all = super::training::load(dir.path(), None).unwrap();
+    assert_eq!(all.rows[0].val_acc, 0.625);
+    std::fs::write(
+        dir.path().join("metrics_per_hospital.csv"),
+        hospitals.replacen("\n1,", "\nx,", 1),
+    )
+    .unwrap();
+    assert!(super::training::load(dir.path(), Some(2)).is_err());
+    let node = tempfile::tempdir().unwrap();
+    let m = reported(1, 0.75, 0.875);
     protocol::metrics_file::append(&node.path().join("metrics.csv"), &m).unwrap();
     let d = super::training::load(node.path(), Some(1)).unwrap();
     assert_eq!((d.layout, d.rows.len()), ("node", 1));

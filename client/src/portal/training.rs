@@ -1,7 +1,7 @@
 //! The Training page, read from the node's own outputs: `client run --out DIR` (`metrics.csv`,
 //! through `protocol::metrics_file`, the module the node writes it with),
 //! or a `coordinator simulate` output directory (`metrics_per_round.csv`,
-//! `metrics_per_hospital.csv`, `summary.json`). Audit entries are shown from `audit.jsonl` in
+//! `metrics_per_hospital.csv`, `summary.json`, through `protocol::run_report`). Audit entries are shown from `audit.jsonl` in
 //! that directory when the operator exported the coordinator's log there. Every file is
 //! size-bounded and validated; a bad row is an error on the page, not a guess.
 
@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use protocol::run_report::{self, RunSummary};
 use serde::Deserialize;
 
 use super::Portal;
@@ -34,18 +35,6 @@ pub struct RoundRow {
     pub test_auc: f64,
 }
 
-/// The federation run's summary (`summary.json` of a simulation).
-#[derive(Clone, Debug, Deserialize)]
-pub struct Summary {
-    pub name: Option<String>,
-    pub hospitals: Option<u64>,
-    pub threshold: Option<u64>,
-    pub rounds: Option<u64>,
-    pub final_test_acc: Option<f64>,
-    pub final_test_auc: Option<f64>,
-    pub plaintext: Option<bool>,
-}
-
 /// One audit entry (the coordinator's `AuditEntry`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,7 +52,7 @@ pub struct TrainingData {
     /// `node` or `simulation`.
     pub layout: &'static str,
     pub rows: Vec<RoundRow>,
-    pub summary: Option<Summary>,
+    pub summary: Option<RunSummary>,
     pub audit: Option<Vec<AuditRow>>,
 }
 
@@ -78,122 +67,51 @@ fn read_bounded(path: &Path) -> Result<Option<String>, PortalError> {
     }
 }
 
-/// A CSV with a header, as rows of named numbers (`NaN` allowed).
-struct Csv {
-    cols: Vec<String>,
-    rows: Vec<Vec<f64>>,
-}
-
-impl Csv {
-    fn parse(path: &Path, text: &str, required: &[&str]) -> Result<Self, PortalError> {
-        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-        let cols: Vec<String> = lines
-            .next()
-            .ok_or_else(|| PortalError::invalid(path, "empty"))?
-            .split(',')
-            .map(|c| c.trim().to_string())
-            .collect();
-        for r in required {
-            if !cols.iter().any(|c| c == r) {
-                return Err(PortalError::invalid(path, format!("no column {r:?}")));
-            }
-        }
-        let mut rows = Vec::new();
-        for (i, line) in lines.enumerate() {
-            let vals: Result<Vec<f64>, _> =
-                line.split(',').map(|v| v.trim().parse::<f64>()).collect();
-            let vals =
-                vals.map_err(|e| PortalError::invalid(path, format!("line {}: {e}", i + 2)))?;
-            if vals.len() != cols.len() {
-                return Err(PortalError::invalid(
-                    path,
-                    format!(
-                        "line {}: {} fields for {} columns",
-                        i + 2,
-                        vals.len(),
-                        cols.len()
-                    ),
-                ));
-            }
-            rows.push(vals);
-        }
-        Ok(Self { cols, rows })
-    }
-
-    fn get(&self, row: &[f64], col: &str) -> f64 {
-        self.cols
-            .iter()
-            .position(|c| c == col)
-            .and_then(|i| row.get(i).copied())
-            .unwrap_or(f64::NAN)
-    }
-}
-
-fn whole(v: f64) -> Option<u64> {
-    (v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < 1e12).then_some(v as u64)
-}
-
 /// Reads what `dir` holds, for hospital `me`.
 pub fn load(dir: &Path, me: Option<u32>) -> Result<TrainingData, PortalError> {
-    let per_round = dir.join("metrics_per_round.csv");
+    let per_round = dir.join(format!("{}.csv", run_report::PER_ROUND));
     let mut data = TrainingData::default();
     if let Some(text) = read_bounded(&per_round)? {
+        // simulate's tables, read through the module it writes them with
         data.layout = "simulation";
-        let csv = Csv::parse(
-            &per_round,
-            &text,
-            &["round", "hospitals", "test_acc", "test_auc"],
-        )?;
-        let mut rows: BTreeMap<u64, RoundRow> = BTreeMap::new();
-        for r in &csv.rows {
-            let round = whole(csv.get(r, "round"))
-                .ok_or_else(|| PortalError::invalid(&per_round, "a round is not a whole number"))?;
-            rows.insert(
-                round,
-                RoundRow {
-                    round,
-                    hospitals: whole(csv.get(r, "hospitals")),
+        let mut rows: BTreeMap<u64, RoundRow> = run_report::parse_rounds(&text)
+            .map_err(|e| PortalError::invalid(&per_round, e.to_string()))?
+            .into_iter()
+            .map(|r| {
+                let row = RoundRow {
+                    round: r.round,
+                    hospitals: Some(r.hospitals),
                     val_acc: f64::NAN,
                     val_auc: f64::NAN,
-                    test_acc: csv.get(r, "test_acc"),
-                    test_auc: csv.get(r, "test_auc"),
+                    test_acc: r.test_acc,
+                    test_auc: r.test_auc,
                     participants: Vec::new(),
-                },
-            );
-        }
-        let per_hospital = dir.join("metrics_per_hospital.csv");
-        if let Some(text) = read_bounded(&per_hospital)? {
-            let csv = Csv::parse(
-                &per_hospital,
-                &text,
-                &["round", "hospital", "val_acc", "val_auc"],
-            )?;
-            let mut sums: BTreeMap<u64, (f64, f64, usize)> = BTreeMap::new();
-            for r in &csv.rows {
-                let (Some(round), Some(h)) =
-                    (whole(csv.get(r, "round")), whole(csv.get(r, "hospital")))
-                else {
-                    return Err(PortalError::invalid(
-                        &per_hospital,
-                        "round or hospital is not a whole number",
-                    ));
                 };
-                let row = rows.entry(round).or_insert_with(|| RoundRow {
-                    round,
+                (r.round, row)
+            })
+            .collect();
+        let per_hospital = dir.join(format!("{}.csv", run_report::PER_HOSPITAL));
+        if let Some(text) = read_bounded(&per_hospital)? {
+            let reports = run_report::parse_hospitals(&text)
+                .map_err(|e| PortalError::invalid(&per_hospital, e.to_string()))?;
+            let mut sums: BTreeMap<u64, (f64, f64, usize)> = BTreeMap::new();
+            for (h, m) in reports {
+                let row = rows.entry(m.round).or_insert_with(|| RoundRow {
+                    round: m.round,
                     val_acc: f64::NAN,
                     val_auc: f64::NAN,
                     test_acc: f64::NAN,
                     test_auc: f64::NAN,
                     ..Default::default()
                 });
-                row.participants.push(h as u32);
-                let (acc, auc) = (csv.get(r, "val_acc"), csv.get(r, "val_auc"));
-                if me == Some(h as u32) {
+                row.participants.push(h);
+                let (acc, auc) = (f64::from(m.val_acc), f64::from(m.val_auc));
+                if me == Some(h) {
                     row.val_acc = acc;
                     row.val_auc = auc;
                 }
                 if acc.is_finite() && auc.is_finite() {
-                    let e = sums.entry(round).or_default();
+                    let e = sums.entry(m.round).or_default();
                     *e = (e.0 + acc, e.1 + auc, e.2 + 1);
                 }
             }
@@ -207,7 +125,7 @@ pub fn load(dir: &Path, me: Option<u32>) -> Result<TrainingData, PortalError> {
             }
         }
         data.rows = rows.into_values().collect();
-        let summary = dir.join("summary.json");
+        let summary = dir.join(run_report::SUMMARY);
         if let Some(text) = read_bounded(&summary)? {
             data.summary = Some(
                 serde_json::from_str(&text)
@@ -307,24 +225,24 @@ pub fn render(data: &TrainingData, me: Option<u32>) -> String {
         data.rows.len(),
         data.summary
             .as_ref()
-            .and_then(|s| s.rounds)
-            .map(|r| format!(" of {r}"))
+            .map(|s| format!(" of {}", s.rounds))
             .unwrap_or_default()
     ));
     if let Some(s) = &data.summary {
-        if let Some(n) = &s.name {
-            b.push_str(&format!("<li>Experiment <code>{}</code></li>", esc(n)));
-        }
-        if let (Some(h), Some(t)) = (s.hospitals, s.threshold) {
-            b.push_str(&format!(
-                "<li>{h} hospitals; any {t} of them re-encrypt the aggregate{}</li>",
-                if s.plaintext == Some(true) {
-                    " (plaintext comparison run)"
-                } else {
-                    ", which stays encrypted at the coordinator"
-                }
-            ));
-        }
+        b.push_str(&format!(
+            "<li>Experiment <code>{}</code></li>",
+            esc(&s.name)
+        ));
+        b.push_str(&format!(
+            "<li>{} hospitals; any {} of them re-encrypt the aggregate{}</li>",
+            s.hospitals,
+            s.threshold,
+            if s.plaintext {
+                " (plaintext comparison run)"
+            } else {
+                ", which stays encrypted at the coordinator"
+            }
+        ));
         if let (Some(a), Some(u)) = (s.final_test_acc, s.final_test_auc) {
             b.push_str(&format!(
                 "<li>Final test accuracy {}, AUC {:.3}</li>",

@@ -1,5 +1,7 @@
 //! What a simulation leaves behind: per-hospital and per-round tables (CSV and Parquet), PNG
 //! plots (AUC/ACC/loss per round; bytes on the wire per round; time split), and summary.json.
+//! The tables' columns and the summary's fields are `protocol::run_report`'s, the module the
+//! portal reads them with.
 
 use std::path::Path;
 
@@ -7,31 +9,11 @@ use anyhow::Context;
 use plotters::prelude::*;
 use polars::prelude::*;
 use protocol::message::RoundMetrics;
+use protocol::run_report::{self, RoundRow, RunSummary, TimeSplit};
 
 use crate::config::FederationConfig;
 use crate::server::CoordinatorDir;
 use crate::store::{RoundRecord, Store};
-
-/// Per-round means over the hospitals that reported.
-#[derive(Debug, Clone, Default)]
-struct RoundRow {
-    round: u64,
-    hospitals: usize,
-    test_acc: f64,
-    test_auc: f64,
-    val_loss: f64,
-    train_loss: f64,
-    train_s: f64,
-    encrypt_s: f64,
-    upload_s: f64,
-    switch_s: f64,
-    decrypt_s: f64,
-    aggregate_s: f64,
-    coordinator_switch_s: f64,
-    round_s: f64,
-    bytes_up: u64,
-    bytes_down: u64,
-}
 
 fn mean(v: &[&RoundMetrics], f: impl Fn(&RoundMetrics) -> f32) -> f64 {
     if v.is_empty() {
@@ -41,6 +23,7 @@ fn mean(v: &[&RoundMetrics], f: impl Fn(&RoundMetrics) -> f32) -> f64 {
     }
 }
 
+/// Per-round means over the hospitals that reported.
 fn rows(metrics: &[(u32, RoundMetrics)], rounds: &[RoundRecord]) -> Vec<RoundRow> {
     rounds
         .iter()
@@ -52,7 +35,7 @@ fn rows(metrics: &[(u32, RoundMetrics)], rounds: &[RoundRecord]) -> Vec<RoundRow
                 .collect();
             RoundRow {
                 round: r.round,
-                hospitals: ms.len(),
+                hospitals: ms.len() as u64,
                 test_acc: mean(&ms, |m| m.test_acc),
                 test_auc: mean(&ms, |m| m.test_auc),
                 val_loss: mean(&ms, |m| m.val_loss),
@@ -72,19 +55,27 @@ fn rows(metrics: &[(u32, RoundMetrics)], rounds: &[RoundRecord]) -> Vec<RoundRow
         .collect()
 }
 
-fn write_table(df: &mut DataFrame, dir: &Path, name: &str) -> anyhow::Result<()> {
-    let csv = dir.join(format!("{name}.csv"));
-    let mut f =
-        std::fs::File::create(&csv).with_context(|| format!("cannot write {}", csv.display()))?;
-    CsvWriter::new(&mut f)
-        .finish(df)
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", csv.display()))?;
+/// `name.csv` with `csv` (protocol's text) and `name.parquet` with the same table, every column
+/// read as written: integers as integers, figures as floats (`NaN` kept).
+fn write_table(dir: &Path, name: &str, csv: &str) -> anyhow::Result<()> {
+    let path = dir.join(format!("{name}.csv"));
+    std::fs::write(&path, csv).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut df = CsvReadOptions::default()
+        .with_has_header(true)
+        .with_infer_schema_length(None)
+        .into_reader_with_file_handle(std::io::Cursor::new(csv.as_bytes()))
+        .finish()
+        .map_err(|e| anyhow::anyhow!("reading back {}: {e}", path.display()))?;
     let pq = dir.join(format!("{name}.parquet"));
     let f = std::fs::File::create(&pq).with_context(|| format!("cannot write {}", pq.display()))?;
     ParquetWriter::new(f)
-        .finish(df)
+        .finish(&mut df)
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", pq.display()))?;
     Ok(())
+}
+
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
 }
 
 pub fn write(
@@ -97,143 +88,46 @@ pub fn write(
     let metrics = store.metrics()?;
     let rounds = store.rounds()?;
     let per_round = rows(&metrics, &rounds);
-
-    let mut hospitals_df = DataFrame::new_infer_height(vec![
-        Column::new(
-            "round".into(),
-            metrics.iter().map(|(_, m)| m.round).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "hospital".into(),
-            metrics.iter().map(|(h, _)| *h).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "samples".into(),
-            metrics.iter().map(|(_, m)| m.samples).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "train_loss".into(),
-            metrics
-                .iter()
-                .map(|(_, m)| m.train_loss)
-                .collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "val_loss".into(),
-            metrics.iter().map(|(_, m)| m.val_loss).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "val_acc".into(),
-            metrics.iter().map(|(_, m)| m.val_acc).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "val_auc".into(),
-            metrics.iter().map(|(_, m)| m.val_auc).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "test_acc".into(),
-            metrics.iter().map(|(_, m)| m.test_acc).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "test_auc".into(),
-            metrics.iter().map(|(_, m)| m.test_auc).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "train_s".into(),
-            metrics.iter().map(|(_, m)| m.train_s).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "encrypt_s".into(),
-            metrics.iter().map(|(_, m)| m.encrypt_s).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "upload_s".into(),
-            metrics.iter().map(|(_, m)| m.upload_s).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "switch_s".into(),
-            metrics.iter().map(|(_, m)| m.switch_s).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "decrypt_s".into(),
-            metrics.iter().map(|(_, m)| m.decrypt_s).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "bytes_up".into(),
-            metrics.iter().map(|(_, m)| m.bytes_up).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "bytes_down".into(),
-            metrics
-                .iter()
-                .map(|(_, m)| m.bytes_down)
-                .collect::<Vec<_>>(),
-        ),
-    ])?;
-    write_table(&mut hospitals_df, out, "metrics_per_hospital")?;
-    let col = |f: fn(&RoundRow) -> f64| per_round.iter().map(f).collect::<Vec<_>>();
-    let mut rounds_df = DataFrame::new_infer_height(vec![
-        Column::new(
-            "round".into(),
-            per_round.iter().map(|r| r.round).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "hospitals".into(),
-            per_round
-                .iter()
-                .map(|r| r.hospitals as u32)
-                .collect::<Vec<_>>(),
-        ),
-        Column::new("test_acc".into(), col(|r| r.test_acc)),
-        Column::new("test_auc".into(), col(|r| r.test_auc)),
-        Column::new("train_loss".into(), col(|r| r.train_loss)),
-        Column::new("val_loss".into(), col(|r| r.val_loss)),
-        Column::new("train_s".into(), col(|r| r.train_s)),
-        Column::new("encrypt_s".into(), col(|r| r.encrypt_s)),
-        Column::new("upload_s".into(), col(|r| r.upload_s)),
-        Column::new("aggregate_s".into(), col(|r| r.aggregate_s)),
-        Column::new("switch_s".into(), col(|r| r.switch_s)),
-        Column::new(
-            "coordinator_switch_s".into(),
-            col(|r| r.coordinator_switch_s),
-        ),
-        Column::new("decrypt_s".into(), col(|r| r.decrypt_s)),
-        Column::new("round_s".into(), col(|r| r.round_s)),
-        Column::new(
-            "bytes_up".into(),
-            per_round.iter().map(|r| r.bytes_up).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "bytes_down".into(),
-            per_round.iter().map(|r| r.bytes_down).collect::<Vec<_>>(),
-        ),
-    ])?;
-    write_table(&mut rounds_df, out, "metrics_per_round")?;
+    write_table(
+        out,
+        run_report::PER_HOSPITAL,
+        &run_report::hospital_csv(&metrics),
+    )?;
+    write_table(
+        out,
+        run_report::PER_ROUND,
+        &run_report::round_csv(&per_round),
+    )?;
     plots(out, &per_round, cfg.he.plaintext)?;
 
     let last = per_round.last().cloned().unwrap_or_default();
-    let summary = serde_json::json!({
-        "name": cfg.federation.name,
-        "rounds": rounds.len(),
-        "hospitals": cfg.federation.hospitals,
-        "threshold": cfg.threshold(),
-        "plaintext": cfg.he.plaintext,
-        "final_test_auc": last.test_auc,
-        "final_test_acc": last.test_acc,
-        "wall_s": wall_s,
-        "bytes_up": rounds.iter().map(|r| r.bytes_up).sum::<u64>(),
-        "bytes_down": rounds.iter().map(|r| r.bytes_down).sum::<u64>(),
-        "mean_round_s": if per_round.is_empty() { 0.0 } else { per_round.iter().map(|r| r.round_s).sum::<f64>() / per_round.len() as f64 },
-        "time_split_s": {
-            "train": per_round.iter().map(|r| r.train_s).sum::<f64>(),
-            "encrypt": per_round.iter().map(|r| r.encrypt_s).sum::<f64>(),
-            "upload": per_round.iter().map(|r| r.upload_s).sum::<f64>(),
-            "aggregate": per_round.iter().map(|r| r.aggregate_s).sum::<f64>(),
-            "switch": per_round.iter().map(|r| r.switch_s).sum::<f64>(),
-            "decrypt": per_round.iter().map(|r| r.decrypt_s).sum::<f64>(),
+    let sum = |f: fn(&RoundRow) -> f64| per_round.iter().map(f).sum::<f64>();
+    let summary = RunSummary {
+        name: cfg.federation.name.clone(),
+        rounds: rounds.len() as u64,
+        hospitals: cfg.federation.hospitals,
+        threshold: cfg.threshold(),
+        plaintext: cfg.he.plaintext,
+        final_test_auc: finite(last.test_auc),
+        final_test_acc: finite(last.test_acc),
+        wall_s,
+        bytes_up: rounds.iter().map(|r| r.bytes_up).sum(),
+        bytes_down: rounds.iter().map(|r| r.bytes_down).sum(),
+        mean_round_s: if per_round.is_empty() {
+            0.0
+        } else {
+            sum(|r| r.round_s) / per_round.len() as f64
         },
-    });
-    let path = out.join("summary.json");
+        time_split_s: TimeSplit {
+            train: sum(|r| r.train_s),
+            encrypt: sum(|r| r.encrypt_s),
+            upload: sum(|r| r.upload_s),
+            aggregate: sum(|r| r.aggregate_s),
+            switch: sum(|r| r.switch_s),
+            decrypt: sum(|r| r.decrypt_s),
+        },
+    };
+    let path = out.join(run_report::SUMMARY);
     std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!(
@@ -241,8 +135,8 @@ pub fn write(
         last.test_auc,
         last.test_acc,
         rounds.len(),
-        rounds.iter().map(|r| r.bytes_up).sum::<u64>() as f64 / 1e6,
-        rounds.iter().map(|r| r.bytes_down).sum::<u64>() as f64 / 1e6
+        summary.bytes_up as f64 / 1e6,
+        summary.bytes_down as f64 / 1e6
     );
     Ok(())
 }
@@ -395,4 +289,49 @@ fn plots(out: &Path, rows: &[RoundRow], plaintext: bool) -> anyhow::Result<()> {
         ],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_written_as_csv_and_parquet_with_nan_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = [
+            RoundRow {
+                round: 1,
+                hospitals: 3,
+                test_acc: f64::NAN,
+                test_auc: f64::NAN,
+                bytes_up: 7,
+                ..Default::default()
+            },
+            RoundRow {
+                round: 2,
+                hospitals: 2,
+                test_acc: 0.75,
+                test_auc: 0.875,
+                ..Default::default()
+            },
+        ];
+        write_table(dir.path(), "t", &run_report::round_csv(&rows)).unwrap();
+        let csv = std::fs::read_to_string(dir.path().join("t.csv")).unwrap();
+        let back = run_report::parse_rounds(&csv).unwrap();
+        assert_eq!(back[1], rows[1]);
+        assert!(back[0].test_auc.is_nan());
+        let f = std::fs::File::open(dir.path().join("t.parquet")).unwrap();
+        let df = ParquetReader::new(f).finish().unwrap();
+        let names: Vec<String> = df
+            .get_column_names()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(names.join(","), run_report::ROUND_HEADER);
+        let auc = df.column("test_auc").unwrap().f64().unwrap();
+        assert!(auc.get(0).unwrap().is_nan());
+        assert_eq!(auc.get(1), Some(0.875));
+        let up = df.column("bytes_up").unwrap().i64().unwrap();
+        assert_eq!(up.get(0), Some(7));
+    }
 }

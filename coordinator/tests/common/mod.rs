@@ -7,11 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 pub fn data_dir() -> PathBuf {
-    std::env::var_os("HEAL_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/medmnist")
-        })
+    datasets::medmnist::workspace_data_dir()
 }
 
 pub fn coordinator_bin() -> PathBuf {

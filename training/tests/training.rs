@@ -4,9 +4,9 @@
 mod common;
 
 use burn::tensor::Device;
-use client::model::{Activation, ModelConfig, Network};
-use client::params::{network_from_flat, to_flat};
-use client::train::{TrainConfig, TrainOptions, evaluate, train};
+use training::model::{Activation, ModelConfig, Network};
+use training::params::{network_from_flat, to_flat};
+use training::train::{TrainConfig, TrainOptions, evaluate, train};
 
 fn cfg(epochs: usize, batch: usize, lr: f64) -> TrainConfig {
     TrainConfig {
