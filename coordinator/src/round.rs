@@ -4,6 +4,7 @@
 //! here; [`crate::server`] reads and decodes the streams, asks the [`crate::engine::Engine`]
 //! whether they are wanted, and hands the decoded values over.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,8 +31,16 @@ pub enum RoundError {
     Weight(u64),
     #[error("{0} items announced (1..={MAX_ITEMS})")]
     ItemCount(u32),
-    #[error("{got} items where this round's updates have {want}")]
+    #[error("{got} items where this federation's updates have {want}")]
     ItemsDiffer { got: u32, want: u32 },
+    #[error("a second update from this hospital in round {0}")]
+    Twice(u64),
+    #[error("an update that was not announced first")]
+    NotAnnounced,
+    #[error(
+        "weight {weight} would bring the round's total to {total}, above max_total_weight {max} the plan's headroom is proven for"
+    )]
+    TotalWeight { weight: u64, total: u64, max: u64 },
     #[error("{got} values where this round's updates have {want}")]
     ValuesDiffer { got: usize, want: usize },
     #[error("round {got} ended while its data arrived (now {now})")]
@@ -54,8 +63,12 @@ pub enum RoundError {
 #[derive(Default)]
 pub struct Round {
     round: u64,
-    /// items per update, fixed by the first update the round accepts
-    items: Option<u32>,
+    /// the plan's bound on the sum of the weights (the aggregate's headroom is proven for it)
+    max_total_weight: u64,
+    /// hospitals whose update streams in, with its weight: one stream per hospital
+    uploading: BTreeMap<u32, u64>,
+    /// hospitals whose update is folded, with its weight: nothing twice
+    folded: BTreeMap<u32, u64>,
     aggs: Vec<Aggregator>,
     plain: Vec<f64>,
     aggregate: Option<Arc<Vec<Ciphertext>>>,
@@ -71,10 +84,11 @@ pub struct Round {
 }
 
 impl Round {
-    pub fn new(round: u64, started_unix_ms: u64) -> Self {
+    pub fn new(round: u64, started_unix_ms: u64, max_total_weight: u64) -> Self {
         Self {
             round,
             started_unix_ms,
+            max_total_weight,
             ..Default::default()
         }
     }
@@ -93,38 +107,85 @@ impl Round {
         Ok(())
     }
 
-    /// An update's header, before its items are read.
-    pub fn check_announced(&self, weight: u64, count: u32) -> Result<(), RoundError> {
+    /// The header of `hospital`'s update of `round` (`weight`, `count` items, where the
+    /// federation's updates have `items`), before its items are read: on success the hospital's
+    /// slot and weight are reserved until [`Round::fold`] or [`Round::abandon`], so a second
+    /// stream of the same hospital is refused before anything of it is buffered.
+    pub fn announce(
+        &mut self,
+        hospital: u32,
+        round: u64,
+        weight: u64,
+        count: u32,
+        items: u32,
+    ) -> Result<(), RoundError> {
+        self.check_round(round)?;
         if weight == 0 || weight > MAX_WEIGHT {
             return Err(RoundError::Weight(weight));
         }
         if count == 0 || count > MAX_ITEMS {
             return Err(RoundError::ItemCount(count));
         }
-        match self.items {
-            Some(want) if want != count => Err(RoundError::ItemsDiffer { got: count, want }),
-            _ => Ok(()),
+        if count != items {
+            return Err(RoundError::ItemsDiffer {
+                got: count,
+                want: items,
+            });
+        }
+        if self.uploading.contains_key(&hospital) || self.folded.contains_key(&hospital) {
+            return Err(RoundError::Twice(round));
+        }
+        let total = self
+            .uploading
+            .values()
+            .chain(self.folded.values())
+            .sum::<u64>()
+            + weight;
+        if total > self.max_total_weight {
+            return Err(RoundError::TotalWeight {
+                weight,
+                total,
+                max: self.max_total_weight,
+            });
+        }
+        self.uploading.insert(hospital, weight);
+        Ok(())
+    }
+
+    /// `hospital`'s announced update of `round` did not arrive whole: its slot is free again.
+    pub fn abandon(&mut self, hospital: u32, round: u64) {
+        if self.round == round {
+            self.uploading.remove(&hospital);
         }
     }
 
-    /// Folds an update of `round` read whole (`bytes` on the wire); a refused update leaves the
-    /// sums untouched.
+    /// Folds `hospital`'s announced update of `round`, read whole (`bytes` on the wire); a
+    /// refused update leaves the sums untouched and frees the slot.
     pub fn fold(
         &mut self,
+        hospital: u32,
         round: u64,
         he: Option<(&HeSetup, &dyn Backend, usize)>,
-        weight: u64,
         bytes: u64,
         update: Update,
     ) -> Result<(), RoundError> {
         self.check_round(round)?;
+        let weight = self
+            .uploading
+            .remove(&hospital)
+            .ok_or(RoundError::NotAnnounced)?;
         let count = match &update {
             Update::Encrypted(c) => c.len(),
             Update::Plain(p) => p.len(),
-        } as u32;
-        self.check_announced(weight, count)?;
+        };
         match (update, he) {
             (Update::Encrypted(cts), Some((he, backend, batch))) => {
+                if !self.aggs.is_empty() && self.aggs.len() != count {
+                    return Err(RoundError::ItemsDiffer {
+                        got: count as u32,
+                        want: self.aggs.len() as u32,
+                    });
+                }
                 if self.aggs.is_empty() {
                     let shape = Shape {
                         level: he.plan.level,
@@ -158,7 +219,7 @@ impl Round {
             }
             _ => return Err(RoundError::Mode),
         }
-        self.items = Some(count);
+        self.folded.insert(hospital, weight);
         self.bytes_up += bytes;
         Ok(())
     }

@@ -15,11 +15,36 @@ fn plain(values: &[f32]) -> Update {
     Update::Plain(vec![values.to_vec()])
 }
 
+const MAX_TOTAL: u64 = 1_000;
+
+fn count(u: &Update) -> u32 {
+    match u {
+        Update::Encrypted(c) => c.len() as u32,
+        Update::Plain(p) => p.len() as u32,
+    }
+}
+
+/// Announces `hospital`'s update (of the size it has) and folds it.
+fn put(
+    r: &mut Round,
+    hospital: u32,
+    round: u64,
+    he: Option<(&HeSetup, &dyn Backend, usize)>,
+    weight: u64,
+    update: Update,
+) -> Result<(), RoundError> {
+    let n = count(&update);
+    r.announce(hospital, round, weight, n, n)?;
+    r.fold(hospital, round, he, 0, update)
+}
+
 #[test]
 fn plain_updates_are_summed_with_their_weights() {
-    let mut r = Round::new(4, 1_000);
-    r.fold(4, None, 2, 10, plain(&[1.0, -1.0, 0.5])).unwrap();
-    r.fold(4, None, 3, 12, plain(&[2.0, 1.0, 0.0])).unwrap();
+    let mut r = Round::new(4, 1_000, MAX_TOTAL);
+    r.announce(1, 4, 2, 1, 1).unwrap();
+    r.fold(1, 4, None, 10, plain(&[1.0, -1.0, 0.5])).unwrap();
+    r.announce(3, 4, 3, 1, 1).unwrap();
+    r.fold(3, 4, None, 12, plain(&[2.0, 1.0, 0.0])).unwrap();
     r.add_bytes_down(7);
     let (result, record) = r
         .result(4, None, &[(1, 2), (3, 3)], &[], &[1, 3], 2_000)
@@ -37,43 +62,90 @@ fn plain_updates_are_summed_with_their_weights() {
 
 #[test]
 fn updates_that_do_not_fit_are_refused_and_leave_the_sums_untouched() {
-    let mut r = Round::new(2, 0);
-    assert_eq!(r.check_announced(0, 1), Err(RoundError::Weight(0)));
+    let mut r = Round::new(2, 0, MAX_TOTAL);
+    assert_eq!(r.announce(1, 2, 0, 1, 1), Err(RoundError::Weight(0)));
     assert_eq!(
-        r.check_announced(MAX_WEIGHT + 1, 1),
+        r.announce(1, 2, MAX_WEIGHT + 1, 1, 1),
         Err(RoundError::Weight(MAX_WEIGHT + 1))
     );
-    assert_eq!(r.check_announced(1, 0), Err(RoundError::ItemCount(0)));
+    assert_eq!(r.announce(1, 2, 1, 0, 1), Err(RoundError::ItemCount(0)));
     assert_eq!(
-        r.check_announced(1, MAX_ITEMS + 1),
+        r.announce(1, 2, 1, MAX_ITEMS + 1, 1),
         Err(RoundError::ItemCount(MAX_ITEMS + 1))
     );
-    r.fold(2, None, 1, 0, plain(&[1.0, 2.0])).unwrap();
-    // the first update fixed one item per update
+    // the federation's size is given, whoever comes first
     assert_eq!(
-        r.check_announced(1, 2),
+        r.announce(1, 2, 1, 2, 1),
         Err(RoundError::ItemsDiffer { got: 2, want: 1 })
     );
     assert_eq!(
-        r.fold(2, None, 1, 0, Update::Plain(vec![vec![1.0], vec![1.0]])),
-        Err(RoundError::ItemsDiffer { got: 2, want: 1 })
+        r.announce(1, 3, 1, 1, 1),
+        Err(RoundError::RoundEnded { got: 3, now: 2 })
     );
+    put(&mut r, 1, 2, None, 1, plain(&[1.0, 2.0])).unwrap();
     assert_eq!(
-        r.fold(2, None, 1, 0, plain(&[1.0, 2.0, 3.0])),
+        put(&mut r, 2, 2, None, 1, plain(&[1.0, 2.0, 3.0])),
         Err(RoundError::ValuesDiffer { got: 3, want: 2 })
     );
     assert_eq!(
-        r.fold(3, None, 1, 0, plain(&[1.0, 2.0])),
-        Err(RoundError::RoundEnded { got: 3, now: 2 })
+        put(&mut r, 3, 2, None, 1, Update::Encrypted(vec![])),
+        Err(RoundError::ItemCount(0))
+    );
+    r.announce(4, 2, 1, 1, 1).unwrap();
+    assert_eq!(
+        r.fold(4, 2, None, 0, Update::Encrypted(vec![])),
+        Err(RoundError::Mode)
     );
     assert_eq!(
-        r.fold(2, None, 1, 0, Update::Encrypted(vec![])),
-        Err(RoundError::ItemCount(0))
+        r.fold(5, 2, None, 0, plain(&[1.0, 2.0])),
+        Err(RoundError::NotAnnounced)
     );
     let (result, _) = r.result(2, None, &[(1, 1)], &[], &[1], 0).unwrap();
     assert_eq!(
         protocol::plain::decode_f64s(&result.items[0]).unwrap(),
         vec![1.0, 2.0]
+    );
+}
+
+#[test]
+fn one_update_per_hospital_and_the_weights_stay_within_the_plan() {
+    let mut r = Round::new(1, 0, MAX_TOTAL);
+    // two streams of one hospital: the second is refused before anything of it is read
+    r.announce(1, 1, 10, 1, 1).unwrap();
+    assert_eq!(r.announce(1, 1, 10, 1, 1), Err(RoundError::Twice(1)));
+    r.fold(1, 1, None, 0, plain(&[1.0])).unwrap();
+    assert_eq!(r.announce(1, 1, 10, 1, 1), Err(RoundError::Twice(1)));
+    assert_eq!(
+        r.fold(1, 1, None, 0, plain(&[1.0])),
+        Err(RoundError::NotAnnounced),
+        "no double fold"
+    );
+    // a broken stream frees its slot (of this round only)
+    r.announce(2, 1, 10, 1, 1).unwrap();
+    r.abandon(2, 0);
+    assert_eq!(r.announce(2, 1, 10, 1, 1), Err(RoundError::Twice(1)));
+    r.abandon(2, 1);
+    // self-declared weights cannot exceed what the plan's headroom is proven for,
+    // counting those still streaming
+    r.announce(2, 1, 500, 1, 1).unwrap();
+    assert_eq!(
+        r.announce(3, 1, 491, 1, 1),
+        Err(RoundError::TotalWeight {
+            weight: 491,
+            total: 1_001,
+            max: MAX_TOTAL
+        })
+    );
+    r.announce(3, 1, 490, 1, 1).unwrap();
+    r.fold(2, 1, None, 0, plain(&[2.0])).unwrap();
+    r.fold(3, 1, None, 0, plain(&[0.0])).unwrap();
+    let (result, _) = r
+        .result(1, None, &[(1, 10), (2, 500), (3, 490)], &[], &[1], 0)
+        .unwrap();
+    assert_eq!(
+        protocol::plain::decode_f64s(&result.items[0]).unwrap(),
+        vec![1010.0],
+        "each update once"
     );
 }
 
@@ -95,13 +167,13 @@ fn an_encrypted_round_is_aggregated_switched_and_decrypts_to_the_weighted_sum() 
             .map(|bytes| he.decode_update(bytes).unwrap())
             .collect()
     };
-    let mut r = Round::new(1, 0);
+    let mut r = Round::new(1, 0, MAX_TOTAL);
     let backend = CpuBackend;
     let ctx = Some((&he, &backend as &dyn Backend, 3));
-    r.fold(1, ctx, 3, 0, Update::Encrypted(decode(&a))).unwrap();
-    r.fold(1, ctx, 5, 0, Update::Encrypted(decode(&b))).unwrap();
+    put(&mut r, 1, 1, ctx, 3, Update::Encrypted(decode(&a))).unwrap();
+    put(&mut r, 2, 1, ctx, 5, Update::Encrypted(decode(&b))).unwrap();
     assert_eq!(
-        r.fold(1, ctx, 1, 0, Update::Plain(vec![vec![0.0]; 2])),
+        put(&mut r, 3, 1, ctx, 1, Update::Plain(vec![vec![0.0]; 2])),
         Err(RoundError::Mode),
         "a plain update in an encrypted round"
     );
@@ -156,10 +228,17 @@ fn a_switch_without_every_share_gives_no_result() {
         .iter()
         .map(|b| he.decode_update(b).unwrap())
         .collect();
-    let mut r = Round::new(1, 0);
+    let mut r = Round::new(1, 0, MAX_TOTAL);
     let backend = CpuBackend;
-    r.fold(1, Some((&he, &backend, 3)), 1, 0, Update::Encrypted(cts))
-        .unwrap();
+    put(
+        &mut r,
+        1,
+        1,
+        Some((&he, &backend, 3)),
+        1,
+        Update::Encrypted(cts),
+    )
+    .unwrap();
     r.close(1, &he, 0).unwrap();
     assert!(matches!(
         r.result(1, Some(&he), &[(1, 1)], &[], &[1], 0),

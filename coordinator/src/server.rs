@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use he_agg::aggregate::{Backend, BackendChoice, CpuBackend, select_backend};
+use he_agg::aggregate::{Backend, BackendChoice, CpuBackend, MAX_WEIGHT, select_backend};
 use he_agg::ckks::wire;
 use he_agg::multiparty::{PublicKeyGen, wire as shares};
 use protocol::link::{Incoming, accept_connection, listen};
@@ -23,6 +23,7 @@ use crate::config::FederationConfig;
 use crate::engine::{Action, Engine, EngineConfig, Event, Restored};
 use crate::he::HeSetup;
 use crate::provision::Roster;
+use crate::refusal_log::RefusalLog;
 use crate::round::{Round, Update};
 use crate::store::{PartyRecord, Store, StoredResult, now_ms};
 
@@ -63,6 +64,8 @@ pub struct Server {
     links: Mutex<HashMap<u32, (u64, Link)>>,
     round: Mutex<Round>,
     next_conn: AtomicU64,
+    /// refused connections, audited in aggregate
+    refusals: Mutex<RefusalLog>,
     finished: AtomicBool,
     finished_notify: tokio::sync::Notify,
 }
@@ -108,6 +111,7 @@ impl Server {
                 restored.finished = true;
             }
         }
+        restored.items = store.model_items()?;
         for (h, rec) in store.parties()? {
             if rec.public_key_share.is_some() {
                 restored.key_shares.insert(h);
@@ -143,6 +147,7 @@ impl Server {
             links: Mutex::new(HashMap::new()),
             round: Mutex::new(Round::default()),
             next_conn: AtomicU64::new(1),
+            refusals: Mutex::new(RefusalLog::default()),
             finished: AtomicBool::new(false),
             finished_notify: tokio::sync::Notify::new(),
         }))
@@ -168,6 +173,11 @@ impl Server {
                     me.feed(Event::Tick {
                         now: Instant::now(),
                     });
+                    let held_back = lock(&me.refusals).flush(Instant::now());
+                    if let Some(row) = held_back {
+                        warn!("{row}");
+                        me.audit(None, 0, "connections-refused", &row);
+                    }
                 }
             })
         };
@@ -251,6 +261,20 @@ impl Server {
                     phase,
                 },
             ),
+            Action::Reject { to, reason } => {
+                if let Some(link) = self.link(to) {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.refuse(&link, to, 0, &reason).await;
+                        link.close("refused");
+                    });
+                }
+            }
+            Action::SettleItems { items } => {
+                if let Err(e) = self.store.set_model_items(items) {
+                    warn!("storing the update size: {e}");
+                }
+            }
             Action::SendSetupKeys { to } => match self.setup_keys() {
                 Ok(body) => {
                     for h in to {
@@ -355,8 +379,13 @@ impl Server {
         let link = match accept_connection(incoming, self.federation, &self.roster).await {
             Ok(l) => l,
             Err(e) => {
-                warn!(%remote, "connection refused: {e}");
-                self.audit(None, 0, "connection-refused", &format!("{remote}: {e}"));
+                // anyone can knock: counted, and audited at most once a minute
+                tracing::debug!(%remote, "connection refused: {e}");
+                let row = lock(&self.refusals).refused(Instant::now(), format!("{remote}: {e}"));
+                if let Some(row) = row {
+                    warn!("connection refused: {row}");
+                    self.audit(None, 0, "connection-refused", &row);
+                }
                 return;
             }
         };
@@ -365,9 +394,11 @@ impl Server {
         };
         // the first message is the hello
         let hello = tokio::time::timeout(Duration::from_secs(30), link.accept()).await;
-        let last_round = match hello {
+        let (last_round, items) = match hello {
             Ok(Ok(Incoming { envelope, .. })) => match envelope.body {
-                Body::Hello { last_round, .. } => last_round,
+                Body::Hello {
+                    last_round, items, ..
+                } => (last_round, items),
                 other => {
                     self.refuse(
                         &link,
@@ -398,6 +429,7 @@ impl Server {
         self.feed(Event::Joined {
             hospital: h,
             last_round,
+            items,
             now: Instant::now(),
         });
         loop {
@@ -462,6 +494,14 @@ impl Server {
             Body::Update { weight, count } => self.update(h, round, weight, count, msg).await,
             Body::SwitchShares { attempt, count } => {
                 self.switch_shares(h, round, attempt, count, msg).await
+            }
+            Body::Alarm { reason } => {
+                self.feed(Event::Alarm {
+                    hospital: h,
+                    round,
+                    reason,
+                });
+                Ok(())
             }
             Body::Metrics(m) => {
                 // a hospital may report before the engine has heard of the commit it follows

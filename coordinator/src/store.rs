@@ -203,6 +203,19 @@ impl Store {
         self.put_meta("phase", &enc(&phase))
     }
 
+    /// Items of every update (ciphertexts, or plaintext chunks), once a majority of the
+    /// hospitals announced the same model size.
+    pub fn model_items(&self) -> Result<Option<u32>, StoreError> {
+        Ok(self
+            .get_meta("model_items")?
+            .and_then(|b| <[u8; 4]>::try_from(b.as_slice()).ok())
+            .map(u32::from_le_bytes))
+    }
+
+    pub fn set_model_items(&self, items: u32) -> Result<(), StoreError> {
+        self.put_meta("model_items", &items.to_le_bytes())
+    }
+
     pub fn collective_public_key(&self) -> Result<Option<Vec<u8>>, StoreError> {
         self.get_meta("collective_public_key")
     }

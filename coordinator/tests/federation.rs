@@ -224,6 +224,10 @@ fn bad_updates_and_strangers_are_refused_and_logged_while_the_rounds_go_on() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let replies = rt.block_on(misbehave(&fed, port));
     assert!(
+        replies.iter().any(|r| r.contains("the federation's have")),
+        "a model of another size refused at the door: {replies:?}"
+    );
+    assert!(
         replies.iter().any(|r| r.contains("magic")),
         "random bytes refused: {replies:?}"
     );
@@ -264,6 +268,14 @@ fn bad_updates_and_strangers_are_refused_and_logged_while_the_rounds_go_on() {
         log.iter().any(|e| e.event == "connection-refused"),
         "the foreign certificate was logged"
     );
+    let rows = log
+        .iter()
+        .filter(|e| e.event.starts_with("connection"))
+        .count();
+    assert!(
+        rows <= 3,
+        "21 refused connections took {rows} audit rows (one per minute at most)"
+    );
 }
 
 /// Sends every kind of bad message as hospital 3; returns the coordinator's refusals.
@@ -271,6 +283,12 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     // a certificate from another CA never gets a connection (the coordinator logs it)
     let foreign = foreign_kit(&fed.root);
+    // a stranger knocking many times is counted, not written down each time
+    for _ in 0..20 {
+        if let Ok(l) = connect(addr, &foreign, fed.federation, 3).await {
+            let _ = tokio::time::timeout(Duration::from_secs(2), l.accept()).await;
+        }
+    }
     if let Ok(l) = connect(addr, &foreign, fed.federation, 3).await {
         // the handshake may complete on this side before the server refuses it
         let _ = l
@@ -279,6 +297,7 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
                 Body::Hello {
                     software: "mallory".into(),
                     last_round: 0,
+                    items: 1,
                 },
             )
             .await;
@@ -290,12 +309,40 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
         );
     }
     let kit = TlsFiles::in_dir(&fed.hospital_dirs[2]);
+    // a model of another size is refused at the door, and the refusal names the federation's
     let link = connect(addr, &kit, fed.federation, 3).await.unwrap();
     link.send(
         1,
         Body::Hello {
             software: "mallory".into(),
             last_round: 1,
+            items: 1_000,
+        },
+    )
+    .await
+    .unwrap();
+    let refusal = loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), link.accept())
+            .await
+            .expect("a refusal")
+            .expect("a refusal before the connection closes");
+        if let Body::Refused { reason } = m.envelope.body {
+            break reason;
+        }
+    };
+    let items: u32 = refusal
+        .split("the federation's have ")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the refusal names the update size: {refusal}"));
+    let link = connect(addr, &kit, fed.federation, 3).await.unwrap();
+    link.send(
+        1,
+        Body::Hello {
+            software: "mallory".into(),
+            last_round: 1,
+            items,
         },
     )
     .await
@@ -316,7 +363,7 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
             round,
             Body::Update {
                 weight: 10,
-                count: 1,
+                count: items,
             },
         )
         .await
@@ -337,7 +384,7 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
             round,
             Body::Update {
                 weight: 10,
-                count: 1,
+                count: items,
             },
         )
         .await
@@ -348,7 +395,7 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
         round - 1,
         Body::Update {
             weight: 10,
-            count: 1,
+            count: items,
         },
     )
     .await
@@ -377,9 +424,9 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
     )
     .await
     .unwrap();
-    let mut replies = Vec::new();
+    let mut replies = vec![refusal];
     let deadline = Instant::now() + Duration::from_secs(30);
-    while replies.len() < 4 && Instant::now() < deadline {
+    while replies.len() < 5 && Instant::now() < deadline {
         match tokio::time::timeout(Duration::from_secs(10), link.accept()).await {
             Ok(Ok(m)) => {
                 if let Body::Refused { reason } = m.envelope.body {

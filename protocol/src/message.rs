@@ -12,7 +12,7 @@ use crate::serve::collective::{
 };
 use crate::serve::released::{InferKeys, InferRequest, InferResult, KeysId, ModelInfo};
 
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -57,8 +57,14 @@ pub enum Phase {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Body {
     // ----- hospital → coordinator -----
-    /// First message of a connection; `last_round` is the newest global model the hospital holds.
-    Hello { software: String, last_round: u64 },
+    /// First message of a connection; `last_round` is the newest global model the hospital
+    /// holds, and its updates have `items` items (ciphertexts, or plaintext chunks): the
+    /// federation's update size is the one a majority of the hospitals announce.
+    Hello {
+        software: String,
+        last_round: u64,
+        items: u32,
+    },
     /// Setup: its share of the collective public key and its key-exchange key (for sealed
     /// Shamir shares).
     KeyShares {
@@ -79,6 +85,9 @@ pub enum Body {
     SwitchShares { attempt: u32, count: u32 },
     /// Evaluation of the round's global model.
     Metrics(RoundMetrics),
+    /// The round's decrypted result is not what honest updates can produce (outside the clip
+    /// bound): this hospital did not apply it, and the federation must stop.
+    Alarm { reason: String },
 
     // ----- coordinator → hospital -----
     /// Answer to Hello: the hospital's index, the consortium's shape and where it is.
@@ -178,6 +187,7 @@ impl Body {
     pub fn kind(&self) -> &'static str {
         match self {
             Body::Hello { .. } => "hello",
+            Body::Alarm { .. } => "alarm",
             Body::KeyShares { .. } => "key-shares",
             Body::ShamirShares { .. } => "shamir-shares",
             Body::SetupDone { .. } => "setup-done",

@@ -106,6 +106,7 @@ async fn messages_and_item_streams_cross_a_real_connection() {
             Body::Hello {
                 software: "test".into(),
                 last_round: 0,
+                items: 1,
             },
         )
         .await

@@ -137,6 +137,7 @@ impl Participant {
         Body::Hello {
             software: format!("heal-client {}", env!("CARGO_PKG_VERSION")),
             last_round: self.held,
+            items: u32::try_from(self.max_items).unwrap_or(u32::MAX),
         }
     }
 

@@ -41,9 +41,16 @@ fn switch(weights: Vec<u64>, active: Vec<u32>) -> Body {
 }
 
 #[test]
-fn hello_names_the_round_held() {
+fn hello_names_the_round_held_and_the_update_size() {
     let p = Participant::new(ME, 7, 10);
-    assert!(matches!(p.hello(), Body::Hello { last_round: 7, .. }));
+    assert!(matches!(
+        p.hello(),
+        Body::Hello {
+            last_round: 7,
+            items: 10,
+            ..
+        }
+    ));
 }
 
 #[test]

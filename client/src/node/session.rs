@@ -10,14 +10,14 @@ use anyhow::{Context, bail};
 use client::params::{network_from_flat, to_flat};
 use client::strategy::{self, Moments};
 use client::train::{TrainOptions, evaluate, select_device, train};
-use he_agg::aggregate::{AggregationPlan, UpdateCodec};
+use he_agg::aggregate::{AggregationPlan, CodecError, UpdateCodec, check_average};
 use he_agg::ckks::{CkksContext, Parameters, Preset, PublicKey, wire};
 use he_agg::multiparty::{Crs, PublicKeySwitchMask};
 use protocol::link::{Incoming, connect};
 use protocol::message::{Body, RoundMetrics};
 use protocol::tls::TlsFiles;
 use protocol::{FederationId, Link, ProtocolError};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::NodeDirs;
 use super::data::{LocalData, load};
@@ -381,7 +381,9 @@ impl Node {
             bytes_down += item.len() as u64;
             items.push(item);
         }
-        let sum: Vec<f64> = match &self.he {
+        // the average, range-checked against the clip bound every honest update keeps to
+        let clip = self.cfg.he.max_update;
+        let average: Result<Vec<f64>, CodecError> = match &self.he {
             Some(he) => {
                 let (codec, pool) = (he.codec.clone(), he.pool.clone());
                 let sk = he
@@ -393,10 +395,11 @@ impl Node {
                     .clone();
                 // decode, decrypt and unpack the ciphertexts on all this node's threads
                 tokio::task::spawn_blocking(move || {
-                    pool.install(|| codec.decrypt_sum(&sk, &items, n))
+                    pool.install(|| {
+                        codec.decrypt_average(&sk, &items, n, total_weight as f64, clip)
+                    })
                 })
                 .await?
-                .context("the round's result")?
             }
             None => {
                 let mut sum = Vec::with_capacity(n);
@@ -406,16 +409,35 @@ impl Node {
                             .with_context(|| format!("result item {i}"))?,
                     );
                 }
-                sum
+                if sum.len() < n {
+                    bail!("the result holds {} values for a model of {n}", sum.len());
+                }
+                sum.iter_mut()
+                    .for_each(|v| *v /= total_weight.max(1) as f64);
+                check_average(&sum, n, clip, 1e-6).map(|()| {
+                    sum.truncate(n);
+                    sum
+                })
             }
         };
-        if sum.len() < n {
-            bail!("the result holds {} values for a model of {n}", sum.len());
-        }
-        let delta: Vec<f32> = sum[..n]
-            .iter()
-            .map(|s| (s / total_weight as f64) as f32)
-            .collect();
+        let average = match average {
+            Ok(a) => a,
+            Err(e @ CodecError::OutOfRange { .. }) => {
+                let reason = format!("round {round}: {e}; this hospital did not apply the model");
+                error!("{reason}");
+                let _ = link
+                    .send(
+                        round,
+                        Body::Alarm {
+                            reason: reason.clone(),
+                        },
+                    )
+                    .await;
+                bail!("{reason}");
+            }
+            Err(e) => return Err(e).context("the round's result"),
+        };
+        let delta: Vec<f32> = average.iter().map(|&a| a as f32).collect();
         if delta.iter().any(|d| !d.is_finite()) {
             bail!("the decrypted average is not finite");
         }

@@ -34,10 +34,12 @@ pub struct EngineConfig {
 /// Something that happened.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    /// A hospital connected and said hello; it holds the global model of `last_round`.
+    /// A hospital connected and said hello; it holds the global model of `last_round`, whose
+    /// updates have `items` items.
     Joined {
         hospital: u32,
         last_round: u64,
+        items: u32,
         now: Instant,
     },
     /// Its connection ended.
@@ -64,6 +66,12 @@ pub enum Event {
     },
     /// The layer below committed `round` and sent the results.
     Committed { round: u64, now: Instant },
+    /// A hospital found the committed `round`'s result malformed and did not apply it.
+    Alarm {
+        hospital: u32,
+        round: u64,
+        reason: String,
+    },
     /// Time passes (deadlines).
     Tick { now: Instant },
 }
@@ -74,6 +82,15 @@ pub enum Action {
     Welcome {
         to: u32,
         phase: Phase,
+    },
+    /// Refuse the connection of `to` and close it: it cannot take part as configured.
+    Reject {
+        to: u32,
+        reason: String,
+    },
+    /// Persist the federation's update size, settled by a majority of the hospitals.
+    SettleItems {
+        items: u32,
     },
     /// Make (once) and send the collective public key and everyone's public keys.
     SendSetupKeys {
@@ -160,7 +177,16 @@ pub struct Engine {
     key_shares: BTreeSet<u32>,
     dealt: BTreeSet<u32>,
     setup_done: BTreeSet<u32>,
+    /// items of every update, once a strict majority of the hospitals announced the same
+    items: Option<u32>,
+    /// what each hospital announced before that
+    announced: BTreeMap<u32, u32>,
+    /// when the running round's missing quorum was last audited
+    quorum_audited: Option<Instant>,
 }
+
+/// How often a round that waits for its quorum past the deadline is audited.
+pub const QUORUM_AUDIT_EVERY: Duration = Duration::from_secs(60);
 
 /// What the engine restores from the store after a restart.
 #[derive(Clone, Debug, Default)]
@@ -170,6 +196,7 @@ pub struct Restored {
     pub key_shares: BTreeSet<u32>,
     pub dealt: BTreeSet<u32>,
     pub setup_done: BTreeSet<u32>,
+    pub items: Option<u32>,
 }
 
 impl Engine {
@@ -201,6 +228,9 @@ impl Engine {
             key_shares: restored.key_shares,
             dealt: restored.dealt,
             setup_done,
+            items: restored.items,
+            announced: BTreeMap::new(),
+            quorum_audited: None,
         }
     }
 
@@ -239,9 +269,15 @@ impl Engine {
         (1..=self.cfg.hospitals).collect()
     }
 
-    /// Whether an update of `hospital` for `round` may be read now (and why not).
-    pub fn accepts_update(&self, hospital: u32, round: u64) -> Result<(), String> {
-        match &self.stage {
+    /// The items of every update, once settled.
+    pub fn items(&self) -> Option<u32> {
+        self.items
+    }
+
+    /// Whether an update of `hospital` for `round` may be read now (and why not); the items
+    /// every update has.
+    pub fn accepts_update(&self, hospital: u32, round: u64) -> Result<u32, String> {
+        let accepted = match &self.stage {
             Stage::Collecting {
                 round: r, uploads, ..
             } => {
@@ -258,7 +294,15 @@ impl Engine {
             Stage::Setup => Err("update during setup".into()),
             Stage::Finished => Err("update after the last round".into()),
             _ => Err(format!("update for round {round} after collection closed")),
-        }
+        };
+        accepted?;
+        self.items.ok_or_else(|| {
+            format!(
+                "the update size is not settled yet: {} of {} hospitals announced theirs and no size has a majority",
+                self.announced.len(),
+                self.cfg.hospitals
+            )
+        })
     }
 
     /// Whether switching shares of `hospital` for (`round`, `attempt`) may be read.
@@ -301,8 +345,13 @@ impl Engine {
             Event::Joined {
                 hospital,
                 last_round,
+                items,
                 now,
-            } => self.joined(hospital, last_round, now, &mut out),
+            } => {
+                if self.admit(hospital, items, now, &mut out) {
+                    self.joined(hospital, last_round, now, &mut out)
+                }
+            }
             Event::Left { hospital, now } => self.left(hospital, now, &mut out),
             Event::KeySharesStored { hospital } => {
                 self.key_shares.insert(hospital);
@@ -409,9 +458,110 @@ impl Engine {
                     }
                 }
             }
+            Event::Alarm {
+                hospital,
+                round,
+                reason,
+            } => {
+                // only about the result last delivered (a reason is short text, cut to size)
+                let reason: String = reason.chars().take(500).collect();
+                if round != self.committed || round == 0 {
+                    out.push(Action::Audit {
+                        hospital: Some(hospital),
+                        round,
+                        event: "refused",
+                        detail: format!(
+                            "an alarm about round {round} while round {} is the last delivered: {reason}",
+                            self.committed
+                        ),
+                    });
+                    return out;
+                }
+                // every hospital decrypts the same result and refuses it; the first alarm stops
+                // the federation, so no round builds on a model nobody applied
+                out.push(Action::Audit {
+                    hospital: Some(hospital),
+                    round,
+                    event: "alarm",
+                    detail: reason,
+                });
+                if self.stage != Stage::Finished {
+                    self.stage = Stage::Finished;
+                    out.push(Action::Finish {
+                        to: self.connected.iter().copied().collect(),
+                    });
+                }
+            }
             Event::Tick { now } => self.maybe_close(now, true, &mut out),
         }
         out
+    }
+
+    /// Whether `h`, whose updates have `items` items, may take part. The update size is
+    /// settled by a strict majority of the N hospitals, never by the first to speak: a
+    /// hospital configured otherwise is refused at the door (and the rounds do not wait for
+    /// it) instead of fixing the size for everyone.
+    fn admit(&mut self, h: u32, items: u32, now: Instant, out: &mut Vec<Action>) -> bool {
+        if self.items.is_none() {
+            self.announced.insert(h, items);
+            let votes = self.announced.values().filter(|&&i| i == items).count();
+            if votes > self.cfg.hospitals as usize / 2 {
+                self.items = Some(items);
+                out.push(Action::SettleItems { items });
+                out.push(Action::Audit {
+                    hospital: None,
+                    round: self.committed,
+                    event: "update-size",
+                    detail: format!("{items} items per update, announced by {votes} hospitals"),
+                });
+                // a hospital already connected with another size is refused now
+                let others: Vec<(u32, u32)> = std::mem::take(&mut self.announced)
+                    .into_iter()
+                    .filter(|&(o, i)| i != items && self.connected.contains(&o))
+                    .collect();
+                for (o, i) in others {
+                    self.connected.remove(&o);
+                    out.push(self.reject_size(o, i, items));
+                }
+                // the running round was not announced before the size was settled
+                if let Stage::Collecting {
+                    round,
+                    started,
+                    uploads,
+                } = &self.stage
+                {
+                    let deadline = self
+                        .cfg
+                        .round_timeout
+                        .saturating_sub(now.saturating_duration_since(*started));
+                    for to in self.eligible() {
+                        if !uploads.contains_key(&to) {
+                            out.push(Action::AnnounceRound {
+                                round: *round,
+                                to,
+                                deadline,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        match self.items {
+            Some(want) if want != items => {
+                out.push(self.reject_size(h, items, want));
+                false
+            }
+            _ => true,
+        }
+    }
+
+    fn reject_size(&self, h: u32, got: u32, want: u32) -> Action {
+        Action::Reject {
+            to: h,
+            reason: format!(
+                "this hospital's updates have {got} items and the federation's have {want}: its [model] and [dataset] differ from the other hospitals' (check site.toml and the data's classes)"
+            ),
+        }
     }
 
     fn joined(&mut self, h: u32, last_round: u64, now: Instant, out: &mut Vec<Action>) {
@@ -442,7 +592,10 @@ impl Engine {
                 round,
                 started,
                 uploads,
-            } if !uploads.contains_key(&h) && self.setup_done.contains(&h) => {
+            } if !uploads.contains_key(&h)
+                && self.setup_done.contains(&h)
+                && self.items.is_some() =>
+            {
                 let deadline = self
                     .cfg
                     .round_timeout
@@ -490,6 +643,7 @@ impl Engine {
     }
 
     fn start_round(&mut self, round: u64, now: Instant, out: &mut Vec<Action>) {
+        self.quorum_audited = None;
         self.stage = Stage::Collecting {
             round,
             started: now,
@@ -529,7 +683,12 @@ impl Engine {
         let everyone_in = !eligible.is_empty() && eligible.iter().all(|h| uploads.contains_key(h));
         let late = now.saturating_duration_since(*started) >= self.cfg.round_timeout;
         if !(quorum && (everyone_in || late)) {
-            if tick && late && !quorum {
+            // a stalled round is audited when it stalls and then once a minute, not every tick
+            let due = self
+                .quorum_audited
+                .is_none_or(|t| now.saturating_duration_since(t) >= QUORUM_AUDIT_EVERY);
+            if tick && late && !quorum && due {
+                self.quorum_audited = Some(now);
                 out.push(Action::Audit {
                     hospital: None,
                     round: *round,

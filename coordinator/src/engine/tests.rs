@@ -11,12 +11,17 @@ fn cfg(hospitals: u32, threshold: u32, min: u32, rounds: u64) -> EngineConfig {
     }
 }
 
+/// Items of every update of the test model.
+const ITEMS: u32 = 37;
+
 fn kinds(actions: &[Action]) -> Vec<&'static str> {
     actions
         .iter()
         .filter_map(|a| match a {
             Action::Audit { .. } => None,
             Action::Welcome { .. } => Some("welcome"),
+            Action::Reject { .. } => Some("reject"),
+            Action::SettleItems { .. } => Some("settle"),
             Action::SendSetupKeys { .. } => Some("setup-keys"),
             Action::RelayShares { .. } => Some("relay"),
             Action::StartRound { .. } => Some("start-round"),
@@ -35,6 +40,7 @@ fn set_up(e: &mut Engine, n: u32, now: Instant) -> Vec<Action> {
         e.handle(Event::Joined {
             hospital: h,
             last_round: 0,
+            items: ITEMS,
             now,
         });
     }
@@ -141,6 +147,7 @@ fn bad_updates_and_shares_are_refused() {
     e.handle(Event::Joined {
         hospital: 1,
         last_round: 0,
+        items: ITEMS,
         now,
     });
     assert!(e.accepts_update(1, 1).unwrap_err().contains("setup"));
@@ -315,6 +322,7 @@ fn a_restarted_coordinator_resumes_after_the_last_committed_round() {
         key_shares: all.clone(),
         dealt: all.clone(),
         setup_done: all,
+        items: Some(ITEMS),
     };
     let mut e = Engine::new(cfg(3, 2, 3, 10), restored, now);
     assert_eq!(e.phase(), Phase::Training { committed: 4 });
@@ -323,6 +331,7 @@ fn a_restarted_coordinator_resumes_after_the_last_committed_round() {
     let a = e.handle(Event::Joined {
         hospital: 2,
         last_round: 3,
+        items: ITEMS,
         now,
     });
     assert_eq!(kinds(&a), vec!["welcome", "stored-result", "announce"]);
@@ -330,6 +339,7 @@ fn a_restarted_coordinator_resumes_after_the_last_committed_round() {
     let a = e.handle(Event::Joined {
         hospital: 1,
         last_round: 4,
+        items: ITEMS,
         now,
     });
     assert_eq!(kinds(&a), vec!["welcome", "announce"]);
@@ -350,11 +360,13 @@ fn plaintext_rounds_skip_setup_and_switching() {
     e.handle(Event::Joined {
         hospital: 1,
         last_round: 0,
+        items: ITEMS,
         now,
     });
     e.handle(Event::Joined {
         hospital: 2,
         last_round: 0,
+        items: ITEMS,
         now,
     });
     e.handle(Event::UpdateFolded {
@@ -408,4 +420,135 @@ fn a_switcher_that_leaves_after_sending_its_shares_is_not_replaced() {
     });
     assert_eq!(kinds(&out), vec!["deliver"]);
     assert_eq!(delivered_to(&out), vec![2, 3, 4]);
+}
+
+#[test]
+fn the_update_size_is_settled_by_a_majority_not_by_the_first_to_speak() {
+    let now = Instant::now();
+    let mut c = cfg(5, 2, 3, 1);
+    c.plaintext = true;
+    let mut e = Engine::new(c, Restored::default(), now);
+    let join = |e: &mut Engine, h: u32, items: u32| {
+        e.handle(Event::Joined {
+            hospital: h,
+            last_round: 0,
+            items,
+            now,
+        })
+    };
+    // a misconfigured hospital speaks first: nothing is fixed by it, no round is announced
+    assert_eq!(kinds(&join(&mut e, 1, 1)), vec!["welcome"]);
+    assert_eq!(kinds(&join(&mut e, 2, ITEMS)), vec!["welcome"]);
+    assert!(e.accepts_update(2, 1).unwrap_err().contains("not settled"));
+    assert_eq!(kinds(&join(&mut e, 3, ITEMS)), vec!["welcome"]);
+    // the third of five settles it: hospital 1 is refused, the running round announced
+    let a = join(&mut e, 4, ITEMS);
+    assert_eq!(
+        kinds(&a),
+        vec![
+            "settle", "reject", "announce", "announce", "welcome", "announce"
+        ]
+    );
+    assert!(a.contains(&Action::SettleItems { items: ITEMS }));
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Reject { to: 1, reason }
+        if reason.contains("1 items") && reason.contains("37")))
+    );
+    assert_eq!(e.accepts_update(4, 1), Ok(ITEMS));
+    // a late one of the wrong size is refused at the door and never waited for
+    assert_eq!(kinds(&join(&mut e, 5, 2)), vec!["reject"]);
+    for h in [2, 3] {
+        e.handle(Event::UpdateFolded {
+            hospital: h,
+            round: 1,
+            weight: 10,
+            now,
+        });
+    }
+    let a = e.handle(Event::UpdateFolded {
+        hospital: 4,
+        round: 1,
+        weight: 10,
+        now,
+    });
+    assert_eq!(
+        kinds(&a),
+        vec!["deliver"],
+        "every admitted hospital sent: the round closes at once"
+    );
+}
+
+#[test]
+fn a_stalled_round_is_audited_once_a_minute_not_every_tick() {
+    let now = Instant::now();
+    let mut e = Engine::new(cfg(3, 2, 3, 2), Restored::default(), now);
+    set_up(&mut e, 3, now);
+    e.handle(Event::Left { hospital: 3, now });
+    let mut audits = 0;
+    for s in 60..=200 {
+        let a = e.handle(Event::Tick {
+            now: now + Duration::from_secs(s),
+        });
+        audits += a
+            .iter()
+            .filter(|x| {
+                matches!(
+                    x,
+                    Action::Audit {
+                        event: "quorum-missing",
+                        ..
+                    }
+                )
+            })
+            .count();
+    }
+    // at 60 s (the deadline), 120 s and 180 s
+    assert_eq!(audits, 3);
+}
+
+#[test]
+fn an_alarm_about_the_delivered_round_stops_the_federation() {
+    let now = Instant::now();
+    let all: BTreeSet<u32> = (1..=3).collect();
+    let restored = Restored {
+        committed: 2,
+        finished: false,
+        key_shares: all.clone(),
+        dealt: all.clone(),
+        setup_done: all,
+        items: Some(ITEMS),
+    };
+    let mut e = Engine::new(cfg(3, 2, 2, 10), restored, now);
+    for h in 1..=3 {
+        e.handle(Event::Joined {
+            hospital: h,
+            last_round: 2,
+            items: ITEMS,
+            now,
+        });
+    }
+    // about another round: refused and audited, nothing stops
+    let a = e.handle(Event::Alarm {
+        hospital: 1,
+        round: 1,
+        reason: "old".into(),
+    });
+    assert!(kinds(&a).is_empty() && !e.is_finished());
+    let a = e.handle(Event::Alarm {
+        hospital: 2,
+        round: 2,
+        reason: "value 7 out of range".into(),
+    });
+    assert_eq!(kinds(&a), vec!["finish"]);
+    assert!(a.iter().any(|x| matches!(
+        x,
+        Action::Audit {
+            event: "alarm",
+            round: 2,
+            ..
+        }
+    )));
+    assert!(e.is_finished());
+    assert!(e.accepts_update(1, 3).is_err(), "no round builds on it");
 }

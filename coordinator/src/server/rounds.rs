@@ -5,7 +5,9 @@ use super::*;
 
 impl Server {
     pub(super) fn reset_round(&self, round: u64) {
-        *lock(&self.round) = Round::new(round, now_ms());
+        // the plan's bound, a whole number of samples (config checks it is at least 1)
+        let max_total_weight = self.cfg.he.max_total_weight.min(MAX_WEIGHT as f64) as u64;
+        *lock(&self.round) = Round::new(round, now_ms(), max_total_weight);
     }
 
     pub(super) fn ensure_round(&self, round: u64) {
@@ -22,12 +24,43 @@ impl Server {
         count: u32,
         mut msg: Incoming,
     ) -> Result<(), String> {
-        lock(&self.engine).accepts_update(h, round)?;
+        let items = lock(&self.engine).accepts_update(h, round)?;
         self.ensure_round(round);
         lock(&self.round)
-            .check_announced(weight, count)
+            .announce(h, round, weight, count, items)
             .map_err(|e| e.to_string())?;
         // read and validate everything first: a broken upload leaves the aggregate untouched
+        let read = self.read_update(count, &mut msg).await.and_then(|read| {
+            // the engine again: the round may have closed while the update streamed in
+            lock(&self.engine).accepts_update(h, round)?;
+            Ok(read)
+        });
+        let (update, bytes) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                lock(&self.round).abandon(h, round);
+                return Err(e);
+            }
+        };
+        let batch = self.cfg.federation.hospitals as usize;
+        let he = self
+            .he
+            .as_ref()
+            .map(|he| (he, self.backend.as_ref(), batch));
+        lock(&self.round)
+            .fold(h, round, he, bytes, update)
+            .map_err(|e| e.to_string())?;
+        self.feed(Event::UpdateFolded {
+            hospital: h,
+            round,
+            weight,
+            now: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// The `count` items of an update stream, decoded, and the bytes they took.
+    async fn read_update(&self, count: u32, msg: &mut Incoming) -> Result<(Update, u64), String> {
         let mut cts = Vec::new();
         let mut plain: Vec<Vec<f32>> = Vec::new();
         let mut bytes = 0u64;
@@ -51,27 +84,11 @@ impl Server {
         if msg.next_item().await.map_err(|e| e.to_string())?.is_some() {
             return Err(format!("more than the {count} items announced"));
         }
-        // the engine again: the round may have closed while the update streamed in
-        lock(&self.engine).accepts_update(h, round)?;
         let update = match &self.he {
             Some(_) => Update::Encrypted(cts),
             None => Update::Plain(plain),
         };
-        let batch = self.cfg.federation.hospitals as usize;
-        let he = self
-            .he
-            .as_ref()
-            .map(|he| (he, self.backend.as_ref(), batch));
-        lock(&self.round)
-            .fold(round, he, weight, bytes, update)
-            .map_err(|e| e.to_string())?;
-        self.feed(Event::UpdateFolded {
-            hospital: h,
-            round,
-            weight,
-            now: Instant::now(),
-        });
-        Ok(())
+        Ok((update, bytes))
     }
 
     /// Closes the aggregate (once) and streams it to every active hospital.

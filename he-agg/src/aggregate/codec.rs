@@ -39,6 +39,17 @@ pub enum CodecError {
         held: usize,
         values: usize,
     },
+    #[error(
+        "value {index} of the decrypted average is {value:e}, outside ±{bound:e} (the clip bound \
+         and the noise): a contribution was malformed"
+    )]
+    OutOfRange {
+        index: usize,
+        value: f64,
+        bound: f64,
+    },
+    #[error("a total weight of {0} to divide by")]
+    Weight(f64),
     #[error("cannot start the {0}")]
     Setup(String),
     #[error(transparent)]
@@ -142,6 +153,59 @@ impl UpdateCodec {
         sum.truncate(values);
         Ok(sum)
     }
+
+    /// The weighted average of a decrypted round result (`items` under `sk`, the sum of updates
+    /// clipped to ±`clip` with weights totalling `total_weight`), range-checked: every slot,
+    /// the padding after the model's `values` included, must lie within what honest updates can
+    /// produce — ±`clip` for values, 0 for padding — give or take [`Self::tolerance`]. An update
+    /// whose ciphertext was crafted to leak the secret key (a constant added to c₁ shows up as
+    /// s·k in every slot) is refused here unless its effect is that small; see the README's
+    /// threat model for what a smaller one can still learn.
+    pub fn decrypt_average(
+        &self,
+        sk: &SecretKey,
+        items: &[Vec<u8>],
+        values: usize,
+        total_weight: f64,
+        clip: f64,
+    ) -> Result<Vec<f64>, CodecError> {
+        if !(total_weight.is_finite() && total_weight >= 1.0) {
+            return Err(CodecError::Weight(total_weight));
+        }
+        let mut all = self.decrypt_sum(sk, items, items.len() * self.ctx.n())?;
+        all.iter_mut().for_each(|v| *v /= total_weight);
+        check_average(&all, values, clip, self.tolerance())?;
+        all.truncate(values);
+        Ok(all)
+    }
+
+    /// How far an honest average may stray from its bound through the encryption noise: ten
+    /// standard deviations of the plan's expected error, and never less than 10⁻⁶.
+    pub fn tolerance(&self) -> f64 {
+        (10.0 * self.plan.expected_error).max(1e-6)
+    }
+}
+
+/// Checks an average whose first `values` entries are updates clipped to ±`clip` and whose
+/// rest is padding (0), each give or take `tolerance`.
+pub fn check_average(
+    avg: &[f64],
+    values: usize,
+    clip: f64,
+    tolerance: f64,
+) -> Result<(), CodecError> {
+    for (index, &value) in avg.iter().enumerate() {
+        let bound = if index < values { clip } else { 0.0 } + tolerance;
+        // NaN is out of range too
+        if value.is_nan() || value.abs() > bound {
+            return Err(CodecError::OutOfRange {
+                index,
+                value,
+                bound,
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -188,6 +252,68 @@ mod tests {
         assert!(matches!(
             codec.decrypt_sum(&sk, &items[..1], values.len()),
             Err(CodecError::Count { .. })
+        ));
+    }
+
+    #[test]
+    fn an_average_outside_the_clip_bound_is_refused_and_an_honest_one_passes() {
+        let ctx = CkksContext::new(Parameters::preset(Preset::Aggregation)).unwrap();
+        let plan = AggregationPlan::from_settings(&ctx, &Default::default(), 1, 1).unwrap();
+        let codec = UpdateCodec::new(ctx.clone(), plan);
+        let mut kg = ctx.key_generator().unwrap();
+        let sk = kg.secret_key();
+        let pk = kg.public_key(&sk);
+        let values: Vec<f32> = (0..1000).map(|i| ((i % 13) as f32 - 6.0) * 10.0).collect();
+        let items = codec.encrypt(&pk, &values).unwrap();
+        // weight 4: the sum is 4 × the update, its average the update (|v| ≤ 60 < clip 64)
+        let sum: Vec<Vec<u8>> = items
+            .iter()
+            .map(|b| {
+                let ct = codec.decode(0, b).unwrap();
+                let mut four = ct.clone();
+                for _ in 0..3 {
+                    for (p, q) in four.parts.iter_mut().zip(&ct.parts) {
+                        for (i, m) in ctx.rlwe().ring().moduli().iter().enumerate() {
+                            let q_i = m.value();
+                            for (a, b) in p.limb_mut(i).iter_mut().zip(q.limb(i)) {
+                                *a = (*a + b) % q_i;
+                            }
+                        }
+                    }
+                }
+                crate::ckks::wire::encode_ciphertext(&ctx, &four)
+            })
+            .collect();
+        let avg = codec
+            .decrypt_average(&sk, &sum, values.len(), 4.0, 64.0)
+            .unwrap();
+        assert!((avg[999] - f64::from(values[999])).abs() < 1e-3);
+        // the same values against a tighter clip bound are out of range
+        assert!(matches!(
+            codec.decrypt_average(&sk, &sum, values.len(), 4.0, 50.0),
+            Err(CodecError::OutOfRange { .. })
+        ));
+        // a constant k added to c₁ decrypts to m + k·s: refused even for k = Δ/2^20
+        let k = (codec.plan().scale / 2f64.powi(20)) as u64;
+        let crafted: Vec<Vec<u8>> = items
+            .iter()
+            .map(|b| {
+                let mut ct = codec.decode(0, b).unwrap();
+                for (i, m) in ctx.rlwe().ring().moduli().iter().enumerate() {
+                    for w in ct.parts[1].limb_mut(i) {
+                        *w = (*w + k) % m.value();
+                    }
+                }
+                crate::ckks::wire::encode_ciphertext(&ctx, &ct)
+            })
+            .collect();
+        assert!(matches!(
+            codec.decrypt_average(&sk, &crafted, values.len(), 1.0, 64.0),
+            Err(CodecError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            codec.decrypt_average(&sk, &items, values.len(), 0.0, 64.0),
+            Err(CodecError::Weight(_))
         ));
     }
 }
