@@ -24,6 +24,20 @@ pub enum Update {
     Plain(Vec<Vec<f32>>),
 }
 
+impl Update {
+    /// Its items (ciphertexts, or plaintext chunks).
+    pub fn len(&self) -> usize {
+        match self {
+            Update::Encrypted(c) => c.len(),
+            Update::Plain(p) => p.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Why something a hospital sent cannot join the round (the text is what its audit row says).
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RoundError {
@@ -174,10 +188,7 @@ impl Round {
             .uploading
             .remove(&hospital)
             .ok_or(RoundError::NotAnnounced)?;
-        let count = match &update {
-            Update::Encrypted(c) => c.len(),
-            Update::Plain(p) => p.len(),
-        };
+        let count = update.len();
         match (update, he) {
             (Update::Encrypted(cts), Some((he, backend, batch))) => {
                 if !self.aggs.is_empty() && self.aggs.len() != count {

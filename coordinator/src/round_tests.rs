@@ -17,13 +17,6 @@ fn plain(values: &[f32]) -> Update {
 
 const MAX_TOTAL: u64 = 1_000;
 
-fn count(u: &Update) -> u32 {
-    match u {
-        Update::Encrypted(c) => c.len() as u32,
-        Update::Plain(p) => p.len() as u32,
-    }
-}
-
 /// Announces `hospital`'s update (of the size it has) and folds it.
 fn put(
     r: &mut Round,
@@ -33,7 +26,7 @@ fn put(
     weight: u64,
     update: Update,
 ) -> Result<(), RoundError> {
-    let n = count(&update);
+    let n = update.len() as u32;
     r.announce(hospital, round, weight, n, n)?;
     r.fold(hospital, round, he, 0, update)
 }
