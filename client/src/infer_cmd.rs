@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use client::export::{input_shape, read_network};
 use client::infer::evaluate::write_json;
 use client::infer::local::infer_local;
+use client::infer::pinned::Accepted;
 use client::infer::remote::{Target, infer_remote};
 use client::infer::{EvaluateOptions, ImageArg, InferOutcome, evaluate_encrypted, load_images};
 use he_agg::infer::ParamPolicy;
@@ -118,6 +119,7 @@ pub fn infer(
         federation: cfg.federation_id()?,
         me: cfg.site.index,
         timeout: Duration::from_secs(timeout_s.max(1)),
+        accept: Accepted::from_site(&cfg.site)?,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

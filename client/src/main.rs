@@ -338,6 +338,7 @@ fn main() -> Result<()> {
                     federation: site.federation_id()?,
                     me: site.site.index,
                     timeout: std::time::Duration::from_secs(120),
+                    accept: client::infer::pinned::Accepted::from_site(&site.site)?,
                 });
             }
             let portal = std::sync::Arc::new(client::portal::Portal::new(cfg.clone())?);

@@ -37,6 +37,10 @@ pub struct FederationSection {
     /// Address the coordinator listens on.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// How the final model is served, written into every site TOML as the one mode its
+    /// requesters accept: "released" (mode b, default) or "collective" (mode a).
+    #[serde(default)]
+    pub inference: protocol::site::InferenceMode,
 }
 
 fn default_round_timeout() -> u64 {

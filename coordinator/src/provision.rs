@@ -10,7 +10,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -59,21 +58,10 @@ impl Roster {
     }
 }
 
-/// Writes a file readable by its owner only.
+/// Writes a file readable by its owner only, whole or not at all.
 pub fn write_secret(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(contents)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    protocol::durable_file::write_private(path, contents)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
@@ -171,6 +159,8 @@ fn site_toml(
         hospitals: cfg.federation.hospitals,
         threshold: cfg.threshold(),
         kit: None,
+        inference: cfg.federation.inference,
+        collective_key: None,
     };
     let mut doc = toml::Table::new();
     doc.insert("site".into(), toml::Value::try_from(&site)?);

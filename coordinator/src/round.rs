@@ -11,6 +11,7 @@ use std::time::Instant;
 use he_agg::aggregate::{Aggregator, Backend, MAX_WEIGHT, Shape};
 use he_agg::ckks::{Ciphertext, wire};
 use he_agg::multiparty::{PublicKeySwitch, PublicKeySwitchShare};
+use protocol::transcript::Contribution;
 
 use crate::he::HeSetup;
 use crate::store::{RoundRecord, StoredResult};
@@ -71,6 +72,8 @@ pub enum RoundError {
     Mode,
     #[error("aggregation: {0}")]
     Aggregation(String),
+    #[error("hospital {0}'s update is not folded with a signed statement of its weight")]
+    Unsigned(u32),
 }
 
 /// The round in progress.
@@ -83,6 +86,8 @@ pub struct Round {
     uploading: BTreeMap<u32, u64>,
     /// hospitals whose update is folded, with its weight: nothing twice
     folded: BTreeMap<u32, u64>,
+    /// what each folded hospital signed of its update, shown to the switchers
+    signed: BTreeMap<u32, Contribution>,
     aggs: Vec<Aggregator>,
     plain: Vec<f64>,
     aggregate: Option<Arc<Vec<Ciphertext>>>,
@@ -237,6 +242,22 @@ impl Round {
 
     /// The aggregate of `round`, closed on the first attempt, as the bytes every switcher gets;
     /// a new `attempt` starts its shares afresh.
+    /// Keeps what hospital `signed.hospital` signed of the update just folded.
+    pub fn record_contribution(&mut self, signed: Contribution) {
+        self.signed.insert(signed.hospital, signed);
+    }
+
+    /// The signed statements of the updates of `weights` (hospital, weight), as folded.
+    pub fn contributions(&self, weights: &[(u32, u64)]) -> Result<Vec<Contribution>, RoundError> {
+        weights
+            .iter()
+            .map(|(h, w)| match self.signed.get(h) {
+                Some(c) if c.weight == *w && self.folded.get(h) == Some(w) => Ok(c.clone()),
+                _ => Err(RoundError::Unsigned(*h)),
+            })
+            .collect()
+    }
+
     pub fn close(
         &mut self,
         round: u64,

@@ -16,6 +16,7 @@ use he_agg::multiparty::{PublicKeyGen, wire as shares};
 use protocol::link::{Incoming, accept_connection, listen};
 use protocol::message::{Body, Phase};
 use protocol::tls::TlsFiles;
+use protocol::transcript::{Contribution, ItemsDigest, PartyKeys, SealedShare, Verifier};
 use protocol::{FederationId, Link, Party, ProtocolError};
 use tracing::{info, warn};
 
@@ -57,6 +58,8 @@ pub struct Server {
     cfg: FederationConfig,
     federation: FederationId,
     roster: HashMap<String, Party>,
+    /// checks the hospitals' signed key material against the consortium CA
+    verifier: Verifier,
     store: Store,
     he: Option<HeSetup>,
     backend: Box<dyn Backend>,
@@ -136,8 +139,10 @@ impl Server {
             Instant::now(),
         );
         info!(federation = %federation, committed = restored.committed, "coordinator state opened");
+        let verifier = Verifier::from_files(&dir.tls()).context("the consortium CA")?;
         Ok(Arc::new(Self {
             roster: roster.parties(),
+            verifier,
             cfg,
             federation,
             store,
@@ -488,10 +493,39 @@ impl Server {
             Body::KeyShares {
                 public_key_share,
                 exchange_key,
-            } => self.key_shares(h, public_key_share, exchange_key),
+                certificate,
+                signature,
+            } => self.key_shares(
+                h,
+                PartyKeys {
+                    hospital: h,
+                    public_key_share,
+                    exchange_key,
+                    certificate,
+                    signature,
+                },
+            ),
             Body::ShamirShares { sealed } => self.shamir_shares(h, sealed),
-            Body::SetupDone { receive_key } => self.setup_done(h, &receive_key),
-            Body::Update { weight, count } => self.update(h, round, weight, count, msg).await,
+            Body::SetupDone {
+                receive_key,
+                signature,
+            } => self.setup_done(h, &receive_key, &signature),
+            Body::Update {
+                weight,
+                count,
+                sketch,
+                signature,
+            } => {
+                let signed = Contribution {
+                    hospital: h,
+                    weight,
+                    count,
+                    items: [0; 32],
+                    sketch,
+                    signature,
+                };
+                self.update(h, round, signed, msg).await
+            }
             Body::SwitchShares { attempt, count } => {
                 self.switch_shares(h, round, attempt, count, msg).await
             }

@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use protocol::FederationId;
 use protocol::message::{Phase, RoundMetrics};
+use protocol::transcript::SealedShare;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -23,7 +24,7 @@ const LATEST: u32 = 0;
 const METRICS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("metrics");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error("state store: {0}")]
     Db(String),
@@ -31,7 +32,15 @@ pub enum StoreError {
     OtherFederation { stored: String, given: String },
     #[error("state store record {0} is corrupt")]
     Corrupt(&'static str),
+    #[error(
+        "the state store was written by an older HEAL (schema {found}, this one reads {want}): its setup holds no signed key material; provision a new federation (or move state.redb away to start this one afresh)"
+    )]
+    Schema { found: u32, want: u32 },
 }
+
+/// Version of the records' layout; 2: parties carry their certificate and signed key shares,
+/// sealed shares their dealer's signature.
+pub const SCHEMA: u32 = 2;
 
 fn db_err<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())
@@ -50,6 +59,9 @@ fn dec<T: DeserializeOwned>(b: &[u8], what: &'static str) -> Result<T, StoreErro
 pub struct PartyRecord {
     pub public_key_share: Option<Vec<u8>>,
     pub exchange_key: Option<[u8; 32]>,
+    /// Its certificate (DER) and its signature over its key shares, relayed to every hospital.
+    pub certificate: Vec<u8>,
+    pub key_signature: Vec<u8>,
     /// Sent its sealed Shamir shares.
     pub dealt: bool,
     pub setup_done: bool,
@@ -131,9 +143,23 @@ impl Store {
                         given: federation.to_hex(),
                     });
                 }
-                Some(_) => {}
+                Some(_) => {
+                    let found = meta
+                        .get("schema")
+                        .map_err(db_err)?
+                        .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
+                        .map_or(1, u32::from_le_bytes);
+                    if found != SCHEMA {
+                        return Err(StoreError::Schema {
+                            found,
+                            want: SCHEMA,
+                        });
+                    }
+                }
                 None => {
                     meta.insert("federation", federation.0.as_slice())
+                        .map_err(db_err)?;
+                    meta.insert("schema", SCHEMA.to_le_bytes().as_slice())
                         .map_err(db_err)?;
                     meta.insert("phase", enc(&Phase::Setup).as_slice())
                         .map_err(db_err)?;
@@ -264,12 +290,13 @@ impl Store {
     }
 
     /// Stores the sealed shares `from` dealt, and marks it as having dealt, in one transaction.
-    pub fn put_shamir(&self, from: u32, sealed: &[(u32, Vec<u8>)]) -> Result<(), StoreError> {
+    pub fn put_shamir(&self, from: u32, sealed: &[SealedShare]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = txn.open_table(SHAMIR).map_err(db_err)?;
-            for (to, bytes) in sealed {
-                t.insert((from, *to), bytes.as_slice()).map_err(db_err)?;
+            for s in sealed {
+                let value = enc(&(&s.sealed, &s.signature));
+                t.insert((from, s.peer), value.as_slice()).map_err(db_err)?;
             }
             let mut p = txn.open_table(PARTIES).map_err(db_err)?;
             let mut rec: PartyRecord = match p.get(from).map_err(db_err)? {
@@ -282,8 +309,8 @@ impl Store {
         txn.commit().map_err(db_err)
     }
 
-    /// The sealed shares addressed to `to`, by dealer.
-    pub fn shamir_for(&self, to: u32) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+    /// The sealed shares addressed to `to`, by dealer (`peer`), with the dealers' signatures.
+    pub fn shamir_for(&self, to: u32) -> Result<Vec<SealedShare>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(SHAMIR).map_err(db_err)?;
         let mut out = Vec::new();
@@ -291,7 +318,12 @@ impl Store {
             let (k, v) = r.map_err(db_err)?;
             let (from, dest) = k.value();
             if dest == to {
-                out.push((from, v.value().to_vec()));
+                let (sealed, signature) = dec(v.value(), "sealed share")?;
+                out.push(SealedShare {
+                    peer: from,
+                    sealed,
+                    signature,
+                });
             }
         }
         Ok(out)
@@ -439,7 +471,13 @@ mod tests {
                 },
             )
             .unwrap();
-            s.put_shamir(2, &[(1, vec![1, 2]), (3, vec![3])]).unwrap();
+            let sealed = |peer, sealed: Vec<u8>| SealedShare {
+                peer,
+                sealed,
+                signature: vec![peer as u8; 3],
+            };
+            s.put_shamir(2, &[sealed(1, vec![1, 2]), sealed(3, vec![3])])
+                .unwrap();
             let rec = RoundRecord {
                 round: 1,
                 participants: vec![(1, 10), (2, 20)],
@@ -463,7 +501,14 @@ mod tests {
         assert_eq!(s.phase().unwrap(), Phase::Training { committed: 1 });
         assert_eq!(s.party(2).unwrap().exchange_key, Some([9; 32]));
         assert!(s.party(2).unwrap().dealt);
-        assert_eq!(s.shamir_for(3).unwrap(), vec![(2, vec![3])]);
+        assert_eq!(
+            s.shamir_for(3).unwrap(),
+            vec![SealedShare {
+                peer: 2,
+                sealed: vec![3],
+                signature: vec![3; 3]
+            }]
+        );
         assert_eq!(s.rounds().unwrap().len(), 1);
         assert_eq!(s.latest_result().unwrap().unwrap().items, vec![vec![7; 5]]);
         assert_eq!(s.receive_key().unwrap(), Some(vec![5; 9]));
@@ -475,5 +520,29 @@ mod tests {
             Store::open(&path, FederationId([2; 16])),
             Err(StoreError::OtherFederation { .. })
         ));
+    }
+
+    #[test]
+    fn a_store_of_an_older_schema_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let fed = FederationId([1; 16]);
+        drop(Store::open(&path, fed).unwrap());
+        {
+            // as protocol 5 left it: no schema key
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().remove("schema").unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Store::open(&path, fed).unwrap_err();
+        assert_eq!(
+            err,
+            StoreError::Schema {
+                found: 1,
+                want: SCHEMA
+            }
+        );
+        assert!(err.to_string().contains("provision a new federation"));
     }
 }

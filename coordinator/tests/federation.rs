@@ -4,61 +4,21 @@
 //! of another CA. Every loop and wait is bounded.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use coordinator::config::FederationConfig;
-use coordinator::provision::provision;
 use coordinator::store::Store;
 use he_agg::ckks::{CkksContext, Parameters, Preset, wire};
 use protocol::link::connect;
 use protocol::message::Body;
 use protocol::tls::TlsFiles;
-use protocol::{Envelope, FederationId, Party};
+use protocol::transcript::{self, Signer, Statement};
+use protocol::{Envelope, Party};
 
 mod common;
-use common::{Procs, client_bin, coordinator_bin, data_dir, free_port};
-
-fn config(hospitals: u32, threshold: u32, quorum: u32, rounds: u64, port: u16) -> String {
-    format!(
-        r#"
-[federation]
-name = "faults"
-hospitals = {hospitals}
-threshold = {threshold}
-rounds = {rounds}
-min_hospitals = {quorum}
-round_timeout_s = 120
-coordinator_address = "127.0.0.1:{port}"
-listen = "127.0.0.1:{port}"
-{}reconnect_s = 120
-"#,
-        common::breastmnist_sections(3)
-    )
-}
-
-struct Fed {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    coordinator_dir: PathBuf,
-    hospital_dirs: Vec<PathBuf>,
-    federation: FederationId,
-}
-
-fn provisioned(cfg_text: &str) -> Fed {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = FederationConfig::from_toml(cfg_text).unwrap();
-    let p = provision(&cfg, cfg_text, &dir.path().join("fed")).unwrap();
-    Fed {
-        root: dir.path().to_path_buf(),
-        coordinator_dir: p.coordinator_dir,
-        hospital_dirs: p.hospital_dirs,
-        federation: p.federation,
-        _dir: dir,
-    }
-}
+use common::{Fed, Procs, config, coordinator_bin, free_port, provisioned, start_hospital};
 
 /// A running coordinator and the commit markers it prints.
 struct Coordinator {
@@ -120,21 +80,6 @@ fn wait_exit(child: &mut Child, limit: Duration, what: &str) {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn start_hospital(fed: &Fed, index: usize) -> Child {
-    Command::new(client_bin())
-        .args(["run", "--site"])
-        .arg(fed.hospital_dirs[index - 1].join("site.toml"))
-        .arg("--out")
-        .arg(fed.root.join(format!("node-{index}")))
-        .env("HEAL_DATA_DIR", data_dir())
-        .env("HEAL_OFFLINE", "1")
-        .env("RAYON_NUM_THREADS", "1")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(fed.root.join(format!("hospital-{index}.log"))).unwrap())
-        .spawn()
-        .unwrap()
 }
 
 impl Drop for Coordinator {
@@ -242,6 +187,12 @@ fn bad_updates_and_strangers_are_refused_and_logged_while_the_rounds_go_on() {
     assert!(
         replies.iter().any(|r| r.contains("receiving key differs")),
         "another consortium receiving key refused: {replies:?}"
+    );
+    assert!(
+        replies
+            .iter()
+            .any(|r| r.contains("hospital 3's signature over its receiving key does not verify")),
+        "an unsigned receiving key refused: {replies:?}"
     );
     // the node comes back; the federation finishes
     nodes.0[2] = start_hospital(&fed, 3);
@@ -364,6 +315,8 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
             Body::Update {
                 weight: 10,
                 count: items,
+                sketch: vec![],
+                signature: vec![],
             },
         )
         .await
@@ -385,6 +338,8 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
             Body::Update {
                 weight: 10,
                 count: items,
+                sketch: vec![],
+                signature: vec![],
             },
         )
         .await
@@ -396,6 +351,8 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
         Body::Update {
             weight: 10,
             count: items,
+            sketch: vec![],
+            signature: vec![],
         },
     )
     .await
@@ -407,6 +364,7 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
         Party::Hospital(1),
         Body::SetupDone {
             receive_key: vec![],
+            signature: vec![],
         },
     );
     let mut raw = link.open_raw().await.unwrap();
@@ -416,17 +374,36 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
     let agg = CkksContext::new(Parameters::preset(Preset::Aggregation)).unwrap();
     let mut kg = agg.key_generator().unwrap();
     let own = kg.secret_key();
+    let receive_key = wire::encode_public_key(&agg, &kg.public_key(&own));
+    // first unsigned (as protocol 5 sent it), then signed with hospital 3's own key
     link.send(
         0,
         Body::SetupDone {
-            receive_key: wire::encode_public_key(&agg, &kg.public_key(&own)),
+            receive_key: receive_key.clone(),
+            signature: vec![0x30; 70],
+        },
+    )
+    .await
+    .unwrap();
+    let signature = Signer::from_files(&kit)
+        .unwrap()
+        .sign(&Statement::ReceiveKey {
+            federation: fed.federation,
+            hospital: 3,
+            receive_key: transcript::digest(&receive_key),
+        });
+    link.send(
+        0,
+        Body::SetupDone {
+            receive_key,
+            signature,
         },
     )
     .await
     .unwrap();
     let mut replies = vec![refusal];
     let deadline = Instant::now() + Duration::from_secs(30);
-    while replies.len() < 5 && Instant::now() < deadline {
+    while replies.len() < 6 && Instant::now() < deadline {
         match tokio::time::timeout(Duration::from_secs(10), link.accept()).await {
             Ok(Ok(m)) => {
                 if let Body::Refused { reason } = m.envelope.body {

@@ -328,6 +328,7 @@ async fn wrong_fingerprints_garbage_and_strangers_are_refused() {
         0,
         Body::SetupDone {
             receive_key: vec![],
+            signature: vec![],
         },
     )
     .await

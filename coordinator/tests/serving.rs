@@ -20,7 +20,7 @@ use common::{Procs, client_bin, coordinator_bin, data_dir, free_port};
 /// A 3-hospital BreastMNIST federation, one round.
 fn config() -> String {
     let head = "[federation]\nname = \"served\"\nhospitals = 3\nthreshold = 2\nrounds = 1\n\
-                min_hospitals = 3\nround_timeout_s = 300\n";
+                min_hospitals = 3\ninference = \"collective\"\nround_timeout_s = 300\n";
     format!(
         "{head}{}\n[simulate]\ntimeout_s = 600\n",
         common::breastmnist_sections(1)
@@ -77,7 +77,7 @@ fn the_federated_model_is_served_encrypted_and_each_result_is_switched_by_t_keyh
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let key = out.join("hospitals/hospital-2/state/inference/threshold.key");
+        let key = out.join("hospitals/hospital-2/state/inference/setup.bin");
         let mode = std::fs::metadata(&key).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "{} is readable by others", key.display());
     }
@@ -213,6 +213,35 @@ fn a_restarted_serving_coordinator_serves_the_saved_setup_without_a_new_key() {
     }
     let site = p.hospital_dirs[0].join("site.toml");
     let before = ask(root, &site, &addr, "before");
+    // a site that accepts only mode (b) refuses this server: its image is never encrypted to
+    // the server's key
+    let released = root.join("released-site.toml");
+    std::fs::write(
+        &released,
+        std::fs::read_to_string(&site)
+            .unwrap()
+            .replace("inference = \"collective\"", "inference = \"released\""),
+    )
+    .unwrap();
+    std::fs::copy(p.hospital_dirs[0].join("ca.pem"), root.join("ca.pem")).unwrap();
+    std::fs::copy(p.hospital_dirs[0].join("cert.pem"), root.join("cert.pem")).unwrap();
+    std::fs::copy(p.hospital_dirs[0].join("key.pem"), root.join("key.pem")).unwrap();
+    let refused = Command::new(client_bin())
+        .args(["infer", "--timeout-s", "60", "--server", &addr, "--site"])
+        .arg(&released)
+        .arg("breastmnist:test:3")
+        .env("HEAL_DATA_DIR", data_dir())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "a mode (b) site was served in mode (a)"
+    );
+    assert!(
+        err.contains("the server answers in collective (mode a), and this site accepts only released (mode b)"),
+        "{err}"
+    );
     assert!(
         p.coordinator_dir.join("served.bin").exists(),
         "nothing saved"

@@ -9,6 +9,8 @@
 //!   each on its own stream, large payloads item by item;
 //! - [`serve`]: the headers of encrypted serving, `serve::released` (mode b: the model released
 //!   to the server) and `serve::collective` (mode a: the model served under a collective key);
+//! - [`transcript`]: statements each hospital signs with its certificate key, and their checks;
+//! - [`durable_file`]: files written whole or not at all (temp, mode, fsync, rename, dir fsync);
 //! - [`plain`]: the item format of a plaintext (comparison) federation;
 //! - [`metrics_file`] and [`run_report`]: the files a node and `coordinator simulate` write and
 //!   the portal reads.
@@ -16,6 +18,7 @@
 //! Nothing here knows what a ciphertext is: payloads are opaque bytes the receiver validates
 //! with `he_agg`'s decoders.
 
+pub mod durable_file;
 pub mod error;
 pub mod frame;
 pub mod identity;
@@ -28,6 +31,7 @@ pub mod run_report;
 pub mod serve;
 pub mod site;
 pub mod tls;
+pub mod transcript;
 
 pub use error::ProtocolError;
 pub use identity::{FederationId, Party};

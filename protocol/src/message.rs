@@ -11,8 +11,9 @@ use crate::serve::collective::{
     CollectiveRequest, KeyholderRound1, ResultSwitchRequest, ResultSwitchShares,
 };
 use crate::serve::released::{InferKeys, InferRequest, InferResult, KeysId, ModelInfo};
+use crate::transcript::{Contribution, PartyKeys, SealedShare};
 
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -66,20 +67,34 @@ pub enum Body {
         items: u32,
     },
     /// Setup: its share of the collective public key and its key-exchange key (for sealed
-    /// Shamir shares).
+    /// Shamir shares), with its certificate and its signature over both
+    /// ([`crate::transcript::Statement::KeyShares`]).
     KeyShares {
         public_key_share: Vec<u8>,
         exchange_key: [u8; 32],
+        certificate: Vec<u8>,
+        signature: Vec<u8>,
     },
-    /// Setup: for each other hospital, sealed for it, a Shamir share of this hospital's secret and
-    /// its contribution to the consortium receiving key.
-    ShamirShares { sealed: Vec<(u32, Vec<u8>)> },
+    /// Setup: for each other hospital, sealed for it and signed, a Shamir share of this
+    /// hospital's secret and its contribution to the consortium receiving key.
+    ShamirShares { sealed: Vec<SealedShare> },
     /// Setup is complete on this side (threshold secret formed): the public half of the
-    /// consortium receiving key it derived, which every hospital must report identically.
-    SetupDone { receive_key: Vec<u8> },
+    /// consortium receiving key it derived, which every hospital must report identically, and
+    /// its signature over it.
+    SetupDone {
+        receive_key: Vec<u8>,
+        signature: Vec<u8>,
+    },
     /// Header of an update stream: `count` items (ciphertexts, or f32 chunks in plaintext mode)
-    /// of its model weighted by `weight` samples.
-    Update { weight: u64, count: u32 },
+    /// of its model weighted by `weight` samples, their sketch under the hospitals' round key
+    /// and the hospital's signature over [`crate::transcript::Statement::Update`] (both empty in
+    /// a plaintext federation).
+    Update {
+        weight: u64,
+        count: u32,
+        sketch: Vec<u64>,
+        signature: Vec<u8>,
+    },
     /// Header of a stream of `count` public-key-switch shares towards the consortium receiving
     /// key, made for switching attempt `attempt` of the round (an attempt fixes the active set).
     SwitchShares { attempt: u32, count: u32 },
@@ -98,21 +113,20 @@ pub enum Body {
         plaintext: bool,
         phase: Phase,
     },
-    /// Setup result: the collective public key and every hospital's key-exchange key.
-    SetupKeys {
-        collective_public_key: Vec<u8>,
-        exchange_keys: Vec<(u32, [u8; 32])>,
-    },
-    /// Sealed Shamir shares addressed to this hospital, by sender.
-    RelayedShares { sealed: Vec<(u32, Vec<u8>)> },
+    /// Setup result: every hospital's signed key shares, as it sent them; each hospital checks
+    /// them and makes the collective public key itself.
+    SetupKeys { parties: Vec<PartyKeys> },
+    /// Sealed Shamir shares addressed to this hospital, by sender, with their signatures.
+    RelayedShares { sealed: Vec<SealedShare> },
     /// Round `round` starts: train from the global model of round − 1, upload before the deadline.
     RoundStart { deadline_ms: u64 },
     /// Header of a stream of the `count` aggregate ciphertexts of the round: switch them to the
-    /// consortium receiving key as one of `active` (the weights let each party size its flooding).
+    /// consortium receiving key as one of `active`. `contributions` are the signed updates the
+    /// aggregate sums (their weights size each party's flooding; their sketches check it).
     SwitchRequest {
         attempt: u32,
         active: Vec<u32>,
-        weights: Vec<u64>,
+        contributions: Vec<Contribution>,
         count: u32,
     },
     /// Header of a stream of the round's `count` result items (the aggregate switched to the
@@ -285,6 +299,8 @@ mod tests {
             Body::Update {
                 weight: 120,
                 count: 37,
+                sketch: vec![5; 6],
+                signature: vec![1; 70],
             },
         );
         let bytes = env.encode();

@@ -24,4 +24,35 @@ pub struct SiteSection {
     /// Directory of the kit (ca.pem, cert.pem, key.pem); default: the site TOML's folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kit: Option<PathBuf>,
+    /// The inference mode this hospital's requesters accept (`client infer`, the portal): a
+    /// server that answers in the other is refused, so it cannot have an image encrypted to a
+    /// key of its own.
+    #[serde(default)]
+    pub inference: InferenceMode,
+    /// Mode (a): BLAKE3 (hex) of the collective public key images may be encrypted under (the
+    /// keyholders log it when they encrypt the model); absent: any the server presents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collective_key: Option<String>,
+}
+
+/// How a consortium serves its model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InferenceMode {
+    /// Mode (b): the model released to the inference server; each image encrypted under a key
+    /// made by its requester for the request.
+    #[default]
+    Released,
+    /// Mode (a): the model stays encrypted under a collective key; images are encrypted under
+    /// it and t keyholder hospitals switch each result to its requester.
+    Collective,
+}
+
+impl std::fmt::Display for InferenceMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InferenceMode::Released => "released (mode b)",
+            InferenceMode::Collective => "collective (mode a)",
+        })
+    }
 }

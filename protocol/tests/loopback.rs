@@ -83,7 +83,9 @@ async fn messages_and_item_streams_cross_a_real_connection() {
             update.envelope.body,
             Body::Update {
                 weight: 17,
-                count: 3
+                count: 3,
+                sketch: vec![],
+                signature: vec![],
             }
         );
         let mut items = Vec::new();
@@ -119,6 +121,8 @@ async fn messages_and_item_streams_cross_a_real_connection() {
                 Body::Update {
                     weight: 17,
                     count: 3,
+                    sketch: vec![],
+                    signature: vec![],
                 },
             )
             .await
@@ -134,6 +138,7 @@ async fn messages_and_item_streams_cross_a_real_connection() {
             Party::Hospital(2),
             Body::SetupDone {
                 receive_key: vec![],
+                signature: vec![],
             },
         );
         let mut raw = link.open_raw().await.unwrap();
@@ -212,6 +217,7 @@ async fn a_finished_close_is_told_apart_from_a_failure() {
                 0,
                 Body::SetupDone {
                     receive_key: vec![],
+                    signature: vec![],
                 },
             )
             .await

@@ -33,6 +33,8 @@ pub enum InferenceError {
     Refused(String),
     #[error("the inference server's answer is malformed: {0}")]
     BadAnswer(String),
+    #[error("refused by this site's pinned inference mode: {0}")]
+    ModeRefused(String),
     #[error(
         "the plan compiled here from the server's architecture (fingerprint {local}) differs \
          from the server's ({server}); the server uses other parameters or its weights cancel a \

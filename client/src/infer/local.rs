@@ -78,6 +78,7 @@ pub fn infer_local(
     let spec = req.spec();
     Ok(InferOutcome {
         mode: "local".into(),
+        inference: protocol::site::InferenceMode::Released,
         model: model_name.into(),
         ring_degree: spec.parameters().n(),
         depth: spec.depth(),

@@ -5,7 +5,8 @@
 //!   is compiled from the server's architecture and checked by fingerprint;
 //! - [`images`]: what `client infer` takes: PNG/JPEG files or `dataset:split:index`;
 //! - [`local`]: the same request evaluated in this process (`client infer --local`);
-//! - [`remote`]: the request over the federation's QUIC/mTLS link to a mode (b) server;
+//! - [`remote`]: the request over the federation's QUIC/mTLS link to an inference server, in the
+//!   mode the site accepts ([`pinned`]);
 //! - [`outcome`]: per-image results, timings and sizes, printed and written as JSON;
 //! - [`evaluate`]: `client evaluate-encrypted`, encrypted inference over a whole split of any
 //!   data set ([`eval_split`]), batched or per image ([`eval_runs`]), compared with the
@@ -18,6 +19,7 @@ pub mod evaluate;
 pub mod images;
 pub mod local;
 pub mod outcome;
+pub mod pinned;
 pub mod remote;
 pub mod requester;
 

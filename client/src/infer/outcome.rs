@@ -49,6 +49,9 @@ pub struct Sizes {
 pub struct InferOutcome {
     /// `local` or `remote`.
     pub mode: String,
+    /// How the image was served: released (mode b: under a key made by the requester) or
+    /// collective (mode a: under the consortium's collective key, switched to the requester).
+    pub inference: protocol::site::InferenceMode,
     pub model: String,
     pub ring_degree: usize,
     pub depth: usize,
@@ -65,8 +68,8 @@ impl InferOutcome {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "model {} ({}; N = {}, depth {}, {} Galois keys)",
-            self.model, self.mode, self.ring_degree, self.depth, self.galois_keys
+            "model {} ({}, {}; N = {}, depth {}, {} Galois keys)",
+            self.model, self.mode, self.inference, self.ring_degree, self.depth, self.galois_keys
         );
         for r in &self.images {
             let mut order: Vec<usize> = (0..r.probabilities.len()).collect();

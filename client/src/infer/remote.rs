@@ -17,6 +17,7 @@ use tracing::info;
 use super::error::InferenceError;
 use super::images::{ImageArg, load_images};
 use super::outcome::{ImageResult, InferOutcome, Sizes, Timings};
+use super::pinned::Accepted;
 use super::requester::Requester;
 
 /// Where the server is and who this requester is in the federation.
@@ -29,6 +30,8 @@ pub struct Target {
     pub me: u32,
     /// Time the server gets for each step (connect, each item, the evaluation).
     pub timeout: Duration,
+    /// The mode (and mode (a) key) this site accepts; anything else is refused.
+    pub accept: Accepted,
 }
 
 async fn resolve(server: &str) -> Result<SocketAddr, InferenceError> {
@@ -126,6 +129,7 @@ pub async fn infer_remote(
     let start = Instant::now();
     let link = open(target).await?;
     let served = fetch_info(&link, target.timeout).await?;
+    let served_mode = target.accept.check(&served)?;
     let info = served.info;
     let arch: Architecture = serde_json::from_str(&info.architecture)
         .map_err(|e| InferenceError::BadAnswer(format!("architecture: {e}")))?;
@@ -225,6 +229,7 @@ pub async fn infer_remote(
     link.close("done");
     Ok(InferOutcome {
         mode: "remote".into(),
+        inference: served_mode,
         model: info.name.clone(),
         ring_degree: spec.parameters().n(),
         depth: spec.depth(),

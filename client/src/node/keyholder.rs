@@ -34,6 +34,7 @@ use protocol::{Body, FederationId, Link, ProtocolError};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
+use super::held_setup::{self, HeldSetup};
 use super::keys::{read_exchange, read_peers, write_secret};
 use super::site::SiteConfig;
 
@@ -98,7 +99,7 @@ impl Keyholder {
         let federation = cfg.federation_id()?;
         let keys = CollectiveKeys::new(plan.spec(), &ctx, &served_crs(&federation.0))?;
         let dir = state.join("inference");
-        std::fs::create_dir_all(&dir)
+        protocol::durable_file::create_private_dir(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let mut me = Self {
             federation,
@@ -122,16 +123,9 @@ impl Keyholder {
             setup: None,
         };
         // after a restart: the threshold secret and the setup it is of
-        if let (Ok(b), Ok(id)) = (
-            std::fs::read(me.dir.join("threshold.key")),
-            std::fs::read(me.dir.join("setup.id")),
-        ) {
-            me.threshold_secret =
-                Some(mpw::decode_threshold_secret(&me.ctx, &b).context("inference threshold.key")?);
-            me.setup = Some(
-                id.try_into()
-                    .map_err(|_| anyhow::anyhow!("inference setup.id is not 32 bytes"))?,
-            );
+        if let Some(held) = held_setup::load(&me.dir, &me.ctx)? {
+            me.threshold_secret = Some(held.secret);
+            me.setup = Some(held.id);
         }
         Ok(me)
     }
@@ -156,11 +150,8 @@ impl Keyholder {
                 self.threshold
             );
         }
-        // a new setup: whatever an earlier one left is void
-        let _ = std::fs::remove_file(self.dir.join("setup.id"));
-        let _ = std::fs::remove_file(self.dir.join("threshold.key"));
-        self.threshold_secret = None;
-        self.setup = None;
+        // the setup served so far stays held (and served) until the new one is formed: a
+        // server restarted mid-setup without --new-setup still finds it
         let sk = self.ctx.key_generator()?.secret_key();
         write_secret(
             &self.dir.join("share.key"),
@@ -274,12 +265,12 @@ impl Keyholder {
         let ts =
             ThresholdSecret::combine(&self.ctx, self.me, self.threshold as usize, &ids, &shares)?;
         let setup = *blake3::hash(relin_sum).as_bytes();
-        write_secret(
-            &self.dir.join("threshold.key"),
-            &mpw::encode_threshold_secret(&self.ctx, &ts),
-        )?;
-        write_secret(&self.dir.join("setup.id"), &setup)?;
-        self.threshold_secret = Some(ts);
+        let held = HeldSetup {
+            id: setup,
+            secret: ts,
+        };
+        held_setup::store(&self.dir, &self.ctx, &held)?;
+        self.threshold_secret = Some(held.secret);
         self.setup = Some(setup);
         info!(
             "threshold secret of the inference key formed ({} of {})",
@@ -301,6 +292,11 @@ impl Keyholder {
     pub fn encrypted_model(&mut self, public_key: &[u8]) -> anyhow::Result<Reply> {
         let pk =
             wire::decode_public_key(&self.ctx, public_key).context("the collective public key")?;
+        // what requesters pin in their site.toml ([site] collective_key)
+        info!(
+            collective_key = %blake3::hash(public_key).to_hex(),
+            "encrypting the final model under the collective public key"
+        );
         let mut enc = self.ctx.pk_encryptor(&pk)?;
         let t = Instant::now();
         let model =

@@ -4,7 +4,6 @@
 //! re-encrypted to, derived from every hospital's contribution); plus the public keys the
 //! coordinator relayed.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,29 +16,16 @@ use serde::{Deserialize, Serialize};
 const RECEIVE_SK: &str = "consortium-receive.key";
 const RECEIVE_PK: &str = "consortium-receive.pub";
 
-/// Writes a file only its owner can read.
+/// Writes a file only its owner can read, whole or not at all.
 pub fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = opts
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    protocol::durable_file::write_private(path, bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Writes a public file atomically.
+/// Writes a public file, whole or not at all.
 pub fn write_public(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    protocol::durable_file::write_public(path, bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn read(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
@@ -69,12 +55,24 @@ pub fn read_peers(dir: &Path) -> anyhow::Result<Option<PeerKeys>> {
     }
 }
 
-/// The collective public key and the other hospitals' exchange keys, as the coordinator
-/// relayed them.
+/// The setup every hospital checked: the collective public key made here from the signed key
+/// shares, every hospital's exchange key and its certificate (which later signatures are
+/// checked against).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PeerKeys {
     pub collective_public_key: Vec<u8>,
     pub exchange: Vec<(u32, [u8; 32])>,
+    pub certificates: Vec<(u32, Vec<u8>)>,
+}
+
+impl PeerKeys {
+    /// Hospital `h`'s certificate.
+    pub fn certificate(&self, h: u32) -> Option<&[u8]> {
+        self.certificates
+            .iter()
+            .find(|(i, _)| *i == h)
+            .map(|(_, c)| c.as_slice())
+    }
 }
 
 /// The consortium receiving key pair (every hospital holds the same; the coordinator only the
@@ -109,14 +107,24 @@ impl std::fmt::Debug for Keys {
 impl Keys {
     /// Loads the keys of `dir`, making them on first start.
     pub fn load_or_create(ctx: &Arc<CkksContext>, dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        protocol::durable_file::create_private_dir(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         let (share_p, exch_p) = (dir.join("share.key"), dir.join("exchange.key"));
-        let existing = [&share_p, &exch_p].iter().filter(|p| p.exists()).count();
-        if existing != 0 && existing != 2 {
-            bail!(
-                "{} holds only part of this hospital's keys: refusing to make new ones over them",
+        let mut existing = [&share_p, &exch_p].iter().filter(|p| p.exists()).count();
+        if existing == 1 {
+            // a start interrupted between the two files: nothing left this machine yet (the key
+            // shares message is made from them later), so both are made anew
+            if dir.join("public_key_share.bin").exists() {
+                bail!(
+                    "{} holds only part of this hospital's keys, and its key shares were already sent: refusing to make new ones over them",
+                    dir.display()
+                );
+            }
+            tracing::warn!(
+                "{} held one of the two keys of an interrupted first start: making both anew",
                 dir.display()
             );
+            existing = 0;
         }
         if existing == 0 {
             let mut kg = ctx.key_generator()?;
@@ -144,6 +152,9 @@ impl Keys {
                 pk_bytes: pk,
             }),
             (None, None) => None,
+            // setup was interrupted before threshold.key (written last) marked it done: the
+            // receiving key is derived again when the shares are opened again
+            _ if threshold.is_none() => None,
             _ => bail!(
                 "{} holds half of the consortium receiving key",
                 dir.display()
@@ -202,5 +213,45 @@ impl Keys {
         write_public(&self.dir.join("peers.bin"), &postcard::to_allocvec(&peers)?)?;
         self.peers = Some(peers);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use he_agg::ckks::{Parameters, Preset};
+
+    #[test]
+    fn a_first_start_or_a_setup_cut_short_is_resumed_not_bricked() {
+        let ctx = CkksContext::new(Parameters::preset(Preset::Aggregation)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        drop(Keys::load_or_create(&ctx, &state).unwrap());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&state), 0o700);
+            assert_eq!(mode(&state.join("share.key")), 0o600);
+        }
+        // killed between share.key and exchange.key, before anything was sent: made anew
+        std::fs::remove_file(state.join("exchange.key")).unwrap();
+        let keys = Keys::load_or_create(&ctx, &state).unwrap();
+        assert!(state.join("exchange.key").exists());
+        // …but once the key shares were sent, a missing key is not replaced silently
+        std::fs::write(state.join("public_key_share.bin"), b"sent").unwrap();
+        std::fs::remove_file(state.join("exchange.key")).unwrap();
+        let err = Keys::load_or_create(&ctx, &state).unwrap_err();
+        assert!(err.to_string().contains("already sent"), "{err}");
+        write_secret(
+            &state.join("exchange.key"),
+            keys.exchange.secret_bytes().as_ref(),
+        )
+        .unwrap();
+        // killed in save_setup after the receiving secret, before threshold.key marked setup
+        // done: the node starts and redoes that step
+        write_secret(&state.join(RECEIVE_SK), b"half").unwrap();
+        let keys = Keys::load_or_create(&ctx, &state).unwrap();
+        assert!(keys.receive.is_none() && keys.threshold.is_none());
     }
 }

@@ -6,6 +6,7 @@
 //! reports. It reconnects by itself when the connection drops.
 
 mod data;
+mod held_setup;
 pub mod keyholder;
 mod keys;
 mod participant;
@@ -14,6 +15,7 @@ mod setup;
 mod site;
 mod state;
 mod switching;
+mod trust;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -50,6 +52,10 @@ pub fn run(site: &Path, out: &Path) -> anyhow::Result<()> {
                         }
                         Ok(SessionEnd::Disconnected(reason)) => {
                             warn!("disconnected: {reason}; reconnecting")
+                        }
+                        Err(e) if trust::distrusted(&e) => {
+                            link.close("refused");
+                            return Err(e);
                         }
                         Err(e) if peer_finished(&e) => {
                             info!("the coordinator closed: the federation is finished");

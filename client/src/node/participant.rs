@@ -5,6 +5,7 @@
 //! and never decides on its own which round it is in or whom to trust.
 
 use protocol::message::{Body, Phase};
+use protocol::transcript::{Contribution, PartyKeys, SealedShare};
 use tracing::{info, warn};
 
 /// What the site is configured to be part of.
@@ -34,6 +35,9 @@ pub struct SwitchOrder {
     pub active: Vec<u32>,
     /// the contributors' weights (the flooding is sized for their sum)
     pub weights: Vec<u64>,
+    /// what each contributor signed of its update: the shell checks the signatures and that
+    /// the aggregate's sketch is the weighted sum of theirs
+    pub contributions: Vec<Contribution>,
     /// ciphertexts in the aggregate
     pub count: u32,
     /// the masks made ahead fit this request
@@ -45,13 +49,12 @@ pub struct SwitchOrder {
 pub enum Action {
     /// Setup: send the key shares (or "setup done" when it is).
     StartSetup,
-    /// Setup: store the collective public key and the exchange keys, then deal sealed shares.
-    StoreSetupKeys {
-        collective_public_key: Vec<u8>,
-        exchange_keys: Vec<(u32, [u8; 32])>,
-    },
-    /// Setup: open the relayed sealed shares and form the threshold secret.
-    OpenRelayedShares { sealed: Vec<(u32, Vec<u8>)> },
+    /// Setup: check every hospital's signed key shares, make the collective public key from
+    /// them and store it with the exchange keys, then deal sealed shares.
+    CheckSetupKeys { parties: Vec<PartyKeys> },
+    /// Setup: check the dealers' signatures, open the relayed sealed shares and form the
+    /// threshold secret.
+    OpenRelayedShares { sealed: Vec<SealedShare> },
     /// Train from the global model held, encrypt the update and send it.
     Train { round: u64 },
     /// Read the ciphertexts from the message and send switching shares.
@@ -93,10 +96,31 @@ pub enum ParticipantError {
         count: u32,
         max: usize,
     },
+    #[error("setup keys for hospitals {got:?} where the consortium is hospitals 1..={hospitals}")]
+    SetupParties { got: Vec<u32>, hospitals: u32 },
+    #[error("relayed shares from hospitals {from:?}: one from each of the other {} hospitals of 1..={hospitals} is needed", hospitals - 1)]
+    RelayedFrom { from: Vec<u32>, hospitals: u32 },
     #[error("a round result with no weight")]
     NoWeight,
     #[error("a switch request for {parties} parties with {weights} weights")]
     BadSwitchRequest { parties: usize, weights: usize },
+    #[error(
+        "a switch request for round {round} while this hospital holds round {held}'s model: only the open round is switched"
+    )]
+    SwitchRound { round: u64, held: u64 },
+    #[error(
+        "a switch request summing the updates of hospitals {got:?}: at least {threshold} distinct hospitals of 1..={hospitals}, each update of the aggregate's {count} items, are needed"
+    )]
+    SwitchContributors {
+        got: Vec<u32>,
+        threshold: u32,
+        hospitals: u32,
+        count: u32,
+    },
+    #[error(
+        "a second switch request for round {0} over other contributions: each round's aggregate is switched once"
+    )]
+    SwitchedOther(u64),
 }
 
 /// The participant: which round's global model it holds and what it has been asked.
@@ -111,6 +135,8 @@ pub struct Participant {
     pending_start: Option<u64>,
     /// the last switch request this node served
     last_switch: Option<SwitchShape>,
+    /// the round it last switched and the contributions that aggregate summed
+    switched: Option<(u64, Vec<Contribution>)>,
     /// the request masks are being made ahead for
     prepared: Option<SwitchShape>,
 }
@@ -123,6 +149,7 @@ impl Participant {
             max_items,
             pending_start: None,
             last_switch: None,
+            switched: None,
             prepared: None,
         }
     }
@@ -174,18 +201,35 @@ impl Participant {
                     Phase::Setup | Phase::Training { .. } => vec![],
                 }
             }
-            Body::SetupKeys {
-                collective_public_key,
-                exchange_keys,
-            } => {
+            Body::SetupKeys { parties } => {
                 self.encrypted("setup keys")?;
-                vec![Action::StoreSetupKeys {
-                    collective_public_key: collective_public_key.clone(),
-                    exchange_keys: exchange_keys.clone(),
+                // each hospital of the consortium once, in order: nobody left out, nobody added
+                let got: Vec<u32> = parties.iter().map(|p| p.hospital).collect();
+                if !got.iter().copied().eq(1..=self.me.hospitals) {
+                    return Err(ParticipantError::SetupParties {
+                        got,
+                        hospitals: self.me.hospitals,
+                    });
+                }
+                vec![Action::CheckSetupKeys {
+                    parties: parties.clone(),
                 }]
             }
             Body::RelayedShares { sealed } => {
                 self.encrypted("relayed shares")?;
+                // one share from each other hospital, none from this one
+                let mut from: Vec<u32> = sealed.iter().map(|s| s.peer).collect();
+                from.sort_unstable();
+                if !from
+                    .iter()
+                    .copied()
+                    .eq((1..=self.me.hospitals).filter(|&h| h != self.me.index))
+                {
+                    return Err(ParticipantError::RelayedFrom {
+                        from,
+                        hospitals: self.me.hospitals,
+                    });
+                }
                 vec![Action::OpenRelayedShares {
                     sealed: sealed.clone(),
                 }]
@@ -194,17 +238,19 @@ impl Participant {
             Body::SwitchRequest {
                 attempt,
                 active,
-                weights,
+                contributions,
                 count,
             } => {
                 self.encrypted("a switch request")?;
                 self.check_items("switch request", *count)?;
-                if active.is_empty() || weights.is_empty() {
+                if active.is_empty() || contributions.is_empty() {
                     return Err(ParticipantError::BadSwitchRequest {
                         parties: active.len(),
-                        weights: weights.len(),
+                        weights: contributions.len(),
                     });
                 }
+                self.check_switch(round, *count, contributions)?;
+                let weights: Vec<u64> = contributions.iter().map(|c| c.weight).collect();
                 let shape = SwitchShape {
                     round,
                     weights: weights.clone(),
@@ -217,7 +263,8 @@ impl Participant {
                     round,
                     attempt: *attempt,
                     active: active.clone(),
-                    weights: weights.clone(),
+                    weights,
+                    contributions: contributions.clone(),
                     count: *count,
                     prepared,
                 })]
@@ -312,6 +359,48 @@ impl Participant {
                 "announcement of a round already done: ignored"
             );
             vec![]
+        }
+    }
+
+    /// A switch request is for the open round (the one after the model held), sums the signed
+    /// updates of at least t distinct hospitals of the consortium, and is the only aggregate
+    /// this hospital switches in that round (a retry with other switchers is the same one).
+    fn check_switch(
+        &mut self,
+        round: u64,
+        count: u32,
+        contributions: &[Contribution],
+    ) -> Result<(), ParticipantError> {
+        if round != self.held + 1 {
+            return Err(ParticipantError::SwitchRound {
+                round,
+                held: self.held,
+            });
+        }
+        let mut got: Vec<u32> = contributions.iter().map(|c| c.hospital).collect();
+        got.sort_unstable();
+        got.dedup();
+        let h = self.me.hospitals;
+        if got.len() != contributions.len()
+            || got.len() < self.me.threshold as usize
+            || got.iter().any(|&i| i == 0 || i > h)
+            || contributions.iter().any(|c| c.count != count)
+        {
+            return Err(ParticipantError::SwitchContributors {
+                got: contributions.iter().map(|c| c.hospital).collect(),
+                threshold: self.me.threshold,
+                hospitals: h,
+                count,
+            });
+        }
+        match &self.switched {
+            Some((r, before)) if *r == round && before.as_slice() != contributions => {
+                Err(ParticipantError::SwitchedOther(round))
+            }
+            _ => {
+                self.switched = Some((round, contributions.to_vec()));
+                Ok(())
+            }
         }
     }
 

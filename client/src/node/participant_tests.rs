@@ -19,6 +19,24 @@ fn welcome(phase: Phase) -> Body {
     }
 }
 
+fn sealed_from(peer: u32) -> SealedShare {
+    SealedShare {
+        peer,
+        sealed: vec![0; 4],
+        signature: vec![1; 8],
+    }
+}
+
+fn keys_of(hospital: u32) -> PartyKeys {
+    PartyKeys {
+        hospital,
+        public_key_share: vec![hospital as u8; 4],
+        exchange_key: [hospital as u8; 32],
+        certificate: vec![],
+        signature: vec![],
+    }
+}
+
 fn start() -> Body {
     Body::RoundStart { deadline_ms: 1000 }
 }
@@ -31,13 +49,33 @@ fn result(count: u32) -> Body {
     }
 }
 
+/// The signed update of hospital `hospital` of weight `weight` (4 items), as a switcher sees it.
+fn contribution(hospital: u32, weight: u64) -> Contribution {
+    Contribution {
+        hospital,
+        weight,
+        count: 4,
+        items: [hospital as u8; 32],
+        sketch: vec![weight; 6],
+        signature: vec![7; 70],
+    }
+}
+
+/// A switch request over the updates of hospitals 1, 2, … with `weights`.
 fn switch(weights: Vec<u64>, active: Vec<u32>) -> Body {
     Body::SwitchRequest {
         attempt: 0,
         active,
-        weights,
+        contributions: contributions(&weights),
         count: 4,
     }
+}
+
+fn contributions(weights: &[u64]) -> Vec<Contribution> {
+    (1..)
+        .zip(weights)
+        .map(|(h, &w)| contribution(h, w))
+        .collect()
 }
 
 #[test]
@@ -117,7 +155,7 @@ fn a_plaintext_site_takes_no_key_material() {
         p.handle(
             0,
             &Body::RelayedShares {
-                sealed: vec![(1, vec![0; 4])]
+                sealed: vec![sealed_from(1)]
             }
         ),
         Err(ParticipantError::NotEncrypted("relayed shares"))
@@ -175,7 +213,7 @@ fn results_and_switch_requests_are_bounded() {
     let big = Body::SwitchRequest {
         attempt: 0,
         active: vec![1, 2],
-        weights: vec![1],
+        contributions: contributions(&[1, 1]),
         count: 100_000,
     };
     assert!(matches!(
@@ -194,6 +232,7 @@ fn switch_action(round: u64, prepared: bool) -> Action {
         attempt: 0,
         active: vec![1, 2],
         weights: vec![10, 20],
+        contributions: contributions(&[10, 20]),
         count: 4,
         prepared,
     })
@@ -208,6 +247,7 @@ fn masks_made_ahead_serve_only_the_request_they_fit_once() {
         p.handle(1, &switch(vec![10, 20], vec![1, 2])),
         Ok(vec![switch_action(1, false)])
     );
+    assert_eq!(p.result_applied(1), vec![]);
     // the next round's masks are made for the same shape…
     let shape = SwitchShape {
         round: 2,
@@ -231,13 +271,14 @@ fn masks_made_ahead_serve_only_the_request_they_fit_once() {
         p.handle(2, &switch(vec![10, 20], vec![1, 2])),
         Ok(vec![switch_action(2, false)])
     );
-    // other weights (a hospital dropped out): not used
+    assert_eq!(p.result_applied(2), vec![]);
+    // other weights (another hospital's update instead of one): not used
     assert!(matches!(
         p.update_sent(3, 4)[..],
         [Action::PrepareMasks { .. }]
     ));
     assert!(matches!(
-        p.handle(3, &switch(vec![10], vec![1, 2])).unwrap()[..],
+        p.handle(3, &switch(vec![10, 30], vec![1, 2])).unwrap()[..],
         [Action::Switch(SwitchOrder {
             prepared: false,
             ..
@@ -261,4 +302,94 @@ fn finished_refused_and_unexpected_messages() {
         Ok(vec![])
     );
     assert_eq!(p.handle(3, &p.hello()), Ok(vec![]));
+}
+
+#[test]
+fn setup_material_names_every_hospital_once_before_it_is_checked() {
+    let mut p = Participant::new(ME, 0, 10);
+    let all: Vec<PartyKeys> = (1..=3).map(keys_of).collect();
+    assert_eq!(
+        p.handle(
+            0,
+            &Body::SetupKeys {
+                parties: all.clone()
+            }
+        ),
+        Ok(vec![Action::CheckSetupKeys { parties: all }])
+    );
+    // a hospital left out (the coordinator keeps one share back), or one added, or twice
+    for got in [vec![1, 2], vec![1, 2, 3, 4], vec![1, 2, 2], vec![2, 1, 3]] {
+        let parties = got.iter().copied().map(keys_of).collect();
+        assert_eq!(
+            p.handle(0, &Body::SetupKeys { parties }),
+            Err(ParticipantError::SetupParties { got, hospitals: 3 })
+        );
+    }
+    // relayed shares: one from each other hospital (1 and 3), never one "from" this one
+    let ok = vec![sealed_from(3), sealed_from(1)];
+    assert!(matches!(
+        p.handle(0, &Body::RelayedShares { sealed: ok }).as_deref(),
+        Ok([Action::OpenRelayedShares { .. }])
+    ));
+    for from in [vec![1], vec![1, 2, 3], vec![1, 3, 3]] {
+        let sealed = from.iter().copied().map(sealed_from).collect();
+        let mut sorted = from.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            p.handle(0, &Body::RelayedShares { sealed }),
+            Err(ParticipantError::RelayedFrom {
+                from: sorted,
+                hospitals: 3
+            })
+        );
+    }
+}
+
+#[test]
+fn only_the_open_rounds_aggregate_of_a_quorum_of_signed_updates_is_switched_once() {
+    let mut p = Participant::new(ME, 4, 10);
+    // another round than the open one (5): a past aggregate, or one of a round not reached
+    for round in [4, 6] {
+        assert_eq!(
+            p.handle(round, &switch(vec![10, 20], vec![1, 2])),
+            Err(ParticipantError::SwitchRound { round, held: 4 })
+        );
+    }
+    // one hospital's update alone (t = 2), a hospital twice, one outside the consortium, or
+    // contributions of another size than the aggregate
+    let alone = switch(vec![10], vec![1, 2]);
+    let twice = Body::SwitchRequest {
+        attempt: 0,
+        active: vec![1, 2],
+        contributions: vec![contribution(1, 10), contribution(1, 10)],
+        count: 4,
+    };
+    let outside = Body::SwitchRequest {
+        attempt: 0,
+        active: vec![1, 2],
+        contributions: vec![contribution(1, 10), contribution(4, 10)],
+        count: 4,
+    };
+    let mut sized = contributions(&[10, 20]);
+    sized[1].count = 3;
+    let sized = Body::SwitchRequest {
+        attempt: 0,
+        active: vec![1, 2],
+        contributions: sized,
+        count: 4,
+    };
+    for bad in [alone, twice, outside, sized] {
+        assert!(matches!(
+            p.handle(5, &bad),
+            Err(ParticipantError::SwitchContributors { threshold: 2, .. })
+        ));
+    }
+    // the open round's aggregate, then a retry of it with other switchers: served
+    assert!(p.handle(5, &switch(vec![10, 20], vec![1, 2])).is_ok());
+    assert!(p.handle(5, &switch(vec![10, 20], vec![2, 3])).is_ok());
+    // a second aggregate of that round over other contributions: refused
+    assert_eq!(
+        p.handle(5, &switch(vec![10, 20, 30], vec![1, 2])),
+        Err(ParticipantError::SwitchedOther(5))
+    );
 }

@@ -16,6 +16,7 @@ use he_agg::multiparty::{Crs, PublicKeySwitchMask};
 use protocol::link::{Incoming, connect};
 use protocol::message::{Body, RoundMetrics};
 use protocol::tls::TlsFiles;
+use protocol::transcript::{Signer, Verifier};
 use protocol::{FederationId, Link, ProtocolError};
 use tracing::{error, info, warn};
 
@@ -25,6 +26,7 @@ use super::keys::{Keys, PeerKeys};
 use super::participant::{Action, Membership, Participant};
 use super::site::SiteConfig;
 use super::state::{ModelState, StateFile};
+use super::trust;
 
 pub enum SessionEnd {
     Finished,
@@ -39,6 +41,10 @@ pub(super) struct NodeHe {
     pub(super) crs: Crs,
     pub(super) keys: Keys,
     pub(super) collective: Option<PublicKey>,
+    /// signs this hospital's key material and updates with its certificate key
+    pub(super) signer: Arc<Signer>,
+    /// checks the other hospitals' signatures against the consortium CA
+    pub(super) verifier: Verifier,
     /// Encryption, switching and decryption run on every core of the machine: they come in
     /// bursts while training (which may be held to fewer threads) is idle.
     pub(super) pool: Arc<rayon::ThreadPool>,
@@ -89,7 +95,8 @@ fn lookup(addr: &str) -> anyhow::Result<SocketAddr> {
 impl Node {
     pub async fn open(cfg: SiteConfig, site: &Path, out: &Path) -> anyhow::Result<Self> {
         let dirs = NodeDirs::new(out);
-        std::fs::create_dir_all(&dirs.state)?;
+        protocol::durable_file::create_private_dir(&dirs.state)
+            .with_context(|| format!("cannot create {}", dirs.state.display()))?;
         let federation = cfg.federation_id()?;
         let index = cfg.site.index;
         let tls = TlsFiles::in_dir(&cfg.kit_dir(site));
@@ -118,6 +125,8 @@ impl Node {
                 ctx,
                 keys,
                 collective: None,
+                signer: Arc::new(Signer::from_files(&tls).context("this hospital's kit")?),
+                verifier: Verifier::from_files(&tls).context("this hospital's kit")?,
                 pool: Arc::new(
                     rayon::ThreadPoolBuilder::new()
                         .num_threads(
@@ -225,16 +234,7 @@ impl Node {
             while let Some(action) = queue.pop_front() {
                 match action {
                     Action::StartSetup => self.start_setup(link).await?,
-                    Action::StoreSetupKeys {
-                        collective_public_key,
-                        exchange_keys,
-                    } => {
-                        let peers = PeerKeys {
-                            collective_public_key,
-                            exchange: exchange_keys,
-                        };
-                        self.setup_keys(link, peers).await?
-                    }
+                    Action::CheckSetupKeys { parties } => self.setup_keys(link, &parties).await?,
                     Action::OpenRelayedShares { sealed } => {
                         self.relayed_shares(link, sealed).await?
                     }
@@ -307,27 +307,44 @@ impl Node {
             warn!(round, clipped, "update values clipped to ±{clip}");
         }
         let t1 = Instant::now();
-        let items: Vec<Vec<u8>> = match &self.he {
+        let weight = self.data.train.len() as u64;
+        let (items, sketch, signature) = match &self.he {
             Some(he) => {
                 let pk = he
                     .collective
                     .clone()
                     .context("a round before the collective public key")?;
+                let receive = he
+                    .keys
+                    .receive
+                    .as_ref()
+                    .context("a round before the consortium receiving key")?;
+                let seed = trust::round_seed(&he.ctx, &receive.sk, self.federation, round);
                 let (codec, pool) = (he.codec.clone(), he.pool.clone());
-                tokio::task::spawn_blocking(move || pool.install(|| codec.encrypt(&pk, &delta)))
-                    .await??
+                let signer = he.signer.clone();
+                let update = (self.federation, round, self.index, weight);
+                tokio::task::spawn_blocking(move || {
+                    pool.install(|| -> anyhow::Result<_> {
+                        let items = codec.encrypt(&pk, &delta)?;
+                        let (sketch, signature) =
+                            trust::sign_update(&codec, &signer, &seed, update, &items)?;
+                        Ok((items, sketch, signature))
+                    })
+                })
+                .await??
             }
-            None => protocol::plain::encode_f32s(&delta),
+            None => (protocol::plain::encode_f32s(&delta), vec![], vec![]),
         };
         let encrypt_s = t1.elapsed().as_secs_f32();
         let t2 = Instant::now();
-        let weight = self.data.train.len() as u64;
         let mut up = link
             .open(
                 round,
                 Body::Update {
                     weight,
                     count: items.len() as u32,
+                    sketch,
+                    signature,
                 },
             )
             .await?;

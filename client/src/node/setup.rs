@@ -9,13 +9,15 @@ use he_agg::multiparty::threshold::deal;
 use he_agg::multiparty::{PublicKeyGen, ThresholdSecret, wire as mpw};
 use he_agg::ring::Prng;
 use protocol::message::Body;
+use protocol::transcript::{self, PartyKeys, SealedShare, Statement};
 use protocol::{FederationId, Link};
 use std::path::Path;
 use tracing::info;
 use zeroize::Zeroizing;
 
-use super::keys::{Keys, PeerKeys, write_public, write_secret};
-use super::session::{Node, apply_peers};
+use super::keys::{write_public, write_secret};
+use super::session::{Node, NodeHe, apply_peers};
+use super::trust::{self, Distrust, Own};
 
 fn sealing_context(federation: FederationId, from: u32, to: u32) -> Vec<u8> {
     format!("HEAL setup shares v2|{federation}|{from}->{to}").into_bytes()
@@ -41,11 +43,16 @@ fn split_payload(p: &[u8]) -> anyhow::Result<(&[u8], Contribution)> {
     Ok((&p[..cut], c))
 }
 
-/// "Setup done" with the consortium receiving key, once this node has finished setup.
-fn setup_done_body(keys: &Keys) -> Option<Body> {
-    match (&keys.threshold, &keys.receive) {
+/// "Setup done" with the consortium receiving key, signed, once this node has finished setup.
+fn setup_done_body(he: &NodeHe, federation: FederationId, index: u32) -> Option<Body> {
+    match (&he.keys.threshold, &he.keys.receive) {
         (Some(_), Some(r)) => Some(Body::SetupDone {
             receive_key: r.pk_bytes.clone(),
+            signature: he.signer.sign(&Statement::ReceiveKey {
+                federation,
+                hospital: index,
+                receive_key: transcript::digest(&r.pk_bytes),
+            }),
         }),
         _ => None,
     }
@@ -64,7 +71,7 @@ impl Node {
         let Some(he) = self.he.as_mut() else {
             return Ok(());
         };
-        if let Some(body) = setup_done_body(&he.keys) {
+        if let Some(body) = setup_done_body(he, self.federation, self.index) {
             link.send(0, body).await?;
             return Ok(());
         }
@@ -76,30 +83,67 @@ impl Node {
             let pk_share = PublicKeyGen::new(&ctx, &crs).share(share, &mut prng)?;
             Ok(mpw::encode_public_key_share(&ctx, &pk_share))
         })?;
+        let signature = he.signer.sign(&Statement::KeyShares {
+            federation: self.federation,
+            hospital: self.index,
+            public_key_share: transcript::digest(&public_key_share),
+            exchange_key: exchange,
+        });
         link.send(
             0,
             Body::KeyShares {
                 public_key_share,
                 exchange_key: exchange,
+                certificate: he.signer.certificate().to_vec(),
+                signature,
             },
         )
         .await?;
-        info!("sent key shares");
+        info!("sent signed key shares");
         // after a restart between dealing and the relay, send the same sealed shares again
         if let Some(sealed) = read_opt(&self.dirs.state.join("dealt.bin"))? {
-            let sealed: Vec<(u32, Vec<u8>)> =
+            let sealed: Vec<SealedShare> =
                 postcard::from_bytes(&sealed).context("dealt.bin is corrupt")?;
             link.send(0, Body::ShamirShares { sealed }).await?;
         }
         Ok(())
     }
 
-    pub(super) async fn setup_keys(&mut self, link: &Link, peers: PeerKeys) -> anyhow::Result<()> {
+    /// Checks the relayed setup (every signature, this hospital's own entry), makes the
+    /// collective public key, stores it, then deals.
+    pub(super) async fn setup_keys(
+        &mut self,
+        link: &Link,
+        parties: &[PartyKeys],
+    ) -> anyhow::Result<()> {
         let Some(he) = self.he.as_mut() else {
             bail!("setup keys in a plaintext federation")
         };
-        apply_peers(he, &peers)?;
-        he.keys.save_peers(peers.clone())?;
+        let own_share = read_opt(&self.dirs.state.join("public_key_share.bin"))?
+            .context("setup keys before this hospital sent its key shares")?;
+        let own = Own {
+            federation: self.federation,
+            index: self.index,
+            public_key_share: own_share,
+            exchange_key: he.keys.exchange.public(),
+        };
+        let (ctx, crs, verifier) = (he.ctx.clone(), he.crs.clone(), he.verifier.clone());
+        let parties = parties.to_vec();
+        // N signatures and N key shares: off the runtime
+        let peers = tokio::task::spawn_blocking(move || {
+            trust::check_setup(&ctx, &crs, &verifier, &own, &parties)
+        })
+        .await??;
+        if let Some(stored) = &he.keys.peers {
+            trust::same_setup(stored, &peers)?;
+        } else {
+            apply_peers(he, &peers)?;
+            he.keys.save_peers(peers.clone())?;
+            info!(
+                "checked the signed key shares of {} hospitals and made the collective key",
+                peers.exchange.len()
+            );
+        }
         if he.keys.threshold.is_some() || self.dirs.state.join("dealt.bin").exists() {
             return Ok(());
         }
@@ -116,7 +160,7 @@ impl Node {
         )?;
         // the same contribution to the receiving key goes to every hospital
         let contribution = group_key::contribution(&mut prng);
-        let mut sealed = Vec::new();
+        let mut sealed: Vec<SealedShare> = Vec::new();
         for s in &shares {
             let payload = dealt_payload(&mpw::encode_shamir_share(&he.ctx, s), &contribution);
             if s.to() == self.index {
@@ -135,7 +179,17 @@ impl Node {
                 &payload,
                 &mut prng,
             )?;
-            sealed.push((s.to(), bytes));
+            let signature = he.signer.sign(&Statement::Dealt {
+                federation: self.federation,
+                from: self.index,
+                to: s.to(),
+                sealed: transcript::digest(&bytes),
+            });
+            sealed.push(SealedShare {
+                peer: s.to(),
+                sealed: bytes,
+                signature,
+            });
         }
         write_public(
             &self.dirs.state.join("dealt.bin"),
@@ -149,12 +203,12 @@ impl Node {
     pub(super) async fn relayed_shares(
         &mut self,
         link: &Link,
-        sealed: Vec<(u32, Vec<u8>)>,
+        sealed: Vec<SealedShare>,
     ) -> anyhow::Result<()> {
         let Some(he) = self.he.as_mut() else {
             bail!("shares in a plaintext federation")
         };
-        if let Some(body) = setup_done_body(&he.keys) {
+        if let Some(body) = setup_done_body(he, self.federation, self.index) {
             link.send(0, body).await?;
             return Ok(());
         }
@@ -171,7 +225,24 @@ impl Node {
         let mut shares =
             vec![mpw::decode_shamir_share(&he.ctx, own_share).context("own-share.bin")?];
         let mut contributions = vec![(self.index, own_contribution)];
-        for (from, bytes) in &sealed {
+        for SealedShare {
+            peer: from,
+            sealed: bytes,
+            signature,
+        } in &sealed
+        {
+            let certificate = peers
+                .certificate(*from)
+                .with_context(|| format!("no certificate for hospital {from}"))?;
+            let statement = Statement::Dealt {
+                federation: self.federation,
+                from: *from,
+                to: self.index,
+                sealed: transcript::digest(bytes),
+            };
+            he.verifier
+                .verify(certificate, *from, &statement, signature)
+                .map_err(|e| Distrust(format!("the share relayed as hospital {from}'s: {e}")))?;
             let sender = peers
                 .exchange
                 .iter()
@@ -215,7 +286,7 @@ impl Node {
         he.keys.save_setup(&he.ctx, ts, rsk, rpk)?;
         link.send(
             0,
-            setup_done_body(&he.keys).context("setup was just stored")?,
+            setup_done_body(he, self.federation, self.index).context("setup was just stored")?,
         )
         .await?;
         info!(

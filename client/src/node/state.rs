@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::keys::write_public;
+use super::keys::write_secret;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelState {
@@ -42,8 +42,9 @@ impl StateFile {
         }
     }
 
-    /// Replaces the state atomically (written to a temporary file, then renamed).
+    /// Replaces the state durably (temporary file, fsync, rename, directory fsync), readable by
+    /// this hospital's user only: it is the global model.
     pub fn save(&self, s: &ModelState) -> anyhow::Result<()> {
-        write_public(&self.path, &postcard::to_allocvec(s)?)
+        write_secret(&self.path, &postcard::to_allocvec(s)?)
     }
 }

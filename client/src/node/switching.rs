@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use super::participant::{SwitchOrder, SwitchShape};
 use super::session::Node;
+use super::trust;
 
 impl Node {
     pub(super) async fn switch(
@@ -28,6 +29,7 @@ impl Node {
             attempt,
             ref active,
             ref weights,
+            ref contributions,
             count,
             prepared,
         } = *order;
@@ -52,6 +54,28 @@ impl Node {
                 .context("an aggregate to switch")?;
             cts.push(ct);
         }
+        // the aggregate must be the weighted sum of the signed updates named (checked with the
+        // round's sketch key, which the coordinator does not hold)
+        let peers = he
+            .keys
+            .peers
+            .as_ref()
+            .context("switch request before setup")?;
+        let receive = he
+            .keys
+            .receive
+            .as_ref()
+            .context("switch request before the consortium receiving key")?;
+        let seed = trust::round_seed(&he.ctx, &receive.sk, self.federation, round);
+        trust::check_aggregate(
+            &he.ctx,
+            &he.verifier,
+            peers,
+            &seed,
+            (self.federation, round),
+            contributions,
+            &cts,
+        )?;
         let sk = ts.additive_share(&he.ctx, active)?;
         let flooding = he
             .codec

@@ -7,6 +7,7 @@ use super::auth::SignedIn;
 use super::history::Diagnosis;
 use super::mode::{Mode, modes};
 use super::pages::{Nav, esc, human_bytes, layout, utc};
+use protocol::site::InferenceMode;
 
 fn mode_text(portal: &Portal, mode: Mode) -> String {
     match mode {
@@ -16,16 +17,28 @@ fn mode_text(portal: &Portal, mode: Mode) -> String {
              ciphertext, and only this node can decrypt the answer (mode (b), evaluated on this node).",
             esc(portal.local().map_or("", |m| m.name.as_str()))
         ),
-        Mode::Remote => format!(
-            "At the consortium's inference server <code>{}</code>: only the encrypted image and \
-             public evaluation keys leave this node, over mutual-TLS QUIC; the server computes \
-             on the ciphertext and cannot read the image or the result (mode (b)).",
-            esc(portal
-                .config()
-                .remote
-                .as_ref()
-                .map_or("", |t| t.server.as_str()))
-        ),
+        Mode::Remote => {
+            let remote = portal.config().remote.as_ref();
+            let (server, pinned) = remote.map_or(("", InferenceMode::Released), |t| {
+                (t.server.as_str(), t.accept.mode)
+            });
+            let how = match pinned {
+                InferenceMode::Released => {
+                    "only the encrypted image and public evaluation keys leave this node"
+                }
+                InferenceMode::Collective => {
+                    "only the image encrypted under the consortium's collective key leaves this \
+                     node; t keyholder hospitals re-encrypt the result to a key made here"
+                }
+            };
+            format!(
+                "At the consortium's inference server <code>{}</code>: {how}, over mutual-TLS \
+                 QUIC; the server computes on the ciphertext and cannot read the image or the \
+                 result. This site accepts only {pinned}: a server answering in another mode is \
+                 refused.",
+                esc(server)
+            )
+        }
     }
 }
 
@@ -128,11 +141,27 @@ pub fn result(user: &SignedIn, d: &Diagnosis) -> Html<String> {
         None => String::new(),
     };
     let t = &d.timings;
-    let where_ = if d.mode == "local" {
-        "Evaluated on this node (mode (b) evaluated on this node): the released model's weights are on this node, the image was encrypted under a key made for this request and evaluated as a ciphertext here."
-    } else {
-        "Evaluated by the consortium's inference server (mode (b)): it received only the ciphertext and public evaluation keys over mutual-TLS QUIC, and sent back an encrypted result."
+    let where_ = match (d.mode == "local", d.inference) {
+        (true, _) => {
+            "Evaluated on this node (mode (b) evaluated on this node): the released model's weights are on this node, the image was encrypted under a key made for this request and evaluated as a ciphertext here."
+        }
+        (false, InferenceMode::Released) => {
+            "Evaluated by the consortium's inference server (mode (b)): it received only the ciphertext and public evaluation keys over mutual-TLS QUIC, and sent back an encrypted result."
+        }
+        (false, InferenceMode::Collective) => {
+            "Evaluated by the consortium's inference server (mode (a)): the model stays encrypted there under the consortium's collective key; it received the image encrypted under that key, and t keyholder hospitals re-encrypted the result to this request's key."
+        }
     };
+    let encrypted_under = match d.inference {
+        InferenceMode::Released => "under a secret key made on this node for this request",
+        InferenceMode::Collective => {
+            "under the consortium's collective public key (its secret exists nowhere: t of the hospitals together can only re-encrypt, never decrypt), and the result re-encrypted to a secret key made on this node for this request"
+        }
+    };
+    let used = format!(
+        "Mode used: <strong id=\"inference-mode\">{}</strong>.",
+        d.inference
+    );
     let left = if d.mode == "local" {
         format!(
             "Nothing left the hospital: 0 bytes. (Sent to a server, this request would be {} of public evaluation keys and {} of encrypted image.)",
@@ -156,7 +185,7 @@ pub fn result(user: &SignedIn, d: &Diagnosis) -> Html<String> {
 <p class="hint">{when}</p>{agree}</div></div>
 <h2>Class probabilities</h2>{bars}</div>
 <h2>What was encrypted</h2>
-<p>The image was encrypted with CKKS homomorphic encryption (ring degree {n}) under a secret key made on this node for this request; the network was evaluated on the ciphertext, and only this node could decrypt the class scores. The unencrypted image and the result never left the node. {where_}</p>
+<p>{used} The image was encrypted with CKKS homomorphic encryption (ring degree {n}) {encrypted_under}; the network was evaluated on the ciphertext, and only this node could decrypt the class scores. The unencrypted image and the result never left the node. {where_}</p>
 <h2>What left the hospital</h2><p id="bytes-left">{left}</p>
 <h2>Time</h2>
 <table><tbody>

@@ -56,19 +56,7 @@ pub fn random_hex(n: usize) -> Result<String, PortalError> {
 /// Writes `bytes` to `path` through a temporary file and a rename, so a crash never leaves a
 /// half-written file; owner-only permissions on Unix (password hashes, clinical history).
 pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), PortalError> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(|e| PortalError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| PortalError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| PortalError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| PortalError::io(path, e))
+    protocol::durable_file::write_private(path, bytes).map_err(|e| PortalError::io(path, e))
 }
 
 /// Creates `dir` (and parents) with owner-only permissions on Unix.

@@ -27,6 +27,10 @@ pub struct Diagnosis {
     pub image_ext: String,
     /// `local` (evaluated on this node) or `remote` (the inference server).
     pub mode: String,
+    /// The inference mode the server answered in (released: mode b; collective: mode a);
+    /// history written before it was recorded was all mode (b).
+    #[serde(default)]
+    pub inference: protocol::site::InferenceMode,
     pub model: String,
     pub classes: Vec<String>,
     pub probabilities: Vec<f64>,
@@ -82,6 +86,7 @@ impl Diagnosis {
             file_name,
             image_ext: kind.extension().into(),
             mode: outcome.mode.clone(),
+            inference: outcome.inference,
             model: outcome.model.clone(),
             classes: outcome.classes.clone(),
             probabilities: r.probabilities.clone(),

@@ -196,6 +196,7 @@ fn diagnosis(id: &str) -> Diagnosis {
         file_name: "a.png".into(),
         image_ext: "png".into(),
         mode: "local".into(),
+        inference: protocol::site::InferenceMode::Released,
         model: "m".into(),
         classes: vec!["x".into(), "y".into()],
         probabilities: vec![0.25, 0.75],
@@ -312,4 +313,22 @@ fn training_outputs_are_read_for_this_hospital() {
     .unwrap();
     assert!(super::training::load(node.path(), Some(1)).is_err());
     assert!(super::training::load(tempfile::tempdir().unwrap().path(), None).is_err());
+}
+
+#[test]
+fn the_diagnosis_page_states_the_mode_the_server_actually_used() {
+    let user = super::auth::SignedIn {
+        name: "a".into(),
+        csrf: "c".into(),
+    };
+    let mut d = diagnosis(&"ab".repeat(16));
+    d.mode = "remote".into();
+    let page = super::diagnose_view::result(&user, &d).0;
+    assert!(page.contains("Mode used: <strong id=\"inference-mode\">released (mode b)</strong>"));
+    assert!(page.contains("under a secret key made on this node for this request"));
+    d.inference = protocol::site::InferenceMode::Collective;
+    let page = super::diagnose_view::result(&user, &d).0;
+    assert!(page.contains("collective (mode a)"), "{page}");
+    assert!(page.contains("under the consortium's collective public key"));
+    assert!(!page.contains("(mode (b)):"));
 }

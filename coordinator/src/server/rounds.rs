@@ -16,14 +16,17 @@ impl Server {
         }
     }
 
+    /// An update stream: announced, read and validated, its signature checked over the items
+    /// received (encrypted federations), then folded and its signed statement kept for the
+    /// switchers. `signed.items` is filled in here.
     pub(super) async fn update(
         self: &Arc<Self>,
         h: u32,
         round: u64,
-        weight: u64,
-        count: u32,
+        mut signed: Contribution,
         mut msg: Incoming,
     ) -> Result<(), String> {
+        let (weight, count) = (signed.weight, signed.count);
         let items = lock(&self.engine).accepts_update(h, round)?;
         self.ensure_round(round);
         lock(&self.round)
@@ -34,6 +37,11 @@ impl Server {
             // the engine again: the round may have closed while the update streamed in
             lock(&self.engine).accepts_update(h, round)?;
             Ok(read)
+        });
+        let read = read.and_then(|(update, bytes, digest)| {
+            signed.items = digest;
+            self.check_signed_update(h, round, &signed)?;
+            Ok((update, bytes))
         });
         let (update, bytes) = match read {
             Ok(read) => read,
@@ -47,9 +55,12 @@ impl Server {
             .he
             .as_ref()
             .map(|he| (he, self.backend.as_ref(), batch));
-        lock(&self.round)
-            .fold(h, round, he, bytes, update)
-            .map_err(|e| e.to_string())?;
+        {
+            let mut r = lock(&self.round);
+            r.fold(h, round, he, bytes, update)
+                .map_err(|e| e.to_string())?;
+            r.record_contribution(signed);
+        }
         self.feed(Event::UpdateFolded {
             hospital: h,
             round,
@@ -59,11 +70,40 @@ impl Server {
         Ok(())
     }
 
-    /// The `count` items of an update stream, decoded, and the bytes they took.
-    async fn read_update(&self, count: u32, msg: &mut Incoming) -> Result<(Update, u64), String> {
+    /// In an encrypted federation, an update must be signed by its hospital (with the certificate
+    /// of its setup) over what arrived, and carry a sketch of the plan's length.
+    fn check_signed_update(&self, h: u32, round: u64, signed: &Contribution) -> Result<(), String> {
+        let Some(he) = self.he.as_ref() else {
+            return Ok(());
+        };
+        let want = he_agg::aggregate::sketch::sketch_len(he.plan.level);
+        if signed.sketch.len() != want {
+            return Err(format!(
+                "an update sketch of {} values where the plan's has {want}",
+                signed.sketch.len()
+            ));
+        }
+        let rec = self.store.party(h).map_err(|e| e.to_string())?;
+        self.verifier
+            .verify(
+                &rec.certificate,
+                h,
+                &signed.statement(self.federation, round),
+                &signed.signature,
+            )
+            .map_err(|e| e.to_string())
+    }
+
+    /// The `count` items of an update stream, decoded, the bytes they took and their digest.
+    async fn read_update(
+        &self,
+        count: u32,
+        msg: &mut Incoming,
+    ) -> Result<(Update, u64, [u8; 32]), String> {
         let mut cts = Vec::new();
         let mut plain: Vec<Vec<f32>> = Vec::new();
         let mut bytes = 0u64;
+        let mut digest = ItemsDigest::default();
         for i in 0..count {
             let item = msg
                 .next_item()
@@ -71,6 +111,7 @@ impl Server {
                 .map_err(|e| format!("item {i}: {e}"))?
                 .ok_or(format!("stream ended after {i} of {count} items"))?;
             bytes += item.len() as u64;
+            digest.push(&item);
             match &self.he {
                 Some(he) => cts.push(
                     he.decode_update(&item)
@@ -88,7 +129,7 @@ impl Server {
             Some(_) => Update::Encrypted(cts),
             None => Update::Plain(plain),
         };
-        Ok((update, bytes))
+        Ok((update, bytes, digest.finish()))
     }
 
     /// Closes the aggregate (once) and streams it to every active hospital.
@@ -107,10 +148,17 @@ impl Server {
                 return;
             }
         };
+        let contributions = match lock(&self.round).contributions(&weights) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(round, "cannot ask for switching shares: {e}");
+                return;
+            }
+        };
         let body = Body::SwitchRequest {
             attempt,
             active: active.clone(),
-            weights: weights.iter().map(|w| w.1).collect(),
+            contributions,
             count: bytes.len() as u32,
         };
         for h in active {

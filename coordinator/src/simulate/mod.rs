@@ -76,7 +76,7 @@ pub fn run(
             .insert("backend".into(), backend.to_string().into());
     }
     let text = toml::to_string(&doc)?;
-    let cfg = FederationConfig::from_toml(&text)
+    let mut cfg = FederationConfig::from_toml(&text)
         .with_context(|| format!("in {}", config_path.display()))?;
     if serve_inference > 0 && cfg.he.plaintext {
         bail!("--serve-inference serves the model under a collective key: not with --plaintext");
@@ -102,6 +102,10 @@ pub fn run(
         .tempdir()
         .context("temporary directory")?;
     let fed_dir = kits.path().join("federation");
+    if serve_inference > 0 {
+        // the requesters of a consortium that serves under a collective key accept only that
+        cfg.federation.inference = protocol::site::InferenceMode::Collective;
+    }
     let p = provision(&cfg, &text, &fed_dir)?;
     println!(
         "simulating \"{}\": {} hospitals, threshold {}, {} rounds, {} — federation {}",

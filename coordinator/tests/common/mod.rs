@@ -4,7 +4,11 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
+
+use coordinator::config::FederationConfig;
+use coordinator::provision::provision;
+use protocol::FederationId;
 
 pub fn data_dir() -> PathBuf {
     datasets::medmnist::workspace_data_dir()
@@ -76,4 +80,60 @@ impl Drop for Procs {
             let _ = c.wait();
         }
     }
+}
+
+/// A federation of `hospitals` on 127.0.0.1:`port` over BreastMNIST.
+pub fn config(hospitals: u32, threshold: u32, quorum: u32, rounds: u64, port: u16) -> String {
+    format!(
+        r#"
+[federation]
+name = "faults"
+hospitals = {hospitals}
+threshold = {threshold}
+rounds = {rounds}
+min_hospitals = {quorum}
+round_timeout_s = 120
+coordinator_address = "127.0.0.1:{port}"
+listen = "127.0.0.1:{port}"
+{}reconnect_s = 120
+"#,
+        breastmnist_sections(3)
+    )
+}
+
+pub struct Fed {
+    pub _dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub coordinator_dir: PathBuf,
+    pub hospital_dirs: Vec<PathBuf>,
+    pub federation: FederationId,
+}
+
+pub fn provisioned(cfg_text: &str) -> Fed {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = FederationConfig::from_toml(cfg_text).unwrap();
+    let p = provision(&cfg, cfg_text, &dir.path().join("fed")).unwrap();
+    Fed {
+        root: dir.path().to_path_buf(),
+        coordinator_dir: p.coordinator_dir,
+        hospital_dirs: p.hospital_dirs,
+        federation: p.federation,
+        _dir: dir,
+    }
+}
+
+/// Starts hospital `index` (1-based) of `fed`, its log in `hospital-<index>.log`.
+pub fn start_hospital(fed: &Fed, index: usize) -> Child {
+    Command::new(client_bin())
+        .args(["run", "--site"])
+        .arg(fed.hospital_dirs[index - 1].join("site.toml"))
+        .arg("--out")
+        .arg(fed.root.join(format!("node-{index}")))
+        .env("HEAL_DATA_DIR", data_dir())
+        .env("HEAL_OFFLINE", "1")
+        .env("RAYON_NUM_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(fed.root.join(format!("hospital-{index}.log"))).unwrap())
+        .spawn()
+        .unwrap()
 }

@@ -1,4 +1,5 @@
-//! Every decoder of the wire format (ciphertexts, keys, protocol shares) on arbitrary bytes: it must return a value or an error,
+//! Every decoder of the wire format (ciphertexts, keys, protocol shares, the threshold secret a
+//! node reads from disk) on arbitrary bytes: it must return a value or an error,
 //! never panic, hang or allocate without bound.
 //!
 //!     cd he-agg/fuzz && cargo +nightly fuzz run wire_decode -- -max_total_time=300
@@ -27,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
         if kind & 0x80 != 0 && bytes.len() >= wire::HEADER_LEN {
             bytes[..4].copy_from_slice(&wire::MAGIC);
             bytes[4..6].copy_from_slice(&wire::VERSION.to_le_bytes());
-            bytes[6] = 1 + kind % 14;
+            bytes[6] = 1 + kind % 15;
             bytes[7] = 0;
             bytes[8..40].copy_from_slice(c.fingerprint());
         }
@@ -49,4 +50,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = shares::decode_key_switch_share(c, &bytes);
     let _ = shares::decode_public_key_switch_share(c, &bytes);
     let _ = shares::decode_shamir_share(c, &bytes);
+    if let Ok(t) = shares::decode_threshold_secret(c, &bytes) {
+        // a decoded threshold secret re-encodes to the same bytes
+        assert_eq!(shares::encode_threshold_secret(c, &t), bytes);
+    }
 });

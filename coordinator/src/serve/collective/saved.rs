@@ -4,7 +4,6 @@
 //! store names as current once the file is synced. Loading checks the hash, then decodes and
 //! validates every key and ciphertext against the plan as if it came from the network.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -60,15 +59,8 @@ pub fn save(dir: &Path, store: &Store, state: &SavedServing) -> Result<(), Saved
         message: e.to_string(),
     })?;
     let target = path(dir);
-    let tmp = target.with_extension("tmp");
-    let io = |source| SavedError::Io {
-        path: tmp.clone(),
-        source,
-    };
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, &target).map_err(|source| SavedError::Io {
+    // whole or not at all, 0600, and the rename durable before the store names the new hash
+    protocol::durable_file::write_private(&target, &bytes).map_err(|source| SavedError::Io {
         path: target.clone(),
         source,
     })?;

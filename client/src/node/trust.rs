@@ -1,0 +1,185 @@
+//! What a hospital checks before it takes key material from the coordinator, which only relays:
+//! every hospital's key shares signed with its certificate (chained to the consortium CA, named
+//! for that hospital), this hospital's own entry as it sent it, and the collective public key
+//! made here from the shares. Once stored, the setup never changes: a coordinator that later
+//! hands out other keys is refused. In every round, a hospital signs its update with a sketch
+//! under a key only hospitals hold, and a switcher checks that the aggregate it is asked to
+//! switch is the weighted sum of the signed updates it is told of.
+
+use he_agg::aggregate::{UpdateCodec, sketch};
+use he_agg::ckks::{Ciphertext, CkksContext, SecretKey, wire};
+use he_agg::multiparty::{Crs, PublicKeyGen, wire as mpw};
+use protocol::FederationId;
+use protocol::transcript::{self, Contribution, PartyKeys, Signer, Statement, Verifier};
+use zeroize::Zeroizing;
+
+use super::keys::PeerKeys;
+
+/// Key material or a statement the coordinator relayed that this hospital cannot take: the node
+/// stops (an operator must look), instead of reconnecting to the same coordinator.
+#[derive(Debug, thiserror::Error)]
+#[error("refused by this hospital's checks: {0}")]
+pub struct Distrust(pub String);
+
+/// Whether `e` is (or was caused by) a [`Distrust`].
+pub fn distrusted(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<Distrust>().is_some())
+}
+
+/// This hospital, as it checks a setup.
+pub struct Own {
+    pub federation: FederationId,
+    pub index: u32,
+    pub public_key_share: Vec<u8>,
+    pub exchange_key: [u8; 32],
+}
+
+/// Checks every hospital's signed key shares and makes the collective public key from them.
+/// `parties` holds each of the consortium's hospitals once (the participant checked that).
+pub fn check_setup(
+    ctx: &std::sync::Arc<CkksContext>,
+    crs: &Crs,
+    verifier: &Verifier,
+    own: &Own,
+    parties: &[PartyKeys],
+) -> Result<PeerKeys, Distrust> {
+    let ckg = PublicKeyGen::new(ctx, crs);
+    let mut acc = None;
+    for p in parties {
+        verifier
+            .verify(
+                &p.certificate,
+                p.hospital,
+                &p.statement(own.federation),
+                &p.signature,
+            )
+            .map_err(|e| Distrust(e.to_string()))?;
+        if p.hospital == own.index
+            && (p.public_key_share != own.public_key_share || p.exchange_key != own.exchange_key)
+        {
+            return Err(Distrust(format!(
+                "the setup relayed as hospital {}'s (this one) is not what it sent",
+                own.index
+            )));
+        }
+        let share = mpw::decode_public_key_share(ctx, &p.public_key_share)
+            .map_err(|e| Distrust(format!("hospital {}'s public key share: {e}", p.hospital)))?;
+        match acc.as_mut() {
+            None => acc = Some(share),
+            Some(a) => ckg
+                .aggregate(a, &share)
+                .map_err(|e| Distrust(format!("hospital {}'s key share: {e}", p.hospital)))?,
+        }
+    }
+    let pk = ckg.finalize(acc.ok_or_else(|| Distrust("a setup of no hospitals".into()))?);
+    Ok(PeerKeys {
+        collective_public_key: wire::encode_public_key(ctx, &pk),
+        exchange: parties
+            .iter()
+            .map(|p| (p.hospital, p.exchange_key))
+            .collect(),
+        certificates: parties
+            .iter()
+            .map(|p| (p.hospital, p.certificate.clone()))
+            .collect(),
+    })
+}
+
+/// A setup relayed again (after a reconnect) must be the one stored.
+pub fn same_setup(stored: &PeerKeys, relayed: &PeerKeys) -> Result<(), Distrust> {
+    if stored == relayed {
+        Ok(())
+    } else {
+        Err(Distrust(
+            "the coordinator now relays other key material than at setup (state/peers.bin): a hospital's keys never change, so this is a substituted key".into(),
+        ))
+    }
+}
+
+/// The key of round `round`'s sketches: derived from the consortium receiving secret, which
+/// every hospital holds and the coordinator never does.
+pub fn round_seed(
+    ctx: &CkksContext,
+    receive_sk: &SecretKey,
+    federation: FederationId,
+    round: u64,
+) -> [u8; 32] {
+    let secret = Zeroizing::new(wire::encode_secret_key(ctx, receive_sk));
+    let key = Zeroizing::new(blake3::derive_key("HEAL aggregate sketch key v1", &secret));
+    let mut input = federation.0.to_vec();
+    input.extend_from_slice(&round.to_le_bytes());
+    *blake3::keyed_hash(&key, &input).as_bytes()
+}
+
+/// This hospital's signed statement of its update `items` for `round`: their sketch under
+/// the round's key and the signature over (federation, round, hospital, weight, items).
+pub fn sign_update(
+    codec: &UpdateCodec,
+    signer: &Signer,
+    seed: &[u8; 32],
+    update: (FederationId, u64, u32, u64),
+    items: &[Vec<u8>],
+) -> anyhow::Result<(Vec<u64>, Vec<u8>)> {
+    let (federation, round, hospital, weight) = update;
+    let cts = items
+        .iter()
+        .enumerate()
+        .map(|(i, b)| codec.decode(i, b))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sketch = sketch::sketch(codec.context(), seed, &cts);
+    let signature = signer.sign(&Statement::Update {
+        federation,
+        round,
+        hospital,
+        weight,
+        count: items.len() as u32,
+        items: transcript::digest_items(items.iter().map(Vec::as_slice)),
+        sketch: sketch.clone(),
+    });
+    Ok((sketch, signature))
+}
+
+/// A switch request's contributions are each signed by their hospital (with its setup
+/// certificate) for this round, and the aggregate `cts` is their weighted sum by the sketches.
+pub fn check_aggregate(
+    ctx: &CkksContext,
+    verifier: &Verifier,
+    peers: &PeerKeys,
+    seed: &[u8; 32],
+    (federation, round): (FederationId, u64),
+    contributions: &[Contribution],
+    cts: &[Ciphertext],
+) -> Result<(), Distrust> {
+    for c in contributions {
+        let certificate = peers
+            .certificate(c.hospital)
+            .ok_or_else(|| Distrust(format!("no certificate of hospital {}", c.hospital)))?;
+        verifier
+            .verify(
+                certificate,
+                c.hospital,
+                &c.statement(federation, round),
+                &c.signature,
+            )
+            .map_err(|e| Distrust(format!("round {round}'s switch request: {e}")))?;
+    }
+    let level = cts.first().map_or(0, Ciphertext::level);
+    let want = sketch::combine(
+        ctx,
+        level,
+        contributions
+            .iter()
+            .map(|c| (c.weight, c.sketch.as_slice())),
+    );
+    if want.as_deref() != Some(sketch::sketch(ctx, seed, cts).as_slice()) {
+        return Err(Distrust(format!(
+            "round {round}'s aggregate is not the weighted sum of the signed updates of hospitals {:?}: refusing to switch it",
+            contributions.iter().map(|c| c.hospital).collect::<Vec<_>>()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "trust_tests.rs"]
+mod tests;

@@ -1,0 +1,162 @@
+//! The switcher's check of an aggregate, with real kits, real encryptions and a real sum.
+
+use super::*;
+use he_agg::aggregate::{AggregationPlan, Aggregator, CpuBackend, HeSettings, Shape};
+use he_agg::ckks::{Parameters, Preset};
+use protocol::identity::hospital_dns_name;
+use protocol::pki::Ca;
+use protocol::tls::TlsFiles;
+
+const FED: FederationId = FederationId([9; 16]);
+const ROUND: u64 = 6;
+
+struct World {
+    codec: UpdateCodec,
+    verifier: Verifier,
+    peers: PeerKeys,
+    seed: [u8; 32],
+    contributions: Vec<Contribution>,
+    updates: Vec<Vec<Vec<u8>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Three hospitals with kits of one CA, each with a signed encrypted update of its own weight.
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("consortium").unwrap();
+    let signers: Vec<Signer> = (1..=3)
+        .map(|h| {
+            let issued = ca.issue(&hospital_dns_name(h)).unwrap();
+            let kit = dir.path().join(format!("h{h}"));
+            std::fs::create_dir_all(&kit).unwrap();
+            std::fs::write(kit.join("ca.pem"), ca.cert_pem()).unwrap();
+            std::fs::write(kit.join("cert.pem"), &issued.cert_pem).unwrap();
+            std::fs::write(kit.join("key.pem"), &issued.key_pem).unwrap();
+            Signer::from_files(&TlsFiles::in_dir(&kit)).unwrap()
+        })
+        .collect();
+    let verifier = Verifier::from_files(&TlsFiles::in_dir(&dir.path().join("h1"))).unwrap();
+    let ctx = CkksContext::new(Parameters::preset(Preset::Aggregation)).unwrap();
+    let plan = AggregationPlan::from_settings(&ctx, &HeSettings::default(), 3, 2).unwrap();
+    let codec = UpdateCodec::new(ctx.clone(), plan);
+    let mut kg = ctx.key_generator().unwrap();
+    let sk = kg.secret_key();
+    let pk = kg.public_key(&sk);
+    let receive = kg.secret_key();
+    let seed = round_seed(&ctx, &receive, FED, ROUND);
+    let mut contributions = Vec::new();
+    let mut updates = Vec::new();
+    for (h, signer) in (1..).zip(&signers) {
+        let weight = 100 * u64::from(h);
+        let items = codec.encrypt(&pk, &vec![0.001 * h as f32; 5000]).unwrap();
+        let (sketch, signature) =
+            sign_update(&codec, signer, &seed, (FED, ROUND, h, weight), &items).unwrap();
+        contributions.push(Contribution {
+            hospital: h,
+            weight,
+            count: items.len() as u32,
+            items: transcript::digest_items(items.iter().map(Vec::as_slice)),
+            sketch,
+            signature,
+        });
+        updates.push(items);
+    }
+    let peers = PeerKeys {
+        collective_public_key: vec![],
+        exchange: vec![],
+        certificates: (1..)
+            .zip(&signers)
+            .map(|(h, s)| (h, s.certificate().to_vec()))
+            .collect(),
+    };
+    World {
+        codec,
+        verifier,
+        peers,
+        seed,
+        contributions,
+        updates,
+        _dir: dir,
+    }
+}
+
+impl World {
+    /// Σ weight·update over `which` (indices into the updates).
+    fn sum(&self, which: &[usize]) -> Vec<Ciphertext> {
+        let decode = |u: &Vec<Vec<u8>>| -> Vec<Ciphertext> {
+            u.iter()
+                .enumerate()
+                .map(|(i, b)| self.codec.decode(i, b).unwrap())
+                .collect()
+        };
+        let first = decode(&self.updates[0]);
+        let shape = Shape {
+            level: first[0].level(),
+            degree: 1,
+            scale: first[0].scale,
+        };
+        let ctx = self.codec.context();
+        let mut aggs: Vec<Aggregator> = (0..first.len())
+            .map(|_| Aggregator::new(ctx, &CpuBackend, shape, 3).unwrap())
+            .collect();
+        for &i in which {
+            for (agg, ct) in aggs.iter_mut().zip(decode(&self.updates[i])) {
+                agg.push(ct, self.contributions[i].weight).unwrap();
+            }
+        }
+        aggs.into_iter().map(|a| a.finish().unwrap()).collect()
+    }
+
+    fn check(&self, contributions: &[Contribution], cts: &[Ciphertext]) -> Result<(), Distrust> {
+        check_aggregate(
+            self.codec.context(),
+            &self.verifier,
+            &self.peers,
+            &self.seed,
+            (FED, ROUND),
+            contributions,
+            cts,
+        )
+    }
+}
+
+#[test]
+fn a_switcher_switches_only_the_weighted_sum_of_the_signed_updates_it_is_told_of() {
+    let w = world();
+    let all = w.sum(&[0, 1, 2]);
+    w.check(&w.contributions, &all).unwrap();
+    // hospital 1's update presented as the aggregate of all three (the decryption oracle)
+    let alone = w.sum(&[0]);
+    let err = w.check(&w.contributions, &alone).unwrap_err().0;
+    assert!(err.contains("not the weighted sum"), "{err}");
+    // the sum of two named as the sum of three, or the sum of three named as two
+    assert!(w.check(&w.contributions, &w.sum(&[0, 1])).is_err());
+    assert!(w.check(&w.contributions[..2], &all).is_err());
+    // a weight other than the signed one (to shrink the flooding), or another round's statement
+    let mut reweighted = w.contributions.clone();
+    reweighted[1].weight = 1;
+    let err = w.check(&reweighted, &all).unwrap_err().0;
+    assert!(
+        err.contains("hospital 2's signature over its update does not verify"),
+        "{err}"
+    );
+    let err = check_aggregate(
+        w.codec.context(),
+        &w.verifier,
+        &w.peers,
+        &w.seed,
+        (FED, ROUND + 1),
+        &w.contributions,
+        &all,
+    )
+    .unwrap_err()
+    .0;
+    assert!(err.contains("signature"), "{err}");
+    // hospital 2's signed update passed off as hospital 3's
+    let mut relabelled = w.contributions.clone();
+    relabelled[2] = Contribution {
+        hospital: 3,
+        ..w.contributions[1].clone()
+    };
+    assert!(w.check(&relabelled, &all).is_err());
+}
