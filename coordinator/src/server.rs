@@ -275,6 +275,12 @@ impl Server {
                     });
                 }
             }
+            Action::Notify { to, reason } => {
+                if let Some(link) = self.link(to) {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.refuse(&link, to, 0, &reason).await });
+                }
+            }
             Action::SettleItems { items } => {
                 if let Err(e) = self.store.set_model_items(items) {
                     warn!("storing the update size: {e}");

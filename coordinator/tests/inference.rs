@@ -335,6 +335,25 @@ async fn wrong_fingerprints_garbage_and_strangers_are_refused() {
     .unwrap();
     let reason = refusal(&link).await;
     assert!(reason.contains("unexpected"), "{reason}");
+    // a request that trickles (header, no items) holds this hospital's one slot: a second
+    // request of the same hospital, on another connection, is refused at once instead of
+    // queueing behind it
+    let trickle = link.open(0, Body::Infer(header.clone())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (second, _, _) = requester(&s).await;
+    second
+        .open(0, Body::Infer(header.clone()))
+        .await
+        .unwrap()
+        .finish()
+        .await
+        .unwrap();
+    let reason = refusal(&second).await;
+    assert!(reason.contains("one at a time"), "{reason}");
+    // and the trickle itself is cut off after its budget (10 s for its one item)
+    let reason = refusal(&link).await;
+    assert!(reason.contains("did not arrive within 10 s"), "{reason}");
+    drop(trickle);
     // the connection still serves after refusals
     link.send(0, Body::InferInfoRequest).await.unwrap();
     assert!(matches!(

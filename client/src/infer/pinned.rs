@@ -6,7 +6,6 @@
 use protocol::site::{InferenceMode, SiteSection};
 
 use super::error::InferenceError;
-use super::remote::Served;
 
 /// What this requester accepts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -36,9 +35,10 @@ impl Accepted {
         })
     }
 
-    /// The mode `served` answers in, if this requester accepts it.
-    pub fn check(&self, served: &Served) -> Result<InferenceMode, InferenceError> {
-        let answered = match served.collective_key {
+    /// The mode a server answers in (with its collective key in mode (a), none in mode (b)),
+    /// if this requester accepts it.
+    pub fn check(&self, collective_key: Option<&[u8]>) -> Result<InferenceMode, InferenceError> {
+        let answered = match collective_key {
             Some(_) => InferenceMode::Collective,
             None => InferenceMode::Released,
         };
@@ -48,7 +48,7 @@ impl Accepted {
                 self.mode
             )));
         }
-        if let (Some(want), Some(key)) = (&self.collective_key, &served.collective_key) {
+        if let (Some(want), Some(key)) = (&self.collective_key, collective_key) {
             let got = blake3::hash(key);
             if got.as_bytes() != want {
                 return Err(InferenceError::ModeRefused(format!(
@@ -80,21 +80,6 @@ fn to_hex(b: &[u8; 32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::serve::released::ModelInfo;
-
-    fn served(key: Option<&[u8]>) -> Served {
-        Served {
-            info: ModelInfo {
-                name: "m".into(),
-                architecture: String::new(),
-                class_names: vec![],
-                fingerprint: [0; 32],
-                max_images: 1,
-                input_preparation: String::new(),
-            },
-            collective_key: key.map(<[u8]>::to_vec),
-        }
-    }
 
     fn site(inference: InferenceMode, collective_key: Option<String>) -> SiteSection {
         SiteSection {
@@ -113,14 +98,9 @@ mod tests {
     #[test]
     fn a_requester_takes_only_the_mode_and_key_its_site_names() {
         let released = Accepted::from_site(&site(InferenceMode::Released, None)).unwrap();
-        assert_eq!(
-            released.check(&served(None)).unwrap(),
-            InferenceMode::Released
-        );
+        assert_eq!(released.check(None).unwrap(), InferenceMode::Released);
         // a mode (b) site answered with a collective key (the downgrade): refused
-        let err = released
-            .check(&served(Some(b"server's own key")))
-            .unwrap_err();
+        let err = released.check(Some(b"server's own key")).unwrap_err();
         assert!(
             err.to_string().contains("accepts only released (mode b)"),
             "{err}"
@@ -129,13 +109,11 @@ mod tests {
         let collective =
             Accepted::from_site(&site(InferenceMode::Collective, Some(pinned))).unwrap();
         assert_eq!(
-            collective
-                .check(&served(Some(b"the consortium's key")))
-                .unwrap(),
+            collective.check(Some(b"the consortium's key")).unwrap(),
             InferenceMode::Collective
         );
-        assert!(collective.check(&served(Some(b"another key"))).is_err());
-        assert!(collective.check(&served(None)).is_err());
+        assert!(collective.check(Some(b"another key")).is_err());
+        assert!(collective.check(None).is_err());
         assert!(Accepted::from_site(&site(InferenceMode::Collective, Some("zz".into()))).is_err());
     }
 }

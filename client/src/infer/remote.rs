@@ -129,7 +129,7 @@ pub async fn infer_remote(
     let start = Instant::now();
     let link = open(target).await?;
     let served = fetch_info(&link, target.timeout).await?;
-    let served_mode = target.accept.check(&served)?;
+    let served_mode = target.accept.check(served.collective_key.as_deref())?;
     let info = served.info;
     let arch: Architecture = serde_json::from_str(&info.architecture)
         .map_err(|e| InferenceError::BadAnswer(format!("architecture: {e}")))?;

@@ -118,7 +118,7 @@ pub enum ParticipantError {
         count: u32,
     },
     #[error(
-        "a second switch request for round {0} over other contributions: each round's aggregate is switched once"
+        "a second switch request for round {0} over other hospitals or weights: each round's sum is switched once"
     )]
     SwitchedOther(u64),
 }
@@ -135,8 +135,9 @@ pub struct Participant {
     pending_start: Option<u64>,
     /// the last switch request this node served
     last_switch: Option<SwitchShape>,
-    /// the round it last switched and the contributions that aggregate summed
-    switched: Option<(u64, Vec<Contribution>)>,
+    /// the round it last switched and the (hospital, weight) of the updates that aggregate
+    /// summed
+    switched: Option<(u64, Vec<(u32, u64)>)>,
     /// the request masks are being made ahead for
     prepared: Option<SwitchShape>,
 }
@@ -393,12 +394,21 @@ impl Participant {
                 count,
             });
         }
+        // Two aggregates of one round over different hospitals would give their difference
+        // away (one hospital's update, if they differ by one). The same hospitals with the same
+        // signed weights is the same sum: a retry with other switchers, or the round redone
+        // after a coordinator restart (each hospital retrains from the same model and seed).
+        let mut set: Vec<(u32, u64)> = contributions
+            .iter()
+            .map(|c| (c.hospital, c.weight))
+            .collect();
+        set.sort_unstable();
         match &self.switched {
-            Some((r, before)) if *r == round && before.as_slice() != contributions => {
+            Some((r, before)) if *r == round && *before != set => {
                 Err(ParticipantError::SwitchedOther(round))
             }
             _ => {
-                self.switched = Some((round, contributions.to_vec()));
+                self.switched = Some((round, set));
                 Ok(())
             }
         }

@@ -387,6 +387,21 @@ fn only_the_open_rounds_aggregate_of_a_quorum_of_signed_updates_is_switched_once
     // the open round's aggregate, then a retry of it with other switchers: served
     assert!(p.handle(5, &switch(vec![10, 20], vec![1, 2])).is_ok());
     assert!(p.handle(5, &switch(vec![10, 20], vec![2, 3])).is_ok());
+    // the round redone after a coordinator restart: the same hospitals and weights, new updates
+    let mut redone = contributions(&[10, 20]);
+    redone.iter_mut().for_each(|c| c.items = [9; 32]);
+    let redone = Body::SwitchRequest {
+        attempt: 0,
+        active: vec![1, 2],
+        contributions: redone,
+        count: 4,
+    };
+    assert!(p.handle(5, &redone).is_ok());
+    // the same hospitals with other weights, or one hospital fewer: refused
+    assert_eq!(
+        p.handle(5, &switch(vec![10, 21], vec![1, 2])),
+        Err(ParticipantError::SwitchedOther(5))
+    );
     // a second aggregate of that round over other contributions: refused
     assert_eq!(
         p.handle(5, &switch(vec![10, 20, 30], vec![1, 2])),

@@ -308,7 +308,7 @@ impl Node {
         }
         let t1 = Instant::now();
         let weight = self.data.train.len() as u64;
-        let (items, sketch, signature) = match &self.he {
+        let (items, sketch, signature, sign_ms) = match &self.he {
             Some(he) => {
                 let pk = he
                     .collective
@@ -325,15 +325,16 @@ impl Node {
                 let update = (self.federation, round, self.index, weight);
                 tokio::task::spawn_blocking(move || {
                     pool.install(|| -> anyhow::Result<_> {
-                        let items = codec.encrypt(&pk, &delta)?;
-                        let (sketch, signature) =
-                            trust::sign_update(&codec, &signer, &seed, update, &items)?;
-                        Ok((items, sketch, signature))
+                        let (items, sketch) = codec.encrypt_sketched(&pk, &delta, &seed)?;
+                        let signing = Instant::now();
+                        let signature = trust::sign_update(&signer, update, &items, &sketch);
+                        let sign_ms = signing.elapsed().as_secs_f64() * 1e3;
+                        Ok((items, sketch, signature, sign_ms))
                     })
                 })
                 .await??
             }
-            None => (protocol::plain::encode_f32s(&delta), vec![], vec![]),
+            None => (protocol::plain::encode_f32s(&delta), vec![], vec![], 0.0),
         };
         let encrypt_s = t1.elapsed().as_secs_f32();
         let t2 = Instant::now();
@@ -358,8 +359,9 @@ impl Node {
             train_s,
             encrypt_s,
             upload_s,
+            sign_ms,
             mb = bytes_up as f64 / 1e6,
-            "update sent"
+            "update sent (signed in sign_ms, part of encrypt_s)"
         );
         self.costs.insert(
             round,

@@ -6,7 +6,7 @@
 //! under a key only hospitals hold, and a switcher checks that the aggregate it is asked to
 //! switch is the weighted sum of the signed updates it is told of.
 
-use he_agg::aggregate::{UpdateCodec, sketch};
+use he_agg::aggregate::sketch;
 use he_agg::ckks::{Ciphertext, CkksContext, SecretKey, wire};
 use he_agg::multiparty::{Crs, PublicKeyGen, wire as mpw};
 use protocol::FederationId;
@@ -111,32 +111,25 @@ pub fn round_seed(
     *blake3::keyed_hash(&key, &input).as_bytes()
 }
 
-/// This hospital's signed statement of its update `items` for `round`: their sketch under
-/// the round's key and the signature over (federation, round, hospital, weight, items).
+/// This hospital's signature over its update for `round`: (federation, round, hospital,
+/// weight) with the items' digest and their sketch under the round's key
+/// ([`UpdateCodec::encrypt_sketched`]).
 pub fn sign_update(
-    codec: &UpdateCodec,
     signer: &Signer,
-    seed: &[u8; 32],
     update: (FederationId, u64, u32, u64),
     items: &[Vec<u8>],
-) -> anyhow::Result<(Vec<u64>, Vec<u8>)> {
+    sketch: &[u64],
+) -> Vec<u8> {
     let (federation, round, hospital, weight) = update;
-    let cts = items
-        .iter()
-        .enumerate()
-        .map(|(i, b)| codec.decode(i, b))
-        .collect::<Result<Vec<_>, _>>()?;
-    let sketch = sketch::sketch(codec.context(), seed, &cts);
-    let signature = signer.sign(&Statement::Update {
+    signer.sign(&Statement::Update {
         federation,
         round,
         hospital,
         weight,
         count: items.len() as u32,
         items: transcript::digest_items(items.iter().map(Vec::as_slice)),
-        sketch: sketch.clone(),
-    });
-    Ok((sketch, signature))
+        sketch: sketch.to_vec(),
+    })
 }
 
 /// A switch request's contributions are each signed by their hospital (with its setup

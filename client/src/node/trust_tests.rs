@@ -1,7 +1,7 @@
 //! The switcher's check of an aggregate, with real kits, real encryptions and a real sum.
 
 use super::*;
-use he_agg::aggregate::{AggregationPlan, Aggregator, CpuBackend, HeSettings, Shape};
+use he_agg::aggregate::{AggregationPlan, Aggregator, CpuBackend, HeSettings, Shape, UpdateCodec};
 use he_agg::ckks::{Parameters, Preset};
 use protocol::identity::hospital_dns_name;
 use protocol::pki::Ca;
@@ -48,9 +48,10 @@ fn world() -> World {
     let mut updates = Vec::new();
     for (h, signer) in (1..).zip(&signers) {
         let weight = 100 * u64::from(h);
-        let items = codec.encrypt(&pk, &vec![0.001 * h as f32; 5000]).unwrap();
-        let (sketch, signature) =
-            sign_update(&codec, signer, &seed, (FED, ROUND, h, weight), &items).unwrap();
+        let (items, sketch) = codec
+            .encrypt_sketched(&pk, &vec![0.001 * h as f32; 5000], &seed)
+            .unwrap();
+        let signature = sign_update(signer, (FED, ROUND, h, weight), &items, &sketch);
         contributions.push(Contribution {
             hospital: h,
             weight,

@@ -138,9 +138,11 @@ pub struct SigninForm {
 /// POST /signin.
 pub async fn signin(
     State(portal): State<Arc<Portal>>,
+    client: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     Form(form): Form<SigninForm>,
 ) -> Response {
+    let address = client.map(|c| c.0.0.ip());
     let Some((anon_id, anon)) = session_of(&headers, &portal) else {
         return fresh_signin(
             &portal,
@@ -158,10 +160,39 @@ pub async fn signin(
         );
     }
     let name = form.name.trim().to_ascii_lowercase();
+    if let Err(wait) = portal.signin_limit().check(&name, address, Instant::now()) {
+        warn!(user = %name, ?address, "sign-in refused: too many failures");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            pages::signin(
+                &anon.csrf,
+                Some(&format!(
+                    "Too many failed sign-ins for this name or from this computer. Try again in {} minutes, or ask the node's administrator.",
+                    wait.as_secs().div_ceil(60).max(1)
+                )),
+                &name,
+            ),
+        )
+            .into_response();
+    }
+    // argon2 takes tens of milliseconds and 19 MiB on purpose: a few at a time, off the
+    // async workers
+    let Ok(Ok(_permit)) = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        portal.signin_limit().argon2.acquire(),
+    )
+    .await
+    else {
+        return pages::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in busy",
+            "Too many sign-ins at once; please try again in a moment.",
+            None,
+        );
+    };
     let dir = portal.config().dir.clone();
     let password = form.password;
     let user = name.clone();
-    // argon2 takes tens of milliseconds of CPU on purpose; keep it off the async workers
     let ok = tokio::task::spawn_blocking(move || {
         if password.len() > MAX_PASSWORD {
             return Ok(false);
@@ -183,6 +214,7 @@ pub async fn signin(
         Err(_) => false,
     };
     if !ok {
+        portal.signin_limit().failed(&name, address, Instant::now());
         warn!(user = %name, "sign-in failed");
         return (
             StatusCode::UNAUTHORIZED,
@@ -194,6 +226,7 @@ pub async fn signin(
         )
             .into_response();
     }
+    portal.signin_limit().succeeded(&name);
     portal.sessions().remove(&anon_id);
     match portal.sessions().create(Some(name.clone()), Instant::now()) {
         Ok((id, _)) => {

@@ -24,6 +24,7 @@ pub mod history;
 pub mod mode;
 pub mod pages;
 pub mod session;
+pub mod signin_limit;
 pub mod training;
 pub mod upload;
 pub mod users;
@@ -62,6 +63,8 @@ pub struct Portal {
     local: Option<LocalModel>,
     /// One diagnosis at a time: an encrypted evaluation uses every core.
     busy: tokio::sync::Semaphore,
+    /// failed sign-ins per name and address, and the password checks running
+    signin_limit: signin_limit::SigninLimit,
 }
 
 impl Portal {
@@ -105,11 +108,16 @@ impl Portal {
             config,
             local,
             busy: tokio::sync::Semaphore::new(1),
+            signin_limit: signin_limit::SigninLimit::default(),
         })
     }
 
     pub fn config(&self) -> &PortalConfig {
         &self.config
+    }
+
+    pub fn signin_limit(&self) -> &signin_limit::SigninLimit {
+        &self.signin_limit
     }
 
     pub fn local(&self) -> Option<&LocalModel> {
@@ -184,6 +192,9 @@ async fn not_found(
     )
 }
 
+/// A sign-in form is a name, a password and a token: nothing near the upload limit.
+const SIGNIN_BODY_LIMIT: usize = 16 << 10;
+
 /// The portal's routes.
 pub fn router(portal: Arc<Portal>) -> Router {
     // the body limit leaves room for the multipart framing around a file at the limit; the
@@ -191,7 +202,12 @@ pub fn router(portal: Arc<Portal>) -> Router {
     let body_limit = diagnose::hard_body_limit(portal.config().upload_limit);
     Router::new()
         .route("/", get(|| async { Redirect::to("/diagnose") }))
-        .route("/signin", get(auth::signin_page).post(auth::signin))
+        .route(
+            "/signin",
+            get(auth::signin_page)
+                .post(auth::signin)
+                .layer(DefaultBodyLimit::max(SIGNIN_BODY_LIMIT)),
+        )
         .route("/signout", post(auth::signout))
         .route("/diagnose", get(diagnose::page).post(diagnose::submit))
         .route("/diagnosis/{id}", get(diagnose::result))
@@ -215,7 +231,9 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| PortalError::Config(format!("listener: {e}")))?;
     info!(%addr, dir = %portal.config().dir.display(), "portal listening: http://{addr}/");
-    axum::serve(listener, router(portal))
+    // the client's address is what sign-in failures are counted by
+    let app = router(portal).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| PortalError::Config(format!("serving on {addr}: {e}")))

@@ -17,8 +17,12 @@ use std::time::{Duration, Instant};
 
 use protocol::message::Phase;
 
+mod events;
+mod membership;
 #[cfg(test)]
 mod tests;
+
+pub use events::{Action, Event};
 
 /// What the engine needs to know of the federation.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,119 +33,6 @@ pub struct EngineConfig {
     pub min_hospitals: u32,
     pub plaintext: bool,
     pub round_timeout: Duration,
-}
-
-/// Something that happened.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Event {
-    /// A hospital connected and said hello; it holds the global model of `last_round`, whose
-    /// updates have `items` items.
-    Joined {
-        hospital: u32,
-        last_round: u64,
-        items: u32,
-        now: Instant,
-    },
-    /// Its connection ended.
-    Left { hospital: u32, now: Instant },
-    /// Its key shares were validated and stored.
-    KeySharesStored { hospital: u32 },
-    /// Its sealed Shamir shares were stored for relaying.
-    SharesDealt { hospital: u32 },
-    /// It formed its threshold secret.
-    SetupDone { hospital: u32, now: Instant },
-    /// Its whole update for `round` was validated and folded into the aggregate.
-    UpdateFolded {
-        hospital: u32,
-        round: u64,
-        weight: u64,
-        now: Instant,
-    },
-    /// Its switching shares for `round`, attempt `attempt`, were folded.
-    SwitchSharesFolded {
-        hospital: u32,
-        round: u64,
-        attempt: u32,
-        now: Instant,
-    },
-    /// The layer below committed `round` and sent the results.
-    Committed { round: u64, now: Instant },
-    /// A hospital found the committed `round`'s result malformed and did not apply it.
-    Alarm {
-        hospital: u32,
-        round: u64,
-        reason: String,
-    },
-    /// Time passes (deadlines).
-    Tick { now: Instant },
-}
-
-/// Something the layer below must do.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Action {
-    Welcome {
-        to: u32,
-        phase: Phase,
-    },
-    /// Refuse the connection of `to` and close it: it cannot take part as configured.
-    Reject {
-        to: u32,
-        reason: String,
-    },
-    /// Persist the federation's update size, settled by a majority of the hospitals.
-    SettleItems {
-        items: u32,
-    },
-    /// Make (once) and send the collective public key and everyone's public keys.
-    SendSetupKeys {
-        to: Vec<u32>,
-    },
-    /// Send the sealed Shamir shares addressed to `to`.
-    RelayShares {
-        to: u32,
-    },
-    /// Start collecting `round` (fresh aggregate) and announce it.
-    StartRound {
-        round: u64,
-        to: Vec<u32>,
-        deadline: Duration,
-    },
-    /// Announce the running round to a hospital that joined late.
-    AnnounceRound {
-        round: u64,
-        to: u32,
-        deadline: Duration,
-    },
-    /// Close the aggregate of `round` (once) and ask `active` for switching shares towards the
-    /// consortium receiving key; a new attempt discards the shares of earlier ones.
-    RequestSwitch {
-        round: u64,
-        attempt: u32,
-        active: Vec<u32>,
-        weights: Vec<(u32, u64)>,
-    },
-    /// Make the round's result (switched aggregate, or plaintext sum), commit the round with it,
-    /// send it to `targets`, then report [`Event::Committed`].
-    Deliver {
-        round: u64,
-        targets: Vec<u32>,
-        weights: Vec<(u32, u64)>,
-        switchers: Vec<u32>,
-    },
-    /// Send the result of the latest committed round (to a hospital that missed it).
-    SendStoredResult {
-        to: u32,
-    },
-    Finish {
-        to: Vec<u32>,
-    },
-    /// An audit log entry.
-    Audit {
-        hospital: Option<u32>,
-        round: u64,
-        event: &'static str,
-        detail: String,
-    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -181,6 +72,9 @@ pub struct Engine {
     items: Option<u32>,
     /// what each hospital announced before that
     announced: BTreeMap<u32, u32>,
+    /// the round of the global model each connected hospital holds (from its hello, then from
+    /// the deliveries made to it)
+    held: BTreeMap<u32, u64>,
     /// when the running round's missing quorum was last audited
     quorum_audited: Option<Instant>,
 }
@@ -230,6 +124,7 @@ impl Engine {
             setup_done,
             items: restored.items,
             announced: BTreeMap::new(),
+            held: BTreeMap::new(),
             quorum_audited: None,
         }
     }
@@ -447,6 +342,10 @@ impl Engine {
             }
             Event::Committed { round, now } => {
                 if self.stage == (Stage::Delivering { round }) {
+                    // the hospitals it was delivered to hold it now
+                    for h in self.eligible() {
+                        self.held.insert(h, round);
+                    }
                     self.committed = round;
                     if round >= self.cfg.rounds {
                         self.stage = Stage::Finished;
@@ -497,151 +396,6 @@ impl Engine {
         out
     }
 
-    /// Whether `h`, whose updates have `items` items, may take part. The update size is
-    /// settled by a strict majority of the N hospitals, never by the first to speak: a
-    /// hospital configured otherwise is refused at the door (and the rounds do not wait for
-    /// it) instead of fixing the size for everyone.
-    fn admit(&mut self, h: u32, items: u32, now: Instant, out: &mut Vec<Action>) -> bool {
-        if self.items.is_none() {
-            self.announced.insert(h, items);
-            let votes = self.announced.values().filter(|&&i| i == items).count();
-            if votes > self.cfg.hospitals as usize / 2 {
-                self.items = Some(items);
-                out.push(Action::SettleItems { items });
-                out.push(Action::Audit {
-                    hospital: None,
-                    round: self.committed,
-                    event: "update-size",
-                    detail: format!("{items} items per update, announced by {votes} hospitals"),
-                });
-                // a hospital already connected with another size is refused now
-                let others: Vec<(u32, u32)> = std::mem::take(&mut self.announced)
-                    .into_iter()
-                    .filter(|&(o, i)| i != items && self.connected.contains(&o))
-                    .collect();
-                for (o, i) in others {
-                    self.connected.remove(&o);
-                    out.push(self.reject_size(o, i, items));
-                }
-                // the running round was not announced before the size was settled
-                if let Stage::Collecting {
-                    round,
-                    started,
-                    uploads,
-                } = &self.stage
-                {
-                    let deadline = self
-                        .cfg
-                        .round_timeout
-                        .saturating_sub(now.saturating_duration_since(*started));
-                    for to in self.eligible() {
-                        if !uploads.contains_key(&to) {
-                            out.push(Action::AnnounceRound {
-                                round: *round,
-                                to,
-                                deadline,
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        match self.items {
-            Some(want) if want != items => {
-                out.push(self.reject_size(h, items, want));
-                false
-            }
-            _ => true,
-        }
-    }
-
-    fn reject_size(&self, h: u32, got: u32, want: u32) -> Action {
-        Action::Reject {
-            to: h,
-            reason: format!(
-                "this hospital's updates have {got} items and the federation's have {want}: its [model] and [dataset] differ from the other hospitals' (check site.toml and the data's classes)"
-            ),
-        }
-    }
-
-    fn joined(&mut self, h: u32, last_round: u64, now: Instant, out: &mut Vec<Action>) {
-        self.connected.insert(h);
-        out.push(Action::Welcome {
-            to: h,
-            phase: self.phase(),
-        });
-        out.push(Action::Audit {
-            hospital: Some(h),
-            round: self.committed,
-            event: "joined",
-            detail: format!("holds round {last_round}"),
-        });
-        if self.committed > 0 && last_round < self.committed {
-            out.push(Action::SendStoredResult { to: h });
-        }
-        match &self.stage {
-            Stage::Setup => {
-                if self.key_shares == self.all() {
-                    out.push(Action::SendSetupKeys { to: vec![h] });
-                }
-                if self.dealt == self.all() {
-                    out.push(Action::RelayShares { to: h });
-                }
-            }
-            Stage::Collecting {
-                round,
-                started,
-                uploads,
-            } if !uploads.contains_key(&h)
-                && self.setup_done.contains(&h)
-                && self.items.is_some() =>
-            {
-                let deadline = self
-                    .cfg
-                    .round_timeout
-                    .saturating_sub(now.saturating_duration_since(*started));
-                out.push(Action::AnnounceRound {
-                    round: *round,
-                    to: h,
-                    deadline,
-                });
-            }
-            Stage::Finished => out.push(Action::Finish { to: vec![h] }),
-            _ => {}
-        }
-        if matches!(self.stage, Stage::Switching { waiting: true, .. }) {
-            self.replan(now, out);
-        }
-    }
-
-    fn left(&mut self, h: u32, now: Instant, out: &mut Vec<Action>) {
-        self.connected.remove(&h);
-        out.push(Action::Audit {
-            hospital: Some(h),
-            round: self.current_round().unwrap_or(self.committed),
-            event: "left",
-            detail: String::new(),
-        });
-        if matches!(self.stage, Stage::Collecting { .. }) {
-            self.maybe_close(now, false, out);
-            return;
-        }
-        // a hospital that leaves after sending its shares is not needed any more
-        if matches!(&self.stage, Stage::Switching { active, done, .. }
-            if active.contains(&h) && !done.contains(&h))
-        {
-            self.replan(now, out);
-        }
-    }
-
-    /// Connected hospitals that finished setup: who rounds are announced and delivered to.
-    fn eligible(&self) -> Vec<u32> {
-        self.connected
-            .intersection(&self.setup_done)
-            .copied()
-            .collect()
-    }
-
     fn start_round(&mut self, round: u64, now: Instant, out: &mut Vec<Action>) {
         self.quorum_audited = None;
         self.stage = Stage::Collecting {
@@ -675,11 +429,7 @@ impl Engine {
             return;
         };
         let quorum = uploads.len() as u32 >= self.cfg.min_hospitals;
-        let eligible: BTreeSet<u32> = self
-            .connected
-            .intersection(&self.setup_done)
-            .copied()
-            .collect();
+        let eligible: BTreeSet<u32> = self.eligible().into_iter().collect();
         let everyone_in = !eligible.is_empty() && eligible.iter().all(|h| uploads.contains_key(h));
         let late = now.saturating_duration_since(*started) >= self.cfg.round_timeout;
         if !(quorum && (everyone_in || late)) {

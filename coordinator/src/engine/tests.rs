@@ -21,6 +21,7 @@ fn kinds(actions: &[Action]) -> Vec<&'static str> {
             Action::Audit { .. } => None,
             Action::Welcome { .. } => Some("welcome"),
             Action::Reject { .. } => Some("reject"),
+            Action::Notify { .. } => Some("notify"),
             Action::SettleItems { .. } => Some("settle"),
             Action::SendSetupKeys { .. } => Some("setup-keys"),
             Action::RelayShares { .. } => Some("relay"),
@@ -57,6 +58,19 @@ fn set_up(e: &mut Engine, n: u32, now: Instant) -> Vec<Action> {
         last = e.handle(Event::SetupDone { hospital: h, now });
     }
     last
+}
+
+/// What a coordinator restored after a restart: setup of `n` hospitals done, `committed` rounds.
+fn set_up_before(n: u32, committed: u64) -> Restored {
+    let all: BTreeSet<u32> = (1..=n).collect();
+    Restored {
+        committed,
+        finished: false,
+        key_shares: all.clone(),
+        dealt: all.clone(),
+        setup_done: all,
+        items: Some(ITEMS),
+    }
 }
 
 fn request(actions: &[Action]) -> (u32, Vec<u32>) {
@@ -315,15 +329,7 @@ fn the_deadline_closes_a_round_with_the_quorum() {
 #[test]
 fn a_restarted_coordinator_resumes_after_the_last_committed_round() {
     let now = Instant::now();
-    let all: BTreeSet<u32> = (1..=3).collect();
-    let restored = Restored {
-        committed: 4,
-        finished: false,
-        key_shares: all.clone(),
-        dealt: all.clone(),
-        setup_done: all,
-        items: Some(ITEMS),
-    };
+    let restored = set_up_before(3, 4);
     let mut e = Engine::new(cfg(3, 2, 3, 10), restored, now);
     assert_eq!(e.phase(), Phase::Training { committed: 4 });
     assert_eq!(e.current_round(), Some(5));
@@ -348,6 +354,65 @@ fn a_restarted_coordinator_resumes_after_the_last_committed_round() {
         e.accepts_update(1, 4).is_err(),
         "the committed round never runs twice"
     );
+}
+
+#[test]
+fn a_hospital_that_missed_two_deliveries_is_told_and_no_round_waits_for_it() {
+    let now = Instant::now();
+    let restored = set_up_before(3, 4);
+    // quorum 2 of 3: hospital 3 holds round 2 and cannot open round 4's result
+    let mut e = Engine::new(cfg(3, 2, 2, 10), restored, now);
+    for h in 1..=2 {
+        e.handle(Event::Joined {
+            hospital: h,
+            last_round: 4,
+            items: ITEMS,
+            now,
+        });
+    }
+    let a = e.handle(Event::Joined {
+        hospital: 3,
+        last_round: 2,
+        items: ITEMS,
+        now,
+    });
+    assert_eq!(kinds(&a), vec!["welcome", "notify"], "no round for it");
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Audit { event: "stale", .. }))
+    );
+    // the round closes as soon as the current hospitals are in, without waiting the deadline
+    let mut last = Vec::new();
+    for h in 1..=2 {
+        last = e.handle(Event::UpdateFolded {
+            hospital: h,
+            round: 5,
+            weight: 10,
+            now,
+        });
+    }
+    let (_, active) = request(&last);
+    assert!(!active.contains(&3), "a stale hospital never switches");
+    let mut out = Vec::new();
+    for &h in &active {
+        out = e.handle(Event::SwitchSharesFolded {
+            hospital: h,
+            round: 5,
+            attempt: 0,
+            now,
+        });
+    }
+    assert_eq!(delivered_to(&out), vec![1, 2]);
+    e.handle(Event::Committed { round: 5, now });
+    // restored from a backup of round 5 (reconnecting), it takes part again
+    e.handle(Event::Left { hospital: 3, now });
+    let a = e.handle(Event::Joined {
+        hospital: 3,
+        last_round: 5,
+        items: ITEMS,
+        now,
+    });
+    assert_eq!(kinds(&a), vec!["welcome", "announce"]);
 }
 
 #[test]
@@ -510,15 +575,7 @@ fn a_stalled_round_is_audited_once_a_minute_not_every_tick() {
 #[test]
 fn an_alarm_about_the_delivered_round_stops_the_federation() {
     let now = Instant::now();
-    let all: BTreeSet<u32> = (1..=3).collect();
-    let restored = Restored {
-        committed: 2,
-        finished: false,
-        key_shares: all.clone(),
-        dealt: all.clone(),
-        setup_done: all,
-        items: Some(ITEMS),
-    };
+    let restored = set_up_before(3, 2);
     let mut e = Engine::new(cfg(3, 2, 2, 10), restored, now);
     for h in 1..=3 {
         e.handle(Event::Joined {

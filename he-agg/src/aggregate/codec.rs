@@ -99,6 +99,35 @@ impl UpdateCodec {
             .collect()
     }
 
+    /// [`UpdateCodec::encrypt`], and the update's [`super::sketch`] under `seed` taken from the
+    /// ciphertexts before they are encoded (no second decode).
+    pub fn encrypt_sketched(
+        &self,
+        pk: &PublicKey,
+        values: &[f32],
+        seed: &[u8; 32],
+    ) -> Result<(Vec<Vec<u8>>, Vec<u64>), CodecError> {
+        let ctx = &self.ctx;
+        let cts: Vec<Ciphertext> = values
+            .par_chunks(ctx.n())
+            .map_init(
+                || ctx.pk_encryptor(pk).map_err(|e| format!("encryptor: {e}")),
+                |enc, chunk| -> Result<Ciphertext, CodecError> {
+                    let enc = enc.as_mut().map_err(|e| CodecError::Setup(e.clone()))?;
+                    let v: Vec<f64> = chunk.iter().map(|&x| f64::from(x)).collect();
+                    let pt = ctx.encode_real_pairs(&v, self.plan.level, self.plan.scale)?;
+                    Ok(enc.encrypt(&pt))
+                },
+            )
+            .collect::<Result<_, _>>()?;
+        let sketch = super::sketch::sketch(ctx, seed, &cts);
+        let items = cts
+            .par_iter()
+            .map(|ct| wire::encode_ciphertext(ctx, ct))
+            .collect();
+        Ok((items, sketch))
+    }
+
     /// An update (or a sum of them) as received: well formed, of these parameters, at the
     /// plan's level and scale, degree 1. `index` names it in errors.
     pub fn decode(&self, index: usize, bytes: &[u8]) -> Result<Ciphertext, CodecError> {

@@ -129,4 +129,26 @@ mod tests {
         assert_ne!(sketch(&ctx, &[8u8; 32], &sum), want);
         assert!(combine(&ctx, level, [(1, &sa[1..])]).is_none());
     }
+
+    #[test]
+    fn an_update_sketched_while_encrypted_has_the_sketch_of_its_decoded_ciphertexts() {
+        use crate::aggregate::{AggregationPlan, HeSettings, UpdateCodec};
+        let ctx = CkksContext::new(Parameters::preset(Preset::Aggregation)).unwrap();
+        let plan = AggregationPlan::from_settings(&ctx, &HeSettings::default(), 3, 2).unwrap();
+        let codec = UpdateCodec::new(ctx.clone(), plan);
+        let mut kg = ctx.key_generator().unwrap();
+        let sk = kg.secret_key();
+        let pk = kg.public_key(&sk);
+        let values: Vec<f32> = (0..20_000)
+            .map(|i| (i as f32 * 1e-4).sin() * 0.01)
+            .collect();
+        let (items, s) = codec.encrypt_sketched(&pk, &values, &[3; 32]).unwrap();
+        assert_eq!(items.len(), codec.ciphertexts_for(values.len()));
+        let cts: Vec<Ciphertext> = items
+            .iter()
+            .enumerate()
+            .map(|(i, b)| codec.decode(i, b).unwrap())
+            .collect();
+        assert_eq!(sketch(&ctx, &[3; 32], &cts), s);
+    }
 }

@@ -197,15 +197,17 @@ impl ServingEngine {
         Ok(())
     }
 
-    /// Whether a request may be taken now (and why not).
-    pub fn accepts_request(&self) -> Result<(), String> {
+    /// Whether a request may be taken now (and why not), with `reading` more admitted by the
+    /// shell that are still being read or evaluated: every request counts from its header on.
+    pub fn accepts_request(&self, reading: usize) -> Result<(), String> {
         if self.step != SetupStep::Serving {
             return Err("the encrypted model is not served yet (setup is under way)".into());
         }
-        if self.requests.len() >= self.cfg.max_in_flight {
+        let in_flight = self.requests.len() + reading;
+        if in_flight >= self.cfg.max_in_flight {
             return Err(format!(
-                "{} requests are in progress; try again shortly",
-                self.requests.len()
+                "{in_flight} requests are in progress (at most {}); try again shortly",
+                self.cfg.max_in_flight
             ));
         }
         Ok(())

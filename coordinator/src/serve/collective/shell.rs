@@ -51,6 +51,18 @@ struct State {
     keyholders: HashMap<u32, Link>,
     requests: HashMap<u64, Served>,
     next_request: u64,
+    /// requests admitted and still being read or evaluated (not yet in the engine)
+    reading: usize,
+}
+
+/// One admitted request being read or evaluated: counted in [`State::reading`] until dropped.
+struct Reading<'a>(&'a CollectiveServer);
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.reading = st.reading.saturating_sub(1);
+    }
 }
 
 /// A message ready to go: a header and its items.
@@ -97,6 +109,7 @@ impl CollectiveServer {
             keyholders: HashMap::new(),
             requests: HashMap::new(),
             next_request: 1,
+            reading: 0,
         };
         Arc::new(Self {
             federation,
@@ -400,7 +413,7 @@ impl CollectiveServer {
     async fn info(&self, link: &Link) -> Result<(), String> {
         let (info, pk) = {
             let st = self.lock();
-            st.engine.accepts_request()?;
+            st.engine.accepts_request(st.reading)?;
             let info = st.keys.compiled().map(|c| c.info.clone());
             let pk = st.keys.public_key_bytes().map(<[u8]>::to_vec);
             info.zip(pk).ok_or("the keys are not made yet")?
@@ -543,9 +556,16 @@ impl CollectiveServer {
             return Err("not a request".into());
         };
         let (ctx, plan, eval, model, n, t) = {
-            let st = self.lock();
-            st.engine.accepts_request()?;
-            let e = st.keys.serving().ok_or("the model is not served yet")?;
+            let mut st = self.lock();
+            st.engine.accepts_request(st.reading)?;
+            st.reading += 1;
+            let e = match st.keys.serving() {
+                Some(e) => e,
+                None => {
+                    st.reading -= 1;
+                    return Err("the model is not served yet".into());
+                }
+            };
             (
                 e.ctx,
                 e.plan,
@@ -555,6 +575,9 @@ impl CollectiveServer {
                 self.options.serving.threshold as usize,
             )
         };
+        // from here on this request counts against max_in_flight until it returns (registered,
+        // it counts as in flight in the engine)
+        let _reading = Reading(self);
         check_header(
             &header,
             &plan.spec().fingerprint(),

@@ -58,7 +58,7 @@ fn serving(n: u32, t: u32) -> ServingEngine {
     }
     assert_eq!(e.step(), SetupStep::Model);
     assert!(
-        e.accepts_request().is_err(),
+        e.accepts_request(0).is_err(),
         "not before the model is stored"
     );
     // serving starts once: the setup is saved then, and only then
@@ -88,7 +88,12 @@ fn switch_of(actions: &[ServingAction]) -> (u32, Vec<u32>) {
 fn setup_then_a_request_is_switched_by_t_hospitals_and_delivered() {
     let now = Instant::now();
     let mut e = serving(5, 3);
-    assert!(e.accepts_request().is_ok());
+    assert!(e.accepts_request(0).is_ok());
+    // requests still being read or evaluated count too
+    assert!(
+        e.accepts_request(2).is_err(),
+        "two being read fill the limit of two"
+    );
     let a = e.handle(ServingEvent::Evaluated {
         request: 9,
         requester: 4,
@@ -205,5 +210,5 @@ fn a_waiting_request_resumes_when_a_hospital_returns_and_load_is_bounded() {
         requester: 1,
         now,
     });
-    assert!(e.accepts_request().is_err(), "two in flight is the limit");
+    assert!(e.accepts_request(0).is_err(), "two in flight is the limit");
 }

@@ -52,7 +52,37 @@ pub struct InferenceServer {
     tls: TlsFiles,
     options: ServeOptions,
     slots: Semaphore,
+    /// one stream (keys or request) at a time per hospital, so one cannot hold every slot
+    per_peer: Mutex<HashMap<Party, Arc<Semaphore>>>,
     keys: Mutex<KeyCache>,
+}
+
+/// Time a request's or key stream's items get in all: this much per item, so a peer that
+/// trickles its items cannot hold a slot for item_timeout × items.
+const READ_PER_ITEM: Duration = Duration::from_secs(10);
+
+/// Reads up to `items` items of `incoming` into `push`, all within [`READ_PER_ITEM`] each; a
+/// stream that ends early stops the loop (the caller sees what is missing).
+async fn read_items(
+    incoming: &mut Incoming,
+    items: u64,
+    what: &str,
+    mut push: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<(), String> {
+    let budget = READ_PER_ITEM * u32::try_from(items).unwrap_or(u32::MAX);
+    let read = async {
+        for _ in 0..items {
+            match incoming.next_item().await {
+                Ok(Some(item)) => push(&item)?,
+                Ok(None) => break,
+                Err(e) => return Err(format!("reading {what}: {e}")),
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(budget, read)
+        .await
+        .map_err(|_| format!("{what} did not arrive within {} s", budget.as_secs()))?
 }
 
 impl InferenceServer {
@@ -69,6 +99,7 @@ impl InferenceServer {
             roster,
             tls,
             slots: Semaphore::new(options.concurrent_requests.max(1)),
+            per_peer: Mutex::new(HashMap::new()),
             keys: Mutex::new(KeyCache::new(
                 options.key_cache_bytes,
                 options.key_cache_sets,
@@ -143,6 +174,21 @@ impl InferenceServer {
         }
     }
 
+    /// The peer's own slot: refused at once while its previous stream still runs.
+    fn peer_slot(&self, peer: Party) -> Result<tokio::sync::OwnedSemaphorePermit, String> {
+        let sem = self
+            .per_peer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(peer)
+            .or_insert_with(|| Arc::new(Semaphore::new(1)))
+            .clone();
+        sem.try_acquire_owned().map_err(|_| {
+            "this hospital's previous request or key stream is still in progress: one at a time"
+                .to_string()
+        })
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, KeyCache> {
         self.keys
             .lock()
@@ -157,19 +203,18 @@ impl InferenceServer {
         let header = header.clone();
         let peer = link.peer();
         let mut pending = self.model.begin_keys(&header).map_err(|e| e.to_string())?;
-        // keys are large: one stream at a time per request slot
+        // keys are large: one stream at a time per request slot, and per hospital
+        let _mine = self.peer_slot(peer)?;
         let _permit = self
             .slots
             .acquire()
             .await
             .map_err(|_| "the server is shutting down".to_string())?;
-        while pending.remaining() > 0 {
-            match incoming.next_item().await {
-                Ok(Some(item)) => pending.push(&item).map_err(|e| e.to_string())?,
-                Ok(None) => break,
-                Err(e) => return Err(format!("reading the keys: {e}")),
-            }
-        }
+        let items = pending.remaining();
+        read_items(&mut incoming, items, "the keys", |item| {
+            pending.push(item).map_err(|e| e.to_string())
+        })
+        .await?;
         if pending.remaining() == 0 {
             match incoming.next_item().await {
                 Ok(None) => {}
@@ -225,18 +270,19 @@ impl InferenceServer {
             .to_string()
         })?;
         let mut pending = self.model.begin(&header, keys).map_err(|e| e.to_string())?;
+        // the slots are taken after a valid header, one per hospital at a time, and the items
+        // must all arrive within READ_PER_ITEM each
+        let _mine = self.peer_slot(peer)?;
         let _permit = self
             .slots
             .acquire()
             .await
             .map_err(|_| "the server is shutting down".to_string())?;
-        while pending.remaining() > 0 {
-            match incoming.next_item().await {
-                Ok(Some(item)) => pending.push(&item).map_err(|e| e.to_string())?,
-                Ok(None) => break,
-                Err(e) => return Err(format!("reading the request: {e}")),
-            }
-        }
+        let items = pending.remaining();
+        read_items(&mut incoming, items, "the request", |item| {
+            pending.push(item).map_err(|e| e.to_string())
+        })
+        .await?;
         // anything after the announced items is refused too
         if pending.remaining() == 0 {
             match incoming.next_item().await {
