@@ -166,9 +166,13 @@ pub enum Body {
     CollectiveStart { hospitals: u32, threshold: u32 },
     /// Keyholder → server: header of its round-1 stream.
     CollectiveRound1(KeyholderRound1),
-    /// Server → keyholder: header of a 1-item stream (the round-1 relinearization aggregate),
-    /// with the sealed Shamir shares addressed to this hospital, by sender.
-    CollectiveRound1Result { sealed: Vec<(u32, Vec<u8>)> },
+    /// Server → keyholder: header of a stream of the round-1 relinearization aggregate then
+    /// the public-key share of each hospital of `key_shares` (with its signature, in that
+    /// order), with the sealed Shamir shares addressed to this hospital, by sender.
+    CollectiveRound1Result {
+        sealed: Vec<(u32, Vec<u8>)>,
+        key_shares: Vec<(u32, Vec<u8>)>,
+    },
     /// Keyholder → server: header of a 1-item stream (its relinearization round-2 share).
     CollectiveRound2,
     /// Keyholder → server: its threshold secret of the inference key is formed.

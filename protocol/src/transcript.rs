@@ -77,6 +77,14 @@ pub enum Statement {
         hospital: u32,
         receive_key: [u8; 32],
     },
+    /// Mode (a) setup: its share of the collective public key the served model and the images
+    /// are encrypted under, for the plan `plan`.
+    InferenceKeyShare {
+        federation: FederationId,
+        hospital: u32,
+        plan: [u8; 32],
+        public_key_share: [u8; 32],
+    },
     /// A round's update: its items (digest), count and weight, and its sketch under the
     /// hospitals' round key (which lets a switcher check the aggregate it is shown).
     Update {
@@ -104,6 +112,7 @@ impl Statement {
             Statement::KeyShares { .. } => "key shares",
             Statement::Dealt { .. } => "dealt share",
             Statement::ReceiveKey { .. } => "receiving key",
+            Statement::InferenceKeyShare { .. } => "inference key share",
             Statement::Update { .. } => "update",
         }
     }

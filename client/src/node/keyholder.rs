@@ -30,19 +30,30 @@ use he_agg::ring::Prng;
 use protocol::link::{Incoming, connect};
 use protocol::serve::collective::{KeyholderRound1, ResultSwitchRequest, ResultSwitchShares};
 use protocol::tls::TlsFiles;
+use protocol::transcript::{self, Signer, Statement, Verifier};
 use protocol::{Body, FederationId, Link, ProtocolError};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use super::held_setup::{self, HeldSetup};
-use super::keys::{read_exchange, read_peers, write_secret};
+use super::keys::{PeerKeys, read_exchange, read_peers, write_secret};
 use super::site::SiteConfig;
+use super::trust::{self, Distrust};
 
 /// A message to send: a header and its items.
 pub struct Reply {
     pub body: Body,
     pub items: Vec<Vec<u8>>,
 }
+
+/// Every keyholder's (hospital, signature) over its inference key share, and the shares.
+type RelayedKeyShares<'a> = (&'a [(u32, Vec<u8>)], &'a [Vec<u8>]);
+
+/// Where a keyholder keeps the hash of the collective key it made (public).
+const COLLECTIVE_KEY_HASH: &str = "collective-key.hash";
+
+/// Most keyholders a consortium has (one per hospital; the federation config caps N at 1000).
+const MAX_KEYHOLDERS: usize = 1000;
 
 fn sealing_context(federation: FederationId, from: u32, to: u32) -> Vec<u8> {
     format!("HEAL served inference shares v1|{federation}|{from}->{to}").into_bytes()
@@ -56,7 +67,16 @@ pub struct Keyholder {
     threshold: u32,
     dir: PathBuf,
     exchange: ExchangeKeys,
-    peers: Vec<(u32, [u8; 32])>,
+    /// the training setup's checked key material: exchange keys and certificates
+    peers: PeerKeys,
+    /// signs this hospital's inference key share; checks the others' against the CA
+    signer: Signer,
+    verifier: Verifier,
+    /// this setup's own public-key share as sent (to recognise it when relayed)
+    own_key_share: Option<Vec<u8>>,
+    /// BLAKE3 of the collective public key made here from the signed shares: the only key the
+    /// model is encrypted under (kept in `collective-key.hash` across restarts)
+    collective_key: Option<[u8; 32]>,
     architecture: String,
     /// How image files become the model's inputs (JSON), told to requesters.
     input_preparation: String,
@@ -76,7 +96,7 @@ pub struct Keyholder {
 impl Keyholder {
     /// From the node's output directory of training (`client run --out OUT`): its final model
     /// (OUT/network.json), exchange key and the peers' exchange keys (OUT/state).
-    pub fn open(cfg: &SiteConfig, out: &Path) -> anyhow::Result<Self> {
+    pub fn open(cfg: &SiteConfig, out: &Path, tls: &TlsFiles) -> anyhow::Result<Self> {
         let state = out.join("state");
         let network = out.join("network.json");
         let (exp, prep) = read_network(&network).with_context(|| {
@@ -108,7 +128,11 @@ impl Keyholder {
             threshold: cfg.site.threshold,
             dir,
             exchange,
-            peers: peers.exchange,
+            peers,
+            signer: Signer::from_files(tls).context("this hospital's kit")?,
+            verifier: Verifier::from_files(tls).context("this hospital's kit")?,
+            own_key_share: None,
+            collective_key: None,
             architecture: serde_json::to_string(&net.architecture())?,
             input_preparation: serde_json::to_string(&prep)?,
             class_names: exp.class_names.clone(),
@@ -126,6 +150,9 @@ impl Keyholder {
         if let Some(held) = held_setup::load(&me.dir, &me.ctx)? {
             me.threshold_secret = Some(held.secret);
             me.setup = Some(held.id);
+        }
+        if let Ok(hash) = std::fs::read(me.dir.join(COLLECTIVE_KEY_HASH)) {
+            me.collective_key = hash.try_into().ok();
         }
         Ok(me)
     }
@@ -184,6 +211,14 @@ impl Keyholder {
         }
         self.secret = Some(sk);
         self.ephemeral = Some(eph);
+        let items = self.round1_items(&shares);
+        let signature = self.signer.sign(&Statement::InferenceKeyShare {
+            federation: self.federation,
+            hospital: self.me,
+            plan: self.fingerprint(),
+            public_key_share: transcript::digest(&items[0]),
+        });
+        self.own_key_share = Some(items[0].clone());
         Ok(Reply {
             body: Body::CollectiveRound1(KeyholderRound1 {
                 architecture: self.architecture.clone(),
@@ -191,8 +226,9 @@ impl Keyholder {
                 plan: self.fingerprint(),
                 galois: shares.galois.len() as u32,
                 sealed,
+                signature,
             }),
-            items: self.round1_items(&shares),
+            items,
         })
     }
 
@@ -212,6 +248,7 @@ impl Keyholder {
 
     fn peer(&self, h: u32) -> anyhow::Result<[u8; 32]> {
         self.peers
+            .exchange
             .iter()
             .find(|(i, _)| *i == h)
             .map(|(_, k)| *k)
@@ -224,7 +261,32 @@ impl Keyholder {
         &mut self,
         sealed: &[(u32, Vec<u8>)],
         relin_sum: &[u8],
+        key_shares: RelayedKeyShares<'_>,
     ) -> anyhow::Result<Vec<Reply>> {
+        // the collective key the model will be encrypted under, made here from the signed
+        // shares: a server that later asks for the model under another key is refused
+        let own_share = self
+            .own_key_share
+            .clone()
+            .context("round 2 of a setup this keyholder did not start")?;
+        let hash = trust::check_inference_key(
+            &self.ctx,
+            &served_crs(&self.federation.0),
+            &self.verifier,
+            &self.peers,
+            &trust::OwnInferenceShare {
+                federation: self.federation,
+                index: self.me,
+                hospitals: self.hospitals,
+                plan: self.fingerprint(),
+                public_key_share: &own_share,
+            },
+            key_shares.0,
+            key_shares.1,
+        )?;
+        protocol::durable_file::write_public(&self.dir.join(COLLECTIVE_KEY_HASH), &hash)
+            .context("storing the collective key's hash")?;
+        self.collective_key = Some(hash);
         let (Some(sk), Some(eph), Some(own)) = (
             self.secret.as_ref(),
             self.ephemeral.take(),
@@ -290,6 +352,14 @@ impl Keyholder {
 
     /// The final model encrypted under the collective public key.
     pub fn encrypted_model(&mut self, public_key: &[u8]) -> anyhow::Result<Reply> {
+        let hash = *blake3::hash(public_key).as_bytes();
+        if self.collective_key != Some(hash) {
+            return Err(Distrust(format!(
+                "the server asks for the model under the key {}, not the collective key made here from the keyholders' signed shares",
+                blake3::Hash::from(hash).to_hex()
+            ))
+            .into());
+        }
         let pk =
             wire::decode_public_key(&self.ctx, public_key).context("the collective public key")?;
         // what requesters pin in their site.toml ([site] collective_key)
@@ -437,10 +507,10 @@ async fn session(link: &Link, kh: &mut Keyholder) -> anyhow::Result<()> {
                 );
                 vec![r]
             }
-            Body::CollectiveRound1Result { sealed } => {
-                let it = items(&mut msg, 1).await?;
-                let sum = it.first().context("no round-1 sum")?;
-                tokio::task::block_in_place(|| kh.round2(&sealed, sum))?
+            Body::CollectiveRound1Result { sealed, key_shares } => {
+                let it = items(&mut msg, 1 + key_shares.len().min(MAX_KEYHOLDERS)).await?;
+                let (sum, shares) = it.split_first().context("no round-1 sum")?;
+                tokio::task::block_in_place(|| kh.round2(&sealed, sum, (&key_shares, shares)))?
             }
             Body::ModelWanted => {
                 let it = items(&mut msg, 1).await?;
@@ -483,8 +553,8 @@ async fn session(link: &Link, kh: &mut Keyholder) -> anyhow::Result<()> {
 /// `client hold-keys`: serves as a keyholder until interrupted (or `patience` without a server).
 pub fn run(site: &Path, out: &Path, server: &str, patience: Duration) -> anyhow::Result<()> {
     let cfg = SiteConfig::load(site)?;
-    let mut kh = Keyholder::open(&cfg, out)?;
     let tls = TlsFiles::in_dir(&cfg.kit_dir(site));
+    let mut kh = Keyholder::open(&cfg, out, &tls)?;
     let federation = cfg.federation_id()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

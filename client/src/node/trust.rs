@@ -85,6 +85,70 @@ pub fn check_setup(
     })
 }
 
+/// Mode (a): this keyholder as it checks the inference key's round 1.
+pub struct OwnInferenceShare<'a> {
+    pub federation: FederationId,
+    pub index: u32,
+    pub hospitals: u32,
+    /// fingerprint of the served plan
+    pub plan: [u8; 32],
+    pub public_key_share: &'a [u8],
+}
+
+/// Mode (a): every hospital's signed share of the inference key's collective public key (the
+/// certificates are the ones checked at training setup), this keyholder's own as it sent it;
+/// returns the BLAKE3 of the collective public key made from them, the only key it will
+/// encrypt the model under.
+pub fn check_inference_key(
+    ctx: &std::sync::Arc<CkksContext>,
+    crs: &Crs,
+    verifier: &Verifier,
+    peers: &PeerKeys,
+    own: &OwnInferenceShare<'_>,
+    key_shares: &[(u32, Vec<u8>)],
+    shares: &[Vec<u8>],
+) -> Result<[u8; 32], Distrust> {
+    let named: Vec<u32> = key_shares.iter().map(|(h, _)| *h).collect();
+    if !named.iter().copied().eq(1..=own.hospitals) || shares.len() != key_shares.len() {
+        return Err(Distrust(format!(
+            "inference key shares of hospitals {named:?} ({} shares) where all of 1..={} are needed",
+            shares.len(),
+            own.hospitals
+        )));
+    }
+    let ckg = PublicKeyGen::new(ctx, crs);
+    let mut acc = None;
+    for ((h, signature), share) in key_shares.iter().zip(shares) {
+        let certificate = peers
+            .certificate(*h)
+            .ok_or_else(|| Distrust(format!("no certificate of hospital {h} (peers.bin)")))?;
+        let statement = Statement::InferenceKeyShare {
+            federation: own.federation,
+            hospital: *h,
+            plan: own.plan,
+            public_key_share: transcript::digest(share),
+        };
+        verifier
+            .verify(certificate, *h, &statement, signature)
+            .map_err(|e| Distrust(e.to_string()))?;
+        if *h == own.index && share.as_slice() != own.public_key_share {
+            return Err(Distrust(
+                "the inference key share relayed as this hospital's is not what it sent".into(),
+            ));
+        }
+        let share = mpw::decode_public_key_share(ctx, share)
+            .map_err(|e| Distrust(format!("hospital {h}'s inference key share: {e}")))?;
+        match acc.as_mut() {
+            None => acc = Some(share),
+            Some(a) => ckg
+                .aggregate(a, &share)
+                .map_err(|e| Distrust(format!("hospital {h}'s inference key share: {e}")))?,
+        }
+    }
+    let pk = ckg.finalize(acc.ok_or_else(|| Distrust("no inference key shares".into()))?);
+    Ok(*blake3::hash(&wire::encode_public_key(ctx, &pk)).as_bytes())
+}
+
 /// A setup relayed again (after a reconnect) must be the one stored.
 pub fn same_setup(stored: &PeerKeys, relayed: &PeerKeys) -> Result<(), Distrust> {
     if stored == relayed {

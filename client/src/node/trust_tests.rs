@@ -3,6 +3,7 @@
 use super::*;
 use he_agg::aggregate::{AggregationPlan, Aggregator, CpuBackend, HeSettings, Shape, UpdateCodec};
 use he_agg::ckks::{Parameters, Preset};
+use he_agg::multiparty::{Crs, PublicKeyGen, wire as mpw};
 use protocol::identity::hospital_dns_name;
 use protocol::pki::Ca;
 use protocol::tls::TlsFiles;
@@ -20,14 +21,13 @@ struct World {
     _dir: tempfile::TempDir,
 }
 
-/// Three hospitals with kits of one CA, each with a signed encrypted update of its own weight.
-fn world() -> World {
-    let dir = tempfile::tempdir().unwrap();
+/// Kits of one CA for hospitals 1..=3 under `dir`: their signers and a verifier.
+fn kits(dir: &std::path::Path) -> (Vec<Signer>, Verifier) {
     let ca = Ca::new("consortium").unwrap();
     let signers: Vec<Signer> = (1..=3)
         .map(|h| {
             let issued = ca.issue(&hospital_dns_name(h)).unwrap();
-            let kit = dir.path().join(format!("h{h}"));
+            let kit = dir.join(format!("h{h}"));
             std::fs::create_dir_all(&kit).unwrap();
             std::fs::write(kit.join("ca.pem"), ca.cert_pem()).unwrap();
             std::fs::write(kit.join("cert.pem"), &issued.cert_pem).unwrap();
@@ -35,7 +35,25 @@ fn world() -> World {
             Signer::from_files(&TlsFiles::in_dir(&kit)).unwrap()
         })
         .collect();
-    let verifier = Verifier::from_files(&TlsFiles::in_dir(&dir.path().join("h1"))).unwrap();
+    let verifier = Verifier::from_files(&TlsFiles::in_dir(&dir.join("h1"))).unwrap();
+    (signers, verifier)
+}
+
+fn peers_of(signers: &[Signer]) -> PeerKeys {
+    PeerKeys {
+        collective_public_key: vec![],
+        exchange: vec![],
+        certificates: (1..)
+            .zip(signers)
+            .map(|(h, s)| (h, s.certificate().to_vec()))
+            .collect(),
+    }
+}
+
+/// Three hospitals with kits of one CA, each with a signed encrypted update of its own weight.
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let (signers, verifier) = kits(dir.path());
     let ctx = CkksContext::new(Parameters::preset(Preset::Aggregation)).unwrap();
     let plan = AggregationPlan::from_settings(&ctx, &HeSettings::default(), 3, 2).unwrap();
     let codec = UpdateCodec::new(ctx.clone(), plan);
@@ -62,14 +80,7 @@ fn world() -> World {
         });
         updates.push(items);
     }
-    let peers = PeerKeys {
-        collective_public_key: vec![],
-        exchange: vec![],
-        certificates: (1..)
-            .zip(&signers)
-            .map(|(h, s)| (h, s.certificate().to_vec()))
-            .collect(),
-    };
+    let peers = peers_of(&signers);
     World {
         codec,
         verifier,
@@ -160,4 +171,70 @@ fn a_switcher_switches_only_the_weighted_sum_of_the_signed_updates_it_is_told_of
         ..w.contributions[1].clone()
     };
     assert!(w.check(&relabelled, &all).is_err());
+}
+
+#[test]
+fn a_keyholder_makes_the_inference_key_from_signed_shares_and_takes_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (signers, verifier) = kits(dir.path());
+    let peers = peers_of(&signers);
+    let ctx = CkksContext::new(Parameters::preset(Preset::Aggregation)).unwrap();
+    let crs = Crs::from_federation(b"served");
+    let plan = [4u8; 32];
+    let share_of = || {
+        let sk = ctx.key_generator().unwrap().secret_key();
+        let s = PublicKeyGen::new(&ctx, &crs)
+            .share(&sk, &mut he_agg::ring::Prng::from_os().unwrap())
+            .unwrap();
+        mpw::encode_public_key_share(&ctx, &s)
+    };
+    let sign = |h: u32, signer: &Signer, share: &[u8]| {
+        signer.sign(&Statement::InferenceKeyShare {
+            federation: FED,
+            hospital: h,
+            plan,
+            public_key_share: transcript::digest(share),
+        })
+    };
+    let shares: Vec<Vec<u8>> = (0..3).map(|_| share_of()).collect();
+    let signed: Vec<(u32, Vec<u8>)> = (1..)
+        .zip(&signers)
+        .zip(&shares)
+        .map(|((h, s), share)| (h, sign(h, s, share)))
+        .collect();
+    let own = OwnInferenceShare {
+        federation: FED,
+        index: 2,
+        hospitals: 3,
+        plan,
+        public_key_share: &shares[1],
+    };
+    let check = |signed: &[(u32, Vec<u8>)], shares: &[Vec<u8>]| {
+        check_inference_key(&ctx, &crs, &verifier, &peers, &own, signed, shares)
+    };
+    let hash = check(&signed, &shares).unwrap();
+    // the key the server would send: the sum of the three shares
+    let ckg = PublicKeyGen::new(&ctx, &crs);
+    let mut acc = mpw::decode_public_key_share(&ctx, &shares[0]).unwrap();
+    for s in &shares[1..] {
+        ckg.aggregate(&mut acc, &mpw::decode_public_key_share(&ctx, s).unwrap())
+            .unwrap();
+    }
+    let pk = wire::encode_public_key(&ctx, &ckg.finalize(acc));
+    assert_eq!(hash, *blake3::hash(&pk).as_bytes());
+    // a share of the server's own for hospital 3 (unsigned, or signed by another hospital)
+    let mut forged = shares.clone();
+    forged[2] = share_of();
+    assert!(check(&signed, &forged).is_err());
+    let mut resigned = signed.clone();
+    resigned[2].1 = sign(3, &signers[0], &forged[2]);
+    assert!(check(&resigned, &forged).is_err());
+    // this keyholder's own share replaced, or a hospital left out
+    let mut mine = shares.clone();
+    mine[1] = share_of();
+    let mut mine_signed = signed.clone();
+    mine_signed[1].1 = sign(2, &signers[1], &mine[1]);
+    let err = check(&mine_signed, &mine).unwrap_err().0;
+    assert!(err.contains("not what it sent"), "{err}");
+    assert!(check(&signed[..2], &shares[..2]).is_err());
 }

@@ -5,11 +5,14 @@
 //! Setup, every keyholder connected (`KeyholderHello`):
 //! 1. server → `CollectiveStart`; keyholder → [`KeyholderRound1`] header, then its public-key
 //!    share, its relinearization round-1 share and one Galois share per planned rotation;
-//! 2. server → `CollectiveRound1Result` (sealed Shamir shares addressed to it) with the
-//!    relinearization round-1 aggregate; keyholder → `CollectiveRound2` with its round-2 share,
+//! 2. server → `CollectiveRound1Result` (sealed Shamir shares addressed to it, every
+//!    keyholder's signature over its public-key share) with the relinearization round-1
+//!    aggregate and the public-key shares; the keyholder checks the signatures and makes the
+//!    collective public key itself; keyholder → `CollectiveRound2` with its round-2 share,
 //!    then `ThresholdFormed` once it has combined its threshold secret;
-//! 3. server → `ModelWanted` with the collective public key to one keyholder, which answers
-//!    `EncryptedModel` with the model's ciphertexts in plan order.
+//! 3. server → `ModelWanted` with the collective public key to one keyholder, which refuses
+//!    any other key than the one it made and answers `EncryptedModel` with the model's
+//!    ciphertexts in plan order.
 //!
 //! A setup is named by the hash of the round-1 relinearization sum every keyholder received; a
 //! keyholder holding a threshold secret says which setup it is of when it connects, so a
@@ -40,6 +43,10 @@ pub struct KeyholderRound1 {
     /// For each other hospital, sealed for it: a Shamir share of this hospital's inference
     /// secret.
     pub sealed: Vec<(u32, Vec<u8>)>,
+    /// The hospital's signature over its public-key share (the stream's first item),
+    /// [`crate::transcript::Statement::InferenceKeyShare`]: every keyholder checks it and makes
+    /// the collective key itself.
+    pub signature: Vec<u8>,
 }
 
 impl KeyholderRound1 {

@@ -13,9 +13,9 @@ use he_agg::infer::threshold::{CollectiveKeys, KeyShares, served_crs, served_pol
 use he_agg::infer::{Architecture, InferencePlan, Model};
 use he_agg::multiparty::sealed::SEAL_OVERHEAD;
 use he_agg::multiparty::{RelinKeyShare2, wire as mpw};
-use protocol::FederationId;
 use protocol::serve::collective::KeyholderRound1;
 use protocol::serve::released::{MAX_ARCHITECTURE_BYTES, MAX_CLASSES, ModelInfo};
+use protocol::{Body, FederationId};
 
 use super::saved::SavedServing;
 
@@ -87,6 +87,8 @@ pub struct ServedKeys {
     round1: Option<KeyShares>,
     /// sealed Shamir shares by recipient, then sender
     sealed: BTreeMap<u32, BTreeMap<u32, Vec<u8>>>,
+    /// each keyholder's public-key share (encoded) and its signature over it, relayed to all
+    key_shares: BTreeMap<u32, (Vec<u8>, Vec<u8>)>,
     round2: Option<RelinKeyShare2>,
     public_key: Option<(PublicKey, Vec<u8>)>,
     evaluator: Option<Arc<Evaluator>>,
@@ -112,6 +114,7 @@ impl ServedKeys {
             compiled: None,
             round1: None,
             sealed: BTreeMap::new(),
+            key_shares: BTreeMap::new(),
             round2: None,
             public_key: None,
             evaluator: None,
@@ -298,10 +301,18 @@ impl ServedKeys {
         let c = self.compiled.as_ref().ok_or(KeysError::NotReady)?;
         let hospital = stream.hospital;
         let sealed = stream.header.sealed.clone();
+        let signature = stream.header.signature.clone();
         let shares = stream.finish()?;
         c.keys
             .check_galois(&shares)
             .map_err(|e| invalid(e.to_string()))?;
+        self.key_shares.insert(
+            hospital,
+            (
+                mpw::encode_public_key_share(&c.ctx, &shares.public_key),
+                signature,
+            ),
+        );
         match self.round1.as_mut() {
             None => self.round1 = Some(shares),
             Some(acc) => c
@@ -315,8 +326,22 @@ impl ServedKeys {
         Ok(())
     }
 
+    /// What a keyholder gets after round 1: the header (the sealed shares addressed to `to`,
+    /// every keyholder's signature over its public-key share) and the items (the round-1
+    /// relinearization aggregate, then those public-key shares in the header's order).
+    pub fn round1_result(&self, to: u32) -> Result<(Body, Vec<Vec<u8>>), KeysError> {
+        let (agg, sealed) = self.round1_sum(to)?;
+        let mut items = vec![agg];
+        let mut key_shares = Vec::with_capacity(self.key_shares.len());
+        for (h, (share, signature)) in &self.key_shares {
+            key_shares.push((*h, signature.clone()));
+            items.push(share.clone());
+        }
+        Ok((Body::CollectiveRound1Result { sealed, key_shares }, items))
+    }
+
     /// The round-1 relinearization aggregate (encoded) and the sealed shares addressed to `to`.
-    pub fn round1_result(&self, to: u32) -> Result<(Vec<u8>, Sealed), KeysError> {
+    fn round1_sum(&self, to: u32) -> Result<(Vec<u8>, Sealed), KeysError> {
         let (c, agg) = self
             .compiled
             .as_ref()

@@ -17,6 +17,7 @@ use protocol::serve::collective::{CollectiveRequest, KeyholderRound1};
 use super::keys::{KeysError, ServedKeys};
 use super::requests::{SwitchState, decode_images};
 use crate::serve::released::tests::tiny_network;
+use protocol::Body;
 
 const FED: FederationId = FederationId([9; 16]);
 
@@ -51,6 +52,7 @@ fn header(f: &Fixture, me: u32) -> KeyholderRound1 {
             .filter(|&h| h != me)
             .map(|h| (h, vec![0; len]))
             .collect(),
+        signature: vec![],
     }
 }
 
@@ -138,9 +140,16 @@ fn garbage_or_cut_round1_streams_change_nothing() {
     assert_eq!(s.remaining(), 0);
     refused(s.push(&f.ctx, &items[0]), "more items");
     keys.store_round1(s).unwrap();
-    let (_, sealed) = keys.round1_result(2).unwrap();
+    let (body, items_out) = keys.round1_result(2).unwrap();
+    let Body::CollectiveRound1Result { sealed, key_shares } = body else {
+        panic!("a round-1 result expected")
+    };
     assert_eq!(sealed.len(), 1);
     assert_eq!(sealed[0].0, 1);
+    // the relinearization sum, then hospital 1's public-key share as it sent it, relayed
+    assert_eq!(key_shares.iter().map(|k| k.0).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(items_out.len(), 2);
+    assert_eq!(items_out[1], items[0]);
     refused(keys.store_round2(&[1, 2, 3]), "round-2");
     refused(
         keys.model_len().and(Err::<(), _>(KeysError::NotReady)),

@@ -197,15 +197,15 @@ impl CollectiveServer {
                 }
                 ServingAction::SendRound1 { to } => {
                     for h in to {
-                        let (Some(link), Ok((agg, sealed))) =
+                        let (Some(link), Ok((body, items))) =
                             (st.keyholders.get(&h), st.keys.round1_result(h))
                         else {
                             continue;
                         };
                         out.push(Outgoing {
                             link: link.clone(),
-                            body: Body::CollectiveRound1Result { sealed },
-                            items: vec![agg],
+                            body,
+                            items,
                         });
                     }
                 }
