@@ -8,6 +8,9 @@ use crate::error::ProtocolError;
 /// Largest frame: a key-switching key share of the inference preset (≈ 7 MB) with room.
 pub const MAX_FRAME: usize = 32 << 20;
 
+/// What a frame's buffer starts at before its bytes arrive.
+const INITIAL_CAPACITY: usize = 64 << 10;
+
 /// Reads one frame; `None` when the stream ends cleanly before a frame starts.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
@@ -30,11 +33,16 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if size > limit {
         return Err(ProtocolError::FrameTooLarge { size, limit });
     }
-    let mut buf = vec![0u8; size];
-    r.read_exact(&mut buf).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => ProtocolError::Truncated,
-        _ => io_error(e),
-    })?;
+    // the buffer grows with the bytes that arrive, not with the size a peer declares: a
+    // header of 32 MiB followed by nothing costs nothing
+    let mut buf = Vec::with_capacity(size.min(INITIAL_CAPACITY));
+    r.take(size as u64)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(io_error)?;
+    if buf.len() != size {
+        return Err(ProtocolError::Truncated);
+    }
     Ok(Some(buf))
 }
 

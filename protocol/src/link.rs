@@ -40,16 +40,21 @@ impl Incoming {
     }
 }
 
-/// An outgoing stream of items after a header message.
+/// An outgoing stream of items after a header message. Every write has the link's timeout: a
+/// peer that stops reading (its flow-control window full) cannot hold the sender, and through
+/// it a round, for longer.
 #[derive(Debug)]
 pub struct ItemSender {
     send: quinn::SendStream,
     pub bytes: u64,
+    timeout: Duration,
 }
 
 impl ItemSender {
     pub async fn item(&mut self, bytes: &[u8]) -> Result<(), ProtocolError> {
-        write_frame(&mut self.send, bytes).await?;
+        tokio::time::timeout(self.timeout, write_frame(&mut self.send, bytes))
+            .await
+            .map_err(|_| ProtocolError::Timeout(self.timeout))??;
         self.bytes += 4 + bytes.len() as u64;
         Ok(())
     }
@@ -58,7 +63,11 @@ impl ItemSender {
     pub async fn finish(mut self) -> Result<u64, ProtocolError> {
         self.send.finish()?;
         // wait until the peer has everything, so a closing connection does not cut it short
-        let _ = self.send.stopped().await;
+        // (but not for longer than a peer gets for any step)
+        tokio::time::timeout(self.timeout, self.send.stopped())
+            .await
+            .map_err(|_| ProtocolError::Timeout(self.timeout))?
+            .ok();
         Ok(self.bytes)
     }
 }
@@ -92,7 +101,11 @@ impl Link {
         let send = tokio::time::timeout(self.timeout, self.conn.open_uni())
             .await
             .map_err(|_| ProtocolError::Timeout(self.timeout))??;
-        let mut sender = ItemSender { send, bytes: 0 };
+        let mut sender = ItemSender {
+            send,
+            bytes: 0,
+            timeout: self.timeout,
+        };
         sender.item(&env.encode()).await?;
         Ok(sender)
     }
@@ -101,7 +114,11 @@ impl Link {
     #[doc(hidden)]
     pub async fn open_raw(&self) -> Result<ItemSender, ProtocolError> {
         let send = self.conn.open_uni().await?;
-        Ok(ItemSender { send, bytes: 0 })
+        Ok(ItemSender {
+            send,
+            bytes: 0,
+            timeout: self.timeout,
+        })
     }
 
     /// The next message from the peer (waits as long as the connection lives).

@@ -244,3 +244,53 @@ async fn a_finished_close_is_told_apart_from_a_failure() {
         ends[1]
     );
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_cannot_hold_a_sender_beyond_the_timeout() {
+    let s = setup();
+    let endpoint = listen("127.0.0.1:0".parse().unwrap(), &s.coordinator).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let roster = s.roster.clone();
+    // the coordinator accepts the connection and the stream's header, then never reads again
+    let (stalled_tx, stalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let incoming = endpoint.accept().await.unwrap();
+        let link = accept_connection(incoming, FED, &roster).await.unwrap();
+        let header = link.accept().await.unwrap();
+        let _ = stalled_rx.await;
+        drop(header);
+    });
+    let link = connect(addr, &s.hospital, FED, 1)
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_secs(1));
+    let mut up = link
+        .open(
+            1,
+            Body::Update {
+                weight: 1,
+                count: 64,
+                sketch: vec![],
+                signature: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    // 64 MB into a 16 MB stream window nobody drains: a write times out instead of hanging
+    let item = vec![7u8; 1 << 20];
+    let outcome = tokio::time::timeout(Duration::from_secs(30), async {
+        for _ in 0..64 {
+            up.item(&item).await?;
+        }
+        Ok(())
+    })
+    .await
+    .expect("a write to a peer that does not read returned within 30 s");
+    assert!(
+        matches!(outcome, Err(ProtocolError::Timeout(_))),
+        "{outcome:?}"
+    );
+    let _ = stalled_tx.send(());
+    link.close("done");
+    let _ = server.await;
+}
