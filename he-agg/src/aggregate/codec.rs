@@ -108,23 +108,23 @@ impl UpdateCodec {
         seed: &[u8; 32],
     ) -> Result<(Vec<Vec<u8>>, Vec<u64>), CodecError> {
         let ctx = &self.ctx;
-        let cts: Vec<Ciphertext> = values
+        let done: Vec<(Vec<u8>, Vec<u64>)> = values
             .par_chunks(ctx.n())
+            .enumerate()
             .map_init(
                 || ctx.pk_encryptor(pk).map_err(|e| format!("encryptor: {e}")),
-                |enc, chunk| -> Result<Ciphertext, CodecError> {
+                |enc, (i, chunk)| -> Result<(Vec<u8>, Vec<u64>), CodecError> {
                     let enc = enc.as_mut().map_err(|e| CodecError::Setup(e.clone()))?;
                     let v: Vec<f64> = chunk.iter().map(|&x| f64::from(x)).collect();
                     let pt = ctx.encode_real_pairs(&v, self.plan.level, self.plan.scale)?;
-                    Ok(enc.encrypt(&pt))
+                    let ct = enc.encrypt(&pt);
+                    let part = super::sketch::sketch_one(ctx, seed, i, &ct);
+                    Ok((wire::encode_ciphertext(ctx, &ct), part))
                 },
             )
             .collect::<Result<_, _>>()?;
-        let sketch = super::sketch::sketch(ctx, seed, &cts);
-        let items = cts
-            .par_iter()
-            .map(|ct| wire::encode_ciphertext(ctx, ct))
-            .collect();
+        let (items, parts): (Vec<Vec<u8>>, Vec<Vec<u64>>) = done.into_iter().unzip();
+        let sketch = super::sketch::sum_parts(ctx, self.plan.level, &parts);
         Ok((items, sketch))
     }
 

@@ -4,7 +4,9 @@
 //!
 //! For each modulus qⱼ of the level and each of [`SKETCHES`] rows, the sketch is Σ r·x mod qⱼ
 //! over every residue x (every coefficient of every part of every ciphertext), with 32-bit r from
-//! a keyed XOF; the same r serves every modulus, so a sketch taken at a lower level is a prefix.
+//! a BLAKE3 XOF keyed by the seed and the ciphertext's index (so ciphertexts are sketched in
+//! parallel, while they are encrypted); the same r serves every modulus, so a sketch taken at a
+//! lower level is a prefix.
 //! Whoever does not know the key cannot make another list pass: a difference that is non-zero
 //! mod some qⱼ passes one row with probability at most 2^-32, so [`SKETCHES`] = 2 rows give
 //! 2^-64. Whoever knows the key can (the check binds only parties without it).
@@ -20,31 +22,49 @@ pub fn sketch_len(level: usize) -> usize {
 }
 
 /// The sketch of `cts` (all of the same level and degree) under `seed`: [`SKETCHES`] values per
-/// modulus of the level, modulus-major.
+/// modulus of the level, modulus-major. Each ciphertext's part is independent (its r come from
+/// the XOF keyed by `seed` and its index), so they are taken in parallel and summed.
 pub fn sketch(ctx: &CkksContext, seed: &[u8; 32], cts: &[Ciphertext]) -> Vec<u64> {
+    use rayon::prelude::*;
+    let level = cts.first().map_or(0, Ciphertext::level);
+    let parts: Vec<Vec<u64>> = cts
+        .par_iter()
+        .enumerate()
+        .map(|(i, ct)| sketch_one(ctx, seed, i, ct))
+        .collect();
+    sum_parts(ctx, level, &parts)
+}
+
+/// The part of ciphertext number `index` of a list in its sketch.
+pub(crate) fn sketch_one(
+    ctx: &CkksContext,
+    seed: &[u8; 32],
+    index: usize,
+    ct: &Ciphertext,
+) -> Vec<u64> {
     let ring = ctx.rlwe().ring();
     let n = ctx.n();
-    let level = cts.first().map_or(0, Ciphertext::level);
+    let level = ct.level();
     let mut acc = vec![0u128; sketch_len(level)];
-    let mut xof = blake3::Hasher::new_keyed(seed).finalize_xof();
+    let mut xof = blake3::Hasher::new_keyed(seed);
+    xof.update(&(index as u64).to_le_bytes());
+    let mut xof = xof.finalize_xof();
     let mut bytes = vec![0u8; n * 4 * SKETCHES];
     let mut r = vec![0u64; n * SKETCHES];
-    for ct in cts {
-        for part in &ct.parts {
-            xof.fill(&mut bytes);
-            for (v, b) in r.iter_mut().zip(bytes.chunks_exact(4)) {
-                *v = u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-            }
-            for j in 0..level.min(part.limbs()) {
-                let limb = part.limb(j);
-                for s in 0..SKETCHES {
-                    // r < 2^32 and x < 2^62: 2^94 per term, 2^114 for 2^20 terms, no overflow
-                    let rows = r[s * n..(s + 1) * n].iter();
-                    acc[j * SKETCHES + s] += rows
-                        .zip(limb)
-                        .map(|(&r, &x)| u128::from(r) * u128::from(x))
-                        .sum::<u128>();
-                }
+    for part in &ct.parts {
+        xof.fill(&mut bytes);
+        for (v, b) in r.iter_mut().zip(bytes.chunks_exact(4)) {
+            *v = u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        }
+        for j in 0..level.min(part.limbs()) {
+            let limb = part.limb(j);
+            for s in 0..SKETCHES {
+                // r < 2^32 and x < 2^62: 2^94 per term, 2^110 for a whole ciphertext
+                let rows = r[s * n..(s + 1) * n].iter();
+                acc[j * SKETCHES + s] += rows
+                    .zip(limb)
+                    .map(|(&r, &x)| u128::from(r) * u128::from(x))
+                    .sum::<u128>();
             }
         }
     }
@@ -52,6 +72,11 @@ pub fn sketch(ctx: &CkksContext, seed: &[u8; 32], cts: &[Ciphertext]) -> Vec<u64
         .enumerate()
         .map(|(i, &a)| (a % u128::from(ring.modulus(i / SKETCHES).value())) as u64)
         .collect()
+}
+
+/// The sum of the parts of a list's ciphertexts.
+pub(crate) fn sum_parts(ctx: &CkksContext, level: usize, parts: &[Vec<u64>]) -> Vec<u64> {
+    combine(ctx, level, parts.iter().map(|p| (1, p.as_slice()))).unwrap_or_default()
 }
 
 /// Σ weight·sketch mod each modulus, for sketches of `level`; `None` if one is of another length.

@@ -13,7 +13,7 @@ use anyhow::Context;
 use protocol::link::{Link, accept_connection, listen};
 use protocol::tls::TlsFiles;
 use protocol::{Body, FederationId, Incoming, Party};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::{info, warn};
 
 use super::keys::KeyCache;
@@ -61,24 +61,24 @@ pub struct InferenceServer {
 /// trickles its items cannot hold a slot for item_timeout × items.
 const READ_PER_ITEM: Duration = Duration::from_secs(10);
 
-/// Reads up to `items` items of `incoming` into `push`, all within [`READ_PER_ITEM`] each; a
-/// stream that ends early stops the loop (the caller sees what is missing).
+/// Reads up to `items` items of `incoming` into `push`, all within [`READ_PER_ITEM`] each;
+/// whether all came (a stream that ends early stops the loop: the caller sees what is missing).
 async fn read_items(
     incoming: &mut Incoming,
     items: u64,
     what: &str,
     mut push: impl FnMut(&[u8]) -> Result<(), String>,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let budget = READ_PER_ITEM * u32::try_from(items).unwrap_or(u32::MAX);
     let read = async {
         for _ in 0..items {
             match incoming.next_item().await {
                 Ok(Some(item)) => push(&item)?,
-                Ok(None) => break,
+                Ok(None) => return Ok(false),
                 Err(e) => return Err(format!("reading {what}: {e}")),
             }
         }
-        Ok(())
+        Ok(true)
     };
     tokio::time::timeout(budget, read)
         .await
@@ -174,6 +174,35 @@ impl InferenceServer {
         }
     }
 
+    /// Reads a stream's `items` items into `push` once its slots are taken (the peer's own,
+    /// refused at once while busy, then one of the server's), all within [`READ_PER_ITEM`]
+    /// each; anything after them is refused. The slots are returned to be held further.
+    async fn stream_in(
+        &self,
+        peer: Party,
+        incoming: &mut Incoming,
+        items: u64,
+        what: &str,
+        push: impl FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(tokio::sync::OwnedSemaphorePermit, SemaphorePermit<'_>), String> {
+        let mine = self.peer_slot(peer)?;
+        let slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| "the server is shutting down".to_string())?;
+        if read_items(incoming, items, what, push).await? {
+            match incoming.next_item().await {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    return Err(Refusal::TooManyItems { announced: items }.to_string());
+                }
+                Err(e) => return Err(format!("reading {what}: {e}")),
+            }
+        }
+        Ok((mine, slot))
+    }
+
     /// The peer's own slot: refused at once while its previous stream still runs.
     fn peer_slot(&self, peer: Party) -> Result<tokio::sync::OwnedSemaphorePermit, String> {
         let sem = self
@@ -204,29 +233,12 @@ impl InferenceServer {
         let peer = link.peer();
         let mut pending = self.model.begin_keys(&header).map_err(|e| e.to_string())?;
         // keys are large: one stream at a time per request slot, and per hospital
-        let _mine = self.peer_slot(peer)?;
-        let _permit = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| "the server is shutting down".to_string())?;
         let items = pending.remaining();
-        read_items(&mut incoming, items, "the keys", |item| {
-            pending.push(item).map_err(|e| e.to_string())
-        })
-        .await?;
-        if pending.remaining() == 0 {
-            match incoming.next_item().await {
-                Ok(None) => {}
-                Ok(Some(_)) => {
-                    return Err(Refusal::TooManyItems {
-                        announced: header.items(),
-                    }
-                    .to_string());
-                }
-                Err(e) => return Err(format!("reading the keys: {e}")),
-            }
-        }
+        let _slots = self
+            .stream_in(peer, &mut incoming, items, "the keys", |item| {
+                pending.push(item).map_err(|e| e.to_string())
+            })
+            .await?;
         let set = pending.finish().map_err(|e| e.to_string())?;
         let (bytes, validate) = (set.bytes, set.validate);
         let (kept, kept_bytes) = {
@@ -270,32 +282,13 @@ impl InferenceServer {
             .to_string()
         })?;
         let mut pending = self.model.begin(&header, keys).map_err(|e| e.to_string())?;
-        // the slots are taken after a valid header, one per hospital at a time, and the items
-        // must all arrive within READ_PER_ITEM each
-        let _mine = self.peer_slot(peer)?;
-        let _permit = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| "the server is shutting down".to_string())?;
+        // the slots are held through the evaluation
         let items = pending.remaining();
-        read_items(&mut incoming, items, "the request", |item| {
-            pending.push(item).map_err(|e| e.to_string())
-        })
-        .await?;
-        // anything after the announced items is refused too
-        if pending.remaining() == 0 {
-            match incoming.next_item().await {
-                Ok(None) => {}
-                Ok(Some(_)) => {
-                    return Err(Refusal::TooManyItems {
-                        announced: header.items(),
-                    }
-                    .to_string());
-                }
-                Err(e) => return Err(format!("reading the request: {e}")),
-            }
-        }
+        let _slots = self
+            .stream_in(peer, &mut incoming, items, "the request", |item| {
+                pending.push(item).map_err(|e| e.to_string())
+            })
+            .await?;
         let ready = pending.finish().map_err(|e| e.to_string())?;
         let response = tokio::task::spawn_blocking(move || ready.evaluate())
             .await
