@@ -255,6 +255,9 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // a bad HEAL_SIMD is an error with its reason, not a silent fallback
+    let simd = he_agg::simd::init_from_env().context("HEAL_SIMD")?;
+    tracing::debug!(%simd, "SIMD level");
     let progress = !cli.quiet;
     match cli.command {
         Command::Run { site, out } => node::run(&site, &out)?,

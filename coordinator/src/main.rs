@@ -121,6 +121,9 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // a bad HEAL_SIMD is an error with its reason, not a silent fallback
+    let simd = he_agg::simd::init_from_env().context("HEAL_SIMD")?;
+    tracing::debug!(%simd, "SIMD level");
     match cli.command {
         Command::Provision { config, out } => {
             let text = std::fs::read_to_string(&config)

@@ -5,7 +5,9 @@
 //!
 //! Runs HEAL on the anchors' parameters (N=8192 with primes of 60,40,60 bits; N=16384 with
 //! 60,40,40,60; scale 2^40; one thread) and prints HEAL ms, SEAL ms and their ratio per op.
-//! Options: `--reps N` (default 100; add uses 10×), `--e2e-reps N` (default 3), `--skip-e2e`.
+//! Options: `--reps N` (default 100; add uses 10×), `--e2e-reps N` (default 3), `--skip-e2e`,
+//! `--levels all` (or a list such as `scalar,avx2`): the ops at each SIMD level side by side; the
+//! JSON keeps `ops` at the level in force (`simd_level`) and adds `ops_by_level`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -15,6 +17,7 @@ use std::time::Instant;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use he_agg::ckks::{CkksContext, Complex, Parameters, Preset, wire};
+use he_agg::simd::{self, Level};
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
@@ -24,6 +27,8 @@ struct Args {
     reps: usize,
     e2e_reps: usize,
     skip_e2e: bool,
+    /// SIMD levels to time the ops at; None: the level in force (HEAL_SIMD or the CPU's best).
+    levels: Option<Vec<Level>>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -33,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
         reps: 100,
         e2e_reps: 3,
         skip_e2e: false,
+        levels: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -51,9 +57,23 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| format!("--e2e-reps: {e}"))?
             }
             "--skip-e2e" => args.skip_e2e = true,
+            "--levels" => {
+                let v = value("--levels")?;
+                args.levels = Some(if v == "all" {
+                    Level::supported()
+                } else {
+                    v.split(',')
+                        .map(|s| match Level::parse(s) {
+                            Ok(Some(l)) => Ok(l),
+                            Ok(None) => Ok(Level::detected()),
+                            Err(e) => Err(e.to_string()),
+                        })
+                        .collect::<Result<_, _>>()?
+                });
+            }
             "-h" | "--help" => {
                 println!(
-                    "bench_ckks [--anchors DIR] [--json FILE] [--reps N] [--e2e-reps N] [--skip-e2e]"
+                    "bench_ckks [--anchors DIR] [--json FILE] [--reps N] [--e2e-reps N] [--skip-e2e] [--levels all|scalar,avx2,…]"
                 );
                 std::process::exit(0);
             }
@@ -334,28 +354,62 @@ fn main() {
         .num_threads(1)
         .build()
         .expect("thread pool");
+    let auto = match simd::init_from_env() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let levels = args.levels.clone().unwrap_or(vec![auto]);
     let mut ops_json = Vec::new();
+    let mut per_level = serde_json::Map::new();
     for n in [8192usize, 16384] {
         println!("N = {n} (one thread)");
-        let ops = one.install(|| bench_ops(n, args.reps));
-        println!(
-            "  {:<22} {:>10} {:>10} {:>7}",
-            "op", "HEAL ms", "SEAL ms", "ratio"
-        );
-        for (op, heal_s) in &ops {
-            let seal_s = anchor_result(&seal, n).and_then(|r| r["ops"][op]["median_s"].as_f64());
-            let ratio = seal_s.map(|s| heal_s / s);
-            println!(
-                "  {:<22} {:>10.4} {:>10} {:>7}",
-                op,
-                heal_s * 1e3,
-                seal_s.map_or("-".into(), |s| format!("{:.4}", s * 1e3)),
-                ratio.map_or("-".into(), |r| format!("{r:.3}"))
-            );
-            if OPS.contains(op) || seal_s.is_some() {
-                ops_json.push(json!({"n": n, "op": op, "heal_ms": heal_s * 1e3,
-                    "seal_ms": seal_s.map(|s| s * 1e3), "ratio": ratio}));
+        let mut by_level = Vec::new();
+        for &l in &levels {
+            if let Err(e) = simd::set_level(l) {
+                eprintln!("error: {e}");
+                std::process::exit(2);
             }
+            by_level.push((l, one.install(|| bench_ops(n, args.reps))));
+        }
+        simd::set_level(auto).expect("the level in force");
+        let mut head = format!("  {:<22}", "op");
+        for (l, _) in &by_level {
+            head += &format!(" {:>10} {:>7}", format!("{l} ms"), "ratio");
+        }
+        println!("{head} {:>10}", "SEAL ms");
+        for (i, (op, _)) in by_level[0].1.iter().enumerate() {
+            let seal_s = anchor_result(&seal, n).and_then(|r| r["ops"][op]["median_s"].as_f64());
+            let mut row = format!("  {op:<22}");
+            for (l, ops) in &by_level {
+                let heal_s = ops[i].1;
+                let ratio = seal_s.map(|s| heal_s / s);
+                row += &format!(
+                    " {:>10.4} {:>7}",
+                    heal_s * 1e3,
+                    ratio.map_or("-".into(), |r| format!("{r:.3}"))
+                );
+                if !(OPS.contains(op) || seal_s.is_some()) {
+                    continue;
+                }
+                let entry = json!({"n": n, "op": op, "heal_ms": heal_s * 1e3,
+                    "seal_ms": seal_s.map(|s| s * 1e3), "ratio": ratio});
+                if *l == auto {
+                    ops_json.push(entry.clone());
+                }
+                per_level
+                    .entry(l.name())
+                    .or_insert_with(|| json!([]))
+                    .as_array_mut()
+                    .expect("an array")
+                    .push(entry);
+            }
+            println!(
+                "{row} {:>10}",
+                seal_s.map_or("-".into(), |s| format!("{:.4}", s * 1e3))
+            );
         }
     }
 
@@ -414,7 +468,9 @@ fn main() {
     }
     if let Some(path) = &args.json {
         let doc = json!({
+            "simd_level": auto.name(),
             "ops": ops_json,
+            "ops_by_level": per_level,
             "bytes_per_real": {"heal_aggregation_preset": heal_bpr, "seal_8192": seal_bpr},
             "e2e": e2e_json,
         });

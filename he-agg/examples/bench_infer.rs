@@ -18,7 +18,8 @@
 //! `--reps N` (timed repetitions per latency figure, default 10), `--batch N` (images in the
 //! batched run, default one full batch), `--log-n L` (force the ring degree 2^L for the default
 //! network; TenSEAL's architecture always gets the policy's choice), `--min-scale-bits B`,
-//! `--skip-batched`, `--skip-mode-a`, `--skip-tenseal`.
+//! `--skip-batched`, `--skip-mode-a`, `--skip-tenseal`. `HEAL_SIMD=scalar|avx2|avx512|ifma`
+//! runs every kernel at that level (default: the CPU's best); the JSON names it (`simd_level`).
 //!
 //! Latency is the requester's encode+encrypt, the evaluation and the decrypt+decode, without
 //! network; mode (a) adds the threshold key switch of the result to the requester's key (one
@@ -339,6 +340,13 @@ fn main() {
             std::process::exit(2);
         }
     };
+    match he_agg::simd::init_from_env() {
+        Ok(l) => println!("SIMD level {l} (HEAL_SIMD=scalar|avx2|avx512|ifma|auto)"),
+        Err(e) => {
+            eprintln!("bench_infer: {e}");
+            std::process::exit(2);
+        }
+    }
     let threads = rayon::current_num_threads();
     let one = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
@@ -709,6 +717,7 @@ fn finish(
     args: &Args,
 ) {
     out.insert("threads".into(), json!(threads));
+    out.insert("simd_level".into(), json!(he_agg::simd::level().name()));
     out.insert(
         "machine".into(),
         json!({"load_average_before": load_before, "load_average_after": load_average()}),

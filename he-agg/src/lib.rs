@@ -18,4 +18,4 @@ pub mod infer;
 pub mod multiparty;
 pub mod ring;
 pub mod rlwe;
-mod simd;
+pub mod simd;

@@ -16,8 +16,7 @@ pub(crate) fn usable(m: &Modulus, len: usize) -> bool {
     {
         m.bits() <= 51
             && len.is_multiple_of(imp::PAIR_BLOCK)
-            && std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512ifma")
+            && crate::simd::level() >= crate::simd::Level::Ifma
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -249,7 +248,7 @@ mod imp {
 /// [`imp::mac_pairs`]; the caller checked [`usable`].
 pub(crate) fn mac_pairs(m: &Modulus, pairs: &[(&[u64], &[u64])], out: &mut [u64]) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `usable` checked that the CPU has AVX-512F and IFMA
+    // SAFETY: `usable` checked the level, which set_level keeps within the CPU's (AVX-512F, IFMA)
     unsafe {
         imp::mac_pairs(m, pairs, out)
     }
@@ -270,7 +269,7 @@ pub(crate) fn group_product(
     accumulate: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `usable` checked that the CPU has AVX-512F and IFMA
+    // SAFETY: `usable` checked the level, which set_level keeps within the CPU's (AVX-512F, IFMA)
     unsafe {
         imp::group_product(m, cols, weights, inputs, outs, accumulate)
     }

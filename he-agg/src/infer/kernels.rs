@@ -14,6 +14,9 @@ fn mac_limb(m: &Modulus, pairs: &[(&[u64], &[u64])], out: &mut [u64]) {
     if super::ifma::usable(m, out.len()) {
         return super::ifma::mac_pairs(m, pairs, out);
     }
+    if super::float_mac::usable(m) {
+        return super::float_mac::mac_pairs(m, pairs, out);
+    }
     mac_limb_generic(m, pairs, out)
 }
 
@@ -116,6 +119,9 @@ pub(crate) fn group_product(
     let n = outs.first().map_or(0, |o| o.len());
     if super::ifma::usable(m, n) {
         return super::ifma::group_product(m, cols, weights, inputs, outs, accumulate);
+    }
+    if super::float_mac::usable(m) {
+        return super::float_mac::group_product(m, cols, weights, inputs, outs, accumulate);
     }
     group_product_generic(m, cols, weights, inputs, outs, accumulate)
 }
@@ -274,6 +280,59 @@ mod tests {
             o3[1],
             o1[1].iter().map(|&v| m.sub(v, 7)).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn double_precision_sums_are_exact_at_the_extremes() {
+        // the largest words of a 51-bit prime, 4100 terms (a fold at 4095), and small values
+        if crate::simd::Level::detected() < crate::simd::Level::Avx2 {
+            return; // the AVX2 kernels cannot run here; the generic path is tested above
+        }
+        let q = 2251799813554177u64;
+        let m = Modulus::new(q);
+        let n = 64;
+        let a: Vec<Vec<u64>> = (0..4100)
+            .map(|j| {
+                (0..n)
+                    .map(|k| {
+                        if k % 3 == 0 {
+                            q - 1
+                        } else {
+                            (j * k) as u64 % q
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let b: Vec<Vec<u64>> = (0..4100)
+            .map(|j| {
+                (0..n)
+                    .map(|k| {
+                        if k % 2 == 0 {
+                            q - 1 - (j % 2) as u64
+                        } else {
+                            k as u64
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let pairs: Vec<(&[u64], &[u64])> =
+            a.iter().zip(&b).map(|(x, y)| (&x[..], &y[..])).collect();
+        let (mut fast, mut slow) = (vec![0u64; n], vec![0u64; n]);
+        super::super::float_mac::mac_pairs(&m, &pairs, &mut fast);
+        mac_limb_generic(&m, &pairs, &mut slow);
+        assert_eq!(fast, slow);
+        let cols: Vec<u32> = (0..4100u32).collect();
+        let weights = vec![q - 1; 2 * 4100];
+        let inputs: Vec<&[u64]> = a.iter().map(|v| &v[..]).collect();
+        let mut o1 = vec![vec![q - 1; n]; 2];
+        let mut o2 = o1.clone();
+        let mut r1: Vec<&mut [u64]> = o1.iter_mut().map(|v| &mut v[..]).collect();
+        let mut r2: Vec<&mut [u64]> = o2.iter_mut().map(|v| &mut v[..]).collect();
+        super::super::float_mac::group_product(&m, &cols, &weights, &inputs, &mut r1, true);
+        group_product_generic(&m, &cols, &weights, &inputs, &mut r2, true);
+        assert_eq!(o1, o2);
     }
 
     #[test]

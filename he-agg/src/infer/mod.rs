@@ -55,6 +55,7 @@ mod error;
 mod evaluate;
 #[cfg(feature = "serde")]
 mod file;
+mod float_mac;
 mod ifma;
 mod kernels;
 mod layout;

@@ -1,5 +1,5 @@
 //! The ring layer: R_q = Z_q[X]/(X^N + 1) in residue-number-system form over a chain of
-//! word-sized primes, with NTTs from tfhe-ntt, automorphisms, basis extension and sampling.
+//! word-sized primes, with NTTs at every SIMD level ([`ntt`]), automorphisms, basis extension and sampling.
 //!
 //! A polynomial is a [`Poly`]: `limbs × N` words, limb `i` reduced modulo the ring modulus named by
 //! the caller's basis (a list of indices into [`Ring::moduli`]). Which domain (coefficients or NTT
@@ -10,6 +10,7 @@ mod automorphism;
 mod basis;
 pub mod expand;
 mod modulus;
+pub mod ntt;
 mod par;
 mod poly;
 pub mod primes;
@@ -27,7 +28,7 @@ pub use sampling::{GAUSSIAN_BOUND, GAUSSIAN_SIGMA, Prng, RngError, Seed};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tfhe_ntt::prime64::Plan;
+use ntt::NttPlan;
 
 /// Why a ring cannot be built.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -46,7 +47,7 @@ pub struct Ring {
     n: usize,
     log_n: u32,
     moduli: Vec<Modulus>,
-    plans: Vec<Plan>,
+    plans: Vec<NttPlan>,
     n_inv: Vec<ShoupConst>,
     galois: Mutex<HashMap<u64, Arc<GaloisPermutation>>>,
 }
@@ -76,7 +77,7 @@ impl Ring {
             if !primes::is_ntt_prime(q, n) {
                 return Err(RingError::Modulus { q, n });
             }
-            plans.push(Plan::try_new(n, q).ok_or(RingError::Modulus { q, n })?);
+            plans.push(NttPlan::new(n, q).ok_or(RingError::Modulus { q, n })?);
         }
         let moduli: Vec<Modulus> = moduli.iter().map(|&q| Modulus::new(q)).collect();
         let n_inv = moduli

@@ -1,0 +1,220 @@
+//! Negacyclic NTTs for one prime at every SIMD level: tfhe-ntt where it is the CPU's own best
+//! (its IFMA kernels are the fastest there are), and HEAL's kernels for the levels below it —
+//! double-precision butterflies for primes below 2^51 on AVX2 and AVX-512, Harvey's 64-bit
+//! butterflies otherwise. Every path gives the same words as tfhe-ntt (same root, same
+//! bit-reversed order, reduced below p): ciphertexts made on one machine are read on another.
+
+#[cfg(target_arch = "x86_64")]
+mod float;
+mod shoup;
+
+use tfhe_ntt::prime64::Plan;
+
+use crate::simd::Level;
+
+/// One prime's transforms.
+pub struct NttPlan {
+    tfhe: Plan,
+    p: u64,
+    /// ψ^k at index bitrev(k), and the inverse ψ^-k, with their Shoup constants.
+    fwd: Box<[u64]>,
+    fwd_shoup: Box<[u64]>,
+    inv: Box<[u64]>,
+    inv_shoup: Box<[u64]>,
+    /// The same twiddles as doubles and w/p, for primes below 2^51.
+    float: Option<FloatTwiddles>,
+}
+
+struct FloatTwiddles {
+    fwd: Box<[f64]>,
+    fwd_q: Box<[f64]>,
+    inv: Box<[f64]>,
+    inv_q: Box<[f64]>,
+}
+
+/// Which kernel a transform runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Tfhe,
+    Shoup,
+    ShoupAvx2,
+    FloatAvx2,
+    FloatAvx512,
+}
+
+fn mul_mod(a: u64, b: u64, p: u64) -> u64 {
+    ((a as u128 * b as u128) % p as u128) as u64
+}
+
+fn pow_mod(mut b: u64, mut e: u64, p: u64) -> u64 {
+    let mut r = 1;
+    while e > 0 {
+        if e & 1 == 1 {
+            r = mul_mod(r, b, p);
+        }
+        b = mul_mod(b, b, p);
+        e >>= 1;
+    }
+    r
+}
+
+impl NttPlan {
+    /// The plan for degree `n` modulo the NTT-friendly prime `p` (< 2^62), or `None` if
+    /// tfhe-ntt has none.
+    pub fn new(n: usize, p: u64) -> Option<Self> {
+        let tfhe = Plan::try_new(n, p)?;
+        // tfhe-ntt's root: the transform of X holds ψ^(2·bitrev(k)+1) at k, so ψ at 0
+        let mut x = vec![0u64; n];
+        x[1] = 1;
+        tfhe.fwd(&mut x);
+        let psi = x[0];
+        let psi_inv = pow_mod(psi, 2 * n as u64 - 1, p);
+        let bits = n.trailing_zeros();
+        let (mut fwd, mut inv) = (vec![0u64; n], vec![0u64; n]);
+        let (mut a, mut b) = (1u64, 1u64);
+        for k in 0..n {
+            let r = k.reverse_bits() >> (usize::BITS - bits);
+            fwd[r] = a;
+            inv[r] = b;
+            a = mul_mod(a, psi, p);
+            b = mul_mod(b, psi_inv, p);
+        }
+        let shoup = |v: &[u64]| -> Box<[u64]> {
+            v.iter()
+                .map(|&w| (((w as u128) << 64) / p as u128) as u64)
+                .collect()
+        };
+        #[cfg(target_arch = "x86_64")]
+        let float = (p < 1 << float::MAX_BITS).then(|| {
+            let as_f = |v: &[u64]| -> Box<[f64]> { v.iter().map(|&w| w as f64).collect() };
+            let quot =
+                |v: &[u64]| -> Box<[f64]> { v.iter().map(|&w| w as f64 / p as f64).collect() };
+            FloatTwiddles {
+                fwd: as_f(&fwd),
+                fwd_q: quot(&fwd),
+                inv: as_f(&inv),
+                inv_q: quot(&inv),
+            }
+        });
+        #[cfg(not(target_arch = "x86_64"))]
+        let float = None;
+        Some(Self {
+            tfhe,
+            p,
+            fwd_shoup: shoup(&fwd),
+            inv_shoup: shoup(&inv),
+            fwd: fwd.into(),
+            inv: inv.into(),
+            float,
+        })
+    }
+
+    /// The kernel used at `level` on this CPU. tfhe-ntt detects the CPU itself, so it runs
+    /// only at the CPU's own best level (forcing a lower one would not reach it); below that,
+    /// HEAL's kernels, double precision wherever the prime allows.
+    pub fn kernel(&self, level: Level) -> Kernel {
+        let best = Level::detected();
+        match level {
+            Level::Ifma => Kernel::Tfhe,
+            Level::Avx512 if self.float.is_some() => Kernel::FloatAvx512,
+            Level::Avx2 if self.float.is_some() => Kernel::FloatAvx2,
+            l if l == best && l >= Level::Avx2 => Kernel::Tfhe,
+            Level::Avx2 | Level::Avx512 => Kernel::ShoupAvx2,
+            Level::Scalar => Kernel::Shoup,
+        }
+    }
+
+    /// Every kernel this CPU can run for this prime (for tests and benchmarks).
+    pub fn kernels(&self) -> Vec<Kernel> {
+        let best = Level::detected();
+        let mut k = vec![Kernel::Tfhe, Kernel::Shoup];
+        if best >= Level::Avx2 {
+            k.push(Kernel::ShoupAvx2);
+            if self.float.is_some() {
+                k.push(Kernel::FloatAvx2);
+            }
+        }
+        if best >= Level::Avx512 && self.float.is_some() {
+            k.push(Kernel::FloatAvx512);
+        }
+        k
+    }
+
+    /// Forward transform of one limb (standard order in, bit-reversed evaluations out).
+    #[inline]
+    pub fn fwd(&self, buf: &mut [u64]) {
+        self.fwd_with(self.kernel(crate::simd::level()), buf);
+    }
+
+    /// Inverse transform of one limb, without the division by N.
+    #[inline]
+    pub fn inv(&self, buf: &mut [u64]) {
+        self.inv_with(self.kernel(crate::simd::level()), buf);
+    }
+
+    pub fn fwd_with(&self, kernel: Kernel, buf: &mut [u64]) {
+        assert_eq!(buf.len(), self.fwd.len(), "limb length is the ring degree");
+        let (p, w, ws) = (self.p, &self.fwd[..], &self.fwd_shoup[..]);
+        match (kernel, &self.float) {
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::FloatAvx2, Some(f)) => {
+                // SAFETY: Float kernels are chosen only at levels set_level allowed.
+                unsafe { float::fwd_avx2(buf, p, &f.fwd, &f.fwd_q) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::FloatAvx512, Some(f)) => {
+                // SAFETY: as above.
+                unsafe { float::fwd_avx512(buf, p, &f.fwd, &f.fwd_q) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::ShoupAvx2, _) => {
+                // SAFETY: as above.
+                unsafe { x86::shoup_fwd_avx2(buf, p, w, ws) }
+            }
+            (Kernel::Tfhe, _) => self.tfhe.fwd(buf),
+            _ => shoup::fwd(buf, p, w, ws),
+        }
+    }
+
+    pub fn inv_with(&self, kernel: Kernel, buf: &mut [u64]) {
+        assert_eq!(buf.len(), self.inv.len(), "limb length is the ring degree");
+        let (p, w, ws) = (self.p, &self.inv[..], &self.inv_shoup[..]);
+        match (kernel, &self.float) {
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::FloatAvx2, Some(f)) => {
+                // SAFETY: Float kernels are chosen only at levels set_level allowed.
+                unsafe { float::inv_avx2(buf, p, &f.inv, &f.inv_q) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::FloatAvx512, Some(f)) => {
+                // SAFETY: as above.
+                unsafe { float::inv_avx512(buf, p, &f.inv, &f.inv_q) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::ShoupAvx2, _) => {
+                // SAFETY: as above.
+                unsafe { x86::shoup_inv_avx2(buf, p, w, ws) }
+            }
+            (Kernel::Tfhe, _) => self.tfhe.inv(buf),
+            _ => shoup::inv(buf, p, w, ws),
+        }
+    }
+}
+
+/// The 64-bit kernel compiled for AVX2 and BMI2 (mulx).
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::shoup;
+
+    #[target_feature(enable = "avx2,fma,bmi2")]
+    pub(super) unsafe fn shoup_fwd_avx2(d: &mut [u64], p: u64, w: &[u64], ws: &[u64]) {
+        shoup::fwd(d, p, w, ws)
+    }
+    #[target_feature(enable = "avx2,fma,bmi2")]
+    pub(super) unsafe fn shoup_inv_avx2(d: &mut [u64], p: u64, w: &[u64], ws: &[u64]) {
+        shoup::inv(d, p, w, ws)
+    }
+}
+
+#[cfg(test)]
+mod tests;
