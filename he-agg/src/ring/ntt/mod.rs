@@ -16,6 +16,8 @@ use crate::simd::Level;
 pub struct NttPlan {
     tfhe: Plan,
     p: u64,
+    /// The CPU's best level, read once (the kernel choice runs per limb).
+    best: Level,
     /// ψ^k at index bitrev(k), and the inverse ψ^-k, with their Shoup constants.
     fwd: Box<[u64]>,
     fwd_shoup: Box<[u64]>,
@@ -101,6 +103,7 @@ impl NttPlan {
         Some(Self {
             tfhe,
             p,
+            best: Level::detected(),
             fwd_shoup: shoup(&fwd),
             inv_shoup: shoup(&inv),
             fwd: fwd.into(),
@@ -113,7 +116,7 @@ impl NttPlan {
     /// only at the CPU's own best level (forcing a lower one would not reach it); below that,
     /// HEAL's kernels, double precision wherever the prime allows.
     pub fn kernel(&self, level: Level) -> Kernel {
-        let best = Level::detected();
+        let best = self.best;
         match level {
             Level::Ifma => Kernel::Tfhe,
             Level::Avx512 if self.float.is_some() => Kernel::FloatAvx512,
@@ -126,7 +129,7 @@ impl NttPlan {
 
     /// Every kernel this CPU can run for this prime (for tests and benchmarks).
     pub fn kernels(&self) -> Vec<Kernel> {
-        let best = Level::detected();
+        let best = self.best;
         let mut k = vec![Kernel::Tfhe, Kernel::Shoup];
         if best >= Level::Avx2 {
             k.push(Kernel::ShoupAvx2);
