@@ -44,6 +44,17 @@ pub enum Kernel {
     FloatAvx512,
 }
 
+impl Kernel {
+    /// The level a CPU needs to run this kernel (tfhe-ntt picks its own path).
+    pub fn level(self) -> Level {
+        match self {
+            Kernel::Tfhe | Kernel::Shoup => Level::Scalar,
+            Kernel::ShoupAvx2 | Kernel::FloatAvx2 => Level::Avx2,
+            Kernel::FloatAvx512 => Level::Avx512,
+        }
+    }
+}
+
 fn mul_mod(a: u64, b: u64, p: u64) -> u64 {
     ((a as u128 * b as u128) % p as u128) as u64
 }
@@ -129,18 +140,12 @@ impl NttPlan {
 
     /// Every kernel this CPU can run for this prime (for tests and benchmarks).
     pub fn kernels(&self) -> Vec<Kernel> {
-        let best = self.best;
-        let mut k = vec![Kernel::Tfhe, Kernel::Shoup];
-        if best >= Level::Avx2 {
-            k.push(Kernel::ShoupAvx2);
-            if self.float.is_some() {
-                k.push(Kernel::FloatAvx2);
-            }
-        }
-        if best >= Level::Avx512 && self.float.is_some() {
-            k.push(Kernel::FloatAvx512);
-        }
-        k
+        use Kernel::*;
+        [Tfhe, Shoup, ShoupAvx2, FloatAvx2, FloatAvx512]
+            .into_iter()
+            .filter(|k| k.level() <= self.best)
+            .filter(|k| self.float.is_some() || !matches!(k, FloatAvx2 | FloatAvx512))
+            .collect()
     }
 
     /// Forward transform of one limb (standard order in, bit-reversed evaluations out).
@@ -155,50 +160,61 @@ impl NttPlan {
         self.inv_with(self.kernel(crate::simd::level()), buf);
     }
 
+    /// Forward transform with a chosen kernel (one of [`NttPlan::kernels`]).
     pub fn fwd_with(&self, kernel: Kernel, buf: &mut [u64]) {
-        assert_eq!(buf.len(), self.fwd.len(), "limb length is the ring degree");
-        let (p, w, ws) = (self.p, &self.fwd[..], &self.fwd_shoup[..]);
-        match (kernel, &self.float) {
-            #[cfg(target_arch = "x86_64")]
-            (Kernel::FloatAvx2, Some(f)) => {
-                // SAFETY: Float kernels are chosen only at levels set_level allowed.
-                unsafe { float::fwd_avx2(buf, p, &f.fwd, &f.fwd_q) }
-            }
-            #[cfg(target_arch = "x86_64")]
-            (Kernel::FloatAvx512, Some(f)) => {
-                // SAFETY: as above.
-                unsafe { float::fwd_avx512(buf, p, &f.fwd, &f.fwd_q) }
-            }
-            #[cfg(target_arch = "x86_64")]
-            (Kernel::ShoupAvx2, _) => {
-                // SAFETY: as above.
-                unsafe { x86::shoup_fwd_avx2(buf, p, w, ws) }
-            }
-            (Kernel::Tfhe, _) => self.tfhe.fwd(buf),
-            _ => shoup::fwd(buf, p, w, ws),
-        }
+        self.run(kernel, buf, true)
     }
 
+    /// Inverse transform (without the division by N) with a chosen kernel.
     pub fn inv_with(&self, kernel: Kernel, buf: &mut [u64]) {
-        assert_eq!(buf.len(), self.inv.len(), "limb length is the ring degree");
-        let (p, w, ws) = (self.p, &self.inv[..], &self.inv_shoup[..]);
+        self.run(kernel, buf, false)
+    }
+
+    fn run(&self, kernel: Kernel, buf: &mut [u64], forward: bool) {
+        assert_eq!(buf.len(), self.fwd.len(), "limb length is the ring degree");
+        // a kernel above the CPU's level would be an illegal instruction, not an error
+        assert!(
+            kernel.level() <= self.best,
+            "{kernel:?} needs {}, this CPU has up to {}",
+            kernel.level(),
+            self.best
+        );
+        let p = self.p;
+        let (w, ws) = if forward {
+            (&self.fwd[..], &self.fwd_shoup[..])
+        } else {
+            (&self.inv[..], &self.inv_shoup[..])
+        };
         match (kernel, &self.float) {
             #[cfg(target_arch = "x86_64")]
-            (Kernel::FloatAvx2, Some(f)) => {
-                // SAFETY: Float kernels are chosen only at levels set_level allowed.
-                unsafe { float::inv_avx2(buf, p, &f.inv, &f.inv_q) }
+            (Kernel::FloatAvx2 | Kernel::FloatAvx512, Some(f)) => {
+                let (fw, fq) = if forward {
+                    (&f.fwd[..], &f.fwd_q[..])
+                } else {
+                    (&f.inv[..], &f.inv_q[..])
+                };
+                // SAFETY: the CPU has the kernel's level (asserted above).
+                unsafe {
+                    match (kernel, forward) {
+                        (Kernel::FloatAvx2, true) => float::fwd_avx2(buf, p, fw, fq),
+                        (Kernel::FloatAvx2, false) => float::inv_avx2(buf, p, fw, fq),
+                        (_, true) => float::fwd_avx512(buf, p, fw, fq),
+                        (_, false) => float::inv_avx512(buf, p, fw, fq),
+                    }
+                }
             }
             #[cfg(target_arch = "x86_64")]
-            (Kernel::FloatAvx512, Some(f)) => {
-                // SAFETY: as above.
-                unsafe { float::inv_avx512(buf, p, &f.inv, &f.inv_q) }
-            }
-            #[cfg(target_arch = "x86_64")]
-            (Kernel::ShoupAvx2, _) => {
-                // SAFETY: as above.
-                unsafe { x86::shoup_inv_avx2(buf, p, w, ws) }
-            }
+            // SAFETY: as above.
+            (Kernel::ShoupAvx2, _) => unsafe {
+                if forward {
+                    x86::shoup_fwd_avx2(buf, p, w, ws)
+                } else {
+                    x86::shoup_inv_avx2(buf, p, w, ws)
+                }
+            },
+            (Kernel::Tfhe, _) if forward => self.tfhe.fwd(buf),
             (Kernel::Tfhe, _) => self.tfhe.inv(buf),
+            _ if forward => shoup::fwd(buf, p, w, ws),
             _ => shoup::inv(buf, p, w, ws),
         }
     }
