@@ -2,16 +2,21 @@
 //! keys collectively (none holds the secret) and Shamir-share their secrets 2-of-3; the model
 //! and an image are encrypted under the collective key; the network is evaluated ciphertext ×
 //! ciphertext; two hospitals switch the result to a requester's key with flooded shares; only the
-//! requester reads the logits, which match the plain network.
+//! requester reads the logits, which match the plain network. The flooding sits 2^λ above the
+//! noise the result actually carries (measured here with the collective secret, which only a
+//! test forms), not merely above a fresh encryption's.
 
 use std::sync::Arc;
 
 use he_agg::ckks::CkksContext;
+use he_agg::infer::calibrate::calibrate_result_noise;
 use he_agg::infer::threshold::{CollectiveKeys, RESULT_LAMBDA, result_flooding};
 use he_agg::infer::{Conv2d, Dense, InferError, InferencePlan, Layer, Model, Network, ParamPolicy};
 use he_agg::multiparty::threshold::deal;
 use he_agg::multiparty::{Crs, PublicKeySwitch, ThresholdSecret};
+use he_agg::ring::Poly;
 use he_agg::ring::Prng;
+use he_agg::rlwe::SecretKey;
 
 fn lcg(seed: &mut u64) -> f32 {
     *seed = seed
@@ -131,9 +136,60 @@ fn a_consortium_serves_an_encrypted_model_to_a_requester_only() {
     let mut rkg = ctx.key_generator().unwrap();
     let requester_sk = rkg.secret_key();
     let requester_pk = rkg.public_key(&requester_sk);
-    let (flooding, slot_error) =
-        result_flooding(&ctx, spec, ids.len(), 2, RESULT_LAMBDA, 1024.0).unwrap();
+    let calibration = calibrate_result_noise(&plan, &net, ids.len()).unwrap();
+    let (flooding, slot_error) = result_flooding(
+        &ctx,
+        spec,
+        calibration.bound,
+        ids.len(),
+        2,
+        RESULT_LAMBDA,
+        1024.0,
+    )
+    .unwrap();
     assert!(slot_error < 1e-2, "switching error {slot_error}");
+
+    // the noise this result actually carries: against a second, independent evaluation (model
+    // and image encrypted afresh), decrypted with the collective secret
+    let collective = {
+        let rl = ctx.rlwe();
+        let mut s = Poly::zero(ctx.n(), rl.key_basis().len());
+        for sk in &secrets {
+            rl.ring().add_assign(&mut s, sk.poly(), rl.key_basis());
+        }
+        SecretKey::from_poly(s, *ctx.fingerprint())
+    };
+    let again = Model::encrypted(&plan, &ctx, &mut |pt| enc.encrypt(pt)).unwrap();
+    let image2: Vec<_> = spec
+        .encode_input(&ctx, &x)
+        .unwrap()
+        .iter()
+        .map(|pt| enc.encrypt(pt))
+        .collect();
+    let out2 = again.evaluate(&eval, &image2).unwrap();
+    let dec = ctx.decryptor(&collective).unwrap();
+    let (mut d1, d2) = (dec.decrypt(&out), dec.decrypt(&out2));
+    ctx.rlwe()
+        .ring()
+        .sub_assign(&mut d1.poly, &d2.poly, ctx.rlwe().q_basis(out.level()));
+    let noise = ctx
+        .lift_coefficients(&d1)
+        .iter()
+        .fold(0f64, |m, c| m.max(c.abs()))
+        / 2f64.sqrt();
+    let over = (flooding.sigma() / noise).log2();
+    assert!(
+        over >= 30.0,
+        "flooding 2^{:.1} is only 2^{over:.1} over the result's noise 2^{:.1}",
+        flooding.sigma().log2(),
+        noise.log2()
+    );
+    assert!(
+        calibration.measured >= noise / 4.0,
+        "calibration 2^{:.1} under the noise seen 2^{:.1}",
+        calibration.measured.log2(),
+        noise.log2()
+    );
     let pcks = PublicKeySwitch::new(&ctx, flooding, 2);
     let active = [1u32, 3];
     let mut acc = None;
@@ -183,13 +239,15 @@ fn weak_flooding_or_foreign_galois_shares_are_refused() {
     let spec = plan.spec();
     let ctx = CkksContext::new(spec.parameters().clone()).unwrap();
     assert!(matches!(
-        result_flooding(&ctx, spec, 3, 2, 29, 1024.0),
+        result_flooding(&ctx, spec, 1.0, 3, 2, 29, 1024.0),
         Err(InferError::Multiparty(_))
     ));
     // mode (b)'s plan leaves no room under the result for the flooding
     let tight = InferencePlan::new(&net, &ParamPolicy::default()).unwrap();
     let tight_ctx = CkksContext::new(tight.spec().parameters().clone()).unwrap();
-    assert!(result_flooding(&tight_ctx, tight.spec(), 3, 2, RESULT_LAMBDA, 1024.0).is_err());
+    assert!(result_flooding(&tight_ctx, tight.spec(), 1.0, 3, 2, RESULT_LAMBDA, 1024.0).is_err());
+    // a bound that is not a number is refused
+    assert!(result_flooding(&ctx, spec, f64::NAN, 3, 2, RESULT_LAMBDA, 1024.0).is_err());
     // a hospital whose shares miss a rotation is refused
     let keys = CollectiveKeys::new(spec, &ctx, &Crs::from_seed([1; 32])).unwrap();
     let mut prng = Prng::from_os().unwrap();

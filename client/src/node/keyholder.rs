@@ -6,8 +6,9 @@
 //!   of the secret sealed for each other hospital with the exchange keys of training setup;
 //! - sends its relinearization round-2 share and combines its threshold secret (0600);
 //! - encrypts its final model under the collective public key when asked, and uploads it;
-//! - for every request, logs who asked and contributes flooded switching shares (λ = 30) of the
-//!   results towards the requester's key.
+//! - for every request, logs who asked and contributes flooded switching shares of the results
+//!   towards the requester's key: 2^40 above the results' own noise, which it measures itself
+//!   once per model ([`super::result_noise`]).
 //!
 //! [`Keyholder`] holds the cryptography (sans-IO: each message in, the answer out); [`run`] is
 //! the tokio shell, reconnecting when the link drops.
@@ -82,6 +83,8 @@ pub struct Keyholder {
     input_preparation: String,
     class_names: Vec<String>,
     plan: InferencePlan,
+    /// the calibrated bound of a result's noise, which the switching flooding sits 2^λ above
+    result_noise: f64,
     ctx: Arc<CkksContext>,
     keys: CollectiveKeys,
     prng: Prng,
@@ -121,6 +124,7 @@ impl Keyholder {
         let dir = state.join("inference");
         protocol::durable_file::create_private_dir(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
+        let result_noise = super::result_noise::bound(&dir, &plan, net, cfg.site.hospitals)?;
         let mut me = Self {
             federation,
             me: cfg.site.index,
@@ -137,6 +141,7 @@ impl Keyholder {
             input_preparation: serde_json::to_string(&prep)?,
             class_names: exp.class_names.clone(),
             plan,
+            result_noise,
             ctx,
             keys,
             prng: Prng::from_os()?,
@@ -418,8 +423,13 @@ impl Keyholder {
         let target =
             wire::decode_public_key(&self.ctx, &items[0]).context("the requester's public key")?;
         let sk = ts.additive_share(&self.ctx, &req.active)?;
-        let (flooding, _) =
-            served_flooding(&self.ctx, self.plan.spec(), self.hospitals as usize, t)?;
+        let (flooding, _) = served_flooding(
+            &self.ctx,
+            self.plan.spec(),
+            self.result_noise,
+            self.hospitals as usize,
+            t,
+        )?;
         let pcks = PublicKeySwitch::new(&self.ctx, flooding, t);
         let out_level = self.plan.spec().output_level();
         let mut shares = Vec::with_capacity(req.count as usize);

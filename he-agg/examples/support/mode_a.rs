@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use he_agg::ckks::{CkksContext, wire};
+use he_agg::infer::calibrate::calibrate_result_noise;
 use he_agg::infer::threshold::{CollectiveKeys, RESULT_LAMBDA, result_flooding};
 use he_agg::infer::{InferencePlan, Model, Network, ParamPolicy};
 use he_agg::multiparty::threshold::deal;
@@ -114,15 +115,20 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
     let mut rkg = ctx.key_generator().expect("rng");
     let req_sk = rkg.secret_key();
     let req_pk = rkg.public_key(&req_sk);
+    let t = Instant::now();
+    let calibration = calibrate_result_noise(&plan, net, HOSPITALS as usize).expect("calibration");
+    let calibrate_s = t.elapsed().as_secs_f64();
     let (flooding, slot_error) = result_flooding(
         &ctx,
         spec,
+        calibration.bound,
         HOSPITALS as usize,
         THRESHOLD,
         RESULT_LAMBDA,
         1024.0,
     )
     .expect("flooding fits");
+    let sigma = flooding.sigma();
     let pcks = PublicKeySwitch::new(&ctx, flooding, THRESHOLD);
     let active: Vec<u32> = ids[..THRESHOLD].to_vec();
     let additive: Vec<_> = active
@@ -229,7 +235,8 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
         "mode (a) parameters: N = {}, log QP {:.0}, scale 2^{}, result at level {}; collective \
          keys of {HOSPITALS} hospitals in {:.1} s ({:.1} s per hospital's shares, {:.1} MB each); \
          model encrypted in {:.1} s ({:.1} MB); request {} KB, switching share {} KB, response \
-         {} KB; expected switching error per logit {:.1e}",
+         {} KB; result noise calibrated in {:.1} s: 2^{:.1} per coefficient, flooding \
+         σ = 2^{:.1} (2^{:.1} over it); expected switching error per logit {:.1e}",
         params.n(),
         params.rlwe().log_qp(),
         params.log_scale(),
@@ -242,6 +249,10 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
         request_bytes / 1000,
         switch_share_bytes / 1000,
         response_bytes / 1000,
+        calibrate_s,
+        calibration.measured.log2(),
+        sigma.log2(),
+        (sigma / calibration.measured).log2(),
         slot_error
     );
     json!({
@@ -249,6 +260,8 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
         "hospitals": HOSPITALS, "threshold": THRESHOLD, "lambda": RESULT_LAMBDA,
         "N": params.n(), "log_qp": params.rlwe().log_qp(), "log_scale": params.log_scale(),
         "output_level": spec.output_level(), "expected_switch_error": slot_error,
+        "step_primes": spec.step_primes(), "calibrate_s": calibrate_s,
+        "result_noise_log2": calibration.measured.log2(), "flooding_sigma_log2": sigma.log2(),
         "key_setup_s": key_setup_s, "key_shares_bytes_per_hospital": share_bytes,
         "model_encrypt_s": model_encrypt_s, "model_bytes": model_bytes,
         "request_bytes": request_bytes, "switch_share_bytes": switch_share_bytes,

@@ -188,7 +188,7 @@ impl CkksContext {
 
     /// The centred integer coefficients of a plaintext, as floats (exact below 2^53, correctly
     /// rounded beyond).
-    pub(crate) fn lift_coefficients(&self, pt: &Plaintext) -> Vec<f64> {
+    pub fn lift_coefficients(&self, pt: &Plaintext) -> Vec<f64> {
         let rlwe = self.rlwe();
         let level = pt.level();
         let basis = rlwe.q_basis(level);

@@ -34,8 +34,18 @@ pub(crate) trait Backend: Sync {
     fn mul(&self, a: &Self::Ct, b: &Self::Ct) -> Result<Self::Ct, InferError>;
     /// y · c with c encoded at `scale`, not rescaled.
     fn mul_const(&self, y: Self::Ct, c: f64, scale: f64) -> Result<Self::Ct, InferError>;
-    /// The last modulus of a ciphertext's level (the scale its rescale divides by).
-    fn last_prime(&self, x: &Self::Ct) -> f64;
+    /// The product of the last `k` moduli of a ciphertext's level (the scale one rescaling
+    /// step of `k` primes divides by).
+    fn step_modulus(&self, x: &Self::Ct, k: usize) -> f64;
+
+    /// One rescaling step: divides by the last `k` primes.
+    fn rescale_step(&self, x: Self::Ct, k: usize) -> Result<Self::Ct, InferError> {
+        let mut x = x;
+        for _ in 0..k {
+            x = self.rescale(x)?;
+        }
+        Ok(x)
+    }
 }
 
 /// The CPU evaluator, its products through the inference kernels (AVX-512 IFMA where present).
@@ -115,8 +125,8 @@ impl Backend for CpuBackend<'_> {
     fn mul_const(&self, y: Ciphertext, c: f64, scale: f64) -> Result<Ciphertext, InferError> {
         Ok(self.eval.mul_const(&y, c, scale)?)
     }
-    fn last_prime(&self, x: &Ciphertext) -> f64 {
-        self.ctx.params().rlwe().q()[x.level() - 1] as f64
+    fn step_modulus(&self, x: &Ciphertext, k: usize) -> f64 {
+        super::model::step_modulus(self.ctx, x.level(), k)
     }
 }
 

@@ -36,6 +36,12 @@ pub struct BatchedSpec {
 impl BatchedSpec {
     /// Parameters chosen from the network's depth (any ring size holds a batch).
     pub fn new(net: &Network, policy: &ParamPolicy) -> Result<Self, InferError> {
+        if policy.step_primes != 1 {
+            // a batch is decrypted by its requester (mode b): one prime per rescale suffices
+            return Err(InferError::Policy(
+                "the batched packing rescales by one prime (step_primes = 1)",
+            ));
+        }
         let low = lower(net)?;
         let params = choose_parameters(low.depth(), 1, policy)?;
         Self::with_parameters(net, params)

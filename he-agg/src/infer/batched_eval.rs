@@ -75,7 +75,7 @@ fn map<B: BatchedBackend>(
     let x0 = xs
         .first()
         .ok_or(InferError::ModelMismatch("a map over no inputs"))?;
-    let scale = b.scale(x0) * b.last_prime(x0);
+    let scale = b.scale(x0) * b.step_modulus(x0, 1);
     b.products(groups, xs, n_out, acc, scale)
 }
 
@@ -136,7 +136,7 @@ fn activation<B: BatchedBackend>(
         y = b.relinearize(y)?;
     }
     if let Some(a) = post {
-        let q = b.last_prime(&y);
+        let q = b.step_modulus(&y, 1);
         y = b.rescale(b.mul_const(y, a, q)?)?;
     }
     Ok(y)

@@ -149,7 +149,7 @@ where
                 "the device inputs do not have the plan's number, level or degree",
             ));
         }
-        evaluate::run(&self.dev, &self.stages, inputs)
+        evaluate::run(&self.dev, &self.stages, inputs, self.spec.step_primes())
     }
 
     /// Evaluates the network on one encrypted image (as [`Model::evaluate`]): upload, evaluate
@@ -376,7 +376,7 @@ where
     fn mul_const(&self, y: Self::Ct, c: f64, scale: f64) -> Result<Self::Ct, InferError> {
         Ok(self.engine.mul_const(y, c, scale)?)
     }
-    fn last_prime(&self, x: &Self::Ct) -> f64 {
-        self.ctx.params().rlwe().q()[x.level - 1] as f64
+    fn step_modulus(&self, x: &Self::Ct, k: usize) -> f64 {
+        super::model::step_modulus(&self.ctx, x.level, k)
     }
 }

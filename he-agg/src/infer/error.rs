@@ -102,4 +102,6 @@ pub enum InferError {
     Multiparty(#[from] crate::multiparty::MultipartyError),
     #[error("on the GPU: {0}")]
     Device(#[from] crate::gpu::GpuError),
+    #[error("no randomness from the operating system: {0}")]
+    Rng(#[from] crate::ring::RngError),
 }

@@ -35,15 +35,22 @@ impl Model {
     ) -> Result<Ciphertext, InferError> {
         let backend = CpuBackend::for_model(eval, self.spec().parameters(), self.ctx())?;
         self.check_inputs(inputs)?;
-        run(&backend, self.stages(), inputs.to_vec())
+        run(
+            &backend,
+            self.stages(),
+            inputs.to_vec(),
+            self.spec().step_primes(),
+        )
     }
 }
 
-/// Runs every stage on the image's ciphertexts; the result holds the logits.
+/// Runs every stage on the image's ciphertexts, each rescaling step dividing by `k` primes;
+/// the result holds the logits.
 pub(crate) fn run<B: Backend>(
     b: &B,
     stages: &[ModelStage<B::Pt, B::Ct>],
     inputs: Vec<B::Ct>,
+    k: usize,
 ) -> Result<B::Ct, InferError> {
     let mut xs = inputs;
     for stage in stages {
@@ -62,12 +69,13 @@ pub(crate) fn run<B: Backend>(
                 giants,
                 fold_steps,
                 bias.as_ref(),
+                k,
             )?,
             ModelStage::Activation { c, post } => {
                 let x = xs
                     .first()
                     .ok_or(InferError::ModelMismatch("an activation without input"))?;
-                activation(b, x, c.as_ref(), post.as_ref())?
+                activation(b, x, c.as_ref(), post.as_ref(), k)?
             }
         };
         xs = vec![y];
@@ -84,6 +92,7 @@ fn linear<B: Backend>(
     giants: &[GiantOps<B::Pt, B::Ct>],
     fold_steps: &[i64],
     bias: Option<&Operand<B::Pt, B::Ct>>,
+    k: usize,
 ) -> Result<B::Ct, InferError> {
     if xs.len() != babies.len() {
         return Err(InferError::ModelMismatch("input ciphertexts of a map"));
@@ -137,7 +146,7 @@ fn linear<B: Backend>(
             None => return Err(InferError::ModelMismatch("a giant step without products")),
         };
         // rescale first: the relinearization and rotation then run one level lower
-        let mut acc = b.relinearize(b.rescale(acc)?)?;
+        let mut acc = b.relinearize(b.rescale_step(acc, k)?)?;
         if g.step != 0 {
             acc = b.rotate(&acc, g.step)?;
         }
@@ -165,6 +174,7 @@ fn activation<B: Backend>(
     x: &B::Ct,
     c: Option<&Scalar<B::Ct>>,
     post: Option<&Scalar<B::Ct>>,
+    k: usize,
 ) -> Result<B::Ct, InferError> {
     let shifted = match c {
         None => None,
@@ -180,15 +190,15 @@ fn activation<B: Backend>(
         }
     };
     let y = b.mul(x, shifted.as_ref().unwrap_or(x))?;
-    let mut y = b.relinearize(b.rescale(y)?)?;
+    let mut y = b.relinearize(b.rescale_step(y, k)?)?;
     match post {
         None => {}
         Some(Scalar::Plain(a)) => {
-            let q = b.last_prime(&y);
-            y = b.rescale(b.mul_const(y, *a, q)?)?;
+            let q = b.step_modulus(&y, k);
+            y = b.rescale_step(b.mul_const(y, *a, q)?, k)?;
         }
         Some(Scalar::Cipher(a)) => {
-            y = b.relinearize(b.rescale(b.mul(&y, a)?)?)?;
+            y = b.relinearize(b.rescale_step(b.mul(&y, a)?, k)?)?;
         }
     }
     Ok(y)

@@ -47,6 +47,7 @@ mod architecture;
 mod backend;
 mod batched;
 mod batched_eval;
+pub mod calibrate;
 mod device;
 #[cfg(test)]
 mod device_tests;

@@ -279,9 +279,13 @@ impl Encoder for ImportEncoder {
     }
 }
 
-/// The last modulus of `level` as a float: the scale that a rescale at that level divides by.
-fn last_prime(ctx: &CkksContext, level: usize) -> f64 {
-    ctx.params().rlwe().q()[level - 1] as f64
+/// The product of the last `k` moduli of `level` as a float: the scale that one rescaling step
+/// (k primes) at that level divides by.
+pub(crate) fn step_modulus(ctx: &CkksContext, level: usize, k: usize) -> f64 {
+    ctx.params().rlwe().q()[level - k..level]
+        .iter()
+        .map(|&q| q as f64)
+        .product()
 }
 
 /// Refuses an image's ciphertexts of the wrong number, level, degree or scale for `spec`.
@@ -388,11 +392,12 @@ impl Model {
             return Err(InferError::ContextMismatch);
         }
         let mut scale = spec.input_scale();
+        let k = spec.step_primes();
         let mut stages = Vec::with_capacity(plan.stages.len());
         for stage in &plan.stages {
             stages.push(match stage {
                 Stage::Linear(l) => {
-                    let q = last_prime(ctx, l.level);
+                    let q = step_modulus(ctx, l.level, k);
                     let giants = l
                         .bsgs
                         .giants
@@ -417,9 +422,9 @@ impl Model {
                         .collect::<Result<Vec<_>, InferError>>()?;
                     scale = scale * q / q;
                     let bias = match &l.bias {
-                        Some(b) => Some(enc.operand(ctx, b, l.level - 1, scale)?),
+                        Some(b) => Some(enc.operand(ctx, b, l.level - k, scale)?),
                         None if enc.complete() => {
-                            Some(enc.operand(ctx, &vec![0.0; ctx.slots()], l.level - 1, scale)?)
+                            Some(enc.operand(ctx, &vec![0.0; ctx.slots()], l.level - k, scale)?)
                         }
                         None => None,
                     };
@@ -437,11 +442,11 @@ impl Model {
                     } else {
                         Some(enc.scalar(ctx, *c, *level, scale)?)
                     };
-                    scale = scale * scale / last_prime(ctx, *level);
+                    scale = scale * scale / step_modulus(ctx, *level, k);
                     let post = match post {
                         Some(a) => {
-                            let q = last_prime(ctx, level - 1);
-                            let s = enc.scalar(ctx, *a, level - 1, q)?;
+                            let q = step_modulus(ctx, level - k, k);
+                            let s = enc.scalar(ctx, *a, level - k, q)?;
                             scale = scale * q / q;
                             Some(s)
                         }

@@ -33,6 +33,10 @@ pub struct ParamPolicy {
     /// the result stays at a level whose modulus holds outputs, flooding and this much more.
     /// 0 for a result the requester decrypts itself (mode b).
     pub switch_room_bits: u32,
+    /// Primes each rescale divides by (1: one prime per level). Two let the scale exceed one
+    /// prime's 60 bits, so that a threshold switch's flooding can sit 2^λ above the
+    /// evaluation's own noise and still below the logits' precision (mode a).
+    pub step_primes: u32,
 }
 
 impl Default for ParamPolicy {
@@ -46,18 +50,22 @@ impl Default for ParamPolicy {
             min_log_n: 12,
             max_log_n: 15,
             switch_room_bits: 0,
+            step_primes: 1,
         }
     }
 }
 
 impl ParamPolicy {
     fn check(&self) -> Result<(), InferError> {
-        if !(20..=MAX_PRIME_BITS).contains(&self.min_scale_bits)
+        if !(1..=3).contains(&self.step_primes) {
+            return Err(InferError::Policy("step_primes must be 1, 2 or 3"));
+        }
+        if self.min_scale_bits < 20 * self.step_primes
             || self.max_scale_bits < self.min_scale_bits
-            || self.max_scale_bits > MAX_PRIME_BITS
+            || self.max_scale_bits > MAX_PRIME_BITS * self.step_primes
         {
             return Err(InferError::Policy(
-                "scale bits must satisfy 20 ≤ min ≤ max ≤ 60",
+                "scale bits must satisfy 20·step_primes ≤ min ≤ max ≤ 60·step_primes",
             ));
         }
         if self.output_bits > 30 {
@@ -74,14 +82,18 @@ impl ParamPolicy {
     }
 
     /// The policy for a model served encrypted (mode a): the threshold key switch of the result
-    /// adds flooding noise of 2^λ times the fresh-encryption bound, which reaches the logits
-    /// divided by the scale, so the scale is as large as one prime allows; the result keeps
-    /// `room_bits` below the logits for the flooding (see [`super::threshold`]).
+    /// adds flooding noise 2^λ above the noise the evaluation leaves in the result, which
+    /// reaches the logits divided by the scale. That noise is ≈ 2^28 per coefficient for the
+    /// default network with 5 hospitals' keys whatever the scale (it comes from the collective
+    /// keys' key switching; measured by [`super::calibrate`]), so 2^34 above it needs a scale
+    /// beyond one prime: two primes per rescale, 80 to 90 bits (switching error per logit
+    /// ≈ 1e-3 at 80, 1.5e-6 at 90). The result keeps `room_bits` below the logits.
     pub fn threshold_switched(room_bits: u32) -> Self {
         Self {
-            min_scale_bits: 50,
-            max_scale_bits: MAX_PRIME_BITS,
+            min_scale_bits: 80,
+            max_scale_bits: 90,
             switch_room_bits: room_bits,
+            step_primes: 2,
             ..Self::default()
         }
     }
@@ -95,12 +107,20 @@ impl ParamPolicy {
         vec![each; count as usize]
     }
 
-    /// Prime sizes of the ciphertext chain for `depth` levels at scale 2^s.
+    /// Prime sizes of one rescale's primes: `step_primes` primes whose product is about 2^s.
+    fn step_bits(&self, s: u32) -> Vec<u32> {
+        let k = self.step_primes.max(1);
+        (0..k).map(|i| s / k + u32::from(i < s % k)).collect()
+    }
+
+    /// Prime sizes of the ciphertext chain for `depth` rescales at scale 2^s.
     fn q_bits(&self, depth: usize, s: u32) -> Vec<u32> {
-        self.base_bits(s)
-            .into_iter()
-            .chain(std::iter::repeat_n(s, depth))
-            .collect()
+        let step = self.step_bits(s);
+        let mut q = self.base_bits(s);
+        for _ in 0..depth {
+            q.extend_from_slice(&step);
+        }
+        q
     }
 }
 
@@ -232,20 +252,35 @@ mod tests {
 
     #[test]
     fn a_threshold_switched_result_keeps_room_under_its_logits() {
-        // mode (a): 60-bit scale primes, and a base that holds the logits, sign and flooding
+        // mode (a): each rescale divides by two primes (an 80–90-bit scale), and a base holds
+        // the logits, sign and flooding
         let policy = ParamPolicy::threshold_switched(4);
         let p = choose_parameters(5, 4096, &policy).unwrap();
-        assert_eq!(p.log_scale(), 60.0);
+        assert!((80.0..=90.0).contains(&p.log_scale()), "{}", p.log_scale());
         assert!(!p.rlwe().is_insecure());
         let q = p.rlwe().q();
-        let base = q.len() - 5;
-        assert!(base >= 2, "one prime cannot hold 60 + 10 + 1 + 4 bits");
-        let base_bits: f64 = q[..base].iter().map(|&x| (x as f64).log2()).sum();
-        assert!(base_bits >= 74.0, "{base_bits}");
-        assert!(q[base..].iter().all(|&x| (x as f64).log2() > 59.0));
-        // without room, a 40-bit scale keeps a single base prime, as before
+        let bits = |x: u64| (x as f64).log2();
+        let base = q.len() - 2 * 5;
+        assert!(base >= 2, "one prime cannot hold 80 + 10 + 1 + 4 bits");
+        let base_bits: f64 = q[..base].iter().map(|&x| bits(x)).sum();
+        assert!(base_bits >= p.log_scale() + 14.0, "{base_bits}");
+        for pair in q[base..].chunks(2) {
+            let step = bits(pair[0]) + bits(pair[1]);
+            assert!((step - p.log_scale()).abs() < 1.0, "a step of {step} bits");
+        }
+        // without room, a 40-bit scale keeps a single base prime and one prime per rescale
         let p = choose_parameters(5, 4096, &ParamPolicy::default()).unwrap();
         assert_eq!(p.max_level(), 6);
+        // a scale beyond one prime needs several primes per rescale
+        let wide = ParamPolicy {
+            min_scale_bits: 80,
+            max_scale_bits: 90,
+            ..ParamPolicy::default()
+        };
+        assert!(matches!(
+            choose_parameters(5, 4096, &wide),
+            Err(InferError::Policy(_))
+        ));
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct InferenceSpec {
     galois_steps: Vec<i64>,
     relinearize: bool,
     depth: usize,
+    /// Primes each rescale divides by (see [`ParamPolicy::step_primes`]).
+    step_primes: usize,
 }
 
 /// The evaluation keys a plan needs, made by the requester (mode b) or collectively (mode a).
@@ -100,7 +102,11 @@ impl InferenceSpec {
     }
     /// The level of the result: what is left under the scale primes.
     pub fn output_level(&self) -> usize {
-        self.input_level - self.depth
+        self.input_level - self.depth * self.step_primes
+    }
+    /// Primes each rescale divides by: levels fall by this much per multiplication.
+    pub fn step_primes(&self) -> usize {
+        self.step_primes
     }
     /// The scale the image is encoded at.
     pub fn input_scale(&self) -> f64 {
@@ -125,7 +131,7 @@ impl InferenceSpec {
     /// architecture compares it with the server's.
     pub fn fingerprint(&self) -> [u8; 32] {
         let mut h = blake3::Hasher::new();
-        h.update(b"HEAL inference spec v2");
+        h.update(b"HEAL inference spec v3");
         h.update(&self.params.rlwe().fingerprint());
         h.update(&self.params.log_scale().to_le_bytes());
         for v in [
@@ -133,6 +139,7 @@ impl InferenceSpec {
             self.input_level,
             self.output_len,
             self.depth,
+            self.step_primes,
             usize::from(self.relinearize),
             self.input_map.len(),
         ] {
@@ -352,9 +359,17 @@ impl InferencePlan {
         let first = choose_first_layout(&low, max_slots)?;
         let needed = needed_slots(&low, &first);
         let params = choose_parameters(low.depth(), needed, policy)?;
-        // the chosen chain is the base (outputs and switching room) under `depth` scale primes
+        // the chosen chain is the base (outputs and switching room) under `depth` steps of
+        // `step_primes` scale primes
         let input_level = params.max_level();
-        Self::build(net, low, first, params, input_level)
+        Self::build(
+            net,
+            low,
+            first,
+            params,
+            input_level,
+            policy.step_primes as usize,
+        )
     }
 
     /// Compiles `net` for given parameters (refused when they lack slots or levels).
@@ -375,7 +390,7 @@ impl InferencePlan {
             });
         }
         let input_level = low.depth() + 1;
-        Self::build(net, low, first, params, input_level)
+        Self::build(net, low, first, params, input_level, 1)
     }
 
     fn build(
@@ -384,6 +399,7 @@ impl InferencePlan {
         first: FirstLayout,
         params: Parameters,
         input_level: usize,
+        step_primes: usize,
     ) -> Result<Self, InferError> {
         let slots = params.slots();
         let depth = low.depth();
@@ -527,7 +543,7 @@ impl InferencePlan {
                         MapKind::Direct => out_order.map(<[u32]>::to_vec),
                         MapKind::Hybrid => None,
                     };
-                    level -= 1;
+                    level -= step_primes;
                 }
                 Op::Activation { c, post } => {
                     relinearize = true;
@@ -536,11 +552,11 @@ impl InferencePlan {
                         c: *c,
                         post: *post,
                     });
-                    level -= op.depth();
+                    level -= op.depth() * step_primes;
                 }
             }
         }
-        debug_assert_eq!(level, input_level - depth);
+        debug_assert_eq!(level, input_level - depth * step_primes);
         // the logits must come out in their natural order: the last map is flat (dense), or
         // its spatial output is read in its order
         if let Some(Stage::Linear(_)) = stages.last()
@@ -568,6 +584,7 @@ impl InferencePlan {
                 galois_steps,
                 relinearize,
                 depth,
+                step_primes,
             }),
             stages,
         })

@@ -7,21 +7,21 @@
 //! exactly the plan's Galois keys; in round 2, on the sum of the relinearization shares, its
 //! second relinearization share. The sums are the keys the evaluator needs.
 //!
-//! [`result_flooding`] sizes the switch. Every share carries Gaussian flooding 2^λ times the
-//! noise bound of a fresh encryption under the collective key (as the training rounds' switch
-//! does), λ ≥ 30. Its error in the result's slots is σ·√(N·t)/Δ, so the plan's scale must be
-//! large: [`super::ParamPolicy::threshold_switched`] takes 60-bit scale primes and keeps base
-//! primes under the result that hold the logits and the flooding (for the default OrganAMNIST
-//! network: N = 2^15, logits' switching error ≈ 10^-3). Refused when the output level cannot
-//! hold the flooding of `switchers` shares.
+//! [`result_flooding`] sizes the switch. Every share carries Gaussian flooding 2^λ (λ ≥ 30)
+//! times a bound on the noise the result itself carries — the evaluation's, measured by
+//! [`super::calibrate`] — and never less than 2^λ times a fresh encryption's bound. Its error in
+//! the result's slots is σ·√(N·t)/Δ, so the plan's scale must be large:
+//! [`super::ParamPolicy::threshold_switched`] rescales by two primes at a time (a 66–70-bit
+//! scale) and keeps base primes under the result that hold the logits and the flooding.
+//! Refused when the output level cannot hold the flooding of `switchers` shares.
 
 use std::sync::Arc;
 
 use crate::ckks::{CkksContext, GaloisKeys, PublicKey};
 use crate::multiparty::flooding::fresh_noise_bound;
 use crate::multiparty::{
-    Crs, Flooding, GaloisKeyGen, GaloisKeyShare, PublicKeyGen, PublicKeyShare, RelinKeyEphemeral,
-    RelinKeyGen, RelinKeyShare1, RelinKeyShare2,
+    Crs, Flooding, GaloisKeyGen, GaloisKeyShare, PublicKeyGen, PublicKeyShare, PublicKeySwitch,
+    RelinKeyEphemeral, RelinKeyGen, RelinKeyShare1, RelinKeyShare2,
 };
 use crate::ring::Prng;
 use crate::rlwe::SecretKey;
@@ -29,8 +29,9 @@ use crate::rlwe::SecretKey;
 use super::error::InferError;
 use super::plan::{EvaluationKeys, InferenceSpec};
 
-/// Default statistical security of the flooding of a served result's switch (bits).
-pub const RESULT_LAMBDA: u32 = 30;
+/// Statistical security of the flooding of a served result's switch (bits over the calibrated
+/// bound of the result's own noise; as the training rounds' switch).
+pub const RESULT_LAMBDA: u32 = 40;
 
 /// Bits kept under a served result for the flooding of its switch (see
 /// [`super::ParamPolicy::threshold_switched`]).
@@ -45,21 +46,36 @@ pub fn served_policy() -> super::ParamPolicy {
     super::ParamPolicy::threshold_switched(SERVED_ROOM_BITS)
 }
 
-/// The flooding keyholders of a served deployment add to their switching shares.
+/// The flooding keyholders of a served deployment add to their switching shares: 2^λ above
+/// `noise_bound`, the calibrated bound of the results' noise
+/// ([`super::calibrate::calibrate_result_noise`]).
 pub fn served_flooding(
     ctx: &CkksContext,
     spec: &InferenceSpec,
+    noise_bound: f64,
     hospitals: usize,
     switchers: usize,
 ) -> Result<(Flooding, f64), InferError> {
     result_flooding(
         ctx,
         spec,
+        noise_bound,
         hospitals,
         switchers,
         RESULT_LAMBDA,
         SERVED_MAX_LOGIT,
     )
+}
+
+/// What the server sums the keyholders' switching shares with: it adds no share of its own, so
+/// the flooding it carries (a fresh encryption's bound) is never drawn.
+pub fn served_combiner(
+    ctx: &Arc<CkksContext>,
+    hospitals: usize,
+    switchers: usize,
+) -> Result<PublicKeySwitch, InferError> {
+    let flooding = Flooding::new(RESULT_LAMBDA, fresh_noise_bound(ctx, hospitals))?;
+    Ok(PublicKeySwitch::new(ctx, flooding, switchers))
 }
 
 /// The common reference string of a federation's inference keys (apart from its training keys').
@@ -222,13 +238,15 @@ impl CollectiveKeys {
     }
 }
 
-/// The flooding of the switch of a served result to a requester's key: 2^λ times the noise
-/// bound of a fresh encryption under the key of `hospitals` parties, checked to fit under the
-/// result (logits up to `max_logit` in magnitude, `switchers` shares) at the plan's output
-/// level. Also returns the expected switching error per logit.
+/// The flooding of the switch of a served result to a requester's key: 2^λ times the larger of
+/// `noise_bound` (the results' own noise) and the noise bound of a fresh encryption under the
+/// key of `hospitals` parties, checked to fit under the result (logits up to `max_logit` in
+/// magnitude, `switchers` shares) at the plan's output level. Also returns the expected
+/// switching error per logit.
 pub fn result_flooding(
     ctx: &CkksContext,
     spec: &InferenceSpec,
+    noise_bound: f64,
     hospitals: usize,
     switchers: usize,
     lambda: u32,
@@ -237,7 +255,13 @@ pub fn result_flooding(
     if ctx.params() != spec.parameters() {
         return Err(InferError::ContextMismatch);
     }
-    let flooding = Flooding::new(lambda, fresh_noise_bound(ctx, hospitals))?;
+    if !(noise_bound.is_finite() && noise_bound >= 0.0) {
+        return Err(InferError::Policy(
+            "a result noise bound must be finite and ≥ 0",
+        ));
+    }
+    let bound = noise_bound.max(fresh_noise_bound(ctx, hospitals));
+    let flooding = Flooding::new(lambda, bound)?;
     let room = flooding.check_headroom(
         ctx,
         spec.output_level(),

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use he_agg::ckks::{CkksContext, wire};
-use he_agg::infer::threshold::{CollectiveKeys, served_crs, served_flooding, served_policy};
+use he_agg::infer::threshold::{
+    CollectiveKeys, served_combiner, served_crs, served_flooding, served_policy,
+};
 use he_agg::infer::{InferencePlan, Network};
 use he_agg::multiparty::sealed::SEAL_OVERHEAD;
 use he_agg::multiparty::{PublicKeySwitch, wire as mpw};
@@ -228,11 +230,12 @@ fn bad_images_and_bad_switching_shares_are_refused() {
     let result = eval
         .drop_levels(&good, good.level() - spec.output_level())
         .unwrap();
-    let (flooding, _) = served_flooding(&f.ctx, spec, 3, 2).unwrap();
-    let pcks = PublicKeySwitch::new(&f.ctx, flooding.clone(), 2);
+    // a keyholder's flooding (its bound calibrated; any bound ≥ 1 serves this check)
+    let (flooding, _) = served_flooding(&f.ctx, spec, 1.0, 3, 2).unwrap();
+    let pcks = PublicKeySwitch::new(&f.ctx, flooding, 2);
     let switch = SwitchState::new(
         f.ctx.clone(),
-        PublicKeySwitch::new(&f.ctx, flooding, 2),
+        served_combiner(&f.ctx, 3, 2).unwrap(),
         pk_bytes,
         vec![result.clone()],
     );

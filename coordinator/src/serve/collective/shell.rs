@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use he_agg::infer::threshold::served_flooding;
-use he_agg::multiparty::PublicKeySwitch;
+use he_agg::infer::threshold::served_combiner;
 use protocol::link::{Link, accept_connection, listen};
 use protocol::serve::collective::{
     CollectiveRequest, MAX_COLLECTIVE_CIPHERTEXTS, MAX_COLLECTIVE_IMAGES, ResultSwitchRequest,
@@ -607,9 +606,7 @@ impl CollectiveServer {
                 decode_images(&ctx, &plan, &header, &items).map_err(|e| e.to_string())?;
             let validate = t0.elapsed();
             let results = evaluate(&eval, &model, &images).map_err(|e| e.to_string())?;
-            let (flooding, _) =
-                served_flooding(&ctx, plan.spec(), n, t).map_err(|e| e.to_string())?;
-            let pcks = PublicKeySwitch::new(&ctx, flooding, t);
+            let pcks = served_combiner(&ctx, n, t).map_err(|e| e.to_string())?;
             let switch = SwitchState::new(ctx, pcks, items.swap_remove(0), results);
             Ok::<_, String>((switch, validate, t0.elapsed() - validate))
         })
