@@ -85,6 +85,19 @@ fn each_level_picks_a_kernel_it_can_run() {
     let wide = NttPlan::new(1 << 10, generate_primes(60, 1 << 10, 1, &[]).unwrap()[0]).unwrap();
     assert_eq!(plan.kernel(Level::Scalar), Kernel::Shoup);
     assert_eq!(wide.kernel(Level::Scalar), Kernel::Shoup);
+    // elsewhere (aarch64) the portable kernels only: HEAL's Harvey butterflies and tfhe-ntt
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        assert_eq!(Level::detected(), Level::Scalar);
+        assert_eq!(plan.kernels(), vec![Kernel::Tfhe, Kernel::Shoup]);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    each_x86_level_picks_a_kernel_it_can_run(&plan, &wide);
+}
+
+#[cfg(target_arch = "x86_64")]
+fn each_x86_level_picks_a_kernel_it_can_run(plan: &NttPlan, wide: &NttPlan) {
     assert_eq!(plan.kernel(Level::Avx2), Kernel::FloatAvx2);
     assert_eq!(plan.kernel(Level::Avx512), Kernel::FloatAvx512);
     assert_eq!(plan.kernel(Level::Ifma), Kernel::Tfhe);
