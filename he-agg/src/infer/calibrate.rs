@@ -20,8 +20,7 @@ use std::sync::Arc;
 
 use crate::ckks::{Ciphertext, CkksContext, Plaintext};
 use crate::multiparty::Crs;
-use crate::ring::{Poly, Prng};
-use crate::rlwe::SecretKey;
+use crate::ring::Prng;
 
 use super::error::InferError;
 use super::model::Model;
@@ -83,7 +82,7 @@ pub fn calibrate_result_noise(
     let pk = keys.public_key(&round1);
     let eval_keys = keys.finalize(round1, round2)?;
     let eval = ctx.evaluator(eval_keys.relinearization.as_ref(), Some(&eval_keys.galois))?;
-    let secret = collective_secret(&ctx, &secrets);
+    let secret = crate::multiparty::sum_of_secrets(&ctx, &secrets);
     let dec = ctx.decryptor(&secret)?;
 
     let mut enc = ctx.pk_encryptor(&pk)?;
@@ -119,16 +118,6 @@ pub fn calibrate_result_noise(
         bound,
         relative_slot_noise: measured * (ctx.n() as f64).sqrt() / out_scale,
     })
-}
-
-/// s = Σ s_i of the throwaway parties (only a calibration ever forms it).
-fn collective_secret(ctx: &CkksContext, secrets: &[SecretKey]) -> SecretKey {
-    let rl = ctx.rlwe();
-    let mut s = Poly::zero(ctx.n(), rl.key_basis().len());
-    for sk in secrets {
-        rl.ring().add_assign(&mut s, sk.poly(), rl.key_basis());
-    }
-    SecretKey::from_poly(s, *ctx.fingerprint())
 }
 
 /// max |a − b| over the coefficients, the difference taken in the RNS words (exact).

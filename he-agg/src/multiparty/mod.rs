@@ -38,5 +38,19 @@ pub use keyswitch::{
 };
 pub use threshold::{ShamirShare, ThresholdSecret, lagrange_share};
 
+/// s = Σ s_i of parties whose shares are all in one place: never in a deployment, only in tests
+/// and in a calibration's throwaway parties ([`crate::infer::calibrate`]).
+pub(crate) fn sum_of_secrets(
+    ctx: &crate::ckks::CkksContext,
+    secrets: &[crate::rlwe::SecretKey],
+) -> crate::rlwe::SecretKey {
+    let rl = ctx.rlwe();
+    let mut s = crate::ring::Poly::zero(ctx.n(), rl.key_basis().len());
+    for sk in secrets {
+        rl.ring().add_assign(&mut s, sk.poly(), rl.key_basis());
+    }
+    crate::rlwe::SecretKey::from_poly(s, *ctx.fingerprint())
+}
+
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,7 @@ use super::*;
 use crate::ckks::{
     Ciphertext, CkksContext, Complex, GaloisKeys, Parameters, Preset, PublicKey, SecretKey,
 };
-use crate::ring::{Poly, Prng};
+use crate::ring::Prng;
 
 /// N = 2^10 (insecure, for speed), Q = 60 + 40 + 40 bits, one special prime, one prime per digit.
 fn small_ctx() -> Arc<CkksContext> {
@@ -42,12 +42,7 @@ impl Consortium {
 
     /// s = Σ s_i — only tests ever form it.
     fn collective_secret(&self) -> SecretKey {
-        let rl = self.ctx.rlwe();
-        let mut s = Poly::zero(self.ctx.n(), rl.key_basis().len());
-        for sk in &self.secrets {
-            rl.ring().add_assign(&mut s, sk.poly(), rl.key_basis());
-        }
-        SecretKey::from_poly(s, *self.ctx.fingerprint())
+        super::sum_of_secrets(&self.ctx, &self.secrets)
     }
 
     fn public_key(&mut self) -> PublicKey {
