@@ -246,7 +246,12 @@ fn base_dir(config: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// The pooling allocator tuned for ciphertexts (he_agg::alloc).
+#[global_allocator]
+static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
+
 fn main() -> Result<()> {
+    he_agg::alloc::tune();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -16,7 +16,7 @@ use coordinator::server::{CoordinatorDir, Server};
 use he_agg::aggregate::BackendChoice;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
 
 #[derive(Parser)]
 #[command(
@@ -114,6 +114,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    he_agg::alloc::tune();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

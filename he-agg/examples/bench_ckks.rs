@@ -14,7 +14,7 @@ use std::time::Instant;
 
 // A pooling allocator, as SEAL's memory pool: big temporaries stop costing page faults.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
 
 use he_agg::ckks::{CkksContext, Complex, Parameters, Preset, wire};
 use he_agg::simd::{self, Level};
@@ -338,6 +338,7 @@ fn bench_e2e(reps: usize) -> E2e {
 }
 
 fn main() {
+    he_agg::alloc::tune();
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use serde_json::{Value, json};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
 
 const GB: f64 = 1e9;
 
@@ -271,6 +271,7 @@ fn run(a: &Args, device: Arc<Device>, report: &mut Value) -> Result<bool, String
 }
 
 fn main() {
+    he_agg::alloc::tune();
     let a = match args() {
         Ok(a) => a,
         Err(e) => {

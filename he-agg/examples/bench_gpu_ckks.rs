@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 mod gpu_exit;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -315,6 +315,7 @@ fn run(report: &mut Value) -> Result<bool, String> {
 }
 
 fn main() {
+    he_agg::alloc::tune();
     let json_path = match std::env::args().skip(1).collect::<Vec<_>>().as_slice() {
         [] => None,
         [flag, path] if flag == "--json" => Some(path.clone()),

@@ -31,7 +31,7 @@ use he_agg::infer::{
 use serde_json::{Value, json};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -253,6 +253,7 @@ fn measure_batched(net: &Network, reps: usize) -> Result<Value, String> {
 }
 
 fn main() {
+    he_agg::alloc::tune();
     let mut json_path = None;
     let (mut reps, mut sides) = (10usize, vec![28usize, 256]);
     let mut args = std::env::args().skip(1);

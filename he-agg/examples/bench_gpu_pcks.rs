@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 mod gpu_exit;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
 
 const PARTIES: usize = 3;
 const PARAMETERS: usize = 1_000_000;
@@ -258,6 +258,7 @@ fn run(report: &mut Value, reps: usize) -> Result<bool, String> {
 }
 
 fn main() {
+    he_agg::alloc::tune();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut json_path = None;
     let mut reps = 20;

@@ -41,7 +41,7 @@ use networks::{Rng, conv, default_network, dense, images};
 
 // A pooling allocator: big temporaries stop costing page faults.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
 
 use he_agg::ckks::{Ciphertext, CkksContext, Evaluator, SecretKey, wire};
 use he_agg::infer::{
@@ -333,6 +333,7 @@ fn setup(net: &Network, policy: &ParamPolicy) -> Setup {
 }
 
 fn main() {
+    he_agg::alloc::tune();
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use serde_json::{Value, json};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
 
 fn median_ms<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
     let mut v: Vec<f64> = (0..reps.max(1))
@@ -305,6 +305,7 @@ fn aggregation_throughput(ctx: &Arc<CkksContext>, pk: &he_agg::ckks::PublicKey) 
 }
 
 fn main() {
+    he_agg::alloc::tune();
     let args: Vec<String> = std::env::args().collect();
     let json_path = args
         .iter()

@@ -16,7 +16,7 @@ use std::time::Instant;
 use he_agg::ckks::{CkksContext, Parameters, Preset, wire};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
 
 fn arg(name: &str, default: usize) -> Result<usize, String> {
     let args: Vec<String> = std::env::args().collect();
@@ -31,6 +31,7 @@ fn arg(name: &str, default: usize) -> Result<usize, String> {
 }
 
 fn main() {
+    he_agg::alloc::tune();
     if let Err(e) = run() {
         eprintln!("error: {e}");
         std::process::exit(2);

@@ -1,5 +1,5 @@
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
 use he_agg::ckks::{CkksContext, Complex, Parameters};
 use std::time::Instant;
 fn min_ms<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
@@ -12,6 +12,7 @@ fn min_ms<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 fn main() {
+    he_agg::alloc::tune();
     let ctx = CkksContext::new(Parameters::new(13, &[60, 40], &[60], 2, 40.0).unwrap()).unwrap();
     let x: Vec<Complex> = (0..ctx.slots())
         .map(|i| Complex::new((i as f64).sin(), 0.0))

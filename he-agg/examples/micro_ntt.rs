@@ -11,7 +11,7 @@ fn main() {
     let best = Level::detected();
     println!("CPU level {best}; µs per forward / inverse NTT (median of 7 × 100)");
     for n in [1usize << 13, 1 << 14] {
-        for bits in [40u32, 50, 51, 60] {
+        for bits in [40u32, 50, 51, 60, 61] {
             let p = generate_primes(bits, n, 1, &[]).expect("a prime")[0];
             let plan = NttPlan::new(n, p).expect("plan");
             let mut row = format!("N=2^{:<2} {bits}-bit:", n.trailing_zeros());

@@ -5,7 +5,7 @@
 //! Default network (random weights), default parameter policy, all threads.
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
 
 use std::time::Instant;
 
@@ -22,6 +22,7 @@ fn lcg(s: &mut u64) -> f32 {
 }
 
 fn main() {
+    he_agg::alloc::tune();
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map(String::as_str).unwrap_or("b");
     let reps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);

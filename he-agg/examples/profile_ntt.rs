@@ -9,7 +9,9 @@ fn main() {
     let kernel = match args.get(1).map(String::as_str) {
         Some("Tfhe") => Kernel::Tfhe,
         Some("Shoup") => Kernel::Shoup,
-        Some("ShoupAvx2") => Kernel::ShoupAvx2,
+        Some("ShoupMulx") => Kernel::ShoupMulx,
+        Some("LanesAvx2") => Kernel::LanesAvx2,
+        Some("LanesAvx512") => Kernel::LanesAvx512,
         Some("FloatAvx512") => Kernel::FloatAvx512,
         _ => Kernel::FloatAvx2,
     };

@@ -2,11 +2,12 @@
 //!     cargo run --release -p he-agg --example profile_op -- relinearize 8192 200
 // A pooling allocator, as SEAL's memory pool: big temporaries stop costing page faults.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
 
 use he_agg::ckks::{CkksContext, Complex, Parameters};
 
 fn main() {
+    he_agg::alloc::tune();
     let args: Vec<String> = std::env::args().collect();
     let op = args.get(1).map(String::as_str).unwrap_or("relinearize");
     let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(8192);

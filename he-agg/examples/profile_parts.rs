@@ -1,6 +1,6 @@
 //! Times the stages of key switching and of decoding separately (min of many runs).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
 
 use he_agg::ckks::{CkksContext, Complex, Parameters};
 use std::time::Instant;
@@ -16,6 +16,7 @@ fn min_ms<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
 }
 
 fn main() {
+    he_agg::alloc::tune();
     let n: usize = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())

@@ -12,6 +12,7 @@
 //!   the CPU path word for word.
 
 pub mod aggregate;
+pub mod alloc;
 pub mod ckks;
 pub mod gpu;
 pub mod infer;

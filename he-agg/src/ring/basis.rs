@@ -2,6 +2,7 @@
 //! rounded division by the last modulus of a chain (CKKS rescaling).
 
 use super::Ring;
+use super::limbwise;
 use super::modulus::{Modulus, ShoupConst};
 use super::par::{for_each_limb, for_each_limb_heavy};
 use super::poly::Poly;
@@ -106,11 +107,7 @@ impl BasisExtender {
         let consts = &self.inv_punctured[usize::from(unnormalized)];
         let mut y = Poly::zero(n, self.source.len());
         for_each_limb(y.data_mut(), n, |i, yl| {
-            let b = ring.modulus(self.source[i]);
-            let c = consts[i];
-            for (o, &x) in yl.iter_mut().zip(input[i]) {
-                *o = b.mul_shoup(x, c);
-            }
+            limbwise::mul_const(yl, input[i], consts[i], ring.modulus(self.source[i]))
         });
         y
     }
@@ -120,8 +117,11 @@ impl BasisExtender {
         let t: &Modulus = ring.modulus(target);
         let m = self.source.len();
         if m == 1 {
-            for (o, &x) in out.iter_mut().zip(y.limb(0)) {
-                *o = t.reduce(x);
+            // residues of a smaller prime are already reduced modulo a larger one
+            if ring.modulus(self.source[0]).value() < t.value() {
+                out.copy_from_slice(y.limb(0));
+            } else {
+                limbwise::reduce(out, y.limb(0), t);
             }
             return;
         }
@@ -192,24 +192,17 @@ impl Ring {
         let mut last = p.limb(l - 1).to_vec();
         self.intt_limb(&mut last, last_idx);
         // adding ⌊q/2⌋ before the floor-division turns it into rounding
-        let half = qlast.value() / 2;
-        for x in last.iter_mut() {
-            *x = qlast.add(*x, half);
-        }
+        limbwise::add_const_assign(&mut last, qlast.value() / 2, &qlast);
         p.truncate(l - 1);
         let n = self.n();
         for_each_limb_heavy(p.data_mut(), n, |i, limb| {
             let m = self.modulus(basis[i]);
-            let mut tmp: Vec<u64> = last.iter().map(|&x| m.reduce(x)).collect();
-            let h = consts.half_last[i];
-            for x in tmp.iter_mut() {
-                *x = m.sub(*x, h);
-            }
+            let mut tmp = vec![0u64; n];
+            limbwise::reduce(&mut tmp, &last, m);
+            // − ⌊q/2⌋ mod q_i, as + (q_i − ⌊q/2⌋ mod q_i)
+            limbwise::add_const_assign(&mut tmp, m.neg(consts.half_last[i]), m);
             self.ntt_limb(&mut tmp, basis[i]);
-            let c = consts.inv_last[i];
-            for (x, &t) in limb.iter_mut().zip(&tmp) {
-                *x = m.mul_shoup(m.sub(*x, t), c);
-            }
+            limbwise::sub_mul_const_assign(limb, &tmp, consts.inv_last[i], m);
         });
     }
 }

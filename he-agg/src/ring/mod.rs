@@ -9,6 +9,9 @@
 mod automorphism;
 mod basis;
 pub mod expand;
+#[cfg(target_arch = "x86_64")]
+mod lanes;
+pub mod limbwise;
 mod modulus;
 pub mod ntt;
 mod par;
@@ -19,7 +22,7 @@ mod sampling;
 pub use automorphism::GaloisPermutation;
 pub use basis::{BasisExtender, RescaleConsts};
 pub use modulus::{MAX_MODULUS_BITS, Modulus, ShoupConst};
-pub use par::{for_each_limb, for_each_limb_heavy};
+pub use par::{for_each_limb, for_each_limb_heavy, for_each_limb_pair_heavy};
 pub use poly::Poly;
 #[cfg(feature = "cuda")]
 pub(crate) use sampling::cdt_thresholds;
@@ -157,10 +160,7 @@ impl Ring {
     /// Inverse NTT of one limb modulo `moduli[idx]`, including the division by N.
     pub fn intt_limb(&self, limb: &mut [u64], idx: usize) {
         self.plans[idx].inv(limb);
-        let (m, c) = (&self.moduli[idx], self.n_inv[idx]);
-        for x in limb.iter_mut() {
-            *x = m.mul_shoup(*x, c);
-        }
+        limbwise::mul_const_assign(limb, self.n_inv[idx], &self.moduli[idx]);
     }
 
     /// Forward NTT of one limb modulo `moduli[idx]`.
@@ -172,20 +172,14 @@ impl Ring {
     /// a += b limb-wise.
     pub fn add_assign(&self, a: &mut Poly, b: &Poly, basis: &[usize]) {
         for_each_limb(a.data_mut(), self.n, |i, la| {
-            let m = self.moduli[basis[i]];
-            for (x, &y) in la.iter_mut().zip(b.limb(i)) {
-                *x = m.add(*x, y);
-            }
+            limbwise::add_assign(la, b.limb(i), &self.moduli[basis[i]])
         });
     }
 
     /// a -= b limb-wise.
     pub fn sub_assign(&self, a: &mut Poly, b: &Poly, basis: &[usize]) {
         for_each_limb(a.data_mut(), self.n, |i, la| {
-            let m = self.moduli[basis[i]];
-            for (x, &y) in la.iter_mut().zip(b.limb(i)) {
-                *x = m.sub(*x, y);
-            }
+            limbwise::sub_assign(la, b.limb(i), &self.moduli[basis[i]])
         });
     }
 
@@ -203,10 +197,7 @@ impl Ring {
     pub fn add(&self, a: &Poly, b: &Poly, basis: &[usize]) -> Poly {
         let mut out = Poly::zero(self.n, basis.len());
         for_each_limb(out.data_mut(), self.n, |i, lo| {
-            let m = self.moduli[basis[i]];
-            for ((o, &x), &y) in lo.iter_mut().zip(a.limb(i)).zip(b.limb(i)) {
-                *o = m.add(x, y);
-            }
+            limbwise::add(lo, a.limb(i), b.limb(i), &self.moduli[basis[i]])
         });
         out
     }
@@ -215,10 +206,7 @@ impl Ring {
     pub fn sub(&self, a: &Poly, b: &Poly, basis: &[usize]) -> Poly {
         let mut out = Poly::zero(self.n, basis.len());
         for_each_limb(out.data_mut(), self.n, |i, lo| {
-            let m = self.moduli[basis[i]];
-            for ((o, &x), &y) in lo.iter_mut().zip(a.limb(i)).zip(b.limb(i)) {
-                *o = m.sub(x, y);
-            }
+            limbwise::sub(lo, a.limb(i), b.limb(i), &self.moduli[basis[i]])
         });
         out
     }
@@ -270,11 +258,8 @@ impl Ring {
     /// a ·= c for one constant per limb (already reduced for that limb).
     pub fn mul_scalar_assign(&self, a: &mut Poly, consts: &[u64], basis: &[usize]) {
         for_each_limb(a.data_mut(), self.n, |i, la| {
-            let m = self.moduli[basis[i]];
-            let c = m.shoup(consts[i]);
-            for x in la.iter_mut() {
-                *x = m.mul_shoup(*x, c);
-            }
+            let m = &self.moduli[basis[i]];
+            limbwise::mul_const_assign(la, m.shoup(consts[i]), m)
         });
     }
 
@@ -282,10 +267,7 @@ impl Ring {
     /// i.e. the constant polynomial c.
     pub fn add_scalar_assign(&self, a: &mut Poly, consts: &[u64], basis: &[usize]) {
         for_each_limb(a.data_mut(), self.n, |i, la| {
-            let m = self.moduli[basis[i]];
-            for x in la.iter_mut() {
-                *x = m.add(*x, consts[i]);
-            }
+            limbwise::add_const_assign(la, consts[i], &self.moduli[basis[i]])
         });
     }
 

@@ -103,6 +103,28 @@ impl Modulus {
         self.csub(self.csub(r))
     }
 
+    /// x mod q for a sum of at most three products of reduced operands (x < 3q², q < 2^61;
+    /// see [`Modulus::bits`]): Barrett as
+    /// in [`Modulus::reduce_product`], whose estimate is then at most 4 short (x/2^(2·bits) < 3
+    /// and two floors), so r < 5q < 2^64 and three conditional subtractions finish. Cheaper than
+    /// [`Modulus::reduce_u128`], which takes any 128-bit value.
+    #[inline(always)]
+    pub fn reduce_sum3(&self, x: u128) -> u64 {
+        debug_assert!(self.bits <= 61 && x < 3 * (self.q as u128) * (self.q as u128));
+        let (lo, hi) = (x as u64, (x >> 64) as u64);
+        let s = self.bits;
+        // x < 3q² < 2^(2s+2): the shift keeps s + 3 bits, the product below 2^(2s+4) ≤ 2^126
+        let shifted = (lo >> (s - 1)) | (hi << (65 - s));
+        let p = shifted as u128 * self.barrett as u128;
+        // p >> (s + 1) on words (below 2^(s+3) ≤ 2^64), as in reduce_product
+        let (plo, phi) = (p as u64, (p >> 64) as u64);
+        let qhat = (plo >> (s + 1)) | (phi << (63 - s));
+        let r = lo.wrapping_sub(qhat.wrapping_mul(self.q));
+        let r = r.min(r.wrapping_sub(self.q << 2));
+        let r = r.min(r.wrapping_sub(self.q << 1));
+        self.csub(r)
+    }
+
     /// x mod q for any 128-bit x (used after lazily accumulating many products).
     #[inline(always)]
     pub fn reduce_u128(&self, x: u128) -> u64 {
@@ -233,6 +255,17 @@ mod tests {
         fn reduce_u128_matches(x in any::<u128>(), k in 0usize..4) {
             let m = Modulus::new(PRIMES[k]);
             prop_assert_eq!(m.reduce_u128(x), (x % m.value() as u128) as u64);
+        }
+
+        #[test]
+        fn reduce_sum3_matches(a in any::<[u64; 6]>(), terms in 1usize..=3, k in 0usize..3) {
+            let m = Modulus::new(PRIMES[k]);
+            let q = m.value();
+            let x: u128 = (0..terms).map(|t| (a[2 * t] % q) as u128 * (a[2 * t + 1] % q) as u128).sum();
+            prop_assert_eq!(m.reduce_sum3(x), (x % q as u128) as u64);
+            // the extreme: three products of q − 1
+            let top = 3 * ((q - 1) as u128 * (q - 1) as u128);
+            prop_assert_eq!(m.reduce_sum3(top), (top % q as u128) as u64);
         }
 
         #[test]

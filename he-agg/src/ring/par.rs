@@ -40,3 +40,23 @@ where
 {
     run(data, n, true, f);
 }
+
+/// Calls `f(i, a_i, b_i)` for every limb pair of two polynomials of the same shape: a heavy pass
+/// that makes two outputs from the same inputs (both components of a key switch).
+pub fn for_each_limb_pair_heavy<F>(a: &mut [u64], b: &mut [u64], n: usize, f: F)
+where
+    F: Fn(usize, &mut [u64], &mut [u64]) + Sync + Send,
+{
+    debug_assert_eq!(a.len(), b.len());
+    if a.len() > n && rayon::current_num_threads() > 1 {
+        a.par_chunks_mut(n)
+            .zip(b.par_chunks_mut(n))
+            .enumerate()
+            .for_each(|(i, (x, y))| f(i, x, y));
+    } else {
+        a.chunks_mut(n)
+            .zip(b.chunks_mut(n))
+            .enumerate()
+            .for_each(|(i, (x, y))| f(i, x, y));
+    }
+}

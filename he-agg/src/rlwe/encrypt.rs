@@ -8,21 +8,42 @@ use super::ciphertext::{Ciphertext, Plaintext, SeededCiphertext};
 use super::context::RlweContext;
 use super::keygen::select_limbs;
 use super::keys::{PublicKey, SecretKey};
-use crate::ring::{Poly, Prng, RngError};
+use crate::ring::limbwise::{self, ShoupLimb};
+use crate::ring::{Poly, Prng, RngError, for_each_limb_pair_heavy};
 
 /// Encrypts plaintexts under a public key: (u·b + e_0 + m, u·a + e_1) with u ternary.
-#[derive(Debug)]
 pub struct PkEncryptor {
     ctx: Arc<RlweContext>,
-    pk: PublicKey,
+    /// The key's limbs over Q with the Shoup quotient of every coefficient: the products by u
+    /// then cost what a product by a constant costs (and run in vector lanes).
+    b: Vec<ShoupLimb>,
+    a: Vec<ShoupLimb>,
     prng: Prng,
+}
+
+impl std::fmt::Debug for PkEncryptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PkEncryptor")
+            .field("limbs", &self.b.len())
+            .finish()
+    }
 }
 
 impl PkEncryptor {
     pub fn new(ctx: &Arc<RlweContext>, pk: &PublicKey) -> Result<Self, RngError> {
+        let ring = ctx.ring();
+        let basis = ctx.q_basis(ctx.max_level());
+        let prepare = |p: &Poly| -> Vec<ShoupLimb> {
+            basis
+                .iter()
+                .enumerate()
+                .map(|(i, &idx)| ShoupLimb::new(p.limb(i), ring.modulus(idx)))
+                .collect()
+        };
         Ok(Self {
             ctx: ctx.clone(),
-            pk: pk.clone(),
+            b: prepare(&pk.b),
+            a: prepare(&pk.a),
             prng: Prng::from_os()?,
         })
     }
@@ -52,8 +73,12 @@ impl PkEncryptor {
         let mut c1 = ring.from_small_signed(&e1, basis);
         ring.ntt(&mut c1, basis);
         // the key's limbs beyond `level` are simply not read
-        ring.mul_add_assign(&mut c0, &u, &self.pk.b, basis);
-        ring.mul_add_assign(&mut c1, &u, &self.pk.a, basis);
+        let (b, a) = (&self.b, &self.a);
+        for_each_limb_pair_heavy(c0.data_mut(), c1.data_mut(), n, |i, l0, l1| {
+            let m = ring.modulus(basis[i]);
+            limbwise::mul_add_assign(l0, u.limb(i), &b[i], m);
+            limbwise::mul_add_assign(l1, u.limb(i), &a[i], m);
+        });
         Ciphertext {
             parts: vec![c0, c1],
             scale: pt.scale,

@@ -4,7 +4,7 @@
 
 use super::context::RlweContext;
 use super::keys::SwitchingKey;
-use crate::ring::{Poly, for_each_limb_heavy};
+use crate::ring::{Poly, for_each_limb_heavy, for_each_limb_pair_heavy, limbwise};
 
 /// A polynomial at level `level` decomposed into digits, each raised to Q_l ∪ P (NTT domain).
 #[derive(Debug, Clone)]
@@ -81,7 +81,8 @@ impl RlweContext {
     }
 
     /// Σ_j digit_j ⊙ (b_j, a_j) over Q_l ∪ P, with one modular reduction per coefficient
-    /// (products are summed lazily in 128 bits).
+    /// (products are summed lazily in 128 bits). Both components are made in one pass over
+    /// each limb, so the digits are read once.
     pub fn inner_product(
         &self,
         dec: &Decomposition,
@@ -94,21 +95,17 @@ impl RlweContext {
         let n = ring.n();
         let qpb = self.qp_basis(dec.level);
         let width = qpb.len();
-        let mut out = Poly::zero(n, 2 * width);
-        for_each_limb_heavy(out.data_mut(), n, |p, limb| {
-            let (comp, pos) = (p / width, p % width);
+        let mut c0 = Poly::zero(n, width);
+        let mut c1 = Poly::zero(n, width);
+        for_each_limb_pair_heavy(c0.data_mut(), c1.data_mut(), n, |pos, o0, o1| {
             let idx = qpb[pos];
-            let m = ring.modulus(idx);
             let xs: Vec<&[u64]> = dec.digits.iter().map(|d| d.limb(pos)).collect();
-            let ks: Vec<&[u64]> = key.parts[..xs.len()]
-                .iter()
-                .map(|(b, a)| if comp == 0 { b.limb(idx) } else { a.limb(idx) })
-                .collect();
-            dot_lazy(m, &xs, &ks, limb);
+            let parts = &key.parts[..xs.len()];
+            let bs: Vec<&[u64]> = parts.iter().map(|(b, _)| b.limb(idx)).collect();
+            let as_: Vec<&[u64]> = parts.iter().map(|(_, a)| a.limb(idx)).collect();
+            dot_lazy(ring.modulus(idx), &xs, &bs, &as_, o0, o1);
         });
-        let c1 = out.slice_limbs(width..2 * width);
-        out.truncate(width);
-        Ok((out, c1))
+        Ok((c0, c1))
     }
 
     /// Divides a polynomial over Q_l ∪ P (NTT domain) by P, rounding, onto Q_l.
@@ -127,13 +124,10 @@ impl RlweContext {
         x.truncate(level);
         let p_inv = self.p_inv_mod_q();
         for_each_limb_heavy(x.data_mut(), n, |i, limb| {
-            let m = ring.modulus(i);
             let mut e = vec![0u64; n];
             from_p.extend_limb(ring, &y, i, &mut e);
             ring.ntt_limb(&mut e, i);
-            for (o, &e) in limb.iter_mut().zip(&e) {
-                *o = m.mul_shoup(m.sub(*o, e), p_inv[i]);
-            }
+            limbwise::sub_mul_const_assign(limb, &e, p_inv[i], ring.modulus(i));
         });
         x
     }
@@ -160,36 +154,56 @@ impl RlweContext {
     }
 }
 
-/// out[k] = Σ_j xs[j][k]·ks[j][k] mod m, summing 128-bit products and reducing once (every 15
-/// products at most). Small digit counts get straight-line loops without bounds checks.
-fn dot_lazy(m: &crate::ring::Modulus, xs: &[&[u64]], ks: &[&[u64]], out: &mut [u64]) {
+/// o0[k] = Σ_j xs[j][k]·bs[j][k] mod m and o1[k] = Σ_j xs[j][k]·as[j][k] mod m, summing
+/// 128-bit products and reducing once (every 15 products at most). Up to three digits (primes
+/// below 2^61) get straight-line loops and the cheaper reduction of short sums.
+fn dot_lazy(
+    m: &crate::ring::Modulus,
+    xs: &[&[u64]],
+    bs: &[&[u64]],
+    as_: &[&[u64]],
+    o0: &mut [u64],
+    o1: &mut [u64],
+) {
     let p = |a: u64, b: u64| a as u128 * b as u128;
-    match (xs, ks) {
-        ([x0], [k0]) => {
-            for ((o, &a), &b) in out.iter_mut().zip(*x0).zip(*k0) {
-                *o = m.mul(a, b);
+    let n = o0.len();
+    let short = m.bits() <= 61;
+    match (xs, bs, as_) {
+        ([x0], [b0], [a0]) => {
+            for k in 0..n {
+                o0[k] = m.mul(x0[k], b0[k]);
+                o1[k] = m.mul(x0[k], a0[k]);
             }
         }
-        ([x0, x1], [k0, k1]) => {
-            for (k, o) in out.iter_mut().enumerate() {
-                *o = m.reduce_u128(p(x0[k], k0[k]) + p(x1[k], k1[k]));
+        ([x0, x1], [b0, b1], [a0, a1]) if short => {
+            let (x0, x1, b0, b1, a0, a1) =
+                (&x0[..n], &x1[..n], &b0[..n], &b1[..n], &a0[..n], &a1[..n]);
+            for k in 0..n {
+                o0[k] = m.reduce_sum3(p(x0[k], b0[k]) + p(x1[k], b1[k]));
+                o1[k] = m.reduce_sum3(p(x0[k], a0[k]) + p(x1[k], a1[k]));
             }
         }
-        ([x0, x1, x2], [k0, k1, k2]) => {
-            for (k, o) in out.iter_mut().enumerate() {
-                *o = m.reduce_u128(p(x0[k], k0[k]) + p(x1[k], k1[k]) + p(x2[k], k2[k]));
+        ([x0, x1, x2], [b0, b1, b2], [a0, a1, a2]) if short => {
+            let (x0, x1, x2) = (&x0[..n], &x1[..n], &x2[..n]);
+            let (b0, b1, b2, a0, a1, a2) =
+                (&b0[..n], &b1[..n], &b2[..n], &a0[..n], &a1[..n], &a2[..n]);
+            for k in 0..n {
+                o0[k] = m.reduce_sum3(p(x0[k], b0[k]) + p(x1[k], b1[k]) + p(x2[k], b2[k]));
+                o1[k] = m.reduce_sum3(p(x0[k], a0[k]) + p(x1[k], a1[k]) + p(x2[k], a2[k]));
             }
         }
         _ => {
-            for (k, o) in out.iter_mut().enumerate() {
-                let mut acc = 0u128;
-                for (j, (x, y)) in xs.iter().zip(ks).enumerate() {
-                    acc += p(x[k], y[k]);
-                    if j % 15 == 14 {
-                        acc = m.reduce_u128(acc) as u128;
+            for (ks, out) in [(bs, &mut *o0), (as_, &mut *o1)] {
+                for (k, o) in out.iter_mut().enumerate() {
+                    let mut acc = 0u128;
+                    for (j, (x, y)) in xs.iter().zip(ks.iter()).enumerate() {
+                        acc += p(x[k], y[k]);
+                        if j % 15 == 14 {
+                            acc = m.reduce_u128(acc) as u128;
+                        }
                     }
+                    *o = m.reduce_u128(acc);
                 }
-                *o = m.reduce_u128(acc);
             }
         }
     }

@@ -295,20 +295,8 @@ unsafe fn transform<const FWD: bool, const WIDE: bool>(
     let pf = p as f64;
     let k4 = v4::K::new(pf);
     let k8 = if WIDE { Some(v8::K::new(pf)) } else { None };
-    if FWD {
-        let (mut t, mut m) = (n, 1);
-        while m < n {
-            t >>= 1;
-            stage::<FWD>(d, t, &w[m..2 * m], &wp[m..2 * m], k4, k8);
-            m <<= 1;
-        }
-    } else {
-        let (mut t, mut m) = (1, n >> 1);
-        while m >= 1 {
-            stage::<FWD>(d, t, &w[m..2 * m], &wp[m..2 * m], k4, k8);
-            t <<= 1;
-            m >>= 1;
-        }
+    for (range, t, tw) in super::stage_order::<FWD>(n) {
+        stage::<FWD>(&mut d[range], t, &w[tw.clone()], &wp[tw], k4, k8);
     }
     f64_to_words(d, pf);
 }

@@ -1,16 +1,24 @@
 //! Negacyclic NTTs for one prime at every SIMD level: tfhe-ntt where it is the CPU's own best
 //! (its IFMA kernels are the fastest there are), and HEAL's kernels for the levels below it —
 //! double-precision butterflies for primes below 2^51 on AVX2 and AVX-512, Harvey's 64-bit
-//! butterflies otherwise. Every path gives the same words as tfhe-ntt (same root, same
+//! butterflies in vector lanes for wider primes, scalar Harvey butterflies otherwise. Every path gives the same words as tfhe-ntt (same root, same
 //! bit-reversed order, reduced below p): ciphertexts made on one machine are read on another.
 
 #[cfg(target_arch = "x86_64")]
 mod float;
+#[cfg(target_arch = "x86_64")]
+mod lanes;
 mod shoup;
 
 use tfhe_ntt::prime64::Plan;
 
 use crate::simd::Level;
+
+/// Primes below 2^LANES_MAX_BITS run in 64-bit vector lanes (x86 only).
+#[cfg(target_arch = "x86_64")]
+const LANES_MAX_BITS: u32 = lanes::MAX_BITS;
+#[cfg(not(target_arch = "x86_64"))]
+const LANES_MAX_BITS: u32 = 0;
 
 /// One prime's transforms.
 pub struct NttPlan {
@@ -38,8 +46,14 @@ struct FloatTwiddles {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
     Tfhe,
+    /// Harvey/Shoup butterflies, one at a time, portable code.
     Shoup,
-    ShoupAvx2,
+    /// The same compiled with BMI2's mulx.
+    ShoupMulx,
+    /// Harvey/Shoup butterflies in 64-bit vector lanes (primes below 2^61).
+    LanesAvx2,
+    LanesAvx512,
+    /// Double-precision butterflies (primes below 2^51).
     FloatAvx2,
     FloatAvx512,
 }
@@ -49,10 +63,59 @@ impl Kernel {
     pub fn level(self) -> Level {
         match self {
             Kernel::Tfhe | Kernel::Shoup => Level::Scalar,
-            Kernel::ShoupAvx2 | Kernel::FloatAvx2 => Level::Avx2,
-            Kernel::FloatAvx512 => Level::Avx512,
+            Kernel::ShoupMulx | Kernel::LanesAvx2 | Kernel::FloatAvx2 => Level::Avx2,
+            Kernel::LanesAvx512 | Kernel::FloatAvx512 => Level::Avx512,
         }
     }
+}
+
+/// Words per block of the depth-first stages: a block and its twiddles stay in L1.
+#[cfg(target_arch = "x86_64")]
+const BLOCK: usize = 2048;
+
+/// The order the vector kernels run their stages in, as (words, half-block t, twiddles): the
+/// stages whose blocks are wider than [`BLOCK`] pass over the whole limb, the others run block
+/// by block, so a limb goes through L2 a few times instead of once per stage. The words of
+/// every stage are the same as in the textbook order, only the order of independent butterflies
+/// changes.
+#[cfg(target_arch = "x86_64")]
+fn stage_order<const FWD: bool>(
+    n: usize,
+) -> impl Iterator<Item = (std::ops::Range<usize>, usize, std::ops::Range<usize>)> {
+    let block = n.min(BLOCK);
+    let log_n = n.trailing_zeros();
+    // stage s (forward order) has half-block t = n >> (s + 1) and twiddles m = 2^s … 2^(s+1)
+    let stages = 0..log_n;
+    let wide = move |s: u32| 2 * (n >> (s + 1)) > block;
+    let whole = move |s: u32| {
+        let (t, m) = (n >> (s + 1), 1usize << s);
+        (0..n, t, m..2 * m)
+    };
+    let blocked = move |(b, s): (usize, u32)| {
+        let (t, m) = (n >> (s + 1), 1usize << s);
+        let per = block / (2 * t);
+        (
+            b * block..(b + 1) * block,
+            t,
+            m + b * per..m + (b + 1) * per,
+        )
+    };
+    let (first_wide, rest): (Vec<u32>, Vec<u32>) = stages.partition(|&s| wide(s));
+    let blocks = n / block;
+    let order: Vec<_> = if FWD {
+        let deep = (0..blocks).flat_map(|b| rest.iter().map(move |&s| (b, s)));
+        first_wide
+            .iter()
+            .map(|&s| whole(s))
+            .chain(deep.map(blocked))
+            .collect()
+    } else {
+        let deep = (0..blocks).flat_map(|b| rest.iter().rev().map(move |&s| (b, s)));
+        deep.map(blocked)
+            .chain(first_wide.iter().rev().map(|&s| whole(s)))
+            .collect()
+    };
+    order.into_iter()
 }
 
 fn mul_mod(a: u64, b: u64, p: u64) -> u64 {
@@ -132,8 +195,10 @@ impl NttPlan {
             Level::Ifma => Kernel::Tfhe,
             Level::Avx512 if self.float.is_some() => Kernel::FloatAvx512,
             Level::Avx2 if self.float.is_some() => Kernel::FloatAvx2,
+            Level::Avx2 if self.p < 1 << LANES_MAX_BITS => Kernel::LanesAvx2,
+            Level::Avx512 if self.p < 1 << LANES_MAX_BITS => Kernel::LanesAvx512,
             l if l == best && l >= Level::Avx2 => Kernel::Tfhe,
-            Level::Avx2 | Level::Avx512 => Kernel::ShoupAvx2,
+            Level::Avx2 | Level::Avx512 => Kernel::ShoupMulx,
             Level::Scalar => Kernel::Shoup,
         }
     }
@@ -141,11 +206,21 @@ impl NttPlan {
     /// Every kernel this CPU can run for this prime (for tests and benchmarks).
     pub fn kernels(&self) -> Vec<Kernel> {
         use Kernel::*;
-        [Tfhe, Shoup, ShoupAvx2, FloatAvx2, FloatAvx512]
-            .into_iter()
-            .filter(|k| k.level() <= self.best)
-            .filter(|k| self.float.is_some() || !matches!(k, FloatAvx2 | FloatAvx512))
-            .collect()
+        let lanes = cfg!(target_arch = "x86_64") && self.p < 1 << LANES_MAX_BITS;
+        [
+            Tfhe,
+            Shoup,
+            ShoupMulx,
+            LanesAvx2,
+            LanesAvx512,
+            FloatAvx2,
+            FloatAvx512,
+        ]
+        .into_iter()
+        .filter(|k| k.level() <= self.best)
+        .filter(|k| self.float.is_some() || !matches!(k, FloatAvx2 | FloatAvx512))
+        .filter(|k| lanes || !matches!(k, LanesAvx2 | LanesAvx512))
+        .collect()
     }
 
     /// Forward transform of one limb (standard order in, bit-reversed evaluations out).
@@ -205,11 +280,21 @@ impl NttPlan {
             }
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            (Kernel::ShoupAvx2, _) => unsafe {
+            (Kernel::ShoupMulx, _) => unsafe {
                 if forward {
-                    x86::shoup_fwd_avx2(buf, p, w, ws)
+                    x86::shoup_fwd_mulx(buf, p, w, ws)
                 } else {
-                    x86::shoup_inv_avx2(buf, p, w, ws)
+                    x86::shoup_inv_mulx(buf, p, w, ws)
+                }
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above; `kernels` offers these only for primes below 2^61.
+            (Kernel::LanesAvx2 | Kernel::LanesAvx512, _) if p < 1 << LANES_MAX_BITS => unsafe {
+                match (kernel, forward) {
+                    (Kernel::LanesAvx2, true) => lanes::fwd_avx2(buf, p, w, ws),
+                    (Kernel::LanesAvx2, false) => lanes::inv_avx2(buf, p, w, ws),
+                    (_, true) => lanes::fwd_avx512(buf, p, w, ws),
+                    (_, false) => lanes::inv_avx512(buf, p, w, ws),
                 }
             },
             (Kernel::Tfhe, _) if forward => self.tfhe.fwd(buf),
@@ -226,11 +311,11 @@ mod x86 {
     use super::shoup;
 
     #[target_feature(enable = "avx2,fma,bmi2")]
-    pub(super) unsafe fn shoup_fwd_avx2(d: &mut [u64], p: u64, w: &[u64], ws: &[u64]) {
+    pub(super) unsafe fn shoup_fwd_mulx(d: &mut [u64], p: u64, w: &[u64], ws: &[u64]) {
         shoup::fwd(d, p, w, ws)
     }
     #[target_feature(enable = "avx2,fma,bmi2")]
-    pub(super) unsafe fn shoup_inv_avx2(d: &mut [u64], p: u64, w: &[u64], ws: &[u64]) {
+    pub(super) unsafe fn shoup_inv_mulx(d: &mut [u64], p: u64, w: &[u64], ws: &[u64]) {
         shoup::inv(d, p, w, ws)
     }
 }

@@ -21,6 +21,8 @@ fn every_kernel_gives_tfhe_ntts_words() {
         (1 << 14, 40),
         (1 << 11, 60),
         (1 << 12, 61),
+        (1 << 10, 62),
+        (1 << 13, 59),
     ] {
         for p in generate_primes(bits, n, 2, &[]).unwrap() {
             let plan = NttPlan::new(n, p).unwrap();
@@ -101,14 +103,19 @@ fn each_x86_level_picks_a_kernel_it_can_run(plan: &NttPlan, wide: &NttPlan) {
     assert_eq!(plan.kernel(Level::Avx2), Kernel::FloatAvx2);
     assert_eq!(plan.kernel(Level::Avx512), Kernel::FloatAvx512);
     assert_eq!(plan.kernel(Level::Ifma), Kernel::Tfhe);
-    // primes too wide for doubles: tfhe-ntt at the CPU's own level, HEAL's 64-bit kernel below it
+    // primes too wide for doubles (below 2^61): HEAL's 64-bit lanes at both vector levels
+    assert_eq!(wide.kernel(Level::Avx2), Kernel::LanesAvx2);
+    assert_eq!(wide.kernel(Level::Avx512), Kernel::LanesAvx512);
+    assert_eq!(wide.kernel(Level::Ifma), Kernel::Tfhe);
+    // 62-bit primes: tfhe-ntt at the CPU's own level, HEAL's 64-bit scalar kernel below it
+    let widest = NttPlan::new(1 << 10, generate_primes(62, 1 << 10, 1, &[]).unwrap()[0]).unwrap();
     let best = Level::detected();
     for l in [Level::Avx2, Level::Avx512] {
         let want = if l == best {
             Kernel::Tfhe
         } else {
-            Kernel::ShoupAvx2
+            Kernel::ShoupMulx
         };
-        assert_eq!(wide.kernel(l), want, "{l}");
+        assert_eq!(widest.kernel(l), want, "{l}");
     }
 }
