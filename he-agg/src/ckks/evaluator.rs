@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::ring::{Poly, for_each_limb, for_each_limb_heavy};
+use crate::ring::{Poly, for_each_limb, for_each_limb_heavy, limbwise};
 use crate::rlwe::{Ciphertext, GaloisKeys, Plaintext, RelinearizationKey};
 
 use super::context::CkksContext;
@@ -328,40 +328,21 @@ impl Evaluator {
         let basis = self.basis(level);
         let ring = self.ctx.rlwe().ring();
         let n = self.ctx.n();
-        // one pass per limb: d0 = a0b0, d1 = a0b1 + a1b0 (one reduction), d2 = a1b1
-        let mut out = Poly::zero(n, 3 * level);
-        for_each_limb_heavy(out.data_mut(), n, |p, limb| {
-            let (which, i) = (p / level, p % level);
-            let m = ring.modulus(basis[i]);
-            let (a0, a1, b0, b1) = (
-                a.parts[0].limb(i),
-                a.parts[1].limb(i),
-                b.parts[0].limb(i),
-                b.parts[1].limb(i),
-            );
-            match which {
-                0 => limb
-                    .iter_mut()
-                    .zip(a0)
-                    .zip(b0)
-                    .for_each(|((o, &x), &y)| *o = m.mul(x, y)),
-                1 => {
-                    for (k, o) in limb.iter_mut().enumerate() {
-                        *o = m.reduce_u128(
-                            a0[k] as u128 * b1[k] as u128 + a1[k] as u128 * b0[k] as u128,
-                        );
-                    }
+        // d0 = a0b0, d1 = a0b1 + a1b0 (one reduction), d2 = a1b1, each straight into its part
+        let mut parts = [(); 3].map(|_| Poly::zero(n, level));
+        for (which, part) in parts.iter_mut().enumerate() {
+            for_each_limb_heavy(part.data_mut(), n, |i, limb| {
+                let m = ring.modulus(basis[i]);
+                let (a0, a1) = (a.parts[0].limb(i), a.parts[1].limb(i));
+                let (b0, b1) = (b.parts[0].limb(i), b.parts[1].limb(i));
+                match which {
+                    0 => limbwise::mul(limb, a0, b0, m),
+                    1 => limbwise::mul_sum2(limb, a0, b1, a1, b0, m),
+                    _ => limbwise::mul(limb, a1, b1, m),
                 }
-                _ => limb
-                    .iter_mut()
-                    .zip(a1)
-                    .zip(b1)
-                    .for_each(|((o, &x), &y)| *o = m.mul(x, y)),
-            }
-        });
-        let d2 = out.slice_limbs(2 * level..3 * level);
-        let d1 = out.slice_limbs(level..2 * level);
-        out.truncate(level);
+            });
+        }
+        let [out, d1, d2] = parts;
         Ok(Ciphertext {
             parts: vec![out, d1, d2],
             scale: a.scale * b.scale,

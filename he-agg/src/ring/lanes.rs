@@ -18,6 +18,13 @@ use std::arch::x86_64::*;
 /// Primes below 2^MAX_BITS: every value the kernels form (< 4p) is below 2^63.
 pub(crate) const MAX_BITS: u32 = 61;
 
+/// Whether p ≡ 1 mod 2^32 (the primes HEAL generates above 51 bits): the kernels' `S` variant
+/// then forms q·p with one 32×32-bit product instead of three.
+#[inline]
+pub(crate) fn low_word_one(p: u64) -> bool {
+    p & 0xffff_ffff == 1
+}
+
 /// Four lanes (AVX2).
 pub(crate) mod v4 {
     use super::*;
@@ -135,9 +142,9 @@ pub(crate) mod v4 {
         ))
     }
 
-    /// y·w mod p in [0, 2p), for y < 2^63.
+    /// y·w mod p in [0, 2p), for y < 2^63; `S`: p ≡ 1 mod 2^32 ([`super::low_word_one`]).
     #[inline(always)]
-    pub unsafe fn mul_shoup_lazy(y: __m256i, w: W, k: K) -> __m256i {
+    pub unsafe fn mul_shoup_lazy<const S: bool>(y: __m256i, w: W, k: K) -> __m256i {
         let y_hi = _mm256_srli_epi64::<32>(y);
         let hh = mul32(y_hi, w.s_hi);
         let hl = mul32(y_hi, w.s);
@@ -147,12 +154,23 @@ pub(crate) mod v4 {
             _mm256_add_epi64(_mm256_srli_epi64::<32>(hl), _mm256_srli_epi64::<32>(lh)),
         );
         // y·w − q·p modulo 2^64: the low products and the cross products shifted up
-        let q_hi = _mm256_srli_epi64::<32>(q);
-        let low = _mm256_sub_epi64(mul32(y, w.w), mul32(q, k.p));
-        let cross = _mm256_sub_epi64(
-            _mm256_add_epi64(mul32(y_hi, w.w), mul32(y, w.w_hi)),
-            _mm256_add_epi64(mul32(q_hi, k.p), mul32(q, k.p_hi)),
-        );
+        let yw_cross = _mm256_add_epi64(mul32(y_hi, w.w), mul32(y, w.w_hi));
+        let (low, cross) = if S {
+            // p = p_hi·2^32 + 1: q·p ≡ q + (q_lo·p_hi)·2^32
+            (
+                _mm256_sub_epi64(mul32(y, w.w), q),
+                _mm256_sub_epi64(yw_cross, mul32(q, k.p_hi)),
+            )
+        } else {
+            let q_hi = _mm256_srli_epi64::<32>(q);
+            (
+                _mm256_sub_epi64(mul32(y, w.w), mul32(q, k.p)),
+                _mm256_sub_epi64(
+                    yw_cross,
+                    _mm256_add_epi64(mul32(q_hi, k.p), mul32(q, k.p_hi)),
+                ),
+            )
+        };
         fold(
             _mm256_add_epi64(low, _mm256_slli_epi64::<32>(cross)),
             k.two_p,
@@ -161,8 +179,8 @@ pub(crate) mod v4 {
 
     /// y·w mod p in [0, p), for y < 2^63.
     #[inline(always)]
-    pub unsafe fn mul_shoup(y: __m256i, w: W, k: K) -> __m256i {
-        fold(mul_shoup_lazy(y, w, k), k.p)
+    pub unsafe fn mul_shoup<const S: bool>(y: __m256i, w: W, k: K) -> __m256i {
+        fold(mul_shoup_lazy::<S>(y, w, k), k.p)
     }
 }
 
@@ -241,7 +259,7 @@ pub(crate) mod v8 {
 
     /// y·w mod p in [0, 2p), for y < 2^63.
     #[inline(always)]
-    pub unsafe fn mul_shoup_lazy(y: __m512i, w: W, k: K) -> __m512i {
+    pub unsafe fn mul_shoup_lazy<const S: bool>(y: __m512i, w: W, k: K) -> __m512i {
         let y_hi = _mm512_srli_epi64::<32>(y);
         let hh = mul32(y_hi, w.s_hi);
         let hl = mul32(y_hi, w.s);
@@ -250,12 +268,22 @@ pub(crate) mod v8 {
             hh,
             _mm512_add_epi64(_mm512_srli_epi64::<32>(hl), _mm512_srli_epi64::<32>(lh)),
         );
-        let q_hi = _mm512_srli_epi64::<32>(q);
-        let low = _mm512_sub_epi64(mul32(y, w.w), mul32(q, k.p));
-        let cross = _mm512_sub_epi64(
-            _mm512_add_epi64(mul32(y_hi, w.w), mul32(y, w.w_hi)),
-            _mm512_add_epi64(mul32(q_hi, k.p), mul32(q, k.p_hi)),
-        );
+        let yw_cross = _mm512_add_epi64(mul32(y_hi, w.w), mul32(y, w.w_hi));
+        let (low, cross) = if S {
+            (
+                _mm512_sub_epi64(mul32(y, w.w), q),
+                _mm512_sub_epi64(yw_cross, mul32(q, k.p_hi)),
+            )
+        } else {
+            let q_hi = _mm512_srli_epi64::<32>(q);
+            (
+                _mm512_sub_epi64(mul32(y, w.w), mul32(q, k.p)),
+                _mm512_sub_epi64(
+                    yw_cross,
+                    _mm512_add_epi64(mul32(q_hi, k.p), mul32(q, k.p_hi)),
+                ),
+            )
+        };
         fold(
             _mm512_add_epi64(low, _mm512_slli_epi64::<32>(cross)),
             k.two_p,
@@ -277,7 +305,12 @@ mod tests {
         #[target_feature(enable = "avx2")]
         unsafe fn run(y: u64, w: u64, p: u64) -> [u64; 4] {
             let c = Modulus::new(p).shoup(w);
-            let r = v4::mul_shoup_lazy(v4::splat(y), v4::W::splat(c.w, c.w_shoup), v4::K::new(p));
+            let (y, w, k) = (v4::splat(y), v4::W::splat(c.w, c.w_shoup), v4::K::new(p));
+            let r = if low_word_one(p) {
+                v4::mul_shoup_lazy::<true>(y, w, k)
+            } else {
+                v4::mul_shoup_lazy::<false>(y, w, k)
+            };
             let mut out = [0u64; 4];
             v4::store(out.as_mut_ptr(), r);
             out
@@ -291,8 +324,8 @@ mod tests {
     proptest! {
         /// Any y below 4p (the lazy range) and any constant: the result is y·w mod p, below 2p.
         #[test]
-        fn shoup_in_lanes_is_exact_and_lazy(y in any::<u64>(), w in any::<u64>(), k in 0usize..4) {
-            let p = [(1u64 << 60) - 93_184_511, (1 << 40) - 1_179_647, (1 << 61) - 1, 65_537][k];
+        fn shoup_in_lanes_is_exact_and_lazy(y in any::<u64>(), w in any::<u64>(), k in 0usize..5) {
+            let p = [(1u64 << 60) - 93_184_511, (1 << 40) - 1_179_647, (1 << 61) - 1, 65_537, (0x0fff_fff0u64 << 32) | 1][k];
             let y = y % (4 * p);
             let w = w % p;
             if let Some(r) = lanes(y, w, p) {
@@ -304,7 +337,12 @@ mod tests {
 
     #[test]
     fn shoup_in_lanes_at_the_extremes() {
-        for p in [(1u64 << 61) - 1, (1 << 60) - 93_184_511, 3] {
+        for p in [
+            (1u64 << 61) - 1,
+            (1 << 60) - 93_184_511,
+            3,
+            (0x1fff_ffffu64 << 32) | 1,
+        ] {
             for y in [0, 1, p - 1, 2 * p - 1, 4 * p - 1, (1 << 62) + 12_345] {
                 for w in [0, 1, p - 1, p / 2, (p - 1) ^ 0xffff_ffff] {
                     let w = w % p;

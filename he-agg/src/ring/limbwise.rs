@@ -164,6 +164,100 @@ pub fn reduce(out: &mut [u64], x: &[u64], m: &Modulus) {
     }
 }
 
+/// Runs `body` compiled with BMI2 (mulx, and variable shifts without CL) where the level
+/// allows: the scalar products of two variable operands, which have no cheaper vector form.
+macro_rules! with_bmi2 {
+    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        pub fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,bmi2")]
+            unsafe fn bmi2($($arg: $ty),*) { generic($($arg),*) }
+            #[cfg(target_arch = "x86_64")]
+            if crate::simd::level() >= crate::simd::Level::Avx2 {
+                // SAFETY: the level includes AVX2 and BMI2 (simd::Level::Avx2).
+                return unsafe { bmi2($($arg),*) };
+            }
+            generic($($arg),*)
+        }
+    };
+}
+
+with_bmi2! {
+    /// out = a ⊙ b (variable operands, reduced).
+    pub fn mul(out: &mut [u64], a: &[u64], b: &[u64], m: &Modulus) {
+        let n = out.len();
+        let (a, b) = (&a[..n], &b[..n]);
+        for k in 0..n {
+            out[k] = m.mul(a[k], b[k]);
+        }
+    }
+}
+
+with_bmi2! {
+    /// a ⊙= b.
+    pub fn mul_assign(a: &mut [u64], b: &[u64], m: &Modulus) {
+        let n = a.len();
+        let b = &b[..n];
+        for k in 0..n {
+            a[k] = m.mul(a[k], b[k]);
+        }
+    }
+}
+
+with_bmi2! {
+    /// out = c + a ⊙ b (variable operands, reduced).
+    pub fn mul_add_var(out: &mut [u64], c: &[u64], a: &[u64], b: &[u64], m: &Modulus) {
+        let n = out.len();
+        let (c, a, b) = (&c[..n], &a[..n], &b[..n]);
+        if m.bits() <= 61 {
+            for k in 0..n {
+                out[k] = m.reduce_sum3(a[k] as u128 * b[k] as u128 + c[k] as u128);
+            }
+        } else {
+            for k in 0..n {
+                out[k] = m.add(c[k], m.mul(a[k], b[k]));
+            }
+        }
+    }
+}
+
+with_bmi2! {
+    /// acc += a ⊙ b.
+    pub fn mul_add_var_assign(acc: &mut [u64], a: &[u64], b: &[u64], m: &Modulus) {
+        let n = acc.len();
+        let (a, b) = (&a[..n], &b[..n]);
+        if m.bits() <= 61 {
+            for k in 0..n {
+                acc[k] = m.reduce_sum3(a[k] as u128 * b[k] as u128 + acc[k] as u128);
+            }
+        } else {
+            for k in 0..n {
+                acc[k] = m.add(acc[k], m.mul(a[k], b[k]));
+            }
+        }
+    }
+}
+
+with_bmi2! {
+    /// out = a ⊙ b + c ⊙ d with one reduction (the middle term of a ciphertext product).
+    pub fn mul_sum2(out: &mut [u64], a: &[u64], b: &[u64], c: &[u64], d: &[u64], m: &Modulus) {
+        let n = out.len();
+        let (a, b, c, d) = (&a[..n], &b[..n], &c[..n], &d[..n]);
+        if m.bits() <= 61 {
+            for k in 0..n {
+                out[k] = m.reduce_sum3(a[k] as u128 * b[k] as u128 + c[k] as u128 * d[k] as u128);
+            }
+        } else {
+            for k in 0..n {
+                out[k] = m.reduce_u128(a[k] as u128 * b[k] as u128 + c[k] as u128 * d[k] as u128);
+            }
+        }
+    }
+}
+
 /// A polynomial limb fixed for many products (a public or secret key), with the Shoup quotient
 /// of each coefficient.
 #[derive(Clone)]
@@ -241,6 +335,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::ShoupConst;
+    use crate::ring::lanes::low_word_one;
     use crate::ring::lanes::v4::{self, K, W, fold, lift, load, splat, store};
 
     /// Runs `body(offset)` for every whole vector of four words, and `tail(i)` for the rest.
@@ -307,11 +402,17 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2")]
-    pub unsafe fn mul_const(out: *mut u64, x: *const u64, len: usize, c: ShoupConst, p: u64) {
+    unsafe fn mul_const_s<const S: bool>(
+        out: *mut u64,
+        x: *const u64,
+        len: usize,
+        c: ShoupConst,
+        p: u64,
+    ) {
         let (k, w) = (K::new(p), W::splat(c.w, c.w_shoup));
         each(
             len,
-            |i| store(out.add(i), v4::mul_shoup(load(x.add(i)), w, k)),
+            |i| store(out.add(i), v4::mul_shoup::<S>(load(x.add(i)), w, k)),
             |i| *out.add(i) = shoup(*x.add(i), c.w, c.w_shoup, p),
         );
     }
@@ -328,7 +429,12 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2")]
-    pub unsafe fn sub_mul_const_assign(a: &mut [u64], e: &[u64], c: ShoupConst, p: u64) {
+    unsafe fn sub_mul_const_assign_s<const S: bool>(
+        a: &mut [u64],
+        e: &[u64],
+        c: ShoupConst,
+        p: u64,
+    ) {
         let (k, w) = (K::new(p), W::splat(c.w, c.w_shoup));
         let (pa, pe) = (a.as_mut_ptr(), e.as_ptr());
         each(
@@ -336,14 +442,14 @@ mod x86 {
             |i| {
                 // a − e + p in (0, 2p): no reduction needed before the lazy product
                 let d = _mm256_sub_epi64(_mm256_add_epi64(load(pa.add(i)), k.p), load(pe.add(i)));
-                store(pa.add(i), v4::mul_shoup(d, w, k))
+                store(pa.add(i), v4::mul_shoup::<S>(d, w, k))
             },
             |i| *pa.add(i) = shoup(*pa.add(i) + p - *pe.add(i), c.w, c.w_shoup, p),
         );
     }
 
     #[target_feature(enable = "avx2")]
-    pub unsafe fn mul_add(
+    unsafe fn mul_add_s<const S: bool>(
         o: *mut u64,
         c: *const u64,
         x: *const u64,
@@ -356,7 +462,7 @@ mod x86 {
         each(
             len,
             |i| {
-                let v = v4::mul_shoup_lazy(load(x.add(i)), W::load(w.add(i), ws.add(i)), k);
+                let v = v4::mul_shoup_lazy::<S>(load(x.add(i)), W::load(w.add(i), ws.add(i)), k);
                 // c + v < 3p: two folds
                 let s = fold(_mm256_add_epi64(load(c.add(i)), v), k.two_p);
                 store(o.add(i), fold(s, k.p))
@@ -366,6 +472,40 @@ mod x86 {
                 *o.add(i) = csub(v, p);
             },
         );
+    }
+
+    // The entry points: each kernel in its two forms, for primes ≡ 1 mod 2^32 and the others.
+
+    pub unsafe fn mul_const(out: *mut u64, x: *const u64, len: usize, c: ShoupConst, p: u64) {
+        if low_word_one(p) {
+            mul_const_s::<true>(out, x, len, c, p)
+        } else {
+            mul_const_s::<false>(out, x, len, c, p)
+        }
+    }
+
+    pub unsafe fn sub_mul_const_assign(a: &mut [u64], e: &[u64], c: ShoupConst, p: u64) {
+        if low_word_one(p) {
+            sub_mul_const_assign_s::<true>(a, e, c, p)
+        } else {
+            sub_mul_const_assign_s::<false>(a, e, c, p)
+        }
+    }
+
+    pub unsafe fn mul_add(
+        o: *mut u64,
+        c: *const u64,
+        x: *const u64,
+        w: *const u64,
+        ws: *const u64,
+        len: usize,
+        p: u64,
+    ) {
+        if low_word_one(p) {
+            mul_add_s::<true>(o, c, x, w, ws, len, p)
+        } else {
+            mul_add_s::<false>(o, c, x, w, ws, len, p)
+        }
     }
 }
 
@@ -384,6 +524,8 @@ mod tests {
             1_152_921_504_606_748_673,
             (1 << 61) - 1,
             4_611_686_018_427_322_369,
+            // ≡ 1 mod 2^32: the kernels' other form
+            (0x0fff_fff0u64 << 32) | 1,
         ];
         let before = crate::simd::level();
         for &p in &primes {
@@ -446,6 +588,22 @@ mod tests {
                 let mut x = b.clone();
                 mul_add_assign(&mut x, &a, &sl, &m);
                 assert_eq!(x, want_fma, "mul_add_assign, {level}, p = {p}");
+                mul_add_var(&mut out, &b, &a, &wv, &m);
+                assert_eq!(out, want_fma, "mul_add_var, {level}, p = {p}");
+                let mut x = b.clone();
+                mul_add_var_assign(&mut x, &a, &wv, &m);
+                assert_eq!(x, want_fma, "mul_add_var_assign, {level}, p = {p}");
+                let want_mul: Vec<u64> = (0..n).map(|k| m.mul(a[k], wv[k])).collect();
+                mul(&mut out, &a, &wv, &m);
+                assert_eq!(out, want_mul, "mul, {level}, p = {p}");
+                let mut x = a.clone();
+                mul_assign(&mut x, &wv, &m);
+                assert_eq!(x, want_mul, "mul_assign, {level}, p = {p}");
+                let want_sum2: Vec<u64> = (0..n)
+                    .map(|k| m.add(m.mul(a[k], wv[k]), m.mul(b[k], a[k])))
+                    .collect();
+                mul_sum2(&mut out, &a, &wv, &b, &a, &m);
+                assert_eq!(out, want_sum2, "mul_sum2, {level}, p = {p}");
             }
         }
         set_level(before).unwrap();

@@ -214,10 +214,7 @@ impl Ring {
     /// a ⊙= b (NTT domain) limb-wise.
     pub fn mul_assign(&self, a: &mut Poly, b: &Poly, basis: &[usize]) {
         for_each_limb(a.data_mut(), self.n, |i, la| {
-            let m = self.moduli[basis[i]];
-            for (x, &y) in la.iter_mut().zip(b.limb(i)) {
-                *x = m.mul(*x, y);
-            }
+            limbwise::mul_assign(la, b.limb(i), &self.moduli[basis[i]])
         });
     }
 
@@ -225,10 +222,7 @@ impl Ring {
     pub fn mul(&self, a: &Poly, b: &Poly, basis: &[usize]) -> Poly {
         let mut out = Poly::zero(self.n, basis.len());
         for_each_limb(out.data_mut(), self.n, |i, lo| {
-            let m = self.moduli[basis[i]];
-            for ((o, &x), &y) in lo.iter_mut().zip(a.limb(i)).zip(b.limb(i)) {
-                *o = m.mul(x, y);
-            }
+            limbwise::mul(lo, a.limb(i), b.limb(i), &self.moduli[basis[i]])
         });
         out
     }
@@ -237,10 +231,7 @@ impl Ring {
     pub fn mul_add(&self, c: &Poly, a: &Poly, b: &Poly, basis: &[usize]) -> Poly {
         let mut out = Poly::zero(self.n, basis.len());
         for_each_limb(out.data_mut(), self.n, |i, lo| {
-            let m = self.moduli[basis[i]];
-            for (((o, &z), &x), &y) in lo.iter_mut().zip(c.limb(i)).zip(a.limb(i)).zip(b.limb(i)) {
-                *o = m.add(z, m.mul(x, y));
-            }
+            limbwise::mul_add_var(lo, c.limb(i), a.limb(i), b.limb(i), &self.moduli[basis[i]])
         });
         out
     }
@@ -248,10 +239,7 @@ impl Ring {
     /// acc += a ⊙ b (NTT domain) limb-wise.
     pub fn mul_add_assign(&self, acc: &mut Poly, a: &Poly, b: &Poly, basis: &[usize]) {
         for_each_limb(acc.data_mut(), self.n, |i, lc| {
-            let m = self.moduli[basis[i]];
-            for ((c, &x), &y) in lc.iter_mut().zip(a.limb(i)).zip(b.limb(i)) {
-                *c = m.add(*c, m.mul(x, y));
-            }
+            limbwise::mul_add_var_assign(lc, a.limb(i), b.limb(i), &self.moduli[basis[i]])
         });
     }
 

@@ -154,10 +154,40 @@ impl RlweContext {
     }
 }
 
+/// [`dot_lazy_body`], compiled with BMI2 (mulx, and shifts by a register without the CL
+/// juggling the reductions' variable shifts cost) where the level allows.
+fn dot_lazy(
+    m: &crate::ring::Modulus,
+    xs: &[&[u64]],
+    bs: &[&[u64]],
+    as_: &[&[u64]],
+    o0: &mut [u64],
+    o1: &mut [u64],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::level() >= crate::simd::Level::Avx2 {
+        #[target_feature(enable = "avx2,bmi2")]
+        unsafe fn bmi2(
+            m: &crate::ring::Modulus,
+            xs: &[&[u64]],
+            bs: &[&[u64]],
+            as_: &[&[u64]],
+            o0: &mut [u64],
+            o1: &mut [u64],
+        ) {
+            dot_lazy_body(m, xs, bs, as_, o0, o1)
+        }
+        // SAFETY: the level includes AVX2 and BMI2 (simd::Level::Avx2).
+        return unsafe { bmi2(m, xs, bs, as_, o0, o1) };
+    }
+    dot_lazy_body(m, xs, bs, as_, o0, o1)
+}
+
 /// o0[k] = Σ_j xs[j][k]·bs[j][k] mod m and o1[k] = Σ_j xs[j][k]·as[j][k] mod m, summing
 /// 128-bit products and reducing once (every 15 products at most). Up to three digits (primes
 /// below 2^61) get straight-line loops and the cheaper reduction of short sums.
-fn dot_lazy(
+#[inline(always)]
+fn dot_lazy_body(
     m: &crate::ring::Modulus,
     xs: &[&[u64]],
     bs: &[&[u64]],
@@ -175,21 +205,29 @@ fn dot_lazy(
                 o1[k] = m.mul(x0[k], a0[k]);
             }
         }
+        // one output at a time: four input streams stay in registers (both at once spill)
         ([x0, x1], [b0, b1], [a0, a1]) if short => {
-            let (x0, x1, b0, b1, a0, a1) =
-                (&x0[..n], &x1[..n], &b0[..n], &b1[..n], &a0[..n], &a1[..n]);
-            for k in 0..n {
-                o0[k] = m.reduce_sum3(p(x0[k], b0[k]) + p(x1[k], b1[k]));
-                o1[k] = m.reduce_sum3(p(x0[k], a0[k]) + p(x1[k], a1[k]));
+            let (x0, x1) = (&x0[..n], &x1[..n]);
+            for (ks, out) in [
+                ((&b0[..n], &b1[..n]), &mut *o0),
+                ((&a0[..n], &a1[..n]), &mut *o1),
+            ] {
+                let (k0, k1) = ks;
+                for k in 0..n {
+                    out[k] = m.reduce_sum3(p(x0[k], k0[k]) + p(x1[k], k1[k]));
+                }
             }
         }
         ([x0, x1, x2], [b0, b1, b2], [a0, a1, a2]) if short => {
             let (x0, x1, x2) = (&x0[..n], &x1[..n], &x2[..n]);
-            let (b0, b1, b2, a0, a1, a2) =
-                (&b0[..n], &b1[..n], &b2[..n], &a0[..n], &a1[..n], &a2[..n]);
-            for k in 0..n {
-                o0[k] = m.reduce_sum3(p(x0[k], b0[k]) + p(x1[k], b1[k]) + p(x2[k], b2[k]));
-                o1[k] = m.reduce_sum3(p(x0[k], a0[k]) + p(x1[k], a1[k]) + p(x2[k], a2[k]));
+            for (ks, out) in [
+                ((&b0[..n], &b1[..n], &b2[..n]), &mut *o0),
+                ((&a0[..n], &a1[..n], &a2[..n]), &mut *o1),
+            ] {
+                let (k0, k1, k2) = ks;
+                for k in 0..n {
+                    out[k] = m.reduce_sum3(p(x0[k], k0[k]) + p(x1[k], k1[k]) + p(x2[k], k2[k]));
+                }
             }
         }
         _ => {

@@ -17,11 +17,16 @@ mod s4 {
     use v4::{K, W, fold, load, store};
 
     #[inline(always)]
-    unsafe fn bf<const FWD: bool>(x: __m256i, y: __m256i, w: W, k: K) -> (__m256i, __m256i) {
+    unsafe fn bf<const FWD: bool, const S: bool>(
+        x: __m256i,
+        y: __m256i,
+        w: W,
+        k: K,
+    ) -> (__m256i, __m256i) {
         if FWD {
             // x ∈ [0, 4p) → [0, 2p); outputs in [0, 4p)
             let x = fold(x, k.two_p);
-            let v = v4::mul_shoup_lazy(y, w, k);
+            let v = v4::mul_shoup_lazy::<S>(y, w, k);
             (
                 _mm256_add_epi64(x, v),
                 _mm256_sub_epi64(_mm256_add_epi64(x, k.two_p), v),
@@ -30,13 +35,18 @@ mod s4 {
             // x, y ∈ [0, 2p): the sum back below 2p, the difference (in (0, 4p)) times w
             let s = fold(_mm256_add_epi64(x, y), k.two_p);
             let d = _mm256_sub_epi64(_mm256_add_epi64(x, k.two_p), y);
-            (s, v4::mul_shoup_lazy(d, w, k))
+            (s, v4::mul_shoup_lazy::<S>(d, w, k))
         }
     }
 
     /// A stage with t = 1: blocks [x, y], four per vector pair.
     #[inline(always)]
-    pub unsafe fn stage1<const FWD: bool>(d: &mut [u64], w: &[u64], ws: &[u64], k: K) {
+    pub unsafe fn stage1<const FWD: bool, const S: bool>(
+        d: &mut [u64],
+        w: &[u64],
+        ws: &[u64],
+        k: K,
+    ) {
         for ((c, w), ws) in d
             .chunks_exact_mut(8)
             .zip(w.chunks_exact(4))
@@ -49,7 +59,7 @@ mod s4 {
             let y = _mm256_unpackhi_epi64(a, b);
             let wv = _mm256_permute4x64_epi64::<0b11_01_10_00>(load(w.as_ptr()));
             let sv = _mm256_permute4x64_epi64::<0b11_01_10_00>(load(ws.as_ptr()));
-            let (x, y) = bf::<FWD>(x, y, W::new(wv, sv), k);
+            let (x, y) = bf::<FWD, S>(x, y, W::new(wv, sv), k);
             store(c.as_mut_ptr(), _mm256_unpacklo_epi64(x, y));
             store(c.as_mut_ptr().add(4), _mm256_unpackhi_epi64(x, y));
         }
@@ -63,7 +73,12 @@ mod s4 {
 
     /// A stage with t = 2: blocks [x0 x1 y0 y1], two per vector pair.
     #[inline(always)]
-    pub unsafe fn stage2<const FWD: bool>(d: &mut [u64], w: &[u64], ws: &[u64], k: K) {
+    pub unsafe fn stage2<const FWD: bool, const S: bool>(
+        d: &mut [u64],
+        w: &[u64],
+        ws: &[u64],
+        k: K,
+    ) {
         for ((c, w), ws) in d
             .chunks_exact_mut(8)
             .zip(w.chunks_exact(2))
@@ -73,7 +88,7 @@ mod s4 {
             let b = load(c.as_ptr().add(4));
             let x = _mm256_permute2x128_si256::<0x20>(a, b);
             let y = _mm256_permute2x128_si256::<0x31>(a, b);
-            let (x, y) = bf::<FWD>(x, y, W::new(pair(w.as_ptr()), pair(ws.as_ptr())), k);
+            let (x, y) = bf::<FWD, S>(x, y, W::new(pair(w.as_ptr()), pair(ws.as_ptr())), k);
             store(c.as_mut_ptr(), _mm256_permute2x128_si256::<0x20>(x, y));
             store(
                 c.as_mut_ptr().add(4),
@@ -84,7 +99,7 @@ mod s4 {
 
     /// A stage with t ≥ 4: one twiddle per block, four butterflies per vector.
     #[inline(always)]
-    pub unsafe fn stage_wide<const FWD: bool>(
+    pub unsafe fn stage_wide<const FWD: bool, const S: bool>(
         d: &mut [u64],
         t: usize,
         w: &[u64],
@@ -96,7 +111,7 @@ mod s4 {
             let px = block.as_mut_ptr();
             let py = px.add(t);
             for j in (0..t).step_by(4) {
-                let (x, y) = bf::<FWD>(load(px.add(j)), load(py.add(j)), wv, k);
+                let (x, y) = bf::<FWD, S>(load(px.add(j)), load(py.add(j)), wv, k);
                 store(px.add(j), x);
                 store(py.add(j), y);
             }
@@ -122,10 +137,15 @@ mod s8 {
     use v8::{K, W, fold, load, store};
 
     #[inline(always)]
-    unsafe fn bf<const FWD: bool>(x: __m512i, y: __m512i, w: W, k: K) -> (__m512i, __m512i) {
+    unsafe fn bf<const FWD: bool, const S: bool>(
+        x: __m512i,
+        y: __m512i,
+        w: W,
+        k: K,
+    ) -> (__m512i, __m512i) {
         if FWD {
             let x = fold(x, k.two_p);
-            let v = v8::mul_shoup_lazy(y, w, k);
+            let v = v8::mul_shoup_lazy::<S>(y, w, k);
             (
                 _mm512_add_epi64(x, v),
                 _mm512_sub_epi64(_mm512_add_epi64(x, k.two_p), v),
@@ -133,12 +153,12 @@ mod s8 {
         } else {
             let s = fold(_mm512_add_epi64(x, y), k.two_p);
             let d = _mm512_sub_epi64(_mm512_add_epi64(x, k.two_p), y);
-            (s, v8::mul_shoup_lazy(d, w, k))
+            (s, v8::mul_shoup_lazy::<S>(d, w, k))
         }
     }
 
     #[inline(always)]
-    pub unsafe fn stage_wide<const FWD: bool>(
+    pub unsafe fn stage_wide<const FWD: bool, const S: bool>(
         d: &mut [u64],
         t: usize,
         w: &[u64],
@@ -150,7 +170,7 @@ mod s8 {
             let px = block.as_mut_ptr();
             let py = px.add(t);
             for j in (0..t).step_by(8) {
-                let (x, y) = bf::<FWD>(load(px.add(j)), load(py.add(j)), wv, k);
+                let (x, y) = bf::<FWD, S>(load(px.add(j)), load(py.add(j)), wv, k);
                 store(px.add(j), x);
                 store(py.add(j), y);
             }
@@ -161,7 +181,7 @@ mod s8 {
 /// One stage (a plain function, not a closure: closures are not compiled for the caller's
 /// target features).
 #[inline(always)]
-unsafe fn stage<const FWD: bool>(
+unsafe fn stage<const FWD: bool, const S: bool>(
     d: &mut [u64],
     t: usize,
     w: &[u64],
@@ -170,16 +190,16 @@ unsafe fn stage<const FWD: bool>(
     k8: Option<v8::K>,
 ) {
     match (t, k8) {
-        (1, _) => s4::stage1::<FWD>(d, w, ws, k4),
-        (2, _) => s4::stage2::<FWD>(d, w, ws, k4),
-        (t, Some(k8)) if t >= 8 => s8::stage_wide::<FWD>(d, t, w, ws, k8),
-        (t, _) => s4::stage_wide::<FWD>(d, t, w, ws, k4),
+        (1, _) => s4::stage1::<FWD, S>(d, w, ws, k4),
+        (2, _) => s4::stage2::<FWD, S>(d, w, ws, k4),
+        (t, Some(k8)) if t >= 8 => s8::stage_wide::<FWD, S>(d, t, w, ws, k8),
+        (t, _) => s4::stage_wide::<FWD, S>(d, t, w, ws, k4),
     }
 }
 
 /// Runs every stage; `WIDE`: whether t ≥ 8 stages use eight lanes. Needs n ≥ 8.
 #[inline(always)]
-unsafe fn transform<const FWD: bool, const WIDE: bool>(
+unsafe fn transform<const FWD: bool, const WIDE: bool, const S: bool>(
     d: &mut [u64],
     p: u64,
     w: &[u64],
@@ -189,7 +209,7 @@ unsafe fn transform<const FWD: bool, const WIDE: bool>(
     let k4 = v4::K::new(p);
     let k8 = if WIDE { Some(v8::K::new(p)) } else { None };
     for (range, t, tw) in super::stage_order::<FWD>(n) {
-        stage::<FWD>(&mut d[range], t, &w[tw.clone()], &ws[tw], k4, k8);
+        stage::<FWD, S>(&mut d[range], t, &w[tw.clone()], &ws[tw], k4, k8);
     }
     s4::finish::<FWD>(d, k4);
 }
@@ -200,23 +220,39 @@ unsafe fn transform<const FWD: bool, const WIDE: bool>(
 /// The CPU has AVX2; `data.len()` ≥ 8 is a power of two, `p` < 2^61, the words below p.
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn fwd_avx2(data: &mut [u64], p: u64, w: &[u64], ws: &[u64]) {
-    transform::<true, false>(data, p, w, ws)
+    if crate::ring::lanes::low_word_one(p) {
+        transform::<true, false, true>(data, p, w, ws)
+    } else {
+        transform::<true, false, false>(data, p, w, ws)
+    }
 }
 
 /// Inverse transform without the division by N. Safety as [`fwd_avx2`].
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn inv_avx2(data: &mut [u64], p: u64, w: &[u64], ws: &[u64]) {
-    transform::<false, false>(data, p, w, ws)
+    if crate::ring::lanes::low_word_one(p) {
+        transform::<false, false, true>(data, p, w, ws)
+    } else {
+        transform::<false, false, false>(data, p, w, ws)
+    }
 }
 
 /// Safety as [`fwd_avx2`], and the CPU has AVX-512F.
 #[target_feature(enable = "avx512f,avx2")]
 pub(super) unsafe fn fwd_avx512(data: &mut [u64], p: u64, w: &[u64], ws: &[u64]) {
-    transform::<true, true>(data, p, w, ws)
+    if crate::ring::lanes::low_word_one(p) {
+        transform::<true, true, true>(data, p, w, ws)
+    } else {
+        transform::<true, true, false>(data, p, w, ws)
+    }
 }
 
 /// Safety as [`fwd_avx512`].
 #[target_feature(enable = "avx512f,avx2")]
 pub(super) unsafe fn inv_avx512(data: &mut [u64], p: u64, w: &[u64], ws: &[u64]) {
-    transform::<false, true>(data, p, w, ws)
+    if crate::ring::lanes::low_word_one(p) {
+        transform::<false, true, true>(data, p, w, ws)
+    } else {
+        transform::<false, true, false>(data, p, w, ws)
+    }
 }

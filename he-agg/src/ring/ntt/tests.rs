@@ -10,6 +10,16 @@ fn random(p: u64, n: usize, seed: u8) -> Vec<u64> {
     v
 }
 
+/// The largest NTT prime of `bits` bits for degree n whose low 32-bit word is not 1.
+fn other_low_word(bits: u32, n: usize) -> u64 {
+    let step = 2 * n as u64;
+    let mut q = ((1u64 << bits) - 1) / step * step + 1;
+    while !(crate::ring::primes::is_prime(q) && q & 0xffff_ffff != 1) {
+        q -= step;
+    }
+    q
+}
+
 #[test]
 fn every_kernel_gives_tfhe_ntts_words() {
     for (n, bits) in [
@@ -24,7 +34,12 @@ fn every_kernel_gives_tfhe_ntts_words() {
         (1 << 10, 62),
         (1 << 13, 59),
     ] {
-        for p in generate_primes(bits, n, 2, &[]).unwrap() {
+        let mut primes = generate_primes(bits, n, 2, &[]).unwrap();
+        // a wide prime with another low word too (moduli need not be HEAL's own)
+        if bits > 51 {
+            primes.push(other_low_word(bits, n));
+        }
+        for p in primes {
             let plan = NttPlan::new(n, p).unwrap();
             let mut x = random(p, n, bits as u8);
             // the extremes of the input range too
