@@ -3,6 +3,9 @@
 # qemu-user and the Rust standard library for aarch64-unknown-linux-gnu, then
 #   scripts/aarch64.sh            builds he-agg and runs its tests under qemu-user
 #   scripts/aarch64.sh --workspace  also builds every crate of the workspace for aarch64
+#   scripts/aarch64.sh --count      instructions executed per forward NTT, each kernel (qemu
+#                                   single-steps and logs every instruction; this machine class
+#                                   cannot time ARM, but it can count)
 # Cross builds go to target/aarch64-unknown-linux-gnu; nothing here needs an ARM machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,8 +35,29 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 
-echo "== he-agg's tests on $target under qemu-user"
+if [ "${1:-}" = --count ]; then
+  echo "== instructions per forward NTT on $target (qemu-aarch64 -singlestep, one log line per instruction)"
+  cargo build -q --release -p he-agg --example profile_ntt --target "$target"
+  bin=target/$target/release/examples/profile_ntt
+  count() { # kernel log_n bits reps -> instructions executed by the whole process
+    qemu-aarch64 -L /usr/aarch64-linux-gnu -singlestep -d nochain,exec -D /dev/stdout "$bin" "$@" | grep -c '^Trace'
+  }
+  for log_n in 12 13; do
+    for bits in 40 60; do
+      for k in Shoup Tfhe FloatNeon; do
+        [ "$bits" = 60 ] && [ "$k" = FloatNeon ] && continue
+        base=$(count "$k" "$log_n" "$bits" 0)
+        four=$(count "$k" "$log_n" "$bits" 4)
+        echo "N=2^$log_n ${bits}-bit $k: $(( (four - base) / 4 )) instructions per forward NTT"
+      done
+    done
+  done
+  exit 0
+fi
+
+echo "== he-agg's tests on $target under qemu-user, at each level (neon, the default, and scalar)"
 time cargo test -q -p he-agg --lib --target "$target"
+HEAL_SIMD=scalar cargo test -q -p he-agg --lib --target "$target"
 
 if [ "${1:-}" = --workspace ]; then
   echo "== every crate of the workspace for $target"

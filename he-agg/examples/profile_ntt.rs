@@ -1,4 +1,5 @@
-//! Runs one kernel's forward + inverse NTT in a loop for a profiler:
+//! Runs one kernel's forward NTT in a loop, for a profiler or an instruction count under an
+//! emulator (`scripts/aarch64.sh --count`):
 //! `cargo run --release -p he-agg --example profile_ntt -- FloatAvx2 14 40 20000`.
 
 use he_agg::ring::ntt::{Kernel, NttPlan};
@@ -6,14 +7,20 @@ use he_agg::ring::primes::generate_primes;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let kernel = match args.get(1).map(String::as_str) {
-        Some("Tfhe") => Kernel::Tfhe,
-        Some("Shoup") => Kernel::Shoup,
-        Some("ShoupMulx") => Kernel::ShoupMulx,
-        Some("LanesAvx2") => Kernel::LanesAvx2,
-        Some("LanesAvx512") => Kernel::LanesAvx512,
-        Some("FloatAvx512") => Kernel::FloatAvx512,
-        _ => Kernel::FloatAvx2,
+    let kernels = [
+        Kernel::Tfhe,
+        Kernel::Shoup,
+        Kernel::ShoupMulx,
+        Kernel::LanesAvx2,
+        Kernel::LanesAvx512,
+        Kernel::FloatAvx2,
+        Kernel::FloatAvx512,
+        Kernel::FloatNeon,
+    ];
+    let name = args.get(1).map(String::as_str).unwrap_or("FloatAvx2");
+    let Some(&kernel) = kernels.iter().find(|k| format!("{k:?}") == name) else {
+        eprintln!("unknown kernel {name}: one of {kernels:?}");
+        std::process::exit(2);
     };
     let arg = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     let n = 1usize << arg(2, 14);

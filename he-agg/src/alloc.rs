@@ -52,7 +52,9 @@ mod tests {
             assert_eq!(large, 1);
         }
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-            assert_eq!(i64::from(delay), super::PURGE_DELAY_MS);
+            #[allow(clippy::useless_conversion)] // c_long is i32 on some targets
+            let delay = i64::from(delay);
+            assert_eq!(delay, super::PURGE_DELAY_MS);
         }
     }
 }

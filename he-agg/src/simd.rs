@@ -7,23 +7,28 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// An instruction-set level, ordered: each includes the ones below it.
+/// An instruction-set level. The x86 levels are ordered, each including the ones below it;
+/// `Neon` (aarch64's Advanced SIMD, part of every aarch64 CPU) includes `Scalar` only and sorts
+/// below every x86 vector level, so a test such as `level() >= Level::Avx2` never holds on ARM.
+/// A CPU offers only its own architecture's chain ([`Level::supported`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {
     /// Portable 64-bit code, no vector extensions beyond the target's baseline.
     Scalar = 1,
+    /// aarch64's Advanced SIMD: two 64-bit lanes (double-precision NTTs).
+    Neon = 2,
     /// AVX2, FMA and BMI2 (Intel Haswell and later, AMD Zen).
-    Avx2 = 2,
+    Avx2 = 3,
     /// AVX-512 F/DQ/VL/BW (Intel Skylake-SP and later, AMD Zen 4).
-    Avx512 = 3,
+    Avx512 = 4,
     /// AVX-512 with IFMA's 52-bit multiply-add (Intel Ice Lake and later, AMD Zen 4).
-    Ifma = 4,
+    Ifma = 5,
 }
 
 /// Why a requested level cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SimdError {
-    #[error("HEAL_SIMD={0:?} is not a level: use scalar, avx2, avx512, ifma or auto")]
+    #[error("HEAL_SIMD={0:?} is not a level: use scalar, neon, avx2, avx512, ifma or auto")]
     Unknown(String),
     #[error("SIMD level {wanted} is not available on this CPU (it has up to {best})")]
     Unsupported { wanted: Level, best: Level },
@@ -36,11 +41,29 @@ impl std::fmt::Display for Level {
 }
 
 impl Level {
-    pub const ALL: [Level; 4] = [Level::Scalar, Level::Avx2, Level::Avx512, Level::Ifma];
+    pub const ALL: [Level; 5] = [
+        Level::Scalar,
+        Level::Neon,
+        Level::Avx2,
+        Level::Avx512,
+        Level::Ifma,
+    ];
+
+    /// The levels of this CPU's architecture, lowest first.
+    fn chain() -> &'static [Level] {
+        if cfg!(target_arch = "x86_64") {
+            &[Level::Scalar, Level::Avx2, Level::Avx512, Level::Ifma]
+        } else if cfg!(target_arch = "aarch64") {
+            &[Level::Scalar, Level::Neon]
+        } else {
+            &[Level::Scalar]
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
             Level::Scalar => "scalar",
+            Level::Neon => "neon",
             Level::Avx2 => "avx2",
             Level::Avx512 => "avx512",
             Level::Ifma => "ifma",
@@ -52,6 +75,7 @@ impl Level {
         match s.trim().to_ascii_lowercase().as_str() {
             "" | "auto" => Ok(None),
             "scalar" => Ok(Some(Level::Scalar)),
+            "neon" => Ok(Some(Level::Neon)),
             "avx2" => Ok(Some(Level::Avx2)),
             "avx512" => Ok(Some(Level::Avx512)),
             "ifma" => Ok(Some(Level::Ifma)),
@@ -76,13 +100,26 @@ impl Level {
                 return Level::Avx2;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            return Level::Neon;
+        }
         Level::Scalar
+    }
+
+    /// Whether this CPU can run this level (no allocation: kernels ask per call).
+    pub fn is_available(self) -> bool {
+        Level::chain().contains(&self) && self <= Level::detected()
     }
 
     /// Every level this CPU can run, lowest first.
     pub fn supported() -> Vec<Level> {
         let best = Level::detected();
-        Level::ALL.into_iter().filter(|l| *l <= best).collect()
+        Level::chain()
+            .iter()
+            .copied()
+            .filter(|l| *l <= best)
+            .collect()
     }
 
     fn from_u8(v: u8) -> Option<Level> {
@@ -131,7 +168,7 @@ pub fn init_from_env() -> Result<Level, SimdError> {
 /// process: results are the same at every level, so a switch between two calls is harmless).
 pub fn set_level(l: Level) -> Result<(), SimdError> {
     let best = Level::detected();
-    if l > best {
+    if !l.is_available() {
         return Err(SimdError::Unsupported { wanted: l, best });
     }
     LEVEL.store(l as u8, Ordering::Relaxed);
@@ -139,6 +176,7 @@ pub fn set_level(l: Level) -> Result<(), SimdError> {
 }
 
 /// Whether kernels may use AVX2 and FMA now.
+#[cfg(target_arch = "x86_64")]
 #[inline]
 pub(crate) fn has_avx2_fma() -> bool {
     level() >= Level::Avx2
@@ -190,5 +228,14 @@ mod tests {
             );
             assert_eq!(level(), before, "a refused level changes nothing");
         }
+        // the other architecture's vector level is never offered
+        let foreign = if cfg!(target_arch = "aarch64") {
+            Level::Avx2
+        } else {
+            Level::Neon
+        };
+        assert!(!Level::supported().contains(&foreign));
+        assert!(set_level(foreign).is_err());
+        assert_eq!(Level::parse("NEON"), Ok(Some(Level::Neon)));
     }
 }

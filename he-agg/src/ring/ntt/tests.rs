@@ -100,13 +100,26 @@ fn the_inverse_undoes_the_forward_times_n_and_products_are_negacyclic() {
 fn each_level_picks_a_kernel_it_can_run() {
     let plan = NttPlan::new(1 << 10, generate_primes(40, 1 << 10, 1, &[]).unwrap()[0]).unwrap();
     let wide = NttPlan::new(1 << 10, generate_primes(60, 1 << 10, 1, &[]).unwrap()[0]).unwrap();
-    assert_eq!(plan.kernel(Level::Scalar), Kernel::Shoup);
-    assert_eq!(wide.kernel(Level::Scalar), Kernel::Shoup);
-    // elsewhere (aarch64) the portable kernels only: HEAL's Harvey butterflies and tfhe-ntt
-    #[cfg(not(target_arch = "x86_64"))]
+    // the scalar level: tfhe-ntt's portable code on aarch64, HEAL's Harvey butterflies on x86
+    let scalar = if cfg!(target_arch = "aarch64") {
+        Kernel::Tfhe
+    } else {
+        Kernel::Shoup
+    };
+    assert_eq!(plan.kernel(Level::Scalar), scalar);
+    assert_eq!(wide.kernel(Level::Scalar), scalar);
+    // aarch64: doubles in NEON lanes for primes below 2^51, tfhe-ntt's portable code for wider
+    // ones
+    #[cfg(target_arch = "aarch64")]
     {
-        assert_eq!(Level::detected(), Level::Scalar);
-        assert_eq!(plan.kernels(), vec![Kernel::Tfhe, Kernel::Shoup]);
+        assert_eq!(Level::detected(), Level::Neon);
+        assert_eq!(
+            plan.kernels(),
+            vec![Kernel::Tfhe, Kernel::Shoup, Kernel::FloatNeon]
+        );
+        assert_eq!(plan.kernel(Level::Neon), Kernel::FloatNeon);
+        assert_eq!(wide.kernel(Level::Neon), Kernel::Tfhe);
+        assert_eq!(wide.kernels(), vec![Kernel::Tfhe, Kernel::Shoup]);
         return;
     }
     #[cfg(target_arch = "x86_64")]
