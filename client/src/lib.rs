@@ -7,5 +7,6 @@ pub mod infer;
 pub mod portal;
 
 pub use training::{
-    TrainError, baseline, data, error, export, metrics, model, params, strategy, train,
+    TrainError, baseline, data, dp_sgd, error, export, membership, metrics, model, params,
+    strategy, train,
 };

@@ -77,6 +77,8 @@ pub struct FederationConfig {
     pub site_sections: toml::Table,
     /// `[simulate]`, read by `coordinator simulate` only.
     pub simulate: SimulateSection,
+    /// `[privacy]`, with `quorum` and `rounds` filled in: written so into every site TOML.
+    pub privacy: privacy::PrivacyConfig,
 }
 
 /// `[simulate]`: how `coordinator simulate` runs the consortium on one machine.
@@ -133,11 +135,18 @@ impl FederationConfig {
             Some(v) => v.try_into().context("in [simulate]")?,
             None => SimulateSection::default(),
         };
+        let mut privacy: privacy::PrivacyConfig = match table.remove("privacy") {
+            Some(v) => v.try_into().context("in [privacy]")?,
+            None => privacy::PrivacyConfig::default(),
+        };
+        let quorum = federation.min_hospitals.unwrap_or(federation.hospitals);
+        privacy.quorum.get_or_insert(quorum);
+        privacy.rounds.get_or_insert(federation.rounds);
         let mut site_sections = toml::Table::new();
         for (key, value) in table {
             if !SITE_SECTIONS.contains(&key.as_str()) {
                 bail!(
-                    "unknown section [{key}]: a federation config has [federation], [he], [coordinator], [simulate] and {}",
+                    "unknown section [{key}]: a federation config has [federation], [he], [coordinator], [simulate], [privacy] and {}",
                     SITE_SECTIONS.map(|s| format!("[{s}]")).join(", ")
                 );
             }
@@ -155,6 +164,7 @@ impl FederationConfig {
             coordinator,
             site_sections,
             simulate,
+            privacy,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -203,7 +213,68 @@ impl FederationConfig {
         if self.simulate.threads_per_hospital == 0 {
             bail!("[simulate] threads_per_hospital must be at least 1");
         }
+        if let Some(q) = self.privacy.quorum
+            && self.privacy.mode == privacy::Mode::Hospital
+            && q < self.min_hospitals()
+        {
+            // a quorum above min_hospitals only adds noise; below it a round could sum less
+            // noise than the guarantee assumes
+            bail!(
+                "[privacy] quorum = {q} is below [federation] min_hospitals = {}",
+                self.min_hospitals()
+            );
+        }
+        let plan = self.privacy_plan()?;
+        if self.privacy.mode == privacy::Mode::Hospital
+            && self.privacy.clip + 12.0 * plan.sigma_each() > self.he.max_update
+        {
+            bail!(
+                "[privacy] clip {} plus 12 standard deviations of a hospital's noise ({:.3}) exceed \
+                 [he] max_update = {}: raise max_update or lower clip",
+                self.privacy.clip,
+                12.0 * plan.sigma_each(),
+                self.he.max_update
+            );
+        }
         Ok(())
+    }
+
+    /// The run's privacy plan as the coordinator reports it (patient mode: with the batch size
+    /// and epochs of `[train]`, examples unknown here: see [`FederationConfig::patient_plan`]).
+    pub fn privacy_plan(&self) -> anyhow::Result<privacy::Plan> {
+        self.patient_plan(1)
+    }
+
+    /// The plan of a hospital with `examples` training examples (patient mode; the others do
+    /// not depend on it).
+    pub fn patient_plan(&self, examples: u64) -> anyhow::Result<privacy::Plan> {
+        let train = self.site_sections.get("train").and_then(|t| t.as_table());
+        let int = |k: &str, d: i64| {
+            train
+                .and_then(|t| t.get(k))
+                .and_then(|v| v.as_integer())
+                .unwrap_or(d)
+                .max(1) as u64
+        };
+        Ok(self.privacy.plan(privacy::RunShape {
+            rounds: self.privacy.rounds.unwrap_or(self.federation.rounds),
+            quorum: self.privacy.quorum.unwrap_or(self.min_hospitals()),
+            examples: examples.max(int("batch_size", 128)),
+            batch_size: int("batch_size", 128),
+            epochs: int("epochs", 10),
+        })?)
+    }
+
+    /// Rounds the run makes: the configured ones, fewer if the privacy budget ends sooner
+    /// (hospital mode; in patient mode each hospital stops at its own budget).
+    pub fn rounds(&self) -> u64 {
+        match self.privacy.mode {
+            privacy::Mode::Hospital => self
+                .privacy_plan()
+                .map(|p| p.rounds_allowed.min(self.federation.rounds))
+                .unwrap_or(self.federation.rounds),
+            _ => self.federation.rounds,
+        }
     }
 
     pub fn threshold(&self) -> u32 {
@@ -322,5 +393,42 @@ mod shipped_configs {
         }
         assert!(n >= 4, "found {n} federation configs");
         FederationConfig::from_toml(crate::simulate::DEFAULT_CONFIG).unwrap();
+    }
+
+    #[test]
+    fn privacy_is_validated_planned_and_passed_to_the_sites() {
+        let base = "[federation]\nname = \"p\"\nhospitals = 5\nrounds = 20\nmin_hospitals = 4\n[dataset]\nkind = \"medmnist\"\nname = \"breastmnist\"\n";
+        let cfg = FederationConfig::from_toml(&format!(
+            "{base}[privacy]\nmode = \"hospital\"\ntarget_epsilon = 8.0\n"
+        ))
+        .unwrap();
+        // the quorum and the rounds are filled in for the sites
+        assert_eq!(cfg.privacy.quorum, Some(4));
+        assert_eq!(cfg.privacy.rounds, Some(20));
+        assert_eq!(cfg.rounds(), 20);
+        let plan = cfg.privacy_plan().unwrap();
+        assert!((plan.epsilon_after(20) - 8.0).abs() < 0.01);
+        // a budget below the target's ε ends the run sooner
+        let cfg = FederationConfig::from_toml(&format!(
+            "{base}[privacy]\nmode = \"hospital\"\ntarget_epsilon = 8.0\nbudget_epsilon = 4.0\n"
+        ))
+        .unwrap();
+        assert!(cfg.rounds() < 20 && cfg.rounds() > 0, "{}", cfg.rounds());
+        for bad in [
+            "[privacy]\nmode = \"hospital\"\n",
+            "[privacy]\nmode = \"hospital\"\nnoise_multiplier = 1.0\nquorum = 2\n",
+            "[privacy]\nmode = \"hospital\"\nnoise_multiplier = 1.0\nclip = 10.0\n",
+            "[privacy]\nmode = \"nobody\"\n",
+            "[privacy]\nmode = \"hospital\"\nnoise_multiplier = 1.0\nepsilon = 2\n",
+        ] {
+            assert!(
+                FederationConfig::from_toml(&format!("{base}{bad}")).is_err(),
+                "{bad}"
+            );
+        }
+        // without [privacy]: off, the configured rounds
+        let off = FederationConfig::from_toml(base).unwrap();
+        assert!(!off.privacy.enabled());
+        assert_eq!(off.rounds(), 20);
     }
 }

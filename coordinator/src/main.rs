@@ -80,6 +80,11 @@ enum Command {
         /// Replace an earlier simulation's results in the output directory (refused without).
         #[arg(long)]
         force: bool,
+        /// Differential privacy's target ε instead of the config's `[privacy] target_epsilon`
+        /// (same mode, δ and clip), or `off` for the same run without it: a sweep of ε and its
+        /// non-private reference from one config.
+        #[arg(long, value_name = "ε|off")]
+        epsilon: Option<coordinator::simulate::EpsilonOverride>,
     },
     /// Serve the federated model for encrypted inference over mutual-TLS QUIC. Mode (b), with
     /// --model: a released model in the clear, images encrypted under each requester's own key.
@@ -175,13 +180,17 @@ fn main() -> anyhow::Result<()> {
             backend,
             serve_inference,
             force,
+            epsilon,
         } => coordinator::simulate::run(
             config.as_deref(),
             out,
-            plaintext,
-            backend,
-            serve_inference,
-            force,
+            &coordinator::simulate::Options {
+                plaintext,
+                backend,
+                serve_inference,
+                force,
+                epsilon,
+            },
         ),
         Command::ServeInference {
             dir,

@@ -168,6 +168,10 @@ fn site_toml(
     for (k, v) in &cfg.site_sections {
         doc.insert(k.clone(), v.clone());
     }
+    if cfg.privacy.enabled() {
+        // with quorum and rounds filled in: every hospital plans the same run
+        doc.insert("privacy".into(), toml::Value::try_from(&cfg.privacy)?);
+    }
     Ok(format!(
         "# Hospital {index} of federation \"{}\" ({}), written by `coordinator provision`.\n\
          # Run the node with: client run --site site.toml\n\n{}",

@@ -130,7 +130,7 @@ impl Server {
             EngineConfig {
                 hospitals: cfg.federation.hospitals,
                 threshold: cfg.threshold(),
-                rounds: cfg.federation.rounds,
+                rounds: cfg.rounds(),
                 min_hospitals: cfg.min_hospitals(),
                 plaintext: cfg.he.plaintext,
                 round_timeout: Duration::from_secs(cfg.federation.round_timeout_s),

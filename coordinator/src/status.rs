@@ -26,7 +26,7 @@ pub fn print(dir: &CoordinatorDir, audit_lines: usize) -> anyhow::Result<()> {
         cfg.federation.hospitals,
         cfg.threshold(),
         cfg.min_hospitals(),
-        cfg.federation.rounds,
+        cfg.rounds(),
         if cfg.he.plaintext {
             "plaintext (no encryption)".to_string()
         } else {

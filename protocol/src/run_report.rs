@@ -16,7 +16,7 @@ pub const PER_HOSPITAL: &str = "metrics_per_hospital";
 pub const SUMMARY: &str = "summary.json";
 
 /// The per-round table's header, in the order of [`RoundRow`]'s fields.
-pub const ROUND_HEADER: &str = "round,hospitals,test_acc,test_auc,train_loss,val_loss,train_s,encrypt_s,upload_s,aggregate_s,switch_s,coordinator_switch_s,decrypt_s,round_s,bytes_up,bytes_down";
+pub const ROUND_HEADER: &str = "round,hospitals,test_acc,test_auc,train_loss,val_loss,train_s,encrypt_s,upload_s,aggregate_s,switch_s,coordinator_switch_s,decrypt_s,round_s,bytes_up,bytes_down,epsilon";
 
 /// The per-hospital table's header: the hospital, then the node's own columns.
 pub fn hospital_header() -> String {
@@ -43,6 +43,8 @@ pub struct RoundRow {
     pub round_s: f64,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// ε after this round at the run's δ (`NaN` without differential privacy).
+    pub epsilon: f64,
 }
 
 /// Seconds per phase, summed over the run.
@@ -73,6 +75,16 @@ pub struct RunSummary {
     pub bytes_down: u64,
     pub mean_round_s: f64,
     pub time_split_s: TimeSplit,
+    /// The run's differential-privacy guarantee (ε, δ) after its last round; `null` without
+    /// `[privacy]` (older summaries lack the fields).
+    #[serde(default)]
+    pub epsilon: Option<f64>,
+    #[serde(default)]
+    pub delta: Option<f64>,
+    /// AUC of a loss-threshold membership-inference attack on the final model (training images
+    /// against unseen test images, mean over the hospitals): 0.5 is chance.
+    #[serde(default)]
+    pub mia_auc: Option<f64>,
 }
 
 /// Why a run's file cannot be read.
@@ -89,7 +101,7 @@ pub fn round_csv(rows: &[RoundRow]) -> String {
     let mut s = format!("{ROUND_HEADER}\n");
     for r in rows {
         s.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             r.round,
             r.hospitals,
             r.test_acc,
@@ -105,7 +117,8 @@ pub fn round_csv(rows: &[RoundRow]) -> String {
             r.decrypt_s,
             r.round_s,
             r.bytes_up,
-            r.bytes_down
+            r.bytes_down,
+            r.epsilon
         ));
     }
     s
@@ -146,8 +159,8 @@ pub fn parse_rounds(text: &str) -> Result<Vec<RoundRow>, RunReportError> {
 
 fn parse_round(line: &str) -> Result<RoundRow, String> {
     let f: Vec<&str> = line.split(',').map(str::trim).collect();
-    if f.len() != 16 {
-        return Err(format!("{} fields for 16 columns", f.len()));
+    if f.len() != 17 {
+        return Err(format!("{} fields for 17 columns", f.len()));
     }
     let int = |i: usize| {
         f[i].parse::<u64>()
@@ -174,6 +187,7 @@ fn parse_round(line: &str) -> Result<RoundRow, String> {
         round_s: real(13)?,
         bytes_up: int(14)?,
         bytes_down: int(15)?,
+        epsilon: real(16)?,
     })
 }
 

@@ -326,6 +326,7 @@ pub fn run_baseline(
             keep_best_on_val: cfg.baseline.keep_best_on_val && val_t.is_some(),
             global: None,
             progress,
+            dp: None,
         },
     )?;
     let test = evaluate(&net, &test_t, names)?;

@@ -21,8 +21,10 @@
 
 pub mod baseline;
 pub mod data;
+pub mod dp_sgd;
 pub mod error;
 pub mod export;
+pub mod membership;
 pub mod metrics;
 pub mod model;
 pub mod params;

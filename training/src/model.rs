@@ -208,6 +208,15 @@ pub fn default_layers() -> Vec<LayerConfig> {
     ]
 }
 
+impl ModelConfig {
+    /// Whether a layer normalises over the batch (which mixes examples' gradients).
+    pub fn has_batch_norm(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| matches!(l, LayerConfig::BatchNorm { .. }))
+    }
+}
+
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
@@ -564,6 +573,7 @@ impl NetworkSpec {
 }
 
 mod network;
+pub(crate) use network::Activations;
 pub use network::{ConvParams, DenseParams, LayerParams, Network, QuadParams};
 
 #[cfg(test)]

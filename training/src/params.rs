@@ -139,6 +139,27 @@ fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// Keeps a flat vector a valid network: batch-norm running variances at least `floor`. Noise
+/// added for differential privacy can push a variance below zero, whose square root then makes
+/// every output NaN; raising it is post-processing, which costs no privacy.
+pub fn keep_valid(manifest: &ParamManifest, flat: &mut [f32], floor: f32) -> usize {
+    let mut raised = 0;
+    for e in manifest
+        .entries
+        .iter()
+        .filter(|e| e.name.ends_with("batch-norm.running_var"))
+    {
+        for v in &mut flat[e.offset..e.offset + e.len] {
+            // NaN too
+            if v.is_nan() || *v < floor {
+                *v = floor;
+                raised += 1;
+            }
+        }
+    }
+    raised
+}
+
 /// The network's state as one flat vector in the documented order.
 pub fn to_flat(net: &Network) -> Vec<f32> {
     let mut out = Vec::with_capacity(manifest(&net.spec).total);

@@ -339,6 +339,8 @@ pub struct TrainOptions<'a> {
     pub global: Option<&'a [f32]>,
     /// Show progress bars.
     pub progress: bool,
+    /// Patient-level differential privacy: DP-SGD steps instead of epochs of batches.
+    pub dp: Option<crate::dp_sgd::DpSgd>,
 }
 
 fn scalar(t: Tensor<1>) -> f32 {
@@ -351,7 +353,7 @@ fn scalar(t: Tensor<1>) -> f32 {
 }
 
 /// Targets: one-hot rows, smoothed to `(1 − ε)·one-hot + ε/k`.
-fn one_hot(y: &[u32], k: usize, smoothing: f64) -> Vec<f32> {
+pub(crate) fn one_hot(y: &[u32], k: usize, smoothing: f64) -> Vec<f32> {
     let off = (smoothing / k as f64) as f32;
     let on = (1.0 - smoothing) as f32 + off;
     let mut v = vec![off; y.len() * k];
@@ -480,6 +482,9 @@ pub fn train(
     };
 
     let mut optim = cfg.optimizer();
+    if let Some(dp) = opts.dp {
+        return crate::dp_sgd::train_dp(net, data, cfg, dp, &mut optim);
+    }
     let augment = Augment {
         shift: cfg.shift,
         hflip: cfg.hflip,

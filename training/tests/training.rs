@@ -126,3 +126,45 @@ fn training_rejects_mismatched_data() {
     let net = Network::init(&spec, &Device::flex());
     assert!(train(net, &train_t, &cfg(1, 32, 1e-3), &TrainOptions::default()).is_err());
 }
+
+/// conv → x² → dense(128) → x² → dense: the family without batch-norm (per-example gradients).
+fn without_batch_norm() -> ModelConfig {
+    let mut m = ModelConfig::default();
+    m.layers
+        .retain(|l| !matches!(l, training::model::LayerConfig::BatchNorm { .. }));
+    m
+}
+
+#[test]
+fn dp_sgd_learns_and_refuses_batch_norm() {
+    use training::dp_sgd::DpSgd;
+    let (train_t, test_t, names) = common::tensors("organamnist", 2000, 1000);
+    let spec = without_batch_norm().resolve(train_t.shape, 11).unwrap();
+    let net = Network::init(&spec, &Device::flex().autodiff());
+    let dp = DpSgd {
+        clip: 1.0,
+        noise_multiplier: 0.5,
+        sample_rate: 256.0 / 2000.0,
+        steps: 40,
+    };
+    let opts = TrainOptions {
+        dp: Some(dp),
+        ..Default::default()
+    };
+    let (net, report) = train(net, &train_t, &cfg(1, 256, 3e-3), &opts).unwrap();
+    // Poisson batches: about q·n = 256 examples a step
+    let seen = report.images_per_s * report.train_seconds;
+    assert!(
+        (seen / 40.0 - 256.0).abs() < 40.0,
+        "{seen} examples in 40 steps"
+    );
+    let r = evaluate(&net, &test_t, &names).unwrap();
+    // 11 classes: chance is 0.5 AUC; the noise (σ = 0.5 per clipped gradient) slows but does
+    // not stop learning
+    assert!(r.macro_auc > 0.8, "AUC {}", r.macro_auc);
+    // batch-norm mixes the examples of a batch: refused
+    let spec = ModelConfig::default().resolve(train_t.shape, 11).unwrap();
+    let bn = Network::init(&spec, &Device::flex().autodiff());
+    let e = train(bn, &train_t, &cfg(1, 256, 3e-3), &opts).unwrap_err();
+    assert!(e.to_string().contains("batch-norm"), "{e}");
+}

@@ -14,6 +14,8 @@ use super::site::SiteConfig;
 pub struct LocalData {
     pub train: Tensors,
     pub val: Option<Tensors>,
+    /// Training images held out of training (`[node] membership_holdout`).
+    pub holdout: Option<Tensors>,
     pub test: Tensors,
     pub class_names: Vec<String>,
     pub spec: NetworkSpec,
@@ -51,11 +53,19 @@ pub fn load(cfg: &SiteConfig, base_dir: &Path) -> anyhow::Result<LocalData> {
             .context("no partition for this hospital")?;
         (data.train.subset(mine), split_val(&data.val, &pcfg, me)?)
     };
+    let (kept, held) = hold_out(train_set.len(), cfg.node.membership_holdout, me as u64);
+    let (train_set, holdout_set) = match held.is_empty() {
+        true => (train_set, None),
+        false => (train_set.subset(&kept), Some(train_set.subset(&held))),
+    };
     let normalizer = Normalizer::fit(&train_set).context("normalisation statistics")?;
 
     let train = Tensors::new(&train_set, &normalizer)?;
     let val = val_set.map(|v| Tensors::new(&v, &normalizer)).transpose()?;
     let test = Tensors::new(&data.test, &normalizer)?;
+    let holdout = holdout_set
+        .map(|h| Tensors::new(&h, &normalizer))
+        .transpose()?;
     let spec = cfg.model.resolve(train.shape, data.info.num_classes)?;
     let manifest = manifest(&spec);
     let mut trainable = vec![true; manifest.total];
@@ -66,6 +76,7 @@ pub fn load(cfg: &SiteConfig, base_dir: &Path) -> anyhow::Result<LocalData> {
         dataset = %data.info.name,
         train = train.len(),
         val = val.as_ref().map(|v| v.len()).unwrap_or(0),
+        held_out = holdout.as_ref().map(|v| v.len()).unwrap_or(0),
         test = test.len(),
         parameters = manifest.total,
         "hospital {} data ready",
@@ -74,6 +85,7 @@ pub fn load(cfg: &SiteConfig, base_dir: &Path) -> anyhow::Result<LocalData> {
     Ok(LocalData {
         train,
         val,
+        holdout,
         test,
         class_names: data.info.class_names.clone(),
         spec,
@@ -82,6 +94,20 @@ pub fn load(cfg: &SiteConfig, base_dir: &Path) -> anyhow::Result<LocalData> {
         normalizer,
         preparation: cfg.dataset.preparation(),
     })
+}
+
+/// The training images kept and those held out (a `share` of them, each chosen by a hash of
+/// the hospital and its index: the same images in every run of a config, plaintext or not).
+fn hold_out(n: usize, share: f64, hospital: u64) -> (Vec<usize>, Vec<usize>) {
+    // splitmix64 of (hospital, index): uniform enough for a random subset, no generator state
+    let mix = |i: u64| {
+        let mut z = (hospital << 40 ^ i).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let cut = (share * 2f64.powi(64)) as u64;
+    (0..n).partition(|&i| share == 0.0 || mix(i as u64) >= cut)
 }
 
 /// This hospital's share of the validation split, partitioned like the training split so each
@@ -105,4 +131,20 @@ fn split_val(
         .get(me)
         .filter(|v| !v.is_empty())
         .map(|v| val.subset(v)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hold_out;
+
+    #[test]
+    fn the_holdout_is_the_share_asked_and_the_same_every_time() {
+        let (kept, held) = hold_out(10_000, 0.1, 2);
+        assert_eq!(kept.len() + held.len(), 10_000);
+        assert!((held.len() as f64 - 1000.0).abs() < 100.0, "{}", held.len());
+        assert_eq!(hold_out(10_000, 0.1, 2).1, held);
+        // another hospital holds out other images
+        assert_ne!(hold_out(10_000, 0.1, 3).1, held);
+        assert!(hold_out(50, 0.0, 2).1.is_empty());
+    }
 }

@@ -10,6 +10,7 @@ mod held_setup;
 pub mod keyholder;
 mod keys;
 mod participant;
+mod privacy;
 mod result_noise;
 mod session;
 mod setup;

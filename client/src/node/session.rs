@@ -24,6 +24,7 @@ use super::NodeDirs;
 use super::data::{LocalData, load};
 use super::keys::{Keys, PeerKeys};
 use super::participant::{Action, Membership, Participant};
+use super::privacy::NodePrivacy;
 use super::site::SiteConfig;
 use super::state::{ModelState, StateFile};
 use super::trust;
@@ -82,6 +83,8 @@ pub struct Node {
     participant: Participant,
     pub(super) prepared: Option<PreparedMasks>,
     pub(super) costs: HashMap<u64, RoundCost>,
+    /// `[privacy]`: the budget this hospital enforces and its share of the noise
+    pub(super) privacy: Option<NodePrivacy>,
 }
 
 fn lookup(addr: &str) -> anyhow::Result<SocketAddr> {
@@ -107,6 +110,7 @@ impl Node {
             .unwrap_or_else(|| PathBuf::from("."));
         let cfg2 = cfg.clone();
         let data = tokio::task::spawn_blocking(move || load(&cfg2, &base)).await??;
+        let privacy = NodePrivacy::new(&cfg, data.train.len() as u64)?;
         let he = if cfg.he.plaintext {
             None
         } else {
@@ -200,6 +204,7 @@ impl Node {
             participant,
             prepared: None,
             costs: HashMap::new(),
+            privacy,
         })
     }
 
@@ -255,9 +260,48 @@ impl Node {
                         queue.extend(self.participant.result_applied(round));
                     }
                     Action::Drain => while msg.next_item().await?.is_some() {},
-                    Action::Finished => return Ok(SessionEnd::Finished),
+                    Action::Finished => {
+                        self.membership_inference().await;
+                        return Ok(SessionEnd::Finished);
+                    }
                 }
             }
+        }
+    }
+
+    /// The loss-threshold membership-inference attack on the final global model: this
+    /// hospital's training images (members) against images it never trained on (non-members):
+    /// its held-out training images (`[node] membership_holdout`, the same distribution), else
+    /// its validation images, else the official test split (other patients: their distribution
+    /// shift moves the AUC whatever the model memorised). Written to `mia.json` in its output
+    /// directory; a failure is logged, never fatal (the run is done).
+    async fn membership_inference(&self) {
+        let (spec, global) = (self.data.spec.clone(), self.state.global.clone());
+        let train = self.data.train.clone();
+        let (test, against) = match (&self.data.holdout, &self.data.val) {
+            (Some(h), _) if !h.is_empty() => {
+                (h.clone(), "this hospital's held-out training images")
+            }
+            (_, Some(v)) if !v.is_empty() => (v.clone(), "this hospital's validation images"),
+            _ => (self.data.test.clone(), "the official test split"),
+        };
+        let path = self.dirs.out.join("mia.json");
+        let done = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<f64>> {
+            let net = network_from_flat(&spec, &global, &select_device("cpu")?)?;
+            let auc = client::membership::loss_threshold_auc(&net, &train, &test)?;
+            let doc = serde_json::json!({
+                "mia_auc": auc,
+                "members": train.len().min(test.len()),
+                "attack": format!("loss threshold: training images against {against}"),
+            });
+            std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+            Ok(auc)
+        })
+        .await;
+        match done {
+            Ok(Ok(auc)) => info!(mia_auc = ?auc, "membership inference on the final model"),
+            Ok(Err(e)) => warn!("membership inference: {e:#}"),
+            Err(e) => warn!("membership inference: {e}"),
         }
     }
 
@@ -265,6 +309,9 @@ impl Node {
 
     /// Trains, encrypts and sends `round`'s update; returns how many items it held.
     async fn train_and_upload(&mut self, link: &Link, round: u64) -> anyhow::Result<usize> {
+        if let Some(p) = &self.privacy {
+            p.allows(round)?;
+        }
         let t0 = Instant::now();
         let global = self.state.global.clone();
         let spec = self.data.spec.clone();
@@ -272,12 +319,14 @@ impl Node {
         let mut tcfg = self.cfg.train.clone();
         // a different shuffle per round and hospital, reproducible from the config seed
         tcfg.seed = tcfg.seed.wrapping_add(round * 1000 + u64::from(self.index));
+        let dp = self.privacy.as_ref().and_then(|p| p.dp_sgd());
         let (local, loss) =
             tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<f32>, f32)> {
                 let device = select_device("cpu")?;
                 let net = network_from_flat(&spec, &global, &device)?;
                 let opts = TrainOptions {
                     global: Some(&global),
+                    dp,
                     ..Default::default()
                 };
                 let (net, report) = train(net, &train_data, &tcfg, &opts)?;
@@ -307,7 +356,18 @@ impl Node {
             warn!(round, clipped, "update values clipped to ±{clip}");
         }
         let t1 = Instant::now();
-        let weight = self.data.train.len() as u64;
+        // hospital-level privacy: each hospital counts once and sends its noised update on the
+        // grid (exact doubles); otherwise the update weighs its training examples
+        let noised = match &self.privacy {
+            Some(p) => p.privatize(round, &delta, self.cfg.he.max_update)?,
+            None => None,
+        };
+        let weight = if noised.is_some() {
+            1
+        } else {
+            self.data.train.len() as u64
+        };
+        let samples = self.data.train.len() as u64;
         let (items, sketch, signature, sign_ms) = match &self.he {
             Some(he) => {
                 let pk = he
@@ -325,7 +385,10 @@ impl Node {
                 let update = (self.federation, round, self.index, weight);
                 tokio::task::spawn_blocking(move || {
                     pool.install(|| -> anyhow::Result<_> {
-                        let (items, sketch) = codec.encrypt_sketched(&pk, &delta, &seed)?;
+                        let (items, sketch) = match &noised {
+                            Some(v) => codec.encrypt_sketched(&pk, v, &seed)?,
+                            None => codec.encrypt_sketched(&pk, &delta, &seed)?,
+                        };
                         let signing = Instant::now();
                         let signature = trust::sign_update(&signer, update, &items, &sketch);
                         let sign_ms = signing.elapsed().as_secs_f64() * 1e3;
@@ -334,7 +397,13 @@ impl Node {
                 })
                 .await??
             }
-            None => (protocol::plain::encode_f32s(&delta), vec![], vec![], 0.0),
+            None => {
+                let items = match &noised {
+                    Some(v) => protocol::plain::encode_f64s(v),
+                    None => protocol::plain::encode_f32s(&delta),
+                };
+                (items, vec![], vec![], 0.0)
+            }
         };
         let encrypt_s = t1.elapsed().as_secs_f32();
         let t2 = Instant::now();
@@ -367,7 +436,7 @@ impl Node {
             round,
             RoundCost {
                 train_loss: loss,
-                samples: weight,
+                samples,
                 train_s,
                 encrypt_s,
                 upload_s,
@@ -440,7 +509,13 @@ impl Node {
             }
         };
         let average = match average {
-            Ok(a) => a,
+            Ok(mut a) => {
+                if let Some(p) = &self.privacy {
+                    // each update counted once: the total weight is the number of contributors
+                    p.snap(&mut a, total_weight);
+                }
+                a
+            }
             Err(e @ CodecError::OutOfRange { .. }) => {
                 let reason = format!("round {round}: {e}; this hospital did not apply the model");
                 error!("{reason}");
@@ -471,6 +546,16 @@ impl Node {
             &delta,
             &self.data.trainable,
         );
+        if self.privacy.is_some() {
+            let raised =
+                client::params::keep_valid(&self.data.manifest, &mut self.state.global, 1e-3);
+            if raised > 0 {
+                warn!(
+                    round,
+                    raised, "batch-norm variances below 1e-3 after the noised average raised to it"
+                );
+            }
+        }
         self.state.round = round;
         self.state_file.save(&self.state)?;
         let decrypt_s = t0.elapsed().as_secs_f32();

@@ -25,6 +25,10 @@ pub struct NodeSettings {
     /// Keep trying to reach the coordinator for this many seconds.
     #[serde(default = "reconnect")]
     pub reconnect_s: u64,
+    /// This share of the hospital's training images is never trained on: the membership-
+    /// inference check's non-members (0, the default: its validation images are).
+    #[serde(default)]
+    pub membership_holdout: f64,
 }
 
 fn one_u() -> u64 {
@@ -39,6 +43,7 @@ impl Default for NodeSettings {
         Self {
             test_every: 1,
             reconnect_s: reconnect(),
+            membership_holdout: 0.0,
         }
     }
 }
@@ -60,6 +65,9 @@ pub struct SiteConfig {
     pub server: ServerOptConfig,
     #[serde(default)]
     pub node: NodeSettings,
+    /// `[privacy]` (default: off).
+    #[serde(default)]
+    pub privacy: privacy::PrivacyConfig,
 }
 
 impl SiteConfig {
@@ -86,7 +94,12 @@ impl SiteConfig {
             );
         }
         self.federation_id()?;
+        let h = self.node.membership_holdout;
+        if !(0.0..=0.5).contains(&h) {
+            bail!("[node] membership_holdout = {h} is not a share in [0, 0.5]");
+        }
         self.server.validate().map_err(anyhow::Error::msg)?;
+        self.privacy.validate()?;
         self.partition_config()?;
         Ok(())
     }

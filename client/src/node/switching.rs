@@ -67,6 +67,13 @@ impl Node {
             .as_ref()
             .context("switch request before the consortium receiving key")?;
         let seed = trust::round_seed(&he.ctx, &receive.sk, self.federation, round);
+        if let Some(p) = &self.privacy {
+            // the signed weights: a sum with fewer contributions than the privacy quorum, or one
+            // counted more than once, would carry less noise than the guarantee assumes
+            let signed: Vec<u64> = contributions.iter().map(|c| c.weight).collect();
+            p.check_sum(&signed)
+                .map_err(|e| anyhow::anyhow!("round {round}'s switch request: {e}"))?;
+        }
         let checked = Instant::now();
         trust::check_aggregate(
             &he.ctx,

@@ -247,7 +247,7 @@ impl Server {
             now_ms(),
         )?;
         let participants = result.participants.clone();
-        let phase = if round >= self.cfg.federation.rounds {
+        let phase = if round >= self.cfg.rounds() {
             Phase::Finished { rounds: round }
         } else {
             Phase::Training { committed: round }

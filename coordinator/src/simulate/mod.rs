@@ -5,6 +5,7 @@
 //! and `summary.json` into the output directory.
 
 mod children;
+mod epsilon;
 mod out_dir;
 mod report;
 mod serving;
@@ -21,21 +22,35 @@ use crate::config::FederationConfig;
 use crate::provision::provision;
 use crate::server::CoordinatorDir;
 use children::{Children, Interrupted};
+pub use epsilon::EpsilonOverride;
+
+/// How `simulate` departs from its config, from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The same pipeline without homomorphic encryption.
+    pub plaintext: bool,
+    /// Replaces the config's `[coordinator] backend`.
+    pub backend: Option<he_agg::aggregate::BackendChoice>,
+    /// Test images asked of the final model served in mode (a) (0: not served).
+    pub serve_inference: usize,
+    /// Replaces an earlier run in the output directory.
+    pub force: bool,
+    /// Replaces `[privacy] target_epsilon`, or turns differential privacy off.
+    pub epsilon: Option<EpsilonOverride>,
+}
 
 /// The README's default experiment, built in.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/organamnist-5-hospitals.toml");
 
-/// Runs the simulation described by `config_path` (default: [`DEFAULT_CONFIG`]).
-/// `backend`, when given, replaces the config's `[coordinator] backend`; `serve_inference`
-/// images are then asked of the final model served in mode (a) (0: not served).
-pub fn run(
-    config_path: Option<&Path>,
-    out: Option<PathBuf>,
-    plaintext: bool,
-    backend: Option<he_agg::aggregate::BackendChoice>,
-    serve_inference: usize,
-    force: bool,
-) -> anyhow::Result<()> {
+/// Runs the simulation described by `config_path` (default: [`DEFAULT_CONFIG`]) as `opts` say.
+pub fn run(config_path: Option<&Path>, out: Option<PathBuf>, opts: &Options) -> anyhow::Result<()> {
+    let Options {
+        plaintext,
+        backend,
+        serve_inference,
+        force,
+        epsilon,
+    } = opts.clone();
     let stop = Interrupted::install()?;
     let (text, config_path) = match config_path {
         Some(p) => (
@@ -75,6 +90,9 @@ pub fn run(
             .context("[coordinator] must be a table")?
             .insert("backend".into(), backend.to_string().into());
     }
+    if let Some(e) = epsilon {
+        e.apply(&mut doc)?;
+    }
     let text = toml::to_string(&doc)?;
     let mut cfg = FederationConfig::from_toml(&text)
         .with_context(|| format!("in {}", config_path.display()))?;
@@ -88,8 +106,9 @@ pub fn run(
         );
     }
     let name = format!(
-        "{}{}",
+        "{}{}{}",
         cfg.federation.name,
+        epsilon.map(EpsilonOverride::suffix).unwrap_or_default(),
         if cfg.he.plaintext { "-plaintext" } else { "" }
     );
     let out = out.unwrap_or_else(|| PathBuf::from("out").join(&name));
@@ -112,7 +131,7 @@ pub fn run(
         cfg.federation.name,
         cfg.federation.hospitals,
         cfg.threshold(),
-        cfg.federation.rounds,
+        cfg.rounds(),
         if cfg.he.plaintext {
             "plaintext".to_string()
         } else {
@@ -120,6 +139,9 @@ pub fn run(
         },
         p.federation
     );
+    if let Some(line) = crate::privacy_report::describe(&cfg)? {
+        println!("{line}");
+    }
 
     let coordinator_bin = std::env::current_exe().context("cannot locate this executable")?;
     let client_bin = client_binary(&coordinator_bin)?;
@@ -160,7 +182,7 @@ pub fn run(
     }
 
     let bars = MultiProgress::new();
-    let bar = bars.add(ProgressBar::new(cfg.federation.rounds));
+    let bar = bars.add(ProgressBar::new(cfg.rounds()));
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] round {pos}/{len} {msg}")
             .expect("static template")
@@ -173,7 +195,7 @@ pub fn run(
     });
     let hospital_bars: Vec<ProgressBar> = (1..=cfg.federation.hospitals)
         .map(|i| {
-            let b = bars.add(ProgressBar::new(cfg.federation.rounds));
+            let b = bars.add(ProgressBar::new(cfg.rounds()));
             b.set_style(
                 ProgressStyle::with_template("  hospital {prefix:>3} [{bar:20}] {msg}")
                     .expect("static template")

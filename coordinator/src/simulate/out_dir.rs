@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 
 /// The files a simulation writes at the top of its output directory (`report`, `serving`).
-const OUR_FILES: [&str; 10] = [
+const OUR_FILES: [&str; 11] = [
     "summary.json",
     "inference_mode_a.json",
     "metrics_per_round.csv",
@@ -19,6 +19,7 @@ const OUR_FILES: [&str; 10] = [
     "loss.png",
     "bytes.png",
     "time.png",
+    "privacy.png",
 ];
 
 /// Refuses `out` when it holds an earlier run, unless `force`, which removes that run's files

@@ -24,7 +24,11 @@ fn mean(v: &[&RoundMetrics], f: impl Fn(&RoundMetrics) -> f32) -> f64 {
 }
 
 /// Per-round means over the hospitals that reported.
-fn rows(metrics: &[(u32, RoundMetrics)], rounds: &[RoundRecord]) -> Vec<RoundRow> {
+fn rows(
+    cfg: &FederationConfig,
+    metrics: &[(u32, RoundMetrics)],
+    rounds: &[RoundRecord],
+) -> Vec<RoundRow> {
     rounds
         .iter()
         .map(|r| {
@@ -50,6 +54,7 @@ fn rows(metrics: &[(u32, RoundMetrics)], rounds: &[RoundRecord]) -> Vec<RoundRow
                 round_s: r.committed_unix_ms.saturating_sub(r.started_unix_ms) as f64 / 1e3,
                 bytes_up: r.bytes_up,
                 bytes_down: r.bytes_down,
+                epsilon: crate::privacy_report::epsilon_after(cfg, r.round, metrics),
             }
         })
         .collect()
@@ -74,6 +79,23 @@ fn write_table(dir: &Path, name: &str, csv: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The mean over the hospitals of their membership-inference AUC on the final model (each
+/// node writes `mia.json` in its output directory when the run ends).
+fn membership_auc(out: &Path, hospitals: u32) -> Option<f64> {
+    let aucs: Vec<f64> = (1..=hospitals)
+        .filter_map(|h| {
+            let path = out
+                .join("hospitals")
+                .join(format!("hospital-{h}"))
+                .join("mia.json");
+            let doc: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+            doc["mia_auc"].as_f64()
+        })
+        .collect();
+    (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64)
+}
+
 fn finite(v: f64) -> Option<f64> {
     v.is_finite().then_some(v)
 }
@@ -87,7 +109,7 @@ pub fn write(
     let store = Store::open_existing(&coord.state())?;
     let metrics = store.metrics()?;
     let rounds = store.rounds()?;
-    let per_round = rows(&metrics, &rounds);
+    let per_round = rows(cfg, &metrics, &rounds);
     write_table(
         out,
         run_report::PER_HOSPITAL,
@@ -126,6 +148,9 @@ pub fn write(
             switch: sum(|r| r.switch_s),
             decrypt: sum(|r| r.decrypt_s),
         },
+        epsilon: finite(last.epsilon),
+        delta: cfg.privacy.enabled().then_some(cfg.privacy.delta),
+        mia_auc: membership_auc(out, cfg.federation.hospitals),
     };
     let path = out.join(run_report::SUMMARY);
     std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
@@ -138,6 +163,15 @@ pub fn write(
         summary.bytes_up as f64 / 1e6,
         summary.bytes_down as f64 / 1e6
     );
+    if let Some(e) = summary.epsilon {
+        println!(
+            "differential privacy: ε = {e:.3} at δ = {:e}",
+            cfg.privacy.delta
+        );
+    }
+    if let Some(a) = summary.mia_auc {
+        println!("membership-inference AUC (loss threshold, mean over hospitals): {a:.4}");
+    }
     Ok(())
 }
 
@@ -288,6 +322,14 @@ fn plots(out: &Path, rows: &[RoundRow], plaintext: bool) -> anyhow::Result<()> {
             ("whole round", pts(|r| r.round_s), BLACK),
         ],
     )?;
+    if rows.iter().any(|r| r.epsilon.is_finite()) {
+        line_plot(
+            &out.join("privacy.png"),
+            "Differential privacy spent: ε after each round",
+            "ε",
+            &[("ε", pts(|r| r.epsilon), RED)],
+        )?;
+    }
     Ok(())
 }
 

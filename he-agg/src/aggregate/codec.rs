@@ -83,7 +83,11 @@ impl UpdateCodec {
 
     /// The update `values` encrypted under `pk`, N reals per ciphertext, wire-encoded, on the
     /// current rayon pool.
-    pub fn encrypt(&self, pk: &PublicKey, values: &[f32]) -> Result<Vec<Vec<u8>>, CodecError> {
+    pub fn encrypt<T: Copy + Into<f64> + Sync>(
+        &self,
+        pk: &PublicKey,
+        values: &[T],
+    ) -> Result<Vec<Vec<u8>>, CodecError> {
         let ctx = &self.ctx;
         values
             .par_chunks(ctx.n())
@@ -91,7 +95,7 @@ impl UpdateCodec {
                 || ctx.pk_encryptor(pk).map_err(|e| format!("encryptor: {e}")),
                 |enc, chunk| -> Result<Vec<u8>, CodecError> {
                     let enc = enc.as_mut().map_err(|e| CodecError::Setup(e.clone()))?;
-                    let v: Vec<f64> = chunk.iter().map(|&x| f64::from(x)).collect();
+                    let v: Vec<f64> = chunk.iter().map(|&x| x.into()).collect();
                     let pt = ctx.encode_real_pairs(&v, self.plan.level, self.plan.scale)?;
                     Ok(wire::encode_ciphertext(ctx, &enc.encrypt(&pt)))
                 },
@@ -101,10 +105,10 @@ impl UpdateCodec {
 
     /// [`UpdateCodec::encrypt`], and the update's [`super::sketch`] under `seed` taken from the
     /// ciphertexts before they are encoded (no second decode).
-    pub fn encrypt_sketched(
+    pub fn encrypt_sketched<T: Copy + Into<f64> + Sync>(
         &self,
         pk: &PublicKey,
-        values: &[f32],
+        values: &[T],
         seed: &[u8; 32],
     ) -> Result<(Vec<Vec<u8>>, Vec<u64>), CodecError> {
         let ctx = &self.ctx;
@@ -115,7 +119,7 @@ impl UpdateCodec {
                 || ctx.pk_encryptor(pk).map_err(|e| format!("encryptor: {e}")),
                 |enc, (i, chunk)| -> Result<(Vec<u8>, Vec<u64>), CodecError> {
                     let enc = enc.as_mut().map_err(|e| CodecError::Setup(e.clone()))?;
-                    let v: Vec<f64> = chunk.iter().map(|&x| f64::from(x)).collect();
+                    let v: Vec<f64> = chunk.iter().map(|&x| x.into()).collect();
                     let pt = ctx.encode_real_pairs(&v, self.plan.level, self.plan.scale)?;
                     let ct = enc.encrypt(&pt);
                     let part = super::sketch::sketch_one(ctx, seed, i, &ct);

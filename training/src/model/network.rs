@@ -141,79 +141,106 @@ impl Network {
 
     /// Logits `[batch, classes]` for images `[batch, c, h, w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        enum Cur {
-            Img(Tensor<4>),
-            Vec(Tensor<2>),
-        }
-        let mut cur = Cur::Img(x);
-        let mut slots = self.params.iter();
+        self.forward_tapped(x, &mut |_, _, out| out)
+    }
+
+    /// [`Network::forward`] with `tap` called at every layer that has parameters: the layer's
+    /// index in `params`, its input and its output, which `tap`'s return replaces. DP-SGD reads
+    /// each example's gradients through it.
+    pub(crate) fn forward_tapped(
+        &self,
+        x: Tensor<4>,
+        tap: &mut dyn FnMut(usize, &Activations, Activations) -> Activations,
+    ) -> Tensor<2> {
+        use Activations::{Img, Vec};
+        let mut cur = Img(x);
+        let mut slot = 0;
+        let next = |slot: &mut usize| {
+            let p = &self.params[*slot];
+            *slot += 1;
+            (*slot - 1, p)
+        };
         for l in &self.spec.layers {
             cur = match (&l.kind, cur) {
                 (
                     LayerKind::Conv {
                         stride, padding, ..
                     },
-                    Cur::Img(x),
+                    Img(x),
                 ) => {
-                    let Some(LayerParams::Conv(p)) = slots.next() else {
+                    let (i, LayerParams::Conv(p)) = next(&mut slot) else {
                         unreachable!("params follow the spec")
                     };
-                    Cur::Img(conv2d(
-                        x,
+                    let out = conv2d(
+                        x.clone(),
                         p.weight.val(),
                         Some(p.bias.val()),
                         ConvOptions::new([*stride; 2], [*padding; 2], [1, 1], 1),
-                    ))
+                    );
+                    tap(i, &Img(x), Img(out))
                 }
-                (LayerKind::AvgPool { kernel, stride }, Cur::Img(x)) => Cur::Img(avg_pool2d(
+                (LayerKind::AvgPool { kernel, stride }, Img(x)) => Img(avg_pool2d(
                     x,
                     AvgPoolOptions::new([*kernel; 2]).with_stride([*stride; 2]),
                 )),
                 (LayerKind::Dense { .. }, cur) => {
                     let x = match cur {
-                        Cur::Img(x) => x.flatten::<2>(1, 3),
-                        Cur::Vec(x) => x,
+                        Img(x) => x.flatten::<2>(1, 3),
+                        Vec(x) => x,
                     };
-                    let Some(LayerParams::Dense(p)) = slots.next() else {
+                    let (i, LayerParams::Dense(p)) = next(&mut slot) else {
                         unreachable!("params follow the spec")
                     };
-                    Cur::Vec(x.matmul(p.weight.val()) + p.bias.val().unsqueeze_dim(0))
+                    let out = x.clone().matmul(p.weight.val()) + p.bias.val().unsqueeze_dim(0);
+                    tap(i, &Vec(x), Vec(out))
                 }
                 (LayerKind::BatchNorm { .. }, cur) => {
-                    let Some(LayerParams::Norm(bn)) = slots.next() else {
+                    let (i, LayerParams::Norm(bn)) = next(&mut slot) else {
                         unreachable!("params follow the spec")
                     };
-                    match cur {
-                        Cur::Img(x) => Cur::Img(bn.forward(x)),
-                        Cur::Vec(x) => Cur::Vec(bn.forward(x)),
-                    }
+                    let out = match &cur {
+                        Img(x) => Img(bn.forward(x.clone())),
+                        Vec(x) => Vec(bn.forward(x.clone())),
+                    };
+                    tap(i, &cur, out)
                 }
                 (LayerKind::Act { activation }, cur) => {
-                    let quad = if *activation == Activation::Quadratic {
-                        let Some(LayerParams::Quad(q)) = slots.next() else {
+                    if *activation == Activation::Quadratic {
+                        let (i, LayerParams::Quad(q)) = next(&mut slot) else {
                             unreachable!("params follow the spec")
                         };
-                        Some((q.a.val(), q.b.val()))
+                        let quad = Some((q.a.val(), q.b.val()));
+                        let out = match &cur {
+                            Img(x) => Img(act(x.clone(), *activation, quad)),
+                            Vec(x) => Vec(act(x.clone(), *activation, quad)),
+                        };
+                        tap(i, &cur, out)
                     } else {
-                        None
-                    };
-                    match cur {
-                        Cur::Img(x) => Cur::Img(act(x, *activation, quad)),
-                        Cur::Vec(x) => Cur::Vec(act(x, *activation, quad)),
+                        match cur {
+                            Img(x) => Img(act(x, *activation, None)),
+                            Vec(x) => Vec(act(x, *activation, None)),
+                        }
                     }
                 }
                 (LayerKind::Dropout { rate }, cur) => match cur {
-                    Cur::Img(x) => Cur::Img(dropout(x, *rate)),
-                    Cur::Vec(x) => Cur::Vec(dropout(x, *rate)),
+                    Img(x) => Img(dropout(x, *rate)),
+                    Vec(x) => Vec(dropout(x, *rate)),
                 },
-                (_, Cur::Vec(_)) => unreachable!("resolve() rejects image layers after dense"),
+                (_, Vec(_)) => unreachable!("resolve() rejects image layers after dense"),
             };
         }
         match cur {
-            Cur::Vec(x) => x,
-            Cur::Img(x) => x.flatten::<2>(1, 3),
+            Vec(x) => x,
+            Img(x) => x.flatten::<2>(1, 3),
         }
     }
+}
+
+/// A layer's activations for a batch: images `[b, c, h, w]` or vectors `[b, n]`.
+#[derive(Clone, Debug)]
+pub(crate) enum Activations {
+    Img(Tensor<4>),
+    Vec(Tensor<2>),
 }
 
 /// Inverted dropout on autodiff devices (training); identity otherwise.

@@ -1,0 +1,92 @@
+//! Hospital-level differential privacy through the real encrypted pipeline: each hospital's
+//! share of discrete Gaussian noise, encrypted with the federation's codec, summed as
+//! ciphertexts, decrypted and rounded back to the grid. The decrypted sum of zero updates is
+//! the noise alone; its empirical variance must be that of the plan — σ² when exactly the
+//! quorum contributes (dropouts), more when more do — and the rounding must be exact.
+
+use he_agg::aggregate::{AggregationPlan, UpdateCodec};
+use he_agg::ckks::{CkksContext, Parameters, Preset, wire};
+use privacy::mechanism::HospitalMechanism;
+use privacy::{Mode, PrivacyConfig, RunShape};
+
+#[test]
+fn the_decrypted_noise_has_the_planned_variance_with_and_without_dropouts() {
+    let (hospitals, quorum) = (5u32, 3u32);
+    let cfg = PrivacyConfig {
+        mode: Mode::Hospital,
+        noise_multiplier: Some(1.0),
+        clip: 1.0,
+        quorum: Some(quorum),
+        rounds: Some(1),
+        ..Default::default()
+    };
+    let plan = cfg
+        .plan(RunShape {
+            rounds: 1,
+            quorum,
+            examples: 0,
+            batch_size: 1,
+            epochs: 1,
+        })
+        .unwrap();
+    let mech = HospitalMechanism::new(&plan);
+    let ctx = CkksContext::new(Parameters::preset(Preset::Aggregation)).unwrap();
+    let he = he_agg::aggregate::HeSettings::default();
+    let agg = AggregationPlan::from_settings(&ctx, &he, hospitals as usize, 3).unwrap();
+    let codec = UpdateCodec::new(ctx.clone(), agg);
+    let mut kg = ctx.key_generator().unwrap();
+    let sk = kg.secret_key();
+    let pk = kg.public_key(&sk);
+    let eval = ctx.evaluator(None, None).unwrap();
+    let dim = 3 * ctx.n();
+    let zero = vec![0f32; dim];
+    for contributors in [quorum, hospitals] {
+        let mut sum: Option<Vec<he_agg::ckks::Ciphertext>> = None;
+        for _ in 0..contributors {
+            let noised = mech.privatize(&zero).unwrap().values;
+            let items = codec.encrypt(&pk, &noised).unwrap();
+            let cts: Vec<_> = items
+                .iter()
+                .enumerate()
+                .map(|(i, b)| codec.decode(i, b).unwrap())
+                .collect();
+            sum = Some(match sum {
+                None => cts,
+                Some(acc) => acc
+                    .iter()
+                    .zip(&cts)
+                    .map(|(a, b)| eval.add(a, b).unwrap())
+                    .collect(),
+            });
+        }
+        let items: Vec<Vec<u8>> = sum
+            .unwrap()
+            .iter()
+            .map(|ct| wire::encode_ciphertext(&ctx, ct))
+            .collect();
+        let n = u64::from(contributors);
+        let mut avg = codec
+            .decrypt_average(&sk, &items, dim, n as f64, he.max_update)
+            .unwrap();
+        let off_grid = mech.snap(&mut avg, n);
+        assert!(
+            off_grid < 0.01,
+            "CKKS's error reached {off_grid} grid steps"
+        );
+        let total: Vec<f64> = avg.iter().map(|a| a * n as f64).collect();
+        let var = total.iter().map(|t| t * t).sum::<f64>() / dim as f64;
+        let want = f64::from(contributors) * mech.sigma_each().powi(2);
+        let se = want * (2.0 / dim as f64).sqrt();
+        assert!(
+            (var - want).abs() < 5.0 * se,
+            "{contributors} contributors: variance {var}, want {want}"
+        );
+        // at the quorum the sum carries exactly the planned σ² = (z·C)², more above it
+        let sigma2 = (plan.noise_multiplier * cfg.clip).powi(2);
+        if contributors == quorum {
+            assert!((want / sigma2 - 1.0).abs() < 1e-3, "{want} vs {sigma2}");
+        } else {
+            assert!(want > sigma2 * 1.5);
+        }
+    }
+}
