@@ -43,7 +43,10 @@ fn the_decrypted_noise_has_the_planned_variance_with_and_without_dropouts() {
     for contributors in [quorum, hospitals] {
         let mut sum: Option<Vec<he_agg::ckks::Ciphertext>> = None;
         for _ in 0..contributors {
-            let noised = mech.privatize(&zero).unwrap().values;
+            let noised = mech
+                .privatize(&zero, mech.noise(dim).unwrap())
+                .unwrap()
+                .values;
             let items = codec.encrypt(&pk, &noised).unwrap();
             let cts: Vec<_> = items
                 .iter()

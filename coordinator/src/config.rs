@@ -256,13 +256,14 @@ impl FederationConfig {
                 .unwrap_or(d)
                 .max(1) as u64
         };
-        Ok(self.privacy.plan(privacy::RunShape {
-            rounds: self.privacy.rounds.unwrap_or(self.federation.rounds),
-            quorum: self.privacy.quorum.unwrap_or(self.min_hospitals()),
-            examples: examples.max(int("batch_size", 128)),
-            batch_size: int("batch_size", 128),
-            epochs: int("epochs", 10),
-        })?)
+        let batch = self.privacy.batch_size.unwrap_or(int("batch_size", 128));
+        Ok(self.privacy.plan(self.privacy.run_shape(
+            self.privacy.rounds.unwrap_or(self.federation.rounds),
+            self.privacy.quorum.unwrap_or(self.min_hospitals()),
+            examples.max(batch),
+            int("batch_size", 128),
+            int("epochs", 10),
+        ))?)
     }
 
     /// Rounds the run makes: the configured ones, fewer if the privacy budget ends sooner

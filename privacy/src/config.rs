@@ -50,6 +50,14 @@ pub struct PrivacyConfig {
     /// `min_hospitals` (written into the site TOMLs by `coordinator provision`).
     #[serde(default)]
     pub quorum: Option<u32>,
+    /// Patient mode: the expected size of each DP-SGD step's Poisson sample. Default: `[train]`
+    /// batch_size. DP-SGD wants larger batches than plain training (the noise is per step), so
+    /// the usual recipe stays in `[train]` for the same run without privacy.
+    #[serde(default)]
+    pub batch_size: Option<u64>,
+    /// Patient mode: passes over the training images per round. Default: `[train]` epochs.
+    #[serde(default)]
+    pub epochs: Option<u64>,
     /// The rounds a target ε is spread over. Default: the federation's `rounds` (written into
     /// the site TOMLs by `coordinator provision`, so every hospital plans the same run).
     #[serde(default)]
@@ -78,6 +86,8 @@ impl Default for PrivacyConfig {
             granularity_bits: default_bits(),
             quorum: None,
             rounds: None,
+            batch_size: None,
+            epochs: None,
         }
     }
 }
@@ -139,6 +149,26 @@ impl PrivacyConfig {
         self.mode != Mode::Off
     }
 
+    /// The shape of a run of `rounds` rounds with `quorum`, for a hospital with `examples`
+    /// training images and `[train]`'s batch size and epochs (which `batch_size` and `epochs`
+    /// replace in patient mode).
+    pub fn run_shape(
+        &self,
+        rounds: u64,
+        quorum: u32,
+        examples: u64,
+        train_batch: u64,
+        train_epochs: u64,
+    ) -> RunShape {
+        RunShape {
+            rounds,
+            quorum,
+            examples,
+            batch_size: self.batch_size.unwrap_or(train_batch),
+            epochs: self.epochs.unwrap_or(train_epochs),
+        }
+    }
+
     /// Checks the values themselves (the shape of the run is checked by [`Self::plan`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
@@ -180,6 +210,12 @@ impl PrivacyConfig {
         }
         if self.rounds == Some(0) {
             return bad("rounds must be at least 1".into());
+        }
+        if self.batch_size == Some(0) || self.epochs == Some(0) {
+            return bad("batch_size and epochs must be at least 1".into());
+        }
+        if self.mode == Mode::Hospital && (self.batch_size.is_some() || self.epochs.is_some()) {
+            return bad("batch_size and epochs are DP-SGD's (mode = \"patient\")".into());
         }
         Ok(())
     }

@@ -36,6 +36,10 @@ pub struct Privatized {
     pub clipped: bool,
 }
 
+/// One hospital's share of the noise for one update, in grid steps.
+#[derive(Debug)]
+pub struct Noise(Vec<i64>);
+
 /// Coefficients per noise block: each block draws from its own OS-seeded generator, so blocks
 /// run on every thread.
 const BLOCK: usize = 8192;
@@ -49,17 +53,41 @@ impl HospitalMechanism {
         }
     }
 
-    /// Clips, rounds to the grid and adds this hospital's share of the noise (from the OS's
-    /// randomness, never a seed).
-    pub fn privatize(&self, update: &[f32]) -> Result<Privatized, RngError> {
-        self.privatize_with(update, |_| Csprng::from_os())
+    /// This hospital's share of the noise for an update of `len` values, in grid steps, from
+    /// the OS's randomness (never a seed). It does not depend on the update, so a hospital
+    /// draws it while it trains.
+    pub fn noise(&self, len: usize) -> Result<Noise, RngError> {
+        self.noise_with(len, |_| Csprng::from_os())
     }
 
-    fn privatize_with(
+    fn noise_with(
         &self,
-        update: &[f32],
+        len: usize,
         rng: impl Fn(usize) -> Result<Csprng, RngError> + Sync,
-    ) -> Result<Privatized, RngError> {
+    ) -> Result<Noise, RngError> {
+        let mut steps = vec![0i64; len];
+        steps.par_chunks_mut(BLOCK).enumerate().try_for_each(
+            |(b, out)| -> Result<(), RngError> {
+                // (a variance of 0 only in tests: the rounding alone)
+                if self.var_each == 0 {
+                    return Ok(());
+                }
+                let mut g = rng(b)?;
+                for o in out.iter_mut() {
+                    // |z| < 2^40 whenever it is accepted at a variance ≤ 2^48
+                    *o = g.discrete_gaussian(self.var_each) as i64;
+                }
+                Ok(())
+            },
+        )?;
+        Ok(Noise(steps))
+    }
+
+    /// Clips `update`, rounds it to the grid and adds `noise` (drawn for its length).
+    pub fn privatize(&self, update: &[f32], noise: Noise) -> Result<Privatized, RngError> {
+        if noise.0.len() != update.len() {
+            return Err(RngError::length(noise.0.len(), update.len()));
+        }
         let norm = update
             .iter()
             .map(|&x| f64::from(x) * f64::from(x))
@@ -71,26 +99,15 @@ impl HospitalMechanism {
             return Err(RngError::dimension(update.len()));
         }
         let scale = if norm > bound { bound / norm } else { 1.0 };
-        let mut values = vec![0f64; update.len()];
-        values
-            .par_chunks_mut(BLOCK)
-            .zip(update.par_chunks(BLOCK))
-            .enumerate()
-            .try_for_each(|(b, (out, chunk))| -> Result<(), RngError> {
-                let mut g = rng(b)?;
-                for (o, &x) in out.iter_mut().zip(chunk) {
-                    let q = (f64::from(x) * scale / self.grid).round() as i128;
-                    // (a variance of 0 only in tests: the rounding alone)
-                    let z = if self.var_each == 0 {
-                        0
-                    } else {
-                        g.discrete_gaussian(self.var_each)
-                    };
-                    // |q + z| < 2^53 grid steps: an exact double
-                    *o = (q + z) as f64 * self.grid;
-                }
-                Ok(())
-            })?;
+        let values = update
+            .par_iter()
+            .zip(noise.0.par_iter())
+            .map(|(&x, &z)| {
+                let q = (f64::from(x) * scale / self.grid).round() as i64;
+                // |q + z| < 2^53 grid steps: an exact double
+                (q + z) as f64 * self.grid
+            })
+            .collect();
         Ok(Privatized {
             values,
             norm,
@@ -146,9 +163,10 @@ mod tests {
     fn updates_are_clipped_and_on_the_grid() {
         let m = HospitalMechanism::new(&plan(3, 1.0));
         let update: Vec<f32> = (0..20_000).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
-        let p = m
-            .privatize_with(&update, |b| Ok(Csprng::from_seed_for_tests(b as u8)))
+        let noise = m
+            .noise_with(update.len(), |b| Ok(Csprng::from_seed_for_tests(b as u8)))
             .unwrap();
+        let p = m.privatize(&update, noise).unwrap();
         assert!(p.clipped && p.norm > 0.5);
         for v in &p.values {
             let steps = v / m.grid;
@@ -164,10 +182,13 @@ mod tests {
             .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
             .collect();
         let p = quiet
-            .privatize_with(&big, |_| Ok(Csprng::from_seed_for_tests(7)))
+            .privatize(&big, quiet.noise(big.len()).unwrap())
             .unwrap();
         let norm = p.values.iter().map(|v| v * v).sum::<f64>().sqrt();
         assert!(norm <= 0.5 * (1.0 + 1e-12), "{norm}");
+        // noise drawn for another length is refused
+        let e = m.privatize(&big, m.noise(10).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("10 values"), "{e}");
     }
 
     #[test]
@@ -180,11 +201,12 @@ mod tests {
         let zero = vec![0f32; dim];
         let mut sum = vec![0f64; dim];
         for h in 0..quorum {
-            let p = m
-                .privatize_with(&zero, |b| {
+            let noise = m
+                .noise_with(dim, |b| {
                     Ok(Csprng::from_seed_for_tests((h * 50 + b as u32) as u8))
                 })
                 .unwrap();
+            let p = m.privatize(&zero, noise).unwrap();
             for (s, v) in sum.iter_mut().zip(&p.values) {
                 *s += v;
             }

@@ -14,6 +14,12 @@ use rand_core::{Rng, SeedableRng};
 pub struct RngError(String);
 
 impl RngError {
+    pub(crate) fn length(noise: usize, update: usize) -> Self {
+        RngError(format!(
+            "noise drawn for {noise} values cannot protect an update of {update}"
+        ))
+    }
+
     pub(crate) fn dimension(d: usize) -> Self {
         RngError(format!(
             "an update of {d} values cannot be rounded to the grid within the clip bound: raise \

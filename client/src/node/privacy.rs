@@ -4,8 +4,8 @@
 //! back to the grid.
 
 use anyhow::{Context, bail};
-use privacy::mechanism::HospitalMechanism;
-use privacy::{Mode, Plan, RunShape};
+use privacy::mechanism::{HospitalMechanism, Noise};
+use privacy::{Mode, Plan};
 use tracing::info;
 
 use super::site::SiteConfig;
@@ -32,13 +32,13 @@ impl NodePrivacy {
             .rounds
             .context("[privacy] rounds is missing (coordinator provision writes it)")?;
         let plan = p
-            .plan(RunShape {
+            .plan(p.run_shape(
                 rounds,
                 quorum,
                 examples,
-                batch_size: cfg.train.batch_size as u64,
-                epochs: cfg.train.epochs as u64,
-            })
+                cfg.train.batch_size as u64,
+                cfg.train.epochs as u64,
+            ))
             .context("in [privacy]")?;
         if p.mode == Mode::Hospital && p.clip + 12.0 * plan.sigma_each() > cfg.he.max_update {
             bail!(
@@ -85,30 +85,40 @@ impl NodePrivacy {
         Ok(())
     }
 
-    /// Hospital level: the update clipped, on the grid, with this hospital's share of the
-    /// noise, each value within ±`max_update` (beyond 12 σ, probability < 10^-32 per value).
+    /// Hospital level: a task drawing this hospital's share of the noise for an update of
+    /// `len` values while it trains (the noise does not depend on the update).
+    pub(super) fn draw_noise(
+        &self,
+        len: usize,
+    ) -> Option<tokio::task::JoinHandle<Result<Noise, privacy::sampler::RngError>>> {
+        let m = self.mechanism.clone()?;
+        Some(tokio::task::spawn_blocking(move || m.noise(len)))
+    }
+
+    /// Hospital level: the update clipped, on the grid, with `noise` added, each value within
+    /// ±`max_update` (beyond 12 σ, probability < 10^-32 per value).
     pub(super) fn privatize(
         &self,
         round: u64,
         delta: &[f32],
+        noise: Noise,
         max_update: f64,
-    ) -> anyhow::Result<Option<Vec<f64>>> {
-        let Some(m) = &self.mechanism else {
-            return Ok(None);
-        };
-        let p = m.privatize(delta)?;
+    ) -> anyhow::Result<Vec<f64>> {
+        let m = self
+            .mechanism
+            .as_ref()
+            .context("noise outside hospital-level privacy")?;
+        let p = m.privatize(delta, noise)?;
         info!(
             round,
             norm = p.norm,
             clipped = p.clipped,
             "update clipped and noised for differential privacy"
         );
-        Ok(Some(
-            p.values
-                .into_iter()
-                .map(|v| v.clamp(-max_update, max_update))
-                .collect(),
-        ))
+        Ok(p.values
+            .into_iter()
+            .map(|v| v.clamp(-max_update, max_update))
+            .collect())
     }
 
     /// Hospital level: the decrypted average of `contributors` updates rounded back to the
@@ -162,7 +172,7 @@ impl NodePrivacy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use privacy::PrivacyConfig;
+    use privacy::{PrivacyConfig, RunShape};
 
     fn node(mode: Mode) -> NodePrivacy {
         let cfg = PrivacyConfig {

@@ -320,6 +320,11 @@ impl Node {
         // a different shuffle per round and hospital, reproducible from the config seed
         tcfg.seed = tcfg.seed.wrapping_add(round * 1000 + u64::from(self.index));
         let dp = self.privacy.as_ref().and_then(|p| p.dp_sgd());
+        // hospital-level privacy: the noise is drawn while the model trains, off the round's path
+        let noise = self
+            .privacy
+            .as_ref()
+            .and_then(|p| p.draw_noise(global.len()));
         let (local, loss) =
             tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<f32>, f32)> {
                 let device = select_device("cpu")?;
@@ -358,9 +363,12 @@ impl Node {
         let t1 = Instant::now();
         // hospital-level privacy: each hospital counts once and sends its noised update on the
         // grid (exact doubles); otherwise the update weighs its training examples
-        let noised = match &self.privacy {
-            Some(p) => p.privatize(round, &delta, self.cfg.he.max_update)?,
-            None => None,
+        let noised = match (&self.privacy, noise) {
+            (Some(p), Some(noise)) => {
+                let noise = noise.await?.context("drawing the privacy noise")?;
+                Some(p.privatize(round, &delta, noise, self.cfg.he.max_update)?)
+            }
+            _ => None,
         };
         let weight = if noised.is_some() {
             1
@@ -398,8 +406,13 @@ impl Node {
                 .await??
             }
             None => {
+                // plaintext updates travel as f32 (the coordinator sums them in f64): grid values
+                // below 2^24 steps, all of them within the default max_update, stay exact
                 let items = match &noised {
-                    Some(v) => protocol::plain::encode_f64s(v),
+                    Some(v) => {
+                        let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+                        protocol::plain::encode_f32s(&v)
+                    }
                     None => protocol::plain::encode_f32s(&delta),
                 };
                 (items, vec![], vec![], 0.0)
@@ -584,7 +597,13 @@ impl Node {
         let c = self.costs.remove(&round).unwrap_or_default();
         let m = RoundMetrics {
             round,
-            train_loss: c.train_loss,
+            // under [privacy] the training loss, computed on the training images without noise,
+            // stays here (in this node's log): only what the guarantee covers leaves
+            train_loss: if self.privacy.is_some() {
+                f32::NAN
+            } else {
+                c.train_loss
+            },
             val_loss: v.as_ref().map(|r| r.loss as f32).unwrap_or(f32::NAN),
             val_acc: v.as_ref().map(|r| r.accuracy as f32).unwrap_or(f32::NAN),
             val_auc: v.as_ref().map(|r| r.macro_auc as f32).unwrap_or(f32::NAN),
