@@ -150,18 +150,29 @@ fn body<'a>(
     }
 }
 
-/// Every row of a per-round table, checked field by field.
+/// Every row of a per-round table, checked field by field; a table written before the
+/// `epsilon` column existed reads with `NaN` there.
 pub fn parse_rounds(text: &str) -> Result<Vec<RoundRow>, RunReportError> {
-    body(text, ROUND_HEADER)?
-        .map(|(line, l)| parse_round(l).map_err(|what| RunReportError::Row { line, what }))
+    let older = ROUND_HEADER
+        .strip_suffix(",epsilon")
+        .unwrap_or(ROUND_HEADER);
+    let (rows, columns) = match body(text, ROUND_HEADER) {
+        Ok(rows) => (rows, 17),
+        Err(e) => match body(text, older) {
+            Ok(rows) => (rows, 16),
+            Err(_) => return Err(e),
+        },
+    };
+    rows.map(|(line, l)| parse_round(l, columns).map_err(|what| RunReportError::Row { line, what }))
         .collect()
 }
 
-fn parse_round(line: &str) -> Result<RoundRow, String> {
-    let f: Vec<&str> = line.split(',').map(str::trim).collect();
-    if f.len() != 17 {
-        return Err(format!("{} fields for 17 columns", f.len()));
+fn parse_round(line: &str, columns: usize) -> Result<RoundRow, String> {
+    let mut f: Vec<&str> = line.split(',').map(str::trim).collect();
+    if f.len() != columns {
+        return Err(format!("{} fields for {columns} columns", f.len()));
     }
+    f.resize(17, "NaN");
     let int = |i: usize| {
         f[i].parse::<u64>()
             .map_err(|e| format!("column {}: {e}", i + 1))
@@ -231,6 +242,18 @@ mod tests {
         assert_eq!((rows[1].round, rows[1].hospitals), (2, 3));
         assert_eq!((rows[0].test_auc, rows[0].bytes_up), (0.875, 9_000_000));
         assert!(rows[0].test_acc.is_nan());
+        // a table from before the epsilon column reads, with NaN there; a short row does not
+        let old = round_csv(&[round(1)])
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string() + "\n")
+            .collect::<String>();
+        let rows = parse_rounds(&old).unwrap();
+        assert!(rows[0].epsilon.is_nan() && rows[0].test_auc == 0.875);
+        let short = format!("{ROUND_HEADER}\n{}", old.lines().nth(1).unwrap());
+        assert!(matches!(
+            parse_rounds(&short),
+            Err(RunReportError::Row { line: 2, .. })
+        ));
         let h = parse_hospitals(&hospital_csv(&[(2, metrics(1)), (5, metrics(1))])).unwrap();
         assert_eq!((h[0].0, h[1].0), (2, 5));
         assert_eq!(h[1].1.samples, 546);

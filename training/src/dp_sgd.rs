@@ -335,18 +335,11 @@ fn gradients(net: &Network, layers: &[Layer], flat: &[f32], device: &Device) -> 
 
 /// Trainable values: the length of [`clipped_sum`]'s vector.
 fn trainable(net: &Network) -> usize {
-    net.params
+    crate::params::manifest(&net.spec)
+        .entries
         .iter()
-        .map(|p| match p {
-            LayerParams::Conv(c) => {
-                c.weight.val().dims().iter().product::<usize>() + c.bias.val().dims()[0]
-            }
-            LayerParams::Dense(d) => {
-                d.weight.val().dims().iter().product::<usize>() + d.bias.val().dims()[0]
-            }
-            LayerParams::Quad(_) => 2,
-            LayerParams::Norm(_) => 0,
-        })
+        .filter(|e| e.trainable)
+        .map(|e| e.len)
         .sum()
 }
 
