@@ -54,13 +54,45 @@ fn default_listen() -> String {
 }
 
 /// `[coordinator]`: how the coordinator itself runs.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorSection {
     /// Where ciphertexts are added: "auto" (a CUDA GPU when one loads, else the CPU), "cpu" or
     /// "cuda" (a GPU or an error). `coordinator run --backend` overrides it.
     #[serde(default)]
     pub backend: he_agg::aggregate::BackendChoice,
+    /// Where `GET /metrics` answers for Prometheus (default 127.0.0.1:9464, loopback only),
+    /// or "off".
+    #[serde(default = "default_metrics")]
+    pub metrics: String,
+}
+
+fn default_metrics() -> String {
+    "127.0.0.1:9464".into()
+}
+
+impl Default for CoordinatorSection {
+    fn default() -> Self {
+        Self {
+            backend: Default::default(),
+            metrics: default_metrics(),
+        }
+    }
+}
+
+impl CoordinatorSection {
+    /// The metrics address, `None` when "off".
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        if self.metrics == "off" {
+            return Ok(None);
+        }
+        self.metrics.parse().map(Some).with_context(|| {
+            format!(
+                "[coordinator] metrics = {:?} is neither an address such as \"127.0.0.1:9464\" nor \"off\"",
+                self.metrics
+            )
+        })
+    }
 }
 
 /// The sections passed to hospitals as they are.
@@ -210,6 +242,7 @@ impl FederationConfig {
                 self.he.lambda
             );
         }
+        self.coordinator.metrics_addr()?;
         if self.simulate.threads_per_hospital == 0 {
             bail!("[simulate] threads_per_hospital must be at least 1");
         }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod engine;
 pub mod he;
 pub mod privacy_report;
+pub mod progress;
 pub mod provision;
 pub mod refusal_log;
 pub mod round;

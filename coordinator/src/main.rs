@@ -58,6 +58,9 @@ enum Command {
         /// Audit entries to show (newest last).
         #[arg(long, default_value_t = 30)]
         audit: usize,
+        /// One JSON document instead of text (the summary as summary.json states it).
+        #[arg(long)]
+        json: bool,
     },
     /// Run a whole consortium on this machine: provision, start the coordinator and every
     /// hospital node over 127.0.0.1 (real QUIC and TLS), run all rounds, write metrics and plots.
@@ -170,8 +173,15 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(server.serve(&dir, addr))
         }
-        Command::Status { dir, audit } => {
-            coordinator::status::print(&CoordinatorDir { dir }, audit)
+        Command::Status { dir, audit, json } => {
+            let dir = CoordinatorDir { dir };
+            if json {
+                let doc = coordinator::status::json(&dir, audit)?;
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+                Ok(())
+            } else {
+                coordinator::status::print(&dir, audit)
+            }
         }
         Command::Simulate {
             config,

@@ -28,6 +28,7 @@ use crate::refusal_log::RefusalLog;
 use crate::round::{Round, Update};
 use crate::store::{PartyRecord, Store, StoredResult, now_ms};
 
+mod metrics;
 mod rounds;
 mod setup;
 
@@ -69,6 +70,8 @@ pub struct Server {
     next_conn: AtomicU64,
     /// refused connections, audited in aggregate
     refusals: Mutex<RefusalLog>,
+    /// connections and messages refused, for /metrics
+    refused_total: AtomicU64,
     finished: AtomicBool,
     finished_notify: tokio::sync::Notify,
 }
@@ -153,6 +156,7 @@ impl Server {
             round: Mutex::new(Round::default()),
             next_conn: AtomicU64::new(1),
             refusals: Mutex::new(RefusalLog::default()),
+            refused_total: AtomicU64::new(0),
             finished: AtomicBool::new(false),
             finished_notify: tokio::sync::Notify::new(),
         }))
@@ -168,6 +172,20 @@ impl Server {
         info!(address = %endpoint.local_addr()?, "listening (QUIC, TLS 1.3, client certificates required)");
         if lock(&self.engine).is_finished() {
             info!("all rounds are committed already; serving results to late hospitals");
+        }
+        if let Some(addr) = self.cfg.coordinator.metrics_addr()? {
+            let me = self.clone();
+            match protocol::prometheus::serve(addr, std::sync::Arc::new(move || me.metrics_text()))
+                .await
+            {
+                Ok(bound) => {
+                    info!(address = %bound, "metrics for Prometheus at http://{bound}/metrics")
+                }
+                // the federation does not depend on it: say why, and go on
+                Err(e) => {
+                    warn!("metrics endpoint not started on {addr}: {e} ([coordinator] metrics)")
+                }
+            }
         }
         let ticker = {
             let me = self.clone();
@@ -392,6 +410,7 @@ impl Server {
             Err(e) => {
                 // anyone can knock: counted, and audited at most once a minute
                 tracing::debug!(%remote, "connection refused: {e}");
+                self.refused_total.fetch_add(1, Ordering::Relaxed);
                 let row = lock(&self.refusals).refused(Instant::now(), format!("{remote}: {e}"));
                 if let Some(row) = row {
                     warn!("connection refused: {row}");
@@ -482,6 +501,7 @@ impl Server {
 
     async fn refuse(self: &Arc<Self>, link: &Link, h: u32, round: u64, reason: &str) {
         warn!(hospital = h, round, "refused: {reason}");
+        self.refused_total.fetch_add(1, Ordering::Relaxed);
         self.audit(Some(h), round, "refused", reason);
         let _ = link
             .send(

@@ -1,5 +1,6 @@
 //! `coordinator status`: the federation, its hospitals, the committed rounds and the audit log,
-//! read from the state store.
+//! read from the state store; `--json` gives the same as one JSON document for scripts and
+//! monitoring (the run's progress as `summary.json` states it).
 
 use anyhow::Context;
 
@@ -8,15 +9,63 @@ use crate::provision::Roster;
 use crate::server::CoordinatorDir;
 use crate::store::Store;
 
-pub fn print(dir: &CoordinatorDir, audit_lines: usize) -> anyhow::Result<()> {
+fn open(dir: &CoordinatorDir) -> anyhow::Result<(FederationConfig, Roster, Store)> {
     let cfg = FederationConfig::from_file(&dir.config())?;
     let roster = Roster::read(&dir.roster())?;
     let store = Store::open_existing(&dir.state()).with_context(|| {
         format!(
-            "cannot open {} (is the coordinator running?)",
+            "cannot open {} (is the coordinator running? its /metrics answers meanwhile)",
             dir.state().display()
         )
     })?;
+    Ok((cfg, roster, store))
+}
+
+/// The status as JSON: federation, phase, hospitals, the run's summary, the newest
+/// `audit_lines` audit entries.
+pub fn json(dir: &CoordinatorDir, audit_lines: usize) -> anyhow::Result<serde_json::Value> {
+    let (cfg, roster, store) = open(dir)?;
+    let parties = store.parties()?;
+    let hospitals: Vec<serde_json::Value> = roster
+        .hospital
+        .iter()
+        .map(|h| {
+            let rec = parties
+                .iter()
+                .find(|(i, _)| *i == h.index)
+                .map(|(_, r)| r.clone())
+                .unwrap_or_default();
+            serde_json::json!({
+                "index": h.index,
+                "name": h.name,
+                "key_share": rec.public_key_share.is_some(),
+                "dealt": rec.dealt,
+                "setup_done": rec.setup_done,
+            })
+        })
+        .collect();
+    let rounds = store.rounds()?;
+    let per_round = crate::progress::per_round(&cfg, &store.metrics()?, &rounds);
+    let log = store.audit_log()?;
+    let audit = &log[log.len().saturating_sub(audit_lines)..];
+    Ok(serde_json::json!({
+        "federation": cfg.federation.name,
+        "federation_id": roster.federation.to_string(),
+        "hospitals": cfg.federation.hospitals,
+        "threshold": cfg.threshold(),
+        "min_hospitals": cfg.min_hospitals(),
+        "rounds_planned": cfg.rounds(),
+        "plaintext": cfg.he.plaintext,
+        "phase": format!("{:?}", store.phase()?),
+        "collective_public_key": store.collective_public_key()?.is_some(),
+        "parties": hospitals,
+        "summary": crate::progress::summary(&cfg, &per_round, &rounds, 0.0),
+        "audit": audit,
+    }))
+}
+
+pub fn print(dir: &CoordinatorDir, audit_lines: usize) -> anyhow::Result<()> {
+    let (cfg, roster, store) = open(dir)?;
     println!(
         "federation \"{}\" ({})",
         cfg.federation.name, roster.federation

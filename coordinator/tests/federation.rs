@@ -140,8 +140,29 @@ fn a_coordinator_killed_mid_round_resumes_without_losing_or_repeating_a_round() 
     for (i, n) in nodes.0.iter_mut().enumerate() {
         wait_exit(n, Duration::from_secs(60), &format!("hospital {}", i + 1));
     }
+    // `status --json` reads the same store: every round, the bytes summed as summary.json does
+    let status = Command::new(coordinator_bin())
+        .args(["status", "--json", "--audit", "3", "--dir"])
+        .arg(&fed.coordinator_dir)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let store = Store::open_existing(&fed.coordinator_dir.join("state.redb")).unwrap();
-    let rounds: Vec<u64> = store.rounds().unwrap().iter().map(|r| r.round).collect();
+    let records = store.rounds().unwrap();
+    assert_eq!(doc["summary"]["rounds"], 4);
+    assert_eq!(
+        doc["summary"]["bytes_up"].as_u64(),
+        Some(records.iter().map(|r| r.bytes_up).sum::<u64>())
+    );
+    assert_eq!(doc["phase"], "Finished { rounds: 4 }");
+    assert_eq!(doc["parties"].as_array().map(Vec::len), Some(3));
+    assert_eq!(doc["audit"].as_array().map(Vec::len), Some(3));
+    let rounds: Vec<u64> = records.iter().map(|r| r.round).collect();
     assert_eq!(
         rounds,
         vec![1, 2, 3, 4],

@@ -27,6 +27,7 @@ pub mod message;
 pub mod metrics_file;
 pub mod pki;
 pub mod plain;
+pub mod prometheus;
 pub mod run_report;
 pub mod serve;
 pub mod site;

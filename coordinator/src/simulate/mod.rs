@@ -82,13 +82,21 @@ pub fn run(config_path: Option<&Path>, out: Option<PathBuf>, opts: &Options) -> 
             .context("[he] must be a table")?
             .insert("plaintext".into(), true.into());
     }
+    let coordinator = doc
+        .entry("coordinator")
+        .or_insert_with(|| toml::Table::new().into())
+        .as_table_mut()
+        .context("[coordinator] must be a table")?;
     if let Some(backend) = backend {
-        let c = doc
-            .entry("coordinator")
-            .or_insert_with(|| toml::Table::new().into());
-        c.as_table_mut()
-            .context("[coordinator] must be a table")?
-            .insert("backend".into(), backend.to_string().into());
+        coordinator.insert("backend".into(), backend.to_string().into());
+    }
+    // the simulation's metrics on a port of its own (a service may hold the default), unless off
+    if coordinator.get("metrics").and_then(|m| m.as_str()) != Some("off") {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("cannot find a free port for the metrics")?
+            .port();
+        coordinator.insert("metrics".into(), format!("127.0.0.1:{port}").into());
     }
     if let Some(e) = epsilon {
         e.apply(&mut doc)?;
@@ -141,6 +149,9 @@ pub fn run(config_path: Option<&Path>, out: Option<PathBuf>, opts: &Options) -> 
     );
     if let Some(line) = crate::privacy_report::describe(&cfg)? {
         println!("{line}");
+    }
+    if let Some(addr) = cfg.coordinator.metrics_addr()? {
+        println!("coordinator metrics for Prometheus: http://{addr}/metrics");
     }
 
     let coordinator_bin = std::env::current_exe().context("cannot locate this executable")?;

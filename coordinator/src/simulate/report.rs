@@ -8,57 +8,11 @@ use std::path::Path;
 use anyhow::Context;
 use plotters::prelude::*;
 use polars::prelude::*;
-use protocol::message::RoundMetrics;
-use protocol::run_report::{self, RoundRow, RunSummary, TimeSplit};
+use protocol::run_report::{self, RoundRow};
 
 use crate::config::FederationConfig;
 use crate::server::CoordinatorDir;
-use crate::store::{RoundRecord, Store};
-
-fn mean(v: &[&RoundMetrics], f: impl Fn(&RoundMetrics) -> f32) -> f64 {
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v.iter().map(|m| f(m) as f64).sum::<f64>() / v.len() as f64
-    }
-}
-
-/// Per-round means over the hospitals that reported.
-fn rows(
-    cfg: &FederationConfig,
-    metrics: &[(u32, RoundMetrics)],
-    rounds: &[RoundRecord],
-) -> Vec<RoundRow> {
-    rounds
-        .iter()
-        .map(|r| {
-            let ms: Vec<&RoundMetrics> = metrics
-                .iter()
-                .filter(|(_, m)| m.round == r.round)
-                .map(|(_, m)| m)
-                .collect();
-            RoundRow {
-                round: r.round,
-                hospitals: ms.len() as u64,
-                test_acc: mean(&ms, |m| m.test_acc),
-                test_auc: mean(&ms, |m| m.test_auc),
-                val_loss: mean(&ms, |m| m.val_loss),
-                train_loss: mean(&ms, |m| m.train_loss),
-                train_s: mean(&ms, |m| m.train_s),
-                encrypt_s: mean(&ms, |m| m.encrypt_s),
-                upload_s: mean(&ms, |m| m.upload_s),
-                switch_s: mean(&ms, |m| m.switch_s),
-                decrypt_s: mean(&ms, |m| m.decrypt_s),
-                aggregate_s: r.aggregate_s,
-                coordinator_switch_s: r.switch_s,
-                round_s: r.committed_unix_ms.saturating_sub(r.started_unix_ms) as f64 / 1e3,
-                bytes_up: r.bytes_up,
-                bytes_down: r.bytes_down,
-                epsilon: crate::privacy_report::epsilon_after(cfg, r.round, metrics),
-            }
-        })
-        .collect()
-}
+use crate::store::Store;
 
 /// `name.csv` with `csv` (protocol's text) and `name.parquet` with the same table, every column
 /// read as written: integers as integers, figures as floats (`NaN` kept).
@@ -96,10 +50,6 @@ fn membership_auc(out: &Path, hospitals: u32) -> Option<f64> {
     (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64)
 }
 
-fn finite(v: f64) -> Option<f64> {
-    v.is_finite().then_some(v)
-}
-
 pub fn write(
     cfg: &FederationConfig,
     coord: &CoordinatorDir,
@@ -109,7 +59,7 @@ pub fn write(
     let store = Store::open_existing(&coord.state())?;
     let metrics = store.metrics()?;
     let rounds = store.rounds()?;
-    let per_round = rows(cfg, &metrics, &rounds);
+    let per_round = crate::progress::per_round(cfg, &metrics, &rounds);
     write_table(
         out,
         run_report::PER_HOSPITAL,
@@ -122,36 +72,9 @@ pub fn write(
     )?;
     plots(out, &per_round, cfg.he.plaintext)?;
 
+    let mut summary = crate::progress::summary(cfg, &per_round, &rounds, wall_s);
+    summary.mia_auc = membership_auc(out, cfg.federation.hospitals);
     let last = per_round.last().cloned().unwrap_or_default();
-    let sum = |f: fn(&RoundRow) -> f64| per_round.iter().map(f).sum::<f64>();
-    let summary = RunSummary {
-        name: cfg.federation.name.clone(),
-        rounds: rounds.len() as u64,
-        hospitals: cfg.federation.hospitals,
-        threshold: cfg.threshold(),
-        plaintext: cfg.he.plaintext,
-        final_test_auc: finite(last.test_auc),
-        final_test_acc: finite(last.test_acc),
-        wall_s,
-        bytes_up: rounds.iter().map(|r| r.bytes_up).sum(),
-        bytes_down: rounds.iter().map(|r| r.bytes_down).sum(),
-        mean_round_s: if per_round.is_empty() {
-            0.0
-        } else {
-            sum(|r| r.round_s) / per_round.len() as f64
-        },
-        time_split_s: TimeSplit {
-            train: sum(|r| r.train_s),
-            encrypt: sum(|r| r.encrypt_s),
-            upload: sum(|r| r.upload_s),
-            aggregate: sum(|r| r.aggregate_s),
-            switch: sum(|r| r.switch_s),
-            decrypt: sum(|r| r.decrypt_s),
-        },
-        epsilon: finite(last.epsilon),
-        delta: cfg.privacy.enabled().then_some(cfg.privacy.delta),
-        mia_auc: membership_auc(out, cfg.federation.hospitals),
-    };
     let path = out.join(run_report::SUMMARY);
     std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
         .with_context(|| format!("cannot write {}", path.display()))?;

@@ -1,0 +1,147 @@
+//! The coordinator's `/metrics` scraped while `coordinator simulate` runs (real binaries,
+//! plaintext pipeline): every scrape's totals are those of the rounds committed so far in the
+//! run's own tables, and once every hospital has reported and hung up, its figures are
+//! `summary.json`'s. Every wait is bounded.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{coordinator_bin, data_dir};
+use protocol::run_report::{RunSummary, parse_rounds};
+
+/// `GET /metrics` at `addr`, the body's samples by name (labels kept in the name).
+fn scrape(addr: &str) -> Option<Vec<(String, f64)>> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    Some(
+        body.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+fn get(samples: &[(String, f64)], name: &str) -> f64 {
+    samples
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("{name} missing from {samples:?}"))
+}
+
+#[test]
+fn metrics_during_a_run_match_its_tables_and_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fed.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[federation]\nname = \"watched\"\nhospitals = 3\nthreshold = 2\nrounds = 6\n\
+             min_hospitals = 3\nround_timeout_s = 120\n\n[he]\nplaintext = true\n\n\
+             [simulate]\ntimeout_s = 300\n{}",
+            common::breastmnist_sections(4)
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let mut child = Command::new(coordinator_bin())
+        .arg("simulate")
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out)
+        .env("HEAL_DATA_DIR", data_dir())
+        .env("HEAL_OFFLINE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // the address simulate prints, then scrapes until it exits
+    let stdout = child.stdout.take().unwrap();
+    let addr: Arc<Mutex<Option<String>>> = Arc::default();
+    let seen = addr.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("coordinator metrics for Prometheus: http://") {
+                *seen.lock().unwrap() = url.strip_suffix("/metrics").map(str::to_string);
+            }
+        }
+    });
+    let t0 = Instant::now();
+    let mut scrapes = Vec::new();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "simulate did not end"
+        );
+        let a = addr.lock().unwrap().clone();
+        if let Some(samples) = a.as_deref().and_then(scrape) {
+            scrapes.push(samples);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success());
+    let summary: RunSummary =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let rows =
+        parse_rounds(&std::fs::read_to_string(out.join("metrics_per_round.csv")).unwrap()).unwrap();
+    assert_eq!(summary.rounds, 6);
+    let mut during = 0;
+    for s in &scrapes {
+        let k = get(s, "heal_rounds_committed") as usize;
+        assert_eq!(get(s, "heal_rounds_planned"), 6.0);
+        assert_eq!(get(s, "heal_hospitals"), 3.0);
+        // the totals of exactly the rounds committed so far
+        let up: u64 = rows[..k].iter().map(|r| r.bytes_up).sum();
+        let down: u64 = rows[..k].iter().map(|r| r.bytes_down).sum();
+        assert_eq!(get(s, "heal_bytes_up_total"), up as f64, "after {k} rounds");
+        assert_eq!(
+            get(s, "heal_bytes_down_total"),
+            down as f64,
+            "after {k} rounds"
+        );
+        if k >= 1 {
+            during += 1;
+            assert_eq!(get(s, "heal_round_participants"), 3.0);
+        }
+        if k == 6 {
+            assert_eq!(get(s, "heal_bytes_up_total"), summary.bytes_up as f64);
+        }
+        // the hospitals report a round's figures after its commit: all are in once every
+        // hospital has hung up after the last round
+        if get(s, "heal_finished") == 1.0 && get(s, "heal_hospitals_connected") == 0.0 {
+            let train = get(s, "heal_phase_seconds_total{phase=\"train\"}");
+            assert!((train - summary.time_split_s.train).abs() < 1e-9);
+            assert!((get(s, "heal_round_seconds_mean") - summary.mean_round_s).abs() < 1e-9);
+            let auc = get(s, "heal_test_auc");
+            assert!(
+                summary
+                    .final_test_auc
+                    .is_none_or(|a| (a - auc).abs() < 1e-9)
+            );
+        }
+    }
+    assert!(
+        during >= 1,
+        "{} scrapes, none after a committed round",
+        scrapes.len()
+    );
+}
