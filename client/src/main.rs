@@ -252,13 +252,7 @@ static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
 
 fn main() -> Result<()> {
     he_agg::alloc::tune();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    protocol::logging::init().map_err(anyhow::Error::msg)?;
     let cli = Cli::parse();
     // a bad HEAL_SIMD is an error with its reason, not a silent fallback
     let simd = he_agg::simd::init_from_env().context("HEAL_SIMD")?;

@@ -124,12 +124,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     he_agg::alloc::tune();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    protocol::logging::init().map_err(anyhow::Error::msg)?;
     // a bad HEAL_SIMD is an error with its reason, not a silent fallback
     let simd = he_agg::simd::init_from_env().context("HEAL_SIMD")?;
     tracing::debug!(%simd, "SIMD level");

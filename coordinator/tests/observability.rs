@@ -1,7 +1,8 @@
 //! The coordinator's `/metrics` scraped while `coordinator simulate` runs (real binaries,
 //! plaintext pipeline): every scrape's totals are those of the rounds committed so far in the
 //! run's own tables, and once every hospital has reported and hung up, its figures are
-//! `summary.json`'s. Every wait is bounded.
+//! `summary.json`'s; with `HEAL_LOG_FORMAT=json` every process logs JSON lines. Every wait is
+//! bounded.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -67,6 +68,7 @@ fn metrics_during_a_run_match_its_tables_and_summary() {
         .arg(&out)
         .env("HEAL_DATA_DIR", data_dir())
         .env("HEAL_OFFLINE", "1")
+        .env("HEAL_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -144,4 +146,15 @@ fn metrics_during_a_run_match_its_tables_and_summary() {
         "{} scrapes, none after a committed round",
         scrapes.len()
     );
+    // HEAL_LOG_FORMAT=json: every process logged one JSON object per line
+    for log in ["coordinator.log", "hospital-1.log"] {
+        let text = std::fs::read_to_string(out.join("logs").join(log)).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        assert!(lines.len() > 5, "{log}: {} lines", lines.len());
+        for l in lines {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{log}: {e}: {l}"));
+            assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
+        }
+    }
 }

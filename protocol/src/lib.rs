@@ -23,6 +23,7 @@ pub mod error;
 pub mod frame;
 pub mod identity;
 pub mod link;
+pub mod logging;
 pub mod message;
 pub mod metrics_file;
 pub mod pki;
