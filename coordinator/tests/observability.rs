@@ -1,6 +1,7 @@
 //! The coordinator's `/metrics` scraped while `coordinator simulate` runs (real binaries,
 //! plaintext pipeline): every scrape's totals are those of the rounds committed so far in the
-//! run's own tables, and once every hospital has reported and hung up, its figures are
+//! run's own tables (a hospital's own endpoint: those of the rounds it reported), and once every
+//! hospital has reported and hung up, the coordinator's figures are
 //! `summary.json`'s; with `HEAL_LOG_FORMAT=json` every process logs JSON lines. Every wait is
 //! bounded.
 
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{coordinator_bin, data_dir};
-use protocol::run_report::{RunSummary, parse_rounds};
+use protocol::run_report::{RunSummary, parse_hospitals, parse_rounds};
 
 /// `GET /metrics` at `addr`, the body's samples by name (labels kept in the name).
 fn scrape(addr: &str) -> Option<Vec<(String, f64)>> {
@@ -85,7 +86,8 @@ fn metrics_during_a_run_match_its_tables_and_summary() {
         }
     });
     let t0 = Instant::now();
-    let mut scrapes = Vec::new();
+    let (mut scrapes, mut node_scrapes) = (Vec::new(), Vec::new());
+    let node_addr = out.join("hospitals/hospital-1/metrics-address");
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
@@ -97,6 +99,10 @@ fn metrics_during_a_run_match_its_tables_and_summary() {
         let a = addr.lock().unwrap().clone();
         if let Some(samples) = a.as_deref().and_then(scrape) {
             scrapes.push(samples);
+        }
+        let a = std::fs::read_to_string(&node_addr).ok();
+        if let Some(samples) = a.as_deref().map(str::trim).and_then(scrape) {
+            node_scrapes.push(samples);
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -145,6 +151,33 @@ fn metrics_during_a_run_match_its_tables_and_summary() {
         during >= 1,
         "{} scrapes, none after a committed round",
         scrapes.len()
+    );
+    // hospital 1's own endpoint: its bytes are those of the rounds it reported
+    let mine: Vec<_> =
+        parse_hospitals(&std::fs::read_to_string(out.join("metrics_per_hospital.csv")).unwrap())
+            .unwrap()
+            .into_iter()
+            .filter(|(h, _)| *h == 1)
+            .map(|(_, m)| m)
+            .collect();
+    let mut reported = 0;
+    for s in &node_scrapes {
+        let k = get(s, "heal_node_rounds_reported_total") as usize;
+        let up: u64 = mine[..k].iter().map(|m| m.bytes_up).sum();
+        assert_eq!(
+            get(s, "heal_node_bytes_up_total"),
+            up as f64,
+            "after {k} reports"
+        );
+        if k >= 1 {
+            reported += 1;
+            assert_eq!(get(s, "heal_node_round"), mine[k - 1].round as f64);
+        }
+    }
+    assert!(
+        reported >= 1,
+        "{} node scrapes, none after a report",
+        node_scrapes.len()
     );
     // HEAL_LOG_FORMAT=json: every process logged one JSON object per line
     for log in ["coordinator.log", "hospital-1.log"] {

@@ -9,6 +9,7 @@ mod data;
 mod held_setup;
 pub mod keyholder;
 mod keys;
+mod metrics;
 mod participant;
 mod privacy;
 mod result_noise;
@@ -39,6 +40,9 @@ pub fn run(site: &Path, out: &Path) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         let mut node = Node::open(cfg, site, out).await?;
+        if let Some(addr) = node.cfg.node.metrics_addr()? {
+            node.metrics.serve(addr, out).await;
+        }
         let patience = Duration::from_secs(node.cfg.node.reconnect_s);
         let mut last_contact = Instant::now();
         let mut backoff = Duration::from_millis(200);
@@ -46,7 +50,10 @@ pub fn run(site: &Path, out: &Path) -> anyhow::Result<()> {
             match node.connect().await {
                 Ok(link) => {
                     backoff = Duration::from_millis(200);
-                    match node.session(&link).await {
+                    node.metrics.connected(true);
+                    let ended = node.session(&link).await;
+                    node.metrics.connected(false);
+                    match ended {
                         Ok(SessionEnd::Finished) => {
                             link.close("finished");
                             node.finish()?;

@@ -85,6 +85,8 @@ pub struct Node {
     pub(super) costs: HashMap<u64, RoundCost>,
     /// `[privacy]`: the budget this hospital enforces and its share of the noise
     pub(super) privacy: Option<NodePrivacy>,
+    /// what `/metrics` shows
+    pub(super) metrics: std::sync::Arc<super::metrics::NodeMetrics>,
 }
 
 fn lookup(addr: &str) -> anyhow::Result<SocketAddr> {
@@ -204,6 +206,7 @@ impl Node {
             participant,
             prepared: None,
             costs: HashMap::new(),
+            metrics: super::metrics::NodeMetrics::new(privacy.as_ref().map(|p| p.plan.delta)),
             privacy,
         })
     }
@@ -628,7 +631,9 @@ impl Node {
         let file = self.dirs.out.join("metrics.csv");
         protocol::metrics_file::append(&file, &m)
             .with_context(|| format!("cannot write {}", file.display()))?;
-        link.send(round, Body::Metrics(m)).await?;
+        link.send(round, Body::Metrics(m.clone())).await?;
+        let epsilon = self.privacy.as_ref().map(|p| p.plan.epsilon_after(round));
+        self.metrics.reported(&m, epsilon);
         Ok(())
     }
 

@@ -29,6 +29,29 @@ pub struct NodeSettings {
     /// inference check's non-members (0, the default: its validation images are).
     #[serde(default)]
     pub membership_holdout: f64,
+    /// Where `GET /metrics` answers for Prometheus (default 127.0.0.1:9465, loopback only; port
+    /// 0: any free one, written to `metrics-address` in the output directory), or "off".
+    #[serde(default = "default_metrics")]
+    pub metrics: String,
+}
+
+fn default_metrics() -> String {
+    "127.0.0.1:9465".into()
+}
+
+impl NodeSettings {
+    /// The metrics address, `None` when "off".
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        if self.metrics == "off" {
+            return Ok(None);
+        }
+        self.metrics.parse().map(Some).map_err(|_| {
+            anyhow::anyhow!(
+                "[node] metrics = {:?} is neither an address such as \"127.0.0.1:9465\" nor \"off\"",
+                self.metrics
+            )
+        })
+    }
 }
 
 fn one_u() -> u64 {
@@ -44,6 +67,7 @@ impl Default for NodeSettings {
             test_every: 1,
             reconnect_s: reconnect(),
             membership_holdout: 0.0,
+            metrics: default_metrics(),
         }
     }
 }
@@ -94,6 +118,7 @@ impl SiteConfig {
             );
         }
         self.federation_id()?;
+        self.node.metrics_addr()?;
         let h = self.node.membership_holdout;
         if !(0.0..=0.5).contains(&h) {
             bail!("[node] membership_holdout = {h} is not a share in [0, 0.5]");

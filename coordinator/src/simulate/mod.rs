@@ -101,6 +101,15 @@ pub fn run(config_path: Option<&Path>, out: Option<PathBuf>, opts: &Options) -> 
     if let Some(e) = epsilon {
         e.apply(&mut doc)?;
     }
+    // every hospital's metrics on a free port of its own (written to its metrics-address)
+    let node = doc
+        .entry("node")
+        .or_insert_with(|| toml::Table::new().into())
+        .as_table_mut()
+        .context("[node] must be a table")?;
+    if node.get("metrics").and_then(|m| m.as_str()) != Some("off") {
+        node.insert("metrics".into(), "127.0.0.1:0".into());
+    }
     let text = toml::to_string(&doc)?;
     let mut cfg = FederationConfig::from_toml(&text)
         .with_context(|| format!("in {}", config_path.display()))?;
