@@ -43,6 +43,10 @@ enum Command {
         /// The coordinator directory made by `provision`.
         #[arg(long)]
         dir: PathBuf,
+        /// Where the state is kept (default: --dir), e.g. /var/lib/heal/coordinator for a kit
+        /// in /etc/heal/coordinator.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
         /// Listen address (default: `listen` of the federation TOML).
         #[arg(long)]
         listen: Option<String>,
@@ -55,6 +59,10 @@ enum Command {
     Status {
         #[arg(long)]
         dir: PathBuf,
+        /// Where the state is kept (default: --dir), e.g. /var/lib/heal/coordinator for a kit
+        /// in /etc/heal/coordinator.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
         /// Audit entries to show (newest last).
         #[arg(long, default_value_t = 30)]
         audit: usize,
@@ -98,6 +106,10 @@ enum Command {
         /// The coordinator directory made by `provision` (certificate, CA, roster, audit log).
         #[arg(long)]
         dir: PathBuf,
+        /// Where the state is kept (default: --dir), e.g. /var/lib/heal/coordinator for a kit
+        /// in /etc/heal/coordinator.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
         /// Mode (b): a `heal-network/1` export (client's network.json) or a network JSON.
         #[arg(
             long,
@@ -155,10 +167,11 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run {
             dir,
+            state_dir,
             listen,
             backend,
         } => {
-            let dir = CoordinatorDir { dir };
+            let dir = CoordinatorDir::with_state(dir, state_dir);
             let server = Server::open_with_backend(&dir, backend)?;
             let cfg = FederationConfig::from_file(&dir.config())?;
             let addr = listen.unwrap_or(cfg.federation.listen);
@@ -168,8 +181,13 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(server.serve(&dir, addr))
         }
-        Command::Status { dir, audit, json } => {
-            let dir = CoordinatorDir { dir };
+        Command::Status {
+            dir,
+            state_dir,
+            audit,
+            json,
+        } => {
+            let dir = CoordinatorDir::with_state(dir, state_dir);
             if json {
                 let doc = coordinator::status::json(&dir, audit)?;
                 println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -199,13 +217,14 @@ fn main() -> anyhow::Result<()> {
         ),
         Command::ServeInference {
             dir,
+            state_dir,
             model,
             collective,
             new_setup,
             listen,
             max_images,
         } => {
-            let dir = CoordinatorDir { dir };
+            let dir = CoordinatorDir::with_state(dir, state_dir);
             match model {
                 Some(model) if !collective => {
                     coordinator::serve::released::shell::run(&dir, &model, &listen, max_images)

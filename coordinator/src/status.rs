@@ -9,22 +9,42 @@ use crate::provision::Roster;
 use crate::server::CoordinatorDir;
 use crate::store::Store;
 
-fn open(dir: &CoordinatorDir) -> anyhow::Result<(FederationConfig, Roster, Store)> {
+/// The config, the roster and the store (`None` before the coordinator first ran: status
+/// never creates state, which belongs to the service's user).
+fn open(dir: &CoordinatorDir) -> anyhow::Result<(FederationConfig, Roster, Option<Store>)> {
     let cfg = FederationConfig::from_file(&dir.config())?;
     let roster = Roster::read(&dir.roster())?;
+    if !dir.state().exists() {
+        return Ok((cfg, roster, None));
+    }
     let store = Store::open_existing(&dir.state()).with_context(|| {
         format!(
             "cannot open {} (is the coordinator running? its /metrics answers meanwhile)",
             dir.state().display()
         )
     })?;
-    Ok((cfg, roster, store))
+    Ok((cfg, roster, Some(store)))
 }
+
+const NOT_STARTED: &str = "not started (no state yet: the coordinator has not run)";
 
 /// The status as JSON: federation, phase, hospitals, the run's summary, the newest
 /// `audit_lines` audit entries.
 pub fn json(dir: &CoordinatorDir, audit_lines: usize) -> anyhow::Result<serde_json::Value> {
     let (cfg, roster, store) = open(dir)?;
+    let Some(store) = store else {
+        return Ok(serde_json::json!({
+            "federation": cfg.federation.name,
+            "federation_id": roster.federation.to_string(),
+            "hospitals": cfg.federation.hospitals,
+            "threshold": cfg.threshold(),
+            "min_hospitals": cfg.min_hospitals(),
+            "rounds_planned": cfg.rounds(),
+            "plaintext": cfg.he.plaintext,
+            "phase": NOT_STARTED,
+            "state": dir.state(),
+        }));
+    };
     let parties = store.parties()?;
     let hospitals: Vec<serde_json::Value> = roster
         .hospital
@@ -82,6 +102,10 @@ pub fn print(dir: &CoordinatorDir, audit_lines: usize) -> anyhow::Result<()> {
             format!("CKKS aggregation preset, flooding λ = {}", cfg.he.lambda)
         }
     );
+    let Some(store) = store else {
+        println!("  phase: {NOT_STARTED}, state in {}", dir.state().display());
+        return Ok(());
+    };
     println!("  phase: {:?}", store.phase()?);
     println!(
         "  collective public key: {}",

@@ -270,9 +270,7 @@ pub fn run(config_path: Option<&Path>, out: Option<PathBuf>, opts: &Options) -> 
     }
     stop.check()?;
     let wall_s = started.elapsed().as_secs_f64();
-    let coord = CoordinatorDir {
-        dir: p.coordinator_dir.clone(),
-    };
+    let coord = CoordinatorDir::new(p.coordinator_dir.clone());
     report::write(&cfg, &coord, &out, wall_s)?;
     println!("done in {wall_s:.1} s — results in {}", out.display());
     if serve_inference > 0 {

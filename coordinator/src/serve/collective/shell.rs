@@ -742,7 +742,7 @@ pub fn run(
     let saved = if new_setup {
         None
     } else {
-        super::saved::load(&dir.dir, &store).with_context(
+        super::saved::load(&dir.state_dir, &store).with_context(
             || "reading the saved served state (start with --new-setup to make a new key instead)",
         )?
     };
@@ -776,7 +776,7 @@ pub fn run(
         roster.parties(),
         dir.tls(),
         options,
-        Some((store, dir.dir.clone())),
+        Some((store, dir.state_dir.clone())),
         restored,
     );
     let rt = tokio::runtime::Runtime::new()?;
