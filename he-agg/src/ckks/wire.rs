@@ -46,6 +46,7 @@ pub enum Kind {
     PublicKeySwitchShare = 13,
     ShamirShare = 14,
     ThresholdSecret = 15,
+    RefreshShare = 16,
 }
 
 impl Kind {
@@ -66,6 +67,7 @@ impl Kind {
             13 => Kind::PublicKeySwitchShare,
             14 => Kind::ShamirShare,
             15 => Kind::ThresholdSecret,
+            16 => Kind::RefreshShare,
             _ => return None,
         })
     }

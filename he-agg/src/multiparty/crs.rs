@@ -41,6 +41,17 @@ impl Crs {
             .expand_uniform(&self.derive("public key", 0), rl.q_basis(rl.max_level()))
     }
 
+    /// The "a" of the collective refresh of the ciphertext whose digest is `ciphertext`, over
+    /// Q_L (NTT domain): one per input, never shared by two (see [`super::refresh`]).
+    pub fn refresh_a(&self, ctx: &CkksContext, ciphertext: &[u8; 32]) -> Poly {
+        let rl = ctx.rlwe();
+        let mut h = blake3::Hasher::new_keyed(&self.seed);
+        h.update(b"refresh");
+        h.update(ciphertext);
+        rl.ring()
+            .expand_uniform(h.finalize().as_bytes(), rl.q_basis(rl.max_level()))
+    }
+
     /// The "a" of digit `digit` of a switching key named `label`, over Q_L ∪ P (NTT domain).
     pub fn switching_key_a(&self, ctx: &CkksContext, label: &str, digit: usize) -> Poly {
         let rl = ctx.rlwe();

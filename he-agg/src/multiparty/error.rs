@@ -31,6 +31,20 @@ pub enum MultipartyError {
         message_bits: f64,
         room_bits: f64,
     },
+    #[error(
+        "a refresh at level {level} needs masks of {mask_bits} bits, using 2^{used_bits:.1} of \
+         q/2 = 2^{room_bits:.1}: refresh from a higher level, at a lower scale or among fewer parties"
+    )]
+    RefreshRoom {
+        level: usize,
+        mask_bits: u32,
+        used_bits: f64,
+        room_bits: f64,
+    },
+    #[error(
+        "a bound on the slots' magnitude must be finite and positive (got {0}, or its product with the scale is below 1)"
+    )]
+    ValueBound(f64),
     #[error("statistical security of {0} bits is below the 30-bit minimum")]
     WeakFlooding(u32),
     #[error("noise bound {0} is not a finite positive number")]

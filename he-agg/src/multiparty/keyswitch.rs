@@ -15,7 +15,12 @@ use super::error::MultipartyError;
 use super::flooding::Flooding;
 
 /// A polynomial of flooding noise over Q_level, NTT domain.
-fn flood_poly(ctx: &CkksContext, flooding: &Flooding, prng: &mut Prng, level: usize) -> Poly {
+pub(super) fn flood_poly(
+    ctx: &CkksContext,
+    flooding: &Flooding,
+    prng: &mut Prng,
+    level: usize,
+) -> Poly {
     let e = Zeroizing::new(flooding.sample(prng, ctx.n()));
     small_poly_ntt(ctx, &e, level)
 }
@@ -43,7 +48,7 @@ pub(crate) fn mask_seeds(prng: &mut Prng) -> [Zeroizing<Seed>; 3] {
     [(); 3].map(|_| Zeroizing::new(prng.seed()))
 }
 
-fn check_ct(ctx: &CkksContext, ct: &Ciphertext) -> Result<(), MultipartyError> {
+pub(super) fn check_ct(ctx: &CkksContext, ct: &Ciphertext) -> Result<(), MultipartyError> {
     let level = ct.level();
     if level == 0 || level > ctx.max_level() {
         return Err(MultipartyError::Shape("ciphertext level"));
@@ -61,7 +66,11 @@ fn check_ct(ctx: &CkksContext, ct: &Ciphertext) -> Result<(), MultipartyError> {
     Ok(())
 }
 
-fn check_key(ctx: &CkksContext, fp: &[u8; 32], what: &'static str) -> Result<(), MultipartyError> {
+pub(super) fn check_key(
+    ctx: &CkksContext,
+    fp: &[u8; 32],
+    what: &'static str,
+) -> Result<(), MultipartyError> {
     if fp != ctx.fingerprint() {
         return Err(MultipartyError::Foreign { what });
     }

@@ -9,6 +9,8 @@
 //! - [`keyswitch`]: collective key switching and public-key switching (PCKS) to a target public
 //!   key, every share carrying flooding noise ([`flooding`]) so that nothing a party sends reveals
 //!   its secret (IND-CPA-D);
+//! - [`refresh`]: collective refresh (interactive bootstrapping) of a ciphertext from a low
+//!   level back to the top level, masked and flooded;
 //! - [`group_key`]: the consortium receiving key every hospital derives from all hospitals'
 //!   sealed contributions (aggregates are switched to it once per round);
 //! - [`wire`]: the share messages, serialized and validated like ciphertexts.
@@ -22,6 +24,7 @@ pub mod flooding;
 pub mod group_key;
 pub mod keygen;
 pub mod keyswitch;
+pub mod refresh;
 pub mod sealed;
 pub mod threshold;
 pub mod wire;
@@ -36,6 +39,7 @@ pub use keygen::{
 pub use keyswitch::{
     KeySwitch, KeySwitchShare, PublicKeySwitch, PublicKeySwitchMask, PublicKeySwitchShare,
 };
+pub use refresh::{Refresh, RefreshRoom, RefreshShare};
 pub use threshold::{ShamirShare, ThresholdSecret, lagrange_share};
 
 /// s = Σ s_i of parties whose shares are all in one place: never in a deployment, only in tests

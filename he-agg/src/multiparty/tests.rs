@@ -565,7 +565,7 @@ proptest::proptest! {
 
     /// Random bytes, half of them behind a valid header, never make a share decoder panic.
     #[test]
-    fn share_decoders_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096), kind in 8u8..=15) {
+    fn share_decoders_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096), kind in 8u8..=16) {
         use std::sync::OnceLock;
         static CTX: OnceLock<Arc<CkksContext>> = OnceLock::new();
         let ctx = CTX.get_or_init(|| CkksContext::new(Parameters::insecure_for_tests(5, &[50, 40], &[55], 2, 30.0).unwrap()).unwrap());
@@ -585,6 +585,7 @@ proptest::proptest! {
         let _ = decode_public_key_switch_share(ctx, &b);
         let _ = decode_shamir_share(ctx, &b);
         let _ = decode_threshold_secret(ctx, &b);
+        let _ = decode_refresh_share(ctx, &b);
     }
 }
 
@@ -631,3 +632,6 @@ fn a_mask_made_ahead_gives_the_same_share_and_serves_only_its_flooding_and_level
     assert!(proto.share_with_mask(&sk, &ct, m).is_err());
     assert!(proto.mask(&target, 3, &mut prng).is_err());
 }
+
+#[path = "refresh_tests.rs"]
+mod refresh_tests;

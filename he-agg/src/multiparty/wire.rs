@@ -9,6 +9,7 @@ use crate::ckks::wire::{Kind, Reader, WireError, header, poly_bytes, put_poly};
 
 use super::keygen::{GaloisKeyShare, PublicKeyShare, RelinKeyShare1, RelinKeyShare2};
 use super::keyswitch::{KeySwitchShare, PublicKeySwitchShare};
+use super::refresh::RefreshShare;
 use super::threshold::{MAX_PARTY_INDEX, ShamirShare, ThresholdSecret};
 
 fn digits(ctx: &CkksContext) -> usize {
@@ -176,6 +177,32 @@ pub fn decode_public_key_switch_share(
     let h0 = r.poly(ctx, basis, 0)?;
     let h1 = r.poly(ctx, basis, 1)?;
     Ok(PublicKeySwitchShare { h0, h1 })
+}
+
+/// A refresh share: h0 over the refreshed ciphertext's level, h1 over the top level.
+pub fn encode_refresh_share(ctx: &CkksContext, s: &RefreshShare) -> Vec<u8> {
+    let low = ctx.rlwe().q_basis(s.level());
+    let high = ctx.rlwe().q_basis(ctx.max_level());
+    let mut out = header(
+        ctx,
+        Kind::RefreshShare,
+        1 + poly_bytes(ctx, low) + poly_bytes(ctx, high),
+    );
+    out.push(s.level() as u8);
+    put_poly(ctx, &mut out, &s.h0, low);
+    put_poly(ctx, &mut out, &s.h1, high);
+    out
+}
+
+pub fn decode_refresh_share(ctx: &CkksContext, bytes: &[u8]) -> Result<RefreshShare, WireError> {
+    let mut r = Reader::open(ctx, bytes, Kind::RefreshShare)?;
+    let level = r.level(ctx)?;
+    let low = ctx.rlwe().q_basis(level);
+    let high = ctx.rlwe().q_basis(ctx.max_level());
+    r.expect_remaining(poly_bytes(ctx, low) + poly_bytes(ctx, high))?;
+    let h0 = r.poly(ctx, low, 0)?;
+    let h1 = r.poly(ctx, high, 1)?;
+    Ok(RefreshShare { h0, h1 })
 }
 
 /// The encoded size of a Shamir share (before sealing).
