@@ -8,6 +8,8 @@
 //! - [`ckks`]: encoding by the canonical embedding, the evaluator, presets, the wire format;
 //! - [`multiparty`]: collective keys, t-of-N threshold, (public-)key switching with flooding;
 //! - [`aggregate`]: streaming weighted sums of ciphertexts on a pluggable backend;
+//! - [`train`]: gradient descent of a classifier's head on encrypted features, refreshed
+//!   collectively between steps;
 //! - [`gpu`]: CKKS resident on a GPU (key switching, hoisted rotations, rescaling), equal to
 //!   the CPU path word for word.
 
@@ -20,3 +22,4 @@ pub mod multiparty;
 pub mod ring;
 pub mod rlwe;
 pub mod simd;
+pub mod train;

@@ -123,9 +123,29 @@ fn font_ready() -> bool {
 
 type Series<'a> = (&'a str, Vec<(f64, f64)>, RGBColor);
 
+const PLOT_SIZE: (u32, u32) = (900, 540);
+
+/// Draws into an RGB buffer and writes it as PNG with `image` (plotters' own encoder would
+/// build a second, older `image` crate).
 fn line_plot(path: &Path, title: &str, y_label: &str, series: &[Series]) -> anyhow::Result<()> {
+    let (w, h) = PLOT_SIZE;
+    let mut buf = vec![0u8; (w * h * 3) as usize];
+    if !draw_lines(&mut buf, title, y_label, series)? {
+        return Ok(());
+    }
+    image::save_buffer(path, &buf, w, h, image::ExtendedColorType::Rgb8)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+}
+
+/// Draws the plot; false when there is nothing to draw.
+fn draw_lines(
+    buf: &mut [u8],
+    title: &str,
+    y_label: &str,
+    series: &[Series],
+) -> anyhow::Result<bool> {
     let labels = font_ready();
-    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
+    let root = BitMapBackend::with_buffer(buf, PLOT_SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let xs: Vec<f64> = series
         .iter()
@@ -145,7 +165,7 @@ fn line_plot(path: &Path, title: &str, y_label: &str, series: &[Series]) -> anyh
         ys.iter().copied().fold(f64::NEG_INFINITY, f64::max),
     );
     if !(x0.is_finite() && y0.is_finite()) {
-        return Ok(());
+        return Ok(false);
     }
     let pad = ((y1 - y0) * 0.05).max(1e-9);
     let mut builder = ChartBuilder::on(&root);
@@ -189,9 +209,8 @@ fn line_plot(path: &Path, title: &str, y_label: &str, series: &[Series]) -> anyh
             .draw()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    root.present()
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-    Ok(())
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(true)
 }
 
 fn plots(out: &Path, rows: &[RoundRow], plaintext: bool) -> anyhow::Result<()> {

@@ -271,13 +271,12 @@ fn sample_mask(moduli: &[Modulus], basis: &[usize], n: usize, bits: u32, prng: &
         w[words - 1] &= top_mask;
         for (pos, &idx) in basis.iter().enumerate() {
             let m = &moduli[idx];
-            let q = m.value() as u128;
             // Horner from the most significant word, then subtract 2^(bits−1) mod q
-            let mut r = 0u128;
+            let mut r = 0u64;
             for &x in w.iter().rev() {
-                r = ((r << 64) | x as u128) % q;
+                r = m.reduce_u128(((r as u128) << 64) | x as u128);
             }
-            out.limb_mut(pos)[j] = m.sub(r as u64, offsets[pos]);
+            out.limb_mut(pos)[j] = m.sub(r, offsets[pos]);
         }
     }
     out

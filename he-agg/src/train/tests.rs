@@ -1,0 +1,303 @@
+//! Encrypted head training against the same steps in plaintext, with collective refreshes
+//! between steps, and its refusals.
+#![allow(clippy::needless_range_loop)] // groups index several parallel vectors
+
+use std::sync::{Arc, OnceLock};
+
+use super::*;
+use crate::ckks::{Ciphertext, CkksContext, Parameters, SecretKey};
+use crate::multiparty::flooding::fresh_noise_bound;
+use crate::multiparty::{Crs, Flooding, Refresh, RefreshShare};
+use crate::ring::Prng;
+
+/// N = 2^11 (insecure, for speed): four 60-bit primes hold the refresh's masks over a weight
+/// scale of 2^80, six 40-bit primes take a step.
+fn ctx() -> Arc<CkksContext> {
+    static CTX: OnceLock<Arc<CkksContext>> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let q = [60, 60, 60, 60, 40, 40, 40, 40, 40, 40];
+        CkksContext::new(Parameters::insecure_for_tests(11, &q, &[61, 61], 5, 40.0).unwrap())
+            .unwrap()
+    })
+    .clone()
+}
+
+/// Deterministic examples: class c has its mean at feature c, plus noise; features in [−1, 1].
+fn examples(n: usize, features: usize, classes: usize, seed: u8) -> (Vec<Vec<f64>>, Vec<u32>) {
+    let mut prng = Prng::from_seed(&[seed; 32]);
+    let mut u = || (prng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+    let mut xs = Vec::new();
+    let mut ys = Vec::new();
+    for i in 0..n {
+        let y = (i % classes) as u32;
+        let x: Vec<f64> = (0..features)
+            .map(|j| (0.3 * u() + if j == y as usize { 0.6 } else { 0.0 }).clamp(-1.0, 1.0))
+            .collect();
+        xs.push(x);
+        ys.push(y);
+    }
+    (xs, ys)
+}
+
+/// The slot algebra of a step (rotations as cyclic shifts), in plaintext: the layout's sums land
+/// where the trainer reads them.
+#[test]
+fn the_layouts_slot_algebra_is_the_plaintext_step() {
+    let (features, classes, slots) = (20, 3, 1024);
+    let l = HeadLayout::new(slots, features, classes).unwrap();
+    assert_eq!((l.groups(), l.samples()), (2, 16));
+    let (xs, ys) = examples(l.samples() - 3, features, classes, 1);
+    let xr: Vec<&[f64]> = xs.iter().map(|x| x.as_slice()).collect();
+    let mut prng = Prng::from_seed(&[2; 32]);
+    let mut w: Vec<f64> = (0..features * classes)
+        .map(|_| (prng.next_u64() % 1000) as f64 / 5000.0 - 0.1)
+        .collect();
+    let mut b = vec![0.05, -0.02, 0.01];
+    let lr = 0.5;
+    let rot = |v: &[f64], k: i64| -> Vec<f64> {
+        let n = v.len() as i64;
+        (0..n).map(|s| v[(s + k).rem_euclid(n) as usize]).collect()
+    };
+    let rsum = |mut v: Vec<f64>, steps: &[i64]| {
+        for &k in steps {
+            let r = rot(&v, k);
+            v.iter_mut().zip(&r).for_each(|(a, b)| *a += b);
+        }
+        v
+    };
+    let mul = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x * y).collect() };
+    let head = HeadTrainer::pack_head(&l, &w, &b);
+    let ones = l.pack_ones(xr.len());
+    let mut z = mul(&head[l.groups()], &ones);
+    for g in 0..l.groups() {
+        let p = mul(&head[g], &l.pack_features(&xr, g));
+        z.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    let z = rsum(z, &l.feature_sum_steps());
+    let r: Vec<f64> = z
+        .iter()
+        .zip(l.pack_labels(&ys))
+        .map(|(a, b)| a - b)
+        .collect();
+    let mask = l.pack_gradient_mask(lr / xr.len() as f64);
+    let updated: Vec<Vec<f64>> = (0..=l.groups())
+        .map(|g| {
+            let data = if g < l.groups() {
+                l.pack_features(&xr, g)
+            } else {
+                ones.clone()
+            };
+            let t = rsum(mul(&r, &data), &l.sample_sum_steps());
+            let grad = rsum(mul(&t, &mask), &l.sample_spread_steps());
+            head[g].iter().zip(&grad).map(|(a, b)| a - b).collect()
+        })
+        .collect();
+    plaintext_step(&mut w, &mut b, &xr, &ys, lr);
+    let mut got_w = vec![0.0; w.len()];
+    for g in 0..l.groups() {
+        l.unpack_weights(&updated[g], g, &mut got_w);
+        // every sample slot holds the same copy, as the next step needs
+        assert_eq!(
+            updated[g],
+            l.pack_weights(&got_w, g),
+            "group {g} replicated"
+        );
+    }
+    let got_b = l.unpack_bias(&updated[l.groups()]);
+    for (a, e) in got_w.iter().zip(&w).chain(got_b.iter().zip(&b)) {
+        assert!((a - e).abs() < 1e-12, "{a} vs {e}");
+    }
+}
+
+struct Keyholders {
+    secrets: Vec<SecretKey>,
+    prngs: Vec<Prng>,
+    refresh: Refresh,
+}
+
+impl Keyholders {
+    fn refresh(&mut self, ct: &Ciphertext) -> Ciphertext {
+        let mut acc: Option<RefreshShare> = None;
+        for (sk, p) in self.secrets.iter().zip(&mut self.prngs) {
+            let s = self.refresh.share(sk, ct, p).unwrap();
+            match acc.as_mut() {
+                None => acc = Some(s),
+                Some(a) => self.refresh.aggregate(a, &s).unwrap(),
+            }
+        }
+        self.refresh.finalize(ct, &acc.unwrap()).unwrap()
+    }
+}
+
+#[test]
+fn encrypted_steps_with_refreshes_track_the_plaintext_steps() {
+    let ctx = ctx();
+    let (features, classes) = (20, 3);
+    let l = HeadLayout::new(ctx.slots(), features, classes).unwrap();
+    let scales = HeadScales::new(&ctx).unwrap();
+    assert_eq!((scales.top, scales.refresh_level), (10, 4));
+    let parties = 3;
+    let mut kg = ctx.key_generator().unwrap();
+    let secrets: Vec<SecretKey> = (0..parties).map(|_| kg.secret_key()).collect();
+    let s = crate::multiparty::sum_of_secrets(&ctx, &secrets);
+    let pk = kg.public_key(&s);
+    let rlk = kg.relinearization_key(&s);
+    let gks = kg.galois_keys(&s, &l.rotations(), false);
+    let flooding = Flooding::new(30, fresh_noise_bound(&ctx, parties)).unwrap();
+    let refresh = Refresh::new(
+        &ctx,
+        &Crs::from_federation(b"head test"),
+        flooding,
+        parties,
+        16.0,
+    )
+    .unwrap();
+    assert!(refresh.min_level(scales.weight).unwrap() <= scales.refresh_level);
+    let mut holders = Keyholders {
+        secrets,
+        prngs: (0..parties)
+            .map(|i| Prng::from_seed(&[70 + i as u8; 32]))
+            .collect(),
+        refresh,
+    };
+
+    // a site's examples: two full chunks and a partial one
+    let (xs, ys) = examples(2 * l.samples() + 5, features, classes, 3);
+    let mut enc = ctx.pk_encryptor(&pk).unwrap();
+    let chunks: Vec<EncryptedChunk> = xs
+        .chunks(l.samples())
+        .zip(ys.chunks(l.samples()))
+        .map(|(x, y)| {
+            let xr: Vec<&[f64]> = x.iter().map(|v| v.as_slice()).collect();
+            encrypt_chunk(&ctx, &mut enc, &l, &xr, y).unwrap()
+        })
+        .collect();
+
+    let mut w = vec![0.0; features * classes];
+    let mut b = vec![0.0; classes];
+    let initial: Vec<Ciphertext> = HeadTrainer::pack_head(&l, &w, &b)
+        .iter()
+        .map(|v| enc.encrypt(&ctx.encode_reals(v, scales.top, scales.weight).unwrap()))
+        .collect();
+    let lr = 1.0;
+    let mut trainer = HeadTrainer::new(&ctx, &rlk, &gks, l.clone(), lr, initial).unwrap();
+    // batches: chunks {0, 1}, {2}, {0, 1, 2}
+    let batches: [&[usize]; 3] = [&[0, 1], &[2], &[0, 1, 2]];
+    let dec = ctx.decryptor(&s).unwrap();
+    for (step, idx) in batches.iter().enumerate() {
+        let batch: Vec<&EncryptedChunk> = idx.iter().map(|&i| &chunks[i]).collect();
+        let updated = trainer.step(&batch).unwrap();
+        assert!(updated.iter().all(|ct| ct.level() == scales.refresh_level));
+        let refreshed: Vec<Ciphertext> = updated.iter().map(|ct| holders.refresh(ct)).collect();
+        trainer.set_weights(refreshed).unwrap();
+
+        let sel: Vec<usize> = idx
+            .iter()
+            .flat_map(|&c| c * l.samples()..((c + 1) * l.samples()).min(xs.len()))
+            .collect();
+        let bx: Vec<&[f64]> = sel.iter().map(|&i| xs[i].as_slice()).collect();
+        let by: Vec<u32> = sel.iter().map(|&i| ys[i]).collect();
+        plaintext_step(&mut w, &mut b, &bx, &by, lr);
+
+        let mut got_w = vec![0.0; w.len()];
+        let slots: Vec<Vec<f64>> = trainer
+            .weights()
+            .iter()
+            .map(|ct| ctx.decode_reals(&dec.decrypt(ct)).unwrap())
+            .collect();
+        for g in 0..l.groups() {
+            l.unpack_weights(&slots[g], g, &mut got_w);
+        }
+        let got_b = l.unpack_bias(&slots[l.groups()]);
+        let err = got_w
+            .iter()
+            .zip(&w)
+            .chain(got_b.iter().zip(&b))
+            .map(|(a, e)| (a - e).abs())
+            .fold(0.0, f64::max);
+        let size = w.iter().chain(&b).map(|v| v.abs()).fold(0.0, f64::max);
+        assert!(size > 0.05, "step {step}: the head moved ({size})");
+        assert!(
+            err < 1e-3,
+            "step {step}: weights off by {err} (largest weight {size})"
+        );
+    }
+}
+
+#[test]
+fn bad_examples_and_mismatched_ciphertexts_are_refused() {
+    let ctx = ctx();
+    let l = HeadLayout::new(ctx.slots(), 4, 3).unwrap();
+    let mut kg = ctx.key_generator().unwrap();
+    let sk = kg.secret_key();
+    let pk = kg.public_key(&sk);
+    let mut enc = ctx.pk_encryptor(&pk).unwrap();
+    let good = [0.1, -0.2, 0.3, 0.0];
+    let err = |xs: &[&[f64]], ys: &[u32]| {
+        encrypt_chunk(&ctx, &mut ctx.pk_encryptor(&pk).unwrap(), &l, xs, ys)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(&[&good[..3]], &[0]).contains("3 features where the head takes 4"));
+    assert!(err(&[&good, &[0.0, 1.5, 0.0, 0.0]], &[0, 1]).contains("example 1: feature 1 is 1.5"));
+    assert!(err(&[&good, &[f64::NAN, 0.0, 0.0, 0.0]], &[0, 1]).contains("feature 0 is NaN"));
+    assert!(err(&[&good], &[3]).contains("label 3 is not below 3 classes"));
+    assert!(err(&[&good], &[0, 1]).contains("one label each"));
+    assert!(err(&[], &[]).contains("1..="));
+    assert!(HeadLayout::new(ctx.slots(), 4, 1).is_err());
+    assert!(HeadLayout::new(ctx.slots(), 4, 600).is_err());
+
+    let chunk = encrypt_chunk(&ctx, &mut enc, &l, &[&good], &[2]).unwrap();
+    let scales = HeadScales::new(&ctx).unwrap();
+    chunk.check(&l, &scales).unwrap();
+    let mut low = chunk.clone();
+    low.features[0] = ctx
+        .evaluator(None, None)
+        .unwrap()
+        .drop_levels(&low.features[0], 1)
+        .unwrap();
+    assert!(matches!(
+        low.check(&l, &scales),
+        Err(HeadTrainError::Level {
+            got: 9,
+            want: 10,
+            ..
+        })
+    ));
+    let mut scaled = chunk.clone();
+    scaled.labels.scale *= 2.0;
+    assert!(matches!(
+        scaled.check(&l, &scales),
+        Err(HeadTrainError::Scale { .. })
+    ));
+    let mut counted = chunk.clone();
+    counted.count = l.samples() + 1;
+    assert!(counted.check(&l, &scales).is_err());
+
+    // a trainer refuses weights of the wrong number, level or scale, and a bad learning rate
+    let rlk = kg.relinearization_key(&sk);
+    let gks = kg.galois_keys(&sk, &l.rotations(), false);
+    let head: Vec<Ciphertext> = HeadTrainer::pack_head(&l, &[0.0; 12], &[0.0; 3])
+        .iter()
+        .map(|v| enc.encrypt(&ctx.encode_reals(v, scales.top, scales.weight).unwrap()))
+        .collect();
+    assert!(HeadTrainer::new(&ctx, &rlk, &gks, l.clone(), f64::NAN, head.clone()).is_err());
+    assert!(HeadTrainer::new(&ctx, &rlk, &gks, l.clone(), 0.1, head[..1].to_vec()).is_err());
+    let mut t = HeadTrainer::new(&ctx, &rlk, &gks, l.clone(), 0.1, head.clone()).unwrap();
+    let mut wrong = head.clone();
+    wrong[0].scale = scales.data * 2.0;
+    assert!(matches!(
+        t.set_weights(wrong),
+        Err(HeadTrainError::Scale { .. })
+    ));
+    // a chunk of another head's width is refused before any arithmetic
+    let wide = HeadLayout::new(ctx.slots(), 40, 3).unwrap();
+    let wide_x = [0.0; 40];
+    let wide_chunk = encrypt_chunk(&ctx, &mut enc, &wide, &[&wide_x], &[0]).unwrap();
+    assert!(
+        t.step(&[&wide_chunk])
+            .unwrap_err()
+            .to_string()
+            .contains("groups")
+    );
+}

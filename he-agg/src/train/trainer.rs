@@ -1,0 +1,213 @@
+//! One step of mini-batch gradient descent of a head on encrypted chunks, and the same step in
+//! plaintext (the reference the tests and the benchmark compare with).
+
+use std::sync::Arc;
+
+use crate::ckks::{Ciphertext, CkksContext, Evaluator, GaloisKeys, Plaintext, RelinearizationKey};
+
+use super::HeadTrainError;
+use super::chunk::{EncryptedChunk, check_ct};
+use super::layout::HeadLayout;
+use super::params::HeadScales;
+
+/// The trainer's side: the encrypted weights (one ciphertext per feature group, then the bias)
+/// and the evaluation keys. It never holds a secret.
+pub struct HeadTrainer {
+    ctx: Arc<CkksContext>,
+    eval: Evaluator,
+    layout: HeadLayout,
+    scales: HeadScales,
+    lr: f64,
+    weights: Vec<Ciphertext>,
+}
+
+impl HeadTrainer {
+    /// `weights`: the initial head, encrypted at the top level and the weights' scale
+    /// ([`HeadTrainer::encrypt_weights`]).
+    pub fn new(
+        ctx: &Arc<CkksContext>,
+        rlk: &RelinearizationKey,
+        gks: &GaloisKeys,
+        layout: HeadLayout,
+        lr: f64,
+        weights: Vec<Ciphertext>,
+    ) -> Result<Self, HeadTrainError> {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(HeadTrainError::Config(format!(
+                "learning rate {lr}: it must be finite and positive"
+            )));
+        }
+        if layout.slots() != ctx.slots() {
+            return Err(HeadTrainError::Config(format!(
+                "a layout of {} slots for parameters with {}",
+                layout.slots(),
+                ctx.slots()
+            )));
+        }
+        let scales = HeadScales::new(ctx)?;
+        let mut t = Self {
+            eval: ctx.evaluator(Some(rlk), Some(gks))?,
+            ctx: ctx.clone(),
+            layout,
+            scales,
+            lr,
+            weights: Vec::new(),
+        };
+        t.set_weights(weights)?;
+        Ok(t)
+    }
+
+    pub fn layout(&self) -> &HeadLayout {
+        &self.layout
+    }
+    pub fn scales(&self) -> &HeadScales {
+        &self.scales
+    }
+    pub fn weights(&self) -> &[Ciphertext] {
+        &self.weights
+    }
+
+    /// The slots of a head's ciphertexts: one vector per feature group, then the bias.
+    pub fn pack_head(layout: &HeadLayout, w: &[f64], b: &[f64]) -> Vec<Vec<f64>> {
+        let mut v: Vec<Vec<f64>> = (0..layout.groups())
+            .map(|g| layout.pack_weights(w, g))
+            .collect();
+        v.push(layout.pack_bias(b));
+        v
+    }
+
+    /// The weights after a refresh (or the initial ones): at the top level and the weights'
+    /// scale, one per group and the bias.
+    pub fn set_weights(&mut self, weights: Vec<Ciphertext>) -> Result<(), HeadTrainError> {
+        if weights.len() != self.layout.groups() + 1 {
+            return Err(HeadTrainError::Shape(format!(
+                "{} weight ciphertexts where the head has {} groups and a bias",
+                weights.len(),
+                self.layout.groups()
+            )));
+        }
+        for ct in &weights {
+            check_ct(
+                ct,
+                "a weight ciphertext",
+                self.scales.top,
+                self.scales.weight,
+            )?;
+        }
+        self.weights = weights;
+        Ok(())
+    }
+
+    fn plain(&self, values: &[f64], level: usize, scale: f64) -> Result<Plaintext, HeadTrainError> {
+        Ok(self.ctx.encode_reals(values, level, scale)?)
+    }
+
+    /// One step on a mini-batch: returns the updated weights at the refresh level, for the
+    /// keyholders to refresh and [`HeadTrainer::set_weights`] to take back.
+    pub fn step(&self, batch: &[&EncryptedChunk]) -> Result<Vec<Ciphertext>, HeadTrainError> {
+        let (l, s) = (&self.layout, &self.scales);
+        if batch.is_empty() {
+            return Err(HeadTrainError::Shape("an empty batch".into()));
+        }
+        for chunk in batch {
+            chunk.check(l, s)?;
+        }
+        let examples: usize = batch.iter().map(|c| c.count).sum();
+        let groups = l.groups();
+        let ev = &self.eval;
+        // gradient accumulators: one per group and the bias, degree 2 until the batch is done
+        let mut acc: Vec<Option<Ciphertext>> = vec![None; groups + 1];
+        for chunk in batch {
+            let ones_top = self.plain(&l.pack_ones(chunk.count), s.top, s.data)?;
+            let ones_low = self.plain(&l.pack_ones(chunk.count), s.label_level, s.data)?;
+            // logits: Σ_J W_J ⊙ X_J + b ⊙ 1, summed over the feature blocks
+            let mut z = ev.mul_plain(&self.weights[groups], &ones_top)?;
+            for (w, x) in self.weights[..groups].iter().zip(&chunk.features) {
+                let prod = ev.mul(w, x)?;
+                ev.add_assign(&mut z, &prod)?;
+            }
+            let mut z = ev.relinearize(&z)?;
+            ev.rescale_assign(&mut z)?;
+            ev.rescale_assign(&mut z)?;
+            let z = self.rotate_sum(z, &l.feature_sum_steps())?;
+            // residual, then its products with the examples' features (and the bias's 1)
+            let r = ev.sub(&z, &chunk.labels)?;
+            for (g, a) in acc.iter_mut().enumerate() {
+                let t = if g < groups {
+                    ev.mul(&r, &ev.drop_levels(&chunk.features[g], 2)?)?
+                } else {
+                    ev.mul_plain(&r, &ones_low)?
+                };
+                match a {
+                    None => *a = Some(t),
+                    Some(a) => ev.add_assign(a, &t)?,
+                }
+            }
+        }
+        let mask = self.plain(
+            &l.pack_gradient_mask(self.lr / examples as f64),
+            s.top - 4,
+            s.mask,
+        )?;
+        acc.into_iter()
+            .zip(&self.weights)
+            .map(|(t, w)| {
+                let t = t.expect("a non-empty batch fills every accumulator");
+                let mut t = if t.degree() == 2 {
+                    ev.relinearize(&t)?
+                } else {
+                    t
+                };
+                ev.rescale_assign(&mut t)?;
+                ev.rescale_assign(&mut t)?;
+                let t = self.rotate_sum(t, &l.sample_sum_steps())?;
+                let mut g = ev.mul_plain(&t, &mask)?;
+                ev.rescale_assign(&mut g)?;
+                ev.rescale_assign(&mut g)?;
+                let g = self.rotate_sum(g, &l.sample_spread_steps())?;
+                let w = ev.drop_levels(w, s.top - s.refresh_level)?;
+                let mut out = ev.sub(&w, &g)?;
+                // the exact scale, so the refreshed weights meet the next step's data
+                out.scale = s.weight;
+                Ok(out)
+            })
+            .collect()
+    }
+
+    /// y + rot(y, k) for each k in turn.
+    fn rotate_sum(&self, mut y: Ciphertext, steps: &[i64]) -> Result<Ciphertext, HeadTrainError> {
+        for &k in steps {
+            let r = self.eval.rotate(&y, k)?;
+            self.eval.add_assign(&mut y, &r)?;
+        }
+        Ok(y)
+    }
+}
+
+/// The same step in plaintext on a row-major `classes × features` matrix `w` and bias `b`.
+pub fn plaintext_step(w: &mut [f64], b: &mut [f64], xs: &[&[f64]], ys: &[u32], lr: f64) {
+    let classes = b.len();
+    let features = w.len() / classes;
+    let mut gw = vec![0.0; w.len()];
+    let mut gb = vec![0.0; classes];
+    for (x, &y) in xs.iter().zip(ys) {
+        for c in 0..classes {
+            let z: f64 = b[c]
+                + (0..features)
+                    .map(|j| w[c * features + j] * x[j])
+                    .sum::<f64>();
+            let r = z - if c == y as usize { 1.0 } else { 0.0 };
+            gb[c] += r;
+            for j in 0..features {
+                gw[c * features + j] += r * x[j];
+            }
+        }
+    }
+    let k = lr / xs.len() as f64;
+    for (w, g) in w.iter_mut().zip(&gw) {
+        *w -= k * g;
+    }
+    for (b, g) in b.iter_mut().zip(&gb) {
+        *b -= k * g;
+    }
+}
