@@ -22,7 +22,7 @@ pub mod trainer;
 pub use chunk::{EncryptedChunk, MAX_ABS_FEATURE, encrypt_chunk};
 pub use layout::HeadLayout;
 pub use params::{HeadScales, head_training_parameters};
-pub use trainer::{HeadTrainer, plaintext_step};
+pub use trainer::{HeadTrainer, PlainHead};
 
 use crate::ckks::CkksError;
 use crate::multiparty::MultipartyError;

@@ -12,13 +12,13 @@ use super::HeadTrainError;
 /// Primes a step consumes.
 pub const STEP_PRIMES: usize = 6;
 
-/// N = 2^15, Q = 60 + 10 × 42 bits, P = 3 × 61 bits, three digits: log QP = 663 ≤ 881, 128-bit
-/// secure by the HE standard. The weights are refreshed from 5 primes (228 bits: 128-bit masks
+/// N = 2^15, Q = 60 + 10 × 42 bits, P = 4 × 61 bits, three digits (the widest 186 bits): log QP
+/// = 724 ≤ 881, 128-bit secure by the HE standard. The weights are refreshed from 5 primes (228 bits: 128-bit masks
 /// over weights up to 16 at a scale of 2^84, for up to 2^8 refreshing parties).
 pub fn head_training_parameters() -> Result<Parameters, CkksError> {
     let mut q = vec![60u32];
     q.extend([42u32; 10]);
-    Parameters::new(15, &q, &[61, 61, 61], 3, 84.0)
+    Parameters::new(15, &q, &[61, 61, 61, 61], 3, 84.0)
 }
 
 /// Levels (limb counts) and exact scales of a step under a parameter set.

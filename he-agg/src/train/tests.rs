@@ -49,10 +49,10 @@ fn the_layouts_slot_algebra_is_the_plaintext_step() {
     let (xs, ys) = examples(l.samples() - 3, features, classes, 1);
     let xr: Vec<&[f64]> = xs.iter().map(|x| x.as_slice()).collect();
     let mut prng = Prng::from_seed(&[2; 32]);
-    let mut w: Vec<f64> = (0..features * classes)
+    let w: Vec<f64> = (0..features * classes)
         .map(|_| (prng.next_u64() % 1000) as f64 / 5000.0 - 0.1)
         .collect();
-    let mut b = vec![0.05, -0.02, 0.01];
+    let b = vec![0.05, -0.02, 0.01];
     let lr = 0.5;
     let rot = |v: &[f64], k: i64| -> Vec<f64> {
         let n = v.len() as i64;
@@ -92,7 +92,11 @@ fn the_layouts_slot_algebra_is_the_plaintext_step() {
             head[g].iter().zip(&grad).map(|(a, b)| a - b).collect()
         })
         .collect();
-    plaintext_step(&mut w, &mut b, &xr, &ys, lr);
+    let mut plain = PlainHead::zeros(features, classes);
+    plain.w = w.clone();
+    plain.b = b.clone();
+    plain.step(&xr, &ys, lr, 0.0);
+    let (w, b) = (plain.w, plain.b);
     let mut got_w = vec![0.0; w.len()];
     for g in 0..l.groups() {
         l.unpack_weights(&updated[g], g, &mut got_w);
@@ -173,54 +177,66 @@ fn encrypted_steps_with_refreshes_track_the_plaintext_steps() {
         })
         .collect();
 
-    let mut w = vec![0.0; features * classes];
-    let mut b = vec![0.0; classes];
-    let initial: Vec<Ciphertext> = HeadTrainer::pack_head(&l, &w, &b)
-        .iter()
-        .map(|v| enc.encrypt(&ctx.encode_reals(v, scales.top, scales.weight).unwrap()))
-        .collect();
-    let lr = 1.0;
-    let mut trainer = HeadTrainer::new(&ctx, &rlk, &gks, l.clone(), lr, initial).unwrap();
-    // batches: chunks {0, 1}, {2}, {0, 1, 2}
-    let batches: [&[usize]; 3] = [&[0, 1], &[2], &[0, 1, 2]];
-    let dec = ctx.decryptor(&s).unwrap();
-    for (step, idx) in batches.iter().enumerate() {
-        let batch: Vec<&EncryptedChunk> = idx.iter().map(|&i| &chunks[i]).collect();
-        let updated = trainer.step(&batch).unwrap();
-        assert!(updated.iter().all(|ct| ct.level() == scales.refresh_level));
-        let refreshed: Vec<Ciphertext> = updated.iter().map(|ct| holders.refresh(ct)).collect();
-        trainer.set_weights(refreshed).unwrap();
-
-        let sel: Vec<usize> = idx
+    for momentum in [0.0, 0.9] {
+        let mut plain = PlainHead::zeros(features, classes);
+        let initial: Vec<Ciphertext> = HeadTrainer::pack_head(&l, &plain.w, &plain.b)
             .iter()
-            .flat_map(|&c| c * l.samples()..((c + 1) * l.samples()).min(xs.len()))
+            .map(|v| enc.encrypt(&ctx.encode_reals(v, scales.top, scales.weight).unwrap()))
             .collect();
-        let bx: Vec<&[f64]> = sel.iter().map(|&i| xs[i].as_slice()).collect();
-        let by: Vec<u32> = sel.iter().map(|&i| ys[i]).collect();
-        plaintext_step(&mut w, &mut b, &bx, &by, lr);
+        let lr = 1.0;
+        let mut trainer =
+            HeadTrainer::new(&ctx, &rlk, &gks, l.clone(), lr, momentum, initial).unwrap();
+        // batches: chunks {0, 1}, {2}, {0, 1, 2}
+        let batches: [&[usize]; 3] = [&[0, 1], &[2], &[0, 1, 2]];
+        let dec = ctx.decryptor(&s).unwrap();
+        for (step, idx) in batches.iter().enumerate() {
+            let batch: Vec<&EncryptedChunk> = idx.iter().map(|&i| &chunks[i]).collect();
+            let updated = trainer.step(&batch).unwrap();
+            let per = l.groups() + 1;
+            assert_eq!(updated.len(), if momentum > 0.0 { 2 * per } else { per });
+            assert!(updated.iter().all(|ct| ct.level() == scales.refresh_level));
+            let refreshed: Vec<Ciphertext> = updated.iter().map(|ct| holders.refresh(ct)).collect();
+            trainer.set_state(refreshed).unwrap();
 
-        let mut got_w = vec![0.0; w.len()];
-        let slots: Vec<Vec<f64>> = trainer
-            .weights()
-            .iter()
-            .map(|ct| ctx.decode_reals(&dec.decrypt(ct)).unwrap())
-            .collect();
-        for g in 0..l.groups() {
-            l.unpack_weights(&slots[g], g, &mut got_w);
+            let sel: Vec<usize> = idx
+                .iter()
+                .flat_map(|&c| c * l.samples()..((c + 1) * l.samples()).min(xs.len()))
+                .collect();
+            let bx: Vec<&[f64]> = sel.iter().map(|&i| xs[i].as_slice()).collect();
+            let by: Vec<u32> = sel.iter().map(|&i| ys[i]).collect();
+            plain.step(&bx, &by, lr, momentum);
+
+            let mut got_w = vec![0.0; plain.w.len()];
+            let slots: Vec<Vec<f64>> = trainer
+                .weights()
+                .iter()
+                .map(|ct| ctx.decode_reals(&dec.decrypt(ct)).unwrap())
+                .collect();
+            for g in 0..l.groups() {
+                l.unpack_weights(&slots[g], g, &mut got_w);
+            }
+            let got_b = l.unpack_bias(&slots[l.groups()]);
+            let err = got_w
+                .iter()
+                .zip(&plain.w)
+                .chain(got_b.iter().zip(&plain.b))
+                .map(|(a, e)| (a - e).abs())
+                .fold(0.0, f64::max);
+            let size = plain
+                .w
+                .iter()
+                .chain(&plain.b)
+                .map(|v| v.abs())
+                .fold(0.0, f64::max);
+            assert!(
+                size > 0.05,
+                "momentum {momentum}, step {step}: the head moved ({size})"
+            );
+            assert!(
+                err < 1e-3,
+                "momentum {momentum}, step {step}: weights off by {err} (largest weight {size})"
+            );
         }
-        let got_b = l.unpack_bias(&slots[l.groups()]);
-        let err = got_w
-            .iter()
-            .zip(&w)
-            .chain(got_b.iter().zip(&b))
-            .map(|(a, e)| (a - e).abs())
-            .fold(0.0, f64::max);
-        let size = w.iter().chain(&b).map(|v| v.abs()).fold(0.0, f64::max);
-        assert!(size > 0.05, "step {step}: the head moved ({size})");
-        assert!(
-            err < 1e-3,
-            "step {step}: weights off by {err} (largest weight {size})"
-        );
     }
 }
 
@@ -281,13 +297,17 @@ fn bad_examples_and_mismatched_ciphertexts_are_refused() {
         .iter()
         .map(|v| enc.encrypt(&ctx.encode_reals(v, scales.top, scales.weight).unwrap()))
         .collect();
-    assert!(HeadTrainer::new(&ctx, &rlk, &gks, l.clone(), f64::NAN, head.clone()).is_err());
-    assert!(HeadTrainer::new(&ctx, &rlk, &gks, l.clone(), 0.1, head[..1].to_vec()).is_err());
-    let mut t = HeadTrainer::new(&ctx, &rlk, &gks, l.clone(), 0.1, head.clone()).unwrap();
+    let new = |lr: f64, momentum: f64, head: &[Ciphertext]| {
+        HeadTrainer::new(&ctx, &rlk, &gks, l.clone(), lr, momentum, head.to_vec())
+    };
+    assert!(new(f64::NAN, 0.0, &head).is_err());
+    assert!(new(0.1, 1.0, &head).is_err());
+    assert!(new(0.1, 0.0, &head[..1]).is_err());
+    let mut t = new(0.1, 0.0, &head).unwrap();
     let mut wrong = head.clone();
     wrong[0].scale = scales.data * 2.0;
     assert!(matches!(
-        t.set_weights(wrong),
+        t.set_state(wrong),
         Err(HeadTrainError::Scale { .. })
     ));
     // a chunk of another head's width is refused before any arithmetic

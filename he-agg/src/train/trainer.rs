@@ -10,31 +10,41 @@ use super::chunk::{EncryptedChunk, check_ct};
 use super::layout::HeadLayout;
 use super::params::HeadScales;
 
-/// The trainer's side: the encrypted weights (one ciphertext per feature group, then the bias)
-/// and the evaluation keys. It never holds a secret.
+/// The trainer's side: the encrypted weights (one ciphertext per feature group, then the bias),
+/// with momentum their velocity too, and the evaluation keys. It never holds a secret.
 pub struct HeadTrainer {
     ctx: Arc<CkksContext>,
     eval: Evaluator,
     layout: HeadLayout,
     scales: HeadScales,
     lr: f64,
+    momentum: f64,
     weights: Vec<Ciphertext>,
+    /// None before the first step (a zero velocity), and without momentum.
+    velocity: Option<Vec<Ciphertext>>,
 }
 
 impl HeadTrainer {
-    /// `weights`: the initial head, encrypted at the top level and the weights' scale
-    /// ([`HeadTrainer::encrypt_weights`]).
+    /// `weights`: the initial head ([`HeadTrainer::pack_head`]), encrypted at the top level and
+    /// the weights' scale. With `momentum` μ > 0 a step is v ← μ·v + lr·g, w ← w − v (heavy
+    /// ball), and the velocity is refreshed with the weights.
     pub fn new(
         ctx: &Arc<CkksContext>,
         rlk: &RelinearizationKey,
         gks: &GaloisKeys,
         layout: HeadLayout,
         lr: f64,
+        momentum: f64,
         weights: Vec<Ciphertext>,
     ) -> Result<Self, HeadTrainError> {
         if !(lr.is_finite() && lr > 0.0) {
             return Err(HeadTrainError::Config(format!(
                 "learning rate {lr}: it must be finite and positive"
+            )));
+        }
+        if !(0.0..1.0).contains(&momentum) {
+            return Err(HeadTrainError::Config(format!(
+                "momentum {momentum}: it must be in [0, 1)"
             )));
         }
         if layout.slots() != ctx.slots() {
@@ -51,9 +61,11 @@ impl HeadTrainer {
             layout,
             scales,
             lr,
+            momentum,
             weights: Vec::new(),
+            velocity: None,
         };
-        t.set_weights(weights)?;
+        t.set_state(weights)?;
         Ok(t)
     }
 
@@ -76,17 +88,25 @@ impl HeadTrainer {
         v
     }
 
-    /// The weights after a refresh (or the initial ones): at the top level and the weights'
-    /// scale, one per group and the bias.
-    pub fn set_weights(&mut self, weights: Vec<Ciphertext>) -> Result<(), HeadTrainError> {
-        if weights.len() != self.layout.groups() + 1 {
+    /// The state after a refresh (or the initial weights): the weights, then with momentum and
+    /// after the first step their velocity, at the top level and the weights' scale.
+    pub fn set_state(&mut self, mut state: Vec<Ciphertext>) -> Result<(), HeadTrainError> {
+        let per = self.layout.groups() + 1;
+        let with_velocity = self.momentum > 0.0 && !self.weights.is_empty();
+        let want = if with_velocity { 2 * per } else { per };
+        if state.len() != want {
             return Err(HeadTrainError::Shape(format!(
-                "{} weight ciphertexts where the head has {} groups and a bias",
-                weights.len(),
-                self.layout.groups()
+                "{} ciphertexts where the head has {} groups and a bias{}",
+                state.len(),
+                self.layout.groups(),
+                if with_velocity {
+                    ", and their velocity"
+                } else {
+                    ""
+                }
             )));
         }
-        for ct in &weights {
+        for ct in &state {
             check_ct(
                 ct,
                 "a weight ciphertext",
@@ -94,7 +114,9 @@ impl HeadTrainer {
                 self.scales.weight,
             )?;
         }
-        self.weights = weights;
+        let velocity = with_velocity.then(|| state.split_off(per));
+        self.weights = state;
+        self.velocity = velocity;
         Ok(())
     }
 
@@ -102,8 +124,9 @@ impl HeadTrainer {
         Ok(self.ctx.encode_reals(values, level, scale)?)
     }
 
-    /// One step on a mini-batch: returns the updated weights at the refresh level, for the
-    /// keyholders to refresh and [`HeadTrainer::set_weights`] to take back.
+    /// One step on a mini-batch: returns the updated state (weights, then with momentum their
+    /// velocity) at the refresh level, for the keyholders to refresh and
+    /// [`HeadTrainer::set_state`] to take back.
     pub fn step(&self, batch: &[&EncryptedChunk]) -> Result<Vec<Ciphertext>, HeadTrainError> {
         let (l, s) = (&self.layout, &self.scales);
         if batch.is_empty() {
@@ -149,9 +172,10 @@ impl HeadTrainer {
             s.top - 4,
             s.mask,
         )?;
-        acc.into_iter()
-            .zip(&self.weights)
-            .map(|(t, w)| {
+        let updates: Vec<Ciphertext> = acc
+            .into_iter()
+            .enumerate()
+            .map(|(k, t)| {
                 let t = t.expect("a non-empty batch fills every accumulator");
                 let mut t = if t.degree() == 2 {
                     ev.relinearize(&t)?
@@ -165,13 +189,32 @@ impl HeadTrainer {
                 ev.rescale_assign(&mut g)?;
                 ev.rescale_assign(&mut g)?;
                 let g = self.rotate_sum(g, &l.sample_spread_steps())?;
-                let w = ev.drop_levels(w, s.top - s.refresh_level)?;
-                let mut out = ev.sub(&w, &g)?;
-                // the exact scale, so the refreshed weights meet the next step's data
-                out.scale = s.weight;
-                Ok(out)
+                let Some(v) = self.velocity.as_ref().map(|v| &v[k]) else {
+                    return Ok(g);
+                };
+                // μ·v, rescaled by the two top primes (the data scale) back to the weights' scale
+                let mut mv = ev.mul_const(v, self.momentum, s.data)?;
+                ev.rescale_assign(&mut mv)?;
+                ev.rescale_assign(&mut mv)?;
+                mv.scale = g.scale;
+                Ok(ev.add(&mv, &g)?)
             })
-            .collect()
+            .collect::<Result<_, HeadTrainError>>()?;
+        let drop = s.top - s.refresh_level;
+        let mut state = Vec::with_capacity(2 * updates.len());
+        for (w, u) in self.weights.iter().zip(&updates) {
+            let mut out = ev.sub(&ev.drop_levels(w, drop)?, u)?;
+            // the exact scale, so the refreshed weights meet the next step's data
+            out.scale = s.weight;
+            state.push(out);
+        }
+        if self.momentum > 0.0 {
+            for mut u in updates {
+                u.scale = s.weight;
+                state.push(u);
+            }
+        }
+        Ok(state)
     }
 
     /// y + rot(y, k) for each k in turn.
@@ -184,30 +227,52 @@ impl HeadTrainer {
     }
 }
 
-/// The same step in plaintext on a row-major `classes × features` matrix `w` and bias `b`.
-pub fn plaintext_step(w: &mut [f64], b: &mut [f64], xs: &[&[f64]], ys: &[u32], lr: f64) {
-    let classes = b.len();
-    let features = w.len() / classes;
-    let mut gw = vec![0.0; w.len()];
-    let mut gb = vec![0.0; classes];
-    for (x, &y) in xs.iter().zip(ys) {
-        for c in 0..classes {
-            let z: f64 = b[c]
-                + (0..features)
-                    .map(|j| w[c * features + j] * x[j])
-                    .sum::<f64>();
-            let r = z - if c == y as usize { 1.0 } else { 0.0 };
-            gb[c] += r;
-            for j in 0..features {
-                gw[c * features + j] += r * x[j];
-            }
+/// A head in plaintext: row-major `classes × features` weights, bias, and their velocity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlainHead {
+    pub w: Vec<f64>,
+    pub b: Vec<f64>,
+    vw: Vec<f64>,
+    vb: Vec<f64>,
+}
+
+impl PlainHead {
+    pub fn zeros(features: usize, classes: usize) -> Self {
+        Self {
+            w: vec![0.0; classes * features],
+            b: vec![0.0; classes],
+            vw: vec![0.0; classes * features],
+            vb: vec![0.0; classes],
         }
     }
-    let k = lr / xs.len() as f64;
-    for (w, g) in w.iter_mut().zip(&gw) {
-        *w -= k * g;
-    }
-    for (b, g) in b.iter_mut().zip(&gb) {
-        *b -= k * g;
+
+    /// The same step as [`HeadTrainer::step`], in plaintext.
+    pub fn step(&mut self, xs: &[&[f64]], ys: &[u32], lr: f64, momentum: f64) {
+        let classes = self.b.len();
+        let features = self.w.len() / classes;
+        let mut gw = vec![0.0; self.w.len()];
+        let mut gb = vec![0.0; classes];
+        for (x, &y) in xs.iter().zip(ys) {
+            for c in 0..classes {
+                let z: f64 = self.b[c]
+                    + (0..features)
+                        .map(|j| self.w[c * features + j] * x[j])
+                        .sum::<f64>();
+                let r = z - if c == y as usize { 1.0 } else { 0.0 };
+                gb[c] += r;
+                for j in 0..features {
+                    gw[c * features + j] += r * x[j];
+                }
+            }
+        }
+        let k = lr / xs.len() as f64;
+        for ((w, v), g) in self.w.iter_mut().zip(&mut self.vw).zip(&gw) {
+            *v = momentum * *v + k * g;
+            *w -= *v;
+        }
+        for ((b, v), g) in self.b.iter_mut().zip(&mut self.vb).zip(&gb) {
+            *v = momentum * *v + k * g;
+            *b -= *v;
+        }
     }
 }
