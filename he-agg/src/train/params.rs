@@ -1,7 +1,7 @@
 //! The parameters and the scales of encrypted head training.
 //!
 //! A step takes three products, each followed by two rescales (a scale of ≈ 2^84 keeps the
-//! refresh's flooding error near 2^-20 per weight): W ⊙ X (the logits), R ⊙ X (the gradient) and
+//! refresh's flooding error near 2^-23 per weight): W ⊙ X (the logits), R ⊙ X (the gradient) and
 //! the learning-rate mask. The weights then sit six primes lower, where the collective refresh
 //! takes them back to the top; that level must hold 128-bit masks over the weights.
 
@@ -12,9 +12,10 @@ use super::HeadTrainError;
 /// Primes a step consumes.
 pub const STEP_PRIMES: usize = 6;
 
-/// N = 2^15, Q = 60 + 10 × 42 bits, P = 4 × 61 bits, three digits (the widest 186 bits): log QP
-/// = 724 ≤ 881, 128-bit secure by the HE standard. The weights are refreshed from 5 primes (228 bits: 128-bit masks
-/// over weights up to 16 at a scale of 2^84, for up to 2^8 refreshing parties).
+/// N = 2^15, Q = 60 + 10 × 42 bits, P = 4 × 61 bits, three digits (the widest 186 bits):
+/// log QP = 724 ≤ 881, 128-bit secure by the HE standard. The weights are refreshed from 5 primes
+/// (228 bits hold 128-bit masks over weights up to 16 at a scale of 2^84 for up to 2^10
+/// refreshing parties).
 pub fn head_training_parameters() -> Result<Parameters, CkksError> {
     let mut q = vec![60u32];
     q.extend([42u32; 10]);
