@@ -13,6 +13,11 @@
 //! The masks are `MASK_SECURITY` bits wider than the message, so the lift reveals nothing of m
 //! statistically; the flooding hides the secret-dependent noise (IND-CPA-D).
 //!
+//! As with every decryption share, a party must refresh only a ciphertext it can attribute to
+//! the agreed computation: a c1 chosen by an adversary (a large constant, say) would make
+//! s_i·c1 stand out of the masks and the flooding. The network side has each keyholder check it
+//! against signed inputs, as the switchers do for a round's sum.
+//!
 //! `a` must never serve two different ciphertexts (two outputs with one `a` would give m1 − m2):
 //! every party derives it from the CRS and a digest of the ciphertext itself, so it is agreed on
 //! without a message and cannot be reused across inputs.
