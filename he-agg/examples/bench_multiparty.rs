@@ -49,6 +49,53 @@ struct Row {
     combine_ms: f64,
 }
 
+/// The collective refresh of a head-training weight ciphertext (N = 2^15, from 5 primes to 11)
+/// by `parties` keyholders.
+fn refresh(parties: usize, reps: usize, rows: &mut Vec<Row>) {
+    use he_agg::multiparty::Flooding;
+    use he_agg::multiparty::flooding::fresh_noise_bound;
+    use he_agg::train::{HeadScales, head_training_parameters};
+    let ctx = CkksContext::new(head_training_parameters().expect("params")).expect("context");
+    let scales = HeadScales::new(&ctx).expect("scales");
+    let mut kg = ctx.key_generator().expect("rng");
+    let secrets: Vec<SecretKey> = (0..parties).map(|_| kg.secret_key()).collect();
+    let pk = kg.public_key(&secrets[0]);
+    let mut prng = Prng::from_os().expect("os rng");
+    let flooding = Flooding::new(40, fresh_noise_bound(&ctx, parties)).expect("flooding");
+    let proto = he_agg::multiparty::Refresh::new(
+        &ctx,
+        &Crs::from_federation(b"bench"),
+        flooding,
+        parties,
+        16.0,
+    )
+    .expect("refresh");
+    let ct = ctx.pk_encryptor(&pk).expect("encryptor").encrypt(
+        &ctx.encode_reals(&[0.5; 64], scales.refresh_level, scales.weight)
+            .expect("encode"),
+    );
+    let share_ms = median_ms(reps, || proto.share(&secrets[0], &ct, &mut prng).unwrap());
+    let shares: Vec<_> = secrets
+        .iter()
+        .map(|s| proto.share(s, &ct, &mut prng).unwrap())
+        .collect();
+    let share_bytes = mpw::encode_refresh_share(&ctx, &shares[0]).len();
+    let combine_ms = median_ms(reps, || {
+        let mut acc = shares[0].clone();
+        for s in &shares[1..] {
+            proto.aggregate(&mut acc, s).unwrap();
+        }
+        proto.finalize(&ct, &acc).unwrap()
+    });
+    rows.push(Row {
+        protocol: "collective refresh (head training, 2^15, 5 -> 11 primes)",
+        parties,
+        share_ms,
+        share_bytes,
+        combine_ms,
+    });
+}
+
 fn protocols(parties: usize, reps: usize, rows: &mut Vec<Row>) {
     let agg_ctx = CkksContext::new(Parameters::preset(Preset::Aggregation)).expect("context");
     let inf_ctx = CkksContext::new(Parameters::preset(Preset::Inference)).expect("context");
@@ -322,6 +369,7 @@ fn main() {
     for parties in [3usize, 10, 50] {
         if !aggregation_only {
             protocols(parties, reps, &mut rows);
+            refresh(parties, reps, &mut rows);
         }
     }
     println!(

@@ -245,10 +245,11 @@ fn digest(ct: &Ciphertext) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(&(ct.level() as u64).to_le_bytes());
     h.update(&ct.scale.to_bits().to_le_bytes());
+    let mut bytes = Vec::new();
     for p in &ct.parts {
-        for w in p.data() {
-            h.update(&w.to_le_bytes());
-        }
+        bytes.clear();
+        bytes.extend(p.data().iter().flat_map(|w| w.to_le_bytes()));
+        h.update(&bytes);
     }
     *h.finalize().as_bytes()
 }
