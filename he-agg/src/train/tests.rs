@@ -321,3 +321,96 @@ fn bad_examples_and_mismatched_ciphertexts_are_refused() {
             .contains("groups")
     );
 }
+
+/// Five keyholders hold the key 3-of-5; a different three refresh after each step (one drops
+/// out, another takes its place), and training goes on as in plaintext.
+#[test]
+fn a_keyholder_that_drops_out_is_replaced_between_steps() {
+    use crate::multiparty::ThresholdSecret;
+    use crate::multiparty::threshold::deal;
+    let ctx = ctx();
+    let (features, classes) = (12, 3);
+    let l = HeadLayout::new(ctx.slots(), features, classes).unwrap();
+    let scales = HeadScales::new(&ctx).unwrap();
+    let (n, t) = (5usize, 3usize);
+    let ids: Vec<u32> = (1..=n as u32).collect();
+    let mut kg = ctx.key_generator().unwrap();
+    let secrets: Vec<SecretKey> = (0..n).map(|_| kg.secret_key()).collect();
+    let s = crate::multiparty::sum_of_secrets(&ctx, &secrets);
+    let pk = kg.public_key(&s);
+    let rlk = kg.relinearization_key(&s);
+    let gks = kg.galois_keys(&s, &l.rotations(), false);
+    let mut prng = Prng::from_seed(&[90; 32]);
+    let mut inbox: Vec<Vec<crate::multiparty::ShamirShare>> = vec![Vec::new(); n];
+    for (i, sk) in secrets.iter().enumerate() {
+        for share in deal(&ctx, sk, ids[i], &ids, t, &mut prng).unwrap() {
+            inbox[share.to() as usize - 1].push(share);
+        }
+    }
+    let held: Vec<ThresholdSecret> = inbox
+        .iter()
+        .enumerate()
+        .map(|(j, sh)| ThresholdSecret::combine(&ctx, ids[j], t, &ids, sh).unwrap())
+        .collect();
+    let flooding = Flooding::new(30, fresh_noise_bound(&ctx, n)).unwrap();
+    let refresh =
+        Refresh::new(&ctx, &Crs::from_federation(b"head test"), flooding, t, 16.0).unwrap();
+
+    let (xs, ys) = examples(l.samples(), features, classes, 4);
+    let xr: Vec<&[f64]> = xs.iter().map(|v| v.as_slice()).collect();
+    let mut enc = ctx.pk_encryptor(&pk).unwrap();
+    let chunk = encrypt_chunk(&ctx, &mut enc, &l, &xr, &ys).unwrap();
+    let mut plain = PlainHead::zeros(features, classes);
+    let initial: Vec<Ciphertext> = HeadTrainer::pack_head(&l, &plain.w, &plain.b)
+        .iter()
+        .map(|v| enc.encrypt(&ctx.encode_reals(v, scales.top, scales.weight).unwrap()))
+        .collect();
+    let (lr, momentum) = (1.0, 0.9);
+    let mut trainer = HeadTrainer::new(&ctx, &rlk, &gks, l.clone(), lr, momentum, initial).unwrap();
+    let dec = ctx.decryptor(&s).unwrap();
+    // keyholder 2 drops out after the first step, 3 after the second
+    for (step, active) in [[1u32, 2, 3], [1, 3, 4], [1, 4, 5], [2, 4, 5]]
+        .iter()
+        .enumerate()
+    {
+        let updated = trainer.step(&[&chunk]).unwrap();
+        let keys: Vec<SecretKey> = active
+            .iter()
+            .map(|&i| held[i as usize - 1].additive_share(&ctx, active).unwrap())
+            .collect();
+        let refreshed: Vec<Ciphertext> = updated
+            .iter()
+            .map(|ct| {
+                let mut acc: Option<RefreshShare> = None;
+                for k in &keys {
+                    let sh = refresh.share(k, ct, &mut prng).unwrap();
+                    match acc.as_mut() {
+                        None => acc = Some(sh),
+                        Some(a) => refresh.aggregate(a, &sh).unwrap(),
+                    }
+                }
+                refresh.finalize(ct, &acc.unwrap()).unwrap()
+            })
+            .collect();
+        trainer.set_state(refreshed).unwrap();
+        plain.step(&xr, &ys, lr, momentum);
+        let slots: Vec<Vec<f64>> = trainer
+            .weights()
+            .iter()
+            .map(|ct| ctx.decode_reals(&dec.decrypt(ct)).unwrap())
+            .collect();
+        let mut got_w = vec![0.0; plain.w.len()];
+        l.unpack_weights(&slots[0], 0, &mut got_w);
+        let got_b = l.unpack_bias(&slots[l.groups()]);
+        let err = got_w
+            .iter()
+            .zip(&plain.w)
+            .chain(got_b.iter().zip(&plain.b))
+            .map(|(a, e)| (a - e).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            err < 1e-3,
+            "step {step} by {active:?}: weights off by {err}"
+        );
+    }
+}
