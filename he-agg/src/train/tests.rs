@@ -113,24 +113,47 @@ fn the_layouts_slot_algebra_is_the_plaintext_step() {
     }
 }
 
-struct Keyholders {
-    secrets: Vec<SecretKey>,
-    prngs: Vec<Prng>,
-    refresh: Refresh,
+/// `ct` refreshed by the parties holding `keys` (additive shares of the key).
+fn refresh_by(
+    refresh: &Refresh,
+    keys: &[SecretKey],
+    prng: &mut Prng,
+    ct: &Ciphertext,
+) -> Ciphertext {
+    let mut acc: Option<RefreshShare> = None;
+    for k in keys {
+        let s = refresh.share(k, ct, prng).unwrap();
+        match acc.as_mut() {
+            None => acc = Some(s),
+            Some(a) => refresh.aggregate(a, &s).unwrap(),
+        }
+    }
+    refresh.finalize(ct, &acc.unwrap()).unwrap()
 }
 
-impl Keyholders {
-    fn refresh(&mut self, ct: &Ciphertext) -> Ciphertext {
-        let mut acc: Option<RefreshShare> = None;
-        for (sk, p) in self.secrets.iter().zip(&mut self.prngs) {
-            let s = self.refresh.share(sk, ct, p).unwrap();
-            match acc.as_mut() {
-                None => acc = Some(s),
-                Some(a) => self.refresh.aggregate(a, &s).unwrap(),
-            }
-        }
-        self.refresh.finalize(ct, &acc.unwrap()).unwrap()
+/// The largest difference between the trainer's decrypted head and `plain`.
+fn head_error(
+    ctx: &CkksContext,
+    dec: &crate::ckks::Decryptor,
+    trainer: &HeadTrainer,
+    plain: &PlainHead,
+) -> f64 {
+    let l = trainer.layout();
+    let slots: Vec<Vec<f64>> = trainer
+        .weights()
+        .iter()
+        .map(|ct| ctx.decode_reals(&dec.decrypt(ct)).unwrap())
+        .collect();
+    let mut w = vec![0.0; plain.w.len()];
+    for g in 0..l.groups() {
+        l.unpack_weights(&slots[g], g, &mut w);
     }
+    let b = l.unpack_bias(&slots[l.groups()]);
+    w.iter()
+        .zip(&plain.w)
+        .chain(b.iter().zip(&plain.b))
+        .map(|(a, e)| (a - e).abs())
+        .fold(0.0, f64::max)
 }
 
 #[test]
@@ -157,14 +180,7 @@ fn encrypted_steps_with_refreshes_track_the_plaintext_steps() {
     )
     .unwrap();
     assert!(refresh.min_level(scales.weight).unwrap() <= scales.refresh_level);
-    let mut holders = Keyholders {
-        secrets,
-        prngs: (0..parties)
-            .map(|i| Prng::from_seed(&[70 + i as u8; 32]))
-            .collect(),
-        refresh,
-    };
-
+    let mut prng = Prng::from_seed(&[70; 32]);
     // a site's examples: two full chunks and a partial one
     let (xs, ys) = examples(2 * l.samples() + 5, features, classes, 3);
     let mut enc = ctx.pk_encryptor(&pk).unwrap();
@@ -195,7 +211,10 @@ fn encrypted_steps_with_refreshes_track_the_plaintext_steps() {
             let per = l.groups() + 1;
             assert_eq!(updated.len(), if momentum > 0.0 { 2 * per } else { per });
             assert!(updated.iter().all(|ct| ct.level() == scales.refresh_level));
-            let refreshed: Vec<Ciphertext> = updated.iter().map(|ct| holders.refresh(ct)).collect();
+            let refreshed: Vec<Ciphertext> = updated
+                .iter()
+                .map(|ct| refresh_by(&refresh, &secrets, &mut prng, ct))
+                .collect();
             trainer.set_state(refreshed).unwrap();
 
             let sel: Vec<usize> = idx
@@ -206,22 +225,7 @@ fn encrypted_steps_with_refreshes_track_the_plaintext_steps() {
             let by: Vec<u32> = sel.iter().map(|&i| ys[i]).collect();
             plain.step(&bx, &by, lr, momentum);
 
-            let mut got_w = vec![0.0; plain.w.len()];
-            let slots: Vec<Vec<f64>> = trainer
-                .weights()
-                .iter()
-                .map(|ct| ctx.decode_reals(&dec.decrypt(ct)).unwrap())
-                .collect();
-            for g in 0..l.groups() {
-                l.unpack_weights(&slots[g], g, &mut got_w);
-            }
-            let got_b = l.unpack_bias(&slots[l.groups()]);
-            let err = got_w
-                .iter()
-                .zip(&plain.w)
-                .chain(got_b.iter().zip(&plain.b))
-                .map(|(a, e)| (a - e).abs())
-                .fold(0.0, f64::max);
+            let err = head_error(&ctx, &dec, &trainer, &plain);
             let size = plain
                 .w
                 .iter()
@@ -380,34 +384,11 @@ fn a_keyholder_that_drops_out_is_replaced_between_steps() {
             .collect();
         let refreshed: Vec<Ciphertext> = updated
             .iter()
-            .map(|ct| {
-                let mut acc: Option<RefreshShare> = None;
-                for k in &keys {
-                    let sh = refresh.share(k, ct, &mut prng).unwrap();
-                    match acc.as_mut() {
-                        None => acc = Some(sh),
-                        Some(a) => refresh.aggregate(a, &sh).unwrap(),
-                    }
-                }
-                refresh.finalize(ct, &acc.unwrap()).unwrap()
-            })
+            .map(|ct| refresh_by(&refresh, &keys, &mut prng, ct))
             .collect();
         trainer.set_state(refreshed).unwrap();
         plain.step(&xr, &ys, lr, momentum);
-        let slots: Vec<Vec<f64>> = trainer
-            .weights()
-            .iter()
-            .map(|ct| ctx.decode_reals(&dec.decrypt(ct)).unwrap())
-            .collect();
-        let mut got_w = vec![0.0; plain.w.len()];
-        l.unpack_weights(&slots[0], 0, &mut got_w);
-        let got_b = l.unpack_bias(&slots[l.groups()]);
-        let err = got_w
-            .iter()
-            .zip(&plain.w)
-            .chain(got_b.iter().zip(&plain.b))
-            .map(|(a, e)| (a - e).abs())
-            .fold(0.0, f64::max);
+        let err = head_error(&ctx, &dec, &trainer, &plain);
         assert!(
             err < 1e-3,
             "step {step} by {active:?}: weights off by {err}"
