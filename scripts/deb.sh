@@ -5,8 +5,8 @@
 # both with a system user `heal` made on install, and the state in /var/lib/heal/*.
 #
 #   scripts/deb.sh                 # release build, then the packages
-#   scripts/deb.sh --profile dev   # from the debug build (what CI tests)
-#   scripts/deb.sh --no-build      # package what target/<profile> already holds
+#   scripts/deb.sh --profile dev   # from the debug build
+#   scripts/deb.sh --no-build      # package what target/<profile> already holds (what CI tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
