@@ -4,13 +4,13 @@
 //! within a group of F features, the class c (C' = classes rounded up to a power of two) and the
 //! sample i < S. Feature group J holds features J·F + jb:
 //!
-//! - data group J: x[i][J·F + jb] in every class block (replicated over c);
-//! - weight group J: w[c][J·F + jb] in every sample slot (replicated over i);
-//! - labels: the one-hot y[i][c] in every feature block (replicated over jb);
-//! - the bias: b[c] at jb = 0, zero at every other jb.
+//! - data group J: `x[i][J·F + jb]` in every class block (replicated over c);
+//! - weight group J: `w[c][J·F + jb]` in every sample slot (replicated over i);
+//! - labels: the one-hot `y[i][c]` in every feature block (replicated over jb);
+//! - the bias: `b[c]` at jb = 0, zero at every other jb.
 //!
 //! So Σ_J W_J ⊙ X_J summed over jb (rotations by multiples of C'·S, which cycle jb) is the logit
-//! z[i][c] in every jb, and R ⊙ X_J summed over i (rotations by 1…S/2) is the gradient at i = 0,
+//! `z[i][c]` in every jb, and R ⊙ X_J summed over i (rotations by 1…S/2) is the gradient at i = 0,
 //! with no repacking in between.
 
 use super::HeadTrainError;
