@@ -43,16 +43,38 @@ fn examples(n: usize, features: usize, classes: usize, seed: u8) -> (Vec<Vec<f64
 /// where the trainer reads them.
 #[test]
 fn the_layouts_slot_algebra_is_the_plaintext_step() {
-    let (features, classes, slots) = (20, 3, 1024);
-    let l = HeadLayout::new(slots, features, classes).unwrap();
+    let l = HeadLayout::new(1024, 20, 3).unwrap();
     assert_eq!((l.groups(), l.samples()), (2, 16));
-    let (xs, ys) = examples(l.samples() - 3, features, classes, 1);
+    slot_algebra_matches(1024, 20, 3, 13, 1);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+    /// Any width, any number of classes, full or partial chunks.
+    #[test]
+    fn the_slot_algebra_holds_for_any_head(
+        log_slots in 9u32..=12,
+        features in 1usize..=70,
+        classes in 2usize..=12,
+        fill in 0.0f64..1.0,
+        seed in 0u8..=255,
+    ) {
+        let slots = 1usize << log_slots;
+        if let Ok(l) = HeadLayout::new(slots, features, classes) {
+            let count = 1 + ((l.samples() - 1) as f64 * fill) as usize;
+            slot_algebra_matches(slots, features, classes, count, seed);
+        }
+    }
+}
+
+fn slot_algebra_matches(slots: usize, features: usize, classes: usize, count: usize, seed: u8) {
+    let l = HeadLayout::new(slots, features, classes).unwrap();
+    let (xs, ys) = examples(count, features, classes, seed);
     let xr: Vec<&[f64]> = xs.iter().map(|x| x.as_slice()).collect();
-    let mut prng = Prng::from_seed(&[2; 32]);
-    let w: Vec<f64> = (0..features * classes)
-        .map(|_| (prng.next_u64() % 1000) as f64 / 5000.0 - 0.1)
-        .collect();
-    let b = vec![0.05, -0.02, 0.01];
+    let mut prng = Prng::from_seed(&[seed.wrapping_add(1); 32]);
+    let mut small = || (prng.next_u64() % 1000) as f64 / 5000.0 - 0.1;
+    let w: Vec<f64> = (0..features * classes).map(|_| small()).collect();
+    let b: Vec<f64> = (0..classes).map(|_| small()).collect();
     let lr = 0.5;
     let rot = |v: &[f64], k: i64| -> Vec<f64> {
         let n = v.len() as i64;
