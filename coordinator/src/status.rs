@@ -32,18 +32,19 @@ const NOT_STARTED: &str = "not started (no state yet: the coordinator has not ru
 /// `audit_lines` audit entries.
 pub fn json(dir: &CoordinatorDir, audit_lines: usize) -> anyhow::Result<serde_json::Value> {
     let (cfg, roster, store) = open(dir)?;
+    let mut out = serde_json::json!({
+        "federation": cfg.federation.name,
+        "federation_id": roster.federation.to_string(),
+        "hospitals": cfg.federation.hospitals,
+        "threshold": cfg.threshold(),
+        "min_hospitals": cfg.min_hospitals(),
+        "rounds_planned": cfg.rounds(),
+        "plaintext": cfg.he.plaintext,
+    });
     let Some(store) = store else {
-        return Ok(serde_json::json!({
-            "federation": cfg.federation.name,
-            "federation_id": roster.federation.to_string(),
-            "hospitals": cfg.federation.hospitals,
-            "threshold": cfg.threshold(),
-            "min_hospitals": cfg.min_hospitals(),
-            "rounds_planned": cfg.rounds(),
-            "plaintext": cfg.he.plaintext,
-            "phase": NOT_STARTED,
-            "state": dir.state(),
-        }));
+        out["phase"] = NOT_STARTED.into();
+        out["state"] = serde_json::json!(dir.state());
+        return Ok(out);
     };
     let parties = store.parties()?;
     let hospitals: Vec<serde_json::Value> = roster
@@ -68,20 +69,12 @@ pub fn json(dir: &CoordinatorDir, audit_lines: usize) -> anyhow::Result<serde_js
     let per_round = crate::progress::per_round(&cfg, &store.metrics()?, &rounds);
     let log = store.audit_log()?;
     let audit = &log[log.len().saturating_sub(audit_lines)..];
-    Ok(serde_json::json!({
-        "federation": cfg.federation.name,
-        "federation_id": roster.federation.to_string(),
-        "hospitals": cfg.federation.hospitals,
-        "threshold": cfg.threshold(),
-        "min_hospitals": cfg.min_hospitals(),
-        "rounds_planned": cfg.rounds(),
-        "plaintext": cfg.he.plaintext,
-        "phase": format!("{:?}", store.phase()?),
-        "collective_public_key": store.collective_public_key()?.is_some(),
-        "parties": hospitals,
-        "summary": crate::progress::summary(&cfg, &per_round, &rounds, 0.0),
-        "audit": audit,
-    }))
+    out["phase"] = format!("{:?}", store.phase()?).into();
+    out["collective_public_key"] = store.collective_public_key()?.is_some().into();
+    out["parties"] = hospitals.into();
+    out["summary"] = serde_json::json!(crate::progress::summary(&cfg, &per_round, &rounds, 0.0));
+    out["audit"] = serde_json::json!(audit);
+    Ok(out)
 }
 
 pub fn print(dir: &CoordinatorDir, audit_lines: usize) -> anyhow::Result<()> {

@@ -7,12 +7,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{coordinator_bin, data_dir};
+use common::simulate_command;
 use protocol::run_report::{RunSummary, parse_hospitals, parse_rounds};
 
 /// `GET /metrics` at `addr`, the body's samples by name (labels kept in the name).
@@ -62,13 +62,7 @@ fn metrics_during_a_run_match_its_tables_and_summary() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    let mut child = Command::new(coordinator_bin())
-        .arg("simulate")
-        .arg(&cfg)
-        .arg("--out")
-        .arg(&out)
-        .env("HEAL_DATA_DIR", data_dir())
-        .env("HEAL_OFFLINE", "1")
+    let mut child = simulate_command(&cfg, &out)
         .env("HEAL_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

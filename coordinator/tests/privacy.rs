@@ -5,10 +5,9 @@
 //! Every wait is bounded.
 
 use std::path::Path;
-use std::process::Command;
 
 mod common;
-use common::{coordinator_bin, data_dir};
+use common::simulate_command;
 use protocol::run_report::{RunSummary, parse_rounds};
 
 fn run(name: &str, privacy: &str, model: &str) -> (RunSummary, tempfile::TempDir) {
@@ -26,15 +25,7 @@ fn run(name: &str, privacy: &str, model: &str) -> (RunSummary, tempfile::TempDir
     )
     .unwrap();
     let out = dir.path().join("out");
-    let status = Command::new(coordinator_bin())
-        .arg("simulate")
-        .arg(&cfg)
-        .arg("--out")
-        .arg(&out)
-        .env("HEAL_DATA_DIR", data_dir())
-        .env("HEAL_OFFLINE", "1")
-        .status()
-        .unwrap();
+    let status = simulate_command(&cfg, &out).status().unwrap();
     assert!(status.success(), "{name}: simulate failed");
     let summary: RunSummary =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();

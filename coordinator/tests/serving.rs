@@ -15,7 +15,7 @@ use coordinator::config::FederationConfig;
 use coordinator::provision::provision;
 
 mod common;
-use common::{Procs, client_bin, coordinator_bin, data_dir, free_port};
+use common::{Procs, client_bin, coordinator_bin, data_dir, free_port, simulate_command};
 
 /// A 3-hospital BreastMNIST federation, one round, of a network shallower than the default
 /// (conv → x² → dense, depth 3): mode (a)'s two-prime rescales then fit a ring of 2^14, and the
@@ -37,14 +37,8 @@ fn the_federated_model_is_served_encrypted_and_each_result_is_switched_by_t_keyh
     let cfg = dir.path().join("served.toml");
     std::fs::write(&cfg, config()).unwrap();
     let out = dir.path().join("out");
-    let output = Command::new(coordinator_bin())
-        .arg("simulate")
-        .arg(&cfg)
-        .arg("--out")
-        .arg(&out)
+    let output = simulate_command(&cfg, &out)
         .args(["--serve-inference", "2"])
-        .env("HEAL_DATA_DIR", data_dir())
-        .env("HEAL_OFFLINE", "1")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -7,11 +7,11 @@
 #![cfg(unix)]
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{client_bin, coordinator_bin, data_dir};
+use common::{client_bin, simulate_command};
 
 fn config() -> String {
     let head = "[federation]\nname = \"citizen\"\nhospitals = 3\nthreshold = 2\nrounds = 200\n\
@@ -42,15 +42,9 @@ fn processes_mentioning(marker: &str) -> Vec<u32> {
 }
 
 fn simulate(cfg: &Path, out: &Path, tmp: &Path, extra: &[&str]) -> Child {
-    Command::new(coordinator_bin())
-        .arg("simulate")
-        .arg(cfg)
-        .arg("--out")
-        .arg(out)
+    simulate_command(cfg, out)
         .args(extra)
         .env("TMPDIR", tmp)
-        .env("HEAL_DATA_DIR", data_dir())
-        .env("HEAL_OFFLINE", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -18,6 +18,18 @@ pub fn coordinator_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_coordinator"))
 }
 
+/// `coordinator simulate CFG --out OUT` on the shared data, offline; the caller adds the rest.
+pub fn simulate_command(cfg: &Path, out: &Path) -> Command {
+    let mut c = Command::new(coordinator_bin());
+    c.arg("simulate")
+        .arg(cfg)
+        .arg("--out")
+        .arg(out)
+        .env("HEAL_DATA_DIR", data_dir())
+        .env("HEAL_OFFLINE", "1");
+    c
+}
+
 /// The hospital node binary, beside the coordinator's (built with it by `cargo test`), or built now.
 pub fn client_bin() -> PathBuf {
     let c = coordinator_bin().with_file_name(format!("client{}", std::env::consts::EXE_SUFFIX));
