@@ -22,8 +22,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use client::head::{backbone_features, head_metrics, l2_normalise};
 use he_agg::ckks::{Ciphertext, CkksContext, wire};
-use he_agg::infer::{Layer, Network};
 use he_agg::multiparty::flooding::{DEFAULT_STATISTICAL_SECURITY, fresh_noise_bound};
 use he_agg::multiparty::wire as shares;
 use he_agg::multiparty::{
@@ -32,9 +32,8 @@ use he_agg::multiparty::{
 use he_agg::ring::Prng;
 use he_agg::train::{
     EncryptedChunk, HeadLayout, HeadScales, HeadTrainer, PlainHead, encrypt_chunk,
-    head_training_parameters,
+    head_training_parameters, schedule,
 };
-use rayon::prelude::*;
 
 struct Args {
     network: PathBuf,
@@ -82,26 +81,6 @@ fn args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-/// Feature vectors, and the last layer's weights and bias.
-type Features = (Vec<Vec<f64>>, Vec<f32>, Vec<f32>);
-
-/// The backbone's features (every layer but the last) and the last layer.
-fn features(net: &Network, pixels: &[Vec<u8>]) -> anyhow::Result<Features> {
-    let layers = net.layers();
-    let Some(Layer::Dense(head)) = layers.last() else {
-        bail!("the network's last layer is not dense");
-    };
-    let backbone = Network::new(net.input(), layers[..layers.len() - 1].to_vec())?;
-    let xs = pixels
-        .par_iter()
-        .map(|p| {
-            let x = backbone.forward(&net.normalize_hwc(p)?)?;
-            Ok(x.iter().map(|&v| v as f64).collect())
-        })
-        .collect::<anyhow::Result<Vec<Vec<f64>>>>()?;
-    Ok((xs, head.weight.clone(), head.bias.clone()))
-}
-
 fn write_f32(path: &std::path::Path, v: impl Iterator<Item = f32>) -> anyhow::Result<()> {
     let bytes: Vec<u8> = v.flat_map(|x| x.to_le_bytes()).collect();
     std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
@@ -135,36 +114,6 @@ fn dump(
     Ok(())
 }
 
-fn logits(w: &[f64], b: &[f64], x: &[f64]) -> Vec<f64> {
-    let d = x.len();
-    b.iter()
-        .enumerate()
-        .map(|(c, bc)| bc + (0..d).map(|j| w[c * d + j] * x[j]).sum::<f64>())
-        .collect()
-}
-
-/// Test ACC and macro AUC of a head (softmax of its outputs as the scores).
-fn test_metrics(
-    w: &[f64],
-    b: &[f64],
-    xs: &[Vec<f64>],
-    ys: &[u32],
-    names: &[String],
-) -> anyhow::Result<(f64, f64)> {
-    let probs: Vec<f32> = xs
-        .iter()
-        .flat_map(|x| {
-            let z = logits(w, b, x);
-            let m = z.iter().cloned().fold(f64::MIN, f64::max);
-            let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
-            let s: f64 = e.iter().sum();
-            e.into_iter().map(move |v| (v / s) as f32)
-        })
-        .collect();
-    let r = client::metrics::evaluate_probs(&probs, ys, names)?;
-    Ok((r.accuracy, r.macro_auc))
-}
-
 fn main() -> anyhow::Result<()> {
     let a = args()?;
     let (file, prep) = client::export::read_network(&a.network)?;
@@ -195,8 +144,9 @@ fn main() -> anyhow::Result<()> {
     order.truncate(a.samples);
     let site_pixels: Vec<Vec<u8>> = order.iter().map(|&i| train.pixels[i].clone()).collect();
     let site_labels: Vec<u32> = order.iter().map(|&i| train.labels[i]).collect();
-    let (mut xs, head_w, head_b) = features(net, &site_pixels)?;
-    let (test_x, _, _) = features(net, &test.pixels)?;
+    let bb = backbone_features(net, &site_pixels)?;
+    let (mut xs, head_w, head_b) = (bb.features, bb.weight, bb.bias);
+    let test_x = backbone_features(net, &test.pixels)?.features;
     if let Some(dir) = &a.dump {
         dump(
             dir,
@@ -213,10 +163,8 @@ fn main() -> anyhow::Result<()> {
     // each feature vector L2-normalised (a site needs no shared statistics for it, and gradient
     // descent converges far better than on features divided by one global norm)
     let (raw_test_x, mut test_x) = (test_x.clone(), test_x);
-    for x in xs.iter_mut().chain(test_x.iter_mut()) {
-        let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
-        x.iter_mut().for_each(|v| *v /= norm);
-    }
+    l2_normalise(&mut xs);
+    l2_normalise(&mut test_x);
     let classes = head_b.len();
     let d = xs[0].len();
     eprintln!(
@@ -236,16 +184,8 @@ fn main() -> anyhow::Result<()> {
     let scales = HeadScales::new(&ctx)?;
     let chunk = layout.samples();
     let chunks_total = xs.len().div_ceil(chunk);
-    // batches: consecutive chunks of a per-epoch shuffle of the chunks, as both runs take them
-    let mut batches: Vec<Vec<usize>> = Vec::new();
-    for epoch in 0..a.epochs {
-        let mut ids: Vec<usize> = (0..chunks_total).collect();
-        let mut p = Prng::from_seed(&[epoch as u8 + 100; 32]);
-        for i in (1..ids.len()).rev() {
-            ids.swap(i, (p.next_u64() % (i as u64 + 1)) as usize);
-        }
-        batches.extend(ids.chunks(a.batch_chunks).map(|c| c.to_vec()));
-    }
+    // batches: the public schedule `coordinator train-head` follows, taken by both runs
+    let batches = schedule(chunks_total, a.epochs, a.batch_chunks);
     let rows = |c: usize| c * chunk..((c + 1) * chunk).min(xs.len());
 
     // ---- plaintext: the same steps on the same batches ----
@@ -427,9 +367,9 @@ fn main() -> anyhow::Result<()> {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f64::max);
 
-    let (acc_e, auc_e) = test_metrics(&ew, &eb, &test_x, &test.labels, names)?;
-    let (acc_p, auc_p) = test_metrics(pw, pb, &test_x, &test.labels, names)?;
-    let (acc_f, auc_f) = test_metrics(&fw, &fb, &raw_test_x, &test.labels, names)?;
+    let (acc_e, auc_e) = head_metrics(&ew, &eb, &test_x, &test.labels, names)?;
+    let (acc_p, auc_p) = head_metrics(pw, pb, &test_x, &test.labels, names)?;
+    let (acc_f, auc_f) = head_metrics(&fw, &fb, &raw_test_x, &test.labels, names)?;
     let report = serde_json::json!({
         "dataset": name,
         "site_examples": xs.len(),

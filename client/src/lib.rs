@@ -3,6 +3,7 @@
 //! re-exported here under its module names so the node, the requester and the portal speak of
 //! one model.
 
+pub mod head;
 pub mod infer;
 pub mod portal;
 

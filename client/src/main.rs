@@ -52,6 +52,47 @@ enum Command {
         /// Give up after this many seconds without reaching the server.
         #[arg(long, default_value_t = 600)]
         patience_s: u64,
+        /// Hold a share of the key of encrypted head training (`coordinator train-head`, port
+        /// 7447 by default) instead of the served model's.
+        #[arg(long)]
+        head: bool,
+    },
+    /// Contribute this site's images to the training of the model's head without revealing
+    /// them: their features under the final model's backbone are encrypted under the
+    /// keyholders' collective key and uploaded to `coordinator train-head`; the trained head
+    /// comes back under a key made here, is tested beside the same steps in plaintext, and
+    /// written with --json.
+    ContributeEncrypted {
+        /// The site TOML from this site's provisioning kit.
+        #[arg(long)]
+        site: PathBuf,
+        /// The node's directory of `client run --out` (its final model, network.json).
+        #[arg(long)]
+        out: PathBuf,
+        /// MedMNIST data set of the examples (the one the model was trained on).
+        #[arg(long, default_value = "organamnist")]
+        data: String,
+        /// Examples of its training split to contribute.
+        #[arg(long, default_value_t = 5000)]
+        limit: usize,
+        /// Test images to evaluate the trained head on (default: the whole test split).
+        #[arg(long)]
+        test_limit: Option<usize>,
+        /// The head-training coordinator host:port (default: the coordinator's host, port 7447).
+        #[arg(long)]
+        server: Option<String>,
+        /// MedMNIST data directory (default: $HEAL_DATA_DIR, then the cache dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// BLAKE3 of the only collective key accepted (each keyholder logs it at setup).
+        #[arg(long)]
+        collective_key: Option<String>,
+        /// Write the report and the trained head as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Seconds to wait for the trained head.
+        #[arg(long, default_value_t = 3600)]
+        timeout_s: u64,
     },
     /// Train centrally on a data set's training split and evaluate on its official test split.
     Baseline {
@@ -265,15 +306,47 @@ fn main() -> Result<()> {
             out,
             server,
             patience_s,
+            head,
         } => {
             let cfg = node::SiteConfig::load(&site)?;
-            let server = infer_cmd::server_address(server, &cfg);
+            let server = if head {
+                server.unwrap_or_else(|| head_server(&cfg))
+            } else {
+                infer_cmd::server_address(server, &cfg)
+            };
             node::keyholder::run(
                 &site,
                 &out,
                 &server,
                 std::time::Duration::from_secs(patience_s),
+                head,
             )?
+        }
+        Command::ContributeEncrypted {
+            site,
+            out,
+            data,
+            limit,
+            test_limit,
+            server,
+            data_dir,
+            collective_key,
+            json,
+            timeout_s,
+        } => {
+            let cfg = node::SiteConfig::load(&site)?;
+            node::contribute::run(&node::contribute::Contribute {
+                server: server.unwrap_or_else(|| head_server(&cfg)),
+                site,
+                out,
+                dataset: data,
+                limit,
+                test_limit,
+                data_dir: data_dir.or_else(|| std::env::var_os("HEAL_DATA_DIR").map(PathBuf::from)),
+                collective_key,
+                json,
+                timeout: std::time::Duration::from_secs(timeout_s),
+            })?
         }
         Command::EvaluateEncrypted {
             network,
@@ -487,4 +560,14 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `coordinator train-head`'s default address: the coordinator's host, port 7447.
+fn head_server(cfg: &node::SiteConfig) -> String {
+    let host = cfg
+        .site
+        .coordinator
+        .rsplit_once(':')
+        .map_or(cfg.site.coordinator.as_str(), |(h, _)| h);
+    format!("{host}:7447")
 }

@@ -6,6 +6,7 @@
 //!     coordinator simulate configs/organamnist-5-hospitals.toml --out out/organamnist
 //!     coordinator serve-inference --dir fed/coordinator --model network.json
 //!     coordinator serve-inference --dir fed/coordinator --collective
+//!     coordinator train-head --dir fed/coordinator
 
 use std::path::PathBuf;
 
@@ -88,6 +89,15 @@ enum Command {
         /// for this many test images encrypted (compared with the plaintext network).
         #[arg(long, default_value_t = 0)]
         serve_inference: usize,
+        /// Then train the final model's head on this many of hospital 1's training images,
+        /// encrypted (`coordinator train-head`, `client hold-keys --head`, `client
+        /// contribute-encrypted`), and compare with the same steps in plaintext
+        /// (`head_training.json`).
+        #[arg(long, default_value_t = 0)]
+        train_head: usize,
+        /// Passes of that training.
+        #[arg(long, default_value_t = 10)]
+        head_epochs: u32,
         /// Replace an earlier simulation's results in the output directory (refused without).
         #[arg(long)]
         force: bool,
@@ -130,6 +140,36 @@ enum Command {
         /// Most images in one request.
         #[arg(long, default_value_t = 64)]
         max_images: u32,
+    },
+    /// Train the final model's head on sites' encrypted features (`client contribute-encrypted`)
+    /// without anyone decrypting them: the hospitals (`client hold-keys --head`) make a collective
+    /// key, the head is trained on ciphertexts, t hospitals refresh it after every step, and the
+    /// trained head is switched to the contributing site's key.
+    TrainHead {
+        /// The coordinator directory made by `provision` (certificate, CA, roster, audit log).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where the state is kept (default: --dir).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long, default_value = "0.0.0.0:7447")]
+        listen: String,
+        /// Passes over a contribution.
+        #[arg(long, default_value_t = 10)]
+        epochs: u32,
+        /// Chunks per mini-batch (a chunk holds as many examples as the layout fits, 64 for a
+        /// 128 → 11 head).
+        #[arg(long, default_value_t = 8)]
+        batch_chunks: u32,
+        /// Learning rate of the squared loss on L2-normalised features.
+        #[arg(long, default_value_t = 1.0)]
+        lr: f64,
+        #[arg(long, default_value_t = 0.9)]
+        momentum: f64,
+        /// Most examples one contribution may carry (held in memory while trained on, ~0.55 MB
+        /// each for a 128 → 11 head).
+        #[arg(long, default_value_t = 10_000)]
+        max_examples: u64,
     },
 }
 
@@ -202,6 +242,8 @@ fn main() -> anyhow::Result<()> {
             plaintext,
             backend,
             serve_inference,
+            train_head,
+            head_epochs,
             force,
             epsilon,
         } => coordinator::simulate::run(
@@ -211,6 +253,8 @@ fn main() -> anyhow::Result<()> {
                 plaintext,
                 backend,
                 serve_inference,
+                train_head,
+                head_epochs,
                 force,
                 epsilon,
             },
@@ -233,6 +277,31 @@ fn main() -> anyhow::Result<()> {
                     coordinator::serve::collective::shell::run(&dir, &listen, max_images, new_setup)
                 }
             }
+        }
+        Command::TrainHead {
+            dir,
+            state_dir,
+            listen,
+            epochs,
+            batch_chunks,
+            lr,
+            momentum,
+            max_examples,
+        } => {
+            let dir = CoordinatorDir::with_state(dir, state_dir);
+            coordinator::serve::collective::shell::run_head(
+                &dir,
+                &listen,
+                coordinator::serve::collective::shell::HeadOptions {
+                    training: protocol::serve::head::HeadTraining {
+                        epochs,
+                        batch_chunks,
+                        lr,
+                        momentum,
+                    },
+                    max_examples,
+                },
+            )
         }
     }
 }

@@ -10,10 +10,11 @@ use crate::identity::{FederationId, Party};
 use crate::serve::collective::{
     CollectiveRequest, KeyholderRound1, ResultSwitchRequest, ResultSwitchShares,
 };
+use crate::serve::head::{HeadContribution, HeadRefreshRequest};
 use crate::serve::released::{InferKeys, InferRequest, InferResult, KeysId, ModelInfo};
 use crate::transcript::{Contribution, PartyKeys, SealedShare};
 
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -198,6 +199,12 @@ pub enum Body {
     CollectiveInfo(ModelInfo),
     /// Requester → server: header of a request stream (its public key, then the images).
     InferCollective(CollectiveRequest),
+
+    // ----- encrypted head training, served like mode (a) (see `serve::head`) -----
+    /// Contributor → server: header of a contribution stream (its public key, then the chunks).
+    HeadContribution(HeadContribution),
+    /// Server → keyholder: header of a stream of the head's state to refresh.
+    HeadRefresh(HeadRefreshRequest),
 }
 
 impl Body {
@@ -238,6 +245,8 @@ impl Body {
             Body::ResultShares(_) => "result-shares",
             Body::CollectiveInfo(_) => "collective-info",
             Body::InferCollective(_) => "infer-collective",
+            Body::HeadContribution(_) => "head-contribution",
+            Body::HeadRefresh(_) => "head-refresh",
         }
     }
 }

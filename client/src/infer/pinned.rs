@@ -62,7 +62,7 @@ impl Accepted {
     }
 }
 
-fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+pub fn parse_hex32(s: &str) -> Option<[u8; 32]> {
     if s.len() != 64 {
         return None;
     }

@@ -10,6 +10,11 @@
 //!   towards the requester's key: 2^40 above the results' own noise, which it measures itself
 //!   once per model ([`super::result_noise`]).
 //!
+//! With `--head` (issue 20) it holds a share of a key at the head-training parameters instead,
+//! made in the same two rounds for the final model's last layer, and refreshes the head's state
+//! after every training step (`coordinator train-head`), logging each refresh; the trained head
+//! is switched to its contributor's key as a served result is.
+//!
 //! [`Keyholder`] holds the cryptography (sans-IO: each message in, the answer out); [`run`] is
 //! the tokio shell, reconnecting when the link drops.
 
@@ -28,8 +33,10 @@ use he_agg::multiparty::sealed::ExchangeKeys;
 use he_agg::multiparty::threshold::deal;
 use he_agg::multiparty::{PublicKeySwitch, RelinKeyEphemeral, ThresholdSecret, wire as mpw};
 use he_agg::ring::Prng;
+use he_agg::train::HeadPlan;
 use protocol::link::{Incoming, connect};
 use protocol::serve::collective::{KeyholderRound1, ResultSwitchRequest, ResultSwitchShares};
+use protocol::serve::head::{HeadJob, HeadRefreshRequest};
 use protocol::tls::TlsFiles;
 use protocol::transcript::{self, Signer, Statement, Verifier};
 use protocol::{Body, FederationId, Link, ProtocolError};
@@ -60,6 +67,23 @@ fn sealing_context(federation: FederationId, from: u32, to: u32) -> Vec<u8> {
     format!("HEAL served inference shares v1|{federation}|{from}->{to}").into_bytes()
 }
 
+/// What the key is for.
+enum Held {
+    /// mode (a): the final model, served
+    Served {
+        plan: InferencePlan,
+        /// the calibrated bound of a result's noise, which the switching flooding sits 2^λ
+        /// above
+        result_noise: f64,
+    },
+    /// head training: the final model's last layer
+    Head {
+        plan: HeadPlan,
+        /// refreshes made for this setup (each logged)
+        refreshes: u64,
+    },
+}
+
 /// The keyholder's cryptography and state.
 pub struct Keyholder {
     federation: FederationId,
@@ -82,9 +106,7 @@ pub struct Keyholder {
     /// How image files become the model's inputs (JSON), told to requesters.
     input_preparation: String,
     class_names: Vec<String>,
-    plan: InferencePlan,
-    /// the calibrated bound of a result's noise, which the switching flooding sits 2^λ above
-    result_noise: f64,
+    held: Held,
     ctx: Arc<CkksContext>,
     keys: CollectiveKeys,
     prng: Prng,
@@ -125,7 +147,7 @@ impl Keyholder {
         protocol::durable_file::create_private_dir(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let result_noise = super::result_noise::bound(&dir, &plan, net, cfg.site.hospitals)?;
-        let mut me = Self {
+        Self::restore(Self {
             federation,
             me: cfg.site.index,
             hospitals: cfg.site.hospitals,
@@ -140,8 +162,7 @@ impl Keyholder {
             architecture: serde_json::to_string(&net.architecture())?,
             input_preparation: serde_json::to_string(&prep)?,
             class_names: exp.class_names.clone(),
-            plan,
-            result_noise,
+            held: Held::Served { plan, result_noise },
             ctx,
             keys,
             prng: Prng::from_os()?,
@@ -150,7 +171,75 @@ impl Keyholder {
             own_share: None,
             threshold_secret: None,
             setup: None,
+        })
+    }
+
+    /// `--head`: a share of a key for training the final model's last layer (its input width
+    /// and classes) on encrypted features; kept in OUT/state/head.
+    pub fn open_head(cfg: &SiteConfig, out: &Path, tls: &TlsFiles) -> anyhow::Result<Self> {
+        let state = out.join("state");
+        let network = out.join("network.json");
+        let (exp, _) = read_network(&network).with_context(|| {
+            format!(
+                "the final model {} (finish training with `client run` first)",
+                network.display()
+            )
+        })?;
+        let Some(he_agg::infer::Layer::Dense(last)) = exp.network.layers().last() else {
+            bail!("the final model's last layer is not dense: there is no head to train");
         };
+        let classes = last.bias.len();
+        let features = last.weight.len() / classes.max(1);
+        let plan = HeadPlan::new(features, classes).context("the head's plan")?;
+        let ctx = plan.context().clone();
+        let federation = cfg.federation_id()?;
+        let keys = CollectiveKeys::for_rotations(
+            &ctx,
+            &plan.galois_steps(),
+            &HeadPlan::crs(&federation.0),
+        )?;
+        let dir = state.join("head");
+        protocol::durable_file::create_private_dir(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let job = HeadJob {
+            features: features as u32,
+            classes: classes as u32,
+            training: None,
+        };
+        Self::restore(Self {
+            federation,
+            me: cfg.site.index,
+            hospitals: cfg.site.hospitals,
+            threshold: cfg.site.threshold,
+            dir,
+            exchange: read_exchange(&state)?,
+            peers: read_peers(&state)?.with_context(|| {
+                format!(
+                    "no peers.bin in {}: this node never finished training setup",
+                    state.display()
+                )
+            })?,
+            signer: Signer::from_files(tls).context("this hospital's kit")?,
+            verifier: Verifier::from_files(tls).context("this hospital's kit")?,
+            own_key_share: None,
+            collective_key: None,
+            architecture: job.to_architecture(),
+            input_preparation: String::new(),
+            class_names: exp.class_names.clone(),
+            held: Held::Head { plan, refreshes: 0 },
+            ctx,
+            keys,
+            prng: Prng::from_os()?,
+            secret: None,
+            ephemeral: None,
+            own_share: None,
+            threshold_secret: None,
+            setup: None,
+        })
+    }
+
+    /// The held setup and collective key after a restart.
+    fn restore(mut me: Self) -> anyhow::Result<Self> {
         // after a restart: the threshold secret and the setup it is of
         if let Some(held) = held_setup::load(&me.dir, &me.ctx)? {
             me.threshold_secret = Some(held.secret);
@@ -169,7 +258,25 @@ impl Keyholder {
 
     /// Fingerprint of the plan this keyholder serves.
     pub fn fingerprint(&self) -> [u8; 32] {
-        self.plan.spec().fingerprint()
+        match &self.held {
+            Held::Served { plan, .. } => plan.spec().fingerprint(),
+            Held::Head { plan, .. } => plan.fingerprint(),
+        }
+    }
+
+    fn crs(&self) -> he_agg::multiparty::Crs {
+        match &self.held {
+            Held::Served { .. } => served_crs(&self.federation.0),
+            Held::Head { .. } => HeadPlan::crs(&self.federation.0),
+        }
+    }
+
+    /// Most ciphertexts a refresh request may carry.
+    fn max_state(&self) -> usize {
+        match &self.held {
+            Held::Served { .. } => 0,
+            Held::Head { plan, .. } => plan.state_len(true),
+        }
     }
 
     /// Setup round 1: a fresh inference secret, its key shares and its sealed Shamir shares.
@@ -276,7 +383,7 @@ impl Keyholder {
             .context("round 2 of a setup this keyholder did not start")?;
         let hash = trust::check_inference_key(
             &self.ctx,
-            &served_crs(&self.federation.0),
+            &self.crs(),
             &self.verifier,
             &self.peers,
             &trust::OwnInferenceShare {
@@ -372,10 +479,12 @@ impl Keyholder {
             collective_key = %blake3::hash(public_key).to_hex(),
             "encrypting the final model under the collective public key"
         );
+        let Held::Served { plan, .. } = &self.held else {
+            bail!("asked for a model while holding a head-training key");
+        };
         let mut enc = self.ctx.pk_encryptor(&pk)?;
         let t = Instant::now();
-        let model =
-            he_agg::infer::Model::encrypted(&self.plan, &self.ctx, &mut |p| enc.encrypt(p))?;
+        let model = he_agg::infer::Model::encrypted(plan, &self.ctx, &mut |p| enc.encrypt(p))?;
         let items: Vec<Vec<u8>> = model
             .ciphertexts()
             .into_iter()
@@ -423,15 +532,33 @@ impl Keyholder {
         let target =
             wire::decode_public_key(&self.ctx, &items[0]).context("the requester's public key")?;
         let sk = ts.additive_share(&self.ctx, &req.active)?;
-        let (flooding, _) = served_flooding(
-            &self.ctx,
-            self.plan.spec(),
-            self.result_noise,
-            self.hospitals as usize,
-            t,
-        )?;
-        let pcks = PublicKeySwitch::new(&self.ctx, flooding, t);
-        let out_level = self.plan.spec().output_level();
+        let (pcks, out_level) = match &self.held {
+            Held::Served { plan, result_noise } => {
+                let (flooding, _) = served_flooding(
+                    &self.ctx,
+                    plan.spec(),
+                    *result_noise,
+                    self.hospitals as usize,
+                    t,
+                )?;
+                (
+                    PublicKeySwitch::new(&self.ctx, flooding, t),
+                    plan.spec().output_level(),
+                )
+            }
+            // the trained head, at the top level after its last refresh
+            Held::Head { plan, .. } => (
+                plan.head_switch(self.hospitals as usize, t)?,
+                plan.scales().top,
+            ),
+        };
+        if req.count as usize > plan_results(&self.held) {
+            bail!(
+                "asked to switch {} results; at most {} are expected",
+                req.count,
+                plan_results(&self.held)
+            );
+        }
         let mut shares = Vec::with_capacity(req.count as usize);
         for (i, bytes) in items[1..].iter().enumerate() {
             let ct =
@@ -453,6 +580,84 @@ impl Keyholder {
             }),
             items: shares,
         })
+    }
+}
+
+impl Keyholder {
+    /// Head training: refresh shares of the head's state after a step (`items`: the state's
+    /// ciphertexts at the refresh level). Each refresh is logged; what is refreshed is checked
+    /// for shape only — the coordinator is trusted to run the agreed steps (see the README).
+    pub fn refresh(
+        &mut self,
+        req: &HeadRefreshRequest,
+        items: &[Vec<u8>],
+    ) -> anyhow::Result<Reply> {
+        let Held::Head { plan, refreshes } = &mut self.held else {
+            bail!("asked to refresh while holding a served model's key");
+        };
+        let ts = self
+            .threshold_secret
+            .as_ref()
+            .context("refresh request before the threshold secret is formed")?;
+        if Some(req.setup) != self.setup {
+            bail!("asked to refresh under another setup's key than the one this keyholder holds");
+        }
+        let t = self.threshold as usize;
+        if req.active.len() != t || !req.active.contains(&self.me) {
+            bail!(
+                "asked to refresh as one of {:?}, which is not {t} hospitals including this one",
+                req.active
+            );
+        }
+        let (short, long) = (plan.state_len(false), plan.state_len(true));
+        if (req.count as usize != short && req.count as usize != long)
+            || items.len() != req.count as usize
+        {
+            bail!(
+                "{} ciphertexts ({} announced) where a head's state has {short} or {long}",
+                items.len(),
+                req.count
+            );
+        }
+        if req.step == 0 || req.step > req.steps {
+            bail!("step {} of {}", req.step, req.steps);
+        }
+        let refresh = plan.refresh(&self.federation.0, self.hospitals as usize, t)?;
+        let sk = ts.additive_share(&self.ctx, &req.active)?;
+        let (level, scale) = (plan.scales().refresh_level, plan.scales().weight);
+        let mut shares = Vec::with_capacity(items.len());
+        for (i, bytes) in items.iter().enumerate() {
+            let ct =
+                wire::decode_ciphertext(&self.ctx, bytes).with_context(|| format!("state {i}"))?;
+            if ct.level() != level || (ct.scale - scale).abs() > 1e-9 * scale {
+                bail!(
+                    "state ciphertext {i} at level {}, scale 2^{:.2}; a step leaves it at level \
+                     {level}, scale 2^{:.2}",
+                    ct.level(),
+                    ct.scale.log2(),
+                    scale.log2()
+                );
+            }
+            let share = refresh.share(&sk, &ct, &mut self.prng)?;
+            shares.push(mpw::encode_refresh_share(&self.ctx, &share));
+        }
+        *refreshes += shares.len() as u64;
+        Ok(Reply {
+            body: Body::ResultShares(ResultSwitchShares {
+                request: req.request,
+                attempt: req.attempt,
+                count: shares.len() as u32,
+            }),
+            items: shares,
+        })
+    }
+}
+
+/// Most results one switch request may carry.
+fn plan_results(held: &Held) -> usize {
+    match held {
+        Held::Served { .. } => protocol::serve::collective::MAX_COLLECTIVE_IMAGES as usize,
+        Held::Head { plan, .. } => plan.state_len(false),
     }
 }
 
@@ -527,8 +732,28 @@ async fn session(link: &Link, kh: &mut Keyholder) -> anyhow::Result<()> {
                 let pk = it.first().context("no collective public key")?;
                 vec![tokio::task::block_in_place(|| kh.encrypted_model(pk))?]
             }
+            Body::HeadRefresh(req) => {
+                let it = items(&mut msg, kh.max_state()).await?;
+                // the consortium's record of every refresh: one line per step and attempt
+                info!(
+                    step = req.step,
+                    steps = req.steps,
+                    attempt = req.attempt,
+                    contributor = format!("hospital-{}", req.contributor),
+                    ciphertexts = req.count,
+                    with = ?req.active,
+                    "refreshing the head's state after a training step"
+                );
+                match tokio::task::block_in_place(|| kh.refresh(&req, &it)) {
+                    Ok(r) => vec![r],
+                    Err(e) => {
+                        warn!(step = req.step, "refused to refresh: {e:#}");
+                        continue;
+                    }
+                }
+            }
             Body::ResultSwitch(req) => {
-                let max = 1 + protocol::serve::collective::MAX_COLLECTIVE_IMAGES as usize;
+                let max = 1 + plan_results(&kh.held);
                 let it = items(&mut msg, max).await?;
                 // the consortium's record of who decrypted what: one line per request
                 info!(
@@ -561,10 +786,20 @@ async fn session(link: &Link, kh: &mut Keyholder) -> anyhow::Result<()> {
 }
 
 /// `client hold-keys`: serves as a keyholder until interrupted (or `patience` without a server).
-pub fn run(site: &Path, out: &Path, server: &str, patience: Duration) -> anyhow::Result<()> {
+pub fn run(
+    site: &Path,
+    out: &Path,
+    server: &str,
+    patience: Duration,
+    head: bool,
+) -> anyhow::Result<()> {
     let cfg = SiteConfig::load(site)?;
     let tls = TlsFiles::in_dir(&cfg.kit_dir(site));
-    let mut kh = Keyholder::open(&cfg, out, &tls)?;
+    let mut kh = if head {
+        Keyholder::open_head(&cfg, out, &tls)?
+    } else {
+        Keyholder::open(&cfg, out, &tls)?
+    };
     let federation = cfg.federation_id()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -5,6 +5,7 @@
 //! decrypts the re-encrypted aggregate it receives, applies the server step, evaluates, and
 //! reports. It reconnects by itself when the connection drops.
 
+pub mod contribute;
 mod data;
 mod held_setup;
 pub mod keyholder;

@@ -6,6 +6,7 @@
 
 mod children;
 mod epsilon;
+mod head_training;
 mod out_dir;
 mod report;
 mod serving;
@@ -33,6 +34,10 @@ pub struct Options {
     pub backend: Option<he_agg::aggregate::BackendChoice>,
     /// Test images asked of the final model served in mode (a) (0: not served).
     pub serve_inference: usize,
+    /// Examples hospital 1 contributes encrypted to train the final model's head (0: none).
+    pub train_head: usize,
+    /// Passes of that training.
+    pub head_epochs: u32,
     /// Replaces an earlier run in the output directory.
     pub force: bool,
     /// Replaces `[privacy] target_epsilon`, or turns differential privacy off.
@@ -48,6 +53,8 @@ pub fn run(config_path: Option<&Path>, out: Option<PathBuf>, opts: &Options) -> 
         plaintext,
         backend,
         serve_inference,
+        train_head,
+        head_epochs,
         force,
         epsilon,
     } = opts.clone();
@@ -113,6 +120,9 @@ pub fn run(config_path: Option<&Path>, out: Option<PathBuf>, opts: &Options) -> 
     let text = toml::to_string(&doc)?;
     let mut cfg = FederationConfig::from_toml(&text)
         .with_context(|| format!("in {}", config_path.display()))?;
+    if train_head > 0 && cfg.he.plaintext {
+        bail!("--train-head trains under a collective key: not with --plaintext");
+    }
     if serve_inference > 0 && cfg.he.plaintext {
         bail!("--serve-inference serves the model under a collective key: not with --plaintext");
     }
@@ -297,6 +307,32 @@ pub fn run(config_path: Option<&Path>, out: Option<PathBuf>, opts: &Options) -> 
             deadline: Instant::now() + Duration::from_secs(cfg.simulate.timeout_s),
         })
         .with_context(|| format!("mode (a) serving; logs: {}", out.join("logs").display()))?;
+    }
+    if train_head > 0 {
+        let dataset = cfg
+            .site_sections
+            .get("dataset")
+            .and_then(|d| d.get("name"))
+            .and_then(|n| n.as_str())
+            .context("[dataset] name")?
+            .to_string();
+        println!(
+            "training the final model's head on {train_head} encrypted examples of hospital 1: \
+             key setup, upload, {head_epochs} epochs refreshed by {} keyholders…",
+            cfg.threshold()
+        );
+        head_training::run(&head_training::HeadTraining {
+            stop: &stop,
+            provisioned: &p,
+            out: &out,
+            coordinator_bin: &coordinator_bin,
+            client_bin: &client_bin,
+            dataset,
+            examples: train_head,
+            epochs: head_epochs,
+            deadline: Instant::now() + Duration::from_secs(cfg.simulate.timeout_s.max(3600)),
+        })
+        .with_context(|| format!("head training; logs: {}", out.join("logs").display()))?;
     }
     Ok(())
 }

@@ -114,9 +114,17 @@ impl CollectiveKeys {
         if ctx.params() != spec.parameters() {
             return Err(InferError::ContextMismatch);
         }
+        Self::for_rotations(ctx, spec.galois_steps(), crs)
+    }
+
+    /// For any computation under `ctx` that rotates by `steps` (encrypted head training's, say).
+    pub fn for_rotations(
+        ctx: &Arc<CkksContext>,
+        steps: &[i64],
+        crs: &Crs,
+    ) -> Result<Self, InferError> {
         let rl = ctx.rlwe();
-        let mut elements: Vec<u64> = spec
-            .galois_steps()
+        let mut elements: Vec<u64> = steps
             .iter()
             .map(|&s| rl.galois_element_for_rotation(s))
             .filter(|&g| g != 1)

@@ -11,17 +11,21 @@
 //!
 //! [`layout`] places every value in the slots so that a step needs only rotations that sum,
 //! never a repacking; [`params`] sizes the chain (three double-prime rescales between refreshes)
-//! and the parameter set; [`trainer`] evaluates a step; [`chunk`] encrypts and checks a site's
+//! and the parameter set; [`plan`] is what every party agrees on (the fingerprint, the keys'
+//! reference string and rotations, the flooding of refreshes and of the final switch, the public
+//! batch schedule); [`trainer`] evaluates a step; [`chunk`] encrypts and checks a site's
 //! examples.
 
 pub mod chunk;
 pub mod layout;
 pub mod params;
+pub mod plan;
 pub mod trainer;
 
 pub use chunk::{EncryptedChunk, MAX_ABS_FEATURE, encrypt_chunk};
 pub use layout::HeadLayout;
 pub use params::{HeadScales, head_training_parameters};
+pub use plan::{HeadPlan, MAX_ABS_WEIGHT, schedule};
 pub use trainer::{HeadTrainer, PlainHead};
 
 use crate::ckks::CkksError;

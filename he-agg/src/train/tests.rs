@@ -417,3 +417,24 @@ fn a_keyholder_that_drops_out_is_replaced_between_steps() {
         );
     }
 }
+
+/// The public schedule: every chunk once per epoch, in batches of the size asked, the same for
+/// every party that computes it, and another order each epoch.
+#[test]
+fn the_schedule_covers_every_chunk_each_epoch_and_is_reproducible() {
+    let s = schedule(10, 3, 4);
+    assert_eq!(s, schedule(10, 3, 4));
+    assert_eq!(
+        s.len(),
+        3 * 3,
+        "10 chunks in batches of 4: 3 batches per epoch"
+    );
+    for epoch in s.chunks(3) {
+        let mut all: Vec<usize> = epoch.iter().flatten().copied().collect();
+        assert_eq!(epoch.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 2]);
+        all.sort_unstable();
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+    }
+    assert_ne!(s[0..3], s[3..6], "the same order in two epochs");
+    assert_eq!(schedule(1, 2, 8), vec![vec![0], vec![0]]);
+}

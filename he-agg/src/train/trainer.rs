@@ -37,16 +37,7 @@ impl HeadTrainer {
         momentum: f64,
         weights: Vec<Ciphertext>,
     ) -> Result<Self, HeadTrainError> {
-        if !(lr.is_finite() && lr > 0.0) {
-            return Err(HeadTrainError::Config(format!(
-                "learning rate {lr}: it must be finite and positive"
-            )));
-        }
-        if !(0.0..1.0).contains(&momentum) {
-            return Err(HeadTrainError::Config(format!(
-                "momentum {momentum}: it must be in [0, 1)"
-            )));
-        }
+        Self::check_settings(lr, momentum)?;
         if layout.slots() != ctx.slots() {
             return Err(HeadTrainError::Config(format!(
                 "a layout of {} slots for parameters with {}",
@@ -67,6 +58,22 @@ impl HeadTrainer {
         };
         t.set_state(weights)?;
         Ok(t)
+    }
+
+    /// Refuses a learning rate or momentum the trainer cannot take.
+    pub fn check_settings(lr: f64, momentum: f64) -> Result<(), HeadTrainError> {
+        if !(lr.is_finite() && lr > 0.0 && lr <= 16.0) {
+            return Err(HeadTrainError::Config(format!(
+                "learning rate {lr}: it must be finite, positive and at most 16 (the refresh's \
+                 masks are sized for weights up to 16)"
+            )));
+        }
+        if !(0.0..1.0).contains(&momentum) {
+            return Err(HeadTrainError::Config(format!(
+                "momentum {momentum}: it must be in [0, 1)"
+            )));
+        }
+        Ok(())
     }
 
     pub fn layout(&self) -> &HeadLayout {

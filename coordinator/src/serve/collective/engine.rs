@@ -201,7 +201,7 @@ impl ServingEngine {
     /// shell that are still being read or evaluated: every request counts from its header on.
     pub fn accepts_request(&self, reading: usize) -> Result<(), String> {
         if self.step != SetupStep::Serving {
-            return Err("the encrypted model is not served yet (setup is under way)".into());
+            return Err("not serving yet: key setup is under way".into());
         }
         let in_flight = self.requests.len() + reading;
         if in_flight >= self.cfg.max_in_flight {

@@ -10,10 +10,12 @@ use std::sync::Arc;
 
 use he_agg::ckks::{Ciphertext, CkksContext, Evaluator, GaloisKeys, PublicKey, wire};
 use he_agg::infer::threshold::{CollectiveKeys, KeyShares, served_crs, served_policy};
-use he_agg::infer::{Architecture, InferencePlan, Model};
+use he_agg::infer::{Architecture, EvaluationKeys, InferencePlan, Model};
 use he_agg::multiparty::sealed::SEAL_OVERHEAD;
 use he_agg::multiparty::{RelinKeyShare2, wire as mpw};
+use he_agg::train::HeadPlan;
 use protocol::serve::collective::KeyholderRound1;
+use protocol::serve::head::{HeadJob, HeadTraining};
 use protocol::serve::released::{MAX_ARCHITECTURE_BYTES, MAX_CLASSES, ModelInfo};
 use protocol::{Body, FederationId};
 
@@ -49,15 +51,46 @@ pub struct Evaluation {
     pub model: Arc<Model>,
 }
 
+/// What the keys are made for: a network served in mode (a), or a head trained on encrypted
+/// features (issue 20).
+pub enum KeyPlan {
+    Served {
+        plan: InferencePlan,
+        /// the architecture without its input normalization (each hospital's final model
+        /// normalises with its own data's statistics)
+        layers: Architecture,
+    },
+    Head {
+        plan: HeadPlan,
+        /// the head's shape as the keyholders stated it
+        job: HeadJob,
+    },
+}
+
 /// The plan being served and its keys' generation.
 pub struct Compiled {
-    pub plan: InferencePlan,
+    pub plan: KeyPlan,
     pub ctx: Arc<CkksContext>,
     pub keys: CollectiveKeys,
     pub info: ModelInfo,
-    /// the architecture without its input normalization (each hospital's final model
-    /// normalises with its own data's statistics)
-    layers: Architecture,
+}
+
+impl Compiled {
+    /// The served network's plan (none when training a head).
+    pub fn served(&self) -> Option<&InferencePlan> {
+        match &self.plan {
+            KeyPlan::Served { plan, .. } => Some(plan),
+            KeyPlan::Head { .. } => None,
+        }
+    }
+
+    /// The head's plan (none when serving a network).
+    pub fn head(&self) -> Option<&HeadPlan> {
+        match &self.plan {
+            KeyPlan::Head { plan, .. } => Some(plan),
+            KeyPlan::Served { .. } => None,
+        }
+    }
 }
 
 /// An architecture without its input normalization.
@@ -83,6 +116,8 @@ pub struct ServedKeys {
     federation: FederationId,
     hospitals: u32,
     max_images: u32,
+    /// head training: how the coordinator trains (told to contributors); none: mode (a)
+    head: Option<HeadTraining>,
     compiled: Option<Compiled>,
     round1: Option<KeyShares>,
     /// sealed Shamir shares by recipient, then sender
@@ -95,6 +130,8 @@ pub struct ServedKeys {
     model: Option<Arc<Model>>,
     /// identifies the setup: the hash of the round-1 relinearization sum every keyholder got
     setup: Option<[u8; 32]>,
+    /// head training: the evaluation keys the trainer takes
+    head_keys: Option<Arc<EvaluationKeys>>,
     /// the encoded keys and model, kept until they are saved
     unsaved_keys: Option<(Vec<u8>, Vec<Vec<u8>>)>,
     unsaved_model: Option<Vec<Vec<u8>>>,
@@ -111,6 +148,7 @@ impl ServedKeys {
             federation,
             hospitals,
             max_images,
+            head: None,
             compiled: None,
             round1: None,
             sealed: BTreeMap::new(),
@@ -120,8 +158,17 @@ impl ServedKeys {
             evaluator: None,
             model: None,
             setup: None,
+            head_keys: None,
             unsaved_keys: None,
             unsaved_model: None,
+        }
+    }
+
+    /// Keys for encrypted head training, trained as `training` says.
+    pub fn for_head(federation: FederationId, hospitals: u32, training: HeadTraining) -> Self {
+        Self {
+            head: Some(training),
+            ..Self::new(federation, hospitals, 0)
         }
     }
 
@@ -217,8 +264,11 @@ impl ServedKeys {
             self.compiled = Some(self.compile(&header.architecture, &header.class_names)?);
         }
         let c = self.compiled.as_ref().expect("compiled above");
-        if layers_of(&header.architecture)? != c.layers || header.class_names != c.info.class_names
-        {
+        let same = match &c.plan {
+            KeyPlan::Served { layers, .. } => layers_of(&header.architecture)? == *layers,
+            KeyPlan::Head { job, .. } => HeadJob::parse(&header.architecture).as_ref() == Some(job),
+        };
+        if !same || header.class_names != c.info.class_names {
             return Err(invalid(
                 "another architecture or other classes than the first keyholder's: is this the \
                  final model?",
@@ -259,8 +309,12 @@ impl ServedKeys {
         })
     }
 
-    /// The served plan of `architecture` (no weights), with its keys' generation.
+    /// The served plan of `architecture` (no weights), or the head's plan when training one,
+    /// with its keys' generation.
     fn compile(&self, architecture: &str, class_names: &[String]) -> Result<Compiled, KeysError> {
+        if let Some(training) = &self.head {
+            return self.compile_head(architecture, class_names, training);
+        }
         let arch: Architecture = serde_json::from_str(architecture)
             .map_err(|e| invalid(format!("architecture: {e}")))?;
         let skeleton = arch
@@ -288,11 +342,59 @@ impl ServedKeys {
             input_preparation: String::new(),
         };
         Ok(Compiled {
-            plan,
+            plan: KeyPlan::Served {
+                plan,
+                layers: layers_of(architecture)?,
+            },
             ctx,
             keys,
             info,
-            layers: layers_of(architecture)?,
+        })
+    }
+
+    /// A head's plan from a keyholder's job (its shape); contributors are told the training.
+    fn compile_head(
+        &self,
+        architecture: &str,
+        class_names: &[String],
+        training: &HeadTraining,
+    ) -> Result<Compiled, KeysError> {
+        let job = HeadJob::parse(architecture).ok_or_else(|| {
+            invalid("the keyholder's shares are not for head training: start it with --head")
+        })?;
+        if job.classes as usize != class_names.len() {
+            return Err(invalid(format!(
+                "{} class names for a head of {} outputs",
+                class_names.len(),
+                job.classes
+            )));
+        }
+        let plan = HeadPlan::new(job.features as usize, job.classes as usize)
+            .map_err(|e| invalid(format!("cannot train this head: {e}")))?;
+        let ctx = plan.context().clone();
+        let keys = CollectiveKeys::for_rotations(
+            &ctx,
+            &plan.galois_steps(),
+            &HeadPlan::crs(&self.federation.0),
+        )
+        .map_err(|e| invalid(e.to_string()))?;
+        let told = HeadJob {
+            training: Some(training.clone()),
+            ..job.clone()
+        };
+        let info = ModelInfo {
+            name: "head training on encrypted features".into(),
+            architecture: told.to_architecture(),
+            class_names: class_names.to_vec(),
+            fingerprint: plan.fingerprint(),
+            max_images: 0,
+            input_preparation: String::new(),
+        };
+        Ok(Compiled {
+            plan: KeyPlan::Head { plan, job },
+            ctx,
+            keys,
+            info,
         })
     }
 
@@ -410,7 +512,20 @@ impl ServedKeys {
         let bytes = wire::encode_public_key(&c.ctx, &pk);
         self.public_key = Some((pk, bytes));
         self.evaluator = Some(Arc::new(eval));
+        if self.head.is_some() {
+            self.head_keys = Some(Arc::new(keys));
+        }
         Ok(())
+    }
+
+    /// Head training: the collective public key and the evaluation keys, once made.
+    pub fn head_keys(&self) -> Option<(&PublicKey, &Arc<EvaluationKeys>)> {
+        Some((&self.public_key.as_ref()?.0, self.head_keys.as_ref()?))
+    }
+
+    /// Head training: how the coordinator trains.
+    pub fn head_training(&self) -> Option<&HeadTraining> {
+        self.head.as_ref()
     }
 
     /// The collective public key, encoded (what the model and the images are encrypted under).
@@ -421,7 +536,10 @@ impl ServedKeys {
     /// Ciphertexts the encrypted model has (the layout depends on the shapes only).
     pub fn model_len(&self) -> Result<usize, KeysError> {
         let c = self.compiled.as_ref().ok_or(KeysError::NotReady)?;
-        Model::encrypted_len(&c.plan, &c.ctx).map_err(|e| invalid(e.to_string()))
+        let plan = c
+            .served()
+            .ok_or_else(|| invalid("no model is served here"))?;
+        Model::encrypted_len(plan, &c.ctx).map_err(|e| invalid(e.to_string()))
     }
 
     /// Decodes and checks the uploaded model (every ciphertext against the plan); requesters
@@ -433,7 +551,10 @@ impl ServedKeys {
         input_preparation: &str,
     ) -> Result<(), KeysError> {
         let c = self.compiled.as_mut().ok_or(KeysError::NotReady)?;
-        if architecture.len() > MAX_ARCHITECTURE_BYTES || layers_of(architecture)? != c.layers {
+        let KeyPlan::Served { plan, layers } = &c.plan else {
+            return Err(invalid("no model is served here"));
+        };
+        if architecture.len() > MAX_ARCHITECTURE_BYTES || layers_of(architecture)? != *layers {
             return Err(invalid(
                 "the encrypted model's architecture is not the plan's",
             ));
@@ -455,7 +576,7 @@ impl ServedKeys {
                 })
             })
             .collect::<Result<Vec<Ciphertext>, _>>()?;
-        let model = Model::from_ciphertexts(&c.plan, &c.ctx, cts)
+        let model = Model::from_ciphertexts(plan, &c.ctx, cts)
             .map_err(|e| invalid(format!("the encrypted model does not fit the plan: {e}")))?;
         c.info.architecture = architecture.to_string();
         c.info.input_preparation = input_preparation.to_string();
@@ -469,7 +590,7 @@ impl ServedKeys {
         let c = self.compiled.as_ref()?;
         Some(Evaluation {
             ctx: c.ctx.clone(),
-            plan: c.plan.clone(),
+            plan: c.served()?.clone(),
             evaluator: self.evaluator.clone()?,
             model: self.model.clone()?,
         })

@@ -22,8 +22,15 @@
 //! evaluated, then t connected hospitals are asked for switching shares; one that leaves before
 //! answering is replaced (a new attempt); with fewer than t connected the request waits until
 //! its deadline and is then refused.
+//!
+//! Head training (`coordinator train-head`, issue 20) is served the same way with a head's plan
+//! ([`keys::KeyPlan::Head`]): the coordinator encrypts the zero head itself instead of asking
+//! for a model; a contributor's encrypted examples start a run ([`head`]); after every step the
+//! state's refresh is a request answered by t keyholders (replaced as above when one leaves),
+//! and the trained head is switched to the contributor's key as a result is.
 
 mod engine;
+pub mod head;
 pub mod keys;
 pub mod requests;
 pub mod saved;

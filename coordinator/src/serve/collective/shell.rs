@@ -14,11 +14,13 @@ use protocol::link::{Link, accept_connection, listen};
 use protocol::serve::collective::{
     CollectiveRequest, MAX_COLLECTIVE_CIPHERTEXTS, MAX_COLLECTIVE_IMAGES, ResultSwitchRequest,
 };
+use protocol::serve::head::{HeadRefreshRequest, HeadTraining};
 use protocol::serve::released::InferResult;
 use protocol::tls::TlsFiles;
 use protocol::{Body, FederationId, Incoming, Party};
 use tracing::{info, warn};
 
+use super::head::{HeadRequest, HeadRequests, HeadRun, check_contribution, decode_chunks};
 use super::keys::ServedKeys;
 use super::requests::{SwitchState, decode_images, evaluate};
 use super::{ServingAction, ServingConfig, ServingEngine, ServingEvent};
@@ -32,6 +34,10 @@ pub struct CollectiveOptions {
     pub max_images: u32,
     /// Time a peer gets to deliver each item.
     pub item_timeout: Duration,
+    /// Head training instead of serving a model: how the head is trained.
+    pub head: Option<HeadTraining>,
+    /// Most examples one contribution may carry (they are held in memory while trained on).
+    pub max_head_examples: u64,
 }
 
 /// A request being served: who asked, on which connection, and its switch.
@@ -52,6 +58,17 @@ struct State {
     next_request: u64,
     /// requests admitted and still being read or evaluated (not yet in the engine)
     reading: usize,
+    /// head training: the run (taken out while a step is computed), its contributor's
+    /// connection, and which engine requests are its refreshes or its delivery
+    head: Option<HeadRun>,
+    head_link: Option<Link>,
+    head_requests: HeadRequests,
+    /// a run is being read, set up or stepped (no second contribution meanwhile)
+    head_busy: bool,
+    /// the run's next step is due
+    step_wanted: bool,
+    /// events the shell feeds itself after acting (the coordinator's own zero head)
+    follow: Vec<ServingEvent>,
 }
 
 /// One admitted request being read or evaluated: counted in [`State::reading`] until dropped.
@@ -94,12 +111,15 @@ impl CollectiveServer {
         persist: Option<(Store, std::path::PathBuf)>,
         restored: Option<ServedKeys>,
     ) -> Arc<Self> {
+        let fresh = |o: &CollectiveOptions| match &o.head {
+            Some(training) => {
+                ServedKeys::for_head(federation, o.serving.hospitals, training.clone())
+            }
+            None => ServedKeys::new(federation, o.serving.hospitals, o.max_images),
+        };
         let (engine, keys) = match restored {
             Some(keys) => (ServingEngine::restored(options.serving.clone()), keys),
-            None => (
-                ServingEngine::new(options.serving.clone()),
-                ServedKeys::new(federation, options.serving.hospitals, options.max_images),
-            ),
+            None => (ServingEngine::new(options.serving.clone()), fresh(&options)),
         };
         let (store, dir) = persist.unzip();
         let state = State {
@@ -109,6 +129,12 @@ impl CollectiveServer {
             requests: HashMap::new(),
             next_request: 1,
             reading: 0,
+            head: None,
+            head_link: None,
+            head_requests: HeadRequests::new(),
+            head_busy: false,
+            step_wanted: false,
+            follow: Vec::new(),
         };
         Arc::new(Self {
             federation,
@@ -167,12 +193,163 @@ impl CollectiveServer {
 
     /// Feeds an event and carries out what the engine decides.
     async fn event(&self, event: ServingEvent) {
-        let out = {
-            let mut st = self.lock();
-            let actions = st.engine.handle(event);
-            tokio::task::block_in_place(|| self.act(&mut st, actions))
+        self.drive(vec![event]).await
+    }
+
+    /// Feeds events (and those acting on them leads to, and a head's due steps) in turn.
+    async fn drive(&self, mut queue: Vec<ServingEvent>) {
+        loop {
+            let (out, step) = {
+                let mut st = self.lock();
+                let out = match queue.pop() {
+                    Some(event) => {
+                        let actions = st.engine.handle(event);
+                        tokio::task::block_in_place(|| self.act(&mut st, actions))
+                    }
+                    None => Vec::new(),
+                };
+                queue.append(&mut st.follow);
+                (out, std::mem::take(&mut st.step_wanted))
+            };
+            send_all(out).await;
+            if step && let Some(e) = self.step().await {
+                queue.push(e);
+            }
+            if queue.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Computes the head's next step on a blocking thread; the event that asks for its refresh.
+    async fn step(&self) -> Option<ServingEvent> {
+        let mut run = self.lock().head.take()?;
+        let outcome = tokio::task::spawn_blocking(move || {
+            let r = run.compute_step();
+            (run, r)
+        })
+        .await;
+        let mut st = self.lock();
+        let (run, result) = match outcome {
+            Ok(x) => x,
+            Err(e) => {
+                self.abort_head(&mut st, &format!("a training step failed: {e}"));
+                return None;
+            }
         };
-        send_all(out).await;
+        let contributor = run.contributor;
+        let (steps, done) = run.steps();
+        st.head = Some(run);
+        if let Err(e) = result {
+            self.abort_head(&mut st, &format!("step {} failed: {e}", done + 1));
+            return None;
+        }
+        let id = st.next_request;
+        st.next_request += 1;
+        st.head_requests
+            .insert(id, HeadRequest::Refresh { step: done });
+        if (done + 1) % 10 == 0 || done + 1 == steps {
+            info!(
+                step = done + 1,
+                steps, "head training step computed; refreshing"
+            );
+        }
+        Some(ServingEvent::Evaluated {
+            request: id,
+            requester: contributor,
+            now: Instant::now(),
+        })
+    }
+
+    /// Ends a head run that cannot go on, telling its contributor why.
+    fn abort_head(&self, st: &mut State, reason: &str) {
+        warn!("head training stopped: {reason}");
+        self.audit(None, "head-training-stopped", reason);
+        st.head = None;
+        st.head_busy = false;
+        st.head_requests.clear();
+        if let Some(link) = st.head_link.take() {
+            let reason = reason.to_string();
+            tokio::spawn(async move {
+                let _ = link.send(0, Body::Refused { reason }).await;
+            });
+        }
+    }
+
+    /// After a refresh: the next step, or the trained head's switch to the contributor's key.
+    fn refreshed(&self, st: &mut State, request: u64, step: usize) {
+        st.head_requests.remove(&request);
+        let Some(run) = st.head.as_mut() else {
+            return;
+        };
+        let count = run.pending().len();
+        if let Err(e) = run.finish_refresh() {
+            self.abort_head(st, &format!("the refresh of step {} failed: {e}", step + 1));
+            return;
+        }
+        self.audit(
+            Some(run.contributor),
+            "head-refresh",
+            &format!(
+                "step {} of {}: {count} ciphertexts refreshed",
+                step + 1,
+                run.steps().0
+            ),
+        );
+        if !run.finished() {
+            st.step_wanted = true;
+            return;
+        }
+        let f = run.figures.clone();
+        info!(
+            steps = run.steps().0,
+            step_s = f.step.as_secs_f64(),
+            refresh_s = f.refresh.as_secs_f64(),
+            refreshes = f.refreshes,
+            share_mb = f.share_bytes as f64 / 1e6,
+            "head trained; switching it to the contributor's key"
+        );
+        let (n, t) = (
+            self.options.serving.hospitals as usize,
+            self.options.serving.threshold as usize,
+        );
+        let pcks = match run.plan().head_switch(n, t) {
+            Ok(p) => p,
+            Err(e) => {
+                self.abort_head(st, &format!("cannot switch the head: {e}"));
+                return;
+            }
+        };
+        let switch = SwitchState::new(
+            run.context().clone(),
+            pcks,
+            run.receiver_key.clone(),
+            run.weights(),
+        );
+        let (contributor, request_id) = (run.contributor, run.request_id);
+        let Some(link) = st.head_link.take() else {
+            self.abort_head(st, "the contributor is gone");
+            return;
+        };
+        let id = st.next_request;
+        st.next_request += 1;
+        st.head_requests.insert(id, HeadRequest::Deliver);
+        st.requests.insert(
+            id,
+            Served {
+                link,
+                request_id,
+                requester: contributor,
+                evaluate_us: f.step.as_micros() as u64,
+                validate_us: f.refresh.as_micros() as u64,
+                switch,
+            },
+        );
+        st.follow.push(ServingEvent::Evaluated {
+            request: id,
+            requester: contributor,
+            now: Instant::now(),
+        });
     }
 
     /// Turns actions into messages (making keys and finishing switches on the way).
@@ -218,6 +395,10 @@ impl CollectiveServer {
                         Err(e) => warn!("cannot make the evaluation keys: {e}"),
                     }
                 }
+                ServingAction::AskModel { .. } if self.options.head.is_some() => {
+                    // the zero head is encrypted by each run itself: nothing to upload
+                    st.follow.push(ServingEvent::ModelStored { from: 0 });
+                }
                 ServingAction::AskModel { from } => {
                     if let (Some(link), Some(pk)) =
                         (st.keyholders.get(&from), st.keys.public_key_bytes())
@@ -228,6 +409,40 @@ impl CollectiveServer {
                             body: Body::ModelWanted,
                             items: vec![pk.to_vec()],
                         });
+                    }
+                }
+                ServingAction::RequestSwitch {
+                    request,
+                    attempt,
+                    requester,
+                    active,
+                } if matches!(
+                    st.head_requests.get(&request),
+                    Some(HeadRequest::Refresh { .. })
+                ) =>
+                {
+                    let (Some(run), Some(setup)) = (st.head.as_ref(), st.keys.setup()) else {
+                        continue;
+                    };
+                    let (steps, done) = run.steps();
+                    let items = run.pending().to_vec();
+                    for h in &active {
+                        if let Some(link) = st.keyholders.get(h) {
+                            out.push(Outgoing {
+                                link: link.clone(),
+                                body: Body::HeadRefresh(HeadRefreshRequest {
+                                    setup,
+                                    request,
+                                    attempt,
+                                    step: done as u64 + 1,
+                                    steps: steps as u64,
+                                    contributor: requester,
+                                    active: active.clone(),
+                                    count: items.len() as u32,
+                                }),
+                                items: items.clone(),
+                            });
+                        }
                     }
                 }
                 ServingAction::RequestSwitch {
@@ -259,7 +474,28 @@ impl CollectiveServer {
                         }
                     }
                 }
+                ServingAction::Deliver { request, .. }
+                    if matches!(
+                        st.head_requests.get(&request),
+                        Some(HeadRequest::Refresh { .. })
+                    ) =>
+                {
+                    if let Some(HeadRequest::Refresh { step }) = st.head_requests.get(&request) {
+                        let step = *step;
+                        self.refreshed(st, request, step);
+                    }
+                }
                 ServingAction::Deliver { request, requester } => {
+                    if st.head_requests.remove(&request).is_some() {
+                        // the trained head reaches its contributor: the run is over
+                        self.audit(
+                            Some(requester),
+                            "head-delivered",
+                            "the trained head, switched to the contributor's key",
+                        );
+                        st.head = None;
+                        st.head_busy = false;
+                    }
                     let Some(served) = st.requests.remove(&request) else {
                         continue;
                     };
@@ -289,6 +525,12 @@ impl CollectiveServer {
                             items: vec![],
                         }),
                     }
+                }
+                ServingAction::Refuse { request, reason }
+                    if st.head_requests.contains_key(&request) =>
+                {
+                    st.requests.remove(&request);
+                    self.abort_head(st, &reason);
                 }
                 ServingAction::Refuse { request, reason } => {
                     if let Some(served) = st.requests.remove(&request) {
@@ -379,6 +621,7 @@ impl CollectiveServer {
                 }
                 Body::InferInfoRequest => self.info(&link).await,
                 Body::InferCollective(_) => self.request(&link, hospital, incoming).await,
+                Body::HeadContribution(_) => self.contribution(&link, hospital, incoming).await,
                 _ if keyholder => self.keyholder_message(hospital, incoming).await,
                 _ => Err(format!("unexpected message {kind}")),
             };
@@ -500,6 +743,42 @@ impl CollectiveServer {
                 }
                 self.event(ServingEvent::ModelStored { from: hospital })
                     .await;
+            }
+            Body::ResultShares(h)
+                if matches!(
+                    self.lock().head_requests.get(&h.request),
+                    Some(HeadRequest::Refresh { .. })
+                ) =>
+            {
+                let want = {
+                    let st = self.lock();
+                    st.engine.accepts_shares(hospital, h.request, h.attempt)?;
+                    st.head
+                        .as_ref()
+                        .map(|r| r.pending().len())
+                        .ok_or("no head run")?
+                };
+                if h.count as usize != want {
+                    return Err(format!("{} refresh shares for {want} ciphertexts", h.count));
+                }
+                let mut items = Vec::with_capacity(want);
+                for _ in 0..want {
+                    items.push(next(&mut incoming).await?);
+                }
+                end(&mut incoming).await?;
+                {
+                    let mut st = self.lock();
+                    st.engine.accepts_shares(hospital, h.request, h.attempt)?;
+                    let run = st.head.as_mut().ok_or("no head run")?;
+                    tokio::task::block_in_place(|| run.fold(h.attempt, &items))
+                        .map_err(|e| e.to_string())?;
+                }
+                self.event(ServingEvent::SharesFolded {
+                    request: h.request,
+                    attempt: h.attempt,
+                    hospital,
+                })
+                .await;
             }
             Body::ResultShares(h) => {
                 let want = {
@@ -645,6 +924,127 @@ impl CollectiveServer {
     }
 }
 
+impl CollectiveServer {
+    /// A contributor's encrypted examples: checked, then trained on (one run at a time).
+    async fn contribution(
+        &self,
+        link: &Link,
+        contributor: u32,
+        mut incoming: Incoming,
+    ) -> Result<(), String> {
+        let Body::HeadContribution(header) = incoming.envelope.body.clone() else {
+            return Err("not a contribution".into());
+        };
+        let plan = {
+            let mut st = self.lock();
+            if self.options.head.is_none() {
+                return Err("this server serves a model; it trains no head".into());
+            }
+            st.engine.accepts_request(st.reading)?;
+            if st.head_busy {
+                return Err("a head is being trained on another contribution; try later".into());
+            }
+            let plan = st
+                .keys
+                .compiled()
+                .and_then(|c| c.head().cloned())
+                .ok_or("the head's keys are not made yet")?;
+            check_contribution(&header, &plan)?;
+            if header.examples > self.options.max_head_examples {
+                return Err(format!(
+                    "{} examples; this server trains on at most {}",
+                    header.examples, self.options.max_head_examples
+                ));
+            }
+            st.head_busy = true;
+            plan
+        };
+        let outcome = self
+            .start_run(link, contributor, header, plan, &mut incoming)
+            .await;
+        if outcome.is_err() {
+            self.lock().head_busy = false;
+        }
+        outcome
+    }
+
+    async fn start_run(
+        &self,
+        link: &Link,
+        contributor: u32,
+        header: protocol::serve::head::HeadContribution,
+        plan: he_agg::train::HeadPlan,
+        incoming: &mut Incoming,
+    ) -> Result<(), String> {
+        info!(
+            contributor,
+            examples = header.examples,
+            chunks = header.chunks,
+            "encrypted examples to train the head on"
+        );
+        self.audit(
+            Some(contributor),
+            "head-contribution",
+            &format!("{} examples in {} chunks", header.examples, header.chunks),
+        );
+        let mut items = Vec::with_capacity(header.items() as usize);
+        for _ in 0..header.items() {
+            items.push(next(incoming).await?);
+        }
+        end(incoming).await?;
+        let (keys, training) = {
+            let st = self.lock();
+            let keys = st
+                .keys
+                .head_keys()
+                .map(|(pk, eval)| (pk.clone(), eval.clone()))
+                .ok_or("the head's keys are not made yet")?;
+            let training = st.keys.head_training().cloned().ok_or("no head training")?;
+            (keys, training)
+        };
+        let federation = self.federation;
+        let (n, t) = (
+            self.options.serving.hospitals,
+            self.options.serving.threshold,
+        );
+        let request_id = header.request_id;
+        let run = tokio::task::spawn_blocking(move || {
+            let receiver = items.remove(0);
+            he_agg::ckks::wire::decode_public_key(plan.context(), &receiver)
+                .map_err(|e| format!("the contributor's public key: {e}"))?;
+            let chunks = decode_chunks(&plan, &header, &items).map_err(|e| e.to_string())?;
+            drop(items);
+            HeadRun::new(
+                plan,
+                (&keys.0, &keys.1),
+                &training,
+                &federation.0,
+                n,
+                t,
+                contributor,
+                request_id,
+                receiver,
+                chunks,
+            )
+            .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("reading the contribution failed: {e}"))??;
+        info!(
+            steps = run.steps().0,
+            "training the head on the contribution"
+        );
+        {
+            let mut st = self.lock();
+            st.head = Some(run);
+            st.head_link = Some(link.clone());
+            st.step_wanted = true;
+        }
+        self.drive(Vec::new()).await;
+        Ok(())
+    }
+}
+
 fn check_header(
     h: &CollectiveRequest,
     plan: &[u8; 32],
@@ -720,6 +1120,39 @@ pub fn run(
     max_images: u32,
     new_setup: bool,
 ) -> anyhow::Result<()> {
+    serve(dir, listen_addr, max_images, new_setup, None)
+}
+
+/// How `coordinator train-head` trains.
+#[derive(Clone, Debug)]
+pub struct HeadOptions {
+    pub training: HeadTraining,
+    /// Most examples one contribution may carry.
+    pub max_examples: u64,
+}
+
+/// `coordinator train-head`: the keyholders make a key at the head-training parameters, then
+/// each contribution of encrypted examples is trained on and its head switched to its
+/// contributor's key, until interrupted. A restart makes a new key (nothing is saved).
+pub fn run_head(
+    dir: &crate::server::CoordinatorDir,
+    listen_addr: &str,
+    head: HeadOptions,
+) -> anyhow::Result<()> {
+    he_agg::train::HeadTrainer::check_settings(head.training.lr, head.training.momentum)?;
+    if head.training.epochs == 0 || head.training.batch_chunks == 0 {
+        anyhow::bail!("--epochs and --batch-chunks must be at least 1");
+    }
+    serve(dir, listen_addr, 0, true, Some(head))
+}
+
+fn serve(
+    dir: &crate::server::CoordinatorDir,
+    listen_addr: &str,
+    max_images: u32,
+    new_setup: bool,
+    head: Option<HeadOptions>,
+) -> anyhow::Result<()> {
     let roster = crate::provision::Roster::read(&dir.roster())
         .with_context(|| format!("reading the roster in {}", dir.dir.display()))?;
     let federation = roster.federation_id()?;
@@ -738,6 +1171,8 @@ pub fn run(
         },
         max_images,
         item_timeout: Duration::from_secs(120),
+        head: head.as_ref().map(|h| h.training.clone()),
+        max_head_examples: head.as_ref().map_or(0, |h| h.max_examples),
     };
     let saved = if new_setup {
         None
