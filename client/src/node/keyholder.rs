@@ -271,6 +271,14 @@ impl Keyholder {
         }
     }
 
+    /// What the key is for, in logs.
+    fn key_name(&self) -> &'static str {
+        match &self.held {
+            Held::Served { .. } => "inference",
+            Held::Head { .. } => "head-training",
+        }
+    }
+
     /// Most ciphertexts a refresh request may carry.
     fn max_state(&self) -> usize {
         match &self.held {
@@ -447,8 +455,10 @@ impl Keyholder {
         self.threshold_secret = Some(held.secret);
         self.setup = Some(setup);
         info!(
-            "threshold secret of the inference key formed ({} of {})",
-            self.threshold, self.hospitals
+            "threshold secret of the {} key formed ({} of {})",
+            self.key_name(),
+            self.threshold,
+            self.hospitals
         );
         Ok(vec![
             Reply {
@@ -712,7 +722,7 @@ async fn session(link: &Link, kh: &mut Keyholder) -> anyhow::Result<()> {
                 hospitals,
                 threshold,
             } => {
-                info!("setup of the inference key: making round-1 shares");
+                info!("setup of the {} key: making round-1 shares", kh.key_name());
                 let t = Instant::now();
                 let r = tokio::task::block_in_place(|| kh.start(hospitals, threshold))?;
                 info!(
