@@ -50,6 +50,16 @@ pub fn check_contribution(h: &HeadContribution, plan: &HeadPlan) -> Result<(), S
             h.examples
         ));
     }
+    // every chunk but the last full: the memory a contribution takes follows its examples
+    if let Some(i) = h.counts[..h.counts.len() - 1]
+        .iter()
+        .position(|&c| u64::from(c) != samples)
+    {
+        return Err(format!(
+            "chunk {i} holds {} examples; every chunk but the last holds {samples}",
+            h.counts[i]
+        ));
+    }
     Ok(())
 }
 
@@ -380,6 +390,8 @@ mod tests {
         );
         let e = check_contribution(&header(&p, vec![s + 1]), &p).unwrap_err();
         assert!(e.contains(&format!("1 to {s} each")), "{e}");
+        let e = check_contribution(&header(&p, vec![1, 1, 1]), &p).unwrap_err();
+        assert!(e.contains("every chunk but the last"), "{e}");
         let mut h = header(&p, vec![s, 2]);
         h.examples += 1;
         assert!(check_contribution(&h, &p).unwrap_err().contains("sum to"));
