@@ -64,6 +64,13 @@ pub enum ServingEvent {
         attempt: u32,
         hospital: u32,
     },
+    /// A hospital's shares for (request, attempt) did not decode or fit: it takes no further
+    /// part in that request, which goes on with another t.
+    SharesRefused {
+        request: u64,
+        attempt: u32,
+        hospital: u32,
+    },
     Tick {
         now: Instant,
     },
@@ -109,6 +116,8 @@ struct Pending {
     asked: bool,
     active: Vec<u32>,
     done: BTreeSet<u32>,
+    /// hospitals whose shares for this request were malformed
+    excluded: BTreeSet<u32>,
 }
 
 /// The serving protocol's state.
@@ -331,6 +340,7 @@ impl ServingEngine {
                             asked: false,
                             active: Vec::new(),
                             done: BTreeSet::new(),
+                            excluded: BTreeSet::new(),
                         },
                     );
                     self.replan(request, &mut out);
@@ -350,6 +360,28 @@ impl ServingEngine {
                         out.push(ServingAction::Deliver { request, requester });
                     }
                 }
+            }
+            ServingEvent::SharesRefused {
+                request,
+                attempt,
+                hospital,
+            } => {
+                let Some(p) = self.requests.get_mut(&request) else {
+                    return out;
+                };
+                if p.attempt != attempt || !p.active.contains(&hospital) {
+                    return out;
+                }
+                p.excluded.insert(hospital);
+                out.push(ServingAction::Audit {
+                    hospital: Some(hospital),
+                    event: "shares-refused",
+                    detail: format!(
+                        "request {request}: malformed shares; asking {} others",
+                        self.cfg.threshold
+                    ),
+                });
+                self.replan(request, &mut out);
             }
             ServingEvent::Tick { now } => {
                 let late: Vec<u64> = self
@@ -414,10 +446,15 @@ impl ServingEngine {
     /// current attempt first) for a request; waits when there are fewer.
     fn replan(&mut self, request: u64, out: &mut Vec<ServingAction>) {
         let t = self.cfg.threshold as usize;
-        let ready: Vec<u32> = self.connected.intersection(&self.formed).copied().collect();
         let Some(p) = self.requests.get_mut(&request) else {
             return;
         };
+        let ready: Vec<u32> = self
+            .connected
+            .intersection(&self.formed)
+            .filter(|h| !p.excluded.contains(h))
+            .copied()
+            .collect();
         if ready.len() < t {
             if !p.active.is_empty() {
                 out.push(ServingAction::Audit {

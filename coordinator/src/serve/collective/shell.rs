@@ -652,6 +652,22 @@ impl CollectiveServer {
         }
     }
 
+    /// Malformed shares: the request goes on without this keyholder (another t are asked).
+    async fn shares_refused(
+        &self,
+        hospital: u32,
+        h: &protocol::serve::collective::ResultSwitchShares,
+        e: super::keys::KeysError,
+    ) -> String {
+        self.event(ServingEvent::SharesRefused {
+            request: h.request,
+            attempt: h.attempt,
+            hospital,
+        })
+        .await;
+        e.to_string()
+    }
+
     async fn info(&self, link: &Link) -> Result<(), String> {
         let (info, pk) = {
             let st = self.lock();
@@ -766,12 +782,14 @@ impl CollectiveServer {
                     items.push(next(&mut incoming).await?);
                 }
                 end(&mut incoming).await?;
-                {
+                let folded = {
                     let mut st = self.lock();
                     st.engine.accepts_shares(hospital, h.request, h.attempt)?;
                     let run = st.head.as_mut().ok_or("no head run")?;
                     tokio::task::block_in_place(|| run.fold(h.attempt, &items))
-                        .map_err(|e| e.to_string())?;
+                };
+                if let Err(e) = folded {
+                    return Err(self.shares_refused(hospital, &h, e).await);
                 }
                 self.event(ServingEvent::SharesFolded {
                     request: h.request,
@@ -797,19 +815,18 @@ impl CollectiveServer {
                     items.push(next(&mut incoming).await?);
                 }
                 end(&mut incoming).await?;
-                {
+                let folded = {
                     let mut st = self.lock();
                     // the attempt may have changed while the shares travelled
                     st.engine.accepts_shares(hospital, h.request, h.attempt)?;
                     let served = st.requests.get_mut(&h.request).ok_or("unknown request")?;
-                    let shares = served
-                        .switch
-                        .decode_shares(&items)
-                        .map_err(|e| e.to_string())?;
                     served
                         .switch
-                        .fold(h.attempt, shares)
-                        .map_err(|e| e.to_string())?;
+                        .decode_shares(&items)
+                        .and_then(|shares| served.switch.fold(h.attempt, shares))
+                };
+                if let Err(e) = folded {
+                    return Err(self.shares_refused(hospital, &h, e).await);
                 }
                 self.event(ServingEvent::SharesFolded {
                     request: h.request,

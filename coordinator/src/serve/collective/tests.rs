@@ -212,3 +212,59 @@ fn a_waiting_request_resumes_when_a_hospital_returns_and_load_is_bounded() {
     });
     assert!(e.accepts_request(0).is_err(), "two in flight is the limit");
 }
+
+/// Malformed shares from one keyholder: the request goes on with another t without waiting for
+/// its deadline; with too few others left it waits for one to connect.
+#[test]
+fn a_keyholder_with_malformed_shares_is_replaced_for_that_request() {
+    let mut e = serving(4, 2);
+    let now = Instant::now();
+    let a = e.handle(ServingEvent::Evaluated {
+        request: 1,
+        requester: 4,
+        now,
+    });
+    let (attempt, active) = switch_of(&a);
+    assert_eq!((attempt, active.clone()), (0, vec![1, 2]));
+    // shares of another attempt, or of a hospital not asked, change nothing
+    let stale = e.handle(ServingEvent::SharesRefused {
+        request: 1,
+        attempt: 5,
+        hospital: 2,
+    });
+    assert!(stale.is_empty());
+    let a = e.handle(ServingEvent::SharesRefused {
+        request: 1,
+        attempt: 0,
+        hospital: 2,
+    });
+    assert!(a.iter().any(|x| matches!(
+        x,
+        ServingAction::Audit {
+            event: "shares-refused",
+            hospital: Some(2),
+            ..
+        }
+    )));
+    let (attempt, active) = switch_of(&a);
+    assert_eq!((attempt, active), (1, vec![1, 3]));
+    // hospital 2 is never asked again for this request, even when 3 and 4 are gone
+    e.handle(ServingEvent::SharesRefused {
+        request: 1,
+        attempt: 1,
+        hospital: 3,
+    });
+    let a = e.handle(ServingEvent::Left { hospital: 4 });
+    assert!(
+        !a.iter()
+            .any(|x| matches!(x, ServingAction::RequestSwitch { .. })),
+        "{a:?}"
+    );
+    // another request still uses hospital 2
+    let a = e.handle(ServingEvent::Evaluated {
+        request: 2,
+        requester: 1,
+        now,
+    });
+    assert_eq!(switch_of(&a).1, vec![1, 2]);
+}
