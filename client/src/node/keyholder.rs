@@ -271,6 +271,30 @@ impl Keyholder {
         }
     }
 
+    /// This keyholder's additive share of the key for a request to `what` under `setup` by
+    /// `active`, which must be t hospitals including this one.
+    fn additive_share(
+        &self,
+        what: &str,
+        setup: [u8; 32],
+        active: &[u32],
+    ) -> anyhow::Result<he_agg::ckks::SecretKey> {
+        let ts = self
+            .threshold_secret
+            .as_ref()
+            .with_context(|| format!("{what} request before the threshold secret is formed"))?;
+        if Some(setup) != self.setup {
+            bail!("asked to {what} under another setup's key than the one this keyholder holds");
+        }
+        let t = self.threshold as usize;
+        if active.len() != t || !active.contains(&self.me) {
+            bail!(
+                "asked to {what} as one of {active:?}, which is not {t} hospitals including this one"
+            );
+        }
+        Ok(ts.additive_share(&self.ctx, active)?)
+    }
+
     /// What the key is for, in logs.
     fn key_name(&self) -> &'static str {
         match &self.held {
@@ -522,26 +546,13 @@ impl Keyholder {
         req: &ResultSwitchRequest,
         items: &[Vec<u8>],
     ) -> anyhow::Result<Reply> {
-        let ts = self
-            .threshold_secret
-            .as_ref()
-            .context("switch request before the threshold secret is formed")?;
-        if Some(req.setup) != self.setup {
-            bail!("asked to switch under another setup's key than the one this keyholder holds");
-        }
+        let sk = self.additive_share("switch", req.setup, &req.active)?;
         let t = self.threshold as usize;
-        if req.active.len() != t || !req.active.contains(&self.me) {
-            bail!(
-                "asked to switch as one of {:?}, which is not {t} hospitals including this one",
-                req.active
-            );
-        }
         if items.len() != 1 + req.count as usize {
             bail!("{} items for {} results", items.len(), req.count);
         }
         let target =
             wire::decode_public_key(&self.ctx, &items[0]).context("the requester's public key")?;
-        let sk = ts.additive_share(&self.ctx, &req.active)?;
         let (pcks, out_level) = match &self.held {
             Held::Served { plan, result_noise } => {
                 let (flooding, _) = served_flooding(
@@ -602,23 +613,11 @@ impl Keyholder {
         req: &HeadRefreshRequest,
         items: &[Vec<u8>],
     ) -> anyhow::Result<Reply> {
+        let sk = self.additive_share("refresh", req.setup, &req.active)?;
+        let t = self.threshold as usize;
         let Held::Head { plan, refreshes } = &mut self.held else {
             bail!("asked to refresh while holding a served model's key");
         };
-        let ts = self
-            .threshold_secret
-            .as_ref()
-            .context("refresh request before the threshold secret is formed")?;
-        if Some(req.setup) != self.setup {
-            bail!("asked to refresh under another setup's key than the one this keyholder holds");
-        }
-        let t = self.threshold as usize;
-        if req.active.len() != t || !req.active.contains(&self.me) {
-            bail!(
-                "asked to refresh as one of {:?}, which is not {t} hospitals including this one",
-                req.active
-            );
-        }
         let (short, long) = (plan.state_len(false), plan.state_len(true));
         if (req.count as usize != short && req.count as usize != long)
             || items.len() != req.count as usize
@@ -633,7 +632,6 @@ impl Keyholder {
             bail!("step {} of {}", req.step, req.steps);
         }
         let refresh = plan.refresh(&self.federation.0, self.hospitals as usize, t)?;
-        let sk = ts.additive_share(&self.ctx, &req.active)?;
         let (level, scale) = (plan.scales().refresh_level, plan.scales().weight);
         let mut shares = Vec::with_capacity(items.len());
         for (i, bytes) in items.iter().enumerate() {

@@ -4,13 +4,14 @@
 //! which report the trained head's test ACC and AUC beside the same steps in plaintext; writes
 //! `head_training.json` with each keyholder's count of logged refreshes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 use super::children::{Children, Interrupted};
+use super::serving::{node_dir, spawn_keyholders};
 use super::{free_udp_port, log_file};
 use crate::provision::Provisioned;
 
@@ -46,24 +47,15 @@ pub fn run(s: &HeadTraining) -> anyhow::Result<serde_json::Value> {
             )
             .context("cannot start the head-training coordinator")?,
     ];
-    let node_out =
-        |index: usize| -> PathBuf { s.out.join("hospitals").join(format!("hospital-{index}")) };
-    for (i, dir) in s.provisioned.hospital_dirs.iter().enumerate() {
-        let index = i + 1;
-        servers.push(
-            procs
-                .spawn(
-                    Command::new(s.client_bin)
-                        .args(["hold-keys", "--head", "--server", &addr, "--site"])
-                        .arg(dir.join("site.toml"))
-                        .arg("--out")
-                        .arg(node_out(index))
-                        .stdout(Stdio::null())
-                        .stderr(log_file(s.out, &format!("head-keyholder-{index}.log"))?),
-                )
-                .with_context(|| format!("cannot start keyholder {index}"))?,
-        );
-    }
+    servers.extend(spawn_keyholders(
+        &mut procs,
+        s.client_bin,
+        s.provisioned,
+        s.out,
+        &addr,
+        &["--head"],
+        "head-keyholder",
+    )?);
     let report = s.out.join("logs").join("contribution.json");
     let site = s.provisioned.hospital_dirs[0].join("site.toml");
     // key setup takes a while: contribute until the job is offered
@@ -90,7 +82,7 @@ pub fn run(s: &HeadTraining) -> anyhow::Result<serde_json::Value> {
                     .arg("--site")
                     .arg(&site)
                     .arg("--out")
-                    .arg(node_out(1))
+                    .arg(node_dir(s.out, 1))
                     .arg("--json")
                     .arg(&report)
                     .stdout(Stdio::null())

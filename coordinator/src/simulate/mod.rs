@@ -283,14 +283,16 @@ pub fn run(config_path: Option<&Path>, out: Option<PathBuf>, opts: &Options) -> 
     let coord = CoordinatorDir::new(p.coordinator_dir.clone());
     report::write(&cfg, &coord, &out, wall_s)?;
     println!("done in {wall_s:.1} s — results in {}", out.display());
-    if serve_inference > 0 {
-        let dataset = cfg
+    let dataset = || -> anyhow::Result<String> {
+        Ok(cfg
             .site_sections
             .get("dataset")
             .and_then(|d| d.get("name"))
             .and_then(|n| n.as_str())
             .context("[dataset] name")?
-            .to_string();
+            .to_string())
+    };
+    if serve_inference > 0 {
         println!(
             "serving the final model under a collective key (mode a): key setup, encrypted \
              model, {serve_inference} encrypted test images…"
@@ -301,7 +303,7 @@ pub fn run(config_path: Option<&Path>, out: Option<PathBuf>, opts: &Options) -> 
             out: &out,
             coordinator_bin: &coordinator_bin,
             client_bin: &client_bin,
-            dataset,
+            dataset: dataset()?,
             images: serve_inference,
             threshold: cfg.threshold(),
             deadline: Instant::now() + Duration::from_secs(cfg.simulate.timeout_s),
@@ -309,13 +311,6 @@ pub fn run(config_path: Option<&Path>, out: Option<PathBuf>, opts: &Options) -> 
         .with_context(|| format!("mode (a) serving; logs: {}", out.join("logs").display()))?;
     }
     if train_head > 0 {
-        let dataset = cfg
-            .site_sections
-            .get("dataset")
-            .and_then(|d| d.get("name"))
-            .and_then(|n| n.as_str())
-            .context("[dataset] name")?
-            .to_string();
         println!(
             "training the final model's head on {train_head} encrypted examples of hospital 1: \
              key setup, upload, {head_epochs} epochs refreshed by {} keyholders…",
@@ -327,7 +322,7 @@ pub fn run(config_path: Option<&Path>, out: Option<PathBuf>, opts: &Options) -> 
             out: &out,
             coordinator_bin: &coordinator_bin,
             client_bin: &client_bin,
-            dataset,
+            dataset: dataset()?,
             examples: train_head,
             epochs: head_epochs,
             deadline: Instant::now() + Duration::from_secs(cfg.simulate.timeout_s.max(3600)),

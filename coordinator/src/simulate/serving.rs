@@ -57,6 +57,44 @@ fn logits(v: &Value) -> Vec<Vec<f64>> {
         .unwrap_or_default()
 }
 
+/// A hospital node's output directory in a simulation.
+pub(super) fn node_dir(out: &Path, index: usize) -> PathBuf {
+    out.join("hospitals").join(format!("hospital-{index}"))
+}
+
+/// One `client hold-keys [extra…]` per hospital against `addr`, logging to
+/// `logs/<log>-<i>.log`; their indices in `procs`.
+pub(super) fn spawn_keyholders(
+    procs: &mut Children,
+    client_bin: &Path,
+    provisioned: &Provisioned,
+    out: &Path,
+    addr: &str,
+    extra: &[&str],
+    log: &str,
+) -> anyhow::Result<Vec<usize>> {
+    let mut started = Vec::new();
+    for (i, dir) in provisioned.hospital_dirs.iter().enumerate() {
+        let index = i + 1;
+        started.push(
+            procs
+                .spawn(
+                    Command::new(client_bin)
+                        .arg("hold-keys")
+                        .args(extra)
+                        .args(["--server", addr, "--site"])
+                        .arg(dir.join("site.toml"))
+                        .arg("--out")
+                        .arg(node_dir(out, index))
+                        .stdout(Stdio::null())
+                        .stderr(log_file(out, &format!("{log}-{index}.log"))?),
+                )
+                .with_context(|| format!("cannot start keyholder {index}"))?,
+        );
+    }
+    Ok(started)
+}
+
 /// Runs mode (a) and writes `inference_mode_a.json`; returns its content.
 pub fn run(s: &Serving) -> anyhow::Result<Value> {
     let port = free_udp_port()?;
@@ -80,24 +118,16 @@ pub fn run(s: &Serving) -> anyhow::Result<Value> {
             )
             .context("cannot start the serving coordinator")?,
     ];
-    let node_out =
-        |index: usize| -> PathBuf { s.out.join("hospitals").join(format!("hospital-{index}")) };
-    for (i, dir) in s.provisioned.hospital_dirs.iter().enumerate() {
-        let index = i + 1;
-        serving.push(
-            procs
-                .spawn(
-                    Command::new(s.client_bin)
-                        .args(["hold-keys", "--server", &addr, "--site"])
-                        .arg(dir.join("site.toml"))
-                        .arg("--out")
-                        .arg(node_out(index))
-                        .stdout(Stdio::null())
-                        .stderr(log_file(s.out, &format!("keyholder-{index}.log"))?),
-                )
-                .with_context(|| format!("cannot start keyholder {index}"))?,
-        );
-    }
+    let node_out = |index: usize| node_dir(s.out, index);
+    serving.extend(spawn_keyholders(
+        &mut procs,
+        s.client_bin,
+        s.provisioned,
+        s.out,
+        &addr,
+        &[],
+        "keyholder",
+    )?);
     let images: Vec<String> = (0..s.images)
         .map(|i| format!("{}:test:{i}", s.dataset))
         .collect();

@@ -743,11 +743,7 @@ impl CollectiveServer {
                         "an encrypted model of {count} ciphertexts; the plan has {want}"
                     ));
                 }
-                let mut items = Vec::with_capacity(want);
-                for _ in 0..want {
-                    items.push(next(&mut incoming).await?);
-                }
-                end(&mut incoming).await?;
+                let items = read_all(&mut incoming, want).await?;
                 {
                     let mut st = self.lock();
                     st.engine.accepts_model()?;
@@ -777,11 +773,7 @@ impl CollectiveServer {
                 if h.count as usize != want {
                     return Err(format!("{} refresh shares for {want} ciphertexts", h.count));
                 }
-                let mut items = Vec::with_capacity(want);
-                for _ in 0..want {
-                    items.push(next(&mut incoming).await?);
-                }
-                end(&mut incoming).await?;
+                let items = read_all(&mut incoming, want).await?;
                 let folded = {
                     let mut st = self.lock();
                     st.engine.accepts_shares(hospital, h.request, h.attempt)?;
@@ -810,11 +802,7 @@ impl CollectiveServer {
                 if h.count as usize != want {
                     return Err(format!("{} switching shares for {want} results", h.count));
                 }
-                let mut items = Vec::with_capacity(want);
-                for _ in 0..want {
-                    items.push(next(&mut incoming).await?);
-                }
-                end(&mut incoming).await?;
+                let items = read_all(&mut incoming, want).await?;
                 let folded = {
                     let mut st = self.lock();
                     // the attempt may have changed while the shares travelled
@@ -890,11 +878,7 @@ impl CollectiveServer {
             "inference-request",
             &format!("request {} of {} images", header.request_id, header.images),
         );
-        let mut items = Vec::with_capacity(header.items() as usize);
-        for _ in 0..header.items() {
-            items.push(next(&mut incoming).await?);
-        }
-        end(&mut incoming).await?;
+        let mut items = read_all(&mut incoming, header.items() as usize).await?;
         let t0 = Instant::now();
         let request_id = header.request_id;
         let (switch, validate, evaluated) = tokio::task::spawn_blocking(move || {
@@ -1004,11 +988,7 @@ impl CollectiveServer {
             "head-contribution",
             &format!("{} examples in {} chunks", header.examples, header.chunks),
         );
-        let mut items = Vec::with_capacity(header.items() as usize);
-        for _ in 0..header.items() {
-            items.push(next(incoming).await?);
-        }
-        end(incoming).await?;
+        let mut items = read_all(incoming, header.items() as usize).await?;
         let (keys, training) = {
             let st = self.lock();
             let keys = st
@@ -1099,6 +1079,16 @@ async fn next(incoming: &mut Incoming) -> Result<Vec<u8>, String> {
         Ok(None) => Err("the stream ended before its announced items".into()),
         Err(e) => Err(format!("reading the stream: {e}")),
     }
+}
+
+/// Exactly `count` items, then the stream's end.
+async fn read_all(incoming: &mut Incoming, count: usize) -> Result<Vec<Vec<u8>>, String> {
+    let mut items = Vec::with_capacity(count);
+    for _ in 0..count {
+        items.push(next(incoming).await?);
+    }
+    end(incoming).await?;
+    Ok(items)
 }
 
 async fn end(incoming: &mut Incoming) -> Result<(), String> {
