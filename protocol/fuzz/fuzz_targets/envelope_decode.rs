@@ -1,5 +1,5 @@
 //! Every decoder of the protocol's untrusted bytes: envelopes and their bodies (the signed
-//! transcripts a coordinator relays among them), frames, and the signed statements with their
+//! transcripts a coordinator relays among them), head-training jobs, frames, and the signed statements with their
 //! certificates and signatures checked against a consortium CA. Each must return a value or an
 //! error, never panic, hang or allocate without bound.
 //!
@@ -70,4 +70,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = postcard::from_bytes::<PartyKeys>(data);
     let _ = postcard::from_bytes::<SealedShare>(data);
     let _ = postcard::from_bytes::<Contribution>(data);
+    // a head-training job as a keyholder's round-1 header or a coordinator's answer carries it
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = protocol::serve::head::HeadJob::parse(text);
+    }
 });

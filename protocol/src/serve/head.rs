@@ -90,3 +90,45 @@ pub struct HeadRefreshRequest {
     pub active: Vec<u32>,
     pub count: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_job_round_trips_and_a_network_is_not_a_job() {
+        let job = HeadJob {
+            features: 128,
+            classes: 11,
+            training: Some(HeadTraining {
+                epochs: 10,
+                batch_chunks: 8,
+                lr: 1.0,
+                momentum: 0.9,
+            }),
+        };
+        assert_eq!(HeadJob::parse(&job.to_architecture()), Some(job));
+        let shape = HeadJob {
+            features: 3,
+            classes: 2,
+            training: None,
+        };
+        assert_eq!(
+            HeadJob::parse(r#"{"head":{"features":3,"classes":2}}"#),
+            Some(shape)
+        );
+        assert_eq!(HeadJob::parse(r#"{"input":[1,28,28],"layers":[]}"#), None);
+        assert_eq!(
+            HeadJob::parse(r#"{"head":{"features":-1,"classes":2}}"#),
+            None
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_parses_to_a_job_or_none(text in ".{0,200}") {
+            let _ = HeadJob::parse(&text);
+        }
+    }
+}
