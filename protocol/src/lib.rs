@@ -8,7 +8,8 @@
 //! - [`link`]: QUIC endpoints (quinn) and a connection that sends and receives framed messages,
 //!   each on its own stream, large payloads item by item;
 //! - [`serve`]: the headers of encrypted serving, `serve::released` (mode b: the model released
-//!   to the server) and `serve::collective` (mode a: the model served under a collective key);
+//!   to the server), `serve::collective` (mode a: the model served under a collective key) and
+//!   `serve::head` (a head trained on a site's encrypted features, refreshed by keyholders);
 //! - [`transcript`]: statements each hospital signs with its certificate key, and their checks;
 //! - [`durable_file`]: files written whole or not at all (temp, mode, fsync, rename, dir fsync);
 //! - [`plain`]: the item format of a plaintext (comparison) federation;
