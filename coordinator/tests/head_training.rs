@@ -180,12 +180,21 @@ fn a_head_trained_on_encrypted_features_equals_plaintext_training_and_survives_a
     }
     let audit = std::fs::read_to_string(root.join("head-coordinator.log")).unwrap();
     assert_eq!(audit.matches("\"head-refresh\"").count(), STEPS, "{audit}");
-    for event in ["head-contribution", "head-delivered"] {
+    for event in [
+        "head-keys",
+        "head-ready",
+        "head-contribution",
+        "head-delivered",
+    ] {
         assert!(
             audit.contains(event),
             "the coordinator did not audit {event}"
         );
     }
+    assert!(
+        !audit.contains("\"encrypted-model\""),
+        "a head run audited a model upload"
+    );
     // the keyholders' head-training secrets are written for their owner only
     #[cfg(unix)]
     {

@@ -12,6 +12,8 @@ pub struct ServingConfig {
     pub request_timeout: Duration,
     /// Requests being evaluated or switched at once (more are refused: memory is bounded).
     pub max_in_flight: usize,
+    /// The keys are for head training (`coordinator train-head`): the audit names its steps so.
+    pub head: bool,
 }
 
 /// Where setup is.
@@ -300,7 +302,11 @@ impl ServingEngine {
                     out.push(ServingAction::MakeKeys);
                     out.push(ServingAction::Audit {
                         hospital: None,
-                        event: "inference-keys",
+                        event: if self.cfg.head {
+                            "head-keys"
+                        } else {
+                            "inference-keys"
+                        },
                         detail: format!(
                             "evaluation keys made from the shares of {} hospitals",
                             self.cfg.hospitals
@@ -317,11 +323,14 @@ impl ServingEngine {
             ServingEvent::ModelStored { from } => {
                 if self.step == SetupStep::Model {
                     self.model = true;
-                    out.push(ServingAction::Audit {
-                        hospital: Some(from),
-                        event: "encrypted-model",
-                        detail: "stored under the collective inference key".into(),
-                    });
+                    // head training uploads no model: each run encrypts its zero head
+                    if !self.cfg.head {
+                        out.push(ServingAction::Audit {
+                            hospital: Some(from),
+                            event: "encrypted-model",
+                            detail: "stored under the collective inference key".into(),
+                        });
+                    }
                     self.maybe_serve(&mut out);
                 }
             }
@@ -419,11 +428,16 @@ impl ServingEngine {
         if self.step == SetupStep::Model && self.model && self.formed == self.all() {
             self.step = SetupStep::Serving;
             out.push(ServingAction::Persist);
+            let (event, what) = if self.cfg.head {
+                ("head-ready", "contributions are trained on; each refresh")
+            } else {
+                ("serving", "the encrypted model is served; results")
+            };
             out.push(ServingAction::Audit {
                 hospital: None,
-                event: "serving",
+                event,
                 detail: format!(
-                    "the encrypted model is served; results need {} of {} hospitals",
+                    "{what} need {} of {} hospitals",
                     self.cfg.threshold, self.cfg.hospitals
                 ),
             });

@@ -1175,6 +1175,7 @@ fn serve(
             threshold: cfg.threshold(),
             request_timeout: Duration::from_secs(120),
             max_in_flight: 8,
+            head: head.is_some(),
         },
         max_images,
         item_timeout: Duration::from_secs(120),

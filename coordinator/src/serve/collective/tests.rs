@@ -10,6 +10,7 @@ fn engine(n: u32, t: u32) -> ServingEngine {
         threshold: t,
         request_timeout: Duration::from_secs(30),
         max_in_flight: 2,
+        head: false,
     })
 }
 
