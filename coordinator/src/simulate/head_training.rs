@@ -4,25 +4,18 @@
 //! which report the trained head's test ACC and AUC beside the same steps in plaintext; writes
 //! `head_training.json` with each keyholder's count of logged refreshes.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::children::{Children, Interrupted};
-use super::serving::{node_dir, spawn_keyholders};
+use super::children::Children;
+use super::serving::{Finished, node_dir, spawn_keyholders};
 use super::{free_udp_port, log_file};
-use crate::provision::Provisioned;
 
 /// What the run needs to know.
 pub struct HeadTraining<'a> {
-    pub stop: &'a Interrupted,
-    pub provisioned: &'a Provisioned,
-    pub out: &'a Path,
-    pub coordinator_bin: &'a Path,
-    pub client_bin: &'a Path,
-    pub dataset: String,
+    pub fed: &'a Finished<'a>,
     pub examples: usize,
     /// Passes over the contribution.
     pub epochs: u32,
@@ -37,27 +30,27 @@ pub fn run(s: &HeadTraining) -> anyhow::Result<serde_json::Value> {
     let mut servers = vec![
         procs
             .spawn(
-                Command::new(s.coordinator_bin)
+                Command::new(s.fed.coordinator_bin)
                     .args(["train-head", "--listen", &addr, "--epochs"])
                     .arg(s.epochs.to_string())
                     .arg("--dir")
-                    .arg(&s.provisioned.coordinator_dir)
+                    .arg(&s.fed.provisioned.coordinator_dir)
                     .stdout(Stdio::null())
-                    .stderr(log_file(s.out, "head-coordinator.log")?),
+                    .stderr(log_file(s.fed.out, "head-coordinator.log")?),
             )
             .context("cannot start the head-training coordinator")?,
     ];
     servers.extend(spawn_keyholders(
         &mut procs,
-        s.client_bin,
-        s.provisioned,
-        s.out,
+        s.fed.client_bin,
+        s.fed.provisioned,
+        s.fed.out,
         &addr,
         &["--head"],
         "head-keyholder",
     )?);
-    let report = s.out.join("logs").join("contribution.json");
-    let site = s.provisioned.hospital_dirs[0].join("site.toml");
+    let report = s.fed.out.join("logs").join("contribution.json");
+    let site = s.fed.provisioned.hospital_dirs[0].join("site.toml");
     // key setup takes a while: contribute until the job is offered
     let mut attempts = 0;
     loop {
@@ -69,25 +62,25 @@ pub fn run(s: &HeadTraining) -> anyhow::Result<serde_json::Value> {
         attempts += 1;
         let status = procs
             .run(
-                Command::new(s.client_bin)
+                Command::new(s.fed.client_bin)
                     .args([
                         "contribute-encrypted",
                         "--server",
                         &addr,
                         "--data",
-                        &s.dataset,
+                        &s.fed.dataset,
                     ])
                     .arg("--limit")
                     .arg(s.examples.to_string())
                     .arg("--site")
                     .arg(&site)
                     .arg("--out")
-                    .arg(node_dir(s.out, 1))
+                    .arg(node_dir(s.fed.out, 1))
                     .arg("--json")
                     .arg(&report)
                     .stdout(Stdio::null())
-                    .stderr(log_file(s.out, &format!("contributor-{attempts}.log"))?),
-                s.stop,
+                    .stderr(log_file(s.fed.out, &format!("contributor-{attempts}.log"))?),
+                s.fed.stop,
                 s.deadline,
             )
             .context("the contributor")?;
@@ -104,11 +97,16 @@ pub fn run(s: &HeadTraining) -> anyhow::Result<serde_json::Value> {
         .with_context(|| format!("cannot read {}", report.display()))?;
     let mut summary: serde_json::Value = serde_json::from_str(&text)?;
     // every refresh is logged by the keyholders that made it
-    let logged: Vec<usize> = (1..=s.provisioned.hospital_dirs.len())
+    let logged: Vec<usize> = (1..=s.fed.provisioned.hospital_dirs.len())
         .map(|i| {
-            std::fs::read_to_string(s.out.join("logs").join(format!("head-keyholder-{i}.log")))
-                .map(|t| t.matches("refreshing the head's state").count())
-                .unwrap_or(0)
+            std::fs::read_to_string(
+                s.fed
+                    .out
+                    .join("logs")
+                    .join(format!("head-keyholder-{i}.log")),
+            )
+            .map(|t| t.matches("refreshing the head's state").count())
+            .unwrap_or(0)
         })
         .collect();
     summary["refreshes_logged_per_keyholder"] = serde_json::json!(logged);
@@ -117,7 +115,7 @@ pub fn run(s: &HeadTraining) -> anyhow::Result<serde_json::Value> {
         o.remove("head");
     }
     std::fs::write(
-        s.out.join("head_training.json"),
+        s.fed.out.join("head_training.json"),
         serde_json::to_string_pretty(&summary)?,
     )?;
     println!(

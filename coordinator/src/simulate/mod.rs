@@ -283,14 +283,21 @@ pub fn run(config_path: Option<&Path>, out: Option<PathBuf>, opts: &Options) -> 
     let coord = CoordinatorDir::new(p.coordinator_dir.clone());
     report::write(&cfg, &coord, &out, wall_s)?;
     println!("done in {wall_s:.1} s — results in {}", out.display());
-    let dataset = || -> anyhow::Result<String> {
-        Ok(cfg
-            .site_sections
-            .get("dataset")
-            .and_then(|d| d.get("name"))
-            .and_then(|n| n.as_str())
-            .context("[dataset] name")?
-            .to_string())
+    let finished = || -> anyhow::Result<serving::Finished<'_>> {
+        Ok(serving::Finished {
+            stop: &stop,
+            provisioned: &p,
+            out: &out,
+            coordinator_bin: &coordinator_bin,
+            client_bin: &client_bin,
+            dataset: cfg
+                .site_sections
+                .get("dataset")
+                .and_then(|d| d.get("name"))
+                .and_then(|n| n.as_str())
+                .context("[dataset] name")?
+                .to_string(),
+        })
     };
     if serve_inference > 0 {
         println!(
@@ -298,12 +305,7 @@ pub fn run(config_path: Option<&Path>, out: Option<PathBuf>, opts: &Options) -> 
              model, {serve_inference} encrypted test images…"
         );
         serving::run(&serving::Serving {
-            stop: &stop,
-            provisioned: &p,
-            out: &out,
-            coordinator_bin: &coordinator_bin,
-            client_bin: &client_bin,
-            dataset: dataset()?,
+            fed: &finished()?,
             images: serve_inference,
             threshold: cfg.threshold(),
             deadline: Instant::now() + Duration::from_secs(cfg.simulate.timeout_s),
@@ -317,12 +319,7 @@ pub fn run(config_path: Option<&Path>, out: Option<PathBuf>, opts: &Options) -> 
             cfg.threshold()
         );
         head_training::run(&head_training::HeadTraining {
-            stop: &stop,
-            provisioned: &p,
-            out: &out,
-            coordinator_bin: &coordinator_bin,
-            client_bin: &client_bin,
-            dataset: dataset()?,
+            fed: &finished()?,
             examples: train_head,
             epochs: head_epochs,
             deadline: Instant::now() + Duration::from_secs(cfg.simulate.timeout_s.max(3600)),

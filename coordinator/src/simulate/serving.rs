@@ -15,14 +15,20 @@ use super::children::{Children, Interrupted};
 use super::{free_udp_port, log_file};
 use crate::provision::Provisioned;
 
-/// What the run needs to know.
-pub struct Serving<'a> {
+/// A simulated federation after its rounds: what mode (a) serving and head training start from.
+pub struct Finished<'a> {
     pub stop: &'a Interrupted,
     pub provisioned: &'a Provisioned,
     pub out: &'a Path,
     pub coordinator_bin: &'a Path,
     pub client_bin: &'a Path,
+    /// The MedMNIST data set it trained on.
     pub dataset: String,
+}
+
+/// What the run needs to know.
+pub struct Serving<'a> {
+    pub fed: &'a Finished<'a>,
     pub images: usize,
     pub threshold: u32,
     pub deadline: Instant,
@@ -104,7 +110,7 @@ pub fn run(s: &Serving) -> anyhow::Result<Value> {
     let mut serving = vec![
         procs
             .spawn(
-                Command::new(s.coordinator_bin)
+                Command::new(s.fed.coordinator_bin)
                     .args([
                         "serve-inference",
                         "--collective",
@@ -112,28 +118,28 @@ pub fn run(s: &Serving) -> anyhow::Result<Value> {
                         &addr,
                         "--dir",
                     ])
-                    .arg(&s.provisioned.coordinator_dir)
+                    .arg(&s.fed.provisioned.coordinator_dir)
                     .stdout(Stdio::null())
-                    .stderr(log_file(s.out, "serving-coordinator.log")?),
+                    .stderr(log_file(s.fed.out, "serving-coordinator.log")?),
             )
             .context("cannot start the serving coordinator")?,
     ];
-    let node_out = |index: usize| node_dir(s.out, index);
+    let node_out = |index: usize| node_dir(s.fed.out, index);
     serving.extend(spawn_keyholders(
         &mut procs,
-        s.client_bin,
-        s.provisioned,
-        s.out,
+        s.fed.client_bin,
+        s.fed.provisioned,
+        s.fed.out,
         &addr,
         &[],
         "keyholder",
     )?);
     let images: Vec<String> = (0..s.images)
-        .map(|i| format!("{}:test:{i}", s.dataset))
+        .map(|i| format!("{}:test:{i}", s.fed.dataset))
         .collect();
-    let remote_json = s.out.join("logs").join("infer-mode-a.json");
-    let local_json = s.out.join("logs").join("infer-local.json");
-    let site = s.provisioned.hospital_dirs[0].join("site.toml");
+    let remote_json = s.fed.out.join("logs").join("infer-mode-a.json");
+    let local_json = s.fed.out.join("logs").join("infer-local.json");
+    let site = s.fed.provisioned.hospital_dirs[0].join("site.toml");
     // setup (keys of every hospital, the encrypted model) takes a while: ask until served
     let mut attempts = 0;
     let remote = loop {
@@ -145,15 +151,15 @@ pub fn run(s: &Serving) -> anyhow::Result<Value> {
         attempts += 1;
         let status = procs
             .run(
-                Command::new(s.client_bin)
+                Command::new(s.fed.client_bin)
                     .args(["infer", "--server", &addr, "--timeout-s", "300", "--site"])
                     .arg(&site)
                     .arg("--json")
                     .arg(&remote_json)
                     .args(&images)
                     .stdout(Stdio::null())
-                    .stderr(log_file(s.out, "requester.log")?),
-                s.stop,
+                    .stderr(log_file(s.fed.out, "requester.log")?),
+                s.fed.stop,
                 s.deadline,
             )
             .context("the requester")?;
@@ -168,15 +174,15 @@ pub fn run(s: &Serving) -> anyhow::Result<Value> {
     let served_s = started.elapsed().as_secs_f64();
     let status = procs
         .run(
-            Command::new(s.client_bin)
+            Command::new(s.fed.client_bin)
                 .args(["infer", "--local", "--network"])
                 .arg(node_out(1).join("network.json"))
                 .arg("--json")
                 .arg(&local_json)
                 .args(&images)
                 .stdout(Stdio::null())
-                .stderr(log_file(s.out, "requester-local.log")?),
-            s.stop,
+                .stderr(log_file(s.fed.out, "requester-local.log")?),
+            s.fed.stop,
             s.deadline,
         )
         .context("the plaintext comparison")?;
@@ -206,9 +212,9 @@ pub fn run(s: &Serving) -> anyhow::Result<Value> {
         .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
         .fold(0.0f64, f64::max);
     // each switch is logged by the keyholders that made it
-    let switched: Vec<usize> = (1..=s.provisioned.hospital_dirs.len())
+    let switched: Vec<usize> = (1..=s.fed.provisioned.hospital_dirs.len())
         .map(|i| {
-            std::fs::read_to_string(s.out.join("logs").join(format!("keyholder-{i}.log")))
+            std::fs::read_to_string(s.fed.out.join("logs").join(format!("keyholder-{i}.log")))
                 .map(|t| t.matches("switching a served result").count())
                 .unwrap_or(0)
         })
@@ -224,7 +230,7 @@ pub fn run(s: &Serving) -> anyhow::Result<Value> {
         "bytes": remote["bytes"].clone(),
     });
     std::fs::write(
-        s.out.join("inference_mode_a.json"),
+        s.fed.out.join("inference_mode_a.json"),
         serde_json::to_string_pretty(&summary)?,
     )?;
     println!(

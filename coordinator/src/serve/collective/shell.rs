@@ -756,62 +756,49 @@ impl CollectiveServer {
                 self.event(ServingEvent::ModelStored { from: hospital })
                     .await;
             }
-            Body::ResultShares(h)
-                if matches!(
+            Body::ResultShares(h) => {
+                // a head's refresh shares, or a served result's switching shares
+                let refresh = matches!(
                     self.lock().head_requests.get(&h.request),
                     Some(HeadRequest::Refresh { .. })
-                ) =>
-            {
+                );
                 let want = {
                     let st = self.lock();
                     st.engine.accepts_shares(hospital, h.request, h.attempt)?;
-                    st.head
-                        .as_ref()
-                        .map(|r| r.pending().len())
-                        .ok_or("no head run")?
+                    if refresh {
+                        st.head
+                            .as_ref()
+                            .map(|r| r.pending().len())
+                            .ok_or("no head run")?
+                    } else {
+                        st.requests
+                            .get(&h.request)
+                            .map(|s| s.switch.results.len())
+                            .ok_or("unknown request")?
+                    }
                 };
                 if h.count as usize != want {
-                    return Err(format!("{} refresh shares for {want} ciphertexts", h.count));
-                }
-                let items = read_all(&mut incoming, want).await?;
-                let folded = {
-                    let mut st = self.lock();
-                    st.engine.accepts_shares(hospital, h.request, h.attempt)?;
-                    let run = st.head.as_mut().ok_or("no head run")?;
-                    tokio::task::block_in_place(|| run.fold(h.attempt, &items))
-                };
-                if let Err(e) = folded {
-                    return Err(self.shares_refused(hospital, &h, e).await);
-                }
-                self.event(ServingEvent::SharesFolded {
-                    request: h.request,
-                    attempt: h.attempt,
-                    hospital,
-                })
-                .await;
-            }
-            Body::ResultShares(h) => {
-                let want = {
-                    let st = self.lock();
-                    st.engine.accepts_shares(hospital, h.request, h.attempt)?;
-                    st.requests
-                        .get(&h.request)
-                        .map(|s| s.switch.results.len())
-                        .ok_or("unknown request")?
-                };
-                if h.count as usize != want {
-                    return Err(format!("{} switching shares for {want} results", h.count));
+                    return Err(if refresh {
+                        format!("{} refresh shares for {want} ciphertexts", h.count)
+                    } else {
+                        format!("{} switching shares for {want} results", h.count)
+                    });
                 }
                 let items = read_all(&mut incoming, want).await?;
                 let folded = {
                     let mut st = self.lock();
                     // the attempt may have changed while the shares travelled
                     st.engine.accepts_shares(hospital, h.request, h.attempt)?;
-                    let served = st.requests.get_mut(&h.request).ok_or("unknown request")?;
-                    served
-                        .switch
-                        .decode_shares(&items)
-                        .and_then(|shares| served.switch.fold(h.attempt, shares))
+                    if refresh {
+                        let run = st.head.as_mut().ok_or("no head run")?;
+                        tokio::task::block_in_place(|| run.fold(h.attempt, &items))
+                    } else {
+                        let served = st.requests.get_mut(&h.request).ok_or("unknown request")?;
+                        served
+                            .switch
+                            .decode_shares(&items)
+                            .and_then(|shares| served.switch.fold(h.attempt, shares))
+                    }
                 };
                 if let Err(e) = folded {
                     return Err(self.shares_refused(hospital, &h, e).await);
