@@ -8,6 +8,6 @@ pub mod infer;
 pub mod portal;
 
 pub use training::{
-    TrainError, baseline, data, dp_sgd, error, export, membership, metrics, model, params,
+    TrainError, baseline, data, dp_sgd, error, export, front, membership, metrics, model, params,
     strategy, train,
 };

@@ -56,13 +56,13 @@ fn hospital_level_noise_sums_and_the_run_stops_at_the_budget() {
 }
 
 #[test]
-fn dp_sgd_trains_and_keeps_its_training_loss_at_home() {
-    let model = "[model]\nactivation = \"square\"\n[[model.layers]]\ntype = \"conv\"\n\
-                 channels = 4\nkernel = 5\nstride = 2\n[[model.layers]]\ntype = \"act\"\n\
-                 [[model.layers]]\ntype = \"dense\"\n";
+fn dp_sgd_trains_on_a_scattering_front_and_keeps_its_training_loss_at_home() {
+    // the DP config's network: the scattering front (computed by each hospital) and one dense
+    // layer, with DP-SGD's own learning rate
+    let model = "[model.front]\ntype = \"scatter\"\n[[model.layers]]\ntype = \"dense\"\n";
     let (s, dir) = run(
         "dp-patient",
-        "mode = \"patient\"\ntarget_epsilon = 4.0\nbatch_size = 128\n",
+        "mode = \"patient\"\ntarget_epsilon = 4.0\nbatch_size = 128\nlr = 0.5\n",
         model,
     );
     assert_eq!(s.rounds, 3);
@@ -86,4 +86,14 @@ fn dp_sgd_trains_and_keeps_its_training_loss_at_home() {
     let doc =
         std::fs::read_to_string(dir.path().join("out/hospitals/hospital-1/mia.json")).unwrap();
     assert!(doc.contains("held-out training images"), "{doc}");
+    // the exported model carries its front: requesters compute it before encrypting
+    let net: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/hospitals/hospital-1/network.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(net["network"]["input"], serde_json::json!([81, 7, 7]));
+    assert_eq!(
+        net["network"]["front"]["image"],
+        serde_json::json!([1, 28, 28])
+    );
 }

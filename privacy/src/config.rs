@@ -58,6 +58,10 @@ pub struct PrivacyConfig {
     /// Patient mode: passes over the training images per round. Default: `[train]` epochs.
     #[serde(default)]
     pub epochs: Option<u64>,
+    /// Patient mode: the learning rate of DP-SGD's steps. Default: `[train]` lr. Its noisy
+    /// averages over large batches take larger steps than plain training's small batches.
+    #[serde(default)]
+    pub lr: Option<f64>,
     /// The rounds a target ε is spread over. Default: the federation's `rounds` (written into
     /// the site TOMLs by `coordinator provision`, so every hospital plans the same run).
     #[serde(default)]
@@ -88,6 +92,7 @@ impl Default for PrivacyConfig {
             rounds: None,
             batch_size: None,
             epochs: None,
+            lr: None,
         }
     }
 }
@@ -214,8 +219,15 @@ impl PrivacyConfig {
         if self.batch_size == Some(0) || self.epochs == Some(0) {
             return bad("batch_size and epochs must be at least 1".into());
         }
-        if self.mode == Mode::Hospital && (self.batch_size.is_some() || self.epochs.is_some()) {
-            return bad("batch_size and epochs are DP-SGD's (mode = \"patient\")".into());
+        if let Some(lr) = self.lr
+            && !(lr.is_finite() && lr > 0.0)
+        {
+            return bad(format!("lr = {lr} must be positive"));
+        }
+        if self.mode == Mode::Hospital
+            && (self.batch_size.is_some() || self.epochs.is_some() || self.lr.is_some())
+        {
+            return bad("batch_size, epochs and lr are DP-SGD's (mode = \"patient\")".into());
         }
         Ok(())
     }

@@ -293,7 +293,11 @@ pub fn run_baseline(
     let seed = cfg.train.seed;
     let train_set = random_subset(&data.train, cfg.baseline.max_train, seed);
     let test_set = random_subset(&data.test, cfg.baseline.max_test, seed.wrapping_add(1));
-    let norm = Normalizer::fit(&train_set)?;
+    // a front normalises each image itself (see `client::node`'s data)
+    let norm = match cfg.model.front {
+        Some(_) => Normalizer::identity(train_set.channels()),
+        None => Normalizer::fit(&train_set)?,
+    };
     let train_t = Tensors::new(&train_set, &norm)?;
     let test_t = Tensors::new(&test_set, &norm)?;
     let val_t = if cfg.baseline.use_val && !data.val.is_empty() {
@@ -303,6 +307,9 @@ pub fn run_baseline(
     };
     let names = &data.info.class_names;
     let spec = cfg.model.resolve(train_t.shape, data.info.num_classes)?;
+    let train_t = crate::front::apply(&spec, train_t)?;
+    let test_t = crate::front::apply(&spec, test_t)?;
+    let val_t = val_t.map(|v| crate::front::apply(&spec, v)).transpose()?;
     let device = select_device(&cfg.baseline.device)?;
     let net = Network::init(&spec, &device);
     let n_params = manifest(&spec).total;

@@ -24,7 +24,7 @@ pub fn export(
     preparation: &InputPreparation,
 ) -> Result<NetworkFile, TrainError> {
     let spec = &net.spec;
-    if normalizer.mean.len() != spec.input[0] || class_names.len() != spec.classes {
+    if normalizer.mean.len() != spec.image_input()[0] || class_names.len() != spec.classes {
         return Err(TrainError::invalid(
             "export",
             format!(
@@ -123,6 +123,10 @@ pub fn export(
     }
     let invalid = |e: he_agg::infer::NetworkError| TrainError::Model(format!("export: {e}"));
     let network = he_agg::infer::Network::new(spec.input, layers)
+        .and_then(|n| match spec.front {
+            Some(f) => n.with_front(f),
+            None => Ok(n),
+        })
         .and_then(|n| n.with_normalization(normalizer.mean.clone(), normalizer.std.clone()))
         .map_err(invalid)?;
     let mut file = NetworkFile::new(network, class_names.to_vec(), spec.multiplicative_depth())
@@ -155,9 +159,9 @@ pub fn read_network(path: &Path) -> Result<(NetworkFile, InputPreparation), Trai
     Ok((file, prep))
 }
 
-/// The image shape a network takes.
+/// The image shape a network takes (its front's image where it has one).
 pub fn input_shape(net: &he_agg::infer::Network) -> datasets::ImageShape {
-    let [channels, height, width] = net.input();
+    let [channels, height, width] = net.image_input();
     datasets::ImageShape {
         channels,
         height,
@@ -277,5 +281,62 @@ mod tests {
         assert_eq!(NetworkFile::read_json(&p).unwrap(), exp);
         assert_eq!(read_network(&p).unwrap().1, prep);
         assert_eq!(v["input_preparation"]["resize"], "crop");
+    }
+
+    #[test]
+    fn a_front_is_exported_and_applied_to_image_bytes() {
+        let cfg = ModelConfig {
+            front: Some(crate::model::FrontConfig::Scatter {
+                scales: 2,
+                angles: 8,
+                groups: 9,
+            }),
+            layers: vec![LayerConfig::Dense { units: None }],
+            ..ModelConfig::default()
+        };
+        let net = random_net(&cfg, [1, 28, 28], 3);
+        let names: Vec<String> = vec!["a".into(), "b".into(), "c".into()];
+        let exp = export(
+            &net,
+            &Normalizer::identity(1),
+            &names,
+            &InputPreparation::default(),
+        )
+        .unwrap();
+        assert_eq!(exp.network.input(), [81, 7, 7]);
+        assert_eq!(input_shape(&exp.network).height, 28);
+        // bytes → pixel/255 → front → dense, as a requester does it, equals burn on the features
+        let hwc: Vec<u8> = (0..784).map(|i| (i * 11 % 256) as u8).collect();
+        let pixels: Vec<f32> = hwc.iter().map(|&b| f32::from(b) / 255.0).collect();
+        let t = crate::data::Tensors::from_parts(pixels, vec![0], [1, 28, 28]).unwrap();
+        let features = crate::front::apply(&net.spec, t).unwrap().image(0);
+        let burn_out = net
+            .forward(Tensor::<4>::from_data(
+                TensorData::new(features, [1, 81, 7, 7]),
+                &Device::flex(),
+            ))
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let ours = exp
+            .network
+            .forward(&exp.network.normalize_hwc(&hwc).unwrap())
+            .unwrap();
+        for (a, b) in burn_out.iter().zip(&ours) {
+            assert!(
+                (a - b).abs() < 1e-4 * (1.0 + a.abs()),
+                "{burn_out:?} vs {ours:?}"
+            );
+        }
+        // a normaliser fitted to the layers' input instead of the image is refused
+        assert!(
+            export(
+                &net,
+                &Normalizer::identity(81),
+                &names,
+                &InputPreparation::default()
+            )
+            .is_err()
+        );
     }
 }

@@ -24,6 +24,7 @@ pub mod data;
 pub mod dp_sgd;
 pub mod error;
 pub mod export;
+pub mod front;
 pub mod membership;
 pub mod metrics;
 pub mod model;

@@ -12,11 +12,17 @@
 //! | `act`        | `kind` (default: `[model] activation`) | `square` x², `quadratic` a·x²+b·x (a, b trainable), `relu` (plaintext baselines only) | 1 (0 for relu, which CKKS cannot evaluate) |
 //! | `dropout`    | `rate`                                 | zeroes a share of values while training; nothing at inference | 0 |
 //!
+//! Before the layers, `[model.front]` may put a fixed feature map computed in the clear by
+//! whoever holds the image ([`FrontConfig`]: the scattering transform); the layers then start
+//! from its output.
+//!
 //! There is no max-pooling: CKKS cannot evaluate it. The default network
 //! ([`ModelConfig::default`]) is
 //! `conv(16, k=5, s=2) → batch-norm → square → dense(128) → batch-norm → square → dense(classes)`:
 //! multiplicative depth 5 (conv 1 + square 1 + dense 1 + square 1 + dense 1; batch-norm folded).
 //! `--activation relu` swaps every activation for ReLU to give the plaintext comparison.
+
+use he_agg::infer::scatter::ScatterFront;
 
 use crate::error::TrainError;
 
@@ -141,6 +147,38 @@ fn default_quadratic() -> [f32; 2] {
     [0.125, 0.5]
 }
 
+fn d_scales() -> usize {
+    2
+}
+fn d_angles() -> usize {
+    8
+}
+fn d_groups() -> usize {
+    9
+}
+
+/// A fixed feature map before the layers, computed in the clear by whoever holds the image
+/// (`[model.front]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum FrontConfig {
+    /// The scattering transform ([`he_agg::infer::scatter`]): 1 + J·L + L²·J(J−1)/2 maps per
+    /// channel, sampled every 2^J pixels, normalised per example in `groups` groups. No
+    /// parameters, no multiplicative depth; the data set's normalisation is then the identity
+    /// (pixel/255), so no statistics of a hospital's images are shared.
+    Scatter {
+        /// Scales J (default 2).
+        #[serde(default = "d_scales")]
+        scales: usize,
+        /// Orientations L (default 8).
+        #[serde(default = "d_angles")]
+        angles: usize,
+        /// Groups of consecutive maps normalised per example (default 9).
+        #[serde(default = "d_groups")]
+        groups: usize,
+    },
+}
+
 /// The `[model]` table.
 ///
 /// ```toml
@@ -179,6 +217,9 @@ pub struct ModelConfig {
     /// Seed of the weight initialisation (default 0).
     #[serde(default)]
     pub init_seed: u64,
+    /// A fixed front before the layers (default none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub front: Option<FrontConfig>,
     /// The layers, in order (default: see [`ModelConfig::default`]).
     #[serde(default = "default_layers")]
     pub layers: Vec<LayerConfig>,
@@ -223,6 +264,7 @@ impl Default for ModelConfig {
             activation: default_activation(),
             quadratic_init: default_quadratic(),
             init_seed: 0,
+            front: None,
             layers: default_layers(),
         }
     }
@@ -294,8 +336,11 @@ pub enum LayerKind {
 /// A fully resolved network: input shape, classes and every layer's shapes.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NetworkSpec {
-    /// `[channels, height, width]`.
+    /// `[channels, height, width]` of the layers' input: the image, or the front's output.
     pub input: [usize; 3],
+    /// The front that makes images into `input`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub front: Option<ScatterFront>,
     /// Number of classes (outputs).
     pub classes: usize,
     /// Initial `[a, b]` of quadratic activations.
@@ -330,6 +375,8 @@ impl ModelConfig {
         if self.layers.is_empty() {
             return Err(TrainError::Model("the network has no layers".into()));
         }
+        let front = self.front.map(|f| f.resolve(input)).transpose()?;
+        let input = front.map_or(input, |f| f.output());
         let mut shape: Vec<usize> = input.to_vec();
         let mut out = Vec::with_capacity(self.layers.len());
         let n = self.layers.len();
@@ -492,6 +539,7 @@ impl ModelConfig {
         }
         Ok(NetworkSpec {
             input,
+            front,
             classes,
             quadratic_init: self.quadratic_init,
             init_seed: self.init_seed,
@@ -500,7 +548,32 @@ impl ModelConfig {
     }
 }
 
+impl FrontConfig {
+    /// The front for images of shape `image`, checked.
+    pub fn resolve(self, image: [usize; 3]) -> Result<ScatterFront, TrainError> {
+        let FrontConfig::Scatter {
+            scales,
+            angles,
+            groups,
+        } = self;
+        let f = ScatterFront {
+            image,
+            scales,
+            angles,
+            groups,
+        };
+        f.check()
+            .map_err(|e| TrainError::Model(format!("[model.front]: {e}")))?;
+        Ok(f)
+    }
+}
+
 impl NetworkSpec {
+    /// The shape of the images the network reads.
+    pub fn image_input(&self) -> [usize; 3] {
+        self.front.map_or(self.input, |f| f.image)
+    }
+
     /// Multiplicative depth of encrypted inference with plaintext weights: one level per conv,
     /// dense and polynomial activation; batch-norm folds into the layer before it; an average
     /// pool costs nothing when the next conv/dense absorbs its 1/k² (it always can), else one.

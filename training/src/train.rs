@@ -493,6 +493,14 @@ pub fn train(
         brightness: cfg.brightness,
         contrast: cfg.contrast,
     };
+    if augment.is_active() && net.spec.front.is_some() {
+        // the data are the front's features by now, not images
+        return Err(TrainError::invalid(
+            "[train]",
+            "augmentation (shift, hflip, rotate, scale, brightness, contrast) moves pixels, and a \
+             network with [model.front] trains on the front's features: set them to 0",
+        ));
+    }
     // Dropout draws from the backend's generator.
     device.seed(cfg.seed);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);

@@ -147,9 +147,9 @@ impl Requester {
         Ok(self.network.normalize_hwc(hwc)?)
     }
 
-    /// The network's input shape `[c, h, w]`.
+    /// The shape `[c, h, w]` of the images the network reads.
     pub fn input(&self) -> [usize; 3] {
-        self.network.input()
+        self.network.image_input()
     }
 
     /// The key items of a request, in protocol order. Mode (b): the relinearization key (if the

@@ -58,7 +58,12 @@ pub fn load(cfg: &SiteConfig, base_dir: &Path) -> anyhow::Result<LocalData> {
         true => (train_set, None),
         false => (train_set.subset(&kept), Some(train_set.subset(&held))),
     };
-    let normalizer = Normalizer::fit(&train_set).context("normalisation statistics")?;
+    // With a front, pixel/255: the front normalises each image itself, and no statistics of
+    // this hospital's images go into the exported model.
+    let normalizer = match cfg.model.front {
+        Some(_) => Normalizer::identity(train_set.channels()),
+        None => Normalizer::fit(&train_set).context("normalisation statistics")?,
+    };
 
     let train = Tensors::new(&train_set, &normalizer)?;
     let val = val_set.map(|v| Tensors::new(&v, &normalizer)).transpose()?;
@@ -67,6 +72,11 @@ pub fn load(cfg: &SiteConfig, base_dir: &Path) -> anyhow::Result<LocalData> {
         .map(|h| Tensors::new(&h, &normalizer))
         .transpose()?;
     let spec = cfg.model.resolve(train.shape, data.info.num_classes)?;
+    let front = |t| client::front::apply(&spec, t).context("the model's front");
+    let train = front(train)?;
+    let val = val.map(front).transpose()?;
+    let test = front(test)?;
+    let holdout = holdout.map(front).transpose()?;
     let manifest = manifest(&spec);
     let mut trainable = vec![true; manifest.total];
     for e in &manifest.entries {

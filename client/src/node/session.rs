@@ -323,6 +323,9 @@ impl Node {
         // a different shuffle per round and hospital, reproducible from the config seed
         tcfg.seed = tcfg.seed.wrapping_add(round * 1000 + u64::from(self.index));
         let dp = self.privacy.as_ref().and_then(|p| p.dp_sgd());
+        if let (Some(_), Some(lr)) = (dp, self.cfg.privacy.lr) {
+            tcfg.lr = lr;
+        }
         // hospital-level privacy: the noise is drawn while the model trains, off the round's path
         let noise = self
             .privacy

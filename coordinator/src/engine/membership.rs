@@ -37,6 +37,7 @@ impl Engine {
                     .collect();
                 for (o, i) in others {
                     self.connected.remove(&o);
+                    self.refused.insert(o);
                     out.push(self.reject_size(o, i, items));
                 }
                 // the running round was not announced before the size was settled
@@ -64,6 +65,7 @@ impl Engine {
         }
         match self.items {
             Some(want) if want != items => {
+                self.refused.insert(h);
                 out.push(self.reject_size(h, items, want));
                 false
             }

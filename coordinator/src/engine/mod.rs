@@ -75,6 +75,8 @@ pub struct Engine {
     /// the round of the global model each connected hospital holds (from its hello, then from
     /// the deliveries made to it)
     held: BTreeMap<u32, u64>,
+    /// Hospitals refused at the door (another update size): no round waits for them.
+    refused: BTreeSet<u32>,
     /// when the running round's missing quorum was last audited
     quorum_audited: Option<Instant>,
 }
@@ -125,6 +127,7 @@ impl Engine {
             items: restored.items,
             announced: BTreeMap::new(),
             held: BTreeMap::new(),
+            refused: BTreeSet::new(),
             quorum_audited: None,
         }
     }
@@ -430,7 +433,17 @@ impl Engine {
         };
         let quorum = uploads.len() as u32 >= self.cfg.min_hospitals;
         let eligible: BTreeSet<u32> = self.eligible().into_iter().collect();
-        let everyone_in = !eligible.is_empty() && eligible.iter().all(|h| uploads.contains_key(h));
+        // Plaintext runs have no key setup, which gathers every hospital before the encrypted
+        // pipeline's first round: theirs waits for every hospital that may still come (until
+        // the deadline), so that both pipelines start with the same consortium.
+        let gathering = self.cfg.plaintext
+            && self.committed == 0
+            && self
+                .all()
+                .iter()
+                .any(|h| !self.held.contains_key(h) && !self.refused.contains(h));
+        let everyone_in =
+            !gathering && !eligible.is_empty() && eligible.iter().all(|h| uploads.contains_key(h));
         let late = now.saturating_duration_since(*started) >= self.cfg.round_timeout;
         if !(quorum && (everyone_in || late)) {
             // a stalled round is audited when it stalls and then once a minute, not every tick

@@ -454,6 +454,66 @@ fn plaintext_rounds_skip_setup_and_switching() {
 }
 
 #[test]
+fn a_plaintext_first_round_waits_for_every_hospital_until_the_deadline() {
+    // the encrypted pipeline's key setup gathers all hospitals before round 1; plaintext's
+    // round 1 does too, else a hospital slow to load its data misses the whole run
+    let now = Instant::now();
+    let mut c = cfg(3, 2, 2, 2);
+    c.plaintext = true;
+    let join = |e: &mut Engine, h: u32, at: Instant| {
+        e.handle(Event::Joined {
+            hospital: h,
+            last_round: 0,
+            items: ITEMS,
+            now: at,
+        })
+    };
+    let upload = |e: &mut Engine, h: u32, round: u64, at: Instant| {
+        e.handle(Event::UpdateFolded {
+            hospital: h,
+            round,
+            weight: 1,
+            now: at,
+        })
+    };
+    let mut e = Engine::new(c.clone(), Restored::default(), now);
+    join(&mut e, 1, now);
+    join(&mut e, 2, now);
+    upload(&mut e, 1, 1, now);
+    assert!(
+        kinds(&upload(&mut e, 2, 1, now)).is_empty(),
+        "hospital 3 may still come"
+    );
+    let later = now + Duration::from_secs(30);
+    assert!(kinds(&e.handle(Event::Tick { now: later })).is_empty());
+    assert_eq!(kinds(&join(&mut e, 3, later)), vec!["welcome", "announce"]);
+    assert_eq!(kinds(&upload(&mut e, 3, 1, later)), vec!["deliver"]);
+    // later rounds close when the connected hospitals have sent, as encrypted rounds do
+    e.handle(Event::Committed {
+        round: 1,
+        now: later,
+    });
+    e.handle(Event::Left {
+        hospital: 3,
+        now: later,
+    });
+    upload(&mut e, 1, 2, later);
+    assert_eq!(kinds(&upload(&mut e, 2, 2, later)), vec!["deliver"]);
+
+    // a hospital that never comes holds round 1 up to the deadline only
+    let mut e = Engine::new(c, Restored::default(), now);
+    join(&mut e, 1, now);
+    join(&mut e, 2, now);
+    upload(&mut e, 1, 1, now);
+    upload(&mut e, 2, 1, now);
+    let deadline = now + Duration::from_secs(60);
+    assert_eq!(
+        kinds(&e.handle(Event::Tick { now: deadline })),
+        vec!["deliver"]
+    );
+}
+
+#[test]
 fn a_switcher_that_leaves_after_sending_its_shares_is_not_replaced() {
     let now = Instant::now();
     let mut e = Engine::new(cfg(4, 2, 3, 3), Restored::default(), now);

@@ -11,6 +11,7 @@
 
 use super::error::NetworkError;
 use super::network::{Conv2d, Dense, Layer, Network, Normalization};
+use super::scatter::ScatterFront;
 
 /// Most layers an architecture read from outside may have.
 pub const MAX_LAYERS: usize = 64;
@@ -62,6 +63,12 @@ pub struct Architecture {
     pub input: [usize; 3],
     #[cfg_attr(feature = "serde", serde(default))]
     pub normalization: Option<Normalization>,
+    /// The scattering front the requester computes before encrypting.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub front: Option<ScatterFront>,
     pub layers: Vec<ArchLayer>,
 }
 
@@ -81,6 +88,7 @@ impl Network {
         Architecture {
             input: self.input(),
             normalization: self.normalization().cloned(),
+            front: self.front().copied(),
             layers: self
                 .layers()
                 .iter()
@@ -190,7 +198,10 @@ impl Architecture {
                 ArchLayer::Relu => Layer::Relu,
             })
             .collect();
-        let net = Network::new(self.input, layers)?;
+        let mut net = Network::new(self.input, layers)?;
+        if let Some(f) = self.front {
+            net = net.with_front(f)?;
+        }
         match &self.normalization {
             Some(n) => net.with_normalization(n.mean.clone(), n.std.clone()),
             None => Ok(net),
@@ -274,6 +285,7 @@ mod tests {
         let huge = Architecture {
             input: [1, 8, 8],
             normalization: None,
+            front: None,
             layers: vec![
                 ArchLayer::Flatten,
                 ArchLayer::Dense {
@@ -289,6 +301,7 @@ mod tests {
         let many = Architecture {
             input: [1, 2, 2],
             normalization: None,
+            front: None,
             layers: vec![ArchLayer::Square; MAX_LAYERS + 1],
         };
         assert!(matches!(
@@ -298,6 +311,7 @@ mod tests {
         let mismatched = Architecture {
             input: [1, 8, 8],
             normalization: None,
+            front: None,
             layers: vec![
                 ArchLayer::Flatten,
                 ArchLayer::Dense {

@@ -86,7 +86,7 @@ pub fn calibrate_result_noise(
     let dec = ctx.decryptor(&secret)?;
 
     let mut enc = ctx.pk_encryptor(&pk)?;
-    let pixels = net.input_len();
+    let pixels: usize = net.image_input().iter().product();
     let mut random = vec![0u8; pixels];
     for p in random.iter_mut() {
         *p = (prng.next_u64() & 0xff) as u8;

@@ -43,6 +43,8 @@ pub enum NetworkError {
     },
     #[error("normalisation standard deviation of channel {0} is not a positive finite number")]
     BadStd(usize),
+    #[error("scattering front: {what} cannot be {value}")]
+    Scatter { what: &'static str, value: usize },
     #[error("input has {found} values, the network takes {expected}")]
     InputLen { expected: usize, found: usize },
     #[error("layer {layer}: the layer is too large ({what} = {value})")]

@@ -15,7 +15,9 @@
 //! `bias [out]`), `avg-pool2d` (`kernel`, `stride`), `flatten`, `dense` (`in_features`,
 //! `out_features`, `weight [out, in]`, `bias [out]`), `square`, `quadratic` (`a`, `b`: a·x² + b·x)
 //! and `relu` (plaintext baselines only: encrypted plans refuse it). Batch-norm is folded into
-//! the conv or dense layer before it when exporting.
+//! the conv or dense layer before it when exporting. An optional `"front"`
+//! (`{ "image": [c, h, w], "scales", "angles", "groups" }`, [`super::scatter`]) is computed in
+//! the clear after the normalisation: `input` is then its output, and the images are `image`.
 
 use std::path::{Path, PathBuf};
 

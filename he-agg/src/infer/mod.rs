@@ -66,6 +66,7 @@ mod network;
 mod params;
 mod plan;
 mod reference;
+pub mod scatter;
 pub mod testing;
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 //! dense weights `[out, in]`, flatten in CHW order, batch-norm already folded.
 
 use super::error::NetworkError;
+use super::scatter::{Scatter, ScatterFront};
 
 /// Largest number of values one activation map or weight tensor may hold (bounds what a
 /// description read from outside can make us allocate).
@@ -116,6 +117,8 @@ pub struct Normalization {
 pub struct Network {
     input: [usize; 3],
     normalization: Option<Normalization>,
+    /// Features computed in the clear before encryption; `input` is then its output.
+    front: Option<Scatter>,
     layers: Vec<Layer>,
     /// output shape of each layer
     shapes: Vec<Shape>,
@@ -129,6 +132,8 @@ struct RawNetwork {
     input: [usize; 3],
     #[serde(default)]
     normalization: Option<Normalization>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    front: Option<ScatterFront>,
     layers: Vec<Layer>,
 }
 
@@ -136,7 +141,10 @@ struct RawNetwork {
 impl TryFrom<RawNetwork> for Network {
     type Error = NetworkError;
     fn try_from(raw: RawNetwork) -> Result<Self, NetworkError> {
-        let net = Network::new(raw.input, raw.layers)?;
+        let mut net = Network::new(raw.input, raw.layers)?;
+        if let Some(f) = raw.front {
+            net = net.with_front(f)?;
+        }
         match raw.normalization {
             Some(n) => net.with_normalization(n.mean, n.std),
             None => Ok(net),
@@ -150,6 +158,7 @@ impl From<Network> for RawNetwork {
         RawNetwork {
             input: n.input,
             normalization: n.normalization,
+            front: n.front.map(|f| *f.front()),
             layers: n.layers,
         }
     }
@@ -307,9 +316,44 @@ impl Network {
         Ok(Self {
             input,
             normalization: None,
+            front: None,
             layers,
             shapes,
         })
+    }
+
+    /// Puts a scattering front before the layers: images of `front.image` are made into the
+    /// layers' input by it. Its output must be the network's input; attach it before the
+    /// normalisation, which then has the image's channels.
+    pub fn with_front(mut self, front: ScatterFront) -> Result<Self, NetworkError> {
+        if front.output() != self.input {
+            return Err(NetworkError::ShapeMismatch {
+                layer: 0,
+                expected: format!("{:?} (the front's output)", front.output()),
+                found: format!("{:?}", self.input),
+            });
+        }
+        if let Some(n) = &self.normalization {
+            // it was checked against the layers' channels, not the image's
+            return Err(NetworkError::NormalizationLen {
+                channels: front.image[0],
+                mean: n.mean.len(),
+                std: n.std.len(),
+            });
+        }
+        self.front = Some(Scatter::new(front)?);
+        Ok(self)
+    }
+
+    /// The scattering front, if any.
+    pub fn front(&self) -> Option<&ScatterFront> {
+        self.front.as_ref().map(Scatter::front)
+    }
+
+    /// The shape `[c, h, w]` of the images the network reads: the front's image, else the
+    /// layers' input.
+    pub fn image_input(&self) -> [usize; 3] {
+        self.front().map_or(self.input, |f| f.image)
     }
 
     /// Attaches the input normalisation (one mean and one positive deviation per channel).
@@ -318,7 +362,7 @@ impl Network {
         mean: Vec<f32>,
         std: Vec<f32>,
     ) -> Result<Self, NetworkError> {
-        let channels = self.input[0];
+        let channels = self.image_input()[0];
         if mean.len() != channels || std.len() != channels {
             return Err(NetworkError::NormalizationLen {
                 channels,
@@ -334,7 +378,7 @@ impl Network {
         Ok(self)
     }
 
-    /// Input shape `[c, h, w]`.
+    /// Input shape `[c, h, w]` of the layers (what is encrypted).
     pub fn input(&self) -> [usize; 3] {
         self.input
     }
@@ -366,10 +410,10 @@ impl Network {
         }
     }
 
-    /// Normalised CHW input of an image given as HWC bytes (as `client` does it); without a
-    /// normalisation, pixel/255.
+    /// The layers' input for an image given as HWC bytes (as `client` does it): normalised CHW
+    /// values (pixel/255 without a normalisation), through the front if there is one.
     pub fn normalize_hwc(&self, hwc: &[u8]) -> Result<Vec<f32>, NetworkError> {
-        let [c, h, w] = self.input;
+        let [c, h, w] = self.image_input();
         if hwc.len() != c * h * w {
             return Err(NetworkError::InputLen {
                 expected: c * h * w,
@@ -386,7 +430,10 @@ impl Network {
                 };
             }
         }
-        Ok(out)
+        match &self.front {
+            Some(f) => f.apply(&out),
+            None => Ok(out),
+        }
     }
 }
 
@@ -552,5 +599,53 @@ mod tests {
         let err = serde_json::from_str::<Network>(&bad).unwrap_err();
         assert!(err.to_string().contains("layer 2"), "{err}");
         assert!(serde_json::from_str::<Network>(&text.replace("input", "inputs")).is_err());
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn a_scattering_front_makes_images_into_the_layers_input() {
+        let front = ScatterFront {
+            image: [1, 28, 28],
+            scales: 2,
+            angles: 8,
+            groups: 9,
+        };
+        let net = Network::new([81, 7, 7], vec![Layer::Flatten, dense(81 * 49, 3)])
+            .unwrap()
+            .with_front(front)
+            .unwrap()
+            .with_normalization(vec![0.0], vec![1.0])
+            .unwrap();
+        assert_eq!((net.input(), net.image_input()), ([81, 7, 7], [1, 28, 28]));
+        let hwc: Vec<u8> = (0..784).map(|i| (i * 7 % 256) as u8).collect();
+        let x = net.normalize_hwc(&hwc).unwrap();
+        let pixels: Vec<f32> = hwc.iter().map(|&b| f32::from(b) / 255.0).collect();
+        assert_eq!(x, Scatter::new(front).unwrap().apply(&pixels).unwrap());
+        assert!(net.forward(&x).is_ok());
+        // the front travels with the network and its architecture
+        let text = serde_json::to_string(&net).unwrap();
+        assert!(text.contains("\"front\":{\"image\":[1,28,28]"), "{text}");
+        assert_eq!(serde_json::from_str::<Network>(&text).unwrap(), net);
+        let skeleton = net.architecture().skeleton().unwrap();
+        assert_eq!(skeleton.front(), Some(&front));
+        // a front whose output is not the layers' input, or one put after the normalisation
+        let wrong = ScatterFront {
+            angles: 4,
+            groups: 1,
+            ..front
+        };
+        assert!(matches!(
+            Network::new([81, 7, 7], vec![Layer::Square])
+                .unwrap()
+                .with_front(wrong),
+            Err(NetworkError::ShapeMismatch { .. })
+        ));
+        let normalised_first = Network::new([81, 7, 7], vec![Layer::Square])
+            .unwrap()
+            .with_normalization(vec![0.0; 81], vec![1.0; 81])
+            .unwrap();
+        assert!(normalised_first.with_front(front).is_err());
+        // the layers' input alone is no longer an image this network reads
+        assert!(net.normalize_hwc(&vec![0; 81 * 49]).is_err());
     }
 }
