@@ -65,7 +65,7 @@ pub fn images(net: &Network, count: usize, seed: u64) -> Vec<Vec<f32>> {
     let mut rng = Rng(seed);
     (0..count)
         .map(|_| {
-            let px: Vec<u8> = (0..net.input_len())
+            let px: Vec<u8> = (0..net.image_input().iter().product::<usize>())
                 .map(|_| ((rng.next() + 1.0) * 127.5) as u8)
                 .collect();
             // normalize_hwc reads HWC; with random pixels the order does not matter
