@@ -28,13 +28,17 @@ pub fn apply(spec: &NetworkSpec, data: Tensors) -> Result<Tensors, TrainError> {
     let scatter =
         Scatter::new(front).map_err(|e| TrainError::Model(format!("[model.front]: {e}")))?;
     let per: usize = front.output().iter().product();
-    let features = (0..data.len())
-        .into_par_iter()
-        .map(|i| scatter.apply(&data.image(i)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TrainError::Model(format!("[model.front]: {e}")))?;
-    let mut x = Vec::with_capacity(per * data.len());
-    features.iter().for_each(|f| x.extend_from_slice(f));
+    // each image's features straight into its place: one copy of the split's features in memory
+    let mut x = vec![0f32; per * data.len()];
+    x.par_chunks_mut(per)
+        .enumerate()
+        .try_for_each(|(i, out)| {
+            out.copy_from_slice(&scatter.apply(&data.image(i))?);
+            Ok(())
+        })
+        .map_err(|e: he_agg::infer::NetworkError| {
+            TrainError::Model(format!("[model.front]: {e}"))
+        })?;
     tracing::info!(
         images = data.len(),
         features = per,
