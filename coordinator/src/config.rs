@@ -117,7 +117,8 @@ pub struct FederationConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulateSection {
-    /// Compute threads per hospital process (the machine's cores are shared by all of them).
+    /// Compute threads per hospital process, for training and encryption alike (the machine's
+    /// cores are shared by all of them).
     #[serde(default = "one")]
     pub threads_per_hospital: usize,
     /// Give up after this many seconds in all.

@@ -45,15 +45,18 @@ impl HeSetup {
         self.codec.decode(0, bytes).map_err(|e| e.to_string())
     }
 
-    /// A switching share at the plan's level.
-    pub fn decode_switch_share(&self, bytes: &[u8]) -> Result<PublicKeySwitchShare, String> {
+    /// A switching share at `level` (the round's [`AggregationPlan::result_level`]).
+    pub fn decode_switch_share(
+        &self,
+        bytes: &[u8],
+        level: usize,
+    ) -> Result<PublicKeySwitchShare, String> {
         let s =
             shares::decode_public_key_switch_share(&self.ctx, bytes).map_err(|e| e.to_string())?;
-        if s.level() != self.plan.level {
+        if s.level() != level {
             return Err(format!(
-                "switching share at level {}, expected {}",
-                s.level(),
-                self.plan.level
+                "switching share at level {}, expected {level}",
+                s.level()
             ));
         }
         Ok(s)

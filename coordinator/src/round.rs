@@ -93,6 +93,8 @@ pub struct Round {
     aggregate: Option<Arc<Vec<Ciphertext>>>,
     aggregate_bytes: Option<Arc<Vec<Vec<u8>>>>,
     attempt: u32,
+    /// the level the switching shares come at (`AggregationPlan::result_level`)
+    share_level: usize,
     /// accumulated switching share per ciphertext (towards the consortium receiving key)
     switch_acc: Vec<Option<PublicKeySwitchShare>>,
     started_unix_ms: u64,
@@ -258,11 +260,15 @@ impl Round {
             .collect()
     }
 
+    /// Closes the aggregate (once) and opens switching attempt `attempt` by `switchers` for
+    /// contributions of `weights`: returns what the switchers are sent, the aggregate's c₁.
     pub fn close(
         &mut self,
         round: u64,
         he: &HeSetup,
         attempt: u32,
+        weights: &[(u32, u64)],
+        switchers: usize,
     ) -> Result<Arc<Vec<Vec<u8>>>, RoundError> {
         self.check_round(round)?;
         if self.aggregate.is_none() {
@@ -274,16 +280,24 @@ impl Round {
                 .map_err(|e| RoundError::Aggregation(e.to_string()))?;
             self.aggregate_bytes = Some(Arc::new(
                 cts.iter()
-                    .map(|c| wire::encode_ciphertext(&he.ctx, c))
-                    .collect(),
+                    .map(|c| he.codec.encode_switch_input(c))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| RoundError::Aggregation(e.to_string()))?,
             ));
             self.aggregate = Some(Arc::new(cts));
             self.aggregate_s = t.elapsed().as_secs_f64();
         }
+        let weights: Vec<f64> = weights.iter().map(|&(_, w)| w as f64).collect();
+        self.share_level = he.plan.result_level(&he.ctx, &weights, switchers);
         self.attempt = attempt;
         self.switch_acc.clear();
         self.switch_started = Some(Instant::now());
         self.aggregate_bytes.clone().ok_or(RoundError::NoAggregate)
+    }
+
+    /// The level of this attempt's switching shares.
+    pub fn share_level(&self) -> usize {
+        self.share_level
     }
 
     /// How many switching shares one hospital sends for the closed aggregate.
@@ -319,12 +333,12 @@ impl Round {
             self.switch_acc = vec![None; want];
         }
         // check every share before adding any: a refused stream leaves the sums untouched
-        for (slot, share) in self.switch_acc.iter().zip(&shares) {
-            if let Some(a) = slot
-                && a.level() != share.level()
-            {
-                return Err(RoundError::Aggregation("switching share level".into()));
-            }
+        if let Some(s) = shares.iter().find(|s| s.level() != self.share_level) {
+            return Err(RoundError::Aggregation(format!(
+                "a switching share at level {}, where this round's are at {}",
+                s.level(),
+                self.share_level
+            )));
         }
         for (slot, share) in self.switch_acc.iter_mut().zip(shares) {
             match slot {

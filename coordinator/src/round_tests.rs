@@ -160,51 +160,79 @@ fn an_encrypted_round_is_aggregated_switched_and_decrypts_to_the_weighted_sum() 
             .map(|bytes| he.decode_update(bytes).unwrap())
             .collect()
     };
-    let mut r = Round::new(1, 0, MAX_TOTAL);
-    let backend = CpuBackend;
-    let ctx = Some((&he, &backend as &dyn Backend, 3));
-    put(&mut r, 1, 1, ctx, 3, Update::Encrypted(decode(&a))).unwrap();
-    put(&mut r, 2, 1, ctx, 5, Update::Encrypted(decode(&b))).unwrap();
-    assert_eq!(
-        put(&mut r, 3, 1, ctx, 1, Update::Plain(vec![vec![0.0]; 2])),
-        Err(RoundError::Mode),
-        "a plain update in an encrypted round"
-    );
-    assert_eq!(r.shares_expected(), Err(RoundError::NoAggregate));
-    let bytes = r.close(1, &he, 0).unwrap();
-    let count = bytes.len();
-    assert_eq!(r.shares_expected(), Ok(count));
-    // one party holding the whole secret switches the aggregate to the target key
-    let aggregate: Vec<Ciphertext> = bytes.iter().map(|b| he.decode_update(b).unwrap()).collect();
-    let pcks = PublicKeySwitch::new(&he.ctx, he.plan.flooding(&[3.0, 5.0]).unwrap(), 1);
-    let mut prng = Prng::from_seed(&[1; 32]);
-    let shares: Vec<_> = aggregate
-        .iter()
-        .map(|ct| pcks.share(&sk, &target, ct, &mut prng).unwrap())
-        .collect();
-    assert_eq!(
-        r.fold_shares(1, &he, 1, 0, shares.clone()),
-        Err(RoundError::AttemptChanged)
-    );
-    assert_eq!(
-        r.fold_shares(1, &he, 0, 0, shares[1..].to_vec()),
-        Err(RoundError::ShareCount {
-            got: count - 1,
-            want: count
-        })
-    );
-    r.fold_shares(1, &he, 0, 0, shares).unwrap();
-    let (result, record) = r
-        .result(1, Some(&he), &[(1, 3), (2, 5)], &[2], &[1, 2], 9)
-        .unwrap();
-    assert_eq!(record.switchers, vec![2]);
-    let sum = he.codec.decrypt_sum(&target_sk, &result.items, n).unwrap();
-    let worst = sum
-        .iter()
-        .zip(a.iter().zip(&b))
-        .map(|(s, (x, y))| (s - (3.0 * f64::from(*x) + 5.0 * f64::from(*y))).abs())
-        .fold(0.0, f64::max);
-    assert!(worst < 1e-3, "weighted sum off by {worst}");
+    // small weights leave the flooding no room for a rescale; a hospital-sized pair does, and
+    // then shares and result come a level lower
+    for (wa, wb, level) in [
+        (3u64, 5u64, he.plan.level),
+        (13_113, 5_300, he.plan.level - 1),
+    ] {
+        let mut r = Round::new(1, 0, 100_000);
+        let backend = CpuBackend;
+        let ctx = Some((&he, &backend as &dyn Backend, 3));
+        put(&mut r, 1, 1, ctx, wa, Update::Encrypted(decode(&a))).unwrap();
+        put(&mut r, 2, 1, ctx, wb, Update::Encrypted(decode(&b))).unwrap();
+        assert_eq!(
+            put(&mut r, 3, 1, ctx, 1, Update::Plain(vec![vec![0.0]; 2])),
+            Err(RoundError::Mode),
+            "a plain update in an encrypted round"
+        );
+        assert_eq!(r.shares_expected(), Err(RoundError::NoAggregate));
+        let weights = [(1, wa), (2, wb)];
+        let bytes = r.close(1, &he, 0, &weights, 1).unwrap();
+        assert_eq!(r.share_level(), level, "weights {wa}, {wb}");
+        let count = bytes.len();
+        assert_eq!(r.shares_expected(), Ok(count));
+        // the switchers are sent c1 only: half a ciphertext each
+        assert!(bytes[0].len() < he_agg::ckks::wire::ciphertext_len(&he.ctx, 2, 1) / 2 + 64);
+        // one party holding the whole secret switches the aggregate to the target key
+        let inputs: Vec<_> = bytes
+            .iter()
+            .enumerate()
+            .map(|(i, b)| he.codec.decode_switch_input(i, b).unwrap())
+            .collect();
+        let wf = [wa as f64, wb as f64];
+        let pcks = PublicKeySwitch::new(&he.ctx, he.plan.flooding(&wf).unwrap(), 1);
+        let mut prng = Prng::from_seed(&[1; 32]);
+        let full: Vec<_> = inputs
+            .iter()
+            .map(|x| pcks.share_input(&sk, &target, x, &mut prng).unwrap())
+            .collect();
+        let mut lower = full.clone();
+        lower.iter_mut().for_each(|s| s.rescale(&he.ctx).unwrap());
+        let (shares, wrong) = if level == he.plan.level {
+            (full, lower)
+        } else {
+            (lower, full)
+        };
+        assert_eq!(
+            r.fold_shares(1, &he, 1, 0, shares.clone()),
+            Err(RoundError::AttemptChanged)
+        );
+        assert_eq!(
+            r.fold_shares(1, &he, 0, 0, shares[1..].to_vec()),
+            Err(RoundError::ShareCount {
+                got: count - 1,
+                want: count
+            })
+        );
+        assert!(matches!(
+            r.fold_shares(1, &he, 0, 0, wrong),
+            Err(RoundError::Aggregation(_))
+        ));
+        r.fold_shares(1, &he, 0, 0, shares).unwrap();
+        let (result, record) = r.result(1, Some(&he), &weights, &[2], &[1, 2], 9).unwrap();
+        assert_eq!(record.switchers, vec![2]);
+        let sum = he.codec.decrypt_sum(&target_sk, &result.items, n).unwrap();
+        let worst = sum
+            .iter()
+            .zip(a.iter().zip(&b))
+            .map(|(s, (x, y))| {
+                (s - (wa as f64 * f64::from(*x) + wb as f64 * f64::from(*y))).abs()
+                    / (wa + wb) as f64
+            })
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-6, "weights {wa}, {wb}: average off by {worst}");
+    }
 }
 
 #[test]
@@ -232,13 +260,13 @@ fn a_switch_without_every_share_gives_no_result() {
         Update::Encrypted(cts),
     )
     .unwrap();
-    r.close(1, &he, 0).unwrap();
+    r.close(1, &he, 0, &[(1, 1)], 1).unwrap();
     assert!(matches!(
         r.result(1, Some(&he), &[(1, 1)], &[], &[1], 0),
         Err(RoundError::MissingShares { got: 0, .. })
     ));
     assert_eq!(
-        r.close(2, &he, 1),
+        r.close(2, &he, 1, &[(1, 1)], 1),
         Err(RoundError::RoundEnded { got: 2, now: 1 })
     );
 }

@@ -135,11 +135,10 @@ impl Node {
                 verifier: Verifier::from_files(&tls).context("this hospital's kit")?,
                 pool: Arc::new(
                     rayon::ThreadPoolBuilder::new()
-                        .num_threads(
-                            std::thread::available_parallelism()
-                                .map(|n| n.get())
-                                .unwrap_or(1),
-                        )
+                        // as many as the training pool: every core, or RAYON_NUM_THREADS
+                        // where set (simulate's threads_per_hospital: simulated hospitals
+                        // that each encrypted on every core slowed the one still training)
+                        .num_threads(rayon::current_num_threads())
                         .thread_name(|i| format!("heal-he-{i}"))
                         .build()
                         .context("starting the encryption threads")?,

@@ -2,8 +2,7 @@
 //! carried out when the participant asks, with the masks made ahead when it says they fit.
 
 use anyhow::Context;
-use he_agg::ckks::Ciphertext;
-use he_agg::multiparty::{PublicKeySwitch, PublicKeySwitchMask, wire as mpw};
+use he_agg::multiparty::{PublicKeySwitch, PublicKeySwitchMask, SwitchInput, wire as mpw};
 use he_agg::ring::Prng;
 use protocol::Link;
 use protocol::link::Incoming;
@@ -42,17 +41,18 @@ impl Node {
             .threshold
             .as_ref()
             .context("switch request before the threshold secret")?;
-        let mut cts: Vec<Ciphertext> = Vec::with_capacity(count as usize);
+        // the aggregate's c1 only: a share needs nothing else (c0 is the coordinator's to add)
+        let mut inputs: Vec<SwitchInput> = Vec::with_capacity(count as usize);
         for i in 0..count {
             let item = msg
                 .next_item()
                 .await?
                 .with_context(|| format!("switch request ended after {i} of {count}"))?;
-            let ct = he
+            let input = he
                 .codec
-                .decode(i as usize, &item)
+                .decode_switch_input(i as usize, &item)
                 .context("an aggregate to switch")?;
-            cts.push(ct);
+            inputs.push(input);
         }
         // the aggregate must be the weighted sum of the signed updates named (checked with the
         // round's sketch key, which the coordinator does not hold)
@@ -82,14 +82,16 @@ impl Node {
             &seed,
             (self.federation, round),
             contributions,
-            &cts,
+            &inputs,
         )?;
         let check_ms = checked.elapsed().as_secs_f64() * 1e3;
         let sk = ts.additive_share(&he.ctx, active)?;
-        let flooding = he
-            .codec
-            .plan()
-            .flooding(&weights.iter().map(|&w| w as f64).collect::<Vec<_>>())?;
+        let plan = he.codec.plan();
+        let weights_f: Vec<f64> = weights.iter().map(|&w| w as f64).collect();
+        let flooding = plan.flooding(&weights_f)?;
+        // shares a level lower where the signed weights leave the room (the coordinator and
+        // every receiver reckon the same)
+        let rescale = plan.result_level(&he.ctx, &weights_f, active.len()) < plan.level;
         let pcks = PublicKeySwitch::new(&he.ctx, flooding, active.len());
         // masks made ahead are used only where the participant says they fit this request
         let mut masks: Option<Vec<PublicKeySwitchMask>> = None;
@@ -97,13 +99,21 @@ impl Node {
             && prepared
         {
             match handle.await {
-                Ok(Ok(m)) if m.len() == cts.len() => masks = Some(m),
+                Ok(Ok(m)) if m.len() == inputs.len() => masks = Some(m),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => warn!(round, "making switching masks ahead failed: {e:#}"),
                 Err(e) => warn!(round, "making switching masks ahead failed: {e}"),
             }
         }
         let prepared = masks.is_some();
+        let done = move |ctx: &he_agg::ckks::CkksContext,
+                         mut share: he_agg::multiparty::PublicKeySwitchShare|
+              -> anyhow::Result<Vec<u8>> {
+            if rescale {
+                share.rescale(ctx)?;
+            }
+            Ok(mpw::encode_public_key_switch_share(ctx, &share))
+        };
         let pk = he
             .keys
             .receive
@@ -115,24 +125,18 @@ impl Node {
         let shares: Vec<Vec<u8>> =
             tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Vec<u8>>> {
                 pool.install(|| match masks {
-                    Some(masks) => cts
+                    Some(masks) => inputs
                         .par_iter()
                         .zip(masks.into_par_iter())
-                        .map(|(ct, mask)| -> anyhow::Result<Vec<u8>> {
-                            Ok(mpw::encode_public_key_switch_share(
-                                &ctx,
-                                &pcks.share_with_mask(&sk, ct, mask)?,
-                            ))
+                        .map(|(input, mask)| -> anyhow::Result<Vec<u8>> {
+                            done(&ctx, pcks.share_input_with_mask(&sk, input, mask)?)
                         })
                         .collect(),
-                    None => cts
+                    None => inputs
                         .par_iter()
-                        .map_init(Prng::from_os, |prng, ct| -> anyhow::Result<Vec<u8>> {
+                        .map_init(Prng::from_os, |prng, input| -> anyhow::Result<Vec<u8>> {
                             let prng = prng.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
-                            Ok(mpw::encode_public_key_switch_share(
-                                &ctx,
-                                &pcks.share(&sk, &pk, ct, prng)?,
-                            ))
+                            done(&ctx, pcks.share_input(&sk, &pk, input, prng)?)
                         })
                         .collect(),
                 })

@@ -7,8 +7,8 @@
 //! switch is the weighted sum of the signed updates it is told of.
 
 use he_agg::aggregate::sketch;
-use he_agg::ckks::{Ciphertext, CkksContext, SecretKey, wire};
-use he_agg::multiparty::{Crs, PublicKeyGen, wire as mpw};
+use he_agg::ckks::{CkksContext, SecretKey, wire};
+use he_agg::multiparty::{Crs, PublicKeyGen, SwitchInput, wire as mpw};
 use protocol::FederationId;
 use protocol::transcript::{self, Contribution, PartyKeys, Signer, Statement, Verifier};
 use zeroize::Zeroizing;
@@ -197,7 +197,8 @@ pub fn sign_update(
 }
 
 /// A switch request's contributions are each signed by their hospital (with its setup
-/// certificate) for this round, and the aggregate `cts` is their weighted sum by the sketches.
+/// certificate) for this round, and the aggregate's c₁ (`inputs`, all a share reads) is their
+/// weighted sum by the sketches.
 pub fn check_aggregate(
     ctx: &CkksContext,
     verifier: &Verifier,
@@ -205,7 +206,7 @@ pub fn check_aggregate(
     seed: &[u8; 32],
     (federation, round): (FederationId, u64),
     contributions: &[Contribution],
-    cts: &[Ciphertext],
+    inputs: &[SwitchInput],
 ) -> Result<(), Distrust> {
     for c in contributions {
         let certificate = peers
@@ -220,7 +221,7 @@ pub fn check_aggregate(
             )
             .map_err(|e| Distrust(format!("round {round}'s switch request: {e}")))?;
     }
-    let level = cts.first().map_or(0, Ciphertext::level);
+    let level = inputs.first().map_or(0, SwitchInput::level);
     let want = sketch::combine(
         ctx,
         level,
@@ -228,7 +229,7 @@ pub fn check_aggregate(
             .iter()
             .map(|c| (c.weight, c.sketch.as_slice())),
     );
-    if want.as_deref() != Some(sketch::sketch(ctx, seed, cts).as_slice()) {
+    if want.as_deref() != Some(sketch::sketch_inputs(ctx, seed, inputs).as_slice()) {
         return Err(Distrust(format!(
             "round {round}'s aggregate is not the weighted sum of the signed updates of hospitals {:?}: refusing to switch it",
             contributions.iter().map(|c| c.hospital).collect::<Vec<_>>()

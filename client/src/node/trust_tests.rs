@@ -2,7 +2,7 @@
 
 use super::*;
 use he_agg::aggregate::{AggregationPlan, Aggregator, CpuBackend, HeSettings, Shape, UpdateCodec};
-use he_agg::ckks::{Parameters, Preset};
+use he_agg::ckks::{Ciphertext, Parameters, Preset};
 use he_agg::multiparty::{Crs, PublicKeyGen, wire as mpw};
 use protocol::identity::hospital_dns_name;
 use protocol::pki::Ca;
@@ -127,9 +127,21 @@ impl World {
             &self.seed,
             (FED, ROUND),
             contributions,
-            cts,
+            &inputs(&self.codec, cts),
         )
     }
+}
+
+/// What a switch request carries of `cts`, through the wire as the coordinator sends it.
+fn inputs(codec: &UpdateCodec, cts: &[Ciphertext]) -> Vec<SwitchInput> {
+    cts.iter()
+        .enumerate()
+        .map(|(i, ct)| {
+            codec
+                .decode_switch_input(i, &codec.encode_switch_input(ct).unwrap())
+                .unwrap()
+        })
+        .collect()
 }
 
 #[test]
@@ -141,6 +153,14 @@ fn a_switcher_switches_only_the_weighted_sum_of_the_signed_updates_it_is_told_of
     let alone = w.sum(&[0]);
     let err = w.check(&w.contributions, &alone).unwrap_err().0;
     assert!(err.contains("not the weighted sum"), "{err}");
+    // one residue of a c₁ changed is refused; c₀ is not the switchers' to see (the share does
+    // not depend on it, and the coordinator adds it to the combined shares itself)
+    let mut forged = all.clone();
+    forged[0].parts[1].limb_mut(1)[17] ^= 2;
+    assert!(w.check(&w.contributions, &forged).is_err());
+    let mut other_c0 = all.clone();
+    other_c0[0].parts[0].limb_mut(1)[17] ^= 2;
+    w.check(&w.contributions, &other_c0).unwrap();
     // the sum of two named as the sum of three, or the sum of three named as two
     assert!(w.check(&w.contributions, &w.sum(&[0, 1])).is_err());
     assert!(w.check(&w.contributions[..2], &all).is_err());
@@ -159,7 +179,7 @@ fn a_switcher_switches_only_the_weighted_sum_of_the_signed_updates_it_is_told_of
         &w.seed,
         (FED, ROUND + 1),
         &w.contributions,
-        &all,
+        &inputs(&w.codec, &all),
     )
     .unwrap_err()
     .0;

@@ -141,7 +141,7 @@ impl Server {
         weights: Vec<(u32, u64)>,
     ) {
         let Some(he) = self.he.as_ref() else { return };
-        let bytes = match lock(&self.round).close(round, he, attempt) {
+        let bytes = match lock(&self.round).close(round, he, attempt, &weights, active.len()) {
             Ok(b) => b,
             Err(e) => {
                 warn!(round, "cannot ask for switching shares: {e}");
@@ -195,9 +195,13 @@ impl Server {
             .as_ref()
             .ok_or("switching shares in a plaintext federation")?;
         lock(&self.engine).accepts_switch_shares(h, round, attempt)?;
-        let expected = lock(&self.round)
-            .shares_expected()
-            .map_err(|e| e.to_string())?;
+        let (expected, level) = {
+            let r = lock(&self.round);
+            (
+                r.shares_expected().map_err(|e| e.to_string())?,
+                r.share_level(),
+            )
+        };
         if count as usize != expected {
             return Err(format!(
                 "{count} switching shares for an aggregate of {expected} ciphertexts"
@@ -213,7 +217,7 @@ impl Server {
                 .ok_or(format!("stream ended after {i} of {count} shares"))?;
             bytes += item.len() as u64;
             got.push(
-                he.decode_switch_share(&item)
+                he.decode_switch_share(&item, level)
                     .map_err(|e| format!("share {i}: {e}"))?,
             );
         }

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use crate::ckks::wire::{self, WireError};
 use crate::ckks::{Ciphertext, CkksContext, CkksError, PublicKey, SecretKey};
+use crate::multiparty::{SwitchInput, wire as mpw};
 
 use super::plan::AggregationPlan;
 
@@ -122,7 +123,7 @@ impl UpdateCodec {
                     let v: Vec<f64> = chunk.iter().map(|&x| x.into()).collect();
                     let pt = ctx.encode_real_pairs(&v, self.plan.level, self.plan.scale)?;
                     let ct = enc.encrypt(&pt);
-                    let part = super::sketch::sketch_one(ctx, seed, i, &ct);
+                    let part = super::sketch::sketch_one(ctx, seed, i, &ct.parts[1]);
                     Ok((wire::encode_ciphertext(ctx, &ct), part))
                 },
             )
@@ -144,6 +145,57 @@ impl UpdateCodec {
             return Err(CodecError::Shape {
                 index,
                 level: ct.level(),
+                degree: ct.degree(),
+                log_scale: ct.scale.log2(),
+                want_level: self.plan.level,
+                want_log_scale: self.plan.scale.log2(),
+            });
+        }
+        Ok(ct)
+    }
+
+    /// What a switching party is sent of an aggregate ciphertext: its c₁ and scale.
+    pub fn encode_switch_input(&self, ct: &Ciphertext) -> Result<Vec<u8>, CodecError> {
+        let input = SwitchInput::of(ct).map_err(|e| CodecError::Setup(e.to_string()))?;
+        Ok(mpw::encode_switch_input(&self.ctx, &input))
+    }
+
+    /// A switch input as received: well formed, of these parameters, at the plan's level and
+    /// scale. `index` names it in errors.
+    pub fn decode_switch_input(
+        &self,
+        index: usize,
+        bytes: &[u8],
+    ) -> Result<SwitchInput, CodecError> {
+        let input = mpw::decode_switch_input(&self.ctx, bytes)
+            .map_err(|source| CodecError::Wire { index, source })?;
+        if input.level() != self.plan.level || input.scale.to_bits() != self.plan.scale.to_bits() {
+            return Err(CodecError::Shape {
+                index,
+                level: input.level(),
+                degree: 1,
+                log_scale: input.scale.log2(),
+                want_level: self.plan.level,
+                want_log_scale: self.plan.scale.log2(),
+            });
+        }
+        Ok(input)
+    }
+
+    /// A switched result as received: well formed, degree 1, at the plan's level and scale or
+    /// one level lower with the scale divided by the modulus dropped
+    /// ([`AggregationPlan::result_level`]).
+    pub fn decode_result(&self, index: usize, bytes: &[u8]) -> Result<Ciphertext, CodecError> {
+        let ct = wire::decode_ciphertext(&self.ctx, bytes)
+            .map_err(|source| CodecError::Wire { index, source })?;
+        let level = ct.level();
+        let fits = (level == self.plan.level || level + 1 == self.plan.level)
+            && ct.degree() == 1
+            && ct.scale.to_bits() == self.plan.result_scale(&self.ctx, level).to_bits();
+        if !fits {
+            return Err(CodecError::Shape {
+                index,
+                level,
                 degree: ct.degree(),
                 log_scale: ct.scale.log2(),
                 want_level: self.plan.level,
@@ -177,7 +229,7 @@ impl UpdateCodec {
                 || ctx.decryptor(sk).map_err(|e| format!("decryptor: {e}")),
                 |dec, (i, item)| -> Result<Vec<f64>, CodecError> {
                     let dec = dec.as_ref().map_err(|e| CodecError::Setup(e.clone()))?;
-                    let ct = self.decode(i, item)?;
+                    let ct = self.decode_result(i, item)?;
                     Ok(ctx.decode_real_pairs(&dec.decrypt(&ct))?)
                 },
             )

@@ -86,6 +86,44 @@ impl AggregationPlan {
         Flooding::new(self.lambda, self.fresh_noise * norm)
     }
 
+    /// The level a round's switched result travels at: one below the updates' when dividing
+    /// by the last modulus fits within the error this plan promises, else the updates' own.
+    ///
+    /// The promise (see the module) is a coefficient error of variance at most
+    /// 2^2λ·B_f²·T·(Σw)², of which the round's flooding takes `switchers`·2^2λ·B_f²·‖w‖₂²;
+    /// since Σw > ‖w‖₂ as soon as two hospitals contribute, the rest is free. Rescaling the
+    /// switchers' shares and c₀ (each rounded by at most 1/2 at the new scale, h₁'s times the
+    /// receiving secret, ternary with variance 2/3 per coefficient) adds
+    /// q²·((switchers + 1)/12 + switchers·N·(2/3)/12); when that fits in the rest, shares and
+    /// result are sent a level lower — half the bytes at the main job's two limbs. Every party
+    /// computes this from the signed weights, so they agree.
+    pub fn result_level(&self, ctx: &CkksContext, weights: &[f64], switchers: usize) -> usize {
+        if self.level < 2 {
+            return self.level;
+        }
+        let t = switchers.max(1) as f64;
+        let fresh = 2f64.powi(self.lambda as i32) * self.fresh_noise;
+        let total: f64 = weights.iter().sum();
+        let norm2: f64 = weights.iter().map(|w| w * w).sum::<f64>().max(1.0);
+        let promise = fresh * fresh * self.switch_parties.max(1) as f64 * total * total;
+        let flooding = t * fresh * fresh * norm2;
+        let q = ctx.rlwe().q_modulus(self.level - 1).value() as f64;
+        let rounding = q * q * ((t + 1.0) / 12.0 + t * ctx.n() as f64 * (2.0 / 3.0) / 12.0);
+        if flooding + rounding <= promise {
+            self.level - 1
+        } else {
+            self.level
+        }
+    }
+
+    /// The scale of a result at `level` ([`Self::result_level`]): Δ, divided by each modulus
+    /// dropped (as [`crate::ckks::Evaluator::rescale`] divides it).
+    pub fn result_scale(&self, ctx: &CkksContext, level: usize) -> f64 {
+        (level..self.level).fold(self.scale, |s, l| {
+            s / ctx.rlwe().q_modulus(l).value() as f64
+        })
+    }
+
     /// log2 of the largest coefficient of the round's sum (message and flooding), for reports.
     pub fn used_bits(&self, max_total_weight: f64, max_abs_value: f64) -> f64 {
         let flood = FLOOD_TAIL

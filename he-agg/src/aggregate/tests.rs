@@ -143,3 +143,147 @@ fn plans_refuse_what_does_not_fit() {
     ));
     assert!(AggregationPlan::new(&ctx, 5, 5, 1e8, 1.0, 20, 1e-6).is_err());
 }
+
+/// Three switchers' shares of the main job's round (5 hospitals, its weights) towards a
+/// receiving key, sent the way the federation sends them: switch inputs (c₁ only), shares
+/// rescaled where the plan says so, the result combined and decrypted.
+#[test]
+fn a_result_a_level_lower_keeps_the_plans_precision_and_only_when_the_weights_leave_room() {
+    use crate::multiparty::{Crs, PublicKeyGen, PublicKeySwitch, PublicKeySwitchShare, wire};
+    let ctx = CkksContext::new(Parameters::preset(crate::ckks::Preset::Aggregation)).unwrap();
+    let plan = AggregationPlan::from_settings(&ctx, &HeSettings::default(), 5, 3).unwrap();
+    let codec = UpdateCodec::new(ctx.clone(), plan.clone());
+    let mut kg = ctx.key_generator().unwrap();
+    let secrets: Vec<_> = (0..3).map(|_| kg.secret_key()).collect();
+    let crs = Crs::from_federation(b"level test");
+    let ckg = PublicKeyGen::new(&ctx, &crs);
+    let mut prng = Prng::from_seed(&[9; 32]);
+    let mut acc = ckg.share(&secrets[0], &mut prng).unwrap();
+    for s in &secrets[1..] {
+        ckg.aggregate(&mut acc, &ckg.share(s, &mut prng).unwrap())
+            .unwrap();
+    }
+    let pk = ckg.finalize(acc);
+    let receive_sk = kg.secret_key();
+    let receive_pk = kg.public_key(&receive_sk);
+
+    let weights = [5300u64, 13113, 4926, 6118, 5104];
+    let wf: Vec<f64> = weights.iter().map(|&w| w as f64).collect();
+    let lower = plan.result_level(&ctx, &wf, 3);
+    assert_eq!(
+        lower,
+        plan.level - 1,
+        "the main job's round travels a level lower"
+    );
+    // one contributor, or DP's unit weights, leave no room: the result keeps the level
+    assert_eq!(plan.result_level(&ctx, &[5300.0], 3), plan.level);
+    assert_eq!(plan.result_level(&ctx, &[1.0; 5], 3), plan.level);
+
+    let n = ctx.n();
+    let updates: Vec<Vec<f32>> = (0..5)
+        .map(|h| {
+            (0..n)
+                .map(|i| ((i * 7 + h * 131) % 1000) as f32 * 1e-4 - 0.05)
+                .collect()
+        })
+        .collect();
+    let total: u64 = weights.iter().sum();
+    let mut agg = Aggregator::new(
+        &ctx,
+        &CpuBackend,
+        Shape {
+            level: plan.level,
+            degree: 1,
+            scale: plan.scale,
+        },
+        2,
+    )
+    .unwrap();
+    for (u, &w) in updates.iter().zip(&weights) {
+        let item = codec.encrypt(&pk, u).unwrap().remove(0);
+        agg.push(codec.decode(0, &item).unwrap(), w).unwrap();
+    }
+    let sum = agg.finish().unwrap();
+    let want: Vec<f64> = (0..n)
+        .map(|i| {
+            updates
+                .iter()
+                .zip(&weights)
+                .map(|(u, &w)| f64::from(u[i]) * w as f64)
+                .sum::<f64>()
+                / total as f64
+        })
+        .collect();
+
+    let input = codec
+        .decode_switch_input(0, &codec.encode_switch_input(&sum).unwrap())
+        .unwrap();
+    let proto = PublicKeySwitch::new(&ctx, plan.flooding(&wf).unwrap(), 3);
+    for level in [plan.level, lower] {
+        let mut acc: Option<PublicKeySwitchShare> = None;
+        for sk in &secrets {
+            let mut share = proto
+                .share_input(sk, &receive_pk, &input, &mut prng)
+                .unwrap();
+            if level < plan.level {
+                share.rescale(&ctx).unwrap();
+            }
+            let bytes = wire::encode_public_key_switch_share(&ctx, &share);
+            assert_eq!(bytes.len(), wire::public_key_switch_share_len(&ctx, level));
+            let share = wire::decode_public_key_switch_share(&ctx, &bytes).unwrap();
+            match acc.as_mut() {
+                None => acc = Some(share),
+                Some(a) => proto.aggregate(a, &share).unwrap(),
+            }
+        }
+        let result = proto.finalize(&sum, acc.unwrap()).unwrap();
+        assert_eq!(result.level(), level);
+        let item = crate::ckks::wire::encode_ciphertext(&ctx, &result);
+        let avg = codec
+            .decrypt_average(
+                &receive_sk,
+                std::slice::from_ref(&item),
+                n,
+                total as f64,
+                1.0,
+            )
+            .unwrap();
+        let worst = avg
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f64, f64::max);
+        assert!(worst <= 1e-6, "level {level}: error {worst}");
+        if level < plan.level {
+            // the lower result is another scale: at the updates' scale it does not decode
+            let mut wrong = result.clone();
+            wrong.scale = plan.scale;
+            let bad = crate::ckks::wire::encode_ciphertext(&ctx, &wrong);
+            assert!(matches!(
+                codec.decode_result(0, &bad),
+                Err(CodecError::Shape { .. })
+            ));
+            // half the bytes of the full-level result
+            let full = crate::ckks::wire::ciphertext_len(&ctx, plan.level, 1);
+            assert!(
+                item.len() <= full / 2 + 64,
+                "{} of {full} bytes",
+                item.len()
+            );
+        }
+    }
+    // a share two levels down, or a share of another level, does not combine
+    let mut share = proto
+        .share_input(&secrets[0], &receive_pk, &input, &mut prng)
+        .unwrap();
+    share.rescale(&ctx).unwrap();
+    assert!(
+        share.rescale(&ctx).is_err(),
+        "level 1 has no modulus to drop"
+    );
+    let full = proto
+        .share_input(&secrets[1], &receive_pk, &input, &mut prng)
+        .unwrap();
+    let mut mixed = full.clone();
+    assert!(proto.aggregate(&mut mixed, &share).is_err());
+}

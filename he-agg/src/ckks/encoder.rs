@@ -405,8 +405,14 @@ pub(crate) fn reduce_f64(m: &Modulus, c: f64) -> u64 {
     let bits = c.abs().to_bits();
     let exponent = ((bits >> 52) & 0x7ff) as i64 - 1075;
     let mantissa = (bits & ((1 << 52) - 1)) | (1 << 52);
-    // |c| ≥ 2^63 so the exponent is positive
-    let r = m.mul(m.reduce(mantissa), m.pow(2, exponent as u64));
+    // |c| ≥ 2^63 so the exponent is positive; below 2^127 the integer fits a u128 (one
+    // Barrett reduction — the power of two by squarings cost a dozen products a coefficient,
+    // most of an update's encryption at the aggregation scale 2^82)
+    let r = if exponent <= 127 - 53 {
+        m.reduce_u128(u128::from(mantissa) << exponent)
+    } else {
+        m.mul(m.reduce(mantissa), m.pow(2, exponent as u64))
+    };
     if c < 0.0 { m.neg(r) } else { r }
 }
 
@@ -420,6 +426,14 @@ mod tests {
         for &(c, exact) in &[
             (2f64.powi(70), 1u128 << 70),
             (
+                -(2f64.powi(126) + 2f64.powi(90)),
+                (1u128 << 126) + (1u128 << 90),
+            ),
+            (
+                2f64.powi(127) - 2f64.powi(74),
+                (1u128 << 127) - (1u128 << 74),
+            ),
+            (
                 -(2f64.powi(100) + 2f64.powi(60)),
                 (1u128 << 100) + (1u128 << 60),
             ),
@@ -429,5 +443,19 @@ mod tests {
             assert_eq!(reduce_f64(&m, c), want);
         }
         assert_eq!(reduce_f64(&m, -5.0), m.value() - 5);
+        // beyond a u128: the power of two by squarings
+        assert_eq!(reduce_f64(&m, 2f64.powi(200)), m.pow(2, 200));
+        // every exponent of the u128 path against mantissa·2^e mod q
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for e in 11..=74u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let mantissa = (x >> 11) | (1 << 52);
+            let c = mantissa as f64 * 2f64.powi(e as i32);
+            let want = m.mul(m.reduce(mantissa), m.pow(2, e));
+            assert_eq!(reduce_f64(&m, c), want, "2^{e}");
+            assert_eq!(reduce_f64(&m, -c), m.neg(want), "-2^{e}");
+        }
     }
 }

@@ -47,6 +47,7 @@ pub enum Kind {
     ShamirShare = 14,
     ThresholdSecret = 15,
     RefreshShare = 16,
+    SwitchInput = 17,
 }
 
 impl Kind {
@@ -68,6 +69,7 @@ impl Kind {
             14 => Kind::ShamirShare,
             15 => Kind::ThresholdSecret,
             16 => Kind::RefreshShare,
+            17 => Kind::SwitchInput,
             _ => return None,
         })
     }
@@ -370,30 +372,43 @@ impl<'a> Reader<'a> {
             let bits = m.bits();
             let mask = (1u64 << bits) - 1;
             let src = self.take(limb_bytes(ctx, idx))?;
-            let mut words = src.chunks(8);
-            let (mut acc, mut filled) = (0u128, 0u32);
-            for (k, out) in p.limb_mut(pos).iter_mut().enumerate() {
-                while filled < bits {
-                    let chunk = words.next().unwrap_or(&[]);
-                    let mut w = [0u8; 8];
-                    w[..chunk.len()].copy_from_slice(chunk);
-                    acc |= (u64::from_le_bytes(w) as u128) << filled;
-                    filled += 8 * chunk.len() as u32;
-                    if chunk.is_empty() {
-                        break;
-                    }
-                }
-                let x = acc as u64 & mask;
-                acc >>= bits;
-                filled = filled.saturating_sub(bits);
-                if x >= m.value() {
-                    return Err(WireError::Residue {
-                        poly: poly_index,
-                        limb: pos,
-                        index: k,
-                    });
-                }
+            let limb = p.limb_mut(pos);
+            // residue k starts at bit k·bits: one unaligned 16-byte load and a shift each (a
+            // residue spans at most 9 bytes), while 16 bytes remain; the tail byte by byte
+            let bits_usize = bits as usize;
+            let fast = if src.len() >= 16 {
+                ((src.len() - 16) * 8 / bits_usize + 1).min(n)
+            } else {
+                0
+            };
+            let q = m.value();
+            let mut over = 0u64;
+            for (k, out) in limb[..fast].iter_mut().enumerate() {
+                let at = k * bits_usize;
+                let word: [u8; 16] = src[at / 8..at / 8 + 16]
+                    .try_into()
+                    .expect("16 bytes by the bound on fast");
+                let x = (u128::from_le_bytes(word) >> (at % 8)) as u64 & mask;
+                over |= u64::from(x >= q);
                 *out = x;
+            }
+            for (k, out) in limb.iter_mut().enumerate().skip(fast) {
+                let at = k * bits_usize;
+                let mut acc = 0u128;
+                for (j, &b) in src[at / 8..].iter().take(9).enumerate() {
+                    acc |= u128::from(b) << (8 * j);
+                }
+                let x = (acc >> (at % 8)) as u64 & mask;
+                over |= u64::from(x >= q);
+                *out = x;
+            }
+            if over != 0 {
+                let index = limb.iter().position(|&x| x >= q).unwrap_or(0);
+                return Err(WireError::Residue {
+                    poly: poly_index,
+                    limb: pos,
+                    index,
+                });
             }
         }
         Ok(p)

@@ -97,6 +97,60 @@ impl PublicKeySwitchShare {
     pub fn level(&self) -> usize {
         self.h0.limbs()
     }
+
+    /// Divides h0 and h1 by the last modulus of their level, rounding: the share one level
+    /// lower, as [`PublicKeySwitch::finalize`] combines it with a c0 it rescales the same way.
+    /// Each coefficient moves by at most 1/2 at the new scale (h1's then by s'·(1/2) in the
+    /// decryption); a function of the share alone, it reveals nothing the share does not.
+    pub fn rescale(&mut self, ctx: &CkksContext) -> Result<(), MultipartyError> {
+        let level = self.level();
+        if level < 2 || self.h1.limbs() != level {
+            return Err(MultipartyError::Shape("public-key-switch share to rescale"));
+        }
+        let rl = ctx.rlwe();
+        let (consts, basis) = (rl.rescale_consts(level), rl.q_basis(level));
+        rl.ring().div_round_by_last(&mut self.h0, basis, consts);
+        rl.ring().div_round_by_last(&mut self.h1, basis, consts);
+        Ok(())
+    }
+}
+
+/// What a public-key switch reads of a ciphertext: c1 (NTT domain) and the scale. Switching
+/// parties need only this — a share is s_i·c1 plus a mask, and c0 is added by whoever combines
+/// the shares — so a switch request carries half a ciphertext.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwitchInput {
+    pub(crate) c1: Poly,
+    pub scale: f64,
+}
+
+impl SwitchInput {
+    /// The c1 and scale of a degree-1 ciphertext.
+    pub fn of(ct: &Ciphertext) -> Result<Self, MultipartyError> {
+        if ct.degree() != 1 {
+            return Err(MultipartyError::Degree(ct.degree()));
+        }
+        Ok(Self {
+            c1: ct.parts[1].clone(),
+            scale: ct.scale,
+        })
+    }
+
+    pub fn level(&self) -> usize {
+        self.c1.limbs()
+    }
+
+    pub fn c1(&self) -> &Poly {
+        &self.c1
+    }
+
+    fn check(&self, ctx: &CkksContext) -> Result<(), MultipartyError> {
+        let level = self.level();
+        if level == 0 || level > ctx.max_level() || self.c1.n() != ctx.n() {
+            return Err(MultipartyError::Shape("switch input"));
+        }
+        Ok(())
+    }
 }
 
 /// The ciphertext-independent part of one PCKS share (see [`PublicKeySwitch::mask`]). Secret
@@ -168,6 +222,30 @@ impl PublicKeySwitch {
         self.share_with_mask(sk, ct, mask)
     }
 
+    /// [`Self::share`] from a [`SwitchInput`] (what a switch request carries).
+    pub fn share_input(
+        &self,
+        sk: &SecretKey,
+        target: &PublicKey,
+        input: &SwitchInput,
+        prng: &mut Prng,
+    ) -> Result<PublicKeySwitchShare, MultipartyError> {
+        input.check(&self.ctx)?;
+        let mask = self.mask(target, input.level(), prng)?;
+        self.complete(sk, &input.c1, input.scale, mask)
+    }
+
+    /// [`Self::share_with_mask`] from a [`SwitchInput`].
+    pub fn share_input_with_mask(
+        &self,
+        sk: &SecretKey,
+        input: &SwitchInput,
+        mask: PublicKeySwitchMask,
+    ) -> Result<PublicKeySwitchShare, MultipartyError> {
+        input.check(&self.ctx)?;
+        self.complete(sk, &input.c1, input.scale, mask)
+    }
+
     /// The part of a share that does not depend on the ciphertext: (u·b' + e0, u·a' + e1) with
     /// e0 the flooding noise. It can be made ahead of time (while the ciphertext is not known
     /// yet); each mask must serve exactly one share, which [`Self::share_with_mask`] ensures by
@@ -212,9 +290,20 @@ impl PublicKeySwitch {
         ct: &Ciphertext,
         mask: PublicKeySwitchMask,
     ) -> Result<PublicKeySwitchShare, MultipartyError> {
-        check_key(&self.ctx, sk.fingerprint(), "secret key")?;
         check_ct(&self.ctx, ct)?;
-        let level = ct.level();
+        self.complete(sk, &ct.parts[1], ct.scale, mask)
+    }
+
+    /// mask + s_i·c1, for a c1 of a checked shape.
+    fn complete(
+        &self,
+        sk: &SecretKey,
+        c1: &Poly,
+        scale: f64,
+        mask: PublicKeySwitchMask,
+    ) -> Result<PublicKeySwitchShare, MultipartyError> {
+        check_key(&self.ctx, sk.fingerprint(), "secret key")?;
+        let level = c1.limbs();
         if mask.h0.limbs() != level || mask.h1.limbs() != level {
             return Err(MultipartyError::Shape("public-key-switch mask"));
         }
@@ -226,7 +315,7 @@ impl PublicKeySwitch {
         }
         // values of magnitude one at least must survive the flooding
         self.flooding
-            .check_headroom(&self.ctx, level, ct.scale, 1.0, self.parties)?;
+            .check_headroom(&self.ctx, level, scale, 1.0, self.parties)?;
         let rl = self.ctx.rlwe();
         let ring = rl.ring();
         let basis = rl.q_basis(level);
@@ -235,7 +324,7 @@ impl PublicKeySwitch {
             h0: (*mask.h0).clone(),
             h1: (*mask.h1).clone(),
         };
-        ring.mul_add_assign(&mut share.h0, &ct.parts[1], &s, basis);
+        ring.mul_add_assign(&mut share.h0, c1, &s, basis);
         Ok(share)
     }
 
@@ -256,23 +345,36 @@ impl PublicKeySwitch {
         Ok(())
     }
 
-    /// The ciphertext under the target key, from the sum of the shares.
+    /// The ciphertext under the target key, from the sum of the shares: at `ct`'s level, or
+    /// one lower when the shares were [rescaled](PublicKeySwitchShare::rescale) (c0 is then
+    /// rescaled too, and the scale divided by the modulus dropped).
     pub fn finalize(
         &self,
         ct: &Ciphertext,
         aggregate: PublicKeySwitchShare,
     ) -> Result<Ciphertext, MultipartyError> {
         check_ct(&self.ctx, ct)?;
-        if aggregate.level() != ct.level() {
+        let rl = self.ctx.rlwe();
+        let level = ct.level();
+        let (c0, scale) = if aggregate.level() == level {
+            (ct.parts[0].clone(), ct.scale)
+        } else if aggregate.level() + 1 == level {
+            let mut c0 = ct.parts[0].clone();
+            rl.ring()
+                .div_round_by_last(&mut c0, rl.q_basis(level), rl.rescale_consts(level));
+            (c0, ct.scale / rl.q_modulus(level - 1).value() as f64)
+        } else {
+            return Err(MultipartyError::Shape("public-key-switch share"));
+        };
+        if aggregate.h1.limbs() != aggregate.level() {
             return Err(MultipartyError::Shape("public-key-switch share"));
         }
-        let rl = self.ctx.rlwe();
         let c0 = rl
             .ring()
-            .add(&ct.parts[0], &aggregate.h0, rl.q_basis(ct.level()));
+            .add(&c0, &aggregate.h0, rl.q_basis(aggregate.level()));
         Ok(Ciphertext {
             parts: vec![c0, aggregate.h1],
-            scale: ct.scale,
+            scale,
         })
     }
 }

@@ -38,6 +38,7 @@ pub use keygen::{
 };
 pub use keyswitch::{
     KeySwitch, KeySwitchShare, PublicKeySwitch, PublicKeySwitchMask, PublicKeySwitchShare,
+    SwitchInput,
 };
 pub use refresh::{Refresh, RefreshRoom, RefreshShare};
 pub use threshold::{ShamirShare, ThresholdSecret, lagrange_share};

@@ -565,7 +565,7 @@ proptest::proptest! {
 
     /// Random bytes, half of them behind a valid header, never make a share decoder panic.
     #[test]
-    fn share_decoders_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096), kind in 8u8..=16) {
+    fn share_decoders_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096), kind in 8u8..=17) {
         use std::sync::OnceLock;
         static CTX: OnceLock<Arc<CkksContext>> = OnceLock::new();
         let ctx = CTX.get_or_init(|| CkksContext::new(Parameters::insecure_for_tests(5, &[50, 40], &[55], 2, 30.0).unwrap()).unwrap());
@@ -586,7 +586,63 @@ proptest::proptest! {
         let _ = decode_shamir_share(ctx, &b);
         let _ = decode_threshold_secret(ctx, &b);
         let _ = decode_refresh_share(ctx, &b);
+        let _ = decode_switch_input(ctx, &b);
     }
+
+    /// A switch input with one byte changed or cut short: refused or decoded to the same shape.
+    #[test]
+    fn mutated_switch_inputs_never_panic(pos in proptest::prelude::any::<proptest::sample::Index>(), byte in proptest::prelude::any::<u8>(), cut in proptest::prelude::any::<proptest::sample::Index>()) {
+        let ctx = small_ctx();
+        let mut kg = ctx.key_generator().unwrap();
+        let sk = kg.secret_key();
+        let ct = ctx.sk_encryptor(&sk).unwrap().encrypt(&ctx.encode(&[], 3, 2f64.powi(40)).unwrap());
+        let good = encode_switch_input(&ctx, &SwitchInput::of(&ct).unwrap());
+        let mut b = good.clone();
+        b[pos.index(good.len())] = byte;
+        if let Ok(input) = decode_switch_input(&ctx, &b) {
+            proptest::prop_assert!(input.level() >= 1 && input.c1().limbs() == input.level());
+        }
+        let t = cut.index(good.len());
+        proptest::prop_assert!(decode_switch_input(&ctx, &good[..t]).is_err());
+    }
+}
+
+#[test]
+fn a_switch_input_is_the_c1_and_scale_of_its_ciphertext() {
+    let ctx = small_ctx();
+    let mut kg = ctx.key_generator().unwrap();
+    let sk = kg.secret_key();
+    let pk = kg.public_key(&sk);
+    let target_sk = kg.secret_key();
+    let target = kg.public_key(&target_sk);
+    let ct = ctx.pk_encryptor(&pk).unwrap().encrypt(
+        &ctx.encode_real_pairs(&[0.5, -0.25], 3, 2f64.powi(40))
+            .unwrap(),
+    );
+    let input = SwitchInput::of(&ct).unwrap();
+    let bytes = encode_switch_input(&ctx, &input);
+    assert_eq!(bytes.len(), switch_input_len(&ctx, 3));
+    let back = decode_switch_input(&ctx, &bytes).unwrap();
+    assert_eq!(back, input);
+    assert_eq!(back.c1(), &ct.parts[1]);
+    // its share equals the share of the whole ciphertext, with the same randomness
+    let flooding = Flooding::new(40, 1.0).unwrap();
+    let proto = PublicKeySwitch::new(&ctx, flooding, 1);
+    let from_input = proto
+        .share_input(&sk, &target, &back, &mut Prng::from_seed(&[3; 32]))
+        .unwrap();
+    let from_ct = proto
+        .share(&sk, &target, &ct, &mut Prng::from_seed(&[3; 32]))
+        .unwrap();
+    assert_eq!(from_input, from_ct);
+    // a ciphertext's bytes are not a switch input, nor is a degree-2 ciphertext one
+    assert!(matches!(
+        decode_switch_input(&ctx, &crate::ckks::wire::encode_ciphertext(&ctx, &ct)),
+        Err(crate::ckks::wire::WireError::WrongKind { .. })
+    ));
+    let eval = ctx.evaluator(None, None).unwrap();
+    let squared = eval.mul(&ct, &ct).unwrap();
+    assert!(SwitchInput::of(&squared).is_err());
 }
 
 #[test]

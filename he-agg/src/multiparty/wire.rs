@@ -8,7 +8,7 @@ use crate::ckks::CkksContext;
 use crate::ckks::wire::{Kind, Reader, WireError, header, poly_bytes, put_poly};
 
 use super::keygen::{GaloisKeyShare, PublicKeyShare, RelinKeyShare1, RelinKeyShare2};
-use super::keyswitch::{KeySwitchShare, PublicKeySwitchShare};
+use super::keyswitch::{KeySwitchShare, PublicKeySwitchShare, SwitchInput};
 use super::refresh::RefreshShare;
 use super::threshold::{MAX_PARTY_INDEX, ShamirShare, ThresholdSecret};
 
@@ -177,6 +177,33 @@ pub fn decode_public_key_switch_share(
     let h0 = r.poly(ctx, basis, 0)?;
     let h1 = r.poly(ctx, basis, 1)?;
     Ok(PublicKeySwitchShare { h0, h1 })
+}
+
+/// The encoded size of a [`SwitchInput`] at `level`.
+pub fn switch_input_len(ctx: &CkksContext, level: usize) -> usize {
+    crate::ckks::wire::HEADER_LEN + 1 + 8 + poly_bytes(ctx, ctx.rlwe().q_basis(level))
+}
+
+/// A switch input: level, scale, c1.
+pub fn encode_switch_input(ctx: &CkksContext, s: &SwitchInput) -> Vec<u8> {
+    let basis = ctx.rlwe().q_basis(s.level());
+    let mut out = header(ctx, Kind::SwitchInput, 1 + 8 + poly_bytes(ctx, basis));
+    out.push(s.level() as u8);
+    out.extend_from_slice(&s.scale.to_le_bytes());
+    put_poly(ctx, &mut out, &s.c1, basis);
+    out
+}
+
+pub fn decode_switch_input(ctx: &CkksContext, bytes: &[u8]) -> Result<SwitchInput, WireError> {
+    let mut r = Reader::open(ctx, bytes, Kind::SwitchInput)?;
+    let level = r.level(ctx)?;
+    let scale = r.scale()?;
+    let basis = ctx.rlwe().q_basis(level);
+    r.expect_remaining(poly_bytes(ctx, basis))?;
+    Ok(SwitchInput {
+        c1: r.poly(ctx, basis, 1)?,
+        scale,
+    })
 }
 
 /// A refresh share: h0 over the refreshed ciphertext's level, h1 over the top level.

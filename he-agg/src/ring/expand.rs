@@ -46,26 +46,35 @@ pub fn fine_bits(sigma: f64) -> u32 {
 /// of 53 bits: √(2·53·ln 2) < 8.6).
 pub fn flooding(seed: &Seed, n: usize, sigma: f64) -> Vec<i128> {
     debug_assert!((1.0..=MAX_FLOODING_SIGMA).contains(&sigma));
-    let fine = fine_bits(sigma);
     let mut prng = Prng::from_seed(seed);
     let mut out = Vec::with_capacity(n + 1);
-    while out.len() < n {
-        let w = [
-            prng.next_u64(),
-            prng.next_u64(),
-            prng.next_u64(),
-            prng.next_u64(),
-        ];
-        let (a, b) = flooding_pair(w, sigma, fine);
-        out.push(a);
-        out.push(b);
-    }
+    fill_flooding(&mut prng, &mut out, n, sigma);
     out.truncate(n);
     out
 }
 
+crate::simd::dispatch! {
+    /// Pairs of flooding samples until `out` holds `n`: compiled with fused multiply-adds where
+    /// the CPU has them (the polynomials' `mul_add` is otherwise a library call; the result is
+    /// the same, fma being correctly rounded either way).
+    fn fill_flooding(prng: &mut Prng, out: &mut Vec<i128>, n: usize, sigma: f64) {
+        let fine = fine_bits(sigma);
+        while out.len() < n {
+            let w = [
+                prng.next_u64(),
+                prng.next_u64(),
+                prng.next_u64(),
+                prng.next_u64(),
+            ];
+            let (a, b) = flooding_pair(w, sigma, fine);
+            out.push(a);
+            out.push(b);
+        }
+    }
+}
+
 /// Two flooding samples from four stream words.
-#[inline]
+#[inline(always)]
 pub(crate) fn flooding_pair(w: [u64; 4], sigma: f64, fine_bits: u32) -> (i128, i128) {
     let (z0, z1) = box_muller(w[0], w[1], sigma);
     (
@@ -75,7 +84,7 @@ pub(crate) fn flooding_pair(w: [u64; 4], sigma: f64, fine_bits: u32) -> (i128, i
 }
 
 /// Uniform in [-2^(bits-1), 2^(bits-1)) from the top `bits` of a word (0 when bits = 0).
-#[inline]
+#[inline(always)]
 fn fine_part(w: u64, bits: u32) -> i128 {
     if bits == 0 {
         0
@@ -86,7 +95,7 @@ fn fine_part(w: u64, bits: u32) -> i128 {
 
 /// Box–Muller on two words: uniforms u1 ∈ (0, 1] and u2 ∈ [0, 1) of 53 bits, then
 /// r = σ·√(−2 ln u1) and (r·cos 2πu2, r·sin 2πu2).
-#[inline]
+#[inline(always)]
 pub(crate) fn box_muller(w1: u64, w2: u64, sigma: f64) -> (f64, f64) {
     let k = constants();
     let u1 = ((w1 >> 11) + 1) as f64 * k.two_m53;
@@ -158,13 +167,13 @@ pub(crate) fn constants() -> &'static BoxMullerConstants {
 }
 
 /// Horner's rule with fused multiply-adds: Σ c_k·t^k.
-#[inline]
+#[inline(always)]
 fn horner(c: &[f64], t: f64) -> f64 {
     c.iter().rev().fold(0.0, |acc, &ck| acc.mul_add(t, ck))
 }
 
 /// ln x for a normal x > 0: x = m·2^e with m ∈ [√2/2, √2), ln m = 2·atanh((m−1)/(m+1)).
-#[inline]
+#[inline(always)]
 fn ln(x: f64, k: &BoxMullerConstants) -> f64 {
     let bits = x.to_bits();
     let mut e = ((bits >> 52) & 0x7ff) as i64 - 1023;
@@ -180,7 +189,7 @@ fn ln(x: f64, k: &BoxMullerConstants) -> f64 {
 
 /// (sin 2πu, cos 2πu) for u ∈ [0, 1): the quadrant and the reflection at π/4 are exact, the
 /// polynomials run on [0, π/4].
-#[inline]
+#[inline(always)]
 fn sin_cos_turns(u: f64, k: &BoxMullerConstants) -> (f64, f64) {
     let v = u * 4.0;
     let q = v as u32; // 0..=3 (v < 4)

@@ -164,6 +164,19 @@ fn each_kind_of_malformed_input_is_refused() {
             index: 0
         }
     );
+    // the last residue of the limb (read by the tail loop): bytes 394..400 of the 400 of limb 0
+    let mut last = good.clone();
+    for b in &mut last[50 + 394..50 + 400] {
+        *b = 0xff;
+    }
+    assert_eq!(
+        dec(&last),
+        WireError::Residue {
+            poly: 0,
+            limb: 0,
+            index: 63
+        }
+    );
     // ciphertexts of other parameters
     let other =
         CkksContext::new(Parameters::insecure_for_tests(6, &[50, 40, 36], &[55], 3, 30.0).unwrap())
