@@ -189,17 +189,21 @@ impl UpdateCodec {
         let ct = wire::decode_ciphertext(&self.ctx, bytes)
             .map_err(|source| CodecError::Wire { index, source })?;
         let level = ct.level();
-        let fits = (level == self.plan.level || level + 1 == self.plan.level)
-            && ct.degree() == 1
-            && ct.scale.to_bits() == self.plan.result_scale(&self.ctx, level).to_bits();
-        if !fits {
+        // the level it came at, if it is one of the two, names the scale it must have
+        let want = if level + 1 == self.plan.level {
+            level
+        } else {
+            self.plan.level
+        };
+        let want_scale = self.plan.result_scale(&self.ctx, want);
+        if level != want || ct.degree() != 1 || ct.scale.to_bits() != want_scale.to_bits() {
             return Err(CodecError::Shape {
                 index,
                 level,
                 degree: ct.degree(),
                 log_scale: ct.scale.log2(),
-                want_level: self.plan.level,
-                want_log_scale: self.plan.scale.log2(),
+                want_level: want,
+                want_log_scale: want_scale.log2(),
             });
         }
         Ok(ct)
