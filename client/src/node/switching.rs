@@ -2,7 +2,10 @@
 //! carried out when the participant asks, with the masks made ahead when it says they fit.
 
 use anyhow::Context;
-use he_agg::multiparty::{PublicKeySwitch, PublicKeySwitchMask, SwitchInput, wire as mpw};
+use he_agg::ckks::CkksContext;
+use he_agg::multiparty::{
+    PublicKeySwitch, PublicKeySwitchMask, PublicKeySwitchShare, SwitchInput, wire as mpw,
+};
 use he_agg::ring::Prng;
 use protocol::Link;
 use protocol::link::Incoming;
@@ -106,14 +109,13 @@ impl Node {
             }
         }
         let prepared = masks.is_some();
-        let done = move |ctx: &he_agg::ckks::CkksContext,
-                         mut share: he_agg::multiparty::PublicKeySwitchShare|
-              -> anyhow::Result<Vec<u8>> {
-            if rescale {
-                share.rescale(ctx)?;
-            }
-            Ok(mpw::encode_public_key_switch_share(ctx, &share))
-        };
+        let done =
+            move |ctx: &CkksContext, mut share: PublicKeySwitchShare| -> anyhow::Result<Vec<u8>> {
+                if rescale {
+                    share.rescale(ctx)?;
+                }
+                Ok(mpw::encode_public_key_switch_share(ctx, &share))
+            };
         let pk = he
             .keys
             .receive

@@ -156,8 +156,12 @@ impl UpdateCodec {
 
     /// What a switching party is sent of an aggregate ciphertext: its c₁ and scale.
     pub fn encode_switch_input(&self, ct: &Ciphertext) -> Result<Vec<u8>, CodecError> {
-        let input = SwitchInput::of(ct).map_err(|e| CodecError::Setup(e.to_string()))?;
-        Ok(mpw::encode_switch_input(&self.ctx, &input))
+        mpw::encode_switch_input_of(&self.ctx, ct).ok_or_else(|| {
+            CodecError::Setup(format!(
+                "a switch input of a degree-{} ciphertext",
+                ct.degree()
+            ))
+        })
     }
 
     /// A switch input as received: well formed, of these parameters, at the plan's level and

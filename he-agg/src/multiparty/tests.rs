@@ -622,6 +622,7 @@ fn a_switch_input_is_the_c1_and_scale_of_its_ciphertext() {
     let input = SwitchInput::of(&ct).unwrap();
     let bytes = encode_switch_input(&ctx, &input);
     assert_eq!(bytes.len(), switch_input_len(&ctx, 3));
+    assert_eq!(encode_switch_input_of(&ctx, &ct), Some(bytes.clone()));
     let back = decode_switch_input(&ctx, &bytes).unwrap();
     assert_eq!(back, input);
     assert_eq!(back.c1(), &ct.parts[1]);
@@ -643,6 +644,7 @@ fn a_switch_input_is_the_c1_and_scale_of_its_ciphertext() {
     let eval = ctx.evaluator(None, None).unwrap();
     let squared = eval.mul(&ct, &ct).unwrap();
     assert!(SwitchInput::of(&squared).is_err());
+    assert_eq!(encode_switch_input_of(&ctx, &squared), None);
 }
 
 #[test]

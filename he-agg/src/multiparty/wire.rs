@@ -4,8 +4,9 @@
 
 use zeroize::Zeroizing;
 
-use crate::ckks::CkksContext;
 use crate::ckks::wire::{Kind, Reader, WireError, header, poly_bytes, put_poly};
+use crate::ckks::{Ciphertext, CkksContext};
+use crate::ring::Poly;
 
 use super::keygen::{GaloisKeyShare, PublicKeyShare, RelinKeyShare1, RelinKeyShare2};
 use super::keyswitch::{KeySwitchShare, PublicKeySwitchShare, SwitchInput};
@@ -186,11 +187,22 @@ pub fn switch_input_len(ctx: &CkksContext, level: usize) -> usize {
 
 /// A switch input: level, scale, c1.
 pub fn encode_switch_input(ctx: &CkksContext, s: &SwitchInput) -> Vec<u8> {
-    let basis = ctx.rlwe().q_basis(s.level());
+    encode_c1(ctx, &s.c1, s.scale)
+}
+
+/// The switch input of `ct` written straight from its c₁ (no copy of the polynomial); `None`
+/// unless `ct` has degree 1.
+pub fn encode_switch_input_of(ctx: &CkksContext, ct: &Ciphertext) -> Option<Vec<u8>> {
+    (ct.degree() == 1).then(|| encode_c1(ctx, &ct.parts[1], ct.scale))
+}
+
+fn encode_c1(ctx: &CkksContext, c1: &Poly, scale: f64) -> Vec<u8> {
+    let level = c1.limbs();
+    let basis = ctx.rlwe().q_basis(level);
     let mut out = header(ctx, Kind::SwitchInput, 1 + 8 + poly_bytes(ctx, basis));
-    out.push(s.level() as u8);
-    out.extend_from_slice(&s.scale.to_le_bytes());
-    put_poly(ctx, &mut out, &s.c1, basis);
+    out.push(level as u8);
+    out.extend_from_slice(&scale.to_le_bytes());
+    put_poly(ctx, &mut out, c1, basis);
     out
 }
 
