@@ -5,7 +5,7 @@
 #   scripts/wall-ratio.sh [PAIRS] [-- extra simulate arguments]
 #
 # Runs `coordinator simulate` (the embedded default unless a config is passed) encrypted and
-# with --plaintext, PAIRS times each (default 3), at the SIMD level in HEAL_SIMD (default: the
+# with --plaintext, PAIRS times each (default 3; the order alternates), at the SIMD level in HEAL_SIMD (default: the
 # CPU's best), and prints each pair, the medians and their ratio. Needs the release binaries
 # (`cargo build --release -p client -p coordinator`) and HEAL_DATA_DIR.
 set -euo pipefail
@@ -25,8 +25,16 @@ wall() { # prints the run's wall seconds from simulate's last line
 }
 he=() pt=()
 for ((i = 1; i <= pairs; i++)); do
-  h=$(wall "$@")
-  p=$(wall --plaintext "$@")
+  # ABBA order: a run reuses memory the run before it just freed, which costs no page faults
+  # (on a virtual machine whose host reclaims freed memory a cold first touch costs ~2 s per
+  # GB), so neither pipeline may always go first
+  if ((i % 2)); then
+    h=$(wall "$@")
+    p=$(wall --plaintext "$@")
+  else
+    p=$(wall --plaintext "$@")
+    h=$(wall "$@")
+  fi
   [[ -n $h && -n $p ]] || { echo "pair $i: a run failed (see coordinator simulate's output)" >&2; exit 1; }
   he+=("$h") pt+=("$p")
   echo "pair $i: HE $h s, plaintext $p s ($(awk -v a="$h" -v b="$p" 'BEGIN { printf "%.3f", a / b }'))"
