@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use he_agg::aggregate::{AggregationPlan, UpdateCodec};
 use he_agg::ckks::{Ciphertext, CkksContext, Parameters, Preset};
-use he_agg::multiparty::{Crs, PublicKeySwitchShare, wire as shares};
+use he_agg::multiparty::{Crs, KeySwitchShare, wire as shares};
 use protocol::FederationId;
 
 use crate::config::FederationConfig;
@@ -50,9 +50,8 @@ impl HeSetup {
         &self,
         bytes: &[u8],
         level: usize,
-    ) -> Result<PublicKeySwitchShare, String> {
-        let s =
-            shares::decode_public_key_switch_share(&self.ctx, bytes).map_err(|e| e.to_string())?;
+    ) -> Result<KeySwitchShare, String> {
+        let s = shares::decode_key_switch_share(&self.ctx, bytes).map_err(|e| e.to_string())?;
         if s.level() != level {
             return Err(format!(
                 "switching share at level {}, expected {level}",

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use he_agg::aggregate::{Aggregator, Backend, MAX_WEIGHT, Shape};
-use he_agg::ckks::{Ciphertext, wire};
-use he_agg::multiparty::{PublicKeySwitch, PublicKeySwitchShare};
+use he_agg::ckks::Ciphertext;
+use he_agg::multiparty::{KeySwitchShare, ReceiveSwitch, wire};
 use protocol::transcript::Contribution;
 
 use crate::he::HeSetup;
@@ -92,11 +92,15 @@ pub struct Round {
     plain: Vec<f64>,
     aggregate: Option<Arc<Vec<Ciphertext>>>,
     aggregate_bytes: Option<Arc<Vec<Vec<u8>>>>,
+    /// BLAKE3 of each switch input as sent (the switchers' masks are derived from it)
+    input_digests: Vec<[u8; 32]>,
     attempt: u32,
+    /// the switchers of this attempt, as named in its request
+    active: Vec<u32>,
     /// the level the switching shares come at (`AggregationPlan::result_level`)
     share_level: usize,
     /// accumulated switching share per ciphertext (towards the consortium receiving key)
-    switch_acc: Vec<Option<PublicKeySwitchShare>>,
+    switch_acc: Vec<Option<KeySwitchShare>>,
     started_unix_ms: u64,
     aggregate_s: f64,
     switch_started: Option<Instant>,
@@ -260,7 +264,7 @@ impl Round {
             .collect()
     }
 
-    /// Closes the aggregate (once) and opens switching attempt `attempt` by `switchers` for
+    /// Closes the aggregate (once) and opens switching attempt `attempt` by `active` for
     /// contributions of `weights`: returns what the switchers are sent, the aggregate's c₁.
     pub fn close(
         &mut self,
@@ -268,7 +272,7 @@ impl Round {
         he: &HeSetup,
         attempt: u32,
         weights: &[(u32, u64)],
-        switchers: usize,
+        active: &[u32],
     ) -> Result<Arc<Vec<Vec<u8>>>, RoundError> {
         self.check_round(round)?;
         if self.aggregate.is_none() {
@@ -278,18 +282,20 @@ impl Round {
                 .map(|a| a.finish())
                 .collect::<Result<Vec<Ciphertext>, _>>()
                 .map_err(|e| RoundError::Aggregation(e.to_string()))?;
-            self.aggregate_bytes = Some(Arc::new(
-                cts.iter()
-                    .map(|c| he.codec.encode_switch_input(c))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| RoundError::Aggregation(e.to_string()))?,
-            ));
+            let bytes: Vec<Vec<u8>> = cts
+                .iter()
+                .map(|c| he.codec.encode_switch_input(c))
+                .collect::<Result<_, _>>()
+                .map_err(|e| RoundError::Aggregation(e.to_string()))?;
+            self.input_digests = bytes.iter().map(|b| *blake3::hash(b).as_bytes()).collect();
+            self.aggregate_bytes = Some(Arc::new(bytes));
             self.aggregate = Some(Arc::new(cts));
             self.aggregate_s = t.elapsed().as_secs_f64();
         }
         let weights: Vec<f64> = weights.iter().map(|&(_, w)| w as f64).collect();
-        self.share_level = he.plan.result_level(&he.ctx, &weights, switchers);
+        self.share_level = he.plan.result_level(&he.ctx, &weights, active.len());
         self.attempt = attempt;
+        self.active = active.to_vec();
         self.switch_acc.clear();
         self.switch_started = Some(Instant::now());
         self.aggregate_bytes.clone().ok_or(RoundError::NoAggregate)
@@ -315,7 +321,7 @@ impl Round {
         he: &HeSetup,
         attempt: u32,
         bytes: u64,
-        shares: Vec<PublicKeySwitchShare>,
+        shares: Vec<KeySwitchShare>,
     ) -> Result<(), RoundError> {
         self.check_round(round)?;
         if self.attempt != attempt {
@@ -328,7 +334,7 @@ impl Round {
                 want,
             });
         }
-        let pcks = switch(he)?;
+        let proto = switch(he)?;
         if self.switch_acc.is_empty() {
             self.switch_acc = vec![None; want];
         }
@@ -343,7 +349,7 @@ impl Round {
         for (slot, share) in self.switch_acc.iter_mut().zip(shares) {
             match slot {
                 None => *slot = Some(share),
-                Some(a) => pcks
+                Some(a) => proto
                     .aggregate(a, &share)
                     .map_err(|e| RoundError::Aggregation(e.to_string()))?,
             }
@@ -371,7 +377,7 @@ impl Round {
         let items = match he {
             Some(he) => {
                 let aggregate = self.aggregate.clone().ok_or(RoundError::NoAggregate)?;
-                let pcks = switch(he)?;
+                let proto = switch(he)?;
                 let acc = std::mem::take(&mut self.switch_acc);
                 let complete = acc.iter().filter(|s| s.is_some()).count();
                 if acc.len() != aggregate.len() || complete != acc.len() {
@@ -381,11 +387,18 @@ impl Round {
                     });
                 }
                 let mut items = Vec::with_capacity(acc.len());
-                for (ct, share) in aggregate.iter().zip(acc.into_iter().flatten()) {
-                    let switched = pcks
-                        .finalize(ct, share)
+                let shares = acc.into_iter().flatten();
+                for ((ct, share), digest) in aggregate.iter().zip(shares).zip(&self.input_digests) {
+                    // each switcher masked its share with an a_i the receivers expand
+                    let seeds = self
+                        .active
+                        .iter()
+                        .map(|&i| he.crs.receive_switch_seed(digest, i, &self.active))
+                        .collect();
+                    let switched = proto
+                        .finalize(ct, share, seeds)
                         .map_err(|e| RoundError::Aggregation(e.to_string()))?;
-                    items.push(wire::encode_ciphertext(&he.ctx, &switched));
+                    items.push(wire::encode_switched_result(&he.ctx, &switched));
                 }
                 items
             }
@@ -418,12 +431,12 @@ impl Round {
 }
 
 /// Sums and finishes switching shares (the flooding's size plays no part in either).
-fn switch(he: &HeSetup) -> Result<PublicKeySwitch, RoundError> {
+fn switch(he: &HeSetup) -> Result<ReceiveSwitch, RoundError> {
     let flooding = he
         .plan
         .flooding(&[1.0])
         .map_err(|e| RoundError::Aggregation(e.to_string()))?;
-    Ok(PublicKeySwitch::new(&he.ctx, flooding, 1))
+    Ok(ReceiveSwitch::new(&he.ctx, flooding, 1))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! switched, the result and record made.
 
 use he_agg::aggregate::CpuBackend;
-use he_agg::multiparty::PublicKeySwitch;
+use he_agg::multiparty::ReceiveSwitch;
 use he_agg::ring::Prng;
 use protocol::FederationId;
 
@@ -148,7 +148,7 @@ fn an_encrypted_round_is_aggregated_switched_and_decrypts_to_the_weighted_sum() 
     let he = HeSetup::new(&cfg, FederationId([7; 16])).unwrap();
     let mut kg = he.ctx.key_generator().unwrap();
     let (sk, target_sk) = (kg.secret_key(), kg.secret_key());
-    let (pk, target) = (kg.public_key(&sk), kg.public_key(&target_sk));
+    let pk = kg.public_key(&sk);
     let n = 3 * he.ctx.n() / 2;
     let a: Vec<f32> = (0..n).map(|i| (i % 7) as f32 / 10.0).collect();
     let b: Vec<f32> = (0..n).map(|i| -((i % 5) as f32) / 10.0).collect();
@@ -178,7 +178,7 @@ fn an_encrypted_round_is_aggregated_switched_and_decrypts_to_the_weighted_sum() 
         );
         assert_eq!(r.shares_expected(), Err(RoundError::NoAggregate));
         let weights = [(1, wa), (2, wb)];
-        let bytes = r.close(1, &he, 0, &weights, 1).unwrap();
+        let bytes = r.close(1, &he, 0, &weights, &[2]).unwrap();
         assert_eq!(r.share_level(), level, "weights {wa}, {wb}");
         let count = bytes.len();
         assert_eq!(r.shares_expected(), Ok(count));
@@ -191,19 +191,29 @@ fn an_encrypted_round_is_aggregated_switched_and_decrypts_to_the_weighted_sum() 
             .map(|(i, b)| he.codec.decode_switch_input(i, b).unwrap())
             .collect();
         let wf = [wa as f64, wb as f64];
-        let pcks = PublicKeySwitch::new(&he.ctx, he.plan.flooding(&wf).unwrap(), 1);
+        let proto = ReceiveSwitch::new(&he.ctx, he.plan.flooding(&wf).unwrap(), 1);
         let mut prng = Prng::from_seed(&[1; 32]);
-        let full: Vec<_> = inputs
-            .iter()
-            .map(|x| pcks.share_input(&sk, &target, x, &mut prng).unwrap())
-            .collect();
-        let mut lower = full.clone();
-        lower.iter_mut().for_each(|s| s.rescale(&he.ctx).unwrap());
-        let (shares, wrong) = if level == he.plan.level {
-            (full, lower)
-        } else {
-            (lower, full)
+        // hospital 2's shares, masked for the active set `set`, at the full level or one lower
+        let mut shares_for = |set: &[u32], rescale: bool| -> Vec<_> {
+            inputs
+                .iter()
+                .zip(bytes.iter())
+                .map(|(x, b)| {
+                    let seed = he
+                        .crs
+                        .receive_switch_seed(blake3::hash(b).as_bytes(), 2, set);
+                    let mask = proto.flood(he.plan.level, &mut prng).unwrap();
+                    proto
+                        .share(&sk, &target_sk, x, &seed, mask, rescale)
+                        .unwrap()
+                })
+                .collect()
         };
+        let rescale = level < he.plan.level;
+        let shares = shares_for(&[2], rescale);
+        let wrong = shares_for(&[2], !rescale);
+        // masked for another set than the request named: the result does not open
+        let other_set = shares_for(&[2, 3], rescale);
         assert_eq!(
             r.fold_shares(1, &he, 1, 0, shares.clone()),
             Err(RoundError::AttemptChanged)
@@ -219,9 +229,25 @@ fn an_encrypted_round_is_aggregated_switched_and_decrypts_to_the_weighted_sum() 
             r.fold_shares(1, &he, 0, 0, wrong),
             Err(RoundError::Aggregation(_))
         ));
+        let mut other = Round::new(1, 0, 100_000);
+        put(&mut other, 1, 1, ctx, wa, Update::Encrypted(decode(&a))).unwrap();
+        put(&mut other, 2, 1, ctx, wb, Update::Encrypted(decode(&b))).unwrap();
+        other.close(1, &he, 0, &weights, &[2]).unwrap();
+        other.fold_shares(1, &he, 0, 0, other_set).unwrap();
+        let (bad, _) = other
+            .result(1, Some(&he), &weights, &[2], &[1, 2], 9)
+            .unwrap();
+        assert!(he.codec.decrypt_sum(&target_sk, &bad.items, n).unwrap()[0].abs() > 1e6);
         r.fold_shares(1, &he, 0, 0, shares).unwrap();
         let (result, record) = r.result(1, Some(&he), &weights, &[2], &[1, 2], 9).unwrap();
         assert_eq!(record.switchers, vec![2]);
+        // the result travels as c0 and a seed: half a ciphertext of its level
+        let half = he_agg::ckks::wire::ciphertext_len(&he.ctx, level, 1) / 2;
+        assert!(
+            result.items[0].len() < half + 96,
+            "{} bytes",
+            result.items[0].len()
+        );
         let sum = he.codec.decrypt_sum(&target_sk, &result.items, n).unwrap();
         let worst = sum
             .iter()
@@ -260,13 +286,13 @@ fn a_switch_without_every_share_gives_no_result() {
         Update::Encrypted(cts),
     )
     .unwrap();
-    r.close(1, &he, 0, &[(1, 1)], 1).unwrap();
+    r.close(1, &he, 0, &[(1, 1)], &[1]).unwrap();
     assert!(matches!(
         r.result(1, Some(&he), &[(1, 1)], &[], &[1], 0),
         Err(RoundError::MissingShares { got: 0, .. })
     ));
     assert_eq!(
-        r.close(2, &he, 1, &[(1, 1)], 1),
+        r.close(2, &he, 1, &[(1, 1)], &[1]),
         Err(RoundError::RoundEnded { got: 2, now: 1 })
     );
 }

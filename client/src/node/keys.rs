@@ -75,11 +75,10 @@ impl PeerKeys {
     }
 }
 
-/// The consortium receiving key pair (every hospital holds the same; the coordinator only the
-/// public half).
+/// The consortium receiving key (every hospital holds the same secret; the coordinator only the
+/// public half, which every hospital reports at setup so that all can check they hold one key).
 pub struct ReceiveKeys {
     pub sk: SecretKey,
-    pub pk: PublicKey,
     /// the public half as sent to the coordinator
     pub pk_bytes: Vec<u8>,
 }
@@ -146,11 +145,14 @@ impl Keys {
             None => None,
         };
         let receive = match (read(&dir.join(RECEIVE_SK))?, read(&dir.join(RECEIVE_PK))?) {
-            (Some(sk), Some(pk)) => Some(ReceiveKeys {
-                sk: wire::decode_secret_key(ctx, &sk).context(RECEIVE_SK)?,
-                pk: wire::decode_public_key(ctx, &pk).context(RECEIVE_PK)?,
-                pk_bytes: pk,
-            }),
+            (Some(sk), Some(pk)) => {
+                // read back whole, so a damaged file is named here and not at the next round
+                wire::decode_public_key(ctx, &pk).context(RECEIVE_PK)?;
+                Some(ReceiveKeys {
+                    sk: wire::decode_secret_key(ctx, &sk).context(RECEIVE_SK)?,
+                    pk_bytes: pk,
+                })
+            }
             (None, None) => None,
             // setup was interrupted before threshold.key (written last) marked it done: the
             // receiving key is derived again when the shares are opened again
@@ -191,7 +193,7 @@ impl Keys {
             &mpw::encode_threshold_secret(ctx, &t),
         )?;
         self.threshold = Some(t);
-        self.receive = Some(ReceiveKeys { sk, pk, pk_bytes });
+        self.receive = Some(ReceiveKeys { sk, pk_bytes });
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use client::strategy::{self, Moments};
 use client::train::{TrainOptions, evaluate, select_device, train};
 use he_agg::aggregate::{AggregationPlan, CodecError, UpdateCodec, check_average};
 use he_agg::ckks::{CkksContext, Parameters, Preset, PublicKey, wire};
-use he_agg::multiparty::{Crs, PublicKeySwitchMask};
+use he_agg::multiparty::{Crs, FloodMask};
 use protocol::link::{Incoming, connect};
 use protocol::message::{Body, RoundMetrics};
 use protocol::tls::TlsFiles;
@@ -51,10 +51,11 @@ pub(super) struct NodeHe {
     pub(super) pool: Arc<rayon::ThreadPool>,
 }
 
-/// Switching masks being made ahead for a round (while the other hospitals still train), for
-/// the request shape the participant expects: in a steady federation the next request is the
-/// same, and then only s_i·c1 is left to compute on the critical path.
-pub(super) type PreparedMasks = tokio::task::JoinHandle<anyhow::Result<Vec<PublicKeySwitchMask>>>;
+/// Switching shares' flooding being made ahead for a round (while the other hospitals still
+/// train), for the request shape the participant expects: in a steady federation the next
+/// request is the same, and then only s_i·c1 and the mask s_recv·a_i are left to compute on the
+/// critical path.
+pub(super) type PreparedMasks = tokio::task::JoinHandle<anyhow::Result<Vec<FloodMask>>>;
 
 /// What one round cost this hospital (reported with the round's metrics).
 #[derive(Default, Clone)]

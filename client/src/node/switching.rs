@@ -1,11 +1,9 @@
-//! Public-key-switching shares of a round's aggregate, towards the consortium receiving key:
-//! carried out when the participant asks, with the masks made ahead when it says they fit.
+//! Switching shares of a round's aggregate towards the consortium receiving key
+//! ([`he_agg::multiparty::ReceiveSwitch`]): carried out when the participant asks, with the
+//! flooding made ahead when it says it fits.
 
 use anyhow::Context;
-use he_agg::ckks::CkksContext;
-use he_agg::multiparty::{
-    PublicKeySwitch, PublicKeySwitchMask, PublicKeySwitchShare, SwitchInput, wire as mpw,
-};
+use he_agg::multiparty::{FloodMask, ReceiveSwitch, SwitchInput, wire as mpw};
 use he_agg::ring::Prng;
 use protocol::Link;
 use protocol::link::Incoming;
@@ -46,6 +44,7 @@ impl Node {
             .context("switch request before the threshold secret")?;
         // the aggregate's c1 only: a share needs nothing else (c0 is the coordinator's to add)
         let mut inputs: Vec<SwitchInput> = Vec::with_capacity(count as usize);
+        let mut digests: Vec<[u8; 32]> = Vec::with_capacity(count as usize);
         for i in 0..count {
             let item = msg
                 .next_item()
@@ -55,6 +54,8 @@ impl Node {
                 .codec
                 .decode_switch_input(i as usize, &item)
                 .context("an aggregate to switch")?;
+            // this switcher's mask is bound to these bytes (and to the active set)
+            digests.push(*blake3::hash(&item).as_bytes());
             inputs.push(input);
         }
         // the aggregate must be the weighted sum of the signed updates named (checked with the
@@ -95,9 +96,13 @@ impl Node {
         // shares a level lower where the signed weights leave the room (the coordinator and
         // every receiver reckon the same)
         let rescale = plan.result_level(&he.ctx, &weights_f, active.len()) < plan.level;
-        let pcks = PublicKeySwitch::new(&he.ctx, flooding, active.len());
-        // masks made ahead are used only where the participant says they fit this request
-        let mut masks: Option<Vec<PublicKeySwitchMask>> = None;
+        let proto = ReceiveSwitch::new(&he.ctx, flooding, active.len());
+        let seeds: Vec<_> = digests
+            .iter()
+            .map(|d| he.crs.receive_switch_seed(d, self.index, active))
+            .collect();
+        // flooding made ahead is used only where the participant says it fits this request
+        let mut masks: Option<Vec<FloodMask>> = None;
         if let Some(handle) = self.prepared.take()
             && prepared
         {
@@ -109,38 +114,32 @@ impl Node {
             }
         }
         let prepared = masks.is_some();
-        let done =
-            move |ctx: &CkksContext, mut share: PublicKeySwitchShare| -> anyhow::Result<Vec<u8>> {
-                if rescale {
-                    share.rescale(ctx)?;
-                }
-                Ok(mpw::encode_public_key_switch_share(ctx, &share))
-            };
-        let pk = he
-            .keys
-            .receive
-            .as_ref()
-            .context("switch request before the consortium receiving key")?
-            .pk
-            .clone();
+        let level = he.codec.plan().level;
+        let receive_sk = receive.sk.clone();
         let (ctx, pool) = (he.ctx.clone(), he.pool.clone());
         let shares: Vec<Vec<u8>> =
             tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Vec<u8>>> {
-                pool.install(|| match masks {
-                    Some(masks) => inputs
+                pool.install(|| {
+                    let masks: Vec<FloodMask> = match masks {
+                        Some(m) => m,
+                        None => (0..inputs.len())
+                            .into_par_iter()
+                            .map_init(Prng::from_os, |prng, _| -> anyhow::Result<FloodMask> {
+                                let prng = prng.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
+                                Ok(proto.flood(level, prng)?)
+                            })
+                            .collect::<anyhow::Result<_>>()?,
+                    };
+                    inputs
                         .par_iter()
+                        .zip(seeds.par_iter())
                         .zip(masks.into_par_iter())
-                        .map(|(input, mask)| -> anyhow::Result<Vec<u8>> {
-                            done(&ctx, pcks.share_input_with_mask(&sk, input, mask)?)
+                        .map(|((input, seed), mask)| -> anyhow::Result<Vec<u8>> {
+                            let share =
+                                proto.share(&sk, &receive_sk, input, seed, mask, rescale)?;
+                            Ok(mpw::encode_key_switch_share(&ctx, &share))
                         })
-                        .collect(),
-                    None => inputs
-                        .par_iter()
-                        .map_init(Prng::from_os, |prng, input| -> anyhow::Result<Vec<u8>> {
-                            let prng = prng.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
-                            done(&ctx, pcks.share_input(&sk, &pk, input, prng)?)
-                        })
-                        .collect(),
+                        .collect()
                 })
             })
             .await??;
@@ -172,35 +171,30 @@ impl Node {
         Ok(())
     }
 
-    /// Starts making the masks of a switch of `shape` of `count` ciphertexts on the encryption
-    /// threads.
+    /// Starts making the flooding of a switch of `shape` of `count` ciphertexts on the
+    /// encryption threads.
     pub(super) fn prepare_masks(&mut self, shape: &SwitchShape, count: usize) {
         self.prepared = None;
         let Some(he) = self.he.as_ref() else {
             return;
         };
-        let Some(receive) = he.keys.receive.as_ref() else {
+        if he.keys.receive.is_none() {
             return;
-        };
-        let (ctx, pool, pk, level) = (
-            he.ctx.clone(),
-            he.pool.clone(),
-            receive.pk.clone(),
-            he.codec.plan().level,
-        );
+        }
+        let (ctx, pool, level) = (he.ctx.clone(), he.pool.clone(), he.codec.plan().level);
         let flooding = he
             .codec
             .plan()
             .flooding(&shape.weights.iter().map(|&w| w as f64).collect::<Vec<_>>());
         let parties = shape.parties;
         self.prepared = Some(tokio::task::spawn_blocking(move || {
-            let pcks = PublicKeySwitch::new(&ctx, flooding?, parties);
+            let proto = ReceiveSwitch::new(&ctx, flooding?, parties);
             pool.install(|| {
                 (0..count)
                     .into_par_iter()
                     .map_init(Prng::from_os, |prng, _| {
                         let prng = prng.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
-                        Ok(pcks.mask(&pk, level, prng)?)
+                        Ok(proto.flood(level, prng)?)
                     })
                     .collect()
             })

@@ -141,7 +141,7 @@ impl Server {
         weights: Vec<(u32, u64)>,
     ) {
         let Some(he) = self.he.as_ref() else { return };
-        let bytes = match lock(&self.round).close(round, he, attempt, &weights, active.len()) {
+        let bytes = match lock(&self.round).close(round, he, attempt, &weights, &active) {
             Ok(b) => b,
             Err(e) => {
                 warn!(round, "cannot ask for switching shares: {e}");

@@ -162,7 +162,7 @@ pub fn run(config_path: Option<&Path>, out: Option<PathBuf>, opts: &Options) -> 
         if cfg.he.plaintext {
             "plaintext".to_string()
         } else {
-            "CKKS, collective keys, t-of-N public-key switching".to_string()
+            "CKKS, collective keys, t-of-N switching to the consortium receiving key".to_string()
         },
         p.federation
     );

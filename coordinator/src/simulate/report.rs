@@ -260,7 +260,7 @@ fn plots(out: &Path, rows: &[RoundRow], plaintext: bool) -> anyhow::Result<()> {
             ("encrypt", pts(|r| r.encrypt_s), RED),
             ("upload", pts(|r| r.upload_s), GREEN),
             ("aggregate", pts(|r| r.aggregate_s), MAGENTA),
-            ("re-encrypt (PCKS)", pts(|r| r.coordinator_switch_s), CYAN),
+            ("re-encrypt", pts(|r| r.coordinator_switch_s), CYAN),
             ("whole round", pts(|r| r.round_s), BLACK),
         ],
     )?;

@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
         if kind & 0x80 != 0 && bytes.len() >= wire::HEADER_LEN {
             bytes[..4].copy_from_slice(&wire::MAGIC);
             bytes[4..6].copy_from_slice(&wire::VERSION.to_le_bytes());
-            bytes[6] = 1 + kind % 17;
+            bytes[6] = 1 + kind % 18;
             bytes[7] = 0;
             bytes[8..40].copy_from_slice(c.fingerprint());
         }
@@ -52,6 +52,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = shares::decode_shamir_share(c, &bytes);
     if let Ok(s) = shares::decode_switch_input(c, &bytes) {
         assert_eq!(shares::encode_switch_input(c, &s), bytes);
+    }
+    if let Ok(r) = shares::decode_switched_result(c, &bytes) {
+        assert_eq!(shares::encode_switched_result(c, &r), bytes);
+        // its c1 expands from the seeds it carries, whatever they are
+        r.expand(c).expect("a decoded result expands");
     }
     if let Ok(r) = shares::decode_refresh_share(c, &bytes) {
         assert_eq!(shares::encode_refresh_share(c, &r), bytes);

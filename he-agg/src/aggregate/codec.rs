@@ -186,13 +186,14 @@ impl UpdateCodec {
         Ok(input)
     }
 
-    /// A switched result as received: well formed, degree 1, at the plan's level and scale or
-    /// one level lower with the scale divided by the modulus dropped
-    /// ([`AggregationPlan::result_level`]).
+    /// A switched result as received ([`crate::multiparty::ReceiveSwitch`]): well formed, at
+    /// the plan's level and scale or one level lower with the scale divided by the modulus
+    /// dropped ([`AggregationPlan::result_level`]); returned as the ciphertext under the
+    /// receiving key, its c₁ expanded from the result's seeds.
     pub fn decode_result(&self, index: usize, bytes: &[u8]) -> Result<Ciphertext, CodecError> {
-        let ct = wire::decode_ciphertext(&self.ctx, bytes)
+        let r = mpw::decode_switched_result(&self.ctx, bytes)
             .map_err(|source| CodecError::Wire { index, source })?;
-        let level = ct.level();
+        let level = r.level();
         // the level it came at, if it is one of the two, names the scale it must have
         let want = if level + 1 == self.plan.level {
             level
@@ -200,17 +201,18 @@ impl UpdateCodec {
             self.plan.level
         };
         let want_scale = self.plan.result_scale(&self.ctx, want);
-        if level != want || ct.degree() != 1 || ct.scale.to_bits() != want_scale.to_bits() {
+        if level != want || r.scale.to_bits() != want_scale.to_bits() {
             return Err(CodecError::Shape {
                 index,
                 level,
-                degree: ct.degree(),
-                log_scale: ct.scale.log2(),
+                degree: 1,
+                log_scale: r.scale.log2(),
                 want_level: want,
                 want_log_scale: want_scale.log2(),
             });
         }
-        Ok(ct)
+        r.expand(&self.ctx)
+            .map_err(|e| CodecError::Setup(format!("result item {index}: {e}")))
     }
 
     /// The first `values` reals of a sum switched to `sk`'s key, decoded and decrypted on the
@@ -305,6 +307,33 @@ pub fn check_average(
 mod tests {
     use super::*;
     use crate::ckks::{Parameters, Preset};
+    use crate::multiparty::{Crs, ReceiveSwitch};
+    use crate::ring::Prng;
+
+    /// `ct` switched to `receive` by one party holding its whole secret `sk`: a result item.
+    fn switched(
+        codec: &UpdateCodec,
+        sk: &SecretKey,
+        receive: &SecretKey,
+        ct: &Ciphertext,
+    ) -> Vec<u8> {
+        let ctx = codec.context();
+        let bytes = codec.encode_switch_input(ct).unwrap();
+        let input = codec.decode_switch_input(0, &bytes).unwrap();
+        let seed = Crs::from_federation(b"codec tests").receive_switch_seed(
+            blake3::hash(&bytes).as_bytes(),
+            1,
+            &[1],
+        );
+        let proto = ReceiveSwitch::new(ctx, codec.plan().flooding(&[1.0]).unwrap(), 1);
+        let mask = proto
+            .flood(ct.level(), &mut Prng::from_seed(&[3; 32]))
+            .unwrap();
+        let share = proto
+            .share(sk, receive, &input, &seed, mask, false)
+            .unwrap();
+        mpw::encode_switched_result(ctx, &proto.finalize(ct, share, vec![seed]).unwrap())
+    }
 
     #[test]
     fn an_update_round_trips_and_bad_items_are_refused() {
@@ -321,7 +350,12 @@ mod tests {
         let items = codec.encrypt(&pk, &values).unwrap();
         assert_eq!(items.len(), 2);
         assert_eq!(codec.ciphertexts_for(values.len()), 2);
-        let back = codec.decrypt_sum(&sk, &items, values.len()).unwrap();
+        let receive = kg.secret_key();
+        let results: Vec<Vec<u8>> = items
+            .iter()
+            .map(|b| switched(&codec, &sk, &receive, &codec.decode(0, b).unwrap()))
+            .collect();
+        let back = codec.decrypt_sum(&receive, &results, values.len()).unwrap();
         assert_eq!(back.len(), values.len());
         for (a, b) in back.iter().zip(&values) {
             assert!((a - *b as f64).abs() < 1e-4, "{a} vs {b}");
@@ -343,8 +377,13 @@ mod tests {
             Err(CodecError::Wire { index: 1, .. })
         ));
         assert!(matches!(
-            codec.decrypt_sum(&sk, &items[..1], values.len()),
+            codec.decrypt_sum(&receive, &results[..1], values.len()),
             Err(CodecError::Count { .. })
+        ));
+        // an update is not a result
+        assert!(matches!(
+            codec.decrypt_sum(&sk, &items, values.len()),
+            Err(CodecError::Wire { index: 0, .. })
         ));
     }
 
@@ -356,6 +395,7 @@ mod tests {
         let mut kg = ctx.key_generator().unwrap();
         let sk = kg.secret_key();
         let pk = kg.public_key(&sk);
+        let receive = kg.secret_key();
         let values: Vec<f32> = (0..1000).map(|i| ((i % 13) as f32 - 6.0) * 10.0).collect();
         let items = codec.encrypt(&pk, &values).unwrap();
         // weight 4: the sum is 4 × the update, its average the update (|v| ≤ 60 < clip 64)
@@ -374,16 +414,16 @@ mod tests {
                         }
                     }
                 }
-                crate::ckks::wire::encode_ciphertext(&ctx, &four)
+                switched(&codec, &sk, &receive, &four)
             })
             .collect();
         let avg = codec
-            .decrypt_average(&sk, &sum, values.len(), 4.0, 64.0)
+            .decrypt_average(&receive, &sum, values.len(), 4.0, 64.0)
             .unwrap();
         assert!((avg[999] - f64::from(values[999])).abs() < 1e-3);
         // the same values against a tighter clip bound are out of range
         assert!(matches!(
-            codec.decrypt_average(&sk, &sum, values.len(), 4.0, 50.0),
+            codec.decrypt_average(&receive, &sum, values.len(), 4.0, 50.0),
             Err(CodecError::OutOfRange { .. })
         ));
         // a constant k added to c₁ decrypts to m + k·s: refused even for k = Δ/2^20
@@ -397,15 +437,15 @@ mod tests {
                         *w = (*w + k) % m.value();
                     }
                 }
-                crate::ckks::wire::encode_ciphertext(&ctx, &ct)
+                switched(&codec, &sk, &receive, &ct)
             })
             .collect();
         assert!(matches!(
-            codec.decrypt_average(&sk, &crafted, values.len(), 1.0, 64.0),
+            codec.decrypt_average(&receive, &crafted, values.len(), 1.0, 64.0),
             Err(CodecError::OutOfRange { .. })
         ));
         assert!(matches!(
-            codec.decrypt_average(&sk, &items, values.len(), 0.0, 64.0),
+            codec.decrypt_average(&receive, &sum, values.len(), 0.0, 64.0),
             Err(CodecError::Weight(_))
         ));
     }

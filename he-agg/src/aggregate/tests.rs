@@ -149,7 +149,7 @@ fn plans_refuse_what_does_not_fit() {
 /// rescaled where the plan says so, the result combined and decrypted.
 #[test]
 fn a_result_a_level_lower_keeps_the_plans_precision_and_only_when_the_weights_leave_room() {
-    use crate::multiparty::{Crs, PublicKeyGen, PublicKeySwitch, PublicKeySwitchShare, wire};
+    use crate::multiparty::{Crs, KeySwitchShare, PublicKeyGen, ReceiveSwitch, wire};
     let ctx = CkksContext::new(Parameters::preset(crate::ckks::Preset::Aggregation)).unwrap();
     let plan = AggregationPlan::from_settings(&ctx, &HeSettings::default(), 5, 3).unwrap();
     let codec = UpdateCodec::new(ctx.clone(), plan.clone());
@@ -165,7 +165,6 @@ fn a_result_a_level_lower_keeps_the_plans_precision_and_only_when_the_weights_le
     }
     let pk = ckg.finalize(acc);
     let receive_sk = kg.secret_key();
-    let receive_pk = kg.public_key(&receive_sk);
 
     let weights = [5300u64, 13113, 4926, 6118, 5104];
     let wf: Vec<f64> = weights.iter().map(|&w| w as f64).collect();
@@ -215,30 +214,36 @@ fn a_result_a_level_lower_keeps_the_plans_precision_and_only_when_the_weights_le
         })
         .collect();
 
-    let input = codec
-        .decode_switch_input(0, &codec.encode_switch_input(&sum).unwrap())
-        .unwrap();
-    let proto = PublicKeySwitch::new(&ctx, plan.flooding(&wf).unwrap(), 3);
+    let item = codec.encode_switch_input(&sum).unwrap();
+    let input = codec.decode_switch_input(0, &item).unwrap();
+    let digest = *blake3::hash(&item).as_bytes();
+    let active = [1u32, 2, 3];
+    let proto = ReceiveSwitch::new(&ctx, plan.flooding(&wf).unwrap(), 3);
+    let share = |i: usize, rescale: bool, prng: &mut Prng| {
+        let seed = crs.receive_switch_seed(&digest, active[i], &active);
+        let mask = proto.flood(plan.level, prng).unwrap();
+        let s = proto
+            .share(&secrets[i], &receive_sk, &input, &seed, mask, rescale)
+            .unwrap();
+        (s, seed)
+    };
     for level in [plan.level, lower] {
-        let mut acc: Option<PublicKeySwitchShare> = None;
-        for sk in &secrets {
-            let mut share = proto
-                .share_input(sk, &receive_pk, &input, &mut prng)
-                .unwrap();
-            if level < plan.level {
-                share.rescale(&ctx).unwrap();
-            }
-            let bytes = wire::encode_public_key_switch_share(&ctx, &share);
-            assert_eq!(bytes.len(), wire::public_key_switch_share_len(&ctx, level));
-            let share = wire::decode_public_key_switch_share(&ctx, &bytes).unwrap();
+        let mut acc: Option<KeySwitchShare> = None;
+        let mut seeds = Vec::new();
+        for i in 0..3 {
+            let (share, seed) = share(i, level < plan.level, &mut prng);
+            seeds.push(seed);
+            let bytes = wire::encode_key_switch_share(&ctx, &share);
+            let share = wire::decode_key_switch_share(&ctx, &bytes).unwrap();
+            assert_eq!(share.level(), level);
             match acc.as_mut() {
                 None => acc = Some(share),
                 Some(a) => proto.aggregate(a, &share).unwrap(),
             }
         }
-        let result = proto.finalize(&sum, acc.unwrap()).unwrap();
+        let result = proto.finalize(&sum, acc.unwrap(), seeds).unwrap();
         assert_eq!(result.level(), level);
-        let item = crate::ckks::wire::encode_ciphertext(&ctx, &result);
+        let item = wire::encode_switched_result(&ctx, &result);
         let avg = codec
             .decrypt_average(
                 &receive_sk,
@@ -258,32 +263,24 @@ fn a_result_a_level_lower_keeps_the_plans_precision_and_only_when_the_weights_le
             // the lower result is another scale: at the updates' scale it does not decode
             let mut wrong = result.clone();
             wrong.scale = plan.scale;
-            let bad = crate::ckks::wire::encode_ciphertext(&ctx, &wrong);
+            let bad = wire::encode_switched_result(&ctx, &wrong);
             assert!(matches!(
                 codec.decode_result(0, &bad),
                 Err(CodecError::Shape { .. })
             ));
-            // half the bytes of the full-level result
-            let full = crate::ckks::wire::ciphertext_len(&ctx, plan.level, 1);
-            assert!(
-                item.len() <= full / 2 + 64,
-                "{} of {full} bytes",
-                item.len()
-            );
         }
+        // a quarter of the bytes of a full-level ciphertext where the level drops, half where not
+        let full = crate::ckks::wire::ciphertext_len(&ctx, plan.level, 1);
+        let most = if level < plan.level {
+            full / 4
+        } else {
+            full / 2
+        };
+        assert!(item.len() <= most + 200, "{} of {full} bytes", item.len());
     }
     // a share two levels down, or a share of another level, does not combine
-    let mut share = proto
-        .share_input(&secrets[0], &receive_pk, &input, &mut prng)
-        .unwrap();
-    share.rescale(&ctx).unwrap();
-    assert!(
-        share.rescale(&ctx).is_err(),
-        "level 1 has no modulus to drop"
-    );
-    let full = proto
-        .share_input(&secrets[1], &receive_pk, &input, &mut prng)
-        .unwrap();
-    let mut mixed = full.clone();
-    assert!(proto.aggregate(&mut mixed, &share).is_err());
+    let (mut low, _) = share(0, true, &mut prng);
+    assert!(low.rescale(&ctx).is_err(), "level 1 has no modulus to drop");
+    let (mut full, _) = share(1, false, &mut prng);
+    assert!(proto.aggregate(&mut full, &low).is_err());
 }

@@ -48,6 +48,7 @@ pub enum Kind {
     ThresholdSecret = 15,
     RefreshShare = 16,
     SwitchInput = 17,
+    SwitchedResult = 18,
 }
 
 impl Kind {
@@ -70,6 +71,7 @@ impl Kind {
             15 => Kind::ThresholdSecret,
             16 => Kind::RefreshShare,
             17 => Kind::SwitchInput,
+            18 => Kind::SwitchedResult,
             _ => return None,
         })
     }
@@ -116,6 +118,8 @@ pub enum WireError {
     DuplicateGaloisElement(u64),
     #[error("party index {0} is outside 1..=65535")]
     PartyIndex(u32),
+    #[error("{got} seeds where 1..={max} are allowed")]
+    Seeds { got: usize, max: usize },
 }
 
 // ----- sizes -----

@@ -9,6 +9,8 @@
 //! - [`keyswitch`]: collective key switching and public-key switching (PCKS) to a target public
 //!   key, every share carrying flooding noise ([`flooding`]) so that nothing a party sends reveals
 //!   its secret (IND-CPA-D);
+//! - [`receive_switch`]: a round's aggregate switched to the consortium receiving key, which
+//!   every hospital holds: one flooded polynomial per share, the result's c1 expanded from seeds;
 //! - [`refresh`]: collective refresh (interactive bootstrapping) of a ciphertext from a low
 //!   level back to the top level, masked and flooded;
 //! - [`group_key`]: the consortium receiving key every hospital derives from all hospitals'
@@ -24,6 +26,7 @@ pub mod flooding;
 pub mod group_key;
 pub mod keygen;
 pub mod keyswitch;
+pub mod receive_switch;
 pub mod refresh;
 pub mod sealed;
 pub mod threshold;
@@ -40,6 +43,7 @@ pub use keyswitch::{
     KeySwitch, KeySwitchShare, PublicKeySwitch, PublicKeySwitchMask, PublicKeySwitchShare,
     SwitchInput,
 };
+pub use receive_switch::{FloodMask, ReceiveSwitch, SwitchedResult};
 pub use refresh::{Refresh, RefreshRoom, RefreshShare};
 pub use threshold::{ShamirShare, ThresholdSecret, lagrange_share};
 

@@ -13,20 +13,20 @@ use crate::ckks::{
 use crate::ring::Prng;
 
 /// N = 2^10 (insecure, for speed), Q = 60 + 40 + 40 bits, one special prime, one prime per digit.
-fn small_ctx() -> Arc<CkksContext> {
+pub(super) fn small_ctx() -> Arc<CkksContext> {
     CkksContext::new(Parameters::insecure_for_tests(10, &[60, 40, 40], &[61], 3, 40.0).unwrap())
         .unwrap()
 }
 
-struct Consortium {
-    ctx: Arc<CkksContext>,
-    secrets: Vec<SecretKey>,
-    prngs: Vec<Prng>,
-    crs: Crs,
+pub(super) struct Consortium {
+    pub(super) ctx: Arc<CkksContext>,
+    pub(super) secrets: Vec<SecretKey>,
+    pub(super) prngs: Vec<Prng>,
+    pub(super) crs: Crs,
 }
 
 impl Consortium {
-    fn new(ctx: &Arc<CkksContext>, parties: usize) -> Self {
+    pub(super) fn new(ctx: &Arc<CkksContext>, parties: usize) -> Self {
         let mut kg = ctx.key_generator().unwrap();
         let secrets = (0..parties).map(|_| kg.secret_key()).collect();
         let prngs = (0..parties)
@@ -45,7 +45,7 @@ impl Consortium {
         super::sum_of_secrets(&self.ctx, &self.secrets)
     }
 
-    fn public_key(&mut self) -> PublicKey {
+    pub(super) fn public_key(&mut self) -> PublicKey {
         let proto = PublicKeyGen::new(&self.ctx, &self.crs);
         let mut shares = self
             .secrets
@@ -114,13 +114,13 @@ impl Consortium {
     }
 }
 
-fn values(seed: u8, len: usize) -> Vec<Complex> {
+pub(super) fn values(seed: u8, len: usize) -> Vec<Complex> {
     let mut prng = Prng::from_seed(&[seed; 32]);
     let mut u = || (prng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
     (0..len).map(|_| Complex::new(u(), u())).collect()
 }
 
-fn max_err(a: &[Complex], b: &[Complex]) -> f64 {
+pub(super) fn max_err(a: &[Complex], b: &[Complex]) -> f64 {
     a.iter()
         .zip(b)
         .map(|(x, y)| (*x - *y).abs())
@@ -167,7 +167,7 @@ fn collective_keys_behave_like_single_party_keys() {
 }
 
 /// Deals, seals, relays and combines the threshold shares of every party.
-fn threshold_secrets(c: &mut Consortium, t: usize) -> Vec<ThresholdSecret> {
+pub(super) fn threshold_secrets(c: &mut Consortium, t: usize) -> Vec<ThresholdSecret> {
     let ctx = c.ctx.clone();
     let n = c.secrets.len();
     let ids: Vec<u32> = (1..=n as u32).collect();

@@ -10,6 +10,7 @@ use crate::ring::Poly;
 
 use super::keygen::{GaloisKeyShare, PublicKeyShare, RelinKeyShare1, RelinKeyShare2};
 use super::keyswitch::{KeySwitchShare, PublicKeySwitchShare, SwitchInput};
+use super::receive_switch::{MAX_SWITCHERS, SwitchedResult};
 use super::refresh::RefreshShare;
 use super::threshold::{MAX_PARTY_INDEX, ShamirShare, ThresholdSecret};
 
@@ -219,6 +220,60 @@ pub fn decode_switch_input(ctx: &CkksContext, bytes: &[u8]) -> Result<SwitchInpu
 }
 
 /// A refresh share: h0 over the refreshed ciphertext's level, h1 over the top level.
+/// The encoded size of a [`SwitchedResult`] at `level` with `switchers` seeds.
+pub fn switched_result_len(ctx: &CkksContext, level: usize, switchers: usize) -> usize {
+    crate::ckks::wire::HEADER_LEN
+        + 1
+        + 8
+        + 2
+        + 32 * switchers
+        + poly_bytes(ctx, ctx.rlwe().q_basis(level))
+}
+
+/// A switched result: level, scale, seed count, the seeds, c0.
+pub fn encode_switched_result(ctx: &CkksContext, r: &SwitchedResult) -> Vec<u8> {
+    let basis = ctx.rlwe().q_basis(r.level());
+    let mut out = header(
+        ctx,
+        Kind::SwitchedResult,
+        1 + 8 + 2 + 32 * r.a_seeds.len() + poly_bytes(ctx, basis),
+    );
+    out.push(r.level() as u8);
+    out.extend_from_slice(&r.scale.to_le_bytes());
+    out.extend_from_slice(&(r.a_seeds.len() as u16).to_le_bytes());
+    for seed in &r.a_seeds {
+        out.extend_from_slice(seed);
+    }
+    put_poly(ctx, &mut out, &r.c0, basis);
+    out
+}
+
+pub fn decode_switched_result(
+    ctx: &CkksContext,
+    bytes: &[u8],
+) -> Result<SwitchedResult, WireError> {
+    let mut r = Reader::open(ctx, bytes, Kind::SwitchedResult)?;
+    let level = r.level(ctx)?;
+    let scale = r.scale()?;
+    let count = r.u16()? as usize;
+    if count == 0 || count > MAX_SWITCHERS {
+        return Err(WireError::Seeds {
+            got: count,
+            max: MAX_SWITCHERS,
+        });
+    }
+    let basis = ctx.rlwe().q_basis(level);
+    r.expect_remaining(32 * count + poly_bytes(ctx, basis))?;
+    let a_seeds = (0..count)
+        .map(|_| r.take(32).map(|b| b.try_into().expect("32 bytes")))
+        .collect::<Result<_, _>>()?;
+    Ok(SwitchedResult {
+        c0: r.poly(ctx, basis, 0)?,
+        a_seeds,
+        scale,
+    })
+}
+
 pub fn encode_refresh_share(ctx: &CkksContext, s: &RefreshShare) -> Vec<u8> {
     let low = ctx.rlwe().q_basis(s.level());
     let high = ctx.rlwe().q_basis(ctx.max_level());

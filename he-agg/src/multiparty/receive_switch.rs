@@ -1,0 +1,258 @@
+//! Switching a round's aggregate to the consortium receiving key ([`super::group_key`]), which
+//! every hospital holds and the coordinator does not: collective key switching onto fresh public
+//! polynomials. Switcher i of the active set S sends, per ciphertext, one polynomial
+//!
+//! h_i = s_i·c1 + e_i − s_recv·a_i        (s_i its additive share of s, e_i flooding)
+//!
+//! and c0 + Σ h_i = m + e − s_recv·Σ a_i: an encryption of the aggregate under s_recv whose c1,
+//! Σ a_i, every receiver expands from |S| seeds. Against public-key switching to the receiving
+//! key's public half, shares and results are half the bytes and no mask u·pk is computed.
+//!
+//! Each a_i is derived from the switch input's bytes, the switcher and the whole active set
+//! ([`Crs::receive_switch_seed`]): asked twice for the same input and set, a switcher masks with
+//! the same a_i (only the flooding differs, so the difference of two answers is noise); asked
+//! anything else, it masks afresh — no two answers subtract to an unmasked s_i·c1, whatever sets
+//! a coordinator names to whom. A switcher that holds s_recv learns nothing it could not decrypt
+//! anyway: every hospital is entitled to the aggregate.
+
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use crate::ckks::{Ciphertext, CkksContext};
+use crate::ring::{Poly, Prng, Seed};
+use crate::rlwe::{SecretKey, select_limbs};
+
+use super::crs::Crs;
+use super::error::MultipartyError;
+use super::flooding::Flooding;
+use super::keyswitch::{KeySwitchShare, SwitchInput, check_ct, check_key, flood_poly};
+
+/// Most switchers one result names (a seed each); a decoder refuses more.
+pub const MAX_SWITCHERS: usize = 1024;
+
+/// The switch of aggregates to the consortium receiving key, for `parties` switchers.
+#[derive(Debug, Clone)]
+pub struct ReceiveSwitch {
+    ctx: Arc<CkksContext>,
+    flooding: Flooding,
+    parties: usize,
+}
+
+/// The flooding of one share, made ahead of the request (it does not depend on the input).
+/// Secret while held (with the share it completes it would reveal s_i·c1), so wiped on drop.
+#[derive(Debug)]
+pub struct FloodMask {
+    e: Zeroizing<Poly>,
+    /// σ of the flooding it carries
+    sigma: f64,
+}
+
+impl FloodMask {
+    pub fn level(&self) -> usize {
+        self.e.limbs()
+    }
+}
+
+/// A switched aggregate as it travels: c0 + Σ h_i, the seeds of the a_i and the scale. Its c1
+/// is Σ a_i ([`Self::expand`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwitchedResult {
+    pub(crate) c0: Poly,
+    pub(crate) a_seeds: Vec<Seed>,
+    pub scale: f64,
+}
+
+impl SwitchedResult {
+    pub fn level(&self) -> usize {
+        self.c0.limbs()
+    }
+
+    pub fn a_seeds(&self) -> &[Seed] {
+        &self.a_seeds
+    }
+
+    /// The ciphertext under the receiving key: c1 = Σ a_i expanded from the seeds.
+    pub fn expand(&self, ctx: &CkksContext) -> Result<Ciphertext, MultipartyError> {
+        let level = self.level();
+        if level == 0 || level > ctx.max_level() || self.c0.n() != ctx.n() {
+            return Err(MultipartyError::Shape("switched result"));
+        }
+        if self.a_seeds.is_empty() || self.a_seeds.len() > MAX_SWITCHERS {
+            return Err(MultipartyError::Shape("switched result's seeds"));
+        }
+        let rl = ctx.rlwe();
+        let (ring, basis) = (rl.ring(), rl.q_basis(level));
+        let mut c1 = ring.expand_uniform(&self.a_seeds[0], basis);
+        for seed in &self.a_seeds[1..] {
+            ring.add_assign(&mut c1, &ring.expand_uniform(seed, basis), basis);
+        }
+        Ok(Ciphertext {
+            parts: vec![self.c0.clone(), c1],
+            scale: self.scale,
+        })
+    }
+}
+
+impl KeySwitchShare {
+    /// Divides h by the last modulus of its level, rounding: the share one level lower, as
+    /// [`ReceiveSwitch::finalize`] combines it with a c0 it rescales the same way. Each
+    /// coefficient moves by at most 1/2 at the new scale; a function of the share alone, it
+    /// reveals nothing the share does not.
+    pub fn rescale(&mut self, ctx: &CkksContext) -> Result<(), MultipartyError> {
+        let level = self.level();
+        if level < 2 {
+            return Err(MultipartyError::Shape("key-switch share to rescale"));
+        }
+        let rl = ctx.rlwe();
+        rl.ring()
+            .div_round_by_last(&mut self.h, rl.q_basis(level), rl.rescale_consts(level));
+        Ok(())
+    }
+}
+
+impl Crs {
+    /// The seed of switcher `switcher`'s a_i for the switch input whose encoded bytes hash to
+    /// `input` (BLAKE3), in the active set `active` (any order; it is sorted here).
+    pub fn receive_switch_seed(&self, input: &[u8; 32], switcher: u32, active: &[u32]) -> Seed {
+        let mut set = active.to_vec();
+        set.sort_unstable();
+        let mut h = blake3::Hasher::new_keyed(self.seed());
+        h.update(b"receive switch");
+        h.update(input);
+        h.update(&switcher.to_le_bytes());
+        h.update(&(set.len() as u64).to_le_bytes());
+        for id in set {
+            h.update(&id.to_le_bytes());
+        }
+        *h.finalize().as_bytes()
+    }
+}
+
+impl ReceiveSwitch {
+    /// `parties`: how many shares will be summed (the active set), for the headroom check.
+    pub fn new(ctx: &Arc<CkksContext>, flooding: Flooding, parties: usize) -> Self {
+        Self {
+            ctx: ctx.clone(),
+            flooding,
+            parties,
+        }
+    }
+
+    pub fn flooding(&self) -> &Flooding {
+        &self.flooding
+    }
+
+    /// The flooding of one share of an input at `level`, made ahead; each must serve exactly
+    /// one share, which [`Self::share`] ensures by taking it by value.
+    pub fn flood(&self, level: usize, prng: &mut Prng) -> Result<FloodMask, MultipartyError> {
+        if level == 0 || level > self.ctx.max_level() {
+            return Err(MultipartyError::Shape("ciphertext level"));
+        }
+        Ok(FloodMask {
+            e: Zeroizing::new(flood_poly(&self.ctx, &self.flooding, prng, level)),
+            sigma: self.flooding.sigma(),
+        })
+    }
+
+    /// This switcher's share of `input`: s_i·c1 + e_i, divided by the last modulus when
+    /// `rescale` (the round's [`crate::aggregate::AggregationPlan::result_level`] is one lower),
+    /// minus s_recv·a_i with a_i expanded from `a_seed` at the share's level. `sk` is the
+    /// switcher's additive share of the collective secret (λ·P(α_i) in a threshold set),
+    /// `receive` the consortium receiving key. Refuses an input whose level cannot hold the
+    /// flooding of all parties' shares at its scale.
+    pub fn share(
+        &self,
+        sk: &SecretKey,
+        receive: &SecretKey,
+        input: &SwitchInput,
+        a_seed: &Seed,
+        mask: FloodMask,
+        rescale: bool,
+    ) -> Result<KeySwitchShare, MultipartyError> {
+        check_key(&self.ctx, sk.fingerprint(), "secret key")?;
+        check_key(&self.ctx, receive.fingerprint(), "receiving key")?;
+        let c1 = input.c1();
+        let level = c1.limbs();
+        if level == 0 || level > self.ctx.max_level() || c1.n() != self.ctx.n() {
+            return Err(MultipartyError::Shape("switch input"));
+        }
+        if mask.level() != level {
+            return Err(MultipartyError::Shape("flooding mask"));
+        }
+        // a mask made with less flooding than this switch asks for would under-protect s_i
+        if mask.sigma.to_bits() != self.flooding.sigma().to_bits() {
+            return Err(MultipartyError::Shape("flooding mask of another flooding"));
+        }
+        // values of magnitude one at least must survive the flooding
+        self.flooding
+            .check_headroom(&self.ctx, level, input.scale, 1.0, self.parties)?;
+        let rl = self.ctx.rlwe();
+        let ring = rl.ring();
+        let basis = rl.q_basis(level);
+        let s = Zeroizing::new(select_limbs(sk.poly(), rl, basis));
+        let mut share = KeySwitchShare {
+            h: (*mask.e).clone(),
+        };
+        ring.mul_add_assign(&mut share.h, c1, &s, basis);
+        if rescale {
+            share.rescale(&self.ctx)?;
+        }
+        let out = rl.q_basis(share.level());
+        let mut a = ring.expand_uniform(a_seed, out);
+        ring.neg_assign(&mut a, out);
+        let r = Zeroizing::new(select_limbs(receive.poly(), rl, out));
+        ring.mul_add_assign(&mut share.h, &a, &r, out);
+        Ok(share)
+    }
+
+    /// Adds `share` into `acc` (both at one level).
+    pub fn aggregate(
+        &self,
+        acc: &mut KeySwitchShare,
+        share: &KeySwitchShare,
+    ) -> Result<(), MultipartyError> {
+        let level = acc.level();
+        if share.level() != level || level == 0 || level > self.ctx.max_level() {
+            return Err(MultipartyError::Shape("key-switch share"));
+        }
+        let rl = self.ctx.rlwe();
+        rl.ring()
+            .add_assign(&mut acc.h, &share.h, rl.q_basis(level));
+        Ok(())
+    }
+
+    /// The result from the sum of every switcher's share and their seeds: at `ct`'s level, or
+    /// one lower when the shares were rescaled (c0 is then rescaled too, and the scale divided
+    /// by the modulus dropped).
+    pub fn finalize(
+        &self,
+        ct: &Ciphertext,
+        sum: KeySwitchShare,
+        a_seeds: Vec<Seed>,
+    ) -> Result<SwitchedResult, MultipartyError> {
+        check_ct(&self.ctx, ct)?;
+        if a_seeds.is_empty() || a_seeds.len() > MAX_SWITCHERS {
+            return Err(MultipartyError::Shape("switched result's seeds"));
+        }
+        let rl = self.ctx.rlwe();
+        let level = ct.level();
+        let (mut c0, scale) = if sum.level() == level {
+            (ct.parts[0].clone(), ct.scale)
+        } else if sum.level() + 1 == level {
+            let mut c0 = ct.parts[0].clone();
+            rl.ring()
+                .div_round_by_last(&mut c0, rl.q_basis(level), rl.rescale_consts(level));
+            (c0, ct.scale / rl.q_modulus(level - 1).value() as f64)
+        } else {
+            return Err(MultipartyError::Shape("key-switch share"));
+        };
+        rl.ring()
+            .add_assign(&mut c0, &sum.h, rl.q_basis(sum.level()));
+        Ok(SwitchedResult { c0, a_seeds, scale })
+    }
+}
+
+#[cfg(test)]
+#[path = "receive_switch_tests.rs"]
+mod tests;
