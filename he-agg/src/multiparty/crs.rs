@@ -52,6 +52,23 @@ impl Crs {
             .expand_uniform(h.finalize().as_bytes(), rl.q_basis(rl.max_level()))
     }
 
+    /// The seed of switcher `switcher`'s a_i ([`super::receive_switch`]) for the switch input
+    /// whose encoded bytes hash to `input` (BLAKE3), in the active set `active` (any order; it is
+    /// sorted here).
+    pub fn receive_switch_seed(&self, input: &[u8; 32], switcher: u32, active: &[u32]) -> Seed {
+        let mut set = active.to_vec();
+        set.sort_unstable();
+        let mut h = blake3::Hasher::new_keyed(self.seed());
+        h.update(b"receive switch");
+        h.update(input);
+        h.update(&switcher.to_le_bytes());
+        h.update(&(set.len() as u64).to_le_bytes());
+        for id in set {
+            h.update(&id.to_le_bytes());
+        }
+        *h.finalize().as_bytes()
+    }
+
     /// The "a" of digit `digit` of a switching key named `label`, over Q_L ∪ P (NTT domain).
     pub fn switching_key_a(&self, ctx: &CkksContext, label: &str, digit: usize) -> Poly {
         let rl = ctx.rlwe();

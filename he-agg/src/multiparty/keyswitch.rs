@@ -398,6 +398,21 @@ impl KeySwitchShare {
     pub fn level(&self) -> usize {
         self.h.limbs()
     }
+
+    /// Divides h by the last modulus of its level, rounding: the share one level lower, as
+    /// [`super::ReceiveSwitch::finalize`] combines it with a c0 it rescales the same way. Each
+    /// coefficient moves by at most 1/2 at the new scale; a function of the share alone, it
+    /// reveals nothing the share does not.
+    pub fn rescale(&mut self, ctx: &CkksContext) -> Result<(), MultipartyError> {
+        let level = self.level();
+        if level < 2 {
+            return Err(MultipartyError::Shape("key-switch share to rescale"));
+        }
+        let rl = ctx.rlwe();
+        rl.ring()
+            .div_round_by_last(&mut self.h, rl.q_basis(level), rl.rescale_consts(level));
+        Ok(())
+    }
 }
 
 impl KeySwitch {

@@ -9,9 +9,9 @@
 //! key's public half, shares and results are half the bytes and no mask u·pk is computed.
 //!
 //! Each a_i is derived from the switch input's bytes, the switcher and the whole active set
-//! ([`Crs::receive_switch_seed`]): asked twice for the same input and set, a switcher masks with
-//! the same a_i (only the flooding differs, so the difference of two answers is noise); asked
-//! anything else, it masks afresh — no two answers subtract to an unmasked s_i·c1, whatever sets
+//! ([`super::Crs::receive_switch_seed`]): asked twice for the same input and set, a switcher
+//! masks with the same a_i (only the flooding differs, so the difference of two answers is
+//! noise); asked anything else, it masks afresh — no two answers subtract to an unmasked s_i·c1, whatever sets
 //! a coordinator names to whom. A switcher that holds s_recv learns nothing it could not decrypt
 //! anyway: every hospital is entitled to the aggregate.
 
@@ -23,7 +23,6 @@ use crate::ckks::{Ciphertext, CkksContext};
 use crate::ring::{Poly, Prng, Seed};
 use crate::rlwe::{SecretKey, select_limbs};
 
-use super::crs::Crs;
 use super::error::MultipartyError;
 use super::flooding::Flooding;
 use super::keyswitch::{KeySwitchShare, SwitchInput, check_ct, check_key, flood_poly};
@@ -91,41 +90,6 @@ impl SwitchedResult {
             parts: vec![self.c0.clone(), c1],
             scale: self.scale,
         })
-    }
-}
-
-impl KeySwitchShare {
-    /// Divides h by the last modulus of its level, rounding: the share one level lower, as
-    /// [`ReceiveSwitch::finalize`] combines it with a c0 it rescales the same way. Each
-    /// coefficient moves by at most 1/2 at the new scale; a function of the share alone, it
-    /// reveals nothing the share does not.
-    pub fn rescale(&mut self, ctx: &CkksContext) -> Result<(), MultipartyError> {
-        let level = self.level();
-        if level < 2 {
-            return Err(MultipartyError::Shape("key-switch share to rescale"));
-        }
-        let rl = ctx.rlwe();
-        rl.ring()
-            .div_round_by_last(&mut self.h, rl.q_basis(level), rl.rescale_consts(level));
-        Ok(())
-    }
-}
-
-impl Crs {
-    /// The seed of switcher `switcher`'s a_i for the switch input whose encoded bytes hash to
-    /// `input` (BLAKE3), in the active set `active` (any order; it is sorted here).
-    pub fn receive_switch_seed(&self, input: &[u8; 32], switcher: u32, active: &[u32]) -> Seed {
-        let mut set = active.to_vec();
-        set.sort_unstable();
-        let mut h = blake3::Hasher::new_keyed(self.seed());
-        h.update(b"receive switch");
-        h.update(input);
-        h.update(&switcher.to_le_bytes());
-        h.update(&(set.len() as u64).to_le_bytes());
-        for id in set {
-            h.update(&id.to_le_bytes());
-        }
-        *h.finalize().as_bytes()
     }
 }
 

@@ -1,5 +1,6 @@
 use std::sync::Arc;
 
+use super::super::Crs;
 use super::super::flooding::fresh_noise_bound;
 use super::super::tests::{Consortium, max_err, small_ctx, threshold_secrets, values};
 use super::super::threshold::ThresholdSecret;
