@@ -77,6 +77,23 @@ pub(super) fn check_key(
     Ok(())
 }
 
+/// `ct`'s c0 and scale at `level`: its own, or one lower (c0 divided by the last modulus,
+/// rounding, and the scale by that modulus) for shares that were rescaled; `None` otherwise.
+pub(super) fn c0_at(ctx: &CkksContext, ct: &Ciphertext, level: usize) -> Option<(Poly, f64)> {
+    let rl = ctx.rlwe();
+    let top = ct.level();
+    if level == top {
+        Some((ct.parts[0].clone(), ct.scale))
+    } else if level + 1 == top {
+        let mut c0 = ct.parts[0].clone();
+        rl.ring()
+            .div_round_by_last(&mut c0, rl.q_basis(top), rl.rescale_consts(top));
+        Some((c0, ct.scale / rl.q_modulus(top - 1).value() as f64))
+    } else {
+        None
+    }
+}
+
 /// Public-key switching: party i sends h0_i = s_i·c1 + u_i·b' + e0_i (e0_i flooding) and
 /// h1_i = u_i·a' + e1_i; the result (c0 + Σ h0_i, Σ h1_i) decrypts under the target key.
 #[derive(Debug, Clone)]
@@ -355,17 +372,8 @@ impl PublicKeySwitch {
     ) -> Result<Ciphertext, MultipartyError> {
         check_ct(&self.ctx, ct)?;
         let rl = self.ctx.rlwe();
-        let level = ct.level();
-        let (c0, scale) = if aggregate.level() == level {
-            (ct.parts[0].clone(), ct.scale)
-        } else if aggregate.level() + 1 == level {
-            let mut c0 = ct.parts[0].clone();
-            rl.ring()
-                .div_round_by_last(&mut c0, rl.q_basis(level), rl.rescale_consts(level));
-            (c0, ct.scale / rl.q_modulus(level - 1).value() as f64)
-        } else {
-            return Err(MultipartyError::Shape("public-key-switch share"));
-        };
+        let (c0, scale) = c0_at(&self.ctx, ct, aggregate.level())
+            .ok_or(MultipartyError::Shape("public-key-switch share"))?;
         if aggregate.h1.limbs() != aggregate.level() {
             return Err(MultipartyError::Shape("public-key-switch share"));
         }

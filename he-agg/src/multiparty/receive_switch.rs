@@ -25,7 +25,7 @@ use crate::rlwe::{SecretKey, select_limbs};
 
 use super::error::MultipartyError;
 use super::flooding::Flooding;
-use super::keyswitch::{KeySwitchShare, SwitchInput, check_ct, check_key, flood_poly};
+use super::keyswitch::{KeySwitchShare, SwitchInput, c0_at, check_ct, check_key, flood_poly};
 
 /// Most switchers one result names (a seed each); a decoder refuses more.
 pub const MAX_SWITCHERS: usize = 1024;
@@ -200,17 +200,8 @@ impl ReceiveSwitch {
             return Err(MultipartyError::Shape("switched result's seeds"));
         }
         let rl = self.ctx.rlwe();
-        let level = ct.level();
-        let (mut c0, scale) = if sum.level() == level {
-            (ct.parts[0].clone(), ct.scale)
-        } else if sum.level() + 1 == level {
-            let mut c0 = ct.parts[0].clone();
-            rl.ring()
-                .div_round_by_last(&mut c0, rl.q_basis(level), rl.rescale_consts(level));
-            (c0, ct.scale / rl.q_modulus(level - 1).value() as f64)
-        } else {
-            return Err(MultipartyError::Shape("key-switch share"));
-        };
+        let (mut c0, scale) =
+            c0_at(&self.ctx, ct, sum.level()).ok_or(MultipartyError::Shape("key-switch share"))?;
         rl.ring()
             .add_assign(&mut c0, &sum.h, rl.q_basis(sum.level()));
         Ok(SwitchedResult { c0, a_seeds, scale })
