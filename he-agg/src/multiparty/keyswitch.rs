@@ -161,7 +161,7 @@ impl SwitchInput {
         &self.c1
     }
 
-    fn check(&self, ctx: &CkksContext) -> Result<(), MultipartyError> {
+    pub(super) fn check(&self, ctx: &CkksContext) -> Result<(), MultipartyError> {
         let level = self.level();
         if level == 0 || level > ctx.max_level() || self.c1.n() != ctx.n() {
             return Err(MultipartyError::Shape("switch input"));
@@ -407,6 +407,22 @@ impl KeySwitchShare {
         self.h.limbs()
     }
 
+    /// Adds `other` (a share of the same level) into this one.
+    pub(super) fn add(
+        &mut self,
+        ctx: &CkksContext,
+        other: &KeySwitchShare,
+    ) -> Result<(), MultipartyError> {
+        let level = self.level();
+        if other.level() != level || level == 0 || level > ctx.max_level() {
+            return Err(MultipartyError::Shape("key-switch share"));
+        }
+        let rl = ctx.rlwe();
+        rl.ring()
+            .add_assign(&mut self.h, &other.h, rl.q_basis(level));
+        Ok(())
+    }
+
     /// Divides h by the last modulus of its level, rounding: the share one level lower, as
     /// [`super::ReceiveSwitch::finalize`] combines it with a c0 it rescales the same way. Each
     /// coefficient moves by at most 1/2 at the new scale; a function of the share alone, it
@@ -461,14 +477,7 @@ impl KeySwitch {
         acc: &mut KeySwitchShare,
         share: &KeySwitchShare,
     ) -> Result<(), MultipartyError> {
-        if share.level() != acc.level() {
-            return Err(MultipartyError::Shape("key-switch share"));
-        }
-        let rl = self.ctx.rlwe();
-        let level = acc.level();
-        rl.ring()
-            .add_assign(&mut acc.h, &share.h, rl.q_basis(level));
-        Ok(())
+        acc.add(&self.ctx, share)
     }
 
     pub fn finalize(

@@ -136,11 +136,9 @@ impl ReceiveSwitch {
     ) -> Result<KeySwitchShare, MultipartyError> {
         check_key(&self.ctx, sk.fingerprint(), "secret key")?;
         check_key(&self.ctx, receive.fingerprint(), "receiving key")?;
+        input.check(&self.ctx)?;
         let c1 = input.c1();
         let level = c1.limbs();
-        if level == 0 || level > self.ctx.max_level() || c1.n() != self.ctx.n() {
-            return Err(MultipartyError::Shape("switch input"));
-        }
         if mask.level() != level {
             return Err(MultipartyError::Shape("flooding mask"));
         }
@@ -176,14 +174,7 @@ impl ReceiveSwitch {
         acc: &mut KeySwitchShare,
         share: &KeySwitchShare,
     ) -> Result<(), MultipartyError> {
-        let level = acc.level();
-        if share.level() != level || level == 0 || level > self.ctx.max_level() {
-            return Err(MultipartyError::Shape("key-switch share"));
-        }
-        let rl = self.ctx.rlwe();
-        rl.ring()
-            .add_assign(&mut acc.h, &share.h, rl.q_basis(level));
-        Ok(())
+        acc.add(&self.ctx, share)
     }
 
     /// The result from the sum of every switcher's share and their seeds: at `ct`'s level, or
