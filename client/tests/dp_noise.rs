@@ -1,12 +1,13 @@
 //! Hospital-level differential privacy through the real encrypted pipeline: each hospital's
-//! share of discrete Gaussian noise, encrypted with the federation's codec, summed as
-//! ciphertexts, switched to a receiving key, decrypted and rounded back to the grid. The decrypted sum of zero updates is
+//! share of discrete Gaussian noise, encrypted under its own secret with the federation's
+//! codec, summed as the coordinator sums them, switched to a receiving key from the seeds, decrypted and rounded back to the grid. The decrypted sum of zero updates is
 //! the noise alone; its empirical variance must be that of the plan — σ² when exactly the
 //! quorum contributes (dropouts), more when more do — and the rounding must be exact.
 
-use he_agg::aggregate::{AggregationPlan, UpdateCodec};
+use he_agg::aggregate::{AggregationPlan, Aggregator, CpuBackend, Shape, UpdateCodec};
 use he_agg::ckks::{CkksContext, Parameters, Preset};
-use he_agg::multiparty::{Crs, ReceiveSwitch, wire};
+use he_agg::multiparty::threshold::deal;
+use he_agg::multiparty::{Crs, ReceiveSwitch, ThresholdSecret, UpdateSum, wire};
 use he_agg::ring::Prng;
 use privacy::mechanism::HospitalMechanism;
 use privacy::{Mode, PrivacyConfig, RunShape};
@@ -37,53 +38,66 @@ fn the_decrypted_noise_has_the_planned_variance_with_and_without_dropouts() {
     let agg = AggregationPlan::from_settings(&ctx, &he, hospitals as usize, 3).unwrap();
     let codec = UpdateCodec::new(ctx.clone(), agg.clone());
     let mut kg = ctx.key_generator().unwrap();
-    let sk = kg.secret_key();
-    let pk = kg.public_key(&sk);
     let receive = kg.secret_key();
     let crs = Crs::from_federation(b"dp noise");
     let mut prng = Prng::from_seed(&[5; 32]);
-    let eval = ctx.evaluator(None, None).unwrap();
     let dim = 3 * ctx.n();
     let zero = vec![0f32; dim];
     for contributors in [quorum, hospitals] {
-        let mut sum: Option<Vec<he_agg::ckks::Ciphertext>> = None;
-        for _ in 0..contributors {
+        // each hospital encrypts its noised update under its own secret; switcher 1 holds a
+        // share of every one of them (threshold 1: it alone switches, as t switchers would)
+        let ids: Vec<u32> = (1..=contributors).collect();
+        let secrets: Vec<_> = ids.iter().map(|_| kg.secret_key()).collect();
+        let to_1: Vec<_> = secrets
+            .iter()
+            .zip(&ids)
+            .map(|(sk, &i)| deal(&ctx, sk, i, &ids, 1, &mut prng).unwrap().remove(0))
+            .collect();
+        let held = ThresholdSecret::combine(&ctx, 1, 1, &ids, &to_1).unwrap();
+        let shape = Shape {
+            level: agg.level,
+            degree: 0,
+            scale: agg.scale,
+        };
+        let mut sums: Vec<Aggregator> = (0..codec.ciphertexts_for(dim))
+            .map(|_| Aggregator::new(&ctx, &CpuBackend, shape, 8).unwrap())
+            .collect();
+        let mut a_seeds: Vec<Vec<[u8; 32]>> = vec![Vec::new(); sums.len()];
+        for sk in &secrets {
             let noised = mech
                 .privatize(&zero, mech.noise(dim).unwrap())
                 .unwrap()
                 .values;
-            let items = codec.encrypt(&pk, &noised).unwrap();
-            let cts: Vec<_> = items
-                .iter()
-                .enumerate()
-                .map(|(i, b)| codec.decode(i, b).unwrap())
-                .collect();
-            sum = Some(match sum {
-                None => cts,
-                Some(acc) => acc
-                    .iter()
-                    .zip(&cts)
-                    .map(|(a, b)| eval.add(a, b).unwrap())
-                    .collect(),
-            });
+            let (items, _) = codec.encrypt(sk, &noised).unwrap();
+            for (k, b) in items.iter().enumerate() {
+                let (c0, seed) = codec.decode(k, b).unwrap();
+                sums[k].push(c0, 1).unwrap();
+                a_seeds[k].push(seed);
+            }
         }
-        // one party holding the whole secret switches the sum as the switchers would (DP's
-        // unit weights keep the full level)
+        // DP's unit weights keep the full level
         let weights = vec![1.0; contributors as usize];
         assert_eq!(agg.result_level(&ctx, &weights, 1), agg.level);
         let proto = ReceiveSwitch::new(&ctx, agg.flooding(&weights).unwrap(), 1);
-        let items: Vec<Vec<u8>> = sum
-            .unwrap()
-            .iter()
-            .map(|ct| {
-                let bytes = codec.encode_switch_input(ct).unwrap();
-                let input = codec.decode_switch_input(0, &bytes).unwrap();
-                let seed = crs.receive_switch_seed(blake3::hash(&bytes).as_bytes(), 1, &[1]);
+        let signed: Vec<(u32, u64)> = ids.iter().map(|&i| (i, 1)).collect();
+        let keys = held.weighted_shares(&ctx, &[1], &signed).unwrap();
+        let items: Vec<Vec<u8>> = sums
+            .into_iter()
+            .zip(&a_seeds)
+            .enumerate()
+            .map(|(k, (sum, a_seeds))| {
+                let ct = sum.finish().unwrap();
+                let seed = crs.receive_switch_seed(&[k as u8; 32], 1, &[1]);
                 let mask = proto.flood(agg.level, &mut prng).unwrap();
+                let input = UpdateSum {
+                    level: agg.level,
+                    scale: agg.scale,
+                    a_seeds,
+                };
                 let share = proto
-                    .share(&sk, &receive, &input, &seed, mask, false)
+                    .share_updates(&keys, &receive, &input, &seed, mask, false)
                     .unwrap();
-                let result = proto.finalize(ct, share, vec![seed]).unwrap();
+                let result = proto.finalize(&ct, share, vec![seed]).unwrap();
                 wire::encode_switched_result(&ctx, &result)
             })
             .collect();

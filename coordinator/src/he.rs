@@ -40,8 +40,9 @@ impl HeSetup {
         })
     }
 
-    /// An update ciphertext: well formed, of these parameters, at the plan's level and scale.
-    pub fn decode_update(&self, bytes: &[u8]) -> Result<Ciphertext, String> {
+    /// An update ciphertext: well formed, of these parameters, at the plan's level and scale;
+    /// its c0 (what is summed) and the seed of its a (what the hospital signed).
+    pub fn decode_update(&self, bytes: &[u8]) -> Result<(Ciphertext, [u8; 32]), String> {
         self.codec.decode(0, bytes).map_err(|e| e.to_string())
     }
 

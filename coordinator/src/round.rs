@@ -11,7 +11,7 @@ use std::time::Instant;
 use he_agg::aggregate::{Aggregator, Backend, MAX_WEIGHT, Shape};
 use he_agg::ckks::Ciphertext;
 use he_agg::multiparty::{KeySwitchShare, ReceiveSwitch, wire};
-use protocol::transcript::Contribution;
+use protocol::transcript::{self, Contribution};
 
 use crate::he::HeSetup;
 use crate::store::{RoundRecord, StoredResult};
@@ -74,6 +74,8 @@ pub enum RoundError {
     Aggregation(String),
     #[error("hospital {0}'s update is not folded with a signed statement of its weight")]
     Unsigned(u32),
+    #[error("a switch of {named} contributions where {folded} are folded into the sum")]
+    Contributions { named: usize, folded: usize },
 }
 
 /// The round in progress.
@@ -90,9 +92,9 @@ pub struct Round {
     signed: BTreeMap<u32, Contribution>,
     aggs: Vec<Aggregator>,
     plain: Vec<f64>,
+    /// the sum of the updates' c0 (each update is under its hospital's own secret)
     aggregate: Option<Arc<Vec<Ciphertext>>>,
-    aggregate_bytes: Option<Arc<Vec<Vec<u8>>>>,
-    /// BLAKE3 of each switch input as sent (the switchers' masks are derived from it)
+    /// what the switchers' masks are derived from, per ciphertext: the contributions switched
     input_digests: Vec<[u8; 32]>,
     attempt: u32,
     /// the switchers of this attempt, as named in its request
@@ -209,9 +211,10 @@ impl Round {
                     });
                 }
                 if self.aggs.is_empty() {
+                    // c0 alone: each update's a is expanded by the switchers from its seed
                     let shape = Shape {
                         level: he.plan.level,
-                        degree: 1,
+                        degree: 0,
                         scale: he.plan.scale,
                     };
                     self.aggs = (0..count)
@@ -246,8 +249,6 @@ impl Round {
         Ok(())
     }
 
-    /// The aggregate of `round`, closed on the first attempt, as the bytes every switcher gets;
-    /// a new `attempt` starts its shares afresh.
     /// Keeps what hospital `signed.hospital` signed of the update just folded.
     pub fn record_contribution(&mut self, signed: Contribution) {
         self.signed.insert(signed.hospital, signed);
@@ -264,8 +265,9 @@ impl Round {
             .collect()
     }
 
-    /// Closes the aggregate (once) and opens switching attempt `attempt` by `active` for
-    /// contributions of `weights`: returns what the switchers are sent, the aggregate's c₁.
+    /// Closes the sum (once) and opens switching attempt `attempt` by `active` for the
+    /// contributions of `weights`, which must be every update folded: returns what the
+    /// switchers are sent, those contributions as their hospitals signed them.
     pub fn close(
         &mut self,
         round: u64,
@@ -273,8 +275,16 @@ impl Round {
         attempt: u32,
         weights: &[(u32, u64)],
         active: &[u32],
-    ) -> Result<Arc<Vec<Vec<u8>>>, RoundError> {
+    ) -> Result<Vec<Contribution>, RoundError> {
         self.check_round(round)?;
+        // the switchers switch exactly what they are named; the sum must hold nothing else
+        if weights.len() != self.folded.len() {
+            return Err(RoundError::Contributions {
+                named: weights.len(),
+                folded: self.folded.len(),
+            });
+        }
+        let contributions = self.contributions(weights)?;
         if self.aggregate.is_none() {
             let t = Instant::now();
             let cts = std::mem::take(&mut self.aggs)
@@ -282,23 +292,20 @@ impl Round {
                 .map(|a| a.finish())
                 .collect::<Result<Vec<Ciphertext>, _>>()
                 .map_err(|e| RoundError::Aggregation(e.to_string()))?;
-            let bytes: Vec<Vec<u8>> = cts
-                .iter()
-                .map(|c| he.codec.encode_switch_input(c))
-                .collect::<Result<_, _>>()
-                .map_err(|e| RoundError::Aggregation(e.to_string()))?;
-            self.input_digests = bytes.iter().map(|b| *blake3::hash(b).as_bytes()).collect();
-            self.aggregate_bytes = Some(Arc::new(bytes));
             self.aggregate = Some(Arc::new(cts));
             self.aggregate_s = t.elapsed().as_secs_f64();
         }
+        let count = self.shares_expected()?;
+        self.input_digests = (0..count)
+            .map(|k| transcript::switch_digest(round, &contributions, k))
+            .collect();
         let weights: Vec<f64> = weights.iter().map(|&(_, w)| w as f64).collect();
         self.share_level = he.plan.result_level(&he.ctx, &weights, active.len());
         self.attempt = attempt;
         self.active = active.to_vec();
         self.switch_acc.clear();
         self.switch_started = Some(Instant::now());
-        self.aggregate_bytes.clone().ok_or(RoundError::NoAggregate)
+        Ok(contributions)
     }
 
     /// The level of this attempt's switching shares.
@@ -404,6 +411,9 @@ impl Round {
             }
             None => protocol::plain::encode_f64s(&self.plain),
         };
+        // the result goes to each receiver after the commit: counted with the round it ends
+        let result_bytes: usize = items.iter().map(Vec::len).sum();
+        self.bytes_down += (result_bytes * receivers.len()) as u64;
         let result = StoredResult {
             round,
             total_weight,

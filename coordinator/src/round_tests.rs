@@ -2,7 +2,9 @@
 //! switched, the result and record made.
 
 use he_agg::aggregate::CpuBackend;
-use he_agg::multiparty::ReceiveSwitch;
+use he_agg::ckks::SecretKey;
+use he_agg::multiparty::threshold::deal;
+use he_agg::multiparty::{ReceiveSwitch, ThresholdSecret, UpdateSum};
 use he_agg::ring::Prng;
 use protocol::FederationId;
 
@@ -45,7 +47,12 @@ fn plain_updates_are_summed_with_their_weights() {
     let sum = protocol::plain::decode_f64s(&result.items[0]).unwrap();
     assert_eq!(sum, vec![8.0, 1.0, 1.0]);
     assert_eq!((result.total_weight, result.participants), (5, vec![1, 3]));
-    assert_eq!((record.bytes_up, record.bytes_down), (22, 7));
+    // down: what was sent while the round ran, and the result for each of its two receivers
+    let result_bytes = result.items[0].len() as u64;
+    assert_eq!(
+        (record.bytes_up, record.bytes_down),
+        (22, 7 + 2 * result_bytes)
+    );
     assert_eq!(
         (record.started_unix_ms, record.committed_unix_ms),
         (1_000, 2_000)
@@ -142,35 +149,81 @@ fn one_update_per_hospital_and_the_weights_stay_within_the_plan() {
     );
 }
 
+/// Hospitals 1 and 2's own secrets, and hospital 2's threshold secret holding both (t = 1):
+/// it alone can switch their sums.
+fn two_hospitals(he: &HeSetup) -> (Vec<SecretKey>, ThresholdSecret) {
+    let mut kg = he.ctx.key_generator().unwrap();
+    let secrets = vec![kg.secret_key(), kg.secret_key()];
+    let mut prng = Prng::from_seed(&[2; 32]);
+    let to_2: Vec<_> = secrets
+        .iter()
+        .zip([1u32, 2])
+        .map(|(sk, i)| {
+            deal(&he.ctx, sk, i, &[1, 2], 1, &mut prng)
+                .unwrap()
+                .remove(1)
+        })
+        .collect();
+    let held = ThresholdSecret::combine(&he.ctx, 2, 1, &[1, 2], &to_2).unwrap();
+    (secrets, held)
+}
+
+/// `values` encrypted under `sk`, decoded as the coordinator folds them, and the statement a
+/// hospital signs of them (the signature itself is the server's to check).
+fn own_update(
+    he: &HeSetup,
+    sk: &SecretKey,
+    (hospital, weight): (u32, u64),
+    values: &[f32],
+) -> (Update, Contribution) {
+    let (items, a_seeds) = he.codec.encrypt(sk, values).unwrap();
+    let cts = items
+        .iter()
+        .map(|b| he.decode_update(b).unwrap().0)
+        .collect();
+    let signed = Contribution {
+        hospital,
+        weight,
+        count: items.len() as u32,
+        items: protocol::transcript::digest_items(items.iter().map(Vec::as_slice)),
+        a_seeds,
+        signature: vec![],
+    };
+    (Update::Encrypted(cts), signed)
+}
+
 #[test]
 fn an_encrypted_round_is_aggregated_switched_and_decrypts_to_the_weighted_sum() {
     let cfg = FederationConfig::from_toml(CFG).unwrap();
     let he = HeSetup::new(&cfg, FederationId([7; 16])).unwrap();
-    let mut kg = he.ctx.key_generator().unwrap();
-    let (sk, target_sk) = (kg.secret_key(), kg.secret_key());
-    let pk = kg.public_key(&sk);
+    let (secrets, held) = two_hospitals(&he);
+    let target_sk = he.ctx.key_generator().unwrap().secret_key();
     let n = 3 * he.ctx.n() / 2;
     let a: Vec<f32> = (0..n).map(|i| (i % 7) as f32 / 10.0).collect();
     let b: Vec<f32> = (0..n).map(|i| -((i % 5) as f32) / 10.0).collect();
-    let decode = |v: &[f32]| -> Vec<Ciphertext> {
-        he.codec
-            .encrypt(&pk, v)
-            .unwrap()
-            .iter()
-            .map(|bytes| he.decode_update(bytes).unwrap())
-            .collect()
-    };
     // small weights leave the flooding no room for a rescale; a hospital-sized pair does, and
     // then shares and result come a level lower
     for (wa, wb, level) in [
         (3u64, 5u64, he.plan.level),
         (13_113, 5_300, he.plan.level - 1),
     ] {
-        let mut r = Round::new(1, 0, 100_000);
         let backend = CpuBackend;
         let ctx = Some((&he, &backend as &dyn Backend, 3));
-        put(&mut r, 1, 1, ctx, wa, Update::Encrypted(decode(&a))).unwrap();
-        put(&mut r, 2, 1, ctx, wb, Update::Encrypted(decode(&b))).unwrap();
+        let round_of = |with_b: bool| {
+            let mut r = Round::new(1, 0, 100_000);
+            let (ua, ca) = own_update(&he, &secrets[0], (1, wa), &a);
+            put(&mut r, 1, 1, ctx, wa, ua).unwrap();
+            r.record_contribution(ca.clone());
+            let mut signed = vec![ca];
+            if with_b {
+                let (ub, cb) = own_update(&he, &secrets[1], (2, wb), &b);
+                put(&mut r, 2, 1, ctx, wb, ub).unwrap();
+                r.record_contribution(cb.clone());
+                signed.push(cb);
+            }
+            (r, signed)
+        };
+        let (mut r, signed) = round_of(true);
         assert_eq!(
             put(&mut r, 3, 1, ctx, 1, Update::Plain(vec![vec![0.0]; 2])),
             Err(RoundError::Mode),
@@ -178,33 +231,44 @@ fn an_encrypted_round_is_aggregated_switched_and_decrypts_to_the_weighted_sum() 
         );
         assert_eq!(r.shares_expected(), Err(RoundError::NoAggregate));
         let weights = [(1, wa), (2, wb)];
-        let bytes = r.close(1, &he, 0, &weights, &[2]).unwrap();
+        // the switchers are named every update folded, or none
+        assert_eq!(
+            r.close(1, &he, 0, &weights[..1], &[2]),
+            Err(RoundError::Contributions {
+                named: 1,
+                folded: 2
+            })
+        );
+        assert_eq!(
+            r.close(1, &he, 0, &[(1, wa), (2, wb + 1)], &[2]),
+            Err(RoundError::Unsigned(2))
+        );
+        // what the switchers are sent: the signed statements, nothing of the sum
+        let sent = r.close(1, &he, 0, &weights, &[2]).unwrap();
+        assert_eq!(sent, signed);
         assert_eq!(r.share_level(), level, "weights {wa}, {wb}");
-        let count = bytes.len();
+        let count = signed[0].count as usize;
         assert_eq!(r.shares_expected(), Ok(count));
-        // the switchers are sent c1 only: half a ciphertext each
-        assert!(bytes[0].len() < he_agg::ckks::wire::ciphertext_len(&he.ctx, 2, 1) / 2 + 64);
-        // one party holding the whole secret switches the aggregate to the target key
-        let inputs: Vec<_> = bytes
-            .iter()
-            .enumerate()
-            .map(|(i, b)| he.codec.decode_switch_input(i, b).unwrap())
-            .collect();
+        // hospital 2 switches the sum it makes from the signed seeds to the target key
         let wf = [wa as f64, wb as f64];
         let proto = ReceiveSwitch::new(&he.ctx, he.plan.flooding(&wf).unwrap(), 1);
         let mut prng = Prng::from_seed(&[1; 32]);
         // hospital 2's shares, masked for the active set `set`, at the full level or one lower
         let mut shares_for = |set: &[u32], rescale: bool| -> Vec<_> {
-            inputs
-                .iter()
-                .zip(bytes.iter())
-                .map(|(x, b)| {
-                    let seed = he
-                        .crs
-                        .receive_switch_seed(blake3::hash(b).as_bytes(), 2, set);
+            let keys = held.weighted_shares(&he.ctx, &[2], &weights).unwrap();
+            (0..count)
+                .map(|k| {
+                    let digest = transcript::switch_digest(1, &sent, k);
+                    let seed = he.crs.receive_switch_seed(&digest, 2, set);
+                    let a_seeds: Vec<_> = sent.iter().map(|c| c.a_seeds[k]).collect();
+                    let sum = UpdateSum {
+                        level: he.plan.level,
+                        scale: he.plan.scale,
+                        a_seeds: &a_seeds,
+                    };
                     let mask = proto.flood(he.plan.level, &mut prng).unwrap();
                     proto
-                        .share(&sk, &target_sk, x, &seed, mask, rescale)
+                        .share_updates(&keys, &target_sk, &sum, &seed, mask, rescale)
                         .unwrap()
                 })
                 .collect()
@@ -229,9 +293,7 @@ fn an_encrypted_round_is_aggregated_switched_and_decrypts_to_the_weighted_sum() 
             r.fold_shares(1, &he, 0, 0, wrong),
             Err(RoundError::Aggregation(_))
         ));
-        let mut other = Round::new(1, 0, 100_000);
-        put(&mut other, 1, 1, ctx, wa, Update::Encrypted(decode(&a))).unwrap();
-        put(&mut other, 2, 1, ctx, wb, Update::Encrypted(decode(&b))).unwrap();
+        let (mut other, _) = round_of(true);
         other.close(1, &he, 0, &weights, &[2]).unwrap();
         other.fold_shares(1, &he, 0, 0, other_set).unwrap();
         let (bad, _) = other
@@ -241,13 +303,16 @@ fn an_encrypted_round_is_aggregated_switched_and_decrypts_to_the_weighted_sum() 
         r.fold_shares(1, &he, 0, 0, shares).unwrap();
         let (result, record) = r.result(1, Some(&he), &weights, &[2], &[1, 2], 9).unwrap();
         assert_eq!(record.switchers, vec![2]);
-        // the result travels as c0 and a seed: half a ciphertext of its level
+        // the result travels as c0 and seeds: half a ciphertext of its level, sent to each
+        // receiver
         let half = he_agg::ckks::wire::ciphertext_len(&he.ctx, level, 1) / 2;
         assert!(
             result.items[0].len() < half + 96,
             "{} bytes",
             result.items[0].len()
         );
+        let result_bytes: usize = result.items.iter().map(Vec::len).sum();
+        assert_eq!(record.bytes_down, 2 * result_bytes as u64);
         let sum = he.codec.decrypt_sum(&target_sk, &result.items, n).unwrap();
         let worst = sum
             .iter()
@@ -265,27 +330,17 @@ fn an_encrypted_round_is_aggregated_switched_and_decrypts_to_the_weighted_sum() 
 fn a_switch_without_every_share_gives_no_result() {
     let cfg = FederationConfig::from_toml(CFG).unwrap();
     let he = HeSetup::new(&cfg, FederationId([8; 16])).unwrap();
-    let mut kg = he.ctx.key_generator().unwrap();
-    let sk = kg.secret_key();
-    let pk = kg.public_key(&sk);
-    let cts: Vec<Ciphertext> = he
-        .codec
-        .encrypt(&pk, &[0.5; 10])
-        .unwrap()
-        .iter()
-        .map(|b| he.decode_update(b).unwrap())
-        .collect();
+    let (secrets, _) = two_hospitals(&he);
+    let (update, signed) = own_update(&he, &secrets[0], (1, 1), &[0.5; 10]);
     let mut r = Round::new(1, 0, MAX_TOTAL);
     let backend = CpuBackend;
-    put(
-        &mut r,
-        1,
-        1,
-        Some((&he, &backend, 3)),
-        1,
-        Update::Encrypted(cts),
-    )
-    .unwrap();
+    put(&mut r, 1, 1, Some((&he, &backend, 3)), 1, update).unwrap();
+    // an update folded without its signed statement cannot be switched
+    assert_eq!(
+        r.close(1, &he, 0, &[(1, 1)], &[1]),
+        Err(RoundError::Unsigned(1))
+    );
+    r.record_contribution(signed);
     r.close(1, &he, 0, &[(1, 1)], &[1]).unwrap();
     assert!(matches!(
         r.result(1, Some(&he), &[(1, 1)], &[], &[1], 0),

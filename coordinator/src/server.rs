@@ -559,15 +559,15 @@ impl Server {
             Body::Update {
                 weight,
                 count,
-                sketch,
                 signature,
             } => {
+                // the digest and the seeds are taken from the items as they arrive
                 let signed = Contribution {
                     hospital: h,
                     weight,
                     count,
                     items: [0; 32],
-                    sketch,
+                    a_seeds: Vec::new(),
                     signature,
                 };
                 self.update(h, round, signed, msg).await

@@ -336,7 +336,6 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
             Body::Update {
                 weight: 10,
                 count: items,
-                sketch: vec![],
                 signature: vec![],
             },
         )
@@ -348,7 +347,7 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
         CkksContext::new(Parameters::insecure_for_tests(13, &[60, 60], &[], 1, 40.0).unwrap())
             .unwrap();
     let sk = other.key_generator().unwrap().secret_key();
-    let ct = other.sk_encryptor(&sk).unwrap().encrypt(
+    let ct = other.sk_encryptor(&sk).unwrap().encrypt_seeded_aes(
         &other
             .encode_real_pairs(&[0.5; 16], 2, 2f64.powi(50))
             .unwrap(),
@@ -359,20 +358,20 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
             Body::Update {
                 weight: 10,
                 count: items,
-                sketch: vec![],
                 signature: vec![],
             },
         )
         .await
         .unwrap();
-    s.item(&wire::encode_ciphertext(&other, &ct)).await.unwrap();
+    s.item(&wire::encode_seeded_update(&other, &ct))
+        .await
+        .unwrap();
     s.finish().await.unwrap();
     link.send(
         round - 1,
         Body::Update {
             weight: 10,
             count: items,
-            sketch: vec![],
             signature: vec![],
         },
     )

@@ -11,10 +11,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use he_agg::aggregate::{
-    AggregationPlan, Aggregator, Backend, CpuBackend, HeSettings, Shape, UpdateCodec, sketch,
-};
-use he_agg::ckks::{Ciphertext, CkksContext, Parameters, Preset, PublicKey, SecretKey, wire};
+use he_agg::aggregate::{AggregationPlan, Aggregator, Backend, CpuBackend, Shape};
+use he_agg::ckks::{Ciphertext, CkksContext, Parameters, Preset, SecretKey, wire};
 use he_agg::multiparty::sealed::ExchangeKeys;
 use he_agg::multiparty::threshold::deal;
 use he_agg::multiparty::wire as mpw;
@@ -453,14 +451,6 @@ fn main() {
     );
     assert_eq!(switched.len(), n_ct);
 
-    // a signed update's sketch (issue 14): the main job's update, encrypted with and without
-    // it, and a switcher's sketch of the aggregate
-    let sketched = sketch_cost(&ctx, &pk, reps);
-    println!(
-        "update of 303,104 values ({} ciphertexts): encrypt {:.1} ms, encrypt and sketch {:.1} ms; a switcher's sketch of the aggregate {:.1} ms",
-        sketched.ciphertexts, sketched.encrypt_ms, sketched.encrypt_sketched_ms, sketched.sketch_ms
-    );
-
     // the precision run
     let (clients, max_abs_error) = precision_run(&ctx);
     println!(
@@ -475,59 +465,12 @@ fn main() {
             "pcks_1m_params": {"ciphertexts": n_ct, "per_party_shares_s": shares_s / parties as f64, "combine_s": combine_s, "share_bytes_per_party": share_mb * 1e6},
             "protocols": rows.iter().map(|r| json!({"protocol": r.protocol, "parties": r.parties, "share_ms": r.share_ms, "share_bytes": r.share_bytes, "combine_ms": r.combine_ms})).collect::<Vec<Value>>(),
             "ciphertext_bytes": wire::ciphertext_len(&ctx, 2, 1),
-            "update_sketch": {"ciphertexts": sketched.ciphertexts, "encrypt_ms": sketched.encrypt_ms, "encrypt_sketched_ms": sketched.encrypt_sketched_ms, "aggregate_sketch_ms": sketched.sketch_ms, "threads": threads},
         });
         if let Err(e) = std::fs::write(&path, serde_json::to_string_pretty(&doc).expect("json")) {
             eprintln!("error: cannot write {path}: {e}");
             std::process::exit(1);
         }
         println!("wrote {path}");
-    }
-}
-
-struct SketchCost {
-    ciphertexts: usize,
-    encrypt_ms: f64,
-    encrypt_sketched_ms: f64,
-    sketch_ms: f64,
-}
-
-/// Medians over `reps` of encrypting the main job's update plainly and with its sketch, and of
-/// sketching an aggregate of that size.
-fn sketch_cost(ctx: &Arc<CkksContext>, pk: &PublicKey, reps: usize) -> SketchCost {
-    let plan = AggregationPlan::from_settings(ctx, &HeSettings::default(), 5, 3).unwrap();
-    let codec = UpdateCodec::new(ctx.clone(), plan);
-    let values: Vec<f32> = (0..303_104)
-        .map(|i| (i as f32 * 1e-4).sin() * 0.01)
-        .collect();
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (mut plain, mut with, mut alone) = (vec![], vec![], vec![]);
-    let mut ciphertexts = 0;
-    for _ in 0..reps {
-        let t = Instant::now();
-        let items = codec.encrypt(pk, &values).unwrap();
-        plain.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
-        let _ = codec.encrypt_sketched(pk, &values, &[1; 32]).unwrap();
-        with.push(t.elapsed().as_secs_f64() * 1e3);
-        let cts: Vec<Ciphertext> = items
-            .iter()
-            .enumerate()
-            .map(|(i, b)| codec.decode(i, b).unwrap())
-            .collect();
-        ciphertexts = cts.len();
-        let t = Instant::now();
-        let _ = sketch::sketch(ctx, &[1; 32], &cts);
-        alone.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    SketchCost {
-        ciphertexts,
-        encrypt_ms: median(plain),
-        encrypt_sketched_ms: median(with),
-        sketch_ms: median(alone),
     }
 }
 

@@ -1,7 +1,8 @@
-//! One hospital's HE work in one round of the main job, on one thread: encrypt and sketch its
-//! update, (the coordinator) check the update's ciphertexts, one of three switchers' shares of
-//! the sum towards the consortium receiving key (the flooding made ahead, then the part once
-//! asked: decode the c₁ sent, check its sketch, s_i·c₁, rescale, the mask s_recv·a_i), the
+//! One hospital's HE work in one round of the main job, on one thread: encrypt its update under
+//! its own secret, (the coordinator) decode the update's ciphertexts, one of three switchers'
+//! shares of the sum of five hospitals' updates towards the consortium receiving key (the
+//! flooding made ahead, then the part once asked: its keys for the five signed weights, each
+//! update's a expanded from its seed, Σ a_k·key_k, rescale, the mask s_recv·a_i), the
 //! coordinator combining the shares, and decrypting the average (its c₁ expanded from three
 //! seeds). What the HE/plaintext wall ratio pays per round beyond the network.
 //!
@@ -9,9 +10,10 @@
 
 use std::time::Instant;
 
-use he_agg::aggregate::{AggregationPlan, HeSettings, UpdateCodec, sketch};
+use he_agg::aggregate::{AggregationPlan, Aggregator, CpuBackend, HeSettings, Shape, UpdateCodec};
 use he_agg::ckks::{CkksContext, Parameters, Preset};
-use he_agg::multiparty::{Crs, PublicKeyGen, ReceiveSwitch, SwitchInput, wire as mpw};
+use he_agg::multiparty::threshold::deal;
+use he_agg::multiparty::{Crs, ReceiveSwitch, ThresholdSecret, UpdateSum, wire as mpw};
 use he_agg::ring::Prng;
 
 #[global_allocator]
@@ -31,22 +33,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let plan = AggregationPlan::from_settings(&ctx, &HeSettings::default(), 5, 3)?;
     let codec = UpdateCodec::new(ctx.clone(), plan.clone());
     let mut kg = ctx.key_generator()?;
-    // three switchers holding the collective secret, and the consortium receiving key
-    let secrets: Vec<_> = (0..3).map(|_| kg.secret_key()).collect();
-    let crs = Crs::from_federation(b"bench round");
-    let ckg = PublicKeyGen::new(&ctx, &crs);
+    // five hospitals' own secrets, each dealt 3-of-5; the consortium receiving key
+    let ids = [1u32, 2, 3, 4, 5];
+    let secrets: Vec<_> = ids.iter().map(|_| kg.secret_key()).collect();
     let mut prng = Prng::from_os()?;
-    let mut acc = ckg.share(&secrets[0], &mut prng)?;
-    for s in &secrets[1..] {
-        ckg.aggregate(&mut acc, &ckg.share(s, &mut prng)?)?;
-    }
-    let pk = ckg.finalize(acc);
+    let dealt: Vec<Vec<_>> = secrets
+        .iter()
+        .zip(ids)
+        .map(|(sk, i)| deal(&ctx, sk, i, &ids, 3, &mut prng))
+        .collect::<Result<_, _>>()?;
+    let held: Vec<ThresholdSecret> = (0..ids.len())
+        .map(|j| {
+            let mine: Vec<_> = dealt.iter().map(|d| d[j].clone()).collect();
+            ThresholdSecret::combine(&ctx, ids[j], 3, &ids, &mine)
+        })
+        .collect::<Result<_, _>>()?;
+    let crs = Crs::from_federation(b"bench round");
     let receive = kg.secret_key();
     let active = [1u32, 2, 3];
     let update: Vec<f32> = (0..values)
         .map(|i| ((i % 1000) as f32 - 500.0) * 1e-4)
         .collect();
-    let seed = [7u8; 32];
     let time = |what: &str, f: &mut (dyn FnMut() + Send)| -> f64 {
         let mut best = f64::MAX;
         for _ in 0..3 {
@@ -63,8 +70,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ctx.n()
     );
     let mut items = Vec::new();
-    let enc = time("encrypt + sketch (hospital)", &mut || {
-        items = codec.encrypt_sketched(&pk, &update, &seed).unwrap().0;
+    let enc = time("encrypt (hospital)", &mut || {
+        items = codec.encrypt(&secrets[0], &update).unwrap().0;
     });
     let mut cts = Vec::new();
     let check = time("decode + check the update (coordinator)", &mut || {
@@ -72,31 +79,52 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .enumerate()
             .map(|(i, b)| codec.decode(i, b).unwrap())
-            .collect();
+            .collect::<Vec<_>>();
     });
-    let weights = [5300.0, 13113.0, 4926.0, 6118.0, 5104.0];
-    let result_level = plan.result_level(&ctx, &weights, 3);
-    let inputs: Vec<Vec<u8>> = cts
-        .iter()
-        .map(|ct| codec.encode_switch_input(ct).unwrap())
-        .collect();
-    let proto = ReceiveSwitch::new(&ctx, plan.flooding(&weights)?, 3);
+    // the five updates summed as the coordinator sums them (c0 alone), and their seeds
+    let weights = [5300u64, 13113, 4926, 6118, 5104];
+    let signed: Vec<(u32, u64)> = ids.into_iter().zip(weights).collect();
+    let shape = Shape {
+        level: plan.level,
+        degree: 0,
+        scale: plan.scale,
+    };
+    let mut sums: Vec<Aggregator> = (0..items.len())
+        .map(|_| Aggregator::new(&ctx, &CpuBackend, shape, 8))
+        .collect::<Result<_, _>>()?;
+    let mut a_seeds: Vec<Vec<[u8; 32]>> = vec![Vec::new(); items.len()];
+    for (sk, &w) in secrets.iter().zip(&weights) {
+        for (k, b) in codec.encrypt(sk, &update)?.0.iter().enumerate() {
+            let (c0, seed) = codec.decode(k, b)?;
+            sums[k].push(c0, w)?;
+            a_seeds[k].push(seed);
+        }
+    }
+    let sums: Vec<_> = sums
+        .into_iter()
+        .map(|a| a.finish())
+        .collect::<Result<_, _>>()?;
+    let wf: Vec<f64> = weights.iter().map(|&w| w as f64).collect();
+    let result_level = plan.result_level(&ctx, &wf, 3);
+    let proto = ReceiveSwitch::new(&ctx, plan.flooding(&wf)?, 3);
     let rescale = result_level < plan.level;
-    // switcher j's shares of every input, from flooding made ahead
+    let digest = |k: usize| [k as u8; 32];
+    // switcher j's shares of every ciphertext of the sum, from flooding made ahead
     let share_all = |j: usize, floods: Vec<_>| -> Vec<Vec<u8>> {
-        let got: Vec<SwitchInput> = inputs
+        let keys = held[j].weighted_shares(&ctx, &active, &signed).unwrap();
+        a_seeds
             .iter()
-            .enumerate()
-            .map(|(i, b)| codec.decode_switch_input(i, b).unwrap())
-            .collect();
-        std::hint::black_box(sketch::sketch_inputs(&ctx, &seed, &got));
-        got.iter()
-            .zip(&inputs)
             .zip(floods)
-            .map(|((x, b), f)| {
-                let a = crs.receive_switch_seed(blake3::hash(b).as_bytes(), active[j], &active);
+            .enumerate()
+            .map(|(k, (a_seeds, f))| {
+                let sum = UpdateSum {
+                    level: plan.level,
+                    scale: plan.scale,
+                    a_seeds,
+                };
+                let a = crs.receive_switch_seed(&digest(k), active[j], &active);
                 let s = proto
-                    .share(&secrets[j], &receive, x, &a, f, rescale)
+                    .share_updates(&keys, &receive, &sum, &a, f, rescale)
                     .unwrap();
                 mpw::encode_key_switch_share(&ctx, &s)
             })
@@ -122,11 +150,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut result: Vec<Vec<u8>> = Vec::new();
     let combine = time("combine three switchers' shares (coordinator)", &mut || {
-        result = cts
+        result = sums
             .iter()
-            .zip(&inputs)
             .enumerate()
-            .map(|(k, (ct, b))| {
+            .map(|(k, ct)| {
                 let mut sum = mpw::decode_key_switch_share(&ctx, &shares[0][k]).unwrap();
                 for s in &shares[1..] {
                     proto
@@ -136,25 +163,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         )
                         .unwrap();
                 }
-                let digest = blake3::hash(b);
                 let seeds = active
                     .iter()
-                    .map(|&i| crs.receive_switch_seed(digest.as_bytes(), i, &active))
+                    .map(|&i| crs.receive_switch_seed(&digest(k), i, &active))
                     .collect();
                 mpw::encode_switched_result(&ctx, &proto.finalize(ct, sum, seeds).unwrap())
             })
             .collect();
     });
+    let total: u64 = weights.iter().sum();
     let dec = time("decrypt the average (hospital)", &mut || {
         std::hint::black_box(
             codec
-                .decrypt_average(&receive, &result, values, weights.iter().sum(), 1.0)
+                .decrypt_average(&receive, &result, values, total as f64, 1.0)
                 .unwrap(),
         );
     });
     println!(
-        "result level {result_level} of {}: {} bytes a result ciphertext, {} a share",
+        "result level {result_level} of {}: {} bytes an update ciphertext, {} a result \
+         ciphertext, {} a share",
         plan.level,
+        items[0].len(),
         result[0].len(),
         shares[0][0].len()
     );

@@ -36,7 +36,6 @@ fn header(count: usize) -> Body {
     Body::Update {
         weight: 1,
         count: count as u32,
-        sketch: vec![],
         signature: vec![],
     }
 }

@@ -87,13 +87,12 @@ pub enum Body {
         signature: Vec<u8>,
     },
     /// Header of an update stream: `count` items (ciphertexts, or f32 chunks in plaintext mode)
-    /// of its model weighted by `weight` samples, their sketch under the hospitals' round key
-    /// and the hospital's signature over [`crate::transcript::Statement::Update`] (both empty in
-    /// a plaintext federation).
+    /// of its model weighted by `weight` samples and the hospital's signature over
+    /// [`crate::transcript::Statement::Update`] (empty in a plaintext federation; the seeds it
+    /// names are read from the items).
     Update {
         weight: u64,
         count: u32,
-        sketch: Vec<u64>,
         signature: Vec<u8>,
     },
     /// Header of a stream of `count` public-key-switch shares towards the consortium receiving
@@ -121,9 +120,9 @@ pub enum Body {
     RelayedShares { sealed: Vec<SealedShare> },
     /// Round `round` starts: train from the global model of round − 1, upload before the deadline.
     RoundStart { deadline_ms: u64 },
-    /// Header of a stream of the `count` aggregate ciphertexts of the round: switch them to the
-    /// consortium receiving key as one of `active`. `contributions` are the signed updates the
-    /// aggregate sums (their weights size each party's flooding; their sketches check it).
+    /// Switch the round's sum of `count` ciphertexts to the consortium receiving key as one of
+    /// `active` (no items follow). `contributions` are the signed updates it sums: a switcher
+    /// makes what it switches from their seeds and weights (which also size its flooding).
     SwitchRequest {
         attempt: u32,
         active: Vec<u32>,
@@ -312,7 +311,6 @@ mod tests {
             Body::Update {
                 weight: 120,
                 count: 37,
-                sketch: vec![5; 6],
                 signature: vec![1; 70],
             },
         );

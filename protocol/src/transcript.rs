@@ -85,8 +85,9 @@ pub enum Statement {
         plan: [u8; 32],
         public_key_share: [u8; 32],
     },
-    /// A round's update: its items (digest), count and weight, and its sketch under the
-    /// hospitals' round key (which lets a switcher check the aggregate it is shown).
+    /// A round's update: its items (digest), count and weight, and the seed of each item's a
+    /// (the items are encrypted under the hospital's own secret, c0 = −a·s + m + e): a switcher
+    /// makes the c1 it switches from these seeds, so it switches only what hospitals signed.
     Update {
         federation: FederationId,
         round: u64,
@@ -94,7 +95,7 @@ pub enum Statement {
         weight: u64,
         count: u32,
         items: [u8; 32],
-        sketch: Vec<u64>,
+        a_seeds: Vec<[u8; 32]>,
     },
 }
 
@@ -147,7 +148,7 @@ pub struct Contribution {
     pub weight: u64,
     pub count: u32,
     pub items: [u8; 32],
-    pub sketch: Vec<u64>,
+    pub a_seeds: Vec<[u8; 32]>,
     pub signature: Vec<u8>,
 }
 
@@ -160,9 +161,25 @@ impl Contribution {
             weight: self.weight,
             count: self.count,
             items: self.items,
-            sketch: self.sketch.clone(),
+            a_seeds: self.a_seeds.clone(),
         }
     }
+}
+
+/// What the switchers' masks for ciphertext `index` of round `round`'s sum are bound to: every
+/// contribution it sums (hospital, weight and the digest of its items, which hold the seeds),
+/// in the order named. The coordinator and each switcher reckon it alike.
+pub fn switch_digest(round: u64, contributions: &[Contribution], index: usize) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("HEAL round switch input v2");
+    h.update(&round.to_le_bytes());
+    h.update(&(index as u64).to_le_bytes());
+    h.update(&(contributions.len() as u64).to_le_bytes());
+    for c in contributions {
+        h.update(&c.hospital.to_le_bytes());
+        h.update(&c.weight.to_le_bytes());
+        h.update(&c.items);
+    }
+    *h.finalize().as_bytes()
 }
 
 /// A sealed setup package with its dealer's signature over [`Statement::Dealt`]; `peer` is the
@@ -370,7 +387,7 @@ mod tests {
             weight,
             count: 37,
             items: digest_items([b"a".as_slice(), b"bc"]),
-            sketch: vec![1, 2, 3],
+            a_seeds: vec![[1; 32], [2; 32]],
         }
     }
 

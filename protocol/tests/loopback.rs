@@ -84,7 +84,6 @@ async fn messages_and_item_streams_cross_a_real_connection() {
             Body::Update {
                 weight: 17,
                 count: 3,
-                sketch: vec![],
                 signature: vec![],
             }
         );
@@ -121,7 +120,6 @@ async fn messages_and_item_streams_cross_a_real_connection() {
                 Body::Update {
                     weight: 17,
                     count: 3,
-                    sketch: vec![],
                     signature: vec![],
                 },
             )
@@ -270,7 +268,6 @@ async fn a_peer_that_stops_reading_cannot_hold_a_sender_beyond_the_timeout() {
             Body::Update {
                 weight: 1,
                 count: 64,
-                sketch: vec![],
                 signature: vec![],
             },
         )

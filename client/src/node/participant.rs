@@ -35,10 +35,10 @@ pub struct SwitchOrder {
     pub active: Vec<u32>,
     /// the contributors' weights (the flooding is sized for their sum)
     pub weights: Vec<u64>,
-    /// what each contributor signed of its update: the shell checks the signatures and that
-    /// the aggregate's sketch is the weighted sum of theirs
+    /// what each contributor signed of its update: the shell checks the signatures and makes
+    /// what it switches from their seeds and weights
     pub contributions: Vec<Contribution>,
-    /// ciphertexts in the aggregate
+    /// ciphertexts in the sum
     pub count: u32,
     /// the masks made ahead fit this request
     pub prepared: bool,
@@ -57,7 +57,7 @@ pub enum Action {
     OpenRelayedShares { sealed: Vec<SealedShare> },
     /// Train from the global model held, encrypt the update and send it.
     Train { round: u64 },
-    /// Read the ciphertexts from the message and send switching shares.
+    /// Make switching shares from the signed updates named and send them.
     Switch(SwitchOrder),
     /// Start making the masks of `shape`'s switch of `count` ciphertexts ahead.
     PrepareMasks { shape: SwitchShape, count: usize },
@@ -109,7 +109,7 @@ pub enum ParticipantError {
     )]
     SwitchRound { round: u64, held: u64 },
     #[error(
-        "a switch request summing the updates of hospitals {got:?}: at least {threshold} distinct hospitals of 1..={hospitals}, each update of the aggregate's {count} items, are needed"
+        "a switch request summing the updates of hospitals {got:?}: at least {threshold} distinct hospitals of 1..={hospitals}, each update of the sum's {count} items with a seed for each, are needed"
     )]
     SwitchContributors {
         got: Vec<u32>,
@@ -385,7 +385,9 @@ impl Participant {
         if got.len() != contributions.len()
             || got.len() < self.me.threshold as usize
             || got.iter().any(|&i| i == 0 || i > h)
-            || contributions.iter().any(|c| c.count != count)
+            || contributions
+                .iter()
+                .any(|c| c.count != count || c.a_seeds.len() != count as usize)
         {
             return Err(ParticipantError::SwitchContributors {
                 got: contributions.iter().map(|c| c.hospital).collect(),

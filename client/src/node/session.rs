@@ -382,31 +382,24 @@ impl Node {
             self.data.train.len() as u64
         };
         let samples = self.data.train.len() as u64;
-        let (items, sketch, signature, sign_ms) = match &self.he {
+        let (items, signature, sign_ms) = match &self.he {
             Some(he) => {
-                let pk = he
-                    .collective
-                    .clone()
-                    .context("a round before the collective public key")?;
-                let receive = he
-                    .keys
-                    .receive
-                    .as_ref()
-                    .context("a round before the consortium receiving key")?;
-                let seed = trust::round_seed(&he.ctx, &receive.sk, self.federation, round);
+                // under this hospital's own share of the collective secret: only c0 and a seed
+                // travel, and the switchers make the sum's c1 from the signed seeds
+                let sk = he.keys.share.clone();
                 let (codec, pool) = (he.codec.clone(), he.pool.clone());
                 let signer = he.signer.clone();
                 let update = (self.federation, round, self.index, weight);
                 tokio::task::spawn_blocking(move || {
                     pool.install(|| -> anyhow::Result<_> {
-                        let (items, sketch) = match &noised {
-                            Some(v) => codec.encrypt_sketched(&pk, v, &seed)?,
-                            None => codec.encrypt_sketched(&pk, &delta, &seed)?,
+                        let (items, a_seeds) = match &noised {
+                            Some(v) => codec.encrypt(&sk, v)?,
+                            None => codec.encrypt(&sk, &delta)?,
                         };
                         let signing = Instant::now();
-                        let signature = trust::sign_update(&signer, update, &items, &sketch);
+                        let signature = trust::sign_update(&signer, update, &items, &a_seeds);
                         let sign_ms = signing.elapsed().as_secs_f64() * 1e3;
-                        Ok((items, sketch, signature, sign_ms))
+                        Ok((items, signature, sign_ms))
                     })
                 })
                 .await??
@@ -421,7 +414,7 @@ impl Node {
                     }
                     None => protocol::plain::encode_f32s(&delta),
                 };
-                (items, vec![], vec![], 0.0)
+                (items, vec![], 0.0)
             }
         };
         let encrypt_s = t1.elapsed().as_secs_f32();
@@ -432,7 +425,6 @@ impl Node {
                 Body::Update {
                     weight,
                     count: items.len() as u32,
-                    sketch,
                     signature,
                 },
             )

@@ -1,13 +1,15 @@
-//! Switching shares of a round's aggregate towards the consortium receiving key
-//! ([`he_agg::multiparty::ReceiveSwitch`]): carried out when the participant asks, with the
-//! flooding made ahead when it says it fits.
+//! Switching shares of a round's sum towards the consortium receiving key
+//! ([`he_agg::multiparty::ReceiveSwitch::share_updates`]): carried out when the participant
+//! asks, with the flooding made ahead when it says it fits. What is switched is made here from
+//! the signed updates' seeds and weights: the coordinator sends nothing else.
 
 use anyhow::Context;
-use he_agg::multiparty::{FloodMask, ReceiveSwitch, SwitchInput, wire as mpw};
+use he_agg::multiparty::{FloodMask, ReceiveSwitch, UpdateSum, wire as mpw};
 use he_agg::ring::Prng;
 use protocol::Link;
 use protocol::link::Incoming;
 use protocol::message::Body;
+use protocol::transcript;
 use rayon::prelude::*;
 use std::time::Instant;
 use tracing::{info, warn};
@@ -42,24 +44,10 @@ impl Node {
             .threshold
             .as_ref()
             .context("switch request before the threshold secret")?;
-        // the aggregate's c1 only: a share needs nothing else (c0 is the coordinator's to add)
-        let mut inputs: Vec<SwitchInput> = Vec::with_capacity(count as usize);
-        let mut digests: Vec<[u8; 32]> = Vec::with_capacity(count as usize);
-        for i in 0..count {
-            let item = msg
-                .next_item()
-                .await?
-                .with_context(|| format!("switch request ended after {i} of {count}"))?;
-            let input = he
-                .codec
-                .decode_switch_input(i as usize, &item)
-                .context("an aggregate to switch")?;
-            // this switcher's mask is bound to these bytes (and to the active set)
-            digests.push(*blake3::hash(&item).as_bytes());
-            inputs.push(input);
+        // nothing follows the request: what is switched is made here from the signed seeds
+        if msg.next_item().await?.is_some() {
+            anyhow::bail!("round {round}'s switch request carries items: none are expected");
         }
-        // the aggregate must be the weighted sum of the signed updates named (checked with the
-        // round's sketch key, which the coordinator does not hold)
         let peers = he
             .keys
             .peers
@@ -70,7 +58,6 @@ impl Node {
             .receive
             .as_ref()
             .context("switch request before the consortium receiving key")?;
-        let seed = trust::round_seed(&he.ctx, &receive.sk, self.federation, round);
         if let Some(p) = &self.privacy {
             // the signed weights: a sum with fewer contributions than the privacy quorum, or one
             // counted more than once, would carry less noise than the guarantee assumes
@@ -79,17 +66,14 @@ impl Node {
                 .map_err(|e| anyhow::anyhow!("round {round}'s switch request: {e}"))?;
         }
         let checked = Instant::now();
-        trust::check_aggregate(
-            &he.ctx,
-            &he.verifier,
-            peers,
-            &seed,
-            (self.federation, round),
-            contributions,
-            &inputs,
-        )?;
+        trust::check_contributions(&he.verifier, peers, (self.federation, round), contributions)?;
         let check_ms = checked.elapsed().as_secs_f64() * 1e3;
-        let sk = ts.additive_share(&he.ctx, active)?;
+        // this switcher's shares of w_k·s_k for every contribution k
+        let signed: Vec<(u32, u64)> = contributions
+            .iter()
+            .map(|c| (c.hospital, c.weight))
+            .collect();
+        let keys = ts.weighted_shares(&he.ctx, active, &signed)?;
         let plan = he.codec.plan();
         let weights_f: Vec<f64> = weights.iter().map(|&w| w as f64).collect();
         let flooding = plan.flooding(&weights_f)?;
@@ -97,24 +81,39 @@ impl Node {
         // every receiver reckon the same)
         let rescale = plan.result_level(&he.ctx, &weights_f, active.len()) < plan.level;
         let proto = ReceiveSwitch::new(&he.ctx, flooding, active.len());
-        let seeds: Vec<_> = digests
-            .iter()
-            .map(|d| he.crs.receive_switch_seed(d, self.index, active))
+        // this switcher's mask of ciphertext k is bound to the contributions and the set
+        let seeds: Vec<_> = (0..count as usize)
+            .map(|k| {
+                let digest = transcript::switch_digest(round, contributions, k);
+                he.crs.receive_switch_seed(&digest, self.index, active)
+            })
             .collect();
+        let a_seeds: Vec<Vec<[u8; 32]>> = (0..count as usize)
+            .map(|k| {
+                contributions
+                    .iter()
+                    .map(|c| {
+                        c.a_seeds.get(k).copied().with_context(|| {
+                            format!("hospital {}'s update names no seed {k}", c.hospital)
+                        })
+                    })
+                    .collect()
+            })
+            .collect::<anyhow::Result<_>>()?;
         // flooding made ahead is used only where the participant says it fits this request
         let mut masks: Option<Vec<FloodMask>> = None;
         if let Some(handle) = self.prepared.take()
             && prepared
         {
             match handle.await {
-                Ok(Ok(m)) if m.len() == inputs.len() => masks = Some(m),
+                Ok(Ok(m)) if m.len() == count as usize => masks = Some(m),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => warn!(round, "making switching masks ahead failed: {e:#}"),
                 Err(e) => warn!(round, "making switching masks ahead failed: {e}"),
             }
         }
         let prepared = masks.is_some();
-        let level = he.codec.plan().level;
+        let (level, scale) = (plan.level, plan.scale);
         let receive_sk = receive.sk.clone();
         let (ctx, pool) = (he.ctx.clone(), he.pool.clone());
         let shares: Vec<Vec<u8>> =
@@ -122,7 +121,7 @@ impl Node {
                 pool.install(|| {
                     let masks: Vec<FloodMask> = match masks {
                         Some(m) => m,
-                        None => (0..inputs.len())
+                        None => (0..seeds.len())
                             .into_par_iter()
                             .map_init(Prng::from_os, |prng, _| -> anyhow::Result<FloodMask> {
                                 let prng = prng.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -130,13 +129,24 @@ impl Node {
                             })
                             .collect::<anyhow::Result<_>>()?,
                     };
-                    inputs
+                    a_seeds
                         .par_iter()
                         .zip(seeds.par_iter())
                         .zip(masks.into_par_iter())
-                        .map(|((input, seed), mask)| -> anyhow::Result<Vec<u8>> {
-                            let share =
-                                proto.share(&sk, &receive_sk, input, seed, mask, rescale)?;
+                        .map(|((a_seeds, seed), mask)| -> anyhow::Result<Vec<u8>> {
+                            let sum = UpdateSum {
+                                level,
+                                scale,
+                                a_seeds,
+                            };
+                            let share = proto.share_updates(
+                                &keys,
+                                &receive_sk,
+                                &sum,
+                                seed,
+                                mask,
+                                rescale,
+                            )?;
                             Ok(mpw::encode_key_switch_share(&ctx, &share))
                         })
                         .collect()
@@ -166,7 +176,7 @@ impl Node {
             switch_s,
             check_ms,
             prepared,
-            "switching shares sent (the aggregate checked against the signed updates in check_ms)"
+            "switching shares sent (the signed updates checked in check_ms)"
         );
         Ok(())
     }

@@ -2,16 +2,14 @@
 //! every hospital's key shares signed with its certificate (chained to the consortium CA, named
 //! for that hospital), this hospital's own entry as it sent it, and the collective public key
 //! made here from the shares. Once stored, the setup never changes: a coordinator that later
-//! hands out other keys is refused. In every round, a hospital signs its update with a sketch
-//! under a key only hospitals hold, and a switcher checks that the aggregate it is asked to
-//! switch is the weighted sum of the signed updates it is told of.
+//! hands out other keys is refused. In every round, a hospital signs its update with the seeds
+//! of its ciphertexts' a, and a switcher checks those signatures: it makes what it switches from
+//! the signed seeds, so nothing but the weighted sum of signed updates can be switched.
 
-use he_agg::aggregate::sketch;
-use he_agg::ckks::{CkksContext, SecretKey, wire};
-use he_agg::multiparty::{Crs, PublicKeyGen, SwitchInput, wire as mpw};
+use he_agg::ckks::{CkksContext, wire};
+use he_agg::multiparty::{Crs, PublicKeyGen, wire as mpw};
 use protocol::FederationId;
 use protocol::transcript::{self, Contribution, PartyKeys, Signer, Statement, Verifier};
-use zeroize::Zeroizing;
 
 use super::keys::PeerKeys;
 
@@ -160,29 +158,13 @@ pub fn same_setup(stored: &PeerKeys, relayed: &PeerKeys) -> Result<(), Distrust>
     }
 }
 
-/// The key of round `round`'s sketches: derived from the consortium receiving secret, which
-/// every hospital holds and the coordinator never does.
-pub fn round_seed(
-    ctx: &CkksContext,
-    receive_sk: &SecretKey,
-    federation: FederationId,
-    round: u64,
-) -> [u8; 32] {
-    let secret = Zeroizing::new(wire::encode_secret_key(ctx, receive_sk));
-    let key = Zeroizing::new(blake3::derive_key("HEAL aggregate sketch key v1", &secret));
-    let mut input = federation.0.to_vec();
-    input.extend_from_slice(&round.to_le_bytes());
-    *blake3::keyed_hash(&key, &input).as_bytes()
-}
-
 /// This hospital's signature over its update for `round`: (federation, round, hospital,
-/// weight) with the items' digest and their sketch under the round's key
-/// ([`UpdateCodec::encrypt_sketched`]).
+/// weight) with the items' digest and the seed of each item's a ([`UpdateCodec::encrypt`]).
 pub fn sign_update(
     signer: &Signer,
     update: (FederationId, u64, u32, u64),
     items: &[Vec<u8>],
-    sketch: &[u64],
+    a_seeds: &[[u8; 32]],
 ) -> Vec<u8> {
     let (federation, round, hospital, weight) = update;
     signer.sign(&Statement::Update {
@@ -192,21 +174,18 @@ pub fn sign_update(
         weight,
         count: items.len() as u32,
         items: transcript::digest_items(items.iter().map(Vec::as_slice)),
-        sketch: sketch.to_vec(),
+        a_seeds: a_seeds.to_vec(),
     })
 }
 
 /// A switch request's contributions are each signed by their hospital (with its setup
-/// certificate) for this round, and the aggregate's c₁ (`inputs`, all a share reads) is their
-/// weighted sum by the sketches.
-pub fn check_aggregate(
-    ctx: &CkksContext,
+/// certificate) for this round: the seeds a switcher makes its c1 from are the ones each
+/// hospital encrypted with, so only signed updates, weighted as signed, are switched.
+pub fn check_contributions(
     verifier: &Verifier,
     peers: &PeerKeys,
-    seed: &[u8; 32],
     (federation, round): (FederationId, u64),
     contributions: &[Contribution],
-    inputs: &[SwitchInput],
 ) -> Result<(), Distrust> {
     for c in contributions {
         let certificate = peers
@@ -220,20 +199,6 @@ pub fn check_aggregate(
                 &c.signature,
             )
             .map_err(|e| Distrust(format!("round {round}'s switch request: {e}")))?;
-    }
-    let level = inputs.first().map_or(0, SwitchInput::level);
-    let want = sketch::combine(
-        ctx,
-        level,
-        contributions
-            .iter()
-            .map(|c| (c.weight, c.sketch.as_slice())),
-    );
-    if want.as_deref() != Some(sketch::sketch_inputs(ctx, seed, inputs).as_slice()) {
-        return Err(Distrust(format!(
-            "round {round}'s aggregate is not the weighted sum of the signed updates of hospitals {:?}: refusing to switch it",
-            contributions.iter().map(|c| c.hospital).collect::<Vec<_>>()
-        )));
     }
     Ok(())
 }

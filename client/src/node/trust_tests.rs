@@ -1,8 +1,9 @@
-//! The switcher's check of an aggregate, with real kits, real encryptions and a real sum.
+//! The switcher's check of the signed updates it is asked to switch, with real kits and real
+//! encryptions; the keyholders' checks of inference keys.
 
 use super::*;
-use he_agg::aggregate::{AggregationPlan, Aggregator, CpuBackend, HeSettings, Shape, UpdateCodec};
-use he_agg::ckks::{Ciphertext, Parameters, Preset};
+use he_agg::aggregate::{AggregationPlan, HeSettings, UpdateCodec};
+use he_agg::ckks::{Parameters, Preset};
 use he_agg::multiparty::{Crs, PublicKeyGen, wire as mpw};
 use protocol::identity::hospital_dns_name;
 use protocol::pki::Ca;
@@ -12,12 +13,9 @@ const FED: FederationId = FederationId([9; 16]);
 const ROUND: u64 = 6;
 
 struct World {
-    codec: UpdateCodec,
     verifier: Verifier,
     peers: PeerKeys,
-    seed: [u8; 32],
     contributions: Vec<Contribution>,
-    updates: Vec<Vec<Vec<u8>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -50,7 +48,7 @@ fn peers_of(signers: &[Signer]) -> PeerKeys {
     }
 }
 
-/// Three hospitals with kits of one CA, each with a signed encrypted update of its own weight.
+/// Three hospitals with kits of one CA, each with a signed update under its own secret.
 fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let (signers, verifier) = kits(dir.path());
@@ -58,139 +56,70 @@ fn world() -> World {
     let plan = AggregationPlan::from_settings(&ctx, &HeSettings::default(), 3, 2).unwrap();
     let codec = UpdateCodec::new(ctx.clone(), plan);
     let mut kg = ctx.key_generator().unwrap();
-    let sk = kg.secret_key();
-    let pk = kg.public_key(&sk);
-    let receive = kg.secret_key();
-    let seed = round_seed(&ctx, &receive, FED, ROUND);
     let mut contributions = Vec::new();
-    let mut updates = Vec::new();
     for (h, signer) in (1..).zip(&signers) {
         let weight = 100 * u64::from(h);
-        let (items, sketch) = codec
-            .encrypt_sketched(&pk, &vec![0.001 * h as f32; 5000], &seed)
+        let (items, a_seeds) = codec
+            .encrypt(&kg.secret_key(), &vec![0.001 * h as f32; 5000])
             .unwrap();
-        let signature = sign_update(signer, (FED, ROUND, h, weight), &items, &sketch);
+        let signature = sign_update(signer, (FED, ROUND, h, weight), &items, &a_seeds);
         contributions.push(Contribution {
             hospital: h,
             weight,
             count: items.len() as u32,
             items: transcript::digest_items(items.iter().map(Vec::as_slice)),
-            sketch,
+            a_seeds,
             signature,
         });
-        updates.push(items);
     }
     let peers = peers_of(&signers);
     World {
-        codec,
         verifier,
         peers,
-        seed,
         contributions,
-        updates,
         _dir: dir,
     }
 }
 
 impl World {
-    /// Σ weight·update over `which` (indices into the updates).
-    fn sum(&self, which: &[usize]) -> Vec<Ciphertext> {
-        let decode = |u: &Vec<Vec<u8>>| -> Vec<Ciphertext> {
-            u.iter()
-                .enumerate()
-                .map(|(i, b)| self.codec.decode(i, b).unwrap())
-                .collect()
-        };
-        let first = decode(&self.updates[0]);
-        let shape = Shape {
-            level: first[0].level(),
-            degree: 1,
-            scale: first[0].scale,
-        };
-        let ctx = self.codec.context();
-        let mut aggs: Vec<Aggregator> = (0..first.len())
-            .map(|_| Aggregator::new(ctx, &CpuBackend, shape, 3).unwrap())
-            .collect();
-        for &i in which {
-            for (agg, ct) in aggs.iter_mut().zip(decode(&self.updates[i])) {
-                agg.push(ct, self.contributions[i].weight).unwrap();
-            }
-        }
-        aggs.into_iter().map(|a| a.finish().unwrap()).collect()
+    fn check(&self, contributions: &[Contribution], round: u64) -> Result<(), Distrust> {
+        check_contributions(&self.verifier, &self.peers, (FED, round), contributions)
     }
-
-    fn check(&self, contributions: &[Contribution], cts: &[Ciphertext]) -> Result<(), Distrust> {
-        check_aggregate(
-            self.codec.context(),
-            &self.verifier,
-            &self.peers,
-            &self.seed,
-            (FED, ROUND),
-            contributions,
-            &inputs(&self.codec, cts),
-        )
-    }
-}
-
-/// What a switch request carries of `cts`, through the wire as the coordinator sends it.
-fn inputs(codec: &UpdateCodec, cts: &[Ciphertext]) -> Vec<SwitchInput> {
-    cts.iter()
-        .enumerate()
-        .map(|(i, ct)| {
-            codec
-                .decode_switch_input(i, &codec.encode_switch_input(ct).unwrap())
-                .unwrap()
-        })
-        .collect()
 }
 
 #[test]
-fn a_switcher_switches_only_the_weighted_sum_of_the_signed_updates_it_is_told_of() {
+fn a_switcher_switches_only_what_the_hospitals_signed() {
     let w = world();
-    let all = w.sum(&[0, 1, 2]);
-    w.check(&w.contributions, &all).unwrap();
-    // hospital 1's update presented as the aggregate of all three (the decryption oracle)
-    let alone = w.sum(&[0]);
-    let err = w.check(&w.contributions, &alone).unwrap_err().0;
-    assert!(err.contains("not the weighted sum"), "{err}");
-    // one residue of a c₁ changed is refused; c₀ is not the switchers' to see (the share does
-    // not depend on it, and the coordinator adds it to the combined shares itself)
-    let mut forged = all.clone();
-    forged[0].parts[1].limb_mut(1)[17] ^= 2;
-    assert!(w.check(&w.contributions, &forged).is_err());
-    let mut other_c0 = all.clone();
-    other_c0[0].parts[0].limb_mut(1)[17] ^= 2;
-    w.check(&w.contributions, &other_c0).unwrap();
-    // the sum of two named as the sum of three, or the sum of three named as two
-    assert!(w.check(&w.contributions, &w.sum(&[0, 1])).is_err());
-    assert!(w.check(&w.contributions[..2], &all).is_err());
-    // a weight other than the signed one (to shrink the flooding), or another round's statement
+    w.check(&w.contributions, ROUND).unwrap();
+    // a weight other than the signed one (to shrink the flooding or skew the sum), or another
+    // round's statement
     let mut reweighted = w.contributions.clone();
     reweighted[1].weight = 1;
-    let err = w.check(&reweighted, &all).unwrap_err().0;
+    let err = w.check(&reweighted, ROUND).unwrap_err().0;
     assert!(
         err.contains("hospital 2's signature over its update does not verify"),
         "{err}"
     );
-    let err = check_aggregate(
-        w.codec.context(),
-        &w.verifier,
-        &w.peers,
-        &w.seed,
-        (FED, ROUND + 1),
-        &w.contributions,
-        &inputs(&w.codec, &all),
-    )
-    .unwrap_err()
-    .0;
-    assert!(err.contains("signature"), "{err}");
-    // hospital 2's signed update passed off as hospital 3's
+    assert!(w.check(&w.contributions, ROUND + 1).is_err());
+    // a seed other than the one the hospital encrypted with (what the switcher's c1 is made
+    // from): a coordinator cannot have another ciphertext switched in its place
+    let mut reseeded = w.contributions.clone();
+    reseeded[0].a_seeds[0][5] ^= 1;
+    assert!(w.check(&reseeded, ROUND).is_err());
+    let mut dropped = w.contributions.clone();
+    dropped[2].a_seeds.pop();
+    assert!(w.check(&dropped, ROUND).is_err());
+    // hospital 2's signed update passed off as hospital 3's, or a hospital of no certificate
     let mut relabelled = w.contributions.clone();
     relabelled[2] = Contribution {
         hospital: 3,
         ..w.contributions[1].clone()
     };
-    assert!(w.check(&relabelled, &all).is_err());
+    assert!(w.check(&relabelled, ROUND).is_err());
+    let mut stranger = w.contributions.clone();
+    stranger[0].hospital = 9;
+    let err = w.check(&stranger, ROUND).unwrap_err().0;
+    assert!(err.contains("no certificate of hospital 9"), "{err}");
 }
 
 #[test]

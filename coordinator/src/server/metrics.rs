@@ -93,7 +93,7 @@ impl Server {
         .one(
             Kind::Counter,
             "heal_bytes_down_total",
-            "Bytes sent to the hospitals in committed rounds (summary.json: bytes_down).",
+            "Bytes sent to the hospitals for committed rounds: switch requests and each receiver's result (summary.json: bytes_down).",
             s.bytes_down as f64,
         )
         .one(

@@ -38,8 +38,9 @@ impl Server {
             lock(&self.engine).accepts_update(h, round)?;
             Ok(read)
         });
-        let read = read.and_then(|(update, bytes, digest)| {
+        let read = read.and_then(|(update, bytes, digest, a_seeds)| {
             signed.items = digest;
+            signed.a_seeds = a_seeds;
             self.check_signed_update(h, round, &signed)?;
             Ok((update, bytes))
         });
@@ -71,17 +72,10 @@ impl Server {
     }
 
     /// In an encrypted federation, an update must be signed by its hospital (with the certificate
-    /// of its setup) over what arrived, and carry a sketch of the plan's length.
+    /// of its setup) over what arrived, the seeds of its items included.
     fn check_signed_update(&self, h: u32, round: u64, signed: &Contribution) -> Result<(), String> {
-        let Some(he) = self.he.as_ref() else {
+        if self.he.is_none() {
             return Ok(());
-        };
-        let want = he_agg::aggregate::sketch::sketch_len(he.plan.level);
-        if signed.sketch.len() != want {
-            return Err(format!(
-                "an update sketch of {} values where the plan's has {want}",
-                signed.sketch.len()
-            ));
         }
         let rec = self.store.party(h).map_err(|e| e.to_string())?;
         self.verifier
@@ -94,13 +88,15 @@ impl Server {
             .map_err(|e| e.to_string())
     }
 
-    /// The `count` items of an update stream, decoded, the bytes they took and their digest.
+    /// The `count` items of an update stream, decoded, the bytes they took, their digest and
+    /// (encrypted) the seeds of their a.
     async fn read_update(
         &self,
         count: u32,
         msg: &mut Incoming,
-    ) -> Result<(Update, u64, [u8; 32]), String> {
+    ) -> Result<(Update, u64, [u8; 32], Vec<[u8; 32]>), String> {
         let mut cts = Vec::new();
+        let mut seeds = Vec::new();
         let mut plain: Vec<Vec<f32>> = Vec::new();
         let mut bytes = 0u64;
         let mut digest = ItemsDigest::default();
@@ -113,10 +109,13 @@ impl Server {
             bytes += item.len() as u64;
             digest.push(&item);
             match &self.he {
-                Some(he) => cts.push(
-                    he.decode_update(&item)
-                        .map_err(|e| format!("item {i}: {e}"))?,
-                ),
+                Some(he) => {
+                    let (c0, seed) = he
+                        .decode_update(&item)
+                        .map_err(|e| format!("item {i}: {e}"))?;
+                    cts.push(c0);
+                    seeds.push(seed);
+                }
                 None => plain.push(
                     protocol::plain::decode_f32s(&item).map_err(|e| format!("item {i}: {e}"))?,
                 ),
@@ -129,7 +128,7 @@ impl Server {
             Some(_) => Update::Encrypted(cts),
             None => Update::Plain(plain),
         };
-        Ok((update, bytes, digest.finish()))
+        Ok((update, bytes, digest.finish(), seeds))
     }
 
     /// Closes the aggregate (once) and streams it to every active hospital.
@@ -141,39 +140,26 @@ impl Server {
         weights: Vec<(u32, u64)>,
     ) {
         let Some(he) = self.he.as_ref() else { return };
-        let bytes = match lock(&self.round).close(round, he, attempt, &weights, &active) {
-            Ok(b) => b,
-            Err(e) => {
-                warn!(round, "cannot ask for switching shares: {e}");
-                return;
-            }
-        };
-        let contributions = match lock(&self.round).contributions(&weights) {
+        let contributions = match lock(&self.round).close(round, he, attempt, &weights, &active) {
             Ok(c) => c,
             Err(e) => {
                 warn!(round, "cannot ask for switching shares: {e}");
                 return;
             }
         };
+        let count = contributions.first().map_or(0, |c| c.count);
         let body = Body::SwitchRequest {
             attempt,
             active: active.clone(),
             contributions,
-            count: bytes.len() as u32,
+            count,
         };
         for h in active {
             let Some(link) = self.link(h) else { continue };
             let body = body.clone();
-            let bytes = bytes.clone();
             let me = self.clone();
             tokio::spawn(async move {
-                let sent = async {
-                    let mut s = link.open(round, body).await?;
-                    for b in bytes.iter() {
-                        s.item(b).await?;
-                    }
-                    s.finish().await
-                };
+                let sent = async { link.open(round, body).await?.finish().await };
                 match sent.await {
                     Ok(n) => lock(&me.round).add_bytes_down(n),
                     Err(e) => warn!(hospital = h, round, "switch request: {e}"),

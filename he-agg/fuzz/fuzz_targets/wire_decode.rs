@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
         if kind & 0x80 != 0 && bytes.len() >= wire::HEADER_LEN {
             bytes[..4].copy_from_slice(&wire::MAGIC);
             bytes[4..6].copy_from_slice(&wire::VERSION.to_le_bytes());
-            bytes[6] = 1 + kind % 18;
+            bytes[6] = 1 + kind % 19;
             bytes[7] = 0;
             bytes[8..40].copy_from_slice(c.fingerprint());
         }
@@ -38,6 +38,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(wire::encode_ciphertext(c, &ct), bytes);
     }
     let _ = wire::decode_seeded_ciphertext(c, &bytes);
+    if let Ok(u) = wire::decode_seeded_update(c, &bytes) {
+        assert_eq!(wire::encode_seeded_update(c, &u), bytes);
+    }
     let _ = wire::decode_public_key(c, &bytes);
     let _ = wire::decode_relinearization_key(c, &bytes);
     let _ = wire::decode_galois_key(c, &bytes);

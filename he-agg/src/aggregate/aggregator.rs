@@ -46,7 +46,7 @@ impl Aggregator {
         shape: Shape,
         batch: usize,
     ) -> Result<Self, AggregateError> {
-        if shape.level == 0 || shape.level > ctx.max_level() || !(1..=2).contains(&shape.degree) {
+        if shape.level == 0 || shape.level > ctx.max_level() || shape.degree > 2 {
             return Err(AggregateError::BadShape {
                 level: shape.level,
                 degree: shape.degree,

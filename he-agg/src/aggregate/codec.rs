@@ -1,5 +1,6 @@
-//! The one codec of model updates: a hospital encrypts its update (N reals per ciphertext, at
-//! the plan's level and scale) and decrypts a switched sum; the coordinator and a switching
+//! The one codec of model updates: a hospital encrypts its update under its own secret (N reals
+//! per ciphertext, at the plan's level and scale; c0 and a seed travel) and decrypts a switched
+//! sum; the coordinator and a switching
 //! hospital decode and check what arrives. Both ends use this, so the packing, the level and the
 //! scale are written once.
 
@@ -8,8 +9,9 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::ckks::wire::{self, WireError};
-use crate::ckks::{Ciphertext, CkksContext, CkksError, PublicKey, SecretKey};
-use crate::multiparty::{SwitchInput, wire as mpw};
+use crate::ckks::{Ciphertext, CkksContext, CkksError, SecretKey};
+use crate::multiparty::wire as mpw;
+use crate::ring::Seed;
 
 use super::plan::AggregationPlan;
 
@@ -82,108 +84,54 @@ impl UpdateCodec {
         values.div_ceil(self.ctx.n())
     }
 
-    /// The update `values` encrypted under `pk`, N reals per ciphertext, wire-encoded, on the
-    /// current rayon pool.
+    /// The update `values` encrypted under this hospital's own secret `sk` (its share s_k of
+    /// the collective secret), N reals per ciphertext, on the current rayon pool: each
+    /// ciphertext travels as c0 = −a·s_k + m + e and the seed of a, fresh from the CSPRNG (so a
+    /// re-encrypted update never reuses an a), a expanded by AES-128-CTR. Returns the wire items and their seeds, which
+    /// the hospital signs ([`crate::multiparty::ReceiveSwitch::share_updates`] expands them).
     pub fn encrypt<T: Copy + Into<f64> + Sync>(
         &self,
-        pk: &PublicKey,
+        sk: &SecretKey,
         values: &[T],
-    ) -> Result<Vec<Vec<u8>>, CodecError> {
+    ) -> Result<(Vec<Vec<u8>>, Vec<Seed>), CodecError> {
         let ctx = &self.ctx;
-        values
+        let done: Vec<(Vec<u8>, Seed)> = values
             .par_chunks(ctx.n())
             .map_init(
-                || ctx.pk_encryptor(pk).map_err(|e| format!("encryptor: {e}")),
-                |enc, chunk| -> Result<Vec<u8>, CodecError> {
+                || ctx.sk_encryptor(sk).map_err(|e| format!("encryptor: {e}")),
+                |enc, chunk| -> Result<(Vec<u8>, Seed), CodecError> {
                     let enc = enc.as_mut().map_err(|e| CodecError::Setup(e.clone()))?;
                     let v: Vec<f64> = chunk.iter().map(|&x| x.into()).collect();
                     let pt = ctx.encode_real_pairs(&v, self.plan.level, self.plan.scale)?;
-                    Ok(wire::encode_ciphertext(ctx, &enc.encrypt(&pt)))
-                },
-            )
-            .collect()
-    }
-
-    /// [`UpdateCodec::encrypt`], and the update's [`super::sketch`] under `seed` taken from the
-    /// ciphertexts before they are encoded (no second decode).
-    pub fn encrypt_sketched<T: Copy + Into<f64> + Sync>(
-        &self,
-        pk: &PublicKey,
-        values: &[T],
-        seed: &[u8; 32],
-    ) -> Result<(Vec<Vec<u8>>, Vec<u64>), CodecError> {
-        let ctx = &self.ctx;
-        let done: Vec<(Vec<u8>, Vec<u64>)> = values
-            .par_chunks(ctx.n())
-            .enumerate()
-            .map_init(
-                || ctx.pk_encryptor(pk).map_err(|e| format!("encryptor: {e}")),
-                |enc, (i, chunk)| -> Result<(Vec<u8>, Vec<u64>), CodecError> {
-                    let enc = enc.as_mut().map_err(|e| CodecError::Setup(e.clone()))?;
-                    let v: Vec<f64> = chunk.iter().map(|&x| x.into()).collect();
-                    let pt = ctx.encode_real_pairs(&v, self.plan.level, self.plan.scale)?;
-                    let ct = enc.encrypt(&pt);
-                    let part = super::sketch::sketch_one(ctx, seed, i, &ct.parts[1]);
-                    Ok((wire::encode_ciphertext(ctx, &ct), part))
+                    let ct = enc.encrypt_seeded_aes(&pt);
+                    Ok((wire::encode_seeded_update(ctx, &ct), ct.seed))
                 },
             )
             .collect::<Result<_, _>>()?;
-        let (items, parts): (Vec<Vec<u8>>, Vec<Vec<u64>>) = done.into_iter().unzip();
-        let sketch = super::sketch::sum_parts(ctx, self.plan.level, &parts);
-        Ok((items, sketch))
+        Ok(done.into_iter().unzip())
     }
 
-    /// An update (or a sum of them) as received: well formed, of these parameters, at the
-    /// plan's level and scale, degree 1. `index` names it in errors.
-    pub fn decode(&self, index: usize, bytes: &[u8]) -> Result<Ciphertext, CodecError> {
-        let ct = wire::decode_ciphertext(&self.ctx, bytes)
+    /// An update ciphertext as received: well formed, of these parameters, at the plan's level
+    /// and scale. Returned as its c0 alone (a degree-0 [`Ciphertext`], what the coordinator
+    /// sums) and the seed of its a. `index` names it in errors.
+    pub fn decode(&self, index: usize, bytes: &[u8]) -> Result<(Ciphertext, Seed), CodecError> {
+        let ct = wire::decode_seeded_update(&self.ctx, bytes)
             .map_err(|source| CodecError::Wire { index, source })?;
-        if ct.level() != self.plan.level
-            || ct.degree() != 1
-            || ct.scale.to_bits() != self.plan.scale.to_bits()
-        {
+        if ct.level() != self.plan.level || ct.scale.to_bits() != self.plan.scale.to_bits() {
             return Err(CodecError::Shape {
                 index,
                 level: ct.level(),
-                degree: ct.degree(),
+                degree: 1,
                 log_scale: ct.scale.log2(),
                 want_level: self.plan.level,
                 want_log_scale: self.plan.scale.log2(),
             });
         }
-        Ok(ct)
-    }
-
-    /// What a switching party is sent of an aggregate ciphertext: its c₁ and scale.
-    pub fn encode_switch_input(&self, ct: &Ciphertext) -> Result<Vec<u8>, CodecError> {
-        mpw::encode_switch_input_of(&self.ctx, ct).ok_or_else(|| {
-            CodecError::Setup(format!(
-                "a switch input of a degree-{} ciphertext",
-                ct.degree()
-            ))
-        })
-    }
-
-    /// A switch input as received: well formed, of these parameters, at the plan's level and
-    /// scale. `index` names it in errors.
-    pub fn decode_switch_input(
-        &self,
-        index: usize,
-        bytes: &[u8],
-    ) -> Result<SwitchInput, CodecError> {
-        let input = mpw::decode_switch_input(&self.ctx, bytes)
-            .map_err(|source| CodecError::Wire { index, source })?;
-        if input.level() != self.plan.level || input.scale.to_bits() != self.plan.scale.to_bits() {
-            return Err(CodecError::Shape {
-                index,
-                level: input.level(),
-                degree: 1,
-                log_scale: input.scale.log2(),
-                want_level: self.plan.level,
-                want_log_scale: self.plan.scale.log2(),
-            });
-        }
-        Ok(input)
+        let c0 = Ciphertext {
+            parts: vec![ct.c0],
+            scale: ct.scale,
+        };
+        Ok((c0, ct.seed))
     }
 
     /// A switched result as received ([`crate::multiparty::ReceiveSwitch`]): well formed, at
@@ -307,32 +255,43 @@ pub fn check_average(
 mod tests {
     use super::*;
     use crate::ckks::{Parameters, Preset};
-    use crate::multiparty::{Crs, ReceiveSwitch};
+    use crate::multiparty::threshold::deal;
+    use crate::multiparty::{Crs, ReceiveSwitch, ThresholdSecret, UpdateSum};
     use crate::ring::Prng;
 
-    /// `ct` switched to `receive` by one party holding its whole secret `sk`: a result item.
+    /// The sum `c0` of updates under `sk` with a's from `a_seeds`, each weighted `weight`,
+    /// switched to `receive` by one party holding all of `sk`: a result item.
     fn switched(
         codec: &UpdateCodec,
         sk: &SecretKey,
         receive: &SecretKey,
-        ct: &Ciphertext,
+        (c0, a_seeds, weight): (&Ciphertext, &[Seed], u64),
     ) -> Vec<u8> {
         let ctx = codec.context();
-        let bytes = codec.encode_switch_input(ct).unwrap();
-        let input = codec.decode_switch_input(0, &bytes).unwrap();
-        let seed = Crs::from_federation(b"codec tests").receive_switch_seed(
-            blake3::hash(&bytes).as_bytes(),
-            1,
-            &[1],
-        );
+        let mut prng = Prng::from_seed(&[3; 32]);
+        let dealt = deal(ctx, sk, 1, &[1], 1, &mut prng).unwrap();
+        let held = ThresholdSecret::combine(ctx, 1, 1, &[1], &dealt).unwrap();
+        // the same secret contributes once per summand (weights add up alike)
+        let keys: Vec<SecretKey> = a_seeds
+            .iter()
+            .map(|_| {
+                held.weighted_shares(ctx, &[1], &[(1, weight)])
+                    .unwrap()
+                    .remove(0)
+            })
+            .collect();
+        let seed = Crs::from_federation(b"codec tests").receive_switch_seed(&[5; 32], 1, &[1]);
         let proto = ReceiveSwitch::new(ctx, codec.plan().flooding(&[1.0]).unwrap(), 1);
-        let mask = proto
-            .flood(ct.level(), &mut Prng::from_seed(&[3; 32]))
-            .unwrap();
+        let mask = proto.flood(c0.level(), &mut prng).unwrap();
+        let sum = UpdateSum {
+            level: c0.level(),
+            scale: c0.scale,
+            a_seeds,
+        };
         let share = proto
-            .share(sk, receive, &input, &seed, mask, false)
+            .share_updates(&keys, receive, &sum, &seed, mask, false)
             .unwrap();
-        mpw::encode_switched_result(ctx, &proto.finalize(ct, share, vec![seed]).unwrap())
+        mpw::encode_switched_result(ctx, &proto.finalize(c0, share, vec![seed]).unwrap())
     }
 
     #[test]
@@ -342,35 +301,58 @@ mod tests {
         let codec = UpdateCodec::new(ctx.clone(), plan);
         let mut kg = ctx.key_generator().unwrap();
         let sk = kg.secret_key();
-        let pk = kg.public_key(&sk);
         let n = ctx.n();
         let values: Vec<f32> = (0..n + 100)
             .map(|i| (i as f32 * 0.37).sin() * 3.0)
             .collect();
-        let items = codec.encrypt(&pk, &values).unwrap();
-        assert_eq!(items.len(), 2);
+        let (items, seeds) = codec.encrypt(&sk, &values).unwrap();
+        assert_eq!((items.len(), seeds.len()), (2, 2));
+        assert_ne!(seeds[0], seeds[1], "every ciphertext has a fresh a");
         assert_eq!(codec.ciphertexts_for(values.len()), 2);
+        // c0 and a seed: half a ciphertext's bytes
+        let full = wire::ciphertext_len(&ctx, codec.plan().level, 1);
+        assert!(
+            items[0].len() <= full / 2 + 64,
+            "{} of {full}",
+            items[0].len()
+        );
+        // encrypted again, the same values use other a's
+        assert_ne!(codec.encrypt(&sk, &values).unwrap().1, seeds);
         let receive = kg.secret_key();
         let results: Vec<Vec<u8>> = items
             .iter()
-            .map(|b| switched(&codec, &sk, &receive, &codec.decode(0, b).unwrap()))
+            .map(|b| {
+                let (c0, seed) = codec.decode(0, b).unwrap();
+                switched(&codec, &sk, &receive, (&c0, &[seed], 1))
+            })
             .collect();
         let back = codec.decrypt_sum(&receive, &results, values.len()).unwrap();
         assert_eq!(back.len(), values.len());
         for (a, b) in back.iter().zip(&values) {
             assert!((a - *b as f64).abs() < 1e-4, "{a} vs {b}");
         }
-        // a ciphertext at another scale, garbage, and too few items are refused
-        let other = crate::ckks::wire::encode_ciphertext(
-            &ctx,
-            &ctx.pk_encryptor(&pk).unwrap().encrypt(
-                &ctx.encode_real_pairs(&[1.0], codec.plan().level, 2f64.powi(30))
-                    .unwrap(),
-            ),
-        );
+        // an update at another scale, a full ciphertext, garbage, and too few items are refused
+        let mut enc = ctx.sk_encryptor(&sk).unwrap();
+        let pt = |scale| {
+            ctx.encode_real_pairs(&[1.0], codec.plan().level, scale)
+                .unwrap()
+        };
+        let other = wire::encode_seeded_update(&ctx, &enc.encrypt_seeded_aes(&pt(2f64.powi(30))));
         assert!(matches!(
             codec.decode(4, &other),
             Err(CodecError::Shape { index: 4, .. })
+        ));
+        // a full ciphertext, or a seeded one whose a is ChaCha20's, is not an update
+        let whole = wire::encode_ciphertext(&ctx, &enc.encrypt(&pt(codec.plan().scale)));
+        let chacha =
+            wire::encode_seeded_ciphertext(&ctx, &enc.encrypt_seeded(&pt(codec.plan().scale)));
+        assert!(matches!(
+            codec.decode(3, &chacha),
+            Err(CodecError::Wire { index: 3, .. })
+        ));
+        assert!(matches!(
+            codec.decode(2, &whole),
+            Err(CodecError::Wire { index: 2, .. })
         ));
         assert!(matches!(
             codec.decode(1, b"junk"),
@@ -394,29 +376,24 @@ mod tests {
         let codec = UpdateCodec::new(ctx.clone(), plan);
         let mut kg = ctx.key_generator().unwrap();
         let sk = kg.secret_key();
-        let pk = kg.public_key(&sk);
         let receive = kg.secret_key();
         let values: Vec<f32> = (0..1000).map(|i| ((i % 13) as f32 - 6.0) * 10.0).collect();
-        let items = codec.encrypt(&pk, &values).unwrap();
+        let (items, seeds) = codec.encrypt(&sk, &values).unwrap();
         // weight 4: the sum is 4 × the update, its average the update (|v| ≤ 60 < clip 64)
-        let sum: Vec<Vec<u8>> = items
-            .iter()
-            .map(|b| {
-                let ct = codec.decode(0, b).unwrap();
-                let mut four = ct.clone();
-                for _ in 0..3 {
-                    for (p, q) in four.parts.iter_mut().zip(&ct.parts) {
-                        for (i, m) in ctx.rlwe().ring().moduli().iter().enumerate() {
-                            let q_i = m.value();
-                            for (a, b) in p.limb_mut(i).iter_mut().zip(q.limb(i)) {
-                                *a = (*a + b) % q_i;
-                            }
-                        }
+        let four = |b: &[u8], seed: Seed| {
+            let (c0, _) = codec.decode(0, b).unwrap();
+            let mut sum = c0.clone();
+            for _ in 0..3 {
+                for (i, m) in ctx.rlwe().ring().moduli().iter().enumerate() {
+                    let q_i = m.value();
+                    for (a, b) in sum.parts[0].limb_mut(i).iter_mut().zip(c0.parts[0].limb(i)) {
+                        *a = (*a + b) % q_i;
                     }
                 }
-                switched(&codec, &sk, &receive, &four)
-            })
-            .collect();
+            }
+            switched(&codec, &sk, &receive, (&sum, &[seed], 4))
+        };
+        let sum: Vec<Vec<u8>> = items.iter().zip(&seeds).map(|(b, &s)| four(b, s)).collect();
         let avg = codec
             .decrypt_average(&receive, &sum, values.len(), 4.0, 64.0)
             .unwrap();
@@ -426,22 +403,11 @@ mod tests {
             codec.decrypt_average(&receive, &sum, values.len(), 4.0, 50.0),
             Err(CodecError::OutOfRange { .. })
         ));
-        // a constant k added to c₁ decrypts to m + k·s: refused even for k = Δ/2^20
-        let k = (codec.plan().scale / 2f64.powi(20)) as u64;
-        let crafted: Vec<Vec<u8>> = items
-            .iter()
-            .map(|b| {
-                let mut ct = codec.decode(0, b).unwrap();
-                for (i, m) in ctx.rlwe().ring().moduli().iter().enumerate() {
-                    for w in ct.parts[1].limb_mut(i) {
-                        *w = (*w + k) % m.value();
-                    }
-                }
-                switched(&codec, &sk, &receive, &ct)
-            })
-            .collect();
+        // an update switched with a seed other than its a's (a hospital that signed another
+        // seed than it encrypted with) decrypts to noise over the whole range: refused
+        let lied: Vec<Vec<u8>> = items.iter().map(|b| four(b, [9; 32])).collect();
         assert!(matches!(
-            codec.decrypt_average(&receive, &crafted, values.len(), 1.0, 64.0),
+            codec.decrypt_average(&receive, &lied, values.len(), 4.0, 64.0),
             Err(CodecError::OutOfRange { .. })
         ));
         assert!(matches!(

@@ -17,7 +17,6 @@ mod plan;
 mod select;
 mod settings;
 mod shape;
-pub mod sketch;
 
 pub use aggregator::{Aggregator, DEFAULT_BATCH, MAX_WEIGHT};
 pub use backend::{Accumulator, Backend};

@@ -147,24 +147,48 @@ fn plans_refuse_what_does_not_fit() {
 /// Three switchers' shares of the main job's round (5 hospitals, its weights) towards a
 /// receiving key, sent the way the federation sends them: switch inputs (c₁ only), shares
 /// rescaled where the plan says so, the result combined and decrypted.
+/// `count` hospitals' own secrets (indices 1..=count), each Shamir-shared among all of them
+/// with threshold `t`: the secrets and every hospital's threshold secret.
+fn dealt_consortium(
+    ctx: &Arc<CkksContext>,
+    count: u32,
+    t: usize,
+) -> (
+    Vec<crate::ckks::SecretKey>,
+    Vec<crate::multiparty::ThresholdSecret>,
+) {
+    use crate::multiparty::ThresholdSecret;
+    use crate::multiparty::threshold::deal;
+    let mut kg = ctx.key_generator().unwrap();
+    let ids: Vec<u32> = (1..=count).collect();
+    let secrets: Vec<_> = ids.iter().map(|_| kg.secret_key()).collect();
+    let mut prng = Prng::from_seed(&[4; 32]);
+    let dealt: Vec<Vec<_>> = secrets
+        .iter()
+        .zip(&ids)
+        .map(|(sk, &i)| deal(ctx, sk, i, &ids, t, &mut prng).unwrap())
+        .collect();
+    let held = ids
+        .iter()
+        .enumerate()
+        .map(|(j, &me)| {
+            let mine: Vec<_> = dealt.iter().map(|d| d[j].clone()).collect();
+            ThresholdSecret::combine(ctx, me, t, &ids, &mine).unwrap()
+        })
+        .collect();
+    (secrets, held)
+}
+
 #[test]
 fn a_result_a_level_lower_keeps_the_plans_precision_and_only_when_the_weights_leave_room() {
-    use crate::multiparty::{Crs, KeySwitchShare, PublicKeyGen, ReceiveSwitch, wire};
+    use crate::multiparty::{KeySwitchShare, ReceiveSwitch, UpdateSum, wire};
     let ctx = CkksContext::new(Parameters::preset(crate::ckks::Preset::Aggregation)).unwrap();
     let plan = AggregationPlan::from_settings(&ctx, &HeSettings::default(), 5, 3).unwrap();
     let codec = UpdateCodec::new(ctx.clone(), plan.clone());
-    let mut kg = ctx.key_generator().unwrap();
-    let secrets: Vec<_> = (0..3).map(|_| kg.secret_key()).collect();
-    let crs = Crs::from_federation(b"level test");
-    let ckg = PublicKeyGen::new(&ctx, &crs);
+    // the main job's consortium: five hospitals, any three switch
+    let (secrets, held) = dealt_consortium(&ctx, 5, 3);
+    let receive_sk = ctx.key_generator().unwrap().secret_key();
     let mut prng = Prng::from_seed(&[9; 32]);
-    let mut acc = ckg.share(&secrets[0], &mut prng).unwrap();
-    for s in &secrets[1..] {
-        ckg.aggregate(&mut acc, &ckg.share(s, &mut prng).unwrap())
-            .unwrap();
-    }
-    let pk = ckg.finalize(acc);
-    let receive_sk = kg.secret_key();
 
     let weights = [5300u64, 13113, 4926, 6118, 5104];
     let wf: Vec<f64> = weights.iter().map(|&w| w as f64).collect();
@@ -187,20 +211,26 @@ fn a_result_a_level_lower_keeps_the_plans_precision_and_only_when_the_weights_le
         })
         .collect();
     let total: u64 = weights.iter().sum();
+    // each hospital encrypts under its own secret; the coordinator sums the c0 alone
     let mut agg = Aggregator::new(
         &ctx,
         &CpuBackend,
         Shape {
             level: plan.level,
-            degree: 1,
+            degree: 0,
             scale: plan.scale,
         },
         2,
     )
     .unwrap();
-    for (u, &w) in updates.iter().zip(&weights) {
-        let item = codec.encrypt(&pk, u).unwrap().remove(0);
-        agg.push(codec.decode(0, &item).unwrap(), w).unwrap();
+    let mut a_seeds = Vec::new();
+    for ((u, &w), sk) in updates.iter().zip(&weights).zip(&secrets) {
+        let (items, seeds) = codec.encrypt(sk, u).unwrap();
+        let (c0, seed) = codec.decode(0, &items[0]).unwrap();
+        assert_eq!((items.len(), seed), (1, seeds[0]));
+        assert_eq!(c0.degree(), 0);
+        a_seeds.push(seed);
+        agg.push(c0, w).unwrap();
     }
     let sum = agg.finish().unwrap();
     let want: Vec<f64> = (0..n)
@@ -214,16 +244,24 @@ fn a_result_a_level_lower_keeps_the_plans_precision_and_only_when_the_weights_le
         })
         .collect();
 
-    let item = codec.encode_switch_input(&sum).unwrap();
-    let input = codec.decode_switch_input(0, &item).unwrap();
-    let digest = *blake3::hash(&item).as_bytes();
     let active = [1u32, 2, 3];
+    let contributions: Vec<(u32, u64)> = (1..=5).zip(weights).collect();
+    let digest = [7u8; 32];
+    let crs = crate::multiparty::Crs::from_federation(b"level test");
     let proto = ReceiveSwitch::new(&ctx, plan.flooding(&wf).unwrap(), 3);
+    let input = UpdateSum {
+        level: plan.level,
+        scale: plan.scale,
+        a_seeds: &a_seeds,
+    };
     let share = |i: usize, rescale: bool, prng: &mut Prng| {
+        let keys = held[i]
+            .weighted_shares(&ctx, &active, &contributions)
+            .unwrap();
         let seed = crs.receive_switch_seed(&digest, active[i], &active);
         let mask = proto.flood(plan.level, prng).unwrap();
         let s = proto
-            .share(&secrets[i], &receive_sk, &input, &seed, mask, rescale)
+            .share_updates(&keys, &receive_sk, &input, &seed, mask, rescale)
             .unwrap();
         (s, seed)
     };

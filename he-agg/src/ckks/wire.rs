@@ -49,6 +49,8 @@ pub enum Kind {
     RefreshShare = 16,
     SwitchInput = 17,
     SwitchedResult = 18,
+    /// a round's update ciphertext: a seeded ciphertext whose a is AES-expanded
+    SeededUpdate = 19,
 }
 
 impl Kind {
@@ -72,6 +74,7 @@ impl Kind {
             16 => Kind::RefreshShare,
             17 => Kind::SwitchInput,
             18 => Kind::SwitchedResult,
+            19 => Kind::SeededUpdate,
             _ => return None,
         })
     }
@@ -116,8 +119,14 @@ pub enum WireError {
     TooManyKeys(usize),
     #[error("Galois element {0} appears twice")]
     DuplicateGaloisElement(u64),
-    #[error("party index {0} is outside 1..=65535")]
+    #[error("party index {0} is outside 1..=65535 (or out of order)")]
     PartyIndex(u32),
+    #[error("threshold {threshold} of {dealers} dealers")]
+    Threshold { threshold: u32, dealers: u32 },
+    #[error(
+        "a {0} in the format of HEAL before 24 November 2026 (one summed share; this version keeps each dealer's): start the federation afresh"
+    )]
+    OldFormat(&'static str),
     #[error("{got} seeds where 1..={max} are allowed")]
     Seeds { got: usize, max: usize },
 }
@@ -193,11 +202,18 @@ pub fn encode_ciphertext(ctx: &CkksContext, ct: &Ciphertext) -> Vec<u8> {
 }
 
 pub fn encode_seeded_ciphertext(ctx: &CkksContext, ct: &SeededCiphertext) -> Vec<u8> {
-    let mut out = header(
-        ctx,
-        Kind::SeededCiphertext,
-        seeded_ciphertext_len(ctx, ct.level()),
-    );
+    encode_seeded_as(ctx, ct, Kind::SeededCiphertext)
+}
+
+/// A round's update ciphertext ([`crate::rlwe::SkEncryptor::encrypt_seeded_aes`]): laid out as
+/// a seeded ciphertext, of its own kind because its a is expanded with AES-128-CTR
+/// ([`crate::ring::Ring::expand_uniform_aes`]), not ChaCha20.
+pub fn encode_seeded_update(ctx: &CkksContext, ct: &SeededCiphertext) -> Vec<u8> {
+    encode_seeded_as(ctx, ct, Kind::SeededUpdate)
+}
+
+fn encode_seeded_as(ctx: &CkksContext, ct: &SeededCiphertext, kind: Kind) -> Vec<u8> {
+    let mut out = header(ctx, kind, seeded_ciphertext_len(ctx, ct.level()));
     out.push(ct.level() as u8);
     out.extend_from_slice(&ct.scale.to_le_bytes());
     out.extend_from_slice(&ct.seed);
@@ -465,7 +481,23 @@ pub fn decode_seeded_ciphertext(
     ctx: &CkksContext,
     bytes: &[u8],
 ) -> Result<SeededCiphertext, WireError> {
-    let mut r = Reader::open(ctx, bytes, Kind::SeededCiphertext)?;
+    decode_seeded_as(ctx, bytes, Kind::SeededCiphertext)
+}
+
+/// See [`encode_seeded_update`].
+pub fn decode_seeded_update(
+    ctx: &CkksContext,
+    bytes: &[u8],
+) -> Result<SeededCiphertext, WireError> {
+    decode_seeded_as(ctx, bytes, Kind::SeededUpdate)
+}
+
+fn decode_seeded_as(
+    ctx: &CkksContext,
+    bytes: &[u8],
+    kind: Kind,
+) -> Result<SeededCiphertext, WireError> {
+    let mut r = Reader::open(ctx, bytes, kind)?;
     let level = r.level(ctx)?;
     let scale = r.scale()?;
     let seed: Seed = r.take(32)?.try_into().expect("32 bytes");

@@ -52,9 +52,10 @@ impl Crs {
             .expand_uniform(h.finalize().as_bytes(), rl.q_basis(rl.max_level()))
     }
 
-    /// The seed of switcher `switcher`'s a_i ([`super::receive_switch`]) for the switch input
-    /// whose encoded bytes hash to `input` (BLAKE3), in the active set `active` (any order; it is
-    /// sorted here).
+    /// The seed of switcher `switcher`'s a_i ([`super::receive_switch`]) for the input digest
+    /// `input` (a round's: `protocol::transcript::switch_digest` of the signed updates switched;
+    /// a ciphertext's: BLAKE3 of its switch input's bytes), in the active set `active` (any
+    /// order; it is sorted here).
     pub fn receive_switch_seed(&self, input: &[u8; 32], switcher: u32, active: &[u32]) -> Seed {
         let mut set = active.to_vec();
         set.sort_unstable();

@@ -19,6 +19,10 @@ pub enum MultipartyError {
     NotActive(u32),
     #[error("expected exactly one share from each of {expected} parties, got {got}")]
     MissingShares { expected: usize, got: usize },
+    #[error("party {0} dealt no share of its secret to this party (not one of the setup's)")]
+    NotDealer(u32),
+    #[error("{got} contributions where 1..={max} can be switched")]
+    Contributions { got: usize, max: usize },
     #[error("share addressed to party {to} from party {from} given to party {me}")]
     Misaddressed { from: u32, to: u32, me: u32 },
     #[error(

@@ -43,7 +43,7 @@ pub use keyswitch::{
     KeySwitch, KeySwitchShare, PublicKeySwitch, PublicKeySwitchMask, PublicKeySwitchShare,
     SwitchInput,
 };
-pub use receive_switch::{FloodMask, ReceiveSwitch, SwitchedResult};
+pub use receive_switch::{FloodMask, ReceiveSwitch, SwitchedResult, UpdateSum};
 pub use refresh::{Refresh, RefreshRoom, RefreshShare};
 pub use threshold::{ShamirShare, ThresholdSecret, lagrange_share};
 

@@ -8,7 +8,19 @@
 //! Σ a_i, every receiver expands from |S| seeds. Against public-key switching to the receiving
 //! key's public half, shares and results are half the bytes and no mask u·pk is computed.
 //!
-//! Each a_i is derived from the switch input's bytes, the switcher and the whole active set
+//! A round's updates are each encrypted under its hospital's own s_k (c0_k = −a_k·s_k + m_k + e_k,
+//! a_k expanded from a seed the hospital signs), so only c0 travels; their weighted sum
+//! Σ w_k·c0_k is switched by [`ReceiveSwitch::share_updates`], where the switcher's s_i·c1
+//! becomes Σ_k a_k·(λ_i·w_k·P_k(α_i)): its additive share of the weighted key Σ w_k·s_k
+//! ([`super::ThresholdSecret::weighted_shares`]). The switcher makes the c1 it switches from the
+//! signed seeds itself, so nothing but what the hospitals signed can be switched.
+//!
+//! Every public polynomial here (the updates' a_k, the switchers' a_i) is expanded with
+//! AES-128-CTR ([`crate::ring::Ring::expand_uniform_aes`]): a switcher expands one per update
+//! and ciphertext, every receiver one per switcher and ciphertext.
+//!
+//! Each a_i is derived from a digest of what is switched (a round's signed updates, or a switch
+//! input's bytes), the switcher and the whole active set
 //! ([`super::Crs::receive_switch_seed`]): asked twice for the same input and set, a switcher
 //! masks with the same a_i (only the flooding differs, so the difference of two answers is
 //! noise); asked anything else, it masks afresh — no two answers subtract to an unmasked s_i·c1, whatever sets
@@ -22,6 +34,15 @@ use zeroize::Zeroizing;
 use crate::ckks::{Ciphertext, CkksContext};
 use crate::ring::{Poly, Prng, Seed};
 use crate::rlwe::{SecretKey, select_limbs};
+
+/// One ciphertext of a sum of updates as a switcher sees it: the level and scale of the updates
+/// and, per contribution (in the order of the weighted keys), the seed of its a_k.
+#[derive(Debug, Clone, Copy)]
+pub struct UpdateSum<'a> {
+    pub level: usize,
+    pub scale: f64,
+    pub a_seeds: &'a [Seed],
+}
 
 use super::error::MultipartyError;
 use super::flooding::Flooding;
@@ -82,9 +103,9 @@ impl SwitchedResult {
         }
         let rl = ctx.rlwe();
         let (ring, basis) = (rl.ring(), rl.q_basis(level));
-        let mut c1 = ring.expand_uniform(&self.a_seeds[0], basis);
+        let mut c1 = ring.expand_uniform_aes(&self.a_seeds[0], basis);
         for seed in &self.a_seeds[1..] {
-            ring.add_assign(&mut c1, &ring.expand_uniform(seed, basis), basis);
+            ring.add_assign(&mut c1, &ring.expand_uniform_aes(seed, basis), basis);
         }
         Ok(Ciphertext {
             parts: vec![self.c0.clone(), c1],
@@ -142,26 +163,91 @@ impl ReceiveSwitch {
         if mask.level() != level {
             return Err(MultipartyError::Shape("flooding mask"));
         }
-        // a mask made with less flooding than this switch asks for would under-protect s_i
-        if mask.sigma.to_bits() != self.flooding.sigma().to_bits() {
-            return Err(MultipartyError::Shape("flooding mask of another flooding"));
-        }
+        self.check_mask(&mask)?;
         // values of magnitude one at least must survive the flooding
         self.flooding
             .check_headroom(&self.ctx, level, input.scale, 1.0, self.parties)?;
         let rl = self.ctx.rlwe();
-        let ring = rl.ring();
         let basis = rl.q_basis(level);
         let s = Zeroizing::new(select_limbs(sk.poly(), rl, basis));
-        let mut share = KeySwitchShare {
-            h: (*mask.e).clone(),
-        };
-        ring.mul_add_assign(&mut share.h, c1, &s, basis);
+        let mut h = (*mask.e).clone();
+        rl.ring().mul_add_assign(&mut h, c1, &s, basis);
+        self.mask_to_receiver(h, receive, a_seed, rescale)
+    }
+
+    /// This switcher's share of one ciphertext of a weighted sum of updates, each under its
+    /// hospital's own secret: Σ_k a_k·key_k + e_i with a_k expanded from `sum.a_seeds[k]` and
+    /// `keys` this switcher's [`super::ThresholdSecret::weighted_shares`] in the same order,
+    /// then rescaled and masked as [`Self::share`]. Refuses a level that cannot hold the
+    /// flooding of all parties' shares at the sum's scale.
+    pub fn share_updates(
+        &self,
+        keys: &[SecretKey],
+        receive: &SecretKey,
+        sum: &UpdateSum<'_>,
+        a_seed: &Seed,
+        mask: FloodMask,
+        rescale: bool,
+    ) -> Result<KeySwitchShare, MultipartyError> {
+        check_key(&self.ctx, receive.fingerprint(), "receiving key")?;
+        for k in keys {
+            check_key(&self.ctx, k.fingerprint(), "secret key")?;
+        }
+        if keys.is_empty() || keys.len() != sum.a_seeds.len() || keys.len() > MAX_SWITCHERS {
+            return Err(MultipartyError::Contributions {
+                got: sum.a_seeds.len(),
+                max: MAX_SWITCHERS,
+            });
+        }
+        let level = sum.level;
+        if level == 0 || level > self.ctx.max_level() || mask.level() != level {
+            return Err(MultipartyError::Shape("flooding mask"));
+        }
+        self.check_mask(&mask)?;
+        self.flooding
+            .check_headroom(&self.ctx, level, sum.scale, 1.0, self.parties)?;
+        let rl = self.ctx.rlwe();
+        let (ring, basis) = (rl.ring(), rl.q_basis(level));
+        let mut h = (*mask.e).clone();
+        let a: Vec<Poly> = sum
+            .a_seeds
+            .iter()
+            .map(|seed| ring.expand_uniform_aes(seed, basis))
+            .collect();
+        let s: Vec<Zeroizing<Poly>> = keys
+            .iter()
+            .map(|k| Zeroizing::new(select_limbs(k.poly(), rl, basis)))
+            .collect();
+        let terms: Vec<(&Poly, &Poly)> = a.iter().zip(&s).map(|(a, s)| (a, &**s)).collect();
+        ring.mul_sum_assign(&mut h, &terms, basis);
+        self.mask_to_receiver(h, receive, a_seed, rescale)
+    }
+
+    /// A mask made with less flooding than this switch asks for would under-protect s_i.
+    fn check_mask(&self, mask: &FloodMask) -> Result<(), MultipartyError> {
+        if mask.sigma.to_bits() != self.flooding.sigma().to_bits() {
+            return Err(MultipartyError::Shape("flooding mask of another flooding"));
+        }
+        Ok(())
+    }
+
+    /// s_i·c1 + e_i made a share: rescaled when asked, minus s_recv·a_i (a_i from `a_seed` at
+    /// the share's level).
+    fn mask_to_receiver(
+        &self,
+        h: Poly,
+        receive: &SecretKey,
+        a_seed: &Seed,
+        rescale: bool,
+    ) -> Result<KeySwitchShare, MultipartyError> {
+        let rl = self.ctx.rlwe();
+        let ring = rl.ring();
+        let mut share = KeySwitchShare { h };
         if rescale {
             share.rescale(&self.ctx)?;
         }
         let out = rl.q_basis(share.level());
-        let mut a = ring.expand_uniform(a_seed, out);
+        let mut a = ring.expand_uniform_aes(a_seed, out);
         ring.neg_assign(&mut a, out);
         let r = Zeroizing::new(select_limbs(receive.poly(), rl, out));
         ring.mul_add_assign(&mut share.h, &a, &r, out);
@@ -179,14 +265,22 @@ impl ReceiveSwitch {
 
     /// The result from the sum of every switcher's share and their seeds: at `ct`'s level, or
     /// one lower when the shares were rescaled (c0 is then rescaled too, and the scale divided
-    /// by the modulus dropped).
+    /// by the modulus dropped). Only `ct`'s c0 is read: it may be a sum of updates' c0 alone
+    /// (degree 0).
     pub fn finalize(
         &self,
         ct: &Ciphertext,
         sum: KeySwitchShare,
         a_seeds: Vec<Seed>,
     ) -> Result<SwitchedResult, MultipartyError> {
-        check_ct(&self.ctx, ct)?;
+        if ct.parts.len() == 1 {
+            let c0 = &ct.parts[0];
+            if c0.limbs() == 0 || c0.limbs() > self.ctx.max_level() || c0.n() != self.ctx.n() {
+                return Err(MultipartyError::Shape("ciphertext"));
+            }
+        } else {
+            check_ct(&self.ctx, ct)?;
+        }
         if a_seeds.is_empty() || a_seeds.len() > MAX_SWITCHERS {
             return Err(MultipartyError::Shape("switched result's seeds"));
         }

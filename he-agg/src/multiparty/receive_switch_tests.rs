@@ -262,3 +262,208 @@ fn switched_results_on_the_wire_are_validated() {
         Err(WireError::WrongKind { .. })
     ));
 }
+
+/// Five hospitals' updates, each under its own secret, weighted and summed (c0 alone), and
+/// everything a switcher needs: the threshold secrets and the seeds of the a's.
+struct Updates {
+    ctx: Arc<CkksContext>,
+    held: Vec<ThresholdSecret>,
+    receive: SecretKey,
+    crs: Crs,
+    flooding: Flooding,
+    weights: Vec<(u32, u64)>,
+    a_seeds: Vec<Seed>,
+    sum: Ciphertext,
+    want: Vec<Complex>,
+}
+
+fn updates() -> Updates {
+    let ctx = small_ctx();
+    let mut c = Consortium::new(&ctx, 5);
+    let held = threshold_secrets(&mut c, 3);
+    let weights: Vec<(u32, u64)> = vec![(1, 3), (2, 1), (3, 4), (4, 1), (5, 5)];
+    let (level, scale) = (ctx.max_level(), 2f64.powi(75));
+    let ring = ctx.rlwe().ring();
+    let basis = ctx.rlwe().q_basis(level);
+    let mut sum = Poly::zero(ctx.n(), level);
+    let mut want = vec![Complex::new(0.0, 0.0); ctx.slots()];
+    let mut a_seeds = Vec::new();
+    for (i, &(_, w)) in weights.iter().enumerate() {
+        let x = values(30 + i as u8, ctx.slots());
+        let ct = ctx
+            .sk_encryptor(&c.secrets[i])
+            .unwrap()
+            .encrypt_seeded_aes(&ctx.encode(&x, level, scale).unwrap());
+        let mut c0 = ct.c0.clone();
+        let factor: Vec<u64> = basis.iter().map(|&j| ring.modulus(j).reduce(w)).collect();
+        ring.mul_scalar_assign(&mut c0, &factor, basis);
+        ring.add_assign(&mut sum, &c0, basis);
+        a_seeds.push(ct.seed);
+        for (acc, v) in want.iter_mut().zip(&x) {
+            *acc = *acc + *v * Complex::new(w as f64, 0.0);
+        }
+    }
+    Updates {
+        flooding: Flooding::new(30, fresh_noise_bound(&ctx, 5) * 14.0).unwrap(),
+        receive: ctx.key_generator().unwrap().secret_key(),
+        crs: c.crs.clone(),
+        held,
+        weights,
+        a_seeds,
+        sum: Ciphertext {
+            parts: vec![sum],
+            scale,
+        },
+        want,
+        ctx,
+    }
+}
+
+/// `active` switching `u.sum`, each switcher making its keys for `named` contributions with
+/// the seeds `a_seeds`.
+fn switch_updates(
+    u: &Updates,
+    active: &[u32],
+    named: &[(u32, u64)],
+    a_seeds: &[Seed],
+    rescale: bool,
+) -> Ciphertext {
+    let proto = ReceiveSwitch::new(&u.ctx, u.flooding.clone(), active.len());
+    let sum = UpdateSum {
+        level: u.sum.level(),
+        scale: u.sum.scale,
+        a_seeds,
+    };
+    let mut acc: Option<KeySwitchShare> = None;
+    let mut seeds = Vec::new();
+    for &i in active {
+        let keys = u.held[i as usize - 1]
+            .weighted_shares(&u.ctx, active, named)
+            .unwrap();
+        let seed = u.crs.receive_switch_seed(&[i as u8; 32], i, active);
+        let mask = proto
+            .flood(sum.level, &mut Prng::from_seed(&[i as u8; 32]))
+            .unwrap();
+        let share = proto
+            .share_updates(&keys, &u.receive, &sum, &seed, mask, rescale)
+            .unwrap();
+        seeds.push(seed);
+        match acc.as_mut() {
+            None => acc = Some(share),
+            Some(a) => proto.aggregate(a, &share).unwrap(),
+        }
+    }
+    let r = proto.finalize(&u.sum, acc.unwrap(), seeds).unwrap();
+    r.expand(&u.ctx).unwrap()
+}
+
+fn sum_error(u: &Updates, ct: &Ciphertext) -> f64 {
+    let pt = u.ctx.decryptor(&u.receive).unwrap().decrypt(ct);
+    max_err(&u.want, &u.ctx.decode(&pt).unwrap())
+}
+
+#[test]
+fn a_weighted_sum_of_own_key_updates_switches_with_any_t_and_only_as_signed() {
+    let u = updates();
+    for active in [[1u32, 2, 3], [2, 4, 5], [5, 1, 3]] {
+        for rescale in [false, true] {
+            let ct = switch_updates(&u, &active, &u.weights, &u.a_seeds, rescale);
+            let e = sum_error(&u, &ct);
+            assert!(e < 1e-6, "{active:?}, rescale {rescale}: error {e}");
+        }
+    }
+    // the sum holds hospital 5's update, the switch does not name it: no meaningful result
+    let ct = switch_updates(&u, &[1, 2, 3], &u.weights[..4], &u.a_seeds[..4], false);
+    assert!(sum_error(&u, &ct) > 1e3);
+    // another weight than the sum was made with, or a seed other than the encryption's
+    let mut reweighed = u.weights.clone();
+    reweighed[2].1 += 1;
+    let ct = switch_updates(&u, &[1, 2, 3], &reweighed, &u.a_seeds, false);
+    assert!(sum_error(&u, &ct) > 1e3);
+    let mut lied = u.a_seeds.clone();
+    lied[0][0] ^= 1;
+    let ct = switch_updates(&u, &[1, 2, 3], &u.weights, &lied, false);
+    assert!(sum_error(&u, &ct) > 1e3);
+    // two switchers of a threshold of three do not open it
+    let ct = switch_updates(&u, &[1, 2, 3], &u.weights, &u.a_seeds, false);
+    let proto = ReceiveSwitch::new(&u.ctx, u.flooding.clone(), 3);
+    let sum = UpdateSum {
+        level: u.sum.level(),
+        scale: u.sum.scale,
+        a_seeds: &u.a_seeds,
+    };
+    assert!(matches!(
+        u.held[0].weighted_shares(&u.ctx, &[1, 2], &u.weights),
+        Err(MultipartyError::TooFewParties { .. })
+    ));
+    assert!(sum_error(&u, &ct) < 1e-6);
+    // keys and seeds must pair up, and name dealers of the setup once each
+    let keys = u.held[0]
+        .weighted_shares(&u.ctx, &[1, 2, 3], &u.weights)
+        .unwrap();
+    let mask = |p: &ReceiveSwitch| p.flood(sum.level, &mut Prng::from_seed(&[1; 32])).unwrap();
+    assert!(matches!(
+        proto.share_updates(&keys[..4], &u.receive, &sum, &[0; 32], mask(&proto), false),
+        Err(MultipartyError::Contributions { got: 5, .. })
+    ));
+    assert!(matches!(
+        u.held[0].weighted_shares(&u.ctx, &[1, 2, 3], &[(6, 1)]),
+        Err(MultipartyError::NotDealer(6))
+    ));
+    assert!(matches!(
+        u.held[0].weighted_shares(&u.ctx, &[1, 2, 3], &[(2, 1), (2, 1)]),
+        Err(MultipartyError::PartyIndex(2))
+    ));
+    // a mask of another flooding serves no share
+    let other = ReceiveSwitch::new(&u.ctx, Flooding::new(31, 100.0).unwrap(), 3);
+    assert!(matches!(
+        proto.share_updates(&keys, &u.receive, &sum, &[0; 32], mask(&other), false),
+        Err(MultipartyError::Shape(_))
+    ));
+}
+
+#[test]
+fn a_threshold_secret_keeps_each_dealers_share_through_its_disk_format() {
+    use super::super::wire::{decode_threshold_secret, encode_threshold_secret};
+    let u = updates();
+    let held = &u.held[1];
+    assert_eq!(held.dealers(), &[1, 2, 3, 4, 5]);
+    let bytes = encode_threshold_secret(&u.ctx, held);
+    let back = decode_threshold_secret(&u.ctx, &bytes).unwrap();
+    assert_eq!(back.dealers(), held.dealers());
+    assert_eq!(back.raw_poly(), held.raw_poly());
+    let w = |t: &ThresholdSecret| {
+        t.weighted_shares(&u.ctx, &[1, 2, 4], &u.weights)
+            .unwrap()
+            .iter()
+            .map(|k| k.poly().clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(w(&back), w(held));
+    // dealers out of order (or twice), a threshold above the dealers, or a cut: refused
+    let header = crate::ckks::wire::HEADER_LEN;
+    let first = header + 12;
+    let second = first + (bytes.len() - first) / 5;
+    let mut swapped = bytes.to_vec();
+    swapped[second..second + 4].copy_from_slice(&1u32.to_le_bytes());
+    assert!(matches!(
+        decode_threshold_secret(&u.ctx, &swapped),
+        Err(WireError::PartyIndex(1))
+    ));
+    let mut high = bytes.to_vec();
+    high[header + 4..header + 8].copy_from_slice(&6u32.to_le_bytes());
+    assert!(matches!(
+        decode_threshold_secret(&u.ctx, &high),
+        Err(WireError::Threshold {
+            threshold: 6,
+            dealers: 5
+        })
+    ));
+    assert!(decode_threshold_secret(&u.ctx, &bytes[..bytes.len() - 1]).is_err());
+    // a secret stored by a node before dealers were kept apart is named as such
+    let old = bytes[..header + 8 + (bytes.len() - first) / 5 - 4].to_vec();
+    assert!(matches!(
+        decode_threshold_secret(&u.ctx, &old),
+        Err(WireError::OldFormat("threshold secret"))
+    ));
+}

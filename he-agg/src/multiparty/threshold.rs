@@ -2,7 +2,10 @@
 //! with a random polynomial of degree t − 1 over R_QP and sends P_i(α_j) to party j (sealed, see
 //! [`super::sealed`]). Party j sums what it receives into P(α_j), a share of s = P(0). Any t
 //! parties T then hold additive shares λ_j·P(α_j) of s (λ_j the Lagrange coefficients of T at 0)
-//! and run the N-out-of-N protocols among themselves.
+//! and run the N-out-of-N protocols among themselves. Party j also keeps each dealer's P_i(α_j):
+//! λ_j·Σ_i w_i·P_i(α_j) is its additive share of any weighted key Σ_i w_i·s_i, which is what a
+//! round's updates, each encrypted under its hospital's own s_i, sum to
+//! ([`super::ReceiveSwitch::share_updates`]).
 
 use std::sync::Arc;
 
@@ -109,12 +112,16 @@ pub fn deal(
     Ok(shares)
 }
 
-/// A party's threshold secret P(α_index) = Σ_i P_i(α_index). Wiped on drop, never printed.
+/// A party's threshold secret P(α_index) = Σ_i P_i(α_index), with each dealer's P_i(α_index).
+/// Wiped on drop, never printed.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct ThresholdSecret {
     pub(crate) index: u32,
     pub(crate) threshold: usize,
     pub(crate) poly: Poly,
+    /// the dealers, ascending, and what each dealt this party (same order)
+    pub(crate) dealers: Vec<u32>,
+    pub(crate) dealt: Vec<Poly>,
     pub(crate) fingerprint: [u8; 32],
 }
 
@@ -167,21 +174,52 @@ impl ThresholdSecret {
                 got: shares.len(),
             });
         }
+        let basis = ctx.rlwe().key_basis();
+        if shares
+            .iter()
+            .any(|s| s.poly.limbs() != basis.len() || s.poly.n() != ctx.n())
+        {
+            return Err(MultipartyError::Shape("Shamir share"));
+        }
+        let mut sorted: Vec<&ShamirShare> = shares.iter().collect();
+        sorted.sort_by_key(|s| s.from);
+        Ok(Self::from_dealt(
+            ctx,
+            me,
+            threshold,
+            sorted.iter().map(|s| s.from).collect(),
+            sorted.iter().map(|s| s.poly.clone()).collect(),
+        ))
+    }
+
+    /// From what each dealer dealt `me` (dealers ascending and distinct, polynomials over the
+    /// key basis: the caller checked).
+    pub(crate) fn from_dealt(
+        ctx: &CkksContext,
+        me: u32,
+        threshold: usize,
+        dealers: Vec<u32>,
+        dealt: Vec<Poly>,
+    ) -> Self {
         let rl = ctx.rlwe();
         let basis = rl.key_basis();
         let mut poly = Poly::zero(ctx.n(), basis.len());
-        for s in shares {
-            if s.poly.limbs() != basis.len() || s.poly.n() != ctx.n() {
-                return Err(MultipartyError::Shape("Shamir share"));
-            }
-            rl.ring().add_assign(&mut poly, &s.poly, basis);
+        for p in &dealt {
+            rl.ring().add_assign(&mut poly, p, basis);
         }
-        Ok(Self {
+        Self {
             index: me,
             threshold,
             poly,
+            dealers,
+            dealt,
             fingerprint: *ctx.fingerprint(),
-        })
+        }
+    }
+
+    /// The dealers whose shares this secret holds, ascending.
+    pub fn dealers(&self) -> &[u32] {
+        &self.dealers
     }
 
     pub fn index(&self) -> u32 {
@@ -214,6 +252,51 @@ impl ThresholdSecret {
         rl.ring()
             .mul_scalar_assign(&mut poly, &lambda, rl.key_basis());
         Ok(SecretKey::from_poly(poly, *ctx.fingerprint()))
+    }
+
+    /// This party's additive shares of the weighted key Σ_i w_i·s_i when the parties `active`
+    /// act together: λ·w_i·P_i(α_me) for each `(dealer i, w_i)` of `weights`, in that order.
+    /// Summed over `active`, share i gives w_i·s_i, so a sum of ciphertexts each under its
+    /// dealer's own s_i, weighted by w, switches with them.
+    pub fn weighted_shares(
+        &self,
+        ctx: &Arc<CkksContext>,
+        active: &[u32],
+        weights: &[(u32, u64)],
+    ) -> Result<Vec<SecretKey>, MultipartyError> {
+        if &self.fingerprint != ctx.fingerprint() {
+            return Err(MultipartyError::Foreign {
+                what: "threshold secret",
+            });
+        }
+        let lambda = lagrange_share(ctx, self.index, active, self.threshold)?;
+        let rl = ctx.rlwe();
+        let (ring, basis) = (rl.ring(), rl.key_basis());
+        let mut seen = Vec::with_capacity(weights.len());
+        weights
+            .iter()
+            .map(|&(dealer, w)| {
+                let pos = self
+                    .dealers
+                    .binary_search(&dealer)
+                    .map_err(|_| MultipartyError::NotDealer(dealer))?;
+                if seen.contains(&dealer) {
+                    return Err(MultipartyError::PartyIndex(dealer));
+                }
+                seen.push(dealer);
+                let factor: Vec<u64> = basis
+                    .iter()
+                    .zip(&lambda)
+                    .map(|(&i, &l)| {
+                        let m = ring.modulus(i);
+                        m.mul(l, m.reduce(w))
+                    })
+                    .collect();
+                let mut poly = self.dealt[pos].clone();
+                ring.mul_scalar_assign(&mut poly, &factor, basis);
+                Ok(SecretKey::from_poly(poly, *ctx.fingerprint()))
+            })
+            .collect()
     }
 }
 

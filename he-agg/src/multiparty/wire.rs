@@ -332,13 +332,19 @@ pub fn decode_shamir_share(ctx: &CkksContext, bytes: &[u8]) -> Result<ShamirShar
     Ok(ShamirShare { from, to, poly })
 }
 
-/// A party's threshold secret, for its own disk (mode 0600). The buffer is wiped on drop.
+/// A party's threshold secret, for its own disk (mode 0600): its index, the threshold, and what
+/// each dealer dealt it (the sum is made again when read). The buffer is wiped on drop.
 pub fn encode_threshold_secret(ctx: &CkksContext, s: &ThresholdSecret) -> Zeroizing<Vec<u8>> {
     let basis = ctx.rlwe().key_basis();
-    let mut out = Zeroizing::new(header(ctx, Kind::ThresholdSecret, 8 + key_poly_bytes(ctx)));
+    let len = 12 + s.dealers.len() * (4 + key_poly_bytes(ctx));
+    let mut out = Zeroizing::new(header(ctx, Kind::ThresholdSecret, len));
     out.extend_from_slice(&s.index.to_le_bytes());
     out.extend_from_slice(&(s.threshold as u32).to_le_bytes());
-    put_poly(ctx, &mut out, &s.poly, basis);
+    out.extend_from_slice(&(s.dealers.len() as u32).to_le_bytes());
+    for (dealer, poly) in s.dealers.iter().zip(&s.dealt) {
+        out.extend_from_slice(&dealer.to_le_bytes());
+        put_poly(ctx, &mut out, poly, basis);
+    }
     out
 }
 
@@ -347,21 +353,43 @@ pub fn decode_threshold_secret(
     bytes: &[u8],
 ) -> Result<ThresholdSecret, WireError> {
     let mut r = Reader::open(ctx, bytes, Kind::ThresholdSecret)?;
-    let b = r.take(8)?;
-    let index = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    let threshold = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+    // the earlier layout (index, threshold, the summed share) has a length no dealer list has
+    if r.remaining() == 8 + key_poly_bytes(ctx) {
+        return Err(WireError::OldFormat("threshold secret"));
+    }
+    let b = r.take(12)?;
+    let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let (index, threshold, count) = (word(0), word(4), word(8));
     if index == 0 || index > MAX_PARTY_INDEX {
         return Err(WireError::PartyIndex(index));
     }
-    if threshold == 0 || threshold > MAX_PARTY_INDEX {
-        return Err(WireError::PartyIndex(threshold));
+    if threshold == 0 || threshold > count {
+        return Err(WireError::Threshold {
+            threshold,
+            dealers: count,
+        });
     }
-    r.expect_remaining(key_poly_bytes(ctx))?;
-    let poly = r.poly(ctx, ctx.rlwe().key_basis(), 0)?;
-    Ok(ThresholdSecret {
+    // the length is known before anything is allocated (count ≤ 65535 dealers)
+    if count > MAX_PARTY_INDEX {
+        return Err(WireError::PartyIndex(count));
+    }
+    r.expect_remaining(count as usize * (4 + key_poly_bytes(ctx)))?;
+    let (mut dealers, mut dealt) = (Vec::new(), Vec::new());
+    for _ in 0..count {
+        let b = r.take(4)?;
+        let dealer = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        // ascending: one share per dealer, one encoding per secret
+        if dealer == 0 || dealer > MAX_PARTY_INDEX || dealers.last().is_some_and(|&d| d >= dealer) {
+            return Err(WireError::PartyIndex(dealer));
+        }
+        dealers.push(dealer);
+        dealt.push(r.poly(ctx, ctx.rlwe().key_basis(), dealt.len())?);
+    }
+    Ok(ThresholdSecret::from_dealt(
+        ctx,
         index,
-        threshold: threshold as usize,
-        poly,
-        fingerprint: *ctx.fingerprint(),
-    })
+        threshold as usize,
+        dealers,
+        dealt,
+    ))
 }

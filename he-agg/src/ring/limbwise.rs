@@ -258,6 +258,23 @@ with_bmi2! {
     }
 }
 
+with_bmi2! {
+    /// acc += Σ_j a_j ⊙ b_j with one reduction per coefficient for up to 16 terms at a time
+    /// (each product is below 2^124, so 16 of them and acc stay below 2^128).
+    pub fn mul_sum_assign(acc: &mut [u64], terms: &[(&[u64], &[u64])], m: &Modulus) {
+        let n = acc.len();
+        for group in terms.chunks(16) {
+            for k in 0..n {
+                let mut s = acc[k] as u128;
+                for (a, b) in group {
+                    s += a[k] as u128 * b[k] as u128;
+                }
+                acc[k] = m.reduce_u128(s);
+            }
+        }
+    }
+}
+
 /// A polynomial limb fixed for many products (a public or secret key), with the Shoup quotient
 /// of each coefficient.
 #[derive(Clone)]
@@ -604,6 +621,19 @@ mod tests {
                     .collect();
                 mul_sum2(&mut out, &a, &wv, &b, &a, &m);
                 assert_eq!(out, want_sum2, "mul_sum2, {level}, p = {p}");
+                // 37 terms of the largest words: three groups, one of them partial
+                let top = vec![p - 1; n];
+                let mut terms: Vec<(&[u64], &[u64])> = vec![(&a, &wv), (&b, &a)];
+                terms.extend(std::iter::repeat_n((&top[..], &top[..]), 35));
+                let mut want_sum = b.clone();
+                for (x, y) in &terms {
+                    for k in 0..n {
+                        want_sum[k] = m.add(want_sum[k], m.mul(x[k], y[k]));
+                    }
+                }
+                let mut x = b.clone();
+                mul_sum_assign(&mut x, &terms, &m);
+                assert_eq!(x, want_sum, "mul_sum_assign, {level}, p = {p}");
             }
         }
         set_level(before).unwrap();

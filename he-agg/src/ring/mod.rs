@@ -6,6 +6,7 @@
 //! evaluations) a polynomial is in is a convention of the caller: ciphertexts, plaintexts and keys
 //! live in the NTT domain; only transient values are in coefficient form.
 
+mod aes_expand;
 mod automorphism;
 mod basis;
 pub mod expand;
@@ -240,6 +241,16 @@ impl Ring {
     pub fn mul_add_assign(&self, acc: &mut Poly, a: &Poly, b: &Poly, basis: &[usize]) {
         for_each_limb(acc.data_mut(), self.n, |i, lc| {
             limbwise::mul_add_var_assign(lc, a.limb(i), b.limb(i), &self.moduli[basis[i]])
+        });
+    }
+
+    /// acc += Σ_j a_j ⊙ b_j over `basis`, reduced once per coefficient (a sum of products of
+    /// many pairs, such as a switcher's Σ_k a_k·key_k).
+    pub fn mul_sum_assign(&self, acc: &mut Poly, terms: &[(&Poly, &Poly)], basis: &[usize]) {
+        for_each_limb(acc.data_mut(), self.n, |i, lc| {
+            let limbs: Vec<(&[u64], &[u64])> =
+                terms.iter().map(|(a, b)| (a.limb(i), b.limb(i))).collect();
+            limbwise::mul_sum_assign(lc, &limbs, &self.moduli[basis[i]])
         });
     }
 

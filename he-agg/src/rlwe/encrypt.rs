@@ -9,7 +9,7 @@ use super::context::RlweContext;
 use super::keygen::select_limbs;
 use super::keys::{PublicKey, SecretKey};
 use crate::ring::limbwise::{self, ShoupLimb};
-use crate::ring::{Poly, Prng, RngError, for_each_limb_pair_heavy};
+use crate::ring::{Poly, Prng, Ring, RngError, Seed, for_each_limb_pair_heavy};
 
 /// Encrypts plaintexts under a public key: (u·b + e_0 + m, u·a + e_1) with u ternary.
 pub struct PkEncryptor {
@@ -105,11 +105,25 @@ impl SkEncryptor {
     }
 
     pub fn encrypt_seeded(&mut self, pt: &Plaintext) -> SeededCiphertext {
+        self.encrypt_seeded_with(pt, Ring::expand_uniform)
+    }
+
+    /// [`Self::encrypt_seeded`] with a expanded by AES-128-CTR
+    /// ([`Ring::expand_uniform_aes`]): a round's update, whose a's every switcher expands.
+    pub fn encrypt_seeded_aes(&mut self, pt: &Plaintext) -> SeededCiphertext {
+        self.encrypt_seeded_with(pt, Ring::expand_uniform_aes)
+    }
+
+    fn encrypt_seeded_with(
+        &mut self,
+        pt: &Plaintext,
+        expand: fn(&Ring, &Seed, &[usize]) -> Poly,
+    ) -> SeededCiphertext {
         let ctx = &self.ctx;
         let ring = ctx.ring();
         let basis = ctx.q_basis(pt.level());
         let seed = self.prng.seed();
-        let a = ring.expand_uniform(&seed, basis);
+        let a = expand(ring, &seed, basis);
         let e = Zeroizing::new(self.prng.gaussian(ring.n()));
         let mut c0 = ring.from_small_signed(&e, basis);
         if !pt.is_ntt {

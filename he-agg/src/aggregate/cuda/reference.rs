@@ -185,7 +185,7 @@ mod tests {
     fn kernel_arithmetic_equals_the_cpu_backend_bit_for_bit() {
         let ctx = ctx();
         let mut prng = Prng::from_seed(&[9; 32]);
-        for degree in [1usize, 2] {
+        for degree in [0usize, 1, 2] {
             let cts = random_cts(&ctx, 13, degree, degree as u8);
             let words = (degree + 1) * ctx.max_level() * ctx.n();
             for weights in [
