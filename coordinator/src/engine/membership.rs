@@ -45,6 +45,7 @@ impl Engine {
                     round,
                     started,
                     uploads,
+                    ..
                 } = &self.stage
                 {
                     let deadline = self
@@ -127,6 +128,7 @@ impl Engine {
                 round,
                 started,
                 uploads,
+                ..
             } if !uploads.contains_key(&h)
                 && self.setup_done.contains(&h)
                 && self.items.is_some()

@@ -42,11 +42,14 @@ enum Stage {
         round: u64,
         started: Instant,
         uploads: BTreeMap<u32, u64>,
+        /// the uploaders in the order their updates were folded
+        order: Vec<u32>,
     },
     Switching {
         round: u64,
         attempt: u32,
         uploads: BTreeMap<u32, u64>,
+        order: Vec<u32>,
         active: Vec<u32>,
         done: BTreeSet<u32>,
         /// a re-plan waits here for enough connected hospitals
@@ -107,6 +110,7 @@ impl Engine {
                 round: restored.committed + 1,
                 started: now,
                 uploads: BTreeMap::new(),
+                order: Vec::new(),
             }
         } else {
             Stage::Setup
@@ -295,11 +299,15 @@ impl Engine {
                 now,
             } => {
                 if let Stage::Collecting {
-                    round: r, uploads, ..
+                    round: r,
+                    uploads,
+                    order,
+                    ..
                 } = &mut self.stage
                     && *r == round
                 {
                     uploads.insert(hospital, weight);
+                    order.push(hospital);
                     out.push(Action::Audit {
                         hospital: Some(hospital),
                         round,
@@ -405,6 +413,7 @@ impl Engine {
             round,
             started: now,
             uploads: BTreeMap::new(),
+            order: Vec::new(),
         };
         let to = self.eligible();
         out.push(Action::Audit {
@@ -427,6 +436,7 @@ impl Engine {
             round,
             started,
             uploads,
+            order,
         } = &self.stage
         else {
             return;
@@ -465,7 +475,7 @@ impl Engine {
             }
             return;
         }
-        let (round, uploads) = (*round, uploads.clone());
+        let (round, uploads, order) = (*round, uploads.clone(), order.clone());
         out.push(Action::Audit {
             hospital: None,
             round,
@@ -486,6 +496,7 @@ impl Engine {
             round,
             attempt: 0,
             uploads,
+            order,
             active: Vec::new(),
             done: BTreeSet::new(),
             waiting: true,
@@ -493,7 +504,10 @@ impl Engine {
         self.replan(now, out);
     }
 
-    /// Picks t connected hospitals (uploaders first) to make switching shares.
+    /// Picks t connected hospitals to make switching shares: uploaders first, in the order their
+    /// updates came. The first to finish training made their flooding ahead while the last
+    /// trained (a node does after switching the round before), so the slowest hospital, whose
+    /// update closes the round, does not also make the shares the round waits for.
     fn replan(&mut self, _now: Instant, out: &mut Vec<Action>) {
         let t = self.cfg.threshold as usize;
         let eligible = self.eligible();
@@ -501,6 +515,7 @@ impl Engine {
             round,
             attempt,
             uploads,
+            order,
             active,
             done,
             waiting,
@@ -508,10 +523,10 @@ impl Engine {
         else {
             return;
         };
-        let mut chosen: Vec<u32> = eligible
+        let mut chosen: Vec<u32> = order
             .iter()
             .copied()
-            .filter(|h| uploads.contains_key(h))
+            .filter(|h| eligible.contains(h))
             .collect();
         chosen.extend(
             eligible

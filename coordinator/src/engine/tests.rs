@@ -669,3 +669,31 @@ fn an_alarm_about_the_delivered_round_stops_the_federation() {
     assert!(e.is_finished());
     assert!(e.accepts_update(1, 3).is_err(), "no round builds on it");
 }
+
+#[test]
+fn the_first_to_upload_switch_and_the_last_does_not() {
+    let now = Instant::now();
+    let mut e = Engine::new(cfg(5, 3, 5, 2), Restored::default(), now);
+    set_up(&mut e, 5, now);
+    let mut last = Vec::new();
+    for h in [4u32, 2, 5, 1, 3] {
+        last = e.handle(Event::UpdateFolded {
+            hospital: h,
+            round: 1,
+            weight: u64::from(h),
+            now,
+        });
+    }
+    // the order the updates came in, not the hospitals' numbers; 3, whose update closed the
+    // round, is not asked
+    assert_eq!(request(&last), (0, vec![4, 2, 5]));
+    if let Some(Action::RequestSwitch { weights, .. }) = last
+        .iter()
+        .find(|a| matches!(a, Action::RequestSwitch { .. }))
+    {
+        assert_eq!(weights, &vec![(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]);
+    }
+    // a switcher lost: the next uploader in line takes its place
+    let a = e.handle(Event::Left { hospital: 2, now });
+    assert_eq!(request(&a), (1, vec![4, 5, 1]));
+}
