@@ -82,6 +82,8 @@ pub struct Engine {
     refused: BTreeSet<u32>,
     /// when the running round's missing quorum was last audited
     quorum_audited: Option<Instant>,
+    /// the switchers of the last round delivered (they make the next round's flooding ahead)
+    last_switchers: Vec<u32>,
 }
 
 /// How often a round that waits for its quorum past the deadline is audited.
@@ -133,6 +135,7 @@ impl Engine {
             held: BTreeMap::new(),
             refused: BTreeSet::new(),
             quorum_audited: None,
+            last_switchers: Vec::new(),
         }
     }
 
@@ -343,6 +346,7 @@ impl Engine {
                 }
                 if let Some((uploads, active)) = complete {
                     self.stage = Stage::Delivering { round };
+                    self.last_switchers = active.clone();
                     out.push(Action::Deliver {
                         round,
                         targets: self.eligible(),
@@ -504,13 +508,15 @@ impl Engine {
         self.replan(now, out);
     }
 
-    /// Picks t connected hospitals to make switching shares: uploaders first, in the order their
-    /// updates came. The first to finish training made their flooding ahead while the last
-    /// trained (a node does after switching the round before), so the slowest hospital, whose
-    /// update closes the round, does not also make the shares the round waits for.
+    /// Picks t connected hospitals to make switching shares: uploaders first — last round's
+    /// switchers before the others (a node makes its flooding ahead, while the last hospital
+    /// trains, only after switching the round before), each group in the order the updates came
+    /// — and the hospital whose update came last after every other uploader: the slowest one,
+    /// whose update closes the round, does not also make the shares the round waits for.
     fn replan(&mut self, _now: Instant, out: &mut Vec<Action>) {
         let t = self.cfg.threshold as usize;
         let eligible = self.eligible();
+        let last_switchers = self.last_switchers.clone();
         let Stage::Switching {
             round,
             attempt,
@@ -523,11 +529,14 @@ impl Engine {
         else {
             return;
         };
+        let last = order.last().copied();
         let mut chosen: Vec<u32> = order
             .iter()
             .copied()
             .filter(|h| eligible.contains(h))
             .collect();
+        // a stable sort keeps the arrival order within each group
+        chosen.sort_by_key(|h| (Some(*h) == last, !last_switchers.contains(h)));
         chosen.extend(
             eligible
                 .iter()

@@ -696,4 +696,31 @@ fn the_first_to_upload_switch_and_the_last_does_not() {
     // a switcher lost: the next uploader in line takes its place
     let a = e.handle(Event::Left { hospital: 2, now });
     assert_eq!(request(&a), (1, vec![4, 5, 1]));
+    for h in [4u32, 5, 1] {
+        e.handle(Event::SwitchSharesFolded {
+            hospital: h,
+            round: 1,
+            attempt: 1,
+            now,
+        });
+    }
+    e.handle(Event::Committed { round: 1, now });
+    e.handle(Event::Joined {
+        hospital: 2,
+        last_round: 1,
+        items: ITEMS,
+        now,
+    });
+    // round 2: last round's switchers first (they made their flooding ahead), then the others
+    // in the order they came, and the one that closed the round last of all
+    let mut last = Vec::new();
+    for h in [3u32, 1, 2, 4, 5] {
+        last = e.handle(Event::UpdateFolded {
+            hospital: h,
+            round: 2,
+            weight: 1,
+            now,
+        });
+    }
+    assert_eq!(request(&last), (0, vec![1, 4, 3]));
 }
