@@ -40,10 +40,17 @@ impl HeSetup {
         })
     }
 
-    /// An update ciphertext: well formed, of these parameters, at the plan's level and scale;
-    /// its c0 (what is summed) and the seed of its a (what the hospital signed).
-    pub fn decode_update(&self, bytes: &[u8]) -> Result<(Ciphertext, [u8; 32]), String> {
-        self.codec.decode(0, bytes).map_err(|e| e.to_string())
+    /// Item `index` of an update whose signed seed is `a_seed`: well formed, of these
+    /// parameters, at the plan's level and scale, its a from that seed; its c0 (what is summed).
+    pub fn decode_update(
+        &self,
+        index: usize,
+        bytes: &[u8],
+        a_seed: &[u8; 32],
+    ) -> Result<Ciphertext, String> {
+        self.codec
+            .decode_item(index, bytes, a_seed)
+            .map_err(|e| e.to_string())
     }
 
     /// A switching share at `level` (the round's [`AggregationPlan::result_level`]).

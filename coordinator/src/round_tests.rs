@@ -1,7 +1,7 @@
 //! The round's data without sockets: updates folded and refused, the aggregate closed and
 //! switched, the result and record made.
 
-use he_agg::aggregate::CpuBackend;
+use he_agg::aggregate::{CpuBackend, item_seed};
 use he_agg::ckks::SecretKey;
 use he_agg::multiparty::threshold::deal;
 use he_agg::multiparty::{ReceiveSwitch, ThresholdSecret, UpdateSum};
@@ -176,17 +176,18 @@ fn own_update(
     (hospital, weight): (u32, u64),
     values: &[f32],
 ) -> (Update, Contribution) {
-    let (items, a_seeds) = he.codec.encrypt(sk, values).unwrap();
+    let (items, a_seed) = he.codec.encrypt(sk, values).unwrap();
     let cts = items
         .iter()
-        .map(|b| he.decode_update(b).unwrap().0)
+        .enumerate()
+        .map(|(k, b)| he.decode_update(k, b, &a_seed).unwrap())
         .collect();
     let signed = Contribution {
         hospital,
         weight,
         count: items.len() as u32,
         items: protocol::transcript::digest_items(items.iter().map(Vec::as_slice)),
-        a_seeds,
+        a_seed,
         signature: vec![],
     };
     (Update::Encrypted(cts), signed)
@@ -260,7 +261,7 @@ fn an_encrypted_round_is_aggregated_switched_and_decrypts_to_the_weighted_sum() 
                 .map(|k| {
                     let digest = transcript::switch_digest(1, &sent, k);
                     let seed = he.crs.receive_switch_seed(&digest, 2, set);
-                    let a_seeds: Vec<_> = sent.iter().map(|c| c.a_seeds[k]).collect();
+                    let a_seeds: Vec<_> = sent.iter().map(|c| item_seed(&c.a_seed, k)).collect();
                     let sum = UpdateSum {
                         level: he.plan.level,
                         scale: he.plan.scale,

@@ -559,15 +559,16 @@ impl Server {
             Body::Update {
                 weight,
                 count,
+                a_seed,
                 signature,
             } => {
-                // the digest and the seeds are taken from the items as they arrive
+                // the digest is taken from the items as they arrive
                 let signed = Contribution {
                     hospital: h,
                     weight,
                     count,
                     items: [0; 32],
-                    a_seeds: Vec::new(),
+                    a_seed,
                     signature,
                 };
                 self.update(h, round, signed, msg).await

@@ -336,6 +336,7 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
             Body::Update {
                 weight: 10,
                 count: items,
+                a_seed: [0; 32],
                 signature: vec![],
             },
         )
@@ -351,6 +352,7 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
         &other
             .encode_real_pairs(&[0.5; 16], 2, 2f64.powi(50))
             .unwrap(),
+        [1; 32],
     );
     let mut s = link
         .open(
@@ -358,6 +360,7 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
             Body::Update {
                 weight: 10,
                 count: items,
+                a_seed: [0; 32],
                 signature: vec![],
             },
         )
@@ -372,6 +375,7 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
         Body::Update {
             weight: 10,
             count: items,
+            a_seed: [0; 32],
             signature: vec![],
         },
     )

@@ -36,6 +36,7 @@ fn header(count: usize) -> Body {
     Body::Update {
         weight: 1,
         count: count as u32,
+        a_seed: [0; 32],
         signature: vec![],
     }
 }

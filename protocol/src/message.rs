@@ -87,12 +87,13 @@ pub enum Body {
         signature: Vec<u8>,
     },
     /// Header of an update stream: `count` items (ciphertexts, or f32 chunks in plaintext mode)
-    /// of its model weighted by `weight` samples and the hospital's signature over
-    /// [`crate::transcript::Statement::Update`] (empty in a plaintext federation; the seeds it
-    /// names are read from the items).
+    /// of its model weighted by `weight` samples, the seed its items' a's derive from and the
+    /// hospital's signature over [`crate::transcript::Statement::Update`] (seed and signature
+    /// empty in a plaintext federation).
     Update {
         weight: u64,
         count: u32,
+        a_seed: [u8; 32],
         signature: Vec<u8>,
     },
     /// Header of a stream of `count` public-key-switch shares towards the consortium receiving
@@ -311,6 +312,7 @@ mod tests {
             Body::Update {
                 weight: 120,
                 count: 37,
+                a_seed: [5; 32],
                 signature: vec![1; 70],
             },
         );

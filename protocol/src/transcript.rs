@@ -85,9 +85,9 @@ pub enum Statement {
         plan: [u8; 32],
         public_key_share: [u8; 32],
     },
-    /// A round's update: its items (digest), count and weight, and the seed of each item's a
-    /// (the items are encrypted under the hospital's own secret, c0 = −a·s + m + e): a switcher
-    /// makes the c1 it switches from these seeds, so it switches only what hospitals signed.
+    /// A round's update: its items (digest), count and weight, and the seed every item's a
+    /// derives from (the items are encrypted under the hospital's own secret, c0 = −a·s + m + e):
+    /// a switcher makes the c1 it switches from it, so it switches only what hospitals signed.
     Update {
         federation: FederationId,
         round: u64,
@@ -95,7 +95,7 @@ pub enum Statement {
         weight: u64,
         count: u32,
         items: [u8; 32],
-        a_seeds: Vec<[u8; 32]>,
+        a_seed: [u8; 32],
     },
 }
 
@@ -148,7 +148,7 @@ pub struct Contribution {
     pub weight: u64,
     pub count: u32,
     pub items: [u8; 32],
-    pub a_seeds: Vec<[u8; 32]>,
+    pub a_seed: [u8; 32],
     pub signature: Vec<u8>,
 }
 
@@ -161,14 +161,14 @@ impl Contribution {
             weight: self.weight,
             count: self.count,
             items: self.items,
-            a_seeds: self.a_seeds.clone(),
+            a_seed: self.a_seed,
         }
     }
 }
 
 /// What the switchers' masks for ciphertext `index` of round `round`'s sum are bound to: every
-/// contribution it sums (hospital, weight and the digest of its items, which hold the seeds),
-/// in the order named. The coordinator and each switcher reckon it alike.
+/// contribution it sums (hospital, weight, the digest of its items and its seed), in the order
+/// named. The coordinator and each switcher reckon it alike.
 pub fn switch_digest(round: u64, contributions: &[Contribution], index: usize) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key("HEAL round switch input v2");
     h.update(&round.to_le_bytes());
@@ -178,6 +178,7 @@ pub fn switch_digest(round: u64, contributions: &[Contribution], index: usize) -
         h.update(&c.hospital.to_le_bytes());
         h.update(&c.weight.to_le_bytes());
         h.update(&c.items);
+        h.update(&c.a_seed);
     }
     *h.finalize().as_bytes()
 }
@@ -387,7 +388,7 @@ mod tests {
             weight,
             count: 37,
             items: digest_items([b"a".as_slice(), b"bc"]),
-            a_seeds: vec![[1; 32], [2; 32]],
+            a_seed: [1; 32],
         }
     }
 

@@ -84,6 +84,7 @@ async fn messages_and_item_streams_cross_a_real_connection() {
             Body::Update {
                 weight: 17,
                 count: 3,
+                a_seed: [0; 32],
                 signature: vec![],
             }
         );
@@ -120,6 +121,7 @@ async fn messages_and_item_streams_cross_a_real_connection() {
                 Body::Update {
                     weight: 17,
                     count: 3,
+                    a_seed: [0; 32],
                     signature: vec![],
                 },
             )
@@ -268,6 +270,7 @@ async fn a_peer_that_stops_reading_cannot_hold_a_sender_beyond_the_timeout() {
             Body::Update {
                 weight: 1,
                 count: 64,
+                a_seed: [0; 32],
                 signature: vec![],
             },
         )

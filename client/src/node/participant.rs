@@ -109,7 +109,7 @@ pub enum ParticipantError {
     )]
     SwitchRound { round: u64, held: u64 },
     #[error(
-        "a switch request summing the updates of hospitals {got:?}: at least {threshold} distinct hospitals of 1..={hospitals}, each update of the sum's {count} items with a seed for each, are needed"
+        "a switch request summing the updates of hospitals {got:?}: at least {threshold} distinct hospitals of 1..={hospitals}, each update of the sum's {count} items, are needed"
     )]
     SwitchContributors {
         got: Vec<u32>,
@@ -385,9 +385,7 @@ impl Participant {
         if got.len() != contributions.len()
             || got.len() < self.me.threshold as usize
             || got.iter().any(|&i| i == 0 || i > h)
-            || contributions
-                .iter()
-                .any(|c| c.count != count || c.a_seeds.len() != count as usize)
+            || contributions.iter().any(|c| c.count != count)
         {
             return Err(ParticipantError::SwitchContributors {
                 got: contributions.iter().map(|c| c.hospital).collect(),

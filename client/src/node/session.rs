@@ -382,7 +382,7 @@ impl Node {
             self.data.train.len() as u64
         };
         let samples = self.data.train.len() as u64;
-        let (items, signature, sign_ms) = match &self.he {
+        let (items, a_seed, signature, sign_ms) = match &self.he {
             Some(he) => {
                 // under this hospital's own share of the collective secret: only c0 and a seed
                 // travel, and the switchers make the sum's c1 from the signed seeds
@@ -392,14 +392,14 @@ impl Node {
                 let update = (self.federation, round, self.index, weight);
                 tokio::task::spawn_blocking(move || {
                     pool.install(|| -> anyhow::Result<_> {
-                        let (items, a_seeds) = match &noised {
+                        let (items, a_seed) = match &noised {
                             Some(v) => codec.encrypt(&sk, v)?,
                             None => codec.encrypt(&sk, &delta)?,
                         };
                         let signing = Instant::now();
-                        let signature = trust::sign_update(&signer, update, &items, &a_seeds);
+                        let signature = trust::sign_update(&signer, update, &items, &a_seed);
                         let sign_ms = signing.elapsed().as_secs_f64() * 1e3;
-                        Ok((items, signature, sign_ms))
+                        Ok((items, a_seed, signature, sign_ms))
                     })
                 })
                 .await??
@@ -414,7 +414,7 @@ impl Node {
                     }
                     None => protocol::plain::encode_f32s(&delta),
                 };
-                (items, vec![], 0.0)
+                (items, [0; 32], vec![], 0.0)
             }
         };
         let encrypt_s = t1.elapsed().as_secs_f32();
@@ -425,6 +425,7 @@ impl Node {
                 Body::Update {
                     weight,
                     count: items.len() as u32,
+                    a_seed,
                     signature,
                 },
             )

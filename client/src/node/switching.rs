@@ -4,6 +4,7 @@
 //! the signed updates' seeds and weights: the coordinator sends nothing else.
 
 use anyhow::Context;
+use he_agg::aggregate::item_seed;
 use he_agg::multiparty::{FloodMask, ReceiveSwitch, UpdateSum, wire as mpw};
 use he_agg::ring::Prng;
 use protocol::Link;
@@ -92,14 +93,10 @@ impl Node {
             .map(|k| {
                 contributions
                     .iter()
-                    .map(|c| {
-                        c.a_seeds.get(k).copied().with_context(|| {
-                            format!("hospital {}'s update names no seed {k}", c.hospital)
-                        })
-                    })
+                    .map(|c| item_seed(&c.a_seed, k))
                     .collect()
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect();
         // flooding made ahead is used only where the participant says it fits this request
         let mut masks: Option<Vec<FloodMask>> = None;
         if let Some(handle) = self.prepared.take()

@@ -2,8 +2,8 @@
 //! every hospital's key shares signed with its certificate (chained to the consortium CA, named
 //! for that hospital), this hospital's own entry as it sent it, and the collective public key
 //! made here from the shares. Once stored, the setup never changes: a coordinator that later
-//! hands out other keys is refused. In every round, a hospital signs its update with the seeds
-//! of its ciphertexts' a, and a switcher checks those signatures: it makes what it switches from
+//! hands out other keys is refused. In every round, a hospital signs its update with the seed
+//! its ciphertexts' a's derive from, and a switcher checks those signatures: it makes what it switches from
 //! the signed seeds, so nothing but the weighted sum of signed updates can be switched.
 
 use he_agg::ckks::{CkksContext, wire};
@@ -159,12 +159,12 @@ pub fn same_setup(stored: &PeerKeys, relayed: &PeerKeys) -> Result<(), Distrust>
 }
 
 /// This hospital's signature over its update for `round`: (federation, round, hospital,
-/// weight) with the items' digest and the seed of each item's a ([`UpdateCodec::encrypt`]).
+/// weight) with the items' digest and the seed their a's derive from ([`UpdateCodec::encrypt`]).
 pub fn sign_update(
     signer: &Signer,
     update: (FederationId, u64, u32, u64),
     items: &[Vec<u8>],
-    a_seeds: &[[u8; 32]],
+    a_seed: &[u8; 32],
 ) -> Vec<u8> {
     let (federation, round, hospital, weight) = update;
     signer.sign(&Statement::Update {
@@ -174,7 +174,7 @@ pub fn sign_update(
         weight,
         count: items.len() as u32,
         items: transcript::digest_items(items.iter().map(Vec::as_slice)),
-        a_seeds: a_seeds.to_vec(),
+        a_seed: *a_seed,
     })
 }
 

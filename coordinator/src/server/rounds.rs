@@ -33,14 +33,16 @@ impl Server {
             .announce(h, round, weight, count, items)
             .map_err(|e| e.to_string())?;
         // read and validate everything first: a broken upload leaves the aggregate untouched
-        let read = self.read_update(count, &mut msg).await.and_then(|read| {
-            // the engine again: the round may have closed while the update streamed in
-            lock(&self.engine).accepts_update(h, round)?;
-            Ok(read)
-        });
-        let read = read.and_then(|(update, bytes, digest, a_seeds)| {
+        let read = self
+            .read_update(count, &signed.a_seed, &mut msg)
+            .await
+            .and_then(|read| {
+                // the engine again: the round may have closed while the update streamed in
+                lock(&self.engine).accepts_update(h, round)?;
+                Ok(read)
+            });
+        let read = read.and_then(|(update, bytes, digest)| {
             signed.items = digest;
-            signed.a_seeds = a_seeds;
             self.check_signed_update(h, round, &signed)?;
             Ok((update, bytes))
         });
@@ -72,7 +74,7 @@ impl Server {
     }
 
     /// In an encrypted federation, an update must be signed by its hospital (with the certificate
-    /// of its setup) over what arrived, the seeds of its items included.
+    /// of its setup) over what arrived and the seed its items' a's derive from.
     fn check_signed_update(&self, h: u32, round: u64, signed: &Contribution) -> Result<(), String> {
         if self.he.is_none() {
             return Ok(());
@@ -88,15 +90,15 @@ impl Server {
             .map_err(|e| e.to_string())
     }
 
-    /// The `count` items of an update stream, decoded, the bytes they took, their digest and
-    /// (encrypted) the seeds of their a.
+    /// The `count` items of an update stream, decoded (encrypted: each with its a from
+    /// `a_seed`), the bytes they took and their digest.
     async fn read_update(
         &self,
         count: u32,
+        a_seed: &[u8; 32],
         msg: &mut Incoming,
-    ) -> Result<(Update, u64, [u8; 32], Vec<[u8; 32]>), String> {
+    ) -> Result<(Update, u64, [u8; 32]), String> {
         let mut cts = Vec::new();
-        let mut seeds = Vec::new();
         let mut plain: Vec<Vec<f32>> = Vec::new();
         let mut bytes = 0u64;
         let mut digest = ItemsDigest::default();
@@ -109,13 +111,7 @@ impl Server {
             bytes += item.len() as u64;
             digest.push(&item);
             match &self.he {
-                Some(he) => {
-                    let (c0, seed) = he
-                        .decode_update(&item)
-                        .map_err(|e| format!("item {i}: {e}"))?;
-                    cts.push(c0);
-                    seeds.push(seed);
-                }
+                Some(he) => cts.push(he.decode_update(i as usize, &item, a_seed)?),
                 None => plain.push(
                     protocol::plain::decode_f32s(&item).map_err(|e| format!("item {i}: {e}"))?,
                 ),
@@ -128,7 +124,7 @@ impl Server {
             Some(_) => Update::Encrypted(cts),
             None => Update::Plain(plain),
         };
-        Ok((update, bytes, digest.finish(), seeds))
+        Ok((update, bytes, digest.finish()))
     }
 
     /// Closes the aggregate (once) and streams it to every active hospital.

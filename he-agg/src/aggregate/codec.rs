@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use crate::ckks::wire::{self, WireError};
 use crate::ckks::{Ciphertext, CkksContext, CkksError, SecretKey};
 use crate::multiparty::wire as mpw;
-use crate::ring::Seed;
+use crate::ring::{Prng, Seed};
 
 use super::plan::AggregationPlan;
 
@@ -51,6 +51,8 @@ pub enum CodecError {
         value: f64,
         bound: f64,
     },
+    #[error("ciphertext {index}'s a is not expanded from its update's signed seed")]
+    Seed { index: usize },
     #[error("a total weight of {0} to divide by")]
     Weight(f64),
     #[error("cannot start the {0}")]
@@ -85,30 +87,35 @@ impl UpdateCodec {
     }
 
     /// The update `values` encrypted under this hospital's own secret `sk` (its share s_k of
-    /// the collective secret), N reals per ciphertext, on the current rayon pool: each
-    /// ciphertext travels as c0 = −a·s_k + m + e and the seed of a, fresh from the CSPRNG (so a
-    /// re-encrypted update never reuses an a), a expanded by AES-128-CTR. Returns the wire items and their seeds, which
-    /// the hospital signs ([`crate::multiparty::ReceiveSwitch::share_updates`] expands them).
+    /// the collective secret), N reals per ciphertext, on the current rayon pool: ciphertext k
+    /// travels as c0 = −a_k·s_k + m + e and the seed of a_k ([`item_seed`] of the update's
+    /// seed, fresh from the CSPRNG, so a re-encrypted update never reuses an a), a_k expanded by
+    /// AES-128-CTR. Returns the wire items and the update's seed, which the hospital signs
+    /// ([`crate::multiparty::ReceiveSwitch::share_updates`] expands the a's from it).
     pub fn encrypt<T: Copy + Into<f64> + Sync>(
         &self,
         sk: &SecretKey,
         values: &[T],
-    ) -> Result<(Vec<Vec<u8>>, Vec<Seed>), CodecError> {
+    ) -> Result<(Vec<Vec<u8>>, Seed), CodecError> {
         let ctx = &self.ctx;
-        let done: Vec<(Vec<u8>, Seed)> = values
+        let update_seed = Prng::from_os()
+            .map_err(|e| CodecError::Setup(format!("update seed: {e}")))?
+            .seed();
+        let items = values
             .par_chunks(ctx.n())
+            .enumerate()
             .map_init(
                 || ctx.sk_encryptor(sk).map_err(|e| format!("encryptor: {e}")),
-                |enc, chunk| -> Result<(Vec<u8>, Seed), CodecError> {
+                |enc, (k, chunk)| -> Result<Vec<u8>, CodecError> {
                     let enc = enc.as_mut().map_err(|e| CodecError::Setup(e.clone()))?;
                     let v: Vec<f64> = chunk.iter().map(|&x| x.into()).collect();
                     let pt = ctx.encode_real_pairs(&v, self.plan.level, self.plan.scale)?;
-                    let ct = enc.encrypt_seeded_aes(&pt);
-                    Ok((wire::encode_seeded_update(ctx, &ct), ct.seed))
+                    let ct = enc.encrypt_seeded_aes(&pt, item_seed(&update_seed, k));
+                    Ok(wire::encode_seeded_update(ctx, &ct))
                 },
             )
             .collect::<Result<_, _>>()?;
-        Ok(done.into_iter().unzip())
+        Ok((items, update_seed))
     }
 
     /// An update ciphertext as received: well formed, of these parameters, at the plan's level
@@ -132,6 +139,21 @@ impl UpdateCodec {
             scale: ct.scale,
         };
         Ok((c0, ct.seed))
+    }
+
+    /// [`Self::decode`] of item `index` of an update whose signed seed is `update_seed`: its a
+    /// must be the one the switchers will expand ([`item_seed`]).
+    pub fn decode_item(
+        &self,
+        index: usize,
+        bytes: &[u8],
+        update_seed: &Seed,
+    ) -> Result<Ciphertext, CodecError> {
+        let (c0, seed) = self.decode(index, bytes)?;
+        if seed != item_seed(update_seed, index) {
+            return Err(CodecError::Seed { index });
+        }
+        Ok(c0)
     }
 
     /// A switched result as received ([`crate::multiparty::ReceiveSwitch`]): well formed, at
@@ -229,6 +251,15 @@ impl UpdateCodec {
     }
 }
 
+/// The seed of item `index`'s a in an update whose seed is `update_seed` (the one its hospital
+/// signs): one 32-byte seed names every item's a, and no two items share one.
+pub fn item_seed(update_seed: &Seed, index: usize) -> Seed {
+    let mut h = blake3::Hasher::new_derive_key("HEAL update item a v1");
+    h.update(update_seed);
+    h.update(&(index as u64).to_le_bytes());
+    *h.finalize().as_bytes()
+}
+
 /// Checks an average whose first `values` entries are updates clipped to ±`clip` and whose
 /// rest is padding (0), each give or take `tolerance`.
 pub fn check_average(
@@ -257,7 +288,6 @@ mod tests {
     use crate::ckks::{Parameters, Preset};
     use crate::multiparty::threshold::deal;
     use crate::multiparty::{Crs, ReceiveSwitch, ThresholdSecret, UpdateSum};
-    use crate::ring::Prng;
 
     /// The sum `c0` of updates under `sk` with a's from `a_seeds`, each weighted `weight`,
     /// switched to `receive` by one party holding all of `sk`: a result item.
@@ -305,10 +335,27 @@ mod tests {
         let values: Vec<f32> = (0..n + 100)
             .map(|i| (i as f32 * 0.37).sin() * 3.0)
             .collect();
-        let (items, seeds) = codec.encrypt(&sk, &values).unwrap();
-        assert_eq!((items.len(), seeds.len()), (2, 2));
-        assert_ne!(seeds[0], seeds[1], "every ciphertext has a fresh a");
+        let (items, update_seed) = codec.encrypt(&sk, &values).unwrap();
+        assert_eq!(items.len(), 2);
         assert_eq!(codec.ciphertexts_for(values.len()), 2);
+        // each item's a from the update's seed, none shared; another update seed is refused
+        let seeds: Vec<Seed> = (0..2)
+            .map(|k| codec.decode(k, &items[k]).unwrap().1)
+            .collect();
+        assert_eq!(
+            seeds,
+            vec![item_seed(&update_seed, 0), item_seed(&update_seed, 1)]
+        );
+        assert_ne!(seeds[0], seeds[1]);
+        assert!(codec.decode_item(1, &items[1], &update_seed).is_ok());
+        assert!(matches!(
+            codec.decode_item(1, &items[1], &[0; 32]),
+            Err(CodecError::Seed { index: 1 })
+        ));
+        assert!(matches!(
+            codec.decode_item(0, &items[1], &update_seed),
+            Err(CodecError::Seed { index: 0 })
+        ));
         // c0 and a seed: half a ciphertext's bytes
         let full = wire::ciphertext_len(&ctx, codec.plan().level, 1);
         assert!(
@@ -317,7 +364,7 @@ mod tests {
             items[0].len()
         );
         // encrypted again, the same values use other a's
-        assert_ne!(codec.encrypt(&sk, &values).unwrap().1, seeds);
+        assert_ne!(codec.encrypt(&sk, &values).unwrap().1, update_seed);
         let receive = kg.secret_key();
         let results: Vec<Vec<u8>> = items
             .iter()
@@ -337,7 +384,8 @@ mod tests {
             ctx.encode_real_pairs(&[1.0], codec.plan().level, scale)
                 .unwrap()
         };
-        let other = wire::encode_seeded_update(&ctx, &enc.encrypt_seeded_aes(&pt(2f64.powi(30))));
+        let other =
+            wire::encode_seeded_update(&ctx, &enc.encrypt_seeded_aes(&pt(2f64.powi(30)), [1; 32]));
         assert!(matches!(
             codec.decode(4, &other),
             Err(CodecError::Shape { index: 4, .. })
@@ -362,10 +410,10 @@ mod tests {
             codec.decrypt_sum(&receive, &results[..1], values.len()),
             Err(CodecError::Count { .. })
         ));
-        // an update is not a result
+        // an update is not a result (items are decrypted in parallel: either may be named)
         assert!(matches!(
             codec.decrypt_sum(&sk, &items, values.len()),
-            Err(CodecError::Wire { index: 0, .. })
+            Err(CodecError::Wire { .. })
         ));
     }
 
@@ -378,7 +426,10 @@ mod tests {
         let sk = kg.secret_key();
         let receive = kg.secret_key();
         let values: Vec<f32> = (0..1000).map(|i| ((i % 13) as f32 - 6.0) * 10.0).collect();
-        let (items, seeds) = codec.encrypt(&sk, &values).unwrap();
+        let (items, update_seed) = codec.encrypt(&sk, &values).unwrap();
+        let seeds: Vec<Seed> = (0..items.len())
+            .map(|k| item_seed(&update_seed, k))
+            .collect();
         // weight 4: the sum is 4 × the update, its average the update (|v| ≤ 60 < clip 64)
         let four = |b: &[u8], seed: Seed| {
             let (c0, _) = codec.decode(0, b).unwrap();

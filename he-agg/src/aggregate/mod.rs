@@ -20,7 +20,7 @@ mod shape;
 
 pub use aggregator::{Aggregator, DEFAULT_BATCH, MAX_WEIGHT};
 pub use backend::{Accumulator, Backend};
-pub use codec::{CodecError, UpdateCodec, check_average};
+pub use codec::{CodecError, UpdateCodec, check_average, item_seed};
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
 pub use cuda::CudaBackend;

@@ -225,9 +225,9 @@ fn a_result_a_level_lower_keeps_the_plans_precision_and_only_when_the_weights_le
     .unwrap();
     let mut a_seeds = Vec::new();
     for ((u, &w), sk) in updates.iter().zip(&weights).zip(&secrets) {
-        let (items, seeds) = codec.encrypt(sk, u).unwrap();
+        let (items, update_seed) = codec.encrypt(sk, u).unwrap();
         let (c0, seed) = codec.decode(0, &items[0]).unwrap();
-        assert_eq!((items.len(), seed), (1, seeds[0]));
+        assert_eq!((items.len(), seed), (1, item_seed(&update_seed, 0)));
         assert_eq!(c0.degree(), 0);
         a_seeds.push(seed);
         agg.push(c0, w).unwrap();

@@ -35,6 +35,10 @@ use crate::ckks::{Ciphertext, CkksContext};
 use crate::ring::{Poly, Prng, Seed};
 use crate::rlwe::{SecretKey, select_limbs};
 
+use super::error::MultipartyError;
+use super::flooding::Flooding;
+use super::keyswitch::{KeySwitchShare, SwitchInput, c0_at, check_ct, check_key, flood_poly};
+
 /// One ciphertext of a sum of updates as a switcher sees it: the level and scale of the updates
 /// and, per contribution (in the order of the weighted keys), the seed of its a_k.
 #[derive(Debug, Clone, Copy)]
@@ -43,10 +47,6 @@ pub struct UpdateSum<'a> {
     pub scale: f64,
     pub a_seeds: &'a [Seed],
 }
-
-use super::error::MultipartyError;
-use super::flooding::Flooding;
-use super::keyswitch::{KeySwitchShare, SwitchInput, c0_at, check_ct, check_key, flood_poly};
 
 /// Most switchers one result names (a seed each); a decoder refuses more.
 pub const MAX_SWITCHERS: usize = 1024;
@@ -193,14 +193,20 @@ impl ReceiveSwitch {
         for k in keys {
             check_key(&self.ctx, k.fingerprint(), "secret key")?;
         }
-        if keys.is_empty() || keys.len() != sum.a_seeds.len() || keys.len() > MAX_SWITCHERS {
+        if sum.a_seeds.is_empty() || sum.a_seeds.len() > MAX_SWITCHERS {
             return Err(MultipartyError::Contributions {
                 got: sum.a_seeds.len(),
                 max: MAX_SWITCHERS,
             });
         }
+        if keys.len() != sum.a_seeds.len() {
+            return Err(MultipartyError::Shape("one weighted key per update's seed"));
+        }
         let level = sum.level;
-        if level == 0 || level > self.ctx.max_level() || mask.level() != level {
+        if level == 0 || level > self.ctx.max_level() {
+            return Err(MultipartyError::Shape("update level"));
+        }
+        if mask.level() != level {
             return Err(MultipartyError::Shape("flooding mask"));
         }
         self.check_mask(&mask)?;

@@ -293,7 +293,7 @@ fn updates() -> Updates {
         let ct = ctx
             .sk_encryptor(&c.secrets[i])
             .unwrap()
-            .encrypt_seeded_aes(&ctx.encode(&x, level, scale).unwrap());
+            .encrypt_seeded_aes(&ctx.encode(&x, level, scale).unwrap(), [40 + i as u8; 32]);
         let mut c0 = ct.c0.clone();
         let factor: Vec<u64> = basis.iter().map(|&j| ring.modulus(j).reduce(w)).collect();
         ring.mul_scalar_assign(&mut c0, &factor, basis);
@@ -404,7 +404,15 @@ fn a_weighted_sum_of_own_key_updates_switches_with_any_t_and_only_as_signed() {
     let mask = |p: &ReceiveSwitch| p.flood(sum.level, &mut Prng::from_seed(&[1; 32])).unwrap();
     assert!(matches!(
         proto.share_updates(&keys[..4], &u.receive, &sum, &[0; 32], mask(&proto), false),
-        Err(MultipartyError::Contributions { got: 5, .. })
+        Err(MultipartyError::Shape("one weighted key per update's seed"))
+    ));
+    let none = UpdateSum {
+        a_seeds: &[],
+        ..sum
+    };
+    assert!(matches!(
+        proto.share_updates(&[], &u.receive, &none, &[0; 32], mask(&proto), false),
+        Err(MultipartyError::Contributions { got: 0, .. })
     ));
     assert!(matches!(
         u.held[0].weighted_shares(&u.ctx, &[1, 2, 3], &[(6, 1)]),

@@ -105,24 +105,26 @@ impl SkEncryptor {
     }
 
     pub fn encrypt_seeded(&mut self, pt: &Plaintext) -> SeededCiphertext {
-        self.encrypt_seeded_with(pt, Ring::expand_uniform)
+        let seed = self.prng.seed();
+        self.encrypt_seeded_with(pt, seed, Ring::expand_uniform)
     }
 
-    /// [`Self::encrypt_seeded`] with a expanded by AES-128-CTR
-    /// ([`Ring::expand_uniform_aes`]): a round's update, whose a's every switcher expands.
-    pub fn encrypt_seeded_aes(&mut self, pt: &Plaintext) -> SeededCiphertext {
-        self.encrypt_seeded_with(pt, Ring::expand_uniform_aes)
+    /// A seeded encryption whose a is expanded from the caller's `seed` by AES-128-CTR
+    /// ([`Ring::expand_uniform_aes`]): an item of a round's update, whose seeds derive from one
+    /// the hospital signs. A seed must never serve two plaintexts (their difference would show).
+    pub fn encrypt_seeded_aes(&mut self, pt: &Plaintext, seed: Seed) -> SeededCiphertext {
+        self.encrypt_seeded_with(pt, seed, Ring::expand_uniform_aes)
     }
 
     fn encrypt_seeded_with(
         &mut self,
         pt: &Plaintext,
+        seed: Seed,
         expand: fn(&Ring, &Seed, &[usize]) -> Poly,
     ) -> SeededCiphertext {
         let ctx = &self.ctx;
         let ring = ctx.ring();
         let basis = ctx.q_basis(pt.level());
-        let seed = self.prng.seed();
         let a = expand(ring, &seed, basis);
         let e = Zeroizing::new(self.prng.gaussian(ring.n()));
         let mut c0 = ring.from_small_signed(&e, basis);
