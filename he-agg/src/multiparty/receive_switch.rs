@@ -160,13 +160,7 @@ impl ReceiveSwitch {
         input.check(&self.ctx)?;
         let c1 = input.c1();
         let level = c1.limbs();
-        if mask.level() != level {
-            return Err(MultipartyError::Shape("flooding mask"));
-        }
-        self.check_mask(&mask)?;
-        // values of magnitude one at least must survive the flooding
-        self.flooding
-            .check_headroom(&self.ctx, level, input.scale, 1.0, self.parties)?;
+        self.check_mask(&mask, level, input.scale)?;
         let rl = self.ctx.rlwe();
         let basis = rl.q_basis(level);
         let s = Zeroizing::new(select_limbs(sk.poly(), rl, basis));
@@ -206,12 +200,7 @@ impl ReceiveSwitch {
         if level == 0 || level > self.ctx.max_level() {
             return Err(MultipartyError::Shape("update level"));
         }
-        if mask.level() != level {
-            return Err(MultipartyError::Shape("flooding mask"));
-        }
-        self.check_mask(&mask)?;
-        self.flooding
-            .check_headroom(&self.ctx, level, sum.scale, 1.0, self.parties)?;
+        self.check_mask(&mask, level, sum.scale)?;
         let rl = self.ctx.rlwe();
         let (ring, basis) = (rl.ring(), rl.q_basis(level));
         let mut h = (*mask.e).clone();
@@ -229,11 +218,23 @@ impl ReceiveSwitch {
         self.mask_to_receiver(h, receive, a_seed, rescale)
     }
 
-    /// A mask made with less flooding than this switch asks for would under-protect s_i.
-    fn check_mask(&self, mask: &FloodMask) -> Result<(), MultipartyError> {
+    /// `mask` serves an input at `level` and `scale`: made for that level and with this switch's
+    /// flooding (less would under-protect s_i), and values of magnitude one at least survive
+    /// the flooding of all parties' shares.
+    fn check_mask(
+        &self,
+        mask: &FloodMask,
+        level: usize,
+        scale: f64,
+    ) -> Result<(), MultipartyError> {
+        if mask.level() != level {
+            return Err(MultipartyError::Shape("flooding mask"));
+        }
         if mask.sigma.to_bits() != self.flooding.sigma().to_bits() {
             return Err(MultipartyError::Shape("flooding mask of another flooding"));
         }
+        self.flooding
+            .check_headroom(&self.ctx, level, scale, 1.0, self.parties)?;
         Ok(())
     }
 
