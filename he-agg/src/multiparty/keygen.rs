@@ -145,6 +145,26 @@ pub struct RelinKeyShare2 {
     pub(crate) h1: Vec<Poly>,
 }
 
+impl RelinKeyShare1 {
+    /// A share from its digit pairs (as a relay would present one: what it holds is only what
+    /// its parties signed, so a receiver checks it before making round 2 on it).
+    pub fn from_parts(h0: Vec<Poly>, h1: Vec<Poly>) -> Self {
+        Self { h0, h1 }
+    }
+
+    /// The digit pairs (h0_j, h1_j).
+    pub fn parts(&self) -> (&[Poly], &[Poly]) {
+        (&self.h0, &self.h1)
+    }
+}
+
+impl RelinKeyShare2 {
+    /// The digit pairs (h0'_j, h1'_j).
+    pub fn parts(&self) -> (&[Poly], &[Poly]) {
+        (&self.h0, &self.h1)
+    }
+}
+
 impl RelinKeyGen {
     pub fn new(ctx: &Arc<CkksContext>, crs: &Crs) -> Result<Self, MultipartyError> {
         if ctx.rlwe().num_p() == 0 {
