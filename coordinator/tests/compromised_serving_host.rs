@@ -12,10 +12,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use coordinator::config::FederationConfig;
-use coordinator::provision::{Roster, provision};
+use coordinator::provision::Roster;
 use coordinator::serve::collective::keys::{KeyPlan, ServedKeys, setup_id};
 use he_agg::ckks::{Ciphertext, CkksContext, SecretKey, wire};
 use he_agg::infer::threshold::served_combiner;
@@ -24,10 +23,10 @@ use he_agg::ring::Poly;
 use protocol::link::{Incoming, Link, accept_connection, listen};
 use protocol::serve::collective::ResultSwitchRequest;
 use protocol::tls::TlsFiles;
-use protocol::{Body, FederationId, Party};
+use protocol::{Body, Party};
 
 mod common;
-use common::{Procs, client_bin, coordinator_bin, data_dir, free_port};
+use common::{Fed, Procs, client_bin, free_port, trained};
 
 const WAIT: Duration = Duration::from_secs(300);
 
@@ -47,71 +46,7 @@ fn log(root: &Path, name: &str) -> std::fs::File {
     std::fs::File::create(root.join(name)).unwrap()
 }
 
-fn wait_success(child: &mut Child, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{what} exited with {status}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what} did not finish");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-struct Trained {
-    _dir: tempfile::TempDir,
-    root: std::path::PathBuf,
-    coordinator_dir: std::path::PathBuf,
-    hospital_dirs: Vec<std::path::PathBuf>,
-    federation: FederationId,
-}
-
-/// Provisions and trains the federation with the real binaries (one round).
-fn trained() -> Trained {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
-    let text = config(free_port());
-    let cfg = FederationConfig::from_toml(&text).unwrap();
-    let p = provision(&cfg, &text, &root.join("fed")).unwrap();
-    let mut training = Procs(vec![
-        Command::new(coordinator_bin())
-            .args(["run", "--dir"])
-            .arg(&p.coordinator_dir)
-            .stdout(Stdio::null())
-            .stderr(log(&root, "coordinator.log"))
-            .spawn()
-            .unwrap(),
-    ]);
-    for (i, site) in p.hospital_dirs.iter().enumerate() {
-        training.0.push(
-            Command::new(client_bin())
-                .args(["run", "--site"])
-                .arg(site.join("site.toml"))
-                .arg("--out")
-                .arg(root.join(format!("node-{}", i + 1)))
-                .env("HEAL_DATA_DIR", data_dir())
-                .env("HEAL_OFFLINE", "1")
-                .env("RAYON_NUM_THREADS", "1")
-                .stdout(Stdio::null())
-                .stderr(log(&root, &format!("hospital-{}.log", i + 1)))
-                .spawn()
-                .unwrap(),
-        );
-    }
-    for (i, c) in training.0.iter_mut().enumerate() {
-        wait_success(c, &format!("training process {i}"));
-    }
-    Trained {
-        _dir: dir,
-        root,
-        coordinator_dir: p.coordinator_dir,
-        hospital_dirs: p.hospital_dirs,
-        federation: p.federation,
-    }
-}
-
-fn keyholder(fed: &Trained, i: usize, addr: &str) -> Child {
+fn keyholder(fed: &Fed, i: usize, addr: &str) -> Child {
     Command::new(client_bin())
         .args([
             "hold-keys",
@@ -176,14 +111,14 @@ fn limb0(ctx: &CkksContext, p: &Poly) -> Vec<i64> {
 
 /// A keyholder's inference secret as it keeps it on disk (only this test reads it: to check
 /// what the attack recovered).
-fn secret_on_disk(ctx: &CkksContext, fed: &Trained, i: usize) -> SecretKey {
+fn secret_on_disk(ctx: &CkksContext, fed: &Fed, i: usize) -> SecretKey {
     let path = fed.root.join(format!("node-{i}/state/inference/share.key"));
     wire::decode_secret_key(ctx, &std::fs::read(path).unwrap()).unwrap()
 }
 
 #[test]
 fn a_compromised_serving_host_reads_the_collective_inference_key() {
-    let fed = trained();
+    let fed = trained(&config(free_port()));
     let roster = Roster::read(&fed.coordinator_dir.join("roster.toml"))
         .unwrap()
         .parties();

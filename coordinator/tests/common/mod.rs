@@ -149,3 +149,40 @@ pub fn start_hospital(fed: &Fed, index: usize) -> Child {
         .spawn()
         .unwrap()
 }
+
+/// Provisions `text` and trains it to its end with the real binaries (`coordinator run` and
+/// every hospital's `client run`, outputs in ROOT/node-<i>, logs in ROOT), each within 10
+/// minutes.
+pub fn trained(text: &str) -> Fed {
+    let fed = provisioned(text);
+    let mut training = Procs(vec![
+        Command::new(coordinator_bin())
+            .args(["run", "--dir"])
+            .arg(&fed.coordinator_dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(fed.root.join("coordinator.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    ]);
+    for i in 1..=fed.hospital_dirs.len() {
+        training.0.push(start_hospital(&fed, i));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    for (i, c) in training.0.iter_mut().enumerate() {
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "training process {i} exited with {status}"
+                );
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "training process {i} did not finish"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    fed
+}
