@@ -218,6 +218,15 @@ impl FederationConfig {
                 f.hospitals
             );
         }
+        if !self.he.plaintext && 2 * t <= f.hospitals {
+            bail!(
+                "[federation] threshold = {t} of {} hospitals: two disjoint sets of {t} could each \
+                 switch a different sum of one round, and their difference is one hospital's \
+                 update; the threshold must exceed half the hospitals (here at least {})",
+                f.hospitals,
+                f.hospitals / 2 + 1
+            );
+        }
         let q = self.min_hospitals();
         if q == 0 || q > f.hospitals {
             bail!(
@@ -395,6 +404,25 @@ activation = "square"
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("threshold"), "{e:#}");
+        // t ≤ N/2: two disjoint switcher sets could switch two sums of one round
+        let e = FederationConfig::from_toml(&OK.replace(
+            "hospitals = 5",
+            "hospitals = 5\nthreshold = 2\nmin_hospitals = 2",
+        ))
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("must exceed half the hospitals (here at least 3)"),
+            "{e:#}"
+        );
+        // a plaintext federation switches nothing
+        FederationConfig::from_toml(&format!(
+            "{}\n[he]\nplaintext = true",
+            OK.replace(
+                "hospitals = 5",
+                "hospitals = 5\nthreshold = 2\nmin_hospitals = 2"
+            )
+        ))
+        .unwrap();
         let e = FederationConfig::from_toml(&OK.replace("[dataset]", "[datasets]")).unwrap_err();
         assert!(
             format!("{e:#}").contains("unknown section [datasets]"),

@@ -6,6 +6,7 @@
 
 use protocol::message::{Body, Phase};
 use protocol::transcript::{Contribution, PartyKeys, SealedShare};
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 /// What the site is configured to be part of.
@@ -44,6 +45,15 @@ pub struct SwitchOrder {
     pub prepared: bool,
 }
 
+/// The sum a switcher switched in a round: the (hospital, weight) of the updates it summed.
+/// Kept on disk before a share leaves, so that a restart never lets a second sum of the round
+/// through (their difference could be one hospital's update).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchRecord {
+    pub round: u64,
+    pub sum: Vec<(u32, u64)>,
+}
+
 /// What the shell is to do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -57,6 +67,9 @@ pub enum Action {
     OpenRelayedShares { sealed: Vec<SealedShare> },
     /// Train from the global model held, encrypt the update and send it.
     Train { round: u64 },
+    /// Store this record durably (before the switch that follows): it is the one sum of its
+    /// round this hospital switches, across restarts.
+    RecordSwitch(SwitchRecord),
     /// Make switching shares from the signed updates named and send them.
     Switch(SwitchOrder),
     /// Start making the masks of `shape`'s switch of `count` ciphertexts ahead.
@@ -136,8 +149,8 @@ pub struct Participant {
     /// the last switch request this node served
     last_switch: Option<SwitchShape>,
     /// the round it last switched and the (hospital, weight) of the updates that aggregate
-    /// summed
-    switched: Option<(u64, Vec<(u32, u64)>)>,
+    /// summed (restored from disk after a restart)
+    switched: Option<SwitchRecord>,
     /// the request masks are being made ahead for
     prepared: Option<SwitchShape>,
 }
@@ -153,6 +166,12 @@ impl Participant {
             switched: None,
             prepared: None,
         }
+    }
+
+    /// With the sum it switched before a restart (what the shell stored for `RecordSwitch`).
+    pub fn with_switched(mut self, record: Option<SwitchRecord>) -> Self {
+        self.switched = record;
+        self
     }
 
     /// The round of the global model held.
@@ -250,7 +269,7 @@ impl Participant {
                         weights: contributions.len(),
                     });
                 }
-                self.check_switch(round, *count, contributions)?;
+                let record = self.check_switch(round, *count, contributions)?;
                 let weights: Vec<u64> = contributions.iter().map(|c| c.weight).collect();
                 let shape = SwitchShape {
                     round,
@@ -260,7 +279,9 @@ impl Participant {
                 // masks made ahead serve only the request they were made for, and only once
                 let prepared = self.prepared.take().as_ref() == Some(&shape);
                 self.last_switch = Some(shape);
-                vec![Action::Switch(SwitchOrder {
+                let mut actions: Vec<Action> =
+                    record.into_iter().map(Action::RecordSwitch).collect();
+                actions.push(Action::Switch(SwitchOrder {
                     round,
                     attempt: *attempt,
                     active: active.clone(),
@@ -268,7 +289,8 @@ impl Participant {
                     contributions: contributions.clone(),
                     count: *count,
                     prepared,
-                })]
+                }));
+                actions
             }
             Body::RoundResult {
                 total_weight,
@@ -366,12 +388,13 @@ impl Participant {
     /// A switch request is for the open round (the one after the model held), sums the signed
     /// updates of at least t distinct hospitals of the consortium, and is the only aggregate
     /// this hospital switches in that round (a retry with other switchers is the same one).
+    /// Returns the record to store first when the round's sum is new here.
     fn check_switch(
         &mut self,
         round: u64,
         count: u32,
         contributions: &[Contribution],
-    ) -> Result<(), ParticipantError> {
+    ) -> Result<Option<SwitchRecord>, ParticipantError> {
         if round != self.held + 1 {
             return Err(ParticipantError::SwitchRound {
                 round,
@@ -398,18 +421,23 @@ impl Participant {
         // away (one hospital's update, if they differ by one). The same hospitals with the same
         // signed weights is the same sum: a retry with other switchers, or the round redone
         // after a coordinator restart (each hospital retrains from the same model and seed).
-        let mut set: Vec<(u32, u64)> = contributions
+        // The record survives restarts (the shell stores it before any share leaves), and with
+        // t > N/2 (the site's and the federation's configs refuse less) any two sets of t
+        // switchers share one that refuses the second sum.
+        let mut sum: Vec<(u32, u64)> = contributions
             .iter()
             .map(|c| (c.hospital, c.weight))
             .collect();
-        set.sort_unstable();
+        sum.sort_unstable();
         match &self.switched {
-            Some((r, before)) if *r == round && *before != set => {
+            Some(r) if r.round == round && r.sum != sum => {
                 Err(ParticipantError::SwitchedOther(round))
             }
+            Some(r) if r.round == round => Ok(None),
             _ => {
-                self.switched = Some((round, set));
-                Ok(())
+                let record = SwitchRecord { round, sum };
+                self.switched = Some(record.clone());
+                Ok(Some(record))
             }
         }
     }

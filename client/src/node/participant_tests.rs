@@ -238,6 +238,13 @@ fn switch_action(round: u64, prepared: bool) -> Action {
     })
 }
 
+fn record(round: u64) -> Action {
+    Action::RecordSwitch(SwitchRecord {
+        round,
+        sum: vec![(1, 10), (2, 20)],
+    })
+}
+
 #[test]
 fn masks_made_ahead_serve_only_the_request_they_fit_once() {
     let mut p = Participant::new(ME, 0, 10);
@@ -245,7 +252,7 @@ fn masks_made_ahead_serve_only_the_request_they_fit_once() {
     assert_eq!(p.update_sent(1, 4), vec![]);
     assert_eq!(
         p.handle(1, &switch(vec![10, 20], vec![1, 2])),
-        Ok(vec![switch_action(1, false)])
+        Ok(vec![record(1), switch_action(1, false)])
     );
     assert_eq!(p.result_applied(1), vec![]);
     // the next round's masks are made for the same shape…
@@ -264,7 +271,7 @@ fn masks_made_ahead_serve_only_the_request_they_fit_once() {
     // …and used when the request fits
     assert_eq!(
         p.handle(2, &switch(vec![10, 20], vec![1, 2])),
-        Ok(vec![switch_action(2, true)])
+        Ok(vec![record(2), switch_action(2, true)])
     );
     // a retry of the same request finds them used
     assert_eq!(
@@ -279,10 +286,13 @@ fn masks_made_ahead_serve_only_the_request_they_fit_once() {
     ));
     assert!(matches!(
         p.handle(3, &switch(vec![10, 30], vec![1, 2])).unwrap()[..],
-        [Action::Switch(SwitchOrder {
-            prepared: false,
-            ..
-        })]
+        [
+            Action::RecordSwitch(_),
+            Action::Switch(SwitchOrder {
+                prepared: false,
+                ..
+            })
+        ]
     ));
     // a node that skipped a round's switch prepares nothing for the round after
     assert_eq!(p.update_sent(5, 4), vec![]);
@@ -406,5 +416,45 @@ fn only_the_open_rounds_aggregate_of_a_quorum_of_signed_updates_is_switched_once
     assert_eq!(
         p.handle(5, &switch(vec![10, 20, 30], vec![1, 2])),
         Err(ParticipantError::SwitchedOther(5))
+    );
+}
+
+#[test]
+fn the_sum_a_switcher_switched_is_recorded_first_and_binds_it_after_a_restart() {
+    let mut p = Participant::new(ME, 4, 10);
+    let actions = p.handle(5, &switch(vec![10, 20], vec![1, 2])).unwrap();
+    // the record comes before the switch: the shell stores it before any share leaves
+    let record = SwitchRecord {
+        round: 5,
+        sum: vec![(1, 10), (2, 20)],
+    };
+    assert_eq!(actions[0], Action::RecordSwitch(record.clone()));
+    assert!(matches!(actions[1], Action::Switch(_)));
+    // a retry of the same sum needs no new record
+    let retry = p.handle(5, &switch(vec![10, 20], vec![2, 3])).unwrap();
+    assert!(matches!(retry.as_slice(), [Action::Switch(_)]));
+    // restarted: memory is empty, the record is what it has
+    let mut restarted = Participant::new(ME, 4, 10).with_switched(Some(record.clone()));
+    assert_eq!(
+        restarted.handle(5, &switch(vec![10, 20, 30], vec![1, 3])),
+        Err(ParticipantError::SwitchedOther(5))
+    );
+    assert!(
+        restarted
+            .handle(5, &switch(vec![10, 20], vec![1, 3]))
+            .is_ok()
+    );
+    // without it (today's code before the record) the second sum went through
+    let mut forgetful = Participant::new(ME, 4, 10);
+    assert!(
+        forgetful
+            .handle(5, &switch(vec![10, 20, 30], vec![1, 3]))
+            .is_ok()
+    );
+    // a record of an earlier round binds nothing in the next one
+    let mut next = Participant::new(ME, 5, 10).with_switched(Some(record));
+    assert!(
+        next.handle(6, &switch(vec![10, 20, 30], vec![1, 3]))
+            .is_ok()
     );
 }

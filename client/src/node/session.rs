@@ -26,7 +26,7 @@ use super::keys::{Keys, PeerKeys};
 use super::participant::{Action, Membership, Participant};
 use super::privacy::NodePrivacy;
 use super::site::SiteConfig;
-use super::state::{ModelState, StateFile};
+use super::state::{ModelState, StateFile, SwitchRecordFile};
 use super::trust;
 
 pub enum SessionEnd {
@@ -182,6 +182,7 @@ impl Node {
             Some(he) => he.codec.ciphertexts_for(n),
             None => protocol::plain::max_items(n),
         };
+        let switch_record = SwitchRecordFile::new(&dirs.state);
         let participant = Participant::new(
             Membership {
                 index,
@@ -191,7 +192,8 @@ impl Node {
             },
             state.round,
             max_items,
-        );
+        )
+        .with_switched(switch_record.load()?);
         Ok(Self {
             cfg,
             dirs,
@@ -251,6 +253,10 @@ impl Node {
                         queue.extend(self.participant.update_sent(round, items));
                     }
                     Action::PrepareMasks { shape, count } => self.prepare_masks(&shape, count),
+                    Action::RecordSwitch(record) => {
+                        let file = SwitchRecordFile::new(&self.dirs.state);
+                        tokio::task::block_in_place(|| file.save(&record))?;
+                    }
                     Action::Switch(order) => self.switch(link, &order, &mut msg).await?,
                     Action::ApplyResult {
                         round,

@@ -117,6 +117,17 @@ impl SiteConfig {
                 s.hospitals
             );
         }
+        // this hospital's own check of what its switches rely on, whatever the coordinator says:
+        // two disjoint sets of t switchers could switch two sums of one round
+        if !self.he.plaintext && 2 * s.threshold <= s.hospitals {
+            bail!(
+                "[site] threshold {} of {} hospitals: the threshold must exceed half the \
+                 hospitals, or two disjoint sets of switchers could each switch a different sum \
+                 of one round (their difference is one hospital's update)",
+                s.threshold,
+                s.hospitals
+            );
+        }
         self.federation_id()?;
         self.node.metrics_addr()?;
         let h = self.node.membership_holdout;
@@ -227,6 +238,13 @@ seed = 7
     fn bad_sites_are_refused_with_the_reason() {
         let err = |t: &str| format!("{:#}", parse(t).unwrap_err());
         assert!(err(&SITE.replace("index = 2", "index = 4")).contains("index 4"));
+        assert!(
+            err(&SITE.replace(
+                "hospitals = 3\nthreshold = 2",
+                "hospitals = 4\nthreshold = 2"
+            ))
+            .contains("must exceed half the hospitals")
+        );
         assert!(
             err(&SITE.replace("threshold = 2", "threshold = 2\ncolour = 1"))
                 .contains("unknown field")

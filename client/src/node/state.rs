@@ -1,5 +1,5 @@
 //! What a hospital keeps between rounds and across restarts: the round of the global model it
-//! holds, that model (flat f32), and the server optimiser's state.
+//! holds, that model (flat f32), the server optimiser's state, and the sum it last switched.
 
 use std::path::{Path, PathBuf};
 
@@ -7,6 +7,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::keys::write_secret;
+use super::participant::SwitchRecord;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelState {
@@ -46,5 +47,39 @@ impl StateFile {
     /// this hospital's user only: it is the global model.
     pub fn save(&self, s: &ModelState) -> anyhow::Result<()> {
         write_secret(&self.path, &postcard::to_allocvec(s)?)
+    }
+}
+
+/// The one sum this hospital switched in its latest switched round (`switched.bin`), stored
+/// before any of its shares leaves: a restarted switcher refuses a second sum of that round.
+pub struct SwitchRecordFile {
+    path: PathBuf,
+}
+
+impl SwitchRecordFile {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            path: dir.join("switched.bin"),
+        }
+    }
+
+    pub fn load(&self) -> anyhow::Result<Option<SwitchRecord>> {
+        match std::fs::read(&self.path) {
+            // a damaged record must not be mistaken for none: the node stops and says so
+            Ok(b) => Ok(Some(postcard::from_bytes(&b).with_context(|| {
+                format!(
+                    "{} is corrupt: it records the sum this hospital switched last; restore it \
+                     from a backup rather than delete it",
+                    self.path.display()
+                )
+            })?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", self.path.display())),
+        }
+    }
+
+    /// Replaces the record durably (fsynced, renamed, directory fsynced).
+    pub fn save(&self, r: &SwitchRecord) -> anyhow::Result<()> {
+        super::keys::write_public(&self.path, &postcard::to_allocvec(r)?)
     }
 }
