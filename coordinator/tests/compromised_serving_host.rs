@@ -1,12 +1,18 @@
 //! A compromised serving host (issue 46, item 1): this test plays the mode (a) serving
 //! coordinator with the coordinator's real kit against the real `client hold-keys` of a trained
 //! 3-hospital federation (t = 2) on 127.0.0.1, and tries to read the collective inference
-//! secret two ways:
-//! - in setup, it hands every keyholder a round-1 relinearization "sum" of its own (a constant
-//!   K): a keyholder that makes its round-2 share on it returns s_i·K + e, its secret share;
-//! - serving, it asks t keyholders to switch a "result" c = (0, K) to a key of its own: the
-//!   switched result decrypts to K·s + flooding, the collective secret.
+//! secret the ways that worked before 25 November 2026:
+//! - in setup, it hands a keyholder a round-1 relinearization "sum" of its own (a constant K): a
+//!   keyholder that makes its round-2 share on it returns s_i·K + e, its secret share (now each
+//!   keyholder checks every keyholder's signed shares and makes the sum itself);
+//! - serving, it asks t keyholders to switch a "result" c = (0, K) to a key of its own, which
+//!   decrypts to K·s + flooding, the collective secret (now a keyholder switches only its own
+//!   evaluation of a request its requester signed, to the key the requester signed);
+//! - it alters a genuinely signed request: its own key in the requester's place, or a crafted
+//!   image in place of one of the requester's.
 //!
+//! Every attempt must be refused, and the genuine request served: both keyholders compute the
+//! same results and only the requester reads the logits, which are the plaintext network's.
 //! Every wait is bounded; the children die with the test.
 
 use std::collections::BTreeMap;
@@ -15,14 +21,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use coordinator::provision::Roster;
-use coordinator::serve::collective::keys::{KeyPlan, ServedKeys, setup_id};
-use he_agg::ckks::{Ciphertext, CkksContext, SecretKey, wire};
+use coordinator::serve::collective::keys::{KeyPlan, ServedKeys};
+use he_agg::ckks::{Ciphertext, CkksContext, wire};
+use he_agg::infer::NetworkFile;
 use he_agg::infer::threshold::served_combiner;
 use he_agg::multiparty::{RelinKeyShare1, wire as mpw};
 use he_agg::ring::Poly;
 use protocol::link::{Incoming, Link, accept_connection, listen};
-use protocol::serve::collective::ResultSwitchRequest;
+use protocol::serve::collective::{CollectiveRequest, EvaluateRequest, ResultSwitchRequest};
 use protocol::tls::TlsFiles;
+use protocol::transcript::Signer;
 use protocol::{Body, Party};
 
 mod common;
@@ -91,33 +99,51 @@ fn constant(ctx: &CkksContext, basis: &[usize], k: u128) -> Poly {
     Poly::from_data(ctx.n(), data)
 }
 
-/// The coefficients of limb 0 of an NTT-form polynomial over the key basis, centred.
-fn limb0(ctx: &CkksContext, p: &Poly) -> Vec<i64> {
-    let ring = ctx.rlwe().ring();
-    let idx = ctx.rlwe().key_basis()[0];
-    let q = ring.modulus(idx).value();
-    let mut limb = p.limb(0).to_vec();
-    ring.intt_limb(&mut limb, idx);
-    limb.iter()
-        .map(|&x| {
-            if x > q / 2 {
-                x as i64 - q as i64
-            } else {
-                x as i64
-            }
-        })
-        .collect()
+/// The next message on `link` within `wait`, if any.
+async fn answer(link: &Link, wait: Duration) -> Option<Incoming> {
+    match tokio::time::timeout(wait, link.accept()).await {
+        Ok(Ok(m)) => Some(m),
+        _ => None,
+    }
 }
 
-/// A keyholder's inference secret as it keeps it on disk (only this test reads it: to check
-/// what the attack recovered).
-fn secret_on_disk(ctx: &CkksContext, fed: &Fed, i: usize) -> SecretKey {
-    let path = fed.root.join(format!("node-{i}/state/inference/share.key"));
-    wire::decode_secret_key(ctx, &std::fs::read(path).unwrap()).unwrap()
+/// Accepts a keyholder's (re)connection and its hello.
+async fn accept_keyholder(
+    endpoint: &protocol::quinn::Endpoint,
+    fed: &Fed,
+    roster: &std::collections::HashMap<String, Party>,
+) -> (u32, Link) {
+    let incoming = tokio::time::timeout(WAIT, endpoint.accept())
+        .await
+        .expect("a keyholder connects")
+        .unwrap();
+    let link = accept_connection(incoming, fed.federation, roster)
+        .await
+        .unwrap();
+    let Party::Hospital(h) = link.peer() else {
+        panic!("not a hospital")
+    };
+    assert!(matches!(
+        next(&link).await.envelope.body,
+        Body::KeyholderHello { .. }
+    ));
+    (h, link)
+}
+
+async fn send(link: &Link, body: Body, items: &[Vec<u8>]) {
+    let mut out = link.open(0, body).await.unwrap();
+    for it in items {
+        out.item(it).await.unwrap();
+    }
+    out.finish().await.unwrap();
+}
+
+fn log_of(fed: &Fed, i: usize) -> String {
+    std::fs::read_to_string(fed.root.join(format!("keyholder-{i}.log"))).unwrap()
 }
 
 #[test]
-fn a_compromised_serving_host_reads_the_collective_inference_key() {
+fn a_compromised_serving_host_reads_no_inference_key_and_alters_no_request() {
     let fed = trained(&config(free_port()));
     let roster = Roster::read(&fed.coordinator_dir.join("roster.toml"))
         .unwrap()
@@ -132,24 +158,17 @@ fn a_compromised_serving_host_reads_the_collective_inference_key() {
     )
     .unwrap();
     let _keyholders = Procs((1..=3).map(|i| keyholder(&fed, i, &addr)).collect());
+    let net = NetworkFile::from_json(
+        &std::fs::read_to_string(fed.root.join("node-1/network.json")).unwrap(),
+        &fed.root.join("node-1/network.json"),
+    )
+    .unwrap()
+    .network;
 
-    let (recovered_shares, truth_shares, recovered_s, truth_s) = rt.block_on(async {
+    rt.block_on(async {
         let mut links: BTreeMap<u32, Link> = BTreeMap::new();
         while links.len() < 3 {
-            let incoming = tokio::time::timeout(WAIT, endpoint.accept())
-                .await
-                .expect("keyholders connect")
-                .unwrap();
-            let link = accept_connection(incoming, fed.federation, &roster)
-                .await
-                .unwrap();
-            let Party::Hospital(h) = link.peer() else {
-                panic!("not a hospital")
-            };
-            assert!(matches!(
-                next(&link).await.envelope.body,
-                Body::KeyholderHello { .. }
-            ));
+            let (h, link) = accept_keyholder(&endpoint, &fed, &roster).await;
             links.insert(h, link);
         }
         // round 1, collected as an honest server would
@@ -177,39 +196,45 @@ fn a_compromised_serving_host_reads_the_collective_inference_key() {
             }
             keys.store_round1(stream).unwrap();
         }
-        let compiled = keys.compiled().unwrap();
-        let ctx = compiled.ctx.clone();
-        let KeyPlan::Served { plan, .. } = &compiled.plan else {
-            panic!("a served plan")
-        };
-        let spec = plan.spec().clone();
+        let ctx = keys.compiled().unwrap().ctx.clone();
         let basis = ctx.rlwe().key_basis().to_vec();
 
-        // 1. the crafted round-1 relinearization sum: h0 = K, h1 = 0
+        // 1. keyholder 1 is relayed hospital 2's relinearization share replaced by one of the
+        //    server's making (h0 = K, h1 = 0, minus the others: the sum it wants), with
+        //    hospital 2's signature: refused, no round-2 share leaves
         const K: u128 = 1 << 20;
-        let (_, honest) = keys.round1_result(1).unwrap();
-        let digits = mpw::decode_relin_share1(&ctx, &honest[0])
+        let (body, mut crafted) = keys.round1_result(1).unwrap();
+        let digits = mpw::decode_relin_share1(&ctx, &crafted[1])
             .unwrap()
             .parts()
             .0
             .len();
-        let crafted = RelinKeyShare1::from_parts(
-            (0..digits).map(|_| constant(&ctx, &basis, K)).collect(),
-            (0..digits).map(|_| constant(&ctx, &basis, 0)).collect(),
+        crafted[3] = mpw::encode_relin_share1(
+            &ctx,
+            &RelinKeyShare1::from_parts(
+                (0..digits).map(|_| constant(&ctx, &basis, K)).collect(),
+                (0..digits).map(|_| constant(&ctx, &basis, 0)).collect(),
+            ),
         );
-        let crafted = mpw::encode_relin_share1(&ctx, &crafted);
-        for (&h, link) in &links {
-            let (body, mut its) = keys.round1_result(h).unwrap();
-            its[0] = crafted.clone();
-            let mut out = link.open(0, body).await.unwrap();
-            for it in &its {
-                out.item(it).await.unwrap();
-            }
-            out.finish().await.unwrap();
+        send(&links[&1], body, &crafted).await;
+        for h in [2u32, 3] {
+            let (body, its) = keys.round1_result(h).unwrap();
+            send(&links[&h], body, &its).await;
         }
-        let mut recovered_shares = Vec::new();
-        let mut truth_shares = Vec::new();
-        for (&h, link) in &links {
+        // keyholder 1 drops the session and comes back; 2 and 3 answer
+        let (back, link) = accept_keyholder(&endpoint, &fed, &roster).await;
+        assert_eq!(back, 1, "keyholder 1 reconnects after refusing");
+        assert!(
+            log_of(&fed, 1)
+                .contains("hospital 2's signature over its inference key shares does not verify"),
+            "{}",
+            log_of(&fed, 1)
+        );
+        links.insert(1, link);
+        // relayed honestly now
+        let (body, its) = keys.round1_result(1).unwrap();
+        send(&links[&1], body, &its).await;
+        for link in links.values() {
             let mut formed = false;
             let mut share2 = None;
             while !(formed && share2.is_some()) {
@@ -220,108 +245,197 @@ fn a_compromised_serving_host_reads_the_collective_inference_key() {
                     other => panic!("unexpected {}", other.kind()),
                 }
             }
-            let share2 = mpw::decode_relin_share2(&ctx, &share2.unwrap()).unwrap();
-            let words = limb0(&ctx, &share2.parts().0[0]);
-            recovered_shares.push(
-                words
-                    .iter()
-                    .map(|&w| (w as f64 / K as f64).round() as i64)
-                    .collect::<Vec<i64>>(),
-            );
-            truth_shares.push(limb0(&ctx, secret_on_disk(&ctx, &fed, h as usize).poly()));
+            keys.store_round2(&share2.unwrap()).unwrap();
         }
-
-        // 2. serving: c = (0, K) at the results' level, switched to the server's own key
-        let level = spec.output_level();
-        let q_basis = ctx.rlwe().q_basis(level).to_vec();
-        let q_bits: u32 = q_basis
-            .iter()
-            .map(|&i| ctx.rlwe().ring().modulus(i).bits())
-            .sum();
-        let k_exp = q_bits - 6;
-        let mut parts = vec![constant(&ctx, &q_basis, 0), constant(&ctx, &q_basis, 0)];
-        // K = 2^k_exp in every limb
-        for (pos, &idx) in q_basis.iter().enumerate() {
-            let q = u128::from(ctx.rlwe().ring().modulus(idx).value());
-            let mut v = 1u128;
-            for _ in 0..k_exp {
-                v = (v * 2) % q;
-            }
-            parts[1].limb_mut(pos).fill(v as u64);
+        keys.make_keys().unwrap();
+        let (body, its) = keys.keyholder_keys().unwrap();
+        for link in links.values() {
+            send(link, body.clone(), &its).await;
         }
-        let ct = Ciphertext {
-            parts,
-            scale: spec.input_scale(),
+        for link in links.values() {
+            assert!(matches!(
+                next(link).await.envelope.body,
+                Body::KeyholderReady
+            ));
+        }
+        let setup = keys.setup().unwrap();
+        let compiled = keys.compiled().unwrap();
+        let KeyPlan::Served { plan, .. } = &compiled.plan else {
+            panic!("a served plan")
         };
+        let spec = plan.spec().clone();
+        let collective = wire::decode_public_key(&ctx, keys.public_key_bytes().unwrap()).unwrap();
+
+        // the server's own key, and a "result" c = (0, K) at the results' level
         let mut kg = ctx.key_generator().unwrap();
         let own_sk = kg.secret_key();
         let own_pk = wire::encode_public_key(&ctx, &kg.public_key(&own_sk));
-        let setup = setup_id(&crafted);
+        let level = spec.output_level();
+        let q_basis = ctx.rlwe().q_basis(level).to_vec();
+        let crafted_ct = Ciphertext {
+            parts: vec![
+                constant(&ctx, &q_basis, 0),
+                constant(&ctx, &q_basis, 1 << 60),
+            ],
+            scale: spec.input_scale(),
+        };
         let active = vec![1u32, 2];
+        // 2. the switch of a ciphertext the server sent, to its own key (what worked before)
         for h in &active {
-            let mut out = links[h]
-                .open(
-                    0,
-                    Body::ResultSwitch(ResultSwitchRequest {
-                        setup,
-                        request: 1,
-                        attempt: 0,
-                        requester: 1,
-                        active: active.clone(),
-                        count: 1,
-                    }),
-                )
-                .await
-                .unwrap();
-            out.item(&own_pk).await.unwrap();
-            out.item(&wire::encode_ciphertext(&ctx, &ct)).await.unwrap();
-            out.finish().await.unwrap();
+            send(
+                &links[h],
+                Body::ResultSwitch(ResultSwitchRequest {
+                    setup,
+                    request: 1,
+                    attempt: 0,
+                    requester: 1,
+                    active: active.clone(),
+                    count: 1,
+                }),
+                &[own_pk.clone(), wire::encode_ciphertext(&ctx, &crafted_ct)],
+            )
+            .await;
+        }
+
+        // a genuine request of hospital 1: its key, one image encrypted under the collective key,
+        // signed with its kit
+        let mut rkg = ctx.key_generator().unwrap();
+        let requester_sk = rkg.secret_key();
+        let requester_pk = wire::encode_public_key(&ctx, &rkg.public_key(&requester_sk));
+        let x: Vec<f32> = (0..net.input_len())
+            .map(|i| ((i * 37) % 101) as f32 / 101.0)
+            .collect();
+        let mut enc = ctx.pk_encryptor(&collective).unwrap();
+        let image: Vec<Vec<u8>> = spec
+            .encode_input(&ctx, &x)
+            .unwrap()
+            .iter()
+            .map(|pt| wire::encode_ciphertext(&ctx, &enc.encrypt(pt)))
+            .collect();
+        let hospital_1 = Signer::from_files(&TlsFiles::in_dir(&fed.hospital_dirs[0])).unwrap();
+        let mut signed = CollectiveRequest {
+            request_id: 41,
+            fingerprint: spec.fingerprint(),
+            images: 1,
+            ciphertexts_per_image: image.len() as u32,
+            signature: vec![],
+        };
+        let genuine: Vec<Vec<u8>> = std::iter::once(requester_pk.clone())
+            .chain(image.iter().cloned())
+            .collect();
+        signed.signature = hospital_1.sign(&signed.statement(
+            fed.federation,
+            1,
+            genuine.iter().map(Vec::as_slice),
+        ));
+        let evaluate = |request: u64, signed: &CollectiveRequest| {
+            Body::CollectiveEvaluate(EvaluateRequest {
+                setup,
+                request,
+                attempt: 0,
+                active: active.clone(),
+                requester: 1,
+                signed: signed.clone(),
+            })
+        };
+        // 3. the server's own key in the requester's place; 4. a crafted image in place of the
+        //    requester's; 5. no signature at all; then 6. the genuine request
+        let mut own_key = genuine.clone();
+        own_key[0] = own_pk.clone();
+        let mut crafted_image = genuine.clone();
+        let crafted_input = Ciphertext {
+            parts: vec![
+                constant(&ctx, ctx.rlwe().q_basis(spec.input_level()), 0),
+                constant(&ctx, ctx.rlwe().q_basis(spec.input_level()), 1 << 60),
+            ],
+            scale: spec.input_scale(),
+        };
+        crafted_image[1] = wire::encode_ciphertext(&ctx, &crafted_input);
+        let mut unsigned = signed.clone();
+        unsigned.signature = vec![0; 70];
+        for h in &active {
+            send(&links[h], evaluate(3, &signed), &own_key).await;
+            send(&links[h], evaluate(4, &signed), &crafted_image).await;
+            send(&links[h], evaluate(5, &unsigned), &genuine).await;
+            send(&links[h], evaluate(6, &signed), &genuine).await;
         }
         let pcks = served_combiner(&ctx, 3, 2).unwrap();
+        let mut results: Vec<Vec<u8>> = Vec::new();
         let mut sum = None;
         for h in &active {
-            let mut msg = next(&links[h]).await;
-            assert!(
-                matches!(msg.envelope.body, Body::ResultShares(_)),
-                "keyholder {h} answered {}",
-                msg.envelope.body.kind()
+            let mut msg = answer(&links[h], WAIT)
+                .await
+                .expect("an answer to the genuine request");
+            let Body::CollectiveEvaluated(a) = msg.envelope.body.clone() else {
+                panic!("keyholder {h} answered {}", msg.envelope.body.kind())
+            };
+            assert_eq!(
+                a.request, 6,
+                "keyholder {h} served altered request {}",
+                a.request
             );
-            let share =
-                mpw::decode_public_key_switch_share(&ctx, &items(&mut msg).await[0]).unwrap();
+            let its = items(&mut msg).await;
+            assert_eq!(its.len(), 2);
+            // both keyholders computed the same result from the same signed request
+            if results.is_empty() {
+                results.push(its[0].clone());
+            } else {
+                assert_eq!(results[0], its[0], "the keyholders' results differ");
+            }
+            let share = mpw::decode_public_key_switch_share(&ctx, &its[1]).unwrap();
             match sum.as_mut() {
                 None => sum = Some(share),
                 Some(acc) => pcks.aggregate(acc, &share).unwrap(),
             }
         }
-        let switched = pcks.finalize(&ct, sum.unwrap()).unwrap();
-        let read = ctx.decryptor(&own_sk).unwrap().decrypt(&switched);
-        let kf = 2f64.powi(k_exp as i32);
-        let recovered_s: Vec<i64> = ctx
-            .lift_coefficients(&read)
-            .iter()
-            .map(|v| (v / kf).round() as i64)
-            .collect();
-        // the truth: c = (0, K) decrypted with s = Σ s_i (the three secrets on disk)
-        let rl = ctx.rlwe();
-        let mut s = Poly::zero(ctx.n(), rl.key_basis().len());
-        for i in 1..=3 {
-            rl.ring()
-                .add_assign(&mut s, secret_on_disk(&ctx, &fed, i).poly(), rl.key_basis());
+        // nothing else came: every altered request was refused
+        for h in &active {
+            assert!(
+                answer(&links[h], Duration::from_secs(3)).await.is_none(),
+                "keyholder {h} answered an altered request"
+            );
         }
-        let s = SecretKey::from_poly(s, *ctx.fingerprint());
-        let truth_s: Vec<i64> = ctx
-            .lift_coefficients(&ctx.decryptor(&s).unwrap().decrypt(&ct))
+        let result = wire::decode_ciphertext(&ctx, &results[0]).unwrap();
+        let switched = pcks.finalize(&result, sum.unwrap()).unwrap();
+        let logits = spec
+            .decode_output(
+                &ctx,
+                &ctx.decryptor(&requester_sk).unwrap().decrypt(&switched),
+            )
+            .unwrap();
+        let want = net.forward(&x).unwrap();
+        let err = logits
             .iter()
-            .map(|v| (v / kf).round() as i64)
-            .collect();
+            .zip(&want)
+            .map(|(a, b)| (a - f64::from(*b)).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 0.05, "logits {logits:?} against {want:?}");
+        // the server's own key reads nothing of it
+        let read = spec
+            .decode_output(&ctx, &ctx.decryptor(&own_sk).unwrap().decrypt(&switched))
+            .unwrap();
+        assert!(
+            read.iter()
+                .zip(&want)
+                .any(|(a, b)| (a - f64::from(*b)).abs() > 1e3),
+            "the server's key read the result"
+        );
         for link in links.values() {
             link.close("done");
         }
-        (recovered_shares, truth_shares, recovered_s, truth_s)
     });
-    for (i, (got, want)) in recovered_shares.iter().zip(&truth_shares).enumerate() {
-        assert_eq!(got, want, "keyholder {}'s inference secret", i + 1);
+    for i in 1..=2 {
+        let log = log_of(&fed, i);
+        assert!(
+            log.contains(
+                "asked to switch ciphertexts the server sent while holding a served model's key"
+            ),
+            "{log}"
+        );
+        assert_eq!(
+            log.matches("refused to serve").count(),
+            3,
+            "keyholder {i} refused the three altered requests: {log}"
+        );
     }
-    assert!(truth_s.iter().any(|&c| c != 0));
-    assert_eq!(recovered_s, truth_s, "the collective inference secret");
 }

@@ -68,7 +68,7 @@ fn the_federated_model_is_served_encrypted_and_each_result_is_switched_by_t_keyh
     );
     assert!(logged.iter().all(|&n| n <= 1), "{logged:?}");
     let log = std::fs::read_to_string(out.join("logs/serving-coordinator.log")).unwrap();
-    for event in ["inference-keys", "encrypted-model", "inference-request"] {
+    for event in ["inference-keys", "keyholder-ready", "inference-request"] {
         assert!(log.contains(event), "the coordinator did not audit {event}");
     }
     // keyholders' secrets are written for their owner only

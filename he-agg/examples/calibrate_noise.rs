@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use he_agg::ckks::CkksContext;
-use he_agg::infer::calibrate::{MARGIN_BITS, calibrate_result_noise};
+use he_agg::infer::calibrate::{MARGIN_BITS, Weights, calibrate_result_noise};
 use he_agg::infer::threshold::{RESULT_LAMBDA, served_flooding, served_policy};
 use he_agg::infer::{InferencePlan, NetworkFile};
 
@@ -50,7 +50,7 @@ fn main() {
         spec.output_level()
     );
     let t0 = Instant::now();
-    let cal = calibrate_result_noise(&plan, &net, hospitals).expect("calibration");
+    let cal = calibrate_result_noise(&plan, &net, hospitals, Weights::Plain).expect("calibration");
     println!(
         "calibration with {hospitals} parties: {:.1} s; largest noise coefficient 2^{:.1} \
          (2^{:.1} per slot, relative to the scale), bound 2^{:.1} (+{MARGIN_BITS} bits)",

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use he_agg::ckks::CkksContext;
-use he_agg::infer::calibrate::calibrate_result_noise;
+use he_agg::infer::calibrate::{Weights, calibrate_result_noise};
 use he_agg::infer::threshold::{CollectiveKeys, RESULT_LAMBDA, result_flooding};
 use he_agg::infer::{Conv2d, Dense, InferError, InferencePlan, Layer, Model, Network, ParamPolicy};
 use he_agg::multiparty::threshold::deal;
@@ -136,7 +136,7 @@ fn a_consortium_serves_an_encrypted_model_to_a_requester_only() {
     let mut rkg = ctx.key_generator().unwrap();
     let requester_sk = rkg.secret_key();
     let requester_pk = rkg.public_key(&requester_sk);
-    let calibration = calibrate_result_noise(&plan, &net, ids.len()).unwrap();
+    let calibration = calibrate_result_noise(&plan, &net, ids.len(), Weights::Encrypted).unwrap();
     let (flooding, slot_error) = result_flooding(
         &ctx,
         spec,
@@ -190,6 +190,47 @@ fn a_consortium_serves_an_encrypted_model_to_a_requester_only() {
         calibration.measured.log2(),
         noise.log2()
     );
+    // served mode (a): each switching keyholder evaluates with the weights it holds; that
+    // noise too sits under its calibration
+    let plain = Model::plain(&plan, &ctx).unwrap();
+    let mut plain_runs = Vec::new();
+    for _ in 0..2 {
+        let image: Vec<_> = spec
+            .encode_input(&ctx, &x)
+            .unwrap()
+            .iter()
+            .map(|pt| enc.encrypt(pt))
+            .collect();
+        plain_runs.push(dec.decrypt(&plain.evaluate(&eval, &image).unwrap()));
+    }
+    let (mut p1, p2) = (plain_runs[0].clone(), &plain_runs[1]);
+    ctx.rlwe()
+        .ring()
+        .sub_assign(&mut p1.poly, &p2.poly, ctx.rlwe().q_basis(out.level()));
+    let plain_noise = ctx
+        .lift_coefficients(&p1)
+        .iter()
+        .fold(0f64, |m, c| m.max(c.abs()))
+        / 2f64.sqrt();
+    let plain_cal = calibrate_result_noise(&plan, &net, ids.len(), Weights::Plain).unwrap();
+    assert!(
+        plain_cal.measured >= plain_noise / 4.0,
+        "plain-weights calibration 2^{:.1} under the noise seen 2^{:.1}",
+        plain_cal.measured.log2(),
+        plain_noise.log2()
+    );
+    let (plain_flooding, _) = result_flooding(
+        &ctx,
+        spec,
+        plain_cal.bound,
+        ids.len(),
+        2,
+        RESULT_LAMBDA,
+        1024.0,
+    )
+    .unwrap();
+    assert!((plain_flooding.sigma() / plain_noise).log2() >= 30.0);
+
     let pcks = PublicKeySwitch::new(&ctx, flooding, 2);
     let active = [1u32, 3];
     let mut acc = None;

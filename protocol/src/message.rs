@@ -8,13 +8,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::ProtocolError;
 use crate::identity::{FederationId, Party};
 use crate::serve::collective::{
-    CollectiveRequest, KeyholderRound1, ResultSwitchRequest, ResultSwitchShares,
+    CollectiveRequest, EvaluateRequest, EvaluatedShares, KeyholderRound1, KeyholderShares,
+    ResultSwitchRequest, ResultSwitchShares, ServingKeys,
 };
 use crate::serve::head::{HeadContribution, HeadRefreshRequest};
 use crate::serve::released::{InferKeys, InferRequest, InferResult, KeysId, ModelInfo};
 use crate::transcript::{Contribution, PartyKeys, SealedShare};
 
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -156,43 +157,43 @@ pub enum Body {
     /// Header of a result stream: one ciphertext per image.
     InferResult(InferResult),
 
-    // ----- mode (a): the encrypted model served under a collective key (see `collective`) -----
+    // ----- mode (a): the model served under a collective key (see `collective`) -----
     /// Keyholder → server: first message; `setup` names the setup whose threshold secret it
-    /// holds (none before its first).
+    /// holds (none before its first), `ready` whether it holds that setup's evaluation keys.
     KeyholderHello {
         software: String,
         setup: Option<[u8; 32]>,
+        ready: bool,
     },
     /// Server → keyholder: make round-1 shares for the plan of your final model.
     CollectiveStart { hospitals: u32, threshold: u32 },
     /// Keyholder → server: header of its round-1 stream.
     CollectiveRound1(KeyholderRound1),
-    /// Server → keyholder: header of a stream of the round-1 relinearization aggregate then
-    /// the public-key share of each hospital of `key_shares` (with its signature, in that
-    /// order), with the sealed Shamir shares addressed to this hospital, by sender.
+    /// Server → keyholder: header of a stream of every keyholder's public-key share and
+    /// relinearization round-1 share (two items each, in the order of `key_shares`, whose
+    /// records carry what each signed), with the sealed Shamir shares addressed to this
+    /// hospital, by sender.
     CollectiveRound1Result {
         sealed: Vec<(u32, Vec<u8>)>,
-        key_shares: Vec<(u32, Vec<u8>)>,
+        key_shares: Vec<KeyholderShares>,
     },
     /// Keyholder → server: header of a 1-item stream (its relinearization round-2 share).
     CollectiveRound2,
-    /// Keyholder → server: its threshold secret of the inference key is formed.
+    /// Keyholder → server: its threshold secret of the key is formed.
     ThresholdFormed,
-    /// Server → keyholder: header of a 1-item stream (the collective public key): encrypt the
-    /// final model under it and upload it.
-    ModelWanted,
-    /// Keyholder → server: header of a stream of `count` ciphertexts, the encrypted model in
-    /// plan order, with its architecture (the served one: its input normalization is this
-    /// hospital's).
-    EncryptedModel {
-        count: u32,
-        architecture: String,
-        /// How image files are made into the model's inputs (JSON; empty: unknown).
-        input_preparation: String,
-    },
-    /// Server → keyholder: header of a stream (the requester's public key, then the results).
+    /// Server → keyholder: header of the stream of the sums the evaluation keys are made of.
+    ServingKeys(ServingKeys),
+    /// Keyholder → server: it holds the evaluation keys of its setup and serves requests.
+    KeyholderReady,
+    /// Server → keyholder: header of a stream (the requester's public key, then the images):
+    /// evaluate the signed request and switch the results to the requester's key.
+    CollectiveEvaluate(EvaluateRequest),
+    /// Keyholder → server: header of a stream of its results, then its switching shares.
+    CollectiveEvaluated(EvaluatedShares),
+    /// Head training: server → keyholder, header of a stream (the contributor's public key,
+    /// then the trained head) to switch to the contributor's key.
     ResultSwitch(ResultSwitchRequest),
-    /// Keyholder → server: header of a stream of its switching shares, one per result.
+    /// Keyholder → server: header of a stream of its switching (or refresh) shares.
     ResultShares(ResultSwitchShares),
     /// Server → requester: what is served (as [`Body::InferInfo`]), header of a 1-item stream:
     /// the collective public key the images are encrypted under.
@@ -239,8 +240,10 @@ impl Body {
             Body::CollectiveRound1Result { .. } => "collective-round1-result",
             Body::CollectiveRound2 => "collective-round2",
             Body::ThresholdFormed => "threshold-formed",
-            Body::ModelWanted => "model-wanted",
-            Body::EncryptedModel { .. } => "encrypted-model",
+            Body::ServingKeys(_) => "serving-keys",
+            Body::KeyholderReady => "keyholder-ready",
+            Body::CollectiveEvaluate(_) => "collective-evaluate",
+            Body::CollectiveEvaluated(_) => "collective-evaluated",
             Body::ResultSwitch(_) => "result-switch",
             Body::ResultShares(_) => "result-shares",
             Body::CollectiveInfo(_) => "collective-info",

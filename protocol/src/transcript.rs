@@ -77,13 +77,31 @@ pub enum Statement {
         hospital: u32,
         receive_key: [u8; 32],
     },
-    /// Mode (a) setup: its share of the collective public key the served model and the images
-    /// are encrypted under, for the plan `plan`.
+    /// Mode (a) setup: its round-1 shares of the collective keys of the plan `plan` (the public
+    /// key the images are encrypted under, the relinearization key's first round and the Galois
+    /// keys, each by digest), and the digest of the final model it serves with them (every
+    /// keyholder evaluates requests itself, so all must hold the same). Every keyholder checks
+    /// every other's before it makes a round-2 share on their sum.
     InferenceKeyShare {
         federation: FederationId,
         hospital: u32,
         plan: [u8; 32],
+        model: [u8; 32],
         public_key_share: [u8; 32],
+        relinearization: [u8; 32],
+        galois: [u8; 32],
+    },
+    /// Mode (a): a requester's request, as every switching keyholder evaluates it: `images` of
+    /// the plan `plan`, their ciphertexts (digest, in order), and the key the results are
+    /// switched to (digest).
+    InferenceRequest {
+        federation: FederationId,
+        requester: u32,
+        request_id: u64,
+        plan: [u8; 32],
+        images: u32,
+        requester_key: [u8; 32],
+        ciphertexts: [u8; 32],
     },
     /// A round's update: its items (digest), count and weight, and the seed every item's a
     /// derives from (the items are encrypted under the hospital's own secret, c0 = −a·s + m + e):
@@ -113,7 +131,8 @@ impl Statement {
             Statement::KeyShares { .. } => "key shares",
             Statement::Dealt { .. } => "dealt share",
             Statement::ReceiveKey { .. } => "receiving key",
-            Statement::InferenceKeyShare { .. } => "inference key share",
+            Statement::InferenceKeyShare { .. } => "inference key shares",
+            Statement::InferenceRequest { .. } => "inference request",
             Statement::Update { .. } => "update",
         }
     }

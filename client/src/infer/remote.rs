@@ -185,6 +185,15 @@ pub async fn infer_remote(
     if !req.is_collective() {
         sizes.keys_sent += send_keys(&link, &req, target.timeout).await?;
     }
+    // mode (a): each request is signed with this site's certificate key
+    let signer = match req.is_collective() {
+        true => Some(
+            protocol::transcript::Signer::from_files(&target.tls)
+                .map_err(|e| InferenceError::Usage(format!("this site's kit: {e}")))?,
+        ),
+        false => None,
+    };
+    let signing = signer.as_ref().map(|s| (target.federation, target.me, s));
     timings.send_s = t.elapsed().as_secs_f64();
     // requests of at most max_images images; the keys are not sent again
     let per_request = (info.max_images as usize).max(1);
@@ -194,11 +203,12 @@ pub async fn infer_remote(
     for (k, chunk) in encrypted.chunks(per_request).enumerate() {
         let request_id = base_id.wrapping_add(k as u64);
         let t = Instant::now();
-        let (sent, result) = match request(&link, &req, request_id, chunk, target.timeout).await {
+        let asked = request(&link, &req, request_id, chunk, signing, target.timeout).await;
+        let (sent, result) = match asked {
             Err(InferenceError::Refused(reason)) if reason.starts_with(KEYS_UNKNOWN) => {
                 // the server evicted the keys: send them again, once
                 sizes.keys_sent += send_keys(&link, &req, target.timeout).await?;
-                request(&link, &req, request_id, chunk, target.timeout).await?
+                request(&link, &req, request_id, chunk, signing, target.timeout).await?
             }
             other => other?,
         };
@@ -291,12 +301,14 @@ async fn request(
     req: &Requester,
     request_id: u64,
     images: &[Vec<Vec<u8>>],
+    signing: Option<(FederationId, u32, &protocol::transcript::Signer)>,
     timeout: Duration,
 ) -> Result<((u64, u64, f64), Answer), InferenceError> {
-    let header = if req.is_collective() {
-        Body::InferCollective(req.collective_header(request_id, images.len() as u32))
-    } else {
-        Body::Infer(req.header(request_id, images.len() as u32))
+    let header = match signing {
+        Some(signing) if req.is_collective() => {
+            Body::InferCollective(req.collective_header(request_id, images, signing))
+        }
+        _ => Body::Infer(req.header(request_id, images.len() as u32)),
     };
     // mode (a): the requester's public key first (what the results are switched to)
     let keys = req.key_items();

@@ -200,14 +200,29 @@ impl Requester {
         }
     }
 
-    /// The header of a mode (a) request for `images` images.
-    pub fn collective_header(&self, request_id: u64, images: u32) -> CollectiveRequest {
-        CollectiveRequest {
+    /// The header of a mode (a) request for `images` (each its ciphertexts), signed by this
+    /// hospital (`me` of `federation`) over its public key and every ciphertext: the keyholders
+    /// evaluate only what it signed and switch the results only to that key.
+    pub fn collective_header(
+        &self,
+        request_id: u64,
+        images: &[Vec<Vec<u8>>],
+        (federation, me, signer): (protocol::FederationId, u32, &protocol::transcript::Signer),
+    ) -> CollectiveRequest {
+        let mut header = CollectiveRequest {
             request_id,
             fingerprint: self.fingerprint(),
-            images,
+            images: images.len() as u32,
             ciphertexts_per_image: self.spec.input_ciphertexts() as u32,
-        }
+            signature: Vec::new(),
+        };
+        let keys = self.key_items();
+        let items = keys
+            .iter()
+            .chain(images.iter().flatten())
+            .map(Vec::as_slice);
+        header.signature = signer.sign(&header.statement(federation, me, items));
+        header
     }
 
     /// One normalised image encoded in the plan's layout and encrypted, one item per input

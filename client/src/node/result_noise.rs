@@ -1,6 +1,7 @@
-//! The calibrated bound of a served result's noise (`he_agg::infer::calibrate`), which a
-//! keyholder's switching flooding sits 2^λ above. Measuring takes seconds to a minute (the
-//! collective key generation of every hospital, two model encryptions), so the figure is kept
+//! The calibrated bound of a served result's noise (`he_agg::infer::calibrate`: the keyholder's
+//! own evaluation, with plaintext weights), which its switching flooding sits 2^λ above.
+//! Measuring takes seconds to a minute (the collective key generation of every hospital, the
+//! images evaluated twice), so the figure is kept
 //! in the inference state directory under a key of everything it depends on — the plan's
 //! fingerprint, the network's weights and the number of hospitals — and measured again when any
 //! of them changes. It holds nothing secret: every keyholder measures its own (none takes the
@@ -9,7 +10,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use he_agg::infer::calibrate::calibrate_result_noise;
+use he_agg::infer::calibrate::{Weights, calibrate_result_noise};
 use he_agg::infer::{InferencePlan, Network};
 use tracing::info;
 
@@ -31,7 +32,7 @@ pub fn bound(
         return Ok(bound);
     }
     let t0 = std::time::Instant::now();
-    let cal = calibrate_result_noise(plan, net, hospitals as usize)
+    let cal = calibrate_result_noise(plan, net, hospitals as usize, Weights::Plain)
         .context("measuring the noise of served results")?;
     info!(
         noise_log2 = format!("{:.1}", cal.measured.log2()),
@@ -48,7 +49,7 @@ pub fn bound(
 
 fn cache_key(plan: &InferencePlan, net: &Network, hospitals: u32) -> anyhow::Result<[u8; 32]> {
     let mut h = blake3::Hasher::new();
-    h.update(b"HEAL result noise v1");
+    h.update(b"HEAL result noise v2: plaintext weights");
     h.update(&plan.spec().fingerprint());
     h.update(&serde_json::to_vec(net)?);
     h.update(&hospitals.to_le_bytes());

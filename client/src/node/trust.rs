@@ -3,12 +3,16 @@
 //! for that hospital), this hospital's own entry as it sent it, and the collective public key
 //! made here from the shares. Once stored, the setup never changes: a coordinator that later
 //! hands out other keys is refused. In every round, a hospital signs its update with the seed
-//! its ciphertexts' a's derive from, and a switcher checks those signatures: it makes what it switches from
-//! the signed seeds, so nothing but the weighted sum of signed updates can be switched.
+//! its ciphertexts' a's derive from, and a switcher checks those signatures: it makes what it
+//! switches from the signed seeds, so nothing but the weighted sum of signed updates can be
+//! switched. In mode (a) a keyholder checks every keyholder's signed round 1 before it makes a
+//! round-2 share, and every request's signature before it evaluates it.
 
 use he_agg::ckks::{CkksContext, wire};
-use he_agg::multiparty::{Crs, PublicKeyGen, wire as mpw};
+use he_agg::infer::threshold::CollectiveKeys;
+use he_agg::multiparty::{Crs, PublicKeyGen, RelinKeyShare1, wire as mpw};
 use protocol::FederationId;
+use protocol::serve::collective::{CollectiveRequest, KeyholderShares};
 use protocol::transcript::{self, Contribution, PartyKeys, Signer, Statement, Verifier};
 
 use super::keys::PeerKeys;
@@ -83,68 +87,154 @@ pub fn check_setup(
     })
 }
 
-/// Mode (a): this keyholder as it checks the inference key's round 1.
-pub struct OwnInferenceShare<'a> {
+/// Mode (a): this keyholder's round 1 as it signed it.
+pub struct OwnInferenceShares<'a> {
     pub federation: FederationId,
     pub index: u32,
     pub hospitals: u32,
     /// fingerprint of the served plan
     pub plan: [u8; 32],
+    /// digest of the final model it serves
+    pub model: [u8; 32],
     pub public_key_share: &'a [u8],
+    pub relinearization: &'a [u8],
+    pub galois_digest: [u8; 32],
 }
 
-/// Mode (a): every hospital's signed share of the inference key's collective public key (the
-/// certificates are the ones checked at training setup), this keyholder's own as it sent it;
-/// returns the BLAKE3 of the collective public key made from them, the only key it will
-/// encrypt the model under.
-pub fn check_inference_key(
-    ctx: &std::sync::Arc<CkksContext>,
-    crs: &Crs,
+impl OwnInferenceShares<'_> {
+    /// What it signs.
+    pub fn statement(&self) -> Statement {
+        Statement::InferenceKeyShare {
+            federation: self.federation,
+            hospital: self.index,
+            plan: self.plan,
+            model: self.model,
+            public_key_share: transcript::digest(self.public_key_share),
+            relinearization: transcript::digest(self.relinearization),
+            galois: self.galois_digest,
+        }
+    }
+}
+
+/// What a keyholder makes itself from the relayed round 1.
+#[derive(Debug)]
+pub struct InferenceSums {
+    /// BLAKE3 of the collective public key: the only key it takes requests under
+    pub collective_key: [u8; 32],
+    /// the round-1 relinearization sum its round-2 share is made on
+    pub relinearization: RelinKeyShare1,
+}
+
+/// Mode (a): every keyholder's signed round-1 record (the certificates are the ones checked at
+/// training setup; `items` holds each one's public-key and relinearization shares, in the
+/// records' order), this keyholder's own as it sent it, the same final model everywhere; makes
+/// the collective public key and the relinearization sum itself. A server that hands a keyholder
+/// a sum of its own making (a constant, say) would read its secret in the round-2 share made
+/// on it.
+pub fn check_inference_shares(
+    keys: &CollectiveKeys,
     verifier: &Verifier,
     peers: &PeerKeys,
-    own: &OwnInferenceShare<'_>,
-    key_shares: &[(u32, Vec<u8>)],
-    shares: &[Vec<u8>],
-) -> Result<[u8; 32], Distrust> {
-    let named: Vec<u32> = key_shares.iter().map(|(h, _)| *h).collect();
-    if !named.iter().copied().eq(1..=own.hospitals) || shares.len() != key_shares.len() {
+    own: &OwnInferenceShares<'_>,
+    records: &[KeyholderShares],
+    items: &[Vec<u8>],
+) -> Result<InferenceSums, Distrust> {
+    let ctx = keys.context();
+    let named: Vec<u32> = records.iter().map(|r| r.hospital).collect();
+    if !named.iter().copied().eq(1..=own.hospitals) || items.len() != 2 * records.len() {
         return Err(Distrust(format!(
-            "inference key shares of hospitals {named:?} ({} shares) where all of 1..={} are needed",
-            shares.len(),
+            "inference key shares of hospitals {named:?} ({} items) where all of 1..={} are \
+             needed, two items each",
+            items.len(),
             own.hospitals
         )));
     }
-    let ckg = PublicKeyGen::new(ctx, crs);
-    let mut acc = None;
-    for ((h, signature), share) in key_shares.iter().zip(shares) {
+    let (mut pk, mut relin) = (None, None);
+    for (r, pair) in records.iter().zip(items.chunks(2)) {
+        let h = r.hospital;
         let certificate = peers
-            .certificate(*h)
+            .certificate(h)
             .ok_or_else(|| Distrust(format!("no certificate of hospital {h} (peers.bin)")))?;
         let statement = Statement::InferenceKeyShare {
             federation: own.federation,
-            hospital: *h,
+            hospital: h,
             plan: own.plan,
-            public_key_share: transcript::digest(share),
+            model: r.model,
+            public_key_share: transcript::digest(&pair[0]),
+            relinearization: transcript::digest(&pair[1]),
+            galois: r.galois_digest,
         };
         verifier
-            .verify(certificate, *h, &statement, signature)
+            .verify(certificate, h, &statement, &r.signature)
             .map_err(|e| Distrust(e.to_string()))?;
-        if *h == own.index && share.as_slice() != own.public_key_share {
+        if h == own.index
+            && (pair[0] != own.public_key_share
+                || pair[1] != own.relinearization
+                || r.galois_digest != own.galois_digest)
+        {
             return Err(Distrust(
-                "the inference key share relayed as this hospital's is not what it sent".into(),
+                "the inference key shares relayed as this hospital's are not what it sent".into(),
             ));
         }
-        let share = mpw::decode_public_key_share(ctx, share)
-            .map_err(|e| Distrust(format!("hospital {h}'s inference key share: {e}")))?;
-        match acc.as_mut() {
-            None => acc = Some(share),
-            Some(a) => ckg
-                .aggregate(a, &share)
-                .map_err(|e| Distrust(format!("hospital {h}'s inference key share: {e}")))?,
+        if r.model != own.model {
+            return Err(Distrust(format!(
+                "hospital {h} serves another final model than this one: every keyholder \
+                 evaluates requests itself, so all must hold the federation's final model"
+            )));
+        }
+        let bad =
+            |what: &str, e: &dyn std::fmt::Display| Distrust(format!("hospital {h}'s {what}: {e}"));
+        let p = mpw::decode_public_key_share(ctx, &pair[0])
+            .map_err(|e| bad("inference key share", &e))?;
+        let l = mpw::decode_relin_share1(ctx, &pair[1])
+            .map_err(|e| bad("relinearization share", &e))?;
+        match (pk.as_mut(), relin.as_mut()) {
+            (Some(a), Some(b)) => {
+                keys.aggregate_public_key(a, &p)
+                    .map_err(|e| bad("inference key share", &e))?;
+                keys.aggregate_relinearization(b, &l)
+                    .map_err(|e| bad("relinearization share", &e))?;
+            }
+            _ => {
+                pk = Some(p);
+                relin = Some(l);
+            }
         }
     }
-    let pk = ckg.finalize(acc.ok_or_else(|| Distrust("no inference key shares".into()))?);
-    Ok(*blake3::hash(&wire::encode_public_key(ctx, &pk)).as_bytes())
+    let (Some(pk), Some(relinearization)) = (pk, relin) else {
+        return Err(Distrust("no inference key shares".into()));
+    };
+    let pk = keys.public_key_of(pk);
+    Ok(InferenceSums {
+        collective_key: *blake3::hash(&wire::encode_public_key(ctx, &pk)).as_bytes(),
+        relinearization,
+    })
+}
+
+/// Mode (a): a request a keyholder is asked to evaluate was signed by its requester (`items`:
+/// its public key, then the images' ciphertexts), with the certificate checked at training
+/// setup.
+pub fn check_request(
+    verifier: &Verifier,
+    peers: &PeerKeys,
+    federation: FederationId,
+    requester: u32,
+    signed: &CollectiveRequest,
+    items: &[Vec<u8>],
+) -> Result<(), Distrust> {
+    let certificate = peers
+        .certificate(requester)
+        .ok_or_else(|| Distrust(format!("no certificate of hospital {requester}")))?;
+    let statement = signed.statement(federation, requester, items.iter().map(Vec::as_slice));
+    verifier
+        .verify(certificate, requester, &statement, &signed.signature)
+        .map_err(|e| {
+            Distrust(format!(
+                "request {} as hospital {requester} signed it, or its key or images, changed \
+                 on the way: {e}",
+                signed.request_id
+            ))
+        })
 }
 
 /// A setup relayed again (after a reconnect) must be the one stored.

@@ -140,7 +140,7 @@ pub fn run(s: &Serving) -> anyhow::Result<Value> {
     let remote_json = s.fed.out.join("logs").join("infer-mode-a.json");
     let local_json = s.fed.out.join("logs").join("infer-local.json");
     let site = s.fed.provisioned.hospital_dirs[0].join("site.toml");
-    // setup (keys of every hospital, the encrypted model) takes a while: ask until served
+    // setup (every hospital's keys, then each keyholder's own) takes a while: ask until served
     let mut attempts = 0;
     let remote = loop {
         for &i in &serving {
@@ -234,8 +234,8 @@ pub fn run(s: &Serving) -> anyhow::Result<Value> {
         serde_json::to_string_pretty(&summary)?,
     )?;
     println!(
-        "mode (a): {} test images encrypted under the collective key, evaluated on the encrypted \
-         model, switched by {} keyholders: labels agree with the plaintext network on {agree}/{}, \
+        "mode (a): {} test images encrypted under the collective key, each request evaluated and \
+         switched by {} keyholders: labels agree with the plaintext network on {agree}/{}, \
          max logit difference {max_diff:.2e}; request {:.2} s (evaluate {:.2} s)",
         s.images,
         s.threshold,

@@ -1,14 +1,16 @@
 //! Mode (a) as a consortium serves it: five hospitals make the plan's keys collectively and hold
-//! 3-of-5 threshold shares; the model and the image are encrypted under the collective key; the
-//! result is switched to the requester's key by three hospitals with flooded shares (λ = 30).
-//! Latency = encrypt + evaluate + one hospital's switching share (the t shares are made in
-//! parallel at t machines) + combining them + the requester's decrypt.
+//! 3-of-5 threshold shares; the image is encrypted under the collective key; each of three
+//! switching keyholders evaluates it with the model it holds (plaintext weights: it switches
+//! only what it computed itself from the signed request) and switches the result to the
+//! requester's key with flooded shares 2^40 above the calibrated noise. Latency = encrypt + one
+//! keyholder's evaluation and switching share (the t keyholders work in parallel at t machines)
+//! + combining them + the requester's decrypt.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use he_agg::ckks::{CkksContext, wire};
-use he_agg::infer::calibrate::calibrate_result_noise;
+use he_agg::infer::calibrate::{Weights, calibrate_result_noise};
 use he_agg::infer::threshold::{CollectiveKeys, RESULT_LAMBDA, result_flooding};
 use he_agg::infer::{InferencePlan, Model, Network, ParamPolicy};
 use he_agg::multiparty::threshold::deal;
@@ -105,18 +107,15 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
 
     let mut enc = ctx.pk_encryptor(&pk).expect("encryptor");
     let t = Instant::now();
-    let model = Model::encrypted(&plan, &ctx, &mut |p| enc.encrypt(p)).expect("encrypted model");
-    let model_encrypt_s = t.elapsed().as_secs_f64();
-    let model_bytes: usize = model
-        .ciphertexts()
-        .iter()
-        .map(|c| wire::ciphertext_len(&ctx, c.level(), 1))
-        .sum();
+    // what each keyholder holds: its final model, encoded at the plan's parameters
+    let model = Model::plain(&plan, &ctx).expect("the model, encoded");
+    let model_encode_s = t.elapsed().as_secs_f64();
     let mut rkg = ctx.key_generator().expect("rng");
     let req_sk = rkg.secret_key();
     let req_pk = rkg.public_key(&req_sk);
     let t = Instant::now();
-    let calibration = calibrate_result_noise(&plan, net, HOSPITALS as usize).expect("calibration");
+    let calibration = calibrate_result_noise(&plan, net, HOSPITALS as usize, Weights::Plain)
+        .expect("calibration");
     let calibrate_s = t.elapsed().as_secs_f64();
     let (flooding, slot_error) = result_flooding(
         &ctx,
@@ -216,8 +215,9 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
             None => measure(),
         };
         println!(
-            "mode (a) {name:>3}: encrypt {:.1} ms, evaluate {:.1} ms, switching share {:.1} ms \
-             (each of {THRESHOLD} hospitals), combine {:.1} ms, decrypt {:.1} ms, total {:.1} ms; \
+            "mode (a) {name:>3}: encrypt {:.1} ms, keyholder's evaluation {:.1} ms and switching \
+             share {:.1} ms (each of {THRESHOLD} keyholders), combine {:.1} ms, decrypt {:.1} ms, \
+             total {:.1} ms; \
              max |err| {:.2e}, argmax agrees: {}",
             l["encrypt_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
             l["evaluate_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
@@ -234,7 +234,7 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
     println!(
         "mode (a) parameters: N = {}, log QP {:.0}, scale 2^{}, result at level {}; collective \
          keys of {HOSPITALS} hospitals in {:.1} s ({:.1} s per hospital's shares, {:.1} MB each); \
-         model encrypted in {:.1} s ({:.1} MB); request {} KB, switching share {} KB, response \
+         a keyholder encodes its model in {:.1} s; request {} KB, switching share {} KB, response \
          {} KB; result noise calibrated in {:.1} s: 2^{:.1} per coefficient, flooding \
          σ = 2^{:.1} (2^{:.1} over it); expected switching error per logit {:.1e}",
         params.n(),
@@ -244,8 +244,7 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
         key_setup_s,
         median(share_s.clone()),
         share_bytes as f64 / 1e6,
-        model_encrypt_s,
-        model_bytes as f64 / 1e6,
+        model_encode_s,
         request_bytes / 1000,
         switch_share_bytes / 1000,
         response_bytes / 1000,
@@ -263,7 +262,7 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
         "step_primes": spec.step_primes(), "calibrate_s": calibrate_s,
         "result_noise_log2": calibration.measured.log2(), "flooding_sigma_log2": sigma.log2(),
         "key_setup_s": key_setup_s, "key_shares_bytes_per_hospital": share_bytes,
-        "model_encrypt_s": model_encrypt_s, "model_bytes": model_bytes,
+        "model_encode_s": model_encode_s,
         "request_bytes": request_bytes, "switch_share_bytes": switch_share_bytes,
         "input_ciphertexts": spec.input_ciphertexts(),
         "response_bytes": response_bytes,

@@ -12,6 +12,10 @@
 //! random image and two saturated ones (all pixels 0, all 255), times 2^[`MARGIN_BITS`] for
 //! inputs and tails not seen.
 //!
+//! Served mode (a) evaluates with plaintext weights at every switching keyholder
+//! ([`Weights::Plain`]: the image alone is encrypted twice); [`Weights::Encrypted`] measures a
+//! model encrypted under the collective key, as a server holding one would evaluate it.
+//!
 //! What it covers: honestly formed requests (fresh encryptions of images), the plan's own
 //! operations and the collective keys' noise. A requester that crafts its ciphertexts' noise is
 //! outside it (the README's threat model says so).
@@ -42,12 +46,23 @@ pub struct NoiseCalibration {
     pub relative_slot_noise: f64,
 }
 
+/// How the weights enter the evaluation whose noise is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Weights {
+    /// Encoded in the clear: served mode (a), where each switching keyholder evaluates the
+    /// request itself with the model it holds.
+    Plain,
+    /// Encrypted under the collective key.
+    Encrypted,
+}
+
 /// Measures the noise of `net`'s results under `plan` with keys made collectively by
 /// `hospitals` throwaway parties (see the module's documentation).
 pub fn calibrate_result_noise(
     plan: &InferencePlan,
     net: &Network,
     hospitals: usize,
+    weights: Weights,
 ) -> Result<NoiseCalibration, InferError> {
     let spec = plan.spec();
     let ctx: Arc<CkksContext> = CkksContext::new(spec.parameters().clone())?;
@@ -97,9 +112,20 @@ pub fn calibrate_result_noise(
         .collect::<Result<_, InferError>>()?;
     // one encrypted model at a time (each is hundreds of MB at these parameters): every image
     // through the first, then through the second
+    let plain = match weights {
+        Weights::Plain => Some(Model::plain(plan, &ctx)?),
+        Weights::Encrypted => None,
+    };
     let mut runs: Vec<Vec<Plaintext>> = Vec::with_capacity(2);
     for _ in 0..2 {
-        let model = Model::encrypted(plan, &ctx, &mut |pt| enc.encrypt(pt))?;
+        let encrypted;
+        let model = match &plain {
+            Some(m) => m,
+            None => {
+                encrypted = Model::encrypted(plan, &ctx, &mut |pt| enc.encrypt(pt))?;
+                &encrypted
+            }
+        };
         let mut results = Vec::with_capacity(images.len());
         for encoded in &images {
             let cts: Vec<Ciphertext> = encoded.iter().map(|pt| enc.encrypt(pt)).collect();

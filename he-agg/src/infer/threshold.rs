@@ -185,11 +185,39 @@ impl CollectiveKeys {
         Ok(())
     }
 
+    /// acc += share, the public-key shares alone (a keyholder makes the collective key itself).
+    pub fn aggregate_public_key(
+        &self,
+        acc: &mut PublicKeyShare,
+        share: &PublicKeyShare,
+    ) -> Result<(), InferError> {
+        Ok(self.pk.aggregate(acc, share)?)
+    }
+
+    /// The collective public key from the sum of every party's public-key share.
+    pub fn public_key_of(&self, sum: PublicKeyShare) -> PublicKey {
+        self.pk.finalize(sum)
+    }
+
+    /// acc += share, the relinearization round-1 shares alone (a keyholder makes the sum its
+    /// round-2 share is made on itself: a sum of someone else's making could reveal its secret).
+    pub fn aggregate_relinearization(
+        &self,
+        acc: &mut RelinKeyShare1,
+        share: &RelinKeyShare1,
+    ) -> Result<(), InferError> {
+        Ok(self.rlk.aggregate1(acc, share)?)
+    }
+
     /// Checks that `shares` hold exactly the plan's Galois elements, in order.
     pub fn check_galois(&self, shares: &KeyShares) -> Result<(), InferError> {
-        if shares.galois.len() != self.elements.len()
-            || shares
-                .galois
+        self.check_elements(&shares.galois)
+    }
+
+    /// Checks that `galois` are exactly the plan's Galois elements, in order.
+    pub fn check_elements(&self, galois: &[GaloisKeyShare]) -> Result<(), InferError> {
+        if galois.len() != self.elements.len()
+            || galois
                 .iter()
                 .zip(&self.elements)
                 .any(|(s, &g)| s.galois_element() != g)
@@ -233,10 +261,21 @@ impl CollectiveKeys {
         round1: KeyShares,
         round2: RelinKeyShare2,
     ) -> Result<EvaluationKeys, InferError> {
-        self.check_galois(&round1)?;
-        let relinearization = self.rlk.finalize(&round1.relinearization, round2)?;
+        self.evaluation_keys(&round1.relinearization, round2, round1.galois)
+    }
+
+    /// The evaluation keys from the aggregates they are made of: the relinearization rounds'
+    /// and the Galois shares' (one per element of [`Self::galois_elements`], in that order).
+    pub fn evaluation_keys(
+        &self,
+        relinearization: &RelinKeyShare1,
+        round2: RelinKeyShare2,
+        galois_shares: Vec<GaloisKeyShare>,
+    ) -> Result<EvaluationKeys, InferError> {
+        self.check_elements(&galois_shares)?;
+        let relinearization = self.rlk.finalize(relinearization, round2)?;
         let mut galois = GaloisKeys::new();
-        for share in round1.galois {
+        for share in galois_shares {
             galois.insert(self.gk.finalize(share)?);
         }
         Ok(EvaluationKeys {

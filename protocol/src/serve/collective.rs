@@ -1,28 +1,38 @@
-//! Mode (a) serving: the final model stays encrypted at the server under a key the hospitals
-//! make collectively after training, and each result is switched to its requester's key by t
-//! hospitals ("keyholders"), each of which logs the request.
+//! Mode (a) serving: the final model stays with the hospitals. Each holds it in the clear and a
+//! share of a key the hospitals make collectively after training; a requester encrypts its
+//! images under the collective key, and t hospitals ("keyholders") each evaluate the signed
+//! request themselves and switch their result to the requester's key, logging it. The server
+//! relays, checks and combines: it never holds the model, and no keyholder switches a ciphertext
+//! it did not compute from a request its requester signed (issue 46).
 //!
 //! Setup, every keyholder connected (`KeyholderHello`):
-//! 1. server → `CollectiveStart`; keyholder → [`KeyholderRound1`] header, then its public-key
-//!    share, its relinearization round-1 share and one Galois share per planned rotation;
-//! 2. server → `CollectiveRound1Result` (sealed Shamir shares addressed to it, every
-//!    keyholder's signature over its public-key share) with the relinearization round-1
-//!    aggregate and the public-key shares; the keyholder checks the signatures and makes the
-//!    collective public key itself; keyholder → `CollectiveRound2` with its round-2 share,
-//!    then `ThresholdFormed` once it has combined its threshold secret;
-//! 3. server → `ModelWanted` with the collective public key to one keyholder, which refuses
-//!    any other key than the one it made and answers `EncryptedModel` with the model's
-//!    ciphertexts in plan order.
+//! 1. server → `CollectiveStart`; keyholder → [`KeyholderRound1`] header (with its signature
+//!    over the digests of its shares and of its final model), then its public-key share, its
+//!    relinearization round-1 share and one Galois share per planned rotation;
+//! 2. server → `CollectiveRound1Result`: the sealed Shamir shares addressed to it and, for every
+//!    keyholder, its signed record ([`KeyholderShares`]) with its public-key and
+//!    relinearization round-1 shares. The keyholder checks every signature and makes the
+//!    collective public key and the relinearization sum itself (a sum of the server's making
+//!    would let round 2 reveal its secret); keyholder → `CollectiveRound2` with its round-2
+//!    share, then `ThresholdFormed` once it has combined its threshold secret;
+//! 3. server → [`ServingKeys`]: the sums the evaluation keys are made of; the keyholder checks
+//!    the relinearization sum against the setup it made, finalizes the keys and answers
+//!    `KeyholderReady`.
 //!
-//! A setup is named by the hash of the round-1 relinearization sum every keyholder received; a
-//! keyholder holding a threshold secret says which setup it is of when it connects, so a
-//! restarted server (which saves its keys and model) asks only those of its own setup.
+//! A setup is named by the hash of the round-1 relinearization sum; a keyholder holding a
+//! threshold secret says which setup it is of when it connects, so a restarted server (which
+//! saves its keys) asks only those of its own setup, and sends the keys again to one that no
+//! longer holds them.
 //!
 //! Serving: a requester asks `InferInfoRequest` and gets `CollectiveInfo` (the model's
-//! description and the collective public key); it sends [`CollectiveRequest`] with its own
-//! public key and images encrypted under the collective key; the server evaluates and sends t
-//! keyholders [`ResultSwitchRequest`]; they answer [`ResultSwitchShares`]; the requester gets
-//! `InferResult` with the results under its own key.
+//! description and the collective public key); it sends [`CollectiveRequest`], signed, with its
+//! own public key and images encrypted under the collective key; the server checks it and sends
+//! t keyholders [`EvaluateRequest`] with the same items; each checks the signature, evaluates
+//! and answers [`EvaluatedShares`] (its results and its switching shares); the server checks the
+//! results agree and sends the requester `InferResult` with the results under its own key.
+//!
+//! Head training's final switch (a trained head to its contributor) still travels as
+//! [`ResultSwitchRequest`] / [`ResultSwitchShares`].
 
 use serde::{Deserialize, Serialize};
 
@@ -43,10 +53,38 @@ pub struct KeyholderRound1 {
     /// For each other hospital, sealed for it: a Shamir share of this hospital's inference
     /// secret.
     pub sealed: Vec<(u32, Vec<u8>)>,
-    /// The hospital's signature over its public-key share (the stream's first item),
-    /// [`crate::transcript::Statement::InferenceKeyShare`]: every keyholder checks it and makes
-    /// the collective key itself.
+    /// How image files become the model's inputs (JSON; empty: unknown): requesters are told
+    /// the lowest-numbered keyholder's (each hospital normalises with its own data's
+    /// statistics; the weights are the same).
+    pub input_preparation: String,
+    /// BLAKE3 of the final model's weights (the network without its normalization): every
+    /// keyholder's must agree, as each evaluates requests itself.
+    pub model: [u8; 32],
+    /// The digest of its Galois shares (items 2.., [`crate::transcript::digest_items`]).
+    pub galois_digest: [u8; 32],
+    /// The hospital's signature over [`crate::transcript::Statement::InferenceKeyShare`]:
+    /// every keyholder checks it and makes the collective key and the relinearization sum
+    /// itself.
     pub signature: Vec<u8>,
+}
+
+/// One keyholder's round-1 record as every keyholder is relayed it (its public-key and
+/// relinearization shares follow as items): what it signed, by digest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyholderShares {
+    pub hospital: u32,
+    pub model: [u8; 32],
+    pub galois_digest: [u8; 32],
+    pub signature: Vec<u8>,
+}
+
+/// Header of the keys a keyholder evaluates with: `galois` + 2 items follow (the round-1
+/// relinearization sum, the round-2 relinearization sum, then the Galois sums in the plan's
+/// order of elements).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServingKeys {
+    pub setup: [u8; 32],
+    pub galois: u32,
 }
 
 impl KeyholderRound1 {
@@ -56,7 +94,8 @@ impl KeyholderRound1 {
     }
 }
 
-/// Header of a switch request: the requester's public key, then `count` results follow.
+/// Head training: header of the switch of a trained head to its contributor: the
+/// contributor's public key, then `count` ciphertexts follow.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResultSwitchRequest {
     /// The setup whose key the results are under (a keyholder refuses another).
@@ -70,7 +109,8 @@ pub struct ResultSwitchRequest {
     pub count: u32,
 }
 
-/// Header of a keyholder's answer: `count` switching shares follow, one per result.
+/// Head training: header of a keyholder's answer: `count` switching shares (or refresh
+/// shares) follow.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResultSwitchShares {
     pub request: u64,
@@ -91,6 +131,9 @@ pub struct CollectiveRequest {
     pub images: u32,
     /// Ciphertexts each image spans (the plan's; the server checks it).
     pub ciphertexts_per_image: u32,
+    /// The requester's signature over [`CollectiveRequest::statement`] (its site certificate's
+    /// key): the keyholders switch only what it signed, to the key it signed.
+    pub signature: Vec<u8>,
 }
 
 impl CollectiveRequest {
@@ -98,4 +141,52 @@ impl CollectiveRequest {
     pub fn items(&self) -> u64 {
         1 + u64::from(self.images) * u64::from(self.ciphertexts_per_image)
     }
+
+    /// What the requester signs: this request of hospital `requester` with `items` (its public
+    /// key, then the images' ciphertexts).
+    pub fn statement<'a>(
+        &self,
+        federation: crate::FederationId,
+        requester: u32,
+        items: impl IntoIterator<Item = &'a [u8]>,
+    ) -> crate::transcript::Statement {
+        let mut items = items.into_iter();
+        let key = items.next().unwrap_or_default();
+        crate::transcript::Statement::InferenceRequest {
+            federation,
+            requester,
+            request_id: self.request_id,
+            plan: self.fingerprint,
+            images: self.images,
+            requester_key: crate::transcript::digest(key),
+            ciphertexts: crate::transcript::digest_items(items),
+        }
+    }
+}
+
+/// Header of the server's request to a switching keyholder: evaluate `signed` (the requester's
+/// header as it signed it; its items follow: its public key, then the images) as one of
+/// `active` (t keyholders), and switch the results to the requester's key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvaluateRequest {
+    /// The setup whose key the images are under (a keyholder refuses another).
+    pub setup: [u8; 32],
+    /// The server's number for the request, and its attempt (an attempt fixes the active set).
+    pub request: u64,
+    pub attempt: u32,
+    pub active: Vec<u32>,
+    /// The hospital that asked (its certificate checks the signature; each keyholder logs it).
+    pub requester: u32,
+    pub signed: CollectiveRequest,
+}
+
+/// Header of a keyholder's answer to [`EvaluateRequest`]: `count` results (its own evaluation,
+/// under the collective key), then `count` switching shares of them follow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvaluatedShares {
+    pub request: u64,
+    pub attempt: u32,
+    pub count: u32,
+    /// How long its evaluation took.
+    pub evaluate_us: u64,
 }

@@ -23,8 +23,9 @@ pub enum SetupStep {
     Round1,
     /// Collecting relinearization round-2 shares.
     Round2,
-    /// Waiting for the encrypted model and every hospital's threshold secret.
-    Model,
+    /// Waiting for every keyholder to be ready: its threshold secret formed and, serving a
+    /// model, the evaluation keys held.
+    Keys,
     /// Serving requests.
     Serving,
 }
@@ -46,16 +47,19 @@ pub enum ServingEvent {
     Round2Stored {
         hospital: u32,
     },
-    /// A hospital formed its threshold secret of the inference key.
+    /// A hospital formed its threshold secret of the key; `keys`: it also holds the setup's
+    /// evaluation keys (it said so reconnecting).
     ThresholdFormed {
         hospital: u32,
+        keys: bool,
     },
-    /// The encrypted model was validated against the plan and stored.
-    ModelStored {
-        from: u32,
+    /// A keyholder holds the evaluation keys it was sent and serves requests.
+    KeyholderReady {
+        hospital: u32,
     },
-    /// A request's images were validated and evaluated; the results wait for switching.
-    Evaluated {
+    /// A request was checked (mode a: its images, for the keyholders to evaluate) or a head's
+    /// step computed (its state, to refresh): it waits for t keyholders.
+    Ready {
         request: u64,
         requester: u32,
         now: Instant,
@@ -84,11 +88,13 @@ pub enum ServingAction {
     StartSetup { to: Vec<u32> },
     /// Make (once) and send the round-1 aggregate and the sealed shares addressed to each.
     SendRound1 { to: Vec<u32> },
-    /// Make (once) the evaluation keys from both rounds and store them.
+    /// Make (once) the evaluation keys (or, serving a model, the sums they are made of) from
+    /// both rounds and store them.
     MakeKeys,
-    /// Ask hospital `from` to encrypt the final model under the collective key and upload it.
-    AskModel { from: u32 },
-    /// Ask `active` for switching shares of a request's results towards its requester's key.
+    /// Send the keyholders `to` the sums their evaluation keys are made of.
+    SendKeys { to: Vec<u32> },
+    /// Ask `active` to evaluate a request and switch its results towards its requester's key
+    /// (head training: to refresh a step's state, or switch the trained head).
     RequestSwitch {
         request: u64,
         attempt: u32,
@@ -99,7 +105,7 @@ pub enum ServingAction {
     Deliver { request: u64, requester: u32 },
     /// Refuse a request with a reason the requester reads.
     Refuse { request: u64, reason: String },
-    /// Save the served setup (keys and encrypted model), so a restart serves the same one.
+    /// Save the served setup (its keys), so a restart serves the same one.
     Persist,
     Audit {
         hospital: Option<u32>,
@@ -132,7 +138,8 @@ pub struct ServingEngine {
     round1: BTreeSet<u32>,
     round2: BTreeSet<u32>,
     formed: BTreeSet<u32>,
-    model: bool,
+    /// formed and, serving a model, holding the evaluation keys: who may be asked
+    ready: BTreeSet<u32>,
     requests: BTreeMap<u64, Pending>,
 }
 
@@ -146,20 +153,19 @@ impl ServingEngine {
             round1: BTreeSet::new(),
             round2: BTreeSet::new(),
             formed: BTreeSet::new(),
-            model: false,
+            ready: BTreeSet::new(),
             requests: BTreeMap::new(),
         }
     }
 
     /// Serving a saved setup after a restart: every keyholder must say it holds a share of it
-    /// (`ThresholdFormed`) before it is asked to switch.
+    /// (`ThresholdFormed`) and be ready before it is asked.
     pub fn restored(cfg: ServingConfig) -> Self {
         let all: BTreeSet<u32> = (1..=cfg.hospitals).collect();
         Self {
             step: SetupStep::Serving,
             round1: all.clone(),
             round2: all,
-            model: true,
             ..Self::new(cfg)
         }
     }
@@ -196,14 +202,6 @@ impl ServingEngine {
         }
         if self.round2.contains(&hospital) {
             return Err("round-2 share sent twice".into());
-        }
-        Ok(())
-    }
-
-    /// Whether an encrypted model may be read now (and why not).
-    pub fn accepts_model(&self) -> Result<(), String> {
-        if self.step != SetupStep::Model || self.model {
-            return Err("an encrypted model nobody asked for".into());
         }
         Ok(())
     }
@@ -257,18 +255,17 @@ impl ServingEngine {
                     SetupStep::Round2 if !self.round2.contains(&hospital) => {
                         out.push(ServingAction::SendRound1 { to: vec![hospital] })
                     }
-                    SetupStep::Model if !self.formed.contains(&hospital) => {
+                    SetupStep::Keys if !self.formed.contains(&hospital) => {
                         out.push(ServingAction::SendRound1 { to: vec![hospital] })
                     }
                     _ => {}
-                }
-                if self.step == SetupStep::Model && !self.model {
-                    self.ask_model(&mut out);
                 }
                 self.replan_all(&mut out);
             }
             ServingEvent::Left { hospital } => {
                 self.connected.remove(&hospital);
+                // it says again whether it holds the keys when it comes back
+                self.ready.remove(&hospital);
                 let stalled: Vec<u64> = self
                     .requests
                     .iter()
@@ -298,7 +295,7 @@ impl ServingEngine {
                 }
                 self.round2.insert(hospital);
                 if self.round2 == self.all() {
-                    self.step = SetupStep::Model;
+                    self.step = SetupStep::Keys;
                     out.push(ServingAction::MakeKeys);
                     out.push(ServingAction::Audit {
                         hospital: None,
@@ -312,29 +309,45 @@ impl ServingEngine {
                             self.cfg.hospitals
                         ),
                     });
-                    self.ask_model(&mut out);
-                }
-            }
-            ServingEvent::ThresholdFormed { hospital } => {
-                self.formed.insert(hospital);
-                self.maybe_serve(&mut out);
-                self.replan_all(&mut out);
-            }
-            ServingEvent::ModelStored { from } => {
-                if self.step == SetupStep::Model {
-                    self.model = true;
-                    // head training uploads no model: each run encrypts its zero head
-                    if !self.cfg.head {
-                        out.push(ServingAction::Audit {
-                            hospital: Some(from),
-                            event: "encrypted-model",
-                            detail: "stored under the collective inference key".into(),
-                        });
+                    if self.cfg.head {
+                        // the coordinator evaluates the head's steps itself
+                        self.ready = &self.formed & &self.connected;
+                    } else {
+                        let to: Vec<u32> =
+                            self.formed.intersection(&self.connected).copied().collect();
+                        if !to.is_empty() {
+                            out.push(ServingAction::SendKeys { to });
+                        }
                     }
                     self.maybe_serve(&mut out);
                 }
             }
-            ServingEvent::Evaluated {
+            ServingEvent::ThresholdFormed { hospital, keys } => {
+                self.formed.insert(hospital);
+                let made = matches!(self.step, SetupStep::Keys | SetupStep::Serving);
+                if self.cfg.head || keys {
+                    if made || self.cfg.head {
+                        self.ready.insert(hospital);
+                    }
+                } else if made {
+                    out.push(ServingAction::SendKeys { to: vec![hospital] });
+                }
+                self.maybe_serve(&mut out);
+                self.replan_all(&mut out);
+            }
+            ServingEvent::KeyholderReady { hospital } => {
+                if self.formed.contains(&hospital) && self.connected.contains(&hospital) {
+                    self.ready.insert(hospital);
+                    out.push(ServingAction::Audit {
+                        hospital: Some(hospital),
+                        event: "keyholder-ready",
+                        detail: "holds the evaluation keys; evaluates and switches requests".into(),
+                    });
+                    self.maybe_serve(&mut out);
+                    self.replan_all(&mut out);
+                }
+            }
+            ServingEvent::Ready {
                 request,
                 requester,
                 now,
@@ -417,21 +430,17 @@ impl ServingEngine {
         out
     }
 
-    /// The lowest-numbered connected hospital is asked for the encrypted model.
-    fn ask_model(&self, out: &mut Vec<ServingAction>) {
-        if let Some(&from) = self.connected.first() {
-            out.push(ServingAction::AskModel { from });
-        }
-    }
-
     fn maybe_serve(&mut self, out: &mut Vec<ServingAction>) {
-        if self.step == SetupStep::Model && self.model && self.formed == self.all() {
+        if self.step == SetupStep::Keys && self.ready == self.all() {
             self.step = SetupStep::Serving;
             out.push(ServingAction::Persist);
             let (event, what) = if self.cfg.head {
                 ("head-ready", "contributions are trained on; each refresh")
             } else {
-                ("serving", "the encrypted model is served; results")
+                (
+                    "serving",
+                    "the model is served by its keyholders; each request's evaluation and switch",
+                )
             };
             out.push(ServingAction::Audit {
                 hospital: None,
@@ -456,8 +465,8 @@ impl ServingEngine {
         }
     }
 
-    /// Picks t connected hospitals holding a threshold secret (those that already answered the
-    /// current attempt first) for a request; waits when there are fewer.
+    /// Picks t connected hospitals that are ready (holding a threshold secret and, serving a
+    /// model, its evaluation keys) for a request; waits when there are fewer.
     fn replan(&mut self, request: u64, out: &mut Vec<ServingAction>) {
         let t = self.cfg.threshold as usize;
         let Some(p) = self.requests.get_mut(&request) else {
@@ -465,7 +474,7 @@ impl ServingEngine {
         };
         let ready: Vec<u32> = self
             .connected
-            .intersection(&self.formed)
+            .intersection(&self.ready)
             .filter(|h| !p.excluded.contains(h))
             .copied()
             .collect();

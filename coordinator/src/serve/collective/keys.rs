@@ -1,25 +1,29 @@
 //! What the coordinator computes while serving mode (a), sans-IO: the plan compiled from the
-//! keyholders' architecture (no weights), the sums of their key shares, the evaluation keys, the
-//! collective public key, the sealed Shamir shares to relay and the encrypted model. Every item
-//! is decoded and checked (parameters, sizes, levels, Galois elements) before it is summed, and a
-//! hospital's round-1 stream is summed only once it is complete, so a bad or cut stream changes
-//! nothing.
+//! keyholders' architecture (no weights), the sums of their key shares, the collective public
+//! key, what is relayed to every keyholder (each one's signed record with its public-key and
+//! relinearization shares, the sealed Shamir shares addressed to it) and the sums its
+//! evaluation keys are made of. The server holds no model and evaluates nothing: the keyholders
+//! do. Every item is decoded and checked (parameters, sizes, levels, Galois elements, the
+//! Galois shares' signed digest) before it is summed, and a hospital's round-1 stream is summed
+//! only once it is complete, so a bad or cut stream changes nothing. Head training (the
+//! coordinator computes the steps) makes the evaluation keys themselves.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use he_agg::ckks::{Ciphertext, CkksContext, Evaluator, GaloisKeys, PublicKey, wire};
+use he_agg::ckks::{CkksContext, PublicKey, wire};
 use he_agg::infer::threshold::{CollectiveKeys, KeyShares, served_crs, served_policy};
-use he_agg::infer::{Architecture, EvaluationKeys, InferencePlan, Model};
+use he_agg::infer::{Architecture, EvaluationKeys, InferencePlan};
 use he_agg::multiparty::sealed::SEAL_OVERHEAD;
 use he_agg::multiparty::{RelinKeyShare2, wire as mpw};
 use he_agg::train::HeadPlan;
-use protocol::serve::collective::KeyholderRound1;
+use protocol::serve::collective::{KeyholderRound1, KeyholderShares, ServingKeys};
 use protocol::serve::head::{HeadJob, HeadTraining};
 use protocol::serve::released::{MAX_ARCHITECTURE_BYTES, MAX_CLASSES, ModelInfo};
 use protocol::{Body, FederationId};
 
-use super::saved::SavedServing;
+pub use super::round1::Round1Stream;
+use super::saved::{FORMAT, SavedServing};
 
 /// Why a keyholder's message is refused (it changes nothing).
 #[derive(Debug, thiserror::Error)]
@@ -42,14 +46,6 @@ fn invalid(s: impl Into<String>) -> KeysError {
 
 /// Sealed Shamir shares, by sender.
 pub type Sealed = Vec<(u32, Vec<u8>)>;
-
-/// What evaluating a request needs (cheap to clone: shared).
-pub struct Evaluation {
-    pub ctx: Arc<CkksContext>,
-    pub plan: InferencePlan,
-    pub evaluator: Arc<Evaluator>,
-    pub model: Arc<Model>,
-}
 
 /// What the keys are made for: a network served in mode (a), or a head trained on encrypted
 /// features (issue 20).
@@ -101,17 +97,15 @@ fn layers_of(json: &str) -> Result<Architecture, KeysError> {
     Ok(arch)
 }
 
-/// A keyholder's round-1 stream being read.
-pub struct Round1Stream {
-    hospital: u32,
-    header: KeyholderRound1,
-    received: u64,
-    public_key: Option<he_agg::multiparty::PublicKeyShare>,
-    relin: Option<he_agg::multiparty::RelinKeyShare1>,
-    galois: Vec<he_agg::multiparty::GaloisKeyShare>,
+/// What every keyholder is relayed of one keyholder's round 1: its signed record, its
+/// public-key and relinearization shares (encoded, as it sent them).
+struct Relayed {
+    record: KeyholderShares,
+    public_key: Vec<u8>,
+    relinearization: Vec<u8>,
 }
 
-/// The serving state of the keys and the model.
+/// The serving state of the keys.
 pub struct ServedKeys {
     federation: FederationId,
     hospitals: u32,
@@ -122,19 +116,20 @@ pub struct ServedKeys {
     round1: Option<KeyShares>,
     /// sealed Shamir shares by recipient, then sender
     sealed: BTreeMap<u32, BTreeMap<u32, Vec<u8>>>,
-    /// each keyholder's public-key share (encoded) and its signature over it, relayed to all
-    key_shares: BTreeMap<u32, (Vec<u8>, Vec<u8>)>,
+    /// each keyholder's round 1 as every keyholder is relayed it
+    relayed: BTreeMap<u32, Relayed>,
+    /// the lowest-numbered keyholder's input preparation (told to requesters)
+    input_preparation: Option<(u32, String)>,
     round2: Option<RelinKeyShare2>,
     public_key: Option<(PublicKey, Vec<u8>)>,
-    evaluator: Option<Arc<Evaluator>>,
-    model: Option<Arc<Model>>,
-    /// identifies the setup: the hash of the round-1 relinearization sum every keyholder got
+    /// identifies the setup: the hash of the round-1 relinearization sum
     setup: Option<[u8; 32]>,
+    /// mode (a): the sums keyholders make their evaluation keys of, encoded as they are sent
+    keyholder_keys: Option<Vec<Vec<u8>>>,
     /// head training: the evaluation keys the trainer takes
     head_keys: Option<Arc<EvaluationKeys>>,
-    /// the encoded keys and model, kept until they are saved
-    unsaved_keys: Option<(Vec<u8>, Vec<Vec<u8>>)>,
-    unsaved_model: Option<Vec<Vec<u8>>>,
+    /// the served state is saved once, when serving starts
+    saved: bool,
 }
 
 /// The identifier of a setup from the round-1 relinearization sum (as encoded on the wire).
@@ -152,15 +147,14 @@ impl ServedKeys {
             compiled: None,
             round1: None,
             sealed: BTreeMap::new(),
-            key_shares: BTreeMap::new(),
+            relayed: BTreeMap::new(),
+            input_preparation: None,
             round2: None,
             public_key: None,
-            evaluator: None,
-            model: None,
             setup: None,
+            keyholder_keys: None,
             head_keys: None,
-            unsaved_keys: None,
-            unsaved_model: None,
+            saved: false,
         }
     }
 
@@ -177,59 +171,46 @@ impl ServedKeys {
         self.setup
     }
 
-    /// Serves a saved state again: every key and ciphertext is decoded and checked against the
-    /// plan its architecture compiles to.
+    /// Serves a saved state again: every key sum is decoded and checked against the plan its
+    /// architecture compiles to, and the relinearization sum against the setup it names.
     pub fn restore(
         federation: FederationId,
         max_images: u32,
         saved: &SavedServing,
     ) -> Result<Self, KeysError> {
         let mut me = Self::new(federation, saved.hospitals, max_images);
-        let c = me.compile(&saved.architecture, &saved.class_names)?;
+        let mut c = me.compile(&saved.architecture, &saved.class_names)?;
         if c.info.fingerprint != saved.fingerprint {
             return Err(invalid("the saved state is for another plan"));
         }
-        let item = |what: &'static str, e: wire::WireError| KeysError::Item {
-            index: 0,
-            what,
-            reason: e.to_string(),
-        };
-        let pk = wire::decode_public_key(&c.ctx, &saved.public_key)
-            .map_err(|e| item("saved public key", e))?;
-        let rlk = wire::decode_relinearization_key(&c.ctx, &saved.relinearization)
-            .map_err(|e| item("saved relinearization key", e))?;
-        let mut galois = GaloisKeys::new();
-        for g in &saved.galois {
-            galois.insert(
-                wire::decode_galois_key(&c.ctx, g).map_err(|e| item("saved Galois key", e))?,
-            );
+        check_prep(&saved.input_preparation)?;
+        c.info.input_preparation = saved.input_preparation.clone();
+        let pk =
+            wire::decode_public_key(&c.ctx, &saved.public_key).map_err(|e| KeysError::Item {
+                index: 0,
+                what: "saved public key",
+                reason: e.to_string(),
+            })?;
+        check_keyholder_keys(&c, &saved.keys)?;
+        if setup_id(&saved.keys[0]) != saved.setup {
+            return Err(invalid("the saved relinearization sum is not the setup's"));
         }
-        let mut have: Vec<u64> = galois.elements().collect();
-        have.sort_unstable();
-        if have != c.keys.galois_elements() {
-            return Err(invalid(
-                "the saved Galois keys are not the plan's rotations",
-            ));
-        }
-        let eval = c
-            .ctx
-            .evaluator(Some(&rlk), Some(&galois))
-            .map_err(|e| invalid(e.to_string()))?;
         me.compiled = Some(c);
         me.public_key = Some((pk, saved.public_key.clone()));
-        me.evaluator = Some(Arc::new(eval));
-        me.store_model(&saved.model, &saved.architecture, &saved.input_preparation)?;
-        me.unsaved_model = None;
+        me.keyholder_keys = Some(saved.keys.clone());
         me.setup = Some(saved.setup);
+        me.saved = true;
         Ok(me)
     }
 
-    /// What to save once serving starts (taken: the encoded keys and model are then dropped).
+    /// What to save once serving starts (once).
     pub fn take_unsaved(&mut self, threshold: u32) -> Option<SavedServing> {
+        if self.saved {
+            return None;
+        }
         let c = self.compiled.as_ref()?;
-        let (relinearization, galois) = self.unsaved_keys.take()?;
-        let model = self.unsaved_model.take()?;
-        Some(SavedServing {
+        let saved = SavedServing {
+            format: FORMAT,
             hospitals: self.hospitals,
             threshold,
             architecture: c.info.architecture.clone(),
@@ -238,10 +219,10 @@ impl ServedKeys {
             fingerprint: c.info.fingerprint,
             setup: self.setup?,
             public_key: self.public_key.as_ref()?.1.clone(),
-            relinearization,
-            galois,
-            model,
-        })
+            keys: self.keyholder_keys.clone()?,
+        };
+        self.saved = true;
+        Some(saved)
     }
 
     pub fn compiled(&self) -> Option<&Compiled> {
@@ -299,14 +280,20 @@ impl ServedKeys {
         if header.sealed.iter().any(|(_, b)| b.len() != sealed_len) {
             return Err(invalid(format!("a sealed share is not {sealed_len} bytes")));
         }
-        Ok(Round1Stream {
-            hospital,
-            galois: Vec::with_capacity(want),
-            header,
-            received: 0,
-            public_key: None,
-            relin: None,
-        })
+        check_prep(&header.input_preparation)?;
+        if let Some(other) = self
+            .relayed
+            .values()
+            .find(|r| r.record.model != header.model)
+        {
+            return Err(invalid(format!(
+                "a final model other than hospital {}'s: every keyholder evaluates requests \
+                 itself, so all must hold the federation's final model (is this hospital's \
+                 network.json from the last round?)",
+                other.record.hospital
+            )));
+        }
+        Ok(Round1Stream::new(hospital, header, want))
     }
 
     /// The served plan of `architecture` (no weights), or the head's plan when training one,
@@ -334,7 +321,7 @@ impl ServedKeys {
         let keys = CollectiveKeys::new(plan.spec(), &ctx, &served_crs(&self.federation.0))
             .map_err(|e| invalid(e.to_string()))?;
         let info = ModelInfo {
-            name: "federated model (encrypted, mode a)".into(),
+            name: "federated model (mode a: evaluated by its keyholders)".into(),
             architecture: architecture.to_string(),
             class_names: class_names.to_vec(),
             fingerprint: plan.spec().fingerprint(),
@@ -398,30 +385,48 @@ impl ServedKeys {
         })
     }
 
-    /// Sums a complete round-1 stream and keeps its sealed shares for their recipients.
+    /// Sums a complete round-1 stream and keeps its sealed shares for their recipients and its
+    /// record for every keyholder.
     pub fn store_round1(&mut self, stream: Round1Stream) -> Result<(), KeysError> {
-        let c = self.compiled.as_ref().ok_or(KeysError::NotReady)?;
+        let c = self.compiled.as_mut().ok_or(KeysError::NotReady)?;
         let hospital = stream.hospital;
         let sealed = stream.header.sealed.clone();
-        let signature = stream.header.signature.clone();
-        let shares = stream.finish()?;
-        c.keys
-            .check_galois(&shares)
-            .map_err(|e| invalid(e.to_string()))?;
-        self.key_shares.insert(
-            hospital,
-            (
-                mpw::encode_public_key_share(&c.ctx, &shares.public_key),
-                signature,
-            ),
+        let (architecture, prep) = (
+            stream.header.architecture.clone(),
+            stream.header.input_preparation.clone(),
         );
+        let done = stream.finish()?;
+        c.keys
+            .check_galois(&done.shares)
+            .map_err(|e| invalid(e.to_string()))?;
         match self.round1.as_mut() {
-            None => self.round1 = Some(shares),
+            None => self.round1 = Some(done.shares),
             Some(acc) => c
                 .keys
-                .aggregate1(acc, &shares)
+                .aggregate1(acc, &done.shares)
                 .map_err(|e| invalid(e.to_string()))?,
         }
+        // requesters are told the lowest-numbered keyholder's architecture (its normalization)
+        // and input preparation
+        if self
+            .input_preparation
+            .as_ref()
+            .is_none_or(|(h, _)| hospital < *h)
+        {
+            self.input_preparation = Some((hospital, prep.clone()));
+            if c.served().is_some() {
+                c.info.architecture = architecture;
+                c.info.input_preparation = prep;
+            }
+        }
+        self.relayed.insert(
+            hospital,
+            Relayed {
+                record: done.record,
+                public_key: done.public_key,
+                relinearization: done.relinearization,
+            },
+        );
         for (to, bytes) in sealed {
             self.sealed.entry(to).or_default().insert(hospital, bytes);
         }
@@ -429,35 +434,25 @@ impl ServedKeys {
     }
 
     /// What a keyholder gets after round 1: the header (the sealed shares addressed to `to`,
-    /// every keyholder's signature over its public-key share) and the items (the round-1
-    /// relinearization aggregate, then those public-key shares in the header's order).
+    /// every keyholder's signed record) and the items (each keyholder's public-key share and
+    /// relinearization round-1 share, in the records' order): it makes the sums itself.
     pub fn round1_result(&self, to: u32) -> Result<(Body, Vec<Vec<u8>>), KeysError> {
-        let (agg, sealed) = self.round1_sum(to)?;
-        let mut items = vec![agg];
-        let mut key_shares = Vec::with_capacity(self.key_shares.len());
-        for (h, (share, signature)) in &self.key_shares {
-            key_shares.push((*h, signature.clone()));
-            items.push(share.clone());
+        if self.round1.is_none() {
+            return Err(KeysError::NotReady);
         }
-        Ok((Body::CollectiveRound1Result { sealed, key_shares }, items))
-    }
-
-    /// The round-1 relinearization aggregate (encoded) and the sealed shares addressed to `to`.
-    fn round1_sum(&self, to: u32) -> Result<(Vec<u8>, Sealed), KeysError> {
-        let (c, agg) = self
-            .compiled
-            .as_ref()
-            .zip(self.round1.as_ref())
-            .ok_or(KeysError::NotReady)?;
         let sealed = self
             .sealed
             .get(&to)
             .map(|m| m.iter().map(|(f, b)| (*f, b.clone())).collect())
             .unwrap_or_default();
-        Ok((
-            mpw::encode_relin_share1(&c.ctx, &agg.relinearization),
-            sealed,
-        ))
+        let mut items = Vec::with_capacity(2 * self.relayed.len());
+        let mut key_shares = Vec::with_capacity(self.relayed.len());
+        for r in self.relayed.values() {
+            key_shares.push(r.record.clone());
+            items.push(r.public_key.clone());
+            items.push(r.relinearization.clone());
+        }
+        Ok((Body::CollectiveRound1Result { sealed, key_shares }, items))
     }
 
     /// Decodes and sums a round-2 share.
@@ -478,44 +473,46 @@ impl ServedKeys {
         Ok(())
     }
 
-    /// Makes the evaluation keys and the collective public key from both rounds' sums.
+    /// Makes the collective public key and, serving a model, the sums keyholders make their
+    /// evaluation keys of (head training: the evaluation keys) from both rounds' sums.
     pub fn make_keys(&mut self) -> Result<(), KeysError> {
         let c = self.compiled.as_ref().ok_or(KeysError::NotReady)?;
         let (Some(r1), Some(r2)) = (self.round1.take(), self.round2.take()) else {
             return Err(KeysError::NotReady);
         };
         let pk = c.keys.public_key(&r1);
-        self.setup = Some(setup_id(&mpw::encode_relin_share1(
-            &c.ctx,
-            &r1.relinearization,
-        )));
-        let keys = c
-            .keys
-            .finalize(r1, r2)
-            .map_err(|e| invalid(e.to_string()))?;
-        let galois_bytes = keys
-            .galois
-            .elements()
-            .filter_map(|g| keys.galois.get(g))
-            .map(|k| wire::encode_galois_key(&c.ctx, k))
-            .collect();
-        let relin_bytes = keys
-            .relinearization
-            .as_ref()
-            .map(|k| wire::encode_relinearization_key(&c.ctx, k))
-            .ok_or_else(|| invalid("no relinearization key"))?;
-        self.unsaved_keys = Some((relin_bytes, galois_bytes));
-        let eval = c
-            .ctx
-            .evaluator(keys.relinearization.as_ref(), Some(&keys.galois))
-            .map_err(|e| invalid(e.to_string()))?;
+        let relin1 = mpw::encode_relin_share1(&c.ctx, &r1.relinearization);
+        self.setup = Some(setup_id(&relin1));
         let bytes = wire::encode_public_key(&c.ctx, &pk);
         self.public_key = Some((pk, bytes));
-        self.evaluator = Some(Arc::new(eval));
         if self.head.is_some() {
+            let keys = c
+                .keys
+                .finalize(r1, r2)
+                .map_err(|e| invalid(e.to_string()))?;
             self.head_keys = Some(Arc::new(keys));
+            return Ok(());
         }
+        let mut items = vec![relin1, mpw::encode_relin_share2(&c.ctx, &r2)];
+        items.extend(
+            r1.galois
+                .iter()
+                .map(|g| mpw::encode_galois_share(&c.ctx, g)),
+        );
+        self.keyholder_keys = Some(items);
         Ok(())
+    }
+
+    /// Mode (a): the message that gives a keyholder the sums of its evaluation keys.
+    pub fn keyholder_keys(&self) -> Option<(Body, Vec<Vec<u8>>)> {
+        let items = self.keyholder_keys.clone()?;
+        Some((
+            Body::ServingKeys(ServingKeys {
+                setup: self.setup?,
+                galois: items.len().saturating_sub(2) as u32,
+            }),
+            items,
+        ))
     }
 
     /// Head training: the collective public key and the evaluation keys, once made.
@@ -533,128 +530,46 @@ impl ServedKeys {
         self.public_key.as_ref().map(|(_, b)| b.as_slice())
     }
 
-    /// Ciphertexts the encrypted model has (the layout depends on the shapes only).
-    pub fn model_len(&self) -> Result<usize, KeysError> {
-        let c = self.compiled.as_ref().ok_or(KeysError::NotReady)?;
-        let plan = c
-            .served()
-            .ok_or_else(|| invalid("no model is served here"))?;
-        Model::encrypted_len(plan, &c.ctx).map_err(|e| invalid(e.to_string()))
-    }
-
-    /// Decodes and checks the uploaded model (every ciphertext against the plan); requesters
-    /// are then told its `architecture` (its input normalization is the uploader's).
-    pub fn store_model(
-        &mut self,
-        items: &[Vec<u8>],
-        architecture: &str,
-        input_preparation: &str,
-    ) -> Result<(), KeysError> {
-        let c = self.compiled.as_mut().ok_or(KeysError::NotReady)?;
-        let KeyPlan::Served { plan, layers } = &c.plan else {
-            return Err(invalid("no model is served here"));
-        };
-        if architecture.len() > MAX_ARCHITECTURE_BYTES || layers_of(architecture)? != *layers {
-            return Err(invalid(
-                "the encrypted model's architecture is not the plan's",
-            ));
-        }
-        if input_preparation.len() > MAX_ARCHITECTURE_BYTES
-            || (!input_preparation.is_empty()
-                && serde_json::from_str::<serde_json::Value>(input_preparation).is_err())
-        {
-            return Err(invalid("the model's input preparation is not JSON"));
-        }
-        let cts = items
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                wire::decode_ciphertext(&c.ctx, b).map_err(|e| KeysError::Item {
-                    index: i as u64,
-                    what: "model ciphertext",
-                    reason: e.to_string(),
-                })
-            })
-            .collect::<Result<Vec<Ciphertext>, _>>()?;
-        let model = Model::from_ciphertexts(plan, &c.ctx, cts)
-            .map_err(|e| invalid(format!("the encrypted model does not fit the plan: {e}")))?;
-        c.info.architecture = architecture.to_string();
-        c.info.input_preparation = input_preparation.to_string();
-        self.model = Some(Arc::new(model));
-        self.unsaved_model = Some(items.to_vec());
-        Ok(())
-    }
-
-    /// What a request needs to be evaluated.
-    pub fn serving(&self) -> Option<Evaluation> {
+    /// The served plan and its context (mode a), to check requests against.
+    pub fn served(&self) -> Option<(Arc<CkksContext>, InferencePlan)> {
         let c = self.compiled.as_ref()?;
-        Some(Evaluation {
-            ctx: c.ctx.clone(),
-            plan: c.served()?.clone(),
-            evaluator: self.evaluator.clone()?,
-            model: self.model.clone()?,
-        })
+        Some((c.ctx.clone(), c.served()?.clone()))
     }
 }
 
-impl Round1Stream {
-    /// Items still expected.
-    pub fn remaining(&self) -> u64 {
-        self.header.items() - self.received
+/// A keyholder's input preparation: JSON, bounded (empty: unknown).
+fn check_prep(prep: &str) -> Result<(), KeysError> {
+    if prep.len() > MAX_ARCHITECTURE_BYTES
+        || (!prep.is_empty() && serde_json::from_str::<serde_json::Value>(prep).is_err())
+    {
+        return Err(invalid("the model's input preparation is not JSON"));
     }
+    Ok(())
+}
 
-    pub fn plan(&self) -> [u8; 32] {
-        self.header.plan
+/// Saved key sums: the two relinearization sums, then one Galois sum per planned rotation.
+fn check_keyholder_keys(c: &Compiled, items: &[Vec<u8>]) -> Result<(), KeysError> {
+    let item = |index: usize, what: &'static str, e: wire::WireError| KeysError::Item {
+        index: index as u64,
+        what,
+        reason: e.to_string(),
+    };
+    let want = c.keys.galois_elements().len();
+    if items.len() != 2 + want {
+        return Err(invalid(format!(
+            "{} saved key sums; the plan's keys are made of {}",
+            items.len(),
+            2 + want
+        )));
     }
-
-    /// Decodes and checks the next item.
-    pub fn push(&mut self, ctx: &CkksContext, item: &[u8]) -> Result<(), KeysError> {
-        if self.remaining() == 0 {
-            return Err(invalid(format!(
-                "more items than the {} announced",
-                self.header.items()
-            )));
-        }
-        let index = self.received;
-        let err = |what, e: he_agg::ckks::wire::WireError| KeysError::Item {
-            index,
-            what,
-            reason: e.to_string(),
-        };
-        match index {
-            0 => {
-                self.public_key = Some(
-                    mpw::decode_public_key_share(ctx, item)
-                        .map_err(|e| err("public-key share", e))?,
-                )
-            }
-            1 => {
-                self.relin = Some(
-                    mpw::decode_relin_share1(ctx, item)
-                        .map_err(|e| err("relinearization round-1 share", e))?,
-                )
-            }
-            _ => self
-                .galois
-                .push(mpw::decode_galois_share(ctx, item).map_err(|e| err("Galois share", e))?),
-        }
-        self.received += 1;
-        Ok(())
-    }
-
-    fn finish(self) -> Result<KeyShares, KeysError> {
-        let remaining = self.remaining();
-        match (self.public_key, self.relin) {
-            (Some(public_key), Some(relinearization)) if remaining == 0 => Ok(KeyShares {
-                public_key,
-                relinearization,
-                galois: self.galois,
-            }),
-            _ => Err(invalid(format!(
-                "the stream ended after {} of the {} items announced",
-                self.received,
-                self.header.items()
-            ))),
-        }
-    }
+    mpw::decode_relin_share1(&c.ctx, &items[0]).map_err(|e| item(0, "relinearization sum", e))?;
+    mpw::decode_relin_share2(&c.ctx, &items[1]).map_err(|e| item(1, "relinearization sum", e))?;
+    let galois = items[2..]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| mpw::decode_galois_share(&c.ctx, b).map_err(|e| item(i + 2, "Galois sum", e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    c.keys
+        .check_elements(&galois)
+        .map_err(|e| invalid(e.to_string()))
 }

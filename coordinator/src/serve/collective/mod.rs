@@ -1,6 +1,7 @@
-//! Mode (a) serving after training, sans-IO: the model stays encrypted at the coordinator under a
-//! key the hospitals make collectively, and every result is switched to its requester's key by t
-//! hospitals, each of which logs the request.
+//! Mode (a) serving after training, sans-IO: the model stays with the hospitals, images are
+//! encrypted under a key the hospitals make collectively, and each request is evaluated and its
+//! result switched to its requester's key by t hospitals ("keyholders"), each of which checks
+//! the requester's signature and logs the request. The coordinator relays, checks and combines.
 //!
 //! [`ServingEngine`] holds the protocol's decisions (as [`crate::engine::Engine`] does for the
 //! rounds); the cryptography is `he_agg::infer::threshold`, summed and checked in [`keys`] and
@@ -9,23 +10,25 @@
 //!
 //! Setup, with every hospital connected (the keys need all N secret shares):
 //! 1. each hospital compiles the plan of its final model and sends its round-1 key shares (public
-//!    key, relinearization round 1, the plan's Galois keys) with the plan's fingerprint, and
-//!    sealed Shamir shares of its inference secret for every other hospital; all fingerprints
-//!    must agree;
-//! 2. once all N have, each receives the round-1 aggregate and the sealed shares addressed to it,
-//!    and sends its relinearization round-2 share;
-//! 3. once all N have, the keys are complete; the lowest-numbered hospital encrypts the final
-//!    model under the collective public key and uploads it; every hospital reports its
-//!    threshold secret formed.
+//!    key, relinearization round 1, the plan's Galois keys) with the plan's fingerprint, its
+//!    model's digest and its signature over both, and sealed Shamir shares of its inference
+//!    secret for every other hospital; all fingerprints and model digests must agree;
+//! 2. once all N have, each receives every hospital's signed record with its public-key and
+//!    relinearization shares (it checks them and makes both sums itself) and the sealed shares
+//!    addressed to it, and sends its relinearization round-2 share;
+//! 3. once all N have, the coordinator makes the collective public key and the sums every
+//!    keyholder's evaluation keys are made of, and sends them; each keyholder makes its keys and
+//!    says it is ready.
 //!
-//! Serving: a request (images encrypted under the collective key, the requester's public key) is
-//! evaluated, then t connected hospitals are asked for switching shares; one that leaves before
-//! answering is replaced (a new attempt); with fewer than t connected the request waits until
-//! its deadline and is then refused.
+//! Serving: a request (images encrypted under the collective key, the requester's public key,
+//! its signature) is checked, then t ready hospitals are asked to evaluate it and switch the
+//! results; their results must agree. One that leaves before answering, or whose answer does
+//! not fit, is replaced (a new attempt); with fewer than t ready the request waits until its
+//! deadline and is then refused.
 //!
 //! Head training (`coordinator train-head`, issue 20) is served the same way with a head's plan
-//! ([`keys::KeyPlan::Head`]): the coordinator encrypts the zero head itself instead of asking
-//! for a model; a contributor's encrypted examples start a run ([`head`]); after every step the
+//! ([`keys::KeyPlan::Head`]): the coordinator computes the steps itself, so it makes the
+//! evaluation keys; a contributor's encrypted examples start a run ([`head`]); after every step the
 //! state's refresh is a request answered by t keyholders (replaced as above when one leaves),
 //! and the trained head is switched to the contributor's key as a result is.
 
@@ -33,6 +36,7 @@ mod engine;
 pub mod head;
 pub mod keys;
 pub mod requests;
+mod round1;
 pub mod saved;
 pub mod shell;
 

@@ -15,6 +15,7 @@ use he_agg::multiparty::{PublicKeySwitch, wire as mpw};
 use he_agg::ring::Prng;
 use protocol::FederationId;
 use protocol::serve::collective::{CollectiveRequest, KeyholderRound1};
+use protocol::transcript::digest_items;
 
 use super::keys::{KeysError, ServedKeys};
 use super::requests::{SwitchState, decode_images};
@@ -54,7 +55,18 @@ fn header(f: &Fixture, me: u32) -> KeyholderRound1 {
             .filter(|&h| h != me)
             .map(|h| (h, vec![0; len]))
             .collect(),
+        input_preparation: String::new(),
+        model: [1; 32],
+        galois_digest: [0; 32],
         signature: vec![],
+    }
+}
+
+/// A header whose Galois digest is that of `items`' Galois shares.
+fn header_for(f: &Fixture, me: u32, items: &[Vec<u8>]) -> KeyholderRound1 {
+    KeyholderRound1 {
+        galois_digest: digest_items(items[2..].iter().map(Vec::as_slice)),
+        ..header(f, me)
     }
 }
 
@@ -128,14 +140,22 @@ fn garbage_or_cut_round1_streams_change_nothing() {
     refused(s.push(&f.ctx, &items[2]), "relinearization");
 
     // a stream cut after two items is not summed, and nothing is relayed
-    let mut s = keys.begin_round1(1, header(&f, 1)).unwrap();
+    let mut s = keys.begin_round1(1, header_for(&f, 1, &items)).unwrap();
     s.push(&f.ctx, &items[0]).unwrap();
     s.push(&f.ctx, &items[1]).unwrap();
     refused(keys.store_round1(s), "ended after 2");
     refused(keys.round1_result(2), "not made yet");
 
-    // a whole stream is summed, and its sealed shares wait for their recipients
+    // Galois shares other than the ones the keyholder's signed record names
     let mut s = keys.begin_round1(1, header(&f, 1)).unwrap();
+    for it in &items {
+        s.push(&f.ctx, it).unwrap();
+    }
+    refused(keys.store_round1(s), "Galois shares are not");
+    refused(keys.round1_result(2), "not made yet");
+
+    // a whole stream is summed, and its sealed shares wait for their recipients
+    let mut s = keys.begin_round1(1, header_for(&f, 1, &items)).unwrap();
     for it in &items {
         s.push(&f.ctx, it).unwrap();
     }
@@ -148,16 +168,23 @@ fn garbage_or_cut_round1_streams_change_nothing() {
     };
     assert_eq!(sealed.len(), 1);
     assert_eq!(sealed[0].0, 1);
-    // the relinearization sum, then hospital 1's public-key share as it sent it, relayed
-    assert_eq!(key_shares.iter().map(|k| k.0).collect::<Vec<_>>(), vec![1]);
-    assert_eq!(items_out.len(), 2);
-    assert_eq!(items_out[1], items[0]);
-    refused(keys.store_round2(&[1, 2, 3]), "round-2");
-    refused(
-        keys.model_len().and(Err::<(), _>(KeysError::NotReady)),
-        "not made",
+    // hospital 1's record, its public-key and relinearization shares as it sent them: each
+    // keyholder makes the sums itself
+    assert_eq!(
+        key_shares.iter().map(|k| k.hospital).collect::<Vec<_>>(),
+        vec![1]
     );
-    assert!(keys.serving().is_none());
+    assert_eq!(items_out, items[..2].to_vec());
+    // another keyholder holding another final model is refused at its header
+    let mut other = header_for(&f, 2, &items);
+    other.model = [2; 32];
+    refused(
+        keys.begin_round1(2, other),
+        "a final model other than hospital 1's",
+    );
+    refused(keys.store_round2(&[1, 2, 3]), "round-2");
+    refused(keys.make_keys(), "not made");
+    assert!(keys.keyholder_keys().is_none());
 }
 
 #[test]
@@ -178,6 +205,7 @@ fn bad_images_and_bad_switching_shares_are_refused() {
         fingerprint: spec.fingerprint(),
         images: 1,
         ciphertexts_per_image: 1,
+        signature: vec![1; 70],
     };
     let (_, images) = decode_images(
         &f.ctx,
@@ -245,6 +273,45 @@ fn bad_images_and_bad_switching_shares_are_refused() {
         .share(&sk, &pk, &result, &mut Prng::from_os().unwrap())
         .unwrap();
     let ok = mpw::encode_public_key_switch_share(&f.ctx, &share);
-    assert_eq!(switch.decode_shares(&[ok]).unwrap().len(), 1);
+    assert_eq!(
+        switch
+            .decode_shares(std::slice::from_ref(&ok))
+            .unwrap()
+            .len(),
+        1
+    );
     refused(switch.finish(), "no switching shares");
+
+    // mode (a): each keyholder sends its results with its shares; they must agree
+    let mut evaluated = SwitchState::evaluated_by_keyholders(
+        f.ctx.clone(),
+        served_combiner(&f.ctx, 3, 2).unwrap(),
+        vec![],
+        1,
+        spec.output_level(),
+    );
+    let result_bytes = wire::encode_ciphertext(&f.ctx, &result);
+    refused(
+        evaluated.fold_evaluated(0, std::slice::from_ref(&ok), 5),
+        "1 results and their switching shares",
+    );
+    refused(
+        evaluated.fold_evaluated(0, &[good_bytes.clone(), ok.clone()], 5),
+        "result 0 at level",
+    );
+    evaluated
+        .fold_evaluated(0, &[result_bytes.clone(), ok.clone()], 5)
+        .unwrap();
+    let other = eval
+        .drop_levels(&good, good.level() - spec.output_level())
+        .unwrap();
+    let mut other = other;
+    other.scale *= 2.0;
+    refused(
+        evaluated.fold_evaluated(0, &[wire::encode_ciphertext(&f.ctx, &other), ok.clone()], 7),
+        "results other than another keyholder's",
+    );
+    evaluated.fold_evaluated(0, &[result_bytes, ok], 9).unwrap();
+    assert_eq!(evaluated.evaluate_us, 9);
+    assert_eq!(evaluated.finish().unwrap().len(), 1);
 }

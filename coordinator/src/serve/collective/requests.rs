@@ -1,12 +1,13 @@
-//! A mode (a) request at the coordinator, sans-IO: its images checked against the plan, its
-//! evaluated results, and the sum of the switching shares of the current attempt. Shares are
-//! decoded and checked in full before any is summed, and a new attempt starts from nothing, so
-//! a bad or late stream never reaches the result.
+//! A mode (a) request at the coordinator, sans-IO: its images checked against the plan, the
+//! results the switching keyholders computed (which must agree word for word), and the sum of
+//! the switching shares of the current attempt. Everything a keyholder sends is decoded and
+//! checked in full before any is summed, and a new attempt starts from nothing, so a bad or
+//! late stream never reaches the result.
 
 use std::sync::Arc;
 
-use he_agg::ckks::{Ciphertext, CkksContext, Evaluator, PublicKey, wire};
-use he_agg::infer::{InferencePlan, Model};
+use he_agg::ckks::{Ciphertext, CkksContext, PublicKey, wire};
+use he_agg::infer::InferencePlan;
 use he_agg::multiparty::{PublicKeySwitch, PublicKeySwitchShare, wire as mpw};
 use protocol::serve::collective::CollectiveRequest;
 
@@ -67,71 +68,93 @@ pub fn decode_images(
     Ok((pk, images))
 }
 
-/// Evaluates the encrypted model on every image (`images`: each image's ciphertexts one after
-/// the other; CPU-bound: run it off the async runtime).
-pub fn evaluate(
-    eval: &Evaluator,
-    model: &Model,
-    images: &[Ciphertext],
-) -> Result<Vec<Ciphertext>, KeysError> {
-    let per = model.spec().input_ciphertexts().max(1);
-    images
-        .chunks(per)
-        .map(|image| {
-            model
-                .evaluate(eval, image)
-                .map_err(|e| invalid(format!("evaluation failed: {e}")))
-        })
-        .collect()
-}
-
-/// A request whose results wait for their switch.
+/// A request whose results wait for their switch: mode (a)'s, whose results each switching
+/// keyholder computes and sends with its shares (they must agree: the first of an attempt is
+/// the reference), or a trained head's, known here.
 pub struct SwitchState {
     ctx: Arc<CkksContext>,
     pcks: PublicKeySwitch,
-    /// the requester's public key, encoded, as keyholders get it
-    pub requester_key: Vec<u8>,
-    pub results: Vec<Ciphertext>,
-    /// the results, encoded, as keyholders get them
-    pub encoded: Vec<Vec<u8>>,
+    /// what every asked keyholder is sent after the header: mode (a), the requester's public
+    /// key and its images; a head, the contributor's key and the head
+    pub items: Vec<Vec<u8>>,
+    count: usize,
+    /// the level results are at
+    level: usize,
+    /// the results of the current attempt (a head's are fixed), decoded and as encoded
+    results: Option<(u32, Vec<Ciphertext>, Vec<Vec<u8>>)>,
+    fixed: bool,
     sum: Option<(u32, Vec<PublicKeySwitchShare>)>,
+    /// the slowest evaluation of the current attempt
+    pub evaluate_us: u64,
 }
 
 impl SwitchState {
+    /// Mode (a): `count` images whose results the keyholders compute (at `level`); `items` is
+    /// what the requester sent (its public key, then the images).
+    pub fn evaluated_by_keyholders(
+        ctx: Arc<CkksContext>,
+        pcks: PublicKeySwitch,
+        items: Vec<Vec<u8>>,
+        count: usize,
+        level: usize,
+    ) -> Self {
+        Self {
+            ctx,
+            pcks,
+            items,
+            count,
+            level,
+            results: None,
+            fixed: false,
+            sum: None,
+            evaluate_us: 0,
+        }
+    }
+
+    /// Head training: `results` known here, switched to `requester_key`.
     pub fn new(
         ctx: Arc<CkksContext>,
         pcks: PublicKeySwitch,
         requester_key: Vec<u8>,
         results: Vec<Ciphertext>,
     ) -> Self {
-        let encoded = results
+        let encoded: Vec<Vec<u8>> = results
             .iter()
             .map(|c| wire::encode_ciphertext(&ctx, c))
             .collect();
+        let mut items = vec![requester_key];
+        items.extend(encoded.iter().cloned());
         Self {
+            count: results.len(),
+            level: results.first().map_or(0, Ciphertext::level),
             ctx,
             pcks,
-            requester_key,
-            results,
-            encoded,
+            items,
+            results: Some((0, results, encoded)),
+            fixed: true,
             sum: None,
+            evaluate_us: 0,
         }
     }
 
-    /// Decodes one keyholder's shares (one per result, at the result's level); nothing summed.
+    /// Results (and switching shares) one keyholder sends.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Decodes one keyholder's shares (one per result, at the results' level); nothing summed.
     pub fn decode_shares(&self, items: &[Vec<u8>]) -> Result<Vec<PublicKeySwitchShare>, KeysError> {
-        if items.len() != self.results.len() {
+        if items.len() != self.count {
             return Err(invalid(format!(
                 "{} switching shares for {} results",
                 items.len(),
-                self.results.len()
+                self.count
             )));
         }
         items
             .iter()
-            .zip(&self.results)
             .enumerate()
-            .map(|(i, (b, r))| {
+            .map(|(i, b)| {
                 let s = mpw::decode_public_key_switch_share(&self.ctx, b).map_err(|e| {
                     KeysError::Item {
                         index: i as u64,
@@ -139,14 +162,76 @@ impl SwitchState {
                         reason: e.to_string(),
                     }
                 })?;
-                if s.level() != r.level() {
+                if s.level() != self.level {
                     return Err(invalid(format!(
-                        "switching share {i} at level {}, the result is at {}",
+                        "switching share {i} at level {}, the results are at {}",
                         s.level(),
-                        r.level()
+                        self.level
                     )));
                 }
                 Ok(s)
+            })
+            .collect()
+    }
+
+    /// Mode (a): a keyholder's answer to `attempt` — its results, then its shares of them. The
+    /// results must be the attempt's (every honest keyholder computes the same words from the
+    /// same signed request and keys); nothing is kept when they are not.
+    pub fn fold_evaluated(
+        &mut self,
+        attempt: u32,
+        items: &[Vec<u8>],
+        evaluate_us: u64,
+    ) -> Result<(), KeysError> {
+        if self.fixed || items.len() != 2 * self.count {
+            return Err(invalid(format!(
+                "{} items where {} results and their switching shares were expected",
+                items.len(),
+                self.count
+            )));
+        }
+        let (results, shares) = items.split_at(self.count);
+        let current = self.results.as_ref().filter(|(a, _, _)| *a == attempt);
+        let decoded = match current {
+            Some((_, _, encoded)) => {
+                if encoded.as_slice() != results {
+                    return Err(invalid(
+                        "results other than another keyholder's evaluation of the same request",
+                    ));
+                }
+                None
+            }
+            None => Some(self.decode_results(results)?),
+        };
+        let shares = self.decode_shares(shares)?;
+        if let Some(cts) = decoded {
+            self.results = Some((attempt, cts, results.to_vec()));
+            self.evaluate_us = 0;
+        }
+        self.fold(attempt, shares)?;
+        self.evaluate_us = self.evaluate_us.max(evaluate_us);
+        Ok(())
+    }
+
+    fn decode_results(&self, items: &[Vec<u8>]) -> Result<Vec<Ciphertext>, KeysError> {
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let ct = wire::decode_ciphertext(&self.ctx, b).map_err(|e| KeysError::Item {
+                    index: i as u64,
+                    what: "result",
+                    reason: e.to_string(),
+                })?;
+                if ct.level() != self.level || ct.degree() != 1 {
+                    return Err(invalid(format!(
+                        "result {i} at level {} degree {}; results are at level {} degree 1",
+                        ct.level(),
+                        ct.degree(),
+                        self.level
+                    )));
+                }
+                Ok(ct)
             })
             .collect()
     }
@@ -172,10 +257,16 @@ impl SwitchState {
 
     /// The results under the requester's key, encoded.
     pub fn finish(self) -> Result<Vec<Vec<u8>>, KeysError> {
-        let (_, sum) = self
+        let (a, sum) = self
             .sum
             .ok_or_else(|| invalid("no switching shares were folded"))?;
-        self.results
+        let (r, results, _) = self
+            .results
+            .ok_or_else(|| invalid("no results were folded"))?;
+        if !self.fixed && r != a {
+            return Err(invalid("the results are another attempt's"));
+        }
+        results
             .iter()
             .zip(sum)
             .map(|(r, s)| {

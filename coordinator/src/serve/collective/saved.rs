@@ -1,8 +1,9 @@
 //! The served state on disk, so a restarted coordinator serves again without a new setup: the
-//! evaluation keys, the collective public key, the encrypted model and what identifies the
-//! setup, in one file (`served.bin` in the coordinator directory) whose BLAKE3 hash the redb
-//! store names as current once the file is synced. Loading checks the hash, then decodes and
-//! validates every key and ciphertext against the plan as if it came from the network.
+//! sums the evaluation keys are made of (what keyholders are sent), the collective public key
+//! and what identifies the setup, in one file (`served.bin` in the coordinator directory) whose
+//! BLAKE3 hash the redb store names as current once the file is synced. Loading checks the
+//! hash and the format, then decodes and validates every key against the plan as if it came
+//! from the network. The model is never here: the keyholders hold it.
 
 use std::path::{Path, PathBuf};
 
@@ -10,12 +11,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::Store;
 
-/// Largest served state read back (keys and model of the default model are ~0.5 GB).
+/// Largest served state read back (the default model's key sums are ~0.3 GB).
 const MAX_SAVED_BYTES: u64 = 8 << 30;
+
+/// The format this version writes and reads (before 25 November 2026 the file held the
+/// evaluation keys and an encrypted model, and had no marker).
+pub const FORMAT: [u8; 8] = *b"served-2";
 
 /// What a restarted coordinator needs to serve.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SavedServing {
+    pub format: [u8; 8],
     pub hospitals: u32,
     pub threshold: u32,
     /// The served architecture (with the uploader's normalization) and classes.
@@ -27,9 +33,9 @@ pub struct SavedServing {
     /// Identifies the setup (the hash of the round-1 relinearization sum every keyholder got).
     pub setup: [u8; 32],
     pub public_key: Vec<u8>,
-    pub relinearization: Vec<u8>,
-    pub galois: Vec<Vec<u8>>,
-    pub model: Vec<Vec<u8>>,
+    /// The sums keyholders make their evaluation keys of, as they are sent them: the round-1
+    /// and round-2 relinearization sums, then the Galois sums.
+    pub keys: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +95,15 @@ pub fn load(dir: &Path, store: &Store) -> Result<Option<SavedServing>, SavedErro
     if blake3::hash(&bytes).as_bytes() != &hash {
         return Err(SavedError::Hash { path: p });
     }
-    postcard::from_bytes(&bytes)
+    if !bytes.starts_with(&FORMAT) {
+        return Err(SavedError::Decode {
+            path: p,
+            message: "the format of HEAL before 25 November 2026 (an encrypted model served by \
+                      the coordinator): start with --new-setup"
+                .into(),
+        });
+    }
+    postcard::from_bytes::<SavedServing>(&bytes)
         .map(Some)
         .map_err(|e| SavedError::Decode {
             path: p,

@@ -1,7 +1,8 @@
 //! The tokio shell of mode (a) serving: accepts the federation's mTLS QUIC connections, feeds
 //! keyholders' and requesters' messages to [`ServingEngine`] and [`ServedKeys`], and carries out
-//! the engine's actions (sending, making the keys, evaluating, delivering). The state sits behind
-//! one mutex that is never held across an `await`; evaluations run on blocking threads.
+//! the engine's actions (sending, making the keys, relaying requests to the keyholders that
+//! evaluate them, delivering). The state sits behind one mutex that is never held across an
+//! `await`; head training's steps run on blocking threads.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,7 +13,8 @@ use anyhow::Context;
 use he_agg::infer::threshold::served_combiner;
 use protocol::link::{Link, accept_connection, listen};
 use protocol::serve::collective::{
-    CollectiveRequest, MAX_COLLECTIVE_CIPHERTEXTS, MAX_COLLECTIVE_IMAGES, ResultSwitchRequest,
+    CollectiveRequest, EvaluateRequest, MAX_COLLECTIVE_CIPHERTEXTS, MAX_COLLECTIVE_IMAGES,
+    ResultSwitchRequest,
 };
 use protocol::serve::head::{HeadRefreshRequest, HeadTraining};
 use protocol::serve::released::InferResult;
@@ -22,7 +24,7 @@ use tracing::{info, warn};
 
 use super::head::{HeadRequest, HeadRequests, HeadRun, check_contribution, decode_chunks};
 use super::keys::ServedKeys;
-use super::requests::{SwitchState, decode_images, evaluate};
+use super::requests::{SwitchState, decode_images};
 use super::{ServingAction, ServingConfig, ServingEngine, ServingEvent};
 use crate::store::Store;
 
@@ -40,11 +42,13 @@ pub struct CollectiveOptions {
     pub max_head_examples: u64,
 }
 
-/// A request being served: who asked, on which connection, and its switch.
+/// A request being served: who asked, on which connection, what it signed (mode a), and its
+/// switch.
 struct Served {
     link: Link,
     request_id: u64,
     requester: u32,
+    signed: Option<CollectiveRequest>,
     evaluate_us: u64,
     validate_us: u64,
     switch: SwitchState,
@@ -254,7 +258,7 @@ impl CollectiveServer {
                 steps, "head training step computed; refreshing"
             );
         }
-        Some(ServingEvent::Evaluated {
+        Some(ServingEvent::Ready {
             request: id,
             requester: contributor,
             now: Instant::now(),
@@ -340,12 +344,13 @@ impl CollectiveServer {
                 link,
                 request_id,
                 requester: contributor,
+                signed: None,
                 evaluate_us: f.step.as_micros() as u64,
                 validate_us: f.refresh.as_micros() as u64,
                 switch,
             },
         );
-        st.follow.push(ServingEvent::Evaluated {
+        st.follow.push(ServingEvent::Ready {
             request: id,
             requester: contributor,
             now: Instant::now(),
@@ -395,20 +400,19 @@ impl CollectiveServer {
                         Err(e) => warn!("cannot make the evaluation keys: {e}"),
                     }
                 }
-                ServingAction::AskModel { .. } if self.options.head.is_some() => {
-                    // the zero head is encrypted by each run itself: nothing to upload
-                    st.follow.push(ServingEvent::ModelStored { from: 0 });
-                }
-                ServingAction::AskModel { from } => {
-                    if let (Some(link), Some(pk)) =
-                        (st.keyholders.get(&from), st.keys.public_key_bytes())
-                    {
-                        info!(hospital = from, "asking for the encrypted model");
-                        out.push(Outgoing {
-                            link: link.clone(),
-                            body: Body::ModelWanted,
-                            items: vec![pk.to_vec()],
-                        });
+                ServingAction::SendKeys { to } => {
+                    let Some((body, items)) = st.keys.keyholder_keys() else {
+                        continue;
+                    };
+                    for h in to {
+                        if let Some(link) = st.keyholders.get(&h) {
+                            info!(hospital = h, "sending the evaluation keys' sums");
+                            out.push(Outgoing {
+                                link: link.clone(),
+                                body: body.clone(),
+                                items: items.clone(),
+                            });
+                        }
                     }
                 }
                 ServingAction::RequestSwitch {
@@ -455,21 +459,32 @@ impl CollectiveServer {
                     else {
                         continue;
                     };
-                    let mut items = vec![served.switch.requester_key.clone()];
-                    items.extend(served.switch.encoded.iter().cloned());
+                    // mode (a): the signed request itself, which each keyholder evaluates; a
+                    // trained head: the head, switched to its contributor
+                    let body = match &served.signed {
+                        Some(signed) => Body::CollectiveEvaluate(EvaluateRequest {
+                            setup,
+                            request,
+                            attempt,
+                            active: active.clone(),
+                            requester,
+                            signed: signed.clone(),
+                        }),
+                        None => Body::ResultSwitch(ResultSwitchRequest {
+                            setup,
+                            request,
+                            attempt,
+                            requester,
+                            active: active.clone(),
+                            count: served.switch.count() as u32,
+                        }),
+                    };
                     for h in &active {
                         if let Some(link) = st.keyholders.get(h) {
                             out.push(Outgoing {
                                 link: link.clone(),
-                                body: Body::ResultSwitch(ResultSwitchRequest {
-                                    setup,
-                                    request,
-                                    attempt,
-                                    requester,
-                                    active: active.clone(),
-                                    count: served.switch.results.len() as u32,
-                                }),
-                                items: items.clone(),
+                                body: body.clone(),
+                                items: served.switch.items.clone(),
                             });
                         }
                     }
@@ -500,6 +515,10 @@ impl CollectiveServer {
                         continue;
                     };
                     let (link, request_id) = (served.link.clone(), served.request_id);
+                    let evaluate_us = match served.signed {
+                        Some(_) => served.switch.evaluate_us,
+                        None => served.evaluate_us,
+                    };
                     match served.switch.finish() {
                         Ok(results) => {
                             info!(
@@ -510,7 +529,7 @@ impl CollectiveServer {
                                 link,
                                 body: Body::InferResult(InferResult {
                                     request_id,
-                                    evaluate_us: served.evaluate_us,
+                                    evaluate_us,
                                     validate_us: served.validate_us,
                                     count: results.len() as u32,
                                 }),
@@ -553,7 +572,7 @@ impl CollectiveServer {
         out
     }
 
-    /// Saves the keys and the model once serving starts, so a restart serves the same setup.
+    /// Saves the keys once serving starts, so a restart serves the same setup.
     fn save(&self, st: &mut State) {
         let (Some(store), Some(dir)) = (&self.store, &self.dir) else {
             return;
@@ -566,7 +585,7 @@ impl CollectiveServer {
             Ok(()) => info!(
                 seconds = t.elapsed().as_secs_f64(),
                 path = %super::saved::path(dir).display(),
-                "served keys and encrypted model saved"
+                "served keys saved"
             ),
             Err(e) => warn!("cannot save the served state (a restart will need a new setup): {e}"),
         }
@@ -598,7 +617,11 @@ impl CollectiveServer {
             };
             let kind = incoming.envelope.body.kind();
             let outcome = match &incoming.envelope.body {
-                Body::KeyholderHello { software, setup } => {
+                Body::KeyholderHello {
+                    software,
+                    setup,
+                    ready,
+                } => {
                     info!(%peer, %software, "keyholder connected");
                     keyholder = true;
                     let (old, holds_current) = {
@@ -615,7 +638,11 @@ impl CollectiveServer {
                     }
                     self.event(ServingEvent::Joined { hospital }).await;
                     if holds_current {
-                        self.event(ServingEvent::ThresholdFormed { hospital }).await;
+                        self.event(ServingEvent::ThresholdFormed {
+                            hospital,
+                            keys: *ready,
+                        })
+                        .await;
                     }
                     Ok(())
                 }
@@ -726,35 +753,58 @@ impl CollectiveServer {
                 self.event(ServingEvent::Round2Stored { hospital }).await;
             }
             Body::ThresholdFormed => {
-                self.event(ServingEvent::ThresholdFormed { hospital }).await;
+                self.event(ServingEvent::ThresholdFormed {
+                    hospital,
+                    keys: false,
+                })
+                .await;
             }
-            Body::EncryptedModel {
-                count,
-                architecture,
-                input_preparation,
-            } => {
+            Body::KeyholderReady => {
+                self.event(ServingEvent::KeyholderReady { hospital }).await;
+            }
+            Body::CollectiveEvaluated(h) => {
                 let want = {
                     let st = self.lock();
-                    st.engine.accepts_model()?;
-                    st.keys.model_len().map_err(|e| e.to_string())?
+                    st.engine.accepts_shares(hospital, h.request, h.attempt)?;
+                    st.requests
+                        .get(&h.request)
+                        .filter(|s| s.signed.is_some())
+                        .map(|s| s.switch.count())
+                        .ok_or("unknown request")?
                 };
-                if count as usize != want {
+                if h.count as usize != want {
                     return Err(format!(
-                        "an encrypted model of {count} ciphertexts; the plan has {want}"
+                        "{} results for a request of {want} images",
+                        h.count
                     ));
                 }
-                let items = read_all(&mut incoming, want).await?;
-                {
+                let items = read_all(&mut incoming, 2 * want).await?;
+                let folded = {
                     let mut st = self.lock();
-                    st.engine.accepts_model()?;
+                    // the attempt may have changed while the answer travelled
+                    st.engine.accepts_shares(hospital, h.request, h.attempt)?;
+                    let served = st.requests.get_mut(&h.request).ok_or("unknown request")?;
                     tokio::task::block_in_place(|| {
-                        st.keys
-                            .store_model(&items, &architecture, &input_preparation)
+                        served
+                            .switch
+                            .fold_evaluated(h.attempt, &items, h.evaluate_us)
                     })
-                    .map_err(|e| e.to_string())?;
-                }
-                self.event(ServingEvent::ModelStored { from: hospital })
+                };
+                if let Err(e) = folded {
+                    self.event(ServingEvent::SharesRefused {
+                        request: h.request,
+                        attempt: h.attempt,
+                        hospital,
+                    })
                     .await;
+                    return Err(e.to_string());
+                }
+                self.event(ServingEvent::SharesFolded {
+                    request: h.request,
+                    attempt: h.attempt,
+                    hospital,
+                })
+                .await;
             }
             Body::ResultShares(h) => {
                 // a head's refresh shares, or a served result's switching shares
@@ -773,7 +823,8 @@ impl CollectiveServer {
                     } else {
                         st.requests
                             .get(&h.request)
-                            .map(|s| s.switch.results.len())
+                            .filter(|s| s.signed.is_none())
+                            .map(|s| s.switch.count())
                             .ok_or("unknown request")?
                     }
                 };
@@ -815,7 +866,7 @@ impl CollectiveServer {
         Ok(())
     }
 
-    /// A requester's images: checked, evaluated, then switched by the keyholders.
+    /// A requester's signed images: checked, then evaluated and switched by t keyholders.
     async fn request(
         &self,
         link: &Link,
@@ -825,22 +876,16 @@ impl CollectiveServer {
         let Body::InferCollective(header) = incoming.envelope.body.clone() else {
             return Err("not a request".into());
         };
-        let (ctx, plan, eval, model, n, t) = {
+        let (ctx, plan, n, t) = {
             let mut st = self.lock();
             st.engine.accepts_request(st.reading)?;
-            st.reading += 1;
-            let e = match st.keys.serving() {
-                Some(e) => e,
-                None => {
-                    st.reading -= 1;
-                    return Err("the model is not served yet".into());
-                }
+            let Some((ctx, plan)) = st.keys.served() else {
+                return Err("the model is not served yet".into());
             };
+            st.reading += 1;
             (
-                e.ctx,
-                e.plan,
-                e.evaluator,
-                e.model,
+                ctx,
+                plan,
                 self.options.serving.hospitals as usize,
                 self.options.serving.threshold as usize,
             )
@@ -865,25 +910,28 @@ impl CollectiveServer {
             "inference-request",
             &format!("request {} of {} images", header.request_id, header.images),
         );
-        let mut items = read_all(&mut incoming, header.items() as usize).await?;
+        let items = read_all(&mut incoming, header.items() as usize).await?;
         let t0 = Instant::now();
         let request_id = header.request_id;
-        let (switch, validate, evaluated) = tokio::task::spawn_blocking(move || {
-            let (_pk, images) =
-                decode_images(&ctx, &plan, &header, &items).map_err(|e| e.to_string())?;
-            let validate = t0.elapsed();
-            let results = evaluate(&eval, &model, &images).map_err(|e| e.to_string())?;
+        let signed = header.clone();
+        // checked here so that a malformed request never reaches a keyholder; each keyholder
+        // checks it again, and its signature, before it evaluates
+        let switch = tokio::task::spawn_blocking(move || {
+            decode_images(&ctx, &plan, &header, &items).map_err(|e| e.to_string())?;
             let pcks = served_combiner(&ctx, n, t).map_err(|e| e.to_string())?;
-            let switch = SwitchState::new(ctx, pcks, items.swap_remove(0), results);
-            Ok::<_, String>((switch, validate, t0.elapsed() - validate))
+            let level = plan.spec().output_level();
+            let images = header.images as usize;
+            Ok::<_, String>(SwitchState::evaluated_by_keyholders(
+                ctx, pcks, items, images, level,
+            ))
         })
         .await
-        .map_err(|e| format!("evaluation task failed: {e}"))??;
+        .map_err(|e| format!("checking the request failed: {e}"))??;
+        let validate = t0.elapsed();
         info!(
             requester,
             request = request_id,
-            evaluate_ms = evaluated.as_millis() as u64,
-            "evaluated; asking the keyholders to switch the results"
+            "checked; asking t keyholders to evaluate and switch it"
         );
         let id = {
             let mut st = self.lock();
@@ -895,14 +943,15 @@ impl CollectiveServer {
                     link: link.clone(),
                     request_id,
                     requester,
-                    evaluate_us: evaluated.as_micros() as u64,
+                    signed: Some(signed),
+                    evaluate_us: 0,
                     validate_us: validate.as_micros() as u64,
                     switch,
                 },
             );
             id
         };
-        self.event(ServingEvent::Evaluated {
+        self.event(ServingEvent::Ready {
             request: id,
             requester,
             now: Instant::now(),
@@ -1056,6 +1105,13 @@ fn check_header(
             "{} images in one request; this server takes 1 to {max}",
             h.images
         ));
+    }
+    if h.signature.is_empty() || h.signature.len() > protocol::transcript::MAX_SIGNATURE {
+        return Err(
+            "the request is not signed: keyholders evaluate only what a hospital of the \
+             consortium signed (update the client)"
+                .into(),
+        );
     }
     Ok(())
 }

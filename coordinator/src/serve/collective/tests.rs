@@ -48,29 +48,51 @@ fn serving(n: u32, t: u32) -> ServingEngine {
     for h in 1..=n {
         let a = no_audit(e.handle(ServingEvent::Round2Stored { hospital: h }));
         if h == n {
-            assert_eq!(
-                a,
-                vec![ServingAction::MakeKeys, ServingAction::AskModel { from: 1 }]
-            );
+            assert_eq!(a, vec![ServingAction::MakeKeys]);
         }
     }
+    assert_eq!(e.step(), SetupStep::Keys);
+    // each keyholder that formed its threshold secret is sent the keys' sums
     for h in 1..=n {
-        e.handle(ServingEvent::ThresholdFormed { hospital: h });
+        let a = e.handle(ServingEvent::ThresholdFormed {
+            hospital: h,
+            keys: false,
+        });
+        assert_eq!(a, vec![ServingAction::SendKeys { to: vec![h] }]);
     }
-    assert_eq!(e.step(), SetupStep::Model);
     assert!(
         e.accepts_request(0).is_err(),
-        "not before the model is stored"
+        "not before every keyholder holds the keys"
     );
-    // serving starts once: the setup is saved then, and only then
-    let a = no_audit(e.handle(ServingEvent::ModelStored { from: 1 }));
-    assert_eq!(a, vec![ServingAction::Persist]);
+    // a keyholder that never formed is not ready whatever it says
+    let mut other = engine(n, t);
+    other.handle(ServingEvent::Joined { hospital: 1 });
+    assert!(no_audit(other.handle(ServingEvent::KeyholderReady { hospital: 1 })).is_empty());
+    // serving starts once every keyholder is ready: the setup is saved then, and only then
+    for h in 1..=n {
+        let a = no_audit(e.handle(ServingEvent::KeyholderReady { hospital: h }));
+        if h < n {
+            assert!(a.is_empty());
+        } else {
+            assert_eq!(a, vec![ServingAction::Persist]);
+        }
+    }
     assert_eq!(e.step(), SetupStep::Serving);
     assert!(
-        !e.handle(ServingEvent::ModelStored { from: 1 })
+        !e.handle(ServingEvent::KeyholderReady { hospital: 1 })
             .contains(&ServingAction::Persist)
     );
     e
+}
+
+/// A keyholder reconnecting with the setup's keys, as its hello says.
+fn rejoin(e: &mut ServingEngine, hospital: u32) -> Vec<ServingAction> {
+    let mut a = e.handle(ServingEvent::Joined { hospital });
+    a.extend(e.handle(ServingEvent::ThresholdFormed {
+        hospital,
+        keys: true,
+    }));
+    a
 }
 
 fn switch_of(actions: &[ServingAction]) -> (u32, Vec<u32>) {
@@ -95,7 +117,7 @@ fn setup_then_a_request_is_switched_by_t_hospitals_and_delivered() {
         e.accepts_request(2).is_err(),
         "two being read fill the limit of two"
     );
-    let a = e.handle(ServingEvent::Evaluated {
+    let a = e.handle(ServingEvent::Ready {
         request: 9,
         requester: 4,
         now,
@@ -157,7 +179,7 @@ fn a_different_plan_or_late_round1_is_refused() {
 fn a_switcher_that_leaves_is_replaced_and_too_few_hospitals_time_out() {
     let now = Instant::now();
     let mut e = serving(4, 3);
-    let a = e.handle(ServingEvent::Evaluated {
+    let a = e.handle(ServingEvent::Ready {
         request: 1,
         requester: 2,
         now,
@@ -180,7 +202,7 @@ fn a_switcher_that_leaves_is_replaced_and_too_few_hospitals_time_out() {
     let a = e.handle(ServingEvent::Left { hospital: again[0] });
     assert!(no_audit(a).is_empty());
     // a hospital returning re-plans with a fresh attempt number
-    let a = e.handle(ServingEvent::Joined { hospital: again[0] });
+    let a = rejoin(&mut e, again[0]);
     assert_eq!(switch_of(&a).0, 2);
     e.handle(ServingEvent::Left { hospital: again[0] });
     let a = e.handle(ServingEvent::Tick {
@@ -197,16 +219,16 @@ fn a_waiting_request_resumes_when_a_hospital_returns_and_load_is_bounded() {
     let now = Instant::now();
     let mut e = serving(3, 3);
     e.handle(ServingEvent::Left { hospital: 3 });
-    let a = e.handle(ServingEvent::Evaluated {
+    let a = e.handle(ServingEvent::Ready {
         request: 5,
         requester: 1,
         now,
     });
     assert!(no_audit(a).is_empty(), "waits for a third hospital");
-    let a = e.handle(ServingEvent::Joined { hospital: 3 });
+    let a = rejoin(&mut e, 3);
     let (attempt, active) = switch_of(&a);
     assert_eq!((attempt, active), (0, vec![1, 2, 3]));
-    e.handle(ServingEvent::Evaluated {
+    e.handle(ServingEvent::Ready {
         request: 6,
         requester: 1,
         now,
@@ -220,7 +242,7 @@ fn a_waiting_request_resumes_when_a_hospital_returns_and_load_is_bounded() {
 fn a_keyholder_with_malformed_shares_is_replaced_for_that_request() {
     let mut e = serving(4, 2);
     let now = Instant::now();
-    let a = e.handle(ServingEvent::Evaluated {
+    let a = e.handle(ServingEvent::Ready {
         request: 1,
         requester: 4,
         now,
@@ -262,10 +284,68 @@ fn a_keyholder_with_malformed_shares_is_replaced_for_that_request() {
         "{a:?}"
     );
     // another request still uses hospital 2
-    let a = e.handle(ServingEvent::Evaluated {
+    let a = e.handle(ServingEvent::Ready {
         request: 2,
         requester: 1,
         now,
     });
     assert_eq!(switch_of(&a).1, vec![1, 2]);
+}
+
+#[test]
+fn a_keyholder_back_without_the_keys_is_sent_them_and_asked_only_once_ready() {
+    let now = Instant::now();
+    let mut e = serving(3, 2);
+    e.handle(ServingEvent::Left { hospital: 1 });
+    e.handle(ServingEvent::Left { hospital: 2 });
+    // restarted: it holds the setup's threshold secret, not the keys
+    e.handle(ServingEvent::Joined { hospital: 1 });
+    let a = e.handle(ServingEvent::ThresholdFormed {
+        hospital: 1,
+        keys: false,
+    });
+    assert!(
+        a.contains(&ServingAction::SendKeys { to: vec![1] }),
+        "{a:?}"
+    );
+    let a = e.handle(ServingEvent::Ready {
+        request: 3,
+        requester: 1,
+        now,
+    });
+    assert!(no_audit(a).is_empty(), "only hospital 3 is ready");
+    let a = e.handle(ServingEvent::KeyholderReady { hospital: 1 });
+    assert_eq!(switch_of(&a), (0, vec![1, 3]));
+}
+
+#[test]
+fn head_keyholders_are_ready_once_formed() {
+    let mut e = ServingEngine::new(ServingConfig {
+        hospitals: 2,
+        threshold: 2,
+        request_timeout: Duration::from_secs(30),
+        max_in_flight: 2,
+        head: true,
+    });
+    for h in 1..=2 {
+        e.handle(ServingEvent::Joined { hospital: h });
+        e.handle(ServingEvent::Round1Stored {
+            hospital: h,
+            plan: PLAN,
+        });
+    }
+    for h in 1..=2 {
+        e.handle(ServingEvent::Round2Stored { hospital: h });
+    }
+    for h in 1..=2 {
+        let a = no_audit(e.handle(ServingEvent::ThresholdFormed {
+            hospital: h,
+            keys: false,
+        }));
+        assert!(
+            !a.iter()
+                .any(|x| matches!(x, ServingAction::SendKeys { .. }))
+        );
+    }
+    assert_eq!(e.step(), SetupStep::Serving);
 }

@@ -1,0 +1,205 @@
+//! A keyholder serving mode (a): its evaluation keys made from the sums the server sends, and
+//! each request it is asked to serve checked (the requester's signature over its key and every
+//! ciphertext), evaluated with the model it holds and switched to the requester's key. It
+//! switches nothing it did not compute itself from a signed request: a serving host cannot have
+//! it switch a ciphertext of its own making, nor switch anything to a key of its own.
+
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use he_agg::ckks::{Ciphertext, Evaluator, wire};
+use he_agg::infer::Model;
+use he_agg::infer::threshold::served_flooding;
+use he_agg::multiparty::{PublicKeySwitch, wire as mpw};
+use protocol::Body;
+use protocol::serve::collective::{
+    EvaluateRequest, EvaluatedShares, MAX_COLLECTIVE_CIPHERTEXTS, MAX_COLLECTIVE_IMAGES,
+    ServingKeys,
+};
+
+use super::{Held, Keyholder, Reply};
+use crate::node::trust;
+
+/// What a keyholder evaluates requests with.
+pub struct Serving {
+    /// the setup the keys are of
+    setup: [u8; 32],
+    evaluator: Evaluator,
+    model: Model,
+}
+
+/// Most items an evaluation request may carry (the requester's key and its images).
+pub fn max_request_items() -> usize {
+    1 + MAX_COLLECTIVE_CIPHERTEXTS as usize
+}
+
+impl Keyholder {
+    /// Whether it holds the evaluation keys of the setup it holds (a head's keyholder needs
+    /// none: the coordinator computes the steps).
+    pub fn ready(&self) -> bool {
+        match &self.held {
+            Held::Served { .. } => self
+                .serving
+                .as_ref()
+                .is_some_and(|s| Some(s.setup) == self.setup),
+            Held::Head { .. } => true,
+        }
+    }
+
+    /// Most items a key-sums message may carry.
+    pub fn max_key_items(&self) -> usize {
+        2 + self.keys.galois_elements().len()
+    }
+
+    /// The sums the evaluation keys are made of (`items`: the round-1 and round-2
+    /// relinearization sums, then the Galois sums). The round-1 sum must be the one this
+    /// keyholder made (it names the setup).
+    pub fn serving_keys(
+        &mut self,
+        header: &ServingKeys,
+        items: &[Vec<u8>],
+    ) -> anyhow::Result<Reply> {
+        let Held::Served { plan, .. } = &self.held else {
+            bail!("evaluation keys for a head-training key: the coordinator evaluates the steps");
+        };
+        if Some(header.setup) != self.setup {
+            bail!("evaluation keys of another setup than the one this keyholder holds");
+        }
+        if items.len() != self.max_key_items() || header.galois as usize + 2 != items.len() {
+            bail!(
+                "{} key sums where the plan's keys are made of {}",
+                items.len(),
+                self.max_key_items()
+            );
+        }
+        if *blake3::hash(&items[0]).as_bytes() != header.setup {
+            return Err(trust::Distrust(
+                "the relinearization sum sent with the evaluation keys is not the one this \
+                 keyholder made at setup"
+                    .into(),
+            )
+            .into());
+        }
+        let t = Instant::now();
+        let relin1 = mpw::decode_relin_share1(&self.ctx, &items[0]).context("relinearization")?;
+        let relin2 = mpw::decode_relin_share2(&self.ctx, &items[1]).context("relinearization")?;
+        let galois = items[2..]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                mpw::decode_galois_share(&self.ctx, b).with_context(|| format!("Galois sum {i}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let keys = self.keys.evaluation_keys(&relin1, relin2, galois)?;
+        let evaluator = self
+            .ctx
+            .evaluator(keys.relinearization.as_ref(), Some(&keys.galois))?;
+        let model = Model::plain(plan, &self.ctx)?;
+        self.serving = Some(Serving {
+            setup: header.setup,
+            evaluator,
+            model,
+        });
+        tracing::info!(
+            seconds = t.elapsed().as_secs_f64(),
+            "evaluation keys made; serving requests"
+        );
+        Ok(Reply {
+            body: Body::KeyholderReady,
+            items: vec![],
+        })
+    }
+
+    /// A request to serve (`items`: the requester's public key, then its images): the
+    /// requester's signature checked, the images evaluated here, the results switched to the
+    /// requester's key. The answer carries the results and the shares.
+    pub fn evaluate(&mut self, req: &EvaluateRequest, items: &[Vec<u8>]) -> anyhow::Result<Reply> {
+        let sk = self.additive_share("serve", req.setup, &req.active)?;
+        let t = self.threshold as usize;
+        let Held::Served { plan, result_noise } = &self.held else {
+            bail!("a request to serve while holding a head-training key");
+        };
+        let Some(serving) = self.serving.as_ref().filter(|s| s.setup == req.setup) else {
+            bail!("a request before this keyholder holds the setup's evaluation keys");
+        };
+        let spec = plan.spec();
+        let signed = &req.signed;
+        let per = spec.input_ciphertexts();
+        if req.requester == 0 || req.requester > self.hospitals {
+            bail!(
+                "a request of hospital {}, not one of 1..={}",
+                req.requester,
+                self.hospitals
+            );
+        }
+        if signed.fingerprint != spec.fingerprint() || signed.ciphertexts_per_image as usize != per
+        {
+            bail!("a request for another plan than the model this keyholder serves");
+        }
+        if signed.images == 0
+            || signed.images > MAX_COLLECTIVE_IMAGES
+            || signed.items() as usize != items.len()
+        {
+            bail!(
+                "{} items for a request of {} images of {per} ciphertexts",
+                items.len(),
+                signed.images
+            );
+        }
+        trust::check_request(
+            &self.verifier,
+            &self.peers,
+            self.federation,
+            req.requester,
+            signed,
+            items,
+        )?;
+        let target =
+            wire::decode_public_key(&self.ctx, &items[0]).context("the requester's public key")?;
+        let mut images = Vec::with_capacity(items.len() - 1);
+        for (i, bytes) in items[1..].iter().enumerate() {
+            let ct = wire::decode_ciphertext(&self.ctx, bytes)
+                .with_context(|| format!("image ciphertext {i}"))?;
+            if ct.level() != spec.input_level()
+                || ct.degree() != 1
+                || (ct.scale / spec.input_scale() - 1.0).abs() > 1e-9
+            {
+                bail!(
+                    "image ciphertext {i} at level {} degree {}; the plan takes level {} degree 1 \
+                     at its input scale",
+                    ct.level(),
+                    ct.degree(),
+                    spec.input_level()
+                );
+            }
+            images.push(ct);
+        }
+        let t0 = Instant::now();
+        let results: Vec<Ciphertext> = images
+            .chunks(per)
+            .map(|image| serving.model.evaluate(&serving.evaluator, image))
+            .collect::<Result<_, _>>()
+            .context("evaluating the request")?;
+        let evaluate_us = t0.elapsed().as_micros() as u64;
+        let (flooding, _) =
+            served_flooding(&self.ctx, spec, *result_noise, self.hospitals as usize, t)?;
+        let pcks = PublicKeySwitch::new(&self.ctx, flooding, t);
+        let mut out: Vec<Vec<u8>> = results
+            .iter()
+            .map(|r| wire::encode_ciphertext(&self.ctx, r))
+            .collect();
+        for r in &results {
+            let share = pcks.share(&sk, &target, r, &mut self.prng)?;
+            out.push(mpw::encode_public_key_switch_share(&self.ctx, &share));
+        }
+        Ok(Reply {
+            body: Body::CollectiveEvaluated(EvaluatedShares {
+                request: req.request,
+                attempt: req.attempt,
+                count: results.len() as u32,
+                evaluate_us,
+            }),
+            items: out,
+        })
+    }
+}
