@@ -37,8 +37,9 @@ enum Command {
         out: PathBuf,
     },
     /// After training: hold this hospital's share of the key the final model is served under
-    /// (mode a). Takes part in the key setup, uploads the encrypted model when asked, and
-    /// switches each served result to its requester's key, logging every request.
+    /// (mode a). Takes part in the key setup, then evaluates each signed request it is asked
+    /// to serve with the model it holds and switches its result to the requester's key,
+    /// logging every request.
     HoldKeys {
         /// The site TOML from this hospital's provisioning kit.
         #[arg(long)]

@@ -43,8 +43,9 @@ pub enum InferenceMode {
     /// made by its requester for the request.
     #[default]
     Released,
-    /// Mode (a): the model stays encrypted under a collective key; images are encrypted under
-    /// it and t keyholder hospitals switch each result to its requester.
+    /// Mode (a): the model stays with the hospitals; images are encrypted under their
+    /// collective key and t keyholder hospitals evaluate each signed request and switch its
+    /// result to its requester.
     Collective,
 }
 

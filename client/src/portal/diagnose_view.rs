@@ -149,7 +149,7 @@ pub fn result(user: &SignedIn, d: &Diagnosis) -> Html<String> {
             "Evaluated by the consortium's inference server (mode (b)): it received only the ciphertext and public evaluation keys over mutual-TLS QUIC, and sent back an encrypted result."
         }
         (false, InferenceMode::Collective) => {
-            "Evaluated by the consortium's inference server (mode (a)): the model stays encrypted there under the consortium's collective key; it received the image encrypted under that key, and t keyholder hospitals re-encrypted the result to this request's key."
+            "Evaluated by the consortium's keyholder hospitals (mode (a)): the image was encrypted under the consortium's collective key and the request signed by this site; t hospitals each evaluated it with the model they hold and re-encrypted the result to this request's key."
         }
     };
     let encrypted_under = match d.inference {

@@ -65,6 +65,8 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
             .iter()
             .map(|g| mpw::encode_galois_share(&ctx, g).len())
             .sum::<usize>();
+    // relayed to every keyholder from each (it makes the sum its round-2 share is made on)
+    let relin_share_bytes = mpw::encode_relin_share1(&ctx, &first.relinearization).len();
     let mut agg1 = round1[0].1.clone();
     for (_, s) in &round1[1..] {
         keys.aggregate1(&mut agg1, s).expect("aggregate 1");
@@ -230,11 +232,40 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
         );
         figures.insert(name.into(), l);
     }
+    // what the server evaluated before 25 November 2026 (the model encrypted under the
+    // collective key), for comparison in the same run
+    let encrypted =
+        Model::encrypted(&plan, &ctx, &mut |p| enc.encrypt(p)).expect("encrypted model");
+    let image: Vec<_> = spec
+        .encode_input(&ctx, &xs[0])
+        .expect("encode")
+        .iter()
+        .map(|p| enc.encrypt(p))
+        .collect();
+    let mut before = serde_json::Map::new();
+    for (name, pool) in [("t1", Some(one)), ("all", None)] {
+        let run = || {
+            let t = Instant::now();
+            encrypted.evaluate(&eval, &image).expect("evaluate");
+            t.elapsed().as_secs_f64()
+        };
+        let s = match pool {
+            Some(p) => p.install(run),
+            None => run(),
+        };
+        println!(
+            "mode (a) {name:>3}, before: the server's evaluation of the encrypted model {:.1} ms",
+            s * 1e3
+        );
+        before.insert(name.into(), json!(s));
+    }
+    drop(encrypted);
     let params = spec.parameters();
     println!(
         "mode (a) parameters: N = {}, log QP {:.0}, scale 2^{}, result at level {}; collective \
          keys of {HOSPITALS} hospitals in {:.1} s ({:.1} s per hospital's shares, {:.1} MB each); \
-         a keyholder encodes its model in {:.1} s; request {} KB, switching share {} KB, response \
+         each relays {:.1} MB of relinearization share to every keyholder; a keyholder encodes \
+         its model in {:.1} s; request {} KB, switching share {} KB, response \
          {} KB; result noise calibrated in {:.1} s: 2^{:.1} per coefficient, flooding \
          σ = 2^{:.1} (2^{:.1} over it); expected switching error per logit {:.1e}",
         params.n(),
@@ -244,6 +275,7 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
         key_setup_s,
         median(share_s.clone()),
         share_bytes as f64 / 1e6,
+        relin_share_bytes as f64 / 1e6,
         model_encode_s,
         request_bytes / 1000,
         switch_share_bytes / 1000,
@@ -255,14 +287,14 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
         slot_error
     );
     json!({
-        "latency": figures,
+        "latency": figures, "encrypted_model_evaluate_s": before,
         "hospitals": HOSPITALS, "threshold": THRESHOLD, "lambda": RESULT_LAMBDA,
         "N": params.n(), "log_qp": params.rlwe().log_qp(), "log_scale": params.log_scale(),
         "output_level": spec.output_level(), "expected_switch_error": slot_error,
         "step_primes": spec.step_primes(), "calibrate_s": calibrate_s,
         "result_noise_log2": calibration.measured.log2(), "flooding_sigma_log2": sigma.log2(),
         "key_setup_s": key_setup_s, "key_shares_bytes_per_hospital": share_bytes,
-        "model_encode_s": model_encode_s,
+        "model_encode_s": model_encode_s, "relin_share_bytes": relin_share_bytes,
         "request_bytes": request_bytes, "switch_share_bytes": switch_share_bytes,
         "input_ciphertexts": spec.input_ciphertexts(),
         "response_bytes": response_bytes,

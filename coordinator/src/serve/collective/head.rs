@@ -13,7 +13,7 @@ use he_agg::multiparty::{Refresh, RefreshShare, wire as mpw};
 use he_agg::train::{EncryptedChunk, HeadPlan, HeadTrainer, schedule};
 use protocol::serve::head::{HeadContribution, HeadTraining, MAX_HEAD_EXAMPLES};
 
-use super::keys::KeysError;
+use super::error::KeysError;
 
 fn invalid(s: impl Into<String>) -> KeysError {
     KeysError::Invalid(s.into())

@@ -25,20 +25,7 @@ use protocol::{Body, FederationId};
 pub use super::round1::Round1Stream;
 use super::saved::{FORMAT, SavedServing};
 
-/// Why a keyholder's message is refused (it changes nothing).
-#[derive(Debug, thiserror::Error)]
-pub enum KeysError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("item {index} ({what}) is invalid: {reason}")]
-    Item {
-        index: u64,
-        what: &'static str,
-        reason: String,
-    },
-    #[error("the keys are not made yet")]
-    NotReady,
-}
+pub use super::error::KeysError;
 
 fn invalid(s: impl Into<String>) -> KeysError {
     KeysError::Invalid(s.into())

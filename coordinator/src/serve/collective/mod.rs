@@ -33,6 +33,7 @@
 //! and the trained head is switched to the contributor's key as a result is.
 
 mod engine;
+mod error;
 pub mod head;
 pub mod keys;
 pub mod requests;

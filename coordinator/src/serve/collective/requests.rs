@@ -11,7 +11,7 @@ use he_agg::infer::InferencePlan;
 use he_agg::multiparty::{PublicKeySwitch, PublicKeySwitchShare, wire as mpw};
 use protocol::serve::collective::CollectiveRequest;
 
-use super::keys::KeysError;
+use super::error::KeysError;
 
 fn invalid(s: impl Into<String>) -> KeysError {
     KeysError::Invalid(s.into())

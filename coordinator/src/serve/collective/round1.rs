@@ -9,7 +9,7 @@ use he_agg::multiparty::wire as mpw;
 use protocol::serve::collective::{KeyholderRound1, KeyholderShares};
 use protocol::transcript::ItemsDigest;
 
-use super::keys::KeysError;
+use super::error::KeysError;
 
 fn invalid(s: impl Into<String>) -> KeysError {
     KeysError::Invalid(s.into())

@@ -167,7 +167,7 @@ impl CollectiveServer {
             addr = %endpoint.local_addr()?,
             hospitals = self.options.serving.hospitals,
             threshold = self.options.serving.threshold,
-            "serving the encrypted model (mode a): waiting for every keyholder"
+            "serving mode (a): waiting for every keyholder"
         );
         let ticker = self.clone();
         tokio::spawn(async move {
