@@ -273,9 +273,7 @@ fn main() -> anyhow::Result<()> {
                 Some(model) if !collective => {
                     coordinator::serve::released::shell::run(&dir, &model, &listen, max_images)
                 }
-                _ => {
-                    coordinator::serve::collective::shell::run(&dir, &listen, max_images, new_setup)
-                }
+                _ => coordinator::serve::collective::run::run(&dir, &listen, max_images, new_setup),
             }
         }
         Command::TrainHead {
@@ -289,10 +287,10 @@ fn main() -> anyhow::Result<()> {
             max_examples,
         } => {
             let dir = CoordinatorDir::with_state(dir, state_dir);
-            coordinator::serve::collective::shell::run_head(
+            coordinator::serve::collective::run::run_head(
                 &dir,
                 &listen,
-                coordinator::serve::collective::shell::HeadOptions {
+                coordinator::serve::collective::run::HeadOptions {
                     training: protocol::serve::head::HeadTraining {
                         epochs,
                         batch_chunks,

@@ -3,6 +3,7 @@
 //! stream in, and carries out the engine's actions. Every refusal is logged and audited; the
 //! round goes on with the others.
 
+use protocol::FederationMsg;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -296,13 +297,13 @@ impl Server {
             Action::Welcome { to, phase } => self.send(
                 to,
                 0,
-                Body::Welcome {
+                Body::Federation(FederationMsg::Welcome {
                     index: to,
                     hospitals: self.cfg.federation.hospitals,
                     threshold: self.cfg.threshold(),
                     plaintext: self.cfg.he.plaintext,
                     phase,
-                },
+                }),
             ),
             Action::Reject { to, reason } => {
                 if let Some(link) = self.link(to) {
@@ -333,7 +334,11 @@ impl Server {
                 Err(e) => warn!("cannot make the collective public key: {e:#}"),
             },
             Action::RelayShares { to } => match self.store.shamir_for(to) {
-                Ok(sealed) => self.send(to, 0, Body::RelayedShares { sealed }),
+                Ok(sealed) => self.send(
+                    to,
+                    0,
+                    Body::Federation(FederationMsg::RelayedShares { sealed }),
+                ),
                 Err(e) => warn!("relaying shares: {e}"),
             },
             Action::StartRound {
@@ -346,9 +351,9 @@ impl Server {
                     self.send(
                         h,
                         round,
-                        Body::RoundStart {
+                        Body::Federation(FederationMsg::RoundStart {
                             deadline_ms: deadline.as_millis() as u64,
-                        },
+                        }),
                     );
                 }
             }
@@ -361,9 +366,9 @@ impl Server {
                 self.send(
                     to,
                     round,
-                    Body::RoundStart {
+                    Body::Federation(FederationMsg::RoundStart {
                         deadline_ms: deadline.as_millis() as u64,
-                    },
+                    }),
                 )
             }
             Action::RequestSwitch {
@@ -411,7 +416,9 @@ impl Server {
                 tokio::spawn(async move {
                     for h in to {
                         if let Some(link) = me.link(h) {
-                            let _ = link.send(committed, Body::Finished).await;
+                            let _ = link
+                                .send(committed, Body::Federation(FederationMsg::Finished))
+                                .await;
                         }
                     }
                     me.finished.store(true, Ordering::SeqCst);
@@ -446,9 +453,9 @@ impl Server {
         let hello = tokio::time::timeout(Duration::from_secs(30), link.accept()).await;
         let (last_round, items) = match hello {
             Ok(Ok(Incoming { envelope, .. })) => match envelope.body {
-                Body::Hello {
+                Body::Federation(FederationMsg::Hello {
                     last_round, items, ..
-                } => (last_round, items),
+                }) => (last_round, items),
                 other => {
                     self.refuse(
                         &link,
@@ -536,12 +543,12 @@ impl Server {
     async fn message(self: Arc<Self>, link: &Link, h: u32, msg: Incoming) {
         let round = msg.envelope.round;
         let result = match msg.envelope.body.clone() {
-            Body::KeyShares {
+            Body::Federation(FederationMsg::KeyShares {
                 public_key_share,
                 exchange_key,
                 certificate,
                 signature,
-            } => self.key_shares(
+            }) => self.key_shares(
                 h,
                 PartyKeys {
                     hospital: h,
@@ -551,17 +558,19 @@ impl Server {
                     signature,
                 },
             ),
-            Body::ShamirShares { sealed } => self.shamir_shares(h, sealed),
-            Body::SetupDone {
+            Body::Federation(FederationMsg::ShamirShares { sealed }) => {
+                self.shamir_shares(h, sealed)
+            }
+            Body::Federation(FederationMsg::SetupDone {
                 receive_key,
                 signature,
-            } => self.setup_done(h, &receive_key, &signature),
-            Body::Update {
+            }) => self.setup_done(h, &receive_key, &signature),
+            Body::Federation(FederationMsg::Update {
                 weight,
                 count,
                 a_seed,
                 signature,
-            } => {
+            }) => {
                 // the digest is taken from the items as they arrive
                 let signed = Contribution {
                     hospital: h,
@@ -573,10 +582,10 @@ impl Server {
                 };
                 self.update(h, round, signed, msg).await
             }
-            Body::SwitchShares { attempt, count } => {
+            Body::Federation(FederationMsg::SwitchShares { attempt, count }) => {
                 self.switch_shares(h, round, attempt, count, msg).await
             }
-            Body::Alarm { reason } => {
+            Body::Federation(FederationMsg::Alarm { reason }) => {
                 self.feed(Event::Alarm {
                     hospital: h,
                     round,
@@ -584,7 +593,7 @@ impl Server {
                 });
                 Ok(())
             }
-            Body::Metrics(m) => {
+            Body::Federation(FederationMsg::Metrics(m)) => {
                 // a hospital may report before the engine has heard of the commit it follows
                 let latest = {
                     let e = lock(&self.engine);

@@ -15,6 +15,7 @@
 //! same results and only the requester reads the logits, which are the plaintext network's.
 //! Every wait is bounded; the children die with the test.
 
+use protocol::{CollectiveMsg, HeadMsg};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -28,7 +29,8 @@ use he_agg::infer::threshold::served_combiner;
 use he_agg::multiparty::{RelinKeyShare1, wire as mpw};
 use he_agg::ring::Poly;
 use protocol::link::{Incoming, Link, accept_connection, listen};
-use protocol::serve::collective::{CollectiveRequest, EvaluateRequest, ResultSwitchRequest};
+use protocol::serve::collective::{CollectiveRequest, EvaluateRequest};
+use protocol::serve::head::ResultSwitchRequest;
 use protocol::tls::TlsFiles;
 use protocol::transcript::Signer;
 use protocol::{Body, Party};
@@ -125,7 +127,7 @@ async fn accept_keyholder(
     };
     assert!(matches!(
         next(&link).await.envelope.body,
-        Body::KeyholderHello { .. }
+        Body::Collective(CollectiveMsg::KeyholderHello { .. })
     ));
     (h, link)
 }
@@ -176,17 +178,19 @@ fn a_compromised_serving_host_reads_no_inference_key_and_alters_no_request() {
         for link in links.values() {
             link.send(
                 0,
-                Body::CollectiveStart {
+                Body::Collective(CollectiveMsg::CollectiveStart {
                     hospitals: 3,
                     threshold: 2,
-                },
+                }),
             )
             .await
             .unwrap();
         }
         for (&h, link) in &links {
             let mut msg = next(link).await;
-            let Body::CollectiveRound1(header) = msg.envelope.body.clone() else {
+            let Body::Collective(CollectiveMsg::CollectiveRound1(header)) =
+                msg.envelope.body.clone()
+            else {
                 panic!("round-1 shares expected")
             };
             let mut stream = keys.begin_round1(h, header).unwrap();
@@ -240,8 +244,10 @@ fn a_compromised_serving_host_reads_no_inference_key_and_alters_no_request() {
             while !(formed && share2.is_some()) {
                 let mut msg = next(link).await;
                 match msg.envelope.body.clone() {
-                    Body::CollectiveRound2 => share2 = Some(items(&mut msg).await.remove(0)),
-                    Body::ThresholdFormed => formed = true,
+                    Body::Collective(CollectiveMsg::CollectiveRound2) => {
+                        share2 = Some(items(&mut msg).await.remove(0))
+                    }
+                    Body::Collective(CollectiveMsg::ThresholdFormed) => formed = true,
                     other => panic!("unexpected {}", other.kind()),
                 }
             }
@@ -255,7 +261,7 @@ fn a_compromised_serving_host_reads_no_inference_key_and_alters_no_request() {
         for link in links.values() {
             assert!(matches!(
                 next(link).await.envelope.body,
-                Body::KeyholderReady
+                Body::Collective(CollectiveMsg::KeyholderReady)
             ));
         }
         let setup = keys.setup().unwrap();
@@ -284,14 +290,14 @@ fn a_compromised_serving_host_reads_no_inference_key_and_alters_no_request() {
         for h in &active {
             send(
                 &links[h],
-                Body::ResultSwitch(ResultSwitchRequest {
+                Body::Head(HeadMsg::ResultSwitch(ResultSwitchRequest {
                     setup,
                     request: 1,
                     attempt: 0,
                     requester: 1,
                     active: active.clone(),
                     count: 1,
-                }),
+                })),
                 &[own_pk.clone(), wire::encode_ciphertext(&ctx, &crafted_ct)],
             )
             .await;
@@ -329,14 +335,14 @@ fn a_compromised_serving_host_reads_no_inference_key_and_alters_no_request() {
             genuine.iter().map(Vec::as_slice),
         ));
         let evaluate = |request: u64, signed: &CollectiveRequest| {
-            Body::CollectiveEvaluate(EvaluateRequest {
+            Body::Collective(CollectiveMsg::CollectiveEvaluate(EvaluateRequest {
                 setup,
                 request,
                 attempt: 0,
                 active: active.clone(),
                 requester: 1,
                 signed: signed.clone(),
-            })
+            }))
         };
         // 3. the server's own key in the requester's place; 4. a crafted image in place of the
         //    requester's; 5. no signature at all; then 6. the genuine request
@@ -366,7 +372,8 @@ fn a_compromised_serving_host_reads_no_inference_key_and_alters_no_request() {
             let mut msg = answer(&links[h], WAIT)
                 .await
                 .expect("an answer to the genuine request");
-            let Body::CollectiveEvaluated(a) = msg.envelope.body.clone() else {
+            let Body::Collective(CollectiveMsg::CollectiveEvaluated(a)) = msg.envelope.body.clone()
+            else {
                 panic!("keyholder {h} answered {}", msg.envelope.body.kind())
             };
             assert_eq!(

@@ -3,6 +3,7 @@
 //! The node must refuse to deal a single share under a substituted key, sign what it deals, and
 //! refuse a setup that changes after it was stored. Every wait is bounded.
 
+use protocol::FederationMsg;
 use std::collections::HashMap;
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -68,26 +69,29 @@ async fn welcome_hospital_1(
         .unwrap();
     assert_eq!(link.peer(), Party::Hospital(1));
     let hello = next(&link).await;
-    assert!(matches!(hello.envelope.body, Body::Hello { .. }));
+    assert!(matches!(
+        hello.envelope.body,
+        Body::Federation(FederationMsg::Hello { .. })
+    ));
     link.send(
         0,
-        Body::Welcome {
+        Body::Federation(FederationMsg::Welcome {
             index: 1,
             hospitals: 3,
             threshold: 2,
             plaintext: false,
             phase: Phase::Setup,
-        },
+        }),
     )
     .await
     .unwrap();
     loop {
-        if let Body::KeyShares {
+        if let Body::Federation(FederationMsg::KeyShares {
             public_key_share,
             exchange_key,
             certificate,
             signature,
-        } = next(&link).await.envelope.body
+        }) = next(&link).await.envelope.body
         {
             let keys = PartyKeys {
                 hospital: 1,
@@ -159,12 +163,18 @@ fn a_node_takes_no_key_material_the_coordinator_made_or_changed() {
         party_keys(&fed, 2, &coordinator),
         party_keys(&fed, 3, &coordinator),
     ];
-    rt.block_on(link.send(0, Body::SetupKeys { parties: forged }))
-        .unwrap();
+    rt.block_on(link.send(
+        0,
+        Body::Federation(FederationMsg::SetupKeys { parties: forged }),
+    ))
+    .unwrap();
     let dealt = rt.block_on(async {
         let mut dealt = false;
         while let Ok(Ok(m)) = tokio::time::timeout(WAIT, link.accept()).await {
-            dealt |= matches!(m.envelope.body, Body::ShamirShares { .. });
+            dealt |= matches!(
+                m.envelope.body,
+                Body::Federation(FederationMsg::ShamirShares { .. })
+            );
         }
         dealt
     });
@@ -193,14 +203,16 @@ fn a_node_takes_no_key_material_the_coordinator_made_or_changed() {
     ];
     rt.block_on(link.send(
         0,
-        Body::SetupKeys {
+        Body::Federation(FederationMsg::SetupKeys {
             parties: honest.clone(),
-        },
+        }),
     ))
     .unwrap();
     let sealed = rt.block_on(async {
         loop {
-            if let Body::ShamirShares { sealed } = next(&link).await.envelope.body {
+            if let Body::Federation(FederationMsg::ShamirShares { sealed }) =
+                next(&link).await.envelope.body
+            {
                 break sealed;
             }
         }
@@ -223,8 +235,11 @@ fn a_node_takes_no_key_material_the_coordinator_made_or_changed() {
     //    setup never changes once stored
     let mut changed = honest;
     changed[2] = party_keys(&fed, 3, &kit_signer(&fed, 3));
-    rt.block_on(link.send(0, Body::SetupKeys { parties: changed }))
-        .unwrap();
+    rt.block_on(link.send(
+        0,
+        Body::Federation(FederationMsg::SetupKeys { parties: changed }),
+    ))
+    .unwrap();
     let log = refused(&mut procs.0[0], &fed);
     assert!(
         log.contains("relays other key material than at setup"),

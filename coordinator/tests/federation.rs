@@ -3,6 +3,7 @@
 //! parameters, updates for a past round, messages in another hospital's name, or a certificate
 //! of another CA. Every loop and wait is bounded.
 
+use protocol::FederationMsg;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -266,11 +267,11 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
         let _ = l
             .send(
                 0,
-                Body::Hello {
+                Body::Federation(FederationMsg::Hello {
                     software: "mallory".into(),
                     last_round: 0,
                     items: 1,
-                },
+                }),
             )
             .await;
         assert!(
@@ -285,11 +286,11 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
     let link = connect(addr, &kit, fed.federation, 3).await.unwrap();
     link.send(
         1,
-        Body::Hello {
+        Body::Federation(FederationMsg::Hello {
             software: "mallory".into(),
             last_round: 1,
             items: 1_000,
-        },
+        }),
     )
     .await
     .unwrap();
@@ -311,11 +312,11 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
     let link = connect(addr, &kit, fed.federation, 3).await.unwrap();
     link.send(
         1,
-        Body::Hello {
+        Body::Federation(FederationMsg::Hello {
             software: "mallory".into(),
             last_round: 1,
             items,
-        },
+        }),
     )
     .await
     .unwrap();
@@ -325,7 +326,7 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
             .await
             .expect("a round start")
             .unwrap();
-        if let Body::RoundStart { .. } = m.envelope.body {
+        if let Body::Federation(FederationMsg::RoundStart { .. }) = m.envelope.body {
             break m.envelope.round;
         }
     };
@@ -333,12 +334,12 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
     let mut s = link
         .open(
             round,
-            Body::Update {
+            Body::Federation(FederationMsg::Update {
                 weight: 10,
                 count: items,
                 a_seed: [0; 32],
                 signature: vec![],
-            },
+            }),
         )
         .await
         .unwrap();
@@ -357,12 +358,12 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
     let mut s = link
         .open(
             round,
-            Body::Update {
+            Body::Federation(FederationMsg::Update {
                 weight: 10,
                 count: items,
                 a_seed: [0; 32],
                 signature: vec![],
-            },
+            }),
         )
         .await
         .unwrap();
@@ -372,12 +373,12 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
     s.finish().await.unwrap();
     link.send(
         round - 1,
-        Body::Update {
+        Body::Federation(FederationMsg::Update {
             weight: 10,
             count: items,
             a_seed: [0; 32],
             signature: vec![],
-        },
+        }),
     )
     .await
     .unwrap();
@@ -386,10 +387,10 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
         fed.federation,
         round,
         Party::Hospital(1),
-        Body::SetupDone {
+        Body::Federation(FederationMsg::SetupDone {
             receive_key: vec![],
             signature: vec![],
-        },
+        }),
     );
     let mut raw = link.open_raw().await.unwrap();
     raw.item(&forged.encode()).await.unwrap();
@@ -402,10 +403,10 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
     // first unsigned (as protocol 5 sent it), then signed with hospital 3's own key
     link.send(
         0,
-        Body::SetupDone {
+        Body::Federation(FederationMsg::SetupDone {
             receive_key: receive_key.clone(),
             signature: vec![0x30; 70],
-        },
+        }),
     )
     .await
     .unwrap();
@@ -418,10 +419,10 @@ async fn misbehave(fed: &Fed, port: u16) -> Vec<String> {
         });
     link.send(
         0,
-        Body::SetupDone {
+        Body::Federation(FederationMsg::SetupDone {
             receive_key,
             signature,
-        },
+        }),
     )
     .await
     .unwrap();

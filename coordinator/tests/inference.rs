@@ -4,6 +4,7 @@
 //! connection); unknown keys, a wrong fingerprint, garbage and a stranger's certificate are
 //! refused. Every wait is bounded.
 
+use protocol::{FederationMsg, ReleasedMsg};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -78,7 +79,7 @@ async fn requester(s: &Setup) -> (Link, InferencePlan, [u8; 32]) {
         .unwrap()
         .unwrap();
     link.send(0, Body::InferInfoRequest).await.unwrap();
-    let Body::InferInfo(info) = next(&link).await.envelope.body else {
+    let Body::Released(ReleasedMsg::InferInfo(info)) = next(&link).await.envelope.body else {
         panic!("model information expected")
     };
     assert_eq!(info.class_names, vec!["a", "b", "c"]);
@@ -117,13 +118,16 @@ fn key_stream(
 
 /// Sends the keys and waits for the server to keep them; the bytes sent.
 async fn send_keys(link: &Link, header: &InferKeys, items: &[Vec<u8>]) -> u64 {
-    let mut out = link.open(0, Body::InferKeys(header.clone())).await.unwrap();
+    let mut out = link
+        .open(0, Body::Released(ReleasedMsg::InferKeys(header.clone())))
+        .await
+        .unwrap();
     for k in items {
         out.item(k).await.unwrap();
     }
     let bytes = out.finish().await.unwrap();
     match next(link).await.envelope.body {
-        Body::InferKeysStored { keys } => assert_eq!(keys, header.keys),
+        Body::Released(ReleasedMsg::InferKeysStored { keys }) => assert_eq!(keys, header.keys),
         other => panic!("keys stored expected, got {other:?}"),
     }
     bytes
@@ -148,7 +152,10 @@ async fn ask(
         images: images.len() as u32,
         ciphertexts_per_image: spec.input_ciphertexts() as u32,
     };
-    let mut out = link.open(0, Body::Infer(header)).await.unwrap();
+    let mut out = link
+        .open(0, Body::Released(ReleasedMsg::Infer(header)))
+        .await
+        .unwrap();
     let mut enc = ctx.sk_encryptor(sk).unwrap();
     for im in images {
         for pt in spec
@@ -165,7 +172,7 @@ async fn ask(
     }
     let bytes = out.finish().await.unwrap();
     let mut msg = next(link).await;
-    let Body::InferResult(r) = &msg.envelope.body else {
+    let Body::Released(ReleasedMsg::InferResult(r)) = &msg.envelope.body else {
         panic!("result expected, got {:?}", msg.envelope.body)
     };
     assert_eq!((r.request_id, r.count as usize), (request_id, images.len()));
@@ -201,7 +208,7 @@ async fn keys_travel_once_and_encrypted_images_get_the_plaintext_labels() {
         images: 1,
         ciphertexts_per_image: spec.input_ciphertexts() as u32,
     };
-    link.open(0, Body::Infer(request))
+    link.open(0, Body::Released(ReleasedMsg::Infer(request)))
         .await
         .unwrap()
         .finish()
@@ -237,7 +244,10 @@ async fn keys_travel_once_and_encrypted_images_get_the_plaintext_labels() {
     // keys that do not hash to the announced id are refused
     let mut lying = header.clone();
     lying.keys[0] ^= 1;
-    let mut out = again.open(0, Body::InferKeys(lying)).await.unwrap();
+    let mut out = again
+        .open(0, Body::Released(ReleasedMsg::InferKeys(lying)))
+        .await
+        .unwrap();
     for k in &items {
         out.item(k).await.unwrap();
     }
@@ -273,7 +283,7 @@ async fn wrong_fingerprints_garbage_and_strangers_are_refused() {
     // a wrong fingerprint
     let mut h = header.clone();
     h.fingerprint[5] ^= 0xff;
-    link.open(0, Body::Infer(h))
+    link.open(0, Body::Released(ReleasedMsg::Infer(h)))
         .await
         .unwrap()
         .finish()
@@ -284,7 +294,7 @@ async fn wrong_fingerprints_garbage_and_strangers_are_refused() {
     // too many images
     let mut h = header.clone();
     h.images = 1000;
-    link.open(0, Body::Infer(h))
+    link.open(0, Body::Released(ReleasedMsg::Infer(h)))
         .await
         .unwrap()
         .finish()
@@ -295,7 +305,7 @@ async fn wrong_fingerprints_garbage_and_strangers_are_refused() {
     // a wrong number of ciphertexts per image
     let mut h = header.clone();
     h.ciphertexts_per_image += 1;
-    link.open(0, Body::Infer(h))
+    link.open(0, Body::Released(ReleasedMsg::Infer(h)))
         .await
         .unwrap()
         .finish()
@@ -306,7 +316,7 @@ async fn wrong_fingerprints_garbage_and_strangers_are_refused() {
     // a key stream whose Galois key count is not the plan's
     let mut k = keys.clone();
     k.galois_keys += 1;
-    link.open(0, Body::InferKeys(k))
+    link.open(0, Body::Released(ReleasedMsg::InferKeys(k)))
         .await
         .unwrap()
         .finish()
@@ -315,7 +325,10 @@ async fn wrong_fingerprints_garbage_and_strangers_are_refused() {
     let reason = refusal(&link).await;
     assert!(reason.contains("Galois keys announced"), "{reason}");
     // garbage as the first item
-    let mut out = link.open(0, Body::Infer(header.clone())).await.unwrap();
+    let mut out = link
+        .open(0, Body::Released(ReleasedMsg::Infer(header.clone())))
+        .await
+        .unwrap();
     out.item(b"\x00\x01garbage").await.unwrap();
     let _ = out.finish().await;
     let reason = refusal(&link).await;
@@ -326,10 +339,10 @@ async fn wrong_fingerprints_garbage_and_strangers_are_refused() {
     // an unexpected message
     link.send(
         0,
-        Body::SetupDone {
+        Body::Federation(FederationMsg::SetupDone {
             receive_key: vec![],
             signature: vec![],
-        },
+        }),
     )
     .await
     .unwrap();
@@ -338,11 +351,14 @@ async fn wrong_fingerprints_garbage_and_strangers_are_refused() {
     // a request that trickles (header, no items) holds this hospital's one slot: a second
     // request of the same hospital, on another connection, is refused at once instead of
     // queueing behind it
-    let trickle = link.open(0, Body::Infer(header.clone())).await.unwrap();
+    let trickle = link
+        .open(0, Body::Released(ReleasedMsg::Infer(header.clone())))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (second, _, _) = requester(&s).await;
     second
-        .open(0, Body::Infer(header.clone()))
+        .open(0, Body::Released(ReleasedMsg::Infer(header.clone())))
         .await
         .unwrap()
         .finish()
@@ -358,7 +374,7 @@ async fn wrong_fingerprints_garbage_and_strangers_are_refused() {
     link.send(0, Body::InferInfoRequest).await.unwrap();
     assert!(matches!(
         next(&link).await.envelope.body,
-        Body::InferInfo(_)
+        Body::Released(ReleasedMsg::InferInfo(_))
     ));
     // a certificate of another CA never gets a link
     let stranger = tokio::time::timeout(WAIT, async {

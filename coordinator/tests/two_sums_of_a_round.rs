@@ -7,6 +7,7 @@
 //! The updates are statements signed with the hospitals' own kits (a switcher makes what it
 //! switches from the signed seeds and weights; nothing else is sent). Every wait is bounded.
 
+use protocol::FederationMsg;
 use std::time::Duration;
 
 use coordinator::provision::Roster;
@@ -66,37 +67,43 @@ async fn ask_to_switch(
         .unwrap()
         .unwrap();
     assert!(
-        matches!(hello.envelope.body, Body::Hello { last_round: 1, .. }),
+        matches!(
+            hello.envelope.body,
+            Body::Federation(FederationMsg::Hello { last_round: 1, .. })
+        ),
         "{:?}",
         hello.envelope.body.kind()
     );
     link.send(
         1,
-        Body::Welcome {
+        Body::Federation(FederationMsg::Welcome {
             index: 1,
             hospitals: 3,
             threshold: 2,
             plaintext: false,
             phase: Phase::Training { committed: 1 },
-        },
+        }),
     )
     .await
     .unwrap();
     link.send(
         2,
-        Body::SwitchRequest {
+        Body::Federation(FederationMsg::SwitchRequest {
             attempt: 0,
             active,
             contributions,
             count: 1,
-        },
+        }),
     )
     .await
     .unwrap();
     let switched = loop {
         match tokio::time::timeout(Duration::from_secs(60), link.accept()).await {
             Ok(Ok(m)) => {
-                if matches!(m.envelope.body, Body::SwitchShares { .. }) {
+                if matches!(
+                    m.envelope.body,
+                    Body::Federation(FederationMsg::SwitchShares { .. })
+                ) {
                     break true;
                 }
             }

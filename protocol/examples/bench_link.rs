@@ -5,6 +5,7 @@
 //!
 //!     cargo run --release -p protocol --example bench_link -- [clients 5] [items 37] [kib 240]
 
+use protocol::FederationMsg;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -33,12 +34,12 @@ fn cpu_s() -> f64 {
 }
 
 fn header(count: usize) -> Body {
-    Body::Update {
+    Body::Federation(FederationMsg::Update {
         weight: 1,
         count: count as u32,
         a_seed: [0; 32],
         signature: vec![],
-    }
+    })
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

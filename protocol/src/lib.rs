@@ -39,6 +39,8 @@ pub mod transcript;
 pub use error::ProtocolError;
 pub use identity::{FederationId, Party};
 pub use link::{Incoming, Link};
-pub use message::{Body, Envelope, PROTOCOL_VERSION};
+pub use message::{
+    Body, CollectiveMsg, Envelope, FederationMsg, HeadMsg, PROTOCOL_VERSION, ReleasedMsg,
+};
 /// The QUIC implementation, for the types that cross this crate's API.
 pub use quinn;

@@ -1,5 +1,6 @@
 //! Real QUIC + mutual TLS on 127.0.0.1: messages, item streams, and the refusals.
 
+use protocol::FederationMsg;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -72,21 +73,24 @@ async fn messages_and_item_streams_cross_a_real_connection() {
         let hello = link.accept().await.unwrap();
         assert!(matches!(
             hello.envelope.body,
-            Body::Hello { last_round: 0, .. }
+            Body::Federation(FederationMsg::Hello { last_round: 0, .. })
         ));
-        link.send(0, Body::RoundStart { deadline_ms: 1000 })
-            .await
-            .unwrap();
+        link.send(
+            0,
+            Body::Federation(FederationMsg::RoundStart { deadline_ms: 1000 }),
+        )
+        .await
+        .unwrap();
         let mut update = link.accept().await.unwrap();
         assert_eq!(update.envelope.round, 4);
         assert_eq!(
             update.envelope.body,
-            Body::Update {
+            Body::Federation(FederationMsg::Update {
                 weight: 17,
                 count: 3,
                 a_seed: [0; 32],
                 signature: vec![],
-            }
+            })
         );
         let mut items = Vec::new();
         while let Some(item) = update.next_item().await.unwrap() {
@@ -99,31 +103,36 @@ async fn messages_and_item_streams_cross_a_real_connection() {
             matches!(forged, Err(ProtocolError::Impersonation { .. })),
             "{forged:?}"
         );
-        link.send(0, Body::Finished).await.unwrap();
+        link.send(0, Body::Federation(FederationMsg::Finished))
+            .await
+            .unwrap();
     });
     let client = async {
         let link = connect(addr, &s.hospital, FED, 1).await.unwrap();
         link.send(
             0,
-            Body::Hello {
+            Body::Federation(FederationMsg::Hello {
                 software: "test".into(),
                 last_round: 0,
                 items: 1,
-            },
+            }),
         )
         .await
         .unwrap();
         let start = link.accept().await.unwrap();
-        assert_eq!(start.envelope.body, Body::RoundStart { deadline_ms: 1000 });
+        assert_eq!(
+            start.envelope.body,
+            Body::Federation(FederationMsg::RoundStart { deadline_ms: 1000 })
+        );
         let mut up = link
             .open(
                 4,
-                Body::Update {
+                Body::Federation(FederationMsg::Update {
                     weight: 17,
                     count: 3,
                     a_seed: [0; 32],
                     signature: vec![],
-                },
+                }),
             )
             .await
             .unwrap();
@@ -136,16 +145,16 @@ async fn messages_and_item_streams_cross_a_real_connection() {
             FED,
             4,
             Party::Hospital(2),
-            Body::SetupDone {
+            Body::Federation(FederationMsg::SetupDone {
                 receive_key: vec![],
                 signature: vec![],
-            },
+            }),
         );
         let mut raw = link.open_raw().await.unwrap();
         raw.item(&forged.encode()).await.unwrap();
         raw.finish().await.unwrap();
         let fin = link.accept().await.unwrap();
-        assert_eq!(fin.envelope.body, Body::Finished);
+        assert_eq!(fin.envelope.body, Body::Federation(FederationMsg::Finished));
     };
     tokio::time::timeout(Duration::from_secs(20), async {
         tokio::join!(server, client).0.unwrap()
@@ -215,10 +224,10 @@ async fn a_finished_close_is_told_apart_from_a_failure() {
             let link = connect(addr, &s.hospital, FED, 1).await.unwrap();
             link.send(
                 0,
-                Body::SetupDone {
+                Body::Federation(FederationMsg::SetupDone {
                     receive_key: vec![],
                     signature: vec![],
-                },
+                }),
             )
             .await
             .unwrap();
@@ -267,12 +276,12 @@ async fn a_peer_that_stops_reading_cannot_hold_a_sender_beyond_the_timeout() {
     let mut up = link
         .open(
             1,
-            Body::Update {
+            Body::Federation(FederationMsg::Update {
                 weight: 1,
                 count: 64,
                 a_seed: [0; 32],
                 signature: vec![],
-            },
+            }),
         )
         .await
         .unwrap();

@@ -4,6 +4,7 @@
 //! requests of at most the server's limit, read and decrypt the results. Async shell over
 //! [`Requester`]; everything the server sends is validated.
 
+use protocol::{CollectiveMsg, ReleasedMsg};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -89,14 +90,14 @@ pub async fn fetch_info(link: &Link, timeout: Duration) -> Result<Served, Infere
         Ok(())
     };
     match msg.envelope.body.clone() {
-        Body::InferInfo(info) => {
+        Body::Released(ReleasedMsg::InferInfo(info)) => {
             check(&info)?;
             Ok(Served {
                 info,
                 collective_key: None,
             })
         }
-        Body::CollectiveInfo(info) => {
+        Body::Collective(CollectiveMsg::CollectiveInfo(info)) => {
             check(&info)?;
             let key = msg.next_item().await?.ok_or_else(|| {
                 InferenceError::BadAnswer("the collective public key is missing".into())
@@ -267,7 +268,9 @@ async fn send_keys(link: &Link, req: &Requester, timeout: Duration) -> Result<u6
     let header = req.keys_header();
     let items = req.key_items();
     let upload = async {
-        let mut out = link.open(0, Body::InferKeys(header.clone())).await?;
+        let mut out = link
+            .open(0, Body::Released(ReleasedMsg::InferKeys(header.clone())))
+            .await?;
         for k in &items {
             out.item(k).await?;
         }
@@ -279,7 +282,7 @@ async fn send_keys(link: &Link, req: &Requester, timeout: Duration) -> Result<u6
     };
     let msg = next_message(link, timeout).await?;
     match msg.envelope.body {
-        Body::InferKeysStored { keys } if keys == header.keys => Ok(bytes),
+        Body::Released(ReleasedMsg::InferKeysStored { keys }) if keys == header.keys => Ok(bytes),
         Body::Refused { reason } => Err(InferenceError::Refused(reason)),
         other => Err(InferenceError::BadAnswer(format!(
             "{} where the keys' acknowledgement was expected",
@@ -305,10 +308,12 @@ async fn request(
     timeout: Duration,
 ) -> Result<((u64, u64, f64), Answer), InferenceError> {
     let header = match signing {
-        Some(signing) if req.is_collective() => {
-            Body::InferCollective(req.collective_header(request_id, images, signing))
-        }
-        _ => Body::Infer(req.header(request_id, images.len() as u32)),
+        Some(signing) if req.is_collective() => Body::Collective(CollectiveMsg::InferCollective(
+            req.collective_header(request_id, images, signing),
+        )),
+        _ => Body::Released(ReleasedMsg::Infer(
+            req.header(request_id, images.len() as u32),
+        )),
     };
     // mode (a): the requester's public key first (what the results are switched to)
     let keys = req.key_items();
@@ -334,7 +339,8 @@ async fn request(
     let sent = (image_bytes, key_bytes, t.elapsed().as_secs_f64());
     let mut msg = next_message(link, timeout).await?;
     let result = match &msg.envelope.body {
-        Body::InferResult(r) => r.clone(),
+        Body::Released(ReleasedMsg::InferResult(r))
+        | Body::Collective(CollectiveMsg::InferResult(r)) => r.clone(),
         Body::Refused { reason } => return Err(InferenceError::Refused(reason.clone())),
         other => {
             return Err(InferenceError::BadAnswer(format!(

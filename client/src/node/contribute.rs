@@ -7,6 +7,7 @@
 //! the labels or the head. The same steps are then replayed in plaintext for comparison, and
 //! both heads are tested on the split named.
 
+use protocol::HeadMsg;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -190,7 +191,9 @@ pub fn run(c: &Contribute) -> anyhow::Result<()> {
     );
     let t = Instant::now();
     let result = rt.block_on(async {
-        let mut s = link.open(0, Body::HeadContribution(header)).await?;
+        let mut s = link
+            .open(0, Body::Head(HeadMsg::HeadContribution(header)))
+            .await?;
         for item in &items {
             s.item(item).await?;
         }
@@ -206,7 +209,7 @@ pub fn run(c: &Contribute) -> anyhow::Result<()> {
                 }
             };
             match msg.envelope.body.clone() {
-                Body::InferResult(r) => {
+                Body::Head(HeadMsg::InferResult(r)) => {
                     let want = layout.groups() + 1;
                     if r.count as usize != want {
                         bail!("{} ciphertexts where the head has {want}", r.count);

@@ -4,6 +4,7 @@
 //! [`super::session`] carries the actions out — training, encryption, key material, the link —
 //! and never decides on its own which round it is in or whom to trust.
 
+use protocol::FederationMsg;
 use protocol::message::{Body, Phase};
 use protocol::transcript::{Contribution, PartyKeys, SealedShare};
 use serde::{Deserialize, Serialize};
@@ -181,23 +182,23 @@ impl Participant {
 
     /// The first message of a connection.
     pub fn hello(&self) -> Body {
-        Body::Hello {
+        Body::Federation(FederationMsg::Hello {
             software: format!("heal-client {}", env!("CARGO_PKG_VERSION")),
             last_round: self.held,
             items: u32::try_from(self.max_items).unwrap_or(u32::MAX),
-        }
+        })
     }
 
     /// A message from the coordinator, sent for `round`.
     pub fn handle(&mut self, round: u64, body: &Body) -> Result<Vec<Action>, ParticipantError> {
         Ok(match body {
-            Body::Welcome {
+            Body::Federation(FederationMsg::Welcome {
                 index,
                 hospitals,
                 threshold,
                 plaintext,
                 phase,
-            } => {
+            }) => {
                 if (*index, *hospitals, *threshold)
                     != (self.me.index, self.me.hospitals, self.me.threshold)
                 {
@@ -221,7 +222,7 @@ impl Participant {
                     Phase::Setup | Phase::Training { .. } => vec![],
                 }
             }
-            Body::SetupKeys { parties } => {
+            Body::Federation(FederationMsg::SetupKeys { parties }) => {
                 self.encrypted("setup keys")?;
                 // each hospital of the consortium once, in order: nobody left out, nobody added
                 let got: Vec<u32> = parties.iter().map(|p| p.hospital).collect();
@@ -235,7 +236,7 @@ impl Participant {
                     parties: parties.clone(),
                 }]
             }
-            Body::RelayedShares { sealed } => {
+            Body::Federation(FederationMsg::RelayedShares { sealed }) => {
                 self.encrypted("relayed shares")?;
                 // one share from each other hospital, none from this one
                 let mut from: Vec<u32> = sealed.iter().map(|s| s.peer).collect();
@@ -254,13 +255,13 @@ impl Participant {
                     sealed: sealed.clone(),
                 }]
             }
-            Body::RoundStart { .. } => self.round_start(round),
-            Body::SwitchRequest {
+            Body::Federation(FederationMsg::RoundStart { .. }) => self.round_start(round),
+            Body::Federation(FederationMsg::SwitchRequest {
                 attempt,
                 active,
                 contributions,
                 count,
-            } => {
+            }) => {
                 self.encrypted("a switch request")?;
                 self.check_items("switch request", *count)?;
                 if active.is_empty() || contributions.is_empty() {
@@ -292,11 +293,11 @@ impl Participant {
                 }));
                 actions
             }
-            Body::RoundResult {
+            Body::Federation(FederationMsg::RoundResult {
                 total_weight,
                 participants,
                 count,
-            } => {
+            }) => {
                 if round != self.held + 1 {
                     warn!(
                         round,
@@ -316,7 +317,7 @@ impl Participant {
                     count: *count,
                 }]
             }
-            Body::Finished => {
+            Body::Federation(FederationMsg::Finished) => {
                 info!(round = self.held, "the federation is finished");
                 vec![Action::Finished]
             }

@@ -1,6 +1,7 @@
 //! The participant driven without sockets: each message in, the actions out.
 
 use super::*;
+use protocol::FederationMsg;
 
 const ME: Membership = Membership {
     index: 2,
@@ -10,13 +11,13 @@ const ME: Membership = Membership {
 };
 
 fn welcome(phase: Phase) -> Body {
-    Body::Welcome {
+    Body::Federation(FederationMsg::Welcome {
         index: 2,
         hospitals: 3,
         threshold: 2,
         plaintext: false,
         phase,
-    }
+    })
 }
 
 fn sealed_from(peer: u32) -> SealedShare {
@@ -38,15 +39,15 @@ fn keys_of(hospital: u32) -> PartyKeys {
 }
 
 fn start() -> Body {
-    Body::RoundStart { deadline_ms: 1000 }
+    Body::Federation(FederationMsg::RoundStart { deadline_ms: 1000 })
 }
 
 fn result(count: u32) -> Body {
-    Body::RoundResult {
+    Body::Federation(FederationMsg::RoundResult {
         total_weight: 100,
         participants: vec![1, 2, 3],
         count,
-    }
+    })
 }
 
 /// The signed update of hospital `hospital` of weight `weight` (4 items), as a switcher sees it.
@@ -63,12 +64,12 @@ fn contribution(hospital: u32, weight: u64) -> Contribution {
 
 /// A switch request over the updates of hospitals 1, 2, … with `weights`.
 fn switch(weights: Vec<u64>, active: Vec<u32>) -> Body {
-    Body::SwitchRequest {
+    Body::Federation(FederationMsg::SwitchRequest {
         attempt: 0,
         active,
         contributions: contributions(&weights),
         count: 4,
-    }
+    })
 }
 
 fn contributions(weights: &[u64]) -> Vec<Contribution> {
@@ -83,35 +84,35 @@ fn hello_names_the_round_held_and_the_update_size() {
     let p = Participant::new(ME, 7, 10);
     assert!(matches!(
         p.hello(),
-        Body::Hello {
+        Body::Federation(FederationMsg::Hello {
             last_round: 7,
             items: 10,
             ..
-        }
+        })
     ));
 }
 
 #[test]
 fn a_welcome_of_another_federation_or_mode_ends_the_session() {
     let mut p = Participant::new(ME, 0, 10);
-    let other = Body::Welcome {
+    let other = Body::Federation(FederationMsg::Welcome {
         index: 3,
         hospitals: 3,
         threshold: 2,
         plaintext: false,
         phase: Phase::Setup,
-    };
+    });
     assert!(matches!(
         p.handle(0, &other),
         Err(ParticipantError::Foreign { index: 3, .. })
     ));
-    let plain = Body::Welcome {
+    let plain = Body::Federation(FederationMsg::Welcome {
         index: 2,
         hospitals: 3,
         threshold: 2,
         plaintext: true,
         phase: Phase::Setup,
-    };
+    });
     assert_eq!(
         p.handle(0, &plain),
         Err(ParticipantError::Plaintext {
@@ -143,20 +144,20 @@ fn a_plaintext_site_takes_no_key_material() {
         0,
         10,
     );
-    let plain_welcome = Body::Welcome {
+    let plain_welcome = Body::Federation(FederationMsg::Welcome {
         index: 2,
         hospitals: 3,
         threshold: 2,
         plaintext: true,
         phase: Phase::Setup,
-    };
+    });
     assert_eq!(p.handle(0, &plain_welcome), Ok(vec![]));
     assert_eq!(
         p.handle(
             0,
-            &Body::RelayedShares {
+            &Body::Federation(FederationMsg::RelayedShares {
                 sealed: vec![sealed_from(1)]
-            }
+            })
         ),
         Err(ParticipantError::NotEncrypted("relayed shares"))
     );
@@ -204,18 +205,18 @@ fn results_and_switch_requests_are_bounded() {
             max: 10
         })
     );
-    let zero = Body::RoundResult {
+    let zero = Body::Federation(FederationMsg::RoundResult {
         total_weight: 0,
         participants: vec![1],
         count: 1,
-    };
+    });
     assert_eq!(p.handle(1, &zero), Err(ParticipantError::NoWeight));
-    let big = Body::SwitchRequest {
+    let big = Body::Federation(FederationMsg::SwitchRequest {
         attempt: 0,
         active: vec![1, 2],
         contributions: contributions(&[1, 1]),
         count: 100_000,
-    };
+    });
     assert!(matches!(
         p.handle(1, &big),
         Err(ParticipantError::TooManyItems { count: 100_000, .. })
@@ -301,7 +302,10 @@ fn masks_made_ahead_serve_only_the_request_they_fit_once() {
 #[test]
 fn finished_refused_and_unexpected_messages() {
     let mut p = Participant::new(ME, 3, 10);
-    assert_eq!(p.handle(3, &Body::Finished), Ok(vec![Action::Finished]));
+    assert_eq!(
+        p.handle(3, &Body::Federation(FederationMsg::Finished)),
+        Ok(vec![Action::Finished])
+    );
     assert_eq!(
         p.handle(
             3,
@@ -321,9 +325,9 @@ fn setup_material_names_every_hospital_once_before_it_is_checked() {
     assert_eq!(
         p.handle(
             0,
-            &Body::SetupKeys {
+            &Body::Federation(FederationMsg::SetupKeys {
                 parties: all.clone()
-            }
+            })
         ),
         Ok(vec![Action::CheckSetupKeys { parties: all }])
     );
@@ -331,14 +335,18 @@ fn setup_material_names_every_hospital_once_before_it_is_checked() {
     for got in [vec![1, 2], vec![1, 2, 3, 4], vec![1, 2, 2], vec![2, 1, 3]] {
         let parties = got.iter().copied().map(keys_of).collect();
         assert_eq!(
-            p.handle(0, &Body::SetupKeys { parties }),
+            p.handle(0, &Body::Federation(FederationMsg::SetupKeys { parties })),
             Err(ParticipantError::SetupParties { got, hospitals: 3 })
         );
     }
     // relayed shares: one from each other hospital (1 and 3), never one "from" this one
     let ok = vec![sealed_from(3), sealed_from(1)];
     assert!(matches!(
-        p.handle(0, &Body::RelayedShares { sealed: ok }).as_deref(),
+        p.handle(
+            0,
+            &Body::Federation(FederationMsg::RelayedShares { sealed: ok })
+        )
+        .as_deref(),
         Ok([Action::OpenRelayedShares { .. }])
     ));
     for from in [vec![1], vec![1, 2, 3], vec![1, 3, 3]] {
@@ -346,7 +354,10 @@ fn setup_material_names_every_hospital_once_before_it_is_checked() {
         let mut sorted = from.clone();
         sorted.sort_unstable();
         assert_eq!(
-            p.handle(0, &Body::RelayedShares { sealed }),
+            p.handle(
+                0,
+                &Body::Federation(FederationMsg::RelayedShares { sealed })
+            ),
             Err(ParticipantError::RelayedFrom {
                 from: sorted,
                 hospitals: 3
@@ -368,26 +379,26 @@ fn only_the_open_rounds_aggregate_of_a_quorum_of_signed_updates_is_switched_once
     // one hospital's update alone (t = 2), a hospital twice, one outside the consortium, or
     // contributions of another size than the aggregate
     let alone = switch(vec![10], vec![1, 2]);
-    let twice = Body::SwitchRequest {
+    let twice = Body::Federation(FederationMsg::SwitchRequest {
         attempt: 0,
         active: vec![1, 2],
         contributions: vec![contribution(1, 10), contribution(1, 10)],
         count: 4,
-    };
-    let outside = Body::SwitchRequest {
+    });
+    let outside = Body::Federation(FederationMsg::SwitchRequest {
         attempt: 0,
         active: vec![1, 2],
         contributions: vec![contribution(1, 10), contribution(4, 10)],
         count: 4,
-    };
+    });
     let mut sized = contributions(&[10, 20]);
     sized[1].count = 3;
-    let sized = Body::SwitchRequest {
+    let sized = Body::Federation(FederationMsg::SwitchRequest {
         attempt: 0,
         active: vec![1, 2],
         contributions: sized,
         count: 4,
-    };
+    });
     for bad in [alone, twice, outside, sized] {
         assert!(matches!(
             p.handle(5, &bad),
@@ -400,12 +411,12 @@ fn only_the_open_rounds_aggregate_of_a_quorum_of_signed_updates_is_switched_once
     // the round redone after a coordinator restart: the same hospitals and weights, new updates
     let mut redone = contributions(&[10, 20]);
     redone.iter_mut().for_each(|c| c.items = [9; 32]);
-    let redone = Body::SwitchRequest {
+    let redone = Body::Federation(FederationMsg::SwitchRequest {
         attempt: 0,
         active: vec![1, 2],
         contributions: redone,
         count: 4,
-    };
+    });
     assert!(p.handle(5, &redone).is_ok());
     // the same hospitals with other weights, or one hospital fewer: refused
     assert_eq!(

@@ -1,5 +1,6 @@
 //! One hospital node and its conversations with the coordinator.
 
+use protocol::FederationMsg;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -428,12 +429,12 @@ impl Node {
         let mut up = link
             .open(
                 round,
-                Body::Update {
+                Body::Federation(FederationMsg::Update {
                     weight,
                     count: items.len() as u32,
                     a_seed,
                     signature,
-                },
+                }),
             )
             .await?;
         for item in &items {
@@ -540,9 +541,9 @@ impl Node {
                 let _ = link
                     .send(
                         round,
-                        Body::Alarm {
+                        Body::Federation(FederationMsg::Alarm {
                             reason: reason.clone(),
-                        },
+                        }),
                     )
                     .await;
                 bail!("{reason}");
@@ -633,7 +634,8 @@ impl Node {
         let file = self.dirs.out.join("metrics.csv");
         protocol::metrics_file::append(&file, &m)
             .with_context(|| format!("cannot write {}", file.display()))?;
-        link.send(round, Body::Metrics(m.clone())).await?;
+        link.send(round, Body::Federation(FederationMsg::Metrics(m.clone())))
+            .await?;
         let epsilon = self.privacy.as_ref().map(|p| p.plan.epsilon_after(round));
         self.metrics.reported(&m, epsilon);
         Ok(())

@@ -8,6 +8,7 @@ use he_agg::multiparty::group_key::{self, CONTRIBUTION_LEN, Contribution};
 use he_agg::multiparty::threshold::deal;
 use he_agg::multiparty::{PublicKeyGen, ThresholdSecret, wire as mpw};
 use he_agg::ring::Prng;
+use protocol::FederationMsg;
 use protocol::message::Body;
 use protocol::transcript::{self, PartyKeys, SealedShare, Statement};
 use protocol::{FederationId, Link};
@@ -46,14 +47,14 @@ fn split_payload(p: &[u8]) -> anyhow::Result<(&[u8], Contribution)> {
 /// "Setup done" with the consortium receiving key, signed, once this node has finished setup.
 fn setup_done_body(he: &NodeHe, federation: FederationId, index: u32) -> Option<Body> {
     match (&he.keys.threshold, &he.keys.receive) {
-        (Some(_), Some(r)) => Some(Body::SetupDone {
+        (Some(_), Some(r)) => Some(Body::Federation(FederationMsg::SetupDone {
             receive_key: r.pk_bytes.clone(),
             signature: he.signer.sign(&Statement::ReceiveKey {
                 federation,
                 hospital: index,
                 receive_key: transcript::digest(&r.pk_bytes),
             }),
-        }),
+        })),
         _ => None,
     }
 }
@@ -91,12 +92,12 @@ impl Node {
         });
         link.send(
             0,
-            Body::KeyShares {
+            Body::Federation(FederationMsg::KeyShares {
                 public_key_share,
                 exchange_key: exchange,
                 certificate: he.signer.certificate().to_vec(),
                 signature,
-            },
+            }),
         )
         .await?;
         info!("sent signed key shares");
@@ -104,7 +105,8 @@ impl Node {
         if let Some(sealed) = read_opt(&self.dirs.state.join("dealt.bin"))? {
             let sealed: Vec<SealedShare> =
                 postcard::from_bytes(&sealed).context("dealt.bin is corrupt")?;
-            link.send(0, Body::ShamirShares { sealed }).await?;
+            link.send(0, Body::Federation(FederationMsg::ShamirShares { sealed }))
+                .await?;
         }
         Ok(())
     }
@@ -195,7 +197,8 @@ impl Node {
             &self.dirs.state.join("dealt.bin"),
             &postcard::to_allocvec(&sealed)?,
         )?;
-        link.send(0, Body::ShamirShares { sealed }).await?;
+        link.send(0, Body::Federation(FederationMsg::ShamirShares { sealed }))
+            .await?;
         info!("dealt sealed Shamir shares to {} hospitals", n - 1);
         Ok(())
     }

@@ -7,6 +7,7 @@ use anyhow::Context;
 use he_agg::aggregate::item_seed;
 use he_agg::multiparty::{FloodMask, ReceiveSwitch, UpdateSum, wire as mpw};
 use he_agg::ring::Prng;
+use protocol::FederationMsg;
 use protocol::Link;
 use protocol::link::Incoming;
 use protocol::message::Body;
@@ -153,10 +154,10 @@ impl Node {
         let mut s = link
             .open(
                 round,
-                Body::SwitchShares {
+                Body::Federation(FederationMsg::SwitchShares {
                     attempt,
                     count: shares.len() as u32,
-                },
+                }),
             )
             .await?;
         for b in &shares {

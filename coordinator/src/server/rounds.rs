@@ -2,6 +2,7 @@
 //! aggregate sent for switching, switching shares folded, and the result committed and sent.
 
 use super::*;
+use protocol::FederationMsg;
 
 impl Server {
     pub(super) fn reset_round(&self, round: u64) {
@@ -144,12 +145,12 @@ impl Server {
             }
         };
         let count = contributions.first().map_or(0, |c| c.count);
-        let body = Body::SwitchRequest {
+        let body = Body::Federation(FederationMsg::SwitchRequest {
             attempt,
             active: active.clone(),
             contributions,
             count,
-        };
+        });
         for h in active {
             let Some(link) = self.link(h) else { continue };
             let body = body.clone();
@@ -261,11 +262,11 @@ impl Server {
         let mut s = link
             .open(
                 res.round,
-                Body::RoundResult {
+                Body::Federation(FederationMsg::RoundResult {
                     total_weight: res.total_weight,
                     participants: res.participants.clone(),
                     count: res.items.len() as u32,
-                },
+                }),
             )
             .await?;
         for item in &res.items {

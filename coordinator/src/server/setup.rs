@@ -3,6 +3,7 @@
 //! their receivers; "setup done" with each hospital's receiving key recorded.
 
 use super::*;
+use protocol::FederationMsg;
 use protocol::transcript::{self, Statement};
 
 impl Server {
@@ -93,7 +94,7 @@ impl Server {
                 })
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok(Body::SetupKeys { parties })
+        Ok(Body::Federation(FederationMsg::SetupKeys { parties }))
     }
 
     pub(super) fn shamir_shares(

@@ -6,6 +6,7 @@
 //!     cd protocol/fuzz && cargo +nightly fuzz run envelope_decode -- -max_total_time=600
 #![no_main]
 
+use protocol::FederationMsg;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
@@ -39,17 +40,17 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(env) = Envelope::decode(data, FED, peer) {
             // what a hospital does with relayed transcripts: check every signature
             match &env.body {
-                Body::SetupKeys { parties } => {
+                Body::Federation(FederationMsg::SetupKeys { parties }) => {
                     for p in parties {
                         let _ = verifier.verify(&p.certificate, p.hospital, &p.statement(FED), &p.signature);
                     }
                 }
-                Body::SwitchRequest { contributions, .. } => {
+                Body::Federation(FederationMsg::SwitchRequest { contributions, .. }) => {
                     for c in contributions {
                         let _ = verifier.verify(cert, c.hospital, &c.statement(FED, env.round), &c.signature);
                     }
                 }
-                Body::RelayedShares { sealed } | Body::ShamirShares { sealed } => {
+                Body::Federation(FederationMsg::RelayedShares { sealed }) | Body::Federation(FederationMsg::ShamirShares { sealed }) => {
                     for s in sealed {
                         let st = Statement::Dealt { federation: FED, from: s.peer, to: 1, sealed: protocol::transcript::digest(&s.sealed) };
                         let _ = verifier.verify(cert, s.peer, &st, &s.signature);

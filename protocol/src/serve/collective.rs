@@ -31,10 +31,12 @@
 //! and answers [`EvaluatedShares`] (its results and its switching shares); the server checks the
 //! results agree and sends the requester `InferResult` with the results under its own key.
 //!
-//! Head training's final switch (a trained head to its contributor) still travels as
-//! [`ResultSwitchRequest`] / [`ResultSwitchShares`].
+//! Head training's final switch (a trained head to its contributor) travels in
+//! [`super::head`].
 
 use serde::{Deserialize, Serialize};
+
+use super::released::ModelInfo;
 
 /// Most images one mode (a) request may carry (each is a full ciphertext at the plan's top
 /// level, ~1.5 MB, and its evaluation holds the server for ~0.5 s).
@@ -92,30 +94,6 @@ impl KeyholderRound1 {
     pub fn items(&self) -> u64 {
         2 + u64::from(self.galois)
     }
-}
-
-/// Head training: header of the switch of a trained head to its contributor: the
-/// contributor's public key, then `count` ciphertexts follow.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ResultSwitchRequest {
-    /// The setup whose key the results are under (a keyholder refuses another).
-    pub setup: [u8; 32],
-    pub request: u64,
-    pub attempt: u32,
-    /// The hospital that asked (each keyholder logs it).
-    pub requester: u32,
-    /// The t keyholders switching this attempt (each makes its additive share for this set).
-    pub active: Vec<u32>,
-    pub count: u32,
-}
-
-/// Head training: header of a keyholder's answer: `count` switching shares (or refresh
-/// shares) follow.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ResultSwitchShares {
-    pub request: u64,
-    pub attempt: u32,
-    pub count: u32,
 }
 
 /// Most ciphertexts of images one mode (a) request may carry (an image may span several).
@@ -189,4 +167,72 @@ pub struct EvaluatedShares {
     pub count: u32,
     /// How long its evaluation took.
     pub evaluate_us: u64,
+}
+
+/// The messages of mode (a) serving: setup and requests between keyholders and the serving
+/// coordinator, and requests and results between requesters and it. Head training's keys are
+/// made with the same setup messages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CollectiveMsg {
+    /// Keyholder → server: first message; `setup` names the setup whose threshold secret it
+    /// holds (none before its first), `ready` whether it holds that setup's evaluation keys.
+    KeyholderHello {
+        software: String,
+        setup: Option<[u8; 32]>,
+        ready: bool,
+    },
+    /// Server → keyholder: make round-1 shares for the plan of your final model.
+    CollectiveStart { hospitals: u32, threshold: u32 },
+    /// Keyholder → server: header of its round-1 stream.
+    CollectiveRound1(KeyholderRound1),
+    /// Server → keyholder: header of a stream of every keyholder's public-key share and
+    /// relinearization round-1 share (two items each, in the order of `key_shares`, whose
+    /// records carry what each signed), with the sealed Shamir shares addressed to this
+    /// hospital, by sender.
+    CollectiveRound1Result {
+        sealed: Vec<(u32, Vec<u8>)>,
+        key_shares: Vec<KeyholderShares>,
+    },
+    /// Keyholder → server: header of a 1-item stream (its relinearization round-2 share).
+    CollectiveRound2,
+    /// Keyholder → server: its threshold secret of the key is formed.
+    ThresholdFormed,
+    /// Server → keyholder: header of the stream of the sums the evaluation keys are made of.
+    ServingKeys(ServingKeys),
+    /// Keyholder → server: it holds the evaluation keys of its setup and serves requests.
+    KeyholderReady,
+    /// Server → keyholder: header of a stream (the requester's public key, then the images):
+    /// evaluate the signed request and switch the results to the requester's key.
+    CollectiveEvaluate(EvaluateRequest),
+    /// Keyholder → server: header of a stream of its results, then its switching shares.
+    CollectiveEvaluated(EvaluatedShares),
+    /// Server → requester: what is served (as mode (b)'s `InferInfo`), header of a 1-item stream:
+    /// the collective public key the images are encrypted under.
+    CollectiveInfo(ModelInfo),
+    /// Requester → server: header of a request stream (its public key, then the images).
+    InferCollective(CollectiveRequest),
+    /// Server → requester: header of a result stream, one ciphertext per image under the
+    /// requester's key.
+    InferResult(super::released::InferResult),
+}
+
+impl CollectiveMsg {
+    /// A short name for logs and audit entries.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CollectiveMsg::KeyholderHello { .. } => "keyholder-hello",
+            CollectiveMsg::CollectiveStart { .. } => "collective-start",
+            CollectiveMsg::CollectiveRound1(_) => "collective-round1",
+            CollectiveMsg::CollectiveRound1Result { .. } => "collective-round1-result",
+            CollectiveMsg::CollectiveRound2 => "collective-round2",
+            CollectiveMsg::ThresholdFormed => "threshold-formed",
+            CollectiveMsg::ServingKeys(_) => "serving-keys",
+            CollectiveMsg::KeyholderReady => "keyholder-ready",
+            CollectiveMsg::CollectiveEvaluate(_) => "collective-evaluate",
+            CollectiveMsg::CollectiveEvaluated(_) => "collective-evaluated",
+            CollectiveMsg::CollectiveInfo(_) => "collective-info",
+            CollectiveMsg::InferCollective(_) => "infer-collective",
+            CollectiveMsg::InferResult(_) => "infer-result",
+        }
+    }
 }

@@ -132,3 +132,58 @@ mod tests {
         }
     }
 }
+
+/// Head training: header of the switch of a trained head to its contributor: the
+/// contributor's public key, then `count` ciphertexts follow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultSwitchRequest {
+    /// The setup whose key the results are under (a keyholder refuses another).
+    pub setup: [u8; 32],
+    pub request: u64,
+    pub attempt: u32,
+    /// The hospital that asked (each keyholder logs it).
+    pub requester: u32,
+    /// The t keyholders switching this attempt (each makes its additive share for this set).
+    pub active: Vec<u32>,
+    pub count: u32,
+}
+
+/// Head training: header of a keyholder's answer: `count` switching shares (or refresh
+/// shares) follow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultSwitchShares {
+    pub request: u64,
+    pub attempt: u32,
+    pub count: u32,
+}
+
+/// The messages of head training: a contributor's examples, the keyholders' refreshes of each
+/// step, the trained head's switch to the contributor and its delivery (the keys are made with
+/// the messages of [`super::collective`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum HeadMsg {
+    /// Head training: server → keyholder, header of a stream (the contributor's public key,
+    /// then the trained head) to switch to the contributor's key.
+    ResultSwitch(ResultSwitchRequest),
+    /// Keyholder → server: header of a stream of its switching (or refresh) shares.
+    ResultShares(ResultSwitchShares),
+    /// Contributor → server: header of a contribution stream (its public key, then the chunks).
+    HeadContribution(HeadContribution),
+    /// Server → keyholder: header of a stream of the head's state to refresh.
+    HeadRefresh(HeadRefreshRequest),
+    /// Server → contributor: header of the trained head's stream, under the contributor's key.
+    InferResult(super::released::InferResult),
+}
+
+impl HeadMsg {
+    /// A short name for logs and audit entries.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HeadMsg::ResultSwitch(_) => "result-switch",
+            HeadMsg::ResultShares(_) => "result-shares",
+            HeadMsg::HeadContribution(_) => "head-contribution",
+            HeadMsg::HeadRefresh(_) => "head-refresh",
+            HeadMsg::InferResult(_) => "infer-result",
+        }
+    }
+}

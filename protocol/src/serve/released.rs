@@ -118,3 +118,32 @@ pub struct InferResult {
     pub validate_us: u64,
     pub count: u32,
 }
+
+/// The messages of mode (b) serving (requester ↔ inference server); the requester's first
+/// question, [`crate::Body::InferInfoRequest`], is common to both modes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ReleasedMsg {
+    /// The served model's architecture, classes and plan fingerprint.
+    InferInfo(ModelInfo),
+    /// Header of a key stream: the relinearization key, then the Galois keys.
+    InferKeys(InferKeys),
+    /// The server checked and keeps these keys for this requester.
+    InferKeysStored { keys: KeysId },
+    /// Header of a request stream: the encrypted images (keys named by id).
+    Infer(InferRequest),
+    /// Header of a result stream: one ciphertext per image.
+    InferResult(InferResult),
+}
+
+impl ReleasedMsg {
+    /// A short name for logs and audit entries.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReleasedMsg::InferInfo(_) => "infer-info",
+            ReleasedMsg::InferKeys(_) => "infer-keys",
+            ReleasedMsg::InferKeysStored { .. } => "infer-keys-stored",
+            ReleasedMsg::Infer(_) => "infer",
+            ReleasedMsg::InferResult(_) => "infer-result",
+        }
+    }
+}

@@ -7,8 +7,8 @@ use anyhow::{Context, bail};
 use he_agg::ckks::wire;
 use he_agg::multiparty::wire as mpw;
 use protocol::Body;
-use protocol::serve::collective::{ResultSwitchRequest, ResultSwitchShares};
-use protocol::serve::head::HeadRefreshRequest;
+use protocol::HeadMsg;
+use protocol::serve::head::{HeadRefreshRequest, ResultSwitchRequest, ResultSwitchShares};
 
 use super::{Held, Keyholder, Reply};
 
@@ -59,11 +59,11 @@ impl Keyholder {
         }
         *refreshes += shares.len() as u64;
         Ok(Reply {
-            body: Body::ResultShares(ResultSwitchShares {
+            body: Body::Head(HeadMsg::ResultShares(ResultSwitchShares {
                 request: req.request,
                 attempt: req.attempt,
                 count: shares.len() as u32,
-            }),
+            })),
             items: shares,
         })
     }
@@ -112,11 +112,11 @@ impl Keyholder {
             shares.push(mpw::encode_public_key_switch_share(&self.ctx, &share));
         }
         Ok(Reply {
-            body: Body::ResultShares(ResultSwitchShares {
+            body: Body::Head(HeadMsg::ResultShares(ResultSwitchShares {
                 request: req.request,
                 attempt: req.attempt,
                 count: shares.len() as u32,
-            }),
+            })),
             items: shares,
         })
     }

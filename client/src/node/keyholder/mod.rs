@@ -26,6 +26,7 @@
 //! requests, [`head`] for head training); [`shell`] is the tokio loop, reconnecting when the
 //! link drops.
 
+use protocol::CollectiveMsg;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -380,7 +381,7 @@ impl Keyholder {
         );
         self.own_round1 = Some((items[0].clone(), items[1].clone(), galois_digest));
         Ok(Reply {
-            body: Body::CollectiveRound1(KeyholderRound1 {
+            body: Body::Collective(CollectiveMsg::CollectiveRound1(KeyholderRound1 {
                 architecture: self.architecture.clone(),
                 class_names: self.class_names.clone(),
                 plan: self.fingerprint(),
@@ -390,7 +391,7 @@ impl Keyholder {
                 model: self.model,
                 galois_digest,
                 signature,
-            }),
+            })),
             items,
         })
     }
@@ -511,11 +512,11 @@ impl Keyholder {
         );
         Ok(vec![
             Reply {
-                body: Body::CollectiveRound2,
+                body: Body::Collective(CollectiveMsg::CollectiveRound2),
                 items: vec![mpw::encode_relin_share2(&self.ctx, &share2)],
             },
             Reply {
-                body: Body::ThresholdFormed,
+                body: Body::Collective(CollectiveMsg::ThresholdFormed),
                 items: vec![],
             },
         ])

@@ -4,6 +4,7 @@
 //! switches nothing it did not compute itself from a signed request: a serving host cannot have
 //! it switch a ciphertext of its own making, nor switch anything to a key of its own.
 
+use protocol::CollectiveMsg;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -105,7 +106,7 @@ impl Keyholder {
             "evaluation keys made; serving requests"
         );
         Ok(Reply {
-            body: Body::KeyholderReady,
+            body: Body::Collective(CollectiveMsg::KeyholderReady),
             items: vec![],
         })
     }
@@ -193,12 +194,12 @@ impl Keyholder {
             out.push(mpw::encode_public_key_switch_share(&self.ctx, &share));
         }
         Ok(Reply {
-            body: Body::CollectiveEvaluated(EvaluatedShares {
+            body: Body::Collective(CollectiveMsg::CollectiveEvaluated(EvaluatedShares {
                 request: req.request,
                 attempt: req.attempt,
                 count: results.len() as u32,
                 evaluate_us,
-            }),
+            })),
             items: out,
         })
     }

@@ -2,6 +2,7 @@
 //! then each message to [`Keyholder`] and its answer back), reconnecting with backoff until
 //! the coordinator has been unreachable for the patience given.
 
+use protocol::{CollectiveMsg, HeadMsg};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -41,11 +42,11 @@ async fn send(link: &Link, replies: Vec<Reply>) -> anyhow::Result<()> {
 async fn session(link: &Link, kh: &mut Keyholder) -> anyhow::Result<()> {
     link.send(
         0,
-        Body::KeyholderHello {
+        Body::Collective(CollectiveMsg::KeyholderHello {
             software: format!("heal-client {}", env!("CARGO_PKG_VERSION")),
             setup: kh.setup(),
             ready: kh.ready(),
-        },
+        }),
     )
     .await?;
     loop {
@@ -62,10 +63,10 @@ async fn session(link: &Link, kh: &mut Keyholder) -> anyhow::Result<()> {
         };
         let body = msg.envelope.body.clone();
         let replies = match body {
-            Body::CollectiveStart {
+            Body::Collective(CollectiveMsg::CollectiveStart {
                 hospitals,
                 threshold,
-            } => {
+            }) => {
                 info!("setup of the {} key: making round-1 shares", kh.key_name());
                 let t = Instant::now();
                 let r = tokio::task::block_in_place(|| kh.start(hospitals, threshold))?;
@@ -76,17 +77,17 @@ async fn session(link: &Link, kh: &mut Keyholder) -> anyhow::Result<()> {
                 );
                 vec![r]
             }
-            Body::CollectiveRound1Result { sealed, key_shares } => {
+            Body::Collective(CollectiveMsg::CollectiveRound1Result { sealed, key_shares }) => {
                 let it = items(&mut msg, 2 * key_shares.len().min(MAX_KEYHOLDERS)).await?;
                 tokio::task::block_in_place(|| kh.round2(&sealed, &key_shares, &it))?
             }
-            Body::ServingKeys(header) => {
+            Body::Collective(CollectiveMsg::ServingKeys(header)) => {
                 let it = items(&mut msg, kh.max_key_items()).await?;
                 vec![tokio::task::block_in_place(|| {
                     kh.serving_keys(&header, &it)
                 })?]
             }
-            Body::CollectiveEvaluate(req) => {
+            Body::Collective(CollectiveMsg::CollectiveEvaluate(req)) => {
                 let it = items(&mut msg, serve::max_request_items()).await?;
                 // the consortium's record of who decrypted what: one line per request
                 info!(
@@ -107,7 +108,7 @@ async fn session(link: &Link, kh: &mut Keyholder) -> anyhow::Result<()> {
                     }
                 }
             }
-            Body::HeadRefresh(req) => {
+            Body::Head(HeadMsg::HeadRefresh(req)) => {
                 let it = items(&mut msg, kh.max_head_items()).await?;
                 // the consortium's record of every refresh: one line per step and attempt
                 info!(
@@ -127,7 +128,7 @@ async fn session(link: &Link, kh: &mut Keyholder) -> anyhow::Result<()> {
                     }
                 }
             }
-            Body::ResultSwitch(req) => {
+            Body::Head(HeadMsg::ResultSwitch(req)) => {
                 if let Err(e) = kh.switches_heads() {
                     // the serving host may be compromised: nothing of the stream is read
                     error!(request = req.request, "refused to switch: {e:#}");

@@ -8,6 +8,7 @@
 //! only once it is complete, so a bad or cut stream changes nothing. Head training (the
 //! coordinator computes the steps) makes the evaluation keys themselves.
 
+use protocol::CollectiveMsg;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -439,7 +440,10 @@ impl ServedKeys {
             items.push(r.public_key.clone());
             items.push(r.relinearization.clone());
         }
-        Ok((Body::CollectiveRound1Result { sealed, key_shares }, items))
+        Ok((
+            Body::Collective(CollectiveMsg::CollectiveRound1Result { sealed, key_shares }),
+            items,
+        ))
     }
 
     /// Decodes and sums a round-2 share.
@@ -494,10 +498,10 @@ impl ServedKeys {
     pub fn keyholder_keys(&self) -> Option<(Body, Vec<Vec<u8>>)> {
         let items = self.keyholder_keys.clone()?;
         Some((
-            Body::ServingKeys(ServingKeys {
+            Body::Collective(CollectiveMsg::ServingKeys(ServingKeys {
                 setup: self.setup?,
                 galois: items.len().saturating_sub(2) as u32,
-            }),
+            })),
             items,
         ))
     }

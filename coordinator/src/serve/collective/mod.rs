@@ -3,10 +3,12 @@
 //! result switched to its requester's key by t hospitals ("keyholders"), each of which checks
 //! the requester's signature and logs the request. The coordinator relays, checks and combines.
 //!
-//! [`ServingEngine`] holds the protocol's decisions (as [`crate::engine::Engine`] does for the
-//! rounds); the cryptography is `he_agg::infer::threshold`, summed and checked in [`keys`] and
-//! [`requests`]; [`shell`] is the tokio server (`coordinator serve-inference --collective`) and
-//! `client hold-keys` the hospital's side.
+//! [`Service`] is the one state machine of the protocol (sans-IO: streams in, actions out, time
+//! passed in): it owns the decisions of [`ServingEngine`] (setup steps, who is ready,
+//! attempts), the keys ([`keys`], a keyholder's round-1 stream in `round1`), every request's
+//! switch ([`requests`]) and a head run's progress ([`head`], `service_head`); [`shell`] is its
+//! tokio server and [`run`] the commands (`coordinator serve-inference --collective`,
+//! `coordinator train-head`); `client hold-keys` is the hospitals' side.
 //!
 //! Setup, with every hospital connected (the keys need all N secret shares):
 //! 1. each hospital compiles the plan of its final model and sends its round-1 key shares (public
@@ -38,11 +40,15 @@ pub mod head;
 pub mod keys;
 pub mod requests;
 mod round1;
+pub mod run;
 pub mod saved;
+mod service;
+mod service_head;
 pub mod shell;
 
 pub use engine::{ServingAction, ServingConfig, ServingEngine, ServingEvent, SetupStep};
-pub use shell::{CollectiveOptions, CollectiveServer};
+pub use service::{Action, Conn, Event, Service, ServiceConfig};
+pub use shell::CollectiveServer;
 
 #[cfg(test)]
 mod refusals;

@@ -3,6 +3,7 @@
 //! count, level or bytes, and switching shares of the wrong count or bytes are refused with a
 //! reason, and a refused stream leaves the sums as they were.
 
+use protocol::CollectiveMsg;
 use std::sync::Arc;
 
 use he_agg::ckks::{CkksContext, wire};
@@ -163,7 +164,8 @@ fn garbage_or_cut_round1_streams_change_nothing() {
     refused(s.push(&f.ctx, &items[0]), "more items");
     keys.store_round1(s).unwrap();
     let (body, items_out) = keys.round1_result(2).unwrap();
-    let Body::CollectiveRound1Result { sealed, key_shares } = body else {
+    let Body::Collective(CollectiveMsg::CollectiveRound1Result { sealed, key_shares }) = body
+    else {
         panic!("a round-1 result expected")
     };
     assert_eq!(sealed.len(), 1);

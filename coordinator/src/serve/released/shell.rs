@@ -4,6 +4,7 @@
 //! [`handler`](super::handler), evaluates complete requests on a blocking thread and streams the
 //! results back. Every request and every refusal is logged with the requester's identity.
 
+use protocol::ReleasedMsg;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -156,12 +157,15 @@ impl InferenceServer {
             let kind = incoming.envelope.body.kind();
             let outcome = match &incoming.envelope.body {
                 Body::InferInfoRequest => link
-                    .send(0, Body::InferInfo(self.model.info().clone()))
+                    .send(
+                        0,
+                        Body::Released(ReleasedMsg::InferInfo(self.model.info().clone())),
+                    )
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string()),
-                Body::InferKeys(_) => self.keys(&link, incoming).await,
-                Body::Infer(_) => self.request(&link, incoming).await,
+                Body::Released(ReleasedMsg::InferKeys(_)) => self.keys(&link, incoming).await,
+                Body::Released(ReleasedMsg::Infer(_)) => self.request(&link, incoming).await,
                 _ => Err(Refusal::Unexpected(kind).to_string()),
             };
             if let Err(reason) = outcome {
@@ -226,7 +230,7 @@ impl InferenceServer {
 
     /// A key stream: checked key by key, kept, acknowledged. `Err` carries the refusal.
     async fn keys(&self, link: &Link, mut incoming: Incoming) -> Result<(), String> {
-        let Body::InferKeys(header) = &incoming.envelope.body else {
+        let Body::Released(ReleasedMsg::InferKeys(header)) = &incoming.envelope.body else {
             return Err("not a key stream".into());
         };
         let header = header.clone();
@@ -255,15 +259,18 @@ impl InferenceServer {
             kept_mb = kept_bytes as f64 / 1e6,
             "evaluation keys stored"
         );
-        link.send(0, Body::InferKeysStored { keys: header.keys })
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        link.send(
+            0,
+            Body::Released(ReleasedMsg::InferKeysStored { keys: header.keys }),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     }
 
     /// One request: header, items, evaluation, result stream. `Err` carries the refusal.
     async fn request(&self, link: &Link, mut incoming: Incoming) -> Result<(), String> {
-        let Body::Infer(header) = &incoming.envelope.body else {
+        let Body::Released(ReleasedMsg::Infer(header)) = &incoming.envelope.body else {
             return Err("not an inference request".into());
         };
         let header = header.clone();
@@ -297,12 +304,14 @@ impl InferenceServer {
         let mut out = link
             .open(
                 0,
-                Body::InferResult(protocol::serve::released::InferResult {
-                    request_id: response.request_id,
-                    evaluate_us: response.evaluate.as_micros() as u64,
-                    validate_us: response.validate.as_micros() as u64,
-                    count: response.ciphertexts.len() as u32,
-                }),
+                Body::Released(ReleasedMsg::InferResult(
+                    protocol::serve::released::InferResult {
+                        request_id: response.request_id,
+                        evaluate_us: response.evaluate.as_micros() as u64,
+                        validate_us: response.validate.as_micros() as u64,
+                        count: response.ciphertexts.len() as u32,
+                    },
+                )),
             )
             .await
             .map_err(|e| e.to_string())?;

@@ -1,0 +1,424 @@
+//! Head training in the mode (a) service (issue 20): a contributor's encrypted examples start a
+//! run, set up off the service; after every step, computed off the service, the state's refresh
+//! is a request t keyholders answer (replaced as a served request's are when one leaves); the
+//! trained head is switched to the contributor's key as a result is. One run at a time.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use he_agg::ckks::PublicKey;
+use he_agg::infer::EvaluationKeys;
+use he_agg::train::HeadPlan;
+use protocol::serve::head::{HeadContribution, HeadRefreshRequest, HeadTraining};
+use protocol::{Body, FederationId, HeadMsg};
+
+use super::ServingEvent;
+use super::head::{HeadRequest, HeadRequests, HeadRun, check_contribution, decode_chunks};
+use super::requests::SwitchState;
+use super::service::{Action, Conn, Request, Service};
+
+/// A head run's progress.
+#[derive(Default)]
+pub struct HeadState {
+    /// the run (out while a step is computed)
+    pub run: Option<Box<HeadRun>>,
+    /// the contributor's connection
+    pub conn: Option<Conn>,
+    /// which engine requests are the run's refreshes or its delivery
+    pub requests: HeadRequests,
+    /// a run is being read, set up or trained (no second contribution meanwhile)
+    pub busy: bool,
+}
+
+/// What setting a run up from a contribution takes (decoding its chunks: gigabytes).
+pub struct RunJob {
+    plan: HeadPlan,
+    keys: (PublicKey, Arc<EvaluationKeys>),
+    training: HeadTraining,
+    federation: FederationId,
+    hospitals: u32,
+    threshold: u32,
+    contributor: u32,
+    header: HeadContribution,
+    items: Vec<Vec<u8>>,
+}
+
+impl RunJob {
+    /// The run, or why the contribution cannot be trained on.
+    pub fn build(mut self) -> Result<Box<HeadRun>, String> {
+        if self.items.is_empty() {
+            return Err("no contributor key".into());
+        }
+        let receiver = self.items.remove(0);
+        he_agg::ckks::wire::decode_public_key(self.plan.context(), &receiver)
+            .map_err(|e| format!("the contributor's public key: {e}"))?;
+        let chunks =
+            decode_chunks(&self.plan, &self.header, &self.items).map_err(|e| e.to_string())?;
+        drop(self.items);
+        HeadRun::new(
+            self.plan,
+            (&self.keys.0, &self.keys.1),
+            &self.training,
+            &self.federation.0,
+            self.hospitals,
+            self.threshold,
+            self.contributor,
+            self.header.request_id,
+            receiver,
+            chunks,
+        )
+        .map(Box::new)
+        .map_err(|e| e.to_string())
+    }
+}
+
+impl Service {
+    /// Whether a head-training stream may be read, and how many items follow.
+    pub(super) fn admit_head(&mut self, hospital: u32, m: &HeadMsg) -> Result<usize, String> {
+        match m {
+            HeadMsg::HeadContribution(h) => {
+                if self.cfg.head.is_none() {
+                    return Err("this server serves a model; it trains no head".into());
+                }
+                self.engine.accepts_request(self.reading)?;
+                if self.head.busy {
+                    return Err("a head is being trained on another contribution; try later".into());
+                }
+                let plan = self
+                    .keys
+                    .compiled()
+                    .and_then(|c| c.head().cloned())
+                    .ok_or("the head's keys are not made yet")?;
+                check_contribution(h, &plan)?;
+                if h.examples > self.cfg.max_head_examples {
+                    return Err(format!(
+                        "{} examples; this server trains on at most {}",
+                        h.examples, self.cfg.max_head_examples
+                    ));
+                }
+                self.head.busy = true;
+                self.reading += 1;
+                Ok(h.items() as usize)
+            }
+            HeadMsg::ResultShares(h) => {
+                self.engine.accepts_shares(hospital, h.request, h.attempt)?;
+                let refresh = matches!(
+                    self.head.requests.get(&h.request),
+                    Some(HeadRequest::Refresh { .. })
+                );
+                let want = if refresh {
+                    self.head
+                        .run
+                        .as_ref()
+                        .map(|r| r.pending().len())
+                        .ok_or("no head run")?
+                } else {
+                    self.requests
+                        .get(&h.request)
+                        .filter(|r| r.signed.is_none())
+                        .map(|r| r.switch.count())
+                        .ok_or("unknown request")?
+                };
+                if h.count as usize != want {
+                    return Err(match refresh {
+                        true => format!("{} refresh shares for {want} ciphertexts", h.count),
+                        false => format!("{} switching shares for {want} results", h.count),
+                    });
+                }
+                Ok(want)
+            }
+            other => Err(format!("unexpected message {}", other.kind())),
+        }
+    }
+
+    pub(super) fn head_message(
+        &mut self,
+        now: Instant,
+        conn: Conn,
+        hospital: u32,
+        m: HeadMsg,
+        items: Vec<Vec<u8>>,
+    ) -> Result<(), String> {
+        match m {
+            HeadMsg::HeadContribution(header) => {
+                self.reading = self.reading.saturating_sub(1);
+                self.contribution(conn, hospital, header, items)
+            }
+            HeadMsg::ResultShares(h) => {
+                // the attempt may have changed while the shares travelled
+                self.engine.accepts_shares(hospital, h.request, h.attempt)?;
+                let refresh = matches!(
+                    self.head.requests.get(&h.request),
+                    Some(HeadRequest::Refresh { .. })
+                );
+                let folded = if refresh {
+                    let run = self.head.run.as_mut().ok_or("no head run")?;
+                    run.fold(h.attempt, &items)
+                } else {
+                    let r = self.requests.get_mut(&h.request).ok_or("unknown request")?;
+                    r.switch
+                        .decode_shares(&items)
+                        .and_then(|shares| r.switch.fold(h.attempt, shares))
+                };
+                let (request, attempt) = (h.request, h.attempt);
+                if let Err(e) = folded {
+                    let event = ServingEvent::SharesRefused {
+                        request,
+                        attempt,
+                        hospital,
+                    };
+                    self.drive(now, event);
+                    return Err(e.to_string());
+                }
+                let event = ServingEvent::SharesFolded {
+                    request,
+                    attempt,
+                    hospital,
+                };
+                self.drive(now, event);
+                Ok(())
+            }
+            other => Err(format!("unexpected message {}", other.kind())),
+        }
+    }
+
+    /// A contributor's encrypted examples (header checked at admission): the run is set up off
+    /// the service.
+    fn contribution(
+        &mut self,
+        conn: Conn,
+        contributor: u32,
+        header: HeadContribution,
+        items: Vec<Vec<u8>>,
+    ) -> Result<(), String> {
+        tracing::info!(
+            contributor,
+            examples = header.examples,
+            chunks = header.chunks,
+            "encrypted examples to train the head on"
+        );
+        self.audit(
+            Some(contributor),
+            "head-contribution",
+            format!("{} examples in {} chunks", header.examples, header.chunks),
+        );
+        let fail = |s: &mut Service, reason: &str| {
+            s.head.busy = false;
+            Err::<(), String>(reason.to_string())
+        };
+        let Some(plan) = self.keys.compiled().and_then(|c| c.head().cloned()) else {
+            return fail(self, "the head's keys are not made yet");
+        };
+        let Some(keys) = self
+            .keys
+            .head_keys()
+            .map(|(pk, eval)| (pk.clone(), eval.clone()))
+        else {
+            return fail(self, "the head's keys are not made yet");
+        };
+        let Some(training) = self.keys.head_training().cloned() else {
+            return fail(self, "no head training");
+        };
+        self.head.conn = Some(conn);
+        self.out.push_back(Action::BuildRun(Box::new(RunJob {
+            plan,
+            keys,
+            training,
+            federation: self.cfg.federation,
+            hospitals: self.cfg.serving.hospitals,
+            threshold: self.cfg.serving.threshold,
+            contributor,
+            header,
+            items,
+        })));
+        Ok(())
+    }
+
+    pub(super) fn run_built(&mut self, _now: Instant, run: Result<Box<HeadRun>, String>) {
+        match run {
+            Ok(run) => {
+                tracing::info!(
+                    steps = run.steps().0,
+                    "training the head on the contribution"
+                );
+                self.out.push_back(Action::Step(run));
+            }
+            Err(e) => self.abort_head(&e),
+        }
+    }
+
+    pub(super) fn step_done(
+        &mut self,
+        now: Instant,
+        run: Box<HeadRun>,
+        result: Result<(), String>,
+    ) {
+        let (steps, done) = run.steps();
+        let contributor = run.contributor;
+        self.head.run = Some(run);
+        if let Err(e) = result {
+            return self.abort_head(&format!("step {} failed: {e}", done + 1));
+        }
+        let id = self.next_request;
+        self.next_request += 1;
+        self.head
+            .requests
+            .insert(id, HeadRequest::Refresh { step: done });
+        if (done + 1) % 10 == 0 || done + 1 == steps {
+            tracing::info!(
+                step = done + 1,
+                steps,
+                "head training step computed; refreshing"
+            );
+        }
+        self.drive(
+            now,
+            ServingEvent::Ready {
+                request: id,
+                requester: contributor,
+                now,
+            },
+        );
+    }
+
+    /// Asks `active` to refresh the state of the current step.
+    pub(super) fn request_refresh(
+        &mut self,
+        setup: [u8; 32],
+        request: u64,
+        attempt: u32,
+        contributor: u32,
+        active: Vec<u32>,
+    ) {
+        let Some(run) = self.head.run.as_ref() else {
+            return;
+        };
+        let (steps, done) = run.steps();
+        let items = run.pending().to_vec();
+        let body = Body::Head(HeadMsg::HeadRefresh(HeadRefreshRequest {
+            setup,
+            request,
+            attempt,
+            step: done as u64 + 1,
+            steps: steps as u64,
+            contributor,
+            active: active.clone(),
+            count: items.len() as u32,
+        }));
+        for h in active {
+            self.send_keyholder(h, body.clone(), items.clone());
+        }
+    }
+
+    /// After a refresh: the next step, or the trained head's switch to the contributor's key
+    /// (the event that asks for it).
+    pub(super) fn refreshed(
+        &mut self,
+        now: Instant,
+        request: u64,
+        step: usize,
+    ) -> Option<ServingEvent> {
+        self.head.requests.remove(&request);
+        let mut run = self.head.run.take()?;
+        let count = run.pending().len();
+        if let Err(e) = run.finish_refresh() {
+            self.abort_head(&format!("the refresh of step {} failed: {e}", step + 1));
+            return None;
+        }
+        let steps = run.steps().0;
+        self.audit(
+            Some(run.contributor),
+            "head-refresh",
+            format!(
+                "step {} of {steps}: {count} ciphertexts refreshed",
+                step + 1
+            ),
+        );
+        if !run.finished() {
+            self.out.push_back(Action::Step(run));
+            return None;
+        }
+        let f = run.figures.clone();
+        tracing::info!(
+            steps,
+            step_s = f.step.as_secs_f64(),
+            refresh_s = f.refresh.as_secs_f64(),
+            refreshes = f.refreshes,
+            share_mb = f.share_bytes as f64 / 1e6,
+            "head trained; switching it to the contributor's key"
+        );
+        let (n, t) = (
+            self.cfg.serving.hospitals as usize,
+            self.cfg.serving.threshold as usize,
+        );
+        let pcks = match run.plan().head_switch(n, t) {
+            Ok(p) => p,
+            Err(e) => {
+                self.abort_head(&format!("cannot switch the head: {e}"));
+                return None;
+            }
+        };
+        let Some(conn) = self.head.conn else {
+            self.abort_head("the contributor is gone");
+            return None;
+        };
+        let switch = SwitchState::new(
+            run.context().clone(),
+            pcks,
+            run.receiver_key.clone(),
+            run.weights(),
+        );
+        let (contributor, request_id) = (run.contributor, run.request_id);
+        self.head.run = Some(run);
+        let id = self.next_request;
+        self.next_request += 1;
+        self.head.requests.insert(id, HeadRequest::Deliver);
+        self.requests.insert(
+            id,
+            Request {
+                conn,
+                request_id,
+                requester: contributor,
+                signed: None,
+                evaluate_us: f.step.as_micros() as u64,
+                validate_us: f.refresh.as_micros() as u64,
+                switch,
+            },
+        );
+        Some(ServingEvent::Ready {
+            request: id,
+            requester: contributor,
+            now,
+        })
+    }
+
+    /// The trained head reaches its contributor: the run is over.
+    pub(super) fn head_delivered(&mut self, request: u64, contributor: u32) {
+        self.head.requests.remove(&request);
+        self.audit(
+            Some(contributor),
+            "head-delivered",
+            "the trained head, switched to the contributor's key".into(),
+        );
+        self.head.run = None;
+        self.head.busy = false;
+    }
+
+    /// Ends a head run that cannot go on, telling its contributor why.
+    pub(super) fn abort_head(&mut self, reason: &str) {
+        tracing::warn!("head training stopped: {reason}");
+        self.audit(None, "head-training-stopped", reason.to_string());
+        self.head.run = None;
+        self.head.busy = false;
+        self.head.requests.clear();
+        if let Some(conn) = self.head.conn.take() {
+            self.send(
+                conn,
+                Body::Refused {
+                    reason: reason.to_string(),
+                },
+                vec![],
+            );
+        }
+    }
+}
