@@ -10,7 +10,9 @@
 //! so a mismatch is refused, never evaluated.
 
 use super::error::NetworkError;
-use super::network::{Conv2d, Dense, Layer, Network, Normalization};
+use super::network::{
+    Conv2d, Dense, Layer, Network, Normalization, Residual, Shape, body_shapes, layer_output,
+};
 use super::scatter::ScatterFront;
 
 /// Most layers an architecture read from outside may have.
@@ -50,6 +52,15 @@ pub enum ArchLayer {
     },
     /// max(0, x): plaintext only (plans refuse it).
     Relu,
+    /// a_k·x² + b_k·x + c_k per channel (its size is the input's channels).
+    ChannelQuadratic,
+    /// A residual block: its body and, when not the identity, its shortcut (a `conv2d`).
+    Residual {
+        body: Vec<ArchLayer>,
+        #[cfg_attr(feature = "serde", serde(default))]
+        shortcut: Option<Box<ArchLayer>>,
+    },
+    GlobalAvgPool,
 }
 
 /// A network's shape: input, normalisation, layers.
@@ -89,68 +100,178 @@ impl Network {
             input: self.input(),
             normalization: self.normalization().cloned(),
             front: self.front().copied(),
-            layers: self
-                .layers()
-                .iter()
-                .map(|l| match l {
-                    Layer::Conv2d(c) => ArchLayer::Conv2d {
-                        in_channels: c.in_channels,
-                        out_channels: c.out_channels,
-                        kernel: c.kernel,
-                        stride: c.stride,
-                        padding: c.padding,
-                    },
-                    Layer::AvgPool2d { kernel, stride } => ArchLayer::AvgPool2d {
-                        kernel: *kernel,
-                        stride: *stride,
-                    },
-                    Layer::Flatten => ArchLayer::Flatten,
-                    Layer::Dense(d) => ArchLayer::Dense {
-                        in_features: d.in_features,
-                        out_features: d.out_features,
-                    },
-                    Layer::Square => ArchLayer::Square,
-                    Layer::Quadratic { a, .. } => ArchLayer::Quadratic { linear: *a == 0.0 },
-                    Layer::Relu => ArchLayer::Relu,
-                })
-                .collect(),
+            layers: self.layers().iter().map(arch_of).collect(),
         }
     }
+}
+
+fn arch_of(l: &Layer) -> ArchLayer {
+    match l {
+        Layer::Conv2d(c) => ArchLayer::Conv2d {
+            in_channels: c.in_channels,
+            out_channels: c.out_channels,
+            kernel: c.kernel,
+            stride: c.stride,
+            padding: c.padding,
+        },
+        Layer::AvgPool2d { kernel, stride } => ArchLayer::AvgPool2d {
+            kernel: *kernel,
+            stride: *stride,
+        },
+        Layer::Flatten => ArchLayer::Flatten,
+        Layer::Dense(d) => ArchLayer::Dense {
+            in_features: d.in_features,
+            out_features: d.out_features,
+        },
+        Layer::Square => ArchLayer::Square,
+        Layer::Quadratic { a, .. } => ArchLayer::Quadratic { linear: *a == 0.0 },
+        Layer::Relu => ArchLayer::Relu,
+        Layer::ChannelQuadratic { .. } => ArchLayer::ChannelQuadratic,
+        Layer::Residual(r) => ArchLayer::Residual {
+            body: r.body.iter().map(arch_of).collect(),
+            shortcut: r
+                .shortcut
+                .as_ref()
+                .map(|c| Box::new(arch_of(&Layer::Conv2d(c.clone())))),
+        },
+        Layer::GlobalAvgPool => ArchLayer::GlobalAvgPool,
+    }
+}
+
+/// Layers of an architecture, those of blocks' bodies and shortcuts included.
+fn count_layers(layers: &[ArchLayer]) -> usize {
+    layers
+        .iter()
+        .map(|l| match l {
+            ArchLayer::Residual { body, shortcut } => {
+                1 + count_layers(body) + usize::from(shortcut.is_some())
+            }
+            _ => 1,
+        })
+        .sum()
+}
+
+/// Weights of one layer (blocks included), with overflow checks; `None` on overflow.
+fn weights_of(l: &ArchLayer) -> Option<usize> {
+    match l {
+        ArchLayer::Conv2d {
+            in_channels,
+            out_channels,
+            kernel,
+            ..
+        } => [*in_channels, *out_channels, *kernel, *kernel]
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|w| w.checked_add(*out_channels)),
+        ArchLayer::Dense {
+            in_features,
+            out_features,
+        } => in_features
+            .checked_mul(*out_features)
+            .and_then(|w| w.checked_add(*out_features)),
+        ArchLayer::Residual { body, shortcut } => body
+            .iter()
+            .chain(shortcut.as_deref())
+            .try_fold(0usize, |a, l| a.checked_add(weights_of(l)?)),
+        _ => Some(0),
+    }
+}
+
+/// A layer with placeholder weights (`salt` varies them); a channel quadratic's size comes
+/// from its input `shape`.
+fn skeleton_layer(
+    l: &ArchLayer,
+    i: usize,
+    salt: &mut usize,
+    shape: Shape,
+) -> Result<Layer, NetworkError> {
+    *salt += 2;
+    let s = *salt;
+    Ok(match l {
+        &ArchLayer::Conv2d {
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+        } => Layer::Conv2d(Conv2d {
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            weight: filler(out_channels * in_channels * kernel * kernel, s),
+            bias: filler(out_channels, s + 1),
+        }),
+        &ArchLayer::AvgPool2d { kernel, stride } => Layer::AvgPool2d { kernel, stride },
+        ArchLayer::Flatten => Layer::Flatten,
+        &ArchLayer::Dense {
+            in_features,
+            out_features,
+        } => Layer::Dense(Dense {
+            in_features,
+            out_features,
+            weight: filler(in_features * out_features, s),
+            bias: filler(out_features, s + 1),
+        }),
+        ArchLayer::Square => Layer::Square,
+        ArchLayer::Quadratic { linear } => Layer::Quadratic {
+            a: if *linear { 0.0 } else { 1.0 },
+            b: 1.0,
+        },
+        ArchLayer::Relu => Layer::Relu,
+        ArchLayer::ChannelQuadratic => {
+            let k = match shape {
+                Shape::Chw([c, _, _]) => c,
+                Shape::Flat(n) => n,
+            };
+            Layer::ChannelQuadratic {
+                a: filler(k, s),
+                b: filler(k, s + 1),
+                c: filler(k, s + 2),
+            }
+        }
+        ArchLayer::GlobalAvgPool => Layer::GlobalAvgPool,
+        ArchLayer::Residual { body, shortcut } => {
+            let mut cur = shape;
+            let mut layers = Vec::with_capacity(body.len());
+            for b in body {
+                let layer = skeleton_layer(b, i, salt, cur)?;
+                cur = body_shapes(i, cur, std::slice::from_ref(&layer))?[0];
+                layers.push(layer);
+            }
+            let shortcut = match shortcut.as_deref() {
+                None => None,
+                Some(c @ ArchLayer::Conv2d { .. }) => match skeleton_layer(c, i, salt, shape)? {
+                    Layer::Conv2d(c) => Some(c),
+                    _ => unreachable!("a conv2d makes a conv2d"),
+                },
+                Some(_) => return Err(NetworkError::BlockLayer { layer: i }),
+            };
+            Layer::Residual(Residual {
+                body: layers,
+                shortcut,
+            })
+        }
+    })
 }
 
 impl Architecture {
     /// A network of this architecture with placeholder weights, validated like any other (and
     /// refused when larger than [`MAX_LAYERS`] / [`MAX_SKELETON_WEIGHTS`]).
     pub fn skeleton(&self) -> Result<Network, NetworkError> {
-        if self.layers.len() > MAX_LAYERS {
+        let count = count_layers(&self.layers);
+        if count > MAX_LAYERS {
             return Err(NetworkError::TooLarge {
                 layer: MAX_LAYERS,
                 what: "number of layers",
-                value: self.layers.len(),
+                value: count,
             });
         }
         // sizes first, with overflow checks, before anything is allocated
         let mut total = 0usize;
         for (i, l) in self.layers.iter().enumerate() {
-            let n = match l {
-                ArchLayer::Conv2d {
-                    in_channels,
-                    out_channels,
-                    kernel,
-                    ..
-                } => [*in_channels, *out_channels, *kernel, *kernel]
-                    .iter()
-                    .try_fold(1usize, |a, &d| a.checked_mul(d))
-                    .and_then(|w| w.checked_add(*out_channels)),
-                ArchLayer::Dense {
-                    in_features,
-                    out_features,
-                } => in_features
-                    .checked_mul(*out_features)
-                    .and_then(|w| w.checked_add(*out_features)),
-                _ => Some(0),
-            };
-            total = n
+            total = weights_of(l)
                 .and_then(|n| total.checked_add(n))
                 .filter(|&t| t <= MAX_SKELETON_WEIGHTS)
                 .ok_or(NetworkError::TooLarge {
@@ -159,45 +280,15 @@ impl Architecture {
                     value: usize::MAX,
                 })?;
         }
-        let layers = self
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(i, l)| match *l {
-                ArchLayer::Conv2d {
-                    in_channels,
-                    out_channels,
-                    kernel,
-                    stride,
-                    padding,
-                } => Layer::Conv2d(Conv2d {
-                    in_channels,
-                    out_channels,
-                    kernel,
-                    stride,
-                    padding,
-                    weight: filler(out_channels * in_channels * kernel * kernel, 2 * i),
-                    bias: filler(out_channels, 2 * i + 1),
-                }),
-                ArchLayer::AvgPool2d { kernel, stride } => Layer::AvgPool2d { kernel, stride },
-                ArchLayer::Flatten => Layer::Flatten,
-                ArchLayer::Dense {
-                    in_features,
-                    out_features,
-                } => Layer::Dense(Dense {
-                    in_features,
-                    out_features,
-                    weight: filler(in_features * out_features, 2 * i),
-                    bias: filler(out_features, 2 * i + 1),
-                }),
-                ArchLayer::Square => Layer::Square,
-                ArchLayer::Quadratic { linear } => Layer::Quadratic {
-                    a: if linear { 0.0 } else { 1.0 },
-                    b: 1.0,
-                },
-                ArchLayer::Relu => Layer::Relu,
-            })
-            .collect();
+        let mut salt = 0;
+        let mut shape = Shape::Chw(self.input);
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (i, l) in self.layers.iter().enumerate() {
+            let layer = skeleton_layer(l, i, &mut salt, shape)?;
+            // the next layer's input shape (a channel quadratic's size depends on it)
+            shape = layer_output(i, &layer, shape)?;
+            layers.push(layer);
+        }
         let mut net = Network::new(self.input, layers)?;
         if let Some(f) = self.front {
             net = net.with_front(f)?;

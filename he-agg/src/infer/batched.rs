@@ -19,7 +19,7 @@ use crate::ring::Poly;
 use super::backend::{BatchedBackend, CpuBackend};
 use super::error::InferError;
 use super::kernels;
-use super::lower::{Affine, Op, lower};
+use super::lower::{Affine, Op, Shift, lower};
 use super::network::Network;
 use super::params::{ParamPolicy, choose_parameters};
 
@@ -419,18 +419,32 @@ impl BatchedModel {
     pub fn new(net: &Network, ctx: &Arc<CkksContext>) -> Result<Self, InferError> {
         let spec = BatchedSpec::with_parameters(net, ctx.params().clone())?;
         let low = lower(net)?;
+        let shift = |op: &Op| match op {
+            Op::Activation {
+                c: Shift::Same(c), ..
+            } => Ok(*c),
+            _ => Err(InferError::Unsupported(
+                "batched packing of residual blocks and per-channel activations",
+            )),
+        };
+        for op in &low.ops {
+            if !matches!(op, Op::Linear(_)) {
+                shift(op)?;
+            }
+        }
         let q = ctx.params().rlwe().q();
         let mut level = spec.input_level();
         let mut ops = Vec::with_capacity(low.ops.len());
         let mut k = 0;
         while k < low.ops.len() {
             match (&low.ops[k], low.ops.get(k + 1), low.ops.get(k + 2)) {
-                (Op::Linear(a), Some(Op::Activation { c, post: None }), Some(Op::Linear(b))) => {
+                (Op::Linear(a), Some(act @ Op::Activation { post: None, .. }), Some(Op::Linear(b))) => {
+                    let c = shift(act)?;
                     let first = integer_rows(a, q[level - 1] as f64, level)?;
                     let second = integer_rows(b, q[level - 3] as f64, level - 2)?;
                     ops.push(BatchedOp::Fused {
                         chunks: fused_chunks(ctx, first, &a.bias, level, second, level - 2),
-                        c: *c,
+                        c,
                         bias: b.bias.clone(),
                     });
                     level -= 3;
@@ -452,14 +466,17 @@ impl BatchedModel {
                     level -= 1;
                     k += 1;
                 }
-                (op @ Op::Activation { c, post }, next, _) => {
+                (op @ Op::Activation { post, .. }, next, _) => {
                     ops.push(BatchedOp::Activation {
-                        c: *c,
+                        c: shift(op)?,
                         post: *post,
                         lazy: matches!(next, Some(Op::Linear(_))) && post.is_none(),
                     });
                     level -= op.depth();
                     k += 1;
+                }
+                (Op::Save | Op::AddShortcut { .. }, _, _) => {
+                    unreachable!("refused above")
                 }
             }
         }

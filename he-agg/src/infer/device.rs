@@ -17,8 +17,8 @@ use super::batched::{BatchedModel, BatchedOp, BatchedSpec, Group};
 use super::batched_eval;
 use super::error::InferError;
 use super::evaluate;
-use super::model::{Model, ModelStage, check_request};
-use super::plan::{EvaluationKeys, InferenceSpec};
+use super::model::{Model, ModelStage, check_request, check_segment_inputs, segment_of};
+use super::spec::{EvaluationKeys, InferenceSpec};
 
 type DevStage<B> = ModelStage<DevPlaintext<B>, DevCiphertext<B>>;
 
@@ -93,6 +93,7 @@ pub struct DeviceModel<E: Exec> {
     dev: Device<E>,
     spec: Arc<InferenceSpec>,
     stages: Vec<DevStage<E::Buf>>,
+    cuts: Vec<usize>,
 }
 
 impl<E> DeviceModel<E>
@@ -118,7 +119,12 @@ where
             .iter()
             .map(|s| s.try_map(&mut up_plain, &mut up_cipher))
             .collect::<Result<Vec<_>, GpuError>>()?;
-        Ok(Self { dev, spec, stages })
+        Ok(Self {
+            dev,
+            spec,
+            stages,
+            cuts: model.cuts().to_vec(),
+        })
     }
 
     pub fn engine(&self) -> &Engine<E> {
@@ -138,11 +144,17 @@ where
         self.dev.upload_all(inputs)
     }
 
-    /// Evaluates the network on an image already on the device; the result stays there.
+    /// Evaluates the network on an image already on the device; the result stays there. A plan
+    /// cut into segments is refused: see [`DeviceModel::evaluate_segment`].
     pub fn evaluate_resident(
         &self,
         inputs: Vec<DevCiphertext<E::Buf>>,
     ) -> Result<DevCiphertext<E::Buf>, InferError> {
+        if self.spec.segments() > 1 {
+            return Err(InferError::NeedsRefresh {
+                segments: self.spec.segments(),
+            });
+        }
         let want = (self.spec.input_level(), self.spec.input_ciphertexts());
         if inputs.len() != want.1 || inputs.iter().any(|x| x.level != want.0 || x.parts != 2) {
             return Err(InferError::ModelMismatch(
@@ -158,6 +170,26 @@ where
         let dev = self.upload_inputs(inputs)?;
         let out = self.evaluate_resident(dev)?;
         Ok(self.dev.engine.download_ct(&out)?)
+    }
+
+    /// Segment `k` on the device (as [`Model::evaluate_segment`]): its inputs uploaded, its
+    /// output downloaded, at the refresh's level when a refresh follows.
+    pub fn evaluate_segment(
+        &self,
+        k: usize,
+        inputs: &[Ciphertext],
+    ) -> Result<Ciphertext, InferError> {
+        check_segment_inputs(&self.dev.ctx, &self.spec, k, inputs)?;
+        let dev = self.dev.upload_all(inputs)?;
+        let stages = segment_of(&self.stages, &self.cuts, k)?;
+        let out = evaluate::run(&self.dev, stages, dev, self.spec.step_primes())?;
+        let mut out = self.dev.engine.download_ct(&out)?;
+        if let Some(p) = self.spec.refreshes().get(k) {
+            for part in &mut out.parts {
+                part.truncate(p.level);
+            }
+        }
+        Ok(out)
     }
 }
 

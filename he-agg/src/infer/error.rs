@@ -45,6 +45,19 @@ pub enum NetworkError {
     BadStd(usize),
     #[error("scattering front: {what} cannot be {value}")]
     Scatter { what: &'static str, value: usize },
+    #[error("layer {layer}: a residual block needs at least one layer in its body")]
+    EmptyBlock { layer: usize },
+    #[error(
+        "layer {layer}: a residual block's body holds convolutions, pooling and activations only \
+         (no dense, flatten, global pooling or nested block)"
+    )]
+    BlockLayer { layer: usize },
+    #[error("layer {layer}: the block's body gives {body}, its shortcut {shortcut}")]
+    BlockShapes {
+        layer: usize,
+        body: String,
+        shortcut: String,
+    },
     #[error("input has {found} values, the network takes {expected}")]
     InputLen { expected: usize, found: usize },
     #[error("layer {layer}: the layer is too large ({what} = {value})")]
@@ -98,6 +111,26 @@ pub enum InferError {
          or `\"quadratic\"` for encrypted inference"
     )]
     NotPolynomial { layer: usize },
+    #[error(
+        "layer {layer}: channel {channel}'s x² coefficient is 0; encrypted plans need every a ≠ 0 \
+         (train the activation with its lower bound)"
+    )]
+    ZeroQuadratic { layer: usize, channel: usize },
+    #[error(
+        "this plan refreshes its ciphertexts between {segments} segments: evaluate it segment by \
+         segment (Model::evaluate_segment) with a refresh in between"
+    )]
+    NeedsRefresh { segments: usize },
+    #[error(
+        "a stretch of the network between two places a refresh may cut (outside residual blocks) \
+         needs {stretch} levels; no 128-bit-secure ring with a scale of at least \
+         2^{min_scale_bits} holds it above a refresh's mask"
+    )]
+    TooDeepToCut { stretch: usize, min_scale_bits: u32 },
+    #[error("refresh {index} of a plan with {refreshes}")]
+    RefreshIndex { index: usize, refreshes: usize },
+    #[error("not supported yet: {0}")]
+    Unsupported(&'static str),
     #[error("invalid parameter policy: {0}")]
     Policy(&'static str),
     #[error(transparent)]

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::backend::{Backend, CpuBackend};
 use super::error::InferError;
-use super::model::{GiantOps, Model, ModelStage, Operand, Scalar};
+use super::model::{LinearOps, Model, ModelStage, Operand, Scalar, Shift, check_segment_inputs};
 use crate::ckks::{Ciphertext, Evaluator};
 
 /// f(0..n), on many threads when the backend allows.
@@ -28,24 +28,75 @@ impl Model {
     /// ciphertexts); the result decrypts to the logits in its first slots
     /// ([`InferenceSpec::decode_output`]). The evaluator must hold the relinearization key and
     /// the Galois keys of [`InferenceSpec::galois_steps`].
+    ///
+    /// A plan cut into segments is refused ([`InferError::NeedsRefresh`]): evaluate it with
+    /// [`Model::evaluate_segment`], or [`Model::evaluate_refreshed`].
     pub fn evaluate(
         &self,
         eval: &Evaluator,
         inputs: &[Ciphertext],
     ) -> Result<Ciphertext, InferError> {
+        if self.spec().segments() > 1 {
+            return Err(InferError::NeedsRefresh {
+                segments: self.spec().segments(),
+            });
+        }
+        self.evaluate_segment(eval, 0, inputs)
+    }
+
+    /// Evaluates segment `k` ([`InferenceSpec::segments`]): the first on the image's
+    /// ciphertexts, each later one on the refreshed output of the one before (one ciphertext at
+    /// the input level, with the refresh's scale). Every segment but the last returns its output
+    /// at the refresh's level, ready for [`super::refresh::mask`]; the last, the logits.
+    pub fn evaluate_segment(
+        &self,
+        eval: &Evaluator,
+        k: usize,
+        inputs: &[Ciphertext],
+    ) -> Result<Ciphertext, InferError> {
         let backend = CpuBackend::for_model(eval, self.spec().parameters(), self.ctx())?;
-        self.check_inputs(inputs)?;
-        run(
+        check_segment_inputs(self.ctx(), self.spec(), k, inputs)?;
+        let out = run(
             &backend,
-            self.stages(),
+            self.segment(k)?,
             inputs.to_vec(),
             self.spec().step_primes(),
-        )
+        )?;
+        drop_to_refresh(eval, self.spec(), k, out)
+    }
+
+    /// Evaluates every segment, `refresh(k, ct)` turning segment k's output into segment k + 1's
+    /// input (the requester's round trip, or a local decryption in tests and benchmarks).
+    pub fn evaluate_refreshed(
+        &self,
+        eval: &Evaluator,
+        inputs: &[Ciphertext],
+        mut refresh: impl FnMut(usize, Ciphertext) -> Result<Ciphertext, InferError>,
+    ) -> Result<Ciphertext, InferError> {
+        let mut out = self.evaluate_segment(eval, 0, inputs)?;
+        for k in 1..self.spec().segments() {
+            let next = refresh(k - 1, out)?;
+            out = self.evaluate_segment(eval, k, std::slice::from_ref(&next))?;
+        }
+        Ok(out)
     }
 }
 
-/// Runs every stage on the image's ciphertexts, each rescaling step dividing by `k` primes;
-/// the result holds the logits.
+/// Segment `k`'s output, dropped to its refresh's level when a refresh follows.
+pub(crate) fn drop_to_refresh(
+    eval: &Evaluator,
+    spec: &super::InferenceSpec,
+    k: usize,
+    out: Ciphertext,
+) -> Result<Ciphertext, InferError> {
+    match spec.refreshes().get(k) {
+        Some(p) if out.level() > p.level => Ok(eval.drop_levels(&out, out.level() - p.level)?),
+        _ => Ok(out),
+    }
+}
+
+/// Runs `stages` (a whole plan, or one segment of it) on their input ciphertexts, each
+/// rescaling step dividing by `k` primes; the result is the last stage's output.
 pub(crate) fn run<B: Backend>(
     b: &B,
     stages: &[ModelStage<B::Pt, B::Ct>],
@@ -53,29 +104,38 @@ pub(crate) fn run<B: Backend>(
     k: usize,
 ) -> Result<B::Ct, InferError> {
     let mut xs = inputs;
+    // the inputs of the residual blocks under way, for their shortcuts
+    let mut kept: Vec<B::Ct> = Vec::new();
+    fn one<C>(xs: &[C]) -> Result<&C, InferError> {
+        match xs {
+            [x] => Ok(x),
+            _ => Err(InferError::ModelMismatch(
+                "a stage after the first map needs one input",
+            )),
+        }
+    }
     for stage in stages {
         let y = match stage {
-            ModelStage::Linear {
-                baby_steps,
-                babies,
-                giants,
-                fold_steps,
-                bias,
-            } => linear(
-                b,
-                &xs,
-                baby_steps,
-                babies,
-                giants,
-                fold_steps,
-                bias.as_ref(),
-                k,
-            )?,
+            ModelStage::Linear(l) => linear(b, &xs, l, k)?,
             ModelStage::Activation { c, post } => {
-                let x = xs
-                    .first()
-                    .ok_or(InferError::ModelMismatch("an activation without input"))?;
-                activation(b, x, c.as_ref(), post.as_ref(), k)?
+                activation(b, one(&xs)?, c.as_ref(), post.as_ref(), k)?
+            }
+            ModelStage::Save => {
+                kept.push(b.copy(one(&xs)?)?);
+                continue;
+            }
+            ModelStage::AddShortcut(map) => {
+                let x = kept
+                    .pop()
+                    .ok_or(InferError::ModelMismatch("a shortcut without its block's input"))?;
+                let short = match map {
+                    Some(l) => linear(b, std::slice::from_ref(&x), l, k)?,
+                    None => x,
+                };
+                let mut y = b.copy(one(&xs)?)?;
+                // the body's output is at the lower level: the sum is taken there
+                b.add_assign(&mut y, &short)?;
+                y
             }
         };
         xs = vec![y];
@@ -83,17 +143,19 @@ pub(crate) fn run<B: Backend>(
     xs.pop().ok_or(InferError::ModelMismatch("no stages"))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn linear<B: Backend>(
     b: &B,
     xs: &[B::Ct],
-    baby_steps: &[i64],
-    babies: &[Vec<usize>],
-    giants: &[GiantOps<B::Pt, B::Ct>],
-    fold_steps: &[i64],
-    bias: Option<&Operand<B::Pt, B::Ct>>,
+    l: &LinearOps<B::Pt, B::Ct>,
     k: usize,
 ) -> Result<B::Ct, InferError> {
+    let LinearOps {
+        baby_steps,
+        babies,
+        giants,
+        fold_steps,
+        bias,
+    } = l;
     if xs.len() != babies.len() {
         return Err(InferError::ModelMismatch("input ciphertexts of a map"));
     }
@@ -161,7 +223,7 @@ fn linear<B: Backend>(
         let r = b.rotate(&y, f)?;
         b.add_assign(&mut y, &r)?;
     }
-    match bias {
+    match bias.as_ref() {
         Some(Operand::Plain(p)) => b.add_plain(&mut y, p)?,
         Some(Operand::Cipher(c)) => b.add_assign(&mut y, c)?,
         None => {}
@@ -172,20 +234,21 @@ fn linear<B: Backend>(
 fn activation<B: Backend>(
     b: &B,
     x: &B::Ct,
-    c: Option<&Scalar<B::Ct>>,
+    c: Option<&Shift<B::Pt, B::Ct>>,
     post: Option<&Scalar<B::Ct>>,
     k: usize,
 ) -> Result<B::Ct, InferError> {
     let shifted = match c {
         None => None,
-        Some(Scalar::Plain(c)) => {
+        Some(shift) => {
             let mut s = b.copy(x)?;
-            b.add_real_const(&mut s, *c)?;
-            Some(s)
-        }
-        Some(Scalar::Cipher(c)) => {
-            let mut s = b.copy(x)?;
-            b.add_assign(&mut s, c)?;
+            match shift {
+                Shift::Scalar(Scalar::Plain(c)) => b.add_real_const(&mut s, *c)?,
+                Shift::Scalar(Scalar::Cipher(c)) | Shift::Slots(Operand::Cipher(c)) => {
+                    b.add_assign(&mut s, c)?
+                }
+                Shift::Slots(Operand::Plain(p)) => b.add_plain(&mut s, p)?,
+            }
             Some(s)
         }
     };

@@ -105,7 +105,7 @@ fn linear_ops(low: &Lowered) -> Vec<usize> {
 fn affine(low: &Lowered, k: usize) -> &Affine {
     match &low.ops[k] {
         Op::Linear(a) => a,
-        Op::Activation { .. } => unreachable!("linear_ops lists linear ops"),
+        _ => unreachable!("linear_ops lists linear ops"),
     }
 }
 
@@ -239,7 +239,11 @@ pub(crate) fn choose_orders(
     first_im2col: bool,
 ) -> (Orders, Vec<MapKind>) {
     let lin = linear_ops(low);
+    // a block's shortcut and body must meet in one layout: row-major everywhere, every spatial
+    // map direct (a hybrid product would change the period under the kept value)
+    let blocks = low.has_blocks();
     let nestable: Vec<usize> = (0..lin.len())
+        .filter(|_| !blocks)
         .filter(|&i| {
             let a = affine(low, lin[i]);
             match (a.out_shape, lin.get(i + 1)) {
@@ -281,7 +285,8 @@ pub(crate) fn choose_orders(
                     Shape::Chw(_) => Some(direct_cost(a, inputs[k], in_order, out_order, period)),
                     Shape::Flat(_) => None,
                 };
-                let hybrid = natural.then(|| hybrid_cost(a, inputs[k], in_order, period));
+                let hybrid = (natural && !(blocks && direct.is_some()))
+                    .then(|| hybrid_cost(a, inputs[k], in_order, period));
                 let (cost, kind) = match (direct, hybrid) {
                     (Some(d), Some(h)) if h < d => (h, MapKind::Hybrid),
                     (Some(d), _) => (d, MapKind::Direct),

@@ -1,13 +1,15 @@
-//! Lowering a [`Network`] to what CKKS evaluates: affine maps (`y = M·x + b`, M sparse) and
-//! quadratic activations `x·(x + c)`.
+//! Lowering a [`Network`] to what CKKS evaluates: affine maps (`y = M·x + b`, M sparse),
+//! quadratic activations `x·(x + c)` (c per value), and the two steps of a residual block:
+//! keep the block's input, then add its shortcut map of that input to the body's output.
 //!
 //! Consecutive linear layers (conv, pooling, flatten, dense, and activations with a = 0) are
 //! composed into one map, so they cost one level together. The a of a quadratic activation
-//! a·x² + b·x = a·x·(x + b/a) is folded into the next map's weights, so the activation costs one
-//! level; a quadratic with no map after it keeps a separate multiplication by a.
+//! a·x² + b·x + d = a·x·(x + b/a) + d is folded into every map that reads its output (the next
+//! map, and a block's shortcut when a block starts there), its d into their biases, so the
+//! activation costs one level; one with no map after it keeps a separate multiplication by a.
 
 use super::error::InferError;
-use super::network::{Layer, Network, Shape};
+use super::network::{Layer, Network, Shape, body_shapes};
 
 /// `y = M·x + b`; M is kept sparse with its structural entries (zero weights included, so the
 /// layout derived from it depends on the geometry only, never on the weights' values).
@@ -87,8 +89,14 @@ impl Affine {
         }
     }
 
-    fn scale_weights(&mut self, k: f64) {
-        self.rows.iter_mut().flatten().for_each(|(_, w)| *w *= k);
+    /// Reads `a[j]·x[j] + d[j]` instead of `x[j]`: column j scaled by a[j], M·d into the bias.
+    fn absorb(&mut self, a: &[f64], d: &[f64]) {
+        for (row, b) in self.rows.iter_mut().zip(self.bias.iter_mut()) {
+            for (j, w) in row.iter_mut() {
+                *b += *w * d[*j as usize];
+                *w *= a[*j as usize];
+            }
+        }
     }
 
     /// M·x + b in f64.
@@ -102,23 +110,43 @@ impl Affine {
     }
 }
 
+/// The c of an activation x·(x + c): one for every value, or one per value (per channel).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Shift {
+    Same(f64),
+    Each(Vec<f64>),
+}
+
+impl Shift {
+    #[cfg(test)]
+    fn at(&self, j: usize) -> f64 {
+        match self {
+            Shift::Same(c) => *c,
+            Shift::Each(v) => v[j],
+        }
+    }
+}
+
 /// One step of the lowered network.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Op {
     Linear(Affine),
     /// y = x·(x + c), then times `post` when a could not be folded.
-    Activation {
-        c: f64,
-        post: Option<f64>,
-    },
+    Activation { c: Shift, post: Option<f64> },
+    /// Keeps the current value for the shortcut of the block that starts here.
+    Save,
+    /// y = current + map(kept value) (the identity when `None`, which costs no level), the
+    /// kept value consumed.
+    AddShortcut { map: Option<Affine> },
 }
 
 impl Op {
-    /// Levels it consumes.
+    /// Levels it consumes on the main path.
     pub fn depth(&self) -> usize {
         match self {
             Op::Linear(_) => 1,
             Op::Activation { post, .. } => 1 + usize::from(post.is_some()),
+            Op::Save | Op::AddShortcut { .. } => 0,
         }
     }
 }
@@ -136,18 +164,52 @@ impl Lowered {
         self.ops.iter().map(Op::depth).sum()
     }
 
+    /// Whether the network has residual blocks.
+    pub fn has_blocks(&self) -> bool {
+        self.ops.iter().any(|o| matches!(o, Op::Save))
+    }
+
+    /// The positions between ops where a refresh may cut the network (no kept value is alive),
+    /// as op indices: a cut at k refreshes the value after ops[..k].
+    pub fn cut_points(&self) -> Vec<usize> {
+        let mut alive = 0usize;
+        let mut out = Vec::new();
+        for (k, op) in self.ops.iter().enumerate() {
+            if alive == 0 && k > 0 {
+                out.push(k);
+            }
+            match op {
+                Op::Save => alive += 1,
+                Op::AddShortcut { .. } => alive -= 1,
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// The lowered network evaluated in f64 (checks the lowering against the layer-by-layer
     /// reference).
     #[cfg(test)]
     pub fn apply(&self, x: &[f64]) -> Vec<f64> {
         let mut cur = x.to_vec();
+        let mut kept = Vec::new();
         for op in &self.ops {
             cur = match op {
                 Op::Linear(a) => a.apply(&cur),
                 Op::Activation { c, post } => cur
                     .iter()
-                    .map(|&v| v * (v + c) * post.unwrap_or(1.0))
+                    .enumerate()
+                    .map(|(j, &v)| v * (v + c.at(j)) * post.unwrap_or(1.0))
                     .collect(),
+                Op::Save => {
+                    kept.push(cur.clone());
+                    cur
+                }
+                Op::AddShortcut { map } => {
+                    let x = kept.pop().expect("a kept value");
+                    let s = map.as_ref().map_or(x.clone(), |m| m.apply(&x));
+                    cur.iter().zip(&s).map(|(a, b)| a + b).collect()
+                }
             };
         }
         cur
@@ -236,76 +298,276 @@ fn layer_affine(layer: &Layer, input: Shape, output: Shape) -> Option<Affine> {
             bias: d.bias.iter().map(|&b| b as f64).collect(),
             out_shape: output,
         },
-        Layer::Flatten | Layer::Square | Layer::Quadratic { .. } | Layer::Relu => return None,
+        Layer::GlobalAvgPool => {
+            let Shape::Chw([ch, h, w]) = input else {
+                unreachable!("validated: global pooling reads CHW")
+            };
+            let hw = h * w;
+            let k = 1.0 / hw as f64;
+            Affine {
+                n_in: input.len(),
+                rows: (0..ch)
+                    .map(|c| (0..hw).map(|p| ((c * hw + p) as u32, k)).collect())
+                    .collect(),
+                bias: vec![0.0; ch],
+                out_shape: output,
+            }
+        }
+        Layer::Flatten
+        | Layer::Square
+        | Layer::Quadratic { .. }
+        | Layer::Relu
+        | Layer::ChannelQuadratic { .. }
+        | Layer::Residual(_) => return None,
     })
 }
 
-/// Lowers a validated network; a ReLU is refused (CKKS evaluates polynomials only).
-pub(crate) fn lower(net: &Network) -> Result<Lowered, InferError> {
-    if let Some(layer) = net.layers().iter().position(|l| matches!(l, Layer::Relu)) {
-        return Err(InferError::NotPolynomial { layer });
-    }
-    // 1. layers to maps and (a, b) activations; flatten changes no index, so it vanishes
-    enum Item {
-        Lin(Affine),
-        /// a, b, and whether it is a plain square (its structure never depends on values)
-        Act(f64, f64, bool),
-    }
-    let mut items: Vec<Item> = Vec::new();
-    for (i, layer) in net.layers().iter().enumerate() {
-        let (input, output) = (net.input_shape(i), net.shapes()[i]);
-        let item = match layer {
-            Layer::Flatten | Layer::Relu => continue,
-            Layer::Square => Item::Act(1.0, 0.0, true),
+/// Layers before folding: maps, activations (a·x² + b·x + d per value) and block steps.
+enum Item {
+    Lin(Affine),
+    Act {
+        a: Vec<f64>,
+        b: Vec<f64>,
+        d: Vec<f64>,
+        /// x²: nothing to multiply by when no map follows
+        square: bool,
+        /// one coefficient for every value (the shift stays a scalar)
+        scalar: bool,
+        shape: Shape,
+    },
+    Save,
+    /// the shortcut map of the kept value; `folded` once an activation's a went into it
+    Add { map: Affine, identity: bool },
+}
+
+fn identity(n: usize, shape: Shape) -> Affine {
+    Affine::identity_scaled(n, 1.0, shape)
+}
+
+/// The items of `layers` (layer `base` of the network for errors) on `input`.
+fn items_of(
+    layers: &[Layer],
+    shapes: &[Shape],
+    input: Shape,
+    base: Option<usize>,
+    items: &mut Vec<Item>,
+) -> Result<(), InferError> {
+    let mut shape = input;
+    for (i, layer) in layers.iter().enumerate() {
+        let at = base.unwrap_or(i);
+        let output = shapes[i];
+        let n = shape.len();
+        match layer {
+            Layer::Relu => return Err(InferError::NotPolynomial { layer: at }),
+            Layer::Flatten => {}
+            Layer::Square => items.push(Item::Act {
+                a: vec![1.0; n],
+                b: vec![0.0; n],
+                d: vec![0.0; n],
+                square: true,
+                scalar: true,
+                shape,
+            }),
             Layer::Quadratic { a, b } if *a == 0.0 => {
                 // linear: b·x
-                Item::Lin(Affine::identity_scaled(input.len(), *b as f64, input))
+                items.push(Item::Lin(Affine::identity_scaled(n, *b as f64, shape)))
             }
-            Layer::Quadratic { a, b } => Item::Act(*a as f64, *b as f64, false),
-            _ => Item::Lin(layer_affine(layer, input, output).expect("a linear layer")),
-        };
-        // 2. consecutive maps compose into one
+            Layer::Quadratic { a, b } => items.push(Item::Act {
+                a: vec![*a as f64; n],
+                b: vec![*b as f64; n],
+                d: vec![0.0; n],
+                square: false,
+                scalar: true,
+                shape,
+            }),
+            Layer::ChannelQuadratic { a, b, c } => {
+                if let Some(k) = a.iter().position(|&v| v == 0.0) {
+                    return Err(InferError::ZeroQuadratic {
+                        layer: at,
+                        channel: k,
+                    });
+                }
+                let per = n / a.len();
+                let each = |v: &[f32]| (0..n).map(|j| v[j / per] as f64).collect::<Vec<_>>();
+                items.push(Item::Act {
+                    a: each(a),
+                    b: each(b),
+                    d: each(c),
+                    square: false,
+                    scalar: false,
+                    shape,
+                })
+            }
+            Layer::Residual(r) => {
+                let body = body_shapes(at, shape, &r.body)?;
+                items.push(Item::Save);
+                items_of(&r.body, &body, shape, Some(at), items)?;
+                let (map, identity) = match &r.shortcut {
+                    Some(c) => (
+                        layer_affine(&Layer::Conv2d(c.clone()), shape, output)
+                            .expect("a convolution is linear"),
+                        false,
+                    ),
+                    None => (self::identity(n, shape), true),
+                };
+                items.push(Item::Add { map, identity });
+            }
+            _ => items.push(Item::Lin(
+                layer_affine(layer, shape, output).expect("a linear layer"),
+            )),
+        }
+        shape = output;
+    }
+    Ok(())
+}
+
+/// Lowers a validated network; a ReLU is refused (CKKS evaluates polynomials only), and so is a
+/// channel quadratic with a zero x² coefficient.
+pub(crate) fn lower(net: &Network) -> Result<Lowered, InferError> {
+    // 1. layers to maps, activations and block steps; consecutive maps compose into one
+    let mut raw = Vec::new();
+    items_of(
+        net.layers(),
+        net.shapes(),
+        Shape::Chw(net.input()),
+        None,
+        &mut raw,
+    )?;
+    let mut items: Vec<Item> = Vec::with_capacity(raw.len());
+    for item in raw {
         match (items.last_mut(), item) {
             (Some(Item::Lin(prev)), Item::Lin(next)) => *prev = next.compose(prev),
             (_, item) => items.push(item),
         }
     }
-    // 3. fold each activation's a into a neighbouring map
-    let mut ops: Vec<Op> = Vec::with_capacity(items.len());
-    let mut pending_next: Option<f64> = None;
+    // 2. each activation's a and d go into every map that reads its output: the next map and,
+    // when a block starts there, the block's shortcut
     let count = items.len();
-    let mut items: Vec<Option<Item>> = items.into_iter().map(Some).collect();
+    let partner = block_partners(&items);
+    let mut ops: Vec<Op> = Vec::with_capacity(count);
+    let mut pending: Vec<Option<(Vec<f64>, Vec<f64>)>> = (0..count).map(|_| None).collect();
     for k in 0..count {
-        match items[k].take().expect("each item is taken once") {
-            Item::Lin(mut a) => {
-                if let Some(s) = pending_next.take() {
-                    a.scale_weights(s);
+        let absorbed = pending[k].take();
+        match std::mem::replace(&mut items[k], Item::Save) {
+            Item::Lin(mut m) => {
+                if let Some((a, d)) = absorbed {
+                    m.absorb(&a, &d);
                 }
-                ops.push(Op::Linear(a));
+                ops.push(Op::Linear(m));
             }
-            Item::Act(a, b, square) => {
-                let c = b / a;
-                if matches!(items.get(k + 1), Some(Some(Item::Lin(_)))) {
-                    // a·x·(x + c): the next map's weights take the a
-                    pending_next = Some(pending_next.unwrap_or(1.0) * a);
-                    ops.push(Op::Activation { c, post: None });
+            Item::Save => ops.push(Op::Save),
+            Item::Add {
+                mut map,
+                mut identity,
+            } => {
+                if let Some((a, d)) = absorbed {
+                    map.absorb(&a, &d);
+                    identity = false;
+                }
+                ops.push(Op::AddShortcut {
+                    map: (!identity).then_some(map),
+                });
+            }
+            Item::Act {
+                a,
+                b,
+                d,
+                square,
+                scalar,
+                shape,
+            } => {
+                let shift: Vec<f64> = b.iter().zip(&a).map(|(b, a)| b / a).collect();
+                let c = if scalar {
+                    Shift::Same(shift[0])
                 } else {
-                    // no map follows: a square needs nothing more; a quadratic keeps its
-                    // multiplication by a whatever its value, so the structure (levels,
-                    // ciphertexts of an encrypted model) depends on the layer kinds only
+                    Shift::Each(shift)
+                };
+                // the maps reading this output: the next one, or past a block's start, the
+                // body's first and the block's shortcut
+                let readers: Vec<usize> = match items.get(k + 1) {
+                    Some(Item::Lin(_)) => vec![k + 1],
+                    Some(Item::Save) if matches!(items.get(k + 2), Some(Item::Lin(_))) => {
+                        vec![k + 2, partner[k + 1]]
+                    }
+                    _ => Vec::new(),
+                };
+                if square {
+                    // a = 1, d = 0: nothing to fold (an identity shortcut stays one)
+                    ops.push(Op::Activation { c, post: None });
+                } else if !readers.is_empty() {
+                    for r in readers {
+                        pending[r] = Some(match pending[r].take() {
+                            // a reader of two activations cannot happen (maps sit between)
+                            Some(_) => unreachable!("one activation per reader"),
+                            None => (a.clone(), d.clone()),
+                        });
+                    }
+                    ops.push(Op::Activation { c, post: None });
+                } else if scalar {
+                    // no map follows: a quadratic keeps its multiplication by a whatever its
+                    // value, so the structure (levels, ciphertexts of an encrypted model)
+                    // depends on the layer kinds only
                     ops.push(Op::Activation {
                         c,
-                        post: (!square).then_some(a),
+                        post: Some(a[0]),
                     });
+                } else {
+                    // per channel: the a and d become a map of their own
+                    let n = a.len();
+                    let mut m = identity(n, shape);
+                    m.absorb(&a, &d);
+                    ops.push(Op::Activation { c, post: None });
+                    ops.push(Op::Linear(m));
                 }
             }
         }
     }
-    Ok(Lowered {
+    let low = Lowered {
         input_len: net.input_len(),
         ops,
         output_len: net.output_len(),
-    })
+    };
+    check_blocks(&low)?;
+    Ok(low)
+}
+
+/// For each `Save`, the index of its block's `Add` (and back).
+fn block_partners(items: &[Item]) -> Vec<usize> {
+    let mut partner = vec![usize::MAX; items.len()];
+    let mut open = Vec::new();
+    for (k, item) in items.iter().enumerate() {
+        match item {
+            Item::Save => open.push(k),
+            Item::Add { .. } => {
+                let s = open.pop().expect("blocks are balanced");
+                partner[s] = k;
+                partner[k] = s;
+            }
+            _ => {}
+        }
+    }
+    partner
+}
+
+/// A block's body must spend at least the levels of its shortcut, which runs beside it.
+fn check_blocks(low: &Lowered) -> Result<(), InferError> {
+    let mut open: Vec<usize> = Vec::new();
+    let mut depth = 0usize;
+    for op in &low.ops {
+        match op {
+            Op::Save => open.push(depth),
+            Op::AddShortcut { map } => {
+                let start = open.pop().expect("blocks are balanced");
+                if map.is_some() && depth == start {
+                    return Err(InferError::ModelMismatch(
+                        "a residual block whose body costs no level cannot add a mapped shortcut",
+                    ));
+                }
+            }
+            op => depth += op.depth(),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -66,6 +66,12 @@ mod network;
 mod params;
 mod plan;
 mod reference;
+pub mod refresh;
+#[cfg(test)]
+mod residual_tests;
+mod segments;
+mod spec;
+mod trace;
 pub mod scatter;
 pub mod testing;
 #[cfg(test)]
@@ -79,6 +85,7 @@ pub use error::{InferError, NetworkError};
 #[cfg(feature = "serde")]
 pub use file::{MAX_NETWORK_FILE_BYTES, NETWORK_FORMAT, NetworkFile, NetworkFileError};
 pub use model::Model;
-pub use network::{Conv2d, Dense, Layer, MAX_TENSOR, Network, Normalization, Shape};
+pub use network::{Conv2d, Dense, Layer, MAX_TENSOR, Network, Normalization, Residual, Shape};
 pub use params::{ParamPolicy, choose_parameters, max_depth};
-pub use plan::{EvaluationKeys, InferencePlan, InferenceSpec, MAX_INPUT_CIPHERTEXTS, StageInfo};
+pub use plan::{InferencePlan, MAX_INPUT_CIPHERTEXTS, StageInfo};
+pub use spec::{EvaluationKeys, InferenceSpec, RefreshPoint};

@@ -8,7 +8,8 @@ use crate::ckks::{Ciphertext, CkksContext, Complex, Plaintext};
 
 use super::error::InferError;
 use super::kernels;
-use super::plan::{InferencePlan, InferenceSpec, Stage};
+use super::plan::{InferencePlan, LinearStage, Stage, StageShift};
+use super::spec::InferenceSpec;
 
 /// A weight or constant, in the clear or encrypted (P and C: a backend's plaintext and
 /// ciphertext, host-side here).
@@ -39,20 +40,35 @@ pub(crate) struct GiantOps<P, C> {
     pub terms: Vec<TermOp<P, C>>,
 }
 
+/// A map ready to evaluate: baby steps, the giant steps' products, folds and the bias.
+#[derive(Clone, Debug)]
+pub(crate) struct LinearOps<P, C> {
+    pub baby_steps: Vec<i64>,
+    /// per input ciphertext: the baby indices it is rotated by
+    pub babies: Vec<Vec<usize>>,
+    pub giants: Vec<GiantOps<P, C>>,
+    pub fold_steps: Vec<i64>,
+    pub bias: Option<Operand<P, C>>,
+}
+
+/// The c of an activation: a scalar, or one value per slot.
+#[derive(Clone, Debug)]
+pub(crate) enum Shift<P, C> {
+    Scalar(Scalar<C>),
+    Slots(Operand<P, C>),
+}
+
 #[derive(Clone, Debug)]
 pub(crate) enum ModelStage<P, C> {
-    Linear {
-        baby_steps: Vec<i64>,
-        /// per input ciphertext: the baby indices it is rotated by
-        babies: Vec<Vec<usize>>,
-        giants: Vec<GiantOps<P, C>>,
-        fold_steps: Vec<i64>,
-        bias: Option<Operand<P, C>>,
-    },
+    Linear(LinearOps<P, C>),
     Activation {
-        c: Option<Scalar<C>>,
+        c: Option<Shift<P, C>>,
         post: Option<Scalar<C>>,
     },
+    /// keeps the current ciphertext for a block's shortcut
+    Save,
+    /// adds the kept ciphertext, mapped first when given
+    AddShortcut(Option<LinearOps<P, C>>),
 }
 
 impl<C> Scalar<C> {
@@ -77,6 +93,49 @@ impl<P, C> Operand<P, C> {
     }
 }
 
+impl<P, C> LinearOps<P, C> {
+    fn try_map<P2, C2, X>(
+        &self,
+        fp: &mut impl FnMut(&P) -> Result<P2, X>,
+        fc: &mut impl FnMut(&C) -> Result<C2, X>,
+    ) -> Result<LinearOps<P2, C2>, X> {
+        Ok(LinearOps {
+            baby_steps: self.baby_steps.clone(),
+            babies: self.babies.clone(),
+            giants: self
+                .giants
+                .iter()
+                .map(|g| {
+                    Ok(GiantOps {
+                        step: g.step,
+                        terms: g
+                            .terms
+                            .iter()
+                            .map(|t| {
+                                Ok(TermOp {
+                                    input: t.input,
+                                    baby: t.baby,
+                                    weight: t.weight.try_map(fp, fc)?,
+                                })
+                            })
+                            .collect::<Result<_, X>>()?,
+                    })
+                })
+                .collect::<Result<_, X>>()?,
+            fold_steps: self.fold_steps.clone(),
+            bias: self.bias.as_ref().map(|b| b.try_map(fp, fc)).transpose()?,
+        })
+    }
+
+    /// Every operand, in a fixed order (weights, then the bias).
+    fn operands(&self) -> impl Iterator<Item = &Operand<P, C>> {
+        self.giants
+            .iter()
+            .flat_map(|g| g.terms.iter().map(|t| &t.weight))
+            .chain(self.bias.as_ref())
+    }
+}
+
 impl<P, C> ModelStage<P, C> {
     /// The same stage with every operand converted (uploaded to a device).
     pub(crate) fn try_map<P2, C2, X>(
@@ -85,41 +144,19 @@ impl<P, C> ModelStage<P, C> {
         fc: &mut impl FnMut(&C) -> Result<C2, X>,
     ) -> Result<ModelStage<P2, C2>, X> {
         Ok(match self {
-            ModelStage::Linear {
-                baby_steps,
-                babies,
-                giants,
-                fold_steps,
-                bias,
-            } => ModelStage::Linear {
-                baby_steps: baby_steps.clone(),
-                babies: babies.clone(),
-                giants: giants
-                    .iter()
-                    .map(|g| {
-                        Ok(GiantOps {
-                            step: g.step,
-                            terms: g
-                                .terms
-                                .iter()
-                                .map(|t| {
-                                    Ok(TermOp {
-                                        input: t.input,
-                                        baby: t.baby,
-                                        weight: t.weight.try_map(fp, fc)?,
-                                    })
-                                })
-                                .collect::<Result<_, X>>()?,
-                        })
-                    })
-                    .collect::<Result<_, X>>()?,
-                fold_steps: fold_steps.clone(),
-                bias: bias.as_ref().map(|b| b.try_map(fp, fc)).transpose()?,
-            },
+            ModelStage::Linear(l) => ModelStage::Linear(l.try_map(fp, fc)?),
             ModelStage::Activation { c, post } => ModelStage::Activation {
-                c: c.as_ref().map(|s| s.try_map(fc)).transpose()?,
+                c: match c {
+                    None => None,
+                    Some(Shift::Scalar(s)) => Some(Shift::Scalar(s.try_map(fc)?)),
+                    Some(Shift::Slots(o)) => Some(Shift::Slots(o.try_map(fp, fc)?)),
+                },
                 post: post.as_ref().map(|s| s.try_map(fc)).transpose()?,
             },
+            ModelStage::Save => ModelStage::Save,
+            ModelStage::AddShortcut(map) => ModelStage::AddShortcut(
+                map.as_ref().map(|l| l.try_map(fp, fc)).transpose()?,
+            ),
         })
     }
 }
@@ -133,6 +170,8 @@ pub struct Model {
     spec: Arc<InferenceSpec>,
     ctx: Arc<CkksContext>,
     stages: Vec<ModelStage<Plaintext, Ciphertext>>,
+    /// where each segment after the first starts (stage indices)
+    cuts: Vec<usize>,
     encrypted: bool,
 }
 
@@ -328,26 +367,29 @@ impl Model {
     /// The ciphertexts of an encrypted model in a fixed order (for storage or transfer with
     /// [`crate::ckks::wire`]); empty for a plaintext model.
     pub fn ciphertexts(&self) -> Vec<&Ciphertext> {
+        fn cipher(o: &Operand<Plaintext, Ciphertext>) -> Option<&Ciphertext> {
+            match o {
+                Operand::Cipher(c) => Some(c),
+                Operand::Plain(_) => None,
+            }
+        }
         let mut out = Vec::new();
         for stage in &self.stages {
             match stage {
-                ModelStage::Linear { giants, bias, .. } => {
-                    for t in giants.iter().flat_map(|g| &g.terms) {
-                        if let Operand::Cipher(c) = &t.weight {
-                            out.push(c);
-                        }
-                    }
-                    if let Some(Operand::Cipher(c)) = bias {
-                        out.push(c);
-                    }
+                ModelStage::Linear(l) | ModelStage::AddShortcut(Some(l)) => {
+                    out.extend(l.operands().filter_map(cipher))
                 }
                 ModelStage::Activation { c, post } => {
-                    for s in [c, post].into_iter().flatten() {
-                        if let Scalar::Cipher(ct) = s {
-                            out.push(ct);
-                        }
+                    match c {
+                        Some(Shift::Scalar(Scalar::Cipher(ct))) => out.push(ct),
+                        Some(Shift::Slots(o)) => out.extend(cipher(o)),
+                        _ => {}
+                    }
+                    if let Some(Scalar::Cipher(ct)) = post {
+                        out.push(ct);
                     }
                 }
+                ModelStage::Save | ModelStage::AddShortcut(None) => {}
             }
         }
         out
@@ -391,64 +433,36 @@ impl Model {
         if ctx.params() != spec.parameters() {
             return Err(InferError::ContextMismatch);
         }
-        let mut scale = spec.input_scale();
         let k = spec.step_primes();
         let mut stages = Vec::with_capacity(plan.stages.len());
         for stage in &plan.stages {
             stages.push(match stage {
-                Stage::Linear(l) => {
-                    let q = step_modulus(ctx, l.level, k);
-                    let giants = l
-                        .bsgs
-                        .giants
-                        .iter()
-                        .map(|g| {
-                            let terms = g
-                                .terms
-                                .iter()
-                                .map(|t| {
-                                    Ok(TermOp {
-                                        input: t.input,
-                                        baby: t.baby,
-                                        weight: enc.operand(ctx, &t.diag, l.level, q)?,
-                                    })
-                                })
-                                .collect::<Result<Vec<_>, InferError>>()?;
-                            Ok(GiantOps {
-                                step: g.step,
-                                terms,
-                            })
-                        })
-                        .collect::<Result<Vec<_>, InferError>>()?;
-                    scale = scale * q / q;
-                    let bias = match &l.bias {
-                        Some(b) => Some(enc.operand(ctx, b, l.level - k, scale)?),
-                        None if enc.complete() => {
-                            Some(enc.operand(ctx, &vec![0.0; ctx.slots()], l.level - k, scale)?)
+                Stage::Linear(l) => ModelStage::Linear(linear_ops(l, ctx, enc, k)?),
+                Stage::AddShortcut { map } => ModelStage::AddShortcut(
+                    map.as_ref()
+                        .map(|l| linear_ops(l, ctx, enc, k))
+                        .transpose()?,
+                ),
+                Stage::Save => ModelStage::Save,
+                Stage::Activation {
+                    level,
+                    scale,
+                    c,
+                    post,
+                } => {
+                    let c = match c {
+                        StageShift::Same(c) if *c == 0.0 && !enc.complete() => None,
+                        StageShift::Same(c) => {
+                            Some(Shift::Scalar(enc.scalar(ctx, *c, *level, *scale)?))
                         }
-                        None => None,
+                        StageShift::Slots(v) => {
+                            Some(Shift::Slots(enc.operand(ctx, v, *level, *scale)?))
+                        }
                     };
-                    ModelStage::Linear {
-                        baby_steps: l.bsgs.baby_steps.clone(),
-                        babies: (0..l.bsgs.inputs).map(|k| l.bsgs.babies_of(k)).collect(),
-                        giants,
-                        fold_steps: l.fold_steps.clone(),
-                        bias,
-                    }
-                }
-                Stage::Activation { level, c, post } => {
-                    let c = if *c == 0.0 && !enc.complete() {
-                        None
-                    } else {
-                        Some(enc.scalar(ctx, *c, *level, scale)?)
-                    };
-                    scale = scale * scale / step_modulus(ctx, *level, k);
                     let post = match post {
                         Some(a) => {
                             let q = step_modulus(ctx, level - k, k);
-                            let s = enc.scalar(ctx, *a, level - k, q)?;
-                            scale = scale * q / q;
-                            Some(s)
+                            Some(enc.scalar(ctx, *a, level - k, q)?)
                         }
                         None => None,
                     };
@@ -460,6 +474,7 @@ impl Model {
             spec: plan.shared_spec(),
             ctx: ctx.clone(),
             stages,
+            cuts: plan.cuts.clone(),
             encrypted,
         })
     }
@@ -473,11 +488,6 @@ impl Model {
         self.encrypted
     }
 
-    /// Refuses inputs of the wrong number, level, degree or scale.
-    pub(crate) fn check_inputs(&self, inputs: &[Ciphertext]) -> Result<(), InferError> {
-        check_request(&self.ctx, &self.spec, inputs)
-    }
-
     pub(crate) fn ctx(&self) -> &Arc<CkksContext> {
         &self.ctx
     }
@@ -486,7 +496,113 @@ impl Model {
         &self.stages
     }
 
+    /// The stages of segment `k`.
+    pub(crate) fn segment(
+        &self,
+        k: usize,
+    ) -> Result<&[ModelStage<Plaintext, Ciphertext>], InferError> {
+        segment_of(&self.stages, &self.cuts, k)
+    }
+
+    pub(crate) fn cuts(&self) -> &[usize] {
+        &self.cuts
+    }
+
     pub(crate) fn context(&self) -> &Arc<CkksContext> {
         &self.ctx
+    }
+}
+
+/// A map's operands encoded: its diagonals at the plan's weight scale, its bias at the output's.
+fn linear_ops(
+    l: &LinearStage,
+    ctx: &Arc<CkksContext>,
+    enc: &mut dyn Encoder,
+    k: usize,
+) -> Result<LinearOps<Plaintext, Ciphertext>, InferError> {
+    let giants = l
+        .bsgs
+        .giants
+        .iter()
+        .map(|g| {
+            let terms = g
+                .terms
+                .iter()
+                .map(|t| {
+                    Ok(TermOp {
+                        input: t.input,
+                        baby: t.baby,
+                        weight: enc.operand(ctx, &t.diag, l.level, l.weight_scale)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, InferError>>()?;
+            Ok(GiantOps {
+                step: g.step,
+                terms,
+            })
+        })
+        .collect::<Result<Vec<_>, InferError>>()?;
+    let bias = match &l.bias {
+        Some(b) => Some(enc.operand(ctx, b, l.level - k, l.out_scale)?),
+        None if enc.complete() => Some(enc.operand(
+            ctx,
+            &vec![0.0; ctx.slots()],
+            l.level - k,
+            l.out_scale,
+        )?),
+        None => None,
+    };
+    Ok(LinearOps {
+        baby_steps: l.bsgs.baby_steps.clone(),
+        babies: (0..l.bsgs.inputs).map(|k| l.bsgs.babies_of(k)).collect(),
+        giants,
+        fold_steps: l.fold_steps.clone(),
+        bias,
+    })
+}
+
+/// Segment `k` of `stages` cut at `cuts`.
+pub(crate) fn segment_of<'a, T>(
+    stages: &'a [T],
+    cuts: &[usize],
+    k: usize,
+) -> Result<&'a [T], InferError> {
+    let err = InferError::RefreshIndex {
+        index: k,
+        refreshes: cuts.len(),
+    };
+    let start = if k == 0 {
+        0
+    } else {
+        *cuts.get(k - 1).ok_or(err)?
+    };
+    let end = cuts.get(k).copied().unwrap_or(stages.len());
+    stages.get(start..end).ok_or(InferError::ModelMismatch("segment bounds"))
+}
+
+/// Refuses the inputs of segment `k`: the image's ciphertexts for the first, one refreshed
+/// ciphertext at the input level and the refresh's scale for the others.
+pub(crate) fn check_segment_inputs(
+    ctx: &CkksContext,
+    spec: &InferenceSpec,
+    k: usize,
+    inputs: &[Ciphertext],
+) -> Result<(), InferError> {
+    if k == 0 {
+        return check_request(ctx, spec, inputs);
+    }
+    let point = spec
+        .refreshes()
+        .get(k - 1)
+        .ok_or(InferError::RefreshIndex {
+            index: k,
+            refreshes: spec.refreshes().len(),
+        })?;
+    match inputs {
+        [x] => kernels::check_input(ctx, x, spec.input_level(), point.scale),
+        _ => Err(InferError::InputCiphertexts {
+            expected: 1,
+            found: inputs.len(),
+        }),
     }
 }

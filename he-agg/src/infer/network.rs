@@ -96,6 +96,36 @@ pub enum Layer {
     /// max(0, x): plaintext only (the reference forward pass evaluates it; encrypted plans
     /// refuse it).
     Relu,
+    /// Per channel k (per feature on a flat input): a_k·x² + b_k·x + c_k, a trainable
+    /// polynomial activation. Encrypted plans need every a_k ≠ 0 (it is evaluated as
+    /// a_k·x·(x + b_k/a_k) + c_k, one level, with a_k and c_k folded into the next maps).
+    ChannelQuadratic {
+        a: Vec<f32>,
+        b: Vec<f32>,
+        c: Vec<f32>,
+    },
+    /// The sum of a residual block: y = body(x) + shortcut(x) (ResNet's basic block; the
+    /// activation after the sum is the next layer).
+    Residual(Residual),
+    /// CHW → C: each channel's mean over every position.
+    GlobalAvgPool,
+}
+
+/// A residual block: a main branch and a shortcut of the same input, summed.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(deny_unknown_fields)
+)]
+pub struct Residual {
+    /// The main branch: convolutions, pooling and activations, ending in the block's output
+    /// shape (no dense layer, no nested block).
+    pub body: Vec<Layer>,
+    /// A convolution of the block's input (a 1×1 projection where channels or size change);
+    /// the identity when absent.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub shortcut: Option<Conv2d>,
 }
 
 /// Per-channel input normalisation `(pixel/255 − mean[c]) / std[c]`, applied by the requester
@@ -208,7 +238,11 @@ fn nonzero(layer: usize, what: &'static str, v: usize) -> Result<(), NetworkErro
     }
 }
 
-/// The output shape of `layer` on `input`, or why the layer does not fit.
+/// The output shape of `layer` (number `i`) on `input`, or why the layer does not fit.
+pub(crate) fn layer_output(i: usize, layer: &Layer, input: Shape) -> Result<Shape, NetworkError> {
+    output_shape(i, layer, input)
+}
+
 fn output_shape(i: usize, layer: &Layer, input: Shape) -> Result<Shape, NetworkError> {
     let mismatch = |expected: String| NetworkError::ShapeMismatch {
         layer: i,
@@ -294,7 +328,67 @@ fn output_shape(i: usize, layer: &Layer, input: Shape) -> Result<Shape, NetworkE
             check_finite(i, "quadratic coefficient", &[*a, *b])?;
             input
         }
+        Layer::ChannelQuadratic { a, b, c } => {
+            let channels = match input {
+                Shape::Chw([ch, _, _]) => ch,
+                Shape::Flat(n) => n,
+            };
+            check_len(i, "x² coefficients", a, channels)?;
+            check_len(i, "x coefficients", b, channels)?;
+            check_len(i, "constant terms", c, channels)?;
+            input
+        }
+        Layer::GlobalAvgPool => {
+            let Shape::Chw([ch, _, _]) = input else {
+                return Err(NetworkError::NeedsSpatial {
+                    layer: i,
+                    what: "global-avg-pool",
+                });
+            };
+            Shape::Flat(ch)
+        }
+        Layer::Residual(r) => {
+            if !matches!(input, Shape::Chw(_)) {
+                return Err(NetworkError::NeedsSpatial {
+                    layer: i,
+                    what: "residual",
+                });
+            }
+            let out = *body_shapes(i, input, &r.body)?
+                .last()
+                .ok_or(NetworkError::EmptyBlock { layer: i })?;
+            let short = match &r.shortcut {
+                Some(conv) => output_shape(i, &Layer::Conv2d(conv.clone()), input)?,
+                None => input,
+            };
+            if short != out {
+                return Err(NetworkError::BlockShapes {
+                    layer: i,
+                    body: out.to_string(),
+                    shortcut: short.to_string(),
+                });
+            }
+            out
+        }
     })
+}
+
+/// The output shape of every layer of a residual block's body on `input` (block `i`): spatial
+/// layers only, no nested block.
+pub(crate) fn body_shapes(i: usize, input: Shape, body: &[Layer]) -> Result<Vec<Shape>, NetworkError> {
+    let mut shape = input;
+    body.iter()
+        .map(|l| {
+            if matches!(
+                l,
+                Layer::Residual(_) | Layer::Dense(_) | Layer::Flatten | Layer::GlobalAvgPool
+            ) {
+                return Err(NetworkError::BlockLayer { layer: i });
+            }
+            shape = output_shape(i, l, shape)?;
+            Ok(shape)
+        })
+        .collect()
 }
 
 impl Network {

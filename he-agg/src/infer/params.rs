@@ -37,6 +37,13 @@ pub struct ParamPolicy {
     /// prime's 60 bits, so that a threshold switch's flooding can sit 2^λ above the
     /// evaluation's own noise and still below the logits' precision (mode a).
     pub step_primes: u32,
+    /// Whether a network deeper than the ring holds may be cut into segments with a refresh of
+    /// its ciphertext between them (the requester's, in mode b): the base then keeps
+    /// [`super::refresh::MASK_BITS`] of room for the refresh's mask.
+    pub refresh: bool,
+    /// A cut network's segments hold at least this many levels (or the whole network): below,
+    /// the next ring is tried, trading slower operations for fewer round trips.
+    pub min_segment_depth: u32,
 }
 
 impl Default for ParamPolicy {
@@ -51,6 +58,8 @@ impl Default for ParamPolicy {
             max_log_n: 15,
             switch_room_bits: 0,
             step_primes: 1,
+            refresh: true,
+            min_segment_depth: 8,
         }
     }
 }
@@ -94,6 +103,8 @@ impl ParamPolicy {
             max_scale_bits: 90,
             switch_room_bits: room_bits,
             step_primes: 2,
+            // the keyholders' collective refresh is not planned for served models yet
+            refresh: false,
             ..Self::default()
         }
     }
@@ -101,7 +112,12 @@ impl ParamPolicy {
     /// Prime sizes of the base (the levels left under the outputs): outputs, sign and switching
     /// room, in as few primes of at most 60 bits as hold them.
     fn base_bits(&self, s: u32) -> Vec<u32> {
-        let total = s + self.output_bits + 1 + self.switch_room_bits;
+        self.base_bits_with(s, 0)
+    }
+
+    /// The base with `extra` bits more (a refresh's mask).
+    pub(crate) fn base_bits_with(&self, s: u32, extra: u32) -> Vec<u32> {
+        let total = s + self.output_bits + 1 + self.switch_room_bits + extra;
         let count = total.div_ceil(MAX_PRIME_BITS);
         let each = total.div_ceil(count).max(20);
         vec![each; count as usize]
@@ -115,8 +131,13 @@ impl ParamPolicy {
 
     /// Prime sizes of the ciphertext chain for `depth` rescales at scale 2^s.
     fn q_bits(&self, depth: usize, s: u32) -> Vec<u32> {
+        self.q_bits_with(depth, s, 0)
+    }
+
+    /// The chain with `extra` bits more in its base.
+    pub(crate) fn q_bits_with(&self, depth: usize, s: u32, extra: u32) -> Vec<u32> {
         let step = self.step_bits(s);
-        let mut q = self.base_bits(s);
+        let mut q = self.base_bits_with(s, extra);
         for _ in 0..depth {
             q.extend_from_slice(&step);
         }
@@ -153,13 +174,7 @@ pub fn choose_parameters(
     policy: &ParamPolicy,
 ) -> Result<Parameters, InferError> {
     policy.check()?;
-    let max_slots = 1usize << (policy.max_log_n - 1);
-    if min_slots > max_slots {
-        return Err(InferError::TooWide {
-            needed: min_slots,
-            max: max_slots,
-        });
-    }
+    check_slots(min_slots, policy)?;
     let min_log_n = policy
         .min_log_n
         .max(min_slots.max(1).next_power_of_two().trailing_zeros() + 1);
@@ -175,15 +190,38 @@ pub fn choose_parameters(
     })
 }
 
+/// Refuses more slots than the policy's largest ring gives.
+pub(crate) fn check_slots(min_slots: usize, policy: &ParamPolicy) -> Result<(), InferError> {
+    let max_slots = 1usize << (policy.max_log_n - 1);
+    if min_slots > max_slots {
+        return Err(InferError::TooWide {
+            needed: min_slots,
+            max: max_slots,
+        });
+    }
+    Ok(())
+}
+
 /// The best parameters with ring degree 2^log_n, if any hold `depth`.
-fn try_ring(
+pub(crate) fn try_ring(
     log_n: u32,
     depth: usize,
     policy: &ParamPolicy,
 ) -> Result<Option<Parameters>, InferError> {
-    let bound = max_log_qp_128(log_n).expect("10 ≤ log N ≤ 15 is in the table") as u32;
     for s in (policy.min_scale_bits..=policy.max_scale_bits).rev() {
-        let q = policy.q_bits(depth, s);
+        if let Some(p) = try_chain(log_n, &policy.q_bits(depth, s), s)? {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
+/// Parameters of ring 2^log_n for the chain `q` at scale 2^s, with the fewest key-switching
+/// digits that fit the 128-bit budget; `None` when none does.
+pub(crate) fn try_chain(log_n: u32, q: &[u32], s: u32) -> Result<Option<Parameters>, InferError> {
+    let bound = max_log_qp_128(log_n).expect("10 ≤ log N ≤ 15 is in the table") as u32;
+    {
+        let q = q.to_vec();
         // fewest digits first: fewer basis extensions per key switch
         for dnum in 1..=q.len() {
             let p = p_bits(&q, dnum);
@@ -204,6 +242,14 @@ fn try_ring(
         }
     }
     Ok(None)
+}
+
+/// Whether a chain could fit ring 2^log_n at all (one digit per prime, the least special
+/// modulus): a cheap bound before primes are generated.
+pub(crate) fn may_fit(log_n: u32, q: &[u32]) -> bool {
+    let bound = max_log_qp_128(log_n).expect("10 ≤ log N ≤ 15 is in the table") as u32;
+    let largest = q.iter().copied().max().unwrap_or(0);
+    q.iter().sum::<u32>() + largest <= bound
 }
 
 /// The deepest network the policy's largest ring holds: the budget bound (one digit per prime,

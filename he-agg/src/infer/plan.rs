@@ -22,205 +22,21 @@
 
 use std::sync::Arc;
 
-use crate::ckks::{
-    CkksContext, GaloisKeys, KeyGenerator, Parameters, Plaintext, RelinearizationKey, SecretKey,
-};
+use crate::ckks::Parameters;
 
 use super::diagonals::{self, Bsgs, StepCosts};
 use super::error::InferError;
 use super::layout::{self, MapKind};
-use super::lower::{Lowered, Op, lower};
-use super::network::Network;
-use super::params::{ParamPolicy, choose_parameters};
+use super::lower::{Lowered, Op, Shift, lower};
+use super::network::{Network, Shape};
+use super::params::ParamPolicy;
+use super::segments::{Levels, choose_levels};
+use super::spec::InferenceSpec;
+use super::trace::{Trace, trace};
 
 /// Most ciphertexts one image may span (a 512×512 image under a 16×16 patch embedding takes 32
 /// of 8192 slots).
 pub const MAX_INPUT_CIPHERTEXTS: usize = 64;
-
-/// What a requester needs to encrypt an image and read the result (no weights).
-#[derive(Clone, Debug, PartialEq)]
-pub struct InferenceSpec {
-    params: Parameters,
-    input_len: usize,
-    /// per slot of every input ciphertext, one after the other: the input index it holds
-    /// (`u32::MAX`: zero)
-    input_map: Vec<u32>,
-    input_level: usize,
-    output_len: usize,
-    galois_steps: Vec<i64>,
-    relinearize: bool,
-    depth: usize,
-    /// Primes each rescale divides by (see [`ParamPolicy::step_primes`]).
-    step_primes: usize,
-}
-
-/// The evaluation keys a plan needs, made by the requester (mode b) or collectively (mode a).
-#[derive(Debug)]
-pub struct EvaluationKeys {
-    pub relinearization: Option<RelinearizationKey>,
-    pub galois: GaloisKeys,
-}
-
-impl EvaluationKeys {
-    /// Bytes on the wire when sent as the inference protocol sends them: the relinearization
-    /// key, then one item per Galois key.
-    pub fn wire_bytes(&self, ctx: &CkksContext) -> usize {
-        let relin = self.relinearization.as_ref().map_or(0, |r| {
-            crate::ckks::wire::encode_relinearization_key(ctx, r).len()
-        });
-        let galois: usize = self
-            .galois
-            .elements()
-            .filter_map(|g| self.galois.get(g))
-            .map(|k| crate::ckks::wire::encode_galois_key(ctx, k).len())
-            .sum();
-        relin + galois
-    }
-}
-
-impl InferenceSpec {
-    pub fn parameters(&self) -> &Parameters {
-        &self.params
-    }
-    /// Values per image (c·h·w).
-    pub fn input_len(&self) -> usize {
-        self.input_len
-    }
-    /// Ciphertexts one image is encrypted in.
-    pub fn input_ciphertexts(&self) -> usize {
-        self.input_map.len() / self.params.slots()
-    }
-    /// Logits per image.
-    pub fn output_len(&self) -> usize {
-        self.output_len
-    }
-    /// The level the image is encrypted at: depth + the base levels (one for a result the
-    /// requester decrypts itself; more when the result keeps room for a threshold switch). No
-    /// modulus is sent that is never used.
-    pub fn input_level(&self) -> usize {
-        self.input_level
-    }
-    /// The level of the result: what is left under the scale primes.
-    pub fn output_level(&self) -> usize {
-        self.input_level - self.depth * self.step_primes
-    }
-    /// Primes each rescale divides by: levels fall by this much per multiplication.
-    pub fn step_primes(&self) -> usize {
-        self.step_primes
-    }
-    /// The scale the image is encoded at.
-    pub fn input_scale(&self) -> f64 {
-        self.params.default_scale()
-    }
-    /// Multiplicative depth of the plan.
-    pub fn depth(&self) -> usize {
-        self.depth
-    }
-    /// Left-rotation steps (in 1..slots) the evaluation uses: generate Galois keys for exactly
-    /// these.
-    pub fn galois_steps(&self) -> &[i64] {
-        &self.galois_steps
-    }
-    /// Whether the evaluation multiplies ciphertexts (needs a relinearization key).
-    pub fn needs_relinearization(&self) -> bool {
-        self.relinearize
-    }
-
-    /// A hash of everything a requester and the server must agree on (parameters, input layout,
-    /// levels, Galois steps, output size): a requester that compiled the spec from the public
-    /// architecture compares it with the server's.
-    pub fn fingerprint(&self) -> [u8; 32] {
-        let mut h = blake3::Hasher::new();
-        h.update(b"HEAL inference spec v3");
-        h.update(&self.params.rlwe().fingerprint());
-        h.update(&self.params.log_scale().to_le_bytes());
-        for v in [
-            self.input_len,
-            self.input_level,
-            self.output_len,
-            self.depth,
-            self.step_primes,
-            usize::from(self.relinearize),
-            self.input_map.len(),
-        ] {
-            h.update(&(v as u64).to_le_bytes());
-        }
-        for &j in &self.input_map {
-            h.update(&j.to_le_bytes());
-        }
-        h.update(&(self.galois_steps.len() as u64).to_le_bytes());
-        for &g in &self.galois_steps {
-            h.update(&g.to_le_bytes());
-        }
-        *h.finalize().as_bytes()
-    }
-
-    /// The slot values of one normalised CHW input in the plan's layout, every input ciphertext
-    /// one after the other.
-    pub fn input_slots(&self, input: &[f32]) -> Result<Vec<f64>, InferError> {
-        if input.len() != self.input_len {
-            return Err(InferError::Network(super::error::NetworkError::InputLen {
-                expected: self.input_len,
-                found: input.len(),
-            }));
-        }
-        Ok(self
-            .input_map
-            .iter()
-            .map(|&j| {
-                if j == u32::MAX {
-                    0.0
-                } else {
-                    input[j as usize] as f64
-                }
-            })
-            .collect())
-    }
-
-    fn check_ctx(&self, ctx: &CkksContext) -> Result<(), InferError> {
-        if ctx.params() != &self.params {
-            return Err(InferError::ContextMismatch);
-        }
-        Ok(())
-    }
-
-    /// The image encoded for encryption, one plaintext per input ciphertext (coefficient form:
-    /// encryptors fuse it with the noise).
-    pub fn encode_input(
-        &self,
-        ctx: &CkksContext,
-        input: &[f32],
-    ) -> Result<Vec<Plaintext>, InferError> {
-        self.check_ctx(ctx)?;
-        let slots = self.input_slots(input)?;
-        slots
-            .chunks(self.params.slots())
-            .map(|chunk| {
-                let v: Vec<crate::ckks::Complex> = chunk
-                    .iter()
-                    .map(|&x| crate::ckks::Complex::new(x, 0.0))
-                    .collect();
-                Ok(ctx.encode_coeffs(&v, self.input_level, self.input_scale())?)
-            })
-            .collect()
-    }
-
-    /// The logits of a decrypted result.
-    pub fn decode_output(&self, ctx: &CkksContext, pt: &Plaintext) -> Result<Vec<f64>, InferError> {
-        self.check_ctx(ctx)?;
-        let mut v = ctx.decode_reals(pt)?;
-        v.truncate(self.output_len);
-        Ok(v)
-    }
-
-    /// The relinearization key (if needed) and exactly the Galois keys of the plan, under `sk`.
-    pub fn generate_keys(&self, kg: &mut KeyGenerator, sk: &SecretKey) -> EvaluationKeys {
-        EvaluationKeys {
-            relinearization: self.relinearize.then(|| kg.relinearization_key(sk)),
-            galois: kg.galois_keys(sk, &self.galois_steps, false),
-        }
-    }
-}
 
 /// A linear stage: y = Σ_g rot_g(Σ_k Σ_b diag ⊙ rot_b(x_k)) over its input ciphertexts x_k,
 /// folded, plus the bias.
@@ -230,17 +46,34 @@ pub(crate) struct LinearStage {
     pub bsgs: Bsgs,
     pub fold_steps: Vec<i64>,
     pub bias: Option<Vec<f64>>,
+    /// the scale the diagonals are encoded at
+    pub weight_scale: f64,
+    /// the scale of the output (the bias is encoded at it)
+    pub out_scale: f64,
+}
+
+/// The c of an activation: one constant, or one value per slot (per channel, laid out as the
+/// activation's input is).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum StageShift {
+    Same(f64),
+    Slots(Vec<f64>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Stage {
     Linear(LinearStage),
-    /// x·(x + c) [· post], at input level `level`.
+    /// x·(x + c) [· post], at input level `level` and scale `scale`.
     Activation {
         level: usize,
-        c: f64,
+        scale: f64,
+        c: StageShift,
         post: Option<f64>,
     },
+    /// Keeps the current ciphertext for a block's shortcut.
+    Save,
+    /// Adds the kept ciphertext, mapped when `map` is given (at the kept value's level).
+    AddShortcut { map: Option<LinearStage> },
 }
 
 /// What one stage of a plan costs, for reports.
@@ -267,6 +100,8 @@ pub struct StageInfo {
 pub struct InferencePlan {
     spec: Arc<InferenceSpec>,
     pub(crate) stages: Vec<Stage>,
+    /// where each segment after the first starts (stage indices); a refresh comes before each
+    pub(crate) cuts: Vec<usize>,
 }
 
 /// How the first map reads the image.
@@ -352,27 +187,19 @@ fn bias_slots(
 }
 
 impl InferencePlan {
-    /// Compiles `net` with parameters chosen from its depth and width by `policy`.
+    /// Compiles `net` with parameters chosen from its depth and width by `policy`; a network
+    /// deeper than the chosen ring holds is cut into segments with a refresh between them
+    /// (where the policy allows it).
     pub fn new(net: &Network, policy: &ParamPolicy) -> Result<Self, InferError> {
         let low = lower(net)?;
         let max_slots = 1usize << (policy.max_log_n.clamp(10, 15) - 1);
         let first = choose_first_layout(&low, max_slots)?;
         let needed = needed_slots(&low, &first);
-        let params = choose_parameters(low.depth(), needed, policy)?;
-        // the chosen chain is the base (outputs and switching room) under `depth` steps of
-        // `step_primes` scale primes
-        let input_level = params.max_level();
-        Self::build(
-            net,
-            low,
-            first,
-            params,
-            input_level,
-            policy.step_primes as usize,
-        )
+        let levels = choose_levels(&low, needed, policy)?;
+        Self::build(net, low, first, levels, policy.step_primes as usize)
     }
 
-    /// Compiles `net` for given parameters (refused when they lack slots or levels).
+    /// Compiles `net` for given parameters (refused when they lack slots or levels; never cut).
     pub fn with_parameters(net: &Network, params: Parameters) -> Result<Self, InferError> {
         let low = lower(net)?;
         let first = choose_first_layout(&low, params.slots())?;
@@ -390,21 +217,41 @@ impl InferencePlan {
             });
         }
         let input_level = low.depth() + 1;
-        Self::build(net, low, first, params, input_level, 1)
+        let levels = Levels {
+            params,
+            input_level,
+            cuts: Vec::new(),
+            refresh_level: 1,
+        };
+        Self::build(net, low, first, levels, 1)
     }
 
     fn build(
         net: &Network,
         low: Lowered,
         first: FirstLayout,
-        params: Parameters,
-        input_level: usize,
+        levels: Levels,
         step_primes: usize,
     ) -> Result<Self, InferError> {
+        let Levels {
+            params,
+            input_level,
+            cuts,
+            refresh_level,
+        } = levels;
         let slots = params.slots();
         let depth = low.depth();
+        let pinned = low.has_blocks() || !cuts.is_empty();
+        let tr = trace(
+            &low,
+            &params,
+            input_level,
+            step_primes,
+            &cuts,
+            refresh_level,
+            pinned,
+        )?;
         let inputs = layout::op_inputs(&low, net.input());
-        let mut level = input_level;
         // the im2col rows: repeated in one ciphertext when they fit, else over several
         let (input_map, mut period, input_cts, im2col) = match &first {
             FirstLayout::Im2col { fields, taps } => {
@@ -473,7 +320,10 @@ impl InferencePlan {
         let mut relinearize = false;
         // the order of the values the next map reads (None: natural)
         let mut in_order: Option<Vec<u32>> = None;
+        // kept values: shape, order and period
+        let mut kept: Vec<(Shape, Option<Vec<u32>>, usize)> = Vec::new();
         for (k, op) in low.ops.iter().enumerate() {
+            let level = tr.levels[k];
             match op {
                 Op::Linear(map) => {
                     let out_order = orders[k].as_deref();
@@ -518,45 +368,68 @@ impl InferencePlan {
                         let (d, p_out, fold) = diagonals::hybrid(&remapped, period, slots);
                         (vec![d], fold, p_out)
                     };
-                    let mut diags = diags;
-                    if diags.iter().all(|d| d.is_empty()) {
-                        // every weight reads padding only: the output is the bias, still a
-                        // ciphertext at the right level and scale
-                        diags[0].insert(0, vec![0.0; slots]);
-                    }
-                    let bsgs = diagonals::bsgs(diags, step_costs(&params, level));
-                    steps.extend(bsgs.baby_steps.iter().copied());
-                    steps.extend(bsgs.giants.iter().map(|g| g.step));
-                    steps.extend(fold.iter().copied());
                     let bias = match kinds[k] {
                         MapKind::Direct => bias_slots(&map.bias, slots, next_period, out_slot),
                         MapKind::Hybrid => bias_slots(&map.bias, slots, next_period, |o| o),
                     };
-                    stages.push(Stage::Linear(LinearStage {
-                        level,
-                        bsgs,
-                        fold_steps: fold,
-                        bias,
-                    }));
+                    let stage = linear_stage(diags, fold, bias, &params, level, &tr, k, &mut steps);
+                    stages.push(Stage::Linear(stage));
                     period = next_period;
                     in_order = match kinds[k] {
                         MapKind::Direct => out_order.map(<[u32]>::to_vec),
                         MapKind::Hybrid => None,
                     };
-                    level -= step_primes;
                 }
                 Op::Activation { c, post } => {
                     relinearize = true;
+                    let c = match c {
+                        Shift::Same(c) => StageShift::Same(*c),
+                        Shift::Each(v) => {
+                            let shape = inputs[k];
+                            let ord = in_order.as_deref();
+                            StageShift::Slots(spread(v, slots, period, |j| {
+                                layout::slot_of(shape, ord, j)
+                            }))
+                        }
+                    };
                     stages.push(Stage::Activation {
                         level,
-                        c: *c,
+                        scale: tr.scales[k],
+                        c,
                         post: *post,
                     });
-                    level -= op.depth() * step_primes;
+                }
+                Op::Save => {
+                    kept.push((inputs[k], in_order.clone(), period));
+                    stages.push(Stage::Save);
+                }
+                Op::AddShortcut { map } => {
+                    let (shape, order, _) = kept
+                        .pop()
+                        .ok_or(InferError::ModelMismatch("blocks unbalanced"))?;
+                    let map = match map {
+                        None => None,
+                        Some(m) => {
+                            // from the kept value's layout to the body's output layout
+                            let out_ord = in_order.as_deref();
+                            let out_slot = |o: usize| layout::slot_of(m.out_shape, out_ord, o);
+                            let d = diagonals::direct(
+                                m,
+                                1,
+                                slots,
+                                period,
+                                |_, j| (0, layout::slot_of(shape, order.as_deref(), j as usize)),
+                                out_slot,
+                            );
+                            let bias = bias_slots(&m.bias, slots, period, out_slot);
+                            let lvl = tr.kept_levels[k];
+                            Some(linear_stage(d, Vec::new(), bias, &params, lvl, &tr, k, &mut steps))
+                        }
+                    };
+                    stages.push(Stage::AddShortcut { map });
                 }
             }
         }
-        debug_assert_eq!(level, input_level - depth * step_primes);
         // the logits must come out in their natural order: the last map is flat (dense), or
         // its spatial output is read in its order
         if let Some(Stage::Linear(_)) = stages.last()
@@ -585,8 +458,11 @@ impl InferencePlan {
                 relinearize,
                 depth,
                 step_primes,
+                output_level: tr.output_level,
+                refreshes: tr.refreshes.clone(),
             }),
             stages,
+            cuts,
         })
     }
 
@@ -599,12 +475,13 @@ impl InferencePlan {
         self.spec.clone()
     }
 
-    /// Per-stage costs.
+    /// Per-stage costs (a block's kept value and identity shortcut cost nothing and are left
+    /// out; a mapped shortcut is a linear stage).
     pub fn stage_info(&self) -> Vec<StageInfo> {
         self.stages
             .iter()
-            .map(|s| match s {
-                Stage::Linear(l) => StageInfo {
+            .filter_map(|s| match s {
+                Stage::Linear(l) | Stage::AddShortcut { map: Some(l) } => Some(StageInfo {
                     linear: true,
                     level: l.level,
                     inputs: l.bsgs.inputs,
@@ -612,8 +489,8 @@ impl InferencePlan {
                     baby_steps: l.bsgs.baby_rotations(),
                     giant_steps: l.bsgs.giants.iter().filter(|g| g.step != 0).count(),
                     fold_steps: l.fold_steps.len(),
-                },
-                Stage::Activation { level, .. } => StageInfo {
+                }),
+                Stage::Activation { level, .. } => Some(StageInfo {
                     linear: false,
                     level: *level,
                     inputs: 1,
@@ -621,7 +498,8 @@ impl InferencePlan {
                     baby_steps: 0,
                     giant_steps: 0,
                     fold_steps: 0,
-                },
+                }),
+                Stage::Save | Stage::AddShortcut { map: None } => None,
             })
             .collect()
     }
@@ -632,12 +510,13 @@ impl InferencePlan {
         let (mut baby, mut other, mut relin) = (0, 0, 0);
         for s in &self.stages {
             match s {
-                Stage::Linear(l) => {
+                Stage::Linear(l) | Stage::AddShortcut { map: Some(l) } => {
                     baby += l.bsgs.baby_rotations();
                     other +=
                         l.bsgs.giants.iter().filter(|g| g.step != 0).count() + l.fold_steps.len();
                 }
                 Stage::Activation { post, .. } => relin += 1 + usize::from(post.is_some()),
+                Stage::Save | Stage::AddShortcut { map: None } => {}
             }
         }
         (baby, other, relin)
@@ -648,11 +527,57 @@ impl InferencePlan {
         self.stages
             .iter()
             .map(|s| match s {
-                Stage::Linear(l) => l.bsgs.products(),
-                Stage::Activation { .. } => 0,
+                Stage::Linear(l) | Stage::AddShortcut { map: Some(l) } => l.bsgs.products(),
+                _ => 0,
             })
             .sum()
     }
+}
+
+/// A map's stage at `level` from its diagonals (op `k` of the trace gives its scales); its
+/// rotation steps join `steps`.
+#[allow(clippy::too_many_arguments)]
+fn linear_stage(
+    diags: Vec<diagonals::Diagonals>,
+    fold: Vec<i64>,
+    bias: Option<Vec<f64>>,
+    params: &Parameters,
+    level: usize,
+    tr: &Trace,
+    k: usize,
+    steps: &mut Vec<i64>,
+) -> LinearStage {
+    let mut diags = diags;
+    if diags.iter().all(|d| d.is_empty()) {
+        // every weight reads padding only: the output is the bias, still a ciphertext at the
+        // right level and scale
+        diags[0].insert(0, vec![0.0; params.slots()]);
+    }
+    let bsgs = diagonals::bsgs(diags, step_costs(params, level));
+    steps.extend(bsgs.baby_steps.iter().copied());
+    steps.extend(bsgs.giants.iter().map(|g| g.step));
+    steps.extend(fold.iter().copied());
+    LinearStage {
+        level,
+        bsgs,
+        fold_steps: fold,
+        bias,
+        weight_scale: tr.weight_scales[k],
+        out_scale: tr.out_scales[k],
+    }
+}
+
+/// Per-value constants at their slots (`slot(j)` below the period), repeated with the period.
+fn spread(v: &[f64], slots: usize, period: usize, slot: impl Fn(usize) -> usize) -> Vec<f64> {
+    let mut out = vec![0.0; slots];
+    for (j, &c) in v.iter().enumerate() {
+        let mut t = slot(j);
+        while t < slots {
+            out[t] = c;
+            t += period;
+        }
+    }
+    out
 }
 
 /// Slots the layouts need: every map's output and input. The im2col rows of the image do not
@@ -664,11 +589,19 @@ fn needed_slots(low: &Lowered, first: &FirstLayout) -> usize {
         FirstLayout::Replicated(p) => *p,
     };
     for (k, op) in low.ops.iter().enumerate() {
-        if let Op::Linear(m) = op {
-            needed = needed.max(m.n_out().next_power_of_two());
-            if k > 0 || matches!(first, FirstLayout::Replicated(_)) {
-                needed = needed.max(m.n_in.next_power_of_two());
+        match op {
+            Op::Linear(m) => {
+                needed = needed.max(m.n_out().next_power_of_two());
+                if k > 0 || matches!(first, FirstLayout::Replicated(_)) {
+                    needed = needed.max(m.n_in.next_power_of_two());
+                }
             }
+            Op::AddShortcut { map: Some(m) } => {
+                needed = needed
+                    .max(m.n_out().next_power_of_two())
+                    .max(m.n_in.next_power_of_two());
+            }
+            _ => {}
         }
     }
     needed

@@ -2,7 +2,7 @@
 //! plaintext answer of `client infer --local` and the portal.
 
 use super::error::NetworkError;
-use super::network::{Layer, Network, Shape};
+use super::network::{Conv2d, Layer, Network, Shape, body_shapes};
 
 impl Network {
     /// Logits of one normalised CHW input, in `f32`.
@@ -15,88 +15,123 @@ impl Network {
         }
         let mut cur = x.to_vec();
         for (i, layer) in self.layers().iter().enumerate() {
-            let input = self.input_shape(i);
-            let output = self.shapes()[i];
-            cur = match layer {
-                Layer::Conv2d(c) => {
-                    let (Shape::Chw([ci, hi, wi]), Shape::Chw([co, ho, wo])) = (input, output)
-                    else {
-                        unreachable!("validated: conv maps CHW to CHW")
-                    };
-                    let k = c.kernel;
-                    let mut y = vec![0f32; co * ho * wo];
-                    for o in 0..co {
-                        for oy in 0..ho {
-                            for ox in 0..wo {
-                                let mut acc = c.bias[o];
-                                for i in 0..ci {
-                                    for ky in 0..k {
-                                        let iy = (oy * c.stride + ky) as i64 - c.padding as i64;
-                                        if iy < 0 || iy >= hi as i64 {
-                                            continue;
-                                        }
-                                        for kx in 0..k {
-                                            let ix = (ox * c.stride + kx) as i64 - c.padding as i64;
-                                            if ix < 0 || ix >= wi as i64 {
-                                                continue;
-                                            }
-                                            acc += c.weight[((o * ci + i) * k + ky) * k + kx]
-                                                * cur[(i * hi + iy as usize) * wi + ix as usize];
-                                        }
-                                    }
-                                }
-                                y[(o * ho + oy) * wo + ox] = acc;
-                            }
-                        }
-                    }
-                    y
-                }
-                Layer::AvgPool2d { kernel, stride } => {
-                    let (Shape::Chw([ch, hi, wi]), Shape::Chw([_, ho, wo])) = (input, output)
-                    else {
-                        unreachable!("validated: pooling maps CHW to CHW")
-                    };
-                    let k = *kernel;
-                    let mut y = vec![0f32; ch * ho * wo];
-                    for c in 0..ch {
-                        for oy in 0..ho {
-                            for ox in 0..wo {
-                                let mut acc = 0f32;
-                                for ky in 0..k {
-                                    for kx in 0..k {
-                                        acc += cur
-                                            [(c * hi + oy * stride + ky) * wi + ox * stride + kx];
-                                    }
-                                }
-                                y[(c * ho + oy) * wo + ox] = acc / (k * k) as f32;
-                            }
-                        }
-                    }
-                    y
-                }
-                Layer::Flatten => cur,
-                Layer::Dense(d) => (0..d.out_features)
-                    .map(|o| {
-                        d.bias[o]
-                            + d.weight[o * d.in_features..(o + 1) * d.in_features]
-                                .iter()
-                                .zip(&cur)
-                                .map(|(w, x)| w * x)
-                                .sum::<f32>()
-                    })
-                    .collect(),
-                Layer::Square => cur.iter().map(|x| x * x).collect(),
-                Layer::Quadratic { a, b } => cur.iter().map(|x| x * (a * x + b)).collect(),
-                Layer::Relu => cur.iter().map(|x| x.max(0.0)).collect(),
-            };
+            cur = apply(layer, self.input_shape(i), self.shapes()[i], cur);
         }
         Ok(cur)
     }
 }
 
+/// One validated layer on `cur` (of shape `input`, giving `output`).
+fn apply(layer: &Layer, input: Shape, output: Shape, cur: Vec<f32>) -> Vec<f32> {
+    match layer {
+        Layer::Conv2d(c) => conv(c, input, output, &cur),
+        Layer::AvgPool2d { kernel, stride } => {
+            let (Shape::Chw([ch, hi, wi]), Shape::Chw([_, ho, wo])) = (input, output) else {
+                unreachable!("validated: pooling maps CHW to CHW")
+            };
+            let k = *kernel;
+            let mut y = vec![0f32; ch * ho * wo];
+            for c in 0..ch {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut acc = 0f32;
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                acc += cur[(c * hi + oy * stride + ky) * wi + ox * stride + kx];
+                            }
+                        }
+                        y[(c * ho + oy) * wo + ox] = acc / (k * k) as f32;
+                    }
+                }
+            }
+            y
+        }
+        Layer::Flatten => cur,
+        Layer::Dense(d) => (0..d.out_features)
+            .map(|o| {
+                d.bias[o]
+                    + d.weight[o * d.in_features..(o + 1) * d.in_features]
+                        .iter()
+                        .zip(&cur)
+                        .map(|(w, x)| w * x)
+                        .sum::<f32>()
+            })
+            .collect(),
+        Layer::Square => cur.iter().map(|x| x * x).collect(),
+        Layer::Quadratic { a, b } => cur.iter().map(|x| x * (a * x + b)).collect(),
+        Layer::Relu => cur.iter().map(|x| x.max(0.0)).collect(),
+        Layer::ChannelQuadratic { a, b, c } => {
+            let per = cur.len() / a.len();
+            cur.iter()
+                .enumerate()
+                .map(|(j, x)| {
+                    let k = j / per;
+                    x * (a[k] * x + b[k]) + c[k]
+                })
+                .collect()
+        }
+        Layer::GlobalAvgPool => {
+            let Shape::Chw([ch, h, w]) = input else {
+                unreachable!("validated: global pooling reads CHW")
+            };
+            let hw = h * w;
+            (0..ch)
+                .map(|c| cur[c * hw..(c + 1) * hw].iter().sum::<f32>() / hw as f32)
+                .collect()
+        }
+        Layer::Residual(r) => {
+            let shapes = body_shapes(0, input, &r.body).expect("validated block");
+            let mut main = cur.clone();
+            let mut shape = input;
+            for (l, &out) in r.body.iter().zip(&shapes) {
+                main = apply(l, shape, out, main);
+                shape = out;
+            }
+            let short = match &r.shortcut {
+                Some(c) => conv(c, input, output, &cur),
+                None => cur,
+            };
+            main.iter().zip(&short).map(|(m, s)| m + s).collect()
+        }
+    }
+}
+
+fn conv(c: &Conv2d, input: Shape, output: Shape, cur: &[f32]) -> Vec<f32> {
+    let (Shape::Chw([ci, hi, wi]), Shape::Chw([co, ho, wo])) = (input, output) else {
+        unreachable!("validated: conv maps CHW to CHW")
+    };
+    let k = c.kernel;
+    let mut y = vec![0f32; co * ho * wo];
+    for o in 0..co {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let mut acc = c.bias[o];
+                for i in 0..ci {
+                    for ky in 0..k {
+                        let iy = (oy * c.stride + ky) as i64 - c.padding as i64;
+                        if iy < 0 || iy >= hi as i64 {
+                            continue;
+                        }
+                        for kx in 0..k {
+                            let ix = (ox * c.stride + kx) as i64 - c.padding as i64;
+                            if ix < 0 || ix >= wi as i64 {
+                                continue;
+                            }
+                            acc += c.weight[((o * ci + i) * k + ky) * k + kx]
+                                * cur[(i * hi + iy as usize) * wi + ix as usize];
+                        }
+                    }
+                }
+                y[(o * ho + oy) * wo + ox] = acc;
+            }
+        }
+    }
+    y
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::network::{Conv2d, Dense};
+    use super::super::network::Dense;
     use super::*;
 
     #[test]

@@ -161,3 +161,73 @@ pub fn keys_for(spec: &super::InferenceSpec) -> TestKeys {
         .expect("the plan's keys");
     TestKeys { ctx, sk, eval }
 }
+
+/// A small residual network of the ResNet family on `side`×`side` images of `channels`
+/// channels, with deterministic weights of both signs and per-channel quadratics (a ≈ 0.1–0.3):
+/// a 3×3 stem to `width` channels, then per stage `blocks` basic blocks (conv 3×3 →
+/// quadratic → conv 3×3, plus the shortcut, → quadratic), the first block of each later stage
+/// striding by 2 with a 1×1 projection and doubling the width, then global average pooling and
+/// a dense layer to `classes`. Four levels per block.
+pub fn residual_network(
+    side: usize,
+    channels: usize,
+    width: usize,
+    stages: usize,
+    blocks: usize,
+    classes: usize,
+) -> Network {
+    use super::network::Residual;
+    let mut salt = 0usize;
+    let mut signed = |n: usize, fan_in: usize| -> Vec<f32> {
+        salt += 1;
+        let s = (1.5 / fan_in as f32).sqrt();
+        (0..n)
+            .map(|i| (((i * 7919 + salt * 104_729 + 13) % 2003) as f32 / 1001.0 - 1.0) * s)
+            .collect()
+    };
+    let mut conv = |ci: usize, co: usize, k: usize, stride: usize| -> Conv2d {
+        Conv2d {
+            in_channels: ci,
+            out_channels: co,
+            kernel: k,
+            stride,
+            padding: k / 2,
+            weight: signed(co * ci * k * k, ci * k * k),
+            bias: weights(co, 0.1),
+        }
+    };
+    let act = |c: usize, salt: usize| Layer::ChannelQuadratic {
+        a: (0..c).map(|i| 0.1 + 0.2 * (((i + salt) * 37 % 11) as f32 / 10.0)).collect(),
+        b: (0..c).map(|i| 0.5 + 0.1 * (((i + salt) * 13 % 7) as f32 / 6.0)).collect(),
+        c: (0..c).map(|i| 0.05 * (((i + salt) * 5 % 3) as f32 - 1.0)).collect(),
+    };
+    let mut layers = vec![Layer::Conv2d(conv(channels, width, 3, 1)), act(width, 0)];
+    let mut w = width;
+    for stage in 0..stages {
+        for b in 0..blocks {
+            let down = stage > 0 && b == 0;
+            let (wi, wo, stride) = if down { (w, 2 * w, 2) } else { (w, w, 1) };
+            let body = vec![
+                Layer::Conv2d(conv(wi, wo, 3, stride)),
+                act(wo, stage * 7 + b + 1),
+                Layer::Conv2d(conv(wo, wo, 3, 1)),
+            ];
+            let shortcut = down.then(|| conv(wi, wo, 1, 2));
+            layers.push(Layer::Residual(Residual { body, shortcut }));
+            layers.push(act(wo, stage * 7 + b + 2));
+            w = wo;
+        }
+    }
+    layers.push(Layer::GlobalAvgPool);
+    layers.push(Layer::Dense(Dense {
+        in_features: w,
+        out_features: classes,
+        weight: signed(classes * w, w),
+        bias: weights(classes, 0.2),
+    }));
+    Network::new([channels, side, side], layers)
+        .and_then(|n| n.with_normalization(vec![0.45; channels], vec![0.25; channels]))
+        .unwrap_or_else(|e| {
+            panic!("residual_network({side}, {channels}, {width}, {stages}, {blocks}): {e}")
+        })
+}

@@ -27,7 +27,7 @@ use crate::ring::Prng;
 use crate::rlwe::SecretKey;
 
 use super::error::InferError;
-use super::plan::{EvaluationKeys, InferenceSpec};
+use super::spec::{EvaluationKeys, InferenceSpec};
 
 /// Statistical security of the flooding of a served result's switch (bits over the calibrated
 /// bound of the result's own noise; as the training rounds' switch).
