@@ -65,9 +65,15 @@ enum Layer {
 
 /// The layers with parameters, in `net.params` order; batch-norm refused.
 fn layers(net: &Network) -> Result<Vec<Layer>, TrainError> {
+    use crate::model::Activation;
     let kinds = net.spec.layers.iter().filter(|l| match &l.kind {
-        LayerKind::Conv { .. } | LayerKind::Dense { .. } | LayerKind::BatchNorm { .. } => true,
-        LayerKind::Act { activation } => *activation == crate::model::Activation::Quadratic,
+        LayerKind::Conv { .. }
+        | LayerKind::Dense { .. }
+        | LayerKind::BatchNorm { .. }
+        | LayerKind::Residual { .. } => true,
+        LayerKind::Act { activation } => {
+            matches!(activation, Activation::Quadratic | Activation::Poly)
+        }
         _ => false,
     });
     kinds
@@ -93,9 +99,15 @@ fn layers(net: &Network) -> Result<Vec<Layer>, TrainError> {
             (_, LayerParams::Quad(q)) => Ok(Layer::Quad {
                 ids: [q.a.id, q.b.id],
             }),
+            (_, LayerParams::Poly(_)) => Err(TrainError::invalid(
+                "[privacy]",
+                "DP-SGD's per-example gradients cover `quadratic` activations, not per-channel \
+                 `poly` ones yet",
+            )),
             _ => Err(TrainError::invalid(
                 "[privacy]",
-                "DP-SGD needs per-example gradients; batch-norm layers mix a batch's examples",
+                "DP-SGD needs per-example gradients; batch-norm layers (and residual blocks, \
+                 which hold them) mix a batch's examples",
             )),
         })
         .collect()
@@ -387,7 +399,9 @@ pub fn train_dp(
             LayerParams::Conv(c) => c.bias.val().device(),
             LayerParams::Dense(d) => d.bias.val().device(),
             LayerParams::Quad(q) => q.a.val().device(),
-            LayerParams::Norm(_) => unreachable!("refused by layers()"),
+            LayerParams::Norm(_) | LayerParams::Poly(_) | LayerParams::Block(_) => {
+                unreachable!("refused by layers()")
+            }
         })
         .ok_or_else(|| TrainError::invalid("device", "a network without parameters"))?;
     let inner = Tensor::<1>::zeros([1], &device).inner().device();

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use datasets::{InputPreparation, Normalizer};
-use he_agg::infer::{Conv2d, Dense, Layer, NetworkFile};
+use he_agg::infer::{Conv2d, Dense, Layer, NetworkFile, Residual};
 
 use crate::error::TrainError;
 use crate::model::{Activation, LayerKind, Network};
@@ -87,38 +87,59 @@ pub fn export(
                     bias,
                 }));
             }
-            LayerKind::BatchNorm { epsilon, .. } => {
-                let (gamma, beta, mean, var) = (take(), take(), take(), take());
-                let scale: Vec<f32> = gamma
-                    .iter()
-                    .zip(&var)
-                    .map(|(g, v)| g / (v + *epsilon as f32).sqrt())
-                    .collect();
-                let fold = |weight: &mut [f32], bias: &mut [f32]| {
-                    let per = weight.len() / bias.len();
-                    for (o, b) in bias.iter_mut().enumerate() {
-                        for w in &mut weight[o * per..(o + 1) * per] {
-                            *w *= scale[o];
-                        }
-                        *b = (*b - mean[o]) * scale[o] + beta[o];
-                    }
-                };
-                match layers.last_mut() {
-                    Some(Layer::Conv2d(Conv2d { weight, bias, .. }))
-                    | Some(Layer::Dense(Dense { weight, bias, .. })) => fold(weight, bias),
-                    _ => unreachable!("resolve() puts batch-norm right after conv/dense"),
+            LayerKind::BatchNorm { epsilon, .. } => match layers.last_mut() {
+                Some(Layer::Conv2d(Conv2d { weight, bias, .. }))
+                | Some(Layer::Dense(Dense { weight, bias, .. })) => {
+                    fold_norm(weight, bias, &mut take, *epsilon as f32)
                 }
-            }
+                _ => unreachable!("resolve() puts batch-norm right after conv/dense"),
+            },
             LayerKind::Dropout { .. } => {}
-            LayerKind::Act { activation } => layers.push(match activation {
-                Activation::Square => Layer::Square,
-                Activation::Relu => Layer::Relu,
-                Activation::Quadratic => {
-                    let a = take()[0];
-                    let b = take()[0];
-                    Layer::Quadratic { a, b }
-                }
-            }),
+            LayerKind::Act { activation } => {
+                layers.push(act_layer(*activation, &mut take, spec.poly_bounds))
+            }
+            LayerKind::GlobalAvgPool => layers.push(Layer::GlobalAvgPool),
+            LayerKind::Residual {
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                activation,
+            } => {
+                let (ci, co, k, s) = (*in_channels, *out_channels, *kernel, *stride);
+                let eps = 1e-5;
+                let conv = |ci: usize, k: usize, s: usize, take: &mut dyn FnMut() -> Vec<f32>| {
+                    let mut c = Conv2d {
+                        in_channels: ci,
+                        out_channels: co,
+                        kernel: k,
+                        stride: s,
+                        padding: k / 2,
+                        weight: take(),
+                        bias: take(),
+                    };
+                    fold_norm(&mut c.weight, &mut c.bias, take, eps);
+                    c
+                };
+                let conv1 = conv(ci, k, s, &mut take);
+                let act1 = act_layer(*activation, &mut take, spec.poly_bounds);
+                let conv2 = conv(co, k, 1, &mut take);
+                let shortcut = l.kind.projects().then(|| conv(ci, 1, s, &mut take));
+                layers.push(Layer::Residual(Residual {
+                    body: vec![Layer::Conv2d(conv1), act1, Layer::Conv2d(conv2)],
+                    shortcut,
+                }));
+                // the sum's batch-norm folds into the activation after it
+                let (g, b, m, v) = (take(), take(), take(), take());
+                let norm: Vec<(f32, f32)> = (0..co)
+                    .map(|o| {
+                        let sc = g[o] / (v[o] + eps).sqrt();
+                        (sc, b[o] - m[o] * sc)
+                    })
+                    .collect();
+                let act2 = act_layer(*activation, &mut take, spec.poly_bounds);
+                layers.extend(normalized_act(act2, &norm));
+            }
         }
     }
     let invalid = |e: he_agg::infer::NetworkError| TrainError::Model(format!("export: {e}"));
@@ -135,6 +156,74 @@ pub fn export(
         serde_json::to_value(preparation).map_err(|e| TrainError::Model(format!("export: {e}")))?,
     );
     Ok(file)
+}
+
+/// Folds the batch-norm whose γ, β, μ, σ² `take` gives next into the layer before it:
+/// `W' = W·s`, `b' = (b − μ)·s + β` with `s = γ/√(σ² + ε)` per output channel.
+fn fold_norm(weight: &mut [f32], bias: &mut [f32], take: &mut dyn FnMut() -> Vec<f32>, eps: f32) {
+    let (gamma, beta, mean, var) = (take(), take(), take(), take());
+    let per = weight.len() / bias.len();
+    for (o, b) in bias.iter_mut().enumerate() {
+        let scale = gamma[o] / (var[o] + eps).sqrt();
+        for w in &mut weight[o * per..(o + 1) * per] {
+            *w *= scale;
+        }
+        *b = (*b - mean[o]) * scale + beta[o];
+    }
+}
+
+/// An activation layer, its coefficients from `take` (a per-channel polynomial's a clamped to
+/// `bounds`, as the forward pass clamps it).
+fn act_layer(a: Activation, take: &mut dyn FnMut() -> Vec<f32>, bounds: [f32; 2]) -> Layer {
+    match a {
+        Activation::Square => Layer::Square,
+        Activation::Relu => Layer::Relu,
+        Activation::Quadratic => {
+            let a = take()[0];
+            let b = take()[0];
+            Layer::Quadratic { a, b }
+        }
+        Activation::Poly => {
+            let a = take().iter().map(|v| v.clamp(bounds[0], bounds[1])).collect();
+            Layer::ChannelQuadratic {
+                a,
+                b: take(),
+                c: take(),
+            }
+        }
+    }
+}
+
+/// `act(s·x + t)` per channel, the channel's (s, t) in `norm`: a polynomial becomes the
+/// per-channel quadratic a·s²·x² + (2·a·s·t + b·s)·x + (a·t² + b·t + c); a ReLU cannot absorb
+/// it, so it is preceded by the affine map, written as a per-channel quadratic with a = 0 (the
+/// ReLU twin is plaintext only: encrypted plans refuse both).
+fn normalized_act(act: Layer, norm: &[(f32, f32)]) -> Vec<Layer> {
+    let k = norm.len();
+    let (a, b, c): (Vec<f32>, Vec<f32>, Vec<f32>) = match act {
+        Layer::Square => (vec![1.0; k], vec![0.0; k], vec![0.0; k]),
+        Layer::Quadratic { a, b } => (vec![a; k], vec![b; k], vec![0.0; k]),
+        Layer::ChannelQuadratic { a, b, c } => (a, b, c),
+        other => {
+            let affine = Layer::ChannelQuadratic {
+                a: vec![0.0; k],
+                b: norm.iter().map(|n| n.0).collect(),
+                c: norm.iter().map(|n| n.1).collect(),
+            };
+            return vec![affine, other];
+        }
+    };
+    let mut out = (Vec::with_capacity(k), Vec::with_capacity(k), Vec::with_capacity(k));
+    for (o, &(s, t)) in norm.iter().enumerate() {
+        out.0.push(a[o] * s * s);
+        out.1.push(2.0 * a[o] * s * t + b[o] * s);
+        out.2.push(a[o] * t * t + b[o] * t + c[o]);
+    }
+    vec![Layer::ChannelQuadratic {
+        a: out.0,
+        b: out.1,
+        c: out.2,
+    }]
 }
 
 /// How a network file's inputs are prepared (the defaults for a file that does not say).
@@ -190,10 +279,100 @@ mod tests {
                     *v = rng.random_range(0.5..2.0);
                 } else if e.name.ends_with("running_mean") || e.name.ends_with("beta") {
                     *v = rng.random_range(-0.5..0.5);
+                } else if e.name.ends_with("poly.a") {
+                    // some below the lower bound: export clamps as the forward pass does
+                    *v = rng.random_range(-0.2..0.6);
+                } else if e.name.ends_with("poly.b") || e.name.ends_with("poly.c") {
+                    *v = rng.random_range(-0.5..0.5);
                 }
             }
         }
         from_flat(net, &flat).unwrap()
+    }
+
+    fn burn_forward(net: &Network, x: &[f32], shape: [usize; 4]) -> Vec<f32> {
+        net.forward(Tensor::<4>::from_data(
+            TensorData::new(x.to_vec(), shape),
+            &Device::flex(),
+        ))
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
+    }
+
+    #[test]
+    fn residual_export_matches_burn() {
+        let cfg = ModelConfig {
+            activation: Activation::Poly,
+            layers: vec![
+                LayerConfig::Conv {
+                    channels: 3,
+                    kernel: 3,
+                    stride: 1,
+                    padding: 1,
+                },
+                LayerConfig::BatchNorm {
+                    momentum: 0.1,
+                    epsilon: 1e-5,
+                },
+                LayerConfig::Act { kind: None },
+                LayerConfig::Residual {
+                    channels: 3,
+                    stride: 1,
+                    kernel: 3,
+                    kind: None,
+                },
+                LayerConfig::Residual {
+                    channels: 5,
+                    stride: 2,
+                    kernel: 3,
+                    kind: None,
+                },
+                LayerConfig::GlobalAvgPool,
+                LayerConfig::Dense { units: None },
+            ],
+            ..ModelConfig::default()
+        };
+        let net = random_net(&cfg, [1, 8, 8], 4);
+        assert_eq!(net.spec.multiplicative_depth(), 2 + 4 + 4 + 1);
+        let exp = export(
+            &net,
+            &Normalizer::identity(1),
+            &["a", "b", "c", "d"].map(String::from),
+            &InputPreparation::default(),
+        )
+        .unwrap();
+        let layers = exp.network.layers();
+        // conv (its batch-norm folded), act, block, act, block, act, pooling, dense
+        assert!(matches!(&layers[2], Layer::Residual(r) if r.shortcut.is_none()));
+        assert!(matches!(&layers[4], Layer::Residual(r) if r.shortcut.is_some()));
+        assert!(matches!(layers[6], Layer::GlobalAvgPool));
+        // a standalone activation's a within the bounds; after a block's sum, times s² > 0
+        let Layer::ChannelQuadratic { a, .. } = &layers[1] else {
+            panic!("{:?}", layers[1])
+        };
+        assert!(a.iter().all(|&v| (0.01..=1.0).contains(&v)), "{a:?}");
+        for l in layers {
+            if let Layer::ChannelQuadratic { a, .. } = l {
+                assert!(a.iter().all(|&v| v > 0.0), "{a:?}");
+            }
+        }
+        let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..3 {
+            let x: Vec<f32> = (0..64).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let burn_out = burn_forward(&net, &x, [1, 1, 8, 8]);
+            let ours = exp.network.forward(&x).unwrap();
+            for (a, b) in burn_out.iter().zip(&ours) {
+                assert!((a - b).abs() < 1e-3 * (1.0 + a.abs()), "{burn_out:?} vs {ours:?}");
+            }
+        }
+        // and it plans for encrypted inference with the exported depth
+        let plan = he_agg::infer::InferencePlan::new(
+            &exp.network,
+            &he_agg::infer::ParamPolicy::default(),
+        )
+        .unwrap();
+        assert_eq!(plan.spec().depth(), 11);
     }
 
     #[test]

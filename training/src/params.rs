@@ -21,7 +21,11 @@ use burn::module::{Param, RunningState};
 use burn::tensor::{Tensor, TensorData};
 
 use crate::error::TrainError;
-use crate::model::{LayerKind, LayerParams, Network, NetworkSpec};
+use burn::nn::BatchNorm;
+
+use crate::model::{
+    ActParams, Activation, BlockParams, ConvParams, LayerKind, LayerParams, Network, NetworkSpec,
+};
 
 /// One tensor in the flat vector.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -47,6 +51,37 @@ pub struct ParamManifest {
     pub total: usize,
     /// Entries in order; offsets are contiguous.
     pub entries: Vec<ParamEntry>,
+}
+
+type Push<'a> = dyn FnMut(String, Vec<usize>, bool) + 'a;
+
+fn conv_entries(push: &mut Push<'_>, p: &str, shape: [usize; 4]) {
+    push(format!("{p}.weight"), shape.to_vec(), true);
+    push(format!("{p}.bias"), vec![shape[0]], true);
+}
+
+fn norm_entries(push: &mut Push<'_>, p: &str, c: usize) {
+    push(format!("{p}.gamma"), vec![c], true);
+    push(format!("{p}.beta"), vec![c], true);
+    push(format!("{p}.running_mean"), vec![c], false);
+    push(format!("{p}.running_var"), vec![c], false);
+}
+
+/// A quadratic's `{p}.quadratic.a/b` (`[1]` each), a per-channel polynomial's
+/// `{p}.poly.a/b/c` (`[channels]` each); nothing for the others.
+fn act_entries(push: &mut Push<'_>, p: &str, a: Activation, channels: usize) {
+    match a {
+        Activation::Quadratic => {
+            push(format!("{p}.quadratic.a"), vec![1], true);
+            push(format!("{p}.quadratic.b"), vec![1], true);
+        }
+        Activation::Poly => {
+            for t in ["a", "b", "c"] {
+                push(format!("{p}.poly.{t}"), vec![channels], true);
+            }
+        }
+        Activation::Square | Activation::Relu => {}
+    }
 }
 
 /// The manifest of a network spec.
@@ -91,26 +126,33 @@ pub fn manifest(spec: &NetworkSpec) -> ParamManifest {
                 push(format!("{i}.dense.bias"), vec![*out_features], true);
             }
             LayerKind::BatchNorm { features, .. } => {
-                push(format!("{i}.batch-norm.gamma"), vec![*features], true);
-                push(format!("{i}.batch-norm.beta"), vec![*features], true);
-                push(
-                    format!("{i}.batch-norm.running_mean"),
-                    vec![*features],
-                    false,
-                );
-                push(
-                    format!("{i}.batch-norm.running_var"),
-                    vec![*features],
-                    false,
-                );
+                norm_entries(&mut push, &format!("{i}.batch-norm"), *features)
             }
-            LayerKind::Act {
-                activation: crate::model::Activation::Quadratic,
+            LayerKind::Act { activation } => {
+                act_entries(&mut push, &format!("{i}"), *activation, l.input[0])
+            }
+            LayerKind::Residual {
+                in_channels,
+                out_channels,
+                kernel,
+                activation,
+                ..
             } => {
-                push(format!("{i}.quadratic.a"), vec![1], true);
-                push(format!("{i}.quadratic.b"), vec![1], true);
+                let (ci, co, k) = (*in_channels, *out_channels, *kernel);
+                let p = format!("{i}.residual");
+                conv_entries(&mut push, &format!("{p}.conv1"), [co, ci, k, k]);
+                norm_entries(&mut push, &format!("{p}.bn1"), co);
+                act_entries(&mut push, &format!("{p}.act1"), *activation, co);
+                conv_entries(&mut push, &format!("{p}.conv2"), [co, co, k, k]);
+                norm_entries(&mut push, &format!("{p}.bn2"), co);
+                if l.kind.projects() {
+                    conv_entries(&mut push, &format!("{p}.proj"), [co, ci, 1, 1]);
+                    norm_entries(&mut push, &format!("{p}.proj-bn"), co);
+                }
+                norm_entries(&mut push, &format!("{p}.bn3"), co);
+                act_entries(&mut push, &format!("{p}.act2"), *activation, co);
             }
-            LayerKind::Act { .. } | LayerKind::AvgPool { .. } | LayerKind::Dropout { .. } => {}
+            LayerKind::AvgPool { .. } | LayerKind::Dropout { .. } | LayerKind::GlobalAvgPool => {}
         }
     }
     ParamManifest {
@@ -147,7 +189,7 @@ pub fn keep_valid(manifest: &ParamManifest, flat: &mut [f32], floor: f32) -> usi
     for e in manifest
         .entries
         .iter()
-        .filter(|e| e.name.ends_with("batch-norm.running_var"))
+        .filter(|e| e.name.ends_with("running_var"))
     {
         for v in &mut flat[e.offset..e.offset + e.len] {
             // NaN too
@@ -165,28 +207,55 @@ pub fn to_flat(net: &Network) -> Vec<f32> {
     let mut out = Vec::with_capacity(manifest(&net.spec).total);
     for p in &net.params {
         match p {
-            LayerParams::Conv(c) => {
-                out.extend(values(c.weight.val()));
-                out.extend(values(c.bias.val()));
-            }
+            LayerParams::Conv(c) => flat_conv(c, &mut out),
             LayerParams::Dense(d) => {
                 let [inp, outp] = d.weight.val().dims();
                 out.extend(transpose(&values(d.weight.val()), inp, outp));
                 out.extend(values(d.bias.val()));
             }
-            LayerParams::Norm(bn) => {
-                out.extend(values(bn.gamma.val()));
-                out.extend(values(bn.beta.val()));
-                out.extend(values(bn.running_mean.value_sync()));
-                out.extend(values(bn.running_var.value_sync()));
-            }
-            LayerParams::Quad(q) => {
-                out.extend(values(q.a.val()));
-                out.extend(values(q.b.val()));
+            LayerParams::Norm(bn) => flat_norm(bn, &mut out),
+            LayerParams::Quad(q) => flat_act(&ActParams::Quad(q.clone()), &mut out),
+            LayerParams::Poly(q) => flat_act(&ActParams::Poly(q.clone()), &mut out),
+            LayerParams::Block(b) => {
+                flat_conv(&b.conv1, &mut out);
+                flat_norm(&b.bn1, &mut out);
+                b.act1.iter().for_each(|a| flat_act(a, &mut out));
+                flat_conv(&b.conv2, &mut out);
+                flat_norm(&b.bn2, &mut out);
+                b.proj.iter().for_each(|c| flat_conv(c, &mut out));
+                b.proj_bn.iter().for_each(|n| flat_norm(n, &mut out));
+                flat_norm(&b.bn3, &mut out);
+                b.act2.iter().for_each(|a| flat_act(a, &mut out));
             }
         }
     }
     out
+}
+
+fn flat_conv(c: &ConvParams, out: &mut Vec<f32>) {
+    out.extend(values(c.weight.val()));
+    out.extend(values(c.bias.val()));
+}
+
+fn flat_norm(bn: &BatchNorm, out: &mut Vec<f32>) {
+    out.extend(values(bn.gamma.val()));
+    out.extend(values(bn.beta.val()));
+    out.extend(values(bn.running_mean.value_sync()));
+    out.extend(values(bn.running_var.value_sync()));
+}
+
+fn flat_act(a: &ActParams, out: &mut Vec<f32>) {
+    match a {
+        ActParams::Quad(q) => {
+            out.extend(values(q.a.val()));
+            out.extend(values(q.b.val()));
+        }
+        ActParams::Poly(p) => {
+            out.extend(values(p.a.val()));
+            out.extend(values(p.b.val()));
+            out.extend(values(p.c.val()));
+        }
+    }
 }
 
 fn replace<const D: usize>(
@@ -235,15 +304,10 @@ pub fn from_flat(net: Network, flat: &[f32]) -> Result<Network, TrainError> {
     };
     let Network { params, spec } = net;
     let mut out = Vec::with_capacity(params.len());
+    let take: &mut Take<'_> = &mut take;
     for p in params {
         out.push(match p {
-            LayerParams::Conv(mut c) => {
-                let (w, s) = take();
-                c.weight = replace(c.weight, w, [s[0], s[1], s[2], s[3]]);
-                let (b, s) = take();
-                c.bias = replace(c.bias, b, [s[0]]);
-                LayerParams::Conv(c)
-            }
+            LayerParams::Conv(c) => LayerParams::Conv(load_conv(c, take)),
             LayerParams::Dense(mut d) => {
                 let (w, s) = take();
                 let (outp, inp) = (s[0], s[1]);
@@ -252,27 +316,83 @@ pub fn from_flat(net: Network, flat: &[f32]) -> Result<Network, TrainError> {
                 d.bias = replace(d.bias, b, [s[0]]);
                 LayerParams::Dense(d)
             }
-            LayerParams::Norm(mut bn) => {
-                let (g, s) = take();
-                bn.gamma = replace(bn.gamma, g, [s[0]]);
-                let (b, s) = take();
-                bn.beta = replace(bn.beta, b, [s[0]]);
-                let (rm, _) = take();
-                bn.running_mean = running(&bn.running_mean, rm);
-                let (rv, _) = take();
-                bn.running_var = running(&bn.running_var, rv);
-                LayerParams::Norm(bn)
-            }
-            LayerParams::Quad(mut q) => {
-                let (a, _) = take();
-                q.a = replace(q.a, a, [1]);
-                let (b, _) = take();
-                q.b = replace(q.b, b, [1]);
-                LayerParams::Quad(q)
+            LayerParams::Norm(bn) => LayerParams::Norm(load_norm(bn, take)),
+            LayerParams::Quad(q) => match load_act(ActParams::Quad(q), take) {
+                ActParams::Quad(q) => LayerParams::Quad(q),
+                ActParams::Poly(_) => unreachable!("a quadratic stays one"),
+            },
+            LayerParams::Poly(q) => match load_act(ActParams::Poly(q), take) {
+                ActParams::Poly(q) => LayerParams::Poly(q),
+                ActParams::Quad(_) => unreachable!("a polynomial stays one"),
+            },
+            LayerParams::Block(b) => {
+                let conv1 = load_conv(b.conv1, take);
+                let bn1 = load_norm(b.bn1, take);
+                let act1 = b.act1.map(|a| load_act(a, take));
+                let conv2 = load_conv(b.conv2, take);
+                let bn2 = load_norm(b.bn2, take);
+                let proj = b.proj.map(|c| load_conv(c, take));
+                let proj_bn = b.proj_bn.map(|n| load_norm(n, take));
+                let bn3 = load_norm(b.bn3, take);
+                let act2 = b.act2.map(|a| load_act(a, take));
+                LayerParams::Block(BlockParams {
+                    conv1,
+                    bn1,
+                    act1,
+                    conv2,
+                    bn2,
+                    proj,
+                    proj_bn,
+                    bn3,
+                    act2,
+                })
             }
         });
     }
     Ok(Network { params: out, spec })
+}
+
+type Take<'a> = dyn FnMut() -> (Vec<f32>, Vec<usize>) + 'a;
+
+fn load_conv(mut c: ConvParams, take: &mut Take<'_>) -> ConvParams {
+    let (w, s) = take();
+    c.weight = replace(c.weight, w, [s[0], s[1], s[2], s[3]]);
+    let (b, s) = take();
+    c.bias = replace(c.bias, b, [s[0]]);
+    c
+}
+
+fn load_norm(mut bn: BatchNorm, take: &mut Take<'_>) -> BatchNorm {
+    let (g, s) = take();
+    bn.gamma = replace(bn.gamma, g, [s[0]]);
+    let (b, s) = take();
+    bn.beta = replace(bn.beta, b, [s[0]]);
+    let (rm, _) = take();
+    bn.running_mean = running(&bn.running_mean, rm);
+    let (rv, _) = take();
+    bn.running_var = running(&bn.running_var, rv);
+    bn
+}
+
+fn load_act(a: ActParams, take: &mut Take<'_>) -> ActParams {
+    match a {
+        ActParams::Quad(mut q) => {
+            let (a, _) = take();
+            q.a = replace(q.a, a, [1]);
+            let (b, _) = take();
+            q.b = replace(q.b, b, [1]);
+            ActParams::Quad(q)
+        }
+        ActParams::Poly(mut p) => {
+            let (a, s) = take();
+            p.a = replace(p.a, a, [s[0]]);
+            let (b, s) = take();
+            p.b = replace(p.b, b, [s[0]]);
+            let (c, s) = take();
+            p.c = replace(p.c, c, [s[0]]);
+            ActParams::Poly(p)
+        }
+    }
 }
 
 /// A fresh network on `device` holding `flat`.

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use he_agg::ckks::{Ciphertext, CkksContext, wire};
-use he_agg::infer::{BatchedModel, BatchedSpec, InferencePlan, Model, Network, ParamPolicy};
+use he_agg::infer::{
+    BatchedModel, BatchedSpec, InferencePlan, Model, Network, ParamPolicy, refresh,
+};
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -49,8 +51,15 @@ impl Packing {
     pub fn resolve(self, net: &Network) -> Result<Self, InferenceError> {
         let values = net.input_len();
         match self {
-            Self::Auto if values <= BATCHED_MAX_INPUT => Ok(Self::Batched),
+            Self::Auto if values <= BATCHED_MAX_INPUT && BatchedModel::supports(net) => {
+                Ok(Self::Batched)
+            }
             Self::Auto => Ok(Self::PerImage),
+            Self::Batched if !BatchedModel::supports(net) => Err(InferenceError::Usage(
+                "batched packing does not evaluate residual blocks or per-channel \
+                 activations yet; use --packing per-image"
+                    .into(),
+            )),
             Self::Batched if values > BATCHED_FORCED_MAX_INPUT => {
                 Err(InferenceError::Usage(format!(
                     "batched packing holds one ciphertext per input value: this network's \
@@ -103,6 +112,10 @@ pub struct EncryptedRun {
     pub response_bytes_per_batch: usize,
     /// Evaluation keys a requester sends once (per image packing: relinearization and Galois).
     pub eval_key_bytes: usize,
+    /// Refresh round trips per image (a deep model's segments, per image packing) and their
+    /// bytes, both ways.
+    pub refreshes: usize,
+    pub refresh_bytes_per_image: f64,
 }
 
 fn rng_err(e: impl std::fmt::Display) -> InferenceError {
@@ -181,6 +194,8 @@ pub fn batched(
         eval_key_bytes: rlk
             .as_ref()
             .map_or(0, |r| wire::encode_relinearization_key(&ctx, r).len()),
+        refreshes: 0,
+        refresh_bytes_per_image: 0.0,
     })
 }
 
@@ -208,6 +223,8 @@ pub fn per_image(
     let mut latencies = Vec::with_capacity(inputs.len());
     let mut logits = Vec::with_capacity(inputs.len());
     let mut request_bytes = 0usize;
+    let mut refresh_bytes = 0usize;
+    let mut prng = he_agg::ring::Prng::from_os().map_err(rng_err)?;
     for x in inputs {
         let t0 = Instant::now();
         let cts: Vec<Ciphertext> = spec
@@ -221,7 +238,17 @@ pub fn per_image(
             })
             .collect();
         let t1 = Instant::now();
-        let out = model.evaluate(&eval, &cts)?;
+        // a deep model's refreshes as a requester makes them: masked by the server, decrypted
+        // and re-encrypted here, unmasked
+        let mut bytes = 0usize;
+        let out = model.evaluate_refreshed(&eval, &cts, |i, ct| {
+            let (masked, mask) = refresh::mask(&ctx, spec, i, &ct, &mut prng)?;
+            let fresh = refresh::reencrypt(&ctx, spec, i, &sk, &masked)?;
+            bytes += wire::ciphertext_len(&ctx, masked.level(), 1)
+                + wire::encode_seeded_ciphertext(&ctx, &fresh).len();
+            refresh::unmask(&ctx, spec, he_agg::rlwe::expand_seeded(ctx.rlwe(), &fresh), mask)
+        })?;
+        refresh_bytes = bytes;
         let t2 = Instant::now();
         logits.push(spec.decode_output(&ctx, &dec.decrypt(&out))?);
         let t3 = Instant::now();
@@ -247,6 +274,8 @@ pub fn per_image(
         request_bytes_per_image: request_bytes as f64,
         response_bytes_per_batch: wire::ciphertext_len(&ctx, spec.output_level(), 1),
         eval_key_bytes,
+        refreshes: spec.refreshes().len(),
+        refresh_bytes_per_image: refresh_bytes as f64,
     })
 }
 

@@ -85,6 +85,10 @@ pub struct EvaluationReport {
     pub latency_s: f64,
     /// Evaluation keys a requester sends once per connection.
     pub eval_key_bytes: usize,
+    /// Refresh round trips per image (a deep model cut into segments) and their bytes per
+    /// image, both ways.
+    pub refreshes: usize,
+    pub refresh_bytes_per_image: f64,
 }
 
 impl EvaluationReport {
@@ -98,7 +102,8 @@ impl EvaluationReport {
              AUC: plaintext {:.5}, encrypted {:.5} (difference {:.1e})\n\
              time: keys {:.2} s, encrypt {:.2} s, evaluate {:.2} s, decrypt {:.2} s, plaintext \
              {:.2} s; {:.1} images/s evaluated, {:.1} images/s end to end, {:.2} s per batch\n\
-             sizes: {:.1} KB per image up, {:.2} MB per batch down, {:.1} MB of keys once",
+             sizes: {:.1} KB per image up, {:.2} MB per batch down, {:.1} MB of keys once; \
+             {} refreshes per image ({:.2} MB per image both ways)",
             self.images,
             self.dataset,
             self.split,
@@ -132,6 +137,8 @@ impl EvaluationReport {
             self.request_bytes_per_image / 1e3,
             self.response_bytes_per_batch as f64 / 1e6,
             self.eval_key_bytes as f64 / 1e6,
+            self.refreshes,
+            self.refresh_bytes_per_image / 1e6,
         )
     }
 }
@@ -252,6 +259,8 @@ pub fn evaluate_encrypted(opts: &EvaluateOptions) -> Result<EvaluationReport, In
         response_bytes_per_batch: run.response_bytes_per_batch,
         latency_s: run.latency_s,
         eval_key_bytes: run.eval_key_bytes,
+        refreshes: run.refreshes,
+        refresh_bytes_per_image: run.refresh_bytes_per_image,
     })
 }
 

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use he_agg::ckks::wire;
-use he_agg::infer::{InferencePlan, Model, Network, ParamPolicy};
+use he_agg::infer::{InferencePlan, Model, Network, ParamPolicy, refresh};
 use he_agg::rlwe::expand_seeded;
 
 use super::error::InferenceError;
@@ -38,6 +38,7 @@ pub fn infer_local(
         ..Default::default()
     };
     let mut results = Vec::with_capacity(images.len());
+    let mut prng = he_agg::ring::Prng::from_os().map_err(|e| InferenceError::Rng(e.to_string()))?;
     for im in images {
         let x = req.normalize(&im.hwc)?;
         let t0 = Instant::now();
@@ -54,7 +55,25 @@ pub fn infer_local(
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let out = model.evaluate(&eval, &cts)?;
+        // a deep model's refreshes, both sides of the round trip in this process
+        let spec = req.spec();
+        let mut out = model.evaluate_segment(&eval, 0, &cts)?;
+        for k in 1..spec.segments() {
+            let (masked, mask) = refresh::mask(&ctx, spec, k - 1, &out, &mut prng)?;
+            let down = wire::encode_ciphertext(&ctx, &masked);
+            let up = req.refresh(k - 1, &down)?;
+            sizes.refresh_received += down.len() as u64 + 4;
+            sizes.refresh_sent += up.len() as u64 + 4;
+            sizes.refreshes += 1;
+            let seeded = wire::decode_seeded_ciphertext(&ctx, &up).map_err(|source| {
+                InferenceError::Wire {
+                    what: "a refreshed ciphertext",
+                    source,
+                }
+            })?;
+            let next = refresh::unmask(&ctx, spec, expand_seeded(ctx.rlwe(), &seeded), mask)?;
+            out = model.evaluate_segment(&eval, k, &[next])?;
+        }
         let response = wire::encode_ciphertext(&ctx, &out);
         let t2 = Instant::now();
         let logits = req.decrypt(&response)?;

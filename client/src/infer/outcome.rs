@@ -42,6 +42,14 @@ pub struct Sizes {
     pub keys_sent: u64,
     pub images_sent: u64,
     pub results_received: u64,
+    /// Masked ciphertexts received and refreshed ones sent back (a deep model's segments).
+    #[serde(default)]
+    pub refresh_received: u64,
+    #[serde(default)]
+    pub refresh_sent: u64,
+    /// Refresh round trips.
+    #[serde(default)]
+    pub refreshes: u64,
 }
 
 /// A whole request's outcome.

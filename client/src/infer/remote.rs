@@ -215,6 +215,9 @@ pub async fn infer_remote(
         };
         sizes.images_sent += sent.0;
         sizes.keys_sent += sent.1;
+        sizes.refresh_received += result.refresh.0;
+        sizes.refresh_sent += result.refresh.1;
+        sizes.refreshes += result.refresh.2;
         timings.send_s += sent.2;
         timings.wait_s += t.elapsed().as_secs_f64() - sent.2;
         timings.evaluate_s += result.evaluate_us as f64 / 1e6;
@@ -291,10 +294,60 @@ async fn send_keys(link: &Link, req: &Requester, timeout: Duration) -> Result<u6
     }
 }
 
-/// A result stream's header and items.
+/// A result stream's header and items, and the refreshes on the way (bytes in, bytes out,
+/// round trips).
 struct Answer {
     evaluate_us: u64,
     items: Vec<Vec<u8>>,
+    refresh: (u64, u64, u64),
+}
+
+/// Answers the server's refresh of a request's segment (`header`, its masked ciphertexts in
+/// `msg`): one re-encryption per image, in order. The index must be the next of the plan's;
+/// anything more or less than one item per image is refused. Bytes in and out.
+async fn answer_refresh(
+    link: &Link,
+    req: &Requester,
+    (request_id, images, next): (u64, usize, usize),
+    header: protocol::serve::released::RefreshHeader,
+    msg: &mut protocol::Incoming,
+) -> Result<(u64, u64), InferenceError> {
+    if header.request_id != request_id
+        || header.count as usize != images
+        || header.index as usize != next
+        || next >= req.spec().refreshes().len()
+    {
+        return Err(InferenceError::BadAnswer(format!(
+            "refresh {} of request {} with {} ciphertexts, where refresh {next} of request \
+             {request_id} with {images} (of {} in the plan) was due",
+            header.index,
+            header.request_id,
+            header.count,
+            req.spec().refreshes().len()
+        )));
+    }
+    let mut received = 0u64;
+    let mut answers = Vec::with_capacity(images);
+    while let Some(item) = msg.next_item().await? {
+        if answers.len() == images {
+            return Err(InferenceError::BadAnswer("more to refresh than images".into()));
+        }
+        received += 4 + item.len() as u64;
+        answers.push(tokio::task::block_in_place(|| req.refresh(next, &item))?);
+    }
+    if answers.len() != images {
+        return Err(InferenceError::BadAnswer(format!(
+            "{} ciphertexts to refresh for {images} images",
+            answers.len()
+        )));
+    }
+    let mut out = link
+        .open(0, Body::Released(ReleasedMsg::Refreshed(header)))
+        .await?;
+    for a in &answers {
+        out.item(a).await?;
+    }
+    Ok((received, out.finish().await?))
 }
 
 /// One request of `images` (each its ciphertexts): (bytes of images, bytes of keys — mode a's
@@ -337,18 +390,40 @@ async fn request(
         Err(e) => return Err(refusal(link, e).await),
     };
     let sent = (image_bytes, key_bytes, t.elapsed().as_secs_f64());
-    let mut msg = next_message(link, timeout).await?;
-    let result = match &msg.envelope.body {
-        Body::Released(ReleasedMsg::InferResult(r))
-        | Body::Collective(CollectiveMsg::InferResult(r)) => r.clone(),
-        Body::Refused { reason } => return Err(InferenceError::Refused(reason.clone())),
-        other => {
-            return Err(InferenceError::BadAnswer(format!(
-                "{} where the result was expected",
-                other.kind()
-            )));
+    // a deep model's segments: refresh after refresh, then the result
+    let mut refresh = (0u64, 0u64, 0u64);
+    let (mut msg, result) = loop {
+        let mut msg = next_message(link, timeout).await?;
+        match &msg.envelope.body {
+            Body::Released(ReleasedMsg::InferResult(r))
+            | Body::Collective(CollectiveMsg::InferResult(r)) => {
+                let r = r.clone();
+                break (msg, r);
+            }
+            Body::Released(ReleasedMsg::Refresh(h)) if !req.is_collective() => {
+                let h = *h;
+                let next = refresh.2 as usize;
+                let (down, up) =
+                    answer_refresh(link, req, (request_id, images.len(), next), h, &mut msg)
+                        .await?;
+                refresh = (refresh.0 + down, refresh.1 + up, refresh.2 + 1);
+            }
+            Body::Refused { reason } => return Err(InferenceError::Refused(reason.clone())),
+            other => {
+                return Err(InferenceError::BadAnswer(format!(
+                    "{} where the result was expected",
+                    other.kind()
+                )));
+            }
         }
     };
+    if (refresh.2 as usize) < req.spec().refreshes().len() && !req.is_collective() {
+        return Err(InferenceError::BadAnswer(format!(
+            "a result after {} of the plan's {} refreshes",
+            refresh.2,
+            req.spec().refreshes().len()
+        )));
+    }
     if result.request_id != request_id || result.count as usize != images.len() {
         return Err(InferenceError::BadAnswer(format!(
             "result {} with {} ciphertexts for request {request_id} of {} images",
@@ -376,6 +451,7 @@ async fn request(
         Answer {
             evaluate_us: result.evaluate_us,
             items,
+            refresh,
         },
     ))
 }

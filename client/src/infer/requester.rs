@@ -244,6 +244,24 @@ impl Requester {
             .collect())
     }
 
+    /// Mode (b), a deep model: refresh `index` of the plan ([`InferenceSpec::refreshes`]) —
+    /// the server's masked ciphertext decrypted and encrypted again at the plan's input level
+    /// (seeded). What is decrypted is masked: the values stay hidden from this requester too.
+    pub fn refresh(&self, index: usize, masked: &[u8]) -> Result<Vec<u8>, InferenceError> {
+        if self.collective.is_some() {
+            return Err(InferenceError::BadAnswer(
+                "a refresh request in mode (a), where the keyholders refresh".into(),
+            ));
+        }
+        let ct =
+            wire::decode_ciphertext(&self.ctx, masked).map_err(|source| InferenceError::Wire {
+                what: "a ciphertext to refresh",
+                source,
+            })?;
+        let fresh = he_agg::infer::refresh::reencrypt(&self.ctx, &self.spec, index, &self.sk, &ct)?;
+        Ok(wire::encode_seeded_ciphertext(&self.ctx, &fresh))
+    }
+
     /// The logits in an encrypted result (validated: parameters, sizes, residues).
     pub fn decrypt(&self, bytes: &[u8]) -> Result<Vec<f64>, InferenceError> {
         let ct =

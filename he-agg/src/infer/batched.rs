@@ -416,6 +416,22 @@ fn fused_chunks(
 }
 
 impl BatchedModel {
+    /// Whether batched packing evaluates `net`: not yet its residual blocks and per-channel
+    /// activations (the latency plan does).
+    pub fn supports(net: &Network) -> bool {
+        fn plain(layers: &[super::Layer]) -> bool {
+            layers.iter().all(|l| {
+                !matches!(
+                    l,
+                    super::Layer::Residual(_)
+                        | super::Layer::ChannelQuadratic { .. }
+                        | super::Layer::GlobalAvgPool
+                )
+            })
+        }
+        plain(net.layers())
+    }
+
     pub fn new(net: &Network, ctx: &Arc<CkksContext>) -> Result<Self, InferError> {
         let spec = BatchedSpec::with_parameters(net, ctx.params().clone())?;
         let low = lower(net)?;

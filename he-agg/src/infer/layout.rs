@@ -132,6 +132,62 @@ fn orders_for(low: &Lowered, lin: &[usize], nest: &[bool]) -> Orders {
     orders
 }
 
+/// Where every op's output values sit: a slot per value (`None`: value j at slot j, or the op
+/// keeps its input's layout), how every map runs, and the first map's output as channel blocks
+/// (block size, each position's slot within its block), which the im2col input follows.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Layouts {
+    pub slots: Vec<Option<Vec<u32>>>,
+    pub kinds: Vec<MapKind>,
+    pub first: Option<(usize, Vec<u32>)>,
+}
+
+/// Slot of value j in `layout` (j itself when natural).
+pub(crate) fn slot(layout: Option<&[u32]>, j: usize) -> usize {
+    layout.map_or(j, |l| l[j] as usize)
+}
+
+/// The extent of a layout of `n` values: the highest slot plus one.
+pub(crate) fn extent(layout: Option<&[u32]>, n: usize) -> usize {
+    layout.map_or(n, |l| l.iter().max().map_or(0, |&m| m as usize + 1))
+}
+
+/// The layouts of a sequential network from its position orders (channel-major, positions in
+/// each map's order).
+pub(crate) fn from_orders(low: &Lowered, orders: Orders, kinds: Vec<MapKind>) -> Layouts {
+    let mut first = None;
+    let slots = orders
+        .iter()
+        .enumerate()
+        .map(|(k, order)| {
+            let Op::Linear(map) = &low.ops[k] else {
+                return None;
+            };
+            let Shape::Chw([c, h, w]) = map.out_shape else {
+                return None;
+            };
+            let hw = h * w;
+            let pos: Vec<u32> = match order {
+                Some(o) => o.clone(),
+                None => (0..hw as u32).collect(),
+            };
+            if k == 0 {
+                first = Some((hw, pos.clone()));
+            }
+            order.as_ref().map(|_| {
+                (0..c * hw)
+                    .map(|j| ((j / hw) * hw) as u32 + pos[j % hw])
+                    .collect()
+            })
+        })
+        .collect();
+    Layouts {
+        slots,
+        kinds,
+        first,
+    }
+}
+
 /// Slot of value j of a vector with this shape and order (identity when flat or unordered).
 pub(crate) fn slot_of(shape: Shape, order: Option<&[u32]>, j: usize) -> usize {
     match (shape, order) {
@@ -205,19 +261,27 @@ pub(crate) fn remap_inputs(
     in_order: Option<&[u32]>,
     period: usize,
 ) -> Affine {
-    if in_order.is_none() {
-        return map.clone();
+    match in_order {
+        None => map.clone(),
+        Some(order) => {
+            let full: Vec<u32> = (0..map.n_in)
+                .map(|j| slot_of(in_shape, Some(order), j) as u32)
+                .collect();
+            remap_to(map, &full, period)
+        }
     }
+}
+
+/// `map` reading input j at slot `layout[j]`.
+pub(crate) fn remap_to(map: &Affine, layout: &[u32], period: usize) -> Affine {
     Affine {
-        n_in: period.max(map.n_in),
+        n_in: period.max(extent(Some(layout), map.n_in)),
         rows: map
             .rows
             .iter()
             .map(|row| {
-                let mut r: Vec<(u32, f64)> = row
-                    .iter()
-                    .map(|&(j, w)| (slot_of(in_shape, in_order, j as usize) as u32, w))
-                    .collect();
+                let mut r: Vec<(u32, f64)> =
+                    row.iter().map(|&(j, w)| (layout[j as usize], w)).collect();
                 r.sort_unstable_by_key(|e| e.0);
                 r
             })
@@ -239,11 +303,7 @@ pub(crate) fn choose_orders(
     first_im2col: bool,
 ) -> (Orders, Vec<MapKind>) {
     let lin = linear_ops(low);
-    // a block's shortcut and body must meet in one layout: row-major everywhere, every spatial
-    // map direct (a hybrid product would change the period under the kept value)
-    let blocks = low.has_blocks();
     let nestable: Vec<usize> = (0..lin.len())
-        .filter(|_| !blocks)
         .filter(|&i| {
             let a = affine(low, lin[i]);
             match (a.out_shape, lin.get(i + 1)) {
@@ -285,8 +345,7 @@ pub(crate) fn choose_orders(
                     Shape::Chw(_) => Some(direct_cost(a, inputs[k], in_order, out_order, period)),
                     Shape::Flat(_) => None,
                 };
-                let hybrid = (natural && !(blocks && direct.is_some()))
-                    .then(|| hybrid_cost(a, inputs[k], in_order, period));
+                let hybrid = natural.then(|| hybrid_cost(a, inputs[k], in_order, period));
                 let (cost, kind) = match (direct, hybrid) {
                     (Some(d), Some(h)) if h < d => (h, MapKind::Hybrid),
                     (Some(d), _) => (d, MapKind::Direct),

@@ -62,6 +62,7 @@ mod kernels;
 mod layout;
 mod lower;
 mod model;
+mod multiplex;
 mod network;
 mod params;
 mod plan;

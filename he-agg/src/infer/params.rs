@@ -44,6 +44,13 @@ pub struct ParamPolicy {
     /// A cut network's segments hold at least this many levels (or the whole network): below,
     /// the next ring is tried, trading slower operations for fewer round trips.
     pub min_segment_depth: u32,
+    /// A cut network's parameters have at most this many key-switching digits: each Galois key
+    /// holds digits × (levels + special primes) limbs, so the deepest segments (one digit per
+    /// prime) would make keys of hundreds of MB.
+    pub max_refresh_digits: u32,
+    /// A cut network's scale is at least 2^this: its many rotations each add key-switching
+    /// noise of about 10^3 per coefficient, 10^-4 in the slots at 2^30 and 10^-7 at 2^40.
+    pub min_refresh_scale_bits: u32,
 }
 
 impl Default for ParamPolicy {
@@ -59,7 +66,9 @@ impl Default for ParamPolicy {
             switch_room_bits: 0,
             step_primes: 1,
             refresh: true,
-            min_segment_depth: 8,
+            min_segment_depth: 4,
+            max_refresh_digits: 3,
+            min_refresh_scale_bits: 36,
         }
     }
 }
@@ -219,11 +228,21 @@ pub(crate) fn try_ring(
 /// Parameters of ring 2^log_n for the chain `q` at scale 2^s, with the fewest key-switching
 /// digits that fit the 128-bit budget; `None` when none does.
 pub(crate) fn try_chain(log_n: u32, q: &[u32], s: u32) -> Result<Option<Parameters>, InferError> {
+    try_chain_digits(log_n, q, s, q.len())
+}
+
+/// [`try_chain`] with at most `max_digits` key-switching digits.
+pub(crate) fn try_chain_digits(
+    log_n: u32,
+    q: &[u32],
+    s: u32,
+    max_digits: usize,
+) -> Result<Option<Parameters>, InferError> {
     let bound = max_log_qp_128(log_n).expect("10 ≤ log N ≤ 15 is in the table") as u32;
     {
         let q = q.to_vec();
         // fewest digits first: fewer basis extensions per key switch
-        for dnum in 1..=q.len() {
+        for dnum in 1..=q.len().min(max_digits) {
             let p = p_bits(&q, dnum);
             if nominal_bits(&q, &p) > bound {
                 continue;

@@ -28,7 +28,8 @@ use super::diagonals::{self, Bsgs, StepCosts};
 use super::error::InferError;
 use super::layout::{self, MapKind};
 use super::lower::{Lowered, Op, Shift, lower};
-use super::network::{Network, Shape};
+use super::multiplex;
+use super::network::Network;
 use super::params::ParamPolicy;
 use super::segments::{Levels, choose_levels};
 use super::spec::InferenceSpec;
@@ -252,6 +253,20 @@ impl InferencePlan {
             pinned,
         )?;
         let inputs = layout::op_inputs(&low, net.input());
+        // residual networks: the multiplexed layout, known before the period
+        let mux = match low.has_blocks() {
+            true => Some(multiplex::layouts(&low, &inputs)?),
+            false => None,
+        };
+        let tap_stride = |positions: usize| {
+            mux.as_ref()
+                .and_then(|m| m.first.as_ref())
+                .map_or(positions, |f| f.0)
+        };
+        let first_extent = |n_out: usize| {
+            mux.as_ref()
+                .map_or(n_out, |m| layout::extent(m.slots[0].as_deref(), n_out))
+        };
         // the im2col rows: repeated in one ciphertext when they fit, else over several
         let (input_map, mut period, input_cts, im2col) = match &first {
             FirstLayout::Im2col { fields, taps } => {
@@ -260,9 +275,12 @@ impl InferencePlan {
                     Some(Op::Linear(m)) => m.n_out(),
                     _ => 0,
                 };
-                let width = taps * positions;
+                let width = taps * tap_stride(positions);
                 if width <= slots {
-                    let period = width.max(n_out).next_power_of_two().min(slots);
+                    let period = width
+                        .max(first_extent(n_out))
+                        .next_power_of_two()
+                        .min(slots);
                     (Vec::new(), period, 1, true)
                 } else {
                     let cts = width.div_ceil(slots);
@@ -291,18 +309,29 @@ impl InferencePlan {
                 false,
             ),
         };
-        let (orders, kinds) = layout::choose_orders(&low, &inputs, period, im2col);
+        let lay = match mux {
+            Some(m) => m,
+            None => {
+                let (orders, kinds) = layout::choose_orders(&low, &inputs, period, im2col);
+                layout::from_orders(&low, orders, kinds)
+            }
+        };
         let mut input_map = input_map;
+        // the first map's outputs as channel blocks: the block size and each position's slot
+        let (tap_block, pos): (usize, Vec<u32>) = match (&first, &lay.first) {
+            (_, Some((b, pos))) => (*b, pos.clone()),
+            (FirstLayout::Im2col { fields, .. }, None) => {
+                (fields.len(), (0..fields.len() as u32).collect())
+            }
+            _ => (0, Vec::new()),
+        };
         if let FirstLayout::Im2col { fields, .. } = &first {
-            // slot tap·P + π(p) holds the tap-th value of position p's field, repeated with the
+            // slot tap·B + π(p) holds the tap-th value of position p's field, repeated with the
             // period in one ciphertext or continued over several
-            let positions = fields.len();
-            let order = orders[0].as_deref();
-            let pi = |p: usize| order.map_or(p, |o| o[p] as usize);
             input_map = vec![u32::MAX; input_cts * slots];
             for (p, f) in fields.iter().enumerate() {
                 for (tap, &j) in f.iter().enumerate() {
-                    let g = tap * positions + pi(p);
+                    let g = tap * tap_block + pos[p] as usize;
                     if input_cts == 1 {
                         let mut s = g;
                         while s < slots {
@@ -318,16 +347,16 @@ impl InferencePlan {
         let mut stages = Vec::with_capacity(low.ops.len());
         let mut steps: Vec<i64> = Vec::new();
         let mut relinearize = false;
-        // the order of the values the next map reads (None: natural)
-        let mut in_order: Option<Vec<u32>> = None;
-        // kept values: shape, order and period
-        let mut kept: Vec<(Shape, Option<Vec<u32>>, usize)> = Vec::new();
+        // where the values the next op reads sit (None: value j at slot j)
+        let mut cur: Option<Vec<u32>> = None;
+        // kept values: their layout and period
+        let mut kept: Vec<(Option<Vec<u32>>, usize)> = Vec::new();
         for (k, op) in low.ops.iter().enumerate() {
             let level = tr.levels[k];
             match op {
                 Op::Linear(map) => {
-                    let out_order = orders[k].as_deref();
-                    let out_slot = |o: usize| layout::slot_of(map.out_shape, out_order, o);
+                    let out = lay.slots[k].as_deref();
+                    let out_slot = |o: usize| layout::slot(out, o);
                     let (diags, fold, next_period) = if k == 0 && im2col {
                         let FirstLayout::Im2col { fields, .. } = &first else {
                             unreachable!("im2col is the first layout")
@@ -341,42 +370,42 @@ impl InferencePlan {
                             |o, j| {
                                 let p = o % positions;
                                 let tap = fields[p].binary_search(&j).expect("j is in p's field");
-                                let g =
-                                    tap * positions + out_order.map_or(p, |ord| ord[p] as usize);
+                                let g = tap * tap_block + pos[p] as usize;
                                 (g / slots, g % slots)
                             },
                             out_slot,
                         );
                         (d, Vec::new(), period)
-                    } else if kinds[k] == MapKind::Direct {
-                        let extent = map.n_out().max(1).next_power_of_two();
+                    } else if lay.kinds[k] == MapKind::Direct {
+                        let extent = layout::extent(out, map.n_out()).max(1).next_power_of_two();
                         let period = period.max(extent).min(slots);
-                        let in_shape = inputs[k];
-                        let ord = in_order.as_deref();
+                        let inp = cur.as_deref();
                         let d = diagonals::direct(
                             map,
                             1,
                             slots,
                             period,
-                            |_, j| (0, layout::slot_of(in_shape, ord, j as usize)),
+                            |_, j| (0, layout::slot(inp, j as usize)),
                             out_slot,
                         );
                         (d, Vec::new(), period)
                     } else {
-                        let remapped =
-                            layout::remap_inputs(map, inputs[k], in_order.as_deref(), period);
+                        let remapped = match cur.as_deref() {
+                            Some(l) => layout::remap_to(map, l, period),
+                            None => map.clone(),
+                        };
                         let (d, p_out, fold) = diagonals::hybrid(&remapped, period, slots);
                         (vec![d], fold, p_out)
                     };
-                    let bias = match kinds[k] {
+                    let bias = match lay.kinds[k] {
                         MapKind::Direct => bias_slots(&map.bias, slots, next_period, out_slot),
                         MapKind::Hybrid => bias_slots(&map.bias, slots, next_period, |o| o),
                     };
                     let stage = linear_stage(diags, fold, bias, &params, level, &tr, k, &mut steps);
                     stages.push(Stage::Linear(stage));
                     period = next_period;
-                    in_order = match kinds[k] {
-                        MapKind::Direct => out_order.map(<[u32]>::to_vec),
+                    cur = match lay.kinds[k] {
+                        MapKind::Direct => out.map(<[u32]>::to_vec),
                         MapKind::Hybrid => None,
                     };
                 }
@@ -385,11 +414,8 @@ impl InferencePlan {
                     let c = match c {
                         Shift::Same(c) => StageShift::Same(*c),
                         Shift::Each(v) => {
-                            let shape = inputs[k];
-                            let ord = in_order.as_deref();
-                            StageShift::Slots(spread(v, slots, period, |j| {
-                                layout::slot_of(shape, ord, j)
-                            }))
+                            let inp = cur.as_deref();
+                            StageShift::Slots(spread(v, slots, period, |j| layout::slot(inp, j)))
                         }
                     };
                     stages.push(Stage::Activation {
@@ -400,25 +426,25 @@ impl InferencePlan {
                     });
                 }
                 Op::Save => {
-                    kept.push((inputs[k], in_order.clone(), period));
+                    kept.push((cur.clone(), period));
                     stages.push(Stage::Save);
                 }
                 Op::AddShortcut { map } => {
-                    let (shape, order, _) = kept
+                    let (from, _) = kept
                         .pop()
                         .ok_or(InferError::ModelMismatch("blocks unbalanced"))?;
                     let map = match map {
                         None => None,
                         Some(m) => {
                             // from the kept value's layout to the body's output layout
-                            let out_ord = in_order.as_deref();
-                            let out_slot = |o: usize| layout::slot_of(m.out_shape, out_ord, o);
+                            let to = cur.as_deref();
+                            let out_slot = |o: usize| layout::slot(to, o);
                             let d = diagonals::direct(
                                 m,
                                 1,
                                 slots,
                                 period,
-                                |_, j| (0, layout::slot_of(shape, order.as_deref(), j as usize)),
+                                |_, j| (0, layout::slot(from.as_deref(), j as usize)),
                                 out_slot,
                             );
                             let bias = bias_slots(&m.bias, slots, period, out_slot);
@@ -433,8 +459,8 @@ impl InferencePlan {
         // the logits must come out in their natural order: the last map is flat (dense), or
         // its spatial output is read in its order
         if let Some(Stage::Linear(_)) = stages.last()
-            && let Some(ord) = in_order.as_deref()
-            && ord.iter().enumerate().any(|(p, &q)| p as u32 != q)
+            && let Some(l) = cur.as_deref()
+            && l.iter().enumerate().any(|(p, &q)| p as u32 != q)
         {
             return Err(InferError::ModelMismatch(
                 "the last map's output is not in natural order",

@@ -156,10 +156,7 @@ fn a_residual_skeleton_compiles_to_the_real_spec_and_round_trips() {
 /// Segments of at least 4 levels, a ring small enough that this network needs cutting.
 fn cutting_policy() -> ParamPolicy {
     ParamPolicy {
-        min_scale_bits: 30,
-        max_scale_bits: 34,
         max_log_n: 14,
-        min_segment_depth: 4,
         ..ParamPolicy::default()
     }
 }
@@ -257,8 +254,13 @@ fn refreshes_refuse_what_the_plan_does_not_say() {
     let fresh = reencrypt(&k.ctx, spec, 0, &k.sk, &masked).unwrap();
     let fresh = crate::rlwe::expand_seeded(k.ctx.rlwe(), &fresh);
     let short = k.eval.drop_levels(&fresh, 1).unwrap();
-    assert!(unmask(&k.ctx, spec, short, m).is_err());
-    assert!(model.evaluate_segment(&k.eval, 1, &cts).is_err());
+    assert!(unmask(&k.ctx, spec, short.clone(), m).is_err());
+    // a later segment takes one refreshed ciphertext, nothing else
+    assert!(matches!(
+        model.evaluate_segment(&k.eval, 1, &[fresh.clone(), fresh.clone()]),
+        Err(InferError::InputCiphertexts { .. })
+    ));
+    assert!(model.evaluate_segment(&k.eval, 1, &[short]).is_err());
     assert!(model.evaluate_segment(&k.eval, spec.segments(), &[fresh]).is_err());
 }
 

@@ -13,7 +13,9 @@ use crate::ckks::Parameters;
 
 use super::error::InferError;
 use super::lower::Lowered;
-use super::params::{ParamPolicy, check_slots, choose_parameters, may_fit, try_chain, try_ring};
+use super::params::{
+    ParamPolicy, check_slots, choose_parameters, may_fit, try_chain_digits, try_ring,
+};
 use super::refresh::MASK_BITS;
 
 /// The levels of a plan: its parameters, the level an image is encrypted at, and where the
@@ -120,9 +122,12 @@ fn cut_ring(
     need: usize,
 ) -> Result<Option<Levels>, InferError> {
     let k = policy.step_primes as usize;
+    let digits = policy.max_refresh_digits.max(1) as usize;
     let mut best: Option<(usize, Levels)> = None;
-    for s in (policy.min_scale_bits..=policy.max_scale_bits).rev() {
-        // the deepest segment this scale allows, then down while primes run short
+    let lowest = policy.min_scale_bits.max(policy.min_refresh_scale_bits);
+    for s in (lowest..=policy.max_scale_bits).rev() {
+        // the deepest segment this scale allows, then down while primes run short or the
+        // special primes would need more digits
         let mut d = 0;
         while may_fit(log_n, &policy.q_bits_with(d + 1, s, MASK_BITS + 1)) {
             d += 1;
@@ -132,7 +137,7 @@ fn cut_ring(
                 break None;
             }
             let q = policy.q_bits_with(d, s, MASK_BITS + 1);
-            if let Some(params) = try_chain(log_n, &q, s)? {
+            if let Some(params) = try_chain_digits(log_n, &q, s, digits)? {
                 break Some((d, params));
             }
             d -= 1;

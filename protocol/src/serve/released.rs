@@ -15,7 +15,8 @@
 //! image. A request naming keys the server does not hold (never sent, or evicted) is refused
 //! with [`KEYS_UNKNOWN`]; the requester sends its keys again and repeats the request. The server
 //! answers with an [`InferResult`] header followed by one ciphertext per image, or with
-//! [`Body::Refused`](crate::Body::Refused) and the reason.
+//! [`Body::Refused`](crate::Body::Refused) and the reason. A deep model's evaluation stops
+//! between its segments for a refresh round trip ([`RefreshHeader`]) before the result.
 //!
 //! Items are opaque bytes here; the server validates them with `he_agg`'s wire decoders.
 
@@ -119,6 +120,20 @@ pub struct InferResult {
     pub count: u32,
 }
 
+/// Header of a refresh stream. A deep model's plan is cut into segments
+/// (`InferenceSpec::segments`); after segment `index` of request `request_id` the server sends
+/// [`ReleasedMsg::Refresh`] and one masked ciphertext per image (at the plan's refresh level),
+/// and the requester answers [`ReleasedMsg::Refreshed`] with the same header and one seeded
+/// ciphertext per image, re-encrypted at the plan's input level; then the next segment runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshHeader {
+    pub request_id: u64,
+    /// The refresh's place in the plan (0 after the first segment).
+    pub index: u32,
+    /// Ciphertexts that follow: one per image of the request.
+    pub count: u32,
+}
+
 /// The messages of mode (b) serving (requester ↔ inference server); the requester's first
 /// question, [`crate::Body::InferInfoRequest`], is common to both modes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -133,6 +148,10 @@ pub enum ReleasedMsg {
     Infer(InferRequest),
     /// Header of a result stream: one ciphertext per image.
     InferResult(InferResult),
+    /// Server → requester: a segment's outputs, masked, to refresh.
+    Refresh(RefreshHeader),
+    /// Requester → server: the refreshed ciphertexts.
+    Refreshed(RefreshHeader),
 }
 
 impl ReleasedMsg {
@@ -144,6 +163,8 @@ impl ReleasedMsg {
             ReleasedMsg::InferKeysStored { .. } => "infer-keys-stored",
             ReleasedMsg::Infer(_) => "infer",
             ReleasedMsg::InferResult(_) => "infer-result",
+            ReleasedMsg::Refresh(_) => "refresh",
+            ReleasedMsg::Refreshed(_) => "refreshed",
         }
     }
 }

@@ -39,6 +39,51 @@ pub struct QuadParams {
     pub b: Param<Tensor<1>>,
 }
 
+/// Per-channel polynomial activation parameters a, b, c (each `[channels]`).
+#[derive(Module, Debug)]
+pub struct PolyParams {
+    /// Coefficients of x² (clamped to `poly_bounds` in the forward pass).
+    pub a: Param<Tensor<1>>,
+    /// Coefficients of x.
+    pub b: Param<Tensor<1>>,
+    /// Constant terms.
+    pub c: Param<Tensor<1>>,
+}
+
+/// An activation's parameters, where it has some.
+#[derive(Module, Debug)]
+pub enum ActParams {
+    /// Quadratic a·x² + b·x.
+    Quad(QuadParams),
+    /// Per-channel a·x² + b·x + c.
+    Poly(PolyParams),
+}
+
+/// A residual block's parameters: the body's two convolutions with their batch norms and
+/// activation, the projection (where the shape changes) and the activation after the sum.
+#[derive(Module, Debug)]
+pub struct BlockParams {
+    /// First convolution (strided).
+    pub conv1: ConvParams,
+    /// Its batch norm.
+    pub bn1: BatchNorm,
+    /// The activation between the convolutions.
+    pub act1: Option<ActParams>,
+    /// Second convolution.
+    pub conv2: ConvParams,
+    /// Its batch norm (γ starts at 0: the block starts as its shortcut).
+    pub bn2: BatchNorm,
+    /// 1×1 projection of the shortcut, where channels or size change.
+    pub proj: Option<ConvParams>,
+    /// Its batch norm.
+    pub proj_bn: Option<BatchNorm>,
+    /// Batch norm of the sum, so that the activation after it sees normalised values (it folds
+    /// into that activation's coefficients for inference).
+    pub bn3: BatchNorm,
+    /// The activation after the sum.
+    pub act2: Option<ActParams>,
+}
+
 /// The trainable state of one layer.
 #[derive(Module, Debug)]
 pub enum LayerParams {
@@ -50,6 +95,10 @@ pub enum LayerParams {
     Norm(BatchNorm),
     /// Quadratic activation.
     Quad(QuadParams),
+    /// Per-channel polynomial activation.
+    Poly(PolyParams),
+    /// Residual block.
+    Block(BlockParams),
 }
 
 /// A network of the family: the layer plan plus one [`LayerParams`] per layer that has state
@@ -73,6 +122,46 @@ pub(crate) fn param<const D: usize>(
     device: &Device,
 ) -> Param<Tensor<D>> {
     Param::from_data(TensorData::new(data, shape), device)
+}
+
+fn conv_init(rng: &mut ChaCha8Rng, ci: usize, co: usize, k: usize, device: &Device) -> ConvParams {
+    let fan_in = ci * k * k;
+    let bound = 1.0 / (fan_in as f32).sqrt();
+    let w = uniform(rng, co * fan_in, bound);
+    let b = uniform(rng, co, bound);
+    ConvParams {
+        weight: param(w, [co, ci, k, k], device),
+        bias: param(b, [co], device),
+    }
+}
+
+fn norm_init(features: usize, device: &Device) -> BatchNorm {
+    BatchNormConfig::new(features)
+        .with_momentum(0.1)
+        .with_epsilon(1e-5)
+        .init(device)
+}
+
+/// The parameters of an activation over `channels`, if it has any.
+fn act_init(spec: &NetworkSpec, a: Activation, channels: usize, device: &Device) -> Option<ActParams> {
+    match a {
+        Activation::Quadratic => {
+            let [qa, qb] = spec.quadratic_init;
+            Some(ActParams::Quad(QuadParams {
+                a: param(vec![qa], [1], device),
+                b: param(vec![qb], [1], device),
+            }))
+        }
+        Activation::Poly => {
+            let [pa, pb, pc] = spec.poly_init;
+            Some(ActParams::Poly(PolyParams {
+                a: param(vec![pa; channels], [channels], device),
+                b: param(vec![pb; channels], [channels], device),
+                c: param(vec![pc; channels], [channels], device),
+            }))
+        }
+        Activation::Square | Activation::Relu => None,
+    }
 }
 
 impl Network {
@@ -121,16 +210,43 @@ impl Network {
                         .init(device);
                     params.push(LayerParams::Norm(bn));
                 }
-                LayerKind::Act {
-                    activation: Activation::Quadratic,
+                LayerKind::Act { activation } => {
+                    match act_init(spec, *activation, l.input[0], device) {
+                        Some(ActParams::Quad(q)) => params.push(LayerParams::Quad(q)),
+                        Some(ActParams::Poly(p)) => params.push(LayerParams::Poly(p)),
+                        None => {}
+                    }
+                }
+                LayerKind::Residual {
+                    in_channels,
+                    out_channels,
+                    kernel,
+                    activation,
+                    ..
                 } => {
-                    let [a, b] = spec.quadratic_init;
-                    params.push(LayerParams::Quad(QuadParams {
-                        a: param(vec![a], [1], device),
-                        b: param(vec![b], [1], device),
+                    let (ci, co) = (*in_channels, *out_channels);
+                    let conv1 = conv_init(&mut rng, ci, co, *kernel, device);
+                    let conv2 = conv_init(&mut rng, co, co, *kernel, device);
+                    let proj = l
+                        .kind
+                        .projects()
+                        .then(|| conv_init(&mut rng, ci, co, 1, device));
+                    let mut bn2 = norm_init(co, device);
+                    bn2.gamma = param(vec![0.0; co], [co], device);
+                    params.push(LayerParams::Block(BlockParams {
+                        conv1,
+                        bn1: norm_init(co, device),
+                        act1: act_init(spec, *activation, co, device),
+                        conv2,
+                        bn2,
+                        proj_bn: proj.as_ref().map(|_| norm_init(co, device)),
+                        proj,
+                        bn3: norm_init(co, device),
+                        act2: act_init(spec, *activation, co, device),
                     }));
                 }
-                LayerKind::Act { .. } | LayerKind::AvgPool { .. } | LayerKind::Dropout { .. } => {}
+                LayerKind::AvgPool { .. } | LayerKind::Dropout { .. } | LayerKind::GlobalAvgPool => {
+                }
             }
         }
         Self {
@@ -153,6 +269,7 @@ impl Network {
         tap: &mut dyn FnMut(usize, &Activations, Activations) -> Activations,
     ) -> Tensor<2> {
         use Activations::{Img, Vec};
+        let bounds = self.spec.poly_bounds;
         let mut cur = Img(x);
         let mut slot = 0;
         let next = |slot: &mut usize| {
@@ -204,23 +321,50 @@ impl Network {
                     };
                     tap(i, &cur, out)
                 }
-                (LayerKind::Act { activation }, cur) => {
-                    if *activation == Activation::Quadratic {
-                        let (i, LayerParams::Quad(q)) = next(&mut slot) else {
-                            unreachable!("params follow the spec")
-                        };
-                        let quad = Some((q.a.val(), q.b.val()));
-                        let out = match &cur {
-                            Img(x) => Img(act(x.clone(), *activation, quad)),
-                            Vec(x) => Vec(act(x.clone(), *activation, quad)),
-                        };
+                (LayerKind::Act { activation }, cur) => match activation {
+                    Activation::Quadratic | Activation::Poly => {
+                        let (i, p) = next(&mut slot);
+                        let out = apply_act(cur.clone(), *activation, act_of(p), bounds);
                         tap(i, &cur, out)
-                    } else {
-                        match cur {
-                            Img(x) => Img(act(x, *activation, None)),
-                            Vec(x) => Vec(act(x, *activation, None)),
-                        }
                     }
+                    _ => apply_act(cur, *activation, None, bounds),
+                },
+                (
+                    LayerKind::Residual {
+                        stride,
+                        kernel,
+                        activation,
+                        ..
+                    },
+                    Img(x),
+                ) => {
+                    let (_, LayerParams::Block(b)) = next(&mut slot) else {
+                        unreachable!("params follow the spec")
+                    };
+                    let conv = |p: &ConvParams, x: Tensor<4>, s: usize, pad: usize| {
+                        conv2d(
+                            x,
+                            p.weight.val(),
+                            Some(p.bias.val()),
+                            ConvOptions::new([s; 2], [pad; 2], [1, 1], 1),
+                        )
+                    };
+                    let pad = kernel / 2;
+                    let h = b.bn1.forward(conv(&b.conv1, x.clone(), *stride, pad));
+                    let Img(h) = apply_act(Img(h), *activation, b.act1.as_ref().map(Into::into), bounds) else {
+                        unreachable!("an image stays an image")
+                    };
+                    let h = b.bn2.forward(conv(&b.conv2, h, 1, pad));
+                    let short = match (&b.proj, &b.proj_bn) {
+                        (Some(p), Some(bn)) => bn.forward(conv(p, x, *stride, 0)),
+                        _ => x,
+                    };
+                    let sum = b.bn3.forward(h + short);
+                    apply_act(Img(sum), *activation, b.act2.as_ref().map(Into::into), bounds)
+                }
+                (LayerKind::GlobalAvgPool, Img(x)) => {
+                    let [b, c, _, _] = x.dims();
+                    Vec(x.mean_dim(3).mean_dim(2).reshape([b, c]))
                 }
                 (LayerKind::Dropout { rate }, cur) => match cur {
                     Img(x) => Img(dropout(x, *rate)),
@@ -253,20 +397,67 @@ fn dropout<const D: usize>(x: Tensor<D>, rate: f64) -> Tensor<D> {
     (x * mask).div_scalar(keep as f32)
 }
 
+/// A layer's activation parameters, where it is an activation with some.
+fn act_of(p: &LayerParams) -> Option<ActParamsRef<'_>> {
+    match p {
+        LayerParams::Quad(q) => Some(ActParamsRef::Quad(q)),
+        LayerParams::Poly(q) => Some(ActParamsRef::Poly(q)),
+        _ => None,
+    }
+}
+
+/// Borrowed activation parameters (a standalone layer's or a block's).
+#[derive(Clone, Copy)]
+pub(crate) enum ActParamsRef<'a> {
+    Quad(&'a QuadParams),
+    Poly(&'a PolyParams),
+}
+
+impl<'a> From<&'a ActParams> for ActParamsRef<'a> {
+    fn from(p: &'a ActParams) -> Self {
+        match p {
+            ActParams::Quad(q) => ActParamsRef::Quad(q),
+            ActParams::Poly(q) => ActParamsRef::Poly(q),
+        }
+    }
+}
+
+fn apply_act(
+    x: Activations,
+    a: Activation,
+    params: Option<ActParamsRef<'_>>,
+    bounds: [f32; 2],
+) -> Activations {
+    match x {
+        Activations::Img(x) => Activations::Img(act(x, a, params, bounds)),
+        Activations::Vec(x) => Activations::Vec(act(x, a, params, bounds)),
+    }
+}
+
 fn act<const D: usize>(
     x: Tensor<D>,
     a: Activation,
-    quad: Option<(Tensor<1>, Tensor<1>)>,
+    params: Option<ActParamsRef<'_>>,
+    bounds: [f32; 2],
 ) -> Tensor<D> {
-    match (a, quad) {
+    match (a, params) {
         (Activation::Relu, _) => relu(x),
         (Activation::Square, _) => x.clone() * x,
-        (Activation::Quadratic, Some((qa, qb))) => {
-            let qa: Tensor<D> = qa.reshape([1; D]);
-            let qb: Tensor<D> = qb.reshape([1; D]);
+        (Activation::Quadratic, Some(ActParamsRef::Quad(q))) => {
+            let qa: Tensor<D> = q.a.val().reshape([1; D]);
+            let qb: Tensor<D> = q.b.val().reshape([1; D]);
             // x·(a·x + b): the form CKKS evaluates with one ciphertext multiplication.
             x.clone() * (x * qa + qb)
         }
-        (Activation::Quadratic, None) => unreachable!("quadratic layers carry a and b"),
+        (Activation::Poly, Some(ActParamsRef::Poly(p))) => {
+            // per channel (dimension 1): [1, c, 1, 1] on images, [1, c] on vectors
+            let mut shape = [1usize; D];
+            shape[1] = p.a.val().dims()[0];
+            let pa: Tensor<D> = p.a.val().clamp(bounds[0], bounds[1]).reshape(shape);
+            let pb: Tensor<D> = p.b.val().reshape(shape);
+            let pc: Tensor<D> = p.c.val().reshape(shape);
+            x.clone() * (x * pa + pb) + pc
+        }
+        _ => unreachable!("polynomial activations carry their coefficients"),
     }
 }

@@ -3,6 +3,7 @@
 use burn::tensor::{Device, Tensor};
 
 use super::*;
+use crate::error::TrainError;
 
 #[test]
 fn default_network_shapes_and_depth() {

@@ -53,6 +53,29 @@ pub enum Refusal {
     TooManyItems { announced: u64 },
     #[error("the stream ended after {got} of the {announced} items the header announced")]
     MissingItems { got: u64, announced: u64 },
+    #[error(
+        "refresh {got_index} of request {got_request} with {got_count} ciphertexts, where refresh \
+         {index} of request {request} with {count} was asked for"
+    )]
+    RefreshHeader {
+        got_request: u64,
+        got_index: u32,
+        got_count: u32,
+        request: u64,
+        index: u32,
+        count: u32,
+    },
+    #[error(
+        "image {image}: refreshed at level {found} and scale 2^{scale:.3}, the plan resumes at \
+         level {expected} and scale 2^{want_scale:.3}"
+    )]
+    RefreshedShape {
+        image: usize,
+        expected: usize,
+        found: usize,
+        scale: f64,
+        want_scale: f64,
+    },
     #[error("evaluation failed: {0}")]
     Evaluation(InferError),
     #[error("unexpected message {0:?} (this server answers inference requests only)")]

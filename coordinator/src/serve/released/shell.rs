@@ -17,6 +17,7 @@ use protocol::{Body, FederationId, Incoming, Party};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::{info, warn};
 
+use super::handler::{ReadyRequest, Refreshing, Step};
 use super::keys::KeyCache;
 use super::model::ServedModel;
 use super::refusal::{Refusal, hex};
@@ -296,11 +297,22 @@ impl InferenceServer {
                 pending.push(item).map_err(|e| e.to_string())
             })
             .await?;
-        let ready = pending.finish().map_err(|e| e.to_string())?;
-        let response = tokio::task::spawn_blocking(move || ready.evaluate())
-            .await
-            .map_err(|e| format!("evaluation task failed: {e}"))?
-            .map_err(|e| e.to_string())?;
+        let mut ready = pending.finish().map_err(|e| e.to_string())?;
+        let mut refreshes = 0u32;
+        // segment by segment: a deep model's requester refreshes the ciphertexts in between
+        let response = loop {
+            let step = tokio::task::spawn_blocking(move || ready.evaluate())
+                .await
+                .map_err(|e| format!("evaluation task failed: {e}"))?
+                .map_err(|e| e.to_string())?;
+            match step {
+                Step::Done(response) => break response,
+                Step::Refresh(refreshing) => {
+                    ready = self.refresh(link, refreshing).await?;
+                    refreshes += 1;
+                }
+            }
+        };
         let mut out = link
             .open(
                 0,
@@ -324,10 +336,48 @@ impl InferenceServer {
             request = header.request_id,
             images = response.ciphertexts.len(),
             evaluate_ms = response.evaluate.as_millis() as u64,
+            refreshes,
             bytes,
             "inference answered"
         );
         Ok(())
+    }
+
+    /// One refresh round trip: the masked outputs out, the requester's answer in (its items
+    /// within [`READ_PER_ITEM`] each, nothing more), the next segment's request back.
+    async fn refresh(&self, link: &Link, mut out: Refreshing) -> Result<ReadyRequest, String> {
+        let header = out.header;
+        let mut stream = link
+            .open(0, Body::Released(ReleasedMsg::Refresh(header)))
+            .await
+            .map_err(|e| e.to_string())?;
+        for ct in std::mem::take(&mut out.ciphertexts) {
+            stream.item(&ct).await.map_err(|e| e.to_string())?;
+        }
+        stream.finish().await.map_err(|e| e.to_string())?;
+        let wait = self.options.item_timeout;
+        let mut answer = tokio::time::timeout(wait, link.accept())
+            .await
+            .map_err(|_| format!("no refreshed ciphertexts within {} s", wait.as_secs()))?
+            .map_err(|e| e.to_string())?;
+        let got = match &answer.envelope.body {
+            Body::Released(ReleasedMsg::Refreshed(h)) => *h,
+            Body::Refused { reason } => {
+                return Err(format!("the requester refused refresh {}: {reason}", header.index));
+            }
+            other => return Err(Refusal::Unexpected(other.kind()).to_string()),
+        };
+        let mut pending = out.begin(&got).map_err(|e| e.to_string())?;
+        let items = pending.remaining();
+        let what = "the refreshed ciphertexts";
+        let complete = read_items(&mut answer, items, what, |item| {
+            pending.push(item).map_err(|e| e.to_string())
+        })
+        .await?;
+        if complete && answer.next_item().await.map_err(|e| e.to_string())?.is_some() {
+            return Err(Refusal::TooManyItems { announced: items }.to_string());
+        }
+        pending.finish().map_err(|e| e.to_string())
     }
 }
 

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use he_agg::ckks::wire::WireError;
 use he_agg::ckks::{CkksContext, Parameters, SecretKey, wire};
-use he_agg::infer::{EvaluationKeys, InferencePlan, ParamPolicy};
+use he_agg::infer::{EvaluationKeys, InferencePlan, Network, ParamPolicy};
 use protocol::Party;
 use protocol::serve::released::{InferKeys, InferRequest, keys_id};
 
+use super::handler::Step;
 use super::{KeyCache, KeySet, Refusal, ServedModel};
 
 pub(crate) use he_agg::infer::testing::tiny_network;
@@ -25,10 +26,15 @@ struct Requester {
     plan: InferencePlan,
     sk: SecretKey,
     keys: EvaluationKeys,
+    net: Network,
 }
 
 fn requester() -> Requester {
-    let skel = tiny_network().architecture().skeleton().unwrap();
+    requester_for(tiny_network())
+}
+
+fn requester_for(net: Network) -> Requester {
+    let skel = net.architecture().skeleton().unwrap();
     let plan = InferencePlan::new(&skel, &ParamPolicy::default()).unwrap();
     let ctx = CkksContext::new(plan.spec().parameters().clone()).unwrap();
     let mut kg = ctx.key_generator().unwrap();
@@ -39,6 +45,7 @@ fn requester() -> Requester {
         plan,
         sk,
         keys,
+        net,
     }
 }
 
@@ -91,7 +98,7 @@ impl Requester {
         }
     }
     fn encrypt(&self, px: &[u8]) -> Vec<Vec<u8>> {
-        let x = tiny_network().normalize_hwc(px).unwrap();
+        let x = self.net.normalize_hwc(px).unwrap();
         let mut enc = self.ctx.sk_encryptor(&self.sk).unwrap();
         self.plan
             .spec()
@@ -127,7 +134,9 @@ fn a_valid_request_gives_the_plaintext_labels() {
             }
         }
         assert_eq!(p.remaining(), 0);
-        let resp = p.finish().unwrap().evaluate().unwrap();
+        let Step::Done(resp) = p.finish().unwrap().evaluate().unwrap() else {
+            panic!("a shallow model answers without refreshes")
+        };
         assert_eq!(resp.request_id, 7);
         assert_eq!(resp.ciphertexts.len(), 2, "round {round}");
         let net = tiny_network();
@@ -444,4 +453,85 @@ fn served_models_are_read_in_either_form_and_checked() {
     assert!(ServedModel::from_json(&other, "e", 4).is_err());
     assert!(ServedModel::from_json("{", "e", 4).is_err());
     assert!(ServedModel::from_json(&bare, "e", 0).is_err());
+}
+
+#[test]
+fn a_deep_model_is_answered_after_its_requester_refreshes_each_segment() {
+    use he_agg::infer::refresh::reencrypt;
+    use he_agg::infer::testing::residual_network;
+    use protocol::serve::released::RefreshHeader;
+    let net = residual_network(8, 1, 4, 3, 2, 3);
+    let names = vec!["a".into(), "b".into(), "c".into()];
+    let model = Arc::new(ServedModel::new(net.clone(), names, "deep", 4).unwrap());
+    let segments = model.plan().spec().segments();
+    assert!(segments >= 3, "{segments}");
+    let r = requester_for(net.clone());
+    assert_eq!(r.plan.spec().fingerprint(), model.plan().spec().fingerprint());
+    let keys = r.key_set(&model);
+    let px: Vec<u8> = (0..64).map(|i| ((i * 37 + 11) % 256) as u8).collect();
+    let start = || {
+        let mut p = model.begin(&r.header(1), keys.clone()).unwrap();
+        for ct in r.encrypt(&px) {
+            p.push(&ct).unwrap();
+        }
+        p.finish().unwrap()
+    };
+    let refresh_item = |index: usize, masked: &[u8]| {
+        let masked = wire::decode_ciphertext(&r.ctx, masked).unwrap();
+        let fresh = reencrypt(&r.ctx, r.plan.spec(), index, &r.sk, &masked).unwrap();
+        wire::encode_seeded_ciphertext(&r.ctx, &fresh)
+    };
+    let first = |ready: super::handler::ReadyRequest| match ready.evaluate().unwrap() {
+        Step::Refresh(out) => out,
+        Step::Done(_) => panic!("a cut model answers only after its refreshes"),
+    };
+    // an answer for another refresh, or one more than asked for, is refused
+    let out = first(start());
+    let wrong = RefreshHeader {
+        index: out.header.index + 1,
+        ..out.header
+    };
+    assert!(matches!(out.begin(&wrong), Err(Refusal::RefreshHeader { .. })));
+    // a refreshed ciphertext at another level is refused
+    let out = first(start());
+    let header = out.header;
+    let mut good = wire::decode_seeded_ciphertext(
+        &r.ctx,
+        &refresh_item(0, &out.ciphertexts[0]),
+    )
+    .unwrap();
+    let mut pending = out.begin(&header).unwrap();
+    good.c0.truncate(good.level() - 1);
+    assert!(matches!(
+        pending.push(&wire::encode_seeded_ciphertext(&r.ctx, &good)),
+        Err(Refusal::RefreshedShape { .. })
+    ));
+    // the whole round trip, refresh after refresh
+    let mut ready = start();
+    let mut refreshes = 0;
+    let resp = loop {
+        match ready.evaluate().unwrap() {
+            Step::Done(resp) => break resp,
+            Step::Refresh(out) => {
+                assert_eq!(out.header.index as usize, refreshes);
+                assert_eq!((out.header.request_id, out.header.count), (7, 1));
+                let item = refresh_item(refreshes, &out.ciphertexts[0]);
+                let header = out.header;
+                let mut pending = out.begin(&header).unwrap();
+                pending.push(&item).unwrap();
+                assert!(matches!(
+                    pending.push(&item),
+                    Err(Refusal::TooManyItems { .. })
+                ));
+                ready = pending.finish().unwrap();
+                refreshes += 1;
+            }
+        }
+    };
+    assert_eq!(refreshes, segments - 1);
+    let got = r.decrypt(&resp.ciphertexts[0]);
+    let want = net.forward(&net.normalize_hwc(&px).unwrap()).unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - *w as f64).abs() < 1e-2 * (1.0 + w.abs() as f64), "{got:?} vs {want:?}");
+    }
 }
