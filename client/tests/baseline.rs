@@ -129,6 +129,45 @@ fn shipped_configs_parse() {
     }
 }
 
+/// The residual configs (ResNet-20-class at 28², the residual clinical family at 256²): their
+/// depth, and an export with fresh weights plans into segments refreshed by the requester.
+#[test]
+fn shipped_residual_configs_plan_into_segments() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    for (name, input, classes, depth) in [
+        ("resnet-organamnist.toml", [1, 28, 28], 11, 39),
+        ("resnet-bloodmnist.toml", [3, 28, 28], 8, 39),
+        ("resnet-breastmnist.toml", [1, 28, 28], 2, 39),
+        ("resnet-ct256.toml", [1, 256, 256], 2, 19),
+        ("clinical/resnet-breastmnist-256.toml", [1, 256, 256], 2, 19),
+    ] {
+        let cfg = BaselineConfig::load(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let spec = cfg
+            .model
+            .resolve(input, classes)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(spec.is_he_friendly(), "{name}");
+        assert_eq!(spec.multiplicative_depth(), depth, "{name}");
+        let net = training::model::Network::init(&spec, &burn::tensor::Device::flex());
+        let names: Vec<String> = (0..classes).map(|c| format!("class {c}")).collect();
+        let file = training::export::export(
+            &net,
+            &datasets::Normalizer::identity(input[0]),
+            &names,
+            &datasets::InputPreparation::default(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let plan = he_agg::infer::InferencePlan::new(
+            &file.network,
+            &he_agg::infer::ParamPolicy::default(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(plan.spec().depth(), depth, "{name}");
+        assert!(plan.spec().segments() > 1, "{name}: not cut");
+        assert!(!plan.spec().parameters().rlwe().is_insecure(), "{name}");
+    }
+}
+
 #[test]
 fn cli_baseline_and_bad_config() {
     let tmp = tempfile::tempdir().unwrap();

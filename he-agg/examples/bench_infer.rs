@@ -21,6 +21,11 @@
 //! `--skip-batched`, `--skip-mode-a`, `--skip-tenseal`. `HEAL_SIMD=scalar|avx2|avx512|ifma`
 //! runs every kernel at that level (default: the CPU's best); the JSON names it (`simd_level`).
 //!
+//! A network deeper than its ring holds (a residual network: `--network out/resnet-…/network.json`)
+//! is cut into segments: the report is then its mode (b) latency with every refresh made as the
+//! requester makes it, each segment's seconds per level, and the bytes per image in all
+//! (request, refreshes both ways, response) — the `deep` section of the JSON.
+//!
 //! Latency is the requester's encode+encrypt, the evaluation and the decrypt+decode, without
 //! network; mode (a) adds the threshold key switch of the result to the requester's key (one
 //! hospital's flooded share, as the t shares are made in parallel, and combining them), with
@@ -32,6 +37,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+#[path = "support/deep.rs"]
+mod deep;
 #[path = "support/mode_a.rs"]
 mod mode_a;
 #[path = "support/networks.rs"]
@@ -408,6 +415,21 @@ fn main() {
         spec.galois_steps().len(),
     );
     println!("parameters: {}", describe(spec.parameters()));
+    if spec.segments() > 1 {
+        // a deep network: segments refreshed by the requester (mode b only, one image per
+        // ciphertext: mode (a) and batched packing do not cut networks yet)
+        let d = deep::run(&net, &s.plan, &s.ctx, &s.eval, &s.sk, &xs, args.reps, &one);
+        out.insert("input".into(), json!(side));
+        out.insert("parameters".into(), json!(describe(spec.parameters())));
+        out.insert("galois_keys".into(), json!(spec.galois_steps().len()));
+        out.insert("eval_key_bytes".into(), json!(s.eval_key_bytes));
+        out.insert("key_setup_s".into(), json!(s.keygen_s));
+        out.insert("mode_b_latency_s".into(), d["latency_s"].clone());
+        out.insert("mode_b_latency_t1_s".into(), d["latency_t1_s"].clone());
+        out.insert("deep".into(), d);
+        finish(out, threads, load_before, source, &args);
+        return;
+    }
     let mut sk_enc = s.ctx.sk_encryptor(&s.sk).expect("encryptor");
     let request: usize = spec
         .encode_input(&s.ctx, &xs[0])

@@ -202,19 +202,30 @@ fn parameters_follow_the_depth_and_refuse_networks_too_deep_for_any_secure_set()
         let bound = he_agg::rlwe::max_log_qp_128(p.rlwe().log_n()).unwrap();
         assert!(p.rlwe().log_qp() <= bound);
     }
-    // a stack of squares deeper than the largest secure ring holds
+    // a stack of squares deeper than the largest secure ring holds: refused where no party
+    // can refresh (refresh off) ...
     let depth = max_depth(&policy) + 1;
     let net = Network::new([1, 2, 2], vec![Layer::Square; depth]).unwrap();
-    let err = InferencePlan::new(&net, &policy).unwrap_err();
+    let no_refresh = ParamPolicy {
+        refresh: false,
+        ..policy.clone()
+    };
+    let err = InferencePlan::new(&net, &no_refresh).unwrap_err();
     assert!(
         matches!(err, InferError::TooDeep { depth: d, .. } if d == depth),
         "{err}"
     );
     assert!(err.to_string().contains("128-bit"));
     assert!(matches!(
-        BatchedSpec::new(&net, &policy),
+        BatchedSpec::new(&net, &no_refresh),
         Err(InferError::TooDeep { .. })
     ));
+    // ... and cut into segments, each within the modulus, where the requester refreshes
+    let plan = InferencePlan::new(&net, &policy).unwrap();
+    let depths = plan.segment_depths();
+    assert!(depths.len() > 1, "{depths:?}");
+    assert_eq!(depths.iter().sum::<usize>(), depth, "{depths:?}");
+    assert!(depths.iter().all(|&d| d < depth), "{depths:?}");
 }
 
 #[test]

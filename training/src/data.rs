@@ -288,6 +288,17 @@ impl Augment {
     }
 }
 
+/// Targets: one-hot rows, smoothed to `(1 − ε)·one-hot + ε/k`.
+pub(crate) fn one_hot(y: &[u32], k: usize, smoothing: f64) -> Vec<f32> {
+    let off = (smoothing / k as f64) as f32;
+    let on = (1.0 - smoothing) as f32 + off;
+    let mut v = vec![off; y.len() * k];
+    for (i, &l) in y.iter().enumerate() {
+        v[i * k + l as usize] = on;
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,8 @@ use privacy::sampler::Csprng;
 use crate::data::Tensors;
 use crate::error::TrainError;
 use crate::model::{Activations, LayerKind, LayerParams, Network};
-use crate::train::{EpochStats, TrainConfig, TrainReport, one_hot};
+use crate::data::one_hot;
+use crate::train_config::{EpochStats, TrainConfig, TrainReport};
 
 /// The mechanism of one local training run.
 #[derive(Clone, Copy, Debug, PartialEq)]

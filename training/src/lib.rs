@@ -31,5 +31,6 @@ pub mod model;
 pub mod params;
 pub mod strategy;
 pub mod train;
+pub mod train_config;
 
 pub use error::TrainError;

@@ -147,7 +147,7 @@ pub(crate) trait BatchedBackend: Backend {
     /// `acc` when given, plus the products of every group.
     fn products(
         &self,
-        groups: &[super::batched::Group<Self::Weights>],
+        groups: &[super::batched_ops::Group<Self::Weights>],
         xs: &[Self::Ct],
         n_out: usize,
         acc: Option<Vec<Self::Ct>>,

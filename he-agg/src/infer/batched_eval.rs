@@ -6,7 +6,8 @@
 use rayon::prelude::*;
 
 use super::backend::{BatchedBackend, CpuBackend};
-use super::batched::{BatchedModel, BatchedOp, FusedChunk, Group};
+use super::batched::BatchedModel;
+use super::batched_ops::{BatchedOp, FusedChunk, Group};
 use super::error::InferError;
 use crate::ckks::{Ciphertext, Evaluator};
 

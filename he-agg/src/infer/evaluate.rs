@@ -155,6 +155,7 @@ fn linear<B: Backend>(
         giants,
         fold_steps,
         bias,
+        replicate,
     } = l;
     if xs.len() != babies.len() {
         return Err(InferError::ModelMismatch("input ciphertexts of a map"));
@@ -227,6 +228,10 @@ fn linear<B: Backend>(
         Some(Operand::Plain(p)) => b.add_plain(&mut y, p)?,
         Some(Operand::Cipher(c)) => b.add_assign(&mut y, c)?,
         None => {}
+    }
+    for &r in replicate {
+        let copy = b.rotate(&y, r)?;
+        b.add_assign(&mut y, &copy)?;
     }
     Ok(y)
 }

@@ -47,11 +47,14 @@ mod architecture;
 mod backend;
 mod batched;
 mod batched_eval;
+mod batched_ops;
+mod batched_spec;
 pub mod calibrate;
 mod device;
 #[cfg(test)]
 mod device_tests;
 mod diagonals;
+mod encoders;
 mod error;
 mod evaluate;
 #[cfg(feature = "serde")]
@@ -64,6 +67,7 @@ mod lower;
 mod model;
 mod multiplex;
 mod network;
+mod operand;
 mod params;
 mod plan;
 mod reference;
@@ -72,6 +76,7 @@ pub mod refresh;
 mod residual_tests;
 mod segments;
 mod spec;
+mod stages;
 mod trace;
 pub mod scatter;
 pub mod testing;
@@ -80,7 +85,8 @@ mod tests;
 pub mod threshold;
 
 pub use architecture::{ArchLayer, Architecture, MAX_LAYERS, MAX_SKELETON_WEIGHTS};
-pub use batched::{BatchedModel, BatchedSpec};
+pub use batched::BatchedModel;
+pub use batched_spec::BatchedSpec;
 pub use device::{DeviceBatchedModel, DeviceModel};
 pub use error::{InferError, NetworkError};
 #[cfg(feature = "serde")]
@@ -88,5 +94,6 @@ pub use file::{MAX_NETWORK_FILE_BYTES, NETWORK_FORMAT, NetworkFile, NetworkFileE
 pub use model::Model;
 pub use network::{Conv2d, Dense, Layer, MAX_TENSOR, Network, Normalization, Residual, Shape};
 pub use params::{ParamPolicy, choose_parameters, max_depth};
-pub use plan::{InferencePlan, MAX_INPUT_CIPHERTEXTS, StageInfo};
+pub use plan::{InferencePlan, MAX_INPUT_CIPHERTEXTS};
+pub use stages::StageInfo;
 pub use spec::{EvaluationKeys, InferenceSpec, RefreshPoint};

@@ -4,27 +4,14 @@
 
 use std::sync::Arc;
 
-use crate::ckks::{Ciphertext, CkksContext, Complex, Plaintext};
+use crate::ckks::{Ciphertext, CkksContext, Plaintext};
 
+pub(crate) use super::operand::{Operand, Scalar};
+use super::encoders::{CipherEncoder, CountEncoder, Encoder, ImportEncoder, PlainEncoder};
 use super::error::InferError;
 use super::kernels;
 use super::plan::{InferencePlan, LinearStage, Stage, StageShift};
 use super::spec::InferenceSpec;
-
-/// A weight or constant, in the clear or encrypted (P and C: a backend's plaintext and
-/// ciphertext, host-side here).
-#[derive(Clone, Debug)]
-pub(crate) enum Operand<P, C> {
-    Plain(P),
-    Cipher(C),
-}
-
-/// A scalar applied to every slot.
-#[derive(Clone, Debug)]
-pub(crate) enum Scalar<C> {
-    Plain(f64),
-    Cipher(C),
-}
 
 /// One product of a giant step: (input ciphertext, its baby rotation, the diagonal).
 #[derive(Clone, Debug)]
@@ -49,6 +36,8 @@ pub(crate) struct LinearOps<P, C> {
     pub giants: Vec<GiantOps<P, C>>,
     pub fold_steps: Vec<i64>,
     pub bias: Option<Operand<P, C>>,
+    /// rotate-and-add steps after the bias (the output replicated with its own period)
+    pub replicate: Vec<i64>,
 }
 
 /// The c of an activation: a scalar, or one value per slot.
@@ -69,28 +58,6 @@ pub(crate) enum ModelStage<P, C> {
     Save,
     /// adds the kept ciphertext, mapped first when given
     AddShortcut(Option<LinearOps<P, C>>),
-}
-
-impl<C> Scalar<C> {
-    fn try_map<C2, X>(&self, fc: &mut impl FnMut(&C) -> Result<C2, X>) -> Result<Scalar<C2>, X> {
-        Ok(match self {
-            Scalar::Plain(v) => Scalar::Plain(*v),
-            Scalar::Cipher(c) => Scalar::Cipher(fc(c)?),
-        })
-    }
-}
-
-impl<P, C> Operand<P, C> {
-    fn try_map<P2, C2, X>(
-        &self,
-        fp: &mut impl FnMut(&P) -> Result<P2, X>,
-        fc: &mut impl FnMut(&C) -> Result<C2, X>,
-    ) -> Result<Operand<P2, C2>, X> {
-        Ok(match self {
-            Operand::Plain(p) => Operand::Plain(fp(p)?),
-            Operand::Cipher(c) => Operand::Cipher(fc(c)?),
-        })
-    }
 }
 
 impl<P, C> LinearOps<P, C> {
@@ -124,6 +91,7 @@ impl<P, C> LinearOps<P, C> {
                 .collect::<Result<_, X>>()?,
             fold_steps: self.fold_steps.clone(),
             bias: self.bias.as_ref().map(|b| b.try_map(fp, fc)).transpose()?,
+            replicate: self.replicate.clone(),
         })
     }
 
@@ -161,8 +129,6 @@ impl<P, C> ModelStage<P, C> {
     }
 }
 
-type HostOperand = Operand<Plaintext, Ciphertext>;
-type HostScalar = Scalar<Ciphertext>;
 
 /// A network ready to evaluate on encrypted images of one parameter set.
 #[derive(Clone, Debug)]
@@ -173,149 +139,6 @@ pub struct Model {
     /// where each segment after the first starts (stage indices)
     cuts: Vec<usize>,
     encrypted: bool,
-}
-
-/// How a model's values become operands.
-trait Encoder {
-    /// Whether every bias and constant is materialised, zero or not: encrypted models have one
-    /// structure per architecture, whatever the weights' values.
-    fn complete(&self) -> bool {
-        true
-    }
-    fn operand(
-        &mut self,
-        ctx: &CkksContext,
-        v: &[f64],
-        level: usize,
-        scale: f64,
-    ) -> Result<HostOperand, InferError>;
-    fn scalar(
-        &mut self,
-        ctx: &CkksContext,
-        v: f64,
-        level: usize,
-        scale: f64,
-    ) -> Result<HostScalar, InferError>;
-}
-
-struct PlainEncoder;
-
-impl Encoder for PlainEncoder {
-    fn complete(&self) -> bool {
-        false
-    }
-    fn operand(
-        &mut self,
-        ctx: &CkksContext,
-        v: &[f64],
-        level: usize,
-        scale: f64,
-    ) -> Result<HostOperand, InferError> {
-        Ok(Operand::Plain(ctx.encode_reals(v, level, scale)?))
-    }
-    fn scalar(
-        &mut self,
-        _: &CkksContext,
-        v: f64,
-        _: usize,
-        _: f64,
-    ) -> Result<HostScalar, InferError> {
-        Ok(Scalar::Plain(v))
-    }
-}
-
-struct CipherEncoder<'a>(&'a mut dyn FnMut(&Plaintext) -> Ciphertext);
-
-impl Encoder for CipherEncoder<'_> {
-    fn operand(
-        &mut self,
-        ctx: &CkksContext,
-        v: &[f64],
-        level: usize,
-        scale: f64,
-    ) -> Result<HostOperand, InferError> {
-        let c: Vec<Complex> = v.iter().map(|&x| Complex::new(x, 0.0)).collect();
-        Ok(Operand::Cipher((self.0)(
-            &ctx.encode_coeffs(&c, level, scale)?,
-        )))
-    }
-    fn scalar(
-        &mut self,
-        ctx: &CkksContext,
-        v: f64,
-        level: usize,
-        scale: f64,
-    ) -> Result<HostScalar, InferError> {
-        let c = vec![Complex::new(v, 0.0); ctx.slots()];
-        Ok(Scalar::Cipher((self.0)(
-            &ctx.encode_coeffs(&c, level, scale)?,
-        )))
-    }
-}
-
-/// Counts what an encrypted model would encrypt (plaintexts stand in for the ciphertexts).
-struct CountEncoder(usize);
-
-impl Encoder for CountEncoder {
-    fn operand(
-        &mut self,
-        ctx: &CkksContext,
-        v: &[f64],
-        level: usize,
-        scale: f64,
-    ) -> Result<HostOperand, InferError> {
-        self.0 += 1;
-        PlainEncoder.operand(ctx, v, level, scale)
-    }
-    fn scalar(
-        &mut self,
-        ctx: &CkksContext,
-        v: f64,
-        level: usize,
-        scale: f64,
-    ) -> Result<HostScalar, InferError> {
-        self.0 += 1;
-        PlainEncoder.scalar(ctx, v, level, scale)
-    }
-}
-
-/// Takes the ciphertexts of an exported encrypted model in order, checking each one's shape.
-struct ImportEncoder(std::vec::IntoIter<Ciphertext>, Arc<CkksContext>);
-
-impl ImportEncoder {
-    fn next(&mut self, level: usize, scale: f64) -> Result<Ciphertext, InferError> {
-        let ct = self
-            .0
-            .next()
-            .ok_or(InferError::ModelMismatch("too few ciphertexts"))?;
-        if kernels::check_input(&self.1, &ct, level, scale).is_err() {
-            return Err(InferError::ModelMismatch(
-                "a ciphertext has the wrong level, degree, size or scale",
-            ));
-        }
-        Ok(ct)
-    }
-}
-
-impl Encoder for ImportEncoder {
-    fn operand(
-        &mut self,
-        _: &CkksContext,
-        _: &[f64],
-        level: usize,
-        scale: f64,
-    ) -> Result<HostOperand, InferError> {
-        Ok(Operand::Cipher(self.next(level, scale)?))
-    }
-    fn scalar(
-        &mut self,
-        _: &CkksContext,
-        _: f64,
-        level: usize,
-        scale: f64,
-    ) -> Result<HostScalar, InferError> {
-        Ok(Scalar::Cipher(self.next(level, scale)?))
-    }
 }
 
 /// The product of the last `k` moduli of `level` as a float: the scale that one rescaling step
@@ -558,6 +381,7 @@ fn linear_ops(
         giants,
         fold_steps: l.fold_steps.clone(),
         bias,
+        replicate: l.replicate.clone(),
     })
 }
 

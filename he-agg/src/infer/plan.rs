@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::ckks::Parameters;
 
-use super::diagonals::{self, Bsgs, StepCosts};
+use super::diagonals;
 use super::error::InferError;
 use super::layout::{self, MapKind};
 use super::lower::{Lowered, Op, Shift, lower};
@@ -33,68 +33,13 @@ use super::network::Network;
 use super::params::ParamPolicy;
 use super::segments::{Levels, choose_levels};
 use super::spec::InferenceSpec;
-use super::trace::{Trace, trace};
+use super::stages::{bias_slots, linear_stage, replication, spread};
+pub(crate) use super::stages::{LinearStage, Stage, StageInfo, StageShift};
+use super::trace::trace;
 
 /// Most ciphertexts one image may span (a 512×512 image under a 16×16 patch embedding takes 32
 /// of 8192 slots).
 pub const MAX_INPUT_CIPHERTEXTS: usize = 64;
-
-/// A linear stage: y = Σ_g rot_g(Σ_k Σ_b diag ⊙ rot_b(x_k)) over its input ciphertexts x_k,
-/// folded, plus the bias.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct LinearStage {
-    pub level: usize,
-    pub bsgs: Bsgs,
-    pub fold_steps: Vec<i64>,
-    pub bias: Option<Vec<f64>>,
-    /// the scale the diagonals are encoded at
-    pub weight_scale: f64,
-    /// the scale of the output (the bias is encoded at it)
-    pub out_scale: f64,
-}
-
-/// The c of an activation: one constant, or one value per slot (per channel, laid out as the
-/// activation's input is).
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum StageShift {
-    Same(f64),
-    Slots(Vec<f64>),
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Stage {
-    Linear(LinearStage),
-    /// x·(x + c) [· post], at input level `level` and scale `scale`.
-    Activation {
-        level: usize,
-        scale: f64,
-        c: StageShift,
-        post: Option<f64>,
-    },
-    /// Keeps the current ciphertext for a block's shortcut.
-    Save,
-    /// Adds the kept ciphertext, mapped when `map` is given (at the kept value's level).
-    AddShortcut { map: Option<LinearStage> },
-}
-
-/// What one stage of a plan costs, for reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StageInfo {
-    /// `true` for a linear map, `false` for an activation.
-    pub linear: bool,
-    /// Level of the stage's input.
-    pub level: usize,
-    /// Input ciphertexts of the stage (more than one only for the first map of a large image).
-    pub inputs: usize,
-    /// Diagonal products (plaintext × ciphertext, or ciphertext × ciphertext in mode a).
-    pub diagonals: usize,
-    /// Hoisted baby-step rotations (non-zero steps).
-    pub baby_steps: usize,
-    /// Giant-step rotations (non-zero steps).
-    pub giant_steps: usize,
-    /// Rotate-and-add steps folding the partial sums.
-    pub fold_steps: usize,
-}
 
 /// A network compiled for one-image-per-ciphertext evaluation (the server's side).
 #[derive(Clone, Debug)]
@@ -147,44 +92,6 @@ fn choose_first_layout(low: &Lowered, max_slots: usize) -> Result<FirstLayout, I
     } else {
         replicated()
     }
-}
-
-/// Relative costs (in NTT-sized passes) of a hoisted rotation and of a giant step at `level`.
-fn step_costs(params: &Parameters, level: usize) -> StepCosts {
-    let rl = params.rlwe();
-    let k = rl.p().len() as f64;
-    let alpha = rl.q().len().div_ceil(rl.dnum()) as f64;
-    let digits = |l: f64| (l / alpha).ceil();
-    let l = level as f64;
-    let moddown = |l: f64| 2.0 * (k + l);
-    let inner = |l: f64| 0.3 * digits(l) * (l + k);
-    let decompose = |l: f64| l + digits(l) * (l + k - alpha).max(0.0);
-    let lg = (l - 1.0).max(1.0);
-    StepCosts {
-        baby: moddown(l) + inner(l),
-        giant: 2.0 * l + decompose(lg) + moddown(lg) + inner(lg),
-    }
-}
-
-/// The bias of every output at its slot, repeated with the period; `None` when all zero.
-fn bias_slots(
-    bias: &[f64],
-    slots: usize,
-    period: usize,
-    out_slot: impl Fn(usize) -> usize,
-) -> Option<Vec<f64>> {
-    if bias.iter().all(|&b| b == 0.0) {
-        return None;
-    }
-    let mut v = vec![0.0; slots];
-    for (o, &b) in bias.iter().enumerate() {
-        let mut t = out_slot(o);
-        while t < slots {
-            v[t] = b;
-            t += period;
-        }
-    }
-    Some(v)
 }
 
 impl InferencePlan {
@@ -253,8 +160,9 @@ impl InferencePlan {
             pinned,
         )?;
         let inputs = layout::op_inputs(&low, net.input());
+        let blocks = low.has_blocks();
         // residual networks: the multiplexed layout, known before the period
-        let mux = match low.has_blocks() {
+        let mux = match blocks {
             true => Some(multiplex::layouts(&low, &inputs)?),
             false => None,
         };
@@ -401,7 +309,17 @@ impl InferencePlan {
                         MapKind::Direct => bias_slots(&map.bias, slots, next_period, out_slot),
                         MapKind::Hybrid => bias_slots(&map.bias, slots, next_period, |o| o),
                     };
-                    let stage = linear_stage(diags, fold, bias, &params, level, &tr, k, &mut steps);
+                    // a residual network's smaller output replicated with its own period
+                    let extent = layout::extent(out, map.n_out()).max(1).next_power_of_two();
+                    let (replicate, next_period) = match blocks && lay.kinds[k] == MapKind::Direct
+                    {
+                        true if extent < next_period => {
+                            (replication(extent, next_period, slots), extent)
+                        }
+                        _ => (Vec::new(), next_period),
+                    };
+                    let parts = (diags, fold, replicate);
+                    let stage = linear_stage(parts, bias, &params, level, &tr, k, &mut steps);
                     stages.push(Stage::Linear(stage));
                     period = next_period;
                     cur = match lay.kinds[k] {
@@ -430,26 +348,34 @@ impl InferencePlan {
                     stages.push(Stage::Save);
                 }
                 Op::AddShortcut { map } => {
-                    let (from, _) = kept
+                    let (from, kept_period) = kept
                         .pop()
                         .ok_or(InferError::ModelMismatch("blocks unbalanced"))?;
                     let map = match map {
+                        None if kept_period != period => {
+                            return Err(InferError::ModelMismatch(
+                                "an identity shortcut across a change of period",
+                            ));
+                        }
                         None => None,
                         Some(m) => {
-                            // from the kept value's layout to the body's output layout
+                            // from the kept value's layout (and period) to the body's output
+                            // layout, replicated as the body's output is
                             let to = cur.as_deref();
                             let out_slot = |o: usize| layout::slot(to, o);
+                            let at = kept_period.max(period);
                             let d = diagonals::direct(
                                 m,
                                 1,
                                 slots,
-                                period,
+                                at,
                                 |_, j| (0, layout::slot(from.as_deref(), j as usize)),
                                 out_slot,
                             );
-                            let bias = bias_slots(&m.bias, slots, period, out_slot);
+                            let bias = bias_slots(&m.bias, slots, at, out_slot);
                             let lvl = tr.kept_levels[k];
-                            Some(linear_stage(d, Vec::new(), bias, &params, lvl, &tr, k, &mut steps))
+                            let parts = (d, Vec::new(), replication(period, at, slots));
+                            Some(linear_stage(parts, bias, &params, lvl, &tr, k, &mut steps))
                         }
                     };
                     stages.push(Stage::AddShortcut { map });
@@ -499,6 +425,32 @@ impl InferencePlan {
 
     pub(crate) fn shared_spec(&self) -> Arc<InferenceSpec> {
         self.spec.clone()
+    }
+
+    /// The levels each segment spends (its depth: the rescaling steps of its main path).
+    pub fn segment_depths(&self) -> Vec<usize> {
+        let k = self.spec.step_primes();
+        let top = self.spec.input_level();
+        let mut starts = vec![0];
+        starts.extend(&self.cuts);
+        starts.push(self.stages.len());
+        starts
+            .windows(2)
+            .map(|w| {
+                let lowest = self.stages[w[0]..w[1]]
+                    .iter()
+                    .filter_map(|st| match st {
+                        Stage::Linear(l) => Some(l.level - k),
+                        Stage::Activation { level, post, .. } => {
+                            Some(level - k * (1 + usize::from(post.is_some())))
+                        }
+                        Stage::Save | Stage::AddShortcut { .. } => None,
+                    })
+                    .min()
+                    .unwrap_or(top);
+                (top - lowest) / k
+            })
+            .collect()
     }
 
     /// Per-stage costs (a block's kept value and identity shortcut cost nothing and are left
@@ -558,52 +510,6 @@ impl InferencePlan {
             })
             .sum()
     }
-}
-
-/// A map's stage at `level` from its diagonals (op `k` of the trace gives its scales); its
-/// rotation steps join `steps`.
-#[allow(clippy::too_many_arguments)]
-fn linear_stage(
-    diags: Vec<diagonals::Diagonals>,
-    fold: Vec<i64>,
-    bias: Option<Vec<f64>>,
-    params: &Parameters,
-    level: usize,
-    tr: &Trace,
-    k: usize,
-    steps: &mut Vec<i64>,
-) -> LinearStage {
-    let mut diags = diags;
-    if diags.iter().all(|d| d.is_empty()) {
-        // every weight reads padding only: the output is the bias, still a ciphertext at the
-        // right level and scale
-        diags[0].insert(0, vec![0.0; params.slots()]);
-    }
-    let bsgs = diagonals::bsgs(diags, step_costs(params, level));
-    steps.extend(bsgs.baby_steps.iter().copied());
-    steps.extend(bsgs.giants.iter().map(|g| g.step));
-    steps.extend(fold.iter().copied());
-    LinearStage {
-        level,
-        bsgs,
-        fold_steps: fold,
-        bias,
-        weight_scale: tr.weight_scales[k],
-        out_scale: tr.out_scales[k],
-    }
-}
-
-/// Per-value constants at their slots (`slot(j)` below the period), repeated with the period.
-fn spread(v: &[f64], slots: usize, period: usize, slot: impl Fn(usize) -> usize) -> Vec<f64> {
-    let mut out = vec![0.0; slots];
-    for (j, &c) in v.iter().enumerate() {
-        let mut t = slot(j);
-        while t < slots {
-            out[t] = c;
-            t += period;
-        }
-    }
-    out
 }
 
 /// Slots the layouts need: every map's output and input. The im2col rows of the image do not

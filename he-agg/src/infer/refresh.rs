@@ -13,7 +13,11 @@
 //! What the requester learns of the intermediate values: per coefficient, w given m and given
 //! m' differ in distribution by at most |Δm + e − Δm' − e'| / 2^b ≤ 2^−64, so one refreshed
 //! ciphertext of N coefficients is within statistical distance N·2^−64 ≤ 2^−49 (N ≤ 2^15) of a
-//! uniform mask, and a request of R refreshes within R·2^−49. What the server learns: a fresh
+//! uniform mask, and a request of R refreshes within R·2^−49. The bound B is the plan's: values
+//! below 2^10 (the output bits) at the scale. A requester who sends an image far outside the
+//! training data can make a deep polynomial network's values grow past it; per coefficient the
+//! distance is then |Δm + e| / 2^b, which stays below 2^−40 until the values pass 2^35, and a
+//! value that large wraps the ciphertext's modulus and makes the rest of the evaluation garbage. What the server learns: a fresh
 //! encryption under the requester's key, nothing. A requester may return any ciphertext it
 //! likes (it could always send any image): the server's answer stays a function of what the
 //! requester chose. The c1 of what the server sends is a function of its weights and of the

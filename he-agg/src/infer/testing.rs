@@ -185,14 +185,22 @@ pub fn residual_network(
             .map(|i| (((i * 7919 + salt * 104_729 + 13) % 2003) as f32 / 1001.0 - 1.0) * s)
             .collect()
     };
+    // zero-mean weights per output channel: a flat region of an image (a dark background)
+    // stays small through the blocks instead of growing with every quadratic
     let mut conv = |ci: usize, co: usize, k: usize, stride: usize| -> Conv2d {
+        let fan = ci * k * k;
+        let mut weight = signed(co * fan, fan);
+        for row in weight.chunks_mut(fan) {
+            let mean = row.iter().sum::<f32>() / fan as f32;
+            row.iter_mut().for_each(|w| *w -= mean);
+        }
         Conv2d {
             in_channels: ci,
             out_channels: co,
             kernel: k,
             stride,
             padding: k / 2,
-            weight: signed(co * ci * k * k, ci * k * k),
+            weight,
             bias: weights(co, 0.1),
         }
     };

@@ -212,6 +212,16 @@ fn sin_cos_turns(u: f64, k: &BoxMullerConstants) -> (f64, f64) {
     }
 }
 
+impl Prng {
+    /// Coefficients from a Gaussian of standard deviation `sigma` (1 ≤ σ ≤ 2^100), for noise
+    /// flooding: a fresh seed from this generator, expanded as [`flooding`] does (the layout a
+    /// GPU reproduces word for word).
+    pub fn gaussian_flooding(&mut self, n: usize, sigma: f64) -> Vec<i128> {
+        let seed = zeroize::Zeroizing::new(self.seed());
+        flooding(&seed, n, sigma)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

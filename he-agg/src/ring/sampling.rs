@@ -169,13 +169,6 @@ impl Prng {
         out
     }
 
-    /// Coefficients from a Gaussian of standard deviation `sigma` (1 ≤ σ ≤ 2^100), for noise
-    /// flooding: a fresh seed from this generator, expanded as [`super::expand::flooding`] does
-    /// (the layout a GPU reproduces word for word).
-    pub fn gaussian_flooding(&mut self, n: usize, sigma: f64) -> Vec<i128> {
-        let seed = zeroize::Zeroizing::new(self.seed());
-        super::expand::flooding(&seed, n, sigma)
-    }
 }
 
 /// Inversion sampling of the bounded discrete Gaussian from a 64-bit uniform r: the sample is

@@ -1,0 +1,171 @@
+//! The operations of a batched model (one image per slot): a map's rows grouped by the inputs
+//! they read, with integer weights modulo each prime; maps, activations, and map → activation →
+//! map fused and streamed over chunks of rows.
+
+use std::collections::HashMap;
+
+use crate::ckks::{CkksContext, CkksError};
+
+use super::error::InferError;
+use super::lower::Affine;
+
+/// Rows of a map that read the same inputs (all rows of a dense layer; the channels of one
+/// position of a convolution), with their weights modulo each prime, rows × columns (W: on
+/// the host, one vector per limb; on a device, uploaded).
+#[derive(Clone, Debug)]
+pub(crate) struct Group<W = HostWeights> {
+    pub rows: Vec<u32>,
+    pub cols: Vec<u32>,
+    pub weights: W,
+}
+
+/// A group's weights on the host: per limb, rows × columns words.
+pub(crate) type HostWeights = Vec<Vec<u64>>;
+
+/// Groups rows (output index, integer-weighted entries) by their column lists.
+pub(crate) fn make_groups(ctx: &CkksContext, level: usize, rows: Vec<(u32, Vec<(u32, i64)>)>) -> Vec<Group> {
+    let mut index: HashMap<Vec<u32>, usize> = HashMap::new();
+    let mut raw: Vec<(Vec<u32>, Vec<u32>, Vec<i64>)> = Vec::new();
+    for (row, entries) in rows {
+        let cols: Vec<u32> = entries.iter().map(|&(c, _)| c).collect();
+        let g = *index.entry(cols.clone()).or_insert_with(|| {
+            raw.push((Vec::new(), cols, Vec::new()));
+            raw.len() - 1
+        });
+        raw[g].0.push(row);
+        raw[g].2.extend(entries.iter().map(|&(_, w)| w));
+    }
+    raw.into_iter()
+        .map(|(rows, cols, ints)| Group {
+            rows,
+            cols,
+            weights: (0..level)
+                .map(|i| {
+                    let m = ctx.rlwe().q_modulus(i);
+                    ints.iter().map(|&v| m.reduce_i64(v)).collect()
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// A map's weights as integers round(w·q) for the prime q its rescale removes.
+pub(crate) fn integer_rows(map: &Affine, q: f64, level: usize) -> Result<Vec<Vec<(u32, i64)>>, InferError> {
+    map.rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|&(j, w)| {
+                    let v = (w * q).round();
+                    if v.abs() >= 9.2e18 {
+                        return Err(InferError::Ckks(CkksError::Overflow {
+                            bits: v.abs().log2(),
+                            level,
+                            log_q: q.log2(),
+                        }));
+                    }
+                    Ok((j, v as i64))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct BatchedLinear<W = HostWeights> {
+    pub groups: Vec<Group<W>>,
+    pub bias: Vec<f64>,
+}
+
+/// One chunk of a fused map → activation → map: some of the first map's rows (numbered
+/// locally), and the second map's columns that read them.
+#[derive(Clone, Debug)]
+pub(crate) struct FusedChunk<W = HostWeights> {
+    pub first: BatchedLinear<W>,
+    pub second: Vec<Group<W>>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum BatchedOp<W = HostWeights> {
+    Linear(BatchedLinear<W>),
+    Activation {
+        c: f64,
+        post: Option<f64>,
+        /// leave the product unrelinearized: a map follows
+        lazy: bool,
+    },
+    /// map, activation x·(x + c), map — streamed over chunks of the first map's rows, so
+    /// the activations between the maps never exist all at once
+    Fused {
+        chunks: Vec<FusedChunk<W>>,
+        c: f64,
+        bias: Vec<f64>,
+    },
+}
+
+impl<W> Group<W> {
+    fn try_map<W2, X>(
+        &self,
+        f: &mut impl FnMut(&Group<W>) -> Result<W2, X>,
+    ) -> Result<Group<W2>, X> {
+        Ok(Group {
+            rows: self.rows.clone(),
+            cols: self.cols.clone(),
+            weights: f(self)?,
+        })
+    }
+}
+
+impl<W> BatchedLinear<W> {
+    fn try_map<W2, X>(
+        &self,
+        f: &mut impl FnMut(&Group<W>) -> Result<W2, X>,
+    ) -> Result<BatchedLinear<W2>, X> {
+        Ok(BatchedLinear {
+            groups: self
+                .groups
+                .iter()
+                .map(|g| g.try_map(f))
+                .collect::<Result<_, X>>()?,
+            bias: self.bias.clone(),
+        })
+    }
+}
+
+impl<W> BatchedOp<W> {
+    /// The same operation with every group's weights converted (uploaded to a device).
+    pub(crate) fn try_map<W2, X>(
+        &self,
+        f: &mut impl FnMut(&Group<W>) -> Result<W2, X>,
+    ) -> Result<BatchedOp<W2>, X> {
+        Ok(match self {
+            BatchedOp::Linear(l) => BatchedOp::Linear(l.try_map(f)?),
+            BatchedOp::Activation { c, post, lazy } => BatchedOp::Activation {
+                c: *c,
+                post: *post,
+                lazy: *lazy,
+            },
+            BatchedOp::Fused { chunks, c, bias } => BatchedOp::Fused {
+                chunks: chunks
+                    .iter()
+                    .map(|ch| {
+                        Ok(FusedChunk {
+                            first: ch.first.try_map(f)?,
+                            second: ch
+                                .second
+                                .iter()
+                                .map(|g| g.try_map(f))
+                                .collect::<Result<_, X>>()?,
+                        })
+                    })
+                    .collect::<Result<_, X>>()?,
+                c: *c,
+                bias: bias.clone(),
+            },
+        })
+    }
+}
+
+/// Rows of the first map per fused chunk (whole groups): bounds the chunk's memory.
+pub(crate) const CHUNK_ROWS: usize = 128;
+
