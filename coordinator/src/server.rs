@@ -5,7 +5,6 @@
 
 use protocol::FederationMsg;
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +15,6 @@ use he_agg::ckks::wire;
 use he_agg::multiparty::{PublicKeyGen, wire as shares};
 use protocol::link::{Incoming, accept_connection, listen};
 use protocol::message::{Body, Phase};
-use protocol::tls::TlsFiles;
 use protocol::transcript::{Contribution, ItemsDigest, PartyKeys, SealedShare, Verifier};
 use protocol::{FederationId, Link, Party, ProtocolError};
 use tracing::{info, warn};
@@ -29,53 +27,15 @@ use crate::refusal_log::RefusalLog;
 use crate::round::{Round, Update};
 use crate::store::{PartyRecord, Store, StoredResult, now_ms};
 
+mod dir;
 mod metrics;
 mod rounds;
 mod setup;
 
+pub use dir::CoordinatorDir;
+
 /// Longest wait, once finished, for the hospitals to read `Finished` and hang up.
 const FINISH_DRAIN: Duration = Duration::from_secs(60);
-/// Where a coordinator's files are: its kit (config, roster, certificates) and its state (the
-/// redb store, the serving state), by default in the same directory.
-#[derive(Clone, Debug)]
-pub struct CoordinatorDir {
-    pub dir: PathBuf,
-    /// Where the state is written (an installed service: /var/lib/heal/coordinator, with the
-    /// kit read-only in /etc/heal/coordinator).
-    pub state_dir: PathBuf,
-}
-
-impl CoordinatorDir {
-    /// Kit and state in `dir`.
-    pub fn new(dir: PathBuf) -> Self {
-        Self {
-            state_dir: dir.clone(),
-            dir,
-        }
-    }
-
-    /// The kit in `dir`, the state in `state_dir` (default `dir`).
-    pub fn with_state(dir: PathBuf, state_dir: Option<PathBuf>) -> Self {
-        Self {
-            state_dir: state_dir.unwrap_or_else(|| dir.clone()),
-            dir,
-        }
-    }
-
-    pub fn config(&self) -> PathBuf {
-        self.dir.join("federation.toml")
-    }
-    pub fn roster(&self) -> PathBuf {
-        self.dir.join("roster.toml")
-    }
-    pub fn state(&self) -> PathBuf {
-        self.state_dir.join("state.redb")
-    }
-    pub fn tls(&self) -> TlsFiles {
-        TlsFiles::in_dir(&self.dir)
-    }
-}
-
 pub struct Server {
     cfg: FederationConfig,
     federation: FederationId,

@@ -13,6 +13,7 @@ mod keys;
 mod metrics;
 mod participant;
 mod privacy;
+mod result;
 mod result_noise;
 mod session;
 mod setup;

@@ -29,6 +29,8 @@ pub mod tables;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "cuda")]
+mod cuda_exec;
 
 pub use arith::{DevGroupWeights, DevPlaintext};
 pub use engine::{DevCiphertext, DevDecomposition, DevSwitchingKey, Engine, GpuError};

@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use he_agg::ckks::{Ciphertext, CkksContext, wire};
+use he_agg::ckks::{Ciphertext, CkksContext, PublicKey, wire};
 use he_agg::infer::EvaluationKeys;
 use he_agg::multiparty::{Refresh, RefreshShare, wire as mpw};
 use he_agg::train::{EncryptedChunk, HeadPlan, HeadTrainer, schedule};
+use protocol::FederationId;
 use protocol::serve::head::{HeadContribution, HeadTraining, MAX_HEAD_EXAMPLES};
 
 use super::error::KeysError;
@@ -340,6 +341,61 @@ pub enum HeadRequest {
 
 /// The engine's request ids of the head's run.
 pub type HeadRequests = BTreeMap<u64, HeadRequest>;
+
+/// A head run's progress.
+#[derive(Default)]
+pub struct HeadState {
+    /// the run (out while a step is computed)
+    pub run: Option<Box<HeadRun>>,
+    /// the contributor's connection (the shell's number for it)
+    pub conn: Option<u64>,
+    /// which engine requests are the run's refreshes or its delivery
+    pub requests: HeadRequests,
+    /// a run is being read, set up or trained (no second contribution meanwhile)
+    pub busy: bool,
+}
+
+/// What setting a run up from a contribution takes (decoding its chunks: gigabytes).
+pub struct RunJob {
+    pub(super) plan: HeadPlan,
+    pub(super) keys: (PublicKey, Arc<EvaluationKeys>),
+    pub(super) training: HeadTraining,
+    pub(super) federation: FederationId,
+    pub(super) hospitals: u32,
+    pub(super) threshold: u32,
+    pub(super) contributor: u32,
+    pub(super) header: HeadContribution,
+    pub(super) items: Vec<Vec<u8>>,
+}
+
+impl RunJob {
+    /// The run, or why the contribution cannot be trained on.
+    pub fn build(mut self) -> Result<Box<HeadRun>, String> {
+        if self.items.is_empty() {
+            return Err("no contributor key".into());
+        }
+        let receiver = self.items.remove(0);
+        he_agg::ckks::wire::decode_public_key(self.plan.context(), &receiver)
+            .map_err(|e| format!("the contributor's public key: {e}"))?;
+        let chunks =
+            decode_chunks(&self.plan, &self.header, &self.items).map_err(|e| e.to_string())?;
+        drop(self.items);
+        HeadRun::new(
+            self.plan,
+            (&self.keys.0, &self.keys.1),
+            &self.training,
+            &self.federation.0,
+            self.hospitals,
+            self.threshold,
+            self.contributor,
+            self.header.request_id,
+            receiver,
+            chunks,
+        )
+        .map(Box::new)
+        .map_err(|e| e.to_string())
+    }
+}
 
 #[cfg(test)]
 mod tests {

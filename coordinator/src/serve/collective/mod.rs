@@ -44,10 +44,12 @@ pub mod run;
 pub mod saved;
 mod service;
 mod service_head;
+mod service_io;
 pub mod shell;
 
 pub use engine::{ServingAction, ServingConfig, ServingEngine, ServingEvent, SetupStep};
-pub use service::{Action, Conn, Event, Service, ServiceConfig};
+pub use service::Service;
+pub use service_io::{Action, Conn, Event, ServiceConfig};
 pub use shell::CollectiveServer;
 
 #[cfg(test)]

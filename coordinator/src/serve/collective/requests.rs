@@ -9,7 +9,9 @@ use std::sync::Arc;
 use he_agg::ckks::{Ciphertext, CkksContext, PublicKey, wire};
 use he_agg::infer::InferencePlan;
 use he_agg::multiparty::{PublicKeySwitch, PublicKeySwitchShare, wire as mpw};
-use protocol::serve::collective::CollectiveRequest;
+use protocol::serve::collective::{
+    CollectiveRequest, MAX_COLLECTIVE_CIPHERTEXTS, MAX_COLLECTIVE_IMAGES,
+};
 
 use super::error::KeysError;
 
@@ -278,4 +280,43 @@ impl SwitchState {
             })
             .collect()
     }
+}
+
+/// A mode (a) request's header, checked against the plan before its items are read.
+pub(super) fn check_header(
+    h: &CollectiveRequest,
+    plan: &[u8; 32],
+    per_image: usize,
+    max: u32,
+) -> Result<(), String> {
+    if &h.fingerprint != plan {
+        return Err(
+            "the request was encrypted for another plan: fetch the model information again".into(),
+        );
+    }
+    if h.ciphertexts_per_image as usize != per_image {
+        return Err(format!(
+            "{} ciphertexts per image; the plan's image spans {per_image}",
+            h.ciphertexts_per_image
+        ));
+    }
+    // requests are held in memory until switched: bounded in images and in ciphertexts
+    let max = max
+        .min(MAX_COLLECTIVE_IMAGES)
+        .min(MAX_COLLECTIVE_CIPHERTEXTS / per_image.max(1) as u32)
+        .max(1);
+    if h.images == 0 || h.images > max {
+        return Err(format!(
+            "{} images in one request; this server takes 1 to {max}",
+            h.images
+        ));
+    }
+    if h.signature.is_empty() || h.signature.len() > protocol::transcript::MAX_SIGNATURE {
+        return Err(
+            "the request is not signed: keyholders evaluate only what a hospital of the \
+             consortium signed (update the client)"
+                .into(),
+        );
+    }
+    Ok(())
 }

@@ -11,7 +11,8 @@ use tracing::info;
 
 use super::ServingConfig;
 use super::keys::ServedKeys;
-use super::service::{Service, ServiceConfig};
+use super::service::Service;
+use super::service_io::ServiceConfig;
 use super::shell::CollectiveServer;
 use crate::store::Store;
 

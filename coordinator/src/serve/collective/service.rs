@@ -11,101 +11,16 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use he_agg::infer::threshold::served_combiner;
-use protocol::serve::collective::{
-    CollectiveRequest, EvaluateRequest, MAX_COLLECTIVE_CIPHERTEXTS, MAX_COLLECTIVE_IMAGES,
-};
-use protocol::serve::head::{HeadTraining, ResultSwitchRequest};
+use protocol::serve::collective::{CollectiveRequest, EvaluateRequest};
+use protocol::serve::head::ResultSwitchRequest;
 use protocol::serve::released::InferResult;
 use protocol::{Body, CollectiveMsg, FederationId, HeadMsg};
 
-use super::head::{HeadRequest, HeadRun};
+use super::head::{HeadRequest, HeadState};
 use super::keys::ServedKeys;
-use super::requests::{SwitchState, decode_images};
-use super::saved::SavedServing;
-use super::service_head::HeadState;
-use super::{ServingAction, ServingConfig, ServingEngine, ServingEvent};
-
-/// The shell's number for a connection.
-pub type Conn = u64;
-
-/// What the service is set up with.
-#[derive(Clone, Debug)]
-pub struct ServiceConfig {
-    pub federation: FederationId,
-    pub serving: ServingConfig,
-    /// Most images in one request.
-    pub max_images: u32,
-    /// Head training instead of serving a model: how the head is trained.
-    pub head: Option<HeadTraining>,
-    /// Most examples one contribution may carry (they are held in memory while trained on).
-    pub max_head_examples: u64,
-}
-
-/// What the service is fed.
-pub enum Event {
-    /// A keyholder's first message on connection `conn`.
-    KeyholderHello {
-        conn: Conn,
-        hospital: u32,
-        setup: Option<[u8; 32]>,
-        ready: bool,
-    },
-    /// Connection `conn` of `hospital` closed.
-    Closed { conn: Conn, hospital: u32 },
-    /// A stream [`Service::admit`] took, read whole: its header and exactly the items it said.
-    Message {
-        conn: Conn,
-        hospital: u32,
-        body: Body,
-        items: Vec<Vec<u8>>,
-    },
-    /// A stream [`Service::admit`] took could not be read whole: what it reserved is released.
-    Unread { hospital: u32, body: Body },
-    /// A head run set up from a contribution ([`Action::BuildRun`]), or why not.
-    RunBuilt(Result<Box<HeadRun>, String>),
-    /// A head's step computed ([`Action::Step`]).
-    StepDone {
-        run: Box<HeadRun>,
-        result: Result<(), String>,
-    },
-    /// Time passes (deadlines).
-    Tick,
-}
-
-/// What the shell is to do.
-pub enum Action {
-    Send {
-        conn: Conn,
-        body: Body,
-        items: Vec<Vec<u8>>,
-    },
-    /// Close a connection (a keyholder connected again on another).
-    Close { conn: Conn, reason: &'static str },
-    /// Set a head run up from a contribution off the service (it decodes gigabytes), then feed
-    /// [`Event::RunBuilt`].
-    BuildRun(Box<super::service_head::RunJob>),
-    /// Compute a head's next step off the service, then feed [`Event::StepDone`].
-    Step(Box<HeadRun>),
-    /// Save the served state, so a restart serves the same setup.
-    Save(Box<SavedServing>),
-    Audit {
-        hospital: Option<u32>,
-        event: &'static str,
-        detail: String,
-    },
-}
-
-/// A request being served: who asked, on which connection, what it signed (mode a), and its
-/// switch.
-pub(super) struct Request {
-    pub conn: Conn,
-    pub request_id: u64,
-    pub requester: u32,
-    pub signed: Option<CollectiveRequest>,
-    pub evaluate_us: u64,
-    pub validate_us: u64,
-    pub switch: SwitchState,
-}
+use super::requests::{SwitchState, check_header, decode_images};
+use super::service_io::{Action, Conn, Event, Request, ServiceConfig};
+use super::{ServingAction, ServingEngine, ServingEvent};
 
 /// The mode (a) service.
 pub struct Service {
@@ -622,43 +537,4 @@ impl Service {
             self.send(r.conn, Body::Refused { reason }, vec![]);
         }
     }
-}
-
-/// A mode (a) request's header, checked against the plan before its items are read.
-fn check_header(
-    h: &CollectiveRequest,
-    plan: &[u8; 32],
-    per_image: usize,
-    max: u32,
-) -> Result<(), String> {
-    if &h.fingerprint != plan {
-        return Err(
-            "the request was encrypted for another plan: fetch the model information again".into(),
-        );
-    }
-    if h.ciphertexts_per_image as usize != per_image {
-        return Err(format!(
-            "{} ciphertexts per image; the plan's image spans {per_image}",
-            h.ciphertexts_per_image
-        ));
-    }
-    // requests are held in memory until switched: bounded in images and in ciphertexts
-    let max = max
-        .min(MAX_COLLECTIVE_IMAGES)
-        .min(MAX_COLLECTIVE_CIPHERTEXTS / per_image.max(1) as u32)
-        .max(1);
-    if h.images == 0 || h.images > max {
-        return Err(format!(
-            "{} images in one request; this server takes 1 to {max}",
-            h.images
-        ));
-    }
-    if h.signature.is_empty() || h.signature.len() > protocol::transcript::MAX_SIGNATURE {
-        return Err(
-            "the request is not signed: keyholders evaluate only what a hospital of the \
-             consortium signed (update the client)"
-                .into(),
-        );
-    }
-    Ok(())
 }

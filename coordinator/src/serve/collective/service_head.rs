@@ -3,74 +3,16 @@
 //! is a request t keyholders answer (replaced as a served request's are when one leaves); the
 //! trained head is switched to the contributor's key as a result is. One run at a time.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use he_agg::ckks::PublicKey;
-use he_agg::infer::EvaluationKeys;
-use he_agg::train::HeadPlan;
-use protocol::serve::head::{HeadContribution, HeadRefreshRequest, HeadTraining};
-use protocol::{Body, FederationId, HeadMsg};
+use protocol::serve::head::{HeadContribution, HeadRefreshRequest};
+use protocol::{Body, HeadMsg};
 
 use super::ServingEvent;
-use super::head::{HeadRequest, HeadRequests, HeadRun, check_contribution, decode_chunks};
+use super::head::{HeadRequest, HeadRun, RunJob, check_contribution};
 use super::requests::SwitchState;
-use super::service::{Action, Conn, Request, Service};
-
-/// A head run's progress.
-#[derive(Default)]
-pub struct HeadState {
-    /// the run (out while a step is computed)
-    pub run: Option<Box<HeadRun>>,
-    /// the contributor's connection
-    pub conn: Option<Conn>,
-    /// which engine requests are the run's refreshes or its delivery
-    pub requests: HeadRequests,
-    /// a run is being read, set up or trained (no second contribution meanwhile)
-    pub busy: bool,
-}
-
-/// What setting a run up from a contribution takes (decoding its chunks: gigabytes).
-pub struct RunJob {
-    plan: HeadPlan,
-    keys: (PublicKey, Arc<EvaluationKeys>),
-    training: HeadTraining,
-    federation: FederationId,
-    hospitals: u32,
-    threshold: u32,
-    contributor: u32,
-    header: HeadContribution,
-    items: Vec<Vec<u8>>,
-}
-
-impl RunJob {
-    /// The run, or why the contribution cannot be trained on.
-    pub fn build(mut self) -> Result<Box<HeadRun>, String> {
-        if self.items.is_empty() {
-            return Err("no contributor key".into());
-        }
-        let receiver = self.items.remove(0);
-        he_agg::ckks::wire::decode_public_key(self.plan.context(), &receiver)
-            .map_err(|e| format!("the contributor's public key: {e}"))?;
-        let chunks =
-            decode_chunks(&self.plan, &self.header, &self.items).map_err(|e| e.to_string())?;
-        drop(self.items);
-        HeadRun::new(
-            self.plan,
-            (&self.keys.0, &self.keys.1),
-            &self.training,
-            &self.federation.0,
-            self.hospitals,
-            self.threshold,
-            self.contributor,
-            self.header.request_id,
-            receiver,
-            chunks,
-        )
-        .map(Box::new)
-        .map_err(|e| e.to_string())
-    }
-}
+use super::service::Service;
+use super::service_io::{Action, Conn, Request};
 
 impl Service {
     /// Whether a head-training stream may be read, and how many items follow.

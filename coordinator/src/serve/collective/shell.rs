@@ -17,7 +17,8 @@ use protocol::tls::TlsFiles;
 use protocol::{Body, CollectiveMsg, FederationId, Incoming, Party};
 use tracing::{info, warn};
 
-use super::service::{Action, Conn, Event, Service};
+use super::service::Service;
+use super::service_io::{Action, Conn, Event};
 use crate::store::Store;
 
 /// The mode (a) server.

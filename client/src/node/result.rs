@@ -1,0 +1,216 @@
+//! A round's result at a hospital: the average decrypted and range-checked, applied to the
+//! global model and saved, the new model evaluated and the round's metrics reported; and the
+//! final model written at the end.
+
+use protocol::FederationMsg;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use client::params::network_from_flat;
+use client::strategy::{self, Moments};
+use client::train::{evaluate, select_device};
+use he_agg::aggregate::{CodecError, check_average};
+use protocol::link::Incoming;
+use protocol::message::{Body, RoundMetrics};
+use protocol::Link;
+use tracing::{error, info, warn};
+
+use super::session::Node;
+
+impl Node {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn result(
+        &mut self,
+        link: &Link,
+        round: u64,
+        total_weight: u64,
+        participants: &[u32],
+        count: u32,
+        msg: &mut Incoming,
+    ) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        let n = self.data.manifest.total;
+        let mut bytes_down = 0u64;
+        let mut items = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let item = msg
+                .next_item()
+                .await?
+                .with_context(|| format!("result ended after {i} of {count} items"))?;
+            bytes_down += item.len() as u64;
+            items.push(item);
+        }
+        // the average, range-checked against the clip bound every honest update keeps to
+        let clip = self.cfg.he.max_update;
+        let average: Result<Vec<f64>, CodecError> = match &self.he {
+            Some(he) => {
+                let (codec, pool) = (he.codec.clone(), he.pool.clone());
+                let sk = he
+                    .keys
+                    .receive
+                    .as_ref()
+                    .context("a result before the consortium receiving key")?
+                    .sk
+                    .clone();
+                // decode, decrypt and unpack the ciphertexts on all this node's threads
+                tokio::task::spawn_blocking(move || {
+                    pool.install(|| {
+                        codec.decrypt_average(&sk, &items, n, total_weight as f64, clip)
+                    })
+                })
+                .await?
+            }
+            None => {
+                let mut sum = Vec::with_capacity(n);
+                for (i, item) in items.iter().enumerate() {
+                    sum.extend(
+                        protocol::plain::decode_f64s(item)
+                            .with_context(|| format!("result item {i}"))?,
+                    );
+                }
+                if sum.len() < n {
+                    bail!("the result holds {} values for a model of {n}", sum.len());
+                }
+                sum.iter_mut()
+                    .for_each(|v| *v /= total_weight.max(1) as f64);
+                check_average(&sum, n, clip, 1e-6).map(|()| {
+                    sum.truncate(n);
+                    sum
+                })
+            }
+        };
+        let average = match average {
+            Ok(mut a) => {
+                if let Some(p) = &self.privacy {
+                    // each update counted once: the total weight is the number of contributors
+                    p.snap(&mut a, total_weight);
+                }
+                a
+            }
+            Err(e @ CodecError::OutOfRange { .. }) => {
+                let reason = format!("round {round}: {e}; this hospital did not apply the model");
+                error!("{reason}");
+                let _ = link
+                    .send(
+                        round,
+                        Body::Federation(FederationMsg::Alarm {
+                            reason: reason.clone(),
+                        }),
+                    )
+                    .await;
+                bail!("{reason}");
+            }
+            Err(e) => return Err(e).context("the round's result"),
+        };
+        let delta: Vec<f32> = average.iter().map(|&a| a as f32).collect();
+        if delta.iter().any(|d| !d.is_finite()) {
+            bail!("the decrypted average is not finite");
+        }
+        let moments = Moments {
+            m: &mut self.state.m,
+            v: &mut self.state.v,
+        };
+        strategy::apply(
+            &self.cfg.server,
+            &mut self.state.global,
+            moments,
+            &delta,
+            &self.data.trainable,
+        );
+        if self.privacy.is_some() {
+            let raised =
+                client::params::keep_valid(&self.data.manifest, &mut self.state.global, 1e-3);
+            if raised > 0 {
+                warn!(
+                    round,
+                    raised, "batch-norm variances below 1e-3 after the noised average raised to it"
+                );
+            }
+        }
+        self.state.round = round;
+        self.state_file.save(&self.state)?;
+        let decrypt_s = t0.elapsed().as_secs_f32();
+        info!(round, participants = ?participants, decrypt_s, "new global model");
+        // evaluate the new global model
+        let global = self.state.global.clone();
+        let spec = self.data.spec.clone();
+        let (val, test) = (self.data.val.clone(), self.data.test.clone());
+        let names = self.data.class_names.clone();
+        let test_every = self.cfg.node.test_every;
+        let (v, t) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let device = select_device("cpu")?;
+            let net = network_from_flat(&spec, &global, &device)?;
+            let v = val
+                .as_ref()
+                .map(|v| evaluate(&net, v, &names))
+                .transpose()?;
+            let t = if test_every > 0 && round.is_multiple_of(test_every) {
+                Some(evaluate(&net, &test, &names)?)
+            } else {
+                None
+            };
+            Ok((v, t))
+        })
+        .await??;
+        let c = self.costs.remove(&round).unwrap_or_default();
+        let m = RoundMetrics {
+            round,
+            // under [privacy] the training loss, computed on the training images without noise,
+            // stays here (in this node's log): only what the guarantee covers leaves
+            train_loss: if self.privacy.is_some() {
+                f32::NAN
+            } else {
+                c.train_loss
+            },
+            val_loss: v.as_ref().map(|r| r.loss as f32).unwrap_or(f32::NAN),
+            val_acc: v.as_ref().map(|r| r.accuracy as f32).unwrap_or(f32::NAN),
+            val_auc: v.as_ref().map(|r| r.macro_auc as f32).unwrap_or(f32::NAN),
+            test_acc: t.as_ref().map(|r| r.accuracy as f32).unwrap_or(f32::NAN),
+            test_auc: t.as_ref().map(|r| r.macro_auc as f32).unwrap_or(f32::NAN),
+            samples: c.samples,
+            train_s: c.train_s,
+            encrypt_s: c.encrypt_s,
+            upload_s: c.upload_s,
+            switch_s: c.switch_s,
+            decrypt_s,
+            bytes_up: c.bytes_up,
+            bytes_down,
+        };
+        info!(
+            round,
+            test_acc = m.test_acc,
+            test_auc = m.test_auc,
+            val_acc = m.val_acc,
+            "evaluated"
+        );
+        let file = self.dirs.out.join("metrics.csv");
+        protocol::metrics_file::append(&file, &m)
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        link.send(round, Body::Federation(FederationMsg::Metrics(m.clone())))
+            .await?;
+        let epsilon = self.privacy.as_ref().map(|p| p.plan.epsilon_after(round));
+        self.metrics.reported(&m, epsilon);
+        Ok(())
+    }
+
+    /// Writes the final global model and its export for encrypted inference.
+    pub fn finish(&self) -> anyhow::Result<()> {
+        let device = select_device("cpu")?;
+        let net = network_from_flat(&self.data.spec, &self.state.global, &device)?;
+        client::params::write_flat(&self.dirs.out.join("model.f32"), &self.state.global)?;
+        client::export::export(
+            &net,
+            &self.data.normalizer,
+            &self.data.class_names,
+            &self.data.preparation,
+        )?
+        .write_json(&self.dirs.out.join("network.json"))?;
+        info!(
+            round = self.state.round,
+            "final model written to {}",
+            self.dirs.out.display()
+        );
+        Ok(())
+    }
+}
+
