@@ -116,7 +116,7 @@ fn dump(
 
 fn main() -> anyhow::Result<()> {
     let a = args()?;
-    let (file, prep) = client::export::read_network(&a.network)?;
+    let (file, prep) = training::export::read_network(&a.network)?;
     let net = &file.network;
     let data_dir = std::env::var_os("HEAL_DATA_DIR").map(PathBuf::from);
     let name = std::env::var("HEAL_HEAD_DATASET").unwrap_or_else(|_| "organamnist".to_string());

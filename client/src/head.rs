@@ -73,6 +73,6 @@ pub fn head_metrics(
             e.into_iter().map(move |v| (v / s) as f32)
         })
         .collect();
-    let r = crate::metrics::evaluate_probs(&probs, ys, names)?;
+    let r = training::metrics::evaluate_probs(&probs, ys, names)?;
     Ok((r.accuracy, r.macro_auc))
 }

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use client::export::{input_shape, read_network};
 use client::infer::evaluate::write_json;
 use client::infer::local::infer_local;
 use client::infer::pinned::Accepted;
@@ -13,6 +12,7 @@ use client::infer::remote::{Target, infer_remote};
 use client::infer::{EvaluateOptions, ImageArg, InferOutcome, evaluate_encrypted, load_images};
 use he_agg::infer::ParamPolicy;
 use protocol::tls::TlsFiles;
+use training::export::{input_shape, read_network};
 
 use crate::node::SiteConfig;
 

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use client::baseline::{
+use datasets::{PartitionConfig, Scheme};
+use training::baseline::{
     BaselineConfig, Overrides, PartitionRun, load_partition_tables, run_baseline, run_partition,
 };
-use client::model::Activation;
-use datasets::{PartitionConfig, Scheme};
+use training::model::Activation;
 
 #[derive(Parser)]
 #[command(name = "client", version, about = "HEAL hospital node")]
@@ -294,7 +294,7 @@ static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
 
 fn main() -> Result<()> {
     he_agg::alloc::tune();
-    protocol::logging::init().map_err(anyhow::Error::msg)?;
+    ops::logging::init().map_err(anyhow::Error::msg)?;
     let cli = Cli::parse();
     // a bad HEAL_SIMD is an error with its reason, not a silent fallback
     let simd = he_agg::simd::init_from_env().context("HEAL_SIMD")?;

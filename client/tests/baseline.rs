@@ -5,8 +5,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use client::TrainError;
-use client::baseline::{BaselineConfig, run_baseline};
+use training::TrainError;
+use training::baseline::{BaselineConfig, run_baseline};
 
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     let text = format!(
@@ -71,8 +71,8 @@ fn baseline_writes_summary_and_tables() {
         std: n.std.clone(),
     };
     let test = data.test.head(20);
-    let t = client::data::Tensors::new(&test, &norm).unwrap();
-    let probs = client::train::predict(&o.network, &t).unwrap();
+    let t = training::data::Tensors::new(&test, &norm).unwrap();
+    let probs = training::train::predict(&o.network, &t).unwrap();
     for i in 0..test.len() {
         let x = exp.network.normalize_hwc(test.image_bytes(i)).unwrap();
         let logits = exp.network.forward(&x).unwrap();

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use client::baseline::{BaselineConfig, run_baseline};
-use client::export::{input_shape, read_network};
 use client::portal::{Portal, PortalConfig};
 use serde_json::{Value, json};
+use training::baseline::{BaselineConfig, run_baseline};
+use training::export::{input_shape, read_network};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -288,8 +288,8 @@ fn train_network(dir: &Path) -> PathBuf {
 
 /// Training outputs shaped like `coordinator simulate`'s, for hospital 2.
 fn write_training_outputs(dir: &Path) {
+    use ops::run_report::{self, RoundRow, RunSummary};
     use protocol::message::RoundMetrics;
-    use protocol::run_report::{self, RoundRow, RunSummary};
     std::fs::create_dir_all(dir).unwrap();
     let (mut rounds, mut reports) = (Vec::new(), Vec::new());
     for r in 1..=6u32 {
@@ -402,7 +402,7 @@ fn portal_in_headless_chromium() {
         .remove(0);
     let logits = net.forward(&net.normalize_hwc(&hwc).unwrap()).unwrap();
     let logits: Vec<f64> = logits.iter().map(|&v| v as f64).collect();
-    let plaintext_label = client::metrics::argmax(&logits);
+    let plaintext_label = training::metrics::argmax(&logits);
 
     // the portal, in this process
     let portal_dir = tmp.path().join("portal");

@@ -176,7 +176,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     he_agg::alloc::tune();
     let cli = Cli::parse();
-    protocol::logging::init().map_err(anyhow::Error::msg)?;
+    ops::logging::init().map_err(anyhow::Error::msg)?;
     // a bad HEAL_SIMD is an error with its reason, not a silent fallback
     let simd = he_agg::simd::init_from_env().context("HEAL_SIMD")?;
     tracing::debug!(%simd, "SIMD level");

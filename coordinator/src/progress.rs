@@ -2,8 +2,8 @@
 //! Prometheus endpoint, `status --json` — so they agree: per-round means over the hospitals
 //! that reported, and the run's summary.
 
+use ops::run_report::{RoundRow, RunSummary, TimeSplit};
 use protocol::message::RoundMetrics;
-use protocol::run_report::{RoundRow, RunSummary, TimeSplit};
 
 use crate::config::FederationConfig;
 use crate::store::RoundRecord;

@@ -60,7 +60,7 @@ impl Roster {
 
 /// Writes a file readable by its owner only, whole or not at all.
 pub fn write_secret(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    protocol::durable_file::write_private(path, contents)
+    ops::durable_file::write_private(path, contents)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 

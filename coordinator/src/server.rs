@@ -156,8 +156,7 @@ impl Server {
         }
         if let Some(addr) = self.cfg.coordinator.metrics_addr()? {
             let me = self.clone();
-            match protocol::prometheus::serve(addr, std::sync::Arc::new(move || me.metrics_text()))
-                .await
+            match ops::prometheus::serve(addr, std::sync::Arc::new(move || me.metrics_text())).await
             {
                 Ok(bound) => {
                     info!(address = %bound, "metrics for Prometheus at http://{bound}/metrics")

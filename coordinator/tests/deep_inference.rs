@@ -81,7 +81,11 @@ fn a_deep_model_is_served_with_the_requesters_refreshes_between_its_segments() {
     }
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(v["bytes"]["refreshes"].as_u64(), Some(refreshes as u64), "{v}");
+    assert_eq!(
+        v["bytes"]["refreshes"].as_u64(),
+        Some(refreshes as u64),
+        "{v}"
+    );
     assert!(v["bytes"]["refresh_received"].as_u64().unwrap() > 0);
     assert!(v["bytes"]["refresh_sent"].as_u64().unwrap() > 0);
     // the plaintext network on the same image

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::simulate_command;
-use protocol::run_report::{RunSummary, parse_hospitals, parse_rounds};
+use ops::run_report::{RunSummary, parse_hospitals, parse_rounds};
 
 /// `GET /metrics` at `addr`, the body's samples by name (labels kept in the name).
 fn scrape(addr: &str) -> Option<Vec<(String, f64)>> {

@@ -8,7 +8,7 @@ use std::path::Path;
 
 mod common;
 use common::simulate_command;
-use protocol::run_report::{RunSummary, parse_rounds};
+use ops::run_report::{RunSummary, parse_rounds};
 
 fn run(name: &str, privacy: &str, model: &str) -> (RunSummary, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -32,7 +32,7 @@ fn run(name: &str, privacy: &str, model: &str) -> (RunSummary, tempfile::TempDir
     (summary, dir)
 }
 
-fn rounds_of(dir: &Path) -> Vec<protocol::run_report::RoundRow> {
+fn rounds_of(dir: &Path) -> Vec<ops::run_report::RoundRow> {
     parse_rounds(&std::fs::read_to_string(dir.join("out/metrics_per_round.csv")).unwrap()).unwrap()
 }
 

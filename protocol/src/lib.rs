@@ -11,26 +11,19 @@
 //!   to the server), `serve::collective` (mode a: the model served under a collective key) and
 //!   `serve::head` (a head trained on a site's encrypted features, refreshed by keyholders);
 //! - [`transcript`]: statements each hospital signs with its certificate key, and their checks;
-//! - [`durable_file`]: files written whole or not at all (temp, mode, fsync, rename, dir fsync);
 //! - [`plain`]: the item format of a plaintext (comparison) federation;
-//! - [`metrics_file`] and [`run_report`]: the files a node and `coordinator simulate` write and
-//!   the portal reads.
 //!
-//! Nothing here knows what a ciphertext is: payloads are opaque bytes the receiver validates
+//! What never touches the wire (durable files, logging, Prometheus, metrics and run-report
+//! files) is in the `ops` crate. Nothing here knows what a ciphertext is: payloads are opaque bytes the receiver validates
 //! with `he_agg`'s decoders.
 
-pub mod durable_file;
 pub mod error;
 pub mod frame;
 pub mod identity;
 pub mod link;
-pub mod logging;
 pub mod message;
-pub mod metrics_file;
 pub mod pki;
 pub mod plain;
-pub mod prometheus;
-pub mod run_report;
 pub mod serve;
 pub mod site;
 pub mod tls;

@@ -26,9 +26,9 @@ use privacy::noise::add_gaussian;
 use privacy::sampler::Csprng;
 
 use crate::data::Tensors;
+use crate::data::one_hot;
 use crate::error::TrainError;
 use crate::model::{Activations, LayerKind, LayerParams, Network};
-use crate::data::one_hot;
 use crate::train_config::{EpochStats, TrainConfig, TrainReport};
 
 /// The mechanism of one local training run.

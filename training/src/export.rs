@@ -184,7 +184,10 @@ fn act_layer(a: Activation, take: &mut dyn FnMut() -> Vec<f32>, bounds: [f32; 2]
             Layer::Quadratic { a, b }
         }
         Activation::Poly => {
-            let a = take().iter().map(|v| v.clamp(bounds[0], bounds[1])).collect();
+            let a = take()
+                .iter()
+                .map(|v| v.clamp(bounds[0], bounds[1]))
+                .collect();
             Layer::ChannelQuadratic {
                 a,
                 b: take(),
@@ -213,7 +216,11 @@ fn normalized_act(act: Layer, norm: &[(f32, f32)]) -> Vec<Layer> {
             return vec![affine, other];
         }
     };
-    let mut out = (Vec::with_capacity(k), Vec::with_capacity(k), Vec::with_capacity(k));
+    let mut out = (
+        Vec::with_capacity(k),
+        Vec::with_capacity(k),
+        Vec::with_capacity(k),
+    );
     for (o, &(s, t)) in norm.iter().enumerate() {
         out.0.push(a[o] * s * s);
         out.1.push(2.0 * a[o] * s * t + b[o] * s);
@@ -363,15 +370,16 @@ mod tests {
             let burn_out = burn_forward(&net, &x, [1, 1, 8, 8]);
             let ours = exp.network.forward(&x).unwrap();
             for (a, b) in burn_out.iter().zip(&ours) {
-                assert!((a - b).abs() < 1e-3 * (1.0 + a.abs()), "{burn_out:?} vs {ours:?}");
+                assert!(
+                    (a - b).abs() < 1e-3 * (1.0 + a.abs()),
+                    "{burn_out:?} vs {ours:?}"
+                );
             }
         }
         // and it plans for encrypted inference with the exported depth
-        let plan = he_agg::infer::InferencePlan::new(
-            &exp.network,
-            &he_agg::infer::ParamPolicy::default(),
-        )
-        .unwrap();
+        let plan =
+            he_agg::infer::InferencePlan::new(&exp.network, &he_agg::infer::ParamPolicy::default())
+                .unwrap();
         assert_eq!(plan.spec().depth(), 11);
     }
 

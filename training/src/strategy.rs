@@ -6,9 +6,10 @@
 //! - **aggregate**: the weighted sum of the encrypted updates (weights = sample counts), done
 //!   by the coordinator on ciphertexts only (`he_agg::aggregate`), then re-encrypted to the
 //!   consortium's receiving key by t hospitals;
-//! - **apply**: the server optimiser below — FedAvg, FedAvgM (server momentum) or FedAdam
-//!   (Reddi et al., "Adaptive Federated Optimization", 2021) — run identically by every hospital
-//!   on the decrypted average update, since the coordinator cannot run it on ciphertexts.
+//! - **apply**: a [`Strategy`] — [`FedAvg`], [`FedAvgM`] (server momentum) or [`FedAdam`]
+//!   (Reddi et al., "Adaptive Federated Optimization", 2021), wrapped in [`Private`] under
+//!   `[privacy]` — run identically by every hospital on the decrypted average update, since the
+//!   coordinator cannot run it on ciphertexts.
 //!
 //! The optimisers act on trainable parameters; batch-norm running statistics are always plainly
 //! averaged.
@@ -113,7 +114,190 @@ pub struct Moments<'a> {
     pub v: &'a mut Vec<f32>,
 }
 
-/// Applies the average update `delta` (mean of local − global) to `global`.
+/// What applying one round's average did beyond the optimiser's step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Batch-norm variances raised to the floor (a noised average can make them ≤ 0).
+    pub raised: usize,
+}
+
+/// The **apply** part of a strategy: what every hospital runs, identically, on the decrypted
+/// average update of a round. Implemented by [`FedAvg`], [`FedAvgM`] and [`FedAdam`];
+/// [`Private`] wraps any of them for a run under `[privacy]`.
+pub trait Strategy: Send + Sync {
+    /// The name `[server] optimizer` gives it.
+    fn name(&self) -> &'static str;
+    /// Applies the average update `delta` (mean of local − global) to `global`; `moments` is
+    /// the optimiser's state between rounds, `trainable` tells parameters from batch-norm
+    /// statistics (always plainly averaged).
+    fn apply(
+        &self,
+        global: &mut [f32],
+        moments: Moments<'_>,
+        delta: &[f32],
+        trainable: &[bool],
+    ) -> Applied;
+}
+
+/// The (learning-rate-scaled) average: with `lr = 1`, plain federated averaging.
+#[derive(Clone, Copy, Debug)]
+pub struct FedAvg {
+    pub lr: f32,
+}
+
+/// Server momentum.
+#[derive(Clone, Copy, Debug)]
+pub struct FedAvgM {
+    pub lr: f32,
+    pub momentum: f32,
+}
+
+/// Adam on the average update (Reddi et al. 2021).
+#[derive(Clone, Copy, Debug)]
+pub struct FedAdam {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub epsilon: f32,
+}
+
+impl Strategy for FedAvg {
+    fn name(&self) -> &'static str {
+        "fedavg"
+    }
+    fn apply(
+        &self,
+        global: &mut [f32],
+        _: Moments<'_>,
+        delta: &[f32],
+        trainable: &[bool],
+    ) -> Applied {
+        for i in 0..global.len() {
+            let lr = if trainable[i] { self.lr } else { 1.0 };
+            global[i] += lr * delta[i];
+        }
+        Applied::default()
+    }
+}
+
+impl Strategy for FedAvgM {
+    fn name(&self) -> &'static str {
+        "fedavgm"
+    }
+    fn apply(
+        &self,
+        global: &mut [f32],
+        moments: Moments<'_>,
+        delta: &[f32],
+        trainable: &[bool],
+    ) -> Applied {
+        let m = moments.m;
+        m.resize(global.len(), 0.0);
+        for i in 0..global.len() {
+            if trainable[i] {
+                m[i] = self.momentum * m[i] + delta[i];
+                global[i] += self.lr * m[i];
+            } else {
+                global[i] += delta[i];
+            }
+        }
+        Applied::default()
+    }
+}
+
+impl Strategy for FedAdam {
+    fn name(&self) -> &'static str {
+        "fedadam"
+    }
+    fn apply(
+        &self,
+        global: &mut [f32],
+        moments: Moments<'_>,
+        delta: &[f32],
+        trainable: &[bool],
+    ) -> Applied {
+        let Moments { m, v } = moments;
+        let n = global.len();
+        m.resize(n, 0.0);
+        v.resize(n, 0.0);
+        let (b1, b2) = (self.beta1, self.beta2);
+        for i in 0..n {
+            if trainable[i] {
+                m[i] = b1 * m[i] + (1.0 - b1) * delta[i];
+                v[i] = b2 * v[i] + (1.0 - b2) * delta[i] * delta[i];
+                global[i] += self.lr * m[i] / (v[i].sqrt() + self.epsilon);
+            } else {
+                global[i] += delta[i];
+            }
+        }
+        Applied::default()
+    }
+}
+
+/// A strategy under `[privacy]`: the inner step on the noised average, then the batch-norm
+/// variances the noise pushed below `floor` raised to it (the noise itself is added inside the
+/// encrypted sum or by DP-SGD; this keeps the released model valid).
+pub struct Private<S> {
+    pub inner: S,
+    /// The flat vector's layout (which entries are running variances).
+    pub manifest: crate::params::ParamManifest,
+    pub floor: f32,
+}
+
+impl<S: Strategy> Strategy for Private<S> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn apply(
+        &self,
+        global: &mut [f32],
+        moments: Moments<'_>,
+        delta: &[f32],
+        trainable: &[bool],
+    ) -> Applied {
+        let mut applied = self.inner.apply(global, moments, delta, trainable);
+        applied.raised += crate::params::keep_valid(&self.manifest, global, self.floor);
+        applied
+    }
+}
+
+impl Strategy for Box<dyn Strategy> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn apply(
+        &self,
+        global: &mut [f32],
+        moments: Moments<'_>,
+        delta: &[f32],
+        trainable: &[bool],
+    ) -> Applied {
+        (**self).apply(global, moments, delta, trainable)
+    }
+}
+
+impl ServerOptConfig {
+    /// The strategy `[server]` names.
+    pub fn strategy(&self) -> Box<dyn Strategy> {
+        let lr = self.lr as f32;
+        match self.optimizer {
+            ServerOptimizer::FedAvg => Box::new(FedAvg { lr }),
+            ServerOptimizer::FedAvgM => Box::new(FedAvgM {
+                lr,
+                momentum: self.momentum as f32,
+            }),
+            ServerOptimizer::FedAdam => Box::new(FedAdam {
+                lr,
+                beta1: self.beta1 as f32,
+                beta2: self.beta2 as f32,
+                epsilon: self.epsilon as f32,
+            }),
+        }
+    }
+}
+
+/// Applies the average update `delta` (mean of local − global) to `global` with the strategy
+/// `cfg` names.
 pub fn apply(
     cfg: &ServerOptConfig,
     global: &mut [f32],
@@ -121,47 +305,8 @@ pub fn apply(
     delta: &[f32],
     trainable: &[bool],
 ) {
-    let n = global.len();
-    debug_assert_eq!(delta.len(), n);
-    let Moments { m, v } = moments;
-    match cfg.optimizer {
-        ServerOptimizer::FedAvgM => {
-            m.resize(n, 0.0);
-            for i in 0..n {
-                if trainable[i] {
-                    m[i] = cfg.momentum as f32 * m[i] + delta[i];
-                    global[i] += cfg.lr as f32 * m[i];
-                } else {
-                    global[i] += delta[i];
-                }
-            }
-        }
-        ServerOptimizer::FedAdam => {
-            m.resize(n, 0.0);
-            v.resize(n, 0.0);
-            let (b1, b2, eps, lr) = (
-                cfg.beta1 as f32,
-                cfg.beta2 as f32,
-                cfg.epsilon as f32,
-                cfg.lr as f32,
-            );
-            for i in 0..n {
-                if trainable[i] {
-                    m[i] = b1 * m[i] + (1.0 - b1) * delta[i];
-                    v[i] = b2 * v[i] + (1.0 - b2) * delta[i] * delta[i];
-                    global[i] += lr * m[i] / (v[i].sqrt() + eps);
-                } else {
-                    global[i] += delta[i];
-                }
-            }
-        }
-        ServerOptimizer::FedAvg => {
-            for i in 0..n {
-                let lr = if trainable[i] { cfg.lr as f32 } else { 1.0 };
-                global[i] += lr * delta[i];
-            }
-        }
-    }
+    debug_assert_eq!(delta.len(), global.len());
+    cfg.strategy().apply(global, moments, delta, trainable);
 }
 
 #[cfg(test)]
@@ -241,5 +386,60 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.validate().unwrap_err().contains("momentum"));
+    }
+
+    #[test]
+    fn each_optimizer_is_a_strategy_named_as_configured() {
+        for (o, name) in [
+            (ServerOptimizer::FedAvg, "fedavg"),
+            (ServerOptimizer::FedAvgM, "fedavgm"),
+            (ServerOptimizer::FedAdam, "fedadam"),
+        ] {
+            assert_eq!(cfg(o).strategy().name(), name);
+        }
+    }
+
+    #[test]
+    fn the_private_wrapper_steps_then_raises_variances_the_noise_pushed_below_the_floor() {
+        use crate::params::{ParamEntry, ParamManifest};
+        let manifest = ParamManifest {
+            entries: vec![
+                ParamEntry {
+                    name: "0.conv.weight".into(),
+                    shape: vec![2],
+                    offset: 0,
+                    len: 2,
+                    trainable: true,
+                },
+                ParamEntry {
+                    name: "1.bn.running_var".into(),
+                    shape: vec![2],
+                    offset: 2,
+                    len: 2,
+                    trainable: false,
+                },
+            ],
+            total: 4,
+            format: "heal-params/1".into(),
+        };
+        let s = Private {
+            inner: FedAvg { lr: 1.0 },
+            manifest,
+            floor: 1e-3,
+        };
+        let mut g = vec![0.0, 0.0, 1.0, 1.0];
+        let (mut m, mut v) = (Vec::new(), Vec::new());
+        let moments = Moments {
+            m: &mut m,
+            v: &mut v,
+        };
+        let applied = s.apply(
+            &mut g,
+            moments,
+            &[0.5, -0.5, -2.0, 0.5],
+            &[true, true, false, false],
+        );
+        assert_eq!(applied.raised, 1);
+        assert_eq!(g, vec![0.5, -0.5, 1e-3, 1.5]);
     }
 }

@@ -21,11 +21,11 @@ use rand::rngs::ChaCha8Rng;
 use rand::seq::SliceRandom;
 
 use crate::data::{Augment, Tensors, one_hot};
-pub use crate::train_config::{EpochStats, OptimizerKind, Schedule, TrainConfig, TrainReport};
 use crate::error::TrainError;
 use crate::metrics::{EvalReport, evaluate_probs};
 use crate::model::{LayerParams, Network};
 use crate::params;
+pub use crate::train_config::{EpochStats, OptimizerKind, Schedule, TrainConfig, TrainReport};
 
 /// Options of one training run besides the hyper-parameters.
 #[derive(Clone, Debug, Default)]
@@ -52,7 +52,6 @@ fn scalar(t: Tensor<1>) -> f32 {
         .and_then(|v| v.first().copied())
         .unwrap_or(f32::NAN)
 }
-
 
 /// Mean cross-entropy of `logits` against `one_hot` targets over a batch of `b`.
 fn cross_entropy(logits: Tensor<2>, one_hot: Tensor<2>, b: usize) -> Tensor<1> {

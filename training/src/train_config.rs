@@ -304,4 +304,3 @@ pub struct TrainReport {
     /// The epoch whose weights were returned (the last, or the best on validation).
     pub returned_epoch: usize,
 }
-

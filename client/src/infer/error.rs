@@ -5,7 +5,7 @@ use he_agg::ckks::wire::WireError;
 use he_agg::infer::{InferError, NetworkError};
 use protocol::ProtocolError;
 
-use crate::error::TrainError;
+use training::error::TrainError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InferenceError {

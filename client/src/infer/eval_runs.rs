@@ -246,7 +246,12 @@ pub fn per_image(
             let fresh = refresh::reencrypt(&ctx, spec, i, &sk, &masked)?;
             bytes += wire::ciphertext_len(&ctx, masked.level(), 1)
                 + wire::encode_seeded_ciphertext(&ctx, &fresh).len();
-            refresh::unmask(&ctx, spec, he_agg::rlwe::expand_seeded(ctx.rlwe(), &fresh), mask)
+            refresh::unmask(
+                &ctx,
+                spec,
+                he_agg::rlwe::expand_seeded(ctx.rlwe(), &fresh),
+                mask,
+            )
         })?;
         refresh_bytes = bytes;
         let t2 = Instant::now();

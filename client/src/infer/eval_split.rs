@@ -9,7 +9,7 @@ use datasets::{DatasetConfig, ImageSet, InputPreparation};
 use he_agg::infer::Network;
 
 use super::error::InferenceError;
-use crate::export::input_shape;
+use training::export::input_shape;
 
 /// Where the evaluated images come from.
 #[derive(Clone, Debug, PartialEq)]

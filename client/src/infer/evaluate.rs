@@ -17,9 +17,9 @@ use tracing::info;
 use super::error::InferenceError;
 use super::eval_runs::{self, Packing, ParamSummary};
 use super::eval_split::{EvalData, SplitImages, load_split};
-use crate::export::read_network;
-use crate::metrics::evaluate_probs;
-use crate::metrics::{argmax, softmax};
+use training::export::read_network;
+use training::metrics::evaluate_probs;
+use training::metrics::{argmax, softmax};
 
 /// What to evaluate.
 #[derive(Clone, Debug)]
@@ -266,13 +266,14 @@ pub fn evaluate_encrypted(opts: &EvaluateOptions) -> Result<EvaluationReport, In
 
 /// Writes the report as pretty JSON.
 pub fn write_json(report: &EvaluationReport, path: &Path) -> Result<(), InferenceError> {
-    let text =
-        serde_json::to_string_pretty(report).map_err(|source| crate::error::TrainError::Json {
+    let text = serde_json::to_string_pretty(report).map_err(|source| {
+        training::error::TrainError::Json {
             path: path.to_path_buf(),
             source,
-        })?;
+        }
+    })?;
     std::fs::write(path, text)
-        .map_err(|e| crate::error::TrainError::Io {
+        .map_err(|e| training::error::TrainError::Io {
             path: path.to_path_buf(),
             source: e,
         })

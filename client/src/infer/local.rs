@@ -89,7 +89,7 @@ pub fn infer_local(
             logits,
             classes,
             im.label,
-            Some(crate::metrics::argmax(&plain)),
+            Some(training::metrics::argmax(&plain)),
         ));
     }
     timings.wait_s = timings.evaluate_s;

@@ -140,8 +140,8 @@ impl ImageResult {
         true_label: Option<usize>,
         plaintext_label: Option<usize>,
     ) -> Self {
-        let probabilities = crate::metrics::softmax(&logits);
-        let label = crate::metrics::argmax(&logits);
+        let probabilities = training::metrics::softmax(&logits);
+        let label = training::metrics::argmax(&logits);
         Self {
             image,
             label,

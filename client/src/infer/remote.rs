@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use he_agg::infer::Architecture;
 use protocol::link::{Link, connect};
-use protocol::serve::released::{KEYS_UNKNOWN, MAX_ARCHITECTURE_BYTES, MAX_CLASSES, ModelInfo};
+use protocol::serve::released::{KEYS_UNKNOWN, ModelInfo};
 use protocol::tls::TlsFiles;
 use protocol::{Body, FederationId};
 use tracing::info;
@@ -78,17 +78,7 @@ pub struct Served {
 pub async fn fetch_info(link: &Link, timeout: Duration) -> Result<Served, InferenceError> {
     link.send(0, Body::InferInfoRequest).await?;
     let mut msg = next_message(link, timeout).await?;
-    let check = |info: &ModelInfo| {
-        if info.architecture.len() > MAX_ARCHITECTURE_BYTES
-            || info.class_names.len() > MAX_CLASSES
-            || info.class_names.iter().any(|c| c.len() > 256)
-        {
-            return Err(InferenceError::BadAnswer(
-                "the model description exceeds the limits".into(),
-            ));
-        }
-        Ok(())
-    };
+    let check = |info: &ModelInfo| info.check().map_err(InferenceError::BadAnswer);
     match msg.envelope.body.clone() {
         Body::Released(ReleasedMsg::InferInfo(info)) => {
             check(&info)?;
@@ -330,7 +320,9 @@ async fn answer_refresh(
     let mut answers = Vec::with_capacity(images);
     while let Some(item) = msg.next_item().await? {
         if answers.len() == images {
-            return Err(InferenceError::BadAnswer("more to refresh than images".into()));
+            return Err(InferenceError::BadAnswer(
+                "more to refresh than images".into(),
+            ));
         }
         received += 4 + item.len() as u64;
         answers.push(tokio::task::block_in_place(|| req.refresh(next, &item))?);

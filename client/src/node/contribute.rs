@@ -49,7 +49,7 @@ pub struct Contribute {
 pub fn run(c: &Contribute) -> anyhow::Result<()> {
     let cfg = SiteConfig::load(&c.site)?;
     let network = c.out.join("network.json");
-    let (file, prep) = client::export::read_network(&network)
+    let (file, prep) = training::export::read_network(&network)
         .with_context(|| format!("the final model {}", network.display()))?;
     let net = &file.network;
     let data = EvalData::MedMnist(c.dataset.clone());

@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use anyhow::Context;
-use client::data::Tensors;
-use client::model::NetworkSpec;
-use client::params::{ParamManifest, manifest};
 use datasets::{Normalizer, Task};
+use training::data::Tensors;
+use training::model::NetworkSpec;
+use training::params::{ParamManifest, manifest};
 
 use super::site::SiteConfig;
 
@@ -72,7 +72,7 @@ pub fn load(cfg: &SiteConfig, base_dir: &Path) -> anyhow::Result<LocalData> {
         .map(|h| Tensors::new(&h, &normalizer))
         .transpose()?;
     let spec = cfg.model.resolve(train.shape, data.info.num_classes)?;
-    let front = |t| client::front::apply(&spec, t).context("the model's front");
+    let front = |t| training::front::apply(&spec, t).context("the model's front");
     let train = front(train)?;
     let val = val.map(front).transpose()?;
     let test = front(test)?;

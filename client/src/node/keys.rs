@@ -18,13 +18,13 @@ const RECEIVE_PK: &str = "consortium-receive.pub";
 
 /// Writes a file only its owner can read, whole or not at all.
 pub fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    protocol::durable_file::write_private(path, bytes)
+    ops::durable_file::write_private(path, bytes)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Writes a public file, whole or not at all.
 pub fn write_public(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    protocol::durable_file::write_public(path, bytes)
+    ops::durable_file::write_public(path, bytes)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -106,7 +106,7 @@ impl std::fmt::Debug for Keys {
 impl Keys {
     /// Loads the keys of `dir`, making them on first start.
     pub fn load_or_create(ctx: &Arc<CkksContext>, dir: &Path) -> anyhow::Result<Self> {
-        protocol::durable_file::create_private_dir(dir)
+        ops::durable_file::create_private_dir(dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let (share_p, exch_p) = (dir.join("share.key"), dir.join("exchange.key"));
         let mut existing = [&share_p, &exch_p].iter().filter(|p| p.exists()).count();

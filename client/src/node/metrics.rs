@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use ops::prometheus::{Exposition, Kind};
 use protocol::message::RoundMetrics;
-use protocol::prometheus::{Exposition, Kind};
 use tracing::{info, warn};
 
 #[derive(Default)]
@@ -147,7 +147,7 @@ impl NodeMetrics {
     /// `metrics-address` in `out` for scripts; a failure is a warning, never fatal.
     pub(super) async fn serve(self: &Arc<Self>, addr: SocketAddr, out: &Path) {
         let me = self.clone();
-        match protocol::prometheus::serve(addr, Arc::new(move || me.text())).await {
+        match ops::prometheus::serve(addr, Arc::new(move || me.text())).await {
             Ok(bound) => {
                 info!(address = %bound, "metrics for Prometheus at http://{bound}/metrics");
                 let file = out.join("metrics-address");

@@ -159,8 +159,8 @@ impl NodePrivacy {
     }
 
     /// Patient level: the DP-SGD steps of one round.
-    pub(super) fn dp_sgd(&self) -> Option<client::dp_sgd::DpSgd> {
-        (self.plan.mode == Mode::Patient).then_some(client::dp_sgd::DpSgd {
+    pub(super) fn dp_sgd(&self) -> Option<training::dp_sgd::DpSgd> {
+        (self.plan.mode == Mode::Patient).then_some(training::dp_sgd::DpSgd {
             clip: self.plan.clip,
             noise_multiplier: self.plan.noise_multiplier,
             sample_rate: self.plan.sample_rate,

@@ -6,14 +6,14 @@ use protocol::FederationMsg;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use client::params::network_from_flat;
-use client::strategy::{self, Moments};
-use client::train::{evaluate, select_device};
 use he_agg::aggregate::{CodecError, check_average};
+use protocol::Link;
 use protocol::link::Incoming;
 use protocol::message::{Body, RoundMetrics};
-use protocol::Link;
 use tracing::{error, info, warn};
+use training::params::network_from_flat;
+use training::strategy::Moments;
+use training::train::{evaluate, select_device};
 
 use super::session::Node;
 
@@ -110,22 +110,18 @@ impl Node {
             m: &mut self.state.m,
             v: &mut self.state.v,
         };
-        strategy::apply(
-            &self.cfg.server,
+        let applied = self.strategy.apply(
             &mut self.state.global,
             moments,
             &delta,
             &self.data.trainable,
         );
-        if self.privacy.is_some() {
-            let raised =
-                client::params::keep_valid(&self.data.manifest, &mut self.state.global, 1e-3);
-            if raised > 0 {
-                warn!(
-                    round,
-                    raised, "batch-norm variances below 1e-3 after the noised average raised to it"
-                );
-            }
+        if applied.raised > 0 {
+            warn!(
+                round,
+                raised = applied.raised,
+                "batch-norm variances below 1e-3 after the noised average raised to it"
+            );
         }
         self.state.round = round;
         self.state_file.save(&self.state)?;
@@ -184,7 +180,7 @@ impl Node {
             "evaluated"
         );
         let file = self.dirs.out.join("metrics.csv");
-        protocol::metrics_file::append(&file, &m)
+        ops::metrics_file::append(&file, &m)
             .with_context(|| format!("cannot write {}", file.display()))?;
         link.send(round, Body::Federation(FederationMsg::Metrics(m.clone())))
             .await?;
@@ -197,8 +193,8 @@ impl Node {
     pub fn finish(&self) -> anyhow::Result<()> {
         let device = select_device("cpu")?;
         let net = network_from_flat(&self.data.spec, &self.state.global, &device)?;
-        client::params::write_flat(&self.dirs.out.join("model.f32"), &self.state.global)?;
-        client::export::export(
+        training::params::write_flat(&self.dirs.out.join("model.f32"), &self.state.global)?;
+        training::export::export(
             &net,
             &self.data.normalizer,
             &self.data.class_names,
@@ -213,4 +209,3 @@ impl Node {
         Ok(())
     }
 }
-

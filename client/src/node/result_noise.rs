@@ -42,7 +42,7 @@ pub fn bound(
     );
     let mut bytes = key.to_vec();
     bytes.extend_from_slice(&cal.bound.to_le_bytes());
-    protocol::durable_file::write_private(&path, &bytes)
+    ops::durable_file::write_private(&path, &bytes)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(cal.bound)
 }

@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use client::params::{network_from_flat, to_flat};
-use client::train::{TrainOptions, select_device, train};
 use he_agg::aggregate::{AggregationPlan, UpdateCodec};
 use he_agg::ckks::{CkksContext, Parameters, Preset, PublicKey, wire};
 use he_agg::multiparty::{Crs, FloodMask};
@@ -19,6 +17,9 @@ use protocol::tls::TlsFiles;
 use protocol::transcript::{Signer, Verifier};
 use protocol::{FederationId, Link, ProtocolError};
 use tracing::{info, warn};
+use training::params::{network_from_flat, to_flat};
+use training::strategy::{Private, Strategy};
+use training::train::{TrainOptions, select_device, train};
 
 use super::NodeDirs;
 use super::data::{LocalData, load};
@@ -88,6 +89,9 @@ pub struct Node {
     pub(super) privacy: Option<NodePrivacy>,
     /// what `/metrics` shows
     pub(super) metrics: std::sync::Arc<super::metrics::NodeMetrics>,
+    /// `[server]`'s strategy, applied to every round's decrypted average (wrapped under
+    /// `[privacy]`)
+    pub(super) strategy: Box<dyn Strategy>,
 }
 
 fn lookup(addr: &str) -> anyhow::Result<SocketAddr> {
@@ -101,7 +105,7 @@ fn lookup(addr: &str) -> anyhow::Result<SocketAddr> {
 impl Node {
     pub async fn open(cfg: SiteConfig, site: &Path, out: &Path) -> anyhow::Result<Self> {
         let dirs = NodeDirs::new(out);
-        protocol::durable_file::create_private_dir(&dirs.state)
+        ops::durable_file::create_private_dir(&dirs.state)
             .with_context(|| format!("cannot create {}", dirs.state.display()))?;
         let federation = cfg.federation_id()?;
         let index = cfg.site.index;
@@ -159,7 +163,7 @@ impl Node {
             None => {
                 // every hospital builds the same initial model from the config's seed
                 let device = select_device("cpu")?;
-                let net = client::model::Network::init(&data.spec, &device);
+                let net = training::model::Network::init(&data.spec, &device);
                 let s = ModelState {
                     round: 0,
                     global: to_flat(&net),
@@ -194,6 +198,15 @@ impl Node {
             max_items,
         )
         .with_switched(switch_record.load()?);
+        let strategy: Box<dyn Strategy> = match &privacy {
+            // the noised average can push batch-norm variances below what is valid
+            Some(_) => Box::new(Private {
+                inner: cfg.server.strategy(),
+                manifest: data.manifest.clone(),
+                floor: 1e-3,
+            }),
+            None => cfg.server.strategy(),
+        };
         Ok(Self {
             cfg,
             dirs,
@@ -209,6 +222,7 @@ impl Node {
             prepared: None,
             costs: HashMap::new(),
             metrics: super::metrics::NodeMetrics::new(privacy.as_ref().map(|p| p.plan.delta)),
+            strategy,
             privacy,
         })
     }
@@ -297,7 +311,7 @@ impl Node {
         let path = self.dirs.out.join("mia.json");
         let done = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<f64>> {
             let net = network_from_flat(&spec, &global, &select_device("cpu")?)?;
-            let auc = client::membership::loss_threshold_auc(&net, &train, &test)?;
+            let auc = training::membership::loss_threshold_auc(&net, &train, &test)?;
             let doc = serde_json::json!({
                 "mia_auc": auc,
                 "members": train.len().min(test.len()),

@@ -4,16 +4,16 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use client::model::ModelConfig;
-use client::train::TrainConfig;
 use datasets::{DatasetConfig, PartitionConfig};
 use he_agg::aggregate::HeSettings;
 use protocol::FederationId;
 use serde::{Deserialize, Serialize};
+use training::model::ModelConfig;
+use training::train::TrainConfig;
 
 pub use protocol::site::SiteSection;
 
-pub use client::strategy::ServerOptConfig;
+pub use training::strategy::ServerOptConfig;
 
 /// `[node]`: local settings of this hospital's node (optional).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -226,7 +226,7 @@ seed = 7
         assert_eq!(c.partition_config().unwrap().hospitals, 3);
         assert_eq!(
             c.server.optimizer,
-            client::strategy::ServerOptimizer::FedAvg
+            training::strategy::ServerOptimizer::FedAvg
         );
         assert_eq!(
             c.kit_dir(Path::new("/kits/h2/site.toml")),

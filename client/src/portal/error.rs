@@ -27,7 +27,7 @@ pub enum PortalError {
     #[error("{0}")]
     Config(String),
     #[error(transparent)]
-    Client(#[from] crate::TrainError),
+    Client(#[from] ::training::TrainError),
 }
 
 impl PortalError {
@@ -56,7 +56,7 @@ pub fn random_hex(n: usize) -> Result<String, PortalError> {
 /// Writes `bytes` to `path` through a temporary file and a rename, so a crash never leaves a
 /// half-written file; owner-only permissions on Unix (password hashes, clinical history).
 pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), PortalError> {
-    protocol::durable_file::write_private(path, bytes).map_err(|e| PortalError::io(path, e))
+    ops::durable_file::write_private(path, bytes).map_err(|e| PortalError::io(path, e))
 }
 
 /// Creates `dir` (and parents) with owner-only permissions on Unix.

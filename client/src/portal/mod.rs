@@ -45,7 +45,7 @@ use tracing::info;
 pub use config::PortalConfig;
 pub use error::PortalError;
 
-use crate::export::{input_shape, read_network};
+use ::training::export::{input_shape, read_network};
 
 /// The network evaluated on this node.
 pub struct LocalModel {

@@ -261,7 +261,7 @@ fn reported(round: u64, val_acc: f32, val_auc: f32) -> protocol::message::RoundM
 
 #[test]
 fn training_outputs_are_read_for_this_hospital() {
-    use protocol::run_report::{RoundRow, hospital_csv, round_csv};
+    use ops::run_report::{RoundRow, hospital_csv, round_csv};
     let dir = tempfile::tempdir().unwrap();
     let round = |round, test_acc, test_auc| RoundRow {
         round,
@@ -301,7 +301,7 @@ fn training_outputs_are_read_for_this_hospital() {
     assert!(super::training::load(dir.path(), Some(2)).is_err());
     let node = tempfile::tempdir().unwrap();
     let m = reported(1, 0.75, 0.875);
-    protocol::metrics_file::append(&node.path().join("metrics.csv"), &m).unwrap();
+    ops::metrics_file::append(&node.path().join("metrics.csv"), &m).unwrap();
     let d = super::training::load(node.path(), Some(1)).unwrap();
     assert_eq!((d.layout, d.rows.len()), ("node", 1));
     assert_eq!((d.rows[0].val_acc, d.rows[0].val_auc), (0.75, 0.875));

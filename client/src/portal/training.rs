@@ -1,7 +1,7 @@
 //! The Training page, read from the node's own outputs: `client run --out DIR` (`metrics.csv`,
-//! through `protocol::metrics_file`, the module the node writes it with),
+//! through `ops::metrics_file`, the module the node writes it with),
 //! or a `coordinator simulate` output directory (`metrics_per_round.csv`,
-//! `metrics_per_hospital.csv`, `summary.json`, through `protocol::run_report`). Audit entries are shown from `audit.jsonl` in
+//! `metrics_per_hospital.csv`, `summary.json`, through `ops::run_report`). Audit entries are shown from `audit.jsonl` in
 //! that directory when the operator exported the coordinator's log there. Every file is
 //! size-bounded and validated; a bad row is an error on the page, not a guess.
 
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use protocol::run_report::{self, RunSummary};
+use ops::run_report::{self, RunSummary};
 use serde::Deserialize;
 
 use super::Portal;
@@ -142,7 +142,7 @@ pub fn load(dir: &Path, me: Option<u32>) -> Result<TrainingData, PortalError> {
         };
         data.layout = "node";
         // the node's own file, read through the module it is written with
-        let rows = protocol::metrics_file::parse(&text)
+        let rows = ops::metrics_file::parse(&text)
             .map_err(|e| PortalError::invalid(&node, e.to_string()))?;
         for m in rows {
             data.rows.push(RoundRow {

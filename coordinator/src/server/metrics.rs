@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use protocol::prometheus::{Exposition, Kind};
+use ops::prometheus::{Exposition, Kind};
 
 use super::{Server, lock};
 use crate::progress;

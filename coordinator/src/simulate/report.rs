@@ -1,14 +1,14 @@
 //! What a simulation leaves behind: per-hospital and per-round tables (CSV and Parquet), PNG
 //! plots (AUC/ACC/loss per round; bytes on the wire per round; time split), and summary.json.
-//! The tables' columns and the summary's fields are `protocol::run_report`'s, the module the
+//! The tables' columns and the summary's fields are `ops::run_report`'s, the module the
 //! portal reads them with.
 
 use std::path::Path;
 
 use anyhow::Context;
+use ops::run_report::{self, RoundRow};
 use plotters::prelude::*;
 use polars::prelude::*;
-use protocol::run_report::{self, RoundRow};
 
 use crate::config::FederationConfig;
 use crate::server::CoordinatorDir;

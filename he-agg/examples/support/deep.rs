@@ -115,7 +115,9 @@ pub fn run(
             .map(|_| {
                 let px: Vec<u8> = (0..c * h * w)
                     .map(|i| {
-                        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        s = s
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
                         let noise = (s >> 58) as f32 - 32.0;
                         (mean[i % c] * 255.0 + noise).clamp(0.0, 255.0) as u8
                     })
@@ -161,8 +163,8 @@ pub fn run(
             json!({"total_s": total, "refresh_work_s": refresh, "images": images.len()}),
         );
     }
-    let request: usize = spec.input_ciphertexts()
-        * wire::seeded_ciphertext_len(ctx, spec.input_level());
+    let request: usize =
+        spec.input_ciphertexts() * wire::seeded_ciphertext_len(ctx, spec.input_level());
     let response = wire::ciphertext_len(ctx, spec.output_level(), 1);
     let per_level: Vec<Value> = per_segment
         .iter()
@@ -182,7 +184,10 @@ pub fn run(
     );
     for (k, s) in per_segment.iter().enumerate() {
         let levels = depths.get(k).copied().unwrap_or(0).max(1);
-        println!("  segment {k}: {s:.3} s, {levels} levels, {:.3} s per level", s / levels as f64);
+        println!(
+            "  segment {k}: {s:.3} s, {levels} levels, {:.3} s per level",
+            s / levels as f64
+        );
     }
     json!({
         "depth": spec.depth(),

@@ -224,7 +224,7 @@ impl UpdateCodec {
     /// the padding after the model's `values` included, must lie within what honest updates can
     /// produce — ±`clip` for values, 0 for padding — give or take [`Self::tolerance`]. An update
     /// whose ciphertext was crafted to leak the secret key (a constant added to c₁ shows up as
-    /// s·k in every slot) is refused here unless its effect is that small; see the README's
+    /// s·k in every slot) is refused here unless its effect is that small; see docs/SECURITY.md's
     /// threat model for what a smaller one can still learn.
     pub fn decrypt_average(
         &self,

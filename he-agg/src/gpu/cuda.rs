@@ -17,8 +17,8 @@ use super::sample_kernel;
 use super::tables::NttTables;
 use crate::aggregate::CudaError;
 use crate::aggregate::cuda::device::{guarded, open_compiled};
-use crate::ring::expand::constants;
 use crate::ring::ShoupConst;
+use crate::ring::expand::constants;
 
 /// Hashes a table by its length and a few dozen sampled words: a lookup then costs a memcmp
 /// (the map compares whole keys on a hash match), not a pass of SipHash over a 64 KiB Galois
@@ -233,7 +233,10 @@ impl CudaExec {
         )
     }
 
-    pub(super) fn const_table(&self, consts: &[ShoupConst]) -> Result<Arc<CudaSlice<u64>>, CudaError> {
+    pub(super) fn const_table(
+        &self,
+        consts: &[ShoupConst],
+    ) -> Result<Arc<CudaSlice<u64>>, CudaError> {
         let mut words: Vec<u64> = consts.iter().flat_map(|c| [c.w, c.w_shoup]).collect();
         if words.is_empty() {
             // the kernel reads constant 0 even for operations that ignore it

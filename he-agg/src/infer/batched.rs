@@ -18,8 +18,7 @@ use crate::ring::Poly;
 
 use super::backend::{BatchedBackend, CpuBackend};
 use super::batched_ops::{
-    BatchedLinear, BatchedOp, CHUNK_ROWS, FusedChunk, Group, HostWeights, integer_rows,
-    make_groups,
+    BatchedLinear, BatchedOp, CHUNK_ROWS, FusedChunk, Group, HostWeights, integer_rows, make_groups,
 };
 use super::batched_spec::BatchedSpec;
 use super::error::InferError;
@@ -136,7 +135,11 @@ impl BatchedModel {
         let mut k = 0;
         while k < low.ops.len() {
             match (&low.ops[k], low.ops.get(k + 1), low.ops.get(k + 2)) {
-                (Op::Linear(a), Some(act @ Op::Activation { post: None, .. }), Some(Op::Linear(b))) => {
+                (
+                    Op::Linear(a),
+                    Some(act @ Op::Activation { post: None, .. }),
+                    Some(Op::Linear(b)),
+                ) => {
                     let c = shift(act)?;
                     let first = integer_rows(a, q[level - 1] as f64, level)?;
                     let second = integer_rows(b, q[level - 3] as f64, level - 2)?;

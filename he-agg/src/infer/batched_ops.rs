@@ -23,7 +23,11 @@ pub(crate) struct Group<W = HostWeights> {
 pub(crate) type HostWeights = Vec<Vec<u64>>;
 
 /// Groups rows (output index, integer-weighted entries) by their column lists.
-pub(crate) fn make_groups(ctx: &CkksContext, level: usize, rows: Vec<(u32, Vec<(u32, i64)>)>) -> Vec<Group> {
+pub(crate) fn make_groups(
+    ctx: &CkksContext,
+    level: usize,
+    rows: Vec<(u32, Vec<(u32, i64)>)>,
+) -> Vec<Group> {
     let mut index: HashMap<Vec<u32>, usize> = HashMap::new();
     let mut raw: Vec<(Vec<u32>, Vec<u32>, Vec<i64>)> = Vec::new();
     for (row, entries) in rows {
@@ -50,7 +54,11 @@ pub(crate) fn make_groups(ctx: &CkksContext, level: usize, rows: Vec<(u32, Vec<(
 }
 
 /// A map's weights as integers round(w·q) for the prime q its rescale removes.
-pub(crate) fn integer_rows(map: &Affine, q: f64, level: usize) -> Result<Vec<Vec<(u32, i64)>>, InferError> {
+pub(crate) fn integer_rows(
+    map: &Affine,
+    q: f64,
+    level: usize,
+) -> Result<Vec<Vec<(u32, i64)>>, InferError> {
     map.rows
         .iter()
         .map(|row| {
@@ -168,4 +176,3 @@ impl<W> BatchedOp<W> {
 
 /// Rows of the first map per fused chunk (whole groups): bounds the chunk's memory.
 pub(crate) const CHUNK_ROWS: usize = 128;
-

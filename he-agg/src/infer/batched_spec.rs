@@ -172,4 +172,3 @@ impl BatchedSpec {
             .collect())
     }
 }
-

@@ -18,7 +18,7 @@
 //!
 //! What it covers: honestly formed requests (fresh encryptions of images), the plan's own
 //! operations and the collective keys' noise. A requester that crafts its ciphertexts' noise is
-//! outside it (the README's threat model says so).
+//! outside it (docs/SECURITY.md's threat model says so).
 
 use std::sync::Arc;
 

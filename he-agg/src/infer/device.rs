@@ -14,9 +14,9 @@ use crate::gpu::{
 
 use super::backend::{Backend, BatchedBackend, first};
 use super::batched::BatchedModel;
+use super::batched_eval;
 use super::batched_ops::{BatchedOp, Group};
 use super::batched_spec::BatchedSpec;
-use super::batched_eval;
 use super::error::InferError;
 use super::evaluate;
 use super::model::{Model, ModelStage, check_request, check_segment_inputs, segment_of};

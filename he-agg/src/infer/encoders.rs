@@ -158,4 +158,3 @@ impl Encoder for ImportEncoder {
         Ok(Scalar::Cipher(self.next(level, scale)?))
     }
 }
-

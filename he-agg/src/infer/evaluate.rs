@@ -125,9 +125,9 @@ pub(crate) fn run<B: Backend>(
                 continue;
             }
             ModelStage::AddShortcut(map) => {
-                let x = kept
-                    .pop()
-                    .ok_or(InferError::ModelMismatch("a shortcut without its block's input"))?;
+                let x = kept.pop().ok_or(InferError::ModelMismatch(
+                    "a shortcut without its block's input",
+                ))?;
                 let short = match map {
                     Some(l) => linear(b, std::slice::from_ref(&x), l, k)?,
                     None => x,

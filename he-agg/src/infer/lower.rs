@@ -132,12 +132,17 @@ impl Shift {
 pub(crate) enum Op {
     Linear(Affine),
     /// y = x·(x + c), then times `post` when a could not be folded.
-    Activation { c: Shift, post: Option<f64> },
+    Activation {
+        c: Shift,
+        post: Option<f64>,
+    },
     /// Keeps the current value for the shortcut of the block that starts here.
     Save,
     /// y = current + map(kept value) (the identity when `None`, which costs no level), the
     /// kept value consumed.
-    AddShortcut { map: Option<Affine> },
+    AddShortcut {
+        map: Option<Affine>,
+    },
 }
 
 impl Op {
@@ -337,7 +342,10 @@ enum Item {
     },
     Save,
     /// the shortcut map of the kept value; `folded` once an activation's a went into it
-    Add { map: Affine, identity: bool },
+    Add {
+        map: Affine,
+        identity: bool,
+    },
 }
 
 fn identity(n: usize, shape: Shape) -> Affine {

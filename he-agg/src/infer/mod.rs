@@ -74,15 +74,15 @@ mod reference;
 pub mod refresh;
 #[cfg(test)]
 mod residual_tests;
+pub mod scatter;
 mod segments;
 mod spec;
 mod stages;
-mod trace;
-pub mod scatter;
 pub mod testing;
 #[cfg(test)]
 mod tests;
 pub mod threshold;
+mod trace;
 
 pub use architecture::{ArchLayer, Architecture, MAX_LAYERS, MAX_SKELETON_WEIGHTS};
 pub use batched::BatchedModel;
@@ -95,5 +95,5 @@ pub use model::Model;
 pub use network::{Conv2d, Dense, Layer, MAX_TENSOR, Network, Normalization, Residual, Shape};
 pub use params::{ParamPolicy, choose_parameters, max_depth};
 pub use plan::{InferencePlan, MAX_INPUT_CIPHERTEXTS};
-pub use stages::StageInfo;
 pub use spec::{EvaluationKeys, InferenceSpec, RefreshPoint};
+pub use stages::StageInfo;

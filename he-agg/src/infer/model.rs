@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use crate::ckks::{Ciphertext, CkksContext, Plaintext};
 
-pub(crate) use super::operand::{Operand, Scalar};
 use super::encoders::{CipherEncoder, CountEncoder, Encoder, ImportEncoder, PlainEncoder};
 use super::error::InferError;
 use super::kernels;
+pub(crate) use super::operand::{Operand, Scalar};
 use super::plan::{InferencePlan, LinearStage, Stage, StageShift};
 use super::spec::InferenceSpec;
 
@@ -122,13 +122,12 @@ impl<P, C> ModelStage<P, C> {
                 post: post.as_ref().map(|s| s.try_map(fc)).transpose()?,
             },
             ModelStage::Save => ModelStage::Save,
-            ModelStage::AddShortcut(map) => ModelStage::AddShortcut(
-                map.as_ref().map(|l| l.try_map(fp, fc)).transpose()?,
-            ),
+            ModelStage::AddShortcut(map) => {
+                ModelStage::AddShortcut(map.as_ref().map(|l| l.try_map(fp, fc)).transpose()?)
+            }
         })
     }
 }
-
 
 /// A network ready to evaluate on encrypted images of one parameter set.
 #[derive(Clone, Debug)]
@@ -367,12 +366,9 @@ fn linear_ops(
         .collect::<Result<Vec<_>, InferError>>()?;
     let bias = match &l.bias {
         Some(b) => Some(enc.operand(ctx, b, l.level - k, l.out_scale)?),
-        None if enc.complete() => Some(enc.operand(
-            ctx,
-            &vec![0.0; ctx.slots()],
-            l.level - k,
-            l.out_scale,
-        )?),
+        None if enc.complete() => {
+            Some(enc.operand(ctx, &vec![0.0; ctx.slots()], l.level - k, l.out_scale)?)
+        }
         None => None,
     };
     Ok(LinearOps {
@@ -401,7 +397,9 @@ pub(crate) fn segment_of<'a, T>(
         *cuts.get(k - 1).ok_or(err)?
     };
     let end = cuts.get(k).copied().unwrap_or(stages.len());
-    stages.get(start..end).ok_or(InferError::ModelMismatch("segment bounds"))
+    stages
+        .get(start..end)
+        .ok_or(InferError::ModelMismatch("segment bounds"))
 }
 
 /// Refuses the inputs of segment `k`: the image's ciphertexts for the first, one refreshed

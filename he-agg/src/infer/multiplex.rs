@@ -90,7 +90,9 @@ pub(crate) fn layouts(low: &Lowered, inputs: &[Shape]) -> Result<Layouts, InferE
             let Shape::Chw([_, h, w]) = m.out_shape else {
                 unreachable!("a spatial layout belongs to a spatial map")
             };
-            let pos = (0..h * w).map(|p| ((p / w) * grid.1 + p % w) as u32).collect();
+            let pos = (0..h * w)
+                .map(|p| ((p / w) * grid.1 + p % w) as u32)
+                .collect();
             Some((grid.0 * grid.1, pos))
         }
         _ => None,
@@ -109,7 +111,9 @@ mod tests {
     #[test]
     fn strided_maps_keep_outputs_where_their_inputs_were() {
         let grid = (16, 16);
-        let s1 = multiplexed(Shape::Chw([16, 14, 14]), grid).unwrap().unwrap();
+        let s1 = multiplexed(Shape::Chw([16, 14, 14]), grid)
+            .unwrap()
+            .unwrap();
         let s2 = multiplexed(Shape::Chw([32, 7, 7]), grid).unwrap().unwrap();
         let s3 = multiplexed(Shape::Chw([64, 4, 4]), grid).unwrap().unwrap();
         // the first stage: channel blocks of 256, row-major on the padded grid

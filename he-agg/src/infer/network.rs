@@ -375,7 +375,11 @@ fn output_shape(i: usize, layer: &Layer, input: Shape) -> Result<Shape, NetworkE
 
 /// The output shape of every layer of a residual block's body on `input` (block `i`): spatial
 /// layers only, no nested block.
-pub(crate) fn body_shapes(i: usize, input: Shape, body: &[Layer]) -> Result<Vec<Shape>, NetworkError> {
+pub(crate) fn body_shapes(
+    i: usize,
+    input: Shape,
+    body: &[Layer],
+) -> Result<Vec<Shape>, NetworkError> {
     let mut shape = input;
     body.iter()
         .map(|l| {

@@ -17,7 +17,10 @@ pub(crate) enum Scalar<C> {
 }
 
 impl<C> Scalar<C> {
-    pub(crate) fn try_map<C2, X>(&self, fc: &mut impl FnMut(&C) -> Result<C2, X>) -> Result<Scalar<C2>, X> {
+    pub(crate) fn try_map<C2, X>(
+        &self,
+        fc: &mut impl FnMut(&C) -> Result<C2, X>,
+    ) -> Result<Scalar<C2>, X> {
         Ok(match self {
             Scalar::Plain(v) => Scalar::Plain(*v),
             Scalar::Cipher(c) => Scalar::Cipher(fc(c)?),
@@ -37,4 +40,3 @@ impl<P, C> Operand<P, C> {
         })
     }
 }
-

@@ -33,8 +33,8 @@ use super::network::Network;
 use super::params::ParamPolicy;
 use super::segments::{Levels, choose_levels};
 use super::spec::InferenceSpec;
-use super::stages::{bias_slots, linear_stage, replication, spread};
 pub(crate) use super::stages::{LinearStage, Stage, StageInfo, StageShift};
+use super::stages::{bias_slots, linear_stage, replication, spread};
 use super::trace::trace;
 
 /// Most ciphertexts one image may span (a 512×512 image under a 16×16 patch embedding takes 32
@@ -311,8 +311,7 @@ impl InferencePlan {
                     };
                     // a residual network's smaller output replicated with its own period
                     let extent = layout::extent(out, map.n_out()).max(1).next_power_of_two();
-                    let (replicate, next_period) = match blocks && lay.kinds[k] == MapKind::Direct
-                    {
+                    let (replicate, next_period) = match blocks && lay.kinds[k] == MapKind::Direct {
                         true if extent < next_period => {
                             (replication(extent, next_period, slots), extent)
                         }

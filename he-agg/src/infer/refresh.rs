@@ -151,6 +151,8 @@ pub fn unmask(
     kernels::check_input(ctx, &fresh, spec.input_level(), mask.scale)?;
     let mut out = fresh;
     let hi = ctx.rlwe().q_basis(spec.input_level());
-    ctx.rlwe().ring().sub_assign(&mut out.parts[0], &mask.high, hi);
+    ctx.rlwe()
+        .ring()
+        .sub_assign(&mut out.parts[0], &mask.high, hi);
     Ok(out)
 }

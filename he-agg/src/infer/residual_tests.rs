@@ -55,7 +55,11 @@ fn a_residual_block_adds_its_shortcut_to_its_body() {
     .unwrap();
     // (3x)² + 1 per position, averaged
     let y = net.forward(&[1.0, 2.0, 3.0, 4.0]).unwrap();
-    let want = [9.0f32, 36.0, 81.0, 144.0].iter().map(|v| v + 1.0).sum::<f32>() / 4.0;
+    let want = [9.0f32, 36.0, 81.0, 144.0]
+        .iter()
+        .map(|v| v + 1.0)
+        .sum::<f32>()
+        / 4.0;
     assert_eq!(y, vec![want]);
     // a projection that changes channels and size
     let proj = Network::new(
@@ -72,10 +76,16 @@ fn a_residual_block_adds_its_shortcut_to_its_body() {
 #[test]
 fn malformed_blocks_are_refused() {
     let err = |layers| Network::new([2, 4, 4], layers).unwrap_err();
-    assert!(matches!(err(vec![block(vec![], None)]), NetworkError::EmptyBlock { layer: 0 }));
+    assert!(matches!(
+        err(vec![block(vec![], None)]),
+        NetworkError::EmptyBlock { layer: 0 }
+    ));
     // the body changes the channels, the identity does not
     assert!(matches!(
-        err(vec![block(vec![Layer::Conv2d(conv(2, 3, 3, 1, 0.1))], None)]),
+        err(vec![block(
+            vec![Layer::Conv2d(conv(2, 3, 3, 1, 0.1))],
+            None
+        )]),
         NetworkError::BlockShapes { layer: 0, .. }
     ));
     // dense layers and nested blocks stay outside bodies
@@ -110,7 +120,10 @@ fn lowering_reproduces_the_reference_through_blocks() {
         let want = net.forward(&x).unwrap();
         let got = low.apply(&x.iter().map(|&v| v as f64).collect::<Vec<_>>());
         for (g, w) in got.iter().zip(&want) {
-            assert!((g - *w as f64).abs() <= 1e-4 * (1.0 + w.abs() as f64), "{g} vs {w}");
+            assert!(
+                (g - *w as f64).abs() <= 1e-4 * (1.0 + w.abs() as f64),
+                "{g} vs {w}"
+            );
         }
     }
     // a zero x² coefficient cannot be folded
@@ -150,7 +163,10 @@ fn a_residual_skeleton_compiles_to_the_real_spec_and_round_trips() {
     assert!(text.contains("\"type\":\"residual\""), "{text}");
     assert_eq!(serde_json::from_str::<Network>(&text).unwrap(), net);
     let arch_text = serde_json::to_string(&arch).unwrap();
-    assert_eq!(serde_json::from_str::<Architecture>(&arch_text).unwrap(), arch);
+    assert_eq!(
+        serde_json::from_str::<Architecture>(&arch_text).unwrap(),
+        arch
+    );
 }
 
 /// Segments of at least 4 levels, a ring small enough that this network needs cutting.
@@ -190,7 +206,11 @@ fn a_deep_network_is_cut_and_refreshed_by_the_requester() {
         assert!(r.level < spec.input_level());
         // the base keeps the mask 2^64 above the values
         let ctx = crate::ckks::CkksContext::new(spec.parameters().clone()).unwrap();
-        assert!(ctx.log_q(r.level) >= r.scale.log2() + 10.0 + 64.0, "{}", ctx.log_q(r.level));
+        assert!(
+            ctx.log_q(r.level) >= r.scale.log2() + 10.0 + 64.0,
+            "{}",
+            ctx.log_q(r.level)
+        );
     }
     let k = keys_for(spec);
     let model = Model::plain(&plan, &k.ctx).unwrap();
@@ -223,7 +243,10 @@ fn a_deep_network_is_cut_and_refreshed_by_the_requester() {
     let got = spec.decode_output(&k.ctx, &pt).unwrap();
     let want = net.forward(&x).unwrap();
     for (g, w) in got.iter().zip(&want) {
-        assert!((g - *w as f64).abs() < 1e-2 * (1.0 + w.abs() as f64), "{got:?} vs {want:?}");
+        assert!(
+            (g - *w as f64).abs() < 1e-2 * (1.0 + w.abs() as f64),
+            "{got:?} vs {want:?}"
+        );
     }
 }
 
@@ -261,7 +284,11 @@ fn refreshes_refuse_what_the_plan_does_not_say() {
         Err(InferError::InputCiphertexts { .. })
     ));
     assert!(model.evaluate_segment(&k.eval, 1, &[short]).is_err());
-    assert!(model.evaluate_segment(&k.eval, spec.segments(), &[fresh]).is_err());
+    assert!(
+        model
+            .evaluate_segment(&k.eval, spec.segments(), &[fresh])
+            .is_err()
+    );
 }
 
 #[test]
@@ -281,11 +308,16 @@ fn a_residual_network_evaluates_with_plain_and_encrypted_weights() {
     let x = image(net.input_len(), 9);
     let want = net.forward(&x).unwrap();
     for model in [&plain, &encrypted, &rebuilt] {
-        let out = model.evaluate(&k.eval, &encrypt(&k, plan.spec(), &x)).unwrap();
+        let out = model
+            .evaluate(&k.eval, &encrypt(&k, plan.spec(), &x))
+            .unwrap();
         let pt = k.ctx.decryptor(&k.sk).unwrap().decrypt(&out);
         let got = plan.spec().decode_output(&k.ctx, &pt).unwrap();
         for (g, w) in got.iter().zip(&want) {
-            assert!((g - *w as f64).abs() < 1e-3 * (1.0 + w.abs() as f64), "{got:?} vs {want:?}");
+            assert!(
+                (g - *w as f64).abs() < 1e-3 * (1.0 + w.abs() as f64),
+                "{got:?} vs {want:?}"
+            );
         }
     }
 }

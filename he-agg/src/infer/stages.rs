@@ -46,7 +46,9 @@ pub(crate) enum Stage {
     /// Keeps the current ciphertext for a block's shortcut.
     Save,
     /// Adds the kept ciphertext, mapped when `map` is given (at the kept value's level).
-    AddShortcut { map: Option<LinearStage> },
+    AddShortcut {
+        map: Option<LinearStage>,
+    },
 }
 
 /// What one stage of a plan costs, for reports.
@@ -153,7 +155,12 @@ pub(crate) fn replication(extent: usize, period: usize, slots: usize) -> Vec<i64
 }
 
 /// Per-value constants at their slots (`slot(j)` below the period), repeated with the period.
-pub(crate) fn spread(v: &[f64], slots: usize, period: usize, slot: impl Fn(usize) -> usize) -> Vec<f64> {
+pub(crate) fn spread(
+    v: &[f64],
+    slots: usize,
+    period: usize,
+    slot: impl Fn(usize) -> usize,
+) -> Vec<f64> {
     let mut out = vec![0.0; slots];
     for (j, &c) in v.iter().enumerate() {
         let mut t = slot(j);
@@ -164,4 +171,3 @@ pub(crate) fn spread(v: &[f64], slots: usize, period: usize, slot: impl Fn(usize
     }
     out
 }
-

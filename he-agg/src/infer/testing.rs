@@ -205,9 +205,15 @@ pub fn residual_network(
         }
     };
     let act = |c: usize, salt: usize| Layer::ChannelQuadratic {
-        a: (0..c).map(|i| 0.1 + 0.2 * (((i + salt) * 37 % 11) as f32 / 10.0)).collect(),
-        b: (0..c).map(|i| 0.5 + 0.1 * (((i + salt) * 13 % 7) as f32 / 6.0)).collect(),
-        c: (0..c).map(|i| 0.05 * (((i + salt) * 5 % 3) as f32 - 1.0)).collect(),
+        a: (0..c)
+            .map(|i| 0.1 + 0.2 * (((i + salt) * 37 % 11) as f32 / 10.0))
+            .collect(),
+        b: (0..c)
+            .map(|i| 0.5 + 0.1 * (((i + salt) * 13 % 7) as f32 / 6.0))
+            .collect(),
+        c: (0..c)
+            .map(|i| 0.05 * (((i + salt) * 5 % 3) as f32 - 1.0))
+            .collect(),
     };
     let mut layers = vec![Layer::Conv2d(conv(channels, width, 3, 1)), act(width, 0)];
     let mut w = width;

@@ -119,7 +119,9 @@ pub(crate) fn trace(
             }
             Op::Save => kept.push((l, scale)),
             Op::AddShortcut { map } => {
-                let (kl, ks) = kept.pop().ok_or(InferError::ModelMismatch("blocks unbalanced"))?;
+                let (kl, ks) = kept
+                    .pop()
+                    .ok_or(InferError::ModelMismatch("blocks unbalanced"))?;
                 t.kept_levels[j] = kl;
                 match map {
                     Some(_) => {

@@ -262,7 +262,13 @@ fn digest(ct: &Ciphertext) -> [u8; 32] {
 
 /// A mask of `bits` uniform bits per coefficient, centred (−2^(bits−1) ≤ M < 2^(bits−1)), as
 /// residues over `basis` in the coefficient domain.
-pub(crate) fn sample_mask(moduli: &[Modulus], basis: &[usize], n: usize, bits: u32, prng: &mut Prng) -> Poly {
+pub(crate) fn sample_mask(
+    moduli: &[Modulus],
+    basis: &[usize],
+    n: usize,
+    bits: u32,
+    prng: &mut Prng,
+) -> Poly {
     let words = bits.div_ceil(64) as usize;
     let top_bits = bits - 64 * (words as u32 - 1);
     let top_mask = if top_bits == 64 {
@@ -305,7 +311,13 @@ fn pow2_mod(e: u32, q: u128) -> u64 {
 /// Exact lift of x (residues over `low`, coefficient domain, |x| < q/2) to the centred integer
 /// and its residues over `high` ⊇ `low`: x = Σ y_i·(q/q_i) − v·q with y_i = [x_i·(q/q_i)^−1]_{q_i}
 /// and v = round(Σ y_i/q_i) (Halevi–Polyakov–Shoup; exact while |x|/q stays off ½).
-pub(crate) fn lift_centered(moduli: &[Modulus], x: &Poly, low: &[usize], high: &[usize], n: usize) -> Poly {
+pub(crate) fn lift_centered(
+    moduli: &[Modulus],
+    x: &Poly,
+    low: &[usize],
+    high: &[usize],
+    n: usize,
+) -> Poly {
     let mut out = Poly::zero(n, high.len());
     let k = low.len();
     for (pos, _) in low.iter().enumerate() {

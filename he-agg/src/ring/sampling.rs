@@ -168,7 +168,6 @@ impl Prng {
         }
         out
     }
-
 }
 
 /// Inversion sampling of the bounded discrete Gaussian from a 64-bit uniform r: the sample is

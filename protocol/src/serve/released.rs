@@ -28,8 +28,35 @@ pub const MAX_IMAGES: u32 = 256;
 pub const MAX_GALOIS_KEYS: u32 = 1024;
 /// Largest architecture description (JSON) a requester accepts.
 pub const MAX_ARCHITECTURE_BYTES: usize = 1 << 20;
-/// Most class names (and bytes per name) a requester accepts.
+/// Most class names a requester accepts.
 pub const MAX_CLASSES: usize = 4096;
+/// Most bytes in one class name.
+pub const MAX_CLASS_NAME_BYTES: usize = 256;
+
+/// The one check of a model's description wherever one is received (a requester reading what a
+/// server serves, a serving coordinator reading what a keyholder holds): its architecture and
+/// class names within the limits every party holds in memory.
+pub fn check_model_description(architecture: &str, class_names: &[String]) -> Result<(), String> {
+    if architecture.len() > MAX_ARCHITECTURE_BYTES {
+        return Err(format!(
+            "the model's architecture is {} bytes; at most {MAX_ARCHITECTURE_BYTES} are accepted",
+            architecture.len()
+        ));
+    }
+    if class_names.len() > MAX_CLASSES {
+        return Err(format!(
+            "the model has {} classes; at most {MAX_CLASSES} are accepted",
+            class_names.len()
+        ));
+    }
+    if let Some(c) = class_names.iter().find(|c| c.len() > MAX_CLASS_NAME_BYTES) {
+        return Err(format!(
+            "a class name of {} bytes; at most {MAX_CLASS_NAME_BYTES} are accepted",
+            c.len()
+        ));
+    }
+    Ok(())
+}
 
 /// Start of the refusal of a request whose keys the server does not hold.
 pub const KEYS_UNKNOWN: &str = "evaluation keys unknown";
@@ -64,6 +91,19 @@ pub struct ModelInfo {
     /// How image files are made into inputs (JSON of `datasets::InputPreparation`; empty when
     /// the model does not say).
     pub input_preparation: String,
+}
+
+impl ModelInfo {
+    /// [`check_model_description`] of what it describes, and its input preparation bounded.
+    pub fn check(&self) -> Result<(), String> {
+        check_model_description(&self.architecture, &self.class_names)?;
+        if self.input_preparation.len() > MAX_ARCHITECTURE_BYTES
+            || self.name.len() > MAX_CLASS_NAME_BYTES
+        {
+            return Err("the model's name or input preparation exceeds the limits".into());
+        }
+        Ok(())
+    }
 }
 
 /// Header of a key stream: the evaluation keys a requester's images are evaluated with.
@@ -166,5 +206,22 @@ impl ReleasedMsg {
             ReleasedMsg::Refresh(_) => "refresh",
             ReleasedMsg::Refreshed(_) => "refreshed",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_descriptions_past_the_limits_are_refused_with_the_figures() {
+        let names = |n: usize, len: usize| vec!["x".repeat(len); n];
+        assert!(check_model_description("{}", &names(11, 10)).is_ok());
+        let e = check_model_description(&" ".repeat(MAX_ARCHITECTURE_BYTES + 1), &[]);
+        assert!(e.unwrap_err().contains(&MAX_ARCHITECTURE_BYTES.to_string()));
+        let e = check_model_description("{}", &names(MAX_CLASSES + 1, 1));
+        assert!(e.unwrap_err().contains("4097 classes"));
+        let e = check_model_description("{}", &names(2, MAX_CLASS_NAME_BYTES + 1));
+        assert!(e.unwrap_err().contains("257 bytes"));
     }
 }

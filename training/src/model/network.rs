@@ -143,7 +143,12 @@ fn norm_init(features: usize, device: &Device) -> BatchNorm {
 }
 
 /// The parameters of an activation over `channels`, if it has any.
-fn act_init(spec: &NetworkSpec, a: Activation, channels: usize, device: &Device) -> Option<ActParams> {
+fn act_init(
+    spec: &NetworkSpec,
+    a: Activation,
+    channels: usize,
+    device: &Device,
+) -> Option<ActParams> {
     match a {
         Activation::Quadratic => {
             let [qa, qb] = spec.quadratic_init;
@@ -245,8 +250,9 @@ impl Network {
                         act2: act_init(spec, *activation, co, device),
                     }));
                 }
-                LayerKind::AvgPool { .. } | LayerKind::Dropout { .. } | LayerKind::GlobalAvgPool => {
-                }
+                LayerKind::AvgPool { .. }
+                | LayerKind::Dropout { .. }
+                | LayerKind::GlobalAvgPool => {}
             }
         }
         Self {
@@ -351,7 +357,9 @@ impl Network {
                     };
                     let pad = kernel / 2;
                     let h = b.bn1.forward(conv(&b.conv1, x.clone(), *stride, pad));
-                    let Img(h) = apply_act(Img(h), *activation, b.act1.as_ref().map(Into::into), bounds) else {
+                    let Img(h) =
+                        apply_act(Img(h), *activation, b.act1.as_ref().map(Into::into), bounds)
+                    else {
                         unreachable!("an image stays an image")
                     };
                     let h = b.bn2.forward(conv(&b.conv2, h, 1, pad));
@@ -360,7 +368,12 @@ impl Network {
                         _ => x,
                     };
                     let sum = b.bn3.forward(h + short);
-                    apply_act(Img(sum), *activation, b.act2.as_ref().map(Into::into), bounds)
+                    apply_act(
+                        Img(sum),
+                        *activation,
+                        b.act2.as_ref().map(Into::into),
+                        bounds,
+                    )
                 }
                 (LayerKind::GlobalAvgPool, Img(x)) => {
                     let [b, c, _, _] = x.dims();

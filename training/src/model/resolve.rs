@@ -203,7 +203,10 @@ impl ModelConfig {
                 }
                 LayerConfig::GlobalAvgPool => {
                     if shape.len() != 3 {
-                        return Err(bad(i, "global-avg-pool after dense: input is not an image".into()));
+                        return Err(bad(
+                            i,
+                            "global-avg-pool after dense: input is not an image".into(),
+                        ));
                     }
                     shape = vec![shape[0]];
                     LayerKind::GlobalAvgPool
@@ -269,4 +272,3 @@ impl FrontConfig {
         Ok(f)
     }
 }
-

@@ -1,7 +1,7 @@
 //! A keyholder of head training (`client hold-keys --head`): it refreshes the head's state after
 //! every training step and switches the trained head to its contributor's key. What it
 //! refreshes is checked for shape only — the coordinator is trusted to run the agreed steps
-//! (issue 46, item 3, is open; the README's threat model says so).
+//! (issue 46, item 3, is open; docs/SECURITY.md's threat model says so).
 
 use anyhow::{Context, bail};
 use he_agg::ckks::wire;
@@ -15,7 +15,7 @@ use super::{Held, Keyholder, Reply};
 impl Keyholder {
     /// Head training: refresh shares of the head's state after a step (`items`: the state's
     /// ciphertexts at the refresh level). Each refresh is logged; what is refreshed is checked
-    /// for shape only — the coordinator is trusted to run the agreed steps (see the README).
+    /// for shape only — the coordinator is trusted to run the agreed steps (see docs/SECURITY.md).
     pub fn refresh(
         &mut self,
         req: &HeadRefreshRequest,

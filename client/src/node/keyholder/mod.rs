@@ -31,7 +31,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use client::export::read_network;
 use he_agg::ckks::{CkksContext, SecretKey, wire};
 use he_agg::infer::threshold::{CollectiveKeys, KeyShares, served_crs, served_policy};
 use he_agg::infer::{InferencePlan, Network};
@@ -46,6 +45,7 @@ use protocol::tls::TlsFiles;
 use protocol::transcript::{self, Signer, Verifier};
 use protocol::{Body, FederationId};
 use tracing::info;
+use training::export::read_network;
 use zeroize::Zeroizing;
 
 use super::held_setup::{self, HeldSetup};
@@ -164,7 +164,7 @@ impl Keyholder {
         let federation = cfg.federation_id()?;
         let keys = CollectiveKeys::new(plan.spec(), &ctx, &served_crs(&federation.0))?;
         let dir = state.join("inference");
-        protocol::durable_file::create_private_dir(&dir)
+        ops::durable_file::create_private_dir(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let result_noise = super::result_noise::bound(&dir, &plan, net, cfg.site.hospitals)?;
         Self::restore(Self {
@@ -221,7 +221,7 @@ impl Keyholder {
             &HeadPlan::crs(&federation.0),
         )?;
         let dir = state.join("head");
-        protocol::durable_file::create_private_dir(&dir)
+        ops::durable_file::create_private_dir(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let job = HeadJob {
             features: features as u32,
@@ -451,11 +451,8 @@ impl Keyholder {
             items,
         )?;
         // the only key this keyholder takes requests under
-        protocol::durable_file::write_public(
-            &self.dir.join(COLLECTIVE_KEY_HASH),
-            &sums.collective_key,
-        )
-        .context("storing the collective key's hash")?;
+        ops::durable_file::write_public(&self.dir.join(COLLECTIVE_KEY_HASH), &sums.collective_key)
+            .context("storing the collective key's hash")?;
         self.collective_key = Some(sums.collective_key);
         let (Some(sk), Some(eph), Some(own)) = (
             self.secret.as_ref(),

@@ -20,7 +20,7 @@ use he_agg::multiparty::{RelinKeyShare2, wire as mpw};
 use he_agg::train::HeadPlan;
 use protocol::serve::collective::{KeyholderRound1, KeyholderShares, ServingKeys};
 use protocol::serve::head::{HeadJob, HeadTraining};
-use protocol::serve::released::{MAX_ARCHITECTURE_BYTES, MAX_CLASSES, ModelInfo};
+use protocol::serve::released::{MAX_ARCHITECTURE_BYTES, ModelInfo, check_model_description};
 use protocol::{Body, FederationId};
 
 pub use super::round1::Round1Stream;
@@ -223,12 +223,8 @@ impl ServedKeys {
         hospital: u32,
         header: KeyholderRound1,
     ) -> Result<Round1Stream, KeysError> {
-        if header.architecture.len() > MAX_ARCHITECTURE_BYTES
-            || header.class_names.len() > MAX_CLASSES
-            || header.class_names.iter().any(|c| c.len() > 256)
-        {
-            return Err(invalid("the model description exceeds the limits"));
-        }
+        check_model_description(&header.architecture, &header.class_names)
+            .map_err(KeysError::Invalid)?;
         if self.compiled.is_none() {
             self.compiled = Some(self.compile(&header.architecture, &header.class_names)?);
         }

@@ -66,7 +66,7 @@ pub fn save(dir: &Path, store: &Store, state: &SavedServing) -> Result<(), Saved
     })?;
     let target = path(dir);
     // whole or not at all, 0600, and the rename durable before the store names the new hash
-    protocol::durable_file::write_private(&target, &bytes).map_err(|source| SavedError::Io {
+    ops::durable_file::write_private(&target, &bytes).map_err(|source| SavedError::Io {
         path: target.clone(),
         source,
     })?;

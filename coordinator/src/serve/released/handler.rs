@@ -225,7 +225,10 @@ impl ReadyRequest {
         if self.segment + 1 == spec.segments() {
             return Ok(Step::Done(Response {
                 request_id: self.header.request_id,
-                ciphertexts: outs.iter().map(|c| wire::encode_ciphertext(ctx, c)).collect(),
+                ciphertexts: outs
+                    .iter()
+                    .map(|c| wire::encode_ciphertext(ctx, c))
+                    .collect(),
                 evaluate: self.evaluate + t.elapsed(),
                 validate: self.validate,
             }));
@@ -298,8 +301,7 @@ impl PendingRefresh {
                 source,
             })?;
         let want_scale = spec.refreshes()[self.from.segment].scale;
-        if seeded.level() != spec.input_level() || (seeded.scale / want_scale - 1.0).abs() > 1e-9
-        {
+        if seeded.level() != spec.input_level() || (seeded.scale / want_scale - 1.0).abs() > 1e-9 {
             return Err(Refusal::RefreshedShape {
                 image,
                 expected: spec.input_level(),

@@ -363,7 +363,10 @@ impl InferenceServer {
         let got = match &answer.envelope.body {
             Body::Released(ReleasedMsg::Refreshed(h)) => *h,
             Body::Refused { reason } => {
-                return Err(format!("the requester refused refresh {}: {reason}", header.index));
+                return Err(format!(
+                    "the requester refused refresh {}: {reason}",
+                    header.index
+                ));
             }
             other => return Err(Refusal::Unexpected(other.kind()).to_string()),
         };
@@ -374,7 +377,13 @@ impl InferenceServer {
             pending.push(item).map_err(|e| e.to_string())
         })
         .await?;
-        if complete && answer.next_item().await.map_err(|e| e.to_string())?.is_some() {
+        if complete
+            && answer
+                .next_item()
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some()
+        {
             return Err(Refusal::TooManyItems { announced: items }.to_string());
         }
         pending.finish().map_err(|e| e.to_string())

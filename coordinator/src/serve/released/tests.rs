@@ -466,7 +466,10 @@ fn a_deep_model_is_answered_after_its_requester_refreshes_each_segment() {
     let segments = model.plan().spec().segments();
     assert!(segments >= 3, "{segments}");
     let r = requester_for(net.clone());
-    assert_eq!(r.plan.spec().fingerprint(), model.plan().spec().fingerprint());
+    assert_eq!(
+        r.plan.spec().fingerprint(),
+        model.plan().spec().fingerprint()
+    );
     let keys = r.key_set(&model);
     let px: Vec<u8> = (0..64).map(|i| ((i * 37 + 11) % 256) as u8).collect();
     let start = || {
@@ -491,15 +494,15 @@ fn a_deep_model_is_answered_after_its_requester_refreshes_each_segment() {
         index: out.header.index + 1,
         ..out.header
     };
-    assert!(matches!(out.begin(&wrong), Err(Refusal::RefreshHeader { .. })));
+    assert!(matches!(
+        out.begin(&wrong),
+        Err(Refusal::RefreshHeader { .. })
+    ));
     // a refreshed ciphertext at another level is refused
     let out = first(start());
     let header = out.header;
-    let mut good = wire::decode_seeded_ciphertext(
-        &r.ctx,
-        &refresh_item(0, &out.ciphertexts[0]),
-    )
-    .unwrap();
+    let mut good =
+        wire::decode_seeded_ciphertext(&r.ctx, &refresh_item(0, &out.ciphertexts[0])).unwrap();
     let mut pending = out.begin(&header).unwrap();
     good.c0.truncate(good.level() - 1);
     assert!(matches!(
@@ -532,6 +535,9 @@ fn a_deep_model_is_answered_after_its_requester_refreshes_each_segment() {
     let got = r.decrypt(&resp.ciphertexts[0]);
     let want = net.forward(&net.normalize_hwc(&px).unwrap()).unwrap();
     for (g, w) in got.iter().zip(&want) {
-        assert!((g - *w as f64).abs() < 1e-2 * (1.0 + w.abs() as f64), "{got:?} vs {want:?}");
+        assert!(
+            (g - *w as f64).abs() < 1e-2 * (1.0 + w.abs() as f64),
+            "{got:?} vs {want:?}"
+        );
     }
 }

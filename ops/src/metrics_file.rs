@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::message::RoundMetrics;
+use protocol::message::RoundMetrics;
 
 /// The header, in the order of [`RoundMetrics`]'s fields.
 pub const HEADER: &str = "round,train_loss,val_loss,val_acc,val_auc,test_acc,test_auc,samples,train_s,encrypt_s,upload_s,switch_s,decrypt_s,bytes_up,bytes_down";
@@ -106,7 +106,7 @@ pub(crate) fn parse_row(line: &str) -> Result<RoundMetrics, String> {
 /// A node's report of a round, for the tests of the files that hold it.
 #[cfg(test)]
 pub(crate) mod testing {
-    use crate::message::RoundMetrics;
+    use protocol::message::RoundMetrics;
 
     pub(crate) fn metrics(round: u64) -> RoundMetrics {
         RoundMetrics {

@@ -5,8 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::RoundMetrics;
 use crate::metrics_file;
+use protocol::message::RoundMetrics;
 
 /// The per-round table's file name without extension (`.csv` and `.parquet`).
 pub const PER_ROUND: &str = "metrics_per_round";
