@@ -208,7 +208,7 @@ fn parameters_follow_the_depth_and_refuse_networks_too_deep_for_any_secure_set()
     let net = Network::new([1, 2, 2], vec![Layer::Square; depth]).unwrap();
     let no_refresh = ParamPolicy {
         refresh: false,
-        ..policy.clone()
+        ..policy
     };
     let err = InferencePlan::new(&net, &no_refresh).unwrap_err();
     assert!(

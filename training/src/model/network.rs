@@ -85,6 +85,9 @@ pub struct BlockParams {
 }
 
 /// The trainable state of one layer.
+// one value per layer, made once: a block's size costs nothing worth a box (and burn's Module
+// derive walks the variants as they are)
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum LayerParams {
     /// Convolution.

@@ -32,8 +32,11 @@ impl ModelConfig {
             return Err(TrainError::Model("the network has no layers".into()));
         }
         let [lo, hi] = self.poly_bounds;
-        if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi)
-            || !self.poly_init.iter().all(|v| v.is_finite())
+        if !(lo.is_finite()
+            && hi.is_finite()
+            && lo > 0.0
+            && lo <= hi
+            && self.poly_init.iter().all(|v| v.is_finite()))
         {
             return Err(TrainError::Model(format!(
                 "poly_bounds {:?} must satisfy 0 < min ≤ max (finite), poly_init {:?} finite",

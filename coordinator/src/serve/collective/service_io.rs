@@ -58,6 +58,8 @@ pub enum Event {
 }
 
 /// What the shell is to do.
+// Send (a whole Body) is the common action; boxing it would allocate for every message
+#[allow(clippy::large_enum_variant)]
 pub enum Action {
     Send {
         conn: Conn,
