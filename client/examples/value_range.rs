@@ -40,7 +40,11 @@ fn main() -> anyhow::Result<()> {
                 over += 1;
             }
         }
-        println!("after layer {k:2} ({}): max |value| {top:.3e} (log2 {:.1}); {over} images past 2^10", layer_name(&layers[k - 1]), top.log2());
+        println!(
+            "after layer {k:2} ({}): max |value| {top:.3e} (log2 {:.1}); {over} images past 2^10",
+            layer_name(&layers[k - 1]),
+            top.log2()
+        );
     }
     Ok(())
 }

@@ -296,19 +296,6 @@ impl ServerOptConfig {
     }
 }
 
-/// Applies the average update `delta` (mean of local − global) to `global` with the strategy
-/// `cfg` names.
-pub fn apply(
-    cfg: &ServerOptConfig,
-    global: &mut [f32],
-    moments: Moments<'_>,
-    delta: &[f32],
-    trainable: &[bool],
-) {
-    debug_assert_eq!(delta.len(), global.len());
-    cfg.strategy().apply(global, moments, delta, trainable);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,7 +309,8 @@ mod tests {
 
     fn run(c: &ServerOptConfig, global: &mut [f32], m: &mut Vec<f32>, delta: &[f32], t: &[bool]) {
         let mut v = Vec::new();
-        apply(c, global, Moments { m, v: &mut v }, delta, t);
+        c.strategy()
+            .apply(global, Moments { m, v: &mut v }, delta, t);
     }
 
     #[test]
@@ -360,8 +348,7 @@ mod tests {
             epsilon: 1e-8,
             ..cfg(ServerOptimizer::FedAdam)
         };
-        apply(
-            &c,
+        c.strategy().apply(
             &mut g,
             Moments {
                 m: &mut m,
