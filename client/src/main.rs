@@ -3,16 +3,14 @@
 
 mod infer_cmd;
 mod node;
+mod train_cmd;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use datasets::{PartitionConfig, Scheme};
-use training::baseline::{
-    BaselineConfig, Overrides, PartitionRun, load_partition_tables, run_baseline, run_partition,
-};
-use training::model::Activation;
+use training::baseline::{PartitionRun, load_partition_tables, run_partition};
 
 #[derive(Parser)]
 #[command(name = "client", version, about = "HEAL hospital node")]
@@ -95,32 +93,16 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         timeout_s: u64,
     },
-    /// Train centrally on a data set's training split and evaluate on its official test split.
-    Baseline {
-        /// Baseline config (TOML: [dataset], [model], [train], [baseline]).
-        config: PathBuf,
-        /// Output directory (summary.json, metric tables, model).
-        #[arg(long)]
-        out: PathBuf,
-        /// Replace every activation: square, quadratic or relu (plaintext comparison).
-        #[arg(long)]
-        activation: Option<Activation>,
-        /// Replace [train] epochs.
-        #[arg(long)]
-        epochs: Option<usize>,
-        /// MedMNIST data directory (default: config, then $HEAL_DATA_DIR, then the cache dir).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Never download data.
-        #[arg(long)]
-        offline: bool,
-        /// Compute device: cpu, or cuda[:N] in builds with the `cuda` feature.
-        #[arg(long)]
-        device: Option<String>,
-        /// Train on a random subset of this many images.
-        #[arg(long)]
-        max_train: Option<usize>,
-    },
+    /// Train centrally on a data set's training split and evaluate on its official test split
+    /// (from a pretrained backbone when the config has `[model.init]`).
+    Baseline(train_cmd::BaselineArgs),
+    /// Pretrain a backbone on public labelled sets (`[pretrain] sources`), written as
+    /// backbone.safetensors with its provenance, for `[model.init]` to start a task from.
+    Pretrain(train_cmd::PretrainArgs),
+    /// Make a trained ReLU network ([model] + [model.init], head kept) HE-friendly: every ReLU
+    /// a trainable polynomial, every max-pool an average, trained with the ReLU network as
+    /// teacher ([distill]); writes network.json for encrypted inference and conversion.json.
+    Convert(train_cmd::ConvertArgs),
     /// Evaluate a trained network on encrypted images over a whole split (small images batched
     /// one per slot, large ones image by image) and compare with the plaintext network:
     /// agreement, accuracy, AUC, latency, throughput.
@@ -280,7 +262,7 @@ fn parse_scheme(s: &str) -> Result<Scheme, String> {
     }
 }
 
-fn base_dir(config: &Path) -> PathBuf {
+pub(crate) fn base_dir(config: &Path) -> PathBuf {
     config
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -456,65 +438,9 @@ fn main() -> Result<()> {
                 client::portal::users::users_path(&portal_dir).display()
             );
         }
-        Command::Baseline {
-            config,
-            out,
-            activation,
-            epochs,
-            data_dir,
-            offline,
-            device,
-            max_train,
-        } => {
-            let cfg = BaselineConfig::load(&config)
-                .with_context(|| format!("reading baseline config {}", config.display()))?;
-            let cfg = Overrides {
-                activation,
-                epochs,
-                data_dir,
-                offline,
-                device,
-                max_train,
-            }
-            .apply(cfg);
-            let outcome = run_baseline(&cfg, &base_dir(&config), &out, progress)
-                .with_context(|| format!("baseline {}", config.display()))?;
-            let s = &outcome.summary;
-            println!("epoch  train_loss  train_acc  val_acc  val_auc  seconds  images/s");
-            for e in &outcome.train.epochs {
-                println!(
-                    "{:>5}  {:>10.4}  {:>9.4}  {:>7}  {:>7}  {:>7.1}  {:>8.0}",
-                    e.epoch,
-                    e.train_loss,
-                    e.train_acc,
-                    e.val_acc
-                        .map(|v| format!("{v:.4}"))
-                        .unwrap_or_else(|| "-".into()),
-                    e.val_auc
-                        .map(|v| format!("{v:.4}"))
-                        .unwrap_or_else(|| "-".into()),
-                    e.train_seconds,
-                    e.images_per_s
-                );
-            }
-            println!(
-                "{} ({}, depth {}): test acc {:.4}, test AUC {:.4} on {} images",
-                s.dataset,
-                s.activation,
-                s.multiplicative_depth,
-                s.test_acc,
-                s.test_auc,
-                s.test_images
-            );
-            println!(
-                "training: {:.0} images/s, {:.1} s per epoch, {} epochs, {} threads; results in {}",
-                s.train_images_per_s,
-                s.seconds_per_epoch,
-                s.epochs,
-                s.threads,
-                out.display()
-            );
-        }
+        Command::Baseline(args) => args.run(progress)?,
+        Command::Pretrain(args) => args.run(progress)?,
+        Command::Convert(args) => args.run(progress)?,
         Command::Partition {
             config,
             out,

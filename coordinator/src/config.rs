@@ -111,6 +111,8 @@ pub struct FederationConfig {
     pub simulate: SimulateSection,
     /// `[privacy]`, with `quorum` and `rounds` filled in: written so into every site TOML.
     pub privacy: privacy::PrivacyConfig,
+    /// The config file's folder: relative paths in it (`[model.init]`'s backbone) start here.
+    pub config_dir: std::path::PathBuf,
 }
 
 /// `[simulate]`: how `coordinator simulate` runs the consortium on one machine.
@@ -142,11 +144,21 @@ impl Default for SimulateSection {
     }
 }
 
+/// The folder of a config file (`.` for a bare file name).
+pub fn config_dir(path: &Path) -> std::path::PathBuf {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| std::path::PathBuf::from("."))
+}
+
 impl FederationConfig {
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        Self::from_toml(&text).with_context(|| format!("in {}", path.display()))
+        let mut cfg = Self::from_toml(&text).with_context(|| format!("in {}", path.display()))?;
+        cfg.config_dir = config_dir(path);
+        Ok(cfg)
     }
 
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
@@ -198,6 +210,7 @@ impl FederationConfig {
             site_sections,
             simulate,
             privacy,
+            config_dir: std::path::PathBuf::from("."),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -184,8 +184,9 @@ fn main() -> anyhow::Result<()> {
         Command::Provision { config, out } => {
             let text = std::fs::read_to_string(&config)
                 .with_context(|| format!("cannot read {}", config.display()))?;
-            let cfg = FederationConfig::from_toml(&text)
+            let mut cfg = FederationConfig::from_toml(&text)
                 .with_context(|| format!("in {}", config.display()))?;
+            cfg.config_dir = coordinator::config::config_dir(&config);
             let p = coordinator::provision::provision(&cfg, &text, &out)?;
             println!(
                 "federation {} provisioned in {}",

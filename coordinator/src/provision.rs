@@ -6,8 +6,10 @@
 //! ```text
 //! OUT/ca/{ca.pem, ca-key.pem}                      the CA (keep the key offline)
 //! OUT/coordinator/{ca.pem, cert.pem, key.pem, federation.toml, roster.toml}
-//! OUT/hospital-<i>/{ca.pem, cert.pem, key.pem, site.toml}
+//! OUT/hospital-<i>/{ca.pem, cert.pem, key.pem, site.toml[, backbone.safetensors]}
 //! ```
+//!
+//! A `[model.init]` backbone is copied into every kit and named there with its BLAKE3.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -126,7 +128,11 @@ pub fn provision(
         write(&dir.join("ca.pem"), ca.cert_pem())?;
         write(&dir.join("cert.pem"), &cert.cert_pem)?;
         write_secret(&dir.join("key.pem"), cert.key_pem.as_bytes())?;
-        write(&dir.join("site.toml"), &site_toml(cfg, federation, index)?)?;
+        let backbone = kit_backbone(cfg, &dir)?;
+        write(
+            &dir.join("site.toml"),
+            &site_toml(cfg, federation, index, backbone)?,
+        )?;
         roster.hospital.push(RosterEntry {
             index,
             name: hname,
@@ -145,11 +151,73 @@ pub fn provision(
     })
 }
 
-/// A hospital's site TOML: its identity, where the coordinator is, and the shared sections.
+/// `[model.init]`'s backbone copied into a hospital's kit (`backbone.<ext>`): the table to
+/// write in its place, naming the copy and its BLAKE3, which the node checks before it loads
+/// it (every hospital must start from the same weights). `None` without `[model.init]`.
+fn kit_backbone(cfg: &FederationConfig, kit: &Path) -> anyhow::Result<Option<toml::Table>> {
+    let Some(init) = cfg
+        .site_sections
+        .get("model")
+        .and_then(|m| m.as_table())
+        .and_then(|m| m.get("init"))
+    else {
+        return Ok(None);
+    };
+    let mut table = match init {
+        toml::Value::String(p) => {
+            let mut t = toml::Table::new();
+            t.insert("path".into(), p.clone().into());
+            t
+        }
+        toml::Value::Table(t) => t.clone(),
+        _ => bail!("[model] init must be a path or a table with `path`"),
+    };
+    let path = table
+        .get("path")
+        .and_then(|p| p.as_str())
+        .context("[model.init] has no `path`")?;
+    let source = if Path::new(path).is_absolute() {
+        PathBuf::from(path)
+    } else {
+        cfg.config_dir.join(path)
+    };
+    let bytes = std::fs::read(&source).with_context(|| {
+        format!(
+            "[model.init]: cannot read the backbone {} (relative paths start at the config's folder)",
+            source.display()
+        )
+    })?;
+    let digest = blake3::hash(&bytes).to_hex().to_string();
+    if let Some(want) = table.get("blake3").and_then(|b| b.as_str())
+        && !want.eq_ignore_ascii_case(&digest)
+    {
+        bail!(
+            "[model.init]: {} has BLAKE3 {digest}, the config says {want}",
+            source.display()
+        );
+    }
+    let ext = source
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("safetensors");
+    let name = format!("backbone.{ext}");
+    write_public(&kit.join(&name), &bytes)?;
+    table.insert("path".into(), name.into());
+    table.insert("blake3".into(), digest.into());
+    Ok(Some(table))
+}
+
+fn write_public(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    std::fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A hospital's site TOML: its identity, where the coordinator is, and the shared sections
+/// (`[model.init]` replaced by the kit's copy of the backbone).
 fn site_toml(
     cfg: &FederationConfig,
     federation: FederationId,
     index: u32,
+    backbone: Option<toml::Table>,
 ) -> anyhow::Result<String> {
     let site = protocol::site::SiteSection {
         index,
@@ -167,6 +235,11 @@ fn site_toml(
     doc.insert("he".into(), toml::Value::try_from(&cfg.he)?);
     for (k, v) in &cfg.site_sections {
         doc.insert(k.clone(), v.clone());
+    }
+    if let Some(b) = backbone
+        && let Some(model) = doc.get_mut("model").and_then(|m| m.as_table_mut())
+    {
+        model.insert("init".into(), b.into());
     }
     if cfg.privacy.enabled() {
         // with quorum and rounds filled in: every hospital plans the same run

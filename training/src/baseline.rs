@@ -10,7 +10,8 @@
 //! | `test_per_class.{csv,parquet}`, `test_confusion.{csv,parquet}` | test metrics |
 //! | `val_per_class.{csv,parquet}`, `val_confusion.{csv,parquet}` | validation metrics (when a validation split exists) |
 //! | `model.f32`, `params.json` | the flat parameter vector (little-endian f32) and its manifest |
-//! | `network.json` | the exported network (`heal-network/1`, batch-norm folded) |
+//! | `network.json` | the exported network (`heal-network/1`, batch-norm folded; not for networks with max-pool) |
+//! | `weights.safetensors` | the weights by HEAL's names with their provenance: a `[model.init]` for the next run |
 //! | `config.toml` | the effective configuration, overrides applied |
 
 use std::path::{Path, PathBuf};
@@ -25,9 +26,12 @@ use crate::data::Tensors;
 use crate::error::TrainError;
 use crate::export::export;
 use crate::metrics::{EvalReport, write_table};
-use crate::model::{Activation, ModelConfig, Network};
+use crate::model::{Activation, ModelConfig, Network, NetworkSpec};
 use crate::params::{manifest, to_flat, write_flat};
-use crate::train::{TrainConfig, TrainOptions, TrainReport, evaluate, select_device, train};
+use crate::train::{
+    Teacher, TrainConfig, TrainOptions, TrainReport, evaluate, select_device, train,
+};
+use crate::transfer::{InitReport, initial_network, weights_of};
 
 fn cpu() -> String {
     "cpu".into()
@@ -94,6 +98,9 @@ pub struct BaselineConfig {
     /// Run settings.
     #[serde(default)]
     pub baseline: BaselineSettings,
+    /// How `client convert` distils the ReLU network into its HE-friendly twin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<crate::train::Distill>,
 }
 
 fn config_error(path: &Path, message: impl Into<String>) -> TrainError {
@@ -202,6 +209,9 @@ pub struct BaselineSummary {
     pub threads: usize,
     /// Training seed.
     pub seed: u64,
+    /// The backbone the network started from (`[model.init]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitReport>,
 }
 
 /// Everything a baseline run produced.
@@ -230,7 +240,7 @@ fn random_subset(set: &ImageSet, max: Option<usize>, seed: u64) -> ImageSet {
     }
 }
 
-fn history_table(r: &TrainReport) -> Result<DataFrame, TrainError> {
+pub(crate) fn history_table(r: &TrainReport) -> Result<DataFrame, TrainError> {
     let e = &r.epochs;
     DataFrame::new_infer_height(vec![
         Column::new(
@@ -273,15 +283,25 @@ fn history_table(r: &TrainReport) -> Result<DataFrame, TrainError> {
     })
 }
 
-/// Runs the baseline described by `cfg` (relative paths resolved against `base_dir`, the
-/// config file's folder) and writes its outputs to `out_dir`.
-pub fn run_baseline(
-    cfg: &BaselineConfig,
-    base_dir: &Path,
-    out_dir: &Path,
-    progress: bool,
-) -> Result<BaselineOutcome, TrainError> {
-    std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
+/// A run's data, loaded and normalised.
+pub struct Prepared {
+    /// The data set's name.
+    pub name: String,
+    /// Class names in label order.
+    pub class_names: Vec<String>,
+    /// The training split's statistics (or the identity under a front).
+    pub norm: Normalizer,
+    /// Training images.
+    pub train: Tensors,
+    /// Test images.
+    pub test: Tensors,
+    /// Validation images, when evaluated.
+    pub val: Option<Tensors>,
+}
+
+/// Loads `cfg`'s data (relative paths against `base_dir`): the subsets it asks for,
+/// normalised with the training split's statistics.
+pub fn prepare(cfg: &BaselineConfig, base_dir: &Path, progress: bool) -> Result<Prepared, TrainError> {
     let data = datasets::load_dataset(&cfg.dataset, base_dir, progress)?;
     if data.info.task == Task::MultiLabel {
         return Err(datasets::DatasetError::MultiLabel {
@@ -298,25 +318,84 @@ pub fn run_baseline(
         Some(_) => Normalizer::identity(train_set.channels()),
         None => Normalizer::fit(&train_set)?,
     };
-    let train_t = Tensors::new(&train_set, &norm)?;
-    let test_t = Tensors::new(&test_set, &norm)?;
-    let val_t = if cfg.baseline.use_val && !data.val.is_empty() {
+    let train = Tensors::new(&train_set, &norm)?;
+    let test = Tensors::new(&test_set, &norm)?;
+    let val = if cfg.baseline.use_val && !data.val.is_empty() {
         Some(Tensors::new(&data.val, &norm)?)
     } else {
         None
     };
-    let names = &data.info.class_names;
-    let spec = cfg.model.resolve(train_t.shape, data.info.num_classes)?;
-    let train_t = crate::front::apply(&spec, train_t)?;
-    let test_t = crate::front::apply(&spec, test_t)?;
-    let val_t = val_t.map(|v| crate::front::apply(&spec, v)).transpose()?;
+    Ok(Prepared {
+        name: data.info.name.clone(),
+        class_names: data.info.class_names.clone(),
+        norm,
+        train,
+        test,
+        val,
+    })
+}
+
+impl Prepared {
+    /// The network `model` describes for these images and classes.
+    pub fn resolve(&self, model: &ModelConfig) -> Result<NetworkSpec, TrainError> {
+        model.resolve(self.train.shape, self.class_names.len())
+    }
+
+    /// The splits through the network's front (unchanged without one).
+    pub fn through_front(mut self, spec: &NetworkSpec) -> Result<Self, TrainError> {
+        self.train = crate::front::apply(spec, self.train)?;
+        self.test = crate::front::apply(spec, self.test)?;
+        self.val = self.val.map(|v| crate::front::apply(spec, v)).transpose()?;
+        Ok(self)
+    }
+}
+
+/// Runs the baseline described by `cfg` (relative paths resolved against `base_dir`, the
+/// config file's folder) and writes its outputs to `out_dir`. With `[model.init]` the network
+/// starts from that backbone.
+pub fn run_baseline(
+    cfg: &BaselineConfig,
+    base_dir: &Path,
+    out_dir: &Path,
+    progress: bool,
+) -> Result<BaselineOutcome, TrainError> {
+    std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
+    if cfg.distill.is_some() {
+        return Err(TrainError::invalid(
+            "[distill]",
+            "is read by `client convert` (a teacher's outputs); `client baseline` has no teacher",
+        ));
+    }
+    let data = prepare(cfg, base_dir, progress)?;
+    let spec = data.resolve(&cfg.model)?;
+    let data = data.through_front(&spec)?;
     let device = select_device(&cfg.baseline.device)?;
-    let net = Network::init(&spec, &device);
+    let init = cfg.model.init.as_ref().map(|i| i.config());
+    let (net, init) = initial_network(&spec, init.as_ref(), base_dir, &device)?;
+    run_prepared(cfg, &data, net, init, None, out_dir, progress)
+}
+
+/// Trains `net` on `data` as `cfg` says (learning from `teacher` too, when given), evaluates
+/// it on the test split and writes every output file to `out_dir`.
+pub fn run_prepared(
+    cfg: &BaselineConfig,
+    data: &Prepared,
+    net: Network,
+    init: Option<InitReport>,
+    teacher: Option<Teacher<'_>>,
+    out_dir: &Path,
+    progress: bool,
+) -> Result<BaselineOutcome, TrainError> {
+    std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
+    let spec = net.spec.clone();
+    let names = &data.class_names;
+    let (train_t, test_t, val_t) = (&data.train, &data.test, data.val.as_ref());
+    let seed = cfg.train.seed;
     let n_params = manifest(&spec).total;
     tracing::info!(
-        dataset = %data.info.name,
+        dataset = %data.name,
         train = train_t.len(),
-        val = val_t.as_ref().map(|v| v.len()).unwrap_or(0),
+        val = val_t.map(|v| v.len()).unwrap_or(0),
         test = test_t.len(),
         parameters = n_params,
         depth = spec.multiplicative_depth(),
@@ -325,19 +404,20 @@ pub fn run_baseline(
     );
     let (net, report) = train(
         net,
-        &train_t,
+        train_t,
         &cfg.train,
         &TrainOptions {
-            val: val_t.as_ref(),
+            val: val_t,
             class_names: Some(names),
             keep_best_on_val: cfg.baseline.keep_best_on_val && val_t.is_some(),
             global: None,
             progress,
             dp: None,
+            teacher,
         },
     )?;
-    let test = evaluate(&net, &test_t, names)?;
-    let val = match &val_t {
+    let test = evaluate(&net, test_t, names)?;
+    let val = match val_t {
         Some(v) => Some(evaluate(&net, v, names)?),
         None => None,
     };
@@ -349,16 +429,32 @@ pub fn run_baseline(
     write_table(&history_table(&report)?, out_dir, "history")?;
     write_flat(&out_dir.join("model.f32"), &to_flat(&net))?;
     write_json(&out_dir.join("params.json"), &manifest(&spec))?;
-    export(&net, &norm, names, &cfg.dataset.preparation())?
-        .write_json(&out_dir.join("network.json"))?;
     let effective =
         toml::to_string_pretty(cfg).map_err(|e| TrainError::invalid("config", e.to_string()))?;
+    let provenance = [
+        ("made_by", "client baseline".to_string()),
+        ("dataset", data.name.clone()),
+        ("classes", names.join(",")),
+        ("test_acc", format!("{:.4}", test.accuracy)),
+        ("config", effective.clone()),
+    ];
+    weights_of(&net, provenance).write_safetensors(&out_dir.join("weights.safetensors"))?;
+    // heal-network/1 has no max-pool (CKKS takes no maximum): such a network is exported once
+    // `client convert` has made it HE-friendly
+    let has_max_pool = spec
+        .layers
+        .iter()
+        .any(|l| matches!(l.kind, crate::model::LayerKind::MaxPool { .. }));
+    if !has_max_pool {
+        export(&net, &data.norm, names, &cfg.dataset.preparation())?
+            .write_json(&out_dir.join("network.json"))?;
+    }
     let cfg_path = out_dir.join("config.toml");
     std::fs::write(&cfg_path, effective).map_err(|e| TrainError::io(&cfg_path, e))?;
 
     let epochs = report.epochs.len();
     let summary = BaselineSummary {
-        dataset: data.info.name.clone(),
+        dataset: data.name.clone(),
         activation: spec
             .activation()
             .map(|a| a.name().to_string())
@@ -382,6 +478,7 @@ pub fn run_baseline(
             .map(|n| n.get())
             .unwrap_or(1),
         seed,
+        init,
     };
     write_json(&out_dir.join("summary.json"), &summary)?;
     Ok(BaselineOutcome {
@@ -392,7 +489,7 @@ pub fn run_baseline(
     })
 }
 
-fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
+pub(crate) fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
     let text = serde_json::to_string_pretty(value).map_err(|source| TrainError::Json {
         path: path.into(),
         source,

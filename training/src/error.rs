@@ -14,6 +14,14 @@ pub enum TrainError {
         /// What is wrong (the TOML parser's message, with line and column).
         message: String,
     },
+    /// A weights file that cannot be read or does not fit the network (names, shapes, dtypes).
+    #[error("weights {path}: {message}")]
+    Weights {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// A data problem (files, md5, shapes, labels, manifests, partitions).
     #[error(transparent)]
     Dataset(#[from] datasets::DatasetError),

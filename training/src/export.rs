@@ -99,6 +99,14 @@ pub fn export(
                 layers.push(act_layer(*activation, &mut take, spec.poly_bounds))
             }
             LayerKind::GlobalAvgPool => layers.push(Layer::GlobalAvgPool),
+            LayerKind::MaxPool { .. } => {
+                return Err(TrainError::invalid(
+                    "export",
+                    "max-pool cannot be evaluated under CKKS: turn the network HE-friendly first \
+                     (`client convert`, which makes every max-pool an average and every relu a \
+                     trainable polynomial)",
+                ));
+            }
             LayerKind::Residual {
                 in_channels,
                 out_channels,

@@ -32,5 +32,6 @@ pub mod params;
 pub mod strategy;
 pub mod train;
 pub mod train_config;
+pub mod transfer;
 
 pub use error::TrainError;

@@ -27,7 +27,10 @@ use he_agg::infer::scatter::ScatterFront;
 mod config;
 mod resolve;
 
-pub use config::{Activation, FrontConfig, LayerConfig, ModelConfig, default_layers};
+pub use config::{
+    Activation, FrontConfig, HeadInit, InitConfig, InitSpec, LayerConfig, ModelConfig,
+    WeightsLayout, default_layers,
+};
 
 /// A layer with its shapes resolved.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -105,6 +108,15 @@ pub enum LayerKind {
     },
     /// Global average pooling.
     GlobalAvgPool,
+    /// Max pooling (plaintext only).
+    MaxPool {
+        /// Window side.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+        /// Padding on every side.
+        padding: usize,
+    },
 }
 
 impl LayerKind {
@@ -137,6 +149,13 @@ pub struct NetworkSpec {
     pub init_seed: u64,
     /// The layers.
     pub layers: Vec<LayerSpec>,
+    /// The first this many layers are not trained (`[model.init] freeze`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub frozen: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl NetworkSpec {
@@ -155,6 +174,8 @@ impl NetworkSpec {
             depth += match &l.kind {
                 LayerKind::Conv { .. } | LayerKind::Dense { .. } => 1,
                 LayerKind::BatchNorm { .. } | LayerKind::Dropout { .. } => 0,
+                // not evaluable at all (is_he_friendly says so), like ReLU
+                LayerKind::MaxPool { .. } => 0,
                 LayerKind::Act { activation } => usize::from(activation.is_polynomial()),
                 LayerKind::Residual { activation, .. } => {
                     2 + 2 * usize::from(activation.is_polynomial())
@@ -180,6 +201,7 @@ impl NetworkSpec {
             LayerKind::Act { activation } | LayerKind::Residual { activation, .. } => {
                 activation.is_polynomial()
             }
+            LayerKind::MaxPool { .. } => false,
             _ => true,
         })
     }
@@ -227,6 +249,11 @@ impl NetworkSpec {
                     if l.kind.projects() { " proj" } else { "" }
                 ),
                 LayerKind::GlobalAvgPool => "global-avg-pool".into(),
+                LayerKind::MaxPool {
+                    kernel,
+                    stride,
+                    padding,
+                } => format!("max-pool k{kernel} s{stride} p{padding}"),
             };
             s.push_str(&format!(
                 "{i:>2}: {what:<28} {:?} → {:?}\n",

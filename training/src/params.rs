@@ -152,7 +152,10 @@ pub fn manifest(spec: &NetworkSpec) -> ParamManifest {
                 norm_entries(&mut push, &format!("{p}.bn3"), co);
                 act_entries(&mut push, &format!("{p}.act2"), *activation, co);
             }
-            LayerKind::AvgPool { .. } | LayerKind::Dropout { .. } | LayerKind::GlobalAvgPool => {}
+            LayerKind::AvgPool { .. }
+            | LayerKind::MaxPool { .. }
+            | LayerKind::Dropout { .. }
+            | LayerKind::GlobalAvgPool => {}
         }
     }
     ParamManifest {

@@ -25,7 +25,9 @@ use crate::error::TrainError;
 use crate::metrics::{EvalReport, evaluate_probs};
 use crate::model::{LayerParams, Network};
 use crate::params;
-pub use crate::train_config::{EpochStats, OptimizerKind, Schedule, TrainConfig, TrainReport};
+pub use crate::train_config::{
+    Distill, EpochStats, OptimizerKind, Schedule, TrainConfig, TrainReport,
+};
 
 /// Options of one training run besides the hyper-parameters.
 #[derive(Clone, Debug, Default)]
@@ -42,6 +44,18 @@ pub struct TrainOptions<'a> {
     pub progress: bool,
     /// Patient-level differential privacy: DP-SGD steps instead of epochs of batches.
     pub dp: Option<crate::dp_sgd::DpSgd>,
+    /// Learn from a teacher's outputs too (distillation: a ReLU network converted to an
+    /// HE-friendly one keeps what it learnt).
+    pub teacher: Option<Teacher<'a>>,
+}
+
+/// A teacher network and how much its softened outputs weigh against the labels.
+#[derive(Clone, Copy, Debug)]
+pub struct Teacher<'a> {
+    /// The teacher (evaluated with its running statistics, never trained).
+    pub net: &'a Network,
+    /// The settings.
+    pub distill: Distill,
 }
 
 fn scalar(t: Tensor<1>) -> f32 {
@@ -125,6 +139,8 @@ pub fn train(
     if data.is_empty() {
         return Err(TrainError::invalid("training data", "no images"));
     }
+    // `[model.init] freeze`: whoever built the network, its first layers stay as they are
+    net = net.freeze_front();
     if data.shape != net.spec.input {
         return Err(TrainError::invalid(
             "training data",
@@ -171,8 +187,30 @@ pub fn train(
         }
     };
 
+    let teacher = match opts.teacher {
+        Some(t) => {
+            t.distill.validate()?;
+            if t.net.spec.input != net.spec.input || t.net.spec.classes != k {
+                return Err(TrainError::invalid(
+                    "teacher",
+                    format!(
+                        "the teacher reads {:?} and gives {} classes, the student {:?} and {k}",
+                        t.net.spec.input, t.net.spec.classes, net.spec.input
+                    ),
+                ));
+            }
+            Some((t.net.clone().valid(), t.distill))
+        }
+        None => None,
+    };
     let mut optim = cfg.optimizer();
     if let Some(dp) = opts.dp {
+        if teacher.is_some() {
+            return Err(TrainError::invalid(
+                "teacher",
+                "distillation under DP-SGD is not supported (the teacher saw the same images)",
+            ));
+        }
         return crate::dp_sgd::train_dp(net, data, cfg, dp, &mut optim);
     }
     let augment = Augment {
@@ -232,13 +270,26 @@ pub fn train(
             let b = idx.len();
             let aug = augment.is_active().then_some((&mut rng, &augment));
             let (xb, yb) = data.batch(idx, aug);
+            let soft = match &teacher {
+                Some((t, d)) => Some(teacher_targets(t, &xb, [b, c, h, w], d.temperature, &device)?),
+                None => None,
+            };
             let x = Tensor::<4>::from_data(TensorData::new(xb, [b, c, h, w]), &device);
             let target = Tensor::<2>::from_data(
                 TensorData::new(one_hot(&yb, k, cfg.label_smoothing), [b, k]),
                 &device,
             );
             let logits = net.forward(x);
-            let ce = cross_entropy(logits.clone(), target, b);
+            let ce = match (&teacher, soft) {
+                (Some((_, d)), Some(soft)) => {
+                    let hard = cross_entropy(logits.clone(), target, b);
+                    let temp = d.temperature as f32;
+                    let kd = cross_entropy(logits.clone().div_scalar(temp), soft, b)
+                        .mul_scalar(temp * temp);
+                    hard.mul_scalar(1.0 - d.alpha as f32) + kd.mul_scalar(d.alpha as f32)
+                }
+                _ => cross_entropy(logits.clone(), target, b),
+            };
             let loss = match anchor.as_ref().and_then(|a| proximal(&net, a)) {
                 Some(p) => ce + p.mul_scalar((cfg.fedprox_mu / 2.0) as f32),
                 None => ce,
@@ -324,6 +375,32 @@ pub fn train(
             returned_epoch,
         },
     ))
+}
+
+/// The teacher's class probabilities at `temperature` for a batch, as constant targets on
+/// `device`.
+fn teacher_targets(
+    teacher: &Network,
+    xb: &[f32],
+    shape: [usize; 4],
+    temperature: f64,
+    device: &Device,
+) -> Result<Tensor<2>, TrainError> {
+    let plain = teacher
+        .devices()
+        .into_iter()
+        .next()
+        .unwrap_or_else(Device::flex)
+        .without_autodiff();
+    let x = Tensor::<4>::from_data(TensorData::new(xb.to_vec(), shape), &plain);
+    let p = softmax(teacher.forward(x).div_scalar(temperature as f32), 1);
+    let values = p
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| TrainError::invalid("teacher", format!("{e:?}")))?;
+    let k = values.len() / shape[0].max(1);
+    Ok(Tensor::<2>::from_data(TensorData::new(values, [shape[0], k]), device))
 }
 
 /// Class probabilities (`n × classes`, row-major) of `data` under `net` (evaluated without

@@ -269,6 +269,58 @@ impl TrainConfig {
     }
 }
 
+fn d_temperature() -> f64 {
+    4.0
+}
+fn d_alpha() -> f64 {
+    0.9
+}
+
+/// `[distill]`: how a student learns from a teacher (Hinton et al. 2015): the loss is
+/// `(1 − alpha)·CE(labels) + alpha·T²·CE(teacher's softmax at T, student's at T)`.
+///
+/// ```toml
+/// [distill]
+/// temperature = 4.0   # T: softens both distributions
+/// alpha = 0.9         # weight of the teacher's targets against the labels
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Distill {
+    /// Temperature T (default 4).
+    #[serde(default = "d_temperature")]
+    pub temperature: f64,
+    /// Weight of the teacher's targets, in [0, 1] (default 0.9).
+    #[serde(default = "d_alpha")]
+    pub alpha: f64,
+}
+
+impl Default for Distill {
+    fn default() -> Self {
+        Self {
+            temperature: d_temperature(),
+            alpha: d_alpha(),
+        }
+    }
+}
+
+impl Distill {
+    pub(crate) fn validate(&self) -> Result<(), TrainError> {
+        if !(self.temperature > 0.0 && self.temperature.is_finite())
+            || !(0.0..=1.0).contains(&self.alpha)
+        {
+            return Err(TrainError::invalid(
+                "[distill]",
+                format!(
+                    "temperature {} must be positive and alpha {} in [0, 1]",
+                    self.temperature, self.alpha
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One epoch's numbers.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochStats {

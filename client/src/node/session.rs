@@ -161,9 +161,14 @@ impl Node {
                 bail!("the stored global model does not fit this network: was the config changed?")
             }
             None => {
-                // every hospital builds the same initial model from the config's seed
+                // every hospital builds the same initial model: from the config's seed, or
+                // from the backbone `[model.init]` names (its BLAKE3 checked when the kit has it)
                 let device = select_device("cpu")?;
-                let net = training::model::Network::init(&data.spec, &device);
+                let init = cfg.model.init.as_ref().map(|i| i.config());
+                let base = site.parent().unwrap_or(Path::new("."));
+                let (net, _) =
+                    training::transfer::initial_network(&data.spec, init.as_ref(), base, &device)
+                        .context("[model.init]")?;
                 let s = ModelState {
                     round: 0,
                     global: to_flat(&net),

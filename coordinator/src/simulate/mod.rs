@@ -120,6 +120,7 @@ pub fn run(config_path: Option<&Path>, out: Option<PathBuf>, opts: &Options) -> 
     let text = toml::to_string(&doc)?;
     let mut cfg = FederationConfig::from_toml(&text)
         .with_context(|| format!("in {}", config_path.display()))?;
+    cfg.config_dir = crate::config::config_dir(config_path);
     if train_head > 0 && cfg.he.plaintext {
         bail!("--train-head trains under a collective key: not with --plaintext");
     }

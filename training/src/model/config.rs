@@ -141,6 +141,99 @@ pub enum LayerConfig {
     /// Each channel's mean over every position: `[c, h, w]` → `[c]` (0 levels before a dense
     /// layer, which absorbs it).
     GlobalAvgPool,
+    /// Max pooling (square window), as torchvision's ResNets have after their stem. Plaintext
+    /// only, like `relu`: CKKS cannot take a maximum, so a network with it is not exported for
+    /// encrypted inference until [`crate::transfer::he_friendly`] turns it into an average.
+    MaxPool {
+        /// Window side.
+        kernel: usize,
+        /// Stride (default: the kernel).
+        #[serde(default)]
+        stride: Option<usize>,
+        /// Padding on every side (default 0); padded positions never win.
+        #[serde(default)]
+        padding: usize,
+    },
+}
+
+/// What `head` does with the backbone's last dense layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadInit {
+    /// A new, randomly initialised last layer (the backbone was trained for other classes).
+    #[default]
+    Replace,
+    /// The backbone's last layer too (same classes).
+    Keep,
+}
+
+/// Where a backbone's weights come from and how they are named.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeightsLayout {
+    /// HEAL's own names (`"{layer}.conv.weight"`, as `client pretrain` and `params.json` write).
+    #[default]
+    Heal,
+    /// torchvision's ResNet-18/34 state dict (`conv1`, `bn1`, `layer1.0.conv1`, …, `fc`).
+    Torchvision,
+}
+
+/// `[model.init]`: start from a pretrained backbone instead of random weights.
+///
+/// ```toml
+/// [model.init]
+/// path = "out/pretrain/backbone.safetensors"  # or a PyTorch .pt/.pth state dict
+/// layout = "heal"        # "heal" or "torchvision" (ResNet-18/34 names)
+/// head = "replace"       # "replace": a new last layer; "keep": the backbone's
+/// freeze = 0             # the first this many [[model.layers]] are not trained
+/// # blake3 = "…"         # the file's digest (provisioning writes it)
+/// ```
+/// `init = "path"` is short for a table with only `path`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitConfig {
+    /// The weights file; relative paths are relative to the config file's folder.
+    pub path: std::path::PathBuf,
+    /// How its tensors are named (default `heal`).
+    #[serde(default)]
+    pub layout: WeightsLayout,
+    /// The last dense layer: `replace` (default) or `keep`.
+    #[serde(default)]
+    pub head: HeadInit,
+    /// Layers (of `[[model.layers]]`, from the first) whose weights stay as loaded (default 0).
+    #[serde(default)]
+    pub freeze: usize,
+    /// BLAKE3 of the file (hex); a file of another digest is refused. `coordinator provision`
+    /// fills it in when it copies the backbone into every hospital's kit, so that every
+    /// hospital starts from the same weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+}
+
+/// `init = "path"` or `[model.init]`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum InitSpec {
+    /// Only the path.
+    Path(std::path::PathBuf),
+    /// Every setting.
+    Table(InitConfig),
+}
+
+impl InitSpec {
+    /// The settings, defaults filled in.
+    pub fn config(&self) -> InitConfig {
+        match self {
+            InitSpec::Path(path) => InitConfig {
+                path: path.clone(),
+                layout: WeightsLayout::default(),
+                head: HeadInit::default(),
+                freeze: 0,
+                blake3: None,
+            },
+            InitSpec::Table(c) => c.clone(),
+        }
+    }
 }
 
 fn default_activation() -> Activation {
@@ -241,6 +334,9 @@ pub struct ModelConfig {
     /// A fixed front before the layers (default none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub front: Option<FrontConfig>,
+    /// Start from a pretrained backbone (default: random weights from `init_seed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitSpec>,
     /// The layers, in order (default: see [`ModelConfig::default`]).
     #[serde(default = "default_layers")]
     pub layers: Vec<LayerConfig>,
@@ -288,6 +384,7 @@ impl Default for ModelConfig {
             poly_bounds: default_poly_bounds(),
             init_seed: 0,
             front: None,
+            init: None,
             layers: default_layers(),
         }
     }

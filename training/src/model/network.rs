@@ -3,8 +3,8 @@
 use burn::module::{Module, Param};
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::tensor::activation::relu;
-use burn::tensor::module::{avg_pool2d, conv2d};
-use burn::tensor::ops::{AvgPoolOptions, ConvOptions};
+use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
@@ -254,6 +254,7 @@ impl Network {
                     }));
                 }
                 LayerKind::AvgPool { .. }
+                | LayerKind::MaxPool { .. }
                 | LayerKind::Dropout { .. }
                 | LayerKind::GlobalAvgPool => {}
             }
@@ -262,6 +263,38 @@ impl Network {
             params,
             spec: spec.clone(),
         }
+    }
+
+    /// The network with the parameters of its first `spec.frozen` layers taken out of
+    /// training (no gradients, so no optimiser step; batch-norm running statistics still
+    /// follow the new data, which is what adapting a backbone to a new site wants).
+    pub fn freeze_front(mut self) -> Self {
+        let frozen = self.spec.frozen;
+        if frozen == 0 {
+            return self;
+        }
+        let mut stateful = Vec::with_capacity(self.params.len());
+        for (i, l) in self.spec.layers.iter().enumerate() {
+            let has_state = match &l.kind {
+                LayerKind::Conv { .. }
+                | LayerKind::Dense { .. }
+                | LayerKind::BatchNorm { .. }
+                | LayerKind::Residual { .. } => true,
+                LayerKind::Act { activation } => {
+                    matches!(activation, Activation::Quadratic | Activation::Poly)
+                }
+                _ => false,
+            };
+            if has_state {
+                stateful.push(i < frozen);
+            }
+        }
+        self.params = std::mem::take(&mut self.params)
+            .into_iter()
+            .zip(stateful)
+            .map(|(p, f)| if f { p.no_grad() } else { p })
+            .collect();
+        self
     }
 
     /// Logits `[batch, classes]` for images `[batch, c, h, w]`.
@@ -378,6 +411,23 @@ impl Network {
                         bounds,
                     )
                 }
+                (
+                    LayerKind::MaxPool {
+                        kernel,
+                        stride,
+                        padding,
+                    },
+                    Img(x),
+                ) => Img(max_pool2d(
+                    x,
+                    MaxPoolOptions {
+                        kernel_size: [*kernel; 2],
+                        stride: [*stride; 2],
+                        padding: [(*padding, *padding); 2],
+                        dilation: [1, 1],
+                        ceil_mode: false,
+                    },
+                )),
                 (LayerKind::GlobalAvgPool, Img(x)) => {
                     let [b, c, _, _] = x.dims();
                     Vec(x.mean_dim(3).mean_dim(2).reshape([b, c]))

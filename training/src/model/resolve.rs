@@ -214,6 +214,34 @@ impl ModelConfig {
                     shape = vec![shape[0]];
                     LayerKind::GlobalAvgPool
                 }
+                LayerConfig::MaxPool {
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    if shape.len() != 3 {
+                        return Err(bad(i, "max-pool after dense: input is not an image".into()));
+                    }
+                    let s = stride.unwrap_or(*kernel);
+                    let (h, w) = (shape[1] + 2 * padding, shape[2] + 2 * padding);
+                    // torch's rule: a window may not start in the padding only
+                    if *kernel == 0 || s == 0 || *kernel > h || *kernel > w || 2 * padding > *kernel
+                    {
+                        return Err(bad(
+                            i,
+                            format!(
+                                "max-pool kernel {kernel}/stride {s}/padding {padding} does not \
+                                 fit {shape:?} (padding at most half the kernel)"
+                            ),
+                        ));
+                    }
+                    shape = vec![shape[0], (h - kernel) / s + 1, (w - kernel) / s + 1];
+                    LayerKind::MaxPool {
+                        kernel: *kernel,
+                        stride: s,
+                        padding: *padding,
+                    }
+                }
                 LayerConfig::Patch { .. } => unreachable!("patch layers are resolved as convs"),
                 LayerConfig::Dropout { rate } => {
                     if !(0.0..1.0).contains(rate) {
@@ -251,6 +279,7 @@ impl ModelConfig {
             poly_init: self.poly_init,
             poly_bounds: self.poly_bounds,
             init_seed: self.init_seed,
+            frozen: self.init.as_ref().map_or(0, |i| i.config().freeze),
             layers: out,
         })
     }

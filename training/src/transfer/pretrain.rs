@@ -1,0 +1,315 @@
+//! `client pretrain`: a backbone trained on public data — several labelled sets at once, each
+//! with its own classes (OrganAMNIST's organs, BloodMNIST's cells, …) in one label space — and
+//! written with its provenance, for `[model.init]` to start a hospital's task from.
+//!
+//! ```toml
+//! [pretrain]
+//! channels = 1                 # every source converted to grey (luma) or to RGB (replicated)
+//! # max_per_source = 20000     # at most this many training images of each source
+//! [[pretrain.sources]]         # any [dataset] table: MedMNIST, folders, manifests, DICOM
+//! kind = "medmnist"
+//! name = "organamnist"
+//! [[pretrain.sources]]
+//! kind = "medmnist"
+//! name = "bloodmnist"
+//! [model]                      # the network, as the task will use it (its last layer is
+//! ...                          # replaced there)
+//! [train]
+//! ...
+//! ```
+//!
+//! Each source is normalised with its own training split's statistics, as the task's data will
+//! be with its own, so that the backbone sees standardised images whatever their source.
+
+use std::path::Path;
+
+use datasets::{DatasetConfig, ImageShape, Normalizer, Task};
+use serde::{Deserialize, Serialize};
+
+use crate::baseline::{BaselineSettings, read_toml, write_json};
+use crate::data::Tensors;
+use crate::error::TrainError;
+use crate::metrics::write_table;
+use crate::model::{ModelConfig, Network};
+use crate::params::manifest;
+use crate::train::{TrainConfig, TrainOptions, TrainReport, predict, select_device, train};
+use crate::transfer::weights_of;
+
+fn one() -> usize {
+    1
+}
+
+/// The `[pretrain]` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainSettings {
+    /// The labelled sets, each with its own classes.
+    pub sources: Vec<DatasetConfig>,
+    /// Channels every image is converted to (1 or 3; default 1).
+    #[serde(default = "one")]
+    pub channels: usize,
+    /// At most this many training images of each source (default: all).
+    #[serde(default)]
+    pub max_per_source: Option<usize>,
+}
+
+/// A pretraining config: `[pretrain]`, `[model]`, `[train]`, `[baseline]` (device, subsets,
+/// validation).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// The public data.
+    pub pretrain: PretrainSettings,
+    /// The network.
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// Training.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Run settings (`device`, `use_val`, `keep_best_on_val`; `max_train` is `max_per_source`'s).
+    #[serde(default)]
+    pub baseline: BaselineSettings,
+}
+
+impl PretrainConfig {
+    /// Reads a config file.
+    pub fn load(path: &Path) -> Result<Self, TrainError> {
+        read_toml(path)
+    }
+}
+
+/// One source's share of the backbone's training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceSummary {
+    /// Data set name.
+    pub name: String,
+    /// Its first label in the backbone's label space.
+    pub first_label: usize,
+    /// Its classes.
+    pub classes: usize,
+    /// Training images used.
+    pub train_images: usize,
+    /// Accuracy on its test split (over the whole label space).
+    pub test_acc: f64,
+}
+
+/// What `summary.json` of a pretraining run holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PretrainSummary {
+    /// The sources.
+    pub sources: Vec<SourceSummary>,
+    /// Classes of the label space.
+    pub classes: usize,
+    /// Accuracy over every source's test split together.
+    pub test_acc: f64,
+    /// Epochs trained.
+    pub epochs: usize,
+    /// Training throughput.
+    pub train_images_per_s: f64,
+    /// Seconds of training.
+    pub train_seconds: f64,
+    /// Values in the network.
+    pub parameters: usize,
+    /// The backbone's BLAKE3 (hex), as `[model.init] blake3` takes it.
+    pub blake3: String,
+}
+
+/// The splits of every source in one label space.
+struct Pooled {
+    train: Tensors,
+    val: Tensors,
+    test: Vec<Tensors>,
+    names: Vec<String>,
+    sources: Vec<SourceSummary>,
+}
+
+fn normalised(
+    set: &datasets::ImageSet,
+    norm: &Normalizer,
+    offset: u32,
+    x: &mut Vec<f32>,
+    y: &mut Vec<u32>,
+) -> Result<(), TrainError> {
+    x.extend(norm.to_nchw(set, None)?);
+    y.extend(set.class_labels()?.iter().map(|l| l + offset));
+    Ok(())
+}
+
+fn pool(cfg: &PretrainConfig, base_dir: &Path, progress: bool) -> Result<Pooled, TrainError> {
+    let s = &cfg.pretrain;
+    if s.sources.is_empty() || !(s.channels == 1 || s.channels == 3) {
+        return Err(TrainError::invalid(
+            "[pretrain]",
+            format!(
+                "{} sources and channels = {}: at least one source, and 1 or 3 channels",
+                s.sources.len(),
+                s.channels
+            ),
+        ));
+    }
+    let (mut tx, mut ty, mut vx, mut vy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut test, mut names, mut sources) = (Vec::new(), Vec::new(), Vec::new());
+    let mut shape: Option<[usize; 3]> = None;
+    for src in &s.sources {
+        let data = datasets::load_dataset(src, base_dir, progress)?;
+        if data.info.task == Task::MultiLabel {
+            return Err(TrainError::invalid(
+                "[pretrain] sources",
+                format!("{} is multi-label; pretraining takes single-label sets", data.info.name),
+            ));
+        }
+        let (h, w) = (data.train.height(), data.train.width());
+        let here = [s.channels, h, w];
+        if shape.is_some_and(|s| s != here) {
+            return Err(TrainError::invalid(
+                "[pretrain] sources",
+                format!(
+                    "{} has {h}×{w} images, the sources before it {:?}: give every source the same size",
+                    data.info.name,
+                    shape.map(|s| [s[1], s[2]])
+                ),
+            ));
+        }
+        shape = Some(here);
+        let conform = |set: &datasets::ImageSet| {
+            datasets::preprocess::conform(set, ImageShape {
+                channels: s.channels,
+                height: h,
+                width: w,
+            })
+        };
+        let mut train_set = conform(&data.train)?;
+        if let Some(m) = s.max_per_source.filter(|m| *m < train_set.len()) {
+            train_set = train_set.head(m);
+        }
+        let norm = Normalizer::fit(&train_set)?;
+        let offset = names.len() as u32;
+        normalised(&train_set, &norm, offset, &mut tx, &mut ty)?;
+        if !data.val.is_empty() {
+            normalised(&conform(&data.val)?, &norm, offset, &mut vx, &mut vy)?;
+        }
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        normalised(&conform(&data.test)?, &norm, offset, &mut x, &mut y)?;
+        test.push(Tensors::from_parts(x, y, here)?);
+        sources.push(SourceSummary {
+            name: data.info.name.clone(),
+            first_label: offset as usize,
+            classes: data.info.num_classes,
+            train_images: train_set.len(),
+            test_acc: 0.0,
+        });
+        names.extend(
+            data.info
+                .class_names
+                .iter()
+                .map(|c| format!("{}/{c}", data.info.name)),
+        );
+    }
+    let shape = shape.unwrap_or([s.channels, 1, 1]);
+    Ok(Pooled {
+        train: Tensors::from_parts(tx, ty, shape)?,
+        val: Tensors::from_parts(vx, vy, shape)?,
+        test,
+        names,
+        sources,
+    })
+}
+
+fn accuracy(net: &Network, data: &Tensors) -> Result<(usize, usize), TrainError> {
+    let k = net.spec.classes;
+    let p = predict(net, data)?;
+    let correct = p
+        .chunks_exact(k)
+        .zip(&data.y)
+        .filter(|(row, y)| {
+            let best = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i);
+            best == Some(**y as usize)
+        })
+        .count();
+    Ok((correct, data.len()))
+}
+
+/// Trains the backbone `cfg` describes and writes `backbone.safetensors` (HEAL's names, with
+/// the sources, their md5-checked files' names, the label space and the config as metadata),
+/// `summary.json`, `history.csv` and `config.toml` to `out_dir`.
+pub fn run_pretrain(
+    cfg: &PretrainConfig,
+    base_dir: &Path,
+    out_dir: &Path,
+    progress: bool,
+) -> Result<(PretrainSummary, TrainReport), TrainError> {
+    std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
+    let mut pooled = pool(cfg, base_dir, progress)?;
+    if cfg.model.init.is_some() || cfg.model.front.is_some() {
+        return Err(TrainError::invalid(
+            "[model]",
+            "a backbone is pretrained from random weights on images: no init, no front",
+        ));
+    }
+    let spec = cfg.model.resolve(pooled.train.shape, pooled.names.len())?;
+    let device = select_device(&cfg.baseline.device)?;
+    let net = Network::init(&spec, &device);
+    tracing::info!(
+        sources = ?pooled.sources.iter().map(|s| &s.name).collect::<Vec<_>>(),
+        train = pooled.train.len(),
+        classes = pooled.names.len(),
+        parameters = manifest(&spec).total,
+        "pretraining:\n{}",
+        spec.describe()
+    );
+    let val = (cfg.baseline.use_val && !pooled.val.is_empty()).then_some(&pooled.val);
+    let (net, report) = train(
+        net,
+        &pooled.train,
+        &cfg.train,
+        &TrainOptions {
+            val,
+            class_names: Some(&pooled.names),
+            keep_best_on_val: cfg.baseline.keep_best_on_val && val.is_some(),
+            progress,
+            ..TrainOptions::default()
+        },
+    )?;
+    let (mut right, mut all) = (0, 0);
+    for (s, t) in pooled.sources.iter_mut().zip(&pooled.test) {
+        let (r, n) = accuracy(&net, t)?;
+        s.test_acc = r as f64 / n.max(1) as f64;
+        right += r;
+        all += n;
+        tracing::info!(source = %s.name, test_acc = format!("{:.4}", s.test_acc), "pretrained");
+    }
+    let effective =
+        toml::to_string_pretty(cfg).map_err(|e| TrainError::invalid("config", e.to_string()))?;
+    let sources = serde_json::to_string(&pooled.sources).unwrap_or_default();
+    let path = out_dir.join("backbone.safetensors");
+    weights_of(
+        &net,
+        [
+            ("made_by", "client pretrain".to_string()),
+            ("sources", sources),
+            ("classes", pooled.names.join(",")),
+            ("config", effective.clone()),
+        ],
+    )
+    .write_safetensors(&path)?;
+    let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
+    let summary = PretrainSummary {
+        sources: pooled.sources,
+        classes: pooled.names.len(),
+        test_acc: right as f64 / all.max(1) as f64,
+        epochs: report.epochs.len(),
+        train_images_per_s: report.images_per_s,
+        train_seconds: report.train_seconds,
+        parameters: manifest(&spec).total,
+        blake3: blake3::hash(&bytes).to_hex().to_string(),
+    };
+    write_json(&out_dir.join("summary.json"), &summary)?;
+    write_table(&crate::baseline::history_table(&report)?, out_dir, "history")?;
+    let cfg_path = out_dir.join("config.toml");
+    std::fs::write(&cfg_path, effective).map_err(|e| TrainError::io(&cfg_path, e))?;
+    Ok((summary, report))
+}
