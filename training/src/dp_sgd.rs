@@ -16,7 +16,7 @@
 
 use std::time::Instant;
 
-use burn::module::ParamId;
+use burn::module::{Module, ParamId};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::module::unfold4d;
@@ -66,17 +66,11 @@ enum Layer {
 
 /// The layers with parameters, in `net.params` order; batch-norm refused.
 fn layers(net: &Network) -> Result<Vec<Layer>, TrainError> {
-    use crate::model::Activation;
-    let kinds = net.spec.layers.iter().filter(|l| match &l.kind {
-        LayerKind::Conv { .. }
-        | LayerKind::Dense { .. }
-        | LayerKind::BatchNorm { .. }
-        | LayerKind::Residual { .. } => true,
-        LayerKind::Act { activation } => {
-            matches!(activation, Activation::Quadratic | Activation::Poly)
-        }
-        _ => false,
-    });
+    let kinds = net
+        .spec
+        .layers
+        .iter()
+        .filter(|l| crate::model::has_params(&l.kind));
     kinds
         .zip(&net.params)
         .map(|(l, p)| match (&l.kind, p) {
@@ -108,7 +102,8 @@ fn layers(net: &Network) -> Result<Vec<Layer>, TrainError> {
             _ => Err(TrainError::invalid(
                 "[privacy]",
                 "DP-SGD needs per-example gradients; batch-norm layers (and residual blocks, \
-                 which hold them) mix a batch's examples",
+                 which hold them) mix a batch's examples: freeze them ([model.init] freeze, \
+                 a pretrained backbone's features) and train the layers after them",
             )),
         })
         .collect()
@@ -384,8 +379,58 @@ fn batch_sum(
     Ok((sum, loss, correct))
 }
 
-/// Runs `dp.steps` DP-SGD steps of `cfg`'s optimizer from `net` on `data`.
+/// Runs `dp.steps` DP-SGD steps of `cfg`'s optimizer from `net` on `data`. With frozen layers
+/// (`[model.init] freeze`, a public backbone) only the layers after them train: their inputs
+/// are the frozen layers' outputs in evaluation mode (running statistics, so no example's
+/// features depend on another's), and the noise covers only their parameters.
 pub fn train_dp(
+    net: Network,
+    data: &Tensors,
+    cfg: &TrainConfig,
+    dp: DpSgd,
+    optim: &mut ModuleOptimizer,
+) -> Result<(Network, TrainReport), TrainError> {
+    let frozen = net.spec.frozen;
+    if frozen == 0 {
+        return train_dp_all(net, data, cfg, dp, optim);
+    }
+    let features = frozen_features(&net, data, frozen)?;
+    let spec = net.spec.clone();
+    let (front, tail) = net.split_at(frozen);
+    let (tail, report) = train_dp_all(tail, &features, cfg, dp, optim)?;
+    Ok((Network::join(front, tail, spec), report))
+}
+
+/// `data` through the first `frozen` layers of `net`, in evaluation mode.
+fn frozen_features(net: &Network, data: &Tensors, frozen: usize) -> Result<Tensors, TrainError> {
+    let eval = net.clone().valid();
+    let device = eval
+        .devices()
+        .into_iter()
+        .next()
+        .unwrap_or_else(Device::flex)
+        .without_autodiff();
+    let [c, h, w] = data.shape;
+    let (mut x, mut shape) = (Vec::new(), [0usize; 3]);
+    let all: Vec<usize> = (0..data.len()).collect();
+    for chunk in all.chunks(CHUNK) {
+        let (xb, _) = data.batch(chunk, None);
+        let t = Tensor::<4>::from_data(TensorData::new(xb, [chunk.len(), c, h, w]), &device);
+        let out = eval.forward_until(t, frozen, &mut |_, _, o| o);
+        let (dims, v) = match out {
+            Activations::Img(t) => {
+                let [_, c, h, w] = t.dims();
+                ([c, h, w], values(t))
+            }
+            Activations::Vec(t) => ([t.dims()[1], 1, 1], values(t)),
+        };
+        shape = dims;
+        x.extend(v);
+    }
+    Tensors::from_parts(x, data.y.clone(), shape)
+}
+
+fn train_dp_all(
     mut net: Network,
     data: &Tensors,
     cfg: &TrainConfig,

@@ -265,7 +265,7 @@ impl NetworkSpec {
 }
 
 mod network;
-pub(crate) use network::Activations;
+pub(crate) use network::{Activations, has_params};
 pub use network::{
     ActParams, BlockParams, ConvParams, DenseParams, LayerParams, Network, PolyParams, QuadParams,
 };

@@ -22,6 +22,9 @@ pub struct LocalData {
     pub manifest: ParamManifest,
     /// Per value of the flat vector: trained by gradient (false for batch-norm statistics).
     pub trainable: Vec<bool>,
+    /// Per value: a parameter of a frozen layer (`[model.init] freeze`), which no round changes
+    /// (the average of unchanged values is exact only up to CKKS's error, and DP noise).
+    pub frozen: Vec<bool>,
     pub normalizer: Normalizer,
     /// How the data set made files into inputs (recorded in the exported network).
     pub preparation: datasets::InputPreparation,
@@ -79,8 +82,11 @@ pub fn load(cfg: &SiteConfig, base_dir: &Path) -> anyhow::Result<LocalData> {
     let holdout = holdout.map(front).transpose()?;
     let manifest = manifest(&spec);
     let mut trainable = vec![true; manifest.total];
+    let mut frozen = vec![false; manifest.total];
     for e in &manifest.entries {
         trainable[e.offset..e.offset + e.len].fill(e.trainable);
+        let layer: usize = e.name.split('.').next().and_then(|l| l.parse().ok()).unwrap_or(0);
+        frozen[e.offset..e.offset + e.len].fill(e.trainable && layer < spec.frozen);
     }
     tracing::info!(
         dataset = %data.info.name,
@@ -101,6 +107,7 @@ pub fn load(cfg: &SiteConfig, base_dir: &Path) -> anyhow::Result<LocalData> {
         spec,
         manifest,
         trainable,
+        frozen,
         normalizer,
         preparation: cfg.dataset.preparation(),
     })

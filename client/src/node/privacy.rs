@@ -49,11 +49,12 @@ impl NodePrivacy {
                 cfg.he.max_update
             );
         }
-        if p.mode == Mode::Patient && cfg.model.has_batch_norm() {
+        if p.mode == Mode::Patient && cfg.model.trains_batch_norm() {
             bail!(
                 "[privacy] mode = \"patient\" needs per-example gradients, which batch-norm layers \
-                 mix across a batch (and their running statistics would leak unprotected): \
-                 remove the batch-norm layers from [model]"
+                 (and residual blocks) mix across a batch, and their running statistics would leak \
+                 unprotected: remove them from [model], or freeze them ([model.init] freeze: a \
+                 public backbone's features, evaluated with its own statistics)"
             );
         }
         info!(

@@ -102,7 +102,9 @@ impl Node {
             }
             Err(e) => return Err(e).context("the round's result"),
         };
-        let delta: Vec<f32> = average.iter().map(|&a| a as f32).collect();
+        let delta: Vec<f32> = (average.iter().zip(&self.data.frozen))
+            .map(|(&a, &frozen)| if frozen { 0.0 } else { a as f32 })
+            .collect();
         if delta.iter().any(|d| !d.is_finite()) {
             bail!("the decrypted average is not finite");
         }

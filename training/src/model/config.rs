@@ -367,11 +367,16 @@ pub fn default_layers() -> Vec<LayerConfig> {
 }
 
 impl ModelConfig {
-    /// Whether a layer normalises over the batch (which mixes examples' gradients).
-    pub fn has_batch_norm(&self) -> bool {
-        self.layers
-            .iter()
-            .any(|l| matches!(l, LayerConfig::BatchNorm { .. }))
+    /// Whether a layer that is trained normalises over the batch (which mixes examples'
+    /// gradients): a batch norm, or a residual block (which holds some), after the frozen ones.
+    pub fn trains_batch_norm(&self) -> bool {
+        let frozen = self.init.as_ref().map_or(0, |i| i.config().freeze);
+        self.layers.iter().skip(frozen).any(|l| {
+            matches!(
+                l,
+                LayerConfig::BatchNorm { .. } | LayerConfig::Residual { .. }
+            )
+        })
     }
 }
 

@@ -172,6 +172,20 @@ fn act_init(
     }
 }
 
+/// Whether a layer holds a [`LayerParams`].
+pub(crate) fn has_params(kind: &LayerKind) -> bool {
+    match kind {
+        LayerKind::Conv { .. }
+        | LayerKind::Dense { .. }
+        | LayerKind::BatchNorm { .. }
+        | LayerKind::Residual { .. } => true,
+        LayerKind::Act { activation } => {
+            matches!(activation, Activation::Quadratic | Activation::Poly)
+        }
+        _ => false,
+    }
+}
+
 impl Network {
     /// A freshly initialised network on `device` (Kaiming-uniform weights, as PyTorch's
     /// defaults: U(±1/√fan_in) for weights and biases), deterministic from `spec.init_seed`.
@@ -273,22 +287,10 @@ impl Network {
         if frozen == 0 {
             return self;
         }
-        let mut stateful = Vec::with_capacity(self.params.len());
-        for (i, l) in self.spec.layers.iter().enumerate() {
-            let has_state = match &l.kind {
-                LayerKind::Conv { .. }
-                | LayerKind::Dense { .. }
-                | LayerKind::BatchNorm { .. }
-                | LayerKind::Residual { .. } => true,
-                LayerKind::Act { activation } => {
-                    matches!(activation, Activation::Quadratic | Activation::Poly)
-                }
-                _ => false,
-            };
-            if has_state {
-                stateful.push(i < frozen);
-            }
-        }
+        let stateful: Vec<bool> = (self.spec.layers.iter().enumerate())
+            .filter(|(_, l)| has_params(&l.kind))
+            .map(|(i, _)| i < frozen)
+            .collect();
         self.params = std::mem::take(&mut self.params)
             .into_iter()
             .zip(stateful)
@@ -310,6 +312,19 @@ impl Network {
         x: Tensor<4>,
         tap: &mut dyn FnMut(usize, &Activations, Activations) -> Activations,
     ) -> Tensor<2> {
+        match self.forward_until(x, self.spec.layers.len(), tap) {
+            Activations::Vec(x) => x,
+            Activations::Img(x) => x.flatten::<2>(1, 3),
+        }
+    }
+
+    /// The output of the first `until` layers: a frozen backbone's features.
+    pub(crate) fn forward_until(
+        &self,
+        x: Tensor<4>,
+        until: usize,
+        tap: &mut dyn FnMut(usize, &Activations, Activations) -> Activations,
+    ) -> Activations {
         use Activations::{Img, Vec};
         let bounds = self.spec.poly_bounds;
         let mut cur = Img(x);
@@ -319,7 +334,7 @@ impl Network {
             *slot += 1;
             (*slot - 1, p)
         };
-        for l in &self.spec.layers {
+        for l in &self.spec.layers[..until.min(self.spec.layers.len())] {
             cur = match (&l.kind, cur) {
                 (
                     LayerKind::Conv {
@@ -439,10 +454,47 @@ impl Network {
                 (_, Vec(_)) => unreachable!("resolve() rejects image layers after dense"),
             };
         }
-        match cur {
-            Vec(x) => x,
-            Img(x) => x.flatten::<2>(1, 3),
-        }
+        cur
+    }
+
+    /// Splits off the layers after the first `at`: (the front's parameters, the rest as a
+    /// network of its own whose input is the front's output, `[n]` read as `[n, 1, 1]`).
+    pub(crate) fn split_at(self, at: usize) -> (std::vec::Vec<LayerParams>, Network) {
+        let stateful = self.spec.layers[..at]
+            .iter()
+            .filter(|l| has_params(&l.kind))
+            .count();
+        let Network { mut params, spec } = self;
+        let tail_params = params.split_off(stateful);
+        let out = &spec.layers[at.saturating_sub(1)].output;
+        let input = if at == 0 {
+            spec.input
+        } else if out.len() == 3 {
+            [out[0], out[1], out[2]]
+        } else {
+            [out[0], 1, 1]
+        };
+        let tail = NetworkSpec {
+            input,
+            front: None,
+            layers: spec.layers[at..].to_vec(),
+            frozen: 0,
+            ..spec
+        };
+        (
+            params,
+            Network {
+                params: tail_params,
+                spec: tail,
+            },
+        )
+    }
+
+    /// The network again from [`Network::split_at`]'s halves.
+    pub(crate) fn join(front: std::vec::Vec<LayerParams>, tail: Network, spec: NetworkSpec) -> Network {
+        let mut params = front;
+        params.extend(tail.params);
+        Network { params, spec }
     }
 }
 

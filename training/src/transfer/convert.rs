@@ -17,7 +17,7 @@ use crate::transfer::load_init;
 /// What [`he_friendly`] changed, for the report.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Conversion {
-    /// Activations (standalone or in residual blocks) made `poly`.
+    /// Activations made `poly` (a residual block holds two).
     pub activations: usize,
     /// Max-pools made average pools.
     pub max_pools: usize,
@@ -50,7 +50,8 @@ pub fn he_friendly(
                 };
                 if is_relu {
                     *kind = Some(Activation::Poly);
-                    conv.activations += 1;
+                    // a block has one inside and one after its sum
+                    conv.activations += if matches!(l, LayerConfig::Act { .. }) { 1 } else { 2 };
                 }
             }
             LayerConfig::MaxPool { kernel, stride, .. } => {
@@ -96,6 +97,27 @@ pub struct ConversionSummary {
     pub test_auc: f64,
     /// Its multiplicative depth under CKKS.
     pub multiplicative_depth: usize,
+    /// Share of test images on which the twin before training gives the teacher's label.
+    pub swapped_agreement: f64,
+    /// Share of test images on which the trained twin gives the teacher's label.
+    pub agreement: f64,
+}
+
+fn labels(net: &Network, data: &crate::data::Tensors) -> Result<Vec<usize>, TrainError> {
+    let k = net.spec.classes;
+    Ok(crate::train::predict(net, data)?
+        .chunks_exact(k)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i)
+        })
+        .collect())
+}
+
+fn agreement(a: &[usize], b: &[usize]) -> f64 {
+    a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len().max(1) as f64
 }
 
 /// `student` with every tensor `teacher` has under the same name and shape.
@@ -152,6 +174,8 @@ pub fn run_convert(
     let before = evaluate(&teacher, &data.test, names)?;
     let student = by_name(&teacher, Network::init(&student_spec, &device), &device)?;
     let swapped = evaluate(&student, &data.test, names)?;
+    let teacher_labels = labels(&teacher, &data.test)?;
+    let swapped_agreement = agreement(&labels(&student, &data.test)?, &teacher_labels);
     tracing::info!(
         teacher_acc = format!("{:.4}", before.accuracy),
         swapped_acc = format!("{:.4}", swapped.accuracy),
@@ -181,6 +205,8 @@ pub fn run_convert(
         test_acc: outcome.summary.test_acc,
         test_auc: outcome.summary.test_auc,
         multiplicative_depth: outcome.summary.multiplicative_depth,
+        swapped_agreement,
+        agreement: agreement(&labels(&outcome.network, &data.test)?, &teacher_labels),
     };
     write_json(&out_dir.join("conversion.json"), &summary)?;
     Ok((summary, outcome))
@@ -225,7 +251,7 @@ mod tests {
         let model = relu_resnet();
         let before = model.resolve([1, 28, 28], 2).unwrap();
         let (twin, c) = he_friendly(&model, [1, 28, 28], 2).unwrap();
-        assert_eq!(c, Conversion { activations: 2, max_pools: 1 });
+        assert_eq!(c, Conversion { activations: 3, max_pools: 1 });
         let after = twin.resolve([1, 28, 28], 2).unwrap();
         assert!(!before.is_he_friendly());
         assert!(after.is_he_friendly());
