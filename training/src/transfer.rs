@@ -18,5 +18,5 @@ mod weights;
 
 pub use convert::{Conversion, ConversionSummary, he_friendly, run_convert};
 pub use init::{InitReport, initial_network, load_init};
-pub use layout::{Source, sources};
+pub use layout::{Source, sources, torchvision_resnet};
 pub use weights::{MAX_WEIGHTS_BYTES, NamedTensor, Weights, weights_of};

@@ -13,49 +13,13 @@ use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use reference::{Map, StateDict};
-use training::model::{
-    Activation, HeadInit, InitConfig, LayerConfig, ModelConfig, Network, WeightsLayout,
-};
+use training::model::{Activation, HeadInit, InitConfig, ModelConfig, Network, WeightsLayout};
 use training::params::to_flat;
 use training::train::{TrainConfig, TrainOptions, train};
-use training::transfer::{NamedTensor, Weights, load_init, weights_of};
+use training::transfer::{NamedTensor, Weights, load_init, torchvision_resnet, weights_of};
 
 fn resnet(blocks: &[usize], activation: Activation) -> ModelConfig {
-    let mut layers = vec![
-        LayerConfig::Conv {
-            channels: 64,
-            kernel: 7,
-            stride: 2,
-            padding: 3,
-        },
-        LayerConfig::BatchNorm {
-            momentum: 0.1,
-            epsilon: 1e-5,
-        },
-        LayerConfig::Act { kind: None },
-        LayerConfig::MaxPool {
-            kernel: 3,
-            stride: Some(2),
-            padding: 1,
-        },
-    ];
-    for (s, &n) in blocks.iter().enumerate() {
-        for b in 0..n {
-            layers.push(LayerConfig::Residual {
-                channels: 64 << s,
-                stride: if s > 0 && b == 0 { 2 } else { 1 },
-                kernel: 3,
-                kind: None,
-            });
-        }
-    }
-    layers.push(LayerConfig::GlobalAvgPool);
-    layers.push(LayerConfig::Dense { units: None });
-    ModelConfig {
-        activation,
-        layers,
-        ..ModelConfig::default()
-    }
+    torchvision_resnet(blocks).with_activation(activation)
 }
 
 fn to_weights(sd: &StateDict) -> Weights {

@@ -2,7 +2,7 @@
 //! HEAL's own names, or torchvision's ResNet-18/34 state dict.
 
 use crate::error::TrainError;
-use crate::model::{LayerKind, NetworkSpec, WeightsLayout};
+use crate::model::{Activation, LayerConfig, LayerKind, ModelConfig, NetworkSpec, WeightsLayout};
 use crate::params::{ParamEntry, manifest};
 
 /// Where one manifest entry's values come from.
@@ -49,6 +49,48 @@ pub fn sources(spec: &NetworkSpec, layout: WeightsLayout) -> Result<Vec<Source>,
             })
             .collect()),
         WeightsLayout::Torchvision => torchvision(spec, &m.entries),
+    }
+}
+
+/// torchvision's ResNet with BasicBlocks, `blocks` per stage (`[2, 2, 2, 2]`: ResNet-18;
+/// `[3, 4, 6, 3]`: ResNet-34), as `[model]` layers: a 7×7 stride-2 stem with batch norm, ReLU
+/// and a 3×3 stride-2 max-pool, stages of 64·2^s channels (stride 2 from the second), global
+/// average pooling and the classifier — what `layout = "torchvision"` reads.
+pub fn torchvision_resnet(blocks: &[usize]) -> ModelConfig {
+    let mut layers = vec![
+        LayerConfig::Conv {
+            channels: 64,
+            kernel: 7,
+            stride: 2,
+            padding: 3,
+        },
+        LayerConfig::BatchNorm {
+            momentum: 0.1,
+            epsilon: 1e-5,
+        },
+        LayerConfig::Act { kind: None },
+        LayerConfig::MaxPool {
+            kernel: 3,
+            stride: Some(2),
+            padding: 1,
+        },
+    ];
+    for (s, &n) in blocks.iter().enumerate() {
+        for b in 0..n {
+            layers.push(LayerConfig::Residual {
+                channels: 64 << s,
+                stride: if s > 0 && b == 0 { 2 } else { 1 },
+                kernel: 3,
+                kind: None,
+            });
+        }
+    }
+    layers.push(LayerConfig::GlobalAvgPool);
+    layers.push(LayerConfig::Dense { units: None });
+    ModelConfig {
+        activation: Activation::Relu,
+        layers,
+        ..ModelConfig::default()
     }
 }
 
@@ -186,46 +228,9 @@ fn torchvision(spec: &NetworkSpec, entries: &[ParamEntry]) -> Result<Vec<Source>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Activation, LayerConfig, ModelConfig};
 
     fn resnet18() -> NetworkSpec {
-        let mut layers = vec![
-            LayerConfig::Conv {
-                channels: 64,
-                kernel: 7,
-                stride: 2,
-                padding: 3,
-            },
-            LayerConfig::BatchNorm {
-                momentum: 0.1,
-                epsilon: 1e-5,
-            },
-            LayerConfig::Act { kind: None },
-            LayerConfig::MaxPool {
-                kernel: 3,
-                stride: Some(2),
-                padding: 1,
-            },
-        ];
-        for (c, s) in [(64, 1), (128, 2), (256, 2), (512, 2)] {
-            for stride in [s, 1] {
-                layers.push(LayerConfig::Residual {
-                    channels: c,
-                    stride,
-                    kernel: 3,
-                    kind: None,
-                });
-            }
-        }
-        layers.push(LayerConfig::GlobalAvgPool);
-        layers.push(LayerConfig::Dense { units: None });
-        ModelConfig {
-            activation: Activation::Relu,
-            layers,
-            ..ModelConfig::default()
-        }
-        .resolve([3, 64, 64], 10)
-        .unwrap()
+        torchvision_resnet(&[2, 2, 2, 2]).resolve([3, 64, 64], 10).unwrap()
     }
 
     #[test]
