@@ -32,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         layout: WeightsLayout::Torchvision,
         head: HeadInit::Keep,
         freeze: 0,
+        layers: None,
         blake3: None,
     };
     let device = Device::flex();

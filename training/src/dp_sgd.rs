@@ -416,7 +416,7 @@ fn frozen_features(net: &Network, data: &Tensors, frozen: usize) -> Result<Tenso
     for chunk in all.chunks(CHUNK) {
         let (xb, _) = data.batch(chunk, None);
         let t = Tensor::<4>::from_data(TensorData::new(xb, [chunk.len(), c, h, w]), &device);
-        let out = eval.forward_until(t, frozen, &mut |_, _, o| o);
+        let out = eval.forward_until(t, frozen, &mut |_, _, o| o, &mut |_, _| {});
         let (dims, v) = match out {
             Activations::Img(t) => {
                 let [_, c, h, w] = t.dims();

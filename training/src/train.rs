@@ -279,7 +279,11 @@ pub fn train(
                 TensorData::new(one_hot(&yb, k, cfg.label_smoothing), [b, k]),
                 &device,
             );
-            let logits = net.forward(x);
+            let (logits, range) = if cfg.range_penalty > 0.0 {
+                net.forward_with_range(x, cfg.range_bound as f32)
+            } else {
+                (net.forward(x), None)
+            };
             let ce = match (&teacher, soft) {
                 (Some((_, d)), Some(soft)) => {
                     let hard = cross_entropy(logits.clone(), target, b);
@@ -289,6 +293,10 @@ pub fn train(
                     hard.mul_scalar(1.0 - d.alpha as f32) + kd.mul_scalar(d.alpha as f32)
                 }
                 _ => cross_entropy(logits.clone(), target, b),
+            };
+            let ce = match range {
+                Some(r) => ce + r.mul_scalar(cfg.range_penalty as f32),
+                None => ce,
             };
             let loss = match anchor.as_ref().and_then(|a| proximal(&net, a)) {
                 Some(p) => ce + p.mul_scalar((cfg.fedprox_mu / 2.0) as f32),

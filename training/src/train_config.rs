@@ -61,6 +61,9 @@ fn d_step() -> usize {
 fn d_gamma() -> f64 {
     0.1
 }
+fn d_range_bound() -> f64 {
+    8.0
+}
 
 /// The `[train]` table. Every key is optional.
 ///
@@ -90,6 +93,8 @@ fn d_gamma() -> f64 {
 /// brightness = 0.0       # augmentation: random offset of up to ± this (normalised units)
 /// contrast = 0.0         # augmentation: random gain in [1 − contrast, 1 + contrast]
 /// label_smoothing = 0.0  # cross-entropy against (1 − ε)·one-hot + ε/classes
+/// range_penalty = 0.0    # λ: adds λ·mean(relu(|x| − range_bound)²) over every polynomial
+/// range_bound = 8.0      #   activation's and residual block's output (keeps values in range)
 /// seed = 0               # shuffling and augmentation
 /// ```
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -167,6 +172,14 @@ pub struct TrainConfig {
     /// Label smoothing ε (default 0).
     #[serde(default)]
     pub label_smoothing: f64,
+    /// Weight λ of the range penalty (default 0: off). Encrypted evaluation refreshes values
+    /// with a mask sized for |x| < 2^10 and wraps its modulus past 2^35: a deep polynomial
+    /// network that lets some inputs' values grow is kept in range by training with it.
+    #[serde(default)]
+    pub range_penalty: f64,
+    /// Values above this (in absolute value) are penalised (default 8).
+    #[serde(default = "d_range_bound")]
+    pub range_bound: f64,
     /// Seed of shuffling and augmentation (default 0).
     #[serde(default)]
     pub seed: u64,
@@ -196,6 +209,12 @@ impl TrainConfig {
         }
         if self.brightness < 0.0 || !(0.0..1.0).contains(&self.contrast) {
             return bad("brightness must be ≥ 0 and contrast in [0, 1)".into());
+        }
+        if !(self.range_penalty >= 0.0 && self.range_penalty.is_finite() && self.range_bound > 0.0) {
+            return bad(format!(
+                "range_penalty {} must be ≥ 0 and range_bound {} positive",
+                self.range_penalty, self.range_bound
+            ));
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return bad("label_smoothing must be in [0, 1)".into());

@@ -56,6 +56,7 @@ fn init(path: &Path, layout: WeightsLayout, head: HeadInit) -> InitConfig {
         layout,
         head,
         freeze: 0,
+        layers: None,
         blake3: None,
     }
 }
@@ -269,6 +270,20 @@ fn heal_weights_round_trip_and_a_replaced_head_keeps_the_backbone() {
     assert_eq!(a[..cut], b[..cut]);
     assert_eq!(r.initial.len(), 2);
     assert_eq!(r.ignored.len(), 2);
+
+    // the first 4 layers only (stem and first block): the rest starts from init_seed, and the
+    // file's deeper tensors are left unread
+    let mut first4 = init(&p, WeightsLayout::Heal, HeadInit::Replace);
+    first4.layers = Some(4);
+    let (net, r) = load_init(&task, &first4, dir.path(), &device).unwrap();
+    let fresh = to_flat(&Network::init(&task, &device));
+    let a = to_flat(&net);
+    let cut = m.entries.iter().find(|e| e.name.starts_with("4.")).unwrap().offset;
+    assert_eq!(a[..cut], b[..cut]);
+    assert_eq!(a[cut..], fresh[cut..]);
+    assert!(r.ignored.iter().any(|n| n.starts_with("4.residual")), "{:?}", r.ignored);
+    first4.layers = Some(99);
+    assert!(load_init(&task, &first4, dir.path(), &device).is_err());
 
     // a ReLU backbone into the polynomial network: the coefficients start at poly_init
     let relu = small_resnet(Activation::Relu).resolve([1, 28, 28], 24).unwrap();

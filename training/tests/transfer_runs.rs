@@ -91,6 +91,7 @@ fn init(path: &Path, head: HeadInit) -> Option<InitSpec> {
         layout: WeightsLayout::Heal,
         head,
         freeze: 0,
+        layers: None,
         blake3: None,
     }))
 }

@@ -186,6 +186,7 @@ pub enum WeightsLayout {
 /// layout = "heal"        # "heal" or "torchvision" (ResNet-18/34 names)
 /// head = "replace"       # "replace": a new last layer; "keep": the backbone's
 /// freeze = 0             # the first this many [[model.layers]] are not trained
+/// # layers = 9           # only the first 9 layers from the file (a backbone cut short)
 /// # blake3 = "…"         # the file's digest (provisioning writes it)
 /// ```
 /// `init = "path"` is short for a table with only `path`.
@@ -203,6 +204,11 @@ pub struct InitConfig {
     /// Layers (of `[[model.layers]]`, from the first) whose weights stay as loaded (default 0).
     #[serde(default)]
     pub freeze: usize,
+    /// Only the first this many layers come from the file, the rest start from `init_seed`
+    /// (default: every layer): a backbone cut short, with new layers after it. The file's
+    /// deeper tensors are then left unread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<usize>,
     /// BLAKE3 of the file (hex); a file of another digest is refused. `coordinator provision`
     /// fills it in when it copies the backbone into every hospital's kit, so that every
     /// hospital starts from the same weights.
@@ -229,6 +235,7 @@ impl InitSpec {
                 layout: WeightsLayout::default(),
                 head: HeadInit::default(),
                 freeze: 0,
+                layers: None,
                 blake3: None,
             },
             InitSpec::Table(c) => c.clone(),

@@ -312,10 +312,47 @@ impl Network {
         x: Tensor<4>,
         tap: &mut dyn FnMut(usize, &Activations, Activations) -> Activations,
     ) -> Tensor<2> {
-        match self.forward_until(x, self.spec.layers.len(), tap) {
+        match self.forward_until(x, self.spec.layers.len(), tap, &mut |_, _| {}) {
             Activations::Vec(x) => x,
             Activations::Img(x) => x.flatten::<2>(1, 3),
         }
+    }
+
+    /// Logits, and the mean over the outputs of every polynomial activation and residual
+    /// block of how far values pass `bound`, squared: `mean(relu(|x| − bound)²)` summed over
+    /// those layers (the training's range penalty, `[train] range_penalty`).
+    pub(crate) fn forward_with_range(&self, x: Tensor<4>, bound: f32) -> (Tensor<2>, Option<Tensor<1>>) {
+        let mut sum: Option<Tensor<1>> = None;
+        let out = self.forward_until(
+            x,
+            self.spec.layers.len(),
+            &mut |_, _, o| o,
+            &mut |i, cur| {
+                let watched = match &self.spec.layers[i].kind {
+                    LayerKind::Act { activation } | LayerKind::Residual { activation, .. } => {
+                        activation.is_polynomial()
+                    }
+                    _ => false,
+                };
+                if !watched {
+                    return;
+                }
+                let excess = |t: Tensor<1>| (t.abs() - bound).clamp_min(0.0).powi_scalar(2).mean();
+                let p = match cur {
+                    Activations::Img(t) => excess(t.clone().flatten::<1>(0, 3)),
+                    Activations::Vec(t) => excess(t.clone().flatten::<1>(0, 1)),
+                };
+                sum = Some(match sum.take() {
+                    Some(s) => s + p,
+                    None => p,
+                });
+            },
+        );
+        let logits = match out {
+            Activations::Vec(x) => x,
+            Activations::Img(x) => x.flatten::<2>(1, 3),
+        };
+        (logits, sum)
     }
 
     /// The output of the first `until` layers: a frozen backbone's features.
@@ -324,6 +361,7 @@ impl Network {
         x: Tensor<4>,
         until: usize,
         tap: &mut dyn FnMut(usize, &Activations, Activations) -> Activations,
+        probe: &mut dyn FnMut(usize, &Activations),
     ) -> Activations {
         use Activations::{Img, Vec};
         let bounds = self.spec.poly_bounds;
@@ -334,7 +372,10 @@ impl Network {
             *slot += 1;
             (*slot - 1, p)
         };
-        for l in &self.spec.layers[..until.min(self.spec.layers.len())] {
+        for (li, l) in self.spec.layers[..until.min(self.spec.layers.len())]
+            .iter()
+            .enumerate()
+        {
             cur = match (&l.kind, cur) {
                 (
                     LayerKind::Conv {
@@ -453,6 +494,7 @@ impl Network {
                 },
                 (_, Vec(_)) => unreachable!("resolve() rejects image layers after dense"),
             };
+            probe(li, &cur);
         }
         cur
     }

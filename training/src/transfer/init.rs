@@ -44,6 +44,14 @@ fn bad(path: &Path, message: impl Into<String>) -> TrainError {
     }
 }
 
+/// The layer index a manifest entry's name starts with.
+fn layer_of(name: &str) -> usize {
+    name.split('.')
+        .next()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
 /// The names of the last dense layer's entries (the head).
 fn head_entries(spec: &NetworkSpec, entries: &[ParamEntry]) -> BTreeSet<String> {
     let last = spec
@@ -131,6 +139,19 @@ pub fn load_init(
             }
         }
     }
+    if let Some(n) = init.layers {
+        if n > spec.layers.len() {
+            return Err(bad(
+                &path,
+                format!("[model.init] layers = {n}, but the network has {} layers", spec.layers.len()),
+            ));
+        }
+        for (e, s) in m.entries.iter().zip(srcs.iter_mut()) {
+            if layer_of(&e.name) >= n {
+                *s = Source::Initial;
+            }
+        }
+    }
     let first_conv = m.entries.first().map(|e| e.name.clone());
     let mut flat = to_flat(&Network::init(spec, device));
     let mut report = InitReport {
@@ -188,7 +209,11 @@ pub fn load_init(
     };
     let mut unexpected = Vec::new();
     for name in weights.tensors.keys().filter(|n| !used.contains(*n)) {
-        if is_activation(name) || (init.head == HeadInit::Replace && replaced_head.contains(name)) {
+        let cut_short = init.layers.is_some();
+        if cut_short
+            || is_activation(name)
+            || (init.head == HeadInit::Replace && replaced_head.contains(name))
+        {
             report.ignored.push(name.clone());
         } else {
             unexpected.push(name.clone());
