@@ -129,6 +129,33 @@ fn shipped_configs_parse() {
     }
 }
 
+/// The transfer configs parse and name a backbone (none is present in a fresh clone: they are
+/// made by `client pretrain`), and the pretraining configs their sources.
+#[test]
+fn shipped_transfer_configs_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/transfer");
+    for name in [
+        "breastmnist-finetune.toml",
+        "breastmnist-finetune-relu.toml",
+        "breastmnist-convert.toml",
+    ] {
+        let cfg = BaselineConfig::load(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let init = cfg.model.init.as_ref().map(|i| i.config());
+        assert!(init.is_some_and(|i| i.path.extension().is_some()), "{name}");
+        cfg.model
+            .resolve([1, 28, 28], 2)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    for (name, sources) in [
+        ("pretrain-medmnist.toml", 3),
+        ("pretrain-medmnist-organ.toml", 3),
+    ] {
+        let cfg = training::transfer::pretrain::PretrainConfig::load(&dir.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(cfg.pretrain.sources.len(), sources, "{name}");
+    }
+}
+
 /// The residual configs (ResNet-20-class at 28², the residual clinical family at 256²): their
 /// depth, and an export with fresh weights plans into segments refreshed by the requester.
 #[test]

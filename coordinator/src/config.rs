@@ -458,6 +458,7 @@ mod shipped_configs {
         for entry in std::fs::read_dir(&dir)
             .unwrap()
             .chain(std::fs::read_dir(dir.join("deployment")).unwrap())
+            .chain(std::fs::read_dir(dir.join("transfer")).unwrap())
         {
             let path = entry.unwrap().path();
             let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -467,7 +468,7 @@ mod shipped_configs {
                 n += 1;
             }
         }
-        assert!(n >= 4, "found {n} federation configs");
+        assert!(n >= 6, "found {n} federation configs");
         FederationConfig::from_toml(crate::simulate::DEFAULT_CONFIG).unwrap();
     }
 

@@ -229,6 +229,7 @@ fn site_toml(
         kit: None,
         inference: cfg.federation.inference,
         collective_key: None,
+        rounds: Some(cfg.federation.rounds),
     };
     let mut doc = toml::Table::new();
     doc.insert("site".into(), toml::Value::try_from(&site)?);
@@ -300,19 +301,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("cfg")).unwrap();
         std::fs::write(dir.path().join("cfg/b.safetensors"), b"weights").unwrap();
-        let text = format!("{CFG}[model]\nactivation = \"poly\"\n[model.init]\npath = \"b.safetensors\"\nfreeze = 3\n");
+        let text = format!(
+            "{CFG}[model]\nactivation = \"poly\"\n[model.init]\npath = \"b.safetensors\"\nfreeze = 3\n"
+        );
         let mut cfg = FederationConfig::from_toml(&text).unwrap();
         cfg.config_dir = dir.path().join("cfg");
         let p = provision(&cfg, &text, &dir.path().join("fed")).unwrap();
         let digest = blake3::hash(b"weights").to_hex().to_string();
         for d in &p.hospital_dirs {
-            assert_eq!(std::fs::read(d.join("backbone.safetensors")).unwrap(), b"weights");
+            assert_eq!(
+                std::fs::read(d.join("backbone.safetensors")).unwrap(),
+                b"weights"
+            );
             let doc: toml::Table =
                 toml::from_str(&std::fs::read_to_string(d.join("site.toml")).unwrap()).unwrap();
             let init = doc["model"]["init"].as_table().unwrap();
             assert_eq!(init["path"].as_str(), Some("backbone.safetensors"));
             assert_eq!(init["blake3"].as_str(), Some(digest.as_str()));
             assert_eq!(init["freeze"].as_integer(), Some(3));
+            // the rounds a schedule over the federation spans
+            let rounds = i64::try_from(cfg.federation.rounds).unwrap();
+            assert_eq!(doc["site"]["rounds"].as_integer(), Some(rounds));
         }
         // a config that names another digest, or a file that is not there: refused
         let wrong = text.replace("freeze = 3", "blake3 = \"00\"");
@@ -322,6 +331,9 @@ mod tests {
         assert!(e.to_string().contains("BLAKE3"), "{e}");
         cfg.config_dir = dir.path().to_path_buf();
         let e = provision(&cfg, &wrong, &dir.path().join("fed3")).unwrap_err();
-        assert!(format!("{e:#}").contains("cannot read the backbone"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("cannot read the backbone"),
+            "{e:#}"
+        );
     }
 }

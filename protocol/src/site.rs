@@ -33,6 +33,10 @@ pub struct SiteSection {
     /// keyholders log it when they encrypt the model); absent: any the server presents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collective_key: Option<String>,
+    /// Rounds the federation plans (`[federation] rounds`): a learning-rate schedule that spans
+    /// the run (`[train] schedule_span = "federation"`) needs them. Absent in older kits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<u64>,
 }
 
 /// How a consortium serves its model.

@@ -39,7 +39,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (net, report) = load_init(&spec, &init, std::path::Path::new("."), &device)?;
     let n = r.inputs.len() / (3 * r.side * r.side);
     let x = Tensor::<4>::from_data(TensorData::new(r.inputs, [n, 3, r.side, r.side]), &device);
-    let got: Vec<f32> = net.forward(x).into_data().convert::<f32>().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+    let got: Vec<f32> = net
+        .forward(x)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))?;
     let scale = r.logits.iter().fold(0f32, |m, v| m.max(v.abs()));
     let err = got
         .iter()
@@ -53,7 +58,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         r.classes,
         r.torch,
         r.torchvision,
-        if rel <= 1e-4 { "within 1e-4" } else { "ABOVE 1e-4" }
+        if rel <= 1e-4 {
+            "within 1e-4"
+        } else {
+            "ABOVE 1e-4"
+        }
     );
     if rel > 1e-4 {
         std::process::exit(1);

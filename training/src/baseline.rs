@@ -301,7 +301,11 @@ pub struct Prepared {
 
 /// Loads `cfg`'s data (relative paths against `base_dir`): the subsets it asks for,
 /// normalised with the training split's statistics.
-pub fn prepare(cfg: &BaselineConfig, base_dir: &Path, progress: bool) -> Result<Prepared, TrainError> {
+pub fn prepare(
+    cfg: &BaselineConfig,
+    base_dir: &Path,
+    progress: bool,
+) -> Result<Prepared, TrainError> {
     let data = datasets::load_dataset(&cfg.dataset, base_dir, progress)?;
     if data.info.task == Task::MultiLabel {
         return Err(datasets::DatasetError::MultiLabel {

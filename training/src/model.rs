@@ -264,11 +264,12 @@ impl NetworkSpec {
     }
 }
 
+mod activation;
 mod network;
-pub(crate) use network::{Activations, has_params};
 pub use network::{
     ActParams, BlockParams, ConvParams, DenseParams, LayerParams, Network, PolyParams, QuadParams,
 };
+pub(crate) use network::{Activations, has_params};
 
 #[cfg(test)]
 mod tests;

@@ -26,7 +26,8 @@ use crate::metrics::{EvalReport, evaluate_probs};
 use crate::model::{LayerParams, Network};
 use crate::params;
 pub use crate::train_config::{
-    Distill, EpochStats, OptimizerKind, Schedule, TrainConfig, TrainReport,
+    Distill, EpochStats, NormStatistics, OptimizerKind, Schedule, ScheduleSpan, TrainConfig,
+    TrainReport,
 };
 
 /// Options of one training run besides the hyper-parameters.
@@ -141,6 +142,9 @@ pub fn train(
     }
     // `[model.init] freeze`: whoever built the network, its first layers stay as they are
     net = net.freeze_front();
+    if cfg.norm_statistics == NormStatistics::Frozen {
+        net = net.freeze_norm_statistics();
+    }
     if data.shape != net.spec.input {
         return Err(TrainError::invalid(
             "training data",
@@ -271,7 +275,13 @@ pub fn train(
             let aug = augment.is_active().then_some((&mut rng, &augment));
             let (xb, yb) = data.batch(idx, aug);
             let soft = match &teacher {
-                Some((t, d)) => Some(teacher_targets(t, &xb, [b, c, h, w], d.temperature, &device)?),
+                Some((t, d)) => Some(teacher_targets(
+                    t,
+                    &xb,
+                    [b, c, h, w],
+                    d.temperature,
+                    &device,
+                )?),
                 None => None,
             };
             let x = Tensor::<4>::from_data(TensorData::new(xb, [b, c, h, w]), &device);
@@ -408,7 +418,10 @@ fn teacher_targets(
         .try_to_vec::<f32>()
         .map_err(|e| TrainError::invalid("teacher", format!("{e:?}")))?;
     let k = values.len() / shape[0].max(1);
-    Ok(Tensor::<2>::from_data(TensorData::new(values, [shape[0], k]), device))
+    Ok(Tensor::<2>::from_data(
+        TensorData::new(values, [shape[0], k]),
+        device,
+    ))
 }
 
 /// Class probabilities (`n × classes`, row-major) of `data` under `net` (evaluated without
@@ -509,6 +522,27 @@ mod tests {
         assert!((c.lr_at(0.0) - 0.1).abs() < 1e-12);
         assert!((c.lr_at(1.0) - 0.55).abs() < 1e-12);
         assert_eq!(c.lr_at(2.0), 1.0);
+    }
+
+    #[test]
+    fn a_federation_span_runs_the_schedule_over_every_round() {
+        let c: TrainConfig = toml::from_str("epochs = 2\nlr = 1.0\nschedule = \"cosine\"").unwrap();
+        // the default: every round runs its own schedule from lr
+        assert_eq!(c.for_round(7, Some(10)), c);
+        let f = TrainConfig {
+            schedule_span: ScheduleSpan::Federation,
+            ..c.clone()
+        };
+        let lrs: Vec<f64> = (1..=10).map(|r| f.for_round(r, Some(10)).lr).collect();
+        assert_eq!(lrs[0], 1.0);
+        // round 6 starts at epoch 10 of 20: half way down the cosine
+        assert!((lrs[5] - 0.5).abs() < 1e-12, "{lrs:?}");
+        assert!(lrs.windows(2).all(|w| w[1] < w[0]), "{lrs:?}");
+        assert!(lrs[9] < 0.03);
+        let r = f.for_round(6, Some(10));
+        assert_eq!((r.schedule, r.epochs), (Schedule::Constant, 2));
+        // a kit that does not say how many rounds: the round's own schedule
+        assert_eq!(f.for_round(6, None), f);
     }
 
     #[test]

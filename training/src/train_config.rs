@@ -34,6 +34,34 @@ pub enum Schedule {
     Cosine,
 }
 
+/// What batch norms normalise with while training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NormStatistics {
+    /// Each batch's own mean and variance; the running statistics follow them (default).
+    #[default]
+    Batch,
+    /// The running statistics as the network starts (a pretrained backbone's), left unchanged;
+    /// γ and β still train. Under label skew a hospital's batches hold one class, and
+    /// normalising by their own statistics removes what tells the classes apart (Hsieh et al.,
+    /// "The Non-IID Data Quagmire", 2020): fine-tuning a backbone federated wants its own.
+    Frozen,
+}
+
+/// What a schedule spans in a federation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleSpan {
+    /// Each round's local epochs, from `lr` again every round (default).
+    #[default]
+    Round,
+    /// The whole run: round r trains with the rate the schedule gives at the start of its
+    /// epochs in a run of rounds × epochs (constant within the round), as a centralised run
+    /// of that many epochs would. A federation that ends on a small rate ends on a settled
+    /// model instead of the last round's noise.
+    Federation,
+}
+
 fn d_epochs() -> usize {
     10
 }
@@ -95,6 +123,9 @@ fn d_range_bound() -> f64 {
 /// label_smoothing = 0.0  # cross-entropy against (1 − ε)·one-hot + ε/classes
 /// range_penalty = 0.0    # λ: adds λ·mean(relu(|x| − range_bound)²) over every polynomial
 /// range_bound = 8.0      #   activation's and residual block's output (keeps values in range)
+/// schedule_span = "round"  # federated: "federation" runs the schedule over all rounds
+/// norm_statistics = "batch"  # "frozen": batch norms use the running statistics the
+///                        #   network starts with (a pretrained backbone's) and keep them
 /// seed = 0               # shuffling and augmentation
 /// ```
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -180,6 +211,12 @@ pub struct TrainConfig {
     /// Values above this (in absolute value) are penalised (default 8).
     #[serde(default = "d_range_bound")]
     pub range_bound: f64,
+    /// `round` (default) or `federation`: what `schedule` spans in a federated run.
+    #[serde(default)]
+    pub schedule_span: ScheduleSpan,
+    /// `batch` (default) or `frozen`: what batch norms normalise with while training.
+    #[serde(default)]
+    pub norm_statistics: NormStatistics,
     /// Seed of shuffling and augmentation (default 0).
     #[serde(default)]
     pub seed: u64,
@@ -210,7 +247,8 @@ impl TrainConfig {
         if self.brightness < 0.0 || !(0.0..1.0).contains(&self.contrast) {
             return bad("brightness must be ≥ 0 and contrast in [0, 1)".into());
         }
-        if !(self.range_penalty >= 0.0 && self.range_penalty.is_finite() && self.range_bound > 0.0) {
+        if !(self.range_penalty >= 0.0 && self.range_penalty.is_finite() && self.range_bound > 0.0)
+        {
             return bad(format!(
                 "range_penalty {} must be ≥ 0 and range_bound {} positive",
                 self.range_penalty, self.range_bound
@@ -228,6 +266,27 @@ impl TrainConfig {
             return bad("grad_clip must be positive".into());
         }
         Ok(())
+    }
+
+    /// What round `round` (1-based) of `rounds` trains with: itself, or with
+    /// `schedule_span = "federation"` a constant rate, the schedule's at the round's first
+    /// epoch of a run of `rounds × epochs` (warm-up included). Without `rounds` (a kit that does
+    /// not say) the schedule stays within the round.
+    pub fn for_round(&self, round: u64, rounds: Option<u64>) -> TrainConfig {
+        let (ScheduleSpan::Federation, Some(rounds)) = (self.schedule_span, rounds) else {
+            return self.clone();
+        };
+        let run = TrainConfig {
+            epochs: self.epochs.saturating_mul(rounds.max(1) as usize),
+            ..self.clone()
+        };
+        let first = round.saturating_sub(1).min(rounds) as f64 * self.epochs as f64;
+        TrainConfig {
+            lr: run.lr_at(first),
+            schedule: Schedule::Constant,
+            warmup_epochs: 0,
+            ..self.clone()
+        }
     }
 
     /// Learning rate at fractional epoch `t` (0 ≤ t < epochs).
@@ -325,9 +384,10 @@ impl Default for Distill {
 
 impl Distill {
     pub(crate) fn validate(&self) -> Result<(), TrainError> {
-        if !(self.temperature > 0.0 && self.temperature.is_finite())
-            || !(0.0..=1.0).contains(&self.alpha)
-        {
+        let fine = self.temperature > 0.0
+            && self.temperature.is_finite()
+            && (0.0..=1.0).contains(&self.alpha);
+        if !fine {
             return Err(TrainError::invalid(
                 "[distill]",
                 format!(

@@ -119,7 +119,11 @@ fn a_backbone_pretrained_on_two_sets_starts_a_third() {
     assert_eq!(s.blake3, blake3::hash(&bytes).to_hex().to_string());
     let w = Weights::read(&file).unwrap();
     assert_eq!(w.metadata["made_by"], "client pretrain");
-    assert!(w.metadata["classes"].starts_with("bloodmnist/"), "{}", w.metadata["classes"]);
+    assert!(
+        w.metadata["classes"].starts_with("bloodmnist/"),
+        "{}",
+        w.metadata["classes"]
+    );
     assert!(w.metadata["sources"].contains("retinamnist"));
 
     // BreastMNIST from that backbone: every tensor but the 13-class head comes from the file
@@ -143,10 +147,18 @@ fn a_backbone_pretrained_on_two_sets_starts_a_third() {
 fn a_relu_network_with_max_pool_becomes_an_he_friendly_twin_that_learns_from_it() {
     let dir = tempfile::tempdir().unwrap();
     let teacher_out = dir.path().join("relu");
-    let relu = run_baseline(&baseline(network("relu", true), 8, 2e-3), dir.path(), &teacher_out, false)
-        .unwrap();
+    let relu = run_baseline(
+        &baseline(network("relu", true), 8, 2e-3),
+        dir.path(),
+        &teacher_out,
+        false,
+    )
+    .unwrap();
     assert!(!relu.summary.he_friendly);
-    assert!(!teacher_out.join("network.json").exists(), "max-pool is not exported");
+    assert!(
+        !teacher_out.join("network.json").exists(),
+        "max-pool is not exported"
+    );
 
     let mut model = network("relu", true);
     model.init = init(&teacher_out.join("weights.safetensors"), HeadInit::Keep);
@@ -198,12 +210,23 @@ fn dp_sgd_trains_only_what_follows_a_frozen_backbone() {
     for e in &manifest(&spec).entries {
         let moved = before[e.offset..e.offset + e.len] != after[e.offset..e.offset + e.len];
         // the frozen layers' statistics too: their features are taken in evaluation mode
-        assert_eq!(moved, e.name.ends_with("dense.weight") || e.name.ends_with("dense.bias"), "{}", e.name);
+        assert_eq!(
+            moved,
+            e.name.ends_with("dense.weight") || e.name.ends_with("dense.bias"),
+            "{}",
+            e.name
+        );
     }
     let r = evaluate(&net, &test_t, &names).unwrap();
     assert!(r.macro_auc > 0.75, "AUC {}", r.macro_auc);
     // unfrozen, the same network is refused: its batch norms mix a batch's examples
     let spec = training::model::NetworkSpec { frozen: 0, ..spec };
-    let e = train(Network::init(&spec, &device), &train_t, &quick(1, 0.5), &opts).unwrap_err();
+    let e = train(
+        Network::init(&spec, &device),
+        &train_t,
+        &quick(1, 0.5),
+        &opts,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("freeze"), "{e}");
 }

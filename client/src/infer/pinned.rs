@@ -92,6 +92,7 @@ mod tests {
             kit: None,
             inference,
             collective_key,
+            rounds: None,
         }
     }
 

@@ -85,7 +85,12 @@ pub fn load(cfg: &SiteConfig, base_dir: &Path) -> anyhow::Result<LocalData> {
     let mut frozen = vec![false; manifest.total];
     for e in &manifest.entries {
         trainable[e.offset..e.offset + e.len].fill(e.trainable);
-        let layer: usize = e.name.split('.').next().and_then(|l| l.parse().ok()).unwrap_or(0);
+        let layer: usize = e
+            .name
+            .split('.')
+            .next()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
         frozen[e.offset..e.offset + e.len].fill(e.trainable && layer < spec.frozen);
     }
     tracing::info!(

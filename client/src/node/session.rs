@@ -344,7 +344,8 @@ impl Node {
         let global = self.state.global.clone();
         let spec = self.data.spec.clone();
         let train_data = self.data.train.clone();
-        let mut tcfg = self.cfg.train.clone();
+        // `schedule_span = "federation"`: this round's place in the run's schedule
+        let mut tcfg = self.cfg.train.for_round(round, self.cfg.site.rounds);
         // a different shuffle per round and hospital, reproducible from the config seed
         tcfg.seed = tcfg.seed.wrapping_add(round * 1000 + u64::from(self.index));
         let dp = self.privacy.as_ref().and_then(|p| p.dp_sgd());

@@ -2,13 +2,15 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{BatchNorm, BatchNormConfig};
-use burn::tensor::activation::relu;
 use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 
+pub(crate) use super::activation::Activations;
+pub use super::activation::{ActParams, PolyParams, QuadParams};
+use super::activation::{ActParamsRef, apply_act, dropout};
 use super::{Activation, LayerKind, NetworkSpec};
 
 /// Convolution parameters: weight `[out, in, k, k]`, bias `[out]`.
@@ -28,35 +30,6 @@ pub struct DenseParams {
     pub weight: Param<Tensor<2>>,
     /// `[out]`.
     pub bias: Param<Tensor<1>>,
-}
-
-/// Quadratic activation parameters a, b (each shape `[1]`).
-#[derive(Module, Debug)]
-pub struct QuadParams {
-    /// Coefficient of x².
-    pub a: Param<Tensor<1>>,
-    /// Coefficient of x.
-    pub b: Param<Tensor<1>>,
-}
-
-/// Per-channel polynomial activation parameters a, b, c (each `[channels]`).
-#[derive(Module, Debug)]
-pub struct PolyParams {
-    /// Coefficients of x² (clamped to `poly_bounds` in the forward pass).
-    pub a: Param<Tensor<1>>,
-    /// Coefficients of x.
-    pub b: Param<Tensor<1>>,
-    /// Constant terms.
-    pub c: Param<Tensor<1>>,
-}
-
-/// An activation's parameters, where it has some.
-#[derive(Module, Debug)]
-pub enum ActParams {
-    /// Quadratic a·x² + b·x.
-    Quad(QuadParams),
-    /// Per-channel a·x² + b·x + c.
-    Poly(PolyParams),
 }
 
 /// A residual block's parameters: the body's two convolutions with their batch norms and
@@ -299,6 +272,31 @@ impl Network {
         self
     }
 
+    /// The network with every batch norm normalising by its running statistics, also while
+    /// training, and leaving them unchanged (`[train] norm_statistics = "frozen"`); γ and β
+    /// keep their gradients.
+    pub fn freeze_norm_statistics(mut self) -> Self {
+        fn fixed(mut bn: BatchNorm) -> BatchNorm {
+            bn.training = Param::from_bool(false);
+            bn
+        }
+        self.params = std::mem::take(&mut self.params)
+            .into_iter()
+            .map(|p| match p {
+                LayerParams::Norm(bn) => LayerParams::Norm(fixed(bn)),
+                LayerParams::Block(b) => LayerParams::Block(BlockParams {
+                    bn1: fixed(b.bn1),
+                    bn2: fixed(b.bn2),
+                    proj_bn: b.proj_bn.map(fixed),
+                    bn3: fixed(b.bn3),
+                    ..b
+                }),
+                other => other,
+            })
+            .collect();
+        self
+    }
+
     /// Logits `[batch, classes]` for images `[batch, c, h, w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         self.forward_tapped(x, &mut |_, _, out| out)
@@ -321,7 +319,11 @@ impl Network {
     /// Logits, and the mean over the outputs of every polynomial activation and residual
     /// block of how far values pass `bound`, squared: `mean(relu(|x| − bound)²)` summed over
     /// those layers (the training's range penalty, `[train] range_penalty`).
-    pub(crate) fn forward_with_range(&self, x: Tensor<4>, bound: f32) -> (Tensor<2>, Option<Tensor<1>>) {
+    pub(crate) fn forward_with_range(
+        &self,
+        x: Tensor<4>,
+        bound: f32,
+    ) -> (Tensor<2>, Option<Tensor<1>>) {
         let mut sum: Option<Tensor<1>> = None;
         let out = self.forward_until(
             x,
@@ -533,28 +535,15 @@ impl Network {
     }
 
     /// The network again from [`Network::split_at`]'s halves.
-    pub(crate) fn join(front: std::vec::Vec<LayerParams>, tail: Network, spec: NetworkSpec) -> Network {
+    pub(crate) fn join(
+        front: std::vec::Vec<LayerParams>,
+        tail: Network,
+        spec: NetworkSpec,
+    ) -> Network {
         let mut params = front;
         params.extend(tail.params);
         Network { params, spec }
     }
-}
-
-/// A layer's activations for a batch: images `[b, c, h, w]` or vectors `[b, n]`.
-#[derive(Clone, Debug)]
-pub(crate) enum Activations {
-    Img(Tensor<4>),
-    Vec(Tensor<2>),
-}
-
-/// Inverted dropout on autodiff devices (training); identity otherwise.
-fn dropout<const D: usize>(x: Tensor<D>, rate: f64) -> Tensor<D> {
-    if rate == 0.0 || !x.device().is_autodiff() {
-        return x;
-    }
-    let keep = 1.0 - rate;
-    let mask = x.random_like(Distribution::Bernoulli(keep));
-    (x * mask).div_scalar(keep as f32)
 }
 
 /// A layer's activation parameters, where it is an activation with some.
@@ -563,61 +552,5 @@ fn act_of(p: &LayerParams) -> Option<ActParamsRef<'_>> {
         LayerParams::Quad(q) => Some(ActParamsRef::Quad(q)),
         LayerParams::Poly(q) => Some(ActParamsRef::Poly(q)),
         _ => None,
-    }
-}
-
-/// Borrowed activation parameters (a standalone layer's or a block's).
-#[derive(Clone, Copy)]
-pub(crate) enum ActParamsRef<'a> {
-    Quad(&'a QuadParams),
-    Poly(&'a PolyParams),
-}
-
-impl<'a> From<&'a ActParams> for ActParamsRef<'a> {
-    fn from(p: &'a ActParams) -> Self {
-        match p {
-            ActParams::Quad(q) => ActParamsRef::Quad(q),
-            ActParams::Poly(q) => ActParamsRef::Poly(q),
-        }
-    }
-}
-
-fn apply_act(
-    x: Activations,
-    a: Activation,
-    params: Option<ActParamsRef<'_>>,
-    bounds: [f32; 2],
-) -> Activations {
-    match x {
-        Activations::Img(x) => Activations::Img(act(x, a, params, bounds)),
-        Activations::Vec(x) => Activations::Vec(act(x, a, params, bounds)),
-    }
-}
-
-fn act<const D: usize>(
-    x: Tensor<D>,
-    a: Activation,
-    params: Option<ActParamsRef<'_>>,
-    bounds: [f32; 2],
-) -> Tensor<D> {
-    match (a, params) {
-        (Activation::Relu, _) => relu(x),
-        (Activation::Square, _) => x.clone() * x,
-        (Activation::Quadratic, Some(ActParamsRef::Quad(q))) => {
-            let qa: Tensor<D> = q.a.val().reshape([1; D]);
-            let qb: Tensor<D> = q.b.val().reshape([1; D]);
-            // x·(a·x + b): the form CKKS evaluates with one ciphertext multiplication.
-            x.clone() * (x * qa + qb)
-        }
-        (Activation::Poly, Some(ActParamsRef::Poly(p))) => {
-            // per channel (dimension 1): [1, c, 1, 1] on images, [1, c] on vectors
-            let mut shape = [1usize; D];
-            shape[1] = p.a.val().dims()[0];
-            let pa: Tensor<D> = p.a.val().clamp(bounds[0], bounds[1]).reshape(shape);
-            let pb: Tensor<D> = p.b.val().reshape(shape);
-            let pc: Tensor<D> = p.c.val().reshape(shape);
-            x.clone() * (x * pa + pb) + pc
-        }
-        _ => unreachable!("polynomial activations carry their coefficients"),
     }
 }

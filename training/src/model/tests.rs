@@ -171,13 +171,22 @@ fn the_range_penalty_measures_what_passes_the_bound_and_training_pulls_it_in() {
     let device = Device::flex().autodiff();
     let net = Network::init(&spec, &device);
     // inputs of size 3: a·x² with a = 0.5 already passes 1 on many values
-    let x: Vec<f32> = (0..64 * 64).map(|i| ((i * 7919) % 13) as f32 / 2.0 - 3.0).collect();
+    let x: Vec<f32> = (0..64 * 64)
+        .map(|i| ((i * 7919) % 13) as f32 / 2.0 - 3.0)
+        .collect();
     let y: Vec<u32> = (0..64).map(|i| i % 2).collect();
     let data = Tensors::from_parts(x.clone(), y, [1, 8, 8]).unwrap();
     let excess = |net: &Network| {
-        let t = Tensor::<4>::from_data(burn::tensor::TensorData::new(x.clone(), [64, 1, 8, 8]), &Device::flex());
+        let t = Tensor::<4>::from_data(
+            burn::tensor::TensorData::new(x.clone(), [64, 1, 8, 8]),
+            &Device::flex(),
+        );
         let (_, p) = net.clone().valid().forward_with_range(t, 1.0);
-        p.unwrap().into_data().convert::<f32>().try_to_vec::<f32>().unwrap()[0]
+        p.unwrap()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap()[0]
     };
     let before = excess(&net);
     assert!(before > 0.1, "{before}");
@@ -192,6 +201,14 @@ fn the_range_penalty_measures_what_passes_the_bound_and_training_pulls_it_in() {
     let (plain, _) = train(net.clone(), &data, &cfg(0.0), &TrainOptions::default()).unwrap();
     let (kept, _) = train(net, &data, &cfg(10.0), &TrainOptions::default()).unwrap();
     let (p, k) = (excess(&plain), excess(&kept));
-    assert!(k < p / 4.0 && k < before / 4.0, "with the penalty {k}, without {p}, before {before}");
-    assert!(toml::from_str::<TrainConfig>("range_penalty = -1.0").unwrap().validate().is_err());
+    assert!(
+        k < p / 4.0 && k < before / 4.0,
+        "with the penalty {k}, without {p}, before {before}"
+    );
+    assert!(
+        toml::from_str::<TrainConfig>("range_penalty = -1.0")
+            .unwrap()
+            .validate()
+            .is_err()
+    );
 }

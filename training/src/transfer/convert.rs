@@ -51,13 +51,20 @@ pub fn he_friendly(
                 if is_relu {
                     *kind = Some(Activation::Poly);
                     // a block has one inside and one after its sum
-                    conv.activations += if matches!(l, LayerConfig::Act { .. }) { 1 } else { 2 };
+                    conv.activations += if matches!(l, LayerConfig::Act { .. }) {
+                        1
+                    } else {
+                        2
+                    };
                 }
             }
             LayerConfig::MaxPool { kernel, stride, .. } => {
                 let s = stride.unwrap_or(*kernel);
                 let (inp, want) = (&spec.layers[i].input, &spec.layers[i].output);
-                let got = [inp[1].saturating_sub(s) / s + 1, inp[2].saturating_sub(s) / s + 1];
+                let got = [
+                    inp[1].saturating_sub(s) / s + 1,
+                    inp[2].saturating_sub(s) / s + 1,
+                ];
                 if got != [want[1], want[2]] {
                     return Err(TrainError::Model(format!(
                         "layer {i}: max-pool k{kernel} s{s} makes {want:?}; an average pool of \
@@ -126,7 +133,11 @@ fn by_name(teacher: &Network, student: Network, device: &Device) -> Result<Netwo
     let sm = manifest(&student.spec);
     let mut flat = to_flat(&student);
     for e in &sm.entries {
-        if let Some(t) = tm.entries.iter().find(|t| t.name == e.name && t.shape == e.shape) {
+        if let Some(t) = tm
+            .entries
+            .iter()
+            .find(|t| t.name == e.name && t.shape == e.shape)
+        {
             flat[e.offset..e.offset + e.len].copy_from_slice(&tf[t.offset..t.offset + t.len]);
         }
     }
@@ -251,7 +262,13 @@ mod tests {
         let model = relu_resnet();
         let before = model.resolve([1, 28, 28], 2).unwrap();
         let (twin, c) = he_friendly(&model, [1, 28, 28], 2).unwrap();
-        assert_eq!(c, Conversion { activations: 3, max_pools: 1 });
+        assert_eq!(
+            c,
+            Conversion {
+                activations: 3,
+                max_pools: 1
+            }
+        );
         let after = twin.resolve([1, 28, 28], 2).unwrap();
         assert!(!before.is_he_friendly());
         assert!(after.is_he_friendly());
@@ -273,7 +290,9 @@ mod tests {
 
     #[test]
     fn an_odd_side_under_a_padded_pool_is_refused_with_the_sizes() {
-        let e = he_friendly(&relu_resnet(), [1, 27, 27], 2).unwrap_err().to_string();
+        let e = he_friendly(&relu_resnet(), [1, 27, 27], 2)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max-pool k3 s2"), "{e}");
     }
 }

@@ -80,7 +80,12 @@ fn fit(
     if have == shape {
         return Ok((values.to_vec(), None));
     }
-    if first_conv && have.len() == 4 && shape.len() == 4 && have[0] == shape[0] && have[2..] == shape[2..] {
+    if first_conv
+        && have.len() == 4
+        && shape.len() == 4
+        && have[0] == shape[0]
+        && have[2..] == shape[2..]
+    {
         let (o, ci, co, kk) = (shape[0], have[1], shape[1], shape[2] * shape[3]);
         let mut out = vec![0f32; o * co * kk];
         for oc in 0..o {
@@ -101,7 +106,9 @@ fn fit(
         }
         return Ok((out, Some(format!("{name}: {ci} → {co} input channels"))));
     }
-    Err(format!("{name}: the file's tensor is {have:?}, the network needs {shape:?}"))
+    Err(format!(
+        "{name}: the file's tensor is {have:?}, the network needs {shape:?}"
+    ))
 }
 
 /// The network `spec` describes with its first weights from `init` (relative paths against
@@ -125,7 +132,9 @@ pub fn load_init(
     {
         return Err(bad(
             &path,
-            format!("BLAKE3 {bytes_digest}, but [model.init] blake3 says {want}: not the agreed backbone"),
+            format!(
+                "BLAKE3 {bytes_digest}, but [model.init] blake3 says {want}: not the agreed backbone"
+            ),
         ));
     }
     let weights = Weights::read(&path)?;
@@ -143,7 +152,10 @@ pub fn load_init(
         if n > spec.layers.len() {
             return Err(bad(
                 &path,
-                format!("[model.init] layers = {n}, but the network has {} layers", spec.layers.len()),
+                format!(
+                    "[model.init] layers = {n}, but the network has {} layers",
+                    spec.layers.len()
+                ),
             ));
         }
         for (e, s) in m.entries.iter().zip(srcs.iter_mut()) {
@@ -165,7 +177,9 @@ pub fn load_init(
     let mut errors = Vec::new();
     for (e, s) in m.entries.iter().zip(&srcs) {
         let slot = &mut flat[e.offset..e.offset + e.len];
-        let found = s.name().and_then(|n| weights.tensors.get(n).map(|t| (n, t)));
+        let found = s
+            .name()
+            .and_then(|n| weights.tensors.get(n).map(|t| (n, t)));
         match (s, found) {
             (Source::Fill(v), _) => {
                 slot.fill(*v);
@@ -175,7 +189,9 @@ pub fn load_init(
                 report.initial.push(e.name.clone())
             }
             (Source::NamedOrZeros(_), None) => slot.fill(0.0),
-            (Source::Named(n), None) => errors.push(format!("{n} (for {}) is not in the file", e.name)),
+            (Source::Named(n), None) => {
+                errors.push(format!("{n} (for {}) is not in the file", e.name))
+            }
             (_, Some((n, t))) => {
                 used.insert(n.to_string());
                 let is_first = first_conv.as_deref() == Some(e.name.as_str());

@@ -161,7 +161,9 @@ fn torchvision(spec: &NetworkSpec, entries: &[ParamEntry]) -> Result<Vec<Source>
             LayerKind::Dense { .. } => {
                 denses += 1;
                 if Some(i) != last_dense || denses > 1 {
-                    return Err(not_resnet(format!("layer {i}: a dense layer before the last")));
+                    return Err(not_resnet(format!(
+                        "layer {i}: a dense layer before the last"
+                    )));
                 }
                 prefix[i] = Some("fc".into());
             }
@@ -206,8 +208,12 @@ fn torchvision(spec: &NetworkSpec, entries: &[ParamEntry]) -> Result<Vec<Source>
                                 Source::NamedOrZeros(format!("{p}.{tv}.bias"))
                             }
                         }
-                        "bn1" | "bn2" => Source::Named(format!("{p}.{part}.{}", torch_norm(tensor))),
-                        "proj-bn" => Source::Named(format!("{p}.downsample.1.{}", torch_norm(tensor))),
+                        "bn1" | "bn2" => {
+                            Source::Named(format!("{p}.{part}.{}", torch_norm(tensor)))
+                        }
+                        "proj-bn" => {
+                            Source::Named(format!("{p}.downsample.1.{}", torch_norm(tensor)))
+                        }
                         // HEAL's batch norm after the sum, which torchvision does not have
                         "bn3" => Source::Fill(match tensor {
                             "gamma" => 1.0,
@@ -230,7 +236,9 @@ mod tests {
     use super::*;
 
     fn resnet18() -> NetworkSpec {
-        torchvision_resnet(&[2, 2, 2, 2]).resolve([3, 64, 64], 10).unwrap()
+        torchvision_resnet(&[2, 2, 2, 2])
+            .resolve([3, 64, 64], 10)
+            .unwrap()
     }
 
     #[test]
@@ -259,13 +267,18 @@ mod tests {
                 .count(),
             20
         );
-        assert_eq!(s.iter().filter(|x| matches!(x, Source::Fill(_))).count(), 8 * 4);
+        assert_eq!(
+            s.iter().filter(|x| matches!(x, Source::Fill(_))).count(),
+            8 * 4
+        );
     }
 
     #[test]
     fn a_network_of_another_shape_is_refused_by_name() {
         let spec = ModelConfig::default().resolve([1, 28, 28], 2).unwrap();
-        let e = sources(&spec, WeightsLayout::Torchvision).unwrap_err().to_string();
+        let e = sources(&spec, WeightsLayout::Torchvision)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("dense layer before the last"), "{e}");
     }
 }

@@ -155,7 +155,10 @@ fn pool(cfg: &PretrainConfig, base_dir: &Path, progress: bool) -> Result<Pooled,
         if data.info.task == Task::MultiLabel {
             return Err(TrainError::invalid(
                 "[pretrain] sources",
-                format!("{} is multi-label; pretraining takes single-label sets", data.info.name),
+                format!(
+                    "{} is multi-label; pretraining takes single-label sets",
+                    data.info.name
+                ),
             ));
         }
         let (h, w) = (data.train.height(), data.train.width());
@@ -172,11 +175,14 @@ fn pool(cfg: &PretrainConfig, base_dir: &Path, progress: bool) -> Result<Pooled,
         }
         shape = Some(here);
         let conform = |set: &datasets::ImageSet| {
-            datasets::preprocess::conform(set, ImageShape {
-                channels: s.channels,
-                height: h,
-                width: w,
-            })
+            datasets::preprocess::conform(
+                set,
+                ImageShape {
+                    channels: s.channels,
+                    height: h,
+                    width: w,
+                },
+            )
         };
         let mut train_set = conform(&data.train)?;
         if let Some(m) = s.max_per_source.filter(|m| *m < train_set.len()) {
@@ -308,7 +314,11 @@ pub fn run_pretrain(
         blake3: blake3::hash(&bytes).to_hex().to_string(),
     };
     write_json(&out_dir.join("summary.json"), &summary)?;
-    write_table(&crate::baseline::history_table(&report)?, out_dir, "history")?;
+    write_table(
+        &crate::baseline::history_table(&report)?,
+        out_dir,
+        "history",
+    )?;
     let cfg_path = out_dir.join("config.toml");
     std::fs::write(&cfg_path, effective).map_err(|e| TrainError::io(&cfg_path, e))?;
     Ok((summary, report))

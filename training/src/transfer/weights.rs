@@ -122,12 +122,11 @@ impl Weights {
         check_size(path)?;
         let mut reader = pytorch_reader::PytorchReader::new(path);
         for key in ["state_dict", "model"] {
-            if reader.as_ref().map(|r| r.is_empty()).unwrap_or(true) {
-                if let Ok(r) = pytorch_reader::PytorchReader::with_top_level_key(path, key) {
-                    if !r.is_empty() {
-                        reader = Ok(r);
-                    }
-                }
+            if reader.as_ref().map(|r| r.is_empty()).unwrap_or(true)
+                && let Ok(r) = pytorch_reader::PytorchReader::with_top_level_key(path, key)
+                && !r.is_empty()
+            {
+                reader = Ok(r);
             }
         }
         let reader = reader.map_err(|e| bad(path, e.to_string()))?;
@@ -141,7 +140,10 @@ impl Weights {
             };
             let bytes = t.read().map_err(|e| bad(path, e.to_string()))?;
             if bytes.len() != t.num_elements() * size {
-                return Err(bad(path, format!("tensor {name}: storage shorter than its shape")));
+                return Err(bad(
+                    path,
+                    format!("tensor {name}: storage shorter than its shape"),
+                ));
             }
             // the reader gives native-endian bytes; every platform HEAL builds for is little-endian
             let values = match t.dtype() {
@@ -177,7 +179,8 @@ impl Weights {
             .map(|(n, t)| (n.clone(), F32View(t)))
             .collect();
         let meta: HashMap<String, String> = self.metadata.clone().into_iter().collect();
-        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| bad(path, e.to_string()))?;
+        let bytes =
+            safetensors::serialize(views, Some(meta)).map_err(|e| bad(path, e.to_string()))?;
         let tmp = path.with_extension("safetensors.tmp");
         std::fs::write(&tmp, bytes).map_err(|e| TrainError::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))

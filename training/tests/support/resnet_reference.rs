@@ -140,7 +140,11 @@ pub fn forward(sd: &StateDict, blocks: &[usize], image: &Map) -> Vec<f32> {
         .collect();
     let (w, b) = (&sd["fc.weight"], &sd["fc.bias"].1);
     (0..w.0[0])
-        .map(|o| b[o] + (0..w.0[1]).map(|i| w.1[o * w.0[1] + i] * pooled[i]).sum::<f32>())
+        .map(|o| {
+            b[o] + (0..w.0[1])
+                .map(|i| w.1[o * w.0[1] + i] * pooled[i])
+                .sum::<f32>()
+        })
         .collect()
 }
 
@@ -149,15 +153,21 @@ pub fn forward(sd: &StateDict, blocks: &[usize], image: &Map) -> Vec<f32> {
 pub fn random(blocks: &[usize], classes: usize, seed: u64) -> StateDict {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut sd = StateDict::new();
-    let put = |sd: &mut StateDict, rng: &mut ChaCha8Rng, name: String, shape: Vec<usize>, lo: f32, hi: f32| {
+    let put = |sd: &mut StateDict,
+               rng: &mut ChaCha8Rng,
+               name: String,
+               shape: Vec<usize>,
+               lo: f32,
+               hi: f32| {
         let n = shape.iter().product();
         let v = (0..n).map(|_| rng.random_range(lo..hi)).collect();
         sd.insert(name, (shape, v));
     };
-    let conv_w = |sd: &mut StateDict, rng: &mut ChaCha8Rng, name: String, o: usize, i: usize, k: usize| {
-        let bound = (6.0 / (i * k * k) as f32).sqrt();
-        put(sd, rng, name, vec![o, i, k, k], -bound, bound);
-    };
+    let conv_w =
+        |sd: &mut StateDict, rng: &mut ChaCha8Rng, name: String, o: usize, i: usize, k: usize| {
+            let bound = (6.0 / (i * k * k) as f32).sqrt();
+            put(sd, rng, name, vec![o, i, k, k], -bound, bound);
+        };
     let norm = |sd: &mut StateDict, rng: &mut ChaCha8Rng, p: &str, c: usize| {
         for (t, lo, hi) in [
             ("weight", 0.5, 1.5),
@@ -181,16 +191,27 @@ pub fn random(blocks: &[usize], classes: usize, seed: u64) -> StateDict {
             conv_w(&mut sd, &mut rng, format!("{p}.conv2.weight"), c, c, 3);
             norm(&mut sd, &mut rng, &format!("{p}.bn2"), c);
             if b == 0 && s > 0 {
-                conv_w(&mut sd, &mut rng, format!("{p}.downsample.0.weight"), c, cin, 1);
+                conv_w(
+                    &mut sd,
+                    &mut rng,
+                    format!("{p}.downsample.0.weight"),
+                    c,
+                    cin,
+                    1,
+                );
                 norm(&mut sd, &mut rng, &format!("{p}.downsample.1"), c);
             }
             cin = c;
         }
     }
     let bound = 1.0 / (cin as f32).sqrt();
-    let fc: Vec<f32> = (0..classes * cin).map(|_| rng.random_range(-bound..bound)).collect();
+    let fc: Vec<f32> = (0..classes * cin)
+        .map(|_| rng.random_range(-bound..bound))
+        .collect();
     sd.insert("fc.weight".into(), (vec![classes, cin], fc));
-    let fb: Vec<f32> = (0..classes).map(|_| rng.random_range(-bound..bound)).collect();
+    let fb: Vec<f32> = (0..classes)
+        .map(|_| rng.random_range(-bound..bound))
+        .collect();
     sd.insert("fc.bias".into(), (vec![classes], fb));
     sd
 }

@@ -84,8 +84,8 @@ pub fn write(path: &Path, tensors: &[(String, Vec<usize>, Values)]) {
 
     let file = std::fs::File::create(path).unwrap();
     let mut zip = zip::ZipWriter::new(file);
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     zip.start_file("archive/data.pkl", opts).unwrap();
     zip.write_all(&p).unwrap();
     zip.start_file("archive/byteorder", opts).unwrap();
