@@ -175,3 +175,29 @@ fn sigterm_ends_every_child_and_removes_the_kits_and_a_used_out_dir_is_refused()
     assert_eq!(processes_mentioning(&marker), Vec::<u32>::new());
     assert_eq!(kits(), 0);
 }
+
+/// A hospital whose local training diverges stops with the reason instead of retrying the same
+/// round until its deadline (300 s here), and the simulation ends with it.
+#[test]
+fn a_hospital_whose_training_diverges_stops_with_the_reason() {
+    client_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let cfg = dir.path().join("diverging.toml");
+    // Adam's first steps move every weight by about lr: the next batch's loss is not finite
+    std::fs::write(&cfg, config().replace("lr = 2e-3", "lr = 1e30")).unwrap();
+    let out = dir.path().join("out");
+    let mut sim = simulate(&cfg, &out, &tmp, &[]);
+    let status = wait_bounded(&mut sim, Duration::from_secs(150), "a diverging simulation");
+    let err = stderr_of(&mut sim);
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("failed"), "{err}");
+    let logs: String = std::fs::read_dir(out.join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(logs.contains("local training diverged"), "{logs}");
+    assert!(logs.contains("lower [train] lr"), "{logs}");
+}

@@ -68,6 +68,17 @@ pub fn run(site: &Path, out: &Path) -> anyhow::Result<()> {
                             link.close("refused");
                             return Err(e);
                         }
+                        Err(e) if diverged(&e) => {
+                            // the same model, data and seed diverge again: retrying the round
+                            // only burns the hospital's CPU until the round's deadline
+                            link.close("training diverged");
+                            return Err(e.context(
+                                "local training diverged; the node stops rather than retry the \
+                                 same round (the federation goes on with the others): lower \
+                                 [train] lr, or check [model.init]'s backbone on this data, \
+                                 and start the node again",
+                            ));
+                        }
                         Err(e) if peer_finished(&e) => {
                             info!("the coordinator closed: the federation is finished");
                             node.finish()?;
@@ -90,6 +101,16 @@ pub fn run(site: &Path, out: &Path) -> anyhow::Result<()> {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+    })
+}
+
+/// Whether `e` is local training that diverged (a NaN or infinite loss).
+fn diverged(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<training::TrainError>(),
+            Some(training::TrainError::Diverged { .. })
+        )
     })
 }
 

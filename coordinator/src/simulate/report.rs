@@ -19,9 +19,24 @@ use crate::store::Store;
 fn write_table(dir: &Path, name: &str, csv: &str) -> anyhow::Result<()> {
     let path = dir.join(format!("{name}.csv"));
     std::fs::write(&path, csv).with_context(|| format!("cannot write {}", path.display()))?;
+    // the schema from the header, not inferred: a figure written without a decimal point (a
+    // diverging loss of 3.7e28 prints as 369…000) is still a float, and never too big an integer
+    let header = csv.lines().next().unwrap_or_default();
+    let schema: Schema = header
+        .split(',')
+        .map(|c| {
+            let dtype = match c {
+                "round" | "hospitals" | "hospital" | "samples" | "bytes_up" | "bytes_down" => {
+                    DataType::Int64
+                }
+                _ => DataType::Float64,
+            };
+            Field::new(c.into(), dtype)
+        })
+        .collect();
     let mut df = CsvReadOptions::default()
         .with_has_header(true)
-        .with_infer_schema_length(None)
+        .with_schema(Some(Arc::new(schema)))
         .into_reader_with_file_handle(std::io::Cursor::new(csv.as_bytes()))
         .finish()
         .map_err(|e| anyhow::anyhow!("reading back {}: {e}", path.display()))?;
@@ -317,5 +332,28 @@ mod tests {
         assert_eq!(auc.get(1), Some(0.875));
         let up = df.column("bytes_up").unwrap().i64().unwrap();
         assert_eq!(up.get(0), Some(7));
+    }
+
+    /// A loss of 3.7e28 prints without a decimal point; it is read back as the float it is
+    /// (an inferred schema took it for an integer too big for i64 and lost the run's tables).
+    #[test]
+    fn a_huge_loss_is_still_a_float() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = [RoundRow {
+            round: 1,
+            hospitals: 3,
+            train_loss: 3.6907528e28,
+            val_loss: 1.0,
+            ..Default::default()
+        }];
+        let csv = run_report::round_csv(&rows);
+        assert!(csv.contains("36907528"), "{csv}");
+        write_table(dir.path(), "t", &csv).unwrap();
+        let f = std::fs::File::open(dir.path().join("t.parquet")).unwrap();
+        let df = ParquetReader::new(f).finish().unwrap();
+        let loss = df.column("train_loss").unwrap().f64().unwrap();
+        assert!((loss.get(0).unwrap() / 3.6907528e28 - 1.0).abs() < 1e-6);
+        let val = df.column("val_loss").unwrap().f64().unwrap();
+        assert_eq!(val.get(0), Some(1.0));
     }
 }
