@@ -59,6 +59,15 @@ fn wait_bounded(child: &mut Child, limit: Duration, what: &str) -> std::process:
             return s;
         }
         if t.elapsed() > limit {
+            // SIGTERM first: simulate then ends its children and removes its kits
+            // SAFETY: signals the process this test started.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let t = Instant::now();
+            while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
             let _ = child.kill();
             panic!("{what} did not end within {limit:?}");
         }
