@@ -18,6 +18,8 @@
 //! `--reps N` (timed repetitions per latency figure, default 10), `--batch N` (images in the
 //! batched run, default one full batch), `--log-n L` (force the ring degree 2^L for the default
 //! network; TenSEAL's architecture always gets the policy's choice), `--min-scale-bits B`,
+//! `--batched-prime-bits B` (a cut batched plan's largest prime: 51 by default, 60 for fewer
+//! limbs),
 //! `--skip-batched`, `--skip-mode-a`, `--skip-tenseal`. `HEAL_SIMD=scalar|avx2|avx512|ifma`
 //! runs every kernel at that level (default: the CPU's best); the JSON names it (`simd_level`).
 //!
@@ -37,24 +39,26 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+#[path = "support/batched.rs"]
+mod batched;
 #[path = "support/deep.rs"]
 mod deep;
 #[path = "support/mode_a.rs"]
 mod mode_a;
 #[path = "support/networks.rs"]
 mod networks;
+#[path = "support/report.rs"]
+mod report;
 
 use networks::{Rng, conv, default_network, dense, images};
+use report::{compare, cpu_seconds, describe};
 
 // A pooling allocator: big temporaries stop costing page faults.
 #[global_allocator]
 static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
 
 use he_agg::ckks::{Ciphertext, CkksContext, Evaluator, SecretKey, wire};
-use he_agg::infer::{
-    BatchedModel, InferencePlan, Layer, Model, Network, NetworkFile, ParamPolicy, testing,
-};
-use rayon::prelude::*;
+use he_agg::infer::{InferencePlan, Layer, Model, Network, NetworkFile, ParamPolicy, testing};
 use serde_json::{Value, json};
 
 struct Args {
@@ -114,6 +118,11 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--min-scale-bits: {e}"))?
             }
+            "--batched-prime-bits" => {
+                args.policy.batched_prime_bits = value("--batched-prime-bits")?
+                    .parse()
+                    .map_err(|e| format!("--batched-prime-bits: {e}"))?
+            }
             "--input" => {
                 let side: usize = value("--input")?
                     .parse()
@@ -129,8 +138,8 @@ fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => {
                 println!(
                     "bench_infer [--anchors DIR] [--json FILE] [--network FILE | --input S] \
-                     [--reps N] [--batch N] [--log-n L] [--min-scale-bits B] [--skip-batched] \
-                     [--skip-mode-a] [--skip-tenseal]"
+                     [--reps N] [--batch N] [--log-n L] [--min-scale-bits B] \
+                     [--batched-prime-bits B] [--skip-batched] [--skip-mode-a] [--skip-tenseal]"
                 );
                 std::process::exit(0);
             }
@@ -180,35 +189,6 @@ fn load_model(path: &PathBuf) -> Result<Network, String> {
             .map_err(|e| e.to_string());
     }
     serde_json::from_value(doc).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn argmax(v: &[f64]) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i)
-}
-
-/// Largest |encrypted − plain| and whether the argmax agrees.
-fn compare(got: &[f64], want: &[f32]) -> (f64, bool) {
-    let err = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| (g - *w as f64).abs())
-        .fold(0.0, f64::max);
-    let w64: Vec<f64> = want.iter().map(|&w| w as f64).collect();
-    (err, argmax(got) == argmax(&w64))
-}
-
-/// CPU time of this process so far (all threads), from /proc (clock ticks of 10 ms): robust
-/// to other processes sharing the cores, unlike wall time.
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // fields 14 and 15 of the whole line: utime, stime (here 12 and 13 after pid and comm)
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
 }
 
 struct Latency {
@@ -294,15 +274,6 @@ fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
-}
-
-fn describe(params: &he_agg::ckks::Parameters) -> Value {
-    let bits = |v: &[u64]| -> Vec<u32> { v.iter().map(|&q| 64 - q.leading_zeros()).collect() };
-    json!({
-        "N": params.n(), "q_bits": bits(params.rlwe().q()), "p_bits": bits(params.rlwe().p()),
-        "dnum": params.rlwe().dnum(), "log_scale": params.log_scale(),
-        "log_qp": params.rlwe().log_qp(),
-    })
 }
 
 struct Setup {
@@ -428,8 +399,8 @@ fn main() {
     );
     println!("parameters: {}", describe(spec.parameters()));
     if spec.segments() > 1 {
-        // a deep network: segments refreshed by the requester (mode b only, one image per
-        // ciphertext: mode (a) and batched packing do not cut networks yet)
+        // a deep network: segments refreshed by the requester (mode b only: mode (a) does not
+        // cut networks yet), one image per ciphertext, then one per slot
         let d = deep::run(&net, &s.plan, &s.ctx, &s.eval, &s.sk, &xs, args.reps, &one);
         out.insert("input".into(), json!(side));
         out.insert("parameters".into(), json!(describe(spec.parameters())));
@@ -439,6 +410,15 @@ fn main() {
         out.insert("mode_b_latency_s".into(), d["latency_s"].clone());
         out.insert("mode_b_latency_t1_s".into(), d["latency_t1_s"].clone());
         out.insert("deep".into(), d);
+        if !args.skip_batched && !large {
+            drop(s);
+            let spec_b = he_agg::infer::BatchedSpec::new(&net, &args.policy).expect("spec");
+            let count = args.batch.unwrap_or(usize::MAX).min(spec_b.batch_size());
+            let batch = networks::images_near_mean(&net, count, 7);
+            let b = batched::run(&net, &args.policy, &batch, threads);
+            out.insert("batched_images_per_s".into(), b["images_per_s"].clone());
+            out.insert("batched".into(), b);
+        }
         finish(out, threads, load_before, source, &args);
         return;
     }
@@ -570,79 +550,14 @@ fn main() {
         );
     }
     if !args.skip_batched && !large {
-        let spec_b = he_agg::infer::BatchedSpec::new(&net, &args.policy).expect("spec");
-        let ctx = CkksContext::new(spec_b.parameters().clone()).expect("context");
-        let model = BatchedModel::new(&net, &ctx).expect("batched model");
-        let mut kg = ctx.key_generator().expect("os rng");
-        let sk = kg.secret_key();
-        let rlk = kg.relinearization_key(&sk);
-        let eval = ctx.evaluator(Some(&rlk), None).expect("evaluator");
-        let count = args
-            .batch
-            .unwrap_or(spec_b.batch_size())
-            .min(spec_b.batch_size());
-        let batch = images(&net, count, 7);
-        let refs: Vec<&[f32]> = batch.iter().map(Vec::as_slice).collect();
-        let t0 = Instant::now();
-        let pts = spec_b.encode_inputs(&ctx, &refs).expect("encode");
-        let cts: Vec<Ciphertext> = pts
-            .par_iter()
-            .map_init(
-                || ctx.sk_encryptor(&sk).expect("encryptor"),
-                |enc, pt| enc.encrypt(pt),
-            )
-            .collect();
-        let t1 = Instant::now();
-        let cpu_b = cpu_seconds();
-        let outs = model.evaluate(&eval, &cts).expect("evaluate");
-        let t2 = Instant::now();
-        let eval_cpu_s = match (cpu_b, cpu_seconds()) {
-            (Some(a), Some(b)) => Some(b - a),
-            _ => None,
-        };
-        let dec = ctx.decryptor(&sk).expect("decryptor");
-        let pts: Vec<_> = outs.par_iter().map(|c| dec.decrypt(c)).collect();
-        let logits = spec_b.decode_outputs(&ctx, &pts, count).expect("decode");
-        let t3 = Instant::now();
-        let (mut max_err, mut agree) = (0f64, 0usize);
-        for (x, got) in batch.iter().zip(&logits) {
-            let (e, a) = compare(got, &net.forward(x).expect("reference"));
-            max_err = max_err.max(e);
-            agree += usize::from(a);
-        }
-        let eval_s = (t2 - t1).as_secs_f64();
-        let request_b =
-            spec_b.input_len() * wire::seeded_ciphertext_len(&ctx, spec_b.input_level());
-        let response_b = spec_b.output_len() * wire::ciphertext_len(&ctx, 1, 1);
-        println!(
-            "batched: {count} images, encrypt {:.2} s, evaluate {:.2} s ({:.0} images/s; CPU \
-             {:.1} s on {threads} threads), decrypt {:.2} s; end to end {:.0} images/s; max |err| {:.2e}, argmax agrees \
-             {agree}/{count}; request {:.1} MB ({:.1} KB/image), response {:.1} MB",
-            (t1 - t0).as_secs_f64(),
-            eval_s,
-            count as f64 / eval_s,
-            eval_cpu_s.unwrap_or(f64::NAN),
-            (t3 - t2).as_secs_f64(),
-            count as f64 / (t3 - t0).as_secs_f64(),
-            max_err,
-            request_b as f64 / 1e6,
-            request_b as f64 / 1e3 / count as f64,
-            response_b as f64 / 1e6,
+        let count = args.batch.unwrap_or(usize::MAX).min(
+            he_agg::infer::BatchedSpec::new(&net, &args.policy)
+                .expect("spec")
+                .batch_size(),
         );
-        println!("batched parameters: {}", describe(spec_b.parameters()));
-        out.insert("batched_images_per_s".into(), json!(count as f64 / eval_s));
-        out.insert(
-            "batched".into(),
-            json!({
-                "images": count, "encrypt_s": (t1 - t0).as_secs_f64(), "evaluate_s": eval_s,
-                "evaluate_cpu_s": eval_cpu_s,
-                "decrypt_s": (t3 - t2).as_secs_f64(),
-                "end_to_end_images_per_s": count as f64 / (t3 - t0).as_secs_f64(),
-                "max_abs_error": max_err, "argmax_agreement": agree as f64 / count as f64,
-                "request_bytes": request_b, "response_bytes": response_b,
-                "parameters": describe(spec_b.parameters()),
-            }),
-        );
+        let b = batched::run(&net, &args.policy, &images(&net, count, 7), threads);
+        out.insert("batched_images_per_s".into(), b["images_per_s"].clone());
+        out.insert("batched".into(), b);
     }
 
     if args.skip_tenseal || large {

@@ -10,13 +10,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use he_agg::ckks::{Ciphertext, CkksContext, wire};
-use he_agg::infer::{
-    BatchedModel, BatchedSpec, InferencePlan, Model, Network, ParamPolicy, refresh,
-};
+use he_agg::infer::{InferencePlan, Model, Network, ParamPolicy, refresh};
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::batched_setup::BatchedSetup;
 use super::error::InferenceError;
 
 /// Which packing an evaluation uses.
@@ -47,19 +46,13 @@ impl Packing {
     }
 
     /// The packing used for `net`; batched packing is refused on an image too large for it
-    /// (it holds one ciphertext per input value, whatever the batch size).
+    /// (it holds one ciphertext per input value, whatever the batch size). Whether a batch fits
+    /// this machine's memory is checked next ([`super::batched_setup::choose`]).
     pub fn resolve(self, net: &Network) -> Result<Self, InferenceError> {
         let values = net.input_len();
         match self {
-            Self::Auto if values <= BATCHED_MAX_INPUT && BatchedModel::supports(net) => {
-                Ok(Self::Batched)
-            }
+            Self::Auto if values <= BATCHED_MAX_INPUT => Ok(Self::Batched),
             Self::Auto => Ok(Self::PerImage),
-            Self::Batched if !BatchedModel::supports(net) => Err(InferenceError::Usage(
-                "batched packing does not evaluate residual blocks or per-channel \
-                 activations yet; use --packing per-image"
-                    .into(),
-            )),
             Self::Batched if values > BATCHED_FORCED_MAX_INPUT => {
                 Err(InferenceError::Usage(format!(
                     "batched packing holds one ciphertext per input value: this network's \
@@ -124,17 +117,14 @@ fn rng_err(e: impl std::fmt::Display) -> InferenceError {
 
 /// One image per slot.
 pub fn batched(
-    net: &Network,
+    setup: BatchedSetup,
     inputs: &[Vec<f32>],
     batch: Option<usize>,
-    policy: &ParamPolicy,
     pb: &ProgressBar,
 ) -> Result<EncryptedRun, InferenceError> {
     let n = inputs.len();
     let t = Instant::now();
-    let spec = BatchedSpec::new(net, policy)?;
-    let ctx = CkksContext::new(spec.parameters().clone())?;
-    let model = BatchedModel::new(net, &ctx)?;
+    let BatchedSetup { spec, ctx, model } = setup;
     let mut kg = ctx.key_generator().map_err(rng_err)?;
     let sk = kg.secret_key();
     let rlk = spec
@@ -149,6 +139,11 @@ pub fn batched(
     let mut logits: Vec<Vec<f64>> = Vec::with_capacity(n);
     let dec = ctx.decryptor(&sk)?;
     ctx.sk_encryptor(&sk)?;
+    let top = spec.input_level();
+    // what a served refresh of one value moves: masked at the refresh level, back seeded
+    let refresh_value_bytes = wire::ciphertext_len(&ctx, spec.refresh_level(), 1)
+        + wire::seeded_ciphertext_len(&ctx, top);
+    let mut refresh_bytes = 0usize;
     for chunk in inputs.chunks(batch) {
         let refs: Vec<&[f32]> = chunk.iter().map(Vec::as_slice).collect();
         let t0 = Instant::now();
@@ -162,8 +157,11 @@ pub fn batched(
             .collect::<Option<_>>()
             .ok_or_else(|| rng_err("cannot make an encryptor"))?;
         let t1 = Instant::now();
-        let outs = model.evaluate(&eval, &cts)?;
-        drop(cts);
+        // a deep model's values refreshed between its segments by their requester, here
+        let outs = model.evaluate_refreshed(&eval, cts, |_, values| {
+            refresh_bytes += values.len() * refresh_value_bytes;
+            refresh::renew_all(&ctx, &sk, &values, top)
+        })?;
         let t2 = Instant::now();
         let pts: Vec<_> = outs.par_iter().map(|c| dec.decrypt(c)).collect();
         logits.extend(spec.decode_outputs(&ctx, &pts, chunk.len())?);
@@ -194,8 +192,8 @@ pub fn batched(
         eval_key_bytes: rlk
             .as_ref()
             .map_or(0, |r| wire::encode_relinearization_key(&ctx, r).len()),
-        refreshes: 0,
-        refresh_bytes_per_image: 0.0,
+        refreshes: spec.segments() - 1,
+        refresh_bytes_per_image: refresh_bytes as f64 / n.max(1) as f64,
     })
 }
 

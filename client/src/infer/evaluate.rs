@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use tracing::info;
 
+use super::batched_setup;
 use super::error::InferenceError;
 use super::eval_runs::{self, Packing, ParamSummary};
 use super::eval_split::{EvalData, SplitImages, load_split};
@@ -163,7 +164,19 @@ pub fn evaluate_encrypted(opts: &EvaluateOptions) -> Result<EvaluationReport, In
     let (file, prep) = read_network(&opts.network)?;
     let net = file.network;
     // before reading any image: a packing that cannot hold this network is refused at once
-    let packing = opts.packing.resolve(&net)?;
+    let mut packing = opts.packing.resolve(&net)?;
+    let setup = match packing {
+        Packing::Batched => batched_setup::choose(
+            opts.packing,
+            &net,
+            &opts.policy,
+            batched_setup::available_memory(),
+        )?,
+        _ => None,
+    };
+    if setup.is_none() {
+        packing = Packing::PerImage;
+    }
     let SplitImages {
         pixels,
         labels,
@@ -199,9 +212,9 @@ pub fn evaluate_encrypted(opts: &EvaluateOptions) -> Result<EvaluationReport, In
     // ---- encrypted ----
     info!(images = n, ?packing, "encrypted evaluation");
     let pb = bar(n, opts.progress, "encrypted");
-    let run = match packing {
-        Packing::Batched => eval_runs::batched(&net, &inputs, opts.batch, &opts.policy, &pb)?,
-        _ => eval_runs::per_image(&net, &inputs, &opts.policy, &pb)?,
+    let run = match setup {
+        Some(setup) => eval_runs::batched(setup, &inputs, opts.batch, &pb)?,
+        None => eval_runs::per_image(&net, &inputs, &opts.policy, &pb)?,
     };
     pb.finish_and_clear();
 

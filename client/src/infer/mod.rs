@@ -9,9 +9,11 @@
 //!   mode the site accepts ([`pinned`]);
 //! - [`outcome`]: per-image results, timings and sizes, printed and written as JSON;
 //! - [`evaluate`]: `client evaluate-encrypted`, encrypted inference over a whole split of any
-//!   data set ([`eval_split`]), batched or per image ([`eval_runs`]), compared with the
-//!   plaintext network (agreement, accuracy, AUC, latency, throughput).
+//!   data set ([`eval_split`]), batched (where a batch fits memory: [`batched_setup`]) or per
+//!   image ([`eval_runs`]), compared with the plaintext network (agreement, accuracy, AUC,
+//!   latency, throughput).
 
+pub mod batched_setup;
 pub mod error;
 pub mod eval_runs;
 pub mod eval_split;

@@ -104,28 +104,7 @@ pub fn run(
     let model = Model::plain(plan, ctx).expect("plain model");
     let model_s = t.elapsed().as_secs_f64();
     let depths = plan.segment_depths();
-    // images of the data's scale: pixels near the normalisation's mean (random noise over the
-    // whole range is far outside any training data, and a deep polynomial network's values
-    // grow without bound on it)
-    let xs: Vec<Vec<f32>> = {
-        let [c, h, w] = net.image_input();
-        let mean = net.normalization().map_or(vec![0.5; c], |n| n.mean.clone());
-        let mut s = 7u64;
-        xs.iter()
-            .map(|_| {
-                let px: Vec<u8> = (0..c * h * w)
-                    .map(|i| {
-                        s = s
-                            .wrapping_mul(6364136223846793005)
-                            .wrapping_add(1442695040888963407);
-                        let noise = (s >> 58) as f32 - 32.0;
-                        (mean[i % c] * 255.0 + noise).clamp(0.0, 255.0) as u8
-                    })
-                    .collect();
-                net.normalize_hwc(&px).expect("sized for the network")
-            })
-            .collect()
-    };
+    let xs = super::networks::images_near_mean(net, xs.len(), 7);
     let mut runs = serde_json::Map::new();
     let mut per_segment = Vec::new();
     let (mut refresh_bytes, mut worst, mut agree) = (0usize, 0f64, true);

@@ -73,3 +73,26 @@ pub fn images(net: &Network, count: usize, seed: u64) -> Vec<Vec<f32>> {
         })
         .collect()
 }
+
+/// Images of the data's scale: pixels near the normalisation's mean (random noise over the
+/// whole range is far outside any training data, and a deep polynomial network's values grow
+/// without bound on it).
+pub fn images_near_mean(net: &Network, count: usize, seed: u64) -> Vec<Vec<f32>> {
+    let [c, h, w] = net.image_input();
+    let mean = net.normalization().map_or(vec![0.5; c], |n| n.mean.clone());
+    let mut s = seed;
+    (0..count)
+        .map(|_| {
+            let px: Vec<u8> = (0..c * h * w)
+                .map(|i| {
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let noise = (s >> 58) as f32 - 32.0;
+                    (mean[i % c] * 255.0 + noise).clamp(0.0, 255.0) as u8
+                })
+                .collect();
+            net.normalize_hwc(&px).expect("sized for the network")
+        })
+        .collect()
+}

@@ -37,6 +37,9 @@ pub(crate) trait Backend: Sync {
     /// The product of the last `k` moduli of a ciphertext's level (the scale one rescaling
     /// step of `k` primes divides by).
     fn step_modulus(&self, x: &Self::Ct, k: usize) -> f64;
+    /// `x` with its moduli above `level` dropped (message and scale unchanged); `x` itself when
+    /// it is at `level` already.
+    fn drop_to(&self, x: Self::Ct, level: usize) -> Result<Self::Ct, InferError>;
 
     /// One rescaling step: divides by the last `k` primes.
     fn rescale_step(&self, x: Self::Ct, k: usize) -> Result<Self::Ct, InferError> {
@@ -127,6 +130,17 @@ impl Backend for CpuBackend<'_> {
     }
     fn step_modulus(&self, x: &Ciphertext, k: usize) -> f64 {
         super::model::step_modulus(self.ctx, x.level(), k)
+    }
+    fn drop_to(&self, mut x: Ciphertext, level: usize) -> Result<Ciphertext, InferError> {
+        if level == 0 || level > x.level() {
+            return Err(InferError::ModelMismatch(
+                "a drop to a level above the value's",
+            ));
+        }
+        for part in &mut x.parts {
+            part.truncate(level);
+        }
+        Ok(x)
     }
 }
 

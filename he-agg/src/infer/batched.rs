@@ -1,6 +1,8 @@
 //! The throughput packing: one image per slot. Input feature j of up to N/2 images travels in
 //! ciphertext j (slot i = image i), so every map is a sparse matrix of scalars applied to vectors
 //! of ciphertexts — no rotation at all, no Galois key — and activations are slot-wise products.
+//! A residual network keeps each block's input (one ciphertext per value) beside its body, and
+//! one deeper than the ring holds is cut into segments whose values the requester refreshes.
 //!
 //! Maps run as one modular matrix product over all ciphertext limbs (lazy 128-bit sums, one
 //! reduction per coefficient); weights are integers round(w·q) for the prime q the map's
@@ -8,22 +10,20 @@
 //! unrelinearized when a map follows (the map is linear in every ciphertext part), so only the
 //! map's outputs are relinearized: 128 relinearizations instead of 2304 in the default network.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::ckks::{Ciphertext, CkksContext};
+use crate::ckks::{Ciphertext, CkksContext, Evaluator};
 use crate::ring::Poly;
 
 use super::backend::{BatchedBackend, CpuBackend};
-use super::batched_ops::{
-    BatchedLinear, BatchedOp, CHUNK_ROWS, FusedChunk, Group, HostWeights, integer_rows, make_groups,
-};
+use super::batched_build::build_segments;
+use super::batched_ops::{BatchedOp, Group, HostWeights};
 use super::batched_spec::BatchedSpec;
 use super::error::InferError;
 use super::kernels;
-use super::lower::{Op, Shift, lower};
+use super::lower::lower;
 use super::network::Network;
 
 /// A network ready for batched evaluation with weights in the clear (mode b).
@@ -31,161 +31,58 @@ use super::network::Network;
 pub struct BatchedModel {
     spec: BatchedSpec,
     ctx: Arc<CkksContext>,
-    ops: Vec<BatchedOp>,
-}
-
-fn fused_chunks(
-    ctx: &CkksContext,
-    first: Vec<Vec<(u32, i64)>>,
-    first_bias: &[f64],
-    first_level: usize,
-    second: Vec<Vec<(u32, i64)>>,
-    second_level: usize,
-) -> Vec<FusedChunk> {
-    let groups = make_groups(
-        ctx,
-        first_level,
-        first
-            .into_iter()
-            .enumerate()
-            .map(|(o, r)| (o as u32, r))
-            .collect(),
-    );
-    let mut chunks = Vec::new();
-    let mut i = 0;
-    while i < groups.len() {
-        let mut members = Vec::new();
-        let mut rows = 0;
-        while i < groups.len() && (rows == 0 || rows + groups[i].rows.len() <= CHUNK_ROWS) {
-            rows += groups[i].rows.len();
-            members.push(groups[i].clone());
-            i += 1;
-        }
-        // local numbering of the chunk's rows (= the second map's columns it feeds)
-        let mut local = HashMap::new();
-        let mut bias = Vec::with_capacity(rows);
-        for g in &mut members {
-            for r in &mut g.rows {
-                let l = local.len() as u32;
-                local.insert(*r, l);
-                bias.push(first_bias[*r as usize]);
-                *r = l;
-            }
-        }
-        let second_rows = second
-            .iter()
-            .enumerate()
-            .map(|(o, row)| {
-                (
-                    o as u32,
-                    row.iter()
-                        .filter_map(|&(c, w)| local.get(&c).map(|&l| (l, w)))
-                        .collect::<Vec<_>>(),
-                )
-            })
-            .filter(|(_, r)| !r.is_empty())
-            .collect();
-        chunks.push(FusedChunk {
-            first: BatchedLinear {
-                groups: members,
-                bias,
-            },
-            second: make_groups(ctx, second_level, second_rows),
-        });
-    }
-    chunks
+    /// each segment's operations (one segment unless the network is cut)
+    segments: Vec<Vec<BatchedOp>>,
+    /// an upper estimate of the bytes a batch's values take at once
+    peak_bytes: usize,
 }
 
 impl BatchedModel {
-    /// Whether batched packing evaluates `net`: not yet its residual blocks and per-channel
-    /// activations (the latency plan does).
+    /// Whether batched packing evaluates `net` (every network the latency plan lowers).
     pub fn supports(net: &Network) -> bool {
-        fn plain(layers: &[super::Layer]) -> bool {
-            layers.iter().all(|l| {
-                !matches!(
-                    l,
-                    super::Layer::Residual(_)
-                        | super::Layer::ChannelQuadratic { .. }
-                        | super::Layer::GlobalAvgPool
-                )
-            })
-        }
-        plain(net.layers())
+        lower(net).is_ok()
     }
 
+    /// The batched model of `net` for the parameters of `ctx`, planned with `policy` (which
+    /// says whether and where a deep network is cut).
+    pub fn with_policy(
+        net: &Network,
+        ctx: &Arc<CkksContext>,
+        policy: &super::ParamPolicy,
+    ) -> Result<Self, InferError> {
+        let spec = BatchedSpec::new(net, policy)?;
+        if ctx.params() != spec.parameters() {
+            return Err(InferError::ContextMismatch);
+        }
+        Self::from_spec(net, ctx, spec)
+    }
+
+    /// An uncut batched model at the parameters of `ctx` (refused when they lack levels).
     pub fn new(net: &Network, ctx: &Arc<CkksContext>) -> Result<Self, InferError> {
         let spec = BatchedSpec::with_parameters(net, ctx.params().clone())?;
+        Self::from_spec(net, ctx, spec)
+    }
+
+    fn from_spec(
+        net: &Network,
+        ctx: &Arc<CkksContext>,
+        spec: BatchedSpec,
+    ) -> Result<Self, InferError> {
         let low = lower(net)?;
-        let shift = |op: &Op| match op {
-            Op::Activation {
-                c: Shift::Same(c), ..
-            } => Ok(*c),
-            _ => Err(InferError::Unsupported(
-                "batched packing of residual blocks and per-channel activations",
-            )),
-        };
-        for op in &low.ops {
-            if !matches!(op, Op::Linear(_)) {
-                shift(op)?;
-            }
-        }
-        let q = ctx.params().rlwe().q();
-        let mut level = spec.input_level();
-        let mut ops = Vec::with_capacity(low.ops.len());
-        let mut k = 0;
-        while k < low.ops.len() {
-            match (&low.ops[k], low.ops.get(k + 1), low.ops.get(k + 2)) {
-                (
-                    Op::Linear(a),
-                    Some(act @ Op::Activation { post: None, .. }),
-                    Some(Op::Linear(b)),
-                ) => {
-                    let c = shift(act)?;
-                    let first = integer_rows(a, q[level - 1] as f64, level)?;
-                    let second = integer_rows(b, q[level - 3] as f64, level - 2)?;
-                    ops.push(BatchedOp::Fused {
-                        chunks: fused_chunks(ctx, first, &a.bias, level, second, level - 2),
-                        c,
-                        bias: b.bias.clone(),
-                    });
-                    level -= 3;
-                    k += 3;
-                }
-                (Op::Linear(map), _, _) => {
-                    let rows = integer_rows(map, q[level - 1] as f64, level)?;
-                    ops.push(BatchedOp::Linear(BatchedLinear {
-                        groups: make_groups(
-                            ctx,
-                            level,
-                            rows.into_iter()
-                                .enumerate()
-                                .map(|(o, r)| (o as u32, r))
-                                .collect(),
-                        ),
-                        bias: map.bias.clone(),
-                    }));
-                    level -= 1;
-                    k += 1;
-                }
-                (op @ Op::Activation { post, .. }, next, _) => {
-                    ops.push(BatchedOp::Activation {
-                        c: shift(op)?,
-                        post: *post,
-                        lazy: matches!(next, Some(Op::Linear(_))) && post.is_none(),
-                    });
-                    level -= op.depth();
-                    k += 1;
-                }
-                (Op::Save | Op::AddShortcut { .. }, _, _) => {
-                    unreachable!("refused above")
-                }
-            }
-        }
+        let (segments, peak_bytes) = build_segments(ctx, &spec, &low)?;
         Ok(Self {
             spec,
             ctx: ctx.clone(),
-            ops,
+            segments,
+            peak_bytes,
         })
+    }
+
+    /// An upper estimate of the memory a batch's ciphertexts take at once while it is
+    /// evaluated (whatever the number of images in it: one ciphertext per value): a deep
+    /// network's batch holds thousands of them.
+    pub fn peak_bytes(&self) -> usize {
+        self.peak_bytes
     }
 
     pub fn spec(&self) -> &BatchedSpec {
@@ -197,16 +94,89 @@ impl BatchedModel {
         self.spec.check_inputs(&self.ctx, inputs)
     }
 
-    pub(crate) fn ctx(&self) -> &Arc<CkksContext> {
-        &self.ctx
-    }
-
-    pub(crate) fn ops(&self) -> &[BatchedOp] {
-        &self.ops
+    pub(crate) fn segments(&self) -> &[Vec<BatchedOp>] {
+        &self.segments
     }
 
     pub(crate) fn context(&self) -> &Arc<CkksContext> {
         &self.ctx
+    }
+
+    /// Evaluates a batch: one ciphertext per input value in, one per logit out.
+    pub fn evaluate(
+        &self,
+        eval: &Evaluator,
+        inputs: &[Ciphertext],
+    ) -> Result<Vec<Ciphertext>, InferError> {
+        if self.segments().len() > 1 {
+            return Err(InferError::NeedsRefresh {
+                segments: self.segments().len(),
+            });
+        }
+        self.evaluate_segment(eval, 0, inputs)
+    }
+
+    /// Evaluates segment `k` on its inputs (the batch's ciphertexts for the first; the
+    /// refreshed values of the one before, one ciphertext per value at the top level, for the
+    /// others). Every segment but the last leaves its values at the refresh level.
+    pub fn evaluate_segment(
+        &self,
+        eval: &Evaluator,
+        k: usize,
+        inputs: &[Ciphertext],
+    ) -> Result<Vec<Ciphertext>, InferError> {
+        let backend = CpuBackend::for_model(eval, self.spec.parameters(), &self.ctx)?;
+        let ops = self.segments.get(k).ok_or(InferError::RefreshIndex {
+            index: k,
+            refreshes: self.segments.len() - 1,
+        })?;
+        if k == 0 {
+            self.check_inputs(inputs)?;
+        } else if inputs.is_empty()
+            || inputs
+                .iter()
+                .any(|x| x.level() != self.spec.input_level() || x.degree() != 1)
+        {
+            return Err(InferError::ModelMismatch(
+                "a refreshed segment's values must be degree 1 at the top level",
+            ));
+        }
+        let out = super::batched_eval::run(&backend, ops, inputs)?;
+        if k + 1 == self.segments.len() {
+            return Ok(out);
+        }
+        let r = self.spec.refresh_level();
+        out.into_par_iter()
+            .map(|mut ct| {
+                if ct.level() < r {
+                    return Err(InferError::ModelMismatch(
+                        "a segment ended below its refresh level",
+                    ));
+                }
+                for part in &mut ct.parts {
+                    part.truncate(r);
+                }
+                Ok(ct)
+            })
+            .collect()
+    }
+
+    /// Evaluates every segment, `refresh(k, values)` turning segment k's values into segment
+    /// k + 1's inputs (the requester's refresh; a local decryption in `evaluate-encrypted`).
+    /// The batch's inputs are taken, and freed once the first segment has read them.
+    pub fn evaluate_refreshed(
+        &self,
+        eval: &Evaluator,
+        inputs: Vec<Ciphertext>,
+        mut refresh: impl FnMut(usize, Vec<Ciphertext>) -> Result<Vec<Ciphertext>, InferError>,
+    ) -> Result<Vec<Ciphertext>, InferError> {
+        let mut out = self.evaluate_segment(eval, 0, &inputs)?;
+        drop(inputs);
+        for k in 1..self.segments.len() {
+            let next = refresh(k - 1, out)?;
+            out = self.evaluate_segment(eval, k, &next)?;
+        }
+        Ok(out)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The operations of a batched model (one image per slot): a map's rows grouped by the inputs
-//! they read, with integer weights modulo each prime; maps, activations, and map → activation →
-//! map fused and streamed over chunks of rows.
+//! they read, with integer weights modulo each prime; maps, activations, map → activation → map
+//! fused and streamed over chunks of rows, and a residual block's two steps (keep its input, add
+//! its shortcut).
 
 use std::collections::HashMap;
 
@@ -53,10 +54,11 @@ pub(crate) fn make_groups(
         .collect()
 }
 
-/// A map's weights as integers round(w·q) for the prime q its rescale removes.
+/// A map's weights as integers round(w·m): with m = q·s_out/s_in for the prime q its rescale
+/// removes, the map takes inputs at scale s_in to outputs at exactly s_out.
 pub(crate) fn integer_rows(
     map: &Affine,
-    q: f64,
+    m: f64,
     level: usize,
 ) -> Result<Vec<Vec<(u32, i64)>>, InferError> {
     map.rows
@@ -64,12 +66,12 @@ pub(crate) fn integer_rows(
         .map(|row| {
             row.iter()
                 .map(|&(j, w)| {
-                    let v = (w * q).round();
+                    let v = (w * m).round();
                     if v.abs() >= 9.2e18 {
                         return Err(InferError::Ckks(CkksError::Overflow {
                             bits: v.abs().log2(),
                             level,
-                            log_q: q.log2(),
+                            log_q: m.log2(),
                         }));
                     }
                     Ok((j, v as i64))
@@ -83,13 +85,35 @@ pub(crate) fn integer_rows(
 pub(crate) struct BatchedLinear<W = HostWeights> {
     pub groups: Vec<Group<W>>,
     pub bias: Vec<f64>,
+    /// what the weights were multiplied by before rounding (the products' scale is the
+    /// input's times this; the rescale then leaves the map's output scale)
+    pub multiplier: f64,
+}
+
+/// The c of an activation x·(x + c): one for every value, or one per value (a per-channel
+/// quadratic's b/a, each ciphertext being one value).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum ActShift {
+    Same(f64),
+    Each(Vec<f64>),
+}
+
+impl ActShift {
+    pub fn at(&self, j: usize) -> f64 {
+        match self {
+            ActShift::Same(c) => *c,
+            ActShift::Each(v) => v.get(j).copied().unwrap_or(0.0),
+        }
+    }
 }
 
 /// One chunk of a fused map → activation → map: some of the first map's rows (numbered
-/// locally), and the second map's columns that read them.
+/// locally), their activations' c, and the second map's columns that read them.
 #[derive(Clone, Debug)]
 pub(crate) struct FusedChunk<W = HostWeights> {
     pub first: BatchedLinear<W>,
+    /// the activation's c of each of the first map's rows here (local numbering)
+    pub c: Vec<f64>,
     pub second: Vec<Group<W>>,
 }
 
@@ -97,7 +121,7 @@ pub(crate) struct FusedChunk<W = HostWeights> {
 pub(crate) enum BatchedOp<W = HostWeights> {
     Linear(BatchedLinear<W>),
     Activation {
-        c: f64,
+        c: ActShift,
         post: Option<f64>,
         /// leave the product unrelinearized: a map follows
         lazy: bool,
@@ -106,8 +130,19 @@ pub(crate) enum BatchedOp<W = HostWeights> {
     /// the activations between the maps never exist all at once
     Fused {
         chunks: Vec<FusedChunk<W>>,
-        c: f64,
+        /// the second map's weight multiplier (see [`BatchedLinear::multiplier`])
+        multiplier: f64,
         bias: Vec<f64>,
+        /// the activations left unrelinearized (the second map has fewer outputs than inputs)
+        lazy: bool,
+    },
+    /// keeps the current values: the input of the residual block that starts here
+    Save,
+    /// adds the kept values, mapped first when given, to the current ones; the kept values are
+    /// dropped to `level` first (the map's rescale then lands on the body's level)
+    AddShortcut {
+        map: Option<BatchedLinear<W>>,
+        level: usize,
     },
 }
 
@@ -136,6 +171,7 @@ impl<W> BatchedLinear<W> {
                 .map(|g| g.try_map(f))
                 .collect::<Result<_, X>>()?,
             bias: self.bias.clone(),
+            multiplier: self.multiplier,
         })
     }
 }
@@ -149,16 +185,23 @@ impl<W> BatchedOp<W> {
         Ok(match self {
             BatchedOp::Linear(l) => BatchedOp::Linear(l.try_map(f)?),
             BatchedOp::Activation { c, post, lazy } => BatchedOp::Activation {
-                c: *c,
+                c: c.clone(),
                 post: *post,
                 lazy: *lazy,
             },
-            BatchedOp::Fused { chunks, c, bias } => BatchedOp::Fused {
+            BatchedOp::Fused {
+                chunks,
+                multiplier,
+                bias,
+                lazy,
+            } => BatchedOp::Fused {
+                lazy: *lazy,
                 chunks: chunks
                     .iter()
                     .map(|ch| {
                         Ok(FusedChunk {
                             first: ch.first.try_map(f)?,
+                            c: ch.c.clone(),
                             second: ch
                                 .second
                                 .iter()
@@ -167,8 +210,13 @@ impl<W> BatchedOp<W> {
                         })
                     })
                     .collect::<Result<_, X>>()?,
-                c: *c,
+                multiplier: *multiplier,
                 bias: bias.clone(),
+            },
+            BatchedOp::Save => BatchedOp::Save,
+            BatchedOp::AddShortcut { map, level } => BatchedOp::AddShortcut {
+                map: map.as_ref().map(|l| l.try_map(f)).transpose()?,
+                level: *level,
             },
         })
     }

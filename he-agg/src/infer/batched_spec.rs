@@ -1,5 +1,7 @@
 //! What a requester needs of the batched packing (one image per slot): parameters, levels,
-//! and how images are encoded into and logits decoded from one ciphertext per input value.
+//! where a deep network is cut into segments (each refreshed by the requester, value by value,
+//! as the latency plan's single ciphertext is), and how images are encoded into and logits
+//! decoded from one ciphertext per input value.
 
 use rayon::prelude::*;
 
@@ -9,7 +11,8 @@ use super::error::InferError;
 use super::kernels;
 use super::lower::{Op, lower};
 use super::network::Network;
-use super::params::{ParamPolicy, choose_parameters};
+use super::params::ParamPolicy;
+use super::segments::choose_levels;
 
 /// What a requester needs for batched inference (no weights).
 #[derive(Clone, Debug, PartialEq)]
@@ -19,10 +22,16 @@ pub struct BatchedSpec {
     output_len: usize,
     depth: usize,
     relinearize: bool,
+    input_level: usize,
+    /// the lowered network's op indices where a segment after the first starts
+    cuts: Vec<usize>,
+    /// the level a segment's outputs are dropped to before their refresh
+    refresh_level: usize,
 }
 
 impl BatchedSpec {
-    /// Parameters chosen from the network's depth (any ring size holds a batch).
+    /// Parameters chosen from the network's depth (any ring size holds a batch); a network
+    /// deeper than the ring holds is cut into segments, as the latency plan is.
     pub fn new(net: &Network, policy: &ParamPolicy) -> Result<Self, InferError> {
         if policy.step_primes != 1 {
             // a batch is decrypted by its requester (mode b): one prime per rescale suffices
@@ -31,11 +40,26 @@ impl BatchedSpec {
             ));
         }
         let low = lower(net)?;
-        let params = choose_parameters(low.depth(), 1, policy)?;
-        Self::with_parameters(net, params)
+        // a batch's maps run limb by limb over thousands of ciphertexts: by default every limb
+        // on the fast (IFMA, double-precision) kernels
+        let policy = ParamPolicy {
+            refresh_prime_bits: policy.refresh_prime_bits.min(policy.batched_prime_bits),
+            ..*policy
+        };
+        let levels = choose_levels(&low, 1, &policy)?;
+        Ok(Self {
+            params: levels.params,
+            input_len: low.input_len,
+            output_len: low.output_len,
+            depth: low.depth(),
+            relinearize: low.ops.iter().any(|o| matches!(o, Op::Activation { .. })),
+            input_level: levels.input_level,
+            cuts: levels.cuts,
+            refresh_level: levels.refresh_level,
+        })
     }
 
-    /// For given parameters (refused when they lack levels).
+    /// For given parameters, uncut (refused when they lack levels).
     pub fn with_parameters(net: &Network, params: Parameters) -> Result<Self, InferError> {
         let low = lower(net)?;
         if low.depth() + 1 > params.max_level() {
@@ -44,13 +68,31 @@ impl BatchedSpec {
                 depth: low.depth(),
             });
         }
+        let input_level = low.depth() + 1;
         Ok(Self {
             params,
             input_len: low.input_len,
             output_len: low.output_len,
             depth: low.depth(),
             relinearize: low.ops.iter().any(|o| matches!(o, Op::Activation { .. })),
+            input_level,
+            cuts: Vec::new(),
+            refresh_level: 1,
         })
+    }
+
+    /// Segments the network is cut into (1: evaluated whole).
+    pub fn segments(&self) -> usize {
+        self.cuts.len() + 1
+    }
+
+    /// The level each segment but the last leaves its values at, for their refresh.
+    pub fn refresh_level(&self) -> usize {
+        self.refresh_level
+    }
+
+    pub(crate) fn cuts(&self) -> &[usize] {
+        &self.cuts
     }
 
     pub fn parameters(&self) -> &Parameters {
@@ -69,7 +111,7 @@ impl BatchedSpec {
         self.output_len
     }
     pub fn input_level(&self) -> usize {
-        self.depth + 1
+        self.input_level
     }
     pub fn input_scale(&self) -> f64 {
         self.params.default_scale()

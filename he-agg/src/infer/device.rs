@@ -220,11 +220,15 @@ where
                 crate::ckks::CkksError::MissingRelinearizationKey,
             ));
         }
+        let [ops] = model.segments() else {
+            return Err(InferError::Unsupported(
+                "a batched model cut into segments on the device (refreshes between them)",
+            ));
+        };
         let dev = Device::new(engine, model.context(), keys, &[])?;
         let engine = &dev.engine;
         let mut up = |g: &Group| engine.upload_group(g.rows.len(), &g.cols, &g.weights);
-        let ops = model
-            .ops()
+        let ops = ops
             .iter()
             .map(|op| op.try_map(&mut up))
             .collect::<Result<Vec<_>, GpuError>>()?;
@@ -412,5 +416,14 @@ where
     }
     fn step_modulus(&self, x: &Self::Ct, k: usize) -> f64 {
         super::model::step_modulus(&self.ctx, x.level, k)
+    }
+    fn drop_to(&self, x: Self::Ct, level: usize) -> Result<Self::Ct, InferError> {
+        if x.level == level {
+            return Ok(x);
+        }
+        // residual blocks in the batched packing (the only caller) stay on the CPU for now
+        Err(InferError::Unsupported(
+            "dropping a ciphertext's levels on the device (batched residual blocks)",
+        ))
     }
 }

@@ -46,8 +46,11 @@
 mod architecture;
 mod backend;
 mod batched;
+mod batched_build;
 mod batched_eval;
 mod batched_ops;
+#[cfg(test)]
+mod batched_residual_tests;
 mod batched_spec;
 pub mod calibrate;
 mod device;
@@ -93,7 +96,7 @@ pub use error::{InferError, NetworkError};
 pub use file::{MAX_NETWORK_FILE_BYTES, NETWORK_FORMAT, NetworkFile, NetworkFileError};
 pub use model::Model;
 pub use network::{Conv2d, Dense, Layer, MAX_TENSOR, Network, Normalization, Residual, Shape};
-pub use params::{ParamPolicy, choose_parameters, max_depth};
+pub use params::{FAST_PRIME_BITS, MAX_PRIME_BITS, ParamPolicy, choose_parameters, max_depth};
 pub use plan::{InferencePlan, MAX_INPUT_CIPHERTEXTS};
 pub use spec::{EvaluationKeys, InferenceSpec, RefreshPoint};
 pub use stages::StageInfo;

@@ -14,7 +14,13 @@ use crate::rlwe::{ParamsError, max_log_qp_128};
 use super::error::InferError;
 
 /// Largest prime size used (the ring accepts below 2^62; 60 leaves lazy-reduction room).
-const MAX_PRIME_BITS: u32 = 60;
+pub const MAX_PRIME_BITS: u32 = 60;
+
+/// Largest prime the fast kernels take: below 2^51, products run on AVX-512 IFMA or in double
+/// precision (AVX2) — NTTs, diagonal products and the batched maps alike — and above it on
+/// 64-bit scalar code several times slower (a plan's 59-bit base limbs were most of a deep
+/// network's product time).
+pub const FAST_PRIME_BITS: u32 = 51;
 
 /// What the parameter choice aims at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +57,19 @@ pub struct ParamPolicy {
     /// A cut network's scale is at least 2^this: its many rotations each add key-switching
     /// noise of about 10^3 per coefficient, 10^-4 in the slots at 2^30 and 10^-7 at 2^40.
     pub min_refresh_scale_bits: u32,
+    /// Primes of a cut network's chain and special modulus have at most this many bits. 60
+    /// for one image per ciphertext (fewer, larger limbs: 4.32 s per BreastMNIST ResNet image
+    /// against 4.81 s with every prime below 2^51). The batched packing's cap is the smaller of
+    /// this and `batched_prime_bits`.
+    pub refresh_prime_bits: u32,
+    /// Primes of any plan have at most this many bits (60; a cut plan's, the smaller of this
+    /// and `refresh_prime_bits`).
+    pub max_prime_bits: u32,
+    /// Primes of a cut batched plan have at most this many bits: [`FAST_PRIME_BITS`] (the
+    /// fastest per limb), or 60 for fewer limbs where memory is short (a batch holds one
+    /// ciphertext per value: a BreastMNIST ResNet batch takes 8 limbs at the top with 51-bit
+    /// primes, 6 with 60-bit ones).
+    pub batched_prime_bits: u32,
 }
 
 impl Default for ParamPolicy {
@@ -69,6 +88,9 @@ impl Default for ParamPolicy {
             min_segment_depth: 4,
             max_refresh_digits: 3,
             min_refresh_scale_bits: 36,
+            refresh_prime_bits: MAX_PRIME_BITS,
+            max_prime_bits: MAX_PRIME_BITS,
+            batched_prime_bits: FAST_PRIME_BITS,
         }
     }
 }
@@ -78,12 +100,18 @@ impl ParamPolicy {
         if !(1..=3).contains(&self.step_primes) {
             return Err(InferError::Policy("step_primes must be 1, 2 or 3"));
         }
+        if !(30..=MAX_PRIME_BITS).contains(&self.max_prime_bits)
+            || !(30..=MAX_PRIME_BITS).contains(&self.refresh_prime_bits)
+            || !(30..=MAX_PRIME_BITS).contains(&self.batched_prime_bits)
+        {
+            return Err(InferError::Policy("prime sizes must be 30 to 60 bits"));
+        }
         if self.min_scale_bits < 20 * self.step_primes
             || self.max_scale_bits < self.min_scale_bits
-            || self.max_scale_bits > MAX_PRIME_BITS * self.step_primes
+            || self.max_scale_bits > self.max_prime_bits * self.step_primes
         {
             return Err(InferError::Policy(
-                "scale bits must satisfy 20·step_primes ≤ min ≤ max ≤ 60·step_primes",
+                "scale bits must satisfy 20·step_primes ≤ min ≤ max ≤ max_prime_bits·step_primes",
             ));
         }
         if self.output_bits > 30 {
@@ -127,7 +155,7 @@ impl ParamPolicy {
     /// The base with `extra` bits more (a refresh's mask).
     pub(crate) fn base_bits_with(&self, s: u32, extra: u32) -> Vec<u32> {
         let total = s + self.output_bits + 1 + self.switch_room_bits + extra;
-        let count = total.div_ceil(MAX_PRIME_BITS);
+        let count = total.div_ceil(self.max_prime_bits);
         let each = total.div_ceil(count).max(20);
         vec![each; count as usize]
     }
@@ -154,8 +182,9 @@ impl ParamPolicy {
     }
 }
 
-/// Special-prime sizes covering the largest digit when the chain is cut into `dnum` digits.
-fn p_bits(q_bits: &[u32], dnum: usize) -> Vec<u32> {
+/// Special-prime sizes (at most `max_bits` each) covering the largest digit when the chain is
+/// cut into `dnum` digits.
+fn p_bits(q_bits: &[u32], dnum: usize, max_bits: u32) -> Vec<u32> {
     let l = q_bits.len();
     let mut start = 0;
     let largest = (0..dnum)
@@ -166,7 +195,7 @@ fn p_bits(q_bits: &[u32], dnum: usize) -> Vec<u32> {
         })
         .max()
         .unwrap_or(0);
-    let count = largest.div_ceil(MAX_PRIME_BITS).max(1);
+    let count = largest.div_ceil(max_bits).max(1);
     let each = largest.div_ceil(count);
     vec![each; count as usize]
 }
@@ -228,22 +257,24 @@ pub(crate) fn try_ring(
 /// Parameters of ring 2^log_n for the chain `q` at scale 2^s, with the fewest key-switching
 /// digits that fit the 128-bit budget; `None` when none does.
 pub(crate) fn try_chain(log_n: u32, q: &[u32], s: u32) -> Result<Option<Parameters>, InferError> {
-    try_chain_digits(log_n, q, s, q.len())
+    try_chain_digits(log_n, q, s, q.len(), MAX_PRIME_BITS)
 }
 
-/// [`try_chain`] with at most `max_digits` key-switching digits.
+/// [`try_chain`] with at most `max_digits` key-switching digits and special primes of at most
+/// `max_bits` bits.
 pub(crate) fn try_chain_digits(
     log_n: u32,
     q: &[u32],
     s: u32,
     max_digits: usize,
+    max_bits: u32,
 ) -> Result<Option<Parameters>, InferError> {
     let bound = max_log_qp_128(log_n).expect("10 ≤ log N ≤ 15 is in the table") as u32;
     {
         let q = q.to_vec();
         // fewest digits first: fewer basis extensions per key switch
         for dnum in 1..=q.len().min(max_digits) {
-            let p = p_bits(&q, dnum);
+            let p = p_bits(&q, dnum, max_bits);
             if nominal_bits(&q, &p) > bound {
                 continue;
             }

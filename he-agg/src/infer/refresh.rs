@@ -156,3 +156,55 @@ pub fn unmask(
         .sub_assign(&mut out.parts[0], &mask.high, hi);
     Ok(out)
 }
+
+/// A requester refreshing its own values with nothing between it and the evaluation (the
+/// batched packing in `evaluate-encrypted`, and tests): `ct` decrypted at its level, lifted
+/// exactly and encrypted again at `top` with the same scale — what [`mask`], [`reencrypt`] and
+/// [`unmask`] give, without the mask a server would need.
+pub fn renew(
+    ctx: &CkksContext,
+    dec: &crate::ckks::Decryptor,
+    enc: &mut crate::ckks::SkEncryptor,
+    ct: &Ciphertext,
+    top: usize,
+) -> Result<Ciphertext, InferError> {
+    let rl = ctx.rlwe();
+    if ct.parts.len() != 2 || ct.level() > top || top > ctx.max_level() {
+        return Err(InferError::ModelMismatch(
+            "a refresh of a value that is not relinearized, or to a level it is above",
+        ));
+    }
+    let ring = rl.ring();
+    let (lo, hi) = (rl.q_basis(ct.level()), rl.q_basis(top));
+    let mut w = Zeroizing::new(dec.decrypt(ct).poly);
+    ring.intt(&mut w, lo);
+    let lifted = lift_centered(ring.moduli(), &w, lo, hi, ring.n());
+    let pt = crate::ckks::Plaintext {
+        poly: lifted,
+        scale: ct.scale,
+        is_ntt: false,
+    };
+    Ok(enc.encrypt(&pt))
+}
+
+/// [`renew`] for many values (a batched segment's, one ciphertext per value), on every core.
+pub fn renew_all(
+    ctx: &CkksContext,
+    sk: &SecretKey,
+    values: &[Ciphertext],
+    top: usize,
+) -> Result<Vec<Ciphertext>, InferError> {
+    use rayon::prelude::*;
+    let chunks: Vec<Vec<Ciphertext>> = values
+        .par_chunks(64)
+        .map(|chunk| {
+            let dec = ctx.decryptor(sk)?;
+            let mut enc = ctx.sk_encryptor(sk)?;
+            chunk
+                .iter()
+                .map(|v| renew(ctx, &dec, &mut enc, v, top))
+                .collect()
+        })
+        .collect::<Result<_, InferError>>()?;
+    Ok(chunks.into_iter().flatten().collect())
+}

@@ -121,6 +121,11 @@ fn cut_ring(
     policy: &ParamPolicy,
     need: usize,
 ) -> Result<Option<Levels>, InferError> {
+    // every prime of a cut plan on the fast kernels
+    let policy = &ParamPolicy {
+        max_prime_bits: policy.refresh_prime_bits.min(policy.max_prime_bits),
+        ..*policy
+    };
     let k = policy.step_primes as usize;
     let digits = policy.max_refresh_digits.max(1) as usize;
     let mut best: Option<(usize, Levels)> = None;
@@ -137,7 +142,7 @@ fn cut_ring(
                 break None;
             }
             let q = policy.q_bits_with(d, s, MASK_BITS + 1);
-            if let Some(params) = try_chain_digits(log_n, &q, s, digits)? {
+            if let Some(params) = try_chain_digits(log_n, &q, s, digits, policy.max_prime_bits)? {
                 break Some((d, params));
             }
             d -= 1;
