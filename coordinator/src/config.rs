@@ -31,6 +31,11 @@ pub struct FederationSection {
     /// Seconds a round waits for updates beyond the quorum before aggregating what it has.
     #[serde(default = "default_round_timeout")]
     pub round_timeout_s: u64,
+    /// Committed rounds whose results the coordinator keeps, so that a hospital cut off for up
+    /// to this many rounds catches up by applying each in turn (one result is about one
+    /// update's size: 4.5 MB for the small federations, 32 × that on disk at most).
+    #[serde(default = "default_keep_results")]
+    pub keep_results: u64,
     /// Address hospitals connect to (written into their site TOML).
     #[serde(default = "default_address")]
     pub coordinator_address: String,
@@ -45,6 +50,9 @@ pub struct FederationSection {
 
 fn default_round_timeout() -> u64 {
     600
+}
+fn default_keep_results() -> u64 {
+    32
 }
 fn default_address() -> String {
     "127.0.0.1:7443".into()
@@ -254,6 +262,12 @@ impl FederationConfig {
         }
         if f.rounds == 0 {
             bail!("[federation] rounds must be at least 1");
+        }
+        if !(1..=10_000).contains(&f.keep_results) {
+            bail!(
+                "[federation] keep_results = {} must be in 1..=10000",
+                f.keep_results
+            );
         }
         if !(self.he.precision > 0.0 && self.he.max_update > 0.0 && self.he.max_total_weight >= 1.0)
         {

@@ -47,6 +47,9 @@ pub struct Server {
     backend: Box<dyn Backend>,
     engine: Mutex<Engine>,
     links: Mutex<HashMap<u32, (u64, Link)>>,
+    /// per hospital, held while results are sent to it: a hospital catching up gets every
+    /// stored result before the next live one (it applies them in round order only)
+    deliveries: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
     round: Mutex<Round>,
     next_conn: AtomicU64,
     /// refused connections, audited in aggregate
@@ -118,6 +121,7 @@ impl Server {
                 min_hospitals: cfg.min_hospitals(),
                 plaintext: cfg.he.plaintext,
                 round_timeout: Duration::from_secs(cfg.federation.round_timeout_s),
+                keep_results: cfg.federation.keep_results,
             },
             restored.clone(),
             Instant::now(),
@@ -134,6 +138,7 @@ impl Server {
             backend,
             engine: Mutex::new(engine),
             links: Mutex::new(HashMap::new()),
+            deliveries: Mutex::new(HashMap::new()),
             round: Mutex::new(Round::default()),
             next_conn: AtomicU64::new(1),
             refusals: Mutex::new(RefusalLog::default()),
@@ -224,6 +229,11 @@ impl Server {
         if let Err(e) = self.store.audit(hospital, round, event, detail) {
             warn!("audit log: {e}");
         }
+    }
+
+    /// Hospital `h`'s turn to be sent results (see `deliveries`).
+    fn delivery_order(&self, h: u32) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.deliveries).entry(h).or_default().clone()
     }
 
     fn link(&self, h: u32) -> Option<Link> {
@@ -358,11 +368,18 @@ impl Server {
                     }
                 });
             }
-            Action::SendStoredResult { to } => {
+            Action::SendStoredResults { to, after } => {
                 let me = self.clone();
+                // taken now, in the engine's order: a later round's delivery waits behind it
+                let order = self.delivery_order(to);
+                let held = order.clone().try_lock_owned().ok();
                 tokio::spawn(async move {
-                    if let Err(e) = me.send_stored_result(to).await {
-                        warn!(hospital = to, "sending the stored result: {e:#}");
+                    let _turn = match held {
+                        Some(g) => g,
+                        None => order.lock_owned().await,
+                    };
+                    if let Err(e) = me.send_stored_results(to, after).await {
+                        warn!(hospital = to, "sending the stored results: {e:#}");
                     }
                 });
             }

@@ -18,9 +18,13 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const PARTIES: TableDefinition<u32, &[u8]> = TableDefinition::new("parties");
 const SHAMIR: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("shamir");
 const ROUNDS: TableDefinition<u64, &[u8]> = TableDefinition::new("rounds");
-/// The latest round's result, under [`LATEST`] (one result serves every hospital).
+/// The latest round's result, under [`LATEST`], as stores before `recent_results` kept it
+/// (read, never written).
 const RESULTS: TableDefinition<u32, &[u8]> = TableDefinition::new("results");
 const LATEST: u32 = 0;
+/// The results of the last `[federation] keep_results` committed rounds, by round (one result
+/// serves every hospital; a hospital catching up applies each in turn).
+const RECENT: TableDefinition<u64, &[u8]> = TableDefinition::new("recent_results");
 const METRICS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("metrics");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
@@ -170,6 +174,7 @@ impl Store {
             txn.open_table(SHAMIR).map_err(db_err)?;
             txn.open_table(ROUNDS).map_err(db_err)?;
             txn.open_table(RESULTS).map_err(db_err)?;
+            txn.open_table(RECENT).map_err(db_err)?;
             txn.open_table(METRICS).map_err(db_err)?;
             txn.open_table(AUDIT).map_err(db_err)?;
         }
@@ -329,13 +334,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Commits a round: its record, its result (replacing the previous round's), the phase, and
-    /// an audit entry, atomically.
+    /// Commits a round: its record, its result (the results of rounds `keep` or more before it
+    /// dropped), the phase, and an audit entry, atomically.
     pub fn commit_round(
         &self,
         rec: &RoundRecord,
         result: &StoredResult,
         phase: Phase,
+        keep: u64,
     ) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
@@ -343,9 +349,23 @@ impl Store {
                 .map_err(db_err)?
                 .insert(rec.round, enc(rec).as_slice())
                 .map_err(db_err)?;
+            let mut recent = txn.open_table(RECENT).map_err(db_err)?;
+            recent
+                .insert(result.round, enc(result).as_slice())
+                .map_err(db_err)?;
+            let oldest = result.round.saturating_sub(keep.max(1) - 1);
+            while recent
+                .first()
+                .map_err(db_err)?
+                .is_some_and(|(k, _)| k.value() < oldest)
+            {
+                recent.pop_first().map_err(db_err)?;
+            }
+            drop(recent);
+            // the single result of older stores, superseded
             txn.open_table(RESULTS)
                 .map_err(db_err)?
-                .insert(LATEST, enc(result).as_slice())
+                .remove(LATEST)
                 .map_err(db_err)?;
             txn.open_table(META)
                 .map_err(db_err)?
@@ -385,11 +405,42 @@ impl Store {
 
     pub fn latest_result(&self) -> Result<Option<StoredResult>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
+        let recent = txn.open_table(RECENT).map_err(db_err)?;
+        if let Some((_, v)) = recent.last().map_err(db_err)? {
+            return dec(v.value(), "result").map(Some);
+        }
         let t = txn.open_table(RESULTS).map_err(db_err)?;
         t.get(LATEST)
             .map_err(db_err)?
             .map(|v| dec(v.value(), "result"))
             .transpose()
+    }
+
+    /// The results of every committed round after `after`, in order; None when the first of
+    /// them is no longer kept (or the later ones have a gap).
+    pub fn results_after(&self, after: u64) -> Result<Option<Vec<StoredResult>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let recent = txn.open_table(RECENT).map_err(db_err)?;
+        let mut out: Vec<StoredResult> = Vec::new();
+        for r in recent.range(after + 1..).map_err(db_err)? {
+            let (k, v) = r.map_err(db_err)?;
+            if k.value() != after + 1 + out.len() as u64 {
+                return Ok(None);
+            }
+            let res: StoredResult = dec(v.value(), "result")?;
+            if res.round != k.value() {
+                return Err(StoreError::Corrupt("result"));
+            }
+            out.push(res);
+        }
+        if out.is_empty() {
+            // an older store's single result
+            return Ok(self
+                .latest_result()?
+                .filter(|r| r.round == after + 1)
+                .map(|r| vec![r]));
+        }
+        Ok(Some(out))
     }
 
     pub fn put_metrics(&self, hospital: u32, m: &RoundMetrics) -> Result<(), StoreError> {
@@ -452,97 +503,5 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn state_survives_reopening_and_refuses_another_federation() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.redb");
-        let fed = FederationId([1; 16]);
-        {
-            let s = Store::open(&path, fed).unwrap();
-            assert_eq!(s.phase().unwrap(), Phase::Setup);
-            s.put_party(
-                2,
-                &PartyRecord {
-                    exchange_key: Some([9; 32]),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-            let sealed = |peer, sealed: Vec<u8>| SealedShare {
-                peer,
-                sealed,
-                signature: vec![peer as u8; 3],
-            };
-            s.put_shamir(2, &[sealed(1, vec![1, 2]), sealed(3, vec![3])])
-                .unwrap();
-            let rec = RoundRecord {
-                round: 1,
-                participants: vec![(1, 10), (2, 20)],
-                total_weight: 30,
-                ..Default::default()
-            };
-            let res = StoredResult {
-                round: 1,
-                total_weight: 30,
-                participants: vec![1, 2],
-                items: vec![vec![7; 5]],
-            };
-            assert!(s.latest_result().unwrap().is_none());
-            s.set_receive_key(&[5; 9]).unwrap();
-            s.commit_round(&rec, &res, Phase::Training { committed: 1 })
-                .unwrap();
-            s.audit(Some(3), 2, "refused", "update for a past round")
-                .unwrap();
-        }
-        let s = Store::open(&path, fed).unwrap();
-        assert_eq!(s.phase().unwrap(), Phase::Training { committed: 1 });
-        assert_eq!(s.party(2).unwrap().exchange_key, Some([9; 32]));
-        assert!(s.party(2).unwrap().dealt);
-        assert_eq!(
-            s.shamir_for(3).unwrap(),
-            vec![SealedShare {
-                peer: 2,
-                sealed: vec![3],
-                signature: vec![3; 3]
-            }]
-        );
-        assert_eq!(s.rounds().unwrap().len(), 1);
-        assert_eq!(s.latest_result().unwrap().unwrap().items, vec![vec![7; 5]]);
-        assert_eq!(s.receive_key().unwrap(), Some(vec![5; 9]));
-        let log = s.audit_log().unwrap();
-        assert_eq!(log.len(), 2);
-        assert_eq!(log[1].event, "refused");
-        drop(s);
-        assert!(matches!(
-            Store::open(&path, FederationId([2; 16])),
-            Err(StoreError::OtherFederation { .. })
-        ));
-    }
-
-    #[test]
-    fn a_store_of_an_older_schema_is_refused_with_what_to_do() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.redb");
-        let fed = FederationId([1; 16]);
-        drop(Store::open(&path, fed).unwrap());
-        {
-            // as protocol 5 left it: no schema key
-            let db = Database::create(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            txn.open_table(META).unwrap().remove("schema").unwrap();
-            txn.commit().unwrap();
-        }
-        let err = Store::open(&path, fed).unwrap_err();
-        assert_eq!(
-            err,
-            StoreError::Schema {
-                found: 1,
-                want: SCHEMA
-            }
-        );
-        assert!(err.to_string().contains("provision a new federation"));
-    }
-}
+#[path = "store_tests.rs"]
+mod tests;

@@ -79,6 +79,12 @@ pub fn run(site: &Path, out: &Path) -> anyhow::Result<()> {
                                  and start the node again",
                             ));
                         }
+                        Err(e) if finished_ahead(&e) => {
+                            // its model is not the federation's: nothing to retry, nothing to
+                            // write as final
+                            link.close("finished without this hospital");
+                            return Err(e);
+                        }
                         Err(e) if peer_finished(&e) => {
                             info!("the coordinator closed: the federation is finished");
                             node.finish()?;
@@ -110,6 +116,16 @@ fn diverged(e: &anyhow::Error) -> bool {
         matches!(
             c.downcast_ref::<training::TrainError>(),
             Some(training::TrainError::Diverged { .. })
+        )
+    })
+}
+
+/// Whether `e` is the federation finishing at a round this hospital's model has not reached.
+fn finished_ahead(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<participant::ParticipantError>(),
+            Some(participant::ParticipantError::FinishedAhead { .. })
         )
     })
 }

@@ -135,6 +135,10 @@ pub enum ParticipantError {
         "a second switch request for round {0} over other hospitals or weights: each round's sum is switched once"
     )]
     SwitchedOther(u64),
+    #[error(
+        "the federation finished at round {committed} while this hospital holds round {held}'s model (it missed more rounds than the coordinator keeps results of, [federation] keep_results): no final model is written; restore its state directory from a backup of a later round, or take the final model from another hospital"
+    )]
+    FinishedAhead { held: u64, committed: u64 },
 }
 
 /// The participant: which round's global model it holds and what it has been asked.
@@ -318,6 +322,12 @@ impl Participant {
                 }]
             }
             Body::Federation(FederationMsg::Finished) => {
+                if round > self.held {
+                    return Err(ParticipantError::FinishedAhead {
+                        held: self.held,
+                        committed: round,
+                    });
+                }
                 info!(round = self.held, "the federation is finished");
                 vec![Action::Finished]
             }

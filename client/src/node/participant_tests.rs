@@ -306,6 +306,14 @@ fn finished_refused_and_unexpected_messages() {
         p.handle(3, &Body::Federation(FederationMsg::Finished)),
         Ok(vec![Action::Finished])
     );
+    // finished at a round this node's model has not reached: not its final model
+    assert_eq!(
+        p.handle(5, &Body::Federation(FederationMsg::Finished)),
+        Err(ParticipantError::FinishedAhead {
+            held: 3,
+            committed: 5
+        })
+    );
     assert_eq!(
         p.handle(
             3,

@@ -107,9 +107,11 @@ pub enum Action {
         weights: Vec<(u32, u64)>,
         switchers: Vec<u32>,
     },
-    /// Send the result of the latest committed round (to a hospital that missed it).
-    SendStoredResult {
+    /// Send the results of the committed rounds after `after`, in order (to a hospital that
+    /// missed them: it applies each in turn and holds the committed model).
+    SendStoredResults {
         to: u32,
+        after: u64,
     },
     Finish {
         to: Vec<u32>,

@@ -96,16 +96,20 @@ impl Engine {
             detail: format!("holds round {last_round}"),
         });
         self.held.insert(h, last_round);
-        if self.committed > 0 && last_round + 1 == self.committed {
-            // one delivery missed: the stored result brings it up to date
-            out.push(Action::SendStoredResult { to: h });
+        let keep = self.cfg.keep_results.max(1);
+        if last_round < self.committed && self.committed - last_round <= keep {
+            // deliveries missed: the stored results bring it up to date, one after another
+            out.push(Action::SendStoredResults {
+                to: h,
+                after: last_round,
+            });
             self.held.insert(h, self.committed);
-        } else if last_round + 1 < self.committed {
-            // only the latest result is kept: it cannot catch up, and no round waits for it
+        } else if last_round < self.committed {
+            // older results are gone: it cannot catch up, and no round waits for it
             let reason = format!(
-                "this hospital holds the global model of round {last_round}; the federation has committed round {} and keeps only that round's result, so it cannot catch up: it takes no part in the rounds (restore its state directory from a backup of round {} or later to rejoin)",
+                "this hospital holds the global model of round {last_round}; the federation has committed round {} and keeps the results of its last {keep} rounds, so it cannot catch up: it takes no part in the rounds (restore its state directory from a backup of round {} or later to rejoin)",
                 self.committed,
-                self.committed - 1
+                self.committed - keep
             );
             out.push(Action::Audit {
                 hospital: Some(h),

@@ -33,6 +33,8 @@ pub struct EngineConfig {
     pub min_hospitals: u32,
     pub plaintext: bool,
     pub round_timeout: Duration,
+    /// Committed rounds whose results are kept for a hospital catching up.
+    pub keep_results: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]

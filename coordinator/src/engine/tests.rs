@@ -8,6 +8,7 @@ fn cfg(hospitals: u32, threshold: u32, min: u32, rounds: u64) -> EngineConfig {
         min_hospitals: min,
         plaintext: false,
         round_timeout: Duration::from_secs(60),
+        keep_results: 1,
     }
 }
 
@@ -29,7 +30,7 @@ fn kinds(actions: &[Action]) -> Vec<&'static str> {
             Action::AnnounceRound { .. } => Some("announce"),
             Action::RequestSwitch { .. } => Some("request-switch"),
             Action::Deliver { .. } => Some("deliver"),
-            Action::SendStoredResult { .. } => Some("stored-result"),
+            Action::SendStoredResults { .. } => Some("stored-result"),
             Action::Finish { .. } => Some("finish"),
         })
         .collect()
@@ -356,12 +357,8 @@ fn a_restarted_coordinator_resumes_after_the_last_committed_round() {
     );
 }
 
-#[test]
-fn a_hospital_that_missed_two_deliveries_is_told_and_no_round_waits_for_it() {
-    let now = Instant::now();
-    let restored = set_up_before(3, 4);
-    // quorum 2 of 3: hospital 3 holds round 2 and cannot open round 4's result
-    let mut e = Engine::new(cfg(3, 2, 2, 10), restored, now);
+/// Hospitals 1 and 2 join holding round 4, then hospital 3 holding `held`: its actions.
+fn rejoin(e: &mut Engine, held: u64, now: Instant) -> Vec<Action> {
     for h in 1..=2 {
         e.handle(Event::Joined {
             hospital: h,
@@ -370,12 +367,21 @@ fn a_hospital_that_missed_two_deliveries_is_told_and_no_round_waits_for_it() {
             now,
         });
     }
-    let a = e.handle(Event::Joined {
+    e.handle(Event::Joined {
         hospital: 3,
-        last_round: 2,
+        last_round: held,
         items: ITEMS,
         now,
-    });
+    })
+}
+
+#[test]
+fn a_hospital_that_missed_two_deliveries_is_told_and_no_round_waits_for_it() {
+    let now = Instant::now();
+    let restored = set_up_before(3, 4);
+    // quorum 2 of 3: hospital 3 holds round 2 and cannot open round 4's result
+    let mut e = Engine::new(cfg(3, 2, 2, 10), restored, now);
+    let a = rejoin(&mut e, 2, now);
     assert_eq!(kinds(&a), vec!["welcome", "notify"], "no round for it");
     assert!(
         a.iter()
@@ -413,6 +419,36 @@ fn a_hospital_that_missed_two_deliveries_is_told_and_no_round_waits_for_it() {
         now,
     });
     assert_eq!(kinds(&a), vec!["welcome", "announce"]);
+}
+
+#[test]
+fn a_hospital_cut_off_for_rounds_the_results_cover_gets_them_in_order_and_takes_part() {
+    let now = Instant::now();
+    let restored = set_up_before(3, 4);
+    let config = EngineConfig {
+        keep_results: 2,
+        ..cfg(3, 2, 2, 10)
+    };
+    let mut e = Engine::new(config, restored, now);
+    // hospital 3 holds round 2: rounds 3 and 4 are both kept
+    let a = rejoin(&mut e, 2, now);
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::SendStoredResults { to: 3, after: 2 })),
+        "{:?}",
+        kinds(&a)
+    );
+    assert!(!kinds(&a).contains(&"notify"), "not told it is stale");
+    assert_eq!(kinds(&a), vec!["welcome", "stored-result", "announce"]);
+    // one round further behind than the results kept: told, and left out
+    e.handle(Event::Left { hospital: 3, now });
+    let a = e.handle(Event::Joined {
+        hospital: 3,
+        last_round: 1,
+        items: ITEMS,
+        now,
+    });
+    assert_eq!(kinds(&a), vec!["welcome", "notify"]);
 }
 
 #[test]

@@ -239,7 +239,8 @@ impl Server {
         } else {
             Phase::Training { committed: round }
         };
-        self.store.commit_round(&record, &result, phase)?;
+        let keep = self.cfg.federation.keep_results;
+        self.store.commit_round(&record, &result, phase, keep)?;
         info!(round, participants = ?participants, "committed round {round}");
         println!("HEAL-ROUND-COMMITTED {round}");
         // the same bytes go to every hospital, concurrently
@@ -248,6 +249,7 @@ impl Server {
         for &t in targets {
             let (me, result) = (self.clone(), result.clone());
             sends.spawn(async move {
+                let _turn = me.delivery_order(t).lock_owned().await;
                 if let Err(e) = me.send_result(t, &result).await {
                     warn!(hospital = t, round, "sending the result: {e:#}");
                 }
@@ -276,15 +278,21 @@ impl Server {
         Ok(())
     }
 
-    pub(super) async fn send_stored_result(&self, to: u32) -> anyhow::Result<()> {
-        match self.store.latest_result()? {
-            Some(res) => self.send_result(to, &res).await,
+    /// The committed results after round `after`, in order, to a hospital catching up.
+    pub(super) async fn send_stored_results(&self, to: u32, after: u64) -> anyhow::Result<()> {
+        match self.store.results_after(after)? {
+            Some(results) => {
+                for res in &results {
+                    self.send_result(to, res).await?;
+                }
+                Ok(())
+            }
             None => {
                 self.audit(
                     Some(to),
                     lock(&self.engine).committed(),
                     "no-result",
-                    "missed the last round's re-encryption",
+                    &format!("the results after round {after} are no longer kept"),
                 );
                 Ok(())
             }

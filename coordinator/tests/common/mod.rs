@@ -10,6 +10,8 @@ use coordinator::config::FederationConfig;
 use coordinator::provision::provision;
 use protocol::FederationId;
 
+pub mod netns;
+
 pub fn data_dir() -> PathBuf {
     datasets::medmnist::workspace_data_dir()
 }
@@ -96,6 +98,18 @@ impl Drop for Procs {
 
 /// A federation of `hospitals` on 127.0.0.1:`port` over BreastMNIST.
 pub fn config(hospitals: u32, threshold: u32, quorum: u32, rounds: u64, port: u16) -> String {
+    config_at(hospitals, threshold, quorum, rounds, "127.0.0.1", port)
+}
+
+/// The same with the coordinator on `host` (a network namespace's address).
+pub fn config_at(
+    hospitals: u32,
+    threshold: u32,
+    quorum: u32,
+    rounds: u64,
+    host: &str,
+    port: u16,
+) -> String {
     format!(
         r#"
 [federation]
@@ -105,8 +119,8 @@ threshold = {threshold}
 rounds = {rounds}
 min_hospitals = {quorum}
 round_timeout_s = 120
-coordinator_address = "127.0.0.1:{port}"
-listen = "127.0.0.1:{port}"
+coordinator_address = "{host}:{port}"
+listen = "{host}:{port}"
 {}reconnect_s = 120
 "#,
         breastmnist_sections(3)
@@ -136,7 +150,13 @@ pub fn provisioned(cfg_text: &str) -> Fed {
 
 /// Starts hospital `index` (1-based) of `fed`, its log in `hospital-<index>.log`.
 pub fn start_hospital(fed: &Fed, index: usize) -> Child {
-    Command::new(client_bin())
+    hospital_in(Command::new(client_bin()), fed, index)
+}
+
+/// Hospital `index` of `fed` started by `command` (the client binary, or a wrapper that runs
+/// it: `netns::Hosts::command`).
+pub fn hospital_in(mut command: Command, fed: &Fed, index: usize) -> Child {
+    command
         .args(["run", "--site"])
         .arg(fed.hospital_dirs[index - 1].join("site.toml"))
         .arg("--out")

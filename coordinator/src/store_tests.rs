@@ -1,0 +1,125 @@
+//! The state store's tests: reopening, refusals, the kept results.
+
+use super::*;
+
+#[test]
+fn state_survives_reopening_and_refuses_another_federation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let fed = FederationId([1; 16]);
+    {
+        let s = Store::open(&path, fed).unwrap();
+        assert_eq!(s.phase().unwrap(), Phase::Setup);
+        s.put_party(
+            2,
+            &PartyRecord {
+                exchange_key: Some([9; 32]),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let sealed = |peer, sealed: Vec<u8>| SealedShare {
+            peer,
+            sealed,
+            signature: vec![peer as u8; 3],
+        };
+        s.put_shamir(2, &[sealed(1, vec![1, 2]), sealed(3, vec![3])])
+            .unwrap();
+        let rec = RoundRecord {
+            round: 1,
+            participants: vec![(1, 10), (2, 20)],
+            total_weight: 30,
+            ..Default::default()
+        };
+        let res = StoredResult {
+            round: 1,
+            total_weight: 30,
+            participants: vec![1, 2],
+            items: vec![vec![7; 5]],
+        };
+        assert!(s.latest_result().unwrap().is_none());
+        s.set_receive_key(&[5; 9]).unwrap();
+        s.commit_round(&rec, &res, Phase::Training { committed: 1 }, 2)
+            .unwrap();
+        s.audit(Some(3), 2, "refused", "update for a past round")
+            .unwrap();
+    }
+    let s = Store::open(&path, fed).unwrap();
+    assert_eq!(s.phase().unwrap(), Phase::Training { committed: 1 });
+    assert_eq!(s.party(2).unwrap().exchange_key, Some([9; 32]));
+    assert!(s.party(2).unwrap().dealt);
+    assert_eq!(
+        s.shamir_for(3).unwrap(),
+        vec![SealedShare {
+            peer: 2,
+            sealed: vec![3],
+            signature: vec![3; 3]
+        }]
+    );
+    assert_eq!(s.rounds().unwrap().len(), 1);
+    assert_eq!(s.latest_result().unwrap().unwrap().items, vec![vec![7; 5]]);
+    assert_eq!(s.receive_key().unwrap(), Some(vec![5; 9]));
+    let log = s.audit_log().unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[1].event, "refused");
+    drop(s);
+    assert!(matches!(
+        Store::open(&path, FederationId([2; 16])),
+        Err(StoreError::OtherFederation { .. })
+    ));
+}
+
+#[test]
+fn the_last_rounds_results_are_kept_in_order_and_older_ones_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("state.redb"), FederationId([1; 16])).unwrap();
+    assert_eq!(s.results_after(0).unwrap(), None);
+    for round in 1..=5u64 {
+        let rec = RoundRecord {
+            round,
+            ..Default::default()
+        };
+        let res = StoredResult {
+            round,
+            total_weight: 1,
+            participants: vec![1],
+            items: vec![vec![round as u8]],
+        };
+        s.commit_round(&rec, &res, Phase::Training { committed: round }, 3)
+            .unwrap();
+    }
+    let rounds =
+        |v: Option<Vec<StoredResult>>| v.map(|v| v.iter().map(|r| r.round).collect::<Vec<_>>());
+    assert_eq!(rounds(s.results_after(2).unwrap()), Some(vec![3, 4, 5]));
+    assert_eq!(rounds(s.results_after(4).unwrap()), Some(vec![5]));
+    assert_eq!(
+        s.results_after(1).unwrap(),
+        None,
+        "round 2's result is gone"
+    );
+    assert_eq!(s.latest_result().unwrap().unwrap().round, 5);
+}
+
+#[test]
+fn a_store_of_an_older_schema_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let fed = FederationId([1; 16]);
+    drop(Store::open(&path, fed).unwrap());
+    {
+        // as protocol 5 left it: no schema key
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().remove("schema").unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&path, fed).unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Schema {
+            found: 1,
+            want: SCHEMA
+        }
+    );
+    assert!(err.to_string().contains("provision a new federation"));
+}

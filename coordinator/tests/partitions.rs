@@ -1,0 +1,189 @@
+//! A consortium across hosts under a partition (issue 41): the coordinator and five hospitals
+//! each in a network namespace of its own (`common::netns`), the real binaries, and one
+//! hospital cut off the network for longer than the link's idle timeout (20 s) in the middle
+//! of the federation. Checked after: every round committed exactly once and in order, each by a
+//! quorum, re-encrypted by t switchers; the cut hospital back in the rounds after the link
+//! returns, having applied every result it missed (its final model is the others'); every
+//! process finished by itself; no namespace left behind. Before the coordinator kept the last
+//! rounds' results (`[federation] keep_results`), the cut hospital was left out of every later
+//! round and ended the run with round 2's model as its final one. The figures (round
+//! times, the rounds the hospital missed, how long it took to rejoin) are printed for
+//! docs/RESULTS.md. Every wait is bounded.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use coordinator::store::Store;
+
+mod common;
+use common::netns::Hosts;
+use common::{Procs, client_bin, config_at, coordinator_bin, hospital_in, provisioned};
+
+const LIMIT: Duration = Duration::from_secs(600);
+const CUT: Duration = Duration::from_secs(30);
+
+/// The last lines of a log, for a failure's message.
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(25)..].join("\n")
+}
+
+/// Waits for `child` to exit successfully within `limit` (killed and failed otherwise, with
+/// the end of its log).
+fn wait_exit(child: &mut Child, limit: Duration, what: &str, log: &Path) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "{what} exited with {status}:\n{}",
+                tail(log)
+            );
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not finish in {limit:?}:\n{}", tail(log));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_hospital_cut_off_mid_federation_rejoins_and_no_round_is_lost_or_repeated() {
+    // rounds of this small federation take about half a second: enough of them that the
+    // federation runs on well after the link returns
+    const ROUNDS: u64 = 150;
+    // host 0 is the coordinator, host i hospital i
+    let Some(hosts) = Hosts::or_skip("p", 6) else {
+        return;
+    };
+    let fed = provisioned(&config_at(5, 3, 4, ROUNDS, &Hosts::address(0), 4433));
+    let start = Instant::now();
+    let mut coord = hosts
+        .command(0, &coordinator_bin())
+        .args(["run", "--dir"])
+        .arg(&fed.coordinator_dir)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(fed.root.join("coordinator.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let out = coord.stdout.take().unwrap();
+    let mut procs = Procs(vec![coord]);
+    let (tx, commits) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(r) = line
+                .strip_prefix("HEAL-ROUND-COMMITTED ")
+                .and_then(|r| r.trim().parse::<u64>().ok())
+            {
+                let _ = tx.send((r, Instant::now()));
+            }
+        }
+    });
+    for i in 1..=5 {
+        procs
+            .0
+            .push(hospital_in(hosts.command(i, &client_bin()), &fed, i));
+    }
+    let mut committed: Vec<(u64, Instant)> = Vec::new();
+    let next = |committed: &mut Vec<(u64, Instant)>| {
+        let (r, at) = commits
+            .recv_timeout(LIMIT)
+            .expect("a round committed within the limit");
+        committed.push((r, at));
+        r
+    };
+    while next(&mut committed) < 2 {}
+    // hospital 5 loses its link after round 2, for longer than the idle timeout
+    hosts.link(5, false).unwrap();
+    let cut_at = Instant::now();
+    std::thread::sleep(CUT);
+    hosts.link(5, true).unwrap();
+    let back_at = Instant::now();
+    let mut coord = procs.0.remove(0);
+    wait_exit(
+        &mut coord,
+        LIMIT,
+        "coordinator",
+        &fed.root.join("coordinator.log"),
+    );
+    while let Ok((r, at)) = commits.try_recv() {
+        committed.push((r, at));
+    }
+    for (i, n) in procs.0.iter_mut().enumerate() {
+        let log = fed.root.join(format!("hospital-{}.log", i + 1));
+        wait_exit(
+            n,
+            Duration::from_secs(120),
+            &format!("hospital {}", i + 1),
+            &log,
+        );
+    }
+
+    let store = Store::open_existing(&fed.coordinator_dir.join("state.redb")).unwrap();
+    let rounds = store.rounds().unwrap();
+    assert_eq!(
+        rounds.iter().map(|r| r.round).collect::<Vec<_>>(),
+        (1..=ROUNDS).collect::<Vec<_>>(),
+        "every round committed exactly once, in order"
+    );
+    for r in &rounds {
+        assert!(
+            r.participants.len() >= 4,
+            "round {} below the quorum",
+            r.round
+        );
+        assert_eq!(
+            r.switchers.len(),
+            3,
+            "t of N re-encrypted round {}",
+            r.round
+        );
+    }
+    let with_5: Vec<u64> = rounds
+        .iter()
+        .filter(|r| r.participants.iter().any(|p| p.0 == 5))
+        .map(|r| r.round)
+        .collect();
+    let missed: Vec<u64> = (1..=ROUNDS).filter(|r| !with_5.contains(r)).collect();
+    assert!(
+        with_5.contains(&ROUNDS),
+        "hospital 5 is back in the last round (it was in {with_5:?}):\n{}",
+        tail(&fed.root.join("hospital-5.log"))
+    );
+    // it caught up by applying each missed round's result: it ends with the others' model
+    let model = |i: usize| std::fs::read(fed.root.join(format!("node-{i}/model.f32"))).unwrap();
+    assert!(
+        model(5) == model(1),
+        "hospital 5's final model is the federation's"
+    );
+    // the figures, for docs/RESULTS.md
+    let at = |round: u64| committed.iter().find(|(r, _)| *r == round).map(|(_, t)| *t);
+    let rejoined = missed
+        .last()
+        .and_then(|&m| at(m + 1))
+        .map(|t| t.saturating_duration_since(back_at));
+    eprintln!(
+        "partition: {ROUNDS} rounds in {:.1} s; hospital 5 cut for {:.0} s after round 2, missed \
+         rounds {missed:?}; its first round back committed {:.1} s after its link returned; \
+         round commits at {:?} s",
+        start.elapsed().as_secs_f64(),
+        back_at.duration_since(cut_at).as_secs_f64(),
+        rejoined.map_or(f64::NAN, |d| d.as_secs_f64()),
+        committed
+            .iter()
+            .map(|(r, t)| (
+                *r,
+                (t.duration_since(start).as_secs_f64() * 10.0).round() / 10.0
+            ))
+            .collect::<Vec<_>>()
+    );
+    drop(procs);
+    drop(hosts);
+    assert_eq!(Hosts::left_behind("p"), Vec::<String>::new());
+}
