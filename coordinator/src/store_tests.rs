@@ -123,3 +123,53 @@ fn a_store_of_an_older_schema_is_refused_with_what_to_do() {
     );
     assert!(err.to_string().contains("provision a new federation"));
 }
+
+/// A store of one committed round at `path`, closed.
+fn one_round(path: &std::path::Path, fed: FederationId) {
+    let s = Store::open(path, fed).unwrap();
+    let rec = RoundRecord {
+        round: 1,
+        ..Default::default()
+    };
+    let res = StoredResult {
+        round: 1,
+        total_weight: 1,
+        participants: vec![1],
+        items: vec![vec![1; 4096]],
+    };
+    s.commit_round(&rec, &res, Phase::Training { committed: 1 }, 4)
+        .unwrap();
+}
+
+#[test]
+fn a_truncated_or_overwritten_state_file_is_refused_and_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let fed = FederationId([1; 16]);
+    let path = dir.path().join("state.redb");
+    one_round(&path, fed);
+    let good = std::fs::read(&path).unwrap();
+    // cut to half its length (a disk that filled, a copy that stopped)
+    std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+    let cut = std::fs::read(&path).unwrap();
+    let err = Store::open(&path, fed).err();
+    assert!(err.is_some(), "a truncated store opened");
+    assert!(err.unwrap().to_string().contains("state store"));
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        cut,
+        "the truncated file was changed"
+    );
+    // its header overwritten
+    let mut bad = good.clone();
+    bad[..64].fill(0x5a);
+    std::fs::write(&path, &bad).unwrap();
+    assert!(
+        Store::open(&path, fed).is_err(),
+        "a store without its header opened"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bad,
+        "the damaged file was changed"
+    );
+}
