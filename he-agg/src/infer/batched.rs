@@ -38,11 +38,6 @@ pub struct BatchedModel {
 }
 
 impl BatchedModel {
-    /// Whether batched packing evaluates `net` (every network the latency plan lowers).
-    pub fn supports(net: &Network) -> bool {
-        lower(net).is_ok()
-    }
-
     /// The batched model of `net` for the parameters of `ctx`, planned with `policy` (which
     /// says whether and where a deep network is cut).
     pub fn with_policy(

@@ -19,7 +19,7 @@ use super::batched_spec::BatchedSpec;
 use super::error::InferError;
 use super::lower::{Affine, Lowered, Op, Shift};
 
-/// A map's integer rows at the level its products run at.
+/// The first map of a fused pair: its integer rows, bias, multiplier and level.
 struct Rows<'a> {
     rows: Vec<Vec<(u32, i64)>>,
     bias: &'a [f64],
@@ -29,9 +29,14 @@ struct Rows<'a> {
 
 /// The fused map → activation → map in chunks of the first map's rows; `c[r]` is the
 /// activation's c of the first map's output r.
-fn fused_chunks(ctx: &CkksContext, first: Rows, c: &ActShift, second: Rows) -> Vec<FusedChunk> {
+fn fused_chunks(
+    ctx: &CkksContext,
+    first: Rows,
+    c: &ActShift,
+    second: Vec<Vec<(u32, i64)>>,
+    second_level: usize,
+) -> Vec<FusedChunk> {
     let (first_bias, first_multiplier) = (first.bias, first.multiplier);
-    let (second, second_level) = (second.rows, second.level);
     let groups = make_groups(
         ctx,
         first.level,
@@ -293,12 +298,8 @@ pub(crate) fn build_segments(
                                 level: first_level,
                             },
                             &c,
-                            Rows {
-                                rows: second,
-                                bias: &b.bias,
-                                multiplier,
-                                level: second_level,
-                            },
+                            second,
+                            second_level,
                         ),
                         multiplier,
                         bias: b.bias.clone(),
