@@ -125,19 +125,35 @@ pub fn reencrypt(
 ) -> Result<SeededCiphertext, InferError> {
     let p = point(spec, index)?;
     kernels::check_input(ctx, masked, p.level, p.scale)?;
+    let pt = lifted(
+        ctx,
+        &ctx.decryptor(sk)?,
+        masked,
+        spec.input_level(),
+        p.scale,
+    );
+    Ok(ctx.sk_encryptor(sk)?.encrypt_seeded(&pt))
+}
+
+/// `ct` decrypted at its level and lifted exactly (centred) to `top`'s basis, as a plaintext
+/// of `scale`: what a refresh encrypts again at the top.
+fn lifted(
+    ctx: &CkksContext,
+    dec: &crate::ckks::Decryptor,
+    ct: &Ciphertext,
+    top: usize,
+    scale: f64,
+) -> crate::ckks::Plaintext {
     let rl = ctx.rlwe();
     let ring = rl.ring();
-    let top = spec.input_level();
-    let (lo, hi) = (rl.q_basis(p.level), rl.q_basis(top));
-    let mut w = Zeroizing::new(ctx.decryptor(sk)?.decrypt(masked).poly);
+    let (lo, hi) = (rl.q_basis(ct.level()), rl.q_basis(top));
+    let mut w = Zeroizing::new(dec.decrypt(ct).poly);
     ring.intt(&mut w, lo);
-    let lifted = lift_centered(ring.moduli(), &w, lo, hi, ring.n());
-    let pt = crate::ckks::Plaintext {
-        poly: lifted,
-        scale: p.scale,
+    crate::ckks::Plaintext {
+        poly: lift_centered(ring.moduli(), &w, lo, hi, ring.n()),
+        scale,
         is_ntt: false,
-    };
-    Ok(ctx.sk_encryptor(sk)?.encrypt_seeded(&pt))
+    }
 }
 
 /// Server: the requester's re-encryption (expanded, at the input level) with the mask removed:
@@ -168,23 +184,12 @@ pub fn renew(
     ct: &Ciphertext,
     top: usize,
 ) -> Result<Ciphertext, InferError> {
-    let rl = ctx.rlwe();
     if ct.parts.len() != 2 || ct.level() > top || top > ctx.max_level() {
         return Err(InferError::ModelMismatch(
             "a refresh of a value that is not relinearized, or to a level it is above",
         ));
     }
-    let ring = rl.ring();
-    let (lo, hi) = (rl.q_basis(ct.level()), rl.q_basis(top));
-    let mut w = Zeroizing::new(dec.decrypt(ct).poly);
-    ring.intt(&mut w, lo);
-    let lifted = lift_centered(ring.moduli(), &w, lo, hi, ring.n());
-    let pt = crate::ckks::Plaintext {
-        poly: lifted,
-        scale: ct.scale,
-        is_ntt: false,
-    };
-    Ok(enc.encrypt(&pt))
+    Ok(enc.encrypt(&lifted(ctx, dec, ct, top, ct.scale)))
 }
 
 /// [`renew`] for many values (a batched segment's, one ciphertext per value), on every core.
