@@ -17,28 +17,26 @@
 
 use protocol::{CollectiveMsg, HeadMsg};
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use coordinator::provision::Roster;
 use coordinator::serve::collective::keys::{KeyPlan, ServedKeys};
-use he_agg::ckks::{Ciphertext, CkksContext, wire};
+use he_agg::ckks::{Ciphertext, wire};
 use he_agg::infer::NetworkFile;
 use he_agg::infer::threshold::served_combiner;
 use he_agg::multiparty::{RelinKeyShare1, wire as mpw};
-use he_agg::ring::Poly;
-use protocol::link::{Incoming, Link, accept_connection, listen};
+use protocol::Body;
+use protocol::link::{Link, listen};
 use protocol::serve::collective::{CollectiveRequest, EvaluateRequest};
 use protocol::serve::head::ResultSwitchRequest;
 use protocol::tls::TlsFiles;
-use protocol::transcript::Signer;
-use protocol::{Body, Party};
 
 mod common;
-use common::{Fed, Procs, client_bin, free_port, trained};
-
-const WAIT: Duration = Duration::from_secs(300);
+use common::serving_host::{
+    WAIT, accept_keyholder, answer, collect_round1, constant, finish_setup, genuine_request, items,
+    keyholder, log_of, send, switched_to_requester,
+};
+use common::{Procs, free_port, trained};
 
 /// 3 hospitals, t = 2, one round of the shallow network `serving.rs` serves (N = 2^14).
 fn config(port: u16) -> String {
@@ -50,98 +48,6 @@ fn config(port: u16) -> String {
     let model = "[model]\n[[model.layers]]\ntype = \"conv\"\nchannels = 4\nkernel = 5\nstride = 2\n\
                  [[model.layers]]\ntype = \"act\"\n[[model.layers]]\ntype = \"dense\"\n";
     format!("{head}{}\n{model}", common::breastmnist_sections(1))
-}
-
-fn log(root: &Path, name: &str) -> std::fs::File {
-    std::fs::File::create(root.join(name)).unwrap()
-}
-
-fn keyholder(fed: &Fed, i: usize, addr: &str) -> Child {
-    Command::new(client_bin())
-        .args([
-            "hold-keys",
-            "--patience-s",
-            "300",
-            "--server",
-            addr,
-            "--site",
-        ])
-        .arg(fed.hospital_dirs[i - 1].join("site.toml"))
-        .arg("--out")
-        .arg(fed.root.join(format!("node-{i}")))
-        .stdout(Stdio::null())
-        .stderr(log(&fed.root, &format!("keyholder-{i}.log")))
-        .spawn()
-        .unwrap()
-}
-
-async fn next(link: &Link) -> Incoming {
-    tokio::time::timeout(WAIT, link.accept())
-        .await
-        .expect("a message in time")
-        .expect("a message")
-}
-
-async fn items(msg: &mut Incoming) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    while let Some(item) = msg.next_item().await.unwrap() {
-        out.push(item);
-    }
-    out
-}
-
-/// A polynomial over `basis` whose every NTT word is `k` mod its prime (the constant k).
-fn constant(ctx: &CkksContext, basis: &[usize], k: u128) -> Poly {
-    let ring = ctx.rlwe().ring();
-    let mut data = Vec::with_capacity(ctx.n() * basis.len());
-    for &idx in basis {
-        let q = ring.modulus(idx).value();
-        data.extend(std::iter::repeat_n((k % u128::from(q)) as u64, ctx.n()));
-    }
-    Poly::from_data(ctx.n(), data)
-}
-
-/// The next message on `link` within `wait`, if any.
-async fn answer(link: &Link, wait: Duration) -> Option<Incoming> {
-    match tokio::time::timeout(wait, link.accept()).await {
-        Ok(Ok(m)) => Some(m),
-        _ => None,
-    }
-}
-
-/// Accepts a keyholder's (re)connection and its hello.
-async fn accept_keyholder(
-    endpoint: &protocol::quinn::Endpoint,
-    fed: &Fed,
-    roster: &std::collections::HashMap<String, Party>,
-) -> (u32, Link) {
-    let incoming = tokio::time::timeout(WAIT, endpoint.accept())
-        .await
-        .expect("a keyholder connects")
-        .unwrap();
-    let link = accept_connection(incoming, fed.federation, roster)
-        .await
-        .unwrap();
-    let Party::Hospital(h) = link.peer() else {
-        panic!("not a hospital")
-    };
-    assert!(matches!(
-        next(&link).await.envelope.body,
-        Body::Collective(CollectiveMsg::KeyholderHello { .. })
-    ));
-    (h, link)
-}
-
-async fn send(link: &Link, body: Body, items: &[Vec<u8>]) {
-    let mut out = link.open(0, body).await.unwrap();
-    for it in items {
-        out.item(it).await.unwrap();
-    }
-    out.finish().await.unwrap();
-}
-
-fn log_of(fed: &Fed, i: usize) -> String {
-    std::fs::read_to_string(fed.root.join(format!("keyholder-{i}.log"))).unwrap()
 }
 
 #[test]
@@ -175,31 +81,7 @@ fn a_compromised_serving_host_reads_no_inference_key_and_alters_no_request() {
         }
         // round 1, collected as an honest server would
         let mut keys = ServedKeys::new(fed.federation, 3, 4);
-        for link in links.values() {
-            link.send(
-                0,
-                Body::Collective(CollectiveMsg::CollectiveStart {
-                    hospitals: 3,
-                    threshold: 2,
-                }),
-            )
-            .await
-            .unwrap();
-        }
-        for (&h, link) in &links {
-            let mut msg = next(link).await;
-            let Body::Collective(CollectiveMsg::CollectiveRound1(header)) =
-                msg.envelope.body.clone()
-            else {
-                panic!("round-1 shares expected")
-            };
-            let mut stream = keys.begin_round1(h, header).unwrap();
-            let ctx = keys.compiled().unwrap().ctx.clone();
-            for item in items(&mut msg).await {
-                stream.push(&ctx, &item).unwrap();
-            }
-            keys.store_round1(stream).unwrap();
-        }
+        collect_round1(&links, &mut keys, 2).await;
         let ctx = keys.compiled().unwrap().ctx.clone();
         let basis = ctx.rlwe().key_basis().to_vec();
 
@@ -238,32 +120,7 @@ fn a_compromised_serving_host_reads_no_inference_key_and_alters_no_request() {
         // relayed honestly now
         let (body, its) = keys.round1_result(1).unwrap();
         send(&links[&1], body, &its).await;
-        for link in links.values() {
-            let mut formed = false;
-            let mut share2 = None;
-            while !(formed && share2.is_some()) {
-                let mut msg = next(link).await;
-                match msg.envelope.body.clone() {
-                    Body::Collective(CollectiveMsg::CollectiveRound2) => {
-                        share2 = Some(items(&mut msg).await.remove(0))
-                    }
-                    Body::Collective(CollectiveMsg::ThresholdFormed) => formed = true,
-                    other => panic!("unexpected {}", other.kind()),
-                }
-            }
-            keys.store_round2(&share2.unwrap()).unwrap();
-        }
-        keys.make_keys().unwrap();
-        let (body, its) = keys.keyholder_keys().unwrap();
-        for link in links.values() {
-            send(link, body.clone(), &its).await;
-        }
-        for link in links.values() {
-            assert!(matches!(
-                next(link).await.envelope.body,
-                Body::Collective(CollectiveMsg::KeyholderReady)
-            ));
-        }
+        finish_setup(&links, &mut keys).await;
         let setup = keys.setup().unwrap();
         let compiled = keys.compiled().unwrap();
         let KeyPlan::Served { plan, .. } = &compiled.plan else {
@@ -305,35 +162,8 @@ fn a_compromised_serving_host_reads_no_inference_key_and_alters_no_request() {
 
         // a genuine request of hospital 1: its key, one image encrypted under the collective key,
         // signed with its kit
-        let mut rkg = ctx.key_generator().unwrap();
-        let requester_sk = rkg.secret_key();
-        let requester_pk = wire::encode_public_key(&ctx, &rkg.public_key(&requester_sk));
-        let x: Vec<f32> = (0..net.input_len())
-            .map(|i| ((i * 37) % 101) as f32 / 101.0)
-            .collect();
-        let mut enc = ctx.pk_encryptor(&collective).unwrap();
-        let image: Vec<Vec<u8>> = spec
-            .encode_input(&ctx, &x)
-            .unwrap()
-            .iter()
-            .map(|pt| wire::encode_ciphertext(&ctx, &enc.encrypt(pt)))
-            .collect();
-        let hospital_1 = Signer::from_files(&TlsFiles::in_dir(&fed.hospital_dirs[0])).unwrap();
-        let mut signed = CollectiveRequest {
-            request_id: 41,
-            fingerprint: spec.fingerprint(),
-            images: 1,
-            ciphertexts_per_image: image.len() as u32,
-            signature: vec![],
-        };
-        let genuine: Vec<Vec<u8>> = std::iter::once(requester_pk.clone())
-            .chain(image.iter().cloned())
-            .collect();
-        signed.signature = hospital_1.sign(&signed.statement(
-            fed.federation,
-            1,
-            genuine.iter().map(Vec::as_slice),
-        ));
+        let g = genuine_request(&fed, &ctx, &spec, &collective, net.input_len(), 41);
+        let (signed, genuine) = (g.signed.clone(), g.items.clone());
         let evaluate = |request: u64, signed: &CollectiveRequest| {
             Body::Collective(CollectiveMsg::CollectiveEvaluate(EvaluateRequest {
                 setup,
@@ -402,21 +232,9 @@ fn a_compromised_serving_host_reads_no_inference_key_and_alters_no_request() {
                 "keyholder {h} answered an altered request"
             );
         }
-        let result = wire::decode_ciphertext(&ctx, &results[0]).unwrap();
-        let switched = pcks.finalize(&result, sum.unwrap()).unwrap();
-        let logits = spec
-            .decode_output(
-                &ctx,
-                &ctx.decryptor(&requester_sk).unwrap().decrypt(&switched),
-            )
-            .unwrap();
-        let want = net.forward(&x).unwrap();
-        let err = logits
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - f64::from(*b)).abs())
-            .fold(0.0, f64::max);
-        assert!(err < 0.05, "logits {logits:?} against {want:?}");
+        let switched =
+            switched_to_requester(&ctx, &spec, &net, &g, &pcks, &results[0], sum.unwrap());
+        let want = net.forward(&g.x).unwrap();
         // the server's own key reads nothing of it
         let read = spec
             .decode_output(&ctx, &ctx.decryptor(&own_sk).unwrap().decrypt(&switched))

@@ -399,8 +399,8 @@ fn main() {
     );
     println!("parameters: {}", describe(spec.parameters()));
     if spec.segments() > 1 {
-        // a deep network: segments refreshed by the requester (mode b only: mode (a) does not
-        // cut networks yet), one image per ciphertext, then one per slot
+        // a deep network: segments refreshed by the requester (mode b) or by t keyholders
+        // (mode a), one image per ciphertext, then one per slot
         let d = deep::run(&net, &s.plan, &s.ctx, &s.eval, &s.sk, &xs, args.reps, &one);
         out.insert("input".into(), json!(side));
         out.insert("parameters".into(), json!(describe(spec.parameters())));
@@ -410,14 +410,22 @@ fn main() {
         out.insert("mode_b_latency_s".into(), d["latency_s"].clone());
         out.insert("mode_b_latency_t1_s".into(), d["latency_t1_s"].clone());
         out.insert("deep".into(), d);
+        drop(s);
         if !args.skip_batched && !large {
-            drop(s);
             let spec_b = he_agg::infer::BatchedSpec::new(&net, &args.policy).expect("spec");
             let count = args.batch.unwrap_or(usize::MAX).min(spec_b.batch_size());
             let batch = networks::images_near_mean(&net, count, 7);
             let b = batched::run(&net, &args.policy, &batch, threads);
             out.insert("batched_images_per_s".into(), b["images_per_s"].clone());
             out.insert("batched".into(), b);
+        }
+        if !args.skip_mode_a {
+            let a = mode_a::run(&net, &xs, args.reps, &one);
+            out.insert(
+                "mode_a_latency_s".into(),
+                a["latency"]["all"]["total_s"].clone(),
+            );
+            out.insert("mode_a".into(), a);
         }
         finish(out, threads, load_before, source, &args);
         return;

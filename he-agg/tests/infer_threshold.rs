@@ -6,17 +6,13 @@
 //! noise the result actually carries (measured here with the collective secret, which only a
 //! test forms), not merely above a fresh encryption's.
 
-use std::sync::Arc;
-
 use he_agg::ckks::CkksContext;
 use he_agg::infer::calibrate::{Weights, calibrate_result_noise};
+use he_agg::infer::testing::consortium;
 use he_agg::infer::threshold::{CollectiveKeys, RESULT_LAMBDA, result_flooding};
 use he_agg::infer::{Conv2d, Dense, InferError, InferencePlan, Layer, Model, Network, ParamPolicy};
-use he_agg::multiparty::threshold::deal;
-use he_agg::multiparty::{Crs, PublicKeySwitch, ThresholdSecret};
-use he_agg::ring::Poly;
+use he_agg::multiparty::{Crs, PublicKeySwitch};
 use he_agg::ring::Prng;
-use he_agg::rlwe::SecretKey;
 
 fn lcg(seed: &mut u64) -> f32 {
     *seed = seed
@@ -58,78 +54,30 @@ fn a_consortium_serves_an_encrypted_model_to_a_requester_only() {
     let net = network();
     let plan = InferencePlan::new(&net, &ParamPolicy::threshold_switched(4)).unwrap();
     let spec = plan.spec();
-    let ctx: Arc<CkksContext> = CkksContext::new(spec.parameters().clone()).unwrap();
+    // three hospitals make the keys collectively and hold 2-of-3 shares of the secret
+    let c = consortium(spec, 3, 2);
+    let ctx = &c.ctx;
     assert!(!ctx.params().rlwe().is_insecure());
     assert!(spec.output_level() >= 2, "room under the result");
-    let crs = Crs::from_seed([9; 32]);
-    let keys = CollectiveKeys::new(spec, &ctx, &crs).unwrap();
+    let (eval, pk, threshold) = (&c.eval, &c.public_key, &c.threshold);
+    let ids = [1u32, 2, 3];
     let mut prng = Prng::from_os().unwrap();
 
-    // every hospital: its own secret share, its round-1 shares
-    let ids = [1u32, 2, 3];
-    let mut secrets = Vec::new();
-    let mut round1 = Vec::new();
-    for _ in ids {
-        let sk = ctx.key_generator().unwrap().secret_key();
-        let (eph, shares) = keys.round1(&sk, &mut prng).unwrap();
-        secrets.push(sk);
-        round1.push((eph, shares));
-    }
-    let mut agg1 = round1[0].1.clone();
-    for (_, s) in &round1[1..] {
-        keys.aggregate1(&mut agg1, s).unwrap();
-    }
-    // round 2 on the sum of round 1
-    let mut agg2 = None;
-    for (sk, (eph, _)) in secrets.iter().zip(&round1) {
-        let s = keys
-            .round2(eph, sk, &agg1.relinearization, &mut prng)
-            .unwrap();
-        match agg2.as_mut() {
-            None => agg2 = Some(s),
-            Some(a) => keys.aggregate2(a, &s).unwrap(),
-        }
-    }
-    let pk = keys.public_key(&agg1);
-    let eval_keys = keys.finalize(agg1, agg2.unwrap()).unwrap();
-    let eval = ctx
-        .evaluator(eval_keys.relinearization.as_ref(), Some(&eval_keys.galois))
-        .unwrap();
-
-    // 2-of-3 threshold shares of the collective secret
-    let dealt: Vec<_> = ids
-        .iter()
-        .zip(&secrets)
-        .map(|(&i, sk)| deal(&ctx, sk, i, &ids, 2, &mut prng).unwrap())
-        .collect();
-    let threshold: Vec<ThresholdSecret> = ids
-        .iter()
-        .map(|&me| {
-            let mine: Vec<_> = dealt
-                .iter()
-                .flatten()
-                .filter(|s| s.to() == me)
-                .cloned()
-                .collect();
-            ThresholdSecret::combine(&ctx, me, 2, &ids, &mine).unwrap()
-        })
-        .collect();
-
     // the model (encrypted by a hospital) and the image (by the requester), collective key
-    let mut enc = ctx.pk_encryptor(&pk).unwrap();
-    let model = Model::encrypted(&plan, &ctx, &mut |pt| enc.encrypt(pt)).unwrap();
+    let mut enc = ctx.pk_encryptor(pk).unwrap();
+    let model = Model::encrypted(&plan, ctx, &mut |pt| enc.encrypt(pt)).unwrap();
     let x: Vec<f32> = {
         let s = &mut 3u64;
         (0..net.input_len()).map(|_| lcg(s)).collect()
     };
     let want = net.forward(&x).unwrap();
     let image: Vec<_> = spec
-        .encode_input(&ctx, &x)
+        .encode_input(ctx, &x)
         .unwrap()
         .iter()
         .map(|pt| enc.encrypt(pt))
         .collect();
-    let out = model.evaluate(&eval, &image).unwrap();
+    let out = model.evaluate(eval, &image).unwrap();
     assert_eq!(out.level(), spec.output_level());
 
     // hospitals 1 and 3 switch the result to the requester's key
@@ -138,7 +86,7 @@ fn a_consortium_serves_an_encrypted_model_to_a_requester_only() {
     let requester_pk = rkg.public_key(&requester_sk);
     let calibration = calibrate_result_noise(&plan, &net, ids.len(), Weights::Encrypted).unwrap();
     let (flooding, slot_error) = result_flooding(
-        &ctx,
+        ctx,
         spec,
         calibration.bound,
         ids.len(),
@@ -151,22 +99,15 @@ fn a_consortium_serves_an_encrypted_model_to_a_requester_only() {
 
     // the noise this result actually carries: against a second, independent evaluation (model
     // and image encrypted afresh), decrypted with the collective secret
-    let collective = {
-        let rl = ctx.rlwe();
-        let mut s = Poly::zero(ctx.n(), rl.key_basis().len());
-        for sk in &secrets {
-            rl.ring().add_assign(&mut s, sk.poly(), rl.key_basis());
-        }
-        SecretKey::from_poly(s, *ctx.fingerprint())
-    };
-    let again = Model::encrypted(&plan, &ctx, &mut |pt| enc.encrypt(pt)).unwrap();
+    let collective = c.collective_secret();
+    let again = Model::encrypted(&plan, ctx, &mut |pt| enc.encrypt(pt)).unwrap();
     let image2: Vec<_> = spec
-        .encode_input(&ctx, &x)
+        .encode_input(ctx, &x)
         .unwrap()
         .iter()
         .map(|pt| enc.encrypt(pt))
         .collect();
-    let out2 = again.evaluate(&eval, &image2).unwrap();
+    let out2 = again.evaluate(eval, &image2).unwrap();
     let dec = ctx.decryptor(&collective).unwrap();
     let (mut d1, d2) = (dec.decrypt(&out), dec.decrypt(&out2));
     ctx.rlwe()
@@ -192,16 +133,16 @@ fn a_consortium_serves_an_encrypted_model_to_a_requester_only() {
     );
     // served mode (a): each switching keyholder evaluates with the weights it holds; that
     // noise too sits under its calibration
-    let plain = Model::plain(&plan, &ctx).unwrap();
+    let plain = Model::plain(&plan, ctx).unwrap();
     let mut plain_runs = Vec::new();
     for _ in 0..2 {
         let image: Vec<_> = spec
-            .encode_input(&ctx, &x)
+            .encode_input(ctx, &x)
             .unwrap()
             .iter()
             .map(|pt| enc.encrypt(pt))
             .collect();
-        plain_runs.push(dec.decrypt(&plain.evaluate(&eval, &image).unwrap()));
+        plain_runs.push(dec.decrypt(&plain.evaluate(eval, &image).unwrap()));
     }
     let (mut p1, p2) = (plain_runs[0].clone(), &plain_runs[1]);
     ctx.rlwe()
@@ -220,7 +161,7 @@ fn a_consortium_serves_an_encrypted_model_to_a_requester_only() {
         plain_noise.log2()
     );
     let (plain_flooding, _) = result_flooding(
-        &ctx,
+        ctx,
         spec,
         plain_cal.bound,
         ids.len(),
@@ -231,12 +172,12 @@ fn a_consortium_serves_an_encrypted_model_to_a_requester_only() {
     .unwrap();
     assert!((plain_flooding.sigma() / plain_noise).log2() >= 30.0);
 
-    let pcks = PublicKeySwitch::new(&ctx, flooding, 2);
+    let pcks = PublicKeySwitch::new(ctx, flooding, 2);
     let active = [1u32, 3];
     let mut acc = None;
     for &i in &active {
         let sk_i = threshold[(i - 1) as usize]
-            .additive_share(&ctx, &active)
+            .additive_share(ctx, &active)
             .unwrap();
         let share = pcks.share(&sk_i, &requester_pk, &out, &mut prng).unwrap();
         match acc.as_mut() {
@@ -247,7 +188,7 @@ fn a_consortium_serves_an_encrypted_model_to_a_requester_only() {
     let switched = pcks.finalize(&out, acc.unwrap()).unwrap();
     let got = spec
         .decode_output(
-            &ctx,
+            ctx,
             &ctx.decryptor(&requester_sk).unwrap().decrypt(&switched),
         )
         .unwrap();
@@ -260,9 +201,9 @@ fn a_consortium_serves_an_encrypted_model_to_a_requester_only() {
 
     // nobody else reads it: not a hospital's own share, not another key
     let other = ctx.key_generator().unwrap().secret_key();
-    for sk in [&other, &secrets[0]] {
+    for sk in [&other, &c.secrets[0]] {
         let wrong = spec
-            .decode_output(&ctx, &ctx.decryptor(sk).unwrap().decrypt(&switched))
+            .decode_output(ctx, &ctx.decryptor(sk).unwrap().decrypt(&switched))
             .unwrap();
         let far = wrong
             .iter()

@@ -115,6 +115,19 @@ pub enum Statement {
         items: [u8; 32],
         a_seed: [u8; 32],
     },
+    /// Mode (a): a switching keyholder's shares of refresh `index` of request `request_id` of
+    /// `requester` (attempt `attempt` of the serving host's number `request`), by digest of its
+    /// items: the other keyholders combine only what each keyholder signed.
+    RefreshShares {
+        federation: FederationId,
+        hospital: u32,
+        requester: u32,
+        request_id: u64,
+        request: u64,
+        attempt: u32,
+        index: u32,
+        shares: [u8; 32],
+    },
 }
 
 impl Statement {
@@ -133,6 +146,7 @@ impl Statement {
             Statement::ReceiveKey { .. } => "receiving key",
             Statement::InferenceKeyShare { .. } => "inference key shares",
             Statement::InferenceRequest { .. } => "inference request",
+            Statement::RefreshShares { .. } => "refresh shares",
             Statement::Update { .. } => "update",
         }
     }

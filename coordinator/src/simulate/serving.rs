@@ -212,19 +212,25 @@ pub fn run(s: &Serving) -> anyhow::Result<Value> {
         .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
         .fold(0.0f64, f64::max);
     // each switch is logged by the keyholders that made it
-    let switched: Vec<usize> = (1..=s.fed.provisioned.hospital_dirs.len())
-        .map(|i| {
-            std::fs::read_to_string(s.fed.out.join("logs").join(format!("keyholder-{i}.log")))
-                .map(|t| t.matches("switching a served result").count())
-                .unwrap_or(0)
-        })
-        .collect();
+    let logged = |what: &str| -> Vec<usize> {
+        (1..=s.fed.provisioned.hospital_dirs.len())
+            .map(|i| {
+                std::fs::read_to_string(s.fed.out.join("logs").join(format!("keyholder-{i}.log")))
+                    .map(|t| t.matches(what).count())
+                    .unwrap_or(0)
+            })
+            .collect()
+    };
+    let switched = logged("switching a served result");
+    // a deep plan's refreshes between segments, each logged by every keyholder that made it
+    let refreshed = logged("refreshing a served request's segment output");
     let summary = json!({
         "images": s.images,
         "agreement": agree as f64 / s.images as f64,
         "max_logit_difference": max_diff,
         "threshold": s.threshold,
         "requests_logged_per_keyholder": switched,
+        "refreshes_logged_per_keyholder": refreshed,
         "setup_and_first_answer_s": served_s,
         "request": remote["timings"].clone(),
         "bytes": remote["bytes"].clone(),

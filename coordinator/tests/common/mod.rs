@@ -11,6 +11,7 @@ use coordinator::provision::provision;
 use protocol::FederationId;
 
 pub mod netns;
+pub mod serving_host;
 
 pub fn data_dir() -> PathBuf {
     datasets::medmnist::workspace_data_dir()

@@ -6,15 +6,14 @@
 //! keyholder's evaluation and switching share (the t keyholders work in parallel at t machines)
 //! + combining them + the requester's decrypt.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use he_agg::ckks::{CkksContext, wire};
 use he_agg::infer::calibrate::{Weights, calibrate_result_noise};
-use he_agg::infer::threshold::{CollectiveKeys, RESULT_LAMBDA, result_flooding};
+use he_agg::infer::testing::consortium;
+use he_agg::infer::threshold::{CollectiveKeys, RESULT_LAMBDA, result_flooding, served_refresh};
 use he_agg::infer::{InferencePlan, Model, Network, ParamPolicy};
-use he_agg::multiparty::threshold::deal;
-use he_agg::multiparty::{Crs, PublicKeySwitch, ThresholdSecret, wire as mpw};
+use he_agg::multiparty::{PublicKeySwitch, wire as mpw};
 use he_agg::ring::Prng;
 use serde_json::{Value, json};
 
@@ -43,21 +42,17 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
     let t = Instant::now();
     let plan = InferencePlan::new(net, &ParamPolicy::threshold_switched(4)).expect("mode (a) plan");
     let spec = plan.spec();
-    let ctx: Arc<CkksContext> = CkksContext::new(spec.parameters().clone()).expect("context");
-    let keys = CollectiveKeys::new(spec, &ctx, &Crs::from_seed([5; 32])).expect("keys");
+    let c = consortium(spec, HOSPITALS, THRESHOLD);
+    let key_setup_s = t.elapsed().as_secs_f64();
+    let (ctx, eval, crs) = (c.ctx.clone(), &c.eval, &c.crs);
+    let pk = &c.public_key;
     let mut prng = Prng::from_os().expect("os rng");
-    let ids: Vec<u32> = (1..=HOSPITALS).collect();
-    let mut secrets = Vec::new();
-    let mut round1 = Vec::new();
-    let mut share_s = Vec::new();
-    for _ in &ids {
-        let sk = ctx.key_generator().expect("rng").secret_key();
-        let t = Instant::now();
-        round1.push(keys.round1(&sk, &mut prng).expect("round 1"));
-        share_s.push(t.elapsed().as_secs_f64());
-        secrets.push(sk);
-    }
-    let first = &round1[0].1;
+    // one hospital's round-1 shares again, for their time and size
+    let keys = CollectiveKeys::new(spec, &ctx, crs).expect("keys");
+    let sk = ctx.key_generator().expect("rng").secret_key();
+    let t1 = Instant::now();
+    let (_, first) = keys.round1(&sk, &mut prng).expect("round 1");
+    let share_s = vec![t1.elapsed().as_secs_f64()];
     let share_bytes = mpw::encode_public_key_share(&ctx, &first.public_key).len()
         + mpw::encode_relin_share1(&ctx, &first.relinearization).len()
         + first
@@ -67,47 +62,10 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
             .sum::<usize>();
     // relayed to every keyholder from each (it makes the sum its round-2 share is made on)
     let relin_share_bytes = mpw::encode_relin_share1(&ctx, &first.relinearization).len();
-    let mut agg1 = round1[0].1.clone();
-    for (_, s) in &round1[1..] {
-        keys.aggregate1(&mut agg1, s).expect("aggregate 1");
-    }
-    let mut agg2 = None;
-    for (sk, (eph, _)) in secrets.iter().zip(&round1) {
-        let s = keys
-            .round2(eph, sk, &agg1.relinearization, &mut prng)
-            .expect("round 2");
-        match agg2.as_mut() {
-            None => agg2 = Some(s),
-            Some(a) => keys.aggregate2(a, &s).expect("aggregate 2"),
-        }
-    }
-    let pk = keys.public_key(&agg1);
-    let eval_keys = keys
-        .finalize(agg1, agg2.expect("round 2 shares"))
-        .expect("keys");
-    let eval = ctx
-        .evaluator(eval_keys.relinearization.as_ref(), Some(&eval_keys.galois))
-        .expect("evaluator");
-    let dealt: Vec<_> = ids
-        .iter()
-        .zip(&secrets)
-        .map(|(&i, sk)| deal(&ctx, sk, i, &ids, THRESHOLD, &mut prng).expect("deal"))
-        .collect();
-    let threshold: Vec<ThresholdSecret> = ids
-        .iter()
-        .map(|&me| {
-            let mine: Vec<_> = dealt
-                .iter()
-                .flatten()
-                .filter(|s| s.to() == me)
-                .cloned()
-                .collect();
-            ThresholdSecret::combine(&ctx, me, THRESHOLD, &ids, &mine).expect("combine")
-        })
-        .collect();
-    let key_setup_s = t.elapsed().as_secs_f64();
+    drop(first);
+    let ids: Vec<u32> = (1..=HOSPITALS).collect();
 
-    let mut enc = ctx.pk_encryptor(&pk).expect("encryptor");
+    let mut enc = ctx.pk_encryptor(pk).expect("encryptor");
     let t = Instant::now();
     // what each keyholder holds: its final model, encoded at the plan's parameters
     let model = Model::plain(&plan, &ctx).expect("the model, encoded");
@@ -132,14 +90,7 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
     let sigma = flooding.sigma();
     let pcks = PublicKeySwitch::new(&ctx, flooding, THRESHOLD);
     let active: Vec<u32> = ids[..THRESHOLD].to_vec();
-    let additive: Vec<_> = active
-        .iter()
-        .map(|&i| {
-            threshold[(i - 1) as usize]
-                .additive_share(&ctx, &active)
-                .expect("share")
-        })
-        .collect();
+    let additive = c.additive(&active);
     let dec = ctx.decryptor(&req_sk).expect("decryptor");
     // the requester's public key and the image's ciphertexts (under the collective key: full,
     // not seeded)
@@ -147,12 +98,35 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
         + spec.input_ciphertexts() * wire::ciphertext_len(&ctx, spec.input_level(), 1);
     let response_bytes = wire::ciphertext_len(&ctx, spec.output_level(), 1);
     let switch_share_bytes = mpw::public_key_switch_share_len(&ctx, spec.output_level());
+    // a plan cut into segments: the t keyholders refresh between them (each sends its share
+    // and is relayed all t)
+    let refresh = served_refresh(
+        &ctx,
+        spec,
+        crs,
+        calibration.bound,
+        HOSPITALS as usize,
+        THRESHOLD,
+    )
+    .expect("refresh room");
+    let refreshes = spec.refreshes().len();
+    // one share's bytes on the wire (of a zero ciphertext at the refresh level: same size)
+    let refresh_share_bytes = spec.refreshes().first().map_or(0, |p| {
+        let zero = he_agg::ckks::Ciphertext {
+            parts: vec![he_agg::ring::Poly::zero(ctx.n(), p.level); 2],
+            scale: p.scale,
+        };
+        let share = refresh
+            .share(&additive[0], &zero, &mut prng)
+            .expect("share");
+        mpw::encode_refresh_share(&ctx, &share).len()
+    });
 
     let mut figures = serde_json::Map::new();
     for (name, pool) in [("t1", Some(one)), ("all", None)] {
         let mut measure = || {
-            let (mut te, mut tv, mut ts, mut tc, mut td, mut tt) =
-                (vec![], vec![], vec![], vec![], vec![], vec![]);
+            let (mut te, mut tv, mut ts, mut tc, mut td, mut tt, mut tr) =
+                (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
             let (mut max_err, mut agree) = (0f64, true);
             for r in 0..=reps {
                 let x = &xs[r % xs.len()];
@@ -164,7 +138,28 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
                     .map(|p| enc.encrypt(p))
                     .collect();
                 let t1 = Instant::now();
-                let out = model.evaluate(&eval, &ct).expect("evaluate");
+                // each refresh: the slowest keyholder's share (they make them at once, each at
+                // its own machine), then a keyholder's sum and finalize
+                let mut refresh_s = 0f64;
+                let out = model
+                    .evaluate_refreshed(eval, &ct, |_, c| {
+                        let mut slowest = 0f64;
+                        let mut shares = Vec::new();
+                        for sk in &additive {
+                            let t = Instant::now();
+                            shares.push(refresh.share(sk, &c, &mut prng)?);
+                            slowest = slowest.max(t.elapsed().as_secs_f64());
+                        }
+                        let t = Instant::now();
+                        let mut acc = shares.pop().expect("t shares");
+                        for s in &shares {
+                            refresh.aggregate(&mut acc, s)?;
+                        }
+                        let fresh = refresh.finalize(&c, &acc)?;
+                        refresh_s += slowest + t.elapsed().as_secs_f64();
+                        Ok(fresh)
+                    })
+                    .expect("evaluate");
                 let t2 = Instant::now();
                 let mut slowest = 0f64;
                 let mut shares = Vec::new();
@@ -199,15 +194,19 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
                 agree &= argmax(&logits) == argmax(&want);
                 if r > 0 {
                     te.push((t1 - t0).as_secs_f64());
-                    tv.push((t2 - t1).as_secs_f64());
+                    tv.push((t2 - t1).as_secs_f64() - refresh_s);
+                    tr.push(refresh_s);
                     ts.push(slowest);
                     tc.push((t4 - t3).as_secs_f64());
                     td.push((t5 - t4).as_secs_f64());
                     tt.push(((t2 - t0) + (t5 - t3)).as_secs_f64() + slowest);
+                    // (the refreshes' time is inside t2 − t0: all keyholders' shares were made
+                    // here one after the other, so the total counts the slowest only)
                 }
             }
             json!({
-                "encrypt_s": median(te), "evaluate_s": median(tv), "switch_share_s": median(ts),
+                "encrypt_s": median(te), "evaluate_s": median(tv), "refresh_s": median(tr),
+                "switch_share_s": median(ts),
                 "combine_s": median(tc), "decrypt_s": median(td), "total_s": median(tt),
                 "max_abs_error": max_err, "argmax_agrees": agree,
             })
@@ -217,12 +216,14 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
             None => measure(),
         };
         println!(
-            "mode (a) {name:>3}: encrypt {:.1} ms, keyholder's evaluation {:.1} ms and switching \
+            "mode (a) {name:>3}: encrypt {:.1} ms, keyholder's evaluation {:.1} ms, \
+             {refreshes} collective refreshes {:.1} ms, switching \
              share {:.1} ms (each of {THRESHOLD} keyholders), combine {:.1} ms, decrypt {:.1} ms, \
              total {:.1} ms; \
              max |err| {:.2e}, argmax agrees: {}",
             l["encrypt_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
             l["evaluate_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
+            l["refresh_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
             l["switch_share_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
             l["combine_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
             l["decrypt_s"].as_f64().unwrap_or(f64::NAN) * 1e3,
@@ -233,34 +234,91 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
         figures.insert(name.into(), l);
     }
     // what the server evaluated before 25 November 2026 (the model encrypted under the
-    // collective key), for comparison in the same run
-    let encrypted =
-        Model::encrypted(&plan, &ctx, &mut |p| enc.encrypt(p)).expect("encrypted model");
-    let image: Vec<_> = spec
-        .encode_input(&ctx, &xs[0])
-        .expect("encode")
-        .iter()
-        .map(|p| enc.encrypt(p))
-        .collect();
+    // collective key), for comparison in the same run; a cut plan's encrypted model is tens of
+    // GB at these parameters and was never served
     let mut before = serde_json::Map::new();
-    for (name, pool) in [("t1", Some(one)), ("all", None)] {
-        let run = || {
-            let t = Instant::now();
-            encrypted.evaluate(&eval, &image).expect("evaluate");
-            t.elapsed().as_secs_f64()
-        };
-        let s = match pool {
-            Some(p) => p.install(run),
-            None => run(),
-        };
-        println!(
-            "mode (a) {name:>3}, before: the server's evaluation of the encrypted model {:.1} ms",
-            s * 1e3
-        );
-        before.insert(name.into(), json!(s));
+    if refreshes == 0 {
+        let encrypted =
+            Model::encrypted(&plan, &ctx, &mut |p| enc.encrypt(p)).expect("encrypted model");
+        let image: Vec<_> = spec
+            .encode_input(&ctx, &xs[0])
+            .expect("encode")
+            .iter()
+            .map(|p| enc.encrypt(p))
+            .collect();
+        for (name, pool) in [("t1", Some(one)), ("all", None)] {
+            let run = || {
+                let t = Instant::now();
+                encrypted.evaluate(eval, &image).expect("evaluate");
+                t.elapsed().as_secs_f64()
+            };
+            let s = match pool {
+                Some(p) => p.install(run),
+                None => run(),
+            };
+            println!(
+                "mode (a) {name:>3}, before: the server's evaluation of the encrypted model {:.1} ms",
+                s * 1e3
+            );
+            before.insert(name.into(), json!(s));
+        }
+        drop(encrypted);
     }
-    drop(encrypted);
+    finish(
+        figures,
+        before,
+        spec,
+        &ctx,
+        key_setup_s,
+        &share_s,
+        share_bytes,
+        relin_share_bytes,
+        model_encode_s,
+        request_bytes,
+        switch_share_bytes,
+        response_bytes,
+        calibrate_s,
+        &calibration,
+        sigma,
+        slot_error,
+        refreshes,
+        refresh_share_bytes,
+    )
+}
+
+/// Prints the run's parameters and sizes; the figures as JSON.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    figures: serde_json::Map<String, Value>,
+    before: serde_json::Map<String, Value>,
+    spec: &he_agg::infer::InferenceSpec,
+    ctx: &CkksContext,
+    key_setup_s: f64,
+    share_s: &[f64],
+    share_bytes: usize,
+    relin_share_bytes: usize,
+    model_encode_s: f64,
+    request_bytes: usize,
+    switch_share_bytes: usize,
+    response_bytes: usize,
+    calibrate_s: f64,
+    calibration: &he_agg::infer::calibrate::NoiseCalibration,
+    sigma: f64,
+    slot_error: f64,
+    refreshes: usize,
+    refresh_share_bytes: usize,
+) -> Value {
     let params = spec.parameters();
+    let _ = ctx;
+    if refreshes > 0 {
+        println!(
+            "mode (a) refreshes: {refreshes} between {} segments; each keyholder sends a {:.1} MB \
+             share per refresh and is relayed {THRESHOLD} ({:.1} MB per image per keyholder in all)",
+            spec.segments(),
+            refresh_share_bytes as f64 / 1e6,
+            (refreshes * (1 + THRESHOLD) * refresh_share_bytes) as f64 / 1e6
+        );
+    }
     println!(
         "mode (a) parameters: N = {}, log QP {:.0}, scale 2^{}, result at level {}; collective \
          keys of {HOSPITALS} hospitals in {:.1} s ({:.1} s per hospital's shares, {:.1} MB each); \
@@ -273,7 +331,7 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
         params.log_scale(),
         spec.output_level(),
         key_setup_s,
-        median(share_s.clone()),
+        median(share_s.to_vec()),
         share_bytes as f64 / 1e6,
         relin_share_bytes as f64 / 1e6,
         model_encode_s,
@@ -298,5 +356,8 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
         "request_bytes": request_bytes, "switch_share_bytes": switch_share_bytes,
         "input_ciphertexts": spec.input_ciphertexts(),
         "response_bytes": response_bytes,
+        "segments": spec.segments(), "refreshes": refreshes,
+        "refresh_share_bytes": refresh_share_bytes,
+        "refresh_bytes_per_image_per_keyholder": refreshes * (1 + THRESHOLD) * refresh_share_bytes,
     })
 }

@@ -12,6 +12,10 @@
 //! random image and two saturated ones (all pixels 0, all 255), times 2^[`MARGIN_BITS`] for
 //! inputs and tails not seen.
 //!
+//! A plan cut into segments is measured at every segment's output (each refreshed by
+//! decrypting and encrypting afresh): the keyholders' refresh floods each segment's output as
+//! the switch floods the result, so one bound sizes both.
+//!
 //! Served mode (a) evaluates with plaintext weights at every switching keyholder
 //! ([`Weights::Plain`]: the image alone is encrypted twice); [`Weights::Encrypted`] measures a
 //! model encrypted under the collective key, as a server holding one would evaluate it.
@@ -30,6 +34,7 @@ use super::error::InferError;
 use super::model::Model;
 use super::network::Network;
 use super::plan::InferencePlan;
+use super::refresh::renew;
 use super::threshold::CollectiveKeys;
 
 /// Bits of margin over the largest noise coefficient measured.
@@ -116,6 +121,11 @@ pub fn calibrate_result_noise(
         Weights::Plain => Some(Model::plain(plan, &ctx)?),
         Weights::Encrypted => None,
     };
+    // a cut plan's segment outputs are refreshed here by decrypting with the collective
+    // secret and encrypting afresh (what the keyholders' refresh gives, without its flooding,
+    // which is independent of the secrets): each segment's own noise is measured, at every
+    // refresh point and at the result
+    let mut renew_enc = ctx.sk_encryptor(&secret)?;
     let mut runs: Vec<Vec<Plaintext>> = Vec::with_capacity(2);
     for _ in 0..2 {
         let encrypted;
@@ -126,18 +136,24 @@ pub fn calibrate_result_noise(
                 &encrypted
             }
         };
-        let mut results = Vec::with_capacity(images.len());
+        let mut points = Vec::with_capacity(images.len() * spec.segments());
         for encoded in &images {
             let cts: Vec<Ciphertext> = encoded.iter().map(|pt| enc.encrypt(pt)).collect();
-            results.push(dec.decrypt(&model.evaluate(&eval, &cts)?));
+            let out = model.evaluate_refreshed(&eval, &cts, |_, ct| {
+                points.push(dec.decrypt(&ct));
+                renew(&ctx, &dec, &mut renew_enc, &ct, spec.input_level())
+            })?;
+            points.push(dec.decrypt(&out));
         }
-        runs.push(results);
+        runs.push(points);
     }
     let mut measured = 0f64;
     for (a, b) in runs[0].iter().zip(&runs[1]) {
         measured = measured.max(largest_difference(&ctx, a, b) / 2f64.sqrt());
     }
-    let out_scale = runs[0].first().map_or(spec.input_scale(), |pt| pt.scale);
+    let out_scale = runs[0]
+        .get(spec.segments() - 1)
+        .map_or(spec.input_scale(), |pt| pt.scale);
     let bound = measured.max(1.0) * f64::from(1u32 << MARGIN_BITS);
     Ok(NoiseCalibration {
         measured,

@@ -22,6 +22,11 @@ pub const MAX_PRIME_BITS: u32 = 60;
 /// network's product time).
 pub const FAST_PRIME_BITS: u32 = 51;
 
+/// Room a mode (a) plan's base keeps for the keyholders' collective refresh: each keyholder's
+/// mask is [`crate::multiparty::refresh::MASK_SECURITY`] bits above the message, and up to 2^7
+/// keyholders' masks add up (one more bit for the sum's sign).
+pub const COLLECTIVE_REFRESH_BITS: u32 = crate::multiparty::refresh::MASK_SECURITY + 8;
+
 /// What the parameter choice aims at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ParamPolicy {
@@ -44,9 +49,12 @@ pub struct ParamPolicy {
     /// evaluation's own noise and still below the logits' precision (mode a).
     pub step_primes: u32,
     /// Whether a network deeper than the ring holds may be cut into segments with a refresh of
-    /// its ciphertext between them (the requester's, in mode b): the base then keeps
-    /// [`super::refresh::MASK_BITS`] of room for the refresh's mask.
+    /// its ciphertext between them (the requester's in mode b, t keyholders' in mode a): the
+    /// base then keeps `refresh_room_bits` of room for the refresh's masks.
     pub refresh: bool,
+    /// Bits a cut plan's base keeps above its outputs for a refresh's masks: the requester's
+    /// (mode b, [`super::refresh::MASK_BITS`] + 1) or the keyholders' ([`COLLECTIVE_REFRESH_BITS`]).
+    pub refresh_room_bits: u32,
     /// A cut network's segments hold at least this many levels (or the whole network): below,
     /// the next ring is tried, trading slower operations for fewer round trips.
     pub min_segment_depth: u32,
@@ -85,6 +93,7 @@ impl Default for ParamPolicy {
             switch_room_bits: 0,
             step_primes: 1,
             refresh: true,
+            refresh_room_bits: super::refresh::MASK_BITS + 1,
             min_segment_depth: 4,
             max_refresh_digits: 3,
             min_refresh_scale_bits: 36,
@@ -117,6 +126,9 @@ impl ParamPolicy {
         if self.output_bits > 30 {
             return Err(InferError::Policy("output_bits must be at most 30"));
         }
+        if self.refresh_room_bits > 240 {
+            return Err(InferError::Policy("refresh_room_bits must be at most 240"));
+        }
         if self.switch_room_bits > 240 {
             return Err(InferError::Policy("switch_room_bits must be at most 240"));
         }
@@ -140,8 +152,8 @@ impl ParamPolicy {
             max_scale_bits: 90,
             switch_room_bits: room_bits,
             step_primes: 2,
-            // the keyholders' collective refresh is not planned for served models yet
-            refresh: false,
+            // a deeper network is cut; t keyholders refresh between segments
+            refresh_room_bits: COLLECTIVE_REFRESH_BITS,
             ..Self::default()
         }
     }

@@ -16,7 +16,6 @@ use super::lower::Lowered;
 use super::params::{
     ParamPolicy, check_slots, choose_parameters, may_fit, try_chain_digits, try_ring,
 };
-use super::refresh::MASK_BITS;
 
 /// The levels of a plan: its parameters, the level an image is encrypted at, and where the
 /// segments start.
@@ -134,14 +133,17 @@ fn cut_ring(
         // the deepest segment this scale allows, then down while primes run short or the
         // special primes would need more digits
         let mut d = 0;
-        while may_fit(log_n, &policy.q_bits_with(d + 1, s, MASK_BITS + 1)) {
+        while may_fit(
+            log_n,
+            &policy.q_bits_with(d + 1, s, policy.refresh_room_bits),
+        ) {
             d += 1;
         }
         let found = loop {
             if d < need.max(1) {
                 break None;
             }
-            let q = policy.q_bits_with(d, s, MASK_BITS + 1);
+            let q = policy.q_bits_with(d, s, policy.refresh_room_bits);
             if let Some(params) = try_chain_digits(log_n, &q, s, digits, policy.max_prime_bits)? {
                 break Some((d, params));
             }

@@ -245,3 +245,128 @@ pub fn residual_network(
             panic!("residual_network({side}, {channels}, {width}, {stages}, {blocks}): {e}")
         })
 }
+
+/// A consortium of `hospitals` that made a plan's keys collectively (mode a) and holds t-of-N
+/// threshold shares of the collective secret, all in one process (tests and benchmarks).
+pub struct Consortium {
+    pub ctx: std::sync::Arc<crate::ckks::CkksContext>,
+    pub eval: crate::ckks::Evaluator,
+    pub public_key: crate::ckks::PublicKey,
+    pub crs: crate::multiparty::Crs,
+    /// Each hospital's own secret: their sum is the collective secret, which only a test forms.
+    pub secrets: Vec<crate::rlwe::SecretKey>,
+    /// Hospital i + 1's threshold share.
+    pub threshold: Vec<crate::multiparty::ThresholdSecret>,
+}
+
+/// Runs the collective key generation of `spec` among `hospitals` and deals `t`-of-N shares;
+/// panics only without OS randomness or on a bug in the protocol.
+pub fn consortium(spec: &super::InferenceSpec, hospitals: u32, t: usize) -> Consortium {
+    use crate::multiparty::{Crs, ThresholdSecret, threshold::deal};
+    let ctx =
+        crate::ckks::CkksContext::new(spec.parameters().clone()).expect("the plan's parameters");
+    let mut prng = crate::ring::Prng::from_os().expect("OS randomness");
+    let crs = Crs::from_seed(prng.seed());
+    let keys = super::threshold::CollectiveKeys::new(spec, &ctx, &crs).expect("the plan's keys");
+    let ids: Vec<u32> = (1..=hospitals).collect();
+    // round 1 summed as it comes (each hospital's shares are hundreds of MB at deep plans)
+    let mut secrets = Vec::new();
+    let mut ephemeral = Vec::new();
+    let mut agg1: Option<super::threshold::KeyShares> = None;
+    for _ in &ids {
+        let sk = ctx.key_generator().expect("OS randomness").secret_key();
+        let (eph, shares) = keys.round1(&sk, &mut prng).expect("round 1");
+        match agg1.as_mut() {
+            None => agg1 = Some(shares),
+            Some(a) => keys.aggregate1(a, &shares).expect("round-1 sum"),
+        }
+        secrets.push(sk);
+        ephemeral.push(eph);
+    }
+    let agg1 = agg1.expect("at least one hospital");
+    let mut agg2 = None;
+    for (sk, eph) in secrets.iter().zip(&ephemeral) {
+        let s = keys
+            .round2(eph, sk, &agg1.relinearization, &mut prng)
+            .expect("round 2");
+        match agg2.as_mut() {
+            None => agg2 = Some(s),
+            Some(a) => keys.aggregate2(a, &s).expect("round-2 sum"),
+        }
+    }
+    let public_key = keys.public_key(&agg1);
+    let eval_keys = keys
+        .finalize(agg1, agg2.expect("round-2 shares"))
+        .expect("evaluation keys");
+    let eval = ctx
+        .evaluator(eval_keys.relinearization.as_ref(), Some(&eval_keys.galois))
+        .expect("the plan's keys");
+    let dealt: Vec<_> = ids
+        .iter()
+        .zip(&secrets)
+        .map(|(&i, sk)| deal(&ctx, sk, i, &ids, t, &mut prng).expect("deal"))
+        .collect();
+    let threshold = ids
+        .iter()
+        .map(|&me| {
+            let mine: Vec<_> = dealt
+                .iter()
+                .flatten()
+                .filter(|s| s.to() == me)
+                .cloned()
+                .collect();
+            ThresholdSecret::combine(&ctx, me, t, &ids, &mine).expect("combine")
+        })
+        .collect();
+    Consortium {
+        ctx,
+        eval,
+        public_key,
+        crs,
+        secrets,
+        threshold,
+    }
+}
+
+impl Consortium {
+    /// The additive shares of the collective secret of the hospitals `active` (t of them).
+    pub fn additive(&self, active: &[u32]) -> Vec<crate::rlwe::SecretKey> {
+        active
+            .iter()
+            .map(|&i| {
+                self.threshold[(i - 1) as usize]
+                    .additive_share(&self.ctx, active)
+                    .expect("an active hospital's share")
+            })
+            .collect()
+    }
+
+    /// The collective secret (no party ever holds it: tests only).
+    pub fn collective_secret(&self) -> crate::rlwe::SecretKey {
+        crate::multiparty::sum_of_secrets(&self.ctx, &self.secrets)
+    }
+
+    /// Refreshes `ct` among the keyholders whose additive shares are `shares`, as each of them
+    /// does over the network (every share, then the sum finalized).
+    pub fn refresh(
+        &self,
+        refresh: &crate::multiparty::Refresh,
+        shares: &[crate::rlwe::SecretKey],
+        ct: &crate::ckks::Ciphertext,
+        prng: &mut crate::ring::Prng,
+    ) -> Result<crate::ckks::Ciphertext, crate::multiparty::MultipartyError> {
+        let mut acc: Option<crate::multiparty::RefreshShare> = None;
+        for sk in shares {
+            let share = refresh.share(sk, ct, prng)?;
+            match acc.as_mut() {
+                None => acc = Some(share),
+                Some(a) => refresh.aggregate(a, &share)?,
+            }
+        }
+        let acc = acc.ok_or(crate::multiparty::MultipartyError::TooFewParties {
+            got: 0,
+            threshold: 1,
+        })?;
+        refresh.finalize(ct, &acc)
+    }
+}

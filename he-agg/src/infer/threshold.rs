@@ -21,7 +21,7 @@ use crate::ckks::{CkksContext, GaloisKeys, PublicKey};
 use crate::multiparty::flooding::fresh_noise_bound;
 use crate::multiparty::{
     Crs, Flooding, GaloisKeyGen, GaloisKeyShare, PublicKeyGen, PublicKeyShare, PublicKeySwitch,
-    RelinKeyEphemeral, RelinKeyGen, RelinKeyShare1, RelinKeyShare2,
+    Refresh, RelinKeyEphemeral, RelinKeyGen, RelinKeyShare1, RelinKeyShare2,
 };
 use crate::ring::Prng;
 use crate::rlwe::SecretKey;
@@ -65,6 +65,29 @@ pub fn served_flooding(
         RESULT_LAMBDA,
         SERVED_MAX_LOGIT,
     )
+}
+
+/// The keyholders' collective refresh between the segments of a served plan that is cut
+/// ([`InferenceSpec::refreshes`]): `switchers` shares, each flooded 2^λ above `noise_bound` (the
+/// calibrated bound of a segment's output noise, which [`super::calibrate`] measures at every
+/// refresh point as well as at the result), masks [`crate::multiparty::refresh::MASK_SECURITY`]
+/// bits above values up to [`SERVED_MAX_LOGIT`]; `crs` the served keys' (every keyholder derives
+/// the same common polynomial from it and the ciphertext). Refused when a refresh point's level
+/// cannot hold the masks.
+pub fn served_refresh(
+    ctx: &Arc<CkksContext>,
+    spec: &InferenceSpec,
+    crs: &Crs,
+    noise_bound: f64,
+    hospitals: usize,
+    switchers: usize,
+) -> Result<Refresh, InferError> {
+    let flooding = flooding_above(ctx, spec, noise_bound, hospitals, RESULT_LAMBDA)?;
+    let refresh = Refresh::new(ctx, crs, flooding, switchers, SERVED_MAX_LOGIT)?;
+    for p in spec.refreshes() {
+        refresh.room(p.level, p.scale)?;
+    }
+    Ok(refresh)
 }
 
 /// What the server sums the keyholders' switching shares with: it adds no share of its own, so
@@ -299,6 +322,26 @@ pub fn result_flooding(
     lambda: u32,
     max_logit: f64,
 ) -> Result<(Flooding, f64), InferError> {
+    let flooding = flooding_above(ctx, spec, noise_bound, hospitals, lambda)?;
+    let room = flooding.check_headroom(
+        ctx,
+        spec.output_level(),
+        spec.input_scale(),
+        max_logit,
+        switchers,
+    )?;
+    Ok((flooding, room.slot_error))
+}
+
+/// Flooding 2^λ above the larger of `noise_bound` and a fresh encryption's bound under the key
+/// of `hospitals` parties, for `spec` under `ctx`.
+fn flooding_above(
+    ctx: &CkksContext,
+    spec: &InferenceSpec,
+    noise_bound: f64,
+    hospitals: usize,
+    lambda: u32,
+) -> Result<Flooding, InferError> {
     if ctx.params() != spec.parameters() {
         return Err(InferError::ContextMismatch);
     }
@@ -308,13 +351,5 @@ pub fn result_flooding(
         ));
     }
     let bound = noise_bound.max(fresh_noise_bound(ctx, hospitals));
-    let flooding = Flooding::new(lambda, bound)?;
-    let room = flooding.check_headroom(
-        ctx,
-        spec.output_level(),
-        spec.input_scale(),
-        max_logit,
-        switchers,
-    )?;
-    Ok((flooding, room.slot_error))
+    Ok(Flooding::new(lambda, bound)?)
 }

@@ -46,6 +46,12 @@ pub enum MultipartyError {
         room_bits: f64,
     },
     #[error(
+        "a refreshed value reaches 2^{found_bits:.1} where the masks, values and flooding stay \
+         below 2^{bound_bits:.1}: the ciphertext carried more than its plan's bound (crafted \
+         noise or values out of range); nothing is refreshed"
+    )]
+    RefreshRange { found_bits: f64, bound_bits: f64 },
+    #[error(
         "a bound on the slots' magnitude must be finite and positive (got {0}, or its product with the scale is below 1)"
     )]
     ValueBound(f64),

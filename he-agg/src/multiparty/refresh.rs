@@ -221,7 +221,10 @@ impl Refresh {
     }
 
     /// The refreshed ciphertext: `ct` at the top level, same scale, from the sum of every
-    /// party's share.
+    /// party's share. Refused when the masked sum c0 + Σ h0_i reaches beyond what the masks,
+    /// the values' bound and the flooding can make: a ciphertext whose noise or values were
+    /// crafted past the bound would otherwise carry them, unmasked in the high bits, into the
+    /// refreshed state (what the sum itself showed the combiner is not undone).
     pub fn finalize(
         &self,
         ct: &Ciphertext,
@@ -236,6 +239,16 @@ impl Refresh {
         let (low, high) = (rl.q_basis(level), rl.q_basis(top));
         let mut masked = ring.add(&ct.parts[0], &aggregate.h0, low);
         ring.intt(&mut masked, low);
+        let room = self.room(level, ct.scale)?;
+        let found = largest_centered(ring.moduli(), &masked, low, ring.n());
+        // log2 of the largest |x|, against the room's bound (a bit of slack for the float sums)
+        let found_bits = self.ctx.log_q(level) + found.log2();
+        if found_bits > room.used_bits + 1.0 {
+            return Err(MultipartyError::RefreshRange {
+                found_bits,
+                bound_bits: room.used_bits,
+            });
+        }
         let mut c0 = lift_centered(ring.moduli(), &masked, low, high, ring.n());
         ring.ntt(&mut c0, high);
         ring.add_assign(&mut c0, &aggregate.h1, high);
@@ -308,6 +321,42 @@ fn pow2_mod(e: u32, q: u128) -> u64 {
     r as u64
 }
 
+/// [(q/q_i)^−1]_{q_i} for every prime q_i of `low` (q their product).
+fn punctured_inverses(moduli: &[Modulus], low: &[usize]) -> Vec<u64> {
+    (0..low.len())
+        .map(|i| {
+            let m = &moduli[low[i]];
+            let punctured = (0..low.len())
+                .filter(|&j| j != i)
+                .fold(1u64, |acc, j| m.mul(acc, m.reduce(moduli[low[j]].value())));
+            m.inv(punctured).expect("distinct primes are invertible")
+        })
+        .collect()
+}
+
+/// max |x|/q over the coefficients of x (residues over `low`, coefficient domain, centred):
+/// the fractional part of Σ y_i/q_i (y_i = [x_i·(q/q_i)^−1]_{q_i}, as [`lift_centered`]
+/// computes it) in 128-bit fixed point, exact to about k·2^−128 (a double's 2^−52 could not
+/// tell a mask 2^90 below q from zero).
+fn largest_centered(moduli: &[Modulus], x: &Poly, low: &[usize], n: usize) -> f64 {
+    let inv = punctured_inverses(moduli, low);
+    let mut largest = 0u128;
+    for c in 0..n {
+        let mut frac = 0u128;
+        for (i, &idx) in low.iter().enumerate() {
+            let m = &moduli[idx];
+            let q = u128::from(m.value());
+            let y = u128::from(m.mul(x.limb(i)[c], inv[i]));
+            // y/q to 128 fractional bits, by two 64-bit steps of long division (y < q < 2^62)
+            let high = (y << 64) / q;
+            let low_bits = (((y << 64) % q) << 64) / q;
+            frac = frac.wrapping_add((high << 64) | low_bits);
+        }
+        largest = largest.max((frac as i128).unsigned_abs());
+    }
+    largest as f64 / 2f64.powi(128)
+}
+
 /// Exact lift of x (residues over `low`, coefficient domain, |x| < q/2) to the centred integer
 /// and its residues over `high` ⊇ `low`: x = Σ y_i·(q/q_i) − v·q with y_i = [x_i·(q/q_i)^−1]_{q_i}
 /// and v = round(Σ y_i/q_i) (Halevi–Polyakov–Shoup; exact while |x|/q stays off ½).
@@ -326,16 +375,7 @@ pub(crate) fn lift_centered(
     if high.len() == k {
         return out;
     }
-    // [(q/q_i)^−1]_{q_i}
-    let inv: Vec<u64> = (0..k)
-        .map(|i| {
-            let m = &moduli[low[i]];
-            let punctured = (0..k)
-                .filter(|&j| j != i)
-                .fold(1u64, |acc, j| m.mul(acc, m.reduce(moduli[low[j]].value())));
-            m.inv(punctured).expect("distinct primes are invertible")
-        })
-        .collect();
+    let inv = punctured_inverses(moduli, low);
     let targets = &high[k..];
     // [q/q_i]_p and [q]_p for every target p
     let punctured_mod: Vec<Vec<u64>> = targets

@@ -30,6 +30,10 @@
 //! t keyholders [`EvaluateRequest`] with the same items; each checks the signature, evaluates
 //! and answers [`EvaluatedShares`] (its results and its switching shares); the server checks the
 //! results agree and sends the requester `InferResult` with the results under its own key.
+//! A network deeper than one ring holds is cut into segments: after each segment but the last,
+//! every switching keyholder sends [`RefreshShares`] of the output it computed, the server
+//! relays all t keyholders' signed shares to each ([`RefreshRelay`]), and each combines them
+//! and refreshes its own output before the next segment (one round trip per refresh).
 //!
 //! Head training's final switch (a trained head to its contributor) travels in
 //! [`super::head`].
@@ -169,6 +173,41 @@ pub struct EvaluatedShares {
     pub evaluate_us: u64,
 }
 
+/// Header of a switching keyholder's shares of the collective refresh between two segments of
+/// a plan cut into segments (`he_agg::infer::threshold::served_refresh`): `count` items follow,
+/// one share per image of the request (`he_agg::multiparty::wire::encode_refresh_share`), of
+/// the segment output it computed itself. `signature`: its site key over
+/// [`crate::transcript::Statement::RefreshShares`], so that every keyholder combines only
+/// shares their keyholders made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RefreshShares {
+    pub request: u64,
+    pub attempt: u32,
+    /// Which refresh of the plan (0: after the first segment).
+    pub index: u32,
+    pub count: u32,
+    pub signature: Vec<u8>,
+}
+
+/// Header of the server's relay of every active keyholder's shares of one refresh: for each
+/// `(hospital, signature)` of `from`, in that order, its `count` shares follow. Each keyholder
+/// checks every signature, sums the shares and refreshes its own segment output itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RefreshRelay {
+    pub request: u64,
+    pub attempt: u32,
+    pub index: u32,
+    pub count: u32,
+    pub from: Vec<(u32, Vec<u8>)>,
+}
+
+impl RefreshRelay {
+    /// Items that follow the header.
+    pub fn items(&self) -> u64 {
+        self.from.len() as u64 * u64::from(self.count)
+    }
+}
+
 /// The messages of mode (a) serving: setup and requests between keyholders and the serving
 /// coordinator, and requests and results between requesters and it. Head training's keys are
 /// made with the same setup messages.
@@ -214,6 +253,10 @@ pub enum CollectiveMsg {
     /// Server → requester: header of a result stream, one ciphertext per image under the
     /// requester's key.
     InferResult(super::released::InferResult),
+    /// Keyholder → server: its shares of a refresh between two segments of a deep plan.
+    CollectiveRefreshShares(RefreshShares),
+    /// Server → keyholder: every active keyholder's shares of that refresh.
+    CollectiveRefreshRelay(RefreshRelay),
 }
 
 impl CollectiveMsg {
@@ -230,6 +273,8 @@ impl CollectiveMsg {
             CollectiveMsg::KeyholderReady => "keyholder-ready",
             CollectiveMsg::CollectiveEvaluate(_) => "collective-evaluate",
             CollectiveMsg::CollectiveEvaluated(_) => "collective-evaluated",
+            CollectiveMsg::CollectiveRefreshShares(_) => "collective-refresh-shares",
+            CollectiveMsg::CollectiveRefreshRelay(_) => "collective-refresh-relay",
             CollectiveMsg::CollectiveInfo(_) => "collective-info",
             CollectiveMsg::InferCollective(_) => "infer-collective",
             CollectiveMsg::InferResult(_) => "infer-result",

@@ -53,6 +53,7 @@ use super::keys::{PeerKeys, read_exchange, read_peers, write_secret};
 use super::site::SiteConfig;
 use super::trust::{self, OwnInferenceShares};
 
+mod deep;
 mod head;
 mod serve;
 mod shell;
@@ -129,6 +130,8 @@ pub struct Keyholder {
     setup: Option<[u8; 32]>,
     /// mode (a): the evaluation keys and the model, once the server sent the keys' sums
     serving: Option<serve::Serving>,
+    /// mode (a): requests of a plan cut into segments, waiting for a refresh's shares
+    pending: Vec<deep::Pending>,
 }
 
 /// The digest of a network's weights as every keyholder evaluates them (the layers; the input
@@ -193,6 +196,7 @@ impl Keyholder {
             threshold_secret: None,
             setup: None,
             serving: None,
+            pending: Vec::new(),
         })
     }
 
@@ -259,6 +263,7 @@ impl Keyholder {
             threshold_secret: None,
             setup: None,
             serving: None,
+            pending: Vec::new(),
         })
     }
 

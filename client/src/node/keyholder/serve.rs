@@ -10,14 +10,13 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use he_agg::ckks::{Ciphertext, Evaluator, wire};
 use he_agg::infer::Model;
-use he_agg::infer::threshold::served_flooding;
-use he_agg::multiparty::{PublicKeySwitch, wire as mpw};
+use he_agg::multiparty::wire as mpw;
 use protocol::Body;
 use protocol::serve::collective::{
-    EvaluateRequest, EvaluatedShares, MAX_COLLECTIVE_CIPHERTEXTS, MAX_COLLECTIVE_IMAGES,
-    ServingKeys,
+    EvaluateRequest, MAX_COLLECTIVE_CIPHERTEXTS, MAX_COLLECTIVE_IMAGES, ServingKeys,
 };
 
+use super::deep::Pending;
 use super::{Held, Keyholder, Reply};
 use crate::node::trust;
 
@@ -25,8 +24,8 @@ use crate::node::trust;
 pub struct Serving {
     /// the setup the keys are of
     setup: [u8; 32],
-    evaluator: Evaluator,
-    model: Model,
+    pub(super) evaluator: Evaluator,
+    pub(super) model: Model,
 }
 
 /// Most items an evaluation request may carry (the requester's key and its images).
@@ -116,8 +115,7 @@ impl Keyholder {
     /// requester's key. The answer carries the results and the shares.
     pub fn evaluate(&mut self, req: &EvaluateRequest, items: &[Vec<u8>]) -> anyhow::Result<Reply> {
         let sk = self.additive_share("serve", req.setup, &req.active)?;
-        let t = self.threshold as usize;
-        let Held::Served { plan, result_noise } = &self.held else {
+        let Held::Served { plan, .. } = &self.held else {
             bail!("a request to serve while holding a head-training key");
         };
         let Some(serving) = self.serving.as_ref().filter(|s| s.setup == req.setup) else {
@@ -175,32 +173,26 @@ impl Keyholder {
             }
             images.push(ct);
         }
+        // the first segment (the whole network, when it fits one ring); a cut plan's later
+        // segments follow each refresh ([`super::deep`])
         let t0 = Instant::now();
-        let results: Vec<Ciphertext> = images
+        let outputs: Vec<Ciphertext> = images
             .chunks(per)
-            .map(|image| serving.model.evaluate(&serving.evaluator, image))
+            .map(|image| serving.model.evaluate_segment(&serving.evaluator, 0, image))
             .collect::<Result<_, _>>()
             .context("evaluating the request")?;
-        let evaluate_us = t0.elapsed().as_micros() as u64;
-        let (flooding, _) =
-            served_flooding(&self.ctx, spec, *result_noise, self.hospitals as usize, t)?;
-        let pcks = PublicKeySwitch::new(&self.ctx, flooding, t);
-        let mut out: Vec<Vec<u8>> = results
-            .iter()
-            .map(|r| wire::encode_ciphertext(&self.ctx, r))
-            .collect();
-        for r in &results {
-            let share = pcks.share(&sk, &target, r, &mut self.prng)?;
-            out.push(mpw::encode_public_key_switch_share(&self.ctx, &share));
-        }
-        Ok(Reply {
-            body: Body::Collective(CollectiveMsg::CollectiveEvaluated(EvaluatedShares {
-                request: req.request,
-                attempt: req.attempt,
-                count: results.len() as u32,
-                evaluate_us,
-            })),
-            items: out,
-        })
+        let pending = Pending {
+            request: req.request,
+            attempt: req.attempt,
+            requester: req.requester,
+            request_id: signed.request_id,
+            active: req.active.clone(),
+            target,
+            sk,
+            outputs,
+            segment: 0,
+            evaluate_us: t0.elapsed().as_micros() as u64,
+        };
+        self.advance(pending)
     }
 }

@@ -108,6 +108,25 @@ async fn session(link: &Link, kh: &mut Keyholder) -> anyhow::Result<()> {
                     }
                 }
             }
+            Body::Collective(CollectiveMsg::CollectiveRefreshRelay(relay)) => {
+                let it = items(&mut msg, kh.max_relay_items()).await?;
+                // the consortium's record: one line per refresh between two segments
+                info!(
+                    request = relay.request,
+                    attempt = relay.attempt,
+                    refresh = relay.index,
+                    images = relay.count,
+                    with = ?relay.from.iter().map(|(h, _)| *h).collect::<Vec<_>>(),
+                    "refreshing a served request's segment output with the keyholders' signed shares"
+                );
+                match tokio::task::block_in_place(|| kh.refresh_relay(&relay, &it)) {
+                    Ok(r) => vec![r],
+                    Err(e) => {
+                        error!(request = relay.request, "refused to refresh: {e:#}");
+                        continue;
+                    }
+                }
+            }
             Body::Head(HeadMsg::HeadRefresh(req)) => {
                 let it = items(&mut msg, kh.max_head_items()).await?;
                 // the consortium's record of every refresh: one line per step and attempt

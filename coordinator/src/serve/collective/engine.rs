@@ -223,6 +223,13 @@ impl ServingEngine {
     }
 
     /// Whether switching shares of `hospital` for (request, attempt) may be read.
+    /// The keyholders asked for the current attempt of `request`, in the order they were asked.
+    pub fn active(&self, request: u64) -> Option<(u32, &[u32])> {
+        self.requests
+            .get(&request)
+            .map(|p| (p.attempt, p.active.as_slice()))
+    }
+
     pub fn accepts_shares(&self, hospital: u32, request: u64, attempt: u32) -> Result<(), String> {
         let p = self
             .requests

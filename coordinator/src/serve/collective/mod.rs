@@ -26,7 +26,9 @@
 //! its signature) is checked, then t ready hospitals are asked to evaluate it and switch the
 //! results; their results must agree. One that leaves before answering, or whose answer does
 //! not fit, is replaced (a new attempt); with fewer than t ready the request waits until its
-//! deadline and is then refused.
+//! deadline and is then refused. A network deeper than one ring holds is cut into segments,
+//! and between two the t keyholders refresh their outputs collectively: the coordinator
+//! gathers each one's signed shares and relays all of them to each ([`segments`]).
 //!
 //! Head training (`coordinator train-head`, issue 20) is served the same way with a head's plan
 //! ([`keys::KeyPlan::Head`]): the coordinator computes the steps itself, so it makes the
@@ -42,6 +44,7 @@ pub mod requests;
 mod round1;
 pub mod run;
 pub mod saved;
+mod segments;
 mod service;
 mod service_head;
 mod service_io;

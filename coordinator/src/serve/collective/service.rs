@@ -111,6 +111,7 @@ impl Service {
                 Ok(1)
             }
             CollectiveMsg::ThresholdFormed | CollectiveMsg::KeyholderReady => Ok(0),
+            CollectiveMsg::CollectiveRefreshShares(h) => self.admit_refresh(hospital, h),
             CollectiveMsg::CollectiveEvaluated(h) => {
                 self.engine.accepts_shares(hospital, h.request, h.attempt)?;
                 let want = self
@@ -287,6 +288,7 @@ impl Service {
                 self.drive(now, ServingEvent::KeyholderReady { hospital });
                 Ok(())
             }
+            CollectiveMsg::CollectiveRefreshShares(h) => self.refresh_shares(hospital, h, items),
             CollectiveMsg::CollectiveEvaluated(h) => {
                 // the attempt may have changed while the answer travelled
                 self.engine.accepts_shares(hospital, h.request, h.attempt)?;
@@ -365,6 +367,7 @@ impl Service {
                 evaluate_us: 0,
                 validate_us: t0.elapsed().as_micros() as u64,
                 switch,
+                refresh: None,
             },
         );
         self.drive(

@@ -325,6 +325,7 @@ impl Service {
                 evaluate_us: f.step.as_micros() as u64,
                 validate_us: f.refresh.as_micros() as u64,
                 switch,
+                refresh: None,
             },
         );
         Some(ServingEvent::Ready {

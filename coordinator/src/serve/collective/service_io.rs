@@ -92,4 +92,6 @@ pub(super) struct Request {
     pub evaluate_us: u64,
     pub validate_us: u64,
     pub switch: SwitchState,
+    /// a plan cut into segments: the refresh whose shares are being gathered
+    pub refresh: Option<super::segments::RefreshRound>,
 }
