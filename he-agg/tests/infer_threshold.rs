@@ -59,7 +59,7 @@ fn a_consortium_serves_an_encrypted_model_to_a_requester_only() {
     let ctx = &c.ctx;
     assert!(!ctx.params().rlwe().is_insecure());
     assert!(spec.output_level() >= 2, "room under the result");
-    let (eval, pk, threshold) = (&c.eval, &c.public_key, &c.threshold);
+    let (eval, pk) = (&c.eval, &c.public_key);
     let ids = [1u32, 2, 3];
     let mut prng = Prng::from_os().unwrap();
 
@@ -174,18 +174,9 @@ fn a_consortium_serves_an_encrypted_model_to_a_requester_only() {
 
     let pcks = PublicKeySwitch::new(ctx, flooding, 2);
     let active = [1u32, 3];
-    let mut acc = None;
-    for &i in &active {
-        let sk_i = threshold[(i - 1) as usize]
-            .additive_share(ctx, &active)
-            .unwrap();
-        let share = pcks.share(&sk_i, &requester_pk, &out, &mut prng).unwrap();
-        match acc.as_mut() {
-            None => acc = Some(share),
-            Some(a) => pcks.aggregate(a, &share).unwrap(),
-        }
-    }
-    let switched = pcks.finalize(&out, acc.unwrap()).unwrap();
+    let switched = c
+        .switch(&pcks, &c.additive(&active), &requester_pk, &out, &mut prng)
+        .unwrap();
     let got = spec
         .decode_output(
             ctx,

@@ -79,15 +79,9 @@ fn keyholders_refresh_a_deep_served_network_between_its_segments() {
     let requester_sk = rkg.secret_key();
     let requester_pk = rkg.public_key(&requester_sk);
     let pcks = PublicKeySwitch::new(ctx, flooding, t);
-    let mut acc = None;
-    for sk in &shares {
-        let s = pcks.share(sk, &requester_pk, &out, &mut prng).unwrap();
-        match acc.as_mut() {
-            None => acc = Some(s),
-            Some(a) => pcks.aggregate(a, &s).unwrap(),
-        }
-    }
-    let switched = pcks.finalize(&out, acc.unwrap()).unwrap();
+    let switched = c
+        .switch(&pcks, &shares, &requester_pk, &out, &mut prng)
+        .unwrap();
     let got = spec
         .decode_output(
             ctx,

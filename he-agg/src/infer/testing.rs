@@ -369,4 +369,29 @@ impl Consortium {
         })?;
         refresh.finalize(ct, &acc)
     }
+
+    /// `ct` switched to `target` by the keyholders whose additive shares are `shares` (each
+    /// share made, then the sum finalized, as over the network).
+    pub fn switch(
+        &self,
+        pcks: &crate::multiparty::PublicKeySwitch,
+        shares: &[crate::rlwe::SecretKey],
+        target: &crate::ckks::PublicKey,
+        ct: &crate::ckks::Ciphertext,
+        prng: &mut crate::ring::Prng,
+    ) -> Result<crate::ckks::Ciphertext, crate::multiparty::MultipartyError> {
+        let mut acc = None;
+        for sk in shares {
+            let share = pcks.share(sk, target, ct, prng)?;
+            match acc.as_mut() {
+                None => acc = Some(share),
+                Some(a) => pcks.aggregate(a, &share)?,
+            }
+        }
+        let acc = acc.ok_or(crate::multiparty::MultipartyError::TooFewParties {
+            got: 0,
+            threshold: 1,
+        })?;
+        pcks.finalize(ct, acc)
+    }
 }
