@@ -16,25 +16,23 @@
 //! Every wait is bounded; the children die with the test.
 
 use protocol::{CollectiveMsg, HeadMsg};
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use coordinator::provision::Roster;
 use coordinator::serve::collective::keys::{KeyPlan, ServedKeys};
 use he_agg::ckks::{Ciphertext, wire};
-use he_agg::infer::NetworkFile;
 use he_agg::infer::threshold::served_combiner;
 use he_agg::multiparty::{RelinKeyShare1, wire as mpw};
 use protocol::Body;
-use protocol::link::{Link, listen};
+use protocol::link::listen;
 use protocol::serve::collective::{CollectiveRequest, EvaluateRequest};
 use protocol::serve::head::ResultSwitchRequest;
 use protocol::tls::TlsFiles;
 
 mod common;
 use common::serving_host::{
-    WAIT, accept_keyholder, answer, collect_round1, constant, finish_setup, genuine_request, items,
-    keyholder, log_of, send, switched_to_requester,
+    WAIT, accept_all, accept_keyholder, answer, collect_round1, constant, final_network,
+    finish_setup, genuine_request, items, keyholder, log_of, send, switched_to_requester,
 };
 use common::{Procs, free_port, trained};
 
@@ -66,19 +64,10 @@ fn a_compromised_serving_host_reads_no_inference_key_and_alters_no_request() {
     )
     .unwrap();
     let _keyholders = Procs((1..=3).map(|i| keyholder(&fed, i, &addr)).collect());
-    let net = NetworkFile::from_json(
-        &std::fs::read_to_string(fed.root.join("node-1/network.json")).unwrap(),
-        &fed.root.join("node-1/network.json"),
-    )
-    .unwrap()
-    .network;
+    let net = final_network(&fed);
 
     rt.block_on(async {
-        let mut links: BTreeMap<u32, Link> = BTreeMap::new();
-        while links.len() < 3 {
-            let (h, link) = accept_keyholder(&endpoint, &fed, &roster).await;
-            links.insert(h, link);
-        }
+        let mut links = accept_all(&endpoint, &fed, &roster, 3).await;
         // round 1, collected as an honest server would
         let mut keys = ServedKeys::new(fed.federation, 3, 4);
         collect_round1(&links, &mut keys, 2).await;

@@ -13,18 +13,17 @@ use std::collections::BTreeMap;
 use coordinator::provision::Roster;
 use coordinator::serve::collective::keys::{KeyPlan, ServedKeys};
 use he_agg::ckks::wire;
-use he_agg::infer::NetworkFile;
 use he_agg::infer::threshold::served_combiner;
 use he_agg::multiparty::wire as mpw;
-use protocol::link::{Link, listen};
+use protocol::link::listen;
 use protocol::serve::collective::{EvaluateRequest, RefreshRelay};
 use protocol::tls::TlsFiles;
 use protocol::{Body, CollectiveMsg};
 
 mod common;
 use common::serving_host::{
-    WAIT, accept_keyholder, answer, genuine_request, honest_setup, items, keyholder, log_of, send,
-    switched_to_requester,
+    WAIT, accept_all, answer, final_network, genuine_request, honest_setup, items, keyholder,
+    log_of, send, switched_to_requester,
 };
 use common::{Procs, free_port, trained};
 
@@ -59,17 +58,10 @@ fn a_keyholder_combines_only_refresh_shares_their_keyholders_signed() {
     )
     .unwrap();
     let _keyholders = Procs((1..=2).map(|i| keyholder(&fed, i, &addr)).collect());
-    let path = fed.root.join("node-1/network.json");
-    let net = NetworkFile::from_json(&std::fs::read_to_string(&path).unwrap(), &path)
-        .unwrap()
-        .network;
+    let net = final_network(&fed);
 
     rt.block_on(async {
-        let mut links: BTreeMap<u32, Link> = BTreeMap::new();
-        while links.len() < 2 {
-            let (h, link) = accept_keyholder(&endpoint, &fed, &roster).await;
-            links.insert(h, link);
-        }
+        let links = accept_all(&endpoint, &fed, &roster, 2).await;
         let mut keys = ServedKeys::new(fed.federation, 2, 4);
         honest_setup(&links, &mut keys, 2).await;
         let setup = keys.setup().unwrap();
@@ -202,13 +194,12 @@ fn a_keyholder_combines_only_refresh_shares_their_keyholders_signed() {
 
 /// Refreshes of the served plan (keyholder 1 logs one more: the forged relay it refused).
 fn refreshes_of(fed: &common::Fed) -> usize {
-    let path = fed.root.join("node-1/network.json");
-    let net = NetworkFile::from_json(&std::fs::read_to_string(&path).unwrap(), &path)
-        .unwrap()
-        .network;
-    he_agg::infer::InferencePlan::new(&net, &he_agg::infer::threshold::served_policy())
-        .unwrap()
-        .spec()
-        .refreshes()
-        .len()
+    he_agg::infer::InferencePlan::new(
+        &final_network(fed),
+        &he_agg::infer::threshold::served_policy(),
+    )
+    .unwrap()
+    .spec()
+    .refreshes()
+    .len()
 }

@@ -109,6 +109,29 @@ pub fn log_of(fed: &Fed, i: usize) -> String {
     std::fs::read_to_string(fed.root.join(format!("keyholder-{i}.log"))).unwrap()
 }
 
+/// Every one of `count` keyholders connected (each once, by hospital).
+pub async fn accept_all(
+    endpoint: &protocol::quinn::Endpoint,
+    fed: &Fed,
+    roster: &HashMap<String, Party>,
+    count: usize,
+) -> BTreeMap<u32, Link> {
+    let mut links = BTreeMap::new();
+    while links.len() < count {
+        let (h, link) = accept_keyholder(endpoint, fed, roster).await;
+        links.insert(h, link);
+    }
+    links
+}
+
+/// The final network of the trained federation, as hospital 1's keyholder serves it.
+pub fn final_network(fed: &Fed) -> he_agg::infer::Network {
+    let path = fed.root.join("node-1/network.json");
+    he_agg::infer::NetworkFile::from_json(&std::fs::read_to_string(&path).unwrap(), &path)
+        .unwrap()
+        .network
+}
+
 /// Setup as an honest serving coordinator runs it with every keyholder of `links` (t of N
 /// `threshold`): round 1 collected and relayed, round 2 collected, the keys' sums sent; returns
 /// once every keyholder is ready.
