@@ -4,8 +4,10 @@
 //! is deeper than one ring holds under mode (a)'s parameters, so it is cut into segments and,
 //! between two, the two switching keyholders refresh their outputs collectively (signed shares
 //! relayed by the coordinator, each keyholder combining them itself). The labels must be the
-//! plaintext network's, and each switching keyholder must have logged every refresh. Every wait
-//! is bounded.
+//! plaintext network's, and each switching keyholder must have logged every refresh. The
+//! keyholders are given no memory for the encoded model (`[node] model_memory_mb = 0`), as a
+//! host a ResNet's weights do not fit: every segment is encoded for the request that uses it.
+//! Every wait is bounded.
 
 use he_agg::infer::threshold::served_policy;
 use he_agg::infer::{InferencePlan, NetworkFile};
@@ -26,7 +28,16 @@ fn config() -> String {
 fn keyholders_refresh_a_deep_served_model_between_its_segments() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("deep-served.toml");
-    std::fs::write(&cfg, config()).unwrap();
+    let text = config();
+    assert!(
+        text.contains("[node]\ntest_every = 0\n"),
+        "the shipped [node] section changed"
+    );
+    let text = text.replace(
+        "[node]\ntest_every = 0\n",
+        "[node]\ntest_every = 0\nmodel_memory_mb = 0\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
     let out = dir.path().join("out");
     let output = simulate_command(&cfg, &out)
         .args(["--serve-inference", "2"])
@@ -72,4 +83,31 @@ fn keyholders_refresh_a_deep_served_model_between_its_segments() {
         assert_eq!(*r, *s * refreshes as u64, "{switched:?} {refreshed:?}");
     }
     assert_eq!(switched.iter().sum::<u64>(), 2, "{switched:?}");
+    // each keyholder said that it holds none of the model encoded
+    for i in 1..=2 {
+        let log = std::fs::read_to_string(out.join(format!("logs/keyholder-{i}.log"))).unwrap();
+        let log = without_colours(&log);
+        assert!(
+            log.contains("do not all fit the memory given them") && log.contains("held=0"),
+            "keyholder {i} did not report its model's memory:\n{log}"
+        );
+    }
+}
+
+/// The log's text without its terminal colour codes (ESC [ … m).
+fn without_colours(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

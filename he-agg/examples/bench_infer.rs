@@ -19,8 +19,9 @@
 //! batched run, default one full batch), `--log-n L` (force the ring degree 2^L for the default
 //! network; TenSEAL's architecture always gets the policy's choice), `--min-scale-bits B`,
 //! `--batched-prime-bits B` (a cut batched plan's largest prime: 51 by default, 60 for fewer
-//! limbs),
-//! `--skip-batched`, `--skip-mode-a`, `--skip-tenseal`. `HEAL_SIMD=scalar|avx2|avx512|ifma`
+//! limbs), `--model-memory-mb MB` (mode (a): the memory a keyholder holds its encoded model in,
+//! default a quarter of `MemAvailable`: evaluation and the segments encoded per request need the rest; segments beyond it are encoded per request),
+//! `--skip-batched`, `--skip-mode-a`, `--skip-mode-b` (a cut plan's mode (b) run), `--skip-tenseal`. `HEAL_SIMD=scalar|avx2|avx512|ifma`
 //! runs every kernel at that level (default: the CPU's best); the JSON names it (`simd_level`).
 //!
 //! A network deeper than its ring holds (a residual network: `--network out/resnet-…/network.json`)
@@ -70,7 +71,9 @@ struct Args {
     batch: Option<usize>,
     skip_batched: bool,
     skip_mode_a: bool,
+    skip_mode_b: bool,
     skip_tenseal: bool,
+    model_memory: Option<u64>,
     policy: ParamPolicy,
 }
 
@@ -84,7 +87,9 @@ fn parse_args() -> Result<Args, String> {
         batch: None,
         skip_batched: false,
         skip_mode_a: false,
+        skip_mode_b: false,
         skip_tenseal: false,
+        model_memory: None,
         policy: ParamPolicy::default(),
     };
     let mut it = std::env::args().skip(1);
@@ -132,14 +137,21 @@ fn parse_args() -> Result<Args, String> {
                 }
                 args.input = Some(side);
             }
+            "--model-memory-mb" => {
+                let mb: u64 = value("--model-memory-mb")?
+                    .parse()
+                    .map_err(|e| format!("--model-memory-mb: {e}"))?;
+                args.model_memory = Some(mb.saturating_mul(1 << 20));
+            }
             "--skip-batched" => args.skip_batched = true,
             "--skip-mode-a" => args.skip_mode_a = true,
+            "--skip-mode-b" => args.skip_mode_b = true,
             "--skip-tenseal" => args.skip_tenseal = true,
             "-h" | "--help" => {
                 println!(
                     "bench_infer [--anchors DIR] [--json FILE] [--network FILE | --input S] \
                      [--reps N] [--batch N] [--log-n L] [--min-scale-bits B] \
-                     [--batched-prime-bits B] [--skip-batched] [--skip-mode-a] [--skip-tenseal]"
+                     [--batched-prime-bits B] [--skip-batched] [--skip-mode-a] [--skip-mode-b] [--skip-tenseal] [--model-memory-mb MB]"
                 );
                 std::process::exit(0);
             }
@@ -401,15 +413,17 @@ fn main() {
     if spec.segments() > 1 {
         // a deep network: segments refreshed by the requester (mode b) or by t keyholders
         // (mode a), one image per ciphertext, then one per slot
-        let d = deep::run(&net, &s.plan, &s.ctx, &s.eval, &s.sk, &xs, args.reps, &one);
         out.insert("input".into(), json!(side));
         out.insert("parameters".into(), json!(describe(spec.parameters())));
         out.insert("galois_keys".into(), json!(spec.galois_steps().len()));
         out.insert("eval_key_bytes".into(), json!(s.eval_key_bytes));
         out.insert("key_setup_s".into(), json!(s.keygen_s));
-        out.insert("mode_b_latency_s".into(), d["latency_s"].clone());
-        out.insert("mode_b_latency_t1_s".into(), d["latency_t1_s"].clone());
-        out.insert("deep".into(), d);
+        if !args.skip_mode_b {
+            let d = deep::run(&net, &s.plan, &s.ctx, &s.eval, &s.sk, &xs, args.reps, &one);
+            out.insert("mode_b_latency_s".into(), d["latency_s"].clone());
+            out.insert("mode_b_latency_t1_s".into(), d["latency_t1_s"].clone());
+            out.insert("deep".into(), d);
+        }
         drop(s);
         if !args.skip_batched && !large {
             let spec_b = he_agg::infer::BatchedSpec::new(&net, &args.policy).expect("spec");
@@ -420,7 +434,11 @@ fn main() {
             out.insert("batched".into(), b);
         }
         if !args.skip_mode_a {
-            let a = mode_a::run(&net, &xs, args.reps, &one);
+            // images near the mean, as mode (b) above: a deep polynomial network's values leave
+            // their range on random pixels, and the keyholders' refresh refuses them
+            // (`RefreshRange`)
+            let near = networks::images_near_mean(&net, xs.len(), 7);
+            let a = mode_a::run(&net, &near, args.reps, &one, args.model_memory);
             out.insert(
                 "mode_a_latency_s".into(),
                 a["latency"]["all"]["total_s"].clone(),
@@ -510,7 +528,7 @@ fn main() {
 
     // ---- mode (a): the consortium's encrypted model, result switched by t hospitals ----
     if !args.skip_mode_a {
-        let a = mode_a::run(&net, &xs, args.reps, &one);
+        let a = mode_a::run(&net, &xs, args.reps, &one, args.model_memory);
         out.insert(
             "mode_a_latency_s".into(),
             a["latency"]["all"]["total_s"].clone(),

@@ -50,7 +50,13 @@ fn main() {
         spec.output_level()
     );
     let t0 = Instant::now();
-    let cal = calibrate_result_noise(&plan, &net, hospitals, Weights::Plain).expect("calibration");
+    let cal = calibrate_result_noise(
+        &std::sync::Arc::new(plan.clone()),
+        &net,
+        hospitals,
+        Weights::Plain,
+    )
+    .expect("calibration");
     println!(
         "calibration with {hospitals} parties: {:.1} s; largest noise coefficient 2^{:.1} \
          (2^{:.1} per slot, relative to the scale), bound 2^{:.1} (+{MARGIN_BITS} bits)",

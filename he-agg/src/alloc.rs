@@ -41,6 +41,21 @@ pub fn tune() {
     }
 }
 
+/// `MemAvailable` of `/proc/meminfo`, in bytes (None where there is no such file).
+pub fn available_memory() -> Option<u64> {
+    parse_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+fn parse_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let value: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => value.checked_mul(1024),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -61,5 +76,19 @@ mod tests {
             let delay = i64::from(delay);
             assert_eq!(delay, super::PURGE_DELAY_MS);
         }
+    }
+}
+
+#[cfg(test)]
+mod meminfo_tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_is_read_in_kilobytes() {
+        let text = "MemTotal:       24684132 kB\nMemFree:  1 kB\nMemAvailable:   14555748 kB\n";
+        assert_eq!(parse_available(text), Some(14_555_748 * 1024));
+        assert_eq!(parse_available("MemTotal: 5 kB\n"), None);
+        assert_eq!(parse_available("MemAvailable: 5 MB\n"), None);
+        assert_eq!(parse_available("MemAvailable: lots kB\n"), None);
     }
 }

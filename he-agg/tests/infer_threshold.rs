@@ -84,7 +84,13 @@ fn a_consortium_serves_an_encrypted_model_to_a_requester_only() {
     let mut rkg = ctx.key_generator().unwrap();
     let requester_sk = rkg.secret_key();
     let requester_pk = rkg.public_key(&requester_sk);
-    let calibration = calibrate_result_noise(&plan, &net, ids.len(), Weights::Encrypted).unwrap();
+    let calibration = calibrate_result_noise(
+        &std::sync::Arc::new(plan.clone()),
+        &net,
+        ids.len(),
+        Weights::Encrypted,
+    )
+    .unwrap();
     let (flooding, slot_error) = result_flooding(
         ctx,
         spec,
@@ -153,7 +159,13 @@ fn a_consortium_serves_an_encrypted_model_to_a_requester_only() {
         .iter()
         .fold(0f64, |m, c| m.max(c.abs()))
         / 2f64.sqrt();
-    let plain_cal = calibrate_result_noise(&plan, &net, ids.len(), Weights::Plain).unwrap();
+    let plain_cal = calibrate_result_noise(
+        &std::sync::Arc::new(plan.clone()),
+        &net,
+        ids.len(),
+        Weights::Plain,
+    )
+    .unwrap();
     assert!(
         plain_cal.measured >= plain_noise / 4.0,
         "plain-weights calibration 2^{:.1} under the noise seen 2^{:.1}",

@@ -44,7 +44,13 @@ fn keyholders_refresh_a_deep_served_network_between_its_segments() {
     let (hospitals, t) = (3u32, 2usize);
     let c = consortium(spec, hospitals, t);
     let ctx = &c.ctx;
-    let cal = calibrate_result_noise(&plan, &net, hospitals as usize, Weights::Plain).unwrap();
+    let cal = calibrate_result_noise(
+        &std::sync::Arc::new(plan.clone()),
+        &net,
+        hospitals as usize,
+        Weights::Plain,
+    )
+    .unwrap();
     let refresh = served_refresh(ctx, spec, &c.crs, cal.bound, hospitals as usize, t).unwrap();
     let (flooding, _) = served_flooding(ctx, spec, cal.bound, hospitals as usize, t).unwrap();
     let active = [1u32, 3];

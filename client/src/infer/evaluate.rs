@@ -170,7 +170,7 @@ pub fn evaluate_encrypted(opts: &EvaluateOptions) -> Result<EvaluationReport, In
             opts.packing,
             &net,
             &opts.policy,
-            batched_setup::available_memory(),
+            he_agg::alloc::available_memory(),
         )?,
         _ => None,
     };

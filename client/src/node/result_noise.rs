@@ -20,7 +20,7 @@ const FILE: &str = "result-noise.bin";
 /// when it was measured for exactly these, measured (and stored) otherwise.
 pub fn bound(
     dir: &Path,
-    plan: &InferencePlan,
+    plan: &std::sync::Arc<InferencePlan>,
     net: &Network,
     hospitals: u32,
 ) -> anyhow::Result<f64> {
@@ -40,6 +40,15 @@ pub fn bound(
         seconds = format!("{:.1}", t0.elapsed().as_secs_f64()),
         "calibrated the noise of served results (flooding sits 2^λ above the bound)"
     );
+    if cal.extremes_replaced > 0 {
+        tracing::warn!(
+            replaced = cal.extremes_replaced,
+            "the model's values leave their range on extreme images (random or saturated \
+             pixels): the noise was measured on images near its mean instead, and a request of \
+             such an image gets a result with more noise than its flooding is sized for \
+             (docs/SECURITY.md, served mode (a) of deep networks)"
+        );
+    }
     let mut bytes = key.to_vec();
     bytes.extend_from_slice(&cal.bound.to_le_bytes());
     ops::durable_file::write_private(&path, &bytes)
@@ -49,7 +58,7 @@ pub fn bound(
 
 fn cache_key(plan: &InferencePlan, net: &Network, hospitals: u32) -> anyhow::Result<[u8; 32]> {
     let mut h = blake3::Hasher::new();
-    h.update(b"HEAL result noise v2: plaintext weights");
+    h.update(b"HEAL result noise v3: plaintext weights, extremes in range");
     h.update(&plan.spec().fingerprint());
     h.update(&serde_json::to_vec(net)?);
     h.update(&hospitals.to_le_bytes());

@@ -33,6 +33,12 @@ pub struct NodeSettings {
     /// 0: any free one, written to `metrics-address` in the output directory), or "off".
     #[serde(default = "default_metrics")]
     pub metrics: String,
+    /// Mode (a) keyholders: the memory (MB) the served model's encoded weights are held in.
+    /// Segments beyond it are encoded again for each request (slower, but a ResNet's weights at
+    /// N = 2^15 exceed many hosts' memory). Default: a quarter of `MemAvailable` once the evaluation
+    /// keys are made.
+    #[serde(default)]
+    pub model_memory_mb: Option<u64>,
 }
 
 fn default_metrics() -> String {
@@ -68,6 +74,7 @@ impl Default for NodeSettings {
             reconnect_s: reconnect(),
             membership_holdout: 0.0,
             metrics: default_metrics(),
+            model_memory_mb: None,
         }
     }
 }

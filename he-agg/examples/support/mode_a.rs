@@ -38,10 +38,26 @@ fn argmax(v: &[f64]) -> usize {
 }
 
 /// Runs the measurement with rayon's current pool; prints and returns the figures.
-pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool) -> Value {
-    let t = Instant::now();
-    let plan = InferencePlan::new(net, &ParamPolicy::threshold_switched(4)).expect("mode (a) plan");
+/// `model_memory`: the bytes a keyholder holds its encoded model in (default a quarter of
+/// `MemAvailable` once the keys are made); segments beyond it are encoded per request.
+pub fn run(
+    net: &Network,
+    xs: &[Vec<f32>],
+    reps: usize,
+    one: &rayon::ThreadPool,
+    model_memory: Option<u64>,
+) -> Value {
+    let plan = std::sync::Arc::new(
+        InferencePlan::new(net, &ParamPolicy::threshold_switched(4)).expect("mode (a) plan"),
+    );
     let spec = plan.spec();
+    // calibrated first, one set of keys at a time (a ResNet's at N = 2^15 are gigabytes): its
+    // keys and segments are gone when the budget below reads what memory is left
+    let t = Instant::now();
+    let calibration = calibrate_result_noise(&plan, net, HOSPITALS as usize, Weights::Plain)
+        .expect("calibration");
+    let calibrate_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
     let c = consortium(spec, HOSPITALS, THRESHOLD);
     let key_setup_s = t.elapsed().as_secs_f64();
     let (ctx, eval, crs) = (c.ctx.clone(), &c.eval, &c.crs);
@@ -67,16 +83,23 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
 
     let mut enc = ctx.pk_encryptor(pk).expect("encryptor");
     let t = Instant::now();
-    // what each keyholder holds: its final model, encoded at the plan's parameters
-    let model = Model::plain(&plan, &ctx).expect("the model, encoded");
+    // what each keyholder holds: its final model, encoded at the plan's parameters as far as
+    // its memory allows (the rest per request)
+    let budget = model_memory
+        .or_else(|| he_agg::alloc::available_memory().map(|b| b / 4))
+        .unwrap_or(u64::MAX);
+    let model = Model::plain_within(&plan, &ctx, budget).expect("the model, encoded");
     let model_encode_s = t.elapsed().as_secs_f64();
+    let (held_segments, held_bytes) = model.held();
+    println!(
+        "mode (a) keyholder's model: {held_segments} of {} segments held encoded ({:.2} GB, budget {:.2} GB), the rest encoded per request",
+        spec.segments(),
+        held_bytes as f64 / 1e9,
+        budget as f64 / 1e9
+    );
     let mut rkg = ctx.key_generator().expect("rng");
     let req_sk = rkg.secret_key();
     let req_pk = rkg.public_key(&req_sk);
-    let t = Instant::now();
-    let calibration = calibrate_result_noise(&plan, net, HOSPITALS as usize, Weights::Plain)
-        .expect("calibration");
-    let calibrate_s = t.elapsed().as_secs_f64();
     let (flooding, slot_error) = result_flooding(
         &ctx,
         spec,
@@ -264,7 +287,7 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
         }
         drop(encrypted);
     }
-    finish(
+    let mut out = finish(
         figures,
         before,
         spec,
@@ -283,7 +306,11 @@ pub fn run(net: &Network, xs: &[Vec<f32>], reps: usize, one: &rayon::ThreadPool)
         slot_error,
         refreshes,
         refresh_share_bytes,
-    )
+    );
+    out["model_held_segments"] = json!(held_segments);
+    out["model_held_bytes"] = json!(held_bytes);
+    out["model_memory_budget_bytes"] = json!(budget);
+    out
 }
 
 /// Prints the run's parameters and sizes; the figures as JSON.

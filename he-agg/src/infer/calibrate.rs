@@ -10,7 +10,9 @@
 //! independent noises (the message cancels exactly, in the RNS words), so its largest
 //! coefficient over √2 estimates the largest noise coefficient. The bound is the largest over a
 //! random image and two saturated ones (all pixels 0, all 255), times 2^[`MARGIN_BITS`] for
-//! inputs and tails not seen.
+//! inputs and tails not seen. A network whose values leave their range on those images (a deep
+//! polynomial network's logits on random pixels are not finite) is measured on images near its
+//! normalisation's mean in their place: the noise of a blown-up evaluation sizes nothing.
 //!
 //! A plan cut into segments is measured at every segment's output (each refreshed by
 //! decrypting and encrypting afresh): the keyholders' refresh floods each segment's output as
@@ -49,6 +51,11 @@ pub struct NoiseCalibration {
     pub bound: f64,
     /// The same, relative to the output scale, in slot units (≈ coefficient·√N / Δ).
     pub relative_slot_noise: f64,
+    /// How many of the extreme images (random, black, white) left the network's value range
+    /// and were replaced by images near its mean. Not zero: the bound covers images of the
+    /// data's range only; a request of an extreme image yields a result with more noise than
+    /// the flooding is sized for (docs/SECURITY.md).
+    pub extremes_replaced: usize,
 }
 
 /// How the weights enter the evaluation whose noise is measured.
@@ -64,7 +71,7 @@ pub enum Weights {
 /// Measures the noise of `net`'s results under `plan` with keys made collectively by
 /// `hospitals` throwaway parties (see the module's documentation).
 pub fn calibrate_result_noise(
-    plan: &InferencePlan,
+    plan: &Arc<InferencePlan>,
     net: &Network,
     hospitals: usize,
     weights: Weights,
@@ -106,21 +113,14 @@ pub fn calibrate_result_noise(
     let dec = ctx.decryptor(&secret)?;
 
     let mut enc = ctx.pk_encryptor(&pk)?;
-    let pixels: usize = net.image_input().iter().product();
-    let mut random = vec![0u8; pixels];
-    for p in random.iter_mut() {
-        *p = (prng.next_u64() & 0xff) as u8;
-    }
-    let images: Vec<Vec<Plaintext>> = [random, vec![0u8; pixels], vec![255u8; pixels]]
+    let (chosen, extremes_replaced) = calibration_images(net, &mut prng)?;
+    let images: Vec<Vec<Plaintext>> = chosen
         .iter()
-        .map(|image| spec.encode_input(&ctx, &net.normalize_hwc(image)?))
+        .map(|x| spec.encode_input(&ctx, x))
         .collect::<Result<_, InferError>>()?;
-    // one encrypted model at a time (each is hundreds of MB at these parameters): every image
-    // through the first, then through the second
-    let plain = match weights {
-        Weights::Plain => Some(Model::plain(plan, &ctx)?),
-        Weights::Encrypted => None,
-    };
+    // one model at a time (each is hundreds of MB at these parameters, a ResNet's plaintext
+    // weights at N = 2^15 more than a host holds): every image through the first, then through
+    // the second, segment by segment so that each segment is encoded once per run
     // a cut plan's segment outputs are refreshed here by decrypting with the collective
     // secret and encrypting afresh (what the keyholders' refresh gives, without its flooding,
     // which is independent of the secrets): each segment's own noise is measured, at every
@@ -128,24 +128,27 @@ pub fn calibrate_result_noise(
     let mut renew_enc = ctx.sk_encryptor(&secret)?;
     let mut runs: Vec<Vec<Plaintext>> = Vec::with_capacity(2);
     for _ in 0..2 {
-        let encrypted;
-        let model = match &plain {
-            Some(m) => m,
-            None => {
-                encrypted = Model::encrypted(plan, &ctx, &mut |pt| enc.encrypt(pt))?;
-                &encrypted
-            }
+        let model = match weights {
+            Weights::Plain => Model::plain_within(plan, &ctx, 0)?,
+            Weights::Encrypted => Model::encrypted(plan, &ctx, &mut |pt| enc.encrypt(pt))?,
         };
-        let mut points = Vec::with_capacity(images.len() * spec.segments());
-        for encoded in &images {
-            let cts: Vec<Ciphertext> = encoded.iter().map(|pt| enc.encrypt(pt)).collect();
-            let out = model.evaluate_refreshed(&eval, &cts, |_, ct| {
-                points.push(dec.decrypt(&ct));
-                renew(&ctx, &dec, &mut renew_enc, &ct, spec.input_level())
-            })?;
-            points.push(dec.decrypt(&out));
+        let mut inputs: Vec<Vec<Ciphertext>> = images
+            .iter()
+            .map(|encoded| encoded.iter().map(|pt| enc.encrypt(pt)).collect())
+            .collect();
+        // points[image]: each segment's output, decrypted
+        let mut points: Vec<Vec<Plaintext>> =
+            vec![Vec::with_capacity(spec.segments()); images.len()];
+        for k in 0..spec.segments() {
+            for (cts, seen) in inputs.iter_mut().zip(points.iter_mut()) {
+                let out = model.evaluate_segment(&eval, k, cts)?;
+                seen.push(dec.decrypt(&out));
+                if k + 1 < spec.segments() {
+                    *cts = vec![renew(&ctx, &dec, &mut renew_enc, &out, spec.input_level())?];
+                }
+            }
         }
-        runs.push(points);
+        runs.push(points.into_iter().flatten().collect());
     }
     let mut measured = 0f64;
     for (a, b) in runs[0].iter().zip(&runs[1]) {
@@ -159,7 +162,55 @@ pub fn calibrate_result_noise(
         measured,
         bound,
         relative_slot_noise: measured * (ctx.n() as f64).sqrt() / out_scale,
+        extremes_replaced,
     })
+}
+
+/// Logits beyond this (the plans' output bound, `ParamPolicy::output_bits`) mark an image the
+/// network's values leave their range on.
+const VALUE_RANGE: f64 = 1024.0;
+
+/// The images calibration runs, normalised: random pixels and the two saturated images, the
+/// extremes a requester can send, where the network's logits stay finite and within
+/// [`VALUE_RANGE`] on them. A deep polynomial network's do not (a ResNet-20's logits on random
+/// pixels are not finite: its values grow through 19 quadratics), and the noise of such an
+/// evaluation measures nothing a refresh or switch could flood; for it, images near the
+/// normalisation's mean (pixels within ±32 of it) stand in, the data's own range.
+/// Also returns how many extremes were replaced.
+fn calibration_images(
+    net: &Network,
+    prng: &mut Prng,
+) -> Result<(Vec<Vec<f32>>, usize), InferError> {
+    let [c, h, w] = net.image_input();
+    let pixels = c * h * w;
+    let mut random = vec![0u8; pixels];
+    for p in random.iter_mut() {
+        *p = (prng.next_u64() & 0xff) as u8;
+    }
+    let extremes = [random, vec![0u8; pixels], vec![255u8; pixels]];
+    let mut images = Vec::with_capacity(extremes.len());
+    for image in &extremes {
+        let x = net.normalize_hwc(image)?;
+        let logits = net.forward(&x)?;
+        if logits
+            .iter()
+            .all(|v| v.is_finite() && f64::from(v.abs()) < VALUE_RANGE)
+        {
+            images.push(x);
+        }
+    }
+    let replaced = extremes.len() - images.len();
+    let mean = net.normalization().map_or(vec![0.5; c], |n| n.mean.clone());
+    while images.len() < extremes.len() {
+        let px: Vec<u8> = (0..pixels)
+            .map(|i| {
+                let noise = (prng.next_u64() % 65) as f32 - 32.0;
+                (mean[i % c] * 255.0 + noise).clamp(0.0, 255.0) as u8
+            })
+            .collect();
+        images.push(net.normalize_hwc(&px)?);
+    }
+    Ok((images, replaced))
 }
 
 /// max |a − b| over the coefficients, the difference taken in the RNS words (exact).

@@ -117,7 +117,7 @@ where
         let mut up_plain = |p: &Plaintext| engine.upload_plain(p);
         let mut up_cipher = |c: &Ciphertext| engine.upload_ct(c);
         let stages = model
-            .stages()
+            .stages()?
             .iter()
             .map(|s| s.try_map(&mut up_plain, &mut up_cipher))
             .collect::<Result<Vec<_>, GpuError>>()?;

@@ -58,7 +58,7 @@ impl Model {
         check_segment_inputs(self.ctx(), self.spec(), k, inputs)?;
         let out = run(
             &backend,
-            self.segment(k)?,
+            &self.segment(k)?,
             inputs.to_vec(),
             self.spec().step_primes(),
         )?;

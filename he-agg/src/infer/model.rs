@@ -2,7 +2,8 @@
 //! the clear at the server) or encrypted (mode a, the model encrypted under the same key as the
 //! image), and the evaluation of one encrypted image.
 
-use std::sync::Arc;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
 
 use crate::ckks::{Ciphertext, CkksContext, Plaintext};
 
@@ -138,6 +139,8 @@ pub struct Model {
     /// where each segment after the first starts (stage indices)
     cuts: Vec<usize>,
     encrypted: bool,
+    /// the segments past `stages` and how to encode them when used ([`Model::plain_within`])
+    deferred: Option<Deferred>,
 }
 
 /// The product of the last `k` moduli of `level` as a float: the scale that one rescaling step
@@ -173,6 +176,58 @@ impl Model {
     /// exactly.
     pub fn plain(plan: &InferencePlan, ctx: &Arc<CkksContext>) -> Result<Self, InferError> {
         Self::build(plan, ctx, &mut PlainEncoder, false)
+    }
+
+    /// Mode (b) weights (or a mode (a) keyholder's) held encoded only as far as `budget` bytes
+    /// allow: the first segments that fit are encoded now, each later one when it is evaluated
+    /// (the last one encoded is kept for the next image of the same request). A network whose
+    /// encoded weights exceed the host's memory (a ResNet at N = 2^15) is then served at the
+    /// cost of encoding those segments per request. With a budget that holds every segment it
+    /// is [`Model::plain`].
+    pub fn plain_within(
+        plan: &Arc<InferencePlan>,
+        ctx: &Arc<CkksContext>,
+        budget: u64,
+    ) -> Result<Self, InferError> {
+        check_context(plan, ctx)?;
+        let spec = plan.spec();
+        let mut stages = Vec::new();
+        let mut held = 0u64;
+        let mut resident = 0;
+        while resident < spec.segments() && held < budget {
+            let part = segment_of(&plan.stages, &plan.cuts, resident)?;
+            let encoded = encode_stages(part, spec, ctx, &mut PlainEncoder)?;
+            let bytes: u64 = encoded.iter().map(stage_bytes).sum();
+            if held + bytes > budget {
+                break;
+            }
+            held += bytes;
+            stages.extend(encoded);
+            resident += 1;
+        }
+        let deferred = (resident < spec.segments()).then(|| Deferred {
+            plan: plan.clone(),
+            resident,
+            last: Arc::new(Mutex::new(None)),
+        });
+        Ok(Self {
+            spec: plan.shared_spec(),
+            ctx: ctx.clone(),
+            stages,
+            cuts: plan.cuts.clone(),
+            encrypted: false,
+            deferred,
+        })
+    }
+
+    /// How many segments are held encoded (all but those [`Model::plain_within`] encodes when
+    /// used), and their bytes.
+    pub fn held(&self) -> (usize, u64) {
+        let segments = self
+            .deferred
+            .as_ref()
+            .map_or(self.spec.segments(), |d| d.resident);
+        (segments, self.stages.iter().map(stage_bytes).sum())
     }
 
     /// Mode (a): every weight, bias and activation constant encrypted by `encrypt` (under the
@@ -251,53 +306,14 @@ impl Model {
         enc: &mut dyn Encoder,
         encrypted: bool,
     ) -> Result<Self, InferError> {
-        let spec = plan.spec();
-        if ctx.params() != spec.parameters() {
-            return Err(InferError::ContextMismatch);
-        }
-        let k = spec.step_primes();
-        let mut stages = Vec::with_capacity(plan.stages.len());
-        for stage in &plan.stages {
-            stages.push(match stage {
-                Stage::Linear(l) => ModelStage::Linear(linear_ops(l, ctx, enc, k)?),
-                Stage::AddShortcut { map } => ModelStage::AddShortcut(
-                    map.as_ref()
-                        .map(|l| linear_ops(l, ctx, enc, k))
-                        .transpose()?,
-                ),
-                Stage::Save => ModelStage::Save,
-                Stage::Activation {
-                    level,
-                    scale,
-                    c,
-                    post,
-                } => {
-                    let c = match c {
-                        StageShift::Same(c) if *c == 0.0 && !enc.complete() => None,
-                        StageShift::Same(c) => {
-                            Some(Shift::Scalar(enc.scalar(ctx, *c, *level, *scale)?))
-                        }
-                        StageShift::Slots(v) => {
-                            Some(Shift::Slots(enc.operand(ctx, v, *level, *scale)?))
-                        }
-                    };
-                    let post = match post {
-                        Some(a) => {
-                            let q = step_modulus(ctx, level - k, k);
-                            Some(enc.scalar(ctx, *a, level - k, q)?)
-                        }
-                        None => None,
-                    };
-                    ModelStage::Activation { c, post }
-                }
-            });
-        }
+        check_context(plan, ctx)?;
         Ok(Self {
             spec: plan.shared_spec(),
             ctx: ctx.clone(),
-            stages,
+            stages: encode_stages(&plan.stages, plan.spec(), ctx, enc)?,
             cuts: plan.cuts.clone(),
             encrypted,
+            deferred: None,
         })
     }
 
@@ -314,16 +330,27 @@ impl Model {
         &self.ctx
     }
 
-    pub(crate) fn stages(&self) -> &[ModelStage<Plaintext, Ciphertext>] {
-        &self.stages
+    /// Every stage, the segments a [`Model::plain_within`] does not hold encoded now.
+    pub(crate) fn stages(&self) -> Result<std::borrow::Cow<'_, [HostStage]>, InferError> {
+        match &self.deferred {
+            None => Ok(std::borrow::Cow::Borrowed(&self.stages)),
+            Some(d) => {
+                let mut all = self.stages.clone();
+                for k in d.resident..self.spec.segments() {
+                    all.extend_from_slice(&d.segment(&self.ctx, k)?);
+                }
+                Ok(std::borrow::Cow::Owned(all))
+            }
+        }
     }
 
-    /// The stages of segment `k`.
-    pub(crate) fn segment(
-        &self,
-        k: usize,
-    ) -> Result<&[ModelStage<Plaintext, Ciphertext>], InferError> {
-        segment_of(&self.stages, &self.cuts, k)
+    /// The stages of segment `k`: held, or encoded now for a segment beyond the memory a
+    /// [`Model::plain_within`] was given.
+    pub(crate) fn segment(&self, k: usize) -> Result<SegmentStages<'_>, InferError> {
+        match &self.deferred {
+            Some(d) if k >= d.resident => d.segment(&self.ctx, k),
+            _ => segment_of(&self.stages, &self.cuts, k).map(SegmentStages::Held),
+        }
     }
 
     pub(crate) fn cuts(&self) -> &[usize] {
@@ -335,6 +362,133 @@ impl Model {
     }
 }
 
+pub(crate) type HostStage = ModelStage<Plaintext, Ciphertext>;
+
+/// A segment's index and its stages, encoded for use.
+type EncodedSegment = (usize, Arc<[HostStage]>);
+
+/// The segments a [`Model::plain_within`] does not hold: the plan to encode them from, and the
+/// last one encoded.
+#[derive(Clone, Debug)]
+struct Deferred {
+    plan: Arc<InferencePlan>,
+    /// segments 0..resident are held in the model's stages
+    resident: usize,
+    last: Arc<Mutex<Option<EncodedSegment>>>,
+}
+
+impl Deferred {
+    fn segment(
+        &self,
+        ctx: &Arc<CkksContext>,
+        k: usize,
+    ) -> Result<SegmentStages<'static>, InferError> {
+        // one encoding at a time: a request's images ask for the same segment in turn
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((j, stages)) = last.as_ref()
+            && *j == k
+        {
+            return Ok(SegmentStages::Encoded(stages.clone()));
+        }
+        // the one kept goes first: two segments of a ResNet at once are gigabytes
+        *last = None;
+        let part = segment_of(&self.plan.stages, &self.plan.cuts, k)?;
+        let stages: Arc<[HostStage]> =
+            encode_stages(part, self.plan.spec(), ctx, &mut PlainEncoder)?.into();
+        *last = Some((k, stages.clone()));
+        Ok(SegmentStages::Encoded(stages))
+    }
+}
+
+/// A segment's stages: held by the model, or encoded for this use.
+pub(crate) enum SegmentStages<'a> {
+    Held(&'a [HostStage]),
+    Encoded(Arc<[HostStage]>),
+}
+
+impl Deref for SegmentStages<'_> {
+    type Target = [HostStage];
+    fn deref(&self) -> &[HostStage] {
+        match self {
+            SegmentStages::Held(s) => s,
+            SegmentStages::Encoded(s) => s,
+        }
+    }
+}
+
+/// The bytes of a stage's encoded operands.
+fn stage_bytes(stage: &HostStage) -> u64 {
+    fn operand(o: &Operand<Plaintext, Ciphertext>) -> u64 {
+        let words = match o {
+            Operand::Plain(p) => p.poly.data().len(),
+            Operand::Cipher(c) => c.parts.iter().map(|p| p.data().len()).sum(),
+        };
+        8 * words as u64
+    }
+    match stage {
+        ModelStage::Linear(l) | ModelStage::AddShortcut(Some(l)) => l.operands().map(operand).sum(),
+        ModelStage::Activation {
+            c: Some(Shift::Slots(o)),
+            ..
+        } => operand(o),
+        _ => 0,
+    }
+}
+
+pub(crate) fn check_context(plan: &InferencePlan, ctx: &CkksContext) -> Result<(), InferError> {
+    if ctx.params() != plan.spec().parameters() {
+        return Err(InferError::ContextMismatch);
+    }
+    Ok(())
+}
+
+/// `stages` of a plan of `spec` with their operands encoded by `enc`.
+pub(crate) fn encode_stages(
+    stages: &[Stage],
+    spec: &InferenceSpec,
+    ctx: &Arc<CkksContext>,
+    enc: &mut dyn Encoder,
+) -> Result<Vec<HostStage>, InferError> {
+    let k = spec.step_primes();
+    let mut out = Vec::with_capacity(stages.len());
+    for stage in stages {
+        out.push(match stage {
+            Stage::Linear(l) => ModelStage::Linear(linear_ops(l, ctx, enc, k)?),
+            Stage::AddShortcut { map } => ModelStage::AddShortcut(
+                map.as_ref()
+                    .map(|l| linear_ops(l, ctx, enc, k))
+                    .transpose()?,
+            ),
+            Stage::Save => ModelStage::Save,
+            Stage::Activation {
+                level,
+                scale,
+                c,
+                post,
+            } => {
+                let c = match c {
+                    StageShift::Same(c) if *c == 0.0 && !enc.complete() => None,
+                    StageShift::Same(c) => {
+                        Some(Shift::Scalar(enc.scalar(ctx, *c, *level, *scale)?))
+                    }
+                    StageShift::Slots(v) => {
+                        Some(Shift::Slots(enc.operand(ctx, v, *level, *scale)?))
+                    }
+                };
+                let post = match post {
+                    Some(a) => {
+                        let q = step_modulus(ctx, level - k, k);
+                        Some(enc.scalar(ctx, *a, level - k, q)?)
+                    }
+                    None => None,
+                };
+                ModelStage::Activation { c, post }
+            }
+        });
+    }
+    Ok(out)
+}
+
 /// A map's operands encoded: its diagonals at the plan's weight scale, its bias at the output's.
 fn linear_ops(
     l: &LinearStage,
@@ -342,28 +496,33 @@ fn linear_ops(
     enc: &mut dyn Encoder,
     k: usize,
 ) -> Result<LinearOps<Plaintext, Ciphertext>, InferError> {
-    let giants = l
+    // every diagonal of the map at once (one level and scale), then dealt back to its term
+    let diags: Vec<&[f64]> = l
         .bsgs
         .giants
         .iter()
-        .map(|g| {
-            let terms = g
-                .terms
-                .iter()
-                .map(|t| {
-                    Ok(TermOp {
-                        input: t.input,
-                        baby: t.baby,
-                        weight: enc.operand(ctx, &t.diag, l.level, l.weight_scale)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, InferError>>()?;
-            Ok(GiantOps {
-                step: g.step,
-                terms,
-            })
-        })
-        .collect::<Result<Vec<_>, InferError>>()?;
+        .flat_map(|g| g.terms.iter().map(|t| t.diag.as_slice()))
+        .collect();
+    let mut weights = enc
+        .operands(ctx, &diags, l.level, l.weight_scale)?
+        .into_iter();
+    let mut giants = Vec::with_capacity(l.bsgs.giants.len());
+    for g in &l.bsgs.giants {
+        let mut terms = Vec::with_capacity(g.terms.len());
+        for t in &g.terms {
+            terms.push(TermOp {
+                input: t.input,
+                baby: t.baby,
+                weight: weights
+                    .next()
+                    .ok_or(InferError::ModelMismatch("a diagonal without its operand"))?,
+            });
+        }
+        giants.push(GiantOps {
+            step: g.step,
+            terms,
+        });
+    }
     let bias = match &l.bias {
         Some(b) => Some(enc.operand(ctx, b, l.level - k, l.out_scale)?),
         None if enc.complete() => {

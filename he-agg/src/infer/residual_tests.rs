@@ -321,3 +321,46 @@ fn a_residual_network_evaluates_with_plain_and_encrypted_weights() {
         }
     }
 }
+
+#[test]
+fn a_model_within_a_memory_budget_evaluates_as_the_whole_one() {
+    let net = residual_network(8, 1, 4, 3, 2, 3);
+    let plan = std::sync::Arc::new(InferencePlan::new(&net, &cutting_policy()).unwrap());
+    let spec = plan.spec();
+    let segments = spec.segments();
+    assert!(segments >= 3, "{segments} segments");
+    let k = keys_for(spec);
+    let whole = Model::plain(&plan, &k.ctx).unwrap();
+    let (all, bytes) = whole.held();
+    assert_eq!(all, segments);
+    let none = Model::plain_within(&plan, &k.ctx, 0).unwrap();
+    assert_eq!(none.held(), (0, 0));
+    let enough = Model::plain_within(&plan, &k.ctx, bytes).unwrap();
+    assert_eq!(enough.held(), (segments, bytes));
+    let part = Model::plain_within(&plan, &k.ctx, bytes / 2).unwrap();
+    let (held, held_bytes) = part.held();
+    assert!(
+        held > 0 && held < segments && held_bytes <= bytes / 2,
+        "{held} {held_bytes}"
+    );
+    // every segment gives the same ciphertext, whether held or encoded when used (twice in a
+    // row: the second from the kept encoding)
+    let mut enc = k.ctx.sk_encryptor(&k.sk).unwrap();
+    let dec = k.ctx.decryptor(&k.sk).unwrap();
+    let mut input = encrypt(&k, spec, &image(net.input_len(), 4));
+    for s in 0..segments {
+        let want = whole.evaluate_segment(&k.eval, s, &input).unwrap();
+        for model in [&none, &part, &part, &enough] {
+            assert!(
+                model.evaluate_segment(&k.eval, s, &input).unwrap() == want,
+                "segment {s}"
+            );
+        }
+        if s + 1 < segments {
+            let fresh = super::refresh::renew(&k.ctx, &dec, &mut enc, &want, spec.input_level());
+            input = vec![fresh.unwrap()];
+        }
+    }
+    // a segment past the plan is refused, encoded or not
+    assert!(none.evaluate_segment(&k.eval, segments, &input).is_err());
+}

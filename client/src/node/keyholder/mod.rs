@@ -80,7 +80,7 @@ fn sealing_context(federation: FederationId, from: u32, to: u32) -> Vec<u8> {
 enum Held {
     /// mode (a): the final model, served
     Served {
-        plan: InferencePlan,
+        plan: Arc<InferencePlan>,
         /// the calibrated bound of a result's noise, which the switching flooding sits 2^λ
         /// above
         result_noise: f64,
@@ -132,6 +132,8 @@ pub struct Keyholder {
     serving: Option<serve::Serving>,
     /// mode (a): requests of a plan cut into segments, waiting for a refresh's shares
     pending: Vec<deep::Pending>,
+    /// `[node] model_memory_mb`, in bytes
+    model_memory: Option<u64>,
 }
 
 /// The digest of a network's weights as every keyholder evaluates them (the layers; the input
@@ -161,8 +163,10 @@ impl Keyholder {
             )
         })?;
         let net = &exp.network;
-        let plan = InferencePlan::new(net, &served_policy())
-            .context("compiling the final model for serving")?;
+        let plan = Arc::new(
+            InferencePlan::new(net, &served_policy())
+                .context("compiling the final model for serving")?,
+        );
         let ctx = CkksContext::new(plan.spec().parameters().clone())?;
         let federation = cfg.federation_id()?;
         let keys = CollectiveKeys::new(plan.spec(), &ctx, &served_crs(&federation.0))?;
@@ -197,6 +201,10 @@ impl Keyholder {
             setup: None,
             serving: None,
             pending: Vec::new(),
+            model_memory: cfg
+                .node
+                .model_memory_mb
+                .map(|mb| mb.saturating_mul(1 << 20)),
         })
     }
 
@@ -264,6 +272,7 @@ impl Keyholder {
             setup: None,
             serving: None,
             pending: Vec::new(),
+            model_memory: None,
         })
     }
 

@@ -94,7 +94,25 @@ impl Keyholder {
         let evaluator = self
             .ctx
             .evaluator(keys.relinearization.as_ref(), Some(&keys.galois))?;
-        let model = Model::plain(plan, &self.ctx)?;
+        // a ResNet's weights at the served parameters (N = 2^15) can exceed the host: what does
+        // not fit is encoded per request
+        let budget = self
+            .model_memory
+            .or_else(|| he_agg::alloc::available_memory().map(|b| b / 4))
+            .unwrap_or(u64::MAX);
+        let model = Model::plain_within(plan, &self.ctx, budget)?;
+        let (held, held_bytes) = model.held();
+        if held < plan.spec().segments() {
+            tracing::warn!(
+                held,
+                segments = plan.spec().segments(),
+                held_mb = held_bytes >> 20,
+                budget_mb = budget >> 20,
+                "the served model's weights do not all fit the memory given them ([node] \
+                 model_memory_mb, default a quarter of what is available): the other segments are \
+                 encoded for each request"
+            );
+        }
         self.serving = Some(Serving {
             setup: header.setup,
             evaluator,
