@@ -118,19 +118,32 @@ pub fn calibrate_result_noise(
         .iter()
         .map(|x| spec.encode_input(&ctx, x))
         .collect::<Result<_, InferError>>()?;
-    // one model at a time (each is hundreds of MB at these parameters, a ResNet's plaintext
-    // weights at N = 2^15 more than a host holds): every image through the first, then through
-    // the second, segment by segment so that each segment is encoded once per run
+    // one encrypted model at a time (each is hundreds of MB at these parameters): every image
+    // through the first, then through the second, segment by segment so that a segment the
+    // plaintext model does not hold is encoded once per run
     // a cut plan's segment outputs are refreshed here by decrypting with the collective
     // secret and encrypting afresh (what the keyholders' refresh gives, without its flooding,
     // which is independent of the secrets): each segment's own noise is measured, at every
     // refresh point and at the result
     let mut renew_enc = ctx.sk_encryptor(&secret)?;
+    // plaintext weights encoded once for both runs, as far as a quarter of the free memory
+    // holds them (a keyholder's own budget's default); the rest per segment and run
+    let plain = match weights {
+        Weights::Plain => {
+            let budget = crate::alloc::available_memory().map_or(u64::MAX, |b| b / 4);
+            Some(Model::plain_within(plan, &ctx, budget)?)
+        }
+        Weights::Encrypted => None,
+    };
     let mut runs: Vec<Vec<Plaintext>> = Vec::with_capacity(2);
     for _ in 0..2 {
-        let model = match weights {
-            Weights::Plain => Model::plain_within(plan, &ctx, 0)?,
-            Weights::Encrypted => Model::encrypted(plan, &ctx, &mut |pt| enc.encrypt(pt))?,
+        let encrypted;
+        let model = match &plain {
+            Some(m) => m,
+            None => {
+                encrypted = Model::encrypted(plan, &ctx, &mut |pt| enc.encrypt(pt))?;
+                &encrypted
+            }
         };
         let mut inputs: Vec<Vec<Ciphertext>> = images
             .iter()
