@@ -1,14 +1,13 @@
-//! The consortium server of HEAL: provisioning, the round engine (sans-IO) and its network
+//! The consortium server of HEAL: provisioning, the federation state machine (sans-IO) and its network
 //! shell, crash-safe state, and `simulate` for a whole consortium on one machine.
 
 pub mod config;
-pub mod engine;
+pub mod federation;
 pub mod he;
 pub mod privacy_report;
 pub mod progress;
 pub mod provision;
 pub mod refusal_log;
-pub mod round;
 pub mod serve;
 pub mod server;
 pub mod simulate;

@@ -1,7 +1,7 @@
-//! `coordinator run`: the tokio shell around the [`Engine`]. It accepts hospitals over QUIC with
-//! mutual TLS, validates and stores what they send, folds updates and switching shares as they
-//! stream in, and carries out the engine's actions. Every refusal is logged and audited; the
-//! round goes on with the others.
+//! `coordinator run`: the tokio shell around the [`Federation`] state machine. It accepts
+//! hospitals over QUIC with mutual TLS, reads, decodes and stores what they send, hands updates
+//! and switching shares to the federation as they stream in, and carries out its actions. Every
+//! refusal is logged and audited; the round goes on with the others.
 
 use protocol::FederationMsg;
 use std::collections::{BTreeSet, HashMap};
@@ -20,17 +20,18 @@ use protocol::{FederationId, Link, Party, ProtocolError};
 use tracing::{info, warn};
 
 use crate::config::FederationConfig;
-use crate::engine::{Action, Engine, EngineConfig, Event, Restored};
+use crate::federation::{Action, EngineConfig, Event, Federation, Restored, Update};
 use crate::he::HeSetup;
 use crate::provision::Roster;
 use crate::refusal_log::RefusalLog;
-use crate::round::{Round, Update};
-use crate::store::{PartyRecord, Store, StoredResult, now_ms};
+use crate::store::{PartyRecord, RoundRecord, Store, StoredResult, now_ms};
 
 mod dir;
 mod metrics;
 mod rounds;
 mod setup;
+
+use rounds::UpdateHeader;
 
 pub use dir::CoordinatorDir;
 
@@ -43,14 +44,12 @@ pub struct Server {
     /// checks the hospitals' signed key material against the consortium CA
     verifier: Verifier,
     store: Store,
-    he: Option<HeSetup>,
-    backend: Box<dyn Backend>,
-    engine: Mutex<Engine>,
+    he: Option<Arc<HeSetup>>,
+    federation_state: Mutex<Federation>,
     links: Mutex<HashMap<u32, (u64, Link)>>,
     /// per hospital, held while results are sent to it: a hospital catching up gets every
     /// stored result before the next live one (it applies them in round order only)
     deliveries: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
-    round: Mutex<Round>,
     next_conn: AtomicU64,
     /// refused connections, audited in aggregate
     refusals: Mutex<RefusalLog>,
@@ -89,7 +88,7 @@ impl Server {
         let he = if cfg.he.plaintext {
             None
         } else {
-            Some(HeSetup::new(&cfg, federation)?)
+            Some(Arc::new(HeSetup::new(&cfg, federation)?))
         };
         let phase = store.phase()?;
         let mut restored = Restored::default();
@@ -113,7 +112,9 @@ impl Server {
                 restored.setup_done.insert(h);
             }
         }
-        let engine = Engine::new(
+        // the plan's bound, a whole number of samples (config checks it is at least 1)
+        let max_total_weight = cfg.he.max_total_weight.min(MAX_WEIGHT as f64) as u64;
+        let federation_state = Federation::new(
             EngineConfig {
                 hospitals: cfg.federation.hospitals,
                 threshold: cfg.threshold(),
@@ -125,6 +126,9 @@ impl Server {
             },
             restored.clone(),
             Instant::now(),
+            he.clone(),
+            backend,
+            max_total_weight,
         );
         info!(federation = %federation, committed = restored.committed, "coordinator state opened");
         let verifier = Verifier::from_files(&dir.tls()).context("the consortium CA")?;
@@ -135,11 +139,9 @@ impl Server {
             federation,
             store,
             he,
-            backend,
-            engine: Mutex::new(engine),
+            federation_state: Mutex::new(federation_state),
             links: Mutex::new(HashMap::new()),
             deliveries: Mutex::new(HashMap::new()),
-            round: Mutex::new(Round::default()),
             next_conn: AtomicU64::new(1),
             refusals: Mutex::new(RefusalLog::default()),
             refused_total: AtomicU64::new(0),
@@ -156,7 +158,7 @@ impl Server {
     ) -> anyhow::Result<()> {
         let endpoint = listen(listen_addr, &dir.tls()).context("cannot listen")?;
         info!(address = %endpoint.local_addr()?, "listening (QUIC, TLS 1.3, client certificates required)");
-        if lock(&self.engine).is_finished() {
+        if lock(&self.federation_state).is_finished() {
             info!("all rounds are committed already; serving results to late hospitals");
         }
         if let Some(addr) = self.cfg.coordinator.metrics_addr()? {
@@ -217,9 +219,13 @@ impl Server {
         Ok(())
     }
 
-    /// Feeds the engine and carries out what it decides.
+    /// Feeds the federation and carries out what it decides.
     fn feed(self: &Arc<Self>, event: Event) {
-        let actions = lock(&self.engine).handle(event);
+        let actions = lock(&self.federation_state).handle(Instant::now(), now_ms(), event);
+        self.execute_all(actions);
+    }
+
+    fn execute_all(self: &Arc<Self>, actions: Vec<Action>) {
         for action in actions {
             self.execute(action);
         }
@@ -315,7 +321,6 @@ impl Server {
                 to,
                 deadline,
             } => {
-                self.reset_round(round);
                 for h in to {
                     self.send(
                         h,
@@ -330,36 +335,30 @@ impl Server {
                 round,
                 to,
                 deadline,
-            } => {
-                self.ensure_round(round);
-                self.send(
-                    to,
-                    round,
-                    Body::Federation(FederationMsg::RoundStart {
-                        deadline_ms: deadline.as_millis() as u64,
-                    }),
-                )
-            }
-            Action::RequestSwitch {
+            } => self.send(
+                to,
+                round,
+                Body::Federation(FederationMsg::RoundStart {
+                    deadline_ms: deadline.as_millis() as u64,
+                }),
+            ),
+            Action::SwitchRequest {
                 round,
                 attempt,
                 active,
-                weights,
-            } => {
-                let me = self.clone();
-                tokio::spawn(
-                    async move { me.request_switch(round, attempt, active, weights).await },
-                );
-            }
-            Action::Deliver {
+                contributions,
+                count,
+            } => self.request_switch(round, attempt, active, contributions, count),
+            Action::Commit {
                 round,
+                phase,
+                result,
+                record,
                 targets,
-                weights,
-                switchers,
             } => {
                 let me = self.clone();
                 tokio::spawn(async move {
-                    match me.deliver(round, &targets, &weights, &switchers).await {
+                    match me.deliver(phase, &record, *result, &targets).await {
                         Ok(()) => me.feed(Event::Committed {
                             round,
                             now: Instant::now(),
@@ -367,6 +366,10 @@ impl Server {
                         Err(e) => warn!(round, "delivering the round failed: {e:#}"),
                     }
                 });
+            }
+            // the federation completes these into SwitchRequest and Commit
+            Action::RequestSwitch { round, .. } | Action::Deliver { round, .. } => {
+                warn!(round, "an engine decision reached the shell uncompleted")
             }
             Action::SendStoredResults { to, after } => {
                 let me = self.clone();
@@ -384,7 +387,7 @@ impl Server {
                 });
             }
             Action::Finish { to } => {
-                let committed = lock(&self.engine).committed();
+                let committed = lock(&self.federation_state).committed();
                 if let Err(e) = self.store.set_phase(Phase::Finished { rounds: committed }) {
                     warn!("storing the phase: {e}");
                 }
@@ -485,7 +488,7 @@ impl Server {
                     warn!(hospital = h, "refused a message: {e}");
                     self.audit(
                         Some(h),
-                        lock(&self.engine).current_round().unwrap_or(0),
+                        lock(&self.federation_state).current_round().unwrap_or(0),
                         "refused",
                         &e.to_string(),
                     );
@@ -547,16 +550,13 @@ impl Server {
                 a_seed,
                 signature,
             }) => {
-                // the digest is taken from the items as they arrive
-                let signed = Contribution {
-                    hospital: h,
+                let header = UpdateHeader {
                     weight,
                     count,
-                    items: [0; 32],
                     a_seed,
                     signature,
                 };
-                self.update(h, round, signed, msg).await
+                self.update(h, round, header, msg).await
             }
             Body::Federation(FederationMsg::SwitchShares { attempt, count }) => {
                 self.switch_shares(h, round, attempt, count, msg).await
@@ -572,8 +572,8 @@ impl Server {
             Body::Federation(FederationMsg::Metrics(m)) => {
                 // a hospital may report before the engine has heard of the commit it follows
                 let latest = {
-                    let e = lock(&self.engine);
-                    e.committed().max(e.current_round().unwrap_or(0))
+                    let f = lock(&self.federation_state);
+                    f.committed().max(f.current_round().unwrap_or(0))
                 };
                 if m.round != round || m.round == 0 || m.round > latest {
                     Err(format!(

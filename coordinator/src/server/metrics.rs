@@ -63,7 +63,7 @@ impl Server {
             "heal_finished",
             "1 once every round is committed.",
             f64::from(u8::from(
-                self.finished.load(Ordering::Relaxed) || lock(&self.engine).is_finished(),
+                self.finished.load(Ordering::Relaxed) || lock(&self.federation_state).is_finished(),
             )),
         )
         .one(

@@ -1,76 +1,66 @@
-//! A round's streams: updates read, validated and folded into the [`Round`], the closed
-//! aggregate sent for switching, switching shares folded, and the result committed and sent.
+//! A round's streams: updates and switching shares read, decoded and handed to the
+//! [`Federation`], the switch request sent, and the result committed and sent.
 
 use super::*;
 use protocol::FederationMsg;
 
+/// What a hospital's update message says before its items: what it signed besides the items'
+/// digest, which is taken as they arrive.
+pub(super) struct UpdateHeader {
+    pub weight: u64,
+    pub count: u32,
+    pub a_seed: [u8; 32],
+    pub signature: Vec<u8>,
+}
+
 impl Server {
-    pub(super) fn reset_round(&self, round: u64) {
-        // the plan's bound, a whole number of samples (config checks it is at least 1)
-        let max_total_weight = self.cfg.he.max_total_weight.min(MAX_WEIGHT as f64) as u64;
-        *lock(&self.round) = Round::new(round, now_ms(), max_total_weight);
-    }
-
-    pub(super) fn ensure_round(&self, round: u64) {
-        if lock(&self.round).number() != round {
-            self.reset_round(round);
-        }
-    }
-
-    /// An update stream: announced, read and validated, its signature checked over the items
-    /// received (encrypted federations), then folded and its signed statement kept for the
-    /// switchers. `signed.items` is filled in here.
+    /// An update stream: announced to the federation, read and decoded, its signature checked
+    /// over the items received (encrypted federations), then handed over whole.
     pub(super) async fn update(
         self: &Arc<Self>,
         h: u32,
         round: u64,
-        mut signed: Contribution,
+        header: UpdateHeader,
         mut msg: Incoming,
     ) -> Result<(), String> {
-        let (weight, count) = (signed.weight, signed.count);
-        let items = lock(&self.engine).accepts_update(h, round)?;
-        self.ensure_round(round);
-        lock(&self.round)
-            .announce(h, round, weight, count, items)
-            .map_err(|e| e.to_string())?;
+        lock(&self.federation_state).announce_update(
+            h,
+            round,
+            header.weight,
+            header.count,
+            now_ms(),
+        )?;
         // read and validate everything first: a broken upload leaves the aggregate untouched
         let read = self
-            .read_update(count, &signed.a_seed, &mut msg)
+            .read_update(header.count, &header.a_seed, &mut msg)
             .await
-            .and_then(|read| {
-                // the engine again: the round may have closed while the update streamed in
-                lock(&self.engine).accepts_update(h, round)?;
-                Ok(read)
+            .and_then(|(update, bytes, digest)| {
+                let signed = Contribution {
+                    hospital: h,
+                    weight: header.weight,
+                    count: header.count,
+                    items: digest,
+                    a_seed: header.a_seed,
+                    signature: header.signature,
+                };
+                self.check_signed_update(h, round, &signed)?;
+                Ok((signed, update, bytes))
             });
-        let read = read.and_then(|(update, bytes, digest)| {
-            signed.items = digest;
-            self.check_signed_update(h, round, &signed)?;
-            Ok((update, bytes))
-        });
-        let (update, bytes) = match read {
-            Ok(read) => read,
+        let actions = match read {
+            Ok((signed, update, bytes)) => lock(&self.federation_state).update_read(
+                Instant::now(),
+                now_ms(),
+                round,
+                signed,
+                update,
+                bytes,
+            ),
             Err(e) => {
-                lock(&self.round).abandon(h, round);
-                return Err(e);
+                lock(&self.federation_state).abandon_update(h, round);
+                Err(e)
             }
-        };
-        let batch = self.cfg.federation.hospitals as usize;
-        let he = self
-            .he
-            .as_ref()
-            .map(|he| (he, self.backend.as_ref(), batch));
-        {
-            let mut r = lock(&self.round);
-            r.fold(h, round, he, bytes, update)
-                .map_err(|e| e.to_string())?;
-            r.record_contribution(signed);
-        }
-        self.feed(Event::UpdateFolded {
-            hospital: h,
-            round,
-            weight,
-            now: Instant::now(),
-        });
+        }?;
+        self.execute_all(actions);
         Ok(())
     }
 
@@ -128,23 +118,15 @@ impl Server {
         Ok((update, bytes, digest.finish()))
     }
 
-    /// Closes the aggregate (once) and streams it to every active hospital.
-    pub(super) async fn request_switch(
-        self: Arc<Self>,
+    /// Sends the switch request to every active hospital, concurrently.
+    pub(super) fn request_switch(
+        self: &Arc<Self>,
         round: u64,
         attempt: u32,
         active: Vec<u32>,
-        weights: Vec<(u32, u64)>,
+        contributions: Vec<Contribution>,
+        count: u32,
     ) {
-        let Some(he) = self.he.as_ref() else { return };
-        let contributions = match lock(&self.round).close(round, he, attempt, &weights, &active) {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(round, "cannot ask for switching shares: {e}");
-                return;
-            }
-        };
-        let count = contributions.first().map_or(0, |c| c.count);
         let body = Body::Federation(FederationMsg::SwitchRequest {
             attempt,
             active: active.clone(),
@@ -158,7 +140,7 @@ impl Server {
             tokio::spawn(async move {
                 let sent = async { link.open(round, body).await?.finish().await };
                 match sent.await {
-                    Ok(n) => lock(&me.round).add_bytes_down(n),
+                    Ok(n) => lock(&me.federation_state).add_bytes_down(round, n),
                     Err(e) => warn!(hospital = h, round, "switch request: {e}"),
                 }
             });
@@ -177,20 +159,8 @@ impl Server {
             .he
             .as_ref()
             .ok_or("switching shares in a plaintext federation")?;
-        lock(&self.engine).accepts_switch_shares(h, round, attempt)?;
-        let (expected, level) = {
-            let r = lock(&self.round);
-            (
-                r.shares_expected().map_err(|e| e.to_string())?,
-                r.share_level(),
-            )
-        };
-        if count as usize != expected {
-            return Err(format!(
-                "{count} switching shares for an aggregate of {expected} ciphertexts"
-            ));
-        }
-        let mut got = Vec::with_capacity(expected);
+        let level = lock(&self.federation_state).announce_shares(h, round, attempt, count)?;
+        let mut got = Vec::with_capacity(count as usize);
         let mut bytes = 0u64;
         for i in 0..count {
             let item = msg
@@ -204,44 +174,31 @@ impl Server {
                     .map_err(|e| format!("share {i}: {e}"))?,
             );
         }
-        lock(&self.engine).accepts_switch_shares(h, round, attempt)?;
-        lock(&self.round)
-            .fold_shares(round, he, attempt, bytes, got)
-            .map_err(|e| e.to_string())?;
-        self.feed(Event::SwitchSharesFolded {
-            hospital: h,
-            round,
-            attempt,
-            now: Instant::now(),
-        });
+        let actions = lock(&self.federation_state).shares_read(
+            Instant::now(),
+            now_ms(),
+            h,
+            (round, attempt),
+            got,
+            bytes,
+        )?;
+        self.execute_all(actions);
         Ok(())
     }
 
-    /// Makes the round's result, commits the round with it, then sends it to every target.
+    /// Commits a round with its result (the store's phase then `phase`), then sends the
+    /// result to every target.
     pub(super) async fn deliver(
         self: &Arc<Self>,
-        round: u64,
+        phase: Phase,
+        record: &RoundRecord,
+        result: StoredResult,
         targets: &[u32],
-        weights: &[(u32, u64)],
-        switchers: &[u32],
     ) -> anyhow::Result<()> {
-        let (result, record) = lock(&self.round).result(
-            round,
-            self.he.as_ref(),
-            weights,
-            switchers,
-            targets,
-            now_ms(),
-        )?;
-        let participants = result.participants.clone();
-        let phase = if round >= self.cfg.rounds() {
-            Phase::Finished { rounds: round }
-        } else {
-            Phase::Training { committed: round }
-        };
+        let round = record.round;
         let keep = self.cfg.federation.keep_results;
-        self.store.commit_round(&record, &result, phase, keep)?;
-        info!(round, participants = ?participants, "committed round {round}");
+        self.store.commit_round(record, &result, phase, keep)?;
+        info!(round, participants = ?result.participants, "committed round {round}");
         println!("HEAL-ROUND-COMMITTED {round}");
         // the same bytes go to every hospital, concurrently
         let result = Arc::new(result);
@@ -290,7 +247,7 @@ impl Server {
             None => {
                 self.audit(
                     Some(to),
-                    lock(&self.engine).committed(),
+                    lock(&self.federation_state).committed(),
                     "no-result",
                     &format!("the results after round {after} are no longer kept"),
                 );

@@ -30,6 +30,8 @@ fn kinds(actions: &[Action]) -> Vec<&'static str> {
             Action::AnnounceRound { .. } => Some("announce"),
             Action::RequestSwitch { .. } => Some("request-switch"),
             Action::Deliver { .. } => Some("deliver"),
+            Action::SwitchRequest { .. } => Some("switch-request"),
+            Action::Commit { .. } => Some("commit"),
             Action::SendStoredResults { .. } => Some("stored-result"),
             Action::Finish { .. } => Some("finish"),
         })

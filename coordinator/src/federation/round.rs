@@ -1,8 +1,8 @@
 //! The data of the round in progress, without I/O: updates folded as they are accepted, the
 //! aggregate closed once for switching, switching shares folded per attempt, and the round's
 //! result and record made for commit. Every consistency check of what hospitals send lives
-//! here; [`crate::server`] reads and decodes the streams, asks the [`crate::engine::Engine`]
-//! whether they are wanted, and hands the decoded values over.
+//! here; [`super::Federation`] asks its engine whether a stream is wanted and hands the
+//! decoded values over.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -275,6 +275,7 @@ impl Round {
         attempt: u32,
         weights: &[(u32, u64)],
         active: &[u32],
+        now: Instant,
     ) -> Result<Vec<Contribution>, RoundError> {
         self.check_round(round)?;
         // the switchers switch exactly what they are named; the sum must hold nothing else
@@ -304,7 +305,7 @@ impl Round {
         self.attempt = attempt;
         self.active = active.to_vec();
         self.switch_acc.clear();
-        self.switch_started = Some(Instant::now());
+        self.switch_started = Some(now);
         Ok(contributions)
     }
 
@@ -369,7 +370,8 @@ impl Round {
         self.bytes_down += bytes;
     }
 
-    /// The round's result (the switched aggregate, or the plain sum) and its record, to commit.
+    /// The round's result (the switched aggregate, or the plain sum) and its record, to commit
+    /// at `now` (the wall clock's `committed_unix_ms`).
     pub fn result(
         &mut self,
         round: u64,
@@ -377,7 +379,7 @@ impl Round {
         weights: &[(u32, u64)],
         switchers: &[u32],
         receivers: &[u32],
-        committed_unix_ms: u64,
+        (now, committed_unix_ms): (Instant, u64),
     ) -> Result<(StoredResult, RoundRecord), RoundError> {
         self.check_round(round)?;
         let total_weight: u64 = weights.iter().map(|w| w.1).sum();
@@ -431,7 +433,7 @@ impl Round {
             aggregate_s: self.aggregate_s,
             switch_s: self
                 .switch_started
-                .map(|t| t.elapsed().as_secs_f64())
+                .map(|t| now.saturating_duration_since(t).as_secs_f64())
                 .unwrap_or(0.0),
             bytes_up: self.bytes_up,
             bytes_down: self.bytes_down,

@@ -1,8 +1,8 @@
-//! The round engine, sans-IO (as quinn-proto and rustls are): a state machine fed [`Event`]s
-//! (a hospital joined, an update was folded, a deadline passed) that returns [`Action`]s (send,
-//! ask for switching shares, deliver and commit). It holds decisions, not data: the tokio layer
-//! stores and folds the bytes, asks [`Engine::accepts_update`] before reading an upload, and
-//! reports back. That keeps every protocol decision testable without sockets.
+//! The federation's decisions, sans-IO: fed [`Event`]s (a hospital joined, an update was folded,
+//! a deadline passed), it returns [`Action`]s (send, ask for switching shares, deliver and
+//! commit). It holds decisions, not data: [`super::Federation`] owns it beside the round's data
+//! ([`super::round`]) and completes its decisions with that data. Every protocol decision is
+//! testable without sockets.
 //!
 //! Setup: every hospital sends its key shares; when all N have, each receives the collective
 //! public key and the others' public keys; each deals sealed Shamir shares; when all have dealt,

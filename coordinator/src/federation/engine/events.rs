@@ -1,9 +1,14 @@
-//! What goes into the round engine and what comes out: the [`Event`]s the tokio layer reports
-//! and the [`Action`]s it carries out.
+//! What goes into the federation and what comes out: the [`Event`]s the shell reports and the
+//! [`Action`]s it carries out. [`Action::RequestSwitch`] and [`Action::Deliver`] are the
+//! engine's decisions; [`crate::federation::Federation`] completes them with the round's data
+//! into [`Action::SwitchRequest`] and [`Action::Commit`], which are what the shell sees.
 
 use std::time::{Duration, Instant};
 
 use protocol::message::Phase;
+use protocol::transcript::Contribution;
+
+use crate::store::{RoundRecord, StoredResult};
 
 /// Something that happened.
 #[derive(Clone, Debug, PartialEq)]
@@ -106,6 +111,24 @@ pub enum Action {
         targets: Vec<u32>,
         weights: Vec<(u32, u64)>,
         switchers: Vec<u32>,
+    },
+    /// Send `active` the switch request of (`round`, `attempt`): the contributions they switch,
+    /// as their hospitals signed them, and the aggregate's `count` ciphertexts.
+    SwitchRequest {
+        round: u64,
+        attempt: u32,
+        active: Vec<u32>,
+        contributions: Vec<Contribution>,
+        count: u32,
+    },
+    /// Commit `round` with its result and record (the store's phase then `phase`), send the
+    /// result to `targets`, then report [`Event::Committed`].
+    Commit {
+        round: u64,
+        phase: Phase,
+        result: Box<StoredResult>,
+        record: Box<RoundRecord>,
+        targets: Vec<u32>,
     },
     /// Send the results of the committed rounds after `after`, in order (to a hospital that
     /// missed them: it applies each in turn and holds the committed model).

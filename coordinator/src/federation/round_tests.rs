@@ -42,7 +42,14 @@ fn plain_updates_are_summed_with_their_weights() {
     r.fold(3, 4, None, 12, plain(&[2.0, 1.0, 0.0])).unwrap();
     r.add_bytes_down(7);
     let (result, record) = r
-        .result(4, None, &[(1, 2), (3, 3)], &[], &[1, 3], 2_000)
+        .result(
+            4,
+            None,
+            &[(1, 2), (3, 3)],
+            &[],
+            &[1, 3],
+            (Instant::now(), 2_000),
+        )
         .unwrap();
     let sum = protocol::plain::decode_f64s(&result.items[0]).unwrap();
     assert_eq!(sum, vec![8.0, 1.0, 1.0]);
@@ -100,7 +107,9 @@ fn updates_that_do_not_fit_are_refused_and_leave_the_sums_untouched() {
         r.fold(5, 2, None, 0, plain(&[1.0, 2.0])),
         Err(RoundError::NotAnnounced)
     );
-    let (result, _) = r.result(2, None, &[(1, 1)], &[], &[1], 0).unwrap();
+    let (result, _) = r
+        .result(2, None, &[(1, 1)], &[], &[1], (Instant::now(), 0))
+        .unwrap();
     assert_eq!(
         protocol::plain::decode_f64s(&result.items[0]).unwrap(),
         vec![1.0, 2.0]
@@ -140,7 +149,14 @@ fn one_update_per_hospital_and_the_weights_stay_within_the_plan() {
     r.fold(2, 1, None, 0, plain(&[2.0])).unwrap();
     r.fold(3, 1, None, 0, plain(&[0.0])).unwrap();
     let (result, _) = r
-        .result(1, None, &[(1, 10), (2, 500), (3, 490)], &[], &[1], 0)
+        .result(
+            1,
+            None,
+            &[(1, 10), (2, 500), (3, 490)],
+            &[],
+            &[1],
+            (Instant::now(), 0),
+        )
         .unwrap();
     assert_eq!(
         protocol::plain::decode_f64s(&result.items[0]).unwrap(),
@@ -234,18 +250,18 @@ fn an_encrypted_round_is_aggregated_switched_and_decrypts_to_the_weighted_sum() 
         let weights = [(1, wa), (2, wb)];
         // the switchers are named every update folded, or none
         assert_eq!(
-            r.close(1, &he, 0, &weights[..1], &[2]),
+            r.close(1, &he, 0, &weights[..1], &[2], Instant::now()),
             Err(RoundError::Contributions {
                 named: 1,
                 folded: 2
             })
         );
         assert_eq!(
-            r.close(1, &he, 0, &[(1, wa), (2, wb + 1)], &[2]),
+            r.close(1, &he, 0, &[(1, wa), (2, wb + 1)], &[2], Instant::now()),
             Err(RoundError::Unsigned(2))
         );
         // what the switchers are sent: the signed statements, nothing of the sum
-        let sent = r.close(1, &he, 0, &weights, &[2]).unwrap();
+        let sent = r.close(1, &he, 0, &weights, &[2], Instant::now()).unwrap();
         assert_eq!(sent, signed);
         assert_eq!(r.share_level(), level, "weights {wa}, {wb}");
         let count = signed[0].count as usize;
@@ -295,14 +311,18 @@ fn an_encrypted_round_is_aggregated_switched_and_decrypts_to_the_weighted_sum() 
             Err(RoundError::Aggregation(_))
         ));
         let (mut other, _) = round_of(true);
-        other.close(1, &he, 0, &weights, &[2]).unwrap();
+        other
+            .close(1, &he, 0, &weights, &[2], Instant::now())
+            .unwrap();
         other.fold_shares(1, &he, 0, 0, other_set).unwrap();
         let (bad, _) = other
-            .result(1, Some(&he), &weights, &[2], &[1, 2], 9)
+            .result(1, Some(&he), &weights, &[2], &[1, 2], (Instant::now(), 9))
             .unwrap();
         assert!(he.codec.decrypt_sum(&target_sk, &bad.items, n).unwrap()[0].abs() > 1e6);
         r.fold_shares(1, &he, 0, 0, shares).unwrap();
-        let (result, record) = r.result(1, Some(&he), &weights, &[2], &[1, 2], 9).unwrap();
+        let (result, record) = r
+            .result(1, Some(&he), &weights, &[2], &[1, 2], (Instant::now(), 9))
+            .unwrap();
         assert_eq!(record.switchers, vec![2]);
         // the result travels as c0 and seeds: half a ciphertext of its level, sent to each
         // receiver
@@ -338,17 +358,17 @@ fn a_switch_without_every_share_gives_no_result() {
     put(&mut r, 1, 1, Some((&he, &backend, 3)), 1, update).unwrap();
     // an update folded without its signed statement cannot be switched
     assert_eq!(
-        r.close(1, &he, 0, &[(1, 1)], &[1]),
+        r.close(1, &he, 0, &[(1, 1)], &[1], Instant::now()),
         Err(RoundError::Unsigned(1))
     );
     r.record_contribution(signed);
-    r.close(1, &he, 0, &[(1, 1)], &[1]).unwrap();
+    r.close(1, &he, 0, &[(1, 1)], &[1], Instant::now()).unwrap();
     assert!(matches!(
-        r.result(1, Some(&he), &[(1, 1)], &[], &[1], 0),
+        r.result(1, Some(&he), &[(1, 1)], &[], &[1], (Instant::now(), 0)),
         Err(RoundError::MissingShares { got: 0, .. })
     ));
     assert_eq!(
-        r.close(2, &he, 1, &[(1, 1)], &[1]),
+        r.close(2, &he, 1, &[(1, 1)], &[1], Instant::now()),
         Err(RoundError::RoundEnded { got: 2, now: 1 })
     );
 }
