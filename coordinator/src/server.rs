@@ -88,7 +88,7 @@ impl Server {
         let he = if cfg.he.plaintext {
             None
         } else {
-            Some(Arc::new(HeSetup::new(&cfg, federation)?))
+            Some(Arc::new(crate::he::setup(&cfg, federation)?))
         };
         let phase = store.phase()?;
         let mut restored = Restored::default();

@@ -44,7 +44,7 @@ impl Node {
         let clip = self.cfg.he.max_update;
         let average: Result<Vec<f64>, CodecError> = match &self.he {
             Some(he) => {
-                let (codec, pool) = (he.codec.clone(), he.pool.clone());
+                let (codec, pool) = (he.setup.codec.clone(), he.pool.clone());
                 let sk = he
                     .keys
                     .receive

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use he_agg::aggregate::{AggregationPlan, UpdateCodec};
-use he_agg::ckks::{CkksContext, Parameters, Preset, PublicKey, wire};
-use he_agg::multiparty::{Crs, FloodMask};
+use he_agg::aggregate::HeSetup;
+use he_agg::ckks::{PublicKey, wire};
+use he_agg::multiparty::FloodMask;
 use protocol::link::connect;
 use protocol::message::Body;
 use protocol::tls::TlsFiles;
@@ -37,10 +37,9 @@ pub enum SessionEnd {
 
 /// Encryption material of a node.
 pub(super) struct NodeHe {
-    pub(super) ctx: Arc<CkksContext>,
-    /// How updates are encrypted and sums decrypted (the plan every party derives alike).
-    pub(super) codec: UpdateCodec,
-    pub(super) crs: Crs,
+    /// The federation's encryption, as every party derives it: context, plan, the codec that
+    /// encrypts updates and decrypts sums, the common reference string.
+    pub(super) setup: HeSetup,
     pub(super) keys: Keys,
     pub(super) collective: Option<PublicKey>,
     /// signs this hospital's key material and updates with its certificate key
@@ -121,19 +120,16 @@ impl Node {
         let he = if cfg.he.plaintext {
             None
         } else {
-            let ctx = CkksContext::new(Parameters::preset(Preset::Aggregation))?;
-            let plan = AggregationPlan::from_settings(
-                &ctx,
+            let setup = HeSetup::new(
                 &cfg.he,
                 cfg.site.hospitals as usize,
                 cfg.site.threshold as usize,
+                &federation.0,
             )
-            .context("the [he] settings do not fit the aggregation preset")?;
-            let keys = Keys::load_or_create(&ctx, &dirs.state)?;
+            .context("the federation's encryption")?;
+            let keys = Keys::load_or_create(&setup.ctx, &dirs.state)?;
             let mut he = NodeHe {
-                crs: Crs::from_federation(&federation.0),
-                codec: UpdateCodec::new(ctx.clone(), plan),
-                ctx,
+                setup,
                 keys,
                 collective: None,
                 signer: Arc::new(Signer::from_files(&tls).context("this hospital's kit")?),
@@ -188,7 +184,7 @@ impl Node {
         let n = data.manifest.total;
         // never more items than the model needs (a peer cannot make this allocate without bound)
         let max_items = match &he {
-            Some(he) => he.codec.ciphertexts_for(n),
+            Some(he) => he.setup.codec.ciphertexts_for(n),
             None => protocol::plain::max_items(n),
         };
         let switch_record = SwitchRecordFile::new(&dirs.state);
@@ -413,7 +409,7 @@ impl Node {
                 // under this hospital's own share of the collective secret: only c0 and a seed
                 // travel, and the switchers make the sum's c1 from the signed seeds
                 let sk = he.keys.share.clone();
-                let (codec, pool) = (he.codec.clone(), he.pool.clone());
+                let (codec, pool) = (he.setup.codec.clone(), he.pool.clone());
                 let signer = he.signer.clone();
                 let update = (self.federation, round, self.index, weight);
                 tokio::task::spawn_blocking(move || {
@@ -489,7 +485,7 @@ impl Node {
 /// The collective public key of setup, from the peers' keys.
 pub(super) fn apply_peers(he: &mut NodeHe, peers: &PeerKeys) -> anyhow::Result<()> {
     he.collective = Some(
-        wire::decode_public_key(&he.ctx, &peers.collective_public_key)
+        wire::decode_public_key(&he.setup.ctx, &peers.collective_public_key)
             .context("collective public key")?,
     );
     Ok(())

@@ -76,7 +76,7 @@ impl Node {
             link.send(0, body).await?;
             return Ok(());
         }
-        let (ctx, crs) = (he.ctx.clone(), he.crs.clone());
+        let (ctx, crs) = (he.setup.ctx.clone(), he.setup.crs.clone());
         let share = &he.keys.share;
         let exchange = he.keys.exchange.public();
         let public_key_share = he.keys.key_shares_message(|| {
@@ -129,7 +129,11 @@ impl Node {
             public_key_share: own_share,
             exchange_key: he.keys.exchange.public(),
         };
-        let (ctx, crs, verifier) = (he.ctx.clone(), he.crs.clone(), he.verifier.clone());
+        let (ctx, crs, verifier) = (
+            he.setup.ctx.clone(),
+            he.setup.crs.clone(),
+            he.verifier.clone(),
+        );
         let parties = parties.to_vec();
         // N signatures and N key shares: off the runtime
         let peers = tokio::task::spawn_blocking(move || {
@@ -153,7 +157,7 @@ impl Node {
         let ids: Vec<u32> = (1..=n).collect();
         let mut prng = Prng::from_os()?;
         let shares = deal(
-            &he.ctx,
+            &he.setup.ctx,
             &he.keys.share,
             self.index,
             &ids,
@@ -164,7 +168,7 @@ impl Node {
         let contribution = group_key::contribution(&mut prng);
         let mut sealed: Vec<SealedShare> = Vec::new();
         for s in &shares {
-            let payload = dealt_payload(&mpw::encode_shamir_share(&he.ctx, s), &contribution);
+            let payload = dealt_payload(&mpw::encode_shamir_share(&he.setup.ctx, s), &contribution);
             if s.to() == self.index {
                 write_secret(&self.dirs.state.join("own-share.bin"), &payload)?;
                 continue;
@@ -226,7 +230,7 @@ impl Node {
         );
         let (own_share, own_contribution) = split_payload(&own).context("own-share.bin")?;
         let mut shares =
-            vec![mpw::decode_shamir_share(&he.ctx, own_share).context("own-share.bin")?];
+            vec![mpw::decode_shamir_share(&he.setup.ctx, own_share).context("own-share.bin")?];
         let mut contributions = vec![(self.index, own_contribution)];
         for SealedShare {
             peer: from,
@@ -264,7 +268,7 @@ impl Node {
             );
             let (share_bytes, contribution) = split_payload(&opened)
                 .with_context(|| format!("the share from hospital {from}"))?;
-            let share = mpw::decode_shamir_share(&he.ctx, share_bytes)
+            let share = mpw::decode_shamir_share(&he.setup.ctx, share_bytes)
                 .with_context(|| format!("the share from hospital {from}"))?;
             if share.from() != *from || share.to() != self.index {
                 bail!(
@@ -278,15 +282,15 @@ impl Node {
         }
         let ids: Vec<u32> = (1..=self.cfg.site.hospitals).collect();
         let ts = ThresholdSecret::combine(
-            &he.ctx,
+            &he.setup.ctx,
             self.index,
             self.cfg.site.threshold as usize,
             &ids,
             &shares,
         )?;
-        let (rsk, rpk) = group_key::derive(&he.ctx, &self.federation.0, &ids, &contributions)
+        let (rsk, rpk) = group_key::derive(&he.setup.ctx, &self.federation.0, &ids, &contributions)
             .context("deriving the consortium receiving key")?;
-        he.keys.save_setup(&he.ctx, ts, rsk, rpk)?;
+        he.keys.save_setup(&he.setup.ctx, ts, rsk, rpk)?;
         link.send(
             0,
             setup_done_body(he, self.federation, self.index).context("setup was just stored")?,

@@ -75,19 +75,21 @@ impl Node {
             .iter()
             .map(|c| (c.hospital, c.weight))
             .collect();
-        let keys = ts.weighted_shares(&he.ctx, active, &signed)?;
-        let plan = he.codec.plan();
+        let keys = ts.weighted_shares(&he.setup.ctx, active, &signed)?;
+        let plan = he.setup.codec.plan();
         let weights_f: Vec<f64> = weights.iter().map(|&w| w as f64).collect();
         let flooding = plan.flooding(&weights_f)?;
         // shares a level lower where the signed weights leave the room (the coordinator and
         // every receiver reckon the same)
-        let rescale = plan.result_level(&he.ctx, &weights_f, active.len()) < plan.level;
-        let proto = ReceiveSwitch::new(&he.ctx, flooding, active.len());
+        let rescale = plan.result_level(&he.setup.ctx, &weights_f, active.len()) < plan.level;
+        let proto = ReceiveSwitch::new(&he.setup.ctx, flooding, active.len());
         // this switcher's mask of ciphertext k is bound to the contributions and the set
         let seeds: Vec<_> = (0..count as usize)
             .map(|k| {
                 let digest = transcript::switch_digest(round, contributions, k);
-                he.crs.receive_switch_seed(&digest, self.index, active)
+                he.setup
+                    .crs
+                    .receive_switch_seed(&digest, self.index, active)
             })
             .collect();
         let a_seeds: Vec<Vec<[u8; 32]>> = (0..count as usize)
@@ -113,7 +115,7 @@ impl Node {
         let prepared = masks.is_some();
         let (level, scale) = (plan.level, plan.scale);
         let receive_sk = receive.sk.clone();
-        let (ctx, pool) = (he.ctx.clone(), he.pool.clone());
+        let (ctx, pool) = (he.setup.ctx.clone(), he.pool.clone());
         let shares: Vec<Vec<u8>> =
             tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Vec<u8>>> {
                 pool.install(|| {
@@ -189,8 +191,13 @@ impl Node {
         if he.keys.receive.is_none() {
             return;
         }
-        let (ctx, pool, level) = (he.ctx.clone(), he.pool.clone(), he.codec.plan().level);
+        let (ctx, pool, level) = (
+            he.setup.ctx.clone(),
+            he.pool.clone(),
+            he.setup.codec.plan().level,
+        );
         let flooding = he
+            .setup
             .codec
             .plan()
             .flooding(&shape.weights.iter().map(|&w| w as f64).collect::<Vec<_>>());

@@ -212,7 +212,7 @@ fn own_update(
 #[test]
 fn an_encrypted_round_is_aggregated_switched_and_decrypts_to_the_weighted_sum() {
     let cfg = FederationConfig::from_toml(CFG).unwrap();
-    let he = HeSetup::new(&cfg, FederationId([7; 16])).unwrap();
+    let he = crate::he::setup(&cfg, FederationId([7; 16])).unwrap();
     let (secrets, held) = two_hospitals(&he);
     let target_sk = he.ctx.key_generator().unwrap().secret_key();
     let n = 3 * he.ctx.n() / 2;
@@ -350,7 +350,7 @@ fn an_encrypted_round_is_aggregated_switched_and_decrypts_to_the_weighted_sum() 
 #[test]
 fn a_switch_without_every_share_gives_no_result() {
     let cfg = FederationConfig::from_toml(CFG).unwrap();
-    let he = HeSetup::new(&cfg, FederationId([8; 16])).unwrap();
+    let he = crate::he::setup(&cfg, FederationId([8; 16])).unwrap();
     let (secrets, _) = two_hospitals(&he);
     let (update, signed) = own_update(&he, &secrets[0], (1, 1), &[0.5; 10]);
     let mut r = Round::new(1, 0, MAX_TOTAL);

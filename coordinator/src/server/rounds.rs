@@ -102,7 +102,10 @@ impl Server {
             bytes += item.len() as u64;
             digest.push(&item);
             match &self.he {
-                Some(he) => cts.push(he.decode_update(i as usize, &item, a_seed)?),
+                Some(he) => cts.push(
+                    he.decode_update(i as usize, &item, a_seed)
+                        .map_err(|e| e.to_string())?,
+                ),
                 None => plain.push(
                     protocol::plain::decode_f32s(&item).map_err(|e| format!("item {i}: {e}"))?,
                 ),

@@ -16,6 +16,7 @@ mod error;
 mod plan;
 mod select;
 mod settings;
+mod setup;
 mod shape;
 
 pub use aggregator::{Aggregator, DEFAULT_BATCH, MAX_WEIGHT};
@@ -29,6 +30,7 @@ pub use error::AggregateError;
 pub use plan::AggregationPlan;
 pub use select::{BackendChoice, select_backend};
 pub use settings::HeSettings;
+pub use setup::{HeSetup, SetupError, ShareError};
 pub use shape::Shape;
 
 #[cfg(test)]
