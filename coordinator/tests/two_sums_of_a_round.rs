@@ -15,7 +15,7 @@ use protocol::Party;
 use protocol::link::{Link, accept_connection, listen};
 use protocol::message::{Body, Phase};
 use protocol::tls::TlsFiles;
-use protocol::transcript::{Contribution, Signer, Statement};
+use protocol::transcript::{Contribution, Signer};
 
 mod common;
 use common::{Fed, Procs, config, free_port, start_hospital, trained};
@@ -27,23 +27,9 @@ fn contribution(fed: &Fed, hospital: u32, weight: u64) -> Contribution {
         Signer::from_files(&TlsFiles::in_dir(&fed.hospital_dirs[hospital as usize - 1])).unwrap();
     let items = [hospital as u8; 32];
     let a_seed = [hospital as u8 + 100; 32];
-    let signature = signer.sign(&Statement::Update {
-        federation: fed.federation,
-        round: 2,
-        hospital,
-        weight,
-        count: 1,
-        items,
-        a_seed,
-    });
-    Contribution {
-        hospital,
-        weight,
-        count: 1,
-        items,
-        a_seed,
-        signature,
-    }
+    let header = Contribution::new(hospital, weight, 1, items, a_seed);
+    let signature = signer.sign(&header.statement(fed.federation, 2));
+    header.signed(signature)
 }
 
 /// Accepts hospital 1 (held round 1), welcomes it into training, and asks it to switch round

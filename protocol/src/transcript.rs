@@ -186,6 +186,32 @@ pub struct Contribution {
 }
 
 impl Contribution {
+    /// The one constructor of an update's header: what `hospital` states of its update of
+    /// `count` items whose digest is `items` ([`digest_items`]), weighing `weight`, whose a's
+    /// derive from `a_seed`. Unsigned until [`Contribution::signed`]; what is signed is
+    /// [`Contribution::statement`].
+    pub fn new(hospital: u32, weight: u64, count: u32, items: [u8; 32], a_seed: [u8; 32]) -> Self {
+        Self {
+            hospital,
+            weight,
+            count,
+            items,
+            a_seed,
+            signature: Vec::new(),
+        }
+    }
+
+    /// [`Contribution::new`] of the update's items themselves.
+    pub fn of_items(hospital: u32, weight: u64, items: &[Vec<u8>], a_seed: [u8; 32]) -> Self {
+        let digest = digest_items(items.iter().map(Vec::as_slice));
+        Self::new(hospital, weight, items.len() as u32, digest, a_seed)
+    }
+
+    /// The header with its hospital's signature of [`Contribution::statement`].
+    pub fn signed(self, signature: Vec<u8>) -> Self {
+        Self { signature, ..self }
+    }
+
     pub fn statement(&self, federation: FederationId, round: u64) -> Statement {
         Statement::Update {
             federation,

@@ -257,15 +257,9 @@ pub fn sign_update(
     a_seed: &[u8; 32],
 ) -> Vec<u8> {
     let (federation, round, hospital, weight) = update;
-    signer.sign(&Statement::Update {
-        federation,
-        round,
-        hospital,
-        weight,
-        count: items.len() as u32,
-        items: transcript::digest_items(items.iter().map(Vec::as_slice)),
-        a_seed: *a_seed,
-    })
+    signer.sign(
+        &Contribution::of_items(hospital, weight, items, *a_seed).statement(federation, round),
+    )
 }
 
 /// A switch request's contributions are each signed by their hospital (with its setup

@@ -29,14 +29,7 @@ fn plaintext(hospitals: u32, rounds: u64) -> Federation {
 }
 
 fn signed(hospital: u32, weight: u64) -> Contribution {
-    Contribution {
-        hospital,
-        weight,
-        count: 1,
-        items: [0; 32],
-        a_seed: [0; 32],
-        signature: Vec::new(),
-    }
+    Contribution::new(hospital, weight, 1, [0; 32], [0; 32])
 }
 
 /// Hospitals 1..=n join with updates of one item.

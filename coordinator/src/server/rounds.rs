@@ -35,14 +35,9 @@ impl Server {
             .read_update(header.count, &header.a_seed, &mut msg)
             .await
             .and_then(|(update, bytes, digest)| {
-                let signed = Contribution {
-                    hospital: h,
-                    weight: header.weight,
-                    count: header.count,
-                    items: digest,
-                    a_seed: header.a_seed,
-                    signature: header.signature,
-                };
+                let signed =
+                    Contribution::new(h, header.weight, header.count, digest, header.a_seed)
+                        .signed(header.signature);
                 self.check_signed_update(h, round, &signed)?;
                 Ok((signed, update, bytes))
             });
