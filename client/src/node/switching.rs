@@ -4,7 +4,7 @@
 //! the signed updates' seeds and weights: the coordinator sends nothing else.
 
 use anyhow::Context;
-use he_agg::aggregate::item_seed;
+use he_agg::aggregate::RoundSwitch;
 use he_agg::multiparty::{FloodMask, ReceiveSwitch, UpdateSum, wire as mpw};
 use he_agg::ring::Prng;
 use protocol::FederationMsg;
@@ -32,7 +32,7 @@ impl Node {
             round,
             attempt,
             ref active,
-            ref weights,
+            weights: _,
             ref contributions,
             count,
             prepared,
@@ -76,30 +76,18 @@ impl Node {
             .map(|c| (c.hospital, c.weight))
             .collect();
         let keys = ts.weighted_shares(&he.setup.ctx, active, &signed)?;
+        // what is switched, as the coordinator reckons it: the level (a level lower where the
+        // signed weights leave the room), this switcher's mask seed of each ciphertext (bound to
+        // the contributions and the set), the seeds of the summed a's
+        let (digests, switched) = transcript::switch_inputs(round, contributions, count as usize);
+        let switch = RoundSwitch::new(&he.setup, digests, switched, active.to_vec());
         let plan = he.setup.codec.plan();
-        let weights_f: Vec<f64> = weights.iter().map(|&w| w as f64).collect();
-        let flooding = plan.flooding(&weights_f)?;
-        // shares a level lower where the signed weights leave the room (the coordinator and
-        // every receiver reckon the same)
-        let rescale = plan.result_level(&he.setup.ctx, &weights_f, active.len()) < plan.level;
-        let proto = ReceiveSwitch::new(&he.setup.ctx, flooding, active.len());
-        // this switcher's mask of ciphertext k is bound to the contributions and the set
-        let seeds: Vec<_> = (0..count as usize)
-            .map(|k| {
-                let digest = transcript::switch_digest(round, contributions, k);
-                he.setup
-                    .crs
-                    .receive_switch_seed(&digest, self.index, active)
-            })
+        let rescale = switch.rescaled();
+        let proto = switch.switcher(&he.setup)?;
+        let seeds: Vec<_> = (0..switch.count())
+            .map(|k| switch.mask_seed(&he.setup, k, self.index))
             .collect();
-        let a_seeds: Vec<Vec<[u8; 32]>> = (0..count as usize)
-            .map(|k| {
-                contributions
-                    .iter()
-                    .map(|c| item_seed(&c.a_seed, k))
-                    .collect()
-            })
-            .collect();
+        let a_seeds: Vec<Vec<[u8; 32]>> = (0..switch.count()).map(|k| switch.a_seeds(k)).collect();
         // flooding made ahead is used only where the participant says it fits this request
         let mut masks: Option<Vec<FloodMask>> = None;
         if let Some(handle) = self.prepared.take()

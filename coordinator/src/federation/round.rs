@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use he_agg::aggregate::{Aggregator, Backend, MAX_WEIGHT, Shape};
+use he_agg::aggregate::{Aggregator, Backend, MAX_WEIGHT, RoundSwitch, Shape};
 use he_agg::ckks::Ciphertext;
 use he_agg::multiparty::{KeySwitchShare, ReceiveSwitch, wire};
 use protocol::transcript::{self, Contribution};
@@ -94,13 +94,10 @@ pub struct Round {
     plain: Vec<f64>,
     /// the sum of the updates' c0 (each update is under its hospital's own secret)
     aggregate: Option<Arc<Vec<Ciphertext>>>,
-    /// what the switchers' masks are derived from, per ciphertext: the contributions switched
-    input_digests: Vec<[u8; 32]>,
     attempt: u32,
-    /// the switchers of this attempt, as named in its request
-    active: Vec<u32>,
-    /// the level the switching shares come at (`AggregationPlan::result_level`)
-    share_level: usize,
+    /// this attempt's switch (the switchers as named in its request, the digests their masks
+    /// are bound to, the level their shares come at), as every switcher reckons it
+    switch: Option<RoundSwitch>,
     /// accumulated switching share per ciphertext (towards the consortium receiving key)
     switch_acc: Vec<Option<KeySwitchShare>>,
     started_unix_ms: u64,
@@ -297,13 +294,9 @@ impl Round {
             self.aggregate_s = t.elapsed().as_secs_f64();
         }
         let count = self.shares_expected()?;
-        self.input_digests = (0..count)
-            .map(|k| transcript::switch_digest(round, &contributions, k))
-            .collect();
-        let weights: Vec<f64> = weights.iter().map(|&(_, w)| w as f64).collect();
-        self.share_level = he.plan.result_level(&he.ctx, &weights, active.len());
+        let (digests, switched) = transcript::switch_inputs(round, &contributions, count);
+        self.switch = Some(RoundSwitch::new(he, digests, switched, active.to_vec()));
         self.attempt = attempt;
-        self.active = active.to_vec();
         self.switch_acc.clear();
         self.switch_started = Some(now);
         Ok(contributions)
@@ -311,7 +304,7 @@ impl Round {
 
     /// The level of this attempt's switching shares.
     pub fn share_level(&self) -> usize {
-        self.share_level
+        self.switch.as_ref().map_or(0, RoundSwitch::level)
     }
 
     /// How many switching shares one hospital sends for the closed aggregate.
@@ -342,16 +335,17 @@ impl Round {
                 want,
             });
         }
-        let proto = switch(he)?;
+        let proto = combiner(he)?;
+        let share_level = self.share_level();
         if self.switch_acc.is_empty() {
             self.switch_acc = vec![None; want];
         }
         // check every share before adding any: a refused stream leaves the sums untouched
-        if let Some(s) = shares.iter().find(|s| s.level() != self.share_level) {
+        if let Some(s) = shares.iter().find(|s| s.level() != share_level) {
             return Err(RoundError::Aggregation(format!(
                 "a switching share at level {}, where this round's are at {}",
                 s.level(),
-                self.share_level
+                share_level
             )));
         }
         for (slot, share) in self.switch_acc.iter_mut().zip(shares) {
@@ -386,7 +380,8 @@ impl Round {
         let items = match he {
             Some(he) => {
                 let aggregate = self.aggregate.clone().ok_or(RoundError::NoAggregate)?;
-                let proto = switch(he)?;
+                let proto = combiner(he)?;
+                let switch = self.switch.as_ref().ok_or(RoundError::NoAggregate)?;
                 let acc = std::mem::take(&mut self.switch_acc);
                 let complete = acc.iter().filter(|s| s.is_some()).count();
                 if acc.len() != aggregate.len() || complete != acc.len() {
@@ -397,15 +392,10 @@ impl Round {
                 }
                 let mut items = Vec::with_capacity(acc.len());
                 let shares = acc.into_iter().flatten();
-                for ((ct, share), digest) in aggregate.iter().zip(shares).zip(&self.input_digests) {
+                for (k, (ct, share)) in aggregate.iter().zip(shares).enumerate() {
                     // each switcher masked its share with an a_i the receivers expand
-                    let seeds = self
-                        .active
-                        .iter()
-                        .map(|&i| he.crs.receive_switch_seed(digest, i, &self.active))
-                        .collect();
-                    let switched = proto
-                        .finalize(ct, share, seeds)
+                    let switched = switch
+                        .finalize(he, &proto, k, ct, share)
                         .map_err(|e| RoundError::Aggregation(e.to_string()))?;
                     items.push(wire::encode_switched_result(&he.ctx, &switched));
                 }
@@ -442,13 +432,9 @@ impl Round {
     }
 }
 
-/// Sums and finishes switching shares (the flooding's size plays no part in either).
-fn switch(he: &HeSetup) -> Result<ReceiveSwitch, RoundError> {
-    let flooding = he
-        .plan
-        .flooding(&[1.0])
-        .map_err(|e| RoundError::Aggregation(e.to_string()))?;
-    Ok(ReceiveSwitch::new(&he.ctx, flooding, 1))
+/// Sums and finishes switching shares.
+fn combiner(he: &HeSetup) -> Result<ReceiveSwitch, RoundError> {
+    RoundSwitch::combiner(he).map_err(|e| RoundError::Aggregation(e.to_string()))
 }
 
 #[cfg(test)]
