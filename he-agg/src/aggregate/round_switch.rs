@@ -145,13 +145,13 @@ mod tests {
             setup.plan.result_level(&setup.ctx, &[10.0, 30.0], 2)
         );
         assert_eq!(s.rescaled(), s.level() < setup.plan.level);
-        for k in 0..2 {
+        for (k, digest) in digests.iter().enumerate() {
             assert_eq!(
                 s.a_seeds(k),
                 vec![item_seed(&[7; 32], k), item_seed(&[9; 32], k)]
             );
             for i in [1, 3] {
-                let want = setup.crs.receive_switch_seed(&digests[k], i, &[1, 3]);
+                let want = setup.crs.receive_switch_seed(digest, i, &[1, 3]);
                 assert_eq!(s.mask_seed(&setup, k, i), want);
             }
         }
