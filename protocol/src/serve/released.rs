@@ -75,6 +75,21 @@ pub fn keys_id<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> KeysId {
     *h.finalize().as_bytes()
 }
 
+/// A model's input preparation as a server tells it: JSON (of `datasets::InputPreparation`)
+/// within [`MAX_ARCHITECTURE_BYTES`], or empty when the model does not say.
+pub fn check_input_preparation(prep: &str) -> Result<(), String> {
+    if prep.len() > MAX_ARCHITECTURE_BYTES {
+        return Err(format!(
+            "the model's input preparation is {} bytes; at most {MAX_ARCHITECTURE_BYTES} are accepted",
+            prep.len()
+        ));
+    }
+    if !prep.is_empty() && serde_json::from_str::<serde_json::Value>(prep).is_err() {
+        return Err("the model's input preparation is not JSON".into());
+    }
+    Ok(())
+}
+
 /// What a server serves (answer to [`Body::InferInfoRequest`](crate::Body::InferInfoRequest)).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
@@ -94,15 +109,47 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
-    /// [`check_model_description`] of what it describes, and its input preparation bounded.
+    /// What a server tells of a model, checked as every requester checks it ([`Self::check`]):
+    /// a server never serves a description its requesters refuse. No input preparation until
+    /// [`Self::set_input_preparation`].
+    pub fn new(
+        name: impl Into<String>,
+        architecture: String,
+        class_names: Vec<String>,
+        fingerprint: [u8; 32],
+        max_images: u32,
+    ) -> Result<Self, String> {
+        let info = Self {
+            name: name.into(),
+            architecture,
+            class_names,
+            fingerprint,
+            max_images,
+            input_preparation: String::new(),
+        };
+        info.check()?;
+        Ok(info)
+    }
+
+    /// Sets how image files are made into inputs ([`check_input_preparation`]).
+    pub fn set_input_preparation(&mut self, prep: String) -> Result<(), String> {
+        check_input_preparation(&prep)?;
+        self.input_preparation = prep;
+        Ok(())
+    }
+
+    /// The one check of a model's description, by whoever receives or serves it:
+    /// [`check_model_description`], its name bounded, its input preparation
+    /// ([`check_input_preparation`]).
     pub fn check(&self) -> Result<(), String> {
         check_model_description(&self.architecture, &self.class_names)?;
-        if self.input_preparation.len() > MAX_ARCHITECTURE_BYTES
-            || self.name.len() > MAX_CLASS_NAME_BYTES
-        {
-            return Err("the model's name or input preparation exceeds the limits".into());
+        if self.name.len() > MAX_CLASS_NAME_BYTES {
+            return Err(format!(
+                "the model's name is {} bytes; at most {MAX_CLASS_NAME_BYTES} are accepted",
+                self.name.len()
+            ));
         }
-        Ok(())
+        check_input_preparation(&self.input_preparation)
     }
 }
 
@@ -223,5 +270,29 @@ mod tests {
         assert!(e.unwrap_err().contains("4097 classes"));
         let e = check_model_description("{}", &names(2, MAX_CLASS_NAME_BYTES + 1));
         assert!(e.unwrap_err().contains("257 bytes"));
+    }
+
+    #[test]
+    fn a_model_info_is_made_and_checked_as_requesters_check_it() {
+        let names = vec!["a".to_string(), "b".to_string()];
+        let info = ModelInfo::new("net", "{}".into(), names.clone(), [1; 32], 4).unwrap();
+        assert!(info.check().is_ok() && info.input_preparation.is_empty());
+        let long = "n".repeat(MAX_CLASS_NAME_BYTES + 1);
+        let e = ModelInfo::new(long, "{}".into(), names.clone(), [1; 32], 4).unwrap_err();
+        assert!(e.contains(&MAX_CLASS_NAME_BYTES.to_string()), "{e}");
+        let mut info = info;
+        assert!(
+            info.set_input_preparation("{\"resize\": \"crop\"}".into())
+                .is_ok()
+        );
+        let e = info.set_input_preparation("not json".into()).unwrap_err();
+        assert!(e.contains("not JSON"), "{e}");
+        // the refused one is not kept
+        assert_eq!(info.input_preparation, "{\"resize\": \"crop\"}");
+        let big = format!("\"{}\"", "x".repeat(MAX_ARCHITECTURE_BYTES));
+        assert!(check_input_preparation(&big).is_err());
+        // what a requester receives is checked the same way
+        info.input_preparation = "not json".into();
+        assert!(info.check().is_err());
     }
 }

@@ -20,7 +20,7 @@ use he_agg::multiparty::{RelinKeyShare2, wire as mpw};
 use he_agg::train::HeadPlan;
 use protocol::serve::collective::{KeyholderRound1, KeyholderShares, ServingKeys};
 use protocol::serve::head::{HeadJob, HeadTraining};
-use protocol::serve::released::{MAX_ARCHITECTURE_BYTES, ModelInfo, check_model_description};
+use protocol::serve::released::{ModelInfo, check_input_preparation, check_model_description};
 use protocol::{Body, FederationId};
 
 pub use super::round1::Round1Stream;
@@ -171,8 +171,9 @@ impl ServedKeys {
         if c.info.fingerprint != saved.fingerprint {
             return Err(invalid("the saved state is for another plan"));
         }
-        check_prep(&saved.input_preparation)?;
-        c.info.input_preparation = saved.input_preparation.clone();
+        c.info
+            .set_input_preparation(saved.input_preparation.clone())
+            .map_err(invalid)?;
         let pk =
             wire::decode_public_key(&c.ctx, &saved.public_key).map_err(|e| KeysError::Item {
                 index: 0,
@@ -264,7 +265,7 @@ impl ServedKeys {
         if header.sealed.iter().any(|(_, b)| b.len() != sealed_len) {
             return Err(invalid(format!("a sealed share is not {sealed_len} bytes")));
         }
-        check_prep(&header.input_preparation)?;
+        check_input_preparation(&header.input_preparation).map_err(invalid)?;
         if let Some(other) = self
             .relayed
             .values()
@@ -304,14 +305,14 @@ impl ServedKeys {
             .map_err(|e| invalid(format!("parameters: {e}")))?;
         let keys = CollectiveKeys::new(plan.spec(), &ctx, &served_crs(&self.federation.0))
             .map_err(|e| invalid(e.to_string()))?;
-        let info = ModelInfo {
-            name: "federated model (mode a: evaluated by its keyholders)".into(),
-            architecture: architecture.to_string(),
-            class_names: class_names.to_vec(),
-            fingerprint: plan.spec().fingerprint(),
-            max_images: self.max_images,
-            input_preparation: String::new(),
-        };
+        let info = ModelInfo::new(
+            "federated model (mode a: evaluated by its keyholders)",
+            architecture.to_string(),
+            class_names.to_vec(),
+            plan.spec().fingerprint(),
+            self.max_images,
+        )
+        .map_err(invalid)?;
         Ok(Compiled {
             plan: KeyPlan::Served {
                 plan,
@@ -353,14 +354,14 @@ impl ServedKeys {
             training: Some(training.clone()),
             ..job.clone()
         };
-        let info = ModelInfo {
-            name: "head training on encrypted features".into(),
-            architecture: told.to_architecture(),
-            class_names: class_names.to_vec(),
-            fingerprint: plan.fingerprint(),
-            max_images: 0,
-            input_preparation: String::new(),
-        };
+        let info = ModelInfo::new(
+            "head training on encrypted features",
+            told.to_architecture(),
+            class_names.to_vec(),
+            plan.fingerprint(),
+            0,
+        )
+        .map_err(invalid)?;
         Ok(Compiled {
             plan: KeyPlan::Head { plan, job },
             ctx,
@@ -400,7 +401,7 @@ impl ServedKeys {
             self.input_preparation = Some((hospital, prep.clone()));
             if c.served().is_some() {
                 c.info.architecture = architecture;
-                c.info.input_preparation = prep;
+                c.info.set_input_preparation(prep).map_err(invalid)?;
             }
         }
         self.relayed.insert(
@@ -522,16 +523,6 @@ impl ServedKeys {
         let c = self.compiled.as_ref()?;
         Some((c.ctx.clone(), c.served()?.clone()))
     }
-}
-
-/// A keyholder's input preparation: JSON, bounded (empty: unknown).
-fn check_prep(prep: &str) -> Result<(), KeysError> {
-    if prep.len() > MAX_ARCHITECTURE_BYTES
-        || (!prep.is_empty() && serde_json::from_str::<serde_json::Value>(prep).is_err())
-    {
-        return Err(invalid("the model's input preparation is not JSON"));
-    }
-    Ok(())
 }
 
 /// Saved key sums: the two relinearization sums, then one Galois sum per planned rotation.

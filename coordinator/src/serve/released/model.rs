@@ -108,7 +108,13 @@ impl ServedModel {
             (net, names, String::new())
         };
         let mut served = Self::new(network, class_names, name, max_images)?;
-        served.info.input_preparation = preparation;
+        served
+            .info
+            .set_input_preparation(preparation)
+            .map_err(|message| ModelError::Invalid {
+                path: name.into(),
+                message,
+            })?;
         Ok(served)
     }
 
@@ -145,14 +151,14 @@ impl ServedModel {
         let model = Model::plain(&plan, &ctx).map_err(plan_err)?;
         let architecture = serde_json::to_string(&network.architecture())
             .map_err(|e| invalid(format!("architecture: {e}")))?;
-        let info = ModelInfo {
-            name: name.into(),
+        let info = ModelInfo::new(
+            name,
             architecture,
             class_names,
-            fingerprint: plan.spec().fingerprint(),
+            plan.spec().fingerprint(),
             max_images,
-            input_preparation: String::new(),
-        };
+        )
+        .map_err(invalid)?;
         Ok(Self {
             network,
             plan,
