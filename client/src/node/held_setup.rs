@@ -55,14 +55,26 @@ fn load_legacy(dir: &Path, ctx: &std::sync::Arc<CkksContext>) -> anyhow::Result<
     }))
 }
 
-/// Replaces the setup held in `dir` by `held` (one durable write; the old files go after).
-pub fn store(dir: &Path, ctx: &CkksContext, held: &HeldSetup) -> anyhow::Result<()> {
+/// `held` as [`store_encoded`] writes it.
+pub fn encode(ctx: &CkksContext, held: &HeldSetup) -> Zeroizing<Vec<u8>> {
     let mut bytes = Zeroizing::new(held.id.to_vec());
     bytes.extend_from_slice(&Zeroizing::new(mpw::encode_threshold_secret(
         ctx,
         &held.secret,
     )));
-    write_secret(&dir.join(FILE), &bytes)?;
+    bytes
+}
+
+/// Replaces the setup held in `dir` by `held` (one durable write; the old files go after).
+#[cfg(test)]
+pub fn store(dir: &Path, ctx: &CkksContext, held: &HeldSetup) -> anyhow::Result<()> {
+    store_encoded(dir, &encode(ctx, held))
+}
+
+/// Replaces the setup held in `dir` by an [`encode`]d one (one durable write; the old files go
+/// after).
+pub fn store_encoded(dir: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_secret(&dir.join(FILE), bytes)?;
     for f in LEGACY {
         let _ = std::fs::remove_file(dir.join(f));
     }

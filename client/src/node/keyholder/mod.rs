@@ -49,14 +49,17 @@ use training::export::read_network;
 use zeroize::Zeroizing;
 
 use super::held_setup::{self, HeldSetup};
-use super::keys::{PeerKeys, read_exchange, read_peers, write_secret};
+use super::keys::{PeerKeys, read_exchange, read_peers};
 use super::site::SiteConfig;
 use super::trust::{self, OwnInferenceShares};
 
 mod deep;
 mod head;
+mod persist;
 mod serve;
 mod shell;
+
+pub use persist::Persist;
 
 pub use shell::run;
 
@@ -65,9 +68,6 @@ pub struct Reply {
     pub body: Body,
     pub items: Vec<Vec<u8>>,
 }
-
-/// Where a keyholder keeps the hash of the collective key it made (public).
-const COLLECTIVE_KEY_HASH: &str = "collective-key.hash";
 
 /// Most keyholders a consortium has (one per hospital; the federation config caps N at 1000).
 const MAX_KEYHOLDERS: usize = 1000;
@@ -122,6 +122,8 @@ pub struct Keyholder {
     ctx: Arc<CkksContext>,
     keys: CollectiveKeys,
     prng: Prng,
+    /// durable writes decided and not yet carried out by the shell
+    persist: std::collections::VecDeque<Persist>,
     secret: Option<SecretKey>,
     ephemeral: Option<RelinKeyEphemeral>,
     own_share: Option<he_agg::multiparty::ShamirShare>,
@@ -194,6 +196,7 @@ impl Keyholder {
             ctx,
             keys,
             prng: Prng::from_os()?,
+            persist: Default::default(),
             secret: None,
             ephemeral: None,
             own_share: None,
@@ -265,6 +268,7 @@ impl Keyholder {
             ctx,
             keys,
             prng: Prng::from_os()?,
+            persist: Default::default(),
             secret: None,
             ephemeral: None,
             own_share: None,
@@ -283,10 +287,21 @@ impl Keyholder {
             me.threshold_secret = Some(held.secret);
             me.setup = Some(held.id);
         }
-        if let Ok(hash) = std::fs::read(me.dir.join(COLLECTIVE_KEY_HASH)) {
+        if let Ok(hash) = std::fs::read(me.dir.join(persist::COLLECTIVE_KEY_HASH)) {
             me.collective_key = hash.try_into().ok();
         }
         Ok(me)
+    }
+
+    /// The next durable write this keyholder decided on: the shell carries each out
+    /// ([`persist::write`] in [`Self::dir`]) before sending what came with it.
+    pub fn poll_persist(&mut self) -> Option<Persist> {
+        self.persist.pop_front()
+    }
+
+    /// Where this keyholder's state lives.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The setup whose threshold secret this keyholder holds.
@@ -347,10 +362,8 @@ impl Keyholder {
         // the setup served so far stays held (and served) until the new one is formed: a
         // server restarted mid-setup without --new-setup still finds it
         let sk = self.ctx.key_generator()?.secret_key();
-        write_secret(
-            &self.dir.join("share.key"),
-            &wire::encode_secret_key(&self.ctx, &sk),
-        )?;
+        self.persist
+            .push_back(Persist::Secret(wire::encode_secret_key(&self.ctx, &sk)));
         let (eph, shares) = self.keys.round1(&sk, &mut self.prng)?;
         let ids: Vec<u32> = (1..=self.hospitals).collect();
         let dealt = deal(
@@ -465,8 +478,8 @@ impl Keyholder {
             items,
         )?;
         // the only key this keyholder takes requests under
-        ops::durable_file::write_public(&self.dir.join(COLLECTIVE_KEY_HASH), &sums.collective_key)
-            .context("storing the collective key's hash")?;
+        self.persist
+            .push_back(Persist::CollectiveKey(sums.collective_key));
         self.collective_key = Some(sums.collective_key);
         let (Some(sk), Some(eph), Some(own)) = (
             self.secret.as_ref(),
@@ -512,7 +525,8 @@ impl Keyholder {
             id: setup,
             secret: ts,
         };
-        held_setup::store(&self.dir, &self.ctx, &held)?;
+        self.persist
+            .push_back(Persist::Setup(held_setup::encode(&self.ctx, &held)));
         self.threshold_secret = Some(held.secret);
         self.setup = Some(setup);
         info!(

@@ -179,6 +179,10 @@ async fn session(link: &Link, kh: &mut Keyholder) -> anyhow::Result<()> {
                 continue;
             }
         };
+        // what the keyholder decided to keep is on disk before anything it returned leaves
+        while let Some(p) = kh.poll_persist() {
+            tokio::task::block_in_place(|| super::persist::write(kh.dir(), p))?;
+        }
         send(link, replies).await?;
     }
 }
