@@ -240,9 +240,18 @@ fn a_restarted_serving_coordinator_serves_the_saved_setup_without_a_new_key() {
         err.contains("the server answers in collective (mode a), and this site accepts only released (mode b)"),
         "{err}"
     );
+    // the state is saved once its file is written and the store names it ("served keys
+    // saved" follows both): a kill between the two would rightly start a new setup
+    let saved = (0..600).any(|_| {
+        let log = std::fs::read_to_string(root.join("serve-1.log")).unwrap_or_default();
+        log.contains("served keys saved") || {
+            std::thread::sleep(Duration::from_millis(100));
+            false
+        }
+    });
     assert!(
-        p.coordinator_dir.join("served.bin").exists(),
-        "nothing saved"
+        saved && p.coordinator_dir.join("served.bin").exists(),
+        "nothing saved within 60 s"
     );
 
     // SIGKILL, restart: the saved keys and model are served to the same keyholders
