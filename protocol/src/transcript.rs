@@ -226,21 +226,18 @@ impl Contribution {
 }
 
 /// Per ciphertext of a round's sum, the digest its switchers' masks are bound to; per
-/// contribution, (hospital, signed weight, seed of its items' a's).
-pub type SwitchInputs = (Vec<[u8; 32]>, Vec<(u32, u64, [u8; 32])>);
+/// contribution, (signed weight, seed of its items' a's).
+pub type SwitchInputs = (Vec<[u8; 32]>, Vec<(u64, [u8; 32])>);
 
 /// What a round's switch is made from, as the coordinator and every switcher reckon it
 /// (`he_agg::aggregate::RoundSwitch::new`): the digest each of the sum's `count` ciphertexts'
-/// masks are bound to ([`switch_digest`]) and each contribution's (hospital, signed weight,
-/// seed of its items' a's), in the order named.
+/// masks are bound to ([`switch_digest`]) and each contribution's (signed weight, seed of its
+/// items' a's), in the order named.
 pub fn switch_inputs(round: u64, contributions: &[Contribution], count: usize) -> SwitchInputs {
     let digests = (0..count)
         .map(|k| switch_digest(round, contributions, k))
         .collect();
-    let switched = contributions
-        .iter()
-        .map(|c| (c.hospital, c.weight, c.a_seed))
-        .collect();
+    let switched = contributions.iter().map(|c| (c.weight, c.a_seed)).collect();
     (digests, switched)
 }
 

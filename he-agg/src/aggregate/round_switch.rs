@@ -1,6 +1,6 @@
 //! A round's switch of its sum to the consortium receiving key, as the coordinator and every
-//! switcher reckon it alike: from the contributions switched (hospital, signed weight, the seed
-//! its items' a's derive from), the digest each ciphertext's masks are bound to and the active
+//! switcher reckon it alike: from the contributions switched (signed weight, the seed its
+//! items' a's derive from), the digest each ciphertext's masks are bound to and the active
 //! set, the level the shares come at, each switcher's mask seed, the seeds of the summed a's,
 //! the switchers' protocol (flooding for those weights) and the combiner that finalizes the
 //! result. One type, so the two ends cannot drift apart.
@@ -11,7 +11,7 @@ use crate::ring::Seed;
 
 use super::{HeSetup, item_seed};
 
-/// One contribution as switched: its hospital, signed weight and the seed of its items' a's.
+/// One contribution as switched: its signed weight and the seed of its items' a's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Switched {
     weight: u64,
@@ -30,18 +30,18 @@ pub struct RoundSwitch {
 }
 
 impl RoundSwitch {
-    /// `digests`: one per ciphertext of the sum; `contributions`: (hospital, signed weight,
-    /// seed of its items' a's) in the order named — both as `protocol::transcript::switch_inputs`
+    /// `digests`: one per ciphertext of the sum; `contributions`: (signed weight, seed of its
+    /// items' a's) in the order named — both as `protocol::transcript::switch_inputs`
     /// gives them.
     pub fn new(
         setup: &HeSetup,
         digests: Vec<[u8; 32]>,
-        contributions: Vec<(u32, u64, Seed)>,
+        contributions: Vec<(u64, Seed)>,
         active: Vec<u32>,
     ) -> Self {
         let contributions: Vec<Switched> = contributions
             .into_iter()
-            .map(|(_, weight, a_seed)| Switched { weight, a_seed })
+            .map(|(weight, a_seed)| Switched { weight, a_seed })
             .collect();
         let weights: Vec<f64> = contributions.iter().map(|c| c.weight as f64).collect();
         Self {
@@ -136,7 +136,7 @@ mod tests {
     fn a_switch_names_each_ciphertexts_masks_and_summed_seeds() {
         let setup = HeSetup::new(&HeSettings::default(), 3, 2, &[5; 16]).unwrap();
         let digests = vec![[1; 32], [2; 32]];
-        let contributions = vec![(1, 10, [7; 32]), (3, 30, [9; 32])];
+        let contributions = vec![(10, [7; 32]), (30, [9; 32])];
         let s = RoundSwitch::new(&setup, digests.clone(), contributions, vec![3, 1]);
         assert_eq!((s.count(), s.active()), (2, &[3u32, 1][..]));
         assert_eq!(s.weights(), vec![10.0, 30.0]);
