@@ -317,11 +317,7 @@ pub fn prepare(
     let seed = cfg.train.seed;
     let train_set = random_subset(&data.train, cfg.baseline.max_train, seed);
     let test_set = random_subset(&data.test, cfg.baseline.max_test, seed.wrapping_add(1));
-    // a front normalises each image itself (see `client::node`'s data)
-    let norm = match cfg.model.front {
-        Some(_) => Normalizer::identity(train_set.channels()),
-        None => Normalizer::fit(&train_set)?,
-    };
+    let norm = cfg.model.normalizer(&train_set)?;
     let train = Tensors::new(&train_set, &norm)?;
     let test = Tensors::new(&test_set, &norm)?;
     let val = if cfg.baseline.use_val && !data.val.is_empty() {

@@ -28,8 +28,8 @@ mod config;
 mod resolve;
 
 pub use config::{
-    Activation, FrontConfig, HeadInit, InitConfig, InitSpec, LayerConfig, ModelConfig,
-    WeightsLayout, default_layers,
+    Activation, FixedNormalization, FrontConfig, HeadInit, InitConfig, InitSpec, LayerConfig,
+    ModelConfig, WeightsLayout, default_layers,
 };
 
 /// A layer with its shapes resolved.

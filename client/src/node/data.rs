@@ -61,12 +61,12 @@ pub fn load(cfg: &SiteConfig, base_dir: &Path) -> anyhow::Result<LocalData> {
         true => (train_set, None),
         false => (train_set.subset(&kept), Some(train_set.subset(&held))),
     };
-    // With a front, pixel/255: the front normalises each image itself, and no statistics of
-    // this hospital's images go into the exported model.
-    let normalizer = match cfg.model.front {
-        Some(_) => Normalizer::identity(train_set.channels()),
-        None => Normalizer::fit(&train_set).context("normalisation statistics")?,
-    };
+    // With a front or [model.normalization], no statistics of this hospital's images go
+    // into the exported model; otherwise its own training images' statistics.
+    let normalizer = cfg
+        .model
+        .normalizer(&train_set)
+        .context("normalisation statistics")?;
 
     let train = Tensors::new(&train_set, &normalizer)?;
     let val = val_set.map(|v| Tensors::new(&v, &normalizer)).transpose()?;

@@ -341,12 +341,29 @@ pub struct ModelConfig {
     /// A fixed front before the layers (default none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub front: Option<FrontConfig>,
+    /// Input statistics every hospital applies, pixel/255 units (`[model.normalization]`
+    /// with `mean` and `std` per channel). Absent: each run fits its own training images'
+    /// statistics, which in a federation is one input scaling per hospital.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<FixedNormalization>,
     /// Start from a pretrained backbone (default: random weights from `init_seed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<InitSpec>,
     /// The layers, in order (default: see [`ModelConfig::default`]).
     #[serde(default = "default_layers")]
     pub layers: Vec<LayerConfig>,
+}
+
+/// Fixed input statistics (`[model.normalization]`), the same at every hospital: what a
+/// federation agrees on so that one model sees one input scaling (MedMNIST's reference code
+/// uses mean 0.5, std 0.5).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixedNormalization {
+    /// Mean per channel (pixel/255 units).
+    pub mean: Vec<f32>,
+    /// Standard deviation per channel (pixel/255 units), positive.
+    pub std: Vec<f32>,
 }
 
 /// `conv(16, k5, s2) → bn → act → dense(128) → bn → act → dense(classes)`.
@@ -396,6 +413,7 @@ impl Default for ModelConfig {
             poly_bounds: default_poly_bounds(),
             init_seed: 0,
             front: None,
+            normalization: None,
             init: None,
             layers: default_layers(),
         }

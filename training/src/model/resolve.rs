@@ -1,6 +1,7 @@
 //! A `[model]` config resolved for an input shape and a number of classes: every layer's
 //! shapes, checked.
 
+use datasets::{ImageSet, Normalizer};
 use he_agg::infer::scatter::ScatterFront;
 
 use super::config::{Activation, FrontConfig, LayerConfig, ModelConfig};
@@ -21,6 +22,42 @@ impl ModelConfig {
 
     /// Resolves shapes for an input `[c, h, w]` and `classes` outputs, checking that the layers
     /// fit together.
+    /// The input statistics of a run over `train` (its training images): none with a front
+    /// (it normalises each image itself), the configured ones, or `train`'s own.
+    pub fn normalizer(&self, train: &ImageSet) -> Result<Normalizer, TrainError> {
+        let c = train.channels();
+        match (&self.front, &self.normalization) {
+            (Some(_), Some(_)) => Err(TrainError::Model(
+                "[model.front] normalises each image itself: remove [model.normalization]".into(),
+            )),
+            (Some(_), None) => Ok(Normalizer::identity(c)),
+            (None, None) => Ok(Normalizer::fit(train)?),
+            (None, Some(n)) => {
+                if n.mean.len() != c || n.std.len() != c {
+                    return Err(TrainError::Model(format!(
+                        "[model.normalization] has {} means and {} standard deviations; the \
+                         images have {c} channel(s): give one of each per channel",
+                        n.mean.len(),
+                        n.std.len()
+                    )));
+                }
+                if !n.mean.iter().all(|m| m.is_finite())
+                    || !n.std.iter().all(|s| s.is_finite() && *s >= 1e-6)
+                {
+                    return Err(TrainError::Model(format!(
+                        "[model.normalization] mean {:?}, std {:?}: means must be finite and \
+                         standard deviations at least 1e-6 (pixel/255 units)",
+                        n.mean, n.std
+                    )));
+                }
+                Ok(Normalizer {
+                    mean: n.mean.clone(),
+                    std: n.std.clone(),
+                })
+            }
+        }
+    }
+
     pub fn resolve(&self, input: [usize; 3], classes: usize) -> Result<NetworkSpec, TrainError> {
         let bad = |i: usize, m: String| TrainError::Model(format!("layer {i}: {m}"));
         if input.contains(&0) || classes < 2 {

@@ -212,3 +212,43 @@ fn the_range_penalty_measures_what_passes_the_bound_and_training_pulls_it_in() {
             .is_err()
     );
 }
+
+#[test]
+fn a_fixed_normalization_is_every_hospitals_and_checked() {
+    // two "hospitals" whose images differ in brightness
+    let set = |offset: u8| {
+        let images =
+            ndarray::Array4::from_shape_fn((4, 2, 2, 1), |(n, y, x, _)| offset + (n + y + x) as u8);
+        datasets::ImageSet::new(
+            images,
+            datasets::Labels::Class(vec![0, 1, 0, 1]),
+            None,
+            None,
+        )
+        .unwrap()
+    };
+    let (dark, bright) = (set(10), set(200));
+    let local = ModelConfig::default();
+    assert_ne!(
+        local.normalizer(&dark).unwrap(),
+        local.normalizer(&bright).unwrap(),
+        "without [model.normalization] each fits its own images"
+    );
+    let agreed: ModelConfig =
+        toml::from_str("[normalization]\nmean = [0.5]\nstd = [0.25]\n").unwrap();
+    let a = agreed.normalizer(&dark).unwrap();
+    assert_eq!(a, agreed.normalizer(&bright).unwrap());
+    assert_eq!((a.mean, a.std), (vec![0.5], vec![0.25]));
+    // one value per channel, positive deviations, no front beside it
+    for bad in [
+        "[normalization]\nmean = [0.5, 0.5]\nstd = [0.25, 0.25]\n",
+        "[normalization]\nmean = [0.5]\nstd = [0.0]\n",
+        "[normalization]\nmean = [0.5]\nstd = [-1.0]\n",
+        "[normalization]\nmean = [0.5]\nstd = [0.25]\n[front]\ntype = \"scatter\"\n",
+    ] {
+        let cfg: ModelConfig = toml::from_str(bad).unwrap();
+        let e = cfg.normalizer(&dark).unwrap_err().to_string();
+        assert!(e.contains("[model"), "{bad}: {e}");
+    }
+    assert!(toml::from_str::<ModelConfig>("[normalization]\nmean = [0.5]\n").is_err());
+}
