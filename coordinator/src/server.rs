@@ -20,12 +20,13 @@ use protocol::{FederationId, Link, Party, ProtocolError};
 use tracing::{info, warn};
 
 use crate::config::FederationConfig;
-use crate::federation::{Action, EngineConfig, Event, Federation, Restored, Update};
+use crate::federation::{EngineConfig, Event, Federation, Restored, Update};
 use crate::he::HeSetup;
 use crate::provision::Roster;
 use crate::refusal_log::RefusalLog;
 use crate::store::{PartyRecord, RoundRecord, Store, StoredResult, now_ms};
 
+mod actions;
 mod dir;
 mod metrics;
 mod rounds;
@@ -57,6 +58,8 @@ pub struct Server {
     refused_total: AtomicU64,
     finished: AtomicBool,
     finished_notify: tokio::sync::Notify,
+    /// woken after the federation handled anything: its next deadline may have moved
+    deadline_moved: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -147,6 +150,7 @@ impl Server {
             refused_total: AtomicU64::new(0),
             finished: AtomicBool::new(false),
             finished_notify: tokio::sync::Notify::new(),
+            deadline_moved: tokio::sync::Notify::new(),
         }))
     }
 
@@ -174,23 +178,7 @@ impl Server {
                 }
             }
         }
-        let ticker = {
-            let me = self.clone();
-            tokio::spawn(async move {
-                let mut iv = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    iv.tick().await;
-                    me.feed(Event::Tick {
-                        now: Instant::now(),
-                    });
-                    let held_back = lock(&me.refusals).flush(Instant::now());
-                    if let Some(row) = held_back {
-                        warn!("{row}");
-                        me.audit(None, 0, "connections-refused", &row);
-                    }
-                }
-            })
-        };
+        let timers = self.clone().spawn_timers();
         loop {
             tokio::select! {
                 incoming = endpoint.accept() => {
@@ -201,7 +189,7 @@ impl Server {
                 _ = self.finished_notify.notified() => break,
             }
         }
-        ticker.abort();
+        timers.abort();
         // Let the last messages reach the hospitals: each closes its link once it has read
         // `Finished` (a busy one may still be evaluating); bounded so a silent peer cannot hold
         // the coordinator, which then closes with a reason that also says "finished".
@@ -217,18 +205,6 @@ impl Server {
         endpoint.wait_idle().await;
         info!("finished");
         Ok(())
-    }
-
-    /// Feeds the federation and carries out what it decides.
-    fn feed(self: &Arc<Self>, event: Event) {
-        let actions = lock(&self.federation_state).handle(Instant::now(), now_ms(), event);
-        self.execute_all(actions);
-    }
-
-    fn execute_all(self: &Arc<Self>, actions: Vec<Action>) {
-        for action in actions {
-            self.execute(action);
-        }
     }
 
     fn audit(&self, hospital: Option<u32>, round: u64, event: &str, detail: &str) {
@@ -255,155 +231,6 @@ impl Server {
                     warn!(hospital = to, "sending {kind}: {e}");
                 }
             });
-        }
-    }
-
-    fn execute(self: &Arc<Self>, action: Action) {
-        match action {
-            Action::Audit {
-                hospital,
-                round,
-                event,
-                detail,
-            } => {
-                info!(hospital, round, "{event} {detail}");
-                self.audit(hospital, round, event, &detail);
-            }
-            Action::Welcome { to, phase } => self.send(
-                to,
-                0,
-                Body::Federation(FederationMsg::Welcome {
-                    index: to,
-                    hospitals: self.cfg.federation.hospitals,
-                    threshold: self.cfg.threshold(),
-                    plaintext: self.cfg.he.plaintext,
-                    phase,
-                }),
-            ),
-            Action::Reject { to, reason } => {
-                if let Some(link) = self.link(to) {
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        me.refuse(&link, to, 0, &reason).await;
-                        link.close("refused");
-                    });
-                }
-            }
-            Action::Notify { to, reason } => {
-                if let Some(link) = self.link(to) {
-                    let me = self.clone();
-                    tokio::spawn(async move { me.refuse(&link, to, 0, &reason).await });
-                }
-            }
-            Action::SettleItems { items } => {
-                if let Err(e) = self.store.set_model_items(items) {
-                    warn!("storing the update size: {e}");
-                }
-            }
-            Action::SendSetupKeys { to } => match self.setup_keys() {
-                Ok(body) => {
-                    for h in to {
-                        self.send(h, 0, body.clone());
-                    }
-                }
-                Err(e) => warn!("cannot make the collective public key: {e:#}"),
-            },
-            Action::RelayShares { to } => match self.store.shamir_for(to) {
-                Ok(sealed) => self.send(
-                    to,
-                    0,
-                    Body::Federation(FederationMsg::RelayedShares { sealed }),
-                ),
-                Err(e) => warn!("relaying shares: {e}"),
-            },
-            Action::StartRound {
-                round,
-                to,
-                deadline,
-            } => {
-                for h in to {
-                    self.send(
-                        h,
-                        round,
-                        Body::Federation(FederationMsg::RoundStart {
-                            deadline_ms: deadline.as_millis() as u64,
-                        }),
-                    );
-                }
-            }
-            Action::AnnounceRound {
-                round,
-                to,
-                deadline,
-            } => self.send(
-                to,
-                round,
-                Body::Federation(FederationMsg::RoundStart {
-                    deadline_ms: deadline.as_millis() as u64,
-                }),
-            ),
-            Action::SwitchRequest {
-                round,
-                attempt,
-                active,
-                contributions,
-                count,
-            } => self.request_switch(round, attempt, active, contributions, count),
-            Action::Commit {
-                round,
-                phase,
-                result,
-                record,
-                targets,
-            } => {
-                let me = self.clone();
-                tokio::spawn(async move {
-                    match me.deliver(phase, &record, *result, &targets).await {
-                        Ok(()) => me.feed(Event::Committed {
-                            round,
-                            now: Instant::now(),
-                        }),
-                        Err(e) => warn!(round, "delivering the round failed: {e:#}"),
-                    }
-                });
-            }
-            // the federation completes these into SwitchRequest and Commit
-            Action::RequestSwitch { round, .. } | Action::Deliver { round, .. } => {
-                warn!(round, "an engine decision reached the shell uncompleted")
-            }
-            Action::SendStoredResults { to, after } => {
-                let me = self.clone();
-                // taken now, in the engine's order: a later round's delivery waits behind it
-                let order = self.delivery_order(to);
-                let held = order.clone().try_lock_owned().ok();
-                tokio::spawn(async move {
-                    let _turn = match held {
-                        Some(g) => g,
-                        None => order.lock_owned().await,
-                    };
-                    if let Err(e) = me.send_stored_results(to, after).await {
-                        warn!(hospital = to, "sending the stored results: {e:#}");
-                    }
-                });
-            }
-            Action::Finish { to } => {
-                let committed = lock(&self.federation_state).committed();
-                if let Err(e) = self.store.set_phase(Phase::Finished { rounds: committed }) {
-                    warn!("storing the phase: {e}");
-                }
-                let me = self.clone();
-                tokio::spawn(async move {
-                    for h in to {
-                        if let Some(link) = me.link(h) {
-                            let _ = link
-                                .send(committed, Body::Federation(FederationMsg::Finished))
-                                .await;
-                        }
-                    }
-                    me.finished.store(true, Ordering::SeqCst);
-                    me.finished_notify.notify_one();
-                });
-            }
         }
     }
 

@@ -79,6 +79,14 @@ pub fn run(site: &Path, out: &Path) -> anyhow::Result<()> {
                                  and start the node again",
                             ));
                         }
+                        Err(e) if past_budget(&e) => {
+                            // asked again after a reconnect, it would refuse again
+                            link.close("privacy budget spent");
+                            return Err(e.context(
+                                "the node stops: the federation goes on with the others, and \
+                                 this hospital's model is the last one it applied",
+                            ));
+                        }
                         Err(e) if finished_ahead(&e) => {
                             // its model is not the federation's: nothing to retry, nothing to
                             // write as final
@@ -116,6 +124,16 @@ fn diverged(e: &anyhow::Error) -> bool {
         matches!(
             c.downcast_ref::<training::TrainError>(),
             Some(training::TrainError::Diverged { .. })
+        )
+    })
+}
+
+/// Whether `e` is a round past this hospital's privacy budget.
+fn past_budget(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<participant::ParticipantError>(),
+            Some(participant::ParticipantError::PastBudget { .. })
         )
     })
 }

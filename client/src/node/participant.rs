@@ -55,6 +55,24 @@ pub struct SwitchRecord {
     pub sum: Vec<(u32, u64)>,
 }
 
+/// The rounds a hospital's differential-privacy budget covers (`[privacy]`): past them it
+/// contributes nothing, whatever the coordinator asks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    pub rounds: u64,
+    /// ε at δ after `rounds`, for the refusal's message
+    pub epsilon: f64,
+    pub delta: f64,
+}
+
+/// Whether a round's result was applied, as the shell reports it back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    Yes,
+    /// it decrypted to values no sum of clipped updates takes (why): not applied
+    OutOfRange(String),
+}
+
 /// What the shell is to do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -66,8 +84,8 @@ pub enum Action {
     /// Setup: check the dealers' signatures, open the relayed sealed shares and form the
     /// threshold secret.
     OpenRelayedShares { sealed: Vec<SealedShare> },
-    /// Train from the global model held, encrypt the update and send it.
-    Train { round: u64 },
+    /// Train from the global model held, clip the update to ±`clip`, encrypt it and send it.
+    Train { round: u64, clip: f64 },
     /// Store this record durably (before the switch that follows): it is the one sum of its
     /// round this hospital switches, across restarts.
     RecordSwitch(SwitchRecord),
@@ -77,20 +95,25 @@ pub enum Action {
     PrepareMasks { shape: SwitchShape, count: usize },
     /// Read the `count` items of the message, decrypt the sum, apply the server step, store,
     /// evaluate and report.
+    /// A result whose average leaves ±`clip` is no sum of clipped updates: it is refused.
     ApplyResult {
         round: u64,
         total_weight: u64,
         participants: Vec<u32>,
         count: u32,
+        clip: f64,
     },
     /// Read the message's items and drop them.
     Drain,
+    /// Tell the coordinator that `round`'s result is not the sum of honest updates, then stop
+    /// (the federation stops on it): no model of that round is applied.
+    Alarm { round: u64, reason: String },
     /// The federation is finished.
     Finished,
 }
 
 /// Why the session with the coordinator cannot go on.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ParticipantError {
     #[error(
         "the coordinator describes another federation (index {index}, {hospitals} hospitals, t = {threshold})"
@@ -136,6 +159,15 @@ pub enum ParticipantError {
     )]
     SwitchedOther(u64),
     #[error(
+        "round {round} would take this hospital past its privacy budget ({rounds} rounds, ε = {epsilon:.3} at δ = {delta:e}); it contributes no more"
+    )]
+    PastBudget {
+        round: u64,
+        rounds: u64,
+        epsilon: f64,
+        delta: f64,
+    },
+    #[error(
         "the federation finished at round {committed} while this hospital holds round {held}'s model (it missed more rounds than the coordinator keeps results of, [federation] keep_results): no final model is written; restore its state directory from a backup of a later round, or take the final model from another hospital"
     )]
     FinishedAhead { held: u64, committed: u64 },
@@ -158,6 +190,10 @@ pub struct Participant {
     switched: Option<SwitchRecord>,
     /// the request masks are being made ahead for
     prepared: Option<SwitchShape>,
+    /// the rounds this hospital's privacy budget covers (`None`: no differential privacy)
+    budget: Option<Budget>,
+    /// the bound each update value is clipped to, and every result's average checked against
+    clip: f64,
 }
 
 impl Participant {
@@ -170,7 +206,21 @@ impl Participant {
             last_switch: None,
             switched: None,
             prepared: None,
+            budget: None,
+            clip: he_agg::aggregate::HeSettings::default().max_update,
         }
+    }
+
+    /// Clips updates to ±`clip` and refuses results outside it (`[he] max_update`).
+    pub fn with_clip(mut self, clip: f64) -> Self {
+        self.clip = clip;
+        self
+    }
+
+    /// Contributes to no round past `budget`.
+    pub fn with_budget(mut self, budget: Option<Budget>) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// With the sum it switched before a restart (what the shell stored for `RecordSwitch`).
@@ -259,7 +309,7 @@ impl Participant {
                     sealed: sealed.clone(),
                 }]
             }
-            Body::Federation(FederationMsg::RoundStart { .. }) => self.round_start(round),
+            Body::Federation(FederationMsg::RoundStart { .. }) => self.round_start(round)?,
             Body::Federation(FederationMsg::SwitchRequest {
                 attempt,
                 active,
@@ -319,6 +369,7 @@ impl Participant {
                     total_weight: *total_weight,
                     participants: participants.clone(),
                     count: *count,
+                    clip: self.clip,
                 }]
             }
             Body::Federation(FederationMsg::Finished) => {
@@ -364,36 +415,62 @@ impl Participant {
 
     /// The result of `round` is applied and stored: the node holds that round's model. A round
     /// announced meanwhile starts now.
-    pub fn result_applied(&mut self, round: u64) -> Vec<Action> {
+    pub fn result_applied(&mut self, round: u64) -> Result<Vec<Action>, ParticipantError> {
         self.held = self.held.max(round);
         match self.pending_start {
             Some(next) if next == self.held + 1 => {
                 self.pending_start = None;
-                vec![Action::Train { round: next }]
+                self.train(next)
             }
-            _ => vec![],
+            _ => Ok(vec![]),
         }
     }
 
-    fn round_start(&mut self, round: u64) -> Vec<Action> {
+    /// The result of `round` decrypted to values no sum of clipped updates can take
+    /// (`detail`): it is not applied, the coordinator is told, and this node stops — the
+    /// consortium must look at what its coordinator sent before anyone trains on it.
+    pub fn result_out_of_range(&mut self, round: u64, detail: &str) -> Vec<Action> {
+        vec![Action::Alarm {
+            round,
+            reason: format!("round {round}: {detail}; this hospital did not apply the model"),
+        }]
+    }
+
+    /// Train `round` if the privacy budget covers it.
+    fn train(&self, round: u64) -> Result<Vec<Action>, ParticipantError> {
+        match self.budget {
+            Some(b) if round > b.rounds => Err(ParticipantError::PastBudget {
+                round,
+                rounds: b.rounds,
+                epsilon: b.epsilon,
+                delta: b.delta,
+            }),
+            _ => Ok(vec![Action::Train {
+                round,
+                clip: self.clip,
+            }]),
+        }
+    }
+
+    fn round_start(&mut self, round: u64) -> Result<Vec<Action>, ParticipantError> {
         if self.held + 1 == round {
-            vec![Action::Train { round }]
-        } else if self.held + 1 < round {
+            return self.train(round);
+        }
+        if self.held + 1 < round {
             info!(
                 round,
                 held = self.held,
                 "round announced before the previous result: waiting for it"
             );
             self.pending_start = Some(round);
-            vec![]
         } else {
             warn!(
                 round,
                 held = self.held,
                 "announcement of a round already done: ignored"
             );
-            vec![]
         }
+        Ok(vec![])
     }
 
     /// A switch request is for the open round (the one after the model held), sums the signed

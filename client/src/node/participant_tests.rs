@@ -171,7 +171,13 @@ fn a_plaintext_site_takes_no_key_material() {
 #[test]
 fn rounds_follow_the_model_held() {
     let mut p = Participant::new(ME, 4, 10);
-    assert_eq!(p.handle(5, &start()), Ok(vec![Action::Train { round: 5 }]));
+    assert_eq!(
+        p.handle(5, &start()),
+        Ok(vec![Action::Train {
+            round: 5,
+            clip: 64.0
+        }])
+    );
     // an old announcement is ignored
     assert_eq!(p.handle(3, &start()), Ok(vec![]));
     // round 6 announced before round 5's result: it waits for the result
@@ -184,14 +190,21 @@ fn rounds_follow_the_model_held() {
             round: 5,
             total_weight: 100,
             participants: vec![1, 2, 3],
-            count: 2
+            count: 2,
+            clip: 64.0
         }])
     );
     assert_eq!(p.held(), 4, "held only once applied");
-    assert_eq!(p.result_applied(5), vec![Action::Train { round: 6 }]);
+    assert_eq!(
+        p.result_applied(5),
+        Ok(vec![Action::Train {
+            round: 6,
+            clip: 64.0
+        }])
+    );
     assert_eq!(p.held(), 5);
     // the pending start is used once
-    assert_eq!(p.result_applied(5), vec![]);
+    assert_eq!(p.result_applied(5), Ok(vec![]));
 }
 
 #[test]
@@ -255,7 +268,7 @@ fn masks_made_ahead_serve_only_the_request_they_fit_once() {
         p.handle(1, &switch(vec![10, 20], vec![1, 2])),
         Ok(vec![record(1), switch_action(1, false)])
     );
-    assert_eq!(p.result_applied(1), vec![]);
+    assert_eq!(p.result_applied(1), Ok(vec![]));
     // the next round's masks are made for the same shape…
     let shape = SwitchShape {
         round: 2,
@@ -279,7 +292,7 @@ fn masks_made_ahead_serve_only_the_request_they_fit_once() {
         p.handle(2, &switch(vec![10, 20], vec![1, 2])),
         Ok(vec![switch_action(2, false)])
     );
-    assert_eq!(p.result_applied(2), vec![]);
+    assert_eq!(p.result_applied(2), Ok(vec![]));
     // other weights (another hospital's update instead of one): not used
     assert!(matches!(
         p.update_sent(3, 4)[..],
@@ -476,4 +489,71 @@ fn the_sum_a_switcher_switched_is_recorded_first_and_binds_it_after_a_restart() 
         next.handle(6, &switch(vec![10, 20, 30], vec![1, 3]))
             .is_ok()
     );
+}
+
+#[test]
+fn no_round_past_the_privacy_budget_is_trained() {
+    let budget = Budget {
+        rounds: 5,
+        epsilon: 2.5,
+        delta: 1e-5,
+    };
+    let mut p = Participant::new(ME, 4, 10)
+        .with_budget(Some(budget))
+        .with_clip(2.0);
+    // the site's clip bound goes with every round it trains
+    assert_eq!(
+        p.handle(5, &start()),
+        Ok(vec![Action::Train {
+            round: 5,
+            clip: 2.0
+        }])
+    );
+    // round 6 announced while round 5's result is on its way: refused once it would train
+    assert_eq!(p.handle(6, &start()), Ok(vec![]));
+    let past = p.result_applied(5).unwrap_err();
+    assert!(matches!(
+        past,
+        ParticipantError::PastBudget {
+            round: 6,
+            rounds: 5,
+            ..
+        }
+    ));
+    assert!(past.to_string().contains("ε = 2.500"), "{past}");
+    // announced after it holds round 5: refused as well
+    assert!(matches!(
+        p.handle(6, &start()),
+        Err(ParticipantError::PastBudget { round: 6, .. })
+    ));
+    // without a budget the same round trains
+    let mut free = Participant::new(ME, 5, 10);
+    assert_eq!(
+        free.handle(6, &start()),
+        Ok(vec![Action::Train {
+            round: 6,
+            clip: 64.0
+        }])
+    );
+}
+
+#[test]
+fn a_result_out_of_range_raises_the_alarm_and_is_not_applied() {
+    let mut p = Participant::new(ME, 4, 10);
+    assert_eq!(
+        p.handle(5, &start()),
+        Ok(vec![Action::Train {
+            round: 5,
+            clip: 64.0
+        }])
+    );
+    let actions = p.result_out_of_range(5, "value 9.0 at 3 beyond ±1.0");
+    let [Action::Alarm { round: 5, reason }] = actions.as_slice() else {
+        panic!("{actions:?}");
+    };
+    assert!(
+        reason.contains("value 9.0 at 3") && reason.contains("did not apply"),
+        "{reason}"
+    );
+    assert_eq!(p.held(), 4, "the round's model is not held");
 }

@@ -8,6 +8,7 @@ use privacy::mechanism::{HospitalMechanism, Noise};
 use privacy::{Mode, Plan};
 use tracing::info;
 
+use super::participant::Budget;
 use super::site::SiteConfig;
 
 pub(super) struct NodePrivacy {
@@ -72,18 +73,13 @@ impl NodePrivacy {
         }))
     }
 
-    /// Refuses a round past the budget.
-    pub(super) fn allows(&self, round: u64) -> anyhow::Result<()> {
-        if round > self.plan.rounds_allowed {
-            bail!(
-                "round {round} would take this hospital past its privacy budget ({} rounds, ε = \
-                 {:.3} at δ = {:e}); it contributes no more",
-                self.plan.rounds_allowed,
-                self.plan.epsilon_after(self.plan.rounds_allowed),
-                self.plan.delta
-            );
+    /// The rounds the plan covers, which the participant enforces.
+    pub(super) fn budget(&self) -> Budget {
+        Budget {
+            rounds: self.plan.rounds_allowed,
+            epsilon: self.plan.epsilon_after(self.plan.rounds_allowed),
+            delta: self.plan.delta,
         }
-        Ok(())
     }
 
     /// Hospital level: a task drawing this hospital's share of the noise for an update of
@@ -217,9 +213,9 @@ mod tests {
         // target 4 over 10 rounds, budget 3: fewer rounds allowed
         let last = p.plan.rounds_allowed;
         assert!(last > 0 && last < 10, "{last}");
-        assert!(p.allows(last).is_ok());
-        let e = p.allows(last + 1).unwrap_err().to_string();
-        assert!(e.contains("privacy budget"), "{e}");
+        let b = p.budget();
+        assert_eq!(b.rounds, last);
+        assert!(b.epsilon > 0.0 && b.epsilon <= 3.0 + 1e-9, "{b:?}");
         assert!(p.dp_sgd().is_none());
         let dp = node(Mode::Patient).dp_sgd().unwrap();
         assert_eq!(dp.steps, 20);

@@ -10,24 +10,26 @@ use he_agg::aggregate::{CodecError, check_average};
 use protocol::Link;
 use protocol::link::Incoming;
 use protocol::message::{Body, RoundMetrics};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 use training::params::network_from_flat;
 use training::strategy::Moments;
 use training::train::{evaluate, select_device};
 
+use super::participant::Applied;
 use super::session::Node;
 
 impl Node {
-    #[allow(clippy::too_many_arguments)]
+    /// Reads, decrypts, range-checks against ±`clip` and applies `round`'s result, then
+    /// evaluates and reports.
     pub(super) async fn result(
         &mut self,
         link: &Link,
-        round: u64,
-        total_weight: u64,
+        (round, total_weight): (u64, u64),
         participants: &[u32],
         count: u32,
+        clip: f64,
         msg: &mut Incoming,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Applied> {
         let t0 = Instant::now();
         let n = self.data.manifest.total;
         let mut bytes_down = 0u64;
@@ -41,7 +43,6 @@ impl Node {
             items.push(item);
         }
         // the average, range-checked against the clip bound every honest update keeps to
-        let clip = self.cfg.he.max_update;
         let average: Result<Vec<f64>, CodecError> = match &self.he {
             Some(he) => {
                 let (codec, pool) = (he.setup.codec.clone(), he.pool.clone());
@@ -87,18 +88,9 @@ impl Node {
                 }
                 a
             }
+            // the participant decides what follows (an alarm)
             Err(e @ CodecError::OutOfRange { .. }) => {
-                let reason = format!("round {round}: {e}; this hospital did not apply the model");
-                error!("{reason}");
-                let _ = link
-                    .send(
-                        round,
-                        Body::Federation(FederationMsg::Alarm {
-                            reason: reason.clone(),
-                        }),
-                    )
-                    .await;
-                bail!("{reason}");
+                return Ok(Applied::OutOfRange(e.to_string()));
             }
             Err(e) => return Err(e).context("the round's result"),
         };
@@ -188,7 +180,7 @@ impl Node {
             .await?;
         let epsilon = self.privacy.as_ref().map(|p| p.plan.epsilon_after(round));
         self.metrics.reported(&m, epsilon);
-        Ok(())
+        Ok(Applied::Yes)
     }
 
     /// Writes the final global model and its export for encrypted inference.

@@ -16,7 +16,7 @@ use protocol::message::Body;
 use protocol::tls::TlsFiles;
 use protocol::transcript::{Signer, Verifier};
 use protocol::{FederationId, Link, ProtocolError};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use training::params::{network_from_flat, to_flat};
 use training::strategy::{Private, Strategy};
 use training::train::{TrainOptions, select_device, train};
@@ -24,7 +24,7 @@ use training::train::{TrainOptions, select_device, train};
 use super::NodeDirs;
 use super::data::{LocalData, load};
 use super::keys::{Keys, PeerKeys};
-use super::participant::{Action, Membership, Participant};
+use super::participant::{Action, Applied, Membership, Participant};
 use super::privacy::NodePrivacy;
 use super::site::SiteConfig;
 use super::state::{ModelState, StateFile, SwitchRecordFile};
@@ -198,6 +198,8 @@ impl Node {
             state.round,
             max_items,
         )
+        .with_clip(cfg.he.max_update)
+        .with_budget(privacy.as_ref().map(NodePrivacy::budget))
         .with_switched(switch_record.load()?);
         let strategy: Box<dyn Strategy> = match &privacy {
             // the noised average can push batch-norm variances below what is valid
@@ -263,8 +265,8 @@ impl Node {
                     Action::OpenRelayedShares { sealed } => {
                         self.relayed_shares(link, sealed).await?
                     }
-                    Action::Train { round } => {
-                        let items = self.train_and_upload(link, round).await?;
+                    Action::Train { round, clip } => {
+                        let items = self.train_and_upload(link, round, clip).await?;
                         queue.extend(self.participant.update_sent(round, items));
                     }
                     Action::PrepareMasks { shape, count } => self.prepare_masks(&shape, count),
@@ -278,12 +280,34 @@ impl Node {
                         total_weight,
                         participants,
                         count,
+                        clip,
                     } => {
-                        self.result(link, round, total_weight, &participants, count, &mut msg)
+                        let outcome = self
+                            .result(
+                                link,
+                                (round, total_weight),
+                                &participants,
+                                count,
+                                clip,
+                                &mut msg,
+                            )
                             .await?;
-                        queue.extend(self.participant.result_applied(round));
+                        queue.extend(match outcome {
+                            Applied::Yes => self.participant.result_applied(round)?,
+                            Applied::OutOfRange(detail) => {
+                                self.participant.result_out_of_range(round, &detail)
+                            }
+                        });
                     }
                     Action::Drain => while msg.next_item().await?.is_some() {},
+                    Action::Alarm { round, reason } => {
+                        error!("{reason}");
+                        let alarm = FederationMsg::Alarm {
+                            reason: reason.clone(),
+                        };
+                        let _ = link.send(round, Body::Federation(alarm)).await;
+                        bail!("{reason}");
+                    }
                     Action::Finished => {
                         self.membership_inference().await;
                         return Ok(SessionEnd::Finished);
@@ -332,10 +356,12 @@ impl Node {
     // ----- rounds -----
 
     /// Trains, encrypts and sends `round`'s update; returns how many items it held.
-    async fn train_and_upload(&mut self, link: &Link, round: u64) -> anyhow::Result<usize> {
-        if let Some(p) = &self.privacy {
-            p.allows(round)?;
-        }
+    async fn train_and_upload(
+        &mut self,
+        link: &Link,
+        round: u64,
+        max_update: f64,
+    ) -> anyhow::Result<usize> {
         let t0 = Instant::now();
         let global = self.state.global.clone();
         let spec = self.data.spec.clone();
@@ -372,7 +398,7 @@ impl Node {
             })
             .await??;
         let train_s = t0.elapsed().as_secs_f32();
-        let clip = self.cfg.he.max_update as f32;
+        let clip = max_update as f32;
         let mut clipped = 0usize;
         let delta: Vec<f32> = local
             .iter()
@@ -394,7 +420,7 @@ impl Node {
         let noised = match (&self.privacy, noise) {
             (Some(p), Some(noise)) => {
                 let noise = noise.await?.context("drawing the privacy noise")?;
-                Some(p.privatize(round, &delta, noise, self.cfg.he.max_update)?)
+                Some(p.privatize(round, &delta, noise, max_update)?)
             }
             _ => None,
         };

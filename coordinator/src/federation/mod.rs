@@ -3,7 +3,9 @@
 //! round's data ([`round`]: updates folded, the aggregate closed, shares folded, the result
 //! made). The shell ([`crate::server`]) moves bytes: it reads and decodes a stream, checks its
 //! signature against the store's certificates, hands the decoded values here, and carries out
-//! the [`Action`]s that come back. Time is always passed in.
+//! the [`Action`]s it polls out ([`Federation::poll_action`]). Time is always passed in: the
+//! shell wakes the machine at [`Federation::poll_timeout`] ([`Federation::handle_timeout`])
+//! rather than on a fixed tick.
 //!
 //! One update's walk: [`Federation::announce_update`] (wanted now? the hospital's slot and
 //! weight reserved before anything is buffered), then [`Federation::update_read`] (still
@@ -12,6 +14,7 @@
 //! [`Federation::announce_shares`], then [`Federation::shares_read`] (folded; once every switcher
 //! has sent its shares the result and record are made and [`Action::Commit`] comes out).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,6 +42,8 @@ pub struct Federation {
     backend: Box<dyn Backend>,
     /// updates the aggregation backend batches (the number of hospitals)
     batch: usize,
+    /// decided and not yet polled out
+    actions: VecDeque<Action>,
 }
 
 impl Federation {
@@ -59,7 +64,26 @@ impl Federation {
             max_total_weight,
             he,
             backend,
+            actions: VecDeque::new(),
         }
+    }
+
+    /// The next thing the shell is to do, in the order decided.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Federation::handle_timeout`] is next due (a round's deadline, or the next audit
+    /// of a round stalled past it); `None` while no deadline runs. Any event may move it: the
+    /// shell asks again after each.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.engine.next_deadline()
+    }
+
+    /// Time reached `now` (at or after [`Federation::poll_timeout`]): a round past its
+    /// deadline closes with its quorum, or its stall is audited.
+    pub fn handle_timeout(&mut self, now: Instant, unix_ms: u64) {
+        self.handle(now, unix_ms, Event::Tick { now });
     }
 
     pub fn committed(&self) -> u64 {
@@ -75,11 +99,11 @@ impl Federation {
         self.engine.current_round()
     }
 
-    /// Feeds one event at `now` (`unix_ms`: the wall clock, for the round's record); returns
-    /// what to do.
-    pub fn handle(&mut self, now: Instant, unix_ms: u64, event: Event) -> Vec<Action> {
+    /// Feeds one event at `now` (`unix_ms`: the wall clock, for the round's record); what it
+    /// decides is polled out.
+    pub fn handle(&mut self, now: Instant, unix_ms: u64, event: Event) {
         let actions = self.engine.handle(event);
-        self.complete(actions, now, unix_ms)
+        self.complete(actions, now, unix_ms);
     }
 
     fn reset_round(&mut self, round: u64, unix_ms: u64) {
@@ -126,7 +150,7 @@ impl Federation {
         signed: Contribution,
         update: Update,
         bytes: u64,
-    ) -> Result<Vec<Action>, String> {
+    ) -> Result<(), String> {
         let (hospital, weight) = (signed.hospital, signed.weight);
         if let Err(e) = self.engine.accepts_update(hospital, round) {
             self.round.abandon(hospital, round);
@@ -146,7 +170,8 @@ impl Federation {
             weight,
             now,
         };
-        Ok(self.handle(now, unix_ms, event))
+        self.handle(now, unix_ms, event);
+        Ok(())
     }
 
     /// Whether `hospital`'s switching stream of (`round`, `attempt`) of `count` shares is
@@ -180,7 +205,7 @@ impl Federation {
         (round, attempt): (u64, u32),
         shares: Vec<KeySwitchShare>,
         bytes: u64,
-    ) -> Result<Vec<Action>, String> {
+    ) -> Result<(), String> {
         let he = self
             .he
             .clone()
@@ -196,7 +221,8 @@ impl Federation {
             attempt,
             now,
         };
-        Ok(self.handle(now, unix_ms, event))
+        self.handle(now, unix_ms, event);
+        Ok(())
     }
 
     /// Bytes sent to a hospital for `round` outside its result (switch requests).
@@ -209,34 +235,38 @@ impl Federation {
     /// The engine's decisions, completed with the round's data: a round started or announced
     /// gets its data; a switch request carries the contributions the switchers are shown; a
     /// delivery becomes the commit of the round's result and record.
-    fn complete(&mut self, actions: Vec<Action>, now: Instant, unix_ms: u64) -> Vec<Action> {
-        let mut out = Vec::with_capacity(actions.len());
+    fn complete(&mut self, actions: Vec<Action>, now: Instant, unix_ms: u64) {
         for action in actions {
             match action {
                 Action::StartRound { round, .. } => {
                     self.reset_round(round, unix_ms);
-                    out.push(action);
+                    self.actions.push_back(action);
                 }
                 Action::AnnounceRound { round, .. } => {
                     self.ensure_round(round, unix_ms);
-                    out.push(action);
+                    self.actions.push_back(action);
                 }
                 Action::RequestSwitch {
                     round,
                     attempt,
                     active,
                     weights,
-                } => out.push(self.switch_request(round, attempt, active, &weights, now)),
+                } => {
+                    let request = self.switch_request(round, attempt, active, &weights, now);
+                    self.actions.push_back(request)
+                }
                 Action::Deliver {
                     round,
                     targets,
                     weights,
                     switchers,
-                } => out.push(self.commit(round, targets, &weights, &switchers, now, unix_ms)),
-                other => out.push(other),
+                } => {
+                    let commit = self.commit(round, targets, &weights, &switchers, now, unix_ms);
+                    self.actions.push_back(commit)
+                }
+                other => self.actions.push_back(other),
             }
         }
-        out
     }
 
     /// Closes the aggregate (once) for switching attempt `attempt` by `active`.

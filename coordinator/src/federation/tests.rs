@@ -9,11 +9,15 @@ use he_agg::aggregate::CpuBackend;
 use super::*;
 
 fn plaintext(hospitals: u32, rounds: u64) -> Federation {
+    with_quorum(hospitals, hospitals, rounds)
+}
+
+fn with_quorum(hospitals: u32, quorum: u32, rounds: u64) -> Federation {
     let cfg = EngineConfig {
         hospitals,
         threshold: hospitals,
         rounds,
-        min_hospitals: hospitals,
+        min_hospitals: quorum,
         plaintext: true,
         round_timeout: Duration::from_secs(60),
         keep_results: 1,
@@ -43,6 +47,7 @@ fn join(f: &mut Federation, n: u32, now: Instant) {
         };
         f.handle(now, 0, event);
     }
+    polled(f);
 }
 
 fn upload(
@@ -53,7 +58,13 @@ fn upload(
 ) -> Result<Vec<Action>, String> {
     f.announce_update(hospital, 1, weight, 1, 0)?;
     let update = Update::Plain(vec![values.to_vec()]);
-    f.update_read(Instant::now(), 5, 1, signed(hospital, weight), update, 8)
+    f.update_read(Instant::now(), 5, 1, signed(hospital, weight), update, 8)?;
+    Ok(polled(f))
+}
+
+/// What the federation decided, polled out.
+fn polled(f: &mut Federation) -> Vec<Action> {
+    std::iter::from_fn(|| f.poll_action()).collect()
 }
 
 #[test]
@@ -99,7 +110,8 @@ fn a_plaintext_round_walks_from_two_updates_to_its_commit() {
     assert_eq!(targets, vec![1, 2]);
     // collection closed: a late update is refused and its slot is not held
     assert!(upload(&mut f, 1, 1, &[9.0, 9.0]).is_err());
-    let done = f.handle(now, 6, Event::Committed { round: 1, now });
+    f.handle(now, 6, Event::Committed { round: 1, now });
+    let done = polled(&mut f);
     assert!(done.iter().any(|a| matches!(a, Action::Finish { .. })));
     assert!(f.is_finished());
 }
@@ -122,4 +134,69 @@ fn a_refused_update_leaves_the_round_as_it_was() {
     assert_eq!(sum, vec![5.0, 2.0]);
     // switching shares in a plaintext federation are refused
     assert!(f.announce_shares(1, 1, 0, 1).is_err());
+}
+
+#[test]
+fn time_alone_closes_a_round_at_its_deadline_and_audits_a_stall_once_a_minute() {
+    let timeout = Duration::from_secs(60);
+    // three hospitals, a quorum of two: the round waits for the third until its deadline
+    let made = Instant::now();
+    let mut f = with_quorum(3, 2, 2);
+    join(&mut f, 3, Instant::now());
+    let deadline = f.poll_timeout().expect("a collecting round has a deadline");
+    assert!(deadline >= made + timeout && deadline <= Instant::now() + timeout);
+    upload(&mut f, 1, 1, &[1.0]).unwrap();
+    upload(&mut f, 2, 1, &[3.0]).unwrap();
+    // before it, time changes nothing
+    f.handle_timeout(deadline - Duration::from_secs(1), 0);
+    assert_eq!(polled(&mut f), vec![]);
+    f.handle_timeout(deadline, 7);
+    let closed = polled(&mut f);
+    assert!(
+        closed
+            .iter()
+            .any(|a| matches!(a, Action::Commit { round: 1, .. })),
+        "{closed:?}"
+    );
+    assert_eq!(
+        f.poll_timeout(),
+        None,
+        "no deadline while the result is delivered"
+    );
+    f.handle(
+        deadline,
+        8,
+        Event::Committed {
+            round: 1,
+            now: deadline,
+        },
+    );
+    polled(&mut f);
+    // round 2 with one update, below the quorum: audited at its deadline, then once a minute
+    let second = f.poll_timeout().expect("round 2's deadline");
+    assert_eq!(second, deadline + timeout);
+    f.announce_update(1, 2, 1, 1, 0).unwrap();
+    f.update_read(
+        second,
+        9,
+        2,
+        signed(1, 1),
+        Update::Plain(vec![vec![1.0]]),
+        8,
+    )
+    .unwrap();
+    polled(&mut f);
+    f.handle_timeout(second, 10);
+    let stalled = polled(&mut f);
+    assert!(
+        matches!(
+            stalled.as_slice(),
+            [Action::Audit {
+                event: "quorum-missing",
+                ..
+            }]
+        ),
+        "{stalled:?}"
+    );
+    assert_eq!(f.poll_timeout(), Some(second + QUORUM_AUDIT_EVERY));
 }

@@ -41,22 +41,15 @@ impl Server {
                 self.check_signed_update(h, round, &signed)?;
                 Ok((signed, update, bytes))
             });
-        let actions = match read {
-            Ok((signed, update, bytes)) => lock(&self.federation_state).update_read(
-                Instant::now(),
-                now_ms(),
-                round,
-                signed,
-                update,
-                bytes,
-            ),
+        match read {
+            Ok((signed, update, bytes)) => self.with_federation(|f| {
+                f.update_read(Instant::now(), now_ms(), round, signed, update, bytes)
+            }),
             Err(e) => {
                 lock(&self.federation_state).abandon_update(h, round);
                 Err(e)
             }
-        }?;
-        self.execute_all(actions);
-        Ok(())
+        }
     }
 
     /// In an encrypted federation, an update must be signed by its hospital (with the certificate
@@ -172,16 +165,9 @@ impl Server {
                     .map_err(|e| format!("share {i}: {e}"))?,
             );
         }
-        let actions = lock(&self.federation_state).shares_read(
-            Instant::now(),
-            now_ms(),
-            h,
-            (round, attempt),
-            got,
-            bytes,
-        )?;
-        self.execute_all(actions);
-        Ok(())
+        self.with_federation(|f| {
+            f.shares_read(Instant::now(), now_ms(), h, (round, attempt), got, bytes)
+        })
     }
 
     /// Commits a round with its result (the store's phase then `phase`), then sends the
