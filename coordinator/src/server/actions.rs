@@ -139,26 +139,14 @@ impl Server {
                 deadline,
             } => {
                 for h in to {
-                    self.send(
-                        h,
-                        round,
-                        Body::Federation(FederationMsg::RoundStart {
-                            deadline_ms: deadline.as_millis() as u64,
-                        }),
-                    );
+                    self.send(h, round, round_start(deadline));
                 }
             }
             Action::AnnounceRound {
                 round,
                 to,
                 deadline,
-            } => self.send(
-                to,
-                round,
-                Body::Federation(FederationMsg::RoundStart {
-                    deadline_ms: deadline.as_millis() as u64,
-                }),
-            ),
+            } => self.send(to, round, round_start(deadline)),
             Action::SwitchRequest {
                 round,
                 attempt,
@@ -223,6 +211,13 @@ impl Server {
             }
         }
     }
+}
+
+/// A round's announcement, with the time left to its deadline.
+fn round_start(deadline: Duration) -> Body {
+    Body::Federation(FederationMsg::RoundStart {
+        deadline_ms: deadline.as_millis() as u64,
+    })
 }
 
 /// Aborts a task when dropped (the timer's companion ends with it).
