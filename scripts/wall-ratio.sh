@@ -6,7 +6,7 @@
 #
 # Runs `coordinator simulate` (the embedded default unless a config is passed) encrypted and
 # with --plaintext, PAIRS times each (default 3; the order alternates), at the SIMD level in HEAL_SIMD (default: the
-# CPU's best), and prints each pair, the medians and their ratio. Needs the release binaries
+# CPU's best), and prints each pair with its final test AUCs, the medians and their ratio. Needs the release binaries
 # (`cargo build --release -p client -p coordinator`) and HEAL_DATA_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,24 +20,28 @@ bin=target/release/coordinator
 }
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-wall() { # prints the run's wall seconds from simulate's last line
-  "$bin" simulate --out "$out/run" --force "$@" 2>&1 | sed -n 's/^done in \([0-9.]*\) s.*/\1/p' | tail -1
+wall() { # prints the run's wall seconds and final test AUC from simulate's last lines
+  "$bin" simulate --out "$out/run" --force "$@" >"$out/log" 2>&1 || true
+  local w a
+  w=$(sed -n 's/^done in \([0-9.]*\) s.*/\1/p' "$out/log" | tail -1)
+  a=$(sed -n 's/^final test AUC \([0-9.]*\),.*/\1/p' "$out/log" | tail -1)
+  [[ -n $w ]] && echo "$w ${a:-?}"
 }
-he=() pt=()
+he=() pt=() h= p= ha= pa=
 for ((i = 1; i <= pairs; i++)); do
   # ABBA order: a run reuses memory the run before it just freed, which costs no page faults
   # (on a virtual machine whose host reclaims freed memory a cold first touch costs ~2 s per
   # GB), so neither pipeline may always go first
   if ((i % 2)); then
-    h=$(wall "$@")
-    p=$(wall --plaintext "$@")
+    read -r h ha < <(wall "$@") || true
+    read -r p pa < <(wall --plaintext "$@") || true
   else
-    p=$(wall --plaintext "$@")
-    h=$(wall "$@")
+    read -r p pa < <(wall --plaintext "$@") || true
+    read -r h ha < <(wall "$@") || true
   fi
   [[ -n $h && -n $p ]] || { echo "pair $i: a run failed (see coordinator simulate's output)" >&2; exit 1; }
   he+=("$h") pt+=("$p")
-  echo "pair $i: HE $h s, plaintext $p s ($(awk -v a="$h" -v b="$p" 'BEGIN { printf "%.3f", a / b }'))"
+  echo "pair $i: HE $h s (AUC $ha), plaintext $p s (AUC $pa) ($(awk -v a="$h" -v b="$p" 'BEGIN { printf "%.3f", a / b }'))"
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 mh=$(median "${he[@]}") mp=$(median "${pt[@]}")

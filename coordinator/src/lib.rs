@@ -13,3 +13,4 @@ pub mod server;
 pub mod simulate;
 pub mod status;
 pub mod store;
+pub mod timer;

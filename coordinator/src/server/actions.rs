@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use super::{Server, lock};
 use crate::federation::{Action, Event, Federation};
 use crate::store::now_ms;
+use crate::timer::until_due;
 
 /// How often refused connections held back are written out (a log's rate, not a protocol's).
 const REFUSALS_EVERY: Duration = Duration::from_secs(1);
@@ -59,17 +60,8 @@ impl Server {
             let _refusals = AbortOnDrop(refusals);
             loop {
                 let due = lock(&self.federation_state).poll_timeout();
-                let sleep = async {
-                    match due {
-                        Some(t) => tokio::time::sleep_until(t.into()).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    _ = sleep => {
-                        self.with_federation(|f| f.handle_timeout(Instant::now(), now_ms()));
-                    }
-                    _ = self.deadline_moved.notified() => {}
+                if until_due(due, &self.deadline_moved).await {
+                    self.with_federation(|f| f.handle_timeout(Instant::now(), now_ms()));
                 }
             }
         })

@@ -77,6 +77,7 @@ pub enum ServingEvent {
         attempt: u32,
         hospital: u32,
     },
+    /// Time passed: requests older than the request timeout are refused.
     Tick {
         now: Instant,
     },
@@ -172,6 +173,13 @@ impl ServingEngine {
 
     pub fn step(&self) -> SetupStep {
         self.step
+    }
+
+    /// When time alone next changes something ([`ServingEvent::Tick`]): the oldest waiting
+    /// request's timeout.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let oldest = self.requests.values().map(|p| p.since).min()?;
+        Some(oldest + self.cfg.request_timeout)
     }
 
     fn all(&self) -> BTreeSet<u32> {

@@ -3,7 +3,7 @@
 //! read), reads it whole and hands it in with [`Service::handle`]; the service decides, and the
 //! shell polls out what to do ([`Service::poll_action`]): messages to send to connections, head
 //! training's computations to run off the service, the served state to save, audit entries.
-//! Time is passed in. It owns the protocol's decisions ([`ServingEngine`]: setup steps, who is
+//! Time is passed in: the shell sleeps until [`Service::poll_timeout`]. It owns the protocol's decisions ([`ServingEngine`]: setup steps, who is
 //! ready, attempts), the keys ([`ServedKeys`]), every request's switch ([`SwitchState`]), the
 //! admission of requests in flight, and a head run's progress ([`super::service_head`]).
 
@@ -189,8 +189,18 @@ impl Service {
             Event::Unread { body, .. } => self.release(&body),
             Event::RunBuilt(run) => self.run_built(now, run),
             Event::StepDone { run, result } => self.step_done(now, run, result),
-            Event::Tick => self.drive(now, ServingEvent::Tick { now }),
         }
+    }
+
+    /// When the shell is to call [`Service::handle_timeout`] next (a waiting request's
+    /// timeout), if anything waits on time.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.engine.next_deadline()
+    }
+
+    /// Time reached [`Service::poll_timeout`]: requests past their timeout are refused.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.drive(now, ServingEvent::Tick { now });
     }
 
     /// An admitted request or contribution is no longer being read.

@@ -53,8 +53,6 @@ pub enum Event {
         run: Box<HeadRun>,
         result: Result<(), String>,
     },
-    /// Time passes (deadlines).
-    Tick,
 }
 
 /// What the shell is to do.

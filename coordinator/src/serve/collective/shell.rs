@@ -15,11 +15,13 @@ use anyhow::Context;
 use protocol::link::{Link, accept_connection, listen};
 use protocol::tls::TlsFiles;
 use protocol::{Body, CollectiveMsg, FederationId, Incoming, Party};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::service::Service;
 use super::service_io::{Action, Conn, Event};
 use crate::store::Store;
+use crate::timer::until_due;
 
 /// The mode (a) server.
 pub struct CollectiveServer {
@@ -32,6 +34,8 @@ pub struct CollectiveServer {
     /// where the served state is saved (with `store`)
     dir: Option<std::path::PathBuf>,
     service: Mutex<Service>,
+    /// woken when a call into the service may have moved its next deadline
+    deadline_moved: Notify,
     conns: Mutex<HashMap<Conn, Link>>,
     next_conn: AtomicU64,
 }
@@ -54,6 +58,7 @@ impl CollectiveServer {
             store,
             dir,
             service: Mutex::new(service),
+            deadline_moved: Notify::new(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
         })
@@ -76,11 +81,13 @@ impl CollectiveServer {
     /// Serves connections until the endpoint is closed.
     pub async fn serve(self: Arc<Self>, endpoint: protocol::quinn::Endpoint) -> anyhow::Result<()> {
         info!(addr = %endpoint.local_addr()?, "serving mode (a): waiting for every keyholder");
-        let ticker = self.clone();
+        let timer = self.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                ticker.feed(Event::Tick).await;
+                let due = timer.lock().poll_timeout();
+                if until_due(due, &timer.deadline_moved).await {
+                    timer.timeout();
+                }
             }
         });
         while let Some(incoming) = endpoint.accept().await {
@@ -100,11 +107,23 @@ impl CollectiveServer {
 
     /// Feeds an event and carries out what the service decides.
     async fn feed(self: &Arc<Self>, event: Event) {
+        self.with_service(|s| tokio::task::block_in_place(|| s.handle(Instant::now(), event)));
+    }
+
+    /// The service's deadline came.
+    fn timeout(self: &Arc<Self>) {
+        self.with_service(|s| s.handle_timeout(Instant::now()));
+    }
+
+    /// Runs `f` on the service, then carries out what it decided, in order, outside the lock;
+    /// wakes the timer, whose deadline may have moved.
+    fn with_service(self: &Arc<Self>, f: impl FnOnce(&mut Service)) {
         let actions: Vec<Action> = {
             let mut s = self.lock();
-            tokio::task::block_in_place(|| s.handle(Instant::now(), event));
+            f(&mut s);
             std::iter::from_fn(|| s.poll_action()).collect()
         };
+        self.deadline_moved.notify_one();
         for action in actions {
             self.carry_out(action);
         }

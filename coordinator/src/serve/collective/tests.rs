@@ -179,11 +179,14 @@ fn a_different_plan_or_late_round1_is_refused() {
 fn a_switcher_that_leaves_is_replaced_and_too_few_hospitals_time_out() {
     let now = Instant::now();
     let mut e = serving(4, 3);
+    assert_eq!(e.next_deadline(), None, "nothing waits on time");
     let a = e.handle(ServingEvent::Ready {
         request: 1,
         requester: 2,
         now,
     });
+    let due = e.next_deadline().expect("a waiting request has a deadline");
+    assert_eq!(due.duration_since(now), Duration::from_secs(30));
     let (_, active) = switch_of(&a);
     e.handle(ServingEvent::SharesFolded {
         request: 1,
@@ -205,13 +208,19 @@ fn a_switcher_that_leaves_is_replaced_and_too_few_hospitals_time_out() {
     let a = rejoin(&mut e, again[0]);
     assert_eq!(switch_of(&a).0, 2);
     e.handle(ServingEvent::Left { hospital: again[0] });
-    let a = e.handle(ServingEvent::Tick {
-        now: now + Duration::from_secs(31),
-    });
+    assert!(
+        e.handle(ServingEvent::Tick {
+            now: due - Duration::from_millis(1)
+        })
+        .is_empty(),
+        "not before its deadline"
+    );
+    let a = e.handle(ServingEvent::Tick { now: due });
     assert!(matches!(
         a.as_slice(),
         [ServingAction::Refuse { request: 1, .. }]
     ));
+    assert_eq!(e.next_deadline(), None, "the refused request waits no more");
 }
 
 #[test]
