@@ -28,6 +28,7 @@ pub mod front;
 pub mod membership;
 pub mod metrics;
 pub mod model;
+mod param_walk;
 pub mod params;
 pub mod strategy;
 pub mod train;

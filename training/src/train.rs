@@ -23,12 +23,12 @@ use rand::seq::SliceRandom;
 use crate::data::{Augment, Tensors, one_hot};
 use crate::error::TrainError;
 use crate::metrics::{EvalReport, evaluate_probs};
-use crate::model::{LayerParams, Network};
-use crate::params;
+use crate::model::Network;
 pub use crate::train_config::{
     Distill, EpochStats, NormStatistics, OptimizerKind, Schedule, ScheduleSpan, TrainConfig,
     TrainReport,
 };
+use crate::{param_walk, params};
 
 /// Options of one training run besides the hyper-parameters.
 #[derive(Clone, Debug, Default)]
@@ -74,44 +74,6 @@ fn cross_entropy(logits: Tensor<2>, one_hot: Tensor<2>, b: usize) -> Tensor<1> {
         .sum()
         .neg()
         .div_scalar(b as f32)
-}
-
-fn proximal(net: &Network, anchor: &Network) -> Option<Tensor<1>> {
-    let mut acc: Option<Tensor<1>> = None;
-    let mut add = |t: Tensor<1>| {
-        acc = Some(match acc.take() {
-            Some(a) => a + t,
-            None => t,
-        })
-    };
-    for (p, g) in net.params.iter().zip(&anchor.params) {
-        match (p, g) {
-            (LayerParams::Conv(p), LayerParams::Conv(g)) => {
-                add((p.weight.val() - g.weight.val().detach())
-                    .powi_scalar(2)
-                    .sum());
-                add((p.bias.val() - g.bias.val().detach()).powi_scalar(2).sum());
-            }
-            (LayerParams::Dense(p), LayerParams::Dense(g)) => {
-                add((p.weight.val() - g.weight.val().detach())
-                    .powi_scalar(2)
-                    .sum());
-                add((p.bias.val() - g.bias.val().detach()).powi_scalar(2).sum());
-            }
-            (LayerParams::Norm(p), LayerParams::Norm(g)) => {
-                add((p.gamma.val() - g.gamma.val().detach())
-                    .powi_scalar(2)
-                    .sum());
-                add((p.beta.val() - g.beta.val().detach()).powi_scalar(2).sum());
-            }
-            (LayerParams::Quad(p), LayerParams::Quad(g)) => {
-                add((p.a.val() - g.a.val().detach()).powi_scalar(2).sum());
-                add((p.b.val() - g.b.val().detach()).powi_scalar(2).sum());
-            }
-            _ => {}
-        }
-    }
-    acc
 }
 
 fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
@@ -173,7 +135,17 @@ pub fn train(
         ));
     }
     let anchor = match (cfg.fedprox_mu > 0.0, opts.global) {
-        (true, Some(g)) => Some(params::network_from_flat(&net.spec, g, &device)?),
+        (true, Some(g)) if g.len() == params::manifest(&net.spec).total => Some(g),
+        (true, Some(g)) => {
+            return Err(TrainError::invalid(
+                "TrainOptions::global",
+                format!(
+                    "{} values for a network of {}",
+                    g.len(),
+                    params::manifest(&net.spec).total
+                ),
+            ));
+        }
         (true, None) => {
             return Err(TrainError::invalid(
                 "[train] fedprox_mu",
@@ -308,7 +280,7 @@ pub fn train(
                 Some(r) => ce + r.mul_scalar(cfg.range_penalty as f32),
                 None => ce,
             };
-            let loss = match anchor.as_ref().and_then(|a| proximal(&net, a)) {
+            let loss = match anchor.and_then(|a| param_walk::squared_distance(&net, a)) {
                 Some(p) => ce + p.mul_scalar((cfg.fedprox_mu / 2.0) as f32),
                 None => ce,
             };

@@ -1,0 +1,139 @@
+//! The walk against the flat vector's manifest, on a network of every layer kind.
+
+use burn::optim::GradientsParams;
+use burn::tensor::Device;
+
+use super::*;
+use crate::model::ModelConfig;
+use crate::params::{manifest, to_flat};
+
+/// conv, per-channel polynomial, a residual block with a projection, pooling, dense: every
+/// kind of trained tensor.
+fn network() -> Network {
+    let model: ModelConfig = toml::from_str(
+        r#"
+        activation = "poly"
+        [[layers]]
+        type = "conv"
+        channels = 3
+        kernel = 3
+        padding = 1
+        [[layers]]
+        type = "batch-norm"
+        [[layers]]
+        type = "act"
+        [[layers]]
+        type = "residual"
+        channels = 4
+        stride = 2
+        [[layers]]
+        type = "global-avg-pool"
+        [[layers]]
+        type = "dense"
+        "#,
+    )
+    .unwrap();
+    let spec = model.resolve([1, 8, 8], 3).unwrap();
+    Network::init(&spec, &Device::flex().autodiff())
+}
+
+/// A step's gradients as one flat vector of the network's length (the walk's order): 0 for running statistics
+/// and for tensors that took no gradient (frozen ones).
+fn flat_gradients(net: &Network, grads: &GradientsParams, len: usize) -> Vec<f32> {
+    let mut out = vec![0f32; len];
+    fn put<const D: usize>(out: &mut [f32], at: usize, g: Option<Tensor<D>>, dense: bool) {
+        let Some(g) = g else { return };
+        let g = if dense {
+            // [in, out] in the network, [out, in] in the flat vector
+            g.transpose()
+        } else {
+            g
+        };
+        let v = g
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap_or_default();
+        if let Some(dst) = out.get_mut(at..at + v.len()) {
+            dst.copy_from_slice(&v);
+        }
+    }
+    for_each_trained(net, |t, at| match t {
+        Trained::T1(p) => put(&mut out, at, grads.get::<1>(p.id), false),
+        Trained::T4(p) => put(&mut out, at, grads.get::<4>(p.id), false),
+        Trained::Dense(p) => put(&mut out, at, grads.get::<2>(p.id), true),
+    });
+    out
+}
+
+fn scalar(t: Tensor<1>) -> f32 {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()[0]
+}
+
+#[test]
+fn the_proximal_gradient_pulls_every_trained_value_towards_its_own_anchor_value() {
+    let net = network();
+    let m = manifest(&net.spec);
+    let flat = to_flat(&net);
+    // a distinct offset per position: a walk off by one tensor, or a dense weight transposed
+    // the wrong way, pulls values towards where the manifest says others are
+    let v: Vec<f32> = (0..m.total).map(|i| (i % 97) as f32 / 10.0 - 4.0).collect();
+    let anchor: Vec<f32> = flat.iter().zip(&v).map(|(w, d)| w - d).collect();
+    let loss = squared_distance(&net, &anchor).expect("the network trains something");
+    let grads = GradientsParams::from_grads(loss.backward(), &net);
+    let g = flat_gradients(&net, &grads, m.total);
+    for e in &m.entries {
+        let (want, got) = (
+            &v[e.offset..e.offset + e.len],
+            &g[e.offset..e.offset + e.len],
+        );
+        if e.trainable {
+            // d/dw (w − (w − v))² = 2v
+            for (w, g) in want.iter().zip(got) {
+                let ok = (2.0 * w - g).abs() <= 1e-4 * (1.0 + w.abs());
+                assert!(ok, "{}: {g} for 2·{w}", e.name);
+            }
+        } else {
+            assert!(
+                got.iter().all(|&x| x == 0.0),
+                "{}: statistics take no gradient",
+                e.name
+            );
+        }
+    }
+}
+
+#[test]
+fn the_squared_distance_counts_every_trained_value_of_every_layer_kind() {
+    let net = network();
+    let m = manifest(&net.spec);
+    let flat = to_flat(&net);
+    assert_eq!(scalar(squared_distance(&net, &flat).unwrap()), 0.0);
+    // the anchor 1 away at every trained value: the distance is how many there are (the
+    // residual block's and the polynomials' included)
+    let shifted: Vec<f32> = flat
+        .iter()
+        .zip(
+            m.entries
+                .iter()
+                .flat_map(|e| std::iter::repeat_n(e.trainable, e.len)),
+        )
+        .map(|(&w, trained)| if trained { w + 1.0 } else { w + 100.0 })
+        .collect();
+    let trained: usize = m
+        .entries
+        .iter()
+        .filter(|e| e.trainable)
+        .map(|e| e.len)
+        .sum();
+    let d = scalar(squared_distance(&net, &shifted).unwrap());
+    assert!(
+        m.entries
+            .iter()
+            .any(|e| e.name.contains("block") || e.name.contains("residual"))
+    );
+    assert!(
+        (d - trained as f32).abs() < 1e-3 * trained as f32,
+        "{d} vs {trained}"
+    );
+}
