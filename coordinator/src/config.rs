@@ -294,6 +294,17 @@ impl FederationConfig {
                 self.min_hospitals()
             );
         }
+        let scaffold = (self.site_sections.get("train"))
+            .and_then(|t| t.get("scaffold"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        if scaffold && self.privacy.enabled() {
+            // each hospital's control variate is a plain mean gradient of its images
+            bail!(
+                "[train] scaffold sends each hospital's mean gradient beside its update, which \
+                 [privacy]'s noise does not cover: remove one of them"
+            );
+        }
         let plan = self.privacy_plan()?;
         if self.privacy.mode == privacy::Mode::Hospital
             && self.privacy.clip + 12.0 * plan.sigma_each() > self.he.max_update
@@ -414,6 +425,17 @@ activation = "square"
         let e =
             FederationConfig::from_toml(&format!("{OK}\n[coordinator]\ngpu = true")).unwrap_err();
         assert!(format!("{e:#}").contains("unknown field `gpu`"), "{e:#}");
+    }
+
+    #[test]
+    fn scaffold_is_refused_under_privacy_whose_noise_would_not_cover_its_variates() {
+        let scaffold = format!("{OK}\n[train]\nscaffold = true\nbatch_size = 16");
+        FederationConfig::from_toml(&scaffold).unwrap();
+        let e = FederationConfig::from_toml(&format!(
+            "{scaffold}\n[privacy]\nmode = \"hospital\"\ntarget_epsilon = 8.0"
+        ))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("[train] scaffold"), "{e:#}");
     }
 
     #[test]

@@ -411,6 +411,7 @@ pub fn run_prepared(
             class_names: Some(names),
             keep_best_on_val: cfg.baseline.keep_best_on_val && val_t.is_some(),
             global: None,
+            control: None,
             progress,
             dp: None,
             teacher,

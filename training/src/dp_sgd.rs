@@ -501,6 +501,7 @@ fn train_dp_all(
             train_seconds: secs,
             images_per_s: seen as f64 / secs.max(1e-9),
             returned_epoch: 1,
+            mean_gradient: None,
         },
     ))
 }

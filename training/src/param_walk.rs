@@ -1,10 +1,12 @@
 //! Every trained tensor of a network in the flat vector's order ([`crate::params`]), with its
 //! offset there: what a loss term over the whole network is made from (FedProx's proximal
-//! term). One walk mirroring the flat vector's, so that no layer kind is missed (the proximal
-//! term once skipped residual blocks and per-channel activations).
+//! term, SCAFFOLD's correction) and what a step's gradients are read back into. One walk
+//! mirroring the flat vector's, so that no layer kind is missed (the proximal term once skipped
+//! residual blocks and per-channel activations).
 
 use burn::module::Param;
 use burn::nn::BatchNorm;
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::model::{ActParams, ConvParams, LayerParams, Network};
@@ -76,18 +78,29 @@ fn for_each_trained(net: &Network, mut f: impl FnMut(Trained<'_>, usize)) {
     }
 }
 
-fn term<const D: usize>(w: Tensor<D>, v: Tensor<D>) -> Tensor<1> {
-    (w - v).powi_scalar(2).sum()
+/// A loss term of a trained tensor `w` against the constant `v` of its shape.
+#[derive(Clone, Copy)]
+enum Term {
+    /// ‖w − v‖²
+    SquaredDistance,
+    /// ⟨w, v⟩
+    Dot,
+}
+
+fn term<const D: usize>(op: Term, w: Tensor<D>, v: Tensor<D>) -> Tensor<1> {
+    match op {
+        Term::SquaredDistance => (w - v).powi_scalar(2).sum(),
+        Term::Dot => (w * v).sum(),
+    }
 }
 
 fn constant<const D: usize>(flat: &[f32], shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::<D>::from_data(TensorData::new(flat.to_vec(), shape), device)
 }
 
-/// FedProx's Σ ‖w − w_global‖² over every trained tensor (`anchor`: the global model's flat
-/// vector, constants: no gradient flows into them). `None` for a network with nothing trained.
-pub(crate) fn squared_distance(net: &Network, anchor: &[f32]) -> Option<Tensor<1>> {
-    let flat = anchor;
+/// Σ `op`(w, `flat`'s values at w's place) over every trained tensor (`flat`: constants, no
+/// gradient flows into them). `None` for a network with nothing trained.
+fn sum_over_trained(net: &Network, flat: &[f32], op: Term) -> Option<Tensor<1>> {
     let mut acc: Option<Tensor<1>> = None;
     for_each_trained(net, |t, at| {
         let next = match t {
@@ -95,20 +108,20 @@ pub(crate) fn squared_distance(net: &Network, anchor: &[f32]) -> Option<Tensor<1
                 let w = p.val();
                 let [n] = w.dims();
                 let v = constant(&flat[at..at + n], [n], &w.device());
-                term(w, v)
+                term(op, w, v)
             }
             Trained::T4(p) => {
                 let w = p.val();
                 let dims = w.dims();
                 let n = dims.iter().product::<usize>();
                 let v = constant(&flat[at..at + n], dims, &w.device());
-                term(w, v)
+                term(op, w, v)
             }
             Trained::Dense(p) => {
                 let w = p.val();
                 let [inp, out] = w.dims();
                 let v = constant(&flat[at..at + inp * out], [out, inp], &w.device()).transpose();
-                term(w, v)
+                term(op, w, v)
             }
         };
         acc = Some(match acc.take() {
@@ -117,6 +130,51 @@ pub(crate) fn squared_distance(net: &Network, anchor: &[f32]) -> Option<Tensor<1
         });
     });
     acc
+}
+
+/// FedProx's Σ ‖w − w_global‖² over every trained tensor (`anchor`: the global model's flat
+/// vector). `None` for a network with nothing trained.
+pub(crate) fn squared_distance(net: &Network, anchor: &[f32]) -> Option<Tensor<1>> {
+    sum_over_trained(net, anchor, Term::SquaredDistance)
+}
+
+/// Σ ⟨w, k⟩ over every trained tensor (`k` a flat vector of the network's length): its
+/// gradient is `k` itself, so adding it to a loss adds `k` to every step's gradient (SCAFFOLD's
+/// correction c − cᵢ). `None` for a network with nothing trained.
+pub(crate) fn dot(net: &Network, k: &[f32]) -> Option<Tensor<1>> {
+    sum_over_trained(net, k, Term::Dot)
+}
+
+/// Adds `weight` × (each trained tensor's gradient in `grads` − `less`'s values at its place,
+/// when given) into `acc` (the network's flat length); running statistics and tensors that
+/// took no gradient (frozen ones) add nothing.
+pub(crate) fn add_gradients(
+    net: &Network,
+    grads: &GradientsParams,
+    acc: &mut [f64],
+    weight: f64,
+    less: Option<&[f32]>,
+) {
+    let put = |acc: &mut [f64], at: usize, v: Option<Vec<f32>>| {
+        let Some(v) = v else { return };
+        let less = less.and_then(|l| l.get(at..at + v.len()));
+        if let Some(dst) = acc.get_mut(at..at + v.len()) {
+            for (i, (a, &g)) in dst.iter_mut().zip(&v).enumerate() {
+                let k = less.map_or(0.0, |l| l[i]);
+                *a += weight * (g as f64 - k as f64);
+            }
+        }
+    };
+    fn read<const D: usize>(g: Option<Tensor<D>>, dense: bool) -> Option<Vec<f32>> {
+        // a dense weight is [in, out] in the network, [out, in] in the flat vector
+        let g = if dense { g?.transpose() } else { g? };
+        g.into_data().convert::<f32>().try_to_vec::<f32>().ok()
+    }
+    for_each_trained(net, |t, at| match t {
+        Trained::T1(p) => put(acc, at, read(grads.get::<1>(p.id), false)),
+        Trained::T4(p) => put(acc, at, read(grads.get::<4>(p.id), false)),
+        Trained::Dense(p) => put(acc, at, read(grads.get::<2>(p.id), true)),
+    });
 }
 
 #[cfg(test)]

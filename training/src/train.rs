@@ -41,6 +41,9 @@ pub struct TrainOptions<'a> {
     pub keep_best_on_val: bool,
     /// FedProx anchor: the global model's flat vector (with `fedprox_mu > 0`).
     pub global: Option<&'a [f32]>,
+    /// SCAFFOLD's correction c − cᵢ (the flat vector's length; with `[train] scaffold`): added
+    /// to every step's gradient; the report then carries the steps' mean gradient without it.
+    pub control: Option<&'a [f32]>,
     /// Show progress bars.
     pub progress: bool,
     /// Patient-level differential privacy: DP-SGD steps instead of epochs of batches.
@@ -154,6 +157,33 @@ pub fn train(
         }
         (false, _) => None,
     };
+    let total = params::manifest(&net.spec).total;
+    let control = match (cfg.scaffold, opts.control) {
+        (true, Some(k)) if k.len() == total && opts.dp.is_none() => Some(k),
+        (true, Some(k)) if k.len() != total => {
+            return Err(TrainError::invalid(
+                "TrainOptions::control",
+                format!("{} values for a network of {total}", k.len()),
+            ));
+        }
+        (true, Some(_)) => {
+            return Err(TrainError::invalid(
+                "[train] scaffold",
+                "SCAFFOLD's control variates are plain mean gradients: not under DP-SGD",
+            ));
+        }
+        (true, None) => {
+            return Err(TrainError::invalid(
+                "[train] scaffold",
+                "SCAFFOLD needs the federation's control variates: it is for federated runs \
+                 (coordinator simulate / client run), not centralised training",
+            ));
+        }
+        (false, _) => None,
+    };
+    // SCAFFOLD: Σ of the steps' gradients without the correction, and how many steps
+    let mut grad_sum = control.map(|_| vec![0f64; total]);
+    let mut steps = 0usize;
     let default_names: Vec<String>;
     let names = match opts.class_names {
         Some(n) => n,
@@ -284,6 +314,10 @@ pub fn train(
                 Some(p) => ce + p.mul_scalar((cfg.fedprox_mu / 2.0) as f32),
                 None => ce,
             };
+            let loss = match control.and_then(|k| param_walk::dot(&net, k)) {
+                Some(d) => loss + d,
+                None => loss,
+            };
             let loss_value = scalar(loss.clone());
             if !loss_value.is_finite() {
                 bar.abandon();
@@ -301,6 +335,10 @@ pub fn train(
             }
             seen += b;
             let grads = GradientsParams::from_grads(loss.backward(), &net);
+            if let Some(sum) = grad_sum.as_mut() {
+                param_walk::add_gradients(&net, &grads, sum, 1.0, control);
+                steps += 1;
+            }
             lr = cfg.lr_at((epoch - 1) as f64 + bi as f64 / batches.len() as f64);
             net = optim.step(lr, net, grads);
             bar.inc(1);
@@ -363,6 +401,10 @@ pub fn train(
             train_seconds: total_train,
             images_per_s: total_images as f64 / total_train.max(1e-9),
             returned_epoch,
+            mean_gradient: grad_sum.map(|s| {
+                let steps = steps.max(1) as f64;
+                s.into_iter().map(|g| (g / steps) as f32).collect()
+            }),
         },
     ))
 }

@@ -114,6 +114,7 @@ fn d_range_bound() -> f64 {
 /// min_lr = 0.0           # cosine schedule: final learning rate
 /// grad_clip = 5.0        # clip the global gradient L2 norm (omit: no clipping)
 /// fedprox_mu = 0.0       # FedProx: mu/2·‖w − w_global‖² (needs a global model)
+/// scaffold = false       # federated: SCAFFOLD's control variates correct every local step
 /// shift = 0              # augmentation: random shift of up to this many pixels
 /// hflip = false          # augmentation: random left-right mirror
 /// rotate = 0.0           # augmentation: random rotation of up to ± this many degrees
@@ -182,6 +183,12 @@ pub struct TrainConfig {
     /// FedProx proximal coefficient μ (default 0: off).
     #[serde(default)]
     pub fedprox_mu: f64,
+    /// SCAFFOLD (Karimireddy et al., 2020; default false): a federated hospital adds c − cᵢ
+    /// (the federation's mean gradient less its own) to every local step's gradient and sends
+    /// the change of its cᵢ beside its model update, so that hospitals whose data pull
+    /// elsewhere (label skew) drift less. Needs the control variates (a federated run).
+    #[serde(default)]
+    pub scaffold: bool,
     /// Random shift augmentation in pixels (default 0).
     #[serde(default)]
     pub shift: usize,
@@ -434,4 +441,8 @@ pub struct TrainReport {
     pub images_per_s: f64,
     /// The epoch whose weights were returned (the last, or the best on validation).
     pub returned_epoch: usize,
+    /// With a SCAFFOLD correction: the mean over the run's steps of the loss's gradient without
+    /// it (the flat vector's length; 0 where nothing trains), the hospital's next cᵢ.
+    #[serde(skip)]
+    pub mean_gradient: Option<Vec<f32>>,
 }

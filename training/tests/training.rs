@@ -1,5 +1,5 @@
 //! Training on real images beats chance clearly; FedProx pulls towards the global model;
-//! training is reproducible by seed.
+//! SCAFFOLD's correction enters every step; training is reproducible by seed.
 
 mod common;
 
@@ -89,6 +89,77 @@ fn fedprox_keeps_the_update_near_the_global_model() {
         ..cfg(1, 32, 1e-3)
     };
     assert!(train(net, &train_t, &c, &TrainOptions::default()).is_err());
+}
+
+#[test]
+fn scaffold_steps_by_the_gradient_plus_the_correction_and_reports_the_gradient_alone() {
+    let (train_t, _, _) = common::tensors("breastmnist", 64, 1);
+    let spec = ModelConfig::default().resolve(train_t.shape, 2).unwrap();
+    let device = Device::flex().autodiff();
+    let w0 = to_flat(&Network::init(&spec, &device));
+    let m = training::params::manifest(&spec);
+    let lr = 0.1;
+    // one step of plain SGD over one batch: w1 = w0 − lr·(g + k)
+    let c = TrainConfig {
+        optimizer: training::train::OptimizerKind::Sgd,
+        momentum: 0.0,
+        grad_clip: None,
+        scaffold: true,
+        ..cfg(1, 64, lr)
+    };
+    let step = |k: &[f32]| {
+        let net = network_from_flat(&spec, &w0, &device).unwrap();
+        let opts = TrainOptions {
+            control: Some(k),
+            ..TrainOptions::default()
+        };
+        let (net, report) = train(net, &train_t, &c, &opts).unwrap();
+        (
+            to_flat(&net),
+            report.mean_gradient.expect("SCAFFOLD reports it"),
+        )
+    };
+    let zero = vec![0f32; m.total];
+    let k: Vec<f32> = (0..m.total)
+        .map(|i| ((i * 7919) % 201) as f32 / 1e4 - 0.01)
+        .collect();
+    let (w_plain, g_plain) = step(&zero);
+    let (w_corr, g_corr) = step(&k);
+    let mut checked = 0;
+    for e in m.entries.iter().filter(|e| e.trainable) {
+        for i in e.offset..e.offset + e.len {
+            let tol = 1e-4 * (1.0 + g_plain[i].abs());
+            // the gradient without the correction is the same at the same point
+            assert!((g_plain[i] - g_corr[i]).abs() < tol, "{} [{i}]", e.name);
+            let moved = (w0[i] - w_corr[i]) / lr as f32;
+            let want = g_plain[i] + k[i];
+            assert!(
+                (moved - want).abs() < 1e-3 * (1.0 + want.abs()),
+                "{}: {moved} for {want}",
+                e.name
+            );
+            let moved = (w0[i] - w_plain[i]) / lr as f32;
+            assert!((moved - g_plain[i]).abs() < 1e-3 * (1.0 + g_plain[i].abs()));
+            checked += 1;
+        }
+    }
+    assert!(checked > 1000 && g_plain.iter().any(|&g| g.abs() > 1e-4));
+    for e in m.entries.iter().filter(|e| !e.trainable) {
+        assert!(
+            g_plain[e.offset..e.offset + e.len]
+                .iter()
+                .all(|&g| g == 0.0)
+        );
+    }
+    // without the control variates, or with the wrong length, it is refused
+    let net = network_from_flat(&spec, &w0, &device).unwrap();
+    assert!(train(net, &train_t, &c, &TrainOptions::default()).is_err());
+    let net = network_from_flat(&spec, &w0, &device).unwrap();
+    let short = TrainOptions {
+        control: Some(&k[1..]),
+        ..TrainOptions::default()
+    };
+    assert!(train(net, &train_t, &c, &short).is_err());
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod participant;
 mod privacy;
 mod result;
 mod result_noise;
+mod scaffold;
 mod session;
 mod setup;
 mod site;

@@ -31,7 +31,9 @@ impl Node {
         msg: &mut Incoming,
     ) -> anyhow::Result<Applied> {
         let t0 = Instant::now();
-        let n = self.data.manifest.total;
+        // the model's values, then (SCAFFOLD) as many control values
+        let model_len = self.data.manifest.total;
+        let n = model_len * if self.scaffold.is_some() { 2 } else { 1 };
         let mut bytes_down = 0u64;
         let mut items = Vec::with_capacity(count as usize);
         for i in 0..count {
@@ -94,6 +96,7 @@ impl Node {
             }
             Err(e) => return Err(e).context("the round's result"),
         };
+        let (average, control) = average.split_at(model_len);
         let delta: Vec<f32> = (average.iter().zip(&self.data.frozen))
             .map(|(&a, &frozen)| if frozen { 0.0 } else { a as f32 })
             .collect();
@@ -116,6 +119,14 @@ impl Node {
                 raised = applied.raised,
                 "batch-norm variances below 1e-3 after the noised average raised to it"
             );
+        }
+        if let Some(s) = self.scaffold.as_mut() {
+            // before the model's state: applied twice after a restart, it changes nothing
+            let control: Vec<f32> = control.iter().map(|&c| c as f32).collect();
+            if control.iter().any(|c| !c.is_finite()) {
+                bail!("the decrypted control variates are not finite");
+            }
+            s.apply(round, &control, participants.contains(&self.index))?;
         }
         self.state.round = round;
         self.state_file.save(&self.state)?;

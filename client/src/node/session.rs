@@ -26,6 +26,7 @@ use super::data::{LocalData, load};
 use super::keys::{Keys, PeerKeys};
 use super::participant::{Action, Applied, Membership, Participant};
 use super::privacy::NodePrivacy;
+use super::scaffold::Scaffold;
 use super::site::SiteConfig;
 use super::state::{ModelState, StateFile, SwitchRecordFile};
 use super::trust;
@@ -91,6 +92,8 @@ pub struct Node {
     /// `[server]`'s strategy, applied to every round's decrypted average (wrapped under
     /// `[privacy]`)
     pub(super) strategy: Box<dyn Strategy>,
+    /// `[train] scaffold`: the control variates (an update is then twice the model's length)
+    pub(super) scaffold: Option<Scaffold>,
 }
 
 fn lookup(addr: &str) -> anyhow::Result<SocketAddr> {
@@ -181,7 +184,15 @@ impl Node {
             plaintext = cfg.he.plaintext,
             "node ready"
         );
-        let n = data.manifest.total;
+        let scaffold = if cfg.train.scaffold {
+            let mask = (data.trainable.iter().zip(&data.frozen))
+                .map(|(&t, &f)| t && !f)
+                .collect();
+            Some(Scaffold::open(&dirs.state, mask, state.round)?)
+        } else {
+            None
+        };
+        let n = data.manifest.total * if scaffold.is_some() { 2 } else { 1 };
         // never more items than the model needs (a peer cannot make this allocate without bound)
         let max_items = match &he {
             Some(he) => he.setup.codec.ciphertexts_for(n),
@@ -227,6 +238,7 @@ impl Node {
             metrics: super::metrics::NodeMetrics::new(privacy.as_ref().map(|p| p.plan.delta)),
             strategy,
             privacy,
+            scaffold,
         })
     }
 
@@ -379,38 +391,44 @@ impl Node {
             .privacy
             .as_ref()
             .and_then(|p| p.draw_noise(global.len()));
-        let (local, loss) =
-            tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<f32>, f32)> {
-                let device = select_device("cpu")?;
-                let net = network_from_flat(&spec, &global, &device)?;
-                let opts = TrainOptions {
-                    global: Some(&global),
-                    dp,
-                    ..Default::default()
-                };
-                let (net, report) = train(net, &train_data, &tcfg, &opts)?;
-                let loss = report
-                    .epochs
-                    .last()
-                    .map(|e| e.train_loss as f32)
-                    .unwrap_or(f32::NAN);
-                Ok((to_flat(&net), loss))
-            })
-            .await??;
+        let control = self.scaffold.as_ref().map(Scaffold::correction);
+        let (local, loss, mean_gradient) = tokio::task::spawn_blocking(move || {
+            let device = select_device("cpu")?;
+            let net = network_from_flat(&spec, &global, &device)?;
+            let opts = TrainOptions {
+                global: Some(&global),
+                control: control.as_deref(),
+                dp,
+                ..Default::default()
+            };
+            let (net, report) = train(net, &train_data, &tcfg, &opts)?;
+            let loss = report
+                .epochs
+                .last()
+                .map(|e| e.train_loss as f32)
+                .unwrap_or(f32::NAN);
+            anyhow::Ok((to_flat(&net), loss, report.mean_gradient))
+        })
+        .await??;
         let train_s = t0.elapsed().as_secs_f32();
         let clip = max_update as f32;
         let mut clipped = 0usize;
-        let delta: Vec<f32> = local
+        let mut delta: Vec<f32> = local
             .iter()
             .zip(&self.state.global)
-            .map(|(l, g)| {
-                let d = l - g;
-                if d.abs() > clip {
-                    clipped += 1;
-                }
-                d.clamp(-clip, clip)
-            })
+            .map(|(l, g)| l - g)
             .collect();
+        // SCAFFOLD: the change of this hospital's control variate travels in the same sum
+        if let Some(s) = self.scaffold.as_mut() {
+            let g = mean_gradient.context("local training reported no mean gradient")?;
+            delta.extend(tokio::task::block_in_place(|| s.contribution(round, &g))?);
+        }
+        for d in &mut delta {
+            if d.abs() > clip {
+                clipped += 1;
+            }
+            *d = d.clamp(-clip, clip);
+        }
         if clipped > 0 {
             warn!(round, clipped, "update values clipped to ±{clip}");
         }

@@ -37,33 +37,12 @@ fn network() -> Network {
     Network::init(&spec, &Device::flex().autodiff())
 }
 
-/// A step's gradients as one flat vector of the network's length (the walk's order): 0 for running statistics
-/// and for tensors that took no gradient (frozen ones).
+/// A step's gradients as one flat vector of the network's length (the walk's order): 0 for
+/// running statistics and for tensors that took no gradient (frozen ones).
 fn flat_gradients(net: &Network, grads: &GradientsParams, len: usize) -> Vec<f32> {
-    let mut out = vec![0f32; len];
-    fn put<const D: usize>(out: &mut [f32], at: usize, g: Option<Tensor<D>>, dense: bool) {
-        let Some(g) = g else { return };
-        let g = if dense {
-            // [in, out] in the network, [out, in] in the flat vector
-            g.transpose()
-        } else {
-            g
-        };
-        let v = g
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap_or_default();
-        if let Some(dst) = out.get_mut(at..at + v.len()) {
-            dst.copy_from_slice(&v);
-        }
-    }
-    for_each_trained(net, |t, at| match t {
-        Trained::T1(p) => put(&mut out, at, grads.get::<1>(p.id), false),
-        Trained::T4(p) => put(&mut out, at, grads.get::<4>(p.id), false),
-        Trained::Dense(p) => put(&mut out, at, grads.get::<2>(p.id), true),
-    });
-    out
+    let mut out = vec![0f64; len];
+    add_gradients(net, grads, &mut out, 1.0, None);
+    out.into_iter().map(|g| g as f32).collect()
 }
 
 fn scalar(t: Tensor<1>) -> f32 {
@@ -136,4 +115,32 @@ fn the_squared_distance_counts_every_trained_value_of_every_layer_kind() {
         (d - trained as f32).abs() < 1e-3 * trained as f32,
         "{d} vs {trained}"
     );
+}
+
+#[test]
+fn the_dot_term_adds_its_own_vector_to_every_trained_gradient_and_nothing_elsewhere() {
+    let net = network();
+    let m = manifest(&net.spec);
+    let k: Vec<f32> = (0..m.total).map(|i| (i % 89) as f32 / 8.0 - 5.0).collect();
+    let loss = dot(&net, &k).expect("the network trains something");
+    let grads = GradientsParams::from_grads(loss.backward(), &net);
+    // read back twice with weight ½: the accumulation adds, and weighs
+    let mut acc = vec![0f64; m.total];
+    add_gradients(&net, &grads, &mut acc, 0.5, None);
+    add_gradients(&net, &grads, &mut acc, 0.5, None);
+    // less the term's own vector: nothing left where a gradient was, nothing put elsewhere
+    let mut raw = vec![0f64; m.total];
+    add_gradients(&net, &grads, &mut raw, 1.0, Some(&k));
+    for e in &m.entries {
+        for (i, g) in acc[e.offset..e.offset + e.len].iter().enumerate() {
+            let want = if e.trainable {
+                k[e.offset + i] as f64
+            } else {
+                0.0
+            };
+            assert!((g - want).abs() < 1e-5, "{} [{i}]: {g} for {want}", e.name);
+            let r = raw[e.offset + i];
+            assert!(r.abs() < 1e-5, "{} [{i}]: {r} left", e.name);
+        }
+    }
 }
