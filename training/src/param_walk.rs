@@ -146,23 +146,32 @@ pub(crate) fn dot(net: &Network, k: &[f32]) -> Option<Tensor<1>> {
 }
 
 /// Adds `weight` × (each trained tensor's gradient in `grads` − `less`'s values at its place,
-/// when given) into `acc` (the network's flat length); running statistics and tensors that
-/// took no gradient (frozen ones) add nothing.
+/// when given), scaled per tensor to an L2 norm of at most `clip` when given (as the optimiser
+/// clips each tensor's gradient), into `acc` (the network's flat length); running statistics
+/// and tensors that took no gradient (frozen ones) add nothing.
 pub(crate) fn add_gradients(
     net: &Network,
     grads: &GradientsParams,
     acc: &mut [f64],
     weight: f64,
     less: Option<&[f32]>,
+    clip: Option<f64>,
 ) {
     let put = |acc: &mut [f64], at: usize, v: Option<Vec<f32>>| {
         let Some(v) = v else { return };
         let less = less.and_then(|l| l.get(at..at + v.len()));
+        let g: Vec<f64> = (v.iter().enumerate())
+            .map(|(i, &g)| g as f64 - less.map_or(0.0, |l| l[i] as f64))
+            .collect();
+        let norm = g.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let scale = match clip {
+            Some(c) if norm > c => c / norm,
+            _ => 1.0,
+        };
         if let Some(dst) = acc.get_mut(at..at + v.len()) {
-            for (i, (a, &g)) in dst.iter_mut().zip(&v).enumerate() {
-                let k = less.map_or(0.0, |l| l[i]);
-                *a += weight * (g as f64 - k as f64);
-            }
+            dst.iter_mut()
+                .zip(&g)
+                .for_each(|(a, g)| *a += weight * scale * g);
         }
     };
     fn read<const D: usize>(g: Option<Tensor<D>>, dense: bool) -> Option<Vec<f32>> {

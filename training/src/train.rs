@@ -42,7 +42,8 @@ pub struct TrainOptions<'a> {
     /// FedProx anchor: the global model's flat vector (with `fedprox_mu > 0`).
     pub global: Option<&'a [f32]>,
     /// SCAFFOLD's correction c − cᵢ (the flat vector's length; with `[train] scaffold`): added
-    /// to every step's gradient; the report then carries the steps' mean gradient without it.
+    /// to every step's gradient; the report then carries the steps' mean gradient without it
+    /// (each tensor's clipped to `grad_clip` as the optimiser clips it).
     pub control: Option<&'a [f32]>,
     /// Show progress bars.
     pub progress: bool,
@@ -314,11 +315,12 @@ pub fn train(
                 Some(p) => ce + p.mul_scalar((cfg.fedprox_mu / 2.0) as f32),
                 None => ce,
             };
+            // the loss reported is without SCAFFOLD's linear term (a correction, not a loss)
+            let loss_value = scalar(loss.clone());
             let loss = match control.and_then(|k| param_walk::dot(&net, k)) {
                 Some(d) => loss + d,
                 None => loss,
             };
-            let loss_value = scalar(loss.clone());
             if !loss_value.is_finite() {
                 bar.abandon();
                 return Err(TrainError::Diverged {
@@ -336,7 +338,10 @@ pub fn train(
             seen += b;
             let grads = GradientsParams::from_grads(loss.backward(), &net);
             if let Some(sum) = grad_sum.as_mut() {
-                param_walk::add_gradients(&net, &grads, sum, 1.0, control);
+                // as clipped by the optimiser, tensor by tensor: a deep polynomial network's raw
+                // gradients can be orders above what a step uses (they once put values past
+                // ±64 into cᵢ and diverged the next round)
+                param_walk::add_gradients(&net, &grads, sum, 1.0, control, cfg.grad_clip);
                 steps += 1;
             }
             lr = cfg.lr_at((epoch - 1) as f64 + bi as f64 / batches.len() as f64);

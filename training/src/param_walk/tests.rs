@@ -41,7 +41,7 @@ fn network() -> Network {
 /// running statistics and for tensors that took no gradient (frozen ones).
 fn flat_gradients(net: &Network, grads: &GradientsParams, len: usize) -> Vec<f32> {
     let mut out = vec![0f64; len];
-    add_gradients(net, grads, &mut out, 1.0, None);
+    add_gradients(net, grads, &mut out, 1.0, None, None);
     out.into_iter().map(|g| g as f32).collect()
 }
 
@@ -126,11 +126,11 @@ fn the_dot_term_adds_its_own_vector_to_every_trained_gradient_and_nothing_elsewh
     let grads = GradientsParams::from_grads(loss.backward(), &net);
     // read back twice with weight ½: the accumulation adds, and weighs
     let mut acc = vec![0f64; m.total];
-    add_gradients(&net, &grads, &mut acc, 0.5, None);
-    add_gradients(&net, &grads, &mut acc, 0.5, None);
+    add_gradients(&net, &grads, &mut acc, 0.5, None, None);
+    add_gradients(&net, &grads, &mut acc, 0.5, None, None);
     // less the term's own vector: nothing left where a gradient was, nothing put elsewhere
     let mut raw = vec![0f64; m.total];
-    add_gradients(&net, &grads, &mut raw, 1.0, Some(&k));
+    add_gradients(&net, &grads, &mut raw, 1.0, Some(&k), None);
     for e in &m.entries {
         for (i, g) in acc[e.offset..e.offset + e.len].iter().enumerate() {
             let want = if e.trainable {
@@ -142,5 +142,33 @@ fn the_dot_term_adds_its_own_vector_to_every_trained_gradient_and_nothing_elsewh
             let r = raw[e.offset + i];
             assert!(r.abs() < 1e-5, "{} [{i}]: {r} left", e.name);
         }
+    }
+    // clipped: every trained tensor's part has a norm of at most the clip, in its direction
+    let mut clipped = vec![0f64; m.total];
+    add_gradients(&net, &grads, &mut clipped, 1.0, None, Some(0.5));
+    for e in m.entries.iter().filter(|e| e.trainable) {
+        let part = &clipped[e.offset..e.offset + e.len];
+        let norm = part.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let full: f64 = acc[e.offset..e.offset + e.len]
+            .iter()
+            .map(|x| x * x)
+            .sum::<f64>()
+            .sqrt();
+        assert!(
+            (norm - full.min(0.5)).abs() < 1e-6,
+            "{}: norm {norm} of {full}",
+            e.name
+        );
+        let cos: f64 = part
+            .iter()
+            .zip(&acc[e.offset..])
+            .map(|(a, b)| a * b)
+            .sum::<f64>()
+            / (norm * full).max(1e-30);
+        assert!(
+            full == 0.0 || (cos - 1.0).abs() < 1e-9,
+            "{}: turned",
+            e.name
+        );
     }
 }
