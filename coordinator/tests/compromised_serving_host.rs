@@ -32,7 +32,8 @@ use protocol::tls::TlsFiles;
 mod common;
 use common::serving_host::{
     WAIT, accept_all, accept_keyholder, answer, collect_round1, constant, final_network,
-    finish_setup, genuine_request, items, keyholder, log_of, send, switched_to_requester,
+    finish_setup, genuine_request, items, keyholder, log_of, send, send_refusable,
+    switched_to_requester,
 };
 use common::{Procs, free_port, trained};
 
@@ -91,7 +92,7 @@ fn a_compromised_serving_host_reads_no_inference_key_and_alters_no_request() {
                 (0..digits).map(|_| constant(&ctx, &basis, 0)).collect(),
             ),
         );
-        send(&links[&1], body, &crafted).await;
+        send_refusable(&links[&1], body, &crafted).await;
         for h in [2u32, 3] {
             let (body, its) = keys.round1_result(h).unwrap();
             send(&links[&h], body, &its).await;
@@ -134,7 +135,7 @@ fn a_compromised_serving_host_reads_no_inference_key_and_alters_no_request() {
         let active = vec![1u32, 2];
         // 2. the switch of a ciphertext the server sent, to its own key (what worked before)
         for h in &active {
-            send(
+            send_refusable(
                 &links[h],
                 Body::Head(HeadMsg::ResultSwitch(ResultSwitchRequest {
                     setup,
@@ -179,9 +180,9 @@ fn a_compromised_serving_host_reads_no_inference_key_and_alters_no_request() {
         let mut unsigned = signed.clone();
         unsigned.signature = vec![0; 70];
         for h in &active {
-            send(&links[h], evaluate(3, &signed), &own_key).await;
-            send(&links[h], evaluate(4, &signed), &crafted_image).await;
-            send(&links[h], evaluate(5, &unsigned), &genuine).await;
+            send_refusable(&links[h], evaluate(3, &signed), &own_key).await;
+            send_refusable(&links[h], evaluate(4, &signed), &crafted_image).await;
+            send_refusable(&links[h], evaluate(5, &unsigned), &genuine).await;
             send(&links[h], evaluate(6, &signed), &genuine).await;
         }
         let pcks = served_combiner(&ctx, 3, 2).unwrap();

@@ -10,17 +10,17 @@
 //! times, the rounds the hospital missed, how long it took to rejoin) are printed for
 //! docs/RESULTS.md. Every wait is bounded.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use coordinator::store::Store;
 
 mod common;
 use common::netns::Hosts;
-use common::{Procs, client_bin, config_at, coordinator_bin, hospital_in, provisioned};
+use common::{
+    Procs, client_bin, config_at, coordinator_bin, coordinator_in, hospital_in, provisioned,
+};
 
 const LIMIT: Duration = Duration::from_secs(600);
 const CUT: Duration = Duration::from_secs(30);
@@ -73,27 +73,8 @@ fn a_hospital_cut_off_mid_federation_rejoins_and_no_round_is_lost_or_repeated() 
     assert!(cfg.contains("keep_results = 64"));
     let fed = provisioned(&cfg);
     let start = Instant::now();
-    let mut coord = hosts
-        .command(0, &coordinator_bin())
-        .args(["run", "--dir"])
-        .arg(&fed.coordinator_dir)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(fed.root.join("coordinator.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let out = coord.stdout.take().unwrap();
+    let (coord, commits) = coordinator_in(hosts.command(0, &coordinator_bin()), &fed);
     let mut procs = Procs(vec![coord]);
-    let (tx, commits) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(r) = line
-                .strip_prefix("HEAL-ROUND-COMMITTED ")
-                .and_then(|r| r.trim().parse::<u64>().ok())
-            {
-                let _ = tx.send((r, Instant::now()));
-            }
-        }
-    });
     for i in 1..=5 {
         procs
             .0

@@ -127,5 +127,9 @@ fn transport() -> Arc<quinn::TransportConfig> {
     t.stream_receive_window((16u32 << 20).into());
     t.receive_window((64u32 << 20).into());
     t.send_window(64 << 20);
+    // BBR paces to the path's measured bandwidth and round trip; loss-based Cubic (quinn's
+    // default) takes every random loss for congestion: at 50 ms and 1% loss it held a
+    // 20 Mbit/s hospital link to ~2 Mbit/s and a round to 50 s (coordinator/tests/wan.rs)
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     Arc::new(t)
 }

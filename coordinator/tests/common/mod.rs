@@ -11,6 +11,7 @@ use coordinator::provision::provision;
 use protocol::FederationId;
 
 pub mod netns;
+pub mod relay;
 pub mod serving_host;
 
 pub fn data_dir() -> PathBuf {
@@ -169,6 +170,36 @@ pub fn hospital_in(mut command: Command, fed: &Fed, index: usize) -> Child {
         .stderr(std::fs::File::create(fed.root.join(format!("hospital-{index}.log"))).unwrap())
         .spawn()
         .unwrap()
+}
+
+/// `coordinator run` of `fed` started by `command` (the binary, or a wrapper that runs it:
+/// `netns::Hosts::command`), its log in ROOT/coordinator.log, and each round it commits (its
+/// `HEAL-ROUND-COMMITTED` line) with when it was read.
+pub fn coordinator_in(
+    mut command: Command,
+    fed: &Fed,
+) -> (Child, std::sync::mpsc::Receiver<(u64, std::time::Instant)>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = command
+        .args(["run", "--dir"])
+        .arg(&fed.coordinator_dir)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(fed.root.join("coordinator.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, commits) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(r) = line
+                .strip_prefix("HEAL-ROUND-COMMITTED ")
+                .and_then(|r| r.trim().parse::<u64>().ok())
+            {
+                let _ = tx.send((r, std::time::Instant::now()));
+            }
+        }
+    });
+    (child, commits)
 }
 
 /// Provisions `text` and trains it to its end with the real binaries (`coordinator run` and

@@ -105,6 +105,24 @@ pub async fn send(link: &Link, body: Body, items: &[Vec<u8>]) {
     out.finish().await.unwrap();
 }
 
+/// [`send`] for a message the peer should refuse: it may stop reading the stream before the last
+/// item (QUIC's STOP_SENDING), which is a refusal too, not a failure of the test; whatever the
+/// peer does then is for the caller to check.
+pub async fn send_refusable(link: &Link, body: Body, items: &[Vec<u8>]) {
+    let refused = |r: Result<(), protocol::ProtocolError>| match r {
+        Ok(()) => false,
+        Err(protocol::ProtocolError::Connection(m)) if m.contains("stopped by peer") => true,
+        Err(e) => panic!("sending a message to be refused: {e}"),
+    };
+    let mut out = link.open(0, body).await.unwrap();
+    for it in items {
+        if refused(out.item(it).await) {
+            return;
+        }
+    }
+    refused(out.finish().await.map(|_| ()));
+}
+
 pub fn log_of(fed: &Fed, i: usize) -> String {
     std::fs::read_to_string(fed.root.join(format!("keyholder-{i}.log"))).unwrap()
 }
