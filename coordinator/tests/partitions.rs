@@ -1,7 +1,7 @@
-//! A consortium across hosts under a partition (issue 41): the coordinator and five hospitals
-//! each in a network namespace of its own (`common::netns`), the real binaries, and one
-//! hospital cut off the network for longer than the link's idle timeout (20 s) in the middle
-//! of the federation. Checked after: every round committed exactly once and in order, each by a
+//! A consortium across hosts under a partition and a hang (issue 41): the coordinator and five
+//! hospitals each in a network namespace of its own (`common::netns`), the real binaries, and
+//! one hospital cut off the network, or its process stopped (SIGSTOP), for longer than the
+//! link's idle timeout (20 s) in the middle of the federation, then given back. Checked after: every round committed exactly once and in order, each by a
 //! quorum, re-encrypted by t switchers; the cut hospital back in the rounds after the link
 //! returns, having applied every result it missed (its final model is the others'); every
 //! process finished by itself; no namespace left behind. Before the coordinator kept the last
@@ -55,11 +55,29 @@ fn wait_exit(child: &mut Child, limit: Duration, what: &str, log: &Path) {
 
 #[test]
 fn a_hospital_cut_off_mid_federation_rejoins_and_no_round_is_lost_or_repeated() {
+    schedule("p", "partition", |hosts, _, up| hosts.link(5, up).unwrap());
+}
+
+/// Hospital 5's process stopped (SIGSTOP: a hung machine, its connection silent, nothing
+/// closed) for the same time, then resumed (SIGCONT).
+#[test]
+fn a_hospital_hung_mid_federation_resumes_and_no_round_is_lost_or_repeated() {
+    schedule("s", "hang", |_, procs, up| {
+        let pid = procs.0[5].id() as libc::pid_t;
+        let signal = if up { libc::SIGCONT } else { libc::SIGSTOP };
+        // SAFETY: a signal to a child this test started and still holds
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "signal {signal}");
+    });
+}
+
+/// The federation with hospital 5 taken away after round 2 by `fault(…, false)` for `CUT` and
+/// given back by `fault(…, true)`; `tag` names the namespaces, `what` the figures' line.
+fn schedule(tag: &str, what: &str, fault: impl Fn(&Hosts, &Procs, bool)) {
     // rounds of this small federation take about half a second: enough of them that the
-    // federation runs on well after the link returns
+    // federation runs on well after the hospital returns
     const ROUNDS: u64 = 150;
     // host 0 is the coordinator, host i hospital i
-    let Some(hosts) = Hosts::or_skip("p", 6) else {
+    let Some(hosts) = Hosts::or_skip(tag, 6) else {
         return;
     };
     // the rounds the cut hospital misses depend on the machine's speed (31 on a quiet 2-core
@@ -89,11 +107,11 @@ fn a_hospital_cut_off_mid_federation_rejoins_and_no_round_is_lost_or_repeated() 
         r
     };
     while next(&mut committed) < 2 {}
-    // hospital 5 loses its link after round 2, for longer than the idle timeout
-    hosts.link(5, false).unwrap();
+    // hospital 5 goes away after round 2, for longer than the idle timeout
+    fault(&hosts, &procs, false);
     let cut_at = Instant::now();
     std::thread::sleep(CUT);
-    hosts.link(5, true).unwrap();
+    fault(&hosts, &procs, true);
     let back_at = Instant::now();
     let mut coord = procs.0.remove(0);
     wait_exit(
@@ -159,8 +177,8 @@ fn a_hospital_cut_off_mid_federation_rejoins_and_no_round_is_lost_or_repeated() 
         .and_then(|&m| at(m + 1))
         .map(|t| t.saturating_duration_since(back_at));
     eprintln!(
-        "partition: {ROUNDS} rounds in {:.1} s; hospital 5 cut for {:.0} s after round 2, missed \
-         rounds {missed:?}; its first round back committed {:.1} s after its link returned; \
+        "{what}: {ROUNDS} rounds in {:.1} s; hospital 5 away for {:.0} s after round 2, missed \
+         rounds {missed:?}; its first round back committed {:.1} s after it returned; \
          round commits at {:?} s",
         start.elapsed().as_secs_f64(),
         back_at.duration_since(cut_at).as_secs_f64(),
@@ -175,5 +193,5 @@ fn a_hospital_cut_off_mid_federation_rejoins_and_no_round_is_lost_or_repeated() 
     );
     drop(procs);
     drop(hosts);
-    assert_eq!(Hosts::left_behind("p"), Vec::<String>::new());
+    assert_eq!(Hosts::left_behind(tag), Vec::<String>::new());
 }
