@@ -136,6 +136,7 @@ fn shipped_transfer_configs_parse() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/transfer");
     for name in [
         "breastmnist-finetune.toml",
+        "breastmnist-finetune-centralised.toml",
         "breastmnist-finetune-relu.toml",
         "breastmnist-convert.toml",
     ] {
