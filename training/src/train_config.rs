@@ -112,7 +112,7 @@ fn d_range_bound() -> f64 {
 /// step_epochs = 10       # step schedule: decay every this many epochs
 /// gamma = 0.1            # step schedule: decay factor
 /// min_lr = 0.0           # cosine schedule: final learning rate
-/// grad_clip = 5.0        # clip the global gradient L2 norm (omit: no clipping)
+/// grad_clip = 5.0        # clip each parameter tensor's gradient L2 norm (omit: none)
 /// fedprox_mu = 0.0       # FedProx: mu/2·‖w − w_global‖² (needs a global model)
 /// scaffold = false       # federated: SCAFFOLD's control variates correct every local step
 /// shift = 0              # augmentation: random shift of up to this many pixels
@@ -177,7 +177,8 @@ pub struct TrainConfig {
     /// Cosine floor (default 0).
     #[serde(default)]
     pub min_lr: f64,
-    /// Maximum global gradient L2 norm (default: none).
+    /// Maximum L2 norm of each parameter tensor's gradient, as burn's optimisers clip it
+    /// (default: none).
     #[serde(default)]
     pub grad_clip: Option<f64>,
     /// FedProx proximal coefficient μ (default 0: off).

@@ -89,11 +89,14 @@ impl Scaffold {
     }
 
     /// This round's change Δcᵢ = cᵢ⁺ − cᵢ, with cᵢ⁺ the local steps' `mean_gradient`
-    /// (0 where nothing trains); cᵢ⁺ is stored as pending before the update leaves.
+    /// (0 where nothing trains), each value within ±`clip` (the bound every update keeps to, so
+    /// that what c takes in is what cᵢ moves by); cᵢ⁺ is stored as pending before the update
+    /// leaves.
     pub(super) fn contribution(
         &mut self,
         round: u64,
         mean_gradient: &[f32],
+        clip: f32,
     ) -> anyhow::Result<Vec<f32>> {
         if mean_gradient.len() != self.len() {
             bail!(
@@ -102,10 +105,13 @@ impl Scaffold {
                 self.len()
             );
         }
-        let next: Vec<f32> = (mean_gradient.iter().zip(&self.mask))
-            .map(|(&g, &m)| if m && g.is_finite() { g } else { 0.0 })
+        let change: Vec<f32> = (mean_gradient.iter().zip(&self.mask).zip(&self.v.c_i))
+            .map(|((&g, &m), &c)| match m && g.is_finite() {
+                true => (g - c).clamp(-clip, clip),
+                false => 0.0,
+            })
             .collect();
-        let change = next.iter().zip(&self.v.c_i).map(|(n, c)| n - c).collect();
+        let next = self.v.c_i.iter().zip(&change).map(|(c, d)| c + d).collect();
         self.v.pending = Some((round, next));
         self.save()?;
         Ok(change)
@@ -168,7 +174,7 @@ mod tests {
         let mut s = Scaffold::open(&d, mask.clone(), 0).unwrap();
         assert_eq!(s.correction(), vec![0.0; 3]);
         // round 1: sent, then applied with this hospital among the contributors
-        let change = s.contribution(1, &[1.0, -2.0, 5.0]).unwrap();
+        let change = s.contribution(1, &[1.0, -2.0, 5.0], 64.0).unwrap();
         assert_eq!(
             change,
             vec![1.0, -2.0, 0.0],
@@ -182,12 +188,22 @@ mod tests {
         s.apply(1, &[10.0, 10.0, 10.0], true).unwrap();
         assert_eq!(s.correction(), vec![-0.5, 2.5, 0.0]);
         // round 2: sent, but the sum was made without this hospital: c moves, cᵢ stays
-        let change = s.contribution(2, &[3.0, 3.0, 3.0]).unwrap();
+        let change = s.contribution(2, &[3.0, 3.0, 3.0], 64.0).unwrap();
         assert_eq!(change, vec![2.0, 5.0, 0.0]);
         s.apply(2, &[1.0, 1.0, 1.0], false).unwrap();
         assert_eq!(s.correction(), vec![0.5, 3.5, 0.0]);
         // round 3 retried after round 2's pending: the change is against the cᵢ still held
-        assert_eq!(s.contribution(3, &[1.0, -2.0, 0.0]).unwrap(), vec![0.0; 3]);
+        assert_eq!(
+            s.contribution(3, &[1.0, -2.0, 0.0], 64.0).unwrap(),
+            vec![0.0; 3]
+        );
+        // a change beyond the clip: what is sent and what cᵢ will move by are the same
+        assert_eq!(
+            s.contribution(4, &[101.0, -2.0, 0.0], 4.0).unwrap(),
+            vec![4.0, 0.0, 0.0]
+        );
+        s.apply(4, &[0.0; 3], true).unwrap();
+        assert_eq!(s.correction(), vec![1.5 - 5.0, 3.5, 0.0]);
         // a model of another length is refused
         assert!(Scaffold::open(&d, vec![true; 4], 0).is_err());
         let _ = std::fs::remove_dir_all(&d);

@@ -421,7 +421,9 @@ impl Node {
         // SCAFFOLD: the change of this hospital's control variate travels in the same sum
         if let Some(s) = self.scaffold.as_mut() {
             let g = mean_gradient.context("local training reported no mean gradient")?;
-            delta.extend(tokio::task::block_in_place(|| s.contribution(round, &g))?);
+            delta.extend(tokio::task::block_in_place(|| {
+                s.contribution(round, &g, clip)
+            })?);
         }
         for d in &mut delta {
             if d.abs() > clip {
