@@ -298,13 +298,7 @@ impl FederationConfig {
             .and_then(|t| t.get("scaffold"))
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
-        if scaffold && self.privacy.enabled() {
-            // each hospital's control variate is a plain mean gradient of its images
-            bail!(
-                "[train] scaffold sends each hospital's mean gradient beside its update, which \
-                 [privacy]'s noise does not cover: remove one of them"
-            );
-        }
+        self.privacy.allows_scaffold(scaffold)?;
         let plan = self.privacy_plan()?;
         if self.privacy.mode == privacy::Mode::Hospital
             && self.privacy.clip + 12.0 * plan.sigma_each() > self.he.max_update

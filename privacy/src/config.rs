@@ -232,6 +232,20 @@ impl PrivacyConfig {
         Ok(())
     }
 
+    /// Refuses `[train] scaffold` under privacy: SCAFFOLD sends each hospital's control
+    /// variate, a plain mean gradient of its images, beside its update, and no noise covers it.
+    /// The coordinator's config check and every node ask this.
+    pub fn allows_scaffold(&self, scaffold: bool) -> Result<(), ConfigError> {
+        if scaffold && self.enabled() {
+            return Err(ConfigError::Invalid(
+                "does not cover [train] scaffold, which sends each hospital's mean gradient (its \
+                 control variate) beside its update: remove one of them"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The run's mechanism: the multiplier (given, or the smallest meeting the target), one
     /// round's RDP and the rounds the budget allows.
     pub fn plan(&self, shape: RunShape) -> Result<Plan, ConfigError> {

@@ -26,13 +26,7 @@ impl NodePrivacy {
         if !p.enabled() {
             return Ok(None);
         }
-        if cfg.train.scaffold {
-            // cᵢ is a plain mean gradient of this hospital's images: no noise covers it
-            bail!(
-                "[train] scaffold sends each hospital's mean gradient (its control variate) \
-                 beside its update, which [privacy]'s noise does not cover: remove one of them"
-            );
-        }
+        p.allows_scaffold(cfg.train.scaffold)?;
         // without a quorum from provisioning, the fewest contributions any round can have: a
         // sum is only ever decrypted by t hospitals, each refusing fewer than t contributors
         let quorum = p.quorum.unwrap_or(cfg.site.threshold);
