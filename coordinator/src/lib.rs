@@ -2,6 +2,7 @@
 //! shell, crash-safe state, and `simulate` for a whole consortium on one machine.
 
 pub mod config;
+pub mod crash_point;
 pub mod federation;
 pub mod he;
 pub mod privacy_report;

@@ -212,6 +212,7 @@ fn main() -> anyhow::Result<()> {
             listen,
             backend,
         } => {
+            coordinator::crash_point::check_env().map_err(anyhow::Error::msg)?;
             let dir = CoordinatorDir::with_state(dir, state_dir);
             let server = Server::open_with_backend(&dir, backend)?;
             let cfg = FederationConfig::from_file(&dir.config())?;

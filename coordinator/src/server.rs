@@ -45,6 +45,8 @@ pub struct Server {
     /// checks the hospitals' signed key material against the consortium CA
     verifier: Verifier,
     store: Store,
+    /// the store's file, for what an operator is told when it cannot be written
+    store_path: std::path::PathBuf,
     he: Option<Arc<HeSetup>>,
     federation_state: Mutex<Federation>,
     links: Mutex<HashMap<u32, (u64, Link)>>,
@@ -58,6 +60,9 @@ pub struct Server {
     refused_total: AtomicU64,
     finished: AtomicBool,
     finished_notify: tokio::sync::Notify,
+    /// why the coordinator must stop before the federation's end (a round it cannot commit):
+    /// `serve` returns it as its error
+    fatal: Mutex<Option<String>>,
     /// woken after the federation handled anything: its next deadline may have moved
     deadline_moved: tokio::sync::Notify,
 }
@@ -141,6 +146,7 @@ impl Server {
             cfg,
             federation,
             store,
+            store_path: dir.state(),
             he,
             federation_state: Mutex::new(federation_state),
             links: Mutex::new(HashMap::new()),
@@ -150,6 +156,7 @@ impl Server {
             refused_total: AtomicU64::new(0),
             finished: AtomicBool::new(false),
             finished_notify: tokio::sync::Notify::new(),
+            fatal: Mutex::new(None),
             deadline_moved: tokio::sync::Notify::new(),
         }))
     }
@@ -190,6 +197,12 @@ impl Server {
             }
         }
         timers.abort();
+        if let Some(why) = lock(&self.fatal).take() {
+            // nothing is half-written: the store's last transaction is whole, and the round
+            // under way is redone from it when the coordinator starts again
+            endpoint.close(0u32.into(), b"coordinator stopped");
+            anyhow::bail!("{why}");
+        }
         // Let the last messages reach the hospitals: each closes its link once it has read
         // `Finished` (a busy one may still be evaluating); bounded so a silent peer cannot hold
         // the coordinator, which then closes with a reason that also says "finished".
@@ -205,6 +218,12 @@ impl Server {
         endpoint.wait_idle().await;
         info!("finished");
         Ok(())
+    }
+
+    /// Stops serving with `why` (returned by `serve`).
+    fn stop(&self, why: String) {
+        lock(&self.fatal).get_or_insert(why);
+        self.finished_notify.notify_one();
     }
 
     fn audit(&self, hospital: Option<u32>, round: u64, event: &str, detail: &str) {

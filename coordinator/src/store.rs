@@ -37,6 +37,10 @@ pub enum StoreError {
     #[error("state store record {0} is corrupt")]
     Corrupt(&'static str),
     #[error(
+        "state store {path} is damaged ({why}): a page fails its checksum, so the file was changed outside HEAL. It was left as it was; restore it from a backup (or move it away to start the federation afresh)"
+    )]
+    Damaged { path: String, why: String },
+    #[error(
         "the state store was written by an older HEAL (schema {found}, this one reads {want}): its setup holds no signed key material; provision a new federation (or move state.redb away to start this one afresh)"
     )]
     Schema { found: u32, want: u32 },
@@ -129,9 +133,10 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store for `federation`; a store of another federation is refused.
+    /// Opens (or creates) the store for `federation`; a store of another federation is refused,
+    /// and so is one whose pages fail their checksums ([`StoreError::Damaged`]).
     pub fn open(path: &Path, federation: FederationId) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(db_err)?;
+        let db = Self::open_verified(path)?;
         let store = Self { db };
         let txn = store.db.begin_write().map_err(db_err)?;
         {
@@ -180,6 +185,25 @@ impl Store {
         }
         txn.commit().map_err(db_err)?;
         Ok(store)
+    }
+
+    /// Every page of the committed trees is checked against its checksum as the file opens
+    /// (a full read of the file at each start): a flipped bit is refused, never read as a record. redb
+    /// commits in two phases, so a crash cannot leave the newest transaction half-written; one
+    /// that fails its checksum was changed outside HEAL, and is refused as it is.
+    fn open_verified(path: &Path) -> Result<Database, StoreError> {
+        Database::builder()
+            .set_check_integrity_on_open(true)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)) => {
+                    StoreError::Damaged {
+                        path: path.display().to_string(),
+                        why,
+                    }
+                }
+                other => db_err(other),
+            })
     }
 
     /// Opens an existing store read-only for `coordinator status` (any federation).

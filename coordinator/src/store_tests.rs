@@ -173,3 +173,46 @@ fn a_truncated_or_overwritten_state_file_is_refused_and_left_as_it_was() {
         "the damaged file was changed"
     );
 }
+
+#[test]
+fn a_flipped_bit_in_the_newest_round_is_refused_and_the_file_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let fed = FederationId([1; 16]);
+    let path = dir.path().join("state.redb");
+    one_round(&path, fed);
+    // round 2's result: bytes found nowhere else in the file
+    let pattern: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8 + 3).collect();
+    {
+        let s = Store::open(&path, fed).unwrap();
+        let rec = RoundRecord {
+            round: 2,
+            ..Default::default()
+        };
+        let res = StoredResult {
+            round: 2,
+            total_weight: 1,
+            participants: vec![1],
+            items: vec![pattern.clone()],
+        };
+        s.commit_round(&rec, &res, Phase::Training { committed: 2 }, 4)
+            .unwrap();
+    }
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes
+        .windows(64)
+        .position(|w| w == &pattern[1000..1064])
+        .expect("the result is in the file");
+    bytes[at + 10] ^= 0x04;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Store::open(&path, fed).unwrap_err();
+    assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+    assert!(
+        err.to_string().contains("restore it from a backup"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the damaged file was changed"
+    );
+}

@@ -10,48 +10,17 @@
 //! times, the rounds the hospital missed, how long it took to rejoin) are printed for
 //! docs/RESULTS.md. Every wait is bounded.
 
-use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
-
-use coordinator::store::Store;
 
 mod common;
 use common::netns::Hosts;
 use common::{
-    Procs, client_bin, config_at, coordinator_bin, coordinator_in, hospital_in, provisioned,
+    Procs, client_bin, committed_once, config_at, coordinator_bin, coordinator_in, hospital_in,
+    hospitals_finish, provisioned, same_final_models, tail, wait_exit,
 };
 
 const LIMIT: Duration = Duration::from_secs(600);
 const CUT: Duration = Duration::from_secs(30);
-
-/// The last lines of a log, for a failure's message.
-fn tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(25)..].join("\n")
-}
-
-/// Waits for `child` to exit successfully within `limit` (killed and failed otherwise, with
-/// the end of its log).
-fn wait_exit(child: &mut Child, limit: Duration, what: &str, log: &Path) {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(
-                status.success(),
-                "{what} exited with {status}:\n{}",
-                tail(log)
-            );
-            return;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{what} did not finish in {limit:?}:\n{}", tail(log));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 #[test]
 fn a_hospital_cut_off_mid_federation_rejoins_and_no_round_is_lost_or_repeated() {
@@ -123,36 +92,8 @@ fn schedule(tag: &str, what: &str, fault: impl Fn(&Hosts, &Procs, bool)) {
     while let Ok((r, at)) = commits.try_recv() {
         committed.push((r, at));
     }
-    for (i, n) in procs.0.iter_mut().enumerate() {
-        let log = fed.root.join(format!("hospital-{}.log", i + 1));
-        wait_exit(
-            n,
-            Duration::from_secs(120),
-            &format!("hospital {}", i + 1),
-            &log,
-        );
-    }
-
-    let store = Store::open_existing(&fed.coordinator_dir.join("state.redb")).unwrap();
-    let rounds = store.rounds().unwrap();
-    assert_eq!(
-        rounds.iter().map(|r| r.round).collect::<Vec<_>>(),
-        (1..=ROUNDS).collect::<Vec<_>>(),
-        "every round committed exactly once, in order"
-    );
-    for r in &rounds {
-        assert!(
-            r.participants.len() >= 4,
-            "round {} below the quorum",
-            r.round
-        );
-        assert_eq!(
-            r.switchers.len(),
-            3,
-            "t of N re-encrypted round {}",
-            r.round
-        );
-    }
+    hospitals_finish(&mut procs, &fed);
+    let rounds = committed_once(&fed.coordinator_dir.join("state.redb"), ROUNDS, 4, 3);
     let with_5: Vec<u64> = rounds
         .iter()
         .filter(|r| r.participants.iter().any(|p| p.0 == 5))
@@ -165,11 +106,7 @@ fn schedule(tag: &str, what: &str, fault: impl Fn(&Hosts, &Procs, bool)) {
         tail(&fed.root.join("hospital-5.log"))
     );
     // it caught up by applying each missed round's result: it ends with the others' model
-    let model = |i: usize| std::fs::read(fed.root.join(format!("node-{i}/model.f32"))).unwrap();
-    assert!(
-        model(5) == model(1),
-        "hospital 5's final model is the federation's"
-    );
+    same_final_models(&fed, 5);
     // the figures, for docs/RESULTS.md
     let at = |round: u64| committed.iter().find(|(r, _)| *r == round).map(|(_, t)| *t);
     let rejoined = missed

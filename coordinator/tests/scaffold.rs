@@ -8,7 +8,7 @@ use serde::Deserialize;
 mod common;
 use common::{breastmnist_sections, free_port, trained};
 
-/// `scaffold.bin` as the node writes it (postcard).
+/// `scaffold.bin` as the node writes it (postcard, framed by `ops::checked_file`).
 #[derive(Deserialize)]
 struct Variates {
     round: u64,
@@ -56,7 +56,8 @@ fn scaffold_federations_share_one_control_variate_the_weighted_mean_of_the_hospi
     let mut samples = Vec::new();
     for i in 1..=3 {
         let bytes = std::fs::read(node(i).join("state/scaffold.bin")).unwrap();
-        let v: Variates = postcard::from_bytes(&bytes).unwrap();
+        let v: Variates =
+            postcard::from_bytes(ops::checked_file::unframe(&bytes).unwrap()).unwrap();
         assert_eq!(v.round, 2, "hospital {i} applied both rounds to c");
         assert!(
             v.pending.is_none(),

@@ -11,13 +11,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use coordinator::store::Store;
-
 mod common;
 use common::netns::Hosts;
 use common::relay::{Profile, Relay};
 use common::{
-    Procs, client_bin, config_at, coordinator_bin, coordinator_in, hospital_in, provisioned,
+    Procs, client_bin, committed_once, config_at, coordinator_bin, coordinator_in, hospital_in,
+    provisioned, same_final_models,
 };
 
 const LIMIT: Duration = Duration::from_secs(300);
@@ -156,23 +155,12 @@ fn federation(hosts: &Hosts, listen: &str) -> Vec<f64> {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    let store = Store::open_existing(&fed.coordinator_dir.join("state.redb")).unwrap();
-    let rounds = store.rounds().unwrap();
-    assert_eq!(
-        rounds.iter().map(|r| r.round).collect::<Vec<_>>(),
-        (1..=ROUNDS).collect::<Vec<_>>()
+    let rounds = committed_once(&fed.coordinator_dir.join("state.redb"), ROUNDS, 5, 3);
+    assert!(
+        rounds.iter().all(|r| r.participants.len() == 5),
+        "every hospital in every round"
     );
-    for r in &rounds {
-        assert_eq!(r.participants.len(), 5, "round {}: every hospital", r.round);
-        assert_eq!(r.switchers.len(), 3, "round {}: t switchers", r.round);
-    }
-    let model = |i: usize| std::fs::read(fed.root.join(format!("node-{i}/model.f32"))).unwrap();
-    for i in 2..=5 {
-        assert!(
-            model(i) == model(1),
-            "hospital {i} ends with the federation's model"
-        );
-    }
+    same_final_models(&fed, 5);
     // where a round's time goes at a hospital (every hospital, every round after the first)
     let rows: Vec<_> = (1..=5)
         .flat_map(|i| {

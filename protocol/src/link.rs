@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::ProtocolError;
@@ -152,8 +153,15 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The coordinator's listening endpoint.
 pub fn listen(addr: SocketAddr, tls: &TlsFiles) -> Result<quinn::Endpoint, ProtocolError> {
-    quinn::Endpoint::server(tls.server_config()?, addr)
-        .map_err(|e| ProtocolError::Connection(e.to_string()))
+    let conn = |e: std::io::Error| ProtocolError::Connection(e.to_string());
+    let socket = std::net::UdpSocket::bind(addr).map_err(conn)?;
+    quinn::Endpoint::new(
+        tls.endpoint_config()?,
+        Some(tls.server_config()?),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(conn)
 }
 
 /// Completes an incoming connection and identifies the peer by its certificate, which must be

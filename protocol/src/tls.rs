@@ -94,6 +94,29 @@ impl TlsFiles {
         Ok(config)
     }
 
+    /// The coordinator's endpoint: its QUIC stateless-reset key and the key its connection IDs
+    /// are checked with, both derived from its private key so that they are the same after a
+    /// restart. A coordinator that crashed and came back then recognises the IDs of its old
+    /// connections and answers a hospital's packets on them with a reset the hospital accepts,
+    /// and the hospital reconnects at once instead of waiting out the 20 s idle timeout (with
+    /// random keys per start, quinn's default, the new process drops those packets as of
+    /// unknown IDs, and a reset would not match anyway). Secret as the private key is: whoever
+    /// holds them can end the coordinator's connections.
+    pub fn endpoint_config(&self) -> Result<quinn::EndpointConfig, ProtocolError> {
+        let key = load_key(&self.key)?;
+        let reset = blake3::derive_key("HEAL 1 QUIC stateless reset key", key.secret_der());
+        let cid = blake3::derive_key("HEAL 1 QUIC connection ID key", key.secret_der());
+        let cid_key = u64::from_le_bytes(cid[..8].try_into().expect("8 of 32 bytes"));
+        let mut config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &reset,
+        )));
+        config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        Ok(config)
+    }
+
     /// A hospital's side: the coordinator must present a certificate of the CA for
     /// `coordinator.heal`; the hospital presents its own.
     pub fn client_config(&self) -> Result<quinn::ClientConfig, ProtocolError> {

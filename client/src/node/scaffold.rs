@@ -21,8 +21,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use super::keys::write_secret;
-
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Variates {
     /// the round of the global model whose c this is
@@ -47,8 +45,8 @@ impl Scaffold {
     pub(super) fn open(dir: &Path, mask: Vec<bool>, round: u64) -> anyhow::Result<Self> {
         let path = dir.join("scaffold.bin");
         let n = mask.len();
-        let v = match std::fs::read(&path) {
-            Ok(b) => {
+        let v = match ops::checked_file::read(&path)? {
+            Some(b) => {
                 let v: Variates = postcard::from_bytes(&b)
                     .with_context(|| format!("{} is corrupt", path.display()))?;
                 let pending_len = v.pending.as_ref().map_or(n, |(_, p)| p.len());
@@ -62,13 +60,12 @@ impl Scaffold {
                 }
                 v
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Variates {
+            None => Variates {
                 round,
                 c: vec![0.0; n],
                 c_i: vec![0.0; n],
                 pending: None,
             },
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
         Ok(Self { path, v, mask })
     }
@@ -152,7 +149,8 @@ impl Scaffold {
     }
 
     fn save(&self) -> anyhow::Result<()> {
-        write_secret(&self.path, &postcard::to_allocvec(&self.v)?)
+        ops::checked_file::write_private(&self.path, &postcard::to_allocvec(&self.v)?)
+            .with_context(|| format!("cannot write {}", self.path.display()))
     }
 }
 

@@ -160,7 +160,21 @@ impl Server {
                             round,
                             now: Instant::now(),
                         }),
-                        Err(e) => warn!(round, "delivering the round failed: {e:#}"),
+                        // the store refused the commit (a full disk, a failing one): the
+                        // round cannot be kept, so the coordinator stops and says why instead
+                        // of waiting for a commit that never comes
+                        Err(e) => {
+                            let why = format!(
+                                "round {round} cannot be committed: {e:#}. The store keeps round \
+                                 {} and everything before it; free the space or mend the disk \
+                                 under {}, and start the coordinator again: it redoes round \
+                                 {round} with the hospitals",
+                                round - 1,
+                                me.store_path.display(),
+                            );
+                            tracing::error!("{why}");
+                            me.stop(why);
+                        }
                     }
                 });
             }

@@ -42,9 +42,13 @@ impl Server {
                 Ok((signed, update, bytes))
             });
         match read {
-            Ok((signed, update, bytes)) => self.with_federation(|f| {
-                f.update_read(Instant::now(), now_ms(), round, signed, update, bytes)
-            }),
+            Ok((signed, update, bytes)) => {
+                let handed = self.with_federation(|f| {
+                    f.update_read(Instant::now(), now_ms(), round, signed, update, bytes)
+                });
+                crate::crash_point::reached("update", round);
+                handed
+            }
             Err(e) => {
                 lock(&self.federation_state).abandon_update(h, round);
                 Err(e)
@@ -118,6 +122,7 @@ impl Server {
         contributions: Vec<Contribution>,
         count: u32,
     ) {
+        crate::crash_point::reached("switch-request", round);
         let body = Body::Federation(FederationMsg::SwitchRequest {
             attempt,
             active: active.clone(),
@@ -165,6 +170,7 @@ impl Server {
                     .map_err(|e| format!("share {i}: {e}"))?,
             );
         }
+        crate::crash_point::reached("share", round);
         self.with_federation(|f| {
             f.shares_read(Instant::now(), now_ms(), h, (round, attempt), got, bytes)
         })
@@ -181,9 +187,11 @@ impl Server {
     ) -> anyhow::Result<()> {
         let round = record.round;
         let keep = self.cfg.federation.keep_results;
+        crate::crash_point::reached("commit", round);
         self.store.commit_round(record, &result, phase, keep)?;
         info!(round, participants = ?result.participants, "committed round {round}");
         println!("HEAL-ROUND-COMMITTED {round}");
+        crate::crash_point::reached("deliver", round);
         // the same bytes go to every hospital, concurrently
         let result = Arc::new(result);
         let mut sends = tokio::task::JoinSet::new();

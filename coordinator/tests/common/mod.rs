@@ -78,6 +78,118 @@ test_every = 0
     )
 }
 
+/// Runs a system tool (`ip`, `mount`) to its end; its stderr is the error.
+pub fn tool(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The last lines of a log, for a failure's message.
+pub fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(25)..].join("\n")
+}
+
+/// Waits for `child` to exit successfully within `limit` (killed and failed otherwise, with
+/// the end of its log).
+pub fn wait_exit(child: &mut Child, limit: std::time::Duration, what: &str, log: &Path) {
+    let status = wait_status(child, limit, what, log);
+    assert!(
+        status.success(),
+        "{what} exited with {status}:\n{}",
+        tail(log)
+    );
+}
+
+/// Waits for `child` to exit within `limit`, whatever its status (killed and failed otherwise).
+pub fn wait_status(
+    child: &mut Child,
+    limit: std::time::Duration,
+    what: &str,
+    log: &Path,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not finish in {limit:?}:\n{}", tail(log));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Waits for every hospital of `procs` (hospital i at index i − 1) to finish successfully.
+pub fn hospitals_finish(procs: &mut Procs, fed: &Fed) {
+    for (i, n) in procs.0.iter_mut().enumerate() {
+        let log = fed.root.join(format!("hospital-{}.log", i + 1));
+        wait_exit(
+            n,
+            std::time::Duration::from_secs(120),
+            &format!("hospital {}", i + 1),
+            &log,
+        );
+    }
+}
+
+/// The invariants of a finished federation's store at `state` (its state.redb): rounds 1 to
+/// `rounds` each committed exactly once, in order, each by at least `quorum` hospitals and
+/// re-encrypted by `switchers`; returns the records.
+pub fn committed_once(
+    state: &Path,
+    rounds: u64,
+    quorum: usize,
+    switchers: usize,
+) -> Vec<coordinator::store::RoundRecord> {
+    let store = coordinator::store::Store::open_existing(state).unwrap();
+    let records = store.rounds().unwrap();
+    assert_eq!(
+        records.iter().map(|r| r.round).collect::<Vec<_>>(),
+        (1..=rounds).collect::<Vec<_>>(),
+        "every round committed exactly once, in order"
+    );
+    for r in &records {
+        assert!(
+            r.participants.len() >= quorum,
+            "round {} below the quorum",
+            r.round
+        );
+        assert_eq!(
+            r.switchers.len(),
+            switchers,
+            "t switchers re-encrypted round {}",
+            r.round
+        );
+    }
+    records
+}
+
+/// Every one of `hospitals` ends with hospital 1's final model, byte for byte.
+pub fn same_final_models(fed: &Fed, hospitals: usize) {
+    let model = |i: usize| std::fs::read(fed.root.join(format!("node-{i}/model.f32"))).unwrap();
+    for i in 2..=hospitals {
+        assert!(
+            model(i) == model(1),
+            "hospital {i} ends with the federation's model"
+        );
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -176,15 +288,28 @@ pub fn hospital_in(mut command: Command, fed: &Fed, index: usize) -> Child {
 /// `netns::Hosts::command`), its log in ROOT/coordinator.log, and each round it commits (its
 /// `HEAL-ROUND-COMMITTED` line) with when it was read.
 pub fn coordinator_in(
+    command: Command,
+    fed: &Fed,
+) -> (Child, std::sync::mpsc::Receiver<(u64, std::time::Instant)>) {
+    coordinator_logged(command, fed, "coordinator.log", &[], &[])
+}
+
+/// [`coordinator_in`] with the log in ROOT/`log`, `args` after `run --dir DIR` and `envs` set.
+pub fn coordinator_logged(
     mut command: Command,
     fed: &Fed,
+    log: &str,
+    args: &[&std::ffi::OsStr],
+    envs: &[(&str, &str)],
 ) -> (Child, std::sync::mpsc::Receiver<(u64, std::time::Instant)>) {
     use std::io::{BufRead, BufReader};
     let mut child = command
         .args(["run", "--dir"])
         .arg(&fed.coordinator_dir)
+        .args(args)
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(fed.root.join("coordinator.log")).unwrap())
+        .stderr(std::fs::File::create(fed.root.join(log)).unwrap())
         .spawn()
         .unwrap();
     let out = child.stdout.take().unwrap();

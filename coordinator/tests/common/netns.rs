@@ -6,7 +6,7 @@
 //! that tests running at once never meet. Needs root (`ip netns`), as CI has.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// The hosts of one test and the bridge between them.
 pub struct Hosts {
@@ -15,20 +15,7 @@ pub struct Hosts {
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    super::tool("ip", args)
 }
 
 impl Hosts {

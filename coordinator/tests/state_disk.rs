@@ -1,0 +1,233 @@
+//! The coordinator's state under disk faults, with the real binaries on 127.0.0.1 (issue 41):
+//! its state directory on a small tmpfs that fills in the middle of the federation, and a
+//! state file truncated or with one bit flipped when it starts, and a hospital's model state
+//! with one bit flipped. Checked: the coordinator stops
+//! with its reason instead of waiting for a commit that never comes, the store keeps every
+//! round committed before, and once there is space a restart finishes the federation with every
+//! round committed once; a damaged file is refused with what to do and left byte for byte as it
+//! was. Mounting needs root, as CI has (elsewhere the full-disk test says it skipped).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use coordinator::store::Store;
+
+mod common;
+use common::{
+    Procs, committed_once, config, coordinator_bin, coordinator_logged, free_port,
+    hospitals_finish, provisioned, same_final_models, start_hospital, tail, trained, wait_exit,
+    wait_status,
+};
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+/// A tmpfs of its own, unmounted however the test ends.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+fn mount(args: &[&str]) -> Result<(), String> {
+    common::tool("mount", args)
+}
+
+impl Tmpfs {
+    /// A tmpfs of `mb` MB, or None with a note where it cannot be mounted (not root) and
+    /// `HEAL_REQUIRE_NETNS` (CI's "run every root test") is unset.
+    fn or_skip(mb: u32) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_str().unwrap().to_string();
+        let size = format!("size={mb}m,mode=0700");
+        match mount(&["-t", "tmpfs", "-o", &size, "heal-test", &path]) {
+            Ok(()) => Some(Self { dir }),
+            Err(e) if std::env::var_os("HEAL_REQUIRE_NETNS").is_none() => {
+                eprintln!("skipped: cannot mount a tmpfs ({e}); run as root");
+                None
+            }
+            Err(e) => panic!("tmpfs: {e}"),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Gives the disk `mb` MB (an operator freeing space).
+    fn resize(&self, mb: u32) {
+        let path = self.path().to_str().unwrap();
+        mount(&["-o", &format!("remount,size={mb}m"), path]).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_state_disk_stops_the_coordinator_with_its_reason_and_a_restart_with_space_loses_nothing()
+{
+    const ROUNDS: u64 = 8;
+    // the store grows by a result (4.5 MB here) each round: this fills after a few
+    let Some(disk) = Tmpfs::or_skip(24) else {
+        return;
+    };
+    let fed = provisioned(&config(3, 2, 3, ROUNDS, free_port()));
+    let state: PathBuf = disk.path().to_path_buf();
+    let args = ["--state-dir".as_ref(), state.as_os_str()];
+    let (child, commits) = coordinator_logged(
+        Command::new(coordinator_bin()),
+        &fed,
+        "coordinator-1.log",
+        &args,
+        &[],
+    );
+    let mut coord = Procs(vec![child]);
+    let mut hospitals = Procs((1..=3).map(|i| start_hospital(&fed, i)).collect());
+    let log = fed.root.join("coordinator-1.log");
+    let status = wait_status(&mut coord.0[0], LIMIT, "coordinator", &log);
+    let stopped_at = Instant::now();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !status.success() && text.contains("cannot be committed"),
+        "the coordinator on a full disk ended with {status}:\n{}",
+        tail(&log)
+    );
+    assert!(
+        text.contains("No space left on device") && text.contains(state.to_str().unwrap()),
+        "the reason names the disk's error and the store:\n{}",
+        tail(&log)
+    );
+    if let Some(why) = text.lines().find(|l| l.starts_with("Error")) {
+        eprintln!("the coordinator on the full disk: {why}");
+    }
+    let before: Vec<u64> = commits.try_iter().map(|(r, _)| r).collect();
+    let kept = before.len() as u64;
+    assert!(
+        (1..ROUNDS).contains(&kept),
+        "the disk filled mid-federation (rounds committed before: {before:?})"
+    );
+    let on_disk = |what: &str| {
+        let store = Store::open_existing(&state.join("state.redb")).unwrap();
+        let rounds: Vec<u64> = store.rounds().unwrap().iter().map(|r| r.round).collect();
+        eprintln!("{what}: {rounds:?}");
+        rounds
+    };
+    assert_eq!(
+        on_disk("rounds in the store on the full disk"),
+        (1..=kept).collect::<Vec<_>>(),
+        "every round committed before the disk filled is kept"
+    );
+
+    // the operator frees space; the service starts again
+    disk.resize(512);
+    let (child, _) = coordinator_logged(
+        Command::new(coordinator_bin()),
+        &fed,
+        "coordinator-2.log",
+        &args,
+        &[],
+    );
+    let mut coord = Procs(vec![child]);
+    let log = fed.root.join("coordinator-2.log");
+    wait_exit(&mut coord.0[0], LIMIT, "coordinator", &log);
+    hospitals_finish(&mut hospitals, &fed);
+    assert_eq!(
+        on_disk("rounds in the store after the restart"),
+        (1..=ROUNDS).collect::<Vec<_>>(),
+        "every round committed exactly once, in order"
+    );
+    committed_once(&state.join("state.redb"), ROUNDS, 3, 2);
+    same_final_models(&fed, 3);
+    eprintln!(
+        "full disk: {kept} of {ROUNDS} rounds committed before the disk filled; the coordinator \
+         stopped and said why; restarted with space, it finished in {:.1} s",
+        stopped_at.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn a_truncated_or_bit_flipped_state_file_is_refused_at_start_and_left_as_it_was() {
+    let fed = trained(&config(3, 2, 3, 2, free_port()));
+    let path = fed.coordinator_dir.join("state.redb");
+    let good = std::fs::read(&path).unwrap();
+    // a bit of the last round's result: a page the newest transaction wrote
+    let marker = {
+        let store = Store::open_existing(&path).unwrap();
+        let result = store.latest_result().unwrap().unwrap();
+        result.items[0][1000..1064].to_vec()
+    };
+    let at = good
+        .windows(marker.len())
+        .position(|w| w == marker.as_slice())
+        .expect("the result is in the file");
+    let mut flipped = good.clone();
+    flipped[at + 7] ^= 0x10;
+    let cases = [
+        ("truncated", good[..good.len() / 2].to_vec(), "state store"),
+        ("bit-flipped", flipped, "damaged"),
+    ];
+    for (what, bytes, says) in cases {
+        std::fs::write(&path, &bytes).unwrap();
+        let log = fed.root.join(format!("coordinator-{what}.log"));
+        let mut child = Command::new(coordinator_bin())
+            .args(["run", "--dir"])
+            .arg(&fed.coordinator_dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let status = wait_status(&mut child, Duration::from_secs(60), "coordinator", &log);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !status.success() && text.contains(says),
+            "a {what} state file: {status}\n{}",
+            tail(&log)
+        );
+        assert!(
+            std::fs::read(&path).unwrap() == bytes,
+            "the {what} file was changed"
+        );
+        let said = text.lines().find(|l| l.starts_with("Error"));
+        eprintln!("{what}: refused: {}", said.unwrap_or_default());
+    }
+    // a hospital's model state with one bit of a weight flipped
+    let state = fed.root.join("node-1/state/model-state.bin");
+    let mut bytes = std::fs::read(&state).unwrap();
+    let last = bytes.len() - 9;
+    bytes[last] ^= 0x02;
+    std::fs::write(&state, &bytes).unwrap();
+    let log = fed.root.join("hospital-1-damaged.log");
+    let mut child = Command::new(common::client_bin())
+        .args(["run", "--site"])
+        .arg(fed.hospital_dirs[0].join("site.toml"))
+        .arg("--out")
+        .arg(fed.root.join("node-1"))
+        .env("HEAL_DATA_DIR", common::data_dir())
+        .env("HEAL_OFFLINE", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_status(&mut child, Duration::from_secs(60), "hospital 1", &log);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !status.success() && text.contains("model-state.bin is damaged"),
+        "a hospital's damaged model state: {status}\n{}",
+        tail(&log)
+    );
+    assert!(
+        std::fs::read(&state).unwrap() == bytes,
+        "the hospital's state was changed"
+    );
+    eprintln!(
+        "hospital model state, one bit flipped: refused: {}",
+        text.lines()
+            .find(|l| l.contains("damaged"))
+            .unwrap_or_default()
+    );
+}
