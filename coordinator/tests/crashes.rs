@@ -5,11 +5,15 @@
 //! after an update is accepted, before the switch request, mid-switch, between the switch and
 //! the commit, between the commit and the results' delivery — once per point, in one
 //! federation, each restart armed for the next. Checked after: every round committed exactly
-//! once and in order, each by a quorum and re-encrypted by t switchers; every hospital ends with
-//! the same model; every process finished by itself; no namespace left behind. The figures
+//! once and in order, each by a quorum and re-encrypted by t switchers; every committed result,
+//! as each hospital decrypted and applied it, is the same and is the weighted mean of exactly
+//! the updates its record lists (the hospitals write what they encrypted and applied under
+//! `HEAL_TRACE_DIR`, `client/src/node/trace.rs`); every hospital ends with the same model;
+//! every process finished by itself; no namespace left behind. The figures
 //! (time from each kill to the next commit) are printed for docs/RESULTS.md.
 
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -38,9 +42,15 @@ fn the_coordinator_killed_at_every_phase_boundary_resumes_and_no_round_is_lost_o
     };
     let fed = provisioned(&config_at(5, 3, 4, ROUNDS, &Hosts::address(0), 4433));
     let start = Instant::now();
+    // each hospital writes what it encrypted and what it applied, for the aggregates' check
+    let trace = fed.root.join("trace");
     let mut hospitals = Procs(
         (1..=5)
-            .map(|i| hospital_in(hosts.command(i, &client_bin()), &fed, i))
+            .map(|i| {
+                let mut command = hosts.command(i, &client_bin());
+                command.env("HEAL_TRACE_DIR", &trace);
+                hospital_in(command, &fed, i)
+            })
             .collect(),
     );
     let mut figures = Vec::new();
@@ -101,8 +111,13 @@ fn the_coordinator_killed_at_every_phase_boundary_resumes_and_no_round_is_lost_o
         (1..=ROUNDS).collect::<Vec<_>>(),
         "the commits the coordinators printed, across restarts"
     );
-    committed_once(&fed.coordinator_dir.join("state.redb"), ROUNDS, 4, 3);
+    let records = committed_once(&fed.coordinator_dir.join("state.redb"), ROUNDS, 4, 3);
     same_final_models(&fed, 5);
+    let (err, margin) = aggregates_match_their_updates(&trace, &records, 5);
+    eprintln!(
+        "every committed aggregate is the weighted mean of exactly the updates it lists: largest \
+         difference {err:.2e}; leaving one listed update out differs by at least {margin:.2e}"
+    );
     for (what, round, _, back) in &figures {
         eprintln!(
             "killed at {what}: the next round committed {:.1} s after the kill (round {round} \
@@ -123,4 +138,87 @@ fn the_coordinator_killed_at_every_phase_boundary_resumes_and_no_round_is_lost_o
     drop(hospitals);
     drop(hosts);
     assert_eq!(Hosts::left_behind("k"), Vec::<String>::new());
+}
+
+fn read_f64s(path: &Path, width: usize) -> Vec<f64> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    match width {
+        4 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        _ => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+    }
+}
+
+/// Every committed round's result, as each of the `hospitals` decrypted and applied it (their
+/// `HEAL_TRACE_DIR` files), is the same, and is the weighted mean of exactly the updates its
+/// record lists (each hospital's last upload of that round). Returns the largest difference,
+/// and the smallest by which the mean without one listed update differs (what the check would
+/// see had the round summed another set).
+fn aggregates_match_their_updates(
+    trace: &Path,
+    records: &[coordinator::store::RoundRecord],
+    hospitals: u32,
+) -> (f64, f64) {
+    let (mut worst, mut margin) = (0f64, f64::INFINITY);
+    let max_diff = |a: &[f64], b: &[f64]| {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f64, f64::max)
+    };
+    for rec in records {
+        let r = rec.round;
+        let updates: Vec<(u64, Vec<f64>)> = rec
+            .participants
+            .iter()
+            .map(|&(h, w)| {
+                let path = trace.join(format!("hospital-{h}/update-{r}.f32"));
+                (w, read_f64s(&path, 4))
+            })
+            .collect();
+        let total: u64 = updates.iter().map(|(w, _)| w).sum();
+        assert_eq!(total, rec.total_weight, "round {r}'s total weight");
+        let mean = |leave_out: Option<usize>| {
+            let kept: Vec<&(u64, Vec<f64>)> = (0..updates.len())
+                .filter(|&i| Some(i) != leave_out)
+                .map(|i| &updates[i])
+                .collect();
+            let total: u64 = kept.iter().map(|(w, _)| w).sum();
+            let mut m = vec![0f64; updates[0].1.len()];
+            for (w, u) in kept {
+                for (m, x) in m.iter_mut().zip(u) {
+                    *m += *w as f64 * x / total as f64;
+                }
+            }
+            m
+        };
+        let expected = mean(None);
+        let applied: Vec<Vec<f64>> = (1..=hospitals)
+            .map(|h| read_f64s(&trace.join(format!("hospital-{h}/average-{r}.f64")), 8))
+            .collect();
+        for (i, a) in applied.iter().enumerate() {
+            assert!(
+                a == &applied[0],
+                "hospital {} applied another round {r}",
+                i + 1
+            );
+        }
+        let err = max_diff(&applied[0], &expected);
+        worst = worst.max(err);
+        for out in 0..updates.len() {
+            margin = margin.min(max_diff(&applied[0], &mean(Some(out))));
+        }
+    }
+    assert!(
+        worst * 100.0 < margin,
+        "a committed aggregate is not the mean of the updates it lists: off by {worst:.2e}, \
+         where leaving one out moves it by {margin:.2e}"
+    );
+    (worst, margin)
 }

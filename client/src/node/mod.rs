@@ -21,6 +21,7 @@ mod setup;
 mod site;
 mod state;
 mod switching;
+mod trace;
 mod trust;
 
 use std::path::{Path, PathBuf};

@@ -96,6 +96,7 @@ impl Node {
             }
             Err(e) => return Err(e).context("the round's result"),
         };
+        super::trace::average(self.index, round, &average)?;
         let (average, control) = average.split_at(model_len);
         let delta: Vec<f32> = (average.iter().zip(&self.data.frozen))
             .map(|(&a, &frozen)| if frozen { 0.0 } else { a as f32 })

@@ -450,6 +450,7 @@ impl Node {
             self.data.train.len() as u64
         };
         let samples = self.data.train.len() as u64;
+        super::trace::update(self.index, round, &delta, noised.as_deref())?;
         let (items, a_seed, signature, sign_ms) = match &self.he {
             Some(he) => {
                 // under this hospital's own share of the collective secret: only c0 and a seed

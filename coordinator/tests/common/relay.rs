@@ -58,11 +58,11 @@ pub struct Relay {
 /// At most this many peers at once (a test has a handful; more is a bug, not a load).
 const MAX_PEERS: usize = 64;
 
-/// splitmix64: seeded, replayable drops and jitter.
-struct Draw(u64);
+/// splitmix64: seeded, replayable drops and jitter (and the soak's schedule).
+pub struct Draw(pub u64);
 
 impl Draw {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -70,7 +70,7 @@ impl Draw {
         z ^ (z >> 31)
     }
 
-    fn unit(&mut self) -> f64 {
+    pub fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }

@@ -85,6 +85,9 @@ impl Engine {
 
     pub(super) fn joined(&mut self, h: u32, last_round: u64, now: Instant, out: &mut Vec<Action>) {
         self.connected.insert(h);
+        if matches!(self.stage, Stage::Delivering { .. }) {
+            self.joined_while_delivering.insert(h);
+        }
         out.push(Action::Welcome {
             to: h,
             phase: self.phase(),

@@ -87,6 +87,9 @@ pub struct Engine {
     quorum_audited: Option<Instant>,
     /// the switchers of the last round delivered (they make the next round's flooding ahead)
     last_switchers: Vec<u32>,
+    /// hospitals that (re)joined while a round was being delivered: that delivery may have
+    /// gone to their old connection, so once it is committed they are sent it from the store
+    joined_while_delivering: BTreeSet<u32>,
 }
 
 /// How often a round that waits for its quorum past the deadline is audited.
@@ -139,6 +142,7 @@ impl Engine {
             refused: BTreeSet::new(),
             quorum_audited: None,
             last_switchers: Vec::new(),
+            joined_while_delivering: BTreeSet::new(),
         }
     }
 
@@ -360,10 +364,18 @@ impl Engine {
             }
             Event::Committed { round, now } => {
                 if self.stage == (Stage::Delivering { round }) {
-                    // the hospitals it was delivered to hold it now
+                    // the hospitals it was delivered to hold it now; one that joined again
+                    // meanwhile is sent it (and any before it) from the store, in order
                     for h in self.eligible() {
+                        if self.joined_while_delivering.contains(&h)
+                            && let Some(&held) = self.held.get(&h)
+                            && held < round
+                        {
+                            out.push(Action::SendStoredResults { to: h, after: held });
+                        }
                         self.held.insert(h, round);
                     }
+                    self.joined_while_delivering.clear();
                     self.committed = round;
                     if round >= self.cfg.rounds {
                         self.stage = Stage::Finished;

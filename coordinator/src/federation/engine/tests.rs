@@ -762,3 +762,55 @@ fn the_first_to_upload_switch_and_the_last_does_not() {
     }
     assert_eq!(request(&last), (0, vec![1, 4, 3]));
 }
+
+/// Found by the soak (coordinator/tests/soak.rs): a hospital whose connection died while a
+/// round was delivered to it and that joined again before the commit was reported was counted
+/// as holding that round, so it never got it, and every later round waited its deadline for an
+/// update that hospital could not make.
+#[test]
+fn a_hospital_that_joins_again_while_a_round_is_delivered_is_sent_it_once_committed() {
+    let now = Instant::now();
+    let mut e = Engine::new(cfg(3, 2, 3, 3), Restored::default(), now);
+    set_up(&mut e, 3, now);
+    let mut last = Vec::new();
+    for h in 1..=3 {
+        last = e.handle(Event::UpdateFolded {
+            hospital: h,
+            round: 1,
+            weight: 10,
+            now,
+        });
+    }
+    let (_, active) = request(&last);
+    let mut out = Vec::new();
+    for &h in &active {
+        out = e.handle(Event::SwitchSharesFolded {
+            hospital: h,
+            round: 1,
+            attempt: 0,
+            now,
+        });
+    }
+    assert_eq!(delivered_to(&out), vec![1, 2, 3]);
+    // hospital 3's delivery went to a connection that died; it is back, holding round 0
+    e.handle(Event::Joined {
+        hospital: 3,
+        last_round: 0,
+        items: ITEMS,
+        now,
+    });
+    let next = e.handle(Event::Committed { round: 1, now });
+    assert!(
+        next.iter()
+            .any(|a| matches!(a, Action::SendStoredResults { to: 3, after: 0 })),
+        "{:?}",
+        kinds(&next)
+    );
+    assert!(kinds(&next).contains(&"start-round"));
+    // the next delivery is the plain one
+    assert!(
+        !e.handle(Event::Committed { round: 1, now })
+            .iter()
+            .any(|a| matches!(a, Action::SendStoredResults { .. }))
+    );
+}
