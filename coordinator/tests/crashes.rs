@@ -140,18 +140,13 @@ fn the_coordinator_killed_at_every_phase_boundary_resumes_and_no_round_is_lost_o
     assert_eq!(Hosts::left_behind("k"), Vec::<String>::new());
 }
 
-fn read_f64s(path: &Path, width: usize) -> Vec<f64> {
+/// A trace file: little-endian f64 values.
+fn read_f64s(path: &Path) -> Vec<f64> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    match width {
-        4 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect(),
-        _ => bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-    }
+    bytes
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 /// Every committed round's result, as each of the `hospitals` decrypted and applied it (their
@@ -178,8 +173,8 @@ fn aggregates_match_their_updates(
             .participants
             .iter()
             .map(|&(h, w)| {
-                let path = trace.join(format!("hospital-{h}/update-{r}.f32"));
-                (w, read_f64s(&path, 4))
+                let path = trace.join(format!("hospital-{h}/update-{r}.f64"));
+                (w, read_f64s(&path))
             })
             .collect();
         let total: u64 = updates.iter().map(|(w, _)| w).sum();
@@ -200,7 +195,7 @@ fn aggregates_match_their_updates(
         };
         let expected = mean(None);
         let applied: Vec<Vec<f64>> = (1..=hospitals)
-            .map(|h| read_f64s(&trace.join(format!("hospital-{h}/average-{r}.f64")), 8))
+            .map(|h| read_f64s(&trace.join(format!("hospital-{h}/average-{r}.f64"))))
             .collect();
         for (i, a) in applied.iter().enumerate() {
             assert!(

@@ -5,9 +5,9 @@
 //! decrypted into that directory on its own disk (0600), nothing more; the files are the
 //! hospital's own data, never sent anywhere.
 //!
-//! `DIR/hospital-<i>/update-<round>.f32`: the values it encrypted (after clipping, and noise
-//! under `[privacy]`), little-endian f32 (f64 under `[privacy]`, as it encrypts them);
-//! `DIR/hospital-<i>/average-<round>.f64`: the decrypted average it applied, little-endian f64.
+//! `DIR/hospital-<i>/update-<round>.f64`: the values it encrypted (after clipping, and noise
+//! under `[privacy]`); `DIR/hospital-<i>/average-<round>.f64`: the decrypted average it
+//! applied; both little-endian f64.
 
 use std::path::PathBuf;
 
@@ -31,16 +31,20 @@ fn write(hospital: u32, name: String, bytes: Vec<u8>) -> anyhow::Result<()> {
         .with_context(|| format!("{VAR}: cannot write {}", path.display()))
 }
 
-/// The update of `round` as encrypted: f32 values, or f64 where noise made them so.
+/// The update of `round` as encrypted: its f32 values, or the f64 ones noise made.
 pub fn update(hospital: u32, round: u64, f32s: &[f32], f64s: Option<&[f64]>) -> anyhow::Result<()> {
     if dir(hospital).is_none() {
         return Ok(());
     }
-    let bytes = match f64s {
-        Some(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        None => f32s.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    let values: Vec<f64> = match f64s {
+        Some(v) => v.to_vec(),
+        None => f32s.iter().map(|&x| x as f64).collect(),
     };
-    write(hospital, format!("update-{round}.f32"), bytes)
+    write(hospital, format!("update-{round}.f64"), le_bytes(&values))
+}
+
+fn le_bytes(values: &[f64]) -> Vec<u8> {
+    values.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 /// The decrypted average of `round` as applied.
@@ -48,6 +52,5 @@ pub fn average(hospital: u32, round: u64, values: &[f64]) -> anyhow::Result<()> 
     if dir(hospital).is_none() {
         return Ok(());
     }
-    let bytes = values.iter().flat_map(|x| x.to_le_bytes()).collect();
-    write(hospital, format!("average-{round}.f64"), bytes)
+    write(hospital, format!("average-{round}.f64"), le_bytes(values))
 }

@@ -807,10 +807,4 @@ fn a_hospital_that_joins_again_while_a_round_is_delivered_is_sent_it_once_commit
         kinds(&next)
     );
     assert!(kinds(&next).contains(&"start-round"));
-    // the next delivery is the plain one
-    assert!(
-        !e.handle(Event::Committed { round: 1, now })
-            .iter()
-            .any(|a| matches!(a, Action::SendStoredResults { .. }))
-    );
 }
