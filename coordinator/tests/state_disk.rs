@@ -201,18 +201,9 @@ fn a_truncated_or_bit_flipped_state_file_is_refused_at_start_and_left_as_it_was(
     let last = bytes.len() - 9;
     bytes[last] ^= 0x02;
     std::fs::write(&state, &bytes).unwrap();
-    let log = fed.root.join("hospital-1-damaged.log");
-    let mut child = Command::new(common::client_bin())
-        .args(["run", "--site"])
-        .arg(fed.hospital_dirs[0].join("site.toml"))
-        .arg("--out")
-        .arg(fed.root.join("node-1"))
-        .env("HEAL_DATA_DIR", common::data_dir())
-        .env("HEAL_OFFLINE", "1")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    // hospital 1 started again as it was trained (its log replaces the training's)
+    let mut child = common::start_hospital(&fed, 1);
+    let log = fed.root.join("hospital-1.log");
     let status = wait_status(&mut child, Duration::from_secs(60), "hospital 1", &log);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
