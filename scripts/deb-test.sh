@@ -18,6 +18,19 @@ dpkg -i "${debs[@]}"
 heal-coordinator --version | grep -q '^coordinator ' || fail "heal-coordinator --version"
 heal-client --version | grep -q '^client ' || fail "heal-client --version"
 getent passwd heal >/dev/null || fail "no user heal"
+for pkg in heal-coordinator heal-node; do
+  for f in prometheus/heal-alerts.yml prometheus/prometheus-scrape.yml grafana/heal-dashboard.json; do
+    [ -f "/usr/share/$pkg/$f" ] || fail "no /usr/share/$pkg/$f"
+  done
+  python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "/usr/share/$pkg/grafana/heal-dashboard.json" \
+    || fail "$pkg's dashboard is not JSON"
+  if command -v promtool >/dev/null; then
+    # the installed scrape config names the installed rules
+    promtool check config "/usr/share/$pkg/prometheus/prometheus-scrape.yml" || fail "promtool check config ($pkg)"
+  else
+    echo "promtool not installed: $pkg's rules not checked"
+  fi
+done
 [ "$(stat -c %U:%G:%a /etc/heal)" = root:heal:750 ] || fail "/etc/heal is $(stat -c %U:%G:%a /etc/heal)"
 [ "$(stat -c %G /etc/heal/coordinator.env)" = heal ] || fail "coordinator.env not readable by heal"
 if command -v systemd-analyze >/dev/null; then

@@ -2,6 +2,7 @@
 # Builds HEAL's Debian packages into target/debian/:
 #   heal-coordinator  /usr/bin/heal-coordinator, heal-coordinator.service, /etc/heal/coordinator.env
 #   heal-node         /usr/bin/heal-client, heal-node.service, /etc/heal/node.env
+# both with /usr/share/<package>/{prometheus,grafana}: alert rules, a scrape config, the dashboard
 # both with a system user `heal` made on install, and the state in /var/lib/heal/*.
 #
 #   scripts/deb.sh                 # release build, then the packages
@@ -48,6 +49,13 @@ package() {
   install -m 0640 "packaging/etc/$env" "$stage/etc/heal/$env"
   install -m 0644 README.md "$stage/usr/share/doc/$name/README.md"
   install -m 0644 configs/federation-example.toml "$stage/usr/share/doc/$name/federation-example.toml"
+  # what an operator imports first: the alert rules, a scrape config and the Grafana dashboard
+  # (each package its own copy under /usr/share/<package>: both may be on one host)
+  install -d "$stage/usr/share/$name/prometheus" "$stage/usr/share/$name/grafana"
+  install -m 0644 packaging/prometheus/heal-alerts.yml "$stage/usr/share/$name/prometheus/"
+  sed "s|/usr/share/heal/|/usr/share/$name/|" packaging/prometheus/prometheus-scrape.yml \
+    > "$stage/usr/share/$name/prometheus/prometheus-scrape.yml"
+  install -m 0644 packaging/grafana/heal-dashboard.json "$stage/usr/share/$name/grafana/"
   echo "/etc/heal/$env" > "$stage/DEBIAN/conffiles"
   local size
   size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)

@@ -73,7 +73,15 @@ pub struct CoordinatorSection {
     /// or "off".
     #[serde(default = "default_metrics")]
     pub metrics: String,
+    /// Seconds `/metrics` keeps answering after the federation finished, so that Prometheus
+    /// scrapes the run's final figures (and its alert rules see `heal_finished` = 1 before the
+    /// process ends) instead of the last ones its interval happened to catch. At most 3,600.
+    #[serde(default)]
+    pub metrics_linger_s: u64,
 }
+
+/// The longest `[coordinator] metrics_linger_s`: an hour.
+pub const MAX_METRICS_LINGER_S: u64 = 3600;
 
 fn default_metrics() -> String {
     "127.0.0.1:9464".into()
@@ -84,6 +92,7 @@ impl Default for CoordinatorSection {
         Self {
             backend: Default::default(),
             metrics: default_metrics(),
+            metrics_linger_s: 0,
         }
     }
 }
@@ -91,6 +100,12 @@ impl Default for CoordinatorSection {
 impl CoordinatorSection {
     /// The metrics address, `None` when "off".
     pub fn metrics_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        if self.metrics_linger_s > MAX_METRICS_LINGER_S {
+            anyhow::bail!(
+                "[coordinator] metrics_linger_s = {} is more than {MAX_METRICS_LINGER_S} s",
+                self.metrics_linger_s
+            );
+        }
         if self.metrics == "off" {
             return Ok(None);
         }
@@ -419,6 +434,24 @@ activation = "square"
         let e =
             FederationConfig::from_toml(&format!("{OK}\n[coordinator]\ngpu = true")).unwrap_err();
         assert!(format!("{e:#}").contains("unknown field `gpu`"), "{e:#}");
+    }
+
+    #[test]
+    fn metrics_linger_is_read_and_bounded() {
+        let c = FederationConfig::from_toml(&format!("{OK}\n[coordinator]\nmetrics_linger_s = 30"))
+            .unwrap();
+        assert_eq!(c.coordinator.metrics_linger_s, 30);
+        assert_eq!(
+            FederationConfig::from_toml(OK)
+                .unwrap()
+                .coordinator
+                .metrics_linger_s,
+            0
+        );
+        let e =
+            FederationConfig::from_toml(&format!("{OK}\n[coordinator]\nmetrics_linger_s = 3601"))
+                .unwrap_err();
+        assert!(format!("{e:#}").contains("more than 3600 s"), "{e:#}");
     }
 
     #[test]

@@ -52,7 +52,8 @@ pub fn describe(cfg: &FederationConfig) -> anyhow::Result<Option<String>> {
     }))
 }
 
-fn budget(cfg: &FederationConfig) -> f64 {
+/// The ε a run may spend: `budget_epsilon`, else `target_epsilon` (∞ without either).
+pub(crate) fn budget(cfg: &FederationConfig) -> f64 {
     cfg.privacy
         .budget_epsilon
         .or(cfg.privacy.target_epsilon)

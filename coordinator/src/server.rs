@@ -65,6 +65,8 @@ pub struct Server {
     fatal: Mutex<Option<String>>,
     /// woken after the federation handled anything: its next deadline may have moved
     deadline_moved: tokio::sync::Notify,
+    /// the round announced last and when, for /metrics' open round's age
+    round_opened: Mutex<Option<(u64, std::time::Instant)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -157,6 +159,7 @@ impl Server {
             finished: AtomicBool::new(false),
             finished_notify: tokio::sync::Notify::new(),
             fatal: Mutex::new(None),
+            round_opened: Mutex::new(None),
             deadline_moved: tokio::sync::Notify::new(),
         }))
     }
@@ -217,6 +220,11 @@ impl Server {
         endpoint.close(0u32.into(), protocol::error::FINISHED_REASON);
         endpoint.wait_idle().await;
         info!("finished");
+        let linger = self.cfg.coordinator.metrics_linger_s;
+        if linger > 0 && self.cfg.coordinator.metrics != "off" {
+            info!("/metrics answers for {linger} s more ([coordinator] metrics_linger_s)");
+            tokio::time::sleep(Duration::from_secs(linger)).await;
+        }
         Ok(())
     }
 

@@ -5,28 +5,16 @@
 //! `summary.json`'s; with `HEAL_LOG_FORMAT=json` every process logs JSON lines. Every wait is
 //! bounded.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
 use common::simulate_command;
-use ops::run_report::{RunSummary, parse_hospitals, parse_rounds};
+use ops::run_report::parse_hospitals;
 
 /// `GET /metrics` at `addr`, the body's samples by name (labels kept in the name).
 fn scrape(addr: &str) -> Option<Vec<(String, f64)>> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
+    let (head, body) = common::http_get(addr, "/metrics")?;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     Some(
         body.lines()
@@ -69,16 +57,7 @@ fn metrics_during_a_run_match_its_tables_and_summary() {
         .spawn()
         .unwrap();
     // the address simulate prints, then scrapes until it exits
-    let stdout = child.stdout.take().unwrap();
-    let addr: Arc<Mutex<Option<String>>> = Arc::default();
-    let seen = addr.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("coordinator metrics for Prometheus: http://") {
-                *seen.lock().unwrap() = url.strip_suffix("/metrics").map(str::to_string);
-            }
-        }
-    });
+    let addr = common::printed_metrics_address(&mut child);
     let t0 = Instant::now();
     let (mut scrapes, mut node_scrapes) = (Vec::new(), Vec::new());
     let node_addr = out.join("hospitals/hospital-1/metrics-address");
@@ -101,10 +80,7 @@ fn metrics_during_a_run_match_its_tables_and_summary() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success());
-    let summary: RunSummary =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    let rows =
-        parse_rounds(&std::fs::read_to_string(out.join("metrics_per_round.csv")).unwrap()).unwrap();
+    let (summary, rows) = common::run_tables(&out);
     assert_eq!(summary.rounds, 6);
     let mut during = 0;
     for s in &scrapes {
@@ -123,6 +99,17 @@ fn metrics_during_a_run_match_its_tables_and_summary() {
         if k >= 1 {
             during += 1;
             assert_eq!(get(s, "heal_round_participants"), 3.0);
+            // every hospital's update was in every sum
+            for h in 1..=3 {
+                let name = format!("heal_hospital_last_round{{hospital=\"{h}\"}}");
+                assert_eq!(get(s, &name), k as f64, "{name}");
+            }
+        }
+        assert_eq!(get(s, "heal_round_deadline_seconds"), 120.0);
+        let open = get(s, "heal_round_open_seconds");
+        assert!((0.0..120.0).contains(&open), "{open}");
+        if get(s, "heal_finished") == 1.0 {
+            assert_eq!(open, 0.0);
         }
         if k == 6 {
             assert_eq!(get(s, "heal_bytes_up_total"), summary.bytes_up as f64);

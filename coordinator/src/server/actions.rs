@@ -130,6 +130,7 @@ impl Server {
                 to,
                 deadline,
             } => {
+                *lock(&self.round_opened) = Some((round, Instant::now()));
                 for h in to {
                     self.send(h, round, round_start(deadline));
                 }

@@ -128,6 +128,7 @@ impl Server {
             "Connections and messages refused since this coordinator started.",
             self.refused_total.load(Ordering::Relaxed) as f64,
         );
+        self.liveness(&mut e, &rounds);
         if self.cfg.privacy.enabled() {
             e.one(
                 Kind::Gauge,
@@ -140,8 +141,61 @@ impl Server {
                 "heal_privacy_delta",
                 "δ of the differential-privacy guarantee.",
                 self.cfg.privacy.delta,
+            )
+            .one(
+                Kind::Gauge,
+                "heal_privacy_epsilon_budget",
+                "The ε the run may spend ([privacy] budget_epsilon, else target_epsilon; +Inf \
+                 without either).",
+                crate::privacy_report::budget(&self.cfg),
             );
         }
         e.text().to_string()
+    }
+
+    /// What the alert rules of `packaging/prometheus/heal-alerts.yml` watch besides the totals:
+    /// the last committed round each hospital's update was in, and how long the round under way
+    /// has been open against its deadline.
+    fn liveness(&self, e: &mut Exposition, rounds: &[crate::store::RoundRecord]) {
+        let mut last = vec![0u64; self.cfg.federation.hospitals as usize];
+        for r in rounds {
+            for &(h, _) in &r.participants {
+                if let Some(slot) = (h as usize).checked_sub(1).and_then(|i| last.get_mut(i)) {
+                    *slot = (*slot).max(r.round);
+                }
+            }
+        }
+        let names: Vec<String> = (1..=last.len()).map(|h| h.to_string()).collect();
+        let labels: Vec<[(&str, &str); 1]> =
+            names.iter().map(|n| [("hospital", n.as_str())]).collect();
+        let samples: Vec<(&[(&str, &str)], f64)> = labels
+            .iter()
+            .zip(&last)
+            .map(|(l, &r)| (&l[..], r as f64))
+            .collect();
+        let committed = rounds.last().map_or(0, |r| r.round);
+        let finished = self.finished.load(Ordering::Relaxed);
+        let open = match *lock(&self.round_opened) {
+            Some((round, at)) if round > committed && !finished => at.elapsed().as_secs_f64(),
+            _ => 0.0,
+        };
+        e.family(
+            Kind::Gauge,
+            "heal_hospital_last_round",
+            "The last committed round whose sum held this hospital's update (0: none yet).",
+            &samples,
+        )
+        .one(
+            Kind::Gauge,
+            "heal_round_open_seconds",
+            "Seconds since the round under way was announced (0 when none is open).",
+            open,
+        )
+        .one(
+            Kind::Gauge,
+            "heal_round_deadline_seconds",
+            "A round's deadline ([federation] round_timeout_s).",
+            self.cfg.federation.round_timeout_s as f64,
+        );
     }
 }

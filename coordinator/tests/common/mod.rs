@@ -363,3 +363,68 @@ pub fn trained(text: &str) -> Fed {
     }
     fed
 }
+
+/// `GET path` on `addr` over plain HTTP/1.1: the status line and headers, and the body (chunked
+/// bodies joined). `None` when nothing answers.
+pub fn http_get(addr: &str, path: &str) -> Option<(String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Some((head.to_string(), body.to_string()));
+    }
+    let (mut out, mut rest) = (String::new(), body);
+    while let Some((len, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).ok()?;
+        if n == 0 {
+            break;
+        }
+        out.push_str(tail.get(..n)?);
+        rest = tail.get(n + 2..)?;
+    }
+    Some((head.to_string(), out))
+}
+
+/// The coordinator's metrics address once `simulate` (spawned with piped stdout) prints it.
+pub fn printed_metrics_address(
+    child: &mut Child,
+) -> std::sync::Arc<std::sync::Mutex<Option<String>>> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("simulate's stdout piped");
+    let addr: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+    let seen = addr.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(url) = line.strip_prefix("coordinator metrics for Prometheus: http://") {
+                *seen.lock().unwrap() = url.strip_suffix("/metrics").map(str::to_string);
+            }
+        }
+    });
+    addr
+}
+
+/// A finished simulation's `summary.json` and per-round table.
+pub fn run_tables(out: &Path) -> (ops::run_report::RunSummary, Vec<ops::run_report::RoundRow>) {
+    let summary =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let rows = ops::run_report::parse_rounds(
+        &std::fs::read_to_string(out.join("metrics_per_round.csv")).unwrap(),
+    )
+    .unwrap();
+    (summary, rows)
+}
