@@ -85,6 +85,36 @@ fn baseline_writes_summary_and_tables() {
     }
 }
 
+/// `[dataset] kind = "mnist"`: the original IDX files beside the MedMNIST ones, trained on and
+/// tested on the whole official test split.
+#[test]
+fn a_baseline_trains_on_mnists_idx_files() {
+    let dir = common::data_dir().join("../mnist");
+    if !dir.join("train-images-idx3-ubyte.gz").is_file() {
+        eprintln!("skipped: no MNIST files at {}", dir.display());
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("cfg.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[dataset]\nkind = \"mnist\"\ndata_dir = {:?}\n[train]\nepochs = 1\nbatch_size = 32\n\
+             [baseline]\nmax_train = 2000\n",
+            dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let cfg = BaselineConfig::load(&path).unwrap();
+    let o = run_baseline(&cfg, tmp.path(), &tmp.path().join("out"), false).unwrap();
+    assert_eq!(o.summary.dataset, "mnist");
+    assert_eq!(
+        (o.summary.train_images, o.summary.test_images),
+        (2000, 10_000)
+    );
+    assert!(o.summary.test_acc > 0.6, "test ACC {}", o.summary.test_acc);
+}
+
 #[test]
 fn unknown_config_keys_are_errors_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
@@ -118,6 +148,7 @@ fn shipped_configs_parse() {
         ("clinical/organamnist-256.toml", [1, 256, 256]),
         ("clinical/bloodmnist-256.toml", [3, 256, 256]),
         ("clinical/breastmnist-256.toml", [1, 256, 256]),
+        ("mnist/baseline.toml", [1, 28, 28]),
     ] {
         let cfg = BaselineConfig::load(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         let spec = cfg

@@ -522,6 +522,7 @@ mod shipped_configs {
             .unwrap()
             .chain(std::fs::read_dir(dir.join("deployment")).unwrap())
             .chain(std::fs::read_dir(dir.join("transfer")).unwrap())
+            .chain(std::fs::read_dir(dir.join("mnist")).unwrap())
         {
             let path = entry.unwrap().path();
             let text = std::fs::read_to_string(&path).unwrap_or_default();

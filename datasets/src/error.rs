@@ -7,6 +7,28 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DatasetError {
+    /// An MNIST IDX file that is not what its name says (header, size, labels, md5).
+    #[error("{path}: not MNIST's IDX file: {message}")]
+    BadIdx {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the numbers found.
+        message: String,
+    },
+
+    /// MNIST's files are not in the folder looked at (they are never downloaded).
+    #[error(
+        "{dir}: MNIST's IDX files are not here (missing {missing}); put the four files \
+         train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and \
+         t10k-labels-idx1-ubyte.gz there, or set [dataset] data_dir / HEAL_MNIST_DIR"
+    )]
+    MissingMnist {
+        /// The folder looked at.
+        dir: PathBuf,
+        /// The first file missing.
+        missing: String,
+    },
+
     /// An I/O error on a named file or directory.
     #[error("{path}: {action}: {source}")]
     Io {

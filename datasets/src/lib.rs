@@ -1,4 +1,4 @@
-//! Medical image data for HEAL: MedMNIST `.npz` files (verified against the official md5 table
+//! Medical image data for HEAL: MedMNIST `.npz` files, MNIST's IDX files (verified against the official md5 table
 //! and downloaded from the official record when missing), image folders and CSV manifests of
 //! PNG, JPEG and DICOM files (CT in Hounsfield units with windowing), resizing by policy,
 //! preprocessing with training-split statistics, and partitioning across simulated hospitals.
@@ -21,6 +21,7 @@ pub mod error;
 pub mod folder;
 pub mod image_set;
 pub mod medmnist;
+pub mod mnist;
 pub mod partition;
 pub mod preprocess;
 pub mod resize;

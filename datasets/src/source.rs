@@ -8,6 +8,7 @@ use crate::error::{DatasetError, Result};
 use crate::folder::{self, ManifestColumns, Split};
 use crate::image_set::{Dataset, DatasetInfo, ImageSet, ImageShape, Task};
 use crate::medmnist::{self, MedMnistOptions};
+use crate::mnist;
 use crate::partition::split_by_group;
 use crate::preprocess::resize_set;
 use crate::resize::{MAX_INPUT_SIDE, ResizePolicy};
@@ -16,7 +17,7 @@ use crate::resize::{MAX_INPUT_SIDE, ResizePolicy};
 ///
 /// ```toml
 /// [dataset]
-/// kind = "medmnist"        # "medmnist", "folder" or "manifest"
+/// kind = "medmnist"        # "medmnist", "folder", "manifest" or "mnist"
 /// name = "organamnist"     # any 2D MedMNIST set
 /// size = 28                # 28, 64, 128 or 224: the file read
 /// # height = 256           # the network's input (default: size); images are resized to it
@@ -126,8 +127,24 @@ pub enum DatasetConfig {
         #[serde(default)]
         seed: u64,
     },
+    /// MNIST's four original IDX files in a folder (never downloaded; `mnist` module).
+    Mnist {
+        /// The folder. Default: `$HEAL_MNIST_DIR`, else `mnist` beside `$HEAL_DATA_DIR`, else
+        /// the per-user cache directory's `heal/mnist`.
+        #[serde(default)]
+        data_dir: Option<PathBuf>,
+        /// The last `val` of the 60,000 training images are the validation split (default 5,000).
+        #[serde(default = "default_mnist_val")]
+        val: usize,
+        /// Check the files against the authors' md5 sums (default true).
+        #[serde(default = "yes")]
+        verify_md5: bool,
+    },
 }
 
+fn default_mnist_val() -> usize {
+    5000
+}
 fn default_size() -> u32 {
     28
 }
@@ -165,6 +182,7 @@ impl DatasetConfig {
             Self::Medmnist { name, .. } => name.to_ascii_lowercase(),
             Self::Folder { root, .. } => stem(root),
             Self::Manifest { path, .. } => stem(path),
+            Self::Mnist { .. } => "mnist".into(),
         }
     }
 }
@@ -300,6 +318,14 @@ pub fn load_dataset(cfg: &DatasetConfig, base_dir: &Path, progress: bool) -> Res
             }
             Ok(assemble(cfg.name(), m.class_names, shape, &m.images, parts))
         }
+        DatasetConfig::Mnist {
+            data_dir,
+            val,
+            verify_md5,
+        } => {
+            let dir = mnist::resolve_dir(data_dir.as_ref().map(|d| rel(base_dir, d)).as_deref());
+            mnist::load(&dir, *val, *verify_md5)
+        }
     }
 }
 
@@ -349,6 +375,11 @@ impl DatasetConfig {
                 window: *window,
                 medmnist_size: None,
             },
+            DatasetConfig::Mnist { .. } => InputPreparation {
+                resize: ResizePolicy::Stretch,
+                window: Window::default(),
+                medmnist_size: None,
+            },
         }
     }
 
@@ -393,6 +424,15 @@ impl DatasetConfig {
                 max_pixels,
                 ..
             } => decoder(*channels, *height, *width, *resize, *window, *max_pixels),
+            // a digit given by hand: grey, 28×28
+            DatasetConfig::Mnist { .. } => decoder(
+                1,
+                28,
+                28,
+                ResizePolicy::Stretch,
+                Window::default(),
+                default_max_pixels(),
+            ),
         }
     }
 }

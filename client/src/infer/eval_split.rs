@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use datasets::medmnist::{self, MedMnistOptions};
+use datasets::medmnist::MedMnistOptions;
 use datasets::{DatasetConfig, ImageSet, InputPreparation};
 use he_agg::infer::Network;
 
@@ -77,7 +77,10 @@ pub fn load_split(
                 progress,
                 ..Default::default()
             };
-            (medmnist::load(name, size, &mo)?, name.clone())
+            (
+                datasets::mnist::load_by_name(name, size, &mo)?,
+                name.clone(),
+            )
         }
         EvalData::Config(path) => {
             let cfg = dataset_of_config(path)?;

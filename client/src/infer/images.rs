@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use datasets::medmnist::{self, MedMnistOptions};
+use datasets::medmnist::MedMnistOptions;
 use datasets::{ImageDecoder, InputPreparation};
 
 use super::error::InferenceError;
@@ -110,7 +110,10 @@ pub fn load_images(
                         ..Default::default()
                     };
                     let size = medmnist_size(prep, decoder.shape.height);
-                    sets.insert(dataset.clone(), medmnist::load(dataset, size, &opts)?);
+                    sets.insert(
+                        dataset.clone(),
+                        datasets::mnist::load_by_name(dataset, size, &opts)?,
+                    );
                 }
                 let ds = &sets[dataset];
                 let set = match split.as_str() {

@@ -291,10 +291,14 @@ pub fn run(config_path: Option<&Path>, out: Option<PathBuf>, opts: &Options) -> 
             out: &out,
             coordinator_bin: &coordinator_bin,
             client_bin: &client_bin,
+            // MNIST has no name key: its kind names it
             dataset: cfg
                 .site_sections
                 .get("dataset")
-                .and_then(|d| d.get("name"))
+                .and_then(|d| {
+                    d.get("name")
+                        .or_else(|| d.get("kind").filter(|k| k.as_str() == Some("mnist")))
+                })
                 .and_then(|n| n.as_str())
                 .context("[dataset] name")?
                 .to_string(),
