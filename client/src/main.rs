@@ -68,7 +68,7 @@ enum Command {
         /// The node's directory of `client run --out` (its final model, network.json).
         #[arg(long)]
         out: PathBuf,
-        /// MedMNIST data set of the examples (the one the model was trained on).
+        /// MedMNIST data set of the examples, or `mnist` (the one the model was trained on).
         #[arg(long, default_value = "organamnist")]
         data: String,
         /// Examples of its training split to contribute.
@@ -110,7 +110,7 @@ enum Command {
         /// The exported network (`heal-network/1`, network.json of a training run).
         #[arg(long)]
         network: PathBuf,
-        /// MedMNIST data set (when no --config is given).
+        /// MedMNIST data set, or `mnist` (when no --config is given).
         #[arg(long, default_value = "organamnist")]
         dataset: String,
         /// A config whose [dataset] section gives the images (a `client baseline` or

@@ -98,14 +98,19 @@ impl Default for CoordinatorSection {
 }
 
 impl CoordinatorSection {
-    /// The metrics address, `None` when "off".
-    pub fn metrics_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    /// The section's values checked: the metrics address parses, the linger is bounded.
+    pub fn check(&self) -> anyhow::Result<()> {
         if self.metrics_linger_s > MAX_METRICS_LINGER_S {
             anyhow::bail!(
                 "[coordinator] metrics_linger_s = {} is more than {MAX_METRICS_LINGER_S} s",
                 self.metrics_linger_s
             );
         }
+        self.metrics_addr().map(|_| ())
+    }
+
+    /// The metrics address, `None` when "off".
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
         if self.metrics == "off" {
             return Ok(None);
         }
@@ -294,7 +299,7 @@ impl FederationConfig {
                 self.he.lambda
             );
         }
-        self.coordinator.metrics_addr()?;
+        self.coordinator.check()?;
         if self.simulate.threads_per_hospital == 0 {
             bail!("[simulate] threads_per_hospital must be at least 1");
         }

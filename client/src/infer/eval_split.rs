@@ -14,7 +14,7 @@ use training::export::input_shape;
 /// Where the evaluated images come from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum EvalData {
-    /// A MedMNIST set by name, read at the size training read.
+    /// A MedMNIST set by name, read at the size training read, or `mnist` (MNIST's IDX files).
     MedMnist(String),
     /// The `[dataset]` section of a config file (a `client baseline` or federation config).
     Config(PathBuf),

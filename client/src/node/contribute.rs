@@ -30,7 +30,7 @@ pub struct Contribute {
     pub site: PathBuf,
     /// The node's directory of `client run --out` (its final model, network.json).
     pub out: PathBuf,
-    /// A MedMNIST data set name (the one the model was trained on).
+    /// A MedMNIST data set name, or `mnist` (the one the model was trained on).
     pub dataset: String,
     /// Examples of the training split to contribute (the first N of a fixed shuffle).
     pub limit: usize,
