@@ -192,24 +192,34 @@ impl Store {
     /// commits in two phases, so a crash cannot leave the newest transaction half-written; one
     /// that fails its checksum was changed outside HEAL, and is refused as it is.
     fn open_verified(path: &Path) -> Result<Database, StoreError> {
-        Database::builder()
-            .set_check_integrity_on_open(true)
-            .create(path)
-            .map_err(|e| match e {
-                redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)) => {
-                    StoreError::Damaged {
-                        path: path.display().to_string(),
-                        why,
-                    }
-                }
-                other => db_err(other),
-            })
+        Self::verified(path, true)
     }
 
-    /// Opens an existing store read-only for `coordinator status` (any federation).
+    /// [`Self::open_verified`]; `create`: make the file when it does not exist.
+    fn verified(path: &Path, create: bool) -> Result<Database, StoreError> {
+        let mut builder = Database::builder();
+        builder.set_check_integrity_on_open(true);
+        let db = if create {
+            builder.create(path)
+        } else {
+            builder.open(path)
+        };
+        db.map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)) => {
+                StoreError::Damaged {
+                    path: path.display().to_string(),
+                    why,
+                }
+            }
+            other => db_err(other),
+        })
+    }
+
+    /// Opens an existing store for `coordinator status` (any federation), checked as
+    /// [`Store::open`] checks it: a damaged file is reported, never read as records.
     pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
         Ok(Self {
-            db: Database::open(path).map_err(db_err)?,
+            db: Self::verified(path, false)?,
         })
     }
 

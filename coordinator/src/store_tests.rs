@@ -210,6 +210,11 @@ fn a_flipped_bit_in_the_newest_round_is_refused_and_the_file_left_as_it_was() {
         err.to_string().contains("restore it from a backup"),
         "{err}"
     );
+    // `coordinator status` opens it the same way
+    let Err(err) = Store::open_existing(&path) else {
+        panic!("a damaged store opened for status");
+    };
+    assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
     assert_eq!(
         std::fs::read(&path).unwrap(),
         bytes,
