@@ -1,12 +1,13 @@
 //! The operations artefacts of `packaging/` checked by the real tools (Debian's `prometheus`
 //! package, installed by `.ci/run`): `promtool` checks the alert rules and runs their unit tests,
-//! then a real Prometheus scrapes a short `coordinator simulate`'s coordinator every half second
-//! with the rules loaded (`[coordinator] metrics_linger_s` keeps its final figures up). Its
-//! stored series must be the run's own figures (`summary.json`, `metrics_per_round.csv`), every
-//! rule must evaluate without error, and every query of the Grafana dashboard must be valid
-//! PromQL, the coordinator's finding data. Skipped, saying why, only where Prometheus is not
-//! installed (`HEAL_REQUIRE_PROMETHEUS=1` makes that a failure). Every wait is bounded; the
-//! Prometheus and simulate processes are killed on every exit path.
+//! then a real Prometheus scrapes a short `coordinator simulate`'s coordinator and hospital 1
+//! every half second with the rules loaded (`metrics_linger_s` in `[coordinator]` and `[node]`
+//! keeps their final figures up). Its stored series must be the run's own figures
+//! (`summary.json`, `metrics_per_round.csv`, `metrics_per_hospital.csv`), every rule must
+//! evaluate without error, and every query of the Grafana dashboard must be valid PromQL that
+//! finds data. Skipped, saying why, only where Prometheus is not installed
+//! (`HEAL_REQUIRE_PROMETHEUS=1` makes that a failure). Every wait is bounded; the Prometheus and
+//! simulate processes are killed on every exit path.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -176,7 +177,7 @@ fn a_real_prometheus_stores_the_runs_figures_and_evaluates_the_rules_and_dashboa
             "[federation]\nname = \"scraped\"\nhospitals = 3\nthreshold = 2\nrounds = 8\n\
              min_hospitals = 3\nround_timeout_s = 120\n\n[he]\nplaintext = true\n\n\
              [coordinator]\nmetrics_linger_s = 8\n\n[simulate]\ntimeout_s = 300\n{}",
-            common::breastmnist_sections(4)
+            common::breastmnist_sections(4).replace("[node]\n", "[node]\nmetrics_linger_s = 8\n")
         ),
     )
     .unwrap();
@@ -189,9 +190,10 @@ fn a_real_prometheus_stores_the_runs_figures_and_evaluates_the_rules_and_dashboa
             .unwrap(),
     );
     let addr = common::printed_metrics_address(&mut child.0);
-    // the coordinator's address once simulate prints it, as a file_sd target (Prometheus picks
-    // it up within its 5 s discovery interval; the coordinator lingers 8 s after the run)
-    let mut written = false;
+    // the coordinator's and hospital 1's addresses once known, as file_sd targets (Prometheus
+    // picks them up within its 5 s discovery interval; both linger 8 s after the run)
+    let node_addr = out.join("hospitals/hospital-1/metrics-address");
+    let mut written = (false, false);
     let status = loop {
         if let Some(s) = child.0.try_wait().unwrap() {
             break s;
@@ -200,15 +202,23 @@ fn a_real_prometheus_stores_the_runs_figures_and_evaluates_the_rules_and_dashboa
             t0.elapsed() < Duration::from_secs(400),
             "simulate did not end"
         );
-        if let (false, Some(c)) = (written, addr.lock().unwrap().clone()) {
+        let c = addr.lock().unwrap().clone();
+        let n = std::fs::read_to_string(&node_addr).ok();
+        if (c.is_some(), n.is_some()) != written {
+            written = (c.is_some(), n.is_some());
+            let target = |a: &str, kind: &str| {
+                format!(
+                    r#"{{"targets":["{}"],"labels":{{"kind":"{kind}"}}}}"#,
+                    a.trim()
+                )
+            };
+            let list: Vec<String> = [(c, "heal-coordinator"), (n, "heal-node")]
+                .iter()
+                .filter_map(|(a, k)| a.as_deref().map(|a| target(a, k)))
+                .collect();
             let tmp = targets.with_extension("tmp");
-            std::fs::write(
-                &tmp,
-                format!(r#"[{{"targets":["{c}"],"labels":{{"kind":"heal-coordinator"}}}}]"#),
-            )
-            .unwrap();
+            std::fs::write(&tmp, format!("[{}]", list.join(","))).unwrap();
             std::fs::rename(&tmp, &targets).unwrap();
-            written = true;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -327,6 +337,30 @@ fn a_real_prometheus_stores_the_runs_figures_and_evaluates_the_rules_and_dashboa
         checked += usize::from(k > 0);
     }
     assert!(checked >= 1, "no sample after a committed round");
+    // hospital 1's own endpoint: the rounds it reported and their bytes
+    let mine: u64 = ops::run_report::parse_hospitals(
+        &std::fs::read_to_string(out.join("metrics_per_hospital.csv")).unwrap(),
+    )
+    .unwrap()
+    .into_iter()
+    .filter(|(h, _)| *h == 1)
+    .map(|(_, m)| m.bytes_up)
+    .sum();
+    let n = r#"{job="heal-node"}"#;
+    assert_eq!(
+        one(
+            &prom,
+            &format!("last_over_time(heal_node_rounds_reported_total{n}{window})")
+        ),
+        8.0
+    );
+    assert_eq!(
+        one(
+            &prom,
+            &format!("last_over_time(heal_node_bytes_up_total{n}{window})")
+        ),
+        mine as f64
+    );
     // every rule evaluated without error on the real series
     let rules: serde_json::Value =
         serde_json::from_str(&get(&prom, "/api/v1/rules").unwrap()).unwrap();
@@ -358,7 +392,7 @@ fn a_real_prometheus_stores_the_runs_figures_and_evaluates_the_rules_and_dashboa
                 || e.contains("node_val_auc")
                 || e.contains("test_auc")
                 || e.contains("accuracy");
-            if e.contains("heal-coordinator") && !optional {
+            if !optional {
                 assert!(!found.is_empty(), "no data for the dashboard's {e}");
             }
             exprs += 1;

@@ -2,6 +2,7 @@
 //! where the coordinator is, and the federation's shared sections, all validated strictly.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use datasets::{DatasetConfig, PartitionConfig};
@@ -33,6 +34,10 @@ pub struct NodeSettings {
     /// 0: any free one, written to `metrics-address` in the output directory), or "off".
     #[serde(default = "default_metrics")]
     pub metrics: String,
+    /// Seconds `/metrics` keeps answering after the federation finished, so that Prometheus
+    /// scrapes this hospital's final figures before the node ends (at most 3,600; default 0).
+    #[serde(default)]
+    pub metrics_linger_s: u64,
     /// Mode (a) keyholders: the memory (MB) the served model's encoded weights are held in.
     /// Segments beyond it are encoded again for each request (slower, but a ResNet's weights at
     /// N = 2^15 exceed many hosts' memory). Default: a quarter of `MemAvailable` once the evaluation
@@ -46,6 +51,25 @@ fn default_metrics() -> String {
 }
 
 impl NodeSettings {
+    /// The section's values checked: the metrics address parses, the linger is bounded.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.metrics_linger_s > 3600 {
+            bail!(
+                "[node] metrics_linger_s = {} is more than 3600 s",
+                self.metrics_linger_s
+            );
+        }
+        self.metrics_addr().map(|_| ())
+    }
+
+    /// How long `/metrics` stays up once the federation finished (none when metrics are off).
+    pub fn linger(&self) -> Duration {
+        match self.metrics.as_str() {
+            "off" => Duration::ZERO,
+            _ => Duration::from_secs(self.metrics_linger_s),
+        }
+    }
+
     /// The metrics address, `None` when "off".
     pub fn metrics_addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
         if self.metrics == "off" {
@@ -74,6 +98,7 @@ impl Default for NodeSettings {
             reconnect_s: reconnect(),
             membership_holdout: 0.0,
             metrics: default_metrics(),
+            metrics_linger_s: 0,
             model_memory_mb: None,
         }
     }
@@ -136,7 +161,7 @@ impl SiteConfig {
             );
         }
         self.federation_id()?;
-        self.node.metrics_addr()?;
+        self.node.check()?;
         let h = self.node.membership_holdout;
         if !(0.0..=0.5).contains(&h) {
             bail!("[node] membership_holdout = {h} is not a share in [0, 0.5]");
@@ -239,6 +264,20 @@ seed = 7
             c.kit_dir(Path::new("/kits/h2/site.toml")),
             PathBuf::from("/kits/h2")
         );
+    }
+
+    #[test]
+    fn the_metrics_linger_is_read_and_bounded() {
+        let c = parse(&format!("{SITE}\n[node]\nmetrics_linger_s = 5")).unwrap();
+        assert_eq!(c.node.linger(), Duration::from_secs(5));
+        assert_eq!(parse(SITE).unwrap().node.linger(), Duration::ZERO);
+        let off = parse(&format!(
+            "{SITE}\n[node]\nmetrics_linger_s = 5\nmetrics = \"off\""
+        ))
+        .unwrap();
+        assert_eq!(off.node.linger(), Duration::ZERO);
+        let e = parse(&format!("{SITE}\n[node]\nmetrics_linger_s = 3601")).unwrap_err();
+        assert!(format!("{e:#}").contains("more than 3600 s"), "{e:#}");
     }
 
     #[test]
