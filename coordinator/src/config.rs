@@ -80,9 +80,6 @@ pub struct CoordinatorSection {
     pub metrics_linger_s: u64,
 }
 
-/// The longest `[coordinator] metrics_linger_s`: an hour.
-pub const MAX_METRICS_LINGER_S: u64 = 3600;
-
 fn default_metrics() -> String {
     "127.0.0.1:9464".into()
 }
@@ -100,13 +97,19 @@ impl Default for CoordinatorSection {
 impl CoordinatorSection {
     /// The section's values checked: the metrics address parses, the linger is bounded.
     pub fn check(&self) -> anyhow::Result<()> {
-        if self.metrics_linger_s > MAX_METRICS_LINGER_S {
+        if self.metrics_linger_s > ops::prometheus::MAX_LINGER_S {
             anyhow::bail!(
-                "[coordinator] metrics_linger_s = {} is more than {MAX_METRICS_LINGER_S} s",
-                self.metrics_linger_s
+                "[coordinator] metrics_linger_s = {} is more than {} s",
+                self.metrics_linger_s,
+                ops::prometheus::MAX_LINGER_S
             );
         }
         self.metrics_addr().map(|_| ())
+    }
+
+    /// How long `/metrics` stays up once the federation finished.
+    pub fn linger(&self) -> std::time::Duration {
+        ops::prometheus::linger(&self.metrics, self.metrics_linger_s)
     }
 
     /// The metrics address, `None` when "off".

@@ -220,11 +220,7 @@ impl Server {
         endpoint.close(0u32.into(), protocol::error::FINISHED_REASON);
         endpoint.wait_idle().await;
         info!("finished");
-        let linger = self.cfg.coordinator.metrics_linger_s;
-        if linger > 0 && self.cfg.coordinator.metrics != "off" {
-            info!("/metrics answers for {linger} s more ([coordinator] metrics_linger_s)");
-            tokio::time::sleep(Duration::from_secs(linger)).await;
-        }
+        ops::prometheus::hold(self.cfg.coordinator.linger(), "[coordinator]").await;
         Ok(())
     }
 

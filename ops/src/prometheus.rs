@@ -13,6 +13,31 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+/// The longest a `/metrics` endpoint may keep answering after its run finished
+/// (`metrics_linger_s` in `[coordinator]` and `[node]`): an hour.
+pub const MAX_LINGER_S: u64 = 3600;
+
+/// How long `/metrics` keeps answering after a run finished: `linger_s`, none when the
+/// endpoint is `"off"`.
+pub fn linger(metrics: &str, linger_s: u64) -> std::time::Duration {
+    match metrics {
+        "off" => std::time::Duration::ZERO,
+        _ => std::time::Duration::from_secs(linger_s),
+    }
+}
+
+/// Waits `linger` (from [`linger`]) so the endpoint answers a few more scrapes, saying so;
+/// `section` names the config key (`[coordinator]`, `[node]`).
+pub async fn hold(linger: std::time::Duration, section: &str) {
+    if !linger.is_zero() {
+        tracing::info!(
+            "/metrics answers for {} s more ({section} metrics_linger_s)",
+            linger.as_secs()
+        );
+        tokio::time::sleep(linger).await;
+    }
+}
+
 /// A metric family's type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {

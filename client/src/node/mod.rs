@@ -34,18 +34,6 @@ pub use site::SiteConfig;
 
 use session::{Node, SessionEnd};
 
-/// Keeps `/metrics` answering for `[node] metrics_linger_s` once the federation finished.
-async fn linger(node: &Node) {
-    let linger = node.cfg.node.linger();
-    if !linger.is_zero() {
-        info!(
-            "/metrics answers for {} s more ([node] metrics_linger_s)",
-            linger.as_secs()
-        );
-        tokio::time::sleep(linger).await;
-    }
-}
-
 /// Runs the node of `site` (a site TOML) with its outputs and state under `out`.
 pub fn run(site: &Path, out: &Path) -> anyhow::Result<()> {
     let cfg = SiteConfig::load(site)?;
@@ -73,7 +61,7 @@ pub fn run(site: &Path, out: &Path) -> anyhow::Result<()> {
                         Ok(SessionEnd::Finished) => {
                             link.close("finished");
                             node.finish()?;
-                            linger(&node).await;
+                            ops::prometheus::hold(node.cfg.node.linger(), "[node]").await;
                             return Ok(());
                         }
                         Ok(SessionEnd::Disconnected(reason)) => {
@@ -111,7 +99,7 @@ pub fn run(site: &Path, out: &Path) -> anyhow::Result<()> {
                         Err(e) if peer_finished(&e) => {
                             info!("the coordinator closed: the federation is finished");
                             node.finish()?;
-                            linger(&node).await;
+                            ops::prometheus::hold(node.cfg.node.linger(), "[node]").await;
                             return Ok(());
                         }
                         Err(e) => {

@@ -53,10 +53,11 @@ fn default_metrics() -> String {
 impl NodeSettings {
     /// The section's values checked: the metrics address parses, the linger is bounded.
     pub fn check(&self) -> anyhow::Result<()> {
-        if self.metrics_linger_s > 3600 {
+        if self.metrics_linger_s > ops::prometheus::MAX_LINGER_S {
             bail!(
-                "[node] metrics_linger_s = {} is more than 3600 s",
-                self.metrics_linger_s
+                "[node] metrics_linger_s = {} is more than {} s",
+                self.metrics_linger_s,
+                ops::prometheus::MAX_LINGER_S
             );
         }
         self.metrics_addr().map(|_| ())
@@ -64,10 +65,7 @@ impl NodeSettings {
 
     /// How long `/metrics` stays up once the federation finished (none when metrics are off).
     pub fn linger(&self) -> Duration {
-        match self.metrics.as_str() {
-            "off" => Duration::ZERO,
-            _ => Duration::from_secs(self.metrics_linger_s),
-        }
+        ops::prometheus::linger(&self.metrics, self.metrics_linger_s)
     }
 
     /// The metrics address, `None` when "off".
