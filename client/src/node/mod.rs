@@ -103,8 +103,9 @@ pub fn run(site: &Path, out: &Path) -> anyhow::Result<()> {
                             return Ok(());
                         }
                         Err(e) => {
+                            // logged before the close: whoever sees the link close can read why
+                            warn!("session failed: {e:#}; reconnecting");
                             link.close("error");
-                            warn!("session failed: {e:#}; reconnecting")
                         }
                     }
                     last_contact = Instant::now();
