@@ -34,7 +34,7 @@ done
 [ "$(stat -c %U:%G:%a /etc/heal)" = root:heal:750 ] || fail "/etc/heal is $(stat -c %U:%G:%a /etc/heal)"
 [ "$(stat -c %G /etc/heal/coordinator.env)" = heal ] || fail "coordinator.env not readable by heal"
 if command -v systemd-analyze >/dev/null; then
-  for unit in heal-coordinator.service heal-node.service; do
+  for unit in heal-coordinator.service heal-node.service heal-pacs.service; do
     # (no systemd running in a container: verify parses and checks the unit and its binary)
     out=$(systemd-analyze verify "/lib/systemd/system/$unit" 2>&1 || true)
     if echo "$out" | grep -v -E 'Failed to connect|System has not been booted|not available' | grep -q .; then

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds HEAL's Debian packages into target/debian/:
 #   heal-coordinator  /usr/bin/heal-coordinator, heal-coordinator.service, /etc/heal/coordinator.env
-#   heal-node         /usr/bin/heal-client, heal-node.service, /etc/heal/node.env
+#   heal-node         /usr/bin/heal-client, heal-node.service, heal-pacs.service, /etc/heal/node.env
 # both with /usr/share/<package>/{prometheus,grafana}: alert rules, a scrape config, the dashboard
 # both with a system user `heal` made on install, and the state in /var/lib/heal/*.
 #
@@ -35,7 +35,7 @@ mkdir -p "$out"
 glibc=$(objdump -T "target/$dir/coordinator" "target/$dir/client" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -V | tail -1 | sed 's/GLIBC_//')
 glibc=${glibc:-2.31}
 
-# package NAME BINARY INSTALLED-NAME UNIT ENV DESCRIPTION LONG
+# package NAME BINARY INSTALLED-NAME "UNIT…" ENV DESCRIPTION LONG
 package() {
   local name=$1 bin=$2 installed=$3 unit=$4 env=$5 summary=$6 long=$7
   local stage
@@ -45,7 +45,9 @@ package() {
   # debug information stays out of the package
   objcopy --strip-debug "target/$dir/$bin" "$stage/usr/bin/$installed"
   chmod 0755 "$stage/usr/bin/$installed"
-  install -m 0644 "packaging/systemd/$unit" "$stage/lib/systemd/system/$unit"
+  for u in $unit; do
+    install -m 0644 "packaging/systemd/$u" "$stage/lib/systemd/system/$u"
+  done
   install -m 0640 "packaging/etc/$env" "$stage/etc/heal/$env"
   install -m 0644 README.md "$stage/usr/share/doc/$name/README.md"
   install -m 0644 configs/federation-example.toml "$stage/usr/share/doc/$name/federation-example.toml"
@@ -108,9 +110,9 @@ package heal-coordinator coordinator heal-coordinator heal-coordinator.service c
  updates stay encrypted (CKKS, collective keys, t-of-N re-encryption). Serves
  encrypted diagnosis. Also provisions a federation and simulates one on a machine.
  Run as heal-coordinator.service with the provisioned kit in /etc/heal/coordinator."
-package heal-node client heal-client heal-node.service node.env \
+package heal-node client heal-client "heal-node.service heal-pacs.service" node.env \
   "HEAL hospital node (encrypted federated learning)" \
   " A hospital's side of a HEAL federation: trains on its own images, encrypts its
  update, takes part in re-encryption, and serves the clinicians' portal and
  encrypted inference requests. Run as heal-node.service with the hospital's kit in
- /etc/heal/node."
+ /etc/heal/node; heal-pacs.service diagnoses new PACS series over DICOMweb."

@@ -4,4 +4,5 @@
 
 pub mod head;
 pub mod infer;
+pub mod pacs;
 pub mod portal;

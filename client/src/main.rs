@@ -3,6 +3,7 @@
 
 mod infer_cmd;
 mod node;
+mod pacs_cmd;
 mod train_cmd;
 
 use std::path::{Path, PathBuf};
@@ -168,6 +169,10 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         timeout_s: u64,
     },
+    /// Diagnose the PACS's new series under encryption and store each result in the study as
+    /// a DICOM Structured Report: polls the DICOMweb endpoint of the site's [pacs] section
+    /// (QIDO-RS, WADO-RS, STOW-RS), in the site's pinned inference mode.
+    Pacs(pacs_cmd::PacsArgs),
     /// Serve the web portal: sign-in, diagnosis of uploaded images under encryption, history,
     /// training progress (http://127.0.0.1:8080/ by default).
     Portal {
@@ -369,6 +374,7 @@ fn main() -> Result<()> {
         } => infer_cmd::infer(
             images, local, network, site, server, json, data_dir, timeout_s,
         )?,
+        Command::Pacs(args) => pacs_cmd::run(args)?,
         Command::Portal {
             portal_dir,
             listen,

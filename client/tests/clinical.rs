@@ -6,37 +6,6 @@
 use std::path::Path;
 use std::process::Command;
 
-/// A 256×256 abdomen-like slice in Hounsfield units: air outside an ellipse of soft tissue
-/// (40 HU), and for `cyst` a round region of water (5 HU), for `tumor` one of enhancing tissue
-/// (180 HU); noise from a fixed linear congruential sequence.
-fn slice(class: usize, seed: u32) -> Vec<i16> {
-    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    let mut noise = move || {
-        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        ((state >> 16) % 41) as i16 - 20
-    };
-    let (cx, cy) = (
-        100.0 + (seed % 7) as f32 * 8.0,
-        110.0 + (seed % 5) as f32 * 8.0,
-    );
-    let mut hu = Vec::with_capacity(256 * 256);
-    for y in 0..256 {
-        for x in 0..256 {
-            let (dx, dy) = ((x as f32 - 128.0) / 110.0, (y as f32 - 128.0) / 90.0);
-            let mut v: i16 = if dx * dx + dy * dy <= 1.0 { 40 } else { -1000 };
-            let lesion = ((x as f32 - cx).powi(2) + (y as f32 - cy).powi(2)).sqrt() < 28.0;
-            if lesion && class == 1 {
-                v = 5;
-            }
-            if lesion && class == 2 {
-                v = 180;
-            }
-            hu.push(v + noise());
-        }
-    }
-    hu
-}
-
 fn client(args: &[&str], paths: &[&Path]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_client"))
         .arg("--quiet")
@@ -63,8 +32,13 @@ fn ct256_dicom_manifest_trains_and_diagnoses_encrypted() {
     for i in 0..30u32 {
         let class = (i % 3) as usize;
         let patient = format!("P{:02}", i / 3);
-        let bytes =
-            datasets::dicom_writer::ct_slice(256, 256, &slice(class, i), Some(&patient)).unwrap();
+        let bytes = datasets::dicom_writer::ct_slice(
+            256,
+            256,
+            &datasets::dicom_writer::synthetic_hu(256, class, i),
+            Some(&patient),
+        )
+        .unwrap();
         let name = format!("scans/ct{i:02}.dcm");
         std::fs::write(dir.join(&name), bytes).unwrap();
         csv.push_str(&format!("{name},{}\n", classes[class]));

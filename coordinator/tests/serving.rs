@@ -16,6 +16,8 @@ use coordinator::provision::provision;
 
 mod common;
 use common::{Procs, client_bin, coordinator_bin, data_dir, free_port, simulate_command};
+#[path = "../../client/tests/support/orthanc.rs"]
+mod orthanc;
 
 /// A 3-hospital BreastMNIST federation, one round, of a network shallower than the default
 /// (conv → x² → dense, depth 3): mode (a)'s two-prime rescales then fit a ring of 2^14, and the
@@ -79,6 +81,74 @@ fn the_federated_model_is_served_encrypted_and_each_result_is_switched_by_t_keyh
         let mode = std::fs::metadata(&key).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "{} is readable by others", key.display());
     }
+}
+
+/// Hospital 1's PACS (a real Orthanc): `client pacs` diagnoses a CT series at the server in the
+/// site's pinned mode (a) and stores the report; evaluating on the node instead (mode b) is
+/// refused for this site.
+fn pacs_in_mode_a(root: &Path, kit: &Path, addr: &str) {
+    let Some(bin) = orthanc::binary() else { return };
+    let o = orthanc::Orthanc::start(&bin, &root.join("orthanc"), None);
+    let study = "1.2.826.0.1.3680043.8.498.90";
+    let (series, sop) = (format!("{study}.1"), format!("{study}.1.1"));
+    let hu: Vec<i32> = (0..32 * 32).map(|k| 900 + (k % 32) * 8).collect();
+    o.upload(
+        &datasets::dicom_writer::dicom_bytes(
+            &datasets::dicom_writer::DicomSpec {
+                rows: 32,
+                cols: 32,
+                rescale: Some((1.0, -1024.0)),
+                uids: Some([study, &series, &sop]),
+                ..Default::default()
+            },
+            &hu,
+        )
+        .unwrap(),
+    );
+    std::fs::write(kit.join("pacs.password"), orthanc::PASSWORD).unwrap();
+    let pacs_site = kit.join("pacs-site.toml");
+    std::fs::write(
+        &pacs_site,
+        std::fs::read_to_string(kit.join("site.toml")).unwrap()
+            + &format!(
+                "\n[pacs]\nurl = \"{}\"\nauth = \"basic\"\nusername = \"{}\"\npassword_file = \"pacs.password\"\n",
+                o.dicom_web(),
+                orthanc::USER
+            ),
+    )
+    .unwrap();
+    let pass = |extra: &[&str]| {
+        Command::new(client_bin())
+            .args(["--quiet", "pacs", "--once", "--server", addr, "--site"])
+            .arg(&pacs_site)
+            .arg("--out")
+            .arg(root.join("pacs"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = pass(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("\"diagnosed\":[[\"{series}\"")),
+        "{stdout}"
+    );
+    let reports = o.files_of_modality("SR");
+    assert_eq!(reports.len(), 1);
+    let text = String::from_utf8_lossy(&reports[0]);
+    assert!(
+        text.contains("collective (mode a)") && text.contains(&sop),
+        "{text}"
+    );
+    let refused = pass(&["--network", "network.json"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(err.contains("this site pins collective (mode a)"), "{err}");
 }
 
 fn log(root: &Path, name: &str) -> std::fs::File {
@@ -211,6 +281,7 @@ fn a_restarted_serving_coordinator_serves_the_saved_setup_without_a_new_key() {
     }
     let site = p.hospital_dirs[0].join("site.toml");
     let before = ask(root, &site, &addr, "before");
+    pacs_in_mode_a(root, &p.hospital_dirs[0], &addr);
     // a site that accepts only mode (b) refuses this server: its image is never encrypted to
     // the server's key
     let released = root.join("released-site.toml");

@@ -33,6 +33,10 @@ pub struct DicomSpec<'a> {
     /// The file's own window: centre and width.
     pub window: Option<(f64, f64)>,
     pub patient: Option<&'a str>,
+    /// Modality (the SOP class stays CT image storage).
+    pub modality: &'a str,
+    /// Study, series and SOP instance UIDs (default: no study or series, a fixed instance).
+    pub uids: Option<[&'a str; 3]>,
 }
 
 impl Default for DicomSpec<'_> {
@@ -46,6 +50,8 @@ impl Default for DicomSpec<'_> {
             rescale: None,
             window: None,
             patient: Some("PAT-001"),
+            modality: "CT",
+            uids: None,
         }
     }
 }
@@ -59,7 +65,11 @@ fn put(obj: &mut InMemDicomObject, tag: Tag, vr: VR, v: PrimitiveValue) {
 /// write a file whose pixel data disagrees with its header.
 pub fn dicom_bytes(spec: &DicomSpec, values: &[i32]) -> Result<Vec<u8>> {
     let mut obj = InMemDicomObject::new_empty();
-    let instance = "1.2.826.0.1.3680043.2.1125.1";
+    let instance = spec.uids.map_or("1.2.826.0.1.3680043.2.1125.1", |u| u[2]);
+    if let Some([study, series, _]) = spec.uids {
+        put(&mut obj, tags::STUDY_INSTANCE_UID, VR::UI, study.into());
+        put(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, series.into());
+    }
     put(
         &mut obj,
         tags::SOP_CLASS_UID,
@@ -67,7 +77,7 @@ pub fn dicom_bytes(spec: &DicomSpec, values: &[i32]) -> Result<Vec<u8>> {
         uids::CT_IMAGE_STORAGE.into(),
     );
     put(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, instance.into());
-    put(&mut obj, tags::MODALITY, VR::CS, "CT".into());
+    put(&mut obj, tags::MODALITY, VR::CS, spec.modality.into());
     put(&mut obj, tags::PATIENT_NAME, VR::PN, "Test^Patient".into());
     if let Some(p) = spec.patient {
         put(&mut obj, tags::PATIENT_ID, VR::LO, p.into());
@@ -150,4 +160,40 @@ pub fn ct_slice(rows: u16, cols: u16, hu: &[i16], patient: Option<&str>) -> Resu
         },
         &stored,
     )
+}
+
+/// A `side`×`side` abdomen-like slice in Hounsfield units, for trying HEAL without patient data:
+/// air outside an ellipse of soft tissue (40 HU) and, for `class` 1, a round region of water
+/// (5 HU, a cyst), for `class` 2 one of enhancing tissue (180 HU, a tumour); where the lesion
+/// sits and the noise come from `seed` (a fixed linear congruential sequence).
+pub fn synthetic_hu(side: usize, class: usize, seed: u32) -> Vec<i16> {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    let mut noise = move || {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        ((state >> 16) % 41) as i16 - 20
+    };
+    let s = side as f32 / 256.0;
+    let (cx, cy) = (
+        (100.0 + (seed % 7) as f32 * 8.0) * s,
+        (110.0 + (seed % 5) as f32 * 8.0) * s,
+    );
+    let mut hu = Vec::with_capacity(side * side);
+    for y in 0..side {
+        for x in 0..side {
+            let (dx, dy) = (
+                (x as f32 - 128.0 * s) / (110.0 * s),
+                (y as f32 - 128.0 * s) / (90.0 * s),
+            );
+            let mut v: i16 = if dx * dx + dy * dy <= 1.0 { 40 } else { -1000 };
+            let lesion = ((x as f32 - cx).powi(2) + (y as f32 - cy).powi(2)).sqrt() < 28.0 * s;
+            if lesion && class == 1 {
+                v = 5;
+            }
+            if lesion && class == 2 {
+                v = 180;
+            }
+            hu.push(v + noise());
+        }
+    }
+    hu
 }

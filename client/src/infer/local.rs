@@ -102,6 +102,11 @@ pub fn infer_local(
         ring_degree: spec.parameters().n(),
         depth: spec.depth(),
         galois_keys: spec.galois_steps().len(),
+        fingerprint: spec
+            .fingerprint()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
         classes: classes.to_vec(),
         images: results,
         timings,

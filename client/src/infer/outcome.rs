@@ -64,6 +64,8 @@ pub struct InferOutcome {
     pub ring_degree: usize,
     pub depth: usize,
     pub galois_keys: usize,
+    /// The plan's fingerprint (hex): the model, its parameters and layout, as the server's.
+    pub fingerprint: String,
     pub classes: Vec<String>,
     pub images: Vec<ImageResult>,
     pub timings: Timings,

@@ -238,6 +238,11 @@ pub async fn infer_remote(
         ring_degree: spec.parameters().n(),
         depth: spec.depth(),
         galois_keys: spec.galois_steps().len(),
+        fingerprint: spec
+            .fingerprint()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
         classes: info.class_names.clone(),
         images: results,
         timings,

@@ -122,6 +122,9 @@ pub struct SiteConfig {
     /// `[privacy]` (default: off).
     #[serde(default)]
     pub privacy: privacy::PrivacyConfig,
+    /// `[pacs]`: the hospital's PACS over DICOMweb, for `client pacs` (default: none).
+    #[serde(default)]
+    pub pacs: Option<client::pacs::PacsConfig>,
 }
 
 impl SiteConfig {
@@ -167,6 +170,9 @@ impl SiteConfig {
         self.server.validate().map_err(anyhow::Error::msg)?;
         self.privacy.validate()?;
         self.partition_config()?;
+        if let Some(pacs) = &self.pacs {
+            pacs.check()?;
+        }
         Ok(())
     }
 
