@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Procs, client_bin, coordinator_bin, data_dir, free_port, provisioned};
+use common::{Procs, client_bin, coordinator_bin, data_dir, free_port, provisioned, small_network};
 
 const REQUESTERS: usize = 20;
 const IMAGES: usize = 10;
@@ -25,30 +25,6 @@ fn consortium() -> String {
          coordinator_address = \"127.0.0.1:9\"\n{}",
         common::breastmnist_sections(1)
     )
-}
-
-/// A small network (conv → x² → dense) trained for one epoch on part of BreastMNIST.
-fn network(root: &Path) -> std::path::PathBuf {
-    let cfg = root.join("net.toml");
-    std::fs::write(
-        &cfg,
-        "[dataset]\nkind = \"medmnist\"\nname = \"breastmnist\"\noffline = true\n\
-         [model]\n[[model.layers]]\ntype = \"conv\"\nchannels = 4\nkernel = 5\nstride = 2\n\
-         [[model.layers]]\ntype = \"act\"\n[[model.layers]]\ntype = \"dense\"\n\
-         [train]\nepochs = 1\nbatch_size = 32\n[baseline]\nmax_train = 200\n",
-    )
-    .unwrap();
-    let out = root.join("net");
-    let o = Command::new(client_bin())
-        .args(["--quiet", "baseline", "--out"])
-        .arg(&out)
-        .arg(&cfg)
-        .env("HEAL_DATA_DIR", data_dir())
-        .env("HEAL_OFFLINE", "1")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out.join("network.json")
 }
 
 fn images(requester: usize) -> Vec<String> {
@@ -84,7 +60,7 @@ fn peak_rss(pid: u32) -> Option<u64> {
 fn two_hundred_requests_from_twenty_requesters_are_each_answered_once() {
     let fed = provisioned(&consortium());
     let root = fed.root.clone();
-    let net = network(&root);
+    let net = small_network(&root);
 
     // the plaintext network's labels of the same 200 images
     let all: Vec<String> = (0..REQUESTERS).flat_map(images).collect();

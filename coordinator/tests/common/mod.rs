@@ -428,3 +428,27 @@ pub fn run_tables(out: &Path) -> (ops::run_report::RunSummary, Vec<ops::run_repo
     .unwrap();
     (summary, rows)
 }
+
+/// A small network (conv → x² → dense) trained for one epoch on part of BreastMNIST.
+pub fn small_network(root: &Path) -> PathBuf {
+    let cfg = root.join("net.toml");
+    std::fs::write(
+        &cfg,
+        "[dataset]\nkind = \"medmnist\"\nname = \"breastmnist\"\noffline = true\n\
+         [model]\n[[model.layers]]\ntype = \"conv\"\nchannels = 4\nkernel = 5\nstride = 2\n\
+         [[model.layers]]\ntype = \"act\"\n[[model.layers]]\ntype = \"dense\"\n\
+         [train]\nepochs = 1\nbatch_size = 32\n[baseline]\nmax_train = 200\n",
+    )
+    .unwrap();
+    let out = root.join("net");
+    let o = Command::new(client_bin())
+        .args(["--quiet", "baseline", "--out"])
+        .arg(&out)
+        .arg(&cfg)
+        .env("HEAL_DATA_DIR", data_dir())
+        .env("HEAL_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out.join("network.json")
+}
