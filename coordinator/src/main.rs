@@ -140,6 +140,10 @@ enum Command {
         /// Most images in one request.
         #[arg(long, default_value_t = 64)]
         max_images: u32,
+        /// Mode (a): seconds the t keyholders asked for a request get before those that did
+        /// not answer are left out of it and others are asked (when enough are connected).
+        #[arg(long, default_value_t = 60, requires = "collective")]
+        keyholder_timeout_s: u64,
     },
     /// Train the final model's head on sites' encrypted features (`client contribute-encrypted`)
     /// without anyone decrypting them: the hospitals (`client hold-keys --head`) make a collective
@@ -269,13 +273,20 @@ fn main() -> anyhow::Result<()> {
             new_setup,
             listen,
             max_images,
+            keyholder_timeout_s,
         } => {
             let dir = CoordinatorDir::with_state(dir, state_dir);
             match model {
                 Some(model) if !collective => {
                     coordinator::serve::released::shell::run(&dir, &model, &listen, max_images)
                 }
-                _ => coordinator::serve::collective::run::run(&dir, &listen, max_images, new_setup),
+                _ => coordinator::serve::collective::run::run(
+                    &dir,
+                    &listen,
+                    max_images,
+                    new_setup,
+                    std::time::Duration::from_secs(keyholder_timeout_s.max(1)),
+                ),
             }
         }
         Command::TrainHead {

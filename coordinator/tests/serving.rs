@@ -3,9 +3,10 @@
 //! final model under a key the three hospitals make collectively (`coordinator serve-inference
 //! --collective`, `client hold-keys`); hospital 1 asks for two test images encrypted under that
 //! key. The labels must be the plaintext network's, exactly t = 2 keyholders must have switched
-//! (and logged) the request, and the coordinator must have audited it. A serving coordinator
-//! killed with SIGKILL and restarted serves the saved setup again, with no new key. Every wait
-//! is bounded.
+//! (and logged) the request, and the coordinator must have audited it. A keyholder hung
+//! (SIGSTOP) is left out of the request it stalls, which two others answer. A serving
+//! coordinator killed with SIGKILL and restarted serves the saved setup again, with no new key.
+//! Every wait is bounded.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -172,7 +173,15 @@ fn wait_success(child: &mut Child, limit: Duration, what: &str) {
 
 fn serve(root: &Path, coordinator_dir: &Path, addr: &str, log_name: &str) -> Child {
     Command::new(coordinator_bin())
-        .args(["serve-inference", "--collective", "--listen", addr, "--dir"])
+        .args([
+            "serve-inference",
+            "--collective",
+            "--keyholder-timeout-s",
+            "5",
+            "--listen",
+            addr,
+            "--dir",
+        ])
         .arg(coordinator_dir)
         .stdout(Stdio::null())
         .stderr(log(root, log_name))
@@ -282,6 +291,29 @@ fn a_restarted_serving_coordinator_serves_the_saved_setup_without_a_new_key() {
     let site = p.hospital_dirs[0].join("site.toml");
     let before = ask(root, &site, &addr, "before");
     pacs_in_mode_a(root, &p.hospital_dirs[0], &addr);
+    // keyholder 1, the first asked, hung (SIGSTOP) mid-serving: after the keyholder timeout
+    // (5 s here, before its link's 20 s idle timeout) the request goes to two others, with the
+    // same label; resumed (SIGCONT), it serves again
+    let hung = keyholders.0[0].id() as libc::pid_t;
+    let signal = |sig| {
+        // SAFETY: a signal to a child this test started and still holds
+        assert_eq!(unsafe { libc::kill(hung, sig) }, 0, "signal {sig}");
+    };
+    signal(libc::SIGSTOP);
+    let t = Instant::now();
+    let during = ask(root, &site, &addr, "hung");
+    eprintln!(
+        "HEAL-HUNG-KEYHOLDER answered in {:.1} s with keyholder 1 stopped",
+        t.elapsed().as_secs_f64()
+    );
+    signal(libc::SIGCONT);
+    assert_eq!(before, during, "another label while a keyholder hung");
+    let log = std::fs::read_to_string(root.join("serve-1.log")).unwrap();
+    assert!(
+        log.contains("inference-switch-slow") && log.contains("did not answer attempt 0"),
+        "the hung keyholder was not left out of the request:\n{log}"
+    );
+    assert_eq!(ask(root, &site, &addr, "resumed"), before);
     // a site that accepts only mode (b) refuses this server: its image is never encrypted to
     // the server's key
     let released = root.join("released-site.toml");

@@ -10,6 +10,11 @@ pub struct ServingConfig {
     pub threshold: u32,
     /// How long a request may wait for its t switching shares before it is refused.
     pub request_timeout: Duration,
+    /// How long the keyholders asked for a request get to answer before those that did not
+    /// are left out of it and others are asked (when t others are ready): a hung keyholder
+    /// (stopped, swapping, behind a dead link the transport has not noticed yet) would
+    /// otherwise hold every request it was asked for until the request timeout.
+    pub attempt_timeout: Duration,
     /// Requests being evaluated or switched at once (more are refused: memory is bounded).
     pub max_in_flight: usize,
     /// The keys are for head training (`coordinator train-head`): the audit names its steps so.
@@ -77,7 +82,8 @@ pub enum ServingEvent {
         attempt: u32,
         hospital: u32,
     },
-    /// Time passed: requests older than the request timeout are refused.
+    /// Time passed: requests older than the request timeout are refused; the silent
+    /// keyholders of an attempt older than the attempt timeout are left out of it.
     Tick {
         now: Instant,
     },
@@ -124,8 +130,12 @@ struct Pending {
     /// an abandoned attempt are never folded into the next)
     asked: bool,
     active: Vec<u32>,
+    /// when the current attempt's clock started (`None`: asked since the last tick; the next
+    /// tick, due at once, starts it: the engine knows the time only from its events)
+    asked_at: Option<Instant>,
     done: BTreeSet<u32>,
-    /// hospitals whose shares for this request were malformed
+    /// hospitals whose shares for this request were malformed, or that did not answer an
+    /// attempt in time
     excluded: BTreeSet<u32>,
 }
 
@@ -176,10 +186,19 @@ impl ServingEngine {
     }
 
     /// When time alone next changes something ([`ServingEvent::Tick`]): the oldest waiting
-    /// request's timeout.
+    /// request's timeout, or an attempt's (at once for an attempt whose clock has not started).
     pub fn next_deadline(&self) -> Option<Instant> {
-        let oldest = self.requests.values().map(|p| p.since).min()?;
-        Some(oldest + self.cfg.request_timeout)
+        self.requests
+            .values()
+            .map(|p| {
+                let request = p.since + self.cfg.request_timeout;
+                match (p.active.is_empty(), p.asked_at) {
+                    (true, _) => request,
+                    (false, None) => p.since,
+                    (false, Some(at)) => request.min(at + self.cfg.attempt_timeout),
+                }
+            })
+            .min()
     }
 
     fn all(&self) -> BTreeSet<u32> {
@@ -376,6 +395,7 @@ impl ServingEngine {
                             attempt: 0,
                             asked: false,
                             active: Vec::new(),
+                            asked_at: None,
                             done: BTreeSet::new(),
                             excluded: BTreeSet::new(),
                         },
@@ -440,6 +460,7 @@ impl ServingEngine {
                         ),
                     });
                 }
+                self.slow_attempts(now, &mut out);
             }
         }
         out
@@ -465,6 +486,59 @@ impl ServingEngine {
                     self.cfg.threshold, self.cfg.hospitals
                 ),
             });
+        }
+    }
+
+    /// Starts the clock of attempts asked since the last tick; leaves out of a request the
+    /// keyholders that let its attempt outlive the attempt timeout, and asks others when t
+    /// others are ready (else the attempt goes on, its clock started again).
+    fn slow_attempts(&mut self, now: Instant, out: &mut Vec<ServingAction>) {
+        let t = self.cfg.threshold as usize;
+        let mut slow = Vec::new();
+        for (&r, p) in self
+            .requests
+            .iter_mut()
+            .filter(|(_, p)| !p.active.is_empty())
+        {
+            match p.asked_at {
+                None => p.asked_at = Some(now),
+                Some(at) if now.saturating_duration_since(at) >= self.cfg.attempt_timeout => {
+                    slow.push(r)
+                }
+                Some(_) => {}
+            }
+        }
+        for request in slow {
+            let Some(p) = self.requests.get_mut(&request) else {
+                continue;
+            };
+            let silent: Vec<u32> = p
+                .active
+                .iter()
+                .filter(|h| !p.done.contains(h))
+                .copied()
+                .collect();
+            let others = self
+                .connected
+                .intersection(&self.ready)
+                .filter(|h| !p.excluded.contains(h) && !silent.contains(h))
+                .count();
+            if others < t {
+                p.asked_at = Some(now);
+                continue;
+            }
+            p.excluded.extend(&silent);
+            out.push(ServingAction::Audit {
+                hospital: None,
+                event: "inference-switch-slow",
+                detail: format!(
+                    "request {request}: hospitals {silent:?} did not answer attempt {} within \
+                     {} s; asking {t} others",
+                    p.attempt,
+                    self.cfg.attempt_timeout.as_secs()
+                ),
+            });
+            self.replan(request, out);
         }
     }
 
@@ -513,6 +587,7 @@ impl ServingEngine {
         }
         p.asked = true;
         p.active = ready.into_iter().take(t).collect();
+        p.asked_at = None;
         p.done.clear();
         out.push(ServingAction::RequestSwitch {
             request,

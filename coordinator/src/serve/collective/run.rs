@@ -19,13 +19,22 @@ use crate::store::Store;
 /// `coordinator serve-inference --collective`: the coordinator directory's certificate, roster
 /// and audit log, until interrupted. Serves the saved setup when there is one (unless
 /// `new_setup`).
+/// `keyholder_timeout`: how long the keyholders asked for a request get before others are.
 pub fn run(
     dir: &crate::server::CoordinatorDir,
     listen_addr: &str,
     max_images: u32,
     new_setup: bool,
+    keyholder_timeout: Duration,
 ) -> anyhow::Result<()> {
-    serve(dir, listen_addr, max_images, new_setup, None)
+    serve(
+        dir,
+        listen_addr,
+        max_images,
+        new_setup,
+        None,
+        keyholder_timeout,
+    )
 }
 
 /// How `coordinator train-head` trains.
@@ -48,7 +57,15 @@ pub fn run_head(
     if head.training.epochs == 0 || head.training.batch_chunks == 0 {
         anyhow::bail!("--epochs and --batch-chunks must be at least 1");
     }
-    serve(dir, listen_addr, 0, true, Some(head))
+    // a keyholder's refresh takes milliseconds: a minute is a hung keyholder
+    serve(
+        dir,
+        listen_addr,
+        0,
+        true,
+        Some(head),
+        Duration::from_secs(60),
+    )
 }
 
 fn serve(
@@ -57,6 +74,7 @@ fn serve(
     max_images: u32,
     new_setup: bool,
     head: Option<HeadOptions>,
+    attempt_timeout: Duration,
 ) -> anyhow::Result<()> {
     let roster = crate::provision::Roster::read(&dir.roster())
         .with_context(|| format!("reading the roster in {}", dir.dir.display()))?;
@@ -73,6 +91,7 @@ fn serve(
             hospitals: cfg.federation.hospitals,
             threshold: cfg.threshold(),
             request_timeout: Duration::from_secs(120),
+            attempt_timeout,
             max_in_flight: 8,
             head: head.is_some(),
         },

@@ -9,6 +9,7 @@ fn engine(n: u32, t: u32) -> ServingEngine {
         hospitals: n,
         threshold: t,
         request_timeout: Duration::from_secs(30),
+        attempt_timeout: Duration::from_secs(10),
         max_in_flight: 2,
         head: false,
     })
@@ -185,8 +186,12 @@ fn a_switcher_that_leaves_is_replaced_and_too_few_hospitals_time_out() {
         requester: 2,
         now,
     });
-    let due = e.next_deadline().expect("a waiting request has a deadline");
-    assert_eq!(due.duration_since(now), Duration::from_secs(30));
+    // the attempt's clock starts at the next tick, due at once; then the attempt's deadline
+    assert_eq!(e.next_deadline(), Some(now));
+    assert!(no_audit(e.handle(ServingEvent::Tick { now })).is_empty());
+    let first = e.next_deadline().expect("a waiting request has a deadline");
+    assert_eq!(first.duration_since(now), Duration::from_secs(10));
+    let due = now + Duration::from_secs(30);
     let (_, active) = switch_of(&a);
     e.handle(ServingEvent::SharesFolded {
         request: 1,
@@ -333,6 +338,7 @@ fn head_keyholders_are_ready_once_formed() {
         hospitals: 2,
         threshold: 2,
         request_timeout: Duration::from_secs(30),
+        attempt_timeout: Duration::from_secs(10),
         max_in_flight: 2,
         head: true,
     });
@@ -357,4 +363,66 @@ fn head_keyholders_are_ready_once_formed() {
         );
     }
     assert_eq!(e.step(), SetupStep::Serving);
+}
+
+#[test]
+fn a_keyholder_silent_past_the_attempt_timeout_is_left_out_and_others_asked() {
+    let now = Instant::now();
+    let mut e = serving(3, 2);
+    let a = e.handle(ServingEvent::Ready {
+        request: 5,
+        requester: 3,
+        now,
+    });
+    let (attempt, active) = switch_of(&a);
+    assert_eq!((attempt, active.clone()), (0, vec![1, 2]));
+    e.handle(ServingEvent::SharesFolded {
+        request: 5,
+        attempt: 0,
+        hospital: 1,
+    });
+    // hospital 2 hangs: its clock starts at the tick after the switch was asked
+    assert!(no_audit(e.handle(ServingEvent::Tick { now })).is_empty());
+    let late = now + Duration::from_secs(10);
+    assert_eq!(e.next_deadline(), Some(late));
+    assert!(
+        e.handle(ServingEvent::Tick {
+            now: late - Duration::from_millis(1)
+        })
+        .is_empty()
+    );
+    let a = e.handle(ServingEvent::Tick { now: late });
+    assert!(a.iter().any(|x| matches!(
+        x,
+        ServingAction::Audit {
+            event: "inference-switch-slow",
+            ..
+        }
+    )));
+    assert_eq!(
+        switch_of(&a),
+        (1, vec![1, 3]),
+        "1 answered, 2 left out, 3 asked"
+    );
+    assert!(
+        e.accepts_shares(2, 5, 0).is_err(),
+        "the hung keyholder's late shares"
+    );
+    // with no one else ready, a silent keyholder is waited for until the request's timeout
+    let mut e = serving(3, 2);
+    e.handle(ServingEvent::Left { hospital: 3 });
+    e.handle(ServingEvent::Ready {
+        request: 6,
+        requester: 1,
+        now,
+    });
+    e.handle(ServingEvent::Tick { now });
+    assert!(no_audit(e.handle(ServingEvent::Tick { now: late })).is_empty());
+    let a = e.handle(ServingEvent::Tick {
+        now: now + Duration::from_secs(30),
+    });
+    assert!(matches!(
+        a.as_slice(),
+        [ServingAction::Refuse { request: 6, .. }]
+    ));
 }
