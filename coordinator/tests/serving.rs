@@ -267,27 +267,29 @@ fn a_restarted_serving_coordinator_serves_the_saved_setup_without_a_new_key() {
     // serving: setup, one answer
     let addr = format!("127.0.0.1:{}", free_port());
     let mut server = Procs(vec![serve(root, &p.coordinator_dir, &addr, "serve-1.log")]);
-    let mut keyholders = Procs(Vec::new());
-    for (i, site) in p.hospital_dirs.iter().enumerate() {
-        keyholders.0.push(
-            Command::new(client_bin())
-                .args([
-                    "hold-keys",
-                    "--patience-s",
-                    "300",
-                    "--server",
-                    &addr,
-                    "--site",
-                ])
-                .arg(site.join("site.toml"))
-                .arg("--out")
-                .arg(node_out(i + 1))
-                .stdout(Stdio::null())
-                .stderr(log(root, &format!("keyholder-{}.log", i + 1)))
-                .spawn()
-                .unwrap(),
-        );
-    }
+    let keyholder = |i: usize, log_name: &str| {
+        Command::new(client_bin())
+            .args([
+                "hold-keys",
+                "--patience-s",
+                "300",
+                "--server",
+                &addr,
+                "--site",
+            ])
+            .arg(p.hospital_dirs[i - 1].join("site.toml"))
+            .arg("--out")
+            .arg(node_out(i))
+            .stdout(Stdio::null())
+            .stderr(log(root, log_name))
+            .spawn()
+            .unwrap()
+    };
+    let mut keyholders = Procs(
+        (1..=3)
+            .map(|i| keyholder(i, &format!("keyholder-{i}.log")))
+            .collect(),
+    );
     let site = p.hospital_dirs[0].join("site.toml");
     let before = ask(root, &site, &addr, "before");
     pacs_in_mode_a(root, &p.hospital_dirs[0], &addr);
@@ -314,6 +316,31 @@ fn a_restarted_serving_coordinator_serves_the_saved_setup_without_a_new_key() {
         "the hung keyholder was not left out of the request:\n{log}"
     );
     assert_eq!(ask(root, &site, &addr, "resumed"), before);
+    // keyholder 3 killed (SIGKILL) and restarted from its state directory: it serves its saved
+    // share again, with no new key; with keyholder 1 stopped, 2 and the restarted 3 answer
+    let _ = keyholders.0[2].kill();
+    let _ = keyholders.0[2].wait();
+    assert_eq!(ask(root, &site, &addr, "without-3"), before);
+    keyholders.0[2] = keyholder(3, "keyholder-3-restarted.log");
+    let restarted = root.join("keyholder-3-restarted.log");
+    let back = (0..600).any(|_| {
+        std::fs::read_to_string(&restarted)
+            .unwrap_or_default()
+            .contains("connected as keyholder")
+            || {
+                std::thread::sleep(Duration::from_millis(100));
+                false
+            }
+    });
+    assert!(back, "the restarted keyholder did not rejoin within 60 s");
+    signal(libc::SIGSTOP);
+    assert_eq!(ask(root, &site, &addr, "restarted-3"), before);
+    signal(libc::SIGCONT);
+    let kh3 = std::fs::read_to_string(&restarted).unwrap();
+    assert!(
+        !kh3.contains("round-1 shares made"),
+        "a new key share: {kh3}"
+    );
     // a site that accepts only mode (b) refuses this server: its image is never encrypted to
     // the server's key
     let released = root.join("released-site.toml");
