@@ -20,25 +20,11 @@ use common::{Procs, client_bin, coordinator_bin, data_dir, free_port, simulate_c
 #[path = "../../client/tests/support/orthanc.rs"]
 mod orthanc;
 
-/// A 3-hospital BreastMNIST federation, one round, of a network shallower than the default
-/// (conv → x² → dense, depth 3): mode (a)'s two-prime rescales then fit a ring of 2^14, and the
-/// two tests stay quick (the default network's mode (a) is measured by `bench_infer`).
-fn config() -> String {
-    let head = "[federation]\nname = \"served\"\nhospitals = 3\nthreshold = 2\nrounds = 1\n\
-                min_hospitals = 3\ninference = \"collective\"\nround_timeout_s = 300\n";
-    let model = "[model]\n[[model.layers]]\ntype = \"conv\"\nchannels = 4\nkernel = 5\nstride = 2\n\
-                 [[model.layers]]\ntype = \"act\"\n[[model.layers]]\ntype = \"dense\"\n";
-    format!(
-        "{head}{}\n{model}\n[simulate]\ntimeout_s = 600\n",
-        common::breastmnist_sections(1)
-    )
-}
-
 #[test]
 fn the_federated_model_is_served_encrypted_and_each_result_is_switched_by_t_keyholders() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("served.toml");
-    std::fs::write(&cfg, config()).unwrap();
+    std::fs::write(&cfg, common::collective_config()).unwrap();
     let out = dir.path().join("out");
     let output = simulate_command(&cfg, &out)
         .args(["--serve-inference", "2"])
@@ -220,7 +206,7 @@ fn a_restarted_serving_coordinator_serves_the_saved_setup_without_a_new_key() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let port = free_port();
-    let text = config().replace(
+    let text = common::collective_config().replace(
         "round_timeout_s = 300",
         &format!(
             "round_timeout_s = 300\ncoordinator_address = \"127.0.0.1:{port}\"\nlisten = \"127.0.0.1:{port}\""

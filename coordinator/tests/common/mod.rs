@@ -452,3 +452,17 @@ pub fn small_network(root: &Path) -> PathBuf {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     out.join("network.json")
 }
+
+/// A 3-hospital BreastMNIST federation, one round, of a network shallower than the default
+/// (conv → x² → dense, depth 3): mode (a)'s two-prime rescales then fit a ring of 2^14, and the
+/// tests that serve it stay quick (the default network's mode (a) is measured by `bench_infer`).
+pub fn collective_config() -> String {
+    let head = "[federation]\nname = \"served\"\nhospitals = 3\nthreshold = 2\nrounds = 1\n\
+                min_hospitals = 3\ninference = \"collective\"\nround_timeout_s = 300\n";
+    let model = "[model]\n[[model.layers]]\ntype = \"conv\"\nchannels = 4\nkernel = 5\nstride = 2\n\
+                 [[model.layers]]\ntype = \"act\"\n[[model.layers]]\ntype = \"dense\"\n";
+    format!(
+        "{head}{}\n{model}\n[simulate]\ntimeout_s = 600\n",
+        breastmnist_sections(1)
+    )
+}
