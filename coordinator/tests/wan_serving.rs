@@ -3,8 +3,9 @@
 //! three keyholders in its own — once on the bare bridge and once through the project's
 //! user-space relay (`common::relay`: 50 ms round trip, 1% loss, 20 Mbit/s per peer and
 //! direction). The same images must get the same labels both ways; where the time goes (keys
-//! up, the keyholders' setup, each request) is printed for docs/RESULTS.md. Every wait is
-//! bounded; no namespace is left behind.
+//! up, the keyholders' setup, each request) is printed for docs/RESULTS.md. And a mode (a)
+//! keyholder cut off the network mid-serving, then given back. Every wait is bounded; no
+//! namespace is left behind.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -24,12 +25,17 @@ const IMAGES: usize = 4;
 
 /// Asks from host 1 through `dial` for the first `IMAGES` test images: the requester's JSON.
 fn ask(hosts: &Hosts, fed: &Fed, dial: &str, name: &str) -> serde_json::Value {
+    ask_from(hosts, 1, fed, dial, name)
+}
+
+/// [`ask`] from host `h` (hospital 1's kit wherever it runs).
+fn ask_from(hosts: &Hosts, h: usize, fed: &Fed, dial: &str, name: &str) -> serde_json::Value {
     let json = fed.root.join(format!("{name}.json"));
     let images: Vec<String> = (0..IMAGES)
         .map(|k| format!("breastmnist:test:{k}"))
         .collect();
     let out = hosts
-        .command(1, &client_bin())
+        .command(h, &client_bin())
         .args([
             "--quiet",
             "infer",
@@ -102,15 +108,17 @@ fn serve_and_ask(
     ask(hosts, fed, dial, name)
 }
 
-/// Mode (a): the trained federation's model served from host 0 at `listen` (a new key), its
-/// keyholders in hosts 1–3 dialling `dial`: the seconds until it serves, and the requester's JSON.
-fn collective(
+/// Mode (a): the trained federation's model served from host 0 at `listen` (a new key; `extra`
+/// serve-inference arguments), its keyholders in hosts 1–3 dialling `dial`: the processes
+/// (server first) and the seconds until it serves.
+fn serve_collective(
     hosts: &Hosts,
     fed: &Fed,
     listen: &str,
     dial: &str,
     name: &str,
-) -> (f64, serde_json::Value) {
+    extra: &[&str],
+) -> (Procs, f64) {
     let log = fed.root.join(format!("{name}-serve.log"));
     let start = Instant::now();
     let mut procs = Procs(vec![
@@ -122,10 +130,9 @@ fn collective(
                 "--new-setup",
                 "--max-images",
                 "1",
-                "--listen",
-                listen,
-                "--dir",
             ])
+            .args(extra)
+            .args(["--listen", listen, "--dir"])
             .arg(&fed.coordinator_dir)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -159,8 +166,32 @@ fn collective(
         "the model is served by its keyholders",
         Duration::from_secs(600),
     );
-    let setup = start.elapsed().as_secs_f64();
+    (procs, start.elapsed().as_secs_f64())
+}
+
+/// [`serve_collective`], then 4 requests: the seconds until it served, the requester's JSON.
+fn collective(
+    hosts: &Hosts,
+    fed: &Fed,
+    listen: &str,
+    dial: &str,
+    name: &str,
+) -> (f64, serde_json::Value) {
+    let (_procs, setup) = serve_collective(hosts, fed, listen, dial, name, &[]);
     (setup, ask(hosts, fed, dial, name))
+}
+
+/// A 3-hospital federation (t = 2) trained on 127.0.0.1 for mode (a), to be served across the
+/// namespaces (the nodes' state is on disk).
+fn trained_collective() -> Fed {
+    let port = free_port();
+    trained(&common::collective_config().replace(
+        "round_timeout_s = 300",
+        &format!(
+            "round_timeout_s = 300\ncoordinator_address = \"127.0.0.1:{port}\"\n\
+             listen = \"127.0.0.1:{port}\""
+        ),
+    ))
 }
 
 fn labels(v: &serde_json::Value) -> Vec<u64> {
@@ -235,15 +266,7 @@ fn mode_a_over_a_wan_gives_the_same_labels_and_says_where_the_time_goes() {
     let Some(hosts) = Hosts::or_skip("c", 4) else {
         return;
     };
-    // trained on 127.0.0.1, then served across the namespaces (the nodes' state is on disk)
-    let port = free_port();
-    let fed = trained(&common::collective_config().replace(
-        "round_timeout_s = 300",
-        &format!(
-            "round_timeout_s = 300\ncoordinator_address = \"127.0.0.1:{port}\"\n\
-             listen = \"127.0.0.1:{port}\""
-        ),
-    ));
+    let fed = trained_collective();
     let dial = format!("{}:4433", Hosts::address(0));
     let (lan_setup, lan) = collective(&hosts, &fed, &dial, &dial, "bridge-a");
     let front: SocketAddr = dial.parse().unwrap();
@@ -271,4 +294,49 @@ fn mode_a_over_a_wan_gives_the_same_labels_and_says_where_the_time_goes() {
     );
     drop(hosts);
     assert_eq!(Hosts::left_behind("c"), Vec::<String>::new());
+}
+
+/// A keyholder cut off the network (its link set down) while it is asked, then given back: the
+/// request (from host 3) goes to the two others after the keyholder timeout (5 s here), the same
+/// label; back, the keyholder serves again (with keyholder 2 stopped, 1 and 3 answer).
+#[test]
+fn a_keyholder_cut_off_mid_serving_is_replaced_and_serves_again_once_back() {
+    let Some(hosts) = Hosts::or_skip("k", 4) else {
+        return;
+    };
+    let fed = trained_collective();
+    let dial = format!("{}:4433", Hosts::address(0));
+    let (procs, _) = serve_collective(
+        &hosts,
+        &fed,
+        &dial,
+        &dial,
+        "cut",
+        &["--keyholder-timeout-s", "5"],
+    );
+    let before = labels(&ask_from(&hosts, 3, &fed, &dial, "cut-before"));
+    hosts.link(1, false).unwrap();
+    let t = Instant::now();
+    let during = labels(&ask_from(&hosts, 3, &fed, &dial, "cut-during"));
+    let cut_s = t.elapsed().as_secs_f64();
+    hosts.link(1, true).unwrap();
+    assert_eq!(before, during, "another label with keyholder 1 cut off");
+    let log = std::fs::read_to_string(fed.root.join("cut-serve.log")).unwrap();
+    assert!(log.contains("inference-switch-slow"), "{log}");
+    // keyholder 2 stopped: only 1 (back) and 3 can answer
+    let two = procs.0[2].id() as libc::pid_t;
+    // SAFETY: signals to a child this test started and still holds
+    assert_eq!(unsafe { libc::kill(two, libc::SIGSTOP) }, 0);
+    let t = Instant::now();
+    let back = labels(&ask_from(&hosts, 3, &fed, &dial, "cut-back"));
+    let back_s = t.elapsed().as_secs_f64();
+    assert_eq!(unsafe { libc::kill(two, libc::SIGCONT) }, 0);
+    assert_eq!(before, back, "another label once keyholder 1 was back");
+    eprintln!(
+        "HEAL-CUT-KEYHOLDER {IMAGES} requests: {cut_s:.1} s with keyholder 1 cut off, \
+         {back_s:.1} s with it back and keyholder 2 stopped"
+    );
+    drop(procs);
+    drop(hosts);
+    assert_eq!(Hosts::left_behind("k"), Vec::<String>::new());
 }
