@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 mod common;
 use common::netns::Hosts;
 use common::relay::{Profile, Relay};
+use common::serving_host::keyholder_in;
 use common::{
     Fed, Procs, client_bin, coordinator_bin, data_dir, free_port, provisioned, small_network,
     trained,
@@ -140,26 +141,13 @@ fn serve_collective(
             .unwrap(),
     ]);
     for i in 1..=3 {
-        let kh_log = fed.root.join(format!("{name}-keyholder-{i}.log"));
-        procs.0.push(
-            hosts
-                .command(i, &client_bin())
-                .args([
-                    "hold-keys",
-                    "--patience-s",
-                    "300",
-                    "--server",
-                    dial,
-                    "--site",
-                ])
-                .arg(fed.hospital_dirs[i - 1].join("site.toml"))
-                .arg("--out")
-                .arg(fed.root.join(format!("node-{i}")))
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(kh_log).unwrap())
-                .spawn()
-                .unwrap(),
-        );
+        procs.0.push(keyholder_in(
+            hosts.command(i, &client_bin()),
+            fed,
+            i,
+            dial,
+            &format!("{name}-keyholder-{i}.log"),
+        ));
     }
     wait_for_line(
         &log,

@@ -22,7 +22,26 @@ pub fn log(root: &Path, name: &str) -> std::fs::File {
 }
 
 pub fn keyholder(fed: &Fed, i: usize, addr: &str) -> Child {
-    Command::new(client_bin())
+    keyholder_in(
+        Command::new(client_bin()),
+        fed,
+        i,
+        addr,
+        &format!("keyholder-{i}.log"),
+    )
+}
+
+/// `client hold-keys` of hospital `i` of `fed` dialling `addr`, started by `command` (the
+/// client binary, or a wrapper that runs it: `netns::Hosts::command`), its log in
+/// ROOT/`log_name`.
+pub fn keyholder_in(
+    mut command: Command,
+    fed: &Fed,
+    i: usize,
+    addr: &str,
+    log_name: &str,
+) -> Child {
+    command
         .args([
             "hold-keys",
             "--patience-s",
@@ -35,7 +54,7 @@ pub fn keyholder(fed: &Fed, i: usize, addr: &str) -> Child {
         .arg("--out")
         .arg(fed.root.join(format!("node-{i}")))
         .stdout(Stdio::null())
-        .stderr(log(&fed.root, &format!("keyholder-{i}.log")))
+        .stderr(log(&fed.root, log_name))
         .spawn()
         .unwrap()
 }
