@@ -4,7 +4,8 @@
 //! user-space relay (`common::relay`: 50 ms round trip, 1% loss, 20 Mbit/s per peer and
 //! direction). The same images must get the same labels both ways; where the time goes (keys
 //! up, the keyholders' setup, each request) is printed for docs/RESULTS.md. And a mode (a)
-//! keyholder cut off the network mid-serving, then given back. Every wait is bounded; no
+//! keyholder cut off the network mid-serving, then given back; a mode (b) requester cut off
+//! mid-run while another is served. Every wait is bounded; no
 //! namespace is left behind.
 
 use std::net::SocketAddr;
@@ -31,6 +32,18 @@ fn ask(hosts: &Hosts, fed: &Fed, dial: &str, name: &str) -> serde_json::Value {
 
 /// [`ask`] from host `h` (hospital 1's kit wherever it runs).
 fn ask_from(hosts: &Hosts, h: usize, fed: &Fed, dial: &str, name: &str) -> serde_json::Value {
+    ask_as(hosts, h, 1, fed, dial, name)
+}
+
+/// [`ask`] from host `h` with hospital `kit`'s kit.
+fn ask_as(
+    hosts: &Hosts,
+    h: usize,
+    kit: usize,
+    fed: &Fed,
+    dial: &str,
+    name: &str,
+) -> serde_json::Value {
     let json = fed.root.join(format!("{name}.json"));
     let images: Vec<String> = (0..IMAGES)
         .map(|k| format!("breastmnist:test:{k}"))
@@ -46,7 +59,7 @@ fn ask_from(hosts: &Hosts, h: usize, fed: &Fed, dial: &str, name: &str) -> serde
             dial,
             "--site",
         ])
-        .arg(fed.hospital_dirs[0].join("site.toml"))
+        .arg(fed.hospital_dirs[kit - 1].join("site.toml"))
         .arg("--json")
         .arg(&json)
         .args(&images)
@@ -327,4 +340,96 @@ fn a_keyholder_cut_off_mid_serving_is_replaced_and_serves_again_once_back() {
     drop(procs);
     drop(hosts);
     assert_eq!(Hosts::left_behind("k"), Vec::<String>::new());
+}
+
+/// A mode (b) requester cut off the network mid-run (its link set down after its first request
+/// reached the server): another hospital's requester is served meanwhile, and the cut one stops
+/// with the reason once its timeout passes; nothing of it holds the server.
+#[test]
+fn a_requester_cut_off_mid_request_holds_nothing_and_others_are_served() {
+    let Some(hosts) = Hosts::or_skip("r", 3) else {
+        return;
+    };
+    let fed = provisioned(&format!(
+        "[federation]\nname = \"cut-requester\"\nhospitals = 3\nthreshold = 2\nrounds = 1\n\
+         coordinator_address = \"{}:4433\"\n{}",
+        Hosts::address(0),
+        common::breastmnist_sections(1)
+    ));
+    let net = small_network(&fed.root);
+    let dial = format!("{}:4433", Hosts::address(0));
+    let log = fed.root.join("cut-requester-serve.log");
+    let mut procs = Procs(vec![
+        hosts
+            .command(0, &coordinator_bin())
+            .args([
+                "serve-inference",
+                "--max-images",
+                "1",
+                "--listen",
+                &dial,
+                "--model",
+            ])
+            .arg(&net)
+            .arg("--dir")
+            .arg(&fed.coordinator_dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    ]);
+    wait_for_line(&log, "serving encrypted inference", Duration::from_secs(60));
+    // hospital 1 asks for 40 images, one request each, from host 1
+    let images: Vec<String> = (0..40).map(|k| format!("breastmnist:test:{k}")).collect();
+    let a_log = fed.root.join("cut-requester-a.log");
+    procs.0.push(
+        hosts
+            .command(1, &client_bin())
+            .args([
+                "--quiet",
+                "infer",
+                "--timeout-s",
+                "20",
+                "--server",
+                &dial,
+                "--site",
+            ])
+            .arg(fed.hospital_dirs[0].join("site.toml"))
+            .args(&images)
+            .env("HEAL_DATA_DIR", data_dir())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&a_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_line(&log, "inference request", Duration::from_secs(120));
+    hosts.link(1, false).unwrap();
+    // hospital 2, from host 2, is served while hospital 1 is cut off
+    let t = Instant::now();
+    let other = ask_as(&hosts, 2, 2, &fed, &dial, "cut-requester-b");
+    let other_s = t.elapsed().as_secs_f64();
+    assert_eq!(labels(&other).len(), IMAGES);
+    // the cut requester stops with its reason
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(s) = procs.0[1].try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the cut requester never stopped");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    hosts.link(1, true).unwrap();
+    let a = std::fs::read_to_string(&a_log).unwrap();
+    assert!(
+        !status.success(),
+        "a requester cut off the network succeeded: {a}"
+    );
+    assert!(a.contains("timed out"), "{a}");
+    eprintln!(
+        "HEAL-CUT-REQUESTER hospital 2's {IMAGES} requests served in {other_s:.1} s while \
+         hospital 1 was cut off mid-run"
+    );
+    drop(procs);
+    drop(hosts);
+    assert_eq!(Hosts::left_behind("r"), Vec::<String>::new());
 }
