@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::serving_host::keyholder;
-use common::{Procs, client_bin, coordinator_bin, data_dir, free_port, trained};
+use common::{Procs, client_bin, coordinator_bin, data_dir, free_port, trained, wait_for_line};
 
 fn serve(fed: &common::Fed, addr: &str, log: &Path) -> Child {
     Command::new(coordinator_bin())
@@ -22,22 +22,6 @@ fn serve(fed: &common::Fed, addr: &str, log: &Path) -> Child {
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap()
-}
-
-fn wait_for_line(log: &Path, line: &str, limit: Duration) {
-    let start = Instant::now();
-    while !std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .contains(line)
-    {
-        assert!(
-            start.elapsed() < limit,
-            "{} never said {line:?}:\n{}",
-            log.display(),
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn labels(out: &std::process::Output, json: &Path) -> Vec<u64> {

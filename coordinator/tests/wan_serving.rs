@@ -20,7 +20,7 @@ use common::relay::{Profile, Relay};
 use common::serving_host::keyholder_in;
 use common::{
     Fed, Procs, client_bin, coordinator_bin, data_dir, free_port, provisioned, small_network,
-    trained,
+    trained, wait_for_line,
 };
 
 const IMAGES: usize = 4;
@@ -72,21 +72,6 @@ fn ask_as(
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
-}
-
-fn wait_for_line(log: &Path, line: &str, limit: Duration) {
-    let start = Instant::now();
-    while !std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .contains(line)
-    {
-        assert!(
-            start.elapsed() < limit,
-            "{} never said {line:?}",
-            log.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Serves `net` from host 0 at `listen`, asks from host 1 through `dial`: the requester's JSON.
@@ -195,6 +180,19 @@ fn trained_collective() -> Fed {
     ))
 }
 
+/// A provisioned 3-hospital consortium named `name` whose coordinator is host 0, the small
+/// network it serves in mode (b), and the address requesters dial.
+fn released(name: &str) -> (Fed, std::path::PathBuf, String) {
+    let fed = provisioned(&format!(
+        "[federation]\nname = \"{name}\"\nhospitals = 3\nthreshold = 2\nrounds = 1\n\
+         coordinator_address = \"{}:4433\"\n{}",
+        Hosts::address(0),
+        common::breastmnist_sections(1)
+    ));
+    let net = small_network(&fed.root);
+    (fed, net, format!("{}:4433", Hosts::address(0)))
+}
+
 fn labels(v: &serde_json::Value) -> Vec<u64> {
     v["images"]
         .as_array()
@@ -225,14 +223,7 @@ fn mode_b_over_a_wan_gives_the_same_labels_and_says_where_the_time_goes() {
     let Some(hosts) = Hosts::or_skip("v", 2) else {
         return;
     };
-    let fed = provisioned(&format!(
-        "[federation]\nname = \"wan-serving\"\nhospitals = 3\nthreshold = 2\nrounds = 1\n\
-         coordinator_address = \"{}:4433\"\n{}",
-        Hosts::address(0),
-        common::breastmnist_sections(1)
-    ));
-    let net = small_network(&fed.root);
-    let dial = format!("{}:4433", Hosts::address(0));
+    let (fed, net, dial) = released("wan-serving");
     let lan = serve_and_ask(&hosts, &fed, &net, &dial, &dial, "bridge");
     // the server behind the relay, which takes host 0's address
     let front: SocketAddr = dial.parse().unwrap();
@@ -350,14 +341,7 @@ fn a_requester_cut_off_mid_request_holds_nothing_and_others_are_served() {
     let Some(hosts) = Hosts::or_skip("r", 3) else {
         return;
     };
-    let fed = provisioned(&format!(
-        "[federation]\nname = \"cut-requester\"\nhospitals = 3\nthreshold = 2\nrounds = 1\n\
-         coordinator_address = \"{}:4433\"\n{}",
-        Hosts::address(0),
-        common::breastmnist_sections(1)
-    ));
-    let net = small_network(&fed.root);
-    let dial = format!("{}:4433", Hosts::address(0));
+    let (fed, net, dial) = released("cut-requester");
     let log = fed.root.join("cut-requester-serve.log");
     let mut procs = Procs(vec![
         hosts

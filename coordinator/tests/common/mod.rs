@@ -466,3 +466,20 @@ pub fn collective_config() -> String {
         breastmnist_sections(1)
     )
 }
+
+/// Waits (at most `limit`) until the log file at `log` holds `line`; the log in the panic.
+pub fn wait_for_line(log: &Path, line: &str, limit: std::time::Duration) {
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains(line)
+    {
+        assert!(
+            start.elapsed() < limit,
+            "{} never said {line:?}:\n{}",
+            log.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
