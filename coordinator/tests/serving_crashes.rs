@@ -30,13 +30,7 @@ fn labels(out: &std::process::Output, json: &Path) -> Vec<u64> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
-    v["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["label"].as_u64().unwrap())
-        .collect()
+    common::infer_labels(&serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap())
 }
 
 #[test]

@@ -19,8 +19,8 @@ use common::netns::Hosts;
 use common::relay::{Profile, Relay};
 use common::serving_host::keyholder_in;
 use common::{
-    Fed, Procs, client_bin, coordinator_bin, data_dir, free_port, provisioned, small_network,
-    trained, wait_for_line,
+    Fed, Procs, client_bin, coordinator_bin, data_dir, free_port, infer_labels, provisioned,
+    small_network, trained, wait_for_line,
 };
 
 const IMAGES: usize = 4;
@@ -193,15 +193,6 @@ fn released(name: &str) -> (Fed, std::path::PathBuf, String) {
     (fed, net, format!("{}:4433", Hosts::address(0)))
 }
 
-fn labels(v: &serde_json::Value) -> Vec<u64> {
-    v["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["label"].as_u64().unwrap())
-        .collect()
-}
-
 fn summary(v: &serde_json::Value) -> String {
     let t = &v["timings"];
     let b = &v["bytes"];
@@ -236,8 +227,8 @@ fn mode_b_over_a_wan_gives_the_same_labels_and_says_where_the_time_goes() {
     );
     drop(relay);
     assert_eq!(
-        labels(&lan),
-        labels(&wan),
+        infer_labels(&lan),
+        infer_labels(&wan),
         "the same images, other labels over the WAN"
     );
     assert!(dropped > 0, "the link lost datagrams ({dropped} of {seen})");
@@ -272,8 +263,8 @@ fn mode_a_over_a_wan_gives_the_same_labels_and_says_where_the_time_goes() {
     );
     drop(relay);
     assert_eq!(
-        labels(&lan),
-        labels(&wan),
+        infer_labels(&lan),
+        infer_labels(&wan),
         "the same images, other labels over the WAN"
     );
     eprintln!(
@@ -306,10 +297,10 @@ fn a_keyholder_cut_off_mid_serving_is_replaced_and_serves_again_once_back() {
         "cut",
         &["--keyholder-timeout-s", "5"],
     );
-    let before = labels(&ask_from(&hosts, 3, &fed, &dial, "cut-before"));
+    let before = infer_labels(&ask_from(&hosts, 3, &fed, &dial, "cut-before"));
     hosts.link(1, false).unwrap();
     let t = Instant::now();
-    let during = labels(&ask_from(&hosts, 3, &fed, &dial, "cut-during"));
+    let during = infer_labels(&ask_from(&hosts, 3, &fed, &dial, "cut-during"));
     let cut_s = t.elapsed().as_secs_f64();
     hosts.link(1, true).unwrap();
     assert_eq!(before, during, "another label with keyholder 1 cut off");
@@ -320,7 +311,7 @@ fn a_keyholder_cut_off_mid_serving_is_replaced_and_serves_again_once_back() {
     // SAFETY: signals to a child this test started and still holds
     assert_eq!(unsafe { libc::kill(two, libc::SIGSTOP) }, 0);
     let t = Instant::now();
-    let back = labels(&ask_from(&hosts, 3, &fed, &dial, "cut-back"));
+    let back = infer_labels(&ask_from(&hosts, 3, &fed, &dial, "cut-back"));
     let back_s = t.elapsed().as_secs_f64();
     assert_eq!(unsafe { libc::kill(two, libc::SIGCONT) }, 0);
     assert_eq!(before, back, "another label once keyholder 1 was back");
@@ -392,7 +383,7 @@ fn a_requester_cut_off_mid_request_holds_nothing_and_others_are_served() {
     let t = Instant::now();
     let other = ask_as(&hosts, 2, 2, &fed, &dial, "cut-requester-b");
     let other_s = t.elapsed().as_secs_f64();
-    assert_eq!(labels(&other).len(), IMAGES);
+    assert_eq!(infer_labels(&other).len(), IMAGES);
     // the cut requester stops with its reason
     let deadline = Instant::now() + Duration::from_secs(180);
     let status = loop {

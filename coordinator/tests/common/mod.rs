@@ -483,3 +483,13 @@ pub fn wait_for_line(log: &Path, line: &str, limit: std::time::Duration) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Each image's label in a `client infer --json` report.
+pub fn infer_labels(v: &serde_json::Value) -> Vec<u64> {
+    v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["label"].as_u64().unwrap())
+        .collect()
+}
