@@ -6,32 +6,11 @@
 //! (Killed after the setup was saved, it serves the saved setup: `serving.rs`.) Every wait is
 //! bounded; every process is killed on every exit path.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::serving_host::keyholder;
-use common::{Procs, client_bin, coordinator_bin, data_dir, free_port, trained, wait_for_line};
-
-fn serve(fed: &common::Fed, addr: &str, log: &Path) -> Child {
-    Command::new(coordinator_bin())
-        .args(["serve-inference", "--collective", "--listen", addr, "--dir"])
-        .arg(&fed.coordinator_dir)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
-}
-
-fn labels(out: &std::process::Output, json: &Path) -> Vec<u64> {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    common::infer_labels(&serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap())
-}
+use common::serving_host::{infer_at, keyholder, labels_of, plaintext_labels, serve_collective};
+use common::{Procs, free_port, trained, wait_for_line};
 
 #[test]
 fn a_serving_coordinator_killed_at_each_setup_boundary_serves_after_its_restart() {
@@ -55,7 +34,7 @@ fn a_serving_coordinator_killed_at_each_setup_boundary_serves_after_its_restart(
     .enumerate()
     {
         let log = fed.root.join(format!("serve-{k}.log"));
-        server.0.push(serve(&fed, &addr, &log));
+        server.0.push(serve_collective(&fed, &addr, &log, None));
         if keyholders.0.is_empty() {
             keyholders.0 = (1..=3).map(|i| keyholder(&fed, i, &addr)).collect();
         }
@@ -66,7 +45,7 @@ fn a_serving_coordinator_killed_at_each_setup_boundary_serves_after_its_restart(
     }
     let log = fed.root.join("serve-last.log");
     let t = Instant::now();
-    server.0.push(serve(&fed, &addr, &log));
+    server.0.push(serve_collective(&fed, &addr, &log, None));
     wait_for_line(
         &log,
         "the model is served by its keyholders",
@@ -75,34 +54,8 @@ fn a_serving_coordinator_killed_at_each_setup_boundary_serves_after_its_restart(
     let setup_s = t.elapsed().as_secs_f64();
     let images = ["breastmnist:test:0", "breastmnist:test:1"];
     let json = fed.root.join("served.json");
-    let served = Command::new(client_bin())
-        .args([
-            "--quiet",
-            "infer",
-            "--timeout-s",
-            "120",
-            "--server",
-            &addr,
-            "--site",
-        ])
-        .arg(fed.hospital_dirs[0].join("site.toml"))
-        .arg("--json")
-        .arg(&json)
-        .args(images)
-        .env("HEAL_DATA_DIR", data_dir())
-        .output()
-        .unwrap();
-    let local_json = fed.root.join("local.json");
-    let local = Command::new(client_bin())
-        .args(["--quiet", "infer", "--local", "--network"])
-        .arg(fed.root.join("node-1/network.json"))
-        .arg("--json")
-        .arg(&local_json)
-        .args(images)
-        .env("HEAL_DATA_DIR", data_dir())
-        .output()
-        .unwrap();
-    assert_eq!(labels(&served, &json), labels(&local, &local_json));
+    let served = infer_at(&fed, &addr, &images, &json);
+    assert_eq!(labels_of(&served, &json), plaintext_labels(&fed, &images));
     for (i, k) in keyholders.0.iter_mut().enumerate() {
         assert!(
             k.try_wait().unwrap().is_none(),

@@ -5,8 +5,10 @@
 //! with its reason instead of waiting for a commit that never comes, the store keeps every
 //! round committed before, and once there is space a restart finishes the federation with every
 //! round committed once; a damaged file is refused with what to do and left byte for byte as it
-//! was. Mounting needs root, as CI has (elsewhere the full-disk test says it skipped).
+//! was; and the mode (a) serving coordinator's state disk filling while it serves. Mounting
+//! needs root, as CI has (elsewhere the full-disk test says it skipped).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,10 +16,13 @@ use std::time::{Duration, Instant};
 use coordinator::store::Store;
 
 mod common;
+use common::serving_host::{
+    infer_at, keyholder, labels_of, log_of, plaintext_labels, serve_collective,
+};
 use common::{
     Procs, committed_once, config, coordinator_bin, coordinator_logged, free_port,
     hospitals_finish, provisioned, same_final_models, start_hospital, tail, trained, wait_exit,
-    wait_status,
+    wait_for_line, wait_status,
 };
 
 const LIMIT: Duration = Duration::from_secs(300);
@@ -220,5 +225,102 @@ fn a_truncated_or_bit_flipped_state_file_is_refused_at_start_and_left_as_it_was(
         text.lines()
             .find(|l| l.contains("damaged"))
             .unwrap_or_default()
+    );
+}
+
+/// The mode (a) serving coordinator's state directory on a tmpfs that another file fills while
+/// it serves (issue 41): requests go on being served while the store can still record them
+/// (redb writes into pages it already holds), then one is refused with the disk's error and
+/// nothing of it is evaluated; the server keeps running, and once the file is removed the next
+/// request is recorded and served with the plaintext network's labels, without a restart.
+/// Every request served is in the audit log.
+#[test]
+fn a_full_state_disk_refuses_mode_a_requests_with_its_reason_and_serving_resumes_once_freed() {
+    let Some(disk) = Tmpfs::or_skip(1024) else {
+        return;
+    };
+    let port = free_port();
+    let fed = trained(&common::collective_config().replace(
+        "round_timeout_s = 300",
+        &format!(
+            "round_timeout_s = 300\ncoordinator_address = \"127.0.0.1:{port}\"\n\
+             listen = \"127.0.0.1:{port}\""
+        ),
+    ));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = fed.root.join("serve-disk.log");
+    let mut server = Procs(vec![serve_collective(&fed, &addr, &log, Some(disk.path()))]);
+    let _keyholders = Procs((1..=3).map(|i| keyholder(&fed, i, &addr)).collect());
+    wait_for_line(&log, "served keys saved", LIMIT);
+    let image = ["breastmnist:test:0"];
+    let want = plaintext_labels(&fed, &image);
+    let switches = || -> usize {
+        (1..=3)
+            .map(|i| log_of(&fed, i).matches("switching a served result").count())
+            .sum()
+    };
+
+    let filler = disk.path().join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let block = vec![0u8; 1 << 20];
+    while f.write_all(&block).is_ok() {}
+    drop(f);
+    let (mut served, mut refusal) = (0, None);
+    for k in 0..40 {
+        let json = fed.root.join(format!("full-{k}.json"));
+        let before = switches();
+        let out = infer_at(&fed, &addr, &image, &json);
+        if out.status.success() {
+            assert_eq!(labels_of(&out, &json), want);
+            served += 1;
+            continue;
+        }
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            err.contains("cannot record this request") && err.contains("No space left on device"),
+            "request {k} on the full disk: {err}"
+        );
+        // a keyholder logs its switch before it sends it: none may have started this one
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(switches(), before, "a refused request was evaluated");
+        refusal = err
+            .lines()
+            .find(|l| l.contains("cannot record"))
+            .map(String::from);
+        break;
+    }
+    let refusal = refusal.expect("40 requests on a full disk, none refused");
+    assert!(
+        server.0[0].try_wait().unwrap().is_none(),
+        "the server stopped on the full disk:\n{}",
+        tail(&log)
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let t = Instant::now();
+    let json = fed.root.join("freed.json");
+    let out = infer_at(&fed, &addr, &image, &json);
+    assert_eq!(
+        labels_of(&out, &json),
+        want,
+        "served once the disk has space"
+    );
+    let resumed_s = t.elapsed().as_secs_f64();
+    served += 1;
+    let mut s = server.0.pop().unwrap();
+    let _ = s.kill();
+    let _ = s.wait();
+    let recorded = Store::open_existing(&disk.path().join("state.redb"))
+        .unwrap()
+        .audit_log()
+        .unwrap()
+        .iter()
+        .filter(|e| e.event == "inference-request")
+        .count();
+    assert_eq!(recorded, served, "every request served is in the audit log");
+    eprintln!(
+        "HEAL-SERVING-DISK served {} requests on the full disk, then refused one: {refusal}; \
+         freed, the next was served in {resumed_s:.1} s; {recorded} requests in the audit log",
+        served - 1
     );
 }

@@ -74,6 +74,68 @@ pub async fn items(msg: &mut Incoming) -> Vec<Vec<u8>> {
     out
 }
 
+/// `coordinator serve-inference --collective` for `fed` at `addr`, its log in `log`, its state
+/// in `state_dir` when given (else in the kit).
+pub fn serve_collective(fed: &Fed, addr: &str, log: &Path, state_dir: Option<&Path>) -> Child {
+    let mut c = Command::new(super::coordinator_bin());
+    c.args(["serve-inference", "--collective", "--listen", addr, "--dir"])
+        .arg(&fed.coordinator_dir);
+    if let Some(state) = state_dir {
+        c.arg("--state-dir").arg(state);
+    }
+    c.stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Hospital 1's `client infer` of `images` at the server at `addr` (report in `json`).
+pub fn infer_at(fed: &Fed, addr: &str, images: &[&str], json: &Path) -> std::process::Output {
+    Command::new(client_bin())
+        .args([
+            "--quiet",
+            "infer",
+            "--timeout-s",
+            "120",
+            "--server",
+            addr,
+            "--site",
+        ])
+        .arg(fed.hospital_dirs[0].join("site.toml"))
+        .arg("--json")
+        .arg(json)
+        .args(images)
+        .env("HEAL_DATA_DIR", super::data_dir())
+        .output()
+        .unwrap()
+}
+
+/// The labels of a `client infer` that must have succeeded (its stderr in the panic).
+pub fn labels_of(out: &std::process::Output, json: &Path) -> Vec<u64> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    super::infer_labels(&serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap())
+}
+
+/// The plaintext network's labels of `images` (hospital 1's final network, `client infer
+/// --local`).
+pub fn plaintext_labels(fed: &Fed, images: &[&str]) -> Vec<u64> {
+    let json = fed.root.join("local.json");
+    let out = Command::new(client_bin())
+        .args(["--quiet", "infer", "--local", "--network"])
+        .arg(fed.root.join("node-1/network.json"))
+        .arg("--json")
+        .arg(&json)
+        .args(images)
+        .env("HEAL_DATA_DIR", super::data_dir())
+        .output()
+        .unwrap();
+    labels_of(&out, &json)
+}
+
 /// A polynomial over `basis` whose every NTT word is `k` mod its prime (the constant k).
 pub fn constant(ctx: &CkksContext, basis: &[usize], k: u128) -> Poly {
     let ring = ctx.rlwe().ring();

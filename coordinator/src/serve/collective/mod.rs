@@ -7,7 +7,8 @@
 //! passed in): it owns the decisions of [`ServingEngine`] (setup steps, who is ready,
 //! attempts), the keys ([`keys`], a keyholder's round-1 stream in `round1`), every request's
 //! switch ([`requests`]) and a head run's progress ([`head`], `service_head`); [`shell`] is its
-//! tokio server and [`run`] the commands (`coordinator serve-inference --collective`,
+//! tokio server, [`disk`] its audit log and saved state (a request is admitted only once
+//! recorded), and [`run`] the commands (`coordinator serve-inference --collective`,
 //! `coordinator train-head`); `client hold-keys` is the hospitals' side.
 //!
 //! Setup, with every hospital connected (the keys need all N secret shares):
@@ -36,6 +37,7 @@
 //! state's refresh is a request answered by t keyholders (replaced as above when one leaves),
 //! and the trained head is switched to the contributor's key as a result is.
 
+pub mod disk;
 mod engine;
 mod error;
 pub mod head;

@@ -10,6 +10,7 @@ use protocol::serve::head::HeadTraining;
 use tracing::info;
 
 use super::ServingConfig;
+use super::disk::ServingDisk;
 use super::keys::ServedKeys;
 use super::service::Service;
 use super::service_io::ServiceConfig;
@@ -136,7 +137,12 @@ fn serve(
         roster.parties(),
         dir.tls(),
         Duration::from_secs(120),
-        Some((store, dir.state_dir.clone())),
+        Some(ServingDisk::new(
+            store,
+            dir.state(),
+            dir.state_dir.clone(),
+            federation,
+        )),
     );
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {

@@ -345,11 +345,7 @@ impl Service {
             images = header.images,
             "mode (a) request"
         );
-        self.audit(
-            Some(requester),
-            "inference-request",
-            format!("request {} of {} images", header.request_id, header.images),
-        );
+        // recorded in the audit log by the shell before it was read (`disk`)
         // checked here so that a malformed request never reaches a keyholder; each keyholder
         // checks it again, and its signature, before it evaluates
         decode_images(&ctx, &plan, &header, &items).map_err(|e| e.to_string())?;

@@ -139,11 +139,7 @@ impl Service {
             chunks = header.chunks,
             "encrypted examples to train the head on"
         );
-        self.audit(
-            Some(contributor),
-            "head-contribution",
-            format!("{} examples in {} chunks", header.examples, header.chunks),
-        );
+        // recorded in the audit log by the shell before it was read (`disk`)
         let fail = |s: &mut Service, reason: &str| {
             s.head.busy = false;
             Err::<(), String>(reason.to_string())

@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use protocol::link::{Link, accept_connection, listen};
 use protocol::tls::TlsFiles;
-use protocol::{Body, CollectiveMsg, FederationId, Incoming, Party};
+use protocol::{Body, CollectiveMsg, FederationId, HeadMsg, Incoming, Party};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use super::disk::ServingDisk;
 use super::service::Service;
 use super::service_io::{Action, Conn, Event};
-use crate::store::Store;
 use crate::timer::until_due;
 
 /// The mode (a) server.
@@ -30,9 +30,8 @@ pub struct CollectiveServer {
     tls: TlsFiles,
     /// time a peer gets to deliver each item
     item_timeout: Duration,
-    store: Option<Store>,
-    /// where the served state is saved (with `store`)
-    dir: Option<std::path::PathBuf>,
+    /// the audit log and the saved served state (none in tests without a state directory)
+    disk: Option<ServingDisk>,
     service: Mutex<Service>,
     /// woken when a call into the service may have moved its next deadline
     deadline_moved: Notify,
@@ -41,22 +40,20 @@ pub struct CollectiveServer {
 }
 
 impl CollectiveServer {
-    /// A server around `service`; `persist` (a store and a directory) saves the served state.
+    /// A server around `service`; `disk` keeps its audit log and saves the served state.
     pub fn new(
         service: Service,
         roster: HashMap<String, Party>,
         tls: TlsFiles,
         item_timeout: Duration,
-        persist: Option<(Store, std::path::PathBuf)>,
+        disk: Option<ServingDisk>,
     ) -> Arc<Self> {
-        let (store, dir) = persist.unzip();
         Arc::new(Self {
             federation: service.federation(),
             roster,
             tls,
             item_timeout,
-            store,
-            dir,
+            disk,
             service: Mutex::new(service),
             deadline_moved: Notify::new(),
             conns: Mutex::new(HashMap::new()),
@@ -165,7 +162,11 @@ impl CollectiveServer {
                     }
                 });
             }
-            Action::Save(state) => self.save(&state),
+            Action::Save(state) => {
+                if let Some(disk) = &self.disk {
+                    disk.save(*state)
+                }
+            }
             Action::Audit {
                 hospital,
                 event,
@@ -174,28 +175,38 @@ impl CollectiveServer {
         }
     }
 
-    fn save(&self, state: &super::saved::SavedServing) {
-        let (Some(store), Some(dir)) = (&self.store, &self.dir) else {
-            return;
-        };
-        let t = Instant::now();
-        match super::saved::save(dir, store, state) {
-            Ok(()) => info!(
-                seconds = t.elapsed().as_secs_f64(),
-                path = %super::saved::path(dir).display(),
-                "served keys saved"
-            ),
-            Err(e) => warn!("cannot save the served state (a restart will need a new setup): {e}"),
+    /// An audit entry; one that cannot be written is logged (the disk's error is the warning).
+    fn audit(&self, hospital: Option<u32>, event: &str, detail: &str) {
+        info!(?hospital, event, "{detail}");
+        if let Some(disk) = &self.disk {
+            let _ = disk.audit(hospital, event, detail);
         }
     }
 
-    fn audit(&self, hospital: Option<u32>, event: &str, detail: &str) {
-        info!(?hospital, event, "{detail}");
-        if let Some(store) = &self.store
-            && let Err(e) = store.audit(hospital, 0, event, detail)
-        {
-            warn!("cannot write the audit log: {e}");
-        }
+    /// A request is recorded in the audit log before anything of it is read or evaluated;
+    /// one that cannot be recorded is refused (`disk`).
+    fn record_request(&self, hospital: u32, body: &Body) -> Result<(), String> {
+        let (event, detail) = match body {
+            Body::Collective(CollectiveMsg::InferCollective(h)) => (
+                "inference-request",
+                format!("request {} of {} images", h.request_id, h.images),
+            ),
+            Body::Head(HeadMsg::HeadContribution(h)) => (
+                "head-contribution",
+                format!("{} examples in {} chunks", h.examples, h.chunks),
+            ),
+            _ => return Ok(()),
+        };
+        info!(hospital, event, "{detail}");
+        let Some(disk) = &self.disk else {
+            return Ok(());
+        };
+        disk.audit(Some(hospital), event, &detail).map_err(|e| {
+            format!(
+                "the server cannot record this request in its audit log ({e}); nothing was \
+                     evaluated: try again once its operator has freed space on its state disk"
+            )
+        })
     }
 
     async fn connection(self: Arc<Self>, link: Link) {
@@ -233,7 +244,23 @@ impl CollectiveServer {
             }
             let kind = body.kind();
             let admitted = tokio::task::block_in_place(|| self.lock().admit(hospital, &body));
-            let outcome = match admitted {
+            let recorded = match admitted {
+                Ok(count) => {
+                    match tokio::task::block_in_place(|| self.record_request(hospital, &body)) {
+                        Ok(()) => Ok(count),
+                        Err(reason) => {
+                            self.feed(Event::Unread {
+                                hospital,
+                                body: body.clone(),
+                            })
+                            .await;
+                            Err(reason)
+                        }
+                    }
+                }
+                Err(reason) => Err(reason),
+            };
+            let outcome = match recorded {
                 Ok(count) => match read_all(&mut incoming, count).await {
                     Ok(items) => {
                         let message = Event::Message {
