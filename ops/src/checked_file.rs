@@ -58,11 +58,17 @@ pub fn write_public(path: &Path, payload: &[u8]) -> std::io::Result<()> {
     crate::durable_file::write_public(path, &frame(payload))
 }
 
-/// The checked payload of `path`, or None when there is no such file.
+/// The checked payload of `path`, or None when there is no such file. The payload is the
+/// buffer the file was read into, its header drained in place (no copy of a secret is left
+/// behind: a caller that wraps it in `Zeroizing` clears every byte read).
 pub fn read(path: &Path) -> Result<Option<Vec<u8>>, CheckedError> {
     match std::fs::read(path) {
-        Ok(bytes) => match unframe(&bytes) {
-            Ok(payload) => Ok(Some(payload.to_vec())),
+        Ok(mut bytes) => match unframe(&bytes) {
+            Ok(payload) => {
+                let header = bytes.len() - payload.len();
+                bytes.drain(..header);
+                Ok(Some(bytes))
+            }
             Err(why) => Err(CheckedError::Damaged {
                 path: path.to_path_buf(),
                 why,

@@ -10,7 +10,7 @@ use he_agg::ckks::CkksContext;
 use he_agg::multiparty::{ThresholdSecret, wire as mpw};
 use zeroize::Zeroizing;
 
-use super::keys::write_secret;
+use super::keys::{read, write_secret};
 
 const FILE: &str = "setup.bin";
 /// Files of the two-file layout (before protocol 6), read if `setup.bin` is absent.
@@ -25,10 +25,9 @@ pub struct HeldSetup {
 /// The setup held in `dir`, if any.
 pub fn load(dir: &Path, ctx: &std::sync::Arc<CkksContext>) -> anyhow::Result<Option<HeldSetup>> {
     let path = dir.join(FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => Zeroizing::new(b),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return load_legacy(dir, ctx),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    let bytes = match read(&path)? {
+        Some(b) => Zeroizing::new(b),
+        None => return load_legacy(dir, ctx),
     };
     let (id, secret) = bytes
         .split_first_chunk::<32>()

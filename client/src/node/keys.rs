@@ -2,7 +2,9 @@
 //! directory with mode 0600: its share s_i of the collective secret and its X25519 exchange key;
 //! after setup its threshold secret and the consortium receiving key pair (what aggregates are
 //! re-encrypted to, derived from every hospital's contribution); plus the public keys the
-//! coordinator relayed.
+//! coordinator relayed. Every file is framed with the hash of its contents
+//! (`ops::checked_file`): a flipped bit or a cut file is refused with its path at start, never
+//! decoded into a different key (files written before the frame are read as they are).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,24 +18,22 @@ use serde::{Deserialize, Serialize};
 const RECEIVE_SK: &str = "consortium-receive.key";
 const RECEIVE_PK: &str = "consortium-receive.pub";
 
-/// Writes a file only its owner can read, whole or not at all.
+/// Writes a file only its owner can read, whole or not at all, framed with its hash.
 pub fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    ops::durable_file::write_private(path, bytes)
+    ops::checked_file::write_private(path, bytes)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Writes a public file, whole or not at all.
+/// Writes a public file, whole or not at all, framed with its hash.
 pub fn write_public(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    ops::durable_file::write_public(path, bytes)
+    ops::checked_file::write_public(path, bytes)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn read(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
+/// A file [`write_secret`] or [`write_public`] wrote, checked against its hash (None when
+/// there is none); a damaged one is refused with its path.
+pub fn read(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    Ok(ops::checked_file::read(path)?)
 }
 
 /// This hospital's exchange key in state directory `dir`.
@@ -255,5 +255,37 @@ mod tests {
         write_secret(&state.join(RECEIVE_SK), b"half").unwrap();
         let keys = Keys::load_or_create(&ctx, &state).unwrap();
         assert!(keys.receive.is_none() && keys.threshold.is_none());
+    }
+
+    /// A hospital's key files carry their hash: a flipped bit in its secret share (or any
+    /// other key file) is refused at start with the file named, never decoded into another
+    /// key; the file is left as it was. A key file written before the frame still loads.
+    #[test]
+    fn a_flipped_bit_in_a_key_file_is_refused_at_start_and_left_as_it_was() {
+        let ctx = CkksContext::new(Parameters::preset(Preset::Aggregation)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let made = Keys::load_or_create(&ctx, &state).unwrap();
+        for file in ["share.key", "exchange.key"] {
+            let path = state.join(file);
+            let good = std::fs::read(&path).unwrap();
+            let mut bad = good.clone();
+            let last = bad.len() - 1;
+            bad[last] ^= 0x04;
+            std::fs::write(&path, &bad).unwrap();
+            let err = format!("{:#}", Keys::load_or_create(&ctx, &state).unwrap_err());
+            assert!(err.contains(&format!("{file} is damaged")), "{err}");
+            assert_eq!(std::fs::read(&path).unwrap(), bad, "{file} was changed");
+            std::fs::write(&path, &good).unwrap();
+        }
+        // written raw, as before the frame
+        let raw = wire::encode_secret_key(&ctx, &made.share);
+        std::fs::write(state.join("share.key"), &raw).unwrap();
+        let again = Keys::load_or_create(&ctx, &state).unwrap();
+        assert_eq!(
+            wire::encode_secret_key(&ctx, &again.share),
+            raw,
+            "a legacy share loads as it was"
+        );
     }
 }

@@ -12,7 +12,6 @@ use protocol::FederationMsg;
 use protocol::message::Body;
 use protocol::transcript::{self, PartyKeys, SealedShare, Statement};
 use protocol::{FederationId, Link};
-use std::path::Path;
 use tracing::info;
 use zeroize::Zeroizing;
 
@@ -59,14 +58,6 @@ fn setup_done_body(he: &NodeHe, federation: FederationId, index: u32) -> Option<
     }
 }
 
-fn read_opt(path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
 impl Node {
     pub(super) async fn start_setup(&mut self, link: &Link) -> anyhow::Result<()> {
         let Some(he) = self.he.as_mut() else {
@@ -102,7 +93,7 @@ impl Node {
         .await?;
         info!("sent signed key shares");
         // after a restart between dealing and the relay, send the same sealed shares again
-        if let Some(sealed) = read_opt(&self.dirs.state.join("dealt.bin"))? {
+        if let Some(sealed) = super::keys::read(&self.dirs.state.join("dealt.bin"))? {
             let sealed: Vec<SealedShare> =
                 postcard::from_bytes(&sealed).context("dealt.bin is corrupt")?;
             link.send(0, Body::Federation(FederationMsg::ShamirShares { sealed }))
@@ -121,7 +112,7 @@ impl Node {
         let Some(he) = self.he.as_mut() else {
             bail!("setup keys in a plaintext federation")
         };
-        let own_share = read_opt(&self.dirs.state.join("public_key_share.bin"))?
+        let own_share = super::keys::read(&self.dirs.state.join("public_key_share.bin"))?
             .context("setup keys before this hospital sent its key shares")?;
         let own = Own {
             federation: self.federation,
@@ -225,7 +216,7 @@ impl Node {
             .clone()
             .context("relayed shares before the setup keys")?;
         let own = Zeroizing::new(
-            read_opt(&self.dirs.state.join("own-share.bin"))?
+            super::keys::read(&self.dirs.state.join("own-share.bin"))?
                 .context("relayed shares before dealing")?,
         );
         let (own_share, own_contribution) = split_payload(&own).context("own-share.bin")?;

@@ -287,7 +287,7 @@ impl Keyholder {
             me.threshold_secret = Some(held.secret);
             me.setup = Some(held.id);
         }
-        if let Ok(hash) = std::fs::read(me.dir.join(persist::COLLECTIVE_KEY_HASH)) {
+        if let Some(hash) = super::keys::read(&me.dir.join(persist::COLLECTIVE_KEY_HASH))? {
             me.collective_key = hash.try_into().ok();
         }
         Ok(me)

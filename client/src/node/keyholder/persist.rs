@@ -9,7 +9,7 @@ use anyhow::Context;
 use zeroize::Zeroizing;
 
 use super::super::held_setup;
-use super::super::keys::write_secret;
+use super::super::keys::{write_public, write_secret};
 
 /// Where a keyholder keeps the hash of the collective key it made (public).
 pub const COLLECTIVE_KEY_HASH: &str = "collective-key.hash";
@@ -41,16 +41,15 @@ impl std::fmt::Debug for Persist {
 pub fn write(dir: &Path, p: Persist) -> anyhow::Result<()> {
     match p {
         Persist::Secret(bytes) => write_secret(&dir.join(SECRET), &bytes),
-        Persist::CollectiveKey(hash) => {
-            ops::durable_file::write_public(&dir.join(COLLECTIVE_KEY_HASH), &hash)
-                .context("storing the collective key's hash")
-        }
+        Persist::CollectiveKey(hash) => write_public(&dir.join(COLLECTIVE_KEY_HASH), &hash)
+            .context("storing the collective key's hash"),
         Persist::Setup(bytes) => held_setup::store_encoded(dir, &bytes),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::super::keys::read;
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
@@ -59,12 +58,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), Persist::CollectiveKey([9; 32])).unwrap();
         assert_eq!(
-            std::fs::read(dir.path().join(COLLECTIVE_KEY_HASH)).unwrap(),
+            read(&dir.path().join(COLLECTIVE_KEY_HASH))
+                .unwrap()
+                .unwrap(),
             [9; 32]
         );
         write(dir.path(), Persist::Secret(Zeroizing::new(vec![1, 2, 3]))).unwrap();
         let secret = dir.path().join(SECRET);
-        assert_eq!(std::fs::read(&secret).unwrap(), [1, 2, 3]);
+        assert_eq!(read(&secret).unwrap().unwrap(), [1, 2, 3]);
         // readable by this hospital's user only
         let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "mode {mode:o}");
