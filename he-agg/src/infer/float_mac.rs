@@ -145,6 +145,21 @@ unsafe fn mac_pairs_avx2(m: &Modulus, pairs: &[(&[u64], &[u64])], out: &mut [u64
     mac_pairs_body(m, pairs, out)
 }
 
+/// Rows of a group whose sums are held in registers at once (each input vector loaded is used
+/// by all of them), and vectors of 4 coefficients per row: 2 × 2 × (hi, lo) is 8 of the 16
+/// ymm registers. 2 × 2 measured faster than 3 × 1, 3 × 2, 1 × 4 and 2 × 1 with
+/// `profile_infer batched` at AVX2 (41.5 s against 44.4–50.0 s for a batch on one thread).
+#[cfg(target_arch = "x86_64")]
+const ROWS: usize = 2;
+/// Vectors of 4 coefficients per row held at once.
+#[cfg(target_arch = "x86_64")]
+const V: usize = 2;
+
+/// [`group_product_body`] with the sums of [`ROWS`] rows × 4·[`V`] coefficients in registers:
+/// the inputs' words are loaded and converted once for all the rows, the weights converted
+/// once per call, and no sum goes through memory between products (the portable body keeps
+/// them in arrays: a load and a store around every product; he-agg/BENCHMARKS.md has the
+/// figures).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn group_product_avx2(
@@ -155,7 +170,95 @@ unsafe fn group_product_avx2(
     outs: &mut [&mut [u64]],
     accumulate: bool,
 ) {
-    group_product_body(m, cols, weights, inputs, outs, accumulate)
+    use std::arch::x86_64::*;
+    let n = outs.first().map_or(0, |o| o.len());
+    let nnz = cols.len();
+    assert_eq!(
+        weights.len(),
+        nnz * outs.len(),
+        "one weight per row and column"
+    );
+    for &c in cols {
+        assert!(inputs[c as usize].len() >= n, "inputs cover the output");
+    }
+    for o in outs.iter() {
+        assert_eq!(o.len(), n, "outputs have one length");
+    }
+    if !n.is_multiple_of(4 * V) {
+        return group_product_body(m, cols, weights, inputs, outs, accumulate);
+    }
+    // the weights as doubles once, not once per block of coefficients
+    let wf: Vec<f64> = weights.iter().map(|&w| to_f64(w)).collect();
+    let (cv, mv) = (_mm256_set1_pd(C), _mm256_set1_pd(M));
+    let (magic, two52) = (_mm256_set1_epi64x(MAGIC as i64), _mm256_set1_pd(TWO52));
+    // a chunk of columns and the sums' starting values count LIMIT terms at most
+    let per_chunk = LIMIT as usize - 1;
+    const W: usize = 4 * V;
+    for start in (0..n).step_by(W) {
+        for (r0, rows) in (0..outs.len()).step_by(ROWS).zip(outs.chunks_mut(ROWS)) {
+            let live = rows.len();
+            let mut carry = [[0u64; W]; ROWS];
+            if accumulate {
+                for (c, row) in carry.iter_mut().zip(rows.iter()) {
+                    c.copy_from_slice(&row[start..start + W]);
+                }
+            }
+            for (ci, chunk) in cols.chunks(per_chunk).enumerate() {
+                let base = ci * per_chunk;
+                let mut hi = [[_mm256_castpd_si256(cv); V]; ROWS];
+                let mut lo: [[__m256i; V]; ROWS] = std::array::from_fn(|r| {
+                    std::array::from_fn(|v| {
+                        // SAFETY: carry[r] holds W = 4·V words
+                        let init = unsafe { _mm256_loadu_si256(carry[r][4 * v..].as_ptr().cast()) };
+                        _mm256_add_epi64(_mm256_castpd_si256(mv), init)
+                    })
+                });
+                for (e, &c) in chunk.iter().enumerate() {
+                    let input = inputs[c as usize];
+                    let x: [__m256d; V] = std::array::from_fn(|v| {
+                        // SAFETY: start + W ≤ n ≤ the input's length (asserted above)
+                        let raw =
+                            unsafe { _mm256_loadu_si256(input.as_ptr().add(start + 4 * v).cast()) };
+                        _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(raw, magic)), two52)
+                    });
+                    for r in 0..ROWS {
+                        // rows past the group's end reuse row 0's weight; never stored
+                        let row = if r < live { r0 + r } else { r0 };
+                        let w = _mm256_set1_pd(wf[row * nnz + base + e]);
+                        for v in 0..V {
+                            let t = _mm256_fmadd_pd(x[v], w, cv);
+                            let l = _mm256_fmsub_pd(x[v], w, _mm256_sub_pd(t, cv));
+                            hi[r][v] = _mm256_add_epi64(hi[r][v], _mm256_castpd_si256(t));
+                            lo[r][v] = _mm256_add_epi64(
+                                lo[r][v],
+                                _mm256_castpd_si256(_mm256_add_pd(l, mv)),
+                            );
+                        }
+                    }
+                }
+                let count = chunk.len() as u64 + 1;
+                for r in 0..live {
+                    let (mut h, mut l) = ([0u64; W], [0u64; W]);
+                    for v in 0..V {
+                        // SAFETY: 4 words each
+                        unsafe {
+                            _mm256_storeu_si256(h[4 * v..].as_mut_ptr().cast(), hi[r][v]);
+                            _mm256_storeu_si256(l[4 * v..].as_mut_ptr().cast(), lo[r][v]);
+                        }
+                    }
+                    for k in 0..W {
+                        let big = h[k].wrapping_sub(count.wrapping_mul(C.to_bits()));
+                        let low = l[k].wrapping_sub(count.wrapping_mul(M.to_bits())) as i64;
+                        let v = ((big as u128) << 52).wrapping_add(low as i128 as u128);
+                        carry[r][k] = m.reduce_u128(v);
+                    }
+                }
+            }
+            for (row, c) in rows.iter_mut().zip(&carry) {
+                row[start..start + W].copy_from_slice(c);
+            }
+        }
+    }
 }
 
 /// [`mac_pairs_body`] compiled for AVX2+FMA; the caller checked [`usable`].

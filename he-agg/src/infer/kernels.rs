@@ -336,6 +336,40 @@ mod tests {
     }
 
     #[test]
+    fn register_blocked_double_precision_groups_match_for_any_row_count() {
+        if crate::simd::Level::detected() < crate::simd::Level::Avx2 {
+            return;
+        }
+        let q = 2251799813554177u64;
+        let m = Modulus::new(q);
+        let a: Vec<Vec<u64>> = (0..40).map(|j| words(j, q, 40)).collect();
+        let inputs: Vec<&[u64]> = a.iter().map(|v| &v[..]).collect();
+        let cols: Vec<u32> = (0..40u32).step_by(3).collect();
+        // rows 1–7 cover whole and partial blocks of rows; 40 and 36 coefficients the
+        // vector path (blocks of 8) and the portable fallback
+        for rows in 1..=7 {
+            for n in [40, 36] {
+                let weights = words(rows as u64 + 77, q, rows * cols.len());
+                let inputs: Vec<&[u64]> = inputs.iter().map(|v| &v[..n]).collect();
+                for accumulate in [false, true] {
+                    let mut o1: Vec<Vec<u64>> = (0..rows).map(|r| words(r as u64, q, n)).collect();
+                    let mut o2 = o1.clone();
+                    let mut r1: Vec<&mut [u64]> = o1.iter_mut().map(|v| &mut v[..]).collect();
+                    let mut r2: Vec<&mut [u64]> = o2.iter_mut().map(|v| &mut v[..]).collect();
+                    super::super::float_mac::group_product(
+                        &m, &cols, &weights, &inputs, &mut r1, accumulate,
+                    );
+                    group_product_generic(&m, &cols, &weights, &inputs, &mut r2, accumulate);
+                    assert_eq!(
+                        o1, o2,
+                        "{rows} rows, {n} coefficients, accumulate {accumulate}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn lazy_sums_match_reduced_products() {
         // a 61-bit modulus forces intermediate reductions (63 products per u128)
         for q in [(1u64 << 61) - 1, 1_099_511_480_321] {
