@@ -29,6 +29,15 @@ fn to_f64(x: u64) -> f64 {
     f64::from_bits(x | MAGIC) - TWO52
 }
 
+/// The sum K·2^52 + L that running sums `hi` (Σ bits of t) and `lo` (Σ bits of l + M) of
+/// `count` terms (the starting value counted as one) hold.
+#[inline(always)]
+fn sum_value(count: u64, hi: u64, lo: u64) -> u128 {
+    let big = hi.wrapping_sub(count.wrapping_mul(C.to_bits()));
+    let low = lo.wrapping_sub(count.wrapping_mul(M.to_bits())) as i64;
+    ((big as u128) << 52).wrapping_add(low as i128 as u128)
+}
+
 /// Exact running sums of products for one block of coefficients.
 struct Acc {
     hi: [u64; BLOCK],
@@ -64,9 +73,7 @@ impl Acc {
     /// Σ x·y for the coefficient `k`, as a 128-bit value.
     #[inline(always)]
     fn value(&self, k: usize) -> u128 {
-        let big = self.hi[k].wrapping_sub(self.count.wrapping_mul(C.to_bits()));
-        let low = self.lo[k].wrapping_sub(self.count.wrapping_mul(M.to_bits())) as i64;
-        ((big as u128) << 52).wrapping_add(low as i128 as u128)
+        sum_value(self.count, self.hi[k], self.lo[k])
     }
 
     /// Counts a product row; folds every sum into its residue before the bounds are reached.
@@ -139,10 +146,63 @@ fn group_product_body(
     }
 }
 
+/// [`mac_pairs_body`] with the sums of 4·[`V`] coefficients in registers for the whole of a
+/// chunk of pairs (the portable body loads and stores them around every product).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn mac_pairs_avx2(m: &Modulus, pairs: &[(&[u64], &[u64])], out: &mut [u64]) {
-    mac_pairs_body(m, pairs, out)
+    use std::arch::x86_64::*;
+    const W: usize = 4 * V;
+    let n = out.len();
+    for (a, b) in pairs {
+        assert!(a.len() >= n && b.len() >= n, "pairs cover the output");
+    }
+    if !n.is_multiple_of(W) {
+        return mac_pairs_body(m, pairs, out);
+    }
+    let (cv, mv) = (_mm256_set1_pd(C), _mm256_set1_pd(M));
+    let (magic, two52) = (_mm256_set1_epi64x(MAGIC as i64), _mm256_set1_pd(TWO52));
+    let to_f64x4 = |p: *const u64| {
+        // SAFETY: the callers pass 4 readable words
+        let raw = unsafe { _mm256_loadu_si256(p.cast()) };
+        _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(raw, magic)), two52)
+    };
+    let per_chunk = LIMIT as usize - 1;
+    for start in (0..n).step_by(W) {
+        let mut carry = [0u64; W];
+        for chunk in pairs.chunks(per_chunk) {
+            let mut hi = [_mm256_castpd_si256(cv); V];
+            let mut lo: [__m256i; V] = std::array::from_fn(|v| {
+                // SAFETY: carry holds W = 4·V words
+                let init = unsafe { _mm256_loadu_si256(carry[4 * v..].as_ptr().cast()) };
+                _mm256_add_epi64(_mm256_castpd_si256(mv), init)
+            });
+            for (a, b) in chunk {
+                for v in 0..V {
+                    // start + W ≤ n ≤ both lengths (asserted above)
+                    let x = to_f64x4(a[start + 4 * v..].as_ptr());
+                    let y = to_f64x4(b[start + 4 * v..].as_ptr());
+                    let t = _mm256_fmadd_pd(x, y, cv);
+                    let l = _mm256_fmsub_pd(x, y, _mm256_sub_pd(t, cv));
+                    hi[v] = _mm256_add_epi64(hi[v], _mm256_castpd_si256(t));
+                    lo[v] = _mm256_add_epi64(lo[v], _mm256_castpd_si256(_mm256_add_pd(l, mv)));
+                }
+            }
+            let count = chunk.len() as u64 + 1;
+            let (mut h, mut l) = ([0u64; W], [0u64; W]);
+            for v in 0..V {
+                // SAFETY: 4 words each
+                unsafe {
+                    _mm256_storeu_si256(h[4 * v..].as_mut_ptr().cast(), hi[v]);
+                    _mm256_storeu_si256(l[4 * v..].as_mut_ptr().cast(), lo[v]);
+                }
+            }
+            for k in 0..W {
+                carry[k] = m.reduce_u128(sum_value(count, h[k], l[k]));
+            }
+        }
+        out[start..start + W].copy_from_slice(&carry);
+    }
 }
 
 /// Rows of a group whose sums are held in registers at once (each input vector loaded is used
@@ -247,10 +307,7 @@ unsafe fn group_product_avx2(
                         }
                     }
                     for k in 0..W {
-                        let big = h[k].wrapping_sub(count.wrapping_mul(C.to_bits()));
-                        let low = l[k].wrapping_sub(count.wrapping_mul(M.to_bits())) as i64;
-                        let v = ((big as u128) << 52).wrapping_add(low as i128 as u128);
-                        carry[r][k] = m.reduce_u128(v);
+                        carry[r][k] = m.reduce_u128(sum_value(count, h[k], l[k]));
                     }
                 }
             }
