@@ -111,6 +111,9 @@ impl Server {
             }
         }
         restored.items = store.model_items()?;
+        restored.pinned = store
+            .switch_set()?
+            .map(|(round, sum)| (round, sum.into_iter().collect()));
         for (h, rec) in store.parties()? {
             if rec.public_key_share.is_some() {
                 restored.key_shares.insert(h);

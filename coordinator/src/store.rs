@@ -250,6 +250,19 @@ impl Store {
         txn.commit().map_err(db_err)
     }
 
+    /// The sum whose switch a round began (hospital, weight), stored before the first switch
+    /// request leaves: switchers that switched it refuse any other sum of that round, so a
+    /// restarted coordinator must redo the round over exactly these hospitals.
+    pub fn switch_set(&self) -> Result<Option<(u64, Vec<(u32, u64)>)>, StoreError> {
+        self.get_meta("switch-set")?
+            .map(|v| dec(&v, "switch-set"))
+            .transpose()
+    }
+
+    pub fn set_switch_set(&self, round: u64, sum: &[(u32, u64)]) -> Result<(), StoreError> {
+        self.put_meta("switch-set", &enc(&(round, sum)))
+    }
+
     pub fn federation(&self) -> Result<Option<FederationId>, StoreError> {
         Ok(self
             .get_meta("federation")?

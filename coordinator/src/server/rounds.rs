@@ -123,6 +123,21 @@ impl Server {
         count: u32,
     ) {
         crate::crash_point::reached("switch-request", round);
+        // before any switcher can switch this sum: a restart redoes the round over exactly it
+        let sum: Vec<(u32, u64)> = contributions
+            .iter()
+            .map(|c| (c.hospital, c.weight))
+            .collect();
+        if let Err(e) = self.store.set_switch_set(round, &sum) {
+            let why = format!(
+                "round {round}'s switch cannot be recorded: {e}. Free the space or mend the disk \
+                 under {}, and start the coordinator again: it redoes round {round}",
+                self.store_path.display()
+            );
+            tracing::error!("{why}");
+            self.stop(why);
+            return;
+        }
         let body = Body::Federation(FederationMsg::SwitchRequest {
             attempt,
             active: active.clone(),

@@ -59,6 +59,11 @@ impl Engine {
         else {
             return;
         };
+        if let Some((r, set)) = &self.pinned
+            && r == round
+        {
+            return self.maybe_close_pinned(now, tick, set.clone(), out);
+        }
         let quorum = uploads.len() as u32 >= self.cfg.min_hospitals;
         let eligible: BTreeSet<u32> = self.eligible().into_iter().collect();
         // Plaintext runs have no key setup, which gathers every hospital before the encrypted
@@ -94,6 +99,76 @@ impl Engine {
             return;
         }
         let (round, uploads, order) = (*round, uploads.clone(), order.clone());
+        self.close(round, uploads, order, now, out);
+    }
+
+    /// A round redone after a restart whose switch had begun: it closes once every hospital
+    /// of that switch has sent its update again, over exactly those (others' updates are left
+    /// out: the switchers that switched the first sum refuse any other). A hospital of the set
+    /// that does not come back holds the round; it is audited once a minute past the deadline.
+    fn maybe_close_pinned(
+        &mut self,
+        now: Instant,
+        tick: bool,
+        set: BTreeMap<u32, u64>,
+        out: &mut Vec<Action>,
+    ) {
+        let Stage::Collecting {
+            round,
+            started,
+            uploads,
+            order,
+        } = &self.stage
+        else {
+            return;
+        };
+        let missing: Vec<u32> = set
+            .keys()
+            .filter(|h| !uploads.contains_key(h))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            let late = now.saturating_duration_since(*started) >= self.cfg.round_timeout;
+            let due = self
+                .quorum_audited
+                .is_none_or(|t| now.saturating_duration_since(t) >= QUORUM_AUDIT_EVERY);
+            if tick && late && due {
+                self.quorum_audited = Some(now);
+                out.push(Action::Audit {
+                    hospital: None,
+                    round: *round,
+                    event: "switch-set-missing",
+                    detail: format!(
+                        "the round's switch began over {:?} before a restart; waiting for {missing:?}",
+                        set.keys().collect::<Vec<_>>()
+                    ),
+                });
+            }
+            return;
+        }
+        let round = *round;
+        let kept: BTreeMap<u32, u64> = uploads
+            .iter()
+            .filter(|(h, _)| set.contains_key(h))
+            .map(|(&h, &w)| (h, w))
+            .collect();
+        let order: Vec<u32> = order
+            .iter()
+            .filter(|h| set.contains_key(h))
+            .copied()
+            .collect();
+        self.pinned = None;
+        self.close(round, kept, order, now, out);
+    }
+
+    fn close(
+        &mut self,
+        round: u64,
+        uploads: BTreeMap<u32, u64>,
+        order: Vec<u32>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         out.push(Action::Audit {
             hospital: None,
             round,

@@ -85,6 +85,8 @@ pub struct Engine {
     refused: BTreeSet<u32>,
     /// when the running round's missing quorum was last audited
     quorum_audited: Option<Instant>,
+    /// a round whose switch began before a restart, and the hospitals (weights) it began over
+    pinned: Option<(u64, BTreeMap<u32, u64>)>,
     /// the switchers of the last round delivered (they make the next round's flooding ahead)
     last_switchers: Vec<u32>,
     /// hospitals that (re)joined while a round was being delivered: that delivery may have
@@ -104,6 +106,9 @@ pub struct Restored {
     pub dealt: BTreeSet<u32>,
     pub setup_done: BTreeSet<u32>,
     pub items: Option<u32>,
+    /// The interrupted round's switch had begun over these hospitals (weights): the round is
+    /// redone over exactly them ([`crate::store::Store::switch_set`]).
+    pub pinned: Option<(u64, BTreeMap<u32, u64>)>,
 }
 
 impl Engine {
@@ -141,6 +146,9 @@ impl Engine {
             held: BTreeMap::new(),
             refused: BTreeSet::new(),
             quorum_audited: None,
+            pinned: restored
+                .pinned
+                .filter(|(r, _)| *r == restored.committed + 1),
             last_switchers: Vec::new(),
             joined_while_delivering: BTreeSet::new(),
         }
@@ -199,6 +207,14 @@ impl Engine {
                     Err(format!("a second update for round {round}"))
                 } else if !self.setup_done.contains(&hospital) {
                     Err("update before finishing setup".into())
+                } else if let Some((_, set)) = self.pinned.as_ref().filter(|(p, _)| *p == round)
+                    && !set.contains_key(&hospital)
+                {
+                    Err(format!(
+                        "round {round} is redone over the hospitals its switch began with before \
+                         the coordinator restarted ({:?}): this update is left out of it",
+                        set.keys().collect::<Vec<_>>()
+                    ))
                 } else {
                     Ok(())
                 }

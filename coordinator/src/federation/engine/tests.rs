@@ -73,6 +73,7 @@ fn set_up_before(n: u32, committed: u64) -> Restored {
         dealt: all.clone(),
         setup_done: all,
         items: Some(ITEMS),
+        pinned: None,
     }
 }
 
@@ -807,4 +808,80 @@ fn a_hospital_that_joins_again_while_a_round_is_delivered_is_sent_it_once_commit
         kinds(&next)
     );
     assert!(kinds(&next).contains(&"start-round"));
+}
+
+fn weights_requested(actions: &[Action]) -> Vec<(u32, u64)> {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::RequestSwitch { weights, .. } => Some(weights.clone()),
+            _ => None,
+        })
+        .expect("a switch request")
+}
+
+/// A coordinator restarted after round 5's switch began over hospitals 1–4 (the crash test
+/// under load: hospital 5 came back in time after the restart, collection closed over all five,
+/// and switchers that had switched the first sum refused the second, attempt after attempt).
+/// The redone round takes exactly 1–4 again, refuses 5's update, and waits past the deadline
+/// for a hospital of the set that is missing (audited), never closing over another set.
+#[test]
+fn a_round_whose_switch_began_before_a_restart_is_redone_over_exactly_its_hospitals() {
+    let now = Instant::now();
+    let set: BTreeMap<u32, u64> = (1..=4).map(|h| (h, 10 * h as u64)).collect();
+    let restored = Restored {
+        pinned: Some((5, set.clone())),
+        ..set_up_before(5, 4)
+    };
+    let mut e = Engine::new(cfg(5, 3, 4, 8), restored, now);
+    for h in [1, 2, 3, 5] {
+        e.handle(Event::Joined {
+            hospital: h,
+            last_round: 4,
+            items: ITEMS,
+            now,
+        });
+    }
+    let err = e.accepts_update(5, 5).unwrap_err();
+    assert!(err.contains("redone over the hospitals"), "{err}");
+    for h in [1, 2, 3] {
+        assert!(e.accepts_update(h, 5).is_ok());
+        let a = e.handle(Event::UpdateFolded {
+            hospital: h,
+            round: 5,
+            weight: 10 * h as u64,
+            now,
+        });
+        assert!(!kinds(&a).contains(&"request-switch"), "closed without 4");
+    }
+    // past the deadline, the quorum (4) would not close it either way; hospital 4 is awaited
+    let later = now + Duration::from_secs(120);
+    let a = e.handle(Event::Tick { now: later });
+    assert!(!kinds(&a).contains(&"request-switch"));
+    assert!(a.iter().any(|x| matches!(
+        x,
+        Action::Audit {
+            event: "switch-set-missing",
+            ..
+        }
+    )));
+    e.handle(Event::Joined {
+        hospital: 4,
+        last_round: 4,
+        items: ITEMS,
+        now: later,
+    });
+    let a = e.handle(Event::UpdateFolded {
+        hospital: 4,
+        round: 5,
+        weight: 40,
+        now: later,
+    });
+    assert_eq!(
+        weights_requested(&a),
+        set.into_iter().collect::<Vec<_>>(),
+        "the same sum as before the restart"
+    );
+    // the next round is an ordinary one
+    assert!(e.accepts_update(5, 6).is_err(), "round 6 has not started");
 }
