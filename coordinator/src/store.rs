@@ -54,6 +54,9 @@ fn db_err<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
+/// A round and the (hospital, weight) pairs of the sum its switch began over.
+pub type SwitchSet = (u64, Vec<(u32, u64)>);
+
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).expect("state records always serialize")
 }
@@ -250,10 +253,10 @@ impl Store {
         txn.commit().map_err(db_err)
     }
 
-    /// The sum whose switch a round began (hospital, weight), stored before the first switch
+    /// The sum whose switch a round began: the round and its (hospital, weight) pairs, stored before the first switch
     /// request leaves: switchers that switched it refuse any other sum of that round, so a
     /// restarted coordinator must redo the round over exactly these hospitals.
-    pub fn switch_set(&self) -> Result<Option<(u64, Vec<(u32, u64)>)>, StoreError> {
+    pub fn switch_set(&self) -> Result<Option<SwitchSet>, StoreError> {
         self.get_meta("switch-set")?
             .map(|v| dec(&v, "switch-set"))
             .transpose()
