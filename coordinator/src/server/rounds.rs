@@ -130,8 +130,9 @@ impl Server {
             .collect();
         if let Err(e) = self.store.set_switch_set(round, &sum) {
             let why = format!(
-                "round {round}'s switch cannot be recorded: {e}. Free the space or mend the disk \
-                 under {}, and start the coordinator again: it redoes round {round}",
+                "round {round} cannot be committed: its switch cannot be recorded: {e}. Free the \
+                 space or mend the disk under {}, and start the coordinator again: it redoes \
+                 round {round}",
                 self.store_path.display()
             );
             tracing::error!("{why}");
