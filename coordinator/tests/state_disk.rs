@@ -122,10 +122,12 @@ fn a_full_state_disk_stops_the_coordinator_with_its_reason_and_a_restart_with_sp
         eprintln!("{what}: {rounds:?}");
         rounds
     };
-    assert_eq!(
-        on_disk("rounds in the store on the full disk"),
-        (1..=kept).collect::<Vec<_>>(),
-        "every round committed before the disk filled is kept"
+    // redb may have made the failed round's commit durable before the disk refused a later
+    // write of it (its error then says nothing of the outcome): that round is kept too
+    let full = on_disk("rounds in the store on the full disk");
+    assert!(
+        full == (1..=kept).collect::<Vec<_>>() || full == (1..=kept + 1).collect::<Vec<_>>(),
+        "every round committed before the disk filled is kept, in order: {full:?} after {kept}"
     );
 
     // the operator frees space; the service starts again

@@ -167,9 +167,12 @@ impl Server {
                         Err(e) => {
                             let why = format!(
                                 "round {round} cannot be committed: {e:#}. The store keeps round \
-                                 {} and everything before it; free the space or mend the disk \
-                                 under {}, and start the coordinator again: it redoes round \
-                                 {round} with the hospitals",
+                                 {} and everything before it (and round {round} too if the disk \
+                                 failed after redb had made the commit durable: a commit that \
+                                 reports an I/O error may or may not have happened); free the \
+                                 space or mend the disk under {}, and start the coordinator \
+                                 again: it redoes round {round} with the hospitals, or delivers \
+                                 it if it was kept",
                                 round - 1,
                                 me.store_path.display(),
                             );
