@@ -9,19 +9,14 @@
 use std::time::{Duration, Instant};
 
 mod common;
-use common::serving_host::{infer_at, keyholder, labels_of, plaintext_labels, serve_collective};
-use common::{Procs, free_port, trained, wait_for_line};
+use common::serving_host::{
+    infer_at, keyholder, labels_of, plaintext_labels, serve_collective, trained_collective,
+};
+use common::{Procs, free_port, wait_for_line};
 
 #[test]
 fn a_serving_coordinator_killed_at_each_setup_boundary_serves_after_its_restart() {
-    let port = free_port();
-    let fed = trained(&common::collective_config().replace(
-        "round_timeout_s = 300",
-        &format!(
-            "round_timeout_s = 300\ncoordinator_address = \"127.0.0.1:{port}\"\n\
-             listen = \"127.0.0.1:{port}\""
-        ),
-    ));
+    let fed = trained_collective();
     let addr = format!("127.0.0.1:{}", free_port());
     let mut server = Procs(Vec::new());
     let mut keyholders = Procs(Vec::new());

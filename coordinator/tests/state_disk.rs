@@ -17,7 +17,7 @@ use coordinator::store::Store;
 
 mod common;
 use common::serving_host::{
-    infer_at, keyholder, labels_of, log_of, plaintext_labels, serve_collective,
+    infer_at, keyholder, labels_of, log_of, plaintext_labels, serve_collective, trained_collective,
 };
 use common::{
     Procs, committed_once, config, coordinator_bin, coordinator_logged, free_port,
@@ -241,14 +241,7 @@ fn a_full_state_disk_refuses_mode_a_requests_with_its_reason_and_serving_resumes
     let Some(disk) = Tmpfs::or_skip(1024) else {
         return;
     };
-    let port = free_port();
-    let fed = trained(&common::collective_config().replace(
-        "round_timeout_s = 300",
-        &format!(
-            "round_timeout_s = 300\ncoordinator_address = \"127.0.0.1:{port}\"\n\
-             listen = \"127.0.0.1:{port}\""
-        ),
-    ));
+    let fed = trained_collective();
     let addr = format!("127.0.0.1:{}", free_port());
     let log = fed.root.join("serve-disk.log");
     let mut server = Procs(vec![serve_collective(&fed, &addr, &log, Some(disk.path()))]);

@@ -74,6 +74,19 @@ pub async fn items(msg: &mut Incoming) -> Vec<Vec<u8>> {
     out
 }
 
+/// The mode (a) test federation (`collective_config`) trained on a port of its own, for the
+/// tests that then start `serve-inference --collective` themselves.
+pub fn trained_collective() -> Fed {
+    let port = super::free_port();
+    super::trained(&super::collective_config().replace(
+        "round_timeout_s = 300",
+        &format!(
+            "round_timeout_s = 300\ncoordinator_address = \"127.0.0.1:{port}\"\n\
+             listen = \"127.0.0.1:{port}\""
+        ),
+    ))
+}
+
 /// `coordinator serve-inference --collective` for `fed` at `addr`, its log in `log`, its state
 /// in `state_dir` when given (else in the kit).
 pub fn serve_collective(fed: &Fed, addr: &str, log: &Path, state_dir: Option<&Path>) -> Child {

@@ -23,6 +23,30 @@ pub(crate) struct Group<W = HostWeights> {
 /// A group's weights on the host: per limb, rows × columns words.
 pub(crate) type HostWeights = Vec<Vec<u64>>;
 
+/// The length of a group product's outputs, once the shapes fit: one weight per row and
+/// column, every input read covers the outputs, every output one length (checked by the
+/// vector kernels before they read with raw pointers).
+pub(crate) fn group_shape(
+    cols: &[u32],
+    weights: &[u64],
+    inputs: &[&[u64]],
+    outs: &[&mut [u64]],
+) -> usize {
+    let n = outs.first().map_or(0, |o| o.len());
+    assert_eq!(
+        weights.len(),
+        cols.len() * outs.len(),
+        "one weight per row and column"
+    );
+    for &c in cols {
+        assert!(inputs[c as usize].len() >= n, "inputs cover the output");
+    }
+    for o in outs {
+        assert_eq!(o.len(), n, "outputs have one length");
+    }
+    n
+}
+
 /// Groups rows (output index, integer-weighted entries) by their column lists.
 pub(crate) fn make_groups(
     ctx: &CkksContext,

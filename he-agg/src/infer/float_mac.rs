@@ -231,19 +231,8 @@ unsafe fn group_product_avx2(
     accumulate: bool,
 ) {
     use std::arch::x86_64::*;
-    let n = outs.first().map_or(0, |o| o.len());
+    let n = super::batched_ops::group_shape(cols, weights, inputs, outs);
     let nnz = cols.len();
-    assert_eq!(
-        weights.len(),
-        nnz * outs.len(),
-        "one weight per row and column"
-    );
-    for &c in cols {
-        assert!(inputs[c as usize].len() >= n, "inputs cover the output");
-    }
-    for o in outs.iter() {
-        assert_eq!(o.len(), n, "outputs have one length");
-    }
     if !n.is_multiple_of(4 * V) {
         return group_product_body(m, cols, weights, inputs, outs, accumulate);
     }

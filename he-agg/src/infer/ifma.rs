@@ -184,19 +184,8 @@ mod imp {
         accumulate: bool,
     ) {
         let k = Consts::new(m);
-        let n = outs.first().map_or(0, |o| o.len());
+        let n = super::super::batched_ops::group_shape(cols, weights, inputs, outs);
         let nnz = cols.len();
-        assert_eq!(
-            weights.len(),
-            nnz * outs.len(),
-            "one weight per row and column"
-        );
-        for &c in cols {
-            assert!(inputs[c as usize].len() >= n, "inputs cover the output");
-        }
-        for o in outs.iter() {
-            assert_eq!(o.len(), n, "outputs have one length");
-        }
         for start in (0..n).step_by(GROUP_BLOCK) {
             for (r0, rows) in (0..outs.len()).step_by(R).zip(outs.chunks_mut(R)) {
                 let z = _mm512_setzero_si512();
