@@ -25,6 +25,12 @@ impl Engine {
         }
     }
 
+    /// A stalled round is audited when it stalls and then once a minute, not every tick.
+    fn stall_audit_due(&self, now: Instant) -> bool {
+        self.quorum_audited
+            .is_none_or(|t| now.saturating_duration_since(t) >= QUORUM_AUDIT_EVERY)
+    }
+
     pub(super) fn start_round(&mut self, round: u64, now: Instant, out: &mut Vec<Action>) {
         self.quorum_audited = None;
         self.stage = Stage::Collecting {
@@ -79,11 +85,7 @@ impl Engine {
             !gathering && !eligible.is_empty() && eligible.iter().all(|h| uploads.contains_key(h));
         let late = now.saturating_duration_since(*started) >= self.cfg.round_timeout;
         if !(quorum && (everyone_in || late)) {
-            // a stalled round is audited when it stalls and then once a minute, not every tick
-            let due = self
-                .quorum_audited
-                .is_none_or(|t| now.saturating_duration_since(t) >= QUORUM_AUDIT_EVERY);
-            if tick && late && !quorum && due {
+            if tick && late && !quorum && self.stall_audit_due(now) {
                 self.quorum_audited = Some(now);
                 out.push(Action::Audit {
                     hospital: None,
@@ -129,10 +131,7 @@ impl Engine {
             .collect();
         if !missing.is_empty() {
             let late = now.saturating_duration_since(*started) >= self.cfg.round_timeout;
-            let due = self
-                .quorum_audited
-                .is_none_or(|t| now.saturating_duration_since(t) >= QUORUM_AUDIT_EVERY);
-            if tick && late && due {
+            if tick && late && self.stall_audit_due(now) {
                 self.quorum_audited = Some(now);
                 out.push(Action::Audit {
                     hospital: None,
