@@ -144,20 +144,22 @@ mod tests {
         }
     }
 
-    /// A store whose writes fail (its file made read-only under it, as a full or failing disk
-    /// does) refuses audit entries and keeps the served state; once writable again, the next
-    /// entry is written without a restart and the kept state is saved.
+    /// A store and its state directory in `dir`, with the federation they belong to.
+    fn disk_in(dir: &std::path::Path) -> (ServingDisk, PathBuf, FederationId) {
+        let path = dir.join("state.redb");
+        let fed = FederationId([9; 16]);
+        let store = Store::open(&path, fed).unwrap();
+        let disk = ServingDisk::new(store, path.clone(), dir.to_path_buf(), fed);
+        (disk, path, fed)
+    }
+
+    /// A served state whose file cannot be written (a folder stands where it goes, as a failing
+    /// disk refuses it) is kept while audit entries go on; once the file can be written, the
+    /// next entry saves it without a restart.
     #[test]
     fn a_failed_write_is_reported_and_the_store_comes_back_with_the_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.redb");
-        let fed = FederationId([9; 16]);
-        let disk = ServingDisk::new(
-            Store::open(&path, fed).unwrap(),
-            path.clone(),
-            dir.path().to_path_buf(),
-            fed,
-        );
+        let (disk, path, fed) = disk_in(dir.path());
         disk.audit(Some(1), "inference-request", "request 1")
             .unwrap();
         // the state's file cannot be written: a folder stands where it goes
@@ -217,14 +219,7 @@ mod tests {
             }
         }
         let _unmount = Unmount(dir.path());
-        let path = dir.path().join("state.redb");
-        let fed = FederationId([9; 16]);
-        let disk = ServingDisk::new(
-            Store::open(&path, fed).unwrap(),
-            path.clone(),
-            dir.path().to_path_buf(),
-            fed,
-        );
+        let (disk, path, fed) = disk_in(dir.path());
         disk.audit(Some(1), "inference-request", "before").unwrap();
         let filler = dir.path().join("filler");
         let mut f = std::fs::File::create(&filler).unwrap();
