@@ -25,7 +25,8 @@ pub(crate) type HostWeights = Vec<Vec<u64>>;
 
 /// The length of a group product's outputs, once the shapes fit: one weight per row and
 /// column, every input read covers the outputs, every output one length (checked by the
-/// vector kernels before they read with raw pointers).
+/// vector kernels before they read with raw pointers; x86 only has them).
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn group_shape(
     cols: &[u32],
     weights: &[u64],
