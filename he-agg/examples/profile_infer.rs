@@ -2,7 +2,9 @@
 //!     cargo run --release -p he-agg --example profile_infer -- b 50     # mode (b), 50 runs
 //!     cargo run --release -p he-agg --example profile_infer -- a 20     # mode (a)
 //!     cargo run --release -p he-agg --example profile_infer -- batched 1
-//! Default network (random weights), default parameter policy, all threads.
+//!     cargo run --release -p he-agg --example profile_infer -- b 3 NET.json  # a network file
+//! Default network (random weights) unless a file is named, default parameter policy, all
+//! threads. A plan cut into segments is refreshed here, by the key's holder, between them.
 
 #[global_allocator]
 static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
@@ -10,6 +12,7 @@ static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
 use std::time::Instant;
 
 use he_agg::ckks::CkksContext;
+use he_agg::infer::refresh::renew;
 use he_agg::infer::{
     BatchedModel, BatchedSpec, Conv2d, Dense, InferencePlan, Layer, Model, Network, ParamPolicy,
 };
@@ -28,7 +31,24 @@ fn main() {
     let reps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);
     let s = &mut 1u64;
     let mut v = |n: usize, k: f32| -> Vec<f32> { (0..n).map(|_| lcg(s) * k).collect() };
-    let net = Network::new(
+    let file = args
+        .get(3)
+        .map(|p| he_agg::infer::NetworkFile::read_json(std::path::Path::new(p)).expect("network"));
+    let net = match &file {
+        Some(f) => f.network.clone(),
+        None => default_network(&mut v),
+    };
+    // a file's network is deep: an image near its normalisation's mean keeps it finite
+    let x = if file.is_some() {
+        v(net.input_len(), 0.05)
+    } else {
+        v(784, 1.0)
+    };
+    run(mode, reps, &net, &x);
+}
+
+fn default_network(v: &mut impl FnMut(usize, f32) -> Vec<f32>) -> Network {
+    Network::new(
         [1, 28, 28],
         vec![
             Layer::Conv2d(Conv2d {
@@ -56,19 +76,21 @@ fn main() {
             }),
         ],
     )
-    .expect("valid network");
-    let x = v(784, 1.0);
+    .expect("valid network")
+}
+
+fn run(mode: &str, reps: usize, net: &Network, x: &[f32]) {
     let policy = ParamPolicy::default();
     if mode == "batched" {
-        let spec = BatchedSpec::new(&net, &policy).expect("spec");
+        let spec = BatchedSpec::new(net, &policy).expect("spec");
         let ctx = CkksContext::new(spec.parameters().clone()).expect("context");
-        let model = BatchedModel::new(&net, &ctx).expect("model");
+        let model = BatchedModel::new(net, &ctx).expect("model");
         let mut kg = ctx.key_generator().expect("rng");
         let sk = kg.secret_key();
         let rlk = kg.relinearization_key(&sk);
         let eval = ctx.evaluator(Some(&rlk), None).expect("evaluator");
         let mut enc = ctx.sk_encryptor(&sk).expect("encryptor");
-        let images = vec![&x[..]; spec.batch_size()];
+        let images = vec![x; spec.batch_size()];
         let cts: Vec<_> = spec
             .encode_inputs(&ctx, &images)
             .expect("encode")
@@ -82,7 +104,7 @@ fn main() {
         }
         return;
     }
-    let plan = InferencePlan::new(&net, &policy).expect("plan");
+    let plan = InferencePlan::new(net, &policy).expect("plan");
     for st in plan.stage_info() {
         println!("{st:?}");
     }
@@ -101,7 +123,7 @@ fn main() {
     };
     let ct: Vec<_> = plan
         .spec()
-        .encode_input(&ctx, &x)
+        .encode_input(&ctx, x)
         .expect("encode")
         .iter()
         .map(|p| enc.encrypt(p))
@@ -109,7 +131,13 @@ fn main() {
     let mut times = Vec::new();
     for _ in 0..reps {
         let t = Instant::now();
-        std::hint::black_box(model.evaluate(&eval, &ct).expect("evaluate"));
+        let top = plan.spec().input_level();
+        let dec = ctx.decryptor(&sk).expect("decryptor");
+        std::hint::black_box(
+            model
+                .evaluate_refreshed(&eval, &ct, |_, c| renew(&ctx, &dec, &mut enc, &c, top))
+                .expect("evaluate"),
+        );
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);

@@ -495,8 +495,10 @@ impl Evaluator {
         let basis = self.basis(level);
         let ring = rlwe.ring();
         let dec = rlwe.decompose(&a.parts[1], level)?;
+        // one rotation per thread: each one's limb-wise passes are too short to share well
+        use rayon::prelude::*;
         elements
-            .iter()
+            .par_iter()
             .map(|&g| {
                 if g == 1 {
                     return Ok(a.clone());

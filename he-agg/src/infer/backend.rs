@@ -7,6 +7,9 @@ use crate::ckks::{Ciphertext, CkksContext, Evaluator, Plaintext};
 use super::error::InferError;
 use super::kernels;
 
+/// A giant step's products: its rotated inputs and their weights, one each.
+pub(crate) type GiantProducts<'a, C, P> = (Vec<&'a C>, Vec<&'a P>);
+
 /// The operations of one encrypted inference.
 pub(crate) trait Backend: Sync {
     type Ct: Send + Sync;
@@ -21,6 +24,17 @@ pub(crate) trait Backend: Sync {
     fn rotate(&self, x: &Self::Ct, step: i64) -> Result<Self::Ct, InferError>;
     /// Σ xs ⊙ ws (degree 1), not rescaled.
     fn dot_plain(&self, xs: &[&Self::Ct], ws: &[&Self::Pt]) -> Result<Self::Ct, InferError>;
+    /// [`Backend::dot_plain`] of every giant step of a map (`giants[g]` = its inputs and
+    /// weights); one after another unless the backend does better.
+    fn dot_plain_giants(
+        &self,
+        giants: &[GiantProducts<'_, Self::Ct, Self::Pt>],
+    ) -> Result<Vec<Self::Ct>, InferError> {
+        giants
+            .iter()
+            .map(|(xs, ws)| self.dot_plain(xs, ws))
+            .collect()
+    }
     /// Σ xs ⊗ ws (degree 2), not rescaled.
     fn dot_cipher(&self, xs: &[&Self::Ct], ws: &[&Self::Ct]) -> Result<Self::Ct, InferError>;
     fn rescale(&self, x: Self::Ct) -> Result<Self::Ct, InferError>;
@@ -94,6 +108,30 @@ impl Backend for CpuBackend<'_> {
             parts: kernels::dot_plain(self.ctx, x0.level(), xs, &polys),
             scale: x0.scale * w0.scale,
         })
+    }
+    fn dot_plain_giants(
+        &self,
+        giants: &[GiantProducts<'_, Ciphertext, Plaintext>],
+    ) -> Result<Vec<Ciphertext>, InferError> {
+        let mut level = None;
+        let mut scales = Vec::with_capacity(giants.len());
+        let mut polys = Vec::with_capacity(giants.len());
+        for (xs, ws) in giants {
+            let (x0, w0) = first(xs, ws)?;
+            if *level.get_or_insert(x0.level()) != x0.level() {
+                return Err(InferError::ModelMismatch("giant steps at different levels"));
+            }
+            scales.push(x0.scale * w0.scale);
+            polys.push((xs.clone(), ws.iter().map(|w| &w.poly).collect::<Vec<_>>()));
+        }
+        let Some(level) = level else {
+            return Ok(Vec::new());
+        };
+        Ok(kernels::dot_plain_giants(self.ctx, level, &polys)
+            .into_iter()
+            .zip(scales)
+            .map(|(parts, scale)| Ciphertext { parts, scale })
+            .collect())
     }
     fn dot_cipher(&self, xs: &[&Ciphertext], ws: &[&Ciphertext]) -> Result<Ciphertext, InferError> {
         let (x0, w0) = first(xs, ws)?;

@@ -6,7 +6,9 @@ use rayon::prelude::*;
 
 use super::backend::{Backend, CpuBackend};
 use super::error::InferError;
-use super::model::{LinearOps, Model, ModelStage, Operand, Scalar, Shift, check_segment_inputs};
+use super::model::{
+    GiantOps, LinearOps, Model, ModelStage, Operand, Scalar, Shift, check_segment_inputs,
+};
 use crate::ckks::{Ciphertext, Evaluator};
 
 /// f(0..n), on many threads when the backend allows.
@@ -20,6 +22,55 @@ fn each<B: Backend, R: Send>(
     } else {
         (0..n).map(f).collect()
     }
+}
+
+/// f(i, item) for every item, on many threads when the backend allows.
+fn each_owned<B: Backend, T: Send, R: Send>(
+    b: &B,
+    items: Vec<T>,
+    f: impl Fn(usize, T) -> Result<R, InferError> + Sync + Send,
+) -> Result<Vec<R>, InferError> {
+    if b.parallel() {
+        items
+            .into_par_iter()
+            .enumerate()
+            .map(|(i, t)| f(i, t))
+            .collect()
+    } else {
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| f(i, t))
+            .collect()
+    }
+}
+
+/// A giant step's rotated inputs, one per product.
+fn giant_inputs<'a, P, C>(
+    rotated: &'a [Vec<Option<C>>],
+    g: &GiantOps<P, C>,
+) -> Result<Vec<&'a C>, InferError> {
+    g.terms
+        .iter()
+        .map(|t| {
+            rotated
+                .get(t.input)
+                .and_then(|r| r.get(t.baby))
+                .and_then(Option::as_ref)
+                .ok_or(InferError::ModelMismatch("a baby rotation was not made"))
+        })
+        .collect()
+}
+
+/// A giant step's weights when all are plaintexts.
+fn plain_weights<P, C>(g: &GiantOps<P, C>) -> Option<Vec<&P>> {
+    g.terms
+        .iter()
+        .map(|t| match &t.weight {
+            Operand::Plain(p) => Some(p),
+            Operand::Cipher(_) => None,
+        })
+        .collect()
 }
 
 impl Model {
@@ -170,48 +221,37 @@ fn linear<B: Backend>(
         }
         Ok(out)
     })?;
-    let partial: Vec<B::Ct> = each(b, giants.len(), |gi| {
-        let g = &giants[gi];
-        let xs: Vec<&B::Ct> = g
-            .terms
-            .iter()
-            .map(|t| {
-                rotated
-                    .get(t.input)
-                    .and_then(|r| r.get(t.baby))
-                    .and_then(Option::as_ref)
-                    .ok_or(InferError::ModelMismatch("a baby rotation was not made"))
-            })
-            .collect::<Result<_, _>>()?;
-        let acc = match g.terms.first().map(|t| &t.weight) {
-            Some(Operand::Plain(_)) => {
-                let ws = g
-                    .terms
-                    .iter()
-                    .map(|t| match &t.weight {
-                        Operand::Plain(p) => Ok(p),
-                        Operand::Cipher(_) => Err(InferError::ModelMismatch("mixed")),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                b.dot_plain(&xs, &ws)?
+    // plaintext weights: every giant step's products in one pass over the rotations
+    let sums: Vec<B::Ct> = match giants.iter().map(plain_weights).collect::<Option<Vec<_>>>() {
+        Some(ws) if !giants.is_empty() => {
+            let pairs = giants
+                .iter()
+                .zip(ws)
+                .map(|(g, w)| Ok((giant_inputs(&rotated, g)?, w)))
+                .collect::<Result<Vec<_>, InferError>>()?;
+            b.dot_plain_giants(&pairs)?
+        }
+        _ => each(b, giants.len(), |gi| {
+            let g = &giants[gi];
+            let ws = g
+                .terms
+                .iter()
+                .map(|t| match &t.weight {
+                    Operand::Cipher(c) => Ok(c),
+                    Operand::Plain(_) => Err(InferError::ModelMismatch("mixed")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if ws.is_empty() {
+                return Err(InferError::ModelMismatch("a giant step without products"));
             }
-            Some(Operand::Cipher(_)) => {
-                let ws = g
-                    .terms
-                    .iter()
-                    .map(|t| match &t.weight {
-                        Operand::Cipher(c) => Ok(c),
-                        Operand::Plain(_) => Err(InferError::ModelMismatch("mixed")),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                b.dot_cipher(&xs, &ws)?
-            }
-            None => return Err(InferError::ModelMismatch("a giant step without products")),
-        };
+            b.dot_cipher(&giant_inputs(&rotated, g)?, &ws)
+        })?,
+    };
+    let partial: Vec<B::Ct> = each_owned(b, sums, |gi, acc| {
         // rescale first: the relinearization and rotation then run one level lower
         let mut acc = b.relinearize(b.rescale_step(acc, k)?)?;
-        if g.step != 0 {
-            acc = b.rotate(&acc, g.step)?;
+        if giants[gi].step != 0 {
+            acc = b.rotate(&acc, giants[gi].step)?;
         }
         Ok(acc)
     })?;

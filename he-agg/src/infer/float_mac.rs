@@ -146,18 +146,24 @@ fn group_product_body(
     }
 }
 
-/// [`mac_pairs_body`] with the sums of 4·[`V`] coefficients in registers for the whole of a
-/// chunk of pairs (the portable body loads and stores them around every product).
+/// Coefficients whose running sums [`mac_pairs_stream_avx2`] keeps in L1 (2 × 2 KB).
+#[cfg(target_arch = "x86_64")]
+const STREAM: usize = 256;
+
+/// [`mac_pairs_body`] pair by pair: the sums of [`STREAM`] coefficients stay in L1 while each
+/// pair's words are read in one contiguous run. A map's diagonals stream from memory (a
+/// ResNet's are gigabytes), and one pass per 8 coefficients over every pair, as the sums in
+/// registers need, touches as many memory streams as there are pairs — more than the hardware
+/// prefetchers follow, so every diagonal's load waited on memory.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn mac_pairs_avx2(m: &Modulus, pairs: &[(&[u64], &[u64])], out: &mut [u64]) {
+unsafe fn mac_pairs_stream_avx2(m: &Modulus, pairs: &[(&[u64], &[u64])], out: &mut [u64]) {
     use std::arch::x86_64::*;
-    const W: usize = 4 * V;
     let n = out.len();
     for (a, b) in pairs {
         assert!(a.len() >= n && b.len() >= n, "pairs cover the output");
     }
-    if !n.is_multiple_of(W) {
+    if !n.is_multiple_of(4) {
         return mac_pairs_body(m, pairs, out);
     }
     let (cv, mv) = (_mm256_set1_pd(C), _mm256_set1_pd(M));
@@ -168,20 +174,25 @@ unsafe fn mac_pairs_avx2(m: &Modulus, pairs: &[(&[u64], &[u64])], out: &mut [u64
         _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(raw, magic)), two52)
     };
     let per_chunk = LIMIT as usize - 1;
-    for start in (0..n).step_by(W) {
-        let mut carry = [0u64; W];
+    let mut hi = [_mm256_setzero_si256(); STREAM / 4];
+    let mut lo = [_mm256_setzero_si256(); STREAM / 4];
+    let mut carry = [0u64; STREAM];
+    for start in (0..n).step_by(STREAM) {
+        let len = STREAM.min(n - start);
+        let vectors = len / 4;
+        carry[..len].fill(0);
         for chunk in pairs.chunks(per_chunk) {
-            let mut hi = [_mm256_castpd_si256(cv); V];
-            let mut lo: [__m256i; V] = std::array::from_fn(|v| {
-                // SAFETY: carry holds W = 4·V words
+            for v in 0..vectors {
+                hi[v] = _mm256_castpd_si256(cv);
+                // SAFETY: carry holds STREAM ≥ 4·(v + 1) words
                 let init = unsafe { _mm256_loadu_si256(carry[4 * v..].as_ptr().cast()) };
-                _mm256_add_epi64(_mm256_castpd_si256(mv), init)
-            });
+                lo[v] = _mm256_add_epi64(_mm256_castpd_si256(mv), init);
+            }
             for (a, b) in chunk {
-                for v in 0..V {
-                    // start + W ≤ n ≤ both lengths (asserted above)
-                    let x = to_f64x4(a[start + 4 * v..].as_ptr());
-                    let y = to_f64x4(b[start + 4 * v..].as_ptr());
+                let (a, b) = (&a[start..start + len], &b[start..start + len]);
+                for v in 0..vectors {
+                    let x = to_f64x4(a[4 * v..].as_ptr());
+                    let y = to_f64x4(b[4 * v..].as_ptr());
                     let t = _mm256_fmadd_pd(x, y, cv);
                     let l = _mm256_fmsub_pd(x, y, _mm256_sub_pd(t, cv));
                     hi[v] = _mm256_add_epi64(hi[v], _mm256_castpd_si256(t));
@@ -189,19 +200,19 @@ unsafe fn mac_pairs_avx2(m: &Modulus, pairs: &[(&[u64], &[u64])], out: &mut [u64
                 }
             }
             let count = chunk.len() as u64 + 1;
-            let (mut h, mut l) = ([0u64; W], [0u64; W]);
-            for v in 0..V {
+            let (mut h, mut l) = ([0u64; 4], [0u64; 4]);
+            for v in 0..vectors {
                 // SAFETY: 4 words each
                 unsafe {
-                    _mm256_storeu_si256(h[4 * v..].as_mut_ptr().cast(), hi[v]);
-                    _mm256_storeu_si256(l[4 * v..].as_mut_ptr().cast(), lo[v]);
+                    _mm256_storeu_si256(h.as_mut_ptr().cast(), hi[v]);
+                    _mm256_storeu_si256(l.as_mut_ptr().cast(), lo[v]);
+                }
+                for k in 0..4 {
+                    carry[4 * v + k] = m.reduce_u128(sum_value(count, h[k], l[k]));
                 }
             }
-            for k in 0..W {
-                carry[k] = m.reduce_u128(sum_value(count, h[k], l[k]));
-            }
         }
-        out[start..start + W].copy_from_slice(&carry);
+        out[start..start + len].copy_from_slice(&carry[..len]);
     }
 }
 
@@ -312,7 +323,7 @@ pub(crate) fn mac_pairs(m: &Modulus, pairs: &[(&[u64], &[u64])], out: &mut [u64]
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `usable` checked the level, which set_level keeps within the CPU's (AVX2, FMA)
     unsafe {
-        mac_pairs_avx2(m, pairs, out)
+        mac_pairs_stream_avx2(m, pairs, out)
     }
     #[cfg(not(target_arch = "x86_64"))]
     mac_pairs_body(m, pairs, out)

@@ -20,13 +20,21 @@ fn mac_limb(m: &Modulus, pairs: &[(&[u64], &[u64])], out: &mut [u64]) {
     mac_limb_generic(m, pairs, out)
 }
 
+/// Coefficients per block of [`mac_limb_generic`]: each pair's words are read in runs of 2 KB
+/// (a map's diagonals stream from memory; shorter runs jumping between many pairs leave the
+/// hardware prefetchers behind) while the 4 KB of sums stay in L1.
+const PAIR_BLOCK: usize = 256;
+
 fn mac_limb_generic(m: &Modulus, pairs: &[(&[u64], &[u64])], out: &mut [u64]) {
     let q1 = (m.value() - 1) as u128;
     // products that fit in a u128 beside one reduced value
     let limit = (u128::MAX / (q1 * q1).max(1) - 1).clamp(1, 1 << 20) as usize;
-    for (start, chunk) in (0..out.len()).step_by(BLOCK).zip(out.chunks_mut(BLOCK)) {
+    for (start, chunk) in (0..out.len())
+        .step_by(PAIR_BLOCK)
+        .zip(out.chunks_mut(PAIR_BLOCK))
+    {
         let len = chunk.len();
-        let mut acc = [0u128; BLOCK];
+        let mut acc = [0u128; PAIR_BLOCK];
         let mut count = 0usize;
         for (a, b) in pairs {
             let (a, b) = (&a[start..start + len], &b[start..start + len]);
@@ -70,6 +78,79 @@ pub(crate) fn dot_plain(
     let second = out.slice_limbs(level..2 * level);
     out.truncate(level);
     vec![out, second]
+}
+
+/// Coefficients of every limb a task of [`dot_plain_giants`] owns.
+const TASK: usize = 2048;
+/// Coefficients of a pass over every giant step: the baby rotations' words of one pass
+/// (babies × 2 parts × 256 × 8 bytes: 180 KB for 44 babies) stay in L2 while each giant step's
+/// diagonals stream through once.
+const PASS: usize = 256;
+
+/// [`dot_plain`] for every giant step of a map at once: `giants[g]` = (its rotated inputs, its
+/// diagonals), all at `level`; one two-part sum per giant step.
+///
+/// One giant step after another, each streams its baby rotations from memory again (a map of
+/// 21 giant steps over 44 babies reads every rotation 21 times); here each pass over
+/// [`PASS`] coefficients reads the rotations once from memory and every giant step's
+/// diagonals once, and the babies' words are reused from cache by all the giant steps.
+pub(crate) fn dot_plain_giants(
+    ctx: &CkksContext,
+    level: usize,
+    giants: &[(Vec<&Ciphertext>, Vec<&Poly>)],
+) -> Vec<Vec<Poly>> {
+    let ring = ctx.rlwe().ring();
+    let n = ctx.n();
+    let task = TASK.min(n);
+    let mut outs: Vec<[Poly; 2]> = giants
+        .iter()
+        .map(|_| [Poly::zero(n, level), Poly::zero(n, level)])
+        .collect();
+    // every task's slices of every output: task t = limb · (n / task) + chunk, its outputs in
+    // giant-major, part-minor order
+    let per_limb = n / task;
+    let mut tasks: Vec<Vec<&mut [u64]>> = (0..level * per_limb)
+        .map(|_| Vec::with_capacity(2 * giants.len()))
+        .collect();
+    for parts in &mut outs {
+        for part in parts.iter_mut() {
+            for (t, slice) in part.data_mut().chunks_mut(task).enumerate() {
+                tasks[t].push(slice);
+            }
+        }
+    }
+    let work = |t: usize, outs: &mut Vec<&mut [u64]>| {
+        let (i, start) = (t / per_limb, (t % per_limb) * task);
+        let m = ring.modulus(i);
+        let mut pairs: Vec<(&[u64], &[u64])> = Vec::new();
+        for from in (0..task).step_by(PASS) {
+            let to = (from + PASS).min(task);
+            let (a, b) = (start + from, start + to);
+            for (g, (xs, ws)) in giants.iter().enumerate() {
+                for part in 0..2 {
+                    pairs.clear();
+                    pairs.extend(
+                        xs.iter()
+                            .zip(ws)
+                            .map(|(x, w)| (&x.parts[part].limb(i)[a..b], &w.limb(i)[a..b])),
+                    );
+                    mac_limb(m, &pairs, &mut outs[2 * g + part][from..to]);
+                }
+            }
+        }
+    };
+    if rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        tasks
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(t, mut o)| work(t, &mut o));
+    } else {
+        for (t, mut o) in tasks.into_iter().enumerate() {
+            work(t, &mut o);
+        }
+    }
+    outs.into_iter().map(|[a, b]| vec![a, b]).collect()
 }
 
 /// Σ_b xs[b] ⊗ ws[b] for degree-1 ciphertexts: the three parts of the degree-2 result.
@@ -280,6 +361,67 @@ mod tests {
             o3[1],
             o1[1].iter().map(|&v| m.sub(v, 7)).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn pair_sums_match_the_generic_kernel_over_and_between_blocks() {
+        // whole and partial blocks of 256 coefficients, and a length that is not a multiple of
+        // 4 (the portable fallback)
+        let q = 2251799813554177u64;
+        let m = Modulus::new(q);
+        for n in [4, 300, 612, 1030] {
+            let a: Vec<Vec<u64>> = (0..37).map(|j| words(j, q, n)).collect();
+            let b: Vec<Vec<u64>> = (0..37).map(|j| words(j + 77, q, n)).collect();
+            let pairs: Vec<(&[u64], &[u64])> =
+                a.iter().zip(&b).map(|(x, y)| (&x[..], &y[..])).collect();
+            let (mut fast, mut slow) = (vec![0u64; n], vec![0u64; n]);
+            mac_limb(&m, &pairs, &mut fast);
+            mac_limb_generic(&m, &pairs, &mut slow);
+            assert_eq!(fast, slow, "n = {n}");
+            let k = n - 1;
+            let want = (0..37).fold(0, |acc, j| m.add(acc, m.mul(a[j][k], b[j][k])));
+            assert_eq!(slow[k], want, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn every_giant_step_at_once_equals_each_one_alone() {
+        use crate::ckks::Parameters;
+        // 59-bit limbs (the generic kernel) beside 40-bit ones (the vector kernels); N = 2^12:
+        // two tasks per limb, each of several passes
+        let params = Parameters::insecure_for_tests(12, &[59, 59, 40, 40], &[59], 4, 40.0).unwrap();
+        let ctx = CkksContext::new(params).unwrap();
+        let mut kg = ctx.key_generator().unwrap();
+        let sk = kg.secret_key();
+        let mut enc = ctx.sk_encryptor(&sk).unwrap();
+        let level = 3;
+        let value = |i: usize, j: usize| Complex::new(((i * 31 + j * 7) % 13) as f64 - 6.0, 0.0);
+        let cts: Vec<Ciphertext> = (0..5)
+            .map(|i| {
+                let v: Vec<Complex> = (0..ctx.slots()).map(|j| value(i, j)).collect();
+                enc.encrypt(&ctx.encode(&v, level, ctx.default_scale()).unwrap())
+            })
+            .collect();
+        let pts: Vec<Poly> = (0..7)
+            .map(|i| {
+                let v: Vec<Complex> = (0..ctx.slots()).map(|j| value(i + 5, j)).collect();
+                ctx.encode(&v, level, ctx.default_scale()).unwrap().poly
+            })
+            .collect();
+        // three giant steps over overlapping inputs, one of them a single product
+        let giants: Vec<(Vec<&Ciphertext>, Vec<&Poly>)> = vec![
+            (cts.iter().collect(), pts[..5].iter().collect()),
+            (
+                vec![&cts[4], &cts[0], &cts[2]],
+                vec![&pts[6], &pts[5], &pts[0]],
+            ),
+            (vec![&cts[3]], vec![&pts[2]]),
+        ];
+        let all = dot_plain_giants(&ctx, level, &giants);
+        assert_eq!(all.len(), 3);
+        for ((xs, ws), got) in giants.iter().zip(&all) {
+            assert_eq!(*got, dot_plain(&ctx, level, xs, ws));
+        }
     }
 
     #[test]
