@@ -19,6 +19,8 @@ pub struct BasisExtender {
     inv_punctured: [Vec<ShoupConst>; 2],
     /// [B/b_i]_t for every ring modulus t (row t, column i).
     punctured_mod: Vec<Vec<u64>>,
+    /// The same prepared for Shoup's multiplication by t.
+    punctured_shoup: Vec<Vec<ShoupConst>>,
 }
 
 impl BasisExtender {
@@ -47,7 +49,7 @@ impl BasisExtender {
                 .map(|(&i, &v)| moduli[i].shoup(moduli[i].mul(v, ring.n_inv(i).w)))
                 .collect(),
         ];
-        let punctured_mod = moduli
+        let punctured_mod: Vec<Vec<u64>> = moduli
             .iter()
             .map(|t| {
                 source
@@ -61,10 +63,16 @@ impl BasisExtender {
                     .collect()
             })
             .collect();
+        let punctured_shoup = moduli
+            .iter()
+            .zip(&punctured_mod)
+            .map(|(t, row)| row.iter().map(|&w| t.shoup(w)).collect())
+            .collect();
         Self {
             source: source.to_vec(),
             inv_punctured,
             punctured_mod,
+            punctured_shoup,
         }
     }
 
@@ -125,12 +133,57 @@ impl BasisExtender {
             }
             return;
         }
-        let row = &self.punctured_mod[target];
         let rows: Vec<&[u64]> = (0..m).map(|i| y.limb(i)).collect();
+        if 2 * m as u128 * t.value() as u128 <= u64::MAX as u128 {
+            self.extend_limb_shoup(t, &rows, target, out)
+        } else {
+            self.extend_limb_wide(t, &rows, target, out)
+        }
+    }
+
+    /// [`BasisExtender::extend_limb`] for 2·m·t < 2^64: each term by Shoup's multiplication,
+    /// below 2t, so their sum fits a word and is reduced once — no 128-bit sums and no 128-bit
+    /// reduction per coefficient (a fifth of a key switch went to the latter at N = 2^14).
+    pub(super) fn extend_limb_shoup(
+        &self,
+        t: &Modulus,
+        rows: &[&[u64]],
+        target: usize,
+        out: &mut [u64],
+    ) {
+        let row = &self.punctured_shoup[target];
+        if let ([r0, r1, r2], [w0, w1, w2]) = (rows, &row[..]) {
+            // the usual three special primes, unrolled
+            for (k, o) in out.iter_mut().enumerate() {
+                let s = t.mul_shoup_lazy(r0[k], *w0)
+                    + t.mul_shoup_lazy(r1[k], *w1)
+                    + t.mul_shoup_lazy(r2[k], *w2);
+                *o = t.reduce(s);
+            }
+            return;
+        }
+        for (k, o) in out.iter_mut().enumerate() {
+            let s = row
+                .iter()
+                .zip(rows)
+                .fold(0u64, |s, (&w, r)| s + t.mul_shoup_lazy(r[k], w));
+            *o = t.reduce(s);
+        }
+    }
+
+    /// [`BasisExtender::extend_limb`] by 128-bit sums, for any number of source moduli.
+    pub(super) fn extend_limb_wide(
+        &self,
+        t: &Modulus,
+        rows: &[&[u64]],
+        target: usize,
+        out: &mut [u64],
+    ) {
+        let row = &self.punctured_mod[target];
         // products are < 2^124, so 15 of them fit in a u128 before a reduction
         for (k, o) in out.iter_mut().enumerate() {
             let mut acc: u128 = 0;
-            for (i, (&w, r)) in row.iter().zip(&rows).enumerate() {
+            for (i, (&w, r)) in row.iter().zip(rows).enumerate() {
                 acc += r[k] as u128 * w as u128;
                 if i % 15 == 14 {
                     acc = t.reduce_u128(acc) as u128;

@@ -219,8 +219,14 @@ impl Modulus {
     /// accepted, so lazily reduced inputs need no normalisation first.
     #[inline(always)]
     pub fn mul_shoup(&self, a: u64, w: ShoupConst) -> u64 {
+        self.csub(self.mul_shoup_lazy(a, w))
+    }
+
+    /// a·w mod q up to one q: the result is below 2q (any a < 2^64).
+    #[inline(always)]
+    pub fn mul_shoup_lazy(&self, a: u64, w: ShoupConst) -> u64 {
         let qhat = ((a as u128 * w.w_shoup as u128) >> 64) as u64;
-        self.csub(a.wrapping_mul(w.w).wrapping_sub(qhat.wrapping_mul(self.q)))
+        a.wrapping_mul(w.w).wrapping_sub(qhat.wrapping_mul(self.q))
     }
 }
 

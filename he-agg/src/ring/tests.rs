@@ -132,6 +132,34 @@ fn basis_extension_is_exact_up_to_a_small_multiple() {
 }
 
 #[test]
+fn basis_extension_by_shoup_terms_equals_the_128_bit_sums() {
+    // two to four sources (the unrolled three and the general loop) onto targets of 40 to 60
+    // bits; the extremes of every residue included
+    let ring = test_ring(64, &[53, 53, 53, 53, 60, 59, 40, 50]);
+    for m in 2..=4usize {
+        let source: Vec<usize> = (0..m).collect();
+        let ext = BasisExtender::new(&ring, &source);
+        let mut y = random_poly(&ring, m as u8, &source);
+        for i in 0..m {
+            let q = ring.modulus(i).value();
+            y.limb_mut(i)[0] = q - 1;
+            y.limb_mut(i)[1] = 0;
+        }
+        let rows: Vec<&[u64]> = (0..m).map(|i| y.limb(i)).collect();
+        for target in 4..8 {
+            let t = ring.modulus(target);
+            let (mut fast, mut wide) = (vec![0u64; 64], vec![0u64; 64]);
+            ext.extend_limb_shoup(t, &rows, target, &mut fast);
+            ext.extend_limb_wide(t, &rows, target, &mut wide);
+            assert_eq!(fast, wide, "{m} sources onto target {target}");
+            let mut via = vec![0u64; 64];
+            ext.extend_limb(&ring, &y, target, &mut via);
+            assert_eq!(via, wide);
+        }
+    }
+}
+
+#[test]
 fn rescale_divides_with_rounding() {
     let ring = test_ring(32, &[50, 40]);
     let basis = [0usize, 1];
