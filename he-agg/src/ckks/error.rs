@@ -33,6 +33,12 @@ pub enum CkksError {
     MissingRelinearizationKey,
     #[error("no Galois key for element {0} (rotation or conjugation not generated)")]
     MissingGaloisKey(u64),
+    #[error(
+        "{ciphertexts} ciphertexts and {steps} rotation steps to sum: one step each, and one at least"
+    )]
+    RotationCount { ciphertexts: usize, steps: usize },
+    #[error("a ciphertext at level {a} meets one at level {b}: drop one to the other first")]
+    LevelMismatch { a: usize, b: usize },
     #[error("ciphertext of degree {got} where degree {want} is needed")]
     Degree { got: usize, want: usize },
     #[error("a {what} made for other parameters")]

@@ -18,9 +18,9 @@ const SCALE_TOLERANCE: f64 = 1e-9;
 /// Evaluates operations on ciphertexts of one context, with the keys it was given.
 #[derive(Debug, Clone)]
 pub struct Evaluator {
-    ctx: Arc<CkksContext>,
+    pub(super) ctx: Arc<CkksContext>,
     rlk: Option<Arc<RelinearizationKey>>,
-    galois: Option<Arc<GaloisKeys>>,
+    pub(super) galois: Option<Arc<GaloisKeys>>,
 }
 
 impl Evaluator {
@@ -54,11 +54,11 @@ impl Evaluator {
         &self.ctx
     }
 
-    fn basis(&self, level: usize) -> &[usize] {
+    pub(super) fn basis(&self, level: usize) -> &[usize] {
         self.ctx.rlwe().q_basis(level)
     }
 
-    fn check_scales(a: f64, b: f64) -> Result<(), CkksError> {
+    pub(super) fn check_scales(a: f64, b: f64) -> Result<(), CkksError> {
         if (a - b).abs() <= SCALE_TOLERANCE * a.abs().max(b.abs()) {
             Ok(())
         } else {
@@ -69,7 +69,7 @@ impl Evaluator {
         }
     }
 
-    fn check_ct(&self, ct: &Ciphertext) -> Result<(), CkksError> {
+    pub(super) fn check_ct(&self, ct: &Ciphertext) -> Result<(), CkksError> {
         self.ctx.check_level(ct.level())?;
         if ct.parts.len() < 2
             || ct
@@ -421,98 +421,5 @@ impl Evaluator {
             });
         }
         Ok(Self::at_level(a, a.level() - k).into_owned())
-    }
-
-    fn galois_key(&self, g: u64) -> Result<&crate::rlwe::GaloisKey, CkksError> {
-        self.galois
-            .as_ref()
-            .and_then(|k| k.get(g))
-            .ok_or(CkksError::MissingGaloisKey(g))
-    }
-
-    /// Applies X ↦ X^g and switches back to the secret key.
-    pub fn apply_galois(&self, a: &Ciphertext, g: u64) -> Result<Ciphertext, CkksError> {
-        self.check_ct(a)?;
-        if a.degree() != 1 {
-            return Err(CkksError::Degree {
-                got: a.degree(),
-                want: 1,
-            });
-        }
-        if g == 1 {
-            return Ok(a.clone());
-        }
-        let key = self.galois_key(g)?;
-        let level = a.level();
-        let basis = self.basis(level);
-        let ring = self.ctx.rlwe().ring();
-        let c1 = ring.automorphism_ntt(&a.parts[1], g, basis);
-        let (ks0, ks1) = self.ctx.rlwe().key_switch(&c1, level, &key.key)?;
-        let mut c0 = ring.automorphism_ntt(&a.parts[0], g, basis);
-        ring.add_assign(&mut c0, &ks0, basis);
-        Ok(Ciphertext {
-            parts: vec![c0, ks1],
-            scale: a.scale,
-        })
-    }
-
-    /// Rotates the slots left by `k` (right for negative k).
-    pub fn rotate(&self, a: &Ciphertext, k: i64) -> Result<Ciphertext, CkksError> {
-        self.apply_galois(a, self.ctx.rlwe().galois_element_for_rotation(k))
-    }
-
-    /// Complex conjugation of every slot.
-    pub fn conjugate(&self, a: &Ciphertext) -> Result<Ciphertext, CkksError> {
-        self.apply_galois(a, self.ctx.rlwe().galois_element_conjugate())
-    }
-
-    /// Many rotations of one ciphertext, sharing one decomposition of c_1 (hoisting): the costly
-    /// inverse NTT and basis extension run once instead of once per step.
-    pub fn rotate_hoisted(
-        &self,
-        a: &Ciphertext,
-        steps: &[i64],
-    ) -> Result<Vec<Ciphertext>, CkksError> {
-        self.check_ct(a)?;
-        if a.degree() != 1 {
-            return Err(CkksError::Degree {
-                got: a.degree(),
-                want: 1,
-            });
-        }
-        let rlwe = self.ctx.rlwe();
-        let elements: Vec<u64> = steps
-            .iter()
-            .map(|&k| rlwe.galois_element_for_rotation(k))
-            .collect();
-        for &g in elements.iter().filter(|&&g| g != 1) {
-            self.galois_key(g)?;
-        }
-        if elements.iter().all(|&g| g == 1) {
-            return Ok(vec![a.clone(); steps.len()]);
-        }
-        let level = a.level();
-        let basis = self.basis(level);
-        let ring = rlwe.ring();
-        let dec = rlwe.decompose(&a.parts[1], level)?;
-        // one rotation per thread: each one's limb-wise passes are too short to share well
-        use rayon::prelude::*;
-        elements
-            .par_iter()
-            .map(|&g| {
-                if g == 1 {
-                    return Ok(a.clone());
-                }
-                let key = self.galois_key(g)?;
-                let (ks0, ks1) =
-                    rlwe.key_switch_decomposed(&dec.automorphism(rlwe, g), &key.key)?;
-                let mut c0 = ring.automorphism_ntt(&a.parts[0], g, basis);
-                ring.add_assign(&mut c0, &ks0, basis);
-                Ok(Ciphertext {
-                    parts: vec![c0, ks1],
-                    scale: a.scale,
-                })
-            })
-            .collect()
     }
 }

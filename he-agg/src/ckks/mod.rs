@@ -7,6 +7,7 @@ mod error;
 mod evaluator;
 mod fft;
 mod params;
+mod rotate;
 pub mod wire;
 
 pub use context::CkksContext;

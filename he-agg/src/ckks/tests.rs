@@ -296,6 +296,49 @@ fn hoisted_rotations_equal_single_rotations() {
     }
 }
 
+#[test]
+fn a_sum_of_rotations_with_one_division_by_p() {
+    let f = fixture();
+    let slots = f.ctx.slots() as i64;
+    let steps = [0i64, 1, -3, 100];
+    let vs: Vec<Vec<Complex>> = (0..4)
+        .map(|i| random_values(20 + i, slots as usize))
+        .collect();
+    let cts: Vec<Ciphertext> = vs.iter().map(|v| encrypt(f, v, 3)).collect();
+    let got = decrypt(f, &f.eval.rotate_sum(&cts, &steps).unwrap());
+    let want: Vec<Complex> = (0..slots)
+        .map(|j| {
+            vs.iter()
+                .zip(steps)
+                .map(|(v, k)| v[(j + k).rem_euclid(slots) as usize])
+                .fold(Complex::new(0.0, 0.0), |a, b| a + b)
+        })
+        .collect();
+    assert!(max_err(&want, &got) < 1e-6, "{}", max_err(&want, &got));
+    // one term: the division by P of one inner product is the rotation's own, word for word
+    let one = f.eval.rotate_sum(&cts[1..2], &[-3]).unwrap();
+    assert_eq!(one.parts, f.eval.rotate(&cts[1], -3).unwrap().parts);
+    let same = f.eval.rotate_sum(&cts[..1], &[0]).unwrap();
+    assert_eq!(same.parts, cts[0].parts);
+    // refused: counts that differ, levels that differ, a step without a key
+    assert!(matches!(
+        f.eval.rotate_sum(&cts, &steps[..3]),
+        Err(CkksError::RotationCount {
+            ciphertexts: 4,
+            steps: 3
+        })
+    ));
+    let low = [cts[0].clone(), encrypt(f, &vs[1], 2)];
+    assert!(matches!(
+        f.eval.rotate_sum(&low, &[1, 2]),
+        Err(CkksError::LevelMismatch { a: 3, b: 2 })
+    ));
+    assert!(matches!(
+        f.eval.rotate_sum(&cts[..1], &[9]),
+        Err(CkksError::MissingGaloisKey(_))
+    ));
+}
+
 fn ops_config() -> ProptestConfig {
     ProptestConfig {
         cases: 24,

@@ -258,20 +258,36 @@ impl<E: Exec> Engine<E> {
                 level: dec.level,
             });
         }
-        let (level, k) = (dec.level, self.rlwe.num_p());
-        let lp = self.plan(level, "key-switched")?;
-        let p = lp.mod_down.as_ref().ok_or(GpuError::NoSpecialPrimes)?;
-        let e = &self.exec;
-        let mut x = e.scratch(2 * lp.width)?;
+        let x = self.inner_product(dec, key)?;
+        self.mod_down(x, dec.level)
+    }
+
+    /// The decomposition's inner product with the key over Q_l ∪ P, `[2][width]` (as
+    /// [`crate::rlwe::RlweContext::inner_product`]).
+    fn inner_product(
+        &self,
+        dec: &DevDecomposition<E::Buf>,
+        key: &DevSwitchingKey<E::Buf>,
+    ) -> Result<E::Buf, GpuError> {
+        let lp = self.plan(dec.level, "key-switched")?;
+        let mut x = self.exec.scratch(2 * lp.width)?;
         let shape = DotShape {
             digits: dec.digits,
             width: lp.width,
-            key_limbs: self.rlwe.max_level() + k,
+            key_limbs: self.rlwe.max_level() + self.rlwe.num_p(),
         };
-        e.dot(&mut x, &dec.buf, &key.buf, &lp.qp, shape)?;
-        let mut out = e.scratch(2 * level)?;
+        self.exec.dot(&mut x, &dec.buf, &key.buf, &lp.qp, shape)?;
+        Ok(x)
+    }
+
+    /// `[2][width]` over Q_l ∪ P divided by P onto `[2][level]` (as
+    /// [`crate::rlwe::RlweContext::mod_down`] of each half).
+    fn mod_down(&self, mut x: E::Buf, level: usize) -> Result<E::Buf, GpuError> {
+        let lp = self.plan(level, "key-switched")?;
+        let p = lp.mod_down.as_ref().ok_or(GpuError::NoSpecialPrimes)?;
+        let mut out = self.exec.scratch(2 * level)?;
         self.extend_ntt(&mut x, &p.from_p, &mut out)?;
-        e.map(
+        self.exec.map(
             LimbOp::RevSubMulConst,
             &mut out,
             &x,
@@ -279,6 +295,67 @@ impl<E: Exec> Engine<E> {
             &p.combine_consts,
         )?;
         Ok(out)
+    }
+
+    /// Σ_j σ_{g_j}(ct_j) switched back with one division by P for the whole sum (as
+    /// [`crate::ckks::Evaluator::rotate_sum`], word for word): `terms[j]` = (ct_j, g_j, its
+    /// key, `None` where g_j = 1). Degree-1 ciphertexts of one level; the first one's scale.
+    pub fn apply_galois_sum(
+        &self,
+        terms: &[(
+            &DevCiphertext<E::Buf>,
+            u64,
+            Option<&DevSwitchingKey<E::Buf>>,
+        )],
+    ) -> Result<DevCiphertext<E::Buf>, GpuError> {
+        let (first, _, _) = *terms.first().ok_or(GpuError::Empty)?;
+        let level = first.level;
+        let lp = self.plan(level, "rotated")?;
+        let (width, e) = (lp.width, &self.exec);
+        let qp_jobs: Vec<MapJob> = (0..2 * width)
+            .map(|i| MapJob {
+                dst: i as u32,
+                src: i as u32,
+                modulus: lp.qp[i % width],
+                konst: 0,
+            })
+            .collect();
+        let mut sum: Option<E::Buf> = None;
+        for &(ct, g, key) in terms {
+            ct.check_linear()?;
+            if ct.level != level {
+                return Err(GpuError::LevelMismatch(level, ct.level));
+            }
+            let Some(key) = key else { continue };
+            let perm = self.rlwe.ring().galois_permutation(g);
+            let mut c1 = e.scratch(level)?;
+            e.permute(&mut c1, &ct.buf, &c1_jobs(lp), perm.map(), false)?;
+            let x = self.inner_product(&self.decompose(&c1, level)?, key)?;
+            match sum.as_mut() {
+                None => sum = Some(x),
+                Some(s) => e.map(LimbOp::Add, s, &x, &qp_jobs, &[])?,
+            }
+        }
+        let mut out = match sum {
+            Some(x) => self.mod_down(x, level)?,
+            None => e.zeros(2 * level)?,
+        };
+        let both = &lp.ct_limbs[..2 * level];
+        for &(ct, g, key) in terms {
+            match key {
+                None => e.map(LimbOp::Add, &mut out, &ct.buf, both, &[])?,
+                Some(_) => {
+                    let perm = self.rlwe.ring().galois_permutation(g);
+                    e.permute(&mut out, &ct.buf, &lp.ct_limbs[..level], perm.map(), true)?
+                }
+            }
+        }
+        Ok(DevCiphertext {
+            buf: out,
+            level,
+            scale: first.scale,
+            parts: 2,
+        })
     }
 
     /// σ_g(c0) + ks_0 into the first half of `ks` (which becomes the rotated ciphertext).

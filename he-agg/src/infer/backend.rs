@@ -22,6 +22,9 @@ pub(crate) trait Backend: Sync {
     /// Rotations of one ciphertext sharing one decomposition.
     fn rotate_hoisted(&self, x: &Self::Ct, steps: &[i64]) -> Result<Vec<Self::Ct>, InferError>;
     fn rotate(&self, x: &Self::Ct, step: i64) -> Result<Self::Ct, InferError>;
+    /// Σ_j rot_{steps[j]}(xs[j]) (a map's giant steps) with one division by P for the whole
+    /// sum; degree 1, one level and scale.
+    fn rotate_sum(&self, xs: &[Self::Ct], steps: &[i64]) -> Result<Self::Ct, InferError>;
     /// Σ xs ⊙ ws (degree 1), not rescaled.
     fn dot_plain(&self, xs: &[&Self::Ct], ws: &[&Self::Pt]) -> Result<Self::Ct, InferError>;
     /// [`Backend::dot_plain`] of every giant step of a map (`giants[g]` = its inputs and
@@ -100,6 +103,9 @@ impl Backend for CpuBackend<'_> {
     }
     fn rotate(&self, x: &Ciphertext, step: i64) -> Result<Ciphertext, InferError> {
         Ok(self.eval.rotate(x, step)?)
+    }
+    fn rotate_sum(&self, xs: &[Ciphertext], steps: &[i64]) -> Result<Ciphertext, InferError> {
+        Ok(self.eval.rotate_sum(xs, steps)?)
     }
     fn dot_plain(&self, xs: &[&Ciphertext], ws: &[&Plaintext]) -> Result<Ciphertext, InferError> {
         let (x0, w0) = first(xs, ws)?;

@@ -382,6 +382,21 @@ where
             g => Ok(self.engine.apply_galois(x, g, self.key(g)?)?),
         }
     }
+    fn rotate_sum(&self, xs: &[Self::Ct], steps: &[i64]) -> Result<Self::Ct, InferError> {
+        if xs.len() != steps.len() {
+            return Err(InferError::ModelMismatch("rotations of a sum"));
+        }
+        let rlwe = self.ctx.rlwe();
+        let terms = xs
+            .iter()
+            .zip(steps)
+            .map(|(x, &k)| match rlwe.galois_element_for_rotation(k) {
+                1 => Ok((x, 1, None)),
+                g => Ok((x, g, Some(self.key(g)?))),
+            })
+            .collect::<Result<Vec<_>, InferError>>()?;
+        Ok(self.engine.apply_galois_sum(&terms)?)
+    }
     fn dot_plain(&self, xs: &[&Self::Ct], ws: &[&Self::Pt]) -> Result<Self::Ct, InferError> {
         first(xs, ws)?;
         Ok(self.engine.dot_plain(xs, ws)?)

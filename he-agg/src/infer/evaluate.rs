@@ -247,19 +247,13 @@ fn linear<B: Backend>(
             b.dot_cipher(&giant_inputs(&rotated, g)?, &ws)
         })?,
     };
-    let partial: Vec<B::Ct> = each_owned(b, sums, |gi, acc| {
-        // rescale first: the relinearization and rotation then run one level lower
-        let mut acc = b.relinearize(b.rescale_step(acc, k)?)?;
-        if giants[gi].step != 0 {
-            acc = b.rotate(&acc, giants[gi].step)?;
-        }
-        Ok(acc)
-    })?;
-    let mut iter = partial.into_iter();
-    let mut y = iter.next().ok_or(InferError::ModelMismatch("empty map"))?;
-    for p in iter {
-        b.add_assign(&mut y, &p)?;
+    // rescale first: the relinearization and rotation then run one level lower
+    let partial: Vec<B::Ct> = each_owned(b, sums, |_, acc| b.relinearize(b.rescale_step(acc, k)?))?;
+    if partial.is_empty() {
+        return Err(InferError::ModelMismatch("empty map"));
     }
+    let steps: Vec<i64> = giants.iter().map(|g| g.step).collect();
+    let mut y = b.rotate_sum(&partial, &steps)?;
     for &f in fold_steps {
         let r = b.rotate(&y, f)?;
         b.add_assign(&mut y, &r)?;
