@@ -92,6 +92,10 @@ fn c1_jobs(lp: &LevelPlan) -> Vec<MapJob> {
         .collect()
 }
 
+/// One term of [`Engine::apply_galois_sum`]: a ciphertext, its Galois element and that element's
+/// key (`None` for the identity).
+pub type GaloisTerm<'a, B> = (&'a DevCiphertext<B>, u64, Option<&'a DevSwitchingKey<B>>);
+
 /// CKKS on an executor, for one parameter set.
 pub struct Engine<E: Exec> {
     exec: E,
@@ -302,11 +306,7 @@ impl<E: Exec> Engine<E> {
     /// key, `None` where g_j = 1). Degree-1 ciphertexts of one level; the first one's scale.
     pub fn apply_galois_sum(
         &self,
-        terms: &[(
-            &DevCiphertext<E::Buf>,
-            u64,
-            Option<&DevSwitchingKey<E::Buf>>,
-        )],
+        terms: &[GaloisTerm<'_, E::Buf>],
     ) -> Result<DevCiphertext<E::Buf>, GpuError> {
         let (first, _, _) = *terms.first().ok_or(GpuError::Empty)?;
         let level = first.level;
