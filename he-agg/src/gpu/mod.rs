@@ -33,7 +33,7 @@ pub mod cuda;
 mod cuda_exec;
 
 pub use arith::{DevGroupWeights, DevPlaintext};
-pub use engine::{DevCiphertext, DevDecomposition, DevSwitchingKey, Engine, GpuError};
+pub use engine::{DevCiphertext, DevDecomposition, DevSwitchingKey, Engine, GaloisTerm, GpuError};
 pub use exec::{
     DotShape, Exec, ExtendJob, GroupShape, LimbJob, LimbOp, MacJob, MapJob, SampleDist,
 };

@@ -92,6 +92,27 @@ pub(super) fn check_against_cpu<E: Exec>(engine: &Engine<E>, f: &Fixture, level:
     for ((w, g), k) in want.iter().zip(&got).zip(&f.steps) {
         assert_eq!(&engine.download_ct(g).unwrap(), w, "hoisted {k} at {level}");
     }
+    // a sum of rotations of several ciphertexts, one of them unrotated
+    let cts: Vec<Ciphertext> = (0..=f.steps.len())
+        .map(|i| ciphertext(f, level, 50 + i as u8))
+        .collect();
+    let mut steps = f.steps.clone();
+    steps.push(0);
+    let want = f.eval.rotate_sum(&cts, &steps).unwrap();
+    let devs: Vec<_> = cts.iter().map(|c| engine.upload_ct(c).unwrap()).collect();
+    let mut terms: Vec<GaloisTerm<'_, E::Buf>> = devs[..f.steps.len()]
+        .iter()
+        .zip(&elements)
+        .zip(&keys)
+        .map(|((d, &g), k)| (d, g, Some(k)))
+        .collect();
+    terms.push((&devs[f.steps.len()], 1, None));
+    let got = engine.apply_galois_sum(&terms).unwrap();
+    assert_eq!(
+        engine.download_ct(&got).unwrap(),
+        want,
+        "rotation sum at {level}"
+    );
     let other = ciphertext(f, level, 100 + level as u8);
     let rlk = engine.upload_key(&f.rlk.0).unwrap();
     let want = f.eval.mul_relin(&ct, &other).unwrap();
