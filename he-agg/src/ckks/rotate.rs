@@ -25,15 +25,34 @@ impl Evaluator {
             .ok_or(CkksError::MissingGaloisKey(g))
     }
 
-    /// Applies X ↦ X^g and switches back to the secret key.
-    pub fn apply_galois(&self, a: &Ciphertext, g: u64) -> Result<Ciphertext, CkksError> {
-        self.check_ct(a)?;
+    /// The Galois element of each rotation step, each one's key checked present.
+    fn elements_with_keys(&self, steps: &[i64]) -> Result<Vec<u64>, CkksError> {
+        let rlwe = self.ctx.rlwe();
+        let elements: Vec<u64> = steps
+            .iter()
+            .map(|&k| rlwe.galois_element_for_rotation(k))
+            .collect();
+        for &g in elements.iter().filter(|&&g| g != 1) {
+            self.galois_key(g)?;
+        }
+        Ok(elements)
+    }
+
+    /// Refuses a ciphertext of degree other than 1 (a rotation switches c_1 only).
+    fn check_linear(a: &Ciphertext) -> Result<(), CkksError> {
         if a.degree() != 1 {
             return Err(CkksError::Degree {
                 got: a.degree(),
                 want: 1,
             });
         }
+        Ok(())
+    }
+
+    /// Applies X ↦ X^g and switches back to the secret key.
+    pub fn apply_galois(&self, a: &Ciphertext, g: u64) -> Result<Ciphertext, CkksError> {
+        self.check_ct(a)?;
+        Self::check_linear(a)?;
         if g == 1 {
             return Ok(a.clone());
         }
@@ -69,20 +88,9 @@ impl Evaluator {
         steps: &[i64],
     ) -> Result<Vec<Ciphertext>, CkksError> {
         self.check_ct(a)?;
-        if a.degree() != 1 {
-            return Err(CkksError::Degree {
-                got: a.degree(),
-                want: 1,
-            });
-        }
+        Self::check_linear(a)?;
         let rlwe = self.ctx.rlwe();
-        let elements: Vec<u64> = steps
-            .iter()
-            .map(|&k| rlwe.galois_element_for_rotation(k))
-            .collect();
-        for &g in elements.iter().filter(|&&g| g != 1) {
-            self.galois_key(g)?;
-        }
+        let elements = self.elements_with_keys(steps)?;
         if elements.iter().all(|&g| g == 1) {
             return Ok(vec![a.clone(); steps.len()]);
         }
@@ -91,7 +99,6 @@ impl Evaluator {
         let ring = rlwe.ring();
         let dec = rlwe.decompose(&a.parts[1], level)?;
         // one rotation per thread: each one's limb-wise passes are too short to share well
-        use rayon::prelude::*;
         elements
             .par_iter()
             .map(|&g| {
@@ -127,12 +134,7 @@ impl Evaluator {
         };
         for x in xs {
             self.check_ct(x)?;
-            if x.degree() != 1 {
-                return Err(CkksError::Degree {
-                    got: x.degree(),
-                    want: 1,
-                });
-            }
+            Self::check_linear(x)?;
             if x.level() != level {
                 return Err(CkksError::LevelMismatch {
                     a: level,
@@ -142,13 +144,7 @@ impl Evaluator {
             Self::check_scales(first.scale, x.scale)?;
         }
         let rlwe = self.ctx.rlwe();
-        let elements: Vec<u64> = steps
-            .iter()
-            .map(|&k| rlwe.galois_element_for_rotation(k))
-            .collect();
-        for &g in elements.iter().filter(|&&g| g != 1) {
-            self.galois_key(g)?;
-        }
+        let elements = self.elements_with_keys(steps)?;
         let basis = self.basis(level);
         let ring = rlwe.ring();
         let qp = rlwe.qp_basis(level);
