@@ -56,6 +56,10 @@ enum Command {
         /// 7447 by default) instead of the served model's.
         #[arg(long)]
         head: bool,
+        /// With --head: most examples of a contribution this keyholder trains on (it replays
+        /// every step itself and holds the examples in memory, ~0.55 MB each).
+        #[arg(long, default_value_t = 10_000)]
+        max_examples: u64,
     },
     /// Contribute this site's images to the training of the model's head without revealing
     /// them: their features under the final model's backbone are encrypted under the
@@ -295,6 +299,7 @@ fn main() -> Result<()> {
             server,
             patience_s,
             head,
+            max_examples,
         } => {
             let cfg = node::SiteConfig::load(&site)?;
             let server = if head {
@@ -307,7 +312,7 @@ fn main() -> Result<()> {
                 &out,
                 &server,
                 std::time::Duration::from_secs(patience_s),
-                head,
+                head.then_some(max_examples),
             )?
         }
         Command::ContributeEncrypted {

@@ -142,6 +142,7 @@ fn a_compromised_serving_host_reads_no_inference_key_and_alters_no_request() {
                     request: 1,
                     attempt: 0,
                     requester: 1,
+                    request_id: 1,
                     active: active.clone(),
                     count: 1,
                 })),
@@ -243,7 +244,7 @@ fn a_compromised_serving_host_reads_no_inference_key_and_alters_no_request() {
         let log = log_of(&fed, i);
         assert!(
             log.contains(
-                "asked to switch ciphertexts the server sent while holding a served model's key"
+                "asked to train, refresh or switch a head while holding a served model's key"
             ),
             "{log}"
         );

@@ -128,6 +128,33 @@ pub enum Statement {
         index: u32,
         shares: [u8; 32],
     },
+    /// Head training: a contribution of `contributor`, as every keyholder trains on it: the
+    /// head plan, the examples per chunk, the training (epochs, chunks per batch, and the bits
+    /// of the learning rate and momentum), the key the trained head is switched to (digest) and
+    /// the chunks' ciphertexts (digest, in order).
+    HeadContribution {
+        federation: FederationId,
+        contributor: u32,
+        request_id: u64,
+        plan: [u8; 32],
+        counts: Vec<u32>,
+        training: (u32, u32, u64, u64),
+        contributor_key: [u8; 32],
+        ciphertexts: [u8; 32],
+    },
+    /// Head training: a keyholder's refresh shares (digest) of the state after step `step` of
+    /// the run on contribution `request_id` (attempt `attempt`), the state by digest: the
+    /// other keyholders combine only what each keyholder signed, of the state they reached.
+    HeadRefreshShares {
+        federation: FederationId,
+        hospital: u32,
+        contributor: u32,
+        request_id: u64,
+        step: u64,
+        attempt: u32,
+        state: [u8; 32],
+        shares: [u8; 32],
+    },
 }
 
 impl Statement {
@@ -147,6 +174,8 @@ impl Statement {
             Statement::InferenceKeyShare { .. } => "inference key shares",
             Statement::InferenceRequest { .. } => "inference request",
             Statement::RefreshShares { .. } => "refresh shares",
+            Statement::HeadContribution { .. } => "head contribution",
+            Statement::HeadRefreshShares { .. } => "head refresh shares",
             Statement::Update { .. } => "update",
         }
     }

@@ -174,15 +174,26 @@ pub fn run(c: &Contribute) -> anyhow::Result<()> {
     }
     let upload: usize = items.iter().map(Vec::len).sum();
     let encrypt_s = t.elapsed().as_secs_f64();
-    let header = HeadContribution {
+    let mut header = HeadContribution {
         request_id: 1,
         fingerprint: plan.fingerprint(),
         examples: xs.len() as u64,
         chunks: chunks.len() as u32,
         ciphertexts_per_chunk: (layout.groups() + 1) as u32,
         counts: chunks.iter().map(|ch| ch.count as u32).collect(),
+        training: training.clone(),
+        signature: Vec::new(),
     };
     drop(chunks);
+    // every keyholder trains on exactly what this site signed, and switches the head only to
+    // the key it signed
+    let signer =
+        protocol::transcript::Signer::from_files(&target.tls).context("this site's kit")?;
+    header.signature = signer.sign(&header.statement(
+        target.federation,
+        target.me,
+        items.iter().map(Vec::as_slice),
+    ));
     info!(
         chunks = header.chunks,
         mb = upload as f64 / 1e6,

@@ -34,22 +34,35 @@ pub fn keyholder(fed: &Fed, i: usize, addr: &str) -> Child {
 /// `client hold-keys` of hospital `i` of `fed` dialling `addr`, started by `command` (the
 /// client binary, or a wrapper that runs it: `netns::Hosts::command`), its log in
 /// ROOT/`log_name`.
-pub fn keyholder_in(
+pub fn keyholder_in(command: Command, fed: &Fed, i: usize, addr: &str, log_name: &str) -> Child {
+    spawn_keyholder(command, fed, i, addr, log_name, &[])
+}
+
+/// `client hold-keys --head` of hospital `i` of `fed` dialling `addr` (a head-training key).
+pub fn head_keyholder(fed: &Fed, i: usize, addr: &str) -> Child {
+    let log_name = format!("keyholder-{i}.log");
+    spawn_keyholder(
+        Command::new(client_bin()),
+        fed,
+        i,
+        addr,
+        &log_name,
+        &["--head"],
+    )
+}
+
+fn spawn_keyholder(
     mut command: Command,
     fed: &Fed,
     i: usize,
     addr: &str,
     log_name: &str,
+    extra: &[&str],
 ) -> Child {
     command
-        .args([
-            "hold-keys",
-            "--patience-s",
-            "300",
-            "--server",
-            addr,
-            "--site",
-        ])
+        .arg("hold-keys")
+        .args(extra)
+        .args(["--patience-s", "300", "--server", addr, "--site"])
         .arg(fed.hospital_dirs[i - 1].join("site.toml"))
         .arg("--out")
         .arg(fed.root.join(format!("node-{i}")))

@@ -95,6 +95,19 @@ impl CkksContext {
         Ok(PkEncryptor::new(&self.rlwe, pk)?)
     }
 
+    /// An encryptor of public plaintexts whose randomness every party reproduces from `seed`
+    /// ([`PkEncryptor::seeded_for_public`]).
+    pub fn pk_encryptor_seeded_for_public(
+        &self,
+        pk: &PublicKey,
+        seed: &crate::ring::Seed,
+    ) -> Result<PkEncryptor, CkksError> {
+        if pk.fingerprint() != self.fingerprint() {
+            return Err(CkksError::ForeignKey { what: "public key" });
+        }
+        Ok(PkEncryptor::seeded_for_public(&self.rlwe, pk, seed))
+    }
+
     pub fn sk_encryptor(&self, sk: &SecretKey) -> Result<SkEncryptor, CkksError> {
         if sk.fingerprint() != self.fingerprint() {
             return Err(CkksError::ForeignKey { what: "secret key" });

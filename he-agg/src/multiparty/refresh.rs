@@ -17,12 +17,10 @@
 //! the agreed computation: a c1 chosen by an adversary (a large constant, say) would make
 //! s_i·c1 stand out of the masks and the flooding — and unlike a public-key switch share, h0
 //! reaches whoever combines the shares, so the combiner alone would read s_i. Head training over
-//! the network (`coordinator train-head`) has each keyholder check shape only (levels, scale,
-//! counts, the active set) and log every refresh: it assumes the coordinator follows the protocol
-//! (DESIGN's honest-but-curious baseline, as POSEIDON does). Against a compromised coordinator
-//! each keyholder would have to replay the steps itself on the signed contributions and on every
-//! keyholder's signed shares: whoever picks a refreshed state's c0 steers the c1 of the next
-//! step's products.
+//! the network (`coordinator train-head`) therefore has each keyholder replay the run itself
+//! ([`crate::train::HeadRun`]) on the contribution its contributor signed and finish every
+//! refresh with the shares each keyholder signed, and refresh only the state it reached:
+//! whoever picks a refreshed state's c0 steers the c1 of the next step's products.
 //!
 //! `a` must never serve two different ciphertexts (two outputs with one `a` would give m1 − m2):
 //! every party derives it from the CRS and a digest of the ciphertext itself, so it is agreed on

@@ -31,6 +31,17 @@ impl std::fmt::Debug for PkEncryptor {
 
 impl PkEncryptor {
     pub fn new(ctx: &Arc<RlweContext>, pk: &PublicKey) -> Result<Self, RngError> {
+        Ok(Self::with_prng(ctx, pk, Prng::from_os()?))
+    }
+
+    /// An encryptor whose randomness is the stream of a public `seed`: for a public plaintext
+    /// that several parties must encrypt to the same ciphertext (a head's zero initial state),
+    /// never for a secret one.
+    pub fn seeded_for_public(ctx: &Arc<RlweContext>, pk: &PublicKey, seed: &Seed) -> Self {
+        Self::with_prng(ctx, pk, Prng::from_seed(seed))
+    }
+
+    fn with_prng(ctx: &Arc<RlweContext>, pk: &PublicKey, prng: Prng) -> Self {
         let ring = ctx.ring();
         let basis = ctx.q_basis(ctx.max_level());
         let prepare = |p: &Poly| -> Vec<ShoupLimb> {
@@ -40,12 +51,12 @@ impl PkEncryptor {
                 .map(|(i, &idx)| ShoupLimb::new(p.limb(i), ring.modulus(idx)))
                 .collect()
         };
-        Ok(Self {
+        Self {
             ctx: ctx.clone(),
             b: prepare(&pk.b),
             a: prepare(&pk.a),
-            prng: Prng::from_os()?,
-        })
+            prng,
+        }
     }
 
     /// Encrypts `pt` at its own level. A coefficient-form plaintext is fused with e_0 before a

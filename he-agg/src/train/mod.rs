@@ -14,18 +14,20 @@
 //! and the parameter set; [`plan`] is what every party agrees on (the fingerprint, the keys'
 //! reference string and rotations, the flooding of refreshes and of the final switch, the public
 //! batch schedule); [`trainer`] evaluates a step; [`chunk`] encrypts and checks a site's
-//! examples.
+//! examples; [`run`] is a whole run as every party replays it.
 
 pub mod chunk;
 pub mod layout;
 pub mod params;
 pub mod plan;
+pub mod run;
 pub mod trainer;
 
 pub use chunk::{EncryptedChunk, MAX_ABS_FEATURE, encrypt_chunk};
 pub use layout::HeadLayout;
 pub use params::{HeadScales, head_training_parameters};
 pub use plan::{HeadPlan, MAX_ABS_WEIGHT, schedule};
+pub use run::{HeadRun, RunSettings, decode_chunks, state_digest};
 pub use trainer::{HeadTrainer, PlainHead};
 
 use crate::ckks::CkksError;

@@ -39,6 +39,23 @@ fn examples(n: usize, features: usize, classes: usize, seed: u8) -> (Vec<Vec<f64
     (xs, ys)
 }
 
+/// A site's examples in chunks of the layout's samples, encrypted.
+fn encrypt_chunks(
+    ctx: &CkksContext,
+    enc: &mut crate::ckks::PkEncryptor,
+    l: &HeadLayout,
+    xs: &[Vec<f64>],
+    ys: &[u32],
+) -> Vec<EncryptedChunk> {
+    xs.chunks(l.samples())
+        .zip(ys.chunks(l.samples()))
+        .map(|(x, y)| {
+            let xr: Vec<&[f64]> = x.iter().map(|v| v.as_slice()).collect();
+            encrypt_chunk(ctx, enc, l, &xr, y).unwrap()
+        })
+        .collect()
+}
+
 /// The slot algebra of a step (rotations as cyclic shifts), in plaintext: the layout's sums land
 /// where the trainer reads them.
 #[test]
@@ -206,14 +223,7 @@ fn encrypted_steps_with_refreshes_track_the_plaintext_steps() {
     // a site's examples: two full chunks and a partial one
     let (xs, ys) = examples(2 * l.samples() + 5, features, classes, 3);
     let mut enc = ctx.pk_encryptor(&pk).unwrap();
-    let chunks: Vec<EncryptedChunk> = xs
-        .chunks(l.samples())
-        .zip(ys.chunks(l.samples()))
-        .map(|(x, y)| {
-            let xr: Vec<&[f64]> = x.iter().map(|v| v.as_slice()).collect();
-            encrypt_chunk(&ctx, &mut enc, &l, &xr, y).unwrap()
-        })
-        .collect();
+    let chunks = encrypt_chunks(&ctx, &mut enc, &l, &xs, &ys);
 
     for momentum in [0.0, 0.9] {
         let mut plain = PlainHead::zeros(features, classes);
@@ -437,4 +447,137 @@ fn the_schedule_covers_every_chunk_each_epoch_and_is_reproducible() {
     }
     assert_ne!(s[0..3], s[3..6], "the same order in two epochs");
     assert_eq!(schedule(1, 2, 8), vec![vec![0], vec![0]]);
+}
+
+/// Issue 46, item 3: a run is the same at every party that replays it — the same chunks, the
+/// same public seed, the same signed shares give the same state, ciphertext for ciphertext —
+/// and another seed gives another state (the initial encryption's randomness is the seed's).
+#[test]
+fn a_run_replays_to_the_same_state_at_every_party() {
+    let ctx = ctx();
+    let (features, classes) = (20, 3);
+    let plan = HeadPlan::with_context(ctx.clone(), features, classes).unwrap();
+    let l = plan.layout().clone();
+    let parties = 3;
+    let mut kg = ctx.key_generator().unwrap();
+    let secrets: Vec<SecretKey> = (0..parties).map(|_| kg.secret_key()).collect();
+    let s = crate::multiparty::sum_of_secrets(&ctx, &secrets);
+    let pk = kg.public_key(&s);
+    let keys = crate::infer::EvaluationKeys {
+        relinearization: Some(kg.relinearization_key(&s)),
+        galois: kg.galois_keys(&s, &l.rotations(), false),
+    };
+    let (xs, ys) = examples(l.samples() + 7, features, classes, 9);
+    let mut enc = ctx.pk_encryptor(&pk).unwrap();
+    let chunks = encrypt_chunks(&ctx, &mut enc, &l, &xs, &ys);
+    let settings = RunSettings {
+        epochs: 2,
+        batch_chunks: 1,
+        lr: 1.0,
+        momentum: 0.5,
+    };
+    let run = |seed: u8| {
+        HeadRun::new(
+            plan.clone(),
+            &pk,
+            &keys,
+            settings,
+            &[seed; 32],
+            b"replay",
+            (parties, parties),
+            chunks.clone(),
+        )
+        .unwrap()
+    };
+    let (mut a, mut b) = (run(1), run(1));
+    assert_eq!(a.steps(), (4, 0));
+    a.compute_step().unwrap();
+    let mut other = run(2);
+    other.compute_step().unwrap();
+    assert_ne!(
+        state_digest(&ctx, a.pending()),
+        state_digest(&ctx, other.pending()),
+        "another seed, another initial encryption"
+    );
+    let mut prng = Prng::from_seed(&[5; 32]);
+    let mut plain = PlainHead::zeros(features, classes);
+    let batches = schedule(chunks.len(), 2, 1);
+    for batch in &batches {
+        b.compute_step().unwrap();
+        // computing again before the refresh changes nothing
+        b.compute_step().unwrap();
+        assert_eq!(
+            state_digest(&ctx, a.pending()),
+            state_digest(&ctx, b.pending())
+        );
+        // one set of shares, as the keyholders sign it, finishes both parties' refresh
+        let sums: Vec<RefreshShare> = a
+            .pending()
+            .iter()
+            .map(|ct| {
+                let mut acc: Option<RefreshShare> = None;
+                for k in &secrets {
+                    let sh = a.refresh().share(k, ct, &mut prng).unwrap();
+                    match acc.as_mut() {
+                        None => acc = Some(sh),
+                        Some(x) => a.refresh().aggregate(x, &sh).unwrap(),
+                    }
+                }
+                acc.unwrap()
+            })
+            .collect();
+        assert!(a.finish_refresh(&sums[1..]).is_err(), "a share short");
+        a.finish_refresh(&sums).unwrap();
+        b.finish_refresh(&sums).unwrap();
+        assert_eq!(
+            state_digest(&ctx, a.weights()),
+            state_digest(&ctx, b.weights())
+        );
+        let sel: Vec<usize> = batch
+            .iter()
+            .flat_map(|&c| c * l.samples()..((c + 1) * l.samples()).min(xs.len()))
+            .collect();
+        let bx: Vec<&[f64]> = sel.iter().map(|&i| xs[i].as_slice()).collect();
+        let by: Vec<u32> = sel.iter().map(|&i| ys[i]).collect();
+        plain.step(&bx, &by, settings.lr, settings.momentum);
+        if !a.finished() {
+            a.compute_step().unwrap();
+        }
+    }
+    assert!(a.finished() && b.finished());
+    assert!(a.compute_step().is_err(), "no step after the last");
+    let dec = ctx.decryptor(&s).unwrap();
+    let l = plan.layout();
+    let mut w = vec![0.0; plain.w.len()];
+    for (g, ct) in a.weights()[..l.groups()].iter().enumerate() {
+        l.unpack_weights(&ctx.decode_reals(&dec.decrypt(ct)).unwrap(), g, &mut w);
+    }
+    let err = w
+        .iter()
+        .zip(&plain.w)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        err < 1e-3,
+        "the replayed head is the plaintext one: off by {err}"
+    );
+
+    // a run too long for anyone's memory or patience is refused before it starts
+    let long = RunSettings {
+        epochs: 1 << 30,
+        ..settings
+    };
+    let e = HeadRun::new(
+        plan.clone(),
+        &pk,
+        &keys,
+        long,
+        &[1; 32],
+        b"replay",
+        (parties, parties),
+        chunks.clone(),
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("steps"), "{e}");
 }

@@ -55,7 +55,8 @@ impl HeadJob {
 
 /// Header of a contribution: the contributor's public key at the head-training parameters
 /// (the trained head comes back under it), then `chunks` × `ciphertexts_per_chunk`
-/// ciphertexts (each chunk's feature groups, then its labels).
+/// ciphertexts (each chunk's feature groups, then its labels). Signed by the contributor: every
+/// keyholder trains on exactly what it signed, as it signed to train (issue 46, item 3).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeadContribution {
     pub request_id: u64,
@@ -66,29 +67,168 @@ pub struct HeadContribution {
     pub ciphertexts_per_chunk: u32,
     /// Examples in each chunk (the last may hold fewer).
     pub counts: Vec<u32>,
+    /// How the head is trained on them (the coordinator's `HeadJob::training`, as told).
+    pub training: HeadTraining,
+    /// The contributor's signature over [`HeadContribution::statement`] (its site key).
+    pub signature: Vec<u8>,
 }
 
 impl HeadContribution {
     pub fn items(&self) -> u64 {
         1 + u64::from(self.chunks) * u64::from(self.ciphertexts_per_chunk)
     }
+
+    /// What the contributor signs: this contribution of hospital `contributor` with `items`
+    /// (its public key, then the chunks' ciphertexts) and its training.
+    pub fn statement<'a>(
+        &self,
+        federation: crate::FederationId,
+        contributor: u32,
+        items: impl IntoIterator<Item = &'a [u8]>,
+    ) -> crate::transcript::Statement {
+        let mut items = items.into_iter();
+        let key = items.next().unwrap_or_default();
+        let t = &self.training;
+        crate::transcript::Statement::HeadContribution {
+            federation,
+            contributor,
+            request_id: self.request_id,
+            plan: self.fingerprint,
+            counts: self.counts.clone(),
+            training: (
+                t.epochs,
+                t.batch_chunks,
+                t.lr.to_bits(),
+                t.momentum.to_bits(),
+            ),
+            contributor_key: crate::transcript::digest(key),
+            ciphertexts: crate::transcript::digest_items(items),
+        }
+    }
+
+    /// Checks the header against a head plan (its fingerprint, `groups` feature ciphertexts
+    /// per chunk and `samples` examples per chunk) before any item is read.
+    pub fn check(
+        &self,
+        fingerprint: [u8; 32],
+        groups: usize,
+        samples: usize,
+    ) -> Result<(), String> {
+        if self.fingerprint != fingerprint {
+            return Err(
+                "the examples were encrypted for another head plan: fetch the job again".into(),
+            );
+        }
+        let per = groups + 1;
+        if self.ciphertexts_per_chunk as usize != per {
+            return Err(format!(
+                "{} ciphertexts per chunk; this head's chunks have {per}",
+                self.ciphertexts_per_chunk
+            ));
+        }
+        let samples = samples as u64;
+        let most = MAX_HEAD_EXAMPLES.div_ceil(samples);
+        if self.chunks == 0
+            || u64::from(self.chunks) > most
+            || self.counts.len() != self.chunks as usize
+        {
+            return Err(format!(
+                "{} chunks with {} counts; a contribution holds 1 to {most} chunks",
+                self.chunks,
+                self.counts.len()
+            ));
+        }
+        if self
+            .counts
+            .iter()
+            .any(|&c| c == 0 || u64::from(c) > samples)
+            || self.counts.iter().map(|&c| u64::from(c)).sum::<u64>() != self.examples
+        {
+            return Err(format!(
+                "chunk counts must be 1 to {samples} each and sum to the {} examples announced",
+                self.examples
+            ));
+        }
+        // every chunk but the last full: the memory a contribution takes follows its examples
+        if let Some(i) = self.counts[..self.counts.len() - 1]
+            .iter()
+            .position(|&c| u64::from(c) != samples)
+        {
+            return Err(format!(
+                "chunk {i} holds {} examples; every chunk but the last holds {samples}",
+                self.counts[i]
+            ));
+        }
+        Ok(())
+    }
 }
 
-/// Header of a refresh request: the head's state after step `step` (of `steps`), `count`
-/// ciphertexts at the refresh level, to be refreshed by `active` (each makes its additive share
-/// for this set). Answered by `ResultShares` with one share per ciphertext.
+/// Header of the server's start of a run at every keyholder (issue 46, item 3): train on the
+/// contribution `signed` (its items follow as the contributor sent them: its public key, then
+/// the chunks). Each keyholder checks the contributor's signature and replays every step
+/// itself; it refreshes nothing but the state its own replay reaches.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeadStart {
+    /// The setup whose key the examples are under (a keyholder refuses another).
+    pub setup: [u8; 32],
+    /// The hospital that contributed (its certificate checks the signature).
+    pub contributor: u32,
+    pub signed: HeadContribution,
+}
+
+/// Header of a refresh request (no items): refresh the head's state after step `step` (of
+/// `steps`) of the run on contribution `request_id`, as one of `active` (each makes its additive
+/// share for this set). Each keyholder refreshes the state its own replay reached, whose digest
+/// must be `state` (the server's). Answered by [`HeadRefreshShares`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeadRefreshRequest {
     /// The setup whose key the state is under (a keyholder refuses another).
     pub setup: [u8; 32],
     pub request: u64,
     pub attempt: u32,
+    /// The contribution trained on (its `request_id`).
+    pub request_id: u64,
     pub step: u64,
     pub steps: u64,
     /// The hospital whose examples are trained on (each keyholder logs it).
     pub contributor: u32,
     pub active: Vec<u32>,
     pub count: u32,
+    /// Digest of the state's ciphertexts as the server computed them.
+    pub state: [u8; 32],
+}
+
+/// Header of a keyholder's refresh shares of a step: `count` shares follow, of the state whose
+/// digest is `state`, signed (over [`crate::transcript::Statement::HeadRefreshShares`]) so that
+/// every keyholder combines only shares their keyholders made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeadRefreshShares {
+    pub request: u64,
+    pub attempt: u32,
+    pub step: u64,
+    pub count: u32,
+    pub state: [u8; 32],
+    pub signature: Vec<u8>,
+}
+
+/// Header of the server's relay of the shares it combined for a step, to every keyholder of
+/// the run: for each `(hospital, signature)` of `from`, in that order, its `count` shares
+/// follow. Each keyholder checks every signature, sums the shares and refreshes its own state,
+/// then computes the next step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeadRefreshRelay {
+    pub request_id: u64,
+    pub step: u64,
+    pub attempt: u32,
+    pub count: u32,
+    pub from: Vec<(u32, Vec<u8>)>,
+}
+
+impl HeadRefreshRelay {
+    /// Items that follow the header.
+    pub fn items(&self) -> u64 {
+        self.from.len() as u64 * u64::from(self.count)
+    }
 }
 
 #[cfg(test)]
@@ -133,8 +273,8 @@ mod tests {
     }
 }
 
-/// Head training: header of the switch of a trained head to its contributor: the
-/// contributor's public key, then `count` ciphertexts follow.
+/// Head training: header of the switch of a trained head to its contributor (no items): each
+/// keyholder switches the head its own replay trained to the key the contributor signed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResultSwitchRequest {
     /// The setup whose key the results are under (a keyholder refuses another).
@@ -143,13 +283,15 @@ pub struct ResultSwitchRequest {
     pub attempt: u32,
     /// The hospital that asked (each keyholder logs it).
     pub requester: u32,
+    /// The contribution trained on (its `request_id`).
+    pub request_id: u64,
     /// The t keyholders switching this attempt (each makes its additive share for this set).
     pub active: Vec<u32>,
     pub count: u32,
 }
 
-/// Head training: header of a keyholder's answer: `count` switching shares (or refresh
-/// shares) follow.
+/// Head training: header of a keyholder's answer to [`ResultSwitchRequest`]: `count` switching
+/// shares follow.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResultSwitchShares {
     pub request: u64,
@@ -162,15 +304,20 @@ pub struct ResultSwitchShares {
 /// the messages of [`super::collective`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum HeadMsg {
-    /// Head training: server → keyholder, header of a stream (the contributor's public key,
-    /// then the trained head) to switch to the contributor's key.
+    /// Head training: server → keyholder, switch the head you trained to its contributor's key.
     ResultSwitch(ResultSwitchRequest),
-    /// Keyholder → server: header of a stream of its switching (or refresh) shares.
+    /// Keyholder → server: header of a stream of its switching shares.
     ResultShares(ResultSwitchShares),
     /// Contributor → server: header of a contribution stream (its public key, then the chunks).
     HeadContribution(HeadContribution),
-    /// Server → keyholder: header of a stream of the head's state to refresh.
+    /// Server → keyholder: header of a run's start (the contribution's stream, relayed).
+    HeadStart(HeadStart),
+    /// Server → keyholder: refresh the state of a step (no items).
     HeadRefresh(HeadRefreshRequest),
+    /// Keyholder → server: header of a stream of its signed refresh shares of a step.
+    HeadRefreshShares(HeadRefreshShares),
+    /// Server → keyholder: header of a stream of every active keyholder's shares of a step.
+    HeadRefreshRelay(HeadRefreshRelay),
     /// Server → contributor: header of the trained head's stream, under the contributor's key.
     InferResult(super::released::InferResult),
 }
@@ -182,7 +329,10 @@ impl HeadMsg {
             HeadMsg::ResultSwitch(_) => "result-switch",
             HeadMsg::ResultShares(_) => "result-shares",
             HeadMsg::HeadContribution(_) => "head-contribution",
+            HeadMsg::HeadStart(_) => "head-start",
             HeadMsg::HeadRefresh(_) => "head-refresh",
+            HeadMsg::HeadRefreshShares(_) => "head-refresh-shares",
+            HeadMsg::HeadRefreshRelay(_) => "head-refresh-relay",
             HeadMsg::InferResult(_) => "infer-result",
         }
     }

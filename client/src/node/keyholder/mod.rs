@@ -18,9 +18,10 @@
 //!   never switches a ciphertext it did not compute from a signed request.
 //!
 //! With `--head` (issue 20) it holds a share of a key at the head-training parameters instead,
-//! made in the same two rounds for the final model's last layer, and refreshes the head's state
-//! after every training step (`coordinator train-head`), logging each refresh; the trained head
-//! is switched to its contributor's key ([`head`]).
+//! made in the same two rounds for the final model's last layer; it replays every training step
+//! of `coordinator train-head` on the contribution its contributor signed and refreshes only the
+//! state it reached itself, logging each refresh; it switches the head it trained to the key the
+//! contributor signed ([`head`]).
 //!
 //! [`Keyholder`] holds the cryptography (sans-IO: each message in, the answer out; [`serve`] for
 //! requests, [`head`] for head training); [`shell`] is the tokio loop, reconnecting when the
@@ -88,8 +89,7 @@ enum Held {
     /// head training: the final model's last layer
     Head {
         plan: HeadPlan,
-        /// refreshes made for this setup (each logged)
-        refreshes: u64,
+        held: Box<head::HeadHeld>,
     },
 }
 
@@ -213,7 +213,12 @@ impl Keyholder {
 
     /// `--head`: a share of a key for training the final model's last layer (its input width
     /// and classes) on encrypted features; kept in OUT/state/head.
-    pub fn open_head(cfg: &SiteConfig, out: &Path, tls: &TlsFiles) -> anyhow::Result<Self> {
+    pub fn open_head(
+        cfg: &SiteConfig,
+        out: &Path,
+        tls: &TlsFiles,
+        max_examples: u64,
+    ) -> anyhow::Result<Self> {
         let state = out.join("state");
         let network = out.join("network.json");
         let (exp, _) = read_network(&network).with_context(|| {
@@ -264,7 +269,13 @@ impl Keyholder {
             architecture: job.to_architecture(),
             input_preparation: String::new(),
             class_names: exp.class_names.clone(),
-            held: Held::Head { plan, refreshes: 0 },
+            held: Held::Head {
+                plan,
+                held: Box::new(head::HeadHeld {
+                    max_examples,
+                    ..Default::default()
+                }),
+            },
             ctx,
             keys,
             prng: Prng::from_os()?,

@@ -34,15 +34,18 @@ pub fn max_request_items() -> usize {
 }
 
 impl Keyholder {
-    /// Whether it holds the evaluation keys of the setup it holds (a head's keyholder needs
-    /// none: the coordinator computes the steps).
+    /// Whether it holds the evaluation keys of the setup it holds (a head's keyholder too: it
+    /// replays every step it refreshes).
     pub fn ready(&self) -> bool {
         match &self.held {
             Held::Served { .. } => self
                 .serving
                 .as_ref()
                 .is_some_and(|s| Some(s.setup) == self.setup),
-            Held::Head { .. } => true,
+            Held::Head { held, .. } => held
+                .keys
+                .as_ref()
+                .is_some_and(|(s, _)| Some(*s) == self.setup),
         }
     }
 
@@ -59,9 +62,6 @@ impl Keyholder {
         header: &ServingKeys,
         items: &[Vec<u8>],
     ) -> anyhow::Result<Reply> {
-        let Held::Served { plan, .. } = &self.held else {
-            bail!("evaluation keys for a head-training key: the coordinator evaluates the steps");
-        };
         if Some(header.setup) != self.setup {
             bail!("evaluation keys of another setup than the one this keyholder holds");
         }
@@ -91,6 +91,20 @@ impl Keyholder {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let keys = self.keys.evaluation_keys(&relin1, relin2, galois)?;
+        let plan = match &mut self.held {
+            Held::Served { plan, .. } => plan.clone(),
+            Held::Head { held, .. } => {
+                held.keys = Some((header.setup, keys));
+                tracing::info!(
+                    seconds = t.elapsed().as_secs_f64(),
+                    "evaluation keys made; replaying the head's training steps it refreshes"
+                );
+                return Ok(Reply {
+                    body: Body::Collective(CollectiveMsg::KeyholderReady),
+                    items: vec![],
+                });
+            }
+        };
         let evaluator = self
             .ctx
             .evaluator(keys.relinearization.as_ref(), Some(&keys.galois))?;
@@ -100,7 +114,7 @@ impl Keyholder {
             .model_memory
             .or_else(|| he_agg::alloc::available_memory().map(|b| b / 4))
             .unwrap_or(u64::MAX);
-        let model = Model::plain_within(plan, &self.ctx, budget)?;
+        let model = Model::plain_within(&plan, &self.ctx, budget)?;
         let (held, held_bytes) = model.held();
         if held < plan.spec().segments() {
             tracing::warn!(

@@ -127,8 +127,23 @@ async fn session(link: &Link, kh: &mut Keyholder) -> anyhow::Result<()> {
                     }
                 }
             }
+            Body::Head(HeadMsg::HeadStart(req)) => {
+                let it = items(&mut msg, kh.max_start_items()).await?;
+                // the consortium's record: one line per run this keyholder replays
+                info!(
+                    contributor = format!("hospital-{}", req.contributor),
+                    request_id = req.signed.request_id,
+                    examples = req.signed.examples,
+                    epochs = req.signed.training.epochs,
+                    "training a head on a signed contribution: every step it refreshes is \
+                     replayed here"
+                );
+                if let Err(e) = tokio::task::block_in_place(|| kh.start_run(&req, &it)) {
+                    error!("refused to train on the contribution: {e:#}");
+                }
+                continue;
+            }
             Body::Head(HeadMsg::HeadRefresh(req)) => {
-                let it = items(&mut msg, kh.max_head_items()).await?;
                 // the consortium's record of every refresh: one line per step and attempt
                 info!(
                     step = req.step,
@@ -139,30 +154,32 @@ async fn session(link: &Link, kh: &mut Keyholder) -> anyhow::Result<()> {
                     with = ?req.active,
                     "refreshing the head's state after a training step"
                 );
-                match tokio::task::block_in_place(|| kh.refresh(&req, &it)) {
+                match tokio::task::block_in_place(|| kh.refresh(&req)) {
                     Ok(r) => vec![r],
                     Err(e) => {
-                        warn!(step = req.step, "refused to refresh: {e:#}");
+                        error!(step = req.step, "refused to refresh: {e:#}");
                         continue;
                     }
                 }
             }
-            Body::Head(HeadMsg::ResultSwitch(req)) => {
-                if let Err(e) = kh.switches_heads() {
-                    // the serving host may be compromised: nothing of the stream is read
-                    error!(request = req.request, "refused to switch: {e:#}");
-                    continue;
+            Body::Head(HeadMsg::HeadRefreshRelay(relay)) => {
+                let it = items(&mut msg, kh.max_head_relay_items()).await?;
+                match tokio::task::block_in_place(|| kh.refresh_relayed(&relay, &it)) {
+                    Ok(()) => {}
+                    Err(e) => error!(step = relay.step, "refused a step's refresh shares: {e:#}"),
                 }
-                let it = items(&mut msg, 1 + kh.max_head_items()).await?;
+                continue;
+            }
+            Body::Head(HeadMsg::ResultSwitch(req)) => {
                 info!(
                     request = req.request,
                     attempt = req.attempt,
                     contributor = format!("hospital-{}", req.requester),
                     ciphertexts = req.count,
                     with = ?req.active,
-                    "switching a trained head to its contributor's key"
+                    "switching the head this keyholder trained to its contributor's key"
                 );
-                match tokio::task::block_in_place(|| kh.switch(&req, &it)) {
+                match tokio::task::block_in_place(|| kh.switch(&req)) {
                     Ok(r) => vec![r],
                     Err(e) => {
                         error!(request = req.request, "refused to switch: {e:#}");
@@ -193,12 +210,12 @@ pub fn run(
     out: &Path,
     server: &str,
     patience: Duration,
-    head: bool,
+    head: Option<u64>,
 ) -> anyhow::Result<()> {
     let cfg = SiteConfig::load(site)?;
     let tls = TlsFiles::in_dir(&cfg.kit_dir(site));
-    let mut kh = if head {
-        Keyholder::open_head(&cfg, out, &tls)?
+    let mut kh = if let Some(max_examples) = head {
+        Keyholder::open_head(&cfg, out, &tls, max_examples)?
     } else {
         Keyholder::open(&cfg, out, &tls)?
     };

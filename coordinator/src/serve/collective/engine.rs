@@ -343,15 +343,10 @@ impl ServingEngine {
                             self.cfg.hospitals
                         ),
                     });
-                    if self.cfg.head {
-                        // the coordinator evaluates the head's steps itself
-                        self.ready = &self.formed & &self.connected;
-                    } else {
-                        let to: Vec<u32> =
-                            self.formed.intersection(&self.connected).copied().collect();
-                        if !to.is_empty() {
-                            out.push(ServingAction::SendKeys { to });
-                        }
+                    // head training too: each keyholder replays the steps it refreshes
+                    let to: Vec<u32> = self.formed.intersection(&self.connected).copied().collect();
+                    if !to.is_empty() {
+                        out.push(ServingAction::SendKeys { to });
                     }
                     self.maybe_serve(&mut out);
                 }
@@ -359,8 +354,8 @@ impl ServingEngine {
             ServingEvent::ThresholdFormed { hospital, keys } => {
                 self.formed.insert(hospital);
                 let made = matches!(self.step, SetupStep::Keys | SetupStep::Serving);
-                if self.cfg.head || keys {
-                    if made || self.cfg.head {
+                if keys {
+                    if made {
                         self.ready.insert(hospital);
                     }
                 } else if made {
@@ -552,6 +547,11 @@ impl ServingEngine {
         for r in waiting {
             self.replan(r, out);
         }
+    }
+
+    /// The connected keyholders that are ready, ascending.
+    pub fn ready_keyholders(&self) -> Vec<u32> {
+        self.connected.intersection(&self.ready).copied().collect()
     }
 
     /// Picks t connected hospitals that are ready (holding a threshold secret and, serving a

@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use he_agg::ckks::{Ciphertext, CkksContext, PublicKey, wire};
+use he_agg::ckks::{CkksContext, PublicKey, wire};
 use he_agg::infer::EvaluationKeys;
-use he_agg::multiparty::{Refresh, RefreshShare, wire as mpw};
-use he_agg::train::{EncryptedChunk, HeadPlan, HeadTrainer, schedule};
-use protocol::FederationId;
-use protocol::serve::head::{HeadContribution, HeadTraining, MAX_HEAD_EXAMPLES};
+use he_agg::multiparty::{RefreshShare, wire as mpw};
+use he_agg::train::{HeadPlan, RunSettings, decode_chunks, state_digest};
+use protocol::serve::head::{HeadContribution, HeadRefreshRelay, HeadTraining};
+use protocol::transcript::digest;
+use protocol::{Body, FederationId, HeadMsg};
 
 use super::error::KeysError;
 
@@ -20,92 +21,33 @@ fn invalid(s: impl Into<String>) -> KeysError {
     KeysError::Invalid(s.into())
 }
 
-/// Checks a contribution's header against the plan before its items are read.
-pub fn check_contribution(h: &HeadContribution, plan: &HeadPlan) -> Result<(), String> {
-    if h.fingerprint != plan.fingerprint() {
+/// Checks a contribution's header against the plan and the training this server announced
+/// before its items are read.
+pub fn check_contribution(
+    h: &HeadContribution,
+    plan: &HeadPlan,
+    training: &HeadTraining,
+) -> Result<(), String> {
+    h.check(
+        plan.fingerprint(),
+        plan.layout().groups(),
+        plan.layout().samples(),
+    )?;
+    if &h.training != training {
+        return Err(format!(
+            "the contribution asks for training {:?}; this server trains as it announced: \
+             {training:?} (fetch the job again)",
+            h.training
+        ));
+    }
+    if h.signature.is_empty() || h.signature.len() > protocol::transcript::MAX_SIGNATURE {
         return Err(
-            "the examples were encrypted for another head plan: fetch the job again".into(),
+            "the contribution is not signed: keyholders train only on what a hospital \
+                    of the consortium signed (update the client)"
+                .into(),
         );
     }
-    let per = plan.layout().groups() + 1;
-    if h.ciphertexts_per_chunk as usize != per {
-        return Err(format!(
-            "{} ciphertexts per chunk; this head's chunks have {per}",
-            h.ciphertexts_per_chunk
-        ));
-    }
-    let samples = plan.layout().samples() as u64;
-    let most = MAX_HEAD_EXAMPLES.div_ceil(samples);
-    if h.chunks == 0 || u64::from(h.chunks) > most || h.counts.len() != h.chunks as usize {
-        return Err(format!(
-            "{} chunks with {} counts; a contribution holds 1 to {most} chunks",
-            h.chunks,
-            h.counts.len()
-        ));
-    }
-    if h.counts.iter().any(|&c| c == 0 || u64::from(c) > samples)
-        || h.counts.iter().map(|&c| u64::from(c)).sum::<u64>() != h.examples
-    {
-        return Err(format!(
-            "chunk counts must be 1 to {samples} each and sum to the {} examples announced",
-            h.examples
-        ));
-    }
-    // every chunk but the last full: the memory a contribution takes follows its examples
-    if let Some(i) = h.counts[..h.counts.len() - 1]
-        .iter()
-        .position(|&c| u64::from(c) != samples)
-    {
-        return Err(format!(
-            "chunk {i} holds {} examples; every chunk but the last holds {samples}",
-            h.counts[i]
-        ));
-    }
     Ok(())
-}
-
-/// Decodes and checks a contribution's chunks (`items` without the contributor's key).
-pub fn decode_chunks(
-    plan: &HeadPlan,
-    h: &HeadContribution,
-    items: &[Vec<u8>],
-) -> Result<Vec<EncryptedChunk>, KeysError> {
-    let ctx = plan.context();
-    let per = h.ciphertexts_per_chunk as usize;
-    if items.len() != per * h.chunks as usize {
-        return Err(invalid(format!(
-            "{} ciphertexts for {} chunks of {per}",
-            items.len(),
-            h.chunks
-        )));
-    }
-    items
-        .chunks(per)
-        .zip(&h.counts)
-        .enumerate()
-        .map(|(i, (cts, &count))| {
-            let mut cts = cts
-                .iter()
-                .map(|b| {
-                    wire::decode_ciphertext(ctx, b).map_err(|e| KeysError::Item {
-                        index: i as u64,
-                        what: "chunk ciphertext",
-                        reason: e.to_string(),
-                    })
-                })
-                .collect::<Result<Vec<Ciphertext>, _>>()?;
-            let labels = cts.pop().expect("per ≥ 1");
-            let chunk = EncryptedChunk {
-                features: cts,
-                labels,
-                count: count as usize,
-            };
-            chunk
-                .check(plan.layout(), plan.scales())
-                .map_err(|e| invalid(format!("chunk {i}: {e}")))?;
-            Ok(chunk)
-        })
-        .collect()
 }
 
 /// Figures of a run, for the log and the audit.
@@ -117,154 +59,84 @@ pub struct RunFigures {
     pub share_bytes: u64,
 }
 
-/// One contribution being trained on.
+/// One keyholder's signed shares of the current attempt, as relayed.
+struct Signed {
+    hospital: u32,
+    signature: Vec<u8>,
+    items: Vec<Vec<u8>>,
+}
+
+/// One contribution being trained on: the coordinator replays the run as every keyholder does,
+/// gathers the t signed shares of each step and relays them to every keyholder of the run.
 pub struct HeadRun {
     pub contributor: u32,
     pub request_id: u64,
-    /// the contributor's public key (encoded): the trained head is switched to it
-    pub receiver_key: Vec<u8>,
-    plan: HeadPlan,
-    trainer: HeadTrainer,
-    chunks: Vec<EncryptedChunk>,
-    batches: Vec<Vec<usize>>,
-    /// steps whose refresh is done
-    done: usize,
-    /// the state after the current step, at the refresh level
-    pending: Vec<Ciphertext>,
-    pending_encoded: Vec<Vec<u8>>,
-    refresh: Refresh,
+    run: he_agg::train::HeadRun,
+    /// digest of the state waiting for its refresh
+    state: [u8; 32],
     /// the attempt whose shares are summed, and the sums
     sum: Option<(u32, Vec<RefreshShare>)>,
+    /// the shares of that attempt as signed
+    signed: Vec<Signed>,
     pub figures: RunFigures,
 }
 
 impl HeadRun {
-    /// A run from zero weights on `chunks`, as `training` says; refreshed by `threshold` of
-    /// `hospitals` keyholders.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        plan: HeadPlan,
-        keys: (&he_agg::ckks::PublicKey, &EvaluationKeys),
-        training: &HeadTraining,
-        federation: &[u8],
-        hospitals: u32,
-        threshold: u32,
-        contributor: u32,
-        request_id: u64,
-        receiver_key: Vec<u8>,
-        chunks: Vec<EncryptedChunk>,
-    ) -> Result<Self, KeysError> {
-        let err = |e: he_agg::train::HeadTrainError| invalid(e.to_string());
-        let ctx = plan.context().clone();
-        let (pk, eval) = keys;
-        let rlk = eval
-            .relinearization
-            .as_ref()
-            .ok_or_else(|| invalid("no relinearization key"))?;
-        let layout = plan.layout();
-        let (d, c) = (layout.features(), layout.classes());
-        let mut enc = ctx.pk_encryptor(pk).map_err(|e| invalid(e.to_string()))?;
-        let initial = HeadTrainer::pack_head(layout, &vec![0.0; c * d], &vec![0.0; c])
-            .iter()
-            .map(|v| {
-                let pt = ctx
-                    .encode_reals(v, plan.scales().top, plan.scales().weight)
-                    .map_err(|e| invalid(e.to_string()))?;
-                Ok(enc.encrypt(&pt))
-            })
-            .collect::<Result<Vec<_>, KeysError>>()?;
-        let trainer = HeadTrainer::new(
-            &ctx,
-            rlk,
-            &eval.galois,
-            layout.clone(),
-            training.lr,
-            training.momentum,
-            initial,
-        )
-        .map_err(err)?;
-        let refresh = plan
-            .refresh(federation, hospitals as usize, threshold as usize)
-            .map_err(err)?;
-        let batches = schedule(
-            chunks.len(),
-            training.epochs as usize,
-            training.batch_chunks as usize,
-        );
-        Ok(Self {
-            contributor,
-            request_id,
-            receiver_key,
-            plan,
-            trainer,
-            chunks,
-            batches,
-            done: 0,
-            pending: Vec::new(),
-            pending_encoded: Vec::new(),
-            refresh,
-            sum: None,
-            figures: RunFigures::default(),
-        })
-    }
-
     pub fn context(&self) -> &Arc<CkksContext> {
-        self.plan.context()
+        self.run.context()
     }
 
     pub fn plan(&self) -> &HeadPlan {
-        &self.plan
+        self.run.plan()
     }
 
     /// Steps of the whole run, and those refreshed so far.
     pub fn steps(&self) -> (usize, usize) {
-        (self.batches.len(), self.done)
+        self.run.steps()
     }
 
     pub fn finished(&self) -> bool {
-        self.done == self.batches.len()
+        self.run.finished()
     }
 
     /// Runs the next step; its state waits for the refresh.
     pub fn compute_step(&mut self) -> Result<(), KeysError> {
         let t = std::time::Instant::now();
-        let batch: Vec<&EncryptedChunk> = self.batches[self.done]
-            .iter()
-            .map(|&i| &self.chunks[i])
-            .collect();
-        self.pending = self
-            .trainer
-            .step(&batch)
+        self.run
+            .compute_step()
             .map_err(|e| invalid(e.to_string()))?;
-        let ctx = self.plan.context();
-        self.pending_encoded = self
-            .pending
-            .iter()
-            .map(|c| wire::encode_ciphertext(ctx, c))
-            .collect();
+        self.state = state_digest(self.run.context(), self.run.pending());
         self.sum = None;
+        self.signed.clear();
         self.figures.step += t.elapsed();
         Ok(())
     }
 
-    /// The state to refresh, encoded as keyholders get it.
-    pub fn pending(&self) -> &[Vec<u8>] {
-        &self.pending_encoded
+    /// Ciphertexts of the state waiting for its refresh, and its digest.
+    pub fn pending(&self) -> (usize, [u8; 32]) {
+        (self.run.pending().len(), self.state)
     }
 
-    /// Decodes one keyholder's refresh shares (one per state ciphertext) and adds them to the
-    /// sum of `attempt` (a new attempt starts a new sum: its shares are for another set).
-    pub fn fold(&mut self, attempt: u32, items: &[Vec<u8>]) -> Result<(), KeysError> {
+    /// Decodes one keyholder's signed refresh shares (one per state ciphertext) and adds them
+    /// to the sum of `attempt` (a new attempt starts a new sum: its shares are for another
+    /// set). The keyholders check the signature when the shares are relayed.
+    pub fn fold(
+        &mut self,
+        attempt: u32,
+        hospital: u32,
+        signature: Vec<u8>,
+        items: Vec<Vec<u8>>,
+    ) -> Result<(), KeysError> {
         let t = std::time::Instant::now();
-        if items.len() != self.pending.len() {
+        let count = self.run.pending().len();
+        if items.len() != count {
             return Err(invalid(format!(
-                "{} refresh shares for {} ciphertexts",
-                items.len(),
-                self.pending.len()
+                "{} refresh shares for {count} ciphertexts",
+                items.len()
             )));
         }
-        let ctx = self.plan.context();
-        let level = self.plan.scales().refresh_level;
+        let ctx = self.run.context();
+        let level = self.run.plan().scales().refresh_level;
         let shares = items
             .iter()
             .enumerate()
@@ -287,46 +159,72 @@ impl HeadRun {
         match self.sum.as_mut() {
             Some((a, sum)) if *a == attempt => {
                 for (acc, s) in sum.iter_mut().zip(&shares) {
-                    self.refresh
+                    self.run
+                        .refresh()
                         .aggregate(acc, s)
                         .map_err(|e| invalid(e.to_string()))?;
                 }
             }
-            _ => self.sum = Some((attempt, shares)),
+            _ => {
+                self.sum = Some((attempt, shares));
+                self.signed.clear();
+            }
         }
+        self.signed.push(Signed {
+            hospital,
+            signature,
+            items,
+        });
         self.figures.refresh += t.elapsed();
         Ok(())
     }
 
-    /// Finishes the refresh of the current step with the summed shares: the trainer takes the
-    /// refreshed state back.
+    /// The relay of the summed shares to the run's keyholders, in ascending order of hospital.
+    pub fn relay(&mut self) -> Result<(Body, Vec<Vec<u8>>), KeysError> {
+        let (attempt, _) = self
+            .sum
+            .as_ref()
+            .ok_or_else(|| invalid("no refresh shares were folded"))?;
+        let attempt = *attempt;
+        self.signed.sort_by_key(|s| s.hospital);
+        let count = self.run.pending().len() as u32;
+        let from = self
+            .signed
+            .iter()
+            .map(|s| (s.hospital, s.signature.clone()))
+            .collect();
+        let items = self.signed.iter().flat_map(|s| s.items.clone()).collect();
+        let (_, done) = self.run.steps();
+        let body = Body::Head(HeadMsg::HeadRefreshRelay(HeadRefreshRelay {
+            request_id: self.request_id,
+            step: done as u64 + 1,
+            attempt,
+            count,
+            from,
+        }));
+        Ok((body, items))
+    }
+
+    /// Finishes the refresh of the current step with the summed shares.
     pub fn finish_refresh(&mut self) -> Result<(), KeysError> {
         let t = std::time::Instant::now();
         let (_, sum) = self
             .sum
             .take()
             .ok_or_else(|| invalid("no refresh shares were folded"))?;
-        let refreshed = self
-            .pending
-            .iter()
-            .zip(&sum)
-            .map(|(ct, s)| self.refresh.finalize(ct, s))
-            .collect::<Result<Vec<_>, _>>()
+        let count = sum.len() as u64;
+        self.run
+            .finish_refresh(&sum)
             .map_err(|e| invalid(e.to_string()))?;
-        self.trainer
-            .set_state(refreshed)
-            .map_err(|e| invalid(e.to_string()))?;
-        self.figures.refreshes += self.pending.len() as u64;
-        self.pending.clear();
-        self.pending_encoded.clear();
-        self.done += 1;
+        self.signed.clear();
+        self.figures.refreshes += count;
         self.figures.refresh += t.elapsed();
         Ok(())
     }
 
     /// The trained head (weights per feature group, then the bias), for the final switch.
-    pub fn weights(&self) -> Vec<Ciphertext> {
-        self.trainer.weights().to_vec()
+    pub fn weights(&self) -> Vec<he_agg::ckks::Ciphertext> {
+        self.run.weights().to_vec()
     }
 }
 
@@ -353,47 +251,67 @@ pub struct HeadState {
     pub requests: HeadRequests,
     /// a run is being read, set up or trained (no second contribution meanwhile)
     pub busy: bool,
+    /// the keyholders the run was started at: each replays it and is relayed every step
+    pub keyholders: Vec<u32>,
 }
 
 /// What setting a run up from a contribution takes (decoding its chunks: gigabytes).
 pub struct RunJob {
     pub(super) plan: HeadPlan,
     pub(super) keys: (PublicKey, Arc<EvaluationKeys>),
-    pub(super) training: HeadTraining,
     pub(super) federation: FederationId,
     pub(super) hospitals: u32,
     pub(super) threshold: u32,
     pub(super) contributor: u32,
     pub(super) header: HeadContribution,
-    pub(super) items: Vec<Vec<u8>>,
+    /// the contributor's key, then the chunks (shared with the relay to the keyholders)
+    pub(super) items: Arc<Vec<Vec<u8>>>,
 }
 
 impl RunJob {
     /// The run, or why the contribution cannot be trained on.
-    pub fn build(mut self) -> Result<Box<HeadRun>, String> {
-        if self.items.is_empty() {
+    pub fn build(self) -> Result<Box<HeadRun>, String> {
+        let Some((receiver, chunks)) = self.items.split_first() else {
             return Err("no contributor key".into());
-        }
-        let receiver = self.items.remove(0);
-        he_agg::ckks::wire::decode_public_key(self.plan.context(), &receiver)
+        };
+        wire::decode_public_key(self.plan.context(), receiver)
             .map_err(|e| format!("the contributor's public key: {e}"))?;
         let chunks =
-            decode_chunks(&self.plan, &self.header, &self.items).map_err(|e| e.to_string())?;
-        drop(self.items);
-        HeadRun::new(
-            self.plan,
-            (&self.keys.0, &self.keys.1),
-            &self.training,
-            &self.federation.0,
-            self.hospitals,
-            self.threshold,
+            decode_chunks(&self.plan, &self.header.counts, chunks).map_err(|e| e.to_string())?;
+        // the zero initial state's randomness: public, derived as every keyholder derives it
+        let statement = self.header.statement(
+            self.federation,
             self.contributor,
-            self.header.request_id,
-            receiver,
+            self.items.iter().map(Vec::as_slice),
+        );
+        let seed = digest(&statement.message());
+        let t = &self.header.training;
+        let settings = RunSettings {
+            epochs: t.epochs as usize,
+            batch_chunks: t.batch_chunks as usize,
+            lr: t.lr,
+            momentum: t.momentum,
+        };
+        let run = he_agg::train::HeadRun::new(
+            self.plan,
+            &self.keys.0,
+            &self.keys.1,
+            settings,
+            &seed,
+            &self.federation.0,
+            (self.hospitals as usize, self.threshold as usize),
             chunks,
         )
-        .map(Box::new)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        Ok(Box::new(HeadRun {
+            contributor: self.contributor,
+            request_id: self.header.request_id,
+            run,
+            state: [0; 32],
+            sum: None,
+            signed: Vec::new(),
+            figures: RunFigures::default(),
+        }))
     }
 }
 
@@ -420,6 +338,17 @@ mod tests {
             chunks: counts.len() as u32,
             ciphertexts_per_chunk: (plan.layout().groups() + 1) as u32,
             counts,
+            training: training(),
+            signature: vec![1; 64],
+        }
+    }
+
+    fn training() -> HeadTraining {
+        HeadTraining {
+            epochs: 2,
+            batch_chunks: 1,
+            lr: 1.0,
+            momentum: 0.5,
         }
     }
 
@@ -427,35 +356,48 @@ mod tests {
     fn contributions_of_another_shape_are_refused_before_their_items_are_read() {
         let p = plan();
         let s = p.layout().samples() as u32;
-        assert!(check_contribution(&header(&p, vec![s, 3]), &p).is_ok());
+        assert!(check_contribution(&header(&p, vec![s, 3]), &p, &training()).is_ok());
         let mut h = header(&p, vec![s]);
         h.fingerprint = HeadPlan::with_context(p.context().clone(), 12, 3)
             .unwrap()
             .fingerprint();
         assert!(
-            check_contribution(&h, &p)
+            check_contribution(&h, &p, &training())
                 .unwrap_err()
                 .contains("another head plan")
         );
         let mut h = header(&p, vec![s]);
         h.ciphertexts_per_chunk += 1;
         assert!(
-            check_contribution(&h, &p)
+            check_contribution(&h, &p, &training())
                 .unwrap_err()
                 .contains("per chunk")
         );
-        let e = check_contribution(&header(&p, vec![s + 1]), &p).unwrap_err();
+        let e = check_contribution(&header(&p, vec![s + 1]), &p, &training()).unwrap_err();
         assert!(e.contains(&format!("1 to {s} each")), "{e}");
-        let e = check_contribution(&header(&p, vec![1, 1, 1]), &p).unwrap_err();
+        let e = check_contribution(&header(&p, vec![1, 1, 1]), &p, &training()).unwrap_err();
         assert!(e.contains("every chunk but the last"), "{e}");
         let mut h = header(&p, vec![s, 2]);
         h.examples += 1;
-        assert!(check_contribution(&h, &p).unwrap_err().contains("sum to"));
+        assert!(
+            check_contribution(&h, &p, &training())
+                .unwrap_err()
+                .contains("sum to")
+        );
         let mut h = header(&p, vec![2]);
         h.counts.clear();
-        assert!(check_contribution(&h, &p).is_err());
-        let e = check_contribution(&header(&p, vec![]), &p).unwrap_err();
+        assert!(check_contribution(&h, &p, &training()).is_err());
+        let e = check_contribution(&header(&p, vec![]), &p, &training()).unwrap_err();
         assert!(e.contains("0 chunks"), "{e}");
+        // every keyholder trains as the contributor signed: it must be what the server said
+        let mut h = header(&p, vec![s]);
+        h.training.lr = 2.0;
+        let e = check_contribution(&h, &p, &training()).unwrap_err();
+        assert!(e.contains("trains as it announced"), "{e}");
+        let mut h = header(&p, vec![s]);
+        h.signature.clear();
+        let e = check_contribution(&h, &p, &training()).unwrap_err();
+        assert!(e.contains("not signed"), "{e}");
     }
 
     #[test]
@@ -476,17 +418,19 @@ mod tests {
             .collect();
         items.push(wire::encode_ciphertext(&ctx, &chunk.labels));
         let h = header(&p, vec![5]);
-        let got = decode_chunks(&p, &h, &items).unwrap();
+        let got = decode_chunks(&p, &h.counts, &items).unwrap();
         assert_eq!((got.len(), got[0].count), (1, 5));
 
         // labels where features belong: another level, refused with the chunk's index
         let mut swapped = items.clone();
         swapped.swap(0, items.len() - 1);
-        let e = decode_chunks(&p, &h, &swapped).unwrap_err().to_string();
+        let e = decode_chunks(&p, &h.counts, &swapped)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("chunk 0") && e.contains("level"), "{e}");
         let mut bad = items.clone();
         bad[0] = vec![7; 100];
-        assert!(decode_chunks(&p, &h, &bad).is_err());
-        assert!(decode_chunks(&p, &h, &items[1..]).is_err());
+        assert!(decode_chunks(&p, &h.counts, &bad).is_err());
+        assert!(decode_chunks(&p, &h.counts, &items[1..]).is_err());
     }
 }

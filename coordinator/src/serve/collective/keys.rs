@@ -194,7 +194,8 @@ impl ServedKeys {
 
     /// What to save once serving starts (once).
     pub fn take_unsaved(&mut self, threshold: u32) -> Option<SavedServing> {
-        if self.saved {
+        // a restarted head training makes a new key: nothing of it is saved
+        if self.saved || self.head.is_some() {
             return None;
         }
         let c = self.compiled.as_ref()?;
@@ -473,25 +474,25 @@ impl ServedKeys {
         self.setup = Some(setup_id(&relin1));
         let bytes = wire::encode_public_key(&c.ctx, &pk);
         self.public_key = Some((pk, bytes));
-        if self.head.is_some() {
-            let keys = c
-                .keys
-                .finalize(r1, r2)
-                .map_err(|e| invalid(e.to_string()))?;
-            self.head_keys = Some(Arc::new(keys));
-            return Ok(());
-        }
         let mut items = vec![relin1, mpw::encode_relin_share2(&c.ctx, &r2)];
         items.extend(
             r1.galois
                 .iter()
                 .map(|g| mpw::encode_galois_share(&c.ctx, g)),
         );
+        // head training: the keyholders replay every step too, with the same keys
         self.keyholder_keys = Some(items);
+        if self.head.is_some() {
+            let keys = c
+                .keys
+                .finalize(r1, r2)
+                .map_err(|e| invalid(e.to_string()))?;
+            self.head_keys = Some(Arc::new(keys));
+        }
         Ok(())
     }
 
-    /// Mode (a): the message that gives a keyholder the sums of its evaluation keys.
+    /// The message that gives a keyholder the sums of its evaluation keys.
     pub fn keyholder_keys(&self) -> Option<(Body, Vec<Vec<u8>>)> {
         let items = self.keyholder_keys.clone()?;
         Some((

@@ -266,7 +266,6 @@ fn bad_images_and_bad_switching_shares_are_refused() {
     let switch = SwitchState::new(
         f.ctx.clone(),
         served_combiner(&f.ctx, 3, 2).unwrap(),
-        pk_bytes,
         vec![result.clone()],
     );
     refused(switch.decode_shares(&[]), "0 switching shares for 1");

@@ -77,7 +77,7 @@ pub struct SwitchState {
     ctx: Arc<CkksContext>,
     pcks: PublicKeySwitch,
     /// what every asked keyholder is sent after the header: mode (a), the requester's public
-    /// key and its images; a head, the contributor's key and the head
+    /// key and its images; a head, nothing
     pub items: Vec<Vec<u8>>,
     count: usize,
     /// the level results are at
@@ -113,19 +113,15 @@ impl SwitchState {
         }
     }
 
-    /// Head training: `results` known here, switched to `requester_key`.
-    pub fn new(
-        ctx: Arc<CkksContext>,
-        pcks: PublicKeySwitch,
-        requester_key: Vec<u8>,
-        results: Vec<Ciphertext>,
-    ) -> Self {
+    /// Head training: the trained head `results`, as this coordinator replayed it; each
+    /// keyholder switches its own to the key the contributor signed.
+    pub fn new(ctx: Arc<CkksContext>, pcks: PublicKeySwitch, results: Vec<Ciphertext>) -> Self {
         let encoded: Vec<Vec<u8>> = results
             .iter()
             .map(|c| wire::encode_ciphertext(&ctx, c))
             .collect();
-        let mut items = vec![requester_key];
-        items.extend(encoded.iter().cloned());
+        // each keyholder switches the head it trained itself, to the key its contributor signed
+        let items = Vec::new();
         Self {
             count: results.len(),
             level: results.first().map_or(0, Ciphertext::level),

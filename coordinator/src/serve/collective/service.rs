@@ -228,6 +228,24 @@ impl Service {
         }
     }
 
+    /// Sends to a keyholder on the connection it is on, if any, items shared with others.
+    pub(super) fn send_keyholder_shared(
+        &mut self,
+        hospital: u32,
+        body: Body,
+        first: Vec<Vec<u8>>,
+        items: std::sync::Arc<Vec<Vec<u8>>>,
+    ) {
+        if let Some(&conn) = self.keyholders.get(&hospital) {
+            self.out.push_back(Action::SendShared {
+                conn,
+                body,
+                first,
+                items,
+            });
+        }
+    }
+
     pub(super) fn audit(&mut self, hospital: Option<u32>, event: &'static str, detail: String) {
         self.out.push_back(Action::Audit {
             hospital,
@@ -471,7 +489,7 @@ impl Service {
             return;
         };
         // mode (a): the signed request itself, which each keyholder evaluates; a trained head:
-        // the head, switched to its contributor
+        // each keyholder switches the head it trained to the key its contributor signed
         let body = match &r.signed {
             Some(signed) => Body::Collective(CollectiveMsg::CollectiveEvaluate(EvaluateRequest {
                 setup,
@@ -486,6 +504,7 @@ impl Service {
                 request,
                 attempt,
                 requester,
+                request_id: r.request_id,
                 active: active.clone(),
                 count: r.switch.count() as u32,
             })),

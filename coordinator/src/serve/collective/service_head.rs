@@ -1,11 +1,15 @@
-//! Head training in the mode (a) service (issue 20): a contributor's encrypted examples start a
-//! run, set up off the service; after every step, computed off the service, the state's refresh
-//! is a request t keyholders answer (replaced as a served request's are when one leaves); the
-//! trained head is switched to the contributor's key as a result is. One run at a time.
+//! Head training in the mode (a) service (issue 20): a contributor's signed examples start a
+//! run, relayed whole to every ready keyholder (each replays the run itself: issue 46, item 3)
+//! and set up here off the service; after every step, computed off the service, the state's
+//! refresh is a request t keyholders answer with signed shares of the state they reached
+//! (replaced as a served request's are when one leaves), and the shares summed are relayed to
+//! every keyholder of the run; the trained head is switched to the contributor's key as a
+//! result is, each keyholder switching its own. One run at a time.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use protocol::serve::head::{HeadContribution, HeadRefreshRequest};
+use protocol::serve::head::{HeadContribution, HeadRefreshRequest, HeadStart};
 use protocol::{Body, HeadMsg};
 
 use super::ServingEvent;
@@ -31,41 +35,53 @@ impl Service {
                     .compiled()
                     .and_then(|c| c.head().cloned())
                     .ok_or("the head's keys are not made yet")?;
-                check_contribution(h, &plan)?;
+                let training = self.cfg.head.as_ref().ok_or("no head training")?;
+                check_contribution(h, &plan, training)?;
                 if h.examples > self.cfg.max_head_examples {
                     return Err(format!(
                         "{} examples; this server trains on at most {}",
                         h.examples, self.cfg.max_head_examples
                     ));
                 }
+                let t = self.cfg.serving.threshold as usize;
+                if self.engine.ready_keyholders().len() < t {
+                    return Err(format!(
+                        "{} keyholders are ready; a run needs at least t = {t} (try later)",
+                        self.engine.ready_keyholders().len()
+                    ));
+                }
                 self.head.busy = true;
                 self.reading += 1;
                 Ok(h.items() as usize)
             }
-            HeadMsg::ResultShares(h) => {
+            HeadMsg::HeadRefreshShares(h) => {
                 self.engine.accepts_shares(hospital, h.request, h.attempt)?;
-                let refresh = matches!(
+                if !matches!(
                     self.head.requests.get(&h.request),
                     Some(HeadRequest::Refresh { .. })
-                );
-                let want = if refresh {
-                    self.head
-                        .run
-                        .as_ref()
-                        .map(|r| r.pending().len())
-                        .ok_or("no head run")?
-                } else {
-                    self.requests
-                        .get(&h.request)
-                        .filter(|r| r.signed.is_none())
-                        .map(|r| r.switch.count())
-                        .ok_or("unknown request")?
-                };
+                ) {
+                    return Err("refresh shares of no refresh under way".into());
+                }
+                let (want, _) = self.head.run.as_ref().ok_or("no head run")?.pending();
                 if h.count as usize != want {
-                    return Err(match refresh {
-                        true => format!("{} refresh shares for {want} ciphertexts", h.count),
-                        false => format!("{} switching shares for {want} results", h.count),
-                    });
+                    return Err(format!("{} refresh shares for {want} ciphertexts", h.count));
+                }
+                if h.signature.is_empty() || h.signature.len() > protocol::transcript::MAX_SIGNATURE
+                {
+                    return Err("refresh shares without their keyholder's signature".into());
+                }
+                Ok(want)
+            }
+            HeadMsg::ResultShares(h) => {
+                self.engine.accepts_shares(hospital, h.request, h.attempt)?;
+                let want = self
+                    .requests
+                    .get(&h.request)
+                    .filter(|r| r.signed.is_none())
+                    .map(|r| r.switch.count())
+                    .ok_or("unknown request")?;
+                if h.count as usize != want {
+                    return Err(format!("{} switching shares for {want} results", h.count));
                 }
                 Ok(want)
             }
@@ -86,42 +102,60 @@ impl Service {
                 self.reading = self.reading.saturating_sub(1);
                 self.contribution(conn, hospital, header, items)
             }
-            HeadMsg::ResultShares(h) => {
+            HeadMsg::HeadRefreshShares(h) => {
                 // the attempt may have changed while the shares travelled
                 self.engine.accepts_shares(hospital, h.request, h.attempt)?;
-                let refresh = matches!(
-                    self.head.requests.get(&h.request),
-                    Some(HeadRequest::Refresh { .. })
-                );
-                let folded = if refresh {
-                    let run = self.head.run.as_mut().ok_or("no head run")?;
-                    run.fold(h.attempt, &items)
+                let run = self.head.run.as_mut().ok_or("no head run")?;
+                let folded = if h.state != run.pending().1 {
+                    // its replay reached another state: its shares would refresh nothing here
+                    Err(format!(
+                        "hospital {hospital}'s shares of step {} are of another state than this \
+                         server's replay reached",
+                        h.step
+                    ))
                 } else {
-                    let r = self.requests.get_mut(&h.request).ok_or("unknown request")?;
-                    r.switch
-                        .decode_shares(&items)
-                        .and_then(|shares| r.switch.fold(h.attempt, shares))
+                    run.fold(h.attempt, hospital, h.signature, items)
+                        .map_err(|e| e.to_string())
                 };
-                let (request, attempt) = (h.request, h.attempt);
-                if let Err(e) = folded {
-                    let event = ServingEvent::SharesRefused {
-                        request,
-                        attempt,
-                        hospital,
-                    };
-                    self.drive(now, event);
-                    return Err(e.to_string());
-                }
-                let event = ServingEvent::SharesFolded {
-                    request,
-                    attempt,
-                    hospital,
-                };
-                self.drive(now, event);
-                Ok(())
+                self.shares_outcome(now, h.request, h.attempt, hospital, folded)
+            }
+            HeadMsg::ResultShares(h) => {
+                self.engine.accepts_shares(hospital, h.request, h.attempt)?;
+                let r = self.requests.get_mut(&h.request).ok_or("unknown request")?;
+                let folded = r
+                    .switch
+                    .decode_shares(&items)
+                    .and_then(|shares| r.switch.fold(h.attempt, shares))
+                    .map_err(|e| e.to_string());
+                self.shares_outcome(now, h.request, h.attempt, hospital, folded)
             }
             other => Err(format!("unexpected message {}", other.kind())),
         }
+    }
+
+    /// Feeds the engine whether a keyholder's shares were folded.
+    fn shares_outcome(
+        &mut self,
+        now: Instant,
+        request: u64,
+        attempt: u32,
+        hospital: u32,
+        folded: Result<(), String>,
+    ) -> Result<(), String> {
+        let event = match &folded {
+            Ok(()) => ServingEvent::SharesFolded {
+                request,
+                attempt,
+                hospital,
+            },
+            Err(_) => ServingEvent::SharesRefused {
+                request,
+                attempt,
+                hospital,
+            },
+        };
+        self.drive(now, event);
+        folded
     }
 
     /// A contributor's encrypted examples (header checked at admission): the run is set up off
@@ -154,14 +188,28 @@ impl Service {
         else {
             return fail(self, "the head's keys are not made yet");
         };
-        let Some(training) = self.keys.head_training().cloned() else {
-            return fail(self, "no head training");
+        let Some(collective_key) = self.keys.public_key_bytes().map(<[u8]>::to_vec) else {
+            return fail(self, "the head's keys are not made yet");
+        };
+        let Some(setup) = self.keys.setup() else {
+            return fail(self, "the head's keys are not made yet");
         };
         self.head.conn = Some(conn);
+        // every ready keyholder replays the run: it refreshes only the states it reaches itself
+        let items = Arc::new(items);
+        let start = Body::Head(HeadMsg::HeadStart(HeadStart {
+            setup,
+            contributor,
+            signed: header.clone(),
+        }));
+        self.head.keyholders = self.engine.ready_keyholders();
+        for h in self.head.keyholders.clone() {
+            let first = vec![collective_key.clone()];
+            self.send_keyholder_shared(h, start.clone(), first, items.clone());
+        }
         self.out.push_back(Action::BuildRun(Box::new(RunJob {
             plan,
             keys,
-            training,
             federation: self.cfg.federation,
             hospitals: self.cfg.serving.hospitals,
             threshold: self.cfg.serving.threshold,
@@ -232,19 +280,21 @@ impl Service {
             return;
         };
         let (steps, done) = run.steps();
-        let items = run.pending().to_vec();
+        let (count, state) = run.pending();
         let body = Body::Head(HeadMsg::HeadRefresh(HeadRefreshRequest {
             setup,
             request,
             attempt,
+            request_id: run.request_id,
             step: done as u64 + 1,
             steps: steps as u64,
             contributor,
             active: active.clone(),
-            count: items.len() as u32,
+            count: count as u32,
+            state,
         }));
         for h in active {
-            self.send_keyholder(h, body.clone(), items.clone());
+            self.send_keyholder(h, body.clone(), vec![]);
         }
     }
 
@@ -258,7 +308,20 @@ impl Service {
     ) -> Option<ServingEvent> {
         self.head.requests.remove(&request);
         let mut run = self.head.run.take()?;
-        let count = run.pending().len();
+        let (count, _) = run.pending();
+        // every keyholder of the run refreshes its own state with the same signed shares
+        match run.relay() {
+            Ok((body, items)) => {
+                let items = Arc::new(items);
+                for h in self.head.keyholders.clone() {
+                    self.send_keyholder_shared(h, body.clone(), vec![], items.clone());
+                }
+            }
+            Err(e) => {
+                self.abort_head(&format!("the refresh of step {} failed: {e}", step + 1));
+                return None;
+            }
+        }
         if let Err(e) = run.finish_refresh() {
             self.abort_head(&format!("the refresh of step {} failed: {e}", step + 1));
             return None;
@@ -300,12 +363,7 @@ impl Service {
             self.abort_head("the contributor is gone");
             return None;
         };
-        let switch = SwitchState::new(
-            run.context().clone(),
-            pcks,
-            run.receiver_key.clone(),
-            run.weights(),
-        );
+        let switch = SwitchState::new(run.context().clone(), pcks, run.weights());
         let (contributor, request_id) = (run.contributor, run.request_id);
         self.head.run = Some(run);
         let id = self.next_request;
@@ -350,6 +408,7 @@ impl Service {
         self.head.run = None;
         self.head.busy = false;
         self.head.requests.clear();
+        self.head.keyholders.clear();
         if let Some(conn) = self.head.conn.take() {
             self.send(
                 conn,

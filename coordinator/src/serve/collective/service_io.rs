@@ -64,6 +64,14 @@ pub enum Action {
         body: Body,
         items: Vec<Vec<u8>>,
     },
+    /// Send `first`, then `items` (shared by every keyholder it goes to: a contribution is
+    /// gigabytes).
+    SendShared {
+        conn: Conn,
+        body: Body,
+        first: Vec<Vec<u8>>,
+        items: std::sync::Arc<Vec<Vec<u8>>>,
+    },
     /// Close a connection (a keyholder connected again on another).
     Close { conn: Conn, reason: &'static str },
     /// Set a head run up from a contribution off the service (it decodes gigabytes), then feed

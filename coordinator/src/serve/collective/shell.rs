@@ -134,6 +134,20 @@ impl CollectiveServer {
                 };
                 tokio::spawn(send(link, body, items));
             }
+            Action::SendShared {
+                conn,
+                body,
+                first,
+                items,
+            } => {
+                let Some(link) = self.conns().get(&conn).cloned() else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let all = first.iter().chain(items.iter());
+                    send_all(link, body, all).await
+                });
+            }
             Action::Close { conn, reason } => {
                 if let Some(link) = self.conns().get(&conn) {
                     link.close(reason);
@@ -310,11 +324,15 @@ async fn read_all(incoming: &mut Incoming, count: usize) -> Result<Vec<Vec<u8>>,
 }
 
 async fn send(link: Link, body: Body, items: Vec<Vec<u8>>) {
+    send_all(link, body, items.iter()).await
+}
+
+async fn send_all<'a>(link: Link, body: Body, items: impl Iterator<Item = &'a Vec<u8>>) {
     let kind = body.kind();
     let peer = link.peer();
     let sent = async {
         let mut s = link.open(0, body).await?;
-        for item in &items {
+        for item in items {
             s.item(item).await?;
         }
         s.finish().await

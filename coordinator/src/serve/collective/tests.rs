@@ -333,7 +333,8 @@ fn a_keyholder_back_without_the_keys_is_sent_them_and_asked_only_once_ready() {
 }
 
 #[test]
-fn head_keyholders_are_ready_once_formed() {
+fn head_keyholders_get_the_evaluation_keys_and_serve_once_they_hold_them() {
+    // each keyholder replays the steps it refreshes (issue 46, item 3): it needs the keys
     let mut e = ServingEngine::new(ServingConfig {
         hospitals: 2,
         threshold: 2,
@@ -358,9 +359,18 @@ fn head_keyholders_are_ready_once_formed() {
             keys: false,
         }));
         assert!(
-            !a.iter()
-                .any(|x| matches!(x, ServingAction::SendKeys { .. }))
+            a.iter()
+                .any(|x| matches!(x, ServingAction::SendKeys { to } if to == &vec![h])),
+            "{a:?}"
         );
+    }
+    assert_ne!(
+        e.step(),
+        SetupStep::Serving,
+        "no keyholder holds the keys yet"
+    );
+    for h in 1..=2 {
+        e.handle(ServingEvent::KeyholderReady { hospital: h });
     }
     assert_eq!(e.step(), SetupStep::Serving);
 }
