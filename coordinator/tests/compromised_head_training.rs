@@ -67,7 +67,7 @@ fn a_compromised_head_training_host_reads_no_key_share_and_steers_no_step() {
     .unwrap();
     let _keyholders = Procs((1..=3).map(|i| head_keyholder(&fed, i, &addr)).collect());
     let training = HeadTraining {
-        epochs: 2,
+        epochs: 1,
         batch_chunks: 1,
         lr: 1.0,
         momentum: 0.5,
@@ -93,8 +93,8 @@ fn a_compromised_head_training_host_reads_no_key_share_and_steers_no_step() {
                 attempt: 0,
                 request_id: 7,
                 step,
-                // 2 epochs of 2 chunks, one per batch
-                steps: 4,
+                // 1 epoch of 2 chunks, one per batch
+                steps: 2,
                 contributor: 1,
                 active: active.clone(),
                 count: count as u32,
@@ -206,7 +206,7 @@ fn a_compromised_head_training_host_reads_no_key_share_and_steers_no_step() {
                 .message(),
         );
         let settings = RunSettings {
-            epochs: 2,
+            epochs: 1,
             batch_chunks: 1,
             lr: 1.0,
             momentum: 0.5,
@@ -223,7 +223,7 @@ fn a_compromised_head_training_host_reads_no_key_share_and_steers_no_step() {
         )
         .unwrap();
         let steps = mine.steps().0;
-        assert_eq!(steps, 4);
+        assert_eq!(steps, 2);
         let mut request = 10;
         for step in 1..=steps as u64 {
             mine.compute_step().unwrap();
@@ -334,7 +334,7 @@ fn a_compromised_head_training_host_reads_no_key_share_and_steers_no_step() {
             })
             .collect();
         let mut plain = PlainHead::zeros(layout.features(), layout.classes());
-        for batch in schedule(chunks.len(), 2, 1) {
+        for batch in schedule(chunks.len(), 1, 1) {
             let sel: Vec<usize> = batch
                 .iter()
                 .flat_map(|&c| c * layout.samples()..((c + 1) * layout.samples()).min(n))
