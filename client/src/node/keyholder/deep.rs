@@ -19,8 +19,7 @@ use protocol::serve::collective::{
 use protocol::transcript::{Statement, digest_items};
 use protocol::{Body, CollectiveMsg};
 
-use super::{Held, Keyholder, Reply};
-use crate::node::trust::Distrust;
+use super::{Held, Keyholder, Reply, relayed};
 
 /// Most requests a keyholder holds between two segments at once: an older one is dropped (its
 /// attempt timed out at the server, or was planned again with other keyholders).
@@ -174,36 +173,21 @@ impl Keyholder {
                 p.active
             );
         }
-        for ((h, signature), shares) in relay.from.iter().zip(items.chunks(count)) {
-            let certificate = self
-                .peers
-                .certificate(*h)
-                .ok_or_else(|| Distrust(format!("no certificate of hospital {h}")))?;
-            let statement = self.statement(p, *h, relay.index, shares);
-            self.verifier
-                .verify(certificate, *h, &statement, signature)
-                .map_err(|e| {
-                    Distrust(format!(
-                        "refresh shares relayed as hospital {h}'s that it did not sign: {e}"
-                    ))
-                })?;
-        }
+        relayed::check_signed(
+            (&self.peers, &self.verifier),
+            &relay.from,
+            items,
+            count,
+            |h, shares| self.statement(p, h, relay.index, shares),
+            ("", ""),
+        )?;
         let refresh = self.served_refresh(p.active.len())?;
+        let sums = relayed::sum_shares(&self.ctx, &refresh, &relay.from, items, count, "image")?;
         let mut p = self.pending.remove(at);
         let mut inputs = Vec::with_capacity(count);
-        for (i, ct) in p.outputs.iter().enumerate() {
-            let mut sum = None;
-            for k in 0..from.len() {
-                let share = mpw::decode_refresh_share(&self.ctx, &items[k * count + i])
-                    .with_context(|| format!("hospital {}'s share of image {i}", from[k]))?;
-                match sum.as_mut() {
-                    None => sum = Some(share),
-                    Some(acc) => refresh.aggregate(acc, &share)?,
-                }
-            }
-            let sum = sum.context("no shares")?;
+        for (i, (ct, sum)) in p.outputs.iter().zip(&sums).enumerate() {
             let fresh = refresh
-                .finalize(ct, &sum)
+                .finalize(ct, sum)
                 .with_context(|| format!("refreshing image {i} of request {}", p.request_id))?;
             inputs.push(fresh);
         }

@@ -13,6 +13,7 @@ use he_agg::infer::EvaluationKeys;
 use he_agg::multiparty::wire as mpw;
 use he_agg::train::{HeadRun, RunSettings, decode_chunks, state_digest};
 use protocol::Body;
+use protocol::FederationId;
 use protocol::HeadMsg;
 use protocol::serve::head::{
     HeadRefreshRelay, HeadRefreshRequest, HeadRefreshShares, HeadStart, MAX_HEAD_EXAMPLES,
@@ -20,7 +21,7 @@ use protocol::serve::head::{
 };
 use protocol::transcript::{Statement, digest, digest_items};
 
-use super::{Held, Keyholder, Reply};
+use super::{Held, Keyholder, Reply, relayed};
 use crate::node::trust::Distrust;
 
 /// A run this keyholder replays.
@@ -36,14 +37,51 @@ pub(super) struct Replay {
     compute: std::time::Duration,
 }
 
+impl Replay {
+    /// What `hospital` signs of its `shares` of step `step` (attempt `attempt`) of this run.
+    fn statement(
+        &self,
+        federation: FederationId,
+        hospital: u32,
+        step: u64,
+        attempt: u32,
+        shares: &[Vec<u8>],
+    ) -> Statement {
+        Statement::HeadRefreshShares {
+            federation,
+            hospital,
+            contributor: self.contributor,
+            request_id: self.request_id,
+            step,
+            attempt,
+            state: self.state,
+            shares: digest_items(shares.iter().map(Vec::as_slice)),
+        }
+    }
+}
+
+/// The run of contribution `request_id` a head's keyholder replays (a borrow of `held` alone,
+/// so that the keyholder's other fields stay free).
+fn replay_in(held: &mut Held, request_id: u64) -> anyhow::Result<&mut Replay> {
+    let Held::Head { held, .. } = held else {
+        bail!(NOT_A_HEAD);
+    };
+    held.run
+        .as_deref_mut()
+        .filter(|r| r.request_id == request_id)
+        .with_context(|| format!("contribution {request_id} is not being trained here"))
+}
+
+const NOT_A_HEAD: &str = "asked to train, refresh or switch a head while holding a served \
+                          model's key: this keyholder switches only its own evaluations of \
+                          requests their requesters signed";
+
 /// What a head's keyholder holds besides its plan.
 #[derive(Default)]
 pub(super) struct HeadHeld {
     /// the setup's evaluation keys (the server sends their sums)
     pub keys: Option<([u8; 32], EvaluationKeys)>,
     pub run: Option<Box<Replay>>,
-    /// refreshes made for this setup (each logged)
-    pub refreshes: u64,
     /// most examples a contribution may carry here (`--max-examples`)
     pub max_examples: u64,
 }
@@ -52,11 +90,7 @@ impl Keyholder {
     fn head_held(&mut self) -> anyhow::Result<(&he_agg::train::HeadPlan, &mut HeadHeld)> {
         match &mut self.held {
             Held::Head { plan, held } => Ok((plan, held)),
-            Held::Served { .. } => bail!(
-                "asked to train, refresh or switch a head while holding a served model's key: \
-                 this keyholder switches only its own evaluations of requests their requesters \
-                 signed"
-            ),
+            Held::Served { .. } => bail!(NOT_A_HEAD),
         }
     }
 
@@ -166,42 +200,11 @@ impl Keyholder {
         Ok(())
     }
 
-    fn replay(&mut self, request_id: u64) -> anyhow::Result<&mut Replay> {
-        let (_, held) = self.head_held()?;
-        held.run
-            .as_deref_mut()
-            .filter(|r| r.request_id == request_id)
-            .with_context(|| format!("contribution {request_id} is not being trained here"))
-    }
-
-    /// What a keyholder signs of its shares of a step of `r`.
-    fn refresh_statement(
-        &self,
-        r: (u32, u64, [u8; 32]),
-        hospital: u32,
-        step: u64,
-        attempt: u32,
-        items: &[Vec<u8>],
-    ) -> Statement {
-        let (contributor, request_id, state) = r;
-        Statement::HeadRefreshShares {
-            federation: self.federation,
-            hospital,
-            contributor,
-            request_id,
-            step,
-            attempt,
-            state,
-            shares: digest_items(items.iter().map(Vec::as_slice)),
-        }
-    }
-
     /// Signed refresh shares of the state this keyholder's replay reached after step
     /// `req.step`, which must be the server's (`req.state`).
     pub fn refresh(&mut self, req: &HeadRefreshRequest) -> anyhow::Result<Reply> {
         let sk = self.additive_share("refresh", req.setup, &req.active)?;
-        let me = self.me;
-        let r = self.replay(req.request_id)?;
+        let r = replay_in(&mut self.held, req.request_id)?;
         let (steps, done) = r.run.steps();
         if req.step != done as u64 + 1 || req.steps != steps as u64 {
             bail!(
@@ -220,27 +223,24 @@ impl Keyholder {
             ))
             .into());
         }
-        let refresh = r.run.refresh().clone();
-        let pending = r.run.pending().to_vec();
-        let mut shares = Vec::with_capacity(pending.len());
-        for ct in &pending {
-            let share = refresh.share(&sk, ct, &mut self.prng)?;
-            shares.push(mpw::encode_refresh_share(&self.ctx, &share));
-        }
-        let r = self.replay(req.request_id)?;
-        let (named, state) = ((r.contributor, r.request_id, r.state), r.state);
-        let statement = self.refresh_statement(named, me, req.step, req.attempt, &shares);
-        let count = shares.len() as u32;
-        let signature = self.signer.sign(&statement);
-        self.head_held()?.1.refreshes += u64::from(count);
+        let shares = r
+            .run
+            .pending()
+            .iter()
+            .map(|ct| {
+                let share = r.run.refresh().share(&sk, ct, &mut self.prng)?;
+                Ok(mpw::encode_refresh_share(&self.ctx, &share))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let statement = r.statement(self.federation, self.me, req.step, req.attempt, &shares);
         Ok(Reply {
             body: Body::Head(HeadMsg::HeadRefreshShares(HeadRefreshShares {
                 request: req.request,
                 attempt: req.attempt,
                 step: req.step,
-                count,
-                state,
-                signature,
+                count: shares.len() as u32,
+                state: r.state,
+                signature: self.signer.sign(&statement),
             })),
             items: shares,
         })
@@ -254,7 +254,7 @@ impl Keyholder {
         items: &[Vec<u8>],
     ) -> anyhow::Result<()> {
         let t = self.threshold as usize;
-        let r = self.replay(relay.request_id)?;
+        let r = replay_in(&mut self.held, relay.request_id)?;
         let (_, done) = r.run.steps();
         let count = r.run.pending().len();
         if relay.step != done as u64 + 1 {
@@ -279,44 +279,27 @@ impl Keyholder {
                 items.len()
             );
         }
-        let named = (r.contributor, r.request_id, r.state);
-        for ((h, signature), shares) in relay.from.iter().zip(items.chunks(count)) {
-            let certificate = self
-                .peers
-                .certificate(*h)
-                .ok_or_else(|| Distrust(format!("no certificate of hospital {h}")))?;
-            let statement = self.refresh_statement(named, *h, relay.step, relay.attempt, shares);
-            self.verifier
-                .verify(certificate, *h, &statement, signature)
-                .map_err(|e| {
-                    Distrust(format!(
-                        "refresh shares of step {} relayed as hospital {h}'s that it did not sign \
-                         for this state: {e}",
-                        relay.step
-                    ))
-                })?;
-        }
-        let ctx = self.ctx.clone();
-        let r = self.replay(relay.request_id)?;
-        let refresh = r.run.refresh().clone();
-        let mut sums = Vec::with_capacity(count);
-        for i in 0..count {
-            let mut sum = None;
-            for (k, h) in from.iter().enumerate() {
-                let share = mpw::decode_refresh_share(&ctx, &items[k * count + i])
-                    .with_context(|| format!("hospital {h}'s share of ciphertext {i}"))?;
-                match sum.as_mut() {
-                    None => sum = Some(share),
-                    Some(acc) => refresh.aggregate(acc, &share)?,
-                }
-            }
-            sums.push(sum.context("no shares")?);
-        }
+        relayed::check_signed(
+            (&self.peers, &self.verifier),
+            &relay.from,
+            items,
+            count,
+            |h, shares| r.statement(self.federation, h, relay.step, relay.attempt, shares),
+            (&format!(" of step {}", relay.step), " for this state"),
+        )?;
+        let sums = relayed::sum_shares(
+            &self.ctx,
+            r.run.refresh(),
+            &relay.from,
+            items,
+            count,
+            "ciphertext",
+        )?;
         let t0 = std::time::Instant::now();
         r.run.finish_refresh(&sums)?;
         if !r.run.finished() {
             r.run.compute_step()?;
-            r.state = state_digest(&ctx, r.run.pending());
+            r.state = state_digest(&self.ctx, r.run.pending());
         }
         r.compute += t0.elapsed();
         if r.run.finished() {
@@ -333,7 +316,7 @@ impl Keyholder {
     pub fn switch(&mut self, req: &ResultSwitchRequest) -> anyhow::Result<Reply> {
         let sk = self.additive_share("switch", req.setup, &req.active)?;
         let (hospitals, t) = (self.hospitals as usize, self.threshold as usize);
-        let r = self.replay(req.request_id)?;
+        let r = replay_in(&mut self.held, req.request_id)?;
         if !r.run.finished() || req.requester != r.contributor {
             bail!(
                 "asked to switch the head of contribution {} to hospital {} before its training \
@@ -351,12 +334,15 @@ impl Keyholder {
             );
         }
         let pcks = r.run.plan().head_switch(hospitals, t)?;
-        let (weights, receiver) = (r.run.weights().to_vec(), r.receiver.clone());
-        let mut shares = Vec::with_capacity(weights.len());
-        for ct in &weights {
-            let share = pcks.share(&sk, &receiver, ct, &mut self.prng)?;
-            shares.push(mpw::encode_public_key_switch_share(&self.ctx, &share));
-        }
+        let shares = r
+            .run
+            .weights()
+            .iter()
+            .map(|ct| {
+                let share = pcks.share(&sk, &r.receiver, ct, &mut self.prng)?;
+                Ok(mpw::encode_public_key_switch_share(&self.ctx, &share))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Reply {
             body: Body::Head(HeadMsg::ResultShares(ResultSwitchShares {
                 request: req.request,
@@ -366,9 +352,7 @@ impl Keyholder {
             items: shares,
         })
     }
-}
 
-impl Keyholder {
     /// Most items a step's relay may carry: t keyholders' shares of a state with velocity.
     pub fn max_head_relay_items(&self) -> usize {
         match &self.held {

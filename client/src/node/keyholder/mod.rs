@@ -57,6 +57,7 @@ use super::trust::{self, OwnInferenceShares};
 mod deep;
 mod head;
 mod persist;
+mod relayed;
 mod serve;
 mod shell;
 

@@ -179,21 +179,24 @@ impl HeadRun {
         Ok(())
     }
 
-    /// The relay of the summed shares to the run's keyholders, in ascending order of hospital.
+    /// The relay of the summed shares to the run's keyholders, in ascending order of hospital
+    /// (once: the shares move into it).
     pub fn relay(&mut self) -> Result<(Body, Vec<Vec<u8>>), KeysError> {
         let (attempt, _) = self
             .sum
             .as_ref()
             .ok_or_else(|| invalid("no refresh shares were folded"))?;
         let attempt = *attempt;
-        self.signed.sort_by_key(|s| s.hospital);
+        // the shares leave with the relay: finishing the refresh needs only their sum
+        let mut signed = std::mem::take(&mut self.signed);
+        signed.sort_by_key(|s| s.hospital);
         let count = self.run.pending().len() as u32;
-        let from = self
-            .signed
-            .iter()
-            .map(|s| (s.hospital, s.signature.clone()))
-            .collect();
-        let items = self.signed.iter().flat_map(|s| s.items.clone()).collect();
+        let mut from = Vec::with_capacity(signed.len());
+        let mut items = Vec::with_capacity(signed.len() * count as usize);
+        for s in signed {
+            from.push((s.hospital, s.signature));
+            items.extend(s.items);
+        }
         let (_, done) = self.run.steps();
         let body = Body::Head(HeadMsg::HeadRefreshRelay(HeadRefreshRelay {
             request_id: self.request_id,
