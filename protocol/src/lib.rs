@@ -22,6 +22,7 @@ pub mod frame;
 pub mod identity;
 pub mod link;
 pub mod message;
+pub mod outbox;
 pub mod pki;
 pub mod plain;
 pub mod serve;
@@ -35,5 +36,6 @@ pub use link::{Incoming, Link};
 pub use message::{
     Body, CollectiveMsg, Envelope, FederationMsg, HeadMsg, PROTOCOL_VERSION, ReleasedMsg,
 };
+pub use outbox::{Items, Outbox};
 /// The QUIC implementation, for the types that cross this crate's API.
 pub use quinn;

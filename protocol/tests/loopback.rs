@@ -252,3 +252,54 @@ async fn a_peer_that_stops_reading_cannot_hold_a_sender_beyond_the_timeout() {
     link.close("done");
     let _ = server.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_delivers_a_small_message_after_the_large_one_queued_before_it() {
+    let s = setup();
+    let endpoint = listen("127.0.0.1:0".parse().unwrap(), &s.coordinator).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let roster = s.roster.clone();
+    let server = tokio::spawn(async move {
+        let incoming = endpoint.accept().await.unwrap();
+        let link = accept_connection(incoming, FED, &roster).await.unwrap();
+        let outbox = protocol::Outbox::spawn(link.clone());
+        // 24 items of 1 MB, a part of them shared with other peers, then a bare message
+        let shared = std::sync::Arc::new(vec![vec![3u8; 1 << 20]; 16]);
+        let items = protocol::Items {
+            own: vec![vec![2u8; 1 << 20]; 8],
+            shared: Some(shared),
+        };
+        let update = FederationMsg::Update {
+            weight: 1,
+            count: 24,
+            a_seed: [0; 32],
+            signature: vec![],
+        };
+        outbox.post(Body::Federation(update), items);
+        outbox.post(Body::Federation(FederationMsg::Finished), vec![]);
+        // the writer sends what was queued before the outbox went
+        drop(outbox);
+        link.closed().await
+    });
+    let link = connect(addr, &s.hospital, FED, 1).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut order = Vec::new();
+        for _ in 0..2 {
+            let mut m = link.accept().await.unwrap();
+            let mut items = Vec::new();
+            while let Some(item) = m.next_item().await.unwrap() {
+                items.push(item[0]);
+            }
+            order.push((m.envelope.body.kind(), items));
+        }
+        order
+    })
+    .await
+    .expect("both messages within 30 s");
+    let mut expected = vec![2u8; 8];
+    expected.extend([3u8; 16]);
+    assert_eq!(got[0], ("update", expected));
+    assert_eq!(got[1], ("finished", vec![]));
+    link.close("done");
+    let _ = server.await;
+}

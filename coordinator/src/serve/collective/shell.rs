@@ -3,7 +3,9 @@
 //! [`Service::admit`] says how many items to read), and carries out what it decides: sending,
 //! closing a replaced connection, running head training's computations on blocking threads,
 //! saving the served state, writing the audit log. The service sits behind one mutex that is
-//! never held across an `await`.
+//! never held across an `await`. What goes to one connection leaves in the order the service
+//! decided it (one writer per connection): a keyholder must have a step's relayed shares before
+//! the request that follows them.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use protocol::link::{Link, accept_connection, listen};
 use protocol::tls::TlsFiles;
-use protocol::{Body, CollectiveMsg, FederationId, HeadMsg, Incoming, Party};
+use protocol::{Body, CollectiveMsg, FederationId, HeadMsg, Incoming, Items, Outbox, Party};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
@@ -35,7 +37,7 @@ pub struct CollectiveServer {
     service: Mutex<Service>,
     /// woken when a call into the service may have moved its next deadline
     deadline_moved: Notify,
-    conns: Mutex<HashMap<Conn, Link>>,
+    conns: Mutex<HashMap<Conn, Peer>>,
     next_conn: AtomicU64,
 }
 
@@ -66,7 +68,7 @@ impl CollectiveServer {
         self.service.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn conns(&self) -> MutexGuard<'_, HashMap<Conn, Link>> {
+    fn conns(&self) -> MutexGuard<'_, HashMap<Conn, Peer>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -128,29 +130,22 @@ impl CollectiveServer {
 
     fn carry_out(self: &Arc<Self>, action: Action) {
         match action {
-            Action::Send { conn, body, items } => {
-                let Some(link) = self.conns().get(&conn).cloned() else {
-                    return;
-                };
-                tokio::spawn(send(link, body, items));
-            }
+            Action::Send { conn, body, items } => self.post(conn, body, items.into()),
             Action::SendShared {
                 conn,
                 body,
                 first,
                 items,
             } => {
-                let Some(link) = self.conns().get(&conn).cloned() else {
-                    return;
+                let items = Items {
+                    own: first,
+                    shared: Some(items),
                 };
-                tokio::spawn(async move {
-                    let all = first.iter().chain(items.iter());
-                    send_all(link, body, all).await
-                });
+                self.post(conn, body, items);
             }
             Action::Close { conn, reason } => {
-                if let Some(link) = self.conns().get(&conn) {
-                    link.close(reason);
+                if let Some(p) = self.conns().get(&conn) {
+                    p.link.close(reason);
                 }
             }
             Action::BuildRun(job) => {
@@ -186,6 +181,13 @@ impl CollectiveServer {
                 event,
                 detail,
             } => self.audit(hospital, event, &detail),
+        }
+    }
+
+    /// Queues a message for `conn`'s writer (none once the connection is gone).
+    fn post(&self, conn: Conn, body: Body, items: Items) {
+        if let Some(p) = self.conns().get(&conn) {
+            p.outbox.post(body, items);
         }
     }
 
@@ -230,7 +232,11 @@ impl CollectiveServer {
             return;
         };
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        self.conns().insert(conn, link.clone());
+        let peer_out = Peer {
+            link: link.clone(),
+            outbox: Outbox::spawn(link.clone()),
+        };
+        self.conns().insert(conn, peer_out);
         loop {
             let mut incoming = match link.accept().await {
                 Ok(i) => i,
@@ -295,10 +301,7 @@ impl CollectiveServer {
             };
             if let Err(reason) = outcome {
                 warn!(%peer, message = kind, "refused: {reason}");
-                if let Err(e) = link.send(0, Body::Refused { reason }).await {
-                    info!(%peer, "cannot tell the peer: {e}");
-                    break;
-                }
+                self.post(conn, Body::Refused { reason }, Items::from(vec![]));
             }
         }
         self.conns().remove(&conn);
@@ -323,21 +326,8 @@ async fn read_all(incoming: &mut Incoming, count: usize) -> Result<Vec<Vec<u8>>,
     }
 }
 
-async fn send(link: Link, body: Body, items: Vec<Vec<u8>>) {
-    send_all(link, body, items.iter()).await
-}
-
-async fn send_all<'a>(link: Link, body: Body, items: impl Iterator<Item = &'a Vec<u8>>) {
-    let kind = body.kind();
-    let peer = link.peer();
-    let sent = async {
-        let mut s = link.open(0, body).await?;
-        for item in items {
-            s.item(item).await?;
-        }
-        s.finish().await
-    };
-    if let Err(e) = sent.await {
-        warn!(%peer, message = kind, "cannot send: {e}");
-    }
+/// A connection and the queue of what is to be sent on it.
+struct Peer {
+    link: Link,
+    outbox: Outbox,
 }
