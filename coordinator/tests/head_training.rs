@@ -135,10 +135,13 @@ fn a_head_trained_on_encrypted_features_equals_plaintext_training_and_survives_a
         }
         if let Some(s) = contributor.0[0].try_wait().unwrap() {
             let log = std::fs::read_to_string(root.join("contributor.log")).unwrap_or_default();
-            if s.success() || Instant::now() > deadline || !log.contains("not serving yet") {
+            let setting_up = log.contains("not serving yet")
+                || log.contains("keyholders are ready; a run needs at least");
+            if s.success() || Instant::now() > deadline || !setting_up {
                 break s;
             }
-            // refused during setup (and only then): ask again
+            // refused while the keys are made or the keyholders not yet ready (and only
+            // then): ask again; any other failure is the test's
             std::thread::sleep(Duration::from_secs(1));
             contributor.0[0] = contribute();
         }

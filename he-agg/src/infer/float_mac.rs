@@ -188,15 +188,54 @@ unsafe fn mac_pairs_stream_avx2(m: &Modulus, pairs: &[(&[u64], &[u64])], out: &m
                 let init = unsafe { _mm256_loadu_si256(carry[4 * v..].as_ptr().cast()) };
                 lo[v] = _mm256_add_epi64(_mm256_castpd_si256(mv), init);
             }
-            for (a, b) in chunk {
+            // the product of x and y added to the sums (h, l) of 4 coefficients
+            let step = |h: &mut __m256i, l: &mut __m256i, x: __m256d, y: __m256d| {
+                let t = _mm256_fmadd_pd(x, y, cv);
+                let lo = _mm256_fmsub_pd(x, y, _mm256_sub_pd(t, cv));
+                *h = _mm256_add_epi64(*h, _mm256_castpd_si256(t));
+                *l = _mm256_add_epi64(*l, _mm256_castpd_si256(_mm256_add_pd(lo, mv)));
+            };
+            // four pairs per pass: each sum is read and written once for four products
+            let mut groups = chunk.chunks_exact(4);
+            for g in &mut groups {
+                let at = |j: usize| (&g[j].0[start..start + len], &g[j].1[start..start + len]);
+                let ((a0, b0), (a1, b1), (a2, b2), (a3, b3)) = (at(0), at(1), at(2), at(3));
+                for v in 0..vectors {
+                    let (mut h, mut l) = (hi[v], lo[v]);
+                    let o = 4 * v;
+                    step(
+                        &mut h,
+                        &mut l,
+                        to_f64x4(a0[o..].as_ptr()),
+                        to_f64x4(b0[o..].as_ptr()),
+                    );
+                    step(
+                        &mut h,
+                        &mut l,
+                        to_f64x4(a1[o..].as_ptr()),
+                        to_f64x4(b1[o..].as_ptr()),
+                    );
+                    step(
+                        &mut h,
+                        &mut l,
+                        to_f64x4(a2[o..].as_ptr()),
+                        to_f64x4(b2[o..].as_ptr()),
+                    );
+                    step(
+                        &mut h,
+                        &mut l,
+                        to_f64x4(a3[o..].as_ptr()),
+                        to_f64x4(b3[o..].as_ptr()),
+                    );
+                    (hi[v], lo[v]) = (h, l);
+                }
+            }
+            for (a, b) in groups.remainder() {
                 let (a, b) = (&a[start..start + len], &b[start..start + len]);
                 for v in 0..vectors {
                     let x = to_f64x4(a[4 * v..].as_ptr());
                     let y = to_f64x4(b[4 * v..].as_ptr());
-                    let t = _mm256_fmadd_pd(x, y, cv);
-                    let l = _mm256_fmsub_pd(x, y, _mm256_sub_pd(t, cv));
-                    hi[v] = _mm256_add_epi64(hi[v], _mm256_castpd_si256(t));
-                    lo[v] = _mm256_add_epi64(lo[v], _mm256_castpd_si256(_mm256_add_pd(l, mv)));
+                    step(&mut hi[v], &mut lo[v], x, y);
                 }
             }
             let count = chunk.len() as u64 + 1;

@@ -39,6 +39,18 @@ impl GaloisPermutation {
         }
     }
 
+    /// [`Self::apply`] into words not yet written: writes every one of `out`.
+    pub(crate) fn apply_into(&self, input: &[u64], out: &mut [std::mem::MaybeUninit<u64>]) {
+        assert_eq!(
+            out.len(),
+            self.map.len(),
+            "one word per position of the map"
+        );
+        for (o, &j) in out.iter_mut().zip(&self.map) {
+            o.write(input[j as usize]);
+        }
+    }
+
     pub fn map(&self) -> &[u32] {
         &self.map
     }

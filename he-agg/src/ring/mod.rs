@@ -311,9 +311,13 @@ impl Ring {
     /// out = σ_g(a) for `a` in the NTT domain.
     pub fn automorphism_ntt(&self, a: &Poly, g: u64, basis: &[usize]) -> Poly {
         let perm = self.galois_permutation(g);
-        let mut out = Poly::zero(self.n, basis.len());
-        for_each_limb(out.data_mut(), self.n, |i, lo| perm.apply(a.limb(i), lo));
-        out
+        let n = self.n;
+        // SAFETY: `apply_into` writes every word of each limb (it asserts a limb's length)
+        unsafe {
+            Poly::written(n, basis.len(), |data| {
+                for_each_limb(data, n, |i, lo| perm.apply_into(a.limb(i), lo))
+            })
+        }
     }
 
     /// Samples a polynomial uniform modulo every limb (directly in either domain: the uniform

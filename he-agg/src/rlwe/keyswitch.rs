@@ -2,6 +2,8 @@
 //! inner product with the switching key, and divide by P. The decomposition can be reused for
 //! many automorphisms of the same polynomial (hoisting).
 
+use std::mem::MaybeUninit;
+
 use super::context::RlweContext;
 use super::keys::SwitchingKey;
 use crate::ring::{Poly, for_each_limb_heavy, for_each_limb_pair_heavy, limbwise};
@@ -95,17 +97,23 @@ impl RlweContext {
         let n = ring.n();
         let qpb = self.qp_basis(dec.level);
         let width = qpb.len();
-        let mut c0 = Poly::zero(n, width);
-        let mut c1 = Poly::zero(n, width);
-        for_each_limb_pair_heavy(c0.data_mut(), c1.data_mut(), n, |pos, o0, o1| {
-            let idx = qpb[pos];
-            let xs: Vec<&[u64]> = dec.digits.iter().map(|d| d.limb(pos)).collect();
-            let parts = &key.parts[..xs.len()];
-            let bs: Vec<&[u64]> = parts.iter().map(|(b, _)| b.limb(idx)).collect();
-            let as_: Vec<&[u64]> = parts.iter().map(|(_, a)| a.limb(idx)).collect();
-            dot_lazy(ring.modulus(idx), &xs, &bs, &as_, o0, o1);
-        });
-        Ok((c0, c1))
+        let mut c1 = None;
+        // SAFETY: `dot_lazy` writes every word of both outputs of each limb
+        let c0 = unsafe {
+            Poly::written(n, width, |d0| {
+                c1 = Some(Poly::written(n, width, |d1| {
+                    for_each_limb_pair_heavy(d0, d1, n, |pos, o0, o1| {
+                        let idx = qpb[pos];
+                        let xs: Vec<&[u64]> = dec.digits.iter().map(|d| d.limb(pos)).collect();
+                        let parts = &key.parts[..xs.len()];
+                        let bs: Vec<&[u64]> = parts.iter().map(|(b, _)| b.limb(idx)).collect();
+                        let as_: Vec<&[u64]> = parts.iter().map(|(_, a)| a.limb(idx)).collect();
+                        dot_lazy(ring.modulus(idx), &xs, &bs, &as_, o0, o1);
+                    })
+                }))
+            })
+        };
+        Ok((c0, c1.expect("both parts written")))
     }
 
     /// Divides a polynomial over Q_l ∪ P (NTT domain) by P, rounding, onto Q_l.
@@ -161,8 +169,8 @@ fn dot_lazy(
     xs: &[&[u64]],
     bs: &[&[u64]],
     as_: &[&[u64]],
-    o0: &mut [u64],
-    o1: &mut [u64],
+    o0: &mut [MaybeUninit<u64>],
+    o1: &mut [MaybeUninit<u64>],
 ) {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::level() >= crate::simd::Level::Avx2 {
@@ -172,8 +180,8 @@ fn dot_lazy(
             xs: &[&[u64]],
             bs: &[&[u64]],
             as_: &[&[u64]],
-            o0: &mut [u64],
-            o1: &mut [u64],
+            o0: &mut [MaybeUninit<u64>],
+            o1: &mut [MaybeUninit<u64>],
         ) {
             dot_lazy_body(m, xs, bs, as_, o0, o1)
         }
@@ -183,7 +191,8 @@ fn dot_lazy(
     dot_lazy_body(m, xs, bs, as_, o0, o1)
 }
 
-/// o0[k] = Σ_j xs[j][k]·bs[j][k] mod m and o1[k] = Σ_j xs[j][k]·as[j][k] mod m, summing
+/// o0[k] = Σ_j xs[j][k]·bs[j][k] mod m and o1[k] = Σ_j xs[j][k]·as[j][k] mod m (every word of
+/// both written; none read), summing
 /// 128-bit products and reducing once (every 15 products at most). Up to three digits (primes
 /// below 2^61) get straight-line loops and the cheaper reduction of short sums.
 #[inline(always)]
@@ -192,8 +201,8 @@ fn dot_lazy_body(
     xs: &[&[u64]],
     bs: &[&[u64]],
     as_: &[&[u64]],
-    o0: &mut [u64],
-    o1: &mut [u64],
+    o0: &mut [MaybeUninit<u64>],
+    o1: &mut [MaybeUninit<u64>],
 ) {
     let p = |a: u64, b: u64| a as u128 * b as u128;
     let n = o0.len();
@@ -201,8 +210,8 @@ fn dot_lazy_body(
     match (xs, bs, as_) {
         ([x0], [b0], [a0]) => {
             for k in 0..n {
-                o0[k] = m.mul(x0[k], b0[k]);
-                o1[k] = m.mul(x0[k], a0[k]);
+                o0[k].write(m.mul(x0[k], b0[k]));
+                o1[k].write(m.mul(x0[k], a0[k]));
             }
         }
         // one output at a time: four input streams stay in registers (both at once spill)
@@ -214,7 +223,7 @@ fn dot_lazy_body(
             ] {
                 let (k0, k1) = ks;
                 for k in 0..n {
-                    out[k] = m.reduce_sum3(p(x0[k], k0[k]) + p(x1[k], k1[k]));
+                    out[k].write(m.reduce_sum3(p(x0[k], k0[k]) + p(x1[k], k1[k])));
                 }
             }
         }
@@ -226,7 +235,8 @@ fn dot_lazy_body(
             ] {
                 let (k0, k1, k2) = ks;
                 for k in 0..n {
-                    out[k] = m.reduce_sum3(p(x0[k], k0[k]) + p(x1[k], k1[k]) + p(x2[k], k2[k]));
+                    out[k]
+                        .write(m.reduce_sum3(p(x0[k], k0[k]) + p(x1[k], k1[k]) + p(x2[k], k2[k])));
                 }
             }
         }
@@ -240,7 +250,7 @@ fn dot_lazy_body(
                             acc = m.reduce_u128(acc) as u128;
                         }
                     }
-                    *o = m.reduce_u128(acc);
+                    o.write(m.reduce_u128(acc));
                 }
             }
         }
