@@ -42,6 +42,30 @@ impl Poly {
         Self { n, data }
     }
 
+    /// Two polynomials of the same shape that one pass writes whole (the two parts of a key
+    /// switch), as [`Poly::written`].
+    ///
+    /// # Safety
+    /// `fill` must write every word of both slices it is given.
+    pub(crate) unsafe fn written_pair(
+        n: usize,
+        limbs: usize,
+        fill: impl FnOnce(&mut [std::mem::MaybeUninit<u64>], &mut [std::mem::MaybeUninit<u64>]),
+    ) -> (Self, Self) {
+        let (mut a, mut b) = (
+            Box::<[u64]>::new_uninit_slice(n * limbs),
+            Box::<[u64]>::new_uninit_slice(n * limbs),
+        );
+        fill(&mut a, &mut b);
+        // SAFETY: the caller's `fill` wrote every word of both
+        let (a, b) = unsafe { (a.assume_init(), b.assume_init()) };
+        let poly = |data: Box<[u64]>| Self {
+            n,
+            data: data.into_vec(),
+        };
+        (poly(a), poly(b))
+    }
+
     /// Wraps limb-major residues; `data.len()` must be a multiple of `n`.
     pub fn from_data(n: usize, data: Vec<u64>) -> Self {
         assert!(

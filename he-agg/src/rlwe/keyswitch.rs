@@ -97,23 +97,20 @@ impl RlweContext {
         let n = ring.n();
         let qpb = self.qp_basis(dec.level);
         let width = qpb.len();
-        let mut c1 = None;
         // SAFETY: `dot_lazy` writes every word of both outputs of each limb
-        let c0 = unsafe {
-            Poly::written(n, width, |d0| {
-                c1 = Some(Poly::written(n, width, |d1| {
-                    for_each_limb_pair_heavy(d0, d1, n, |pos, o0, o1| {
-                        let idx = qpb[pos];
-                        let xs: Vec<&[u64]> = dec.digits.iter().map(|d| d.limb(pos)).collect();
-                        let parts = &key.parts[..xs.len()];
-                        let bs: Vec<&[u64]> = parts.iter().map(|(b, _)| b.limb(idx)).collect();
-                        let as_: Vec<&[u64]> = parts.iter().map(|(_, a)| a.limb(idx)).collect();
-                        dot_lazy(ring.modulus(idx), &xs, &bs, &as_, o0, o1);
-                    })
-                }))
+        let (c0, c1) = unsafe {
+            Poly::written_pair(n, width, |d0, d1| {
+                for_each_limb_pair_heavy(d0, d1, n, |pos, o0, o1| {
+                    let idx = qpb[pos];
+                    let xs: Vec<&[u64]> = dec.digits.iter().map(|d| d.limb(pos)).collect();
+                    let parts = &key.parts[..xs.len()];
+                    let bs: Vec<&[u64]> = parts.iter().map(|(b, _)| b.limb(idx)).collect();
+                    let as_: Vec<&[u64]> = parts.iter().map(|(_, a)| a.limb(idx)).collect();
+                    dot_lazy(ring.modulus(idx), &xs, &bs, &as_, o0, o1);
+                })
             })
         };
-        Ok((c0, c1.expect("both parts written")))
+        Ok((c0, c1))
     }
 
     /// Divides a polynomial over Q_l ∪ P (NTT domain) by P, rounding, onto Q_l.
