@@ -198,35 +198,15 @@ unsafe fn mac_pairs_stream_avx2(m: &Modulus, pairs: &[(&[u64], &[u64])], out: &m
             // four pairs per pass: each sum is read and written once for four products
             let mut groups = chunk.chunks_exact(4);
             for g in &mut groups {
-                let at = |j: usize| (&g[j].0[start..start + len], &g[j].1[start..start + len]);
-                let ((a0, b0), (a1, b1), (a2, b2), (a3, b3)) = (at(0), at(1), at(2), at(3));
+                let four: [(&[u64], &[u64]); 4] = std::array::from_fn(|j| {
+                    (&g[j].0[start..start + len], &g[j].1[start..start + len])
+                });
                 for v in 0..vectors {
                     let (mut h, mut l) = (hi[v], lo[v]);
-                    let o = 4 * v;
-                    step(
-                        &mut h,
-                        &mut l,
-                        to_f64x4(a0[o..].as_ptr()),
-                        to_f64x4(b0[o..].as_ptr()),
-                    );
-                    step(
-                        &mut h,
-                        &mut l,
-                        to_f64x4(a1[o..].as_ptr()),
-                        to_f64x4(b1[o..].as_ptr()),
-                    );
-                    step(
-                        &mut h,
-                        &mut l,
-                        to_f64x4(a2[o..].as_ptr()),
-                        to_f64x4(b2[o..].as_ptr()),
-                    );
-                    step(
-                        &mut h,
-                        &mut l,
-                        to_f64x4(a3[o..].as_ptr()),
-                        to_f64x4(b3[o..].as_ptr()),
-                    );
+                    for (a, b) in &four {
+                        let (x, y) = (to_f64x4(a[4 * v..].as_ptr()), to_f64x4(b[4 * v..].as_ptr()));
+                        step(&mut h, &mut l, x, y);
+                    }
                     (hi[v], lo[v]) = (h, l);
                 }
             }
