@@ -144,6 +144,10 @@ enum Command {
         /// not answer are left out of it and others are asked (when enough are connected).
         #[arg(long, default_value_t = 60, requires = "collective")]
         keyholder_timeout_s: u64,
+        /// Mode (b): where requests are evaluated: auto (a CUDA GPU when one loads, with the
+        /// model and each requester's keys resident on it), cpu, or cuda (a GPU or an error).
+        #[arg(long, default_value = "auto", conflicts_with = "collective")]
+        backend: BackendChoice,
     },
     /// Train the final model's head on sites' encrypted features (`client contribute-encrypted`)
     /// without anyone decrypting them: the hospitals (`client hold-keys --head`) make a collective
@@ -274,12 +278,13 @@ fn main() -> anyhow::Result<()> {
             listen,
             max_images,
             keyholder_timeout_s,
+            backend,
         } => {
             let dir = CoordinatorDir::with_state(dir, state_dir);
             match model {
-                Some(model) if !collective => {
-                    coordinator::serve::released::shell::run(&dir, &model, &listen, max_images)
-                }
+                Some(model) if !collective => coordinator::serve::released::shell::run(
+                    &dir, &model, &listen, max_images, backend,
+                ),
                 _ => coordinator::serve::collective::run::run(
                     &dir,
                     &listen,

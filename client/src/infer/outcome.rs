@@ -28,6 +28,9 @@ pub struct Timings {
     pub encrypt_s: f64,
     /// Sending the keys and the encrypted images.
     pub send_s: f64,
+    /// Of `send_s`, the encrypted images' part (each request's upload, keys not included).
+    #[serde(default)]
+    pub images_send_s: f64,
     /// Evaluation, as the server measured it.
     pub evaluate_s: f64,
     /// From the end of the upload to the whole result received (evaluation included).
@@ -50,6 +53,9 @@ pub struct Sizes {
     /// Refresh round trips.
     #[serde(default)]
     pub refreshes: u64,
+    /// Requests sent (each of at most the server's `max_images` images).
+    #[serde(default)]
+    pub requests: u64,
 }
 
 /// A whole request's outcome.

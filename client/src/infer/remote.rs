@@ -209,6 +209,8 @@ pub async fn infer_remote(
         sizes.refresh_sent += result.refresh.1;
         sizes.refreshes += result.refresh.2;
         timings.send_s += sent.2;
+        timings.images_send_s += sent.2;
+        sizes.requests += 1;
         timings.wait_s += t.elapsed().as_secs_f64() - sent.2;
         timings.evaluate_s += result.evaluate_us as f64 / 1e6;
         for item in result.items {
@@ -365,8 +367,12 @@ async fn request(
             req.header(request_id, images.len() as u32),
         )),
     };
-    // mode (a): the requester's public key first (what the results are switched to)
-    let keys = req.key_items();
+    // mode (a): the requester's public key first (what the results are switched to); mode
+    // (b)'s keys were sent once before
+    let keys = match req.is_collective() {
+        true => req.key_items(),
+        false => Vec::new(),
+    };
     let t = Instant::now();
     let upload = async {
         let mut out = link.open(0, header).await?;

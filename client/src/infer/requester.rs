@@ -35,6 +35,9 @@ pub struct Requester {
     network: Network,
     /// Time spent compiling the plan and generating the keys.
     pub setup: Duration,
+    /// The hash of the encoded keys, computed once: every request names it, and encoding the
+    /// keys (over 100 MB) per request cost more than a GPU's whole evaluation.
+    keys_id: std::sync::OnceLock<KeysId>,
 }
 
 impl std::fmt::Debug for Requester {
@@ -85,6 +88,7 @@ impl Requester {
             collective: Some((pk, own)),
             network: skeleton,
             setup: t.elapsed(),
+            keys_id: Default::default(),
         })
     }
 
@@ -113,6 +117,7 @@ impl Requester {
             collective: None,
             network,
             setup: started.elapsed(),
+            keys_id: Default::default(),
         })
     }
 
@@ -175,8 +180,10 @@ impl Requester {
 
     /// The id of this requester's evaluation keys (mode b).
     pub fn keys_id(&self) -> KeysId {
-        let items = self.key_items();
-        keys_id(items.iter().map(Vec::as_slice))
+        *self.keys_id.get_or_init(|| {
+            let items = self.key_items();
+            keys_id(items.iter().map(Vec::as_slice))
+        })
     }
 
     /// The header of the stream of this requester's evaluation keys (mode b).

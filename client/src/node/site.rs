@@ -44,6 +44,11 @@ pub struct NodeSettings {
     /// keys are made.
     #[serde(default)]
     pub model_memory_mb: Option<u64>,
+    /// Mode (a) keyholders: where requests are evaluated: "auto" (a CUDA GPU when one loads,
+    /// the model and the collective evaluation keys resident on it; the default), "cpu", or
+    /// "cuda" (a GPU or an error when the keys are made).
+    #[serde(default)]
+    pub backend: he_agg::aggregate::BackendChoice,
 }
 
 fn default_metrics() -> String {
@@ -98,6 +103,7 @@ impl Default for NodeSettings {
             metrics: default_metrics(),
             metrics_linger_s: 0,
             model_memory_mb: None,
+            backend: Default::default(),
         }
     }
 }
@@ -282,6 +288,16 @@ seed = 7
         assert_eq!(off.node.linger(), Duration::ZERO);
         let e = parse(&format!("{SITE}\n[node]\nmetrics_linger_s = 3601")).unwrap_err();
         assert!(format!("{e:#}").contains("more than 3600 s"), "{e:#}");
+    }
+
+    #[test]
+    fn the_keyholders_backend_is_read_and_checked() {
+        use he_agg::aggregate::BackendChoice;
+        assert_eq!(parse(SITE).unwrap().node.backend, BackendChoice::Auto);
+        let c = parse(&format!("{SITE}\n[node]\nbackend = \"cpu\"")).unwrap();
+        assert_eq!(c.node.backend, BackendChoice::Cpu);
+        let e = parse(&format!("{SITE}\n[node]\nbackend = \"gpu\"")).unwrap_err();
+        assert!(format!("{e:#}").contains("gpu"), "{e:#}");
     }
 
     #[test]

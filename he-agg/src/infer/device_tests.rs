@@ -165,6 +165,92 @@ fn a_gpu_evaluates_both_modes_as_the_cpu_does() {
     check_modes(&s, open, &net);
 }
 
+/// A deep residual network cut into segments, evaluated segment by segment on `make`'s engine
+/// against [`Model::evaluate_segment`] with the same inputs, each next segment fed the
+/// requester's refresh of the CPU's output; the last output decrypts to the f32 forward pass.
+fn check_segments<E>(make: impl Fn(&Arc<CkksContext>) -> Engine<E>)
+where
+    E: Exec + Sync,
+    E::Buf: Send + Sync,
+{
+    let net = testing::residual_network(8, 1, 4, 3, 2, 3);
+    let plan = InferencePlan::new(&net, &ParamPolicy::default()).unwrap();
+    let segments = plan.spec().segments();
+    assert!(segments >= 3, "{segments} segments");
+    let ctx = CkksContext::new(plan.spec().parameters().clone()).unwrap();
+    let mut kg = ctx.key_generator().unwrap();
+    let sk = kg.secret_key();
+    let keys = plan.spec().generate_keys(&mut kg, &sk);
+    let s = Setup {
+        ctx: ctx.clone(),
+        sk,
+        keys,
+        plan,
+    };
+    let eval = ctx
+        .evaluator(s.keys.relinearization.as_ref(), Some(&s.keys.galois))
+        .unwrap();
+    let model = Model::plain(&s.plan, &ctx).unwrap();
+    let dev = DeviceModel::new(&model, make(&ctx), &s.keys).unwrap();
+    // the whole network at once needs its refreshes
+    let x = image(net.input_len(), 9);
+    let mut inputs = request(&s, &x);
+    assert!(matches!(
+        dev.evaluate(&inputs),
+        Err(InferError::NeedsRefresh { .. })
+    ));
+    for k in 0..segments {
+        let want = model.evaluate_segment(&eval, k, &inputs).unwrap();
+        let got = dev.evaluate_segment(k, &inputs).unwrap();
+        assert_eq!(
+            got, want,
+            "segment {k}: the device's output differs from the CPU's"
+        );
+        if k + 1 == segments {
+            let pt = ctx.decryptor(&s.sk).unwrap().decrypt(&got);
+            let logits = s.plan.spec().decode_output(&ctx, &pt).unwrap();
+            let reference = net.forward(&x).unwrap();
+            for (g, r) in logits.iter().zip(&reference) {
+                assert!(
+                    (g - *r as f64).abs() < 1e-2 * (1.0 + r.abs() as f64),
+                    "{logits:?} vs {reference:?}"
+                );
+            }
+        } else {
+            let fresh = refresh::reencrypt(&ctx, s.plan.spec(), k, &s.sk, &want).unwrap();
+            inputs = vec![crate::rlwe::expand_seeded(ctx.rlwe(), &fresh)];
+        }
+    }
+    // a segment that does not exist is refused
+    assert!(dev.evaluate_segment(segments, &inputs).is_err());
+}
+
+#[test]
+fn the_device_evaluates_a_deep_model_segment_by_segment_as_the_cpu_does() {
+    check_segments(|ctx| host_engine(ctx));
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn a_gpu_evaluates_a_deep_model_segment_by_segment_as_the_cpu_does() {
+    use crate::gpu::CudaExec;
+    let probe = InferencePlan::new(
+        &testing::residual_network(8, 1, 4, 3, 2, 3),
+        &ParamPolicy::default(),
+    )
+    .unwrap();
+    let ring = CkksContext::new(probe.spec().parameters().clone()).unwrap();
+    if let Err(e) = CudaExec::open(0, &NttTables::new(ring.rlwe().ring()), false) {
+        println!("skipped: no CUDA device ({e})");
+        return;
+    }
+    check_segments(|ctx| {
+        let exec =
+            CudaExec::open(0, &NttTables::new(ctx.rlwe().ring()), false).expect("opened above");
+        Engine::new(exec, ctx.rlwe().clone())
+    });
+}
+
 /// The batched packing on `engine` against [`BatchedModel::evaluate`].
 fn check_batched<E>(engine: Engine<E>, net: &Network, ctx: &Arc<CkksContext>)
 where

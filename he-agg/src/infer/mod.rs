@@ -72,6 +72,7 @@ mod multiplex;
 mod network;
 mod operand;
 mod params;
+mod placement;
 mod plan;
 mod reference;
 pub mod refresh;
@@ -97,6 +98,7 @@ pub use file::{MAX_NETWORK_FILE_BYTES, NETWORK_FORMAT, NetworkFile, NetworkFileE
 pub use model::Model;
 pub use network::{Conv2d, Dense, Layer, MAX_TENSOR, Network, Normalization, Residual, Shape};
 pub use params::{FAST_PRIME_BITS, MAX_PRIME_BITS, ParamPolicy, choose_parameters, max_depth};
+pub use placement::{Placement, Resident};
 pub use plan::{InferencePlan, MAX_INPUT_CIPHERTEXTS};
 pub use spec::{EvaluationKeys, InferenceSpec, RefreshPoint};
 pub use stages::StageInfo;

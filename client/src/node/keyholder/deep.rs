@@ -198,11 +198,7 @@ impl Keyholder {
         let next = p.segment + 1;
         p.outputs = inputs
             .iter()
-            .map(|ct| {
-                serving
-                    .model
-                    .evaluate_segment(&serving.evaluator, next, std::slice::from_ref(ct))
-            })
+            .map(|ct| serving.evaluate_segment(next, std::slice::from_ref(ct)))
             .collect::<Result<_, _>>()
             .with_context(|| format!("evaluating segment {next}"))?;
         p.evaluate_us += t0.elapsed().as_micros() as u64;

@@ -137,6 +137,8 @@ pub struct Keyholder {
     pending: Vec<deep::Pending>,
     /// `[node] model_memory_mb`, in bytes
     model_memory: Option<u64>,
+    /// `[node] backend`: where requests are evaluated
+    backend: he_agg::aggregate::BackendChoice,
 }
 
 /// The digest of a network's weights as every keyholder evaluates them (the layers; the input
@@ -209,6 +211,7 @@ impl Keyholder {
                 .node
                 .model_memory_mb
                 .map(|mb| mb.saturating_mul(1 << 20)),
+            backend: cfg.node.backend,
         })
     }
 
@@ -289,6 +292,7 @@ impl Keyholder {
             serving: None,
             pending: Vec::new(),
             model_memory: None,
+            backend: he_agg::aggregate::BackendChoice::Cpu,
         })
     }
 

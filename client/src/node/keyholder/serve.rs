@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use he_agg::ckks::{Ciphertext, Evaluator, wire};
-use he_agg::infer::Model;
+use he_agg::infer::{Model, Placement, Resident};
 use he_agg::multiparty::wire as mpw;
 use protocol::Body;
 use protocol::serve::collective::{
@@ -24,8 +24,25 @@ use crate::node::trust;
 pub struct Serving {
     /// the setup the keys are of
     setup: [u8; 32],
-    pub(super) evaluator: Evaluator,
-    pub(super) model: Model,
+    evaluator: Evaluator,
+    model: Model,
+    /// the model and the keys on a GPU (`[node] backend`), else `None`
+    device: Option<Box<dyn Resident>>,
+}
+
+impl Serving {
+    /// Segment `k` of the served network on one image's inputs, on the device when there is
+    /// one (the same words as the CPU's).
+    pub(super) fn evaluate_segment(
+        &self,
+        k: usize,
+        inputs: &[Ciphertext],
+    ) -> Result<Ciphertext, he_agg::infer::InferError> {
+        match &self.device {
+            Some(d) => d.evaluate_segment(k, inputs),
+            None => self.model.evaluate_segment(&self.evaluator, k, inputs),
+        }
+    }
 }
 
 /// Most items an evaluation request may carry (the requester's key and its images).
@@ -127,10 +144,18 @@ impl Keyholder {
                  encoded for each request"
             );
         }
+        let placement = Placement::select(self.backend, &model)
+            .with_context(|| format!("[node] backend = \"{}\"", self.backend))?;
+        let device = placement.open(&model, &keys)?;
+        tracing::info!(
+            evaluated_on = placement.name(),
+            "the served model is placed"
+        );
         self.serving = Some(Serving {
             setup: header.setup,
             evaluator,
             model,
+            device,
         });
         tracing::info!(
             seconds = t.elapsed().as_secs_f64(),
@@ -210,7 +235,7 @@ impl Keyholder {
         let t0 = Instant::now();
         let outputs: Vec<Ciphertext> = images
             .chunks(per)
-            .map(|image| serving.model.evaluate_segment(&serving.evaluator, 0, image))
+            .map(|image| serving.evaluate_segment(0, image))
             .collect::<Result<_, _>>()
             .context("evaluating the request")?;
         let pending = Pending {

@@ -208,20 +208,31 @@ impl ReadyRequest {
         let t = Instant::now();
         let ctx = self.model.context();
         let spec = self.model.plan().spec();
-        let eval = ctx
-            .evaluator(self.keys.rlk.as_ref(), Some(&self.keys.galois))
-            .map_err(|e| Refusal::Evaluation(InferError::Ckks(e)))?;
         let per = self.cts.len() / self.images().max(1);
-        let outs = self
-            .cts
-            .chunks(per.max(1))
-            .map(|image| {
-                self.model
-                    .model()
-                    .evaluate_segment(&eval, self.segment, image)
-                    .map_err(Refusal::Evaluation)
-            })
-            .collect::<Result<Vec<_>, Refusal>>()?;
+        let images = self.cts.chunks(per.max(1));
+        let outs = match self
+            .keys
+            .resident(&self.model)
+            .map_err(Refusal::Evaluation)?
+        {
+            Some(device) => images
+                .map(|image| device.evaluate_segment(self.segment, image))
+                .collect::<Result<Vec<_>, InferError>>(),
+            None => {
+                let keys = &self.keys.keys;
+                let eval = ctx
+                    .evaluator(keys.relinearization.as_ref(), Some(&keys.galois))
+                    .map_err(|e| Refusal::Evaluation(InferError::Ckks(e)))?;
+                images
+                    .map(|image| {
+                        self.model
+                            .model()
+                            .evaluate_segment(&eval, self.segment, image)
+                    })
+                    .collect()
+            }
+        }
+        .map_err(Refusal::Evaluation)?;
         if self.segment + 1 == spec.segments() {
             return Ok(Step::Done(Response {
                 request_id: self.header.request_id,

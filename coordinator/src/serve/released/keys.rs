@@ -5,25 +5,59 @@
 //! bounded in bytes and in sets, least recently used first out.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use he_agg::ckks::{GaloisKeys, RelinearizationKey, wire};
+use he_agg::infer::{EvaluationKeys, InferError};
 use protocol::Party;
 use protocol::serve::released::{InferKeys, KeysId, MAX_GALOIS_KEYS};
 
 use super::model::ServedModel;
 use super::refusal::{Refusal, hex};
+use he_agg::infer::{Placement, Resident};
 
 /// A checked set of evaluation keys.
 pub struct KeySet {
     pub id: KeysId,
-    pub rlk: Option<RelinearizationKey>,
-    pub galois: GaloisKeys,
+    pub keys: EvaluationKeys,
     /// Encoded bytes (what the cache bounds).
     pub bytes: u64,
     /// Time spent decoding and checking them.
     pub validate: Duration,
+    /// Where these keys are evaluated, once decided: `Some(None)` on the CPU (the placement's,
+    /// or `auto`'s fallback when the device could not take them), `Some(Some(_))` the model and
+    /// these keys on the device (dropped with the set when the cache lets it go).
+    resident: Mutex<Option<Option<Arc<dyn Resident>>>>,
+}
+
+impl KeySet {
+    /// The model and these keys resident where `model` is placed: uploaded when the keys
+    /// arrive (or by the first request that needs them), then kept. `None`: the CPU.
+    pub fn resident(&self, model: &ServedModel) -> Result<Option<Arc<dyn Resident>>, InferError> {
+        if matches!(model.placement(), Placement::Cpu) {
+            return Ok(None);
+        }
+        // held while uploading, so that concurrent first requests upload once
+        let mut slot = self.resident.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(decided) = slot.as_ref() {
+            return Ok(decided.clone());
+        }
+        let t = Instant::now();
+        let placed: Option<Arc<dyn Resident>> = model
+            .placement()
+            .open(model.model(), &self.keys)?
+            .map(Arc::from);
+        if placed.is_some() {
+            tracing::info!(
+                device = model.placement().name(),
+                seconds = t.elapsed().as_secs_f64(),
+                "a requester's keys and the model uploaded"
+            );
+        }
+        *slot = Some(placed.clone());
+        Ok(placed)
+    }
 }
 
 /// A key stream whose header was accepted.
@@ -145,10 +179,13 @@ impl PendingKeys {
         }
         Ok(KeySet {
             id,
-            rlk: self.rlk,
-            galois: self.galois,
+            keys: EvaluationKeys {
+                relinearization: self.rlk,
+                galois: self.galois,
+            },
             bytes: self.bytes,
             validate: self.validate,
+            resident: Mutex::new(None),
         })
     }
 }

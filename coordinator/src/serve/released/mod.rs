@@ -24,4 +24,6 @@ pub use refusal::Refusal;
 pub use shell::{InferenceServer, ServeOptions};
 
 #[cfg(test)]
+mod device_tests;
+#[cfg(test)]
 pub(crate) mod tests;

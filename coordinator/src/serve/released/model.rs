@@ -5,9 +5,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use he_agg::aggregate::{BackendChoice, CudaError};
 use he_agg::ckks::CkksContext;
 use he_agg::infer::{InferError, InferencePlan, Model, Network, NetworkFile, ParamPolicy};
 use protocol::serve::released::{MAX_IMAGES, ModelInfo};
+
+use he_agg::infer::Placement;
 
 /// Why a model cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,7 @@ pub struct ServedModel {
     ctx: Arc<CkksContext>,
     model: Model,
     info: ModelInfo,
+    placement: Placement,
 }
 
 impl std::fmt::Debug for ServedModel {
@@ -165,6 +169,7 @@ impl ServedModel {
             ctx,
             model,
             info,
+            placement: Placement::Cpu,
         })
     }
 
@@ -183,5 +188,17 @@ impl ServedModel {
     }
     pub(crate) fn model(&self) -> &Model {
         &self.model
+    }
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+    /// Evaluate where `placement` says (the CPU unless told otherwise).
+    pub fn with_placement(mut self, placement: Placement) -> Self {
+        self.placement = placement;
+        self
+    }
+    /// Where `choice` asks for this model to be evaluated (see [`Placement::select`]).
+    pub fn select_placement(&self, choice: BackendChoice) -> Result<Placement, CudaError> {
+        Placement::select(choice, &self.model)
     }
 }

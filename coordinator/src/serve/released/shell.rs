@@ -249,11 +249,17 @@ impl InferenceServer {
             .await?;
         let set = pending.finish().map_err(|e| e.to_string())?;
         let (bytes, validate) = (set.bytes, set.validate);
-        let (kept, kept_bytes) = {
+        let (set, kept, kept_bytes) = {
             let mut cache = self.cache();
-            cache.insert(peer, set);
-            (cache.len(), cache.bytes())
+            let set = cache.insert(peer, set);
+            (set, cache.len(), cache.bytes())
         };
+        // on a device the keys go there now, so that no request waits for their upload
+        let model = self.model.clone();
+        tokio::task::spawn_blocking(move || set.resident(&model).map(|_| ()))
+            .await
+            .map_err(|e| format!("placing the keys: {e}"))?
+            .map_err(|e| format!("the keys could not be placed on the device: {e}"))?;
         info!(
             %peer,
             keys = %hex(&header.keys),
@@ -400,15 +406,21 @@ pub fn run(
     model: &std::path::Path,
     listen_addr: &str,
     max_images: u32,
+    backend: he_agg::aggregate::BackendChoice,
 ) -> anyhow::Result<()> {
     let roster = crate::provision::Roster::read(&dir.roster())
         .with_context(|| format!("reading the roster in {}", dir.dir.display()))?;
     let federation = roster.federation_id()?;
     let t = std::time::Instant::now();
     let served = ServedModel::load(model, max_images)?;
+    let placement = served
+        .select_placement(backend)
+        .with_context(|| format!("--backend {backend}"))?;
+    let served = served.with_placement(placement);
     info!(
         model = %model.display(),
         seconds = t.elapsed().as_secs_f64(),
+        evaluated_on = served.placement().name(),
         "model compiled"
     );
     let addr: SocketAddr = listen_addr

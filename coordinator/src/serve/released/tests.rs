@@ -21,19 +21,19 @@ pub(crate) fn served() -> Arc<ServedModel> {
 }
 
 /// A requester: its plan compiled from the architecture, its own keys.
-struct Requester {
-    ctx: Arc<CkksContext>,
-    plan: InferencePlan,
-    sk: SecretKey,
-    keys: EvaluationKeys,
-    net: Network,
+pub(super) struct Requester {
+    pub(super) ctx: Arc<CkksContext>,
+    pub(super) plan: InferencePlan,
+    pub(super) sk: SecretKey,
+    pub(super) keys: EvaluationKeys,
+    pub(super) net: Network,
 }
 
-fn requester() -> Requester {
+pub(super) fn requester() -> Requester {
     requester_for(tiny_network())
 }
 
-fn requester_for(net: Network) -> Requester {
+pub(super) fn requester_for(net: Network) -> Requester {
     let skel = net.architecture().skeleton().unwrap();
     let plan = InferencePlan::new(&skel, &ParamPolicy::default()).unwrap();
     let ctx = CkksContext::new(plan.spec().parameters().clone()).unwrap();
@@ -49,14 +49,14 @@ fn requester_for(net: Network) -> Requester {
     }
 }
 
-fn image(seed: usize) -> Vec<u8> {
+pub(super) fn image(seed: usize) -> Vec<u8> {
     (0..36)
         .map(|i| ((i * 29 + seed * 71) % 256) as u8)
         .collect()
 }
 
 impl Requester {
-    fn key_items(&self) -> Vec<Vec<u8>> {
+    pub(super) fn key_items(&self) -> Vec<Vec<u8>> {
         let mut v = vec![];
         if let Some(r) = &self.keys.relinearization {
             v.push(wire::encode_relinearization_key(&self.ctx, r));
@@ -70,7 +70,7 @@ impl Requester {
         }
         v
     }
-    fn keys_header(&self) -> InferKeys {
+    pub(super) fn keys_header(&self) -> InferKeys {
         let items = self.key_items();
         InferKeys {
             keys: keys_id(items.iter().map(Vec::as_slice)),
@@ -80,7 +80,7 @@ impl Requester {
         }
     }
     /// The keys, sent and checked.
-    fn key_set(&self, model: &Arc<ServedModel>) -> Arc<KeySet> {
+    pub(super) fn key_set(&self, model: &Arc<ServedModel>) -> Arc<KeySet> {
         let mut p = model.begin_keys(&self.keys_header()).unwrap();
         for k in self.key_items() {
             p.push(&k).unwrap();
@@ -88,7 +88,7 @@ impl Requester {
         assert_eq!(p.remaining(), 0);
         Arc::new(p.finish().unwrap())
     }
-    fn header(&self, images: u32) -> InferRequest {
+    pub(super) fn header(&self, images: u32) -> InferRequest {
         InferRequest {
             request_id: 7,
             fingerprint: self.plan.spec().fingerprint(),
@@ -97,7 +97,7 @@ impl Requester {
             ciphertexts_per_image: self.plan.spec().input_ciphertexts() as u32,
         }
     }
-    fn encrypt(&self, px: &[u8]) -> Vec<Vec<u8>> {
+    pub(super) fn encrypt(&self, px: &[u8]) -> Vec<Vec<u8>> {
         let x = self.net.normalize_hwc(px).unwrap();
         let mut enc = self.ctx.sk_encryptor(&self.sk).unwrap();
         self.plan
@@ -108,7 +108,20 @@ impl Requester {
             .map(|pt| wire::encode_seeded_ciphertext(&self.ctx, &enc.encrypt_seeded(pt)))
             .collect()
     }
-    fn decrypt(&self, bytes: &[u8]) -> Vec<f64> {
+    /// The requester's answer to refresh `index` of one masked ciphertext.
+    pub(super) fn refresh_item(&self, index: usize, masked: &[u8]) -> Vec<u8> {
+        let masked = wire::decode_ciphertext(&self.ctx, masked).unwrap();
+        let fresh = he_agg::infer::refresh::reencrypt(
+            &self.ctx,
+            self.plan.spec(),
+            index,
+            &self.sk,
+            &masked,
+        )
+        .unwrap();
+        wire::encode_seeded_ciphertext(&self.ctx, &fresh)
+    }
+    pub(super) fn decrypt(&self, bytes: &[u8]) -> Vec<f64> {
         let ct = wire::decode_ciphertext(&self.ctx, bytes).unwrap();
         let pt = self.ctx.decryptor(&self.sk).unwrap().decrypt(&ct);
         self.plan.spec().decode_output(&self.ctx, &pt).unwrap()
@@ -457,7 +470,6 @@ fn served_models_are_read_in_either_form_and_checked() {
 
 #[test]
 fn a_deep_model_is_answered_after_its_requester_refreshes_each_segment() {
-    use he_agg::infer::refresh::reencrypt;
     use he_agg::infer::testing::residual_network;
     use protocol::serve::released::RefreshHeader;
     let net = residual_network(8, 1, 4, 3, 2, 3);
@@ -479,11 +491,6 @@ fn a_deep_model_is_answered_after_its_requester_refreshes_each_segment() {
         }
         p.finish().unwrap()
     };
-    let refresh_item = |index: usize, masked: &[u8]| {
-        let masked = wire::decode_ciphertext(&r.ctx, masked).unwrap();
-        let fresh = reencrypt(&r.ctx, r.plan.spec(), index, &r.sk, &masked).unwrap();
-        wire::encode_seeded_ciphertext(&r.ctx, &fresh)
-    };
     let first = |ready: super::handler::ReadyRequest| match ready.evaluate().unwrap() {
         Step::Refresh(out) => out,
         Step::Done(_) => panic!("a cut model answers only after its refreshes"),
@@ -502,7 +509,7 @@ fn a_deep_model_is_answered_after_its_requester_refreshes_each_segment() {
     let out = first(start());
     let header = out.header;
     let mut good =
-        wire::decode_seeded_ciphertext(&r.ctx, &refresh_item(0, &out.ciphertexts[0])).unwrap();
+        wire::decode_seeded_ciphertext(&r.ctx, &r.refresh_item(0, &out.ciphertexts[0])).unwrap();
     let mut pending = out.begin(&header).unwrap();
     good.c0.truncate(good.level() - 1);
     assert!(matches!(
@@ -510,7 +517,18 @@ fn a_deep_model_is_answered_after_its_requester_refreshes_each_segment() {
         Err(Refusal::RefreshedShape { .. })
     ));
     // the whole round trip, refresh after refresh
-    let mut ready = start();
+    answer_deep(&r, start(), &px, segments);
+}
+
+/// A deep model's request of one image (`px`, request 7) answered: the requester refreshes each
+/// segment's outputs in turn (a second answer to one refresh is refused), and the result
+/// decrypts to the f32 forward pass.
+pub(super) fn answer_deep(
+    r: &Requester,
+    mut ready: super::handler::ReadyRequest,
+    px: &[u8],
+    segments: usize,
+) {
     let mut refreshes = 0;
     let resp = loop {
         match ready.evaluate().unwrap() {
@@ -518,7 +536,7 @@ fn a_deep_model_is_answered_after_its_requester_refreshes_each_segment() {
             Step::Refresh(out) => {
                 assert_eq!(out.header.index as usize, refreshes);
                 assert_eq!((out.header.request_id, out.header.count), (7, 1));
-                let item = refresh_item(refreshes, &out.ciphertexts[0]);
+                let item = r.refresh_item(refreshes, &out.ciphertexts[0]);
                 let header = out.header;
                 let mut pending = out.begin(&header).unwrap();
                 pending.push(&item).unwrap();
@@ -533,7 +551,7 @@ fn a_deep_model_is_answered_after_its_requester_refreshes_each_segment() {
     };
     assert_eq!(refreshes, segments - 1);
     let got = r.decrypt(&resp.ciphertexts[0]);
-    let want = net.forward(&net.normalize_hwc(&px).unwrap()).unwrap();
+    let want = r.net.forward(&r.net.normalize_hwc(px).unwrap()).unwrap();
     for (g, w) in got.iter().zip(&want) {
         assert!(
             (g - *w as f64).abs() < 1e-2 * (1.0 + w.abs() as f64),
