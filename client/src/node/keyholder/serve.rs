@@ -8,6 +8,7 @@ use protocol::CollectiveMsg;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use he_agg::aggregate::BackendChoice;
 use he_agg::ckks::{Ciphertext, Evaluator, wire};
 use he_agg::infer::{Model, Placement, Resident};
 use he_agg::multiparty::wire as mpw;
@@ -144,11 +145,29 @@ impl Keyholder {
                  encoded for each request"
             );
         }
-        let placement = Placement::select(self.backend, &model)
+        // the device copy is made from the weights held in memory at once: a model that does
+        // not fit the budget stays on the CPU, which encodes the rest per request
+        let backend = match self.backend {
+            b if held == plan.spec().segments() => b,
+            BackendChoice::Cuda => bail!(
+                "[node] backend = \"cuda\" places the whole served model on the device, but only \
+                 {held} of its {} segments fit the {} MB given them ([node] model_memory_mb)",
+                plan.spec().segments(),
+                budget >> 20
+            ),
+            _ => BackendChoice::Cpu,
+        };
+        let placement = Placement::select(backend, &model)
             .with_context(|| format!("[node] backend = \"{}\"", self.backend))?;
-        let device = placement.open(&model, &keys)?;
+        let device = placement
+            .open(&model, &keys)
+            .context("placing the served model and its keys on the device")?;
         tracing::info!(
-            evaluated_on = placement.name(),
+            evaluated_on = if device.is_some() {
+                placement.name()
+            } else {
+                "CPU"
+            },
             "the served model is placed"
         );
         self.serving = Some(Serving {
