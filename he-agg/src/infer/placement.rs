@@ -1,5 +1,5 @@
-//! Where a served model is evaluated (`--backend auto|cpu|cuda` of `coordinator
-//! serve-inference` and `client hold-keys`): the CPU evaluator, or a GPU with the model's
+//! Where a served model is evaluated (`coordinator serve-inference --backend auto|cpu|cuda`,
+//! `[node] backend` of a mode (a) keyholder): the CPU evaluator, or a GPU with the model's
 //! weights and one set of evaluation keys resident on it ([`Placement::open`], once per key
 //! set). The device evaluates every segment of a deep model; what happens between segments
 //! (masks, refreshes) stays with the caller. Results equal the CPU evaluator's word for word

@@ -9,13 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use he_agg::ckks::{GaloisKeys, RelinearizationKey, wire};
-use he_agg::infer::{EvaluationKeys, InferError};
+use he_agg::infer::{EvaluationKeys, InferError, Placement, Resident};
 use protocol::Party;
 use protocol::serve::released::{InferKeys, KeysId, MAX_GALOIS_KEYS};
 
 use super::model::ServedModel;
 use super::refusal::{Refusal, hex};
-use he_agg::infer::{Placement, Resident};
 
 /// A checked set of evaluation keys.
 pub struct KeySet {
