@@ -146,6 +146,7 @@ enum Command {
         keyholder_timeout_s: u64,
         /// Mode (b): where requests are evaluated: auto (a CUDA GPU when one loads, with the
         /// model and each requester's keys resident on it), cpu, or cuda (a GPU or an error).
+        /// In mode (a) the keyholders evaluate, each where its site's `[node] backend` says.
         #[arg(long, default_value = "auto", conflicts_with = "collective")]
         backend: BackendChoice,
     },
