@@ -271,31 +271,43 @@ impl Ring {
     }
 
     /// Writes small signed coefficients (|c| below every modulus: noise, secrets) into every limb
-    /// of a fresh polynomial (coefficient domain).
+    /// of a fresh polynomial (coefficient domain); coefficients past the slice are zero.
     pub fn from_small_signed(&self, coeffs: &[i64], basis: &[usize]) -> Poly {
-        debug_assert_eq!(coeffs.len(), self.n);
-        let mut out = Poly::zero(self.n, basis.len());
-        for_each_limb(out.data_mut(), self.n, |i, lo| {
-            let m = self.moduli[basis[i]];
-            for (o, &c) in lo.iter_mut().zip(coeffs) {
-                *o = m.reduce_small(c);
-            }
-        });
-        out
+        self.written_from(coeffs, basis, |m, c| m.reduce_small(c))
     }
 
     /// Writes signed coefficients of any size into every limb of a fresh polynomial
-    /// (coefficient domain).
+    /// (coefficient domain); coefficients past the slice are zero.
     pub fn from_signed(&self, coeffs: &[i64], basis: &[usize]) -> Poly {
-        debug_assert_eq!(coeffs.len(), self.n);
-        let mut out = Poly::zero(self.n, basis.len());
-        for_each_limb(out.data_mut(), self.n, |i, lo| {
-            let m = self.moduli[basis[i]];
-            for (o, &c) in lo.iter_mut().zip(coeffs) {
-                *o = m.reduce_i64(c);
-            }
-        });
-        out
+        self.written_from(coeffs, basis, |m, c| m.reduce_i64(c))
+    }
+
+    /// A fresh polynomial whose every limb holds `reduce` of the coefficients (zero past the
+    /// last), written once (a cleared buffer first cost a memset for each of the three
+    /// polynomials of every fresh public-key encryption).
+    fn written_from(
+        &self,
+        coeffs: &[i64],
+        basis: &[usize],
+        reduce: impl Fn(Modulus, i64) -> u64 + Sync + Send,
+    ) -> Poly {
+        let n = self.n;
+        let k = coeffs.len().min(n);
+        // SAFETY: every word of every limb is written, the coefficients' and the zeros past them
+        unsafe {
+            Poly::written(n, basis.len(), |data| {
+                for_each_limb(data, n, |i, lo| {
+                    let m = self.moduli[basis[i]];
+                    let (head, tail) = lo.split_at_mut(k);
+                    for (o, &c) in head.iter_mut().zip(coeffs) {
+                        o.write(reduce(m, c));
+                    }
+                    for o in tail {
+                        o.write(0);
+                    }
+                })
+            })
+        }
     }
 
     /// The permutation of NTT-domain evaluations that applies X ↦ X^g (g odd, mod 2N).

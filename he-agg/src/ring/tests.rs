@@ -216,3 +216,32 @@ proptest! {
         prop_assert!(z.data().iter().all(|&x| x == 0));
     }
 }
+
+#[test]
+fn signed_coefficients_are_reduced_into_every_limb_and_zero_past_the_last() {
+    // the polynomials are written into buffers that are not cleared first: every word must be
+    // written, with a short slice too (zeros past it, as a cleared buffer gave)
+    let ring = test_ring(64, &[40, 50, 60]);
+    let basis = [0, 2];
+    let coeffs: Vec<i64> = (0..64).map(|i| (i as i64 - 32) * 3).collect();
+    for poly in [
+        ring.from_small_signed(&coeffs, &basis),
+        ring.from_signed(&coeffs, &basis),
+    ] {
+        for (i, &b) in basis.iter().enumerate() {
+            let q = ring.modulus(b).value() as i64;
+            let want: Vec<u64> = coeffs.iter().map(|&c| c.rem_euclid(q) as u64).collect();
+            assert_eq!(poly.limb(i), &want[..]);
+        }
+    }
+    let big = [i64::MIN + 1, i64::MAX, -5];
+    let poly = ring.from_signed(&big, &basis);
+    for (i, &b) in basis.iter().enumerate() {
+        let q = ring.modulus(b).value() as i128;
+        let limb = poly.limb(i);
+        for (k, &c) in big.iter().enumerate() {
+            assert_eq!(limb[k] as i128, (c as i128).rem_euclid(q));
+        }
+        assert!(limb[big.len()..].iter().all(|&w| w == 0));
+    }
+}
