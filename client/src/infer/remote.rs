@@ -369,9 +369,10 @@ async fn request(
     };
     // mode (a): the requester's public key first (what the results are switched to); mode
     // (b)'s keys were sent once before
-    let keys = match req.is_collective() {
-        true => req.key_items(),
-        false => Vec::new(),
+    let keys = if req.is_collective() {
+        req.key_items()
+    } else {
+        Vec::new()
     };
     let t = Instant::now();
     let upload = async {

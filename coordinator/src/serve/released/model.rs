@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use he_agg::aggregate::{BackendChoice, CudaError};
 use he_agg::ckks::CkksContext;
-use he_agg::infer::{InferError, InferencePlan, Model, Network, NetworkFile, ParamPolicy};
+use he_agg::infer::{
+    InferError, InferencePlan, Model, Network, NetworkFile, ParamPolicy, Placement,
+};
 use protocol::serve::released::{MAX_IMAGES, ModelInfo};
-
-use he_agg::infer::Placement;
 
 /// Why a model cannot be served.
 #[derive(Debug, thiserror::Error)]
