@@ -8,12 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use client::infer::EvalData;
 use client::infer::eval_split::load_split;
-
-fn argmax(v: &[f64]) -> usize {
-    (0..v.len())
-        .max_by(|&a, &b| v[a].total_cmp(&v[b]))
-        .unwrap_or(0)
-}
+use training::metrics::{argmax, softmax};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -36,19 +31,17 @@ fn main() -> anyhow::Result<()> {
             let mut correct = 0usize;
             for (i, px) in imgs.pixels.iter().enumerate() {
                 let y = file.network.forward(&file.network.normalize_hwc(px)?)?;
-                let top = y.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let e: Vec<f64> = y.iter().map(|&v| f64::from(v - top).exp()).collect();
-                let sum: f64 = e.iter().sum();
+                let p = softmax(&y.iter().map(|&v| f64::from(v)).collect::<Vec<_>>());
                 if mean[i].is_empty() {
-                    mean[i] = vec![0.0; e.len()];
+                    mean[i] = vec![0.0; p.len()];
                 }
-                if mean[i].len() != e.len() {
+                if mean[i].len() != p.len() {
                     bail!("the networks give different numbers of classes");
                 }
-                for (m, v) in mean[i].iter_mut().zip(&e) {
-                    *m += v / sum;
+                for (m, v) in mean[i].iter_mut().zip(&p) {
+                    *m += v;
                 }
-                correct += usize::from(argmax(&e) as u32 == imgs.labels[i]);
+                correct += usize::from(argmax(&p) as u32 == imgs.labels[i]);
             }
             members.push(format!("{:.4}", correct as f64 / n as f64));
         }
