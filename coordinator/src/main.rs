@@ -179,6 +179,11 @@ enum Command {
         /// each for a 128 → 11 head).
         #[arg(long, default_value_t = 10_000)]
         max_examples: u64,
+        /// Where the steps run: auto (a CUDA GPU when one loads and takes the run's keys and
+        /// chunks, the CPU otherwise), cpu, or cuda (a GPU or an error). The states are the
+        /// same word for word wherever they are computed.
+        #[arg(long, default_value = "auto")]
+        backend: BackendChoice,
     },
 }
 
@@ -304,6 +309,7 @@ fn main() -> anyhow::Result<()> {
             lr,
             momentum,
             max_examples,
+            backend,
         } => {
             let dir = CoordinatorDir::with_state(dir, state_dir);
             coordinator::serve::collective::run::run_head(
@@ -317,6 +323,7 @@ fn main() -> anyhow::Result<()> {
                         momentum,
                     },
                     max_examples,
+                    backend,
                 },
             )
         }

@@ -199,6 +199,14 @@ fn a_head_trained_on_encrypted_features_equals_plaintext_training_and_survives_a
         !audit.contains("\"encrypted-model\""),
         "a head run audited a model upload"
     );
+    // the run and every replay say where their steps ran (`--backend` / `[node] backend`,
+    // both "auto" here: the CPU without a GPU, the device with one — the same states either way)
+    assert!(audit.contains("head training run placed"), "{audit}");
+    let replay = std::fs::read_to_string(
+        root.join(format!("head-keyholder-{}.log", 3 - (killed == 3) as usize)),
+    )
+    .unwrap();
+    assert!(replay.contains("head training replay placed"), "{replay}");
     // the keyholders' head-training secrets are written for their owner only
     #[cfg(unix)]
     {

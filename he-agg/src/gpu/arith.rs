@@ -103,6 +103,49 @@ impl<E: Exec> Engine<E> {
         Ok(())
     }
 
+    /// a − b for degree-1 ciphertexts, at the lower of their levels (as
+    /// [`crate::ckks::Evaluator::sub`]; the caller has matched the scales): b's words copied,
+    /// then (a − b)·1 in one pass.
+    pub fn sub(
+        &self,
+        a: &DevCiphertext<E::Buf>,
+        b: &DevCiphertext<E::Buf>,
+    ) -> Result<DevCiphertext<E::Buf>, GpuError> {
+        a.check_linear()?;
+        b.check_linear()?;
+        let level = a.level.min(b.level);
+        let mut out = self.drop_to(b, level)?;
+        let ones: Vec<ShoupConst> = (0..level)
+            .map(|i| self.rlwe().q_modulus(i).shoup(1))
+            .collect();
+        let jobs = part_jobs(2, level, a.level);
+        self.exec()
+            .map(LimbOp::RevSubMulConst, &mut out.buf, &a.buf, &jobs, &ones)?;
+        out.scale = a.scale;
+        Ok(out)
+    }
+
+    /// `ct` at `level` (at most its own), its upper limbs dropped (as
+    /// [`crate::ckks::Evaluator::drop_levels`]).
+    pub fn drop_to(
+        &self,
+        ct: &DevCiphertext<E::Buf>,
+        level: usize,
+    ) -> Result<DevCiphertext<E::Buf>, GpuError> {
+        if level == 0 || level > ct.level {
+            return Err(GpuError::Level(ct.level, "dropped to a level above it"));
+        }
+        let jobs = part_jobs(ct.parts, level, ct.level);
+        let mut out = self.exec().scratch(ct.parts * level)?;
+        self.exec()
+            .map(LimbOp::Copy, &mut out, &ct.buf, &jobs, &[])?;
+        Ok(DevCiphertext {
+            buf: out,
+            level,
+            ..*ct
+        })
+    }
+
     /// a + c in every slot for a real c at a's scale (the constant round(c·scale) added to c0 in
     /// every limb, as the inference kernels do on the CPU).
     pub fn add_real_const(&self, a: &mut DevCiphertext<E::Buf>, c: f64) -> Result<(), GpuError> {

@@ -37,7 +37,7 @@ pub(crate) struct Device<E: Exec> {
 impl<E: Exec> Device<E> {
     /// Uploads the relinearization key and the Galois keys of `steps` (refusing an engine of
     /// other parameters, and keys that lack a step).
-    fn new(
+    pub(crate) fn new(
         engine: Engine<E>,
         ctx: &Arc<CkksContext>,
         keys: &EvaluationKeys,
@@ -79,11 +79,15 @@ impl<E: Exec> Device<E> {
             .collect::<Result<_, _>>()?)
     }
 
-    fn key(&self, g: u64) -> Result<&DevSwitchingKey<E::Buf>, InferError> {
+    pub(crate) fn engine(&self) -> &Engine<E> {
+        &self.engine
+    }
+
+    pub(crate) fn key(&self, g: u64) -> Result<&DevSwitchingKey<E::Buf>, InferError> {
         Ok(self.galois.get(&g).ok_or(GpuError::MissingKey(g))?)
     }
 
-    fn rlk(&self) -> Result<&DevSwitchingKey<E::Buf>, InferError> {
+    pub(crate) fn rlk(&self) -> Result<&DevSwitchingKey<E::Buf>, InferError> {
         self.rlk.as_ref().ok_or(InferError::Ckks(
             crate::ckks::CkksError::MissingRelinearizationKey,
         ))

@@ -91,6 +91,7 @@ mod trace;
 pub use architecture::{ArchLayer, Architecture, MAX_LAYERS, MAX_SKELETON_WEIGHTS};
 pub use batched::BatchedModel;
 pub use batched_spec::BatchedSpec;
+pub(crate) use device::Device;
 pub use device::{DeviceBatchedModel, DeviceModel};
 pub use error::{InferError, NetworkError};
 #[cfg(feature = "serde")]

@@ -17,6 +17,7 @@
 //! examples; [`run`] is a whole run as every party replays it.
 
 pub mod chunk;
+pub mod device;
 pub mod layout;
 pub mod params;
 pub mod plan;
@@ -24,6 +25,7 @@ pub mod run;
 pub mod trainer;
 
 pub use chunk::{EncryptedChunk, MAX_ABS_FEATURE, encrypt_chunk};
+pub use device::{DeviceHeadTrainer, StepDevice};
 pub use layout::HeadLayout;
 pub use params::{HeadScales, head_training_parameters};
 pub use plan::{HeadPlan, MAX_ABS_WEIGHT, schedule};
@@ -58,7 +60,11 @@ pub enum HeadTrainError {
     Ckks(#[from] CkksError),
     #[error(transparent)]
     Multiparty(#[from] MultipartyError),
+    #[error("on the device: {0}")]
+    Device(String),
 }
 
+#[cfg(test)]
+mod device_tests;
 #[cfg(test)]
 mod tests;

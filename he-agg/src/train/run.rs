@@ -12,7 +12,9 @@ use crate::infer::EvaluationKeys;
 use crate::multiparty::{Refresh, RefreshShare};
 use crate::ring::Seed;
 
+use super::device::{DeviceRun, StepDevice, host_reference, open_device};
 use super::{EncryptedChunk, HeadPlan, HeadTrainError, HeadTrainer, schedule};
+use crate::aggregate::BackendChoice;
 
 /// Most steps a run may take: each is a refresh round trip of t keyholders.
 pub const MAX_STEPS: usize = 1_000_000;
@@ -38,6 +40,8 @@ pub struct HeadRun {
     /// the state after the current step, at the refresh level
     pending: Vec<Ciphertext>,
     refresh: Refresh,
+    /// where the steps run when not on the CPU trainer
+    device: Option<Box<dyn StepDevice>>,
 }
 
 impl HeadRun {
@@ -100,7 +104,41 @@ impl HeadRun {
             done: 0,
             pending: Vec::new(),
             refresh,
+            device: None,
         })
+    }
+
+    /// Computes the steps where `choice` says (`keys`: the run's evaluation keys, uploaded with
+    /// its chunks): a CUDA GPU with `auto` when one loads and takes them, else the CPU. Returns
+    /// where they run. The states are the same word for word wherever they are computed.
+    pub fn place(
+        &mut self,
+        choice: BackendChoice,
+        keys: &EvaluationKeys,
+    ) -> Result<&str, HeadTrainError> {
+        self.device = open_device(choice, &self.device_run(keys))?;
+        Ok(self.placed())
+    }
+
+    /// The steps through the GPU kernels' reference executor on the CPU (tests).
+    pub fn place_on_host_reference(&mut self, keys: &EvaluationKeys) -> Result<(), HeadTrainError> {
+        self.device = Some(host_reference(&self.device_run(keys))?);
+        Ok(())
+    }
+
+    /// Where the steps run.
+    pub fn placed(&self) -> &str {
+        self.device.as_ref().map_or("CPU", |d| d.name())
+    }
+
+    fn device_run<'a>(&'a self, keys: &'a EvaluationKeys) -> DeviceRun<'a> {
+        DeviceRun {
+            plan: &self.plan,
+            keys,
+            lr: self.trainer.lr(),
+            momentum: self.trainer.momentum(),
+            chunks: &self.chunks,
+        }
     }
 
     pub fn context(&self) -> &Arc<CkksContext> {
@@ -137,8 +175,13 @@ impl HeadRun {
                 self.batches.len()
             )));
         };
-        let batch: Vec<&EncryptedChunk> = batch.iter().map(|&i| &self.chunks[i]).collect();
-        self.pending = self.trainer.step(&batch)?;
+        self.pending = match &self.device {
+            Some(d) => d.step(self.trainer.weights(), self.trainer.velocity(), batch)?,
+            None => {
+                let batch: Vec<&EncryptedChunk> = batch.iter().map(|&i| &self.chunks[i]).collect();
+                self.trainer.step(&batch)?
+            }
+        };
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use crate::ring::Prng;
 
 /// N = 2^11 (insecure, for speed): four 60-bit primes hold the refresh's masks over a weight
 /// scale of 2^80, six 40-bit primes take a step.
-fn ctx() -> Arc<CkksContext> {
+pub(super) fn ctx() -> Arc<CkksContext> {
     static CTX: OnceLock<Arc<CkksContext>> = OnceLock::new();
     CTX.get_or_init(|| {
         let q = [60, 60, 60, 60, 40, 40, 40, 40, 40, 40];
@@ -23,7 +23,12 @@ fn ctx() -> Arc<CkksContext> {
 }
 
 /// Deterministic examples: class c has its mean at feature c, plus noise; features in [−1, 1].
-fn examples(n: usize, features: usize, classes: usize, seed: u8) -> (Vec<Vec<f64>>, Vec<u32>) {
+pub(super) fn examples(
+    n: usize,
+    features: usize,
+    classes: usize,
+    seed: u8,
+) -> (Vec<Vec<f64>>, Vec<u32>) {
     let mut prng = Prng::from_seed(&[seed; 32]);
     let mut u = || (prng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
     let mut xs = Vec::new();
@@ -39,8 +44,34 @@ fn examples(n: usize, features: usize, classes: usize, seed: u8) -> (Vec<Vec<f64
     (xs, ys)
 }
 
+/// `parties` keyholders' secrets, their sum, its public key and a run's evaluation keys.
+pub(super) struct Keyed {
+    pub secrets: Vec<SecretKey>,
+    pub s: SecretKey,
+    pub pk: crate::ckks::PublicKey,
+    pub keys: crate::infer::EvaluationKeys,
+}
+
+pub(super) fn keyed(plan: &HeadPlan, parties: usize) -> Keyed {
+    let ctx = plan.context();
+    let mut kg = ctx.key_generator().unwrap();
+    let secrets: Vec<SecretKey> = (0..parties).map(|_| kg.secret_key()).collect();
+    let s = crate::multiparty::sum_of_secrets(ctx, &secrets);
+    let pk = kg.public_key(&s);
+    let keys = crate::infer::EvaluationKeys {
+        relinearization: Some(kg.relinearization_key(&s)),
+        galois: kg.galois_keys(&s, &plan.layout().rotations(), false),
+    };
+    Keyed {
+        secrets,
+        s,
+        pk,
+        keys,
+    }
+}
+
 /// A site's examples in chunks of the layout's samples, encrypted.
-fn encrypt_chunks(
+pub(super) fn encrypt_chunks(
     ctx: &CkksContext,
     enc: &mut crate::ckks::PkEncryptor,
     l: &HeadLayout,
@@ -459,14 +490,12 @@ fn a_run_replays_to_the_same_state_at_every_party() {
     let plan = HeadPlan::with_context(ctx.clone(), features, classes).unwrap();
     let l = plan.layout().clone();
     let parties = 3;
-    let mut kg = ctx.key_generator().unwrap();
-    let secrets: Vec<SecretKey> = (0..parties).map(|_| kg.secret_key()).collect();
-    let s = crate::multiparty::sum_of_secrets(&ctx, &secrets);
-    let pk = kg.public_key(&s);
-    let keys = crate::infer::EvaluationKeys {
-        relinearization: Some(kg.relinearization_key(&s)),
-        galois: kg.galois_keys(&s, &l.rotations(), false),
-    };
+    let Keyed {
+        secrets,
+        s,
+        pk,
+        keys,
+    } = keyed(&plan, parties);
     let (xs, ys) = examples(l.samples() + 7, features, classes, 9);
     let mut enc = ctx.pk_encryptor(&pk).unwrap();
     let chunks = encrypt_chunks(&ctx, &mut enc, &l, &xs, &ys);

@@ -85,6 +85,16 @@ impl HeadTrainer {
     pub fn weights(&self) -> &[Ciphertext] {
         &self.weights
     }
+    /// The weights' velocity (with momentum, after the first step).
+    pub fn velocity(&self) -> Option<&[Ciphertext]> {
+        self.velocity.as_deref()
+    }
+    pub fn lr(&self) -> f64 {
+        self.lr
+    }
+    pub fn momentum(&self) -> f64 {
+        self.momentum
+    }
 
     /// The slots of a head's ciphertexts: one vector per feature group, then the bias.
     pub fn pack_head(layout: &HeadLayout, w: &[f64], b: &[f64]) -> Vec<Vec<f64>> {

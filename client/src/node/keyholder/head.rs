@@ -145,6 +145,7 @@ impl Keyholder {
                 ))
             })?;
         let ctx = self.ctx.clone();
+        let backend = self.backend;
         let (plan, held) = self.head_held()?;
         let layout = plan.layout();
         signed
@@ -187,6 +188,10 @@ impl Keyholder {
             (hospitals as usize, threshold as usize),
             chunks,
         )?;
+        let placed = run
+            .place(backend, keys)
+            .with_context(|| format!("[node] backend = \"{backend}\""))?;
+        tracing::info!(replayed_on = placed, "head training replay placed");
         run.compute_step()?;
         let state = state_digest(&ctx, run.pending());
         held.run = Some(Box::new(Replay {

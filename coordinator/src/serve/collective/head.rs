@@ -272,8 +272,9 @@ pub struct RunJob {
 }
 
 impl RunJob {
-    /// The run, or why the contribution cannot be trained on.
-    pub fn build(self) -> Result<Box<HeadRun>, String> {
+    /// The run with its steps where `backend` says, or why the contribution cannot be
+    /// trained on.
+    pub fn build(self, backend: he_agg::aggregate::BackendChoice) -> Result<Box<HeadRun>, String> {
         let Some((receiver, chunks)) = self.items.split_first() else {
             return Err("no contributor key".into());
         };
@@ -295,7 +296,7 @@ impl RunJob {
             lr: t.lr,
             momentum: t.momentum,
         };
-        let run = he_agg::train::HeadRun::new(
+        let mut run = he_agg::train::HeadRun::new(
             self.plan,
             &self.keys.0,
             &self.keys.1,
@@ -306,6 +307,10 @@ impl RunJob {
             chunks,
         )
         .map_err(|e| e.to_string())?;
+        let placed = run
+            .place(backend, &self.keys.1)
+            .map_err(|e| format!("--backend {backend}: {e}"))?;
+        tracing::info!(trained_on = placed, "head training run placed");
         Ok(Box::new(HeadRun {
             contributor: self.contributor,
             request_id: self.header.request_id,

@@ -44,6 +44,9 @@ pub struct HeadOptions {
     pub training: HeadTraining,
     /// Most examples one contribution may carry.
     pub max_examples: u64,
+    /// Where the steps run: auto (a CUDA GPU when one loads and takes the run's keys and
+    /// chunks), cpu, or cuda.
+    pub backend: he_agg::aggregate::BackendChoice,
 }
 
 /// `coordinator train-head`: the keyholders make a key at the head-training parameters, then
@@ -57,6 +60,10 @@ pub fn run_head(
     he_agg::train::HeadTrainer::check_settings(head.training.lr, head.training.momentum)?;
     if head.training.epochs == 0 || head.training.batch_chunks == 0 {
         anyhow::bail!("--epochs and --batch-chunks must be at least 1");
+    }
+    if head.backend == he_agg::aggregate::BackendChoice::Cuda {
+        // known at start, not at the first contribution
+        he_agg::aggregate::select_backend(head.backend).context("--backend cuda")?;
     }
     // a keyholder's refresh takes milliseconds: a minute is a hung keyholder
     serve(
@@ -86,6 +93,7 @@ fn serve(
     let addr: SocketAddr = listen_addr
         .parse()
         .with_context(|| format!("listen address {listen_addr}"))?;
+    let head_backend = head.as_ref().map_or(Default::default(), |h| h.backend);
     let options = ServiceConfig {
         federation,
         serving: ServingConfig {
@@ -143,6 +151,7 @@ fn serve(
             dir.state_dir.clone(),
             federation,
         )),
+        head_backend,
     );
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {

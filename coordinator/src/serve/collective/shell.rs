@@ -24,6 +24,7 @@ use super::disk::ServingDisk;
 use super::service::Service;
 use super::service_io::{Action, Conn, Event};
 use crate::timer::until_due;
+use he_agg::aggregate::BackendChoice;
 
 /// The mode (a) server.
 pub struct CollectiveServer {
@@ -39,6 +40,8 @@ pub struct CollectiveServer {
     deadline_moved: Notify,
     conns: Mutex<HashMap<Conn, Peer>>,
     next_conn: AtomicU64,
+    /// where head-training steps run (`coordinator train-head --backend`)
+    head_backend: BackendChoice,
 }
 
 impl CollectiveServer {
@@ -49,6 +52,7 @@ impl CollectiveServer {
         tls: TlsFiles,
         item_timeout: Duration,
         disk: Option<ServingDisk>,
+        head_backend: BackendChoice,
     ) -> Arc<Self> {
         Arc::new(Self {
             federation: service.federation(),
@@ -60,6 +64,7 @@ impl CollectiveServer {
             deadline_moved: Notify::new(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            head_backend,
         })
     }
 
@@ -149,9 +154,9 @@ impl CollectiveServer {
                 }
             }
             Action::BuildRun(job) => {
-                let server = self.clone();
+                let (server, backend) = (self.clone(), self.head_backend);
                 tokio::spawn(async move {
-                    let built = tokio::task::spawn_blocking(move || job.build())
+                    let built = tokio::task::spawn_blocking(move || job.build(backend))
                         .await
                         .unwrap_or_else(|e| Err(format!("reading the contribution failed: {e}")));
                     server.feed(Event::RunBuilt(built)).await;
