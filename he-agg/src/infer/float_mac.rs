@@ -1,10 +1,12 @@
 //! AVX2 versions of the multiply-accumulate kernels for CPUs without IFMA, for moduli below
 //! 2^51: each product x·y (x, y < 2^51, exact doubles) is split with two FMAs into
-//! k·2^52 + l — t = x·y + 2^104 rounds x·y to a multiple of 2^52 and holds k in its mantissa
-//! bits; l = x·y − (t − 2^104) is exact, |l| ≤ 2^51 — and k and l + 1.5·2^52 are summed as
-//! 64-bit integers (their bit patterns), four products per instruction. The sums are exact for
-//! 4095 products (Σ|l| < 2^63); the constants are subtracted once at the end and the value
-//! K·2^52 + L is reduced like the 128-bit path's.
+//! k·2^51 + l — t = x·y + 2^103 rounds x·y to a multiple of 2^51 and holds k in its mantissa
+//! bits; then l + 1.5·2^52 = x·y + (K − t) with K = 2^103 + 1.5·2^52, exact because |l| ≤ 2^50
+//! puts it in [2^52, 2^53) — and the bit patterns of t and l + 1.5·2^52 are summed as 64-bit
+//! integers, four products per instruction: two FMAs, one subtraction and two integer additions
+//! per product (the offset is inside the second FMA). The sums are exact for 4095 products
+//! (Σ|l| < 2^63); the constants are subtracted once at the end and the value K·2^51 + L is
+//! reduced like the 128-bit path's.
 
 use crate::ring::Modulus;
 
@@ -21,21 +23,23 @@ const LIMIT: u64 = 4095;
 
 const MAGIC: u64 = 0x4330_0000_0000_0000; // the bits of 2^52
 const TWO52: f64 = 4_503_599_627_370_496.0;
-const C: f64 = 20_282_409_603_651_670_423_947_251_286_016.0; // 2^104
+const C: f64 = 10_141_204_801_825_835_211_973_625_643_008.0; // 2^103
 const M: f64 = 6_755_399_441_055_744.0; // 1.5·2^52
+/// C + M, exact (a multiple of 2^51, the spacing of doubles at 2^103): K − t is exact too.
+const K: f64 = C + M;
 
 #[inline(always)]
 fn to_f64(x: u64) -> f64 {
     f64::from_bits(x | MAGIC) - TWO52
 }
 
-/// The sum K·2^52 + L that running sums `hi` (Σ bits of t) and `lo` (Σ bits of l + M) of
+/// The sum K·2^51 + L that running sums `hi` (Σ bits of t) and `lo` (Σ bits of l + M) of
 /// `count` terms (the starting value counted as one) hold.
 #[inline(always)]
 fn sum_value(count: u64, hi: u64, lo: u64) -> u128 {
     let big = hi.wrapping_sub(count.wrapping_mul(C.to_bits()));
     let low = lo.wrapping_sub(count.wrapping_mul(M.to_bits())) as i64;
-    ((big as u128) << 52).wrapping_add(low as i128 as u128)
+    ((big as u128) << 51).wrapping_add(low as i128 as u128)
 }
 
 /// Exact running sums of products for one block of coefficients.
@@ -65,9 +69,9 @@ impl Acc {
     #[inline(always)]
     fn push(&mut self, k: usize, x: f64, y: f64) {
         let t = x.mul_add(y, C);
-        let l = x.mul_add(y, -(t - C));
+        let l = x.mul_add(y, K - t);
         self.hi[k] = self.hi[k].wrapping_add(t.to_bits());
-        self.lo[k] = self.lo[k].wrapping_add((l + M).to_bits());
+        self.lo[k] = self.lo[k].wrapping_add(l.to_bits());
     }
 
     /// Σ x·y for the coefficient `k`, as a 128-bit value.
@@ -166,7 +170,7 @@ unsafe fn mac_pairs_stream_avx2(m: &Modulus, pairs: &[(&[u64], &[u64])], out: &m
     if !n.is_multiple_of(4) {
         return mac_pairs_body(m, pairs, out);
     }
-    let (cv, mv) = (_mm256_set1_pd(C), _mm256_set1_pd(M));
+    let (cv, mv, kv) = (_mm256_set1_pd(C), _mm256_set1_pd(M), _mm256_set1_pd(K));
     let (magic, two52) = (_mm256_set1_epi64x(MAGIC as i64), _mm256_set1_pd(TWO52));
     let to_f64x4 = |p: *const u64| {
         // SAFETY: the callers pass 4 readable words
@@ -191,9 +195,9 @@ unsafe fn mac_pairs_stream_avx2(m: &Modulus, pairs: &[(&[u64], &[u64])], out: &m
             // the product of x and y added to the sums (h, l) of 4 coefficients
             let step = |h: &mut __m256i, l: &mut __m256i, x: __m256d, y: __m256d| {
                 let t = _mm256_fmadd_pd(x, y, cv);
-                let lo = _mm256_fmsub_pd(x, y, _mm256_sub_pd(t, cv));
+                let lo = _mm256_fmadd_pd(x, y, _mm256_sub_pd(kv, t));
                 *h = _mm256_add_epi64(*h, _mm256_castpd_si256(t));
-                *l = _mm256_add_epi64(*l, _mm256_castpd_si256(_mm256_add_pd(lo, mv)));
+                *l = _mm256_add_epi64(*l, _mm256_castpd_si256(lo));
             };
             // four pairs per pass: each sum is read and written once for four products
             let mut groups = chunk.chunks_exact(4);
@@ -238,7 +242,9 @@ unsafe fn mac_pairs_stream_avx2(m: &Modulus, pairs: &[(&[u64], &[u64])], out: &m
 /// Rows of a group whose sums are held in registers at once (each input vector loaded is used
 /// by all of them), and vectors of 4 coefficients per row: 2 × 2 × (hi, lo) is 8 of the 16
 /// ymm registers. 2 × 2 measured faster than 3 × 1, 3 × 2, 1 × 4 and 2 × 1 with
-/// `profile_infer batched` at AVX2 (41.5 s against 44.4–50.0 s for a batch on one thread).
+/// `profile_infer batched` at AVX2 (41.5 s against 44.4–50.0 s for a batch on one thread), and
+/// again once the inputs came from a converted block (`bench_infer` batched at 2 threads: 731–795
+/// images/s against 655–715 with 4 × 1 and 485–492 with 3 × 2).
 #[cfg(target_arch = "x86_64")]
 const ROWS: usize = 2;
 /// Vectors of 4 coefficients per row held at once.
@@ -246,10 +252,11 @@ const ROWS: usize = 2;
 const V: usize = 2;
 
 /// [`group_product_body`] with the sums of [`ROWS`] rows × 4·[`V`] coefficients in registers:
-/// the inputs' words are loaded and converted once for all the rows, the weights converted
-/// once per call, and no sum goes through memory between products (the portable body keeps
-/// them in arrays: a load and a store around every product; he-agg/BENCHMARKS.md has the
-/// figures).
+/// each block's input words are converted once into one buffer that every row of the group
+/// reads (not once per pair of rows from as many arrays as the group has columns: 1.6–1.7× the
+/// batched throughput), the weights converted once per call, and no sum goes through memory
+/// between products (the portable body keeps them in arrays: a load and a store around every
+/// product; he-agg/BENCHMARKS.md has the figures).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn group_product_avx2(
@@ -268,12 +275,22 @@ unsafe fn group_product_avx2(
     }
     // the weights as doubles once, not once per block of coefficients
     let wf: Vec<f64> = weights.iter().map(|&w| to_f64(w)).collect();
-    let (cv, mv) = (_mm256_set1_pd(C), _mm256_set1_pd(M));
+    let (cv, mv, kv) = (_mm256_set1_pd(C), _mm256_set1_pd(M), _mm256_set1_pd(K));
     let (magic, two52) = (_mm256_set1_epi64x(MAGIC as i64), _mm256_set1_pd(TWO52));
     // a chunk of columns and the sums' starting values count LIMIT terms at most
     let per_chunk = LIMIT as usize - 1;
     const W: usize = 4 * V;
+    // one block's inputs as doubles, converted once for every row of the group
+    let mut xf: Vec<[__m256d; V]> = vec![[_mm256_setzero_pd(); V]; nnz];
     for start in (0..n).step_by(W) {
+        for (x, &c) in xf.iter_mut().zip(cols) {
+            let input = inputs[c as usize];
+            *x = std::array::from_fn(|v| {
+                // SAFETY: start + W ≤ n ≤ the input's length (asserted above)
+                let raw = unsafe { _mm256_loadu_si256(input.as_ptr().add(start + 4 * v).cast()) };
+                _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(raw, magic)), two52)
+            });
+        }
         for (r0, rows) in (0..outs.len()).step_by(ROWS).zip(outs.chunks_mut(ROWS)) {
             let live = rows.len();
             let mut carry = [[0u64; W]; ROWS];
@@ -292,26 +309,16 @@ unsafe fn group_product_avx2(
                         _mm256_add_epi64(_mm256_castpd_si256(mv), init)
                     })
                 });
-                for (e, &c) in chunk.iter().enumerate() {
-                    let input = inputs[c as usize];
-                    let x: [__m256d; V] = std::array::from_fn(|v| {
-                        // SAFETY: start + W ≤ n ≤ the input's length (asserted above)
-                        let raw =
-                            unsafe { _mm256_loadu_si256(input.as_ptr().add(start + 4 * v).cast()) };
-                        _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(raw, magic)), two52)
-                    });
+                for (e, x) in xf[base..base + chunk.len()].iter().enumerate() {
                     for r in 0..ROWS {
                         // rows past the group's end reuse row 0's weight; never stored
                         let row = if r < live { r0 + r } else { r0 };
                         let w = _mm256_set1_pd(wf[row * nnz + base + e]);
                         for v in 0..V {
                             let t = _mm256_fmadd_pd(x[v], w, cv);
-                            let l = _mm256_fmsub_pd(x[v], w, _mm256_sub_pd(t, cv));
+                            let l = _mm256_fmadd_pd(x[v], w, _mm256_sub_pd(kv, t));
                             hi[r][v] = _mm256_add_epi64(hi[r][v], _mm256_castpd_si256(t));
-                            lo[r][v] = _mm256_add_epi64(
-                                lo[r][v],
-                                _mm256_castpd_si256(_mm256_add_pd(l, mv)),
-                            );
+                            lo[r][v] = _mm256_add_epi64(lo[r][v], _mm256_castpd_si256(l));
                         }
                     }
                 }

@@ -186,7 +186,15 @@ mod imp {
         let k = Consts::new(m);
         let n = super::super::batched_ops::group_shape(cols, weights, inputs, outs);
         let nnz = cols.len();
+        // one block's inputs side by side, read once for every row of the group: the inputs
+        // are as many arrays (and pages) as the group has columns
+        let mut xb: Vec<[__m512i; V]> = vec![[_mm512_setzero_si512(); V]; nnz];
         for start in (0..n).step_by(GROUP_BLOCK) {
+            for (x, &c) in xb.iter_mut().zip(cols) {
+                let input = inputs[c as usize];
+                // SAFETY: start + 16 ≤ n ≤ input.len() (asserted above)
+                *x = unsafe { [load(input, start), load(input, start + 8)] };
+            }
             for (r0, rows) in (0..outs.len()).step_by(R).zip(outs.chunks_mut(R)) {
                 let z = _mm512_setzero_si512();
                 let (mut lo, mut hi) = ([[z; V]; R], [[z; V]; R]);
@@ -201,10 +209,7 @@ mod imp {
                         }
                     }
                     let base = ci * LIMIT;
-                    for (e, &c) in chunk.iter().enumerate() {
-                        let input = inputs[c as usize];
-                        // SAFETY: start + 16 ≤ n ≤ input.len() (asserted above)
-                        let x = unsafe { [load(input, start), load(input, start + 8)] };
+                    for (e, x) in xb[base..base + chunk.len()].iter().enumerate() {
                         for r in 0..R {
                             // rows past the group's end reuse row 0's weight; never stored
                             let row = if r < live { r0 + r } else { r0 };
