@@ -5,6 +5,8 @@
 //! result equals the CPU trainer's word for word (`device_tests.rs`, through the kernels'
 //! reference executor), so every party replaying a run reaches the same state wherever it runs.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use crate::aggregate::BackendChoice;
@@ -38,11 +40,13 @@ pub trait StepDevice: Send {
 
 struct DevChunk<B> {
     features: Vec<DevCiphertext<B>>,
-    /// the features two levels down, where the residual meets them
-    features_low: Vec<DevCiphertext<B>>,
     labels: DevCiphertext<B>,
     count: usize,
 }
+
+/// A chunk's ones (the bias's input) at the top and at the labels' level, by example count:
+/// encoded once, not per step (a run's chunks are full but the last).
+type Ones<B> = HashMap<usize, (DevPlaintext<B>, DevPlaintext<B>)>;
 
 /// The trainer on an executor: keys and chunks resident.
 pub struct DeviceHeadTrainer<E: Exec> {
@@ -54,6 +58,7 @@ pub struct DeviceHeadTrainer<E: Exec> {
     lr: f64,
     momentum: f64,
     chunks: Vec<DevChunk<E::Buf>>,
+    ones: Ones<E::Buf>,
 }
 
 impl<E: Exec> DeviceHeadTrainer<E> {
@@ -81,19 +86,24 @@ impl<E: Exec> DeviceHeadTrainer<E> {
                     .map(|x| e.upload_ct(x))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(on_device)?;
-                let features_low = features
-                    .iter()
-                    .map(|x| e.drop_to(x, scales.label_level))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(on_device)?;
                 Ok(DevChunk {
                     features,
-                    features_low,
                     labels: e.upload_ct(&c.labels).map_err(on_device)?,
                     count: c.count,
                 })
             })
             .collect::<Result<Vec<_>, HeadTrainError>>()?;
+        let mut ones = Ones::new();
+        for c in &chunks {
+            if let Entry::Vacant(slot) = ones.entry(c.count) {
+                let v = layout.pack_ones(c.count);
+                let at = |level| -> Result<_, HeadTrainError> {
+                    let pt: Plaintext = ctx.encode_reals(&v, level, scales.data)?;
+                    e.upload_plain(&pt).map_err(on_device)
+                };
+                slot.insert((at(scales.top)?, at(scales.label_level)?));
+            }
+        }
         Ok(Self {
             name,
             ctx: ctx.clone(),
@@ -103,6 +113,7 @@ impl<E: Exec> DeviceHeadTrainer<E> {
             lr,
             momentum,
             chunks,
+            ones,
         })
     }
 
@@ -181,25 +192,27 @@ impl<E: Exec> DeviceHeadTrainer<E> {
         let rlk = self.dev.rlk().map_err(on_device)?;
         let mut acc: Vec<Option<DevCiphertext<E::Buf>>> = (0..=groups).map(|_| None).collect();
         for chunk in chunks {
-            let ones_top = self.plain(&l.pack_ones(chunk.count), s.top, s.data)?;
-            let ones_low = self.plain(&l.pack_ones(chunk.count), s.label_level, s.data)?;
+            let (ones_top, ones_low) = &self.ones[&chunk.count];
             // logits: Σ_J W_J ⊗ X_J in one launch, then b ⊙ 1 (sums mod q: the CPU's order
             // gives the same words)
             let ws: Vec<_> = w[..groups].iter().collect();
             let xs: Vec<_> = chunk.features.iter().collect();
             let mut z = e.dot_cipher(&ws, &xs).map_err(on_device)?;
-            let bias = e
-                .dot_plain(&[&w[groups]], &[&ones_top])
-                .map_err(on_device)?;
+            let bias = e.dot_plain(&[&w[groups]], &[ones_top]).map_err(on_device)?;
             e.add_assign(&mut z, &bias).map_err(on_device)?;
             let z = self.rescale2(e.relinearize(z, rlk).map_err(on_device)?)?;
             let z = self.rotate_sum(z, &l.feature_sum_steps())?;
             let r = e.sub(&z, &chunk.labels).map_err(on_device)?;
             for (g, a) in acc.iter_mut().enumerate() {
                 let t = if g < groups {
-                    e.mul(&r, &chunk.features_low[g])
+                    // the features two levels down, where the residual meets them
+                    e.mul(
+                        &r,
+                        &e.drop_to(&chunk.features[g], s.label_level)
+                            .map_err(on_device)?,
+                    )
                 } else {
-                    e.dot_plain(&[&r], &[&ones_low])
+                    e.dot_plain(&[&r], &[ones_low])
                 }
                 .map_err(on_device)?;
                 match a {
