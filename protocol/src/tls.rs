@@ -139,6 +139,22 @@ pub fn coordinator_server_name() -> &'static str {
     COORDINATOR_SERVER_NAME
 }
 
+/// What one stream may hold unread. quinn-proto 0.11.19 closes a whole connection ("too many
+/// gaps in stream buffer") once a stream's receive buffer holds more than 1,024 separate pieces,
+/// and a sender may put a window's worth of packets beyond the first hole: with the 16 MiB HEAL
+/// used before (≈ 14,000 packets) a lossy, queueing WAN aborted a mode (b) request in CI. 1 MiB
+/// is at most ≈ 900 full packets (1,200-byte datagrams, more bytes per packet once the path MTU
+/// grows), so no loss pattern can reach the limit; it still carries 168 Mbit/s per stream at a
+/// 50 ms round trip, and the 64 MiB connection window spreads over the streams.
+pub const STREAM_WINDOW: u32 = 1 << 20;
+
+/// quinn-proto's limit on separate pieces in one stream's receive buffer (`MAX_CHUNKS`).
+pub const QUINN_MAX_CHUNKS: u32 = 1024;
+
+/// The fewest stream bytes a full packet of quinn's initial 1,200-byte datagrams carries
+/// (short header, AEAD tag, STREAM frame header and a piggy-backed ACK taken off).
+pub const MIN_FULL_FRAME: u32 = 1_100;
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_uni_streams(1024u32.into());
@@ -146,8 +162,7 @@ fn transport() -> Arc<quinn::TransportConfig> {
     t.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(std::time::Duration::from_secs(20)).expect("20 s fits"),
     ));
-    // large updates: let a stream carry several megabytes in flight
-    t.stream_receive_window((16u32 << 20).into());
+    t.stream_receive_window(STREAM_WINDOW.into());
     t.receive_window((64u32 << 20).into());
     t.send_window(64 << 20);
     // BBR paces to the path's measured bandwidth and round trip; loss-based Cubic (quinn's
@@ -155,4 +170,22 @@ fn transport() -> Arc<quinn::TransportConfig> {
     // 20 Mbit/s hospital link to ~2 Mbit/s and a round to 50 s (coordinator/tests/wan.rs)
     t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     Arc::new(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_window_of_full_packets_stays_below_quinns_piece_limit() {
+        // a sender fills the window with full packets; fewer of them than the limit cannot
+        // leave more separate pieces than the limit, however many are lost
+        let frames = STREAM_WINDOW.div_ceil(MIN_FULL_FRAME);
+        assert!(
+            frames < QUINN_MAX_CHUNKS,
+            "{STREAM_WINDOW} bytes hold {frames} frames of {MIN_FULL_FRAME} bytes; quinn closes a connection past {QUINN_MAX_CHUNKS}"
+        );
+        // and it is wide enough for the WAN the design names: 20 Mbit/s at 50 ms is 125 kB
+        assert!(STREAM_WINDOW as u64 >= 4 * 20_000_000 / 8 / 20);
+    }
 }
