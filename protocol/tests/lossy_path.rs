@@ -143,6 +143,9 @@ async fn an_upload_crosses_a_long_lossy_path_whole() {
     .expect("the upload ends within 120 s");
     assert_eq!(items.len(), ITEMS);
     for (k, item) in items.iter().enumerate() {
-        assert!(item.len() == ITEM && item.iter().all(|&b| b == k as u8), "item {k}");
+        assert!(
+            item.len() == ITEM && item.iter().all(|&b| b == k as u8),
+            "item {k}"
+        );
     }
 }
