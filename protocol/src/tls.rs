@@ -148,13 +148,6 @@ pub fn coordinator_server_name() -> &'static str {
 /// 50 ms round trip, and the 64 MiB connection window spreads over the streams.
 pub const STREAM_WINDOW: u32 = 1 << 20;
 
-/// quinn-proto's limit on separate pieces in one stream's receive buffer (`MAX_CHUNKS`).
-pub const QUINN_MAX_CHUNKS: u32 = 1024;
-
-/// The fewest stream bytes a full packet of quinn's initial 1,200-byte datagrams carries
-/// (short header, AEAD tag, STREAM frame header and a piggy-backed ACK taken off).
-pub const MIN_FULL_FRAME: u32 = 1_100;
-
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_uni_streams(1024u32.into());
@@ -175,6 +168,13 @@ fn transport() -> Arc<quinn::TransportConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// quinn-proto's limit on separate pieces in one stream's receive buffer (`MAX_CHUNKS`).
+    const QUINN_MAX_CHUNKS: u32 = 1024;
+
+    /// The fewest stream bytes a full packet of quinn's initial 1,200-byte datagrams carries
+    /// (short header, AEAD tag, STREAM frame header and a piggy-backed ACK taken off).
+    const MIN_FULL_FRAME: u32 = 1_100;
 
     #[test]
     fn a_stream_window_of_full_packets_stays_below_quinns_piece_limit() {
