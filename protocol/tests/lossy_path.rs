@@ -64,9 +64,8 @@ async fn forwarder(server: SocketAddr) -> SocketAddr {
     let addr = sock.local_addr().unwrap();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
-        let mut client: Option<SocketAddr> = None;
-        let mut up: Option<mpsc::Sender<_>> = None;
-        let mut down: Option<mpsc::Sender<_>> = None;
+        // the client's address and its two lines (up to the server, down to it)
+        let mut peer: Option<(SocketAddr, mpsc::Sender<_>, mpsc::Sender<_>)> = None;
         let mut draw = Draw(46);
         let mut seen = 0u64;
         loop {
@@ -74,24 +73,21 @@ async fn forwarder(server: SocketAddr) -> SocketAddr {
                 return;
             };
             seen += 1;
-
             if seen > 16 && draw.unit() < LOSS {
                 continue;
             }
             let data = (Instant::now(), buf[..n].to_vec());
-            if from == server {
-                if let Some(d) = &down {
-                    let _ = d.try_send(data);
+            if from != server && peer.is_none() {
+                peer = Some((from, line(sock.clone(), server), line(sock.clone(), from)));
+            }
+            match &peer {
+                Some((_, _, down)) if from == server => {
+                    let _ = down.try_send(data);
                 }
-            } else {
-                if client.is_none() {
-                    client = Some(from);
-                    up = Some(line(sock.clone(), server));
-                    down = Some(line(sock.clone(), from));
+                Some((client, up, _)) if from == *client => {
+                    let _ = up.try_send(data);
                 }
-                if client == Some(from) {
-                    let _ = up.as_ref().map(|u| u.try_send(data));
-                }
+                _ => {}
             }
         }
     });
