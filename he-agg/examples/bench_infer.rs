@@ -19,7 +19,7 @@
 //! batched run, default one full batch), `--log-n L` (force the ring degree 2^L for the default
 //! network; TenSEAL's architecture always gets the policy's choice), `--min-scale-bits B`,
 //! `--batched-prime-bits B` (a cut batched plan's largest prime: 51 by default, 60 for fewer
-//! limbs), `--model-memory-mb MB` (mode (a): the memory a keyholder holds its encoded model in,
+//! limbs), `--refresh-prime-bits B` (a cut latency plan's largest prime: 60 by default), `--model-memory-mb MB` (mode (a): the memory a keyholder holds its encoded model in,
 //! default a quarter of `MemAvailable`: evaluation and the segments encoded per request need the rest; segments beyond it are encoded per request),
 //! `--skip-batched`, `--skip-mode-a`, `--skip-mode-b` (a cut plan's mode (b) run), `--skip-tenseal`. `HEAL_SIMD=scalar|avx2|avx512|ifma`
 //! runs every kernel at that level (default: the CPU's best); the JSON names it (`simd_level`).
@@ -127,6 +127,11 @@ fn parse_args() -> Result<Args, String> {
                 args.policy.batched_prime_bits = value("--batched-prime-bits")?
                     .parse()
                     .map_err(|e| format!("--batched-prime-bits: {e}"))?
+            }
+            "--refresh-prime-bits" => {
+                args.policy.refresh_prime_bits = value("--refresh-prime-bits")?
+                    .parse()
+                    .map_err(|e| format!("--refresh-prime-bits: {e}"))?
             }
             "--input" => {
                 let side: usize = value("--input")?

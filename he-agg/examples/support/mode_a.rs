@@ -346,8 +346,9 @@ fn finish(
             (refreshes * (1 + THRESHOLD) * refresh_share_bytes) as f64 / 1e6
         );
     }
+    println!("mode (a) parameters: {}", super::report::describe(params));
     println!(
-        "mode (a) parameters: N = {}, log QP {:.0}, scale 2^{}, result at level {}; collective \
+        "mode (a): N = {}, log QP {:.0}, scale 2^{}, result at level {}; collective \
          keys of {HOSPITALS} hospitals in {:.1} s ({:.1} s per hospital's shares, {:.1} MB each); \
          each relays {:.1} MB of relinearization share to every keyholder; a keyholder encodes \
          its model in {:.1} s; request {} KB, switching share {} KB, response \

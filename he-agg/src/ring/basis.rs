@@ -80,6 +80,15 @@ impl BasisExtender {
         &self.source
     }
 
+    /// Bits of the widest source modulus (the rows' words are below it).
+    fn source_bits(&self, ring: &Ring) -> u32 {
+        self.source
+            .iter()
+            .map(|&i| ring.modulus(i).bits())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// [(B/b_i)^{-1}]_{b_i} per source modulus (times N^{-1} with `unnormalized`): the
     /// constants of [`BasisExtender::prepare`], for kernels that repeat it on a device.
     pub(crate) fn prepare_consts(&self, unnormalized: bool) -> &[ShoupConst] {
@@ -134,6 +143,11 @@ impl BasisExtender {
             return;
         }
         let rows: Vec<&[u64]> = (0..m).map(|i| y.limb(i)).collect();
+        #[cfg(target_arch = "x86_64")]
+        if super::float_sums::usable(t.bits().max(self.source_bits(ring))) {
+            let row = &self.punctured_mod[target];
+            return super::float_sums::sum_const_products(t, &rows, row, out);
+        }
         if 2 * m as u128 * t.value() as u128 <= u64::MAX as u128 {
             self.extend_limb_shoup(t, &rows, target, out)
         } else {

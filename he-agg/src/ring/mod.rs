@@ -11,6 +11,8 @@ mod automorphism;
 mod basis;
 pub mod expand;
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod float_sums;
+#[cfg(target_arch = "x86_64")]
 mod lanes;
 pub mod limbwise;
 mod modulus;

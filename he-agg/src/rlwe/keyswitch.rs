@@ -160,7 +160,8 @@ impl RlweContext {
 }
 
 /// [`dot_lazy_body`], compiled with BMI2 (mulx, and shifts by a register without the CL
-/// juggling the reductions' variable shifts cost) where the level allows.
+/// juggling the reductions' variable shifts cost) where the level allows; in double precision
+/// for primes below 2^51 at AVX2 ([`crate::ring::float_sums`]).
 fn dot_lazy(
     m: &crate::ring::Modulus,
     xs: &[&[u64]],
@@ -169,6 +170,10 @@ fn dot_lazy(
     o0: &mut [MaybeUninit<u64>],
     o1: &mut [MaybeUninit<u64>],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::ring::float_sums::usable(m.bits()) {
+        return crate::ring::float_sums::dot_pairs(m, xs, bs, as_, o0, o1);
+    }
     #[cfg(target_arch = "x86_64")]
     if crate::simd::level() >= crate::simd::Level::Avx2 {
         #[target_feature(enable = "avx2,bmi2")]

@@ -140,6 +140,39 @@ fn key_switching_is_correct_for_every_digit_count_and_level() {
     }
 }
 
+/// The double-precision kernels of the key switch (AVX2, primes below 2^51) and the 128-bit
+/// ones give the same words: a key switch at every SIMD level this CPU has, four digits and
+/// two, special primes of 44 and 51 bits (double precision) and of 55 (128-bit).
+#[test]
+fn a_key_switch_gives_the_same_words_at_every_level() {
+    use crate::simd::{Level, level, set_level};
+    let before = level();
+    for (dnum, p_bits) in [(4usize, vec![44u32, 44]), (2, vec![51, 51]), (4, vec![55])] {
+        let ctx = ctx(&[51, 40, 40, 40], &p_bits, dnum);
+        let mut kg = KeyGenerator::new(&ctx).unwrap();
+        let sk = kg.secret_key();
+        let other = kg.secret_key();
+        let l = ctx.max_level();
+        let key = kg.switching_key(&other.poly.slice_limbs(0..l), &sk);
+        let d = ctx
+            .ring()
+            .sample_uniform(&mut Prng::from_seed(&[dnum as u8; 32]), ctx.q_basis(l));
+        let mut seen: Option<(Poly, Poly)> = None;
+        for at in Level::supported() {
+            set_level(at).unwrap();
+            let got = ctx.key_switch(&d, l, &key).unwrap();
+            match &seen {
+                None => seen = Some(got),
+                Some(want) => assert!(
+                    got == *want,
+                    "dnum {dnum}, P {p_bits:?}: {at} differs from the lowest level"
+                ),
+            }
+        }
+    }
+    set_level(before).unwrap();
+}
+
 #[test]
 fn key_switching_needs_special_primes_and_matching_keys() {
     let ctx_np = ctx(&[50, 40], &[], 1);
