@@ -68,10 +68,25 @@ pub fn run(net: &Network, policy: &ParamPolicy, batch: &[Vec<f32>], threads: usi
     let logits = spec.decode_outputs(&ctx, &pts, count).expect("decode");
     let t3 = Instant::now();
     let (mut max_err, mut agree) = (0f64, 0usize);
+    // the plaintext's smallest top-2 gap, and the largest gap among images whose label moved:
+    // a label moves by noise only where the gap is below the error
+    let (mut min_gap, mut moved_gap) = (f64::INFINITY, 0f64);
     for (x, got) in batch.iter().zip(&logits) {
-        let (e, a) = compare(got, &net.forward(x).expect("reference"));
+        let want = net.forward(x).expect("reference");
+        let (e, a) = compare(got, &want);
         max_err = max_err.max(e);
         agree += usize::from(a);
+        let mut y: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+        y.sort_by(|a, b| b.total_cmp(a));
+        let gap = if y.len() > 1 {
+            y[0] - y[1]
+        } else {
+            f64::INFINITY
+        };
+        min_gap = min_gap.min(gap);
+        if !a {
+            moved_gap = moved_gap.max(gap);
+        }
     }
     let eval_s = (t2 - t1).as_secs_f64();
     let request_b = spec.input_len() * wire::seeded_ciphertext_len(&ctx, spec.input_level());
@@ -93,6 +108,17 @@ pub fn run(net: &Network, policy: &ParamPolicy, batch: &[Vec<f32>], threads: usi
         request_b as f64 / 1e3 / count as f64,
         response_b as f64 / 1e6,
     );
+    println!(
+        "batched: smallest top-2 gap of the plaintext logits {min_gap:.2e}{}",
+        if agree < count {
+            format!(
+                "; the {} images whose label moved had gaps of at most {moved_gap:.2e}",
+                count - agree
+            )
+        } else {
+            String::new()
+        }
+    );
     if spec.segments() > 1 {
         println!(
             "batched: {} segments, {refreshed} values refreshed ({:.2} s of the evaluation); \
@@ -112,6 +138,7 @@ pub fn run(net: &Network, policy: &ParamPolicy, batch: &[Vec<f32>], threads: usi
         "decrypt_s": (t3 - t2).as_secs_f64(),
         "end_to_end_images_per_s": count as f64 / (t3 - t0).as_secs_f64(),
         "max_abs_error": max_err, "argmax_agreement": agree as f64 / count as f64,
+        "min_top2_gap": min_gap,
         "request_bytes": request_b, "response_bytes": response_b,
         "segments": spec.segments(), "values_refreshed": refreshed, "refresh_s": refresh_s,
         "model_build_s": model_s, "peak_rss_bytes": peak,
