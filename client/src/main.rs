@@ -284,7 +284,9 @@ pub(crate) fn base_dir(config: &Path) -> PathBuf {
 static GLOBAL: he_agg::alloc::Allocator = he_agg::alloc::Allocator;
 
 fn main() -> Result<()> {
-    he_agg::alloc::tune();
+    // a keyholder calibrates (gigabytes of keys) before it serves: it releases what calibration
+    // freed before reading the memory its model may take (node::result_noise)
+    he_agg::alloc::tune_phased();
     ops::logging::init().map_err(anyhow::Error::msg)?;
     let cli = Cli::parse();
     // a bad HEAL_SIMD is an error with its reason, not a silent fallback

@@ -34,6 +34,9 @@ pub fn bound(
     let t0 = std::time::Instant::now();
     let cal = calibrate_result_noise(plan, net, hospitals as usize, Weights::Plain)
         .context("measuring the noise of served results")?;
+    // calibration's keys and segments (gigabytes at a ResNet's N = 2^15) go back to the system
+    // before the served model's memory budget reads what is available
+    he_agg::alloc::release_freed();
     info!(
         noise_log2 = format!("{:.1}", cal.measured.log2()),
         bound_log2 = format!("{:.1}", cal.bound.log2()),

@@ -57,6 +57,7 @@ pub fn run(
     let calibration = calibrate_result_noise(&plan, net, HOSPITALS as usize, Weights::Plain)
         .expect("calibration");
     let calibrate_s = t.elapsed().as_secs_f64();
+    he_agg::alloc::release_freed();
     let t = Instant::now();
     let c = consortium(spec, HOSPITALS, THRESHOLD);
     let key_setup_s = t.elapsed().as_secs_f64();
@@ -79,6 +80,8 @@ pub fn run(
     // relayed to every keyholder from each (it makes the sum its round-2 share is made on)
     let relin_share_bytes = mpw::encode_relin_share1(&ctx, &first.relinearization).len();
     drop(first);
+    // what the keys' setup freed goes back before the budget below reads what is available
+    he_agg::alloc::release_freed();
     let ids: Vec<u32> = (1..=HOSPITALS).collect();
 
     let mut enc = ctx.pk_encryptor(pk).expect("encryptor");
