@@ -19,7 +19,7 @@
 //! batched run, default one full batch), `--log-n L` (force the ring degree 2^L for the default
 //! network; TenSEAL's architecture always gets the policy's choice), `--min-scale-bits B`,
 //! `--batched-prime-bits B` (a cut batched plan's largest prime: 51 by default, 60 for fewer
-//! limbs), `--refresh-prime-bits B` (a cut latency plan's largest prime: 60 by default), `--model-memory-mb MB` (mode (a): the memory a keyholder holds its encoded model in,
+//! limbs), `--refresh-prime-bits B` (a cut latency plan's largest prime: 60 by default), `--refresh-digits D` (a cut plan's most key-switching digits: 3 by default), `--model-memory-mb MB` (mode (a): the memory a keyholder holds its encoded model in,
 //! default a quarter of `MemAvailable`: evaluation and the segments encoded per request need the rest; segments beyond it are encoded per request),
 //! `--skip-batched`, `--skip-mode-a`, `--skip-mode-b` (a cut plan's mode (b) run), `--skip-tenseal`. `HEAL_SIMD=scalar|avx2|avx512|ifma`
 //! runs every kernel at that level (default: the CPU's best); the JSON names it (`simd_level`).
@@ -133,6 +133,11 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--refresh-prime-bits: {e}"))?
             }
+            "--refresh-digits" => {
+                args.policy.max_refresh_digits = value("--refresh-digits")?
+                    .parse()
+                    .map_err(|e| format!("--refresh-digits: {e}"))?
+            }
             "--input" => {
                 let side: usize = value("--input")?
                     .parse()
@@ -156,7 +161,7 @@ fn parse_args() -> Result<Args, String> {
                 println!(
                     "bench_infer [--anchors DIR] [--json FILE] [--network FILE | --input S] \
                      [--reps N] [--batch N] [--log-n L] [--min-scale-bits B] \
-                     [--batched-prime-bits B] [--skip-batched] [--skip-mode-a] [--skip-mode-b] [--skip-tenseal] [--model-memory-mb MB]"
+                     [--batched-prime-bits B] [--refresh-prime-bits B] [--refresh-digits D] [--skip-batched] [--skip-mode-a] [--skip-mode-b] [--skip-tenseal] [--model-memory-mb MB]"
                 );
                 std::process::exit(0);
             }
@@ -328,7 +333,9 @@ fn setup(net: &Network, policy: &ParamPolicy) -> Setup {
 }
 
 fn main() {
-    he_agg::alloc::tune();
+    // phases of different sizes (calibration's keys, then the consortium's; mode (b), batched,
+    // mode (a)): freed memory is reused within one and released before the next
+    he_agg::alloc::tune_phased();
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -430,6 +437,7 @@ fn main() {
             out.insert("deep".into(), d);
         }
         drop(s);
+        he_agg::alloc::release_freed();
         if !args.skip_batched && !large {
             let spec_b = he_agg::infer::BatchedSpec::new(&net, &args.policy).expect("spec");
             let count = args.batch.unwrap_or(usize::MAX).min(spec_b.batch_size());
@@ -437,6 +445,7 @@ fn main() {
             let b = batched::run(&net, &args.policy, &batch, threads);
             out.insert("batched_images_per_s".into(), b["images_per_s"].clone());
             out.insert("batched".into(), b);
+            he_agg::alloc::release_freed();
         }
         if !args.skip_mode_a {
             // images near the mean, as mode (b) above: a deep polynomial network's values leave
