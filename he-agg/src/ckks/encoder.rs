@@ -399,9 +399,7 @@ pub(crate) fn reduce_f64(m: &Modulus, c: f64) -> u64 {
     if c.abs() < 9.2e18 {
         return m.reduce_i64(c as i64);
     }
-    let bits = c.abs().to_bits();
-    let exponent = ((bits >> 52) & 0x7ff) as i64 - 1075;
-    let mantissa = (bits & ((1 << 52) - 1)) | (1 << 52);
+    let (mantissa, exponent) = split_large(c);
     // |c| ≥ 2^63 so the exponent is positive; below 2^127 the integer fits a u128 (one
     // Barrett reduction — the power of two by squarings cost a dozen products a coefficient,
     // most of an update's encryption at the aggregation scale 2^82)
@@ -411,6 +409,13 @@ pub(crate) fn reduce_f64(m: &Modulus, c: f64) -> u64 {
         m.mul(m.reduce(mantissa), m.pow(2, exponent as u64))
     };
     if c < 0.0 { m.neg(r) } else { r }
+}
+
+/// |c| = mantissa·2^exponent for a finite |c| ≥ 2^53 (53-bit mantissa, positive exponent).
+fn split_large(c: f64) -> (u64, i64) {
+    let bits = c.abs().to_bits();
+    let exponent = ((bits >> 52) & 0x7ff) as i64 - 1075;
+    ((bits & ((1 << 52) - 1)) | (1 << 52), exponent)
 }
 
 /// Exponents of the powers of two [`reduce_f64_limb`] tabulates: every |c| below 2^127.
@@ -428,20 +433,18 @@ pub(crate) fn reduce_f64_limb(m: &Modulus, coeffs: &[f64], out: &mut [u64]) {
         p = m.add(p, p);
     }
     for (o, &c) in out.iter_mut().zip(coeffs) {
-        let a = c.abs();
-        if a < 9.2e18 {
+        if c.abs() < 9.2e18 {
             *o = m.reduce_i64(c as i64);
             continue;
         }
-        let bits = a.to_bits();
-        let exponent = ((bits >> 52) & 0x7ff) as usize;
+        let (mantissa, exponent) = split_large(c);
         // |c| ≥ 2^63: the exponent is at least 11; past the table (or not finite), the general way
-        let Some(&pow) = exponent.checked_sub(1075).and_then(|e| pows.get(e)) else {
+        let Some(&pow) = pows.get(exponent as usize) else {
             *o = reduce_f64(m, c);
             continue;
         };
         // Shoup's product takes any multiplicand below 2^64: the 53-bit mantissa as it is
-        let r = m.mul_shoup((bits & ((1 << 52) - 1)) | (1 << 52), pow);
+        let r = m.mul_shoup(mantissa, pow);
         *o = if c < 0.0 { m.neg(r) } else { r };
     }
 }
