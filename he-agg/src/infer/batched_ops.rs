@@ -48,15 +48,22 @@ pub(crate) fn group_shape(
     n
 }
 
-/// Groups rows (output index, integer-weighted entries) by their column lists.
+/// Groups rows (output index, integer-weighted entries) by their column lists. Where a limb's
+/// prime is wider than 51 bits, each row's weights are first rounded to 23 significant bits
+/// (a small integer times a power of two, [`round_row`]) so those limbs take the vector kernel
+/// (`wide_mac`) instead of 128-bit scalar products, at every SIMD level alike.
 pub(crate) fn make_groups(
     ctx: &CkksContext,
     level: usize,
     rows: Vec<(u32, Vec<(u32, i64)>)>,
 ) -> Vec<Group> {
+    let wide = (0..level).any(|i| ctx.rlwe().q_modulus(i).bits() > 51);
     let mut index: HashMap<Vec<u32>, usize> = HashMap::new();
     let mut raw: Vec<(Vec<u32>, Vec<u32>, Vec<i64>)> = Vec::new();
-    for (row, entries) in rows {
+    for (row, mut entries) in rows {
+        if wide {
+            round_row(&mut entries);
+        }
         let cols: Vec<u32> = entries.iter().map(|&(c, _)| c).collect();
         let g = *index.entry(cols.clone()).or_insert_with(|| {
             raw.push((Vec::new(), cols, Vec::new()));
@@ -77,6 +84,26 @@ pub(crate) fn make_groups(
                 .collect(),
         })
         .collect()
+}
+
+/// Rounds a row's integer weights to a common power of two 2^b, b the least that leaves every
+/// |w / 2^b| at most 2^23 (`wide_mac::SMALL_WEIGHT`): each weight moves by at most 2^−23 of
+/// the row's largest, about the precision of the f32 weights the network was trained in.
+pub(crate) fn round_row(entries: &mut [(u32, i64)]) {
+    let max = entries
+        .iter()
+        .map(|&(_, w)| w.unsigned_abs())
+        .max()
+        .unwrap_or(0);
+    let bits = 64 - max.leading_zeros();
+    if bits <= 23 {
+        return;
+    }
+    let b = bits - 23;
+    for (_, w) in entries.iter_mut() {
+        // round half up: (w + 2^(b−1)) >> b, an arithmetic shift (|w| < 9.2e18, integer_rows)
+        *w = ((*w + (1 << (b - 1))) >> b) << b;
+    }
 }
 
 /// A map's weights as integers round(w·m): with m = q·s_out/s_in for the prime q its rescale

@@ -125,6 +125,29 @@ fn a_deep_residual_network_is_cut_and_refreshed_value_by_value() {
 }
 
 #[test]
+fn a_chain_of_59_bit_primes_rounds_the_weights_and_keeps_the_logits() {
+    // two stages, cut in two on N = 2^14 with the refresh's 60-bit chain (as `bench_infer
+    // --batched-prime-bits 60`): its wide limbs take `wide_mac`, on weights rounded per row
+    let net = residual_network(8, 1, 4, 2, 2, 3);
+    let policy = ParamPolicy {
+        max_log_n: 14,
+        batched_prime_bits: 60,
+        ..ParamPolicy::default()
+    };
+    let spec = BatchedSpec::new(&net, &policy).unwrap();
+    let q = spec.parameters().rlwe().q();
+    assert!(q.iter().any(|&p| p > 1 << 51), "{q:?}");
+    let b = keys(&spec);
+    let model = BatchedModel::with_policy(&net, &b.ctx, &policy).unwrap();
+    let xs = images(3, net.input_len(), 8);
+    let cts = encrypt(&b, &spec, &xs);
+    let mut refreshes = 0;
+    let got = evaluate(&b, &model, &cts, xs.len(), &mut refreshes);
+    assert_eq!(refreshes, spec.segments() - 1);
+    assert_close(&net, &xs, &got, 1e-2);
+}
+
+#[test]
 fn shortcuts_mapped_and_identity_meet_their_bodies() {
     // per-channel quadratics: every shortcut carries the activation's a (a mapped shortcut)
     let net = residual_network(6, 1, 2, 2, 1, 2);

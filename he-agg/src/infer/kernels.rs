@@ -225,6 +225,11 @@ pub(crate) fn group_product(
     if super::float_mac::usable(m) {
         return super::float_mac::group_product(m, cols, weights, inputs, outs, accumulate);
     }
+    if super::wide_mac::usable(m)
+        && super::wide_mac::group_product(m, cols, weights, inputs, outs, accumulate)
+    {
+        return;
+    }
     group_product_generic(m, cols, weights, inputs, outs, accumulate)
 }
 
@@ -233,7 +238,7 @@ pub(crate) fn group_product(
 /// gathered once, coefficient-major, so a coefficient's column walk reads one contiguous run
 /// and both rows' sums stay in registers (one input word per two products; no sum goes
 /// through memory between products).
-fn group_product_generic(
+pub(crate) fn group_product_generic(
     m: &Modulus,
     cols: &[u32],
     weights: &[u64],

@@ -87,6 +87,7 @@ pub mod testing;
 mod tests;
 pub mod threshold;
 mod trace;
+mod wide_mac;
 
 pub use architecture::{ArchLayer, Architecture, MAX_LAYERS, MAX_SKELETON_WEIGHTS};
 pub use batched::BatchedModel;
