@@ -2,12 +2,12 @@
 //! 59-bit limbs to hold its refresh masks; no 64-bit vector multiply exists below AVX-512, so
 //! they ran on 128-bit scalar products, four times a 40-bit limb's time). Here each row's
 //! weights are small signed integers times one power of two (the batched builder rounds them
-//! to 24 significant bits per row where the chain has such primes, see
+//! to 23 significant bits per row where the chain has such primes, see
 //! `batched_ops::make_groups`): every input word is split into three 20-bit pieces, each an
 //! exact double, and each piece's products with the weights (below 2^43) are summed by FMAs
 //! exactly in doubles — three FMAs per four products, no reduction until a row's sum is done.
 //! Weights that are not of that form leave the call to the 128-bit kernel; the words are the
-//! same either way (`kernels_tests`).
+//! same either way (the tests below).
 
 use crate::ring::{Modulus, ShoupConst};
 
