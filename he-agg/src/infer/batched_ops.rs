@@ -57,7 +57,7 @@ pub(crate) fn make_groups(
     level: usize,
     rows: Vec<(u32, Vec<(u32, i64)>)>,
 ) -> Vec<Group> {
-    let wide = (0..level).any(|i| ctx.rlwe().q_modulus(i).bits() > 51);
+    let wide = (0..level).any(|i| ctx.rlwe().q_modulus(i).bits() > super::FAST_PRIME_BITS);
     let mut index: HashMap<Vec<u32>, usize> = HashMap::new();
     let mut raw: Vec<(Vec<u32>, Vec<u32>, Vec<i64>)> = Vec::new();
     for (row, mut entries) in rows {

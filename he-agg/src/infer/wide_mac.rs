@@ -20,7 +20,9 @@ const PER: usize = 1023;
 /// Whether this modulus's limbs take the kernel at the level in force.
 pub(crate) fn usable(m: &Modulus) -> bool {
     use crate::simd::{Level, level};
-    cfg!(target_arch = "x86_64") && (52..=60).contains(&m.bits()) && level() >= Level::Avx2
+    cfg!(target_arch = "x86_64")
+        && (super::FAST_PRIME_BITS + 1..=60).contains(&m.bits())
+        && level() >= Level::Avx2
 }
 
 /// Each row's weights (centred residues) as small integers, as doubles, and per row the
