@@ -33,7 +33,7 @@ pub struct BaselineArgs {
     /// Never download data.
     #[arg(long)]
     offline: bool,
-    /// Compute device: cpu, or cuda[:N] in builds with the `cuda` feature.
+    /// Compute device: cpu, cuda[:N] (builds with `--features cuda`) or wgpu[:N] (`--features wgpu`).
     #[arg(long)]
     device: Option<String>,
     /// Train on a random subset of this many images.
@@ -119,7 +119,7 @@ pub struct PretrainArgs {
     /// Replace [train] epochs.
     #[arg(long)]
     epochs: Option<usize>,
-    /// Compute device: cpu, or cuda[:N] in builds with the `cuda` feature.
+    /// Compute device: cpu, cuda[:N] (builds with `--features cuda`) or wgpu[:N] (`--features wgpu`).
     #[arg(long)]
     device: Option<String>,
 }
@@ -174,7 +174,7 @@ pub struct ConvertArgs {
     /// Replace [train] epochs.
     #[arg(long)]
     epochs: Option<usize>,
-    /// Compute device: cpu, or cuda[:N] in builds with the `cuda` feature.
+    /// Compute device: cpu, cuda[:N] (builds with `--features cuda`) or wgpu[:N] (`--features wgpu`).
     #[arg(long)]
     device: Option<String>,
 }

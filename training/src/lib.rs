@@ -20,7 +20,9 @@
 //! ```
 
 pub mod baseline;
+mod batch_readout;
 pub mod data;
+pub mod device;
 pub mod dp_sgd;
 pub mod error;
 pub mod export;

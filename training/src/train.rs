@@ -20,6 +20,7 @@ use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 use rand::seq::SliceRandom;
 
+use crate::batch_readout::Pending;
 use crate::data::{Augment, Tensors, one_hot};
 use crate::error::TrainError;
 use crate::metrics::{EvalReport, evaluate_probs};
@@ -29,6 +30,9 @@ pub use crate::train_config::{
     TrainReport,
 };
 use crate::{param_walk, params};
+
+// where every caller found it before the device had a file of its own
+pub use crate::device::{check_device_name, select_device};
 
 /// Options of one training run besides the hyper-parameters.
 #[derive(Clone, Debug, Default)]
@@ -61,15 +65,6 @@ pub struct Teacher<'a> {
     pub net: &'a Network,
     /// The settings.
     pub distill: Distill,
-}
-
-fn scalar(t: Tensor<1>) -> f32 {
-    t.into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .ok()
-        .and_then(|v| v.first().copied())
-        .unwrap_or(f32::NAN)
 }
 
 /// Mean cross-entropy of `logits` against `one_hot` targets over a batch of `b`.
@@ -272,6 +267,7 @@ pub fn train(
         let mut correct = 0usize;
         let mut seen = 0usize;
         let mut lr = cfg.lr;
+        let mut pending = Pending::default();
         for (bi, &(s, e)) in batches.iter().enumerate() {
             let idx = &order[s..e];
             let b = idx.len();
@@ -315,25 +311,18 @@ pub fn train(
                 Some(p) => ce + p.mul_scalar((cfg.fedprox_mu / 2.0) as f32),
                 None => ce,
             };
-            // the loss reported is without SCAFFOLD's linear term (a correction, not a loss)
-            let loss_value = scalar(loss.clone());
+            // the loss reported is without SCAFFOLD's linear term (a correction, not a loss);
+            // it and the batch's accuracy are read with the next batches' (see `Pending`)
+            pending.push(loss.clone(), logits, &yb);
             let loss = match control.and_then(|k| param_walk::dot(&net, k)) {
                 Some(d) => loss + d,
                 None => loss,
             };
-            if !loss_value.is_finite() {
+            if (pending.full() || bi + 1 == batches.len())
+                && let Err((batch, loss)) = pending.read(&mut loss_sum, &mut correct)
+            {
                 bar.abandon();
-                return Err(TrainError::Diverged {
-                    epoch,
-                    batch: bi,
-                    loss: loss_value,
-                });
-            }
-            loss_sum += loss_value as f64 * b as f64;
-            // Accuracy of the batch from the logits already computed.
-            let pred = logits.detach().argmax(1).into_data();
-            if let Ok(p) = pred.convert::<i64>().try_to_vec::<i64>() {
-                correct += p.iter().zip(&yb).filter(|(p, y)| **p == **y as i64).count();
+                return Err(TrainError::Diverged { epoch, batch, loss });
             }
             seen += b;
             let grads = GradientsParams::from_grads(loss.backward(), &net);
@@ -351,7 +340,7 @@ pub fn train(
                 let secs = start.elapsed().as_secs_f64().max(1e-9);
                 bar.set_message(format!(
                     "loss {:.4} {:.0} img/s",
-                    loss_sum / seen as f64,
+                    loss_sum / pending.images_read().max(1) as f64,
                     seen as f64 / secs
                 ));
             }
@@ -490,33 +479,6 @@ pub fn evaluate(
     evaluate_probs(&probs, &data.y, class_names)
 }
 
-/// The compute device for training: `"cpu"` (burn's flex backend, all cores) or, in builds
-/// with the `cuda` feature, `"cuda"`/`"cuda:N"`. The returned device has autodiff enabled.
-pub fn select_device(name: &str) -> Result<Device, TrainError> {
-    match name.to_ascii_lowercase().as_str() {
-        "cpu" | "flex" => Ok(Device::flex().autodiff()),
-        #[cfg(feature = "cuda")]
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            let index = s
-                .strip_prefix("cuda:")
-                .map(|i| i.parse::<usize>())
-                .transpose()
-                .map_err(|e| TrainError::Device(name.into(), e.to_string()))?
-                .unwrap_or(0);
-            Ok(Device::cuda(index).autodiff())
-        }
-        #[cfg(not(feature = "cuda"))]
-        s if s.starts_with("cuda") => Err(TrainError::Device(
-            name.into(),
-            "this build has no CUDA backend (rebuild with `--features cuda`)".into(),
-        )),
-        _ => Err(TrainError::Device(
-            name.into(),
-            "known devices: cpu, cuda[:N]".into(),
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,11 +533,5 @@ mod tests {
         assert!(c.validate().is_err());
         let c: TrainConfig = toml::from_str("grad_clip = -1.0").unwrap();
         assert!(c.validate().is_err());
-    }
-
-    #[test]
-    fn device_names() {
-        assert!(select_device("cpu").unwrap().is_autodiff());
-        assert!(matches!(select_device("tpu"), Err(TrainError::Device(..))));
     }
 }

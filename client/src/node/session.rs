@@ -392,8 +392,9 @@ impl Node {
             .as_ref()
             .and_then(|p| p.draw_noise(global.len()));
         let control = self.scaffold.as_ref().map(Scaffold::correction);
+        let train_device = self.cfg.node.train_device.clone();
         let (local, loss, mean_gradient) = tokio::task::spawn_blocking(move || {
-            let device = select_device("cpu")?;
+            let device = select_device(&train_device)?;
             let net = network_from_flat(&spec, &global, &device)?;
             let opts = TrainOptions {
                 global: Some(&global),

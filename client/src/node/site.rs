@@ -49,6 +49,15 @@ pub struct NodeSettings {
     /// "cuda" (a GPU or an error when the keys are made).
     #[serde(default)]
     pub backend: he_agg::aggregate::BackendChoice,
+    /// Where this hospital trains its local epochs: "cpu" (the default), "cuda[:N]" (builds
+    /// with `--features cuda`) or "wgpu[:N]" (a GPU through Vulkan; builds with `--features
+    /// wgpu`). A device that does not load stops the node at its first round with the reason.
+    #[serde(default = "cpu")]
+    pub train_device: String,
+}
+
+fn cpu() -> String {
+    "cpu".into()
 }
 
 fn default_metrics() -> String {
@@ -65,6 +74,8 @@ impl NodeSettings {
                 ops::prometheus::MAX_LINGER_S
             );
         }
+        training::train::check_device_name(&self.train_device)
+            .map_err(|e| anyhow::anyhow!("[node] train_device: {e}"))?;
         self.metrics_addr().map(|_| ())
     }
 
@@ -104,6 +115,7 @@ impl Default for NodeSettings {
             metrics_linger_s: 0,
             model_memory_mb: None,
             backend: Default::default(),
+            train_device: cpu(),
         }
     }
 }
@@ -298,6 +310,19 @@ seed = 7
         assert_eq!(c.node.backend, BackendChoice::Cpu);
         let e = parse(&format!("{SITE}\n[node]\nbackend = \"gpu\"")).unwrap_err();
         assert!(format!("{e:#}").contains("gpu"), "{e:#}");
+    }
+
+    #[test]
+    fn the_training_device_is_read_and_checked_before_a_round() {
+        assert_eq!(parse(SITE).unwrap().node.train_device, "cpu");
+        let e = parse(&format!("{SITE}\n[node]\ntrain_device = \"tpu\"")).unwrap_err();
+        assert!(format!("{e:#}").contains("[node] train_device"), "{e:#}");
+        // a GPU name loads only where its backend is built in, else the site names the feature
+        let wgpu = parse(&format!("{SITE}\n[node]\ntrain_device = \"wgpu:0\""));
+        match cfg!(feature = "wgpu") {
+            true => assert_eq!(wgpu.unwrap().node.train_device, "wgpu:0"),
+            false => assert!(format!("{:#}", wgpu.unwrap_err()).contains("--features wgpu")),
+        }
     }
 
     #[test]

@@ -292,7 +292,8 @@ impl Keyholder {
             serving: None,
             pending: Vec::new(),
             model_memory: None,
-            backend: he_agg::aggregate::BackendChoice::Cpu,
+            // `[node] backend` places the replays of a head-training run as it places requests
+            backend: cfg.node.backend,
         })
     }
 
