@@ -37,9 +37,10 @@ for run in "default baseline-breastmnist.toml 32" "default baseline-breastmnist.
            "resnet resnet-breastmnist.toml 32" "resnet resnet-breastmnist.toml 128"; do
   set -- $run
   sed "s/^batch_size = .*/batch_size = $3/" "configs/$2" > "$work/c.toml"
-  if ! "$BIN/client" --quiet baseline "$work/c.toml" --offline --device "$device" \
+  if ! RUST_BACKTRACE=0 "$BIN/client" --quiet baseline "$work/c.toml" --offline --device "$device" \
       --epochs "$epochs" --out "$work/out" > "$work/log" 2>&1; then
-    echo "$1, batch $3: failed (last lines below)"; tail -5 "$work/log"; continue
+    echo "$1, batch $3: failed:"; { grep -m 1 -A 1 "panicked at" "$work/log"; tail -3 "$work/log"; } | cut -c1-400
+    continue
   fi
   # images_per_s is the last column of history.csv; awk, since a GPU host may lack Python
   awk -F, -v name="$1" -v batch="$3" 'NR > 1 { v[NR - 1] = $NF }
