@@ -265,11 +265,15 @@ impl NetworkSpec {
 }
 
 mod activation;
+mod layer_params;
 mod network;
-pub use network::{
-    ActParams, BlockParams, ConvParams, DenseParams, LayerParams, Network, PolyParams, QuadParams,
-};
-pub(crate) use network::{Activations, has_params};
+mod tap;
+pub(crate) use activation::ActParamsRef;
+pub use activation::{ActParams, PolyParams, QuadParams};
+pub use layer_params::{BlockParams, ConvParams, DenseParams, LayerParams};
+pub(crate) use network::Activations;
+pub use network::Network;
+pub(crate) use tap::Site;
 
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use privacy::mechanism::{HospitalMechanism, Noise};
 use privacy::{Mode, Plan};
 use tracing::info;
+use training::train::NormStatistics;
 
 use super::participant::Budget;
 use super::site::SiteConfig;
@@ -51,12 +52,17 @@ impl NodePrivacy {
                 cfg.he.max_update
             );
         }
-        if p.mode == Mode::Patient && cfg.model.trains_batch_norm() {
+        if p.mode == Mode::Patient
+            && cfg.model.trains_batch_norm()
+            && cfg.train.norm_statistics != NormStatistics::Frozen
+        {
             bail!(
                 "[privacy] mode = \"patient\" needs per-example gradients, which batch-norm layers \
-                 (and residual blocks) mix across a batch, and their running statistics would leak \
-                 unprotected: remove them from [model], or freeze them ([model.init] freeze: a \
-                 public backbone's features, evaluated with its own statistics)"
+                 (and residual blocks) mix across a batch when they normalise by each batch, and \
+                 their running statistics would leak unprotected: set [train] norm_statistics = \
+                 \"frozen\" (they then normalise by the statistics they start with, a public \
+                 backbone's, and only γ and β train), freeze them ([model.init] freeze), or remove \
+                 them from [model]"
             );
         }
         info!(

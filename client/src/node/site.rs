@@ -273,6 +273,28 @@ seed = 7
     }
 
     #[test]
+    fn patient_dp_takes_batch_norms_only_on_fixed_statistics() {
+        use crate::node::privacy::NodePrivacy;
+        let dp = "[privacy]\nmode = \"patient\"\ntarget_epsilon = 8.0\nclip = 1.0\nrounds = 5\n\
+                  batch_size = 256\nepochs = 1\nlr = 0.5\n";
+        let c = parse(&format!("{SITE}\n{dp}")).unwrap();
+        assert!(
+            c.model.trains_batch_norm(),
+            "the default [model] has batch norms"
+        );
+        let e = NodePrivacy::new(&c, 1000).err().unwrap();
+        assert!(
+            format!("{e:#}").contains("norm_statistics = \"frozen\""),
+            "{e:#}"
+        );
+        let c = parse(&format!(
+            "{SITE}\n{dp}\n[train]\nnorm_statistics = \"frozen\""
+        ))
+        .unwrap();
+        assert!(NodePrivacy::new(&c, 1000).unwrap().is_some());
+    }
+
+    #[test]
     fn a_provisioned_site_parses_with_its_partition() {
         let c = parse(SITE).unwrap();
         assert_eq!(c.site.index, 2);

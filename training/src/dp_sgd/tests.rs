@@ -1,10 +1,12 @@
 //! The batched clipped sum against each example's own backward pass.
 
-use burn::module::ParamId;
 use burn::optim::GradientsParams;
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::per_example::Op;
 use super::*;
+use crate::data::one_hot;
 use crate::model::{Activation, LayerConfig, ModelConfig};
 
 /// conv (stride 2, padding 1) → a·x² + b·x → pool → conv → x² → dense → a·x² + b·x → dense:
@@ -58,19 +60,8 @@ fn images(b: usize) -> (Tensor<4>, Vec<u32>) {
     )
 }
 
-fn ids(layers: &[Layer]) -> Vec<(ParamId, usize)> {
-    layers
-        .iter()
-        .flat_map(|l| match l {
-            Layer::Conv { ids, .. } => [(ids[0], 4), (ids[1], 1)],
-            Layer::Dense { ids } => [(ids[0], 2), (ids[1], 1)],
-            Layer::Quad { ids } => [(ids[0], 1), (ids[1], 1)],
-        })
-        .collect()
-}
-
 /// One example's gradient from its own backward pass, flat in [`clipped_sum`]'s order.
-fn own_gradient(net: &Network, layers: &[Layer], x: Tensor<4>, y: u32) -> Vec<f32> {
+fn own_gradient(net: &Network, ops: &[Op], x: Tensor<4>, y: u32) -> Vec<f32> {
     let k = net.spec.classes;
     let logits = net.forward(x);
     let target = Tensor::<2>::from_data(
@@ -80,36 +71,35 @@ fn own_gradient(net: &Network, layers: &[Layer], x: Tensor<4>, y: u32) -> Vec<f3
     let loss = (log_softmax(logits, 1) * target).sum().neg();
     let grads = GradientsParams::from_grads(loss.backward(), net);
     let mut flat = Vec::new();
-    for (id, rank) in ids(layers) {
-        flat.extend(match rank {
-            1 => values(grads.get::<1>(id).unwrap()),
-            2 => values(grads.get::<2>(id).unwrap()),
-            _ => values(grads.get::<4>(id).unwrap()),
+    for (id, dims) in ops.iter().flat_map(|op| &op.params) {
+        flat.extend(match dims.len() {
+            1 => values(grads.get::<1>(*id).unwrap()),
+            2 => values(grads.get::<2>(*id).unwrap()),
+            _ => values(grads.get::<4>(*id).unwrap()),
         });
     }
     flat
 }
 
-#[test]
-fn the_batched_clipped_sum_is_the_sum_of_clipped_per_example_gradients() {
-    let net = network();
-    let layers = layers(&net).unwrap();
-    let b = 6;
+/// The batched clipped sums of `net` on `b` images against each example's own gradient,
+/// clipped and summed, at a clip below some norms and at one above all.
+fn check_clipped_sums(net: &Network, b: usize) {
+    let device = Device::flex().autodiff();
+    let ops = layout(net, &device).unwrap();
     let (x, y) = images(b);
     let own: Vec<Vec<f32>> = (0..b)
-        .map(|i| own_gradient(&net, &layers, x.clone().narrow(0, i, 1), y[i]))
+        .map(|i| own_gradient(net, &ops, x.clone().narrow(0, i, 1), y[i]))
         .collect();
     let norms: Vec<f64> = own
         .iter()
         .map(|g| g.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt())
         .collect();
-    assert_eq!(own[0].len(), trainable(&net));
-    // a clip below some norms and above others, then one above all (the plain sum)
+    assert_eq!(own[0].len(), trainable(&ops));
     let mut sorted = norms.clone();
     sorted.sort_by(f64::total_cmp);
     assert!(sorted[0] < sorted[b - 1] * 0.9, "{norms:?}");
     for clip in [(sorted[1] + sorted[2]) / 2.0, sorted[b - 1] * 2.0] {
-        let (sum, loss, _) = clipped_sum(&net, &layers, x.clone(), &y, 0.1, clip).unwrap();
+        let (sum, loss, _) = clipped_sum(net, &ops, x.clone(), &y, 0.1, clip).unwrap();
         assert!(loss.is_finite() && loss > 0.0);
         let mut want = vec![0f64; sum.len()];
         for (g, n) in own.iter().zip(&norms) {
@@ -129,9 +119,100 @@ fn the_batched_clipped_sum_is_the_sum_of_clipped_per_example_gradients() {
 }
 
 #[test]
-fn batch_norm_is_refused() {
-    let spec = ModelConfig::default().resolve([1, 28, 28], 11).unwrap();
+fn the_batched_clipped_sum_is_the_sum_of_clipped_per_example_gradients() {
+    check_clipped_sums(&network(), 6);
+}
+
+/// conv → batch norm → poly → a residual block with a projection (stride 2) → one without →
+/// global pool → dense → batch norm → poly → dense, every batch norm on fixed statistics that
+/// are not the identity, γ of every block's second batch norm away from its initial 0, and one
+/// polynomial coefficient past its bound (its gradient is 0 there).
+fn residual_network() -> Network {
+    let cfg = ModelConfig {
+        activation: Activation::Poly,
+        init_seed: 5,
+        layers: vec![
+            LayerConfig::Conv {
+                channels: 4,
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+            },
+            LayerConfig::BatchNorm {
+                momentum: 0.1,
+                epsilon: 1e-5,
+            },
+            LayerConfig::Act { kind: None },
+            LayerConfig::Residual {
+                channels: 6,
+                stride: 2,
+                kernel: 3,
+                kind: None,
+            },
+            LayerConfig::Residual {
+                channels: 6,
+                stride: 1,
+                kernel: 3,
+                kind: None,
+            },
+            LayerConfig::GlobalAvgPool,
+            LayerConfig::Dense { units: Some(8) },
+            LayerConfig::BatchNorm {
+                momentum: 0.1,
+                epsilon: 1e-5,
+            },
+            LayerConfig::Act { kind: None },
+            LayerConfig::Dense { units: None },
+        ],
+        ..ModelConfig::default()
+    };
+    let spec = cfg.resolve([2, 12, 12], 5).unwrap();
     let net = Network::init(&spec, &Device::flex().autodiff());
-    let e = layers(&net).err().unwrap().to_string();
-    assert!(e.contains("batch-norm"), "{e}");
+    let mut flat = crate::params::to_flat(&net);
+    let mut first_a = true;
+    for e in crate::params::manifest(&spec).entries {
+        for (j, v) in flat[e.offset..e.offset + e.len].iter_mut().enumerate() {
+            let u = ((e.offset + j) * 7919 % 101) as f32 / 101.0;
+            if e.name.ends_with("running_var") {
+                *v = 0.5 + u;
+            } else if e.name.ends_with("running_mean") {
+                *v = 0.4 * (u - 0.5);
+            } else if e.name.ends_with("gamma") {
+                *v = 0.6 + 0.8 * u;
+            } else if e.name.ends_with("beta") {
+                *v = 0.2 * (u - 0.5);
+            } else if e.name.ends_with("poly.a") {
+                *v = if std::mem::take(&mut first_a) {
+                    1.5
+                } else {
+                    0.05 + 0.2 * u
+                };
+            }
+        }
+    }
+    crate::params::from_flat(net, &flat)
+        .unwrap()
+        .freeze_norm_statistics()
+}
+
+#[test]
+fn residual_blocks_and_batch_norms_on_fixed_statistics_give_each_example_its_gradient() {
+    let net = residual_network();
+    let ops = layout(&net, &Device::flex().autodiff()).unwrap();
+    // stem conv, bn, poly; 2 blocks of conv, bn, poly, conv, bn, (proj, bn), bn, poly; dense,
+    // bn, poly, dense
+    assert_eq!(ops.len(), 3 + 9 + 7 + 4);
+    check_clipped_sums(&net, 6);
+}
+
+#[test]
+fn batch_norm_on_each_batch_is_refused() {
+    let spec = ModelConfig::default().resolve([1, 28, 28], 11).unwrap();
+    let device = Device::flex().autodiff();
+    let net = Network::init(&spec, &device);
+    let e = layout(&net, &device).err().unwrap().to_string();
+    assert!(e.contains("norm_statistics"), "{e}");
+    // the same network normalising by its running statistics trains
+    let ops = layout(&net.freeze_norm_statistics(), &device).unwrap();
+    assert!(trainable(&ops) > 0);
 }

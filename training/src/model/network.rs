@@ -2,80 +2,18 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{BatchNorm, BatchNormConfig};
-use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
-use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
+use burn::tensor::module::{avg_pool2d, max_pool2d};
+use burn::tensor::ops::{AvgPoolOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 
 pub(crate) use super::activation::Activations;
-pub use super::activation::{ActParams, PolyParams, QuadParams};
+use super::activation::{ActParams, PolyParams, QuadParams};
 use super::activation::{ActParamsRef, apply_act, dropout};
+use super::layer_params::{BlockParams, ConvParams, DenseParams, LayerParams};
+use super::tap::{self, Site, Tap};
 use super::{Activation, LayerKind, NetworkSpec};
-
-/// Convolution parameters: weight `[out, in, k, k]`, bias `[out]`.
-#[derive(Module, Debug)]
-pub struct ConvParams {
-    /// `[out, in, k, k]`.
-    pub weight: Param<Tensor<4>>,
-    /// `[out]`.
-    pub bias: Param<Tensor<1>>,
-}
-
-/// Dense parameters: weight stored `[in, out]` (burn's layout; exported as `[out, in]`), bias
-/// `[out]`.
-#[derive(Module, Debug)]
-pub struct DenseParams {
-    /// `[in, out]`.
-    pub weight: Param<Tensor<2>>,
-    /// `[out]`.
-    pub bias: Param<Tensor<1>>,
-}
-
-/// A residual block's parameters: the body's two convolutions with their batch norms and
-/// activation, the projection (where the shape changes) and the activation after the sum.
-#[derive(Module, Debug)]
-pub struct BlockParams {
-    /// First convolution (strided).
-    pub conv1: ConvParams,
-    /// Its batch norm.
-    pub bn1: BatchNorm,
-    /// The activation between the convolutions.
-    pub act1: Option<ActParams>,
-    /// Second convolution.
-    pub conv2: ConvParams,
-    /// Its batch norm (γ starts at 0: the block starts as its shortcut).
-    pub bn2: BatchNorm,
-    /// 1×1 projection of the shortcut, where channels or size change.
-    pub proj: Option<ConvParams>,
-    /// Its batch norm.
-    pub proj_bn: Option<BatchNorm>,
-    /// Batch norm of the sum, so that the activation after it sees normalised values (it folds
-    /// into that activation's coefficients for inference).
-    pub bn3: BatchNorm,
-    /// The activation after the sum.
-    pub act2: Option<ActParams>,
-}
-
-/// The trainable state of one layer.
-// one value per layer, made once: a block's size costs nothing worth a box (and burn's Module
-// derive walks the variants as they are)
-#[allow(clippy::large_enum_variant)]
-#[derive(Module, Debug)]
-pub enum LayerParams {
-    /// Convolution.
-    Conv(ConvParams),
-    /// Dense.
-    Dense(DenseParams),
-    /// Batch norm (gamma, beta, running mean and variance).
-    Norm(BatchNorm),
-    /// Quadratic activation.
-    Quad(QuadParams),
-    /// Per-channel polynomial activation.
-    Poly(PolyParams),
-    /// Residual block.
-    Block(BlockParams),
-}
 
 /// A network of the family: the layer plan plus one [`LayerParams`] per layer that has state
 /// (in layer order).
@@ -302,14 +240,11 @@ impl Network {
         self.forward_tapped(x, &mut |_, _, out| out)
     }
 
-    /// [`Network::forward`] with `tap` called at every layer that has parameters: the layer's
-    /// index in `params`, its input and its output, which `tap`'s return replaces. DP-SGD reads
-    /// each example's gradients through it.
-    pub(crate) fn forward_tapped(
-        &self,
-        x: Tensor<4>,
-        tap: &mut dyn FnMut(usize, &Activations, Activations) -> Activations,
-    ) -> Tensor<2> {
+    /// [`Network::forward`] with `tap` called at every operation that has parameters (a
+    /// residual block's convolutions, batch norms and activations one by one): the operation,
+    /// its input and its output, which `tap`'s return replaces. DP-SGD reads each example's
+    /// gradients through it.
+    pub(crate) fn forward_tapped(&self, x: Tensor<4>, tap: &mut Tap<'_>) -> Tensor<2> {
         match self.forward_until(x, self.spec.layers.len(), tap, &mut |_, _| {}) {
             Activations::Vec(x) => x,
             Activations::Img(x) => x.flatten::<2>(1, 3),
@@ -362,7 +297,7 @@ impl Network {
         &self,
         x: Tensor<4>,
         until: usize,
-        tap: &mut dyn FnMut(usize, &Activations, Activations) -> Activations,
+        tap: &mut Tap<'_>,
         probe: &mut dyn FnMut(usize, &Activations),
     ) -> Activations {
         use Activations::{Img, Vec};
@@ -372,7 +307,7 @@ impl Network {
         let next = |slot: &mut usize| {
             let p = &self.params[*slot];
             *slot += 1;
-            (*slot - 1, p)
+            p
         };
         for (li, l) in self.spec.layers[..until.min(self.spec.layers.len())]
             .iter()
@@ -381,20 +316,17 @@ impl Network {
             cur = match (&l.kind, cur) {
                 (
                     LayerKind::Conv {
-                        stride, padding, ..
+                        kernel,
+                        stride,
+                        padding,
+                        ..
                     },
                     Img(x),
                 ) => {
-                    let (i, LayerParams::Conv(p)) = next(&mut slot) else {
+                    let LayerParams::Conv(p) = next(&mut slot) else {
                         unreachable!("params follow the spec")
                     };
-                    let out = conv2d(
-                        x.clone(),
-                        p.weight.val(),
-                        Some(p.bias.val()),
-                        ConvOptions::new([*stride; 2], [*padding; 2], [1, 1], 1),
-                    );
-                    tap(i, &Img(x), Img(out))
+                    Img(tap::conv(tap, p, x, *kernel, *stride, *padding))
                 }
                 (LayerKind::AvgPool { kernel, stride }, Img(x)) => Img(avg_pool2d(
                     x,
@@ -405,27 +337,22 @@ impl Network {
                         Img(x) => x.flatten::<2>(1, 3),
                         Vec(x) => x,
                     };
-                    let (i, LayerParams::Dense(p)) = next(&mut slot) else {
+                    let LayerParams::Dense(p) = next(&mut slot) else {
                         unreachable!("params follow the spec")
                     };
                     let out = x.clone().matmul(p.weight.val()) + p.bias.val().unsqueeze_dim(0);
-                    tap(i, &Vec(x), Vec(out))
+                    tap(Site::Dense(p), &Vec(x), Vec(out))
                 }
                 (LayerKind::BatchNorm { .. }, cur) => {
-                    let (i, LayerParams::Norm(bn)) = next(&mut slot) else {
+                    let LayerParams::Norm(bn) = next(&mut slot) else {
                         unreachable!("params follow the spec")
                     };
-                    let out = match &cur {
-                        Img(x) => Img(bn.forward(x.clone())),
-                        Vec(x) => Vec(bn.forward(x.clone())),
-                    };
-                    tap(i, &cur, out)
+                    tap::norm(tap, bn, cur)
                 }
                 (LayerKind::Act { activation }, cur) => match activation {
                     Activation::Quadratic | Activation::Poly => {
-                        let (i, p) = next(&mut slot);
-                        let out = apply_act(cur.clone(), *activation, act_of(p), bounds);
-                        tap(i, &cur, out)
+                        let p = next(&mut slot);
+                        tap::act(tap, cur, *activation, act_of(p), bounds)
                     }
                     _ => apply_act(cur, *activation, None, bounds),
                 },
@@ -438,36 +365,28 @@ impl Network {
                     },
                     Img(x),
                 ) => {
-                    let (_, LayerParams::Block(b)) = next(&mut slot) else {
+                    let LayerParams::Block(b) = next(&mut slot) else {
                         unreachable!("params follow the spec")
                     };
-                    let conv = |p: &ConvParams, x: Tensor<4>, s: usize, pad: usize| {
-                        conv2d(
-                            x,
-                            p.weight.val(),
-                            Some(p.bias.val()),
-                            ConvOptions::new([s; 2], [pad; 2], [1, 1], 1),
-                        )
-                    };
-                    let pad = kernel / 2;
-                    let h = b.bn1.forward(conv(&b.conv1, x.clone(), *stride, pad));
-                    let Img(h) =
-                        apply_act(Img(h), *activation, b.act1.as_ref().map(Into::into), bounds)
-                    else {
+                    let (k, pad) = (*kernel, kernel / 2);
+                    let h = tap::conv(tap, &b.conv1, x.clone(), k, *stride, pad);
+                    let h = Img(tap::norm_image(tap, &b.bn1, h));
+                    let act1 = b.act1.as_ref().map(Into::into);
+                    let Img(h) = tap::act(tap, h, *activation, act1, bounds) else {
                         unreachable!("an image stays an image")
                     };
-                    let h = b.bn2.forward(conv(&b.conv2, h, 1, pad));
+                    let h = tap::conv(tap, &b.conv2, h, k, 1, pad);
+                    let h = tap::norm_image(tap, &b.bn2, h);
                     let short = match (&b.proj, &b.proj_bn) {
-                        (Some(p), Some(bn)) => bn.forward(conv(p, x, *stride, 0)),
+                        (Some(p), Some(bn)) => {
+                            let s = tap::conv(tap, p, x, 1, *stride, 0);
+                            tap::norm_image(tap, bn, s)
+                        }
                         _ => x,
                     };
-                    let sum = b.bn3.forward(h + short);
-                    apply_act(
-                        Img(sum),
-                        *activation,
-                        b.act2.as_ref().map(Into::into),
-                        bounds,
-                    )
+                    let sum = tap::norm(tap, &b.bn3, Img(h + short));
+                    let act2 = b.act2.as_ref().map(Into::into);
+                    tap::act(tap, sum, *activation, act2, bounds)
                 }
                 (
                     LayerKind::MaxPool {
