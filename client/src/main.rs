@@ -101,8 +101,9 @@ enum Command {
     /// Train centrally on a data set's training split and evaluate on its official test split
     /// (from a pretrained backbone when the config has `[model.init]`).
     Baseline(train_cmd::BaselineArgs),
-    /// Pretrain a backbone on public labelled sets (`[pretrain] sources`), written as
-    /// backbone.safetensors with its provenance, for `[model.init]` to start a task from.
+    /// Pretrain a backbone on public labelled sets (`[pretrain] sources`), or without their
+    /// labels (`method = "contrastive"`), written as backbone.safetensors with its provenance,
+    /// for `[model.init]` to start a task from.
     Pretrain(train_cmd::PretrainArgs),
     /// Make a trained ReLU network ([model] + [model.init], head kept) HE-friendly: every ReLU
     /// a trainable polynomial, every max-pool an average, trained with the ReLU network as

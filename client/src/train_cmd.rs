@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use training::baseline::{BaselineConfig, BaselineOutcome, Overrides, run_baseline};
 use training::model::Activation;
-use training::transfer::pretrain::{PretrainConfig, run_pretrain};
+use training::transfer::pretrain::{Method, PretrainConfig, run_pretrain};
 use training::transfer::run_convert;
 
 use crate::base_dir;
@@ -139,9 +139,14 @@ impl PretrainArgs {
         }
         let (s, _) = run_pretrain(&cfg, &base_dir(&self.config), &self.out, progress)
             .with_context(|| format!("pretrain {}", self.config.display()))?;
+        // contrastive: the labels only measure the features, by a k-NN vote
+        let measure = match s.method {
+            Method::Supervised => "test acc",
+            Method::Contrastive => "k-NN test acc",
+        };
         for src in &s.sources {
             println!(
-                "{:<14} {:>6} training images, classes {}..{}: test acc {:.4}",
+                "{:<14} {:>6} training images, classes {}..{}: {measure} {:.4}",
                 src.name,
                 src.train_images,
                 src.first_label,
@@ -150,8 +155,9 @@ impl PretrainArgs {
             );
         }
         println!(
-            "backbone: {} classes, test acc {:.4} over every source, {} epochs at {:.0} images/s",
-            s.classes, s.test_acc, s.epochs, s.train_images_per_s
+            "backbone ({:?}): {} classes, {measure} {:.4} over every source, {} epochs at {:.0} \
+             images/s",
+            s.method, s.classes, s.test_acc, s.epochs, s.train_images_per_s
         );
         println!(
             "written {} (BLAKE3 {})",

@@ -21,7 +21,7 @@ use privacy::sampler::Csprng;
 
 use crate::data::Tensors;
 use crate::error::TrainError;
-use crate::model::{Activations, Network};
+use crate::model::Network;
 
 mod per_example;
 use crate::train_config::{EpochStats, TrainConfig, TrainReport};
@@ -93,40 +93,11 @@ pub fn train_dp(
     if frozen == 0 {
         return train_dp_all(net, data, cfg, dp, optim);
     }
-    let features = frozen_features(&net, data, frozen)?;
+    let features = net.features_until(data, frozen)?;
     let spec = net.spec.clone();
     let (front, tail) = net.split_at(frozen);
     let (tail, report) = train_dp_all(tail, &features, cfg, dp, optim)?;
     Ok((Network::join(front, tail, spec), report))
-}
-
-/// `data` through the first `frozen` layers of `net`, in evaluation mode.
-fn frozen_features(net: &Network, data: &Tensors, frozen: usize) -> Result<Tensors, TrainError> {
-    let eval = net.clone().valid();
-    let device = eval
-        .devices()
-        .into_iter()
-        .next()
-        .unwrap_or_else(Device::flex)
-        .without_autodiff();
-    let [c, h, w] = data.shape;
-    let (mut x, mut shape) = (Vec::new(), [0usize; 3]);
-    let all: Vec<usize> = (0..data.len()).collect();
-    for chunk in all.chunks(CHUNK) {
-        let (xb, _) = data.batch(chunk, None);
-        let t = Tensor::<4>::from_data(TensorData::new(xb, [chunk.len(), c, h, w]), &device);
-        let out = eval.forward_until(t, frozen, &mut |_, _, o| o, &mut |_, _| {});
-        let (dims, v) = match out {
-            Activations::Img(t) => {
-                let [_, c, h, w] = t.dims();
-                ([c, h, w], values(t))
-            }
-            Activations::Vec(t) => ([t.dims()[1], 1, 1], values(t)),
-        };
-        shape = dims;
-        x.extend(v);
-    }
-    Tensors::from_parts(x, data.y.clone(), shape)
 }
 
 fn train_dp_all(

@@ -21,7 +21,7 @@ use rand::rngs::ChaCha8Rng;
 use rand::seq::SliceRandom;
 
 use crate::batch_readout::Pending;
-use crate::data::{Augment, Tensors, one_hot};
+use crate::data::{Tensors, one_hot};
 use crate::error::TrainError;
 use crate::metrics::{EvalReport, evaluate_probs};
 use crate::model::Network;
@@ -75,7 +75,12 @@ fn cross_entropy(logits: Tensor<2>, one_hot: Tensor<2>, b: usize) -> Tensor<1> {
         .div_scalar(b as f32)
 }
 
-fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
+pub(crate) fn progress_bar(
+    show: bool,
+    len: u64,
+    epoch: usize,
+    epochs: usize,
+) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }
@@ -215,14 +220,7 @@ pub fn train(
         }
         return crate::dp_sgd::train_dp(net, data, cfg, dp, &mut optim);
     }
-    let augment = Augment {
-        shift: cfg.shift,
-        hflip: cfg.hflip,
-        rotate: cfg.rotate,
-        scale: cfg.scale,
-        brightness: cfg.brightness,
-        contrast: cfg.contrast,
-    };
+    let augment = cfg.augment();
     if augment.is_active() && net.spec.front.is_some() {
         // the data are the front's features by now, not images
         return Err(TrainError::invalid(

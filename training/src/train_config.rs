@@ -320,6 +320,18 @@ impl TrainConfig {
         }
     }
 
+    /// The augmentation its keys describe.
+    pub(crate) fn augment(&self) -> crate::data::Augment {
+        crate::data::Augment {
+            shift: self.shift,
+            hflip: self.hflip,
+            rotate: self.rotate,
+            scale: self.scale,
+            brightness: self.brightness,
+            contrast: self.contrast,
+        }
+    }
+
     pub(crate) fn optimizer(&self) -> ModuleOptimizer {
         let clip = self
             .grad_clip

@@ -10,6 +10,7 @@
 //! computed. A first convolution whose file has 3 input channels where the network reads 1 is
 //! summed over them (grey images as R = G = B), as timm's `adapt_input_conv` does.
 
+pub mod contrastive;
 mod convert;
 mod init;
 mod layout;

@@ -420,6 +420,45 @@ impl Network {
         cur
     }
 
+    /// `data` through the first `until` layers, in evaluation mode (running statistics, so no
+    /// image's features depend on another's): a frozen backbone's features, or what a
+    /// pretrained one has learnt to see. Vectors come back as `[n, 1, 1]` images.
+    pub(crate) fn features_until(
+        &self,
+        data: &crate::data::Tensors,
+        until: usize,
+    ) -> Result<crate::data::Tensors, crate::error::TrainError> {
+        let eval = self.clone().valid();
+        let device = eval
+            .devices()
+            .into_iter()
+            .next()
+            .unwrap_or_else(Device::flex)
+            .without_autodiff();
+        let [c, h, w] = data.shape;
+        let (mut x, mut shape) = (std::vec::Vec::new(), [0usize; 3]);
+        let all: std::vec::Vec<usize> = (0..data.len()).collect();
+        for chunk in all.chunks(256) {
+            let (xb, _) = data.batch(chunk, None);
+            let t = Tensor::<4>::from_data(TensorData::new(xb, [chunk.len(), c, h, w]), &device);
+            let (dims, t) = match eval.forward_until(t, until, &mut |_, _, o| o, &mut |_, _| {}) {
+                Activations::Img(t) => {
+                    let [_, c, h, w] = t.dims();
+                    ([c, h, w], t.flatten::<1>(0, 3))
+                }
+                Activations::Vec(t) => ([t.dims()[1], 1, 1], t.flatten::<1>(0, 1)),
+            };
+            shape = dims;
+            x.extend(
+                t.into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .unwrap_or_default(),
+            );
+        }
+        crate::data::Tensors::from_parts(x, data.y.clone(), shape)
+    }
+
     /// Splits off the layers after the first `at`: (the front's parameters, the rest as a
     /// network of its own whose input is the front's output, `[n]` read as `[n, 1, 1]`).
     pub(crate) fn split_at(self, at: usize) -> (std::vec::Vec<LayerParams>, Network) {

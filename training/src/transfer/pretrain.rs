@@ -20,6 +20,11 @@
 //!
 //! Each source is normalised with its own training split's statistics, as the task's data will
 //! be with its own, so that the backbone sees standardised images whatever their source.
+//!
+//! `method = "contrastive"` learns without the labels (SimCLR, [`super::contrastive`]): from
+//! unlabelled archives, or a hospital's own images before they are labelled. Its
+//! `summary.json` then measures the features by a k-nearest-neighbour vote on each source's
+//! test split.
 
 use std::path::Path;
 
@@ -33,6 +38,7 @@ use crate::metrics::write_table;
 use crate::model::{ModelConfig, Network};
 use crate::params::manifest;
 use crate::train::{TrainConfig, TrainOptions, TrainReport, predict, select_device, train};
+use crate::transfer::contrastive::{knn_accuracy, train_contrastive};
 use crate::transfer::weights_of;
 
 fn one() -> usize {
@@ -51,6 +57,28 @@ pub struct PretrainSettings {
     /// At most this many training images of each source (default: all).
     #[serde(default)]
     pub max_per_source: Option<usize>,
+    /// What the backbone learns from: the sources' labels, or two augmented views of each
+    /// image without them.
+    #[serde(default)]
+    pub method: Method,
+    /// Contrastive: the temperature of the similarities (default 0.2).
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Contrastive: outputs of the projection head, the network's last (dense) layer
+    /// (default 64).
+    #[serde(default)]
+    pub projection: Option<usize>,
+}
+
+/// `[pretrain] method`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// One classifier over every source's classes (default).
+    #[default]
+    Supervised,
+    /// Self-supervised (SimCLR): labels are never read while training.
+    Contrastive,
 }
 
 /// A pretraining config: `[pretrain]`, `[model]`, `[train]`, `[baseline]` (device, subsets,
@@ -89,13 +117,17 @@ pub struct SourceSummary {
     pub classes: usize,
     /// Training images used.
     pub train_images: usize,
-    /// Accuracy on its test split (over the whole label space).
+    /// Accuracy on its test split (over the whole label space; contrastive: of the
+    /// k-nearest-neighbour vote over the training images' features).
     pub test_acc: f64,
 }
 
 /// What `summary.json` of a pretraining run holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PretrainSummary {
+    /// How the backbone learnt.
+    #[serde(default)]
+    pub method: Method,
     /// The sources.
     pub sources: Vec<SourceSummary>,
     /// Classes of the label space.
@@ -256,36 +288,72 @@ pub fn run_pretrain(
             "a backbone is pretrained from random weights on images: no init, no front",
         ));
     }
-    let spec = cfg.model.resolve(pooled.train.shape, pooled.names.len())?;
+    let p = &cfg.pretrain;
+    let outputs = match p.method {
+        Method::Supervised => {
+            if p.temperature.is_some() || p.projection.is_some() {
+                return Err(TrainError::invalid(
+                    "[pretrain]",
+                    "temperature and projection are for method = \"contrastive\"",
+                ));
+            }
+            pooled.names.len()
+        }
+        Method::Contrastive => p.projection.unwrap_or(64),
+    };
+    if outputs == 0 {
+        return Err(TrainError::invalid(
+            "[pretrain] projection",
+            "must be at least 1",
+        ));
+    }
+    let spec = cfg.model.resolve(pooled.train.shape, outputs)?;
     let device = select_device(&cfg.baseline.device)?;
     let net = Network::init(&spec, &device);
     tracing::info!(
         sources = ?pooled.sources.iter().map(|s| &s.name).collect::<Vec<_>>(),
         train = pooled.train.len(),
-        classes = pooled.names.len(),
+        method = ?p.method,
+        outputs,
         parameters = manifest(&spec).total,
         "pretraining:\n{}",
         spec.describe()
     );
-    let val = (cfg.baseline.use_val && !pooled.val.is_empty()).then_some(&pooled.val);
-    let (net, report) = train(
-        net,
-        &pooled.train,
-        &cfg.train,
-        &TrainOptions {
-            val,
-            class_names: Some(&pooled.names),
-            keep_best_on_val: cfg.baseline.keep_best_on_val && val.is_some(),
+    let (net, report) = match p.method {
+        Method::Supervised => {
+            let val = (cfg.baseline.use_val && !pooled.val.is_empty()).then_some(&pooled.val);
+            train(
+                net,
+                &pooled.train,
+                &cfg.train,
+                &TrainOptions {
+                    val,
+                    class_names: Some(&pooled.names),
+                    keep_best_on_val: cfg.baseline.keep_best_on_val && val.is_some(),
+                    progress,
+                    ..TrainOptions::default()
+                },
+            )?
+        }
+        Method::Contrastive => train_contrastive(
+            net,
+            &pooled.train,
+            &cfg.train,
+            p.temperature.unwrap_or(0.2),
             progress,
-            ..TrainOptions::default()
-        },
-    )?;
-    let (mut right, mut all) = (0, 0);
+        )?,
+    };
+    let (mut right, mut all) = (0f64, 0);
     for (s, t) in pooled.sources.iter_mut().zip(&pooled.test) {
-        let (r, n) = accuracy(&net, t)?;
-        s.test_acc = r as f64 / n.max(1) as f64;
-        right += r;
-        all += n;
+        s.test_acc = match p.method {
+            Method::Supervised => {
+                let (r, n) = accuracy(&net, t)?;
+                r as f64 / n.max(1) as f64
+            }
+            Method::Contrastive => knn_accuracy(&net, &pooled.train, t)?,
+        };
+        right += s.test_acc * t.len() as f64;
+        all += t.len();
         tracing::info!(source = %s.name, test_acc = format!("{:.4}", s.test_acc), "pretrained");
     }
     let effective =
@@ -304,9 +372,10 @@ pub fn run_pretrain(
     .write_safetensors(&path)?;
     let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
     let summary = PretrainSummary {
+        method: p.method,
         sources: pooled.sources,
         classes: pooled.names.len(),
-        test_acc: right as f64 / all.max(1) as f64,
+        test_acc: right / all.max(1) as f64,
         epochs: report.epochs.len(),
         train_images_per_s: report.images_per_s,
         train_seconds: report.train_seconds,
