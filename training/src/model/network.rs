@@ -1,4 +1,5 @@
-//! A network's parameters (burn modules) and its forward pass, built from a [`NetworkSpec`].
+//! A network (its layer plan and the parameters of `layer_params`) and its forward pass, built from
+//! a [`NetworkSpec`].
 
 use burn::module::{Module, Param};
 use burn::nn::{BatchNorm, BatchNormConfig};
