@@ -410,12 +410,7 @@ fn teacher_targets(
     temperature: f64,
     device: &Device,
 ) -> Result<Tensor<2>, TrainError> {
-    let plain = teacher
-        .devices()
-        .into_iter()
-        .next()
-        .unwrap_or_else(Device::flex)
-        .without_autodiff();
+    let plain = teacher.plain_device();
     let x = Tensor::<4>::from_data(TensorData::new(xb.to_vec(), shape), &plain);
     let p = softmax(teacher.forward(x).div_scalar(temperature as f32), 1);
     let values = p
@@ -443,12 +438,7 @@ pub fn predict(net: &Network, data: &Tensors) -> Result<Vec<f32>, TrainError> {
         ));
     }
     let net = net.valid();
-    let device = net
-        .devices()
-        .into_iter()
-        .next()
-        .unwrap_or_else(Device::flex)
-        .without_autodiff();
+    let device = net.plain_device();
     let [c, h, w] = data.shape;
     let k = net.spec.classes;
     let mut out = Vec::with_capacity(data.len() * k);

@@ -171,54 +171,41 @@ fn per_channel(t: &Activations) -> Tensor<2> {
     }
 }
 
-fn zip(
-    a: &Activations,
-    b: &Activations,
-    f: impl Fn(Tensor<4>, Tensor<4>) -> Tensor<4>,
-) -> Activations {
-    let lift = |t: Tensor<2>| -> Tensor<4> {
-        let [n, c] = t.dims();
-        t.reshape([n, c, 1, 1])
-    };
-    match (a, b) {
-        (Activations::Img(a), Activations::Img(b)) => Activations::Img(f(a.clone(), b.clone())),
-        (Activations::Vec(a), Activations::Vec(b)) => {
-            let [n, c] = a.dims();
-            Activations::Vec(f(lift(a.clone()), lift(b.clone())).reshape([n, c]))
+/// An activation as an image: vectors `[n, c]` as `[n, c, 1, 1]`.
+fn as_image(t: &Activations) -> Tensor<4> {
+    match t {
+        Activations::Img(t) => t.clone(),
+        Activations::Vec(t) => {
+            let [n, c] = t.dims();
+            t.clone().reshape([n, c, 1, 1])
         }
-        _ => unreachable!("an output has its input's rank"),
     }
 }
 
-/// `t` times a per-channel constant (`[1, c, 1, 1]`, broadcast).
+/// `t` back in the rank of `like`.
+fn shaped_as(t: Tensor<4>, like: &Activations) -> Activations {
+    match like {
+        Activations::Img(_) => Activations::Img(t),
+        Activations::Vec(_) => {
+            let [n, c, _, _] = t.dims();
+            Activations::Vec(t.reshape([n, c]))
+        }
+    }
+}
+
+/// `f` of `t` and a per-channel constant (`[1, c, 1, 1]`, broadcast).
 fn by_channel(
     t: &Activations,
     k: &[f32],
     f: impl Fn(Tensor<4>, Tensor<4>) -> Tensor<4>,
 ) -> Activations {
-    let device = match t {
-        Activations::Img(t) => t.device(),
-        Activations::Vec(t) => t.device(),
-    };
-    let k = Activations::Img(Tensor::<4>::from_data(
-        TensorData::new(k.to_vec(), [1, k.len(), 1, 1]),
-        &device,
-    ));
-    match t {
-        Activations::Img(_) => zip(t, &k, f),
-        Activations::Vec(v) => {
-            let [n, c] = v.dims();
-            let Activations::Img(k) = k else {
-                unreachable!()
-            };
-            let out = f(v.clone().reshape([n, c, 1, 1]), k);
-            Activations::Vec(out.reshape([n, c]))
-        }
-    }
+    let x = as_image(t);
+    let k = Tensor::<4>::from_data(TensorData::new(k.to_vec(), [1, k.len(), 1, 1]), &x.device());
+    shaped_as(f(x, k), t)
 }
 
 fn mul(a: &Activations, b: &Activations) -> Activations {
-    zip(a, b, |a, b| a * b)
+    shaped_as(as_image(a) * as_image(b), a)
 }
 
 /// What one operation holds of a chunk between its norms and its clipped sum.
@@ -356,20 +343,22 @@ pub(super) fn clipped_sum(
             }
             _ => unreachable!("an operation's input has the rank its kind takes"),
         };
-        add(match &h {
-            Held::Conv(w, bias) => {
-                per_example(w.clone().powi_scalar(2)) + per_example(bias.clone().powi_scalar(2))
-            }
+        let squares = match &h {
+            Held::Conv(w, bias) => Some(
+                per_example(w.clone().powi_scalar(2)) + per_example(bias.clone().powi_scalar(2)),
+            ),
             Held::Dense(a, g) => {
                 let g2 = per_example(g.clone().powi_scalar(2));
-                per_example(a.clone().powi_scalar(2)) * g2.clone() + g2
+                Some(per_example(a.clone().powi_scalar(2)) * g2.clone() + g2)
             }
             Held::Each(ts) => ts
                 .iter()
                 .map(|t| per_example(t.clone().powi_scalar(2)))
-                .reduce(|a, b| a + b)
-                .unwrap_or_else(|| Tensor::zeros([b], &device.clone().without_autodiff())),
-        });
+                .reduce(|a, b| a + b),
+        };
+        if let Some(n) = squares {
+            add(n);
+        }
         held.push(h);
     }
     let Some(norm2) = norm2 else {

@@ -421,6 +421,15 @@ impl Network {
         cur
     }
 
+    /// The device its parameters live on, without autodiff: where it is evaluated.
+    pub(crate) fn plain_device(&self) -> Device {
+        self.devices()
+            .into_iter()
+            .next()
+            .unwrap_or_else(Device::flex)
+            .without_autodiff()
+    }
+
     /// `data` through the first `until` layers, in evaluation mode (running statistics, so no
     /// image's features depend on another's): a frozen backbone's features, or what a
     /// pretrained one has learnt to see. Vectors come back as `[n, 1, 1]` images.
@@ -430,12 +439,7 @@ impl Network {
         until: usize,
     ) -> Result<crate::data::Tensors, crate::error::TrainError> {
         let eval = self.clone().valid();
-        let device = eval
-            .devices()
-            .into_iter()
-            .next()
-            .unwrap_or_else(Device::flex)
-            .without_autodiff();
+        let device = eval.plain_device();
         let [c, h, w] = data.shape;
         let (mut x, mut shape) = (std::vec::Vec::new(), [0usize; 3]);
         let all: std::vec::Vec<usize> = (0..data.len()).collect();
