@@ -144,20 +144,32 @@ impl PretrainArgs {
             Method::Supervised => "test acc",
             Method::Contrastive => "k-NN test acc",
         };
+        let acc = |a: Option<f64>| a.map_or("none (no labels)".into(), |a| format!("{a:.4}"));
         for src in &s.sources {
+            if src.classes == 0 {
+                println!(
+                    "{:<20} {:>6} training images, unlabelled",
+                    src.name, src.train_images
+                );
+                continue;
+            }
             println!(
-                "{:<14} {:>6} training images, classes {}..{}: {measure} {:.4}",
+                "{:<20} {:>6} training images, classes {}..{}: {measure} {}",
                 src.name,
                 src.train_images,
                 src.first_label,
                 src.first_label + src.classes,
-                src.test_acc
+                acc(src.test_acc)
             );
         }
         println!(
-            "backbone ({:?}): {} classes, {measure} {:.4} over every source, {} epochs at {:.0} \
-             images/s",
-            s.method, s.classes, s.test_acc, s.epochs, s.train_images_per_s
+            "backbone ({:?}): {} classes, {measure} {} over every labelled source, {} epochs at \
+             {:.0} images/s",
+            s.method,
+            s.classes,
+            acc(s.test_acc),
+            s.epochs,
+            s.train_images_per_s
         );
         println!(
             "written {} (BLAKE3 {})",

@@ -170,6 +170,8 @@ fn shipped_transfer_configs_parse() {
         "breastmnist-finetune-centralised.toml",
         "breastmnist-finetune-relu.toml",
         "breastmnist-convert.toml",
+        "breastmnist-finetune-contrastive.toml",
+        "breastmnist-finetune-archive.toml",
     ] {
         let cfg = BaselineConfig::load(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         let init = cfg.model.init.as_ref().map(|i| i.config());
@@ -181,11 +183,25 @@ fn shipped_transfer_configs_parse() {
     for (name, sources) in [
         ("pretrain-medmnist.toml", 3),
         ("pretrain-medmnist-organ.toml", 3),
+        ("pretrain-contrastive.toml", 4),
+        ("pretrain-contrastive-archive.toml", 4),
     ] {
         let cfg = training::transfer::pretrain::PretrainConfig::load(&dir.join(name))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(cfg.pretrain.sources.len(), sources, "{name}");
     }
+    // the archive config's last source is a folder without labels
+    let archive = training::transfer::pretrain::PretrainConfig::load(
+        &dir.join("pretrain-contrastive-archive.toml"),
+    )
+    .unwrap();
+    let labelled: Vec<bool> = archive
+        .pretrain
+        .sources
+        .iter()
+        .map(|s| s.is_labelled())
+        .collect();
+    assert_eq!(labelled, [true, true, true, false]);
 }
 
 /// The residual configs (ResNet-20-class at 28², the residual clinical family at 256²): their

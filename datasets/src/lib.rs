@@ -26,6 +26,7 @@ pub mod partition;
 pub mod preprocess;
 pub mod resize;
 pub mod source;
+pub mod unlabelled;
 
 pub use decode::{DecodedFile, ImageDecoder, InputPreparation};
 pub use dicom::{DecodeLimits, Window, WindowPreset};
@@ -36,3 +37,4 @@ pub use partition::{Partition, PartitionConfig, Scheme};
 pub use preprocess::Normalizer;
 pub use resize::ResizePolicy;
 pub use source::{DatasetConfig, load_dataset};
+pub use unlabelled::{Unlabelled, load_unlabelled};

@@ -17,7 +17,7 @@ use crate::resize::{MAX_INPUT_SIDE, ResizePolicy};
 ///
 /// ```toml
 /// [dataset]
-/// kind = "medmnist"        # "medmnist", "folder", "manifest" or "mnist"
+/// kind = "medmnist"        # "medmnist", "folder", "manifest", "mnist" or "unlabelled"
 /// name = "organamnist"     # any 2D MedMNIST set
 /// size = 28                # 28, 64, 128 or 224: the file read
 /// # height = 256           # the network's input (default: size); images are resized to it
@@ -28,7 +28,8 @@ use crate::resize::{MAX_INPUT_SIDE, ResizePolicy};
 /// verify_md5 = true        # check the file against the official md5 table
 /// ```
 ///
-/// Folders and manifests read PNG, JPEG and DICOM; they take `resize`, a DICOM `window`
+/// Folders, manifests and unlabelled archives read PNG, JPEG and DICOM; they take `resize`, a
+/// DICOM `window`
 /// (`"auto"`, `"abdomen"`, `"kidney"`, `"lung"`, `"bone"` or `{ center = 40, width = 400 }`) and
 /// `max_pixels` (per file, all frames: larger files are refused before decoding).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -140,6 +141,41 @@ pub enum DatasetConfig {
         #[serde(default = "yes")]
         verify_md5: bool,
     },
+    /// Images without labels anywhere below a folder ([`crate::unlabelled`]); only
+    /// self-supervised pretraining reads them.
+    Unlabelled {
+        /// The folder (relative to the config file's folder unless absolute).
+        root: PathBuf,
+        /// Target channels (1 or 3).
+        channels: usize,
+        /// Target height (up to 512).
+        height: usize,
+        /// Target width (up to 512).
+        width: usize,
+        /// How images are brought to `height × width` (default `stretch`).
+        #[serde(default)]
+        resize: ResizePolicy,
+        /// DICOM window (default `auto`: the file's own, else min–max).
+        #[serde(default)]
+        window: Window,
+        /// Most pixels one file may hold, all frames together (default 2^26).
+        #[serde(default = "default_max_pixels")]
+        max_pixels: usize,
+        /// Images read at most, from files in an order shuffled by `seed` (default 50,000).
+        #[serde(default = "default_max_images")]
+        max_images: usize,
+        /// Seed of that order.
+        #[serde(default)]
+        seed: u64,
+        /// Skip files that do not decode (counted and logged) instead of stopping (default
+        /// false).
+        #[serde(default)]
+        skip_unreadable: bool,
+    },
+}
+
+fn default_max_images() -> usize {
+    50_000
 }
 
 fn default_mnist_val() -> usize {
@@ -183,7 +219,13 @@ impl DatasetConfig {
             Self::Folder { root, .. } => stem(root),
             Self::Manifest { path, .. } => stem(path),
             Self::Mnist { .. } => "mnist".into(),
+            Self::Unlabelled { root, .. } => stem(root),
         }
+    }
+
+    /// Whether the set has labels (all kinds but `unlabelled`).
+    pub fn is_labelled(&self) -> bool {
+        !matches!(self, Self::Unlabelled { .. })
     }
 }
 
@@ -326,6 +368,14 @@ pub fn load_dataset(cfg: &DatasetConfig, base_dir: &Path, progress: bool) -> Res
             let dir = mnist::resolve_dir(data_dir.as_ref().map(|d| rel(base_dir, d)).as_deref());
             mnist::load(&dir, *val, *verify_md5)
         }
+        DatasetConfig::Unlabelled { root, .. } => Err(DatasetError::invalid(
+            "[dataset] kind",
+            format!(
+                "\"unlabelled\" ({}) has no labels to train or test on: it serves only \
+                 `client pretrain` with [pretrain] method = \"contrastive\"",
+                rel(base_dir, root).display()
+            ),
+        )),
     }
 }
 
@@ -370,7 +420,8 @@ impl DatasetConfig {
                 medmnist_size: Some(*size),
             },
             DatasetConfig::Folder { resize, window, .. }
-            | DatasetConfig::Manifest { resize, window, .. } => InputPreparation {
+            | DatasetConfig::Manifest { resize, window, .. }
+            | DatasetConfig::Unlabelled { resize, window, .. } => InputPreparation {
                 resize: *resize,
                 window: *window,
                 medmnist_size: None,
@@ -416,6 +467,15 @@ impl DatasetConfig {
                 ..
             }
             | DatasetConfig::Manifest {
+                channels,
+                height,
+                width,
+                resize,
+                window,
+                max_pixels,
+                ..
+            }
+            | DatasetConfig::Unlabelled {
                 channels,
                 height,
                 width,

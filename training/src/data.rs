@@ -119,6 +119,24 @@ impl Tensors {
         v
     }
 
+    /// These images followed by `other`'s (normalised values; the shapes must agree).
+    pub fn concat(&self, other: &Tensors) -> Result<Tensors, TrainError> {
+        if self.shape != other.shape {
+            return Err(TrainError::invalid(
+                "tensors",
+                format!("cannot join {:?} images to {:?}", other.shape, self.shape),
+            ));
+        }
+        let mut x = Vec::with_capacity((self.len() + other.len()) * self.per_image());
+        for t in [self, other] {
+            for i in 0..t.len() {
+                t.push_image(i, &mut x);
+            }
+        }
+        let y = self.y.iter().chain(&other.y).copied().collect();
+        Self::from_parts(x, y, self.shape)
+    }
+
     /// The images at `idx`.
     pub fn subset(&self, idx: &[usize]) -> Tensors {
         let per = self.per_image();

@@ -325,3 +325,65 @@ fn a_backbone_learnt_without_labels_separates_classes_and_starts_a_task() {
     let e = run_pretrain(&cfg, dir.path(), &out, false).unwrap_err();
     assert!(e.to_string().contains("contrastive"), "{e}");
 }
+
+#[test]
+fn an_unlabelled_archive_feeds_contrastive_pretraining_and_nothing_else() {
+    use datasets::dicom_writer::{ct_slice, synthetic_hu};
+    let dir = tempfile::tempdir().unwrap();
+    // a PACS export: patient/series folders, DICOM files without extensions
+    for i in 0..40u32 {
+        let series = dir.path().join(format!("archive/P{}/CT", i % 5));
+        std::fs::create_dir_all(&series).unwrap();
+        let hu = synthetic_hu(32, (i % 2) as usize, i);
+        let file = ct_slice(32, 32, &hu, Some(&format!("P{}", i % 5))).unwrap();
+        std::fs::write(series.join(format!("IM{i:04}")), file).unwrap();
+    }
+    let archive: DatasetConfig = toml::from_str(
+        "kind = \"unlabelled\"\nroot = \"archive\"\nchannels = 1\nheight = 28\nwidth = 28\n",
+    )
+    .unwrap();
+    let mut cfg = PretrainConfig {
+        pretrain: PretrainSettings {
+            sources: vec![archive.clone()],
+            channels: 1,
+            max_per_source: Some(100),
+            method: Method::Contrastive,
+            temperature: Some(0.2),
+            projection: Some(16),
+        },
+        model: network("poly", false),
+        train: TrainConfig {
+            shift: 2,
+            hflip: true,
+            brightness: 0.2,
+            contrast: 0.2,
+            ..quick(1, 2e-3)
+        },
+        baseline: BaselineSettings::default(),
+    };
+    // the archive alone: trained on, nothing to measure
+    let (s, report) = run_pretrain(&cfg, dir.path(), &dir.path().join("a"), false).unwrap();
+    assert_eq!(report.epochs.len(), 1);
+    assert_eq!((s.sources[0].train_images, s.sources[0].classes), (40, 0));
+    assert_eq!(
+        (s.sources[0].test_acc, s.test_acc, s.classes),
+        (None, None, 0)
+    );
+    // beside a labelled set: the labelled one is measured by its own training images only
+    cfg.pretrain.sources.insert(0, medmnist("retinamnist"));
+    let (s, _) = run_pretrain(&cfg, dir.path(), &dir.path().join("b"), false).unwrap();
+    let n: Vec<_> = s.sources.iter().map(|s| s.train_images).collect();
+    assert_eq!(n, [100, 40]);
+    assert!(s.sources[0].test_acc.is_some_and(|a| a > 0.0));
+    assert_eq!(s.test_acc, s.sources[0].test_acc);
+    // labels are needed everywhere else
+    cfg.pretrain.method = Method::Supervised;
+    cfg.pretrain.temperature = None;
+    cfg.pretrain.projection = None;
+    let e = run_pretrain(&cfg, dir.path(), &dir.path().join("c"), false).unwrap_err();
+    assert!(e.to_string().contains("archive is unlabelled"), "{e}");
+    let mut job = baseline(network("poly", false), 1, 1e-3);
+    job.dataset = archive;
+    let e = run_baseline(&job, dir.path(), &dir.path().join("d"), false).unwrap_err();
+    assert!(e.to_string().contains("client pretrain"), "{e}");
+}

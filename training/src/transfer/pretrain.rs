@@ -118,8 +118,9 @@ pub struct SourceSummary {
     /// Training images used.
     pub train_images: usize,
     /// Accuracy on its test split (over the whole label space; contrastive: of the
-    /// k-nearest-neighbour vote over the training images' features).
-    pub test_acc: f64,
+    /// k-nearest-neighbour vote over the labelled training images' features); none for an
+    /// unlabelled source.
+    pub test_acc: Option<f64>,
 }
 
 /// What `summary.json` of a pretraining run holds.
@@ -132,8 +133,8 @@ pub struct PretrainSummary {
     pub sources: Vec<SourceSummary>,
     /// Classes of the label space.
     pub classes: usize,
-    /// Accuracy over every source's test split together.
-    pub test_acc: f64,
+    /// Accuracy over every labelled source's test split together (none without one).
+    pub test_acc: Option<f64>,
     /// Epochs trained.
     pub epochs: usize,
     /// Training throughput.
@@ -146,11 +147,14 @@ pub struct PretrainSummary {
     pub blake3: String,
 }
 
-/// The splits of every source in one label space.
+/// The splits of every source in one label space; unlabelled sources' images apart.
 struct Pooled {
     train: Tensors,
     val: Tensors,
-    test: Vec<Tensors>,
+    /// Each source's test split (none for an unlabelled source).
+    test: Vec<Option<Tensors>>,
+    /// Images of the unlabelled sources (labels 0, never read).
+    unlabelled: Tensors,
     names: Vec<String>,
     sources: Vec<SourceSummary>,
 }
@@ -182,7 +186,14 @@ fn pool(cfg: &PretrainConfig, base_dir: &Path, progress: bool) -> Result<Pooled,
     let (mut tx, mut ty, mut vx, mut vy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut test, mut names, mut sources) = (Vec::new(), Vec::new(), Vec::new());
     let mut shape: Option<[usize; 3]> = None;
+    let mut ux = Vec::new();
     for src in &s.sources {
+        if !src.is_labelled() {
+            let set = unlabelled_source(cfg, src, base_dir, &mut shape, &mut ux)?;
+            sources.push(set);
+            test.push(None);
+            continue;
+        }
         let data = datasets::load_dataset(src, base_dir, progress)?;
         if data.info.task == Task::MultiLabel {
             return Err(TrainError::invalid(
@@ -195,17 +206,7 @@ fn pool(cfg: &PretrainConfig, base_dir: &Path, progress: bool) -> Result<Pooled,
         }
         let (h, w) = (data.train.height(), data.train.width());
         let here = [s.channels, h, w];
-        if shape.is_some_and(|s| s != here) {
-            return Err(TrainError::invalid(
-                "[pretrain] sources",
-                format!(
-                    "{} has {h}×{w} images, the sources before it {:?}: give every source the same size",
-                    data.info.name,
-                    shape.map(|s| [s[1], s[2]])
-                ),
-            ));
-        }
-        shape = Some(here);
+        same_shape(&mut shape, here, &data.info.name)?;
         let conform = |set: &datasets::ImageSet| {
             datasets::preprocess::conform(
                 set,
@@ -228,13 +229,13 @@ fn pool(cfg: &PretrainConfig, base_dir: &Path, progress: bool) -> Result<Pooled,
         }
         let (mut x, mut y) = (Vec::new(), Vec::new());
         normalised(&conform(&data.test)?, &norm, offset, &mut x, &mut y)?;
-        test.push(Tensors::from_parts(x, y, here)?);
+        test.push(Some(Tensors::from_parts(x, y, here)?));
         sources.push(SourceSummary {
             name: data.info.name.clone(),
             first_label: offset as usize,
             classes: data.info.num_classes,
             train_images: train_set.len(),
-            test_acc: 0.0,
+            test_acc: None,
         });
         names.extend(
             data.info
@@ -244,12 +245,78 @@ fn pool(cfg: &PretrainConfig, base_dir: &Path, progress: bool) -> Result<Pooled,
         );
     }
     let shape = shape.unwrap_or([s.channels, 1, 1]);
+    let un = ux.len() / shape.iter().product::<usize>().max(1);
     Ok(Pooled {
         train: Tensors::from_parts(tx, ty, shape)?,
         val: Tensors::from_parts(vx, vy, shape)?,
         test,
+        unlabelled: Tensors::from_parts(ux, vec![0; un], shape)?,
         names,
         sources,
+    })
+}
+
+fn same_shape(
+    shape: &mut Option<[usize; 3]>,
+    here: [usize; 3],
+    name: &str,
+) -> Result<(), TrainError> {
+    if shape.is_some_and(|s| s != here) {
+        return Err(TrainError::invalid(
+            "[pretrain] sources",
+            format!(
+                "{name} has {}×{} images, the sources before it {:?}: give every source the same size",
+                here[1],
+                here[2],
+                shape.map(|s| [s[1], s[2]])
+            ),
+        ));
+    }
+    *shape = Some(here);
+    Ok(())
+}
+
+/// An unlabelled folder's images, normalised by their own statistics, into `ux`; only
+/// contrastive pretraining takes one.
+fn unlabelled_source(
+    cfg: &PretrainConfig,
+    src: &DatasetConfig,
+    base_dir: &Path,
+    shape: &mut Option<[usize; 3]>,
+    ux: &mut Vec<f32>,
+) -> Result<SourceSummary, TrainError> {
+    let s = &cfg.pretrain;
+    if s.method != Method::Contrastive {
+        return Err(TrainError::invalid(
+            "[pretrain] sources",
+            format!(
+                "{} is unlabelled: supervised pretraining needs labels; use method = \"contrastive\"",
+                src.name()
+            ),
+        ));
+    }
+    let read = datasets::load_unlabelled(src, base_dir)?;
+    let (h, w) = (read.images.height(), read.images.width());
+    same_shape(shape, [s.channels, h, w], &src.name())?;
+    let mut set = datasets::preprocess::conform(
+        &read.images,
+        ImageShape {
+            channels: s.channels,
+            height: h,
+            width: w,
+        },
+    )?;
+    if let Some(m) = s.max_per_source.filter(|m| *m < set.len()) {
+        set = set.head(m);
+    }
+    let norm = Normalizer::fit(&set)?;
+    ux.extend(norm.to_nchw(&set, None)?);
+    Ok(SourceSummary {
+        name: src.name(),
+        first_label: 0,
+        classes: 0,
+        train_images: set.len(),
+        test_acc: None,
     })
 }
 
@@ -313,12 +380,14 @@ pub fn run_pretrain(
     tracing::info!(
         sources = ?pooled.sources.iter().map(|s| &s.name).collect::<Vec<_>>(),
         train = pooled.train.len(),
+        unlabelled = pooled.unlabelled.len(),
         method = ?p.method,
         outputs,
         parameters = manifest(&spec).total,
         "pretraining:\n{}",
         spec.describe()
     );
+    let joined;
     let (net, report) = match p.method {
         Method::Supervised => {
             let val = (cfg.baseline.use_val && !pooled.val.is_empty()).then_some(&pooled.val);
@@ -337,7 +406,12 @@ pub fn run_pretrain(
         }
         Method::Contrastive => train_contrastive(
             net,
-            &pooled.train,
+            if pooled.unlabelled.is_empty() {
+                &pooled.train
+            } else {
+                joined = pooled.train.concat(&pooled.unlabelled)?;
+                &joined
+            },
             &cfg.train,
             p.temperature.unwrap_or(0.2),
             progress,
@@ -345,16 +419,18 @@ pub fn run_pretrain(
     };
     let (mut right, mut all) = (0f64, 0);
     for (s, t) in pooled.sources.iter_mut().zip(&pooled.test) {
-        s.test_acc = match p.method {
+        let Some(t) = t else { continue };
+        let acc = match p.method {
             Method::Supervised => {
                 let (r, n) = accuracy(&net, t)?;
                 r as f64 / n.max(1) as f64
             }
             Method::Contrastive => knn_accuracy(&net, &pooled.train, t)?,
         };
-        right += s.test_acc * t.len() as f64;
+        s.test_acc = Some(acc);
+        right += acc * t.len() as f64;
         all += t.len();
-        tracing::info!(source = %s.name, test_acc = format!("{:.4}", s.test_acc), "pretrained");
+        tracing::info!(source = %s.name, test_acc = format!("{acc:.4}"), "pretrained");
     }
     let effective =
         toml::to_string_pretty(cfg).map_err(|e| TrainError::invalid("config", e.to_string()))?;
@@ -375,7 +451,7 @@ pub fn run_pretrain(
         method: p.method,
         sources: pooled.sources,
         classes: pooled.names.len(),
-        test_acc: right / all.max(1) as f64,
+        test_acc: (all > 0).then(|| right / all as f64),
         epochs: report.epochs.len(),
         train_images_per_s: report.images_per_s,
         train_seconds: report.train_seconds,
