@@ -96,11 +96,27 @@ fn list(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// Reads up to `sampling.max_images` images from the files below `root`.
+fn bar(progress: bool, files: usize, root: &Path) -> indicatif::ProgressBar {
+    if !progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(files as u64);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} files, eta {eta}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(format!("reading {}", root.display()));
+    bar
+}
+
+/// Reads up to `sampling.max_images` images from the files below `root` (a progress bar over
+/// the files when `progress`).
 pub fn read_unlabelled(
     root: &Path,
     decoder: &ImageDecoder,
     sampling: Sampling,
+    progress: bool,
 ) -> Result<Unlabelled> {
     decoder.check()?;
     if sampling.max_images == 0 {
@@ -122,10 +138,12 @@ pub fn read_unlabelled(
     let per_image = shape.channels * shape.height * shape.width;
     let mut pixels: Vec<u8> = Vec::new();
     let (mut n, mut skipped) = (0usize, 0usize);
+    let bar = bar(progress, files.len(), root);
     for f in &files {
         if n == sampling.max_images {
             break;
         }
+        bar.inc(1);
         match decoder.load(f) {
             Ok(d) => {
                 for im in d.images.into_iter().take(sampling.max_images - n) {
@@ -145,6 +163,7 @@ pub fn read_unlabelled(
             }
         }
     }
+    bar.finish_and_clear();
     if n == 0 {
         return Err(DatasetError::BadFolder {
             path: root.into(),
@@ -176,7 +195,7 @@ pub fn read_unlabelled(
 
 /// Reads an `unlabelled` source; other kinds are refused (they go through
 /// [`crate::load_dataset`]). A relative root is relative to `base_dir`, the config's folder.
-pub fn load_unlabelled(cfg: &DatasetConfig, base_dir: &Path) -> Result<Unlabelled> {
+pub fn load_unlabelled(cfg: &DatasetConfig, base_dir: &Path, progress: bool) -> Result<Unlabelled> {
     let DatasetConfig::Unlabelled {
         root,
         channels,
@@ -204,6 +223,7 @@ pub fn load_unlabelled(cfg: &DatasetConfig, base_dir: &Path) -> Result<Unlabelle
             seed: *seed,
             skip_unreadable: *skip_unreadable,
         },
+        progress,
     )
 }
 
@@ -261,12 +281,12 @@ mod tests {
     #[test]
     fn reads_every_image_below_the_root_dicom_found_by_preamble() {
         let dir = archive();
-        let got = read_unlabelled(dir.path(), &decoder(), sampling(100)).unwrap();
+        let got = read_unlabelled(dir.path(), &decoder(), sampling(100), false).unwrap();
         assert_eq!((got.files, got.skipped, got.images.len()), (6, 0, 6));
         assert_eq!(got.images.height(), 16);
         // the same seed reads the same sample; max_images bounds it
-        let a = read_unlabelled(dir.path(), &decoder(), sampling(4)).unwrap();
-        let b = read_unlabelled(dir.path(), &decoder(), sampling(4)).unwrap();
+        let a = read_unlabelled(dir.path(), &decoder(), sampling(4), false).unwrap();
+        let b = read_unlabelled(dir.path(), &decoder(), sampling(4), false).unwrap();
         assert_eq!(a.images.len(), 4);
         assert_eq!(a.images.images(), b.images.images());
     }
@@ -276,7 +296,7 @@ mod tests {
         let dir = archive();
         let bad = dir.path().join("patient1/broken.png");
         std::fs::write(&bad, b"\x89PNG\r\n\x1a\n truncated").unwrap();
-        let err = read_unlabelled(dir.path(), &decoder(), sampling(100))
+        let err = read_unlabelled(dir.path(), &decoder(), sampling(100), false)
             .unwrap_err()
             .to_string();
         assert!(
@@ -287,7 +307,7 @@ mod tests {
             skip_unreadable: true,
             ..sampling(100)
         };
-        let got = read_unlabelled(dir.path(), &decoder(), skip).unwrap();
+        let got = read_unlabelled(dir.path(), &decoder(), skip, false).unwrap();
         assert_eq!((got.files, got.skipped, got.images.len()), (7, 1, 6));
     }
 
@@ -301,14 +321,14 @@ mod tests {
             dir.path().join("patient2/linked.png"),
         )
         .unwrap();
-        let got = read_unlabelled(dir.path(), &decoder(), sampling(100)).unwrap();
+        let got = read_unlabelled(dir.path(), &decoder(), sampling(100), false).unwrap();
         assert_eq!(got.files, 6);
         let mut deep = dir.path().to_path_buf();
         for k in 0..=MAX_DEPTH {
             deep = deep.join(format!("d{k}"));
         }
         std::fs::create_dir_all(&deep).unwrap();
-        let err = read_unlabelled(dir.path(), &decoder(), sampling(100))
+        let err = read_unlabelled(dir.path(), &decoder(), sampling(100), false)
             .unwrap_err()
             .to_string();
         assert!(
@@ -321,7 +341,7 @@ mod tests {
     fn refuses_empty_archives_and_labelled_use() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.txt"), b"x").unwrap();
-        let err = read_unlabelled(dir.path(), &decoder(), sampling(10))
+        let err = read_unlabelled(dir.path(), &decoder(), sampling(10), false)
             .unwrap_err()
             .to_string();
         assert!(
@@ -342,6 +362,6 @@ mod tests {
             "{err}"
         );
         let labelled = DatasetConfig::medmnist("breastmnist");
-        assert!(load_unlabelled(&labelled, Path::new(".")).is_err());
+        assert!(load_unlabelled(&labelled, Path::new("."), false).is_err());
     }
 }

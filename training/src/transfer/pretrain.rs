@@ -189,7 +189,7 @@ fn pool(cfg: &PretrainConfig, base_dir: &Path, progress: bool) -> Result<Pooled,
     let mut ux = Vec::new();
     for src in &s.sources {
         if !src.is_labelled() {
-            let set = unlabelled_source(cfg, src, base_dir, &mut shape, &mut ux)?;
+            let set = unlabelled_source(cfg, src, base_dir, progress, &mut shape, &mut ux)?;
             sources.push(set);
             test.push(None);
             continue;
@@ -282,6 +282,7 @@ fn unlabelled_source(
     cfg: &PretrainConfig,
     src: &DatasetConfig,
     base_dir: &Path,
+    progress: bool,
     shape: &mut Option<[usize; 3]>,
     ux: &mut Vec<f32>,
 ) -> Result<SourceSummary, TrainError> {
@@ -295,7 +296,7 @@ fn unlabelled_source(
             ),
         ));
     }
-    let read = datasets::load_unlabelled(src, base_dir)?;
+    let read = datasets::load_unlabelled(src, base_dir, progress)?;
     let (h, w) = (read.images.height(), read.images.width());
     same_shape(shape, [s.channels, h, w], &src.name())?;
     let mut set = datasets::preprocess::conform(
