@@ -26,6 +26,9 @@ use crate::source::DatasetConfig;
 pub const MAX_DEPTH: usize = 32;
 /// Candidate files the walk lists at most (each costs a path in memory).
 pub const MAX_LISTED: usize = 2_000_000;
+/// Bytes of decoded pixels held at most (4 GiB; pretraining holds them again as 32-bit floats):
+/// 5.4 million images at 28² grey, 65,536 at 256², 5,461 at 512² RGB.
+pub const MAX_PIXEL_BYTES: usize = 4 << 30;
 
 /// How an unlabelled folder is sampled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +121,16 @@ pub fn read_unlabelled(
     sampling: Sampling,
     progress: bool,
 ) -> Result<Unlabelled> {
+    read_capped(root, decoder, sampling, progress, MAX_PIXEL_BYTES)
+}
+
+fn read_capped(
+    root: &Path,
+    decoder: &ImageDecoder,
+    sampling: Sampling,
+    progress: bool,
+    max_bytes: usize,
+) -> Result<Unlabelled> {
     decoder.check()?;
     if sampling.max_images == 0 {
         return Err(DatasetError::invalid(
@@ -147,6 +160,19 @@ pub fn read_unlabelled(
         match decoder.load(f) {
             Ok(d) => {
                 for im in d.images.into_iter().take(sampling.max_images - n) {
+                    if (n + 1) * per_image > max_bytes {
+                        return Err(DatasetError::invalid(
+                            "[dataset] max_images",
+                            format!(
+                                "{}: {n} images of {}×{}×{} already fill {:.2} GiB; set max_images to at most {n}",
+                                sampling.max_images,
+                                shape.channels,
+                                shape.height,
+                                shape.width,
+                                max_bytes as f64 / f64::from(1u32 << 30)
+                            ),
+                        ));
+                    }
                     pixels.extend_from_slice(&im);
                     n += 1;
                 }
@@ -309,6 +335,21 @@ mod tests {
         };
         let got = read_unlabelled(dir.path(), &decoder(), skip, false).unwrap();
         assert_eq!((got.files, got.skipped, got.images.len()), (7, 1, 6));
+    }
+
+    #[test]
+    fn held_pixels_are_bounded_with_the_count_that_fits() {
+        let dir = archive();
+        // 16×16 grey: 256 bytes an image, 4 fit in 1,100 bytes
+        let err = read_capped(dir.path(), &decoder(), sampling(100), false, 1_100)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("4 images of 1×16×16") && err.contains("at most 4"),
+            "{err}"
+        );
+        let got = read_capped(dir.path(), &decoder(), sampling(4), false, 1_100).unwrap();
+        assert_eq!(got.images.len(), 4);
     }
 
     #[test]

@@ -374,6 +374,7 @@ fn an_unlabelled_archive_feeds_contrastive_pretraining_and_nothing_else() {
     let (s, _) = run_pretrain(&cfg, dir.path(), &dir.path().join("b"), false).unwrap();
     let n: Vec<_> = s.sources.iter().map(|s| s.train_images).collect();
     assert_eq!(n, [100, 40]);
+    assert_eq!((s.sources[1].first_label, s.sources[1].classes), (5, 0));
     assert!(s.sources[0].test_acc.is_some_and(|a| a > 0.0));
     assert_eq!(s.test_acc, s.sources[0].test_acc);
     // labels are needed everywhere else

@@ -111,7 +111,8 @@ impl PretrainConfig {
 pub struct SourceSummary {
     /// Data set name.
     pub name: String,
-    /// Its first label in the backbone's label space.
+    /// Its first label in the backbone's label space (an unlabelled source: where the next
+    /// source's labels start; it has none).
     pub first_label: usize,
     /// Its classes.
     pub classes: usize,
@@ -189,7 +190,8 @@ fn pool(cfg: &PretrainConfig, base_dir: &Path, progress: bool) -> Result<Pooled,
     let mut ux = Vec::new();
     for src in &s.sources {
         if !src.is_labelled() {
-            let set = unlabelled_source(cfg, src, base_dir, progress, &mut shape, &mut ux)?;
+            let mut set = unlabelled_source(cfg, src, base_dir, progress, &mut shape, &mut ux)?;
+            set.first_label = names.len();
             sources.push(set);
             test.push(None);
             continue;
