@@ -27,7 +27,7 @@ pub const MAX_DEPTH: usize = 32;
 /// Candidate files the walk lists at most (each costs a path in memory).
 pub const MAX_LISTED: usize = 2_000_000;
 /// Bytes of decoded pixels held at most (4 GiB; pretraining holds them again as 32-bit floats):
-/// 5.4 million images at 28² grey, 65,536 at 256², 5,461 at 512² RGB.
+/// 5.5 million images at 28² grey, 65,536 at 256², 5,461 at 512² RGB.
 pub const MAX_PIXEL_BYTES: usize = 4 << 30;
 
 /// How an unlabelled folder is sampled.
