@@ -235,7 +235,8 @@ fn stem(p: &Path) -> String {
         .unwrap_or_else(|| "dataset".into())
 }
 
-fn rel(base: &Path, p: &Path) -> PathBuf {
+/// `p`, relative to `base` unless absolute.
+pub(crate) fn rel(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {

@@ -20,7 +20,7 @@ use crate::decode::{ImageDecoder, has_image_extension};
 use crate::dicom::is_dicom;
 use crate::error::{DatasetError, Result};
 use crate::image_set::{ImageSet, Labels};
-use crate::source::DatasetConfig;
+use crate::source::{DatasetConfig, rel};
 
 /// Folders below the root the walk enters at most.
 pub const MAX_DEPTH: usize = 32;
@@ -236,13 +236,8 @@ pub fn load_unlabelled(cfg: &DatasetConfig, base_dir: &Path, progress: bool) -> 
             format!("{} has labels: read it with load_dataset", cfg.name()),
         ));
     };
-    let root = if root.is_absolute() {
-        root.clone()
-    } else {
-        base_dir.join(root)
-    };
     read_unlabelled(
-        &root,
+        &rel(base_dir, root),
         &cfg.decoder(*channels)?,
         Sampling {
             max_images: *max_images,
