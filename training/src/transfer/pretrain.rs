@@ -190,8 +190,8 @@ fn pool(cfg: &PretrainConfig, base_dir: &Path, progress: bool) -> Result<Pooled,
     let mut ux = Vec::new();
     for src in &s.sources {
         if !src.is_labelled() {
-            let mut set = unlabelled_source(cfg, src, base_dir, progress, &mut shape, &mut ux)?;
-            set.first_label = names.len();
+            let first = names.len();
+            let set = unlabelled_source(cfg, src, base_dir, progress, first, &mut shape, &mut ux)?;
             sources.push(set);
             test.push(None);
             continue;
@@ -279,12 +279,14 @@ fn same_shape(
 }
 
 /// An unlabelled folder's images, normalised by their own statistics, into `ux`; only
-/// contrastive pretraining takes one.
+/// contrastive pretraining takes one. It has no classes: `first_label` is where the next
+/// source's labels start.
 fn unlabelled_source(
     cfg: &PretrainConfig,
     src: &DatasetConfig,
     base_dir: &Path,
     progress: bool,
+    first_label: usize,
     shape: &mut Option<[usize; 3]>,
     ux: &mut Vec<f32>,
 ) -> Result<SourceSummary, TrainError> {
@@ -316,7 +318,7 @@ fn unlabelled_source(
     ux.extend(norm.to_nchw(&set, None)?);
     Ok(SourceSummary {
         name: src.name(),
-        first_label: 0,
+        first_label,
         classes: 0,
         train_images: set.len(),
         test_acc: None,
