@@ -90,10 +90,12 @@ pub struct GaloisKey {
     pub key: SwitchingKey,
 }
 
-/// Galois keys by Galois element.
+/// Galois keys by Galois element. Each key is shared, so a clone (an evaluator made for a
+/// request from a requester's kept keys) costs a count per key, not a copy of hundreds of
+/// megabytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GaloisKeys {
-    keys: HashMap<u64, GaloisKey>,
+    keys: HashMap<u64, std::sync::Arc<GaloisKey>>,
 }
 
 impl GaloisKeys {
@@ -101,10 +103,11 @@ impl GaloisKeys {
         Self::default()
     }
     pub fn insert(&mut self, key: GaloisKey) {
-        self.keys.insert(key.galois_element, key);
+        self.keys
+            .insert(key.galois_element, std::sync::Arc::new(key));
     }
     pub fn get(&self, galois_element: u64) -> Option<&GaloisKey> {
-        self.keys.get(&galois_element)
+        self.keys.get(&galois_element).map(|k| &**k)
     }
     pub fn elements(&self) -> impl Iterator<Item = u64> + '_ {
         self.keys.keys().copied()

@@ -200,3 +200,19 @@ fn secret_key_is_not_printed() {
     let shown = format!("{sk:?}");
     assert_eq!(shown, "SecretKey(<redacted>)");
 }
+
+#[test]
+fn a_clone_of_galois_keys_shares_them() {
+    // a served requester's keys (hundreds of megabytes) go into an evaluator per request: the
+    // clone must not copy them
+    let ctx = ctx(&[50, 40, 40], &[60, 60], 2);
+    let mut kg = KeyGenerator::new(&ctx).unwrap();
+    let sk = kg.secret_key();
+    let keys = kg.galois_keys(&sk, &[1, 2, -3], true);
+    let copy = keys.clone();
+    assert_eq!(copy, keys);
+    assert_eq!(copy.len(), 4);
+    for e in keys.elements() {
+        assert!(std::ptr::eq(keys.get(e).unwrap(), copy.get(e).unwrap()));
+    }
+}
