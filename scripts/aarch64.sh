@@ -59,7 +59,10 @@ echo "== he-agg's tests on $target under qemu-user, at each level (neon, the def
 # The residual networks' evaluations are left out under emulation: they run portable code that
 # the x86 levels test, and take ~200 s natively (an hour and more under qemu, past CI's limit);
 # what is aarch64's own (the NEON and Shoup NTTs) is checked word for word by ring::ntt's tests.
-skip=(--skip infer::residual_tests --skip infer::batched_residual_tests)
+# The device engine's deep-model test (its CPU stand-in evaluating a deep network segment by
+# segment, ~20 s natively) is left out for the same reason.
+skip=(--skip infer::residual_tests --skip infer::batched_residual_tests
+  --skip infer::device_tests::the_device_evaluates_a_deep_model_segment_by_segment_as_the_cpu_does)
 time cargo test -q -p he-agg --lib --target "$target" -- "${skip[@]}"
 HEAL_SIMD=scalar cargo test -q -p he-agg --lib --target "$target" -- "${skip[@]}"
 

@@ -150,6 +150,105 @@ fn group_product_body(
     }
 }
 
+/// Moduli up to this size have their sums reduced four at a time in doubles ([`Fold`]); the
+/// bounds there need 7q + 2^32 < 2^53.
+const FOLD_BITS: u32 = 50;
+
+/// The final reduction of four running sums at once, in AVX2 doubles: the scalar one
+/// ([`sum_value`] and a 128-bit Barrett) cost ~10 ns per output word, as much as 15–30 products
+/// (docs/DEEP.md, the Winograd paragraph). With big = Σ k (< 2^63) and low = Σ l (|low| < 2^63)
+/// the value is big·2^51 + low; big = b1·2^32 + b0 and low + 2^63 = h·2^32 + w give
+/// value ≡ b1·(2^83 mod q) + b0·(2^51 mod q) + h·(2^32 mod q) + w − (2^63 mod q). Each of the
+/// three products of a 32-bit word by a residue is reduced exactly to (−q, 2q) in doubles
+/// (quotient by a multiplication, remainder by an FMA, whose true value is a small integer),
+/// and their sum, below 7q + 2^32 < 2^53, once more.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Fold {
+    q: std::arch::x86_64::__m256d,
+    qinv: std::arch::x86_64::__m256d,
+    /// (r, r/q) for r = 2^83, 2^51, 2^32 mod q
+    r: [(std::arch::x86_64::__m256d, std::arch::x86_64::__m256d); 3],
+    /// q − (2^63 mod q), which adds −2^63
+    offset: std::arch::x86_64::__m256d,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Fold {
+    /// For moduli of at most [`FOLD_BITS`] bits; none for larger ones.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn new(m: &Modulus) -> Option<Fold> {
+        use std::arch::x86_64::*;
+        if m.bits() > FOLD_BITS {
+            return None;
+        }
+        let q = m.value();
+        let residue = |e: u32| m.reduce_u128(1u128 << e);
+        let pair = |r: u64| {
+            (
+                _mm256_set1_pd(r as f64),
+                _mm256_set1_pd(r as f64 / q as f64),
+            )
+        };
+        Some(Fold {
+            q: _mm256_set1_pd(q as f64),
+            qinv: _mm256_set1_pd(1.0 / q as f64),
+            r: [pair(residue(83)), pair(residue(51)), pair(residue(32))],
+            offset: _mm256_set1_pd(((q - residue(63)) % q) as f64),
+        })
+    }
+
+    /// The residues of four sums of `count` terms (see [`sum_value`]).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn reduce(
+        &self,
+        count: u64,
+        hi: std::arch::x86_64::__m256i,
+        lo: std::arch::x86_64::__m256i,
+    ) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        let magic = _mm256_set1_epi64x(MAGIC as i64);
+        let two52 = _mm256_set1_pd(TWO52);
+        let mask = _mm256_set1_epi64x(0xFFFF_FFFF);
+        // a word below 2^52 as a double
+        let f = |x: __m256i| _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(x, magic)), two52);
+        let big = _mm256_sub_epi64(
+            hi,
+            _mm256_set1_epi64x(count.wrapping_mul(C.to_bits()) as i64),
+        );
+        let shift = (1u64 << 63).wrapping_sub(count.wrapping_mul(M.to_bits()));
+        let low = _mm256_add_epi64(lo, _mm256_set1_epi64x(shift as i64));
+        let words = [
+            _mm256_srli_epi64::<32>(big),
+            _mm256_and_si256(big, mask),
+            _mm256_srli_epi64::<32>(low),
+        ];
+        let mut t = _mm256_add_pd(f(_mm256_and_si256(low, mask)), self.offset);
+        for (x, (r, rq)) in words.into_iter().zip(self.r) {
+            let x = f(x);
+            let quotient = _mm256_floor_pd(_mm256_mul_pd(x, rq));
+            let h = _mm256_mul_pd(x, r);
+            let error = _mm256_fmsub_pd(x, r, h); // x·r − h, exact
+            let rem = _mm256_fnmadd_pd(quotient, self.q, h); // h − quotient·q, exact
+            t = _mm256_add_pd(t, _mm256_add_pd(rem, error));
+        }
+        let quotient = _mm256_floor_pd(_mm256_mul_pd(t, self.qinv));
+        let mut r = _mm256_fnmadd_pd(quotient, self.q, t); // in [−q, 2q)
+        let zero = _mm256_setzero_pd();
+        r = _mm256_add_pd(
+            r,
+            _mm256_and_pd(_mm256_cmp_pd::<_CMP_LT_OQ>(r, zero), self.q),
+        );
+        r = _mm256_sub_pd(
+            r,
+            _mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(r, self.q), self.q),
+        );
+        _mm256_xor_si256(_mm256_castpd_si256(_mm256_add_pd(r, two52)), magic)
+    }
+}
+
 /// Coefficients whose running sums [`mac_pairs_stream_avx2`] keeps in L1 (2 × 2 KB).
 #[cfg(target_arch = "x86_64")]
 const STREAM: usize = 256;
@@ -273,6 +372,7 @@ unsafe fn group_product_avx2(
     if !n.is_multiple_of(4 * V) {
         return group_product_body(m, cols, weights, inputs, outs, accumulate);
     }
+    let fold = Fold::new(m);
     // the weights as doubles once, not once per block of coefficients
     let wf: Vec<f64> = weights.iter().map(|&w| to_f64(w)).collect();
     let (cv, mv, kv) = (_mm256_set1_pd(C), _mm256_set1_pd(M), _mm256_set1_pd(K));
@@ -324,6 +424,16 @@ unsafe fn group_product_avx2(
                 }
                 let count = chunk.len() as u64 + 1;
                 for r in 0..live {
+                    if let Some(fold) = &fold {
+                        for v in 0..V {
+                            let residues = fold.reduce(count, hi[r][v], lo[r][v]);
+                            // SAFETY: carry[r] holds W = 4·V words
+                            unsafe {
+                                _mm256_storeu_si256(carry[r][4 * v..].as_mut_ptr().cast(), residues)
+                            };
+                        }
+                        continue;
+                    }
                     let (mut h, mut l) = ([0u64; W], [0u64; W]);
                     for v in 0..V {
                         // SAFETY: 4 words each
@@ -371,4 +481,97 @@ pub(crate) fn group_product(
     }
     #[cfg(not(target_arch = "x86_64"))]
     group_product_body(m, cols, weights, inputs, outs, accumulate)
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// [`Fold::reduce`] on four sums whose values are big·2^51 + low, against the exact residue.
+    fn folded(q: u64, count: u64, sums: [(u64, i64); 4]) -> Option<[u64; 4]> {
+        use std::arch::x86_64::*;
+        if !std::is_x86_feature_detected!("avx2") || !std::is_x86_feature_detected!("fma") {
+            return None;
+        }
+        let m = Modulus::new(q);
+        let hi: [u64; 4] = sums.map(|(big, _)| big.wrapping_add(count.wrapping_mul(C.to_bits())));
+        let lo: [u64; 4] =
+            sums.map(|(_, low)| (low as u64).wrapping_add(count.wrapping_mul(M.to_bits())));
+        let mut out = [0u64; 4];
+        // SAFETY: AVX2 and FMA were detected; four words each
+        unsafe {
+            let fold = Fold::new(&m)?;
+            let r = fold.reduce(
+                count,
+                _mm256_loadu_si256(hi.as_ptr().cast()),
+                _mm256_loadu_si256(lo.as_ptr().cast()),
+            );
+            _mm256_storeu_si256(out.as_mut_ptr().cast(), r);
+        }
+        Some(out)
+    }
+
+    fn exact(q: u64, (big, low): (u64, i64)) -> u64 {
+        (((big as i128) << 51) + low as i128).rem_euclid(q as i128) as u64
+    }
+
+    const MODULI: [u64; 4] = [1125899906842597, 1099511480321, 1 << 30 | 3, 65537];
+
+    #[test]
+    fn sums_at_their_bounds_reduce_exactly() {
+        let big_max = (1u64 << 63) - 1;
+        let edges = [
+            (big_max, i64::MAX),
+            (big_max, i64::MIN + 1),
+            (0, 0),
+            (0, i64::MAX),
+            (1, -(1i64 << 51)),
+            (big_max, 0),
+            (1 << 32, -1),
+            ((1 << 32) - 1, 1),
+        ];
+        for q in MODULI {
+            for chunk in edges.chunks(4) {
+                let sums: [(u64, i64); 4] = std::array::from_fn(|k| chunk[k]);
+                for count in [1, 2, 4095] {
+                    let Some(got) = folded(q, count, sums) else {
+                        return;
+                    };
+                    assert_eq!(got, sums.map(|s| exact(q, s)), "q = {q}, count {count}");
+                }
+            }
+        }
+        // above FOLD_BITS the scalar reduction stays
+        // SAFETY: folded() above returned, so AVX2 and FMA are present
+        assert!(unsafe { Fold::new(&Modulus::new(2251799813554177)) }.is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn any_sum_reduces_like_the_128_bit_barrett(
+            big in proptest::collection::vec(0u64..(1 << 63), 4),
+            low in proptest::collection::vec(any::<i64>(), 4),
+            k in 0usize..4,
+            count in 1u64..4096,
+        ) {
+            let q = MODULI[k];
+            // a sum's value is never negative
+            let sums: [(u64, i64); 4] = std::array::from_fn(|j| {
+                let low = if big[j] == 0 { low[j].wrapping_abs().max(0) } else { low[j].max(i64::MIN + 1) };
+                (big[j], low)
+            });
+            if let Some(got) = folded(q, count, sums) {
+                for (j, s) in sums.iter().enumerate() {
+                    let want = Modulus::new(q).reduce_u128(sum_value(
+                        count,
+                        s.0.wrapping_add(count.wrapping_mul(C.to_bits())),
+                        (s.1 as u64).wrapping_add(count.wrapping_mul(M.to_bits())),
+                    ));
+                    prop_assert_eq!(got[j], want);
+                    prop_assert_eq!(got[j], exact(q, *s));
+                }
+            }
+        }
+    }
 }

@@ -163,7 +163,12 @@ fn the_generic_group_kernel_equals_a_product_by_product_sum_past_its_folds() {
 fn pair_sums_match_the_generic_kernel_over_and_between_blocks() {
     // whole and partial blocks of 256 coefficients, and a length that is not a multiple of
     // 4 (the portable fallback)
-    let q = 2251799813554177u64;
+    for q in DOUBLE_PRECISION_MODULI {
+        pair_sums_over_blocks(q);
+    }
+}
+
+fn pair_sums_over_blocks(q: u64) {
     let m = Modulus::new(q);
     for n in [4, 300, 612, 1030] {
         let a: Vec<Vec<u64>> = (0..37).map(|j| words(j, q, n)).collect();
@@ -173,10 +178,10 @@ fn pair_sums_match_the_generic_kernel_over_and_between_blocks() {
         let (mut fast, mut slow) = (vec![0u64; n], vec![0u64; n]);
         mac_limb(&m, &pairs, &mut fast);
         mac_limb_generic(&m, &pairs, &mut slow);
-        assert_eq!(fast, slow, "n = {n}");
+        assert_eq!(fast, slow, "q = {q}, n = {n}");
         let k = n - 1;
         let want = (0..37).fold(0, |acc, j| m.add(acc, m.mul(a[j][k], b[j][k])));
-        assert_eq!(slow[k], want, "n = {n}");
+        assert_eq!(slow[k], want, "q = {q}, n = {n}");
     }
 }
 
@@ -220,13 +225,22 @@ fn every_giant_step_at_once_equals_each_one_alone() {
     }
 }
 
+/// A 51-bit prime (sums reduced by the 128-bit Barrett), the largest 50-bit and a 40-bit one
+/// (sums reduced four at a time in doubles).
+const DOUBLE_PRECISION_MODULI: [u64; 3] = [2251799813554177, 1125899906842597, 1099511480321];
+
 #[test]
 fn double_precision_sums_are_exact_at_the_extremes() {
-    // the largest words of a 51-bit prime, 4100 terms (a fold at 4095), and small values
+    // the largest words of each prime, 4100 terms (a fold at 4095), and small values
     if crate::simd::Level::detected() < crate::simd::Level::Avx2 {
         return; // the AVX2 kernels cannot run here; the generic path is tested above
     }
-    let q = 2251799813554177u64;
+    for q in DOUBLE_PRECISION_MODULI {
+        sums_at_the_extremes(q);
+    }
+}
+
+fn sums_at_the_extremes(q: u64) {
     let m = Modulus::new(q);
     let n = 64;
     let a: Vec<Vec<u64>> = (0..4100)
@@ -259,7 +273,7 @@ fn double_precision_sums_are_exact_at_the_extremes() {
     let (mut fast, mut slow) = (vec![0u64; n], vec![0u64; n]);
     super::super::float_mac::mac_pairs(&m, &pairs, &mut fast);
     mac_limb_generic(&m, &pairs, &mut slow);
-    assert_eq!(fast, slow);
+    assert_eq!(fast, slow, "q = {q}");
     let cols: Vec<u32> = (0..4100u32).collect();
     let weights = vec![q - 1; 2 * 4100];
     let inputs: Vec<&[u64]> = a.iter().map(|v| &v[..]).collect();
@@ -269,7 +283,7 @@ fn double_precision_sums_are_exact_at_the_extremes() {
     let mut r2: Vec<&mut [u64]> = o2.iter_mut().map(|v| &mut v[..]).collect();
     super::super::float_mac::group_product(&m, &cols, &weights, &inputs, &mut r1, true);
     group_product_generic(&m, &cols, &weights, &inputs, &mut r2, true);
-    assert_eq!(o1, o2);
+    assert_eq!(o1, o2, "q = {q}");
 }
 
 #[test]
@@ -277,7 +291,12 @@ fn register_blocked_double_precision_groups_match_for_any_row_count() {
     if crate::simd::Level::detected() < crate::simd::Level::Avx2 {
         return;
     }
-    let q = 2251799813554177u64;
+    for q in DOUBLE_PRECISION_MODULI {
+        groups_of_any_row_count(q);
+    }
+}
+
+fn groups_of_any_row_count(q: u64) {
     let m = Modulus::new(q);
     let a: Vec<Vec<u64>> = (0..40).map(|j| words(j, q, 40)).collect();
     let inputs: Vec<&[u64]> = a.iter().map(|v| &v[..]).collect();
@@ -299,7 +318,7 @@ fn register_blocked_double_precision_groups_match_for_any_row_count() {
                 group_product_generic(&m, &cols, &weights, &inputs, &mut r2, accumulate);
                 assert_eq!(
                     o1, o2,
-                    "{rows} rows, {n} coefficients, accumulate {accumulate}"
+                    "q = {q}, {rows} rows, {n} coefficients, accumulate {accumulate}"
                 );
             }
         }
@@ -325,6 +344,39 @@ fn lazy_sums_match_reduced_products() {
         for k in 0..70 {
             let want = (0..terms).fold(0u64, |acc, j| m.add(acc, m.mul(a[j][k], b[j][k])));
             assert_eq!(out[k], want);
+        }
+    }
+}
+
+/// Not a test: the grouped product's cost per product and per output word at the shapes of a
+/// batched ResNet's maps (one limb of N = 2^14, a 40-bit prime), run by hand:
+/// `cargo test --release -p he-agg --lib grouped_product_cost -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn grouped_product_cost() {
+    for bits in [40u32] {
+        let m =
+            Modulus::new(crate::ring::primes::generate_primes(bits, 1 << 14, 1, &[]).unwrap()[0]);
+        let n = 1 << 14;
+        let inputs: Vec<Vec<u64>> = (0..576).map(|j| words(j, m.value(), n)).collect();
+        let refs: Vec<&[u64]> = inputs.iter().map(Vec::as_slice).collect();
+        for (rows, cols) in [(16usize, 16usize), (16, 48), (16, 144), (64, 64), (64, 576)] {
+            let c: Vec<u32> = (0..cols as u32).collect();
+            let w: Vec<u64> = words(99, 1000, rows * cols);
+            let mut out = vec![vec![0u64; n]; rows];
+            let reps = 3 * ((16 * 144 * 8) / (rows * cols).max(1) + 1);
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                let mut outs: Vec<&mut [u64]> = out.iter_mut().map(|o| o.as_mut_slice()).collect();
+                group_product(&m, &c, &w, &refs, &mut outs, true);
+            }
+            let t = t0.elapsed().as_secs_f64();
+            let macs = (reps * rows * cols * n) as f64;
+            println!(
+                "{bits} bits {rows}×{cols}: {:.2} ns per product, {:.2} ns per output word",
+                t / macs * 1e9,
+                t / (reps * rows * n) as f64 * 1e9
+            );
         }
     }
 }
