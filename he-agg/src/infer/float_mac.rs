@@ -155,8 +155,8 @@ fn group_product_body(
 const FOLD_BITS: u32 = 50;
 
 /// The final reduction of four running sums at once, in AVX2 doubles: the scalar one
-/// ([`sum_value`] and a 128-bit Barrett) cost ~10 ns per output word, as much as 15–30 products
-/// (docs/DEEP.md, the Winograd paragraph). With big = Σ k (< 2^63) and low = Σ l (|low| < 2^63)
+/// ([`sum_value`] and a 128-bit Barrett) was about half of the ~10 ns each output word cost
+/// beside its products (docs/DEEP.md). With big = Σ k (< 2^63) and low = Σ l (|low| < 2^63)
 /// the value is big·2^51 + low; big = b1·2^32 + b0 and low + 2^63 = h·2^32 + w give
 /// value ≡ b1·(2^83 mod q) + b0·(2^51 mod q) + h·(2^32 mod q) + w − (2^63 mod q). Each of the
 /// three products of a 32-bit word by a residue is reduced exactly to (−q, 2q) in doubles
