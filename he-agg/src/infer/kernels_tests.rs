@@ -354,29 +354,27 @@ fn lazy_sums_match_reduced_products() {
 #[test]
 #[ignore]
 fn grouped_product_cost() {
-    for bits in [40u32] {
-        let m =
-            Modulus::new(crate::ring::primes::generate_primes(bits, 1 << 14, 1, &[]).unwrap()[0]);
-        let n = 1 << 14;
-        let inputs: Vec<Vec<u64>> = (0..576).map(|j| words(j, m.value(), n)).collect();
-        let refs: Vec<&[u64]> = inputs.iter().map(Vec::as_slice).collect();
-        for (rows, cols) in [(16usize, 16usize), (16, 48), (16, 144), (64, 64), (64, 576)] {
-            let c: Vec<u32> = (0..cols as u32).collect();
-            let w: Vec<u64> = words(99, 1000, rows * cols);
-            let mut out = vec![vec![0u64; n]; rows];
-            let reps = 3 * ((16 * 144 * 8) / (rows * cols).max(1) + 1);
-            let t0 = std::time::Instant::now();
-            for _ in 0..reps {
-                let mut outs: Vec<&mut [u64]> = out.iter_mut().map(|o| o.as_mut_slice()).collect();
-                group_product(&m, &c, &w, &refs, &mut outs, true);
-            }
-            let t = t0.elapsed().as_secs_f64();
-            let macs = (reps * rows * cols * n) as f64;
-            println!(
-                "{bits} bits {rows}×{cols}: {:.2} ns per product, {:.2} ns per output word",
-                t / macs * 1e9,
-                t / (reps * rows * n) as f64 * 1e9
-            );
+    let bits = 40;
+    let m = Modulus::new(crate::ring::primes::generate_primes(bits, 1 << 14, 1, &[]).unwrap()[0]);
+    let n = 1 << 14;
+    let inputs: Vec<Vec<u64>> = (0..576).map(|j| words(j, m.value(), n)).collect();
+    let refs: Vec<&[u64]> = inputs.iter().map(Vec::as_slice).collect();
+    for (rows, cols) in [(16usize, 16usize), (16, 48), (16, 144), (64, 64), (64, 576)] {
+        let c: Vec<u32> = (0..cols as u32).collect();
+        let w: Vec<u64> = words(99, 1000, rows * cols);
+        let mut out = vec![vec![0u64; n]; rows];
+        let reps = 3 * ((16 * 144 * 8) / (rows * cols) + 1);
+        let t0 = std::time::Instant::now();
+        for _ in 0..reps {
+            let mut outs: Vec<&mut [u64]> = out.iter_mut().map(|o| o.as_mut_slice()).collect();
+            group_product(&m, &c, &w, &refs, &mut outs, true);
         }
+        let t = t0.elapsed().as_secs_f64();
+        let macs = (reps * rows * cols * n) as f64;
+        println!(
+            "{bits} bits {rows}×{cols}: {:.2} ns per product, {:.2} ns per output word",
+            t / macs * 1e9,
+            t / (reps * rows * n) as f64 * 1e9
+        );
     }
 }
