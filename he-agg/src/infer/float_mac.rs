@@ -159,7 +159,7 @@ const FOLD_BITS: u32 = 50;
 /// beside its products (docs/DEEP.md). With big = Σ k (< 2^63) and low = Σ l (|low| < 2^63)
 /// the value is big·2^51 + low; big = b1·2^32 + b0 and low + 2^63 = h·2^32 + w give
 /// value ≡ b1·(2^83 mod q) + b0·(2^51 mod q) + h·(2^32 mod q) + w − (2^63 mod q). Each of the
-/// three products of a 32-bit word by a residue is reduced exactly to (−q, 2q) in doubles
+/// three products of a 32-bit word by a residue is reduced exactly to [−q, 2q) in doubles
 /// (quotient by a multiplication, remainder by an FMA, whose true value is a small integer),
 /// and their sum, below 7q + 2^32 < 2^53, once more.
 #[cfg(target_arch = "x86_64")]
