@@ -34,9 +34,12 @@ impl GaloisPermutation {
 
     #[inline]
     pub fn apply(&self, input: &[u64], out: &mut [u64]) {
-        for (o, &j) in out.iter_mut().zip(&self.map) {
-            *o = input[j as usize];
-        }
+        assert_eq!(
+            out.len(),
+            self.map.len(),
+            "one word per position of the map"
+        );
+        self.gather(input, |i, w| out[i] = w);
     }
 
     /// [`Self::apply`] into words not yet written: writes every one of `out`.
@@ -46,12 +49,75 @@ impl GaloisPermutation {
             self.map.len(),
             "one word per position of the map"
         );
-        for (o, &j) in out.iter_mut().zip(&self.map) {
-            o.write(input[j as usize]);
+        self.gather(input, |i, w| {
+            out[i].write(w);
+        });
+    }
+
+    /// Calls `put(i, input[map[i]])` for every i in order, fetching the input ahead. Each
+    /// aligned block of 8 outputs reads one aligned block of 8 inputs, but the blocks come in
+    /// an order no hardware prefetcher follows: without the hints each block was a cache miss,
+    /// 12.9% of one-thread mode (b) at AVX2 against 6.9–7.6% with them (perf, 29 November 2026).
+    #[inline]
+    fn gather(&self, input: &[u64], mut put: impl FnMut(usize, u64)) {
+        /// Words ahead of the one read that are fetched (32 blocks).
+        const AHEAD: usize = 256;
+        assert_eq!(
+            input.len(),
+            self.map.len(),
+            "one word per position of the map"
+        );
+        for (i, &j) in self.map.iter().enumerate() {
+            #[cfg(target_arch = "x86_64")]
+            if i % 8 == 0
+                && let Some(&next) = self.map.get(i + AHEAD)
+            {
+                let p = input.as_ptr().wrapping_add(next as usize).cast::<i8>();
+                // SAFETY: a prefetch is a hint: it reads nothing and faults on no address
+                #[allow(unused_unsafe)]
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch(p, std::arch::x86_64::_MM_HINT_T0)
+                };
+            }
+            put(i, input[j as usize]);
         }
     }
 
     pub fn map(&self) -> &[u32] {
         &self.map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GaloisPermutation;
+
+    #[test]
+    fn blocks_of_eight_come_from_one_block_and_every_word_lands() {
+        // n above the prefetch distance, so the hints run
+        let n = 1 << 12;
+        let input: Vec<u64> = (0..n as u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        for g in [5u64, 25, 3, 2 * n as u64 - 1, 5u64.pow(9) % (2 * n as u64)] {
+            let p = GaloisPermutation::new(n, g);
+            let map = p.map();
+            for b in 0..n / 8 {
+                let from = map[8 * b] as usize / 8;
+                assert!(
+                    (0..8).all(|d| map[8 * b + d] as usize / 8 == from),
+                    "g = {g}"
+                );
+            }
+            let mut out = vec![0u64; n];
+            p.apply(&input, &mut out);
+            let mut fresh = vec![std::mem::MaybeUninit::<u64>::uninit(); n];
+            p.apply_into(&input, &mut fresh);
+            for i in 0..n {
+                assert_eq!(out[i], input[map[i] as usize], "g = {g}, i = {i}");
+                // SAFETY: apply_into writes every word
+                assert_eq!(unsafe { fresh[i].assume_init() }, out[i]);
+            }
+        }
     }
 }
