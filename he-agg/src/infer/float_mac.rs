@@ -152,6 +152,7 @@ fn group_product_body(
 
 /// Moduli up to this size have their sums reduced four at a time in doubles ([`Fold`]); the
 /// bounds there need 7q + 2^32 < 2^53.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const FOLD_BITS: u32 = 50;
 
 /// The final reduction of four running sums at once, in AVX2 doubles: the scalar one

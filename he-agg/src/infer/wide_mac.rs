@@ -12,9 +12,11 @@
 use crate::ring::{Modulus, ShoupConst};
 
 /// The largest |weight| the kernel takes once a row's common power of two is taken out.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) const SMALL_WEIGHT: i64 = 1 << 23;
 
 /// Products summed before a row's sums are reduced: 1023 · 2^20 · 2^23 < 2^53 (exact doubles).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const PER: usize = 1023;
 
 /// Whether this modulus's limbs take the kernel at the level in force.
@@ -28,6 +30,7 @@ pub(crate) fn usable(m: &Modulus) -> bool {
 /// Each row's weights (centred residues) as small integers, as doubles, and per row the
 /// constants 2^(b + 20i) mod q (i = 0, 1, 2) that bring the three pieces' sums back, b being
 /// the row's common power of two; None when some weight stays above [`SMALL_WEIGHT`].
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn split_rows(
     m: &Modulus,
     weights: &[u64],

@@ -61,6 +61,7 @@ impl GaloisPermutation {
     #[inline]
     fn gather(&self, input: &[u64], mut put: impl FnMut(usize, u64)) {
         /// Words ahead of the one read that are fetched (32 blocks).
+        #[cfg(target_arch = "x86_64")]
         const AHEAD: usize = 256;
         assert_eq!(
             input.len(),

@@ -81,6 +81,7 @@ impl BasisExtender {
     }
 
     /// Bits of the widest source modulus (the rows' words are below it).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn source_bits(&self, ring: &Ring) -> u32 {
         self.source
             .iter()
