@@ -352,7 +352,7 @@ fn lazy_sums_match_reduced_products() {
 /// batched ResNet's maps (one limb of N = 2^14, a 40-bit prime), run by hand:
 /// `cargo test --release -p he-agg --lib grouped_product_cost -- --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "micro-benchmark: cargo test --release -p he-agg --lib grouped_product_cost -- --ignored --nocapture"]
 fn grouped_product_cost() {
     let bits = 40;
     let m = Modulus::new(crate::ring::primes::generate_primes(bits, 1 << 14, 1, &[]).unwrap()[0]);

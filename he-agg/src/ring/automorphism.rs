@@ -120,4 +120,43 @@ mod tests {
             }
         }
     }
+
+    /// Times the gather against the plain word loop it replaced, with the input in cache (two
+    /// limbs) and out of it (24 limbs at N = 2^15, 12 MB): run by hand, it asserts nothing about
+    /// time (`cargo test --release -p he-agg --lib galois_gather_cost -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "micro-benchmark: cargo test --release -p he-agg --lib galois_gather_cost -- --ignored --nocapture"]
+    fn galois_gather_cost() {
+        for (n, limbs) in [(1usize << 14, 2usize), (1 << 14, 24), (1 << 15, 24)] {
+            let src: Vec<Vec<u64>> = (0..limbs as u64)
+                .map(|l| (0..n as u64).map(|i| i ^ l).collect())
+                .collect();
+            let mut dst = vec![vec![0u64; n]; limbs];
+            let p = GaloisPermutation::new(n, 5u64.pow(7) % (2 * n as u64));
+            let word_loop = |input: &[u64], out: &mut [u64]| {
+                for (o, &j) in out.iter_mut().zip(p.map()) {
+                    *o = input[j as usize];
+                }
+            };
+            for _ in 0..3 {
+                let t = std::time::Instant::now();
+                for _ in 0..50 {
+                    for (s, d) in src.iter().zip(dst.iter_mut()) {
+                        word_loop(s, d);
+                    }
+                }
+                let old = t.elapsed().as_secs_f64() / (50 * limbs) as f64 * 1e6;
+                let t = std::time::Instant::now();
+                for _ in 0..50 {
+                    for (s, d) in src.iter().zip(dst.iter_mut()) {
+                        p.apply(s, d);
+                    }
+                }
+                let new = t.elapsed().as_secs_f64() / (50 * limbs) as f64 * 1e6;
+                println!(
+                    "N = {n}, {limbs} limbs: word loop {old:.1} µs, gather {new:.1} µs per limb"
+                );
+            }
+        }
+    }
 }
