@@ -51,8 +51,9 @@ impl GaloisPermutation {
     /// 2026).
     #[inline]
     fn gather<T>(&self, input: &[u64], out: &mut [T], write: impl Fn(&mut T, u64)) {
-        /// Words per block, and blocks ahead of the one read that are fetched.
+        /// Words per block: one cache line.
         const BLOCK: usize = 8;
+        /// Blocks ahead of the one read whose input is fetched.
         #[cfg(target_arch = "x86_64")]
         const AHEAD: usize = 32;
         let n = self.map.len();
