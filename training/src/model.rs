@@ -267,6 +267,7 @@ impl NetworkSpec {
 mod activation;
 mod layer_params;
 mod network;
+mod patches;
 mod tap;
 pub(crate) use activation::ActParamsRef;
 pub use activation::{ActParams, PolyParams, QuadParams};

@@ -139,19 +139,22 @@ impl Node {
         let (val, test) = (self.data.val.clone(), self.data.test.clone());
         let names = self.data.class_names.clone();
         let test_every = self.cfg.node.test_every;
-        let (v, t) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let device = select_device("cpu")?;
-            let net = network_from_flat(&spec, &global, &device)?;
-            let v = val
-                .as_ref()
-                .map(|v| evaluate(&net, v, &names))
-                .transpose()?;
-            let t = if test_every > 0 && round.is_multiple_of(test_every) {
-                Some(evaluate(&net, &test, &names)?)
-            } else {
-                None
-            };
-            Ok((v, t))
+        // on a worker of the compute pool, as training (`train_and_upload`)
+        let (v, t) = tokio::task::spawn_blocking(move || {
+            rayon::scope(|_| -> anyhow::Result<_> {
+                let device = select_device("cpu")?;
+                let net = network_from_flat(&spec, &global, &device)?;
+                let v = val
+                    .as_ref()
+                    .map(|v| evaluate(&net, v, &names))
+                    .transpose()?;
+                let t = if test_every > 0 && round.is_multiple_of(test_every) {
+                    Some(evaluate(&net, &test, &names)?)
+                } else {
+                    None
+                };
+                Ok((v, t))
+            })
         })
         .await??;
         let c = self.costs.remove(&round).unwrap_or_default();

@@ -51,12 +51,16 @@ pub(crate) fn conv(
     stride: usize,
     padding: usize,
 ) -> Tensor<4> {
-    let out = conv2d(
-        x.clone(),
-        p.weight.val(),
-        Some(p.bias.val()),
-        ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1),
-    );
+    let (weight, bias) = (p.weight.val(), p.bias.val());
+    let out = super::patches::conv_input(&x, &weight, &bias, kernel, stride, padding)
+        .unwrap_or_else(|| {
+            conv2d(
+                x.clone(),
+                weight,
+                Some(bias),
+                ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1),
+            )
+        });
     let site = Site::Conv {
         p,
         kernel,
