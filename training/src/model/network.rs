@@ -327,7 +327,7 @@ impl Network {
                     let LayerParams::Conv(p) = next(&mut slot) else {
                         unreachable!("params follow the spec")
                     };
-                    Img(tap::conv(tap, p, x, *kernel, *stride, *padding))
+                    Img(tap::conv(tap, p, x, [*kernel, *stride, *padding], li == 0))
                 }
                 (LayerKind::AvgPool { kernel, stride }, Img(x)) => Img(avg_pool2d(
                     x,
@@ -370,17 +370,17 @@ impl Network {
                         unreachable!("params follow the spec")
                     };
                     let (k, pad) = (*kernel, kernel / 2);
-                    let h = tap::conv(tap, &b.conv1, x.clone(), k, *stride, pad);
+                    let h = tap::conv(tap, &b.conv1, x.clone(), [k, *stride, pad], false);
                     let h = Img(tap::norm_image(tap, &b.bn1, h));
                     let act1 = b.act1.as_ref().map(Into::into);
                     let Img(h) = tap::act(tap, h, *activation, act1, bounds) else {
                         unreachable!("an image stays an image")
                     };
-                    let h = tap::conv(tap, &b.conv2, h, k, 1, pad);
+                    let h = tap::conv(tap, &b.conv2, h, [k, 1, pad], false);
                     let h = tap::norm_image(tap, &b.bn2, h);
                     let short = match (&b.proj, &b.proj_bn) {
                         (Some(p), Some(bn)) => {
-                            let s = tap::conv(tap, p, x, 1, *stride, 0);
+                            let s = tap::conv(tap, p, x, [1, *stride, 0], false);
                             tap::norm_image(tap, bn, s)
                         }
                         _ => x,

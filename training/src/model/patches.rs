@@ -13,10 +13,12 @@ use burn::tensor::{Device, Tensor, TensorData};
 /// Input channels up to which the patches are made here (burn-flex's direct path starts at 4).
 const MAX_CHANNELS: usize = 4;
 
-/// `x` convolved with `weight` (`[out, in, k, k]`) and `bias` as burn's `conv2d` does it, by
-/// unfolded patches: None where that does not apply (an input that needs its gradient, a device
-/// other than the CPU, more than [`MAX_CHANNELS`] channels, a kernel larger than the padded
-/// input), and the caller convolves as usual.
+/// `x`, the network's input, convolved with `weight` (`[out, in, k, k]`) and `bias` as burn's
+/// `conv2d` does it, by unfolded patches: None where that does not apply (an input marked as
+/// needing its gradient, a device other than the CPU, more than [`MAX_CHANNELS`] channels, a
+/// kernel larger than the padded input), and the caller convolves as usual. Only for the input
+/// layer: a hidden layer's input is in the autodiff graph without being marked
+/// (`is_require_grad` is false there too), and its patches would cut the gradient off.
 pub(crate) fn conv_input(
     x: &Tensor<4>,
     weight: &Tensor<4>,

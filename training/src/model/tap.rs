@@ -42,25 +42,27 @@ fn image(a: Activations) -> Tensor<4> {
     }
 }
 
-/// A square convolution with its bias, tapped.
+/// A square convolution with its bias, tapped; `input`: the network's input layer (its input
+/// is data, outside the autodiff graph).
 pub(crate) fn conv(
     tap: &mut Tap<'_>,
     p: &ConvParams,
     x: Tensor<4>,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
+    [kernel, stride, padding]: [usize; 3],
+    input: bool,
 ) -> Tensor<4> {
     let (weight, bias) = (p.weight.val(), p.bias.val());
-    let out = super::patches::conv_input(&x, &weight, &bias, kernel, stride, padding)
-        .unwrap_or_else(|| {
-            conv2d(
-                x.clone(),
-                weight,
-                Some(bias),
-                ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1),
-            )
-        });
+    let patched = input
+        .then(|| super::patches::conv_input(&x, &weight, &bias, kernel, stride, padding))
+        .flatten();
+    let out = patched.unwrap_or_else(|| {
+        conv2d(
+            x.clone(),
+            weight,
+            Some(bias),
+            ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1),
+        )
+    });
     let site = Site::Conv {
         p,
         kernel,
