@@ -139,7 +139,7 @@ impl Node {
         let (val, test) = (self.data.val.clone(), self.data.test.clone());
         let names = self.data.class_names.clone();
         let test_every = self.cfg.node.test_every;
-        // on a worker of the compute pool, as training (`train_and_upload`)
+        // on a worker of rayon's global pool, as training (`train_and_upload`)
         let (v, t) = tokio::task::spawn_blocking(move || {
             rayon::scope(|_| -> anyhow::Result<_> {
                 let device = select_device("cpu")?;

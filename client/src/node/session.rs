@@ -402,8 +402,9 @@ impl Node {
                 dp,
                 ..Default::default()
             };
-            // on a worker of the training pool: burn's parallel loops then run in the worker
-            // itself instead of being handed from this thread to the pool and back, op by op
+            // on a worker of rayon's global pool (RAYON_NUM_THREADS): burn's parallel loops
+            // then run in the worker itself instead of being handed from this thread to the
+            // pool and back, op by op
             let (net, report) = rayon::scope(|_| train(net, &train_data, &tcfg, &opts))?;
             let loss = report
                 .epochs

@@ -6,7 +6,9 @@
 //! layer (1 → 16 channels, 5 × 5, stride 2) took a quarter of a simulated hospital's training
 //! time in it, and its weight gradient another eighth (`perf record`, 29 November 2026). The
 //! input of the first layer needs no gradient, so its patches are made once per batch here and
-//! the convolution and its weight gradient become two matrix products of burn's gemm.
+//! the convolution and its weight gradient become two matrix products of burn's gemm. burn's
+//! `unfold4d` (which `dp_sgd::per_example` calls) is not used here: it unfolds by a convolution
+//! with an identity kernel, k² times the products of the convolution it would replace.
 
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -161,8 +163,8 @@ mod tests {
         }
     }
 
-    /// Not for an input that needs its gradient (a hidden layer's), nor for many channels:
-    /// those go to burn's conv2d.
+    /// Not for an input marked as needing its gradient, nor for many channels: those go to
+    /// burn's conv2d. (Hidden layers never get here: `tap::conv` asks only for the input layer.)
     #[test]
     fn hidden_layers_and_wide_inputs_are_left_to_burn() {
         let device = Device::flex().autodiff();
