@@ -391,6 +391,9 @@ unsafe fn group_product_avx2(
                 let raw = unsafe { _mm256_loadu_si256(input.as_ptr().add(start + 4 * v).cast()) };
                 _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(raw, magic)), two52)
             });
+            // the same column two blocks on: a group reads more columns than the hardware
+            // prefetchers follow (as in `wide_mac`)
+            _mm_prefetch::<_MM_HINT_T0>(input.as_ptr().wrapping_add(start + 2 * W).cast());
         }
         for (r0, rows) in (0..outs.len()).step_by(ROWS).zip(outs.chunks_mut(ROWS)) {
             let live = rows.len();

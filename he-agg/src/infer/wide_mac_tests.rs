@@ -33,7 +33,7 @@ fn weights(m: &Modulus, seed: u64, rows: usize, nnz: usize) -> Vec<u64> {
                 _ => raw[i] as i64 - SMALL_WEIGHT,
             };
             let shift = if r > 1 {
-                (r as u32 * 5 % 31).min(m.bits() - 26)
+                (r as u32 * 5 % 31).min(m.bits().saturating_sub(26))
             } else {
                 0
             };
@@ -43,17 +43,27 @@ fn weights(m: &Modulus, seed: u64, rows: usize, nnz: usize) -> Vec<u64> {
 }
 
 #[test]
-fn wide_primes_give_the_128_bit_kernels_words() {
+fn every_prime_up_to_60_bits_gives_the_128_bit_kernels_words() {
     if !crate::simd::Level::detected().ge(&crate::simd::Level::Avx2) {
         return;
     }
-    // 52-, 59- and 60-bit moduli; 5 columns and 1,500 (past a sum's 1,023 products); rows 1–7
-    // (whole and partial blocks of 3); inputs mostly at q − 1 (the largest pieces)
-    for q in [4503599627370449u64, 576460752303423433, 1152921504606830593] {
+    // one piece (17 bits), two (31 and 40 bits), three (50, 52, 59 and 60 bits); 5 columns and
+    // 1,500 (past a sum's 1,023 products); rows 1–7 (whole and partial blocks of 3 and 6);
+    // inputs mostly at q − 1 and at the largest pieces
+    for q in [
+        65537u64,
+        (1 << 30) | 3,
+        1099511480321,
+        1125899906842597,
+        4503599627370449,
+        576460752303423433,
+        1152921504606830593,
+    ] {
         let m = Modulus::new(q);
         let n = 40;
-        // the largest word below q whose three 20-bit pieces are all 2^20 − 1 or nearly
-        let top = (((q >> 40) - 1) << 40) | ((1 << 40) - 1);
+        // the largest word below q whose pieces below the top one are all 2^20 − 1
+        let low = PIECE_BITS * (m.bits().div_ceil(PIECE_BITS) - 1);
+        let top = (((q >> low) - 1) << low) | ((1 << low) - 1);
         let inputs: Vec<Vec<u64>> = (0..1503)
             .map(|j| {
                 let w = words(j, q, n);
@@ -80,6 +90,11 @@ fn wide_primes_give_the_128_bit_kernels_words() {
                     assert!(group_product(&m, &cols, &w, &ins, &mut r1, accumulate));
                     group_product_generic(&m, &cols, &w, &ins, &mut r2, accumulate);
                     assert_eq!(o1, o2, "q {q}, {nnz} columns, {rows} rows, {accumulate}");
+                    // the dispatcher takes this kernel (or IFMA's) and gives the same words
+                    let mut o3 = start.clone();
+                    let mut r3: Vec<&mut [u64]> = o3.iter_mut().map(|v| &mut v[..]).collect();
+                    crate::infer::kernels::group_product(&m, &cols, &w, &ins, &mut r3, accumulate);
+                    assert_eq!(o3, o2, "dispatched: q {q}, {nnz} columns, {rows} rows");
                 }
             }
         }
@@ -122,4 +137,46 @@ fn rounded_rows_keep_23_significant_bits() {
     let mut small: Vec<(u32, i64)> = vec![(0, -(1 << 22)), (1, 77)];
     round_row(&mut small);
     assert_eq!(small, vec![(0, -(1 << 22)), (1, 77)]);
+}
+
+/// Times one group of a 3×3 convolution of 64 channels (576 columns, 64 rows, 8,192
+/// coefficients: the deep network's last stage) on small weights, this kernel against `float_mac`'s, at 40 and 59 bits: run by
+/// hand, it asserts nothing about time (`cargo test --release -p he-agg --lib
+/// small_weight_product_cost -- --ignored --nocapture`).
+#[test]
+#[ignore = "micro-benchmark: cargo test --release -p he-agg --lib small_weight_product_cost -- --ignored --nocapture"]
+fn small_weight_product_cost() {
+    if !crate::simd::Level::detected().ge(&crate::simd::Level::Avx2) {
+        return;
+    }
+    let (nnz, rows, n) = (576usize, 64usize, 8192usize);
+    for q in [1099511480321u64, 576460752303423433] {
+        let m = Modulus::new(q);
+        let inputs: Vec<Vec<u64>> = (0..nnz as u64).map(|j| words(j, q, n)).collect();
+        let ins: Vec<&[u64]> = inputs.iter().map(|v| &v[..]).collect();
+        let cols: Vec<u32> = (0..nnz as u32).collect();
+        let w = weights(&m, 9, rows, nnz);
+        let mut out = vec![vec![0u64; n]; rows];
+        let mut time = |f: &mut dyn FnMut(&mut [&mut [u64]])| {
+            let mut outs: Vec<&mut [u64]> = out.iter_mut().map(|v| &mut v[..]).collect();
+            let t = std::time::Instant::now();
+            for _ in 0..3 {
+                f(&mut outs);
+            }
+            t.elapsed().as_secs_f64() / 3.0 * 1e3
+        };
+        for _ in 0..3 {
+            let small = time(&mut |o| assert!(group_product(&m, &cols, &w, &ins, o, false)));
+            let other = if q < 1 << 51 {
+                time(&mut |o| super::super::float_mac::group_product(&m, &cols, &w, &ins, o, false))
+            } else {
+                time(&mut |o| group_product_generic(&m, &cols, &w, &ins, o, false))
+            };
+            println!(
+                "{} bits: small weights {small:.1} ms, {} {other:.1} ms a group",
+                m.bits(),
+                if q < 1 << 51 { "float_mac" } else { "128-bit" }
+            );
+        }
+    }
 }
