@@ -40,7 +40,9 @@ pub(crate) fn usable(m: &Modulus) -> bool {
 
 /// Each row's weights (centred residues) as small integers, as doubles, and per row the
 /// constants 2^(b + 20i) mod q (i < P) that bring the P pieces' sums back, b being the row's
-/// common power of two; None when some weight stays above [`SMALL_WEIGHT`].
+/// common power of two; None when some weight stays above [`SMALL_WEIGHT`]. The dispatcher
+/// asks this of every group at AVX2, most of whose weights are not small (a chain without a
+/// prime above 51 bits does not round them): a row is checked before anything is allocated.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn split_rows<const P: usize>(
     m: &Modulus,
@@ -48,16 +50,15 @@ fn split_rows<const P: usize>(
     nnz: usize,
 ) -> Option<(Vec<f64>, Vec<[ShoupConst; P]>)> {
     let q = m.value();
-    let mut small = Vec::with_capacity(weights.len());
-    let mut consts = Vec::with_capacity(weights.len() / nnz.max(1));
+    let signed = |w: u64| {
+        if w > q / 2 {
+            w as i64 - q as i64
+        } else {
+            w as i64
+        }
+    };
+    let (mut small, mut consts) = (Vec::new(), Vec::new());
     for row in weights.chunks(nnz.max(1)) {
-        let signed = |w: u64| {
-            if w > q / 2 {
-                w as i64 - q as i64
-            } else {
-                w as i64
-            }
-        };
         let b = row
             .iter()
             .map(|&w| signed(w))
@@ -65,13 +66,14 @@ fn split_rows<const P: usize>(
             .map(|s| s.trailing_zeros())
             .min()
             .unwrap_or(0);
-        for &w in row {
-            let v = signed(w) >> b;
-            if v.abs() > SMALL_WEIGHT {
-                return None;
-            }
-            small.push(v as f64);
+        if row.iter().any(|&w| (signed(w) >> b).abs() > SMALL_WEIGHT) {
+            return None;
         }
+        if small.is_empty() {
+            small.reserve_exact(weights.len());
+            consts.reserve_exact(weights.len() / nnz.max(1));
+        }
+        small.extend(row.iter().map(|&w| (signed(w) >> b) as f64));
         consts.push(std::array::from_fn(|i| {
             m.shoup(m.reduce_u128(1u128 << (b as usize + PIECE_BITS as usize * i)))
         }));
