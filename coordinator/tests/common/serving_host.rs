@@ -90,8 +90,13 @@ pub async fn items(msg: &mut Incoming) -> Vec<Vec<u8>> {
 /// The mode (a) test federation (`collective_config`) trained on a port of its own, for the
 /// tests that then start `serve-inference --collective` themselves.
 pub fn trained_collective() -> Fed {
+    trained_collective_of(&super::collective_config())
+}
+
+/// [`trained_collective`] of another config made from [`super::collective_config`].
+pub fn trained_collective_of(config: &str) -> Fed {
     let port = super::free_port();
-    super::trained(&super::collective_config().replace(
+    super::trained(&config.replace(
         "round_timeout_s = 300",
         &format!(
             "round_timeout_s = 300\ncoordinator_address = \"127.0.0.1:{port}\"\n\
