@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{Procs, client_bin, config, coordinator_bin, data_dir, free_port, provisioned};
 
-const STEPS: usize = 6;
+/// Epochs of one step each: the keyholder killed after the first refresh leaves two steps for
+/// the other two (6 steps until 30 November 2026 checked nothing more, in 108 s against 80 s).
+const STEPS: usize = 3;
 
 fn log(root: &Path, name: &str) -> std::fs::File {
     std::fs::File::create(root.join(name)).unwrap()
