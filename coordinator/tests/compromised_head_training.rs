@@ -57,7 +57,7 @@ fn a_compromised_head_training_host_reads_no_key_share_and_steers_no_step() {
     // a quarter of each step's work for the four parties that replay it; the refusals and the
     // protocol do not depend on the head's size
     let config = common::collective_config().replace("channels = 4\n", "channels = 1\n");
-    assert!(config.contains("channels = 1\n"));
+    assert!(!config.contains("channels = 4\n") && config.contains("channels = 1\n"));
     let fed = trained_collective_of(&config);
     let roster = Roster::read(&fed.coordinator_dir.join("roster.toml"))
         .unwrap()
