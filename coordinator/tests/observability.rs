@@ -45,13 +45,17 @@ fn metrics_during_a_run_match_its_tables_and_summary() {
             "[federation]\nname = \"watched\"\nhospitals = 3\nthreshold = 2\nrounds = 6\n\
              min_hospitals = 3\nround_timeout_s = 120\n\n[he]\nplaintext = true\n\n\
              [simulate]\ntimeout_s = 300\n{}",
-            common::breastmnist_sections(4)
+            // the test split every other round: rounds 2 and 4 are evaluated beside the next
+            // round's training, the last one inline
+            common::breastmnist_sections(4).replace("test_every = 0", "test_every = 2")
         ),
     )
     .unwrap();
     let out = dir.path().join("out");
     let mut child = simulate_command(&cfg, &out)
         .env("HEAL_LOG_FORMAT", "json")
+        // each evaluation still runs when the next round starts
+        .env("HEAL_EVALUATION_DELAY_MS", "400")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -160,6 +164,33 @@ fn metrics_during_a_run_match_its_tables_and_summary() {
         "{} node scrapes, none after a report",
         node_scrapes.len()
     );
+    // every hospital reported every round once, in order, each evaluated on its validation
+    // images and on the test split exactly in the test rounds, though a round's evaluation
+    // runs beside the next round's training (client/src/node/evaluation.rs)
+    let rows =
+        parse_hospitals(&std::fs::read_to_string(out.join("metrics_per_hospital.csv")).unwrap())
+            .unwrap();
+    for h in 1..=3 {
+        let mine: Vec<_> = rows
+            .iter()
+            .filter(|(i, _)| *i == h)
+            .map(|(_, m)| m)
+            .collect();
+        let rounds: Vec<u64> = mine.iter().map(|m| m.round).collect();
+        assert_eq!(rounds, (1..=6).collect::<Vec<_>>(), "hospital {h}");
+        for m in mine {
+            assert!(m.val_auc.is_finite(), "hospital {h} round {}", m.round);
+            assert_eq!(
+                m.test_auc.is_finite(),
+                m.round % 2 == 0,
+                "hospital {h} round {}: test AUC {}",
+                m.round,
+                m.test_auc
+            );
+        }
+    }
+    let lines = std::fs::read_to_string(out.join("hospitals/hospital-2/metrics.csv")).unwrap();
+    assert_eq!(lines.lines().count(), 1 + 6, "{lines}");
     // HEAL_LOG_FORMAT=json: every process logged one JSON object per line
     for log in ["coordinator.log", "hospital-1.log"] {
         let text = std::fs::read_to_string(out.join("logs").join(log)).unwrap();

@@ -11,6 +11,16 @@ use common::simulate_command;
 use ops::run_report::{RunSummary, parse_rounds};
 
 fn run(name: &str, privacy: &str, model: &str) -> (RunSummary, tempfile::TempDir) {
+    run_with(name, privacy, model, 0)
+}
+
+/// `delay_ms`: how much later each hospital's evaluations start (`HEAL_EVALUATION_DELAY_MS`).
+fn run_with(
+    name: &str,
+    privacy: &str,
+    model: &str,
+    delay_ms: u64,
+) -> (RunSummary, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("fed.toml");
     let sections = common::breastmnist_sections(2)
@@ -25,7 +35,10 @@ fn run(name: &str, privacy: &str, model: &str) -> (RunSummary, tempfile::TempDir
     )
     .unwrap();
     let out = dir.path().join("out");
-    let status = simulate_command(&cfg, &out).status().unwrap();
+    let status = simulate_command(&cfg, &out)
+        .env("HEAL_EVALUATION_DELAY_MS", delay_ms.to_string())
+        .status()
+        .unwrap();
     assert!(status.success(), "{name}: simulate failed");
     let summary: RunSummary =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
@@ -38,11 +51,13 @@ fn rounds_of(dir: &Path) -> Vec<ops::run_report::RoundRow> {
 
 #[test]
 fn hospital_level_noise_sums_and_the_run_stops_at_the_budget() {
-    // a target of 8 over the 3 rounds, a budget of 6: the hospitals stop after fewer rounds
-    let (s, dir) = run(
+    // a target of 8 over the 3 rounds, a budget of 6: the hospitals stop after fewer rounds;
+    // each evaluation starts 1.5 s late, so the last one still runs when the hospitals stop
+    let (s, dir) = run_with(
         "dp-hospital",
         "mode = \"hospital\"\ntarget_epsilon = 8.0\nbudget_epsilon = 6.0\n",
         "",
+        1500,
     );
     assert!(s.rounds >= 1 && s.rounds < 3, "{} rounds", s.rounds);
     let eps = s.epsilon.expect("ε in the summary");
@@ -51,6 +66,29 @@ fn hospital_level_noise_sums_and_the_run_stops_at_the_budget() {
     let rows = rounds_of(dir.path());
     assert_eq!(rows.len() as u64, s.rounds);
     assert!(rows.windows(2).all(|w| w[1].epsilon > w[0].epsilon));
+    // the run stopped before its planned last round: every hospital still reported the
+    // evaluation of the round it stopped at (it ran beside what would have come next, and was
+    // waited for when the coordinator said finished: client/src/node/evaluation.rs)
+    for h in 1..=3 {
+        let file = dir
+            .path()
+            .join(format!("out/hospitals/hospital-{h}/metrics.csv"));
+        let text = std::fs::read_to_string(&file).unwrap();
+        let last = text
+            .lines()
+            .last()
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .to_string();
+        assert_eq!(last, s.rounds.to_string(), "hospital {h}: {text}");
+        assert_eq!(
+            text.lines().count() as u64,
+            1 + s.rounds,
+            "hospital {h}: {text}"
+        );
+    }
     assert!(dir.path().join("out/privacy.png").exists());
     // (the noise swamps 3 hospitals' updates: no utility is asserted)
 }

@@ -7,6 +7,7 @@
 
 pub mod contribute;
 mod data;
+mod evaluation;
 mod held_setup;
 pub mod keyholder;
 mod keys;

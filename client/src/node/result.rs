@@ -1,26 +1,25 @@
 //! A round's result at a hospital: the average decrypted and range-checked, applied to the
-//! global model and saved, the new model evaluated and the round's metrics reported; and the
-//! final model written at the end.
+//! global model and saved, and the new model handed to its evaluation (`evaluation.rs`), which
+//! reports the round's metrics; and the final model written at the end.
 
-use protocol::FederationMsg;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use he_agg::aggregate::{CodecError, check_average};
 use protocol::Link;
 use protocol::link::Incoming;
-use protocol::message::{Body, RoundMetrics};
+use protocol::message::RoundMetrics;
 use tracing::{info, warn};
 use training::params::network_from_flat;
 use training::strategy::Moments;
-use training::train::{evaluate, select_device};
+use training::train::select_device;
 
 use super::participant::Applied;
 use super::session::Node;
 
 impl Node {
-    /// Reads, decrypts, range-checks against ±`clip` and applies `round`'s result, then
-    /// evaluates and reports.
+    /// Reads, decrypts, range-checks against ±`clip` and applies `round`'s result, then starts
+    /// its evaluation.
     pub(super) async fn result(
         &mut self,
         link: &Link,
@@ -133,30 +132,6 @@ impl Node {
         self.state_file.save(&self.state)?;
         let decrypt_s = t0.elapsed().as_secs_f32();
         info!(round, participants = ?participants, decrypt_s, "new global model");
-        // evaluate the new global model
-        let global = self.state.global.clone();
-        let spec = self.data.spec.clone();
-        let (val, test) = (self.data.val.clone(), self.data.test.clone());
-        let names = self.data.class_names.clone();
-        let test_every = self.cfg.node.test_every;
-        // on a worker of rayon's global pool, as training (`train_and_upload`)
-        let (v, t) = tokio::task::spawn_blocking(move || {
-            rayon::scope(|_| -> anyhow::Result<_> {
-                let device = select_device("cpu")?;
-                let net = network_from_flat(&spec, &global, &device)?;
-                let v = val
-                    .as_ref()
-                    .map(|v| evaluate(&net, v, &names))
-                    .transpose()?;
-                let t = if test_every > 0 && round.is_multiple_of(test_every) {
-                    Some(evaluate(&net, &test, &names)?)
-                } else {
-                    None
-                };
-                Ok((v, t))
-            })
-        })
-        .await??;
         let c = self.costs.remove(&round).unwrap_or_default();
         let m = RoundMetrics {
             round,
@@ -167,11 +142,12 @@ impl Node {
             } else {
                 c.train_loss
             },
-            val_loss: v.as_ref().map(|r| r.loss as f32).unwrap_or(f32::NAN),
-            val_acc: v.as_ref().map(|r| r.accuracy as f32).unwrap_or(f32::NAN),
-            val_auc: v.as_ref().map(|r| r.macro_auc as f32).unwrap_or(f32::NAN),
-            test_acc: t.as_ref().map(|r| r.accuracy as f32).unwrap_or(f32::NAN),
-            test_auc: t.as_ref().map(|r| r.macro_auc as f32).unwrap_or(f32::NAN),
+            // filled in by the evaluation (`evaluation.rs`)
+            val_loss: f32::NAN,
+            val_acc: f32::NAN,
+            val_auc: f32::NAN,
+            test_acc: f32::NAN,
+            test_auc: f32::NAN,
             samples: c.samples,
             train_s: c.train_s,
             encrypt_s: c.encrypt_s,
@@ -181,20 +157,7 @@ impl Node {
             bytes_up: c.bytes_up,
             bytes_down,
         };
-        info!(
-            round,
-            test_acc = m.test_acc,
-            test_auc = m.test_auc,
-            val_acc = m.val_acc,
-            "evaluated"
-        );
-        let file = self.dirs.out.join("metrics.csv");
-        ops::metrics_file::append(&file, &m)
-            .with_context(|| format!("cannot write {}", file.display()))?;
-        link.send(round, Body::Federation(FederationMsg::Metrics(m.clone())))
-            .await?;
-        let epsilon = self.privacy.as_ref().map(|p| p.plan.epsilon_after(round));
-        self.metrics.reported(&m, epsilon);
+        self.evaluate_round(link, m).await?;
         Ok(Applied::Yes)
     }
 

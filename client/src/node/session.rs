@@ -23,6 +23,7 @@ use training::train::{TrainOptions, select_device, train};
 
 use super::NodeDirs;
 use super::data::{LocalData, load};
+use super::evaluation::{PendingEvaluation, evaluation_pool};
 use super::keys::{Keys, PeerKeys};
 use super::participant::{Action, Applied, Membership, Participant};
 use super::privacy::NodePrivacy;
@@ -94,6 +95,9 @@ pub struct Node {
     pub(super) strategy: Box<dyn Strategy>,
     /// `[train] scaffold`: the control variates (an update is then twice the model's length)
     pub(super) scaffold: Option<Scaffold>,
+    /// the last round's evaluation while it runs beside the next (`evaluation.rs`)
+    pub(super) evaluation: Option<PendingEvaluation>,
+    pub(super) evaluation_pool: Arc<rayon::ThreadPool>,
 }
 
 fn lookup(addr: &str) -> anyhow::Result<SocketAddr> {
@@ -239,6 +243,8 @@ impl Node {
             strategy,
             privacy,
             scaffold,
+            evaluation: None,
+            evaluation_pool: evaluation_pool()?,
         })
     }
 
@@ -249,6 +255,21 @@ impl Node {
     /// Talks with the coordinator until it says the federation is finished or the link drops:
     /// every message goes to the participant, and its actions are carried out in order.
     pub async fn session(&mut self, link: &Link) -> anyhow::Result<SessionEnd> {
+        let end = self.exchange(link).await;
+        // a round's evaluation still running when the session ends in a refusal (a budget
+        // spent, an alarm) or at the coordinator's close belongs to a round this hospital took
+        // part in: it is written and sent before the node stops; over a dropped link it waits
+        // for the next session
+        if !matches!(end, Ok(SessionEnd::Disconnected(_)))
+            && let Err(e) = self.report_evaluation(link).await
+        {
+            warn!("reporting the last round's evaluation: {e:#}");
+        }
+        end
+    }
+
+    /// The session's messages, each handed to the participant and its actions carried out.
+    async fn exchange(&mut self, link: &Link) -> anyhow::Result<SessionEnd> {
         link.send(self.participant.held(), self.participant.hello())
             .await?;
         loop {
@@ -321,11 +342,13 @@ impl Node {
                         bail!("{reason}");
                     }
                     Action::Finished => {
+                        self.report_evaluation(link).await?;
                         self.membership_inference().await;
                         return Ok(SessionEnd::Finished);
                     }
                 }
             }
+            self.report_evaluation_if_done(link).await?;
         }
     }
 

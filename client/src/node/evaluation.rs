@@ -1,0 +1,163 @@
+//! A round's evaluation beside the next round's training. The model a round's result makes is
+//! what the next round trains from, and evaluating it (the validation split every round, the
+//! official test split every `test_every`) needs nothing of that training. Run inline, it held
+//! back every hospital's next update, the slowest hospital's included. So it runs on threads of
+//! its own at a lower priority, taking what training leaves idle, and its metrics are reported
+//! once it is done: at the latest before the next result is applied, so that a hospital's
+//! metrics still arrive round by round. The federation's last round is evaluated inline when
+//! the kit names the rounds (nothing follows it to overlap with); otherwise before `Finished`.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use protocol::FederationMsg;
+use protocol::Link;
+use protocol::message::{Body, RoundMetrics};
+use tokio::task::JoinHandle;
+use tracing::info;
+use training::metrics::EvalReport;
+use training::params::network_from_flat;
+use training::train::{evaluate, select_device};
+
+use super::session::Node;
+
+/// Validation and (on a test round) test reports of one model.
+type Evaluated = (Option<EvalReport>, Option<EvalReport>);
+
+/// An evaluation still running, and the round's metrics it completes.
+pub(super) struct PendingEvaluation {
+    metrics: RoundMetrics,
+    task: JoinHandle<anyhow::Result<Evaluated>>,
+}
+
+/// The niceness of the evaluation threads: under contention Linux gives a thread at 10 about a
+/// tenth of the CPU one at 0 gets, so training (on the default priority) goes first and the
+/// evaluation fills what it leaves idle (the other core while the slowest hospital trains alone
+/// on one thread in a simulation).
+const EVALUATION_NICE: i32 = 10;
+
+/// The threads evaluations run on: as many as training's, at `EVALUATION_NICE`.
+pub(super) fn evaluation_pool() -> anyhow::Result<Arc<rayon::ThreadPool>> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .thread_name(|i| format!("heal-eval-{i}"))
+        .start_handler(|_| lower_priority())
+        .build()
+        .context("starting the evaluation threads")?;
+    Ok(Arc::new(pool))
+}
+
+/// `HEAL_EVALUATION_DELAY_MS`, for tests: every evaluation starts this much later, so that a
+/// test can have it still running when what follows arrives.
+fn evaluation_delay() -> std::time::Duration {
+    let ms = std::env::var("HEAL_EVALUATION_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    std::time::Duration::from_millis(ms)
+}
+
+fn lower_priority() {
+    // Linux keeps a niceness per thread, and PRIO_PROCESS with 0 names the calling thread
+    // SAFETY: setpriority reads no memory of ours
+    #[cfg(target_os = "linux")]
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, EVALUATION_NICE) };
+}
+
+impl Node {
+    /// Evaluates the model `metrics.round` made (the one in `self.state`) and reports the
+    /// round's metrics: inline for the federation's last round, else beside what follows.
+    pub(super) async fn evaluate_round(
+        &mut self,
+        link: &Link,
+        metrics: RoundMetrics,
+    ) -> anyhow::Result<()> {
+        // one evaluation at a time, reported in round order
+        self.report_evaluation(link).await?;
+        let round = metrics.round;
+        let (spec, global) = (self.data.spec.clone(), self.state.global.clone());
+        let (val, test) = (self.data.val.clone(), self.data.test.clone());
+        let names = self.data.class_names.clone();
+        let test_every = self.cfg.node.test_every;
+        let delay = evaluation_delay();
+        let job = move || -> anyhow::Result<Evaluated> {
+            std::thread::sleep(delay);
+            let net = network_from_flat(&spec, &global, &select_device("cpu")?)?;
+            let v = val
+                .as_ref()
+                .map(|v| evaluate(&net, v, &names))
+                .transpose()?;
+            let t = if test_every > 0 && round.is_multiple_of(test_every) {
+                Some(evaluate(&net, &test, &names)?)
+            } else {
+                None
+            };
+            Ok((v, t))
+        };
+        if self.cfg.site.rounds.is_some_and(|last| round >= last) {
+            // on a worker of rayon's global pool at the default priority, as training
+            let evaluated = tokio::task::spawn_blocking(move || rayon::scope(|_| job())).await??;
+            return self.report(link, metrics, evaluated).await;
+        }
+        let pool = self.evaluation_pool.clone();
+        let task = tokio::task::spawn_blocking(move || pool.install(job));
+        self.evaluation = Some(PendingEvaluation { metrics, task });
+        Ok(())
+    }
+
+    /// Reports the evaluation under way once it is done, without waiting for it.
+    pub(super) async fn report_evaluation_if_done(&mut self, link: &Link) -> anyhow::Result<()> {
+        if self
+            .evaluation
+            .as_ref()
+            .is_some_and(|p| p.task.is_finished())
+        {
+            self.report_evaluation(link).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the evaluation under way, if any, and reports it.
+    pub(super) async fn report_evaluation(&mut self, link: &Link) -> anyhow::Result<()> {
+        let Some(pending) = self.evaluation.take() else {
+            return Ok(());
+        };
+        let round = pending.metrics.round;
+        let evaluated = pending
+            .task
+            .await
+            .with_context(|| format!("evaluating round {round}'s model"))??;
+        self.report(link, pending.metrics, evaluated).await
+    }
+
+    /// Completes the round's metrics with its evaluation, writes them to `metrics.csv` and
+    /// sends them to the coordinator.
+    async fn report(
+        &mut self,
+        link: &Link,
+        mut m: RoundMetrics,
+        (v, t): Evaluated,
+    ) -> anyhow::Result<()> {
+        m.val_loss = v.as_ref().map(|r| r.loss as f32).unwrap_or(f32::NAN);
+        m.val_acc = v.as_ref().map(|r| r.accuracy as f32).unwrap_or(f32::NAN);
+        m.val_auc = v.as_ref().map(|r| r.macro_auc as f32).unwrap_or(f32::NAN);
+        m.test_acc = t.as_ref().map(|r| r.accuracy as f32).unwrap_or(f32::NAN);
+        m.test_auc = t.as_ref().map(|r| r.macro_auc as f32).unwrap_or(f32::NAN);
+        let round = m.round;
+        info!(
+            round,
+            test_acc = m.test_acc,
+            test_auc = m.test_auc,
+            val_acc = m.val_acc,
+            "evaluated"
+        );
+        let file = self.dirs.out.join("metrics.csv");
+        ops::metrics_file::append(&file, &m)
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        link.send(round, Body::Federation(FederationMsg::Metrics(m.clone())))
+            .await?;
+        let epsilon = self.privacy.as_ref().map(|p| p.plan.epsilon_after(round));
+        self.metrics.reported(&m, epsilon);
+        Ok(())
+    }
+}
