@@ -2,6 +2,7 @@
 //! normalised with its own training statistics, and the network every hospital builds alike.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use datasets::{Normalizer, Task};
@@ -11,12 +12,14 @@ use training::params::{ParamManifest, manifest};
 
 use super::site::SiteConfig;
 
+/// A hospital's splits are shared, never copied: each round's training and the evaluation
+/// beside it read the same images.
 pub struct LocalData {
-    pub train: Tensors,
-    pub val: Option<Tensors>,
+    pub train: Arc<Tensors>,
+    pub val: Option<Arc<Tensors>>,
     /// Training images held out of training (`[node] membership_holdout`).
-    pub holdout: Option<Tensors>,
-    pub test: Tensors,
+    pub holdout: Option<Arc<Tensors>>,
+    pub test: Arc<Tensors>,
     pub class_names: Vec<String>,
     pub spec: NetworkSpec,
     pub manifest: ParamManifest,
@@ -104,10 +107,10 @@ pub fn load(cfg: &SiteConfig, base_dir: &Path) -> anyhow::Result<LocalData> {
         cfg.site.index
     );
     Ok(LocalData {
-        train,
-        val,
-        holdout,
-        test,
+        train: Arc::new(train),
+        val: val.map(Arc::new),
+        holdout: holdout.map(Arc::new),
+        test: Arc::new(test),
         class_names: data.info.class_names.clone(),
         spec,
         manifest,
