@@ -3,9 +3,10 @@
 //! official test split every `test_every`) needs nothing of that training. Run inline, it held
 //! back every hospital's next update, the slowest hospital's included. So it runs on threads of
 //! its own at a lower priority, taking what training leaves idle, and its metrics are reported
-//! once it is done: at the latest before the next result is applied, so that a hospital's
-//! metrics still arrive round by round. The federation's last round is evaluated inline when
-//! the kit names the rounds (nothing follows it to overlap with); otherwise before `Finished`.
+//! once it is done: at the latest once the next round's result is applied, before that round's
+//! own evaluation starts, so that a hospital's metrics still arrive round by round. The
+//! federation's last round is evaluated inline when the kit names the rounds (nothing follows
+//! it to overlap with); otherwise it is waited for when the session ends (`Finished`, a refusal).
 
 use std::sync::Arc;
 
