@@ -8,6 +8,7 @@
 pub mod contribute;
 mod data;
 mod evaluation;
+mod evaluation_pool;
 mod held_setup;
 pub mod keyholder;
 mod keys;

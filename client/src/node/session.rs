@@ -23,7 +23,7 @@ use training::train::{TrainOptions, select_device, train};
 
 use super::NodeDirs;
 use super::data::{LocalData, load};
-use super::evaluation::{PendingEvaluation, evaluation_pool};
+use super::evaluation_pool::{PendingEvaluation, evaluation_pool};
 use super::keys::{Keys, PeerKeys};
 use super::participant::{Action, Applied, Membership, Participant};
 use super::privacy::NodePrivacy;
