@@ -50,3 +50,26 @@ fn lower_priority() {
     #[cfg(target_os = "linux")]
     let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, EVALUATION_NICE) };
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn niceness() -> i32 {
+        // SAFETY: getpriority reads no memory of ours
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+    }
+
+    #[test]
+    fn evaluations_run_below_trainings_priority_and_leave_the_callers_alone() {
+        let before = niceness();
+        let pool = evaluation_pool().unwrap();
+        let inside = pool.install(niceness);
+        // set to 10 (a process already nicer than that, without privileges, stays as it was)
+        assert!(
+            inside >= EVALUATION_NICE,
+            "evaluation threads at niceness {inside}"
+        );
+        assert_eq!(niceness(), before, "the calling thread's priority changed");
+    }
+}
