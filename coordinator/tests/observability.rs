@@ -46,7 +46,7 @@ fn metrics_during_a_run_match_its_tables_and_summary() {
              min_hospitals = 3\nround_timeout_s = 120\n\n[he]\nplaintext = true\n\n\
              [simulate]\ntimeout_s = 300\n{}",
             // the test split every other round: rounds 2 and 4 are evaluated beside the next
-            // round's training, the last one inline
+            // round's training, the last one waited for at once
             common::breastmnist_sections(4).replace("test_every = 0", "test_every = 2")
         ),
     )

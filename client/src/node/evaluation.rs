@@ -5,8 +5,8 @@
 //! its own at a lower priority, taking what training leaves idle, and its metrics are reported
 //! once it is done: at the latest once the next round's result is applied, before that round's
 //! own evaluation starts, so that a hospital's metrics still arrive round by round. The
-//! federation's last round is evaluated inline when the kit names the rounds (nothing follows
-//! it to overlap with); otherwise it is waited for when the session ends (`Finished`, a refusal).
+//! federation's last round is waited for at once when the kit names the rounds (nothing follows
+//! it to overlap with); otherwise when the session ends (`Finished`, a refusal).
 
 use anyhow::Context;
 use protocol::FederationMsg;
@@ -20,8 +20,8 @@ use super::evaluation_pool::{Evaluated, PendingEvaluation, evaluation_delay};
 use super::session::Node;
 
 impl Node {
-    /// Evaluates the model `metrics.round` made (the one in `self.state`) and reports the
-    /// round's metrics: inline for the federation's last round, else beside what follows.
+    /// Evaluates the model `metrics.round` made (the one in `self.state`) beside what follows,
+    /// and reports the round's metrics once done (the federation's last round: before returning).
     pub(super) async fn evaluate_round(
         &mut self,
         link: &Link,
@@ -49,14 +49,13 @@ impl Node {
             };
             Ok((v, t))
         };
-        if self.cfg.site.rounds.is_some_and(|last| round >= last) {
-            // on a worker of rayon's global pool at the default priority, as training
-            let evaluated = tokio::task::spawn_blocking(move || rayon::scope(|_| job())).await??;
-            return self.report(link, metrics, evaluated).await;
-        }
         let pool = self.evaluation_pool.clone();
         let task = tokio::task::spawn_blocking(move || pool.install(job));
         self.evaluation = Some(PendingEvaluation { metrics, task });
+        if self.cfg.site.rounds.is_some_and(|last| round >= last) {
+            // nothing follows the last round to overlap with
+            self.report_evaluation(link).await?;
+        }
         Ok(())
     }
 
